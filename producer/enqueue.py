@@ -1,0 +1,56 @@
+"""Put a job on the queue: validate its parameters, open its log, enqueue it on RQ."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Mapping
+
+from redis import Redis
+from rq import Callback, Queue, Retry
+
+from worker.config import Config
+from worker.joblog import JobLog
+from worker.registry import get_task
+from worker.runner import on_failure, run_task
+
+
+def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis | None = None,
+            config: Config | None = None, strict: bool = True) -> str:
+    """Validate ``params`` for ``task``, enqueue the job and return its id.
+
+    Raises UnknownTask or ParamError before anything reaches Redis.
+    """
+    cfg = config or Config.from_env()
+    spec = get_task(task)
+    checked = spec.validate(params, strict=strict)
+    redis = redis or Redis.from_url(cfg.redis_url)
+    job_id = uuid.uuid4().hex
+    # The log exists before the job is queued, so a viewer can attach at once.
+    JobLog(redis, job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
+           index_max=cfg.jobs_index_max).create(task, checked, spec.total_for(checked))
+    duration = spec.duration_for(checked)
+    timeout = cfg.job_timeout if duration is None else max(cfg.job_timeout, int(duration * 2) + 60)
+    Queue(cfg.queue_name, connection=redis).enqueue(
+        run_task, task, checked,
+        job_id=job_id,
+        job_timeout=timeout,
+        result_ttl=cfg.log_ttl,
+        failure_ttl=cfg.log_ttl,
+        retry=Retry(max=cfg.job_retries) if cfg.job_retries > 0 else None,
+        on_failure=Callback(on_failure),
+        description=f"jobcast {task}",
+    )
+    return job_id
+
+
+def job_urls(job_id: str, base: str = "") -> dict[str, str]:
+    """The URLs at which a job can be watched, relative to ``base``."""
+    base = base.rstrip("/")
+    return {
+        "page": f"{base}/jobs/{job_id}",
+        "stream": f"{base}/jobs/{job_id}/stream",
+        "events": f"{base}/jobs/{job_id}/events",
+        "frame": f"{base}/jobs/{job_id}/frame",
+        "framed": f"{base}/jobs/{job_id}/framed",
+        "status": f"{base}/api/jobs/{job_id}",
+    }

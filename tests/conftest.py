@@ -1,0 +1,213 @@
+"""Fixtures: a real redis-server, real gunicorn (gevent) and real RQ worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import pytest
+from redis import Redis
+
+from producer.redisproc import RedisServer, free_port
+from worker.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBCAST = [sys.executable, "-m", "producer"]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
+             what: str = "condition"):
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def service_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a Jobcast child process: test tasks loaded, repo importable."""
+    env = dict(os.environ, REDIS_URL=redis_url, JOBCAST_TASKS="tests.tasks", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Signal ``proc`` and reap it, killing it if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class WebServer:
+    """A real gunicorn serving Jobcast on a free port."""
+
+    def __init__(self, redis_url: str, workers: int = 1, log_path: Path | None = None, **env: str):
+        """Configure; :meth:`start` launches it."""
+        self.port = free_port()
+        self.redis_url = redis_url
+        self.workers = workers
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "WebServer":
+        """Start gunicorn and wait for /readyz."""
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [*JOBCAST, "web", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--workers", str(self.workers)],
+            env=service_env(self.redis_url, **self.env), cwd=ROOT, stdout=out, stderr=out)
+
+        def ready() -> bool:
+            """True once /readyz answers 200."""
+            assert self.proc.poll() is None, "gunicorn exited early"
+            try:
+                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 30, what="gunicorn /readyz")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop gunicorn."""
+        if self.proc:
+            stop_process(self.proc, sig)
+
+
+class Workers:
+    """A set of real `jobcast worker` processes."""
+
+    def __init__(self, redis_url: str, log_dir: Path | None = None):
+        """No workers yet; :meth:`start` adds them."""
+        self.redis_url = redis_url
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, n: int = 1, **env: str) -> list[subprocess.Popen]:
+        """Start ``n`` more workers and wait until each has registered with RQ."""
+        from rq import Worker
+
+        started = []
+        for _ in range(n):
+            out = subprocess.DEVNULL
+            if self.log_dir:
+                out = open(self.log_dir / f"worker-{len(self.procs)}.log", "ab")
+            proc = subprocess.Popen([*JOBCAST, "worker"], env=service_env(self.redis_url, **env),
+                                    cwd=ROOT, stdout=out, stderr=out)
+            self.procs.append(proc)
+            started.append(proc)
+        conn = Redis.from_url(self.redis_url)
+        names = {f".{p.pid}" for p in started}
+        wait_for(lambda: names <= {"." + w.name.rsplit(".", 1)[-1] for w in Worker.all(connection=conn)},
+                 20, what="workers to register")
+        return started
+
+    def stop_all(self, sig: int = signal.SIGTERM) -> None:
+        """Stop every worker."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        for proc in self.procs:
+            stop_process(proc, signal.SIGKILL if sig == signal.SIGKILL else sig, 20)
+        self.procs.clear()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    """A real redis-server for the whole session."""
+    server = RedisServer(data_dir=tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server) -> Iterator[Redis]:
+    """A client of the session's Redis (shared: tests use fresh job ids, never FLUSHALL)."""
+    client = Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def config(redis_server) -> Config:
+    """A Config pointing at the session's Redis."""
+    return Config.from_env(redis_url=redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory) -> Path:
+    """Where the service processes write their logs (shown on failure by path)."""
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def web(redis_server, logs_dir) -> Iterator[WebServer]:
+    """A real gunicorn with two gevent workers and quick heartbeats, for the session."""
+    server = WebServer(redis_server.url, workers=2, log_path=logs_dir / "web.log",
+                       JOBCAST_HEARTBEAT="1").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def workers(redis_server, logs_dir) -> Iterator[Workers]:
+    """Three real RQ worker processes for the session."""
+    pool = Workers(redis_server.url, logs_dir)
+    pool.start(3)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def http(web) -> Iterator[httpx.Client]:
+    """An HTTP client bound to the session's web server."""
+    with httpx.Client(base_url=web.url, timeout=30) as client:
+        yield client
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[dict]:
+    """Parse server-sent events from an iterator of text lines into dicts."""
+    event: dict = {}
+    for line in lines:
+        if line == "":
+            if "data" in event or "id" in event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            event[name] = value[1:] if value.startswith(" ") else value
+
+
+def create_job(http: httpx.Client, task: str, **params) -> str:
+    """POST a job through the API and return its id."""
+    r = http.post("/api/jobs", json={"task": task, "params": params})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def job_status(http: httpx.Client, job_id: str) -> dict:
+    """GET /api/jobs/<id>."""
+    return http.get(f"/api/jobs/{job_id}").json()

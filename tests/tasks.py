@@ -1,0 +1,57 @@
+"""Tasks used only by the tests; loaded by services through JOBCAST_TASKS=tests.tasks."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Iterator
+
+from pydantic import Field
+from rq import get_current_job
+
+from worker.registry import task
+
+
+def first_attempt() -> bool:
+    """True during a job's first attempt (the worker records the attempt before running)."""
+    job = get_current_job()
+    return job is None or int(job.connection.hget(f"jobcast:job:{job.id}", "attempt") or 1) == 1
+
+
+@task(total=lambda p: p["n"])
+def html(n: Annotated[int, Field(ge=1, le=100)] = 3) -> Iterator[str]:
+    """Values that are HTML/JS payloads, to prove they are shown as text."""
+    payloads = ['</p><script>window.pwned=1</script>', '<img src=x onerror="window.pwned=2">',
+                '"><svg onload=alert(1)>']
+    for i in range(n):
+        yield payloads[i % len(payloads)]
+
+
+@task()
+def boom(after: Annotated[int, Field(ge=0, le=100)] = 2) -> Iterator[int]:
+    """Yield ``after`` values, then raise: every attempt fails."""
+    for i in range(after):
+        yield i
+    raise RuntimeError("boom after %d values" % after)
+
+
+@task(total=lambda p: p["n"])
+def flaky(n: Annotated[int, Field(ge=1, le=1000)] = 10,
+          fail_at: Annotated[int, Field(ge=0, le=1000)] = 5,
+          interval: Annotated[float, Field(ge=0, le=1)] = 0.0) -> Iterator[int]:
+    """Not resumable: replays from 0 on retry; the first attempt dies at value ``fail_at``."""
+    for i in range(n):
+        if i == fail_at and first_attempt():
+            raise ConnectionError("simulated crash at value %d" % i)
+        yield i
+        time.sleep(interval)
+
+
+@task(total=lambda p: p["n"])
+def flaky_resumable(n: Annotated[int, Field(ge=1, le=1000)] = 10,
+                    fail_at: Annotated[int, Field(ge=0, le=1000)] = 5, *,
+                    start: int = 0) -> Iterator[int]:
+    """Resumable: continues at ``start`` on retry; the first attempt dies at ``fail_at``."""
+    for i in range(start, n):
+        if i == fail_at and first_attempt():
+            raise ConnectionError("simulated crash at value %d" % i)
+        yield i

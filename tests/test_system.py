@@ -1,0 +1,176 @@
+"""End to end through real processes: redis-server, gunicorn (gevent) and RQ workers."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+
+import httpx
+import pytest
+
+from tests.conftest import WebServer, create_job, job_status, parse_sse, wait_for
+
+
+def sqrt_lines(n: int) -> str:
+    return "".join("{}\n".format(math.sqrt(i)) for i in range(n))
+
+
+def read_stream(base: str, job_id: str, timeout: float = 60) -> str:
+    with httpx.Client(base_url=base, timeout=timeout) as c:
+        r = c.get(f"/jobs/{job_id}/stream")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain")
+        return r.text
+
+
+def test_sqrt_stream_is_exactly_the_original_lines_then_ends(http, web, workers):
+    job_id = create_job(http, "sqrt", n=20, interval=0.05)
+    assert read_stream(web.url, job_id) == sqrt_lines(20)
+    assert job_status(http, job_id)["status"] == "finished"
+    # A late viewer of the finished job replays the same lines from the log.
+    assert read_stream(web.url, job_id) == sqrt_lines(20)
+
+
+def test_fifty_viewers_some_joining_mid_job_see_the_identical_sequence(http, web, workers):
+    job_id = create_job(http, "sqrt", n=40, interval=0.05)
+    results: dict[int, str] = {}
+
+    def viewer(k: int) -> None:
+        results[k] = read_stream(web.url, job_id)
+
+    threads = [threading.Thread(target=viewer, args=(k,)) for k in range(50)]
+    for t in threads[:25]:
+        t.start()
+    # The other half joins once the job is well under way.
+    wait_for(lambda: job_status(http, job_id)["progress"]["i"] >= 15, 30, what="job under way")
+    assert job_status(http, job_id)["status"] == "running"
+    for t in threads[25:]:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 50
+    assert all(text == sqrt_lines(40) for text in results.values())
+
+
+def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None = None,
+               query: str = "") -> list[dict]:
+    events = []
+    with httpx.Client(base_url=base, timeout=60) as c:
+        with c.stream("GET", f"/jobs/{job_id}/events{query}", headers=headers or {}) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for ev in parse_sse(r.iter_lines()):
+                events.append(ev)
+                if stop_after_seq is not None and int(ev["id"]) >= stop_after_seq:
+                    break  # drop the connection mid-job
+    return events
+
+
+def test_sse_resumes_from_last_event_id_with_exactly_the_rest(http, web, workers):
+    job_id = create_job(http, "sqrt", n=30, interval=0.05)
+    first = sse_events(web.url, job_id, stop_after_seq=12)
+    last_id = first[-1]["id"]
+    assert job_status(http, job_id)["status"] != "finished"
+    rest = sse_events(web.url, job_id, headers={"Last-Event-ID": last_id})
+    seqs = [int(e["id"]) for e in first + rest]
+    assert seqs == list(range(1, len(seqs) + 1))
+    values = [json.loads(e["data"]) for e in first + rest if e["event"] == "value"]
+    assert [v["i"] for v in values] == list(range(30))
+    assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(30)]
+    assert [e["event"] for e in first[:2]] == ["queued", "started"]
+    assert rest[-1]["event"] == "finished"
+    # ?after=N is the same as Last-Event-ID; after the terminal entry there is nothing left.
+    assert [e["id"] for e in sse_events(web.url, job_id, query="?after=20")] == [str(s) for s in seqs[20:]]
+    assert httpx.get(f"{web.url}/jobs/{job_id}/events?after={seqs[-1]}").status_code == 204
+
+
+def test_three_workers_share_six_jobs(http, workers):
+    ids = [create_job(http, "sqrt", n=8, interval=0.1) for _ in range(6)]
+    wait_for(lambda: all(job_status(http, j)["status"] == "finished" for j in ids), 60,
+             interval=0.2, what="all six jobs to finish")
+    ran_on = {job_status(http, j)["worker"] for j in ids}
+    assert len(ran_on) >= 2, ran_on
+
+
+def test_frame_streams_escaped_html_after_a_stylesheet(http, web, workers):
+    job_id = create_job(http, "html", n=3)
+    with httpx.Client(base_url=web.url, timeout=30) as c:
+        with c.stream("GET", f"/jobs/{job_id}/frame") as r:
+            assert r.headers["content-type"].startswith("text/html")
+            chunks = list(r.iter_text())
+    body = "".join(chunks)
+    assert '<link rel="stylesheet"' in chunks[0]
+    assert "<p>0: &lt;/p&gt;&lt;script&gt;window.pwned=1&lt;/script&gt;</p>" in body
+    assert "<script>" not in body and "<img" not in body and "<svg" not in body
+    assert body.count("<p>") == 3 and 'class="end">Done' in body
+
+
+def test_a_failing_task_ends_every_stream_with_one_failed_event(http, web, workers):
+    job_id = create_job(http, "boom", after=2)
+    events = sse_events(web.url, job_id)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("failed") == 1 and kinds[-1] == "failed"
+    assert "RuntimeError: boom after 2 values" in events[-1]["data"]
+    assert [json.loads(e["data"])["i"] for e in events if e["event"] == "value"] == [0, 1]
+    assert kinds.count("retrying") == 2  # default JOBCAST_JOB_RETRIES=2
+    assert read_stream(web.url, job_id) == "0\n1\n"
+    info = job_status(http, job_id)
+    assert info["status"] == "failed" and info["reason"].startswith("RuntimeError")
+
+
+@pytest.mark.parametrize("task", ["flaky", "flaky_resumable"])
+def test_a_retried_job_logs_each_value_once(http, web, workers, task):
+    job_id = create_job(http, task, n=12, fail_at=5)
+    events = sse_events(web.url, job_id)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("started") == 2 and kinds.count("retrying") == 1 and kinds[-1] == "finished"
+    assert [json.loads(e["data"])["i"] for e in events if e["event"] == "value"] == list(range(12))
+    assert read_stream(web.url, job_id) == "".join(f"{i}\n" for i in range(12))
+
+
+def test_one_redis_subscription_per_web_process_however_many_viewers(http, web, workers, redis):
+    job_id = create_job(http, "sqrt", n=400, interval=0.05)
+    stop = threading.Event()
+    opened = []
+
+    def viewer():
+        with httpx.Client(base_url=web.url, timeout=60) as c:
+            with c.stream("GET", f"/jobs/{job_id}/events") as r:
+                for line in r.iter_lines():
+                    if line.startswith("id:") and not opened.count(threading.get_ident()):
+                        opened.append(threading.get_ident())
+                    if stop.is_set():
+                        break
+
+    threads = [threading.Thread(target=viewer) for _ in range(40)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(opened) == 40, 30, what="40 viewers streaming")
+        subscribers = [c for c in redis.client_list() if int(c.get("psub", 0)) > 0]
+        assert len(subscribers) == web.workers, subscribers
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+
+def test_a_vanished_viewer_is_freed_after_a_heartbeat(redis_server, logs_dir, workers):
+    # One gunicorn worker, so the viewer count that /api/jobs reports is the whole server's.
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-single.log",
+                       JOBCAST_HEARTBEAT="1").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            job_id = create_job(http, "sqrt", n=1000, interval=1.0)
+            for path in ("stream", "events", "frame"):
+                sock = socket.create_connection(("127.0.0.1", server.port))
+                sock.sendall(f"GET /jobs/{job_id}/{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                wait_for(lambda: job_status(http, job_id)["viewers"] == 1, 10, what="viewer attached")
+                sock.close()
+                wait_for(lambda: job_status(http, job_id)["viewers"] == 0, 10,
+                         what=f"{path} viewer freed")
+    finally:
+        server.stop()

@@ -1,0 +1,145 @@
+"""The job log: sequence numbers, dedupe of retried values, one terminal entry, expiry.
+
+Pure logic on fakeredis (with Lua); the same script runs against real Redis in the
+end-to-end tests.
+"""
+
+import uuid
+
+import fakeredis
+import pytest
+
+from worker.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
+                           job_id_from_channel, job_info, log_key, meta_key, recent_jobs)
+
+
+@pytest.fixture
+def r():
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def jlog(r):
+    log = JobLog(r, uuid.uuid4().hex, ttl=60)
+    log.create("sqrt", {"n": 3}, 3)
+    return log
+
+
+def kinds(log):
+    return [(e.seq, e.kind) for e in log.entries()]
+
+
+def test_entries_are_numbered_from_one_without_gaps(jlog):
+    jlog.started("w1", 1)
+    for i in range(3):
+        jlog.value(i, i * 1.5)
+    jlog.finished()
+    assert kinds(jlog) == [(1, "queued"), (2, "started"), (3, "value"), (4, "value"),
+                           (5, "value"), (6, "finished")]
+    values = [e for e in jlog.entries() if e.kind == "value"]
+    assert [(e.i, e.text, e.data["j"]) for e in values] == [(0, "0.0", 0.0), (1, "1.5", 1.5), (2, "3.0", 3.0)]
+
+
+def test_a_value_logged_twice_is_dropped(jlog):
+    jlog.started("w1", 1)
+    assert jlog.value(0, "a") > 0
+    assert jlog.value(1, "b") > 0
+    jlog.started("w2", 2)  # the retry replays from the start
+    assert jlog.value(0, "a") == -3
+    assert jlog.value(1, "b") == -3
+    assert jlog.value(2, "c") > 0
+    assert [e.text for e in jlog.entries() if e.kind == "value"] == ["a", "b", "c"]
+    assert jlog.values_logged() == 3
+
+
+def test_a_value_past_the_next_index_is_refused(jlog):
+    assert jlog.value(5, "x") == -3
+
+
+def test_only_one_terminal_entry_is_written(jlog):
+    assert jlog.failed("RuntimeError: x") > 0
+    assert jlog.finished() == -1
+    assert jlog.failed("again") == -1
+    assert jlog.value(0, 1) == -1
+    assert [k for _, k in kinds(jlog)] == ["queued", "failed"]
+    assert job_info(jlog.redis, jlog.job_id)["reason"] == "RuntimeError: x"
+
+
+def test_log_and_metadata_expire_after_the_job_ends(r, jlog):
+    assert r.ttl(log_key(jlog.job_id)) == -1
+    jlog.finished()
+    assert 0 < r.ttl(log_key(jlog.job_id)) <= 60
+    assert 0 < r.ttl(meta_key(jlog.job_id)) <= 60
+
+
+def test_log_is_capped_at_maxlen(r):
+    log = JobLog(r, uuid.uuid4().hex, maxlen=10)
+    log.create("sqrt", {}, None)
+    for i in range(500):
+        log.value(i, i)
+    assert r.xlen(log_key(log.job_id)) < 200  # approximate trimming: bounded, not exact
+
+
+def test_each_entry_is_published_on_the_jobs_channel(r):
+    log = JobLog(r, uuid.uuid4().hex)
+    ps = r.pubsub()
+    ps.subscribe(channel(log.job_id))
+    ps.get_message(timeout=1)
+    log.create("sqrt", {}, None)
+    log.value(0, 4.0)
+    got = []
+    while (m := ps.get_message(timeout=0.5)) is not None:
+        got.append(Entry.parse(m["data"]))
+    ps.close()
+    assert [(e.seq, e.kind) for e in got] == [(1, "queued"), (2, "value")]
+
+
+def test_creating_the_same_job_twice_fails(jlog):
+    with pytest.raises(JobExists):
+        jlog.create("sqrt", {}, None)
+
+
+def test_status_follows_the_lifecycle(r, jlog):
+    assert job_info(r, jlog.job_id)["status"] == "queued"
+    jlog.started("host.1", 1)
+    info = job_info(r, jlog.job_id)
+    assert (info["status"], info["worker"]) == ("running", "host.1")
+    jlog.value(0, 1)
+    assert job_info(r, jlog.job_id)["progress"] == {"i": 1, "n": 3}
+    jlog.finished()
+    assert job_info(r, jlog.job_id)["status"] == "finished"
+
+
+def test_recent_jobs_lists_newest_first_and_forgets_expired(r):
+    ids = []
+    for _ in range(3):
+        log = JobLog(r, uuid.uuid4().hex)
+        log.create("sqrt", {}, None)
+        ids.append(log.job_id)
+    r.delete(meta_key(ids[0]))
+    assert [j["id"] for j in recent_jobs(r)] == ids[:0:-1]
+    assert r.zcard(JOBS_INDEX) == 2
+
+
+@pytest.mark.parametrize("bad", ["*", "a:b", "..", "x" * 32, "%00", "é" * 32, "A" * 32, ""])
+def test_malformed_ids_never_become_keys(r, bad):
+    with pytest.raises(InvalidJobId):
+        JobLog(r, bad)
+    with pytest.raises(InvalidJobId):
+        log_key(bad)
+
+
+def test_channel_names_round_trip():
+    job_id = uuid.uuid4().hex
+    assert job_id_from_channel(channel(job_id)) == job_id
+    assert job_id_from_channel("jobcast:job:*:ch") is None
+    assert job_id_from_channel("other") is None
+
+
+def test_non_finite_and_odd_values_still_log_their_text(jlog):
+    jlog.value(0, float("nan"))
+    jlog.value(1, {"a": 1})
+    jlog.value(2, object)
+    vals = [e for e in jlog.entries() if e.kind == "value"]
+    assert [e.text for e in vals] == ["nan", "{'a': 1}", "<class 'object'>"]
+    assert vals[0].data["j"] is None and vals[1].data["j"] == {"a": 1}

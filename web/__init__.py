@@ -1,0 +1,67 @@
+"""Jobcast's web side: a Flask app that relays job logs to any number of viewers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+from redis import BlockingConnectionPool, Redis
+
+from worker.config import Config
+from worker.registry import load_builtin_and_user_tasks
+
+
+class State:
+    """Per-process resources: the Redis client and, once needed, the hub."""
+
+    def __init__(self, config: Config, redis: Redis | None = None):
+        """Create the Redis client; the hub starts lazily in the serving process."""
+        self.config = config
+        # A bounded pool: Redis connections must not grow with the number of viewers.
+        self.redis = redis or Redis(connection_pool=BlockingConnectionPool.from_url(
+            config.redis_url, max_connections=64, timeout=10,
+            socket_keepalive=True, health_check_interval=30))
+        self._hub = None
+        self._hub_pid = None
+
+    @property
+    def hub(self):
+        """The process's hub, created after any fork so each worker has its own."""
+        if self._hub is None or self._hub_pid != os.getpid():
+            from web.hub import Hub
+
+            self._hub = Hub(self.redis, buffer_size=self.config.viewer_buffer)
+            self._hub_pid = os.getpid()
+            self._hub.start()
+        return self._hub
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Create the Jobcast Flask app. ``test_config`` may set JOBCAST (a Config) and REDIS."""
+    app = Flask(__name__)
+    test_config = dict(test_config or {})
+    config = test_config.pop("JOBCAST", None) or Config.from_env()
+    redis = test_config.pop("REDIS", None)
+    app.config.from_mapping(
+        MAX_CONTENT_LENGTH=config.max_body,
+    )
+    app.config.update(test_config)
+    load_builtin_and_user_tasks()
+    app.extensions["jobcast"] = State(config, redis)
+
+    from web import api, errors, health, pages, stream
+
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(stream.bp)
+    app.register_blueprint(pages.bp)
+    return app
+
+
+def state() -> State:
+    """The current app's State."""
+    from flask import current_app
+
+    return current_app.extensions["jobcast"]

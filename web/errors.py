@@ -1,0 +1,50 @@
+"""Every error answers JSON: ``{"error": ..., "message": ..., "field": ...}``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class BadParam(HTTPException):
+    """A 400 that names the offending field."""
+
+    code = 400
+
+    def __init__(self, field: str, message: str, details: list | None = None):
+        """Remember which field is wrong and why."""
+        super().__init__(message)
+        self.field = field
+        self.details = details
+
+
+def register(app: Flask) -> None:
+    """Install the JSON error handlers on ``app``."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        """Render any HTTP error as JSON, keeping its status and headers."""
+        body = {"error": (exc.name or "error").lower().replace(" ", "_"),
+                "message": exc.description}
+        if isinstance(exc, BadParam):
+            body["field"] = exc.field
+            if exc.details:
+                body["details"] = exc.details
+        response = jsonify(body)
+        response.status_code = exc.code or 500
+        for name, value in (exc.get_headers() if exc.response is None else []):
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        """Log the traceback, and never leak it to the client."""
+        log.exception("unhandled error")
+        response = jsonify({"error": "internal_error", "message": "internal server error"})
+        response.status_code = 500
+        return response

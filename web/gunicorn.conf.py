@@ -1,0 +1,16 @@
+# Gunicorn settings for Jobcast's web process. `jobcast web` passes bind and workers.
+# Streams are long-lived and idle most of the time, so each worker is a gevent loop that
+# holds thousands of connections; nothing here may time out a healthy stream.
+wsgi_app = "web:create_app()"
+worker_class = "gevent"
+workers = 2
+# Concurrent connections per worker: far past 1000, since every viewer holds one.
+worker_connections = 10000
+# For gevent workers this is the worker's heartbeat to the arbiter, not a request timeout.
+timeout = 30
+# On SIGTERM, streams get this long to finish before the worker exits.
+graceful_timeout = 10
+keepalive = 5
+backlog = 2048
+errorlog = "-"
+loglevel = "info"

@@ -1,0 +1,43 @@
+"""Validation at the edge: turn user-supplied ids and positions into safe values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import abort, request
+
+from web import state
+from web.errors import BadParam
+from worker.joblog import InvalidJobId, UnknownJob, check_job_id, job_info
+
+MAX_SEQ = 2**53  # anything larger cannot be a real position (and JS could not hold it)
+
+
+def load_job(job_id: str) -> dict[str, Any]:
+    """The job's info, or 400 for a malformed id and 404 for an unknown one."""
+    try:
+        check_job_id(job_id)
+    except InvalidJobId as exc:
+        raise BadParam("id", str(exc)) from None
+    try:
+        return job_info(state().redis, job_id)
+    except UnknownJob:
+        abort(404, description=f"no job with id {job_id}")
+
+
+def int_param(name: str, raw: str | None, *, default: int = 0) -> int:
+    """A non-negative integer parameter, or a 400 naming it."""
+    if raw is None or raw == "":
+        return default
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or int(raw) > MAX_SEQ:
+        raise BadParam(name, f"{name} must be a non-negative integer up to {MAX_SEQ}")
+    return int(raw)
+
+
+def resume_position() -> int:
+    """Where a stream resumes: ``Last-Event-ID`` (sent by EventSource) wins over ``?after=``."""
+    header = request.headers.get("Last-Event-ID")
+    if header is not None and header != "":
+        return int_param("Last-Event-ID", header)
+    return int_param("after", request.args.get("after"))

@@ -1,0 +1,321 @@
+"""The job log: the single source of truth for what a job produced.
+
+Every job has three Redis keys, all derived from a validated job id (never from raw user
+input):
+
+- ``jobcast:job:<id>``       a hash with the job's metadata and counters;
+- ``jobcast:job:<id>:log``   a stream, one entry per event, with stream id ``0-<seq>``;
+- ``jobcast:job:<id>:ch``    the pub/sub channel that announces each new entry.
+
+An event is appended to the log and published in one Lua script, so an entry is in the log
+if and only if it was announced. Readers treat pub/sub as a wake-up with a payload: the log
+stays the truth and fills any gap (late join, reconnect, slow reader, restart).
+
+Each entry is a small JSON object. ``seq`` numbers every entry of a job from 1 without gaps;
+``kind`` is one of ``queued``, ``started``, ``value``, ``retrying``, ``finished``, ``failed``.
+Value entries also carry ``i`` (the value's index, from 0), ``v`` (``"{}".format(value)``) and
+``j`` (the value as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from redis import Redis
+
+PREFIX = "jobcast"
+JOBS_INDEX = f"{PREFIX}:jobs"
+CHANNEL_PATTERN = f"{PREFIX}:job:*:ch"
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+TERMINAL = frozenset({"finished", "failed"})
+STATUS_BY_KIND = {
+    "queued": "queued",
+    "started": "running",
+    "retrying": "queued",
+    "finished": "finished",
+    "failed": "failed",
+}
+
+
+class InvalidJobId(ValueError):
+    """The string is not a well-formed job id."""
+
+
+def check_job_id(job_id: str) -> str:
+    """Return ``job_id`` if it is well formed, else raise InvalidJobId."""
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise InvalidJobId("job id must be 32 lowercase hexadecimal characters")
+    return job_id
+
+
+def meta_key(job_id: str) -> str:
+    """Key of the job's metadata hash."""
+    return f"{PREFIX}:job:{check_job_id(job_id)}"
+
+
+def log_key(job_id: str) -> str:
+    """Key of the job's log stream."""
+    return f"{PREFIX}:job:{check_job_id(job_id)}:log"
+
+
+def channel(job_id: str) -> str:
+    """Pub/sub channel on which the job's new entries are announced."""
+    return f"{PREFIX}:job:{check_job_id(job_id)}:ch"
+
+
+def job_id_from_channel(name: str) -> str | None:
+    """Inverse of :func:`channel`; None for a name that is not a job channel."""
+    parts = name.split(":")
+    if len(parts) == 4 and parts[0] == PREFIX and parts[1] == "job" and parts[3] == "ch":
+        return parts[2] if JOB_ID_RE.match(parts[2]) else None
+    return None
+
+
+# KEYS: meta hash, log stream, jobs index.
+# ARGV: channel, kind, value index (-1 if none), JSON body without seq (starts after "{"),
+#       log maxlen, ttl after the end, now, jobs-index max, then field/value pairs for the hash.
+# Returns the new entry's seq, or a negative code: -1 already ended, -2 unknown job,
+# -3 value index not the next one (a retried job repeating a value), -4 job id exists.
+APPEND_LUA = """
+local meta, log, index = KEYS[1], KEYS[2], KEYS[3]
+local kind = ARGV[2]
+local status = redis.call('HGET', meta, 'status')
+if kind == 'queued' then
+  if status then return -4 end
+else
+  if not status then return -2 end
+  if status == 'finished' or status == 'failed' then return -1 end
+end
+if kind == 'value' then
+  local i = tonumber(ARGV[3])
+  local nv = tonumber(redis.call('HGET', meta, 'values') or '0')
+  if i ~= nv then return -3 end
+  redis.call('HSET', meta, 'values', nv + 1)
+end
+local seq = redis.call('HINCRBY', meta, 'seq', 1)
+local entry = '{"seq":' .. seq .. ',' .. ARGV[4]
+redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'e', entry)
+redis.call('PUBLISH', ARGV[1], entry)
+if #ARGV > 8 then
+  redis.call('HSET', meta, unpack(ARGV, 9))
+end
+if kind == 'queued' then
+  redis.call('ZADD', index, ARGV[7], string.match(meta, ':job:(.*)$'))
+  local extra = redis.call('ZCARD', index) - tonumber(ARGV[8])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
+end
+if kind == 'finished' or kind == 'failed' then
+  redis.call('EXPIRE', meta, ARGV[6])
+  redis.call('EXPIRE', log, ARGV[6])
+end
+return seq
+"""
+
+
+class JobExists(RuntimeError):
+    """A job with this id was already created."""
+
+
+class UnknownJob(LookupError):
+    """No job with this id exists (or its log has expired)."""
+
+
+def encode_value(value: Any) -> tuple[str, str]:
+    """Return (text, json) for a task value: text as ``"{}".format(value)``."""
+    text = "{}".format(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        as_json = "null"  # JSON has no NaN/Infinity; the text form still carries it
+    else:
+        try:
+            as_json = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            as_json = json.dumps(text)
+    return text, as_json
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One decoded log entry; ``raw`` is its JSON exactly as stored and published."""
+
+    seq: int
+    kind: str
+    i: int | None
+    text: str | None
+    data: dict
+    raw: bytes
+
+    @property
+    def terminal(self) -> bool:
+        """True for the job's last entry (finished or failed)."""
+        return self.kind in TERMINAL
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> "Entry":
+        """Decode an entry from its stored JSON."""
+        if isinstance(raw, str):
+            raw = raw.encode()
+        data = json.loads(raw)
+        return cls(
+            seq=int(data["seq"]),
+            kind=data["kind"],
+            i=data.get("i"),
+            text=data.get("v"),
+            data=data,
+            raw=raw,
+        )
+
+
+class JobLog:
+    """Append to and read one job's log. Writers are the producer and the worker."""
+
+    def __init__(self, redis: Redis, job_id: str, *, maxlen: int = 100_000, ttl: int = 604800,
+                 index_max: int = 1000):
+        """Bind to the job ``job_id`` (validated) on ``redis``."""
+        self.redis = redis
+        self.job_id = check_job_id(job_id)
+        self.maxlen = maxlen
+        self.ttl = ttl
+        self.index_max = index_max
+        self._append = redis.register_script(APPEND_LUA)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
+               value_json: str | None = None, meta: dict[str, Any] | None = None) -> int:
+        """Append one entry atomically and return its seq (or a negative code)."""
+        now = time.time()
+        parts = [f'"kind":{json.dumps(kind)}', f'"ts":{now:.6f}']
+        for k, v in (body or {}).items():
+            parts.append(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'))}")
+        if value_json is not None:
+            parts.append(f'"j":{value_json}')
+        fields: list[Any] = []
+        hash_fields = dict(meta or {})
+        if kind in STATUS_BY_KIND:
+            hash_fields["status"] = STATUS_BY_KIND[kind]
+        for k, v in hash_fields.items():
+            fields += [k, v if isinstance(v, (str, int, float)) else json.dumps(v)]
+        return int(self._append(
+            keys=[meta_key(self.job_id), log_key(self.job_id), JOBS_INDEX],
+            args=[channel(self.job_id), kind, index, ",".join(parts) + "}", self.maxlen,
+                  self.ttl, f"{now:.6f}", self.index_max, *fields],
+        ))
+
+    def create(self, task: str, params: dict[str, Any], total: int | None) -> int:
+        """Create the job's metadata and write its ``queued`` entry."""
+        seq = self._write("queued", {"task": task, "params": params, "n": total}, meta={
+            "task": task,
+            "params": json.dumps(params),
+            "n": "" if total is None else total,
+            "created_at": f"{time.time():.6f}",
+            "values": 0,
+        })
+        if seq == -4:
+            raise JobExists(self.job_id)
+        return seq
+
+    def started(self, worker: str, attempt: int) -> int:
+        """Record that ``worker`` started (or restarted) the job."""
+        return self._write("started", {"worker": worker, "attempt": attempt},
+                           meta={"worker": worker, "started_at": f"{time.time():.6f}",
+                                 "attempt": attempt})
+
+    def value(self, index: int, value: Any) -> int:
+        """Record value number ``index``; returns -3 if it was already logged (a retry)."""
+        text, as_json = encode_value(value)
+        return self._write("value", {"i": index, "v": text}, index=index, value_json=as_json)
+
+    def retrying(self, reason: str) -> int:
+        """Record that the attempt failed and the job goes back on the queue."""
+        return self._write("retrying", {"reason": reason})
+
+    def finished(self) -> int:
+        """Write the terminal ``finished`` entry (a no-op returning -1 if already ended)."""
+        return self._write("finished", meta={"ended_at": f"{time.time():.6f}"})
+
+    def failed(self, reason: str) -> int:
+        """Write the terminal ``failed`` entry (a no-op returning -1 if already ended)."""
+        return self._write("failed", {"reason": reason},
+                           meta={"ended_at": f"{time.time():.6f}", "reason": reason})
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def values_logged(self) -> int:
+        """How many values are logged: a retried task resumes from here."""
+        return int(self.redis.hget(meta_key(self.job_id), "values") or 0)
+
+    def ended(self) -> bool:
+        """True once the job has its terminal entry, or its log has expired."""
+        status = self.redis.hget(meta_key(self.job_id), "status")
+        return status is None or status.decode() in TERMINAL
+
+    def entries(self, after: int = 0, page: int = 1000) -> Iterator[Entry]:
+        """Yield the logged entries with ``seq > after``, oldest first, in pages."""
+        key = log_key(self.job_id)
+        start = f"0-{after + 1}"
+        while True:
+            batch = self.redis.xrange(key, min=start, max="+", count=page)
+            for _id, fields in batch:
+                yield Entry.parse(fields[b"e"])
+            if len(batch) < page:
+                return
+            last = batch[-1][0]
+            last = last.decode() if isinstance(last, bytes) else last
+            start = "(" + last
+
+
+def job_info(redis: Redis, job_id: str) -> dict[str, Any]:
+    """Return a job's status as a JSON-ready dict, or raise UnknownJob."""
+    raw = redis.hgetall(meta_key(job_id))
+    if not raw:
+        raise UnknownJob(job_id)
+    return info_from_hash(job_id, raw)
+
+
+def info_from_hash(job_id: str, raw: dict) -> dict[str, Any]:
+    """Turn a metadata hash as returned by HGETALL into the API's job dict."""
+    m = {k.decode(): v.decode() for k, v in raw.items()}
+
+    def num(name: str) -> float | None:
+        """A float field, or None when empty."""
+        return float(m[name]) if m.get(name) else None
+
+    total = int(m["n"]) if m.get("n") else None
+    return {
+        "id": job_id,
+        "task": m.get("task"),
+        "params": json.loads(m.get("params") or "{}"),
+        "status": m.get("status"),
+        "progress": {"i": int(m.get("values") or 0), "n": total},
+        "worker": m.get("worker") or None,
+        "attempt": int(m["attempt"]) if m.get("attempt") else 0,
+        "created_at": num("created_at"),
+        "started_at": num("started_at"),
+        "ended_at": num("ended_at"),
+        "reason": m.get("reason") or None,
+        "last_seq": int(m.get("seq") or 0),
+    }
+
+
+def recent_jobs(redis: Redis, limit: int = 50) -> list[dict[str, Any]]:
+    """The most recent jobs, newest first; expired ones are dropped from the index."""
+    ids = [i.decode() for i in redis.zrevrange(JOBS_INDEX, 0, limit - 1)]
+    pipe = redis.pipeline()
+    for job_id in ids:
+        pipe.hgetall(meta_key(job_id))
+    jobs, gone = [], []
+    for job_id, raw in zip(ids, pipe.execute()):
+        if raw:
+            jobs.append(info_from_hash(job_id, raw))
+        else:
+            gone.append(job_id)
+    if gone:
+        redis.zrem(JOBS_INDEX, *gone)
+    return jobs

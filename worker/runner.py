@@ -1,0 +1,79 @@
+"""The function RQ runs for every Jobcast job: drive a task and log what it yields."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Job
+
+from worker.config import Config
+from worker.joblog import JobLog
+from worker.registry import get_task
+
+log = logging.getLogger(__name__)
+
+
+def job_log(job: Job, config: Config | None = None) -> JobLog:
+    """The JobLog of an RQ job, configured from the environment."""
+    cfg = config or Config.from_env()
+    return JobLog(job.connection, job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
+                  index_max=cfg.jobs_index_max)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a failure, as shown to viewers."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run one job: log ``started``, each value, then ``finished`` (or ``failed``).
+
+    A retried job continues the same log: a resumable task starts at the first value not yet
+    logged, and any value logged before is dropped by the log's own sequence check.
+    """
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_task must run inside an RQ job")
+    jlog = job_log(job)
+    task = get_task(task_name)
+    start = jlog.values_logged()
+    attempt = int(job.connection.hget(f"jobcast:job:{job.id}", "attempt") or 0) + 1
+    jlog.started(job.worker_name or "unknown", attempt)
+    log.info("job %s: task %s attempt %s from value %s", job.id, task_name, attempt, start)
+    index = start if task.resumable else 0
+    values = task.iterate(params, start=start)
+    try:
+        for value in values:
+            jlog.value(index, value)
+            index += 1
+    except Exception as exc:
+        reason = describe(exc)
+        if job.retries_left:
+            jlog.retrying(reason)
+        else:
+            jlog.failed(reason)
+        exc.jobcast_logged = True  # tells on_failure not to log this failure again
+        raise
+    finally:
+        values.close()
+    jlog.finished()
+    return {"values": index}
+
+
+def on_failure(job: Job, connection, exc_type, exc_value, tb) -> None:
+    """RQ failure callback: also runs for jobs abandoned by a killed worker.
+
+    It writes the terminal ``failed`` entry once no retry is left; the log ignores a second
+    terminal entry, so it is safe when run_task already wrote one.
+    """
+    if getattr(exc_value, "jobcast_logged", False):
+        return
+    reason = describe(exc_value) if exc_value is not None else "job failed"
+    jlog = job_log(job)
+    if job.retries_left:
+        jlog.retrying(reason)
+    else:
+        jlog.failed(reason)
