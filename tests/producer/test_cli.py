@@ -1,0 +1,53 @@
+"""The `jobcast` command: enqueue prints the id and URL; bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import JOBCAST, ROOT, service_env
+from worker.joblog import job_info
+
+
+def jobcast(redis_url: str, *args: str) -> subprocess.CompletedProcess:
+    env = service_env(redis_url, JOBCAST_URL="http://jobcast.test:8000")
+    return subprocess.run([*JOBCAST, *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_enqueue_prints_the_job_id_and_its_page_url(redis_server, redis):
+    out = jobcast(redis_server.url, "enqueue", "sqrt", "--n", "20", "--interval=0.1")
+    assert out.returncode == 0, out.stderr
+    job_id, url = out.stdout.split()
+    assert re.fullmatch(r"[0-9a-f]{32}", job_id)
+    assert url == f"http://jobcast.test:8000/jobs/{job_id}"
+    info = job_info(redis, job_id)
+    assert info["params"] == {"n": 20, "interval": 0.1} and info["status"] == "queued"
+
+
+def test_enqueue_json_output(redis_server):
+    out = jobcast(redis_server.url, "enqueue", "pi", "--samples", "1000", "--output", "json")
+    assert out.returncode == 0
+    assert set(json.loads(out.stdout)) == {"id", "urls"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["enqueue", "nope"], "unknown task"),
+    (["enqueue", "sqrt", "--n", "ten"], "params.n"),
+    (["enqueue", "sqrt", "--n", "-3"], "params.n"),
+    (["enqueue", "sqrt", "--n"], "needs a value"),
+    (["enqueue", "sqrt", "stray"], "expected --name value"),
+    (["enqueue", "sqrt", "--color", "red"], "params.color"),
+])
+def test_bad_input_exits_2_with_a_clear_message(redis_server, args, message):
+    out = jobcast(redis_server.url, *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_tasks_lists_the_builtin_tasks(redis_server):
+    out = jobcast(redis_server.url, "tasks")
+    assert out.returncode == 0
+    assert all(name in out.stdout for name in ("sqrt:", "clock:", "pi:"))
