@@ -10,7 +10,7 @@ from rq import Callback, Queue, Retry
 
 from worker.config import Config
 from worker.joblog import JobLog
-from worker.registry import get_task
+from worker.registry import ParamError, get_task
 from worker.runner import on_failure, run_task
 
 
@@ -23,6 +23,7 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     cfg = config or Config.from_env()
     spec = get_task(task)
     checked = spec.validate(params, strict=strict)
+    check_caps(task, checked, cfg)
     redis = redis or Redis.from_url(cfg.redis_url)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
@@ -41,6 +42,19 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
         description=f"jobcast {task}",
     )
     return job_id
+
+
+def check_caps(task: str, params: dict[str, Any], config: Config) -> None:
+    """Raise ParamError for any parameter over its configured cap (JOBCAST_PARAM_CAPS)."""
+    caps = config.caps()
+    errors = []
+    for name, value in params.items():
+        cap = caps.get(f"{task}.{name}", caps.get(name))
+        if cap is not None and isinstance(value, (int, float)) and value > cap:
+            errors.append({"field": f"params.{name}",
+                           "message": f"{value} is over this server's cap of {cap:g}"})
+    if errors:
+        raise ParamError(errors)
 
 
 def job_urls(job_id: str, base: str = "") -> dict[str, str]:

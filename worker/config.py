@@ -39,6 +39,21 @@ class Config:
     # RQ: default job timeout in seconds (tasks with a known duration get more), and retries.
     job_timeout: int = 3600
     job_retries: int = 2
+    # Bearer token required to create jobs over HTTP; empty means no token is needed.
+    token: str = ""
+    # Caps on task parameters, e.g. "n=100000,rate=1000,sqrt.interval=10": "name" caps that
+    # parameter of every task, "task.name" one task's. Over a cap the request gets a 400.
+    param_caps: str = "n=100000,rate=1000,duration=3600,samples=100000000"
+    # Concurrent streams one client address may hold (429 over it), and one web process (503).
+    streams_per_client: int = 64
+    streams_per_process: int = 10000
+    # Take the client address from X-Forwarded-For (only behind a trusted proxy).
+    trust_proxy: int = 0
+    # RQ: how often a worker checks its work-horse and cleans up after dead workers, seconds.
+    monitor_interval: int = 5
+    maintenance_interval: int = 10
+    # Queued or running jobs fail after this many seconds with no live worker at all.
+    orphan_timeout: int = 15
 
     ENV = {
         "redis_url": "REDIS_URL",
@@ -52,7 +67,25 @@ class Config:
         "max_body": "JOBCAST_MAX_BODY",
         "job_timeout": "JOBCAST_JOB_TIMEOUT",
         "job_retries": "JOBCAST_JOB_RETRIES",
+        "token": "JOBCAST_TOKEN",
+        "param_caps": "JOBCAST_PARAM_CAPS",
+        "streams_per_client": "JOBCAST_STREAMS_PER_CLIENT",
+        "streams_per_process": "JOBCAST_STREAMS_PER_PROCESS",
+        "trust_proxy": "JOBCAST_TRUST_PROXY",
+        "monitor_interval": "JOBCAST_MONITOR_INTERVAL",
+        "maintenance_interval": "JOBCAST_MAINTENANCE_INTERVAL",
+        "orphan_timeout": "JOBCAST_ORPHAN_TIMEOUT",
     }
+
+    def caps(self) -> dict[str, float]:
+        """The parameter caps as {"name" or "task.name": limit}."""
+        caps = {}
+        for item in filter(None, (i.strip() for i in self.param_caps.split(","))):
+            name, sep, limit = item.partition("=")
+            if not sep:
+                raise ValueError(f"JOBCAST_PARAM_CAPS item {item!r} is not name=limit")
+            caps[name.strip()] = float(limit)
+        return caps
 
     @classmethod
     def from_env(cls, **overrides) -> "Config":

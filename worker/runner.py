@@ -5,20 +5,40 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq import get_current_job
 from rq.job import Job
 
 from worker.config import Config
-from worker.joblog import JobLog
+from worker.joblog import JobLog, meta_key
 from worker.registry import get_task
 
 log = logging.getLogger(__name__)
 
 
-def job_log(job: Job, config: Config | None = None) -> JobLog:
+def log_connection(cfg: Config) -> Redis:
+    """A Redis client that rides out a Redis restart by retrying with backoff (~60 s).
+
+    Appends are safe to retry: a value the script already logged is refused by its index,
+    and a second terminal entry is ignored.
+    """
+    return Redis.from_url(
+        cfg.redis_url,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 40),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        socket_connect_timeout=2,
+        socket_timeout=10,
+    )
+
+
+def job_log(job: Job, config: Config | None = None, redis: Redis | None = None) -> JobLog:
     """The JobLog of an RQ job, configured from the environment."""
     cfg = config or Config.from_env()
-    return JobLog(job.connection, job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
+    return JobLog(redis or job.connection, job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
                   index_max=cfg.jobs_index_max)
 
 
@@ -37,11 +57,15 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_task must run inside an RQ job")
-    jlog = job_log(job)
+    cfg = Config.from_env()
+    redis = log_connection(cfg)
+    jlog = job_log(job, cfg, redis)
     task = get_task(task_name)
     start = jlog.values_logged()
-    attempt = int(job.connection.hget(f"jobcast:job:{job.id}", "attempt") or 0) + 1
-    jlog.started(job.worker_name or "unknown", attempt)
+    attempt = int(redis.hget(meta_key(job.id), "attempt") or 0) + 1
+    if jlog.started(job.worker_name or "unknown", attempt) == -1:
+        log.warning("job %s already ended (failed by the watchdog?); not running it", job.id)
+        return {"values": start}
     log.info("job %s: task %s attempt %s from value %s", job.id, task_name, attempt, start)
     index = start if task.resumable else 0
     values = task.iterate(params, start=start)
@@ -60,6 +84,7 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     finally:
         values.close()
     jlog.finished()
+    redis.close()
     return {"values": index}
 
 
