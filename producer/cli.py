@@ -50,13 +50,48 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     except RedisError as exc:
         print(f"jobcast: cannot reach Redis at {cfg.redis_url}: {exc}", file=sys.stderr)
         return 3
-    urls = job_urls(job_id, cfg.public_url)
+    urls = job_urls(job_id, args.url or cfg.public_url)
+    if args.follow:
+        # --follow: stdout carries the values (plain) or entries (json) that follow.
+        if args.output == "json":
+            print(json.dumps({"id": job_id, "urls": urls}), flush=True)
+        else:
+            print(f"{job_id}\n{urls['page']}", file=sys.stderr, flush=True)
+        return run_follow(job_id, args)
     if args.output == "json":
         print(json.dumps({"id": job_id, "urls": urls}))
     else:
         print(job_id)
         print(urls["page"])
     return 0
+
+
+# -- follow (the terminal client) -----------------------------------------------------------
+
+
+def add_follow_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `jobcast follow` and `jobcast enqueue --follow`."""
+    parser.add_argument("--url", default=None,
+                        help="base URL of the Jobcast web server (default: $JOBCAST_URL or "
+                             "http://localhost:8000)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no progress bar, even on a terminal")
+    parser.add_argument("--reconnect-for", type=float, default=120.0, metavar="SECONDS",
+                        help="how long to keep reconnecting to an unreachable server (default 120)")
+
+
+def run_follow(job_id: str, args: argparse.Namespace) -> int:
+    """Follow ``job_id`` with the CLI's options; the exit code says how the job ended."""
+    from producer.follow import follow
+
+    base = args.url or Config.from_env().public_url
+    return follow(job_id, base, output=args.output, progress=args.progress,
+                  reconnect_for=args.reconnect_for)
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    """Print a job's values as they arrive: 0 finished, 1 failed, 2 bad input."""
+    return run_follow(args.job_id, args)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -111,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Enqueue a job; task parameters follow as --name value.")
     enq.add_argument("task")
     enq.add_argument("--output", choices=["plain", "json"], default="plain")
+    # Task parameters such as --n must never be taken for an abbreviation of --no-progress.
+    enq.allow_abbrev = False
+    enq.add_argument("--follow", action="store_true",
+                     help="then print the job's values as they arrive, like `jobcast follow`")
+    add_follow_options(enq)
+
+    fol = sub.add_parser("follow", help="print a job's values as they arrive, with a progress bar",
+                         description="Follow a job through the web server's event stream. Exit "
+                                     "0 when it finished, 1 when it failed, 2 on bad input, 3 "
+                                     "when the server stays unreachable.")
+    fol.add_argument("job_id")
+    fol.add_argument("--output", choices=["plain", "json"], default="plain",
+                     help="plain: one value per line; json: every log entry as a JSON line")
+    add_follow_options(fol)
 
     tasks = sub.add_parser("tasks", help="list the registered tasks")
     tasks.set_defaults()
@@ -129,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "enqueue":
         return cmd_enqueue(args, extra)
+    if args.command == "follow":
+        return cmd_follow(args)
     if args.command == "tasks":
         return cmd_tasks(args)
     if args.command == "jobs":

@@ -1,9 +1,14 @@
-"""HTML pages: the job list with a start form, the job page, and the framed view."""
+"""HTML pages: the job list with a start form, the live job page, and the original views."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
+from typing import Any
+
 from flask import Blueprint, render_template
 
+from producer.enqueue import job_urls
 from web import state
 from web.lookup import load_job
 from worker.joblog import recent_jobs
@@ -12,25 +17,91 @@ from worker.registry import all_tasks
 bp = Blueprint("pages", __name__)
 
 
+def age_text(seconds: float | None) -> str:
+    """A short human age: "12 s", "3 min", "5 h", "2 d" (the page's script keeps it fresh)."""
+    if seconds is None:
+        return ""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def bound_text(x: float) -> str:
+    """A bound as people write it: 1,000,000 rather than 1e+06."""
+    if float(x).is_integer():
+        return f"{int(x):,}"
+    return f"{x:g}"
+
+
+def form_fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """Describe each parameter of a task's JSON schema as one form field.
+
+    The kind picks the control (number, checkbox, select, text); the bounds become the
+    input's min/max and a hint, so the form offers what the API will accept.
+    """
+    fields = []
+    for name, p in schema.get("properties", {}).items():
+        kind = p.get("type")
+        if "enum" in p:
+            kind = "select"
+        elif kind not in ("integer", "number", "boolean", "string"):
+            kind = "string"
+        low = p.get("minimum", p.get("exclusiveMinimum"))
+        high = p.get("maximum", p.get("exclusiveMaximum"))
+        hint = []
+        if low is not None:
+            hint.append(("> " if "exclusiveMinimum" in p else "≥ ") + bound_text(low))
+        if high is not None:
+            hint.append(("< " if "exclusiveMaximum" in p else "≤ ") + bound_text(high))
+        fields.append({
+            "name": name,
+            "label": p.get("title") or name,
+            "kind": kind,
+            "min": low,
+            "max": high,
+            "default": p.get("default"),
+            "description": p.get("description") or "",
+            "bounds": ", ".join(hint),
+            "options": p.get("enum", []),
+        })
+    return fields
+
+
 @bp.get("/")
 def index():
-    """Recent jobs with their status, and a form to start a job."""
+    """Recent jobs with their status, progress and age, and a form to start a job."""
     tasks = all_tasks()
-    forms = {name: t.schema() for name, t in tasks.items()}
-    return render_template("index.html", jobs=recent_jobs(state().redis, 50), tasks=tasks,
-                           forms=forms)
+    forms = {name: form_fields(t.schema()) for name, t in tasks.items()}
+    now = time.time()
+    jobs = recent_jobs(state().redis, 50)
+    for job in jobs:
+        created = job["created_at"]
+        job["age"] = age_text(now - created if created else None)
+        job["created_iso"] = (datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds")
+                              if created else "")
+    return render_template("index.html", jobs=jobs, tasks=tasks, forms=forms)
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """No icon: answer 204 so browsers do not log a 404 on every page."""
+    return "", 204
 
 
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):
-    """The original page: latest value, the list of all values, and "Done" at the end."""
-    return render_template("job.html", job=load_job(job_id))
+    """The live page: latest value, chart, progress, status, watchers and the log."""
+    job = load_job(job_id)
+    return render_template("job.html", job=job, urls=job_urls(job_id),
+                           params=", ".join(f"{k}={v}" for k, v in job["params"].items()))
 
 
 @bp.get("/jobs/<job_id>/plain")
 def plain_page(job_id: str):
-    """The original text-stream page under its own path too."""
-    return render_template("job.html", job=load_job(job_id))
+    """The original page: latest value, the list of all values, and "Done" at the end."""
+    return render_template("plain.html", job=load_job(job_id))
 
 
 @bp.get("/jobs/<job_id>/framed")

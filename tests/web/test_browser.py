@@ -1,19 +1,29 @@
-"""The original views in a real headless Chromium, fed from the queue."""
+"""The pages in a real headless Chromium, against real gunicorn, RQ workers and Redis.
+
+The live job page (chart, progress, log, end states, reconnecting across a web restart),
+two tabs on one job, the original views (plain text-stream page and the escaped iframe),
+a long job that must not freeze the tab, and the screenshots shown in the README.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import shutil
+import signal
+import struct
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import create_job
+from tests.conftest import ROOT, WebServer, create_job, job_status, wait_for
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+DONE = "document.getElementById('end').textContent === 'Done'"
 
 
 def chromium_path() -> str:
@@ -32,20 +42,213 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context()
-    pg = context.new_page()
-    dialogs = []
-    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    pg.dialogs = dialogs
-    yield pg
-    context.close()
+def watch(pg):
+    """Record dialogs (dismissed) and uncaught page errors on ``pg``."""
+    pg.dialogs = []
+    pg.errors = []
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    return pg
 
+
+@pytest.fixture
+def context(browser):
+    ctx = browser.new_context()
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context):
+    pg = watch(context.new_page())
+    yield pg
+    assert pg.errors == [], f"uncaught errors in the page: {pg.errors}"
+
+
+def sqrt_texts(n: int) -> list[str]:
+    return ["{}".format(math.sqrt(i)) for i in range(n)]
+
+
+def model(pg) -> dict:
+    """What the job page holds (window.jobcastPage())."""
+    return pg.evaluate("window.jobcastPage()")
+
+
+def wait_values(pg, count: int, timeout: float = 30000) -> None:
+    pg.wait_for_function(f"window.jobcastPage().values.length >= {count}", timeout=timeout)
+
+
+def dom(pg) -> dict:
+    """What the job page shows, read from the DOM in one go."""
+    return pg.evaluate("""() => {
+        const $ = id => document.getElementById(id);
+        return {
+          latest: $('latest').textContent, end: $('end').textContent,
+          status: $('status').textContent, worker: $('worker').textContent,
+          elapsed: $('elapsed').textContent, viewers: $('viewers').textContent,
+          progress: $('progress').value, progressMax: $('progress').max,
+          progressText: $('progress-text').textContent,
+          connection: $('connection').dataset.state,
+          chartPoints: +($('chart').dataset.points || 0), chartBuckets: +($('chart').dataset.buckets || 0),
+          chartLabel: $('chart').getAttribute('aria-label'),
+          rows: [...document.querySelectorAll('#log li')].map(li => [+li.dataset.i, li.lastChild.textContent]),
+        };
+    }""")
+
+
+def read_log_by_scrolling(pg) -> list[list]:
+    """Scroll the virtualised log from top to bottom and collect every row it renders."""
+    pg.bring_to_front()
+    return pg.evaluate("""async () => {
+        const view = document.getElementById('log-view');
+        const seen = new Map();
+        const frame = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        for (let top = 0; ; top += Math.max(1, view.clientHeight / 2)) {
+          view.scrollTop = top;
+          await frame();
+          for (const li of document.querySelectorAll('#log li')) {
+            const i = +li.dataset.i;
+            if (seen.has(i) && seen.get(i) !== li.lastChild.textContent) { throw new Error('row ' + i + ' changed'); }
+            seen.set(i, li.lastChild.textContent);
+          }
+          if (top >= view.scrollHeight) { break; }
+        }
+        return [...seen.entries()].sort((a, b) => a[0] - b[0]);
+    }""")
+
+
+def canvas_ink(pg) -> int:
+    """How many pixels of the chart canvas are painted."""
+    return pg.evaluate("""() => {
+        const c = document.getElementById('chart');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let k = 3; k < d.length; k += 4) { if (d[k]) { n++; } }
+        return n;
+    }""")
+
+
+# ---- 1. the live page -----------------------------------------------------------------------
+
+def test_job_page_updates_value_chart_progress_and_log_live_then_shows_done(page, http, web, workers):
+    n = 30
+    job_id = create_job(http, "sqrt", n=n, interval=0.1)
+    page.goto(f"{web.url}/jobs/{job_id}")
+    wait_values(page, 5)
+    page.wait_for_function("document.querySelectorAll('#log li').length >= 5")
+    mid = dom(page)
+    assert model(page)["ended"] is False and mid["end"] == ""
+    assert mid["status"] == "running" and mid["worker"] != "—"
+    assert mid["latest"] in sqrt_texts(n)
+    assert mid["progressMax"] == n and 1 <= mid["progress"] < n
+    assert mid["progressText"].endswith(f"of {n} ({math.floor(100 * mid['progress'] / n)}%)")
+    assert mid["chartPoints"] >= 5 and canvas_ink(page) > 500
+    assert all(text == sqrt_texts(n)[i] for i, text in mid["rows"])
+    assert mid["connection"] == "live" and mid["elapsed"].count(":") == 1
+
+    page.wait_for_function(DONE, timeout=30000)
+    end = dom(page)
+    state = model(page)
+    # Everything moved on while the page was open, and it ends with exactly the job's values.
+    assert end["progress"] == n > mid["progress"] and end["progressText"] == f"{n} of {n} (100%)"
+    assert end["latest"] == sqrt_texts(n)[-1] and end["status"] == "finished"
+    assert end["chartPoints"] == n > mid["chartPoints"]
+    assert state["values"] == sqrt_texts(n) and state["indices"] == list(range(n))
+    assert state["duplicates"] == 0 and state["gaps"] == 0
+    assert read_log_by_scrolling(page) == [[i, t] for i, t in enumerate(sqrt_texts(n))]
+    assert end["connection"] == "ended" and "Line chart of 30 values" in end["chartLabel"]
+    assert page.locator("#end").get_attribute("role") == "status"
+    # The status poll reports watchers (this tab, at least while it was watching).
+    page.wait_for_function("document.getElementById('viewers').textContent !== '—'")
+
+
+def test_job_page_shows_failed_with_its_reason(page, http, web, workers):
+    job_id = create_job(http, "boom", after=3)
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_function("document.getElementById('end').textContent.startsWith('Failed: ')", timeout=30000)
+    shown = dom(page)
+    assert shown["end"] == "Failed: RuntimeError: boom after 3 values"
+    assert shown["status"] == "failed" and shown["connection"] == "ended"
+    # Retries replay the values, but the page shows each once; the history lists the retries.
+    assert model(page)["values"] == ["0", "1", "2"]
+    assert "retrying: RuntimeError" in page.locator("#events").inner_text()
+
+
+def test_job_page_shows_html_payload_values_as_text_and_runs_none(page, http, web, workers):
+    job_id = create_job(http, "html", n=3)
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_function(DONE, timeout=30000)
+    rows = dom(page)["rows"]
+    assert [t for _, t in rows] == ['</p><script>window.pwned=1</script>',
+                                    '<img src=x onerror="window.pwned=2">', '"><svg onload=alert(1)>']
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    assert page.evaluate("document.querySelectorAll('#log script, #log img, #log svg, #latest *').length") == 0
+    assert page.dialogs == []
+    # The chart says plainly that there is nothing numeric to draw.
+    assert dom(page)["chartPoints"] == 0
+
+
+# ---- 2. two tabs ----------------------------------------------------------------------------
+
+def test_two_tabs_on_one_job_end_with_identical_logs(context, http, web, workers):
+    n = 40
+    job_id = create_job(http, "sqrt", n=n, interval=0.05)
+    first = watch(context.new_page())
+    first.goto(f"{web.url}/jobs/{job_id}")
+    wait_values(first, 10)
+    second = watch(context.new_page())      # joins mid-job: history first, then live
+    second.goto(f"{web.url}/jobs/{job_id}")
+    for pg in (first, second):
+        pg.wait_for_function(DONE, timeout=30000)
+    logs = [read_log_by_scrolling(pg) for pg in (first, second)]
+    assert logs[0] == logs[1] == [[i, t] for i, t in enumerate(sqrt_texts(n))]
+    assert model(first)["values"] == model(second)["values"] == sqrt_texts(n)
+    assert first.errors == second.errors == [] and first.dialogs == second.dialogs == []
+
+
+# ---- 3. a web restart mid-job ---------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT], ids=["graceful", "abrupt"])
+def test_job_page_reconnects_across_a_web_restart_and_shows_every_value_once(
+        page, http, redis_server, workers, logs_dir, sig):
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-restart.log",
+                       JOBCAST_HEARTBEAT="1").start()
+    try:
+        n = 80
+        job_id = create_job(http, "sqrt", n=n, interval=0.1)
+        page.goto(f"{server.url}/jobs/{job_id}")
+        # The original text-stream page reads by value count and must resume the same way.
+        plain = page.context.new_page()
+        plain.goto(f"{server.url}/jobs/{job_id}/plain")
+        wait_values(page, 10)
+        server.stop(sig)
+        page.wait_for_function("document.getElementById('connection').dataset.state === 'reconnecting'",
+                               timeout=15000)
+        assert page.locator("#connection").inner_text() == "reconnecting…"
+        seen_while_down = len(model(page)["values"])
+        assert seen_while_down < n, "the job ended before the restart: make it longer"
+        restarted = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-restart.log",
+                              JOBCAST_HEARTBEAT="1")
+        restarted.port = server.port
+        server = restarted.start()
+        page.wait_for_function(DONE, timeout=60000)
+        state = model(page)
+        assert state["values"] == sqrt_texts(n) and state["indices"] == list(range(n))
+        assert state["opens"] >= 2 and state["reconnects"] >= 1
+        assert state["gaps"] == 0
+        assert read_log_by_scrolling(page) == [[i, t] for i, t in enumerate(sqrt_texts(n))]
+        assert dom(page)["connection"] == "ended"
+        plain.wait_for_function("document.getElementById('latest').textContent === 'Done'",
+                                timeout=30000)
+        assert plain.locator("#output li").all_text_contents() == sqrt_texts(n)
+    finally:
+        server.stop()
+
+
+# ---- 4. the original views ------------------------------------------------------------------
 
 def test_plain_page_shows_latest_value_all_values_and_done(page, http, web, workers):
     job_id = create_job(http, "sqrt", n=15, interval=0.1)
-    page.goto(f"{web.url}/jobs/{job_id}")
+    page.goto(f"{web.url}/jobs/{job_id}/plain")
     # Mid-job the latest value is a number and the list is growing.
     page.wait_for_function("document.querySelectorAll('#output li').length >= 3")
     page.wait_for_function("document.getElementById('latest').textContent === 'Done'", timeout=30000)
@@ -68,3 +271,172 @@ def test_iframe_page_shows_html_payloads_as_text_and_runs_none(page, http, web, 
     assert page.dialogs == []
     # The streamed document's first chunk linked the stylesheet, so it is applied.
     assert inner.evaluate("document.styleSheets.length") == 1
+
+
+def test_job_page_links_to_the_plain_and_iframe_views(page, http, web, workers):
+    job_id = create_job(http, "sqrt", n=5, interval=0.01)
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_function(DONE, timeout=30000)
+    page.click("#link-plain")
+    page.wait_for_url(f"{web.url}/jobs/{job_id}/plain")
+    page.wait_for_function("document.getElementById('latest').textContent === 'Done'", timeout=30000)
+    assert page.locator("#output li").all_text_contents() == sqrt_texts(5)
+    page.go_back()
+    page.click("#link-framed")
+    page.wait_for_url(f"{web.url}/jobs/{job_id}/framed")
+    page.frame_locator("#frame").locator("p.end").wait_for(timeout=30000)
+    assert page.frame_locator("#frame").locator("p").all_text_contents()[-1] == "Done"
+
+
+# ---- the home page --------------------------------------------------------------------------
+
+def test_home_lists_jobs_live_and_starts_a_job_from_the_task_form(page, http, web, workers):
+    page.goto(web.url)
+    # A job started elsewhere appears, and its row follows it to the end.
+    job_id = create_job(http, "sqrt", n=10, interval=0.1)
+    row = page.locator(f"#jobs tr[data-id='{job_id}']")
+    row.wait_for(timeout=10000)
+    page.wait_for_function(f"document.querySelector(\"#jobs tr[data-id='{job_id}']\").dataset.status === 'finished'",
+                           timeout=30000)
+    assert row.locator("td.progress").inner_text().strip() == "10 / 10"
+    assert row.locator("td.age time").inner_text().endswith((" s", " min"))
+    # The form offers the task's parameters with their bounds; the server's verdict is shown.
+    page.select_option("#task", "sqrt")
+    n_input = page.locator("fieldset[data-task='sqrt'] input[name='n']")
+    assert (n_input.get_attribute("min"), n_input.get_attribute("max")) == ("0", "1000000")
+    n_input.fill("-5")
+    page.click("#start button[type=submit]")
+    page.wait_for_function("document.getElementById('form-error').textContent.includes('params.n')")
+    assert n_input.get_attribute("aria-invalid") == "true"
+    n_input.fill("4")
+    page.locator("fieldset[data-task='sqrt'] input[name='interval']").fill("0.01")
+    page.click("#start button[type=submit]")
+    page.wait_for_url(lambda url: "/jobs/" in url, timeout=10000)
+    page.wait_for_function(DONE, timeout=30000)
+    assert model(page)["values"] == sqrt_texts(4)
+
+
+def test_start_form_asks_once_for_the_token_when_the_server_requires_one(context, redis_server, workers,
+                                                                         logs_dir):
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-token.log",
+                       JOBCAST_TOKEN="browser-secret").start()
+    try:
+        pg = context.new_page()
+        prompts = []
+
+        def answer(dialog):
+            prompts.append(dialog.type)
+            dialog.accept("browser-secret")
+
+        pg.on("dialog", answer)
+        for n in ("3", "2"):
+            pg.goto(server.url)
+            pg.select_option("#task", "sqrt")
+            pg.locator("fieldset[data-task='sqrt'] input[name='n']").fill(n)
+            pg.locator("fieldset[data-task='sqrt'] input[name='interval']").fill("0.01")
+            pg.click("#start button[type=submit]")
+            pg.wait_for_url(lambda url: "/jobs/" in url, timeout=10000)
+            pg.wait_for_function(DONE, timeout=30000)
+        assert prompts == ["prompt"], "the token is asked for once, then remembered"
+    finally:
+        server.stop()
+
+
+# ---- keeping up with a long job -------------------------------------------------------------
+
+def test_long_job_keeps_the_log_dom_and_chart_bounded_and_the_tab_responsive(context, http, web, workers):
+    n = 10000
+    job_id = create_job(http, "sqrt", n=n, interval=0)
+    live = watch(context.new_page())
+    live.add_init_script("""
+        window.longTasks = [];
+        new PerformanceObserver(list => list.getEntries().forEach(e => window.longTasks.push(e.duration)))
+          .observe({type: 'longtask', buffered: true});""")
+    live.goto(f"{web.url}/jobs/{job_id}")
+    live.wait_for_function(DONE, timeout=120000)
+    shown = dom(live)
+    assert model(live)["values"] == sqrt_texts(n)
+    assert len(shown["rows"]) < 60, "the log renders only the rows in view"
+    assert shown["rows"][-1] == [n - 1, sqrt_texts(n)[-1]], "the log follows the newest value"
+    assert shown["chartPoints"] == n and shown["chartBuckets"] <= 2048
+    # A late viewer replays the whole log at once: the burst must not block the tab either.
+    late = watch(context.new_page())
+    late.add_init_script("""
+        window.longTasks = [];
+        new PerformanceObserver(list => list.getEntries().forEach(e => window.longTasks.push(e.duration)))
+          .observe({type: 'longtask', buffered: true});""")
+    late.goto(f"{web.url}/jobs/{job_id}")
+    late.wait_for_function(DONE, timeout=60000)
+    assert len(model(late)["values"]) == n
+    for pg in (live, late):
+        worst = max(pg.evaluate("window.longTasks") or [0])
+        assert worst < 1000, f"the main thread was blocked for {worst:.0f} ms"
+        assert pg.errors == []
+
+
+def test_chart_downsampling_stays_bounded_and_keeps_spikes(page, web):
+    page.set_content(f"<canvas id=c style='width:600px;height:200px'></canvas>"
+                     f"<script src='{web.url}/static/chart.js'></script>")
+    result = page.evaluate("""() => {
+        const s = new window.JobcastChart.Series(512);
+        const t0 = performance.now();
+        for (let i = 0; i < 1000000; i++) { s.add(i, i === 777777 ? 1e6 : Math.sin(i / 1000)); }
+        const ms = performance.now() - t0;
+        const chart = new window.JobcastChart(document.getElementById('c'), {maxBuckets: 512});
+        chart.series = s; chart.total = 1000000;
+        const t1 = performance.now(); chart.draw(); const drawMs = performance.now() - t1;
+        return {len: s.len, span: s.span, hi: s.hi, lo: s.lo, points: s.points, ms, drawMs,
+                spikeKept: Array.from(s.max.slice(0, s.len)).includes(1e6)};
+    }""")
+    assert result["points"] == 1_000_000 and result["len"] <= 512 and result["span"] == 2048
+    assert result["spikeKept"] and result["hi"] == 1e6 and result["lo"] >= -1
+    assert result["ms"] < 2000 and result["drawMs"] < 200
+
+
+# ---- 5. screenshots for the README ----------------------------------------------------------
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_screenshots_of_the_home_page_and_a_job_mid_run_are_saved_to_docs(browser, http, web, workers):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    done = create_job(http, "pi", samples=200000, batch=2000)
+    create_job(http, "boom", after=2)
+    wait_for(lambda: job_status(http, done)["status"] == "finished", 60, what="the pi job")
+    running = create_job(http, "sqrt", n=400, interval=0.03)
+    wait_for(lambda: job_status(http, running)["progress"]["i"] >= 40, 30, what="the sqrt job to run")
+
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
+    try:
+        home = watch(ctx.new_page())
+        home.goto(web.url)
+        home.wait_for_function("document.querySelector('#jobs tr[data-status=\"running\"]') !== null")
+        home.screenshot(path=str(SCREENSHOTS / "home.png"))
+
+        job = watch(ctx.new_page())
+        job.goto(f"{web.url}/jobs/{running}")
+        wait_values(job, 150)
+        assert model(job)["ended"] is False
+        job.screenshot(path=str(SCREENSHOTS / "job.png"), full_page=True)
+        assert home.errors == job.errors == []
+    finally:
+        ctx.close()
+
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                is_mobile=True, has_touch=True)
+    try:
+        pg = watch(phone.new_page())
+        pg.goto(f"{web.url}/jobs/{done}")
+        pg.wait_for_function(DONE, timeout=30000)
+        # The phone layout has no sideways scrolling.
+        assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        pg.screenshot(path=str(SCREENSHOTS / "job-phone.png"), full_page=True)
+    finally:
+        phone.close()
+
+    assert png_size(SCREENSHOTS / "home.png") == (1280, 800)
+    assert png_size(SCREENSHOTS / "job.png")[0] == 1280
+    assert png_size(SCREENSHOTS / "job-phone.png")[0] == 780

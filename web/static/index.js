@@ -1,9 +1,11 @@
 // Home page: show the chosen task's fields, start jobs through the JSON API, and keep the
-// job list fresh.
+// job list live (status, progress, age), updating rows in place so focus and reading order
+// survive a refresh.
 (function () {
   "use strict";
   var form = document.getElementById("start");
   var select = document.getElementById("task");
+  var taskDesc = document.getElementById("task-desc");
   var error = document.getElementById("form-error");
 
   function fieldsets() { return form.querySelectorAll("fieldset.params"); }
@@ -13,16 +15,30 @@
       fs.hidden = !on;
       fs.disabled = !on;
     });
+    var option = select.options[select.selectedIndex];
+    taskDesc.textContent = option ? option.dataset.description || "" : "";
   }
   select.addEventListener("change", showTask);
   showTask();
+
+  function readValue(input) {
+    switch (input.dataset.kind) {
+      case "boolean": return input.checked;
+      case "integer": return input.value.trim() === "" ? null : Number(input.value);
+      case "number": return input.value.trim() === "" ? null : Number(input.value);
+      default: return input.value;
+    }
+  }
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     error.textContent = "";
     var params = {};
-    form.querySelectorAll("fieldset.params[data-task='" + select.value + "'] input").forEach(function (input) {
-      params[input.name] = input.step === "1" ? parseInt(input.value, 10) : parseFloat(input.value);
+    var scope = form.querySelector("fieldset.params[data-task='" + CSS.escape(select.value) + "']");
+    scope.querySelectorAll("[name]").forEach(function (input) {
+      input.removeAttribute("aria-invalid");
+      var value = readValue(input);
+      if (value !== null) { params[input.name] = value; }
     });
     fetch(form.action, {
       method: "POST",
@@ -30,37 +46,93 @@
       body: JSON.stringify({ task: select.value, params: params })
     }).then(function (r) {
       return r.json().then(function (body) {
-        if (r.status === 201) { window.location = body.urls.page; }
-        else { error.textContent = (body.field ? body.field + ": " : "") + body.message; }
+        if (r.status === 201) { window.location = body.urls.page; return; }
+        var field = body.field && body.field.indexOf("params.") === 0 ? body.field.slice(7) : null;
+        var input = field && scope.querySelector("[name='" + CSS.escape(field) + "']");
+        error.textContent = (body.field ? body.field + ": " : "") + body.message;
+        if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
       });
-    }).catch(function (e) { error.textContent = String(e); });
+    }).catch(function (e) { error.textContent = "Could not start the job: " + e; });
   });
 
+  // ---- the live job list -----------------------------------------------------------------
+
   var tbody = document.querySelector("#jobs tbody");
-  function cell(row, text) {
-    var td = document.createElement("td");
-    td.textContent = text;
-    row.appendChild(td);
-    return td;
+
+  function age(ts) {
+    if (!ts) { return ""; }
+    var s = Math.max(0, Math.floor(Date.now() / 1000 - ts));
+    if (s >= 86400) { return Math.floor(s / 86400) + " d"; }
+    if (s >= 3600) { return Math.floor(s / 3600) + " h"; }
+    if (s >= 60) { return Math.floor(s / 60) + " min"; }
+    return s + " s";
   }
+
+  function setText(node, text) { if (node.textContent !== text) { node.textContent = text; } }
+
+  function makeRow(job) {
+    var tr = document.createElement("tr");
+    tr.dataset.id = job.id;
+    ["link", "task", "status", "progress", "age", "worker"].forEach(function (name) {
+      var td = tr.appendChild(document.createElement("td"));
+      td.className = name === "link" ? "" : name;
+    });
+    var link = tr.cells[0].appendChild(document.createElement("a"));
+    link.className = "mono";
+    link.href = job.urls && job.urls.page ? job.urls.page : "/jobs/" + job.id;
+    link.textContent = job.id.slice(0, 8);
+    tr.cells[2].appendChild(document.createElement("span"));
+    var bar = tr.cells[3].appendChild(document.createElement("progress"));
+    bar.setAttribute("aria-hidden", "true");
+    tr.cells[3].appendChild(document.createElement("span")).className = "num";
+    tr.cells[4].appendChild(document.createElement("time"));
+    return tr;
+  }
+
+  function updateRow(tr, job) {
+    if (tr.dataset.status !== job.status) { tr.dataset.status = job.status; }
+    setText(tr.cells[1], job.task || "");
+    setText(tr.cells[2].firstChild, job.status);
+    var bar = tr.cells[3].querySelector("progress");
+    var n = job.progress.n;
+    if (!bar) { bar = tr.cells[3].insertBefore(document.createElement("progress"), tr.cells[3].firstChild); bar.setAttribute("aria-hidden", "true"); }
+    bar.hidden = !n;
+    if (n) { bar.max = n; bar.value = Math.min(job.progress.i, n); }
+    setText(tr.cells[3].querySelector(".num"), job.progress.i + (n === null ? "" : " / " + n));
+    var time = tr.cells[4].querySelector("time");
+    time.dataset.ts = job.created_at || "";
+    if (job.created_at) { time.dateTime = new Date(job.created_at * 1000).toISOString(); }
+    setText(time, age(job.created_at));
+    setText(tr.cells[5], job.worker || "");
+  }
+
+  function render(jobs) {
+    if (!jobs.length) { return; }
+    var existing = {};
+    Array.prototype.forEach.call(tbody.rows, function (tr) { if (tr.dataset.id) { existing[tr.dataset.id] = tr; } });
+    var empty = tbody.querySelector("tr.empty");
+    if (empty) { empty.remove(); }
+    var keep = {};
+    jobs.forEach(function (job, k) {
+      var tr = existing[job.id] || makeRow(job);
+      updateRow(tr, job);
+      keep[job.id] = true;
+      if (tbody.rows[k] !== tr) { tbody.insertBefore(tr, tbody.rows[k] || null); }
+    });
+    Object.keys(existing).forEach(function (id) { if (!keep[id]) { existing[id].remove(); } });
+  }
+
+  var timer = null;
   function refresh() {
-    fetch("/api/jobs?limit=50").then(function (r) { return r.json(); }).then(function (body) {
-      var rows = document.createDocumentFragment();
-      body.jobs.forEach(function (job) {
-        var tr = document.createElement("tr");
-        tr.dataset.status = job.status;
-        var link = document.createElement("a");
-        link.href = job.urls ? job.urls.page : "/jobs/" + job.id;
-        link.textContent = job.id.slice(0, 8);
-        cell(tr, "").appendChild(link);
-        cell(tr, job.task);
-        cell(tr, job.status).className = "status";
-        cell(tr, job.progress.i + (job.progress.n === null ? "" : " / " + job.progress.n));
-        cell(tr, job.worker || "");
-        rows.appendChild(tr);
-      });
-      if (body.jobs.length) { tbody.replaceChildren(rows); }
-    }).catch(function () { /* the next refresh tries again */ });
+    clearTimeout(timer);
+    fetch("/api/jobs?limit=50", { cache: "no-store" }).then(function (r) { return r.json(); })
+      .then(function (body) { render(body.jobs); })
+      .catch(function () { /* the next refresh tries again */ })
+      .then(function () { timer = setTimeout(refresh, document.hidden ? 10000 : 1500); });
   }
-  setInterval(refresh, 2000);
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) { refresh(); } });
+  setInterval(function () {
+    tbody.querySelectorAll("time[data-ts]").forEach(function (t) { setText(t, age(parseFloat(t.dataset.ts))); });
+  }, 1000);
+  refresh();
 })();

@@ -18,10 +18,20 @@
     count += 1;
   }
 
+  // The stream ended: the job is over, or the server closed it (a restart). Ask which.
   function finish() {
     fetch(statusUrl).then(function (r) { return r.json(); }).then(function (job) {
-      latest.textContent = job.status === "failed" ? "Failed: " + (job.reason || "") : "Done";
-    }, function () { latest.textContent = "Done"; });
+      if (job.status === "finished") { latest.textContent = "Done"; }
+      else if (job.status === "failed") { latest.textContent = "Failed: " + (job.reason || ""); }
+      else { retry(); }
+    }, retry);
+  }
+
+  function retry() {
+    // Resume after the values already shown.
+    retries += 1;
+    latest.textContent = "reconnecting…";
+    setTimeout(read, Math.min(5000, 250 * Math.pow(2, retries)));
   }
 
   function read() {
@@ -42,12 +52,7 @@
         });
       }
       return pump();
-    }).catch(function () {
-      // The connection dropped: resume after the values already shown.
-      retries += 1;
-      latest.textContent = "reconnecting…";
-      setTimeout(read, Math.min(5000, 250 * Math.pow(2, retries)));
-    });
+    }).catch(retry);
   }
   read();
 })();

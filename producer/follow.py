@@ -1,0 +1,383 @@
+"""`jobcast follow`: watch a job from a terminal, through the web server's server-sent events.
+
+Values are printed as they arrive. Where the job's total is known, a progress bar (rich)
+shows i of n, the rate and the time left, computed from the job's own timestamps so a
+follower that joins late or reconnects still gets a true rate. A dropped connection is
+resumed after the last seq printed (``Last-Event-ID``), so no value is lost or repeated.
+
+Output: ``plain`` writes each value's text on its own line to stdout, exactly as
+``/jobs/<id>/stream`` does, and notes (reconnecting, Done, Failed) to stderr. ``json``
+writes every log entry as one JSON line to stdout (the SSE ``data``), for scripts.
+
+Exit codes: 0 the job finished, 1 it failed, 2 bad input (malformed or unknown job id),
+3 the server could not be reached for ``reconnect_for`` seconds, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterator
+
+import httpx
+
+from worker.joblog import InvalidJobId, check_job_id
+
+EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+# Errors after which the stream is opened again from the last seq.
+RETRYABLE = (httpx.TransportError, httpx.RemoteProtocolError)
+
+
+class BadInput(Exception):
+    """The job id is malformed or unknown: exit 2."""
+
+
+class Unreachable(Exception):
+    """The server stayed unreachable for too long: exit 3."""
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
+    """Parse server-sent events into ``(id, event, data)``; comments (heartbeats) are skipped."""
+    event_id: str | None = None
+    event = "message"
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield event_id, event, "\n".join(data)
+            event_id, event, data = None, "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "id":
+            event_id = value
+        elif name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+
+
+@dataclass
+class Rate:
+    """Values per second over the last ``window`` seconds of the job's own clock."""
+
+    window: float = 30.0
+    samples: collections.deque = field(default_factory=collections.deque)
+
+    def add(self, ts: float, count: int) -> None:
+        """Record that ``count`` values were logged by time ``ts`` (server time)."""
+        self.samples.append((ts, count))
+        while len(self.samples) > 2 and ts - self.samples[0][0] > self.window:
+            self.samples.popleft()
+
+    def per_second(self) -> float | None:
+        """The recent rate, or None until two samples are apart in time."""
+        if len(self.samples) < 2:
+            return None
+        (t0, c0), (t1, c1) = self.samples[0], self.samples[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else None
+
+
+class Display:
+    """Where values, notes and the progress bar go."""
+
+    def __init__(self, output: str, progress: bool | None, out: IO[str], err: IO[str]):
+        """``progress`` None means: a bar when the output is plain and a terminal shows it."""
+        self.output = output
+        self.out = out
+        self.err = err
+        if progress is None:
+            progress = output == "plain" and (_isatty(out) or _isatty(err))
+        self.want_bar = progress
+        self.bar = None
+        self.bar_task = None
+        self.values_to_console = False
+        self.rate = Rate()
+        self.total: int | None = None
+        self.task_name = ""
+
+    # -- progress bar ------------------------------------------------------------------------
+
+    def start(self, task: str, total: int | None, done: int) -> None:
+        """Open the bar (when wanted) for a job of ``total`` values, ``done`` logged already."""
+        self.total = total
+        self.task_name = task
+        if not self.want_bar or self.bar is not None:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                                   TextColumn, TimeElapsedColumn)
+
+        # The bar shares the terminal with the values when stdout is one; otherwise it goes
+        # to stderr and stdout stays clean for a pipe or a file.
+        self.values_to_console = _isatty(self.out)
+        console = Console(file=self.out if self.values_to_console else self.err, highlight=False)
+        if total is not None:
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TextColumn("elapsed"), TimeElapsedColumn(),
+                       TextColumn("{task.fields[eta]}")]
+        else:
+            columns = [SpinnerColumn(), TextColumn("{task.description}"),
+                       TextColumn("{task.completed:,.0f} values"), TextColumn("{task.fields[rate]}"),
+                       TextColumn("elapsed"), TimeElapsedColumn()]
+        self.bar = Progress(*columns, console=console, redirect_stdout=False, redirect_stderr=False,
+                            refresh_per_second=8)
+        self.bar.start()
+        self.bar_task = self.bar.add_task(task, total=total, completed=done, rate="", eta="")
+
+    def progress(self, done: int, ts: float | None) -> None:
+        """Move the bar to ``done`` values; ``ts`` is the server time of the latest value."""
+        if ts is not None:
+            self.rate.add(ts, done)
+        if self.bar is None:
+            return
+        rate = self.rate.per_second()
+        fields: dict[str, Any] = {"rate": "" if rate is None else f"{_si(rate)} values/s"}
+        if self.total is not None:
+            left = max(0, self.total - done)
+            fields["eta"] = "ETA " + (_clock(left / rate) if rate else "-:--:--")
+        self.bar.update(self.bar_task, completed=done, **fields)
+
+    def stop(self, status: str | None = None) -> None:
+        """Close the bar, leaving its last state on screen."""
+        if self.bar is not None:
+            if status is not None:
+                self.bar.update(self.bar_task, description=f"{self.task_name} {status}", eta="")
+            self.bar.stop()
+            self.bar = None
+
+    # -- lines -------------------------------------------------------------------------------
+
+    def value(self, text: str) -> None:
+        """One value: its text on its own line."""
+        if self.bar is not None and self.values_to_console:
+            self.bar.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        else:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def entry(self, raw: str) -> None:
+        """One log entry as a JSON line (``--output json``)."""
+        self.out.write(raw + "\n")
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        """A message for the person watching, on stderr (above the bar, if there is one)."""
+        if self.bar is not None and not self.values_to_console:
+            self.bar.console.print(text, markup=False, highlight=False, emoji=False)
+        elif self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False, emoji=False, style="dim")
+        else:
+            self.err.write(text + "\n")
+            self.err.flush()
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _si(x: float) -> str:
+    """A rate in few digits: 0.52, 9.8, 120, 12.3k."""
+    if x >= 10_000:
+        return f"{x / 1000:.1f}k"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Follower:
+    """Follow one job's events from ``base_url``, resuming by seq across dropped connections."""
+
+    def __init__(self, job_id: str, base_url: str, display: Display, *, reconnect_for: float = 120.0,
+                 read_timeout: float = 60.0, client: httpx.Client | None = None):
+        """Configure; :meth:`run` does the work and returns the exit code."""
+        self.job_id = job_id
+        self.base_url = base_url.rstrip("/")
+        self.display = display
+        self.reconnect_for = reconnect_for
+        self.client = client or httpx.Client(
+            timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True,
+            headers={"User-Agent": "jobcast-follow"})
+        self.last_seq = 0
+        self.values = 0         # values seen (progress "i")
+        self.terminal: dict | None = None
+        self.connections = 0    # streams opened (1 + reconnections)
+        self._down_since: float | None = None
+        self._delay = 0.25
+
+    # -- retries ---------------------------------------------------------------------------
+
+    def _connected(self) -> None:
+        """The server answered: the next outage starts its clock afresh."""
+        self._down_since = None
+        self._delay = 0.25
+
+    def _wait_before_retry(self, what: str) -> None:
+        """Back off before trying again; give up after ``reconnect_for`` seconds of outage."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            if self.connections:
+                self.display.note(f"reconnecting… (resuming after entry {self.last_seq})")
+        elif now - self._down_since > self.reconnect_for:
+            raise Unreachable(f"{what}: no answer from {self.base_url} for {self.reconnect_for:g} s")
+        time.sleep(self._delay)
+        self._delay = min(2.0, self._delay * 2)
+
+    def status(self) -> dict:
+        """``GET /api/jobs/<id>``, retried while the server is unreachable."""
+        while True:
+            try:
+                r = self.client.get(f"{self.base_url}/api/jobs/{self.job_id}")
+            except RETRYABLE:
+                self._wait_before_retry("status")
+                continue
+            if r.status_code in (400, 404):
+                raise BadInput(_message(r) or f"no job with id {self.job_id}")
+            if r.status_code >= 500 or r.status_code in (408, 429):
+                self._wait_before_retry("status")
+                continue
+            r.raise_for_status()
+            self._connected()
+            return r.json()
+
+    # -- the stream --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Follow until the terminal entry; return the exit code."""
+        info = self.status()
+        self.display.start(info.get("task") or "", info["progress"]["n"], 0)
+        try:
+            while self.terminal is None:
+                outcome = self._stream()
+                if outcome == "ended" and self.terminal is None:
+                    # 204: nothing after our seq will come, yet we saw no terminal entry
+                    # (its log expired or was trimmed). The status says how it ended.
+                    info = self.status()
+                    self.terminal = {"kind": info["status"], "reason": info.get("reason")}
+                elif outcome == "dropped":
+                    self._wait_before_retry("events")
+            kind = self.terminal["kind"]
+            self.display.stop("done" if kind == "finished" else "failed")
+        except BaseException:
+            self.display.stop()
+            raise
+        if kind == "finished":
+            if self.display.output == "plain":
+                self.display.note("Done")
+            return EXIT_FINISHED
+        if self.display.output == "plain":
+            self.display.note(f"Failed: {self.terminal.get('reason') or 'unknown reason'}")
+        return EXIT_FAILED
+
+    def _stream(self) -> str:
+        """Read events after ``last_seq`` until the job ends or the connection drops.
+
+        Returns "terminal" after the terminal entry, "ended" when the server says nothing
+        more will come (its 204), and "dropped" when the connection failed or closed early.
+        """
+        try:
+            with self.client.stream(
+                    "GET", f"{self.base_url}/jobs/{self.job_id}/events",
+                    params={"after": self.last_seq},
+                    headers={"Accept": "text/event-stream", "Last-Event-ID": str(self.last_seq)}) as r:
+                if r.status_code == 204:
+                    self._connected()
+                    return "ended"
+                if r.status_code in (400, 404):
+                    r.read()
+                    raise BadInput(_message(r) or f"no job with id {self.job_id}")
+                if r.status_code != 200:
+                    return "dropped"
+                self._connected()
+                self.connections += 1
+                for event_id, _event, data in sse_events(r.iter_lines()):
+                    self._entry(event_id, data)
+                    if self.terminal is not None:
+                        return "terminal"
+        except RETRYABLE:
+            pass
+        return "terminal" if self.terminal is not None else "dropped"
+
+    def _entry(self, event_id: str | None, data: str) -> None:
+        """Apply one event: drop it if already seen, print it, track the job's state."""
+        entry = json.loads(data)
+        seq = int(event_id) if event_id else int(entry["seq"])
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        kind = entry.get("kind")
+        if self.display.output == "json":
+            self.display.entry(data)
+        if kind == "value":
+            self.values = entry["i"] + 1
+            if self.display.output == "plain":
+                self.display.value(entry["v"])
+            self.display.progress(self.values, entry.get("ts"))
+        elif kind == "started":
+            if self.display.output == "plain" and entry.get("attempt", 1) > 1:
+                self.display.note(f"restarted on {entry.get('worker')} (attempt {entry.get('attempt')})")
+            if entry.get("ts") is not None:
+                self.display.rate.add(entry["ts"], self.values)
+        elif kind == "retrying":
+            if self.display.output == "plain":
+                self.display.note(f"retrying: {entry.get('reason')}")
+        elif kind in ("finished", "failed"):
+            self.terminal = entry
+
+
+def _message(r: httpx.Response) -> str | None:
+    try:
+        return r.json().get("message")
+    except ValueError:
+        return None
+
+
+def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool | None = None,
+           reconnect_for: float = 120.0, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Follow ``job_id`` on the Jobcast server at ``base_url``; return the exit code."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        check_job_id(job_id)
+    except InvalidJobId as exc:
+        err.write(f"jobcast: {exc}\n")
+        return EXIT_BAD_INPUT
+    if not base_url.startswith(("http://", "https://")):
+        err.write(f"jobcast: --url must start with http:// or https://, got {base_url!r}\n")
+        return EXIT_BAD_INPUT
+    display = Display(output, progress, out, err)
+    follower = Follower(job_id, base_url, display, reconnect_for=reconnect_for)
+    try:
+        return follower.run()
+    except BadInput as exc:
+        err.write(f"jobcast: {exc}\n")
+        return EXIT_BAD_INPUT
+    except Unreachable as exc:
+        err.write(f"jobcast: {exc}\n")
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        err.write(f"jobcast: interrupted after entry {follower.last_seq}\n")
+        return EXIT_INTERRUPTED
+    except httpx.HTTPStatusError as exc:
+        err.write(f"jobcast: {exc}\n")
+        return EXIT_UNREACHABLE
+    finally:
+        follower.client.close()

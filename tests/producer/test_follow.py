@@ -1,0 +1,262 @@
+"""`jobcast follow` and `jobcast enqueue --follow`: values as they arrive, resumed by seq
+after a cut connection, exit codes, JSON output and the progress bar on a terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pty
+import select
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from producer.follow import Display, Rate, sse_events
+from producer.redisproc import free_port
+from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
+
+
+def sqrt_lines(n: int) -> list[str]:
+    return ["{}".format(math.sqrt(i)) for i in range(n)]
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the web server whose connections the test can cut at will."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.lock = threading.Lock()
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.accepted = 0
+        self.refused = 0
+        self.refusing = False
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.refusing:
+                self.refused += 1
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.accepted += 1
+                self.pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> int:
+        """Reset every open connection; returns how many were cut."""
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    # shutdown wakes the pump blocked in recv (close alone would not).
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+        return len(pairs)
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        self.cut()
+
+
+class Run:
+    """`jobcast ARGS` in the background; stdout lines are collected as they come."""
+
+    def __init__(self, redis_url: str, *args: str, **env: str):
+        self.proc = subprocess.Popen([*JOBCAST, *args], cwd=ROOT, env=service_env(redis_url, **env),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.err = ""
+        self._out = threading.Thread(target=self._read_out, daemon=True)
+        self._err = threading.Thread(target=self._read_err, daemon=True)
+        self._out.start()
+        self._err.start()
+
+    def _read_out(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def _read_err(self) -> None:
+        self.err = self.proc.stderr.read()
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        self._out.join(5)
+        self._err.join(5)
+        return code
+
+
+@pytest.fixture
+def proxy(web):
+    p = CuttableProxy(web.port)
+    yield p
+    p.close()
+
+
+def test_follow_resumes_after_cut_connections_and_prints_every_value_once_in_order(
+        http, web, workers, redis_server, proxy):
+    n = 60
+    job_id = create_job(http, "sqrt", n=n, interval=0.1)
+    run = Run(redis_server.url, "follow", job_id, "--url", proxy.url)
+    wait_for(lambda: len(run.lines) >= 5, 30, what="the first values")
+    shown, connections = len(run.lines), proxy.accepted
+    assert proxy.cut() >= 1
+    # A new connection, and values flowing through it.
+    wait_for(lambda: proxy.accepted > connections and len(run.lines) >= shown + 3, 30,
+             what="values after the first cut")
+    assert len(run.lines) < n, "the job ended before the second cut: make it longer"
+    # Cut again and refuse new connections for a moment: the client keeps trying.
+    proxy.refusing = True
+    assert proxy.cut() >= 1
+    wait_for(lambda: proxy.refused >= 1, 15, what="a refused reconnection")
+    proxy.refusing = False
+    assert run.wait(60) == 0, run.err
+    assert run.lines == sqrt_lines(n)
+    assert proxy.accepted >= 3 and run.err.count("reconnecting") >= 2, run.err
+    assert "reconnecting" in run.err and run.err.rstrip().endswith("Done")
+
+
+def test_enqueue_follow_prints_the_values_then_exits_0(web, workers, redis_server):
+    run = Run(redis_server.url, "enqueue", "sqrt", "--n", "6", "--interval", "0.01", "--follow",
+              JOBCAST_URL=web.url)
+    assert run.wait(60) == 0, run.err
+    assert run.lines == sqrt_lines(6)
+    job_id, page = run.err.split()[:2]
+    assert page == f"{web.url}/jobs/{job_id}"
+
+
+def test_follow_of_a_failed_job_exits_1_with_the_reason(http, web, workers, redis_server):
+    job_id = create_job(http, "boom", after=2)
+    run = Run(redis_server.url, "follow", job_id, "--url", web.url)
+    assert run.wait(60) == 1
+    assert run.lines == ["0", "1"]
+    assert run.err.rstrip().endswith("Failed: RuntimeError: boom after 2 values")
+
+
+def test_follow_json_output_is_every_entry_once_in_seq_order(http, web, workers, redis_server):
+    job_id = create_job(http, "sqrt", n=5, interval=0.01)
+    run = Run(redis_server.url, "follow", job_id, "--output", "json", JOBCAST_URL=web.url)
+    assert run.wait(60) == 0, run.err
+    entries = [json.loads(line) for line in run.lines]
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    assert [e["kind"] for e in entries] == ["queued", "started"] + ["value"] * 5 + ["finished"]
+    assert [e["j"] for e in entries if e["kind"] == "value"] == [math.sqrt(i) for i in range(5)]
+    assert run.err == ""
+
+
+def test_enqueue_follow_json_starts_with_the_job_id_and_urls(web, workers, redis_server):
+    run = Run(redis_server.url, "enqueue", "sqrt", "--n", "2", "--interval", "0", "--follow",
+              "--output", "json", "--url", web.url)
+    assert run.wait(60) == 0, run.err
+    head, *entries = [json.loads(line) for line in run.lines]
+    assert set(head) == {"id", "urls"} and head["urls"]["page"] == f"{web.url}/jobs/{head['id']}"
+    assert entries[-1]["kind"] == "finished"
+
+
+@pytest.mark.parametrize("job_id, url, message", [
+    ("not-a-job", None, "32 lowercase hexadecimal"),
+    ("0" * 32, None, "no job"),
+    ("0" * 32, "localhost:8000", "--url must start with http"),
+])
+def test_follow_bad_input_exits_2(web, redis_server, job_id, url, message):
+    run = Run(redis_server.url, "follow", job_id, "--url", url or web.url)
+    assert run.wait(30) == 2
+    assert message in run.err and run.lines == []
+
+
+def test_enqueue_follow_with_bad_params_exits_2_before_following(redis_server):
+    run = Run(redis_server.url, "enqueue", "sqrt", "--n", "-1", "--follow")
+    assert run.wait(30) == 2 and "params.n" in run.err
+
+
+def test_follow_gives_up_with_exit_3_when_the_server_stays_unreachable(redis_server):
+    start = time.monotonic()
+    run = Run(redis_server.url, "follow", "a" * 32, "--url", f"http://127.0.0.1:{free_port()}",
+              "--reconnect-for", "1")
+    assert run.wait(30) == 3
+    assert "no answer" in run.err and time.monotonic() - start < 20
+
+
+def test_follow_in_a_terminal_shows_a_progress_bar_with_rate_and_eta(http, web, workers, redis_server):
+    job_id = create_job(http, "sqrt", n=30, interval=0.05)
+    master, slave = pty.openpty()
+    env = service_env(redis_server.url, TERM="xterm-256color", COLUMNS="120", LINES="30")
+    proc = subprocess.Popen([*JOBCAST, "follow", job_id, "--url", web.url], cwd=ROOT, env=env,
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:      # the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.wait(10) == 0
+    text = screen.decode(errors="replace")
+    assert "values/s" in text and "ETA" in text and "30/30" in text
+    assert all(v in text for v in sqrt_lines(30))
+
+
+# ---- pure parts -------------------------------------------------------------------------------
+
+def test_sse_parser_reads_ids_events_and_data_and_skips_heartbeats():
+    lines = ["retry: 2000", "", ": heartbeat", "", "id: 7", "event: value",
+             'data: {"seq":7}', "", "id: 8", "event: finished", "data: a", "data: b", ""]
+    assert list(sse_events(iter(lines))) == [("7", "value", '{"seq":7}'), ("8", "finished", "a\nb")]
+
+
+def test_rate_uses_the_jobs_own_timestamps():
+    rate = Rate(window=10)
+    for k in range(21):
+        rate.add(100.0 + k * 0.5, k)       # two values a second, whenever they were received
+    assert rate.per_second() == pytest.approx(2.0)
+
+
+def test_plain_output_to_a_pipe_has_no_progress_bar():
+    out, err = io.StringIO(), io.StringIO()
+    display = Display("plain", None, out, err)
+    display.start("sqrt", 10, 0)
+    display.value("1.0")
+    display.progress(1, 1.0)
+    display.stop("done")
+    assert display.want_bar is False and out.getvalue() == "1.0\n" and err.getvalue() == ""

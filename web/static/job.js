@@ -1,0 +1,384 @@
+// The live job page. It reads the job's server-sent events (id = seq) and shows the latest
+// value, a chart, progress, status, elapsed time, watchers and the log.
+//
+// Keeping up: events only update a model; the DOM and the canvas are redrawn at most once a
+// frame. The log is virtualised (only the rows in view exist in the DOM) and the chart is
+// downsampled (chart.js), so a job of 100k values does not freeze the tab.
+//
+// Never a gap, never a duplicate: every entry carries its seq. Entries at or before the last
+// seq shown are dropped; a skipped seq within a connection makes the page reconnect from the
+// last seq. EventSource resumes by itself with Last-Event-ID; when it gives up (an HTTP error
+// from a proxy, say) the page opens a new one with ?after=<last seq>.
+(function () {
+  "use strict";
+  var root = document.getElementById("job");
+  var $ = function (id) { return document.getElementById(id); };
+  var el = {
+    connection: $("connection"), latest: $("latest"), end: $("end"), status: $("status"),
+    worker: $("worker"), elapsed: $("elapsed"), viewers: $("viewers"), progress: $("progress"),
+    progressText: $("progress-text"), chart: $("chart"), logView: $("log-view"),
+    logSpacer: $("log-spacer"), log: $("log"), logCount: $("log-count"), logJump: $("log-jump"),
+    events: $("events")
+  };
+  var TERMINAL = { finished: true, failed: true };
+  var LOG_CAP = 200000;             // values kept for the log; older ones are dropped in blocks
+  var numberFormat = new Intl.NumberFormat("en");
+
+  function num(text) { return text === "" || text === undefined ? null : parseFloat(text); }
+
+  var state = {
+    id: root.dataset.id,
+    status: root.dataset.status,
+    n: num(root.dataset.n),
+    createdAt: num(root.dataset.created),
+    startedAt: num(root.dataset.started),
+    endedAt: num(root.dataset.ended),
+    worker: null, attempt: 0, reason: null,
+    lastSeq: 0,                     // seq of the last entry applied
+    lastIndex: -1,                  // i of the last value
+    values: 0,                      // values received
+    texts: [], indices: [],         // the log model (the last LOG_CAP values)
+    dropped: 0,                     // values dropped from the front of the log model
+    ended: false,
+    connection: "connecting",
+    opens: 0, reconnects: 0, duplicates: 0, gaps: 0, trimmed: 0,
+    viewers: null
+  };
+
+  var chart = new window.JobcastChart(el.chart);
+  chart.total = state.n;
+
+  // ---- the stream ------------------------------------------------------------------------
+
+  var source = null;
+  var fresh = false;                // the next entry is the first of a (re)connection
+  var retryTimer = null;
+  var backoff = 1000;
+
+  function setConnection(name, text) {
+    if (state.connection === name) { return; }
+    state.connection = name;
+    el.connection.dataset.state = name;
+    el.connection.textContent = text;
+  }
+
+  function connect() {
+    if (state.ended) { return; }
+    clearTimeout(retryTimer);
+    if (source) { source.close(); }
+    var url = root.dataset.events + (state.lastSeq ? "?after=" + state.lastSeq : "");
+    var es = new EventSource(url);
+    source = es;
+    es.addEventListener("open", function () {
+      if (source !== es) { return; }
+      state.opens += 1;
+      fresh = true;
+      backoff = 1000;
+      setConnection("live", "live");
+    });
+    ["queued", "started", "value", "retrying", "finished", "failed"].forEach(function (kind) {
+      es.addEventListener(kind, function (ev) { if (source === es) { receive(ev); } });
+    });
+    es.addEventListener("error", function () {
+      if (source !== es || state.ended) { return; }
+      state.reconnects += 1;
+      setConnection("reconnecting", "reconnecting…");
+      if (es.readyState === EventSource.CLOSED) {
+        // EventSource gave up (a 204, or an error status from a proxy): check and retry.
+        retryTimer = setTimeout(function () { poll().then(function () { if (!state.ended) { connect(); } }); }, backoff);
+        backoff = Math.min(10000, backoff * 2);
+      }
+    });
+  }
+
+  function receive(ev) {
+    var seq = parseInt(ev.lastEventId, 10);
+    if (!(seq > state.lastSeq)) { state.duplicates += 1; return; }
+    if (seq !== state.lastSeq + 1) {
+      if (!fresh) {
+        // Within one connection seqs are consecutive: read again from the last one shown.
+        state.gaps += 1;
+        connect();
+        return;
+      }
+      // The server read its log from our position, and the log starts later: it was trimmed.
+      state.trimmed += seq - state.lastSeq - 1;
+    }
+    fresh = false;
+    state.lastSeq = seq;
+    apply(JSON.parse(ev.data));
+  }
+
+  function apply(e) {
+    switch (e.kind) {
+      case "queued":
+        state.status = "queued";
+        if (e.n !== undefined && e.n !== null) { state.n = e.n; chart.total = e.n; }
+        if (state.createdAt === null) { state.createdAt = e.ts; }
+        break;
+      case "started":
+        state.status = "running";
+        state.worker = e.worker;
+        state.attempt = e.attempt;
+        // Elapsed time counts from the first attempt's start.
+        state.startedAt = state.startedAt === null ? e.ts : Math.min(state.startedAt, e.ts);
+        break;
+      case "value":
+        state.status = "running";
+        state.values += 1;
+        state.lastIndex = e.i;
+        state.texts.push(e.v);
+        state.indices.push(e.i);
+        if (state.texts.length > LOG_CAP + LOG_CAP / 10) {
+          var drop = state.texts.length - LOG_CAP;
+          state.texts.splice(0, drop);
+          state.indices.splice(0, drop);
+          state.dropped += drop;
+          log.shifted(drop);
+        }
+        chart.add(e.i, e.j);
+        break;
+      case "retrying":
+        state.status = "retrying";
+        state.reason = e.reason;
+        break;
+      case "finished":
+      case "failed":
+        state.status = e.kind;
+        state.reason = e.reason || null;
+        state.endedAt = e.ts;
+        finish();
+        break;
+    }
+    if (e.kind !== "value") { addEvent(e); }
+    schedule();
+  }
+
+  function finish() {
+    state.ended = true;
+    clearTimeout(retryTimer);
+    if (source) { source.close(); source = null; }
+    setConnection("ended", "stream ended");
+    poll();
+  }
+
+  // ---- status poll: watchers, and a watchdog for a silently dead connection ---------------
+
+  var behind = 0, seqAtLastPoll = -1;
+  function poll() {
+    return fetch(root.dataset.statusUrl, { cache: "no-store" }).then(function (r) {
+      if (!r.ok) { throw new Error("HTTP " + r.status); }
+      return r.json();
+    }).then(function (job) {
+      state.viewers = job.viewers;
+      if (!state.worker && job.worker) { state.worker = job.worker; }
+      if (state.startedAt === null && job.started_at) { state.startedAt = job.started_at; }
+      if (state.n === null && job.progress && job.progress.n !== null) { state.n = job.progress.n; chart.total = state.n; }
+      if (!state.ended && TERMINAL[job.status] && job.last_seq <= state.lastSeq) {
+        // Everything logged has been shown, yet no terminal entry came (an expired log).
+        state.status = job.status; state.reason = job.reason; state.endedAt = job.ended_at;
+        finish();
+      }
+      // The log has more than we have seen and nothing came since the last poll, twice
+      // running: the connection is silently stuck, so open a new one.
+      var stuck = !state.ended && state.connection === "live" && job.last_seq > state.lastSeq &&
+                  state.lastSeq === seqAtLastPoll;
+      behind = stuck ? behind + 1 : 0;
+      seqAtLastPoll = state.lastSeq;
+      if (behind >= 2) { behind = 0; connect(); }
+      schedule();
+    }).catch(function () { /* the next poll tries again */ });
+  }
+
+  function pollLoop() {
+    poll().then(function () {
+      setTimeout(pollLoop, state.ended ? 15000 : (document.hidden ? 10000 : 2000));
+    });
+  }
+
+  // ---- the virtualised log ---------------------------------------------------------------
+
+  var log = (function () {
+    var rowHeight = 0;
+    var stick = true;               // follow the newest value while scrolled to the bottom
+    var shown = { first: -1, last: -1, total: -1 };
+    var programmatic = false;
+
+    function measure() {
+      if (!rowHeight) {
+        var probe = document.createElement("li");
+        probe.innerHTML = "<span class='i'>0</span><span class='v'>0</span>";
+        el.log.appendChild(probe);
+        rowHeight = probe.getBoundingClientRect().height || 24;
+        el.log.removeChild(probe);
+      }
+      return rowHeight;
+    }
+
+    el.logView.addEventListener("scroll", function () {
+      if (!programmatic) {
+        var v = el.logView;
+        stick = v.scrollTop + v.clientHeight >= v.scrollHeight - measure() * 1.5;
+      }
+      programmatic = false;
+      render();
+    }, { passive: true });
+    el.logJump.addEventListener("click", function () { stick = true; render(); el.logView.focus(); });
+
+    function render() {
+      var total = state.texts.length, rh = measure(), view = el.logView;
+      el.logSpacer.style.height = (total * rh) + "px";
+      if (stick && view.scrollTop + view.clientHeight < total * rh - 1) {
+        programmatic = true;
+        view.scrollTop = total * rh;
+      }
+      el.logJump.hidden = stick || total === 0;
+      var first = Math.max(0, Math.floor(view.scrollTop / rh) - 8);
+      var last = Math.min(total, Math.ceil((view.scrollTop + view.clientHeight) / rh) + 8);
+      if (first === shown.first && last === shown.last && total === shown.total) { return; }
+      // Rows already showing the right value stay; the rest are rewritten in place.
+      var rows = el.log.children;
+      while (rows.length < last - first) {
+        var li = document.createElement("li");
+        li.appendChild(document.createElement("span")).className = "i";
+        li.appendChild(document.createElement("span")).className = "v";
+        el.log.appendChild(li);
+      }
+      while (rows.length > last - first) { el.log.removeChild(el.log.lastChild); }
+      for (var k = first; k < last; k++) {
+        var row = rows[k - first];
+        var i = state.indices[k];
+        if (row.dataset.i !== String(i)) {
+          row.dataset.i = String(i);
+          row.firstChild.textContent = String(i);
+          row.lastChild.textContent = state.texts[k];   // textContent: values are data, never markup
+          row.title = state.texts[k].length > 40 ? state.texts[k].slice(0, 2000) : "";
+        }
+        row.setAttribute("aria-posinset", String(k + 1 + state.dropped));
+        row.setAttribute("aria-setsize", String(total + state.dropped));
+      }
+      el.log.style.transform = "translateY(" + (first * rh) + "px)";
+      shown = { first: first, last: last, total: total };
+    }
+
+    return {
+      render: render,
+      shifted: function (drop) {
+        if (!stick) { programmatic = true; el.logView.scrollTop = Math.max(0, el.logView.scrollTop - drop * measure()); }
+        shown.total = -1;
+      }
+    };
+  })();
+
+  // ---- lifecycle history -----------------------------------------------------------------
+
+  function clock(ts) { return new Date(ts * 1000).toLocaleTimeString(); }
+  function addEvent(e) {
+    var text = {
+      queued: "queued",
+      started: "started on " + e.worker + (e.attempt > 1 ? " (attempt " + e.attempt + ")" : ""),
+      retrying: "retrying: " + e.reason,
+      finished: "finished",
+      failed: "failed: " + e.reason
+    }[e.kind];
+    if (!text) { return; }
+    var li = document.createElement("li");
+    li.dataset.kind = e.kind;
+    var time = li.appendChild(document.createElement("time"));
+    time.dateTime = new Date(e.ts * 1000).toISOString();
+    time.textContent = clock(e.ts);
+    li.appendChild(document.createTextNode(" " + text));
+    el.events.appendChild(li);
+    if (el.events.children.length > 50) { el.events.removeChild(el.events.firstChild); }
+  }
+
+  // ---- drawing, at most once a frame -----------------------------------------------------
+
+  var pending = false;
+  function schedule() {
+    if (pending) { return; }
+    pending = true;
+    // requestAnimationFrame does not run in a hidden tab; the timeout keeps the model fresh.
+    var done = false;
+    function run() { if (done) { return; } done = true; pending = false; draw(); }
+    requestAnimationFrame(run);
+    setTimeout(run, 250);
+  }
+
+  var lastDescribed = 0;
+  function draw() {
+    if (state.texts.length) {
+      var latest = state.texts[state.texts.length - 1];
+      el.latest.textContent = latest.length > 300 ? latest.slice(0, 300) + "…" : latest;
+    }
+    el.latest.classList.toggle("long", el.latest.textContent.length > 24);
+    var statusText = state.status === "retrying" ? "retrying" : state.status;
+    if (el.status.textContent !== statusText) {
+      el.status.textContent = statusText;
+      el.status.dataset.status = state.status;
+      root.dataset.status = state.status;
+    }
+    el.worker.textContent = state.worker ? state.worker + (state.attempt > 1 ? " (attempt " + state.attempt + ")" : "") : (el.worker.textContent || "—");
+    var done = state.lastIndex + 1;
+    if (state.n !== null) {
+      el.progress.max = Math.max(1, state.n);
+      el.progress.value = state.status === "finished" ? el.progress.max : Math.min(done, state.n);
+      var pct = state.n > 0 ? Math.floor(100 * Math.min(done, state.n) / state.n) : 100;
+      el.progressText.textContent = numberFormat.format(done) + " of " + numberFormat.format(state.n) + " (" + pct + "%)";
+    } else {
+      if (state.ended) { el.progress.max = 1; el.progress.value = 1; }
+      el.progressText.textContent = numberFormat.format(done) + " values";
+    }
+    if (state.ended) {
+      el.end.textContent = state.status === "failed" ? "Failed: " + (state.reason || "unknown reason") : "Done";
+      el.end.dataset.status = state.status;
+    } else if (state.status === "retrying") {
+      el.end.textContent = "Retrying: " + (state.reason || "");
+      el.end.dataset.status = "retrying";
+    } else if (el.end.dataset.status === "retrying") {
+      el.end.textContent = ""; delete el.end.dataset.status;
+    }
+    if (state.viewers !== null) { el.viewers.textContent = numberFormat.format(state.viewers); }
+    el.logCount.textContent = "(" + numberFormat.format(state.values) + ")";
+    tick();
+    chart.draw();
+    var now = Date.now();
+    if (state.ended || now - lastDescribed > 3000) {
+      lastDescribed = now;
+      el.chart.setAttribute("aria-label", chart.describe());
+    }
+    log.render();
+  }
+
+  function duration(seconds) {
+    seconds = Math.max(0, Math.floor(seconds));
+    var h = Math.floor(seconds / 3600), m = Math.floor(seconds / 60) % 60, s = seconds % 60;
+    var mm = (h && m < 10 ? "0" : "") + m, ss = (s < 10 ? "0" : "") + s;
+    return (h ? h + ":" : "") + mm + ":" + ss;
+  }
+
+  function tick() {
+    var now = Date.now() / 1000;
+    if (state.startedAt !== null) {
+      el.elapsed.textContent = duration((state.endedAt || now) - state.startedAt);
+    } else if (state.createdAt !== null) {
+      el.elapsed.textContent = state.ended ? "—" : "waiting " + duration(now - state.createdAt);
+    }
+  }
+
+  // For tests and the curious: a snapshot of what the page holds.
+  window.jobcastPage = function () {
+    return {
+      lastSeq: state.lastSeq, status: state.status, ended: state.ended, connection: state.connection,
+      values: state.texts.slice(), indices: state.indices.slice(), dropped: state.dropped,
+      opens: state.opens, reconnects: state.reconnects, duplicates: state.duplicates,
+      gaps: state.gaps, trimmed: state.trimmed, n: state.n
+    };
+  };
+
+  setInterval(function () { if (!state.ended) { tick(); } }, 1000);
+  window.addEventListener("resize", schedule);
+  connect();
+  pollLoop();
+  draw();
+})();

@@ -1,0 +1,36 @@
+// When the server sets JOBCAST_TOKEN, creating a job needs "Authorization: Bearer <token>".
+// This wraps fetch for POST /api/jobs: it sends the token kept in this browser, and on a 401
+// asks for it once, keeps it, and retries. Pages need no other change.
+(function () {
+  "use strict";
+  var KEY = "jobcast.token";
+  var plainFetch = window.fetch.bind(window);
+
+  function isCreate(input, init) {
+    var url = typeof input === "string" ? input : input.url;
+    var method = (init && init.method) || (typeof input !== "string" && input.method) || "GET";
+    return method.toUpperCase() === "POST" && new URL(url, location.href).pathname === "/api/jobs";
+  }
+
+  function withToken(init, token) {
+    var copy = Object.assign({}, init || {});
+    var headers = new Headers(copy.headers || {});
+    if (token) { headers.set("Authorization", "Bearer " + token); }
+    copy.headers = headers;
+    return copy;
+  }
+
+  window.fetch = function (input, init) {
+    if (!isCreate(input, init)) { return plainFetch(input, init); }
+    return plainFetch(input, withToken(init, localStorage.getItem(KEY))).then(function (response) {
+      if (response.status !== 401) { return response; }
+      var token = window.prompt("This Jobcast server needs an access token to start jobs:");
+      if (!token) { return response; }
+      localStorage.setItem(KEY, token);
+      return plainFetch(input, withToken(init, token)).then(function (retried) {
+        if (retried.status === 401) { localStorage.removeItem(KEY); }
+        return retried;
+      });
+    });
+  };
+})();
