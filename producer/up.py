@@ -41,12 +41,14 @@ def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 60.0) -
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM every child (a second one makes RQ abandon its job), then SIGKILL stragglers."""
-    for sig in (signal.SIGTERM, signal.SIGTERM):
+    """SIGTERM every child twice (RQ's cold shutdown, which also kills the work-horse), then
+    SIGKILL stragglers."""
+    for _ in range(2):
         for p in procs:
             if p.poll() is None:
-                p.send_signal(sig)
-        time.sleep(0.5)
+                p.send_signal(signal.SIGTERM)
+        # RQ ignores a second signal that comes within a second of the first.
+        time.sleep(1.2)
     deadline = time.monotonic() + 10
     for p in procs:
         try:

@@ -24,6 +24,9 @@ class State:
             socket_keepalive=True, health_check_interval=30))
         self._hub = None
         self._hub_pid = None
+        from web.limits import StreamLimiter
+
+        self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)
 
     @property
     def hub(self):
@@ -34,6 +37,12 @@ class State:
             self._hub = Hub(self.redis, buffer_size=self.config.viewer_buffer)
             self._hub_pid = os.getpid()
             self._hub.start()
+            from web.watchdog import Watchdog
+
+            Watchdog(self.redis, self.config).start()
+            from web.presence import Presence
+
+            Presence(self.redis, self._hub).start()
         return self._hub
 
 
@@ -50,13 +59,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     load_builtin_and_user_tasks()
     app.extensions["jobcast"] = State(config, redis)
 
-    from web import api, errors, health, pages, stream
+    from web import api, errors, health, metrics, pages, stream
 
+    from web import shutdown
+
+    shutdown.install(lambda: app.extensions["jobcast"].hub)
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(metrics.bp)
     return app
 
 

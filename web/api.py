@@ -7,7 +7,9 @@ from flask import Blueprint, jsonify, request, url_for
 from producer.enqueue import enqueue, job_urls
 from web import state
 from web.errors import BadParam
+from web.limits import require_token
 from web.lookup import int_param, load_job
+from web.presence import total_viewers
 from worker.joblog import recent_jobs
 from worker.registry import ParamError, UnknownTask, all_tasks
 
@@ -17,6 +19,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 @bp.post("/jobs")
 def create_job():
     """Validate ``{"task": ..., "params": {...}}``, enqueue it, answer 201 with its URLs."""
+    require_token(state().config)
     body = request.get_json(silent=True)
     if body is None:
         raise BadParam("body", "body must be a JSON object (Content-Type: application/json)")
@@ -59,7 +62,9 @@ def get_job(job_id: str):
     """One job's status, progress, worker and times."""
     info = load_job(job_id)
     info["urls"] = job_urls(job_id)
-    info["viewers"] = state().hub.viewers(job_id)
+    # This process's count is exact and current; the others' arrive every few seconds.
+    info["viewers_here"] = state().hub.viewers(job_id)
+    info["viewers"] = max(info["viewers_here"], total_viewers(state().redis, job_id))
     return jsonify(info)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,15 @@ def register(app: Flask) -> None:
         for name, value in (exc.get_headers() if exc.response is None else []):
             if name.lower() != "content-type":
                 response.headers[name] = value
+        return response
+
+    @app.errorhandler(RedisError)
+    def redis_down(exc: RedisError):
+        """Redis is unreachable: 503 and a hint to retry, not a 500."""
+        log.warning("redis error: %s", exc)
+        response = jsonify({"error": "unavailable", "message": "Redis is unreachable; retry shortly"})
+        response.status_code = 503
+        response.headers["Retry-After"] = "2"
         return response
 
     @app.errorhandler(Exception)

@@ -12,5 +12,7 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 backlog = 2048
+# No runtime control socket: it defaults to one path per user, shared by every instance.
+control_socket_disable = True
 errorlog = "-"
 loglevel = "info"

@@ -20,6 +20,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
 
+from web import metrics
 from worker.joblog import CHANNEL_PATTERN, Entry, job_id_from_channel
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ OVERFLOW = object()
 
 RESYNC = object()
 """Returned by :meth:`Subscription.get` after the hub reconnected: check the log for gaps."""
+
+
+SHUTDOWN = object()
+"""Returned by :meth:`Subscription.get` when the process is shutting down."""
 
 
 class Subscription:
@@ -65,22 +70,32 @@ class Subscription:
             self._resync = True
             self._event.set()
 
+    def wake(self) -> None:
+        """Wake the viewer if it is waiting in :meth:`get`."""
+        self._event.set()
+
     def get(self, timeout: float) -> list[Entry] | object:
-        """Wait up to ``timeout`` s; return pending entries, OVERFLOW, RESYNC or ``[]``."""
+        """Wait up to ``timeout`` s; return entries, OVERFLOW, RESYNC, SHUTDOWN or ``[]``."""
         self._event.wait(timeout)
         with self._lock:
             self._event.clear()
-            if self._overflow:
-                self._overflow = False
-                self._resync = False
-                return OVERFLOW
-            if self._resync:
-                self._resync = False
-                self._queue.clear()
-                return RESYNC
-            items = list(self._queue)
+            return self._take()
+
+    def _take(self) -> list[Entry] | object:
+        """What :meth:`get` returns once woken (or timed out)."""
+        if self.hub.closing:
+            return SHUTDOWN
+        if self._overflow:
+            self._overflow = False
+            self._resync = False
+            return OVERFLOW
+        if self._resync:
+            self._resync = False
             self._queue.clear()
-            return items
+            return RESYNC
+        items = list(self._queue)
+        self._queue.clear()
+        return items
 
     def close(self) -> None:
         """Detach from the hub and free the buffer."""
@@ -96,6 +111,79 @@ class Subscription:
         self.close()
 
 
+class GreenSubscription(Subscription):
+    """The same buffer for gevent, where the hub and every viewer share one OS thread.
+
+    No lock is needed (greenlets switch only when they block), and a waiting viewer is woken
+    with a gevent Waiter and a libev timer instead of an Event with a Timeout: about a third
+    of the CPU per wake-up, which is most of the cost of relaying one value to one viewer.
+    """
+
+    __slots__ = ("_loop", "_waiter")
+
+    def __init__(self, hub: "Hub", job_id: str, maxlen: int, loop):
+        """Create an empty buffer woken through gevent's ``loop``."""
+        super().__init__(hub, job_id, maxlen)
+        self._loop = loop
+        self._waiter = None
+
+    def wake(self) -> None:
+        """Wake the viewer (from the hub greenlet, on the loop's next turn) if it waits."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            self._loop.run_callback(waiter.switch, None)
+
+    def put(self, entry: Entry) -> None:
+        """Add a live entry; on overflow drop the buffer and flag the viewer to catch up."""
+        if self._overflow:
+            return
+        if len(self._queue) >= self.maxlen:
+            self._queue.clear()
+            self._overflow = True
+        else:
+            self._queue.append(entry)
+        self.wake()
+
+    def resync(self) -> None:
+        """Ask the viewer to compare its position with the log (after a reconnect)."""
+        self._resync = True
+        self.wake()
+
+    def get(self, timeout: float) -> list[Entry] | object:
+        """Wait up to ``timeout`` s; return entries, OVERFLOW, RESYNC, SHUTDOWN or ``[]``."""
+        if not (self._queue or self._overflow or self._resync or self.hub.closing):
+            from gevent.hub import Waiter
+
+            waiter = self._waiter = Waiter()
+            timer = self._loop.timer(timeout)
+            timer.start(waiter.switch, None)
+            try:
+                waiter.get()
+            finally:
+                timer.close()
+                self._waiter = None
+        return self._take()
+
+
+_GREEN: bool | None = None
+
+
+def _green_loop():
+    """gevent's loop when threading is monkey-patched (gunicorn's gevent worker), else None."""
+    global _GREEN
+    if _GREEN is None:
+        try:
+            from gevent import monkey
+            _GREEN = bool(monkey.is_module_patched("threading"))
+        except ImportError:
+            _GREEN = False
+    if not _GREEN:
+        return None
+    from gevent import get_hub
+    return get_hub().loop
+
+
 class Hub:
     """Reads the process's single pub/sub connection and dispatches to subscriptions."""
 
@@ -108,6 +196,7 @@ class Hub:
         self.max_backoff = max_backoff
         self._subs: dict[str, set[Subscription]] = {}
         self._ready = threading.Event()
+        self.closing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.messages = 0
@@ -119,17 +208,30 @@ class Hub:
     def subscribe(self, job_id: str) -> Subscription:
         """Register a viewer of ``job_id``; live entries go to the returned buffer."""
         self.start()
-        sub = Subscription(self, job_id, self.buffer_size)
+        loop = _green_loop()
+        if loop is not None:
+            sub: Subscription = GreenSubscription(self, job_id, self.buffer_size, loop)
+        else:
+            sub = Subscription(self, job_id, self.buffer_size)
         self._subs.setdefault(job_id, set()).add(sub)
+        metrics.viewer_added(job_id)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget a viewer (idempotent)."""
         subs = self._subs.get(sub.job_id)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
+            metrics.viewer_removed(sub.job_id)
             if not subs:
                 del self._subs[sub.job_id]
+
+    def shutdown(self) -> None:
+        """The process is stopping: wake every viewer so its stream can end cleanly."""
+        self.closing = True
+        for subs in list(self._subs.values()):
+            for sub in tuple(subs):
+                sub.wake()
 
     def viewers(self, job_id: str | None = None) -> int:
         """Viewers attached here, of one job or in total."""
@@ -178,6 +280,7 @@ class Hub:
             return
         for sub in tuple(subs):
             sub.put(entry)
+        metrics.dispatched(entry, len(subs))
 
     def _run(self) -> None:
         """Subscribe, dispatch until stopped, and reconnect with backoff on errors."""
@@ -203,6 +306,7 @@ class Hub:
             except (RedisConnectionError, RedisTimeoutError, OSError, RedisError) as exc:
                 self._ready.clear()
                 self.reconnects += 1
+                metrics.HUB_RECONNECTS.inc()
                 log.warning("hub: lost Redis subscription (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 CONF = Path(__file__).with_name("gunicorn.conf.py")
@@ -17,7 +18,20 @@ def gunicorn_argv(bind: str, workers: int | None = None, extra: list[str] | None
     return argv + list(extra or [])
 
 
+def metrics_env(environ: dict | None = None) -> dict:
+    """Point PROMETHEUS_MULTIPROC_DIR at a fresh temporary directory unless it is set.
+
+    Every gunicorn worker then records its metrics there and ``GET /metrics`` merges them.
+    It must be set before any worker imports prometheus_client, hence here, before gunicorn.
+    """
+    environ = os.environ if environ is None else environ
+    if not (environ.get("PROMETHEUS_MULTIPROC_DIR") or environ.get("prometheus_multiproc_dir")):
+        environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jobcast-metrics-")
+    return environ
+
+
 def serve(bind: str, workers: int | None = None) -> None:
     """Replace this process with gunicorn, so signals reach it directly."""
+    metrics_env()
     argv = gunicorn_argv(bind, workers)
     os.execv(argv[0], argv)

@@ -110,6 +110,8 @@ def test_a_quiet_stream_sends_heartbeats_and_stops_when_the_client_is_gone(redis
 
 def test_subscription_buffer_is_bounded():
     class NoHub:
+        closing = False
+
         def unsubscribe(self, sub):
             pass
 

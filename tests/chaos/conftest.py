@@ -1,0 +1,166 @@
+"""A private stack per test module, so faults injected here do not touch other tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Iterator
+
+import httpx
+import psutil
+import pytest
+
+from producer.redisproc import RedisServer
+from tests.conftest import WebServer, Workers, parse_sse, wait_for
+
+
+class Stack:
+    """redis-server (AOF on, as in compose), one gunicorn and some workers."""
+
+    def __init__(self, tmp, workers: int = 2, web_workers: int = 1, **env: str):
+        """Start everything."""
+        self.tmp = tmp
+        self.env = dict(JOBCAST_HEARTBEAT="1", **env)
+        self.redis = RedisServer(data_dir=tmp / "redis", appendonly=True).start()
+        self.web = WebServer(self.redis.url, workers=web_workers, log_path=tmp / "web.log",
+                             **self.env).start()
+        self.workers = Workers(self.redis.url, tmp)
+        if workers:
+            self.workers.start(workers, **self.env)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the web server."""
+        return self.web.url
+
+    def restart_web(self, sig) -> None:
+        """Stop gunicorn with ``sig`` and start a new one on the same port."""
+        port = self.web.port
+        self.web.stop(sig)
+        self.web = WebServer(self.redis.url, workers=self.web.workers,
+                             log_path=self.tmp / "web.log", **self.env)
+        self.web.port = port
+        self.web.start()
+
+    def restart_redis(self, down_for: float = 2.0) -> None:
+        """Stop redis-server gracefully (AOF flushed), wait, start it on the same port."""
+        self.redis.stop()
+        wait_for(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 503, 10,
+                 what="/readyz to report not ready")
+        self.down_for = down_for
+        time.sleep(down_for)  # the outage itself is what is under test
+        self.redis.start()
+
+    def worker_process(self, name: str) -> psutil.Process:
+        """The worker process behind an RQ worker name ("host.pid")."""
+        return psutil.Process(int(name.rsplit(".", 1)[1]))
+
+    def web_worker_processes(self) -> list[psutil.Process]:
+        """gunicorn's worker processes (children of the master)."""
+        return psutil.Process(self.web.proc.pid).children()
+
+    def close(self) -> None:
+        """Stop everything."""
+        self.workers.stop_all()
+        self.web.stop()
+        self.redis.stop()
+
+
+@pytest.fixture
+def stack(tmp_path) -> Iterator[Stack]:
+    """A fresh stack with two workers for one test."""
+    s = Stack(tmp_path)
+    yield s
+    s.close()
+
+
+class SSEViewer(threading.Thread):
+    """A browser-like EventSource: reconnects with Last-Event-ID until a terminal event."""
+
+    def __init__(self, base: str, job_id: str, deadline: float = 120):
+        """Follow ``job_id`` in a thread; results in .events, reconnects counted."""
+        super().__init__(daemon=True)
+        self.base, self.job_id = base, job_id
+        self.events: list[dict] = []
+        self.reconnects = 0
+        self.deadline = time.monotonic() + deadline
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        """Read until a terminal event, reconnecting on any error or early close."""
+        last = None
+        while time.monotonic() < self.deadline:
+            headers = {"Last-Event-ID": last} if last else {}
+            try:
+                with httpx.stream("GET", f"{self.base}/jobs/{self.job_id}/events",
+                                  headers=headers, timeout=httpx.Timeout(10, read=30)) as r:
+                    if r.status_code == 204:
+                        return
+                    if r.status_code != 200:
+                        raise httpx.HTTPError(f"status {r.status_code}")
+                    for ev in parse_sse(r.iter_lines()):
+                        if "id" not in ev:
+                            continue
+                        ev["recv"] = time.time()
+                        self.events.append(ev)
+                        last = ev["id"]
+                        if ev.get("event") in ("finished", "failed"):
+                            return
+            except (httpx.HTTPError, OSError):
+                pass
+            self.reconnects += 1
+            time.sleep(0.25)  # EventSource's retry delay
+
+    def values(self) -> list[int]:
+        """The value indexes received, in order."""
+        return [json.loads(e["data"])["i"] for e in self.events if e["event"] == "value"]
+
+    def texts(self) -> list[str]:
+        """The values' text forms, in order."""
+        return [json.loads(e["data"])["v"] for e in self.events if e["event"] == "value"]
+
+    def timed(self) -> list[dict]:
+        """Value events with their receive time and JSON value (for latency)."""
+        out = []
+        for e in self.events:
+            if e["event"] == "value":
+                out.append({"recv": e["recv"], "data_j": json.loads(e["data"])["j"]})
+        return out
+
+    def seqs(self) -> list[int]:
+        """The seqs received, in order."""
+        return [int(e["id"]) for e in self.events]
+
+    def terminal(self) -> list[dict]:
+        """The terminal events received."""
+        return [e for e in self.events if e["event"] in ("finished", "failed")]
+
+
+class TextViewer(threading.Thread):
+    """Reads /stream, resuming with ?start=<lines so far> after a drop, until the job ends."""
+
+    def __init__(self, base: str, job_id: str, deadline: float = 120):
+        """Follow ``job_id`` in a thread; lines in .lines."""
+        super().__init__(daemon=True)
+        self.base, self.job_id = base, job_id
+        self.lines: list[str] = []
+        self.reconnects = 0
+        self.deadline = time.monotonic() + deadline
+
+    def run(self) -> None:
+        """Read; on a drop or an early end while the job still runs, resume."""
+        while time.monotonic() < self.deadline:
+            try:
+                with httpx.stream("GET", f"{self.base}/jobs/{self.job_id}/stream",
+                                  params={"start": len(self.lines)},
+                                  timeout=httpx.Timeout(10, read=30)) as r:
+                    for line in r.iter_lines():
+                        self.lines.append(line)
+                status = httpx.get(f"{self.base}/api/jobs/{self.job_id}", timeout=5).json()["status"]
+                if status in ("finished", "failed"):
+                    return
+            except (httpx.HTTPError, OSError, ValueError, KeyError):
+                pass
+            self.reconnects += 1
+            time.sleep(0.25)

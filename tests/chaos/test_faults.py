@@ -1,0 +1,160 @@
+"""Nothing is lost under faults: every viewer sees each value once, in order, then exactly one
+terminal event, while workers, Redis and the web process are killed and restarted."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from producer.enqueue import enqueue
+from tests.chaos.conftest import SSEViewer, TextViewer
+from tests.conftest import create_job, job_status, wait_for
+from worker.config import Config
+
+pytestmark = pytest.mark.chaos
+
+
+def status(stack, job_id):
+    return httpx.get(f"{stack.url}/api/jobs/{job_id}", timeout=10).json()
+
+
+def progress(stack, job_id) -> int:
+    return status(stack, job_id)["progress"]["i"]
+
+
+def assert_exactly_once(viewer: SSEViewer, n: int, terminal: str = "finished"):
+    assert viewer.values() == list(range(n)), viewer.values()
+    seqs = viewer.seqs()
+    assert seqs == sorted(set(seqs)), "duplicate or out-of-order seq"
+    assert [e["event"] for e in viewer.terminal()] == [terminal]
+
+
+def kill_tree(proc: psutil.Process):
+    """SIGKILL a worker and its work-horse, as a crashed container would."""
+    for p in [*proc.children(recursive=True), proc]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_worker_killed_mid_job_is_retried_and_viewers_see_each_value_once(stack):
+    job_id = create_job(httpx.Client(base_url=stack.url), "sqrt", n=80, interval=0.1)
+    viewers = [SSEViewer(stack.url, job_id) for _ in range(3)]
+    text = TextViewer(stack.url, job_id)
+    for v in [*viewers, text]:
+        v.start()
+    wait_for(lambda: progress(stack, job_id) >= 15, 30, what="job under way")
+    first = status(stack, job_id)["worker"]
+    killed_at = time.monotonic()
+    kill_tree(stack.worker_process(first))
+    wait_for(lambda: status(stack, job_id)["status"] == "finished", 90, interval=0.5,
+             what="the job to finish on the other worker")
+    recovered = time.monotonic() - killed_at
+    for v in [*viewers, text]:
+        v.join(30)
+    info = status(stack, job_id)
+    assert info["worker"] != first and info["attempt"] == 2
+    for v in viewers:
+        assert_exactly_once(v, 80)
+    assert text.lines == ["{}".format(i ** 0.5) for i in range(80)]
+    print(f"\nworker SIGKILL: job resumed and finished {recovered:.1f}s after the kill")
+
+
+def test_worker_stopped_with_sigterm_finishes_its_job_first(stack):
+    job_id = create_job(httpx.Client(base_url=stack.url), "sqrt", n=40, interval=0.1)
+    viewer = SSEViewer(stack.url, job_id)
+    viewer.start()
+    wait_for(lambda: progress(stack, job_id) >= 5, 30, what="job under way")
+    proc = stack.worker_process(status(stack, job_id)["worker"])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0  # warm shutdown: the current job ran to its end
+    viewer.join(30)
+    assert_exactly_once(viewer, 40)
+    kinds = [e["event"] for e in viewer.events]
+    assert "retrying" not in kinds and "failed" not in kinds and kinds.count("started") == 1
+
+
+def test_killed_job_without_retries_fails_within_the_bound(stack):
+    cfg = Config.from_env(redis_url=stack.redis.url, job_retries=0)
+    job_id = enqueue("sqrt", {"n": 1000, "interval": 0.1}, config=cfg)
+    viewer = SSEViewer(stack.url, job_id)
+    viewer.start()
+    wait_for(lambda: progress(stack, job_id) >= 5, 30, what="job under way")
+    killed_at = time.monotonic()
+    kill_tree(stack.worker_process(status(stack, job_id)["worker"]))
+    viewer.join(60)
+    took = time.monotonic() - killed_at
+    assert not viewer.is_alive(), "the stream hung"
+    [terminal] = viewer.terminal()
+    assert terminal["event"] == "failed" and "Abandoned" in json.loads(terminal["data"])["reason"]
+    assert viewer.values() == list(range(len(viewer.values())))
+    assert took < 40
+    print(f"\nretries exhausted: failed event {took:.1f}s after the kill")
+
+
+def test_when_no_worker_is_left_viewers_get_failed_within_the_bound(stack):
+    http = httpx.Client(base_url=stack.url)
+    running = create_job(http, "sqrt", n=1000, interval=0.1)
+    viewer = SSEViewer(stack.url, running, deadline=180)
+    viewer.start()
+    wait_for(lambda: progress(stack, running) >= 3, 30, what="job under way")
+    killed_at = time.monotonic()
+    for p in stack.workers.procs:
+        kill_tree(psutil.Process(p.pid))
+    viewer.join(150)
+    took = time.monotonic() - killed_at
+    assert not viewer.is_alive(), "the stream hung"
+    [terminal] = viewer.terminal()
+    reason = json.loads(terminal["data"])["reason"]
+    assert terminal["event"] == "failed", reason
+    assert viewer.values() == list(range(len(viewer.values())))
+    print(f"\nno worker left: failed event ({reason}) {took:.1f}s after the kill")
+
+
+def test_redis_restart_mid_stream_loses_nothing(stack):
+    job_id = create_job(httpx.Client(base_url=stack.url), "sqrt", n=60, interval=0.1)
+    viewers = [SSEViewer(stack.url, job_id) for _ in range(2)]
+    text = TextViewer(stack.url, job_id)
+    for v in [*viewers, text]:
+        v.start()
+    wait_for(lambda: progress(stack, job_id) >= 10, 30, what="job under way")
+    stack.restart_redis(down_for=2.0)
+    wait_for(lambda: httpx.get(stack.url + "/readyz").status_code == 200, 20, what="ready again")
+    for v in [*viewers, text]:
+        v.join(90)
+    for v in viewers:
+        assert_exactly_once(v, 60)
+    assert text.lines == ["{}".format(i ** 0.5) for i in range(60)]
+    print(f"\nredis restart: SSE reconnects {[v.reconnects for v in viewers]}, text {text.reconnects}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_web_restart_mid_stream_resumes_without_gap_or_duplicate(stack, sig):
+    job_id = create_job(httpx.Client(base_url=stack.url), "sqrt", n=60, interval=0.1)
+    viewers = [SSEViewer(stack.url, job_id) for _ in range(3)]
+    text = TextViewer(stack.url, job_id)
+    for v in [*viewers, text]:
+        v.start()
+    wait_for(lambda: progress(stack, job_id) >= 10, 30, what="job under way")
+    if sig == signal.SIGKILL:
+        for p in stack.web_worker_processes():
+            p.kill()
+    started = time.monotonic()
+    stack.restart_web(sig)
+    restart = time.monotonic() - started
+    for v in [*viewers, text]:
+        v.join(60)
+    for v in viewers:
+        assert_exactly_once(v, 60)
+        assert v.reconnects >= 1
+    assert text.lines == ["{}".format(i ** 0.5) for i in range(60)]
+    # On SIGTERM the streams end by themselves (with a retry hint) inside gunicorn's graceful
+    # timeout, so gunicorn never has to cut them off.
+    assert "graceful timeout" not in (stack.tmp / "web.log").read_text()
+    print(f"\nweb {sig.name}: stop and restart took {restart:.1f}s")

@@ -1,0 +1,151 @@
+"""Slow and churning viewers: memory, connections and file descriptors stay bounded."""
+
+from __future__ import annotations
+
+import random
+import socket
+import statistics
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.chaos.conftest import SSEViewer, Stack
+from tests.conftest import create_job, wait_for
+
+pytestmark = pytest.mark.chaos
+
+MB = 1024 * 1024
+
+
+def dechunk(raw: bytes) -> bytes:
+    """Decode an HTTP/1.1 chunked body (after the headers)."""
+    body, rest = b"", raw
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        body, rest = body + rest[:size], rest[size + 2:]
+    return body
+
+
+def open_raw(port: int, path: str, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    return sock
+
+
+def read_all(sock: socket.socket, timeout: float = 120) -> bytes:
+    sock.settimeout(timeout)
+    chunks = []
+    while data := sock.recv(1 << 20):
+        chunks.append(data)
+        if data.endswith(b"0\r\n\r\n"):
+            break
+    return b"".join(chunks)
+
+
+def percentiles(viewer: SSEViewer) -> tuple[float, float]:
+    """p50 and p99 of receive time minus the clock value carried by each entry."""
+    lat = sorted(e["recv"] - e["data_j"] for e in viewer.timed())
+    return lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
+
+
+def test_a_frozen_viewer_keeps_server_memory_bounded_and_then_catches_up(tmp_path):
+    stack = Stack(tmp_path, workers=1)
+    try:
+        http = httpx.Client(base_url=stack.url)
+        [web_proc] = stack.web_worker_processes()
+        # Baseline: the same load with no frozen viewer, for the latency comparison.
+        baseline = SSEViewer(stack.url, create_job(http, "clock", rate=1000, duration=10))
+        baseline.run()
+        b50, b99 = percentiles(baseline)
+        job_id = create_job(http, "clock", rate=1000, duration=60)
+        frozen = open_raw(stack.web.port, f"/jobs/{job_id}/stream", rcvbuf=4096)
+        live = SSEViewer(stack.url, job_id, deadline=150)
+        live.start()
+        wait_for(lambda: http.get(f"/api/jobs/{job_id}").json()["progress"]["i"] > 3000, 30,
+                 what="the frozen viewer's socket buffers to fill")
+        base = web_proc.memory_info().rss
+        peak = base
+        while http.get(f"/api/jobs/{job_id}").json()["status"] != "finished":
+            peak = max(peak, web_proc.memory_info().rss)
+            time.sleep(0.5)  # sampling period of the memory probe
+        live.join(60)
+        growth = (peak - base) / MB
+        p50, p99 = percentiles(live)
+        body = dechunk(read_all(frozen).partition(b"\r\n\r\n")[2]).decode()
+        frozen.close()
+        live_values = live.texts()
+        assert len(live_values) == 60000
+        assert body.splitlines() == live_values, "the frozen viewer missed or repeated values"
+        print(f"\nfrozen viewer, 1000 values/s for 60 s: web RSS growth {growth:.1f} MB; "
+              f"live viewer latency p50 {p50 * 1000:.1f} ms p99 {p99 * 1000:.1f} ms "
+              f"(without the frozen viewer: p50 {b50 * 1000:.1f} ms p99 {b99 * 1000:.1f} ms)")
+        assert growth < 10
+        # Latency is reported, not asserted: speed is measured by bench/, not by tests.
+    finally:
+        stack.close()
+
+
+def test_churn_leaks_no_connections_descriptors_or_memory(tmp_path):
+    stack = Stack(tmp_path, workers=1)
+    try:
+        http = httpx.Client(base_url=stack.url)
+        done = create_job(http, "sqrt", n=100, interval=0)
+        wait_for(lambda: http.get(f"/api/jobs/{done}").json()["status"] == "finished", 30,
+                 what="history job")
+        running = create_job(http, "sqrt", n=100000, interval=0.05)
+        [web_proc] = stack.web_worker_processes()
+        redis = __import__("redis").Redis.from_url(stack.redis.url)
+        paths = [f"/jobs/{done}/stream", f"/jobs/{done}/events", f"/jobs/{running}/events",
+                 f"/jobs/{running}/stream", f"/jobs/{done}/frame"]
+        rng = random.Random(7)
+
+        def cycles(n: int):
+            for _ in range(n):
+                sock = open_raw(stack.web.port, rng.choice(paths))
+                sock.settimeout(10)
+                try:
+                    if rng.random() < 0.5:
+                        sock.recv(256)  # disconnect mid-history
+                    else:
+                        sock.recv(65536)
+                except OSError:
+                    pass
+                finally:
+                    sock.close()
+
+        def run(total: int, threads: int = 8):
+            ts = [threading.Thread(target=cycles, args=(total // threads,)) for _ in range(threads)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(600)
+
+        def settled():
+            return http.get(f"/api/jobs/{running}").json()["viewers_here"] == 0
+
+        run(400)  # warm up caches and pools
+        wait_for(settled, 30, what="warm-up viewers to be freed")
+        fds0, rss0 = web_proc.num_fds(), web_proc.memory_info().rss
+        clients0 = len(redis.client_list())
+        started = time.monotonic()
+        run(5000)
+        took = time.monotonic() - started
+        wait_for(settled, 30, what="all churned viewers to be freed")
+        fds1, rss1 = web_proc.num_fds(), web_proc.memory_info().rss
+        clients1 = len(redis.client_list())
+        print(f"\nchurn 5000 cycles in {took:.1f}s: fds {fds0}->{fds1}, RSS {rss0 / MB:.1f}->"
+              f"{rss1 / MB:.1f} MB, redis clients {clients0}->{clients1}")
+        assert fds1 <= fds0 + 2
+        assert clients1 <= clients0 + 2
+        assert (rss1 - rss0) / MB < 10
+    finally:
+        stack.close()

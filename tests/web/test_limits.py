@@ -1,0 +1,89 @@
+"""Abuse limits: a token for creating jobs, caps on parameters and on concurrent streams."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+from tests.conftest import WebServer, wait_for
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def guarded(redis_server, logs_dir):
+    """A gunicorn with a token and tight stream caps (no workers: jobs stay queued)."""
+    s = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-limits.log",
+                  JOBCAST_TOKEN=TOKEN, JOBCAST_STREAMS_PER_CLIENT="3", JOBCAST_HEARTBEAT="1",
+                  JOBCAST_STREAMS_PER_PROCESS="5", JOBCAST_TRUST_PROXY="1",
+                  JOBCAST_QUEUE="limits", JOBCAST_PARAM_CAPS="n=1000,sqrt.interval=2").start()
+    yield s
+    s.stop()
+
+
+def post(server, headers=None, **params):
+    return httpx.post(f"{server.url}/api/jobs", json={"task": "sqrt", "params": params},
+                      headers=headers or {})
+
+
+def auth(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_creating_a_job_needs_the_bearer_token(guarded):
+    for headers in ({}, auth("wrong"), {"Authorization": TOKEN}, {"Authorization": "Basic x"}):
+        r = post(guarded, headers, n=5)
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert post(guarded, auth(), n=5).status_code == 201
+
+
+def test_parameters_over_the_configured_caps_are_refused(guarded):
+    r = post(guarded, auth(), n=1001)
+    assert r.status_code == 400 and r.json()["field"] == "params.n" and "cap" in r.json()["message"]
+    assert post(guarded, auth(), n=10, interval=3).json()["field"] == "params.interval"
+    assert post(guarded, auth(), n=1000, interval=2).status_code == 201
+
+
+def hold_streams(server, job_id, count, client_ip):
+    """Open ``count`` event streams from ``client_ip``; return (responses, closer)."""
+    c = httpx.Client(base_url=server.url, timeout=10)
+    streams = []
+    for _ in range(count):
+        cm = c.stream("GET", f"/jobs/{job_id}/events", headers={"X-Forwarded-For": client_ip})
+        streams.append((cm, cm.__enter__()))
+
+    def close():
+        for cm, _ in streams:
+            cm.__exit__(None, None, None)
+        c.close()
+
+    return [r for _, r in streams], close
+
+
+def test_stream_caps_answer_429_per_client_and_503_per_process_with_retry_after(guarded):
+    job_id = post(guarded, auth(), n=5).json()["id"]
+    held, close_a = hold_streams(guarded, job_id, 3, "10.0.0.1")
+    try:
+        assert [r.status_code for r in held] == [200, 200, 200]
+        r = httpx.get(f"{guarded.url}/jobs/{job_id}/stream", headers={"X-Forwarded-For": "10.0.0.1"})
+        assert r.status_code == 429 and r.headers["Retry-After"] and r.json()["error"]
+        more, close_b = hold_streams(guarded, job_id, 2, "10.0.0.2")
+        try:
+            assert [r.status_code for r in more] == [200, 200]
+            r = httpx.get(f"{guarded.url}/jobs/{job_id}/frame", headers={"X-Forwarded-For": "10.0.0.3"})
+            assert r.status_code == 503 and r.headers["Retry-After"]
+        finally:
+            close_b()
+    finally:
+        close_a()
+    # Closed streams are released: the client may stream again.
+    wait_for(lambda: httpx.get(f"{guarded.url}/api/jobs/{job_id}").json()["viewers_here"] == 0, 10,
+             what="streams released")
+    held, close_c = hold_streams(guarded, job_id, 3, "10.0.0.1")
+    try:
+        assert [r.status_code for r in held] == [200, 200, 200]
+    finally:
+        close_c()

@@ -1,0 +1,92 @@
+"""Abuse limits at the edge: the job-creation token and caps on concurrent streams."""
+
+from __future__ import annotations
+
+import hmac
+from collections import Counter
+
+from flask import Response, request
+from werkzeug.exceptions import HTTPException
+
+from worker.config import Config
+
+RETRY_AFTER = "5"
+
+
+class TooManyStreams(HTTPException):
+    """429 or 503 with a Retry-After header."""
+
+    def __init__(self, code: int, description: str):
+        """Build the error with its status code and message."""
+        super().__init__(description)
+        self.code = code
+
+    def get_headers(self, environ=None, scope=None):
+        """Add Retry-After so well-behaved clients back off."""
+        return [*super().get_headers(environ, scope), ("Retry-After", RETRY_AFTER)]
+
+
+class Unauthorized(HTTPException):
+    """401 with a Bearer challenge."""
+
+    code = 401
+    description = "creating jobs needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
+
+    def get_headers(self, environ=None, scope=None):
+        """Ask for a bearer token."""
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", 'Bearer realm="jobcast"')]
+
+
+class StreamLimiter:
+    """Counts open streams per client address and per process."""
+
+    def __init__(self, per_client: int, per_process: int):
+        """Set the two caps."""
+        self.per_client = per_client
+        self.per_process = per_process
+        self.by_client: Counter[str] = Counter()
+        self.total = 0
+
+    def acquire(self, client: str) -> None:
+        """Count a new stream, or raise 503 (process full) / 429 (client over its share)."""
+        if self.total >= self.per_process:
+            raise TooManyStreams(503, f"this server holds its maximum of {self.per_process} streams")
+        if self.by_client[client] >= self.per_client:
+            raise TooManyStreams(429, f"at most {self.per_client} concurrent streams per client")
+        self.by_client[client] += 1
+        self.total += 1
+
+    def release(self, client: str) -> None:
+        """Forget a finished stream."""
+        self.total -= 1
+        self.by_client[client] -= 1
+        if self.by_client[client] <= 0:
+            del self.by_client[client]
+
+
+def client_address(config: Config) -> str:
+    """The client's address; X-Forwarded-For's first hop only when the proxy is trusted."""
+    if config.trust_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first[:64]
+    return request.remote_addr or "unknown"
+
+
+def limit_stream(response: Response, limiter: StreamLimiter, config: Config) -> Response:
+    """Count ``response`` as an open stream until the server closes it."""
+    client = client_address(config)
+    limiter.acquire(client)
+    # call_on_close runs even if the body was never iterated (the client left at once).
+    response.call_on_close(lambda: limiter.release(client))
+    return response
+
+
+def require_token(config: Config) -> None:
+    """401 unless the request carries ``Authorization: Bearer <JOBCAST_TOKEN>`` (when set)."""
+    if not config.token:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), config.token.encode()):
+        raise Unauthorized()

@@ -1,0 +1,186 @@
+"""Prometheus metrics: ``GET /metrics`` in the text exposition format.
+
+Under gunicorn every worker process records into ``PROMETHEUS_MULTIPROC_DIR`` (``jobcast
+web`` points it at a fresh temporary directory when it is unset) and a scrape, answered by
+whichever worker gets it, merges every process's files. Without that variable (tests, a
+single process) the default in-process registry is used.
+
+What is counted where, so the hot path stays cheap:
+
+- the hub counts each announcement once and the entries it hands to viewers with one
+  ``inc(n)`` per announcement, never one call per viewer;
+- :func:`web.follow.follow` counts viewers, catch-ups from the log, heartbeats and the reason
+  each viewer stopped;
+- queue depth and busy workers are read from RQ at scrape time.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import time
+
+from flask import Blueprint, Response
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiproc_dir() -> str | None:
+    """The multi-process directory, if multi-process mode is on."""
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+
+
+# Gauges of live viewers: "livesum" adds up the processes that are alive, so the files of a
+# worker that died stop counting once it is marked dead (see cleanup_dead_processes).
+VIEWERS = Gauge("jobcast_viewers", "Viewers connected, all jobs", multiprocess_mode="livesum")
+JOB_VIEWERS = Gauge("jobcast_job_viewers", "Viewers connected, per job", ["job"],
+                    multiprocess_mode="livesum")
+ANNOUNCEMENTS = Counter("jobcast_hub_announcements", "Announcements read from Redis pub/sub by the hubs")
+RELAYED = Counter("jobcast_entries_relayed",
+                  "Live entries handed to viewers by the hubs (one per entry per viewer)")
+VALUES_RELAYED = Counter("jobcast_values_relayed",
+                         "Live value entries handed to viewers by the hubs (one per value per viewer)")
+CATCHUPS = Counter("jobcast_catchups",
+                   "Reads of a job's log by a viewer, by reason "
+                   "(history, overflow, resync, gap, quiet)", ["reason"])
+HEARTBEATS = Counter("jobcast_heartbeats", "Quiet spells: heartbeats sent or liveness checks made")
+DISCONNECTS = Counter("jobcast_disconnects",
+                      "Viewers that stopped, by reason (job_ended, client_gone, closed, error)",
+                      ["reason"])
+HUB_LAG = Histogram("jobcast_hub_lag_seconds",
+                    "Time from an entry being logged and published to its dispatch by a hub",
+                    buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+HUB_LAST_LAG = Gauge("jobcast_hub_last_lag_seconds", "Lag of the latest entry a hub dispatched",
+                     multiprocess_mode="livemax")
+HUB_RECONNECTS = Counter("jobcast_hub_reconnects", "Times a hub lost and re-made its subscription")
+
+
+def viewer_added(job_id: str) -> None:
+    """A viewer of ``job_id`` attached to this process's hub."""
+    VIEWERS.inc()
+    JOB_VIEWERS.labels(job_id).inc()
+
+
+def viewer_removed(job_id: str) -> None:
+    """A viewer of ``job_id`` detached."""
+    VIEWERS.dec()
+    JOB_VIEWERS.labels(job_id).dec()
+
+
+def dispatched(entry, viewers: int) -> None:
+    """The hub handed ``entry`` to ``viewers`` viewers."""
+    if viewers:
+        RELAYED.inc(viewers)
+        if entry.kind == "value":
+            VALUES_RELAYED.inc(viewers)
+    ts = entry.data.get("ts")
+    if isinstance(ts, (int, float)):
+        lag = max(0.0, time.time() - ts)
+        HUB_LAG.observe(lag)
+        HUB_LAST_LAG.set(lag)
+
+
+class RQCollector:
+    """Queue depth and busy workers, read from RQ when scraped."""
+
+    def __init__(self, redis, queue_name: str):
+        """Read the queue ``queue_name`` on ``redis``."""
+        self.redis = redis
+        self.queue_name = queue_name
+
+    def collect(self):
+        """Yield the two gauges; on a Redis error yield nothing rather than fail the scrape."""
+        from rq import Queue, Worker
+
+        try:
+            depth = Queue(self.queue_name, connection=self.redis).count
+            workers = Worker.all(connection=self.redis)
+            busy = sum(1 for w in workers if w.get_state() == "busy")
+        except Exception:  # a scrape must still answer with the process metrics
+            log.warning("metrics: cannot read RQ state", exc_info=True)
+            return
+        q = GaugeMetricFamily("jobcast_queue_depth", "Jobs waiting on the RQ queue", labels=["queue"])
+        q.add_metric([self.queue_name], depth)
+        yield q
+        w = GaugeMetricFamily("jobcast_workers", "RQ workers by state", labels=["state"])
+        w.add_metric(["busy"], busy)
+        w.add_metric(["idle"], len(workers) - busy)
+        yield w
+        b = GaugeMetricFamily("jobcast_workers_busy", "RQ workers running a job")
+        b.add_metric([], busy)
+        yield b
+
+
+_PID_RE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+
+
+def cleanup_dead_processes(path: str) -> None:
+    """Drop the live-gauge files of worker processes that no longer exist.
+
+    gunicorn's ``child_exit`` hook is the usual place for this; doing it at scrape time keeps
+    gunicorn.conf.py free of code and also covers workers killed with SIGKILL.
+    """
+    from prometheus_client import multiprocess
+
+    for name in {os.path.basename(p) for p in glob.glob(os.path.join(path, "gauge_live*_*.db"))}:
+        m = _PID_RE.match(name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, path)
+        except PermissionError:
+            pass
+
+
+class _DropIdleJobs:
+    """Leaves out per-job viewer series at zero, so finished jobs do not pile up in output."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def collect(self):
+        for metric in self.inner.collect():
+            if metric.name == "jobcast_job_viewers":
+                metric.samples = [s for s in metric.samples if s.value != 0]
+            yield metric
+
+
+def render(redis=None, queue_name: str | None = None) -> bytes:
+    """The exposition text of every metric (all processes in multi-process mode)."""
+    path = multiproc_dir()
+    if path:
+        from prometheus_client import multiprocess
+
+        cleanup_dead_processes(path)
+        registry = CollectorRegistry()
+        inner = CollectorRegistry()
+        multiprocess.MultiProcessCollector(inner, path=path)
+        registry.register(_DropIdleJobs(inner))
+    else:
+        registry = CollectorRegistry()
+        registry.register(_DropIdleJobs(REGISTRY))
+    if redis is not None and queue_name:
+        registry.register(RQCollector(redis, queue_name))
+    return generate_latest(registry)
+
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus text format."""
+    from web import state
+
+    st = state()
+    return Response(render(st.redis, st.config.queue_name), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,48 @@
+"""Graceful shutdown under gunicorn: on SIGTERM, end every stream so clients reconnect.
+
+Gunicorn's worker stops accepting on SIGTERM and then waits up to ``graceful_timeout`` for
+open requests; endless streams would hold it there and then be cut. Instead the hub wakes
+every viewer: SSE streams end with a short ``retry:`` and EventSource resumes elsewhere from
+its Last-Event-ID; text and HTML streams end and their readers resume by value count.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+
+def spawn(func) -> None:
+    """Run ``func`` soon, outside the signal handler, which must not block.
+
+    Under gevent the handler runs in an event-loop callback, where even starting a
+    (monkey-patched) thread would block, so a greenlet is spawned instead.
+    """
+    try:
+        from gevent import monkey, spawn as gevent_spawn
+    except ImportError:
+        monkey = None
+    if monkey is not None and monkey.is_module_patched("threading"):
+        gevent_spawn(func)
+    else:
+        threading.Thread(target=func, daemon=True).start()
+
+
+def install(get_hub) -> bool:
+    """Chain onto the gunicorn worker's SIGTERM handler; False when not under gunicorn."""
+    previous = signal.getsignal(signal.SIGTERM)
+    owner = getattr(previous, "__self__", None)
+    if owner is None or not type(owner).__module__.startswith("gunicorn.workers"):
+        return False
+
+    def on_sigterm(signum, frame):
+        """Let gunicorn stop accepting, and wake every stream to end (off the signal frame)."""
+        previous(signum, frame)
+        spawn(lambda: get_hub().shutdown())
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    log.info("streams end on SIGTERM within gunicorn's graceful timeout")
+    return True

@@ -1,0 +1,118 @@
+"""The watchdog: no viewer waits forever on a job whose workers are gone.
+
+Workers find jobs abandoned by a dead peer themselves (RQ's maintenance retries them or marks
+them failed, and the job's failure callback logs ``failed``). Two cases need help from
+outside the workers, so one web process at a time (a Redis lock elects it) checks every few
+seconds:
+
+- RQ's cleanup of abandoned jobs runs here too, so it does not wait for a worker's next
+  maintenance round;
+- when no worker at all has been alive for ``orphan_timeout`` seconds, every queued or
+  running job is failed with that reason, and its viewers get their terminal event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timezone
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError, InvalidJobOperation
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+from worker.config import Config
+from worker.joblog import JOBS_INDEX, JobLog, meta_key
+
+log = logging.getLogger(__name__)
+
+LOCK = "jobcast:watchdog"
+HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobcast worker`
+
+
+class Watchdog:
+    """Periodic checks, run in a daemon thread (a greenlet under gevent)."""
+
+    def __init__(self, redis: Redis, config: Config, interval: float = 5.0):
+        """Prepare; :meth:`start` runs it."""
+        self.redis = redis
+        self.config = config
+        self.interval = interval
+        self.no_worker_since: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Run the checks in the background, once per process."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="jobcast-watchdog", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current round."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        """Check every ``interval`` seconds while holding the lock; survive Redis outages."""
+        while not self._stop.wait(self.interval):
+            try:
+                if self.redis.set(LOCK, "1", nx=True, ex=max(1, int(self.interval) - 1)):
+                    self.check()
+            except RedisError as exc:
+                log.info("watchdog: Redis unavailable (%s)", exc)
+            except Exception:  # a bug here must not kill the thread; it is logged
+                log.exception("watchdog: check failed")
+
+    def check(self, now: float | None = None) -> list[str]:
+        """One round; returns the ids of jobs it failed for lack of workers."""
+        now = time.time() if now is None else now
+        queue = Queue(self.config.queue_name, connection=self.redis)
+        # RQ's own abandoned-job handling: retry if retries are left, else fail (+ callback).
+        StartedJobRegistry(queue=queue).cleanup(exception_handlers=[])
+        if self.live_workers(queue, now):
+            self.no_worker_since = None
+            return []
+        self.no_worker_since = self.no_worker_since or now
+        if now - self.no_worker_since < self.config.orphan_timeout:
+            return []
+        return self.fail_orphans(f"no worker alive for {self.config.orphan_timeout} s")
+
+    def live_workers(self, queue: Queue, now: float) -> int:
+        """Workers that sent a heartbeat recently.
+
+        A killed worker's registration lingers until its key expires (over a minute while it
+        had a job), so liveness is judged by the heartbeat itself: busy workers send one every
+        monitoring interval, idle ones every 15 s.
+        """
+        fresh = 0
+        for w in Worker.all(queue=queue):
+            beat = 0.0
+            if w.last_heartbeat is not None:
+                hb = w.last_heartbeat  # RQ stores UTC; older releases return naive datetimes
+                beat = (hb if hb.tzinfo else hb.replace(tzinfo=timezone.utc)).timestamp()
+            if now - beat < HEARTBEAT_GRACE:
+                fresh += 1
+        return fresh
+
+    def fail_orphans(self, reason: str) -> list[str]:
+        """Write ``failed`` for every queued or running job in the job index."""
+        ids = [i.decode() for i in self.redis.zrange(JOBS_INDEX, 0, -1)]
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hget(meta_key(job_id), "status")
+        failed = []
+        for job_id, status in zip(ids, pipe.execute()):
+            if status in (b"queued", b"running"):
+                if JobLog(self.redis, job_id, ttl=self.config.log_ttl).failed(reason) > 0:
+                    log.warning("watchdog: job %s failed: %s", job_id, reason)
+                    failed.append(job_id)
+                try:
+                    # Take it off the queue too, so a worker that comes back does not run it.
+                    Job.fetch(job_id, connection=self.redis).cancel()
+                except (NoSuchJobError, InvalidJobOperation):
+                    pass
+        return failed
