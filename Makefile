@@ -10,7 +10,7 @@ PORT   ?= 8000
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: run test system-deps clean
+.PHONY: run test bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Jobcast needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -45,6 +45,13 @@ system-deps:
 
 test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fan-out benchmark, Jobcast side by side with flask-sse (docs/benchmarks.md).
+# BENCH_ARGS=--quick for a two-minute run.
+BENCH_ARGS ?=
+bench: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Jobcast's fan-out benchmark, side by side with flask-sse. Run ``python -m bench.run``."""

@@ -1,0 +1,225 @@
+"""The load generator: many streaming HTTP/1.1 viewers in one asyncio (uvloop) process.
+
+Started by :mod:`bench.run` with a JSON spec on its first stdin line; it answers on stdout,
+one JSON object a line, to the commands that follow on stdin:
+
+- (spec)   ``{"host", "port", "cpu", "ramp", "pattern", "viewers": [[path, role], ...]}``
+           where role is ``"v"`` (viewer), ``"p"`` (probe: also measures latency) or ``"f"``
+           (frozen: sends its request, then never reads). Answers ``{"connected": n}``.
+- ``stats``  → ``{"received": total, "min": fewest received by one counting viewer, ...}``
+- ``report`` → totals, loss/ordering errors, probe latencies and this process's CPU; exits.
+
+Viewers parse nothing but the values: every value's text begins ``i=<index> t=<unix time>``
+and ``pattern`` (a regex prefix per server and endpoint) says where a value starts, so a
+value is counted once however the server frames it (chunked text lines, SSE, JSON in SSE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import resource
+import socket
+import sys
+import threading
+import time
+
+
+class Viewer(asyncio.Protocol):
+    """One streaming connection: counts values, checks they are contiguous, times probes."""
+
+    __slots__ = ("gen", "request", "role", "pattern", "transport", "tail", "count", "last",
+                 "errors", "lat", "closed", "status", "headers_done")
+
+    def __init__(self, gen: "LoadGen", request: bytes, role: str, pattern: re.Pattern):
+        self.gen = gen
+        self.request = request
+        self.role = role
+        self.pattern = pattern
+        self.transport = None
+        self.tail = b""
+        self.count = 0
+        self.last = -1
+        self.errors = 0
+        self.lat: list[float] = []
+        self.closed = False
+        self.status = 0
+        self.headers_done = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.role == "f":
+                # Frozen: a small receive buffer so the server's side fills quickly.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        transport.write(self.request)
+        if self.role == "f":
+            transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if not self.headers_done:
+            data = self.tail + data
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self.tail = data
+                return
+            try:
+                self.status = int(data[9:12])
+            except ValueError:
+                self.status = -1
+            self.headers_done = True
+            data = data[end + 4:]
+            self.tail = b""
+        buf = self.tail + data if self.tail else data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            self.tail = buf
+            return
+        self.tail = buf[cut + 1:]
+        found = self.pattern.findall(buf, 0, cut + 1)
+        if not found:
+            return
+        n = len(found)
+        first = int(found[0][0])
+        lastv = int(found[-1][0])
+        if first != self.last + 1 or lastv != first + n - 1:
+            # A gap, a duplicate or disorder: check value by value.
+            for i, _t in found:
+                i = int(i)
+                if i != self.last + 1:
+                    self.errors += 1
+                self.last = i
+        else:
+            self.last = lastv
+        self.count += n
+        if self.role == "p":
+            self.lat.extend(now - float(t) for _i, t in found)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+
+
+class LoadGen:
+    """Holds the viewers of one process and answers the orchestrator."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.viewers: list[Viewer] = []
+        self.connect_errors = 0
+
+    async def connect_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.spec["host"], self.spec["port"]
+        pattern = re.compile(self.spec["pattern"].encode(), re.M)
+        ramp = float(self.spec.get("ramp") or 0)  # connections per second, 0 = at once
+        batch = 200
+        started = time.monotonic()
+        items = self.spec["viewers"]
+        for k in range(0, len(items), batch):
+            chunk = items[k:k + batch]
+            tasks = []
+            for path, role in chunk:
+                req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                       f"Accept: */*\r\nUser-Agent: jobcast-bench\r\n\r\n").encode()
+                v = Viewer(self, req, role, pattern)
+                self.viewers.append(v)
+                tasks.append(self._connect(loop, v, host, port))
+            await asyncio.gather(*tasks)
+            if ramp > 0:
+                due = started + (k + len(chunk)) / ramp
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+    async def _connect(self, loop, v: Viewer, host: str, port: int) -> None:
+        for attempt in range(20):
+            try:
+                await loop.create_connection(lambda: v, host, port)
+                return
+            except OSError:
+                self.connect_errors += 1
+                await asyncio.sleep(0.05 * (attempt + 1))
+        v.closed = True
+
+    def counting(self) -> list[Viewer]:
+        return [v for v in self.viewers if v.role != "f"]
+
+    def stats(self) -> dict:
+        counting = self.counting()
+        counts = [v.count for v in counting]
+        return {"received": sum(counts), "min": min(counts) if counts else 0,
+                "open": sum(1 for v in self.viewers if not v.closed),
+                "headers": sum(1 for v in self.viewers if v.headers_done)}
+
+    def report(self) -> dict:
+        counting = self.counting()
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        lat = [x for v in counting if v.role == "p" for x in v.lat]
+        return {
+            "viewers": len(self.viewers),
+            "received": sum(v.count for v in counting),
+            "counts": sorted({v.count for v in counting}),
+            "min": min((v.count for v in counting), default=0),
+            "order_errors": sum(v.errors for v in counting),
+            "closed_early": sum(1 for v in counting if v.closed and v.count == 0),
+            "bad_status": sum(1 for v in self.viewers if v.headers_done and v.status != 200),
+            "connect_errors": self.connect_errors,
+            "frozen": sum(1 for v in self.viewers if v.role == "f"),
+            "lat": lat,
+            "cpu": ru.ru_utime + ru.ru_stime,
+            "maxrss_kib": ru.ru_maxrss,
+        }
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def main_async(spec: dict) -> None:
+    gen = LoadGen(spec)
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[str] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(commands.put_nowait, line.strip())
+        loop.call_soon_threadsafe(commands.put_nowait, "report")
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    await gen.connect_all()
+    emit({"connected": sum(1 for v in gen.viewers if not v.closed)})
+    while True:
+        cmd = await commands.get()
+        if cmd == "stats":
+            emit(gen.stats())
+        elif cmd == "report":
+            emit(gen.report())
+            for v in gen.viewers:
+                if v.transport is not None:
+                    v.transport.abort()
+            return
+
+
+def main() -> None:
+    spec = json.loads(sys.stdin.readline())
+    cpu = spec.get("cpu")
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in str(cpu).split(",")})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:  # still correct, only slower
+        pass
+    asyncio.run(main_async(spec))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""A small run of the fan-out benchmark (bench/): every viewer gets every value, none lost.
+
+It starts the benchmark's own redis-server, Jobcast under gunicorn and load generators, holds
+about 200 viewers for a few seconds and checks delivery, not speed: the speed is for
+``python -m bench.run`` and docs/benchmarks.md. It needs neither uvloop nor flask-sse (the load
+generator falls back to asyncio's own loop).
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench import run
+
+
+def test_benchmark_smoke_run_loses_nothing(tmp_path):
+    out = tmp_path / "smoke"
+    rc = run.main(["--targets", "jobcast", "--repeats", "1", "--scenarios", "fan10,frozen",
+                   "--viewers", "200", "--duration", "5", "--drain", "30", "--loadgens", "1",
+                   "--probes", "10", "--out", str(out)])
+    assert rc == 0
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert {r["scenario"] for r in results} == {"fan10", "frozen"}
+    for r in results:
+        assert r["held"] == 200, r
+        assert r["expected"] > 0 and r["delivered"] == r["expected"], r
+        assert r["lost"] == 0 and r["order_errors"] == 0 and r["bad_status"] == 0, r
+        assert r["lat_samples"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert "| scenario |" in table
