@@ -123,13 +123,17 @@ class Workers:
                  20, what="workers to register")
         return started
 
-    def stop_all(self, sig: int = signal.SIGTERM) -> None:
-        """Stop every worker."""
+    def stop_all(self) -> None:
+        """Stop every worker with RQ's cold shutdown, which also kills a running work-horse
+        (a worker SIGKILLed mid-job would leave its horse running on)."""
+        for _ in range(2):
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            # RQ ignores a second signal that comes within a second of the first.
+            time.sleep(1.2)
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(sig)
-        for proc in self.procs:
-            stop_process(proc, signal.SIGKILL if sig == signal.SIGKILL else sig, 20)
+            stop_process(proc, signal.SIGTERM, 20)
         self.procs.clear()
 
 
