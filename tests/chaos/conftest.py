@@ -163,4 +163,4 @@ class TextViewer(threading.Thread):
             except (httpx.HTTPError, OSError, ValueError, KeyError):
                 pass
             self.reconnects += 1
-            time.sleep(0.25)
+            time.sleep(0.25)  # the page's own retry delay

@@ -13,7 +13,7 @@ import pytest
 
 from producer.enqueue import enqueue
 from tests.chaos.conftest import SSEViewer, TextViewer
-from tests.conftest import create_job, job_status, wait_for
+from tests.conftest import create_job, wait_for
 from worker.config import Config
 
 pytestmark = pytest.mark.chaos
@@ -43,13 +43,20 @@ def kill_tree(proc: psutil.Process):
             pass
 
 
-def test_worker_killed_mid_job_is_retried_and_viewers_see_each_value_once(stack):
-    job_id = create_job(httpx.Client(base_url=stack.url), "sqrt", n=80, interval=0.1)
-    viewers = [SSEViewer(stack.url, job_id) for _ in range(3)]
+def watch_job(stack, n: int, sse: int) -> tuple[str, list[SSEViewer], TextViewer]:
+    """Create a sqrt job of ``n`` values, start ``sse`` SSE viewers and one text viewer, and
+    wait until the job has produced a few values."""
+    job_id = create_job(httpx.Client(base_url=stack.url), "sqrt", n=n, interval=0.1)
+    viewers = [SSEViewer(stack.url, job_id) for _ in range(sse)]
     text = TextViewer(stack.url, job_id)
     for v in [*viewers, text]:
         v.start()
-    wait_for(lambda: progress(stack, job_id) >= 15, 30, what="job under way")
+    wait_for(lambda: progress(stack, job_id) >= 10, 30, what="job under way")
+    return job_id, viewers, text
+
+
+def test_worker_killed_mid_job_is_retried_and_viewers_see_each_value_once(stack):
+    job_id, viewers, text = watch_job(stack, 80, sse=3)
     first = status(stack, job_id)["worker"]
     killed_at = time.monotonic()
     kill_tree(stack.worker_process(first))
@@ -118,12 +125,7 @@ def test_when_no_worker_is_left_viewers_get_failed_within_the_bound(stack):
 
 
 def test_redis_restart_mid_stream_loses_nothing(stack):
-    job_id = create_job(httpx.Client(base_url=stack.url), "sqrt", n=60, interval=0.1)
-    viewers = [SSEViewer(stack.url, job_id) for _ in range(2)]
-    text = TextViewer(stack.url, job_id)
-    for v in [*viewers, text]:
-        v.start()
-    wait_for(lambda: progress(stack, job_id) >= 10, 30, what="job under way")
+    job_id, viewers, text = watch_job(stack, 60, sse=2)
     stack.restart_redis(down_for=2.0)
     wait_for(lambda: httpx.get(stack.url + "/readyz").status_code == 200, 20, what="ready again")
     for v in [*viewers, text]:
@@ -136,12 +138,7 @@ def test_redis_restart_mid_stream_loses_nothing(stack):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_web_restart_mid_stream_resumes_without_gap_or_duplicate(stack, sig):
-    job_id = create_job(httpx.Client(base_url=stack.url), "sqrt", n=60, interval=0.1)
-    viewers = [SSEViewer(stack.url, job_id) for _ in range(3)]
-    text = TextViewer(stack.url, job_id)
-    for v in [*viewers, text]:
-        v.start()
-    wait_for(lambda: progress(stack, job_id) >= 10, 30, what="job under way")
+    job_id, viewers, text = watch_job(stack, 60, sse=3)
     if sig == signal.SIGKILL:
         for p in stack.web_worker_processes():
             p.kill()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import random
 import socket
-import statistics
 import threading
 import time
 
 import httpx
-import psutil
 import pytest
 
 from tests.chaos.conftest import SSEViewer, Stack

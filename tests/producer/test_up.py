@@ -10,10 +10,9 @@ import time
 
 import httpx
 import psutil
-import pytest
 
 from producer.redisproc import find_redis_server, free_port
-from tests.conftest import JOBCAST, ROOT, service_env, wait_for
+from tests.conftest import JOBCAST, ROOT, service_env
 
 
 def test_up_serves_a_page_that_fills_with_values_and_ctrl_c_stops_everything(tmp_path):
