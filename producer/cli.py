@@ -78,6 +78,8 @@ def add_follow_options(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar, even on a terminal")
     parser.add_argument("--reconnect-for", type=float, default=120.0, metavar="SECONDS",
                         help="how long to keep reconnecting to an unreachable server (default 120)")
+    parser.add_argument("--tail", type=int, default=None, metavar="N",
+                        help="begin with the last N values, then go on live (0: live only)")
 
 
 def run_follow(job_id: str, args: argparse.Namespace) -> int:
@@ -86,12 +88,37 @@ def run_follow(job_id: str, args: argparse.Namespace) -> int:
 
     base = args.url or Config.from_env().public_url
     return follow(job_id, base, output=args.output, progress=args.progress,
-                  reconnect_for=args.reconnect_for)
+                  reconnect_for=args.reconnect_for, tail=args.tail)
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
-    """Print a job's values as they arrive: 0 finished, 1 failed, 2 bad input."""
+    """Print a job's values as they arrive: 0 finished, 1 failed, 2 bad input, 4 cancelled."""
     return run_follow(args.job_id, args)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job through Redis: 0 cancelled, 1 it had already ended, 2 bad id, 3 no Redis."""
+    from producer.cancel import AlreadyEnded, cancel
+    from worker.joblog import InvalidJobId, UnknownJob, check_job_id
+
+    cfg = Config.from_env()
+    try:
+        check_job_id(args.job_id)
+        cancel(args.job_id, "cli", config=cfg)
+    except InvalidJobId as exc:
+        print(f"jobcast: {exc}", file=sys.stderr)
+        return 2
+    except UnknownJob:
+        print(f"jobcast: no job with id {args.job_id}", file=sys.stderr)
+        return 2
+    except AlreadyEnded as exc:
+        print(f"jobcast: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"jobcast: cannot reach Redis at {cfg.redis_url}: {exc}", file=sys.stderr)
+        return 3
+    print(f"cancelled {args.job_id}")
+    return 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -155,11 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     fol = sub.add_parser("follow", help="print a job's values as they arrive, with a progress bar",
                          description="Follow a job through the web server's event stream. Exit "
                                      "0 when it finished, 1 when it failed, 2 on bad input, 3 "
-                                     "when the server stays unreachable.")
+                                     "when the server stays unreachable, 4 when it was cancelled.")
     fol.add_argument("job_id")
     fol.add_argument("--output", choices=["plain", "json"], default="plain",
                      help="plain: one value per line; json: every log entry as a JSON line")
     add_follow_options(fol)
+
+    can = sub.add_parser("cancel", help="cancel a queued or running job",
+                         description="Cancel a job: a queued one never runs, a running one is "
+                                     "stopped at once. Exit 0 when cancelled, 1 when it had "
+                                     "already ended, 2 on a bad or unknown id, 3 without Redis.")
+    can.add_argument("job_id")
 
     tasks = sub.add_parser("tasks", help="list the registered tasks")
     tasks.set_defaults()
@@ -182,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_follow(args)
     if args.command == "tasks":
         return cmd_tasks(args)
+    if args.command == "cancel":
+        return cmd_cancel(args)
     if args.command == "jobs":
         return cmd_jobs(args)
     if args.command == "worker":

@@ -9,8 +9,13 @@ Output: ``plain`` writes each value's text on its own line to stdout, exactly as
 ``/jobs/<id>/stream`` does, and notes (reconnecting, Done, Failed) to stderr. ``json``
 writes every log entry as one JSON line to stdout (the SSE ``data``), for scripts.
 
+With ``tail=N`` it begins with the job's last N values (then live). When the server's
+capped log no longer has values this follower would have printed, it says so on stderr
+("N earlier values are no longer kept") and goes on with the first value still kept.
+
 Exit codes: 0 the job finished, 1 it failed, 2 bad input (malformed or unknown job id),
-3 the server could not be reached for ``reconnect_for`` seconds, 130 interrupted.
+3 the server could not be reached for ``reconnect_for`` seconds, 4 the job was cancelled,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import httpx
 from worker.joblog import InvalidJobId, check_job_id
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CANCELLED = 4
+TERMINAL_KINDS = ("finished", "failed", "cancelled")
 
 # Errors after which the stream is opened again from the last seq.
 RETRYABLE = (httpx.TransportError, httpx.RemoteProtocolError)
@@ -206,9 +213,11 @@ class Follower:
     """Follow one job's events from ``base_url``, resuming by seq across dropped connections."""
 
     def __init__(self, job_id: str, base_url: str, display: Display, *, reconnect_for: float = 120.0,
-                 read_timeout: float = 60.0, client: httpx.Client | None = None):
+                 read_timeout: float = 60.0, client: httpx.Client | None = None,
+                 tail: int | None = None):
         """Configure; :meth:`run` does the work and returns the exit code."""
         self.job_id = job_id
+        self.tail = tail        # asked only on the first connection; then resume by seq
         self.base_url = base_url.rstrip("/")
         self.display = display
         self.reconnect_for = reconnect_for
@@ -275,7 +284,7 @@ class Follower:
                 elif outcome == "dropped":
                     self._wait_before_retry("events")
             kind = self.terminal["kind"]
-            self.display.stop("done" if kind == "finished" else "failed")
+            self.display.stop({"finished": "done", "cancelled": "cancelled"}.get(kind, "failed"))
         except BaseException:
             self.display.stop()
             raise
@@ -283,6 +292,11 @@ class Follower:
             if self.display.output == "plain":
                 self.display.note("Done")
             return EXIT_FINISHED
+        if kind == "cancelled":
+            if self.display.output == "plain":
+                by = self.terminal.get("by")
+                self.display.note("Cancelled" + (f" by {by}" if by else ""))
+            return EXIT_CANCELLED
         if self.display.output == "plain":
             self.display.note(f"Failed: {self.terminal.get('reason') or 'unknown reason'}")
         return EXIT_FAILED
@@ -293,11 +307,16 @@ class Follower:
         Returns "terminal" after the terminal entry, "ended" when the server says nothing
         more will come (its 204), and "dropped" when the connection failed or closed early.
         """
+        if self.tail is not None and self.connections == 0 and self.last_seq == 0:
+            # The first connection asks for the tail; any later one resumes by seq.
+            params, headers = {"tail": self.tail}, {"Accept": "text/event-stream"}
+        else:
+            params = {"after": self.last_seq}
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(self.last_seq)}
         try:
             with self.client.stream(
                     "GET", f"{self.base_url}/jobs/{self.job_id}/events",
-                    params={"after": self.last_seq},
-                    headers={"Accept": "text/event-stream", "Last-Event-ID": str(self.last_seq)}) as r:
+                    params=params, headers=headers) as r:
                 if r.status_code == 204:
                     self._connected()
                     return "ended"
@@ -308,13 +327,34 @@ class Follower:
                     return "dropped"
                 self._connected()
                 self.connections += 1
-                for event_id, _event, data in sse_events(r.iter_lines()):
+                for event_id, event, data in sse_events(r.iter_lines()):
+                    if event in ("tail", "trimmed"):
+                        self._position(event, json.loads(data))
+                        continue
                     self._entry(event_id, data)
                     if self.terminal is not None:
                         return "terminal"
         except RETRYABLE:
             pass
         return "terminal" if self.terminal is not None else "dropped"
+
+    def _position(self, event: str, data: dict) -> None:
+        """A ``tail`` or ``trimmed`` event: where the stream starts, and what is gone."""
+        if event == "tail":
+            # Resume from the tail's start if the connection drops before any entry.
+            self.last_seq = max(self.last_seq, int(data.get("after") or 0))
+            self.values = max(self.values, int(data.get("skipped") or 0))
+            if data.get("skipped") and self.display.output == "plain":
+                self.display.note(f"skipping {data['skipped']:,} earlier values (--tail {data['tail']})")
+            return
+        first = data.get("first_value")
+        if first is not None:
+            lost = max(0, int(first) - self.values)
+            what = "values"
+        else:
+            lost, what = int(data.get("lost") or 0), "entries"
+        if lost:
+            self.display.note(f"{lost:,} earlier {what} are no longer kept")
 
     def _entry(self, event_id: str | None, data: str) -> None:
         """Apply one event: drop it if already seen, print it, track the job's state."""
@@ -339,7 +379,7 @@ class Follower:
         elif kind == "retrying":
             if self.display.output == "plain":
                 self.display.note(f"retrying: {entry.get('reason')}")
-        elif kind in ("finished", "failed"):
+        elif kind in TERMINAL_KINDS:
             self.terminal = entry
 
 
@@ -351,7 +391,8 @@ def _message(r: httpx.Response) -> str | None:
 
 
 def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool | None = None,
-           reconnect_for: float = 120.0, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+           reconnect_for: float = 120.0, out: IO[str] | None = None, err: IO[str] | None = None,
+           tail: int | None = None) -> int:
     """Follow ``job_id`` on the Jobcast server at ``base_url``; return the exit code."""
     out = out or sys.stdout
     err = err or sys.stderr
@@ -364,7 +405,10 @@ def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool 
         err.write(f"jobcast: --url must start with http:// or https://, got {base_url!r}\n")
         return EXIT_BAD_INPUT
     display = Display(output, progress, out, err)
-    follower = Follower(job_id, base_url, display, reconnect_for=reconnect_for)
+    if tail is not None and tail < 0:
+        err.write("jobcast: --tail must be 0 or more\n")
+        return EXIT_BAD_INPUT
+    follower = Follower(job_id, base_url, display, reconnect_for=reconnect_for, tail=tail)
     try:
         return follower.run()
     except BadInput as exc:

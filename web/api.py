@@ -1,16 +1,18 @@
-"""The JSON API: create jobs, list them, read one job's status."""
+"""The JSON API: create jobs, list them, read one job's status, cancel one."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, Response, abort, jsonify, request, url_for
 
+from producer.cancel import AlreadyEnded, cancel
 from producer.enqueue import enqueue, job_urls
 from web import state
 from web.errors import BadParam
-from web.limits import require_token
+from web.limits import client_address, require_token
 from web.lookup import int_param, load_job
 from web.presence import total_viewers
-from worker.joblog import recent_jobs
+from worker.chart import chart_key
+from worker.joblog import UnknownJob, first_kept, log_key, recent_jobs
 from worker.registry import ParamError, UnknownTask, all_tasks
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -65,7 +67,71 @@ def get_job(job_id: str):
     # This process's count is exact and current; the others' arrive every few seconds.
     info["viewers_here"] = state().hub.viewers(job_id)
     info["viewers"] = max(info["viewers_here"], total_viewers(state().redis, job_id))
+    # The log is capped: the oldest entry and value it still has.
+    kept = first_kept(state().redis, job_id)
+    info["first_seq"], info["first_value"] = kept["seq"], kept["i"]
     return jsonify(info)
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    """Cancel a queued or running job: 200 with the ``cancelled`` entry's seq.
+
+    409 (with the status) when the job has already ended, a second cancel included; the
+    log then stays as it was. Needs the token when JOBCAST_TOKEN is set.
+    """
+    require_token(state().config)
+    load_job(job_id)
+    by = client_address(state().config)
+    try:
+        seq = cancel(job_id, by, redis=state().redis, config=state().config)
+    except UnknownJob:
+        abort(404, description=f"no job with id {job_id}")
+    except AlreadyEnded as exc:
+        response = jsonify(error="conflict", message=str(exc), status=exc.status)
+        response.status_code = 409
+        return response
+    return jsonify(id=job_id, status="cancelled", seq=seq, by=by)
+
+
+@bp.get("/jobs/<job_id>/chart")
+def job_chart(job_id: str):
+    """The job's downsampled chart (min/max/first/last per bucket), kept by its worker."""
+    load_job(job_id)
+    raw = state().redis.get(chart_key(job_id))
+    return Response(raw or b'{"span":1,"upto":-1,"points":0,"min":[],"max":[],"first":[],"last":[]}',
+                    mimetype="application/json", headers={"Cache-Control": "no-cache"})
+
+
+@bp.get("/jobs/<job_id>/values")
+def earlier_values(job_id: str):
+    """Up to ``limit`` value entries logged before entry ``before`` (a seq), oldest first.
+
+    The job page's "load earlier values". ``first_seq``/``first_value`` say where the
+    capped log begins, so the page can tell what is no longer kept.
+    """
+    load_job(job_id)
+    before = int_param("before", request.args.get("before"))
+    limit = int_param("limit", request.args.get("limit"), default=1000)
+    if not 1 <= limit <= 5000:
+        raise BadParam("limit", "limit must be between 1 and 5000")
+    redis = state().redis
+    raws: list[bytes] = []
+    if before > 1:
+        newest = f"0-{before - 1}"
+        while len(raws) < limit:
+            batch = redis.xrevrange(log_key(job_id), max=newest, min="-", count=limit)
+            raws += [f[b"e"] for _id, f in batch if b'"kind":"value"' in f[b"e"]]
+            if len(batch) < limit:
+                break
+            last = batch[-1][0]
+            newest = "(" + (last.decode() if isinstance(last, bytes) else last)
+    raws = raws[:limit][::-1]
+    kept = first_kept(redis, job_id)
+    head = ('{"first_seq":%s,"first_value":%s,"values":[' % (
+        "null" if kept["seq"] is None else kept["seq"],
+        "null" if kept["i"] is None else kept["i"])).encode()
+    return Response(head + b",".join(raws) + b"]}", mimetype="application/json")
 
 
 @bp.get("/tasks")

@@ -11,7 +11,8 @@ from flask import Blueprint, Response, request, stream_template
 from web import state
 from web.follow import HEARTBEAT, follow, follow_batches
 from web.limits import limit_stream
-from web.lookup import int_param, load_job, resume_position
+from web.lookup import int_param, load_job
+from web.position import stream_start
 from worker.joblog import TERMINAL, Entry, JobLog
 
 bp = Blueprint("stream", __name__)
@@ -114,11 +115,13 @@ text_line = FrameCache(_text_line)
 def text_stream(job_id: str):
     """``text/plain``: one ``"{}\\n".format(value)`` line per value; ends with the job.
 
-    ``?start=K`` skips the first K values, so a reader that counted lines can resume.
+    ``?start=K`` skips the first K values, so a reader that counted lines can resume;
+    ``?tail=N`` begins with the last N values (web/position.py).
     """
-    load_job(job_id)
+    job = load_job(job_id)
     start = int_param("start", request.args.get("start"))
-    batches = _follow_batches(job_id, resume_position())
+    begin = stream_start(job_id, job)  # tail, and what a capped log no longer has
+    batches = _follow_batches(job_id, begin.after)
 
     def generate() -> Iterator[bytes]:
         """Encode value entries as lines, all those ready in one write; others send nothing."""
@@ -137,17 +140,20 @@ def text_stream(job_id: str):
         finally:
             batches.close()
 
-    return limited(Response(generate(), mimetype="text/plain", headers=STREAM_HEADERS))
+    return limited(Response(generate(), mimetype="text/plain",
+                            headers={**STREAM_HEADERS, **begin.headers(start)}))
 
 
 @bp.get("/jobs/<job_id>/events")
 def sse_stream(job_id: str):
     """Server-sent events: ``id:`` is the entry's seq, the event type is its kind.
 
-    Resumes after ``Last-Event-ID`` (or ``?after=N``) with no gap and no duplicate.
+    Resumes after ``Last-Event-ID`` (or ``?after=N``) with no gap and no duplicate;
+    ``?tail=N`` begins with the last N values. ``tail`` and ``trimmed`` events come first.
     """
     job = load_job(job_id)
-    after = resume_position()
+    begin = stream_start(job_id, job)  # tail, and what a capped log no longer has
+    after = begin.after
     if job["status"] in TERMINAL and after >= job["last_seq"]:
         # Nothing more will come: 204 tells EventSource to stop reconnecting.
         return Response(status=204)
@@ -157,7 +163,7 @@ def sse_stream(job_id: str):
     def generate() -> Iterator[bytes]:
         """Encode entries as SSE frames, all those ready in one write; heartbeats are comments."""
         try:
-            yield b"retry: 2000\n\n"
+            yield b"retry: 2000\n\n" + begin.sse_prelude()
             for batch in batches:
                 if batch is HEARTBEAT:
                     yield b": heartbeat\n\n"
@@ -182,9 +188,10 @@ def html_stream(job_id: str):
 
     Jinja escapes every value, so a value cannot inject markup.
     """
-    load_job(job_id)
+    job = load_job(job_id)
     start = int_param("start", request.args.get("start"))
-    entries = _follow(job_id, resume_position())
+    begin = stream_start(job_id, job)  # tail, and what a capped log no longer has
+    entries = _follow(job_id, begin.after)
 
     def items() -> Iterator[Entry | None]:
         """Values from ``start`` on, the terminal entry, and heartbeats."""
@@ -195,5 +202,5 @@ def html_stream(job_id: str):
         finally:
             entries.close()
 
-    return limited(Response(stream_template("frame.html", entries=items()), mimetype="text/html",
-                            headers=STREAM_HEADERS))
+    return limited(Response(stream_template("frame.html", entries=items(), notice=begin.notice(start)),
+                            mimetype="text/html", headers={**STREAM_HEADERS, **begin.headers(start)}))

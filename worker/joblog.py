@@ -12,7 +12,8 @@ if and only if it was announced. Readers treat pub/sub as a wake-up with a paylo
 stays the truth and fills any gap (late join, reconnect, slow reader, restart).
 
 Each entry is a small JSON object. ``seq`` numbers every entry of a job from 1 without gaps;
-``kind`` is one of ``queued``, ``started``, ``value``, ``retrying``, ``finished``, ``failed``.
+``kind`` is one of ``queued``, ``started``, ``value``, ``retrying``, ``finished``, ``failed``,
+``cancelled`` (the last three are terminal: a job's log ends with exactly one of them).
 Value entries also carry ``i`` (the value's index, from 0), ``v`` (``"{}".format(value)``) and
 ``j`` (the value as JSON).
 """
@@ -34,13 +35,14 @@ CHANNEL_PATTERN = f"{PREFIX}:job:*:ch"
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
-TERMINAL = frozenset({"finished", "failed"})
+TERMINAL = frozenset({"finished", "failed", "cancelled"})
 STATUS_BY_KIND = {
     "queued": "queued",
     "started": "running",
     "retrying": "queued",
     "finished": "finished",
     "failed": "failed",
+    "cancelled": "cancelled",
 }
 
 
@@ -91,7 +93,7 @@ if kind == 'queued' then
   if status then return -4 end
 else
   if not status then return -2 end
-  if status == 'finished' or status == 'failed' then return -1 end
+  if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
 end
 if kind == 'value' then
   local i = tonumber(ARGV[3])
@@ -111,7 +113,7 @@ if kind == 'queued' then
   local extra = redis.call('ZCARD', index) - tonumber(ARGV[8])
   if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
 end
-if kind == 'finished' or kind == 'failed' then
+if kind == 'finished' or kind == 'failed' or kind == 'cancelled' then
   redis.call('EXPIRE', meta, ARGV[6])
   redis.call('EXPIRE', log, ARGV[6])
 end
@@ -153,7 +155,7 @@ class Entry:
 
     @property
     def terminal(self) -> bool:
-        """True for the job's last entry (finished or failed)."""
+        """True for the job's last entry (finished, failed or cancelled)."""
         return self.kind in TERMINAL
 
     @classmethod
@@ -245,11 +247,22 @@ class JobLog:
         return self._write("failed", {"reason": reason},
                            meta={"ended_at": f"{time.time():.6f}", "reason": reason})
 
+    def cancelled(self, by: str) -> int:
+        """Write the terminal ``cancelled`` entry, naming who asked; -1 if already ended."""
+        now = f"{time.time():.6f}"
+        return self._write("cancelled", {"by": by},
+                           meta={"ended_at": now, "cancelled_by": by, "reason": f"cancelled by {by}"})
+
     # -- reading ---------------------------------------------------------------------------
 
     def values_logged(self) -> int:
         """How many values are logged: a retried task resumes from here."""
         return int(self.redis.hget(meta_key(self.job_id), "values") or 0)
+
+    def status(self) -> str | None:
+        """The job's status (``queued``, ``running``, ``cancelled``…), None once expired."""
+        status = self.redis.hget(meta_key(self.job_id), "status")
+        return status.decode() if status is not None else None
 
     def ended(self) -> bool:
         """True once the job has its terminal entry, or its log has expired."""
@@ -301,7 +314,32 @@ def info_from_hash(job_id: str, raw: dict) -> dict[str, Any]:
         "ended_at": num("ended_at"),
         "reason": m.get("reason") or None,
         "last_seq": int(m.get("seq") or 0),
+        "cancelled_by": m.get("cancelled_by") or None,
     }
+
+
+def first_kept(redis: Redis, job_id: str) -> dict[str, int | None]:
+    """The oldest entry still in a capped log: its seq, and the index of its first value.
+
+    ``{"seq": None, "i": None}`` when the log is empty (or expired); ``i`` is None when no
+    value is kept. The log's first entries are ``queued`` and ``started``, so a few suffice.
+    """
+    seq = i = None
+    for _id, fields in redis.xrange(log_key(job_id), min="-", max="+", count=8):
+        entry = Entry.parse(fields[b"e"])
+        seq = entry.seq if seq is None else seq
+        if entry.kind == "value":
+            i = entry.i
+            break
+    if seq is not None and i is None:
+        # More than a few lifecycle entries first (retries): look further, in one call.
+        for entry in JobLog(redis, job_id).entries(after=seq - 1, page=256):
+            if entry.kind == "value":
+                i = entry.i
+                break
+            if entry.seq > seq + 256:
+                break
+    return {"seq": seq, "i": i}
 
 
 def recent_jobs(redis: Redis, limit: int = 50) -> list[dict[str, Any]]:

@@ -13,11 +13,22 @@ from redis.retry import Retry
 from rq import get_current_job
 from rq.job import Job
 
+from worker.chart import ChartWriter
 from worker.config import Config
 from worker.joblog import JobLog, meta_key
 from worker.registry import get_task
 
 log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """The job was cancelled: its log already ends with ``cancelled``, so it stops here.
+
+    Raised inside the work-horse; the worker (worker/main.py) then files the RQ job as
+    canceled instead of failing or retrying it.
+    """
+
+    jobcast_logged = True  # on_failure has nothing to write: the log has its ending
 
 
 def log_connection(cfg: Config) -> Redis:
@@ -64,14 +75,24 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     start = jlog.values_logged()
     attempt = int(redis.hget(meta_key(job.id), "attempt") or 0) + 1
     if jlog.started(job.worker_name or "unknown", attempt) == -1:
+        if jlog.status() == "cancelled":
+            raise JobCancelled(job.id)
         log.warning("job %s already ended (failed by the watchdog?); not running it", job.id)
         return {"values": start}
     log.info("job %s: task %s attempt %s from value %s", job.id, task_name, attempt, start)
     index = start if task.resumable else 0
     values = task.iterate(params, start=start)
+    chart = ChartWriter(redis, job.id, cfg.log_ttl)
+    ended = False
     try:
         for value in values:
-            jlog.value(index, value)
+            seq = jlog.value(index, value)
+            if seq == -1:
+                # The log has ended under us (a cancel between two values): stop computing.
+                ended = True
+                break
+            if seq > 0:
+                chart.add(index, value)
             index += 1
     except Exception as exc:
         reason = describe(exc)
@@ -83,7 +104,12 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
         raise
     finally:
         values.close()
-    jlog.finished()
+        chart.save()
+    if not ended:
+        ended = jlog.finished() == -1
+    if ended and jlog.status() == "cancelled":
+        # Cancelled while the last value was written: the log already has its one ending.
+        raise JobCancelled(job.id)
     redis.close()
     return {"values": index}
 

@@ -1,0 +1,70 @@
+"""Cancel a job: end its log with ``cancelled``, then take it off the queue or stop it.
+
+The log decides. Its Lua script writes ``cancelled`` only if the job has not ended, so when
+a cancel races the job's own last value, a second cancel, or the watchdog, exactly one of
+them gets the terminal entry and the others are told the job had already ended. Only then
+is RQ told: a queued job is cancelled (it leaves the queue and never runs), a running one
+gets RQ's stop-job command, which kills its work-horse at once, whether it sleeps or
+computes; the worker then files the job as canceled (worker/main.py). A work-horse that
+misses the command still stops at its next value, which the log refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from worker.config import Config
+from worker.joblog import JobLog, UnknownJob
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyEnded(RuntimeError):
+    """The job had already ended; ``status`` says how. Nothing was written."""
+
+    def __init__(self, job_id: str, status: str | None):
+        """Remember the job's final status."""
+        super().__init__(f"job {job_id} has already ended ({status})")
+        self.status = status
+
+
+def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Config | None = None) -> int:
+    """Cancel ``job_id`` on behalf of ``by`` (a client address, or "cli").
+
+    Returns the seq of the ``cancelled`` entry. Raises UnknownJob, or AlreadyEnded when the
+    job had finished, failed or been cancelled before.
+    """
+    cfg = config or Config.from_env()
+    redis = redis or Redis.from_url(cfg.redis_url)
+    jlog = JobLog(redis, job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
+    seq = jlog.cancelled(by)
+    if seq == -2:
+        raise UnknownJob(job_id)
+    if seq < 0:
+        raise AlreadyEnded(job_id, jlog.status())
+    log.info("job %s cancelled by %s (entry %s)", job_id, by, seq)
+    stop_rq_job(redis, job_id)
+    return seq
+
+
+def stop_rq_job(redis: Redis, job_id: str) -> None:
+    """Take a cancelled job off the queue, or kill the work-horse running it."""
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return  # RQ has forgotten it (an expired result): nothing left to stop
+    status = job.get_status(refresh=False)
+    try:
+        if status == JobStatus.STARTED:
+            send_stop_job_command(redis, job_id)
+        elif status not in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED,
+                            JobStatus.CANCELED):
+            job.cancel()
+    except (InvalidJobOperation, NoSuchJobError) as exc:
+        # It moved on meanwhile (started, or ended); the log already refuses its values.
+        log.info("job %s: RQ could not stop it (%s); it stops at its next value", job_id, exc)
