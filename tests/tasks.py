@@ -55,3 +55,23 @@ def flaky_resumable(n: Annotated[int, Field(ge=1, le=1000)] = 10,
         if i == fail_at and first_attempt():
             raise ConnectionError("simulated crash at value %d" % i)
         yield i
+
+
+@task(total=lambda p: p["n"])
+def sleepy(n: Annotated[int, Field(ge=1, le=100)] = 3,
+           interval: Annotated[float, Field(ge=0, le=600)] = 60.0) -> Iterator[int]:
+    """Yield a value, then sleep ``interval`` seconds before the next: a job to cancel."""
+    for i in range(n):
+        yield i
+        time.sleep(interval)
+
+
+@task()
+def burn(seconds: Annotated[float, Field(ge=0, le=600)] = 60.0) -> Iterator[int]:
+    """Yield 0, then burn the CPU for ``seconds`` inside the next value (no yield meanwhile)."""
+    yield 0
+    deadline = time.monotonic() + seconds
+    k = 0
+    while time.monotonic() < deadline:
+        k += 1
+    yield k

@@ -1,0 +1,229 @@
+"""Cancelling a job, end to end: real redis-server, gunicorn and RQ worker processes.
+
+A dedicated queue with one worker makes "the worker is free at once" measurable: the job
+enqueued right after a cancel must start on that very worker.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import httpx
+import psutil
+import pytest
+from rq import Queue
+from rq.job import Job
+from rq.registry import CanceledJobRegistry, FailedJobRegistry
+
+import tests.tasks  # noqa: F401  (registers sleepy and burn in this process too)
+from producer.enqueue import enqueue
+from tests.conftest import JOBCAST, ROOT, Workers, parse_sse, service_env, wait_for
+from worker.config import Config
+from worker.joblog import TERMINAL, Entry, JobLog
+
+
+@pytest.fixture(scope="module")
+def lane(redis_server, logs_dir):
+    """One worker alone on its own queue: (config for enqueue, the worker's process)."""
+    queue = "cancel-" + uuid.uuid4().hex[:8]
+    pool = Workers(redis_server.url, logs_dir)
+    (proc,) = pool.start(1, JOBCAST_QUEUE=queue)
+    yield Config.from_env(redis_url=redis_server.url, queue_name=queue), proc, pool
+    pool.stop_all()
+
+
+def entries(redis, job_id: str) -> list[Entry]:
+    return list(JobLog(redis, job_id).entries())
+
+
+def terminal_entries(redis, job_id: str) -> list[Entry]:
+    return [e for e in entries(redis, job_id) if e.kind in TERMINAL]
+
+
+def started_on(redis, job_id: str) -> Entry | None:
+    return next((e for e in entries(redis, job_id) if e.kind == "started"), None)
+
+
+class Viewers:
+    """An SSE, a text and an HTML viewer of one job, each reading to its end in a thread."""
+
+    def __init__(self, base: str, job_id: str):
+        self.sse: list[dict] = []
+        self.text = self.html = None
+        self.threads = [threading.Thread(target=f, args=(base, job_id), daemon=True)
+                        for f in (self._sse, self._text, self._html)]
+        for t in self.threads:
+            t.start()
+
+    def _sse(self, base, job_id):
+        with httpx.Client(base_url=base, timeout=60) as c, c.stream("GET", f"/jobs/{job_id}/events") as r:
+            self.sse.extend(parse_sse(r.iter_lines()))
+
+    def _text(self, base, job_id):
+        self.text = httpx.get(f"{base}/jobs/{job_id}/stream", timeout=60).text
+
+    def _html(self, base, job_id):
+        self.html = httpx.get(f"{base}/jobs/{job_id}/frame", timeout=60).text
+
+    def join(self, timeout: float = 10) -> None:
+        for t in self.threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in self.threads), "a viewer's stream did not end"
+
+
+def assert_cancelled_everywhere(http, redis, job_id: str, viewers: Viewers, by: str) -> None:
+    """Every stream ended with the job; the log ends with one `cancelled`; RQ says canceled."""
+    viewers.join()
+    assert viewers.sse[-1]["event"] == "cancelled"
+    assert json.loads(viewers.sse[-1]["data"])["by"] == by
+    assert "Cancelled" in viewers.html and "Failed" not in viewers.html
+    assert viewers.text is not None
+    log = entries(redis, job_id)
+    assert [e.kind for e in log if e.kind in TERMINAL] == ["cancelled"] and log[-1].kind == "cancelled"
+    info = http.get(f"/api/jobs/{job_id}").json()
+    assert info["status"] == "cancelled" and info["cancelled_by"] == by
+    rq_job = Job.fetch(job_id, connection=redis)
+    wait_for(lambda: rq_job.get_status() == "canceled", 5, what="RQ status canceled")
+    assert job_id in CanceledJobRegistry(rq_job.origin, connection=redis).get_job_ids()
+    assert job_id not in FailedJobRegistry(rq_job.origin, connection=redis).get_job_ids()
+
+
+def assert_next_job_starts_on(redis, cfg: Config, worker_name: str, within: float = 2.0) -> None:
+    t0 = time.monotonic()
+    next_id = enqueue("sqrt", {"n": 2, "interval": 0}, redis=redis, config=cfg)
+    entry = wait_for(lambda: started_on(redis, next_id), within, interval=0.02, what="next job to start")
+    assert entry.data["worker"] == worker_name
+    assert time.monotonic() - t0 < within
+
+
+def wait_started(redis, job_id: str, values: int = 1) -> Entry:
+    """Wait until the job runs and has logged ``values`` values; return its started entry."""
+    wait_for(lambda: JobLog(redis, job_id).values_logged() >= values, 20, what="job running")
+    return started_on(redis, job_id)
+
+
+def stop_delay(redis, job_id: str) -> float:
+    """Seconds from the `cancelled` entry to RQ filing the job as canceled (horse gone)."""
+    rq_job = Job.fetch(job_id, connection=redis)
+    wait_for(lambda: rq_job.get_status() == "canceled", 5, interval=0.01, what="job stopped")
+    stopped = time.time()
+    cancelled_at = terminal_entries(redis, job_id)[0].data["ts"]
+    return stopped - cancelled_at
+
+
+def test_cancel_a_running_sleeping_job_through_the_api_stops_it_within_1s(http, web, redis, lane):
+    cfg, proc, _ = lane
+    job_id = enqueue("sleepy", {"n": 3, "interval": 60}, redis=redis, config=cfg)
+    started = wait_started(redis, job_id)
+    viewers = Viewers(web.url, job_id)
+    wait_for(lambda: http.get(f"/api/jobs/{job_id}").json()["viewers"] >= 1, 10, what="viewers")
+    r = http.post(f"/api/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert stop_delay(redis, job_id) < 1.0
+    assert_cancelled_everywhere(http, redis, job_id, viewers, by="127.0.0.1")
+    assert_next_job_starts_on(redis, cfg, started.data["worker"])
+
+
+def test_cancel_a_job_burning_cpu_inside_one_value_through_the_cli_stops_it_within_1s(
+        http, web, redis, redis_server, lane):
+    cfg, proc, _ = lane
+    job_id = enqueue("burn", {"seconds": 60}, redis=redis, config=cfg)
+    started = wait_started(redis, job_id)
+    viewers = Viewers(web.url, job_id)
+    out = subprocess.run([*JOBCAST, "cancel", job_id], cwd=ROOT, env=service_env(redis_server.url),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert stop_delay(redis, job_id) < 1.0
+    assert_cancelled_everywhere(http, redis, job_id, viewers, by="cli")
+    assert_next_job_starts_on(redis, cfg, started.data["worker"])
+    # The CLI's own answers for an ended job and an unknown one.
+    again = subprocess.run([*JOBCAST, "cancel", job_id], cwd=ROOT, env=service_env(redis_server.url),
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "already ended (cancelled)" in again.stderr
+
+
+def test_cancel_a_queued_job_takes_it_off_the_queue_and_it_never_runs(http, web, redis, lane):
+    cfg, proc, _ = lane
+    busy = enqueue("sleepy", {"n": 2, "interval": 60}, redis=redis, config=cfg)
+    worker = wait_started(redis, busy).data["worker"]
+    queued = enqueue("sqrt", {"n": 3, "interval": 0}, redis=redis, config=cfg)
+    assert queued in Queue(cfg.queue_name, connection=redis).job_ids
+    viewers = Viewers(web.url, queued)
+    r = http.post(f"/api/jobs/{queued}/cancel")
+    assert r.status_code == 200
+    assert queued not in Queue(cfg.queue_name, connection=redis).job_ids
+    assert_cancelled_everywhere(http, redis, queued, viewers, by="127.0.0.1")
+    assert http.post(f"/api/jobs/{busy}/cancel").status_code == 200
+    # The worker, free again, runs the next job and never the cancelled one.
+    assert_next_job_starts_on(redis, cfg, worker)
+    assert [e.kind for e in entries(redis, queued)] == ["queued", "cancelled"]
+
+
+def test_cancel_racing_the_last_value_leaves_exactly_one_terminal_entry(redis):
+    for round_ in range(40):
+        log = JobLog(redis, uuid.uuid4().hex)
+        log.create("sqrt", {}, 1)
+        log.started("w", 1)
+        barrier = threading.Barrier(2)
+        results = {}
+
+        def writer():
+            barrier.wait()
+            results["value"] = log.value(0, 1.0)
+            results["finished"] = log.finished()
+
+        def canceller():
+            barrier.wait()
+            if round_ % 2:
+                time.sleep(0.0005)
+            results["cancelled"] = log.cancelled("race")
+
+        threads = [threading.Thread(target=writer), threading.Thread(target=canceller)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5)
+        kinds = [e.kind for e in log.entries()]
+        assert sum(k in TERMINAL for k in kinds) == 1 and kinds[-1] in TERMINAL, kinds
+        # Whoever lost was told so (-1) and wrote nothing.
+        assert (results["finished"] > 0) != (results["cancelled"] > 0), results
+
+
+def test_cancel_while_the_worker_is_killed_leaves_one_terminal_entry_and_never_reruns(
+        http, web, redis, redis_server, logs_dir):
+    queue = "killed-" + uuid.uuid4().hex[:8]
+    cfg = Config.from_env(redis_url=redis_server.url, queue_name=queue)
+    pool = Workers(redis_server.url, logs_dir)
+    try:
+        (proc,) = pool.start(1, JOBCAST_QUEUE=queue)
+        job_id = enqueue("sleepy", {"n": 3, "interval": 60}, redis=redis, config=cfg)
+        wait_started(redis, job_id)
+        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+
+        def kill_worker_and_horse():
+            for p in family:
+                p.send_signal(signal.SIGKILL)
+
+        # The worker dies (its work-horse too) while the cancel request is on its way.
+        killer = threading.Thread(target=kill_worker_and_horse)
+        killer.start()
+        r = http.post(f"/api/jobs/{job_id}/cancel")
+        killer.join(5)
+        proc.wait(10)
+        assert r.status_code == 200
+        assert [e.kind for e in terminal_entries(redis, job_id)] == ["cancelled"]
+        # RQ later puts an abandoned job back on its queue; a new worker must not run it.
+        Queue(queue, connection=redis).enqueue_job(Job.fetch(job_id, connection=redis))
+        pool.start(1, JOBCAST_QUEUE=queue)
+        wait_for(lambda: Job.fetch(job_id, connection=redis).get_status() == "canceled", 20,
+                 what="re-run job filed as canceled")
+        kinds = [e.kind for e in entries(redis, job_id)]
+        assert kinds.count("started") == 1 and kinds[-1] == "cancelled"
+        assert sum(k in TERMINAL for k in kinds) == 1
+    finally:
+        pool.stop_all()
