@@ -1,0 +1,175 @@
+"""Joining at the tail (?tail=N) and trimmed history, through real gunicorn and Redis.
+
+The trimmed-history tests run a real 300-value job on a worker whose log keeps 50 entries.
+The tail tests write the log through the workers' own write path (JobLog), so the test
+decides exactly which values are history and which arrive live.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import uuid
+
+import httpx
+import pytest
+from redis import Redis
+
+from producer.enqueue import enqueue
+from tests.conftest import Workers, parse_sse, wait_for
+from worker.config import Config
+from worker.joblog import JobLog
+
+
+@pytest.fixture(scope="module")
+def capped_job(redis_server, logs_dir):
+    """A finished 300-value sqrt job whose worker kept only ~50 log entries; its first kept seq."""
+    redis = Redis.from_url(redis_server.url)
+    queue = "capped-" + uuid.uuid4().hex[:8]
+    pool = Workers(redis_server.url, logs_dir)
+    pool.start(1, JOBCAST_QUEUE=queue, JOBCAST_LOG_MAXLEN="50")
+    try:
+        cfg = Config.from_env(redis_url=redis_server.url, queue_name=queue, log_maxlen=50)
+        job_id = enqueue("sqrt", {"n": 300, "interval": 0}, redis=redis, config=cfg)
+        wait_for(lambda: JobLog(redis, job_id).status() == "finished", 30, what="300-value job")
+    finally:
+        pool.stop_all()
+    first = list(JobLog(redis, job_id).entries())[0]
+    assert first.seq > 6  # the cap really trimmed the early entries
+    return job_id, first
+
+
+def sse(base: str, job_id: str, query: str = "", headers=None, stop=None, into=None) -> list[dict]:
+    """Every SSE event of one connection (up to ``stop(events)`` being true), as they come
+    appended to ``into`` when given."""
+    events = into if into is not None else []
+    with httpx.Client(base_url=base, timeout=30) as c, \
+            c.stream("GET", f"/jobs/{job_id}/events{query}", headers=headers or {}) as r:
+        assert r.status_code == 200
+        for ev in parse_sse(r.iter_lines()):
+            events.append(ev)
+            if stop and stop(events):
+                break
+    return events
+
+
+def test_sse_resume_from_a_trimmed_position_starts_with_one_trimmed_event(web, redis, capped_job):
+    job_id, first = capped_job
+    events = sse(web.url, job_id, headers={"Last-Event-ID": "5"})
+    assert [e["event"] for e in events].count("trimmed") == 1
+    assert events[0]["event"] == "trimmed" and "id" not in events[0]
+    data = json.loads(events[0]["data"])
+    assert data["after"] == 5 and data["first_seq"] == first.seq and data["lost"] == first.seq - 6
+    entries = events[1:]
+    seqs = [int(e["id"]) for e in entries]
+    assert seqs == list(range(first.seq, seqs[-1] + 1)) and entries[-1]["event"] == "finished"
+    values = [json.loads(e["data"]) for e in entries if e["event"] == "value"]
+    assert [v["i"] for v in values] == list(range(values[0]["i"], 300))
+    assert data["first_value"] == values[0]["i"]
+
+
+def test_a_fresh_viewer_of_a_trimmed_log_is_told_too(web, http, capped_job):
+    job_id, first = capped_job
+    events = sse(web.url, job_id)
+    assert events[0]["event"] == "trimmed"
+    assert json.loads(events[0]["data"])["after"] == 0
+    info = http.get(f"/api/jobs/{job_id}").json()
+    assert info["first_seq"] == first.seq
+    assert info["first_value"] == json.loads(events[0]["data"])["first_value"]
+
+
+def test_text_and_html_streams_name_the_first_value_kept(web, http, capped_job):
+    job_id, _ = capped_job
+    first_value = http.get(f"/api/jobs/{job_id}").json()["first_value"]
+    r = httpx.get(f"{web.url}/jobs/{job_id}/stream", timeout=30)
+    assert r.headers["Jobcast-First-Value"] == str(first_value)
+    assert r.text == "".join("{}\n".format(math.sqrt(i)) for i in range(first_value, 300))
+    html = httpx.get(f"{web.url}/jobs/{job_id}/frame", timeout=30)
+    assert html.headers["Jobcast-First-Value"] == str(first_value)
+    assert f"{first_value:,} earlier values are no longer kept" in html.text
+    assert f"<p>{first_value}: " in html.text and f"<p>{first_value - 1}: " not in html.text
+
+
+@pytest.fixture
+def long_job(redis):
+    """A running job with 10,000 values logged; the test writes the live ones."""
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {"n": 10_003}, 10_003)
+    log.started("test-writer", 1)
+    for i in range(10_000):
+        log.value(i, math.sqrt(i))
+    return log
+
+
+def sse_in_thread(base: str, job_id: str, query: str):
+    """Read SSE in a thread; the returned list fills as events arrive."""
+    events: list = []
+    t = threading.Thread(target=sse, args=(base, job_id, query), kwargs={"into": events}, daemon=True)
+    t.start()
+    return t, events
+
+
+def test_tail_5_of_10000_values_gives_the_last_5_then_the_live_ones(web, redis, long_job):
+    log = long_job
+    t_sse, events = sse_in_thread(web.url, log.job_id, "?tail=5")
+    text_lines: list[str] = []
+
+    headers: dict = {}
+
+    def text():
+        with httpx.stream("GET", f"{web.url}/jobs/{log.job_id}/stream?tail=5", timeout=30) as r:
+            headers.update(r.headers)
+            for line in r.iter_lines():
+                text_lines.append(line)
+
+    t_text = threading.Thread(target=text, daemon=True)
+    t_text.start()
+    wait_for(lambda: len([e for e in events if e.get("event") == "value"]) >= 5, 10, what="the tail")
+    wait_for(lambda: len(text_lines) >= 5, 10, what="the text stream's tail")
+    for i in range(10_000, 10_003):
+        log.value(i, math.sqrt(i))
+    log.finished()
+    t_sse.join(10)
+    t_text.join(10)
+    assert headers["jobcast-first-value"] == "9995"
+    assert events[0]["event"] == "tail"
+    head = json.loads(events[0]["data"])
+    assert head["tail"] == 5 and head["skipped"] == 9995
+    values = [json.loads(e["data"])["i"] for e in events if e["event"] == "value"]
+    assert values == list(range(9995, 10_003))
+    seqs = [int(e["id"]) for e in events[1:]]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # true seqs, no gap
+    assert seqs[0] == 9995 + 3  # queued, started, then value i has seq i + 3
+    assert text_lines == ["{}".format(math.sqrt(i)) for i in range(9995, 10_003)]
+
+
+def test_reconnect_with_last_event_id_after_a_tailed_start_is_exact(web, redis, long_job):
+    log = long_job
+    first = sse(web.url, log.job_id, "?tail=5", stop=lambda evs: len(evs) >= 3)
+    assert [e["event"] for e in first] == ["tail", "value", "value"]
+    last_id = first[-1]["id"]
+    log.value(10_000, 100.0)
+    log.finished()
+    # EventSource keeps the URL (with ?tail=5) and adds Last-Event-ID: the id wins.
+    rest = sse(web.url, log.job_id, "?tail=5", headers={"Last-Event-ID": last_id})
+    assert all(e["event"] != "tail" for e in rest)
+    seqs = [int(e["id"]) for e in first[1:] + rest]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert [json.loads(e["data"]).get("i") for e in rest] == [9997, 9998, 9999, 10_000, None]
+
+
+def test_tail_0_is_live_only(web, redis, long_job):
+    log = long_job
+    t, events = sse_in_thread(web.url, log.job_id, "?tail=0")
+    wait_for(lambda: events, 10, what="tail event")
+    log.value(10_000, 100.0)
+    log.finished()
+    t.join(10)
+    assert json.loads(events[0]["data"])["skipped"] == 10_000
+    assert [e["event"] for e in events] == ["tail", "value", "finished"]
+
+
+def test_bad_tail_is_400(http, long_job):
+    r = http.get(f"/jobs/{long_job.job_id}/events?tail=-1")
+    assert r.status_code == 400 and r.json()["field"] == "tail"

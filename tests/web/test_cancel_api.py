@@ -1,0 +1,71 @@
+"""The cancel endpoint's clear answers: 409 for an ended job (writing nothing), 404, 400, 401."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from web import create_app
+from worker.config import Config
+from worker.joblog import JobLog
+
+
+@pytest.fixture
+def client(config):
+    return create_app({"JOBCAST": config, "TESTING": True}).test_client()
+
+
+def new_job(redis) -> JobLog:
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {"n": 3}, 3)
+    return log
+
+
+def test_cancel_writes_one_cancelled_entry_naming_the_client(client, redis):
+    log = new_job(redis)
+    r = client.post(f"/api/jobs/{log.job_id}/cancel", environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert r.status_code == 200 and r.json["status"] == "cancelled" and r.json["by"] == "10.1.2.3"
+    last = list(log.entries())[-1]
+    assert (last.kind, last.data["by"], last.seq) == ("cancelled", "10.1.2.3", r.json["seq"])
+    assert last.data["ts"] > 0
+    info = client.get(f"/api/jobs/{log.job_id}").json
+    assert info["status"] == "cancelled" and info["ended_at"] and info["cancelled_by"] == "10.1.2.3"
+
+
+@pytest.mark.parametrize("ending", ["finished", "failed", "cancelled"])
+def test_cancelling_an_ended_job_answers_409_with_its_status_and_writes_nothing(client, redis, ending):
+    log = new_job(redis)
+    log.started("w", 1)
+    {"finished": log.finished, "failed": lambda: log.failed("boom"),
+     "cancelled": lambda: log.cancelled("someone")}[ending]()
+    before = [e.raw for e in log.entries()]
+    r = client.post(f"/api/jobs/{log.job_id}/cancel")
+    assert r.status_code == 409 and r.json["status"] == ending and r.json["error"] == "conflict"
+    assert [e.raw for e in log.entries()] == before
+
+
+def test_a_second_cancel_answers_409(client, redis):
+    log = new_job(redis)
+    assert client.post(f"/api/jobs/{log.job_id}/cancel").status_code == 200
+    r = client.post(f"/api/jobs/{log.job_id}/cancel")
+    assert r.status_code == 409 and r.json["status"] == "cancelled"
+    assert [e.kind for e in log.entries()] == ["queued", "cancelled"]
+
+
+def test_cancel_of_an_unknown_job_is_404_and_of_a_malformed_id_400(client):
+    assert client.post(f"/api/jobs/{uuid.uuid4().hex}/cancel").status_code == 404
+    r = client.post("/api/jobs/nope/cancel")
+    assert r.status_code == 400 and r.json["field"] == "id"
+
+
+def test_cancel_needs_the_bearer_token_when_one_is_set(redis, redis_server):
+    cfg = Config.from_env(redis_url=redis_server.url, token="s3cret")
+    client = create_app({"JOBCAST": cfg, "TESTING": True}).test_client()
+    log = new_job(redis)
+    assert client.post(f"/api/jobs/{log.job_id}/cancel").status_code == 401
+    bad = client.post(f"/api/jobs/{log.job_id}/cancel", headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+    assert [e.kind for e in log.entries()] == ["queued"]
+    ok = client.post(f"/api/jobs/{log.job_id}/cancel", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
