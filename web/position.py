@@ -22,7 +22,7 @@ from web import state
 from web.lookup import int_param, resume_position
 from worker.joblog import Entry, first_kept, log_key
 
-TAIL_PAGE = 1000
+TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""
 
 
@@ -112,8 +112,9 @@ def tail_position(redis: Redis, job_id: str, n: int, job: dict) -> tuple[int, in
     """``(after, skipped)`` for a stream of the last ``n`` values.
 
     Reads the log backwards from its newest entry until the n-th last value; ``after`` is
-    the seq just before it and ``skipped`` its index. Fewer than n values kept: from the
-    start of the log (a trimmed log then says what is missing).
+    the seq just before it and ``skipped`` its index. When the tail holds every value, or
+    fewer than n are kept: the whole log, from ``queued`` on (a trimmed log then says what
+    is missing).
     """
     if n == 0:
         return job["last_seq"], job["progress"]["i"]
@@ -128,7 +129,7 @@ def tail_position(redis: Redis, job_id: str, n: int, job: dict) -> tuple[int, in
                 count += 1
                 if count == n:
                     entry = Entry.parse(raw)
-                    return entry.seq - 1, entry.i or 0
+                    return (0, 0) if not entry.i else (entry.seq - 1, entry.i)
         if len(batch) < page:
             return 0, 0
         last = batch[-1][0]

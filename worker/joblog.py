@@ -192,6 +192,13 @@ class JobLog:
     def _write(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
                value_json: str | None = None, meta: dict[str, Any] | None = None) -> int:
         """Append one entry atomically and return its seq (or a negative code)."""
+        keys, args = self.script_args(kind, body, index=index, value_json=value_json, meta=meta)
+        return int(self._append(keys=keys, args=args))
+
+    def script_args(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
+                    value_json: str | None = None,
+                    meta: dict[str, Any] | None = None) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of the append script for one entry (also for a pipeline)."""
         now = time.time()
         parts = [f'"kind":{json.dumps(kind)}', f'"ts":{now:.6f}']
         for k, v in (body or {}).items():
@@ -204,11 +211,9 @@ class JobLog:
             hash_fields["status"] = STATUS_BY_KIND[kind]
         for k, v in hash_fields.items():
             fields += [k, v if isinstance(v, (str, int, float)) else json.dumps(v)]
-        return int(self._append(
-            keys=[meta_key(self.job_id), log_key(self.job_id), JOBS_INDEX],
-            args=[channel(self.job_id), kind, index, ",".join(parts) + "}", self.maxlen,
-                  self.ttl, f"{now:.6f}", self.index_max, *fields],
-        ))
+        return ([meta_key(self.job_id), log_key(self.job_id), JOBS_INDEX],
+                [channel(self.job_id), kind, index, ",".join(parts) + "}", self.maxlen,
+                 self.ttl, f"{now:.6f}", self.index_max, *fields])
 
     def create(self, task: str, params: dict[str, Any], total: int | None) -> int:
         """Create the job's metadata and write its ``queued`` entry."""

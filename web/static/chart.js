@@ -41,6 +41,31 @@
     if (v > this.hi) { this.hi = v; }
   };
 
+  // Start from a snapshot of the same buckets kept by the worker (GET /api/jobs/<id>/chart),
+  // so a long job's whole history draws at once; values after `snap.upto` are added after.
+  Series.prototype.load = function (snap) {
+    var n = snap.first.length;
+    this.span = snap.span;
+    while (n > this.maxBuckets) { this.span *= 2; n = Math.ceil(n / 2); }   // never, with equal sizes
+    this.min.fill(NaN); this.max.fill(NaN); this.first.fill(NaN); this.last.fill(NaN);
+    this.len = 0; this.points = snap.points; this.lo = Infinity; this.hi = -Infinity;
+    var ratio = this.span / snap.span;
+    for (var k = 0; k < snap.first.length; k++) {
+      if (snap.first[k] === null) { continue; }
+      var b = Math.floor(k / ratio);
+      if (isNaN(this.first[b])) {
+        this.first[b] = snap.first[k]; this.min[b] = snap.min[k]; this.max[b] = snap.max[k];
+      } else {
+        this.min[b] = Math.min(this.min[b], snap.min[k]); this.max[b] = Math.max(this.max[b], snap.max[k]);
+      }
+      this.last[b] = snap.last[k];
+      this.len = Math.max(this.len, b + 1);
+      this.lo = Math.min(this.lo, snap.min[k]); this.hi = Math.max(this.hi, snap.max[k]);
+      this.lastValue = snap.last[k];
+    }
+    this.lastIndex = snap.upto;
+  };
+
   // Halve the resolution: bucket k takes buckets 2k and 2k+1 (in place, front to back).
   Series.prototype.merge = function () {
     var half = Math.ceil(this.len / 2);
@@ -104,6 +129,7 @@
   }
 
   Chart.prototype.add = function (i, v) { this.series.add(i, v); };
+  Chart.prototype.load = function (snap) { this.series.load(snap); };
 
   Chart.prototype.resize = function () {
     var rect = this.canvas.getBoundingClientRect();

@@ -9,6 +9,10 @@
 // seq shown are dropped; a skipped seq within a connection makes the page reconnect from the
 // last seq. EventSource resumes by itself with Last-Event-ID; when it gives up (an HTTP error
 // from a proxy, say) the page opens a new one with ?after=<last seq>.
+//
+// Long jobs open at the tail: the first connection asks for the last WINDOW values only
+// (?tail=), the chart loads the worker's downsampled history in one request, and the log
+// offers "Load earlier values". A log the server has trimmed is said so, never hidden.
 (function () {
   "use strict";
   var root = document.getElementById("job");
@@ -18,9 +22,11 @@
     worker: $("worker"), elapsed: $("elapsed"), viewers: $("viewers"), progress: $("progress"),
     progressText: $("progress-text"), chart: $("chart"), logView: $("log-view"),
     logSpacer: $("log-spacer"), log: $("log"), logCount: $("log-count"), logJump: $("log-jump"),
-    events: $("events")
+    events: $("events"), stop: $("stop"), notice: $("notice"), logEarlier: $("log-earlier")
   };
-  var TERMINAL = { finished: true, failed: true };
+  var TERMINAL = { finished: true, failed: true, cancelled: true };
+  var WINDOW = 10000;               // values the page opens with; earlier ones on request
+  var EARLIER = 2000;               // values per "Load earlier values"
   var LOG_CAP = 200000;             // values kept for the log; older ones are dropped in blocks
   var numberFormat = new Intl.NumberFormat("en");
 
@@ -42,7 +48,9 @@
     ended: false,
     connection: "connecting",
     opens: 0, reconnects: 0, duplicates: 0, gaps: 0, trimmed: 0,
-    viewers: null
+    viewers: null,
+    oldestSeq: null,                // seq of the first value in the log model (to load earlier)
+    notice: ""
   };
 
   var chart = new window.JobcastChart(el.chart);
@@ -66,7 +74,7 @@
     if (state.ended) { return; }
     clearTimeout(retryTimer);
     if (source) { source.close(); }
-    var url = root.dataset.events + (state.lastSeq ? "?after=" + state.lastSeq : "");
+    var url = root.dataset.events + (state.lastSeq ? "?after=" + state.lastSeq : "?tail=" + WINDOW);
     var es = new EventSource(url);
     source = es;
     es.addEventListener("open", function () {
@@ -76,9 +84,11 @@
       backoff = 1000;
       setConnection("live", "live");
     });
-    ["queued", "started", "value", "retrying", "finished", "failed"].forEach(function (kind) {
+    ["queued", "started", "value", "retrying", "finished", "failed", "cancelled"].forEach(function (kind) {
       es.addEventListener(kind, function (ev) { if (source === es) { receive(ev); } });
     });
+    es.addEventListener("tail", function (ev) { if (source === es) { tailStart(JSON.parse(ev.data)); } });
+    es.addEventListener("trimmed", function (ev) { if (source === es) { trimmed(JSON.parse(ev.data)); } });
     es.addEventListener("error", function () {
       if (source !== es || state.ended) { return; }
       state.reconnects += 1;
@@ -89,6 +99,48 @@
         backoff = Math.min(10000, backoff * 2);
       }
     });
+  }
+
+  // The stream starts at the tail: `skipped` values came before it. Resume from its start,
+  // and draw the skipped part of the chart from the worker's snapshot.
+  var chartPending = null;          // values received while the snapshot loads: [i, j] pairs
+  function tailStart(t) {
+    if (state.lastSeq === 0 && t.after > 0) { state.lastSeq = t.after; }
+    if (t.skipped > 0) {
+      state.skipped = t.skipped;
+      el.logEarlier.hidden = false;
+      if (chartPending === null) { loadChart(); }
+    }
+  }
+
+  function loadChart() {
+    chartPending = [];
+    fetch(root.dataset.chartUrl, { cache: "no-store" }).then(function (r) {
+      if (!r.ok) { throw new Error("HTTP " + r.status); }
+      return r.json();
+    }).then(function (snap) {
+      if (snap.upto >= 0) { chart.load(snap); }
+      chartPending.forEach(function (p) { if (p[0] > snap.upto) { chart.add(p[0], p[1]); } });
+    }).catch(function () {
+      chartPending.forEach(function (p) { chart.add(p[0], p[1]); });
+    }).then(function () { chartPending = false; schedule(); });
+  }
+
+  // The server's log no longer has entries this page would have shown: say how many values.
+  function trimmed(t) {
+    if (t.first_seq - 1 > state.lastSeq) {
+      state.trimmed += t.first_seq - 1 - state.lastSeq;
+      state.lastSeq = t.first_seq - 1;
+    }
+    var have = Math.max(state.lastIndex + 1, state.skipped || 0);
+    var lost = t.first_value === null || t.first_value === undefined ? 0 : t.first_value - have;
+    if (lost > 0) { showNotice(numberFormat.format(lost) + " earlier values are no longer kept"); }
+  }
+
+  function showNotice(text) {
+    state.notice = text;
+    el.notice.textContent = text;
+    el.notice.hidden = false;
   }
 
   function receive(ev) {
@@ -127,6 +179,7 @@
         state.status = "running";
         state.values += 1;
         state.lastIndex = e.i;
+        if (state.texts.length === 0) { state.oldestSeq = e.seq; }
         state.texts.push(e.v);
         state.indices.push(e.i);
         if (state.texts.length > LOG_CAP + LOG_CAP / 10) {
@@ -134,9 +187,11 @@
           state.texts.splice(0, drop);
           state.indices.splice(0, drop);
           state.dropped += drop;
+          state.oldestSeq = null;       // the model no longer starts where the server's log does
+          el.logEarlier.hidden = true;
           log.shifted(drop);
         }
-        chart.add(e.i, e.j);
+        if (chartPending) { chartPending.push([e.i, e.j]); } else { chart.add(e.i, e.j); }
         break;
       case "retrying":
         state.status = "retrying";
@@ -144,8 +199,9 @@
         break;
       case "finished":
       case "failed":
+      case "cancelled":
         state.status = e.kind;
-        state.reason = e.reason || null;
+        state.reason = e.kind === "cancelled" ? "by " + e.by : (e.reason || null);
         state.endedAt = e.ts;
         finish();
         break;
@@ -156,6 +212,7 @@
 
   function finish() {
     state.ended = true;
+    el.stop.hidden = true;
     clearTimeout(retryTimer);
     if (source) { source.close(); source = null; }
     setConnection("ended", "stream ended");
@@ -266,6 +323,14 @@
       shifted: function (drop) {
         if (!stick) { programmatic = true; el.logView.scrollTop = Math.max(0, el.logView.scrollTop - drop * measure()); }
         shown.total = -1;
+      },
+      prepended: function (added) {
+        // Rows came in above: keep the rows in view where they are, and read from the top.
+        stick = false;
+        el.logSpacer.style.height = (state.texts.length * measure()) + "px";
+        programmatic = true;
+        el.logView.scrollTop = el.logView.scrollTop + added * measure();
+        shown = { first: -1, last: -1, total: -1 };
       }
     };
   })();
@@ -278,6 +343,7 @@
       queued: "queued",
       started: "started on " + e.worker + (e.attempt > 1 ? " (attempt " + e.attempt + ")" : ""),
       retrying: "retrying: " + e.reason,
+      cancelled: "cancelled by " + e.by,
       finished: "finished",
       failed: "failed: " + e.reason
     }[e.kind];
@@ -330,7 +396,8 @@
       el.progressText.textContent = numberFormat.format(done) + " values";
     }
     if (state.ended) {
-      el.end.textContent = state.status === "failed" ? "Failed: " + (state.reason || "unknown reason") : "Done";
+      el.end.textContent = state.status === "failed" ? "Failed: " + (state.reason || "unknown reason")
+        : state.status === "cancelled" ? "Cancelled" : "Done";
       el.end.dataset.status = state.status;
     } else if (state.status === "retrying") {
       el.end.textContent = "Retrying: " + (state.reason || "");
@@ -339,7 +406,7 @@
       el.end.textContent = ""; delete el.end.dataset.status;
     }
     if (state.viewers !== null) { el.viewers.textContent = numberFormat.format(state.viewers); }
-    el.logCount.textContent = "(" + numberFormat.format(state.values) + ")";
+    el.logCount.textContent = "(" + numberFormat.format(state.skipped ? state.lastIndex + 1 : state.values) + ")";
     tick();
     chart.draw();
     var now = Date.now();
@@ -372,9 +439,58 @@
       lastSeq: state.lastSeq, status: state.status, ended: state.ended, connection: state.connection,
       values: state.texts.slice(), indices: state.indices.slice(), dropped: state.dropped,
       opens: state.opens, reconnects: state.reconnects, duplicates: state.duplicates,
-      gaps: state.gaps, trimmed: state.trimmed, n: state.n
+      gaps: state.gaps, trimmed: state.trimmed, n: state.n, skipped: state.skipped || 0,
+      notice: state.notice, chartPoints: chart.series.points
     };
   };
+
+  // ---- stop the job ----------------------------------------------------------------------
+
+  el.stop.addEventListener("click", function () {
+    if (state.ended || !window.confirm("Stop this job? It cannot be resumed.")) { return; }
+    el.stop.disabled = true;
+    // token.js adds the access token (asking for it once) when the server needs one.
+    fetch(root.dataset.cancelUrl, { method: "POST" }).then(function (r) {
+      return r.json().then(function (body) {
+        if (r.ok || r.status === 409) { poll(); return; }      // the stream brings the ending
+        el.stop.disabled = false;
+        showNotice("Could not stop the job: " + (body.message || "HTTP " + r.status));
+      });
+    }).catch(function () {
+      el.stop.disabled = false;
+      showNotice("Could not stop the job: the server did not answer");
+    });
+  });
+
+  // ---- load earlier values into the log ----------------------------------------------------
+
+  el.logEarlier.addEventListener("click", function () {
+    if (state.oldestSeq === null) { return; }
+    el.logEarlier.disabled = true;
+    fetch(root.dataset.valuesUrl + "?limit=" + EARLIER + "&before=" + state.oldestSeq, { cache: "no-store" })
+      .then(function (r) {
+        if (!r.ok) { throw new Error("HTTP " + r.status); }
+        return r.json();
+      }).then(function (page) {
+        var got = page.values;
+        if (got.length) {
+          state.texts = got.map(function (e) { return e.v; }).concat(state.texts);
+          state.indices = got.map(function (e) { return e.i; }).concat(state.indices);
+          state.oldestSeq = got[0].seq;
+          log.prepended(got.length);
+        }
+        var first = state.indices.length ? state.indices[0] : 0;
+        if (first > 0 && (got.length === 0 || page.first_value === null || first <= page.first_value)) {
+          // Nothing older is kept on the server.
+          showNotice(numberFormat.format(first) + " earlier values are no longer kept");
+          el.logEarlier.hidden = true;
+        } else {
+          el.logEarlier.hidden = first === 0;
+        }
+        el.logEarlier.disabled = false;
+        schedule();
+      }).catch(function () { el.logEarlier.disabled = false; });
+  });
 
   setInterval(function () { if (!state.ended) { tick(); } }, 1000);
   window.addEventListener("resize", schedule);

@@ -23,6 +23,7 @@
     fetch(statusUrl).then(function (r) { return r.json(); }).then(function (job) {
       if (job.status === "finished") { latest.textContent = "Done"; }
       else if (job.status === "failed") { latest.textContent = "Failed: " + (job.reason || ""); }
+      else if (job.status === "cancelled") { latest.textContent = "Cancelled"; }
       else { retry(); }
     }, retry);
   }

@@ -1,6 +1,7 @@
 // When the server sets JOBCAST_TOKEN, creating a job needs "Authorization: Bearer <token>".
-// This wraps fetch for POST /api/jobs: it sends the token kept in this browser, and on a 401
-// asks for it once, keeps it, and retries. Pages need no other change.
+// This wraps fetch for POST /api/jobs (start a job) and POST /api/jobs/<id>/cancel (stop one):
+// it sends the token kept in this browser, and on a 401 asks for it once, keeps it, and
+// retries. Pages need no other change.
 (function () {
   "use strict";
   var KEY = "jobcast.token";
@@ -9,7 +10,9 @@
   function isCreate(input, init) {
     var url = typeof input === "string" ? input : input.url;
     var method = (init && init.method) || (typeof input !== "string" && input.method) || "GET";
-    return method.toUpperCase() === "POST" && new URL(url, location.href).pathname === "/api/jobs";
+    var path = new URL(url, location.href).pathname;
+    return method.toUpperCase() === "POST" &&
+      (path === "/api/jobs" || /^\/api\/jobs\/[0-9a-f]{32}\/cancel$/.test(path));
   }
 
   function withToken(init, token) {
@@ -24,7 +27,7 @@
     if (!isCreate(input, init)) { return plainFetch(input, init); }
     return plainFetch(input, withToken(init, localStorage.getItem(KEY))).then(function (response) {
       if (response.status !== 401) { return response; }
-      var token = window.prompt("This Jobcast server needs an access token to start jobs:");
+      var token = window.prompt("This Jobcast server needs an access token to start or stop jobs:");
       if (!token) { return response; }
       localStorage.setItem(KEY, token);
       return plainFetch(input, withToken(init, token)).then(function (retried) {

@@ -1,0 +1,147 @@
+"""The job page in real headless Chromium: the Stop button, a 1,000,000-value job opened at
+its tail, "load earlier values", and a trimmed history that the page says out loud."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import pytest
+from redis import Redis
+
+import tests.tasks  # noqa: F401  (registers the sleepy task in this process)
+from producer.enqueue import enqueue
+from tests.conftest import Workers, wait_for
+from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
+                               stop_delay, wait_started)
+from tests.web.test_browser import CHROMIUM_FLAGS, chromium_path, dom, model, playwright_api
+from worker.chart import Downsample, chart_key
+from worker.config import Config
+from worker.joblog import JobLog, encode_value, meta_key
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.errors = []
+    pg.dialogs = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    # The Stop button asks for confirmation: say yes, and remember what was asked.
+    pg.on("dialog", lambda d: (pg.dialogs.append((d.type, d.message)), d.accept()))
+    yield pg
+    ctx.close()
+    assert pg.errors == [], f"uncaught errors in the page: {pg.errors}"
+
+
+@pytest.fixture(scope="module")
+def lane(redis_server, logs_dir):
+    """One worker alone on its own queue."""
+    queue = "page-" + uuid.uuid4().hex[:8]
+    pool = Workers(redis_server.url, logs_dir)
+    pool.start(1, JOBCAST_QUEUE=queue)
+    yield Config.from_env(redis_url=redis_server.url, queue_name=queue)
+    pool.stop_all()
+
+
+def test_stop_button_confirms_cancels_the_running_job_and_hides_itself(page, http, web, redis, lane):
+    job_id = enqueue("sleepy", {"n": 3, "interval": 60}, redis=redis, config=lane)
+    worker = wait_started(redis, job_id).data["worker"]
+    viewers = Viewers(web.url, job_id)
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_function("window.jobcastPage().values.length >= 1")
+    assert page.is_visible("#stop")
+    page.click("#stop")
+    page.wait_for_function("document.getElementById('end').textContent === 'Cancelled'", timeout=5000)
+    assert page.dialogs and page.dialogs[0][0] == "confirm"
+    assert stop_delay(redis, job_id) < 1.0
+    assert not page.is_visible("#stop")
+    shown = dom(page)
+    assert shown["status"] == "cancelled" and model(page)["status"] == "cancelled"
+    assert_cancelled_everywhere(http, redis, job_id, viewers, by="127.0.0.1")
+    assert_next_job_starts_on(redis, lane, worker)
+    # A page opened on an ended job has no Stop button at all.
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_function("window.jobcastPage().ended")
+    assert not page.is_visible("#stop") and page.text_content("#end") == "Cancelled"
+
+
+def write_million_value_job(redis: Redis, total: int = 1_000_000, kept: int = 100_000) -> JobLog:
+    """The state a worker leaves after logging ``total`` sqrt values with the default cap.
+
+    The log keeps the last ``kept`` values (the worker's XADD MAXLEN has trimmed the rest),
+    and the worker's chart snapshot covers all of them. The first values are counted, not
+    appended, since the cap would have trimmed them anyway; the kept ones go through the
+    same Lua script as the worker's, pipelined.
+    """
+    log = JobLog(redis, uuid.uuid4().hex, maxlen=kept)
+    log.create("sqrt", {"n": total, "interval": 0}, total)
+    log.started("test-writer", 1)
+    gone = total - kept
+    redis.hset(meta_key(log.job_id), mapping={"values": gone, "seq": 2 + gone})
+    for lo in range(gone, total, 20_000):
+        pipe = redis.pipeline(transaction=False)
+        for i in range(lo, min(total, lo + 20_000)):
+            text, as_json = encode_value(math.sqrt(i))
+            keys, args = log.script_args("value", {"i": i, "v": text}, index=i, value_json=as_json)
+            log._append(keys=keys, args=args, client=pipe)
+        pipe.execute()
+    series = Downsample()
+    for i in range(total):
+        series.add(i, math.sqrt(i))
+    redis.set(chart_key(log.job_id), series.to_json())
+    return log
+
+
+def test_a_million_value_job_opens_at_its_tail_in_under_2s(page, web, redis):
+    log = write_million_value_job(redis)
+    latest = "{}".format(math.sqrt(999_999))
+    t0 = time.monotonic()
+    page.goto(f"{web.url}/jobs/{log.job_id}")
+    page.wait_for_function(
+        """latest => {
+            const p = window.jobcastPage();
+            const rows = document.querySelectorAll('#log li');
+            return document.getElementById('latest').textContent === latest && p.chartPoints === 1000000
+                && rows.length > 0 && +rows[rows.length - 1].dataset.i === 999999;
+        }""", arg=latest, timeout=10000)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2.0, f"the page took {elapsed:.2f} s to show the job"
+    state = model(page)
+    assert state["skipped"] == 990_000 and len(state["values"]) == 10_000
+    shown = dom(page)
+    assert shown["chartPoints"] == 1_000_000 and shown["chartBuckets"] <= 2048
+    assert shown["progressText"].startswith("1,000,000 of 1,000,000")
+    # Live entries still arrive after the tailed start.
+    page.wait_for_function("window.jobcastPage().connection === 'live'")
+    log.finished()
+    page.wait_for_function("document.getElementById('end').textContent === 'Done'", timeout=5000)
+    # "Load earlier values" prepends the values before the window, in order.
+    page.click("#log-earlier")
+    page.wait_for_function("window.jobcastPage().values.length === 12000")
+    assert model(page)["indices"][:3] == [988_000, 988_001, 988_002]
+    print(f"1,000,000-value job page: latest value, chart and log tail in {elapsed:.2f} s")
+
+
+def test_page_of_a_trimmed_log_says_how_many_values_are_no_longer_kept(page, web, redis):
+    log = JobLog(redis, uuid.uuid4().hex, maxlen=50)
+    log.create("sqrt", {"n": 300}, 300)
+    log.started("test-writer", 1)
+    for i in range(300):
+        log.value(i, math.sqrt(i))
+    log.finished()
+    first = next(e.i for e in log.entries() if e.kind == "value")
+    assert first > 0
+    page.goto(f"{web.url}/jobs/{log.job_id}")
+    page.wait_for_function("document.getElementById('end').textContent === 'Done'")
+    assert page.text_content("#notice") == f"{first:,} earlier values are no longer kept"
+    assert model(page)["indices"] == list(range(first, 300))
