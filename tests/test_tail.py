@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import threading
 import uuid
 
@@ -17,7 +18,7 @@ import pytest
 from redis import Redis
 
 from producer.enqueue import enqueue
-from tests.conftest import Workers, parse_sse, wait_for
+from tests.conftest import JOBCAST, ROOT, Workers, parse_sse, service_env, wait_for
 from worker.config import Config
 from worker.joblog import JobLog
 
@@ -173,3 +174,26 @@ def test_tail_0_is_live_only(web, redis, long_job):
 def test_bad_tail_is_400(http, long_job):
     r = http.get(f"/jobs/{long_job.job_id}/events?tail=-1")
     assert r.status_code == 400 and r.json()["field"] == "tail"
+
+
+def follow(web, redis_server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*JOBCAST, "follow", *args, "--url", web.url, "--no-progress"], cwd=ROOT,
+                          env=service_env(redis_server.url), capture_output=True, text=True, timeout=60)
+
+
+def test_follow_says_how_many_values_are_no_longer_kept_then_prints_the_rest(web, http, redis_server,
+                                                                             capped_job):
+    job_id, _ = capped_job
+    first_value = http.get(f"/api/jobs/{job_id}").json()["first_value"]
+    out = follow(web, redis_server, job_id)
+    assert out.returncode == 0, out.stderr
+    assert f"{first_value:,} earlier values are no longer kept" in out.stderr
+    assert out.stdout.splitlines() == ["{}".format(math.sqrt(i)) for i in range(first_value, 300)]
+
+
+def test_follow_tail_prints_only_the_last_values(web, redis_server, long_job):
+    long_job.finished()
+    out = follow(web, redis_server, long_job.job_id, "--tail", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["{}".format(math.sqrt(i)) for i in range(9997, 10_000)]
+    assert "skipping 9,997 earlier values" in out.stderr

@@ -25,8 +25,9 @@
     events: $("events"), stop: $("stop"), notice: $("notice"), logEarlier: $("log-earlier")
   };
   var TERMINAL = { finished: true, failed: true, cancelled: true };
-  var WINDOW = 10000;               // values the page opens with; earlier ones on request
-  var EARLIER = 2000;               // values per "Load earlier values"
+  var FULL = 10000;                 // a job with more values than this opens at its tail,
+  var WINDOW = 2000;                // with this many values; earlier ones on request,
+  var EARLIER = 2000;               // this many at a time
   var LOG_CAP = 200000;             // values kept for the log; older ones are dropped in blocks
   var numberFormat = new Intl.NumberFormat("en");
 
@@ -74,7 +75,8 @@
     if (state.ended) { return; }
     clearTimeout(retryTimer);
     if (source) { source.close(); }
-    var url = root.dataset.events + (state.lastSeq ? "?after=" + state.lastSeq : "?tail=" + WINDOW);
+    var url = root.dataset.events + (state.lastSeq ? "?after=" + state.lastSeq
+      : (num(root.dataset.values) > FULL ? "?tail=" + WINDOW : ""));
     var es = new EventSource(url);
     source = es;
     es.addEventListener("open", function () {
@@ -104,6 +106,7 @@
   // The stream starts at the tail: `skipped` values came before it. Resume from its start,
   // and draw the skipped part of the chart from the worker's snapshot.
   var chartPending = null;          // values received while the snapshot loads: [i, j] pairs
+  var chartUpto = -1;               // the snapshot holds every value up to this index
   function tailStart(t) {
     if (state.lastSeq === 0 && t.after > 0) { state.lastSeq = t.after; }
     if (t.skipped > 0) {
@@ -119,8 +122,8 @@
       if (!r.ok) { throw new Error("HTTP " + r.status); }
       return r.json();
     }).then(function (snap) {
-      if (snap.upto >= 0) { chart.load(snap); }
-      chartPending.forEach(function (p) { if (p[0] > snap.upto) { chart.add(p[0], p[1]); } });
+      if (snap.upto >= 0) { chart.load(snap); chartUpto = snap.upto; }
+      chartPending.forEach(function (p) { if (p[0] > chartUpto) { chart.add(p[0], p[1]); } });
     }).catch(function () {
       chartPending.forEach(function (p) { chart.add(p[0], p[1]); });
     }).then(function () { chartPending = false; schedule(); });
@@ -191,7 +194,7 @@
           el.logEarlier.hidden = true;
           log.shifted(drop);
         }
-        if (chartPending) { chartPending.push([e.i, e.j]); } else { chart.add(e.i, e.j); }
+        if (chartPending) { chartPending.push([e.i, e.j]); } else if (e.i > chartUpto) { chart.add(e.i, e.j); }
         break;
       case "retrying":
         state.status = "retrying";
