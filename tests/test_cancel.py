@@ -170,17 +170,23 @@ def test_cancel_a_job_burning_cpu_inside_one_value_through_the_cli_stops_it_with
     assert followed.returncode == 4 and "Cancelled by cli" in followed.stderr
 
 
-def test_cancel_a_queued_job_takes_it_off_the_queue_and_it_never_runs(http, web, redis, lane):
+@pytest.mark.parametrize("how", ["api", "cli"])
+def test_cancel_a_queued_job_takes_it_off_the_queue_and_it_never_runs(http, web, redis, redis_server,
+                                                                      lane, how):
     cfg, proc, _ = lane
     busy = enqueue("sleepy", {"n": 2, "interval": 60}, redis=redis, config=cfg)
     worker = wait_started(redis, busy).data["worker"]
     queued = enqueue("sqrt", {"n": 3, "interval": 0}, redis=redis, config=cfg)
     assert queued in Queue(cfg.queue_name, connection=redis).job_ids
     viewers = Viewers(web.url, queued)
-    r = http.post(f"/api/jobs/{queued}/cancel")
-    assert r.status_code == 200
+    if how == "api":
+        assert http.post(f"/api/jobs/{queued}/cancel").status_code == 200
+    else:
+        out = subprocess.run([*JOBCAST, "cancel", queued], cwd=ROOT, env=service_env(redis_server.url),
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
     assert queued not in Queue(cfg.queue_name, connection=redis).job_ids
-    assert_cancelled_everywhere(http, redis, queued, viewers, by="127.0.0.1")
+    assert_cancelled_everywhere(http, redis, queued, viewers, by="127.0.0.1" if how == "api" else "cli")
     assert http.post(f"/api/jobs/{busy}/cancel").status_code == 200
     # The worker, free again, runs the next job and never the cancelled one.
     assert_next_job_starts_on(redis, cfg, worker)
