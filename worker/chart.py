@@ -81,6 +81,7 @@ class Downsample:
     def _merge(self) -> None:
         """Halve the resolution: bucket k takes buckets 2k and 2k+1."""
         def pair(xs: list, pick) -> list:
+            """Fold each two neighbouring buckets of ``xs`` into one with ``pick``."""
             out = []
             for k in range(0, len(xs), 2):
                 both = [x for x in xs[k:k + 2] if x is not None]

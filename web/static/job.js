@@ -108,6 +108,12 @@
   var chartPending = null;          // values received while the snapshot loads: [i, j] pairs
   var chartUpto = -1;               // the snapshot holds every value up to this index
   function tailStart(t) {
+    if (state.lastSeq > 0 && t.after > state.lastSeq) {
+      // EventSource reconnected before any entry came, so it asked for the tail again: that
+      // would skip what was logged meanwhile. Resume exactly from our position instead.
+      connect();
+      return;
+    }
     if (state.lastSeq === 0 && t.after > 0) { state.lastSeq = t.after; }
     if (t.skipped > 0) {
       state.skipped = t.skipped;
