@@ -271,6 +271,25 @@ class JobLog:
             start = "(" + last
 
 
+    def page(self, after: int, count: int) -> tuple[list[Entry], bool]:
+        """Up to ``count`` entries with ``seq > after``, and whether the job has ended, in one
+        round trip (a viewer catching up needs both).
+
+        Both reads run in one MULTI/EXEC: were the job to end between them, an empty read
+        followed by "ended" would hide the terminal entry.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xrange(log_key(self.job_id), min=f"0-{after + 1}", max="+", count=count)
+        pipe.hget(meta_key(self.job_id), "status")
+        rows, status = pipe.execute()
+        ended = status is None or status.decode() in TERMINAL
+        return [Entry.parse(fields[b"e"]) for _id, fields in rows], ended
+
+    def queue_last_seq(self, pipe) -> None:
+        """Add the read of the job's last seq to ``pipe`` (its reply: bytes or None)."""
+        pipe.hget(meta_key(self.job_id), "seq")
+
+
 def job_info(redis: Redis, job_id: str) -> dict[str, Any]:
     """Return a job's status as a JSON-ready dict, or raise UnknownJob."""
     raw = redis.hgetall(meta_key(job_id))
