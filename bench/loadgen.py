@@ -10,10 +10,12 @@ one JSON object a line, to the commands that follow on stdin:
 - ``stats``  → ``{"received": total, "min": fewest received by one counting viewer, ...}``
 - ``report`` → totals, loss/ordering errors, latency histograms and this process's CPU; exits.
 
-Every viewer measures produce-to-receive latency, on the values produced after it connected
-(older ones are history, not latency). Latencies go into histograms of 0.1 ms bins, one for
-values produced while this process was still opening connections (the connect storm) and one
-for after, so the orchestrator can report both.
+Every viewer measures produce-to-receive latency on the values produced after it joined the
+stream, that is once its response headers have arrived (older values are its history, not
+latency). The time from opening the connection to those headers, the wait to be admitted, is
+recorded apart ("first byte"). Latencies go into histograms of 0.1 ms bins, one for values
+produced while this process was still opening connections (the connect storm) and one for
+after, so the orchestrator can report both.
 
 Viewers parse nothing but the values: every value's text begins ``i=<index> t=<unix time>``
 and ``pattern`` (a regex prefix per server and endpoint) says where a value starts, so a
@@ -37,7 +39,7 @@ class Viewer(asyncio.Protocol):
     """One streaming connection: counts values, checks they are contiguous, times probes."""
 
     __slots__ = ("gen", "request", "role", "pattern", "transport", "tail", "count", "last",
-                 "errors", "closed", "status", "headers_done", "connected_at")
+                 "errors", "closed", "status", "headers_done", "connected_at", "joined_at")
 
     def __init__(self, gen: "LoadGen", request: bytes, role: str, pattern: re.Pattern):
         self.gen = gen
@@ -51,6 +53,7 @@ class Viewer(asyncio.Protocol):
         self.errors = 0
         self.closed = False
         self.connected_at = 0.0
+        self.joined_at = float("inf")
         self.status = 0
         self.headers_done = False
 
@@ -80,6 +83,9 @@ class Viewer(asyncio.Protocol):
             except ValueError:
                 self.status = -1
             self.headers_done = True
+            self.joined_at = now
+            ttfb = int((now - self.connected_at) * 10000)
+            self.gen.ttfb[ttfb] = self.gen.ttfb.get(ttfb, 0) + 1
             data = data[end + 4:]
             self.tail = b""
         buf = self.tail + data if self.tail else data
@@ -110,8 +116,8 @@ class Viewer(asyncio.Protocol):
         storm_until = gen.connected_all_at or now + 1
         for _i, t in found:
             t = float(t)
-            if t < self.connected_at:
-                continue  # history: produced before this viewer was there
+            if t < self.joined_at:
+                continue  # history: produced before this viewer joined the stream
             hist = gen.storm if t < storm_until else gen.steady
             b = int((now - t) * 10000)
             hist[b] = hist.get(b, 0) + 1
@@ -131,6 +137,7 @@ class LoadGen:
         self.connected_all_at = 0.0
         self.storm: dict[int, int] = {}
         self.steady: dict[int, int] = {}
+        self.ttfb: dict[int, int] = {}  # connect to response headers, 0.1 ms bins
 
     async def connect_all(self) -> None:
         loop = asyncio.get_running_loop()
@@ -191,6 +198,7 @@ class LoadGen:
             "frozen": sum(1 for v in self.viewers if v.role == "f"),
             "hist_storm": self.storm,
             "hist_steady": self.steady,
+            "hist_ttfb": self.ttfb,
             "cpu": ru.ru_utime + ru.ru_stime,
             "maxrss_kib": ru.ru_maxrss,
         }

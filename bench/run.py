@@ -422,6 +422,7 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
     storm_hist = merge_hists([r["hist_storm"] for r in reports])
     steady_hist = merge_hists([r["hist_steady"] for r in reports])
     all_hist = merge_hists([storm_hist, steady_hist])
+    ttfb_hist = merge_hists([r["hist_ttfb"] for r in reports])
     delivered = sum(r["received"] for r in reports)
     window = w1 - w0
     server_cpu = cpu1 - cpu0
@@ -443,6 +444,8 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         "lat_steady_p99_ms": hist_percentile(steady_hist, 0.99) if sc.storm else None,
         "lat_samples": sum(all_hist.values()),
         "lat_storm_samples": sum(storm_hist.values()),
+        "ttfb_p50_ms": hist_percentile(ttfb_hist, 0.50),
+        "ttfb_p99_ms": hist_percentile(ttfb_hist, 0.99),
         "server_cpu_s": server_cpu,
         "server_cpu_us_per_delivery": 1e6 * server_cpu / delivered if delivered else None,
         "server_cpu_per_1000_ms": 1e6 * server_cpu / delivered if delivered else None,
@@ -482,6 +485,7 @@ COLUMNS = [
     ("p99 ms", "lat_p99_ms", "{:.1f}"),
     ("p99 ms, storm / steady", "lat_storm_p99_ms", "{:.1f}"),
     ("max ms", "lat_max_ms", "{:.0f}"),
+    ("first byte p99 ms", "ttfb_p99_ms", "{:.1f}"),
     ("server CPU µs / delivery", "server_cpu_us_per_delivery", "{:.1f}"),
     ("deliveries / server CPU-s", "deliveries_per_cpu_s", "{:,.0f}"),
     ("idle RSS KiB / viewer", "rss_per_viewer_kib", "{:.1f}"),
@@ -620,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['deliveries_per_s']:>8,.0f}/s p50 {fmt('{:.1f}', r['lat_p50_ms'])} "
                           f"p99 {fmt('{:.1f}', r['lat_p99_ms'])} ms "
                           f"(storm {fmt('{:.1f}', r['lat_storm_p99_ms'])}, steady "
-                          f"{fmt('{:.1f}', r['lat_steady_p99_ms'])})  "
+                          f"{fmt('{:.1f}', r['lat_steady_p99_ms'])}; first byte p50/p99 "
+                          f"{fmt('{:.1f}', r['ttfb_p50_ms'])}/{fmt('{:.1f}', r['ttfb_p99_ms'])})  "
                           f"{fmt('{:.1f}', r['server_cpu_us_per_delivery'])} µs/delivery  "
                           f"rss/viewer {r['rss_per_viewer_kib']:.1f} KiB  redis clients {r['redis_clients']}  "
                           f"cpu web usr/sys {r['web_user_s']:.2f}/{r['web_sys_s']:.2f} redis {r['redis_cpu_s']:.2f} "

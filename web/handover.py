@@ -23,6 +23,7 @@ import socket
 import ssl
 from typing import Callable
 
+from gevent.server import StreamServer
 from gunicorn.workers.ggevent import GeventWorker
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,16 @@ class StreamWorker(GeventWorker):
         super().load_wsgi()
         gc.collect()
         gc.freeze()
+
+    def init_process(self) -> None:
+        """Accept one connection per turn of the event loop.
+
+        gunicorn already does so when it runs several workers (so they share the accepts);
+        with one worker gevent's default takes up to 100 at once, and a burst of newcomers
+        then runs before the hub can write the next value to those already watching.
+        """
+        StreamServer.max_accept = 1
+        super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):
         """Serve one request; a taken connection then ends gunicorn's part in it."""

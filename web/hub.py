@@ -337,6 +337,7 @@ class Hub:
                         self.dispatch_batch(burst)
             except (RedisConnectionError, RedisTimeoutError, OSError, RedisError) as exc:
                 self._ready.clear()
+                self.relay.recent.subscription(False)
                 metrics.HUB_RECONNECTS.inc()
                 log.warning("hub: lost Redis subscription (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from typing import Callable
 
 import gevent
+from gevent.event import Event
 from gevent.socket import wait_write
 from redis import Redis
 from redis.exceptions import RedisError
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 
 PAGE = 500
 """Most log entries a catching-up viewer reads (and writes) at once."""
+
+RECENT = 512
+"""Newest entries of each watched job kept in memory, so newcomers need not read Redis."""
 
 MAX_OUTAGE = 120.0
 """Seconds a viewer waits for an unreachable Redis before its stream ends."""
@@ -85,6 +90,110 @@ class HeldViewer:
             return False
 
 
+class RecentEntries:
+    """The newest entries of each watched job this process has seen, contiguous by seq.
+
+    Filled from live batches and from the log reads of catching-up viewers, so a burst of
+    newcomers to a busy job reads its recent history here rather than each from Redis. It is
+    exact by construction (every entry is a log entry, and a batch that does not follow on
+    is not appended). It is *current* for a viewer at seq ``cursor`` when it ends at that
+    cursor and the hub has dispatched nothing newer: the viewer can then rejoin the fast path
+    without asking Redis. That holds only within one unbroken subscription, so a lost or
+    renewed subscription clears it, and a log read that spans a change (``epoch``) adds nothing.
+    """
+
+    def __init__(self, maxlen: int = RECENT):
+        """Keep up to ``maxlen`` entries per job."""
+        self.maxlen = maxlen
+        self._tails: dict[str, list[Entry]] = {}
+        self._dispatched: dict[str, int] = {}
+        self.subscribed = False
+        self.epoch = 0
+
+    def after(self, job_id: str, cursor: int) -> list[Entry]:
+        """The kept entries after ``cursor``, if they follow on from it, else []."""
+        tail = self._tails.get(job_id)
+        if not tail or not tail[0].seq <= cursor + 1 <= tail[-1].seq:
+            return []
+        return tail[cursor + 1 - tail[0].seq:]
+
+    def is_current(self, job_id: str, cursor: int) -> bool:
+        """True if nothing newer than ``cursor`` has been logged that the hub has not yet
+        dispatched to the fast path."""
+        tail = self._tails.get(job_id)
+        return (self.subscribed and bool(tail) and tail[-1].seq == cursor
+                and cursor >= self._dispatched.get(job_id, 0))
+
+    def add_live(self, job_id: str, entries: list[Entry]) -> None:
+        """The hub dispatched ``entries``."""
+        self._dispatched[job_id] = entries[-1].seq
+        tail = self._tails.get(job_id)
+        if tail is None:
+            self._keep(job_id, list(entries))
+        elif tail[-1].seq + 1 == entries[0].seq:
+            tail.extend(entries)
+            self._trim(tail)
+        elif entries[-1].seq > tail[-1].seq:
+            self._keep(job_id, list(entries))  # a gap: start again from what is known
+
+    def add_read(self, job_id: str, entries: list[Entry], epoch: int) -> None:
+        """A viewer read ``entries`` from the log, having started the read at ``epoch``."""
+        if not entries or not self.subscribed or epoch != self.epoch:
+            return
+        tail = self._tails.get(job_id)
+        if tail is None:
+            self._keep(job_id, list(entries))
+            return
+        first, last = tail[0].seq, tail[-1].seq
+        if entries[-1].seq + 1 < first or entries[0].seq > last + 1:
+            return  # not adjacent: nothing is known between the two, keep what we have
+        # Both are exact runs of the log that touch: their union is one.
+        before = entries[:max(0, first - entries[0].seq)]
+        after = entries[max(0, last + 1 - entries[0].seq):]
+        tail[:0] = before
+        tail.extend(after)
+        self._trim(tail)
+
+    def last(self, job_id: str) -> Entry | None:
+        """The newest kept entry of ``job_id``, if this process keeps any."""
+        tail = self._tails.get(job_id)
+        return tail[-1] if tail else None
+
+    def forget(self, job_id: str) -> None:
+        """Nobody here watches ``job_id`` any more."""
+        self._tails.pop(job_id, None)
+        self._dispatched.pop(job_id, None)
+
+    def subscription(self, live: bool) -> None:
+        """The hub's subscription was (re)confirmed (True) or lost (False): start afresh."""
+        self.subscribed = live
+        self.epoch += 1
+        self._tails.clear()
+        self._dispatched.clear()
+
+    def _keep(self, job_id: str, tail: list[Entry]) -> None:
+        """Make ``tail`` the job's kept entries."""
+        self._trim(tail)
+        self._tails[job_id] = tail
+
+    def _trim(self, tail: list[Entry]) -> None:
+        """Drop the oldest entries beyond ``maxlen``."""
+        if len(tail) > self.maxlen:
+            del tail[:len(tail) - self.maxlen]
+
+
+class _Flight:
+    """One read that concurrent callers share."""
+
+    __slots__ = ("done", "result", "error")
+
+    def __init__(self):
+        """Not done yet."""
+        self.done = threading.Event()
+        self.result: tuple[bool, int] | None = None
+        self.error: BaseException | None = None
+
+
 class Relay:
     """The held viewers of one web process, by job."""
 
@@ -95,19 +204,26 @@ class Relay:
         self._jobs: dict[str, set[HeldViewer]] = {}
         self._last_delivery: dict[str, float] = {}
         self._catching: dict[HeldViewer, gevent.Greenlet] = {}
+        self._reading: dict[str, Event] = {}
+        self._positions: dict[str, _Flight] = {}
+        self.recent = RecentEntries()
         self.closing = False
 
     # -- viewers ---------------------------------------------------------------------------
 
-    def hold(self, viewer: HeldViewer) -> None:
-        """Take ``viewer``: it first catches up from the log, then joins the fast path."""
+    def hold(self, viewer: HeldViewer, *, here: bool = False) -> None:
+        """Take ``viewer``: it first catches up from the log, then joins the fast path.
+
+        With ``here``, the catch-up runs in the calling greenlet (a request's, which would end
+        anyway) rather than in a new one: one greenlet and one switch less per newcomer.
+        """
         self._jobs.setdefault(viewer.job_id, set()).add(viewer)
         self._last_delivery.setdefault(viewer.job_id, time.monotonic())
         metrics.viewer_added(viewer.job_id)
         if self.closing:
             self._close(viewer, "server_shutdown")
             return
-        self._catch_up(viewer, b"", "history")
+        self._catch_up(viewer, b"", "history", here=here)
 
     def viewers(self, job_id: str | None = None) -> int:
         """Held viewers of one job, or of all jobs."""
@@ -119,6 +235,32 @@ class Relay:
         """Jobs with at least one held viewer."""
         return list(self._jobs)
 
+    def position(self, job_id: str) -> tuple[bool, int] | None:
+        """(ended, last seq) of ``job_id``, or None if there is no such job.
+
+        Answered from the recent entries when this process keeps some, else read from Redis
+        once for all the callers that ask at the same time (a burst of newcomers).
+        """
+        newest = self.recent.last(job_id)
+        if newest is not None:
+            return newest.terminal, newest.seq
+        flight = self._positions.get(job_id)
+        if flight is not None:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.result
+        flight = self._positions[job_id] = _Flight()
+        try:
+            flight.result = JobLog(self.redis, job_id).position()
+            return flight.result
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._positions[job_id]
+            flight.done.set()
+
     # -- the fast path ---------------------------------------------------------------------
 
     def deliver(self, job_id: str, entries: list[Entry]) -> int:
@@ -129,6 +271,7 @@ class Relay:
         viewers = self._jobs.get(job_id)
         if not viewers or not entries:
             return 0
+        self.recent.add_live(job_id, entries)
         self._last_delivery[job_id] = time.monotonic()
         first, last = entries[0].seq, entries[-1].seq
         end = entries[-1].terminal
@@ -181,14 +324,19 @@ class Relay:
 
     # -- catching up -----------------------------------------------------------------------
 
-    def _catch_up(self, v: HeldViewer, pending: bytes, reason: str) -> None:
-        """Take ``v`` off the fast path: write ``pending``, then read the log from its cursor."""
+    def _catch_up(self, v: HeldViewer, pending: bytes, reason: str, here: bool = False) -> None:
+        """Take ``v`` off the fast path: write ``pending``, then read the log from its cursor
+        (in a new greenlet, or with ``here`` in this one)."""
         if v.closed or v in self._catching:
             return
         v.slow = True
         v.missed = 0
         metrics.CATCHUPS.labels(reason).inc()
-        self._catching[v] = gevent.spawn(self._catch_up_run, v, pending)
+        if here:
+            self._catching[v] = gevent.getcurrent()
+            self._catch_up_run(v, pending)
+        else:
+            self._catching[v] = gevent.spawn(self._catch_up_run, v, pending)
 
     def _catch_up_run(self, v: HeldViewer, pending: bytes) -> None:
         """The catch-up greenlet of one viewer."""
@@ -213,8 +361,30 @@ class Relay:
         """Write the log after ``v.cursor`` until nothing is newer; None once back on the fast
         path, else why the stream ended."""
         joblog = JobLog(self.redis, v.job_id)
+        recent = self.recent
         outage_since: float | None = None
         while True:
+            kept = recent.after(v.job_id, v.cursor)
+            if kept:
+                # Recent history from memory: one write, no Redis round trip.
+                end = kept[-1].terminal
+                v.cursor = kept[-1].seq
+                self._write(v, v.wire(v.transport.frames(kept, v.start), end))
+                if end:
+                    v.done = True
+                    return "job_ended"
+                continue
+            if v.missed <= v.cursor and recent.is_current(v.job_id, v.cursor):
+                v.slow = False  # nothing newer has been announced: back to the fast path
+                return None
+            reading = self._reading.get(v.job_id)
+            if reading is not None:
+                # Another viewer of this job is reading its log (a burst of newcomers): wait
+                # for that read to land in the recent entries rather than repeat it.
+                reading.wait()
+                continue
+            epoch = recent.epoch
+            reading = self._reading[v.job_id] = Event()
             try:
                 entries, ended = joblog.page(v.cursor, PAGE)
             except RedisError as exc:
@@ -228,7 +398,11 @@ class Relay:
                 self._write(v, v.wire(v.transport.heartbeat))
                 gevent.sleep(1.0)
                 continue
+            finally:
+                del self._reading[v.job_id]
+                reading.set()
             outage_since = None
+            recent.add_read(v.job_id, entries, epoch)
             entries = [e for e in entries if e.seq > v.cursor]
             if entries:
                 end = entries[-1].terminal
@@ -299,7 +473,8 @@ class Relay:
         metrics.HEARTBEATS.inc(beats)
 
     def resync(self) -> None:
-        """After the hub re-subscribed: anything announced meanwhile is only in the log."""
+        """After the hub (re)subscribed: anything announced meanwhile is only in the log."""
+        self.recent.subscription(True)
         for viewers in list(self._jobs.values()):
             for v in tuple(viewers):
                 if not v.slow:
@@ -332,6 +507,7 @@ class Relay:
             if not viewers:
                 del self._jobs[v.job_id]
                 self._last_delivery.pop(v.job_id, None)
+                self.recent.forget(v.job_id)
         try:
             v.sock.close()
         except OSError:

@@ -23,9 +23,9 @@ from web.follow import HEARTBEAT, follow_batches
 from web.frames import HTML, SSE, TEXT, Transport, html_head
 from web.handover import HandoverSocket, can_take
 from web.limits import StreamSlot, open_slot
-from web.lookup import int_param, load_job, resume_position
+from web.lookup import int_param, resume_position, stream_position
 from web.relay import HeldViewer, Relay
-from worker.joblog import TERMINAL, JobLog
+from worker.joblog import JobLog
 
 bp = Blueprint("stream", __name__)
 
@@ -92,7 +92,7 @@ def _hand_over(conn: HandoverSocket, relay: Relay, job_id: str, transport: Trans
     viewer = HeldViewer(job_id, conn.take(), transport, chunked=conn.chunked, cursor=after,
                         start=start, on_close=slot.release)
     slot.held = True
-    relay.hold(viewer)
+    relay.hold(viewer, here=True)
 
 
 def _follow(job_id: str, transport: Transport, after: int, start: int,
@@ -127,7 +127,7 @@ def text_stream(job_id: str):
 
     ``?start=K`` skips the first K values, so a reader that counted lines can resume.
     """
-    load_job(job_id)
+    stream_position(job_id)
     start = int_param("start", request.args.get("start"))
     return open_stream(job_id, TEXT, resume_position(), start=start)
 
@@ -138,9 +138,9 @@ def sse_stream(job_id: str):
 
     Resumes after ``Last-Event-ID`` (or ``?after=N``) with no gap and no duplicate.
     """
-    job = load_job(job_id)
+    ended, last_seq = stream_position(job_id)
     after = resume_position()
-    if job["status"] in TERMINAL and after >= job["last_seq"]:
+    if ended and after >= last_seq:
         # Nothing more will come: 204 tells EventSource to stop reconnecting.
         return Response(status=204)
     return open_stream(job_id, SSE, after, preamble=b"retry: 2000\n\n")
@@ -152,7 +152,7 @@ def html_stream(job_id: str):
 
     Every value is escaped (:mod:`web.frames`), so a value cannot inject markup.
     """
-    load_job(job_id)
+    stream_position(job_id)
     start = int_param("start", request.args.get("start"))
     head = html_head(url_for("static", filename="frame.css"))
     return open_stream(job_id, HTML, resume_position(), start=start, preamble=head)

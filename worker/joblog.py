@@ -183,7 +183,7 @@ class JobLog:
         self.maxlen = maxlen
         self.ttl = ttl
         self.index_max = index_max
-        self._append = redis.register_script(APPEND_LUA)
+        self._append = None  # the Lua script, registered on the first write (readers need none)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -202,6 +202,8 @@ class JobLog:
             hash_fields["status"] = STATUS_BY_KIND[kind]
         for k, v in hash_fields.items():
             fields += [k, v if isinstance(v, (str, int, float)) else json.dumps(v)]
+        if self._append is None:
+            self._append = self.redis.register_script(APPEND_LUA)
         return int(self._append(
             keys=[meta_key(self.job_id), log_key(self.job_id), JOBS_INDEX],
             args=[channel(self.job_id), kind, index, ",".join(parts) + "}", self.maxlen,
@@ -284,6 +286,13 @@ class JobLog:
         rows, status = pipe.execute()
         ended = status is None or status.decode() in TERMINAL
         return [Entry.parse(fields[b"e"]) for _id, fields in rows], ended
+
+    def position(self) -> tuple[bool, int] | None:
+        """(ended, last seq) of the job, or None if it does not exist (or has expired)."""
+        status, seq = self.redis.hmget(meta_key(self.job_id), "status", "seq")
+        if status is None:
+            return None
+        return status.decode() in TERMINAL, int(seq or 0)
 
     def queue_last_seq(self, pipe) -> None:
         """Add the read of the job's last seq to ``pipe`` (its reply: bytes or None)."""
