@@ -121,6 +121,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def service_env_item(text: str) -> tuple[str, str, str]:
+    """Parse ``worker:NAME=VALUE`` (for `jobcast up --env`) into (kind, name, value)."""
+    from producer.up import SERVICE_KINDS
+
+    kind, _, assignment = text.partition(":")
+    name, sep, value = assignment.partition("=")
+    if kind not in SERVICE_KINDS or not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"expected SERVICE:NAME=VALUE with SERVICE one of {', '.join(SERVICE_KINDS)}, got {text!r}")
+    return kind, name, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="jobcast", description=__doc__)
@@ -132,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=2, help="RQ worker processes")
     up.add_argument("--web-workers", type=int, default=1, help="gunicorn worker processes")
     up.add_argument("--no-demo", action="store_true", help="do not enqueue the demo sqrt job")
+    up.add_argument("--verbose", "-v", action="store_true",
+                    help="also print RQ's periodic housekeeping lines and Redis notices")
+    up.add_argument("--env", action="append", default=[], type=service_env_item,
+                    metavar="SERVICE:NAME=VALUE",
+                    help="an environment variable for one kind of service (redis, web or "
+                         "worker) only; repeatable, e.g. --env worker:JOBCAST_MONITOR_INTERVAL=2")
+
+    status = sub.add_parser("status", help="the services of `jobcast up`, RQ's workers and "
+                                           "the queue depth")
+    status.add_argument("--output", choices=["plain", "json"], default="plain")
 
     web = sub.add_parser("web", help="serve the web app under gunicorn (gevent)")
     web.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
@@ -197,8 +219,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from producer.up import up
 
+        env: dict[str, dict[str, str]] = {}
+        for kind, name, value in args.env:
+            env.setdefault(kind, {})[name] = value
         return up(port=args.port, host=args.host, workers=args.workers,
-                  web_workers=args.web_workers, demo=not args.no_demo)
+                  web_workers=args.web_workers, demo=not args.no_demo, verbose=args.verbose,
+                  env=env)
+    if args.command == "status":
+        from producer.up import status
+
+        return status(args.output)
     parser.error(f"unknown command {args.command}")
     return 2
 
