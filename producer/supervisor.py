@@ -140,7 +140,7 @@ def session_members(sid: int) -> list[int]:
             continue
         # "pid (comm) state ppid pgrp session …"; comm may hold spaces and parentheses.
         fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 3 and int(fields[3]) == sid:
+        if len(fields) > 3 and int(fields[3]) == sid and fields[0] != b"Z":  # not zombies
             pids.append(int(entry))
     return pids
 
