@@ -299,3 +299,44 @@ def test_a_service_that_fails_at_once_every_time_stops_jobcast_up_naming_it(tmp_
     assert "web.1 exited" not in out and "redis.1 exited" not in out
     assert took < 60
     print(f"\ncrash loop given up on after {took:.1f}s")
+
+
+def test_on_a_terminal_each_service_has_its_own_colour_and_ctrl_c_exits_0(tmp_path):
+    import pty
+    import select
+
+    env = service_env("", XDG_DATA_HOME=str(tmp_path), TERM="xterm-256color")
+    for name in ("REDIS_URL", "NO_COLOR", "FORCE_COLOR"):
+        env.pop(name, None)
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([*JOBCAST, "up", "--port", str(free_port()), "--workers", "1", "--no-demo"],
+                            env=env, cwd=ROOT, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    seen = bytearray()
+
+    def read_until(marker: bytes) -> bool:
+        if select.select([primary], [], [], 0.2)[0]:
+            try:
+                seen.extend(os.read(primary, 65536))
+            except OSError:  # the terminal closed: everyone has exited
+                return True
+        return marker in seen
+
+    try:
+        wait_for(lambda: read_until(b"Press Ctrl-C"), 60, interval=0, what="the URLs")
+        proc.send_signal(signal.SIGINT)
+        # Keep draining the terminal until it exits, so it never blocks on a full one.
+        wait_for(lambda: (read_until(b""), proc.poll() is not None)[1], 30, interval=0,
+                 what="jobcast up to stop")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    text = seen.decode("utf-8", "replace")
+    colour = {}
+    for m in re.finditer(r"\x1b\[([\d;]+)m\d\d:\d\d:\d\d (\S+) +\| ", text):
+        colour.setdefault(m.group(2), set()).add(m.group(1))
+    assert set(colour) >= {"jobcast", "redis.1", "worker.1", "web.1"}, text
+    assert all(len(codes) == 1 for codes in colour.values()), colour
+    assert len({next(iter(codes)) for codes in colour.values()}) == len(colour), colour
