@@ -304,5 +304,5 @@ def status(output: str = "plain") -> int:
     print(f"{plural(len(info['workers']), 'RQ worker')}:")
     for w in info["workers"]:
         gone = "  (process gone; RQ forgets it when its key expires)" if w["gone"] else ""
-        print(f"  {w['name']:<24} {w['state']:<10} {w['job'] or '':<32}{gone}")
+        print(f"  {w['name']:<24} {w['state']:<10} {w['job'] or '':<32}{gone}".rstrip())
     return 0
