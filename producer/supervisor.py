@@ -323,11 +323,14 @@ class Supervisor:
         then SIGKILL for everything left in its session."""
         self.stopping = True
         services = [s for s in services if s.proc]
+        if not services:
+            return
         for k in range(max((len(s.stop_signals) for s in services), default=0)):
-            if k:
+            due = [s for s in services if k < len(s.stop_signals)]
+            if k and any(s.alive() for s in due):
                 time.sleep(1.2)  # RQ ignores a second signal within a second of the first
-            for s in services:
-                if k < len(s.stop_signals) and s.alive():
+            for s in due:
+                if s.alive():
                     s.proc.send_signal(s.stop_signals[k])
         deadline = time.monotonic() + timeout
         for s in services:

@@ -95,13 +95,19 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
     state: dict[str, Any] = {"pid": os.getpid(), "started": time.time(), "workers": workers,
                              "web_workers": web_workers}
 
+    state_written = claimed = False
+
     def save() -> None:
         """Record the services' state for `jobcast status`."""
+        nonlocal state_written
+        if not claimed:
+            return  # another `jobcast up` may own the file
         state["services"] = [{"name": s.name, "pid": s.pid, "state": s.state,
                               "restarts": s.restarts, "since": s.started_at,
                               "last_exit": s.last_exit} for s in sup.services]
         try:
             write_state(state_file, state)
+            state_written = True
         except OSError as exc:
             log.warning("cannot write %s: %s", state_file, exc)
 
@@ -121,6 +127,12 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
     redis_services: list[Service] = []
     try:
         state_file.parent.mkdir(parents=True, exist_ok=True)
+        running = read_state(state_file)
+        if running:
+            # A second one would start a second Redis on the same data directory.
+            raise RuntimeError(f"jobcast up is already running here (pid {running['pid']}, "
+                               f"{running.get('url', '?')}); `jobcast status` shows it")
+        claimed = True
         if free_port(port) != port:
             raise RuntimeError(f"port {port} is in use; choose another with --port")
         redis_url = os.environ.get("REDIS_URL")
@@ -178,7 +190,8 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         # Workers and web first, Redis last, so nothing loses Redis while it stops.
         sup.stop([s for s in sup.services if s not in redis_services])
         sup.stop(redis_services)
-        state_file.unlink(missing_ok=True)
+        if state_written:
+            state_file.unlink(missing_ok=True)
 
 
 def plural(n: int, word: str) -> str:

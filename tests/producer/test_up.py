@@ -196,6 +196,14 @@ def test_status_lists_the_services_the_rq_workers_and_the_queue(up):
     assert set(data["queue"]) >= {"queued", "started", "finished", "failed"}
 
 
+def test_a_second_jobcast_up_on_the_same_data_refuses_and_leaves_the_first_alone(up):
+    r = subprocess.run([*JOBCAST, "up", "--port", str(free_port()), "--no-demo"], env=up.env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"already running here (pid {up.proc.pid}" in r.stderr, r
+    assert set(up.services()) == {"redis.1", "worker.1", "worker.2", "web.1"}
+    assert up.proc.poll() is None
+
+
 def test_status_without_jobcast_up_still_shows_the_queue_and_says_so(redis_server, tmp_path):
     env = service_env(redis_server.url, XDG_DATA_HOME=str(tmp_path))
     r = subprocess.run([*JOBCAST, "status"], env=env, cwd=ROOT, capture_output=True, text=True,
