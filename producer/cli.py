@@ -121,6 +121,22 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        """The integer in ``text``, checked."""
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def service_env_item(text: str) -> tuple[str, str, str]:
     """Parse ``worker:NAME=VALUE`` (for `jobcast up --env`) into (kind, name, value)."""
     from producer.up import SERVICE_KINDS
@@ -141,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run Redis, the web server, workers and a demo job")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--workers", type=int, default=2, help="RQ worker processes")
-    up.add_argument("--web-workers", type=int, default=1, help="gunicorn worker processes")
+    up.add_argument("--workers", type=count(0), default=2, help="RQ worker processes")
+    up.add_argument("--web-workers", type=count(1), default=1, help="gunicorn worker processes")
     up.add_argument("--no-demo", action="store_true", help="do not enqueue the demo sqrt job")
     up.add_argument("--verbose", "-v", action="store_true",
                     help="also print RQ's periodic housekeeping lines and Redis notices")

@@ -180,7 +180,6 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         print(f"jobcast: {exc}; stopping", file=sys.stderr, flush=True)
         return 1
     except (RuntimeError, TimeoutError, FileNotFoundError, OSError) as exc:
-        printer.system(f"error: {exc}")
         print(f"jobcast: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

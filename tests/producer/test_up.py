@@ -348,3 +348,25 @@ def test_on_a_terminal_each_service_has_its_own_colour_and_ctrl_c_exits_0(tmp_pa
     assert set(colour) >= {"jobcast", "redis.1", "worker.1", "web.1"}, text
     assert all(len(codes) == 1 for codes in colour.values()), colour
     assert len({next(iter(codes)) for codes in colour.values()}) == len(colour), colour
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--web-workers", "0"], "--web-workers: must be at least 1"),
+    (["--workers", "-1"], "--workers: must be at least 0"),
+    (["--env", "db:X=1"], "--env: expected SERVICE:NAME=VALUE"),
+    (["--env", "worker:X"], "--env: expected SERVICE:NAME=VALUE"),
+])
+def test_up_rejects_bad_options_with_exit_2(args, message, capsys):
+    from producer.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["up", *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_env_options_are_grouped_by_kind_of_service():
+    from producer.cli import build_parser
+
+    args = build_parser().parse_args(["up", "--env", "worker:REDIS_URL=redis://x:1/0",
+                                      "--env", "web:JOBCAST_HEARTBEAT=1=2"])
+    assert args.env == [("worker", "REDIS_URL", "redis://x:1/0"), ("web", "JOBCAST_HEARTBEAT", "1=2")]
