@@ -258,6 +258,8 @@ class Supervisor:
     def poll(self) -> None:
         """Notice exits, restart what is due, mark services ready; raise
         :class:`ServiceFailed` when a service has crashed too often."""
+        if self.stopping:
+            return  # exits are expected now
         now = self.clock()
         for s in self.services:
             if s.state in ("starting", "running") and s.proc and s.proc.poll() is not None:
