@@ -15,9 +15,10 @@ import uuid
 
 import gevent
 import pytest
+from redis import Redis
 
 from web.frames import HTML, SSE, TEXT
-from web.relay import HeldViewer, Relay
+from web.relay import HeldViewer, RecentEntries, Relay
 from worker.joblog import Entry, JobLog
 
 
@@ -197,3 +198,61 @@ def test_shutdown_tells_sse_clients_to_come_back_soon_and_closes(redis, relay):
     green_wait(lambda: client.eof, what="closed")
     assert bytes(client.data) == b"C\r\nretry: 250\n\n\r\n0\r\n\r\n"
     assert client.released
+
+
+def entry(seq: int, kind: str = "value") -> Entry:
+    """A log entry with this seq (a value whose index is seq - 1)."""
+    if kind == "value":
+        return Entry.parse('{"seq":%d,"kind":"value","ts":1.0,"i":%d,"v":"%d","j":%d}'
+                           % (seq, seq - 1, seq - 1, seq - 1))
+    return Entry.parse('{"seq":%d,"kind":"%s","ts":1.0}' % (seq, kind))
+
+
+def run(first: int, last: int) -> list[Entry]:
+    """Entries ``first..last``."""
+    return [entry(s) for s in range(first, last + 1)]
+
+
+def test_recent_entries_join_reads_and_live_batches_into_one_exact_run():
+    recent = RecentEntries(maxlen=100)
+    recent.subscription(True)
+    recent.add_live("j", run(6, 7))            # the hub's first batch
+    recent.add_read("j", run(1, 5), recent.epoch)  # a newcomer read the log before it
+    assert [e.seq for e in recent.after("j", 0)] == list(range(1, 8))
+    assert [e.seq for e in recent.after("j", 4)] == [5, 6, 7]
+    assert recent.is_current("j", 7) and not recent.is_current("j", 6)
+    recent.add_live("j", run(10, 11))          # 8 and 9 were never seen: start again from 10
+    assert recent.after("j", 0) == [] and [e.seq for e in recent.after("j", 9)] == [10, 11]
+
+
+def test_recent_entries_are_never_current_past_what_the_hub_dispatched_or_across_subscriptions():
+    recent = RecentEntries(maxlen=100)
+    recent.subscription(True)
+    epoch = recent.epoch
+    recent.add_read("j", run(1, 3), epoch)
+    assert recent.is_current("j", 3)
+    recent.subscription(False)                 # the hub lost its subscription
+    assert recent.after("j", 0) == [] and not recent.is_current("j", 3)
+    recent.subscription(True)
+    recent.add_read("j", run(1, 3), epoch)     # a read that began before: not trusted
+    assert recent.after("j", 0) == []
+
+
+def test_recent_entries_keep_only_the_newest_per_job():
+    recent = RecentEntries(maxlen=3)
+    recent.add_live("j", run(1, 5))
+    assert [e.seq for e in recent.after("j", 2)] == [3, 4, 5] and recent.after("j", 1) == []
+
+
+def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, relay):
+    log = new_log(redis)
+    relay.recent.subscription(True)
+    first, first_client = held(relay, log)
+    green_wait(lambda: not first.slow, what="first viewer's history")
+    relay.deliver(log.job_id, write(log, 0, 3))
+    relay.redis = Redis(port=1)  # from here on any Redis read would fail
+    second, second_client = held(relay, log)
+    green_wait(lambda: not second.slow, what="second viewer from memory")
+    assert relay.position(log.job_id) == (False, 5)
+    green_wait(lambda: second_client.sse_ids() == first_client.sse_ids() == [1, 2, 3, 4, 5],
+               what="the same entries at both")
