@@ -3,11 +3,19 @@
 Started by :mod:`bench.run` with a JSON spec on its first stdin line; it answers on stdout,
 one JSON object a line, to the commands that follow on stdin:
 
-- (spec)   ``{"host", "port", "cpu", "ramp", "pattern", "viewers": [[path, role], ...]}``
-           where role is ``"v"`` (viewer), ``"p"`` (probe: also measures latency) or ``"f"``
-           (frozen: sends its request, then never reads). Answers ``{"connected": n}``.
+- (spec)   ``{"host", "port", "cpu", "ramp", "pattern", "history", "viewers": [[path, role], ...]}``
+           where role is ``"v"`` (viewer) or ``"f"`` (frozen: sends its request, then never
+           reads). ``history`` is false for a server that sends no history (flask-sse): its
+           viewers start counting at the first value they get. Answers ``{"connected": n}``.
 - ``stats``  → ``{"received": total, "min": fewest received by one counting viewer, ...}``
-- ``report`` → totals, loss/ordering errors, probe latencies and this process's CPU; exits.
+- ``report`` → totals, loss/ordering errors, latency histograms and this process's CPU; exits.
+
+Every viewer measures produce-to-receive latency on the values produced after it joined the
+stream, that is once its response headers have arrived (older values are its history, not
+latency). The time from opening the connection to those headers, the wait to be admitted, is
+recorded apart ("first byte"). Latencies go into histograms of 0.1 ms bins, one for values
+produced while this process was still opening connections (the connect storm) and one for
+after, so the orchestrator can report both.
 
 Viewers parse nothing but the values: every value's text begins ``i=<index> t=<unix time>``
 and ``pattern`` (a regex prefix per server and endpoint) says where a value starts, so a
@@ -31,7 +39,7 @@ class Viewer(asyncio.Protocol):
     """One streaming connection: counts values, checks they are contiguous, times probes."""
 
     __slots__ = ("gen", "request", "role", "pattern", "transport", "tail", "count", "last",
-                 "errors", "lat", "closed", "status", "headers_done")
+                 "errors", "closed", "status", "headers_done", "connected_at", "joined_at")
 
     def __init__(self, gen: "LoadGen", request: bytes, role: str, pattern: re.Pattern):
         self.gen = gen
@@ -43,13 +51,15 @@ class Viewer(asyncio.Protocol):
         self.count = 0
         self.last = -1
         self.errors = 0
-        self.lat: list[float] = []
         self.closed = False
+        self.connected_at = 0.0
+        self.joined_at = float("inf")
         self.status = 0
         self.headers_done = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.connected_at = time.time()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -73,6 +83,9 @@ class Viewer(asyncio.Protocol):
             except ValueError:
                 self.status = -1
             self.headers_done = True
+            self.joined_at = now
+            ttfb = int((now - self.connected_at) * 10000)
+            self.gen.ttfb[ttfb] = self.gen.ttfb.get(ttfb, 0) + 1
             data = data[end + 4:]
             self.tail = b""
         buf = self.tail + data if self.tail else data
@@ -86,6 +99,8 @@ class Viewer(asyncio.Protocol):
             return
         n = len(found)
         first = int(found[0][0])
+        if self.last < 0 and not self.gen.history:
+            self.last = first - 1  # no history: the first value seen starts the count
         lastv = int(found[-1][0])
         if first != self.last + 1 or lastv != first + n - 1:
             # A gap, a duplicate or disorder: check value by value.
@@ -97,8 +112,15 @@ class Viewer(asyncio.Protocol):
         else:
             self.last = lastv
         self.count += n
-        if self.role == "p":
-            self.lat.extend(now - float(t) for _i, t in found)
+        gen = self.gen
+        storm_until = gen.connected_all_at or now + 1
+        for _i, t in found:
+            t = float(t)
+            if t < self.joined_at:
+                continue  # history: produced before this viewer joined the stream
+            hist = gen.storm if t < storm_until else gen.steady
+            b = int((now - t) * 10000)
+            hist[b] = hist.get(b, 0) + 1
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -111,6 +133,11 @@ class LoadGen:
         self.spec = spec
         self.viewers: list[Viewer] = []
         self.connect_errors = 0
+        self.history = bool(spec.get("history", True))
+        self.connected_all_at = 0.0
+        self.storm: dict[int, int] = {}
+        self.steady: dict[int, int] = {}
+        self.ttfb: dict[int, int] = {}  # connect to response headers, 0.1 ms bins
 
     async def connect_all(self) -> None:
         loop = asyncio.get_running_loop()
@@ -159,7 +186,6 @@ class LoadGen:
     def report(self) -> dict:
         counting = self.counting()
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        lat = [x for v in counting if v.role == "p" for x in v.lat]
         return {
             "viewers": len(self.viewers),
             "received": sum(v.count for v in counting),
@@ -170,7 +196,9 @@ class LoadGen:
             "bad_status": sum(1 for v in self.viewers if v.headers_done and v.status != 200),
             "connect_errors": self.connect_errors,
             "frozen": sum(1 for v in self.viewers if v.role == "f"),
-            "lat": lat,
+            "hist_storm": self.storm,
+            "hist_steady": self.steady,
+            "hist_ttfb": self.ttfb,
             "cpu": ru.ru_utime + ru.ru_stime,
             "maxrss_kib": ru.ru_maxrss,
         }
@@ -193,6 +221,7 @@ async def main_async(spec: dict) -> None:
 
     threading.Thread(target=read_stdin, daemon=True).start()
     await gen.connect_all()
+    gen.connected_all_at = time.time()
     emit({"connected": sum(1 for v in gen.viewers if not v.closed)})
     while True:
         cmd = await commands.get()

@@ -42,6 +42,7 @@ RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+STORM_LEAD = 1.0  # storm scenarios: seconds of production before the viewers, split around them
 
 PATTERNS = {
     # Where a value starts in each server's framing (see bench.loadgen).
@@ -150,9 +151,8 @@ class Server:
         if target == "jobcast":
             self.metrics_dir = tempfile.mkdtemp(prefix="jobcast-bench-metrics-")
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
-            # The benchmark's viewers all come from 127.0.0.1: lift the per-client cap.
-            env.setdefault("JOBCAST_STREAMS_PER_CLIENT", "1000000")
-            env.setdefault("JOBCAST_STREAMS_PER_PROCESS", "1000000")
+            # Every viewer comes from 127.0.0.1, and the default caps serve them all: no
+            # JOBCAST_STREAMS_* override here.
             # The producer drives JobLog.value itself, with no RQ worker registered: keep the
             # orphaned-job watchdog from failing the benchmark's jobs.
             env.setdefault("JOBCAST_ORPHAN_TIMEOUT", "1000000000")
@@ -161,9 +161,11 @@ class Server:
             # What `jobcast web` execs, without gunicorn's machine-wide control socket.
             argv = gunicorn_argv(f"127.0.0.1:{self.port}", workers, ["--no-control-socket"])
         else:
+            # The same settings, on gunicorn's stock gevent worker: flask-sse streams through
+            # the WSGI generator, as documented.
             argv = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "web" / "gunicorn.conf.py"),
                     "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-                    "--no-control-socket", "bench.flasksse_app:app"]
+                    "--worker-class", "gevent", "--no-control-socket", "bench.flasksse_app:app"]
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 60
@@ -223,6 +225,9 @@ class Scenario:
     duration: float      # seconds of production
     frozen: int = 0
     ramp: float = 0.0    # connections per second (0: as fast as possible)
+    storm: bool = False  # production runs while the viewers connect (else: connect, then produce)
+    endpoint: str = "sse"  # Jobcast's endpoint: "sse" (/events) or "text" (/stream)
+    targets: tuple[str, ...] = ("jobcast", "flask-sse")
 
     @property
     def viewers(self) -> int:
@@ -231,20 +236,22 @@ class Scenario:
 
 def scenarios(args) -> list[Scenario]:
     d = args.duration
+    v = args.viewers
+    storm = f"connect storm at {args.storm_ramp:,.0f}/s"
     all_ = [
         Scenario("idle", f"idle hold, ramped to {args.idle_viewers:,} viewers (1 value/s)", 1,
                  args.idle_viewers, 1.0, args.hold, ramp=args.ramp),
-        Scenario("fan10", f"{args.viewers:,} viewers x 10 values/s", 1, args.viewers, 10.0, d),
-        Scenario("fan50", f"{args.viewers:,} viewers x 50 values/s", 1, args.viewers, 50.0, d),
+        Scenario("fan10", f"{v:,} viewers x 10 values/s, SSE, {storm}", 1, v, 10.0, d,
+                 ramp=args.storm_ramp, storm=True),
+        Scenario("fan10text", f"{v:,} viewers x 10 values/s, text, {storm}", 1, v, 10.0, d,
+                 ramp=args.storm_ramp, storm=True, endpoint="text", targets=("jobcast",)),
+        Scenario("fan50", f"{v:,} viewers x 50 values/s", 1, v, 50.0, d),
+        Scenario("fan100", f"{v:,} viewers x 100 values/s", 1, v, 100.0, d),
         Scenario("jobs100", f"{args.jobs} jobs x {args.viewers_per_job} viewers x 10 values/s",
                  args.jobs, args.viewers_per_job, 10.0, d),
-        Scenario("frozen", f"1 frozen viewer among {args.viewers:,} (10 values/s)", 1,
-                 args.viewers, 10.0, d, frozen=1),
-        # Not run by default: offers 100,000 deliveries/s, to find where a server saturates.
-        Scenario("fan100", f"{args.viewers:,} viewers x 100 values/s (saturation)", 1,
-                 args.viewers, 100.0, d),
+        Scenario("frozen", f"1 frozen viewer among {v:,} (10 values/s)", 1, v, 10.0, d, frozen=1),
     ]
-    default = ["idle", "fan10", "fan50", "jobs100", "frozen"]
+    default = ["idle", "fan10", "fan10text", "fan50", "fan100", "jobs100", "frozen"]
     wanted = args.scenarios.split(",") if args.scenarios else default
     return [s for s in all_ if s.name in wanted]
 
@@ -295,11 +302,35 @@ def percentile(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
+def merge_hists(hists: list[dict]) -> dict[int, int]:
+    """Add up latency histograms (0.1 ms bins; JSON made their keys strings)."""
+    out: dict[int, int] = {}
+    for h in hists:
+        for b, n in h.items():
+            out[int(b)] = out.get(int(b), 0) + n
+    return out
+
+
+def hist_percentile(hist: dict[int, int], q: float) -> float | None:
+    """The q-quantile of a 0.1 ms histogram, in ms (the upper edge of its bin)."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = q * (total - 1)
+    seen = 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen > rank:
+            return (b + 1) / 10
+    return (max(hist) + 1) / 10
+
+
 def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
     """Hold the viewers, produce, drain, and measure one scenario on a running server."""
     redis = server.redis
     jobcast = server.target == "jobcast"
     jobs = [uuid.uuid4().hex for _ in range(sc.jobs)]
+    endpoint = sc.endpoint if jobcast else "sse"
     if jobcast:
         from worker.joblog import JobLog
 
@@ -307,29 +338,33 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
             log = JobLog(redis.client, j)
             log.create("clock", {"rate": sc.rate, "duration": sc.duration}, None)
             log.started("bench", 1)
-        endpoint = args.endpoint
         path = (lambda j: f"/jobs/{j}/events") if endpoint == "sse" else (lambda j: f"/jobs/{j}/stream")
     else:
-        endpoint = "sse"
         path = lambda j: f"/stream?channel={j}"  # noqa: E731
-    # Viewers: round-robin over jobs; probes spread over jobs; the frozen one(s) last.
-    viewers = []
-    probes_left = args.probes
-    for k in range(sc.viewers_per_job):
-        for j in jobs:
-            role = "v"
-            if probes_left > 0 and k < max(1, args.probes // len(jobs) + 1):
-                role, probes_left = "p", probes_left - 1
-            viewers.append([path(j), role])
+    # Viewers: round-robin over jobs; the frozen one(s) last. Every viewer measures latency.
+    viewers = [[path(j), "v"] for _k in range(sc.viewers_per_job) for j in jobs]
     for k in range(sc.frozen):
         viewers[-1 - k][1] = "f"
     n = args.loadgens
     specs = [{"host": "127.0.0.1", "port": server.port, "cpu": args.loadgen_cpus,
               "ramp": sc.ramp / n if sc.ramp else 0, "pattern": PATTERNS[(server.target, endpoint)],
-              "viewers": viewers[k::n]} for k in range(n)]
+              "history": jobcast, "viewers": viewers[k::n]} for k in range(n)]
 
     pids = server.pids()
     _, rss_before = usage(server.pids())
+    producer_argv = [sys.executable, "-m", "bench.producer", "jobcast" if jobcast else "flask-sse",
+                     redis.url, str(sc.rate), str(sc.duration + (STORM_LEAD if sc.storm else 0)),
+                     *jobs]
+    prod = None
+    if sc.storm:
+        # Values flow before the first viewer arrives and while they all connect: the
+        # newcomers read history, and those already in must not be held up by them.
+        cpu0, _ = usage(pids)
+        split0 = cpu_split(pids[:-1])
+        redis0 = usage(pids[-1:])[0]
+        w0 = time.monotonic()
+        prod = subprocess.Popen(producer_argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        time.sleep(STORM_LEAD / 2)
     gens = LoadGens(specs, log_dir)
     result: dict = {"target": server.target, "scenario": sc.name, "viewers": sc.viewers}
     try:
@@ -352,25 +387,31 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         result["server_rss_mib"] = rss_held / 1024
         result["redis_clients"] = redis.clients()
 
-        cpu0, _ = usage(pids)
-        split0 = cpu_split(pids[:-1])
-        redis0 = usage(pids[-1:])[0]
-        w0 = time.monotonic()
-        prod = subprocess.run(
-            [sys.executable, "-m", "bench.producer", "jobcast" if jobcast else "flask-sse",
-             redis.url, str(sc.rate), str(sc.duration), *jobs],
-            cwd=ROOT, capture_output=True, text=True, check=True)
-        produced = json.loads(prod.stdout.strip().splitlines()[-1])
-        expected = produced["per_job"] * (sc.viewers - sc.frozen)
+        if prod is None:
+            cpu0, _ = usage(pids)
+            split0 = cpu_split(pids[:-1])
+            redis0 = usage(pids[-1:])[0]
+            w0 = time.monotonic()
+            prod = subprocess.Popen(producer_argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        stdout, _ = prod.communicate()
+        if prod.returncode:
+            raise RuntimeError(f"the producer failed ({prod.returncode})")
+        produced = json.loads(stdout.strip().splitlines()[-1])
+        # Jobcast's viewers get every value (history first); flask-sse's only those
+        # published after they subscribed, so in a storm its loss cannot be counted.
+        countable = jobcast or not sc.storm
+        expected = produced["per_job"] * (sc.viewers - sc.frozen) if countable else 0
         # Drain: wait until every counting viewer has every value, or the drain timeout.
         deadline = time.monotonic() + args.drain
         received = 0
-        while True:
+        while countable:
             stats = gens.ask("stats")
             received = sum(s["received"] for s in stats)
             if received >= expected or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+        if not countable:
+            time.sleep(1.0)
         w1 = time.monotonic()
         cpu1, _ = usage(pids)
         split1 = cpu_split(pids[:-1])
@@ -378,7 +419,10 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         reports = gens.ask("report")
     finally:
         gens.close()
-    lat = [x for r in reports for x in r["lat"]]
+    storm_hist = merge_hists([r["hist_storm"] for r in reports])
+    steady_hist = merge_hists([r["hist_steady"] for r in reports])
+    all_hist = merge_hists([storm_hist, steady_hist])
+    ttfb_hist = merge_hists([r["hist_ttfb"] for r in reports])
     delivered = sum(r["received"] for r in reports)
     window = w1 - w0
     server_cpu = cpu1 - cpu0
@@ -388,15 +432,20 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         "producer_max_late_s": produced["max_late"],
         "expected": expected,
         "delivered": delivered,
-        "lost": max(0, expected - delivered),
+        "lost": max(0, expected - delivered) if countable else None,
         "order_errors": sum(r["order_errors"] for r in reports),
         "bad_status": sum(r["bad_status"] for r in reports),
         "window_s": window,
         "deliveries_per_s": delivered / window if window else 0,
-        "lat_p50_ms": None if not lat else 1000 * percentile(lat, 0.50),
-        "lat_p99_ms": None if not lat else 1000 * percentile(lat, 0.99),
-        "lat_max_ms": None if not lat else 1000 * max(lat),
-        "lat_samples": len(lat),
+        "lat_p50_ms": hist_percentile(all_hist, 0.50),
+        "lat_p99_ms": hist_percentile(all_hist, 0.99),
+        "lat_max_ms": hist_percentile(all_hist, 1.0),
+        "lat_storm_p99_ms": hist_percentile(storm_hist, 0.99) if sc.storm else None,
+        "lat_steady_p99_ms": hist_percentile(steady_hist, 0.99) if sc.storm else None,
+        "lat_samples": sum(all_hist.values()),
+        "lat_storm_samples": sum(storm_hist.values()),
+        "ttfb_p50_ms": hist_percentile(ttfb_hist, 0.50),
+        "ttfb_p99_ms": hist_percentile(ttfb_hist, 0.99),
         "server_cpu_s": server_cpu,
         "server_cpu_us_per_delivery": 1e6 * server_cpu / delivered if delivered else None,
         "server_cpu_per_1000_ms": 1e6 * server_cpu / delivered if delivered else None,
@@ -434,8 +483,10 @@ COLUMNS = [
     ("deliveries/s", "deliveries_per_s", "{:,.0f}"),
     ("p50 ms", "lat_p50_ms", "{:.1f}"),
     ("p99 ms", "lat_p99_ms", "{:.1f}"),
+    ("p99 ms, storm / steady", "lat_storm_p99_ms", "{:.1f}"),
     ("max ms", "lat_max_ms", "{:.0f}"),
-    ("server CPU ms / 1,000 deliveries", "server_cpu_per_1000_ms", "{:.1f}"),
+    ("first byte p99 ms", "ttfb_p99_ms", "{:.1f}"),
+    ("server CPU µs / delivery", "server_cpu_us_per_delivery", "{:.1f}"),
     ("deliveries / server CPU-s", "deliveries_per_cpu_s", "{:,.0f}"),
     ("idle RSS KiB / viewer", "rss_per_viewer_kib", "{:.1f}"),
     ("Redis clients", "redis_clients", "{:,.0f}"),
@@ -464,15 +515,21 @@ def table(results: list[dict], scs: list[Scenario], targets: list[str]) -> str:
             meds[t] = {k: median_of(rows, k) for _, k, _ in COLUMNS}
             if sc.name != "idle":  # memory per viewer is measured on a fresh server, idle
                 meds[t]["rss_per_viewer_kib"] = None
-            meds[t]["lost_max"] = max(r["lost"] for r in rows)
+            lost = [r["lost"] for r in rows if r.get("lost") is not None]
+            meds[t]["lost_max"] = max(lost) if lost else None
+            meds[t]["lat_steady_p99_ms"] = median_of(rows, "lat_steady_p99_ms")
             cells = [fmt(f, meds[t][k]) for _, k, f in COLUMNS]
-            cells[2] = f"{meds[t]['lost_max']:,}"  # worst repeat, not the median
+            cells[2] = fmt("{:,}", meds[t]["lost_max"])  # worst repeat, not the median
+            if meds[t]["lat_storm_p99_ms"] is not None:
+                cells[6] = (f"{fmt('{:.1f}', meds[t]['lat_storm_p99_ms'])} / "
+                            f"{fmt('{:.1f}', meds[t]['lat_steady_p99_ms'])}")
             lines.append(f"| {sc.title} | {t} (n={len(rows)}) | " + " | ".join(cells) + " |")
         if "jobcast" in meds and "flask-sse" in meds:
             cells = []
             for _, k, _f in COLUMNS:
                 a, b = meds["jobcast"].get(k), meds["flask-sse"].get(k)
-                cells.append(f"{a / b:.2f}×" if a is not None and b else "–")
+                cells.append(f"{a / b:.2f}×" if a is not None and b and k != "lat_storm_p99_ms"
+                             else "–")
             lines.append(f"| {sc.title} | **Jobcast / flask-sse** | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -498,22 +555,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="jobcast,flask-sse")
     ap.add_argument("--scenarios", default="", help="comma list of idle,fan10,fan50,jobs100,frozen (default) and fan100")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
+    ap.add_argument("--web-workers", type=int, default=1, help="gunicorn worker processes")
     ap.add_argument("--idle-viewers", type=int, default=10_000)
     ap.add_argument("--hold", type=float, default=10.0, help="seconds the idle viewers are held")
     ap.add_argument("--ramp", type=float, default=2500.0, help="idle ramp, connections/s")
+    ap.add_argument("--storm-ramp", type=float, default=2000.0,
+                    help="connections/s while values flow (the connect storm scenarios)")
     ap.add_argument("--viewers", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=100)
     ap.add_argument("--viewers-per-job", type=int, default=10)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of production per scenario")
     ap.add_argument("--drain", type=float, default=30.0, help="max seconds to wait for stragglers")
     ap.add_argument("--connect-timeout", type=float, default=60.0)
-    ap.add_argument("--probes", type=int, default=20, help="viewers that measure latency")
     ap.add_argument("--loadgens", type=int, default=2, help="load-generator processes")
     ap.add_argument("--loadgen-cpus", default=str(max(0, (os.cpu_count() or 1) - 1)),
                     help="CPU(s) the load generators are pinned to, e.g. 1 or 0,1")
-    ap.add_argument("--endpoint", choices=["sse", "text"], default="sse",
-                    help="Jobcast endpoint the viewers read (flask-sse is always SSE)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the servers (e.g. JOBCAST_HEARTBEAT=5)")
     ap.add_argument("--out", default=str(RESULTS / "latest"), help="writes OUT.json and OUT.md")
@@ -558,13 +614,18 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 server = Server(target, redis, args.web_workers, env, log_dir / f"{target}.log")
                 for sc in scs:
+                    if target not in sc.targets:
+                        continue
                     r = run_scenario(server, sc, args, log_dir)
                     r["repeat"] = rep
                     results.append(r)
                     print(f"[{time.time() - started:6.0f}s] rep {rep} {target:9} {sc.name:8} "
-                          f"held {r['held']:>6,} delivered {r['delivered']:>8,} lost {r['lost']:>6,} "
+                          f"held {r['held']:>6,} delivered {r['delivered']:>8,} lost {fmt('{:,}', r['lost']):>6} "
                           f"{r['deliveries_per_s']:>8,.0f}/s p50 {fmt('{:.1f}', r['lat_p50_ms'])} "
-                          f"p99 {fmt('{:.1f}', r['lat_p99_ms'])} ms  "
+                          f"p99 {fmt('{:.1f}', r['lat_p99_ms'])} ms "
+                          f"(storm {fmt('{:.1f}', r['lat_storm_p99_ms'])}, steady "
+                          f"{fmt('{:.1f}', r['lat_steady_p99_ms'])}; first byte p50/p99 "
+                          f"{fmt('{:.1f}', r['ttfb_p50_ms'])}/{fmt('{:.1f}', r['ttfb_p99_ms'])})  "
                           f"{fmt('{:.1f}', r['server_cpu_us_per_delivery'])} µs/delivery  "
                           f"rss/viewer {r['rss_per_viewer_kib']:.1f} KiB  redis clients {r['redis_clients']}  "
                           f"cpu web usr/sys {r['web_user_s']:.2f}/{r['web_sys_s']:.2f} redis {r['redis_cpu_s']:.2f} "
@@ -578,8 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"Machine: {machine()}.  \nCommand: `{command.strip()}`; "
               f"{args.repeats} repeat(s), medians (lost: worst repeat); "
-              f"{args.web_workers} gunicorn gevent workers; Jobcast viewers on "
-              f"{'SSE' if args.endpoint == 'sse' else 'the text stream'}; "
+              f"{args.web_workers} gunicorn worker process(es); "
               f"{args.loadgens} load generators pinned to CPU {args.loadgen_cpus}; "
               f"run took {time.time() - started:.0f} s.\n\n")
     print()

@@ -148,6 +148,34 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        """The integer in ``text``, checked."""
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def service_env_item(text: str) -> tuple[str, str, str]:
+    """Parse ``worker:NAME=VALUE`` (for `jobcast up --env`) into (kind, name, value)."""
+    from producer.up import SERVICE_KINDS
+
+    kind, _, assignment = text.partition(":")
+    name, sep, value = assignment.partition("=")
+    if kind not in SERVICE_KINDS or not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"expected SERVICE:NAME=VALUE with SERVICE one of {', '.join(SERVICE_KINDS)}, got {text!r}")
+    return kind, name, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="jobcast", description=__doc__)
@@ -156,9 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run Redis, the web server, workers and a demo job")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--workers", type=int, default=2, help="RQ worker processes")
-    up.add_argument("--web-workers", type=int, default=1, help="gunicorn worker processes")
+    up.add_argument("--workers", type=count(0), default=2, help="RQ worker processes")
+    up.add_argument("--web-workers", type=count(1), default=1, help="gunicorn worker processes")
     up.add_argument("--no-demo", action="store_true", help="do not enqueue the demo sqrt job")
+    up.add_argument("--verbose", "-v", action="store_true",
+                    help="also print RQ's periodic housekeeping lines and Redis notices")
+    up.add_argument("--env", action="append", default=[], type=service_env_item,
+                    metavar="SERVICE:NAME=VALUE",
+                    help="an environment variable for one kind of service (redis, web or "
+                         "worker) only; repeatable, e.g. --env worker:JOBCAST_MONITOR_INTERVAL=2")
+
+    status = sub.add_parser("status", help="the services of `jobcast up`, RQ's workers and "
+                                           "the queue depth")
+    status.add_argument("--output", choices=["plain", "json"], default="plain")
 
     web = sub.add_parser("web", help="serve the web app under gunicorn (gevent)")
     web.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
@@ -232,8 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from producer.up import up
 
+        env: dict[str, dict[str, str]] = {}
+        for kind, name, value in args.env:
+            env.setdefault(kind, {})[name] = value
         return up(port=args.port, host=args.host, workers=args.workers,
-                  web_workers=args.web_workers, demo=not args.no_demo)
+                  web_workers=args.web_workers, demo=not args.no_demo, verbose=args.verbose,
+                  env=env)
+    if args.command == "status":
+        from producer.up import status
+
+        return status(args.output)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,13 @@ class RedisServer:
     """A redis-server child process on 127.0.0.1; use as a context manager."""
 
     def __init__(self, port: int | None = None, data_dir: str | Path | None = None,
-                 appendonly: bool = False, binary: str | None = None):
+                 appendonly: bool = False, binary: str | None = None, loglevel: str | None = None):
         """Configure the server; :meth:`start` runs it."""
         self.port = port or free_port()
         self.data_dir = Path(data_dir) if data_dir else None
         self.appendonly = appendonly
         self.binary = binary or find_redis_server()
+        self.loglevel = loglevel
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -62,15 +64,32 @@ class RedisServer:
         """The redis:// URL of this server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "RedisServer":
-        """Start redis-server and wait until it answers PING."""
+    def argv(self) -> list[str]:
+        """The redis-server command line (creates the data directory), for :meth:`start` or
+        a supervisor that runs the server itself."""
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--protected-mode", "no"]
+        if self.loglevel:
+            args += ["--loglevel", self.loglevel]
         if self.data_dir:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             args += ["--dir", str(self.data_dir)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        return args
+
+    def ping(self, timeout: float = 0.5) -> bool:
+        """True when the server answers PING."""
+        client = Redis(port=self.port, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        except RedisError:
+            return False
+        finally:
+            client.close()
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        """Start redis-server and wait until it answers PING."""
+        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         client = Redis(port=self.port, socket_connect_timeout=0.5)
         try:

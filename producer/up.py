@@ -1,19 +1,39 @@
-"""`jobcast up`: Redis, the web server, N workers and a demo job, stopped by one Ctrl-C."""
+"""`jobcast up`: Redis, the web server, N workers and a demo job, supervised; `jobcast status`.
+
+A service that exits unexpectedly is restarted with backoff while the others run on; one that
+keeps crashing is given up on, and then `jobcast up` stops everything and exits 1
+(producer/supervisor.py has the policy, and why it is our own rather than honcho, circus or
+supervisor). Ctrl-C stops everything. While it runs, `up.json` next to the Redis data tells
+`jobcast status` which services run.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import signal
-import subprocess
+import socket
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, Callable
+
+from redis import Redis
+from redis.exceptions import RedisError
 
 from producer.redisproc import RedisServer, free_port
+from producer.supervisor import Printer, RestartPolicy, Service, ServiceFailed, Supervisor
 
 log = logging.getLogger(__name__)
+
+# RQ's periodic housekeeping, every 15 s from every worker: hidden unless --verbose.
+HOUSEKEEPING = re.compile(r"cleaning registries for queue|cleaning group registries")
+
+# The kinds of service `jobcast up` runs; `--env KIND:NAME=VALUE` targets one of them.
+SERVICE_KINDS = ("redis", "web", "worker")
 
 
 def data_dir() -> Path:
@@ -22,48 +42,76 @@ def data_dir() -> Path:
     return Path(base) / "jobcast" / "redis"
 
 
-def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 60.0) -> None:
-    """Poll ``url`` until it answers 200; fail early if a child exits."""
-    deadline = time.monotonic() + timeout
-    while True:
+def state_path() -> Path:
+    """Where a running `jobcast up` describes its services, for `jobcast status`."""
+    return data_dir().parent / "up.json"
+
+
+def web_ready(base_url: str) -> Callable[[Service], bool]:
+    """A readiness check: the web server's /readyz answers 200."""
+
+    def check(service: Service) -> bool:
+        """True once /readyz answers 200."""
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as r:
+                return r.status == 200
         except OSError:
-            pass
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{' '.join(p.args[-2:])} exited with {p.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} not ready after {timeout}s")
-        time.sleep(0.2)
+            return False
+
+    return check
 
 
-def stop_all(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM every child twice (RQ's cold shutdown, which also kills the work-horse), then
-    SIGKILL stragglers."""
-    for _ in range(2):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        # RQ ignores a second signal that comes within a second of the first.
-        time.sleep(1.2)
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+def worker_ready(redis_url: str) -> Callable[[Service], bool]:
+    """A readiness check: the worker process has registered with RQ."""
+    from rq import Worker
+
+    conn = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
+    host = socket.gethostname()
+
+    def check(service: Service) -> bool:
+        """True once RQ knows a worker named after this process (worker.main.worker_name)."""
+        return bool(conn.exists(f"{Worker.redis_worker_namespace_prefix}{host}.{service.pid}"))
+
+    return check
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Replace ``path`` with ``state`` as JSON, atomically (status may read it any time)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
 
 
 def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers: int = 1,
-       demo: bool = True) -> int:
-    """Run everything until Ctrl-C; return the exit status."""
-    redis_server = None
-    procs: list[subprocess.Popen] = []
+       demo: bool = True, verbose: bool = False, env: dict[str, dict[str, str]] | None = None,
+       policy: RestartPolicy | None = None) -> int:
+    """Run and supervise everything until Ctrl-C; return the exit status.
+
+    ``env`` adds environment variables to one kind of service ({"worker": {...}}).
+    """
+    printer = Printer(quiet=HOUSEKEEPING, verbose=verbose)
     jobcast = [sys.executable, "-m", "producer"]
+    state_file = state_path()
+    state: dict[str, Any] = {"pid": os.getpid(), "started": time.time(), "workers": workers,
+                             "web_workers": web_workers}
+
+    state_written = claimed = False
+
+    def save() -> None:
+        """Record the services' state for `jobcast status`."""
+        nonlocal state_written
+        if not claimed:
+            return  # another `jobcast up` may own the file
+        state["services"] = [{"name": s.name, "pid": s.pid, "state": s.state,
+                              "restarts": s.restarts, "since": s.started_at,
+                              "last_exit": s.last_exit} for s in sup.services]
+        try:
+            write_state(state_file, state)
+            state_written = True
+        except OSError as exc:
+            log.warning("cannot write %s: %s", state_file, exc)
+
+    sup = Supervisor(printer, policy, on_change=save)
 
     def interrupt(signum, frame):
         """Turn SIGINT/SIGTERM into KeyboardInterrupt, even where SIGINT was ignored."""
@@ -71,43 +119,202 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    try:
-        redis_url = os.environ.get("REDIS_URL")
-        if not redis_url:
-            redis_server = RedisServer(port=free_port(6379), data_dir=data_dir(), appendonly=True).start()
-            redis_url = redis_server.url
-            print(f"redis:   {redis_server.binary} on {redis_url}", flush=True)
-        else:
-            print(f"redis:   {redis_url} (REDIS_URL)", flush=True)
-        public = f"http://{host}:{port}"
-        env = dict(os.environ, REDIS_URL=redis_url, JOBCAST_URL=public)
-        # Children get their own session, so Ctrl-C reaches only us and we stop them in order.
-        for _ in range(workers):
-            procs.append(subprocess.Popen([*jobcast, "worker"], env=env, start_new_session=True))
-        procs.append(subprocess.Popen([*jobcast, "web", "--bind", host, "--port", str(port),
-                                       "--workers", str(web_workers)], env=env, start_new_session=True))
-        wait_ready(f"{public}/readyz", procs)
-        print(f"web:     {public}/  ({workers} workers)", flush=True)
-        if demo:
-            from producer.enqueue import enqueue
-            from worker.config import Config
 
-            job_id = enqueue("sqrt", {}, config=Config.from_env(redis_url=redis_url, public_url=public))
-            print(f"demo:    {public}/jobs/{job_id}", flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
-        while True:
-            for p in procs:
-                if p.poll() is not None:
-                    print(f"jobcast: a child exited ({p.returncode}); stopping", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
+    def service_env(kind: str, base: dict[str, str]) -> dict[str, str]:
+        """``base`` plus the --env variables given for ``kind``."""
+        return {**base, **(env or {}).get(kind, {})}
+
+    redis_services: list[Service] = []
+    try:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        running = read_state(state_file)
+        if running:
+            # A second one would start a second Redis on the same data directory.
+            raise RuntimeError(f"jobcast up is already running here (pid {running['pid']}, "
+                               f"{running.get('url', '?')}); `jobcast status` shows it")
+        claimed = True
+        if free_port(port) != port:
+            raise RuntimeError(f"port {port} is in use; choose another with --port")
+        redis_url = os.environ.get("REDIS_URL")
+        server = None
+        if not redis_url:
+            server = RedisServer(port=free_port(6379), data_dir=data_dir(), appendonly=True,
+                                 loglevel="notice" if verbose else "warning")
+            redis_url = server.url
+            redis_services.append(sup.add(Service("redis.1", server.argv(),
+                                                  env=service_env("redis", dict(os.environ)),
+                                                  ready=lambda s: server.ping())))
+        public = f"http://{host}:{port}"
+        state.update(url=public, redis_url=redis_url, redis_embedded=server is not None)
+        base = dict(os.environ, REDIS_URL=redis_url, JOBCAST_URL=public)
+        ready = worker_ready(redis_url)
+        for i in range(1, workers + 1):
+            # Two SIGTERMs: RQ's cold shutdown, which also stops a running work-horse.
+            sup.add(Service(f"worker.{i}", [*jobcast, "worker"], env=service_env("worker", base),
+                            ready=ready, stop_signals=(signal.SIGTERM, signal.SIGTERM)))
+        sup.add(Service("web.1", [*jobcast, "web", "--bind", host, "--port", str(port),
+                                   "--workers", str(web_workers)],
+                        env=service_env("web", base), ready=web_ready(public)))
+        if server:
+            printer.system(f"redis:   {server.binary} on {redis_url}")
+            sup.start(redis_services)
+            sup.wait_ready(redis_services, 30)
+        else:
+            printer.system(f"redis:   {redis_url} (REDIS_URL)")
+        sup.start(s for s in sup.services if s.proc is None)
+        sup.wait_ready(sup.services, 60)
+        demo_line = None
+        if demo:
+            demo_line = f"demo:    {public}/jobs/{start_demo(sup, redis_url, public)}"
+        # The URLs come last, after the services' start-up lines.
+        printer.system(f"web:     {public}/  ({plural(web_workers, 'gunicorn worker')}, "
+                       f"{plural(workers, 'RQ worker')})")
+        if demo_line:
+            printer.system(demo_line)
+        printer.system("Press Ctrl-C to stop; `jobcast status` lists the services.")
+        sup.run()
     except KeyboardInterrupt:
-        print("\nstopping…", flush=True)
+        printer.system("stopping…")
         return 0
-    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
-        print(f"jobcast: {exc}", file=sys.stderr)
+    except ServiceFailed as exc:
+        print(f"jobcast: {exc}; stopping", file=sys.stderr, flush=True)
+        return 1
+    except (RuntimeError, TimeoutError, FileNotFoundError, OSError) as exc:
+        print(f"jobcast: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        stop_all(procs)
-        if redis_server:
-            redis_server.stop()
+        # A second Ctrl-C must not cut the orderly stop short (it is bounded anyway).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Workers and web first, Redis last, so nothing loses Redis while it stops.
+        sup.stop([s for s in sup.services if s not in redis_services])
+        sup.stop(redis_services)
+        if state_written:
+            state_file.unlink(missing_ok=True)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 RQ worker``, ``2 RQ workers``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def start_demo(sup: Supervisor, redis_url: str, public: str, timeout: float = 5.0) -> str:
+    """Enqueue the demo sqrt job and supervise until a worker has taken it (so its start-up
+    lines come before the URLs); return its id."""
+    from producer.enqueue import enqueue
+    from worker.config import Config
+    from worker.joblog import job_info
+
+    job_id = enqueue("sqrt", {}, config=Config.from_env(redis_url=redis_url, public_url=public))
+    conn = Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and job_info(conn, job_id)["status"] == "queued":
+            sup.poll()
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    return job_id
+
+
+# -- jobcast status --------------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists here."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_state(path: Path | None = None) -> dict[str, Any] | None:
+    """The state of the `jobcast up` running here, or None when none runs."""
+    path = path or state_path()
+    try:
+        state = json.loads(path.read_text())
+        if not pid_alive(int(state["pid"])):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``5m03s``, ``2h05m``."""
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def rq_info(redis_url: str, queue_name: str) -> dict[str, Any]:
+    """RQ's view, like `rq info`: the queue's depth by registry and the workers on it."""
+    from rq import Queue, Worker
+
+    conn = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        q = Queue(queue_name, connection=conn)
+        queue = {"name": queue_name, "queued": q.count,
+                 "started": q.started_job_registry.count,
+                 "finished": q.finished_job_registry.count,
+                 "failed": q.failed_job_registry.count,
+                 "deferred": q.deferred_job_registry.count,
+                 "scheduled": q.scheduled_job_registry.count}
+        host = socket.gethostname()
+        # RQ lists a killed worker until its key expires; say so when its process is gone.
+        workers = [{"name": w.name, "state": w.get_state(), "job": w.get_current_job_id(),
+                    "gone": w.hostname == host and bool(w.pid) and not pid_alive(w.pid)}
+                   for w in sorted(Worker.all(queue=q), key=lambda w: w.name)]
+        return {"queue": queue, "workers": workers}
+    finally:
+        conn.close()
+
+
+def status(output: str = "plain") -> int:
+    """Print the services of the `jobcast up` running here, RQ's workers and the queue
+    depth. Exit 0, or 3 when Redis cannot be reached."""
+    from worker.config import Config
+
+    state = read_state()
+    cfg = Config.from_env(**({"redis_url": state["redis_url"]} if state else {}))
+    try:
+        info = rq_info(cfg.redis_url, cfg.queue_name)
+    except RedisError as exc:
+        info = None
+        error = f"cannot reach Redis at {cfg.redis_url}: {exc}"
+    if output == "json":
+        print(json.dumps({"up": state, "redis_url": cfg.redis_url, **(info or {"error": error})}))
+        return 0 if info else 3
+    now = time.time()
+    if state:
+        print(f"jobcast up: pid {state['pid']}, running for {duration(now - state['started'])}, "
+              f"{state.get('url', '?')}/, Redis {cfg.redis_url}")
+        print(f"  {'SERVICE':<10} {'STATE':<9} {'PID':>7}  {'UPTIME':>7}  RESTARTS")
+        for s in state.get("services", []):
+            up_for = duration(now - s["since"]) if s["since"] and s["state"] == "running" else "-"
+            note = f"  (last: {s['last_exit']})" if s["last_exit"] else ""
+            if s["name"].startswith("web.") and state.get("web_workers"):
+                note = f"  {plural(state['web_workers'], 'gunicorn worker')}{note}"
+            print(f"  {s['name']:<10} {s['state']:<9} {s['pid'] or '-':>7}  {up_for:>7}  "
+                  f"{s['restarts']:>8}{note}")
+    else:
+        print(f"jobcast up: not running here ({state_path()} is absent or stale); "
+              f"Redis {cfg.redis_url}")
+    if info is None:
+        print(f"jobcast: {error}", file=sys.stderr)
+        return 3
+    q = info["queue"]
+    print(f"queue {q['name']}: {q['queued']} queued, {q['started']} started, "
+          f"{q['finished']} finished, {q['failed']} failed, {q['deferred']} deferred, "
+          f"{q['scheduled']} scheduled")
+    print(f"{plural(len(info['workers']), 'RQ worker')}:")
+    for w in info["workers"]:
+        gone = "  (process gone; RQ forgets it when its key expires)" if w["gone"] else ""
+        print(f"  {w['name']:<24} {w['state']:<10} {w['job'] or '':<32}{gone}".rstrip())
+    return 0

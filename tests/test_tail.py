@@ -1,6 +1,7 @@
 """Joining at the tail (?tail=N) and trimmed history, through real gunicorn and Redis.
 
-The trimmed-history tests run a real 300-value job on a worker whose log keeps 50 entries.
+The trimmed-history tests run a real 300-value job on a worker whose log keeps 50 entries,
+watched through a web server with the same JOBCAST_LOG_MAXLEN (every service shares it).
 The tail tests write the log through the workers' own write path (JobLog), so the test
 decides exactly which values are history and which arrive live.
 """
@@ -18,7 +19,7 @@ import pytest
 from redis import Redis
 
 from producer.enqueue import enqueue
-from tests.conftest import JOBCAST, ROOT, Workers, parse_sse, service_env, wait_for
+from tests.conftest import JOBCAST, ROOT, WebServer, Workers, parse_sse, service_env, wait_for
 from worker.config import Config
 from worker.joblog import JobLog
 
@@ -41,6 +42,15 @@ def capped_job(redis_server, logs_dir):
     return job_id, first
 
 
+@pytest.fixture(scope="module")
+def capped_web(redis_server, logs_dir):
+    """gunicorn configured like the capped worker: JOBCAST_LOG_MAXLEN=50."""
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-capped.log",
+                       JOBCAST_HEARTBEAT="1", JOBCAST_LOG_MAXLEN="50").start()
+    yield server
+    server.stop()
+
+
 def sse(base: str, job_id: str, query: str = "", headers=None, stop=None, into=None) -> list[dict]:
     """Every SSE event of one connection (up to ``stop(events)`` being true), as they come
     appended to ``into`` when given."""
@@ -55,8 +65,8 @@ def sse(base: str, job_id: str, query: str = "", headers=None, stop=None, into=N
     return events
 
 
-def test_sse_resume_from_a_trimmed_position_starts_with_one_trimmed_event(web, redis, capped_job):
-    job_id, first = capped_job
+def test_sse_resume_from_a_trimmed_position_starts_with_one_trimmed_event(capped_web, redis, capped_job):
+    web, (job_id, first) = capped_web, capped_job
     events = sse(web.url, job_id, headers={"Last-Event-ID": "5"})
     assert [e["event"] for e in events].count("trimmed") == 1
     assert events[0]["event"] == "trimmed" and "id" not in events[0]
@@ -70,8 +80,9 @@ def test_sse_resume_from_a_trimmed_position_starts_with_one_trimmed_event(web, r
     assert data["first_value"] == values[0]["i"]
 
 
-def test_a_fresh_viewer_of_a_trimmed_log_is_told_too(web, http, capped_job):
-    job_id, first = capped_job
+def test_a_fresh_viewer_of_a_trimmed_log_is_told_too(capped_web, capped_job):
+    web, (job_id, first) = capped_web, capped_job
+    http = httpx.Client(base_url=web.url, timeout=30)
     events = sse(web.url, job_id)
     assert events[0]["event"] == "trimmed"
     assert json.loads(events[0]["data"])["after"] == 0
@@ -80,8 +91,9 @@ def test_a_fresh_viewer_of_a_trimmed_log_is_told_too(web, http, capped_job):
     assert info["first_value"] == json.loads(events[0]["data"])["first_value"]
 
 
-def test_text_and_html_streams_name_the_first_value_kept(web, http, capped_job):
-    job_id, _ = capped_job
+def test_text_and_html_streams_name_the_first_value_kept(capped_web, capped_job):
+    web, (job_id, _) = capped_web, capped_job
+    http = httpx.Client(base_url=web.url, timeout=30)
     first_value = http.get(f"/api/jobs/{job_id}").json()["first_value"]
     r = httpx.get(f"{web.url}/jobs/{job_id}/stream", timeout=30)
     assert r.headers["Jobcast-First-Value"] == str(first_value)
@@ -181,9 +193,10 @@ def follow(web, redis_server, *args: str) -> subprocess.CompletedProcess:
                           env=service_env(redis_server.url), capture_output=True, text=True, timeout=60)
 
 
-def test_follow_says_how_many_values_are_no_longer_kept_then_prints_the_rest(web, http, redis_server,
+def test_follow_says_how_many_values_are_no_longer_kept_then_prints_the_rest(capped_web, redis_server,
                                                                              capped_job):
-    job_id, _ = capped_job
+    web, (job_id, _) = capped_web, capped_job
+    http = httpx.Client(base_url=web.url, timeout=30)
     first_value = http.get(f"/api/jobs/{job_id}").json()["first_value"]
     out = follow(web, redis_server, job_id)
     assert out.returncode == 0, out.stderr

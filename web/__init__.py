@@ -34,9 +34,14 @@ class State:
         if self._hub is None or self._hub_pid != os.getpid():
             from web.hub import Hub
 
-            self._hub = Hub(self.redis, buffer_size=self.config.viewer_buffer)
+            self._hub = Hub(self.redis, buffer_size=self.config.viewer_buffer,
+                            heartbeat=self.config.heartbeat)
             self._hub_pid = os.getpid()
             self._hub.start()
+            from web.handover import on_worker_exit
+
+            # Held streams are not requests gunicorn waits for: end them when it stops.
+            on_worker_exit(self._hub.shutdown)
             from web.watchdog import Watchdog
 
             Watchdog(self.redis, self.config).start()

@@ -10,6 +10,7 @@ from web import state
 from web.errors import BadParam
 from web.limits import client_address, require_token
 from web.lookup import int_param, load_job
+from web.position import may_be_trimmed
 from web.presence import total_viewers
 from worker.chart import chart_key
 from worker.joblog import UnknownJob, first_kept, log_key, recent_jobs
@@ -67,9 +68,14 @@ def get_job(job_id: str):
     # This process's count is exact and current; the others' arrive every few seconds.
     info["viewers_here"] = state().hub.viewers(job_id)
     info["viewers"] = max(info["viewers_here"], total_viewers(state().redis, job_id))
-    # The log is capped: the oldest entry and value it still has.
-    kept = first_kept(state().redis, job_id)
-    info["first_seq"], info["first_value"] = kept["seq"], kept["i"]
+    # The log is capped: the oldest entry and value it still has (read only when it may
+    # have been trimmed, since the page polls this).
+    if may_be_trimmed(info["last_seq"], state().config.log_maxlen):
+        kept = first_kept(state().redis, job_id)
+        info["first_seq"], info["first_value"] = kept["seq"], kept["i"]
+    else:
+        info["first_seq"] = 1 if info["last_seq"] else None
+        info["first_value"] = 0 if info["progress"]["i"] else None
     return jsonify(info)
 
 

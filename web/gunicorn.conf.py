@@ -2,9 +2,12 @@
 # Streams are long-lived and idle most of the time, so each worker is a gevent loop that
 # holds thousands of connections; nothing here may time out a healthy stream.
 wsgi_app = "web:create_app()"
-worker_class = "gevent"
+# gunicorn's gevent worker, whose streams can hand their connection to the process's relay
+# (web/handover.py): a held stream costs a socket and a small object, not a parked greenlet.
+worker_class = "web.handover.StreamWorker"
 workers = 2
-# Concurrent connections per worker: far past 1000, since every viewer holds one.
+# Requests a worker serves at once. Held streams are not counted here (they have no
+# greenlet); JOBCAST_STREAMS_PER_PROCESS caps those.
 worker_connections = 10000
 # For gevent workers this is the worker's heartbeat to the arbiter, not a request timeout.
 timeout = 30

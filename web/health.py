@@ -18,9 +18,15 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Redis answers a PING; 503 otherwise."""
+    """Ready when Redis answers a PING and this process's hub is subscribed; 503 otherwise.
+
+    The first probe also starts the hub, so a process is subscribed before it is sent viewers.
+    """
+    st = state()
     try:
-        state().redis.ping()
+        st.redis.ping()
     except RedisError as exc:
         return jsonify(status="unavailable", reason=f"redis: {exc}"), 503
+    if not st.hub.wait_ready(2.0):
+        return jsonify(status="unavailable", reason="hub: not yet subscribed to Redis"), 503
     return jsonify(status="ready")

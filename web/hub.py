@@ -1,9 +1,14 @@
 """The hub: one Redis pub/sub subscription per web process, fanned out to every viewer.
 
-The hub pattern-subscribes once to every job channel. Each announcement is decoded once and
-handed to the bounded buffer of each local viewer of that job; jobs nobody here watches cost
-one dictionary lookup. A viewer whose buffer overflows is told so and re-reads the log, which
-keeps the process's memory bounded however slowly a client reads.
+The hub pattern-subscribes once to every job channel. It reads announcements in bursts (all
+those already received), decodes each once and groups them by job; jobs nobody here watches
+cost one dictionary lookup. Each job's new entries then go
+
+- to the :class:`~web.relay.Relay`, which writes them straight to the connections it holds
+  (the streams served by :class:`web.handover.StreamWorker`), framed once for all of them;
+- to the bounded buffer of each viewer that follows in its own greenlet (the generator path,
+  used where the connection cannot be taken over). A viewer whose buffer overflows is told so
+  and re-reads the log, which keeps the process's memory bounded however slowly it reads.
 
 The hub is written with ``threading`` primitives: under gunicorn's gevent worker these are
 monkey-patched into greenlets and gevent events, and in plain Python they still work.
@@ -14,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import nullcontext
-import time
 from collections import deque
 
 from redis import Redis
@@ -22,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
 
 from web import metrics
+from web.relay import Relay
 from worker.joblog import CHANNEL_PATTERN, Entry, job_id_from_channel
 
 log = logging.getLogger(__name__)
@@ -175,21 +180,25 @@ def _green_loop():
 class Hub:
     """Reads the process's single pub/sub connection and dispatches to subscriptions."""
 
+    BURST = 512
+    """Most announcements read and dispatched as one batch."""
+
     def __init__(self, redis: Redis, *, buffer_size: int = 1024, poll: float = 1.0,
-                 max_backoff: float = 5.0):
+                 max_backoff: float = 5.0, heartbeat: float = 15.0):
         """Prepare the hub; :meth:`start` launches its reader."""
         self.redis = redis
         self.buffer_size = buffer_size
         self.poll = poll
         self.max_backoff = max_backoff
+        self.heartbeat = heartbeat
         self._subs: dict[str, set[Subscription]] = {}
+        self.relay = Relay(redis, heartbeat=heartbeat)
         self._ready = threading.Event()
         self.closing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
         self.messages = 0
-        self.reconnects = 0
-        self.last_message_at = 0.0
 
     # -- viewers ---------------------------------------------------------------------------
 
@@ -215,8 +224,10 @@ class Hub:
                 del self._subs[sub.job_id]
 
     def shutdown(self) -> None:
-        """The process is stopping: wake every viewer so its stream can end cleanly."""
+        """The process is stopping: end every held stream and wake every other viewer."""
         self.closing = True
+        if not self.relay.closing:
+            self.relay.shutdown()
         for subs in list(self._subs.values()):
             for sub in tuple(subs):
                 sub.wake()
@@ -224,8 +235,12 @@ class Hub:
     def viewers(self, job_id: str | None = None) -> int:
         """Viewers attached here, of one job or in total."""
         if job_id is not None:
-            return len(self._subs.get(job_id, ()))
-        return sum(len(s) for s in self._subs.values())
+            return len(self._subs.get(job_id, ())) + self.relay.viewers(job_id)
+        return sum(len(s) for s in self._subs.values()) + self.relay.viewers()
+
+    def jobs(self) -> list[str]:
+        """Jobs with at least one viewer here."""
+        return list(set(self._subs) | set(self.relay.jobs()))
 
     @property
     def ready(self) -> bool:
@@ -240,10 +255,22 @@ class Hub:
     # -- the reader ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the reader once per process."""
+        """Start the reader, and the heartbeat of held streams, once per process."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="jobcast-hub", daemon=True)
             self._thread.start()
+            self._ticker = threading.Thread(target=self._tick, name="jobcast-beat", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        """Let the relay look at its quiet streams, several times per heartbeat interval."""
+        interval = min(1.0, self.heartbeat / 3)
+        while not self._stop.wait(interval):
+            if not self.closing:
+                try:
+                    self.relay.tick()
+                except Exception:  # the heartbeat must outlive any one bad round
+                    log.exception("hub: relay tick failed")
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the reader at its next poll, waiting up to ``timeout`` s for it to exit."""
@@ -253,22 +280,33 @@ class Hub:
 
     def dispatch(self, channel: bytes | str, data: bytes) -> None:
         """Decode one announcement and hand it to each viewer of its job."""
-        if isinstance(channel, bytes):
-            channel = channel.decode()
-        job_id = job_id_from_channel(channel)
-        subs = self._subs.get(job_id) if job_id else None
-        self.messages += 1
-        self.last_message_at = time.time()
-        if not subs:
-            return
-        try:
-            entry = Entry.parse(data)
-        except (ValueError, KeyError):
-            log.warning("hub: dropping malformed announcement on %s", channel)
-            return
-        for sub in tuple(subs):
-            sub.put(entry)
-        metrics.dispatched(entry, len(subs))
+        self.dispatch_batch([(channel, data)])
+
+    def dispatch_batch(self, messages: list[tuple[bytes | str, bytes]]) -> None:
+        """Decode a burst of announcements, and hand each job's entries to its viewers."""
+        self.messages += len(messages)
+        by_job: dict[str, list[Entry]] = {}
+        for channel, data in messages:
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            job_id = job_id_from_channel(channel)
+            if job_id is None or (job_id not in self._subs and not self.relay.viewers(job_id)):
+                continue
+            try:
+                entry = Entry.parse(data)
+            except (ValueError, KeyError):
+                log.warning("hub: dropping malformed announcement on %s", channel)
+                continue
+            by_job.setdefault(job_id, []).append(entry)
+        for job_id, entries in by_job.items():
+            held = self.relay.deliver(job_id, entries)
+            subs = self._subs.get(job_id)
+            if subs:
+                for sub in tuple(subs):
+                    for entry in entries:
+                        sub.put(entry)
+            for entry in entries:
+                metrics.dispatched(entry, held + len(subs or ()))
 
     def _run(self) -> None:
         """Subscribe, dispatch until stopped, and reconnect with backoff on errors."""
@@ -281,19 +319,25 @@ class Hub:
                     msg = pubsub.get_message(timeout=self.poll)
                     if msg is None:
                         continue
-                    kind = msg["type"]
-                    if kind == "pmessage":
-                        self.dispatch(msg["channel"], msg["data"])
-                    elif kind == "psubscribe":
-                        backoff = 0.1
-                        self._ready.set()
-                        # Anything published while we were not subscribed is only in the log.
-                        for subs in list(self._subs.values()):
-                            for sub in tuple(subs):
-                                sub.resync()
+                    # Take every announcement already received: one batch per job, one write
+                    # per viewer for all of them.
+                    burst = []
+                    while msg is not None:
+                        kind = msg["type"]
+                        if kind == "pmessage":
+                            burst.append((msg["channel"], msg["data"]))
+                        elif kind == "psubscribe":
+                            backoff = 0.1
+                            self._ready.set()
+                            self._resync()
+                        if len(burst) >= self.BURST:
+                            break
+                        msg = pubsub.get_message(timeout=0)
+                    if burst:
+                        self.dispatch_batch(burst)
             except (RedisConnectionError, RedisTimeoutError, OSError, RedisError) as exc:
                 self._ready.clear()
-                self.reconnects += 1
+                self.relay.recent.subscription(False)
                 metrics.HUB_RECONNECTS.inc()
                 log.warning("hub: lost Redis subscription (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
@@ -304,3 +348,10 @@ class Hub:
                     pubsub.close()
                 except Exception:  # closing a dead connection may raise anything; it is gone anyway
                     log.debug("hub: error closing pubsub", exc_info=True)
+
+    def _resync(self) -> None:
+        """After (re)subscribing: anything published while we were not is only in the log."""
+        for subs in list(self._subs.values()):
+            for sub in tuple(subs):
+                sub.resync()
+        self.relay.resync()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections import Counter
 
-from flask import Response, request
+from flask import request
 from werkzeug.exceptions import HTTPException
 
 from worker.config import Config
@@ -51,7 +51,7 @@ class StreamLimiter:
         """Count a new stream, or raise 503 (process full) / 429 (client over its share)."""
         if self.total >= self.per_process:
             raise TooManyStreams(503, f"this server holds its maximum of {self.per_process} streams")
-        if self.by_client[client] >= self.per_client:
+        if self.per_client and self.by_client[client] >= self.per_client:
             raise TooManyStreams(429, f"at most {self.per_client} concurrent streams per client")
         self.by_client[client] += 1
         self.total += 1
@@ -74,13 +74,34 @@ def client_address(config: Config) -> str:
     return request.remote_addr or "unknown"
 
 
-def limit_stream(response: Response, limiter: StreamLimiter, config: Config) -> Response:
-    """Count ``response`` as an open stream until the server closes it."""
-    client = client_address(config)
-    limiter.acquire(client)
-    # call_on_close runs even if the body was never iterated (the client left at once).
-    response.call_on_close(lambda: limiter.release(client))
-    return response
+class StreamSlot:
+    """One open stream, counted against the caps until it is released (once)."""
+
+    __slots__ = ("limiter", "client", "held", "released")
+
+    def __init__(self, limiter: StreamLimiter, client: str):
+        """Count a stream of ``client``, or raise 429/503."""
+        limiter.acquire(client)
+        self.limiter = limiter
+        self.client = client
+        self.held = False  # set once the relay holds the connection and will release it
+        self.released = False
+
+    def release(self) -> None:
+        """The stream ended: free its place (idempotent)."""
+        if not self.released:
+            self.released = True
+            self.limiter.release(self.client)
+
+    def release_unless_held(self) -> None:
+        """The response closed: free the place unless the relay now holds the stream."""
+        if not self.held:
+            self.release()
+
+
+def open_slot(limiter: StreamLimiter, config: Config) -> StreamSlot:
+    """Count a new stream of the requesting client, or raise 429/503."""
+    return StreamSlot(limiter, client_address(config))
 
 
 def require_token(config: Config) -> None:

@@ -25,6 +25,23 @@ def load_job(job_id: str) -> dict[str, Any]:
         abort(404, description=f"no job with id {job_id}")
 
 
+def stream_position(job_id: str) -> tuple[bool, int]:
+    """(ended, last seq) of a job about to be streamed; 400 for a malformed id, 404 if unknown.
+
+    A job that viewers here already watch is answered from the relay's recent entries, with
+    no Redis round trip, and newcomers arriving together share one read: a burst of them costs
+    Redis next to nothing.
+    """
+    try:
+        check_job_id(job_id)
+    except InvalidJobId as exc:
+        raise BadParam("id", str(exc)) from None
+    position = state().hub.relay.position(job_id)
+    if position is None:
+        abort(404, description=f"no job with id {job_id}")
+    return position
+
+
 def int_param(name: str, raw: str | None, *, default: int = 0) -> int:
     """A non-negative integer parameter, or a 400 naming it."""
     if raw is None or raw == "":

@@ -20,7 +20,7 @@ from redis import Redis
 
 from web import state
 from web.lookup import int_param, resume_position
-from worker.joblog import Entry, first_kept, log_key
+from worker.joblog import Entry, first_kept, log_key, meta_key
 
 TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""
@@ -108,7 +108,7 @@ def resuming() -> bool:
     return bool(request.headers.get("Last-Event-ID")) or bool(request.args.get("after"))
 
 
-def tail_position(redis: Redis, job_id: str, n: int, job: dict) -> tuple[int, int]:
+def tail_position(redis: Redis, job_id: str, n: int, last_seq: int) -> tuple[int, int]:
     """``(after, skipped)`` for a stream of the last ``n`` values.
 
     Reads the log backwards from its newest entry until the n-th last value; ``after`` is
@@ -117,7 +117,7 @@ def tail_position(redis: Redis, job_id: str, n: int, job: dict) -> tuple[int, in
     is missing).
     """
     if n == 0:
-        return job["last_seq"], job["progress"]["i"]
+        return last_seq, int(redis.hget(meta_key(job_id), "values") or 0)
     key = log_key(job_id)
     count, newest = 0, "+"
     page = min(TAIL_PAGE, n + 8)
@@ -137,16 +137,30 @@ def tail_position(redis: Redis, job_id: str, n: int, job: dict) -> tuple[int, in
         page = TAIL_PAGE
 
 
-def stream_start(job_id: str, job: dict) -> Start:
+def may_be_trimmed(last_seq: int, maxlen: int) -> bool:
+    """False when the log cannot have lost an entry: it never held more than the cap.
+
+    Redis trims a stream only while it has more than ``maxlen`` entries, and every entry
+    of a job's log was appended with the job's seq, so a log with ``last_seq <= maxlen``
+    is whole. Most jobs are, and their viewers cost no extra read (JOBCAST_LOG_MAXLEN is
+    the same for every service, like every setting).
+    """
+    return last_seq > maxlen
+
+
+def stream_start(job_id: str, last_seq: int) -> Start:
     """Where this request's stream starts, and what the log no longer holds."""
-    redis = state().redis
+    st = state()
+    redis = st.redis
     after = resume_position()
     tail = tail_param()
     skipped = 0
     if tail is not None and not resuming():
-        after, skipped = tail_position(redis, job_id, tail, job)
+        after, skipped = tail_position(redis, job_id, tail, last_seq)
     else:
         tail = None
+    if not may_be_trimmed(last_seq, st.config.log_maxlen) or after >= last_seq:
+        return Start(after=after, tail=tail, skipped=skipped)
     kept = first_kept(redis, job_id)
     lost = 0
     if kept["seq"] is not None and after + 1 < kept["seq"]:

@@ -70,7 +70,7 @@ class Presence:
     def publish(self, now: float | None = None) -> None:
         """Write the current counts, and remove the jobs nobody here watches any more."""
         now = time.time() if now is None else now
-        counts = {job_id: self.hub.viewers(job_id) for job_id in list(self.hub._subs)}
+        counts = {job_id: self.hub.viewers(job_id) for job_id in self.hub.jobs()}
         pipe = self.redis.pipeline(transaction=False)
         for job_id, count in counts.items():
             key = viewers_key(job_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -30,8 +31,25 @@ def metrics_env(environ: dict | None = None) -> dict:
     return environ
 
 
+def raise_fd_limit() -> int:
+    """Lift the soft limit on open files to the hard limit: every viewer holds a socket.
+
+    gunicorn and its workers inherit it. Returns the new soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def serve(bind: str, workers: int | None = None) -> None:
     """Replace this process with gunicorn, so signals reach it directly."""
     metrics_env()
+    raise_fd_limit()
     argv = gunicorn_argv(bind, workers)
     os.execv(argv[0], argv)

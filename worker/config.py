@@ -44,9 +44,11 @@ class Config:
     # Caps on task parameters, e.g. "n=100000,rate=1000,sqrt.interval=10": "name" caps that
     # parameter of every task, "task.name" one task's. Over a cap the request gets a 400.
     param_caps: str = "n=100000,rate=1000,duration=3600,samples=100000000"
-    # Concurrent streams one client address may hold (429 over it), and one web process (503).
-    streams_per_client: int = 64
-    streams_per_process: int = 10000
+    # Concurrent streams one client address may hold (429 over it; 0, the default, means no
+    # per-address cap: viewers behind one NAT or proxy share an address), and one web process
+    # (503 over it).
+    streams_per_client: int = 0
+    streams_per_process: int = 20000
     # Take the client address from X-Forwarded-For (only behind a trusted proxy).
     trust_proxy: int = 0
     # RQ: how often a worker checks its work-horse and cleans up after dead workers, seconds.

@@ -185,7 +185,7 @@ class JobLog:
         self.maxlen = maxlen
         self.ttl = ttl
         self.index_max = index_max
-        self._append = redis.register_script(APPEND_LUA)
+        self._append = None  # the Lua script, registered on the first write (readers need none)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -193,7 +193,13 @@ class JobLog:
                value_json: str | None = None, meta: dict[str, Any] | None = None) -> int:
         """Append one entry atomically and return its seq (or a negative code)."""
         keys, args = self.script_args(kind, body, index=index, value_json=value_json, meta=meta)
-        return int(self._append(keys=keys, args=args))
+        return int(self.script()(keys=keys, args=args))
+
+    def script(self):
+        """The append script, registered on the first write (readers need none)."""
+        if self._append is None:
+            self._append = self.redis.register_script(APPEND_LUA)
+        return self._append
 
     def script_args(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
                     value_json: str | None = None,
@@ -287,6 +293,32 @@ class JobLog:
             last = batch[-1][0]
             last = last.decode() if isinstance(last, bytes) else last
             start = "(" + last
+
+
+    def page(self, after: int, count: int) -> tuple[list[Entry], bool]:
+        """Up to ``count`` entries with ``seq > after``, and whether the job has ended, in one
+        round trip (a viewer catching up needs both).
+
+        Both reads run in one MULTI/EXEC: were the job to end between them, an empty read
+        followed by "ended" would hide the terminal entry.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xrange(log_key(self.job_id), min=f"0-{after + 1}", max="+", count=count)
+        pipe.hget(meta_key(self.job_id), "status")
+        rows, status = pipe.execute()
+        ended = status is None or status.decode() in TERMINAL
+        return [Entry.parse(fields[b"e"]) for _id, fields in rows], ended
+
+    def position(self) -> tuple[bool, int] | None:
+        """(ended, last seq) of the job, or None if it does not exist (or has expired)."""
+        status, seq = self.redis.hmget(meta_key(self.job_id), "status", "seq")
+        if status is None:
+            return None
+        return status.decode() in TERMINAL, int(seq or 0)
+
+    def queue_last_seq(self, pipe) -> None:
+        """Add the read of the job's last seq to ``pipe`` (its reply: bytes or None)."""
+        pipe.hget(meta_key(self.job_id), "seq")
 
 
 def job_info(redis: Redis, job_id: str) -> dict[str, Any]:

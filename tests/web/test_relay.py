@@ -1,0 +1,258 @@
+"""The relay writes each entry once, in order, to every held connection, however it joins.
+
+Each test holds one end of a socket pair in a :class:`web.relay.Relay` backed by the
+session's real Redis, plays the hub by calling :meth:`Relay.deliver` with entries read back
+from the job's log, and reads the other end as a client would. gevent's loop runs in the test
+thread: the relay's catch-up greenlets run while the test waits with :func:`green_wait`.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+
+import gevent
+import pytest
+from redis import Redis
+
+from web.frames import HTML, SSE, TEXT
+from web.relay import HeldViewer, RecentEntries, Relay
+from worker.joblog import Entry, JobLog
+
+
+def green_wait(condition, timeout: float = 10.0, what: str = "condition"):
+    """Run gevent's loop until ``condition()`` is truthy, or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        gevent.sleep(0.005)
+
+
+def new_log(redis) -> JobLog:
+    """A fresh job with its queued and started entries (seq 1 and 2)."""
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {}, None)
+    log.started("test", 1)
+    return log
+
+
+def write(log: JobLog, start: int, stop: int, size: int = 0) -> list[Entry]:
+    """Log values ``start..stop-1`` (padded to ``size`` characters); return their entries."""
+    seqs = [log.value(i, str(i).ljust(size, "x") if size else i) for i in range(start, stop)]
+    entries, _ = log.page(seqs[0] - 1, len(seqs))
+    return entries
+
+
+class Client:
+    """The far end of a held connection, read by a thread into one buffer."""
+
+    def __init__(self, sock: socket.socket, read: bool = True):
+        """Read ``sock`` in the background unless ``read`` is False (a frozen client)."""
+        self.sock = sock
+        self.data = bytearray()
+        self.eof = False
+        self.released: list[bool] = []  # the relay released the stream's slot
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        if read:
+            self.start()
+
+    def start(self) -> None:
+        """Start reading (a frozen client thaws)."""
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                return
+            self.data += chunk
+
+    def sse_ids(self) -> list[int]:
+        """The ids of the SSE events read so far."""
+        return [int(line[4:]) for line in bytes(self.data).decode().split("\n")
+                if line.startswith("id: ")]
+
+
+@pytest.fixture
+def relay(redis):
+    """A relay with a short heartbeat, on the session's Redis."""
+    return Relay(redis, heartbeat=0.2)
+
+
+def held(relay: Relay, log: JobLog, transport=SSE, *, cursor: int = 0, chunked: bool = False,
+         rcvbuf: int | None = None, read: bool = True) -> tuple[HeldViewer, Client]:
+    """Hold a new viewer of ``log``'s job from ``cursor``; return it and its client end."""
+    server, client = socket.socketpair()
+    if rcvbuf:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+    server.setblocking(False)
+    far = Client(client, read)
+    viewer = HeldViewer(log.job_id, server, transport, chunked=chunked, cursor=cursor,
+                        on_close=lambda: far.released.append(True))
+    relay.hold(viewer)
+    return viewer, far
+
+
+def test_a_new_viewer_gets_history_then_live_entries_once_and_in_order(redis, relay):
+    log = new_log(redis)
+    write(log, 0, 5)
+    viewer, client = held(relay, log)
+    assert viewer.slow  # reading its history
+    # Entries logged and announced while it reads its history: skipped live, read from the log.
+    relay.deliver(log.job_id, write(log, 5, 8))
+    green_wait(lambda: not viewer.slow, what="catch-up")
+    for i in range(8, 20):
+        assert relay.deliver(log.job_id, write(log, i, i + 1)) == 1  # the fast path
+    log.finished()
+    relay.deliver(log.job_id, log.page(21, 10)[0])
+    green_wait(lambda: client.eof, what="end of stream")
+    assert client.sse_ids() == list(range(1, 24))  # queued, started, 20 values, finished
+    assert viewer.closed and client.released
+
+
+def test_a_viewer_whose_socket_fills_up_catches_up_from_the_log_and_rejoins(redis, relay):
+    log = new_log(redis)
+    viewer, client = held(relay, log, cursor=2, rcvbuf=4096, read=False)
+    green_wait(lambda: not viewer.slow, what="first catch-up")
+    went_slow = False
+    for i in range(300):  # 300 values of 1 KB into a 4 KiB buffer that nobody reads
+        relay.deliver(log.job_id, write(log, i, i + 1, size=1000))
+        went_slow = went_slow or viewer.slow
+    assert went_slow
+    client.start()  # the client reads again
+    green_wait(lambda: not viewer.slow, what="rejoin")
+    relay.deliver(log.job_id, write(log, 300, 301))
+    log.finished()
+    relay.deliver(log.job_id, log.page(303, 10)[0])
+    green_wait(lambda: client.eof, what="end of stream")
+    assert client.sse_ids() == list(range(3, 305))
+
+
+def test_a_gap_in_live_entries_is_filled_from_the_log(redis, relay):
+    log = new_log(redis)
+    viewer, client = held(relay, log, TEXT, cursor=2)
+    green_wait(lambda: not viewer.slow, what="history")
+    entries = write(log, 0, 3)
+    relay.deliver(log.job_id, entries[2:])  # the announcements of values 0 and 1 were lost
+    green_wait(lambda: not viewer.slow and viewer.cursor == entries[2].seq, what="gap filled")
+    green_wait(lambda: client.data == b"0\n1\n2\n", what="values")
+
+
+def test_chunked_stream_frames_each_batch_and_ends_with_the_last_chunk(redis, relay):
+    log = new_log(redis)
+    viewer, client = held(relay, log, TEXT, cursor=2, chunked=True)
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.deliver(log.job_id, write(log, 0, 2))
+    log.finished()
+    relay.deliver(log.job_id, log.page(4, 10)[0])
+    green_wait(lambda: client.eof, what="end of stream")
+    assert bytes(client.data) == b"4\r\n0\n1\n\r\n0\r\n\r\n"
+
+
+def test_html_frames_are_escaped(redis, relay):
+    log = new_log(redis)
+    log.value(0, "<script>alert(1)</script>")
+    log.finished()
+    _viewer, client = held(relay, log, HTML)
+    green_wait(lambda: client.eof, what="end of stream")
+    assert bytes(client.data) == (b"<p>0: &lt;script&gt;alert(1)&lt;/script&gt;</p>\n"
+                                  b'<p class="end">Done</p>\n')
+
+
+def test_a_quiet_stream_gets_heartbeats_and_a_gone_client_is_freed(redis, relay):
+    log = new_log(redis)
+    viewer, client = held(relay, log, cursor=2)
+    green_wait(lambda: not viewer.slow, what="history")
+    time.sleep(0.25)
+    relay.tick()
+    green_wait(lambda: b": heartbeat\n\n" in client.data, what="heartbeat")
+    client.sock.shutdown(socket.SHUT_RDWR)  # the client goes away (FIN)
+    time.sleep(0.25)
+    relay.tick()
+    assert viewer.closed and client.released and relay.viewers(log.job_id) == 0
+
+
+def test_an_announcement_lost_on_a_quiet_job_is_found_by_the_heartbeat(redis, relay):
+    log = new_log(redis)
+    viewer, client = held(relay, log, TEXT, cursor=2)
+    green_wait(lambda: not viewer.slow, what="history")
+    log.value(0, "lost")  # logged, but never delivered: its announcement was lost
+    time.sleep(0.25)
+    relay.tick()
+    green_wait(lambda: client.data == b"lost\n", what="the lost value")
+
+
+def test_shutdown_tells_sse_clients_to_come_back_soon_and_closes(redis, relay):
+    log = new_log(redis)
+    viewer, client = held(relay, log, cursor=2, chunked=True)
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.shutdown()
+    green_wait(lambda: client.eof, what="closed")
+    assert bytes(client.data) == b"C\r\nretry: 250\n\n\r\n0\r\n\r\n"
+    assert client.released
+
+
+def entry(seq: int, kind: str = "value") -> Entry:
+    """A log entry with this seq (a value whose index is seq - 1)."""
+    if kind == "value":
+        return Entry.parse('{"seq":%d,"kind":"value","ts":1.0,"i":%d,"v":"%d","j":%d}'
+                           % (seq, seq - 1, seq - 1, seq - 1))
+    return Entry.parse('{"seq":%d,"kind":"%s","ts":1.0}' % (seq, kind))
+
+
+def run(first: int, last: int) -> list[Entry]:
+    """Entries ``first..last``."""
+    return [entry(s) for s in range(first, last + 1)]
+
+
+def test_recent_entries_join_reads_and_live_batches_into_one_exact_run():
+    recent = RecentEntries(maxlen=100)
+    recent.subscription(True)
+    recent.add_live("j", run(6, 7))            # the hub's first batch
+    recent.add_read("j", run(1, 5), recent.epoch)  # a newcomer read the log before it
+    assert [e.seq for e in recent.after("j", 0)] == list(range(1, 8))
+    assert [e.seq for e in recent.after("j", 4)] == [5, 6, 7]
+    assert recent.is_current("j", 7) and not recent.is_current("j", 6)
+    recent.add_live("j", run(10, 11))          # 8 and 9 were never seen: start again from 10
+    assert recent.after("j", 0) == [] and [e.seq for e in recent.after("j", 9)] == [10, 11]
+
+
+def test_recent_entries_are_never_current_past_what_the_hub_dispatched_or_across_subscriptions():
+    recent = RecentEntries(maxlen=100)
+    recent.subscription(True)
+    epoch = recent.epoch
+    recent.add_read("j", run(1, 3), epoch)
+    assert recent.is_current("j", 3)
+    recent.subscription(False)                 # the hub lost its subscription
+    assert recent.after("j", 0) == [] and not recent.is_current("j", 3)
+    recent.subscription(True)
+    recent.add_read("j", run(1, 3), epoch)     # a read that began before: not trusted
+    assert recent.after("j", 0) == []
+
+
+def test_recent_entries_keep_only_the_newest_per_job():
+    recent = RecentEntries(maxlen=3)
+    recent.add_live("j", run(1, 5))
+    assert [e.seq for e in recent.after("j", 2)] == [3, 4, 5] and recent.after("j", 1) == []
+
+
+def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, relay):
+    log = new_log(redis)
+    relay.recent.subscription(True)
+    first, first_client = held(relay, log)
+    green_wait(lambda: not first.slow, what="first viewer's history")
+    relay.deliver(log.job_id, write(log, 0, 3))
+    relay.redis = Redis(port=1)  # from here on any Redis read would fail
+    second, second_client = held(relay, log)
+    green_wait(lambda: not second.slow, what="second viewer from memory")
+    assert relay.position(log.job_id) == (False, 5)
+    green_wait(lambda: second_client.sse_ids() == first_client.sse_ids() == [1, 2, 3, 4, 5],
+               what="the same entries at both")

@@ -1,0 +1,98 @@
+"""How each transport puts a log entry on the wire, built once per entry for every viewer.
+
+A stream is one of three transports: newline-delimited text, server-sent events, and
+streamed HTML for an ``<iframe>``. Each turns an :class:`~worker.joblog.Entry` into bytes
+(possibly none: the text stream shows only values), has a heartbeat (or none), and bytes to
+send before the server closes a stream on shutdown. The hub frames a live entry once per
+transport and writes the same bytes to every viewer; the generator path uses the same
+functions, so both paths send identical bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from markupsafe import Markup, escape
+
+from worker.joblog import Entry
+
+
+def _sse(entry: Entry) -> bytes:
+    """An entry as one SSE event: ``id`` is its seq, the event type its kind."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (entry.seq, entry.kind.encode(), entry.raw)
+
+
+def _text(entry: Entry) -> bytes:
+    """A value as its ``"{}\\n".format(value)`` line; other entries send nothing."""
+    return f"{entry.text}\n".encode() if entry.kind == "value" else b""
+
+
+_HTML_VALUE = Markup("<p>{}: {}</p>\n")
+_HTML_DONE = Markup('<p class="end">Done</p>\n')
+_HTML_CANCELLED = Markup('<p class="end cancelled">Cancelled</p>\n')
+_HTML_ENDED = Markup('<p class="end {}">{}: {}</p>\n')
+
+
+def _html(entry: Entry) -> bytes:
+    """A value or the terminal entry as one escaped HTML line; others send nothing."""
+    if entry.kind == "value":
+        return _HTML_VALUE.format(entry.i, entry.text).encode()
+    if entry.kind == "finished":
+        return _HTML_DONE.encode()
+    if entry.kind == "cancelled":
+        return _HTML_CANCELLED.encode()
+    if entry.terminal:
+        reason = entry.data.get("reason") or ""
+        return _HTML_ENDED.format(entry.kind, entry.kind.capitalize(), reason).encode()
+    return b""
+
+
+def html_head(stylesheet: str) -> bytes:
+    """The first bytes of the HTML stream: doctype, charset and the stylesheet."""
+    return (Markup('<!doctype html><meta charset="utf-8"><link rel="stylesheet" href="{}">\n')
+            .format(stylesheet).encode())
+
+
+def html_notice(text: str) -> bytes:
+    """A line of the HTML stream that is not a value (e.g. a notice about trimmed history)."""
+    return Markup('<p class="note">{}</p>\n').format(text).encode()
+
+
+@dataclass(frozen=True, eq=False)
+class Transport:
+    """One way of streaming a job's log."""
+
+    name: str
+    mimetype: str
+    encode: Callable[[Entry], bytes]
+    heartbeat: bytes
+    """Sent on a quiet stream; empty where the format has no room for one (text)."""
+    shutdown: bytes
+    """Sent before the server closes the stream because it is stopping."""
+    filters_values: bool
+    """True when ``?start=K`` hides values with index below K."""
+
+    def frame(self, entry: Entry) -> bytes:
+        """The entry's bytes on this transport (cached for the live entries of a process)."""
+        return self.encode(entry)
+
+    def frames(self, entries: list[Entry], start: int = 0) -> bytes:
+        """The bytes of ``entries`` in order, skipping values below index ``start``."""
+        if start and self.filters_values:
+            return b"".join([self.encode(e) for e in entries
+                             if e.kind != "value" or e.i >= start])
+        return b"".join([self.encode(e) for e in entries])
+
+
+SSE = Transport("sse", "text/event-stream", _sse, b": heartbeat\n\n", b"retry: 250\n\n", False)
+TEXT = Transport("text", "text/plain", _text, b"", b"", True)
+HTML = Transport("html", "text/html", _html, b"<!-- -->\n", b"", True)
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (empty data would end the body, so it stays empty)."""
+    return b"%X\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"
