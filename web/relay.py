@@ -108,6 +108,9 @@ class RecentEntries:
         self.maxlen = maxlen
         self._tails: dict[str, list[Entry]] = {}
         self._dispatched: dict[str, int] = {}
+        # The frames of "everything kept after seq c" per (job, transport, c), valid while the
+        # kept entries end with the same entry: a burst of newcomers is framed once.
+        self._framed: dict[tuple[str, Transport, int], tuple[Entry, bytes]] = {}
         self.subscribed = False
         self.epoch = 0
 
@@ -117,6 +120,25 @@ class RecentEntries:
         if not tail or not tail[0].seq <= cursor + 1 <= tail[-1].seq:
             return []
         return tail[cursor + 1 - tail[0].seq:]
+
+    def framed_after(self, job_id: str, cursor: int, transport: Transport,
+                     start: int = 0) -> tuple[bytes, Entry] | None:
+        """The frames of the kept entries after ``cursor`` and the last of them, or None."""
+        kept = self.after(job_id, cursor)
+        if not kept:
+            return None
+        last = kept[-1]
+        if start:
+            return transport.frames(kept, start), last
+        key = (job_id, transport, cursor)
+        hit = self._framed.get(key)
+        if hit is not None and hit[0] is last:
+            return hit[1], last
+        if len(self._framed) >= 4 * self.maxlen:
+            self._framed.clear()
+        data = transport.frames(kept)
+        self._framed[key] = (last, data)
+        return data, last
 
     def is_current(self, job_id: str, cursor: int) -> bool:
         """True if nothing newer than ``cursor`` has been logged that the hub has not yet
@@ -164,6 +186,8 @@ class RecentEntries:
         """Nobody here watches ``job_id`` any more."""
         self._tails.pop(job_id, None)
         self._dispatched.pop(job_id, None)
+        for key in [k for k in self._framed if k[0] == job_id]:
+            del self._framed[key]
 
     def subscription(self, live: bool) -> None:
         """The hub's subscription was (re)confirmed (True) or lost (False): start afresh."""
@@ -171,6 +195,7 @@ class RecentEntries:
         self.epoch += 1
         self._tails.clear()
         self._dispatched.clear()
+        self._framed.clear()
 
     def _keep(self, job_id: str, tail: list[Entry]) -> None:
         """Make ``tail`` the job's kept entries."""
@@ -379,12 +404,13 @@ class Relay:
         recent = self.recent
         outage_since: float | None = None
         while True:
-            kept = recent.after(v.job_id, v.cursor)
-            if kept:
+            kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start)
+            if kept is not None:
                 # Recent history from memory: one write, no Redis round trip.
-                end = kept[-1].terminal
-                v.cursor = kept[-1].seq
-                self._write(v, v.wire(v.transport.frames(kept, v.start), end))
+                data, newest = kept
+                end = newest.terminal
+                v.cursor = newest.seq
+                self._write(v, v.wire(data, end))
                 if end:
                     v.done = True
                     return "job_ended"
