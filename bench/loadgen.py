@@ -4,14 +4,14 @@ Started by :mod:`bench.run` with a JSON spec on its first stdin line; it answers
 one JSON object a line, to the commands that follow on stdin:
 
 - (spec)   ``{"host", "port", "cpu", "ramp", "pattern", "history", "viewers": [[path, role], ...]}``
-           where role is ``"v"`` (viewer) or ``"f"`` (frozen: sends its request, then never
-           reads). ``history`` is false for a server that sends no history (flask-sse): its
+           where role is ``"v"`` (viewer), ``"p"`` (probe: a viewer that also times values)
+           or ``"f"`` (frozen: sends its request, then never reads). ``history`` is false for a server that sends no history (flask-sse): its
            viewers start counting at the first value they get. Answers ``{"connected": n}``.
 - ``stats``  → ``{"received": total, "min": fewest received by one counting viewer, ...}``
 - ``report`` → totals, loss/ordering errors, latency histograms and this process's CPU; exits.
 
-Every viewer measures produce-to-receive latency on the values produced after it joined the
-stream, that is once its response headers have arrived (older values are its history, not
+Probes measure produce-to-receive latency (with the kernel's receive timestamp) on the values
+produced after they joined the stream, that is once its response headers have arrived (older values are its history, not
 latency). The time from opening the connection to those headers, the wait to be admitted, is
 recorded apart ("first byte"). Latencies go into histograms of 0.1 ms bins, one for values
 produced while this process was still opening connections (the connect storm) and one for
@@ -30,15 +30,29 @@ import os
 import re
 import resource
 import socket
+import struct
 import sys
 import threading
 import time
 
 
-class Viewer(asyncio.Protocol):
-    """One streaming connection: counts values, checks they are contiguous, times probes."""
+# Linux's SO_TIMESTAMPNS (Python does not name it): a receive timestamp as a struct timespec.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESTAMP_CMSG = socket.CMSG_SPACE(16)  # struct timespec: two 64-bit fields
 
-    __slots__ = ("gen", "request", "role", "pattern", "transport", "tail", "count", "last",
+
+class Viewer:
+    """One streaming connection: counts values and checks they are contiguous; a probe
+    (role ``"p"``) also times them.
+
+    A probe reads its socket itself (``recvmsg`` from the event loop's reader callback) so that
+    each read carries the kernel's receive timestamp (``SO_TIMESTAMPNS``): latency is then the
+    time the bytes reached the probe's socket, not the time this process, which plays hundreds
+    of viewers on one core, got round to them. Other viewers read through an asyncio protocol
+    (:class:`Reading`), which costs this process less.
+    """
+
+    __slots__ = ("gen", "request", "role", "pattern", "sock", "transport", "tail", "count", "last",
                  "errors", "closed", "status", "headers_done", "connected_at", "joined_at")
 
     def __init__(self, gen: "LoadGen", request: bytes, role: str, pattern: re.Pattern):
@@ -46,7 +60,8 @@ class Viewer(asyncio.Protocol):
         self.request = request
         self.role = role
         self.pattern = pattern
-        self.transport = None
+        self.sock: socket.socket | None = None  # a probe's own socket
+        self.transport = None  # the asyncio transport of any other viewer
         self.tail = b""
         self.count = 0
         self.last = -1
@@ -57,21 +72,38 @@ class Viewer(asyncio.Protocol):
         self.status = 0
         self.headers_done = False
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connected(self, loop, sock: socket.socket) -> None:
+        """The connection is open: send the request and start reading (unless frozen)."""
+        self.sock = sock
         self.connected_at = time.time()
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.role == "f":
-                # Frozen: a small receive buffer so the server's side fills quickly.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        transport.write(self.request)
-        if self.role == "f":
-            transport.pause_reading()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass  # no kernel timestamps here: readable() falls back to the time of reading
+        sock.sendall(self.request)
+        loop.add_reader(sock.fileno(), self.readable, loop)
 
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
+    def readable(self, loop) -> None:
+        """Read what arrived, with its kernel timestamp."""
+        try:
+            data, anc, _flags, _addr = self.sock.recvmsg(262144, TIMESTAMP_CMSG)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, anc = b"", []
+        if not data:
+            loop.remove_reader(self.sock.fileno())
+            self.closed = True
+            return
+        now = None
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                sec, nsec = struct.unpack("qq", value[:16])
+                now = sec + nsec * 1e-9
+        self.data_received(data, now if now is not None else time.time())
+
+    def data_received(self, data: bytes, now: float) -> None:
         if not self.headers_done:
             data = self.tail + data
             end = data.find(b"\r\n\r\n")
@@ -118,12 +150,41 @@ class Viewer(asyncio.Protocol):
             t = float(t)
             if t < self.joined_at:
                 continue  # history: produced before this viewer joined the stream
+            if self.role != "p":
+                break
             hist = gen.storm if t < storm_until else gen.steady
             b = int((now - t) * 10000)
             hist[b] = hist.get(b, 0) + 1
 
+
+
+class Reading(asyncio.Protocol):
+    """A plain viewer's connection, read by the event loop (no timestamps)."""
+
+    __slots__ = ("viewer",)
+
+    def __init__(self, viewer: Viewer):
+        self.viewer = viewer
+
+    def connection_made(self, transport) -> None:
+        v = self.viewer
+        v.connected_at = time.time()
+        v.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if v.role == "f":
+                # Frozen: a small receive buffer so the server's side fills quickly.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        transport.write(v.request)
+        if v.role == "f":
+            transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.viewer.data_received(data, time.time())
+
     def connection_lost(self, exc) -> None:
-        self.closed = True
+        self.viewer.closed = True
 
 
 class LoadGen:
@@ -166,7 +227,17 @@ class LoadGen:
     async def _connect(self, loop, v: Viewer, host: str, port: int) -> None:
         for attempt in range(20):
             try:
-                await loop.create_connection(lambda: v, host, port)
+                if v.role == "p":
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    try:
+                        await loop.sock_connect(sock, (host, port))
+                    except OSError:
+                        sock.close()
+                        raise
+                    v.connected(loop, sock)
+                else:
+                    await loop.create_connection(lambda: Reading(v), host, port)
                 return
             except OSError:
                 self.connect_errors += 1
@@ -232,6 +303,9 @@ async def main_async(spec: dict) -> None:
             for v in gen.viewers:
                 if v.transport is not None:
                     v.transport.abort()
+                elif v.sock is not None:
+                    v.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    v.sock.close()  # an abortive close, as a client that vanishes
             return
 
 

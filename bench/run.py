@@ -341,8 +341,12 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         path = (lambda j: f"/jobs/{j}/events") if endpoint == "sse" else (lambda j: f"/jobs/{j}/stream")
     else:
         path = lambda j: f"/stream?channel={j}"  # noqa: E731
-    # Viewers: round-robin over jobs; the frozen one(s) last. Every viewer measures latency.
+    # Viewers: round-robin over jobs; every k-th one a probe (so probes are spread over the
+    # connect order and over jobs); the frozen one(s) last.
     viewers = [[path(j), "v"] for _k in range(sc.viewers_per_job) for j in jobs]
+    every = max(1, len(viewers) // max(1, args.probes))
+    for k in range(0, len(viewers), every):
+        viewers[k][1] = "p"
     for k in range(sc.frozen):
         viewers[-1 - k][1] = "f"
     n = args.loadgens
@@ -567,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of production per scenario")
     ap.add_argument("--drain", type=float, default=30.0, help="max seconds to wait for stragglers")
     ap.add_argument("--connect-timeout", type=float, default=60.0)
+    ap.add_argument("--probes", type=int, default=50,
+                    help="viewers that time values (kernel receive timestamps), spread evenly")
     ap.add_argument("--loadgens", type=int, default=2, help="load-generator processes")
     ap.add_argument("--loadgen-cpus", default=str(max(0, (os.cpu_count() or 1) - 1)),
                     help="CPU(s) the load generators are pinned to, e.g. 1 or 0,1")

@@ -256,3 +256,14 @@ def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, 
     assert relay.position(log.job_id) == (False, 5)
     green_wait(lambda: second_client.sse_ids() == first_client.sse_ids() == [1, 2, 3, 4, 5],
                what="the same entries at both")
+
+
+def test_a_raw_text_stream_ends_by_closing_even_though_the_end_writes_nothing(redis, relay):
+    log = new_log(redis)
+    viewer, client = held(relay, log, TEXT, cursor=2)
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.deliver(log.job_id, write(log, 0, 1))
+    log.finished()
+    relay.deliver(log.job_id, log.page(3, 10)[0])  # the terminal entry alone: no text line
+    green_wait(lambda: client.eof, what="end of stream")
+    assert bytes(client.data) == b"0\n" and viewer.closed
