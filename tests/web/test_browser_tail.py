@@ -164,16 +164,18 @@ def test_page_of_a_trimmed_log_says_how_many_values_are_no_longer_kept(page, red
     # Web and writer share the cap, as every service shares JOBCAST_LOG_MAXLEN.
     web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-capped-page.log",
                     JOBCAST_LOG_MAXLEN="50").start()
-    log = JobLog(redis, uuid.uuid4().hex, maxlen=50)
-    log.create("sqrt", {"n": 300}, 300)
-    log.started("test-writer", 1)
-    for i in range(300):
-        log.value(i, math.sqrt(i))
-    log.finished()
-    first = next(e.i for e in log.entries() if e.kind == "value")
-    assert first > 0
-    page.goto(f"{web.url}/jobs/{log.job_id}")
-    page.wait_for_function("document.getElementById('end').textContent === 'Done'")
-    assert page.text_content("#notice") == f"{first:,} earlier values are no longer kept"
-    assert model(page)["indices"] == list(range(first, 300))
-    web.stop()
+    try:
+        log = JobLog(redis, uuid.uuid4().hex, maxlen=50)
+        log.create("sqrt", {"n": 300}, 300)
+        log.started("test-writer", 1)
+        for i in range(300):
+            log.value(i, math.sqrt(i))
+        log.finished()
+        first = next(e.i for e in log.entries() if e.kind == "value")
+        assert first > 0
+        page.goto(f"{web.url}/jobs/{log.job_id}")
+        page.wait_for_function("document.getElementById('end').textContent === 'Done'")
+        assert page.text_content("#notice") == f"{first:,} earlier values are no longer kept"
+        assert model(page)["indices"] == list(range(first, 300))
+    finally:
+        web.stop()
