@@ -210,3 +210,26 @@ def test_follow_tail_prints_only_the_last_values(web, redis_server, long_job):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["{}".format(math.sqrt(i)) for i in range(9997, 10_000)]
     assert "skipping 9,997 earlier values" in out.stderr
+
+
+@pytest.mark.parametrize("ended", [False, True])
+def test_late_viewers_of_a_log_longer_than_a_read_page_get_all_of_it_at_once(web, redis, ended):
+    # The relay reads the log 500 entries at a time; a page that stops short of the log's
+    # end must not pass for the job's newest entries (viewers then waited for nothing).
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {}, None)
+    log.started("test-writer", 1)
+    for i in range(1_200):
+        log.value(i, i)
+    if ended:
+        log.finished()
+    last = 1_202 + ended
+    for after in (100, 0):
+        with httpx.Client(base_url=web.url, timeout=5) as c, \
+                c.stream("GET", f"/jobs/{log.job_id}/events?after={after}") as r:
+            seqs = []
+            for ev in parse_sse(r.iter_lines()):
+                seqs.append(int(ev["id"]))
+                if seqs[-1] == last:
+                    break
+        assert seqs == list(range(after + 1, last + 1))

@@ -443,7 +443,11 @@ class Relay:
                 del self._reading[v.job_id]
                 reading.set()
             outage_since = None
-            recent.add_read(v.job_id, entries, epoch)
+            if len(entries) < PAGE or entries[-1].terminal:
+                # Only a read that reached the log's end may become the recent entries: their
+                # newest is taken for the job's newest (position, is_current), and a full page
+                # can stop short of it (a late viewer would then wait for nothing).
+                recent.add_read(v.job_id, entries, epoch)
             entries = [e for e in entries if e.seq > v.cursor]
             if entries:
                 end = entries[-1].terminal
