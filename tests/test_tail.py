@@ -105,8 +105,10 @@ def test_text_and_html_streams_name_the_first_value_kept(capped_web, capped_job)
 
 
 @pytest.fixture
-def long_job(redis):
-    """A running job with 10,000 values logged; the test writes the live ones."""
+def long_job(redis, workers):
+    """A running job with 10,000 values logged; the test writes the live ones.
+
+    (Live RQ workers keep the web server's watchdog from failing it as orphaned.)"""
     log = JobLog(redis, uuid.uuid4().hex)
     log.create("sqrt", {"n": 10_003}, 10_003)
     log.started("test-writer", 1)
@@ -213,7 +215,7 @@ def test_follow_tail_prints_only_the_last_values(web, redis_server, long_job):
 
 
 @pytest.mark.parametrize("ended", [False, True])
-def test_late_viewers_of_a_log_longer_than_a_read_page_get_all_of_it_at_once(web, redis, ended):
+def test_late_viewers_of_a_log_longer_than_a_read_page_get_all_of_it_at_once(web, redis, workers, ended):
     # The relay reads the log 500 entries at a time; a page that stops short of the log's
     # end must not pass for the job's newest entries (viewers then waited for nothing).
     log = JobLog(redis, uuid.uuid4().hex)
