@@ -57,7 +57,12 @@ ERRORS = {
                  "(invalid, other_job, expired)"),
     "404": error("No such job"),
     "413": error("The body is over JOBCAST_MAX_BODY bytes"),
-    "414": error(f"The query string is over {MAX_QUERY} bytes"),
+    "414": {"description": f"The query string is over {MAX_QUERY} bytes (JSON), or the request "
+                           "line over gunicorn's limit_request_line, 4094 bytes (gunicorn's own "
+                           "HTML answer)",
+            "content": {JSON: {"schema": ref("Error")}, HTML: {"schema": {"type": "string"}}}},
+    "431": html("A header over gunicorn's limit_request_field_size (8190 bytes), or over "
+                "limit_request_fields (100) headers: gunicorn's own answer"),
     "429": error("This client holds its maximum of concurrent streams (`Retry-After`)"),
     "503": error("Redis is unreachable, or this process holds its maximum of streams "
                  "(`Retry-After`)"),
@@ -65,8 +70,8 @@ ERRORS = {
 
 
 def errors(*codes: str) -> dict[str, Any]:
-    """The error responses ``codes``; every operation may also answer 414 and 503."""
-    return {code: ERRORS[code] for code in (*codes, "414", "503")}
+    """The error responses ``codes``; every operation may also answer 414, 431 and 503."""
+    return {code: ERRORS[code] for code in (*codes, "414", "431", "503")}
 
 
 def job_id_param() -> dict[str, Any]:
@@ -169,6 +174,23 @@ def schemas(cfg: Config) -> dict[str, Any]:
                                 "params": {"type": "object", "description": "a JSON schema"}}},
         "TaskList": {"type": "object", "required": ["tasks"],
                      "properties": {"tasks": {"type": "array", "items": ref("Task")}}},
+        "Entry": {
+            "type": "object", "required": ["seq", "kind", "ts"],
+            "description": "One entry of a job's log. value: i, v (text), j (JSON or null); "
+                           "started: worker, attempt; failed/retrying: reason",
+            "properties": {"seq": {"type": "integer", "minimum": 1},
+                           "kind": {"type": "string"}, "ts": {"type": "number"}},
+        },
+        "SseEvent": {
+            "type": "object", "required": ["data"],
+            "description": "One server-sent event (each event of the stream, as parsed)",
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the entry's seq"},
+                "event": {"type": "string", "description": "the entry's kind"},
+                "data": {"type": "string", "contentMediaType": JSON, "contentSchema": ref("Entry")},
+                "retry": {"type": ["string", "integer"]},
+            },
+        },
         "Health": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string"}, "reason": {"type": "string"}}},
     }
@@ -198,9 +220,11 @@ def document(cfg: Config) -> dict[str, Any]:
     job_errors = ("401", "403") if private else ()
     job = [job_id_param()]
 
-    def stream(summary: str, media: str, extra: list, ok: str, more: dict | None = None):
+    def stream(summary: str, media: str, extra: list, ok: str, more: dict | None = None,
+               schema: dict | None = None):
         """A stream operation: its media type, parameters and refusals."""
-        responses = {"200": {"description": ok, "content": {media: {"schema": {"type": "string"}}}},
+        responses = {"200": {"description": ok,
+                             "content": {media: {"schema": schema or {"type": "string"}}}},
                      **(more or {}),
                      **errors("400", *job_errors, "404", "429")}
         return {"get": {"summary": summary, "tags": ["streams"], "security": read_job,
@@ -284,7 +308,8 @@ def document(cfg: Config) -> dict[str, Any]:
               "description": "resume after this seq (wins over ?after=)",
               "schema": {"type": "string", "pattern": "^[0-9]{0,16}$"}}],
             "The events",
-            {"204": {"description": "The job has ended and nothing is left after the given seq"}}),
+            {"204": {"description": "The job has ended and nothing is left after the given seq"}},
+            ref("SseEvent")),
         "/jobs/{job_id}/frame": stream(
             "Streamed HTML for an <iframe>: one escaped <p>i: value</p> per value", HTML,
             [position_param("start", "skip the first K values")], "The HTML stream"),
@@ -323,7 +348,8 @@ def document(cfg: Config) -> dict[str, Any]:
                              "responses": {"200": json_body("Alive", ref("Health")), **errors()}}},
         "/readyz": {"get": {"summary": "Redis answers and the hub is subscribed",
                             "operationId": "readyz", "tags": ["meta"], "security": [{}],
-                            "responses": {"200": json_body("Ready", ref("Health")),
+                            "responses": {**errors(),
+                                          "200": json_body("Ready", ref("Health")),
                                           "503": json_body("Not ready", ref("Health"))}}},
         "/favicon.ico": {"get": {"summary": "No icon", "operationId": "favicon", "tags": ["meta"],
                                  "security": [{}],
