@@ -318,8 +318,9 @@ def test_home_lists_jobs_live_and_starts_a_job_from_the_task_form(page, http, we
 
 def test_start_form_asks_once_for_the_token_when_the_server_requires_one(context, redis_server, workers,
                                                                          logs_dir):
+    # Public reading with a token for creating (the private mode has its own test below).
     server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-token.log",
-                       JOBCAST_TOKEN="browser-secret").start()
+                       JOBCAST_TOKEN="browser-secret", JOBCAST_READ="public").start()
     try:
         pg = context.new_page()
         prompts = []
