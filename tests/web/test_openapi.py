@@ -16,13 +16,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, WebServer
+from tests.conftest import WebServer
 from worker.joblog import JobLog
 
 TOKEN = "fuzz-token"
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 STREAMS = r"^/jobs/\{job_id\}/(stream|events|frame)$"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """Where schemathesis runs (it keeps a cache in .schemathesis/ under its working directory)."""
+    return tmp_path_factory.mktemp("schemathesis")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +40,8 @@ def fuzzed(redis_server, logs_dir):
     s.stop()
 
 
-def schemathesis(server, *args: str, config: Path | None = None, timeout: float = 240) -> str:
+def schemathesis(server, workdir: Path, *args: str, config: Path | None = None,
+                 timeout: float = 240) -> str:
     """Run schemathesis against ``server``'s own document; fail with its report unless clean."""
     if not SCHEMATHESIS.exists():
         pytest.fail("schemathesis is not installed: pip install -e '.[test]'")
@@ -42,7 +49,7 @@ def schemathesis(server, *args: str, config: Path | None = None, timeout: float 
            f"{server.url}/api/openapi.json", "--checks", CHECKS, "--max-examples", "40",
            "--request-timeout", "10", "--max-redirects", "0", "--workers", "1",
            "--no-color", *args]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-6000:]
     assert " passed" in out and "failure" not in out.split("SUMMARY")[-1], out[-3000:]
@@ -71,22 +78,22 @@ def test_the_document_is_openapi_3_1_with_every_endpoint_auth_scheme_and_task_sc
     assert sqrt["properties"]["n"]["maximum"] == 100000 and sqrt["additionalProperties"] is False
 
 
-def test_schemathesis_finds_no_failure_in_any_operation_but_the_streams(fuzzed):
-    out = schemathesis(fuzzed, "--header", f"Authorization: Bearer {TOKEN}",
+def test_schemathesis_finds_no_failure_in_any_operation_but_the_streams(fuzzed, workdir):
+    out = schemathesis(fuzzed, workdir, "--header", f"Authorization: Bearer {TOKEN}",
                        "--exclude-path-regex", STREAMS)
     assert "Stateful" in out
 
 
-def test_schemathesis_finds_no_failure_without_credentials(fuzzed):
+def test_schemathesis_finds_no_failure_without_credentials(fuzzed, workdir):
     # Private mode with no token: every guarded operation must answer its documented 401/403.
-    schemathesis(fuzzed, "--phases", "coverage,fuzzing", "--max-examples", "10")
+    schemathesis(fuzzed, workdir, "--phases", "coverage,fuzzing", "--max-examples", "10")
 
 
-def test_schemathesis_finds_no_failure_in_the_streams_of_an_ended_job(fuzzed, redis, tmp_path):
+def test_schemathesis_finds_no_failure_in_the_streams_of_an_ended_job(fuzzed, workdir, redis, tmp_path):
     # Unknown and malformed ids first, then a job that has ended, so every stream ends at once.
     args = ("--header", f"Authorization: Bearer {TOKEN}", "--include-path-regex", STREAMS,
             "--phases", "coverage,fuzzing")
-    schemathesis(fuzzed, *args)
+    schemathesis(fuzzed, workdir, *args)
     jlog = JobLog(redis, uuid.uuid4().hex)
     jlog.create("sqrt", {"n": 3}, 3)
     jlog.started("fuzz", 1)
@@ -95,4 +102,4 @@ def test_schemathesis_finds_no_failure_in_the_streams_of_an_ended_job(fuzzed, re
     jlog.finished()
     config = tmp_path / "schemathesis.toml"
     config.write_text(f'[parameters]\n"path.job_id" = "{jlog.job_id}"\n')
-    schemathesis(fuzzed, *args, config=config)
+    schemathesis(fuzzed, workdir, *args, config=config)
