@@ -177,6 +177,15 @@ def test_jobcast_enqueue_prints_a_signed_page_url_in_private_mode(private, redis
     assert r.status_code == 200 and job_id[:8] in r.text
 
 
+def test_jobcast_enqueue_follow_reads_a_private_server_with_the_token(private, redis_server, workers):
+    env = service_env(redis_server.url, JOBCAST_TOKEN=TOKEN)
+    done = subprocess.run([*JOBCAST, "enqueue", "sqrt", "--n", "3", "--interval", "0", "--follow",
+                           "--url", private.url], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0.0", "1.0", "1.4142135623730951"]
+
+
 def test_private_mode_without_a_token_or_secret_refuses_to_start(redis_server):
     env = service_env(redis_server.url, JOBCAST_READ="private")
     env.pop("JOBCAST_TOKEN", None)
