@@ -99,8 +99,7 @@ def task_params_schema(name: str, schema: dict[str, Any], cfg: Config,
             prop["maximum"] = cap if high is None else min(high, cap)
             if prop["type"] == "integer":
                 prop["maximum"] = int(prop["maximum"])
-    text = _rewrite_refs(schema)
-    return text
+    return _rewrite_refs(schema)
 
 
 def _rewrite_refs(node: Any) -> Any:
