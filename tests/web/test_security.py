@@ -60,14 +60,24 @@ def test_private_mode_answers_401_without_the_token_on_the_list_tasks_metrics_an
         assert httpx.get(private.url + path).status_code == 200, path
 
 
+def refusals(server, reason: str) -> float:
+    """jobcast_stream_refusals_total{reason} on ``server``."""
+    for line in httpx.get(f"{server.url}/metrics", headers=AUTH).text.splitlines():
+        if line.startswith(f'jobcast_stream_refusals_total{{reason="{reason}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_a_job_without_a_link_or_token_is_refused_on_every_view(private, finished_job):
     job_id, _ = finished_job
+    before = refusals(private, "unauthorized")
     for path in (f"/jobs/{job_id}/stream", f"/jobs/{job_id}/events", f"/jobs/{job_id}/frame",
                  f"/api/jobs/{job_id}"):
         r = httpx.get(private.url + path)
         assert r.status_code == 401 and r.json()["error"] == "unauthorized", path
     for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/plain", f"/jobs/{job_id}/framed"):
         assert httpx.get(private.url + path).status_code == 401, path
+    assert refusals(private, "unauthorized") == before + 3, "each refused stream is counted"
 
 
 def test_creating_answers_signed_urls_that_read_exactly_that_job(private, finished_job):
@@ -108,6 +118,7 @@ def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, 
             r = httpx.get(f"{private.url}{path}", params={"sig": sig})
             assert r.status_code == 403, (path, reason)
             assert r.json()["error"] == "forbidden" and r.json()["reason"] == reason, (path, r.text)
+    assert refusals(private, "forbidden") >= 4 * 3
     # A link still within its time works.
     assert httpx.get(f"{private.url}/jobs/{job_id}/stream",
                      params={"sig": sign(cfg, job_id, ttl=60)}).status_code == 200
