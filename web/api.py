@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, jsonify, request, url_for
 
 from producer.enqueue import enqueue, job_urls
 from web import state
 from web.errors import BadParam
 from web.limits import require_token
+from web.links import MAX_TTL, sign
 from web.lookup import int_param, load_job
 from web.presence import total_viewers
+from web.security import urls_sig
 from worker.joblog import recent_jobs
 from worker.registry import ParamError, UnknownTask, all_tasks
 
@@ -41,7 +45,7 @@ def create_job():
     except ParamError as exc:
         first = exc.errors[0]
         raise BadParam(first["field"], str(exc), exc.errors) from None
-    urls = job_urls(job_id)
+    urls = job_urls(job_id, sig=urls_sig(job_id))
     response = jsonify(id=job_id, urls=urls)
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_job", job_id=job_id)
@@ -61,7 +65,7 @@ def list_jobs():
 def get_job(job_id: str):
     """One job's status, progress, worker and times."""
     info = load_job(job_id)
-    info["urls"] = job_urls(job_id)
+    info["urls"] = job_urls(job_id, sig=urls_sig(job_id))
     # This process's count is exact and current; the others' arrive every few seconds.
     info["viewers_here"] = state().hub.viewers(job_id)
     info["viewers"] = max(info["viewers_here"], total_viewers(state().redis, job_id))
@@ -75,3 +79,21 @@ def list_tasks():
         {"name": t.name, "description": t.description, "params": t.schema()}
         for t in all_tasks().values()
     ])
+
+
+@bp.get("/jobs/<job_id>/link")
+def job_link(job_id: str):
+    """A new signed view link for the job (token required): ``?ttl=`` seconds, or no expiry.
+
+    In public mode, where no link is needed, the URLs come back unsigned.
+    """
+    require_token(state().config)
+    ttl = int_param("ttl", request.args.get("ttl"))
+    if ttl > MAX_TTL:
+        raise BadParam("ttl", f"ttl must be at most {MAX_TTL} seconds (omit it for no expiry)")
+    load_job(job_id)
+    cfg = state().config
+    now = time.time()
+    sig = sign(cfg, job_id, ttl, now=now) if cfg.read_mode == "private" else None
+    return jsonify(id=job_id, urls=job_urls(job_id, sig=sig),
+                   expires=int(now + ttl) if sig and ttl else None)

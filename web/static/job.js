@@ -66,7 +66,9 @@
     if (state.ended) { return; }
     clearTimeout(retryTimer);
     if (source) { source.close(); }
-    var url = root.dataset.events + (state.lastSeq ? "?after=" + state.lastSeq : "");
+    // The URL may already carry a view link's ?sig=: add to its query, keep the signature.
+    var url = root.dataset.events;
+    if (state.lastSeq) { url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + state.lastSeq; }
     var es = new EventSource(url);
     source = es;
     es.addEventListener("open", function () {
