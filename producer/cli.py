@@ -50,7 +50,10 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     except RedisError as exc:
         print(f"jobcast: cannot reach Redis at {cfg.redis_url}: {exc}", file=sys.stderr)
         return 3
-    urls = job_urls(job_id, args.url or cfg.public_url)
+    from web.links import view_sig
+
+    # In private mode the printed URLs carry a view link's signature (JOBCAST_LINK_TTL).
+    urls = job_urls(job_id, args.url or cfg.public_url, sig=view_sig(cfg, job_id))
     if args.follow:
         # --follow: stdout carries the values (plain) or entries (json) that follow.
         if args.output == "json":

@@ -57,10 +57,12 @@ def check_caps(task: str, params: dict[str, Any], config: Config) -> None:
         raise ParamError(errors)
 
 
-def job_urls(job_id: str, base: str = "") -> dict[str, str]:
-    """The URLs at which a job can be watched, relative to ``base``."""
+def job_urls(job_id: str, base: str = "", *, sig: str | None = None) -> dict[str, str]:
+    """The URLs at which a job can be watched, relative to ``base`` (signed with ``sig``)."""
+    from web.links import with_sig
+
     base = base.rstrip("/")
-    return {
+    urls = {
         "page": f"{base}/jobs/{job_id}",
         "stream": f"{base}/jobs/{job_id}/stream",
         "events": f"{base}/jobs/{job_id}/events",
@@ -68,3 +70,4 @@ def job_urls(job_id: str, base: str = "") -> dict[str, str]:
         "framed": f"{base}/jobs/{job_id}/framed",
         "status": f"{base}/api/jobs/{job_id}",
     }
+    return {name: with_sig(url, sig) for name, url in urls.items()}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -221,9 +222,12 @@ class Follower:
         self.base_url = base_url.rstrip("/")
         self.display = display
         self.reconnect_for = reconnect_for
+        headers = {"User-Agent": "jobcast-follow"}
+        if os.environ.get("JOBCAST_TOKEN"):
+            # A private server (JOBCAST_READ) needs the token to read a job.
+            headers["Authorization"] = f"Bearer {os.environ['JOBCAST_TOKEN']}"
         self.client = client or httpx.Client(
-            timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True,
-            headers={"User-Agent": "jobcast-follow"})
+            timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True, headers=headers)
         self.last_seq = 0
         self.values = 0         # values seen (progress "i")
         self.terminal: dict | None = None

@@ -66,10 +66,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from web import api, errors, health, metrics, pages, stream
 
-    from web import shutdown
+    from web import openapi, security, shutdown
 
     shutdown.install(lambda: app.extensions["jobcast"].hub)
     errors.register(app)
+    # Read access, security headers and the login form (JOBCAST_READ; see web/security.py).
+    security.install(app)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)

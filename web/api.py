@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
 from producer.cancel import AlreadyEnded, cancel
 from producer.enqueue import enqueue, job_urls
-from web import state
+from web import metrics, state
 from web.errors import BadParam
 from web.limits import client_address, require_token
+from web.links import MAX_TTL, sign
 from web.lookup import int_param, load_job
 from web.position import may_be_trimmed
 from web.presence import total_viewers
+from web.security import urls_sig
 from worker.chart import chart_key
 from worker.joblog import UnknownJob, first_kept, log_key, recent_jobs
 from worker.registry import ParamError, UnknownTask, all_tasks
@@ -44,7 +48,7 @@ def create_job():
     except ParamError as exc:
         first = exc.errors[0]
         raise BadParam(first["field"], str(exc), exc.errors) from None
-    urls = job_urls(job_id)
+    urls = job_urls(job_id, sig=urls_sig(job_id))
     response = jsonify(id=job_id, urls=urls)
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_job", job_id=job_id)
@@ -64,7 +68,7 @@ def list_jobs():
 def get_job(job_id: str):
     """One job's status, progress, worker and times."""
     info = load_job(job_id)
-    info["urls"] = job_urls(job_id)
+    info["urls"] = job_urls(job_id, sig=urls_sig(job_id))
     # This process's count is exact and current; the others' arrive every few seconds.
     info["viewers_here"] = state().hub.viewers(job_id)
     info["viewers"] = max(info["viewers_here"], total_viewers(state().redis, job_id))
@@ -97,6 +101,7 @@ def cancel_job(job_id: str):
         response = jsonify(error="conflict", message=str(exc), status=exc.status)
         response.status_code = 409
         return response
+    metrics.job_cancelled()
     return jsonify(id=job_id, status="cancelled", seq=seq, by=by)
 
 
@@ -147,3 +152,21 @@ def list_tasks():
         {"name": t.name, "description": t.description, "params": t.schema()}
         for t in all_tasks().values()
     ])
+
+
+@bp.get("/jobs/<job_id>/link")
+def job_link(job_id: str):
+    """A new signed view link for the job (token required): ``?ttl=`` seconds, or no expiry.
+
+    In public mode, where no link is needed, the URLs come back unsigned.
+    """
+    require_token(state().config)
+    ttl = int_param("ttl", request.args.get("ttl"))
+    if ttl > MAX_TTL:
+        raise BadParam("ttl", f"ttl must be at most {MAX_TTL} seconds (omit it for no expiry)")
+    load_job(job_id)
+    cfg = state().config
+    now = time.time()
+    sig = sign(cfg, job_id, ttl, now=now) if cfg.read_mode == "private" else None
+    return jsonify(id=job_id, urls=job_urls(job_id, sig=sig),
+                   expires=int(now + ttl) if sig and ttl else None)

@@ -35,6 +35,8 @@ def register(app: Flask) -> None:
             body["field"] = exc.field
             if exc.details:
                 body["details"] = exc.details
+        if getattr(exc, "reason", None):
+            body["reason"] = exc.reason  # e.g. why a view link was refused (web.security)
         response = jsonify(body)
         response.status_code = exc.code or 500
         for name, value in (exc.get_headers() if exc.response is None else []):

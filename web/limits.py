@@ -8,6 +8,7 @@ from collections import Counter
 from flask import request
 from werkzeug.exceptions import HTTPException
 
+from web.metrics import stream_refused
 from worker.config import Config
 
 RETRY_AFTER = "5"
@@ -50,8 +51,10 @@ class StreamLimiter:
     def acquire(self, client: str) -> None:
         """Count a new stream, or raise 503 (process full) / 429 (client over its share)."""
         if self.total >= self.per_process:
+            stream_refused("per_process")
             raise TooManyStreams(503, f"this server holds its maximum of {self.per_process} streams")
         if self.per_client and self.by_client[client] >= self.per_client:
+            stream_refused("per_client")
             raise TooManyStreams(429, f"at most {self.per_client} concurrent streams per client")
         self.by_client[client] += 1
         self.total += 1

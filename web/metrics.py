@@ -11,7 +11,11 @@ What is counted where, so the hot path stays cheap:
   ``inc(n)`` per announcement, never one call per viewer;
 - :func:`web.follow.follow` counts viewers, catch-ups from the log, heartbeats and the reason
   each viewer stopped;
-- queue depth and busy workers are read from RQ at scrape time.
+- queue depth, busy workers and jobs by state are read from RQ at scrape time;
+- refused streams (by reason) and cancellations are counted where they happen.
+
+No label takes values that grow without bound (such as job ids): a job's own viewer count is
+in the API (``GET /api/jobs/<id>``, ``viewers``), not here.
 """
 
 from __future__ import annotations
@@ -40,8 +44,6 @@ def multiproc_dir() -> str | None:
 # Gauges of live viewers: "livesum" adds up the processes that are alive, so the files of a
 # worker that died stop counting once it is marked dead (see cleanup_dead_processes).
 VIEWERS = Gauge("jobcast_viewers", "Viewers connected, all jobs", multiprocess_mode="livesum")
-JOB_VIEWERS = Gauge("jobcast_job_viewers", "Viewers connected, per job", ["job"],
-                    multiprocess_mode="livesum")
 ANNOUNCEMENTS = Counter("jobcast_hub_announcements", "Announcements read from Redis pub/sub by the hubs")
 RELAYED = Counter("jobcast_entries_relayed",
                   "Live entries handed to viewers by the hubs (one per entry per viewer)")
@@ -60,18 +62,34 @@ HUB_LAG = Histogram("jobcast_hub_lag_seconds",
 HUB_LAST_LAG = Gauge("jobcast_hub_last_lag_seconds", "Lag of the latest entry a hub dispatched",
                      multiprocess_mode="livemax")
 HUB_RECONNECTS = Counter("jobcast_hub_reconnects", "Times a hub lost and re-made its subscription")
+# The reasons a stream can be refused: a fixed set, so the label stays bounded.
+REFUSAL_REASONS = ("per_client", "per_process", "unauthorized", "forbidden")
+STREAM_REFUSALS = Counter("jobcast_stream_refusals",
+                          "Streams refused, by reason (per_client: 429, per_process: 503, "
+                          "unauthorized: 401, forbidden: 403)", ["reason"])
+CANCELLATIONS = Counter("jobcast_cancellations", "Jobs cancelled through this web server")
+# RQ's registries, read at scrape time (see RQCollector).
+JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed", "canceled")
+
+
+def stream_refused(reason: str) -> None:
+    """A stream was refused for ``reason`` (one of REFUSAL_REASONS)."""
+    STREAM_REFUSALS.labels(reason if reason in REFUSAL_REASONS else "other").inc()
+
+
+def job_cancelled() -> None:
+    """A job was cancelled (called by the cancel endpoint)."""
+    CANCELLATIONS.inc()
 
 
 def viewer_added(job_id: str) -> None:
-    """A viewer of ``job_id`` attached to this process's hub."""
+    """A viewer of ``job_id`` attached to this process's hub (counted in total only)."""
     VIEWERS.inc()
-    JOB_VIEWERS.labels(job_id).inc()
 
 
 def viewer_removed(job_id: str) -> None:
     """A viewer of ``job_id`` detached."""
     VIEWERS.dec()
-    JOB_VIEWERS.labels(job_id).dec()
 
 
 def dispatched(entry, viewers: int) -> None:
@@ -96,13 +114,22 @@ class RQCollector:
         self.queue_name = queue_name
 
     def collect(self):
-        """Yield the two gauges; on a Redis error yield nothing rather than fail the scrape."""
+        """Yield the gauges; on a Redis error yield nothing rather than fail the scrape."""
         from rq import Queue, Worker
 
         try:
-            depth = Queue(self.queue_name, connection=self.redis).count
+            queue = Queue(self.queue_name, connection=self.redis)
+            depth = queue.count
             workers = Worker.all(connection=self.redis)
             busy = sum(1 for w in workers if w.get_state() == "busy")
+            registries = {
+                "started": queue.started_job_registry, "deferred": queue.deferred_job_registry,
+                "scheduled": queue.scheduled_job_registry, "finished": queue.finished_job_registry,
+                "failed": queue.failed_job_registry, "canceled": queue.canceled_job_registry,
+            }
+            # ZCARD only: a scrape must not run RQ's cleanup (the workers' maintenance does).
+            states = {"queued": depth, **{name: r.get_job_count(cleanup=False)
+                                          for name, r in registries.items()}}
         except Exception:  # a scrape must still answer with the process metrics
             log.warning("metrics: cannot read RQ state", exc_info=True)
             return
@@ -116,6 +143,11 @@ class RQCollector:
         b = GaugeMetricFamily("jobcast_workers_busy", "RQ workers running a job")
         b.add_metric([], busy)
         yield b
+        j = GaugeMetricFamily("jobcast_jobs", "Jobs by state, from RQ's registries (finished and "
+                              "failed ones count until their results expire)", labels=["state"])
+        for name in JOB_STATES:
+            j.add_metric([name], states[name])
+        yield j
 
 
 _PID_RE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
@@ -142,17 +174,16 @@ def cleanup_dead_processes(path: str) -> None:
             pass
 
 
-class _DropIdleJobs:
-    """Leaves out per-job viewer series at zero, so finished jobs do not pile up in output."""
+class _Forward:
+    """Collects another registry's metrics, so the RQ collector can be added per scrape."""
 
     def __init__(self, inner):
+        """Wrap ``inner``."""
         self.inner = inner
 
     def collect(self):
-        for metric in self.inner.collect():
-            if metric.name == "jobcast_job_viewers":
-                metric.samples = [s for s in metric.samples if s.value != 0]
-            yield metric
+        """Yield ``inner``'s metrics."""
+        yield from self.inner.collect()
 
 
 def render(redis=None, queue_name: str | None = None) -> bytes:
@@ -163,12 +194,10 @@ def render(redis=None, queue_name: str | None = None) -> bytes:
 
         cleanup_dead_processes(path)
         registry = CollectorRegistry()
-        inner = CollectorRegistry()
-        multiprocess.MultiProcessCollector(inner, path=path)
-        registry.register(_DropIdleJobs(inner))
+        multiprocess.MultiProcessCollector(registry, path=path)
     else:
         registry = CollectorRegistry()
-        registry.register(_DropIdleJobs(REGISTRY))
+        registry.register(_Forward(REGISTRY))
     if redis is not None and queue_name:
         registry.register(RQCollector(redis, queue_name))
     return generate_latest(registry)

@@ -41,6 +41,13 @@ class Config:
     job_retries: int = 2
     # Bearer token required to create jobs over HTTP; empty means no token is needed.
     token: str = ""
+    # Who may read jobs: "public" (anyone who can reach the server) or "private" (the token,
+    # or a signed view link for one job). Empty: private when a token is set, else public.
+    read: str = ""
+    # Key that signs view links and browser sessions; empty: derived from the token.
+    secret: str = ""
+    # Seconds a view link made for a new job stays valid (0: until the job's log expires).
+    link_ttl: int = 0
     # Caps on task parameters, e.g. "n=100000,rate=1000,sqrt.interval=10": "name" caps that
     # parameter of every task, "task.name" one task's. Over a cap the request gets a 400.
     param_caps: str = "n=100000,rate=1000,duration=3600,samples=100000000"
@@ -70,6 +77,9 @@ class Config:
         "job_timeout": "JOBCAST_JOB_TIMEOUT",
         "job_retries": "JOBCAST_JOB_RETRIES",
         "token": "JOBCAST_TOKEN",
+        "read": "JOBCAST_READ",
+        "secret": "JOBCAST_SECRET",
+        "link_ttl": "JOBCAST_LINK_TTL",
         "param_caps": "JOBCAST_PARAM_CAPS",
         "streams_per_client": "JOBCAST_STREAMS_PER_CLIENT",
         "streams_per_process": "JOBCAST_STREAMS_PER_PROCESS",
@@ -88,6 +98,19 @@ class Config:
                 raise ValueError(f"JOBCAST_PARAM_CAPS item {item!r} is not name=limit")
             caps[name.strip()] = float(limit)
         return caps
+
+    @property
+    def read_mode(self) -> str:
+        """"public" or "private" (JOBCAST_READ, defaulting on whether a token is set)."""
+        mode = (self.read or ("private" if self.token else "public")).strip().lower()
+        if mode not in ("public", "private"):
+            raise ValueError(f"JOBCAST_READ={self.read!r} is invalid: expected public or private")
+        return mode
+
+    @property
+    def signing_key(self) -> str:
+        """The key for view links and sessions: JOBCAST_SECRET, else the token, else none."""
+        return self.secret or self.token
 
     @classmethod
     def from_env(cls, **overrides) -> "Config":

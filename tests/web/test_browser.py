@@ -23,7 +23,7 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-DONE = "document.getElementById('end').textContent === 'Done'"
+DONE = "() => document.getElementById('end').textContent === 'Done'"
 
 
 def chromium_path() -> str:
@@ -42,12 +42,19 @@ def browser():
         b.close()
 
 
+def is_csp_violation(text: str) -> bool:
+    """Chromium's console message for anything the Content-Security-Policy blocked."""
+    return "Content Security Policy" in text
+
+
 def watch(pg):
-    """Record dialogs (dismissed) and uncaught page errors on ``pg``."""
+    """Record dialogs (dismissed), uncaught page errors and CSP violations (any frame) on ``pg``."""
     pg.dialogs = []
     pg.errors = []
+    pg.csp = []
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("console", lambda m: pg.csp.append(m.text) if is_csp_violation(m.text) else None)
     return pg
 
 
@@ -63,6 +70,7 @@ def page(context):
     pg = watch(context.new_page())
     yield pg
     assert pg.errors == [], f"uncaught errors in the page: {pg.errors}"
+    assert pg.csp == [], f"Content-Security-Policy violations: {pg.csp}"
 
 
 def sqrt_texts(n: int) -> list[str]:
@@ -75,7 +83,7 @@ def model(pg) -> dict:
 
 
 def wait_values(pg, count: int, timeout: float = 30000) -> None:
-    pg.wait_for_function(f"window.jobcastPage().values.length >= {count}", timeout=timeout)
+    pg.wait_for_function(f"() => window.jobcastPage().values.length >= {count}", timeout=timeout)
 
 
 def dom(pg) -> dict:
@@ -134,7 +142,7 @@ def test_job_page_updates_value_chart_progress_and_log_live_then_shows_done(page
     job_id = create_job(http, "sqrt", n=n, interval=0.1)
     page.goto(f"{web.url}/jobs/{job_id}")
     wait_values(page, 5)
-    page.wait_for_function("document.querySelectorAll('#log li').length >= 5")
+    page.wait_for_function("() => document.querySelectorAll('#log li').length >= 5")
     mid = dom(page)
     assert model(page)["ended"] is False and mid["end"] == ""
     assert mid["status"] == "running" and mid["worker"] != "—"
@@ -158,13 +166,13 @@ def test_job_page_updates_value_chart_progress_and_log_live_then_shows_done(page
     assert end["connection"] == "ended" and "Line chart of 30 values" in end["chartLabel"]
     assert page.locator("#end").get_attribute("role") == "status"
     # The status poll reports watchers (this tab, at least while it was watching).
-    page.wait_for_function("document.getElementById('viewers').textContent !== '—'")
+    page.wait_for_function("() => document.getElementById('viewers').textContent !== '—'")
 
 
 def test_job_page_shows_failed_with_its_reason(page, http, web, workers):
     job_id = create_job(http, "boom", after=3)
     page.goto(f"{web.url}/jobs/{job_id}")
-    page.wait_for_function("document.getElementById('end').textContent.startsWith('Failed: ')", timeout=30000)
+    page.wait_for_function("() => document.getElementById('end').textContent.startsWith('Failed: ')", timeout=30000)
     shown = dom(page)
     assert shown["end"] == "Failed: RuntimeError: boom after 3 values"
     assert shown["status"] == "failed" and shown["connection"] == "ended"
@@ -221,7 +229,7 @@ def test_job_page_reconnects_across_a_web_restart_and_shows_every_value_once(
         plain.goto(f"{server.url}/jobs/{job_id}/plain")
         wait_values(page, 10)
         server.stop(sig)
-        page.wait_for_function("document.getElementById('connection').dataset.state === 'reconnecting'",
+        page.wait_for_function("() => document.getElementById('connection').dataset.state === 'reconnecting'",
                                timeout=15000)
         assert page.locator("#connection").inner_text() == "reconnecting…"
         seen_while_down = len(model(page)["values"])
@@ -237,7 +245,7 @@ def test_job_page_reconnects_across_a_web_restart_and_shows_every_value_once(
         assert state["gaps"] == 0
         assert read_log_by_scrolling(page) == [[i, t] for i, t in enumerate(sqrt_texts(n))]
         assert dom(page)["connection"] == "ended"
-        plain.wait_for_function("document.getElementById('latest').textContent === 'Done'",
+        plain.wait_for_function("() => document.getElementById('latest').textContent === 'Done'",
                                 timeout=30000)
         assert plain.locator("#output li").all_text_contents() == sqrt_texts(n)
     finally:
@@ -250,8 +258,8 @@ def test_plain_page_shows_latest_value_all_values_and_done(page, http, web, work
     job_id = create_job(http, "sqrt", n=15, interval=0.1)
     page.goto(f"{web.url}/jobs/{job_id}/plain")
     # Mid-job the latest value is a number and the list is growing.
-    page.wait_for_function("document.querySelectorAll('#output li').length >= 3")
-    page.wait_for_function("document.getElementById('latest').textContent === 'Done'", timeout=30000)
+    page.wait_for_function("() => document.querySelectorAll('#output li').length >= 3")
+    page.wait_for_function("() => document.getElementById('latest').textContent === 'Done'", timeout=30000)
     items = page.locator("#output li").all_text_contents()
     assert items == ["{}".format(math.sqrt(i)) for i in range(15)]
 
@@ -279,7 +287,7 @@ def test_job_page_links_to_the_plain_and_iframe_views(page, http, web, workers):
     page.wait_for_function(DONE, timeout=30000)
     page.click("#link-plain")
     page.wait_for_url(f"{web.url}/jobs/{job_id}/plain")
-    page.wait_for_function("document.getElementById('latest').textContent === 'Done'", timeout=30000)
+    page.wait_for_function("() => document.getElementById('latest').textContent === 'Done'", timeout=30000)
     assert page.locator("#output li").all_text_contents() == sqrt_texts(5)
     page.go_back()
     page.click("#link-framed")
@@ -296,7 +304,7 @@ def test_home_lists_jobs_live_and_starts_a_job_from_the_task_form(page, http, we
     job_id = create_job(http, "sqrt", n=10, interval=0.1)
     row = page.locator(f"#jobs tr[data-id='{job_id}']")
     row.wait_for(timeout=10000)
-    page.wait_for_function(f"document.querySelector(\"#jobs tr[data-id='{job_id}']\").dataset.status === 'finished'",
+    page.wait_for_function(f"() => document.querySelector(\"#jobs tr[data-id='{job_id}']\").dataset.status === 'finished'",
                            timeout=30000)
     assert row.locator("td.progress").inner_text().strip() == "10 / 10"
     assert row.locator("td.age time").inner_text().endswith((" s", " min"))
@@ -306,7 +314,7 @@ def test_home_lists_jobs_live_and_starts_a_job_from_the_task_form(page, http, we
     assert (n_input.get_attribute("min"), n_input.get_attribute("max")) == ("0", "1000000")
     n_input.fill("-5")
     page.click("#start button[type=submit]")
-    page.wait_for_function("document.getElementById('form-error').textContent.includes('params.n')")
+    page.wait_for_function("() => document.getElementById('form-error').textContent.includes('params.n')")
     assert n_input.get_attribute("aria-invalid") == "true"
     n_input.fill("4")
     page.locator("fieldset[data-task='sqrt'] input[name='interval']").fill("0.01")
@@ -318,8 +326,9 @@ def test_home_lists_jobs_live_and_starts_a_job_from_the_task_form(page, http, we
 
 def test_start_form_asks_once_for_the_token_when_the_server_requires_one(context, redis_server, workers,
                                                                          logs_dir):
+    # Public reading with a token for creating (the private mode has its own test below).
     server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-token.log",
-                       JOBCAST_TOKEN="browser-secret").start()
+                       JOBCAST_TOKEN="browser-secret", JOBCAST_READ="public").start()
     try:
         pg = context.new_page()
         prompts = []
@@ -339,6 +348,80 @@ def test_start_form_asks_once_for_the_token_when_the_server_requires_one(context
             pg.wait_for_function(DONE, timeout=30000)
         assert prompts == ["prompt"], "the token is asked for once, then remembered"
     finally:
+        server.stop()
+
+
+# ---- security: the policy on every page, private mode ----------------------------------------
+
+def test_home_job_plain_and_framed_pages_run_under_the_csp_with_no_violation(page, http, web, workers):
+    job_id = create_job(http, "sqrt", n=3, interval=0.01)
+    page.goto(web.url)
+    page.locator(f"#jobs tr[data-id='{job_id}']").wait_for(timeout=10000)
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_function(DONE, timeout=30000)
+    page.goto(f"{web.url}/jobs/{job_id}/plain")
+    page.wait_for_function("() => document.getElementById('latest').textContent === 'Done'", timeout=30000)
+    page.goto(f"{web.url}/jobs/{job_id}/framed")
+    page.frame_locator("#frame").locator("p.end").wait_for(timeout=30000)
+    assert page.evaluate("document.styleSheets.length") == 1, "the stylesheet is allowed"
+    assert page.csp == []
+    # The check is live: an inline script is refused, and reported.
+    page.evaluate("""document.body.appendChild(Object.assign(document.createElement('script'),
+                         {textContent: 'window.inlineRan = true'}))""")
+    wait_for(lambda: page.csp, 5, what="the violation reported")
+    assert page.evaluate("window.inlineRan") is None
+    page.csp.clear()
+
+
+def test_private_mode_asks_for_the_token_once_and_signed_links_work_in_a_fresh_browser(
+        browser, redis_server, workers, logs_dir):
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-private-browser.log",
+                       JOBCAST_TOKEN="browser-private").start()
+    ctx = browser.new_context()
+    try:
+        pg = watch(ctx.new_page())
+        pg.goto(server.url)
+        # No jobs shown: the token form instead, and nothing else.
+        assert pg.locator("#jobs").count() == 0
+        pg.fill("#token", "wrong")
+        pg.click("#login button[type=submit]")
+        assert "not right" in pg.locator("#login-error").inner_text()
+        pg.fill("#token", "browser-private")
+        pg.click("#login button[type=submit]")
+        pg.locator("#jobs").wait_for(timeout=10000)
+        # Starting a job uses the same token: no second prompt.
+        pg.select_option("#task", "sqrt")
+        pg.locator("fieldset[data-task='sqrt'] input[name='n']").fill("3")
+        pg.locator("fieldset[data-task='sqrt'] input[name='interval']").fill("0.01")
+        pg.click("#start button[type=submit]")
+        pg.wait_for_url(lambda url: "/jobs/" in url and "sig=" in url, timeout=10000)
+        pg.wait_for_function(DONE, timeout=30000)
+        signed = pg.url
+        assert pg.dialogs == [] and pg.errors == [] and pg.csp == []
+
+        # Another browser, no token: the signed link alone opens the page, its live stream,
+        # and the other views it links to.
+        other = browser.new_context()
+        try:
+            guest = watch(other.new_page())
+            guest.goto(signed)
+            guest.wait_for_function(DONE, timeout=30000)
+            assert model(guest)["values"] == sqrt_texts(3)
+            guest.click("#link-plain")
+            guest.wait_for_function("() => document.getElementById('latest').textContent === 'Done'",
+                                    timeout=30000)
+            assert guest.locator("#output li").all_text_contents() == sqrt_texts(3)
+            guest.go_back()
+            guest.click("#link-framed")
+            guest.frame_locator("#frame").locator("p.end").wait_for(timeout=30000)
+            # Without the signature, the same browser sees nothing.
+            response = guest.goto(signed.split("?")[0])
+            assert response.status == 401 and guest.locator("#token").count() == 1
+            assert guest.errors == [] and guest.csp == []
+        finally:
+            other.close()
+    finally:
+        ctx.close()
         server.stop()
 
 
@@ -413,7 +496,7 @@ def test_screenshots_of_the_home_page_and_a_job_mid_run_are_saved_to_docs(browse
     try:
         home = watch(ctx.new_page())
         home.goto(web.url)
-        home.wait_for_function("document.querySelector('#jobs tr[data-status=\"running\"]') !== null")
+        home.wait_for_function("() => document.querySelector('#jobs tr[data-status=\"running\"]') !== null")
         home.screenshot(path=str(SCREENSHOTS / "home.png"))
 
         job = watch(ctx.new_page())

@@ -13,9 +13,13 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def guarded(redis_server, logs_dir):
-    """A gunicorn with a token and tight stream caps (no workers: jobs stay queued)."""
+    """A gunicorn with a token and tight stream caps (no workers: jobs stay queued).
+
+    Reading is public here (a token alone makes it private): these tests are about creating
+    and the stream caps; tests/web/test_security.py covers private reading.
+    """
     s = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-limits.log",
-                  JOBCAST_TOKEN=TOKEN, JOBCAST_STREAMS_PER_CLIENT="3", JOBCAST_HEARTBEAT="1",
+                  JOBCAST_TOKEN=TOKEN, JOBCAST_READ="public", JOBCAST_STREAMS_PER_CLIENT="3", JOBCAST_HEARTBEAT="1",
                   JOBCAST_STREAMS_PER_PROCESS="5", JOBCAST_TRUST_PROXY="1",
                   JOBCAST_QUEUE="limits", JOBCAST_PARAM_CAPS="n=1000,sqrt.interval=2").start()
     yield s
@@ -86,3 +90,7 @@ def test_stream_caps_answer_429_per_client_and_503_per_process_with_retry_after(
         assert [r.status_code for r in held] == [200, 200, 200]
     finally:
         close_c()
+    # Each refusal is counted by its reason.
+    metrics = httpx.get(f"{guarded.url}/metrics").text
+    assert 'jobcast_stream_refusals_total{reason="per_client"} 1.0' in metrics
+    assert 'jobcast_stream_refusals_total{reason="per_process"} 1.0' in metrics

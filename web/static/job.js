@@ -31,6 +31,8 @@
   var LOG_CAP = 200000;             // values kept for the log; older ones are dropped in blocks
   var numberFormat = new Intl.NumberFormat("en");
 
+  function withQuery(url, query) { return url + (url.indexOf("?") < 0 ? "?" : "&") + query; }
+
   function num(text) { return text === "" || text === undefined ? null : parseFloat(text); }
 
   var state = {
@@ -75,8 +77,11 @@
     if (state.ended) { return; }
     clearTimeout(retryTimer);
     if (source) { source.close(); }
-    var url = root.dataset.events + (state.lastSeq ? "?after=" + state.lastSeq
-      : (num(root.dataset.values) > FULL ? "?tail=" + WINDOW : ""));
+    // The URL may already carry a view link's ?sig=: add to its query, keep the signature.
+    var url = root.dataset.events;
+    var query = state.lastSeq ? "after=" + state.lastSeq
+      : (num(root.dataset.values) > FULL ? "tail=" + WINDOW : "");
+    if (query) { url = withQuery(url, query); }
     var es = new EventSource(url);
     source = es;
     es.addEventListener("open", function () {
@@ -476,7 +481,7 @@
   el.logEarlier.addEventListener("click", function () {
     if (state.oldestSeq === null) { return; }
     el.logEarlier.disabled = true;
-    fetch(root.dataset.valuesUrl + "?limit=" + EARLIER + "&before=" + state.oldestSeq, { cache: "no-store" })
+    fetch(withQuery(root.dataset.valuesUrl, "limit=" + EARLIER + "&before=" + state.oldestSeq), { cache: "no-store" })
       .then(function (r) {
         if (!r.ok) { throw new Error("HTTP " + r.status); }
         return r.json();

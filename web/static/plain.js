@@ -38,7 +38,8 @@
   function read() {
     var buffered = "";
     var decoder = new TextDecoder();
-    fetch(streamUrl + "?start=" + count).then(function (response) {
+    // streamUrl may carry a view link's ?sig=: add to its query.
+    fetch(streamUrl + (streamUrl.indexOf("?") < 0 ? "?" : "&") + "start=" + count).then(function (response) {
       if (!response.ok) { throw new Error("HTTP " + response.status); }
       var reader = response.body.getReader();
       function pump() {

@@ -1,0 +1,105 @@
+"""The API contract: /api/openapi.json is OpenAPI 3.1, and schemathesis finds the live server
+true to it (positive and negative data, stateful links, four checks, 0 failures).
+
+The server runs in private mode on a queue no worker reads, so the jobs schemathesis creates
+(with any parameters the contract allows) stay queued. Streams are fuzzed in a run of their
+own, pointed at a job that has already ended so every stream answers at once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import WebServer
+from worker.joblog import JobLog
+
+TOKEN = "fuzz-token"
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+STREAMS = r"^/jobs/\{job_id\}/(stream|events|frame)$"
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """Where schemathesis runs (it keeps a cache in .schemathesis/ under its working directory)."""
+    return tmp_path_factory.mktemp("schemathesis")
+
+
+@pytest.fixture(scope="module")
+def fuzzed(redis_server, logs_dir):
+    """A private-mode gunicorn on a queue of its own."""
+    s = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-openapi.log",
+                  JOBCAST_TOKEN=TOKEN, JOBCAST_QUEUE=f"fuzz-{uuid.uuid4().hex[:8]}").start()
+    yield s
+    s.stop()
+
+
+def schemathesis(server, workdir: Path, *args: str, config: Path | None = None,
+                 timeout: float = 240) -> str:
+    """Run schemathesis against ``server``'s own document; fail with its report unless clean."""
+    if not SCHEMATHESIS.exists():
+        pytest.fail("schemathesis is not installed: pip install -e '.[test]'")
+    cmd = [str(SCHEMATHESIS), *(["--config-file", str(config)] if config else []), "run",
+           f"{server.url}/api/openapi.json", "--checks", CHECKS, "--max-examples", "40",
+           "--request-timeout", "10", "--max-redirects", "0", "--workers", "1",
+           "--no-color", *args]
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-6000:]
+    assert " passed" in out and "failure" not in out.split("SUMMARY")[-1], out[-3000:]
+    return out
+
+
+def test_the_document_is_openapi_3_1_with_every_endpoint_auth_scheme_and_task_schema(fuzzed):
+    doc = httpx.get(f"{fuzzed.url}/api/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+    paths = doc["paths"]
+    for path in ("/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/link", "/api/tasks",
+                 "/jobs/{job_id}/stream", "/jobs/{job_id}/events", "/jobs/{job_id}/frame", "/",
+                 "/jobs/{job_id}", "/jobs/{job_id}/plain", "/jobs/{job_id}/framed", "/metrics",
+                 "/healthz", "/readyz", "/login"):
+        assert path in paths, path
+    assert set(doc["components"]["securitySchemes"]) == {"bearerAuth", "viewLink", "session"}
+    media = {name: list(paths[f"/jobs/{{job_id}}/{name}"]["get"]["responses"]["200"]["content"])
+             for name in ("stream", "events", "frame")}
+    assert media == {"stream": ["text/plain"], "events": ["text/event-stream"], "frame": ["text/html"]}
+    # Every error answer has the JSON error shape.
+    create = paths["/api/jobs"]["post"]["responses"]
+    for code in ("400", "401", "413"):
+        assert create[code]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    # The tasks' parameter schemas come from pydantic, with this server's caps as maxima.
+    sqrt = doc["components"]["schemas"]["sqrt_params"]
+    assert sqrt["properties"]["n"]["maximum"] == 100000 and sqrt["additionalProperties"] is False
+
+
+def test_schemathesis_finds_no_failure_in_any_operation_but_the_streams(fuzzed, workdir):
+    out = schemathesis(fuzzed, workdir, "--header", f"Authorization: Bearer {TOKEN}",
+                       "--exclude-path-regex", STREAMS)
+    assert "Stateful" in out
+
+
+def test_schemathesis_finds_no_failure_without_credentials(fuzzed, workdir):
+    # Private mode with no token: every guarded operation must answer its documented 401/403.
+    schemathesis(fuzzed, workdir, "--phases", "coverage,fuzzing", "--max-examples", "10")
+
+
+def test_schemathesis_finds_no_failure_in_the_streams_of_an_ended_job(fuzzed, workdir, redis, tmp_path):
+    # Unknown and malformed ids first, then a job that has ended, so every stream ends at once.
+    args = ("--header", f"Authorization: Bearer {TOKEN}", "--include-path-regex", STREAMS,
+            "--phases", "coverage,fuzzing")
+    schemathesis(fuzzed, workdir, *args)
+    jlog = JobLog(redis, uuid.uuid4().hex)
+    jlog.create("sqrt", {"n": 3}, 3)
+    jlog.started("fuzz", 1)
+    for i in range(3):
+        jlog.value(i, i ** 0.5)
+    jlog.finished()
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(f'[parameters]\n"path.job_id" = "{jlog.job_id}"\n')
+    schemathesis(fuzzed, workdir, *args, config=config)

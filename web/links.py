@@ -1,0 +1,80 @@
+"""Signed view links: a URL that lets its holder read one job, optionally until a time.
+
+A link carries ``?sig=<token>``, where the token is an itsdangerous signature (keyed by
+``JOBCAST_SECRET``, or the API token when no secret is set) over the job id and the expiry.
+EventSource cannot send headers, so the signature has to travel in the URL; the pages send
+``Referrer-Policy: no-referrer`` so it does not leak to other sites.
+
+This module needs no Flask request: the CLI signs the page URL it prints with it.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from worker.config import Config
+
+SALT = "jobcast.view-link"
+PARAM = "sig"
+# Longest accepted ?ttl=: ten years; links meant to outlive that can omit the expiry.
+MAX_TTL = 10 * 365 * 24 * 3600
+
+
+class LinkError(Exception):
+    """A view link that does not grant access; ``reason`` is one of the REASONS."""
+
+    REASONS = ("invalid", "other_job", "expired")
+
+    def __init__(self, reason: str, message: str):
+        """Keep the machine-readable reason next to the message."""
+        super().__init__(message)
+        self.reason = reason
+
+
+def _serializer(config: Config) -> URLSafeSerializer:
+    """The serializer for view links; a ValueError if no key is configured."""
+    if not config.signing_key:
+        raise ValueError("view links need JOBCAST_SECRET or JOBCAST_TOKEN")
+    return URLSafeSerializer(config.signing_key, salt=SALT)
+
+
+def sign(config: Config, job_id: str, ttl: int | None = None, *, now: float | None = None) -> str:
+    """A signature that lets its holder read ``job_id`` (for ``ttl`` seconds, if given)."""
+    payload: dict[str, object] = {"j": job_id}
+    if ttl:
+        payload["e"] = int((time.time() if now is None else now) + ttl)
+    return _serializer(config).dumps(payload)
+
+
+def verify(config: Config, job_id: str, token: str, *, now: float | None = None) -> dict:
+    """The link's payload if it grants ``job_id`` now; else LinkError with the reason."""
+    try:
+        payload = _serializer(config).loads(token)
+    except (BadSignature, ValueError):
+        raise LinkError("invalid", "the view link's signature is not valid") from None
+    if not isinstance(payload, dict) or payload.get("j") != job_id:
+        raise LinkError("other_job", "the view link is for another job")
+    expires = payload.get("e")
+    if expires is not None and (time.time() if now is None else now) >= expires:
+        raise LinkError("expired", "the view link has expired")
+    return payload
+
+
+def with_sig(url: str, token: str | None) -> str:
+    """``url`` with ``?sig=token`` appended (unchanged when there is no token)."""
+    if not token:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{PARAM}={quote(token, safe='')}"
+
+
+def view_sig(config: Config, job_id: str, ttl: int | None = None) -> str | None:
+    """The signature new URLs of ``job_id`` carry: one in private mode, none in public mode.
+
+    ``ttl`` defaults to JOBCAST_LINK_TTL (0: no expiry of its own; the job's log expires).
+    """
+    if config.read_mode != "private":
+        return None
+    return sign(config, job_id, config.link_ttl if ttl is None else ttl)
