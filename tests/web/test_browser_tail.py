@@ -15,7 +15,8 @@ from producer.enqueue import enqueue
 from tests.conftest import WebServer, Workers
 from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                horse_of, stop_delay, wait_started)
-from tests.web.test_browser import CHROMIUM_FLAGS, chromium_path, dom, model, playwright_api
+from tests.web.test_browser import (CHROMIUM_FLAGS, chromium_path, dom, is_csp_violation, model,
+                                    playwright_api)
 from worker.chart import Downsample, chart_key
 from worker.config import Config
 from worker.joblog import JobLog, encode_value, meta_key
@@ -35,12 +36,15 @@ def page(browser):
     pg = ctx.new_page()
     pg.errors = []
     pg.dialogs = []
+    pg.csp = []
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("console", lambda m: pg.csp.append(m.text) if is_csp_violation(m.text) else None)
     # The Stop button asks for confirmation: say yes, and remember what was asked.
     pg.on("dialog", lambda d: (pg.dialogs.append((d.type, d.message)), d.accept()))
     yield pg
     ctx.close()
     assert pg.errors == [], f"uncaught errors in the page: {pg.errors}"
+    assert pg.csp == [], f"Content-Security-Policy violations: {pg.csp}"
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +60,11 @@ def lane(redis_server, logs_dir):
 def stop_from_the_page(page, web, job_id: str) -> None:
     """Open the job's page, press Stop, say yes, and wait for "Cancelled"."""
     page.goto(f"{web.url}/jobs/{job_id}")
-    page.wait_for_function("window.jobcastPage().connection === 'live'")
+    page.wait_for_function("() => window.jobcastPage().connection === 'live'")
     assert page.is_visible("#stop")
     page.dialogs.clear()
     page.click("#stop")
-    page.wait_for_function("document.getElementById('end').textContent === 'Cancelled'", timeout=5000)
+    page.wait_for_function("() => document.getElementById('end').textContent === 'Cancelled'", timeout=5000)
     assert page.dialogs and page.dialogs[0][0] == "confirm"
     assert not page.is_visible("#stop")
 
@@ -88,7 +92,7 @@ def test_stop_button_cancels_a_queued_and_a_running_job_and_hides_itself(page, h
     assert [e.kind for e in JobLog(redis, queued).entries()] == ["queued", "cancelled"]
     # A page opened on an ended job has no Stop button at all.
     page.goto(f"{web.url}/jobs/{job_id}")
-    page.wait_for_function("window.jobcastPage().ended")
+    page.wait_for_function("() => window.jobcastPage().ended")
     assert not page.is_visible("#stop") and page.text_content("#end") == "Cancelled"
 
 
@@ -151,12 +155,12 @@ def test_a_million_value_job_opens_at_its_tail_in_under_2s(page, web, redis, wor
     assert shown["chartPoints"] == 1_000_000 and shown["chartBuckets"] <= 2048
     assert shown["progressText"].startswith("1,000,000 of 1,000,000")
     # Live entries still arrive after the tailed start.
-    page.wait_for_function("window.jobcastPage().connection === 'live'")
+    page.wait_for_function("() => window.jobcastPage().connection === 'live'")
     log.finished()
-    page.wait_for_function("document.getElementById('end').textContent === 'Done'", timeout=5000)
+    page.wait_for_function("() => document.getElementById('end').textContent === 'Done'", timeout=5000)
     # "Load earlier values" prepends the values before the window, in order.
     page.click("#log-earlier")
-    page.wait_for_function("window.jobcastPage().values.length === 4000")
+    page.wait_for_function("() => window.jobcastPage().values.length === 4000")
     assert model(page)["indices"][:3] == [996_000, 996_001, 996_002]
     print(f"1,000,000-value job page: latest value, chart and log tail in {elapsed:.2f} s")
 
@@ -176,7 +180,7 @@ def test_page_of_a_trimmed_log_says_how_many_values_are_no_longer_kept(page, red
         first = next(e.i for e in log.entries() if e.kind == "value")
         assert first > 0
         page.goto(f"{web.url}/jobs/{log.job_id}")
-        page.wait_for_function("document.getElementById('end').textContent === 'Done'")
+        page.wait_for_function("() => document.getElementById('end').textContent === 'Done'")
         assert page.text_content("#notice") == f"{first:,} earlier values are no longer kept"
         assert model(page)["indices"] == list(range(first, 300))
     finally:
