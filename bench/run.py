@@ -191,6 +191,14 @@ class Server:
         """Every server-side process: gunicorn master and workers, and redis-server."""
         return [self.proc.pid, *self.workers(), self.redis.proc.pid]
 
+    def pin(self, cpus: set[int]) -> None:
+        """Keep the server's processes on ``cpus``, away from the load generators'."""
+        for pid in self.pids():
+            try:
+                os.sched_setaffinity(pid, cpus)
+            except OSError:
+                pass
+
     def viewers(self, channels: list[str]) -> int:
         """Viewers the server holds: Jobcast's own metric, or flask-sse's Redis subscribers."""
         if self.target == "jobcast":
@@ -390,6 +398,10 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         result["rss_per_viewer_kib"] = (rss_held - rss_before) / max(1, held)
         result["server_rss_mib"] = rss_held / 1024
         result["redis_clients"] = redis.clients()
+        if sc.storm:
+            # From here on every viewer is in: the steady state's own CPU per delivery.
+            steady_cpu0 = usage(pids)[0]
+            steady_received0 = sum(s["received"] for s in gens.ask("stats"))
 
         if prod is None:
             cpu0, _ = usage(pids)
@@ -418,6 +430,10 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
             time.sleep(1.0)
         w1 = time.monotonic()
         cpu1, _ = usage(pids)
+        if sc.storm:
+            steady_delivered = sum(s["received"] for s in gens.ask("stats")) - steady_received0
+            result["steady_cpu_us_per_delivery"] = (
+                1e6 * (cpu1 - steady_cpu0) / steady_delivered if steady_delivered else None)
         split1 = cpu_split(pids[:-1])
         redis1 = usage(pids[-1:])[0]
         reports = gens.ask("report")
@@ -491,6 +507,7 @@ COLUMNS = [
     ("max ms", "lat_max_ms", "{:.0f}"),
     ("first byte p99 ms", "ttfb_p99_ms", "{:.1f}"),
     ("server CPU µs / delivery", "server_cpu_us_per_delivery", "{:.1f}"),
+    ("of which steady state", "steady_cpu_us_per_delivery", "{:.1f}"),
     ("deliveries / server CPU-s", "deliveries_per_cpu_s", "{:,.0f}"),
     ("idle RSS KiB / viewer", "rss_per_viewer_kib", "{:.1f}"),
     ("Redis clients", "redis_clients", "{:,.0f}"),
@@ -574,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", type=int, default=50,
                     help="viewers that time values (kernel receive timestamps), spread evenly")
     ap.add_argument("--loadgens", type=int, default=2, help="load-generator processes")
+    ap.add_argument("--no-pin-server", dest="pin_server", action="store_false",
+                    help="let the servers' processes run on the load generators' CPU too")
     ap.add_argument("--loadgen-cpus", default=str(max(0, (os.cpu_count() or 1) - 1)),
                     help="CPU(s) the load generators are pinned to, e.g. 1 or 0,1")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -604,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: RLIMIT_NOFILE hard limit {hard} is low for {need} viewers", file=sys.stderr)
 
     targets = [t for t in args.targets.split(",") if t]
+    loadgen_cpus = {int(c) for c in args.loadgen_cpus.split(",")}
+    server_cpus = set(os.sched_getaffinity(0)) - loadgen_cpus if args.pin_server else set()
     scs = scenarios(args)
     env = dict(e.split("=", 1) for e in args.env)
     out = Path(args.out)
@@ -619,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
             server = None
             try:
                 server = Server(target, redis, args.web_workers, env, log_dir / f"{target}.log")
+                if server_cpus:
+                    server.pin(server_cpus)
                 for sc in scs:
                     if target not in sc.targets:
                         continue
@@ -632,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"(storm {fmt('{:.1f}', r['lat_storm_p99_ms'])}, steady "
                           f"{fmt('{:.1f}', r['lat_steady_p99_ms'])}; first byte p50/p99 "
                           f"{fmt('{:.1f}', r['ttfb_p50_ms'])}/{fmt('{:.1f}', r['ttfb_p99_ms'])})  "
-                          f"{fmt('{:.1f}', r['server_cpu_us_per_delivery'])} µs/delivery  "
+                          f"{fmt('{:.1f}', r['server_cpu_us_per_delivery'])} µs/delivery "
+                          f"(steady {fmt('{:.1f}', r.get('steady_cpu_us_per_delivery'))})  "
                           f"rss/viewer {r['rss_per_viewer_kib']:.1f} KiB  redis clients {r['redis_clients']}  "
                           f"cpu web usr/sys {r['web_user_s']:.2f}/{r['web_sys_s']:.2f} redis {r['redis_cpu_s']:.2f} "
                           f"loadgen {r['loadgen_cpu_s']:.2f} s",
@@ -646,7 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"Machine: {machine()}.  \nCommand: `{command.strip()}`; "
               f"{args.repeats} repeat(s), medians (lost: worst repeat); "
               f"{args.web_workers} gunicorn worker process(es); "
-              f"{args.loadgens} load generators pinned to CPU {args.loadgen_cpus}; "
+              f"{args.loadgens} load generators pinned to CPU {args.loadgen_cpus}"
+              f"{', servers to CPU ' + ','.join(map(str, sorted(server_cpus))) if server_cpus else ''}; "
               f"run took {time.time() - started:.0f} s.\n\n")
     print()
     print(header + md)
