@@ -9,7 +9,7 @@
   function isCreate(input, init) {
     var url = typeof input === "string" ? input : input.url;
     var method = (init && init.method) || (typeof input !== "string" && input.method) || "GET";
-    return method.toUpperCase() === "POST" && new URL(url, location.href).pathname === "/api/jobs";
+    return method.toUpperCase() === "POST" && /\/api\/jobs$/.test(new URL(url, location.href).pathname);  // under any prefix
   }
 
   function withToken(init, token) {
