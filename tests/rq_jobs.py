@@ -27,3 +27,14 @@ def crash_once(n: int = 6, crash_at: int = 3, resumable: bool = False) -> int:
             raise ConnectionError(f"simulated crash at value {i}")
         emit(i)
     return n
+
+
+def ask_retry_once(n: int = 4):
+    """Emit 0..n-1; the first run then returns rq.Retry (RQ's way for a job to ask for one)."""
+    from rq import Retry
+
+    job = get_current_job()
+    first = int(job.connection.hget(f"jobcast:job:{job.id}", "attempt") or 1) == 1
+    for i in range(n):
+        emit(i)
+    return Retry(max=1) if first else n

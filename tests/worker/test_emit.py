@@ -11,7 +11,7 @@ import pytest
 from rq import Queue, Retry
 
 from tests.conftest import parse_sse, start_rq_worker, stop_process, wait_for
-from tests.rq_jobs import crash_once, emit_lines
+from tests.rq_jobs import ask_retry_once, crash_once, emit_lines
 from worker.emit import NotInJob, emit
 
 QUEUE = "plain-rq"
@@ -75,6 +75,14 @@ def test_retried_job_logs_each_emitted_value_once(http, queue, rq_worker, resuma
     assert retrying["data"]["reason"] == "ConnectionError: simulated crash at value 3"
 
 
+def test_job_that_returns_rq_retry_is_logged_as_retrying_and_its_values_once(http, queue, rq_worker):
+    job = queue.enqueue(ask_retry_once, 4)
+    events = sse_events(http, job.id)
+    assert [e["event"] for e in events] == (["queued", "started"] + ["value"] * 4
+                                            + ["retrying", "started", "finished"])
+    assert [e["data"]["i"] for e in events if e["event"] == "value"] == [0, 1, 2, 3]
+
+
 def test_failing_plain_job_ends_its_stream_with_the_reason(http, queue, rq_worker):
     job = queue.enqueue(crash_once, 6, 0)  # no retry: fails at once
     events = sse_events(http, job.id)
@@ -102,3 +110,19 @@ def test_job_urls_refuse_malformed_ids(http, bad):
 
 def test_unknown_rq_style_id_is_404(http):
     assert http.get(f"/jobs/{uuid.uuid4()}/stream").status_code == 404
+
+
+def test_without_the_hook_emit_still_logs_and_the_web_ends_the_stream_from_rqs_status(
+        http, redis, redis_server, logs_dir):
+    name = f"nohook-{uuid.uuid4().hex[:8]}"
+    proc = start_rq_worker(redis_server.url, name, worker_class="rq.Worker",
+                           log_path=logs_dir / "rq-worker-nohook.log")
+    try:
+        job = Queue(name, connection=redis).enqueue(emit_lines, 5)
+        with http.stream("GET", f"/jobs/{job.id}/stream") as r:
+            assert list(r.iter_lines()) == [f"line {i}" for i in range(5)]
+        kinds = [e["event"] for e in sse_events(http, job.id)]
+        assert kinds == ["queued", "started"] + ["value"] * 5 + ["finished"]
+    finally:
+        stop_process(proc)
+    assert "rq worker -w jobcast.Worker" in (logs_dir / "rq-worker-nohook.log").read_text()
