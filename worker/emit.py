@@ -25,7 +25,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from worker.config import Config
-from worker.joblog import JobExists, JobLog
+from worker.joblog import JobExists, JobLog, meta_key
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,11 @@ def is_runner(job: Job) -> bool:
         return False
 
 
+def next_attempt(jlog: JobLog) -> int:
+    """The number of the attempt that is starting: one more than the log has seen."""
+    return int(jlog.redis.hget(meta_key(jlog.job_id), "attempt") or 0) + 1
+
+
 @dataclass
 class EmitState:
     """One run's writer: the job's log and the index of the next value."""
@@ -97,7 +102,7 @@ def _state(job: Job) -> EmitState:
             # No worker hook: create the log and say the job started, or values would land
             # in a log that viewers cannot find; its end goes unrecorded, hence the warning.
             ensure_log(jlog, job.description, job.origin)
-            jlog.started(job.worker_name or "unknown", 1)
+            jlog.started(job.worker_name or "unknown", next_attempt(jlog))
             log.warning("job %s calls emit() on a worker without Jobcast's hook: its end will "
                         "not be logged until the web's watchdog sees RQ's status; run the "
                         "worker as `rq worker -w jobcast.Worker`", job.id)

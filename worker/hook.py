@@ -19,8 +19,7 @@ from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.job import Job
 
-from worker.emit import HOOKED_ATTR, ensure_log, is_runner, rq_log
-from worker.joblog import meta_key
+from worker.emit import HOOKED_ATTR, ensure_log, is_runner, next_attempt, rq_log
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +46,7 @@ class LifecycleMixin:
         try:
             jlog = rq_log(job)
             ensure_log(jlog, job.description, job.origin)
-            attempt = int(job.connection.hget(meta_key(job.id), "attempt") or 0) + 1
-            jlog.started(self.name, attempt)
+            jlog.started(self.name, next_attempt(jlog))
         except RedisError as exc:
             log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
 

@@ -68,10 +68,12 @@ def test_retried_job_logs_each_emitted_value_once(http, queue, rq_worker, resuma
     with http.stream("GET", f"/jobs/{job.id}/stream") as r:
         lines = list(r.iter_lines())
     assert lines == [str(i) for i in range(6)]
-    kinds = [e["event"] for e in sse_events(http, job.id)]
-    assert kinds == (["queued", "started"] + ["value"] * 3 + ["retrying", "started"]
-                     + ["value"] * 3 + ["finished"])
-    retrying = next(e for e in sse_events(http, job.id) if e["event"] == "retrying")
+    events = sse_events(http, job.id)
+    assert [e["event"] for e in events] == (["queued", "started"] + ["value"] * 3 + ["retrying", "started"]
+                                            + ["value"] * 3 + ["finished"])
+    assert [e["data"]["attempt"] for e in events if e["event"] == "started"] == [1, 2]
+    assert [e["data"]["i"] for e in events if e["event"] == "value"] == list(range(6))
+    retrying = next(e for e in events if e["event"] == "retrying")
     assert retrying["data"]["reason"] == "ConnectionError: simulated crash at value 3"
 
 
