@@ -30,9 +30,19 @@ def queue(redis):
     return Queue(QUEUE, connection=redis)
 
 
+# Each stream is read on a connection of its own, as curl or a browser tab would: a stream
+# that the relay held ends by closing its connection, which a pooled client may reuse.
+
+def stream_lines(http: httpx.Client, job_id: str) -> list[str]:
+    """The text stream of a job, read until it ends."""
+    with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/stream"), timeout=30) as r:
+        assert r.status_code == 200
+        return list(r.iter_lines())  # returns only when the stream ends, with the job
+
+
 def sse_events(http: httpx.Client, job_id: str) -> list[dict]:
     """Every SSE event of a job, read until the stream ends."""
-    with http.stream("GET", f"/jobs/{job_id}/events") as r:
+    with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/events"), timeout=30) as r:
         assert r.status_code == 200
         return [dict(e, data=json.loads(e["data"])) for e in parse_sse(r.iter_lines())]
 
@@ -47,10 +57,7 @@ def test_plain_rq_job_that_emits_20_times_streams_exactly_those_lines_and_its_li
     job = queue.enqueue(emit_lines, 20, 0.02)
     assert "-" in job.id  # RQ's own id: a UUID with dashes
     # Opened at once, maybe before a worker took the job: the web opens its log from RQ.
-    with http.stream("GET", f"/jobs/{job.id}/stream") as r:
-        assert r.status_code == 200
-        lines = list(r.iter_lines())  # returns only when the stream ends, with the job
-    assert lines == [f"line {i}" for i in range(20)]
+    assert stream_lines(http, job.id) == [f"line {i}" for i in range(20)]
     events = sse_events(http, job.id)
     assert [e["event"] for e in events] == ["queued", "started"] + ["value"] * 20 + ["finished"]
     assert [int(e["id"]) for e in events] == list(range(1, 24))
@@ -65,9 +72,7 @@ def test_plain_rq_job_that_emits_20_times_streams_exactly_those_lines_and_its_li
 @pytest.mark.parametrize("resumable", [False, True], ids=["replayed", "resumed"])
 def test_retried_job_logs_each_emitted_value_once(http, queue, rq_worker, resumable):
     job = queue.enqueue(crash_once, 6, 3, resumable, retry=Retry(max=1))
-    with http.stream("GET", f"/jobs/{job.id}/stream") as r:
-        lines = list(r.iter_lines())
-    assert lines == [str(i) for i in range(6)]
+    assert stream_lines(http, job.id) == [str(i) for i in range(6)]
     events = sse_events(http, job.id)
     assert [e["event"] for e in events] == (["queued", "started"] + ["value"] * 3 + ["retrying", "started"]
                                             + ["value"] * 3 + ["finished"])
@@ -121,8 +126,7 @@ def test_without_the_hook_emit_still_logs_and_the_web_ends_the_stream_from_rqs_s
                            log_path=logs_dir / "rq-worker-nohook.log")
     try:
         job = Queue(name, connection=redis).enqueue(emit_lines, 5)
-        with http.stream("GET", f"/jobs/{job.id}/stream") as r:
-            assert list(r.iter_lines()) == [f"line {i}" for i in range(5)]
+        assert stream_lines(http, job.id) == [f"line {i}" for i in range(5)]
         kinds = [e["event"] for e in sse_events(http, job.id)]
         assert kinds == ["queued", "started"] + ["value"] * 5 + ["finished"]
     finally:
