@@ -27,15 +27,18 @@ from worker.hook import LifecycleMixin, SimpleWorker, Worker
 
 if TYPE_CHECKING:
     from producer.enqueue import enqueue
+    from web.handover import StreamWorker
     from web.mount import UnsuitableWorker, init_app
 
 __all__ = ["emit", "resume", "NotInJob", "Worker", "SimpleWorker", "LifecycleMixin",
-           "init_app", "UnsuitableWorker", "enqueue"]
+           "init_app", "UnsuitableWorker", "StreamWorker", "enqueue"]
 
 _LAZY = {
     "init_app": ("web.mount", "init_app"),
     "UnsuitableWorker": ("web.mount", "UnsuitableWorker"),
     "enqueue": ("producer.enqueue", "enqueue"),
+    # gunicorn's gevent worker whose streams hand their socket to the relay: `-k jobcast.StreamWorker`
+    "StreamWorker": ("web.handover", "StreamWorker"),
 }
 
 

@@ -51,26 +51,41 @@ class ExampleApp:
 
 
 @pytest.fixture(scope="module")
-def example(redis_server, logs_dir) -> Iterator[ExampleApp]:
-    """The example app under gunicorn's gevent worker, and an rq worker for its queue."""
+def rq_worker(redis_server, logs_dir):
+    """`rq worker -w jobcast.Worker` in examples/, on RQ's default queue."""
     worker = start_rq_worker(redis_server.url, "default", cwd=EXAMPLES,
                              log_path=logs_dir / "example-worker.log")
-    app = ExampleApp(redis_server.url, "gevent", logs_dir / "example-gevent.log").wait_ready()
-    yield app
-    stop_process(app.proc)
+    yield worker
     stop_process(worker)
 
 
+# gunicorn's own gevent worker (streams follow in their request's greenlet), and Jobcast's
+# gevent worker whose streams hand their connection to the relay.
+@pytest.fixture(scope="module", params=["gevent", "jobcast.StreamWorker"])
+def example(request, redis_server, logs_dir, rq_worker) -> Iterator[ExampleApp]:
+    """The example app under a gevent worker class."""
+    app = ExampleApp(redis_server.url, request.param,
+                     logs_dir / f"example-{request.param}.log").wait_ready()
+    yield app
+    stop_process(app.proc)
+
+
 @pytest.fixture(scope="module")
-def page(example):
+def browser():
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
-        pg = browser.new_page()
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        yield pg
-        browser.close()
-        assert errors == [], f"uncaught errors in the page: {errors}"
+        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    pg.close()
+    assert errors == [], f"uncaught errors in the page: {errors}"
 
 
 def test_example_app_under_gevent_serves_a_live_page_for_a_plain_rq_job(example, page):
