@@ -64,6 +64,8 @@ def stream_position(job_id: str) -> tuple[bool, int]:
     except InvalidJobId as exc:
         raise BadParam("id", str(exc)) from None
     position = state().hub.relay.position(job_id)
+    if position is None and adopt_rq_job(state().redis, job_id, state().config):
+        position = state().hub.relay.position(job_id)  # a plain RQ job, its log just opened
     if position is None:
         abort(404, description=f"no job with id {job_id}")
     return position

@@ -97,9 +97,14 @@ def test_failing_plain_job_ends_its_stream_with_the_reason(http, queue, rq_worke
     assert events[-1]["data"]["reason"] == "ConnectionError: simulated crash at value 0"
 
 
-def test_page_of_a_queued_rq_job_works_before_any_worker_and_ends_when_rq_cancels_it(http, redis):
+def test_stream_and_page_of_a_queued_rq_job_work_before_any_worker_and_end_when_rq_cancels_it(http, redis):
     idle = Queue(f"idle-{uuid.uuid4().hex[:8]}", connection=redis)  # no worker listens here
     job = idle.enqueue(emit_lines, 3)
+    # A stream is the first to ask: it opens the job's log from RQ and starts at "queued".
+    with httpx.stream("GET", http.base_url.join(f"/jobs/{job.id}/events"), timeout=30) as r:
+        assert r.status_code == 200
+        first = next(parse_sse(r.iter_lines()))
+    assert first["event"] == "queued" and json.loads(first["data"])["task"] == "tests.rq_jobs.emit_lines"
     assert http.get(f"/jobs/{job.id}").status_code == 200
     assert http.get(f"/api/jobs/{job.id}").json()["status"] == "queued"
     job.cancel()
