@@ -23,8 +23,8 @@ EXAMPLES = ROOT / "examples"
 class ExampleApp:
     """gunicorn serving examples/app.py with the given worker class."""
 
-    def __init__(self, redis_url: str, worker_class: str, log_path: Path):
-        """Start it (without waiting)."""
+    def __init__(self, redis_url: str, worker_class: str, log_path: Path, *extra: str):
+        """Start it (without waiting); ``extra`` are more gunicorn arguments."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -32,7 +32,7 @@ class ExampleApp:
             [sys.executable, "-m", "gunicorn", "--worker-class", worker_class,
              "--bind", f"127.0.0.1:{self.port}",
              # gunicorn's control socket is one path per user, shared with other test servers.
-             "--no-control-socket", "app:app"],
+             "--no-control-socket", *extra, "app:app"],
             cwd=EXAMPLES, env=service_env(redis_url), stdout=open(log_path, "ab"),
             stderr=subprocess.STDOUT)
 
@@ -120,3 +120,18 @@ def test_example_app_under_the_sync_worker_refuses_to_start_and_names_the_fix(re
     assert code != 0, out
     assert "UnsuitableWorker: Jobcast cannot stream from gunicorn's SyncWorker" in out
     assert "--worker-class gevent" in out
+
+
+def test_example_app_preloaded_under_the_sync_worker_answers_streams_503_naming_the_fix(
+        redis_server, logs_dir):
+    # --preload builds the app in gunicorn's master, before any worker exists: the check
+    # runs again in the worker when the first stream starts its hub.
+    app = ExampleApp(redis_server.url, "sync", logs_dir / "example-sync-preload.log", "--preload")
+    try:
+        app.wait_ready()
+        job_id = httpx.post(app.url + "/squares").headers["location"].rsplit("/", 1)[1]
+        r = httpx.get(f"{app.url}/jobcast/jobs/{job_id}/stream", timeout=10)
+        assert r.status_code == 503 and r.json()["error"] == "unsuitable_worker"
+        assert "--worker-class gevent" in r.json()["message"]
+    finally:
+        stop_process(app.proc)
