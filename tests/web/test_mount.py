@@ -11,6 +11,7 @@ from flask import Flask, url_for
 
 import jobcast
 from producer.enqueue import enqueue
+from worker.config import Config
 from web.workerclass import UnsuitableWorker, check_worker_class
 
 
@@ -95,3 +96,17 @@ def test_gevent_worker_passes_and_gthread_warns_of_its_limit(caplog):
 
 def test_outside_gunicorn_there_is_nothing_to_check():
     assert check_worker_class() is None
+
+
+def test_private_mode_under_a_prefix_logs_in_and_returns_under_the_prefix(config, job_id):
+    app = Flask("host")
+    jobcast.init_app(app, url_prefix="/tools/jobcast",
+                     config=Config.from_env(redis_url=config.redis_url, token="s3cret"))
+    client = app.test_client()
+    page = client.get(f"/tools/jobcast/jobs/{job_id}")
+    assert page.status_code == 401
+    assert 'action="/tools/jobcast/login"' in page.text
+    assert f'name="next" value="/tools/jobcast/jobs/{job_id}"' in page.text
+    r = client.post("/tools/jobcast/login", data={"token": "s3cret", "next": f"/tools/jobcast/jobs/{job_id}"})
+    assert r.status_code == 303 and r.headers["Location"] == f"/tools/jobcast/jobs/{job_id}"
+    assert client.get(f"/tools/jobcast/jobs/{job_id}").status_code == 200
