@@ -5,7 +5,7 @@ import time
 from jobcast import emit
 
 
-def squares(n: int = 20, interval: float = 0.1) -> int:
+def squares(n: int = 20, interval: float = 0.25) -> int:
     """Emit i * i for i in range(n), one every ``interval`` seconds; return how many."""
     for i in range(n):
         time.sleep(interval)

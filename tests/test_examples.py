@@ -93,9 +93,10 @@ def test_example_app_under_gevent_serves_a_live_page_for_a_plain_rq_job(example,
     page.click("button")  # the app enqueues jobs.squares with Queue.enqueue and redirects
     page.wait_for_url("**/jobcast/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
-    # Live: values arrive while the job runs (20 values over about 2 s), then "Done".
-    page.wait_for_function("(() => { const m = window.jobcastPage(); "
-                           "return m.values.length > 0 && !m.ended; })()", timeout=15000)
+    # Live: values arrive while the job runs (20 values over about 5 s), then "Done".
+    # (A function, not an expression: the page's CSP forbids evaluating strings.)
+    page.wait_for_function("() => { const m = window.jobcastPage(); "
+                           "return m.values.length > 0 && !m.ended; }", timeout=15000)
     page.wait_for_function(DONE, timeout=30000)
     m = page.evaluate("window.jobcastPage()")
     assert m["values"] == [str(i * i) for i in range(20)] and m["n"] == 20
