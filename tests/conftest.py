@@ -215,3 +215,26 @@ def create_job(http: httpx.Client, task: str, **params) -> str:
 def job_status(http: httpx.Client, job_id: str) -> dict:
     """GET /api/jobs/<id>."""
     return http.get(f"/api/jobs/{job_id}").json()
+
+
+RQ = str(Path(sys.executable).with_name("rq"))
+
+
+def start_rq_worker(redis_url: str, queue: str, *, cwd: Path = ROOT, log_path: Path | None = None,
+                    worker_class: str = "jobcast.Worker") -> subprocess.Popen:
+    """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue``; waits until it registers."""
+    from rq import Worker
+
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen([RQ, "worker", "--url", redis_url, "--worker-class", worker_class,
+                             "--name", f"rq-{queue}-{os.getpid()}", queue],
+                            env=service_env(redis_url), cwd=cwd, stdout=out, stderr=out)
+    conn = Redis.from_url(redis_url)
+
+    def registered() -> bool:
+        """True once RQ lists the worker."""
+        assert proc.poll() is None, f"rq worker exited early (see {log_path})"
+        return any(w.name == f"rq-{queue}-{os.getpid()}" for w in Worker.all(connection=conn))
+
+    wait_for(registered, 20, what="rq worker to register")
+    return proc

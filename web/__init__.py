@@ -32,6 +32,10 @@ class State:
     def hub(self):
         """The process's hub, created after any fork so each worker has its own."""
         if self._hub is None or self._hub_pid != os.getpid():
+            from web.workerclass import check_worker_class
+
+            # With --preload the app was created in gunicorn's master: check the worker here.
+            check_worker_class()
             from web.hub import Hub
 
             self._hub = Hub(self.redis, buffer_size=self.config.viewer_buffer,
@@ -67,7 +71,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from web import api, errors, health, metrics, pages, stream
 
     from web import openapi, security, shutdown
+    from web.workerclass import check_worker_class
 
+    # Before shutdown.install, which replaces the SIGTERM handler the check looks at.
+    check_worker_class()
     shutdown.install(lambda: app.extensions["jobcast"].hub)
     errors.register(app)
     # Read access, security headers and the login form (JOBCAST_READ; see web/security.py).

@@ -48,7 +48,8 @@ def create_job():
     except ParamError as exc:
         first = exc.errors[0]
         raise BadParam(first["field"], str(exc), exc.errors) from None
-    urls = job_urls(job_id, sig=urls_sig(job_id))
+    # base: under init_app's prefix, if any
+    urls = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id))
     response = jsonify(id=job_id, urls=urls)
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_job", job_id=job_id)
@@ -68,7 +69,7 @@ def list_jobs():
 def get_job(job_id: str):
     """One job's status, progress, worker and times."""
     info = load_job(job_id)
-    info["urls"] = job_urls(job_id, sig=urls_sig(job_id))
+    info["urls"] = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id))
     # This process's count is exact and current; the others' arrive every few seconds.
     info["viewers_here"] = state().hub.viewers(job_id)
     info["viewers"] = max(info["viewers_here"], total_viewers(state().redis, job_id))

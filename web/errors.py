@@ -53,6 +53,16 @@ def register(app: Flask) -> None:
         response.headers["Retry-After"] = "2"
         return response
 
+    from web.workerclass import UnsuitableWorker
+
+    @app.errorhandler(UnsuitableWorker)
+    def unsuitable_worker(exc: UnsuitableWorker):
+        """Streams under a worker class that cannot hold them: say so, never hang."""
+        log.error("%s", exc)
+        response = jsonify({"error": "unsuitable_worker", "message": str(exc)})
+        response.status_code = 503
+        return response
+
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         """Log the traceback, and never leak it to the client."""

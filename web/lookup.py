@@ -5,10 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from flask import abort, request
+from redis import Redis
+from rq.job import Job
 
 from web import state
 from web.errors import BadParam
-from worker.joblog import InvalidJobId, UnknownJob, check_job_id, job_info
+from worker.config import Config
+from worker.emit import ensure_log
+from worker.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, job_info
+
+# RQ states of a job that a Jobcast-aware worker has not finished with yet.
+ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})
 
 MAX_SEQ = 2**53  # anything larger cannot be a real position (and JS could not hold it)
 
@@ -22,7 +29,27 @@ def load_job(job_id: str) -> dict[str, Any]:
     try:
         return job_info(state().redis, job_id)
     except UnknownJob:
-        abort(404, description=f"no job with id {job_id}")
+        pass
+    if adopt_rq_job(state().redis, job_id, state().config):
+        return job_info(state().redis, job_id)
+    abort(404, description=f"no job with id {job_id}")
+
+
+def adopt_rq_job(redis: Redis, job_id: str, config: Config) -> bool:
+    """Open the log of an RQ job that Jobcast did not enqueue, if RQ has it pending or running.
+
+    A page opened right after ``Queue.enqueue`` then follows the job from its ``queued``
+    entry, before a worker takes it. Only RQ's status, description and queue are read (no
+    unpickling); a job that has already ended without a log has nothing to show, hence 404.
+    """
+    status, description, origin = redis.hmget(Job.key_for(job_id), "status", "description", "origin")
+    if status not in ADOPTABLE:
+        return False
+    jlog = JobLog(redis, job_id, maxlen=config.log_maxlen, ttl=config.log_ttl,
+                  index_max=config.jobs_index_max)
+    ensure_log(jlog, (description or b"").decode(errors="replace"),
+               (origin or b"").decode(errors="replace"))
+    return True
 
 
 def stream_position(job_id: str) -> tuple[bool, int]:
@@ -37,6 +64,8 @@ def stream_position(job_id: str) -> tuple[bool, int]:
     except InvalidJobId as exc:
         raise BadParam("id", str(exc)) from None
     position = state().hub.relay.position(job_id)
+    if position is None and adopt_rq_job(state().redis, job_id, state().config):
+        position = state().hub.relay.position(job_id)  # a plain RQ job, its log just opened
     if position is None:
         abort(404, description=f"no job with id {job_id}")
     return position

@@ -24,8 +24,9 @@ bp = Blueprint("openapi", __name__)
 
 JSON = "application/json"
 HTML = "text/html"
-JOB_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$",
-          "description": "32 lowercase hex characters"}
+# worker.joblog.JOB_ID_RE: RQ's alphabet (Jobcast's ids are 32 hex characters, RQ's UUIDs).
+JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$",
+          "description": "1 to 128 letters, digits, '_' or '-'"}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 VIEWS = ("page", "stream", "events", "frame", "framed", "status")
 

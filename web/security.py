@@ -140,7 +140,8 @@ def guard():
         metrics.stream_refused("unauthorized")
     if endpoint.startswith("pages.") and request.method in ("GET", "HEAD"):
         # A browser: ask for the token rather than answer JSON.
-        return login_page(request.full_path.rstrip("?"), status=401)
+        # script_root: come back under the prefix Jobcast is mounted at (init_app), if any.
+        return login_page(request.script_root + request.full_path.rstrip("?"), status=401)
     what = "this job needs the token or a signed view link" if endpoint in JOB_SCOPED else \
         "this server is private: reading needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
     raise Unauthorized(what)

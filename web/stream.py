@@ -16,7 +16,7 @@ import errno
 import socket
 from typing import Callable, Iterator
 
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, request, stream_with_context, url_for
 
 from web import state
 from web.follow import HEARTBEAT, follow_batches
@@ -75,7 +75,8 @@ def open_stream(job_id: str, transport: Transport, after: int, *, start: int = 0
     if conn is not None:
         body = _hand_over(conn, st.hub.relay, job_id, transport, after, start, preamble, slot)
     else:
-        body = _follow(job_id, transport, after, start, preamble)
+        # The body runs after the view has returned: keep the request (and app) context.
+        body = stream_with_context(_follow(job_id, transport, after, start, preamble))
     response = Response(body, mimetype=transport.mimetype, headers=STREAM_HEADERS)
     # Runs even if the body was never iterated (the client left at once); a held stream's
     # slot is released by the relay when it ends.

@@ -8,7 +8,9 @@ seconds:
 - RQ's cleanup of abandoned jobs runs here too, so it does not wait for a worker's next
   maintenance round;
 - when no worker at all has been alive for ``orphan_timeout`` seconds, every queued or
-  running job is failed with that reason, and its viewers get their terminal event.
+  running job is failed with that reason, and its viewers get their terminal event;
+- jobs that Jobcast did not enqueue (plain RQ jobs, see :mod:`worker.emit`) get their terminal
+  entry from RQ's own status once RQ has ended them, in case no Jobcast-aware worker did.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Watchdog:
         self.config = config
         self.interval = interval
         self.no_worker_since: float | None = None
+        self.missing: set[str] = set()  # plain RQ jobs found gone from RQ in the last round
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -73,6 +76,7 @@ class Watchdog:
         queue = Queue(self.config.queue_name, connection=self.redis)
         # RQ's own abandoned-job handling: retry if retries are left, else fail (+ callback).
         StartedJobRegistry(queue=queue).cleanup(exception_handlers=[])
+        self.reconcile()
         if self.live_workers(queue, now):
             self.no_worker_since = None
             return []
@@ -98,15 +102,55 @@ class Watchdog:
                 fresh += 1
         return fresh
 
+    def reconcile(self) -> list[str]:
+        """End the logs of plain RQ jobs that RQ has ended; returns their ids.
+
+        A Jobcast-aware worker writes these entries itself (first, or at the same moment as
+        RQ), and the log keeps only the first terminal entry, so this one is a safety net for
+        workers without the hook and for jobs RQ gave up on after their worker died.
+        """
+        ids = [i.decode() for i in self.redis.zrange(JOBS_INDEX, 0, -1)]
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hmget(meta_key(job_id), "status", "origin")
+        pending = [job_id for job_id, (status, origin) in zip(ids, pipe.execute())
+                   if origin and status in (b"queued", b"running")]
+        if not pending:
+            self.missing = set()
+            return []
+        for job_id in pending:
+            pipe.hget(Job.key_for(job_id), "status")
+        ended, missing = [], set()
+        for job_id, rq_status in zip(pending, pipe.execute()):
+            jlog = JobLog(self.redis, job_id, ttl=self.config.log_ttl)
+            if rq_status is None and job_id not in self.missing:
+                # RQ deletes a job with result_ttl=0 as it finishes, just before the worker's
+                # hook logs "finished": only a job still gone a round later is failed.
+                missing.add(job_id)
+                continue
+            if rq_status == b"finished":
+                seq = jlog.finished()
+            elif rq_status in (b"failed", b"stopped", b"canceled") or rq_status is None:
+                seq = jlog.failed(f"RQ reports the job {(rq_status or b'gone').decode()}")
+            else:
+                continue
+            if seq > 0:
+                log.info("watchdog: job %s ended as RQ reports (%s)", job_id, rq_status)
+                ended.append(job_id)
+        self.missing = missing
+        return ended
+
     def fail_orphans(self, reason: str) -> list[str]:
         """Write ``failed`` for every queued or running job in the job index."""
         ids = [i.decode() for i in self.redis.zrange(JOBS_INDEX, 0, -1)]
         pipe = self.redis.pipeline()
         for job_id in ids:
-            pipe.hget(meta_key(job_id), "status")
+            pipe.hmget(meta_key(job_id), "status", "origin")
         failed = []
-        for job_id, status in zip(ids, pipe.execute()):
-            if status in (b"queued", b"running"):
+        mine = (None, b"", self.config.queue_name.encode())
+        for job_id, (status, origin) in zip(ids, pipe.execute()):
+            # Jobs on other RQ queues have their own workers, which this check does not watch.
+            if status in (b"queued", b"running") and origin in mine:
                 if JobLog(self.redis, job_id, ttl=self.config.log_ttl).failed(reason) > 0:
                     log.warning("watchdog: job %s failed: %s", job_id, reason)
                     failed.append(job_id)

@@ -33,7 +33,10 @@ PREFIX = "jobcast"
 JOBS_INDEX = f"{PREFIX}:jobs"
 CHANNEL_PATTERN = f"{PREFIX}:job:*:ch"
 
-JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+# RQ's own rule for job ids (letters, digits, "_" and "-"), bounded in length. Jobcast's ids
+# (32 hex characters), RQ's (a UUID with dashes) and ids users choose all fit; ":" and every
+# other character stay out, so an id can never reach into another key's namespace.
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 TERMINAL = frozenset({"finished", "failed", "cancelled"})
 STATUS_BY_KIND = {
@@ -52,8 +55,9 @@ class InvalidJobId(ValueError):
 
 def check_job_id(job_id: str) -> str:
     """Return ``job_id`` if it is well formed, else raise InvalidJobId."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
-        raise InvalidJobId("job id must be 32 lowercase hexadecimal characters")
+    # fullmatch, not match with "$": "$" would also accept a trailing newline.
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+        raise InvalidJobId("job id must be 1 to 128 letters, digits, '_' or '-'")
     return job_id
 
 
@@ -76,7 +80,7 @@ def job_id_from_channel(name: str) -> str | None:
     """Inverse of :func:`channel`; None for a name that is not a job channel."""
     parts = name.split(":")
     if len(parts) == 4 and parts[0] == PREFIX and parts[1] == "job" and parts[3] == "ch":
-        return parts[2] if JOB_ID_RE.match(parts[2]) else None
+        return parts[2] if JOB_ID_RE.fullmatch(parts[2]) else None
     return None
 
 
@@ -221,14 +225,20 @@ class JobLog:
                 [channel(self.job_id), kind, index, ",".join(parts) + "}", self.maxlen,
                  self.ttl, f"{now:.6f}", self.index_max, *fields])
 
-    def create(self, task: str, params: dict[str, Any], total: int | None) -> int:
-        """Create the job's metadata and write its ``queued`` entry."""
+    def create(self, task: str, params: dict[str, Any], total: int | None,
+               extra: dict[str, str] | None = None) -> int:
+        """Create the job's metadata and write its ``queued`` entry.
+
+        ``extra`` adds fields to the metadata hash in the same script (e.g. the RQ queue of a
+        job that Jobcast did not enqueue).
+        """
         seq = self._write("queued", {"task": task, "params": params, "n": total}, meta={
             "task": task,
             "params": json.dumps(params),
             "n": "" if total is None else total,
             "created_at": f"{time.time():.6f}",
             "values": 0,
+            **(extra or {}),
         })
         if seq == -4:
             raise JobExists(self.job_id)
@@ -240,10 +250,16 @@ class JobLog:
                            meta={"worker": worker, "started_at": f"{time.time():.6f}",
                                  "attempt": attempt})
 
-    def value(self, index: int, value: Any) -> int:
-        """Record value number ``index``; returns -3 if it was already logged (a retry)."""
+    def value(self, index: int, value: Any, total: int | None = None) -> int:
+        """Record value number ``index``; returns -3 if it was already logged (a retry).
+
+        ``total``, when given, also sets the job's progress total (the entry carries it as ``n``).
+        """
         text, as_json = encode_value(value)
-        return self._write("value", {"i": index, "v": text}, index=index, value_json=as_json)
+        if total is None:
+            return self._write("value", {"i": index, "v": text}, index=index, value_json=as_json)
+        return self._write("value", {"i": index, "v": text, "n": total}, index=index,
+                           value_json=as_json, meta={"n": total})
 
     def retrying(self, reason: str) -> int:
         """Record that the attempt failed and the job goes back on the queue."""

@@ -12,6 +12,7 @@ from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 
 from worker.config import Config
+from worker.hook import LifecycleMixin
 from worker.joblog import JobLog
 from worker.registry import load_builtin_and_user_tasks
 
@@ -21,8 +22,10 @@ def worker_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}"
 
 
-class JobcastWorker(Worker):
+class JobcastWorker(LifecycleMixin, Worker):
     """RQ's forking worker, tuned so a dead worker's job is retried within seconds.
+
+    It also logs the lifecycle of plain RQ jobs put on its queue (see :mod:`worker.hook`).
 
     RQ finds a job abandoned by a killed worker when the job's execution heartbeat expires
     and a live worker runs its maintenance. RQ keeps that heartbeat for the monitoring

@@ -186,7 +186,7 @@ def test_enqueue_follow_json_starts_with_the_job_id_and_urls(web, workers, redis
 
 
 @pytest.mark.parametrize("job_id, url, message", [
-    ("not-a-job", None, "32 lowercase hexadecimal"),
+    ("not:a:job", None, "letters, digits"),
     ("0" * 32, None, "no job"),
     ("0" * 32, "localhost:8000", "--url must start with http"),
 ])

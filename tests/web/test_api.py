@@ -77,9 +77,12 @@ def test_oversized_body_is_rejected_with_413(client):
 @pytest.mark.parametrize("path", ["/api/jobs/{}", "/jobs/{}", "/jobs/{}/stream", "/jobs/{}/events",
                                   "/jobs/{}/frame", "/jobs/{}/framed"])
 def test_unknown_job_is_404_and_malformed_id_is_400(client, path):
-    r = client.get(path.format(uuid.uuid4().hex))
-    assert r.status_code == 404 and r.is_json
-    for bad in ["*", "jobcast:jobs", "..", "%00", "%C3%A9" * 16, "A" * 32, "0" * 31]:
+    # Well-formed ids of no job: Jobcast's, RQ's (a UUID with dashes) and user-chosen ones.
+    for unknown in [uuid.uuid4().hex, str(uuid.uuid4()), "A" * 32, "0" * 31]:
+        r = client.get(path.format(unknown))
+        assert r.status_code == 404 and r.is_json, unknown
+    # "A" * 32 and "0" * 31 were malformed while ids were 32 hex characters; RQ accepts them.
+    for bad in ["*", "jobcast:jobs", "..", "%00", "%C3%A9" * 16, "A.B", "0" * 129, "a%0A", "a%20b"]:
         r = client.get(path.format(bad))
         assert r.status_code in (400, 404) and r.is_json, (bad, r.status_code)
         if bad != "..":  # ".." is resolved by the URL layer, never reaching a job lookup

@@ -56,8 +56,8 @@ def test_pages_load_only_local_assets_that_exist(client, job_id, path):
         r.close()
 
 
-@pytest.mark.parametrize("path, status", [("/jobs/nope", 400), ("/jobs/" + "0" * 32, 404),
-                                          ("/jobs/nope/plain", 400), ("/jobs/" + "0" * 32 + "/plain", 404)])
+@pytest.mark.parametrize("path, status", [("/jobs/no.pe", 400), ("/jobs/" + "0" * 32, 404),
+                                          ("/jobs/no.pe/plain", 400), ("/jobs/" + "0" * 32 + "/plain", 404)])
 def test_job_pages_reject_malformed_and_unknown_ids(client, path, status):
     assert client.get(path).status_code == status
 

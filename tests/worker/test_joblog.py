@@ -121,12 +121,22 @@ def test_recent_jobs_lists_newest_first_and_forgets_expired(r):
     assert r.zcard(JOBS_INDEX) == 2
 
 
-@pytest.mark.parametrize("bad", ["*", "a:b", "..", "x" * 32, "%00", "é" * 32, "A" * 32, ""])
+# "x" * 32 and "A" * 32 were refused while ids were Jobcast's own 32 hex characters; RQ's ids
+# (a UUID with dashes, or any id a user picks from its alphabet) are accepted now, see below.
+@pytest.mark.parametrize("bad", ["*", "a:b", "..", "%00", "é" * 32, "", "a\n", "0" * 32 + "\n",
+                                 "a b", "a/b", "a.b", "x" * 129, "jobcast:jobs"])
 def test_malformed_ids_never_become_keys(r, bad):
     with pytest.raises(InvalidJobId):
         JobLog(r, bad)
     with pytest.raises(InvalidJobId):
         log_key(bad)
+
+
+@pytest.mark.parametrize("good", [uuid.uuid4().hex, str(uuid.uuid4()), "x" * 32, "A" * 32,
+                                  "nightly_report-2026", "x" * 128])
+def test_rq_job_ids_are_accepted_and_stay_inside_the_job_namespace(r, good):
+    assert log_key(good) == f"jobcast:job:{good}:log"
+    assert job_id_from_channel(channel(good)) == good
 
 
 def test_channel_names_round_trip():

@@ -79,7 +79,9 @@
     });
     var link = tr.cells[0].appendChild(document.createElement("a"));
     link.className = "mono";
-    link.href = job.urls && job.urls.page ? job.urls.page : "/jobs/" + job.id;
+    // Relative to the API's URL, so the link stays under the prefix Jobcast is mounted at.
+    link.href = job.urls && job.urls.page ? job.urls.page
+      : new URL("../jobs/" + encodeURIComponent(job.id), form.action).pathname;
     link.textContent = job.id.slice(0, 8);
     tr.cells[2].appendChild(document.createElement("span"));
     var bar = tr.cells[3].appendChild(document.createElement("progress"));
@@ -125,7 +127,8 @@
   var timer = null;
   function refresh() {
     clearTimeout(timer);
-    fetch("/api/jobs?limit=50", { cache: "no-store" }).then(function (r) { return r.json(); })
+    // The form posts to the job list's own URL (under any prefix Jobcast is mounted at).
+    fetch(form.action + "?limit=50", { cache: "no-store" }).then(function (r) { return r.json(); })
       .then(function (body) { render(body.jobs); })
       .catch(function () { /* the next refresh tries again */ })
       .then(function () { timer = setTimeout(refresh, document.hidden ? 10000 : 1500); });

@@ -191,6 +191,7 @@
         break;
       case "value":
         state.status = "running";
+        if (e.n !== undefined && e.n !== null) { state.n = e.n; chart.total = e.n; }  // emit(v, total=n)
         state.values += 1;
         state.lastIndex = e.i;
         if (state.texts.length === 0) { state.oldestSeq = e.seq; }

@@ -10,9 +10,10 @@
   function isCreate(input, init) {
     var url = typeof input === "string" ? input : input.url;
     var method = (init && init.method) || (typeof input !== "string" && input.method) || "GET";
+    // Creating and cancelling jobs, under any prefix (init_app) and for any job id RQ allows.
     var path = new URL(url, location.href).pathname;
     return method.toUpperCase() === "POST" &&
-      (path === "/api/jobs" || /^\/api\/jobs\/[0-9a-f]{32}\/cancel$/.test(path));
+      /\/api\/jobs(\/[A-Za-z0-9_-]{1,128}\/cancel)?$/.test(path);
   }
 
   function withToken(init, token) {

@@ -1,0 +1,28 @@
+"""An existing Flask app with Jobcast mounted: enqueue an RQ job, then watch it live.
+
+Run (from this folder):  gunicorn -k gevent app:app   and   rq worker -w jobcast.Worker
+"""
+
+import os
+
+from flask import Flask, redirect, url_for
+from redis import Redis
+from rq import Queue
+
+import jobcast
+from jobs import squares
+
+app = Flask(__name__)
+jobcast.init_app(app, url_prefix="/jobcast")  # job pages, streams and JSON API under /jobcast
+queue = Queue(connection=Redis.from_url(os.environ.get("REDIS_URL", "redis://localhost:6379/0")))
+
+
+@app.get("/")
+def home():
+    return f'<form method="post" action="{url_for("start")}"><button>Compute squares</button></form>'
+
+
+@app.post("/squares")
+def start():
+    job = queue.enqueue(squares, 20)  # plain RQ: any function, any queue
+    return redirect(url_for("jobcast.job_page", job_id=job.id))

@@ -1,0 +1,138 @@
+"""examples/ run as-is: the Flask app under real gunicorn (gevent, then sync), RQ's own
+`rq worker -w jobcast.Worker`, a real Redis, and the live page in headless Chromium."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from producer.redisproc import free_port
+from tests.conftest import ROOT, service_env, start_rq_worker, stop_process, wait_for
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+from tests.web.test_browser import CHROMIUM_FLAGS, DONE, chromium_path  # noqa: E402
+
+EXAMPLES = ROOT / "examples"
+
+
+class ExampleApp:
+    """gunicorn serving examples/app.py with the given worker class."""
+
+    def __init__(self, redis_url: str, worker_class: str, log_path: Path, *extra: str):
+        """Start it (without waiting); ``extra`` are more gunicorn arguments."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--worker-class", worker_class,
+             "--bind", f"127.0.0.1:{self.port}",
+             # gunicorn's control socket is one path per user, shared with other test servers.
+             "--no-control-socket", *extra, "app:app"],
+            cwd=EXAMPLES, env=service_env(redis_url), stdout=open(log_path, "ab"),
+            stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> "ExampleApp":
+        """Wait until the app's own home page answers."""
+        def ready() -> bool:
+            """True once GET / answers 200."""
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                return httpx.get(self.url + "/", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 30, what="the example app")
+        return self
+
+
+@pytest.fixture(scope="module")
+def rq_worker(redis_server, logs_dir):
+    """`rq worker -w jobcast.Worker` in examples/, on RQ's default queue."""
+    worker = start_rq_worker(redis_server.url, "default", cwd=EXAMPLES,
+                             log_path=logs_dir / "example-worker.log")
+    yield worker
+    stop_process(worker)
+
+
+# gunicorn's own gevent worker (streams follow in their request's greenlet), and Jobcast's
+# gevent worker whose streams hand their connection to the relay.
+@pytest.fixture(scope="module", params=["gevent", "jobcast.StreamWorker"])
+def example(request, redis_server, logs_dir, rq_worker) -> Iterator[ExampleApp]:
+    """The example app under a gevent worker class."""
+    app = ExampleApp(redis_server.url, request.param,
+                     logs_dir / f"example-{request.param}.log").wait_ready()
+    yield app
+    stop_process(app.proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    pg.close()
+    assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+def test_example_app_under_gevent_serves_a_live_page_for_a_plain_rq_job(example, page):
+    page.goto(example.url + "/")
+    page.click("button")  # the app enqueues jobs.squares with Queue.enqueue and redirects
+    page.wait_for_url("**/jobcast/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    # Live: values arrive while the job runs (20 values over about 5 s), then "Done".
+    # (A function, not an expression: the page's CSP forbids evaluating strings.)
+    page.wait_for_function("() => { const m = window.jobcastPage(); "
+                           "return m.values.length > 0 && !m.ended; }", timeout=15000)
+    page.wait_for_function(DONE, timeout=30000)
+    m = page.evaluate("window.jobcastPage()")
+    assert m["values"] == [str(i * i) for i in range(20)] and m["n"] == 20
+    assert m["duplicates"] == 0 and m["gaps"] == 0 and m["status"] == "finished"
+    assert page.text_content("#worker").startswith("rq-default-")
+    # The job list under the prefix links to the job under the prefix too (its script builds it).
+    page.goto(example.url + "/jobcast/")
+    link = page.wait_for_selector(f"tr[data-id='{job_id}'] a")
+    assert link.get_attribute("href") == f"/jobcast/jobs/{job_id}"
+    status = httpx.get(f"{example.url}/jobcast/api/jobs/{job_id}").json()
+    assert status["urls"]["stream"] == f"/jobcast/jobs/{job_id}/stream"
+    assert httpx.get(example.url + status["urls"]["stream"]).text.splitlines() == [str(i * i) for i in range(20)]
+
+
+def test_example_app_under_the_sync_worker_refuses_to_start_and_names_the_fix(redis_server, logs_dir):
+    app = ExampleApp(redis_server.url, "sync", logs_dir / "example-sync.log")
+    try:
+        code = app.proc.wait(30)
+    finally:
+        stop_process(app.proc)
+    out = app.log_path.read_text()
+    assert code != 0, out
+    assert "UnsuitableWorker: Jobcast cannot stream from gunicorn's SyncWorker" in out
+    assert "--worker-class gevent" in out
+
+
+def test_example_app_preloaded_under_the_sync_worker_answers_streams_503_naming_the_fix(
+        redis_server, logs_dir):
+    # --preload builds the app in gunicorn's master, before any worker exists: the check
+    # runs again in the worker when the first stream starts its hub.
+    app = ExampleApp(redis_server.url, "sync", logs_dir / "example-sync-preload.log", "--preload")
+    try:
+        app.wait_ready()
+        job_id = httpx.post(app.url + "/squares").headers["location"].rsplit("/", 1)[1]
+        r = httpx.get(f"{app.url}/jobcast/jobs/{job_id}/stream", timeout=10)
+        assert r.status_code == 503 and r.json()["error"] == "unsuitable_worker"
+        assert "--worker-class gevent" in r.json()["message"]
+    finally:
+        stop_process(app.proc)

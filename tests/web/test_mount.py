@@ -1,0 +1,112 @@
+"""jobcast.init_app: Jobcast mounted under a prefix in another Flask app (real Redis, Flask's
+test client), and the check of gunicorn's worker class."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+from flask import Flask, url_for
+
+import jobcast
+from producer.enqueue import enqueue
+from worker.config import Config
+from web.workerclass import UnsuitableWorker, check_worker_class
+
+
+@pytest.fixture
+def host(config):
+    """A user's own app, with a page and an error page of its own, and Jobcast mounted."""
+    app = Flask("host")
+
+    @app.get("/")
+    def home():
+        return "host home"
+
+    app.config["TESTING"] = True
+    jobcast.init_app(app, url_prefix="/tools/jobcast/", config=config)
+    return app
+
+
+@pytest.fixture
+def job_id(config, redis):
+    return enqueue("sqrt", {"n": 3, "interval": 0.5}, redis=redis, config=config)
+
+
+def test_mounted_pages_api_and_assets_all_live_under_the_prefix(host, job_id):
+    client = host.test_client()
+    assert client.get("/").text == "host home"
+    html = client.get(f"/tools/jobcast/jobs/{job_id}").text
+    urls = re.findall(r'(?:src|href|data-events|data-status-url)="([^"]+)"', html)
+    assert urls and all(u.startswith("/tools/jobcast/") for u in urls), urls
+    for asset in (u for u in urls if "/static/" in u):
+        assert client.get(asset).status_code == 200, asset
+    info = client.get(f"/tools/jobcast/api/jobs/{job_id}").json
+    assert info["urls"]["page"] == f"/tools/jobcast/jobs/{job_id}"
+    assert info["urls"]["events"] == f"/tools/jobcast/jobs/{job_id}/events"
+    home = client.get("/tools/jobcast/").text
+    assert 'action="/tools/jobcast/api/jobs"' in home
+
+
+def test_host_app_links_to_a_job_with_url_for(host):
+    with host.test_request_context():
+        assert url_for("jobcast.job_page", job_id="abc-1") == "/tools/jobcast/jobs/abc-1"
+        assert url_for("jobcast.sse_stream", job_id="abc-1") == "/tools/jobcast/jobs/abc-1/events"
+
+
+def test_jobcast_errors_stay_json_and_do_not_change_the_host_apps_errors(host):
+    client = host.test_client()
+    r = client.get("/tools/jobcast/jobs/no.pe")
+    assert r.status_code == 400 and r.json["field"] == "id"
+    r = client.get("/nothing-here")
+    assert r.status_code == 404 and not r.is_json  # the host's own (HTML) 404
+
+
+def test_init_app_refuses_a_root_prefix_and_a_second_mount(config, host):
+    with pytest.raises(ValueError):
+        jobcast.init_app(Flask("other"), url_prefix="/", config=config)
+    with pytest.raises(RuntimeError):
+        jobcast.init_app(host, url_prefix="/again", config=config)
+
+
+def fake_worker(module: str, name: str, threads: int = 1):
+    """An object whose class descends from the named gunicorn worker class (never started)."""
+    import importlib
+
+    base = getattr(importlib.import_module(module), name)
+    worker = object.__new__(type("Worker", (base,), {}))
+    worker.cfg = type("Cfg", (), {"threads": threads})()
+    return worker
+
+
+def test_sync_and_single_thread_workers_are_refused_with_the_fix():
+    for worker in (fake_worker("gunicorn.workers.sync", "SyncWorker"),
+                   fake_worker("gunicorn.workers.gthread", "ThreadWorker", threads=1)):
+        with pytest.raises(UnsuitableWorker, match="--worker-class gevent"):
+            check_worker_class(worker)
+
+
+def test_gevent_worker_passes_and_gthread_warns_of_its_limit(caplog):
+    assert check_worker_class(fake_worker("gunicorn.workers.ggevent", "GeventWorker")) == "Worker"
+    with caplog.at_level(logging.WARNING, logger="web.workerclass"):
+        check_worker_class(fake_worker("gunicorn.workers.gthread", "ThreadWorker", threads=8))
+    assert "at most 8 streams per process" in caplog.text and "gevent" in caplog.text
+
+
+def test_outside_gunicorn_there_is_nothing_to_check():
+    assert check_worker_class() is None
+
+
+def test_private_mode_under_a_prefix_logs_in_and_returns_under_the_prefix(config, job_id):
+    app = Flask("host")
+    jobcast.init_app(app, url_prefix="/tools/jobcast",
+                     config=Config.from_env(redis_url=config.redis_url, token="s3cret"))
+    client = app.test_client()
+    page = client.get(f"/tools/jobcast/jobs/{job_id}")
+    assert page.status_code == 401
+    assert 'action="/tools/jobcast/login"' in page.text
+    assert f'name="next" value="/tools/jobcast/jobs/{job_id}"' in page.text
+    r = client.post("/tools/jobcast/login", data={"token": "s3cret", "next": f"/tools/jobcast/jobs/{job_id}"})
+    assert r.status_code == 303 and r.headers["Location"] == f"/tools/jobcast/jobs/{job_id}"
+    assert client.get(f"/tools/jobcast/jobs/{job_id}").status_code == 200

@@ -1,0 +1,56 @@
+"""Mount Jobcast in your own Flask app: ``jobcast.init_app(app, url_prefix="/jobcast")``.
+
+Jobcast runs as its own Flask app under the prefix (Flask's "application dispatching": a
+werkzeug DispatcherMiddleware in front of ``app.wsgi_app``), in the same processes as your app,
+so its hub starts there on the first stream. Keeping it a separate app means its templates,
+static files, endpoint names, JSON error handlers and request-size limit cannot collide with
+yours; every URL it renders comes from ``url_for``, which includes the prefix by itself.
+
+Your app can still link to a job: ``url_for("jobcast.job_page", job_id=job.id)`` (and
+``jobcast.text_stream``, ``jobcast.sse_stream``, ``jobcast.html_stream``, ``jobcast.get_job``).
+Requests under the prefix do not pass through your app's ``before_request`` hooks.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from redis import Redis
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from web import create_app
+from web.workerclass import UnsuitableWorker, check_worker_class
+from worker.config import Config
+
+__all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
+
+# Build-only rules in the host app, so its url_for() can link into the mounted Jobcast.
+LINKS = {
+    "index": "/",
+    "job_page": "/jobs/<job_id>",
+    "text_stream": "/jobs/<job_id>/stream",
+    "sse_stream": "/jobs/<job_id>/events",
+    "html_stream": "/jobs/<job_id>/frame",
+    "get_job": "/api/jobs/<job_id>",
+}
+
+
+def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Config | None = None,
+             redis: Redis | None = None) -> Flask:
+    """Serve Jobcast's pages, its three streams and its JSON API in ``app`` under ``url_prefix``.
+
+    ``config`` defaults to the environment (``REDIS_URL``, ``JOBCAST_*``); ``redis`` to a
+    bounded pool on ``config.redis_url``. Raises UnsuitableWorker when loaded by a gunicorn
+    worker class that cannot hold streams (sync). Returns the mounted Jobcast app.
+    """
+    prefix = "/" + url_prefix.strip("/")
+    if prefix == "/":
+        raise ValueError("url_prefix must be a path below the root, such as /jobcast")
+    if "jobcast" in app.extensions:
+        raise RuntimeError("Jobcast is already mounted in this app")
+    check_worker_class()
+    jobcast_app = create_app({"JOBCAST": config, "REDIS": redis})
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {prefix: jobcast_app})
+    for endpoint, rule in LINKS.items():
+        app.add_url_rule(prefix + rule, endpoint=f"jobcast.{endpoint}", build_only=True)
+    app.extensions["jobcast"] = jobcast_app.extensions["jobcast"]
+    return jobcast_app

@@ -1,0 +1,158 @@
+"""``emit()``: report values from inside any RQ job, generator or not, Jobcast's or not.
+
+A job function calls ``emit(value)`` once per value. Each call appends a value entry to the
+job's log with the next index and announces it, through the very script that logs a value a
+Jobcast task yields (:meth:`worker.joblog.JobLog.value`), so viewers cannot tell the two apart.
+
+Indices count the calls of one run of the function, from 0. A retried job runs again from the
+start, and the log accepts value ``i`` only when it is the next one, so the values an earlier
+attempt logged are dropped until the new run passes them: the log holds each value once, as one
+uninterrupted run would have, provided the job emits the same values in the same order. A job
+that would rather skip work already done calls :func:`resume` first.
+
+Jobs that Jobcast did not enqueue have no log yet; it is created here (or by the worker hook in
+:mod:`worker.hook`, or by the web when someone opens the job's page first) from the RQ job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq import get_current_job
+from rq.job import Job
+
+from worker.config import Config
+from worker.joblog import JobExists, JobLog, meta_key
+
+log = logging.getLogger(__name__)
+
+# Attributes kept on the RQ Job instance of the current run: a retry is a new instance, so the
+# value counter starts again at 0 for each run, in forking and in non-forking workers alike.
+STATE_ATTR = "_jobcast_emit"
+HOOKED_ATTR = "_jobcast_hooked"
+
+RUNNER = "worker.runner.run_task"  # Jobcast's own jobs log their lifecycle themselves
+
+
+class NotInJob(RuntimeError):
+    """emit() was called outside a job that an RQ worker runs."""
+
+
+def task_label(description: str | None, fallback: str = "rq job") -> str:
+    """A short name for an RQ job: its description up to the first "(".
+
+    RQ's default description is the call with its arguments, e.g. ``jobs.count(20)``; the
+    arguments are left out, since job pages may be public.
+    """
+    head = (description or "").split("(", 1)[0].strip()
+    return head[:100] or fallback
+
+
+def rq_log(job: Job, config: Config | None = None) -> JobLog:
+    """The JobLog of an RQ job, on the job's own Redis connection."""
+    cfg = config or Config.from_env()
+    return JobLog(job.connection, job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
+                  index_max=cfg.jobs_index_max)
+
+
+def ensure_log(jlog: JobLog, description: str | None, origin: str | None) -> bool:
+    """Create the job's log with its ``queued`` entry unless it exists; True if created here.
+
+    The existence check and the creation are one script, so the worker, ``emit()`` and the web
+    may all try at once: exactly one creates it.
+    """
+    try:
+        jlog.create(task_label(description), {}, None, extra={"origin": origin or ""})
+    except JobExists:
+        return False
+    return True
+
+
+def is_runner(job: Job) -> bool:
+    """True for Jobcast's own task jobs (:func:`worker.runner.run_task`)."""
+    try:
+        return job.func_name == RUNNER
+    except Exception:  # a job whose data cannot be read is not ours either
+        return False
+
+
+def next_attempt(jlog: JobLog) -> int:
+    """The number of the attempt that is starting: one more than the log has seen."""
+    return int(jlog.redis.hget(meta_key(jlog.job_id), "attempt") or 0) + 1
+
+
+@dataclass
+class EmitState:
+    """One run's writer: the job's log and the index of the next value."""
+
+    log: JobLog
+    next: int = 0
+    warned: bool = False
+
+
+def _state(job: Job) -> EmitState:
+    """This run's EmitState, created (with the log, if missing) on the first call."""
+    state = job.__dict__.get(STATE_ATTR)
+    if state is None:
+        jlog = rq_log(job)
+        if not getattr(job, HOOKED_ATTR, False) and not is_runner(job):
+            # No worker hook: create the log and say the job started, or values would land
+            # in a log that viewers cannot find; its end goes unrecorded, hence the warning.
+            ensure_log(jlog, job.description, job.origin)
+            jlog.started(job.worker_name or "unknown", next_attempt(jlog))
+            log.warning("job %s calls emit() on a worker without Jobcast's hook: its end will "
+                        "not be logged until the web's watchdog sees RQ's status; run the "
+                        "worker as `rq worker -w jobcast.Worker`", job.id)
+        state = EmitState(jlog)
+        setattr(job, STATE_ATTR, state)
+    return state
+
+
+def current_job() -> Job:
+    """The RQ job running in this context, or NotInJob."""
+    job = get_current_job()
+    if job is None:
+        raise NotInJob("emit() works only inside a job function that an RQ worker runs "
+                       "(RQ keeps the current job per thread: call it from the job's own thread)")
+    return job
+
+
+def emit(value: Any, total: int | None = None) -> int | None:
+    """Append ``value`` to the current RQ job's log and announce it to every viewer.
+
+    ``total`` sets the number of values expected (the progress bar's end). Returns the
+    entry's seq, or None when the value was not logged: an earlier attempt of this job
+    already logged that index, or the job has already ended.
+    """
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+        raise ValueError(f"total must be a non-negative int, not {total!r}")
+    job = current_job()
+    state = _state(job)
+    index = state.next
+    state.next += 1
+    seq = state.log.value(index, value, total=total)
+    if seq > 0:
+        return seq
+    if seq == -1 and not state.warned:
+        state.warned = True
+        log.warning("job %s has already ended (failed or cancelled): emit() drops its values", job.id)
+    elif seq == -2:
+        raise RedisError(f"the log of job {job.id} is gone (expired or deleted)")
+    return None
+
+
+def resume() -> int:
+    """How many values earlier attempts of the current job logged; the next emit() follows.
+
+    A job that can skip work already done starts there::
+
+        for i in range(resume(), n):
+            emit(work(i))
+    """
+    job = current_job()
+    state = _state(job)
+    state.next = max(state.next, state.log.values_logged())
+    return state.next

@@ -1,0 +1,101 @@
+"""The worker hook: RQ workers that log every job's lifecycle in its Jobcast log.
+
+A user adds one line, the worker class: ``rq worker -w jobcast.Worker`` (or
+``jobcast.Worker(queues, connection=...)`` in code). For every job it runs, whoever enqueued it,
+the job's log gets ``started`` (after ``queued``, written here too if nobody created the log
+yet), then ``finished``, or ``retrying`` / ``failed`` with the reason. Jobcast's own task jobs
+are left alone: :func:`worker.runner.run_task` logs those itself.
+
+Entries that a retry changes are written before RQ re-queues the job, so the next attempt's
+``started`` can never come before this attempt's ``retrying``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.exceptions import RedisError
+from rq import SimpleWorker as RQSimpleWorker
+from rq import Worker as RQWorker
+from rq.job import Job
+
+from worker.emit import HOOKED_ATTR, ensure_log, is_runner, next_attempt, rq_log
+
+log = logging.getLogger(__name__)
+
+
+def reason_from(exc_string: str) -> str:
+    """The last line of RQ's traceback text: ``ValueError: boom``."""
+    lines = [line.strip() for line in (exc_string or "").strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "job failed"
+
+
+class LifecycleMixin:
+    """Mix into any RQ worker class (before it) to log the lifecycle of the jobs it runs.
+
+    A failure to reach Redis here is logged and never fails the job itself.
+    """
+
+    def prepare_job_execution(self, job: Job, *args, **kwargs) -> None:
+        """After RQ marks the job started: create its log if missing, then log ``started``."""
+        super().prepare_job_execution(job, *args, **kwargs)
+        if is_runner(job):
+            return
+        # emit() in this run knows the lifecycle is taken care of (same Job instance).
+        setattr(job, HOOKED_ATTR, True)
+        try:
+            jlog = rq_log(job)
+            ensure_log(jlog, job.description, job.origin)
+            jlog.started(self.name, next_attempt(jlog))
+        except RedisError as exc:
+            log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
+
+    def handle_job_success(self, job: Job, *args, **kwargs):
+        """After RQ saved the result: log ``finished``."""
+        result = super().handle_job_success(job, *args, **kwargs)
+        if not is_runner(job):
+            self._log_end(job, "finished")
+        return result
+
+    def handle_job_failure(self, job: Job, queue, started_job_registry=None, exc_string: str = "",
+                           execution=None):
+        """Log ``retrying`` or ``failed`` as RQ is about to decide, then let RQ handle it.
+
+        Also runs in the worker (not the work-horse) when the work-horse died.
+        """
+        if not is_runner(job):
+            stopped = getattr(self, "_stopped_job_id", None) == job.id
+            retry = bool(job.retries_left) and not stopped
+            reason = "stopped" if stopped else reason_from(exc_string)
+            self._log_end(job, "retrying" if retry else "failed", reason)
+        return super().handle_job_failure(job, queue, started_job_registry=started_job_registry,
+                                          exc_string=exc_string, execution=execution)
+
+    def handle_job_retry(self, job: Job, queue, retry, *args, **kwargs):
+        """The job returned ``rq.Retry``: log ``retrying``, or ``failed`` once none is left."""
+        if not is_runner(job):
+            exhausted = bool(job.number_of_retries and job.number_of_retries >= retry.max)
+            self._log_end(job, "failed" if exhausted else "retrying",
+                          "retries exhausted" if exhausted else "the job asked to be retried")
+        return super().handle_job_retry(job, queue, retry, *args, **kwargs)
+
+    def _log_end(self, job: Job, kind: str, reason: str = "") -> None:
+        """Write a ``finished``, ``retrying`` or ``failed`` entry; Redis errors only warn."""
+        try:
+            jlog = rq_log(job)
+            if kind == "finished":
+                jlog.finished()
+            elif kind == "retrying":
+                jlog.retrying(reason)
+            else:
+                jlog.failed(reason)
+        except RedisError as exc:
+            log.warning("jobcast: could not log %s for job %s: %s", kind, job.id, exc)
+
+
+class Worker(LifecycleMixin, RQWorker):
+    """RQ's forking worker, with Jobcast's lifecycle hook: ``rq worker -w jobcast.Worker``."""
+
+
+class SimpleWorker(LifecycleMixin, RQSimpleWorker):
+    """RQ's non-forking worker, with Jobcast's lifecycle hook."""
