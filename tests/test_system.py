@@ -6,12 +6,14 @@ import json
 import math
 import socket
 import threading
+import uuid
 
 import httpx
 import psutil
 import pytest
 
 from tests.conftest import WebServer, create_job, job_status, parse_sse, wait_for
+from worker.joblog import JobLog
 
 
 def sqrt_lines(n: int) -> str:
@@ -184,3 +186,18 @@ def test_a_vanished_viewer_is_freed_after_a_heartbeat(redis_server, logs_dir, wo
                          what=f"{path} viewer freed")
     finally:
         server.stop()
+
+
+def test_a_relayed_stream_says_connection_close_so_a_pooled_client_goes_on_with_a_new_one(http, redis):
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {}, None)
+    log.started("test", 1)
+    log.value(0, 0.0)
+    log.finished()
+    for path in ("stream", "events", "frame"):
+        with http.stream("GET", f"/jobs/{log.job_id}/{path}") as r:
+            assert r.status_code == 200 and r.headers["connection"] == "close"
+            body = r.read()
+        assert b"0.0" in body
+        # The relay closed the connection at the end; the client knew not to reuse it.
+        assert http.get("/healthz").status_code == 200

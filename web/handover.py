@@ -48,13 +48,14 @@ class HandoverSocket:
     are dropped, and the connection is not reused for another request.
     """
 
-    __slots__ = ("_sock", "_headers", "taken")
+    __slots__ = ("_sock", "_headers", "taken", "response")
 
     def __init__(self, sock: socket.socket):
         """Wrap gunicorn's client socket."""
         self._sock = sock
         self._headers = b""
         self.taken = False
+        self.response = None  # gunicorn's Response for the current request (StreamWorker)
 
     def __getattr__(self, name: str):
         """Everything else is the real socket's."""
@@ -84,6 +85,15 @@ class HandoverSocket:
     def chunked(self) -> bool:
         """Whether gunicorn framed the body as HTTP/1.1 chunks (read off its headers)."""
         return b"\r\ntransfer-encoding: chunked\r\n" in self._headers.lower()
+
+    def claim(self) -> None:
+        """Announce, before the headers go out, that this response will take the connection.
+
+        gunicorn then sends ``Connection: close``: the relay closes the connection when the
+        stream ends, so no client may count on reusing it for another request.
+        """
+        if self.response is not None and not self.headers_sent:
+            self.response.force_close()
 
     def take(self) -> _socket.socket:
         """Detach the OS socket for the caller, who must close it; gunicorn lets it go.
@@ -122,6 +132,16 @@ class StreamWorker(GeventWorker):
         super().load_wsgi()
         gc.collect()
         gc.freeze()
+        app = self.wsgi
+
+        def wsgi(environ: dict, start_response):
+            """The app, told which gunicorn Response a taken connection belongs to."""
+            conn = environ.get("gunicorn.socket")
+            if isinstance(conn, HandoverSocket):
+                conn.response = getattr(start_response, "__self__", None)
+            return app(environ, start_response)
+
+        self.wsgi = wsgi
 
     def init_process(self) -> None:
         """Accept one connection per turn of the event loop.

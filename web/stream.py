@@ -73,6 +73,7 @@ def open_stream(job_id: str, transport: Transport, after: int, *, start: int = 0
     slot = open_slot(st.limiter, st.config)
     conn = can_take(request.environ)
     if conn is not None:
+        conn.claim()  # the headers then say Connection: close, as the relay will close it
         body = _hand_over(conn, st.hub.relay, job_id, transport, after, start, preamble, slot)
     else:
         # The body runs after the view has returned: keep the request (and app) context.
