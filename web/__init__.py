@@ -1,25 +1,95 @@
-"""Jobcast's web side: a Flask app that relays job logs to any number of viewers.
-
-The app is in :mod:`web.app` (``create_app``, and ``state()`` for the views). This package
-only names it, and loads it when first asked (PEP 562): gunicorn's arbiter imports
-:mod:`web.handover` to find Jobcast's worker class, and must not load Flask, redis-py and the
-rest of the app before each worker has patched the standard library with gevent.
-"""
+"""Jobcast's web side: a Flask app that relays job logs to any number of viewers."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from typing import Any
 
-if TYPE_CHECKING:  # for type checkers and readers; at run time see __getattr__
-    from web.app import State, create_app, state
+from flask import Flask
+from redis import BlockingConnectionPool, Redis
 
-__all__ = ["State", "create_app", "state"]
+from worker.config import Config
+from worker.registry import load_builtin_and_user_tasks
 
 
-def __getattr__(name: str):
-    """Load :mod:`web.app` on first use of one of its names."""
-    if name in __all__:
-        from web import app
+class State:
+    """Per-process resources: the Redis client and, once needed, the hub."""
 
-        return getattr(app, name)
-    raise AttributeError(f"module 'web' has no attribute {name!r}")
+    def __init__(self, config: Config, redis: Redis | None = None):
+        """Create the Redis client; the hub starts lazily in the serving process."""
+        self.config = config
+        # A bounded pool: Redis connections must not grow with the number of viewers.
+        self.redis = redis or Redis(connection_pool=BlockingConnectionPool.from_url(
+            config.redis_url, max_connections=64, timeout=10,
+            socket_keepalive=True, health_check_interval=30))
+        self._hub = None
+        self._hub_pid = None
+        from web.limits import StreamLimiter
+
+        self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)
+
+    @property
+    def hub(self):
+        """The process's hub, created after any fork so each worker has its own."""
+        if self._hub is None or self._hub_pid != os.getpid():
+            from web.workerclass import check_worker_class
+
+            # With --preload the app was created in gunicorn's master: check the worker here.
+            check_worker_class()
+            from web.hub import Hub
+
+            self._hub = Hub(self.redis, buffer_size=self.config.viewer_buffer,
+                            heartbeat=self.config.heartbeat)
+            self._hub_pid = os.getpid()
+            self._hub.start()
+            from web.handover import on_worker_exit
+
+            # Held streams are not requests gunicorn waits for: end them when it stops.
+            on_worker_exit(self._hub.shutdown)
+            from web.watchdog import Watchdog
+
+            Watchdog(self.redis, self.config).start()
+            from web.presence import Presence
+
+            Presence(self.redis, self._hub).start()
+        return self._hub
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Create the Jobcast Flask app. ``test_config`` may set JOBCAST (a Config) and REDIS."""
+    app = Flask(__name__)
+    test_config = dict(test_config or {})
+    config = test_config.pop("JOBCAST", None) or Config.from_env()
+    redis = test_config.pop("REDIS", None)
+    app.config.from_mapping(
+        MAX_CONTENT_LENGTH=config.max_body,
+    )
+    app.config.update(test_config)
+    load_builtin_and_user_tasks()
+    app.extensions["jobcast"] = State(config, redis)
+
+    from web import api, errors, health, metrics, pages, stream
+
+    from web import openapi, security, shutdown
+    from web.workerclass import check_worker_class
+
+    # Before shutdown.install, which replaces the SIGTERM handler the check looks at.
+    check_worker_class()
+    shutdown.install(lambda: app.extensions["jobcast"].hub)
+    errors.register(app)
+    # Read access, security headers and the login form (JOBCAST_READ; see web/security.py).
+    security.install(app)
+    app.register_blueprint(openapi.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(stream.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(metrics.bp)
+    return app
+
+
+def state() -> State:
+    """The current app's State."""
+    from flask import current_app
+
+    return current_app.extensions["jobcast"]
