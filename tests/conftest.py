@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,27 +19,6 @@ from worker.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBCAST = [sys.executable, "-m", "producer"]
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str:
-    """Debian's chromium (the README's test command installs it)."""
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.fail("chromium is not installed: run the README's test command (make test)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """A headless Chromium for one test module, driven through Playwright."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,

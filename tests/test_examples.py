@@ -15,7 +15,7 @@ from producer.redisproc import free_port
 from tests.conftest import ROOT, service_env, start_rq_worker, stop_process, wait_for
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
-from tests.web.test_browser import DONE  # noqa: E402
+from tests.web.test_browser import CHROMIUM_FLAGS, DONE, chromium_path  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 
@@ -68,6 +68,14 @@ def example(request, redis_server, logs_dir, rq_worker) -> Iterator[ExampleApp]:
                      logs_dir / f"example-{request.param}.log").wait_ready()
     yield app
     stop_process(app.proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
 
 
 @pytest.fixture

@@ -304,7 +304,8 @@ class Relay:
         first_index = next((e.i for e in entries if e.kind == "value"), None)
         shared: dict[tuple[Transport, bool], bytes] = {}
         written = 0
-        # The hot loop: one iteration per viewer per batch, a few attribute reads and one send().
+        # The hot loop: one iteration per viewer per batch, kept to a few attribute reads and
+        # one send() (the write is _send's, inlined).
         for v in tuple(viewers):
             if v.slow:
                 if last > v.missed:
@@ -326,10 +327,23 @@ class Relay:
             v.cursor = last
             if end:
                 v.done = True
-            if self._send(v, data):
+            if not data:  # e.g. the text stream's end on HTTP/1.0: nothing to write
+                if end:
+                    self._close(v, "job_ended")
+                continue
+            try:
+                n = v.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self._close(v, "client_gone")
+                continue
+            if n == len(data):
                 written += 1
                 if end:
-                    self._close(v, "job_ended")  # even when the end wrote nothing (raw text)
+                    self._close(v, "job_ended")
+            else:
+                self._catch_up(v, data[n:], "slow")
         return written
 
     def _send(self, v: HeldViewer, data: bytes) -> bool:

@@ -8,6 +8,8 @@ a long job that must not freeze the tab, and the screenshots shown in the README
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import signal
 import struct
 from pathlib import Path
@@ -18,8 +20,26 @@ from tests.conftest import ROOT, WebServer, create_job, job_status, wait_for
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 DONE = "() => document.getElementById('end').textContent === 'Done'"
+
+
+def chromium_path() -> str:
+    """Debian's chromium (the README's test command installs it)."""
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("chromium is not installed: run the README's test command (make test)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
 
 
 def is_csp_violation(text: str) -> bool:

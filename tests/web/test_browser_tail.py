@@ -15,10 +15,19 @@ from producer.enqueue import enqueue
 from tests.conftest import WebServer, Workers
 from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                horse_of, stop_delay, wait_started)
-from tests.web.test_browser import dom, is_csp_violation, model, playwright_api
+from tests.web.test_browser import (CHROMIUM_FLAGS, chromium_path, dom, is_csp_violation, model,
+                                    playwright_api)
 from worker.chart import Downsample, chart_key
 from worker.config import Config
 from worker.joblog import JobLog, encode_value, meta_key
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
 
 
 @pytest.fixture
