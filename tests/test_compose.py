@@ -23,6 +23,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -260,6 +261,67 @@ def sqrt_stream(n: int) -> str:
     return "".join("{}\n".format(math.sqrt(i)) for i in range(n))
 
 
+def sse_events(lines) -> Iterator[dict[str, str]]:
+    """Server-sent events (id, event, data) from a stream of lines; comments and retry skipped."""
+    event: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "data" in event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            if field in ("id", "event", "data"):
+                event[field] = value[1:] if value.startswith(" ") else value
+
+
+class ResumingViewer:
+    """An SSE viewer of one job through the load balancer that, like EventSource, comes back
+    with Last-Event-ID whenever its connection ends before the job does."""
+
+    def __init__(self, http: httpx.Client, job_id: str):
+        self.http = http
+        self.job_id = job_id
+        self.entries: list[dict] = []  # every event's data, in the order received
+        self.connections = 0  # responses with status 200
+        self.cuts: list[str] = []  # how each connection ended early
+        self.last_id: str | None = None
+        self.done = False
+
+    def values(self) -> list[str]:
+        """The value texts received, in order."""
+        return [e["v"] for e in self.entries if e["kind"] == "value"]
+
+    def read(self, on_entry=None, deadline: float = 60) -> None:
+        """Read (reconnecting) until the job's terminal event; ``on_entry(self)`` after each entry."""
+        end = time.monotonic() + deadline
+        while not self.done:
+            assert time.monotonic() < end, f"viewer still reading after {deadline}s: {self.cuts}"
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                with self.http.stream("GET", f"/jobs/{self.job_id}/events", headers=headers,
+                                      timeout=httpx.Timeout(10, read=30)) as r:
+                    if r.status_code != 200:  # no replica ready for a moment: 502/503
+                        self.cuts.append(f"status {r.status_code}")
+                        time.sleep(0.25)  # EventSource's retry interval (the server's `retry: 250`)
+                        continue
+                    self.connections += 1
+                    for event in sse_events(r.iter_lines()):
+                        entry = json.loads(event["data"])
+                        if "id" in event:
+                            assert entry["seq"] == int(event["id"])
+                            self.last_id = event["id"]
+                            self.entries.append(entry)
+                            if on_entry:
+                                on_entry(self)
+                        if event.get("event") in ("finished", "failed", "cancelled"):
+                            self.done = True
+                            return
+                    self.cuts.append("closed")
+            except httpx.TransportError as exc:
+                self.cuts.append(type(exc).__name__)
+
+
 class Stack:
     """Runs commands against one compose project, echoing each one."""
 
@@ -284,6 +346,20 @@ class Stack:
         out = self.run("ps", "--all", "--format", "json", service, capture=True).stdout
         return parse_json_lines(out)
 
+    def replica_serving(self, path: str) -> dict | None:
+        """The web container that the lb sent the latest request for ``path`` to (from the lb's
+        log, which names the replica's address when a response starts), or None yet."""
+        logs = self.run("logs", "--no-color", "lb", capture=True, timeout=60).stdout
+        served = re.findall(r" web/web\d+ ([\d.]+):8000 .*\"GET " + re.escape(path) + " ", logs)
+        if not served:
+            return None
+        for container in self.containers("web"):
+            ip = self.run("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                          container["ID"], capture=True, compose=False, timeout=60).stdout.strip()
+            if ip == served[-1]:
+                return container
+        raise AssertionError(f"no web container has the address {served[-1]} the lb sent {path} to")
+
     def project_leftovers(self, project: str) -> list[str]:
         """Containers, networks and volumes of the project that are still there."""
         left = []
@@ -307,7 +383,7 @@ def offline_engine(env: dict[str, str], command: str) -> None:
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=900)
     assert proc.returncode == 0, f"docker-offline {command} exited {proc.returncode}"
     exported = dict(item.split("=", 1) for item in proc.stdout.split("\0") if "=" in item)
-    for name in ("DOCKER_HOST", "DOCKER_CONFIG", "PYTHON_IMAGE", "REDIS_IMAGE", "BUILD_NETWORK"):
+    for name in ("DOCKER_HOST", "DOCKER_CONFIG", "PYTHON_IMAGE", "REDIS_IMAGE", "DEBIAN_IMAGE", "BUILD_NETWORK"):
         assert exported.get(name), f"docker-offline {command} did not export {name}"
         env[name] = exported[name]
 
@@ -323,7 +399,7 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
     token = uuid.uuid4().hex
     # With a real engine, a mirror may stand in for the public images. A short demo job, so
     # that it neither skews the spread of jobs nor delays `down`.
-    env = clean_env(keep=("PYTHON_IMAGE", "REDIS_IMAGE", "BUILD_NETWORK") if real else (),
+    env = clean_env(keep=("PYTHON_IMAGE", "REDIS_IMAGE", "DEBIAN_IMAGE", "BUILD_NETWORK") if real else (),
                     JOBCAST_PORT=str(port), JOBCAST_TOKEN=token, JOBCAST_DEMO_JOBS="1",
                     JOBCAST_DEMO_PARAMS="--n 5 --interval 0.05")
     stack = Stack(env, project)
@@ -331,6 +407,8 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
     engine_up = stack_up = passed = False
     problems: list[str] = []
     n, jobs = 20, 6
+    # The job watched through the lb while its replica stops: long enough to stop mid-stream.
+    long_n, long_interval = 48, 0.25
 
     def report(text: str) -> None:
         """Print past pytest's output capture, so that CI logs show it without -s."""
@@ -351,17 +429,20 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
 
         stack_up = True
         t = time.monotonic()
-        stack.run("up", "-d", "--wait", "--wait-timeout", "240", "--scale", "worker=3", timeout=600)
+        stack.run("up", "-d", "--wait", "--wait-timeout", "240", "--scale", "web=3", "--scale", "worker=4",
+                  timeout=600)
         timings["up --wait"] = time.monotonic() - t
         report(stack.run("ps", "--all", capture=True).stdout)
 
+        webs = [c for c in stack.containers("web") if c["State"] == "running"]
+        assert len(webs) == 3, f"expected 3 running web replicas, got {webs}"
         workers = [c for c in stack.containers("worker") if c["State"] == "running"]
-        assert len(workers) == 3, f"expected 3 running workers, got {workers}"
+        assert len(workers) == 4, f"expected 4 running workers, got {workers}"
         # A container's hostname is its short id; the app names RQ workers "<hostname>.<pid>".
         worker_hosts = {c["ID"][:12] for c in workers}
 
         # The services run as an unprivileged user.
-        for service in ("web", "worker"):
+        for service in ("lb", "web", "worker"):
             uid = stack.run("exec", "-T", service, "id", "-u", capture=True).stdout.strip()
             assert uid != "0", f"{service} runs as root"
 
@@ -375,21 +456,58 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
 
             t = time.monotonic()
             ids = []
-            for _ in range(jobs):
-                r = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": n, "interval": 0.1}})
+            for k in range(jobs):
+                params = {"n": long_n, "interval": long_interval} if k == 0 else {"n": n, "interval": 0.1}
+                r = http.post("/api/jobs", json={"task": "sqrt", "params": params})
                 assert r.status_code == 201, r.text
                 ids.append(r.json()["id"])
 
-            # Follow the first job live from the host, to its end.
+            # Follow the second job live from the host, to its end.
             deadline = time.monotonic() + 60
             body = ""
-            with http.stream("GET", f"/jobs/{ids[0]}/stream", timeout=httpx.Timeout(10, read=30)) as r:
+            with http.stream("GET", f"/jobs/{ids[1]}/stream", timeout=httpx.Timeout(10, read=30)) as r:
                 assert r.status_code == 200
                 assert r.headers["content-type"].startswith("text/plain")
                 for chunk in r.iter_text():
                     body += chunk
                     assert time.monotonic() < deadline, f"stream still open after 60s: {body!r}"
             assert body == sqrt_stream(n)
+
+            # Watch the long job (SSE) through the lb. Once live values flow, the replica serving
+            # this viewer is stopped (SIGTERM: it ends its streams with `retry: 250`); the viewer
+            # resumes with Last-Event-ID through the lb, which now sends it to another replica.
+            t_failover = time.monotonic()
+            viewer = ResumingViewer(http, ids[0])
+            stopping: list = []
+
+            def stop_serving_replica(v: ResumingViewer) -> None:
+                """Once the viewer has 16 of the 48 values (4 s into the job), stop its replica."""
+                if stopping or len(v.values()) < 16:
+                    return
+                serving = wait_for(lambda: stack.replica_serving(f"/jobs/{ids[0]}/events"), 10,
+                                   interval=0.2, what="the lb to log which replica serves the viewer")
+                report(f"stopping {serving['Name']}, which serves the viewer, after value {v.values()[-1]}")
+                cmd = ["docker", "stop", serving["ID"]]
+                print("$", " ".join(cmd), flush=True)
+                stopping.append((serving, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)))
+
+            viewer.read(on_entry=stop_serving_replica, deadline=90)
+            assert stopping, "the viewer's job ended before its replica was stopped"
+            [(cut_replica, proc)] = stopping
+            assert proc.wait(timeout=60) == 0
+            timings["failover stream"] = time.monotonic() - t_failover
+            report(f"viewer: {viewer.connections} connections, ended early by {viewer.cuts}")
+            # Every value once, in order, across the cut; the job ended normally.
+            assert "\n".join(viewer.values()) + "\n" == sqrt_stream(long_n)
+            seqs = [e["seq"] for e in viewer.entries]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+            assert viewer.entries[-1]["kind"] == "finished"
+            # The stop really cut the viewer mid-stream, and another replica carried on.
+            assert viewer.connections >= 2 and viewer.cuts, (viewer.connections, viewer.cuts)
+            resumed = stack.replica_serving(f"/jobs/{ids[0]}/events")
+            assert resumed and resumed["ID"] != cut_replica["ID"], (resumed, cut_replica)
+            [after_stop] = [c for c in stack.containers("web") if c["ID"] == cut_replica["ID"]]
+            assert after_stop["State"] == "exited", after_stop
 
             def all_done() -> list[dict] | None:
                 infos = [http.get(f"/api/jobs/{i}").json() for i in ids]
@@ -442,7 +560,7 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
             assert http.get(f"/api/jobs/{after}").json()["status"] == "finished"
             assert http.get(f"/jobs/{after}/stream", timeout=30).text == sqrt_stream(15)
             stopped = stack.containers("worker")
-            assert [(c["State"], c["ExitCode"]) for c in stopped] == [("exited", 0)] * 3, stopped
+            assert [(c["State"], c["ExitCode"]) for c in stopped] == [("exited", 0)] * 4, stopped
         passed = True
     finally:
         if stack_up:
