@@ -174,6 +174,13 @@ def test_compose_file_takes_settings_from_the_environment():
     assert seconds(services["worker"]["stop_grace_period"]) == 120
 
 
+def test_readme_documents_every_variable_the_compose_file_reads():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run with Docker", 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in COMPOSE_VARS if f"`{name}`" not in section]
+    assert not missing, f"README's 'Run with Docker' does not list {missing}"
+
+
 def haproxy_config() -> dict[str, list[str]]:
     """lb/haproxy.cfg as {section header: its lines}, comments and blank lines dropped."""
     sections: dict[str, list[str]] = {}
