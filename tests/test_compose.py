@@ -8,6 +8,9 @@ points at (DOCKER_HOST or the default socket) and the public base images (or the
 PYTHON_IMAGE / REDIS_IMAGE name), and leaves that engine running. It prints its timings and
 `docker compose ps` even without -s.
 
+The stack runs in its default mode (streams on the ``redis`` service). Alongside, the test
+forms the ``cluster`` profile's 3-node Redis Cluster and checks it from inside the stack.
+
     python -m pytest tests/test_compose.py -m compose
 """
 
@@ -361,11 +364,14 @@ class Stack:
         if not served:
             return None
         for container in self.containers("web"):
-            ip = self.run("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                          container["ID"], capture=True, compose=False, timeout=60).stdout.strip()
-            if ip == served[-1]:
+            if self.address(container["ID"]) == served[-1]:
                 return container
         raise AssertionError(f"no web container has the address {served[-1]} the lb sent {path} to")
+
+    def address(self, container_id: str) -> str:
+        """A container's IP address on the project's network."""
+        return self.run("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                        container_id, capture=True, compose=False, timeout=60).stdout.strip()
 
     def project_leftovers(self, project: str) -> list[str]:
         """Containers, networks and volumes of the project that are still there."""
@@ -413,6 +419,7 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
     bridges_before = host_bridges()
     engine_up = stack_up = passed = False
     problems: list[str] = []
+    children: list[subprocess.Popen] = []  # commands run in the background, reaped at the end
     n, jobs = 20, 6
     # The job watched through the lb while its replica stops: long enough to stop mid-stream.
     long_n, long_interval = 48, 0.25
@@ -480,6 +487,13 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                     assert time.monotonic() < deadline, f"stream still open after 60s: {body!r}"
             assert body == sqrt_stream(n)
 
+            # Meanwhile, the cluster profile's three Redis nodes start and form a cluster.
+            cmd = stack.compose + ["--profile", "cluster", "run", "--rm", "-T", "redis-cluster-init"]
+            print("$", " ".join(cmd), flush=True)
+            cluster_init = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True)
+            children.append(cluster_init)
+
             # Watch the long job (SSE) through the lb. Once live values flow, the replica serving
             # this viewer is stopped (SIGTERM: it ends its streams with `retry: 250`); the viewer
             # resumes with Last-Event-ID through the lb, which now sends it to another replica.
@@ -497,6 +511,7 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                 cmd = ["docker", "stop", serving["ID"]]
                 print("$", " ".join(cmd), flush=True)
                 stopping.append((serving, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)))
+                children.append(stopping[0][1])
 
             viewer.read(on_entry=stop_serving_replica, deadline=90)
             assert stopping, "the viewer's job ended before its replica was stopped"
@@ -515,6 +530,35 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
             assert resumed and resumed["ID"] != cut_replica["ID"], (resumed, cut_replica)
             [after_stop] = [c for c in stack.containers("web") if c["ID"] == cut_replica["ID"]]
             assert after_stop["State"] == "exited", after_stop
+
+            # The lb replaces X-Forwarded-For and web trusts it: "cancelled by" names this
+            # client, neither the lb nor the address the client claimed.
+            r = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": 100, "interval": 1}})
+            assert r.status_code == 201, r.text
+            r = http.post(f"/api/jobs/{r.json()['id']}/cancel", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert r.status_code == 200, r.text
+            [lb] = stack.containers("lb")
+            assert r.json()["by"] not in ("203.0.113.9", "unknown", stack.address(lb["ID"])), r.json()
+            report(f"cancelled by {r.json()['by']} (the lb is {stack.address(lb['ID'])})")
+
+            # The cluster formed: 3 primaries own every slot, a client in the stack reaches all
+            # three by the names they announce, and forming it again changes nothing.
+            out, _ = cluster_init.communicate(timeout=120)
+            assert cluster_init.returncode == 0 and "redis cluster: ok" in out, out
+            info = stack.run("exec", "-T", "redis-node-1", "redis-cli", "cluster", "info", capture=True).stdout
+            assert {"cluster_state:ok", "cluster_slots_assigned:16384", "cluster_known_nodes:3",
+                    "cluster_size:3"} <= set(info.split()), info
+            probe = ("from redis.cluster import RedisCluster\n"
+                     "r = RedisCluster.from_url('redis://redis-node-1:6379/0')\n"
+                     "keys = ['probe:%d' % i for i in range(30)]\n"
+                     "for k in keys: r.set(k, k)\n"
+                     "assert [r.get(k).decode() for k in keys] == keys\n"
+                     "print(sorted({r.get_node_from_key(k).name for k in keys}))\n")
+            nodes = stack.run("exec", "-T", "web", "python", "-c", probe, capture=True).stdout.strip()
+            assert nodes == str([f"redis-node-{i}:6379" for i in (1, 2, 3)]), nodes
+            again = stack.run("--profile", "cluster", "run", "--rm", "-T", "redis-cluster-init",
+                              capture=True, timeout=60).stdout
+            assert "already formed" in again, again
 
             def all_done() -> list[dict] | None:
                 infos = [http.get(f"/api/jobs/{i}").json() for i in ids]
@@ -575,11 +619,19 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                 stack.run("ps", "--all", check=False, timeout=60)
                 stack.run("logs", "--no-color", "--tail", "80", check=False, timeout=60)
             t = time.monotonic()
-            down = stack.run("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=300)
+            down = stack.run("--profile", "cluster", "down", "-v", "--remove-orphans", "--timeout", "30",
+                             check=False, timeout=300)
             timings["down -v"] = time.monotonic() - t
             if down.returncode != 0:
                 problems.append(f"docker compose down -v exited {down.returncode}")
             problems += stack.project_leftovers(project)
+        for child in children:
+            try:
+                child.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+                problems.append(f"{' '.join(child.args)} was still running after down")
         if engine_up:
             off = stack.run(str(DOCKER_OFFLINE), "down", compose=False, check=False, timeout=300)
             if off.returncode != 0:
