@@ -1,7 +1,7 @@
 """Docker packaging: the compose file is valid (fast, no engine) and the stack runs for real.
 
 The end-to-end test is marked ``compose``: it needs root, and takes about 2.5 minutes on a new
-machine, 25 s after that. By default it starts a private Docker engine with
+machine, 50-75 s after that (docs/docker.md). By default it starts a private Docker engine with
 ``../shared/tools/docker-offline`` (stand-in base images, no registry needed) and stops it again,
 whatever happens. With ``JOBCAST_COMPOSE_REAL=1`` it uses the engine the environment already
 points at (DOCKER_HOST or the default socket) and the public base images (or the mirrors that
