@@ -131,6 +131,7 @@ def test_compose_file_is_valid_and_complete():
     assert "/readyz" in " ".join(web["healthcheck"]["test"])
     assert web["environment"]["JOBCAST_TOKEN"] == ""
     assert web["environment"]["JOBCAST_TRUST_PROXY"] == "1"
+    assert web["environment"]["WEB_CONCURRENCY"] == "2"
     assert web["command"][:2] == ["jobcast", "web"]
 
     # lb: the one published port, built from Debian with apt, started once web is healthy,
@@ -160,8 +161,9 @@ def test_compose_file_takes_settings_from_the_environment():
     cfg = compose_config(JOBCAST_PORT="18123", PYTHON_IMAGE="local/python:3.11", REDIS_IMAGE="local/redis:7",
                          DEBIAN_IMAGE="local/debian:bookworm", BUILD_NETWORK="host", JOBCAST_TOKEN="s3cret",
                          JOBCAST_DEMO_JOBS="3", JOBCAST_WORKER_STOP_GRACE="2m",
-                         JOBCAST_STREAM_URL="redis://redis-node-1:6379/0")
+                         JOBCAST_STREAM_URL="redis://redis-node-1:6379/0", WEB_CONCURRENCY="4")
     services = cfg["services"]
+    assert services["web"]["environment"]["WEB_CONCURRENCY"] == "4"
     assert services["lb"]["ports"][0]["published"] == "18123"
     assert services["lb"]["build"]["args"]["BASE_IMAGE"] == "local/debian:bookworm"
     assert services["lb"]["build"]["network"] == "host"
@@ -416,7 +418,10 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
     # that it neither skews the spread of jobs nor delays `down`.
     env = clean_env(keep=("PYTHON_IMAGE", "REDIS_IMAGE", "DEBIAN_IMAGE", "BUILD_NETWORK") if real else (),
                     JOBCAST_PORT=str(port), JOBCAST_TOKEN=token, JOBCAST_DEMO_JOBS="1",
-                    JOBCAST_DEMO_PARAMS="--n 5 --interval 0.05")
+                    JOBCAST_DEMO_PARAMS="--n 5 --interval 0.05",
+                    # One gunicorn process per replica: three replicas are the point here, and
+                    # three fewer processes start on the CI machine's two cores.
+                    WEB_CONCURRENCY="1")
     stack = Stack(env, project)
     bridges_before = host_bridges()
     engine_up = stack_up = passed = False
