@@ -9,7 +9,9 @@ PYTHON_IMAGE / REDIS_IMAGE name), and leaves that engine running. It prints its 
 `docker compose ps` even without -s.
 
 The stack runs in its default mode (streams on the ``redis`` service). Alongside, the test
-forms the ``cluster`` profile's 3-node Redis Cluster and checks it from inside the stack.
+forms the ``cluster`` profile's 3-node Redis Cluster and checks it from inside the stack. With
+``JOBCAST_COMPOSE_STREAMS=cluster`` the stack starts with that profile and keeps its job
+streams on the cluster (``JOBCAST_STREAM_URL``), and the test checks that they are there.
 
     python -m pytest tests/test_compose.py -m compose
 """
@@ -339,10 +341,12 @@ class ResumingViewer:
 class Stack:
     """Runs commands against one compose project, echoing each one."""
 
-    def __init__(self, env: dict[str, str], project: str):
+    def __init__(self, env: dict[str, str], project: str, profiles: tuple[str, ...] = ()):
         self.env = env
         self.compose = ["docker", "compose", "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
                         "-p", project]
+        for profile in profiles:
+            self.compose += ["--profile", profile]
 
     def run(self, *args: str, timeout: float = 120, capture: bool = False, check: bool = True,
             compose: bool = True) -> subprocess.CompletedProcess:
@@ -422,7 +426,11 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                     # One gunicorn process per replica: three replicas are the point here, and
                     # three fewer processes start on the CI machine's two cores.
                     WEB_CONCURRENCY="1")
-    stack = Stack(env, project)
+    # Job streams on the cluster profile's Redis Cluster instead of the redis service.
+    streams_on_cluster = os.environ.get("JOBCAST_COMPOSE_STREAMS") == "cluster"
+    if streams_on_cluster:
+        env["JOBCAST_STREAM_URL"] = "redis://redis-node-1:6379/0"
+    stack = Stack(env, project, ("cluster",) if streams_on_cluster else ())
     bridges_before = host_bridges()
     engine_up = stack_up = passed = False
     problems: list[str] = []
@@ -494,7 +502,8 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                     assert time.monotonic() < deadline, f"stream still open after 60s: {body!r}"
             assert body == sqrt_stream(n)
 
-            # Meanwhile, the cluster profile's three Redis nodes start and form a cluster.
+            # Meanwhile, the cluster profile's three Redis nodes start and form a cluster
+            # (already done by `up` when the streams are on it).
             cmd = stack.compose + ["--profile", "cluster", "run", "--rm", "-T", "redis-cluster-init"]
             print("$", " ".join(cmd), flush=True)
             cluster_init = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -551,7 +560,8 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
             # The cluster formed: 3 primaries own every slot, a client in the stack reaches all
             # three by the names they announce, and forming it again changes nothing.
             out, _ = cluster_init.communicate(timeout=120)
-            assert cluster_init.returncode == 0 and "redis cluster: ok" in out, out
+            formed = "redis cluster: already formed" if streams_on_cluster else "redis cluster: ok"
+            assert cluster_init.returncode == 0 and formed in out, out
             info = stack.run("exec", "-T", "redis-node-1", "redis-cli", "cluster", "info", capture=True).stdout
             assert {"cluster_state:ok", "cluster_slots_assigned:16384", "cluster_known_nodes:3",
                     "cluster_size:3"} <= set(info.split()), info
@@ -566,6 +576,13 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
             again = stack.run("--profile", "cluster", "run", "--rm", "-T", "redis-cluster-init",
                               capture=True, timeout=60).stdout
             assert "already formed" in again, again
+            # Where the job streams are: on the cluster, the redis service holds no job key.
+            on_redis = stack.run("exec", "-T", "redis", "redis-cli", "--scan", "--pattern", "jobcast:job:*",
+                                 capture=True).stdout.split()
+            if streams_on_cluster:
+                assert not on_redis, on_redis
+            else:
+                assert len(on_redis) >= jobs, on_redis
 
             def all_done() -> list[dict] | None:
                 infos = [http.get(f"/api/jobs/{i}").json() for i in ids]
@@ -626,8 +643,8 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                 stack.run("ps", "--all", check=False, timeout=60)
                 stack.run("logs", "--no-color", "--tail", "80", check=False, timeout=60)
             t = time.monotonic()
-            down = stack.run("--profile", "cluster", "down", "-v", "--remove-orphans", "--timeout", "30",
-                             check=False, timeout=300)
+            down = stack.run(*([] if streams_on_cluster else ["--profile", "cluster"]), "down", "-v",
+                             "--remove-orphans", "--timeout", "30", check=False, timeout=300)
             timings["down -v"] = time.monotonic() - t
             if down.returncode != 0:
                 problems.append(f"docker compose down -v exited {down.returncode}")
