@@ -18,8 +18,8 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from worker.config import Config
-from worker.joblog import JobLog, UnknownJob
+from jobcast.settings import Config
+from jobcast.joblog import JobLog, UnknownJob
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any, Mapping
 from redis import Redis
 from rq import Callback, Queue, Retry
 
-from worker.config import Config
-from worker.joblog import JobLog
-from worker.registry import ParamError, get_task
+from jobcast.settings import Config
+from jobcast.joblog import JobLog
+from jobcast.registry import ParamError, get_task
 from worker.runner import on_failure, run_task
 
 

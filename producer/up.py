@@ -90,7 +90,7 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
     ``env`` adds environment variables to one kind of service ({"worker": {...}}).
     """
     printer = Printer(quiet=HOUSEKEEPING, verbose=verbose)
-    jobcast = [sys.executable, "-m", "producer"]
+    jobcast = [sys.executable, "-m", "jobcast"]
     state_file = state_path()
     state: dict[str, Any] = {"pid": os.getpid(), "started": time.time(), "workers": workers,
                              "web_workers": web_workers}
@@ -202,8 +202,8 @@ def start_demo(sup: Supervisor, redis_url: str, public: str, timeout: float = 5.
     """Enqueue the demo sqrt job and supervise until a worker has taken it (so its start-up
     lines come before the URLs); return its id."""
     from producer.enqueue import enqueue
-    from worker.config import Config
-    from worker.joblog import job_info
+    from jobcast.settings import Config
+    from jobcast.joblog import job_info
 
     job_id = enqueue("sqrt", {}, config=Config.from_env(redis_url=redis_url, public_url=public))
     conn = Redis.from_url(redis_url)
@@ -279,7 +279,7 @@ def rq_info(redis_url: str, queue_name: str) -> dict[str, Any]:
 def status(output: str = "plain") -> int:
     """Print the services of the `jobcast up` running here, RQ's workers and the queue
     depth. Exit 0, or 3 when Redis cannot be reached."""
-    from worker.config import Config
+    from jobcast.settings import Config
 
     state = read_state()
     cfg = Config.from_env(**({"redis_url": state["redis_url"]} if state else {}))

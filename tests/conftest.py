@@ -15,10 +15,10 @@ import pytest
 from redis import Redis
 
 from producer.redisproc import RedisServer, free_port
-from worker.config import Config
+from jobcast.settings import Config
 
 ROOT = Path(__file__).resolve().parent.parent
-JOBCAST = [sys.executable, "-m", "producer"]
+JOBCAST = [sys.executable, "-m", "jobcast"]
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,

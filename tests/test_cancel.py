@@ -23,8 +23,8 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry
 import tests.tasks  # noqa: F401  (registers sleepy and burn in this process too)
 from producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, Workers, parse_sse, service_env, wait_for
-from worker.config import Config
-from worker.joblog import TERMINAL, Entry, JobLog
+from jobcast.settings import Config
+from jobcast.joblog import TERMINAL, Entry, JobLog
 
 
 @pytest.fixture(scope="module")

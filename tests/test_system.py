@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tests.conftest import WebServer, create_job, job_status, parse_sse, wait_for
-from worker.joblog import JobLog
+from jobcast.joblog import JobLog
 
 
 def sqrt_lines(n: int) -> str:

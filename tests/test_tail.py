@@ -20,8 +20,8 @@ from redis import Redis
 
 from producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, WebServer, Workers, parse_sse, service_env, wait_for
-from worker.config import Config
-from worker.joblog import JobLog
+from jobcast.settings import Config
+from jobcast.joblog import JobLog
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from typing import Any
 from flask import Flask
 from redis import BlockingConnectionPool, Redis
 
-from worker.config import Config
-from worker.registry import load_builtin_and_user_tasks
+from jobcast.settings import Config
+from jobcast.registry import load_builtin_and_user_tasks
 
 
 class State:

@@ -17,8 +17,8 @@ from web.position import may_be_trimmed
 from web.presence import total_viewers
 from web.security import urls_sig
 from worker.chart import chart_key
-from worker.joblog import UnknownJob, first_kept, log_key, recent_jobs
-from worker.registry import ParamError, UnknownTask, all_tasks
+from jobcast.joblog import UnknownJob, first_kept, log_key, recent_jobs
+from jobcast.registry import ParamError, UnknownTask, all_tasks
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
 
 from web import metrics
 from web.relay import Relay
-from worker.joblog import CHANNEL_PATTERN, Entry, job_id_from_channel
+from jobcast.joblog import CHANNEL_PATTERN, Entry, job_id_from_channel
 
 log = logging.getLogger(__name__)
 

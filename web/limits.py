@@ -9,7 +9,7 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 
 from web.metrics import stream_refused
-from worker.config import Config
+from jobcast.settings import Config
 
 RETRY_AFTER = "5"
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from worker.config import Config
+from jobcast.settings import Config
 
 SALT = "jobcast.view-link"
 PARAM = "sig"

@@ -10,9 +10,9 @@ from rq.job import Job
 
 from web import state
 from web.errors import BadParam
-from worker.config import Config
+from jobcast.settings import Config
 from worker.emit import ensure_log
-from worker.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, job_info
+from jobcast.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, job_info
 
 # RQ states of a job that a Jobcast-aware worker has not finished with yet.
 ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})

@@ -19,7 +19,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from web import create_app
 from web.workerclass import UnsuitableWorker, check_worker_class
-from worker.config import Config
+from jobcast.settings import Config
 
 __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
 

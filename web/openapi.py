@@ -17,14 +17,14 @@ from web import state
 from web.links import MAX_TTL, PARAM
 from web.lookup import MAX_SEQ
 from web.security import MAX_QUERY, SESSION_COOKIE
-from worker.config import Config
-from worker.registry import all_tasks
+from jobcast.settings import Config
+from jobcast.registry import all_tasks
 
 bp = Blueprint("openapi", __name__)
 
 JSON = "application/json"
 HTML = "text/html"
-# worker.joblog.JOB_ID_RE: RQ's alphabet (Jobcast's ids are 32 hex characters, RQ's UUIDs).
+# jobcast.joblog.JOB_ID_RE: RQ's alphabet (Jobcast's ids are 32 hex characters, RQ's UUIDs).
 JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$",
           "description": "1 to 128 letters, digits, '_' or '-'"}
 NULLABLE_NUMBER = {"type": ["number", "null"]}

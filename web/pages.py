@@ -11,8 +11,8 @@ from flask import Blueprint, render_template
 from producer.enqueue import job_urls
 from web import state
 from web.lookup import load_job
-from worker.joblog import recent_jobs
-from worker.registry import all_tasks
+from jobcast.joblog import recent_jobs
+from jobcast.registry import all_tasks
 
 bp = Blueprint("pages", __name__)
 

@@ -20,7 +20,7 @@ from redis import Redis
 
 from web import state
 from web.lookup import int_param, resume_position
-from worker.joblog import Entry, first_kept, log_key, meta_key
+from jobcast.joblog import Entry, first_kept, log_key, meta_key
 
 TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""

@@ -17,7 +17,7 @@ import time
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.joblog import PREFIX, check_job_id
+from jobcast.joblog import PREFIX, check_job_id
 
 log = logging.getLogger(__name__)
 

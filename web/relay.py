@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from web import metrics
 from web.frames import LAST_CHUNK, Transport, chunk
-from worker.joblog import Entry, JobLog
+from jobcast.joblog import Entry, JobLog
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException, RequestURITooLarge
 from web import metrics
 from web.limits import Unauthorized
 from web.links import PARAM, LinkError, verify, view_sig
-from worker.config import Config
+from jobcast.settings import Config
 
 log = logging.getLogger(__name__)
 

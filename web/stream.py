@@ -6,7 +6,7 @@ interval, the HTML head), and then either
 - hands the connection to the process's relay (:mod:`web.relay`), when the gunicorn worker
   lets it take the connection (:class:`web.handover.StreamWorker`, Jobcast's default): the
   request's greenlet ends there, and the relay writes the history and every live entry; or
-- follows the job in the request's own greenlet (:func:`web.follow.follow_batches`), under any
+- follows the job in the request's own greenlet (:func:`web.fallback.follow_batches`), under any
   other server. Both paths frame entries with :mod:`web.frames`, so they send the same bytes.
 """
 
@@ -19,14 +19,14 @@ from typing import Callable, Iterator
 from flask import Blueprint, Response, request, stream_with_context, url_for
 
 from web import state
-from web.follow import HEARTBEAT, follow_batches
+from web.fallback import HEARTBEAT, follow_batches
 from web.frames import HTML, SSE, TEXT, Transport, html_head, html_notice
 from web.handover import HandoverSocket, can_take
 from web.limits import StreamSlot, open_slot
 from web.lookup import int_param, stream_position
 from web.position import stream_start
 from web.relay import HeldViewer, Relay
-from worker.joblog import JobLog
+from jobcast.joblog import JobLog
 
 bp = Blueprint("stream", __name__)
 

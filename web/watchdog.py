@@ -27,8 +27,8 @@ from rq.exceptions import NoSuchJobError, InvalidJobOperation
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from worker.config import Config
-from worker.joblog import JOBS_INDEX, JobLog, meta_key
+from jobcast.settings import Config
+from jobcast.joblog import JOBS_INDEX, JobLog, meta_key
 
 log = logging.getLogger(__name__)
 

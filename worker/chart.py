@@ -19,7 +19,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.joblog import PREFIX, check_job_id
+from jobcast.joblog import PREFIX, check_job_id
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A job function calls ``emit(value)`` once per value. Each call appends a value entry to the
 job's log with the next index and announces it, through the very script that logs a value a
-Jobcast task yields (:meth:`worker.joblog.JobLog.value`), so viewers cannot tell the two apart.
+Jobcast task yields (:meth:`jobcast.joblog.JobLog.value`), so viewers cannot tell the two apart.
 
 Indices count the calls of one run of the function, from 0. A retried job runs again from the
 start, and the log accepts value ``i`` only when it is the next one, so the values an earlier
@@ -24,8 +24,8 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from worker.config import Config
-from worker.joblog import JobExists, JobLog, meta_key
+from jobcast.settings import Config
+from jobcast.joblog import JobExists, JobLog, meta_key
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 
-from worker.config import Config
+from jobcast.settings import Config
 from worker.hook import LifecycleMixin
-from worker.joblog import JobLog
-from worker.registry import load_builtin_and_user_tasks
+from jobcast.joblog import JobLog
+from jobcast.registry import load_builtin_and_user_tasks
 
 
 def worker_name() -> str:

@@ -14,9 +14,9 @@ from rq import get_current_job
 from rq.job import Job
 
 from worker.chart import ChartWriter
-from worker.config import Config
-from worker.joblog import JobLog, meta_key
-from worker.registry import get_task
+from jobcast.settings import Config
+from jobcast.joblog import JobLog, meta_key
+from jobcast.registry import get_task
 
 log = logging.getLogger(__name__)
 

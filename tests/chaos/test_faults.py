@@ -14,7 +14,7 @@ import pytest
 from producer.enqueue import enqueue
 from tests.chaos.conftest import SSEViewer, TextViewer
 from tests.conftest import create_job, wait_for
-from worker.config import Config
+from jobcast.settings import Config
 
 pytestmark = pytest.mark.chaos
 

@@ -7,7 +7,7 @@ import pytest
 
 from producer.enqueue import enqueue
 from web import create_app
-from worker.config import Config
+from jobcast.settings import Config
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next
 from tests.web.test_browser import (CHROMIUM_FLAGS, chromium_path, dom, is_csp_violation, model,
                                     playwright_api)
 from worker.chart import Downsample, chart_key
-from worker.config import Config
-from worker.joblog import JobLog, encode_value, meta_key
+from jobcast.settings import Config
+from jobcast.joblog import JobLog, encode_value, meta_key
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from web import create_app
-from worker.config import Config
-from worker.joblog import JobLog
+from jobcast.settings import Config
+from jobcast.joblog import JobLog
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from web.links import LinkError, sign, verify, view_sig, with_sig
-from worker.config import Config
+from jobcast.settings import Config
 
 JOB = "a" * 32
 CFG = Config(token="t0ken")

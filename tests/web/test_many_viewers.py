@@ -17,7 +17,7 @@ import uuid
 import h11
 
 from tests.conftest import wait_for
-from worker.joblog import JobLog
+from jobcast.joblog import JobLog
 
 VIEWERS = 1000
 

@@ -9,7 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_for
-from worker.joblog import JobLog
+from jobcast.joblog import JobLog
 
 
 def scrape(web) -> dict[tuple[str, tuple], float]:

@@ -11,7 +11,7 @@ from flask import Flask, url_for
 
 import jobcast
 from producer.enqueue import enqueue
-from worker.config import Config
+from jobcast.settings import Config
 from web.workerclass import UnsuitableWorker, check_worker_class
 
 

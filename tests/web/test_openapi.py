@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import WebServer
-from worker.joblog import JobLog
+from jobcast.joblog import JobLog
 
 TOKEN = "fuzz-token"
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

@@ -19,7 +19,7 @@ from redis import Redis
 
 from web.frames import HTML, SSE, TEXT
 from web.relay import HeldViewer, RecentEntries, Relay
-from worker.joblog import Entry, JobLog
+from jobcast.joblog import Entry, JobLog
 
 
 def green_wait(condition, timeout: float = 10.0, what: str = "condition"):

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import JOBCAST, ROOT, WebServer, parse_sse, service_env, wait_for
 from web.links import sign
-from worker.config import Config
+from jobcast.settings import Config
 
 TOKEN = "read-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,7 +11,7 @@ from typing import Sequence
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.config import Config
+from jobcast.settings import Config
 
 
 def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
@@ -34,7 +34,7 @@ def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
 def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     """Enqueue TASK with its --param values; print the job id and its page URL."""
     from producer.enqueue import enqueue, job_urls
-    from worker.registry import ParamError, UnknownTask, all_tasks
+    from jobcast.registry import ParamError, UnknownTask, all_tasks
 
     cfg = Config.from_env()
     try:
@@ -102,7 +102,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a job through Redis: 0 cancelled, 1 it had already ended, 2 bad id, 3 no Redis."""
     from producer.cancel import AlreadyEnded, cancel
-    from worker.joblog import InvalidJobId, UnknownJob, check_job_id
+    from jobcast.joblog import InvalidJobId, UnknownJob, check_job_id
 
     cfg = Config.from_env()
     try:
@@ -126,7 +126,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the registered tasks and their parameters."""
-    from worker.registry import all_tasks
+    from jobcast.registry import all_tasks
 
     for name, t in sorted(all_tasks().items()):
         props = t.schema().get("properties", {})
@@ -137,7 +137,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List recent jobs with their status."""
-    from worker.joblog import recent_jobs
+    from jobcast.joblog import recent_jobs
 
     cfg = Config.from_env()
     jobs = recent_jobs(Redis.from_url(cfg.redis_url), args.limit)

@@ -9,7 +9,7 @@ import uuid
 import fakeredis
 import pytest
 
-from worker.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
+from jobcast.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
                            job_id_from_channel, job_info, log_key, meta_key, recent_jobs)
 
 
