@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Sequence
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from jobcast.settings import Config
+from jobcast.settings import Settings, get_settings
 
 
 def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
@@ -36,7 +35,7 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     from producer.enqueue import enqueue, job_urls
     from jobcast.registry import ParamError, UnknownTask, all_tasks
 
-    cfg = Config.from_env()
+    cfg = get_settings()
     try:
         params = parse_task_params(extra)
         job_id = enqueue(args.task, params, config=cfg, strict=False)
@@ -89,7 +88,7 @@ def run_follow(job_id: str, args: argparse.Namespace) -> int:
     """Follow ``job_id`` with the CLI's options; the exit code says how the job ended."""
     from producer.follow import follow
 
-    base = args.url or Config.from_env().public_url
+    base = args.url or get_settings().public_url
     return follow(job_id, base, output=args.output, progress=args.progress,
                   reconnect_for=args.reconnect_for, tail=args.tail)
 
@@ -104,7 +103,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from producer.cancel import AlreadyEnded, cancel
     from jobcast.joblog import InvalidJobId, UnknownJob, check_job_id
 
-    cfg = Config.from_env()
+    cfg = get_settings()
     try:
         check_job_id(args.job_id)
         cancel(args.job_id, "cli", config=cfg)
@@ -139,7 +138,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     """List recent jobs with their status."""
     from jobcast.joblog import recent_jobs
 
-    cfg = Config.from_env()
+    cfg = get_settings()
     jobs = recent_jobs(Redis.from_url(cfg.redis_url), args.limit)
     if args.output == "json":
         print(json.dumps(jobs))
@@ -202,10 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--output", choices=["plain", "json"], default="plain")
 
     web = sub.add_parser("web", help="serve the web app under gunicorn (gevent)")
-    web.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    web.add_argument("--bind", default=os.environ.get("JOBCAST_BIND", "0.0.0.0"),
-                     help="address to listen on")
-    web.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "0")) or None)
+    web.add_argument("--port", type=int, default=None, help="port to listen on (default: $PORT or 8000)")
+    web.add_argument("--bind", default=None, help="address to listen on (default: $JOBCAST_BIND or 0.0.0.0)")
+    web.add_argument("--workers", type=count(1), default=None,
+                     help="gunicorn worker processes (default: $WEB_CONCURRENCY or 2)")
 
     worker = sub.add_parser("worker", help="run an RQ worker on the jobcast queue")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
@@ -235,8 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "already ended, 2 on a bad or unknown id, 3 without Redis.")
     can.add_argument("job_id")
 
-    tasks = sub.add_parser("tasks", help="list the registered tasks")
-    tasks.set_defaults()
+    sub.add_parser("tasks", help="list the registered tasks")
 
     jobs = sub.add_parser("jobs", help="list recent jobs")
     jobs.add_argument("--limit", type=int, default=20)
@@ -268,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "web":
         from web.serve import serve
 
-        serve(f"{args.bind}:{args.port}", args.workers)
+        cfg = get_settings()
+        serve(f"{args.bind or cfg.bind}:{args.port or cfg.port}", args.workers or cfg.web_concurrency)
         return 0
     if args.command == "up":
         from producer.up import up

@@ -8,19 +8,19 @@ from typing import Any, Mapping
 from redis import Redis
 from rq import Callback, Queue, Retry
 
-from jobcast.settings import Config
+from jobcast.settings import Settings, get_settings
 from jobcast.joblog import JobLog
 from jobcast.registry import ParamError, get_task
 from worker.runner import on_failure, run_task
 
 
 def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis | None = None,
-            config: Config | None = None, strict: bool = True) -> str:
+            config: Settings | None = None, strict: bool = True) -> str:
     """Validate ``params`` for ``task``, enqueue the job and return its id.
 
     Raises UnknownTask or ParamError before anything reaches Redis.
     """
-    cfg = config or Config.from_env()
+    cfg = config or get_settings()
     spec = get_task(task)
     checked = spec.validate(params, strict=strict)
     check_caps(task, checked, cfg)
@@ -44,7 +44,7 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     return job_id
 
 
-def check_caps(task: str, params: dict[str, Any], config: Config) -> None:
+def check_caps(task: str, params: dict[str, Any], config: Settings) -> None:
     """Raise ParamError for any parameter over its configured cap (JOBCAST_PARAM_CAPS)."""
     caps = config.caps()
     errors = []

@@ -15,7 +15,7 @@ import pytest
 from redis import Redis
 
 from producer.redisproc import RedisServer, free_port
-from jobcast.settings import Config
+from jobcast.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBCAST = [sys.executable, "-m", "jobcast"]
@@ -154,9 +154,9 @@ def redis(redis_server) -> Iterator[Redis]:
 
 
 @pytest.fixture
-def config(redis_server) -> Config:
-    """A Config pointing at the session's Redis."""
-    return Config.from_env(redis_url=redis_server.url)
+def config(redis_server) -> Settings:
+    """A Settings pointing at the session's Redis."""
+    return Settings(redis_url=redis_server.url)
 
 
 @pytest.fixture(scope="session")

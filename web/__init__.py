@@ -8,14 +8,14 @@ from typing import Any
 from flask import Flask
 from redis import BlockingConnectionPool, Redis
 
-from jobcast.settings import Config
+from jobcast.settings import Settings, get_settings
 from jobcast.registry import load_builtin_and_user_tasks
 
 
 class State:
     """Per-process resources: the Redis client and, once needed, the hub."""
 
-    def __init__(self, config: Config, redis: Redis | None = None):
+    def __init__(self, config: Settings, redis: Redis | None = None):
         """Create the Redis client; the hub starts lazily in the serving process."""
         self.config = config
         # A bounded pool: Redis connections must not grow with the number of viewers.
@@ -56,10 +56,10 @@ class State:
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Create the Jobcast Flask app. ``test_config`` may set JOBCAST (a Config) and REDIS."""
+    """Create the Jobcast Flask app. ``test_config`` may set JOBCAST (a Settings) and REDIS."""
     app = Flask(__name__)
     test_config = dict(test_config or {})
-    config = test_config.pop("JOBCAST", None) or Config.from_env()
+    config = test_config.pop("JOBCAST", None) or get_settings()
     redis = test_config.pop("REDIS", None)
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=config.max_body,

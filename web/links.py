@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from jobcast.settings import Config
+from jobcast.settings import Settings
 
 SALT = "jobcast.view-link"
 PARAM = "sig"
@@ -34,14 +34,14 @@ class LinkError(Exception):
         self.reason = reason
 
 
-def _serializer(config: Config) -> URLSafeSerializer:
+def _serializer(config: Settings) -> URLSafeSerializer:
     """The serializer for view links; a ValueError if no key is configured."""
     if not config.signing_key:
         raise ValueError("view links need JOBCAST_SECRET or JOBCAST_TOKEN")
     return URLSafeSerializer(config.signing_key, salt=SALT)
 
 
-def sign(config: Config, job_id: str, ttl: int | None = None, *, now: float | None = None) -> str:
+def sign(config: Settings, job_id: str, ttl: int | None = None, *, now: float | None = None) -> str:
     """A signature that lets its holder read ``job_id`` (for ``ttl`` seconds, if given)."""
     payload: dict[str, object] = {"j": job_id}
     if ttl:
@@ -49,7 +49,7 @@ def sign(config: Config, job_id: str, ttl: int | None = None, *, now: float | No
     return _serializer(config).dumps(payload)
 
 
-def verify(config: Config, job_id: str, token: str, *, now: float | None = None) -> dict:
+def verify(config: Settings, job_id: str, token: str, *, now: float | None = None) -> dict:
     """The link's payload if it grants ``job_id`` now; else LinkError with the reason."""
     try:
         payload = _serializer(config).loads(token)
@@ -70,7 +70,7 @@ def with_sig(url: str, token: str | None) -> str:
     return f"{url}{'&' if '?' in url else '?'}{PARAM}={quote(token, safe='')}"
 
 
-def view_sig(config: Config, job_id: str, ttl: int | None = None) -> str | None:
+def view_sig(config: Settings, job_id: str, ttl: int | None = None) -> str | None:
     """The signature new URLs of ``job_id`` carry: one in private mode, none in public mode.
 
     ``ttl`` defaults to JOBCAST_LINK_TTL (0: no expiry of its own; the job's log expires).

@@ -10,7 +10,7 @@ from rq.job import Job
 
 from web import state
 from web.errors import BadParam
-from jobcast.settings import Config
+from jobcast.settings import Settings
 from worker.emit import ensure_log
 from jobcast.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, job_info
 
@@ -35,7 +35,7 @@ def load_job(job_id: str) -> dict[str, Any]:
     abort(404, description=f"no job with id {job_id}")
 
 
-def adopt_rq_job(redis: Redis, job_id: str, config: Config) -> bool:
+def adopt_rq_job(redis: Redis, job_id: str, config: Settings) -> bool:
     """Open the log of an RQ job that Jobcast did not enqueue, if RQ has it pending or running.
 
     A page opened right after ``Queue.enqueue`` then follows the job from its ``queued``

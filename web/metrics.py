@@ -32,14 +32,13 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
                                Histogram, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 
+from jobcast.settings import get_settings
+
 log = logging.getLogger(__name__)
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
 
 def multiproc_dir() -> str | None:
     """The multi-process directory, if multi-process mode is on."""
-    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+    return get_settings().prometheus_multiproc_dir or None
 
 
 # Gauges of live viewers: "livesum" adds up the processes that are alive, so the files of a

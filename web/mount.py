@@ -19,7 +19,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from web import create_app
 from web.workerclass import UnsuitableWorker, check_worker_class
-from jobcast.settings import Config
+from jobcast.settings import Settings
 
 __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
 
@@ -34,7 +34,7 @@ LINKS = {
 }
 
 
-def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Config | None = None,
+def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | None = None,
              redis: Redis | None = None) -> Flask:
     """Serve Jobcast's pages, its three streams and its JSON API in ``app`` under ``url_prefix``.
 

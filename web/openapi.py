@@ -17,7 +17,7 @@ from web import state
 from web.links import MAX_TTL, PARAM
 from web.lookup import MAX_SEQ
 from web.security import MAX_QUERY, SESSION_COOKIE
-from jobcast.settings import Config
+from jobcast.settings import Settings
 from jobcast.registry import all_tasks
 
 bp = Blueprint("openapi", __name__)
@@ -87,7 +87,7 @@ def position_param(name: str, description: str) -> dict[str, Any]:
             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}}
 
 
-def task_params_schema(name: str, schema: dict[str, Any], cfg: Config,
+def task_params_schema(name: str, schema: dict[str, Any], cfg: Settings,
                        components: dict[str, Any]) -> dict[str, Any]:
     """A task's pydantic schema, with this server's caps as maxima and $defs hoisted."""
     schema = copy.deepcopy(schema)
@@ -114,7 +114,7 @@ def _rewrite_refs(node: Any) -> Any:
     return node
 
 
-def schemas(cfg: Config) -> dict[str, Any]:
+def schemas(cfg: Settings) -> dict[str, Any]:
     """The component schemas: errors, jobs, URLs, tasks and each task's parameters."""
     components: dict[str, Any] = {
         "Error": {
@@ -250,7 +250,7 @@ def schemas(cfg: Config) -> dict[str, Any]:
     return components
 
 
-def document(cfg: Config) -> dict[str, Any]:
+def document(cfg: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document for a server configured by ``cfg``."""
     private = cfg.read_mode == "private"
     token_set = bool(cfg.token)

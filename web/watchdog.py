@@ -27,7 +27,7 @@ from rq.exceptions import NoSuchJobError, InvalidJobOperation
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from jobcast.settings import Config
+from jobcast.settings import Settings
 from jobcast.joblog import JOBS_INDEX, JobLog, meta_key
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobc
 class Watchdog:
     """Periodic checks, run in a daemon thread (a greenlet under gevent)."""
 
-    def __init__(self, redis: Redis, config: Config, interval: float = 5.0):
+    def __init__(self, redis: Redis, config: Settings, interval: float = 5.0):
         """Prepare; :meth:`start` runs it."""
         self.redis = redis
         self.config = config

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from jobcast.settings import Config
+from jobcast.settings import Settings, get_settings
 from jobcast.joblog import JobExists, JobLog, meta_key
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,9 @@ def task_label(description: str | None, fallback: str = "rq job") -> str:
     return head[:100] or fallback
 
 
-def rq_log(job: Job, config: Config | None = None) -> JobLog:
+def rq_log(job: Job, config: Settings | None = None) -> JobLog:
     """The JobLog of an RQ job, on the job's own Redis connection."""
-    cfg = config or Config.from_env()
+    cfg = config or get_settings()
     return JobLog(job.connection, job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
                   index_max=cfg.jobs_index_max)
 

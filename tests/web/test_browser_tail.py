@@ -18,7 +18,7 @@ from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next
 from tests.web.test_browser import (CHROMIUM_FLAGS, chromium_path, dom, is_csp_violation, model,
                                     playwright_api)
 from worker.chart import Downsample, chart_key
-from jobcast.settings import Config
+from jobcast.settings import Settings
 from jobcast.joblog import JobLog, encode_value, meta_key
 
 
@@ -53,7 +53,7 @@ def lane(redis_server, logs_dir):
     queue = "page-" + uuid.uuid4().hex[:8]
     pool = Workers(redis_server.url, logs_dir)
     (proc,) = pool.start(1, JOBCAST_QUEUE=queue)
-    yield Config.from_env(redis_url=redis_server.url, queue_name=queue), proc
+    yield Settings(redis_url=redis_server.url, queue_name=queue), proc
     pool.stop_all()
 
 

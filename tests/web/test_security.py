@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import JOBCAST, ROOT, WebServer, parse_sse, service_env, wait_for
 from web.links import sign
-from jobcast.settings import Config
+from jobcast.settings import Settings
 
 TOKEN = "read-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -107,7 +107,7 @@ def test_creating_answers_signed_urls_that_read_exactly_that_job(private, finish
 
 def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, finished_job, redis):
     job_id, urls = finished_job
-    cfg = Config(token=TOKEN)
+    cfg = Settings(token=TOKEN)
     other = sign(cfg, "f" * 32)
     expired = sign(cfg, job_id, ttl=5, now=time.time() - 60)
     tampered = urls["stream"].split("?sig=")[1][:-2] + "xy"
