@@ -1,4 +1,9 @@
-"""The `jobcast` command: run the whole system, its services, and enqueue jobs."""
+"""The `jobcast` command: run the whole system, its services, and enqueue jobs.
+
+It sits on top of everything and dispatches to each service's entry point: `jobcast up` and
+`status` (producer/up.py), `web` (web/serve.py), `worker` (worker/main.py); the other
+subcommands use the producer's API and the foundation directly.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,17 @@ from typing import Sequence
 from redis import Redis
 from redis.exceptions import RedisError
 
-from jobcast.settings import Settings, get_settings
+from jobcast.joblog import InvalidJobId, UnknownJob, check_job_id, recent_jobs
+from jobcast.registry import ParamError, UnknownTask, all_tasks
+from jobcast.settings import get_settings
+from jobcast.urls import job_urls
+from producer.cancel import AlreadyEnded, cancel
+from producer.enqueue import enqueue
+from producer.follow import follow
+from producer.up import SERVICE_KINDS, status, up
+from web.links import view_sig
+from web.serve import serve
+from worker.main import run_worker
 
 
 def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
@@ -32,9 +47,6 @@ def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
 
 def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     """Enqueue TASK with its --param values; print the job id and its page URL."""
-    from producer.enqueue import enqueue, job_urls
-    from jobcast.registry import ParamError, UnknownTask, all_tasks
-
     cfg = get_settings()
     try:
         params = parse_task_params(extra)
@@ -49,8 +61,6 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     except RedisError as exc:
         print(f"jobcast: cannot reach Redis at {cfg.redis_url}: {exc}", file=sys.stderr)
         return 3
-    from web.links import view_sig
-
     # In private mode the printed URLs carry a view link's signature (JOBCAST_LINK_TTL).
     urls = job_urls(job_id, args.url or cfg.public_url, sig=view_sig(cfg, job_id))
     if args.follow:
@@ -86,8 +96,6 @@ def add_follow_options(parser: argparse.ArgumentParser) -> None:
 
 def run_follow(job_id: str, args: argparse.Namespace) -> int:
     """Follow ``job_id`` with the CLI's options; the exit code says how the job ended."""
-    from producer.follow import follow
-
     base = args.url or get_settings().public_url
     return follow(job_id, base, output=args.output, progress=args.progress,
                   reconnect_for=args.reconnect_for, tail=args.tail)
@@ -100,9 +108,6 @@ def cmd_follow(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a job through Redis: 0 cancelled, 1 it had already ended, 2 bad id, 3 no Redis."""
-    from producer.cancel import AlreadyEnded, cancel
-    from jobcast.joblog import InvalidJobId, UnknownJob, check_job_id
-
     cfg = get_settings()
     try:
         check_job_id(args.job_id)
@@ -125,8 +130,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the registered tasks and their parameters."""
-    from jobcast.registry import all_tasks
-
     for name, t in sorted(all_tasks().items()):
         props = t.schema().get("properties", {})
         params = ", ".join(f"--{p} ({s.get('type')}, default {s.get('default')})" for p, s in props.items())
@@ -136,8 +139,6 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List recent jobs with their status."""
-    from jobcast.joblog import recent_jobs
-
     cfg = get_settings()
     jobs = recent_jobs(Redis.from_url(cfg.redis_url), args.limit)
     if args.output == "json":
@@ -168,8 +169,6 @@ def count(minimum: int):
 
 def service_env_item(text: str) -> tuple[str, str, str]:
     """Parse ``worker:NAME=VALUE`` (for `jobcast up --env`) into (kind, name, value)."""
-    from producer.up import SERVICE_KINDS
-
     kind, _, assignment = text.partition(":")
     name, sep, value = assignment.partition("=")
     if kind not in SERVICE_KINDS or not sep or not name:
@@ -259,19 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "jobs":
         return cmd_jobs(args)
     if args.command == "worker":
-        from worker.main import run_worker
-
         run_worker(burst=args.burst)
         return 0
     if args.command == "web":
-        from web.serve import serve
-
         cfg = get_settings()
         serve(f"{args.bind or cfg.bind}:{args.port or cfg.port}", args.workers or cfg.web_concurrency)
         return 0
     if args.command == "up":
-        from producer.up import up
-
         env: dict[str, dict[str, str]] = {}
         for kind, name, value in args.env:
             env.setdefault(kind, {})[name] = value
@@ -279,8 +272,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   web_workers=args.web_workers, demo=not args.no_demo, verbose=args.verbose,
                   env=env)
     if args.command == "status":
-        from producer.up import status
-
         return status(args.output)
     parser.error(f"unknown command {args.command}")
     return 2

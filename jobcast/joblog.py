@@ -410,3 +410,34 @@ def recent_jobs(redis: Redis, limit: int = 50) -> list[dict[str, Any]]:
     if gone:
         redis.zrem(JOBS_INDEX, *gone)
     return jobs
+
+
+# -- the chart snapshot, and logs opened for jobs Jobcast did not enqueue -----------------
+
+
+def chart_key(job_id: str) -> str:
+    """Key of the job's chart snapshot (a JSON string)."""
+    return f"{PREFIX}:job:{check_job_id(job_id)}:chart"
+
+
+def task_label(description: str | None, fallback: str = "rq job") -> str:
+    """A short name for an RQ job: its description up to the first "(".
+
+    RQ's default description is the call with its arguments, e.g. ``jobs.count(20)``; the
+    arguments are left out, since job pages may be public.
+    """
+    head = (description or "").split("(", 1)[0].strip()
+    return head[:100] or fallback
+
+
+def ensure_log(jlog: JobLog, description: str | None, origin: str | None) -> bool:
+    """Create the job's log with its ``queued`` entry unless it exists; True if created here.
+
+    The existence check and the creation are one script, so the worker, ``emit()`` and the web
+    may all try at once: exactly one creates it.
+    """
+    try:
+        jlog.create(task_label(description), {}, None, extra={"origin": origin or ""})
+    except JobExists:
+        return False
+    return True

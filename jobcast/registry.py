@@ -137,6 +137,11 @@ _loaded = False
 # tasks (web, producer, worker) still knows them.
 BUILTIN_TASKS = "worker.tasks"
 
+# What RQ runs for a task's job, and its failure callback, by dotted path: the producer that
+# enqueues the job and the worker that recognises it import neither from the other.
+RUNNER = "worker.runner.run_task"
+ON_FAILURE = "worker.runner.on_failure"
+
 
 def load_builtin_and_user_tasks() -> None:
     """Import the built-in tasks and the modules named in ``JOBCAST_TASKS`` (comma-separated)."""

@@ -10,8 +10,7 @@ from rq import Callback, Queue, Retry
 
 from jobcast.settings import Settings, get_settings
 from jobcast.joblog import JobLog
-from jobcast.registry import ParamError, get_task
-from worker.runner import on_failure, run_task
+from jobcast.registry import ON_FAILURE, RUNNER, ParamError, get_task
 
 
 def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis | None = None,
@@ -32,13 +31,13 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     duration = spec.duration_for(checked)
     timeout = cfg.job_timeout if duration is None else max(cfg.job_timeout, int(duration * 2) + 60)
     Queue(cfg.queue_name, connection=redis).enqueue(
-        run_task, task, checked,
+        RUNNER, task, checked,
         job_id=job_id,
         job_timeout=timeout,
         result_ttl=cfg.log_ttl,
         failure_ttl=cfg.log_ttl,
         retry=Retry(max=cfg.job_retries) if cfg.job_retries > 0 else None,
-        on_failure=Callback(on_failure),
+        on_failure=Callback(ON_FAILURE),
         description=f"jobcast {task}",
     )
     return job_id
@@ -56,18 +55,3 @@ def check_caps(task: str, params: dict[str, Any], config: Settings) -> None:
     if errors:
         raise ParamError(errors)
 
-
-def job_urls(job_id: str, base: str = "", *, sig: str | None = None) -> dict[str, str]:
-    """The URLs at which a job can be watched, relative to ``base`` (signed with ``sig``)."""
-    from web.links import with_sig
-
-    base = base.rstrip("/")
-    urls = {
-        "page": f"{base}/jobs/{job_id}",
-        "stream": f"{base}/jobs/{job_id}/stream",
-        "events": f"{base}/jobs/{job_id}/events",
-        "frame": f"{base}/jobs/{job_id}/frame",
-        "framed": f"{base}/jobs/{job_id}/framed",
-        "status": f"{base}/api/jobs/{job_id}",
-    }
-    return {name: with_sig(url, sig) for name, url in urls.items()}

@@ -11,14 +11,15 @@ This module needs no Flask request: the CLI signs the page URL it prints with it
 from __future__ import annotations
 
 import time
-from urllib.parse import quote
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from jobcast.settings import Settings
+from jobcast.urls import PARAM
+
+__all__ = ["PARAM", "MAX_TTL", "LinkError", "sign", "verify", "view_sig"]
 
 SALT = "jobcast.view-link"
-PARAM = "sig"
 # Longest accepted ?ttl=: ten years; links meant to outlive that can omit the expiry.
 MAX_TTL = 10 * 365 * 24 * 3600
 
@@ -61,13 +62,6 @@ def verify(config: Settings, job_id: str, token: str, *, now: float | None = Non
     if expires is not None and (time.time() if now is None else now) >= expires:
         raise LinkError("expired", "the view link has expired")
     return payload
-
-
-def with_sig(url: str, token: str | None) -> str:
-    """``url`` with ``?sig=token`` appended (unchanged when there is no token)."""
-    if not token:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}{PARAM}={quote(token, safe='')}"
 
 
 def view_sig(config: Settings, job_id: str, ttl: int | None = None) -> str | None:

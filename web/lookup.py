@@ -11,8 +11,7 @@ from rq.job import Job
 from web import state
 from web.errors import BadParam
 from jobcast.settings import Settings
-from worker.emit import ensure_log
-from jobcast.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, job_info
+from jobcast.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, ensure_log, job_info
 
 # RQ states of a job that a Jobcast-aware worker has not finished with yet.
 ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})

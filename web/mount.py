@@ -20,17 +20,18 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from web import create_app
 from web.workerclass import UnsuitableWorker, check_worker_class
 from jobcast.settings import Settings
+from jobcast.urls import JOB_PATHS
 
 __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
 
 # Build-only rules in the host app, so its url_for() can link into the mounted Jobcast.
 LINKS = {
     "index": "/",
-    "job_page": "/jobs/<job_id>",
-    "text_stream": "/jobs/<job_id>/stream",
-    "sse_stream": "/jobs/<job_id>/events",
-    "html_stream": "/jobs/<job_id>/frame",
-    "get_job": "/api/jobs/<job_id>",
+    "job_page": JOB_PATHS["page"],
+    "text_stream": JOB_PATHS["stream"],
+    "sse_stream": JOB_PATHS["events"],
+    "html_stream": JOB_PATHS["frame"],
+    "get_job": JOB_PATHS["status"],
 }
 
 

@@ -18,6 +18,8 @@ from typing import Callable, Iterator
 
 from flask import Blueprint, Response, request, stream_with_context, url_for
 
+from jobcast.urls import JOB_PATHS
+
 from web import state
 from web.fallback import HEARTBEAT, follow_batches
 from web.frames import HTML, SSE, TEXT, Transport, html_head, html_notice
@@ -124,7 +126,7 @@ def _follow(job_id: str, transport: Transport, after: int, start: int,
         batches.close()
 
 
-@bp.route("/jobs/<job_id>/stream", methods=["GET", "HEAD"])
+@bp.route(JOB_PATHS["stream"], methods=["GET", "HEAD"])
 def text_stream(job_id: str):
     """``text/plain``: one ``"{}\\n".format(value)`` line per value; ends with the job.
 
@@ -139,7 +141,7 @@ def text_stream(job_id: str):
     return response
 
 
-@bp.route("/jobs/<job_id>/events", methods=["GET", "HEAD"])
+@bp.route(JOB_PATHS["events"], methods=["GET", "HEAD"])
 def sse_stream(job_id: str):
     """Server-sent events: ``id:`` is the entry's seq, the event type is its kind.
 
@@ -155,7 +157,7 @@ def sse_stream(job_id: str):
     return open_stream(job_id, SSE, after, preamble=b"retry: 2000\n\n" + begin.sse_prelude())
 
 
-@bp.route("/jobs/<job_id>/frame", methods=["GET", "HEAD"])
+@bp.route(JOB_PATHS["frame"], methods=["GET", "HEAD"])
 def html_stream(job_id: str):
     """Streamed HTML for an ``<iframe>``: a stylesheet first, then ``<p>i: value</p>`` each.
 

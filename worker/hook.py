@@ -20,7 +20,8 @@ from rq import Worker as RQWorker
 from rq.job import Job
 
 from jobcast.settings import get_settings
-from worker.emit import HOOKED_ATTR, ensure_log, is_runner, next_attempt, rq_log
+from jobcast.joblog import ensure_log
+from worker.emit import HOOKED_ATTR, is_runner, next_attempt, rq_log
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from web.links import LinkError, sign, verify, view_sig, with_sig
+from jobcast.urls import with_sig
+from web.links import LinkError, sign, verify, view_sig
 from jobcast.settings import Settings
 
 JOB = "a" * 32
