@@ -15,7 +15,7 @@ from typing import Sequence
 from redis import Redis
 from redis.exceptions import RedisError
 
-from jobcast.joblog import InvalidJobId, UnknownJob, check_job_id, recent_jobs
+from jobcast.joblog import InvalidJobId, UnknownJob, check_job_id
 from jobcast.registry import ParamError, UnknownTask, all_tasks
 from jobcast.settings import get_settings
 from jobcast.urls import job_urls
@@ -23,6 +23,7 @@ from producer.cancel import AlreadyEnded, cancel
 from producer.enqueue import enqueue
 from producer.follow import follow
 from producer.up import SERVICE_KINDS, status, up
+from web.jobs import recent_jobs
 from web.links import view_sig
 from web.serve import serve
 from worker.main import run_worker

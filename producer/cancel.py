@@ -18,8 +18,8 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from jobcast.settings import Settings, get_settings
 from jobcast.joblog import JobLog, UnknownJob
+from jobcast.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

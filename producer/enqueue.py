@@ -8,9 +8,9 @@ from typing import Any, Mapping
 from redis import Redis
 from rq import Callback, Queue, Retry
 
-from jobcast.settings import Settings, get_settings
 from jobcast.joblog import JobLog
 from jobcast.registry import ON_FAILURE, RUNNER, ParamError, get_task
+from jobcast.settings import Settings, get_settings
 
 
 def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis | None = None,

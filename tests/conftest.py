@@ -14,8 +14,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from producer.redisproc import RedisServer, free_port
 from jobcast.settings import Settings
+from producer.redisproc import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBCAST = [sys.executable, "-m", "jobcast"]

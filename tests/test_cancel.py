@@ -21,10 +21,10 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 
 import tests.tasks  # noqa: F401  (registers sleepy and burn in this process too)
+from jobcast.joblog import TERMINAL, Entry, JobLog
+from jobcast.settings import Settings
 from producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, Workers, parse_sse, service_env, wait_for
-from jobcast.settings import Settings
-from jobcast.joblog import TERMINAL, Entry, JobLog
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import WebServer, create_job, job_status, parse_sse, wait_for
 from jobcast.joblog import JobLog
+from tests.conftest import WebServer, create_job, job_status, parse_sse, wait_for
 
 
 def sqrt_lines(n: int) -> str:

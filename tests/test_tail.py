@@ -18,10 +18,10 @@ import httpx
 import pytest
 from redis import Redis
 
+from jobcast.joblog import JobLog
+from jobcast.settings import Settings
 from producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, WebServer, Workers, parse_sse, service_env, wait_for
-from jobcast.settings import Settings
-from jobcast.joblog import JobLog
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from typing import Any
 from flask import Flask
 from redis import BlockingConnectionPool, Redis
 
-from jobcast.settings import Settings, get_settings
 from jobcast.registry import load_builtin_and_user_tasks
+from jobcast.settings import Settings, get_settings
 
 
 class State:
@@ -68,9 +68,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     load_builtin_and_user_tasks()
     app.extensions["jobcast"] = State(config, redis)
 
-    from web import api, errors, health, metrics, pages, stream
-
-    from web import openapi, security, shutdown
+    from web import api, errors, health, metrics, openapi, pages, security, shutdown, stream
     from web.workerclass import check_worker_class
 
     # Before shutdown.install, which replaces the SIGTERM handler the check looks at.

@@ -6,19 +6,20 @@ import time
 
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
+from jobcast.joblog import UnknownJob, chart_key, first_kept, log_key
+from jobcast.registry import ParamError, UnknownTask, all_tasks
+from jobcast.urls import JOB_PATHS, job_urls
 from producer.cancel import AlreadyEnded, cancel
 from producer.enqueue import enqueue
 from web import metrics, state
 from web.errors import BadParam
+from web.jobs import recent_jobs
 from web.limits import client_address, require_token
 from web.links import MAX_TTL, sign
 from web.lookup import int_param, load_job
 from web.position import may_be_trimmed
 from web.presence import total_viewers
 from web.security import urls_sig
-from jobcast.joblog import UnknownJob, chart_key, first_kept, log_key, recent_jobs
-from jobcast.registry import ParamError, UnknownTask, all_tasks
-from jobcast.urls import JOB_PATHS, job_urls
 
 bp = Blueprint("api", __name__)
 

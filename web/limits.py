@@ -8,8 +8,8 @@ from collections import Counter
 from flask import request
 from werkzeug.exceptions import HTTPException
 
-from web.metrics import stream_refused
 from jobcast.settings import Settings
+from web.metrics import stream_refused
 
 RETRY_AFTER = "5"
 

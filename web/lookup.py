@@ -8,10 +8,11 @@ from flask import abort, request
 from redis import Redis
 from rq.job import Job
 
+from jobcast.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, ensure_log
+from jobcast.settings import Settings
 from web import state
 from web.errors import BadParam
-from jobcast.settings import Settings
-from jobcast.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, ensure_log, job_info
+from web.jobs import job_info
 
 # RQ states of a job that a Jobcast-aware worker has not finished with yet.
 ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})

@@ -13,12 +13,12 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from jobcast.registry import all_tasks
+from jobcast.settings import Settings
 from web import state
 from web.links import MAX_TTL, PARAM
 from web.lookup import MAX_SEQ
 from web.security import MAX_QUERY, SESSION_COOKIE
-from jobcast.settings import Settings
-from jobcast.registry import all_tasks
 
 bp = Blueprint("openapi", __name__)
 

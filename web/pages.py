@@ -8,11 +8,11 @@ from typing import Any
 
 from flask import Blueprint, render_template
 
+from jobcast.registry import all_tasks
 from jobcast.urls import JOB_PATHS, job_urls
 from web import state
+from web.jobs import recent_jobs
 from web.lookup import load_job
-from jobcast.joblog import recent_jobs
-from jobcast.registry import all_tasks
 
 bp = Blueprint("pages", __name__)
 

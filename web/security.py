@@ -19,15 +19,14 @@ import hmac
 import logging
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template,
-                   request)
+from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
+from jobcast.settings import Settings
 from web import metrics
 from web.limits import Unauthorized
 from web.links import PARAM, LinkError, verify, view_sig
-from jobcast.settings import Settings
 
 log = logging.getLogger(__name__)
 

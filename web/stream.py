@@ -18,8 +18,8 @@ from typing import Callable, Iterator
 
 from flask import Blueprint, Response, request, stream_with_context, url_for
 
+from jobcast.joblog import JobLog
 from jobcast.urls import JOB_PATHS
-
 from web import state
 from web.fallback import HEARTBEAT, follow_batches
 from web.frames import HTML, SSE, TEXT, Transport, html_head, html_notice
@@ -28,7 +28,6 @@ from web.limits import StreamSlot, open_slot
 from web.lookup import int_param, stream_position
 from web.position import stream_start
 from web.relay import HeldViewer, Relay
-from jobcast.joblog import JobLog
 
 bp = Blueprint("stream", __name__)
 

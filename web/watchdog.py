@@ -23,12 +23,12 @@ from datetime import timezone
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
-from rq.exceptions import NoSuchJobError, InvalidJobOperation
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from jobcast.settings import Settings
 from jobcast.joblog import JOBS_INDEX, JobLog, meta_key
+from jobcast.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from jobcast.settings import Settings, get_settings
 from jobcast.joblog import JobLog, ensure_log, meta_key
 from jobcast.registry import RUNNER
+from jobcast.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.job import Job
 
-from jobcast.settings import get_settings
 from jobcast.joblog import ensure_log
+from jobcast.settings import get_settings
 from worker.emit import HOOKED_ATTR, is_runner, next_attempt, rq_log
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 
-from jobcast.settings import Settings, get_settings
-from worker.hook import LifecycleMixin
 from jobcast.joblog import JobLog
 from jobcast.registry import load_builtin_and_user_tasks
+from jobcast.settings import Settings, get_settings
+from worker.hook import LifecycleMixin
 
 
 def worker_name() -> str:

@@ -13,10 +13,10 @@ from redis.retry import Retry
 from rq import get_current_job
 from rq.job import Job
 
-from worker.chart import ChartWriter
-from jobcast.settings import Settings, get_settings
 from jobcast.joblog import JobLog, meta_key
 from jobcast.registry import get_task
+from jobcast.settings import Settings, get_settings
+from worker.chart import ChartWriter
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import fakeredis
 import pytest
 
 from jobcast.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
-                           job_id_from_channel, job_info, log_key, meta_key, recent_jobs)
+                            job_id_from_channel, log_key, meta_key)
+from web.jobs import job_info, recent_jobs
 
 
 @pytest.fixture

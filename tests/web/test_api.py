@@ -5,9 +5,9 @@ import uuid
 
 import pytest
 
+from jobcast.settings import Settings
 from producer.enqueue import enqueue
 from web import create_app
-from jobcast.settings import Settings
 
 
 @pytest.fixture

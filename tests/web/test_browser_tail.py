@@ -11,6 +11,8 @@ import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401  (registers the sleepy task in this process)
+from jobcast.joblog import JobLog, encode_value, meta_key
+from jobcast.settings import Settings
 from producer.enqueue import enqueue
 from tests.conftest import WebServer, Workers
 from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
@@ -18,8 +20,6 @@ from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next
 from tests.web.test_browser import (CHROMIUM_FLAGS, chromium_path, dom, is_csp_violation, model,
                                     playwright_api)
 from worker.chart import Downsample, chart_key
-from jobcast.settings import Settings
-from jobcast.joblog import JobLog, encode_value, meta_key
 
 
 @pytest.fixture(scope="module")

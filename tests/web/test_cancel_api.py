@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from web import create_app
-from jobcast.settings import Settings
 from jobcast.joblog import JobLog
+from jobcast.settings import Settings
+from web import create_app
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from jobcast.settings import Settings
 from jobcast.urls import with_sig
 from web.links import LinkError, sign, verify, view_sig
-from jobcast.settings import Settings
 
 JOB = "a" * 32
 CFG = Settings(token="t0ken")

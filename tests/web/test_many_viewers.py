@@ -16,8 +16,8 @@ import uuid
 
 import h11
 
-from tests.conftest import wait_for
 from jobcast.joblog import JobLog
+from tests.conftest import wait_for
 
 VIEWERS = 1000
 

@@ -10,8 +10,8 @@ import pytest
 from flask import Flask, url_for
 
 import jobcast
-from producer.enqueue import enqueue
 from jobcast.settings import Settings
+from producer.enqueue import enqueue
 from web.workerclass import UnsuitableWorker, check_worker_class
 
 

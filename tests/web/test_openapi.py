@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import WebServer
 from jobcast.joblog import JobLog
+from tests.conftest import WebServer
 
 TOKEN = "fuzz-token"
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

@@ -11,9 +11,9 @@ import time
 import httpx
 import pytest
 
+from jobcast.settings import Settings
 from tests.conftest import JOBCAST, ROOT, WebServer, parse_sse, service_env, wait_for
 from web.links import sign
-from jobcast.settings import Settings
 
 TOKEN = "read-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
