@@ -11,7 +11,7 @@ from jobcast.registry import ParamError, UnknownTask, all_tasks
 from jobcast.urls import JOB_PATHS, job_urls
 from producer.cancel import AlreadyEnded, cancel
 from producer.enqueue import enqueue
-from web import metrics, state
+from web import metrics
 from web.errors import BadParam
 from web.jobs import recent_jobs
 from web.limits import client_address, require_token
@@ -20,6 +20,7 @@ from web.lookup import int_param, load_job
 from web.position import may_be_trimmed
 from web.presence import total_viewers
 from web.security import urls_sig
+from web.services import state
 
 bp = Blueprint("api", __name__)
 

@@ -10,9 +10,9 @@ from rq.job import Job
 
 from jobcast.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, ensure_log
 from jobcast.settings import Settings
-from web import state
 from web.errors import BadParam
 from web.jobs import job_info
+from web.services import state
 
 # RQ states of a job that a Jobcast-aware worker has not finished with yet.
 ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})

@@ -27,9 +27,8 @@ import os
 import re
 import time
 
-from flask import Blueprint, Response
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest)
+from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 
 from jobcast.settings import get_settings
@@ -202,14 +201,3 @@ def render(redis=None, queue_name: str | None = None) -> bytes:
         registry.register(RQCollector(redis, queue_name))
     return generate_latest(registry)
 
-
-bp = Blueprint("metrics", __name__)
-
-
-@bp.get("/metrics")
-def metrics():
-    """Prometheus text format."""
-    from web import state
-
-    st = state()
-    return Response(render(st.redis, st.config.queue_name), content_type=CONTENT_TYPE_LATEST)

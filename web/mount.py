@@ -19,7 +19,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from jobcast.settings import Settings
 from jobcast.urls import JOB_PATHS
-from web import create_app
+from web.app import create_app
 from web.workerclass import UnsuitableWorker, check_worker_class
 
 __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]

@@ -15,10 +15,10 @@ from flask import Blueprint, jsonify
 
 from jobcast.registry import all_tasks
 from jobcast.settings import Settings
-from web import state
 from web.links import MAX_TTL, PARAM
 from web.lookup import MAX_SEQ
 from web.security import MAX_QUERY, SESSION_COOKIE
+from web.services import state
 
 bp = Blueprint("openapi", __name__)
 

@@ -10,9 +10,9 @@ from flask import Blueprint, render_template
 
 from jobcast.registry import all_tasks
 from jobcast.urls import JOB_PATHS, job_urls
-from web import state
 from web.jobs import recent_jobs
 from web.lookup import load_job
+from web.services import state
 
 bp = Blueprint("pages", __name__)
 

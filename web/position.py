@@ -19,8 +19,8 @@ from flask import request
 from redis import Redis
 
 from jobcast.joblog import Entry, first_kept, log_key, meta_key
-from web import state
 from web.lookup import int_param, resume_position
+from web.services import state
 
 TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""

@@ -20,7 +20,6 @@ from flask import Blueprint, Response, request, stream_with_context, url_for
 
 from jobcast.joblog import JobLog
 from jobcast.urls import JOB_PATHS
-from web import state
 from web.fallback import HEARTBEAT, follow_batches
 from web.frames import HTML, SSE, TEXT, Transport, html_head, html_notice
 from web.handover import HandoverSocket, can_take
@@ -28,6 +27,7 @@ from web.limits import StreamSlot, open_slot
 from web.lookup import int_param, stream_position
 from web.position import stream_start
 from web.relay import HeldViewer, Relay
+from web.services import state
 
 bp = Blueprint("stream", __name__)
 

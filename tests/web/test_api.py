@@ -7,7 +7,7 @@ import pytest
 
 from jobcast.settings import Settings
 from producer.enqueue import enqueue
-from web import create_app
+from web.app import create_app
 
 
 @pytest.fixture

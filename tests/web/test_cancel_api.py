@@ -8,7 +8,7 @@ import pytest
 
 from jobcast.joblog import JobLog
 from jobcast.settings import Settings
-from web import create_app
+from web.app import create_app
 
 
 @pytest.fixture
