@@ -54,4 +54,3 @@ def check_caps(task: str, params: dict[str, Any], config: Settings) -> None:
                            "message": f"{value} is over this server's cap of {cap:g}"})
     if errors:
         raise ParamError(errors)
-

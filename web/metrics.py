@@ -200,4 +200,3 @@ def render(redis=None, queue_name: str | None = None) -> bytes:
     if redis is not None and queue_name:
         registry.register(RQCollector(redis, queue_name))
     return generate_latest(registry)
-
