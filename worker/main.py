@@ -11,10 +11,10 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 
-from worker.config import Config
+from jobcast.joblog import JobLog
+from jobcast.registry import load_builtin_and_user_tasks
+from jobcast.settings import Settings, get_settings
 from worker.hook import LifecycleMixin
-from worker.joblog import JobLog
-from worker.registry import load_builtin_and_user_tasks
 
 
 def worker_name() -> str:
@@ -62,9 +62,9 @@ class JobcastWorker(LifecycleMixin, Worker):
                 pass  # already filed as canceled (the cancel request got there first)
 
 
-def run_worker(config: Config | None = None, *, burst: bool = False) -> bool:
+def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty)."""
-    cfg = config or Config.from_env()
+    cfg = config or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Import tasks before forking work-horses, so each job does not import them again.
     load_builtin_and_user_tasks()

@@ -13,10 +13,10 @@ from redis.retry import Retry
 from rq import get_current_job
 from rq.job import Job
 
+from jobcast.joblog import JobLog, meta_key
+from jobcast.registry import get_task
+from jobcast.settings import Settings, get_settings
 from worker.chart import ChartWriter
-from worker.config import Config
-from worker.joblog import JobLog, meta_key
-from worker.registry import get_task
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class JobCancelled(Exception):
     jobcast_logged = True  # on_failure has nothing to write: the log has its ending
 
 
-def log_connection(cfg: Config) -> Redis:
+def log_connection(cfg: Settings) -> Redis:
     """A Redis client that rides out a Redis restart by retrying with backoff (~60 s).
 
     Appends are safe to retry: a value the script already logged is refused by its index,
@@ -46,9 +46,9 @@ def log_connection(cfg: Config) -> Redis:
     )
 
 
-def job_log(job: Job, config: Config | None = None, redis: Redis | None = None) -> JobLog:
+def job_log(job: Job, config: Settings | None = None, redis: Redis | None = None) -> JobLog:
     """The JobLog of an RQ job, configured from the environment."""
-    cfg = config or Config.from_env()
+    cfg = config or get_settings()
     return JobLog(redis or job.connection, job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
                   index_max=cfg.jobs_index_max)
 
@@ -68,7 +68,7 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_task must run inside an RQ job")
-    cfg = Config.from_env()
+    cfg = get_settings()
     redis = log_connection(cfg)
     jlog = job_log(job, cfg, redis)
     task = get_task(task_name)

@@ -337,40 +337,6 @@ class JobLog:
         pipe.hget(meta_key(self.job_id), "seq")
 
 
-def job_info(redis: Redis, job_id: str) -> dict[str, Any]:
-    """Return a job's status as a JSON-ready dict, or raise UnknownJob."""
-    raw = redis.hgetall(meta_key(job_id))
-    if not raw:
-        raise UnknownJob(job_id)
-    return info_from_hash(job_id, raw)
-
-
-def info_from_hash(job_id: str, raw: dict) -> dict[str, Any]:
-    """Turn a metadata hash as returned by HGETALL into the API's job dict."""
-    m = {k.decode(): v.decode() for k, v in raw.items()}
-
-    def num(name: str) -> float | None:
-        """A float field, or None when empty."""
-        return float(m[name]) if m.get(name) else None
-
-    total = int(m["n"]) if m.get("n") else None
-    return {
-        "id": job_id,
-        "task": m.get("task"),
-        "params": json.loads(m.get("params") or "{}"),
-        "status": m.get("status"),
-        "progress": {"i": int(m.get("values") or 0), "n": total},
-        "worker": m.get("worker") or None,
-        "attempt": int(m["attempt"]) if m.get("attempt") else 0,
-        "created_at": num("created_at"),
-        "started_at": num("started_at"),
-        "ended_at": num("ended_at"),
-        "reason": m.get("reason") or None,
-        "last_seq": int(m.get("seq") or 0),
-        "cancelled_by": m.get("cancelled_by") or None,
-    }
-
-
 def first_kept(redis: Redis, job_id: str) -> dict[str, int | None]:
     """The oldest entry still in a capped log: its seq, and the index of its first value.
 
@@ -395,18 +361,32 @@ def first_kept(redis: Redis, job_id: str) -> dict[str, int | None]:
     return {"seq": seq, "i": i}
 
 
-def recent_jobs(redis: Redis, limit: int = 50) -> list[dict[str, Any]]:
-    """The most recent jobs, newest first; expired ones are dropped from the index."""
-    ids = [i.decode() for i in redis.zrevrange(JOBS_INDEX, 0, limit - 1)]
-    pipe = redis.pipeline()
-    for job_id in ids:
-        pipe.hgetall(meta_key(job_id))
-    jobs, gone = [], []
-    for job_id, raw in zip(ids, pipe.execute()):
-        if raw:
-            jobs.append(info_from_hash(job_id, raw))
-        else:
-            gone.append(job_id)
-    if gone:
-        redis.zrem(JOBS_INDEX, *gone)
-    return jobs
+# -- the chart snapshot, and logs opened for jobs Jobcast did not enqueue -----------------
+
+
+def chart_key(job_id: str) -> str:
+    """Key of the job's chart snapshot (a JSON string)."""
+    return f"{PREFIX}:job:{check_job_id(job_id)}:chart"
+
+
+def task_label(description: str | None, fallback: str = "rq job") -> str:
+    """A short name for an RQ job: its description up to the first "(".
+
+    RQ's default description is the call with its arguments, e.g. ``jobs.count(20)``; the
+    arguments are left out, since job pages may be public.
+    """
+    head = (description or "").split("(", 1)[0].strip()
+    return head[:100] or fallback
+
+
+def ensure_log(jlog: JobLog, description: str | None, origin: str | None) -> bool:
+    """Create the job's log with its ``queued`` entry unless it exists; True if created here.
+
+    The existence check and the creation are one script, so the worker, ``emit()`` and the web
+    may all try at once: exactly one creates it.
+    """
+    try:
+        jlog.create(task_label(description), {}, None, extra={"origin": origin or ""})
+    except JobExists:
+        return False
+    return True
