@@ -87,7 +87,7 @@ def add_follow_options(parser: argparse.ArgumentParser) -> None:
 
 def run_follow(job_id: str, args: argparse.Namespace) -> int:
     """Follow ``job_id`` with the CLI's options; the exit code says how the job ended."""
-    from producer.follow import follow
+    from producer.client import follow
 
     base = args.url or Config.from_env().public_url
     return follow(job_id, base, output=args.output, progress=args.progress,

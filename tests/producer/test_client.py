@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from producer.follow import Display, Rate, sse_events
+from producer.client import Display, Rate, sse_events
 from producer.redisproc import free_port
 from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
 
