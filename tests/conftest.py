@@ -190,21 +190,6 @@ def http(web) -> Iterator[httpx.Client]:
         yield client
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[dict]:
-    """Parse server-sent events from an iterator of text lines into dicts."""
-    event: dict = {}
-    for line in lines:
-        if line == "":
-            if "data" in event or "id" in event:
-                yield event
-            event = {}
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            event[name] = value[1:] if value.startswith(" ") else value
-
-
 def create_job(http: httpx.Client, task: str, **params) -> str:
     """POST a job through the API and return its id."""
     r = http.post("/api/jobs", json={"task": task, "params": params})
