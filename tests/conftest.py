@@ -15,6 +15,7 @@ import pytest
 from redis import Redis
 
 from producer.redisproc import RedisServer, free_port
+from producer.wait import wait_until
 from worker.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,15 +24,12 @@ JOBCAST = [sys.executable, "-m", "producer"]
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
              what: str = "condition"):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``condition`` until it returns something truthy (the product's one wait loop);
+    fail the test after ``timeout`` seconds."""
+    try:
+        return wait_until(condition, timeout, interval, what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
