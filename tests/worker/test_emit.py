@@ -3,7 +3,6 @@ jobcast.Worker`, watched through the real gunicorn: streams, lifecycle, retries,
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import httpx
