@@ -10,10 +10,11 @@ T = TypeVar("T")
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
-               what: str = "condition") -> T:
+               what: str = "condition", sleep: Callable[[float], object] = time.sleep) -> T:
     """Call ``condition`` every ``interval`` seconds until it returns something truthy, and
     return that; raise TimeoutError after ``timeout`` seconds. An exception that
-    ``condition`` raises (a child process that died) ends the wait at once."""
+    ``condition`` raises (a child process that died) ends the wait at once. ``sleep`` is
+    gevent's in code that must keep gevent's loop running meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -21,4 +22,4 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+        sleep(interval)

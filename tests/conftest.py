@@ -24,11 +24,11 @@ JOBCAST = [sys.executable, "-m", "producer"]
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
-             what: str = "condition"):
+             what: str = "condition", sleep: Callable[[float], object] = time.sleep):
     """Poll ``condition`` until it returns something truthy (the product's one wait loop);
     fail the test after ``timeout`` seconds."""
     try:
-        return wait_until(condition, timeout, interval, what)
+        return wait_until(condition, timeout, interval, what, sleep)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
 
