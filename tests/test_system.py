@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from producer.client import parse_sse
+from producer.client import Event, parse_sse
 from tests.conftest import WebServer, create_job, job_status, wait_for
 from worker.joblog import JobLog
 
@@ -59,7 +59,7 @@ def test_fifty_viewers_some_joining_mid_job_see_the_identical_sequence(http, web
 
 
 def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None = None,
-               query: str = "") -> list[dict]:
+               query: str = "") -> list[Event]:
     events = []
     with httpx.Client(base_url=base, timeout=60) as c:
         with c.stream("GET", f"/jobs/{job_id}/events{query}", headers=headers or {}) as r:

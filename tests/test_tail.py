@@ -18,7 +18,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from producer.client import parse_sse
+from producer.client import Event, parse_sse
 from producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, WebServer, Workers, service_env, wait_for
 from worker.config import Config
@@ -52,7 +52,7 @@ def capped_web(redis_server, logs_dir):
     server.stop()
 
 
-def sse(base: str, job_id: str, query: str = "", headers=None, stop=None, into=None) -> list[dict]:
+def sse(base: str, job_id: str, query: str = "", headers=None, stop=None, into=None) -> list[Event]:
     """Every SSE event of one connection (up to ``stop(events)`` being true), as they come
     appended to ``into`` when given."""
     events = into if into is not None else []
@@ -141,7 +141,7 @@ def test_tail_5_of_10000_values_gives_the_last_5_then_the_live_ones(web, redis, 
 
     t_text = threading.Thread(target=text, daemon=True)
     t_text.start()
-    wait_for(lambda: len([e for e in events if e.get("event") == "value"]) >= 5, 10, what="the tail")
+    wait_for(lambda: len([e for e in events if e.event == "value"]) >= 5, 10, what="the tail")
     wait_for(lambda: len(text_lines) >= 5, 10, what="the text stream's tail")
     for i in range(10_000, 10_003):
         log.value(i, math.sqrt(i))
