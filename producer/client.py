@@ -261,8 +261,7 @@ class EventStream:
 
     Iterating yields the events the server sends (an entry's id is its seq; ``tail`` and
     ``trimmed`` have none and say where the stream starts) and stops after the terminal
-    entry, or when the server answers 204: nothing after the last seq will come
-    (:attr:`ended`). With ``skip_seen`` an entry at or before the last seq is dropped;
+    entry, or when the server answers 204: nothing after the last seq will come. With ``skip_seen`` an entry at or before the last seq is dropped;
     without it every event is yielded as sent, for a reader that checks the server.
     """
 
@@ -278,7 +277,6 @@ class EventStream:
         self.last_seq = 0
         self.connections = 0    # streams opened (1 + reconnections)
         self.retries = 0        # times the stream was opened again after a drop
-        self.ended = False
 
     def __iter__(self) -> Iterator[Event]:
         """Events across connections, until the terminal entry or the server's 204."""
@@ -302,7 +300,6 @@ class EventStream:
                                     params=params, headers=headers) as r:
                 if r.status_code == 204:
                     self.backoff.reset()
-                    self.ended = True
                     return "ended"
                 if r.status_code in (400, 404):
                     r.read()
