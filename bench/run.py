@@ -17,6 +17,7 @@ ratio Jobcast / flask-sse. ``--update-doc`` also puts the table into docs/benchm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,7 +36,8 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
-from producer.redisproc import find_redis_server, free_port
+from producer.redisproc import RedisServer, free_port
+from producer.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -107,43 +109,14 @@ def usage(pids: list[int]) -> tuple[float, int]:
     return cpu, rss
 
 
-class RedisProc:
-    """redis-server without persistence, allowed as many clients as the fd limit lets it."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no", "--maxclients", "30000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client = Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def clients(self) -> int:
-        return int(self.client.info("clients")["connected_clients"])
-
-    def stop(self) -> None:
-        self.client.close()
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 class Server:
     """The server under test under gunicorn: Jobcast (``jobcast web``) or the flask-sse app."""
 
-    def __init__(self, target: str, redis: RedisProc, workers: int, env: dict[str, str],
+    def __init__(self, target: str, redis: RedisServer, workers: int, env: dict[str, str],
                  log_path: Path):
         self.target = target
         self.redis = redis
+        self.db = Redis.from_url(redis.url)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, REDIS_URL=redis.url, PYTHONUNBUFFERED="1", **env)
@@ -168,21 +141,20 @@ class Server:
                     "--worker-class", "gevent", "--no-control-socket", "bench.flasksse_app:app"]
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 60
-        while True:
+
+        def ready() -> bool:
+            """True once /readyz answers 200; RuntimeError if the server exited."""
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{target} server exited; see {log_path}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{target} server not ready; see {log_path}")
-            time.sleep(0.1)
-        deadline = time.monotonic() + 30
-        while len(self.workers()) < workers and time.monotonic() < deadline:
-            time.sleep(0.1)
+                return False
+
+        wait_until(ready, 60, interval=0.1, what=f"{target} server /readyz (see {log_path})")
+        with contextlib.suppress(TimeoutError):  # measured with the workers there are
+            wait_until(lambda: len(self.workers()) >= workers, 30, interval=0.1,
+                       what="gunicorn's workers")
 
     def workers(self) -> list[int]:
         return children(self.proc.pid)
@@ -207,10 +179,11 @@ class Server:
             return int(float(m.group(1))) if m else 0
         total = 0
         for k in range(0, len(channels), 500):
-            total += sum(n for _c, n in self.redis.client.pubsub_numsub(*channels[k:k + 500]))
+            total += sum(n for _c, n in self.db.pubsub_numsub(*channels[k:k + 500]))
         return total
 
     def stop(self) -> None:
+        self.db.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -335,7 +308,7 @@ def hist_percentile(hist: dict[int, int], q: float) -> float | None:
 
 def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
     """Hold the viewers, produce, drain, and measure one scenario on a running server."""
-    redis = server.redis
+    db = server.db
     jobcast = server.target == "jobcast"
     jobs = [uuid.uuid4().hex for _ in range(sc.jobs)]
     endpoint = sc.endpoint if jobcast else "sse"
@@ -343,7 +316,7 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         from jobcast.joblog import JobLog
 
         for j in jobs:
-            log = JobLog(redis.client, j)
+            log = JobLog(db, j)
             log.create("clock", {"rate": sc.rate, "duration": sc.duration}, None)
             log.started("bench", 1)
         path = (lambda j: f"/jobs/{j}/events") if endpoint == "sse" else (lambda j: f"/jobs/{j}/stream")
@@ -365,7 +338,7 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
     pids = server.pids()
     _, rss_before = usage(server.pids())
     producer_argv = [sys.executable, "-m", "bench.producer", "jobcast" if jobcast else "flask-sse",
-                     redis.url, str(sc.rate), str(sc.duration + (STORM_LEAD if sc.storm else 0)),
+                     server.redis.url, str(sc.rate), str(sc.duration + (STORM_LEAD if sc.storm else 0)),
                      *jobs]
     prod = None
     if sc.storm:
@@ -383,21 +356,21 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         t_connect = time.monotonic()
         connected = sum(r["connected"] for r in gens.ask(None))
         # Wait until the server holds every viewer (its own count, or Redis subscribers).
-        deadline = time.monotonic() + args.connect_timeout
-        held = 0
-        while time.monotonic() < deadline:
-            held = server.viewers(jobs)
-            if held >= sc.viewers:
-                break
-            time.sleep(0.25)
+        def all_held() -> bool:
+            """True once the server holds every viewer (the count is kept either way)."""
+            result["held"] = server.viewers(jobs)
+            return result["held"] >= sc.viewers
+
+        with contextlib.suppress(TimeoutError):  # the table reports how many were held
+            wait_until(all_held, args.connect_timeout, interval=0.25, what="every viewer held")
         result["connect_s"] = time.monotonic() - t_connect
-        result["held"] = held
+        held = result["held"]
         time.sleep(0.5)
         pids = server.pids()
         _, rss_held = usage(pids)
         result["rss_per_viewer_kib"] = (rss_held - rss_before) / max(1, held)
         result["server_rss_mib"] = rss_held / 1024
-        result["redis_clients"] = redis.clients()
+        result["redis_clients"] = int(db.info("clients")["connected_clients"])
         if sc.storm:
             # From here on every viewer is in: the steady state's own CPU per delivery.
             steady_cpu0 = usage(pids)[0]
@@ -418,15 +391,11 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         countable = jobcast or not sc.storm
         expected = produced["per_job"] * (sc.viewers - sc.frozen) if countable else 0
         # Drain: wait until every counting viewer has every value, or the drain timeout.
-        deadline = time.monotonic() + args.drain
-        received = 0
-        while countable:
-            stats = gens.ask("stats")
-            received = sum(s["received"] for s in stats)
-            if received >= expected or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        if not countable:
+        if countable:
+            with contextlib.suppress(TimeoutError):  # what is missing then is counted as lost
+                wait_until(lambda: sum(s["received"] for s in gens.ask("stats")) >= expected,
+                           args.drain, interval=0.1, what="every viewer to have every value")
+        else:
             time.sleep(1.0)
         w1 = time.monotonic()
         cpu1, _ = usage(pids)
@@ -481,16 +450,22 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         from jobcast.joblog import JobLog
 
         for j in jobs:
-            JobLog(redis.client, j).finished()
+            JobLog(db, j).finished()
     else:
         for j in jobs:  # flask-sse only notices a gone client when it next writes to it
-            redis.client.publish(j, json.dumps({"data": "bye", "type": "bye"}))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.viewers(jobs) > 0:
-        time.sleep(0.25)
+            db.publish(j, json.dumps({"data": "bye", "type": "bye"}))
+
+    def all_gone() -> bool:
+        """True once the server holds none of the scenario's viewers."""
+        if server.viewers(jobs) == 0:
+            return True
         if not jobcast:
             for j in jobs:
-                redis.client.publish(j, json.dumps({"data": "bye", "type": "bye"}))
+                db.publish(j, json.dumps({"data": "bye", "type": "bye"}))
+        return False
+
+    with contextlib.suppress(TimeoutError):  # the next scenario counts its own viewers
+        wait_until(all_gone, 30, interval=0.25, what="the viewers to be freed")
     return result
 
 
@@ -636,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.repeats):
         order = targets if rep % 2 == 0 else targets[::-1]
         for target in order:
-            redis = RedisProc()
+            redis = RedisServer(maxclients=30000).start()
             server = None
             try:
                 server = Server(target, redis, args.web_workers, env, log_dir / f"{target}.log")

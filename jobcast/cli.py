@@ -21,7 +21,7 @@ from jobcast.settings import get_settings
 from jobcast.urls import job_urls
 from producer.cancel import AlreadyEnded, cancel
 from producer.enqueue import enqueue
-from producer.follow import follow
+from producer.client import follow
 from producer.up import SERVICE_KINDS, status, up
 from web.jobs import recent_jobs
 from web.links import view_sig

@@ -7,12 +7,12 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+
+from producer.wait import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,16 @@ class RedisServer:
     """A redis-server child process on 127.0.0.1; use as a context manager."""
 
     def __init__(self, port: int | None = None, data_dir: str | Path | None = None,
-                 appendonly: bool = False, binary: str | None = None, loglevel: str | None = None):
-        """Configure the server; :meth:`start` runs it."""
+                 appendonly: bool = False, binary: str | None = None, loglevel: str | None = None,
+                 maxclients: int | None = None):
+        """Configure the server; :meth:`start` runs it. Nothing is saved but the AOF (with
+        ``appendonly``); ``maxclients`` raises Redis's client limit (the benchmark's)."""
         self.port = port or free_port()
         self.data_dir = Path(data_dir) if data_dir else None
         self.appendonly = appendonly
         self.binary = binary or find_redis_server()
         self.loglevel = loglevel
+        self.maxclients = maxclients
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -72,6 +75,8 @@ class RedisServer:
                 "--protected-mode", "no"]
         if self.loglevel:
             args += ["--loglevel", self.loglevel]
+        if self.maxclients:
+            args += ["--maxclients", str(self.maxclients)]
         if self.data_dir:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             args += ["--dir", str(self.data_dir)]
@@ -90,22 +95,19 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> "RedisServer":
         """Start redis-server and wait until it answers PING."""
         self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        client = Redis(port=self.port, socket_connect_timeout=0.5)
+
+        def answers() -> bool:
+            """True once the server answers; RuntimeError if it exited."""
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            return self.ping()
+
         try:
-            while True:
-                try:
-                    client.ping()
-                    return self
-                except RedisConnectionError:
-                    if self.proc.poll() is not None:
-                        raise RuntimeError(f"redis-server exited with {self.proc.returncode}") from None
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise TimeoutError(f"redis-server did not answer within {timeout}s") from None
-                    time.sleep(0.05)
-        finally:
-            client.close()
+            wait_until(answers, timeout, what="redis-server to answer PING")
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, kill: bool = False) -> None:
         """Stop the server (SIGKILL with ``kill``, else SIGTERM) and reap it."""

@@ -35,6 +35,8 @@ from typing import IO, Callable, Iterable
 from rich.console import Console
 from rich.text import Text
 
+from producer.wait import wait_until
+
 log = logging.getLogger(__name__)
 
 # A leading timestamp in a child's line ("2026-11-24 08:25:55,594 …", gunicorn's
@@ -304,15 +306,17 @@ class Supervisor:
         """Supervise until every one of ``services`` is running and ready; TimeoutError
         after ``timeout`` seconds, ServiceFailed if one is given up on."""
         services = list(services)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def all_running() -> bool:
+            """Supervise once; True when every service is running."""
             self.poll()
-            if all(s.state == "running" for s in services):
-                return
-            if time.monotonic() > deadline:
-                late = ", ".join(s.name for s in services if s.state != "running")
-                raise TimeoutError(f"not ready after {timeout:g}s: {late}")
-            time.sleep(interval)
+            return all(s.state == "running" for s in services)
+
+        try:
+            wait_until(all_running, timeout, interval, what="the services")
+        except TimeoutError:
+            late = ", ".join(s.name for s in services if s.state != "running")
+            raise TimeoutError(f"not ready after {timeout:g}s: {late}") from None
 
     def run(self, interval: float = 0.2) -> None:
         """Supervise until interrupted (KeyboardInterrupt) or a service is given up on."""

@@ -9,6 +9,7 @@ supervisor). Ctrl-C stops everything. While it runs, `up.json` next to the Redis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from jobcast.settings import Settings, get_settings
 from producer.enqueue import enqueue
 from producer.redisproc import RedisServer, free_port
 from producer.supervisor import Printer, RestartPolicy, Service, ServiceFailed, Supervisor
+from producer.wait import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +209,17 @@ def start_demo(sup: Supervisor, redis_url: str, public: str, timeout: float = 5.
     lines come before the URLs); return its id."""
     job_id = enqueue("sqrt", {}, config=Settings(redis_url=redis_url, public_url=public))
     conn = Redis.from_url(redis_url)
-    deadline = time.monotonic() + timeout
+
+    def taken() -> bool:
+        """True once the job left the queue; supervises meanwhile."""
+        if JobLog(conn, job_id).status() != "queued":
+            return True
+        sup.poll()
+        return False
+
     try:
-        while time.monotonic() < deadline and JobLog(conn, job_id).status() == "queued":
-            sup.poll()
-            time.sleep(0.1)
+        with contextlib.suppress(TimeoutError):  # the URLs are printed all the same
+            wait_until(taken, timeout, interval=0.1, what="a worker to take the demo job")
     finally:
         conn.close()
     return job_id

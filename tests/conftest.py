@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,22 +17,20 @@ from redis import Redis
 
 from jobcast.settings import Settings
 from producer.redisproc import RedisServer, free_port
+from producer.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBCAST = [sys.executable, "-m", "jobcast"]
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
-             what: str = "condition"):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+             what: str = "condition", sleep: Callable[[float], object] = time.sleep):
+    """Poll ``condition`` until it returns something truthy (the product's one wait loop);
+    fail the test after ``timeout`` seconds."""
+    try:
+        return wait_until(condition, timeout, interval, what, sleep)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
@@ -190,21 +189,6 @@ def http(web) -> Iterator[httpx.Client]:
         yield client
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[dict]:
-    """Parse server-sent events from an iterator of text lines into dicts."""
-    event: dict = {}
-    for line in lines:
-        if line == "":
-            if "data" in event or "id" in event:
-                yield event
-            event = {}
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            event[name] = value[1:] if value.startswith(" ") else value
-
-
 def create_job(http: httpx.Client, task: str, **params) -> str:
     """POST a job through the API and return its id."""
     r = http.post("/api/jobs", json={"task": task, "params": params})
@@ -238,3 +222,59 @@ def start_rq_worker(redis_url: str, queue: str, *, cwd: Path = ROOT, log_path: P
 
     wait_for(registered, 20, what="rq worker to register")
     return proc
+
+
+# -- headless Chromium -------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    """Debian's chromium (the README's test command installs it)."""
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("chromium is not installed: run the README's test command (make test)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for the module that asks for it. Each module gets its own: a
+    long-task budget in tests/web/test_browser.py was flaky in a browser other modules had used."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+def is_csp_violation(text: str) -> bool:
+    """Chromium's console message for anything the Content-Security-Policy blocked."""
+    return "Content Security Policy" in text
+
+
+def watch(pg, *, accept_dialogs: bool = False):
+    """Record on ``pg`` its dialogs as (type, message), uncaught page errors and CSP violations
+    (any frame). Dialogs are dismissed, or accepted with ``accept_dialogs`` (a confirm to say
+    yes to, as the Stop button's)."""
+    pg.dialogs = []
+    pg.errors = []
+    pg.csp = []
+
+    def dialog(d) -> None:
+        """Remember the dialog, then answer it."""
+        pg.dialogs.append((d.type, d.message))
+        d.accept() if accept_dialogs else d.dismiss()
+
+    pg.on("dialog", dialog)
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("console", lambda m: pg.csp.append(m.text) if is_csp_violation(m.text) else None)
+    return pg
+
+
+def assert_page_clean(pg, csp: bool = True) -> None:
+    """No uncaught errors in a watched page, and (with ``csp``) no CSP violations."""
+    assert pg.errors == [], f"uncaught errors in the page: {pg.errors}"
+    if csp:
+        assert pg.csp == [], f"Content-Security-Policy violations: {pg.csp}"

@@ -23,8 +23,9 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry
 import tests.tasks  # noqa: F401  (registers sleepy and burn in this process too)
 from jobcast.joblog import TERMINAL, Entry, JobLog
 from jobcast.settings import Settings
+from producer.client import Event, parse_sse
 from producer.enqueue import enqueue
-from tests.conftest import JOBCAST, ROOT, Workers, parse_sse, service_env, wait_for
+from tests.conftest import JOBCAST, ROOT, Workers, service_env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ class Viewers:
     """An SSE, a text and an HTML viewer of one job, each reading to its end in a thread."""
 
     def __init__(self, base: str, job_id: str):
-        self.sse: list[dict] = []
+        self.sse: list[Event] = []
         self.text = self.html = None
         self.threads = [threading.Thread(target=f, args=(base, job_id), daemon=True)
                         for f in (self._sse, self._text, self._html)]
@@ -79,8 +80,8 @@ class Viewers:
 def assert_cancelled_everywhere(http, redis, job_id: str, viewers: Viewers, by: str) -> None:
     """Every stream ended with the job; the log ends with one `cancelled`; RQ says canceled."""
     viewers.join()
-    assert viewers.sse[-1]["event"] == "cancelled"
-    assert json.loads(viewers.sse[-1]["data"])["by"] == by
+    assert viewers.sse[-1].event == "cancelled"
+    assert json.loads(viewers.sse[-1].data)["by"] == by
     assert "Cancelled" in viewers.html and "Failed" not in viewers.html
     assert viewers.text is not None
     log = entries(redis, job_id)

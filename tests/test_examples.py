@@ -12,10 +12,11 @@ import httpx
 import pytest
 
 from producer.redisproc import free_port
-from tests.conftest import ROOT, service_env, start_rq_worker, stop_process, wait_for
+from tests.conftest import (ROOT, assert_page_clean, service_env, start_rq_worker, stop_process,
+                            wait_for, watch)
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
-from tests.web.test_browser import CHROMIUM_FLAGS, DONE, chromium_path  # noqa: E402
+from tests.web.test_browser import DONE  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 
@@ -70,22 +71,12 @@ def example(request, redis_server, logs_dir, rq_worker) -> Iterator[ExampleApp]:
     stop_process(app.proc)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser):
-    pg = browser.new_page()
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg = watch(browser.new_page())
     yield pg
     pg.close()
-    assert errors == [], f"uncaught errors in the page: {errors}"
+    assert_page_clean(pg, csp=False)
 
 
 def test_example_app_under_gevent_serves_a_live_page_for_a_plain_rq_job(example, page):

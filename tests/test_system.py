@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from jobcast.joblog import JobLog
-from tests.conftest import WebServer, create_job, job_status, parse_sse, wait_for
+from producer.client import Event, parse_sse
+from tests.conftest import WebServer, create_job, job_status, wait_for
 
 
 def sqrt_lines(n: int) -> str:
@@ -58,7 +59,7 @@ def test_fifty_viewers_some_joining_mid_job_see_the_identical_sequence(http, web
 
 
 def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None = None,
-               query: str = "") -> list[dict]:
+               query: str = "") -> list[Event]:
     events = []
     with httpx.Client(base_url=base, timeout=60) as c:
         with c.stream("GET", f"/jobs/{job_id}/events{query}", headers=headers or {}) as r:
@@ -66,7 +67,7 @@ def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None 
             assert r.headers["content-type"].startswith("text/event-stream")
             for ev in parse_sse(r.iter_lines()):
                 events.append(ev)
-                if stop_after_seq is not None and int(ev["id"]) >= stop_after_seq:
+                if stop_after_seq is not None and int(ev.id) >= stop_after_seq:
                     break  # drop the connection mid-job
     return events
 
@@ -74,18 +75,18 @@ def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None 
 def test_sse_resumes_from_last_event_id_with_exactly_the_rest(http, web, workers):
     job_id = create_job(http, "sqrt", n=30, interval=0.05)
     first = sse_events(web.url, job_id, stop_after_seq=12)
-    last_id = first[-1]["id"]
+    last_id = first[-1].id
     assert job_status(http, job_id)["status"] != "finished"
     rest = sse_events(web.url, job_id, headers={"Last-Event-ID": last_id})
-    seqs = [int(e["id"]) for e in first + rest]
+    seqs = [int(e.id) for e in first + rest]
     assert seqs == list(range(1, len(seqs) + 1))
-    values = [json.loads(e["data"]) for e in first + rest if e["event"] == "value"]
+    values = [json.loads(e.data) for e in first + rest if e.event == "value"]
     assert [v["i"] for v in values] == list(range(30))
     assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(30)]
-    assert [e["event"] for e in first[:2]] == ["queued", "started"]
-    assert rest[-1]["event"] == "finished"
+    assert [e.event for e in first[:2]] == ["queued", "started"]
+    assert rest[-1].event == "finished"
     # ?after=N is the same as Last-Event-ID; after the terminal entry there is nothing left.
-    assert [e["id"] for e in sse_events(web.url, job_id, query="?after=20")] == [str(s) for s in seqs[20:]]
+    assert [e.id for e in sse_events(web.url, job_id, query="?after=20")] == [str(s) for s in seqs[20:]]
     assert httpx.get(f"{web.url}/jobs/{job_id}/events?after={seqs[-1]}").status_code == 204
 
 
@@ -113,10 +114,10 @@ def test_frame_streams_escaped_html_after_a_stylesheet(http, web, workers):
 def test_a_failing_task_ends_every_stream_with_one_failed_event(http, web, workers):
     job_id = create_job(http, "boom", after=2)
     events = sse_events(web.url, job_id)
-    kinds = [e["event"] for e in events]
+    kinds = [e.event for e in events]
     assert kinds.count("failed") == 1 and kinds[-1] == "failed"
-    assert "RuntimeError: boom after 2 values" in events[-1]["data"]
-    assert [json.loads(e["data"])["i"] for e in events if e["event"] == "value"] == [0, 1]
+    assert "RuntimeError: boom after 2 values" in events[-1].data
+    assert [json.loads(e.data)["i"] for e in events if e.event == "value"] == [0, 1]
     assert kinds.count("retrying") == 2  # default JOBCAST_JOB_RETRIES=2
     assert read_stream(web.url, job_id) == "0\n1\n"
     info = job_status(http, job_id)
@@ -127,9 +128,9 @@ def test_a_failing_task_ends_every_stream_with_one_failed_event(http, web, worke
 def test_a_retried_job_logs_each_value_once(http, web, workers, task):
     job_id = create_job(http, task, n=12, fail_at=5)
     events = sse_events(web.url, job_id)
-    kinds = [e["event"] for e in events]
+    kinds = [e.event for e in events]
     assert kinds.count("started") == 2 and kinds.count("retrying") == 1 and kinds[-1] == "finished"
-    assert [json.loads(e["data"])["i"] for e in events if e["event"] == "value"] == list(range(12))
+    assert [json.loads(e.data)["i"] for e in events if e.event == "value"] == list(range(12))
     assert read_stream(web.url, job_id) == "".join(f"{i}\n" for i in range(12))
 
 

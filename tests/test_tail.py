@@ -20,8 +20,9 @@ from redis import Redis
 
 from jobcast.joblog import JobLog
 from jobcast.settings import Settings
+from producer.client import Event, parse_sse
 from producer.enqueue import enqueue
-from tests.conftest import JOBCAST, ROOT, WebServer, Workers, parse_sse, service_env, wait_for
+from tests.conftest import JOBCAST, ROOT, WebServer, Workers, service_env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def capped_web(redis_server, logs_dir):
     server.stop()
 
 
-def sse(base: str, job_id: str, query: str = "", headers=None, stop=None, into=None) -> list[dict]:
+def sse(base: str, job_id: str, query: str = "", headers=None, stop=None, into=None) -> list[Event]:
     """Every SSE event of one connection (up to ``stop(events)`` being true), as they come
     appended to ``into`` when given."""
     events = into if into is not None else []
@@ -68,14 +69,14 @@ def sse(base: str, job_id: str, query: str = "", headers=None, stop=None, into=N
 def test_sse_resume_from_a_trimmed_position_starts_with_one_trimmed_event(capped_web, redis, capped_job):
     web, (job_id, first) = capped_web, capped_job
     events = sse(web.url, job_id, headers={"Last-Event-ID": "5"})
-    assert [e["event"] for e in events].count("trimmed") == 1
-    assert events[0]["event"] == "trimmed" and "id" not in events[0]
-    data = json.loads(events[0]["data"])
+    assert [e.event for e in events].count("trimmed") == 1
+    assert events[0].event == "trimmed" and events[0].id is None
+    data = json.loads(events[0].data)
     assert data["after"] == 5 and data["first_seq"] == first.seq and data["lost"] == first.seq - 6
     entries = events[1:]
-    seqs = [int(e["id"]) for e in entries]
-    assert seqs == list(range(first.seq, seqs[-1] + 1)) and entries[-1]["event"] == "finished"
-    values = [json.loads(e["data"]) for e in entries if e["event"] == "value"]
+    seqs = [int(e.id) for e in entries]
+    assert seqs == list(range(first.seq, seqs[-1] + 1)) and entries[-1].event == "finished"
+    values = [json.loads(e.data) for e in entries if e.event == "value"]
     assert [v["i"] for v in values] == list(range(values[0]["i"], 300))
     assert data["first_value"] == values[0]["i"]
 
@@ -84,11 +85,11 @@ def test_a_fresh_viewer_of_a_trimmed_log_is_told_too(capped_web, capped_job):
     web, (job_id, first) = capped_web, capped_job
     http = httpx.Client(base_url=web.url, timeout=30)
     events = sse(web.url, job_id)
-    assert events[0]["event"] == "trimmed"
-    assert json.loads(events[0]["data"])["after"] == 0
+    assert events[0].event == "trimmed"
+    assert json.loads(events[0].data)["after"] == 0
     info = http.get(f"/api/jobs/{job_id}").json()
     assert info["first_seq"] == first.seq
-    assert info["first_value"] == json.loads(events[0]["data"])["first_value"]
+    assert info["first_value"] == json.loads(events[0].data)["first_value"]
 
 
 def test_text_and_html_streams_name_the_first_value_kept(capped_web, capped_job):
@@ -140,7 +141,7 @@ def test_tail_5_of_10000_values_gives_the_last_5_then_the_live_ones(web, redis, 
 
     t_text = threading.Thread(target=text, daemon=True)
     t_text.start()
-    wait_for(lambda: len([e for e in events if e.get("event") == "value"]) >= 5, 10, what="the tail")
+    wait_for(lambda: len([e for e in events if e.event == "value"]) >= 5, 10, what="the tail")
     wait_for(lambda: len(text_lines) >= 5, 10, what="the text stream's tail")
     for i in range(10_000, 10_003):
         log.value(i, math.sqrt(i))
@@ -148,12 +149,12 @@ def test_tail_5_of_10000_values_gives_the_last_5_then_the_live_ones(web, redis, 
     t_sse.join(10)
     t_text.join(10)
     assert headers["jobcast-first-value"] == "9995"
-    assert events[0]["event"] == "tail"
-    head = json.loads(events[0]["data"])
+    assert events[0].event == "tail"
+    head = json.loads(events[0].data)
     assert head["tail"] == 5 and head["skipped"] == 9995
-    values = [json.loads(e["data"])["i"] for e in events if e["event"] == "value"]
+    values = [json.loads(e.data)["i"] for e in events if e.event == "value"]
     assert values == list(range(9995, 10_003))
-    seqs = [int(e["id"]) for e in events[1:]]
+    seqs = [int(e.id) for e in events[1:]]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # true seqs, no gap
     assert seqs[0] == 9995 + 3  # queued, started, then value i has seq i + 3
     assert text_lines == ["{}".format(math.sqrt(i)) for i in range(9995, 10_003)]
@@ -162,16 +163,16 @@ def test_tail_5_of_10000_values_gives_the_last_5_then_the_live_ones(web, redis, 
 def test_reconnect_with_last_event_id_after_a_tailed_start_is_exact(web, redis, long_job):
     log = long_job
     first = sse(web.url, log.job_id, "?tail=5", stop=lambda evs: len(evs) >= 3)
-    assert [e["event"] for e in first] == ["tail", "value", "value"]
-    last_id = first[-1]["id"]
+    assert [e.event for e in first] == ["tail", "value", "value"]
+    last_id = first[-1].id
     log.value(10_000, 100.0)
     log.finished()
     # EventSource keeps the URL (with ?tail=5) and adds Last-Event-ID: the id wins.
     rest = sse(web.url, log.job_id, "?tail=5", headers={"Last-Event-ID": last_id})
-    assert all(e["event"] != "tail" for e in rest)
-    seqs = [int(e["id"]) for e in first[1:] + rest]
+    assert all(e.event != "tail" for e in rest)
+    seqs = [int(e.id) for e in first[1:] + rest]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    assert [json.loads(e["data"]).get("i") for e in rest] == [9997, 9998, 9999, 10_000, None]
+    assert [json.loads(e.data).get("i") for e in rest] == [9997, 9998, 9999, 10_000, None]
 
 
 def test_tail_0_is_live_only(web, redis, long_job):
@@ -181,8 +182,8 @@ def test_tail_0_is_live_only(web, redis, long_job):
     log.value(10_000, 100.0)
     log.finished()
     t.join(10)
-    assert json.loads(events[0]["data"])["skipped"] == 10_000
-    assert [e["event"] for e in events] == ["tail", "value", "finished"]
+    assert json.loads(events[0].data)["skipped"] == 10_000
+    assert [e.event for e in events] == ["tail", "value", "finished"]
 
 
 def test_bad_tail_is_400(http, long_job):
@@ -231,7 +232,7 @@ def test_late_viewers_of_a_log_longer_than_a_read_page_get_all_of_it_at_once(web
                 c.stream("GET", f"/jobs/{log.job_id}/events?after={after}") as r:
             seqs = []
             for ev in parse_sse(r.iter_lines()):
-                seqs.append(int(ev["id"]))
+                seqs.append(int(ev.id))
                 if seqs[-1] == last:
                     break
         assert seqs == list(range(after + 1, last + 1))

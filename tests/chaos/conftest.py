@@ -11,8 +11,9 @@ import httpx
 import psutil
 import pytest
 
+from producer.client import Backoff, BadInput, EventStream, Unreachable
 from producer.redisproc import RedisServer
-from tests.conftest import WebServer, Workers, parse_sse, wait_for
+from tests.conftest import WebServer, Workers, wait_for
 
 
 class Stack:
@@ -76,41 +77,35 @@ def stack(tmp_path) -> Iterator[Stack]:
 
 
 class SSEViewer(threading.Thread):
-    """A browser-like EventSource: reconnects with Last-Event-ID until a terminal event."""
+    """A browser-like EventSource (the terminal client's stream): reconnects with
+    Last-Event-ID every 0.25 s until the terminal entry, and keeps every entry as sent."""
 
     def __init__(self, base: str, job_id: str, deadline: float = 120):
-        """Follow ``job_id`` in a thread; results in .events, reconnects counted."""
+        """Follow ``job_id`` in a thread; entries in .events, reconnects counted. The
+        stream gives up after ``deadline`` seconds without an answer."""
         super().__init__(daemon=True)
-        self.base, self.job_id = base, job_id
+        self.client = httpx.Client(timeout=httpx.Timeout(10, read=30))
+        # Duplicates are kept (skip_seen=False): the tests assert the server sends none.
+        self.stream = EventStream(self.client, base, job_id, Backoff(deadline, most=0.25),
+                                  skip_seen=False)
         self.events: list[dict] = []
-        self.reconnects = 0
-        self.deadline = time.monotonic() + deadline
         self.error: Exception | None = None
 
+    @property
+    def reconnects(self) -> int:
+        """Times the stream was opened again after a drop."""
+        return self.stream.retries
+
     def run(self) -> None:
-        """Read until a terminal event, reconnecting on any error or early close."""
-        last = None
-        while time.monotonic() < self.deadline:
-            headers = {"Last-Event-ID": last} if last else {}
-            try:
-                with httpx.stream("GET", f"{self.base}/jobs/{self.job_id}/events",
-                                  headers=headers, timeout=httpx.Timeout(10, read=30)) as r:
-                    if r.status_code == 204:
-                        return
-                    if r.status_code != 200:
-                        raise httpx.HTTPError(f"status {r.status_code}")
-                    for ev in parse_sse(r.iter_lines()):
-                        if "id" not in ev:
-                            continue
-                        ev["recv"] = time.time()
-                        self.events.append(ev)
-                        last = ev["id"]
-                        if ev.get("event") in ("finished", "failed"):
-                            return
-            except (httpx.HTTPError, OSError):
-                pass
-            self.reconnects += 1
-            time.sleep(0.25)  # EventSource's retry delay
+        """Read until the terminal entry (or 204), noting each entry's receive time."""
+        try:
+            for event in self.stream:
+                if event.id is not None:
+                    self.events.append(dict(event._asdict(), recv=time.time()))
+        except (BadInput, Unreachable) as exc:
+            self.error = exc
+        finally:
+            self.client.close()
 
     def values(self) -> list[int]:
         """The value indexes received, in order."""

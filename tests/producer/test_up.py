@@ -31,14 +31,15 @@ def test_up_serves_a_page_that_fills_with_values_and_ctrl_c_stops_everything(tmp
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         lines = []
-        demo = None
-        deadline = time.monotonic() + 60
-        while demo is None and time.monotonic() < deadline:
+
+        def demo_line() -> re.Match | None:
+            """The next line of output, matched against the demo URL."""
             line = proc.stdout.readline()
             assert line, "jobcast up exited early"
             lines.append(line)
-            demo = re.search(r"demo:\s+(\S+)", line)
-        assert demo, lines
+            return re.search(r"demo:\s+(\S+)", line)
+
+        demo = wait_for(demo_line, 60, interval=0, what="the demo URL in jobcast up's output")
         page = demo.group(1)
         assert page.startswith(f"http://127.0.0.1:{port}/jobs/")
         assert httpx.get(page).status_code == 200

@@ -8,54 +8,19 @@ a long job that must not freeze the tab, and the screenshots shown in the README
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import signal
 import struct
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, WebServer, create_job, job_status, wait_for
+from tests.conftest import (ROOT, WebServer, assert_page_clean, create_job, job_status, wait_for,
+                            watch)
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 DONE = "() => document.getElementById('end').textContent === 'Done'"
-
-
-def chromium_path() -> str:
-    """Debian's chromium (the README's test command installs it)."""
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.fail("chromium is not installed: run the README's test command (make test)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
-
-
-def is_csp_violation(text: str) -> bool:
-    """Chromium's console message for anything the Content-Security-Policy blocked."""
-    return "Content Security Policy" in text
-
-
-def watch(pg):
-    """Record dialogs (dismissed), uncaught page errors and CSP violations (any frame) on ``pg``."""
-    pg.dialogs = []
-    pg.errors = []
-    pg.csp = []
-    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: pg.csp.append(m.text) if is_csp_violation(m.text) else None)
-    return pg
 
 
 @pytest.fixture
@@ -69,8 +34,7 @@ def context(browser):
 def page(context):
     pg = watch(context.new_page())
     yield pg
-    assert pg.errors == [], f"uncaught errors in the page: {pg.errors}"
-    assert pg.csp == [], f"Content-Security-Policy violations: {pg.csp}"
+    assert_page_clean(pg)
 
 
 def sqrt_texts(n: int) -> list[str]:

@@ -14,37 +14,21 @@ import tests.tasks  # noqa: F401  (registers the sleepy task in this process)
 from jobcast.joblog import JobLog, encode_value, meta_key
 from jobcast.settings import Settings
 from producer.enqueue import enqueue
-from tests.conftest import WebServer, Workers
+from tests.conftest import WebServer, Workers, assert_page_clean, watch
 from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                horse_of, stop_delay, wait_started)
-from tests.web.test_browser import (CHROMIUM_FLAGS, chromium_path, dom, is_csp_violation, model,
-                                    playwright_api)
+from tests.web.test_browser import dom, model, playwright_api
 from worker.chart import Downsample, chart_key
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser):
     ctx = browser.new_context()
-    pg = ctx.new_page()
-    pg.errors = []
-    pg.dialogs = []
-    pg.csp = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: pg.csp.append(m.text) if is_csp_violation(m.text) else None)
     # The Stop button asks for confirmation: say yes, and remember what was asked.
-    pg.on("dialog", lambda d: (pg.dialogs.append((d.type, d.message)), d.accept()))
+    pg = watch(ctx.new_page(), accept_dialogs=True)
     yield pg
     ctx.close()
-    assert pg.errors == [], f"uncaught errors in the page: {pg.errors}"
-    assert pg.csp == [], f"Content-Security-Policy violations: {pg.csp}"
+    assert_page_clean(pg)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,14 @@ import pytest
 from redis import Redis
 
 from jobcast.joblog import Entry, JobLog
+from tests.conftest import wait_for
 from web.frames import HTML, SSE, TEXT
 from web.relay import HeldViewer, RecentEntries, Relay
 
 
 def green_wait(condition, timeout: float = 10.0, what: str = "condition"):
     """Run gevent's loop until ``condition()`` is truthy, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(0.005)
+    return wait_for(condition, timeout, 0.005, what, sleep=gevent.sleep)
 
 
 def new_log(redis) -> JobLog:

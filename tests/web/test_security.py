@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from jobcast.settings import Settings
-from tests.conftest import JOBCAST, ROOT, WebServer, parse_sse, service_env, wait_for
+from producer.client import parse_sse
+from tests.conftest import JOBCAST, ROOT, WebServer, service_env, wait_for
 from web.links import sign
 
 TOKEN = "read-s3cret"
@@ -87,7 +88,7 @@ def test_creating_answers_signed_urls_that_read_exactly_that_job(private, finish
     assert httpx.get(absolute(private, urls["stream"])).text == "0.0\n1.0\n1.4142135623730951\n1.7320508075688772\n"
     with httpx.stream("GET", absolute(private, urls["events"]), timeout=10) as r:
         events = list(parse_sse(r.iter_lines()))
-    assert [e["event"] for e in events] == ["queued", "started", "value", "value", "value", "value", "finished"]
+    assert [e.event for e in events] == ["queued", "started", "value", "value", "value", "value", "finished"]
     frame = httpx.get(absolute(private, urls["frame"]))
     assert frame.status_code == 200 and "<p>3: 1.7320508075688772</p>" in frame.text
     status = httpx.get(absolute(private, urls["status"])).json()

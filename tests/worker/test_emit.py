@@ -3,14 +3,14 @@ jobcast.Worker`, watched through the real gunicorn: streams, lifecycle, retries,
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import httpx
 import pytest
 from rq import Queue, Retry
 
-from tests.conftest import parse_sse, start_rq_worker, stop_process, wait_for
+from producer.client import parse_sse
+from tests.conftest import start_rq_worker, stop_process, wait_for
 from tests.rq_jobs import ask_retry_once, crash_once, emit_lines
 from worker.emit import NotInJob, emit
 
@@ -44,7 +44,7 @@ def sse_events(http: httpx.Client, job_id: str) -> list[dict]:
     """Every SSE event of a job, read until the stream ends."""
     with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/events"), timeout=30) as r:
         assert r.status_code == 200
-        return [dict(e, data=json.loads(e["data"])) for e in parse_sse(r.iter_lines())]
+        return [dict(e._asdict(), data=e.json()) for e in parse_sse(r.iter_lines())]
 
 
 def test_emit_outside_a_job_says_so():
@@ -104,7 +104,7 @@ def test_stream_and_page_of_a_queued_rq_job_work_before_any_worker_and_end_when_
     with httpx.stream("GET", http.base_url.join(f"/jobs/{job.id}/events"), timeout=30) as r:
         assert r.status_code == 200
         first = next(parse_sse(r.iter_lines()))
-    assert first["event"] == "queued" and json.loads(first["data"])["task"] == "tests.rq_jobs.emit_lines"
+    assert first.event == "queued" and first.json()["task"] == "tests.rq_jobs.emit_lines"
     assert http.get(f"/jobs/{job.id}").status_code == 200
     assert http.get(f"/api/jobs/{job.id}").json()["status"] == "queued"
     job.cancel()

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
 import httpx
 
@@ -48,15 +48,28 @@ class Unreachable(Exception):
     """The server stayed unreachable for too long: exit 3."""
 
 
-def sse_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
-    """Parse server-sent events into ``(id, event, data)``; comments (heartbeats) are skipped."""
+class Event(NamedTuple):
+    """One server-sent event: ``id`` (None when it has none), its type, its data."""
+
+    id: str | None
+    event: str
+    data: str
+
+    def json(self) -> Any:
+        """The data, decoded from JSON."""
+        return json.loads(self.data)
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
+    """Parse server-sent events from text lines; comments (heartbeats) and events without
+    data (a bare ``retry:``) are skipped, as EventSource does."""
     event_id: str | None = None
     event = "message"
     data: list[str] = []
     for line in lines:
         if line == "":
             if data:
-                yield event_id, event, "\n".join(data)
+                yield Event(event_id, event, "\n".join(data))
             event_id, event, data = None, "message", []
             continue
         if line.startswith(":"):
@@ -210,6 +223,108 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+class Backoff:
+    """When to try an unreachable server again, and when to stop trying."""
+
+    def __init__(self, give_up_after: float, *, first: float = 0.25, most: float = 2.0,
+                 on_outage: Callable[[], None] | None = None):
+        """Wait ``first`` seconds, doubling up to ``most``; give up after ``give_up_after``
+        seconds of one outage. ``on_outage`` is called when an outage begins."""
+        self.give_up_after = give_up_after
+        self.first = first
+        self.most = most
+        self.on_outage = on_outage
+        self._down_since: float | None = None
+        self._delay = first
+
+    def reset(self) -> None:
+        """The server answered: the next outage starts its clock afresh."""
+        self._down_since = None
+        self._delay = self.first
+
+    def wait(self, what: str, where: str) -> None:
+        """Sleep before the next try, or raise :class:`Unreachable` when the outage is too long."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            if self.on_outage is not None:
+                self.on_outage()
+        elif now - self._down_since > self.give_up_after:
+            raise Unreachable(f"{what}: no answer from {where} for {self.give_up_after:g} s")
+        time.sleep(self._delay)
+        self._delay = min(self.most, self._delay * 2)
+
+
+class EventStream:
+    """One job's server-sent events, read as EventSource reads them: a dropped connection is
+    opened again after the last seq received (``Last-Event-ID``), so no entry is lost.
+
+    Iterating yields the events the server sends (an entry's id is its seq; ``tail`` and
+    ``trimmed`` have none and say where the stream starts) and stops after the terminal
+    entry, or when the server answers 204: nothing after the last seq will come. With ``skip_seen`` an entry at or before the last seq is dropped;
+    without it every event is yielded as sent, for a reader that checks the server.
+    """
+
+    def __init__(self, client: httpx.Client, base_url: str, job_id: str, backoff: Backoff, *,
+                 tail: int | None = None, skip_seen: bool = True):
+        """Configure; iterate to read."""
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self.job_id = job_id
+        self.backoff = backoff
+        self.tail = tail        # asked only on the first connection; then resume by seq
+        self.skip_seen = skip_seen
+        self.last_seq = 0
+        self.connections = 0    # streams opened (1 + reconnections)
+        self.retries = 0        # times the stream was opened again after a drop
+
+    def __iter__(self) -> Iterator[Event]:
+        """Events across connections, until the terminal entry or the server's 204."""
+        while True:
+            outcome = yield from self._connection()
+            if outcome != "dropped":
+                return
+            self.retries += 1
+            self.backoff.wait("events", self.base_url)
+
+    def _connection(self) -> Iterator[Event]:
+        """Read one connection's events; return "terminal", "ended" (204) or "dropped"."""
+        if self.tail is not None and self.connections == 0 and self.last_seq == 0:
+            # The first connection asks for the tail; any later one resumes by seq.
+            params, headers = {"tail": self.tail}, {"Accept": "text/event-stream"}
+        else:
+            params = {"after": self.last_seq}
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(self.last_seq)}
+        try:
+            with self.client.stream("GET", f"{self.base_url}/jobs/{self.job_id}/events",
+                                    params=params, headers=headers) as r:
+                if r.status_code == 204:
+                    self.backoff.reset()
+                    return "ended"
+                if r.status_code in (400, 404):
+                    r.read()
+                    raise BadInput(_message(r) or f"no job with id {self.job_id}")
+                if r.status_code != 200:
+                    return "dropped"
+                self.backoff.reset()
+                self.connections += 1
+                for event in parse_sse(r.iter_lines()):
+                    if event.event == "tail":
+                        # Resume from the tail's start if the connection drops before any entry.
+                        self.last_seq = max(self.last_seq, int(event.json().get("after") or 0))
+                    elif event.id is not None:
+                        seq = int(event.id)
+                        if self.skip_seen and seq <= self.last_seq:
+                            continue
+                        self.last_seq = max(self.last_seq, seq)
+                    yield event
+                    if event.event in TERMINAL_KINDS:
+                        return "terminal"
+        except RETRYABLE:
+            pass
+        return "dropped"
+
+
 class Follower:
     """Follow one job's events from ``base_url``, resuming by seq across dropped connections."""
 
@@ -218,41 +333,28 @@ class Follower:
                  tail: int | None = None):
         """Configure; :meth:`run` does the work and returns the exit code."""
         self.job_id = job_id
-        self.tail = tail        # asked only on the first connection; then resume by seq
         self.base_url = base_url.rstrip("/")
         self.display = display
-        self.reconnect_for = reconnect_for
         headers = {"User-Agent": "jobcast-follow"}
         if os.environ.get("JOBCAST_TOKEN"):
             # A private server (JOBCAST_READ) needs the token to read a job.
             headers["Authorization"] = f"Bearer {os.environ['JOBCAST_TOKEN']}"
         self.client = client or httpx.Client(
             timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True, headers=headers)
-        self.last_seq = 0
+        self.backoff = Backoff(reconnect_for, on_outage=self._outage)
+        self.stream = EventStream(self.client, self.base_url, job_id, self.backoff, tail=tail)
         self.values = 0         # values seen (progress "i")
         self.terminal: dict | None = None
-        self.connections = 0    # streams opened (1 + reconnections)
-        self._down_since: float | None = None
-        self._delay = 0.25
 
-    # -- retries ---------------------------------------------------------------------------
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last entry received."""
+        return self.stream.last_seq
 
-    def _connected(self) -> None:
-        """The server answered: the next outage starts its clock afresh."""
-        self._down_since = None
-        self._delay = 0.25
-
-    def _wait_before_retry(self, what: str) -> None:
-        """Back off before trying again; give up after ``reconnect_for`` seconds of outage."""
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-            if self.connections:
-                self.display.note(f"reconnecting… (resuming after entry {self.last_seq})")
-        elif now - self._down_since > self.reconnect_for:
-            raise Unreachable(f"{what}: no answer from {self.base_url} for {self.reconnect_for:g} s")
-        time.sleep(self._delay)
-        self._delay = min(2.0, self._delay * 2)
+    def _outage(self) -> None:
+        """An outage begins: say so, unless the first connection is still to be made."""
+        if self.stream.connections:
+            self.display.note(f"reconnecting… (resuming after entry {self.last_seq})")
 
     def status(self) -> dict:
         """``GET /api/jobs/<id>``, retried while the server is unreachable."""
@@ -260,15 +362,15 @@ class Follower:
             try:
                 r = self.client.get(f"{self.base_url}/api/jobs/{self.job_id}")
             except RETRYABLE:
-                self._wait_before_retry("status")
+                self.backoff.wait("status", self.base_url)
                 continue
             if r.status_code in (400, 404):
                 raise BadInput(_message(r) or f"no job with id {self.job_id}")
             if r.status_code >= 500 or r.status_code in (408, 429):
-                self._wait_before_retry("status")
+                self.backoff.wait("status", self.base_url)
                 continue
             r.raise_for_status()
-            self._connected()
+            self.backoff.reset()
             return r.json()
 
     # -- the stream --------------------------------------------------------------------------
@@ -278,15 +380,16 @@ class Follower:
         info = self.status()
         self.display.start(info.get("task") or "", info["progress"]["n"], 0)
         try:
-            while self.terminal is None:
-                outcome = self._stream()
-                if outcome == "ended" and self.terminal is None:
-                    # 204: nothing after our seq will come, yet we saw no terminal entry
-                    # (its log expired or was trimmed). The status says how it ended.
-                    info = self.status()
-                    self.terminal = {"kind": info["status"], "reason": info.get("reason")}
-                elif outcome == "dropped":
-                    self._wait_before_retry("events")
+            for event in self.stream:
+                if event.event in ("tail", "trimmed"):
+                    self._position(event.event, event.json())
+                else:
+                    self._entry(event.data)
+            if self.terminal is None:
+                # 204: nothing after our seq will come, yet we saw no terminal entry
+                # (its log expired or was trimmed). The status says how it ended.
+                info = self.status()
+                self.terminal = {"kind": info["status"], "reason": info.get("reason")}
             kind = self.terminal["kind"]
             self.display.stop({"finished": "done", "cancelled": "cancelled"}.get(kind, "failed"))
         except BaseException:
@@ -305,48 +408,9 @@ class Follower:
             self.display.note(f"Failed: {self.terminal.get('reason') or 'unknown reason'}")
         return EXIT_FAILED
 
-    def _stream(self) -> str:
-        """Read events after ``last_seq`` until the job ends or the connection drops.
-
-        Returns "terminal" after the terminal entry, "ended" when the server says nothing
-        more will come (its 204), and "dropped" when the connection failed or closed early.
-        """
-        if self.tail is not None and self.connections == 0 and self.last_seq == 0:
-            # The first connection asks for the tail; any later one resumes by seq.
-            params, headers = {"tail": self.tail}, {"Accept": "text/event-stream"}
-        else:
-            params = {"after": self.last_seq}
-            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(self.last_seq)}
-        try:
-            with self.client.stream(
-                    "GET", f"{self.base_url}/jobs/{self.job_id}/events",
-                    params=params, headers=headers) as r:
-                if r.status_code == 204:
-                    self._connected()
-                    return "ended"
-                if r.status_code in (400, 404):
-                    r.read()
-                    raise BadInput(_message(r) or f"no job with id {self.job_id}")
-                if r.status_code != 200:
-                    return "dropped"
-                self._connected()
-                self.connections += 1
-                for event_id, event, data in sse_events(r.iter_lines()):
-                    if event in ("tail", "trimmed"):
-                        self._position(event, json.loads(data))
-                        continue
-                    self._entry(event_id, data)
-                    if self.terminal is not None:
-                        return "terminal"
-        except RETRYABLE:
-            pass
-        return "terminal" if self.terminal is not None else "dropped"
-
     def _position(self, event: str, data: dict) -> None:
         """A ``tail`` or ``trimmed`` event: where the stream starts, and what is gone."""
         if event == "tail":
-            # Resume from the tail's start if the connection drops before any entry.
-            self.last_seq = max(self.last_seq, int(data.get("after") or 0))
             self.values = max(self.values, int(data.get("skipped") or 0))
             if data.get("skipped") and self.display.output == "plain":
                 self.display.note(f"skipping {data['skipped']:,} earlier values (--tail {data['tail']})")
@@ -360,13 +424,9 @@ class Follower:
         if lost:
             self.display.note(f"{lost:,} earlier {what} are no longer kept")
 
-    def _entry(self, event_id: str | None, data: str) -> None:
-        """Apply one event: drop it if already seen, print it, track the job's state."""
+    def _entry(self, data: str) -> None:
+        """Apply one new entry: print it, track the job's state."""
         entry = json.loads(data)
-        seq = int(event_id) if event_id else int(entry["seq"])
-        if seq <= self.last_seq:
-            return
-        self.last_seq = seq
         kind = entry.get("kind")
         if self.display.output == "json":
             self.display.entry(data)

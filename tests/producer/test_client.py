@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from producer.follow import Display, Rate, sse_events
+from producer.client import Display, Rate, parse_sse
 from producer.redisproc import free_port
 from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
 
@@ -242,7 +242,7 @@ def test_follow_in_a_terminal_shows_a_progress_bar_with_rate_and_eta(http, web, 
 def test_sse_parser_reads_ids_events_and_data_and_skips_heartbeats():
     lines = ["retry: 2000", "", ": heartbeat", "", "id: 7", "event: value",
              'data: {"seq":7}', "", "id: 8", "event: finished", "data: a", "data: b", ""]
-    assert list(sse_events(iter(lines))) == [("7", "value", '{"seq":7}'), ("8", "finished", "a\nb")]
+    assert list(parse_sse(iter(lines))) == [("7", "value", '{"seq":7}'), ("8", "finished", "a\nb")]
 
 
 def test_rate_uses_the_jobs_own_timestamps():

@@ -1,0 +1,106 @@
+"""Enqueueing: parameters checked (and capped) before anything reaches Redis, the log opened
+before the job is queued, and the RQ job configured from the settings.
+
+Refusals run on fakeredis (nothing may be written at all); accepted jobs on the session's
+real Redis, on a queue of their own that no worker takes.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import fakeredis
+import pytest
+from rq import Queue
+from rq.job import Job
+
+from jobcast.joblog import JobLog
+from jobcast.registry import ParamError, UnknownTask
+from jobcast.settings import Settings
+from producer.enqueue import check_caps, enqueue
+
+
+def settings(**overrides) -> Settings:
+    """Settings with a private queue, ``overrides`` winning."""
+    return Settings(**{"queue_name": f"unit-{uuid.uuid4().hex}", **overrides})
+
+
+@pytest.fixture
+def private(redis_server) -> Settings:
+    """Settings of a private queue on the session's Redis."""
+    return settings(redis_url=redis_server.url)
+
+
+def test_enqueue_opens_the_log_with_a_queued_entry_and_queues_the_runner(redis, private):
+    job_id = enqueue("sqrt", {"n": 5}, redis=redis, config=private)
+    entries = list(JobLog(redis, job_id).entries())
+    assert [e.kind for e in entries] == ["queued"]
+    assert entries[0].data["task"] == "sqrt"
+    assert entries[0].data["params"] == {"n": 5, "interval": 1.0}, "defaults are filled in"
+    assert entries[0].data["n"] == 5
+    queue = Queue(private.queue_name, connection=redis)
+    assert queue.job_ids == [job_id]
+    job = Job.fetch(job_id, connection=redis)
+    assert job.func_name == "worker.runner.run_task"
+    assert job.args == ("sqrt", {"n": 5, "interval": 1.0})
+    assert job.description == "jobcast sqrt"
+    assert job.retries_left == private.job_retries
+    assert job.result_ttl == private.log_ttl and job.failure_ttl == private.log_ttl
+
+
+def test_each_job_gets_a_new_hex_id(redis, private):
+    ids = {enqueue("sqrt", {"n": 1}, redis=redis, config=private) for _ in range(3)}
+    assert len(ids) == 3 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_a_task_of_known_duration_gets_a_timeout_of_twice_that_plus_a_minute(redis, private):
+    long_job = enqueue("sqrt", {"n": 3600, "interval": 1}, redis=redis, config=private)
+    short_job = enqueue("sqrt", {"n": 3, "interval": 0}, redis=redis, config=private)
+    assert Job.fetch(long_job, connection=redis).timeout == 3600 * 2 + 60
+    assert Job.fetch(short_job, connection=redis).timeout == private.job_timeout
+
+
+def test_zero_retries_queues_the_job_without_a_retry_policy(redis, redis_server):
+    cfg = settings(redis_url=redis_server.url, job_retries=0)
+    job_id = enqueue("sqrt", {"n": 1}, redis=redis, config=cfg)
+    assert not Job.fetch(job_id, connection=redis).retries_left
+
+
+def test_an_unknown_task_is_refused_before_anything_reaches_redis():
+    fake = fakeredis.FakeRedis()
+    with pytest.raises(UnknownTask):
+        enqueue("no-such-task", {}, redis=fake, config=settings())
+    assert fake.dbsize() == 0
+
+
+def test_bad_params_are_refused_naming_the_field_before_anything_reaches_redis():
+    fake = fakeredis.FakeRedis()
+    with pytest.raises(ParamError) as caught:
+        enqueue("sqrt", {"n": -1}, redis=fake, config=settings())
+    assert [e["field"] for e in caught.value.errors] == ["params.n"]
+    assert fake.dbsize() == 0
+
+
+def test_strict_params_refuse_a_string_for_a_number_and_lax_ones_take_it(redis, private):
+    fake = fakeredis.FakeRedis()
+    with pytest.raises(ParamError):
+        enqueue("sqrt", {"n": "3"}, redis=fake, config=settings())
+    assert fake.dbsize() == 0
+    job_id = enqueue("sqrt", {"n": "3"}, redis=redis, config=private, strict=False)
+    assert Job.fetch(job_id, connection=redis).args == ("sqrt", {"n": 3, "interval": 1.0})
+
+
+def test_a_param_over_its_cap_is_refused_naming_the_field_and_the_cap():
+    fake = fakeredis.FakeRedis()
+    with pytest.raises(ParamError) as caught:
+        enqueue("sqrt", {"n": 11}, redis=fake, config=settings(param_caps="n=10"))
+    assert caught.value.errors == [{"field": "params.n", "message": "11 is over this server's cap of 10"}]
+    assert fake.dbsize() == 0
+
+
+def test_a_per_task_cap_wins_over_the_cap_of_every_task():
+    caps = settings(param_caps="n=10,sqrt.n=100")
+    check_caps("sqrt", {"n": 50}, caps)  # within sqrt's own cap
+    with pytest.raises(ParamError):
+        check_caps("pi", {"n": 50}, caps)
+    check_caps("sqrt", {"n": 100, "label": "x" * 1000}, caps)  # only numbers are capped

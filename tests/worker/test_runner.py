@@ -1,0 +1,146 @@
+"""The RQ job function, run in this process against the session's real Redis: what it logs
+for a task that finishes, fails, is retried, resumes, or was ended before it ran.
+
+Each job is enqueued on a queue of its own (no worker of the session takes it) and run with
+RQ's ``Job.perform``, which is what a work-horse calls.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from redis import Redis
+from rq.job import Job
+
+import tests.tasks  # noqa: F401  (registers boom, flaky and flaky_resumable in this process)
+from jobcast.joblog import JobLog
+from jobcast.settings import Settings
+from producer.enqueue import enqueue
+from worker.runner import JobCancelled, describe, on_failure, run_task
+
+
+@pytest.fixture
+def settings(redis_server, monkeypatch) -> Settings:
+    """Settings of a private queue on the session's Redis; the runner reads them from the
+    environment, as in a worker."""
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    return Settings(redis_url=redis_server.url, queue_name=f"unit-{uuid.uuid4().hex}")
+
+
+def queued(redis: Redis, settings: Settings, task: str, **params) -> tuple[Job, JobLog]:
+    """Enqueue ``task`` and return its RQ job and its log."""
+    job_id = enqueue(task, params, redis=redis, config=settings)
+    return Job.fetch(job_id, connection=redis), JobLog(redis, job_id)
+
+
+def kinds(log: JobLog) -> list[str]:
+    """The kinds of the log's entries, in seq order."""
+    return [e.kind for e in log.entries()]
+
+
+def values(log: JobLog) -> list[int]:
+    """The value indexes logged, in seq order."""
+    return [e.i for e in log.entries() if e.kind == "value"]
+
+
+def test_run_task_logs_started_each_value_then_finished_and_returns_the_count(redis, settings):
+    job, log = queued(redis, settings, "sqrt", n=4, interval=0)
+    assert job.perform() == {"values": 4}
+    assert kinds(log) == ["queued", "started", "value", "value", "value", "value", "finished"]
+    assert values(log) == [0, 1, 2, 3]
+    started = next(e for e in log.entries() if e.kind == "started")
+    assert started.data["attempt"] == 1 and started.data["worker"] == "unknown"
+
+
+def test_run_task_outside_an_rq_job_raises_runtime_error():
+    with pytest.raises(RuntimeError, match="inside an RQ job"):
+        run_task("sqrt", {"n": 1, "interval": 0})
+
+
+def test_a_failure_with_retries_left_logs_retrying_and_marks_the_exception_logged(redis, settings):
+    job, log = queued(redis, settings, "boom", after=2)
+    assert job.retries_left == settings.job_retries > 0
+    with pytest.raises(RuntimeError) as caught:
+        job.perform()
+    assert caught.value.jobcast_logged is True
+    assert kinds(log) == ["queued", "started", "value", "value", "retrying"]
+    assert list(log.entries())[-1].data["reason"] == "RuntimeError: boom after 2 values"
+    assert log.status() != "failed"
+
+
+def test_a_failure_without_retries_left_logs_the_terminal_failed_entry(redis, settings):
+    job, log = queued(redis, settings, "boom", after=1)
+    job.retries_left = 0
+    with pytest.raises(RuntimeError):
+        job.perform()
+    assert kinds(log) == ["queued", "started", "value", "failed"]
+    assert log.status() == "failed"
+
+
+def test_a_retried_attempt_counts_up_and_a_resumable_task_starts_at_the_first_missing_value(
+        redis, settings):
+    job, log = queued(redis, settings, "flaky_resumable", n=6, fail_at=3)
+    with pytest.raises(ConnectionError):
+        job.perform()  # the first attempt logs 0, 1, 2 and dies at 3
+    assert values(log) == [0, 1, 2] and log.values_logged() == 3
+    assert job.perform() == {"values": 6}
+    assert values(log) == [0, 1, 2, 3, 4, 5]
+    attempts = [e.data["attempt"] for e in log.entries() if e.kind == "started"]
+    assert attempts == [1, 2]
+    assert kinds(log)[-1] == "finished"
+
+
+def test_a_replayed_non_resumable_task_logs_each_value_once(redis, settings):
+    job, log = queued(redis, settings, "flaky", n=6, fail_at=4)
+    with pytest.raises(ConnectionError):
+        job.perform()  # logs 0..3, dies at 4
+    job.perform()  # replays from 0: the log refuses 0..3 again
+    assert values(log) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_job_cancelled_before_it_runs_raises_job_cancelled_and_logs_nothing_more(redis, settings):
+    job, log = queued(redis, settings, "sqrt", n=3, interval=0)
+    log.cancelled("tester")
+    with pytest.raises(JobCancelled):
+        job.perform()
+    assert kinds(log) == ["queued", "cancelled"]
+
+
+def test_a_job_already_failed_by_the_watchdog_is_not_run(redis, settings):
+    job, log = queued(redis, settings, "sqrt", n=3, interval=0)
+    log.failed("no live worker")
+    assert job.perform() == {"values": 0}
+    assert kinds(log) == ["queued", "failed"]
+
+
+def test_on_failure_logs_failed_for_a_job_whose_worker_died_without_logging(redis, settings):
+    job, log = queued(redis, settings, "sqrt", n=3, interval=0)
+    job.retries_left = 0
+    on_failure(job, redis, SystemExit, SystemExit("work-horse killed"), None)
+    assert kinds(log) == ["queued", "failed"]
+    assert list(log.entries())[-1].data["reason"] == "SystemExit: work-horse killed"
+
+
+def test_on_failure_logs_retrying_while_the_job_has_retries_left(redis, settings):
+    job, log = queued(redis, settings, "sqrt", n=3, interval=0)
+    on_failure(job, redis, None, None, None)
+    assert kinds(log) == ["queued", "retrying"]
+    assert list(log.entries())[-1].data["reason"] == "job failed"
+
+
+def test_on_failure_writes_nothing_when_run_task_already_logged_the_failure(redis, settings):
+    job, log = queued(redis, settings, "sqrt", n=3, interval=0)
+    exc = RuntimeError("already logged")
+    exc.jobcast_logged = True
+    on_failure(job, redis, RuntimeError, exc, None)
+    assert kinds(log) == ["queued"]
+
+
+@pytest.mark.parametrize("exc, reason", [
+    (RuntimeError("boom\nsecond line"), "RuntimeError: boom"),
+    (ValueError(""), "ValueError"),
+    (KeyError("n"), "KeyError: 'n'"),
+])
+def test_describe_gives_the_exception_type_and_the_first_line_of_its_message(exc, reason):
+    assert describe(exc) == reason
