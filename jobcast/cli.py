@@ -97,9 +97,10 @@ def add_follow_options(parser: argparse.ArgumentParser) -> None:
 
 def run_follow(job_id: str, args: argparse.Namespace) -> int:
     """Follow ``job_id`` with the CLI's options; the exit code says how the job ended."""
-    base = args.url or get_settings().public_url
-    return follow(job_id, base, output=args.output, progress=args.progress,
-                  reconnect_for=args.reconnect_for, tail=args.tail)
+    settings = get_settings()
+    return follow(job_id, args.url or settings.public_url, output=args.output,
+                  progress=args.progress, reconnect_for=args.reconnect_for, tail=args.tail,
+                  token=settings.token)
 
 
 def cmd_follow(args: argparse.Namespace) -> int:

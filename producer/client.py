@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -330,15 +329,15 @@ class Follower:
 
     def __init__(self, job_id: str, base_url: str, display: Display, *, reconnect_for: float = 120.0,
                  read_timeout: float = 60.0, client: httpx.Client | None = None,
-                 tail: int | None = None):
+                 tail: int | None = None, token: str = ""):
         """Configure; :meth:`run` does the work and returns the exit code."""
         self.job_id = job_id
         self.base_url = base_url.rstrip("/")
         self.display = display
         headers = {"User-Agent": "jobcast-follow"}
-        if os.environ.get("JOBCAST_TOKEN"):
+        if token:
             # A private server (JOBCAST_READ) needs the token to read a job.
-            headers["Authorization"] = f"Bearer {os.environ['JOBCAST_TOKEN']}"
+            headers["Authorization"] = f"Bearer {token}"
         self.client = client or httpx.Client(
             timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True, headers=headers)
         self.backoff = Backoff(reconnect_for, on_outage=self._outage)
@@ -456,8 +455,11 @@ def _message(r: httpx.Response) -> str | None:
 
 def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool | None = None,
            reconnect_for: float = 120.0, out: IO[str] | None = None, err: IO[str] | None = None,
-           tail: int | None = None) -> int:
-    """Follow ``job_id`` on the Jobcast server at ``base_url``; return the exit code."""
+           tail: int | None = None, token: str = "") -> int:
+    """Follow ``job_id`` on the Jobcast server at ``base_url``; return the exit code.
+
+    ``token`` (JOBCAST_TOKEN) is sent as a bearer token, for a server whose jobs are private.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -472,7 +474,8 @@ def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool 
     if tail is not None and tail < 0:
         err.write("jobcast: --tail must be 0 or more\n")
         return EXIT_BAD_INPUT
-    follower = Follower(job_id, base_url, display, reconnect_for=reconnect_for, tail=tail)
+    follower = Follower(job_id, base_url, display, reconnect_for=reconnect_for, tail=tail,
+                        token=token)
     try:
         return follower.run()
     except BadInput as exc:
