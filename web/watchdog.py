@@ -28,7 +28,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from worker.config import Config
-from worker.joblog import JOBS_INDEX, JobLog, meta_key
+from worker.joblog import JOBS_INDEX, JobLog, job_keys
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,11 @@ HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobc
 class Watchdog:
     """Periodic checks, run in a daemon thread (a greenlet under gevent)."""
 
-    def __init__(self, redis: Redis, config: Config, interval: float = 5.0):
-        """Prepare; :meth:`start` runs it."""
+    def __init__(self, redis: Redis, config: Config, interval: float = 5.0, streams=None):
+        """Prepare; :meth:`start` runs it. ``redis`` holds RQ's queue, ``streams`` the job logs
+        (by default the same Redis)."""
         self.redis = redis
+        self.streams = redis if streams is None else streams
         self.config = config
         self.interval = interval
         self.no_worker_since: float | None = None
@@ -109,20 +111,21 @@ class Watchdog:
         RQ), and the log keeps only the first terminal entry, so this one is a safety net for
         workers without the hook and for jobs RQ gave up on after their worker died.
         """
-        ids = [i.decode() for i in self.redis.zrange(JOBS_INDEX, 0, -1)]
-        pipe = self.redis.pipeline()
+        ids = [i.decode() for i in self.streams.zrange(JOBS_INDEX, 0, -1)]
+        pipe = self.streams.pipeline()
         for job_id in ids:
-            pipe.hmget(meta_key(job_id), "status", "origin")
+            pipe.hmget(job_keys(self.streams, job_id).meta, "status", "origin")
         pending = [job_id for job_id, (status, origin) in zip(ids, pipe.execute())
                    if origin and status in (b"queued", b"running")]
         if not pending:
             self.missing = set()
             return []
+        pipe = self.redis.pipeline()
         for job_id in pending:
             pipe.hget(Job.key_for(job_id), "status")
         ended, missing = [], set()
         for job_id, rq_status in zip(pending, pipe.execute()):
-            jlog = JobLog(self.redis, job_id, ttl=self.config.log_ttl)
+            jlog = JobLog(self.streams, job_id, ttl=self.config.log_ttl)
             if rq_status is None and job_id not in self.missing:
                 # RQ deletes a job with result_ttl=0 as it finishes, just before the worker's
                 # hook logs "finished": only a job still gone a round later is failed.
@@ -142,16 +145,16 @@ class Watchdog:
 
     def fail_orphans(self, reason: str) -> list[str]:
         """Write ``failed`` for every queued or running job in the job index."""
-        ids = [i.decode() for i in self.redis.zrange(JOBS_INDEX, 0, -1)]
-        pipe = self.redis.pipeline()
+        ids = [i.decode() for i in self.streams.zrange(JOBS_INDEX, 0, -1)]
+        pipe = self.streams.pipeline()
         for job_id in ids:
-            pipe.hmget(meta_key(job_id), "status", "origin")
+            pipe.hmget(job_keys(self.streams, job_id).meta, "status", "origin")
         failed = []
         mine = (None, b"", self.config.queue_name.encode())
         for job_id, (status, origin) in zip(ids, pipe.execute()):
             # Jobs on other RQ queues have their own workers, which this check does not watch.
             if status in (b"queued", b"running") and origin in mine:
-                if JobLog(self.redis, job_id, ttl=self.config.log_ttl).failed(reason) > 0:
+                if JobLog(self.streams, job_id, ttl=self.config.log_ttl).failed(reason) > 0:
                     log.warning("watchdog: job %s failed: %s", job_id, reason)
                     failed.append(job_id)
                 try:

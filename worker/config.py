@@ -22,6 +22,9 @@ class Config:
     """Settings shared by producer, worker and web. Every field has an env variable."""
 
     redis_url: str = "redis://localhost:6379/0"
+    # The Redis (or a node of the Redis Cluster) holding job logs, metadata and channels;
+    # empty: REDIS_URL. RQ's queue always stays on REDIS_URL (see worker/streams.py).
+    stream_url: str = ""
     queue_name: str = "jobcast"
     # Public base URL printed by the CLI next to a job id.
     public_url: str = "http://localhost:8000"
@@ -66,6 +69,7 @@ class Config:
 
     ENV = {
         "redis_url": "REDIS_URL",
+        "stream_url": "JOBCAST_STREAM_URL",
         "queue_name": "JOBCAST_QUEUE",
         "public_url": "JOBCAST_URL",
         "log_maxlen": "JOBCAST_LOG_MAXLEN",

@@ -25,7 +25,8 @@ from rq import get_current_job
 from rq.job import Job
 
 from worker.config import Config
-from worker.joblog import JobExists, JobLog, meta_key
+from worker.joblog import JobExists, JobLog
+from worker.streams import stream_redis
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ def task_label(description: str | None, fallback: str = "rq job") -> str:
 
 
 def rq_log(job: Job, config: Config | None = None) -> JobLog:
-    """The JobLog of an RQ job, on the job's own Redis connection."""
+    """The JobLog of an RQ job, on the job's own Redis connection (or the stream store's)."""
     cfg = config or Config.from_env()
-    return JobLog(job.connection, job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
+    return JobLog(stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
                   index_max=cfg.jobs_index_max)
 
 
@@ -81,7 +82,7 @@ def is_runner(job: Job) -> bool:
 
 def next_attempt(jlog: JobLog) -> int:
     """The number of the attempt that is starting: one more than the log has seen."""
-    return int(jlog.redis.hget(meta_key(jlog.job_id), "attempt") or 0) + 1
+    return int(jlog.redis.hget(jlog.keys.meta, "attempt") or 0) + 1
 
 
 @dataclass
