@@ -366,7 +366,7 @@ class JobLog:
         pipe.hget(self.keys.meta, "status")
         rows, status = pipe.execute()
         ended = status is None or status.decode() in TERMINAL
-        return [Entry.parse(fields[b"e"]) for _id, fields in rows], ended
+        return [Entry.parse(_field(fields)) for _id, fields in rows], ended
 
     def position(self) -> tuple[bool, int] | None:
         """(ended, last seq) of the job, or None if it does not exist (or has expired)."""
@@ -378,6 +378,14 @@ class JobLog:
     def queue_last_seq(self, pipe) -> None:
         """Add the read of the job's last seq to ``pipe`` (its reply: bytes or None)."""
         pipe.hget(self.keys.meta, "seq")
+
+
+def _field(fields) -> bytes:
+    """The entry in a stream row's fields: a dict, or a flat [name, value] list where
+    redis-py leaves a reply unparsed (XRANGE inside a Cluster transaction)."""
+    if isinstance(fields, dict):
+        return fields[b"e"]
+    return dict(zip(fields[::2], fields[1::2]))[b"e"]
 
 
 def job_info(redis: Redis, job_id: str) -> dict[str, Any]:
