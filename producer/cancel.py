@@ -45,7 +45,8 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Config |
     """
     cfg = config or Config.from_env()
     redis = redis or Redis.from_url(cfg.redis_url)
-    jlog = JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
+    jlog = JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen,
+                  ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
     seq = jlog.cancelled(by)
     if seq == -2:
         raise UnknownJob(job_id)

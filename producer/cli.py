@@ -138,9 +138,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List recent jobs with their status."""
     from worker.joblog import recent_jobs
+    from worker.streams import stream_redis
 
     cfg = Config.from_env()
-    jobs = recent_jobs(Redis.from_url(cfg.redis_url), args.limit)
+    jobs = recent_jobs(stream_redis(cfg), args.limit)
     if args.output == "json":
         print(json.dumps(jobs))
         return 0

@@ -31,8 +31,8 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     redis = redis or Redis.from_url(cfg.redis_url)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
-    JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
-           index_max=cfg.jobs_index_max).create(task, checked, spec.total_for(checked))
+    JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen,
+           ttl=cfg.log_ttl, index_max=cfg.jobs_index_max).create(task, checked, spec.total_for(checked))
     duration = spec.duration_for(checked)
     timeout = cfg.job_timeout if duration is None else max(cfg.job_timeout, int(duration * 2) + 60)
     Queue(cfg.queue_name, connection=redis).enqueue(

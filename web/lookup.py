@@ -46,8 +46,8 @@ def adopt_rq_job(redis: Redis, job_id: str, config: Config, streams=None) -> boo
     status, description, origin = redis.hmget(Job.key_for(job_id), "status", "description", "origin")
     if status not in ADOPTABLE:
         return False
-    jlog = JobLog(redis if streams is None else streams, job_id, maxlen=config.log_maxlen, ttl=config.log_ttl,
-                  index_max=config.jobs_index_max)
+    jlog = JobLog(redis if streams is None else streams, job_id, maxlen=config.log_maxlen,
+                  ttl=config.log_ttl, index_max=config.jobs_index_max)
     ensure_log(jlog, (description or b"").decode(errors="replace"),
                (origin or b"").decode(errors="replace"))
     return True

@@ -55,8 +55,8 @@ def task_label(description: str | None, fallback: str = "rq job") -> str:
 def rq_log(job: Job, config: Config | None = None) -> JobLog:
     """The JobLog of an RQ job, on the job's own Redis connection (or the stream store's)."""
     cfg = config or Config.from_env()
-    return JobLog(stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
-                  index_max=cfg.jobs_index_max)
+    return JobLog(stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen,
+                  ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
 
 
 def ensure_log(jlog: JobLog, description: str | None, origin: str | None) -> bool:

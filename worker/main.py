@@ -14,6 +14,7 @@ from rq.exceptions import InvalidJobOperation
 from worker.config import Config
 from worker.hook import LifecycleMixin
 from worker.joblog import JobLog
+from worker.streams import stream_redis
 from worker.registry import load_builtin_and_user_tasks
 
 
@@ -49,7 +50,8 @@ class JobcastWorker(LifecycleMixin, Worker):
         ``job.cancel()`` then moves it to the CanceledJobRegistry, where rq-dashboard shows it.
         """
         try:
-            cancelled = JobLog(self.connection, job.id).status() == "cancelled"
+            streams = stream_redis(Config.from_env(), self.connection)
+            cancelled = JobLog(streams, job.id).status() == "cancelled"
         except (RedisError, ValueError):
             cancelled = False
         if cancelled:

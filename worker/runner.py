@@ -40,8 +40,8 @@ def log_connection(cfg: Config) -> StreamRedis:
 def job_log(job: Job, config: Config | None = None, redis: StreamRedis | None = None) -> JobLog:
     """The JobLog of an RQ job, configured from the environment."""
     cfg = config or Config.from_env()
-    return JobLog(redis or stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
-                  index_max=cfg.jobs_index_max)
+    return JobLog(redis or stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen,
+                  ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
 
 
 def describe(exc: BaseException) -> str:
