@@ -180,7 +180,7 @@ def test_restarting_the_primary_that_owns_a_watched_jobs_slot_loses_no_value(clu
         wait_for(lambda: metric(web.url, "jobcast_hub_reconnects_total") > reconnects, 30,
                  what="the hub to lose its shard subscription")
         cluster.start_node(port)  # same port, same nodes.conf and AOF
-        wait_for(cluster.state_ok, 30, interval=0.1, what="cluster_state:ok again")
+        cluster.wait_ok()
         assert done.wait(90), "the stream did not end"
         reader.join(5)
         assert job_status(http, job_id)["status"] == "finished"
