@@ -233,7 +233,10 @@ class LocalRedisCluster:
         """The port of the primary that owns ``key``'s slot."""
         from redis.crc import key_slot
 
-        slot = key_slot(key.encode())
+        return self.slot_owner(key_slot(key.encode()))
+
+    def slot_owner(self, slot: int) -> int:
+        """The port of the primary that owns ``slot``."""
         client = Redis(port=self.ports[0])
         try:
             for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
@@ -241,7 +244,26 @@ class LocalRedisCluster:
                     return int(primary[1])
         finally:
             client.close()
-        raise LookupError(f"no node owns the slot of {key}")
+        raise LookupError(f"no node owns slot {slot}")
+
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Reshard one slot, keys and all, to the node on ``to_port`` (Redis's own
+        IMPORTING / MIGRATING / MIGRATE / SETSLOT NODE sequence)."""
+        from_port = self.slot_owner(slot)
+        nodes = {port: Redis(port=port) for port in self.ports}
+        try:
+            src, dst = nodes[from_port], nodes[to_port]
+            src_id = src.execute_command("CLUSTER", "MYID").decode()
+            dst_id = dst.execute_command("CLUSTER", "MYID").decode()
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+            for port in [to_port, from_port, *[p for p in self.ports if p not in (to_port, from_port)]]:
+                nodes[port].execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        finally:
+            for client in nodes.values():
+                client.close()
 
     def stop(self) -> None:
         """Stop every node and reap it."""

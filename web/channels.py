@@ -35,6 +35,7 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
+from redis import ConnectionPool, Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
@@ -302,13 +303,19 @@ class Channels:
         for sh, names in leave.items():
             try:
                 sh.unsubscribe(names)
-            except RedisError as exc:  # its reader sees the broken connection too
+            except Exception as exc:  # a broken connection: a new one will not resubscribe them
                 log.info("hub: unsubscribe on %s failed (%s)", sh.name, exc)
         for sh, names in join.items():
             try:
                 sh.subscribe(names)
-            except RedisError as exc:  # the reader resubscribes every job once reconnected
-                log.info("hub: subscribe on %s failed (%s)", sh.name, exc)
+            except Exception as exc:  # a broken connection: the next round tries again
+                log.info("hub: subscribe on %s failed (%s); retrying", sh.name, exc)
+                with self._lock:
+                    for name in names:
+                        job_id = job_id_from_channel(name)
+                        sh.sent.discard(job_id)
+                        self._to_subscribe.add(job_id)
+                self._stop.wait(0.1)
 
     def _route(self, st: JobChannel) -> Shard | None:
         """Attach the job to the shard that owns its channel (caller holds the lock)."""
@@ -335,7 +342,7 @@ class Channels:
             self._refresh_needed = False
             for name, node in primaries.items():
                 if name not in self._shards:
-                    self._add_shard(name, self.redis.get_redis_connection(node))
+                    self._add_shard(name, self._node_client(node))
             for name in [n for n in self._shards if n not in primaries]:
                 sh = self._shards.pop(name)  # no longer a primary (failed over, or removed)
                 sh.retired = True
@@ -356,6 +363,14 @@ class Channels:
         if moved:
             log.info("hub: %d job channel(s) moved to another shard", len(moved))
             self.on_lost(moved)
+
+    def _node_client(self, node) -> Redis:
+        """A client of one Cluster node with a pool of its own (same settings as the
+        cluster's): refreshing the slot map marks the cluster's pooled connections for
+        reconnection, which must not pull a pub/sub connection from under its reader."""
+        pool = self.redis.get_redis_connection(node).connection_pool
+        return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class,
+                                                    **pool.connection_kwargs))
 
     def _anchor(self, sh: Shard) -> str:
         """The anchor channel for ``sh``: on a Cluster, one whose slot the shard owns."""
@@ -404,7 +419,8 @@ class Channels:
                         msg = pubsub.get_message(timeout=0)
                     if burst:
                         self.on_messages(burst)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # RedisError, OSError, or redis-py's own state torn by a
+                # reconnect: whatever broke, the reader must outlive it and resubscribe.
                 self._lost(sh, exc)
                 self._stop.wait(sh.backoff)
                 sh.backoff = min(sh.backoff * 2, self.max_backoff)
@@ -473,7 +489,7 @@ class Channels:
                 self._refresh_needed = True
         metrics.HUB_RECONNECTS.inc()
         log.warning("hub: lost Redis subscription on %s (%s); retrying in %.1fs", sh.name, exc,
-                    sh.backoff)
+                    sh.backoff, exc_info=not isinstance(exc, (RedisError, OSError)))
         if jobs:
             self.on_lost(jobs)
         self._kick.set()

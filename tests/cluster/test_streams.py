@@ -190,3 +190,29 @@ def test_restarting_the_primary_that_owns_a_watched_jobs_slot_loses_no_value(clu
     assert [v["i"] for v in values] == list(range(40))
     assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(40)]
     assert events[-1]["event"] == "finished"
+
+
+def test_a_watched_jobs_slot_resharded_to_another_primary_loses_no_value(cluster, cluster_webs,
+                                                                          cluster_workers):
+    from redis.crc import key_slot
+
+    web = cluster_webs[0]
+    with httpx.Client(base_url=web.url, timeout=30) as http:
+        job_id = create_job(http, "sqrt", n=40, interval=0.05)
+        name = channel(job_id, tagged=True)
+        events: list[dict] = []
+        reader = threading.Thread(target=lambda: events.extend(sse_events(web.url, job_id)))
+        reader.start()
+        wait_for(lambda: shardnumsub(cluster, job_id) == 1, 30, what="the shard subscription")
+        wait_for(lambda: job_status(http, job_id)["progress"]["i"] >= 5, 30, what="a few values")
+        old = cluster.owner(name)
+        new = next(p for p in cluster.ports if p != old)
+        cluster.move_slot(key_slot(name.encode()), new)
+        # Redis ends the subscription on the old owner; the hub subscribes on the new one.
+        wait_for(lambda: shardnumsub(cluster, job_id) == 1 and cluster.owner(name) == new, 30,
+                 what="the subscription on the slot's new owner")
+        reader.join(60)
+        assert job_status(http, job_id)["status"] == "finished"
+    assert [int(e["id"]) for e in events] == list(range(1, 44))
+    values = [json.loads(e["data"]) for e in events if e["event"] == "value"]
+    assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(40)]
