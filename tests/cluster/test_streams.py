@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import math
 import threading
+import uuid
 
 import httpx
+import pytest
+from redis.crc import key_slot
 
 from tests.cluster.conftest import LocalCluster
 from tests.conftest import create_job, job_status, parse_sse, wait_for
 from web.channels import LINGER
-from worker.joblog import channel, log_key, meta_key
+from worker.joblog import JOBS_INDEX, JobExists, JobLog, channel, log_key, meta_key, recent_jobs
 
 
 def sqrt_lines(n: int) -> str:
@@ -194,8 +197,6 @@ def test_restarting_the_primary_that_owns_a_watched_jobs_slot_loses_no_value(clu
 
 def test_a_watched_jobs_slot_resharded_to_another_primary_loses_no_value(cluster, cluster_webs,
                                                                           cluster_workers):
-    from redis.crc import key_slot
-
     web = cluster_webs[0]
     with httpx.Client(base_url=web.url, timeout=30) as http:
         job_id = create_job(http, "sqrt", n=40, interval=0.05)
@@ -216,3 +217,29 @@ def test_a_watched_jobs_slot_resharded_to_another_primary_loses_no_value(cluster
     assert [int(e["id"]) for e in events] == list(range(1, 44))
     values = [json.loads(e["data"]) for e in events if e["event"] == "value"]
     assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(40)]
+
+
+def test_on_the_cluster_the_append_script_logs_and_announces_with_spublish_and_indexes_once(
+        cluster, streams):
+    log = JobLog(streams, uuid.uuid4().hex)
+    node = cluster.node(cluster.owner(channel(log.job_id, tagged=True)))
+    pubsub = node.pubsub()
+    try:
+        pubsub.ssubscribe(channel(log.job_id, tagged=True))
+        wait_for(lambda: pubsub.get_message(timeout=0.1), what="the ssubscribe confirmation")
+        assert log.create("sqrt", {}, 2) == 1 and log.started("w", 1) == 2
+        assert log.value(0, 1.5) == 3 and log.value(0, 1.5) == -3  # a repeated value is refused
+        created = streams.zscore(JOBS_INDEX, log.job_id)
+        with pytest.raises(JobExists):
+            log.create("sqrt", {}, 2)
+        assert streams.zscore(JOBS_INDEX, log.job_id) == created  # it keeps its place
+        got = []
+        wait_for(lambda: got.extend(m for m in [pubsub.get_message(timeout=0.1)] if m) or
+                 len(got) >= 3, what="three shard announcements")
+        assert [m["type"] for m in got] == ["smessage"] * 3
+        assert [json.loads(m["data"])["seq"] for m in got] == [1, 2, 3]
+        assert [e.seq for e in log.entries()] == [1, 2, 3]
+        assert recent_jobs(streams, 1000)[0]["id"] == log.job_id
+    finally:
+        pubsub.close()
+        node.close()
