@@ -148,6 +148,9 @@ def test_a_process_subscribes_to_a_shard_channel_only_while_it_has_viewers(clust
     # Five viewers in one process: one shard subscription; none for the other job.
     assert shardnumsub(cluster, watched) == 1
     assert shardnumsub(cluster, unwatched) == 0
+    # The process's viewer counts reach the cluster too (web/presence.py).
+    wait_for(lambda: httpx.get(f"{web.url}/api/jobs/{watched}").json()["viewers"] == 5, 15,
+             what="five viewers counted")
     for t in threads:
         t.join(60)
     assert len(results) == 5 and all(len(r) == 43 for r in results)
