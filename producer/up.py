@@ -204,11 +204,11 @@ def start_demo(sup: Supervisor, redis_url: str, public: str, timeout: float = 5.
     from producer.enqueue import enqueue
     from worker.config import Config
     from worker.joblog import job_info
-    from worker.streams import connect, stream_url
+    from worker.streams import connect, separate, stream_url
 
     cfg = Config.from_env(redis_url=redis_url, public_url=public)
     job_id = enqueue("sqrt", {}, config=cfg)
-    conn = connect(stream_url(cfg))
+    conn = connect(stream_url(cfg), cluster=None if separate(cfg) else False)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and job_info(conn, job_id)["status"] == "queued":

@@ -33,7 +33,7 @@ class State:
         self.redis = redis or pooled(config.redis_url)
         if streams is None and separate(config):
             url = stream_url(config)
-            streams = connect(url) if cluster_enabled(url) else pooled(url)
+            streams = connect(url, cluster=True) if cluster_enabled(url) else pooled(url)
         self.streams = streams if streams is not None else self.redis
         self._hub = None
         self._hub_pid = None

@@ -12,7 +12,7 @@ from worker.chart import ChartWriter
 from worker.config import Config
 from worker.joblog import JobLog
 from worker.registry import get_task
-from worker.streams import StreamRedis, connect, stream_redis, stream_url
+from worker.streams import StreamRedis, connect, separate, stream_redis, stream_url
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ def log_connection(cfg: Config) -> StreamRedis:
     Appends are safe to retry: a value the script already logged is refused by its index,
     and a second terminal entry is ignored.
     """
-    return connect(stream_url(cfg), retry_for=60.0, socket_connect_timeout=2, socket_timeout=10)
+    # REDIS_URL holds RQ's queue, so it is never a Cluster: only a separate store is asked.
+    return connect(stream_url(cfg), cluster=None if separate(cfg) else False, retry_for=60.0,
+                   socket_connect_timeout=2, socket_timeout=10)
 
 
 def job_log(job: Job, config: Config | None = None, redis: StreamRedis | None = None) -> JobLog:

@@ -59,14 +59,18 @@ def cluster_enabled(url: str) -> bool:
         probe.close()
 
 
-def connect(url: str, *, retry_for: float = 0.0, **options) -> StreamRedis:
+def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
+            **options) -> StreamRedis:
     """A client of the stream store at ``url``: RedisCluster for a Cluster node, else Redis.
 
-    ``retry_for`` > 0 makes the client ride out a restart or failover of that long, retrying
-    with backoff: appends are safe to retry (the script refuses a value it already has).
-    ``options`` go to the single-Redis client (e.g. a bounded connection pool's settings).
+    ``cluster`` says which, when known (None: ask the server). ``retry_for`` > 0 makes the
+    client ride out a restart or failover of that long, retrying with backoff: appends are
+    safe to retry (the script refuses a value it already has). ``options`` go to the
+    single-Redis client (a Cluster client gets its own timeouts).
     """
-    if cluster_enabled(url):
+    if cluster is None:
+        cluster = cluster_enabled(url)
+    if cluster:
         # Each command retries on MOVED/ASK, connection errors and cluster-down replies,
         # re-reading the slot map: a failover or a restarted primary is waited out.
         attempts = max(3, int(retry_for / 0.5)) if retry_for else 3
