@@ -11,9 +11,11 @@ import socket
 import uuid
 
 import pytest
+from redis import Redis
 
+from producer.redisproc import RedisServer
 from tests.conftest import WebServer, wait_for
-from web.channels import LINGER
+from web.channels import LINGER, Channels
 from worker.joblog import JobLog, channel
 
 
@@ -120,3 +122,26 @@ def test_viewers_of_many_new_jobs_at_once_each_get_their_own_jobs_values(redis, 
     finally:
         for v in viewers:
             v.close()
+
+
+def test_a_storm_of_newcomers_to_many_jobs_is_subscribed_in_a_few_batched_commands(tmp_path):
+    with RedisServer(data_dir=tmp_path) as server:
+        redis = Redis.from_url(server.url)
+        channels = Channels(redis, on_messages=lambda batch: None, on_resync=lambda jobs: None,
+                            on_lost=lambda jobs: None, poll=0.1)
+        channels.start()
+        try:
+            assert channels.wait_ready(10)
+            jobs = [uuid.uuid4().hex for _ in range(200)]
+            for job_id in jobs:
+                channels.acquire(job_id)
+            assert all(channels.wait(job_id, 10) for job_id in jobs)
+            counts = dict(redis.pubsub_numsub(*[channel(j) for j in jobs]))
+            assert set(counts.values()) == {1}
+            # The anchor, then the storm: one SUBSCRIBE for all that asked at once (a second
+            # if the control loop woke in the middle of it).
+            calls = redis.info("commandstats")["cmdstat_subscribe"]["calls"]
+            assert calls <= 3, calls
+        finally:
+            channels.stop(5)
+            redis.close()
