@@ -89,7 +89,7 @@ def announcement_cost(mode: str, subscribers: int, jobs: int, watched: int, valu
             procs.append(proc)
             counters.append(received)
         try:
-            cpu = redis_cpu(redis)
+            cpu, started = redis_cpu(redis), time.monotonic()
             for i in range(values):
                 for log in logs:
                     log.value(i, VALUE)
@@ -98,7 +98,7 @@ def announcement_cost(mode: str, subscribers: int, jobs: int, watched: int, valu
             deadline = time.monotonic() + 120
             while any(c.value < per_sub for c in counters) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            used = redis_cpu(redis) - cpu
+            used, elapsed = redis_cpu(redis) - cpu, time.monotonic() - started
             delivered = min((c.value for c in counters), default=0)
         finally:
             for proc in procs:
@@ -108,7 +108,8 @@ def announcement_cost(mode: str, subscribers: int, jobs: int, watched: int, valu
     return {"mode": mode, "subscribers": subscribers if mode != "none" else 0, "jobs": jobs,
             "watched": watched, "announcements": announcements,
             "delivered_per_subscriber": delivered, "redis_cpu_s": used,
-            "us_per_announcement": used / announcements * 1e6}
+            "us_per_announcement": used / announcements * 1e6,
+            "rate_per_s": announcements / elapsed, "core_share": used / elapsed}
 
 
 # -- (b) append throughput -------------------------------------------------------------------
@@ -153,14 +154,16 @@ def append_throughput(store: str, url: str, writers: int, jobs: int, duration: f
 def tables(cost: list[dict], throughput: list[dict]) -> str:
     """The two results as markdown tables."""
     lines = ["| subscriptions | subscriber processes | jobs | watched | announcements | "
-             "delivered per subscriber | Redis CPU per announcement |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "delivered per subscriber | Redis CPU per announcement | announcements/s | "
+             "Redis CPU (share of a core) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     names = {"none": "none (baseline)", "pattern": "pattern (`PSUBSCRIBE`)",
              "per-job": "per-job (`SUBSCRIBE`)"}
     for r in cost:
         lines.append(f"| {names[r['mode']]} | {r['subscribers']} | {r['jobs']} | {r['watched']} | "
                      f"{r['announcements']:,} | {r['delivered_per_subscriber']:,} | "
-                     f"{r['us_per_announcement']:.1f} µs |")
+                     f"{r['us_per_announcement']:.1f} µs | {r['rate_per_s']:,.0f} | "
+                     f"{r['core_share']:.0%} |")
     lines += ["", "| stream store | writer processes | jobs | appends | appends/s |",
               "|---|---:|---:|---:|---:|"]
     for r in throughput:
