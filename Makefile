@@ -1,6 +1,7 @@
 # The two commands a new machine needs:
 #   make run    install Jobcast in .venv and run the whole system (jobcast up)
-#   make test   install what the tests need (redis-server, Chromium, the test extras) and run them
+#   make test   install what the tests need (redis-server, Chromium, the test extras), check the
+#               import layers (lint-imports) and run the tests
 # Both are idempotent: a second run installs nothing new.
 
 PYTHON ?= python3
@@ -43,7 +44,9 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# lint-imports first: the layers in pyproject.toml ([tool.importlinter]) must hold.
 test: system-deps $(VENV)/.installed-test
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fan-out benchmark, Jobcast side by side with flask-sse (docs/benchmarks.md).

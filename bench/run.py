@@ -340,7 +340,7 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
     jobs = [uuid.uuid4().hex for _ in range(sc.jobs)]
     endpoint = sc.endpoint if jobcast else "sse"
     if jobcast:
-        from worker.joblog import JobLog
+        from jobcast.joblog import JobLog
 
         for j in jobs:
             log = JobLog(redis.client, j)
@@ -478,7 +478,7 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
     })
     # Let the server free the viewers before the next scenario.
     if jobcast:
-        from worker.joblog import JobLog
+        from jobcast.joblog import JobLog
 
         for j in jobs:
             JobLog(redis.client, j).finished()

@@ -35,8 +35,8 @@ from pathlib import Path
 from redis import Redis
 
 from producer.redisproc import LocalRedisCluster, RedisServer
-from worker.joblog import CHANNEL_PATTERN, JobLog, channel
-from worker.streams import connect
+from jobcast.joblog import CHANNEL_PATTERN, JobLog, channel
+from jobcast.streams import connect
 
 VALUE = "x" * 100  # a value's text, about the size bench.run uses
 

@@ -1,4 +1,4 @@
-"""Jobcast's public Python API.
+"""Jobcast's public Python API, and the foundation every service stands on.
 
 In any RQ job::
 
@@ -13,42 +13,52 @@ In your Flask app::
 
     jobcast.init_app(app, url_prefix="/jobcast")
 
-This package only re-exports; the code lives in ``worker`` and ``web``. Names that need
-Flask or the task registry are imported on first use, so ``from jobcast import emit`` in a job
-module stays light.
+The package's modules are the foundation (``jobcast.settings``, ``jobcast.joblog``,
+``jobcast.registry``, ``jobcast.urls``), which import nothing else of Jobcast's. The public
+names below live in the services (``worker``, ``producer``, ``web``) and are imported on first
+use (PEP 562), so importing the foundation, or ``from jobcast import emit`` in a job module,
+loads neither Flask nor the web app.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
-
-from worker.emit import NotInJob, emit, resume
-from worker.hook import LifecycleMixin, SimpleWorker, Worker
 
 if TYPE_CHECKING:
     from producer.enqueue import enqueue
     from web.handover import StreamWorker
     from web.mount import UnsuitableWorker, init_app
+    from worker.emit import NotInJob, emit, resume
+    from worker.hook import LifecycleMixin, SimpleWorker, Worker
 
-__all__ = ["emit", "resume", "NotInJob", "Worker", "SimpleWorker", "LifecycleMixin",
-           "init_app", "UnsuitableWorker", "StreamWorker", "enqueue"]
-
+# Public name -> the module that defines it.
 _LAZY = {
-    "init_app": ("web.mount", "init_app"),
-    "UnsuitableWorker": ("web.mount", "UnsuitableWorker"),
-    "enqueue": ("producer.enqueue", "enqueue"),
+    "emit": "worker.emit",
+    "resume": "worker.emit",
+    "NotInJob": "worker.emit",
+    "Worker": "worker.hook",
+    "SimpleWorker": "worker.hook",
+    "LifecycleMixin": "worker.hook",
+    "enqueue": "producer.enqueue",
+    "init_app": "web.mount",
+    "UnsuitableWorker": "web.mount",
     # gunicorn's gevent worker whose streams hand their socket to the relay: `-k jobcast.StreamWorker`
-    "StreamWorker": ("web.handover", "StreamWorker"),
+    "StreamWorker": "web.handover",
 }
+
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    """Import the web and producer names on first use (PEP 562)."""
+    """Import a public name from its service on first use (PEP 562)."""
     if name not in _LAZY:
         raise AttributeError(f"module 'jobcast' has no attribute {name!r}")
-    from importlib import import_module
-
-    module, attr = _LAZY[name]
-    value = getattr(import_module(module), attr)
+    value = getattr(import_module(_LAZY[name]), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes, the lazy public names included."""
+    return sorted(set(globals()) | set(__all__))

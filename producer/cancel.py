@@ -18,9 +18,9 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from worker.config import Config
-from worker.joblog import JobLog, UnknownJob
-from worker.streams import StreamRedis, stream_redis
+from jobcast.joblog import JobLog, UnknownJob
+from jobcast.settings import Settings, get_settings
+from jobcast.streams import StreamRedis, stream_redis
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class AlreadyEnded(RuntimeError):
         self.status = status
 
 
-def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Config | None = None,
+def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings | None = None,
            streams: StreamRedis | None = None) -> int:
     """Cancel ``job_id`` on behalf of ``by`` (a client address, or "cli").
 
@@ -43,7 +43,7 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Config |
     Returns the seq of the ``cancelled`` entry. Raises UnknownJob, or AlreadyEnded when the
     job had finished, failed or been cancelled before.
     """
-    cfg = config or Config.from_env()
+    cfg = config or get_settings()
     redis = redis or Redis.from_url(cfg.redis_url)
     jlog = JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen,
                   ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)

@@ -8,47 +8,47 @@ from typing import Any, Mapping
 from redis import Redis
 from rq import Callback, Queue, Retry
 
-from worker.config import Config
-from worker.joblog import JobLog
-from worker.streams import StreamRedis, stream_redis
-from worker.registry import ParamError, get_task
-from worker.runner import on_failure, run_task
+from jobcast.joblog import JobLog
+from jobcast.registry import ON_FAILURE, RUNNER, ParamError, get_task
+from jobcast.settings import Settings, get_settings
+from jobcast.streams import StreamRedis, stream_redis
 
 
 def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis | None = None,
-            config: Config | None = None, strict: bool = True,
+            config: Settings | None = None, strict: bool = True,
             streams: StreamRedis | None = None) -> str:
     """Validate ``params`` for ``task``, enqueue the job and return its id.
 
     ``redis`` holds RQ's queue; the job's log goes to ``streams`` (the stream store,
     JOBCAST_STREAM_URL, by default the same Redis).
+
     Raises UnknownTask or ParamError before anything reaches Redis.
     """
-    cfg = config or Config.from_env()
+    cfg = config or get_settings()
     spec = get_task(task)
     checked = spec.validate(params, strict=strict)
     check_caps(task, checked, cfg)
     redis = redis or Redis.from_url(cfg.redis_url)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
-    JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen,
-           ttl=cfg.log_ttl, index_max=cfg.jobs_index_max).create(task, checked, spec.total_for(checked))
+    JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
+           index_max=cfg.jobs_index_max).create(task, checked, spec.total_for(checked))
     duration = spec.duration_for(checked)
     timeout = cfg.job_timeout if duration is None else max(cfg.job_timeout, int(duration * 2) + 60)
     Queue(cfg.queue_name, connection=redis).enqueue(
-        run_task, task, checked,
+        RUNNER, task, checked,
         job_id=job_id,
         job_timeout=timeout,
         result_ttl=cfg.log_ttl,
         failure_ttl=cfg.log_ttl,
         retry=Retry(max=cfg.job_retries) if cfg.job_retries > 0 else None,
-        on_failure=Callback(on_failure),
+        on_failure=Callback(ON_FAILURE),
         description=f"jobcast {task}",
     )
     return job_id
 
 
-def check_caps(task: str, params: dict[str, Any], config: Config) -> None:
+def check_caps(task: str, params: dict[str, Any], config: Settings) -> None:
     """Raise ParamError for any parameter over its configured cap (JOBCAST_PARAM_CAPS)."""
     caps = config.caps()
     errors = []
@@ -59,19 +59,3 @@ def check_caps(task: str, params: dict[str, Any], config: Config) -> None:
                            "message": f"{value} is over this server's cap of {cap:g}"})
     if errors:
         raise ParamError(errors)
-
-
-def job_urls(job_id: str, base: str = "", *, sig: str | None = None) -> dict[str, str]:
-    """The URLs at which a job can be watched, relative to ``base`` (signed with ``sig``)."""
-    from web.links import with_sig
-
-    base = base.rstrip("/")
-    urls = {
-        "page": f"{base}/jobs/{job_id}",
-        "stream": f"{base}/jobs/{job_id}/stream",
-        "events": f"{base}/jobs/{job_id}/events",
-        "frame": f"{base}/jobs/{job_id}/frame",
-        "framed": f"{base}/jobs/{job_id}/framed",
-        "status": f"{base}/api/jobs/{job_id}",
-    }
-    return {name: with_sig(url, sig) for name, url in urls.items()}

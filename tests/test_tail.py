@@ -18,10 +18,10 @@ import httpx
 import pytest
 from redis import Redis
 
+from jobcast.joblog import JobLog
+from jobcast.settings import Settings
 from producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, WebServer, Workers, parse_sse, service_env, wait_for
-from worker.config import Config
-from worker.joblog import JobLog
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def capped_job(redis_server, logs_dir):
     pool = Workers(redis_server.url, logs_dir)
     pool.start(1, JOBCAST_QUEUE=queue, JOBCAST_LOG_MAXLEN="50")
     try:
-        cfg = Config.from_env(redis_url=redis_server.url, queue_name=queue, log_maxlen=50)
+        cfg = Settings(redis_url=redis_server.url, queue_name=queue, log_maxlen=50)
         job_id = enqueue("sqrt", {"n": 300, "interval": 0}, redis=redis, config=cfg)
         wait_for(lambda: JobLog(redis, job_id).status() == "finished", 30, what="300-value job")
     finally:

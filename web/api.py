@@ -6,24 +6,26 @@ import time
 
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
+from jobcast.joblog import UnknownJob, chart_key, first_kept, job_keys
+from jobcast.registry import ParamError, UnknownTask, all_tasks
+from jobcast.urls import JOB_PATHS, job_urls
 from producer.cancel import AlreadyEnded, cancel
-from producer.enqueue import enqueue, job_urls
-from web import metrics, state
+from producer.enqueue import enqueue
+from web import metrics
 from web.errors import BadParam
+from web.jobs import recent_jobs
 from web.limits import client_address, require_token
 from web.links import MAX_TTL, sign
 from web.lookup import int_param, load_job
 from web.position import may_be_trimmed
 from web.presence import total_viewers
 from web.security import urls_sig
-from worker.chart import chart_key
-from worker.joblog import UnknownJob, first_kept, job_keys, recent_jobs
-from worker.registry import ParamError, UnknownTask, all_tasks
+from web.services import state
 
-bp = Blueprint("api", __name__, url_prefix="/api")
+bp = Blueprint("api", __name__)
 
 
-@bp.post("/jobs")
+@bp.post("/api/jobs")
 def create_job():
     """Validate ``{"task": ..., "params": {...}}``, enqueue it, answer 201 with its URLs."""
     require_token(state().config)
@@ -57,7 +59,7 @@ def create_job():
     return response
 
 
-@bp.get("/jobs")
+@bp.get("/api/jobs")
 def list_jobs():
     """The most recent jobs, newest first (``?limit=`` up to 500)."""
     limit = int_param("limit", request.args.get("limit"), default=50)
@@ -66,7 +68,7 @@ def list_jobs():
     return jsonify(jobs=recent_jobs(state().streams, limit))
 
 
-@bp.get("/jobs/<job_id>")
+@bp.get(JOB_PATHS["status"])
 def get_job(job_id: str):
     """One job's status, progress, worker and times."""
     info = load_job(job_id)
@@ -85,7 +87,7 @@ def get_job(job_id: str):
     return jsonify(info)
 
 
-@bp.post("/jobs/<job_id>/cancel")
+@bp.post("/api/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
     """Cancel a queued or running job: 200 with the ``cancelled`` entry's seq.
 
@@ -108,7 +110,7 @@ def cancel_job(job_id: str):
     return jsonify(id=job_id, status="cancelled", seq=seq, by=by)
 
 
-@bp.get("/jobs/<job_id>/chart")
+@bp.get("/api/jobs/<job_id>/chart")
 def job_chart(job_id: str):
     """The job's downsampled chart (min/max/first/last per bucket), kept by its worker."""
     load_job(job_id)
@@ -117,7 +119,7 @@ def job_chart(job_id: str):
                     mimetype="application/json", headers={"Cache-Control": "no-cache"})
 
 
-@bp.get("/jobs/<job_id>/values")
+@bp.get("/api/jobs/<job_id>/values")
 def earlier_values(job_id: str):
     """Up to ``limit`` value entries logged before entry ``before`` (a seq), oldest first.
 
@@ -148,7 +150,7 @@ def earlier_values(job_id: str):
     return Response(head + b",".join(raws) + b"]}", mimetype="application/json")
 
 
-@bp.get("/tasks")
+@bp.get("/api/tasks")
 def list_tasks():
     """The registered tasks with their parameters' JSON schema."""
     return jsonify(tasks=[
@@ -157,7 +159,7 @@ def list_tasks():
     ])
 
 
-@bp.get("/jobs/<job_id>/link")
+@bp.get("/api/jobs/<job_id>/link")
 def job_link(job_id: str):
     """A new signed view link for the job (token required): ``?ttl=`` seconds, or no expiry.
 

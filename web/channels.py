@@ -40,8 +40,8 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from web import metrics
-from worker.joblog import PREFIX, channel, job_id_from_channel
-from worker.streams import is_cluster
+from jobcast.joblog import PREFIX, channel, job_id_from_channel
+from jobcast.streams import is_cluster
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,8 @@ from flask import Flask, jsonify
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from web.workerclass import UnsuitableWorker
+
 log = logging.getLogger(__name__)
 
 
@@ -52,8 +54,6 @@ def register(app: Flask) -> None:
         response.status_code = 503
         response.headers["Retry-After"] = "2"
         return response
-
-    from web.workerclass import UnsuitableWorker
 
     @app.errorhandler(UnsuitableWorker)
     def unsuitable_worker(exc: UnsuitableWorker):

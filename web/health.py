@@ -1,11 +1,13 @@
-"""Liveness and readiness probes."""
+"""What monitoring reads: liveness and readiness probes, and the Prometheus scrape."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from web import state
+from web.metrics import render
+from web.services import state
 
 bp = Blueprint("health", __name__)
 
@@ -33,3 +35,10 @@ def readyz():
     if not st.hub.wait_ready(2.0):
         return jsonify(status="unavailable", reason="hub: not yet subscribed to Redis"), 503
     return jsonify(status="ready")
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus text format (every web process's metrics, and RQ's queue at scrape time)."""
+    st = state()
+    return Response(render(st.redis, st.config.queue_name), content_type=CONTENT_TYPE_LATEST)

@@ -28,7 +28,7 @@ from redis import Redis
 from web import metrics
 from web.channels import CONFIRM_TIMEOUT, LINGER, Channels
 from web.relay import Relay
-from worker.joblog import Entry, job_id_from_channel
+from jobcast.joblog import Entry, job_id_from_channel
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,17 @@ class Subscription:
 
     __slots__ = ("hub", "job_id", "maxlen", "_queue", "_event", "_lock", "_overflow", "_resync")
 
-    def __init__(self, hub: "Hub", job_id: str, maxlen: int):
-        """Create an empty buffer; use :meth:`Hub.subscribe` rather than this."""
+    def __init__(self, hub: "Hub", job_id: str, maxlen: int, lock=None):
+        """Create an empty buffer; use :meth:`Hub.subscribe` rather than this.
+
+        ``lock`` guards the buffer (a ``threading.Lock`` unless given).
+        """
         self.hub = hub
         self.job_id = job_id
         self.maxlen = maxlen
         self._queue: deque[Entry] = deque()
         self._event = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = lock if lock is not None else threading.Lock()
         self._overflow = False
         self._resync = False
 
@@ -130,10 +133,9 @@ class GreenSubscription(Subscription):
 
     def __init__(self, hub: "Hub", job_id: str, maxlen: int, loop):
         """Create an empty buffer woken through gevent's ``loop``."""
-        super().__init__(hub, job_id, maxlen)
         # put() and resync() are inherited: they need no lock here, as greenlets only switch
         # when they block.
-        self._lock = nullcontext()
+        super().__init__(hub, job_id, maxlen, lock=nullcontext())
         self._loop = loop
         self._waiter = None
 

@@ -8,8 +8,8 @@ from collections import Counter
 from flask import request
 from werkzeug.exceptions import HTTPException
 
+from jobcast.settings import Settings
 from web.metrics import stream_refused
-from worker.config import Config
 
 RETRY_AFTER = "5"
 
@@ -67,7 +67,7 @@ class StreamLimiter:
             del self.by_client[client]
 
 
-def client_address(config: Config) -> str:
+def client_address(config: Settings) -> str:
     """The client's address; X-Forwarded-For's first hop only when the proxy is trusted."""
     if config.trust_proxy:
         forwarded = request.headers.get("X-Forwarded-For", "")
@@ -102,12 +102,12 @@ class StreamSlot:
             self.release()
 
 
-def open_slot(limiter: StreamLimiter, config: Config) -> StreamSlot:
+def open_slot(limiter: StreamLimiter, config: Settings) -> StreamSlot:
     """Count a new stream of the requesting client, or raise 429/503."""
     return StreamSlot(limiter, client_address(config))
 
 
-def require_token(config: Config) -> None:
+def require_token(config: Settings) -> None:
     """401 unless the request carries ``Authorization: Bearer <JOBCAST_TOKEN>`` (when set)."""
     if not config.token:
         return

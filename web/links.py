@@ -11,14 +11,15 @@ This module needs no Flask request: the CLI signs the page URL it prints with it
 from __future__ import annotations
 
 import time
-from urllib.parse import quote
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from worker.config import Config
+from jobcast.settings import Settings
+from jobcast.urls import PARAM
+
+__all__ = ["PARAM", "MAX_TTL", "LinkError", "sign", "verify", "view_sig"]
 
 SALT = "jobcast.view-link"
-PARAM = "sig"
 # Longest accepted ?ttl=: ten years; links meant to outlive that can omit the expiry.
 MAX_TTL = 10 * 365 * 24 * 3600
 
@@ -34,14 +35,14 @@ class LinkError(Exception):
         self.reason = reason
 
 
-def _serializer(config: Config) -> URLSafeSerializer:
+def _serializer(config: Settings) -> URLSafeSerializer:
     """The serializer for view links; a ValueError if no key is configured."""
     if not config.signing_key:
         raise ValueError("view links need JOBCAST_SECRET or JOBCAST_TOKEN")
     return URLSafeSerializer(config.signing_key, salt=SALT)
 
 
-def sign(config: Config, job_id: str, ttl: int | None = None, *, now: float | None = None) -> str:
+def sign(config: Settings, job_id: str, ttl: int | None = None, *, now: float | None = None) -> str:
     """A signature that lets its holder read ``job_id`` (for ``ttl`` seconds, if given)."""
     payload: dict[str, object] = {"j": job_id}
     if ttl:
@@ -49,7 +50,7 @@ def sign(config: Config, job_id: str, ttl: int | None = None, *, now: float | No
     return _serializer(config).dumps(payload)
 
 
-def verify(config: Config, job_id: str, token: str, *, now: float | None = None) -> dict:
+def verify(config: Settings, job_id: str, token: str, *, now: float | None = None) -> dict:
     """The link's payload if it grants ``job_id`` now; else LinkError with the reason."""
     try:
         payload = _serializer(config).loads(token)
@@ -63,14 +64,7 @@ def verify(config: Config, job_id: str, token: str, *, now: float | None = None)
     return payload
 
 
-def with_sig(url: str, token: str | None) -> str:
-    """``url`` with ``?sig=token`` appended (unchanged when there is no token)."""
-    if not token:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}{PARAM}={quote(token, safe='')}"
-
-
-def view_sig(config: Config, job_id: str, ttl: int | None = None) -> str | None:
+def view_sig(config: Settings, job_id: str, ttl: int | None = None) -> str | None:
     """The signature new URLs of ``job_id`` carry: one in private mode, none in public mode.
 
     ``ttl`` defaults to JOBCAST_LINK_TTL (0: no expiry of its own; the job's log expires).

@@ -8,11 +8,11 @@ from flask import abort, request
 from redis import Redis
 from rq.job import Job
 
-from web import state
+from jobcast.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, ensure_log
+from jobcast.settings import Settings
 from web.errors import BadParam
-from worker.config import Config
-from worker.emit import ensure_log
-from worker.joblog import InvalidJobId, JobLog, UnknownJob, check_job_id, job_info
+from web.jobs import job_info
+from web.services import state
 
 # RQ states of a job that a Jobcast-aware worker has not finished with yet.
 ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})
@@ -35,7 +35,7 @@ def load_job(job_id: str) -> dict[str, Any]:
     abort(404, description=f"no job with id {job_id}")
 
 
-def adopt_rq_job(redis: Redis, job_id: str, config: Config, streams=None) -> bool:
+def adopt_rq_job(redis: Redis, job_id: str, config: Settings, streams=None) -> bool:
     """Open the log of an RQ job that Jobcast did not enqueue, if RQ has it pending or running.
 
     A page opened right after ``Queue.enqueue`` then follows the job from its ``queued``

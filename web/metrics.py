@@ -9,7 +9,7 @@ What is counted where, so the hot path stays cheap:
 
 - the hub counts each announcement once and the entries it hands to viewers with one
   ``inc(n)`` per announcement, never one call per viewer;
-- the relay (:mod:`web.relay`, held connections) and :func:`web.follow.follow_batches` (the
+- the relay (:mod:`web.relay`, held connections) and :func:`web.fallback.follow_batches` (the
   per-greenlet path) count viewers, catch-ups from the log, heartbeats and the reason each
   viewer stopped: per viewer and per event, never per value;
 - queue depth, busy workers and jobs by state are read from RQ at scrape time;
@@ -27,19 +27,17 @@ import os
 import re
 import time
 
-from flask import Blueprint, Response
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest)
+from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
 from prometheus_client.core import GaugeMetricFamily
+
+from jobcast.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
 def multiproc_dir() -> str | None:
     """The multi-process directory, if multi-process mode is on."""
-    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+    return get_settings().prometheus_multiproc_dir or None
 
 
 # Gauges of live viewers: "livesum" adds up the processes that are alive, so the files of a
@@ -205,15 +203,3 @@ def render(redis=None, queue_name: str | None = None) -> bytes:
     if redis is not None and queue_name:
         registry.register(RQCollector(redis, queue_name))
     return generate_latest(registry)
-
-
-bp = Blueprint("metrics", __name__)
-
-
-@bp.get("/metrics")
-def metrics():
-    """Prometheus text format."""
-    from web import state
-
-    st = state()
-    return Response(render(st.redis, st.config.queue_name), content_type=CONTENT_TYPE_LATEST)

@@ -2,7 +2,7 @@
 
 Jobcast runs as its own Flask app under the prefix (Flask's "application dispatching": a
 werkzeug DispatcherMiddleware in front of ``app.wsgi_app``), in the same processes as your app,
-so its hub starts there on the first stream. Keeping it a separate app means its templates,
+so its hub starts there at its first request. Keeping it a separate app means its templates,
 static files, endpoint names, JSON error handlers and request-size limit cannot collide with
 yours; every URL it renders comes from ``url_for``, which includes the prefix by itself.
 
@@ -17,24 +17,25 @@ from flask import Flask
 from redis import Redis
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from web import create_app
+from jobcast.settings import Settings
+from jobcast.urls import JOB_PATHS
+from web.app import create_app
 from web.workerclass import UnsuitableWorker, check_worker_class
-from worker.config import Config
 
 __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
 
 # Build-only rules in the host app, so its url_for() can link into the mounted Jobcast.
 LINKS = {
     "index": "/",
-    "job_page": "/jobs/<job_id>",
-    "text_stream": "/jobs/<job_id>/stream",
-    "sse_stream": "/jobs/<job_id>/events",
-    "html_stream": "/jobs/<job_id>/frame",
-    "get_job": "/api/jobs/<job_id>",
+    "job_page": JOB_PATHS["page"],
+    "text_stream": JOB_PATHS["stream"],
+    "sse_stream": JOB_PATHS["events"],
+    "html_stream": JOB_PATHS["frame"],
+    "get_job": JOB_PATHS["status"],
 }
 
 
-def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Config | None = None,
+def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | None = None,
              redis: Redis | None = None) -> Flask:
     """Serve Jobcast's pages, its three streams and its JSON API in ``app`` under ``url_prefix``.
 

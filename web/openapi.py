@@ -13,18 +13,18 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from web import state
+from jobcast.registry import all_tasks
+from jobcast.settings import Settings
 from web.links import MAX_TTL, PARAM
 from web.lookup import MAX_SEQ
 from web.security import MAX_QUERY, SESSION_COOKIE
-from worker.config import Config
-from worker.registry import all_tasks
+from web.services import state
 
 bp = Blueprint("openapi", __name__)
 
 JSON = "application/json"
 HTML = "text/html"
-# worker.joblog.JOB_ID_RE: RQ's alphabet (Jobcast's ids are 32 hex characters, RQ's UUIDs).
+# jobcast.joblog.JOB_ID_RE: RQ's alphabet (Jobcast's ids are 32 hex characters, RQ's UUIDs).
 JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$",
           "description": "1 to 128 letters, digits, '_' or '-'"}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
@@ -87,7 +87,7 @@ def position_param(name: str, description: str) -> dict[str, Any]:
             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}}
 
 
-def task_params_schema(name: str, schema: dict[str, Any], cfg: Config,
+def task_params_schema(name: str, schema: dict[str, Any], cfg: Settings,
                        components: dict[str, Any]) -> dict[str, Any]:
     """A task's pydantic schema, with this server's caps as maxima and $defs hoisted."""
     schema = copy.deepcopy(schema)
@@ -114,7 +114,7 @@ def _rewrite_refs(node: Any) -> Any:
     return node
 
 
-def schemas(cfg: Config) -> dict[str, Any]:
+def schemas(cfg: Settings) -> dict[str, Any]:
     """The component schemas: errors, jobs, URLs, tasks and each task's parameters."""
     components: dict[str, Any] = {
         "Error": {
@@ -250,7 +250,7 @@ def schemas(cfg: Config) -> dict[str, Any]:
     return components
 
 
-def document(cfg: Config) -> dict[str, Any]:
+def document(cfg: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document for a server configured by ``cfg``."""
     private = cfg.read_mode == "private"
     token_set = bool(cfg.token)

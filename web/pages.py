@@ -8,11 +8,11 @@ from typing import Any
 
 from flask import Blueprint, render_template
 
-from producer.enqueue import job_urls
-from web import state
+from jobcast.registry import all_tasks
+from jobcast.urls import JOB_PATHS, job_urls
+from web.jobs import recent_jobs
 from web.lookup import load_job
-from worker.joblog import recent_jobs
-from worker.registry import all_tasks
+from web.services import state
 
 bp = Blueprint("pages", __name__)
 
@@ -90,7 +90,7 @@ def favicon():
     return "", 204
 
 
-@bp.get("/jobs/<job_id>")
+@bp.get(JOB_PATHS["page"])
 def job_page(job_id: str):
     """The live page: latest value, chart, progress, status, watchers and the log."""
     job = load_job(job_id)
@@ -104,7 +104,7 @@ def plain_page(job_id: str):
     return render_template("plain.html", job=load_job(job_id))
 
 
-@bp.get("/jobs/<job_id>/framed")
+@bp.get(JOB_PATHS["framed"])
 def framed_page(job_id: str):
     """The ``<iframe>`` variant, embedding the streamed HTML of ``/jobs/<id>/frame``."""
     return render_template("framed.html", job=load_job(job_id))

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from flask import request
 from redis import Redis
 
-from web import state
+from jobcast.joblog import Entry, first_kept, job_keys
 from web.lookup import int_param, resume_position
-from worker.joblog import Entry, first_kept, job_keys
+from web.services import state
 
 TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""

@@ -17,7 +17,7 @@ import time
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.joblog import PREFIX, check_job_id
+from jobcast.joblog import PREFIX, check_job_id
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class Presence:
         self.interval = interval
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.published: set[str] = set()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -58,14 +59,19 @@ class Presence:
             self._thread = threading.Thread(target=self._run, name="jobcast-presence", daemon=True)
             self._thread.start()
 
+    def stop(self) -> None:
+        """Stop after the current round (the process stops serving)."""
+        self._stop.set()
+
     def _run(self) -> None:
-        """Publish forever; a Redis outage only delays the next round."""
+        """Publish until stopped; a Redis outage only delays the next round."""
         while True:
             try:
                 self.publish()
             except RedisError as exc:
                 log.debug("presence: Redis unavailable (%s)", exc)
-            time.sleep(self.interval)
+            if self._stop.wait(self.interval):
+                return
 
     def publish(self, now: float | None = None) -> None:
         """Write the current counts, and remove the jobs nobody here watches any more."""

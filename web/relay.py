@@ -38,9 +38,9 @@ from gevent.socket import wait_write
 from redis import Redis
 from redis.exceptions import RedisError
 
+from jobcast.joblog import Entry, JobLog
 from web import metrics
 from web.frames import LAST_CHUNK, Transport, chunk
-from worker.joblog import Entry, JobLog
 
 log = logging.getLogger(__name__)
 

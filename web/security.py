@@ -19,15 +19,14 @@ import hmac
 import logging
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template,
-                   request)
+from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
+from jobcast.settings import Settings
 from web import metrics
 from web.limits import Unauthorized
 from web.links import PARAM, LinkError, verify, view_sig
-from worker.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +66,22 @@ class Forbidden(HTTPException):
         self.reason = reason
 
 
-def config() -> Config:
-    """The app's Config."""
+def config() -> Settings:
+    """The app's Settings."""
     return current_app.extensions["jobcast"].config
 
 
-def _token_hash(cfg: Config) -> str:
+def _token_hash(cfg: Settings) -> str:
     """A digest of the token, so sessions end when the token changes."""
     return hashlib.sha256(cfg.token.encode()).hexdigest()[:32]
 
 
-def _sessions(cfg: Config) -> URLSafeTimedSerializer:
+def _sessions(cfg: Settings) -> URLSafeTimedSerializer:
     """Signs and checks the browser session cookie."""
     return URLSafeTimedSerializer(cfg.signing_key, salt=SESSION_SALT)
 
 
-def has_bearer(cfg: Config) -> bool:
+def has_bearer(cfg: Settings) -> bool:
     """The request carries ``Authorization: Bearer <JOBCAST_TOKEN>``."""
     if not cfg.token:
         return False
@@ -90,7 +89,7 @@ def has_bearer(cfg: Config) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), cfg.token.encode())
 
 
-def has_session(cfg: Config) -> bool:
+def has_session(cfg: Settings) -> bool:
     """The request carries a valid session cookie (browsers, reading only)."""
     raw = request.cookies.get(SESSION_COOKIE)
     if not raw or not cfg.token:
@@ -102,7 +101,7 @@ def has_session(cfg: Config) -> bool:
     return isinstance(value, str) and hmac.compare_digest(value, _token_hash(cfg))
 
 
-def has_token(cfg: Config) -> bool:
+def has_token(cfg: Settings) -> bool:
     """The request proves it knows the token: a bearer header, or (for reads) the session."""
     if has_bearer(cfg):
         return True
@@ -226,7 +225,7 @@ def login():
 
 def install(app: Flask) -> None:
     """Check the read mode's settings, and install the guard, headers and login pages."""
-    cfg: Config = app.extensions["jobcast"].config
+    cfg: Settings = app.extensions["jobcast"].config
     if cfg.read_mode == "private" and not cfg.signing_key:
         raise ValueError("JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)")
     app.before_request(guard)

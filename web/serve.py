@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jobcast.settings import Settings, get_settings
+
 CONF = Path(__file__).with_name("gunicorn.conf.py")
 
 
@@ -19,14 +21,14 @@ def gunicorn_argv(bind: str, workers: int | None = None, extra: list[str] | None
     return argv + list(extra or [])
 
 
-def metrics_env(environ: dict | None = None) -> dict:
-    """Point PROMETHEUS_MULTIPROC_DIR at a fresh temporary directory unless it is set.
+def metrics_env(settings: Settings) -> dict[str, str]:
+    """gunicorn's environment: PROMETHEUS_MULTIPROC_DIR at a fresh temporary directory unless set.
 
     Every gunicorn worker then records its metrics there and ``GET /metrics`` merges them.
     It must be set before any worker imports prometheus_client, hence here, before gunicorn.
     """
-    environ = os.environ if environ is None else environ
-    if not (environ.get("PROMETHEUS_MULTIPROC_DIR") or environ.get("prometheus_multiproc_dir")):
+    environ = dict(os.environ)
+    if not settings.prometheus_multiproc_dir:
         environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jobcast-metrics-")
     return environ
 
@@ -47,9 +49,9 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def serve(bind: str, workers: int | None = None) -> None:
+def serve(bind: str, workers: int | None = None, settings: Settings | None = None) -> None:
     """Replace this process with gunicorn, so signals reach it directly."""
-    metrics_env()
+    environ = metrics_env(settings or get_settings())
     raise_fd_limit()
     argv = gunicorn_argv(bind, workers)
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, environ)

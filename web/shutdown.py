@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ def spawn(func) -> None:
     (monkey-patched) thread would block, so a greenlet is spawned instead.
     """
     try:
-        from gevent import monkey, spawn as gevent_spawn
+        from gevent import monkey
+        from gevent import spawn as gevent_spawn
     except ImportError:
         monkey = None
     if monkey is not None and monkey.is_module_patched("threading"):
@@ -31,8 +33,9 @@ def spawn(func) -> None:
         threading.Thread(target=func, daemon=True).start()
 
 
-def install(get_hub) -> bool:
-    """Chain onto the gunicorn worker's SIGTERM handler; False when not under gunicorn."""
+def install(stop: Callable[[], None]) -> bool:
+    """Chain ``stop`` (:func:`web.services.stop`) onto the gunicorn worker's SIGTERM handler;
+    False when not under gunicorn."""
     previous = signal.getsignal(signal.SIGTERM)
     owner = getattr(previous, "__self__", None)
     if owner is None or not type(owner).__module__.startswith("gunicorn.workers"):
@@ -41,7 +44,7 @@ def install(get_hub) -> bool:
     def on_sigterm(signum, frame):
         """Let gunicorn stop accepting, and wake every stream to end (off the signal frame)."""
         previous(signum, frame)
-        spawn(lambda: get_hub().shutdown())
+        spawn(stop)
 
     signal.signal(signal.SIGTERM, on_sigterm)
     log.info("streams end on SIGTERM within gunicorn's graceful timeout")

@@ -6,7 +6,7 @@ interval, the HTML head), and then either
 - hands the connection to the process's relay (:mod:`web.relay`), when the gunicorn worker
   lets it take the connection (:class:`web.handover.StreamWorker`, Jobcast's default): the
   request's greenlet ends there, and the relay writes the history and every live entry; or
-- follows the job in the request's own greenlet (:func:`web.follow.follow_batches`), under any
+- follows the job in the request's own greenlet (:func:`web.fallback.follow_batches`), under any
   other server. Both paths frame entries with :mod:`web.frames`, so they send the same bytes.
 """
 
@@ -19,15 +19,16 @@ from typing import Callable, Iterator
 from flask import Blueprint, Response, request, stream_with_context, url_for
 from werkzeug.exceptions import ServiceUnavailable
 
-from web import state
-from web.follow import HEARTBEAT, follow_batches
+from jobcast.joblog import JobLog
+from jobcast.urls import JOB_PATHS
+from web.fallback import HEARTBEAT, follow_batches
 from web.frames import HTML, SSE, TEXT, Transport, html_head, html_notice
 from web.handover import HandoverSocket, can_take
 from web.limits import StreamSlot, open_slot
 from web.lookup import int_param, stream_position
 from web.position import stream_start
 from web.relay import HeldViewer, Relay
-from worker.joblog import JobLog
+from web.services import state
 
 bp = Blueprint("stream", __name__)
 
@@ -129,7 +130,7 @@ def _follow(job_id: str, transport: Transport, after: int, start: int,
         batches.close()
 
 
-@bp.route("/jobs/<job_id>/stream", methods=["GET", "HEAD"])
+@bp.route(JOB_PATHS["stream"], methods=["GET", "HEAD"])
 def text_stream(job_id: str):
     """``text/plain``: one ``"{}\\n".format(value)`` line per value; ends with the job.
 
@@ -144,7 +145,7 @@ def text_stream(job_id: str):
     return response
 
 
-@bp.route("/jobs/<job_id>/events", methods=["GET", "HEAD"])
+@bp.route(JOB_PATHS["events"], methods=["GET", "HEAD"])
 def sse_stream(job_id: str):
     """Server-sent events: ``id:`` is the entry's seq, the event type is its kind.
 
@@ -160,7 +161,7 @@ def sse_stream(job_id: str):
     return open_stream(job_id, SSE, after, preamble=b"retry: 2000\n\n" + begin.sse_prelude())
 
 
-@bp.route("/jobs/<job_id>/frame", methods=["GET", "HEAD"])
+@bp.route(JOB_PATHS["frame"], methods=["GET", "HEAD"])
 def html_stream(job_id: str):
     """Streamed HTML for an ``<iframe>``: a stylesheet first, then ``<p>i: value</p>`` each.
 

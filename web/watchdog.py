@@ -23,23 +23,24 @@ from datetime import timezone
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
-from rq.exceptions import NoSuchJobError, InvalidJobOperation
-from rq.job import Job
-from rq.registry import StartedJobRegistry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
 
-from worker.config import Config
-from worker.joblog import JOBS_INDEX, JobLog, job_keys
+from jobcast.joblog import JOBS_INDEX, JobLog, job_keys
+from jobcast.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LOCK = "jobcast:watchdog"
+# RQ's states of a job that has ended other than by finishing.
+RQ_ENDED = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobcast worker`
 
 
 class Watchdog:
     """Periodic checks, run in a daemon thread (a greenlet under gevent)."""
 
-    def __init__(self, redis: Redis, config: Config, interval: float = 5.0, streams=None):
+    def __init__(self, redis: Redis, config: Settings, interval: float = 5.0, streams=None):
         """Prepare; :meth:`start` runs it. ``redis`` holds RQ's queue, ``streams`` the job logs
         (by default the same Redis)."""
         self.redis = redis
@@ -77,7 +78,7 @@ class Watchdog:
         now = time.time() if now is None else now
         queue = Queue(self.config.queue_name, connection=self.redis)
         # RQ's own abandoned-job handling: retry if retries are left, else fail (+ callback).
-        StartedJobRegistry(queue=queue).cleanup(exception_handlers=[])
+        queue.started_job_registry.cleanup(exception_handlers=[])
         self.reconcile()
         if self.live_workers(queue, now):
             self.no_worker_since = None
@@ -111,30 +112,23 @@ class Watchdog:
         RQ), and the log keeps only the first terminal entry, so this one is a safety net for
         workers without the hook and for jobs RQ gave up on after their worker died.
         """
-        ids = [i.decode() for i in self.streams.zrange(JOBS_INDEX, 0, -1)]
-        pipe = self.streams.pipeline()
-        for job_id in ids:
-            pipe.hmget(job_keys(self.streams, job_id).meta, "status", "origin")
-        pending = [job_id for job_id, (status, origin) in zip(ids, pipe.execute())
-                   if origin and status in (b"queued", b"running")]
+        pending = [job_id for job_id, origin in self.open_jobs() if origin]
         if not pending:
             self.missing = set()
             return []
-        pipe = self.redis.pipeline()
-        for job_id in pending:
-            pipe.hget(Job.key_for(job_id), "status")
         ended, missing = [], set()
-        for job_id, rq_status in zip(pending, pipe.execute()):
+        for job_id, job in zip(pending, Job.fetch_many(pending, connection=self.redis)):
+            rq_status = job.get_status(refresh=False) if job is not None else None
             jlog = JobLog(self.streams, job_id, ttl=self.config.log_ttl)
             if rq_status is None and job_id not in self.missing:
                 # RQ deletes a job with result_ttl=0 as it finishes, just before the worker's
                 # hook logs "finished": only a job still gone a round later is failed.
                 missing.add(job_id)
                 continue
-            if rq_status == b"finished":
+            if rq_status == JobStatus.FINISHED:
                 seq = jlog.finished()
-            elif rq_status in (b"failed", b"stopped", b"canceled") or rq_status is None:
-                seq = jlog.failed(f"RQ reports the job {(rq_status or b'gone').decode()}")
+            elif rq_status in RQ_ENDED or rq_status is None:
+                seq = jlog.failed(f"RQ reports the job {rq_status.value if rq_status else 'gone'}")
             else:
                 continue
             if seq > 0:
@@ -143,17 +137,22 @@ class Watchdog:
         self.missing = missing
         return ended
 
-    def fail_orphans(self, reason: str) -> list[str]:
-        """Write ``failed`` for every queued or running job in the job index."""
+    def open_jobs(self) -> list[tuple[str, str]]:
+        """(id, RQ queue) of every queued or running job in the job index; the queue is empty
+        for the jobs Jobcast enqueued itself, and names it for plain RQ jobs."""
         ids = [i.decode() for i in self.streams.zrange(JOBS_INDEX, 0, -1)]
         pipe = self.streams.pipeline()
         for job_id in ids:
             pipe.hmget(job_keys(self.streams, job_id).meta, "status", "origin")
+        return [(job_id, (origin or b"").decode()) for job_id, (status, origin)
+                in zip(ids, pipe.execute()) if status in (b"queued", b"running")]
+
+    def fail_orphans(self, reason: str) -> list[str]:
+        """Write ``failed`` for every queued or running job in the job index."""
         failed = []
-        mine = (None, b"", self.config.queue_name.encode())
-        for job_id, (status, origin) in zip(ids, pipe.execute()):
+        for job_id, origin in self.open_jobs():
             # Jobs on other RQ queues have their own workers, which this check does not watch.
-            if status in (b"queued", b"running") and origin in mine:
+            if origin in ("", self.config.queue_name):
                 if JobLog(self.streams, job_id, ttl=self.config.log_ttl).failed(reason) > 0:
                     log.warning("watchdog: job %s failed: %s", job_id, reason)
                     failed.append(job_id)

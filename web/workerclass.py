@@ -3,7 +3,7 @@
 Every viewer keeps its request open until the job ends. Gunicorn's gevent worker holds
 thousands of such requests per process; its sync worker holds one, so a single viewer would
 stall every other request to that process, silently. The check runs when the app is created
-inside a gunicorn worker (and again when the first stream starts, for ``--preload``).
+inside a gunicorn worker (and again when its services start at the first request, for ``--preload``).
 """
 
 from __future__ import annotations

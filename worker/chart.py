@@ -19,18 +19,13 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.joblog import PREFIX, check_job_id
+from jobcast.joblog import chart_key
 
 log = logging.getLogger(__name__)
 
 BUCKETS = 2048
 SAVE_EVERY = 1.0
 """Seconds between two snapshots while a job runs."""
-
-
-def chart_key(job_id: str) -> str:
-    """Key of the job's chart snapshot (a JSON string)."""
-    return f"{PREFIX}:job:{check_job_id(job_id)}:chart"
 
 
 def numeric(value: Any) -> float | None:

@@ -2,7 +2,7 @@
 
 A job function calls ``emit(value)`` once per value. Each call appends a value entry to the
 job's log with the next index and announces it, through the very script that logs a value a
-Jobcast task yields (:meth:`worker.joblog.JobLog.value`), so viewers cannot tell the two apart.
+Jobcast task yields (:meth:`jobcast.joblog.JobLog.value`), so viewers cannot tell the two apart.
 
 Indices count the calls of one run of the function, from 0. A retried job runs again from the
 start, and the log accepts value ``i`` only when it is the next one, so the values an earlier
@@ -24,9 +24,10 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from worker.config import Config
-from worker.joblog import JobExists, JobLog
-from worker.streams import stream_redis
+from jobcast.joblog import JobLog, ensure_log
+from jobcast.registry import RUNNER
+from jobcast.settings import Settings, get_settings
+from jobcast.streams import stream_redis
 
 log = logging.getLogger(__name__)
 
@@ -35,47 +36,22 @@ log = logging.getLogger(__name__)
 STATE_ATTR = "_jobcast_emit"
 HOOKED_ATTR = "_jobcast_hooked"
 
-RUNNER = "worker.runner.run_task"  # Jobcast's own jobs log their lifecycle themselves
-
 
 class NotInJob(RuntimeError):
     """emit() was called outside a job that an RQ worker runs."""
 
 
-def task_label(description: str | None, fallback: str = "rq job") -> str:
-    """A short name for an RQ job: its description up to the first "(".
-
-    RQ's default description is the call with its arguments, e.g. ``jobs.count(20)``; the
-    arguments are left out, since job pages may be public.
-    """
-    head = (description or "").split("(", 1)[0].strip()
-    return head[:100] or fallback
-
-
-def rq_log(job: Job, config: Config | None = None) -> JobLog:
+def rq_log(job: Job, config: Settings | None = None) -> JobLog:
     """The JobLog of an RQ job, on the job's own Redis connection (or the stream store's)."""
-    cfg = config or Config.from_env()
+    cfg = config or get_settings()
     return JobLog(stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen,
                   ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
-
-
-def ensure_log(jlog: JobLog, description: str | None, origin: str | None) -> bool:
-    """Create the job's log with its ``queued`` entry unless it exists; True if created here.
-
-    The existence check and the creation are one script, so the worker, ``emit()`` and the web
-    may all try at once: exactly one creates it.
-    """
-    try:
-        jlog.create(task_label(description), {}, None, extra={"origin": origin or ""})
-    except JobExists:
-        return False
-    return True
 
 
 def is_runner(job: Job) -> bool:
     """True for Jobcast's own task jobs (:func:`worker.runner.run_task`)."""
     try:
-        return job.func_name == RUNNER
+        return job.func_name == RUNNER  # Jobcast's own jobs log their lifecycle themselves
     except Exception:  # a job whose data cannot be read is not ours either
         return False
 

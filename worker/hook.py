@@ -19,7 +19,9 @@ from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.job import Job
 
-from worker.emit import HOOKED_ATTR, ensure_log, is_runner, next_attempt, rq_log
+from jobcast.joblog import ensure_log
+from jobcast.settings import get_settings
+from worker.emit import HOOKED_ATTR, is_runner, next_attempt, rq_log
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,12 @@ class LifecycleMixin:
 
     A failure to reach Redis here is logged and never fails the job itself.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        """Set up the RQ worker, and read Jobcast's settings before RQ forks any work-horse,
+        so every job inherits them instead of reading the environment again."""
+        super().__init__(*args, **kwargs)
+        get_settings()
 
     def prepare_job_execution(self, job: Job, *args, **kwargs) -> None:
         """After RQ marks the job started: create its log if missing, then log ``started``."""

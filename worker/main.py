@@ -11,11 +11,11 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 
-from worker.config import Config
+from jobcast.joblog import JobLog
+from jobcast.registry import load_builtin_and_user_tasks
+from jobcast.settings import Settings, get_settings
+from jobcast.streams import stream_redis
 from worker.hook import LifecycleMixin
-from worker.joblog import JobLog
-from worker.streams import stream_redis
-from worker.registry import load_builtin_and_user_tasks
 
 
 def worker_name() -> str:
@@ -50,7 +50,7 @@ class JobcastWorker(LifecycleMixin, Worker):
         ``job.cancel()`` then moves it to the CanceledJobRegistry, where rq-dashboard shows it.
         """
         try:
-            streams = stream_redis(Config.from_env(), self.connection)
+            streams = stream_redis(get_settings(), self.connection)
             cancelled = JobLog(streams, job.id).status() == "cancelled"
         except (RedisError, ValueError):
             cancelled = False
@@ -64,9 +64,9 @@ class JobcastWorker(LifecycleMixin, Worker):
                 pass  # already filed as canceled (the cancel request got there first)
 
 
-def run_worker(config: Config | None = None, *, burst: bool = False) -> bool:
+def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty)."""
-    cfg = config or Config.from_env()
+    cfg = config or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Import tasks before forking work-horses, so each job does not import them again.
     load_builtin_and_user_tasks()

@@ -8,11 +8,11 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
+from jobcast.joblog import JobLog
+from jobcast.registry import get_task
+from jobcast.settings import Settings, get_settings
+from jobcast.streams import StreamRedis, connect, separate, stream_redis, stream_url
 from worker.chart import ChartWriter
-from worker.config import Config
-from worker.joblog import JobLog
-from worker.registry import get_task
-from worker.streams import StreamRedis, connect, separate, stream_redis, stream_url
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class JobCancelled(Exception):
     jobcast_logged = True  # on_failure has nothing to write: the log has its ending
 
 
-def log_connection(cfg: Config) -> StreamRedis:
+def log_connection(cfg: Settings) -> StreamRedis:
     """A client of the stream store that rides out a Redis restart (or a Cluster failover)
     by retrying with backoff (~60 s).
 
@@ -39,9 +39,9 @@ def log_connection(cfg: Config) -> StreamRedis:
                    socket_connect_timeout=2, socket_timeout=10)
 
 
-def job_log(job: Job, config: Config | None = None, redis: StreamRedis | None = None) -> JobLog:
+def job_log(job: Job, config: Settings | None = None, redis: StreamRedis | None = None) -> JobLog:
     """The JobLog of an RQ job, configured from the environment."""
-    cfg = config or Config.from_env()
+    cfg = config or get_settings()
     return JobLog(redis or stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen,
                   ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
 
@@ -61,7 +61,7 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_task must run inside an RQ job")
-    cfg = Config.from_env()
+    cfg = get_settings()
     redis = log_connection(cfg)
     jlog = job_log(job, cfg, redis)
     task = get_task(task_name)

@@ -14,7 +14,7 @@ import pytest
 from producer.enqueue import enqueue
 from tests.chaos.conftest import SSEViewer, TextViewer
 from tests.conftest import create_job, wait_for
-from worker.config import Config
+from jobcast.settings import Settings
 
 pytestmark = pytest.mark.chaos
 
@@ -88,7 +88,7 @@ def test_worker_stopped_with_sigterm_finishes_its_job_first(stack):
 
 
 def test_killed_job_without_retries_fails_within_the_bound(stack):
-    cfg = Config.from_env(redis_url=stack.redis.url, job_retries=0)
+    cfg = Settings(redis_url=stack.redis.url, job_retries=0)
     job_id = enqueue("sqrt", {"n": 1000, "interval": 0.1}, config=cfg)
     viewer = SSEViewer(stack.url, job_id)
     viewer.start()

@@ -15,10 +15,11 @@ import httpx
 import pytest
 from redis.crc import key_slot
 
+from jobcast.joblog import JOBS_INDEX, JobExists, JobLog, channel, log_key, meta_key
 from tests.cluster.conftest import LocalCluster
 from tests.conftest import create_job, job_status, parse_sse, wait_for
 from web.channels import LINGER
-from worker.joblog import JOBS_INDEX, JobExists, JobLog, channel, log_key, meta_key, recent_jobs
+from web.jobs import recent_jobs
 
 
 def sqrt_lines(n: int) -> str:

@@ -357,7 +357,7 @@ def test_on_a_terminal_each_service_has_its_own_colour_and_ctrl_c_exits_0(tmp_pa
     (["--env", "worker:X"], "--env: expected SERVICE:NAME=VALUE"),
 ])
 def test_up_rejects_bad_options_with_exit_2(args, message, capsys):
-    from producer.cli import main
+    from jobcast.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["up", *args])
@@ -365,7 +365,7 @@ def test_up_rejects_bad_options_with_exit_2(args, message, capsys):
 
 
 def test_env_options_are_grouped_by_kind_of_service():
-    from producer.cli import build_parser
+    from jobcast.cli import build_parser
 
     args = build_parser().parse_args(["up", "--env", "worker:REDIS_URL=redis://x:1/0",
                                       "--env", "web:JOBCAST_HEARTBEAT=1=2"])

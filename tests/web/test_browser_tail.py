@@ -11,6 +11,8 @@ import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401  (registers the sleepy task in this process)
+from jobcast.joblog import JobLog, encode_value, meta_key
+from jobcast.settings import Settings
 from producer.enqueue import enqueue
 from tests.conftest import WebServer, Workers
 from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
@@ -18,8 +20,6 @@ from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next
 from tests.web.test_browser import (CHROMIUM_FLAGS, chromium_path, dom, is_csp_violation, model,
                                     playwright_api)
 from worker.chart import Downsample, chart_key
-from worker.config import Config
-from worker.joblog import JobLog, encode_value, meta_key
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def lane(redis_server, logs_dir):
     queue = "page-" + uuid.uuid4().hex[:8]
     pool = Workers(redis_server.url, logs_dir)
     (proc,) = pool.start(1, JOBCAST_QUEUE=queue)
-    yield Config.from_env(redis_url=redis_server.url, queue_name=queue), proc
+    yield Settings(redis_url=redis_server.url, queue_name=queue), proc
     pool.stop_all()
 
 

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from web import create_app
-from worker.config import Config
-from worker.joblog import JobLog
+from jobcast.joblog import JobLog
+from jobcast.settings import Settings
+from web.app import create_app
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_cancel_of_an_unknown_job_is_404_and_of_a_malformed_id_400(client):
 
 
 def test_cancel_needs_the_bearer_token_when_one_is_set(redis, redis_server):
-    cfg = Config.from_env(redis_url=redis_server.url, token="s3cret")
+    cfg = Settings(redis_url=redis_server.url, token="s3cret")
     client = create_app({"JOBCAST": cfg, "TESTING": True}).test_client()
     log = new_job(redis)
     assert client.post(f"/api/jobs/{log.job_id}/cancel").status_code == 401

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
     import time, gevent
     from web.hub import Hub, GreenSubscription, OVERFLOW, RESYNC, SHUTDOWN
-    from worker.joblog import Entry
+    from jobcast.joblog import Entry
 
     class LocalHub(Hub):
         def start(self):

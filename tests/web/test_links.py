@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from web.links import LinkError, sign, verify, view_sig, with_sig
-from worker.config import Config
+from jobcast.settings import Settings
+from jobcast.urls import with_sig
+from web.links import LinkError, sign, verify, view_sig
 
 JOB = "a" * 32
-CFG = Config(token="t0ken")
+CFG = Settings(token="t0ken")
 
 
 def tampered(token: str) -> str:
@@ -28,8 +29,8 @@ def test_a_link_verifies_for_its_job_until_it_expires():
 
 @pytest.mark.parametrize("token, reason", [
     (sign(CFG, "b" * 32), "other_job"),
-    (sign(Config(token="another"), JOB), "invalid"),
-    (sign(Config(token="t0ken", secret="s"), JOB), "invalid"),
+    (sign(Settings(token="another"), JOB), "invalid"),
+    (sign(Settings(token="t0ken", secret="s"), JOB), "invalid"),
     (tampered(sign(CFG, JOB)), "invalid"),
     ("", "invalid"),
     ("not.a.link", "invalid"),
@@ -41,23 +42,23 @@ def test_other_job_other_key_and_tampered_links_are_refused_with_a_reason(token,
 
 
 def test_the_secret_signs_links_when_set_so_the_token_can_rotate():
-    with_secret = Config(token="old", secret="s3")
+    with_secret = Settings(token="old", secret="s3")
     link = sign(with_secret, JOB)
-    assert verify(Config(token="new", secret="s3"), JOB, link)["j"] == JOB
+    assert verify(Settings(token="new", secret="s3"), JOB, link)["j"] == JOB
 
 
 def test_read_mode_defaults_on_the_token_and_rejects_other_values():
-    assert Config().read_mode == "public"
-    assert Config(token="t").read_mode == "private"
-    assert Config(token="t", read="public").read_mode == "public"
-    assert Config(read="PRIVATE", secret="s").read_mode == "private"
+    assert Settings().read_mode == "public"
+    assert Settings(token="t").read_mode == "private"
+    assert Settings(token="t", read="public").read_mode == "public"
+    assert Settings(read="PRIVATE", secret="s").read_mode == "private"
     with pytest.raises(ValueError, match="JOBCAST_READ"):
-        Config(read="open").read_mode
+        Settings(read="open").read_mode
 
 
 def test_urls_are_signed_only_in_private_mode():
-    assert view_sig(Config(), JOB) is None
-    sig = view_sig(Config(token="t"), JOB)
+    assert view_sig(Settings(), JOB) is None
+    sig = view_sig(Settings(token="t"), JOB)
     assert with_sig("/jobs/x", sig) == f"/jobs/x?sig={sig}"
     assert with_sig("/jobs/x?start=2", sig).startswith("/jobs/x?start=2&sig=")
     assert with_sig("/jobs/x", None) == "/jobs/x"

@@ -16,8 +16,8 @@ import uuid
 
 import h11
 
+from jobcast.joblog import JobLog
 from tests.conftest import wait_for
-from worker.joblog import JobLog
 
 VIEWERS = 1000
 

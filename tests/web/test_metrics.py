@@ -8,8 +8,8 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from jobcast.joblog import JobLog
 from tests.conftest import wait_for
-from worker.joblog import JobLog
 
 
 def scrape(web) -> dict[tuple[str, tuple], float]:

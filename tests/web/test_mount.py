@@ -10,8 +10,8 @@ import pytest
 from flask import Flask, url_for
 
 import jobcast
+from jobcast.settings import Settings
 from producer.enqueue import enqueue
-from worker.config import Config
 from web.workerclass import UnsuitableWorker, check_worker_class
 
 
@@ -101,7 +101,7 @@ def test_outside_gunicorn_there_is_nothing_to_check():
 def test_private_mode_under_a_prefix_logs_in_and_returns_under_the_prefix(config, job_id):
     app = Flask("host")
     jobcast.init_app(app, url_prefix="/tools/jobcast",
-                     config=Config.from_env(redis_url=config.redis_url, token="s3cret"))
+                     config=Settings(redis_url=config.redis_url, token="s3cret"))
     client = app.test_client()
     page = client.get(f"/tools/jobcast/jobs/{job_id}")
     assert page.status_code == 401

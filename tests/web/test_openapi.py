@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobcast.joblog import JobLog
 from tests.conftest import WebServer
-from worker.joblog import JobLog
 
 TOKEN = "fuzz-token"
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

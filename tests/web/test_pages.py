@@ -8,7 +8,7 @@ import re
 import pytest
 
 from producer.enqueue import enqueue
-from web import create_app
+from web.app import create_app
 from web.pages import age_text, form_fields
 
 

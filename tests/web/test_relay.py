@@ -17,9 +17,9 @@ import gevent
 import pytest
 from redis import Redis
 
+from jobcast.joblog import Entry, JobLog
 from web.frames import HTML, SSE, TEXT
 from web.relay import HeldViewer, RecentEntries, Relay
-from worker.joblog import Entry, JobLog
 
 
 def green_wait(condition, timeout: float = 10.0, what: str = "condition"):

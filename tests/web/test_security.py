@@ -11,9 +11,9 @@ import time
 import httpx
 import pytest
 
+from jobcast.settings import Settings
 from tests.conftest import JOBCAST, ROOT, WebServer, parse_sse, service_env, wait_for
 from web.links import sign
-from worker.config import Config
 
 TOKEN = "read-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -107,7 +107,7 @@ def test_creating_answers_signed_urls_that_read_exactly_that_job(private, finish
 
 def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, finished_job, redis):
     job_id, urls = finished_job
-    cfg = Config(token=TOKEN)
+    cfg = Settings(token=TOKEN)
     other = sign(cfg, "f" * 32)
     expired = sign(cfg, job_id, ttl=5, now=time.time() - 60)
     tampered = urls["stream"].split("?sig=")[1][:-2] + "xy"
@@ -200,7 +200,7 @@ def test_jobcast_enqueue_follow_reads_a_private_server_with_the_token(private, r
 def test_private_mode_without_a_token_or_secret_refuses_to_start(redis_server):
     env = service_env(redis_server.url, JOBCAST_READ="private")
     env.pop("JOBCAST_TOKEN", None)
-    done = subprocess.run([sys.executable, "-c", "from web import create_app; create_app()"],
+    done = subprocess.run([sys.executable, "-c", "from web.app import create_app; create_app()"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "JOBCAST_READ=private needs JOBCAST_TOKEN" in done.stderr
 

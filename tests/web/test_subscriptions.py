@@ -16,7 +16,7 @@ from redis import Redis
 from producer.redisproc import RedisServer
 from tests.conftest import WebServer, wait_for
 from web.channels import LINGER, Channels
-from worker.joblog import JobLog, channel
+from jobcast.joblog import JobLog, channel
 
 
 class TextViewer:

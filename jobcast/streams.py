@@ -6,7 +6,7 @@ also holds RQ's queue, so a single Redis needs no new setting. RQ's queue always
 
 When the stream URL points at a node of a Redis Cluster (``INFO cluster`` says
 ``cluster_enabled:1``) the client is redis-py's :class:`~redis.cluster.RedisCluster`, and
-:mod:`worker.joblog` names a job's keys and channel with one hash tag (the job id in braces)
+:mod:`jobcast.joblog` names a job's keys and channel with one hash tag (the job id in braces)
 so the append script, which touches several of them, runs on one slot and stays atomic;
 announcements then go out with ``SPUBLISH`` and the hub listens with ``SSUBSCRIBE``
 (sharded pub/sub, so each announcement is handled by the one shard that owns the job).
@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from worker.config import Config
+from jobcast.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,12 @@ _clients: dict[tuple[str, int], StreamRedis] = {}
 _lock = threading.Lock()
 
 
-def stream_url(config: Config) -> str:
+def stream_url(config: Settings) -> str:
     """The URL of the stream store: JOBCAST_STREAM_URL, else REDIS_URL."""
     return config.stream_url or config.redis_url
 
 
-def separate(config: Config) -> bool:
+def separate(config: Settings) -> bool:
     """True when the streams live on another Redis than RQ's queue."""
     return bool(config.stream_url) and config.stream_url != config.redis_url
 
@@ -84,7 +84,7 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
     return Redis.from_url(url, **options)
 
 
-def stream_redis(config: Config, queue: Redis | None = None) -> StreamRedis:
+def stream_redis(config: Settings, queue: Redis | None = None) -> StreamRedis:
     """The stream store's client for this process, shared (``queue`` when it is the same Redis).
 
     Clients are kept per URL and process: redis-py's pools reconnect after a fork.

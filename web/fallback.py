@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from redis.exceptions import RedisError
 
-from worker.joblog import Entry, JobLog
+from jobcast.joblog import Entry, JobLog
 from web import metrics
 from web.hub import OVERFLOW, RESYNC, SHUTDOWN, Hub
 

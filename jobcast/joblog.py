@@ -7,7 +7,7 @@ input):
 - ``jobcast:job:<id>:log``   a stream, one entry per event, with stream id ``0-<seq>``;
 - ``jobcast:job:<id>:ch``    the pub/sub channel that announces each new entry.
 
-On a Redis Cluster (see :mod:`worker.streams`) the id is a hash tag, ``jobcast:job:{<id>}``,
+On a Redis Cluster (see :mod:`jobcast.streams`) the id is a hash tag, ``jobcast:job:{<id>}``,
 ``jobcast:job:{<id>}:log`` and ``jobcast:job:{<id>}:ch``, so one job's keys and channel share
 a slot, and the channel is a shard channel (``SPUBLISH``). A single Redis keeps the plain
 names, so its existing data and tools stay as they were.
@@ -34,7 +34,7 @@ from typing import Any, Iterator, NamedTuple
 
 from redis import Redis
 
-from worker.streams import is_cluster
+from jobcast.streams import is_cluster
 
 PREFIX = "jobcast"
 JOBS_INDEX = f"{PREFIX}:jobs"
@@ -388,38 +388,21 @@ def _field(fields) -> bytes:
     return dict(zip(fields[::2], fields[1::2]))[b"e"]
 
 
-def job_info(redis: Redis, job_id: str) -> dict[str, Any]:
-    """Return a job's status as a JSON-ready dict, or raise UnknownJob."""
-    raw = redis.hgetall(job_keys(redis, job_id).meta)
-    if not raw:
-        raise UnknownJob(job_id)
-    return info_from_hash(job_id, raw)
+def index_job(redis, job_id: str, created: float, index_max: int) -> None:
+    """Add a new job to the jobs index on a Redis Cluster, keeping the newest ``index_max``.
 
-
-def info_from_hash(job_id: str, raw: dict) -> dict[str, Any]:
-    """Turn a metadata hash as returned by HGETALL into the API's job dict."""
-    m = {k.decode(): v.decode() for k, v in raw.items()}
-
-    def num(name: str) -> float | None:
-        """A float field, or None when empty."""
-        return float(m[name]) if m.get(name) else None
-
-    total = int(m["n"]) if m.get("n") else None
-    return {
-        "id": job_id,
-        "task": m.get("task"),
-        "params": json.loads(m.get("params") or "{}"),
-        "status": m.get("status"),
-        "progress": {"i": int(m.get("values") or 0), "n": total},
-        "worker": m.get("worker") or None,
-        "attempt": int(m["attempt"]) if m.get("attempt") else 0,
-        "created_at": num("created_at"),
-        "started_at": num("started_at"),
-        "ended_at": num("ended_at"),
-        "reason": m.get("reason") or None,
-        "last_seq": int(m.get("seq") or 0),
-        "cancelled_by": m.get("cancelled_by") or None,
-    }
+    The index (``jobcast:jobs``, a sorted set by creation time) is one key, so it lives on one
+    slot. Only a job's creation writes it: values, the hot path, never touch it, so it does
+    not pull every append onto one shard. On a single Redis the append script adds the job
+    atomically with its ``queued`` entry; on a Cluster the index is in another slot than the
+    job's keys, so it is written here just before that script (``NX``: a job id that exists
+    keeps its place). Should the job then not be created (a crash in between, or the id
+    exists), ``recent_jobs`` (web/jobs.py) drops the id once its metadata is found missing.
+    """
+    pipe = redis.pipeline(transaction=True)
+    pipe.zadd(JOBS_INDEX, {check_job_id(job_id): created}, nx=True)
+    pipe.zremrangebyrank(JOBS_INDEX, 0, -index_max - 1)
+    pipe.execute()
 
 
 def first_kept(redis: Redis, job_id: str) -> dict[str, int | None]:
@@ -446,35 +429,32 @@ def first_kept(redis: Redis, job_id: str) -> dict[str, int | None]:
     return {"seq": seq, "i": i}
 
 
-def index_job(redis, job_id: str, created: float, index_max: int) -> None:
-    """Add a new job to the jobs index on a Redis Cluster, keeping the newest ``index_max``.
+# -- the chart snapshot, and logs opened for jobs Jobcast did not enqueue -----------------
 
-    The index (``jobcast:jobs``, a sorted set by creation time) is one key, so it lives on one
-    slot. Only a job's creation writes it: values, the hot path, never touch it, so it does
-    not pull every append onto one shard. On a single Redis the append script adds the job
-    atomically with its ``queued`` entry; on a Cluster the index is in another slot than the
-    job's keys, so it is written here just before that script (``NX``: a job id that exists
-    keeps its place). Should the job then not be created (a crash in between, or the id
-    exists), :func:`recent_jobs` drops the id once its metadata is found missing.
+
+def chart_key(job_id: str) -> str:
+    """Key of the job's chart snapshot (a JSON string)."""
+    return f"{PREFIX}:job:{check_job_id(job_id)}:chart"
+
+
+def task_label(description: str | None, fallback: str = "rq job") -> str:
+    """A short name for an RQ job: its description up to the first "(".
+
+    RQ's default description is the call with its arguments, e.g. ``jobs.count(20)``; the
+    arguments are left out, since job pages may be public.
     """
-    pipe = redis.pipeline(transaction=True)
-    pipe.zadd(JOBS_INDEX, {check_job_id(job_id): created}, nx=True)
-    pipe.zremrangebyrank(JOBS_INDEX, 0, -index_max - 1)
-    pipe.execute()
+    head = (description or "").split("(", 1)[0].strip()
+    return head[:100] or fallback
 
 
-def recent_jobs(redis: Redis, limit: int = 50) -> list[dict[str, Any]]:
-    """The most recent jobs, newest first; expired ones are dropped from the index."""
-    ids = [i.decode() for i in redis.zrevrange(JOBS_INDEX, 0, limit - 1)]
-    pipe = redis.pipeline()
-    for job_id in ids:
-        pipe.hgetall(job_keys(redis, job_id).meta)
-    jobs, gone = [], []
-    for job_id, raw in zip(ids, pipe.execute()):
-        if raw:
-            jobs.append(info_from_hash(job_id, raw))
-        else:
-            gone.append(job_id)
-    if gone:
-        redis.zrem(JOBS_INDEX, *gone)
-    return jobs
+def ensure_log(jlog: JobLog, description: str | None, origin: str | None) -> bool:
+    """Create the job's log with its ``queued`` entry unless it exists; True if created here.
+
+    The existence check and the creation are one script, so the worker, ``emit()`` and the web
+    may all try at once: exactly one creates it.
+    """
+    try:
+        jlog.create(task_label(description), {}, None, extra={"origin": origin or ""})
+    except JobExists:
+        return False
+    return True

@@ -9,8 +9,9 @@ import uuid
 import fakeredis
 import pytest
 
-from worker.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
-                           job_id_from_channel, job_info, log_key, meta_key, recent_jobs)
+from jobcast.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
+                            job_id_from_channel, log_key, meta_key)
+from web.jobs import job_info, recent_jobs
 
 
 @pytest.fixture

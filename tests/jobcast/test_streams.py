@@ -11,19 +11,19 @@ import uuid
 import pytest
 from redis.crc import key_slot
 
-from worker.config import Config
-from worker.joblog import (InvalidJobId, JobLog, channel, job_id_from_channel, job_keys, log_key,
+from jobcast.joblog import (InvalidJobId, JobLog, channel, job_id_from_channel, job_keys, log_key,
                            meta_key)
-from worker.streams import cluster_enabled, is_cluster, separate, stream_redis, stream_url
+from jobcast.settings import Settings
+from jobcast.streams import cluster_enabled, is_cluster, separate, stream_redis, stream_url
 
 
 def test_the_stream_store_defaults_to_redis_url_with_no_new_setting(monkeypatch, redis):
     monkeypatch.delenv("JOBCAST_STREAM_URL", raising=False)
-    cfg = Config.from_env(redis_url="redis://127.0.0.1:1/0")
+    cfg = Settings(redis_url="redis://127.0.0.1:1/0")
     assert cfg.stream_url == "" and stream_url(cfg) == cfg.redis_url and not separate(cfg)
     assert stream_redis(cfg, redis) is redis  # the queue's own client: one Redis, one client
     monkeypatch.setenv("JOBCAST_STREAM_URL", "redis://other:6379/0")
-    cfg = Config.from_env(redis_url="redis://127.0.0.1:1/0")
+    cfg = Settings(redis_url="redis://127.0.0.1:1/0")
     assert stream_url(cfg) == "redis://other:6379/0" and separate(cfg)
 
 

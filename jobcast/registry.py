@@ -15,11 +15,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from jobcast.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,16 @@ def all_tasks() -> dict[str, Task]:
 
 _loaded = False
 
+# The built-in tasks are the worker's; they are named here, not imported, so the registry
+# (part of the foundation) depends on no service, and every service that lists or validates
+# tasks (web, producer, worker) still knows them.
+BUILTIN_TASKS = "worker.tasks"
+
+# What RQ runs for a task's job, and its failure callback, by dotted path: the producer that
+# enqueues the job and the worker that recognises it import neither from the other.
+RUNNER = "worker.runner.run_task"
+ON_FAILURE = "worker.runner.on_failure"
+
 
 def load_builtin_and_user_tasks() -> None:
     """Import the built-in tasks and the modules named in ``JOBCAST_TASKS`` (comma-separated)."""
@@ -138,7 +149,7 @@ def load_builtin_and_user_tasks() -> None:
     if _loaded:
         return
     _loaded = True
-    importlib.import_module("worker.tasks")
-    for module in filter(None, (m.strip() for m in os.environ.get("JOBCAST_TASKS", "").split(","))):
+    importlib.import_module(BUILTIN_TASKS)
+    for module in get_settings().task_modules():
         log.info("loading tasks from %s", module)
         importlib.import_module(module)

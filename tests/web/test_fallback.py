@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
+from jobcast.joblog import Entry, JobLog
 from tests.conftest import wait_for
-from web.follow import HEARTBEAT, follow
+from web.fallback import HEARTBEAT, follow
 from web.hub import OVERFLOW, Hub, Subscription
-from worker.joblog import Entry, JobLog
 
 
 @pytest.fixture

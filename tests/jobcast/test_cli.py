@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.conftest import JOBCAST, ROOT, service_env
-from worker.joblog import job_info
+from web.jobs import job_info
 
 
 def jobcast(redis_url: str, *args: str) -> subprocess.CompletedProcess:

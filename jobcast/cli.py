@@ -1,17 +1,33 @@
-"""The `jobcast` command: run the whole system, its services, and enqueue jobs."""
+"""The `jobcast` command: run the whole system, its services, and enqueue jobs.
+
+It sits on top of everything and dispatches to each service's entry point: `jobcast up` and
+`status` (producer/up.py), `web` (web/serve.py), `worker` (worker/main.py); the other
+subcommands use the producer's API and the foundation directly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Sequence
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.config import Config
+from jobcast.joblog import InvalidJobId, UnknownJob, check_job_id
+from jobcast.registry import ParamError, UnknownTask, all_tasks
+from jobcast.settings import get_settings
+from jobcast.streams import stream_redis
+from jobcast.urls import job_urls
+from producer.cancel import AlreadyEnded, cancel
+from producer.enqueue import enqueue
+from producer.follow import follow
+from producer.up import SERVICE_KINDS, status, up
+from web.jobs import recent_jobs
+from web.links import view_sig
+from web.serve import serve
+from worker.main import run_worker
 
 
 def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
@@ -33,10 +49,7 @@ def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
 
 def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     """Enqueue TASK with its --param values; print the job id and its page URL."""
-    from producer.enqueue import enqueue, job_urls
-    from worker.registry import ParamError, UnknownTask, all_tasks
-
-    cfg = Config.from_env()
+    cfg = get_settings()
     try:
         params = parse_task_params(extra)
         job_id = enqueue(args.task, params, config=cfg, strict=False)
@@ -50,8 +63,6 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     except RedisError as exc:
         print(f"jobcast: cannot reach Redis at {cfg.redis_url}: {exc}", file=sys.stderr)
         return 3
-    from web.links import view_sig
-
     # In private mode the printed URLs carry a view link's signature (JOBCAST_LINK_TTL).
     urls = job_urls(job_id, args.url or cfg.public_url, sig=view_sig(cfg, job_id))
     if args.follow:
@@ -87,9 +98,7 @@ def add_follow_options(parser: argparse.ArgumentParser) -> None:
 
 def run_follow(job_id: str, args: argparse.Namespace) -> int:
     """Follow ``job_id`` with the CLI's options; the exit code says how the job ended."""
-    from producer.follow import follow
-
-    base = args.url or Config.from_env().public_url
+    base = args.url or get_settings().public_url
     return follow(job_id, base, output=args.output, progress=args.progress,
                   reconnect_for=args.reconnect_for, tail=args.tail)
 
@@ -101,10 +110,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a job through Redis: 0 cancelled, 1 it had already ended, 2 bad id, 3 no Redis."""
-    from producer.cancel import AlreadyEnded, cancel
-    from worker.joblog import InvalidJobId, UnknownJob, check_job_id
-
-    cfg = Config.from_env()
+    cfg = get_settings()
     try:
         check_job_id(args.job_id)
         cancel(args.job_id, "cli", config=cfg)
@@ -126,8 +132,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the registered tasks and their parameters."""
-    from worker.registry import all_tasks
-
     for name, t in sorted(all_tasks().items()):
         props = t.schema().get("properties", {})
         params = ", ".join(f"--{p} ({s.get('type')}, default {s.get('default')})" for p, s in props.items())
@@ -137,10 +141,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List recent jobs with their status."""
-    from worker.joblog import recent_jobs
-    from worker.streams import stream_redis
-
-    cfg = Config.from_env()
+    cfg = get_settings()
     jobs = recent_jobs(stream_redis(cfg), args.limit)
     if args.output == "json":
         print(json.dumps(jobs))
@@ -170,8 +171,6 @@ def count(minimum: int):
 
 def service_env_item(text: str) -> tuple[str, str, str]:
     """Parse ``worker:NAME=VALUE`` (for `jobcast up --env`) into (kind, name, value)."""
-    from producer.up import SERVICE_KINDS
-
     kind, _, assignment = text.partition(":")
     name, sep, value = assignment.partition("=")
     if kind not in SERVICE_KINDS or not sep or not name:
@@ -203,10 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--output", choices=["plain", "json"], default="plain")
 
     web = sub.add_parser("web", help="serve the web app under gunicorn (gevent)")
-    web.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    web.add_argument("--bind", default=os.environ.get("JOBCAST_BIND", "0.0.0.0"),
-                     help="address to listen on")
-    web.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "0")) or None)
+    web.add_argument("--port", type=int, default=None, help="port to listen on (default: $PORT or 8000)")
+    web.add_argument("--bind", default=None, help="address to listen on (default: $JOBCAST_BIND or 0.0.0.0)")
+    web.add_argument("--workers", type=count(1), default=None,
+                     help="gunicorn worker processes (default: $WEB_CONCURRENCY or 2)")
 
     worker = sub.add_parser("worker", help="run an RQ worker on the jobcast queue")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
@@ -236,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "already ended, 2 on a bad or unknown id, 3 without Redis.")
     can.add_argument("job_id")
 
-    tasks = sub.add_parser("tasks", help="list the registered tasks")
-    tasks.set_defaults()
+    sub.add_parser("tasks", help="list the registered tasks")
 
     jobs = sub.add_parser("jobs", help="list recent jobs")
     jobs.add_argument("--limit", type=int, default=20)
@@ -262,18 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "jobs":
         return cmd_jobs(args)
     if args.command == "worker":
-        from worker.main import run_worker
-
         run_worker(burst=args.burst)
         return 0
     if args.command == "web":
-        from web.serve import serve
-
-        serve(f"{args.bind}:{args.port}", args.workers)
+        cfg = get_settings()
+        serve(f"{args.bind or cfg.bind}:{args.port or cfg.port}", args.workers or cfg.web_concurrency)
         return 0
     if args.command == "up":
-        from producer.up import up
-
         env: dict[str, dict[str, str]] = {}
         for kind, name, value in args.env:
             env.setdefault(kind, {})[name] = value
@@ -281,8 +274,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   web_workers=args.web_workers, demo=not args.no_demo, verbose=args.verbose,
                   env=env)
     if args.command == "status":
-        from producer.up import status
-
         return status(args.output)
     parser.error(f"unknown command {args.command}")
     return 2

@@ -1,0 +1,47 @@
+"""The web app's lifecycle: services start once per process at the first request, and stop in
+one place; creating the app or reading its state starts nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from web import services
+from web.app import create_app
+
+
+@pytest.fixture
+def app(config):
+    return create_app({"JOBCAST": config, "TESTING": True})
+
+
+def test_creating_the_app_starts_no_service(app):
+    st = app.extensions["jobcast"]
+    assert st.hub is None and st.watchdog is None and st.presence is None
+
+
+def test_the_first_request_starts_each_service_once(app):
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    st = app.extensions["jobcast"]
+    hub, watchdog, presence = st.hub, st.watchdog, st.presence
+    assert hub is not None and watchdog._thread.is_alive() and presence._thread.is_alive()
+    assert client.get("/readyz").status_code == 200
+    assert (st.hub, st.watchdog, st.presence) == (hub, watchdog, presence)
+    with app.app_context():
+        assert services.state() is st
+    services.stop(st)
+
+
+def test_stop_ends_the_streams_and_the_background_threads(app):
+    app.test_client().get("/healthz")
+    st = app.extensions["jobcast"]
+    services.stop(st)
+    assert st.hub.closing and st.hub.relay.closing
+    st.watchdog._thread.join(10)
+    st.presence._thread.join(10)
+    assert not st.watchdog._thread.is_alive() and not st.presence._thread.is_alive()
+    services.stop(st)  # a second stop (SIGTERM, then the worker's exit) is harmless
+
+
+def test_stop_before_start_does_nothing(app):
+    services.stop(app.extensions["jobcast"])

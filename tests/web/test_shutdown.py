@@ -1,0 +1,63 @@
+"""Graceful shutdown: chained onto a gunicorn worker's SIGTERM handler, and only there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from tests.conftest import wait_for
+from web import shutdown
+
+
+class FakeGunicornWorker:
+    """Stands in for a gunicorn worker: its SIGTERM handler is a bound method of it."""
+
+    def __init__(self):
+        self.signals = []
+
+    def handle_exit(self, signum, frame):
+        self.signals.append(signum)
+
+
+# shutdown.install recognises gunicorn's workers by the module of the handler's owner.
+FakeGunicornWorker.__module__ = "gunicorn.workers.fake"
+
+
+@pytest.fixture
+def sigterm():
+    """Restore the test process's SIGTERM handler afterwards."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_outside_gunicorn_nothing_is_installed(sigterm):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert shutdown.install(lambda: None) is False
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_reaches_gunicorn_first_then_stops_the_services_off_the_signal_frame(sigterm):
+    worker = FakeGunicornWorker()
+    signal.signal(signal.SIGTERM, worker.handle_exit)
+    stopped = threading.Event()
+    ran_in = []
+
+    def stop():
+        ran_in.append(threading.current_thread())
+        stopped.set()
+
+    assert shutdown.install(stop) is True
+    os.kill(os.getpid(), signal.SIGTERM)
+    wait_for(stopped.is_set, timeout=5, what="the services to be stopped")
+    assert worker.signals == [signal.SIGTERM]
+    assert ran_in[0] is not threading.main_thread()
+
+
+def test_spawn_runs_the_function_in_a_thread_without_gevent_patching():
+    done = threading.Event()
+    shutdown.spawn(done.set)
+    assert done.wait(5)

@@ -1,0 +1,42 @@
+"""The app factory: ``create_app()`` builds the Flask app and wires each part with init_app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from jobcast.registry import load_builtin_and_user_tasks
+from jobcast.settings import get_settings
+from web import api, errors, health, openapi, pages, security, services, shutdown, stream
+from web.workerclass import check_worker_class
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Create the Jobcast Flask app. ``test_config`` may set JOBCAST (a Settings), REDIS and
+    STREAMS (clients)."""
+    # Named for the package: templates and static files live next to it, as before.
+    app = Flask(__package__)
+    test_config = dict(test_config or {})
+    config = test_config.pop("JOBCAST", None) or get_settings()
+    redis = test_config.pop("REDIS", None)
+    streams = test_config.pop("STREAMS", None)
+    app.config.from_mapping(
+        MAX_CONTENT_LENGTH=config.max_body,
+    )
+    app.config.update(test_config)
+    load_builtin_and_user_tasks()
+    st = services.init_app(app, config, redis, streams)
+
+    # Before shutdown.install, which replaces the SIGTERM handler the check looks at.
+    check_worker_class()
+    shutdown.install(lambda: services.stop(st))
+    errors.register(app)
+    # Read access, security headers and the login form (JOBCAST_READ; see web/security.py).
+    security.install(app)
+    app.register_blueprint(openapi.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(stream.bp)
+    app.register_blueprint(pages.bp)
+    return app

@@ -1,0 +1,112 @@
+"""The web process's resources and background services, in the style of flaskr's ``db.py``.
+
+:func:`init_app` puts a :class:`State` on the app: the settings, a bounded Redis pool and
+the stream limiter. The background services (the hub with its relay, the watchdog and
+presence) belong to a process, not to an app: they start in one place, :func:`start`, once
+per worker process (after any fork, so each gunicorn worker has its own), at the app's
+first request; and they stop in one place, :func:`stop`, when the worker stops serving
+(gunicorn's SIGTERM, or the end of :meth:`web.handover.StreamWorker.run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from flask import Flask, current_app
+from redis import BlockingConnectionPool, Redis
+
+from jobcast.settings import Settings
+from jobcast.streams import StreamRedis, cluster_enabled, connect, separate, stream_url
+from web.handover import on_worker_exit
+from web.hub import Hub
+from web.limits import StreamLimiter
+from web.presence import Presence
+from web.watchdog import Watchdog
+from web.workerclass import check_worker_class
+
+log = logging.getLogger(__name__)
+
+
+def pooled(url: str) -> Redis:
+    """A client of one Redis with a bounded pool: connections must not grow with viewers."""
+    return Redis(connection_pool=BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=10, socket_keepalive=True, health_check_interval=30))
+
+
+class State:
+    """One app's resources, and the background services of the process serving it.
+
+    ``redis`` holds RQ's queue; ``streams`` the job logs and channels (the same client unless
+    JOBCAST_STREAM_URL names another Redis or a Redis Cluster, see jobcast/streams.py).
+    """
+
+    def __init__(self, config: Settings, redis: Redis | None = None,
+                 streams: StreamRedis | None = None):
+        """Create the Redis clients and the limiter; :func:`start` starts the services."""
+        self.config = config
+        self.redis = redis or pooled(config.redis_url)
+        if streams is None and separate(config):
+            url = stream_url(config)
+            streams = connect(url, cluster=True) if cluster_enabled(url) else pooled(url)
+        self.streams = streams if streams is not None else self.redis
+        self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)
+        self.hub: Hub | None = None
+        self.watchdog: Watchdog | None = None
+        self.presence: Presence | None = None
+        self.pid: int | None = None  # the process the services run in
+        self._lock = threading.Lock()
+
+
+def init_app(app: Flask, config: Settings, redis: Redis | None = None,
+             streams: StreamRedis | None = None) -> State:
+    """Attach a :class:`State` to ``app``, and start the services at its first request."""
+    st = app.extensions["jobcast"] = State(config, redis, streams)
+
+    @app.before_request
+    def start_services() -> None:
+        """Start this process's services before its first request (a no-op afterwards)."""
+        start(st)
+
+    return st
+
+
+def state() -> State:
+    """The current app's State."""
+    return current_app.extensions["jobcast"]
+
+
+def start(st: State) -> Hub:
+    """Start the hub, the watchdog and presence in this process, once; return the hub.
+
+    A process forked after they started (gunicorn's workers under ``--preload``) starts its
+    own: threads do not survive a fork.
+    """
+    if st.pid == os.getpid():
+        return st.hub
+    with st._lock:
+        if st.pid != os.getpid():
+            # With --preload the app was created in gunicorn's master: check the worker here.
+            check_worker_class()
+            cfg = st.config
+            st.hub = Hub(st.streams, buffer_size=cfg.viewer_buffer, heartbeat=cfg.heartbeat)
+            st.hub.start()
+            st.watchdog = Watchdog(st.redis, cfg, streams=st.streams)
+            st.watchdog.start()
+            st.presence = Presence(st.streams, st.hub)
+            st.presence.start()
+            st.pid = os.getpid()
+            # Held streams are not requests gunicorn waits for: end them when it stops.
+            on_worker_exit(lambda: stop(st))
+    return st.hub
+
+
+def stop(st: State) -> None:
+    """The process stops serving: end every stream (clients reconnect elsewhere), stop the
+    watchdog and presence. Safe to call twice, and before :func:`start`."""
+    if st.pid != os.getpid():
+        return
+    st.hub.shutdown()
+    st.watchdog.stop()
+    st.presence.stop()
