@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from jobcast.joblog import InvalidJobId, UnknownJob, check_job_id
 from jobcast.registry import ParamError, UnknownTask, all_tasks
 from jobcast.settings import get_settings
+from jobcast.streams import stream_redis
 from jobcast.urls import job_urls
 from producer.cancel import AlreadyEnded, cancel
 from producer.enqueue import enqueue
@@ -142,7 +143,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List recent jobs with their status."""
     cfg = get_settings()
-    jobs = recent_jobs(Redis.from_url(cfg.redis_url), args.limit)
+    jobs = recent_jobs(stream_redis(cfg), args.limit)
     if args.output == "json":
         print(json.dumps(jobs))
         return 0

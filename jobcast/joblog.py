@@ -7,6 +7,11 @@ input):
 - ``jobcast:job:<id>:log``   a stream, one entry per event, with stream id ``0-<seq>``;
 - ``jobcast:job:<id>:ch``    the pub/sub channel that announces each new entry.
 
+On a Redis Cluster (see :mod:`jobcast.streams`) the id is a hash tag, ``jobcast:job:{<id>}``,
+``jobcast:job:{<id>}:log`` and ``jobcast:job:{<id>}:ch``, so one job's keys and channel share
+a slot, and the channel is a shard channel (``SPUBLISH``). A single Redis keeps the plain
+names, so its existing data and tools stay as they were.
+
 An event is appended to the log and published in one Lua script, so an entry is in the log
 if and only if it was announced. Readers treat pub/sub as a wake-up with a payload: the log
 stays the truth and fills any gap (late join, reconnect, slow reader, restart).
@@ -25,9 +30,11 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from redis import Redis
+
+from jobcast.streams import is_cluster
 
 PREFIX = "jobcast"
 JOBS_INDEX = f"{PREFIX}:jobs"
@@ -61,30 +68,56 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-def meta_key(job_id: str) -> str:
-    """Key of the job's metadata hash."""
-    return f"{PREFIX}:job:{check_job_id(job_id)}"
+def _job(job_id: str, tagged: bool) -> str:
+    """The job's part of its key names: the id, in braces (a hash tag) when ``tagged``."""
+    check_job_id(job_id)
+    return f"{PREFIX}:job:{{{job_id}}}" if tagged else f"{PREFIX}:job:{job_id}"
 
 
-def log_key(job_id: str) -> str:
-    """Key of the job's log stream."""
-    return f"{PREFIX}:job:{check_job_id(job_id)}:log"
+def meta_key(job_id: str, tagged: bool = False) -> str:
+    """Key of the job's metadata hash (``tagged``: its Redis Cluster name)."""
+    return _job(job_id, tagged)
 
 
-def channel(job_id: str) -> str:
-    """Pub/sub channel on which the job's new entries are announced."""
-    return f"{PREFIX}:job:{check_job_id(job_id)}:ch"
+def log_key(job_id: str, tagged: bool = False) -> str:
+    """Key of the job's log stream (``tagged``: its Redis Cluster name)."""
+    return _job(job_id, tagged) + ":log"
+
+
+def channel(job_id: str, tagged: bool = False) -> str:
+    """Pub/sub channel on which the job's new entries are announced (``tagged``: the shard
+    channel of a Redis Cluster)."""
+    return _job(job_id, tagged) + ":ch"
 
 
 def job_id_from_channel(name: str) -> str | None:
     """Inverse of :func:`channel`; None for a name that is not a job channel."""
     parts = name.split(":")
     if len(parts) == 4 and parts[0] == PREFIX and parts[1] == "job" and parts[3] == "ch":
-        return parts[2] if JOB_ID_RE.fullmatch(parts[2]) else None
+        job_id = parts[2]
+        if job_id[:1] == "{" and job_id[-1:] == "}":
+            job_id = job_id[1:-1]
+        return job_id if JOB_ID_RE.fullmatch(job_id) else None
     return None
 
 
-# KEYS: meta hash, log stream, jobs index.
+class JobKeys(NamedTuple):
+    """The names of one job's keys and channel on a given Redis."""
+
+    meta: str
+    log: str
+    channel: str
+
+
+def job_keys(redis, job_id: str) -> JobKeys:
+    """Names of ``job_id``'s keys on ``redis``: hash-tagged on a Redis Cluster."""
+    tagged = is_cluster(redis)
+    return JobKeys(meta_key(job_id, tagged), log_key(job_id, tagged), channel(job_id, tagged))
+
+
+# KEYS: meta hash, log stream, and on a single Redis the jobs index. On a Redis Cluster (no
+#       index key: it lives in another slot) the entry is announced with SPUBLISH on the job's
+#       shard channel, and JobLog.create adds the job to the index itself.
 # ARGV: channel, kind, value index (-1 if none), JSON body without seq (starts after "{"),
 #       log maxlen, ttl after the end, now, jobs-index max, then field/value pairs for the hash.
 # Returns the new entry's seq, or a negative code: -1 already ended, -2 unknown job,
@@ -108,11 +141,15 @@ end
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local entry = '{"seq":' .. seq .. ',' .. ARGV[4]
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'e', entry)
-redis.call('PUBLISH', ARGV[1], entry)
+if index then
+  redis.call('PUBLISH', ARGV[1], entry)
+else
+  redis.call('SPUBLISH', ARGV[1], entry)
+end
 if #ARGV > 8 then
   redis.call('HSET', meta, unpack(ARGV, 9))
 end
-if kind == 'queued' then
+if kind == 'queued' and index then
   redis.call('ZADD', index, ARGV[7], string.match(meta, ':job:(.*)$'))
   local extra = redis.call('ZCARD', index) - tonumber(ARGV[8])
   if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
@@ -186,6 +223,7 @@ class JobLog:
         """Bind to the job ``job_id`` (validated) on ``redis``."""
         self.redis = redis
         self.job_id = check_job_id(job_id)
+        self.keys = job_keys(redis, job_id)
         self.maxlen = maxlen
         self.ttl = ttl
         self.index_max = index_max
@@ -221,8 +259,11 @@ class JobLog:
             hash_fields["status"] = STATUS_BY_KIND[kind]
         for k, v in hash_fields.items():
             fields += [k, v if isinstance(v, (str, int, float)) else json.dumps(v)]
-        return ([meta_key(self.job_id), log_key(self.job_id), JOBS_INDEX],
-                [channel(self.job_id), kind, index, ",".join(parts) + "}", self.maxlen,
+        keys = [self.keys.meta, self.keys.log]
+        if not is_cluster(self.redis):
+            keys.append(JOBS_INDEX)  # on a Cluster, create() indexes the job (another slot)
+        return (keys,
+                [self.keys.channel, kind, index, ",".join(parts) + "}", self.maxlen,
                  self.ttl, f"{now:.6f}", self.index_max, *fields])
 
     def create(self, task: str, params: dict[str, Any], total: int | None,
@@ -232,6 +273,8 @@ class JobLog:
         ``extra`` adds fields to the metadata hash in the same script (e.g. the RQ queue of a
         job that Jobcast did not enqueue).
         """
+        if is_cluster(self.redis):
+            index_job(self.redis, self.job_id, time.time(), self.index_max)
         seq = self._write("queued", {"task": task, "params": params, "n": total}, meta={
             "task": task,
             "params": json.dumps(params),
@@ -284,21 +327,21 @@ class JobLog:
 
     def values_logged(self) -> int:
         """How many values are logged: a retried task resumes from here."""
-        return int(self.redis.hget(meta_key(self.job_id), "values") or 0)
+        return int(self.redis.hget(self.keys.meta, "values") or 0)
 
     def status(self) -> str | None:
         """The job's status (``queued``, ``running``, ``cancelled``…), None once expired."""
-        status = self.redis.hget(meta_key(self.job_id), "status")
+        status = self.redis.hget(self.keys.meta, "status")
         return status.decode() if status is not None else None
 
     def ended(self) -> bool:
         """True once the job has its terminal entry, or its log has expired."""
-        status = self.redis.hget(meta_key(self.job_id), "status")
+        status = self.redis.hget(self.keys.meta, "status")
         return status is None or status.decode() in TERMINAL
 
     def entries(self, after: int = 0, page: int = 1000) -> Iterator[Entry]:
         """Yield the logged entries with ``seq > after``, oldest first, in pages."""
-        key = log_key(self.job_id)
+        key = self.keys.log
         start = f"0-{after + 1}"
         while True:
             batch = self.redis.xrange(key, min=start, max="+", count=page)
@@ -319,22 +362,47 @@ class JobLog:
         followed by "ended" would hide the terminal entry.
         """
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xrange(log_key(self.job_id), min=f"0-{after + 1}", max="+", count=count)
-        pipe.hget(meta_key(self.job_id), "status")
+        pipe.xrange(self.keys.log, min=f"0-{after + 1}", max="+", count=count)
+        pipe.hget(self.keys.meta, "status")
         rows, status = pipe.execute()
         ended = status is None or status.decode() in TERMINAL
-        return [Entry.parse(fields[b"e"]) for _id, fields in rows], ended
+        return [Entry.parse(_field(fields)) for _id, fields in rows], ended
 
     def position(self) -> tuple[bool, int] | None:
         """(ended, last seq) of the job, or None if it does not exist (or has expired)."""
-        status, seq = self.redis.hmget(meta_key(self.job_id), "status", "seq")
+        status, seq = self.redis.hmget(self.keys.meta, "status", "seq")
         if status is None:
             return None
         return status.decode() in TERMINAL, int(seq or 0)
 
     def queue_last_seq(self, pipe) -> None:
         """Add the read of the job's last seq to ``pipe`` (its reply: bytes or None)."""
-        pipe.hget(meta_key(self.job_id), "seq")
+        pipe.hget(self.keys.meta, "seq")
+
+
+def _field(fields) -> bytes:
+    """The entry in a stream row's fields: a dict, or a flat [name, value] list where
+    redis-py leaves a reply unparsed (XRANGE inside a Cluster transaction)."""
+    if isinstance(fields, dict):
+        return fields[b"e"]
+    return dict(zip(fields[::2], fields[1::2]))[b"e"]
+
+
+def index_job(redis, job_id: str, created: float, index_max: int) -> None:
+    """Add a new job to the jobs index on a Redis Cluster, keeping the newest ``index_max``.
+
+    The index (``jobcast:jobs``, a sorted set by creation time) is one key, so it lives on one
+    slot. Only a job's creation writes it: values, the hot path, never touch it, so it does
+    not pull every append onto one shard. On a single Redis the append script adds the job
+    atomically with its ``queued`` entry; on a Cluster the index is in another slot than the
+    job's keys, so it is written here just before that script (``NX``: a job id that exists
+    keeps its place). Should the job then not be created (a crash in between, or the id
+    exists), ``recent_jobs`` (web/jobs.py) drops the id once its metadata is found missing.
+    """
+    pipe = redis.pipeline(transaction=True)
+    pipe.zadd(JOBS_INDEX, {check_job_id(job_id): created}, nx=True)
+    pipe.zremrangebyrank(JOBS_INDEX, 0, -index_max - 1)
+    pipe.execute()
 
 
 def first_kept(redis: Redis, job_id: str) -> dict[str, int | None]:
@@ -344,7 +412,7 @@ def first_kept(redis: Redis, job_id: str) -> dict[str, int | None]:
     value is kept. The log's first entries are ``queued`` and ``started``, so a few suffice.
     """
     seq = i = None
-    for _id, fields in redis.xrange(log_key(job_id), min="-", max="+", count=8):
+    for _id, fields in redis.xrange(job_keys(redis, job_id).log, min="-", max="+", count=8):
         entry = Entry.parse(fields[b"e"])
         seq = entry.seq if seq is None else seq
         if entry.kind == "value":

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
 
     redis_url: str = env("REDIS_URL", "redis://localhost:6379/0",
                          "Redis for the queue, logs and pub/sub", min_length=1)
+    stream_url: str = env("JOBCAST_STREAM_URL", "",
+                          "Redis for the logs, job metadata and pub/sub, when not `REDIS_URL`; "
+                          "a node of a Redis Cluster works (hash-tagged keys, "
+                          "`SPUBLISH`/`SSUBSCRIBE`); RQ's queue stays on `REDIS_URL`")
     public_url: str = env("JOBCAST_URL", "http://localhost:8000",
                           "public base URL printed by the CLI next to a job id", min_length=1)
     queue_name: str = env("JOBCAST_QUEUE", "jobcast", "RQ queue name", min_length=1)

@@ -20,6 +20,7 @@ from rq.job import Job, JobStatus
 
 from jobcast.joblog import JobLog, UnknownJob
 from jobcast.settings import Settings, get_settings
+from jobcast.streams import StreamRedis, stream_redis
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,19 @@ class AlreadyEnded(RuntimeError):
         self.status = status
 
 
-def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings | None = None) -> int:
+def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings | None = None,
+           streams: StreamRedis | None = None) -> int:
     """Cancel ``job_id`` on behalf of ``by`` (a client address, or "cli").
+
+    ``redis`` holds RQ's queue, ``streams`` the job's log (by default the same Redis).
 
     Returns the seq of the ``cancelled`` entry. Raises UnknownJob, or AlreadyEnded when the
     job had finished, failed or been cancelled before.
     """
     cfg = config or get_settings()
     redis = redis or Redis.from_url(cfg.redis_url)
-    jlog = JobLog(redis, job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
+    jlog = JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen,
+                  ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
     seq = jlog.cancelled(by)
     if seq == -2:
         raise UnknownJob(job_id)

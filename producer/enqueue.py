@@ -11,11 +11,16 @@ from rq import Callback, Queue, Retry
 from jobcast.joblog import JobLog
 from jobcast.registry import ON_FAILURE, RUNNER, ParamError, get_task
 from jobcast.settings import Settings, get_settings
+from jobcast.streams import StreamRedis, stream_redis
 
 
 def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis | None = None,
-            config: Settings | None = None, strict: bool = True) -> str:
+            config: Settings | None = None, strict: bool = True,
+            streams: StreamRedis | None = None) -> str:
     """Validate ``params`` for ``task``, enqueue the job and return its id.
+
+    ``redis`` holds RQ's queue; the job's log goes to ``streams`` (the stream store,
+    JOBCAST_STREAM_URL, by default the same Redis).
 
     Raises UnknownTask or ParamError before anything reaches Redis.
     """
@@ -26,7 +31,7 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     redis = redis or Redis.from_url(cfg.redis_url)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
-    JobLog(redis, job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
+    JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
            index_max=cfg.jobs_index_max).create(task, checked, spec.total_for(checked))
     duration = spec.duration_for(checked)
     timeout = cfg.job_timeout if duration is None else max(cfg.job_timeout, int(duration * 2) + 60)

@@ -28,6 +28,7 @@ from rq import Queue, Worker
 
 from jobcast.joblog import JobLog
 from jobcast.settings import Settings, get_settings
+from jobcast.streams import connect, separate, stream_url
 from producer.enqueue import enqueue
 from producer.redisproc import RedisServer, free_port
 from producer.supervisor import Printer, RestartPolicy, Service, ServiceFailed, Supervisor
@@ -207,8 +208,9 @@ def plural(n: int, word: str) -> str:
 def start_demo(sup: Supervisor, redis_url: str, public: str, timeout: float = 5.0) -> str:
     """Enqueue the demo sqrt job and supervise until a worker has taken it (so its start-up
     lines come before the URLs); return its id."""
-    job_id = enqueue("sqrt", {}, config=Settings(redis_url=redis_url, public_url=public))
-    conn = Redis.from_url(redis_url)
+    cfg = Settings(redis_url=redis_url, public_url=public)
+    job_id = enqueue("sqrt", {}, config=cfg)
+    conn = connect(stream_url(cfg), cluster=None if separate(cfg) else False)
 
     def taken() -> bool:
         """True once the job left the queue; supervises meanwhile."""

@@ -155,11 +155,12 @@ def test_one_redis_subscription_per_web_process_however_many_viewers(http, web, 
     try:
         wait_for(lambda: len(opened) == 40, 30, what="40 viewers streaming")
         # Redis clients that belong to this gunicorn's worker processes (other tests' apps
-        # may be subscribed too): each has exactly one pattern subscription.
+        # may be subscribed too): each has exactly one pub/sub connection, which carries the
+        # channels of the jobs watched there.
         ports = {c.laddr.port for p in psutil.Process(web.proc.pid).children()
                  for c in p.net_connections(kind="tcp") if c.raddr and c.raddr.port == redis_server.port}
         ours = [c for c in redis.client_list() if int(c["addr"].rsplit(":", 1)[1]) in ports]
-        subscribers = [c for c in ours if int(c.get("psub", 0)) > 0]
+        subscribers = [c for c in ours if int(c.get("sub", 0)) + int(c.get("psub", 0)) > 0]
         assert len(subscribers) == web.workers, subscribers
         assert len(ours) < 40, "Redis connections grew with the viewers"
         # Each process counts its own viewers; the API adds them up across processes.

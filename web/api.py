@@ -6,7 +6,7 @@ import time
 
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
-from jobcast.joblog import UnknownJob, chart_key, first_kept, log_key
+from jobcast.joblog import UnknownJob, chart_key, first_kept, job_keys
 from jobcast.registry import ParamError, UnknownTask, all_tasks
 from jobcast.urls import JOB_PATHS, job_urls
 from producer.cancel import AlreadyEnded, cancel
@@ -44,7 +44,8 @@ def create_job():
     if not isinstance(params, dict):
         raise BadParam("params", "params must be a JSON object")
     try:
-        job_id = enqueue(task, params, redis=state().redis, config=state().config)
+        job_id = enqueue(task, params, redis=state().redis, config=state().config,
+                         streams=state().streams)
     except UnknownTask:
         raise BadParam("task", f"unknown task; known tasks: {', '.join(sorted(all_tasks()))}") from None
     except ParamError as exc:
@@ -64,7 +65,7 @@ def list_jobs():
     limit = int_param("limit", request.args.get("limit"), default=50)
     if not 1 <= limit <= 500:
         raise BadParam("limit", "limit must be between 1 and 500")
-    return jsonify(jobs=recent_jobs(state().redis, limit))
+    return jsonify(jobs=recent_jobs(state().streams, limit))
 
 
 @bp.get(JOB_PATHS["status"])
@@ -74,11 +75,11 @@ def get_job(job_id: str):
     info["urls"] = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id))
     # This process's count is exact and current; the others' arrive every few seconds.
     info["viewers_here"] = state().hub.viewers(job_id)
-    info["viewers"] = max(info["viewers_here"], total_viewers(state().redis, job_id))
+    info["viewers"] = max(info["viewers_here"], total_viewers(state().streams, job_id))
     # The log is capped: the oldest entry and value it still has (read only when it may
     # have been trimmed, since the page polls this).
     if may_be_trimmed(info["last_seq"], state().config.log_maxlen):
-        kept = first_kept(state().redis, job_id)
+        kept = first_kept(state().streams, job_id)
         info["first_seq"], info["first_value"] = kept["seq"], kept["i"]
     else:
         info["first_seq"] = 1 if info["last_seq"] else None
@@ -97,7 +98,8 @@ def cancel_job(job_id: str):
     load_job(job_id)
     by = client_address(state().config)
     try:
-        seq = cancel(job_id, by, redis=state().redis, config=state().config)
+        seq = cancel(job_id, by, redis=state().redis, config=state().config,
+                     streams=state().streams)
     except UnknownJob:
         abort(404, description=f"no job with id {job_id}")
     except AlreadyEnded as exc:
@@ -112,7 +114,7 @@ def cancel_job(job_id: str):
 def job_chart(job_id: str):
     """The job's downsampled chart (min/max/first/last per bucket), kept by its worker."""
     load_job(job_id)
-    raw = state().redis.get(chart_key(job_id))
+    raw = state().streams.get(chart_key(job_id))
     return Response(raw or b'{"span":1,"upto":-1,"points":0,"min":[],"max":[],"first":[],"last":[]}',
                     mimetype="application/json", headers={"Cache-Control": "no-cache"})
 
@@ -129,12 +131,12 @@ def earlier_values(job_id: str):
     limit = int_param("limit", request.args.get("limit"), default=1000)
     if not 1 <= limit <= 5000:
         raise BadParam("limit", "limit must be between 1 and 5000")
-    redis = state().redis
+    redis = state().streams
     raws: list[bytes] = []
     if before > 1:
         newest = f"0-{before - 1}"
         while len(raws) < limit:
-            batch = redis.xrevrange(log_key(job_id), max=newest, min="-", count=limit)
+            batch = redis.xrevrange(job_keys(redis, job_id).log, max=newest, min="-", count=limit)
             raws += [f[b"e"] for _id, f in batch if b'"kind":"value"' in f[b"e"]]
             if len(batch) < limit:
                 break

@@ -13,18 +13,20 @@ from web.workerclass import check_worker_class
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Create the Jobcast Flask app. ``test_config`` may set JOBCAST (a Settings) and REDIS."""
+    """Create the Jobcast Flask app. ``test_config`` may set JOBCAST (a Settings), REDIS and
+    STREAMS (clients)."""
     # Named for the package: templates and static files live next to it, as before.
     app = Flask(__package__)
     test_config = dict(test_config or {})
     config = test_config.pop("JOBCAST", None) or get_settings()
     redis = test_config.pop("REDIS", None)
+    streams = test_config.pop("STREAMS", None)
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=config.max_body,
     )
     app.config.update(test_config)
     load_builtin_and_user_tasks()
-    st = services.init_app(app, config, redis)
+    st = services.init_app(app, config, redis, streams)
 
     # Before shutdown.install, which replaces the SIGTERM handler the check looks at.
     check_worker_class()

@@ -20,13 +20,16 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Redis answers a PING and this process's hub is subscribed; 503 otherwise.
+    """Ready when Redis (and the stream store) answers a PING and this process's hub is
+    subscribed; 503 otherwise.
 
     The first probe also starts the hub, so a process is subscribed before it is sent viewers.
     """
     st = state()
     try:
         st.redis.ping()
+        if st.streams is not st.redis:
+            st.streams.ping()
     except RedisError as exc:
         return jsonify(status="unavailable", reason=f"redis: {exc}"), 503
     if not st.hub.wait_ready(2.0):

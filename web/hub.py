@@ -1,8 +1,10 @@
-"""The hub: one Redis pub/sub subscription per web process, fanned out to every viewer.
+"""The hub: one Redis pub/sub connection per web process, fanned out to every viewer.
 
-The hub pattern-subscribes once to every job channel. It reads announcements in bursts (all
-those already received), decodes each once and groups them by job; jobs nobody here watches
-cost one dictionary lookup. Each job's new entries then go
+The hub subscribes to the channel of each job watched here, and only those (per-job
+subscriptions with a short linger, over one connection per shard: :mod:`web.channels`). A
+viewer reads the job's history only once Redis has confirmed that subscription. The hub reads
+announcements in bursts (all those already received), decodes each once and groups them by
+job. Each job's new entries then go
 
 - to the :class:`~web.relay.Relay`, which writes them straight to the connections it holds
   (the streams served by :class:`web.handover.StreamWorker`), framed once for all of them;
@@ -22,12 +24,11 @@ from contextlib import nullcontext
 from collections import deque
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
 
 from web import metrics
+from web.channels import CONFIRM_TIMEOUT, LINGER, Channels
 from web.relay import Relay
-from jobcast.joblog import CHANNEL_PATTERN, Entry, job_id_from_channel
+from jobcast.joblog import Entry, job_id_from_channel
 
 log = logging.getLogger(__name__)
 
@@ -180,22 +181,30 @@ def _green_loop():
 
 
 class Hub:
-    """Reads the process's single pub/sub connection and dispatches to subscriptions."""
+    """Reads the process's pub/sub connection(s) and dispatches to subscriptions."""
 
     BURST = 512
     """Most announcements read and dispatched as one batch."""
 
     def __init__(self, redis: Redis, *, buffer_size: int = 1024, poll: float = 1.0,
-                 max_backoff: float = 5.0, heartbeat: float = 15.0):
-        """Prepare the hub; :meth:`start` launches its reader."""
+                 max_backoff: float = 5.0, heartbeat: float = 15.0, linger: float = LINGER,
+                 confirm_timeout: float = CONFIRM_TIMEOUT):
+        """Prepare the hub on the stream store ``redis``; :meth:`start` launches its reader."""
         self.redis = redis
         self.buffer_size = buffer_size
         self.poll = poll
         self.max_backoff = max_backoff
         self.heartbeat = heartbeat
+        self.confirm_timeout = confirm_timeout
         self._subs: dict[str, set[Subscription]] = {}
-        self.relay = Relay(redis, heartbeat=heartbeat)
-        self._ready = threading.Event()
+        self.channels = Channels(redis, on_messages=self.dispatch_batch,
+                                 on_resync=self._resync_jobs, on_lost=self._lost_jobs,
+                                 poll=poll, max_backoff=max_backoff, linger=linger,
+                                 burst=self.BURST)
+        self.relay = Relay(redis, heartbeat=heartbeat, channels=self.channels)
+        # Entries kept in memory are current only for jobs whose subscription is confirmed
+        # (the relay asks the channels); a lost one forgets its job's entries.
+        self.relay.recent.subscription(True)
         self.closing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,7 +214,11 @@ class Hub:
     # -- viewers ---------------------------------------------------------------------------
 
     def subscribe(self, job_id: str) -> Subscription:
-        """Register a viewer of ``job_id``; live entries go to the returned buffer."""
+        """Register a viewer of ``job_id``; live entries go to the returned buffer.
+
+        Returns once Redis has confirmed the job's subscription (or after the confirmation
+        timeout, with the buffer resynced when it comes): the caller may read the history.
+        """
         self.start()
         loop = _green_loop()
         if loop is not None:
@@ -214,7 +227,21 @@ class Hub:
             sub = Subscription(self, job_id, self.buffer_size)
         self._subs.setdefault(job_id, set()).add(sub)
         metrics.viewer_added(job_id)
+        self.channels.acquire(job_id)
+        if self.channels.started:
+            self.channels.wait(job_id, self.confirm_timeout)
         return sub
+
+    def watch(self, job_id: str, timeout: float | None = None) -> bool:
+        """Make sure this process subscribes to ``job_id``'s channel; False if Redis did not
+        confirm it within ``timeout`` s. Streams ask before they send their headers, so they
+        can still answer 503; the subscription then lingers for the stream itself."""
+        self.start()
+        self.channels.acquire(job_id)
+        try:
+            return self.channels.wait(job_id, self.confirm_timeout if timeout is None else timeout)
+        finally:
+            self.channels.release(job_id)
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget a viewer (idempotent)."""
@@ -222,6 +249,7 @@ class Hub:
         if subs is not None and sub in subs:
             subs.discard(sub)
             metrics.viewer_removed(sub.job_id)
+            self.channels.release(sub.job_id)
             if not subs:
                 del self._subs[sub.job_id]
 
@@ -246,22 +274,22 @@ class Hub:
 
     @property
     def ready(self) -> bool:
-        """True while the subscription is confirmed by Redis."""
-        return self._ready.is_set()
+        """True while every pub/sub connection is confirmed by Redis."""
+        return self.channels.ready
 
     def wait_ready(self, timeout: float) -> bool:
-        """Block until the subscription is live, or ``timeout`` passes."""
+        """Block until the pub/sub connections are live, or ``timeout`` passes."""
         self.start()
-        return self._ready.wait(timeout)
+        return self.channels.wait_ready(timeout)
 
     # -- the reader ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the reader, and the heartbeat of held streams, once per process."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="jobcast-hub", daemon=True)
-            self._thread.start()
-            self._ticker = threading.Thread(target=self._tick, name="jobcast-beat", daemon=True)
+            self.channels.start()
+            self._thread = self._ticker = threading.Thread(target=self._tick, name="jobcast-beat",
+                                                           daemon=True)
             self._ticker.start()
 
     def _tick(self) -> None:
@@ -275,8 +303,9 @@ class Hub:
                     log.exception("hub: relay tick failed")
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the reader at its next poll, waiting up to ``timeout`` s for it to exit."""
+        """Stop the readers at their next poll, waiting up to ``timeout`` s for them to exit."""
         self._stop.set()
+        self.channels.stop(timeout)
         if self._thread is not None and timeout is not None:
             self._thread.join(timeout)
 
@@ -310,50 +339,14 @@ class Hub:
             for entry in entries:
                 metrics.dispatched(entry, held + len(subs or ()))
 
-    def _run(self) -> None:
-        """Subscribe, dispatch until stopped, and reconnect with backoff on errors."""
-        backoff = 0.1
-        while not self._stop.is_set():
-            pubsub = self.redis.pubsub()
-            try:
-                pubsub.psubscribe(CHANNEL_PATTERN)
-                while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=self.poll)
-                    if msg is None:
-                        continue
-                    # Take every announcement already received: one batch per job, one write
-                    # per viewer for all of them.
-                    burst = []
-                    while msg is not None:
-                        kind = msg["type"]
-                        if kind == "pmessage":
-                            burst.append((msg["channel"], msg["data"]))
-                        elif kind == "psubscribe":
-                            backoff = 0.1
-                            self._ready.set()
-                            self._resync()
-                        if len(burst) >= self.BURST:
-                            break
-                        msg = pubsub.get_message(timeout=0)
-                    if burst:
-                        self.dispatch_batch(burst)
-            except (RedisConnectionError, RedisTimeoutError, OSError, RedisError) as exc:
-                self._ready.clear()
-                self.relay.recent.subscription(False)
-                metrics.HUB_RECONNECTS.inc()
-                log.warning("hub: lost Redis subscription (%s); retrying in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-            finally:
-                self._ready.clear()
-                try:
-                    pubsub.close()
-                except Exception:  # closing a dead connection may raise anything; it is gone anyway
-                    log.debug("hub: error closing pubsub", exc_info=True)
-
-    def _resync(self) -> None:
-        """After (re)subscribing: anything published while we were not is only in the log."""
-        for subs in list(self._subs.values()):
-            for sub in tuple(subs):
+    def _resync_jobs(self, jobs: list[str]) -> None:
+        """After (re)subscribing to these jobs in doubt: what was announced meanwhile is only
+        in the log, so their viewers compare their position with it."""
+        for job_id in jobs:
+            for sub in tuple(self._subs.get(job_id, ())):
                 sub.resync()
-        self.relay.resync()
+        self.relay.resync(jobs)
+
+    def _lost_jobs(self, jobs: list[str]) -> None:
+        """These jobs' subscriptions are gone until confirmed again."""
+        self.relay.lost(jobs)

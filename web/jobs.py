@@ -7,12 +7,12 @@ from typing import Any
 
 from redis import Redis
 
-from jobcast.joblog import JOBS_INDEX, UnknownJob, meta_key
+from jobcast.joblog import JOBS_INDEX, UnknownJob, job_keys
 
 
 def job_info(redis: Redis, job_id: str) -> dict[str, Any]:
     """Return a job's status as a JSON-ready dict, or raise UnknownJob."""
-    raw = redis.hgetall(meta_key(job_id))
+    raw = redis.hgetall(job_keys(redis, job_id).meta)
     if not raw:
         raise UnknownJob(job_id)
     return info_from_hash(job_id, raw)
@@ -49,7 +49,7 @@ def recent_jobs(redis: Redis, limit: int = 50) -> list[dict[str, Any]]:
     ids = [i.decode() for i in redis.zrevrange(JOBS_INDEX, 0, limit - 1)]
     pipe = redis.pipeline()
     for job_id in ids:
-        pipe.hgetall(meta_key(job_id))
+        pipe.hgetall(job_keys(redis, job_id).meta)
     jobs, gone = [], []
     for job_id, raw in zip(ids, pipe.execute()):
         if raw:

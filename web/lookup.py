@@ -27,26 +27,27 @@ def load_job(job_id: str) -> dict[str, Any]:
     except InvalidJobId as exc:
         raise BadParam("id", str(exc)) from None
     try:
-        return job_info(state().redis, job_id)
+        return job_info(state().streams, job_id)
     except UnknownJob:
         pass
-    if adopt_rq_job(state().redis, job_id, state().config):
-        return job_info(state().redis, job_id)
+    if adopt_rq_job(state().redis, job_id, state().config, state().streams):
+        return job_info(state().streams, job_id)
     abort(404, description=f"no job with id {job_id}")
 
 
-def adopt_rq_job(redis: Redis, job_id: str, config: Settings) -> bool:
+def adopt_rq_job(redis: Redis, job_id: str, config: Settings, streams=None) -> bool:
     """Open the log of an RQ job that Jobcast did not enqueue, if RQ has it pending or running.
 
     A page opened right after ``Queue.enqueue`` then follows the job from its ``queued``
     entry, before a worker takes it. Only RQ's status, description and queue are read (no
     unpickling); a job that has already ended without a log has nothing to show, hence 404.
+    ``redis`` holds RQ's queue, ``streams`` the logs (by default the same Redis).
     """
     status, description, origin = redis.hmget(Job.key_for(job_id), "status", "description", "origin")
     if status not in ADOPTABLE:
         return False
-    jlog = JobLog(redis, job_id, maxlen=config.log_maxlen, ttl=config.log_ttl,
-                  index_max=config.jobs_index_max)
+    jlog = JobLog(redis if streams is None else streams, job_id, maxlen=config.log_maxlen,
+                  ttl=config.log_ttl, index_max=config.jobs_index_max)
     ensure_log(jlog, (description or b"").decode(errors="replace"),
                (origin or b"").decode(errors="replace"))
     return True
@@ -64,7 +65,7 @@ def stream_position(job_id: str) -> tuple[bool, int]:
     except InvalidJobId as exc:
         raise BadParam("id", str(exc)) from None
     position = state().hub.relay.position(job_id)
-    if position is None and adopt_rq_job(state().redis, job_id, state().config):
+    if position is None and adopt_rq_job(state().redis, job_id, state().config, state().streams):
         position = state().hub.relay.position(job_id)  # a plain RQ job, its log just opened
     if position is None:
         abort(404, description=f"no job with id {job_id}")

@@ -61,6 +61,9 @@ HUB_LAG = Histogram("jobcast_hub_lag_seconds",
 HUB_LAST_LAG = Gauge("jobcast_hub_last_lag_seconds", "Lag of the latest entry a hub dispatched",
                      multiprocess_mode="livemax")
 HUB_RECONNECTS = Counter("jobcast_hub_reconnects", "Times a hub lost and re-made its subscription")
+HUB_CHANNELS = Gauge("jobcast_hub_channels",
+                     "Job channels the hubs subscribe to (jobs watched here, and lingering ones)",
+                     multiprocess_mode="livesum")
 # The reasons a stream can be refused: a fixed set, so the label stays bounded.
 REFUSAL_REASONS = ("per_client", "per_process", "unauthorized", "forbidden")
 STREAM_REFUSALS = Counter("jobcast_stream_refusals",

@@ -75,7 +75,7 @@ def index():
     tasks = all_tasks()
     forms = {name: form_fields(t.schema()) for name, t in tasks.items()}
     now = time.time()
-    jobs = recent_jobs(state().redis, 50)
+    jobs = recent_jobs(state().streams, 50)
     for job in jobs:
         created = job["created_at"]
         job["age"] = age_text(now - created if created else None)

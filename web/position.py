@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from flask import request
 from redis import Redis
 
-from jobcast.joblog import Entry, first_kept, log_key, meta_key
+from jobcast.joblog import Entry, first_kept, job_keys
 from web.lookup import int_param, resume_position
 from web.services import state
 
@@ -117,8 +117,8 @@ def tail_position(redis: Redis, job_id: str, n: int, last_seq: int) -> tuple[int
     is missing).
     """
     if n == 0:
-        return last_seq, int(redis.hget(meta_key(job_id), "values") or 0)
-    key = log_key(job_id)
+        return last_seq, int(redis.hget(job_keys(redis, job_id).meta, "values") or 0)
+    key = job_keys(redis, job_id).log
     count, newest = 0, "+"
     page = min(TAIL_PAGE, n + 8)
     while True:
@@ -151,7 +151,7 @@ def may_be_trimmed(last_seq: int, maxlen: int) -> bool:
 def stream_start(job_id: str, last_seq: int) -> Start:
     """Where this request's stream starts, and what the log no longer holds."""
     st = state()
-    redis = st.redis
+    redis = st.streams
     after = resume_position()
     tail = tail_param()
     skipped = 0

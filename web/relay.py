@@ -17,7 +17,8 @@ last entry written to it. It has no greenlet of its own while it keeps up.
   viewer stays bounded: one page of the log, however slow the client.
 
 The log stays the truth: every entry carries its seq, a viewer is written exactly the entries
-after its cursor, in order, once.
+after its cursor, in order, once. A viewer's first log read waits for Redis to confirm this
+process's subscription to its job (:mod:`web.channels`), so nothing falls between the two.
 
 This module needs gevent: held sockets are plain non-blocking sockets, and a viewer that
 catches up waits for writability with gevent's ``wait_write``.
@@ -51,6 +52,10 @@ RECENT = 512
 
 MAX_OUTAGE = 120.0
 """Seconds a viewer waits for an unreachable Redis before its stream ends."""
+
+CONFIRM_TIMEOUT = 5.0
+"""Seconds a catching-up viewer waits for its job's subscription before reading anyway (the
+confirmation, when it comes, makes it read again)."""
 
 
 class HeldViewer:
@@ -197,6 +202,13 @@ class RecentEntries:
         self._dispatched.clear()
         self._framed.clear()
 
+    def lost(self, job_ids) -> None:
+        """The subscriptions of these jobs were lost or renewed: forget what is kept of them,
+        and let no read that spans the change add to it."""
+        self.epoch += 1
+        for job_id in job_ids:
+            self.forget(job_id)
+
     def _keep(self, job_id: str, tail: list[Entry]) -> None:
         """Make ``tail`` the job's kept entries."""
         self._trim(tail)
@@ -223,10 +235,15 @@ class _Flight:
 class Relay:
     """The held viewers of one web process, by job."""
 
-    def __init__(self, redis: Redis, *, heartbeat: float = 15.0):
-        """Relay with ``redis`` for catch-up reads; quiet streams get a heartbeat this often."""
+    def __init__(self, redis: Redis, *, heartbeat: float = 15.0, channels=None):
+        """Relay with ``redis`` for catch-up reads; quiet streams get a heartbeat this often.
+
+        ``channels`` (:class:`web.channels.Channels`) holds the job subscriptions its viewers
+        need; without it (tests that play the hub) every job counts as subscribed.
+        """
         self.redis = redis
         self.heartbeat = heartbeat
+        self.channels = channels
         self._jobs: dict[str, set[HeldViewer]] = {}
         self._last_delivery: dict[str, float] = {}
         self._catching: dict[HeldViewer, gevent.Greenlet] = {}
@@ -246,6 +263,8 @@ class Relay:
         self._jobs.setdefault(viewer.job_id, set()).add(viewer)
         self._last_delivery.setdefault(viewer.job_id, time.monotonic())
         metrics.viewer_added(viewer.job_id)
+        if self.channels is not None:
+            self.channels.acquire(viewer.job_id)
         if self.closing:
             self._close(viewer, "server_shutdown")
             return
@@ -403,6 +422,10 @@ class Relay:
         joblog = JobLog(self.redis, v.job_id)
         recent = self.recent
         outage_since: float | None = None
+        channels = self.channels
+        if channels is not None and not channels.wait(v.job_id, CONFIRM_TIMEOUT):
+            log.warning("viewer of %s reads the log before its subscription is confirmed; it "
+                        "reads again once it is", v.job_id)
         while True:
             kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start)
             if kept is not None:
@@ -415,7 +438,8 @@ class Relay:
                     v.done = True
                     return "job_ended"
                 continue
-            if v.missed <= v.cursor and recent.is_current(v.job_id, v.cursor):
+            if (v.missed <= v.cursor and recent.is_current(v.job_id, v.cursor)
+                    and (channels is None or channels.confirmed(v.job_id))):
                 v.slow = False  # nothing newer has been announced: back to the fast path
                 return None
             reading = self._reading.get(v.job_id)
@@ -465,6 +489,8 @@ class Relay:
                 return "job_ended"
             if v.missed > v.cursor:
                 continue  # the hub skipped entries for us while we read: read them
+            if recent.epoch != epoch:
+                continue  # a subscription was lost or renewed during the read: read again
             # Back to the fast path. Greenlets switch only when they block, so no entry can be
             # delivered between the read above and this line without setting v.missed.
             v.slow = False
@@ -517,13 +543,22 @@ class Relay:
                 beats += 1
         metrics.HEARTBEATS.inc(beats)
 
-    def resync(self) -> None:
-        """After the hub (re)subscribed: anything announced meanwhile is only in the log."""
-        self.recent.subscription(True)
-        for viewers in list(self._jobs.values()):
-            for v in tuple(viewers):
+    def resync(self, jobs=None) -> None:
+        """After the hub (re)subscribed to ``jobs`` (default: all): anything announced
+        meanwhile is only in the log."""
+        if jobs is None:
+            self.recent.subscription(True)
+            jobs = list(self._jobs)
+        else:
+            self.recent.lost(jobs)
+        for job_id in jobs:
+            for v in tuple(self._jobs.get(job_id, ())):
                 if not v.slow:
                     self._catch_up(v, b"", "resync")
+
+    def lost(self, jobs) -> None:
+        """The hub lost the subscriptions of ``jobs``: what is kept of them may be stale."""
+        self.recent.lost(jobs)
 
     def shutdown(self) -> None:
         """End every held stream (the process is stopping); clients resume elsewhere."""
@@ -557,6 +592,8 @@ class Relay:
             v.sock.close()
         except OSError:
             pass
+        if self.channels is not None:
+            self.channels.release(v.job_id)
         metrics.viewer_removed(v.job_id)
         metrics.DISCONNECTS.labels(reason).inc()
         if v.on_close is not None:

@@ -18,6 +18,7 @@ from flask import Flask, current_app
 from redis import BlockingConnectionPool, Redis
 
 from jobcast.settings import Settings
+from jobcast.streams import StreamRedis, cluster_enabled, connect, separate, stream_url
 from web.handover import on_worker_exit
 from web.hub import Hub
 from web.limits import StreamLimiter
@@ -28,16 +29,28 @@ from web.workerclass import check_worker_class
 log = logging.getLogger(__name__)
 
 
-class State:
-    """One app's resources, and the background services of the process serving it."""
+def pooled(url: str) -> Redis:
+    """A client of one Redis with a bounded pool: connections must not grow with viewers."""
+    return Redis(connection_pool=BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=10, socket_keepalive=True, health_check_interval=30))
 
-    def __init__(self, config: Settings, redis: Redis | None = None):
-        """Create the Redis client and the limiter; :func:`start` starts the services."""
+
+class State:
+    """One app's resources, and the background services of the process serving it.
+
+    ``redis`` holds RQ's queue; ``streams`` the job logs and channels (the same client unless
+    JOBCAST_STREAM_URL names another Redis or a Redis Cluster, see jobcast/streams.py).
+    """
+
+    def __init__(self, config: Settings, redis: Redis | None = None,
+                 streams: StreamRedis | None = None):
+        """Create the Redis clients and the limiter; :func:`start` starts the services."""
         self.config = config
-        # A bounded pool: Redis connections must not grow with the number of viewers.
-        self.redis = redis or Redis(connection_pool=BlockingConnectionPool.from_url(
-            config.redis_url, max_connections=64, timeout=10,
-            socket_keepalive=True, health_check_interval=30))
+        self.redis = redis or pooled(config.redis_url)
+        if streams is None and separate(config):
+            url = stream_url(config)
+            streams = connect(url, cluster=True) if cluster_enabled(url) else pooled(url)
+        self.streams = streams if streams is not None else self.redis
         self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)
         self.hub: Hub | None = None
         self.watchdog: Watchdog | None = None
@@ -46,9 +59,10 @@ class State:
         self._lock = threading.Lock()
 
 
-def init_app(app: Flask, config: Settings, redis: Redis | None = None) -> State:
+def init_app(app: Flask, config: Settings, redis: Redis | None = None,
+             streams: StreamRedis | None = None) -> State:
     """Attach a :class:`State` to ``app``, and start the services at its first request."""
-    st = app.extensions["jobcast"] = State(config, redis)
+    st = app.extensions["jobcast"] = State(config, redis, streams)
 
     @app.before_request
     def start_services() -> None:
@@ -76,11 +90,11 @@ def start(st: State) -> Hub:
             # With --preload the app was created in gunicorn's master: check the worker here.
             check_worker_class()
             cfg = st.config
-            st.hub = Hub(st.redis, buffer_size=cfg.viewer_buffer, heartbeat=cfg.heartbeat)
+            st.hub = Hub(st.streams, buffer_size=cfg.viewer_buffer, heartbeat=cfg.heartbeat)
             st.hub.start()
-            st.watchdog = Watchdog(st.redis, cfg)
+            st.watchdog = Watchdog(st.redis, cfg, streams=st.streams)
             st.watchdog.start()
-            st.presence = Presence(st.redis, st.hub)
+            st.presence = Presence(st.streams, st.hub)
             st.presence.start()
             st.pid = os.getpid()
             # Held streams are not requests gunicorn waits for: end them when it stops.

@@ -17,6 +17,7 @@ import socket
 from typing import Callable, Iterator
 
 from flask import Blueprint, Response, request, stream_with_context, url_for
+from werkzeug.exceptions import ServiceUnavailable
 
 from jobcast.joblog import JobLog
 from jobcast.urls import JOB_PATHS
@@ -71,6 +72,10 @@ def open_stream(job_id: str, transport: Transport, after: int, *, start: int = 0
     st = state()
     if request.method == "HEAD":
         return Response(b"", mimetype=transport.mimetype, headers=STREAM_HEADERS)
+    if not st.hub.watch(job_id):
+        # Without the subscription confirmed, live entries could not be vouched for.
+        raise ServiceUnavailable("Redis did not confirm the subscription to this job's "
+                                 "announcements; retry shortly", retry_after=2)
     slot = open_slot(st.limiter, st.config)
     conn = can_take(request.environ)
     if conn is not None:
@@ -104,7 +109,7 @@ def _follow(job_id: str, transport: Transport, after: int, start: int,
     """Follow the job in this greenlet: each batch of entries ready at once is one write."""
     st = state()
     hub = st.hub
-    batches = follow_batches(hub, JobLog(st.redis, job_id), after, heartbeat=st.config.heartbeat,
+    batches = follow_batches(hub, JobLog(st.streams, job_id), after, heartbeat=st.config.heartbeat,
                              alive=client_alive(request.environ))
     try:
         if preamble:

@@ -26,7 +26,7 @@ from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from jobcast.joblog import JOBS_INDEX, JobLog, meta_key
+from jobcast.joblog import JOBS_INDEX, JobLog, job_keys
 from jobcast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,11 @@ HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobc
 class Watchdog:
     """Periodic checks, run in a daemon thread (a greenlet under gevent)."""
 
-    def __init__(self, redis: Redis, config: Settings, interval: float = 5.0):
-        """Prepare; :meth:`start` runs it."""
+    def __init__(self, redis: Redis, config: Settings, interval: float = 5.0, streams=None):
+        """Prepare; :meth:`start` runs it. ``redis`` holds RQ's queue, ``streams`` the job logs
+        (by default the same Redis)."""
         self.redis = redis
+        self.streams = redis if streams is None else streams
         self.config = config
         self.interval = interval
         self.no_worker_since: float | None = None
@@ -117,7 +119,7 @@ class Watchdog:
         ended, missing = [], set()
         for job_id, job in zip(pending, Job.fetch_many(pending, connection=self.redis)):
             rq_status = job.get_status(refresh=False) if job is not None else None
-            jlog = JobLog(self.redis, job_id, ttl=self.config.log_ttl)
+            jlog = JobLog(self.streams, job_id, ttl=self.config.log_ttl)
             if rq_status is None and job_id not in self.missing:
                 # RQ deletes a job with result_ttl=0 as it finishes, just before the worker's
                 # hook logs "finished": only a job still gone a round later is failed.
@@ -138,10 +140,10 @@ class Watchdog:
     def open_jobs(self) -> list[tuple[str, str]]:
         """(id, RQ queue) of every queued or running job in the job index; the queue is empty
         for the jobs Jobcast enqueued itself, and names it for plain RQ jobs."""
-        ids = [i.decode() for i in self.redis.zrange(JOBS_INDEX, 0, -1)]
-        pipe = self.redis.pipeline()
+        ids = [i.decode() for i in self.streams.zrange(JOBS_INDEX, 0, -1)]
+        pipe = self.streams.pipeline()
         for job_id in ids:
-            pipe.hmget(meta_key(job_id), "status", "origin")
+            pipe.hmget(job_keys(self.streams, job_id).meta, "status", "origin")
         return [(job_id, (origin or b"").decode()) for job_id, (status, origin)
                 in zip(ids, pipe.execute()) if status in (b"queued", b"running")]
 
@@ -151,7 +153,7 @@ class Watchdog:
         for job_id, origin in self.open_jobs():
             # Jobs on other RQ queues have their own workers, which this check does not watch.
             if origin in ("", self.config.queue_name):
-                if JobLog(self.redis, job_id, ttl=self.config.log_ttl).failed(reason) > 0:
+                if JobLog(self.streams, job_id, ttl=self.config.log_ttl).failed(reason) > 0:
                     log.warning("watchdog: job %s failed: %s", job_id, reason)
                     failed.append(job_id)
                 try:

@@ -24,9 +24,10 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from jobcast.joblog import JobLog, ensure_log, meta_key
+from jobcast.joblog import JobLog, ensure_log
 from jobcast.registry import RUNNER
 from jobcast.settings import Settings, get_settings
+from jobcast.streams import stream_redis
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,10 @@ class NotInJob(RuntimeError):
 
 
 def rq_log(job: Job, config: Settings | None = None) -> JobLog:
-    """The JobLog of an RQ job, on the job's own Redis connection."""
+    """The JobLog of an RQ job, on the job's own Redis connection (or the stream store's)."""
     cfg = config or get_settings()
-    return JobLog(job.connection, job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
-                  index_max=cfg.jobs_index_max)
+    return JobLog(stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen,
+                  ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
 
 
 def is_runner(job: Job) -> bool:
@@ -57,7 +58,7 @@ def is_runner(job: Job) -> bool:
 
 def next_attempt(jlog: JobLog) -> int:
     """The number of the attempt that is starting: one more than the log has seen."""
-    return int(jlog.redis.hget(meta_key(jlog.job_id), "attempt") or 0) + 1
+    return int(jlog.redis.hget(jlog.keys.meta, "attempt") or 0) + 1
 
 
 @dataclass

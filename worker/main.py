@@ -14,6 +14,7 @@ from rq.exceptions import InvalidJobOperation
 from jobcast.joblog import JobLog
 from jobcast.registry import load_builtin_and_user_tasks
 from jobcast.settings import Settings, get_settings
+from jobcast.streams import stream_redis
 from worker.hook import LifecycleMixin
 
 
@@ -49,7 +50,8 @@ class JobcastWorker(LifecycleMixin, Worker):
         ``job.cancel()`` then moves it to the CanceledJobRegistry, where rq-dashboard shows it.
         """
         try:
-            cancelled = JobLog(self.connection, job.id).status() == "cancelled"
+            streams = stream_redis(get_settings(), self.connection)
+            cancelled = JobLog(streams, job.id).status() == "cancelled"
         except (RedisError, ValueError):
             cancelled = False
         if cancelled:

@@ -5,17 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from redis import Redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from rq import get_current_job
 from rq.job import Job
 
-from jobcast.joblog import JobLog, meta_key
+from jobcast.joblog import JobLog
 from jobcast.registry import get_task
 from jobcast.settings import Settings, get_settings
+from jobcast.streams import StreamRedis, connect, separate, stream_redis, stream_url
 from worker.chart import ChartWriter
 
 log = logging.getLogger(__name__)
@@ -31,26 +27,23 @@ class JobCancelled(Exception):
     jobcast_logged = True  # on_failure has nothing to write: the log has its ending
 
 
-def log_connection(cfg: Settings) -> Redis:
-    """A Redis client that rides out a Redis restart by retrying with backoff (~60 s).
+def log_connection(cfg: Settings) -> StreamRedis:
+    """A client of the stream store that rides out a Redis restart (or a Cluster failover)
+    by retrying with backoff (~60 s).
 
     Appends are safe to retry: a value the script already logged is refused by its index,
     and a second terminal entry is ignored.
     """
-    return Redis.from_url(
-        cfg.redis_url,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 40),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        socket_connect_timeout=2,
-        socket_timeout=10,
-    )
+    # REDIS_URL holds RQ's queue, so it is never a Cluster: only a separate store is asked.
+    return connect(stream_url(cfg), cluster=None if separate(cfg) else False, retry_for=60.0,
+                   socket_connect_timeout=2, socket_timeout=10)
 
 
-def job_log(job: Job, config: Settings | None = None, redis: Redis | None = None) -> JobLog:
+def job_log(job: Job, config: Settings | None = None, redis: StreamRedis | None = None) -> JobLog:
     """The JobLog of an RQ job, configured from the environment."""
     cfg = config or get_settings()
-    return JobLog(redis or job.connection, job.id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
-                  index_max=cfg.jobs_index_max)
+    return JobLog(redis or stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen,
+                  ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
 
 
 def describe(exc: BaseException) -> str:
@@ -73,7 +66,7 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     jlog = job_log(job, cfg, redis)
     task = get_task(task_name)
     start = jlog.values_logged()
-    attempt = int(redis.hget(meta_key(job.id), "attempt") or 0) + 1
+    attempt = int(redis.hget(jlog.keys.meta, "attempt") or 0) + 1
     if jlog.started(job.worker_name or "unknown", attempt) == -1:
         if jlog.status() == "cancelled":
             raise JobCancelled(job.id)

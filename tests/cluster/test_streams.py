@@ -1,0 +1,250 @@
+"""Job streams on a real three-primary Redis Cluster (``JOBCAST_STREAM_URL``).
+
+RQ's queue stays on the session's plain redis-server; real RQ workers write the logs to the
+cluster, real gunicorn processes relay them, and sharded pub/sub (``SSUBSCRIBE``) wakes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import uuid
+
+import httpx
+import pytest
+from redis.crc import key_slot
+
+from jobcast.joblog import JOBS_INDEX, JobExists, JobLog, channel, log_key, meta_key
+from producer.client import parse_sse
+from tests.cluster.conftest import LocalCluster
+from tests.conftest import create_job, job_status, wait_for
+from web.channels import LINGER
+from web.jobs import recent_jobs
+
+
+def sqrt_lines(n: int) -> str:
+    return "".join("{}\n".format(math.sqrt(i)) for i in range(n))
+
+
+def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None = None,
+               opened: threading.Event | None = None) -> list[dict]:
+    """The job's SSE events, to the end or up to ``stop_after_seq`` (then hang up)."""
+    events = []
+    with httpx.Client(base_url=base, timeout=60) as c:
+        with c.stream("GET", f"/jobs/{job_id}/events", headers=headers or {}) as r:
+            assert r.status_code == 200
+            if opened is not None:
+                opened.set()
+            for ev in parse_sse(r.iter_lines()):
+                events.append(ev)
+                if stop_after_seq is not None and int(ev.id) >= stop_after_seq:
+                    break
+    return events
+
+
+def shardnumsub(cluster: LocalCluster, job_id: str) -> int:
+    """Subscribers of the job's shard channel, as the node that owns it counts them."""
+    name = channel(job_id, tagged=True)
+    node = cluster.node(cluster.owner(name))
+    try:
+        return dict(_pairs(node.execute_command("PUBSUB", "SHARDNUMSUB", name)))[name.encode()]
+    finally:
+        node.close()
+
+
+def _pairs(flat: list) -> list[tuple]:
+    """[a, 1, b, 2] as [(a, 1), (b, 2)]."""
+    return list(zip(flat[::2], flat[1::2]))
+
+
+def metric(base: str, name: str) -> float:
+    """One unlabelled sample of the web server's /metrics."""
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_sqrt_job_streams_exactly_with_its_log_on_the_cluster(cluster, streams, redis,
+                                                                cluster_webs, cluster_workers):
+    web = cluster_webs[0]
+    with httpx.Client(base_url=web.url, timeout=30) as http:
+        job_id = create_job(http, "sqrt", n=20, interval=0.02)
+        with http.stream("GET", f"/jobs/{job_id}/stream") as r:
+            assert r.status_code == 200
+            text = "".join(r.iter_text())
+        assert text == sqrt_lines(20)
+        assert job_status(http, job_id)["status"] == "finished"
+    # The log and metadata are on the cluster, under one hash tag; none on the queue's Redis.
+    assert streams.exists(log_key(job_id, tagged=True), meta_key(job_id, tagged=True)) == 2
+    assert redis.exists(log_key(job_id), meta_key(job_id)) == 0
+    assert streams.xlen(log_key(job_id, tagged=True)) == 23  # queued, started, 20, finished
+
+
+def test_fifty_viewers_over_two_web_processes_get_the_identical_sequence(cluster_webs,
+                                                                         cluster_workers):
+    with httpx.Client(base_url=cluster_webs[0].url, timeout=30) as http:
+        job_id = create_job(http, "sqrt", n=30, interval=0.05)
+    results: dict[int, list[dict]] = {}
+
+    def viewer(k: int) -> None:
+        results[k] = sse_events(cluster_webs[k % 2].url, job_id)
+
+    threads = [threading.Thread(target=viewer, args=(k,)) for k in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 50
+    sequences = {tuple((e.id, e.event, e.data) for e in events)
+                 for events in results.values()}
+    assert len(sequences) == 1
+    (events,) = sequences
+    assert [int(i) for i, _, _ in events] == list(range(1, 34))
+    values = [json.loads(d) for _, kind, d in events if kind == "value"]
+    assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(30)]
+
+
+def test_a_viewer_moved_to_the_other_web_process_resumes_exactly(cluster_webs, cluster_workers):
+    first_web, second_web = cluster_webs
+    with httpx.Client(base_url=first_web.url, timeout=30) as http:
+        job_id = create_job(http, "sqrt", n=30, interval=0.05)
+        first = sse_events(first_web.url, job_id, stop_after_seq=12)
+        assert job_status(http, job_id)["status"] != "finished"
+    rest = sse_events(second_web.url, job_id, headers={"Last-Event-ID": first[-1].id})
+    seqs = [int(e.id) for e in first + rest]
+    assert seqs == list(range(1, 34))
+    assert [json.loads(e.data)["i"] for e in first + rest if e.event == "value"] == \
+        list(range(30))
+    assert rest[-1].event == "finished"
+
+
+def test_the_job_list_shows_the_jobs_on_the_cluster_newest_first(cluster_webs, cluster_workers):
+    with httpx.Client(base_url=cluster_webs[1].url, timeout=30) as http:
+        ids = [create_job(http, "sqrt", n=2, interval=0.01) for _ in range(3)]
+        listed = [job["id"] for job in http.get("/api/jobs").json()["jobs"]]
+        assert listed[:3] == ids[::-1]
+        wait_for(lambda: all(job_status(http, j)["status"] == "finished" for j in ids), 30,
+                 what="the three jobs to finish")
+        jobs = {job["id"]: job for job in http.get("/api/jobs").json()["jobs"]}
+        assert all(jobs[j]["status"] == "finished" and jobs[j]["progress"]["i"] == 2 for j in ids)
+        assert http.get("/").status_code == 200
+
+
+def test_a_process_subscribes_to_a_shard_channel_only_while_it_has_viewers(cluster, cluster_webs,
+                                                                            cluster_workers):
+    web = cluster_webs[0]
+    with httpx.Client(base_url=web.url, timeout=30) as http:
+        watched = create_job(http, "sqrt", n=40, interval=0.05)
+        unwatched = create_job(http, "sqrt", n=40, interval=0.05)
+    assert shardnumsub(cluster, watched) == 0
+    opened = [threading.Event() for _ in range(5)]
+    results: list[list[dict]] = []
+    threads = [threading.Thread(target=lambda o=o: results.append(sse_events(web.url, watched,
+                                                                           opened=o)))
+               for o in opened]
+    for t in threads:
+        t.start()
+    wait_for(lambda: all(o.is_set() for o in opened), 30, what="five viewers streaming")
+    # Five viewers in one process: one shard subscription; none for the other job.
+    assert shardnumsub(cluster, watched) == 1
+    assert shardnumsub(cluster, unwatched) == 0
+    # The process's viewer counts reach the cluster too (web/presence.py).
+    wait_for(lambda: httpx.get(f"{web.url}/api/jobs/{watched}").json()["viewers"] == 5, 15,
+             what="five viewers counted")
+    for t in threads:
+        t.join(60)
+    assert len(results) == 5 and all(len(r) == 43 for r in results)
+    wait_for(lambda: shardnumsub(cluster, watched) == 0, LINGER + 10,
+             what="the shard subscription to end after the linger")
+
+
+def test_restarting_the_primary_that_owns_a_watched_jobs_slot_loses_no_value(cluster, cluster_webs,
+                                                                             cluster_workers):
+    web = cluster_webs[1]
+    with httpx.Client(base_url=web.url, timeout=30) as http:
+        job_id = create_job(http, "sqrt", n=40, interval=0.05)
+        port = cluster.owner(channel(job_id, tagged=True))
+        events: list[dict] = []
+        done = threading.Event()
+
+        def viewer() -> None:
+            try:
+                with httpx.Client(base_url=web.url, timeout=120) as c:
+                    with c.stream("GET", f"/jobs/{job_id}/events") as r:
+                        for ev in parse_sse(r.iter_lines()):
+                            events.append(ev)
+            finally:
+                done.set()
+
+        reader = threading.Thread(target=viewer)
+        reader.start()
+        wait_for(lambda: sum(e.event == "value" for e in events) >= 5, 30,
+                 what="the viewer to get a few values")
+        reconnects = metric(web.url, "jobcast_hub_reconnects_total")
+        cluster.kill(port)
+        # The web process notices: its shard connection broke.
+        wait_for(lambda: metric(web.url, "jobcast_hub_reconnects_total") > reconnects, 30,
+                 what="the hub to lose its shard subscription")
+        cluster.start_node(port)  # same port, same nodes.conf and AOF
+        cluster.wait_ok()
+        assert done.wait(90), "the stream did not end"
+        reader.join(5)
+        assert job_status(http, job_id)["status"] == "finished"
+    seqs = [int(e.id) for e in events if e.id is not None]
+    assert seqs == list(range(1, len(seqs) + 1))
+    values = [json.loads(e.data) for e in events if e.event == "value"]
+    assert [v["i"] for v in values] == list(range(40))
+    assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(40)]
+    assert events[-1].event == "finished"
+
+
+def test_a_watched_jobs_slot_resharded_to_another_primary_loses_no_value(cluster, cluster_webs,
+                                                                          cluster_workers):
+    web = cluster_webs[0]
+    with httpx.Client(base_url=web.url, timeout=30) as http:
+        job_id = create_job(http, "sqrt", n=40, interval=0.05)
+        name = channel(job_id, tagged=True)
+        events: list[dict] = []
+        reader = threading.Thread(target=lambda: events.extend(sse_events(web.url, job_id)))
+        reader.start()
+        wait_for(lambda: shardnumsub(cluster, job_id) == 1, 30, what="the shard subscription")
+        wait_for(lambda: job_status(http, job_id)["progress"]["i"] >= 5, 30, what="a few values")
+        old = cluster.owner(name)
+        new = next(p for p in cluster.ports if p != old)
+        cluster.move_slot(key_slot(name.encode()), new)
+        # Redis ends the subscription on the old owner; the hub subscribes on the new one.
+        wait_for(lambda: shardnumsub(cluster, job_id) == 1 and cluster.owner(name) == new, 30,
+                 what="the subscription on the slot's new owner")
+        reader.join(60)
+        assert job_status(http, job_id)["status"] == "finished"
+    assert [int(e.id) for e in events] == list(range(1, 44))
+    values = [json.loads(e.data) for e in events if e.event == "value"]
+    assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(40)]
+
+
+def test_on_the_cluster_the_append_script_logs_and_announces_with_spublish_and_indexes_once(
+        cluster, streams):
+    log = JobLog(streams, uuid.uuid4().hex)
+    node = cluster.node(cluster.owner(channel(log.job_id, tagged=True)))
+    pubsub = node.pubsub()
+    try:
+        pubsub.ssubscribe(channel(log.job_id, tagged=True))
+        wait_for(lambda: pubsub.get_message(timeout=0.1), what="the ssubscribe confirmation")
+        assert log.create("sqrt", {}, 2) == 1 and log.started("w", 1) == 2
+        assert log.value(0, 1.5) == 3 and log.value(0, 1.5) == -3  # a repeated value is refused
+        created = streams.zscore(JOBS_INDEX, log.job_id)
+        with pytest.raises(JobExists):
+            log.create("sqrt", {}, 2)
+        assert streams.zscore(JOBS_INDEX, log.job_id) == created  # it keeps its place
+        got = []
+        wait_for(lambda: got.extend(m for m in [pubsub.get_message(timeout=0.1)] if m) or
+                 len(got) >= 3, what="three shard announcements")
+        assert [m["type"] for m in got] == ["smessage"] * 3
+        assert [json.loads(m["data"])["seq"] for m in got] == [1, 2, 3]
+        assert [e.seq for e in log.entries()] == [1, 2, 3]
+        assert recent_jobs(streams, 1000)[0]["id"] == log.job_id
+    finally:
+        pubsub.close()
+        node.close()

@@ -1,0 +1,147 @@
+"""Per-job subscriptions: a web process hears only the jobs its viewers watch.
+
+A real gunicorn (one worker, so one hub) on the session's real Redis; Redis itself says who
+subscribes to what (``PUBSUB NUMSUB``). Viewers are raw HTTP/1.0 connections to the text
+stream, whose body is one line per value.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+from redis import Redis
+
+from producer.redisproc import RedisServer
+from tests.conftest import WebServer, wait_for
+from web.channels import LINGER, Channels
+from jobcast.joblog import JobLog, channel
+
+
+class TextViewer:
+    """A raw connection reading one job's text stream."""
+
+    def __init__(self, port: int, job_id: str):
+        """Connect, send the request and wait for the response headers."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(f"GET /jobs/{job_id}/stream HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        self.data = b""
+        while b"\r\n\r\n" not in self.data:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed before the headers"
+            self.data += chunk
+        head, _, self.data = self.data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") or head.startswith(b"HTTP/1.0 200"), head
+
+    def lines(self, n: int) -> list[str]:
+        """Read until ``n`` lines have arrived; return them."""
+        while self.data.count(b"\n") < n:
+            chunk = self.sock.recv(65536)
+            assert chunk, f"stream ended after {self.data!r}"
+            self.data += chunk
+        return self.data.decode().splitlines()[:n]
+
+    def close(self) -> None:
+        """Leave."""
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def one_hub(redis_server, logs_dir):
+    """A gunicorn with one worker process: one hub, so one subscriber per watched job."""
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-subscriptions.log",
+                       JOBCAST_HEARTBEAT="1").start()
+    yield server
+    server.stop()
+
+
+def running_job(redis) -> JobLog:
+    """A job with its queued and started entries, written straight to its log."""
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {}, None)
+    log.started("test", 1)
+    return log
+
+
+def numsub(redis, job_id: str) -> int:
+    """How many connections subscribe to the job's channel, as Redis counts them."""
+    return dict(redis.pubsub_numsub(channel(job_id)))[channel(job_id).encode()]
+
+
+def test_a_process_subscribes_to_a_jobs_channel_only_while_it_has_viewers_of_it(redis, one_hub):
+    watched, unwatched = running_job(redis), running_job(redis)
+    assert numsub(redis, watched.job_id) == 0
+    viewers = [TextViewer(one_hub.port, watched.job_id) for _ in range(20)]
+    try:
+        # Twenty viewers in one process: one subscription, and none for the other job.
+        wait_for(lambda: numsub(redis, watched.job_id) == 1, what="the watched job's subscription")
+        assert numsub(redis, unwatched.job_id) == 0
+        assert redis.execute_command("PUBSUB", "NUMPAT") == 0  # no pattern subscription at all
+        for i in range(5):
+            watched.value(i, i * 10)
+            unwatched.value(i, i)  # announced to nobody: no process subscribes to it
+        assert all(v.lines(5) == ["0", "10", "20", "30", "40"] for v in viewers)
+        assert numsub(redis, watched.job_id) == 1 and numsub(redis, unwatched.job_id) == 0
+    finally:
+        for v in viewers:
+            v.close()
+    # After the last viewer left, the subscription lingers a little, then ends.
+    wait_for(lambda: numsub(redis, watched.job_id) == 0, LINGER + 10,
+             what="the subscription to end after the linger")
+
+
+def test_a_viewer_that_reconnects_within_the_linger_finds_the_subscription_live(redis, one_hub):
+    log = running_job(redis)
+    first = TextViewer(one_hub.port, log.job_id)
+    wait_for(lambda: numsub(redis, log.job_id) == 1, what="the job's subscription")
+    log.value(0, "a")
+    assert first.lines(1) == ["a"]
+    first.close()
+    second = TextViewer(one_hub.port, log.job_id)  # back at once: the subscription lingered
+    try:
+        assert numsub(redis, log.job_id) == 1
+        log.value(1, "b")
+        log.finished()
+        assert second.lines(2) == ["a", "b"]
+    finally:
+        second.close()
+    wait_for(lambda: numsub(redis, log.job_id) == 0, LINGER + 10, what="the linger to end")
+
+
+def test_viewers_of_many_new_jobs_at_once_each_get_their_own_jobs_values(redis, one_hub):
+    logs = [running_job(redis) for _ in range(30)]
+    viewers = [TextViewer(one_hub.port, log.job_id) for log in logs]
+    try:
+        wait_for(lambda: all(numsub(redis, log.job_id) == 1 for log in logs),
+                 what="a subscription per job")
+        for n, log in enumerate(logs):
+            log.value(0, n)
+            log.finished()
+        assert [v.lines(1) for v in viewers] == [[str(n)] for n in range(30)]
+    finally:
+        for v in viewers:
+            v.close()
+
+
+def test_a_storm_of_newcomers_to_many_jobs_is_subscribed_in_a_few_batched_commands(tmp_path):
+    with RedisServer(data_dir=tmp_path) as server:
+        redis = Redis.from_url(server.url)
+        channels = Channels(redis, on_messages=lambda batch: None, on_resync=lambda jobs: None,
+                            on_lost=lambda jobs: None, poll=0.1)
+        channels.start()
+        try:
+            assert channels.wait_ready(10)
+            jobs = [uuid.uuid4().hex for _ in range(200)]
+            for job_id in jobs:
+                channels.acquire(job_id)
+            assert all(channels.wait(job_id, 10) for job_id in jobs)
+            counts = dict(redis.pubsub_numsub(*[channel(j) for j in jobs]))
+            assert set(counts.values()) == {1}
+            # The anchor, then the storm: one SUBSCRIBE for all that asked at once (a second
+            # if the control loop woke in the middle of it).
+            calls = redis.info("commandstats")["cmdstat_subscribe"]["calls"]
+            assert calls <= 3, calls
+        finally:
+            channels.stop(5)
+            redis.close()
