@@ -48,6 +48,17 @@ def free_port(preferred: int | None = None) -> int:
         return s.getsockname()[1]
 
 
+def answers_ping(port: int, timeout: float = 0.5) -> bool:
+    """True when the Redis on 127.0.0.1:``port`` answers PING within ``timeout`` seconds."""
+    client = Redis(port=port, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except RedisError:
+        return False
+    finally:
+        client.close()
+
+
 class RedisServer:
     """A redis-server child process on 127.0.0.1; use as a context manager."""
 
@@ -86,13 +97,7 @@ class RedisServer:
 
     def ping(self, timeout: float = 0.5) -> bool:
         """True when the server answers PING."""
-        client = Redis(port=self.port, socket_connect_timeout=timeout, socket_timeout=timeout)
-        try:
-            return bool(client.ping())
-        except RedisError:
-            return False
-        finally:
-            client.close()
+        return answers_ping(self.port, timeout)
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
         """Start redis-server and wait until it answers PING."""
@@ -177,20 +182,9 @@ class LocalRedisCluster:
             """True once the node answers; RuntimeError if it exited."""
             if self.procs[port].poll() is not None:
                 raise RuntimeError(f"redis cluster node {port} exited (see {data}/redis.log)")
-            return self.ping(port)
+            return answers_ping(port)
 
         wait_until(answers, timeout, what=f"redis cluster node {port} to answer PING")
-
-    @staticmethod
-    def ping(port: int) -> bool:
-        """True when the node on ``port`` answers PING."""
-        client = Redis(port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except RedisError:
-            return False
-        finally:
-            client.close()
 
     def state_ok(self) -> bool:
         """True when every node says ``cluster_state:ok``."""

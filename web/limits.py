@@ -68,12 +68,18 @@ class StreamLimiter:
 
 
 def client_address(config: Settings) -> str:
-    """The client's address; X-Forwarded-For's first hop only when the proxy is trusted."""
+    """The client's address; with a trusted proxy, the last X-Forwarded-For hop.
+
+    The last hop is the address the trusted proxy itself saw: a proxy that appends to the
+    header (nginx's ``$proxy_add_x_forwarded_for``) keeps whatever the client sent in front
+    of it, so the first hop is the client's to choose (werkzeug's ProxyFix, x_for=1, does
+    the same).
+    """
     if config.trust_proxy:
         forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first[:64]
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            return last[:64]
     return request.remote_addr or "unknown"
 
 

@@ -324,7 +324,7 @@ class Relay:
         shared: dict[tuple[Transport, bool], bytes] = {}
         written = 0
         # The hot loop: one iteration per viewer per batch, kept to a few attribute reads and
-        # one send() (the write is _send's, inlined).
+        # one non-blocking send().
         for v in tuple(viewers):
             if v.slow:
                 if last > v.missed:
@@ -350,19 +350,10 @@ class Relay:
                 if end:
                     self._close(v, "job_ended")
                 continue
-            try:
-                n = v.sock.send(data)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                self._close(v, "client_gone")
-                continue
-            if n == len(data):
+            if self._send(v, data):
                 written += 1
                 if end:
                     self._close(v, "job_ended")
-            else:
-                self._catch_up(v, data[n:], "slow")
         return written
 
     def _send(self, v: HeldViewer, data: bytes) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import re
+
 import httpx
 import pytest
 
@@ -94,3 +96,23 @@ def test_stream_caps_answer_429_per_client_and_503_per_process_with_retry_after(
     metrics = httpx.get(f"{guarded.url}/metrics").text
     assert 'jobcast_stream_refusals_total{reason="per_client"} 1.0' in metrics
     assert 'jobcast_stream_refusals_total{reason="per_process"} 1.0' in metrics
+
+
+def test_behind_a_trusted_proxy_the_client_is_its_last_hop_not_what_the_client_wrote(guarded):
+    job_id = post(guarded, auth(), n=5).json()["id"]
+    wait_for(lambda: re.search(r"^jobcast_viewers 0\.0$", httpx.get(f"{guarded.url}/metrics").text,
+                               re.M), 10, what="earlier tests' streams released")
+    held, close = hold_streams(guarded, job_id, 3, "10.0.0.1")
+    try:
+        assert [r.status_code for r in held] == [200, 200, 200]
+        # A proxy that appends (nginx's $proxy_add_x_forwarded_for) keeps whatever the client
+        # wrote in front of the address it saw: 10.0.0.1 at its cap cannot pass as 10.0.0.4 ...
+        r = httpx.get(f"{guarded.url}/jobs/{job_id}/stream",
+                      headers={"X-Forwarded-For": "10.0.0.4, 10.0.0.1"})
+        assert r.status_code == 429
+        # ... and 10.0.0.4 is not refused for 10.0.0.1's streams because it wrote that address.
+        other, close_other = hold_streams(guarded, job_id, 1, "10.0.0.1, 10.0.0.4")
+        assert [r.status_code for r in other] == [200]
+        close_other()
+    finally:
+        close()
