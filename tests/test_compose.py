@@ -28,11 +28,11 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
+from producer.client import Backoff, EventStream
 from producer.redisproc import free_port
 from tests.conftest import wait_for
 
@@ -277,32 +277,21 @@ def sqrt_stream(n: int) -> str:
     return "".join("{}\n".format(math.sqrt(i)) for i in range(n))
 
 
-def sse_events(lines) -> Iterator[dict[str, str]]:
-    """Server-sent events (id, event, data) from a stream of lines; comments and retry skipped."""
-    event: dict[str, str] = {}
-    for line in lines:
-        if not line:
-            if "data" in event:
-                yield event
-            event = {}
-        elif not line.startswith(":"):
-            field, _, value = line.partition(":")
-            if field in ("id", "event", "data"):
-                event[field] = value[1:] if value.startswith(" ") else value
-
-
 class ResumingViewer:
-    """An SSE viewer of one job through the load balancer that, like EventSource, comes back
-    with Last-Event-ID whenever its connection ends before the job does."""
+    """An SSE viewer of one job through the load balancer, on the product's reconnecting
+    client: like EventSource, it comes back with Last-Event-ID whenever its connection ends
+    before the job does. It keeps every entry as sent (``skip_seen=False``), so a value the
+    servers sent twice would show in the test's seq check."""
 
     def __init__(self, http: httpx.Client, job_id: str):
-        self.http = http
-        self.job_id = job_id
-        self.entries: list[dict] = []  # every event's data, in the order received
-        self.connections = 0  # responses with status 200
-        self.cuts: list[str] = []  # how each connection ended early
-        self.last_id: str | None = None
-        self.done = False
+        # The client's base_url is the lb; a replica that is gone answers 502/503 for a moment.
+        self.stream = EventStream(http, "", job_id, Backoff(60), skip_seen=False)
+        self.entries: list[dict] = []  # every entry's data, in the order received
+
+    @property
+    def connections(self) -> int:
+        """Responses with status 200."""
+        return self.stream.connections
 
     def values(self) -> list[str]:
         """The value texts received, in order."""
@@ -311,31 +300,15 @@ class ResumingViewer:
     def read(self, on_entry=None, deadline: float = 60) -> None:
         """Read (reconnecting) until the job's terminal event; ``on_entry(self)`` after each entry."""
         end = time.monotonic() + deadline
-        while not self.done:
-            assert time.monotonic() < end, f"viewer still reading after {deadline}s: {self.cuts}"
-            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
-            try:
-                with self.http.stream("GET", f"/jobs/{self.job_id}/events", headers=headers,
-                                      timeout=httpx.Timeout(10, read=30)) as r:
-                    if r.status_code != 200:  # no replica ready for a moment: 502/503
-                        self.cuts.append(f"status {r.status_code}")
-                        time.sleep(0.25)  # EventSource's retry interval (the server's `retry: 250`)
-                        continue
-                    self.connections += 1
-                    for event in sse_events(r.iter_lines()):
-                        entry = json.loads(event["data"])
-                        if "id" in event:
-                            assert entry["seq"] == int(event["id"])
-                            self.last_id = event["id"]
-                            self.entries.append(entry)
-                            if on_entry:
-                                on_entry(self)
-                        if event.get("event") in ("finished", "failed", "cancelled"):
-                            self.done = True
-                            return
-                    self.cuts.append("closed")
-            except httpx.TransportError as exc:
-                self.cuts.append(type(exc).__name__)
+        for event in self.stream:
+            assert time.monotonic() < end, f"viewer still reading after {deadline}s"
+            if event.id is None:
+                continue
+            entry = event.json()
+            assert entry["seq"] == int(event.id)
+            self.entries.append(entry)
+            if on_entry:
+                on_entry(self)
 
 
 class Stack:
@@ -368,7 +341,8 @@ class Stack:
         """The web container that the lb sent the latest request for ``path`` to (from the lb's
         log, which names the replica's address when a response starts), or None yet."""
         logs = self.run("logs", "--no-color", "lb", capture=True, timeout=60).stdout
-        served = re.findall(r" web/web\d+ ([\d.]+):8000 .*\"GET " + re.escape(path) + " ", logs)
+        # The path with any query string (a resuming viewer asks for ?after=<seq>).
+        served = re.findall(r" web/web\d+ ([\d.]+):8000 .*\"GET " + re.escape(path) + r"[ ?]", logs)
         if not served:
             return None
         for container in self.containers("web"):
@@ -534,14 +508,15 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
             [(cut_replica, proc)] = stopping
             assert proc.wait(timeout=60) == 0
             timings["failover stream"] = time.monotonic() - t_failover
-            report(f"viewer: {viewer.connections} connections, ended early by {viewer.cuts}")
+            report(f"viewer: {viewer.connections} connections, {viewer.stream.retries} resumed")
             # Every value once, in order, across the cut; the job ended normally.
             assert "\n".join(viewer.values()) + "\n" == sqrt_stream(long_n)
             seqs = [e["seq"] for e in viewer.entries]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
             assert viewer.entries[-1]["kind"] == "finished"
             # The stop really cut the viewer mid-stream, and another replica carried on.
-            assert viewer.connections >= 2 and viewer.cuts, (viewer.connections, viewer.cuts)
+            assert viewer.connections >= 2 and viewer.stream.retries, \
+                (viewer.connections, viewer.stream.retries)
             resumed = stack.replica_serving(f"/jobs/{ids[0]}/events")
             assert resumed and resumed["ID"] != cut_replica["ID"], (resumed, cut_replica)
             [after_stop] = [c for c in stack.containers("web") if c["ID"] == cut_replica["ID"]]
