@@ -594,7 +594,14 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
 
             wait_for(ready, 60, interval=0.2, what="web to be ready after the redis restart")
             timings["redis restart"] = time.monotonic() - t
-            r = http.get(f"/jobs/{ids[-1]}/stream", timeout=30)
+            # /readyz through the lb answers for one replica; another may still be
+            # resubscribing (its reconnect backs off up to 5 s) and answer a stream with 503
+            # and Retry-After, which a client honours: so does this one.
+            def streamed() -> httpx.Response | None:
+                r = http.get(f"/jobs/{ids[-1]}/stream", timeout=30)
+                return None if r.status_code == 503 and r.headers.get("Retry-After") else r
+
+            r = wait_for(streamed, 60, interval=1, what="a replica to stream after the restart")
             assert r.status_code == 200 and r.text == sqrt_stream(n)
 
             # A worker takes a job after the restart; stopping the workers mid-job is a warm
