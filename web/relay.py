@@ -244,7 +244,9 @@ class Relay:
         self.redis = redis
         self.heartbeat = heartbeat
         self.channels = channels
-        self._jobs: dict[str, set[HeldViewer]] = {}
+        # Each job's viewers in the order they arrived (a dict used as an ordered set): the
+        # fast path writes them first come, first served, the same order for every value.
+        self._jobs: dict[str, dict[HeldViewer, None]] = {}
         self._last_delivery: dict[str, float] = {}
         self._catching: dict[HeldViewer, gevent.Greenlet] = {}
         self._reading: dict[str, Event] = {}
@@ -260,7 +262,7 @@ class Relay:
         With ``here``, the catch-up runs in the calling greenlet (a request's, which would end
         anyway) rather than in a new one: one greenlet and one switch less per newcomer.
         """
-        self._jobs.setdefault(viewer.job_id, set()).add(viewer)
+        self._jobs.setdefault(viewer.job_id, {})[viewer] = None
         self._last_delivery.setdefault(viewer.job_id, time.monotonic())
         metrics.viewer_added(viewer.job_id)
         if self.channels is not None:
@@ -574,7 +576,7 @@ class Relay:
         v.closed = True
         viewers = self._jobs.get(v.job_id)
         if viewers is not None:
-            viewers.discard(v)
+            viewers.pop(v, None)
             if not viewers:
                 del self._jobs[v.job_id]
                 self._last_delivery.pop(v.job_id, None)

@@ -115,6 +115,47 @@ def test_a_new_viewer_gets_history_then_live_entries_once_and_in_order(redis, re
     assert viewer.closed and client.released
 
 
+class RecordingSocket:
+    """A held socket that notes, in a list shared by all of them, when it is written to."""
+
+    def __init__(self, sock: socket.socket, name: int, order: list[int]):
+        """Wrap ``sock``; writes append ``name`` to ``order``."""
+        self.sock, self.name, self.order = sock, name, order
+
+    def send(self, data) -> int:
+        """Write like the socket, and note it."""
+        self.order.append(self.name)
+        return self.sock.send(data)
+
+    def __getattr__(self, attr):
+        """Everything else is the socket's."""
+        return getattr(self.sock, attr)
+
+
+def test_the_fast_path_writes_viewers_in_the_order_they_arrived(redis, relay):
+    # First come, first served, for every value: and a benchmark's probes, spread over the
+    # connect order, then sample the whole of each burst.
+    log = new_log(redis)
+    order: list[int] = []
+    viewers, clients = [], []
+    for name in range(40):
+        server, client = socket.socketpair()
+        server.setblocking(False)
+        clients.append(Client(client))
+        viewer = HeldViewer(log.job_id, RecordingSocket(server, name, order), SSE,
+                            chunked=False, cursor=0)
+        relay.hold(viewer)
+        viewers.append(viewer)
+    green_wait(lambda: not any(v.slow for v in viewers), what="catch-up")
+    for v in viewers[5:30:3]:  # leavers do not disturb the order of the others
+        relay._close(v, "client_gone")
+    staying = [n for n, v in enumerate(viewers) if not v.closed]
+    for i in range(3):
+        order.clear()
+        assert relay.deliver(log.job_id, write(log, i, i + 1)) == len(staying)
+        assert order == staying
+
+
 def test_a_viewer_whose_socket_fills_up_catches_up_from_the_log_and_rejoins(redis, relay):
     log = new_log(redis)
     viewer, client = held(relay, log, cursor=2, rcvbuf=4096, read=False)
