@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
+from bench import floor
 from producer.redisproc import RedisServer, free_port
 from producer.wait import wait_until
 
@@ -322,15 +323,17 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         path = (lambda j: f"/jobs/{j}/events") if endpoint == "sse" else (lambda j: f"/jobs/{j}/stream")
     else:
         path = lambda j: f"/stream?channel={j}"  # noqa: E731
-    # Viewers: round-robin over jobs; every k-th one a probe (so probes are spread over the
-    # connect order and over jobs); the frozen one(s) last.
+    # Viewers: round-robin over jobs; every k-th one a probe, so probes are spread evenly over
+    # the connect order (which is the order the relay writes them in), over jobs, and, one
+    # after the other, over the load generators (viewer i goes to load generator i % n); the
+    # frozen one(s) last.
+    n = args.loadgens
     viewers = [[path(j), "v"] for _k in range(sc.viewers_per_job) for j in jobs]
     every = max(1, len(viewers) // max(1, args.probes))
-    for k in range(0, len(viewers), every):
-        viewers[k][1] = "p"
+    for m, k in enumerate(range(0, len(viewers), every)):
+        viewers[min(k + m % n, len(viewers) - 1)][1] = "p"
     for k in range(sc.frozen):
         viewers[-1 - k][1] = "f"
-    n = args.loadgens
     specs = [{"host": "127.0.0.1", "port": server.port, "cpu": args.loadgen_cpus,
               "ramp": sc.ramp / n if sc.ramp else 0, "pattern": PATTERNS[(server.target, endpoint)],
               "history": jobcast, "viewers": viewers[k::n]} for k in range(n)]
@@ -574,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra environment for the servers (e.g. JOBCAST_HEARTBEAT=5)")
     ap.add_argument("--out", default=str(RESULTS / "latest"), help="writes OUT.json and OUT.md")
     ap.add_argument("--update-doc", action="store_true", help="put the table into docs/benchmarks.md")
+    ap.add_argument("--no-floor", dest="floor", action="store_false",
+                    help="skip measuring the machine's floor (bench.floor) before the scenarios")
     ap.add_argument("--from-json", metavar="FILE", help="only print the table of an earlier run")
     args = ap.parse_args(argv)
     if args.from_json:
@@ -608,6 +613,11 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(exist_ok=True)
     results: list[dict] = []
     started = time.time()
+    # What no relay on one core beats on this machine now (it drifts by the hour on a shared
+    # VM), measured in the same run as the table it qualifies.
+    floor_found = floor.measure(args.viewers, loadgen_cpus) if args.floor else None
+    if floor_found:
+        print(floor.describe(floor_found), flush=True)
     for rep in range(args.repeats):
         order = targets if rep % 2 == 0 else targets[::-1]
         for target in order:
@@ -647,12 +657,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.web_workers} gunicorn worker process(es); "
               f"{args.loadgens} load generators pinned to CPU {args.loadgen_cpus}"
               f"{', servers to CPU ' + ','.join(map(str, sorted(server_cpus))) if server_cpus else ''}; "
-              f"run took {time.time() - started:.0f} s.\n\n")
+              f"run took {time.time() - started:.0f} s.\n"
+              + (f"{floor.describe(floor_found)}\n" if floor_found else "") + "\n")
     print()
     print(header + md)
     out.with_suffix(".md").write_text(header + md + "\n")
     out.with_suffix(".json").write_text(json.dumps(
-        {"args": vars(args), "machine": machine(), "results": [
+        {"args": vars(args), "machine": machine(), "floor": floor_found, "results": [
             {k: v for k, v in r.items()} for r in results]}, indent=1))
     if args.update_doc and DOC.exists():
         text = DOC.read_text()

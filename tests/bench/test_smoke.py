@@ -2,7 +2,8 @@
 
 It starts the benchmark's own redis-server, Jobcast under gunicorn and load generators, holds
 about 200 viewers for a few seconds (on SSE and on the text stream, connecting while values
-flow) and checks delivery, not speed: the speed is for
+flow) and checks delivery, not speed, and that the machine's floor (bench/floor.py) is measured
+and printed with the table: the speed is for
 ``python -m bench.run`` and docs/benchmarks.md. It needs neither uvloop nor flask-sse (the load
 generator falls back to asyncio's own loop).
 """
@@ -20,7 +21,8 @@ def test_benchmark_smoke_run_loses_nothing(tmp_path):
                    "--viewers", "200", "--duration", "5", "--drain", "30", "--loadgens", "1",
                    "--out", str(out)])
     assert rc == 0
-    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    saved = json.loads(out.with_suffix(".json").read_text())
+    results = saved["results"]
     assert {r["scenario"] for r in results} == {"fan10", "fan10text", "frozen"}
     for r in results:
         assert r["held"] == 200, r
@@ -29,3 +31,8 @@ def test_benchmark_smoke_run_loses_nothing(tmp_path):
         assert r["lat_samples"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| scenario |" in table
+    # The machine's floor, measured in the same run, heads the table.
+    floor = saved["floor"]
+    assert floor["viewers"] == 200 and floor["burst_p50_ms"] > 0 and floor["trip_p50_ms"] > 0
+    assert floor["floor_p50_ms"] == floor["trip_p50_ms"] + floor["burst_p50_ms"] / 2
+    assert "Floor on this machine in this run" in table
