@@ -523,17 +523,22 @@ class Relay:
         beats = 0
         for job, last_seq in zip(quiet, last_seqs):
             self._last_delivery[job] = now
+            gone = 0
             for v in tuple(self._jobs.get(job, ())):
                 if v.slow:
                     continue
                 if last_seq > v.cursor:
                     self._catch_up(v, b"", "quiet")  # an announcement was lost
                 elif not v.alive():
-                    log.info("viewer of %s went away; freeing it", job)
                     self._close(v, "client_gone")
+                    gone += 1
                 elif v.transport.heartbeat:
                     self._send(v, v.wire(v.transport.heartbeat))
                 beats += 1
+            if gone:
+                # One line per job, not per viewer: a NAT that drops thousands of viewers at
+                # once must not turn into thousands of log writes inside the hub's loop.
+                log.info("freed %d viewer(s) of %s that went away", gone, job)
         metrics.HEARTBEATS.inc(beats)
 
     def resync(self, jobs=None) -> None:
