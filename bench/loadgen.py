@@ -3,7 +3,7 @@
 Started by :mod:`bench.run` with a JSON spec on its first stdin line; it answers on stdout,
 one JSON object a line, to the commands that follow on stdin:
 
-- (spec)   ``{"host", "port", "cpu", "ramp", "pattern", "history", "viewers": [[path, role], ...]}``
+- (spec)   ``{"host", "port", "cpu", "ramp", "batch", "pattern", "history", "viewers": [[path, role], ...]}``
            where role is ``"v"`` (viewer), ``"p"`` (probe: a viewer that also times values)
            or ``"f"`` (frozen: sends its request, then never reads). ``history`` is false for a server that sends no history (flask-sse): its
            viewers start counting at the first value they get. Answers ``{"connected": n}``.
@@ -205,19 +205,25 @@ class LoadGen:
         host, port = self.spec["host"], self.spec["port"]
         pattern = re.compile(self.spec["pattern"].encode(), re.M)
         ramp = float(self.spec.get("ramp") or 0)  # connections per second, 0 = at once
+        # By default one connection after the other, in the spec's order: the server then
+        # admits them in that order, so probes spread evenly over the spec sit evenly over the
+        # order the relay writes in. With "batch" > 1, that many connect at the same instant (a
+        # burstier storm); the probes, whose connect path differs, then bunch up at a few places
+        # in the relay's order, and their p50 depends on where.
+        batch = max(1, int(self.spec.get("batch") or 1))
         started = time.monotonic()
-        # One connection after the other, in the spec's order: the server then admits them in
-        # that order, so probes spread evenly over the spec sit evenly over the order the relay
-        # writes in. (Connecting in concurrent batches let the probes, whose connect path
-        # differs, bunch up at a few places in it: their p50 then depended on where.)
-        for k, (path, role) in enumerate(self.spec["viewers"]):
-            req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                   f"Accept: */*\r\nUser-Agent: jobcast-bench\r\n\r\n").encode()
-            v = Viewer(self, req, role, pattern)
-            self.viewers.append(v)
-            await self._connect(loop, v, host, port)
+        items = self.spec["viewers"]
+        for k in range(0, len(items), batch):
+            tasks = []
+            for path, role in items[k:k + batch]:
+                req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                       f"Accept: */*\r\nUser-Agent: jobcast-bench\r\n\r\n").encode()
+                v = Viewer(self, req, role, pattern)
+                self.viewers.append(v)
+                tasks.append(self._connect(loop, v, host, port))
+            await asyncio.gather(*tasks)
             if ramp > 0:
-                delay = started + (k + 1) / ramp - time.monotonic()
+                delay = started + (k + len(tasks)) / ramp - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
 
