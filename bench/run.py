@@ -277,13 +277,6 @@ class LoadGens:
                 p.wait()
 
 
-def percentile(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
 def merge_hists(hists: list[dict]) -> dict[int, int]:
     """Add up latency histograms (0.1 ms bins; JSON made their keys strings)."""
     out: dict[int, int] = {}
@@ -305,6 +298,18 @@ def hist_percentile(hist: dict[int, int], q: float) -> float | None:
         if seen > rank:
             return (b + 1) / 10
     return (max(hist) + 1) / 10
+
+
+def start_producer(argv: list[str]) -> subprocess.Popen:
+    """Start the producer and return once it writes its first value.
+
+    The production window starts then, not at the spawn: the producer's Python start-up
+    (~0.25 s of imports) is no time the server could deliver anything in.
+    """
+    prod = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if not prod.stdout.readline():  # its first line says production starts
+        raise RuntimeError(f"the producer exited before producing ({prod.wait()})")
+    return prod
 
 
 def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
@@ -351,10 +356,8 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         cpu0, _ = usage(pids)
         split0 = cpu_split(pids[:-1])
         redis0 = usage(pids[-1:])[0]
+        prod = start_producer(producer_argv)
         w0 = time.monotonic()
-        prod = subprocess.Popen(producer_argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        if not prod.stdout.readline():  # production has started (its start-up is over)
-            raise RuntimeError(f"the producer exited before producing ({prod.wait()})")
         time.sleep(STORM_LEAD / 2)
     gens = LoadGens(specs, log_dir)
     result: dict = {"target": server.target, "scenario": sc.name, "viewers": sc.viewers}
@@ -386,8 +389,8 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
             cpu0, _ = usage(pids)
             split0 = cpu_split(pids[:-1])
             redis0 = usage(pids[-1:])[0]
+            prod = start_producer(producer_argv)
             w0 = time.monotonic()
-            prod = subprocess.Popen(producer_argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         stdout, _ = prod.communicate()
         if prod.returncode:
             raise RuntimeError(f"the producer failed ({prod.returncode})")
@@ -404,9 +407,6 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         else:
             time.sleep(1.0)
         w1 = time.monotonic()
-        # The window runs from the producer's first value, not from its start: its Python
-        # start-up (~0.25 s of imports) is no time the server could deliver anything in.
-        w0 = max(w0, w1 - (time.time() - produced["started_at"]))
         cpu1, _ = usage(pids)
         if sc.storm:
             steady_delivered = sum(s["received"] for s in gens.ask("stats")) - steady_received0
