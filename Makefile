@@ -3,6 +3,7 @@
 #   make test   install what the tests need (redis-server, Chromium, the test extras), check the
 #               import layers (lint-imports) and run the tests
 # Both are idempotent: a second run installs nothing new.
+#   make test-fast   the unit tests only (no server process, no browser): under a minute
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +12,7 @@ PORT   ?= 8000
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: run test bench system-deps clean
+.PHONY: run test test-fast lint bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Jobcast needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -44,10 +45,21 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# lint-imports first: the layers in pyproject.toml ([tool.importlinter]) must hold.
-test: system-deps $(VENV)/.installed-test
-	$(BIN)/lint-imports
+# The layers in pyproject.toml ([tool.importlinter]) must hold. lint-imports reads the package
+# as it ships: package-dir maps the top-level folders producer/, worker/ and web/ into jobcast,
+# so it is installed (without dependencies) into build/lint first.
+lint: $(VENV)/.installed-test
+	rm -rf build/lint
+	$(BIN)/pip install --quiet --no-deps --target build/lint .
+	cd build/lint && ../../$(BIN)/lint-imports ../../pyproject.toml
+
+test: system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Unit tests: pure logic, fakeredis, a real redis-server at most; no gunicorn, no RQ worker,
+# no browser (tests marked "slow" are left out).
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The fan-out benchmark, Jobcast side by side with flask-sse (docs/benchmarks.md).
 # BENCH_ARGS=--quick for a two-minute run.

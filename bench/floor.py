@@ -38,8 +38,8 @@ import traceback
 
 from redis import Redis
 
-from jobcast.joblog import JobLog, channel
-from producer.redisproc import RedisServer
+from jobcast.core.joblog import JobLog, channel
+from jobcast.launcher.redisserver import RedisServer
 
 FRAME = b"C8\r\n" + b"x" * 200 + b"\r\n"  # about one value's SSE event, as an HTTP/1.1 chunk
 RATE = 10.0  # values per second, as in the fan10 scenarios

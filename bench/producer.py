@@ -1,6 +1,6 @@
 """The probe producer: values at a fixed rate on each of N jobs, through the real write path.
 
-For Jobcast every value goes through :meth:`jobcast.joblog.JobLog.value`, the very call the RQ
+For Jobcast every value goes through :meth:`jobcast.core.joblog.JobLog.value`, the very call the RQ
 runner makes for each value a task yields (one Lua script: XADD to the log + PUBLISH). For
 flask-sse it is what ``sse.publish`` sends: a JSON message PUBLISHed on the channel.
 
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     rate, duration = float(rate), float(duration)
     redis = Redis.from_url(url)
     if mode == "jobcast":
-        from jobcast.joblog import JobLog
+        from jobcast.core.joblog import JobLog
 
         logs = [JobLog(redis, j) for j in jobs]
         send = [lambda i, log=log: log.value(i, value_text(i)) for log in logs]

@@ -37,8 +37,8 @@ import httpx
 from redis import Redis
 
 from bench import floor
-from producer.redisproc import RedisServer, free_port
-from producer.wait import wait_until
+from jobcast.launcher.redisserver import RedisServer, free_port
+from jobcast.core.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -130,7 +130,7 @@ class Server:
             # The producer drives JobLog.value itself, with no RQ worker registered: keep the
             # orphaned-job watchdog from failing the benchmark's jobs.
             env.setdefault("JOBCAST_ORPHAN_TIMEOUT", "1000000000")
-            from web.serve import gunicorn_argv
+            from jobcast.web.serve import gunicorn_argv
 
             # What `jobcast web` execs, without gunicorn's machine-wide control socket.
             argv = gunicorn_argv(f"127.0.0.1:{self.port}", workers, ["--no-control-socket"])
@@ -319,7 +319,7 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
     jobs = [uuid.uuid4().hex for _ in range(sc.jobs)]
     endpoint = sc.endpoint if jobcast else "sse"
     if jobcast:
-        from jobcast.joblog import JobLog
+        from jobcast.core.joblog import JobLog
 
         for j in jobs:
             log = JobLog(db, j)
@@ -457,7 +457,7 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
     })
     # Let the server free the viewers before the next scenario.
     if jobcast:
-        from jobcast.joblog import JobLog
+        from jobcast.core.joblog import JobLog
 
         for j in jobs:
             JobLog(db, j).finished()

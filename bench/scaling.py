@@ -10,7 +10,7 @@
     announces), while viewers watch only ``--watched`` of them (each watched job in every
     subscriber process, the worst case for per-job subscriptions). The old way has every
     process ``PSUBSCRIBE jobcast:job:*:ch``; the new way has each process ``SUBSCRIBE`` only
-    the watched jobs' channels (web/channels.py). Redis's own CPU (``INFO cpu``,
+    the watched jobs' channels (web/broker.py). Redis's own CPU (``INFO cpu``,
     ``used_cpu_user + used_cpu_sys``) is divided by the number of announcements, once every
     subscriber has received all it should; a run with no subscriber is the baseline.
 (b) **Append throughput, one Redis vs a Redis Cluster.** ``--writers`` processes append
@@ -34,9 +34,10 @@ from pathlib import Path
 
 from redis import Redis
 
-from producer.redisproc import LocalRedisCluster, RedisServer
-from jobcast.joblog import CHANNEL_PATTERN, JobLog, channel
-from jobcast.streams import connect
+from jobcast.launcher.redisserver import RedisServer
+from tests.support.cluster import LocalRedisCluster
+from jobcast.core.joblog import CHANNEL_PATTERN, JobLog, channel
+from jobcast.core.store import connect
 
 VALUE = "x" * 100  # a value's text, about the size bench.run uses
 

@@ -1,4 +1,4 @@
-"""Jobcast's public Python API, and the foundation every service stands on.
+"""Jobcast's public Python API. Everything of Jobcast imports as ``jobcast.…``.
 
 In any RQ job::
 
@@ -13,11 +13,16 @@ In your Flask app::
 
     jobcast.init_app(app, url_prefix="/jobcast")
 
-The package's modules are the foundation (``jobcast.settings``, ``jobcast.joblog``,
-``jobcast.registry``, ``jobcast.urls``), which import nothing else of Jobcast's. The public
-names below live in the services (``worker``, ``producer``, ``web``) and are imported on first
-use (PEP 562), so importing the foundation, or ``from jobcast import emit`` in a job module,
-loads neither Flask nor the web app.
+The package is layered (``lint-imports`` checks it, see ``pyproject.toml``):
+
+- ``jobcast.core``: the foundation (settings, the log store, ``JobLog``, the task registry
+  and the built-in tasks), which imports no service;
+- ``jobcast.producer`` and ``jobcast.worker`` (the folders ``producer/`` and ``worker/``);
+- ``jobcast.web`` (the folder ``web/``) and ``jobcast.launcher`` (``jobcast up``);
+- ``jobcast.cli``: the ``jobcast`` command and its terminal client.
+
+The public names below are imported on first use (PEP 562), so ``from jobcast import emit``
+in a job module loads neither Flask nor the web app.
 """
 
 from __future__ import annotations
@@ -26,25 +31,27 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from producer.enqueue import enqueue
-    from web.handover import StreamWorker
-    from web.mount import UnsuitableWorker, init_app
-    from worker.emit import NotInJob, emit, resume
-    from worker.hook import LifecycleMixin, SimpleWorker, Worker
+    from jobcast.core.task import task
+    from jobcast.producer.enqueue import enqueue
+    from jobcast.web.handover import StreamWorker
+    from jobcast.web.mount import UnsuitableWorker, init_app
+    from jobcast.worker.emit import NotInJob, emit, resume
+    from jobcast.worker.hook import LifecycleMixin, SimpleWorker, Worker
 
 # Public name -> the module that defines it.
 _LAZY = {
-    "emit": "worker.emit",
-    "resume": "worker.emit",
-    "NotInJob": "worker.emit",
-    "Worker": "worker.hook",
-    "SimpleWorker": "worker.hook",
-    "LifecycleMixin": "worker.hook",
-    "enqueue": "producer.enqueue",
-    "init_app": "web.mount",
-    "UnsuitableWorker": "web.mount",
+    "emit": "jobcast.worker.emit",
+    "resume": "jobcast.worker.emit",
+    "NotInJob": "jobcast.worker.emit",
+    "Worker": "jobcast.worker.hook",
+    "SimpleWorker": "jobcast.worker.hook",
+    "LifecycleMixin": "jobcast.worker.hook",
+    "enqueue": "jobcast.producer.enqueue",
+    "task": "jobcast.core.task",
+    "init_app": "jobcast.web.mount",
+    "UnsuitableWorker": "jobcast.web.mount",
     # gunicorn's gevent worker whose streams hand their socket to the relay: `-k jobcast.StreamWorker`
-    "StreamWorker": "web.handover",
+    "StreamWorker": "jobcast.web.handover",
 }
 
 __all__ = list(_LAZY)

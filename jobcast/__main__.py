@@ -2,6 +2,6 @@
 
 import sys
 
-from jobcast.cli import main
+from jobcast.cli.main import main
 
 sys.exit(main())

@@ -1,5 +1,1 @@
-"""Jobcast's producer side: the Python API and the `jobcast` command line."""
-
-from producer.enqueue import enqueue
-
-__all__ = ["enqueue"]
+"""Jobcast's producer: put jobs on the queue (``enqueue``) and cancel them (``cancel``)."""

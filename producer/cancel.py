@@ -18,9 +18,10 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from jobcast.joblog import JobLog, UnknownJob
-from jobcast.settings import Settings, get_settings
-from jobcast.streams import StreamRedis, stream_redis
+from jobcast.core.joblog import UnknownJob
+from jobcast.core.logstore import LogStore
+from jobcast.core.settings import Settings, get_settings
+from jobcast.core.store import StreamRedis
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
     """
     cfg = config or get_settings()
     redis = redis or Redis.from_url(cfg.redis_url)
-    jlog = JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen,
-                  ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
+    jlog = LogStore.connect(cfg, redis, streams).log(job_id)
     seq = jlog.cancelled(by)
     if seq == -2:
         raise UnknownJob(job_id)

@@ -8,10 +8,10 @@ from typing import Any, Mapping
 from redis import Redis
 from rq import Callback, Queue, Retry
 
-from jobcast.joblog import JobLog
-from jobcast.registry import ON_FAILURE, RUNNER, ParamError, get_task
-from jobcast.settings import Settings, get_settings
-from jobcast.streams import StreamRedis, stream_redis
+from jobcast.core.logstore import LogStore
+from jobcast.core.registry import ON_FAILURE, RUNNER, ParamError, get_task
+from jobcast.core.settings import Settings, get_settings
+from jobcast.core.store import StreamRedis
 
 
 def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis | None = None,
@@ -31,8 +31,7 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     redis = redis or Redis.from_url(cfg.redis_url)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
-    JobLog(streams or stream_redis(cfg, redis), job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
-           index_max=cfg.jobs_index_max).create(task, checked, spec.total_for(checked))
+    LogStore.connect(cfg, redis, streams).log(job_id).create(task, checked, spec.total_for(checked))
     duration = spec.duration_for(checked)
     timeout = cfg.job_timeout if duration is None else max(cfg.job_timeout, int(duration * 2) + 60)
     Queue(cfg.queue_name, connection=redis).enqueue(

@@ -15,9 +15,10 @@ import httpx
 import pytest
 from redis import Redis
 
-from jobcast.settings import Settings
-from producer.redisproc import RedisServer, free_port
-from producer.wait import wait_until
+from jobcast.core.settings import Settings
+from jobcast.core.wait import wait_until
+from jobcast.launcher.redisserver import RedisServer, free_port
+from tests.support.clock import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBCAST = [sys.executable, "-m", "jobcast"]
@@ -134,6 +135,12 @@ class Workers:
         for proc in self.procs:
             stop_process(proc, signal.SIGTERM, 20)
         self.procs.clear()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that moves only when the test says so."""
+    return FakeClock()
 
 
 @pytest.fixture(scope="session")

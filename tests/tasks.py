@@ -8,7 +8,7 @@ from typing import Annotated, Iterator
 from pydantic import Field
 from rq import get_current_job
 
-from jobcast.registry import task
+from jobcast.core.registry import task
 
 
 def first_attempt() -> bool:

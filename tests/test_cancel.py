@@ -21,10 +21,10 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 
 import tests.tasks  # noqa: F401  (registers sleepy and burn in this process too)
-from jobcast.joblog import TERMINAL, Entry, JobLog
-from jobcast.settings import Settings
-from producer.client import Event, parse_sse
-from producer.enqueue import enqueue
+from jobcast.core.joblog import TERMINAL, Entry, JobLog
+from jobcast.core.settings import Settings
+from jobcast.cli.client import Event, parse_sse
+from jobcast.producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, Workers, service_env, wait_for
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from producer.client import Backoff, EventStream
-from producer.redisproc import free_port
+from jobcast.cli.client import Backoff, EventStream
+from jobcast.launcher.redisserver import free_port
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from producer.redisproc import free_port
+from jobcast.launcher.redisserver import free_port
 from tests.conftest import (ROOT, assert_page_clean, service_env, start_rq_worker, stop_process,
                             wait_for, watch)
 

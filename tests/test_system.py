@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
-from jobcast.joblog import JobLog
-from producer.client import Event, parse_sse
+from jobcast.core.joblog import JobLog
+from jobcast.cli.client import Event, parse_sse
 from tests.conftest import WebServer, create_job, job_status, wait_for
 
 

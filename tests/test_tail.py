@@ -18,10 +18,10 @@ import httpx
 import pytest
 from redis import Redis
 
-from jobcast.joblog import JobLog
-from jobcast.settings import Settings
-from producer.client import Event, parse_sse
-from producer.enqueue import enqueue
+from jobcast.core.joblog import JobLog
+from jobcast.core.settings import Settings
+from jobcast.cli.client import Event, parse_sse
+from jobcast.producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, WebServer, Workers, service_env, wait_for
 
 

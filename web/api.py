@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
-from jobcast.joblog import UnknownJob, chart_key, first_kept, job_keys
-from jobcast.registry import ParamError, UnknownTask, all_tasks
-from jobcast.urls import JOB_PATHS, job_urls
-from producer.cancel import AlreadyEnded, cancel
-from producer.enqueue import enqueue
-from web import metrics
-from web.errors import BadParam
-from web.jobs import recent_jobs
-from web.limits import client_address, require_token
-from web.links import MAX_TTL, sign
-from web.lookup import int_param, load_job
-from web.position import may_be_trimmed
-from web.presence import total_viewers
-from web.security import urls_sig
-from web.services import state
+from jobcast.core.joblog import UnknownJob
+from jobcast.core.registry import ParamError, UnknownTask, all_tasks
+from jobcast.core.urls import JOB_PATHS, job_urls
+from jobcast.producer.cancel import AlreadyEnded, cancel
+from jobcast.producer.enqueue import enqueue
+from jobcast.web import metrics
+from jobcast.web.errors import BadParam
+from jobcast.web.limits import client_address, require_token
+from jobcast.web.links import MAX_TTL, sign
+from jobcast.web.admission import int_param, load_job, may_be_trimmed
+from jobcast.web.presence import total_viewers
+from jobcast.web.security import urls_sig
+from jobcast.web.services import state
 
 bp = Blueprint("api", __name__)
 
@@ -65,22 +64,22 @@ def list_jobs():
     limit = int_param("limit", request.args.get("limit"), default=50)
     if not 1 <= limit <= 500:
         raise BadParam("limit", "limit must be between 1 and 500")
-    return jsonify(jobs=recent_jobs(state().streams, limit))
+    return jsonify(jobs=[job.model_dump() for job in state().logs.recent(limit)])
 
 
 @bp.get(JOB_PATHS["status"])
 def get_job(job_id: str):
     """One job's status, progress, worker and times."""
-    info = load_job(job_id)
+    info = load_job(job_id).model_dump()
+    jlog = state().logs.log(job_id)
     info["urls"] = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id))
     # This process's count is exact and current; the others' arrive every few seconds.
-    info["viewers_here"] = state().hub.viewers(job_id)
-    info["viewers"] = max(info["viewers_here"], total_viewers(state().streams, job_id))
+    info["viewers_here"] = state().relay.viewers(job_id)
+    info["viewers"] = max(info["viewers_here"], total_viewers(jlog))
     # The log is capped: the oldest entry and value it still has (read only when it may
     # have been trimmed, since the page polls this).
     if may_be_trimmed(info["last_seq"], state().config.log_maxlen):
-        kept = first_kept(state().streams, job_id)
-        info["first_seq"], info["first_value"] = kept["seq"], kept["i"]
+        info["first_seq"], info["first_value"] = jlog.first_kept()
     else:
         info["first_seq"] = 1 if info["last_seq"] else None
         info["first_value"] = 0 if info["progress"]["i"] else None
@@ -114,7 +113,7 @@ def cancel_job(job_id: str):
 def job_chart(job_id: str):
     """The job's downsampled chart (min/max/first/last per bucket), kept by its worker."""
     load_job(job_id)
-    raw = state().streams.get(chart_key(job_id))
+    raw = state().logs.log(job_id).chart()
     return Response(raw or b'{"span":1,"upto":-1,"points":0,"min":[],"max":[],"first":[],"last":[]}',
                     mimetype="application/json", headers={"Cache-Control": "no-cache"})
 
@@ -131,23 +130,13 @@ def earlier_values(job_id: str):
     limit = int_param("limit", request.args.get("limit"), default=1000)
     if not 1 <= limit <= 5000:
         raise BadParam("limit", "limit must be between 1 and 5000")
-    redis = state().streams
-    raws: list[bytes] = []
-    if before > 1:
-        newest = f"0-{before - 1}"
-        while len(raws) < limit:
-            batch = redis.xrevrange(job_keys(redis, job_id).log, max=newest, min="-", count=limit)
-            raws += [f[b"e"] for _id, f in batch if b'"kind":"value"' in f[b"e"]]
-            if len(batch) < limit:
-                break
-            last = batch[-1][0]
-            newest = "(" + (last.decode() if isinstance(last, bytes) else last)
-    raws = raws[:limit][::-1]
-    kept = first_kept(redis, job_id)
-    head = ('{"first_seq":%s,"first_value":%s,"values":[' % (
-        "null" if kept["seq"] is None else kept["seq"],
-        "null" if kept["i"] is None else kept["i"])).encode()
-    return Response(head + b",".join(raws) + b"]}", mimetype="application/json")
+    jlog = state().logs.log(job_id)
+    raws = jlog.values_before(before, limit)
+    first_seq, first_value = jlog.first_kept()
+    # The entries go out as stored (already JSON): parsed, they would be encoded again.
+    head = json.dumps({"first_seq": first_seq, "first_value": first_value},
+                      separators=(",", ":")).encode()[:-1]
+    return Response(head + b',"values":[' + b",".join(raws) + b"]}", mimetype="application/json")
 
 
 @bp.get("/api/tasks")

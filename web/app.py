@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Flask
 
-from jobcast.registry import load_builtin_and_user_tasks
-from jobcast.settings import get_settings
-from web import api, errors, health, openapi, pages, security, services, shutdown, stream
-from web.workerclass import check_worker_class
+from jobcast.core.registry import load_user_tasks
+from jobcast.core.settings import get_settings
+from jobcast.web import api, errors, health, openapi, pages, security, services, shutdown, stream
+from jobcast.web.workerclass import check_worker_class
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -25,7 +25,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=config.max_body,
     )
     app.config.update(test_config)
-    load_builtin_and_user_tasks()
+    load_user_tasks()
     st = services.init_app(app, config, redis, streams)
 
     # Before shutdown.install, which replaces the SIGTERM handler the check looks at.

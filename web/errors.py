@@ -8,7 +8,7 @@ from flask import Flask, jsonify
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from web.workerclass import UnsuitableWorker
+from jobcast.web.workerclass import UnsuitableWorker
 
 log = logging.getLogger(__name__)
 

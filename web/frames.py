@@ -1,7 +1,7 @@
 """How each transport puts a log entry on the wire, built once per entry for every viewer.
 
 A stream is one of three transports: newline-delimited text, server-sent events, and
-streamed HTML for an ``<iframe>``. Each turns an :class:`~jobcast.joblog.Entry` into bytes
+streamed HTML for an ``<iframe>``. Each turns an :class:`~jobcast.core.joblog.Entry` into bytes
 (possibly none: the text stream shows only values), has a heartbeat (or none), and bytes to
 send before the server closes a stream on shutdown. The hub frames a live entry once per
 transport and writes the same bytes to every viewer; the generator path uses the same
@@ -15,7 +15,7 @@ from typing import Callable
 
 from markupsafe import Markup, escape
 
-from jobcast.joblog import Entry
+from jobcast.core.joblog import Entry
 
 
 def _sse(entry: Entry) -> bytes:

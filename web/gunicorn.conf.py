@@ -1,10 +1,10 @@
 # Gunicorn settings for Jobcast's web process. `jobcast web` passes bind and workers.
 # Streams are long-lived and idle most of the time, so each worker is a gevent loop that
 # holds thousands of connections; nothing here may time out a healthy stream.
-wsgi_app = "web.app:create_app()"
+wsgi_app = "jobcast.web.app:create_app()"
 # gunicorn's gevent worker, whose streams can hand their connection to the process's relay
 # (web/handover.py): a held stream costs a socket and a small object, not a parked greenlet.
-worker_class = "web.handover.StreamWorker"
+worker_class = "jobcast.web.handover.StreamWorker"
 workers = 2
 # Requests a worker serves at once. Held streams are not counted here (they have no
 # greenlet); JOBCAST_STREAMS_PER_PROCESS caps those.

@@ -6,8 +6,8 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from web.metrics import render
-from web.services import state
+from jobcast.web.metrics import render
+from jobcast.web.services import state
 
 bp = Blueprint("health", __name__)
 
@@ -20,10 +20,10 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Redis (and the stream store) answers a PING and this process's hub is
+    """Ready when Redis (and the stream store) answers a PING and this process's broker is
     subscribed; 503 otherwise.
 
-    The first probe also starts the hub, so a process is subscribed before it is sent viewers.
+    The first probe also starts the relay, so a process is subscribed before it is sent viewers.
     """
     st = state()
     try:
@@ -32,8 +32,8 @@ def readyz():
             st.streams.ping()
     except RedisError as exc:
         return jsonify(status="unavailable", reason=f"redis: {exc}"), 503
-    if not st.hub.wait_ready(2.0):
-        return jsonify(status="unavailable", reason="hub: not yet subscribed to Redis"), 503
+    if not st.relay.wait_ready(2.0):
+        return jsonify(status="unavailable", reason="broker: not yet subscribed to Redis"), 503
     return jsonify(status="ready")
 
 

@@ -8,8 +8,8 @@ from collections import Counter
 from flask import request
 from werkzeug.exceptions import HTTPException
 
-from jobcast.settings import Settings
-from web.metrics import stream_refused
+from jobcast.core.settings import Settings
+from jobcast.web.metrics import stream_refused
 
 RETRY_AFTER = "5"
 
@@ -86,14 +86,13 @@ def client_address(config: Settings) -> str:
 class StreamSlot:
     """One open stream, counted against the caps until it is released (once)."""
 
-    __slots__ = ("limiter", "client", "held", "released")
+    __slots__ = ("limiter", "client", "released")
 
     def __init__(self, limiter: StreamLimiter, client: str):
         """Count a stream of ``client``, or raise 429/503."""
         limiter.acquire(client)
         self.limiter = limiter
         self.client = client
-        self.held = False  # set once the relay holds the connection and will release it
         self.released = False
 
     def release(self) -> None:
@@ -101,11 +100,6 @@ class StreamSlot:
         if not self.released:
             self.released = True
             self.limiter.release(self.client)
-
-    def release_unless_held(self) -> None:
-        """The response closed: free the place unless the relay now holds the stream."""
-        if not self.held:
-            self.release()
 
 
 def open_slot(limiter: StreamLimiter, config: Settings) -> StreamSlot:

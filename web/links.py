@@ -14,8 +14,8 @@ import time
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from jobcast.settings import Settings
-from jobcast.urls import PARAM
+from jobcast.core.settings import Settings
+from jobcast.core.urls import PARAM
 
 __all__ = ["PARAM", "MAX_TTL", "LinkError", "sign", "verify", "view_sig"]
 

@@ -9,7 +9,7 @@ What is counted where, so the hot path stays cheap:
 
 - the hub counts each announcement once and the entries it hands to viewers with one
   ``inc(n)`` per announcement, never one call per viewer;
-- the relay (:mod:`web.relay`, held connections) and :func:`web.fallback.follow_batches` (the
+- the relay (:mod:`jobcast.web.relay`, held connections) and :func:`jobcast.web.fallback.follow_batches` (the
   per-greenlet path) count viewers, catch-ups from the log, heartbeats and the reason each
   viewer stopped: per viewer and per event, never per value;
 - queue depth, busy workers and jobs by state are read from RQ at scrape time;
@@ -31,7 +31,7 @@ from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Hist
                                generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 
-from jobcast.settings import get_settings
+from jobcast.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 

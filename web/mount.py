@@ -17,10 +17,10 @@ from flask import Flask
 from redis import Redis
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from jobcast.settings import Settings
-from jobcast.urls import JOB_PATHS
-from web.app import create_app
-from web.workerclass import UnsuitableWorker, check_worker_class
+from jobcast.core.settings import Settings
+from jobcast.core.urls import JOB_PATHS
+from jobcast.web.app import create_app
+from jobcast.web.workerclass import UnsuitableWorker, check_worker_class
 
 __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
 

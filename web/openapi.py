@@ -13,18 +13,18 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from jobcast.registry import all_tasks
-from jobcast.settings import Settings
-from web.links import MAX_TTL, PARAM
-from web.lookup import MAX_SEQ
-from web.security import MAX_QUERY, SESSION_COOKIE
-from web.services import state
+from jobcast.core.registry import all_tasks
+from jobcast.core.settings import Settings
+from jobcast.web.links import MAX_TTL, PARAM
+from jobcast.web.admission import MAX_SEQ
+from jobcast.web.security import MAX_QUERY, SESSION_COOKIE
+from jobcast.web.services import state
 
 bp = Blueprint("openapi", __name__)
 
 JSON = "application/json"
 HTML = "text/html"
-# jobcast.joblog.JOB_ID_RE: RQ's alphabet (Jobcast's ids are 32 hex characters, RQ's UUIDs).
+# jobcast.core.joblog.JOB_ID_RE: RQ's alphabet (Jobcast's ids are 32 hex characters, RQ's UUIDs).
 JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$",
           "description": "1 to 128 letters, digits, '_' or '-'"}
 NULLABLE_NUMBER = {"type": ["number", "null"]}

@@ -8,11 +8,10 @@ from typing import Any
 
 from flask import Blueprint, render_template
 
-from jobcast.registry import all_tasks
-from jobcast.urls import JOB_PATHS, job_urls
-from web.jobs import recent_jobs
-from web.lookup import load_job
-from web.services import state
+from jobcast.core.registry import all_tasks
+from jobcast.core.urls import JOB_PATHS, job_urls
+from jobcast.web.admission import load_job
+from jobcast.web.services import state
 
 bp = Blueprint("pages", __name__)
 
@@ -75,7 +74,7 @@ def index():
     tasks = all_tasks()
     forms = {name: form_fields(t.schema()) for name, t in tasks.items()}
     now = time.time()
-    jobs = recent_jobs(state().streams, 50)
+    jobs = [job.model_dump() for job in state().logs.recent(50)]
     for job in jobs:
         created = job["created_at"]
         job["age"] = age_text(now - created if created else None)
@@ -93,7 +92,7 @@ def favicon():
 @bp.get(JOB_PATHS["page"])
 def job_page(job_id: str):
     """The live page: latest value, chart, progress, status, watchers and the log."""
-    job = load_job(job_id)
+    job = load_job(job_id).model_dump()
     return render_template("job.html", job=job, urls=job_urls(job_id),
                            params=", ".join(f"{k}={v}" for k, v in job["params"].items()))
 
@@ -101,10 +100,10 @@ def job_page(job_id: str):
 @bp.get("/jobs/<job_id>/plain")
 def plain_page(job_id: str):
     """The original page: latest value, the list of all values, and "Done" at the end."""
-    return render_template("plain.html", job=load_job(job_id))
+    return render_template("plain.html", job=load_job(job_id).model_dump())
 
 
 @bp.get(JOB_PATHS["framed"])
 def framed_page(job_id: str):
     """The ``<iframe>`` variant, embedding the streamed HTML of ``/jobs/<id>/frame``."""
-    return render_template("framed.html", job=load_job(job_id))
+    return render_template("framed.html", job=load_job(job_id).model_dump())

@@ -1,9 +1,9 @@
 """Who is watching: each web process publishes its viewer counts per job to Redis.
 
 A viewer is attached to one gunicorn worker, so no process knows the total by itself. Every
-few seconds each process writes ``<process>: "<count> <time>"`` into the job's
-``jobcast:job:<id>:viewers`` hash; readers add up the fresh fields. A process that dies stops
-refreshing its fields, and they are ignored once stale.
+few seconds each process writes ``<process>: "<count> <time>"`` into the job's viewers hash
+(:meth:`jobcast.core.joblog.JobLog.publish_viewers`); readers add up the fresh fields. A
+process that dies stops refreshing its fields, and they are ignored once stale.
 """
 
 from __future__ import annotations
@@ -13,27 +13,33 @@ import os
 import socket
 import threading
 import time
+from typing import Protocol
 
-from redis import Redis
 from redis.exceptions import RedisError
 
-from jobcast.joblog import PREFIX, check_job_id
+from jobcast.core.joblog import JobLog
+from jobcast.core.logstore import LogStore
 
 log = logging.getLogger(__name__)
 
 STALE_AFTER = 30.0  # seconds without a refresh before a process's count is ignored
 
 
-def viewers_key(job_id: str) -> str:
-    """Hash of per-process viewer counts for one job."""
-    return f"{PREFIX}:job:{check_job_id(job_id)}:viewers"
+class Watched(Protocol):
+    """What presence asks of the relay."""
+
+    def jobs(self) -> list[str]:
+        """Jobs with at least one viewer here."""
+
+    def viewers(self, job_id: str) -> int:
+        """Viewers of one job here."""
 
 
-def total_viewers(redis: Redis, job_id: str, now: float | None = None) -> int:
-    """Viewers of ``job_id`` across all web processes."""
+def total_viewers(jlog: JobLog, now: float | None = None) -> int:
+    """Viewers of the job across all web processes."""
     now = time.time() if now is None else now
     total = 0
-    for value in redis.hgetall(viewers_key(job_id)).values():
+    for value in jlog.viewer_counts().values():
         count, _, stamp = value.decode().partition(" ")
         if now - float(stamp or 0) < STALE_AFTER:
             total += int(count)
@@ -41,12 +47,12 @@ def total_viewers(redis: Redis, job_id: str, now: float | None = None) -> int:
 
 
 class Presence:
-    """Publishes this process's per-job viewer counts, read from the hub every ``interval`` s."""
+    """Publishes this process's per-job viewer counts, read every ``interval`` s."""
 
-    def __init__(self, redis: Redis, hub, interval: float = 3.0):
+    def __init__(self, logs: LogStore, watched: Watched, interval: float = 3.0):
         """Prepare; :meth:`start` runs it."""
-        self.redis = redis
-        self.hub = hub
+        self.logs = logs
+        self.watched = watched
         self.interval = interval
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.published: set[str] = set()
@@ -76,13 +82,11 @@ class Presence:
     def publish(self, now: float | None = None) -> None:
         """Write the current counts, and remove the jobs nobody here watches any more."""
         now = time.time() if now is None else now
-        counts = {job_id: self.hub.viewers(job_id) for job_id in self.hub.jobs()}
-        pipe = self.redis.pipeline(transaction=False)
+        counts = {job_id: self.watched.viewers(job_id) for job_id in self.watched.jobs()}
+        pipe = self.logs.redis.pipeline(transaction=False)
         for job_id, count in counts.items():
-            key = viewers_key(job_id)
-            pipe.hset(key, self.name, f"{count} {now:.0f}")
-            pipe.expire(key, int(STALE_AFTER * 2))
+            self.logs.log(job_id).publish_viewers(pipe, self.name, count, now, int(STALE_AFTER * 2))
         for job_id in self.published - set(counts):
-            pipe.hdel(viewers_key(job_id), self.name)
+            self.logs.log(job_id).forget_viewers(pipe, self.name)
         pipe.execute()
         self.published = set(counts)

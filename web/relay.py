@@ -1,223 +1,71 @@
-"""The relay: the connections a web process holds, and how each live value reaches them.
+"""The relay: the one code that follows a job for its viewers, whatever the server.
 
-A stream whose connection was taken over (see :mod:`web.handover`) becomes a
-:class:`HeldViewer`: an OS socket, a transport (text, SSE, HTML), and a cursor, the seq of the
-last entry written to it. It has no greenlet of its own while it keeps up.
+Every stream is a :class:`~jobcast.web.viewer.Viewer` with a cursor, the seq of the last entry
+written to it, and a sink: a socket taken over from gunicorn (Jobcast's worker class) or a
+bounded queue drained by the request's WSGI generator (any other server). The relay is the
+broker's handler (:class:`~jobcast.web.broker.BrokerHandler`):
 
-- **Fast path.** The hub hands :meth:`Relay.deliver` each job's new entries, a batch at a
-  time. Their bytes are framed once per transport (and once more as an HTTP/1.1 chunk), and
-  written with one non-blocking ``send()`` per viewer, straight from the hub's greenlet: no
-  wake-up, no WSGI generator, no per-viewer framing.
+- **Fast path.** :meth:`Relay.on_publications` gets each watched job's new entries, a batch at
+  a time. Their bytes are framed once per transport (and once more as an HTTP/1.1 chunk), and
+  written with one non-blocking ``send()`` per viewer, in the order the viewers arrived: no
+  wake-up, no per-viewer framing.
 - **Catch-up.** A viewer whose cursor is not right before the batch (it just arrived, an
-  announcement was lost, the hub reconnected) or whose socket would block (EAGAIN, or a
-  partial write) leaves the fast path. A short-lived greenlet finishes its partial frame,
-  reads the log from its cursor and writes what it finds, and puts the viewer back on the fast
-  path once the log has nothing newer. While it catches up, the hub only notes the highest seq
-  it skipped for it, so nothing can slip between the log read and the rejoin. Memory per slow
-  viewer stays bounded: one page of the log, however slow the client.
+  announcement was lost, the subscription was renewed) or whose sink would block (a full
+  socket or queue, or a partial write) leaves the fast path. A short-lived greenlet (a thread
+  outside gevent) finishes its partial frame, reads the log from its cursor through the broker
+  and writes what it finds, and puts the viewer back on the fast path once the log has nothing
+  newer. While it catches up, the fast path only notes the highest seq it skipped for it, so
+  nothing can slip between the log read and the rejoin. Memory per slow viewer stays bounded:
+  one page of the log, however slow the client.
+- **Quiet streams.** :meth:`Relay.tick` runs a few times per heartbeat interval: a job quiet
+  for a heartbeat has its last seq read (an announcement may have been lost), its viewers get
+  the transport's heartbeat, and clients that went away are freed.
 
 The log stays the truth: every entry carries its seq, a viewer is written exactly the entries
-after its cursor, in order, once. A viewer's first log read waits for Redis to confirm this
-process's subscription to its job (:mod:`web.channels`), so nothing falls between the two.
+after its cursor, in order, once. A newcomer is admitted only once its job's subscription is
+confirmed (:meth:`Relay.lease`), so nothing falls between its history and the live entries.
 
-This module needs gevent: held sockets are plain non-blocking sockets, and a viewer that
-catches up waits for writability with gevent's ``wait_write``.
+Under gevent everything here runs in one OS thread, and greenlets switch only where they block:
+the lock is then a no-op. Under a threaded server (Flask's dev server) it is a real lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import threading
 import time
 from typing import Callable
 
-import gevent
-from gevent.event import Event
-from gevent.socket import wait_write
-from redis import Redis
 from redis.exceptions import RedisError
 
-from jobcast.joblog import Entry, JobLog
-from web import metrics
-from web.frames import LAST_CHUNK, Transport, chunk
+from jobcast.core.joblog import Entry
+from jobcast.web import metrics
+from jobcast.web.broker import CONFIRM_TIMEOUT, Broker
+from jobcast.web.frames import LAST_CHUNK, Transport
+from jobcast.web.recent import RecentEntries
+from jobcast.web.viewer import Lease, Viewer, ViewerState
 
 log = logging.getLogger(__name__)
 
 PAGE = 500
 """Most log entries a catching-up viewer reads (and writes) at once."""
 
-RECENT = 512
-"""Newest entries of each watched job kept in memory, so newcomers need not read Redis."""
-
 MAX_OUTAGE = 120.0
 """Seconds a viewer waits for an unreachable Redis before its stream ends."""
 
-CONFIRM_TIMEOUT = 5.0
-"""Seconds a catching-up viewer waits for its job's subscription before reading anyway (the
-confirmation, when it comes, makes it read again)."""
+
+class NotSubscribed(Exception):
+    """Redis did not confirm the job's subscription in time: a viewer could miss entries."""
 
 
-class HeldViewer:
-    """One stream whose connection the relay holds."""
-
-    __slots__ = ("job_id", "sock", "transport", "chunked", "kind", "start", "cursor", "slow",
-                 "missed", "done", "closed", "on_close")
-
-    def __init__(self, job_id: str, sock: socket.socket, transport: Transport, *, chunked: bool,
-                 cursor: int, start: int = 0, on_close: Callable[[], None] | None = None):
-        """A viewer of ``job_id`` that has been sent every entry up to seq ``cursor``."""
-        self.job_id = job_id
-        self.sock = sock
-        self.transport = transport
-        self.chunked = chunked
-        self.kind = (transport, chunked)  # viewers of one kind are sent the same bytes
-        self.start = start
-        self.cursor = cursor
-        self.slow = False
-        self.missed = 0
-        self.done = False
-        self.closed = False
-        self.on_close = on_close
-
-    def wire(self, payload: bytes, end: bool = False) -> bytes:
-        """``payload`` framed for this connection, plus the end of the body if ``end``."""
-        if self.chunked:
-            return chunk(payload) + LAST_CHUNK if end else chunk(payload)
-        return payload
-
-    def alive(self) -> bool:
-        """False once the client has closed or reset the connection (peeks, reads nothing)."""
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK) != b""
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-
-
-class RecentEntries:
-    """The newest entries of each watched job this process has seen, contiguous by seq.
-
-    Filled from live batches and from the log reads of catching-up viewers, so a burst of
-    newcomers to a busy job reads its recent history here rather than each from Redis. It is
-    exact by construction (every entry is a log entry, and a batch that does not follow on
-    is not appended). It is *current* for a viewer at seq ``cursor`` when it ends at that
-    cursor and the hub has dispatched nothing newer: the viewer can then rejoin the fast path
-    without asking Redis. That holds only within one unbroken subscription, so a lost or
-    renewed subscription clears it, and a log read that spans a change (``epoch``) adds nothing.
-    """
-
-    def __init__(self, maxlen: int = RECENT):
-        """Keep up to ``maxlen`` entries per job."""
-        self.maxlen = maxlen
-        self._tails: dict[str, list[Entry]] = {}
-        self._dispatched: dict[str, int] = {}
-        # The frames of "everything kept after seq c" per (job, transport, c), valid while the
-        # kept entries end with the same entry: a burst of newcomers is framed once.
-        self._framed: dict[tuple[str, Transport, int], tuple[Entry, bytes]] = {}
-        self.subscribed = False
-        self.epoch = 0
-
-    def after(self, job_id: str, cursor: int) -> list[Entry]:
-        """The kept entries after ``cursor``, if they follow on from it, else []."""
-        tail = self._tails.get(job_id)
-        if not tail or not tail[0].seq <= cursor + 1 <= tail[-1].seq:
-            return []
-        return tail[cursor + 1 - tail[0].seq:]
-
-    def framed_after(self, job_id: str, cursor: int, transport: Transport,
-                     start: int = 0) -> tuple[bytes, Entry] | None:
-        """The frames of the kept entries after ``cursor`` and the last of them, or None."""
-        kept = self.after(job_id, cursor)
-        if not kept:
-            return None
-        last = kept[-1]
-        if start:
-            return transport.frames(kept, start), last
-        key = (job_id, transport, cursor)
-        hit = self._framed.get(key)
-        if hit is not None and hit[0] is last:
-            return hit[1], last
-        if len(self._framed) >= 4 * self.maxlen:
-            self._framed.clear()
-        data = transport.frames(kept)
-        self._framed[key] = (last, data)
-        return data, last
-
-    def is_current(self, job_id: str, cursor: int) -> bool:
-        """True if nothing newer than ``cursor`` has been logged that the hub has not yet
-        dispatched to the fast path."""
-        tail = self._tails.get(job_id)
-        return (self.subscribed and bool(tail) and tail[-1].seq == cursor
-                and cursor >= self._dispatched.get(job_id, 0))
-
-    def add_live(self, job_id: str, entries: list[Entry]) -> None:
-        """The hub dispatched ``entries``."""
-        self._dispatched[job_id] = entries[-1].seq
-        tail = self._tails.get(job_id)
-        if tail is None:
-            self._keep(job_id, list(entries))
-        elif tail[-1].seq + 1 == entries[0].seq:
-            tail.extend(entries)
-            self._trim(tail)
-        elif entries[-1].seq > tail[-1].seq:
-            self._keep(job_id, list(entries))  # a gap: start again from what is known
-
-    def add_read(self, job_id: str, entries: list[Entry], epoch: int) -> None:
-        """A viewer read ``entries`` from the log, having started the read at ``epoch``."""
-        if not entries or not self.subscribed or epoch != self.epoch:
-            return
-        tail = self._tails.get(job_id)
-        if tail is None:
-            self._keep(job_id, list(entries))
-            return
-        first, last = tail[0].seq, tail[-1].seq
-        if entries[-1].seq + 1 < first or entries[0].seq > last + 1:
-            return  # not adjacent: nothing is known between the two, keep what we have
-        # Both are exact runs of the log that touch: their union is one.
-        before = entries[:max(0, first - entries[0].seq)]
-        after = entries[max(0, last + 1 - entries[0].seq):]
-        tail[:0] = before
-        tail.extend(after)
-        self._trim(tail)
-
-    def last(self, job_id: str) -> Entry | None:
-        """The newest kept entry of ``job_id``, if this process keeps any."""
-        tail = self._tails.get(job_id)
-        return tail[-1] if tail else None
-
-    def forget(self, job_id: str) -> None:
-        """Nobody here watches ``job_id`` any more."""
-        self._tails.pop(job_id, None)
-        self._dispatched.pop(job_id, None)
-        for key in [k for k in self._framed if k[0] == job_id]:
-            del self._framed[key]
-
-    def subscription(self, live: bool) -> None:
-        """The hub's subscription was (re)confirmed (True) or lost (False): start afresh."""
-        self.subscribed = live
-        self.epoch += 1
-        self._tails.clear()
-        self._dispatched.clear()
-        self._framed.clear()
-
-    def lost(self, job_ids) -> None:
-        """The subscriptions of these jobs were lost or renewed: forget what is kept of them,
-        and let no read that spans the change add to it."""
-        self.epoch += 1
-        for job_id in job_ids:
-            self.forget(job_id)
-
-    def _keep(self, job_id: str, tail: list[Entry]) -> None:
-        """Make ``tail`` the job's kept entries."""
-        self._trim(tail)
-        self._tails[job_id] = tail
-
-    def _trim(self, tail: list[Entry]) -> None:
-        """Drop the oldest entries beyond ``maxlen``."""
-        if len(tail) > self.maxlen:
-            del tail[:len(tail) - self.maxlen]
+def is_green() -> bool:
+    """True under gevent's monkey-patching (gunicorn's gevent workers)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("threading"))
 
 
 class _Flight:
@@ -233,60 +81,95 @@ class _Flight:
 
 
 class Relay:
-    """The held viewers of one web process, by job."""
+    """The viewers of one web process, by job, and everything written to them."""
 
-    def __init__(self, redis: Redis, *, heartbeat: float = 15.0, channels=None):
-        """Relay with ``redis`` for catch-up reads; quiet streams get a heartbeat this often.
+    def __init__(self, broker: Broker, *, heartbeat: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic, green: bool | None = None):
+        """Relay the jobs ``broker`` hears of; quiet streams get a heartbeat this often.
 
-        ``channels`` (:class:`web.channels.Channels`) holds the job subscriptions its viewers
-        need; without it (tests that play the hub) every job counts as subscribed.
+        ``clock`` is read for every time decision (tests pass a fake one). ``green``: run
+        catch-ups in greenlets, lock-free (default: when gevent has patched threading).
         """
-        self.redis = redis
+        self.broker = broker
         self.heartbeat = heartbeat
-        self.channels = channels
+        self.clock = clock
+        self.green = is_green() if green is None else green
+        self._stop = threading.Event()
+        self._lock = contextlib.nullcontext() if self.green else threading.RLock()
+        if self.green:
+            import gevent
+            from gevent.event import Event
+
+            self._event, self._sleep, self._current = Event, gevent.sleep, gevent.getcurrent
+        else:
+            self._event, self._sleep = threading.Event, self._stop.wait
+            self._current = threading.current_thread
         # Each job's viewers in the order they arrived (a dict used as an ordered set): the
         # fast path writes them first come, first served, the same order for every value.
-        self._jobs: dict[str, dict[HeldViewer, None]] = {}
+        self._jobs: dict[str, dict[Viewer, None]] = {}
         self._last_delivery: dict[str, float] = {}
-        self._catching: dict[HeldViewer, gevent.Greenlet] = {}
-        self._reading: dict[str, Event] = {}
+        self._catching: dict[Viewer, object] = {}
+        self._reading: dict[str, object] = {}  # job id -> an Event set when its read lands
         self._positions: dict[str, _Flight] = {}
         self.recent = RecentEntries()
+        # Entries kept in memory are current only while the job's subscription is confirmed
+        # (the catch-up asks the broker); a lost one forgets its job's entries.
+        self.recent.subscription(True)
         self.closing = False
+        self._ticker: threading.Thread | None = None
 
-    # -- viewers ---------------------------------------------------------------------------
+    # -- running ---------------------------------------------------------------------------
 
-    def hold(self, viewer: HeldViewer, *, here: bool = False) -> None:
-        """Take ``viewer``: it first catches up from the log, then joins the fast path.
+    def start(self) -> None:
+        """Start the broker (with this relay as its handler) and the heartbeat, once."""
+        if self._ticker is None:
+            self.broker.start(self)
+            self._ticker = threading.Thread(target=self._beat, name="jobcast-beat", daemon=True)
+            self._ticker.start()
 
-        With ``here``, the catch-up runs in the calling greenlet (a request's, which would end
-        anyway) rather than in a new one: one greenlet and one switch less per newcomer.
-        """
-        self._jobs.setdefault(viewer.job_id, {})[viewer] = None
-        self._last_delivery.setdefault(viewer.job_id, time.monotonic())
-        metrics.viewer_added(viewer.job_id)
-        if self.channels is not None:
-            self.channels.acquire(viewer.job_id)
-        if self.closing:
-            self._close(viewer, "server_shutdown")
-            return
-        self._catch_up(viewer, b"", "history", here=here)
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the heartbeat and the broker's readers."""
+        self._stop.set()
+        self.broker.stop(timeout)
 
-    def viewers(self, job_id: str | None = None) -> int:
-        """Held viewers of one job, or of all jobs."""
-        if job_id is not None:
-            return len(self._jobs.get(job_id, ()))
-        return sum(len(v) for v in self._jobs.values())
+    def _beat(self) -> None:
+        """Call :meth:`tick` several times per heartbeat interval."""
+        interval = min(1.0, self.heartbeat / 3)
+        while not self._stop.wait(interval):
+            if not self.closing:
+                try:
+                    self.tick()
+                except Exception:  # the heartbeat must outlive any one bad round
+                    log.exception("relay: tick failed")
 
-    def jobs(self) -> list[str]:
-        """Jobs with at least one held viewer."""
-        return list(self._jobs)
+    @property
+    def ready(self) -> bool:
+        """True while the broker's connections are live."""
+        return self.broker.ready
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the broker's connections are live, or ``timeout`` passes."""
+        self.start()
+        return self.broker.wait_ready(timeout)
+
+    # -- admission -------------------------------------------------------------------------
+
+    def lease(self, job_id: str, timeout: float = CONFIRM_TIMEOUT) -> Lease:
+        """Subscribe to ``job_id`` for one viewer, once Redis confirms it; the viewer gives it
+        back when it ends. NotSubscribed when Redis did not confirm within ``timeout`` s."""
+        self.start()
+        self.broker.subscribe(job_id)
+        lease = Lease(lambda: self.broker.unsubscribe(job_id))
+        if not self.broker.wait_subscribed(job_id, timeout):
+            lease.release()
+            raise NotSubscribed(job_id)
+        return lease
 
     def position(self, job_id: str) -> tuple[bool, int] | None:
         """(ended, last seq) of ``job_id``, or None if there is no such job.
 
-        Answered from the recent entries when this process keeps some, else read from Redis
-        once for all the callers that ask at the same time (a burst of newcomers).
+        Answered from the recent entries when this process keeps some, else read through the
+        broker once for all the callers that ask at the same time (a burst of newcomers).
         """
         newest = self.recent.last(job_id)
         if newest is not None:
@@ -299,7 +182,7 @@ class Relay:
             return flight.result
         flight = self._positions[job_id] = _Flight()
         try:
-            flight.result = JobLog(self.redis, job_id).position()
+            flight.result = self.broker.position(job_id)
             return flight.result
         except BaseException as exc:
             flight.error = exc
@@ -308,66 +191,97 @@ class Relay:
             del self._positions[job_id]
             flight.done.set()
 
+    def hold(self, viewer: Viewer, *, here: bool = False) -> None:
+        """Take ``viewer``: it first catches up from the log, then joins the fast path.
+
+        With ``here``, the catch-up runs in the calling greenlet (a request's, which would end
+        anyway) rather than in a new one: one greenlet and one switch less per newcomer.
+        """
+        with self._lock:
+            viewer.state = ViewerState.HELD
+            self._jobs.setdefault(viewer.job_id, {})[viewer] = None
+            self._last_delivery.setdefault(viewer.job_id, self.clock())
+        metrics.viewer_added(viewer.job_id)
+        if self.closing:
+            self.release(viewer, "server_shutdown")
+            return
+        self._catch_up(viewer, b"", "history", here=here)
+
+    def viewers(self, job_id: str | None = None) -> int:
+        """Viewers of one job, or of all jobs."""
+        if job_id is not None:
+            return len(self._jobs.get(job_id, ()))
+        return sum(len(v) for v in self._jobs.values())
+
+    def jobs(self) -> list[str]:
+        """Jobs with at least one viewer."""
+        return list(self._jobs)
+
     # -- the fast path ---------------------------------------------------------------------
 
+    def on_publications(self, job_id: str, entries: list[Entry]) -> None:
+        """The broker's handler: new entries of a watched job."""
+        written = self.deliver(job_id, entries)
+        for entry in entries:
+            metrics.dispatched(entry, written)
+
     def deliver(self, job_id: str, entries: list[Entry]) -> int:
-        """Write ``entries`` (consecutive, in order) to every held viewer of ``job_id``.
+        """Write ``entries`` (consecutive, in order) to every viewer of ``job_id``.
 
         Returns how many viewers were written on the fast path.
         """
-        viewers = self._jobs.get(job_id)
-        if not viewers or not entries:
-            return 0
-        self.recent.add_live(job_id, entries)
-        self._last_delivery[job_id] = time.monotonic()
-        first, last = entries[0].seq, entries[-1].seq
-        end = entries[-1].terminal
-        first_index = next((e.i for e in entries if e.kind == "value"), None)
-        shared: dict[tuple[Transport, bool], bytes] = {}
-        written = 0
-        # The hot loop: one iteration per viewer per batch, kept to a few attribute reads and
-        # one non-blocking send().
-        for v in tuple(viewers):
-            if v.slow:
-                if last > v.missed:
-                    v.missed = last
-                continue
-            cursor = v.cursor
-            if last <= cursor:
-                continue
-            if cursor + 1 < first:
-                self._catch_up(v, b"", "gap")
-                continue
-            if cursor + 1 == first and not (v.start and first_index is not None
-                                            and v.start > first_index):
-                data = shared.get(v.kind)
-                if data is None:
-                    data = shared[v.kind] = v.wire(v.transport.frames(entries), end)
-            else:  # rare: a viewer with ?start=, or one that already has part of the batch
-                data = v.wire(v.transport.frames(entries[cursor + 1 - first:], v.start), end)
-            v.cursor = last
-            if end:
-                v.done = True
-            if not data:  # e.g. the text stream's end on HTTP/1.0: nothing to write
+        with self._lock:
+            viewers = self._jobs.get(job_id)
+            if not viewers or not entries:
+                return 0
+            self.recent.add_live(job_id, entries)
+            self._last_delivery[job_id] = self.clock()
+            first, last = entries[0].seq, entries[-1].seq
+            end = entries[-1].terminal
+            first_index = next((e.i for e in entries if e.kind == "value"), None)
+            shared: dict[tuple[Transport, bool], bytes] = {}
+            written = 0
+            # The hot loop: one iteration per viewer per batch, kept to a few attribute reads
+            # and one non-blocking send().
+            for v in tuple(viewers):
+                if v.slow:
+                    if last > v.missed:
+                        v.missed = last
+                    continue
+                cursor = v.cursor
+                if last <= cursor:
+                    continue
+                if cursor + 1 < first:
+                    self._catch_up(v, b"", "gap")
+                    continue
+                if cursor + 1 == first and not (v.start and first_index is not None
+                                                and v.start > first_index):
+                    data = shared.get(v.kind)
+                    if data is None:
+                        data = shared[v.kind] = v.wire(v.transport.frames(entries), end)
+                else:  # rare: a viewer with ?start=, or one that already has part of the batch
+                    data = v.wire(v.transport.frames(entries[cursor + 1 - first:], v.start), end)
+                v.cursor = last
                 if end:
-                    self._close(v, "job_ended")
-                continue
-            if self._send(v, data):
-                written += 1
-                if end:
-                    self._close(v, "job_ended")
-        return written
+                    v.done = True
+                if not data:  # e.g. the text stream's end on HTTP/1.0: nothing to write
+                    if end:
+                        self.release(v, "job_ended")
+                    continue
+                if self._send(v, data):
+                    written += 1
+                    if end:
+                        self.release(v, "job_ended")
+            return written
 
-    def _send(self, v: HeldViewer, data: bytes) -> bool:
+    def _send(self, v: Viewer, data: bytes) -> bool:
         """Write ``data`` without blocking; a viewer that cannot take it all catches up."""
         if not data:
             return True
         try:
-            n = v.sock.send(data)
-        except BlockingIOError:
-            n = 0
+            n = v.sink.send(data)
         except OSError:
-            self._close(v, "client_gone")
+            self.release(v, "client_gone")
             return False
         if n < len(data):
             self._catch_up(v, data[n:], "slow")
@@ -376,22 +290,32 @@ class Relay:
 
     # -- catching up -----------------------------------------------------------------------
 
-    def _catch_up(self, v: HeldViewer, pending: bytes, reason: str, here: bool = False) -> None:
+    def _catch_up(self, v: Viewer, pending: bytes, reason: str, here: bool = False) -> None:
         """Take ``v`` off the fast path: write ``pending``, then read the log from its cursor
-        (in a new greenlet, or with ``here`` in this one)."""
+        (in a new greenlet or thread, or with ``here`` in this one)."""
         if v.closed or v in self._catching:
             return
         v.slow = True
         v.missed = 0
         metrics.CATCHUPS.labels(reason).inc()
         if here:
-            self._catching[v] = gevent.getcurrent()
+            self._catching[v] = self._current()
             self._catch_up_run(v, pending)
         else:
-            self._catching[v] = gevent.spawn(self._catch_up_run, v, pending)
+            self._catching[v] = self._spawn(self._catch_up_run, v, pending)
 
-    def _catch_up_run(self, v: HeldViewer, pending: bytes) -> None:
-        """The catch-up greenlet of one viewer."""
+    def _spawn(self, func, *args):
+        """Run ``func(*args)`` in a greenlet (under gevent) or a daemon thread."""
+        if self.green:
+            import gevent
+
+            return gevent.spawn(func, *args)
+        thread = threading.Thread(target=func, args=args, daemon=True)
+        thread.start()
+        return thread
+
+    def _catch_up_run(self, v: Viewer, pending: bytes) -> None:
+        """The catch-up of one viewer."""
         reason = "error"
         try:
             if pending:
@@ -402,25 +326,30 @@ class Relay:
             reason = self._read_until_current(v)
         except OSError:
             reason = "client_gone"
-        except gevent.GreenletExit:
+        except BaseException as exc:  # GreenletExit: the process is stopping
+            if type(exc).__name__ != "GreenletExit":
+                log.exception("relay: catch-up of a viewer of %s failed", v.job_id)
+                raise
             reason = "server_shutdown"
         finally:
             self._catching.pop(v, None)
             if reason:
-                self._close(v, reason)
+                self.release(v, reason)
 
-    def _read_until_current(self, v: HeldViewer) -> str | None:
+    def _read_until_current(self, v: Viewer) -> str | None:
         """Write the log after ``v.cursor`` until nothing is newer; None once back on the fast
         path, else why the stream ended."""
-        joblog = JobLog(self.redis, v.job_id)
         recent = self.recent
         outage_since: float | None = None
-        channels = self.channels
-        if channels is not None and not channels.wait(v.job_id, CONFIRM_TIMEOUT):
-            log.warning("viewer of %s reads the log before its subscription is confirmed; it "
-                        "reads again once it is", v.job_id)
         while True:
-            kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start)
+            if v.closed:
+                return "closed"
+            with self._lock:
+                kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start)
+                if kept is None and (v.missed <= v.cursor and recent.is_current(v.job_id, v.cursor)
+                                     and self.broker.subscribed(v.job_id)):
+                    v.slow = False  # nothing newer has been announced: back to the fast path
+                    return None
             if kept is not None:
                 # Recent history from memory: one write, no Redis round trip.
                 data, newest = kept
@@ -431,10 +360,6 @@ class Relay:
                     v.done = True
                     return "job_ended"
                 continue
-            if (v.missed <= v.cursor and recent.is_current(v.job_id, v.cursor)
-                    and (channels is None or channels.confirmed(v.job_id))):
-                v.slow = False  # nothing newer has been announced: back to the fast path
-                return None
             reading = self._reading.get(v.job_id)
             if reading is not None:
                 # Another viewer of this job is reading its log (a burst of newcomers): wait
@@ -442,30 +367,37 @@ class Relay:
                 reading.wait()
                 continue
             epoch = recent.epoch
-            reading = self._reading[v.job_id] = Event()
+            reading = self._reading[v.job_id] = self._event()
             try:
-                entries, ended = joblog.page(v.cursor, PAGE)
+                entries, ended = self.broker.history(v.job_id, v.cursor, PAGE)
             except RedisError as exc:
                 # Redis is unreachable (a restart?): keep the viewer and read again soon.
-                outage_since = outage_since or time.monotonic()
-                if time.monotonic() - outage_since > MAX_OUTAGE:
+                outage_since = outage_since or self.clock()
+                if self.clock() - outage_since > MAX_OUTAGE:
                     log.warning("giving up on a viewer of %s: Redis down for %ss", v.job_id,
                                 MAX_OUTAGE)
                     return "redis_down"
                 log.info("viewer of %s waits for Redis: %s", v.job_id, exc)
                 self._write(v, v.wire(v.transport.heartbeat))
-                gevent.sleep(1.0)
+                self._sleep(1.0)
                 continue
             finally:
                 del self._reading[v.job_id]
                 reading.set()
             outage_since = None
-            if len(entries) < PAGE or entries[-1].terminal:
-                # Only a read that reached the log's end may become the recent entries: their
-                # newest is taken for the job's newest (position, is_current), and a full page
-                # can stop short of it (a late viewer would then wait for nothing).
-                recent.add_read(v.job_id, entries, epoch)
-            entries = [e for e in entries if e.seq > v.cursor]
+            with self._lock:
+                if len(entries) < PAGE or entries[-1].terminal:
+                    # Only a read that reached the log's end may become the recent entries:
+                    # their newest is taken for the job's newest (position, is_current), and a
+                    # full page can stop short of it (a late viewer would then wait for nothing).
+                    recent.add_read(v.job_id, entries, epoch)
+                entries = [e for e in entries if e.seq > v.cursor]
+                if (not entries and not ended and v.missed <= v.cursor
+                        and recent.epoch == epoch):
+                    # Back to the fast path: whatever is delivered from now on sees it, and
+                    # whatever was delivered during the read set v.missed (or the epoch).
+                    v.slow = False
+                    return None
             if entries:
                 end = entries[-1].terminal
                 v.cursor = entries[-1].seq
@@ -480,119 +412,108 @@ class Relay:
                 if v.chunked:
                     self._write(v, LAST_CHUNK)
                 return "job_ended"
-            if v.missed > v.cursor:
-                continue  # the hub skipped entries for us while we read: read them
-            if recent.epoch != epoch:
-                continue  # a subscription was lost or renewed during the read: read again
-            # Back to the fast path. Greenlets switch only when they block, so no entry can be
-            # delivered between the read above and this line without setting v.missed.
-            v.slow = False
-            return None
+            # The fast path skipped entries for us, or a subscription changed, during the
+            # read: read again.
 
     @staticmethod
-    def _write(v: HeldViewer, data: bytes) -> None:
-        """Write all of ``data``, waiting for the socket as long as the client needs."""
+    def _write(v: Viewer, data: bytes) -> None:
+        """Write all of ``data``, waiting for the sink as long as the client needs."""
         view = memoryview(data)
         while view:
-            try:
-                n = v.sock.send(view)
-            except BlockingIOError:
-                n = 0
+            n = v.sink.send(view)
             if n:
                 view = view[n:]
             else:
-                wait_write(v.sock.fileno())
+                v.sink.wait_writable()
 
     # -- quiet streams, reconnects, shutdown -----------------------------------------------
 
     def tick(self) -> None:
         """For each job quiet for a heartbeat interval: find lost announcements, free gone
         clients, and send the heartbeat of each transport."""
-        now = time.monotonic()
+        now = self.clock()
         quiet = [job for job, t in self._last_delivery.items()
                  if now - t >= self.heartbeat * 0.9 and job in self._jobs]
         if not quiet:
             return
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for job in quiet:
-                JobLog(self.redis, job).queue_last_seq(pipe)
-            last_seqs = [int(s or 0) for s in pipe.execute()]
+            last_seqs = self.broker.last_seqs(quiet)
         except RedisError:
-            last_seqs = [0] * len(quiet)  # the hub's reconnect resyncs everyone anyway
+            last_seqs = [0] * len(quiet)  # the broker's reconnect resyncs everyone anyway
         beats = 0
-        for job, last_seq in zip(quiet, last_seqs):
-            self._last_delivery[job] = now
-            gone = 0
-            for v in tuple(self._jobs.get(job, ())):
-                if v.slow:
-                    continue
-                if last_seq > v.cursor:
-                    self._catch_up(v, b"", "quiet")  # an announcement was lost
-                elif not v.alive():
-                    self._close(v, "client_gone")
-                    gone += 1
-                elif v.transport.heartbeat:
-                    self._send(v, v.wire(v.transport.heartbeat))
-                beats += 1
-            if gone:
-                # One line per job, not per viewer: a NAT that drops thousands of viewers at
-                # once must not turn into thousands of log writes inside the hub's loop.
-                log.info("freed %d viewer(s) of %s that went away", gone, job)
+        with self._lock:
+            for job, last_seq in zip(quiet, last_seqs):
+                self._last_delivery[job] = now
+                gone = 0
+                for v in tuple(self._jobs.get(job, ())):
+                    if v.slow:
+                        continue
+                    if last_seq > v.cursor:
+                        self._catch_up(v, b"", "quiet")  # an announcement was lost
+                    elif not v.sink.alive():
+                        self.release(v, "client_gone")
+                        gone += 1
+                    elif v.transport.heartbeat:
+                        self._send(v, v.wire(v.transport.heartbeat))
+                    beats += 1
+                if gone:
+                    # One line per job, not per viewer: a NAT that drops thousands of viewers
+                    # at once must not turn into thousands of log writes inside the loop.
+                    log.info("freed %d viewer(s) of %s that went away", gone, job)
         metrics.HEARTBEATS.inc(beats)
 
-    def resync(self, jobs=None) -> None:
-        """After the hub (re)subscribed to ``jobs`` (default: all): anything announced
-        meanwhile is only in the log."""
-        if jobs is None:
-            self.recent.subscription(True)
-            jobs = list(self._jobs)
-        else:
-            self.recent.lost(jobs)
-        for job_id in jobs:
-            for v in tuple(self._jobs.get(job_id, ())):
-                if not v.slow:
-                    self._catch_up(v, b"", "resync")
+    def on_resync(self, job_ids: list[str]) -> None:
+        """The broker's handler: after (re)subscribing to these jobs in doubt, anything
+        announced meanwhile is only in the log."""
+        with self._lock:
+            self.recent.lost(job_ids)
+            for job_id in job_ids:
+                for v in tuple(self._jobs.get(job_id, ())):
+                    if not v.slow:
+                        self._catch_up(v, b"", "resync")
 
-    def lost(self, jobs) -> None:
-        """The hub lost the subscriptions of ``jobs``: what is kept of them may be stale."""
-        self.recent.lost(jobs)
+    def on_lost(self, job_ids: list[str]) -> None:
+        """The broker's handler: these jobs' subscriptions were lost; what is kept of them
+        may be stale."""
+        with self._lock:
+            self.recent.lost(job_ids)
 
     def shutdown(self) -> None:
-        """End every held stream (the process is stopping); clients resume elsewhere."""
+        """End every stream (the process is stopping); clients resume elsewhere."""
         self.closing = True
         catching = list(self._catching.values())
-        for viewers in list(self._jobs.values()):
-            for v in tuple(viewers):
-                if v.slow:
-                    continue  # its greenlet, killed below, closes it once it stops waiting
-                # Best effort: a socket that cannot take these few bytes is closed anyway.
-                try:
-                    v.sock.send(v.wire(v.transport.shutdown, end=True))
-                except OSError:
-                    pass
-                self._close(v, "server_shutdown")
-        gevent.killall(catching, block=False)
+        with self._lock:
+            for viewers in list(self._jobs.values()):
+                for v in tuple(viewers):
+                    if v.slow:
+                        continue  # its catch-up, stopped below, closes it
+                    # Best effort: a sink that cannot take these few bytes is closed anyway.
+                    try:
+                        v.sink.send(v.wire(v.transport.shutdown, end=True))
+                    except OSError:
+                        pass
+                    self.release(v, "server_shutdown")
+        if self.green:
+            import gevent
 
-    def _close(self, v: HeldViewer, reason: str) -> None:
-        """Forget ``v``, close its connection and release its stream slot (idempotent)."""
-        if v.closed:
-            return
-        v.closed = True
-        viewers = self._jobs.get(v.job_id)
-        if viewers is not None:
-            viewers.pop(v, None)
-            if not viewers:
-                del self._jobs[v.job_id]
-                self._last_delivery.pop(v.job_id, None)
-                self.recent.forget(v.job_id)
-        try:
-            v.sock.close()
-        except OSError:
-            pass
-        if self.channels is not None:
-            self.channels.release(v.job_id)
-        metrics.viewer_removed(v.job_id)
+            gevent.killall([g for g in catching if isinstance(g, gevent.Greenlet)], block=False)
+        for v in list(self._catching):
+            v.sink.close()  # a thread's catch-up then fails its next write, and ends
+
+    def release(self, v: Viewer, reason: str) -> None:
+        """End ``v``: forget it, close its sink, give back its lease and slot (idempotent)."""
+        with self._lock:
+            if v.closed:
+                return
+            viewers = self._jobs.get(v.job_id)
+            held = viewers is not None and v in viewers
+            if held:
+                viewers.pop(v, None)
+                if not viewers:
+                    del self._jobs[v.job_id]
+                    self._last_delivery.pop(v.job_id, None)
+                    self.recent.forget(v.job_id)
+            v.release()
+        if held:
+            metrics.viewer_removed(v.job_id)
         metrics.DISCONNECTS.labels(reason).inc()
-        if v.on_close is not None:
-            v.on_close()

@@ -6,7 +6,7 @@ Read access (``JOBCAST_READ``):
 - ``private`` (the default with ``JOBCAST_TOKEN``): the job list, ``/api/tasks``, ``/metrics``
   and everything not about one job need the token, sent as ``Authorization: Bearer`` or, from
   a browser, as the session cookie that ``/login`` sets once the token is typed in. A job's own
-  pages and streams also accept a signed view link (:mod:`web.links`) for that job.
+  pages and streams also accept a signed view link (:mod:`jobcast.web.links`) for that job.
 
 The check runs before every request (:func:`guard`), keyed on the endpoint, so the views and
 streams need no change: a new endpoint needs the token unless it is listed below.
@@ -23,10 +23,10 @@ from flask import Blueprint, Flask, Response, current_app, g, redirect, render_t
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
-from jobcast.settings import Settings
-from web import metrics
-from web.limits import Unauthorized
-from web.links import PARAM, LinkError, verify, view_sig
+from jobcast.core.settings import Settings
+from jobcast.web import metrics
+from jobcast.web.limits import Unauthorized
+from jobcast.web.links import PARAM, LinkError, verify, view_sig
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jobcast.settings import Settings, get_settings
+from jobcast.core.settings import Settings, get_settings
 
 CONF = Path(__file__).with_name("gunicorn.conf.py")
 

@@ -1,11 +1,11 @@
 """The web process's resources and background services, in the style of flaskr's ``db.py``.
 
-:func:`init_app` puts a :class:`State` on the app: the settings, a bounded Redis pool and
-the stream limiter. The background services (the hub with its relay, the watchdog and
-presence) belong to a process, not to an app: they start in one place, :func:`start`, once
+:func:`init_app` puts a :class:`State` on the app: the settings, a bounded Redis pool, the
+log store and the stream limiter. The background services (the relay with its broker, the
+watchdog and presence) belong to a process, not to an app: they start in one place, :func:`start`, once
 per worker process (after any fork, so each gunicorn worker has its own), at the app's
 first request; and they stop in one place, :func:`stop`, when the worker stops serving
-(gunicorn's SIGTERM, or the end of :meth:`web.handover.StreamWorker.run`).
+(gunicorn's SIGTERM, or the end of :meth:`jobcast.web.handover.StreamWorker.run`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import threading
 from flask import Flask, current_app
 from redis import BlockingConnectionPool, Redis
 
-from jobcast.settings import Settings
-from jobcast.streams import StreamRedis, cluster_enabled, connect, separate, stream_url
-from web.handover import on_worker_exit
-from web.hub import Hub
-from web.limits import StreamLimiter
-from web.presence import Presence
-from web.watchdog import Watchdog
-from web.workerclass import check_worker_class
+from jobcast.core.logstore import LogStore
+from jobcast.core.settings import Settings
+from jobcast.core.store import StreamRedis, cluster_enabled, connect, separate, stream_url
+from jobcast.web.broker import Broker
+from jobcast.web.handover import on_worker_exit
+from jobcast.web.limits import StreamLimiter
+from jobcast.web.presence import Presence
+from jobcast.web.relay import Relay
+from jobcast.web.watchdog import Watchdog
+from jobcast.web.workerclass import check_worker_class
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,9 @@ class State:
             url = stream_url(config)
             streams = connect(url, cluster=True) if cluster_enabled(url) else pooled(url)
         self.streams = streams if streams is not None else self.redis
+        self.logs = LogStore(self.streams, config, self.redis)
         self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)
-        self.hub: Hub | None = None
+        self.relay: Relay | None = None
         self.watchdog: Watchdog | None = None
         self.presence: Presence | None = None
         self.pid: int | None = None  # the process the services run in
@@ -77,29 +80,30 @@ def state() -> State:
     return current_app.extensions["jobcast"]
 
 
-def start(st: State) -> Hub:
-    """Start the hub, the watchdog and presence in this process, once; return the hub.
+def start(st: State) -> Relay:
+    """Start the relay (and its broker), the watchdog and presence in this process, once;
+    return the relay.
 
     A process forked after they started (gunicorn's workers under ``--preload``) starts its
     own: threads do not survive a fork.
     """
     if st.pid == os.getpid():
-        return st.hub
+        return st.relay
     with st._lock:
         if st.pid != os.getpid():
             # With --preload the app was created in gunicorn's master: check the worker here.
             check_worker_class()
             cfg = st.config
-            st.hub = Hub(st.streams, buffer_size=cfg.viewer_buffer, heartbeat=cfg.heartbeat)
-            st.hub.start()
-            st.watchdog = Watchdog(st.redis, cfg, streams=st.streams)
+            st.relay = Relay(Broker(st.streams), heartbeat=cfg.heartbeat)
+            st.relay.start()
+            st.watchdog = Watchdog(st.redis, st.logs)
             st.watchdog.start()
-            st.presence = Presence(st.streams, st.hub)
+            st.presence = Presence(st.logs, st.relay)
             st.presence.start()
             st.pid = os.getpid()
             # Held streams are not requests gunicorn waits for: end them when it stops.
             on_worker_exit(lambda: stop(st))
-    return st.hub
+    return st.relay
 
 
 def stop(st: State) -> None:
@@ -107,6 +111,6 @@ def stop(st: State) -> None:
     watchdog and presence. Safe to call twice, and before :func:`start`."""
     if st.pid != os.getpid():
         return
-    st.hub.shutdown()
+    st.relay.shutdown()
     st.watchdog.stop()
     st.presence.stop()

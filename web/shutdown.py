@@ -34,7 +34,7 @@ def spawn(func) -> None:
 
 
 def install(stop: Callable[[], None]) -> bool:
-    """Chain ``stop`` (:func:`web.services.stop`) onto the gunicorn worker's SIGTERM handler;
+    """Chain ``stop`` (:func:`jobcast.web.services.stop`) onto the gunicorn worker's SIGTERM handler;
     False when not under gunicorn."""
     previous = signal.getsignal(signal.SIGTERM)
     owner = getattr(previous, "__self__", None)

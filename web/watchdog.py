@@ -9,7 +9,7 @@ seconds:
   maintenance round;
 - when no worker at all has been alive for ``orphan_timeout`` seconds, every queued or
   running job is failed with that reason, and its viewers get their terminal event;
-- jobs that Jobcast did not enqueue (plain RQ jobs, see :mod:`worker.emit`) get their terminal
+- jobs that Jobcast did not enqueue (plain RQ jobs, see :mod:`jobcast.worker.emit`) get their terminal
   entry from RQ's own status once RQ has ended them, in case no Jobcast-aware worker did.
 """
 
@@ -26,8 +26,8 @@ from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from jobcast.joblog import JOBS_INDEX, JobLog, job_keys
-from jobcast.settings import Settings
+from jobcast.core.logstore import LogStore
+from jobcast.worker.hook import JobcastJob
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,11 @@ HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobc
 class Watchdog:
     """Periodic checks, run in a daemon thread (a greenlet under gevent)."""
 
-    def __init__(self, redis: Redis, config: Settings, interval: float = 5.0, streams=None):
-        """Prepare; :meth:`start` runs it. ``redis`` holds RQ's queue, ``streams`` the job logs
-        (by default the same Redis)."""
+    def __init__(self, redis: Redis, logs: LogStore, interval: float = 5.0):
+        """Prepare; :meth:`start` runs it. ``redis`` holds RQ's queue, ``logs`` the job logs."""
         self.redis = redis
-        self.streams = redis if streams is None else streams
-        self.config = config
+        self.logs = logs
+        self.config = logs.settings
         self.interval = interval
         self.no_worker_since: float | None = None
         self.missing: set[str] = set()  # plain RQ jobs found gone from RQ in the last round
@@ -76,7 +75,7 @@ class Watchdog:
     def check(self, now: float | None = None) -> list[str]:
         """One round; returns the ids of jobs it failed for lack of workers."""
         now = time.time() if now is None else now
-        queue = Queue(self.config.queue_name, connection=self.redis)
+        queue = Queue(self.config.queue_name, connection=self.redis, job_class=JobcastJob)
         # RQ's own abandoned-job handling: retry if retries are left, else fail (+ callback).
         queue.started_job_registry.cleanup(exception_handlers=[])
         self.reconcile()
@@ -112,14 +111,14 @@ class Watchdog:
         RQ), and the log keeps only the first terminal entry, so this one is a safety net for
         workers without the hook and for jobs RQ gave up on after their worker died.
         """
-        pending = [job_id for job_id, origin in self.open_jobs() if origin]
+        pending = [job_id for job_id, origin in self.logs.open_jobs() if origin]
         if not pending:
             self.missing = set()
             return []
         ended, missing = [], set()
         for job_id, job in zip(pending, Job.fetch_many(pending, connection=self.redis)):
             rq_status = job.get_status(refresh=False) if job is not None else None
-            jlog = JobLog(self.streams, job_id, ttl=self.config.log_ttl)
+            jlog = self.logs.log(job_id)
             if rq_status is None and job_id not in self.missing:
                 # RQ deletes a job with result_ttl=0 as it finishes, just before the worker's
                 # hook logs "finished": only a job still gone a round later is failed.
@@ -137,23 +136,13 @@ class Watchdog:
         self.missing = missing
         return ended
 
-    def open_jobs(self) -> list[tuple[str, str]]:
-        """(id, RQ queue) of every queued or running job in the job index; the queue is empty
-        for the jobs Jobcast enqueued itself, and names it for plain RQ jobs."""
-        ids = [i.decode() for i in self.streams.zrange(JOBS_INDEX, 0, -1)]
-        pipe = self.streams.pipeline()
-        for job_id in ids:
-            pipe.hmget(job_keys(self.streams, job_id).meta, "status", "origin")
-        return [(job_id, (origin or b"").decode()) for job_id, (status, origin)
-                in zip(ids, pipe.execute()) if status in (b"queued", b"running")]
-
     def fail_orphans(self, reason: str) -> list[str]:
         """Write ``failed`` for every queued or running job in the job index."""
         failed = []
-        for job_id, origin in self.open_jobs():
+        for job_id, origin in self.logs.open_jobs():
             # Jobs on other RQ queues have their own workers, which this check does not watch.
             if origin in ("", self.config.queue_name):
-                if JobLog(self.streams, job_id, ttl=self.config.log_ttl).failed(reason) > 0:
+                if self.logs.log(job_id).failed(reason) > 0:
                     log.warning("watchdog: job %s failed: %s", job_id, reason)
                     failed.append(job_id)
                 try:

@@ -1,1 +1,1 @@
-"""Jobcast's worker side: tasks, the job log they write to, and the RQ worker."""
+"""Jobcast's worker: the RQ worker that runs tasks, and ``emit()`` for any RQ job."""

@@ -16,10 +16,9 @@ import math
 import time
 from typing import Any
 
-from redis import Redis
 from redis.exceptions import RedisError
 
-from jobcast.joblog import chart_key
+from jobcast.core.joblog import JobLog
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +109,10 @@ class Downsample:
 class ChartWriter:
     """Keeps a running job's snapshot in Redis, at most once per ``SAVE_EVERY`` seconds."""
 
-    def __init__(self, redis: Redis, job_id: str, ttl: int):
+    def __init__(self, jlog: JobLog):
         """Continue the job's snapshot, if an earlier attempt left one."""
-        self.redis = redis
-        self.key = chart_key(job_id)
-        self.ttl = ttl
-        self.series = Downsample.from_json(redis.get(self.key))
+        self.jlog = jlog
+        self.series = Downsample.from_json(jlog.chart())
         self.saved_at = time.monotonic()
 
     def add(self, i: int, value: Any) -> None:
@@ -130,7 +127,7 @@ class ChartWriter:
             return
         self.saved_at = time.monotonic()
         try:
-            self.redis.set(self.key, self.series.to_json(), ex=self.ttl)
+            self.jlog.save_chart(self.series.to_json())
             self.series.dirty = False
         except RedisError as exc:
-            log.warning("chart snapshot of %s not saved: %s", self.key, exc)
+            log.warning("chart snapshot of job %s not saved: %s", self.jlog.job_id, exc)

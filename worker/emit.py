@@ -2,7 +2,7 @@
 
 A job function calls ``emit(value)`` once per value. Each call appends a value entry to the
 job's log with the next index and announces it, through the very script that logs a value a
-Jobcast task yields (:meth:`jobcast.joblog.JobLog.value`), so viewers cannot tell the two apart.
+Jobcast task yields (:meth:`jobcast.core.joblog.JobLog.value`), so viewers cannot tell the two apart.
 
 Indices count the calls of one run of the function, from 0. A retried job runs again from the
 start, and the log accepts value ``i`` only when it is the next one, so the values an earlier
@@ -11,7 +11,7 @@ uninterrupted run would have, provided the job emits the same values in the same
 that would rather skip work already done calls :func:`resume` first.
 
 Jobs that Jobcast did not enqueue have no log yet; it is created here (or by the worker hook in
-:mod:`worker.hook`, or by the web when someone opens the job's page first) from the RQ job.
+:mod:`jobcast.worker.hook`, or by the web when someone opens the job's page first) from the RQ job.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from jobcast.joblog import JobLog, ensure_log
-from jobcast.registry import RUNNER
-from jobcast.settings import Settings, get_settings
-from jobcast.streams import stream_redis
+from jobcast.core.joblog import JobLog
+from jobcast.core.logstore import LogStore
+from jobcast.core.registry import LEGACY_PATHS, RUNNER
+from jobcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +43,16 @@ class NotInJob(RuntimeError):
 
 def rq_log(job: Job, config: Settings | None = None) -> JobLog:
     """The JobLog of an RQ job, on the job's own Redis connection (or the stream store's)."""
-    cfg = config or get_settings()
-    return JobLog(stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen,
-                  ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
+    return LogStore.connect(config, job.connection).log(job.id)
 
 
 def is_runner(job: Job) -> bool:
-    """True for Jobcast's own task jobs (:func:`worker.runner.run_task`)."""
+    """True for Jobcast's own task jobs (:func:`jobcast.worker.runner.run_task`)."""
     try:
-        return job.func_name == RUNNER  # Jobcast's own jobs log their lifecycle themselves
+        name = job.func_name
+        return LEGACY_PATHS.get(name, name) == RUNNER  # they log their lifecycle themselves
     except Exception:  # a job whose data cannot be read is not ours either
         return False
-
-
-def next_attempt(jlog: JobLog) -> int:
-    """The number of the attempt that is starting: one more than the log has seen."""
-    return int(jlog.redis.hget(jlog.keys.meta, "attempt") or 0) + 1
 
 
 @dataclass
@@ -78,8 +72,8 @@ def _state(job: Job) -> EmitState:
         if not getattr(job, HOOKED_ATTR, False) and not is_runner(job):
             # No worker hook: create the log and say the job started, or values would land
             # in a log that viewers cannot find; its end goes unrecorded, hence the warning.
-            ensure_log(jlog, job.description, job.origin)
-            jlog.started(job.worker_name or "unknown", next_attempt(jlog))
+            jlog.ensure(job.description, job.origin)
+            jlog.started(job.worker_name or "unknown", jlog.next_attempt())
             log.warning("job %s calls emit() on a worker without Jobcast's hook: its end will "
                         "not be logged until the web's watchdog sees RQ's status; run the "
                         "worker as `rq worker -w jobcast.Worker`", job.id)

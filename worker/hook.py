@@ -4,7 +4,7 @@ A user adds one line, the worker class: ``rq worker -w jobcast.Worker`` (or
 ``jobcast.Worker(queues, connection=...)`` in code). For every job it runs, whoever enqueued it,
 the job's log gets ``started`` (after ``queued``, written here too if nobody created the log
 yet), then ``finished``, or ``retrying`` / ``failed`` with the reason. Jobcast's own task jobs
-are left alone: :func:`worker.runner.run_task` logs those itself.
+are left alone: :func:`jobcast.worker.runner.run_task` logs those itself.
 
 Entries that a retry changes are written before RQ re-queues the job, so the next attempt's
 ``started`` can never come before this attempt's ``retrying``.
@@ -18,10 +18,11 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.job import Job
+from rq.utils import import_attribute
 
-from jobcast.joblog import ensure_log
-from jobcast.settings import get_settings
-from worker.emit import HOOKED_ATTR, is_runner, next_attempt, rq_log
+from jobcast.core.registry import LEGACY_PATHS
+from jobcast.core.settings import get_settings
+from jobcast.worker.emit import HOOKED_ATTR, is_runner, rq_log
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,32 @@ def reason_from(exc_string: str) -> str:
     """The last line of RQ's traceback text: ``ValueError: boom``."""
     lines = [line.strip() for line in (exc_string or "").strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else "job failed"
+
+
+class JobcastJob(Job):
+    """RQ's Job, which also runs the jobs an earlier Jobcast enqueued.
+
+    RQ stores the dotted path of the function a job runs, and of its failure callback. Before
+    Jobcast lived under one ``jobcast`` namespace those paths were ``worker.runner.…``: such jobs
+    may still wait on a queue after an upgrade, and are run by the functions' new paths
+    (:data:`jobcast.core.registry.LEGACY_PATHS`). Nothing else about the job changes.
+    """
+
+    @property
+    def func(self):
+        """The function to run, found by its current path when the job carries an old one."""
+        name = self.func_name
+        if name in LEGACY_PATHS and self.instance is None:
+            return import_attribute(LEGACY_PATHS[name])
+        return super().func
+
+    @property
+    def failure_callback(self):
+        """The failure callback, likewise found by its current path."""
+        name = self._failure_callback_name
+        if name in LEGACY_PATHS:
+            self._failure_callback_name = LEGACY_PATHS[name]
+        return super().failure_callback
 
 
 class LifecycleMixin:
@@ -42,6 +69,9 @@ class LifecycleMixin:
         """Set up the RQ worker, and read Jobcast's settings before RQ forks any work-horse,
         so every job inherits them instead of reading the environment again."""
         super().__init__(*args, **kwargs)
+        if self.job_class is Job:
+            # rq's CLI passes its default job class explicitly; ours also runs old jobs.
+            self.job_class = JobcastJob
         get_settings()
 
     def prepare_job_execution(self, job: Job, *args, **kwargs) -> None:
@@ -53,8 +83,8 @@ class LifecycleMixin:
         setattr(job, HOOKED_ATTR, True)
         try:
             jlog = rq_log(job)
-            ensure_log(jlog, job.description, job.origin)
-            jlog.started(self.name, next_attempt(jlog))
+            jlog.ensure(job.description, job.origin)
+            jlog.started(self.name, jlog.next_attempt())
         except RedisError as exc:
             log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
 
@@ -104,6 +134,10 @@ class LifecycleMixin:
 class Worker(LifecycleMixin, RQWorker):
     """RQ's forking worker, with Jobcast's lifecycle hook: ``rq worker -w jobcast.Worker``."""
 
+    job_class = JobcastJob
+
 
 class SimpleWorker(LifecycleMixin, RQSimpleWorker):
     """RQ's non-forking worker, with Jobcast's lifecycle hook."""
+
+    job_class = JobcastJob

@@ -11,11 +11,10 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 
-from jobcast.joblog import JobLog
-from jobcast.registry import load_builtin_and_user_tasks
-from jobcast.settings import Settings, get_settings
-from jobcast.streams import stream_redis
-from worker.hook import LifecycleMixin
+from jobcast.core.registry import load_user_tasks
+from jobcast.core.settings import Settings, get_settings
+from jobcast.worker.emit import rq_log
+from jobcast.worker.hook import JobcastJob, LifecycleMixin
 
 
 def worker_name() -> str:
@@ -26,7 +25,7 @@ def worker_name() -> str:
 class JobcastWorker(LifecycleMixin, Worker):
     """RQ's forking worker, tuned so a dead worker's job is retried within seconds.
 
-    It also logs the lifecycle of plain RQ jobs put on its queue (see :mod:`worker.hook`).
+    It also logs the lifecycle of plain RQ jobs put on its queue (see :mod:`jobcast.worker.hook`).
 
     RQ finds a job abandoned by a killed worker when the job's execution heartbeat expires
     and a live worker runs its maintenance. RQ keeps that heartbeat for the monitoring
@@ -50,8 +49,7 @@ class JobcastWorker(LifecycleMixin, Worker):
         ``job.cancel()`` then moves it to the CanceledJobRegistry, where rq-dashboard shows it.
         """
         try:
-            streams = stream_redis(get_settings(), self.connection)
-            cancelled = JobLog(streams, job.id).status() == "cancelled"
+            cancelled = rq_log(job).status() == "cancelled"
         except (RedisError, ValueError):
             cancelled = False
         if cancelled:
@@ -69,10 +67,10 @@ def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:
     cfg = config or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Import tasks before forking work-horses, so each job does not import them again.
-    load_builtin_and_user_tasks()
+    load_user_tasks()
     redis = Redis.from_url(cfg.redis_url)
-    queue = Queue(cfg.queue_name, connection=redis)
-    worker = JobcastWorker([queue], connection=redis, name=worker_name(),
+    queue = Queue(cfg.queue_name, connection=redis, job_class=JobcastJob)
+    worker = JobcastWorker([queue], connection=redis, name=worker_name(), job_class=JobcastJob,
                            job_monitoring_interval=cfg.monitor_interval,
                            maintenance_interval=cfg.maintenance_interval,
                            # A killed idle worker disappears from RQ's registry this soon.

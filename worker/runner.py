@@ -8,11 +8,12 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from jobcast.joblog import JobLog
-from jobcast.registry import get_task
-from jobcast.settings import Settings, get_settings
-from jobcast.streams import StreamRedis, connect, separate, stream_redis, stream_url
-from worker.chart import ChartWriter
+from jobcast.core.joblog import JobLog
+from jobcast.core.logstore import LogStore
+from jobcast.core.registry import get_task
+from jobcast.core.settings import Settings, get_settings
+from jobcast.core.store import StreamRedis, connect, separate, stream_url
+from jobcast.worker.chart import ChartWriter
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,7 @@ def log_connection(cfg: Settings) -> StreamRedis:
 
 def job_log(job: Job, config: Settings | None = None, redis: StreamRedis | None = None) -> JobLog:
     """The JobLog of an RQ job, configured from the environment."""
-    cfg = config or get_settings()
-    return JobLog(redis or stream_redis(cfg, job.connection), job.id, maxlen=cfg.log_maxlen,
-                  ttl=cfg.log_ttl, index_max=cfg.jobs_index_max)
+    return LogStore.connect(config, job.connection, redis).log(job.id)
 
 
 def describe(exc: BaseException) -> str:
@@ -66,7 +65,7 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     jlog = job_log(job, cfg, redis)
     task = get_task(task_name)
     start = jlog.values_logged()
-    attempt = int(redis.hget(jlog.keys.meta, "attempt") or 0) + 1
+    attempt = jlog.next_attempt()
     if jlog.started(job.worker_name or "unknown", attempt) == -1:
         if jlog.status() == "cancelled":
             raise JobCancelled(job.id)
@@ -75,7 +74,7 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     log.info("job %s: task %s attempt %s from value %s", job.id, task_name, attempt, start)
     index = start if task.resumable else 0
     values = task.iterate(params, start=start)
-    chart = ChartWriter(redis, job.id, cfg.log_ttl)
+    chart = ChartWriter(jlog)
     ended = False
     try:
         for value in values:

@@ -11,8 +11,8 @@ import httpx
 import psutil
 import pytest
 
-from producer.client import Backoff, BadInput, EventStream, Unreachable
-from producer.redisproc import RedisServer
+from jobcast.cli.client import Backoff, BadInput, EventStream, Unreachable
+from jobcast.launcher.redisserver import RedisServer
 from tests.conftest import WebServer, Workers, wait_for
 
 

@@ -11,10 +11,10 @@ import httpx
 import psutil
 import pytest
 
-from producer.enqueue import enqueue
+from jobcast.producer.enqueue import enqueue
 from tests.chaos.conftest import SSEViewer, TextViewer
 from tests.conftest import create_job, wait_for
-from jobcast.settings import Settings
+from jobcast.core.settings import Settings
 
 pytestmark = pytest.mark.chaos
 

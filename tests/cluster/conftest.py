@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from producer.redisproc import LocalRedisCluster
+from tests.support.cluster import LocalRedisCluster
 from tests.conftest import WebServer, Workers
 
 QUEUE = "jobcast-cluster"

@@ -15,12 +15,13 @@ import httpx
 import pytest
 from redis.crc import key_slot
 
-from jobcast.joblog import JOBS_INDEX, JobExists, JobLog, channel, log_key, meta_key
-from producer.client import parse_sse
+from jobcast.core.joblog import JOBS_INDEX, JobExists, JobLog, channel, log_key, meta_key
+from jobcast.cli.client import parse_sse
 from tests.cluster.conftest import LocalCluster
 from tests.conftest import create_job, job_status, wait_for
-from web.channels import LINGER
-from web.jobs import recent_jobs
+from jobcast.core.logstore import LogStore
+from jobcast.core.settings import Settings
+from jobcast.web.broker import LINGER
 
 
 def sqrt_lines(n: int) -> str:
@@ -244,7 +245,7 @@ def test_on_the_cluster_the_append_script_logs_and_announces_with_spublish_and_i
         assert [m["type"] for m in got] == ["smessage"] * 3
         assert [json.loads(m["data"])["seq"] for m in got] == [1, 2, 3]
         assert [e.seq for e in log.entries()] == [1, 2, 3]
-        assert recent_jobs(streams, 1000)[0]["id"] == log.job_id
+        assert LogStore(streams, Settings()).recent(1000)[0].id == log.job_id
     finally:
         pubsub.close()
         node.close()

@@ -14,10 +14,10 @@ import pytest
 from rq import Queue
 from rq.job import Job
 
-from jobcast.joblog import JobLog
-from jobcast.registry import ParamError, UnknownTask
-from jobcast.settings import Settings
-from producer.enqueue import check_caps, enqueue
+from jobcast.core.joblog import JobLog
+from jobcast.core.registry import ParamError, UnknownTask
+from jobcast.core.settings import Settings
+from jobcast.producer.enqueue import check_caps, enqueue
 
 
 def settings(**overrides) -> Settings:
@@ -41,7 +41,7 @@ def test_enqueue_opens_the_log_with_a_queued_entry_and_queues_the_runner(redis, 
     queue = Queue(private.queue_name, connection=redis)
     assert queue.job_ids == [job_id]
     job = Job.fetch(job_id, connection=redis)
-    assert job.func_name == "worker.runner.run_task"
+    assert job.func_name == "jobcast.worker.runner.run_task"
     assert job.args == ("sqrt", {"n": 5, "interval": 1.0})
     assert job.description == "jobcast sqrt"
     assert job.retries_left == private.job_retries

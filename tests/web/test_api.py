@@ -5,9 +5,9 @@ import uuid
 
 import pytest
 
-from jobcast.settings import Settings
-from producer.enqueue import enqueue
-from web.app import create_app
+from jobcast.core.settings import Settings
+from jobcast.producer.enqueue import enqueue
+from jobcast.web.app import create_app
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_health_and_readiness(client):
 
 
 def test_readyz_is_503_when_redis_is_down():
-    from producer.redisproc import free_port
+    from jobcast.launcher.redisserver import free_port
 
     dead = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     r = create_app({"JOBCAST": dead}).test_client().get("/readyz")

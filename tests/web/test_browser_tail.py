@@ -11,14 +11,14 @@ import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401  (registers the sleepy task in this process)
-from jobcast.joblog import JobLog, encode_value, meta_key
-from jobcast.settings import Settings
-from producer.enqueue import enqueue
+from jobcast.core.joblog import JobLog, encode_value, meta_key
+from jobcast.core.settings import Settings
+from jobcast.producer.enqueue import enqueue
 from tests.conftest import WebServer, Workers, assert_page_clean, watch
 from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                horse_of, stop_delay, wait_started)
 from tests.web.test_browser import dom, model, playwright_api
-from worker.chart import Downsample, chart_key
+from jobcast.worker.chart import Downsample
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def write_million_value_job(redis: Redis, total: int = 1_000_000, kept: int = 10
     series = Downsample()
     for i in range(total):
         series.add(i, math.sqrt(i))
-    redis.set(chart_key(log.job_id), series.to_json())
+    log.save_chart(series.to_json())
     return log
 
 

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from jobcast.joblog import JobLog
-from jobcast.settings import Settings
-from web.app import create_app
+from jobcast.core.joblog import JobLog
+from jobcast.core.settings import Settings
+from jobcast.web.app import create_app
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
-"""A viewer gets history, then live entries, with no gap or duplicate at the seam.
+"""Under any server but Jobcast's worker class, a viewer is a bounded queue that the relay
+fills and the request's generator drains: history, then live entries, with no gap or duplicate.
 
-The hub runs in a thread here (in gunicorn it is a greenlet) against a real Redis.
+The relay and its broker run in threads here (in gunicorn's gevent worker they are greenlets)
+against a real Redis; each viewer is drained by :func:`jobcast.web.admission.drain`, the very
+generator a WSGI server iterates.
 """
 
 import threading
@@ -8,18 +11,21 @@ import uuid
 
 import pytest
 
-from jobcast.joblog import Entry, JobLog
+from jobcast.core.joblog import JobLog
+from jobcast.web.admission import drain
+from jobcast.web.broker import Broker
+from jobcast.web.frames import SSE, TEXT
+from jobcast.web.relay import Relay
+from jobcast.web.viewer import QueueSink, Viewer
 from tests.conftest import wait_for
-from web.fallback import HEARTBEAT, follow
-from web.hub import OVERFLOW, Hub, Subscription
 
 
 @pytest.fixture
-def hub(redis):
-    h = Hub(redis, buffer_size=4, poll=0.1)
-    assert h.wait_ready(5)
-    yield h
-    h.stop(timeout=5)
+def relay(redis):
+    r = Relay(Broker(redis, poll=0.1), heartbeat=0.2, green=False)
+    assert r.wait_ready(5)
+    yield r
+    r.stop(timeout=5)
 
 
 def new_log(redis) -> JobLog:
@@ -29,99 +35,125 @@ def new_log(redis) -> JobLog:
     return log
 
 
-def values(entries):
-    return [e.i for e in entries if e is not HEARTBEAT and e.kind == "value"]
+def follow(relay: Relay, log: JobLog, after: int = 0, transport=SSE, *, buffer: int = 1 << 20,
+           alive=None):
+    """A viewer of ``log`` as admission makes one (subscription leased, then drained)."""
+    viewer = Viewer(log.job_id, QueueSink(buffer, alive), transport, cursor=after,
+                    resources=(relay.lease(log.job_id),))
+    return viewer, drain(relay, viewer, b"")
 
 
-def assert_contiguous(entries, first=1):
-    seqs = [e.seq for e in entries if e is not HEARTBEAT]
-    assert seqs == list(range(first, first + len(seqs)))
+def ids(data: bytes) -> list[int]:
+    """The SSE ids in ``data``."""
+    return [int(line[4:]) for line in data.decode().split("\n") if line.startswith("id: ")]
 
 
-def test_history_then_live_has_no_gap_and_no_duplicate(redis, hub):
+def values(data: bytes) -> list[int]:
+    """The value indices in SSE ``data``."""
+    return [int(line.split('"i":')[1].split(",")[0]) for line in data.decode().split("\n")
+            if line.startswith("data: ") and '"kind":"value"' in line]
+
+
+class Reader:
+    """A client reading a drained stream in a thread."""
+
+    def __init__(self, body):
+        self.data = b""
+        self.thread = threading.Thread(target=self._read, args=(body,), daemon=True)
+        self.thread.start()
+
+    def _read(self, body):
+        for chunk in body:
+            self.data += chunk
+
+
+def test_history_then_live_has_no_gap_and_no_duplicate(redis, relay):
     log = new_log(redis)
     for i in range(5):
         log.value(i, i)
-    got = []
-    gen = follow(hub, log, heartbeat=0.2)
-    reader = threading.Thread(target=lambda: got.extend(gen))
-    reader.start()
-    wait_for(lambda: len(values(got)) >= 5, what="history")
+    _viewer, body = follow(relay, log)
+    reader = Reader(body)
+    wait_for(lambda: len(values(reader.data)) >= 5, what="history")
     for i in range(5, 40):
         log.value(i, i)
     log.finished()
-    reader.join(10)
-    assert not reader.is_alive()
-    assert values(got) == list(range(40))
-    assert_contiguous(got)
-    assert got[-1].kind == "finished"
+    reader.thread.join(10)
+    assert not reader.thread.is_alive()
+    assert values(reader.data) == list(range(40))
+    assert ids(reader.data) == list(range(1, 44))
+    assert b"event: finished" in reader.data.rsplit(b"id: ", 1)[1]
 
 
-def test_resume_after_a_seq_gives_exactly_the_entries_after_it(redis, hub):
+def test_resume_after_a_seq_gives_exactly_the_entries_after_it(redis, relay):
     log = new_log(redis)
     for i in range(10):
         log.value(i, i)
     log.finished()
-    got = list(follow(hub, log, after=7, heartbeat=0.2))
-    assert [e.seq for e in got] == list(range(8, 14))
-    assert values(got) == [5, 6, 7, 8, 9]
+    _viewer, body = follow(relay, log, after=7)
+    data = b"".join(body)
+    assert ids(data) == list(range(8, 14))
+    assert values(data) == [5, 6, 7, 8, 9]
 
 
-def test_resume_at_or_past_the_end_of_a_finished_job_ends_at_once(redis, hub):
+def test_resume_at_or_past_the_end_of_a_finished_job_ends_at_once(redis, relay):
     log = new_log(redis)
     log.finished()
-    assert list(follow(hub, log, after=3, heartbeat=0.2)) == []
-    assert list(follow(hub, log, after=99, heartbeat=0.2)) == []
+    assert b"".join(follow(relay, log, after=3)[1]) == b""
+    assert b"".join(follow(relay, log, after=99)[1]) == b""
 
 
-def test_a_viewer_whose_buffer_overflows_catches_up_from_the_log(redis, hub):
+def test_a_viewer_whose_buffer_overflows_catches_up_from_the_log(redis, relay):
     log = new_log(redis)
-    gen = follow(hub, log, heartbeat=5)
-    got = [next(gen), next(gen)]  # history: queued, started
-    # The viewer stops reading while 200 values arrive; its buffer holds only 4.
+    viewer, body = follow(relay, log, buffer=256)
+    first = next(body)  # history: queued, started
+    # The viewer stops reading while 200 values arrive; its buffer holds only 256 bytes.
     for i in range(200):
         log.value(i, i)
     log.finished()
-    wait_for(lambda: hub.messages >= 201, what="hub to see every announcement")
-    got.extend(gen)
-    assert values(got) == list(range(200))
-    assert_contiguous(got)
+    wait_for(lambda: relay.broker.messages >= 201, what="the broker to see every announcement")
+    data = first + b"".join(body)
+    assert values(data) == list(range(200))
+    assert ids(data) == list(range(1, 204))
 
 
-def test_a_closed_viewer_is_removed_from_the_hub(redis, hub):
+def test_a_closed_viewer_is_removed_from_the_relay(redis, relay):
     log = new_log(redis)
-    gen = follow(hub, log, heartbeat=5)
-    next(gen)
-    assert hub.viewers(log.job_id) == 1
-    gen.close()
-    assert hub.viewers(log.job_id) == 0 and hub.viewers() == 0
+    _viewer, body = follow(relay, log)
+    next(body)
+    assert relay.viewers(log.job_id) == 1
+    body.close()
+    assert relay.viewers(log.job_id) == 0 and relay.viewers() == 0
 
 
-def test_a_quiet_stream_sends_heartbeats_and_stops_when_the_client_is_gone(redis, hub):
+def test_a_quiet_stream_sends_heartbeats_and_stops_when_the_client_is_gone(redis, relay):
     log = new_log(redis)
     alive = {"yes": True}
-    gen = follow(hub, log, heartbeat=0.1, alive=lambda: alive["yes"])
-    assert [next(gen).kind, next(gen).kind] == ["queued", "started"]
-    assert next(gen) is HEARTBEAT
+    _viewer, body = follow(relay, log, alive=lambda: alive["yes"])
+    reader = Reader(body)
+    wait_for(lambda: ids(reader.data) == [1, 2], what="history")
+    wait_for(lambda: b": heartbeat\n\n" in reader.data, what="a heartbeat")
     alive["yes"] = False
-    assert list(gen) == []
-    assert hub.viewers() == 0
+    reader.thread.join(10)
+    assert not reader.thread.is_alive()
+    assert relay.viewers() == 0
 
 
-def test_subscription_buffer_is_bounded():
-    class NoHub:
-        closing = False
+def test_the_text_stream_sends_one_line_per_value_through_the_queue(redis, relay):
+    log = new_log(redis)
+    log.value(0, "a")
+    log.value(1, "b")
+    log.finished()
+    assert b"".join(follow(relay, log, transport=TEXT)[1]) == b"a\nb\n"
 
-        def unsubscribe(self, sub):
-            pass
 
-    sub = Subscription(NoHub(), "x", maxlen=3)
-    e = Entry.parse(b'{"seq":1,"kind":"value","i":0,"v":"0"}')
-    for _ in range(3):
-        sub.put(e)
-    assert sub.get(0) == [e, e, e]
-    for _ in range(10):
-        sub.put(e)
-    assert len(sub._queue) == 0
-    assert sub.get(0) is OVERFLOW
-    assert sub.get(0) == []
+def test_the_queue_is_bounded():
+    sink = QueueSink(limit=10)
+    assert sink.send(b"12345") == 5
+    assert sink.send(b"6789abcdef") == 5  # what fits
+    assert sink.send(b"x") == 0           # full: the relay takes the viewer off the fast path
+    assert sink.get(0) == b"123456789a"
+    assert sink.send(b"x") == 1
+    sink.close()
+    assert sink.get(0) == b"x" and sink.get(0) is None
+    with pytest.raises(OSError):
+        sink.send(b"y")

@@ -1,4 +1,5 @@
-"""Under gevent (gunicorn's worker) viewers get the lock-free GreenSubscription; same contract."""
+"""Under gevent (gunicorn's own gevent worker) a queue viewer is drained by a greenlet: the
+relay's write wakes it, its buffer is bounded, and a shutdown ends it; same contract."""
 
 from __future__ import annotations
 
@@ -11,39 +12,44 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
-    import time, gevent
-    from web.hub import Hub, GreenSubscription, OVERFLOW, RESYNC, SHUTDOWN
-    from jobcast.joblog import Entry
+    import sys, time, uuid, gevent
+    from redis import Redis
+    from jobcast.core.joblog import JobLog
+    from jobcast.web.admission import drain
+    from jobcast.web.broker import Broker
+    from jobcast.web.frames import TEXT
+    from jobcast.web.relay import Relay
+    from jobcast.web.viewer import QueueSink, Viewer
 
-    class LocalHub(Hub):
-        def start(self):
-            pass
+    class PlayedBroker(Broker):
+        def subscribed(self, job_id):
+            return True
 
-    hub = LocalHub(None, buffer_size=3)
-    sub = hub.subscribe("a" * 32)
-    assert isinstance(sub, GreenSubscription), type(sub)
-    e = [Entry.parse('{"seq":%d,"kind":"value","ts":1.0,"i":%d,"v":"x","j":"x"}' % (k + 1, k))
-         for k in range(5)]
-
-    t = time.monotonic(); assert sub.get(0.05) == [] and time.monotonic() - t >= 0.04
-    sub.put(e[0]); sub.put(e[1]); assert sub.get(5) == e[:2]           # ready: no wait
+    redis = Redis.from_url(sys.argv[1])
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {}, None); log.started("test", 1)
+    relay = Relay(PlayedBroker(redis), heartbeat=5)
+    assert relay.green                                                  # detected from gevent
+    viewer = Viewer(log.job_id, QueueSink(8), TEXT, cursor=0)
+    body = drain(relay, viewer, b"")
     got = []
-    g = gevent.spawn(lambda: got.append(sub.get(5)))
-    gevent.sleep(0.01); sub.put(e[2]); g.join(1)
-    assert got == [[e[2]]], got                                         # woken by put
-    for x in e[:4]:
-        sub.put(x)
-    assert sub.get(5) is OVERFLOW and sub.get(0.01) == []              # bounded
-    sub.resync(); assert sub.get(5) is RESYNC
-    g = gevent.spawn(lambda: got.append(sub.get(5)))
-    gevent.sleep(0.01); hub.shutdown(); g.join(1)
-    assert got[-1] is SHUTDOWN, got                                     # woken by shutdown
-    sub.close(); assert hub.viewers() == 0
+    reader = gevent.spawn(lambda: got.extend(body))
+    gevent.sleep(0.05)                                                  # history: nothing to show
+    for i in range(3):
+        log.value(i, "v%d" % i)
+    relay.deliver(log.job_id, log.page(2, 10)[0])
+    deadline = time.monotonic() + 5
+    while b"".join(got) != b"v0\\nv1\\nv2\\n" and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert b"".join(got) == b"v0\\nv1\\nv2\\n", got                     # woken by the write, via
+    assert viewer.sink.limit == 8                                       # an 8-byte buffer: bounded
+    relay.shutdown(); reader.join(5)
+    assert reader.dead and relay.viewers() == 0                         # ended by shutdown
     print("ok")
 """)
 
 
-def test_green_subscription_keeps_the_subscription_contract():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+def test_a_queue_viewer_under_gevent_keeps_the_same_contract(redis_server):
+    out = subprocess.run([sys.executable, "-c", SCRIPT, redis_server.url], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

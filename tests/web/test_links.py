@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from jobcast.settings import Settings
-from jobcast.urls import with_sig
-from web.links import LinkError, sign, verify, view_sig
+from jobcast.core.settings import Settings
+from jobcast.core.urls import with_sig
+from jobcast.web.links import LinkError, sign, verify, view_sig
 
 JOB = "a" * 32
 CFG = Settings(token="t0ken")

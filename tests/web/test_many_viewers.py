@@ -16,7 +16,7 @@ import uuid
 
 import h11
 
-from jobcast.joblog import JobLog
+from jobcast.core.joblog import JobLog
 from tests.conftest import wait_for
 
 VIEWERS = 1000

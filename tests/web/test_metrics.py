@@ -8,7 +8,7 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobcast.joblog import JobLog
+from jobcast.core.joblog import JobLog
 from tests.conftest import wait_for
 
 

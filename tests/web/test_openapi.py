@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jobcast.joblog import JobLog
+from jobcast.core.joblog import JobLog
 from tests.conftest import WebServer
 
 TOKEN = "fuzz-token"

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from producer.enqueue import enqueue
-from web.app import create_app
-from web.pages import age_text, form_fields
+from jobcast.producer.enqueue import enqueue
+from jobcast.web.app import create_app
+from jobcast.web.pages import age_text, form_fields
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ import fakeredis
 import pytest
 
 from tests.conftest import wait_for
-from web.presence import STALE_AFTER, Presence, total_viewers, viewers_key
+from jobcast.core.joblog import JobLog
+from jobcast.core.logstore import LogStore
+from jobcast.core.settings import Settings
+from jobcast.web.presence import STALE_AFTER, Presence, total_viewers
 
 
 class FakeHub:
@@ -29,36 +32,42 @@ def r():
     return fakeredis.FakeRedis()
 
 
+def viewers_key(job_id: str) -> str:
+    """The job's hash of per-process viewer counts."""
+    return JobLog(fakeredis.FakeRedis(), job_id).keys.viewers
+
+
 def test_counts_of_every_process_are_added_up_while_fresh(r):
-    a, b = Presence(r, FakeHub({"job1": 3, "job2": 1})), Presence(r, FakeHub({"job1": 2}))
+    logs = LogStore(r, Settings())
+    a, b = Presence(logs, FakeHub({"job1": 3, "job2": 1})), Presence(logs, FakeHub({"job1": 2}))
     a.name, b.name = "host:1", "host:2"
     a.publish(now=1000.0)
     b.publish(now=1000.0)
-    assert total_viewers(r, "job1", now=1001.0) == 5
-    assert total_viewers(r, "job2", now=1001.0) == 1
+    assert total_viewers(JobLog(r, "job1"), now=1001.0) == 5
+    assert total_viewers(JobLog(r, "job2"), now=1001.0) == 1
     # A process that stopped refreshing (it died) no longer counts.
     a.publish(now=1000.0 + STALE_AFTER)
-    assert total_viewers(r, "job1", now=1000.0 + STALE_AFTER + 1) == 3
+    assert total_viewers(JobLog(r, "job1"), now=1000.0 + STALE_AFTER + 1) == 3
 
 
 def test_a_job_nobody_watches_any_more_loses_this_process_field(r):
     hub = FakeHub({"job1": 1})
-    p = Presence(r, hub)
+    p = Presence(LogStore(r, Settings()), hub)
     p.publish(now=10.0)
     assert r.hexists(viewers_key("job1"), p.name)
     hub.counts = {}
     p.publish(now=11.0)
     assert not r.hexists(viewers_key("job1"), p.name)
-    assert total_viewers(r, "job1", now=12.0) == 0
+    assert total_viewers(JobLog(r, "job1"), now=12.0) == 0
 
 
 def test_the_hash_expires_when_no_process_refreshes_it(r):
-    Presence(r, FakeHub({"job1": 1})).publish(now=10.0)
+    Presence(LogStore(r, Settings()), FakeHub({"job1": 1})).publish(now=10.0)
     assert 0 < r.ttl(viewers_key("job1")) <= STALE_AFTER * 2
 
 
 def test_stop_ends_the_publishing_thread(r):
-    p = Presence(r, FakeHub({"job1": 1}), interval=0.05)
+    p = Presence(LogStore(r, Settings()), FakeHub({"job1": 1}), interval=0.05)
     p.start()
     wait_for(lambda: r.exists(viewers_key("job1")), timeout=5, what="a first publication")
     p.stop()

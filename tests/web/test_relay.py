@@ -1,26 +1,29 @@
 """The relay writes each entry once, in order, to every held connection, however it joins.
 
-Each test holds one end of a socket pair in a :class:`web.relay.Relay` backed by the
-session's real Redis, plays the hub by calling :meth:`Relay.deliver` with entries read back
-from the job's log, and reads the other end as a client would. gevent's loop runs in the test
-thread: the relay's catch-up greenlets run while the test waits with :func:`green_wait`.
+Each test holds one end of a socket pair in a :class:`jobcast.web.relay.Relay` backed by the
+session's real Redis, plays the broker's publications by calling :meth:`Relay.deliver` with
+entries read back from the job's log, and reads the other end as a client would. gevent's
+loop runs in the test thread: the relay's catch-up greenlets run while the test waits with
+:func:`green_wait`. Time is the test's: the relay reads an injected clock.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-import time
 import uuid
 
 import gevent
 import pytest
 from redis import Redis
 
-from jobcast.joblog import Entry, JobLog
+from jobcast.core.joblog import Entry, JobLog
 from tests.conftest import wait_for
-from web.frames import HTML, SSE, TEXT
-from web.relay import HeldViewer, RecentEntries, Relay
+from jobcast.web.frames import HTML, SSE, TEXT
+from jobcast.web.broker import Broker
+from jobcast.web.recent import RecentEntries
+from jobcast.web.relay import Relay
+from jobcast.web.viewer import SocketSink, Viewer
 
 
 def green_wait(condition, timeout: float = 10.0, what: str = "condition"):
@@ -77,14 +80,23 @@ class Client:
                 if line.startswith("id: ")]
 
 
+class PlayedBroker(Broker):
+    """The broker's reads, on a real Redis; its subscriptions are played by the test (every
+    job counts as subscribed, and publications come from :meth:`Relay.deliver`)."""
+
+    def subscribed(self, job_id: str) -> bool:
+        """Every job is."""
+        return True
+
+
 @pytest.fixture
-def relay(redis):
-    """A relay with a short heartbeat, on the session's Redis."""
-    return Relay(redis, heartbeat=0.2)
+def relay(redis, clock):
+    """A relay with a short heartbeat, on the session's Redis, reading the test's clock."""
+    return Relay(PlayedBroker(redis), heartbeat=0.2, clock=clock, green=True)
 
 
 def held(relay: Relay, log: JobLog, transport=SSE, *, cursor: int = 0, chunked: bool = False,
-         rcvbuf: int | None = None, read: bool = True) -> tuple[HeldViewer, Client]:
+         rcvbuf: int | None = None, read: bool = True) -> tuple[Viewer, Client]:
     """Hold a new viewer of ``log``'s job from ``cursor``; return it and its client end."""
     server, client = socket.socketpair()
     if rcvbuf:
@@ -92,8 +104,8 @@ def held(relay: Relay, log: JobLog, transport=SSE, *, cursor: int = 0, chunked: 
         server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
     server.setblocking(False)
     far = Client(client, read)
-    viewer = HeldViewer(log.job_id, server, transport, chunked=chunked, cursor=cursor,
-                        on_close=lambda: far.released.append(True))
+    viewer = Viewer(log.job_id, SocketSink(server), transport, chunked=chunked, cursor=cursor,
+                    on_close=lambda: far.released.append(True))
     relay.hold(viewer)
     return viewer, far
 
@@ -142,13 +154,13 @@ def test_the_fast_path_writes_viewers_in_the_order_they_arrived(redis, relay):
         server, client = socket.socketpair()
         server.setblocking(False)
         clients.append(Client(client))
-        viewer = HeldViewer(log.job_id, RecordingSocket(server, name, order), SSE,
-                            chunked=False, cursor=0)
+        viewer = Viewer(log.job_id, SocketSink(RecordingSocket(server, name, order)), SSE,
+                        chunked=False, cursor=0)
         relay.hold(viewer)
         viewers.append(viewer)
     green_wait(lambda: not any(v.slow for v in viewers), what="catch-up")
     for v in viewers[5:30:3]:  # leavers do not disturb the order of the others
-        relay._close(v, "client_gone")
+        relay.release(v, "client_gone")
     staying = [n for n, v in enumerate(viewers) if not v.closed]
     for i in range(3):
         order.clear()
@@ -205,25 +217,25 @@ def test_html_frames_are_escaped(redis, relay):
                                   b'<p class="end">Done</p>\n')
 
 
-def test_a_quiet_stream_gets_heartbeats_and_a_gone_client_is_freed(redis, relay):
+def test_a_quiet_stream_gets_heartbeats_and_a_gone_client_is_freed(redis, relay, clock):
     log = new_log(redis)
     viewer, client = held(relay, log, cursor=2)
     green_wait(lambda: not viewer.slow, what="history")
-    time.sleep(0.25)
+    clock.advance(0.25)
     relay.tick()
     green_wait(lambda: b": heartbeat\n\n" in client.data, what="heartbeat")
     client.sock.shutdown(socket.SHUT_RDWR)  # the client goes away (FIN)
-    time.sleep(0.25)
+    clock.advance(0.25)
     relay.tick()
     assert viewer.closed and client.released and relay.viewers(log.job_id) == 0
 
 
-def test_an_announcement_lost_on_a_quiet_job_is_found_by_the_heartbeat(redis, relay):
+def test_an_announcement_lost_on_a_quiet_job_is_found_by_the_heartbeat(redis, relay, clock):
     log = new_log(redis)
     viewer, client = held(relay, log, TEXT, cursor=2)
     green_wait(lambda: not viewer.slow, what="history")
     log.value(0, "lost")  # logged, but never delivered: its announcement was lost
-    time.sleep(0.25)
+    clock.advance(0.25)
     relay.tick()
     green_wait(lambda: client.data == b"lost\n", what="the lost value")
 
@@ -288,7 +300,7 @@ def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, 
     first, first_client = held(relay, log)
     green_wait(lambda: not first.slow, what="first viewer's history")
     relay.deliver(log.job_id, write(log, 0, 3))
-    relay.redis = Redis(port=1)  # from here on any Redis read would fail
+    relay.broker.redis = Redis(port=1)  # from here on any Redis read would fail
     second, second_client = held(relay, log)
     green_wait(lambda: not second.slow, what="second viewer from memory")
     assert relay.position(log.job_id) == (False, 5)

@@ -11,10 +11,10 @@ import time
 import httpx
 import pytest
 
-from jobcast.settings import Settings
-from producer.client import parse_sse
+from jobcast.core.settings import Settings
+from jobcast.cli.client import parse_sse
 from tests.conftest import JOBCAST, ROOT, WebServer, service_env, wait_for
-from web.links import sign
+from jobcast.web.links import sign
 
 TOKEN = "read-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -201,7 +201,7 @@ def test_jobcast_enqueue_follow_reads_a_private_server_with_the_token(private, r
 def test_private_mode_without_a_token_or_secret_refuses_to_start(redis_server):
     env = service_env(redis_server.url, JOBCAST_READ="private")
     env.pop("JOBCAST_TOKEN", None)
-    done = subprocess.run([sys.executable, "-c", "from web.app import create_app; create_app()"],
+    done = subprocess.run([sys.executable, "-c", "from jobcast.web.app import create_app; create_app()"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "JOBCAST_READ=private needs JOBCAST_TOKEN" in done.stderr
 

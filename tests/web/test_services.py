@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from web import services
-from web.app import create_app
+from jobcast.web import services
+from jobcast.web.app import create_app
 
 
 @pytest.fixture
@@ -16,17 +16,17 @@ def app(config):
 
 def test_creating_the_app_starts_no_service(app):
     st = app.extensions["jobcast"]
-    assert st.hub is None and st.watchdog is None and st.presence is None
+    assert st.relay is None and st.watchdog is None and st.presence is None
 
 
 def test_the_first_request_starts_each_service_once(app):
     client = app.test_client()
     assert client.get("/healthz").status_code == 200
     st = app.extensions["jobcast"]
-    hub, watchdog, presence = st.hub, st.watchdog, st.presence
-    assert hub is not None and watchdog._thread.is_alive() and presence._thread.is_alive()
+    relay, watchdog, presence = st.relay, st.watchdog, st.presence
+    assert relay is not None and watchdog._thread.is_alive() and presence._thread.is_alive()
     assert client.get("/readyz").status_code == 200
-    assert (st.hub, st.watchdog, st.presence) == (hub, watchdog, presence)
+    assert (st.relay, st.watchdog, st.presence) == (relay, watchdog, presence)
     with app.app_context():
         assert services.state() is st
     services.stop(st)
@@ -36,7 +36,7 @@ def test_stop_ends_the_streams_and_the_background_threads(app):
     app.test_client().get("/healthz")
     st = app.extensions["jobcast"]
     services.stop(st)
-    assert st.hub.closing and st.hub.relay.closing
+    assert st.relay.closing
     st.watchdog._thread.join(10)
     st.presence._thread.join(10)
     assert not st.watchdog._thread.is_alive() and not st.presence._thread.is_alive()

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from tests.conftest import wait_for
-from web import shutdown
+from jobcast.web import shutdown
 
 
 class FakeGunicornWorker:

@@ -1,6 +1,6 @@
 """Per-job subscriptions: a web process hears only the jobs its viewers watch.
 
-A real gunicorn (one worker, so one hub) on the session's real Redis; Redis itself says who
+A real gunicorn (one worker, so one broker) on the session's real Redis; Redis itself says who
 subscribes to what (``PUBSUB NUMSUB``). Viewers are raw HTTP/1.0 connections to the text
 stream, whose body is one line per value.
 """
@@ -13,10 +13,10 @@ import uuid
 import pytest
 from redis import Redis
 
-from producer.redisproc import RedisServer
+from jobcast.launcher.redisserver import RedisServer
 from tests.conftest import WebServer, wait_for
-from web.channels import LINGER, Channels
-from jobcast.joblog import JobLog, channel
+from jobcast.web.broker import LINGER, Broker
+from jobcast.core.joblog import JobLog, channel
 
 
 class TextViewer:
@@ -49,7 +49,7 @@ class TextViewer:
 
 @pytest.fixture(scope="module")
 def one_hub(redis_server, logs_dir):
-    """A gunicorn with one worker process: one hub, so one subscriber per watched job."""
+    """A gunicorn with one worker process: one broker, so one subscriber per watched job."""
     server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-subscriptions.log",
                        JOBCAST_HEARTBEAT="1").start()
     yield server
@@ -127,15 +127,14 @@ def test_viewers_of_many_new_jobs_at_once_each_get_their_own_jobs_values(redis, 
 def test_a_storm_of_newcomers_to_many_jobs_is_subscribed_in_a_few_batched_commands(tmp_path):
     with RedisServer(data_dir=tmp_path) as server:
         redis = Redis.from_url(server.url)
-        channels = Channels(redis, on_messages=lambda batch: None, on_resync=lambda jobs: None,
-                            on_lost=lambda jobs: None, poll=0.1)
+        channels = Broker(redis, poll=0.1)
         channels.start()
         try:
             assert channels.wait_ready(10)
             jobs = [uuid.uuid4().hex for _ in range(200)]
             for job_id in jobs:
-                channels.acquire(job_id)
-            assert all(channels.wait(job_id, 10) for job_id in jobs)
+                channels.subscribe(job_id)
+            assert all(channels.wait_subscribed(job_id, 10) for job_id in jobs)
             counts = dict(redis.pubsub_numsub(*[channel(j) for j in jobs]))
             assert set(counts.values()) == {1}
             # The anchor, then the storm: one SUBSCRIBE for all that asked at once (a second

@@ -10,10 +10,11 @@ from redis import Redis
 from rq import Queue
 from rq.job import JobStatus
 
-from jobcast.joblog import JobLog, ensure_log
-from jobcast.settings import Settings
+from jobcast.core.joblog import JobLog
+from jobcast.core.logstore import LogStore
+from jobcast.core.settings import Settings
 from tests.conftest import wait_for
-from web.watchdog import Watchdog
+from jobcast.web.watchdog import Watchdog
 
 DB = 7
 
@@ -25,7 +26,8 @@ def wd(redis_server):
     redis = Redis.from_url(url)
     redis.flushdb()
     queue = f"wd-{uuid.uuid4().hex[:8]}"
-    yield Watchdog(redis, Settings(redis_url=url, queue_name=queue, orphan_timeout=15), interval=0.1)
+    config = Settings(redis_url=url, queue_name=queue, orphan_timeout=15)
+    yield Watchdog(redis, LogStore(redis, config), interval=0.1)
     redis.flushdb()
     redis.close()
 
@@ -70,7 +72,7 @@ def test_plain_rq_jobs_end_as_rq_reports_them_and_vanished_ones_only_a_round_lat
     broken = q.enqueue("os.getpid")
     gone_id = uuid.uuid4().hex
     for job_id in (done.id, broken.id, gone_id):
-        ensure_log(JobLog(wd.redis, job_id), "os.getpid()", q.name)
+        JobLog(wd.redis, job_id).ensure("os.getpid()", q.name)
     done.set_status(JobStatus.FINISHED)
     broken.set_status(JobStatus.FAILED)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from worker.chart import Downsample
+from jobcast.worker.chart import Downsample
 
 
 def test_a_million_values_fold_into_at_most_2048_buckets_keeping_every_spike():

@@ -9,10 +9,10 @@ import httpx
 import pytest
 from rq import Queue, Retry
 
-from producer.client import parse_sse
+from jobcast.cli.client import parse_sse
 from tests.conftest import start_rq_worker, stop_process, wait_for
 from tests.rq_jobs import ask_retry_once, crash_once, emit_lines
-from worker.emit import NotInJob, emit
+from jobcast.worker.emit import NotInJob, emit
 
 QUEUE = "plain-rq"
 

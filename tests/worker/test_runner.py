@@ -14,10 +14,10 @@ from redis import Redis
 from rq.job import Job
 
 import tests.tasks  # noqa: F401  (registers boom, flaky and flaky_resumable in this process)
-from jobcast.joblog import JobLog
-from jobcast.settings import Settings
-from producer.enqueue import enqueue
-from worker.runner import JobCancelled, describe, on_failure, run_task
+from jobcast.core.joblog import JobLog
+from jobcast.core.settings import Settings
+from jobcast.producer.enqueue import enqueue
+from jobcast.worker.runner import JobCancelled, describe, on_failure, run_task
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The job URL scheme: one place names every view of a job."""
 
-from jobcast.urls import job_urls
+from jobcast.core.urls import job_urls
 
 
 def test_job_urls_name_every_view_under_the_base_and_carry_the_signature():

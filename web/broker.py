@@ -1,47 +1,51 @@
-"""Per-job subscriptions: a web process hears only the jobs its viewers watch.
+"""The broker: the web process's one seam to the stream store (Redis, or a Redis Cluster).
 
-A job's channel is subscribed while this process has viewers of the job, over one pub/sub
-connection per shard (the single Redis, or each primary of a Redis Cluster, with
-``SSUBSCRIBE``), whatever the number of jobs and viewers. Redis then sends each announcement
-only to the processes that watch its job, instead of to every process.
+Like Centrifuge's ``Broker``, it does four things, and the relay talks to nothing else:
 
-Lifecycle of one job's subscription here:
+- :meth:`Broker.subscribe` / :meth:`Broker.unsubscribe`: this process hears a job's
+  announcements while it has viewers of the job, and only then;
+- :meth:`Broker.history`, :meth:`Broker.position`, :meth:`Broker.last_seqs`: what the job's log
+  holds (the log is the truth; announcements only wake readers);
+- one handler (:class:`BrokerHandler`, the relay) receives every publication, decoded once,
+  batched per job, and is told when a job's subscription may have missed some.
 
-- :meth:`Channels.acquire`: a viewer arrives. The first one queues ``SUBSCRIBE``; later ones
-  only count. A control greenlet sends what is queued in batches: every job that asked while
-  it wrote the previous command goes into the next one (on a Cluster, one command per slot,
-  pipelined on the shard's connection), so a storm of newcomers costs a few commands.
-- Redis confirms: :meth:`Channels.wait` returns. A viewer reads the job's log only then, so
-  nothing announced can fall between its history and the live entries.
-- :meth:`Channels.release`: a viewer leaves. After the last one the subscription lingers a
-  few seconds (a reconnecting viewer finds it still live), then ``UNSUBSCRIBE`` is queued.
+Subscriptions go over one pub/sub connection per shard (the single Redis, or each primary of a
+Redis Cluster, with ``SSUBSCRIBE``), whatever the number of jobs and viewers. Each job's
+subscription is a small state machine (:class:`SubState`):
 
-Any doubt makes the job's viewers re-read the log from their cursor (``on_resync``): the
-connection was lost (its viewers wait for the new subscription's confirmation, then read),
-a subscription was confirmed twice (redis-py reconnected and resubscribed by itself), a
-viewer stopped waiting for a confirmation that came late, or Redis dropped a shard
-subscription itself (a Cluster slot moved): the job is then routed to its new owner.
+- ``NEW``: a first viewer asked; ``SUBSCRIBE`` is queued or sent, not yet confirmed. A control
+  loop sends what is queued in batches: every job that asked while it wrote the previous
+  command goes into the next one, so a storm of newcomers costs a few commands.
+- ``LIVE``: Redis confirmed it. A viewer reads the job's log only then, so nothing announced
+  can fall between its history and the live entries.
+- ``RECOVERING``: announcements may have been missed (the connection was lost, a Cluster slot
+  moved, a viewer stopped waiting for a late confirmation). Once confirmed again the handler's
+  ``on_resync`` makes the job's viewers re-read the log from their cursors. A second
+  confirmation of a ``LIVE`` job (redis-py resubscribed by itself) does the same.
+- ``LEAVING``: the last viewer left, the subscription lingered a few seconds (a reconnecting
+  viewer finds it still live), and ``UNSUBSCRIBE`` went out.
 
-Each connection also subscribes to an anchor channel nobody publishes on: its confirmation
-says the connection is live (the hub's readiness), and it keeps the connection in subscribed
+Each connection also subscribes to an anchor channel nobody publishes on: its confirmation says
+the connection is live (the process's readiness), and it keeps the connection in subscribed
 mode, where redis-py reads it, while no job is watched.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from redis import ConnectionPool, Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from web import metrics
-from jobcast.joblog import PREFIX, channel, job_id_from_channel
-from jobcast.streams import is_cluster
+from jobcast.core.joblog import PREFIX, Entry, JobLog, channel, job_id_from_channel
+from jobcast.core.store import is_cluster
+from jobcast.web import metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,36 +53,85 @@ LINGER = 5.0
 """Seconds a job's subscription outlives its last viewer here."""
 
 CONFIRM_TIMEOUT = 5.0
-"""Seconds a viewer waits for Redis to confirm its job's subscription."""
+"""Seconds a newcomer waits for Redis to confirm its job's subscription."""
 
 ANCHOR = f"{PREFIX}:hub"
 """The anchor channel (on a Cluster, one per shard: ``jobcast:hub:{N}`` in one of its slots)."""
+
+BURST = 512
+"""Most announcements read and handed over as one batch."""
 
 SUBSCRIBED = frozenset({"subscribe", "ssubscribe"})
 UNSUBSCRIBED = frozenset({"unsubscribe", "sunsubscribe"})
 MESSAGES = frozenset({"message", "smessage"})
 
 
-class JobChannel:
+class BrokerHandler(Protocol):
+    """What the broker tells the relay."""
+
+    def on_publications(self, job_id: str, entries: list[Entry]) -> None:
+        """New entries of a job watched here, consecutive as announced, oldest first."""
+
+    def on_resync(self, job_ids: list[str]) -> None:
+        """These jobs' subscriptions are confirmed again after a doubt: what was announced
+        meanwhile is only in the log."""
+
+    def on_lost(self, job_ids: list[str]) -> None:
+        """These jobs' subscriptions are gone until confirmed again."""
+
+
+class SubState(enum.Enum):
+    """Where one job's subscription stands (see the module's docstring)."""
+
+    NEW = "new"
+    LIVE = "live"
+    RECOVERING = "recovering"
+    LEAVING = "leaving"
+
+
+# The moves a subscription may make; anything else is a bug, and raises.
+_MOVES = {
+    SubState.NEW: {SubState.LIVE, SubState.RECOVERING, SubState.LEAVING},
+    SubState.LIVE: {SubState.LIVE, SubState.RECOVERING, SubState.LEAVING},
+    SubState.RECOVERING: {SubState.LIVE, SubState.RECOVERING, SubState.LEAVING},
+    SubState.LEAVING: set(),
+}
+
+
+class JobSubscription:
     """This process's subscription to one job's channel."""
 
-    __slots__ = ("job_id", "name", "refs", "confirmed", "doubt", "shard")
+    __slots__ = ("job_id", "name", "refs", "state", "shard", "idle_since", "live")
 
     def __init__(self, job_id: str, name: str):
-        """Not yet subscribed, no viewer counted."""
+        """Wanted by nobody yet; :meth:`Broker.subscribe` counts its viewers."""
         self.job_id = job_id
         self.name = name
         self.refs = 0
-        self.confirmed = threading.Event()
-        self.doubt = False  # its viewers must re-read the log once it is confirmed
+        self.state = SubState.NEW
         self.shard: Shard | None = None
+        self.idle_since: float | None = None  # when its last viewer left
+        self.live = threading.Event()  # set exactly while LIVE: what newcomers wait on
+
+    def move(self, state: SubState) -> bool:
+        """Move to ``state``; True when that confirmation must make its viewers re-read the
+        log (it ends a doubt, or repeats one)."""
+        if state not in _MOVES[self.state]:
+            raise RuntimeError(f"subscription to {self.job_id}: {self.state.name} -> {state.name}")
+        resync = state is SubState.LIVE and self.state in (SubState.LIVE, SubState.RECOVERING)
+        self.state = state
+        if state is SubState.LIVE:
+            self.live.set()
+        else:
+            self.live.clear()
+        return resync
 
 
 class Shard:
     """One pub/sub connection (to the single Redis, or to one Cluster primary) and its jobs."""
 
     def __init__(self, name: str, client, sharded: bool):
-        """Not connected yet; :class:`Channels` runs its reader."""
+        """Not connected yet; the broker runs its reader."""
         self.name = name
         self.client = client
         self.sharded = sharded
@@ -121,26 +174,36 @@ def _by_slot(names: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-class Channels:
-    """The job channels one web process subscribes to, and their pub/sub connections."""
+class _NoHandler:
+    """Drops everything: the handler before :meth:`Broker.start`."""
 
-    def __init__(self, redis, *, on_messages: Callable[[list[tuple[bytes, bytes]]], None],
-                 on_resync: Callable[[list[str]], None], on_lost: Callable[[list[str]], None],
-                 poll: float = 1.0, max_backoff: float = 5.0, linger: float = LINGER,
-                 burst: int = 512):
-        """Subscribe on ``redis`` (a Redis or a RedisCluster); announcements go to
-        ``on_messages`` in bursts, doubts about jobs to ``on_resync`` / ``on_lost``."""
+    def on_publications(self, job_id: str, entries: list[Entry]) -> None:
+        """Nobody listens yet."""
+
+    def on_resync(self, job_ids: list[str]) -> None:
+        """Nobody listens yet."""
+
+    def on_lost(self, job_ids: list[str]) -> None:
+        """Nobody listens yet."""
+
+
+class Broker:
+    """Subscriptions to job channels, reads of job logs, and the readers of one web process."""
+
+    def __init__(self, redis, *, poll: float = 1.0, max_backoff: float = 5.0,
+                 linger: float = LINGER, burst: int = BURST,
+                 clock: Callable[[], float] = time.monotonic):
+        """Work on the stream store ``redis`` (a Redis or a RedisCluster); :meth:`start` runs it."""
         self.redis = redis
         self.cluster = is_cluster(redis)
-        self.on_messages = on_messages
-        self.on_resync = on_resync
-        self.on_lost = on_lost
+        self.handler: BrokerHandler = _NoHandler()
         self.poll = poll
         self.max_backoff = max_backoff
         self.linger = linger
         self.burst = burst
-        self._jobs: dict[str, JobChannel] = {}
-        self._idle: dict[str, float] = {}        # job id -> when its last viewer left
+        self.clock = clock
+        self.messages = 0  # announcements read
+        self._subs: dict[str, JobSubscription] = {}
         self._to_subscribe: set[str] = set()
         self._shards: dict[str, Shard] = {}
         self._lock = threading.Lock()
@@ -149,55 +212,79 @@ class Channels:
         self._refresh_needed = self.cluster
         self.started = False
 
-    # -- viewers ---------------------------------------------------------------------------
+    # -- history ----------------------------------------------------------------------------
 
-    def acquire(self, job_id: str) -> None:
-        """A viewer of ``job_id`` arrived: subscribe to the job's channel if not yet."""
+    def history(self, job_id: str, after: int, count: int) -> tuple[list[Entry], bool]:
+        """Up to ``count`` entries of the job's log with ``seq > after``, and whether it has
+        ended (one round trip)."""
+        return JobLog(self.redis, job_id).page(after, count)
+
+    def position(self, job_id: str) -> tuple[bool, int] | None:
+        """(ended, last seq) of the job, or None when it does not exist."""
+        return JobLog(self.redis, job_id).position()
+
+    def last_seqs(self, job_ids: list[str]) -> list[int]:
+        """The last seq of each job, in one pipelined round trip (0 for a job that is gone)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            JobLog(self.redis, job_id).queue_last_seq(pipe)
+        return [int(s or 0) for s in pipe.execute()]
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def subscribe(self, job_id: str) -> None:
+        """A viewer of ``job_id`` arrived: subscribe to the job's channel unless already."""
         with self._lock:
-            st = self._jobs.get(job_id)
-            if st is None:
-                st = self._jobs[job_id] = JobChannel(job_id, channel(job_id, self.cluster))
+            sub = self._subs.get(job_id)
+            if sub is None or sub.state is SubState.LEAVING:
+                sub = self._subs[job_id] = JobSubscription(job_id, channel(job_id, self.cluster))
                 self._to_subscribe.add(job_id)
                 self._kick.set()
-            st.refs += 1
-            self._idle.pop(job_id, None)
+            sub.refs += 1
+            sub.idle_since = None
 
-    def release(self, job_id: str) -> None:
+    def unsubscribe(self, job_id: str) -> None:
         """A viewer of ``job_id`` left: after the last one, unsubscribe once it lingered."""
         with self._lock:
-            st = self._jobs.get(job_id)
-            if st is None:
+            sub = self._subs.get(job_id)
+            if sub is None or sub.refs <= 0:
                 return
-            st.refs -= 1
-            if st.refs <= 0:
-                st.refs = 0
-                self._idle[job_id] = time.monotonic()
+            sub.refs -= 1
+            if sub.refs == 0:
+                sub.idle_since = self.clock()
 
-    def confirmed(self, job_id: str) -> bool:
+    def subscribed(self, job_id: str) -> bool:
         """True while Redis has confirmed this process's subscription to the job's channel."""
-        st = self._jobs.get(job_id)
-        return st is not None and st.confirmed.is_set()
+        sub = self._subs.get(job_id)
+        return sub is not None and sub.state is SubState.LIVE
 
-    def wait(self, job_id: str, timeout: float = CONFIRM_TIMEOUT) -> bool:
+    def wait_subscribed(self, job_id: str, timeout: float = CONFIRM_TIMEOUT) -> bool:
         """Wait until the job's subscription is confirmed; False after ``timeout`` s.
 
         A viewer that goes on without the confirmation is resynced once it comes.
         """
-        st = self._jobs.get(job_id)
-        if st is None or st.confirmed.is_set():
+        sub = self._subs.get(job_id)
+        if sub is None or sub.live.is_set():
             return True
-        if st.confirmed.wait(timeout):
+        if sub.live.wait(timeout):
             return True
-        st.doubt = True
-        log.warning("hub: Redis did not confirm the subscription to job %s within %.1fs",
+        with self._lock:
+            if sub.state is SubState.NEW:
+                sub.move(SubState.RECOVERING)
+        log.warning("broker: Redis did not confirm the subscription to job %s within %.1fs",
                     job_id, timeout)
         return False
 
-    def subscribed(self) -> list[str]:
+    def jobs(self) -> list[str]:
         """The jobs whose channel this process subscribes to (or is about to)."""
-        return list(self._jobs)
+        return [j for j, sub in self._subs.items() if sub.state is not SubState.LEAVING]
 
-    # -- readiness -------------------------------------------------------------------------
+    def state(self, job_id: str) -> SubState | None:
+        """Where the job's subscription stands, or None when there is none."""
+        sub = self._subs.get(job_id)
+        return sub.state if sub is not None else None
+
+    # -- readiness --------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
@@ -219,16 +306,23 @@ class Channels:
                 time.sleep(min(remaining, 0.05))
         return True
 
-    # -- running ---------------------------------------------------------------------------
+    def shards(self) -> Iterable[Shard]:
+        """The current shards (one on a single Redis)."""
+        return list(self._shards.values())
 
-    def start(self) -> None:
-        """Start the control loop (and through it the readers), once."""
+    # -- running ----------------------------------------------------------------------------
+
+    def start(self, handler: BrokerHandler | None = None) -> None:
+        """Hand publications to ``handler`` from now on, and start the control loop (and
+        through it the readers) once."""
+        if handler is not None:
+            self.handler = handler
         if self.started:
             return
         self.started = True
         if not self.cluster:
             self._add_shard("redis", self.redis)
-        threading.Thread(target=self._control, name="jobcast-channels", daemon=True).start()
+        threading.Thread(target=self._control, name="jobcast-broker", daemon=True).start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the control loop and the readers at their next poll, waiting up to
@@ -250,9 +344,10 @@ class Channels:
         return sh
 
     def _control(self) -> None:
-        """Send queued subscriptions, expire lingering ones, follow the Cluster's topology."""
+        """Send queued subscriptions, end lingering ones, follow the Cluster's topology."""
         while not self._stop.is_set():
-            self._kick.wait(min(1.0, self.linger / 2) if self._idle else 1.0)
+            lingering = any(s.idle_since is not None for s in self._subs.values())
+            self._kick.wait(min(1.0, self.linger / 2) if lingering else 1.0)
             self._kick.clear()
             if self._stop.is_set():
                 return
@@ -261,55 +356,54 @@ class Channels:
                     self._refresh()
                 self._flush()
             except RedisError as exc:
-                log.info("hub: cannot update subscriptions yet (%s)", exc)
+                log.info("broker: cannot update subscriptions yet (%s)", exc)
                 self._stop.wait(0.5)
             except Exception:  # the loop must outlive any one bad round
-                log.exception("hub: subscription round failed")
+                log.exception("broker: subscription round failed")
                 self._stop.wait(0.5)
 
     def _flush(self) -> None:
         """Send one batch of SUBSCRIBE and UNSUBSCRIBE commands."""
-        now = time.monotonic()
+        now = self.clock()
         leave: dict[Shard, list[str]] = defaultdict(list)
         join: dict[Shard, list[str]] = defaultdict(list)
         with self._lock:
-            for job_id in [j for j, since in self._idle.items() if now - since >= self.linger]:
-                del self._idle[job_id]
-                st = self._jobs.get(job_id)
-                if st is None or st.refs:
+            for sub in list(self._subs.values()):
+                if sub.refs or sub.idle_since is None or now - sub.idle_since < self.linger:
                     continue
-                del self._jobs[job_id]
-                self._to_subscribe.discard(job_id)
-                sh = st.shard
+                sub.move(SubState.LEAVING)
+                del self._subs[sub.job_id]
+                self._to_subscribe.discard(sub.job_id)
+                sh = sub.shard
                 if sh is not None:
-                    sh.jobs.discard(job_id)
-                    if job_id in sh.sent:
-                        sh.sent.discard(job_id)
-                        sh.leaving.add(job_id)
-                        leave[sh].append(st.name)
+                    sh.jobs.discard(sub.job_id)
+                    if sub.job_id in sh.sent:
+                        sh.sent.discard(sub.job_id)
+                        sh.leaving.add(sub.job_id)
+                        leave[sh].append(sub.name)
             todo, self._to_subscribe = self._to_subscribe, set()
             for job_id in todo:
-                st = self._jobs.get(job_id)
-                if st is None:
+                sub = self._subs.get(job_id)
+                if sub is None:
                     continue
-                sh = st.shard or self._route(st)
+                sh = sub.shard or self._route(sub)
                 if sh is None:
                     self._to_subscribe.add(job_id)  # no shard owns it yet: try again later
                     continue
                 if sh.pubsub is not None and job_id not in sh.sent:
                     sh.sent.add(job_id)
-                    join[sh].append(st.name)
-            metrics.HUB_CHANNELS.set(len(self._jobs))
+                    join[sh].append(sub.name)
+            metrics.HUB_CHANNELS.set(len(self._subs))
         for sh, names in leave.items():
             try:
                 sh.unsubscribe(names)
             except Exception as exc:  # a broken connection: a new one will not resubscribe them
-                log.info("hub: unsubscribe on %s failed (%s)", sh.name, exc)
+                log.info("broker: unsubscribe on %s failed (%s)", sh.name, exc)
         for sh, names in join.items():
             try:
                 sh.subscribe(names)
             except Exception as exc:  # a broken connection: the next round tries again
-                log.info("hub: subscribe on %s failed (%s); retrying", sh.name, exc)
+                log.info("broker: subscribe on %s failed (%s); retrying", sh.name, exc)
                 with self._lock:
                     for name in names:
                         job_id = job_id_from_channel(name)
@@ -317,11 +411,11 @@ class Channels:
                         self._to_subscribe.add(job_id)
                 self._stop.wait(0.1)
 
-    def _route(self, st: JobChannel) -> Shard | None:
+    def _route(self, sub: JobSubscription) -> Shard | None:
         """Attach the job to the shard that owns its channel (caller holds the lock)."""
         if self.cluster:
             try:
-                node = self.redis.nodes_manager.get_node_from_slot(key_slot(st.name.encode()))
+                node = self.redis.nodes_manager.get_node_from_slot(key_slot(sub.name.encode()))
             except Exception:  # slot not covered, cluster still unknown: retried later
                 self._refresh_needed = True
                 return None
@@ -329,8 +423,8 @@ class Channels:
         else:
             sh = self._shards.get("redis")
         if sh is not None:
-            st.shard = sh
-            sh.jobs.add(st.job_id)
+            sub.shard = sh
+            sh.jobs.add(sub.job_id)
         return sh
 
     def _refresh(self) -> None:
@@ -347,22 +441,21 @@ class Channels:
                 sh = self._shards.pop(name)  # no longer a primary (failed over, or removed)
                 sh.retired = True
                 sh.live.clear()
-            for st in self._jobs.values():
-                old = st.shard
-                st.shard = None
-                new = self._route(st)
+            for sub in self._subs.values():
+                old = sub.shard
+                sub.shard = None
+                new = self._route(sub)
                 if new is old and not (old is not None and old.retired):
                     continue
                 if old is not None:
-                    old.jobs.discard(st.job_id)
-                    old.sent.discard(st.job_id)
-                st.confirmed.clear()
-                st.doubt = True
-                self._to_subscribe.add(st.job_id)
-                moved.append(st.job_id)
+                    old.jobs.discard(sub.job_id)
+                    old.sent.discard(sub.job_id)
+                sub.move(SubState.RECOVERING)
+                self._to_subscribe.add(sub.job_id)
+                moved.append(sub.job_id)
         if moved:
-            log.info("hub: %d job channel(s) moved to another shard", len(moved))
-            self.on_lost(moved)
+            log.info("broker: %d job channel(s) moved to another shard", len(moved))
+            self.handler.on_lost(moved)
 
     def _node_client(self, node) -> Redis:
         """A client of one Cluster node with a pool of its own (same settings as the
@@ -384,7 +477,7 @@ class Channels:
                 return name
         return f"{ANCHOR}:{{0}}"
 
-    # -- a shard's reader ------------------------------------------------------------------
+    # -- a shard's reader -------------------------------------------------------------------
 
     def _read(self, sh: Shard) -> None:
         """Subscribe the shard's jobs, read its announcements, reconnect on errors."""
@@ -396,7 +489,7 @@ class Channels:
                     sh.pubsub = pubsub
                     sh.sent = set(sh.jobs)
                     sh.leaving.clear()
-                    names = [self._jobs[j].name for j in sh.sent if j in self._jobs]
+                    names = [self._subs[j].name for j in sh.sent if j in self._subs]
                 sh.subscribe([sh.anchor, *names])
                 while not self._stop.is_set() and not sh.retired:
                     msg = pubsub.get_message(timeout=self.poll)
@@ -413,12 +506,12 @@ class Channels:
                                 break
                         else:
                             if burst:  # in order: what came before a (re)confirmation first
-                                self.on_messages(burst)
+                                self._publish(burst)
                                 burst = []
                             self._on_control(sh, kind, msg["channel"])
                         msg = pubsub.get_message(timeout=0)
                     if burst:
-                        self.on_messages(burst)
+                        self._publish(burst)
             except Exception as exc:  # RedisError, OSError, or redis-py's own state torn by a
                 # reconnect: whatever broke, the reader must outlive it and resubscribe.
                 self._lost(sh, exc)
@@ -430,7 +523,29 @@ class Channels:
                 try:
                     pubsub.close()
                 except Exception:  # closing a dead connection may raise anything; it is gone anyway
-                    log.debug("hub: error closing pubsub", exc_info=True)
+                    log.debug("broker: error closing pubsub", exc_info=True)
+
+    def _publish(self, messages: list[tuple[bytes | str, bytes]]) -> None:
+        """Decode a burst of announcements once, and hand each watched job's entries to the
+        handler in one batch. An announcement that cannot be decoded is dropped with a
+        warning: the log still has the entry, and the next gap or quiet spell reads it."""
+        self.messages += len(messages)
+        by_job: dict[str, list[Entry]] = {}
+        for name, data in messages:
+            if isinstance(name, bytes):
+                name = name.decode()
+            job_id = job_id_from_channel(name)
+            sub = self._subs.get(job_id) if job_id is not None else None
+            if sub is None or not sub.refs:
+                continue  # lingering, or not ours: nobody here to tell
+            try:
+                entry = Entry.parse(data)
+            except (ValueError, KeyError, TypeError):
+                log.warning("broker: dropping a malformed announcement on %s", name)
+                continue
+            by_job.setdefault(job_id, []).append(entry)
+        for job_id, entries in by_job.items():
+            self.handler.on_publications(job_id, entries)
 
     def _on_control(self, sh: Shard, kind: str, raw: bytes | str) -> None:
         """A subscribe or unsubscribe confirmation (or a server-side unsubscribe)."""
@@ -441,9 +556,9 @@ class Channels:
                 sh.live.set()
             return
         job_id = job_id_from_channel(name)
-        st = self._jobs.get(job_id) if job_id else None
+        sub = self._subs.get(job_id) if job_id else None
         if kind in SUBSCRIBED:
-            if st is None or st.shard is not sh:
+            if sub is None or sub.shard is not sh:
                 # Not wanted here (any more): e.g. resubscribed by redis-py's reconnect.
                 if job_id:
                     sh.leaving.add(job_id)
@@ -452,27 +567,25 @@ class Channels:
                 except RedisError:
                     pass
                 return
-            resync = st.confirmed.is_set() or st.doubt
-            st.doubt = False
-            st.confirmed.set()
+            with self._lock:
+                resync = sub.move(SubState.LIVE)
             if resync:
-                self.on_resync([st.job_id])
+                self.handler.on_resync([sub.job_id])
         elif kind in UNSUBSCRIBED:
             if job_id in sh.leaving:
                 sh.leaving.discard(job_id)
                 return
-            if st is not None and st.shard is sh:
+            if sub is not None and sub.shard is sh:
                 # Redis dropped it (a Cluster slot moved away): subscribe on the new owner.
-                log.info("hub: Redis ended the subscription to job %s; resubscribing", job_id)
+                log.info("broker: Redis ended the subscription to job %s; resubscribing", job_id)
                 with self._lock:
-                    st.confirmed.clear()
-                    st.doubt = True
-                    sh.jobs.discard(st.job_id)
-                    sh.sent.discard(st.job_id)
-                    st.shard = None
-                    self._to_subscribe.add(st.job_id)
+                    sub.move(SubState.RECOVERING)
+                    sh.jobs.discard(sub.job_id)
+                    sh.sent.discard(sub.job_id)
+                    sub.shard = None
+                    self._to_subscribe.add(sub.job_id)
                     self._refresh_needed = self.cluster
-                self.on_lost([st.job_id])
+                self.handler.on_lost([sub.job_id])
                 self._kick.set()
 
     def _lost(self, sh: Shard, exc: BaseException) -> None:
@@ -481,19 +594,14 @@ class Channels:
         with self._lock:
             jobs = list(sh.jobs)
             for job_id in jobs:
-                st = self._jobs.get(job_id)
-                if st is not None:
-                    st.confirmed.clear()
-                    st.doubt = True
+                sub = self._subs.get(job_id)
+                if sub is not None:
+                    sub.move(SubState.RECOVERING)
             if self.cluster:
                 self._refresh_needed = True
         metrics.HUB_RECONNECTS.inc()
-        log.warning("hub: lost Redis subscription on %s (%s); retrying in %.1fs", sh.name, exc,
+        log.warning("broker: lost Redis subscription on %s (%s); retrying in %.1fs", sh.name, exc,
                     sh.backoff, exc_info=not isinstance(exc, (RedisError, OSError)))
         if jobs:
-            self.on_lost(jobs)
+            self.handler.on_lost(jobs)
         self._kick.set()
-
-    def shards(self) -> Iterable[Shard]:
-        """The current shards (one on a single Redis)."""
-        return list(self._shards.values())

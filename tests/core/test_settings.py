@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from jobcast.settings import Settings, get_settings
+from jobcast.core.settings import Settings, get_settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -29,7 +29,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
 import httpx
 
-from jobcast.joblog import InvalidJobId, check_job_id
+from jobcast.core.joblog import InvalidJobId, check_job_id
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CANCELLED = 4

@@ -1,4 +1,4 @@
-"""The task registry: generator functions registered by name, with validated parameters.
+"""Declaring a task: a generator function registered by name, with validated parameters.
 
 A task's parameters are declared by its signature. Each one needs a type annotation and a
 default; bounds go in ``Annotated[..., Field(ge=..., le=...)]``. pydantic builds the
@@ -12,23 +12,14 @@ Other tasks are replayed from the beginning, and the log drops the values it alr
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from jobcast.settings import get_settings
-
-log = logging.getLogger(__name__)
-
-_TASKS: dict[str, "Task"] = {}
-
-
-class UnknownTask(LookupError):
-    """No task is registered under this name."""
+TASKS: dict[str, "Task"] = {}
+"""Every task declared in this process, by name (read it through :mod:`jobcast.core.registry`)."""
 
 
 class ParamError(ValueError):
@@ -109,47 +100,8 @@ def task(name: str | None = None, *, total: Callable[[dict], int | None] | None 
             **fields,
         )
         doc = inspect.getdoc(func) or ""
-        _TASKS[task_name] = Task(task_name, func, model, doc.split("\n\n")[0], resumable,
+        TASKS[task_name] = Task(task_name, func, model, doc.split("\n\n")[0], resumable,
                                  total, duration)
         return func
 
     return register
-
-
-def get_task(name: Any) -> Task:
-    """The task registered as ``name``, or raise UnknownTask."""
-    load_builtin_and_user_tasks()
-    if not isinstance(name, str) or name not in _TASKS:
-        raise UnknownTask(name)
-    return _TASKS[name]
-
-
-def all_tasks() -> dict[str, Task]:
-    """Every registered task, by name."""
-    load_builtin_and_user_tasks()
-    return dict(_TASKS)
-
-
-_loaded = False
-
-# The built-in tasks are the worker's; they are named here, not imported, so the registry
-# (part of the foundation) depends on no service, and every service that lists or validates
-# tasks (web, producer, worker) still knows them.
-BUILTIN_TASKS = "worker.tasks"
-
-# What RQ runs for a task's job, and its failure callback, by dotted path: the producer that
-# enqueues the job and the worker that recognises it import neither from the other.
-RUNNER = "worker.runner.run_task"
-ON_FAILURE = "worker.runner.on_failure"
-
-
-def load_builtin_and_user_tasks() -> None:
-    """Import the built-in tasks and the modules named in ``JOBCAST_TASKS`` (comma-separated)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    importlib.import_module(BUILTIN_TASKS)
-    for module in get_settings().task_modules():
-        log.info("loading tasks from %s", module)
-        importlib.import_module(module)

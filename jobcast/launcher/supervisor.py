@@ -35,7 +35,7 @@ from typing import IO, Callable, Iterable
 from rich.console import Console
 from rich.text import Text
 
-from producer.wait import wait_until
+from jobcast.core.wait import wait_until
 
 log = logging.getLogger(__name__)
 

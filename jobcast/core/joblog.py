@@ -1,20 +1,21 @@
 """The job log: the single source of truth for what a job produced.
 
-Every job has three Redis keys, all derived from a validated job id (never from raw user
-input):
+:class:`JobLog` owns one job's keys and every read and write of them, as RQ's ``Job`` owns its
+own. Every key is derived from a validated job id, never from raw user input:
 
-- ``jobcast:job:<id>``       a hash with the job's metadata and counters;
-- ``jobcast:job:<id>:log``   a stream, one entry per event, with stream id ``0-<seq>``;
-- ``jobcast:job:<id>:ch``    the pub/sub channel that announces each new entry.
+- ``jobcast:job:<id>``          a hash with the job's metadata and counters;
+- ``jobcast:job:<id>:log``      a stream, one entry per event, with stream id ``0-<seq>``;
+- ``jobcast:job:<id>:ch``       the pub/sub channel that announces each new entry;
+- ``jobcast:job:<id>:viewers``  each web process's count of the job's viewers;
+- ``jobcast:job:<id>:chart``    the worker's downsampled chart of the job's values.
 
-On a Redis Cluster (see :mod:`jobcast.streams`) the id is a hash tag, ``jobcast:job:{<id>}``,
-``jobcast:job:{<id>}:log`` and ``jobcast:job:{<id>}:ch``, so one job's keys and channel share
-a slot, and the channel is a shard channel (``SPUBLISH``). A single Redis keeps the plain
-names, so its existing data and tools stay as they were.
+On a Redis Cluster (see :mod:`jobcast.core.store`) the id is a hash tag, ``jobcast:job:{<id>}``
+and so on, so one job's keys and channel share a slot, and the channel is a shard channel
+(``SPUBLISH``). A single Redis keeps the plain names, so its data and tools stay as they were.
 
-An event is appended to the log and published in one Lua script, so an entry is in the log
-if and only if it was announced. Readers treat pub/sub as a wake-up with a payload: the log
-stays the truth and fills any gap (late join, reconnect, slow reader, restart).
+An event is appended to the log and published in one Lua script (``append.lua``), so an entry
+is in the log if and only if it was announced. Readers treat pub/sub as a wake-up with a
+payload: the log stays the truth and fills any gap (late join, reconnect, slow reader, restart).
 
 Each entry is a small JSON object. ``seq`` numbers every entry of a job from 1 without gaps;
 ``kind`` is one of ``queued``, ``started``, ``value``, ``retrying``, ``finished``, ``failed``,
@@ -30,11 +31,13 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any, Iterator, NamedTuple
 
+from pydantic import BaseModel
 from redis import Redis
 
-from jobcast.streams import is_cluster
+from jobcast.core.store import is_cluster
 
 PREFIX = "jobcast"
 JOBS_INDEX = f"{PREFIX}:jobs"
@@ -55,9 +58,23 @@ STATUS_BY_KIND = {
     "cancelled": "cancelled",
 }
 
+APPEND_LUA = files(__package__).joinpath("append.lua").read_text()
+"""The append script (``append.lua``, shipped with the package)."""
+
+TAIL_PAGE = 5000
+"""Entries read per step while looking back for the tail's first value."""
+
 
 class InvalidJobId(ValueError):
     """The string is not a well-formed job id."""
+
+
+class JobExists(RuntimeError):
+    """A job with this id was already created."""
+
+
+class UnknownJob(LookupError):
+    """No job with this id exists (or its log has expired)."""
 
 
 def check_job_id(job_id: str) -> str:
@@ -108,66 +125,21 @@ class JobKeys(NamedTuple):
     log: str
     channel: str
 
+    @property
+    def viewers(self) -> str:
+        """The hash of each web process's count of the job's viewers."""
+        return self.meta + ":viewers"
+
+    @property
+    def chart(self) -> str:
+        """The worker's downsampled chart of the job's values (a JSON string)."""
+        return self.meta + ":chart"
+
 
 def job_keys(redis, job_id: str) -> JobKeys:
     """Names of ``job_id``'s keys on ``redis``: hash-tagged on a Redis Cluster."""
-    tagged = is_cluster(redis)
-    return JobKeys(meta_key(job_id, tagged), log_key(job_id, tagged), channel(job_id, tagged))
-
-
-# KEYS: meta hash, log stream, and on a single Redis the jobs index. On a Redis Cluster (no
-#       index key: it lives in another slot) the entry is announced with SPUBLISH on the job's
-#       shard channel, and JobLog.create adds the job to the index itself.
-# ARGV: channel, kind, value index (-1 if none), JSON body without seq (starts after "{"),
-#       log maxlen, ttl after the end, now, jobs-index max, then field/value pairs for the hash.
-# Returns the new entry's seq, or a negative code: -1 already ended, -2 unknown job,
-# -3 value index not the next one (a retried job repeating a value), -4 job id exists.
-APPEND_LUA = """
-local meta, log, index = KEYS[1], KEYS[2], KEYS[3]
-local kind = ARGV[2]
-local status = redis.call('HGET', meta, 'status')
-if kind == 'queued' then
-  if status then return -4 end
-else
-  if not status then return -2 end
-  if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
-end
-if kind == 'value' then
-  local i = tonumber(ARGV[3])
-  local nv = tonumber(redis.call('HGET', meta, 'values') or '0')
-  if i ~= nv then return -3 end
-  redis.call('HSET', meta, 'values', nv + 1)
-end
-local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local entry = '{"seq":' .. seq .. ',' .. ARGV[4]
-redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'e', entry)
-if index then
-  redis.call('PUBLISH', ARGV[1], entry)
-else
-  redis.call('SPUBLISH', ARGV[1], entry)
-end
-if #ARGV > 8 then
-  redis.call('HSET', meta, unpack(ARGV, 9))
-end
-if kind == 'queued' and index then
-  redis.call('ZADD', index, ARGV[7], string.match(meta, ':job:(.*)$'))
-  local extra = redis.call('ZCARD', index) - tonumber(ARGV[8])
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
-end
-if kind == 'finished' or kind == 'failed' or kind == 'cancelled' then
-  redis.call('EXPIRE', meta, ARGV[6])
-  redis.call('EXPIRE', log, ARGV[6])
-end
-return seq
-"""
-
-
-class JobExists(RuntimeError):
-    """A job with this id was already created."""
-
-
-class UnknownJob(LookupError):
-    """No job with this id exists (or its log has expired)."""
+    base = _job(job_id, is_cluster(redis))
+    return JobKeys(base, base + ":log", base + ":ch")
 
 
 def encode_value(value: Any) -> tuple[str, str]:
@@ -215,12 +187,66 @@ class Entry:
         )
 
 
+class Progress(BaseModel):
+    """How far a job has come: ``i`` values logged of ``n`` (None when unknown)."""
+
+    i: int
+    n: int | None
+
+
+class JobInfo(BaseModel):
+    """A job as its metadata hash describes it: what the API, the pages and the CLI show."""
+
+    id: str
+    task: str | None
+    params: dict[str, Any]
+    status: str | None
+    progress: Progress
+    worker: str | None
+    attempt: int
+    created_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    reason: str | None
+    last_seq: int
+    cancelled_by: str | None
+
+    @classmethod
+    def from_hash(cls, job_id: str, raw: dict) -> "JobInfo":
+        """Read a metadata hash as returned by HGETALL."""
+        m = {k.decode(): v.decode() for k, v in raw.items()}
+
+        def num(name: str) -> float | None:
+            """A float field, or None when empty."""
+            return float(m[name]) if m.get(name) else None
+
+        return cls(
+            id=job_id,
+            task=m.get("task"),
+            params=json.loads(m.get("params") or "{}"),
+            status=m.get("status"),
+            progress=Progress(i=int(m.get("values") or 0), n=int(m["n"]) if m.get("n") else None),
+            worker=m.get("worker") or None,
+            attempt=int(m["attempt"]) if m.get("attempt") else 0,
+            created_at=num("created_at"),
+            started_at=num("started_at"),
+            ended_at=num("ended_at"),
+            reason=m.get("reason") or None,
+            last_seq=int(m.get("seq") or 0),
+            cancelled_by=m.get("cancelled_by") or None,
+        )
+
+
 class JobLog:
-    """Append to and read one job's log. Writers are the producer and the worker."""
+    """One job's log: its keys, and every read and write of them."""
 
     def __init__(self, redis: Redis, job_id: str, *, maxlen: int = 100_000, ttl: int = 604800,
                  index_max: int = 1000):
-        """Bind to the job ``job_id`` (validated) on ``redis``."""
+        """Bind to the job ``job_id`` (validated) on ``redis``.
+
+        ``maxlen``, ``ttl`` and ``index_max`` matter to writers only; services build their
+        logs from the settings with :meth:`jobcast.core.logstore.LogStore.log`.
+        """
         self.redis = redis
         self.job_id = check_job_id(job_id)
         self.keys = job_keys(redis, job_id)
@@ -274,7 +300,7 @@ class JobLog:
         job that Jobcast did not enqueue).
         """
         if is_cluster(self.redis):
-            index_job(self.redis, self.job_id, time.time(), self.index_max)
+            self._index(time.time())
         seq = self._write("queued", {"task": task, "params": params, "n": total}, meta={
             "task": task,
             "params": json.dumps(params),
@@ -286,6 +312,36 @@ class JobLog:
         if seq == -4:
             raise JobExists(self.job_id)
         return seq
+
+    def ensure(self, description: str | None, origin: str | None) -> bool:
+        """Create the log of an RQ job that Jobcast did not enqueue, unless it exists; True
+        if created here.
+
+        The existence check and the creation are one script, so the worker, ``emit()`` and the
+        web may all try at once: exactly one creates it.
+        """
+        try:
+            self.create(task_label(description), {}, None, extra={"origin": origin or ""})
+        except JobExists:
+            return False
+        return True
+
+    def _index(self, created: float) -> None:
+        """Add the job to the jobs index on a Redis Cluster, keeping the newest ``index_max``.
+
+        The index (``jobcast:jobs``, a sorted set by creation time) is one key, so it lives on
+        one slot. Only a job's creation writes it: values, the hot path, never touch it, so it
+        does not pull every append onto one shard. On a single Redis the append script adds
+        the job atomically with its ``queued`` entry; on a Cluster the index is in another
+        slot than the job's keys, so it is written here just before that script (``NX``: a job
+        id that exists keeps its place). Should the job then not be created (a crash in
+        between, or the id exists), :meth:`LogStore.recent` drops the id once its metadata is
+        found missing.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(JOBS_INDEX, {self.job_id: created}, nx=True)
+        pipe.zremrangebyrank(JOBS_INDEX, 0, -self.index_max - 1)
+        pipe.execute()
 
     def started(self, worker: str, attempt: int) -> int:
         """Record that ``worker`` started (or restarted) the job."""
@@ -323,11 +379,35 @@ class JobLog:
         return self._write("cancelled", {"by": by},
                            meta={"ended_at": now, "cancelled_by": by, "reason": f"cancelled by {by}"})
 
+    def save_chart(self, snapshot: str) -> None:
+        """Store the worker's downsampled chart of the job (expires with the log)."""
+        self.redis.set(self.keys.chart, snapshot, ex=self.ttl)
+
+    def publish_viewers(self, pipe, process: str, count: int, now: float, ttl: int) -> None:
+        """Add to ``pipe``: this web ``process`` has ``count`` viewers of the job at ``now``."""
+        pipe.hset(self.keys.viewers, process, f"{count} {now:.0f}")
+        pipe.expire(self.keys.viewers, ttl)
+
+    def forget_viewers(self, pipe, process: str) -> None:
+        """Add to ``pipe``: this web ``process`` has no viewer of the job any more."""
+        pipe.hdel(self.keys.viewers, process)
+
     # -- reading ---------------------------------------------------------------------------
+
+    def info(self) -> JobInfo:
+        """The job's metadata, or UnknownJob."""
+        raw = self.redis.hgetall(self.keys.meta)
+        if not raw:
+            raise UnknownJob(self.job_id)
+        return JobInfo.from_hash(self.job_id, raw)
 
     def values_logged(self) -> int:
         """How many values are logged: a retried task resumes from here."""
         return int(self.redis.hget(self.keys.meta, "values") or 0)
+
+    def next_attempt(self) -> int:
+        """The number of the attempt that is starting: one more than the log has seen."""
+        return int(self.redis.hget(self.keys.meta, "attempt") or 0) + 1
 
     def status(self) -> str | None:
         """The job's status (``queued``, ``running``, ``cancelled``…), None once expired."""
@@ -349,10 +429,7 @@ class JobLog:
                 yield Entry.parse(fields[b"e"])
             if len(batch) < page:
                 return
-            last = batch[-1][0]
-            last = last.decode() if isinstance(last, bytes) else last
-            start = "(" + last
-
+            start = "(" + _text(batch[-1][0])
 
     def page(self, after: int, count: int) -> tuple[list[Entry], bool]:
         """Up to ``count`` entries with ``seq > after``, and whether the job has ended, in one
@@ -379,6 +456,81 @@ class JobLog:
         """Add the read of the job's last seq to ``pipe`` (its reply: bytes or None)."""
         pipe.hget(self.keys.meta, "seq")
 
+    def values_before(self, before: int, limit: int) -> list[bytes]:
+        """The stored JSON of up to ``limit`` value entries logged before entry ``before`` (a
+        seq), oldest first: the job page's "load earlier values"."""
+        raws: list[bytes] = []
+        newest = f"0-{before - 1}"
+        while before > 1 and len(raws) < limit:
+            batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=limit)
+            raws += [f[b"e"] for _id, f in batch if b'"kind":"value"' in f[b"e"]]
+            if len(batch) < limit:
+                break
+            newest = "(" + _text(batch[-1][0])
+        return raws[:limit][::-1]
+
+    def tail_start(self, n: int, last_seq: int) -> tuple[int, int]:
+        """``(after, skipped)`` for a stream of the last ``n`` values.
+
+        Reads the log backwards from its newest entry until the n-th last value; ``after`` is
+        the seq just before it and ``skipped`` its index. When the tail holds every value, or
+        fewer than n are kept: the whole log, from ``queued`` on (a trimmed log then says what
+        is missing).
+        """
+        if n == 0:
+            return last_seq, self.values_logged()
+        count, newest = 0, "+"
+        page = min(TAIL_PAGE, n + 8)
+        while True:
+            batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=page)
+            for _stream_id, fields in batch:
+                raw = fields[b"e"]
+                if b'"kind":"value"' in raw:
+                    count += 1
+                    if count == n:
+                        entry = Entry.parse(raw)
+                        return (0, 0) if not entry.i else (entry.seq - 1, entry.i)
+            if len(batch) < page:
+                return 0, 0
+            newest = "(" + _text(batch[-1][0])
+            page = TAIL_PAGE
+
+    def first_kept(self) -> tuple[int | None, int | None]:
+        """The oldest entry still in a capped log: ``(seq, index of its first value)``.
+
+        ``(None, None)`` when the log is empty (or expired); the index is None when no value is
+        kept. The log's first entries are ``queued`` and ``started``, so a few suffice.
+        """
+        seq = i = None
+        for _id, fields in self.redis.xrange(self.keys.log, min="-", max="+", count=8):
+            entry = Entry.parse(fields[b"e"])
+            seq = entry.seq if seq is None else seq
+            if entry.kind == "value":
+                i = entry.i
+                break
+        if seq is not None and i is None:
+            # More than a few lifecycle entries first (retries): look further, in one call.
+            for entry in self.entries(after=seq - 1, page=256):
+                if entry.kind == "value":
+                    i = entry.i
+                    break
+                if entry.seq > seq + 256:
+                    break
+        return seq, i
+
+    def chart(self) -> bytes | None:
+        """The worker's chart snapshot (JSON), or None when there is none yet."""
+        return self.redis.get(self.keys.chart)
+
+    def viewer_counts(self) -> dict[bytes, bytes]:
+        """Each web process's ``"<count> <time>"`` for the job."""
+        return self.redis.hgetall(self.keys.viewers)
+
+
+def _text(stream_id) -> str:
+    """A stream id as text."""
+    return stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+
 
 def _field(fields) -> bytes:
     """The entry in a stream row's fields: a dict, or a flat [name, value] list where
@@ -386,55 +538,6 @@ def _field(fields) -> bytes:
     if isinstance(fields, dict):
         return fields[b"e"]
     return dict(zip(fields[::2], fields[1::2]))[b"e"]
-
-
-def index_job(redis, job_id: str, created: float, index_max: int) -> None:
-    """Add a new job to the jobs index on a Redis Cluster, keeping the newest ``index_max``.
-
-    The index (``jobcast:jobs``, a sorted set by creation time) is one key, so it lives on one
-    slot. Only a job's creation writes it: values, the hot path, never touch it, so it does
-    not pull every append onto one shard. On a single Redis the append script adds the job
-    atomically with its ``queued`` entry; on a Cluster the index is in another slot than the
-    job's keys, so it is written here just before that script (``NX``: a job id that exists
-    keeps its place). Should the job then not be created (a crash in between, or the id
-    exists), ``recent_jobs`` (web/jobs.py) drops the id once its metadata is found missing.
-    """
-    pipe = redis.pipeline(transaction=True)
-    pipe.zadd(JOBS_INDEX, {check_job_id(job_id): created}, nx=True)
-    pipe.zremrangebyrank(JOBS_INDEX, 0, -index_max - 1)
-    pipe.execute()
-
-
-def first_kept(redis: Redis, job_id: str) -> dict[str, int | None]:
-    """The oldest entry still in a capped log: its seq, and the index of its first value.
-
-    ``{"seq": None, "i": None}`` when the log is empty (or expired); ``i`` is None when no
-    value is kept. The log's first entries are ``queued`` and ``started``, so a few suffice.
-    """
-    seq = i = None
-    for _id, fields in redis.xrange(job_keys(redis, job_id).log, min="-", max="+", count=8):
-        entry = Entry.parse(fields[b"e"])
-        seq = entry.seq if seq is None else seq
-        if entry.kind == "value":
-            i = entry.i
-            break
-    if seq is not None and i is None:
-        # More than a few lifecycle entries first (retries): look further, in one call.
-        for entry in JobLog(redis, job_id).entries(after=seq - 1, page=256):
-            if entry.kind == "value":
-                i = entry.i
-                break
-            if entry.seq > seq + 256:
-                break
-    return {"seq": seq, "i": i}
-
-
-# -- the chart snapshot, and logs opened for jobs Jobcast did not enqueue -----------------
-
-
-def chart_key(job_id: str) -> str:
-    """Key of the job's chart snapshot (a JSON string)."""
-    return f"{PREFIX}:job:{check_job_id(job_id)}:chart"
 
 
 def task_label(description: str | None, fallback: str = "rq job") -> str:
@@ -445,16 +548,3 @@ def task_label(description: str | None, fallback: str = "rq job") -> str:
     """
     head = (description or "").split("(", 1)[0].strip()
     return head[:100] or fallback
-
-
-def ensure_log(jlog: JobLog, description: str | None, origin: str | None) -> bool:
-    """Create the job's log with its ``queued`` entry unless it exists; True if created here.
-
-    The existence check and the creation are one script, so the worker, ``emit()`` and the web
-    may all try at once: exactly one creates it.
-    """
-    try:
-        jlog.create(task_label(description), {}, None, extra={"origin": origin or ""})
-    except JobExists:
-        return False
-    return True

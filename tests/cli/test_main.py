@@ -9,11 +9,14 @@ import subprocess
 import pytest
 
 from tests.conftest import JOBCAST, ROOT, service_env
-from web.jobs import job_info
+from jobcast.core.joblog import JobLog
 
 
 def jobcast(redis_url: str, *args: str) -> subprocess.CompletedProcess:
-    env = service_env(redis_url, JOBCAST_URL="http://jobcast.test:8000")
+    # A queue of its own: the session's workers (if some test started them) must not take
+    # the jobs these tests look at.
+    env = service_env(redis_url, JOBCAST_URL="http://jobcast.test:8000",
+                      JOBCAST_QUEUE="cli-tests")
     return subprocess.run([*JOBCAST, *args], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
 
@@ -24,7 +27,7 @@ def test_enqueue_prints_the_job_id_and_its_page_url(redis_server, redis):
     job_id, url = out.stdout.split()
     assert re.fullmatch(r"[0-9a-f]{32}", job_id)
     assert url == f"http://jobcast.test:8000/jobs/{job_id}"
-    info = job_info(redis, job_id)
+    info = JobLog(redis, job_id).info().model_dump()
     assert info["params"] == {"n": 20, "interval": 0.1} and info["status"] == "queued"
 
 

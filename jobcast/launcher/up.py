@@ -26,13 +26,13 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
-from jobcast.joblog import JobLog
-from jobcast.settings import Settings, get_settings
-from jobcast.streams import connect, separate, stream_url
-from producer.enqueue import enqueue
-from producer.redisproc import RedisServer, free_port
-from producer.supervisor import Printer, RestartPolicy, Service, ServiceFailed, Supervisor
-from producer.wait import wait_until
+from jobcast.core.logstore import LogStore
+from jobcast.core.settings import Settings, get_settings
+from jobcast.core.store import connect, separate, stream_url
+from jobcast.producer.enqueue import enqueue
+from jobcast.launcher.redisserver import RedisServer, free_port
+from jobcast.launcher.supervisor import Printer, RestartPolicy, Service, ServiceFailed, Supervisor
+from jobcast.core.wait import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +211,11 @@ def start_demo(sup: Supervisor, redis_url: str, public: str, timeout: float = 5.
     cfg = Settings(redis_url=redis_url, public_url=public)
     job_id = enqueue("sqrt", {}, config=cfg)
     conn = connect(stream_url(cfg), cluster=None if separate(cfg) else False)
+    demo = LogStore(conn, cfg).log(job_id)
 
     def taken() -> bool:
         """True once the job left the queue; supervises meanwhile."""
-        if JobLog(conn, job_id).status() != "queued":
+        if demo.status() != "queued":
             return True
         sup.poll()
         return False

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from redis import Redis
 
-from producer.redisproc import find_redis_server, free_port
+from jobcast.launcher.redisserver import find_redis_server, free_port
 from tests.chaos.conftest import SSEViewer
 from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
 
@@ -358,7 +358,7 @@ def test_on_a_terminal_each_service_has_its_own_colour_and_ctrl_c_exits_0(tmp_pa
     (["--env", "worker:X"], "--env: expected SERVICE:NAME=VALUE"),
 ])
 def test_up_rejects_bad_options_with_exit_2(args, message, capsys):
-    from jobcast.cli import main
+    from jobcast.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["up", *args])
@@ -366,7 +366,7 @@ def test_up_rejects_bad_options_with_exit_2(args, message, capsys):
 
 
 def test_env_options_are_grouped_by_kind_of_service():
-    from jobcast.cli import build_parser
+    from jobcast.cli.main import build_parser
 
     args = build_parser().parse_args(["up", "--env", "worker:REDIS_URL=redis://x:1/0",
                                       "--env", "web:JOBCAST_HEARTBEAT=1=2"])

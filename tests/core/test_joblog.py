@@ -9,9 +9,20 @@ import uuid
 import fakeredis
 import pytest
 
-from jobcast.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
+from jobcast.core.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
                             job_id_from_channel, log_key, meta_key)
-from web.jobs import job_info, recent_jobs
+from jobcast.core.logstore import LogStore
+from jobcast.core.settings import Settings
+
+
+def job_info(r, job_id: str) -> dict:
+    """The job's info as the API shows it."""
+    return JobLog(r, job_id).info().model_dump()
+
+
+def recent_jobs(r) -> list[dict]:
+    """The job list as the API shows it."""
+    return [job.model_dump() for job in LogStore(r, Settings()).recent()]
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from producer.supervisor import (Printer, RestartPolicy, Service, ServiceFailed, Supervisor,
+from jobcast.launcher.supervisor import (Printer, RestartPolicy, Service, ServiceFailed, Supervisor,
                                  describe_exit, session_members)
-from producer.up import HOUSEKEEPING
+from jobcast.launcher.up import HOUSEKEEPING
 from tests.conftest import wait_for
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from jobcast.registry import ParamError, UnknownTask, get_task, task
+from jobcast.core.registry import ParamError, UnknownTask, get_task, task
 
 
 def test_sqrt_defaults_are_the_original_example():

@@ -15,19 +15,18 @@ from typing import Sequence
 from redis import Redis
 from redis.exceptions import RedisError
 
-from jobcast.joblog import InvalidJobId, UnknownJob, check_job_id
-from jobcast.registry import ParamError, UnknownTask, all_tasks
-from jobcast.settings import get_settings
-from jobcast.streams import stream_redis
-from jobcast.urls import job_urls
-from producer.cancel import AlreadyEnded, cancel
-from producer.enqueue import enqueue
-from producer.client import follow
-from producer.up import SERVICE_KINDS, status, up
-from web.jobs import recent_jobs
-from web.links import view_sig
-from web.serve import serve
-from worker.main import run_worker
+from jobcast.core.joblog import InvalidJobId, UnknownJob, check_job_id
+from jobcast.core.registry import ParamError, UnknownTask, all_tasks
+from jobcast.core.settings import get_settings
+from jobcast.core.logstore import LogStore
+from jobcast.core.urls import job_urls
+from jobcast.producer.cancel import AlreadyEnded, cancel
+from jobcast.producer.enqueue import enqueue
+from jobcast.cli.client import follow
+from jobcast.launcher.up import SERVICE_KINDS, status, up
+from jobcast.web.links import view_sig
+from jobcast.web.serve import serve
+from jobcast.worker.main import run_worker
 
 
 def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
@@ -143,7 +142,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List recent jobs with their status."""
     cfg = get_settings()
-    jobs = recent_jobs(stream_redis(cfg), args.limit)
+    jobs = [job.model_dump() for job in LogStore.connect(cfg).recent(args.limit)]
     if args.output == "json":
         print(json.dumps(jobs))
         return 0

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from producer.client import Display, Rate, parse_sse
-from producer.redisproc import free_port
+from jobcast.cli.client import Display, Rate, parse_sse
+from jobcast.launcher.redisserver import free_port
 from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Iterator
 
 from pydantic import Field
 
-from jobcast.registry import task
+from jobcast.core.task import task
 
 
 @task(total=lambda p: p["n"], duration=lambda p: p["n"] * p["interval"])

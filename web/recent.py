@@ -1,0 +1,137 @@
+"""The newest entries of each watched job, kept in memory by the relay.
+
+A burst of newcomers to a busy job reads its recent history here rather than each from Redis,
+and the frames of that history are built once for all of them.
+"""
+
+from __future__ import annotations
+
+from jobcast.core.joblog import Entry
+from jobcast.web.frames import Transport
+
+RECENT = 512
+"""Newest entries of each watched job kept in memory, so newcomers need not read Redis."""
+
+
+class RecentEntries:
+    """The newest entries of each watched job this process has seen, contiguous by seq.
+
+    Filled from live batches and from the log reads of catching-up viewers, so a burst of
+    newcomers to a busy job reads its recent history here rather than each from Redis. It is
+    exact by construction (every entry is a log entry, and a batch that does not follow on
+    is not appended). It is *current* for a viewer at seq ``cursor`` when it ends at that
+    cursor and the hub has dispatched nothing newer: the viewer can then rejoin the fast path
+    without asking Redis. That holds only within one unbroken subscription, so a lost or
+    renewed subscription clears it, and a log read that spans a change (``epoch``) adds nothing.
+    """
+
+    def __init__(self, maxlen: int = RECENT):
+        """Keep up to ``maxlen`` entries per job."""
+        self.maxlen = maxlen
+        self._tails: dict[str, list[Entry]] = {}
+        self._dispatched: dict[str, int] = {}
+        # The frames of "everything kept after seq c" per (job, transport, c), valid while the
+        # kept entries end with the same entry: a burst of newcomers is framed once.
+        self._framed: dict[tuple[str, Transport, int], tuple[Entry, bytes]] = {}
+        self.subscribed = False
+        self.epoch = 0
+
+    def after(self, job_id: str, cursor: int) -> list[Entry]:
+        """The kept entries after ``cursor``, if they follow on from it, else []."""
+        tail = self._tails.get(job_id)
+        if not tail or not tail[0].seq <= cursor + 1 <= tail[-1].seq:
+            return []
+        return tail[cursor + 1 - tail[0].seq:]
+
+    def framed_after(self, job_id: str, cursor: int, transport: Transport,
+                     start: int = 0) -> tuple[bytes, Entry] | None:
+        """The frames of the kept entries after ``cursor`` and the last of them, or None."""
+        kept = self.after(job_id, cursor)
+        if not kept:
+            return None
+        last = kept[-1]
+        if start:
+            return transport.frames(kept, start), last
+        key = (job_id, transport, cursor)
+        hit = self._framed.get(key)
+        if hit is not None and hit[0] is last:
+            return hit[1], last
+        if len(self._framed) >= 4 * self.maxlen:
+            self._framed.clear()
+        data = transport.frames(kept)
+        self._framed[key] = (last, data)
+        return data, last
+
+    def is_current(self, job_id: str, cursor: int) -> bool:
+        """True if nothing newer than ``cursor`` has been logged that the hub has not yet
+        dispatched to the fast path."""
+        tail = self._tails.get(job_id)
+        return (self.subscribed and bool(tail) and tail[-1].seq == cursor
+                and cursor >= self._dispatched.get(job_id, 0))
+
+    def add_live(self, job_id: str, entries: list[Entry]) -> None:
+        """The hub dispatched ``entries``."""
+        self._dispatched[job_id] = entries[-1].seq
+        tail = self._tails.get(job_id)
+        if tail is None:
+            self._keep(job_id, list(entries))
+        elif tail[-1].seq + 1 == entries[0].seq:
+            tail.extend(entries)
+            self._trim(tail)
+        elif entries[-1].seq > tail[-1].seq:
+            self._keep(job_id, list(entries))  # a gap: start again from what is known
+
+    def add_read(self, job_id: str, entries: list[Entry], epoch: int) -> None:
+        """A viewer read ``entries`` from the log, having started the read at ``epoch``."""
+        if not entries or not self.subscribed or epoch != self.epoch:
+            return
+        tail = self._tails.get(job_id)
+        if tail is None:
+            self._keep(job_id, list(entries))
+            return
+        first, last = tail[0].seq, tail[-1].seq
+        if entries[-1].seq + 1 < first or entries[0].seq > last + 1:
+            return  # not adjacent: nothing is known between the two, keep what we have
+        # Both are exact runs of the log that touch: their union is one.
+        before = entries[:max(0, first - entries[0].seq)]
+        after = entries[max(0, last + 1 - entries[0].seq):]
+        tail[:0] = before
+        tail.extend(after)
+        self._trim(tail)
+
+    def last(self, job_id: str) -> Entry | None:
+        """The newest kept entry of ``job_id``, if this process keeps any."""
+        tail = self._tails.get(job_id)
+        return tail[-1] if tail else None
+
+    def forget(self, job_id: str) -> None:
+        """Nobody here watches ``job_id`` any more."""
+        self._tails.pop(job_id, None)
+        self._dispatched.pop(job_id, None)
+        for key in [k for k in self._framed if k[0] == job_id]:
+            del self._framed[key]
+
+    def subscription(self, live: bool) -> None:
+        """The hub's subscription was (re)confirmed (True) or lost (False): start afresh."""
+        self.subscribed = live
+        self.epoch += 1
+        self._tails.clear()
+        self._dispatched.clear()
+        self._framed.clear()
+
+    def lost(self, job_ids) -> None:
+        """The subscriptions of these jobs were lost or renewed: forget what is kept of them,
+        and let no read that spans the change add to it."""
+        self.epoch += 1
+        for job_id in job_ids:
+            self.forget(job_id)
+
+    def _keep(self, job_id: str, tail: list[Entry]) -> None:
+        """Make ``tail`` the job's kept entries."""
+        self._trim(tail)
+        self._tails[job_id] = tail
+
+    def _trim(self, tail: list[Entry]) -> None:
+        """Drop the oldest entries beyond ``maxlen``."""
+        if len(tail) > self.maxlen:
+            del tail[:len(tail) - self.maxlen]

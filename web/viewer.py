@@ -1,0 +1,242 @@
+"""A viewer: one stream the relay writes to, and the two kinds of sink its bytes go into.
+
+Every stream, whatever the server, is a :class:`Viewer` of one job: a transport (text, SSE,
+HTML), a cursor (the seq of the last entry written to it) and a sink:
+
+- :class:`SocketSink`: the connection's own OS socket, taken over from gunicorn by Jobcast's
+  worker class (:mod:`jobcast.web.handover`). The relay writes to it with non-blocking
+  ``send()`` from its own greenlet; the request is over.
+- :class:`QueueSink`: a bounded buffer of bytes that the request's WSGI generator drains, under
+  any other server (gunicorn's own gevent worker, Flask's dev server). The relay writes to it
+  the same bytes, the same way; when it is full, the viewer leaves the fast path and catches
+  up from the log, exactly as a socket that would block.
+
+A viewer owns what it holds while it streams, its :class:`Lease` on the job's subscription and
+its stream slot, and gives them back once, whoever ends it (:meth:`Viewer.release`).
+"""
+
+from __future__ import annotations
+
+import enum
+import select
+import socket
+import threading
+from collections import deque
+from typing import Callable, Protocol
+
+from jobcast.web.frames import LAST_CHUNK, Transport, chunk
+
+
+class Sink(Protocol):
+    """Where a viewer's bytes go."""
+
+    def send(self, data: bytes) -> int:
+        """Take as much of ``data`` as possible without waiting; how much was taken (0 when
+        none could be). Raises OSError once the client is gone."""
+
+    def wait_writable(self, timeout: float | None = None) -> None:
+        """Wait until :meth:`send` can take something (or ``timeout`` passes)."""
+
+    def alive(self) -> bool:
+        """False once the client has closed the connection (reads nothing)."""
+
+    def close(self) -> None:
+        """End the stream."""
+
+
+class SocketSink:
+    """A connection's OS socket, non-blocking, owned by the relay."""
+
+    __slots__ = ("sock", "green")
+
+    def __init__(self, sock: socket.socket, *, green: bool = True):
+        """Write to ``sock`` (non-blocking); wait for it with gevent when ``green``."""
+        self.sock = sock
+        self.green = green
+
+    def send(self, data) -> int:
+        """One non-blocking ``send()``."""
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+
+    def wait_writable(self, timeout: float | None = None) -> None:
+        """Wait for room in the socket's send buffer."""
+        if self.green:
+            from gevent.socket import wait_write
+
+            try:
+                wait_write(self.sock.fileno(), timeout=timeout)
+            except socket.timeout:
+                pass
+        else:
+            select.select([], [self.sock], [], timeout)
+
+    def alive(self) -> bool:
+        """Peek at the socket: a readable socket with no data means the peer has closed it."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) != b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Close the connection."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class QueueSink:
+    """A bounded buffer of bytes between the relay and a request's WSGI generator."""
+
+    __slots__ = ("limit", "_alive", "_chunks", "_size", "_cond", "closed")
+
+    def __init__(self, limit: int, alive: Callable[[], bool] | None = None):
+        """Hold at most ``limit`` bytes; ``alive`` checks the client (default: assume so)."""
+        self.limit = limit
+        self._alive = alive
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        # threading, which gevent's worker patches into greenlet primitives.
+        self._cond = threading.Condition(threading.Lock())
+        self.closed = False
+
+    def send(self, data) -> int:
+        """Buffer what fits of ``data``."""
+        with self._cond:
+            if self.closed:
+                raise BrokenPipeError("the stream has ended")
+            room = self.limit - self._size
+            if room <= 0:
+                return 0
+            part = bytes(data[:room]) if len(data) > room else bytes(data)
+            self._chunks.append(part)
+            self._size += len(part)
+            self._cond.notify_all()
+            return len(part)
+
+    def wait_writable(self, timeout: float | None = None) -> None:
+        """Wait until the generator has drained the buffer (or it was closed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._size < self.limit or self.closed, timeout)
+
+    def alive(self) -> bool:
+        """Ask the client check given at creation."""
+        return self._alive() if self._alive is not None else True
+
+    def close(self) -> None:
+        """No more bytes will come: the generator sends what is buffered, then ends."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> bytes | None:
+        """What is buffered, waiting up to ``timeout`` s for something (b"" if nothing came);
+        None once the stream has ended and everything was taken."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._chunks or self.closed, timeout)
+            if self._chunks:
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+                self._size = 0
+                self._cond.notify_all()
+                return data
+            return None if self.closed else b""
+
+
+class Lease:
+    """A viewer's hold on its job's subscription; released once."""
+
+    __slots__ = ("_release", "released")
+
+    def __init__(self, release: Callable[[], None]):
+        """``release`` gives the subscription back."""
+        self._release = release
+        self.released = False
+
+    def release(self) -> None:
+        """Give the subscription back (idempotent)."""
+        if not self.released:
+            self.released = True
+            self._release()
+
+
+class ViewerState(enum.Enum):
+    """Where a viewer stands: admitted, held by the relay, or ended."""
+
+    NEW = "new"
+    HELD = "held"
+    CLOSED = "closed"
+
+
+class Viewer:
+    """One stream of one job, from the entry after ``cursor`` on."""
+
+    __slots__ = ("job_id", "sink", "transport", "chunked", "kind", "start", "cursor", "slow",
+                 "missed", "done", "state", "resources", "on_close")
+
+    def __init__(self, job_id: str, sink: Sink | None, transport: Transport, *,
+                 chunked: bool = False,
+                 cursor: int = 0, start: int = 0, resources: tuple = (),
+                 on_close: Callable[[], None] | None = None):
+        """A viewer of ``job_id`` that has been sent every entry up to seq ``cursor``.
+
+        ``chunked``: the relay frames the body as HTTP/1.1 chunks itself (a taken socket).
+        ``start``: values with an index below it are not sent (the text and HTML streams'
+        ``?start=``). ``resources`` (a Lease, a stream slot: anything with ``release()``) are
+        given back when the viewer ends; then ``on_close`` is called. A viewer whose
+        connection is taken over only once its headers are out gets its sink then
+        (:meth:`attach`).
+        """
+        self.job_id = job_id
+        self.sink = sink
+        self.transport = transport
+        self.chunked = chunked
+        self.kind = (transport, chunked)  # viewers of one kind are sent the same bytes
+        self.start = start
+        self.cursor = cursor
+        self.slow = False   # off the fast path: a catch-up writes to it
+        self.missed = 0     # the newest seq the fast path skipped while it was slow
+        self.done = False   # its terminal entry was written
+        self.state = ViewerState.NEW
+        self.resources = resources
+        self.on_close = on_close
+
+    def attach(self, sink: Sink, *, chunked: bool = False) -> None:
+        """Write to ``sink`` (framing the body as HTTP/1.1 chunks when ``chunked``)."""
+        self.sink = sink
+        self.chunked = chunked
+        self.kind = (self.transport, chunked)
+
+    @property
+    def closed(self) -> bool:
+        """True once the viewer has ended."""
+        return self.state is ViewerState.CLOSED
+
+    def wire(self, payload: bytes, end: bool = False) -> bytes:
+        """``payload`` framed for this connection, plus the end of the body if ``end``."""
+        if self.chunked:
+            return chunk(payload) + LAST_CHUNK if end else chunk(payload)
+        return payload
+
+    def release(self) -> None:
+        """End the viewer: close its sink, give back its resources (idempotent)."""
+        if self.state is ViewerState.CLOSED:
+            return
+        self.state = ViewerState.CLOSED
+        if self.sink is not None:
+            self.sink.close()
+        for resource in self.resources:
+            resource.release()
+        if self.on_close is not None:
+            self.on_close()
+
+    def abandon(self) -> None:
+        """The response closed: end the viewer unless the relay took it (the request of a
+        held viewer ends long before its stream does)."""
+        if self.state is ViewerState.NEW:
+            self.release()
