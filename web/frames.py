@@ -3,9 +3,8 @@
 A stream is one of three transports: newline-delimited text, server-sent events, and
 streamed HTML for an ``<iframe>``. Each turns an :class:`~jobcast.core.joblog.Entry` into bytes
 (possibly none: the text stream shows only values), has a heartbeat (or none), and bytes to
-send before the server closes a stream on shutdown. The hub frames a live entry once per
-transport and writes the same bytes to every viewer; the generator path uses the same
-functions, so both paths send identical bytes.
+send before the server closes a stream on shutdown. The relay frames a live entry once per
+transport and writes the same bytes to every viewer, whatever its sink.
 """
 
 from __future__ import annotations
@@ -72,10 +71,6 @@ class Transport:
     """Sent before the server closes the stream because it is stopping."""
     filters_values: bool
     """True when ``?start=K`` hides values with index below K."""
-
-    def frame(self, entry: Entry) -> bytes:
-        """The entry's bytes on this transport (cached for the live entries of a process)."""
-        return self.encode(entry)
 
     def frames(self, entries: list[Entry], start: int = 0) -> bytes:
         """The bytes of ``entries`` in order, skipping values below index ``start``."""

@@ -4,8 +4,8 @@ Under gunicorn's own gevent worker every open stream keeps a greenlet parked in 
 generator chain, and every value wakes each of them to write through gunicorn's per-write
 path: each value queues one wake-up per viewer. :class:`StreamWorker` lets a stream, once
 gunicorn has sent the response headers, take the connection's OS socket and hand it to the
-process's hub. The request then ends as far as gunicorn is concerned, its greenlet is freed,
-and the hub frames each value once and writes it straight to every socket it holds.
+process's relay. The request then ends as far as gunicorn is concerned, its greenlet is
+freed, and the relay frames each value once and writes it straight to every socket it holds.
 
 It is still gunicorn's gevent worker (same loop, same accept path, same settings): it only
 hands the app a socket it may take (``environ["gunicorn.socket"]`` becomes a
@@ -34,7 +34,7 @@ _on_exit: list[Callable[[], None]] = []
 def on_worker_exit(callback: Callable[[], None]) -> None:
     """Run ``callback`` when this worker process stops serving (after SIGTERM or SIGQUIT).
 
-    The hub registers its shutdown here: the streams it holds are not requests gunicorn
+    The web's services register their shutdown here: the streams it holds are not requests gunicorn
     knows about, so gunicorn's graceful shutdown would not wait for them.
     """
     _on_exit.append(callback)
@@ -148,7 +148,7 @@ class StreamWorker(GeventWorker):
 
         gunicorn already does so when it runs several workers (so they share the accepts);
         with one worker gevent's default takes up to 100 at once, and a burst of newcomers
-        then runs before the hub can write the next value to those already watching.
+        then runs before the relay can write the next value to those already watching.
         """
         StreamServer.max_accept = 1
         super().init_process()

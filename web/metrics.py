@@ -7,7 +7,7 @@ single process) the default in-process registry is used.
 
 What is counted where, so the hot path stays cheap:
 
-- the hub counts each announcement once and the entries it hands to viewers with one
+- the relay counts each announcement once and the entries it hands to viewers with one
   ``inc(n)`` per announcement, never one call per viewer;
 - the relay (:mod:`jobcast.web.relay`, held connections) and :func:`jobcast.web.fallback.follow_batches` (the
   per-greenlet path) count viewers, catch-ups from the log, heartbeats and the reason each
@@ -45,9 +45,9 @@ def multiproc_dir() -> str | None:
 VIEWERS = Gauge("jobcast_viewers", "Viewers connected, all jobs", multiprocess_mode="livesum")
 ANNOUNCEMENTS = Counter("jobcast_hub_announcements", "Announcements read from Redis pub/sub by the hubs")
 RELAYED = Counter("jobcast_entries_relayed",
-                  "Live entries handed to viewers by the hubs (one per entry per viewer)")
+                  "Live entries handed to viewers by the relays (one per entry per viewer)")
 VALUES_RELAYED = Counter("jobcast_values_relayed",
-                         "Live value entries handed to viewers by the hubs (one per value per viewer)")
+                         "Live value entries handed to viewers by the relays (one per value per viewer)")
 CATCHUPS = Counter("jobcast_catchups",
                    "Reads of a job's log by a viewer, by reason "
                    "(history, overflow, resync, gap, quiet)", ["reason"])
@@ -56,13 +56,13 @@ DISCONNECTS = Counter("jobcast_disconnects",
                       "Viewers that stopped, by reason (job_ended, client_gone, closed, error)",
                       ["reason"])
 HUB_LAG = Histogram("jobcast_hub_lag_seconds",
-                    "Time from an entry being logged and published to its dispatch by a hub",
+                    "Time from an entry being logged and published to its delivery by a relay",
                     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 HUB_LAST_LAG = Gauge("jobcast_hub_last_lag_seconds", "Lag of the latest entry a hub dispatched",
                      multiprocess_mode="livemax")
 HUB_RECONNECTS = Counter("jobcast_hub_reconnects", "Times a hub lost and re-made its subscription")
 HUB_CHANNELS = Gauge("jobcast_hub_channels",
-                     "Job channels the hubs subscribe to (jobs watched here, and lingering ones)",
+                     "Job channels the brokers subscribe to (jobs watched here, and lingering ones)",
                      multiprocess_mode="livesum")
 # The reasons a stream can be refused: a fixed set, so the label stays bounded.
 REFUSAL_REASONS = ("per_client", "per_process", "unauthorized", "forbidden")
@@ -85,7 +85,7 @@ def job_cancelled() -> None:
 
 
 def viewer_added(job_id: str) -> None:
-    """A viewer of ``job_id`` attached to this process's hub (counted in total only)."""
+    """A viewer of ``job_id`` attached to this process's relay (counted in total only)."""
     VIEWERS.inc()
 
 
@@ -95,7 +95,7 @@ def viewer_removed(job_id: str) -> None:
 
 
 def dispatched(entry, viewers: int) -> None:
-    """The hub handed ``entry`` to ``viewers`` viewers."""
+    """The relay handed ``entry`` to ``viewers`` viewers."""
     if viewers:
         RELAYED.inc(viewers)
         if entry.kind == "value":

@@ -2,7 +2,7 @@
 
 Jobcast runs as its own Flask app under the prefix (Flask's "application dispatching": a
 werkzeug DispatcherMiddleware in front of ``app.wsgi_app``), in the same processes as your app,
-so its hub starts there at its first request. Keeping it a separate app means its templates,
+so its relay starts there at its first request. Keeping it a separate app means its templates,
 static files, endpoint names, JSON error handlers and request-size limit cannot collide with
 yours; every URL it renders comes from ``url_for``, which includes the prefix by itself.
 

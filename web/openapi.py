@@ -416,7 +416,7 @@ def document(cfg: Settings) -> dict[str, Any]:
         "/healthz": {"get": {"summary": "The process is alive", "operationId": "healthz",
                              "tags": ["meta"], "security": [{}],
                              "responses": {"200": json_body("Alive", ref("Health")), **errors()}}},
-        "/readyz": {"get": {"summary": "Redis answers and the hub is subscribed",
+        "/readyz": {"get": {"summary": "Redis answers and the broker is subscribed",
                             "operationId": "readyz", "tags": ["meta"], "security": [{}],
                             "responses": {**errors(),
                                           "200": json_body("Ready", ref("Health")),

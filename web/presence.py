@@ -8,19 +8,14 @@ process that dies stops refreshing its fields, and they are ignored once stale.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-import threading
 import time
 from typing import Protocol
 
-from redis.exceptions import RedisError
-
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
-
-log = logging.getLogger(__name__)
+from jobcast.web.periodic import Periodic
 
 STALE_AFTER = 30.0  # seconds without a refresh before a process's count is ignored
 
@@ -46,38 +41,23 @@ def total_viewers(jlog: JobLog, now: float | None = None) -> int:
     return total
 
 
-class Presence:
+class Presence(Periodic):
     """Publishes this process's per-job viewer counts, read every ``interval`` s."""
+
+    thread_name = "jobcast-presence"
+    immediate = True
 
     def __init__(self, logs: LogStore, watched: Watched, interval: float = 3.0):
         """Prepare; :meth:`start` runs it."""
+        super().__init__(interval)
         self.logs = logs
         self.watched = watched
-        self.interval = interval
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.name = f"{socket.gethostname()}:{os.getpid()}"  # its field in each job's hash
         self.published: set[str] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Publish in the background (a greenlet under gevent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="jobcast-presence", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the current round (the process stops serving)."""
-        self._stop.set()
-
-    def _run(self) -> None:
-        """Publish until stopped; a Redis outage only delays the next round."""
-        while True:
-            try:
-                self.publish()
-            except RedisError as exc:
-                log.debug("presence: Redis unavailable (%s)", exc)
-            if self._stop.wait(self.interval):
-                return
+    def round(self) -> None:
+        """Publish the counts."""
+        self.publish()
 
     def publish(self, now: float | None = None) -> None:
         """Write the current counts, and remove the jobs nobody here watches any more."""
@@ -85,7 +65,8 @@ class Presence:
         counts = {job_id: self.watched.viewers(job_id) for job_id in self.watched.jobs()}
         pipe = self.logs.redis.pipeline(transaction=False)
         for job_id, count in counts.items():
-            self.logs.log(job_id).publish_viewers(pipe, self.name, count, now, int(STALE_AFTER * 2))
+            self.logs.log(job_id).publish_viewers(pipe, self.name, count, now,
+                                                  int(STALE_AFTER * 2))
         for job_id in self.published - set(counts):
             self.logs.log(job_id).forget_viewers(pipe, self.name)
         pipe.execute()

@@ -20,7 +20,7 @@ class RecentEntries:
     newcomers to a busy job reads its recent history here rather than each from Redis. It is
     exact by construction (every entry is a log entry, and a batch that does not follow on
     is not appended). It is *current* for a viewer at seq ``cursor`` when it ends at that
-    cursor and the hub has dispatched nothing newer: the viewer can then rejoin the fast path
+    cursor and the broker has delivered nothing newer: the viewer can then rejoin the fast path
     without asking Redis. That holds only within one unbroken subscription, so a lost or
     renewed subscription clears it, and a log read that spans a change (``epoch``) adds nothing.
     """
@@ -63,14 +63,14 @@ class RecentEntries:
         return data, last
 
     def is_current(self, job_id: str, cursor: int) -> bool:
-        """True if nothing newer than ``cursor`` has been logged that the hub has not yet
+        """True if nothing newer than ``cursor`` has been logged that the broker has not yet
         dispatched to the fast path."""
         tail = self._tails.get(job_id)
         return (self.subscribed and bool(tail) and tail[-1].seq == cursor
                 and cursor >= self._dispatched.get(job_id, 0))
 
     def add_live(self, job_id: str, entries: list[Entry]) -> None:
-        """The hub dispatched ``entries``."""
+        """The broker delivered ``entries``."""
         self._dispatched[job_id] = entries[-1].seq
         tail = self._tails.get(job_id)
         if tail is None:
@@ -112,7 +112,7 @@ class RecentEntries:
             del self._framed[key]
 
     def subscription(self, live: bool) -> None:
-        """The hub's subscription was (re)confirmed (True) or lost (False): start afresh."""
+        """The broker's subscription was (re)confirmed (True) or lost (False): start afresh."""
         self.subscribed = live
         self.epoch += 1
         self._tails.clear()

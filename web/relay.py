@@ -43,6 +43,7 @@ from jobcast.core.joblog import Entry
 from jobcast.web import metrics
 from jobcast.web.broker import CONFIRM_TIMEOUT, Broker
 from jobcast.web.frames import LAST_CHUNK, Transport
+from jobcast.web.periodic import Periodic
 from jobcast.web.recent import RecentEntries
 from jobcast.web.viewer import Lease, Viewer, ViewerState
 
@@ -78,6 +79,22 @@ class _Flight:
         self.done = threading.Event()
         self.result: tuple[bool, int] | None = None
         self.error: BaseException | None = None
+
+
+class Heartbeat(Periodic):
+    """Calls :meth:`Relay.tick` several times per heartbeat interval."""
+
+    thread_name = "jobcast-beat"
+
+    def __init__(self, relay: "Relay"):
+        """Tick ``relay``."""
+        super().__init__(min(1.0, relay.heartbeat / 3))
+        self.relay = relay
+
+    def round(self) -> None:
+        """Look at the quiet streams, unless the process is stopping."""
+        if not self.relay.closing:
+            self.relay.tick()
 
 
 class Relay:
@@ -116,31 +133,23 @@ class Relay:
         # (the catch-up asks the broker); a lost one forgets its job's entries.
         self.recent.subscription(True)
         self.closing = False
-        self._ticker: threading.Thread | None = None
+        self._heartbeat = Heartbeat(self)
+        self._started = False
 
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the broker (with this relay as its handler) and the heartbeat, once."""
-        if self._ticker is None:
+        if not self._started:
+            self._started = True
             self.broker.start(self)
-            self._ticker = threading.Thread(target=self._beat, name="jobcast-beat", daemon=True)
-            self._ticker.start()
+            self._heartbeat.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the heartbeat and the broker's readers."""
         self._stop.set()
+        self._heartbeat.stop()
         self.broker.stop(timeout)
-
-    def _beat(self) -> None:
-        """Call :meth:`tick` several times per heartbeat interval."""
-        interval = min(1.0, self.heartbeat / 3)
-        while not self._stop.wait(interval):
-            if not self.closing:
-                try:
-                    self.tick()
-                except Exception:  # the heartbeat must outlive any one bad round
-                    log.exception("relay: tick failed")
 
     @property
     def ready(self) -> bool:

@@ -1,7 +1,7 @@
 """Graceful shutdown under gunicorn: on SIGTERM, end every stream so clients reconnect.
 
 Gunicorn's worker stops accepting on SIGTERM and then waits up to ``graceful_timeout`` for
-open requests; endless streams would hold it there and then be cut. Instead the hub wakes
+open requests; endless streams would hold it there and then be cut. Instead the relay ends
 every viewer: SSE streams end with a short ``retry:`` and EventSource resumes elsewhere from
 its Last-Event-ID; text and HTML streams end and their readers resume by value count.
 """

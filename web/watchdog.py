@@ -16,17 +16,16 @@ seconds:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import timezone
 
 from redis import Redis
-from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from jobcast.core.logstore import LogStore
+from jobcast.web.periodic import Periodic
 from jobcast.worker.hook import JobcastJob
 
 log = logging.getLogger(__name__)
@@ -37,40 +36,24 @@ RQ_ENDED = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobcast worker`
 
 
-class Watchdog:
+class Watchdog(Periodic):
     """Periodic checks, run in a daemon thread (a greenlet under gevent)."""
+
+    thread_name = "jobcast-watchdog"
 
     def __init__(self, redis: Redis, logs: LogStore, interval: float = 5.0):
         """Prepare; :meth:`start` runs it. ``redis`` holds RQ's queue, ``logs`` the job logs."""
+        super().__init__(interval)
         self.redis = redis
         self.logs = logs
         self.config = logs.settings
-        self.interval = interval
         self.no_worker_since: float | None = None
         self.missing: set[str] = set()  # plain RQ jobs found gone from RQ in the last round
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Run the checks in the background, once per process."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="jobcast-watchdog", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the current round."""
-        self._stop.set()
-
-    def _run(self) -> None:
-        """Check every ``interval`` seconds while holding the lock; survive Redis outages."""
-        while not self._stop.wait(self.interval):
-            try:
-                if self.redis.set(LOCK, "1", nx=True, ex=max(1, int(self.interval) - 1)):
-                    self.check()
-            except RedisError as exc:
-                log.info("watchdog: Redis unavailable (%s)", exc)
-            except Exception:  # a bug here must not kill the thread; it is logged
-                log.exception("watchdog: check failed")
+    def round(self) -> None:
+        """Check, if this process holds the lock (one web process at a time does)."""
+        if self.redis.set(LOCK, "1", nx=True, ex=max(1, int(self.interval) - 1)):
+            self.check()
 
     def check(self, now: float | None = None) -> list[str]:
         """One round; returns the ids of jobs it failed for lack of workers."""
