@@ -4,7 +4,8 @@ It is not the product's parser (``jobcast.cli.client.parse_sse``, which ``jobcas
 uses and tests/cli/test_client.py tests): a test that checks the server's SSE with the
 client's own parser would pass with both wrong the same way. Lines and fields are read by
 httpx-sse's decoders (WHATWG rules: ``\\r\\n``, ``\\r`` or ``\\n`` end a line, one leading
-space is dropped from a value, ``id`` with a NUL is ignored, ``retry`` must be an integer).
+space is dropped from a value, an ``id`` with a NUL is ignored, ``retry`` is read as an
+integer).
 
 httpx-sse keeps the spec's *last event ID*, which persists from event to event: an event
 without an ``id`` line reports the previous event's id. Tests ask a different question,
