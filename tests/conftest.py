@@ -72,6 +72,7 @@ class WebServer:
 
     def start(self) -> "WebServer":
         """Start gunicorn and wait for /readyz."""
+        require_slow("gunicorn")
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [*JOBCAST, "web", "--bind", "127.0.0.1", "--port", str(self.port),
@@ -108,6 +109,7 @@ class Workers:
         """Start ``n`` more workers and wait until each has registered with RQ."""
         from rq import Worker
 
+        require_slow("RQ workers")
         started = []
         for _ in range(n):
             out = subprocess.DEVNULL
@@ -135,6 +137,72 @@ class Workers:
         for proc in self.procs:
             stop_process(proc, signal.SIGTERM, 20)
         self.procs.clear()
+
+
+# -- the fast tier: `make test-fast` runs `pytest -m "not slow"` ---------------------------------
+# A test is slow when it starts real service processes or a browser: gunicorn, RQ workers,
+# Chromium, Docker, a Redis Cluster, `jobcast up`. A real redis-server (the session's) is not
+# slow. The rule, read by pytest_collection_modifyitems below:
+#  1. every test under SLOW_PATHS (end to end through and through), and
+#  2. every test that needs, directly or through other fixtures, one of SERVICE_FIXTURES
+#     (pytest lists a test's whole fixture closure in item.fixturenames). A fixture is named
+#     under the folder or module that defines it, as it is visible only there.
+# A test that starts such a process in its own body is marked by hand: @pytest.mark.slow.
+# WebServer, Workers, start_rq_worker and the browser fixture refuse to run for a test that
+# is not marked slow, so a test the rule misses fails instead of slowing the fast tier.
+SLOW_PATHS = (
+    "tests/bench/", "tests/chaos/", "tests/cluster/",
+    "tests/test_compose.py", "tests/test_examples.py", "tests/test_packaging.py",
+    "tests/test_system.py",
+    "tests/web/test_security.py",  # private-mode gunicorns, one started in a test's body
+)
+SERVICE_FIXTURES = {
+    "tests/": {"web", "workers", "browser"},  # and so http, page, context, proxy...
+    "tests/test_cancel.py": {"lane"},
+    "tests/test_tail.py": {"capped_job", "capped_web"},
+    "tests/launcher/test_up.py": {"up"},
+    "tests/web/test_browser_tail.py": {"lane"},
+    "tests/web/test_fuzz.py": {"server"},
+    "tests/web/test_limits.py": {"guarded"},
+    "tests/web/test_openapi.py": {"fuzzed"},
+    "tests/web/test_subscriptions.py": {"one_hub"},
+    "tests/worker/test_emit.py": {"rq_worker"},
+}
+
+
+def is_slow(path: str, fixturenames) -> bool:
+    """The rule above, for a test in ``path`` (relative to the repository) that needs
+    ``fixturenames``."""
+    if path.startswith(SLOW_PATHS):
+        return True
+    return any(path.startswith(where) and not names.isdisjoint(fixturenames)
+               for where, names in SERVICE_FIXTURES.items())
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the slow tests (see SLOW_PATHS)."""
+    for item in items:
+        path = Path(str(item.path)).resolve().relative_to(ROOT).as_posix()
+        if is_slow(path, item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+_running: list[pytest.Item] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Remember the test being set up: fixtures that start services check its mark."""
+    _running[:] = [item]
+
+
+def require_slow(what: str) -> None:
+    """Fail the current test if it starts ``what`` without being marked slow."""
+    item = _running[0] if _running else None
+    if item is not None and item.get_closest_marker("slow") is None:
+        pytest.fail(f"{item.nodeid} starts {what} but is not marked slow: add its fixture to "
+                    "SERVICE_FIXTURES in tests/conftest.py, or mark it @pytest.mark.slow",
+                    pytrace=False)
 
 
 @pytest.fixture
@@ -216,6 +284,7 @@ def start_rq_worker(redis_url: str, queue: str, *, cwd: Path = ROOT, log_path: P
     """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue``; waits until it registers."""
     from rq import Worker
 
+    require_slow("an rq worker")
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([RQ, "worker", "--url", redis_url, "--worker-class", worker_class,
                              "--name", f"rq-{queue}-{os.getpid()}", queue],
@@ -249,6 +318,7 @@ def chromium_path() -> str:
 def browser():
     """A headless Chromium for the module that asks for it. Each module gets its own: a
     long-task budget in tests/web/test_browser.py was flaky in a browser other modules had used."""
+    require_slow("Chromium")
     playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
     with playwright_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)

@@ -23,9 +23,9 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry
 import tests.tasks  # noqa: F401  (registers sleepy and burn in this process too)
 from jobcast.core.joblog import TERMINAL, Entry, JobLog
 from jobcast.core.settings import Settings
-from jobcast.cli.client import Event, parse_sse
 from jobcast.producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, Workers, service_env, wait_for
+from tests.support.sse import Event, parse_events
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ class Viewers:
 
     def _sse(self, base, job_id):
         with httpx.Client(base_url=base, timeout=60) as c, c.stream("GET", f"/jobs/{job_id}/events") as r:
-            self.sse.extend(parse_sse(r.iter_lines()))
+            self.sse.extend(parse_events(r))
 
     def _text(self, base, job_id):
         self.text = httpx.get(f"{base}/jobs/{job_id}/stream", timeout=60).text

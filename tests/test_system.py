@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from jobcast.core.joblog import JobLog
-from jobcast.cli.client import Event, parse_sse
 from tests.conftest import WebServer, create_job, job_status, wait_for
+from tests.support.sse import Event, parse_events
 
 
 def sqrt_lines(n: int) -> str:
@@ -65,7 +65,7 @@ def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None 
         with c.stream("GET", f"/jobs/{job_id}/events{query}", headers=headers or {}) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
-            for ev in parse_sse(r.iter_lines()):
+            for ev in parse_events(r):
                 events.append(ev)
                 if stop_after_seq is not None and int(ev.id) >= stop_after_seq:
                     break  # drop the connection mid-job

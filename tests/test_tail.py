@@ -20,9 +20,9 @@ from redis import Redis
 
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
-from jobcast.cli.client import Event, parse_sse
 from jobcast.producer.enqueue import enqueue
 from tests.conftest import JOBCAST, ROOT, WebServer, Workers, service_env, wait_for
+from tests.support.sse import Event, parse_events
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def sse(base: str, job_id: str, query: str = "", headers=None, stop=None, into=N
     with httpx.Client(base_url=base, timeout=30) as c, \
             c.stream("GET", f"/jobs/{job_id}/events{query}", headers=headers or {}) as r:
         assert r.status_code == 200
-        for ev in parse_sse(r.iter_lines()):
+        for ev in parse_events(r):
             events.append(ev)
             if stop and stop(events):
                 break
@@ -231,7 +231,7 @@ def test_late_viewers_of_a_log_longer_than_a_read_page_get_all_of_it_at_once(web
         with httpx.Client(base_url=web.url, timeout=5) as c, \
                 c.stream("GET", f"/jobs/{log.job_id}/events?after={after}") as r:
             seqs = []
-            for ev in parse_sse(r.iter_lines()):
+            for ev in parse_events(r):
                 seqs.append(int(ev.id))
                 if seqs[-1] == last:
                     break

@@ -196,11 +196,13 @@ def test_follow_bad_input_exits_2(web, redis_server, job_id, url, message):
     assert message in run.err and run.lines == []
 
 
+@pytest.mark.slow  # runs `jobcast` in a process of its own
 def test_enqueue_follow_with_bad_params_exits_2_before_following(redis_server):
     run = Run(redis_server.url, "enqueue", "sqrt", "--n", "-1", "--follow")
     assert run.wait(30) == 2 and "params.n" in run.err
 
 
+@pytest.mark.slow  # runs `jobcast` in a process of its own
 def test_follow_gives_up_with_exit_3_when_the_server_stays_unreachable(redis_server):
     start = time.monotonic()
     run = Run(redis_server.url, "follow", "a" * 32, "--url", f"http://127.0.0.1:{free_port()}",

@@ -11,6 +11,8 @@ import pytest
 from tests.conftest import JOBCAST, ROOT, service_env
 from jobcast.core.joblog import JobLog
 
+pytestmark = pytest.mark.slow  # each test runs `jobcast` in a process of its own
+
 
 def jobcast(redis_url: str, *args: str) -> subprocess.CompletedProcess:
     # A queue of its own: the session's workers (if some test started them) must not take

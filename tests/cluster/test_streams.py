@@ -16,9 +16,9 @@ import pytest
 from redis.crc import key_slot
 
 from jobcast.core.joblog import JOBS_INDEX, JobExists, JobLog, channel, log_key, meta_key
-from jobcast.cli.client import parse_sse
 from tests.cluster.conftest import LocalCluster
 from tests.conftest import create_job, job_status, wait_for
+from tests.support.sse import parse_events
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from jobcast.web.broker import LINGER
@@ -37,7 +37,7 @@ def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None 
             assert r.status_code == 200
             if opened is not None:
                 opened.set()
-            for ev in parse_sse(r.iter_lines()):
+            for ev in parse_events(r):
                 events.append(ev)
                 if stop_after_seq is not None and int(ev.id) >= stop_after_seq:
                     break
@@ -174,7 +174,7 @@ def test_restarting_the_primary_that_owns_a_watched_jobs_slot_loses_no_value(clu
             try:
                 with httpx.Client(base_url=web.url, timeout=120) as c:
                     with c.stream("GET", f"/jobs/{job_id}/events") as r:
-                        for ev in parse_sse(r.iter_lines()):
+                        for ev in parse_events(r):
                             events.append(ev)
             finally:
                 done.set()

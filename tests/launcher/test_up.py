@@ -23,6 +23,7 @@ from tests.chaos.conftest import SSEViewer
 from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
 
 
+@pytest.mark.slow  # runs `jobcast up`
 def test_up_serves_a_page_that_fills_with_values_and_ctrl_c_stops_everything(tmp_path):
     port = free_port()
     env = service_env("", XDG_DATA_HOME=str(tmp_path))
@@ -205,6 +206,7 @@ def test_a_second_jobcast_up_on_the_same_data_refuses_and_leaves_the_first_alone
     assert up.proc.poll() is None
 
 
+@pytest.mark.slow  # runs `jobcast status`
 def test_status_without_jobcast_up_still_shows_the_queue_and_says_so(redis_server, tmp_path):
     env = service_env(redis_server.url, XDG_DATA_HOME=str(tmp_path))
     r = subprocess.run([*JOBCAST, "status"], env=env, cwd=ROOT, capture_output=True, text=True,
@@ -291,6 +293,7 @@ def test_a_killed_embedded_redis_is_restarted_on_its_port_and_jobs_run_again(up)
     assert up.proc.poll() is None
 
 
+@pytest.mark.slow  # runs `jobcast up`
 def test_a_service_that_fails_at_once_every_time_stops_jobcast_up_naming_it(tmp_path):
     # Only the worker gets a Redis URL where nothing listens.
     stack = Up(tmp_path, "--workers", "1", "--no-demo", "--env", "worker:REDIS_URL=redis://127.0.0.1:1/0")
@@ -310,6 +313,7 @@ def test_a_service_that_fails_at_once_every_time_stops_jobcast_up_naming_it(tmp_
     print(f"\ncrash loop given up on after {took:.1f}s")
 
 
+@pytest.mark.slow  # runs `jobcast up`
 def test_on_a_terminal_each_service_has_its_own_colour_and_ctrl_c_exits_0(tmp_path):
     import pty
     import select

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from rq import Queue, Retry
 
-from jobcast.cli.client import parse_sse
 from tests.conftest import start_rq_worker, stop_process, wait_for
 from tests.rq_jobs import ask_retry_once, crash_once, emit_lines
+from tests.support.sse import parse_events
 from jobcast.worker.emit import NotInJob, emit
 
 QUEUE = "plain-rq"
@@ -44,7 +44,7 @@ def sse_events(http: httpx.Client, job_id: str) -> list[dict]:
     """Every SSE event of a job, read until the stream ends."""
     with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/events"), timeout=30) as r:
         assert r.status_code == 200
-        return [dict(e._asdict(), data=e.json()) for e in parse_sse(r.iter_lines())]
+        return [dict(e._asdict(), data=e.json()) for e in parse_events(r)]
 
 
 def test_emit_outside_a_job_says_so():
@@ -103,7 +103,7 @@ def test_stream_and_page_of_a_queued_rq_job_work_before_any_worker_and_end_when_
     # A stream is the first to ask: it opens the job's log from RQ and starts at "queued".
     with httpx.stream("GET", http.base_url.join(f"/jobs/{job.id}/events"), timeout=30) as r:
         assert r.status_code == 200
-        first = next(parse_sse(r.iter_lines()))
+        first = next(parse_events(r))
     assert first.event == "queued" and first.json()["task"] == "tests.rq_jobs.emit_lines"
     assert http.get(f"/jobs/{job.id}").status_code == 200
     assert http.get(f"/api/jobs/{job.id}").json()["status"] == "queued"

@@ -1,0 +1,224 @@
+"""A stream's start (jobcast.web.admission): the request read once, where the stream begins
+in the log (whole, resumed, at the tail, in a trimmed log), and what it says before the
+first entry. Flask request contexts and fakeredis; no server."""
+
+from __future__ import annotations
+
+import uuid
+
+import fakeredis
+import pytest
+from flask import Flask
+
+from jobcast.core.joblog import JobLog, log_key
+from jobcast.web.admission import (MAX_SEQ, SSE_RETRY, Start, StreamRequest, may_be_trimmed,
+                                   preamble, stream_start)
+from jobcast.web.errors import BadParam
+from jobcast.web.frames import HTML, SSE, TEXT
+from tests.support.sse import parse_events
+
+JOB = "a" * 32
+app = Flask(__name__)
+
+
+def parse(url: str, transport=SSE, headers: dict | None = None, job_id: str = JOB) -> StreamRequest:
+    """StreamRequest.parse for a request to ``url``."""
+    with app.test_request_context(url, headers=headers or {}):
+        return StreamRequest.parse(job_id, transport)
+
+
+def bad_param(url: str, transport=SSE, headers: dict | None = None, job_id: str = JOB) -> str:
+    """The field a 400 names for this request."""
+    with pytest.raises(BadParam) as exc:
+        parse(url, transport, headers, job_id)
+    assert exc.value.code == 400
+    return exc.value.field
+
+
+# -- StreamRequest.parse -------------------------------------------------------------------------
+
+def test_a_plain_request_streams_the_whole_log():
+    assert parse("/") == StreamRequest(JOB, SSE, resume=None, tail=None, start=0)
+
+
+def test_last_event_id_or_after_resume_and_the_header_wins():
+    assert parse("/", headers={"Last-Event-ID": "12"}).resume == 12
+    assert parse("/?after=7").resume == 7
+    assert parse("/?after=7", headers={"Last-Event-ID": " 12 "}).resume == 12
+    assert parse("/?after=").resume is None
+
+
+def test_tail_and_start_are_read_and_start_only_where_values_are_filtered():
+    req = parse("/?tail=5&start=3", TEXT)
+    assert (req.tail, req.start, req.resume) == (5, 3, None)
+    assert parse("/?tail=0", HTML).tail == 0
+    assert parse("/?tail=", HTML).tail is None
+    # The SSE view has no ?start=: it is not even read, so a bad one is no error there.
+    assert parse("/?start=x", SSE).start == 0
+
+
+def test_a_resume_and_a_tail_are_both_kept_for_stream_start_to_decide():
+    req = parse("/?tail=5", headers={"Last-Event-ID": "9"})
+    assert (req.resume, req.tail) == (9, 5)
+
+
+@pytest.mark.parametrize("url, headers, field", [
+    ("/", {"Last-Event-ID": "x"}, "Last-Event-ID"),
+    ("/", {"Last-Event-ID": "-1"}, "Last-Event-ID"),
+    ("/?after=1.5", None, "after"),
+    ("/?after=%EF%BC%91", None, "after"),          # a fullwidth digit one: isdigit(), not ASCII
+    ("/?tail=-2", None, "tail"),
+    ("/?tail=%D9%A3", None, "tail"),              # an Arabic-Indic digit three
+    (f"/?tail={MAX_SEQ + 1}", None, "tail"),
+    ("/?tail=" + "9" * 17, None, "tail"),
+    ("/?start=abc", None, "start"),
+])
+def test_bad_values_are_a_400_naming_the_parameter(url, headers, field):
+    assert bad_param(url, TEXT, headers) == field
+
+
+def test_the_largest_position_is_accepted_and_a_malformed_id_is_a_400_naming_the_id():
+    assert parse(f"/?after={MAX_SEQ}").resume == MAX_SEQ
+    assert bad_param("/", job_id="no.pe") == "id"
+    assert bad_param("/", job_id="x" * 129) == "id"
+
+
+# -- Start -------------------------------------------------------------------------------------
+
+def test_a_start_with_no_tail_and_nothing_lost_says_nothing():
+    begin = Start(after=4)
+    assert not begin.trimmed
+    assert begin.sse_prelude() == b""
+    assert begin.headers() == {} and begin.notice() == "" and begin.lost_values() == 0
+
+
+def test_the_sse_prelude_announces_tail_then_trimmed_without_ids():
+    begin = Start(after=10, tail=5, skipped=95, first_seq=8, first_value=5, lost=3)
+    events = list(parse_events(begin.sse_prelude()))
+    assert [e.event for e in events] == ["tail", "trimmed"]
+    assert events[0].json() == {"tail": 5, "skipped": 95, "after": 10}
+    assert events[1].json() == {"after": 10, "first_seq": 8, "lost": 3, "first_value": 5}
+    # No id: they never move the browser's Last-Event-ID.
+    assert [(e.id, e.last_id) for e in events] == [(None, ""), (None, "")]
+
+
+def test_values_lost_count_from_the_first_value_the_viewer_wanted():
+    begin = Start(after=5, first_seq=23, first_value=20, lost=17)
+    assert begin.trimmed
+    assert begin.lost_values() == 20 and begin.lost_values(start=12) == 8
+    assert begin.lost_values(start=25) == 0  # the viewer did not want those anyway
+    assert Start(after=5, first_seq=23, first_value=None, lost=17).lost_values() == 0
+    assert Start(after=5, first_value=20, lost=0).lost_values() == 0
+
+
+def test_headers_and_notice_of_a_trimmed_log():
+    begin = Start(after=0, first_seq=1_240, first_value=1_234, lost=1_239)
+    assert begin.headers() == {"Jobcast-First-Value": "1234", "Jobcast-Values-Lost": "1234"}
+    assert begin.headers(start=1_000) == {"Jobcast-First-Value": "1234", "Jobcast-Values-Lost": "234"}
+    assert begin.notice() == "1,234 earlier values are no longer kept"
+    assert begin.headers(start=2_000) == {} and begin.notice(start=2_000) == ""
+
+
+def test_headers_and_notice_of_a_tail():
+    begin = Start(after=1_097, tail=5, skipped=1_095)
+    assert begin.headers() == {"Jobcast-First-Value": "1095"}
+    assert begin.headers(start=1_200) == {"Jobcast-First-Value": "1200"}
+    assert begin.notice() == "1,095 earlier values skipped (tail=5)"
+    assert begin.notice(start=1_000) == "95 earlier values skipped (tail=5)"
+    assert begin.notice(start=1_095) == ""
+
+
+def test_a_tail_in_a_trimmed_log_begins_at_the_first_value_still_kept():
+    begin = Start(after=0, tail=50, skipped=0, first_seq=23, first_value=20, lost=22)
+    assert begin.headers() == {"Jobcast-First-Value": "20", "Jobcast-Values-Lost": "20"}
+    assert begin.notice() == "20 earlier values are no longer kept"
+
+
+def test_the_preamble_of_each_transport():
+    begin = Start(after=0, tail=2, skipped=8)
+    assert preamble(StreamRequest(JOB, SSE, tail=2), begin) == SSE_RETRY + begin.sse_prelude()
+    assert [e.retry for e in parse_events(SSE_RETRY, all_blocks=True)] == [2000]
+    assert preamble(StreamRequest(JOB, TEXT, tail=2), begin) == b""
+    with app.test_request_context("/"):
+        html = preamble(StreamRequest(JOB, HTML, tail=2), begin)
+    assert html.startswith(b"<!doctype html>") and b"8 earlier values skipped (tail=2)" in html
+
+
+# -- stream_start ------------------------------------------------------------------------------
+
+def job_log(values: int, *, finished: bool = False, keep: int | None = None) -> JobLog:
+    """A fakeredis log with ``values`` values (value i has seq i + 3), trimmed to its last
+    ``keep`` entries, exactly, as Redis trims a capped log."""
+    r = fakeredis.FakeRedis()
+    log = JobLog(r, uuid.uuid4().hex)
+    log.create("sqrt", {}, values)
+    log.started("w", 1)
+    for i in range(values):
+        log.value(i, i)
+    if finished:
+        log.finished()
+    if keep is not None:
+        r.xtrim(log_key(log.job_id), maxlen=keep, approximate=False)
+    return log
+
+
+def start_of(log: JobLog, req: StreamRequest, maxlen: int) -> Start:
+    """stream_start with the log's own last seq."""
+    return stream_start(req, log, log.position()[1], maxlen)
+
+
+def test_a_whole_log_starts_at_the_beginning_and_a_resume_after_the_given_seq():
+    log = job_log(20)
+    assert start_of(log, StreamRequest(log.job_id, SSE), 100) == Start(after=0)
+    assert start_of(log, StreamRequest(log.job_id, SSE, resume=7), 100) == Start(after=7)
+
+
+def test_a_tail_starts_just_before_the_nth_last_value():
+    log = job_log(20)
+    assert start_of(log, StreamRequest(log.job_id, SSE, tail=5), 100) == Start(
+        after=17, tail=5, skipped=15)  # value 15 has seq 18
+    assert start_of(log, StreamRequest(log.job_id, SSE, tail=0), 100) == Start(
+        after=22, tail=0, skipped=20)
+    # More than the log holds: the whole log, from queued on.
+    assert start_of(log, StreamRequest(log.job_id, SSE, tail=50), 100) == Start(
+        after=0, tail=50, skipped=0)
+
+
+def test_a_resume_wins_over_a_tail_so_a_reconnect_stays_exact():
+    log = job_log(20)
+    assert start_of(log, StreamRequest(log.job_id, SSE, resume=9, tail=5), 100) == Start(after=9)
+
+
+def test_a_resume_into_a_trimmed_log_says_what_was_lost():
+    log = job_log(30, keep=10)  # seqs 23..32 kept: values 20..29
+    assert may_be_trimmed(32, 10) and not may_be_trimmed(10, 10)
+    begin = start_of(log, StreamRequest(log.job_id, SSE, resume=5), 10)
+    assert begin == Start(after=5, first_seq=23, first_value=20, lost=17)
+    assert begin.lost_values() == 20
+    (trimmed,) = parse_events(begin.sse_prelude())
+    assert trimmed.event == "trimmed" and trimmed.id is None
+    assert trimmed.json() == {"after": 5, "first_seq": 23, "lost": 17, "first_value": 20}
+
+
+def test_nothing_is_lost_from_a_position_the_trimmed_log_still_holds_or_has_passed():
+    log = job_log(30, keep=10, finished=True)  # seqs 24..33
+    for after in (23, 25, 33):
+        begin = start_of(log, StreamRequest(log.job_id, SSE, resume=after), 10)
+        assert not begin.trimmed and begin.lost == 0, after
+
+
+def test_a_log_that_never_held_more_than_the_cap_is_not_checked_for_trimming():
+    log = job_log(30, keep=10)
+    # With a cap above the last seq the log cannot have lost anything: not even read.
+    assert start_of(log, StreamRequest(log.job_id, SSE, resume=5), 100) == Start(after=5)
+
+
+def test_a_tail_longer_than_a_trimmed_log_begins_with_the_first_value_kept():
+    log = job_log(30, keep=10)
+    begin = start_of(log, StreamRequest(log.job_id, TEXT, tail=50), 10)
+    assert begin == Start(after=0, tail=50, skipped=0, first_seq=23, first_value=20, lost=22)
+    assert begin.headers() == {"Jobcast-First-Value": "20", "Jobcast-Values-Lost": "20"}
+    # A tail the trimmed log still holds loses nothing.
+    begin = start_of(log, StreamRequest(log.job_id, TEXT, tail=5), 10)
+    assert (begin.after, begin.tail, begin.skipped, begin.lost) == (27, 5, 25, 0)
+    assert begin.headers() == {"Jobcast-First-Value": "25"}

@@ -1,0 +1,199 @@
+"""The socket hand-over (jobcast.web.handover.HandoverSocket): gunicorn's Response writes the
+headers through it, the stream takes the OS socket, and gunicorn's later writes are dropped.
+Real sockets and gunicorn's own Response class on a stand-in request; no gunicorn process."""
+
+from __future__ import annotations
+
+import _socket
+import socket
+from typing import Iterator
+
+import h11
+import pytest
+from gunicorn.config import Config
+from gunicorn.http.wsgi import Response
+
+from jobcast.web.frames import LAST_CHUNK, chunk
+from jobcast.web.handover import HandoverSocket, can_take
+
+
+class Request:
+    """What gunicorn's Response asks of its request."""
+
+    def __init__(self, version=(1, 1), method="GET"):
+        self.version, self.method = version, method
+
+    def should_close(self) -> bool:
+        """A keep-alive client."""
+        return False
+
+
+@pytest.fixture
+def tcp() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected TCP pair on the loopback: (the server's side, the client's side)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=5)
+        server, _ = listener.accept()  # blocking: take() must make it non-blocking
+    yield server, client
+    server.close()
+    client.close()
+
+
+def respond(conn: HandoverSocket, request: Request, status: str = "200 OK",
+            headers: list | None = None) -> Response:
+    """gunicorn's Response for ``conn``, as StreamWorker ties them; headers set, not sent."""
+    response = Response(request, conn, Config())
+    conn.response = response
+    response.start_response(status, headers or [("Content-Type", "text/event-stream")])
+    return response
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes."""
+    out = b""
+    while data := sock.recv(65536):
+        out += data
+    return out
+
+
+def http_response(raw: bytes, method: str = "GET") -> tuple[h11.Response, bytes, bool]:
+    """``raw`` read by an HTTP/1.1 client (h11): the response, its body, whether it ended."""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target="/", headers=[("Host", "t")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(raw)
+    client.receive_data(b"")  # the server closed the connection
+    events = [client.next_event()]
+    while events[-1] not in (h11.NEED_DATA, h11.PAUSED) and not isinstance(
+            events[-1], (h11.EndOfMessage, h11.ConnectionClosed)):
+        events.append(client.next_event())
+    (head,) = [e for e in events if isinstance(e, h11.Response)]
+    body = b"".join(e.data for e in events if isinstance(e, h11.Data))
+    return head, body, isinstance(events[-1], h11.EndOfMessage)
+
+
+def test_every_other_attribute_is_the_real_sockets(tcp):
+    server, _ = tcp
+    conn = HandoverSocket(server)
+    assert conn.fileno() == server.fileno() and conn.family == socket.AF_INET
+    assert not conn.headers_sent and not conn.taken
+
+
+def test_the_first_write_is_remembered_as_the_header_block_and_every_write_goes_through(tcp):
+    server, client = tcp
+    conn = HandoverSocket(server)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    conn.sendall(b"3\r\nabc\r\n")
+    assert conn.headers_sent and conn.chunked
+    assert conn.send(b"0\r\n\r\n") == 5
+    server.close()
+    assert read_all(client) == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("request_, headers, chunked", [
+    (Request(), [("Content-Type", "text/event-stream")], True),
+    (Request(), [("Content-Type", "text/plain"), ("Content-Length", "3")], False),
+    (Request(version=(1, 0)), [("Content-Type", "text/plain")], False),  # HTTP/1.0: no chunks
+], ids=["streamed", "content-length", "http-1.0"])
+def test_chunked_is_read_off_the_headers_gunicorn_sent(tcp, request_, headers, chunked):
+    server, _ = tcp
+    conn = HandoverSocket(server)
+    respond(conn, request_, headers=headers).send_headers()
+    assert conn.headers_sent and conn.chunked is chunked
+
+
+def test_claim_before_the_headers_makes_gunicorn_say_connection_close(tcp):
+    server, client = tcp
+    conn = HandoverSocket(server)
+    response = respond(conn, Request())
+    conn.claim()
+    response.write(b"data: 1\n\n")
+    response.close()  # gunicorn ends the chunked body
+    server.close()
+    head, body, ended = http_response(read_all(client))
+    assert (b"connection", b"close") in head.headers and ended and body == b"data: 1\n\n"
+
+
+def test_without_a_claim_gunicorn_would_keep_the_connection_alive(tcp):
+    server, client = tcp
+    conn = HandoverSocket(server)
+    response = respond(conn, Request())
+    response.write(b"data: 1\n\n")
+    response.close()
+    server.close()
+    head, _, _ = http_response(read_all(client))
+    assert (b"connection", b"keep-alive") in head.headers
+
+
+def test_claim_after_the_headers_or_without_a_response_changes_nothing(tcp):
+    server, _ = tcp
+    conn = HandoverSocket(server)
+    conn.claim()  # no gunicorn Response (another worker class): nothing to tell
+    response = respond(conn, Request())
+    response.send_headers()
+    conn.claim()
+    assert not response.must_close
+
+
+def test_take_before_the_headers_were_sent_is_refused(tcp):
+    server, _ = tcp
+    conn = HandoverSocket(server)
+    respond(conn, Request())
+    with pytest.raises(RuntimeError, match="before the response headers"):
+        conn.take()
+    assert not conn.taken and server.fileno() != -1
+
+
+def test_take_detaches_a_plain_non_blocking_socket_with_nodelay(tcp):
+    server, _ = tcp
+    conn = HandoverSocket(server)
+    respond(conn, Request()).write(b"retry: 2000\n\n")
+    fd = server.fileno()
+    raw = conn.take()
+    try:
+        assert conn.taken and server.fileno() == -1  # gunicorn's socket object let it go
+        assert type(raw) is _socket.socket and raw.fileno() == fd
+        assert raw.getblocking() is False and raw.gettimeout() == 0.0
+        assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        raw.close()
+
+
+def test_take_of_a_unix_socket_skips_nodelay():
+    a, b = socket.socketpair()
+    conn = HandoverSocket(a)
+    conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    raw = conn.take()
+    assert raw.family == socket.AF_UNIX and raw.getblocking() is False
+    raw.close()
+    b.close()
+
+
+def test_after_take_gunicorn_writes_nothing_and_the_client_reads_the_new_owners_bytes(tcp):
+    server, client = tcp
+    conn = HandoverSocket(server)
+    response = respond(conn, Request())
+    conn.claim()
+    response.write(b"retry: 2000\n\n")  # the view's first bytes: gunicorn sends the headers
+    raw = conn.take()
+    assert conn.chunked
+    # gunicorn ends its part: the last chunk and any other write are dropped.
+    response.close()
+    conn.sendall(b"garbage")
+    assert conn.send(b"more garbage") == len(b"more garbage")
+    # The new owner (the relay) writes frames as chunks, then ends the body and closes.
+    raw.setblocking(True)
+    raw.sendall(chunk(b"id: 3\nevent: value\ndata: {}\n\n") + LAST_CHUNK)
+    raw.close()
+    head, body, ended = http_response(read_all(client))
+    assert head.status_code == 200 and (b"connection", b"close") in head.headers
+    assert ended and body == b"retry: 2000\n\nid: 3\nevent: value\ndata: {}\n\n"
+
+
+def test_can_take_only_a_handover_socket():
+    a, b = socket.socketpair()
+    conn = HandoverSocket(a)
+    assert can_take({"gunicorn.socket": conn}) is conn
+    assert can_take({"gunicorn.socket": a}) is None and can_take({}) is None
+    a.close()
+    b.close()
