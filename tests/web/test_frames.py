@@ -28,13 +28,13 @@ def job(*values: str, end: str = "finished", **end_fields) -> list[Entry]:
 
 def test_an_sse_frame_is_one_event_whose_id_is_the_seq_and_type_the_kind():
     e = entry(7, "value", i=4, v="2.0", j=2.0)
-    assert SSE.frame(e) == b"id: 7\nevent: value\ndata: " + e.raw + b"\n\n"
-    assert list(parse_events(SSE.frame(e))) == [Event("value", e.raw.decode(), "7", None, "7")]
+    assert SSE.frames([e]) == b"id: 7\nevent: value\ndata: " + e.raw + b"\n\n"
+    assert list(parse_events(SSE.frames([e]))) == [Event("value", e.raw.decode(), "7", None, "7")]
 
 
 def test_a_value_with_line_breaks_stays_one_sse_event_and_comes_back_whole():
     text = "a\nb\r\nc\rd\u2028e"
-    (got,) = parse_events(SSE.frame(entry(3, "value", i=0, v=text)))
+    (got,) = parse_events(SSE.encode(entry(3, "value", i=0, v=text)))
     assert got.json()["v"] == text
 
 
@@ -58,15 +58,15 @@ def test_the_text_stream_is_one_line_per_value_and_nothing_else():
 
 
 def test_html_escapes_values_and_reasons_and_marks_the_end():
-    assert HTML.frame(entry(3, "value", i=0, v="<script>&'\"")) == (
+    assert HTML.encode(entry(3, "value", i=0, v="<script>&'\"")) == (
         b"<p>0: &lt;script&gt;&amp;&#39;&#34;</p>\n")
-    assert HTML.frame(entry(9, "finished")) == b'<p class="end">Done</p>\n'
-    assert HTML.frame(entry(9, "cancelled", by="api")) == b'<p class="end cancelled">Cancelled</p>\n'
-    assert HTML.frame(entry(9, "failed", reason="<i>x</i>")) == (
+    assert HTML.encode(entry(9, "finished")) == b'<p class="end">Done</p>\n'
+    assert HTML.encode(entry(9, "cancelled", by="api")) == b'<p class="end cancelled">Cancelled</p>\n'
+    assert HTML.encode(entry(9, "failed", reason="<i>x</i>")) == (
         b'<p class="end failed">Failed: &lt;i&gt;x&lt;/i&gt;</p>\n')
-    assert HTML.frame(entry(9, "failed")) == b'<p class="end failed">Failed: </p>\n'
+    assert HTML.encode(entry(9, "failed")) == b'<p class="end failed">Failed: </p>\n'
     for kind in ("queued", "started", "retrying"):
-        assert HTML.frame(entry(1, kind)) == b""
+        assert HTML.encode(entry(1, kind)) == b""
     assert HTML.heartbeat == b"<!-- -->\n"
 
 
@@ -81,8 +81,8 @@ def test_html_head_and_notice_escape_what_they_are_given():
 def test_frames_with_start_skip_the_values_below_it_but_keep_every_other_entry(transport):
     entries = job("a", "b", "c", "d")
     kept = [e for e in entries if e.kind != "value" or e.i >= 2]
-    assert transport.frames(entries, start=2) == b"".join(transport.frame(e) for e in kept)
-    assert transport.frames(entries, start=0) == b"".join(transport.frame(e) for e in entries)
+    assert transport.frames(entries, start=2) == b"".join(transport.encode(e) for e in kept)
+    assert transport.frames(entries, start=0) == b"".join(transport.encode(e) for e in entries)
 
 
 def test_sse_frames_ignore_start_as_the_sse_view_has_none():
@@ -95,7 +95,7 @@ def test_chunks_and_the_last_chunk_make_a_body_that_an_http_client_reads_back():
     assert chunk(b"abc") == b"3\r\nabc\r\n"
     assert chunk(b"x" * 255) == b"FF\r\n" + b"x" * 255 + b"\r\n"
     assert chunk(b"") == b""  # an empty chunk would end the body
-    parts = [b"retry: 2000\n\n", b"", b"x" * 4097, SSE.frame(entry(3, "value", i=0, v="1"))]
+    parts = [b"retry: 2000\n\n", b"", b"x" * 4097, SSE.encode(entry(3, "value", i=0, v="1"))]
     client = h11.Connection(h11.CLIENT)
     client.send(h11.Request(method="GET", target="/", headers=[("Host", "t")]))
     client.send(h11.EndOfMessage())
