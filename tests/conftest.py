@@ -233,6 +233,26 @@ def config(redis_server) -> Settings:
     return Settings(redis_url=redis_server.url)
 
 
+@pytest.fixture
+def make_app():
+    """Create Jobcast apps (``create_app(test_config)``) whose background services, started at
+    their first request, stop when the test ends."""
+    from jobcast.web import services
+    from jobcast.web.app import create_app
+
+    apps = []
+
+    def make(test_config: dict | None = None):
+        """A new app; its services stop at the end of the test."""
+        app = create_app(test_config)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        services.stop(app.extensions["jobcast"])
+
+
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory) -> Path:
     """Where the service processes write their logs (shown on failure by path)."""

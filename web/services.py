@@ -112,5 +112,6 @@ def stop(st: State) -> None:
     if st.pid != os.getpid():
         return
     st.relay.shutdown()
+    st.relay.stop()
     st.watchdog.stop()
     st.presence.stop()

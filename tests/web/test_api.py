@@ -7,12 +7,11 @@ import pytest
 
 from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
-from jobcast.web.app import create_app
 
 
 @pytest.fixture
-def app(config):
-    return create_app({"JOBCAST": config, "TESTING": True})
+def app(config, make_app):
+    return make_app({"JOBCAST": config, "TESTING": True})
 
 
 @pytest.fixture
@@ -112,11 +111,11 @@ def test_health_and_readiness(client):
     assert client.get("/readyz").json == {"status": "ready"}
 
 
-def test_readyz_is_503_when_redis_is_down():
+def test_readyz_is_503_when_redis_is_down(make_app):
     from jobcast.launcher.redisserver import free_port
 
     dead = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    r = create_app({"JOBCAST": dead}).test_client().get("/readyz")
+    r = make_app({"JOBCAST": dead}).test_client().get("/readyz")
     assert r.status_code == 503 and r.json["status"] == "unavailable"
 
 

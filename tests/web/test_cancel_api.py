@@ -8,12 +8,11 @@ import pytest
 
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
-from jobcast.web.app import create_app
 
 
 @pytest.fixture
-def client(config):
-    return create_app({"JOBCAST": config, "TESTING": True}).test_client()
+def client(config, make_app):
+    return make_app({"JOBCAST": config, "TESTING": True}).test_client()
 
 
 def new_job(redis) -> JobLog:
@@ -59,9 +58,9 @@ def test_cancel_of_an_unknown_job_is_404_and_of_a_malformed_id_400(client):
     assert r.status_code == 400 and r.json["field"] == "id"
 
 
-def test_cancel_needs_the_bearer_token_when_one_is_set(redis, redis_server):
+def test_cancel_needs_the_bearer_token_when_one_is_set(redis, redis_server, make_app):
     cfg = Settings(redis_url=redis_server.url, token="s3cret")
-    client = create_app({"JOBCAST": cfg, "TESTING": True}).test_client()
+    client = make_app({"JOBCAST": cfg, "TESTING": True}).test_client()
     log = new_job(redis)
     assert client.post(f"/api/jobs/{log.job_id}/cancel").status_code == 401
     bad = client.post(f"/api/jobs/{log.job_id}/cancel", headers={"Authorization": "Bearer nope"})

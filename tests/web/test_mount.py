@@ -12,6 +12,7 @@ from flask import Flask, url_for
 import jobcast
 from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
+from jobcast.web import services
 from jobcast.web.workerclass import UnsuitableWorker, check_worker_class
 
 
@@ -26,7 +27,8 @@ def host(config):
 
     app.config["TESTING"] = True
     jobcast.init_app(app, url_prefix="/tools/jobcast/", config=config)
-    return app
+    yield app
+    services.stop(app.extensions["jobcast"])
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ import re
 import pytest
 
 from jobcast.producer.enqueue import enqueue
-from jobcast.web.app import create_app
 from jobcast.web.pages import age_text, form_fields
 
 
 @pytest.fixture
-def client(config):
-    return create_app({"JOBCAST": config, "TESTING": True}).test_client()
+def client(config, make_app):
+    return make_app({"JOBCAST": config, "TESTING": True}).test_client()
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 
 from jobcast.web import services
-from jobcast.web.app import create_app
 
 
 @pytest.fixture
-def app(config):
-    return create_app({"JOBCAST": config, "TESTING": True})
+def app(config, make_app):
+    return make_app({"JOBCAST": config, "TESTING": True})
 
 
 def test_creating_the_app_starts_no_service(app):
