@@ -23,9 +23,7 @@ The three stream views (text, SSE, HTML) share this one prologue (:func:`admit`)
 
 from __future__ import annotations
 
-import errno
 import json
-import socket
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -39,7 +37,7 @@ from jobcast.web.handover import HandoverSocket, can_take
 from jobcast.web.limits import open_slot
 from jobcast.web.relay import NotSubscribed, Relay
 from jobcast.web.services import state
-from jobcast.web.viewer import QueueSink, SocketSink, Viewer
+from jobcast.web.viewer import QueueSink, SocketSink, Viewer, drained_alive
 
 MAX_SEQ = 2**53  # anything larger cannot be a real position (and JS could not hold it)
 
@@ -211,27 +209,17 @@ def stream_start(req: StreamRequest, jlog: JobLog, last_seq: int, maxlen: int) -
 def client_alive(environ: dict) -> Callable[[], bool]:
     """A check that the client has not closed its connection, without writing to it.
 
-    The text stream has no room for heartbeat bytes, so a quiet stream peeks at the socket:
-    a readable socket with no data means the peer has closed it.
+    The text stream has no room for heartbeat bytes, so a quiet stream reads the socket: a
+    readable socket with no data means the peer has closed it (:func:`drained_alive`).
     """
     sock = environ.get("gunicorn.socket")
     if sock is None:
         return lambda: True
     # A gevent socket's recv() waits for data on EAGAIN, even with MSG_DONTWAIT, which would
-    # park a quiet stream here until the client sends or closes: peek at the OS socket.
+    # park a quiet stream here until the client sends or closes: read the OS socket.
     sock = getattr(sock, "_sock", sock)
     sock = getattr(sock, "_sock", sock)
-
-    def alive() -> bool:
-        """False once the peer has closed or reset the connection."""
-        try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-        except BlockingIOError:
-            return True
-        except OSError as exc:
-            return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
-
-    return alive
+    return lambda: drained_alive(sock)
 
 
 def preamble(req: StreamRequest, begin: Start) -> bytes:

@@ -545,7 +545,10 @@ class Broker:
                 continue
             by_job.setdefault(job_id, []).append(entry)
         for job_id, entries in by_job.items():
-            self.handler.on_publications(job_id, entries)
+            try:
+                self.handler.on_publications(job_id, entries)
+            except Exception:  # one job's trouble must not touch the others, nor the reader
+                log.exception("broker: delivering entries of job %s failed", job_id)
 
     def _on_control(self, sh: Shard, kind: str, raw: bytes | str) -> None:
         """A subscribe or unsubscribe confirmation (or a server-side unsubscribe)."""

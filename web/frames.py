@@ -5,6 +5,10 @@ streamed HTML for an ``<iframe>``. Each turns an :class:`~jobcast.core.joblog.En
 (possibly none: the text stream shows only values), has a heartbeat (or none), and bytes to
 send before the server closes a stream on shutdown. The relay frames a live entry once per
 transport and writes the same bytes to every viewer, whatever its sink.
+
+The text a value shows is made once, where it is logged (:func:`jobcast.core.joblog.value_text`),
+so it is always valid Unicode; frames still encode with ``backslashreplace``, so an entry
+logged before that rule (or by another writer) can never stop a stream.
 """
 
 from __future__ import annotations
@@ -22,9 +26,21 @@ def _sse(entry: Entry) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (entry.seq, entry.kind.encode(), entry.raw)
 
 
+_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r"})
+
+
+def text_line(text: str | None) -> bytes:
+    """A value's text as one line of the text stream: a line feed inside it is written as the
+    two characters ``\\n``, a carriage return as ``\\r``, so every value is exactly one line."""
+    text = text or ""
+    if "\n" in text or "\r" in text:
+        text = text.translate(_LINE_BREAKS)
+    return f"{text}\n".encode("utf-8", "backslashreplace")
+
+
 def _text(entry: Entry) -> bytes:
-    """A value as its ``"{}\\n".format(value)`` line; other entries send nothing."""
-    return f"{entry.text}\n".encode() if entry.kind == "value" else b""
+    """A value as one line (:func:`text_line`); other entries send nothing."""
+    return text_line(entry.text) if entry.kind == "value" else b""
 
 
 _HTML_VALUE = Markup("<p>{}: {}</p>\n")
@@ -36,14 +52,15 @@ _HTML_ENDED = Markup('<p class="end {}">{}: {}</p>\n')
 def _html(entry: Entry) -> bytes:
     """A value or the terminal entry as one escaped HTML line; others send nothing."""
     if entry.kind == "value":
-        return _HTML_VALUE.format(entry.i, entry.text).encode()
+        return _HTML_VALUE.format(entry.i, entry.text).encode("utf-8", "backslashreplace")
     if entry.kind == "finished":
         return _HTML_DONE.encode()
     if entry.kind == "cancelled":
         return _HTML_CANCELLED.encode()
     if entry.terminal:
         reason = entry.data.get("reason") or ""
-        return _HTML_ENDED.format(entry.kind, entry.kind.capitalize(), reason).encode()
+        return _HTML_ENDED.format(entry.kind, entry.kind.capitalize(), reason).encode(
+            "utf-8", "backslashreplace")
     return b""
 
 

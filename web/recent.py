@@ -12,6 +12,12 @@ from jobcast.web.frames import Transport
 RECENT = 512
 """Newest entries of each watched job kept in memory, so newcomers need not read Redis."""
 
+RECENT_BYTES = 1 << 20
+"""At most this many bytes of entries kept per job (a job of large values keeps fewer)."""
+
+FRAMED_BYTES = 8 << 20
+"""At most this many bytes of framed history kept for newcomers, all jobs together."""
+
 
 class RecentEntries:
     """The newest entries of each watched job this process has seen, contiguous by seq.
@@ -22,19 +28,25 @@ class RecentEntries:
     is not appended). It is *current* for a viewer at seq ``cursor`` when it ends at that
     cursor and the broker has delivered nothing newer: the viewer can then rejoin the fast path
     without asking Redis. That holds only within one unbroken subscription, so a lost or
-    renewed subscription clears it, and a log read that spans a change (``epoch``) adds nothing.
+    renewed subscription clears it, and a log read that spans a change (a new ``generation``)
+    adds nothing. Memory is capped in entries and in bytes, per job and for the frames.
     """
 
-    def __init__(self, maxlen: int = RECENT):
-        """Keep up to ``maxlen`` entries per job."""
+    def __init__(self, maxlen: int = RECENT, max_bytes: int = RECENT_BYTES,
+                 framed_bytes: int = FRAMED_BYTES):
+        """Keep up to ``maxlen`` entries and ``max_bytes`` per job."""
         self.maxlen = maxlen
+        self.max_bytes = max_bytes
+        self.framed_bytes = framed_bytes
         self._tails: dict[str, list[Entry]] = {}
+        self._sizes: dict[str, int] = {}  # bytes kept per job
         self._dispatched: dict[str, int] = {}
         # The frames of "everything kept after seq c" per (job, transport, c), valid while the
         # kept entries end with the same entry: a burst of newcomers is framed once.
         self._framed: dict[tuple[str, Transport, int], tuple[Entry, bytes]] = {}
+        self._framed_size = 0
         self.subscribed = False
-        self.epoch = 0
+        self.generation = 0
 
     def after(self, job_id: str, cursor: int) -> list[Entry]:
         """The kept entries after ``cursor``, if they follow on from it, else []."""
@@ -56,10 +68,16 @@ class RecentEntries:
         hit = self._framed.get(key)
         if hit is not None and hit[0] is last:
             return hit[1], last
-        if len(self._framed) >= 4 * self.maxlen:
-            self._framed.clear()
         data = transport.frames(kept)
-        self._framed[key] = (last, data)
+        if self._framed_size + len(data) > self.framed_bytes:
+            self._framed.clear()
+            self._framed_size = 0
+        if len(data) <= self.framed_bytes:
+            old = self._framed.get(key)
+            if old is not None:
+                self._framed_size -= len(old[1])
+            self._framed[key] = (last, data)
+            self._framed_size += len(data)
         return data, last
 
     def is_current(self, job_id: str, cursor: int) -> bool:
@@ -77,13 +95,14 @@ class RecentEntries:
             self._keep(job_id, list(entries))
         elif tail[-1].seq + 1 == entries[0].seq:
             tail.extend(entries)
-            self._trim(tail)
+            self._sizes[job_id] += _size(entries)
+            self._trim(job_id)
         elif entries[-1].seq > tail[-1].seq:
             self._keep(job_id, list(entries))  # a gap: start again from what is known
 
-    def add_read(self, job_id: str, entries: list[Entry], epoch: int) -> None:
-        """A viewer read ``entries`` from the log, having started the read at ``epoch``."""
-        if not entries or not self.subscribed or epoch != self.epoch:
+    def add_read(self, job_id: str, entries: list[Entry], generation: int) -> None:
+        """A viewer read ``entries`` from the log, having started the read in ``generation``."""
+        if not entries or not self.subscribed or generation != self.generation:
             return
         tail = self._tails.get(job_id)
         if tail is None:
@@ -97,7 +116,8 @@ class RecentEntries:
         after = entries[max(0, last + 1 - entries[0].seq):]
         tail[:0] = before
         tail.extend(after)
-        self._trim(tail)
+        self._sizes[job_id] += _size(before) + _size(after)
+        self._trim(job_id)
 
     def last(self, job_id: str) -> Entry | None:
         """The newest kept entry of ``job_id``, if this process keeps any."""
@@ -107,31 +127,48 @@ class RecentEntries:
     def forget(self, job_id: str) -> None:
         """Nobody here watches ``job_id`` any more."""
         self._tails.pop(job_id, None)
+        self._sizes.pop(job_id, None)
         self._dispatched.pop(job_id, None)
         for key in [k for k in self._framed if k[0] == job_id]:
-            del self._framed[key]
+            self._framed_size -= len(self._framed.pop(key)[1])
 
     def subscription(self, live: bool) -> None:
         """The broker's subscription was (re)confirmed (True) or lost (False): start afresh."""
         self.subscribed = live
-        self.epoch += 1
+        self.generation += 1
         self._tails.clear()
+        self._sizes.clear()
         self._dispatched.clear()
         self._framed.clear()
+        self._framed_size = 0
 
     def lost(self, job_ids) -> None:
         """The subscriptions of these jobs were lost or renewed: forget what is kept of them,
         and let no read that spans the change add to it."""
-        self.epoch += 1
+        self.generation += 1
         for job_id in job_ids:
             self.forget(job_id)
 
     def _keep(self, job_id: str, tail: list[Entry]) -> None:
         """Make ``tail`` the job's kept entries."""
-        self._trim(tail)
         self._tails[job_id] = tail
+        self._sizes[job_id] = _size(tail)
+        self._trim(job_id)
 
-    def _trim(self, tail: list[Entry]) -> None:
-        """Drop the oldest entries beyond ``maxlen``."""
-        if len(tail) > self.maxlen:
-            del tail[:len(tail) - self.maxlen]
+    def _trim(self, job_id: str) -> None:
+        """Drop the job's oldest entries beyond ``maxlen`` entries or ``max_bytes`` (the
+        newest one stays, however large)."""
+        tail = self._tails[job_id]
+        drop = max(0, len(tail) - self.maxlen)
+        size = self._sizes[job_id] - _size(tail[:drop])
+        while size > self.max_bytes and drop < len(tail) - 1:
+            size -= len(tail[drop].raw)
+            drop += 1
+        if drop:
+            del tail[:drop]
+            self._sizes[job_id] = size
+
+
+def _size(entries: list[Entry]) -> int:
+    """The bytes of ``entries`` as stored."""
+    return sum(len(e.raw) for e in entries)

@@ -52,12 +52,23 @@ log = logging.getLogger(__name__)
 PAGE = 500
 """Most log entries a catching-up viewer reads (and writes) at once."""
 
+PAGE_BYTES = 1 << 20
+"""About the most bytes of log one catch-up read brings into memory: a job of large entries is
+read in fewer entries at a time (the first read of a job not seen yet takes FIRST_PAGE)."""
+
+FIRST_PAGE = 64
+"""Entries of a catch-up read while the size of the job's entries is not known yet."""
+
 MAX_OUTAGE = 120.0
 """Seconds a viewer waits for an unreachable Redis before its stream ends."""
 
 
 class NotSubscribed(Exception):
     """Redis did not confirm the job's subscription in time: a viewer could miss entries."""
+
+
+class WriteTimeout(Exception):
+    """A client accepted no byte for the relay's write timeout: it is not reading."""
 
 
 def is_green() -> bool:
@@ -100,15 +111,17 @@ class Heartbeat(Periodic):
 class Relay:
     """The viewers of one web process, by job, and everything written to them."""
 
-    def __init__(self, broker: Broker, *, heartbeat: float = 15.0,
+    def __init__(self, broker: Broker, *, heartbeat: float = 15.0, write_timeout: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, green: bool | None = None):
-        """Relay the jobs ``broker`` hears of; quiet streams get a heartbeat this often.
+        """Relay the jobs ``broker`` hears of; quiet streams get a heartbeat this often, and a
+        client that accepts no byte for ``write_timeout`` seconds is dropped.
 
         ``clock`` is read for every time decision (tests pass a fake one). ``green``: run
         catch-ups in greenlets, lock-free (default: when gevent has patched threading).
         """
         self.broker = broker
         self.heartbeat = heartbeat
+        self.write_timeout = write_timeout
         self.clock = clock
         self.green = is_green() if green is None else green
         self._stop = threading.Event()
@@ -128,6 +141,7 @@ class Relay:
         self._catching: dict[Viewer, object] = {}
         self._reading: dict[str, object] = {}  # job id -> an Event set when its read lands
         self._positions: dict[str, _Flight] = {}
+        self._entry_size: dict[str, int] = {}  # job id -> the largest entry seen, bytes
         self.recent = RecentEntries()
         # Entries kept in memory are current only while the job's subscription is confirmed
         # (the catch-up asks the broker); a lost one forgets its job's entries.
@@ -335,6 +349,10 @@ class Relay:
             reason = self._read_until_current(v)
         except OSError:
             reason = "client_gone"
+        except WriteTimeout:
+            reason = "write_timeout"
+            log.info("dropped a viewer of %s that accepted nothing for %ss", v.job_id,
+                     self.write_timeout)
         except BaseException as exc:  # GreenletExit: the process is stopping
             if type(exc).__name__ != "GreenletExit":
                 log.exception("relay: catch-up of a viewer of %s failed", v.job_id)
@@ -375,10 +393,11 @@ class Relay:
                 # for that read to land in the recent entries rather than repeat it.
                 reading.wait()
                 continue
-            epoch = recent.epoch
+            generation = recent.generation
+            count = self._page(v.job_id)
             reading = self._reading[v.job_id] = self._event()
             try:
-                entries, ended = self.broker.history(v.job_id, v.cursor, PAGE)
+                entries, ended = self.broker.history(v.job_id, v.cursor, count)
             except RedisError as exc:
                 # Redis is unreachable (a restart?): keep the viewer and read again soon.
                 outage_since = outage_since or self.clock()
@@ -394,17 +413,19 @@ class Relay:
                 del self._reading[v.job_id]
                 reading.set()
             outage_since = None
+            if entries:
+                self._note_size(v.job_id, entries)
             with self._lock:
-                if len(entries) < PAGE or entries[-1].terminal:
+                if len(entries) < count or entries[-1].terminal:
                     # Only a read that reached the log's end may become the recent entries:
                     # their newest is taken for the job's newest (position, is_current), and a
                     # full page can stop short of it (a late viewer would then wait for nothing).
-                    recent.add_read(v.job_id, entries, epoch)
+                    recent.add_read(v.job_id, entries, generation)
                 entries = [e for e in entries if e.seq > v.cursor]
                 if (not entries and not ended and v.missed <= v.cursor
-                        and recent.epoch == epoch):
+                        and recent.generation == generation):
                     # Back to the fast path: whatever is delivered from now on sees it, and
-                    # whatever was delivered during the read set v.missed (or the epoch).
+                    # whatever was delivered during the read set v.missed (or a new generation).
                     v.slow = False
                     return None
             if entries:
@@ -424,16 +445,29 @@ class Relay:
             # The fast path skipped entries for us, or a subscription changed, during the
             # read: read again.
 
-    @staticmethod
-    def _write(v: Viewer, data: bytes) -> None:
-        """Write all of ``data``, waiting for the sink as long as the client needs."""
+    def _page(self, job_id: str) -> int:
+        """How many entries of ``job_id`` one catch-up read asks for (about PAGE_BYTES)."""
+        size = self._entry_size.get(job_id)
+        if size is None:
+            return FIRST_PAGE
+        return max(1, min(PAGE, PAGE_BYTES // max(size, 1)))
+
+    def _note_size(self, job_id: str, entries: list[Entry]) -> None:
+        """Remember the largest entry of ``job_id`` seen (reads are sized by it)."""
+        size = max(len(e.raw) for e in entries)
+        if size > self._entry_size.get(job_id, 0):
+            self._entry_size[job_id] = size
+
+    def _write(self, v: Viewer, data: bytes) -> None:
+        """Write all of ``data``, waiting for the sink as long as the client reads; WriteTimeout
+        once it has accepted no byte for ``write_timeout`` seconds."""
         view = memoryview(data)
         while view:
             n = v.sink.send(view)
             if n:
                 view = view[n:]
-            else:
-                v.sink.wait_writable()
+            elif not v.sink.wait_writable(self.write_timeout):
+                raise WriteTimeout(v.job_id)
 
     # -- quiet streams, reconnects, shutdown -----------------------------------------------
 
@@ -521,6 +555,7 @@ class Relay:
                 if not viewers:
                     del self._jobs[v.job_id]
                     self._last_delivery.pop(v.job_id, None)
+                    self._entry_size.pop(v.job_id, None)
                     self.recent.forget(v.job_id)
             v.release()
         if held:

@@ -94,7 +94,8 @@ def start(st: State) -> Relay:
             # With --preload the app was created in gunicorn's master: check the worker here.
             check_worker_class()
             cfg = st.config
-            st.relay = Relay(Broker(st.streams), heartbeat=cfg.heartbeat)
+            st.relay = Relay(Broker(st.streams), heartbeat=cfg.heartbeat,
+                             write_timeout=cfg.write_timeout)
             st.relay.start()
             st.watchdog = Watchdog(st.redis, st.logs)
             st.watchdog.start()

@@ -34,14 +34,31 @@ class Sink(Protocol):
         """Take as much of ``data`` as possible without waiting; how much was taken (0 when
         none could be). Raises OSError once the client is gone."""
 
-    def wait_writable(self, timeout: float | None = None) -> None:
-        """Wait until :meth:`send` can take something (or ``timeout`` passes)."""
+    def wait_writable(self, timeout: float | None = None) -> bool:
+        """Wait until :meth:`send` can take something; False if ``timeout`` passed first."""
 
     def alive(self) -> bool:
         """False once the client has closed the connection (reads nothing)."""
 
     def close(self) -> None:
         """End the stream."""
+
+
+def drained_alive(sock: socket.socket) -> bool:
+    """False once the peer of ``sock`` (non-blocking) has closed or reset the connection.
+
+    The request was read long ago, so anything the client sends now is not for us: it is read
+    and dropped, so a stray byte (and then a close) cannot make a gone client look alive.
+    """
+    try:
+        while True:
+            data = sock.recv(4096, socket.MSG_DONTWAIT)
+            if not data:
+                return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 class SocketSink:
@@ -61,26 +78,21 @@ class SocketSink:
         except BlockingIOError:
             return 0
 
-    def wait_writable(self, timeout: float | None = None) -> None:
-        """Wait for room in the socket's send buffer."""
+    def wait_writable(self, timeout: float | None = None) -> bool:
+        """Wait for room in the socket's send buffer; False after ``timeout`` s without."""
         if self.green:
             from gevent.socket import wait_write
 
             try:
-                wait_write(self.sock.fileno(), timeout=timeout)
+                wait_write(self.sock.fileno(), timeout=timeout, timeout_exc=socket.timeout)
             except socket.timeout:
-                pass
-        else:
-            select.select([], [self.sock], [], timeout)
+                return False
+            return True
+        return bool(select.select([], [self.sock], [], timeout)[1])
 
     def alive(self) -> bool:
-        """Peek at the socket: a readable socket with no data means the peer has closed it."""
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK) != b""
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
+        """False once the peer has closed the connection (or reset it)."""
+        return drained_alive(self.sock)
 
     def close(self) -> None:
         """Close the connection."""
@@ -119,10 +131,11 @@ class QueueSink:
             self._cond.notify_all()
             return len(part)
 
-    def wait_writable(self, timeout: float | None = None) -> None:
-        """Wait until the generator has drained the buffer (or it was closed)."""
+    def wait_writable(self, timeout: float | None = None) -> bool:
+        """Wait until the generator has drained the buffer (or it was closed); False after
+        ``timeout`` s without."""
         with self._cond:
-            self._cond.wait_for(lambda: self._size < self.limit or self.closed, timeout)
+            return self._cond.wait_for(lambda: self._size < self.limit or self.closed, timeout)
 
     def alive(self) -> bool:
         """Ask the client check given at creation."""

@@ -20,8 +20,8 @@ payload: the log stays the truth and fills any gap (late join, reconnect, slow r
 Each entry is a small JSON object. ``seq`` numbers every entry of a job from 1 without gaps;
 ``kind`` is one of ``queued``, ``started``, ``value``, ``retrying``, ``finished``, ``failed``,
 ``cancelled`` (the last three are terminal: a job's log ends with exactly one of them).
-Value entries also carry ``i`` (the value's index, from 0), ``v`` (``"{}".format(value)``) and
-``j`` (the value as JSON).
+Value entries also carry ``i`` (the value's index, from 0), ``v`` (its text, see
+:func:`encode_value`) and ``j`` (the value as JSON).
 """
 
 from __future__ import annotations
@@ -142,9 +142,28 @@ def job_keys(redis, job_id: str) -> JobKeys:
     return JobKeys(base, base + ":log", base + ":ch")
 
 
-def encode_value(value: Any) -> tuple[str, str]:
-    """Return (text, json) for a task value: text as ``"{}".format(value)``."""
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match) -> str:
+    """A lone surrogate as text: ``\\xNN`` for the byte Python's ``surrogateescape`` kept in it
+    (a non-UTF-8 file name from ``os.fsdecode``), ``\\uNNNN`` for any other."""
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def value_text(value: Any) -> str:
+    """How any Python value becomes the text a stream shows: ``"{}".format(value)``, with every
+    lone surrogate written as an escape, so the text is always valid Unicode (a frame can
+    always encode it as UTF-8). NUL and other control characters stay: JSON escapes them, the
+    text stream escapes CR and LF (one line per value), and HTML escapes markup."""
     text = "{}".format(value)
+    return _SURROGATE.sub(_escape_surrogate, text) if _SURROGATE.search(text) else text
+
+
+def encode_value(value: Any) -> tuple[str, str]:
+    """Return (text, json) for a task value: text as :func:`value_text` makes it."""
+    text = value_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         as_json = "null"  # JSON has no NaN/Infinity; the text form still carries it
     else:
@@ -241,11 +260,11 @@ class JobLog:
     """One job's log: its keys, and every read and write of them."""
 
     def __init__(self, redis: Redis, job_id: str, *, maxlen: int = 100_000, ttl: int = 604800,
-                 index_max: int = 1000):
+                 index_max: int = 1000, value_max: int = 65536):
         """Bind to the job ``job_id`` (validated) on ``redis``.
 
-        ``maxlen``, ``ttl`` and ``index_max`` matter to writers only; services build their
-        logs from the settings with :meth:`jobcast.core.logstore.LogStore.log`.
+        ``maxlen``, ``ttl``, ``index_max`` and ``value_max`` matter to writers only; services
+        build their logs from the settings with :meth:`jobcast.core.logstore.LogStore.log`.
         """
         self.redis = redis
         self.job_id = check_job_id(job_id)
@@ -253,6 +272,7 @@ class JobLog:
         self.maxlen = maxlen
         self.ttl = ttl
         self.index_max = index_max
+        self.value_max = value_max
         self._append = None  # the Lua script, registered on the first write (readers need none)
 
     # -- writing ---------------------------------------------------------------------------
@@ -353,12 +373,21 @@ class JobLog:
         """Record value number ``index``; returns -3 if it was already logged (a retry).
 
         ``total``, when given, also sets the job's progress total (the entry carries it as ``n``).
+        A value whose text or JSON is over ``value_max`` bytes is refused: its entry keeps its
+        index (so the job's later values keep theirs), says why in ``v``, and carries
+        ``refused`` (its size in bytes) and a null ``j``.
         """
         text, as_json = encode_value(value)
+        body: dict[str, Any] = {"i": index, "v": text}
+        size = max(len(text.encode()), len(as_json))
+        if size > self.value_max:
+            body["v"] = f"[value refused: {size:,} bytes, over the {self.value_max:,}-byte limit]"
+            body["refused"] = size
+            as_json = "null"
         if total is None:
-            return self._write("value", {"i": index, "v": text}, index=index, value_json=as_json)
-        return self._write("value", {"i": index, "v": text, "n": total}, index=index,
-                           value_json=as_json, meta={"n": total})
+            return self._write("value", body, index=index, value_json=as_json)
+        body["n"] = total
+        return self._write("value", body, index=index, value_json=as_json, meta={"n": total})
 
     def retrying(self, reason: str) -> int:
         """Record that the attempt failed and the job goes back on the queue."""
@@ -477,8 +506,11 @@ class JobLog:
         fewer than n are kept: the whole log, from ``queued`` on (a trimmed log then says what
         is missing).
         """
+        values = self.values_logged()
         if n == 0:
-            return last_seq, self.values_logged()
+            return last_seq, values
+        if n >= values:
+            return 0, 0  # the tail is the whole log: no need to look for its start
         count, newest = 0, "+"
         page = min(TAIL_PAGE, n + 8)
         while True:

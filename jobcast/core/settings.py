@@ -68,9 +68,15 @@ class Settings(BaseSettings):
     heartbeat: float = env("JOBCAST_HEARTBEAT", 15.0,
                            "seconds a stream may stay silent before a heartbeat and a "
                            "dead-client check", gt=0)
-    viewer_buffer: int = env("JOBCAST_VIEWER_BUFFER", 1024,
-                             "live entries a slow viewer may have pending before it reads the "
-                             "log instead", ge=1)
+    viewer_buffer: int = env("JOBCAST_VIEWER_BUFFER", 262144,
+                             "bytes a viewer's queue holds (under a server other than Jobcast's "
+                             "worker class) before it reads the log instead", ge=1)
+    write_timeout: float = env("JOBCAST_WRITE_TIMEOUT", 30.0,
+                               "seconds a stream may accept no byte before it is dropped "
+                               "(a client that never reads)", gt=0)
+    value_max_bytes: int = env("JOBCAST_VALUE_MAX_BYTES", 65536,
+                               "largest value a job may log, bytes; a larger one is logged as "
+                               "refused, with its size", ge=1)
     max_body: int = env("JOBCAST_MAX_BODY", 16 * 1024,
                         "largest request body the API accepts, bytes", ge=1)
     job_timeout: int = env("JOBCAST_JOB_TIMEOUT", 3600,

@@ -165,3 +165,42 @@ def test_non_finite_and_odd_values_still_log_their_text(jlog):
     vals = [e for e in jlog.entries() if e.kind == "value"]
     assert [e.text for e in vals] == ["nan", "{'a': 1}", "<class 'object'>"]
     assert vals[0].data["j"] is None and vals[1].data["j"] == {"a": 1}
+
+
+def test_a_value_python_cannot_encode_is_logged_as_escaped_text(jlog):
+    # Finding 1: os.fsdecode of a non-UTF-8 file name gives a lone surrogate.
+    jlog.value(0, "\udcff-name.txt")
+    jlog.value(1, "a\ud800b")
+    texts = [e.text for e in jlog.entries() if e.kind == "value"]
+    assert texts == ["\\xff-name.txt", "a\\ud800b"]
+    assert all(t.encode() for t in texts)  # valid UTF-8 now
+
+
+def test_a_value_over_the_size_cap_is_refused_with_its_size_and_keeps_its_index(r):
+    # Finding 4: a value's size was unbounded (40 values of 1 MB took a web worker to 1.1 GB).
+    log = JobLog(r, uuid.uuid4().hex, value_max=1000)
+    log.create("sqrt", {}, None)
+    assert log.value(0, "x" * 1001) > 0
+    assert log.value(1, "small") > 0
+    refused, small = [e for e in log.entries() if e.kind == "value"]
+    assert (refused.i, refused.data["j"]) == (0, None)
+    assert refused.data["refused"] == 1003  # its JSON: the text and two quotes
+    assert "refused" in refused.text and "1,003 bytes" in refused.text
+    assert len(refused.raw) < 400
+    assert (small.i, small.text) == (1, "small")
+
+
+def test_the_start_of_a_tail_costs_the_tail_not_the_whole_log(r, monkeypatch):
+    # Finding 9: ?tail=99999999 read a 100k-entry log to its first entry.
+    log = JobLog(r, uuid.uuid4().hex)
+    log.create("sqrt", {}, None)
+    pipe = r.pipeline(transaction=False)
+    for i in range(3000):
+        keys, args = log.script_args("value", {"i": i, "v": str(i)}, index=i, value_json=str(i))
+        log.script()(keys=keys, args=args, client=pipe)
+    pipe.execute()
+    read = []
+    real = r.xrevrange
+    monkeypatch.setattr(r, "xrevrange", lambda *a, **kw: read.append(kw.get("count")) or real(*a, **kw))
+    assert log.tail_start(99_999_999, 3001) == (0, 0) and read == []
+    assert log.tail_start(10, 3001) == (2991, 2990) and sum(read) <= 50

@@ -107,3 +107,20 @@ def test_chunks_and_the_last_chunk_make_a_body_that_an_http_client_reads_back():
         assert event is not h11.NEED_DATA, f"the body did not end: {events}"
         events.append(event)
     assert b"".join(e.data for e in events if isinstance(e, h11.Data)) == b"".join(parts)
+
+
+def test_a_value_with_line_breaks_is_still_one_line_of_the_text_stream():
+    # Finding 10: 11 values came out as 16 lines, and ?start= then skipped a value silently.
+    values = ["a", "b\nc", "d\r\ne", "f\rg", "h"]
+    body = TEXT.frames(job(*values))
+    assert body.count(b"\n") == len(values)
+    assert body.split(b"\n")[:-1] == [b"a", b"b\\nc", b"d\\r\\ne", b"f\\rg", b"h"]
+
+
+def test_an_entry_that_cannot_be_utf8_is_still_framed_by_every_transport():
+    # Finding 1: a lone surrogate raised inside the framing. Values are made safe where they
+    # are logged; an entry from before that (or another writer) must not stop a stream either.
+    bad = entry(3, "value", i=0, v="\udcff-name.txt")
+    assert TEXT.encode(bad) == b"\\udcff-name.txt\n"
+    assert HTML.encode(bad) == b"<p>0: \\udcff-name.txt</p>\n"
+    assert SSE.encode(bad).startswith(b"id: 3\n")

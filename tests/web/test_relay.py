@@ -26,6 +26,13 @@ from jobcast.web.relay import Relay
 from jobcast.web.viewer import SocketSink, Viewer
 
 
+def metric_value(name: str, **labels: str) -> float:
+    """A counter of this process's Prometheus registry (0 when never incremented)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def green_wait(condition, timeout: float = 10.0, what: str = "condition"):
     """Run gevent's loop until ``condition()`` is truthy, or fail after ``timeout`` s."""
     return wait_for(condition, timeout, 0.005, what, sleep=gevent.sleep)
@@ -267,7 +274,7 @@ def test_recent_entries_join_reads_and_live_batches_into_one_exact_run():
     recent = RecentEntries(maxlen=100)
     recent.subscription(True)
     recent.add_live("j", run(6, 7))            # the hub's first batch
-    recent.add_read("j", run(1, 5), recent.epoch)  # a newcomer read the log before it
+    recent.add_read("j", run(1, 5), recent.generation)  # a newcomer read the log before it
     assert [e.seq for e in recent.after("j", 0)] == list(range(1, 8))
     assert [e.seq for e in recent.after("j", 4)] == [5, 6, 7]
     assert recent.is_current("j", 7) and not recent.is_current("j", 6)
@@ -278,13 +285,13 @@ def test_recent_entries_join_reads_and_live_batches_into_one_exact_run():
 def test_recent_entries_are_never_current_past_what_the_hub_dispatched_or_across_subscriptions():
     recent = RecentEntries(maxlen=100)
     recent.subscription(True)
-    epoch = recent.epoch
-    recent.add_read("j", run(1, 3), epoch)
+    generation = recent.generation
+    recent.add_read("j", run(1, 3), generation)
     assert recent.is_current("j", 3)
     recent.subscription(False)                 # the hub lost its subscription
     assert recent.after("j", 0) == [] and not recent.is_current("j", 3)
     recent.subscription(True)
-    recent.add_read("j", run(1, 3), epoch)     # a read that began before: not trusted
+    recent.add_read("j", run(1, 3), generation)     # a read that began before: not trusted
     assert recent.after("j", 0) == []
 
 
@@ -317,3 +324,53 @@ def test_a_raw_text_stream_ends_by_closing_even_though_the_end_writes_nothing(re
     relay.deliver(log.job_id, log.page(3, 10)[0])  # the terminal entry alone: no text line
     green_wait(lambda: client.eof, what="end of stream")
     assert bytes(client.data) == b"0\n" and viewer.closed
+
+
+def test_a_viewer_that_never_reads_is_dropped_after_the_write_timeout(redis):
+    # Finding 2: a client with a small receive buffer that never reads was held forever, its
+    # first catch-up waiting in the request's greenlet; enough of them starved the process.
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_timeout=0.3, green=True)
+    log = new_log(redis)
+    for i in range(200):
+        log.value(i, "x" * 1000)
+    before = metric_value("jobcast_disconnects_total", reason="write_timeout")
+    viewer, client = held(relay, log, rcvbuf=4096, read=False)
+    green_wait(lambda: viewer.closed, 10, what="the frozen viewer to be dropped")
+    assert client.released and relay.viewers(log.job_id) == 0
+    assert metric_value("jobcast_disconnects_total", reason="write_timeout") == before + 1
+
+
+def test_a_text_viewer_that_sends_a_stray_byte_and_closes_is_freed(redis, relay, clock):
+    # Finding 12: the liveness check peeked at the unread byte and took the client for alive.
+    log = new_log(redis)
+    viewer, client = held(relay, log, TEXT, cursor=2)
+    green_wait(lambda: not viewer.slow, what="history")
+    client.sock.send(b"x")
+    client.sock.shutdown(socket.SHUT_WR)
+    clock.advance(0.25)
+    relay.tick()
+    assert viewer.closed and relay.viewers(log.job_id) == 0
+
+
+def test_the_memory_kept_for_newcomers_is_capped_in_bytes():
+    # Finding 4: the relay's cache of framed entries was capped in count, not in bytes.
+    recent = RecentEntries(maxlen=100, max_bytes=10_000, framed_bytes=30_000)
+    recent.subscription(True)
+    big = [Entry.parse('{"seq":%d,"kind":"value","ts":1.0,"i":%d,"v":"%s","j":null}'
+                       % (s, s - 1, "x" * 3000)) for s in range(1, 21)]
+    recent.add_live("j", big)
+    kept = recent.after("j", 17)
+    assert 0 < sum(len(e.raw) for e in recent._tails["j"]) <= 10_000 and kept[-1].seq == 20
+    for cursor in range(17, 20):
+        recent.framed_after("j", cursor, SSE)
+        recent.framed_after("j", cursor, TEXT)
+    assert recent._framed_size <= 30_000
+
+
+def test_a_catch_up_of_a_job_of_large_entries_reads_fewer_entries_at_a_time(redis, relay):
+    # Finding 4: 20 viewers at different ?after= of a job of large values each read 500 of them.
+    log = new_log(redis)
+    write(log, 0, 40, size=60_000)
+    viewer, client = held(relay, log)
+    green_wait(lambda: client.sse_ids()[-1:] == [42], what="the whole history")
+    assert relay._page(log.job_id) < 20  # about 1 MiB a read, not 500 entries
