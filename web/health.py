@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from jobcast.web.metrics import render
+from jobcast.web.models import Health, reply
 from jobcast.web.services import state
 
 bp = Blueprint("health", __name__)
@@ -15,7 +16,7 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz():
     """The process is alive: no dependency is checked."""
-    return jsonify(status="ok")
+    return reply(Health(status="ok"))
 
 
 @bp.get("/readyz")
@@ -31,10 +32,10 @@ def readyz():
         if st.streams is not st.redis:
             st.streams.ping()
     except RedisError as exc:
-        return jsonify(status="unavailable", reason=f"redis: {exc}"), 503
+        return reply(Health(status="unavailable", reason=f"redis: {exc}"), 503)
     if not st.relay.wait_ready(2.0):
-        return jsonify(status="unavailable", reason="broker: not yet subscribed to Redis"), 503
-    return jsonify(status="ready")
+        return reply(Health(status="unavailable", reason="broker: not yet subscribed to Redis"), 503)
+    return reply(Health(status="ready"))
 
 
 @bp.get("/metrics")
