@@ -15,12 +15,12 @@ from jobcast.producer.enqueue import enqueue
 from jobcast.web import metrics
 from jobcast.web.admission import int_param, load_job, may_be_trimmed
 from jobcast.web.errors import BadParam
-from jobcast.web.limits import client_address, require_token
+from jobcast.web.limits import client_address
 from jobcast.web.links import MAX_TTL, sign
 from jobcast.web.models import (Cancelled, Chart, Created, EarlierValues, Error, JobList, JobRequest,
                                 JobStatus, Link, Task, TaskList, reply)
 from jobcast.web.presence import total_viewers
-from jobcast.web.security import urls_sig
+from jobcast.web.security import require_token, urls_sig
 from jobcast.web.services import state
 
 bp = Blueprint("api", __name__)

@@ -25,7 +25,6 @@ from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
 from jobcast.core.settings import Settings
 from jobcast.web import metrics
-from jobcast.web.limits import Unauthorized
 from jobcast.web.links import PARAM, LinkError, verify, view_sig
 
 log = logging.getLogger(__name__)
@@ -53,6 +52,17 @@ OTHER_CSP = "default-src 'none'; frame-ancestors 'none'"
 # The only page meant to be embedded: by this site's own framed page (or others' of the
 # same origin), never by another site.
 FRAMEABLE = frozenset({"stream.html_stream"})
+
+
+class Unauthorized(HTTPException):
+    """401 with a Bearer challenge."""
+
+    code = 401
+    description = "creating jobs needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
+
+    def get_headers(self, environ=None, scope=None):
+        """Ask for a bearer token."""
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", 'Bearer realm="jobcast"')]
 
 
 class Forbidden(HTTPException):
@@ -87,6 +97,12 @@ def has_bearer(cfg: Settings) -> bool:
         return False
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), cfg.token.encode())
+
+
+def require_token(cfg: Settings) -> None:
+    """401 unless the request carries ``Authorization: Bearer <JOBCAST_TOKEN>`` (when set)."""
+    if cfg.token and not has_bearer(cfg):
+        raise Unauthorized()
 
 
 def has_session(cfg: Settings) -> bool:
