@@ -13,18 +13,24 @@ from jobcast.core.urls import JOB_PATHS, job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
 from jobcast.web import metrics
-from jobcast.web.admission import int_param, load_job, may_be_trimmed
+from jobcast.web.admission import load_job, may_be_trimmed
 from jobcast.web.errors import BadParam
 from jobcast.web.limits import client_address
 from jobcast.web.links import MAX_TTL, sign
-from jobcast.web.models import (Cancelled, Chart, Created, EarlierValues, Error, JobList, JobRequest,
-                                JobStatus, Link, Task, TaskList, reply)
+from jobcast.web.models import (Cancelled, Chart, Created, EarlierValues, Error, JobList,
+                                JobRequest, JobStatus, Link, Task, TaskList, reply)
+from jobcast.web.openapi import job_requests
 from jobcast.web.presence import total_viewers
-from jobcast.web.security import require_token, urls_sig
+from jobcast.web.security import urls_sig
 from jobcast.web.services import state
+from jobcast.web.surface import IntArg, job_scoped, private, returns, token_required
 
 bp = Blueprint("api", __name__)
 
+LIMIT_JOBS = IntArg("limit", low=1, high=500, default=50)
+LIMIT_VALUES = IntArg("limit", low=1, high=5000, default=1000)
+BEFORE = IntArg("before", "entries before this seq")
+TTL = IntArg("ttl", "seconds until the link expires; omit or 0 for none", high=MAX_TTL)
 # A job with no chart yet: what the worker writes before its first value.
 EMPTY_CHART = Chart(span=1, upto=-1, points=0, min=[], max=[], first=[], last=[]).model_dump_json()
 
@@ -53,10 +59,12 @@ def job_request() -> JobRequest:
 
 
 @bp.post("/api/jobs")
+@token_required
+@returns(Created, 201, body=job_requests, headers={"Location": "the job's status URL"},
+         links=("api.get_job", "api.job_link", "pages.job_page"))
 def create_job():
     """Create a job: validate ``{"task": ..., "params": {...}}``, enqueue it, answer 201 with
     its URLs."""
-    require_token(state().config)
     job = job_request()
     try:
         job_id = enqueue(job.task, job.params, redis=state().redis, config=state().config,
@@ -74,15 +82,16 @@ def create_job():
 
 
 @bp.get("/api/jobs")
+@private
+@returns(JobList, args=[LIMIT_JOBS])
 def list_jobs():
     """The most recent jobs, newest first (``?limit=`` up to 500)."""
-    limit = int_param("limit", request.args.get("limit"), default=50)
-    if not 1 <= limit <= 500:
-        raise BadParam("limit", "limit must be between 1 and 500")
-    return reply(JobList(jobs=state().logs.recent(limit)))
+    return reply(JobList(jobs=state().logs.recent(LIMIT_JOBS.read())))
 
 
 @bp.get(JOB_PATHS["status"])
+@job_scoped
+@returns(JobStatus)
 def get_job(job_id: str):
     """One job's status, progress, worker, times, viewers and URLs."""
     info = load_job(job_id)
@@ -103,6 +112,8 @@ def get_job(job_id: str):
 
 
 @bp.post("/api/jobs/<job_id>/cancel")
+@token_required
+@returns(Cancelled, errors=[409])
 def cancel_job(job_id: str):
     """Cancel a queued or running job: it leaves the queue, or its work-horse is stopped; its
     log ends with ``cancelled``.
@@ -110,7 +121,6 @@ def cancel_job(job_id: str):
     409 (with the status) when the job has already ended, a second cancel included; the
     log then stays as it was. Needs the token when JOBCAST_TOKEN is set.
     """
-    require_token(state().config)
     load_job(job_id)
     by = client_address(state().config)
     try:
@@ -125,6 +135,8 @@ def cancel_job(job_id: str):
 
 
 @bp.get("/api/jobs/<job_id>/chart")
+@job_scoped
+@returns(Chart)
 def job_chart(job_id: str):
     """The job's chart history, downsampled (min/max/first/last per bucket) by its worker."""
     load_job(job_id)
@@ -135,6 +147,8 @@ def job_chart(job_id: str):
 
 
 @bp.get("/api/jobs/<job_id>/values")
+@job_scoped
+@returns(EarlierValues, args=[BEFORE, LIMIT_VALUES])
 def earlier_values(job_id: str):
     """Up to ``limit`` value entries logged before entry ``before`` (a seq), oldest first.
 
@@ -142,10 +156,8 @@ def earlier_values(job_id: str):
     capped log begins, so the page can tell what is no longer kept.
     """
     load_job(job_id)
-    before = int_param("before", request.args.get("before"))
-    limit = int_param("limit", request.args.get("limit"), default=1000)
-    if not 1 <= limit <= 5000:
-        raise BadParam("limit", "limit must be between 1 and 5000")
+    before = BEFORE.read()
+    limit = LIMIT_VALUES.read()
     jlog = state().logs.log(job_id)
     raws = jlog.values_before(before, limit)
     first_seq, first_value = jlog.first_kept()
@@ -157,6 +169,8 @@ def earlier_values(job_id: str):
 
 
 @bp.get("/api/tasks")
+@private
+@returns(TaskList)
 def list_tasks():
     """The registered tasks with their parameters' JSON schema."""
     return reply(TaskList(tasks=[Task(name=t.name, description=t.description, params=t.schema())
@@ -164,15 +178,14 @@ def list_tasks():
 
 
 @bp.get("/api/jobs/<job_id>/link")
+@token_required
+@returns(Link, args=[TTL])
 def job_link(job_id: str):
     """A new signed view link for the job (token required): ``?ttl=`` seconds, or no expiry.
 
     In public mode, where no link is needed, the URLs come back unsigned.
     """
-    require_token(state().config)
-    ttl = int_param("ttl", request.args.get("ttl"))
-    if ttl > MAX_TTL:
-        raise BadParam("ttl", f"ttl must be at most {MAX_TTL} seconds (omit it for no expiry)")
+    ttl = TTL.read()
     load_job(job_id)
     cfg = state().config
     now = time.time()

@@ -9,17 +9,22 @@ from redis.exceptions import RedisError
 from jobcast.web.metrics import render
 from jobcast.web.models import Health, reply
 from jobcast.web.services import state
+from jobcast.web.surface import Answer, private, public, returns
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@public
+@returns(Health)
 def healthz():
     """The process is alive: no dependency is checked."""
     return reply(Health(status="ok"))
 
 
 @bp.get("/readyz")
+@public
+@returns(Health, more={503: Answer("Not ready", model=Health)})
 def readyz():
     """Ready when Redis (and the stream store) answers a PING and this process's broker is
     subscribed; 503 otherwise.
@@ -39,6 +44,8 @@ def readyz():
 
 
 @bp.get("/metrics")
+@private
+@returns(media="text/plain", description="The metrics")
 def metrics():
     """Prometheus text format (every web process's metrics, and RQ's queue at scrape time)."""
     st = state()
