@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 
-from flask import Blueprint, Response, abort, jsonify, request, url_for
+from flask import Blueprint, Response, abort, request, url_for
+from pydantic import ValidationError
 
 from jobcast.core.joblog import UnknownJob
 from jobcast.core.registry import ParamError, UnknownTask, all_tasks
@@ -13,37 +13,61 @@ from jobcast.core.urls import JOB_PATHS, job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
 from jobcast.web import metrics
+from jobcast.web.admission import load_job, may_be_trimmed
 from jobcast.web.errors import BadParam
-from jobcast.web.limits import client_address, require_token
+from jobcast.web.limits import client_address
 from jobcast.web.links import MAX_TTL, sign
-from jobcast.web.admission import int_param, load_job, may_be_trimmed
+from jobcast.web.models import (Cancelled, Chart, Created, EarlierValues, Error, JobList,
+                                JobRequest, JobStatus, Link, Task, TaskList, reply)
+from jobcast.web.openapi import job_requests
 from jobcast.web.presence import total_viewers
 from jobcast.web.security import urls_sig
 from jobcast.web.services import state
+from jobcast.web.surface import IntArg, job_scoped, private, returns, token_required
 
 bp = Blueprint("api", __name__)
 
+LIMIT_JOBS = IntArg("limit", low=1, high=500, default=50)
+LIMIT_VALUES = IntArg("limit", low=1, high=5000, default=1000)
+BEFORE = IntArg("before", "entries before this seq")
+TTL = IntArg("ttl", "seconds until the link expires; omit or 0 for none", high=MAX_TTL)
+# A job with no chart yet: what the worker writes before its first value.
+EMPTY_CHART = Chart(span=1, upto=-1, points=0, min=[], max=[], first=[], last=[]).model_dump_json()
 
-@bp.post("/api/jobs")
-def create_job():
-    """Validate ``{"task": ..., "params": {...}}``, enqueue it, answer 201 with its URLs."""
-    require_token(state().config)
+
+def job_request() -> JobRequest:
+    """The request's body as a JobRequest, or a 400 naming the wrong field.
+
+    An unknown field is named first, then ``task``, then ``params``; ``body`` when the body
+    is no JSON object. The message says what the field must be (its description).
+    """
     body = request.get_json(silent=True)
     if body is None:
         raise BadParam("body", "body must be a JSON object (Content-Type: application/json)")
-    if not isinstance(body, dict):
-        raise BadParam("body", "body must be a JSON object")
-    unknown = set(body) - {"task", "params"}
-    if unknown:
-        raise BadParam(sorted(unknown)[0], "unknown field; expected only task and params")
-    task = body.get("task")
-    if not isinstance(task, str):
-        raise BadParam("task", "task must be a string naming a registered task")
-    params = body.get("params", {})
-    if not isinstance(params, dict):
-        raise BadParam("params", "params must be a JSON object")
     try:
-        job_id = enqueue(task, params, redis=state().redis, config=state().config,
+        return JobRequest.model_validate(body)
+    except ValidationError as exc:
+        # A stable sort: unknown fields first, then the model's fields in their order.
+        first = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    fields = JobRequest.model_fields
+    if first["type"] == "extra_forbidden":
+        raise BadParam(str(first["loc"][0]), f"unknown field; expected only {' and '.join(fields)}")
+    if not first["loc"]:
+        raise BadParam("body", "body must be a JSON object")
+    name = str(first["loc"][0])
+    raise BadParam(name, f"{name} must be {fields[name].description}")
+
+
+@bp.post("/api/jobs")
+@token_required
+@returns(Created, 201, body=job_requests, headers={"Location": "the job's status URL"},
+         links=("api.get_job", "api.job_link", "pages.job_page"))
+def create_job():
+    """Create a job: validate ``{"task": ..., "params": {...}}``, enqueue it, answer 201 with
+    its URLs."""
+    job = job_request()
+    try:
+        job_id = enqueue(job.task, job.params, redis=state().redis, config=state().config,
                          streams=state().streams)
     except UnknownTask:
         raise BadParam("task", f"unknown task; known tasks: {', '.join(sorted(all_tasks()))}") from None
@@ -52,48 +76,51 @@ def create_job():
         raise BadParam(first["field"], str(exc), exc.errors) from None
     # base: under init_app's prefix, if any
     urls = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id))
-    response = jsonify(id=job_id, urls=urls)
-    response.status_code = 201
+    response = reply(Created(id=job_id, urls=urls), 201)
     response.headers["Location"] = url_for("api.get_job", job_id=job_id)
     return response
 
 
 @bp.get("/api/jobs")
+@private
+@returns(JobList, args=[LIMIT_JOBS])
 def list_jobs():
     """The most recent jobs, newest first (``?limit=`` up to 500)."""
-    limit = int_param("limit", request.args.get("limit"), default=50)
-    if not 1 <= limit <= 500:
-        raise BadParam("limit", "limit must be between 1 and 500")
-    return jsonify(jobs=[job.model_dump() for job in state().logs.recent(limit)])
+    return reply(JobList(jobs=state().logs.recent(LIMIT_JOBS.read())))
 
 
 @bp.get(JOB_PATHS["status"])
+@job_scoped
+@returns(JobStatus)
 def get_job(job_id: str):
-    """One job's status, progress, worker and times."""
-    info = load_job(job_id).model_dump()
+    """One job's status, progress, worker, times, viewers and URLs."""
+    info = load_job(job_id)
     jlog = state().logs.log(job_id)
-    info["urls"] = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id))
     # This process's count is exact and current; the others' arrive every few seconds.
-    info["viewers_here"] = state().relay.viewers(job_id)
-    info["viewers"] = max(info["viewers_here"], total_viewers(jlog))
+    here = state().relay.viewers(job_id)
     # The log is capped: the oldest entry and value it still has (read only when it may
     # have been trimmed, since the page polls this).
-    if may_be_trimmed(info["last_seq"], state().config.log_maxlen):
-        info["first_seq"], info["first_value"] = jlog.first_kept()
+    if may_be_trimmed(info.last_seq, state().config.log_maxlen):
+        first_seq, first_value = jlog.first_kept()
     else:
-        info["first_seq"] = 1 if info["last_seq"] else None
-        info["first_value"] = 0 if info["progress"]["i"] else None
-    return jsonify(info)
+        first_seq = 1 if info.last_seq else None
+        first_value = 0 if info.progress.i else None
+    return reply(JobStatus(
+        **info.model_dump(), urls=job_urls(job_id, base=request.script_root, sig=urls_sig(job_id)),
+        viewers=max(here, total_viewers(jlog)), viewers_here=here,
+        first_seq=first_seq, first_value=first_value))
 
 
 @bp.post("/api/jobs/<job_id>/cancel")
+@token_required
+@returns(Cancelled, errors=[409])
 def cancel_job(job_id: str):
-    """Cancel a queued or running job: 200 with the ``cancelled`` entry's seq.
+    """Cancel a queued or running job: it leaves the queue, or its work-horse is stopped; its
+    log ends with ``cancelled``.
 
     409 (with the status) when the job has already ended, a second cancel included; the
     log then stays as it was. Needs the token when JOBCAST_TOKEN is set.
     """
-    require_token(state().config)
     load_job(job_id)
     by = client_address(state().config)
     try:
@@ -102,23 +129,26 @@ def cancel_job(job_id: str):
     except UnknownJob:
         abort(404, description=f"no job with id {job_id}")
     except AlreadyEnded as exc:
-        response = jsonify(error="conflict", message=str(exc), status=exc.status)
-        response.status_code = 409
-        return response
+        return reply(Error(error="conflict", message=str(exc), status=exc.status), 409)
     metrics.job_cancelled()
-    return jsonify(id=job_id, status="cancelled", seq=seq, by=by)
+    return reply(Cancelled(id=job_id, status="cancelled", seq=seq, by=by))
 
 
 @bp.get("/api/jobs/<job_id>/chart")
+@job_scoped
+@returns(Chart)
 def job_chart(job_id: str):
-    """The job's downsampled chart (min/max/first/last per bucket), kept by its worker."""
+    """The job's chart history, downsampled (min/max/first/last per bucket) by its worker."""
     load_job(job_id)
+    # As the worker stored it (already JSON).
     raw = state().logs.log(job_id).chart()
-    return Response(raw or b'{"span":1,"upto":-1,"points":0,"min":[],"max":[],"first":[],"last":[]}',
-                    mimetype="application/json", headers={"Cache-Control": "no-cache"})
+    return Response(raw or EMPTY_CHART, mimetype="application/json",
+                    headers={"Cache-Control": "no-cache"})
 
 
 @bp.get("/api/jobs/<job_id>/values")
+@job_scoped
+@returns(EarlierValues, args=[BEFORE, LIMIT_VALUES])
 def earlier_values(job_id: str):
     """Up to ``limit`` value entries logged before entry ``before`` (a seq), oldest first.
 
@@ -126,41 +156,39 @@ def earlier_values(job_id: str):
     capped log begins, so the page can tell what is no longer kept.
     """
     load_job(job_id)
-    before = int_param("before", request.args.get("before"))
-    limit = int_param("limit", request.args.get("limit"), default=1000)
-    if not 1 <= limit <= 5000:
-        raise BadParam("limit", "limit must be between 1 and 5000")
+    before = BEFORE.read()
+    limit = LIMIT_VALUES.read()
     jlog = state().logs.log(job_id)
     raws = jlog.values_before(before, limit)
     first_seq, first_value = jlog.first_kept()
-    # The entries go out as stored (already JSON): parsed, they would be encoded again.
-    head = json.dumps({"first_seq": first_seq, "first_value": first_value},
-                      separators=(",", ":")).encode()[:-1]
-    return Response(head + b',"values":[' + b",".join(raws) + b"]}", mimetype="application/json")
+    # The entries go out as stored (already JSON): parsed, they would be encoded again. So
+    # the model's own JSON, with the stored entries put into its empty list.
+    empty = EarlierValues(first_seq=first_seq, first_value=first_value, values=[])
+    head = empty.model_dump_json().encode().removesuffix(b"[]}")
+    return Response(head + b"[" + b",".join(raws) + b"]}", mimetype="application/json")
 
 
 @bp.get("/api/tasks")
+@private
+@returns(TaskList)
 def list_tasks():
     """The registered tasks with their parameters' JSON schema."""
-    return jsonify(tasks=[
-        {"name": t.name, "description": t.description, "params": t.schema()}
-        for t in all_tasks().values()
-    ])
+    return reply(TaskList(tasks=[Task(name=t.name, description=t.description, params=t.schema())
+                                 for t in all_tasks().values()]))
 
 
 @bp.get("/api/jobs/<job_id>/link")
+@token_required
+@returns(Link, args=[TTL])
 def job_link(job_id: str):
     """A new signed view link for the job (token required): ``?ttl=`` seconds, or no expiry.
 
     In public mode, where no link is needed, the URLs come back unsigned.
     """
-    require_token(state().config)
-    ttl = int_param("ttl", request.args.get("ttl"))
-    if ttl > MAX_TTL:
-        raise BadParam("ttl", f"ttl must be at most {MAX_TTL} seconds (omit it for no expiry)")
+    ttl = TTL.read()
     load_job(job_id)
     cfg = state().config
     now = time.time()
     sig = sign(cfg, job_id, ttl, now=now) if cfg.read_mode == "private" else None
-    return jsonify(id=job_id, urls=job_urls(job_id, sig=sig),
-                   expires=int(now + ttl) if sig and ttl else None)
+    return reply(Link(id=job_id, urls=job_urls(job_id, sig=sig),
+                      expires=int(now + ttl) if sig and ttl else None))

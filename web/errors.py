@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from jobcast.web.models import Error, reply
 from jobcast.web.workerclass import UnsuitableWorker
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,15 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         """Render any HTTP error as JSON, keeping its status and headers."""
-        body = {"error": (exc.name or "error").lower().replace(" ", "_"),
-                "message": exc.description}
+        extra = {}
         if isinstance(exc, BadParam):
-            body["field"] = exc.field
+            extra["field"] = exc.field
             if exc.details:
-                body["details"] = exc.details
+                extra["details"] = exc.details
         if getattr(exc, "reason", None):
-            body["reason"] = exc.reason  # e.g. why a view link was refused (web.security)
-        response = jsonify(body)
-        response.status_code = exc.code or 500
+            extra["reason"] = exc.reason  # e.g. why a view link was refused (web.security)
+        response = reply(Error(error=(exc.name or "error").lower().replace(" ", "_"),
+                               message=exc.description or "", **extra), exc.code or 500)
         for name, value in (exc.get_headers() if exc.response is None else []):
             if name.lower() != "content-type":
                 response.headers[name] = value
@@ -50,8 +50,7 @@ def register(app: Flask) -> None:
     def redis_down(exc: RedisError):
         """Redis is unreachable: 503 and a hint to retry, not a 500."""
         log.warning("redis error: %s", exc)
-        response = jsonify({"error": "unavailable", "message": "Redis is unreachable; retry shortly"})
-        response.status_code = 503
+        response = reply(Error(error="unavailable", message="Redis is unreachable; retry shortly"), 503)
         response.headers["Retry-After"] = "2"
         return response
 
@@ -59,14 +58,10 @@ def register(app: Flask) -> None:
     def unsuitable_worker(exc: UnsuitableWorker):
         """Streams under a worker class that cannot hold them: say so, never hang."""
         log.error("%s", exc)
-        response = jsonify({"error": "unsuitable_worker", "message": str(exc)})
-        response.status_code = 503
-        return response
+        return reply(Error(error="unsuitable_worker", message=str(exc)), 503)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         """Log the traceback, and never leak it to the client."""
         log.exception("unhandled error")
-        response = jsonify({"error": "internal_error", "message": "internal server error"})
-        response.status_code = 500
-        return response
+        return reply(Error(error="internal_error", message="internal server error"), 500)

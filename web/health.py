@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from jobcast.web.metrics import render
+from jobcast.web.models import Health, reply
 from jobcast.web.services import state
+from jobcast.web.surface import Answer, private, public, returns
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@public
+@returns(Health)
 def healthz():
     """The process is alive: no dependency is checked."""
-    return jsonify(status="ok")
+    return reply(Health(status="ok"))
 
 
 @bp.get("/readyz")
+@public
+@returns(Health, more={503: Answer("Not ready", model=Health)})
 def readyz():
     """Ready when Redis (and the stream store) answers a PING and this process's broker is
     subscribed; 503 otherwise.
@@ -31,13 +37,15 @@ def readyz():
         if st.streams is not st.redis:
             st.streams.ping()
     except RedisError as exc:
-        return jsonify(status="unavailable", reason=f"redis: {exc}"), 503
+        return reply(Health(status="unavailable", reason=f"redis: {exc}"), 503)
     if not st.relay.wait_ready(2.0):
-        return jsonify(status="unavailable", reason="broker: not yet subscribed to Redis"), 503
-    return jsonify(status="ready")
+        return reply(Health(status="unavailable", reason="broker: not yet subscribed to Redis"), 503)
+    return reply(Health(status="ready"))
 
 
 @bp.get("/metrics")
+@private
+@returns(media="text/plain", description="The metrics")
 def metrics():
     """Prometheus text format (every web process's metrics, and RQ's queue at scrape time)."""
     st = state()

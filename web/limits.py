@@ -1,8 +1,7 @@
-"""Abuse limits at the edge: the job-creation token and caps on concurrent streams."""
+"""Abuse limits at the edge: caps on concurrent streams (the token is web/security.py's)."""
 
 from __future__ import annotations
 
-import hmac
 from collections import Counter
 
 from flask import request
@@ -25,17 +24,6 @@ class TooManyStreams(HTTPException):
     def get_headers(self, environ=None, scope=None):
         """Add Retry-After so well-behaved clients back off."""
         return [*super().get_headers(environ, scope), ("Retry-After", RETRY_AFTER)]
-
-
-class Unauthorized(HTTPException):
-    """401 with a Bearer challenge."""
-
-    code = 401
-    description = "creating jobs needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
-
-    def get_headers(self, environ=None, scope=None):
-        """Ask for a bearer token."""
-        return [*super().get_headers(environ, scope), ("WWW-Authenticate", 'Bearer realm="jobcast"')]
 
 
 class StreamLimiter:
@@ -106,11 +94,3 @@ def open_slot(limiter: StreamLimiter, config: Settings) -> StreamSlot:
     """Count a new stream of the requesting client, or raise 429/503."""
     return StreamSlot(limiter, client_address(config))
 
-
-def require_token(config: Settings) -> None:
-    """401 unless the request carries ``Authorization: Bearer <JOBCAST_TOKEN>`` (when set)."""
-    if not config.token:
-        return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), config.token.encode()):
-        raise Unauthorized()

@@ -18,21 +18,15 @@ from redis import Redis
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from jobcast.core.settings import Settings
-from jobcast.core.urls import JOB_PATHS
 from jobcast.web.app import create_app
 from jobcast.web.workerclass import UnsuitableWorker, check_worker_class
 
 __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
 
-# Build-only rules in the host app, so its url_for() can link into the mounted Jobcast.
-LINKS = {
-    "index": "/",
-    "job_page": JOB_PATHS["page"],
-    "text_stream": JOB_PATHS["stream"],
-    "sse_stream": JOB_PATHS["events"],
-    "html_stream": JOB_PATHS["frame"],
-    "get_job": JOB_PATHS["status"],
-}
+# The views the host app's url_for() can link to, as ``jobcast.<view>``: build-only rules in
+# the host app, copied from the mounted app's own routes.
+LINKS = ("pages.index", "pages.job_page", "stream.text_stream", "stream.sse_stream",
+         "stream.html_stream", "api.get_job")
 
 
 def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | None = None,
@@ -51,7 +45,9 @@ def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | Non
     check_worker_class()
     jobcast_app = create_app({"JOBCAST": config, "REDIS": redis})
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {prefix: jobcast_app})
-    for endpoint, rule in LINKS.items():
-        app.add_url_rule(prefix + rule, endpoint=f"jobcast.{endpoint}", build_only=True)
+    for endpoint in LINKS:
+        for rule in jobcast_app.url_map.iter_rules(endpoint):
+            app.add_url_rule(prefix + rule.rule, endpoint=f"jobcast.{endpoint.partition('.')[2]}",
+                             build_only=True)
     app.extensions["jobcast"] = jobcast_app.extensions["jobcast"]
     return jobcast_app

@@ -12,6 +12,7 @@ from jobcast.core.registry import all_tasks
 from jobcast.core.urls import JOB_PATHS, job_urls
 from jobcast.web.admission import load_job
 from jobcast.web.services import state
+from jobcast.web.surface import job_scoped, page, private, public, returns
 
 bp = Blueprint("pages", __name__)
 
@@ -69,6 +70,8 @@ def form_fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @bp.get("/")
+@private
+@page()
 def index():
     """Recent jobs with their status, progress and age, and a form to start a job."""
     tasks = all_tasks()
@@ -84,12 +87,16 @@ def index():
 
 
 @bp.get("/favicon.ico")
+@public
+@returns(None, 204, media=None)
 def favicon():
     """No icon: answer 204 so browsers do not log a 404 on every page."""
     return "", 204
 
 
 @bp.get(JOB_PATHS["page"])
+@job_scoped
+@page()
 def job_page(job_id: str):
     """The live page: latest value, chart, progress, status, watchers and the log."""
     job = load_job(job_id).model_dump()
@@ -98,12 +105,16 @@ def job_page(job_id: str):
 
 
 @bp.get("/jobs/<job_id>/plain")
+@job_scoped
+@page()
 def plain_page(job_id: str):
     """The original page: latest value, the list of all values, and "Done" at the end."""
     return render_template("plain.html", job=load_job(job_id).model_dump())
 
 
 @bp.get(JOB_PATHS["framed"])
+@job_scoped
+@page()
 def framed_page(job_id: str):
     """The ``<iframe>`` variant, embedding the streamed HTML of ``/jobs/<id>/frame``."""
     return render_template("framed.html", job=load_job(job_id).model_dump())

@@ -8,8 +8,13 @@ Read access (``JOBCAST_READ``):
   a browser, as the session cookie that ``/login`` sets once the token is typed in. A job's own
   pages and streams also accept a signed view link (:mod:`jobcast.web.links`) for that job.
 
-The check runs before every request (:func:`guard`), keyed on the endpoint, so the views and
-streams need no change: a new endpoint needs the token unless it is listed below.
+Creating and cancelling a job, and minting a view link, need the bearer token whenever
+``JOBCAST_TOKEN`` is set, in either mode.
+
+Each view declares who may call it (:mod:`jobcast.web.surface`: ``@public``, ``@private``,
+``@job_scoped``, ``@token_required``), and the check runs before every request (:func:`guard`),
+reading the declaration of the view the request is routed to: a view that declares nothing
+needs the token in private mode.
 """
 
 from __future__ import annotations
@@ -25,20 +30,15 @@ from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
 from jobcast.core.settings import Settings
 from jobcast.web import metrics
-from jobcast.web.limits import Unauthorized
 from jobcast.web.links import PARAM, LinkError, verify, view_sig
+from jobcast.web.models import LoginForm
+from jobcast.web.surface import (FORM, HTML, Access, Answer, Declaration, declared, page, public,
+                                 returns, undocumented)
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("security", __name__)
 
-# Endpoints anyone may call, in either mode.
-PUBLIC = frozenset({"static", "health.healthz", "health.readyz", "pages.favicon",
-                    "openapi.openapi", "security.login_form", "security.login"})
-# Endpoints about one job (their URL has <job_id>): the token or a view link for that job.
-JOB_SCOPED = frozenset({"pages.job_page", "pages.plain_page", "pages.framed_page",
-                        "stream.text_stream", "stream.sse_stream", "stream.html_stream",
-                        "api.get_job", "api.job_chart", "api.earlier_values"})
 SESSION_COOKIE = "jobcast_session"
 SESSION_SALT = "jobcast.session"
 SESSION_DAYS = 30
@@ -50,9 +50,17 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'none'; "
             "form-action 'self'; frame-ancestors {ancestors}")
 OTHER_CSP = "default-src 'none'; frame-ancestors 'none'"
-# The only page meant to be embedded: by this site's own framed page (or others' of the
-# same origin), never by another site.
-FRAMEABLE = frozenset({"stream.html_stream"})
+
+
+class Unauthorized(HTTPException):
+    """401 with a Bearer challenge."""
+
+    code = 401
+    description = "creating jobs needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
+
+    def get_headers(self, environ=None, scope=None):
+        """Ask for a bearer token."""
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", 'Bearer realm="jobcast"')]
 
 
 class Forbidden(HTTPException):
@@ -115,33 +123,50 @@ def check_query_length() -> None:
         raise RequestURITooLarge(f"the query string is over {MAX_QUERY} bytes")
 
 
-def guard():
-    """Before every request: refuse what the read mode does not allow this request."""
+def declaration_of(endpoint: str | None) -> Declaration:
+    """The declaration of the view ``endpoint`` names (an empty one for none)."""
+    return declared(current_app.view_functions.get(endpoint)) if endpoint else Declaration()
+
+
+def guard() -> Response | None:
+    """Before every request: refuse what the routed view's declared access does not allow."""
     check_query_length()
+    if request.endpoint is None:  # no route: routing answers 404 or 405 itself
+        return None
     cfg = config()
-    endpoint = request.endpoint
-    if cfg.read_mode == "public" or endpoint is None or endpoint in PUBLIC:
-        return None
-    if has_token(cfg):
-        return None
+    declaration = declaration_of(request.endpoint)
+    access = declaration.access or Access.PRIVATE
+    if cfg.read_mode == "private" and access is not Access.PUBLIC and not has_token(cfg):
+        return admit_link(cfg, declaration, access)
+    if access is Access.TOKEN and cfg.token and not has_bearer(cfg):
+        raise Unauthorized()
+    return None
+
+
+def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Response | None:
+    """Private mode and no token: a view link for the job may still grant a job's view.
+
+    Otherwise refuse: 403 with the reason for a link that does not grant the job, the token
+    form for a browser asking for a page, else 401.
+    """
     sig = request.args.get(PARAM)
-    job_id = (request.view_args or {}).get("job_id")
-    if endpoint in JOB_SCOPED and sig:
+    if access is Access.JOB and sig:
+        job_id = (request.view_args or {}).get("job_id")
         try:
             verify(cfg, job_id, sig)
         except LinkError as exc:
-            if endpoint.startswith("stream."):
+            if declaration.stream:
                 metrics.stream_refused("forbidden")
             raise Forbidden(exc.reason, str(exc)) from None
         g.view_sig, g.view_job = sig, job_id
         return None
-    if endpoint.startswith("stream."):
+    if declaration.stream:
         metrics.stream_refused("unauthorized")
-    if endpoint.startswith("pages.") and request.method in ("GET", "HEAD"):
+    if declaration.page and request.method in ("GET", "HEAD"):
         # A browser: ask for the token rather than answer JSON.
         # script_root: come back under the prefix Jobcast is mounted at (init_app), if any.
         return login_page(request.script_root + request.full_path.rstrip("?"), status=401)
-    what = "this job needs the token or a signed view link" if endpoint in JOB_SCOPED else \
+    what = "this job needs the token or a signed view link" if access is Access.JOB else \
         "this server is private: reading needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
     raise Unauthorized(what)
 
@@ -153,7 +178,8 @@ def carry_sig(endpoint: str, values: dict) -> None:
     no other job.
     """
     sig = g.get("view_sig")
-    if sig and endpoint in JOB_SCOPED and values.get("job_id") == g.get("view_job"):
+    if (sig and values.get("job_id") == g.get("view_job")
+            and declaration_of(endpoint).access is Access.JOB):
         values.setdefault(PARAM, sig)
 
 
@@ -172,7 +198,7 @@ def security_headers(response: Response) -> Response:
     """Add the CSP, framing, sniffing and referrer headers to every response."""
     headers = response.headers
     if response.mimetype == "text/html":
-        frameable = request.endpoint in FRAMEABLE
+        frameable = declaration_of(request.endpoint).frameable
         headers["Content-Security-Policy"] = PAGE_CSP.format(
             ancestors="'self'" if frameable else "'none'")
         headers["X-Frame-Options"] = "SAMEORIGIN" if frameable else "DENY"
@@ -203,20 +229,25 @@ def login_page(target: str, status: int = 200, error: str = "") -> Response:
 
 
 @bp.get("/login")
+@public
+@page({"name": "next", "in": "query", "required": False, "schema": {"type": "string"}})
 def login_form():
     """The form that asks a browser for the token once."""
     return login_page(request.args.get("next", "/"))
 
 
 @bp.post("/login")
+@public
+@returns(None, 303, media=None, body=LoginForm, body_media=FORM,
+         description=f"The token is right: on to `next`, with the `{SESSION_COOKIE}` cookie",
+         more={401: Answer("The form again: the token is not right", HTML)})
 def login():
     """Check the token typed in; on success set the session cookie and go on (303)."""
     cfg = config()
-    token = request.form.get("token", "")
-    target = request.form.get("next", "/")
-    if not cfg.token or not hmac.compare_digest(token.encode(), cfg.token.encode()):
-        return login_page(target, status=401, error="That token is not right.")
-    response = redirect(safe_next(target), code=303)
+    form = LoginForm.model_validate(request.form.to_dict())
+    if not cfg.token or not hmac.compare_digest(form.token.encode(), cfg.token.encode()):
+        return login_page(form.next, status=401, error="That token is not right.")
+    response = redirect(safe_next(form.next), code=303)
     response.set_cookie(SESSION_COOKIE, _sessions(cfg).dumps(_token_hash(cfg)),
                         max_age=SESSION_DAYS * 86400, httponly=True, samesite="Strict",
                         secure=request.is_secure)
@@ -228,6 +259,8 @@ def install(app: Flask) -> None:
     cfg: Settings = app.extensions["jobcast"].config
     if cfg.read_mode == "private" and not cfg.signing_key:
         raise ValueError("JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)")
+    # Flask's own view of the static files: anyone may read them; they are no API operation.
+    public(undocumented(app.view_functions["static"]))
     app.before_request(guard)
     app.url_defaults(carry_sig)
     app.after_request(security_headers)

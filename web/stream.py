@@ -12,11 +12,16 @@ from flask import Blueprint
 from jobcast.core.urls import JOB_PATHS
 from jobcast.web.admission import StreamRequest, admit
 from jobcast.web.frames import HTML, SSE, TEXT
+from jobcast.web.models import SseEvent
+from jobcast.web.surface import (AFTER, LAST_EVENT_ID, START, TAIL, Answer, frameable, job_scoped,
+                                 stream)
 
 bp = Blueprint("stream", __name__)
 
 
 @bp.route(JOB_PATHS["stream"], methods=["GET", "HEAD"])
+@job_scoped
+@stream(TEXT, START, TAIL)
 def text_stream(job_id: str):
     """``text/plain``: one ``"{}\\n".format(value)`` line per value; ends with the job.
 
@@ -27,6 +32,9 @@ def text_stream(job_id: str):
 
 
 @bp.route(JOB_PATHS["events"], methods=["GET", "HEAD"])
+@job_scoped
+@stream(SSE, AFTER, TAIL, LAST_EVENT_ID, model=SseEvent, more={
+    204: Answer("The job has ended and nothing is left after the given seq", media=None)})
 def sse_stream(job_id: str):
     """Server-sent events: ``id:`` is the entry's seq, the event type is its kind.
 
@@ -37,6 +45,9 @@ def sse_stream(job_id: str):
 
 
 @bp.route(JOB_PATHS["frame"], methods=["GET", "HEAD"])
+@job_scoped
+@frameable
+@stream(HTML, START, TAIL)
 def html_stream(job_id: str):
     """Streamed HTML for an ``<iframe>``: a stylesheet first, then ``<p>i: value</p>`` each.
 

@@ -1,0 +1,182 @@
+"""The HTTP API's JSON bodies as pydantic models.
+
+Each view builds its body from one of these models (:func:`reply`), and the OpenAPI document
+(:mod:`jobcast.web.openapi`) takes its schemas from the same models, so a body and its schema
+cannot drift apart. A job's own fields come from the foundation's
+:class:`~jobcast.core.joblog.JobInfo`, which the CLI and the pages read as well.
+
+Bodies carry every field they are given; an optional field left unset is left out (an error's
+``field`` or ``reason``, a probe's ``reason``), so required fields have no defaults here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from flask import Response, jsonify
+from pydantic import BaseModel, ConfigDict, Field, Json, StrictStr, create_model
+
+from jobcast.core.joblog import JobInfo
+from jobcast.core.urls import JOB_PATHS
+from jobcast.web.links import LinkError
+
+# One URL per view of a job, named as jobcast.core.urls names them (the CLI prints the same).
+Urls = create_model(
+    "Urls", __doc__="Where the job can be watched; in private mode each URL carries ?sig=",
+    **{name: (str, ...) for name in JOB_PATHS})
+
+
+class JobStatus(JobInfo):
+    """The job: its status, progress, worker, times, viewers and URLs."""
+
+    urls: Urls
+    viewers: int = Field(ge=0, description="viewers on all web processes (a few seconds old)")
+    viewers_here: int = Field(ge=0, description="viewers on the process that answered")
+    first_seq: int | None = Field(description="the oldest entry the capped log still has")
+    first_value: int | None = Field(description="the index of the oldest value it still has")
+
+
+class JobList(BaseModel):
+    """The most recent jobs, newest first."""
+
+    jobs: list[JobInfo]
+
+
+class Created(BaseModel):
+    """Queued; its URLs (signed in private mode)."""
+
+    id: str
+    urls: Urls
+
+
+class Cancelled(BaseModel):
+    """Cancelled: the seq of the ``cancelled`` entry, and who asked."""
+
+    id: str
+    status: Literal["cancelled"]
+    seq: int = Field(ge=1)
+    by: str = Field(description="the client's address, or cli")
+
+
+class Link(BaseModel):
+    """The job's URLs carrying a new view link."""
+
+    id: str
+    urls: Urls
+    expires: int | None = Field(description="Unix time the link stops working (null: never)")
+
+
+class Task(BaseModel):
+    """A registered task."""
+
+    name: str
+    description: str
+    params: dict[str, Any] = Field(description="the JSON schema of its parameters")
+
+
+class TaskList(BaseModel):
+    """The registered tasks."""
+
+    tasks: list[Task]
+
+
+class Chart(BaseModel):
+    """The worker's downsampled chart: per bucket of ``span`` values, their min, max, first and
+    last (null: no numeric value)."""
+
+    span: int = Field(ge=1)
+    upto: int = Field(ge=-1)
+    points: int = Field(ge=0)
+    min: list[float | None]
+    max: list[float | None]
+    first: list[float | None]
+    last: list[float | None]
+
+
+class Entry(BaseModel):
+    """One entry of a job's log. value: i, v (text), j (JSON or null); started: worker,
+    attempt; failed/retrying: reason."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seq: int = Field(ge=1)
+    kind: str
+    ts: float
+
+
+class EarlierValues(BaseModel):
+    """Value entries logged before an entry, oldest first, and where the capped log begins."""
+
+    first_seq: int | None
+    first_value: int | None
+    values: list[Entry]
+
+
+class TailEvent(BaseModel):
+    """?tail=N: the stream starts after seq ``after``; ``skipped`` values came before."""
+
+    tail: int = Field(ge=0)
+    skipped: int = Field(ge=0)
+    after: int = Field(ge=0)
+
+
+class TrimmedEvent(BaseModel):
+    """The capped log no longer has the ``lost`` entries after ``after``; it goes on at
+    ``first_seq`` (``first_value``: the oldest value kept)."""
+
+    after: int = Field(ge=0)
+    first_seq: int = Field(ge=1)
+    lost: int = Field(ge=1)
+    first_value: int | None
+
+
+class SseEvent(BaseModel):
+    """One server-sent event of ``/events``, as parsed."""
+
+    id: str | None = Field(None, pattern="^[0-9]+$", description="the entry's seq")
+    event: str | None = Field(None, description="the entry's kind; or, before the first entry "
+                                                "and without an id, tail or trimmed")
+    data: Json[Entry | TailEvent | TrimmedEvent]
+    retry: str | int | None = None
+
+
+class Health(BaseModel):
+    """A probe's answer."""
+
+    status: str
+    reason: str | None = None
+
+
+class Error(BaseModel):
+    """Every error's body."""
+
+    error: str = Field(description="a short code: bad_request, not_found, ...")
+    message: str
+    field: str | None = Field(None, description="the offending field (400)")
+    details: list[dict[str, Any]] | None = None
+    reason: Literal[LinkError.REASONS] | None = Field(  # type: ignore[valid-type]
+        None, description="why a view link was refused (403)")
+    status: str | None = Field(None, description="how the job ended (409 of a cancel)")
+
+
+class JobRequest(BaseModel):
+    """The body that creates a job: a registered task's name and its parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: StrictStr = Field(description="a string naming a registered task")
+    params: dict[str, Any] = Field(default_factory=dict, description="a JSON object")
+
+
+class LoginForm(BaseModel):
+    """The token form's fields (form-encoded)."""
+
+    token: str = ""
+    next: str = "/"
+
+
+def reply(body: BaseModel, status: int = 200) -> Response:
+    """``body`` as a JSON response (optional fields left unset are left out)."""
+    response = jsonify(body.model_dump(exclude_unset=True))
+    response.status_code = status
+    return response
