@@ -162,6 +162,7 @@ SERVICE_FIXTURES = {
     "tests/test_tail.py": {"capped_job", "capped_web"},
     "tests/launcher/test_up.py": {"up"},
     "tests/web/test_browser_tail.py": {"lane"},
+    "tests/web/test_events.py": {"private"},
     "tests/web/test_fuzz.py": {"server"},
     "tests/web/test_limits.py": {"guarded"},
     "tests/web/test_openapi.py": {"fuzzed"},

@@ -24,6 +24,7 @@ The three stream views (text, SSE, HTML) share this one prologue (:func:`admit`)
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -48,8 +49,14 @@ STREAM_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
-SSE_RETRY = b"retry: 2000\n\n"
-"""The first bytes of an SSE stream: EventSource reconnects after 2 s."""
+RETRY = (500, 2500)
+"""The range each SSE connection's ``retry:`` (milliseconds) is drawn from, so a restart does
+not bring every client back at the same instant."""
+
+
+def retry_ms() -> int:
+    """A new SSE connection's reconnection delay, in milliseconds."""
+    return random.randint(*RETRY)
 
 
 def int_param(name: str, raw: str | None, *, default: int = 0) -> int:
@@ -222,10 +229,10 @@ def client_alive(environ: dict) -> Callable[[], bool]:
     return lambda: drained_alive(sock)
 
 
-def preamble(req: StreamRequest, begin: Start) -> bytes:
+def preamble(req: StreamRequest, begin: Start, retry: int) -> bytes:
     """The bytes a stream sends before its first entry."""
     if req.transport is SSE:
-        return SSE_RETRY + begin.sse_prelude()
+        return b"retry: %d\n\n" % retry + begin.sse_prelude()
     if req.transport is HTML:
         notice = begin.notice(req.start)
         return (html_head(url_for("static", filename="frame.css"))
@@ -265,11 +272,13 @@ def admit(req: StreamRequest) -> Response:
         raise
     viewer = Viewer(req.job_id, None, req.transport, cursor=begin.after, start=req.start,
                     resources=(lease, slot))
-    first = preamble(req, begin)
+    viewer.retry = retry_ms()
+    first = preamble(req, begin, viewer.retry)
     conn = can_take(request.environ)
     if conn is not None:
         conn.claim()  # the headers then say Connection: close, as the relay will close it
-        body = _hand_over(conn, relay, viewer, first)
+        body = hand_over(conn, viewer.attach, lambda: relay.hold(viewer, here=True),
+                         relay.green, first)
     else:
         viewer.sink = QueueSink(st.config.viewer_buffer, alive=client_alive(request.environ))
         body = drain(relay, viewer, first)
@@ -280,25 +289,31 @@ def admit(req: StreamRequest) -> Response:
     return response
 
 
-def _hand_over(conn: HandoverSocket, relay: Relay, viewer: Viewer,
-               first: bytes) -> Iterator[bytes]:
-    """Send the headers and ``first`` through gunicorn, then give the socket to the relay.
+def hand_over(conn: HandoverSocket, attach: Callable[..., None], hold: Callable[[], None],
+              green: bool, first: bytes) -> Iterator[bytes]:
+    """Send the headers and ``first`` through gunicorn, then give the socket to the relay:
+    ``attach(sink, chunked=...)`` it to the stream, and ``hold()``.
 
     Runs after the view has returned (outside the app context), so it is handed what it needs.
     """
     yield first  # even when empty, this makes gunicorn send the headers
-    viewer.attach(SocketSink(conn.take(), green=relay.green), chunked=conn.chunked)
-    relay.hold(viewer, here=True)
+    attach(SocketSink(conn.take(), green=green), chunked=conn.chunked)
+    hold()
 
 
-def drain(relay: Relay, viewer: Viewer, first: bytes) -> Iterator[bytes]:
+def drain(relay: Relay, viewer: Viewer, first: bytes, *, hold: Callable[[], None] | None = None,
+          release: Callable[[], None] | None = None) -> Iterator[bytes]:
     """Under any other server: the relay writes into the viewer's bounded queue, and this
-    generator hands what it finds to the server, until the relay ends the stream."""
+    generator hands what it finds to the server, until the relay ends the stream.
+
+    ``hold`` and ``release`` default to the relay taking and ending ``viewer`` (a multi-job
+    stream passes its connection's).
+    """
     sink = viewer.sink
     try:
         if first:
             yield first
-        relay.hold(viewer)
+        hold() if hold is not None else relay.hold(viewer)
         while True:
             data = sink.get(timeout=relay.heartbeat)
             if data is None:
@@ -307,4 +322,4 @@ def drain(relay: Relay, viewer: Viewer, first: bytes) -> Iterator[bytes]:
                 yield data
     finally:
         # The server stopped iterating (the client went away during a write), or it ended.
-        relay.release(viewer, "closed")
+        release() if release is not None else relay.release(viewer, "closed")

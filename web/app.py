@@ -8,7 +8,7 @@ from flask import Flask
 
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import get_settings
-from jobcast.web import api, errors, health, openapi, pages, security, services, shutdown, stream
+from jobcast.web import api, errors, events, health, openapi, pages, security, services, shutdown, stream
 from jobcast.web.workerclass import check_worker_class
 
 
@@ -38,5 +38,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)
+    app.register_blueprint(events.bp)
     app.register_blueprint(pages.bp)
     return app

@@ -223,6 +223,14 @@ class Broker:
         """(ended, last seq) of the job, or None when it does not exist."""
         return JobLog(self.redis, job_id).position()
 
+    def positions(self, job_ids: list[str]) -> list[tuple[bool, int] | None]:
+        """:meth:`position` of several jobs, in one pipelined round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        logs = [JobLog(self.redis, job_id) for job_id in job_ids]
+        for jlog in logs:
+            jlog.queue_position(pipe)
+        return [JobLog.read_position(reply) for reply in pipe.execute()]
+
     def last_seqs(self, job_ids: list[str]) -> list[int]:
         """The last seq of each job, in one pipelined round trip (0 for a job that is gone)."""
         pipe = self.redis.pipeline(transaction=False)

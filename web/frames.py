@@ -85,9 +85,15 @@ class Transport:
     heartbeat: bytes
     """Sent on a quiet stream; empty where the format has no room for one (text)."""
     shutdown: bytes
-    """Sent before the server closes the stream because it is stopping."""
+    """Sent before the server closes the stream because it is stopping (see :meth:`goodbye`)."""
     filters_values: bool
     """True when ``?start=K`` hides values with index below K."""
+
+    def goodbye(self, retry: int) -> bytes:
+        """What a stream says before the server closes it because it is stopping: on SSE,
+        reconnect after ``retry`` ms (each connection its own, so they do not all come back
+        at once); nothing on the others."""
+        return b"retry: %d\n\n" % retry if self.shutdown else b""
 
     def frames(self, entries: list[Entry], start: int = 0) -> bytes:
         """The bytes of ``entries`` in order, skipping values below index ``start``."""

@@ -14,6 +14,8 @@ timeout = 30
 # On SIGTERM, streams get this long to finish before the worker exits.
 graceful_timeout = 10
 keepalive = 5
+# The longest request line gunicorn reads (its maximum): /events names up to 100 jobs.
+limit_request_line = 8190
 backlog = 2048
 # No runtime control socket: it defaults to one path per user, shared by every instance.
 control_socket_disable = True

@@ -134,7 +134,7 @@ def security(access: Access, cfg: Settings) -> list[dict[str, list]]:
     if access is Access.PUBLIC or cfg.read_mode != "private":
         return [{}]
     readers: list[dict[str, list]] = [{"bearerAuth": []}, {"session": []}]
-    return [*readers, {"viewLink": []}] if access is Access.JOB else readers
+    return [*readers, {"viewLink": []}] if access in (Access.JOB, Access.JOBS) else readers
 
 
 def refusals(access: Access, cfg: Settings) -> set[int]:
@@ -143,7 +143,7 @@ def refusals(access: Access, cfg: Settings) -> set[int]:
         return {401}
     if access is Access.PUBLIC or cfg.read_mode != "private":
         return set()
-    return {401, 403} if access is Access.JOB else {401}
+    return {401, 403} if access in (Access.JOB, Access.JOBS) else {401}
 
 
 def docstring(view: Callable[..., Any]) -> tuple[str, str]:

@@ -45,7 +45,7 @@ from jobcast.web.broker import CONFIRM_TIMEOUT, Broker
 from jobcast.web.frames import LAST_CHUNK, Transport
 from jobcast.web.periodic import Periodic
 from jobcast.web.recent import RecentEntries
-from jobcast.web.viewer import Lease, Viewer, ViewerState
+from jobcast.web.viewer import Connection, Lease, Viewer, ViewerState
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,13 @@ class Relay:
             import gevent
             from gevent.event import Event
 
+            from gevent.lock import Semaphore
+
             self._event, self._sleep, self._current = Event, gevent.sleep, gevent.getcurrent
+            self._new_lock = Semaphore
         else:
             self._event, self._sleep = threading.Event, self._stop.wait
-            self._current = threading.current_thread
+            self._current, self._new_lock = threading.current_thread, threading.Lock
         # Each job's viewers in the order they arrived (a dict used as an ordered set): the
         # fast path writes them first come, first served, the same order for every value.
         self._jobs: dict[str, dict[Viewer, None]] = {}
@@ -142,6 +145,7 @@ class Relay:
         self._reading: dict[str, object] = {}  # job id -> an Event set when its read lands
         self._positions: dict[str, _Flight] = {}
         self._entry_size: dict[str, int] = {}  # job id -> the largest entry seen, bytes
+        self._conns: dict[Connection, None] = {}  # the multi-job streams held here
         self.recent = RecentEntries()
         # Entries kept in memory are current only while the job's subscription is confirmed
         # (the catch-up asks the broker); a lost one forgets its job's entries.
@@ -214,6 +218,32 @@ class Relay:
             del self._positions[job_id]
             flight.done.set()
 
+    def positions(self, job_ids: list[str]) -> list[tuple[bool, int] | None]:
+        """:meth:`position` of several jobs: from memory where kept, the rest in one read."""
+        known = {}
+        for job_id in job_ids:
+            newest = self.recent.last(job_id)
+            if newest is not None:
+                known[job_id] = (newest.terminal, newest.seq)
+        rest = [j for j in job_ids if j not in known]
+        if rest:
+            known.update(zip(rest, self.broker.positions(rest)))
+        return [known[j] for j in job_ids]
+
+    def leases(self, job_ids: list[str], timeout: float = CONFIRM_TIMEOUT) -> list[Lease]:
+        """:meth:`lease` of several jobs, subscribed together and waited for once."""
+        self.start()
+        for job_id in job_ids:
+            self.broker.subscribe(job_id)
+        leases = [Lease(lambda j=job_id: self.broker.unsubscribe(j)) for job_id in job_ids]
+        deadline = time.monotonic() + timeout
+        for job_id in job_ids:
+            if not self.broker.wait_subscribed(job_id, max(0.0, deadline - time.monotonic())):
+                for lease in leases:
+                    lease.release()
+                raise NotSubscribed(job_id)
+        return leases
+
     def hold(self, viewer: Viewer, *, here: bool = False) -> None:
         """Take ``viewer``: it first catches up from the log, then joins the fast path.
 
@@ -229,6 +259,16 @@ class Relay:
             self.release(viewer, "server_shutdown")
             return
         self._catch_up(viewer, b"", "history", here=here)
+
+    def hold_connection(self, conn: Connection, *, here: bool = False) -> None:
+        """Take a stream of several jobs: each job's viewer catches up from the log on its
+        own, then joins the fast path; they write through the connection one at a time."""
+        conn.lock = self._new_lock()
+        conn.last_write = self.clock()
+        with self._lock:
+            self._conns[conn] = None
+        for n, viewer in enumerate(conn.viewers):
+            self.hold(viewer, here=here and n == len(conn.viewers) - 1)
 
     def viewers(self, job_id: str | None = None) -> int:
         """Viewers of one job, or of all jobs."""
@@ -277,6 +317,25 @@ class Relay:
                 if cursor + 1 < first:
                     self._catch_up(v, b"", "gap")
                     continue
+                conn = v.conn
+                if conn is not None:
+                    # One job of a multi-job stream: its frames are shared too, and the
+                    # connection's cursor (its id) follows them; one writer at a time.
+                    if not conn.lock.acquire(blocking=False):
+                        self._catch_up(v, b"", "busy")
+                        continue
+                    frames = shared.get(v.transport)
+                    if frames is None:
+                        frames = shared[v.transport] = v.transport.frames(entries)
+                    v.cursor = last
+                    v.done = end
+                    if self._send(v, conn.wire(frames, end), holding=True):
+                        conn.lock.release()
+                        conn.last_write = self._last_delivery[job_id]
+                        written += 1
+                        if end:
+                            self.release(v, "job_ended")
+                    continue
                 if cursor + 1 == first and not (v.start and first_index is not None
                                                 and v.start > first_index):
                     data = shared.get(v.kind)
@@ -297,35 +356,45 @@ class Relay:
                         self.release(v, "job_ended")
             return written
 
-    def _send(self, v: Viewer, data: bytes) -> bool:
-        """Write ``data`` without blocking; a viewer that cannot take it all catches up."""
+    def _send(self, v: Viewer, data: bytes, holding: bool = False) -> bool:
+        """Write ``data`` without blocking; a viewer that cannot take it all catches up.
+
+        ``holding``: the caller holds the viewer's connection lock; it keeps it only when
+        True is returned (else the catch-up that finishes the write, or the end, releases it).
+        """
         if not data:
             return True
         try:
             n = v.sink.send(data)
         except OSError:
+            if holding:
+                v.conn.lock.release()
             self.release(v, "client_gone")
             return False
         if n < len(data):
-            self._catch_up(v, data[n:], "slow")
+            self._catch_up(v, data[n:], "slow", holding=holding)
             return False
         return True
 
     # -- catching up -----------------------------------------------------------------------
 
-    def _catch_up(self, v: Viewer, pending: bytes, reason: str, here: bool = False) -> None:
+    def _catch_up(self, v: Viewer, pending: bytes, reason: str, here: bool = False,
+                  holding: bool = False) -> None:
         """Take ``v`` off the fast path: write ``pending``, then read the log from its cursor
-        (in a new greenlet or thread, or with ``here`` in this one)."""
+        (in a new greenlet or thread, or with ``here`` in this one). ``holding``: the caller
+        holds the connection lock, which passes to the catch-up with ``pending``."""
         if v.closed or v in self._catching:
+            if holding:
+                v.conn.lock.release()
             return
         v.slow = True
         v.missed = 0
         metrics.CATCHUPS.labels(reason).inc()
         if here:
             self._catching[v] = self._current()
-            self._catch_up_run(v, pending)
+            self._catch_up_run(v, pending, holding)
         else:
-            self._catching[v] = self._spawn(self._catch_up_run, v, pending)
+            self._catching[v] = self._spawn(self._catch_up_run, v, pending, holding)
 
     def _spawn(self, func, *args):
         """Run ``func(*args)`` in a greenlet (under gevent) or a daemon thread."""
@@ -337,12 +406,13 @@ class Relay:
         thread.start()
         return thread
 
-    def _catch_up_run(self, v: Viewer, pending: bytes) -> None:
+    def _catch_up_run(self, v: Viewer, pending: bytes, holding: bool = False) -> None:
         """The catch-up of one viewer."""
         reason = "error"
         try:
             if pending:
-                self._write(v, pending)
+                self._write(v, pending, holding=holding, framed=True)
+                holding = False
             if v.done:
                 reason = "job_ended"
                 return
@@ -359,6 +429,8 @@ class Relay:
                 raise
             reason = "server_shutdown"
         finally:
+            if holding:  # it never got to write what it was handed
+                v.conn.lock.release()
             self._catching.pop(v, None)
             if reason:
                 self.release(v, reason)
@@ -382,9 +454,9 @@ class Relay:
                 data, newest = kept
                 end = newest.terminal
                 v.cursor = newest.seq
-                self._write(v, v.wire(data, end))
+                v.done = end
+                self._write(v, data, end)
                 if end:
-                    v.done = True
                     return "job_ended"
                 continue
             reading = self._reading.get(v.job_id)
@@ -406,7 +478,7 @@ class Relay:
                                 MAX_OUTAGE)
                     return "redis_down"
                 log.info("viewer of %s waits for Redis: %s", v.job_id, exc)
-                self._write(v, v.wire(v.transport.heartbeat))
+                self._write(v, v.transport.heartbeat)
                 self._sleep(1.0)
                 continue
             finally:
@@ -431,16 +503,16 @@ class Relay:
             if entries:
                 end = entries[-1].terminal
                 v.cursor = entries[-1].seq
-                self._write(v, v.wire(v.transport.frames(entries, v.start), end))
+                v.done = end
+                self._write(v, v.transport.frames(entries, v.start), end)
                 if end:
-                    v.done = True
                     return "job_ended"
                 continue
             if ended:
                 # The terminal entry is at or before the cursor (or the log has expired).
                 v.done = True
                 if v.chunked:
-                    self._write(v, LAST_CHUNK)
+                    self._write(v, b"", True)  # just the end of the body (when it is ours)
                 return "job_ended"
             # The fast path skipped entries for us, or a subscription changed, during the
             # read: read again.
@@ -458,16 +530,32 @@ class Relay:
         if size > self._entry_size.get(job_id, 0):
             self._entry_size[job_id] = size
 
-    def _write(self, v: Viewer, data: bytes) -> None:
-        """Write all of ``data``, waiting for the sink as long as the client reads; WriteTimeout
-        once it has accepted no byte for ``write_timeout`` seconds."""
-        view = memoryview(data)
-        while view:
-            n = v.sink.send(view)
-            if n:
-                view = view[n:]
-            elif not v.sink.wait_writable(self.write_timeout):
-                raise WriteTimeout(v.job_id)
+    def _write(self, v: Viewer, frames: bytes, end: bool = False, *, holding: bool = False,
+               framed: bool = False) -> None:
+        """Write ``frames`` (framed for ``v``'s connection, with the end of the body if ``end``;
+        as they are with ``framed``), waiting for the sink as long as the client reads;
+        WriteTimeout once it has accepted no byte for ``write_timeout`` seconds.
+
+        A job of a multi-job stream writes while holding its connection's lock (``holding``:
+        the caller already does), and frames its bytes only then, so two jobs' bytes never
+        interleave and the cursor each write ends with is the connection's latest.
+        """
+        conn = v.conn
+        if conn is not None and not holding and not conn.lock.acquire(timeout=self.write_timeout):
+            raise WriteTimeout(v.job_id)
+        try:
+            data = frames if framed else v.wire(frames, end)
+            view = memoryview(data)
+            while view:
+                n = v.sink.send(view)
+                if n:
+                    view = view[n:]
+                elif not v.sink.wait_writable(self.write_timeout):
+                    raise WriteTimeout(v.job_id)
+        finally:
+            if conn is not None:
+                conn.last_write = self.clock()
+                conn.lock.release()
 
     # -- quiet streams, reconnects, shutdown -----------------------------------------------
 
@@ -493,6 +581,8 @@ class Relay:
                         continue
                     if last_seq > v.cursor:
                         self._catch_up(v, b"", "quiet")  # an announcement was lost
+                    elif v.conn is not None:
+                        continue  # a multi-job stream beats once, below, not once per job
                     elif not v.sink.alive():
                         self.release(v, "client_gone")
                         gone += 1
@@ -503,7 +593,34 @@ class Relay:
                     # One line per job, not per viewer: a NAT that drops thousands of viewers
                     # at once must not turn into thousands of log writes inside the loop.
                     log.info("freed %d viewer(s) of %s that went away", gone, job)
+            beats += self._beat_connections(now)
         metrics.HEARTBEATS.inc(beats)
+
+    def _beat_connections(self, now: float) -> int:
+        """Each multi-job stream quiet for a heartbeat interval: free it if its client went
+        away, else send one heartbeat (whatever the number of its jobs). Returns how many."""
+        beats = 0
+        for conn in list(self._conns):
+            if conn.closed or now - conn.last_write < self.heartbeat * 0.9:
+                continue
+            if not conn.lock.acquire(blocking=False):
+                continue  # someone is writing to it: not quiet
+            conn.last_write = now
+            open_viewers = [v for v in conn.viewers if not v.closed]
+            if not open_viewers:
+                conn.lock.release()
+                continue
+            if not conn.sink.alive():
+                conn.lock.release()
+                for v in open_viewers:
+                    self.release(v, "client_gone")
+                continue
+            beat = open_viewers[0]
+            data = conn.wire(beat.transport.heartbeat, False)
+            if self._send(beat, data, holding=True):
+                conn.lock.release()
+            beats += 1
+        return beats
 
     def on_resync(self, job_ids: list[str]) -> None:
         """The broker's handler: after (re)subscribing to these jobs in doubt, anything
@@ -526,15 +643,27 @@ class Relay:
         self.closing = True
         catching = list(self._catching.values())
         with self._lock:
+            for conn in list(self._conns):
+                # One goodbye per multi-job stream, before any of its jobs ends.
+                try:
+                    if conn.lock.acquire(blocking=False):
+                        goodbye = conn.viewers[0].transport.goodbye(conn.retry)
+                        conn.sink.send(conn.wire(goodbye, False) + (LAST_CHUNK if conn.chunked
+                                                                      else b""))
+                except OSError:
+                    pass
+                for v in conn.viewers:
+                    v.done = True
             for viewers in list(self._jobs.values()):
                 for v in tuple(viewers):
                     if v.slow:
                         continue  # its catch-up, stopped below, closes it
-                    # Best effort: a sink that cannot take these few bytes is closed anyway.
-                    try:
-                        v.sink.send(v.wire(v.transport.shutdown, end=True))
-                    except OSError:
-                        pass
+                    if v.conn is None:
+                        # Best effort: a sink that cannot take these few bytes is closed anyway.
+                        try:
+                            v.sink.send(v.wire(v.transport.goodbye(v.retry), end=True))
+                        except OSError:
+                            pass
                     self.release(v, "server_shutdown")
         if self.green:
             import gevent
@@ -558,6 +687,8 @@ class Relay:
                     self._entry_size.pop(v.job_id, None)
                     self.recent.forget(v.job_id)
             v.release()
+            if v.conn is not None and v.conn.closed:
+                self._conns.pop(v.conn, None)
         if held:
             metrics.viewer_removed(v.job_id)
         metrics.DISCONNECTS.labels(reason).inc()

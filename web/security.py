@@ -117,10 +117,11 @@ def has_token(cfg: Settings) -> bool:
     return request.method in ("GET", "HEAD") and has_session(cfg)
 
 
-def check_query_length() -> None:
-    """414 (JSON) for a query string longer than the app reads."""
-    if len(request.query_string) > MAX_QUERY:
-        raise RequestURITooLarge(f"the query string is over {MAX_QUERY} bytes")
+def check_query_length(declaration: Declaration) -> None:
+    """414 (JSON) for a query string longer than the view reads."""
+    limit = declaration.max_query or MAX_QUERY
+    if len(request.query_string) > limit:
+        raise RequestURITooLarge(f"the query string is over {limit} bytes")
 
 
 def declaration_of(endpoint: str | None) -> Declaration:
@@ -130,11 +131,11 @@ def declaration_of(endpoint: str | None) -> Declaration:
 
 def guard() -> Response | None:
     """Before every request: refuse what the routed view's declared access does not allow."""
-    check_query_length()
+    declaration = declaration_of(request.endpoint)
+    check_query_length(declaration)
     if request.endpoint is None:  # no route: routing answers 404 or 405 itself
         return None
     cfg = config()
-    declaration = declaration_of(request.endpoint)
     access = declaration.access or Access.PRIVATE
     if cfg.read_mode == "private" and access is not Access.PUBLIC and not has_token(cfg):
         return admit_link(cfg, declaration, access)
@@ -150,6 +151,13 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
     form for a browser asking for a page, else 401.
     """
     sig = request.args.get(PARAM)
+    if access is Access.JOBS and sig:
+        # Several jobs (the multi-job stream): each link grants its own job; the view refuses
+        # any job no link grants (it alone reads the list of jobs).
+        g.view_jobs = granted_jobs(cfg, request.args.getlist(PARAM),
+                                   [spec.split(":")[0].split("~")[0]
+                                    for spec in request.args.getlist("job")])
+        return None
     if access is Access.JOB and sig:
         job_id = (request.view_args or {}).get("job_id")
         try:
@@ -169,6 +177,27 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
     what = "this job needs the token or a signed view link" if access is Access.JOB else \
         "this server is private: reading needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
     raise Unauthorized(what)
+
+
+def granted_jobs(cfg: Settings, sigs: list[str], job_ids: list[str]) -> set[str]:
+    """The jobs among ``job_ids`` that one of the view links ``sigs`` grants; 403 with the
+    reason for a link that grants none of them (tampered, or expired)."""
+    granted: set[str] = set()
+    for sig in sigs:
+        failure = LinkError("other_job", "a view link grants none of these jobs")
+        for job_id in job_ids:
+            try:
+                verify(cfg, job_id, sig)
+            except LinkError as exc:
+                if exc.reason != "other_job":
+                    failure = exc  # invalid or expired says more than "another job"
+                continue
+            granted.add(job_id)
+            break
+        else:
+            metrics.stream_refused("forbidden")
+            raise Forbidden(failure.reason, str(failure))
+    return granted
 
 
 def carry_sig(endpoint: str, values: dict) -> None:

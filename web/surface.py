@@ -40,6 +40,7 @@ class Access(Enum):
     PUBLIC = "public"    # anyone, in either read mode
     PRIVATE = "private"  # in private mode, the token: a bearer header, or a browser's session
     JOB = "job"          # as PRIVATE, or a signed view link for the job in the URL
+    JOBS = "jobs"        # as PRIVATE, or a signed view link for each job named by ?job=
     TOKEN = "token"      # the bearer token whenever JOBCAST_TOKEN is set (a change: no cookie)
 
 
@@ -95,6 +96,7 @@ class Declaration:
     stream: bool = False      # a stream: refusals are counted (jobcast_stream_refusals_total)
     frameable: bool = False   # may be shown in an <iframe> of this site
     documented: bool = True   # part of the OpenAPI document (static files are not)
+    max_query: int | None = None  # the longest query string it reads (None: the default)
 
 
 ATTR = "jobcast_view"
@@ -135,9 +137,19 @@ def job_scoped(view: V) -> V:
     return declare(view, access=Access.JOB)
 
 
+def jobs_scoped(view: V) -> V:
+    """A view of the jobs named by ``?job=``: the token, or a signed view link for each."""
+    return declare(view, access=Access.JOBS)
+
+
 def token_required(view: V) -> V:
     """A change: the bearer token whenever JOBCAST_TOKEN is set, in either read mode."""
     return declare(view, access=Access.TOKEN)
+
+
+def long_query(limit: int) -> Callable[[V], V]:
+    """The view reads query strings of up to ``limit`` bytes (many ``?job=`` at once)."""
+    return lambda view: declare(view, max_query=limit)
 
 
 def frameable(view: V) -> V:

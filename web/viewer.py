@@ -13,6 +13,11 @@ HTML), a cursor (the seq of the last entry written to it) and a sink:
 
 A viewer owns what it holds while it streams, its :class:`Lease` on the job's subscription and
 its stream slot, and gives them back once, whoever ends it (:meth:`Viewer.release`).
+
+A stream of several jobs (``GET /events?job=a&job=b``) is a :class:`Connection`: one sink, one
+slot, and a viewer per job, each with its own cursor and lease. Every write to it ends with the
+cursor of every job (:meth:`Connection.checkpoint`, an SSE ``id:``), so ``Last-Event-ID``
+resumes each job exactly; the connection's lock keeps two jobs' bytes from interleaving.
 """
 
 from __future__ import annotations
@@ -186,11 +191,79 @@ class ViewerState(enum.Enum):
     CLOSED = "closed"
 
 
+class Connection:
+    """One stream carrying several jobs: its sink, its resources, and its jobs in order."""
+
+    __slots__ = ("sink", "chunked", "viewers", "digest", "lock", "resources", "retry",
+                 "last_write", "closed")
+
+    def __init__(self, sink: Sink | None, digest: bytes, *, retry: int = 2000,
+                 resources: tuple = ()):
+        """A connection whose cursor ids start with ``digest`` (which names its job list).
+
+        ``retry`` is the reconnection delay it was told, for its goodbye; ``resources`` (its
+        stream slot) are given back when its last job ends.
+        """
+        self.sink = sink
+        self.chunked = False
+        self.viewers: list[Viewer] = []
+        self.digest = digest
+        self.lock = None  # the relay's: held by whoever is writing to the sink
+        self.resources = resources
+        self.retry = retry
+        self.last_write = 0.0
+        self.closed = False
+
+    def add(self, viewer: "Viewer") -> None:
+        """Carry ``viewer``'s job, next in the cursor's order."""
+        viewer.conn = self
+        viewer.sink = self.sink
+        self.viewers.append(viewer)
+
+    def attach(self, sink: Sink, *, chunked: bool = False) -> None:
+        """Write to ``sink`` (framing the body as HTTP/1.1 chunks when ``chunked``)."""
+        self.sink = sink
+        self.chunked = chunked
+        for v in self.viewers:
+            v.sink = sink
+            v.chunked = chunked
+            v.kind = (v.transport, chunked)
+
+    def checkpoint(self) -> bytes:
+        """The cursor of every job, as the SSE id that ends each write."""
+        return b"id: %s:%s\n\n" % (self.digest,
+                                     b".".join([b"%d" % v.cursor for v in self.viewers]))
+
+    def wire(self, frames: bytes, end: bool) -> bytes:
+        """``frames`` and the checkpoint, framed for the connection; the end of the body too
+        when ``end`` and no other job of the connection is still open."""
+        payload = frames + self.checkpoint()
+        last = end and all(v.done for v in self.viewers)
+        if self.chunked:
+            return chunk(payload) + LAST_CHUNK if last else chunk(payload)
+        return payload
+
+    def ended(self, viewer: "Viewer") -> None:
+        """``viewer``'s job ended (or it was dropped); close once none is left open."""
+        if not self.closed and all(v.state is ViewerState.CLOSED for v in self.viewers):
+            self.close()
+
+    def close(self) -> None:
+        """Close the sink and give back the connection's resources (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.sink is not None:
+            self.sink.close()
+        for resource in self.resources:
+            resource.release()
+
+
 class Viewer:
     """One stream of one job, from the entry after ``cursor`` on."""
 
     __slots__ = ("job_id", "sink", "transport", "chunked", "kind", "start", "cursor", "slow",
-                 "missed", "done", "state", "resources", "on_close")
+                 "missed", "done", "state", "resources", "on_close", "conn", "retry")
 
     def __init__(self, job_id: str, sink: Sink | None, transport: Transport, *,
                  chunked: bool = False,
@@ -218,6 +291,8 @@ class Viewer:
         self.state = ViewerState.NEW
         self.resources = resources
         self.on_close = on_close
+        self.conn: Connection | None = None  # set when it is one job of a multi-job stream
+        self.retry = 2000  # the reconnection delay its SSE stream was told (milliseconds)
 
     def attach(self, sink: Sink, *, chunked: bool = False) -> None:
         """Write to ``sink`` (framing the body as HTTP/1.1 chunks when ``chunked``)."""
@@ -232,6 +307,8 @@ class Viewer:
 
     def wire(self, payload: bytes, end: bool = False) -> bytes:
         """``payload`` framed for this connection, plus the end of the body if ``end``."""
+        if self.conn is not None:
+            return self.conn.wire(payload, end)
         if self.chunked:
             return chunk(payload) + LAST_CHUNK if end else chunk(payload)
         return payload
@@ -241,10 +318,12 @@ class Viewer:
         if self.state is ViewerState.CLOSED:
             return
         self.state = ViewerState.CLOSED
-        if self.sink is not None:
+        if self.conn is None and self.sink is not None:
             self.sink.close()
         for resource in self.resources:
             resource.release()
+        if self.conn is not None:
+            self.conn.ended(self)
         if self.on_close is not None:
             self.on_close()
 

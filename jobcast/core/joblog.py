@@ -476,7 +476,16 @@ class JobLog:
 
     def position(self) -> tuple[bool, int] | None:
         """(ended, last seq) of the job, or None if it does not exist (or has expired)."""
-        status, seq = self.redis.hmget(self.keys.meta, "status", "seq")
+        return self.read_position(self.redis.hmget(self.keys.meta, "status", "seq"))
+
+    def queue_position(self, pipe) -> None:
+        """Add the read of :meth:`position` to ``pipe`` (its reply: see :meth:`read_position`)."""
+        pipe.hmget(self.keys.meta, "status", "seq")
+
+    @staticmethod
+    def read_position(reply) -> tuple[bool, int] | None:
+        """:meth:`position` from the reply of its read."""
+        status, seq = reply
         if status is None:
             return None
         return status.decode() in TERMINAL, int(seq or 0)

@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 
 from jobcast.core.joblog import JobLog, log_key
-from jobcast.web.admission import (MAX_SEQ, SSE_RETRY, Start, StreamRequest, may_be_trimmed,
+from jobcast.web.admission import (MAX_SEQ, RETRY, Start, StreamRequest, may_be_trimmed, retry_ms,
                                    preamble, stream_start)
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import HTML, SSE, TEXT
@@ -136,12 +136,19 @@ def test_a_tail_in_a_trimmed_log_begins_at_the_first_value_still_kept():
 
 def test_the_preamble_of_each_transport():
     begin = Start(after=0, tail=2, skipped=8)
-    assert preamble(StreamRequest(JOB, SSE, tail=2), begin) == SSE_RETRY + begin.sse_prelude()
-    assert [e.retry for e in parse_events(SSE_RETRY, all_blocks=True)] == [2000]
-    assert preamble(StreamRequest(JOB, TEXT, tail=2), begin) == b""
+    sse = preamble(StreamRequest(JOB, SSE, tail=2), begin, 1234)
+    assert sse == b"retry: 1234\n\n" + begin.sse_prelude()
+    assert [e.retry for e in parse_events(sse, all_blocks=True)][0] == 1234
+    assert preamble(StreamRequest(JOB, TEXT, tail=2), begin, 1234) == b""
     with app.test_request_context("/"):
-        html = preamble(StreamRequest(JOB, HTML, tail=2), begin)
+        html = preamble(StreamRequest(JOB, HTML, tail=2), begin, 1234)
     assert html.startswith(b"<!doctype html>") and b"8 earlier values skipped (tail=2)" in html
+
+
+def test_each_sse_connection_is_told_its_own_retry_within_the_range():
+    # Issue 21: EventSource does not jitter, so the server spreads reconnections itself.
+    values = [retry_ms() for _ in range(100)]
+    assert len(set(values)) > 1 and all(RETRY[0] <= v <= RETRY[1] for v in values)
 
 
 # -- stream_start ------------------------------------------------------------------------------

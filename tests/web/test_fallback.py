@@ -157,3 +157,31 @@ def test_the_queue_is_bounded():
     assert sink.get(0) == b"x" and sink.get(0) is None
     with pytest.raises(OSError):
         sink.send(b"y")
+
+
+def test_several_jobs_share_one_queue_and_each_entry_comes_once(redis, relay):
+    from jobcast.web.events import digest, job_sse
+    from jobcast.web.viewer import Connection
+
+    a, b = new_log(redis), new_log(redis)
+    conn = Connection(None, digest([a.job_id, b.job_id]))
+    leases = [relay.lease(a.job_id), relay.lease(b.job_id)]
+    for log, lease in zip((a, b), leases):
+        viewer = Viewer(log.job_id, None, job_sse(log.job_id), resources=(lease,))
+        conn.add(viewer)
+    conn.attach(QueueSink(1 << 20))
+    body = drain(relay, conn.viewers[-1], b"", hold=lambda: relay.hold_connection(conn),
+                 release=lambda: [relay.release(v, "closed") for v in conn.viewers])
+    reader = Reader(body)
+    wait_for(lambda: reader.data.count(b"event: started") == 2, what="both histories")
+    for i in range(10):
+        a.value(i, i)
+        b.value(i, i)
+    a.finished()
+    b.finished()
+    reader.thread.join(10)
+    assert not reader.thread.is_alive()
+    data = reader.data.decode()
+    for log in (a, b):
+        assert data.count(f'"job":"{log.job_id}"') == 13
+    assert data.rstrip().endswith(f"id: {conn.digest.decode()}:13.13")

@@ -247,13 +247,16 @@ def test_an_announcement_lost_on_a_quiet_job_is_found_by_the_heartbeat(redis, re
     green_wait(lambda: client.data == b"lost\n", what="the lost value")
 
 
-def test_shutdown_tells_sse_clients_to_come_back_soon_and_closes(redis, relay):
+def test_shutdown_tells_each_sse_client_its_own_time_to_come_back_and_closes(redis, relay):
+    # Each connection is told its own retry: (issue 21), so a restart does not bring every
+    # client back at the same instant; the goodbye repeats it.
     log = new_log(redis)
     viewer, client = held(relay, log, cursor=2, chunked=True)
+    viewer.retry = 1234
     green_wait(lambda: not viewer.slow, what="history")
     relay.shutdown()
     green_wait(lambda: client.eof, what="closed")
-    assert bytes(client.data) == b"C\r\nretry: 250\n\n\r\n0\r\n\r\n"
+    assert bytes(client.data) == b"D\r\nretry: 1234\n\n\r\n0\r\n\r\n"
     assert client.released
 
 
@@ -374,3 +377,92 @@ def test_a_catch_up_of_a_job_of_large_entries_reads_fewer_entries_at_a_time(redi
     viewer, client = held(relay, log)
     green_wait(lambda: client.sse_ids()[-1:] == [42], what="the whole history")
     assert relay._page(log.job_id) < 20  # about 1 MiB a read, not 500 entries
+
+
+# -- several jobs over one connection ------------------------------------------------------------
+
+def held_connection(relay: Relay, logs: list[JobLog], *, rcvbuf: int | None = None,
+                    read: bool = True):
+    """Hold one multi-job stream of ``logs``' jobs; return its connection and client end."""
+    from jobcast.web.events import digest, job_sse
+    from jobcast.web.viewer import Connection
+
+    server, client = socket.socketpair()
+    if rcvbuf:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+    server.setblocking(False)
+    far = Client(client, read)
+    conn = Connection(None, digest([log.job_id for log in logs]),
+                      resources=(type("Slot", (), {"release": lambda s: far.released.append(1)})(),))
+    for log in logs:
+        conn.add(Viewer(log.job_id, None, job_sse(log.job_id), cursor=0))
+    conn.attach(SocketSink(server))
+    relay.hold_connection(conn)
+    return conn, far
+
+
+def job_events(data: bytes) -> list[tuple[str, int]]:
+    """(job, seq) of every entry event in a multi-job stream."""
+    import json
+
+    return [(d["job"], d["seq"]) for d in (json.loads(line[6:]) for line in
+            bytes(data).decode().split("\n") if line.startswith("data: "))]
+
+
+def test_one_connection_carries_several_jobs_each_entry_once_with_every_cursor_after_it(redis,
+                                                                                      relay):
+    a, b = new_log(redis), new_log(redis)
+    write(a, 0, 3)
+    conn, client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="both histories")
+    for i in range(3, 6):
+        relay.deliver(a.job_id, write(a, i, i + 1))
+        relay.deliver(b.job_id, write(b, i - 3, i - 2))
+    a.finished()
+    relay.deliver(a.job_id, a.page(8, 10)[0])
+    b.finished()
+    relay.deliver(b.job_id, b.page(5, 10)[0])
+    green_wait(lambda: client.eof, what="the end of the stream")
+    got = job_events(client.data)
+    assert [s for j, s in got if j == a.job_id] == list(range(1, 10))
+    assert [s for j, s in got if j == b.job_id] == list(range(1, 7))
+    ids = [line[4:] for line in bytes(client.data).decode().split("\n") if line.startswith("id: ")]
+    assert ids[-1] == f"{conn.digest.decode()}:9.6" and client.released
+
+
+def test_a_multi_job_connection_frames_each_batch_once_per_job_for_every_connection(redis, relay):
+    from jobcast.web.events import job_sse
+
+    log = new_log(redis)
+    conns = [held_connection(relay, [log])[0] for _ in range(20)]
+    green_wait(lambda: not any(v.slow for c in conns for v in c.viewers), what="histories")
+    transport = job_sse(log.job_id)
+    calls = []
+    real = transport.frames
+    object.__setattr__(transport, "frames", lambda entries, start=0: calls.append(1) or real(entries))
+    try:
+        assert relay.deliver(log.job_id, write(log, 0, 1)) == 20
+    finally:
+        object.__delattr__(transport, "frames")
+    assert calls == [1]
+
+
+def test_a_slow_multi_job_connection_never_interleaves_two_jobs_in_one_event(redis, relay):
+    a, b = new_log(redis), new_log(redis)
+    conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
+    for i in range(100):
+        relay.deliver(a.job_id, write(a, i, i + 1, size=500))
+        relay.deliver(b.job_id, write(b, i, i + 1, size=500))
+    client.start()
+    a.finished()
+    b.finished()
+    relay.deliver(a.job_id, a.page(102, 10)[0])
+    relay.deliver(b.job_id, b.page(102, 10)[0])
+    green_wait(lambda: client.eof, what="the end of the stream")
+    blocks = bytes(client.data).decode().split("\n\n")
+    assert all(b.count("data: ") <= 1 for b in blocks)
+    got = job_events(client.data)
+    assert [s for j, s in got if j == a.job_id] == list(range(1, 104))
+    assert [s for j, s in got if j == b.job_id] == list(range(1, 104))

@@ -1,0 +1,243 @@
+"""One stream, many jobs: ``GET /events?job=a&job=b`` (server-sent events).
+
+A browser allows six HTTP/1.1 connections per host, so a page (or a set of tabs sharing one
+connection, see ``static/jobcast.js``) watches all its jobs over one stream. Each job is a
+viewer of the relay with its own cursor, lease and catch-up, exactly as on ``/jobs/<id>/events``;
+they share one connection (:class:`~jobcast.web.viewer.Connection`), one stream slot and one
+heartbeat.
+
+- **Jobs.** ``job=<id>`` (repeated, in order, at most ``MAX_JOBS``): the whole log; ``job=<id>:<seq>``
+  resumes after that seq; ``job=<id>~<n>`` begins with its last n values. A job twice, a bad
+  id or spec is a 400 naming ``job``.
+- **Events.** Every entry is an event whose type is its kind and whose data is the entry with
+  its job: ``{"job": "<id>", "seq": 17, "kind": "value", ...}``. Before the first entry, per job
+  and without an id: ``tail``, ``trimmed``, ``missing`` (no such job: nothing will come) and
+  ``ended`` (it had ended at the position asked: nothing will come); then ``hello``.
+- **Ids.** Each write ends with ``id: <digest>:<seq0>.<seq1>…``: the seq of the last entry sent
+  of every job, in the order of the ``job`` parameters (``digest`` names that list). So
+  ``Last-Event-ID`` resumes every job exactly, and the set of jobs changes by reconnecting with
+  each job's cursor inline (``job=<id>:<seq>``): a change is stateless, and a connection id
+  would need the next request to reach the very process holding the stream.
+- **Access.** The token (or a browser's session) reads every job; otherwise each job needs a
+  signed view link of its own (``sig=`` repeated): a link grants its own job only.
+- **End.** A job's terminal entry ends that job; the stream ends when all have. A request whose
+  jobs have all ended at the positions asked gets 204, which stops EventSource.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from flask import Blueprint, Response, abort, g, request
+from werkzeug.exceptions import ServiceUnavailable
+
+from jobcast.core.joblog import InvalidJobId, check_job_id
+from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, client_alive,
+                                   drain, hand_over, retry_ms, stream_start)
+from jobcast.web.errors import BadParam
+from jobcast.web.frames import SSE, Transport
+from jobcast.web.handover import can_take
+from jobcast.web.limits import open_slot
+from jobcast.web.relay import NotSubscribed
+from jobcast.web.security import Forbidden
+from jobcast.web.services import state
+from jobcast.web.surface import jobs_scoped, long_query, stream
+from jobcast.web.viewer import Connection, QueueSink, Viewer, ViewerState
+
+bp = Blueprint("events", __name__)
+
+MAX_JOBS = 100
+"""Most jobs one stream carries."""
+
+MAX_QUERY = 8000
+"""The longest query string of the stream: 100 jobs with their cursors (gunicorn's request
+line may be up to 8190 bytes: gunicorn.conf.py)."""
+
+_SPEC = re.compile(r"(?P<id>[^:~]+)(?::(?P<after>[0-9]{1,16})|~(?P<tail>[0-9]{1,16}))?")
+_CURSOR = re.compile(r"(?P<digest>[0-9a-f]{8}):(?P<seqs>[0-9]{1,16}(?:\.[0-9]{1,16})*)")
+
+
+@lru_cache(maxsize=4096)
+def job_sse(job_id: str) -> Transport:
+    """SSE whose events name ``job_id`` in their data, and carry no id (the connection's
+    cursor follows each write): one transport per job, so its frames are built once for every
+    connection that carries the job."""
+    head = b'data: {"job":"%s",' % job_id.encode()
+
+    def encode(entry) -> bytes:
+        """One entry as an event of a multi-job stream."""
+        return b"event: %s\n%s%s\n\n" % (entry.kind.encode(), head, entry.raw[1:])
+
+    return Transport(f"sse:{job_id}", SSE.mimetype, encode, SSE.heartbeat, SSE.shutdown, False)
+
+
+def digest(job_ids: list[str]) -> bytes:
+    """8 hex characters naming the list of jobs a cursor is for."""
+    return b"%08x" % zlib.crc32(",".join(job_ids).encode())
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job of a multi-job request, and where to start it."""
+
+    job_id: str
+    after: int | None = None  # resume after this seq
+    tail: int | None = None   # begin with the last N values
+
+
+@dataclass(frozen=True)
+class MultiRequest:
+    """What one multi-job stream request asks for, read once."""
+
+    jobs: tuple[JobSpec, ...]
+
+    @classmethod
+    def parse(cls) -> "MultiRequest":
+        """Read the current request; a 400 naming the parameter for a bad one."""
+        raw = request.args.getlist("job")
+        if not raw:
+            raise BadParam("job", "name at least one job: /events?job=<id>&job=<id>")
+        if len(raw) > MAX_JOBS:
+            raise BadParam("job", f"at most {MAX_JOBS} jobs per stream (got {len(raw)})")
+        specs = []
+        for item in raw:
+            m = _SPEC.fullmatch(item)
+            try:
+                job_id = check_job_id(m.group("id")) if m else None
+            except InvalidJobId:
+                job_id = None
+            if job_id is None:
+                raise BadParam("job", f"{item[:140]!r} is not <id>, <id>:<seq> or <id>~<n>")
+            after, tail = m.group("after"), m.group("tail")
+            specs.append(JobSpec(job_id, int(after) if after else None,
+                                 int(tail) if tail else None))
+        ids = [s.job_id for s in specs]
+        if len(set(ids)) != len(ids):
+            raise BadParam("job", "each job may be named once")
+        header = request.headers.get("Last-Event-ID")
+        if header:
+            specs = [JobSpec(s.job_id, seq) for s, seq in zip(specs, cls._cursor(header, ids))]
+        return cls(tuple(specs))
+
+    @staticmethod
+    def _cursor(header: str, ids: list[str]) -> list[int]:
+        """The seqs of a ``Last-Event-ID`` cursor for these jobs, or a 400 naming it."""
+        m = _CURSOR.fullmatch(header.strip())
+        seqs = [int(s) for s in m.group("seqs").split(".")] if m else []
+        if not m or m.group("digest").encode() != digest(ids) or len(seqs) != len(ids):
+            raise BadParam("Last-Event-ID", "not a cursor of this stream's jobs "
+                                            "(<digest>:<seq>.<seq>…, one seq per job)")
+        if any(seq > MAX_SEQ for seq in seqs):
+            raise BadParam("Last-Event-ID", f"a seq is over {MAX_SEQ}")
+        return seqs
+
+    @property
+    def ids(self) -> list[str]:
+        """The jobs, in order."""
+        return [s.job_id for s in self.jobs]
+
+
+def _event(name: str, data: dict) -> bytes:
+    """One SSE event with no id."""
+    return b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(
+        data, separators=(",", ":")).encode())
+
+
+@bp.route("/events", methods=["GET", "HEAD"])
+@jobs_scoped
+@long_query(MAX_QUERY)
+@stream(SSE)
+def multi_stream():
+    """Server-sent events of several jobs over one connection (``?job=`` repeated).
+
+    Each event's data names its job; each write ends with an id holding every job's cursor,
+    so ``Last-Event-ID`` resumes all of them exactly. See the module's docstring.
+    """
+    req = MultiRequest.parse()
+    granted = g.get("view_jobs")
+    if granted is not None:  # private mode without the token: a link per job
+        for job_id in req.ids:
+            if job_id not in granted:
+                raise _refused(job_id)
+    st = state()
+    relay = st.relay
+    positions = relay.positions(req.ids)
+    prelude = b""
+    viewers: list[Viewer] = []
+    for spec, position in zip(req.jobs, positions):
+        if position is None and st.logs.adopt(spec.job_id):
+            position = relay.position(spec.job_id)  # a plain RQ job, its log just opened
+        after = spec.after or 0
+        viewer = Viewer(spec.job_id, None, job_sse(spec.job_id), cursor=after)
+        if position is None:
+            prelude += _event("missing", {"job": spec.job_id})
+            viewer.state, viewer.done = ViewerState.CLOSED, True
+        else:
+            ended, last_seq = position
+            begin = _start(spec, st.logs.log(spec.job_id), last_seq, st.config.log_maxlen)
+            viewer.cursor = begin.after
+            prelude += _with_job(begin.sse_prelude(), spec.job_id)
+            if ended and begin.after >= last_seq:
+                prelude += _event("ended", {"job": spec.job_id, "after": begin.after})
+                viewer.state, viewer.done = ViewerState.CLOSED, True
+        viewers.append(viewer)
+    live = [v for v in viewers if not v.closed]
+    if not live and request.headers.get("Last-Event-ID"):
+        return Response(status=204)  # nothing more will come: EventSource stops reconnecting
+    if request.method == "HEAD":
+        return Response(b"", mimetype=SSE.mimetype, headers=STREAM_HEADERS)
+    try:
+        leases = relay.leases([v.job_id for v in live])
+    except NotSubscribed:
+        raise ServiceUnavailable("Redis did not confirm the subscriptions to these jobs' "
+                                 "announcements; retry shortly", retry_after=2) from None
+    try:
+        slot = open_slot(st.limiter, st.config)
+    except BaseException:
+        for lease in leases:
+            lease.release()
+        raise
+    retry = retry_ms()
+    conn = Connection(None, digest(req.ids), retry=retry, resources=(slot,))
+    for viewer in viewers:
+        conn.add(viewer)
+    for viewer, lease in zip(live, leases):
+        viewer.resources = (lease,)
+        viewer.retry = retry
+    first = (b"retry: %d\n\n" % retry + prelude
+             + _event("hello", {"jobs": req.ids, "retry": retry}) + conn.checkpoint())
+    if not live:
+        conn.close()  # every job was missing or ended: the client sees why, and nothing else
+        return Response(first, mimetype=SSE.mimetype, headers=STREAM_HEADERS)
+    taken = can_take(request.environ)
+    if taken is not None:
+        taken.claim()
+        body = hand_over(taken, lambda sink, chunked: conn.attach(sink, chunked=chunked),
+                         lambda: relay.hold_connection(conn, here=True), relay.green, first)
+    else:
+        conn.attach(QueueSink(st.config.viewer_buffer, alive=client_alive(request.environ)))
+        body = drain(relay, live[-1], first, hold=lambda: relay.hold_connection(conn),
+                     release=lambda: [relay.release(v, "closed") for v in live])
+    response = Response(body, mimetype=SSE.mimetype, headers=STREAM_HEADERS)
+    response.call_on_close(lambda: [v.abandon() for v in live])
+    return response
+
+
+def _start(spec: JobSpec, jlog, last_seq: int, maxlen: int) -> Start:
+    """Where one job of the stream starts (as a single-job stream would)."""
+    req = StreamRequest(spec.job_id, SSE, resume=spec.after, tail=spec.tail)
+    return stream_start(req, jlog, last_seq, maxlen)
+
+
+def _with_job(events: bytes, job_id: str) -> bytes:
+    """``tail``/``trimmed`` events of one job, their data naming it."""
+    return events.replace(b"data: {", b'data: {"job":"%s",' % job_id.encode())
+
+
+def _refused(job_id: str) -> Forbidden:
+    """403 for a job no link of the request grants."""
+    return Forbidden("other_job", f"no view link of this request grants job {job_id}")
