@@ -43,6 +43,7 @@ from redis import ConnectionPool, Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from jobcast.core.feed import FEED, Feed
 from jobcast.core.joblog import PREFIX, Entry, JobLog, channel, job_id_from_channel
 from jobcast.core.store import is_cluster
 from jobcast.web import metrics
@@ -196,6 +197,7 @@ class Broker:
         """Work on the stream store ``redis`` (a Redis or a RedisCluster); :meth:`start` runs it."""
         self.redis = redis
         self.cluster = is_cluster(redis)
+        self.feed = Feed(redis)
         self.handler: BrokerHandler = _NoHandler()
         self.poll = poll
         self.max_backoff = max_backoff
@@ -214,29 +216,43 @@ class Broker:
 
     # -- history ----------------------------------------------------------------------------
 
+    def log(self, job_id: str) -> JobLog | Feed:
+        """The log a name stands for: a job's, or the job feed's (:data:`FEED`)."""
+        return self.feed if job_id == FEED else JobLog(self.redis, job_id)
+
     def history(self, job_id: str, after: int, count: int) -> tuple[list[Entry], bool]:
-        """Up to ``count`` entries of the job's log with ``seq > after``, and whether it has
-        ended (one round trip)."""
-        return JobLog(self.redis, job_id).page(after, count)
+        """Up to ``count`` entries of the job's log (or the feed) with ``seq > after``, and
+        whether it has ended (one round trip)."""
+        return self.log(job_id).page(after, count)
 
     def position(self, job_id: str) -> tuple[bool, int] | None:
         """(ended, last seq) of the job, or None when it does not exist."""
-        return JobLog(self.redis, job_id).position()
+        return self.log(job_id).position()
 
     def positions(self, job_ids: list[str]) -> list[tuple[bool, int] | None]:
         """:meth:`position` of several jobs, in one pipelined round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        logs = [JobLog(self.redis, job_id) for job_id in job_ids]
-        for jlog in logs:
-            jlog.queue_position(pipe)
-        return [JobLog.read_position(reply) for reply in pipe.execute()]
+        for job_id in job_ids:
+            if job_id != FEED:
+                JobLog(self.redis, job_id).queue_position(pipe)
+        replies = iter(pipe.execute())
+        return [self.feed.position() if job_id == FEED else JobLog.read_position(next(replies))
+                for job_id in job_ids]
 
     def last_seqs(self, job_ids: list[str]) -> list[int]:
         """The last seq of each job, in one pipelined round trip (0 for a job that is gone)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            JobLog(self.redis, job_id).queue_last_seq(pipe)
+            self.log(job_id).queue_last_seq(pipe)
         return [int(s or 0) for s in pipe.execute()]
+
+    def _name(self, job_id: str) -> str:
+        """The channel a job (or the feed) is announced on."""
+        return self.feed.channel if job_id == FEED else channel(job_id, self.cluster)
+
+    def _job_of(self, name: str) -> str | None:
+        """The job (or :data:`FEED`) a channel announces; None for any other channel."""
+        return FEED if name == self.feed.channel else job_id_from_channel(name)
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -245,7 +261,7 @@ class Broker:
         with self._lock:
             sub = self._subs.get(job_id)
             if sub is None or sub.state is SubState.LEAVING:
-                sub = self._subs[job_id] = JobSubscription(job_id, channel(job_id, self.cluster))
+                sub = self._subs[job_id] = JobSubscription(job_id, self._name(job_id))
                 self._to_subscribe.add(job_id)
                 self._kick.set()
             sub.refs += 1
@@ -414,7 +430,7 @@ class Broker:
                 log.info("broker: subscribe on %s failed (%s); retrying", sh.name, exc)
                 with self._lock:
                     for name in names:
-                        job_id = job_id_from_channel(name)
+                        job_id = self._job_of(name)
                         sh.sent.discard(job_id)
                         self._to_subscribe.add(job_id)
                 self._stop.wait(0.1)
@@ -542,7 +558,7 @@ class Broker:
         for name, data in messages:
             if isinstance(name, bytes):
                 name = name.decode()
-            job_id = job_id_from_channel(name)
+            job_id = self._job_of(name)
             sub = self._subs.get(job_id) if job_id is not None else None
             if sub is None or not sub.refs:
                 continue  # lingering, or not ours: nobody here to tell
@@ -566,7 +582,7 @@ class Broker:
                 sh.backoff = 0.1
                 sh.live.set()
             return
-        job_id = job_id_from_channel(name)
+        job_id = self._job_of(name)
         sub = self._subs.get(job_id) if job_id else None
         if kind in SUBSCRIBED:
             if sub is None or sub.shard is not sh:

@@ -20,8 +20,15 @@ heartbeat.
   would need the next request to reach the very process holding the stream.
 - **Access.** The token (or a browser's session) reads every job; otherwise each job needs a
   signed view link of its own (``sig=`` repeated): a link grants its own job only.
-- **End.** A job's terminal entry ends that job; the stream ends when all have. A request whose
-  jobs have all ended at the positions asked gets 204, which stops EventSource.
+- **The job list.** ``list=<n>`` adds the job feed (:mod:`jobcast.core.feed`) as one more
+  stream, after the jobs: first a ``snapshot`` event (the newest n jobs, as ``GET /api/jobs``
+  lists them, and the feed's ``seq`` they are as of), then a ``job`` event for every creation,
+  change of state and (throttled) progress of any job. Its cursor is the last one of the id,
+  so a reconnection resumes it too; one that fell behind what the feed keeps gets a new
+  snapshot. In private mode it needs the token (a view link grants its job only).
+- **End.** A job's terminal entry ends that job; the stream ends when all have (the job list
+  never ends). A request whose jobs have all ended at the positions asked gets 204, which
+  stops EventSource.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from functools import lru_cache
 from flask import Blueprint, Response, abort, g, request
 from werkzeug.exceptions import ServiceUnavailable
 
+from jobcast.core.feed import FEED
 from jobcast.core.joblog import InvalidJobId, check_job_id
 from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, client_alive,
                                    drain, hand_over, retry_ms, stream_start)
@@ -43,7 +51,7 @@ from jobcast.web.frames import SSE, Transport
 from jobcast.web.handover import can_take
 from jobcast.web.limits import open_slot
 from jobcast.web.relay import NotSubscribed
-from jobcast.web.security import Forbidden
+from jobcast.web.security import Forbidden, Unauthorized
 from jobcast.web.services import state
 from jobcast.web.surface import jobs_scoped, long_query, stream
 from jobcast.web.viewer import Connection, QueueSink, Viewer, ViewerState
@@ -75,6 +83,18 @@ def job_sse(job_id: str) -> Transport:
     return Transport(f"sse:{job_id}", SSE.mimetype, encode, SSE.heartbeat, SSE.shutdown, False)
 
 
+def _feed_frame(entry) -> bytes:
+    """One feed item as an event (``job``: a job changed); its data names the job."""
+    return b"event: %s\ndata: %s\n\n" % (entry.kind.encode(), entry.raw)
+
+
+FEED_SSE = Transport("sse:feed", SSE.mimetype, _feed_frame, SSE.heartbeat, SSE.shutdown, False)
+"""The job list's events in a multi-job stream (no id: the connection's cursor follows)."""
+
+LIST_MAX = 500
+"""The most jobs a snapshot of the job list holds."""
+
+
 def digest(job_ids: list[str]) -> bytes:
     """8 hex characters naming the list of jobs a cursor is for."""
     return b"%08x" % zlib.crc32(",".join(job_ids).encode())
@@ -94,13 +114,17 @@ class MultiRequest:
     """What one multi-job stream request asks for, read once."""
 
     jobs: tuple[JobSpec, ...]
+    list: int | None = None         # list=<n>: the job list too, its snapshot the newest n
+    list_after: int | None = None   # where the job list resumes (its feed's seq)
 
     @classmethod
     def parse(cls) -> "MultiRequest":
         """Read the current request; a 400 naming the parameter for a bad one."""
         raw = request.args.getlist("job")
-        if not raw:
-            raise BadParam("job", "name at least one job: /events?job=<id>&job=<id>")
+        listing, list_after = cls._list(request.args.get("list"))
+        if not raw and listing is None:
+            raise BadParam("job", "name at least one job (/events?job=<id>&job=<id>), or ask "
+                                  "for the job list (/events?list=50)")
         if len(raw) > MAX_JOBS:
             raise BadParam("job", f"at most {MAX_JOBS} jobs per stream (got {len(raw)})")
         specs = []
@@ -120,8 +144,21 @@ class MultiRequest:
             raise BadParam("job", "each job may be named once")
         header = request.headers.get("Last-Event-ID")
         if header:
-            specs = [JobSpec(s.job_id, seq) for s, seq in zip(specs, cls._cursor(header, ids))]
-        return cls(tuple(specs))
+            seqs = cls._cursor(header, ids + [FEED] * (listing is not None))
+            specs = [JobSpec(s.job_id, seq) for s, seq in zip(specs, seqs)]
+            if listing is not None:
+                list_after = seqs[-1]
+        return cls(tuple(specs), listing, list_after)
+
+    @staticmethod
+    def _list(raw: str | None) -> tuple[int | None, int | None]:
+        """``list=<n>`` or ``list=<n>:<feed seq>``, or a 400 naming ``list``."""
+        if raw is None or raw == "":
+            return None, None
+        m = re.fullmatch(r"([0-9]{1,4})(?::([0-9]{1,16}))?", raw)
+        if not m or not 1 <= int(m.group(1)) <= LIST_MAX:
+            raise BadParam("list", f"list must be <n> or <n>:<seq>, n from 1 to {LIST_MAX}")
+        return int(m.group(1)), int(m.group(2)) if m.group(2) else None
 
     @staticmethod
     def _cursor(header: str, ids: list[str]) -> list[int]:
@@ -139,6 +176,11 @@ class MultiRequest:
     def ids(self) -> list[str]:
         """The jobs, in order."""
         return [s.job_id for s in self.jobs]
+
+    @property
+    def streams(self) -> list[str]:
+        """What the cursor counts, in order: the jobs, then the job list when asked for."""
+        return self.ids + [FEED] * (self.list is not None)
 
 
 def _event(name: str, data: dict) -> bytes:
@@ -160,6 +202,8 @@ def multi_stream():
     req = MultiRequest.parse()
     granted = g.get("view_jobs")
     if granted is not None:  # private mode without the token: a link per job
+        if req.list is not None:
+            raise Unauthorized("the job list needs the token: a view link grants its job only")
         for job_id in req.ids:
             if job_id not in granted:
                 raise _refused(job_id)
@@ -185,6 +229,10 @@ def multi_stream():
                 prelude += _event("ended", {"job": spec.job_id, "after": begin.after})
                 viewer.state, viewer.done = ViewerState.CLOSED, True
         viewers.append(viewer)
+    if req.list is not None:
+        feed, snapshot = _feed_viewer(req, st)
+        viewers.append(feed)
+        prelude += snapshot
     live = [v for v in viewers if not v.closed]
     if not live and request.headers.get("Last-Event-ID"):
         return Response(status=204)  # nothing more will come: EventSource stops reconnecting
@@ -202,14 +250,15 @@ def multi_stream():
             lease.release()
         raise
     retry = retry_ms()
-    conn = Connection(None, digest(req.ids), retry=retry, resources=(slot,))
+    conn = Connection(None, digest(req.streams), retry=retry, resources=(slot,))
     for viewer in viewers:
         conn.add(viewer)
     for viewer, lease in zip(live, leases):
         viewer.resources = (lease,)
         viewer.retry = retry
     first = (b"retry: %d\n\n" % retry + prelude
-             + _event("hello", {"jobs": req.ids, "retry": retry}) + conn.checkpoint())
+             + _event("hello", {"jobs": req.ids, "list": req.list is not None, "retry": retry})
+             + conn.checkpoint())
     if not live:
         conn.close()  # every job was missing or ended: the client sees why, and nothing else
         return Response(first, mimetype=SSE.mimetype, headers=STREAM_HEADERS)
@@ -225,6 +274,21 @@ def multi_stream():
     response = Response(body, mimetype=SSE.mimetype, headers=STREAM_HEADERS)
     response.call_on_close(lambda: [v.abandon() for v in live])
     return response
+
+
+def _feed_viewer(req: MultiRequest, st) -> tuple[Viewer, bytes]:
+    """The job list's viewer, and the snapshot to send before it when the page has none (or
+    one older than what the feed keeps)."""
+    feed = st.relay.broker.feed
+    after = req.list_after
+    snapshot = b""
+    if after is None or after + 1 < (feed.first_kept() or 0):
+        # The feed's seq first, then the jobs: an item between the two is sent as well, and a
+        # page applies an item only if it is newer than the job's row (its jseq).
+        _, after = feed.position()
+        jobs = [job.model_dump() for job in st.logs.recent(req.list)]
+        snapshot = _event("snapshot", {"seq": after, "jobs": jobs})
+    return Viewer(FEED, None, FEED_SSE, cursor=after), snapshot
 
 
 def _start(spec: JobSpec, jlog, last_seq: int, maxlen: int) -> Start:

@@ -27,17 +27,22 @@ Value entries also carry ``i`` (the value's index, from 0), ``v`` (its text, see
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
-from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Iterator, NamedTuple
 
 from pydantic import BaseModel
 from redis import Redis
+from redis.exceptions import RedisError
 
+from jobcast.core.entry import TERMINAL, Entry, stream_field, stream_id_text
+from jobcast.core.feed import LIFECYCLE, Feed, ProgressGate
 from jobcast.core.store import is_cluster
+
+log = logging.getLogger(__name__)
 
 PREFIX = "jobcast"
 JOBS_INDEX = f"{PREFIX}:jobs"
@@ -48,7 +53,6 @@ CHANNEL_PATTERN = f"{PREFIX}:job:*:ch"
 # other character stay out, so an id can never reach into another key's namespace.
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
-TERMINAL = frozenset({"finished", "failed", "cancelled"})
 STATUS_BY_KIND = {
     "queued": "queued",
     "started": "running",
@@ -174,38 +178,6 @@ def encode_value(value: Any) -> tuple[str, str]:
     return text, as_json
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One decoded log entry; ``raw`` is its JSON exactly as stored and published."""
-
-    seq: int
-    kind: str
-    i: int | None
-    text: str | None
-    data: dict
-    raw: bytes
-
-    @property
-    def terminal(self) -> bool:
-        """True for the job's last entry (finished, failed or cancelled)."""
-        return self.kind in TERMINAL
-
-    @classmethod
-    def parse(cls, raw: bytes | str) -> "Entry":
-        """Decode an entry from its stored JSON."""
-        if isinstance(raw, str):
-            raw = raw.encode()
-        data = json.loads(raw)
-        return cls(
-            seq=int(data["seq"]),
-            kind=data["kind"],
-            i=data.get("i"),
-            text=data.get("v"),
-            data=data,
-            raw=raw,
-        )
-
-
 class Progress(BaseModel):
     """How far a job has come: ``i`` values logged of ``n`` (None when unknown)."""
 
@@ -274,14 +246,64 @@ class JobLog:
         self.index_max = index_max
         self.value_max = value_max
         self._append = None  # the Lua script, registered on the first write (readers need none)
+        self._feed: Feed | None = None
+        self._gate: ProgressGate | None = None  # throttles the job's progress in the feed
+        self._total: int | None = None  # the progress total, when this writer set it
 
     # -- writing ---------------------------------------------------------------------------
 
     def _write(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
                value_json: str | None = None, meta: dict[str, Any] | None = None) -> int:
-        """Append one entry atomically and return its seq (or a negative code)."""
+        """Append one entry atomically and return its seq (or a negative code); tell the
+        job feed of a change of state, and of progress (throttled)."""
         keys, args = self.script_args(kind, body, index=index, value_json=value_json, meta=meta)
-        return int(self.script()(keys=keys, args=args))
+        seq = int(self.script()(keys=keys, args=args))
+        if seq > 0:
+            try:
+                self._announce(kind, seq, body or {})
+            except RedisError as exc:  # the feed is a view: the log, written, is the truth
+                log.warning("job %s: the feed missed its %s (%s)", self.job_id, kind, exc)
+        return seq
+
+    def _announce(self, kind: str, seq: int, body: dict[str, Any]) -> None:
+        """Append the feed's item for the entry ``seq`` just written (see jobcast.core.feed)."""
+        if kind == "value":
+            if "n" in body:
+                self._total = body["n"]
+            total = self._total
+            if self._gate is None:
+                self._gate = ProgressGate(self._progress)
+            if self._gate.value(last=total is not None and body["i"] + 1 >= total):
+                fields = {"values": body["i"] + 1}
+                if total is not None:
+                    fields["n"] = total
+                self.feed().append(self.job_id, "progress", seq, fields)
+            return
+        if kind not in LIFECYCLE:
+            return
+        if kind == "queued":
+            fields = {"task": body.get("task"), "values": 0, "n": body.get("n")}
+        else:
+            values, total = self.redis.hmget(self.keys.meta, "values", "n")
+            fields = {"values": int(values or 0), "n": int(total) if total else None}
+            fields.update({k: body[k] for k in ("worker", "attempt", "reason", "by") if k in body})
+        if kind in TERMINAL and self._gate is not None:
+            self._gate.close()
+        self.feed().append(self.job_id, kind, seq, fields)
+
+    def _progress(self) -> None:
+        """Tell the feed the job's current count (a count the gate held back)."""
+        values, total, seq = self.redis.hmget(self.keys.meta, "values", "n", "seq")
+        fields = {"values": int(values or 0)}
+        if total:
+            fields["n"] = int(total)
+        self.feed().append(self.job_id, "progress", int(seq or 0), fields)
+
+    def feed(self) -> Feed:
+        """The job feed on this log's Redis."""
+        if self._feed is None:
+            self._feed = Feed(self.redis)
+        return self._feed
 
     def script(self):
         """The append script, registered on the first write (readers need none)."""
@@ -458,7 +480,7 @@ class JobLog:
                 yield Entry.parse(fields[b"e"])
             if len(batch) < page:
                 return
-            start = "(" + _text(batch[-1][0])
+            start = "(" + stream_id_text(batch[-1][0])
 
     def page(self, after: int, count: int) -> tuple[list[Entry], bool]:
         """Up to ``count`` entries with ``seq > after``, and whether the job has ended, in one
@@ -472,7 +494,7 @@ class JobLog:
         pipe.hget(self.keys.meta, "status")
         rows, status = pipe.execute()
         ended = status is None or status.decode() in TERMINAL
-        return [Entry.parse(_field(fields)) for _id, fields in rows], ended
+        return [Entry.parse(stream_field(fields)) for _id, fields in rows], ended
 
     def position(self) -> tuple[bool, int] | None:
         """(ended, last seq) of the job, or None if it does not exist (or has expired)."""
@@ -504,7 +526,7 @@ class JobLog:
             raws += [f[b"e"] for _id, f in batch if b'"kind":"value"' in f[b"e"]]
             if len(batch) < limit:
                 break
-            newest = "(" + _text(batch[-1][0])
+            newest = "(" + stream_id_text(batch[-1][0])
         return raws[:limit][::-1]
 
     def tail_start(self, n: int, last_seq: int) -> tuple[int, int]:
@@ -533,7 +555,7 @@ class JobLog:
                         return (0, 0) if not entry.i else (entry.seq - 1, entry.i)
             if len(batch) < page:
                 return 0, 0
-            newest = "(" + _text(batch[-1][0])
+            newest = "(" + stream_id_text(batch[-1][0])
             page = TAIL_PAGE
 
     def first_kept(self) -> tuple[int | None, int | None]:
@@ -566,19 +588,6 @@ class JobLog:
     def viewer_counts(self) -> dict[bytes, bytes]:
         """Each web process's ``"<count> <time>"`` for the job."""
         return self.redis.hgetall(self.keys.viewers)
-
-
-def _text(stream_id) -> str:
-    """A stream id as text."""
-    return stream_id.decode() if isinstance(stream_id, bytes) else stream_id
-
-
-def _field(fields) -> bytes:
-    """The entry in a stream row's fields: a dict, or a flat [name, value] list where
-    redis-py leaves a reply unparsed (XRANGE inside a Cluster transaction)."""
-    if isinstance(fields, dict):
-        return fields[b"e"]
-    return dict(zip(fields[::2], fields[1::2]))[b"e"]
 
 
 def task_label(description: str | None, fallback: str = "rq job") -> str:

@@ -36,6 +36,7 @@ class Reader:
         self.events = []
         self.status = None
         self.done = threading.Event()
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._read, args=(base, query, headers or {}),
                                        daemon=True)
         self.thread.start()
@@ -49,10 +50,17 @@ class Reader:
                     # Every block: the cursor ids come in blocks of their own, with no data.
                     for event in parse_events(r, all_blocks=True):
                         self.events.append(event)
+                        if self.stop.is_set():
+                            break
         except httpx.HTTPError:
             pass
         finally:
             self.done.set()
+
+    def close(self) -> None:
+        """Leave (at the next block: heartbeats come every second)."""
+        self.stop.set()
+        self.done.wait(10)
 
     def seqs(self, job_id: str) -> list[int]:
         """The seqs received of one job's entries."""
@@ -190,3 +198,40 @@ def test_a_link_for_one_job_does_not_open_another_in_a_multi_job_stream(private,
         assert r.status_code == 200
         kinds = [e.event for e in parse_events(r)]
     assert kinds.count("finished") == 2
+
+
+def test_the_job_list_streams_a_snapshot_then_every_change_of_every_job(web, redis):
+    reader = Reader(web.url, "list=5")
+    wait_for(lambda: any(e.event == "hello" for e in reader.events), what="the stream's start")
+    snapshot = next(e.json() for e in reader.events if e.event == "snapshot")
+    assert len(snapshot["jobs"]) <= 5 and isinstance(snapshot["seq"], int)
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {"n": 30}, 30)
+    log.started("w1", 1)
+    for i in range(30):
+        log.value(i, i)  # a burst: its progress is throttled, its last count always follows
+    log.finished()
+
+    def changes():
+        return [e.json() for e in reader.events if e.event == "job" and e.data
+                and e.json()["job"] == log.job_id]
+
+    wait_for(lambda: any(c["change"] == "finished" for c in changes()), what="the job's end")
+    got = changes()
+    assert [c["change"] for c in got if c["change"] != "progress"] == [
+        "queued", "started", "finished"]
+    assert got[0]["task"] == "sqrt" and got[-1]["values"] == 30
+    assert 1 <= sum(c["change"] == "progress" for c in got) <= 3
+    seqs = [c["seq"] for c in got]
+    assert seqs == sorted(set(seqs))
+    reader_ids = [e.id for e in reader.events if e.id]
+    # Resuming from the last id: no snapshot again, and nothing of this job twice.
+    with httpx.stream("GET", f"{web.url}/events?list=5", timeout=5,
+                      headers={"Last-Event-ID": reader_ids[-1]}) as r:
+        first = []
+        for event in parse_events(r, all_blocks=True):
+            first.append(event)
+            if event.event == "hello":
+                break
+    assert not any(e.event == "snapshot" for e in first)
+    reader.close()

@@ -1,0 +1,134 @@
+"""The job feed: every job's creation and changes of state, as one log the home page follows.
+
+Shaped like a job's log (a hash holding ``seq``, a stream with ids ``0-<seq>``, a channel
+announcing each item), so the web's relay serves it to a page like a job, with the same
+resume, catch-up and heartbeats, under the name :data:`FEED`. An item says which job changed
+and how: ``{"seq", "kind": "job", "job", "change", "jseq" (the job entry's seq), "ts",
+"values", "n"}`` plus ``task`` (queued), ``worker`` and ``attempt`` (started), ``reason``
+(retrying, failed) or ``by`` (cancelled). ``change`` is a lifecycle kind or ``progress``; the
+item's own kind is always ``job``, so no item ever ends the feed as a terminal entry would.
+
+Progress is throttled where values are written (:class:`ProgressGate`): at most one item per
+``PROGRESS_EVERY`` seconds per job, the last count always following within that time. The feed
+is capped at ``FEED_MAXLEN`` items (a page that falls further behind reads a fresh snapshot).
+Items are appended right after the job's own entry: a writer that dies in between loses the
+item, never the job's entry (the log stays the truth; a page's next snapshot shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from importlib.resources import files
+from typing import Any, Callable
+
+from jobcast.core.entry import Entry, stream_field, stream_id_text
+from jobcast.core.store import is_cluster
+
+FEED = "~jobs"
+"""The feed's name where job ids are expected (the relay, the broker): never a job id."""
+
+FEED_MAXLEN = 10_000
+"""Items the feed keeps."""
+
+PROGRESS_EVERY = 0.25
+"""Seconds between two progress items of one job."""
+
+LIFECYCLE = frozenset({"queued", "started", "retrying", "finished", "failed", "cancelled"})
+
+FEED_LUA = files(__package__).joinpath("feed.lua").read_text()
+
+
+class Feed:
+    """The feed on one Redis (hash-tagged on a Cluster, where it lives on one slot)."""
+
+    def __init__(self, redis, maxlen: int = FEED_MAXLEN):
+        """The feed on ``redis``."""
+        self.redis = redis
+        base = "jobcast:{feed}" if is_cluster(redis) else "jobcast:feed"
+        self.meta, self.log, self.channel = base, base + ":log", base + ":ch"
+        self.maxlen = maxlen
+        self._script = None
+
+    def append(self, job_id: str, change: str, jseq: int, fields: dict[str, Any]) -> int:
+        """Announce that ``job_id`` changed (``change``: its entry ``jseq``'s kind, or
+        ``progress``); the item's seq."""
+        if self._script is None:
+            self._script = self.redis.register_script(FEED_LUA)
+        body = {"kind": "job", "job": job_id, "change": change, "jseq": jseq,
+                "ts": round(time.time(), 6), **fields}
+        encoded = json.dumps(body, separators=(",", ":"))[1:]
+        return int(self._script(keys=[self.meta, self.log],
+                                args=[self.channel, encoded, self.maxlen,
+                                      "1" if is_cluster(self.redis) else "0"]))
+
+    def page(self, after: int, count: int) -> tuple[list[Entry], bool]:
+        """Up to ``count`` items with ``seq > after``; the feed never ends (False)."""
+        rows = self.redis.xrange(self.log, min=f"0-{after + 1}", max="+", count=count)
+        return [Entry.parse(stream_field(fields)) for _id, fields in rows], False
+
+    def position(self) -> tuple[bool, int]:
+        """(False, the last item's seq): the feed always exists and never ends."""
+        return False, int(self.redis.hget(self.meta, "seq") or 0)
+
+    def queue_last_seq(self, pipe) -> None:
+        """Add the read of the last item's seq to ``pipe``."""
+        pipe.hget(self.meta, "seq")
+
+    def first_kept(self) -> int | None:
+        """The seq of the oldest item still kept, or None when the feed is empty."""
+        rows = self.redis.xrange(self.log, min="-", max="+", count=1)
+        return int(stream_id_text(rows[0][0]).split("-")[1]) if rows else None
+
+
+class ProgressGate:
+    """Lets a job's progress into the feed at most once per ``every`` seconds, and always
+    lets the last count in within that time: a value held back arms a timer that sends the
+    count then (a daemon thread in the writer's process)."""
+
+    def __init__(self, send: Callable[[], None], every: float = PROGRESS_EVERY,
+                 clock: Callable[[], float] = time.monotonic):
+        """``send()`` writes the job's current count to the feed."""
+        self.send = send
+        self.every = every
+        self.clock = clock
+        self.last = float("-inf")
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def value(self, last: bool = False) -> bool:
+        """A value was logged: True when its item goes to the feed now (``last``: it is the
+        job's final value); else the count follows within ``every`` seconds."""
+        now = self.clock()
+        with self._lock:
+            if last or now - self.last >= self.every:
+                self.last = now
+                self._cancel()
+                return True
+            if self._timer is None:
+                self._timer = threading.Timer(self.every - (now - self.last), self._flush)
+                self._timer.daemon = True
+                self._timer.start()
+            return False
+
+    def _flush(self) -> None:
+        """The held-back count, now."""
+        with self._lock:
+            self._timer = None
+            self.last = self.clock()
+        try:
+            self.send()
+        except Exception:  # the feed is a view: a lost count shows again with the next one
+            pass
+
+    def close(self) -> None:
+        """The job ended (its terminal item carries the final count): no count to follow."""
+        with self._lock:
+            self._cancel()
+
+    def _cancel(self) -> None:
+        """Forget a pending count (caller holds the lock)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
