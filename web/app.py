@@ -9,7 +9,7 @@ from flask import Flask
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import get_settings
 from jobcast.web import api, errors, events, health, openapi, pages, security, services, shutdown, stream
-from jobcast.web.workerclass import check_worker_class
+from jobcast.web.gunicorn_check import check_worker_class
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

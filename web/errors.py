@@ -9,7 +9,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from jobcast.web.models import Error, reply
-from jobcast.web.workerclass import UnsuitableWorker
+from jobcast.web.gunicorn_check import UnsuitableWorker
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from jobcast.core.settings import Settings
 from jobcast.web.app import create_app
-from jobcast.web.workerclass import UnsuitableWorker, check_worker_class
+from jobcast.web.gunicorn_check import UnsuitableWorker, check_worker_class
 
 __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
 

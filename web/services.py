@@ -26,7 +26,7 @@ from jobcast.web.limits import StreamLimiter
 from jobcast.web.presence import Presence
 from jobcast.web.relay import Relay
 from jobcast.web.watchdog import Watchdog
-from jobcast.web.workerclass import check_worker_class
+from jobcast.web.gunicorn_check import check_worker_class
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import jobcast
 from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
 from jobcast.web import services
-from jobcast.web.workerclass import UnsuitableWorker, check_worker_class
+from jobcast.web.gunicorn_check import UnsuitableWorker, check_worker_class
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_sync_and_single_thread_workers_are_refused_with_the_fix():
 
 def test_gevent_worker_passes_and_gthread_warns_of_its_limit(caplog):
     assert check_worker_class(fake_worker("gunicorn.workers.ggevent", "GeventWorker")) == "Worker"
-    with caplog.at_level(logging.WARNING, logger="jobcast.web.workerclass"):
+    with caplog.at_level(logging.WARNING, logger="jobcast.web.gunicorn_check"):
         check_worker_class(fake_worker("gunicorn.workers.gthread", "ThreadWorker", threads=8))
     assert "at most 8 streams per process" in caplog.text and "gevent" in caplog.text
 
