@@ -856,7 +856,6 @@ def run_reconnect(sc: Scenario, args, env: dict[str, str], log_dir: Path, cpus: 
         wait_until(lambda: ready_now(url), window, interval=0.01, what="the restarted web's /readyz")
         t_ready = time.time()
         result["kill_to_ready_s"] = t_ready - t_kill
-        result["restarted_pid"] = web_service_pid(data_home)
 
         def all_back() -> bool:
             st = stats()
@@ -864,6 +863,11 @@ def run_reconnect(sc: Scenario, args, env: dict[str, str], log_dir: Path, cpus: 
 
         with contextlib.suppress(TimeoutError):  # who is not back is reported
             wait_until(all_back, window, interval=0.05, what="every viewer back")
+        # `jobcast up` marks the new web running after its own readiness check (every 0.2 s).
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: web_service_pid(data_home) not in (None, pid), 10, interval=0.05,
+                       what="jobcast up to see the restarted web")
+        result["restarted_pid"] = web_service_pid(data_home)
         time.sleep(args.reconnect_lead)  # values after the storm too, then production ends
         prod.send_signal(signal.SIGTERM)
         stdout, _ = prod.communicate()
