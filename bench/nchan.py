@@ -188,7 +188,9 @@ class Nchan:
         """Start nginx in the foreground and wait for /readyz and its worker."""
         test = subprocess.run([*self.argv(), "-t", "-q"], capture_output=True, text=True)
         if test.returncode:
-            raise RuntimeError(f"nginx -t failed for {self.conf}: {test.stderr.strip()}")
+            conf = self.conf.read_text()
+            shutil.rmtree(self.prefix, ignore_errors=True)
+            raise RuntimeError(f"nginx -t failed: {test.stderr.strip()}\n{conf}")
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=out, stdin=subprocess.DEVNULL)
 
@@ -200,8 +202,12 @@ class Nchan:
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, timeout, interval=0.05, what="nginx /readyz")
-        wait_until(lambda: bool(self.workers()), timeout, interval=0.05, what="nginx's worker")
+        try:
+            wait_until(ready, timeout, interval=0.05, what="nginx /readyz")
+            wait_until(lambda: bool(self.workers()), timeout, interval=0.05, what="nginx's worker")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def workers(self) -> list[int]:

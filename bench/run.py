@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -282,6 +283,8 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        if self.target == "jobcast":
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 class NchanServer:
@@ -893,6 +896,7 @@ def run_reconnect(sc: Scenario, args, env: dict[str, str], log_dir: Path, cpus: 
         log.close()
         db.close()
         redis.stop()
+        shutil.rmtree(data_home, ignore_errors=True)
     back = sorted(b - t_ready for r in reports for b in r["back_at"])
     dropped_at = [d for r in reports for d in r["dropped_at"]]
     counts = [c for r in reports for c in r["counts"]]
