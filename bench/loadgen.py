@@ -62,13 +62,14 @@ class Viewer:
     """
 
     __slots__ = ("gen", "request", "role", "pattern", "sock", "transport", "tail", "count", "last",
-                 "errors", "closed", "status", "headers_done", "connected_at", "joined_at")
+                 "errors", "closed", "status", "headers_done", "connected_at", "joined_at", "lasts")
 
     def __init__(self, gen: "LoadGen", request: bytes, role: str, pattern: re.Pattern):
         self.gen = gen
         self.request = request
         self.role = role
         self.pattern = pattern
+        self.lasts: dict[bytes, int] = {}  # per job, when one connection carries several
         self.sock: socket.socket | None = None  # a probe's own socket
         self.transport = None  # the asyncio transport of any other viewer
         self.tail = b""
@@ -138,6 +139,15 @@ class Viewer:
         found = self.pattern.findall(buf, 0, cut + 1)
         if not found:
             return
+        if len(found[0]) == 3:
+            # Several jobs on one connection (Jobcast's /events): each job's values in order.
+            lasts = self.lasts
+            for job, i, _t in found:
+                i = int(i)
+                if i != lasts.get(job, -1) + 1:
+                    self.errors += 1
+                lasts[job] = i
+            found = [(i, t) for _job, i, t in found]
         n = len(found)
         first = int(found[0][0])
         if self.last < 0 and not self.gen.history:

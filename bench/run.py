@@ -25,6 +25,7 @@ judged on. ``--update-doc`` also puts them into docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -37,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -67,8 +69,13 @@ PATTERNS = {
     # and the separator "\n", unchunked.
     ("nchan", "sse"): r"^data: ?i=(\d+) t=([0-9.]+)",
     ("nchan", "text"): r"^i=(\d+) t=([0-9.]+)",
+    # Jobcast's /events?job=a&job=b: each value names its job (three groups: job, index, time).
+    ("jobcast", "mux"): r'"job":"([0-9a-f]+)","seq":\d+,"kind":"value"[^\n]*?"v":"i=(\d+) t=([0-9.]+)',
+    # Jobcast's job list (/events?list=50): its events carry no value; nothing is counted.
+    ("jobcast", "list"): r"^(x)(y)(z)$",
 }
-ACCEPT = {"sse": "text/event-stream", "text": "*/*"}  # as EventSource and curl send
+ACCEPT = {"sse": "text/event-stream", "text": "*/*", "mux": "text/event-stream",
+          "list": "text/event-stream"}  # as EventSource and curl send
 
 
 # -- processes and /proc ---------------------------------------------------------------------
@@ -387,17 +394,24 @@ class Scenario:
     storm: bool = False  # production runs while the viewers connect (else: connect, then produce)
     endpoint: str = "sse"  # "sse" (Jobcast /events) or "text" (Jobcast /stream)
     targets: tuple[str, ...] = TARGETS
-    kind: str = "flow"   # "flow" (produce to held viewers), "admit", "reconnect"
+    kind: str = "flow"   # "flow" (produce to held viewers), "admit", "list", "reconnect"
     fresh: bool = False  # runs on a server process started for it alone
     rounds: int = 1      # times it runs in a row on that process
 
     @property
     def viewers(self) -> int:
+        """Connections (on the mux endpoint each one carries every job of the scenario)."""
         return self.jobs * self.viewers_per_job
 
+    @property
+    def streams(self) -> int:
+        """Viewers as the relay counts them: one per job of each connection."""
+        return self.viewers * (self.jobs if self.endpoint == "mux" else 1)
 
-DEFAULT_SCENARIOS = ["idle", "admit", "fan10", "fan10text", "fan50", "fan100", "storm100", "jobs100",
-                     "frozen", "fan10twice", "fan10texttwice", "reconnect"]
+
+DEFAULT_SCENARIOS = ["idle", "admit", "fan10", "fan10text", "fan50", "mux", "fan100", "storm100",
+                     "jobs100", "frozen", "list10", "list1000", "fan10twice", "fan10texttwice",
+                     "reconnect"]
 
 
 def scenarios(args) -> list[Scenario]:
@@ -420,6 +434,13 @@ def scenarios(args) -> list[Scenario]:
         Scenario("fan10text", f"{v:,} viewers x 10 values/s, text, {storm}", 1, v, 10.0, d,
                  ramp=args.storm_ramp, storm=True, endpoint="text", targets=anchor),
         Scenario("fan50", f"{v:,} viewers x 50 values/s", 1, v, 50.0, d),
+        Scenario("mux", f"{v:,} viewers, each on one connection watching 5 jobs x 10 values/s",
+                 5, max(1, v // 5), 10.0, d, endpoint="mux", targets=("jobcast",)),
+        Scenario("list10", "10 home pages (the job list stream) while 50 jobs x 10 values/s run",
+                 50, 1, 10.0, d, endpoint="list", targets=("jobcast",), kind="list"),
+        Scenario("list1000", f"{1000:,} home pages (the job list stream) while 50 jobs x 10 "
+                 "values/s run", 50, 1, 10.0, d, endpoint="list", targets=("jobcast",),
+                 kind="list"),
         Scenario("fan100", f"{v:,} viewers x 100 values/s", 1, v, 100.0, d),
         Scenario("storm100", f"{v:,} viewers x 100 values/s, text, {storm}", 1, v, 100.0, d,
                  ramp=args.storm_ramp, storm=True, endpoint="text", targets=anchor),
@@ -557,7 +578,11 @@ def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
     # after the other, over the load generators (viewer i goes to load generator i % n); the
     # frozen one(s) last.
     n = args.loadgens
-    viewers = [[server.path(j, endpoint), "v"] for _k in range(sc.viewers_per_job) for j in jobs]
+    if endpoint == "mux":
+        viewers = [["/events?" + "&".join(f"job={j}" for j in jobs), "v"]
+                   for _k in range(sc.viewers)]
+    else:
+        viewers = [[server.path(j, endpoint), "v"] for _k in range(sc.viewers_per_job) for j in jobs]
     every = max(1, len(viewers) // max(1, args.probes))
     for m, k in enumerate(range(0, len(viewers), every)):
         viewers[min(k + m % n, len(viewers) - 1)][1] = "p"
@@ -588,7 +613,7 @@ def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
         def all_held() -> bool:
             """True once the server holds every viewer (the count is kept either way)."""
             result["held"] = server.viewers(jobs)
-            return result["held"] >= sc.viewers
+            return result["held"] >= sc.streams
 
         with contextlib.suppress(TimeoutError):  # the table reports how many were held
             wait_until(all_held, args.connect_timeout, interval=0.25, what="every viewer held")
@@ -618,7 +643,8 @@ def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
         # Jobcast's and Nchan's viewers get every value (history first); flask-sse's only
         # those published after they subscribed, so in a storm its loss cannot be counted.
         countable = server.history or not sc.storm
-        expected = produced["per_job"] * (sc.viewers - sc.frozen) if countable else 0
+        per_viewer = produced["per_job"] * (sc.jobs if endpoint == "mux" else 1)
+        expected = per_viewer * (sc.viewers - sc.frozen) if countable else 0
         # Drain: wait until every counting viewer has every value, or the drain timeout.
         if countable:
             with contextlib.suppress(TimeoutError):  # what is missing then is counted as lost
@@ -743,6 +769,84 @@ def run_admission(server, sc: Scenario, args, log_dir: Path) -> dict:
         "redis_clients": None,
     })
     wait_all_gone(server, jobs)
+    return result
+
+
+def run_list(server, sc: Scenario, args, log_dir: Path) -> dict:
+    """What home pages cost Redis: as many pages as the scenario's name says hold the job list
+    stream while ``sc.jobs`` jobs write ``sc.rate`` values/s. Redis's MONITOR counts, for the
+    production's window, the commands that come from the web process's own connections (its
+    pub/sub connection and its pool), whatever the producer and the scripts do."""
+    import psutil
+
+    pages = int(sc.name.removeprefix("list"))
+    jobs = [uuid.uuid4().hex for _ in range(sc.jobs)]
+    server.prepare(jobs, sc)
+    viewers = [["/events?list=50", "v"] for _ in range(pages)]
+    specs = loadgen_specs(server, sc, args, viewers, "list")
+    gens = LoadGens(specs, log_dir)
+    result: dict = {"target": server.target, "scenario": sc.name, "viewers": pages}
+    by_port: collections.Counter = collections.Counter()  # commands per client port
+    stop = threading.Event()
+    window_on = threading.Event()
+    try:
+        result["connected"] = sum(r["connected"] for r in gens.ask(None))
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: sum(st["headers"] for st in gens.ask("stats")) >= pages,
+                       args.connect_timeout, interval=0.1, what="every page connected")
+        time.sleep(1.0)
+        redis_port = server.redis.port
+
+        def web_ports() -> set[int]:
+            """The local ports of the web processes' connections to Redis, now."""
+            return {c.laddr.port for pid in server.web_pids()
+                    for c in psutil.Process(pid).net_connections("tcp")
+                    if c.raddr and c.raddr.port == redis_port}
+
+        ports = web_ports()
+
+        def monitor() -> None:
+            """Count the commands Redis runs, by client port, while the window is on."""
+            with Redis.from_url(server.redis.url).monitor() as m:
+                for cmd in m.listen():
+                    if stop.is_set():
+                        return
+                    if window_on.is_set() and cmd.get("client_port"):
+                        by_port[int(cmd["client_port"])] += 1
+
+        watcher = threading.Thread(target=monitor, daemon=True)
+        watcher.start()
+        time.sleep(0.2)
+        pids, web_pids = server.pids(), server.web_pids()
+        cpu0, web0 = usage(pids)[0], usage(web_pids)[0]
+        window_on.set()
+        prod = start_producer([sys.executable, "-m", "bench.producer", *server.producer(),
+                               str(sc.rate), str(sc.duration), *jobs])
+        w0 = time.monotonic()
+        prod.communicate()
+        w1 = time.monotonic()
+        window_on.clear()
+        ports |= web_ports()  # and any the web opened meanwhile
+        cpu1, web1 = usage(pids)[0], usage(web_pids)[0]
+        stop.set()
+        server.db.ping()  # one more command, so the monitor wakes and sees the stop
+        gens.ask("report")
+    finally:
+        stop.set()
+        gens.close()
+    window = w1 - w0
+    result.update({
+        "window_s": window,
+        "redis_cmds_per_s": sum(by_port[port] for port in ports) / window,
+        "web_connections": len(ports),
+        "web_cpu_s": web1 - web0,
+        "server_cpu_s": cpu1 - cpu0,
+        "bad_status": 0,
+    })
+    from jobcast.core.joblog import JobLog
+
+    for j in jobs:
+        JobLog(server.db, j).finished()
     return result
 
 
@@ -953,6 +1057,7 @@ COLUMNS = [
     ("Redis clients", "redis_clients", "{:,.0f}"),
     ("load-gen CPU s", "loadgen_cpu_s", "{:.1f}"),
     ("admission CPU µs / stream", "admission_cpu_us_per_stream", "{:.0f}"),
+    ("web's Redis commands/s", "redis_cmds_per_s", "{:,.0f}"),
 ]
 RATIOS = [("flask-sse", "**Jobcast / flask-sse**"), ("nchan", "**Jobcast / Nchan**")]
 
@@ -1031,9 +1136,37 @@ def verdict(checks: list[bool]) -> str:
 
 
 def targets_report(results: list[dict], scs: list[Scenario]) -> str:
-    """The per-repeat figures issue 25's targets are judged on (not medians)."""
+    """The per-repeat figures issue 25's (and 21's) targets are judged on (not medians)."""
     names = {sc.name for sc in scs}
     out: list[str] = []
+    mux, fan50 = by_repeat(results, "mux", "jobcast"), by_repeat(results, "fan50", "jobcast")
+    if mux:
+        out += ["", "Many jobs on one connection (`mux`), repeat by repeat, against `fan50` of "
+                "the same repeat:", "",
+                "| repeat | lost | p99 ms | CPU µs / delivery | fan50's | ratio | target | met |",
+                "|---:|---:|---:|---:|---:|---:|---|---|"]
+        checks = []
+        for rep in sorted(mux):
+            m, f = mux[rep], fan50.get(rep, {})
+            cpu_ratio = ratio(m.get("server_cpu_us_per_delivery"), f.get("server_cpu_us_per_delivery"))
+            ok = (m.get("lost") == 0 and m.get("lat_p99_ms") is not None and m["lat_p99_ms"] <= 25
+                  and cpu_ratio is not None and cpu_ratio <= 1.10)
+            checks.append(ok)
+            out.append(f"| {rep} | {fmt('{:,}', m.get('lost'))} | {fmt('{:.1f}', m.get('lat_p99_ms'))} "
+                       f"| {fmt('{:.1f}', m.get('server_cpu_us_per_delivery'))} "
+                       f"| {fmt('{:.1f}', f.get('server_cpu_us_per_delivery'))} "
+                       f"| {fmt('{:.2f}×', cpu_ratio)} | 0 lost, p99 ≤ 25 ms, CPU ≤ 1.10× fan50's "
+                       f"| {'yes' if ok else 'no'} |")
+        out.append(f"\n`mux`: {verdict(checks)}")
+    lists = {n: by_repeat(results, n, "jobcast") for n in ("list10", "list1000")}
+    if all(lists.values()):
+        out += ["", "The job list: the web process's Redis commands per second while 50 jobs "
+                "write 10 values/s each (no page polls):", "",
+                "| repeat | 10 home pages | 1,000 home pages |", "|---:|---:|---:|"]
+        for rep in sorted(lists["list10"]):
+            a, b = lists["list10"][rep], lists["list1000"].get(rep, {})
+            out.append(f"| {rep} | {fmt('{:,.0f}', a.get('redis_cmds_per_s'))} "
+                       f"| {fmt('{:,.0f}', b.get('redis_cmds_per_s'))} |")
     ran = {(r["scenario"], r["target"]) for r in results}
     vs = [n for n in ("fan10", "fan10text", "storm100")
           if n in names and (n, "jobcast") in ran and (n, "nchan") in ran]
@@ -1114,6 +1247,10 @@ def describe(r: dict) -> str:
                 f"not back {r['not_back']:,}; lost {r['lost']:,}, duplicates {r['duplicates']:,}, "
                 f"failed {r['failed']:,} {r['failed_statuses'] or ''}; reconnect attempts {r['reconnect_attempts']:,}; "
                 f"retry {r['retry_s']} s; loadgen {r['loadgen_cpu_s']:.1f} s")
+    if r["scenario"].startswith("list"):
+        return (f"{r['viewers']:,} pages; the web's Redis commands {r['redis_cmds_per_s']:,.0f}/s "
+                f"on its {r['web_connections']} connections; web CPU {r['web_cpu_s']:.2f} s in "
+                f"{r['window_s']:.1f} s")
     if r["scenario"] == "admit":
         return (f"admitted {r['admitted']:,} ({r['endpoint']}), held {r['held']:,} in {r['admit_s']:.2f} s; "
                 f"{fmt('{:.0f}', r['admission_cpu_us_per_stream'])} µs server CPU / stream (web alone "
@@ -1267,7 +1404,7 @@ def main(argv: list[str] | None = None) -> int:
             if shared:  # one server process for these, in order
                 with serving(target, args, env, log_dir, server_cpus) as server:
                     for sc in shared:
-                        run = run_admission if sc.kind == "admit" else run_scenario
+                        run = {"admit": run_admission, "list": run_list}.get(sc.kind, run_scenario)
                         record(run(server, sc, args, log_dir), rep, target, sc.name)
             for sc in mine:
                 if sc.fresh:  # a server process of its own, the scenario run sc.rounds times
