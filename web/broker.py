@@ -70,8 +70,9 @@ MESSAGES = frozenset({"message", "smessage"})
 class BrokerHandler(Protocol):
     """What the broker tells the relay."""
 
-    def on_publications(self, job_id: str, entries: list[Entry]) -> None:
-        """New entries of a job watched here, consecutive as announced, oldest first."""
+    def on_publications(self, batches: dict[str, list[Entry]]) -> None:
+        """The new entries of each job watched here, from one read: per job consecutive as
+        announced, oldest first."""
 
     def on_resync(self, job_ids: list[str]) -> None:
         """These jobs' subscriptions are confirmed again after a doubt: what was announced
@@ -178,7 +179,7 @@ def _by_slot(names: list[str]) -> list[list[str]]:
 class _NoHandler:
     """Drops everything: the handler before :meth:`Broker.start`."""
 
-    def on_publications(self, job_id: str, entries: list[Entry]) -> None:
+    def on_publications(self, batches: dict[str, list[Entry]]) -> None:
         """Nobody listens yet."""
 
     def on_resync(self, job_ids: list[str]) -> None:
@@ -568,11 +569,12 @@ class Broker:
                 log.warning("broker: dropping a malformed announcement on %s", name)
                 continue
             by_job.setdefault(job_id, []).append(entry)
-        for job_id, entries in by_job.items():
-            try:
-                self.handler.on_publications(job_id, entries)
-            except Exception:  # one job's trouble must not touch the others, nor the reader
-                log.exception("broker: delivering entries of job %s failed", job_id)
+        if not by_job:
+            return
+        try:
+            self.handler.on_publications(by_job)
+        except Exception:  # the handler's trouble must not touch the reader
+            log.exception("broker: delivering %d job(s)' entries failed", len(by_job))
 
     def _on_control(self, sh: Shard, kind: str, raw: bytes | str) -> None:
         """A subscribe or unsubscribe confirmation (or a server-side unsubscribe)."""

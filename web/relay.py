@@ -80,6 +80,25 @@ def is_green() -> bool:
     return bool(monkey.is_module_patched("threading"))
 
 
+class _Pending:
+    """What one multi-job stream gets written for one burst."""
+
+    __slots__ = ("parts", "viewers", "ended")
+
+    def __init__(self):
+        """Nothing yet."""
+        self.parts: list[bytes] = []
+        self.viewers: list[Viewer] = []
+        self.ended: list[Viewer] = []
+
+    def add(self, viewer: Viewer, frames: bytes, end: bool) -> None:
+        """``viewer``'s frames join the write (``end``: its job's terminal entry is in them)."""
+        self.parts.append(frames)
+        self.viewers.append(viewer)
+        if end:
+            self.ended.append(viewer)
+
+
 class _Flight:
     """One read that concurrent callers share."""
 
@@ -282,11 +301,23 @@ class Relay:
 
     # -- the fast path ---------------------------------------------------------------------
 
-    def on_publications(self, job_id: str, entries: list[Entry]) -> None:
-        """The broker's handler: new entries of a watched job."""
-        written = self.deliver(job_id, entries)
-        for entry in entries:
-            metrics.dispatched(entry, written)
+    def on_publications(self, batches: dict[str, list[Entry]]) -> None:
+        """The broker's handler: the new entries of each watched job, from one read of Redis.
+
+        A stream of several jobs gets one write for all of them (its frames, then its cursor),
+        not one per job: a burst of announcements costs a send per connection.
+        """
+        with self._lock:
+            pending: dict[Connection, _Pending] = {}
+            for job_id, entries in batches.items():
+                try:
+                    written = self._deliver(job_id, entries, pending)
+                except Exception:  # one job's trouble must not touch the others
+                    log.exception("relay: delivering entries of job %s failed", job_id)
+                    continue
+                for entry in entries:
+                    metrics.dispatched(entry, written)
+            self._flush(pending)
 
     def deliver(self, job_id: str, entries: list[Entry]) -> int:
         """Write ``entries`` (consecutive, in order) to every viewer of ``job_id``.
@@ -294,67 +325,95 @@ class Relay:
         Returns how many viewers were written on the fast path.
         """
         with self._lock:
-            viewers = self._jobs.get(job_id)
-            if not viewers or not entries:
-                return 0
-            self.recent.add_live(job_id, entries)
-            self._last_delivery[job_id] = self.clock()
-            first, last = entries[0].seq, entries[-1].seq
-            end = entries[-1].terminal
-            first_index = next((e.i for e in entries if e.kind == "value"), None)
-            shared: dict[tuple[Transport, bool], bytes] = {}
-            written = 0
-            # The hot loop: one iteration per viewer per batch, kept to a few attribute reads
-            # and one non-blocking send().
-            for v in tuple(viewers):
-                if v.slow:
-                    if last > v.missed:
-                        v.missed = last
-                    continue
-                cursor = v.cursor
-                if last <= cursor:
-                    continue
-                if cursor + 1 < first:
-                    self._catch_up(v, b"", "gap")
-                    continue
-                conn = v.conn
-                if conn is not None:
-                    # One job of a multi-job stream: its frames are shared too, and the
-                    # connection's cursor (its id) follows them; one writer at a time.
+            pending: dict[Connection, _Pending] = {}
+            written = self._deliver(job_id, entries, pending)
+            self._flush(pending)
+            return written
+
+    def _deliver(self, job_id: str, entries: list[Entry],
+                 pending: dict[Connection, "_Pending"]) -> int:
+        """:meth:`deliver`, leaving the writes to multi-job streams in ``pending``."""
+        viewers = self._jobs.get(job_id)
+        if not viewers or not entries:
+            return 0
+        self.recent.add_live(job_id, entries)
+        self._last_delivery[job_id] = self.clock()
+        first, last = entries[0].seq, entries[-1].seq
+        end = entries[-1].terminal
+        first_index = next((e.i for e in entries if e.kind == "value"), None)
+        shared: dict[tuple[Transport, bool], bytes] = {}
+        written = 0
+        # The hot loop: one iteration per viewer per batch, kept to a few attribute reads
+        # and one non-blocking send().
+        for v in tuple(viewers):
+            if v.slow:
+                if last > v.missed:
+                    v.missed = last
+                continue
+            cursor = v.cursor
+            if last <= cursor:
+                continue
+            if cursor + 1 < first:
+                self._catch_up(v, b"", "gap")
+                continue
+            conn = v.conn
+            if conn is not None:
+                # One job of a multi-job stream: its frames are shared too, and join the
+                # connection's one write for this burst (one writer at a time: the lock is
+                # taken here and held until that write).
+                flush = pending.get(conn)
+                if flush is None:
                     if not conn.lock.acquire(blocking=False):
                         self._catch_up(v, b"", "busy")
                         continue
-                    frames = shared.get(v.transport)
-                    if frames is None:
-                        frames = shared[v.transport] = v.transport.frames(entries)
-                    v.cursor = last
-                    v.done = end
-                    if self._send(v, conn.wire(frames, end), holding=True):
-                        conn.lock.release()
-                        conn.last_write = self._last_delivery[job_id]
-                        written += 1
-                        if end:
-                            self.release(v, "job_ended")
-                    continue
-                if cursor + 1 == first and not (v.start and first_index is not None
-                                                and v.start > first_index):
-                    data = shared.get(v.kind)
-                    if data is None:
-                        data = shared[v.kind] = v.wire(v.transport.frames(entries), end)
-                else:  # rare: a viewer with ?start=, or one that already has part of the batch
-                    data = v.wire(v.transport.frames(entries[cursor + 1 - first:], v.start), end)
+                    flush = pending[conn] = _Pending()
+                frames = shared.get(v.transport)
+                if frames is None:
+                    frames = shared[v.transport] = v.transport.frames(entries)
                 v.cursor = last
+                v.done = end
+                flush.add(v, frames, end)
+                written += 1
+                continue
+            if cursor + 1 == first and not (v.start and first_index is not None
+                                            and v.start > first_index):
+                data = shared.get(v.kind)
+                if data is None:
+                    data = shared[v.kind] = v.wire(v.transport.frames(entries), end)
+            else:  # rare: a viewer with ?start=, or one that already has part of the batch
+                data = v.wire(v.transport.frames(entries[cursor + 1 - first:], v.start), end)
+            v.cursor = last
+            if end:
+                v.done = True
+            if not data:  # e.g. the text stream's end on HTTP/1.0: nothing to write
                 if end:
-                    v.done = True
-                if not data:  # e.g. the text stream's end on HTTP/1.0: nothing to write
-                    if end:
+                    self.release(v, "job_ended")
+                continue
+            if self._send(v, data):
+                written += 1
+                if end:
+                    self.release(v, "job_ended")
+        return written
+
+    def _flush(self, pending: dict[Connection, "_Pending"]) -> None:
+        """One write per multi-job stream for a burst: its jobs' frames, then its cursor. A
+        partial write goes on in a catch-up that holds the connection (an ended job's, if
+        any: it ends once the bytes are out; the others' ends are let go at once)."""
+        if not pending:
+            return
+        now = self.clock()
+        for conn, flush in pending.items():
+            writer = flush.ended[-1] if flush.ended else flush.viewers[-1]
+            data = conn.wire(b"".join(flush.parts), bool(flush.ended))
+            if self._send(writer, data, holding=True):
+                conn.lock.release()
+                conn.last_write = now
+                for v in flush.ended:
+                    self.release(v, "job_ended")
+            else:
+                for v in flush.ended:
+                    if v is not writer:
                         self.release(v, "job_ended")
-                    continue
-                if self._send(v, data):
-                    written += 1
-                    if end:
-                        self.release(v, "job_ended")
-            return written
 
     def _send(self, v: Viewer, data: bytes, holding: bool = False) -> bool:
         """Write ``data`` without blocking; a viewer that cannot take it all catches up.
@@ -424,10 +483,10 @@ class Relay:
             log.info("dropped a viewer of %s that accepted nothing for %ss", v.job_id,
                      self.write_timeout)
         except BaseException as exc:  # GreenletExit: the process is stopping
-            if type(exc).__name__ != "GreenletExit":
+            if type(exc).__name__ == "GreenletExit":
+                reason = "server_shutdown"
+            else:  # a bug: this viewer ends ("error"), and nobody else is touched
                 log.exception("relay: catch-up of a viewer of %s failed", v.job_id)
-                raise
-            reason = "server_shutdown"
         finally:
             if holding:  # it never got to write what it was handed
                 v.conn.lock.release()

@@ -147,40 +147,39 @@ def test_a_storm_of_newcomers_to_many_jobs_is_subscribed_in_a_few_batched_comman
 
 
 def test_a_job_whose_delivery_fails_touches_neither_other_jobs_nor_the_subscription(tmp_path):
-    # Finding 1: an error while handing one job's entries over was taken for a lost Redis
-    # connection: every job in the process was resubscribed and re-read.
-    class Handler:
-        def __init__(self, bad: str):
-            self.bad, self.got = bad, []
+    # Finding 1 of issue 23: an error while handing one job's entries over was taken for a lost
+    # Redis connection: every job in the process was resubscribed and re-read.
+    from jobcast.web.frames import TEXT, Transport
+    from jobcast.web.relay import Relay
+    from jobcast.web.viewer import QueueSink, Viewer
 
-        def on_publications(self, job_id, entries):
-            if job_id == self.bad:
-                raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
-            self.got += [(job_id, e.seq) for e in entries]
+    def explode(entry):
+        raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
 
-        def on_resync(self, job_ids):
-            self.got.append(("resync", tuple(job_ids)))
-
-        def on_lost(self, job_ids):
-            self.got.append(("lost", tuple(job_ids)))
-
+    broken = Transport("broken", "text/plain", explode, b"", b"", False)
     with RedisServer(data_dir=tmp_path) as server:
         redis = Redis.from_url(server.url)
         bad, good = running_job(redis), running_job(redis)
-        handler = Handler(bad.job_id)
-        broker = Broker(redis, poll=0.1)
-        broker.start(handler)
+        relay = Relay(Broker(redis, poll=0.1), heartbeat=30, green=False)
         try:
-            assert broker.wait_ready(10)
-            for log in (bad, good):
-                broker.subscribe(log.job_id)
-                assert broker.wait_subscribed(log.job_id, 10)
+            assert relay.wait_ready(10)
+            sinks = {}
+            for log, transport in ((bad, broken), (good, TEXT)):
+                viewer = Viewer(log.job_id, QueueSink(1 << 20), transport, cursor=2,
+                                resources=(relay.lease(log.job_id),))
+                sinks[log.job_id] = viewer.sink
+                relay.hold(viewer)
+            wait_for(lambda: relay.viewers() == 2 and not any(
+                v.slow for vs in relay._jobs.values() for v in vs), what="both viewers held")
             for i in range(3):
                 bad.value(i, i)
                 good.value(i, i)
-            wait_for(lambda: len(handler.got) >= 3, what="the good job's entries")
-            assert handler.got == [(good.job_id, 3), (good.job_id, 4), (good.job_id, 5)]
-            assert all(sh.live.is_set() for sh in broker.shards())
+            got = b""
+            while got.count(b"\n") < 3:
+                got += sinks[good.job_id].get(5) or b""
+            assert got == b"0\n1\n2\n"
+            assert all(sh.live.is_set() for sh in relay.broker.shards())
+            assert relay.broker.state(good.job_id).name == "LIVE"
         finally:
-            broker.stop(5)
+            relay.stop(5)
             redis.close()
