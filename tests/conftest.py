@@ -212,14 +212,15 @@ RQ = str(Path(sys.executable).with_name("rq"))
 
 
 def start_rq_worker(redis_url: str, queue: str, *, cwd: Path = ROOT, log_path: Path | None = None,
-                    worker_class: str = "jobcast.Worker") -> subprocess.Popen:
-    """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue``; waits until it registers."""
+                    worker_class: str = "jobcast.Worker", **env: str) -> subprocess.Popen:
+    """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue``; waits until it registers.
+    ``env`` adds environment variables (settings)."""
     from rq import Worker
 
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([RQ, "worker", "--url", redis_url, "--worker-class", worker_class,
                              "--name", f"rq-{queue}-{os.getpid()}", queue],
-                            env=service_env(redis_url), cwd=cwd, stdout=out, stderr=out)
+                            env=service_env(redis_url, **env), cwd=cwd, stdout=out, stderr=out)
     conn = Redis.from_url(redis_url)
 
     def registered() -> bool:
