@@ -208,6 +208,25 @@ def job_status(http: httpx.Client, job_id: str) -> dict:
     return http.get(f"/api/jobs/{job_id}").json()
 
 
+# Each stream is read on a connection of its own, as curl or a browser tab would: a stream
+# that the relay held ends by closing its connection, which a pooled client may reuse.
+
+def stream_lines(http: httpx.Client, job_id: str) -> list[str]:
+    """The text stream of a job, read until it ends."""
+    with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/stream"), timeout=30) as r:
+        assert r.status_code == 200
+        return list(r.iter_lines())  # returns only when the stream ends, with the job
+
+
+def sse_events(http: httpx.Client, job_id: str) -> list[dict]:
+    """Every SSE event of a job (id, event, data decoded), read until the stream ends."""
+    from jobcast.cli.client import parse_sse
+
+    with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/events"), timeout=30) as r:
+        assert r.status_code == 200
+        return [dict(e._asdict(), data=e.json()) for e in parse_sse(r.iter_lines())]
+
+
 RQ = str(Path(sys.executable).with_name("rq"))
 
 

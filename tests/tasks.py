@@ -75,3 +75,17 @@ def burn(seconds: Annotated[float, Field(ge=0, le=600)] = 60.0) -> Iterator[int]
     while time.monotonic() < deadline:
         k += 1
     yield k
+
+
+@task()
+def chatty() -> Iterator[int]:
+    """Print, write to stderr and log between its values; end on an unfinished line."""
+    import logging
+    import sys
+
+    print("out 1")
+    yield 1
+    print("err 1", file=sys.stderr)
+    logging.getLogger("user").warning("warn 1")
+    yield 2
+    print("bye", end="")

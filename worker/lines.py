@@ -117,7 +117,7 @@ class LineSplitter:
 
     def expire(self, now: float) -> OutputLine | None:
         """The pending line as a partial one, once it has waited long enough for its newline."""
-        if self.since is not None and now - self.since >= self.partial_after:
+        if self.since is not None and now >= self.since + self.partial_after:
             return self._take(now, partial=True)
         return None
 
