@@ -356,6 +356,17 @@ def document(cfg: Settings) -> dict[str, Any]:
             "responses": {"200": json_body("The values", ref("EarlierValues")),
                           **errors("400", *job_errors, "404")},
         }},
+        "/api/jobs/{job_id}/output": {"get": {
+            "summary": "What the job printed (stdout, stderr, logging) as text, streamed",
+            "operationId": "getJobOutput", "tags": ["jobs"], "security": read_job,
+            "parameters": [*job, {"name": "attempt", "in": "query", "required": False,
+                                  "description": "only this attempt's output",
+                                  "schema": {"type": "integer", "minimum": 1,
+                                             "maximum": 2**53}}],
+            "responses": {"200": {"description": "The output, one line per line printed",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **errors("400", *job_errors, "404")},
+        }},
         "/api/tasks": {"get": {
             "summary": "Registered tasks with their parameters' JSON schema",
             "operationId": "listTasks", "tags": ["jobs"], "security": read,

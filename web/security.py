@@ -38,7 +38,7 @@ PUBLIC = frozenset({"static", "health.healthz", "health.readyz", "pages.favicon"
 # Endpoints about one job (their URL has <job_id>): the token or a view link for that job.
 JOB_SCOPED = frozenset({"pages.job_page", "pages.plain_page", "pages.framed_page",
                         "stream.text_stream", "stream.sse_stream", "stream.html_stream",
-                        "api.get_job", "api.job_chart", "api.earlier_values"})
+                        "api.get_job", "api.job_chart", "api.earlier_values", "output.job_output"})
 SESSION_COOKIE = "jobcast_session"
 SESSION_SALT = "jobcast.session"
 SESSION_DAYS = 30

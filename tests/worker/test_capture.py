@@ -174,6 +174,8 @@ def test_a_retry_after_the_horse_was_sigkilled_keeps_both_attempts_output_and_ea
     assert seq[("retrying", None, None)] < seq[("started", None, 2)] < seq[("log", "a2", 2)]
     assert [e.i for e in log if e.kind == "value"] == [0, 1, 2]
     assert log[-1].kind == "finished"
+    assert http.get(f"/api/jobs/{job.id}/output").text == "a1\nready\n── attempt 2 ──\na2\n"
+    assert http.get(f"/api/jobs/{job.id}/output?attempt=1").text == "a1\nready\n"
 
 
 # -- the non-forking worker: Python's streams only, put back after every job -----------------------
