@@ -13,7 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from jobcast.core.joblog import JobLog
+from jobcast.core.joblog import Entry, JobLog
+from jobcast.web.frames import HTML, SSE, TEXT
 from tests.conftest import WebServer
 
 TOKEN = "output-t0ken"
@@ -106,3 +107,10 @@ def test_a_private_servers_download_needs_the_token_or_the_jobs_view_link(privat
     assert httpx.get(url, headers=auth).text == "secret\n"
     other = job_with_output(redis, [[printed("other", 1)]])
     assert httpx.get(f"{private.url}/api/jobs/{other}/output", params={"sig": sig}).status_code == 403
+
+
+def test_an_output_line_is_an_sse_log_event_and_nothing_on_the_text_and_html_streams():
+    raw = b'{"seq":7,"kind":"log","ts":1.0,"stream":"stdout","text":"<b>1</b>","attempt":1}'
+    entry = Entry.parse(raw)
+    assert SSE.encode(entry) == b"id: 7\nevent: log\ndata: " + raw + b"\n\n"
+    assert TEXT.encode(entry) == b"" and HTML.encode(entry) == b""
