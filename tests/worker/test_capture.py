@@ -4,14 +4,16 @@ order with the values, bounded, and per attempt; watched through the real gunico
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 import signal
 import sys
+import threading
+import time
 
 import httpx
-import psutil
 import pytest
 from rq import Queue, Retry
 
@@ -221,3 +223,30 @@ def test_the_simple_worker_captures_prints_only_and_puts_its_streams_back(redis,
     assert failed[-2:] == [("log", "about to fail"), ("failed", None)]
     # The worker's own logging (RQ's "Job OK", redis') is never taken for the job's.
     assert all(e.data.get("stream") != "logging" for e in entries(redis, ok.id))
+
+
+def test_printing_never_waits_for_a_slow_redis_and_the_lines_arrive_in_order_once_it_answers():
+    answer = threading.Event()
+    sent: list[str] = []
+
+    def slow_sink(entries):
+        """Redis that takes its time (until the test lets it answer)."""
+        answer.wait(10)
+        sent.extend(body["text"] for _kind, body, _ts in entries)
+        return list(range(len(entries)))
+
+    cap = capture.Capture("j", slow_sink, rate=1000, level=logging.INFO, echo=False, attempt=1,
+                          mode="sys")
+    cap.start()
+    try:
+        print("first")
+        wait_for(lambda: not cap.pending, 5, what="the flush thread to take the first line")
+        started = time.monotonic()
+        for k in range(50):      # while the flush thread is stuck in the sink
+            print(f"line {k}")
+        assert time.monotonic() - started < 1.0 and len(cap.pending) == 50
+    finally:
+        answer.set()
+        cap.close()
+    assert sent == ["first"] + [f"line {k}" for k in range(50)]
+    assert sys.stdout is not None and not isinstance(sys.stdout, capture.StreamProxy)
