@@ -163,6 +163,7 @@ SERVICE_FIXTURES = {
     "tests/launcher/test_up.py": {"up"},
     "tests/web/test_browser_tail.py": {"lane"},
     "tests/web/test_events.py": {"private"},
+    "tests/web/test_output.py": {"private"},
     "tests/web/test_fuzz.py": {"server"},
     "tests/web/test_limits.py": {"guarded"},
     "tests/web/test_openapi.py": {"fuzzed"},
@@ -297,19 +298,40 @@ def job_status(http: httpx.Client, job_id: str) -> dict:
     return http.get(f"/api/jobs/{job_id}").json()
 
 
+# Each stream is read on a connection of its own, as curl or a browser tab would: a stream
+# that the relay held ends by closing its connection, which a pooled client may reuse.
+
+def stream_lines(http: httpx.Client, job_id: str) -> list[str]:
+    """The text stream of a job, read until it ends."""
+    with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/stream"), timeout=30) as r:
+        assert r.status_code == 200
+        return list(r.iter_lines())  # returns only when the stream ends, with the job
+
+
+def sse_events(http: httpx.Client, job_id: str) -> list[dict]:
+    """Every SSE event of a job (id, event, data decoded), read with the tests' own parser
+    until the stream ends."""
+    from tests.support.sse import parse_events
+
+    with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/events"), timeout=30) as r:
+        assert r.status_code == 200
+        return [dict(e._asdict(), data=e.json()) for e in parse_events(r)]
+
+
 RQ = str(Path(sys.executable).with_name("rq"))
 
 
 def start_rq_worker(redis_url: str, queue: str, *, cwd: Path = ROOT, log_path: Path | None = None,
-                    worker_class: str = "jobcast.Worker") -> subprocess.Popen:
-    """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue``; waits until it registers."""
+                    worker_class: str = "jobcast.Worker", **env: str) -> subprocess.Popen:
+    """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue``; waits until it registers.
+    ``env`` adds environment variables (settings)."""
     from rq import Worker
 
     require_slow("an rq worker")
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([RQ, "worker", "--url", redis_url, "--worker-class", worker_class,
                              "--name", f"rq-{queue}-{os.getpid()}", queue],
-                            env=service_env(redis_url), cwd=cwd, stdout=out, stderr=out)
+                            env=service_env(redis_url, **env), cwd=cwd, stdout=out, stderr=out)
     conn = Redis.from_url(redis_url)
 
     def registered() -> bool:

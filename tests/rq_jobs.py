@@ -38,3 +38,76 @@ def ask_retry_once(n: int = 4):
     for i in range(n):
         emit(i)
     return Retry(max=1) if first else n
+
+
+# -- jobs that print (output capture, tests/worker/test_capture.py) ----------------------------
+
+def chatty() -> int:
+    """Print, write to stderr, log, run a subprocess and C's printf, between 3 values."""
+    import ctypes
+    import logging
+    import subprocess
+    import sys
+
+    print("out 1")
+    emit(1)
+    print("err 1", file=sys.stderr)
+    logging.getLogger("user").warning("warn 1")
+    logging.getLogger("user").debug("hidden")
+    logging.getLogger("rq.x").warning("internal")
+    subprocess.run(["echo", "sub"], check=True)
+    emit(2)
+    libc = ctypes.CDLL(None)
+    libc.printf(b"from C\n")
+    emit(3)
+    return 3
+
+
+def flood(lines: int = 1_000_000, every: int = 100_000) -> int:
+    """Print ``lines`` numbered lines in a tight loop, emitting a value every ``every`` lines."""
+    for i in range(lines):
+        if i % every == 0:
+            emit(i // every)
+        print(i)
+    return lines
+
+
+def long_line(size: int = 1_000_000) -> int:
+    """One line of ``size`` bytes, then an unfinished one ("end", no newline)."""
+    import sys
+
+    sys.stdout.write("x" * size + "\n")
+    sys.stdout.write("end")
+    emit(0)
+    return size
+
+
+def wait_for_go(job_id: str, timeout: float = 30.0) -> None:
+    """Block until the test pushes to ``test:go:<job id>`` (a handshake, not a sleep)."""
+    job = get_current_job()
+    if job.connection.blpop(f"test:go:{job_id}", timeout=timeout) is None:
+        raise TimeoutError("the test never said go")
+
+
+def tick_then_wait() -> int:
+    """Write "tick" without a newline, then wait for the test: the line must come meanwhile."""
+    import sys
+
+    sys.stdout.write("tick")
+    wait_for_go(get_current_job().id)
+    emit(0)
+    return 0
+
+
+def print_then_hang_once() -> int:
+    """Attempt 1 prints and emits 0 and 1, says "ready", then waits to be killed; attempt 2
+    prints and emits 0, 1 and 2."""
+    job = get_current_job()
+    first = int(job.connection.hget(f"jobcast:job:{job.id}", "attempt") or 1) == 1
+    print("a1" if first else "a2")
+    for i in range(2 if first else 3):
+        emit(i)
+    if first:
+        print("ready", flush=True)
+        wait_for_go(job.id, timeout=120)
+    return 3

@@ -75,3 +75,38 @@ def burn(seconds: Annotated[float, Field(ge=0, le=600)] = 60.0) -> Iterator[int]
     while time.monotonic() < deadline:
         k += 1
     yield k
+
+
+@task()
+def chatty() -> Iterator[int]:
+    """Print, write to stderr and log between its values; end on an unfinished line."""
+    import logging
+    import sys
+
+    print("out 1")
+    yield 1
+    print("err 1", file=sys.stderr)
+    logging.getLogger("user").warning("warn 1")
+    yield 2
+    print("bye", end="")
+
+
+@task()
+def printer(lines: Annotated[int, Field(ge=0, le=1000)] = 100) -> Iterator[int]:
+    """Print markup, ANSI colours, a stderr line, a warning and ``lines`` numbered lines; then
+    wait for the test (``test:go:<job id>``) and print once more."""
+    import logging
+    import sys
+
+    print('<img src=x onerror="window.pwned=1">')
+    print("\x1b[31mred\x1b[0m plain \x1b]0;title\x07done")
+    print("to stderr", file=sys.stderr)
+    logging.getLogger("user").warning("careful")
+    for i in range(lines):
+        print(f"line {i}")
+    yield 0
+    job = get_current_job()
+    if job is not None:
+        job.connection.blpop(f"test:go:{job.id}", timeout=60)
+    print("after go")
+    yield 1

@@ -8,7 +8,8 @@ from flask import Flask
 
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import get_settings
-from jobcast.web import api, errors, events, health, openapi, pages, security, services, shutdown, stream
+from jobcast.web import (api, errors, events, health, openapi, output, pages, security, services,
+                         shutdown, stream)
 from jobcast.web.gunicorn_check import check_worker_class
 
 
@@ -37,6 +38,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(output.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(pages.bp)

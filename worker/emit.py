@@ -28,6 +28,7 @@ from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
+from jobcast.worker import capture
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def emit(value: Any, total: int | None = None) -> int | None:
     state = _state(job)
     index = state.next
     state.next += 1
+    capture.before_value()  # what the job printed before this value is logged before it
     seq = state.log.value(index, value, total=total)
     if seq > 0:
         return seq

@@ -8,6 +8,10 @@ are left alone: :func:`jobcast.worker.runner.run_task` logs those itself.
 
 Entries that a retry changes are written before RQ re-queues the job, so the next attempt's
 ``started`` can never come before this attempt's ``retrying``.
+
+What the job prints is captured from its ``started`` entry on and sealed when its execution
+ends, before the terminal entry (:mod:`jobcast.worker.capture`): in a work-horse, at the file
+descriptors; in the non-forking worker, at ``sys.stdout`` and ``sys.stderr``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from rq.utils import import_attribute
 
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
+from jobcast.worker import capture
 from jobcast.worker.emit import HOOKED_ATTR, is_runner, rq_log
 
 log = logging.getLogger(__name__)
@@ -75,18 +80,45 @@ class LifecycleMixin:
         get_settings()
 
     def prepare_job_execution(self, job: Job, *args, **kwargs) -> None:
-        """After RQ marks the job started: create its log if missing, then log ``started``."""
+        """After RQ marks the job started: create its log if missing, log ``started``, then
+        capture what the job prints."""
         super().prepare_job_execution(job, *args, **kwargs)
         if is_runner(job):
+            # run_task logs its own start, and then tells the capture its attempt.
+            self._capture(job, None)
             return
         # emit() in this run knows the lifecycle is taken care of (same Job instance).
         setattr(job, HOOKED_ATTR, True)
         try:
             jlog = rq_log(job)
             jlog.ensure(job.description, job.origin)
-            jlog.started(self.name, jlog.next_attempt())
+            attempt = jlog.next_attempt()
+            jlog.started(self.name, attempt)
         except RedisError as exc:
             log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
+            return
+        self._capture(job, attempt)
+
+    def _capture(self, job: Job, attempt: int | None) -> None:
+        """Start capturing the job's output: at the descriptors in a work-horse (a process of
+        its own), else at Python's streams."""
+        try:
+            capture.start(job.id, rq_log(job), get_settings(), attempt=attempt, fds=self.is_horse)
+        except RedisError as exc:
+            log.warning("jobcast: cannot capture the output of job %s: %s", job.id, exc)
+
+    def handle_execution_ended(self, job: Job, *args, **kwargs):
+        """The job has returned or raised: send all it printed, before any terminal entry."""
+        capture.seal()
+        return super().handle_execution_ended(job, *args, **kwargs)
+
+    def perform_job(self, job: Job, *args, **kwargs) -> bool:
+        """Run the job; whatever happens, no capture outlives it (a non-forking worker would
+        keep its streams replaced)."""
+        try:
+            return super().perform_job(job, *args, **kwargs)
+        finally:
+            capture.seal()
 
     def handle_job_success(self, job: Job, *args, **kwargs):
         """After RQ saved the result: log ``finished``."""

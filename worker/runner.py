@@ -13,6 +13,7 @@ from jobcast.core.logstore import LogStore
 from jobcast.core.registry import get_task
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis, connect, separate, stream_url
+from jobcast.worker import capture
 from jobcast.worker.chart import ChartWriter
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,16 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
             raise JobCancelled(job.id)
         log.warning("job %s already ended (failed by the watchdog?); not running it", job.id)
         return {"values": start}
+    capture.set_attempt(attempt)  # the output is this attempt's, and comes after `started`
     log.info("job %s: task %s attempt %s from value %s", job.id, task_name, attempt, start)
     index = start if task.resumable else 0
     values = task.iterate(params, start=start)
     chart = ChartWriter(jlog)
     ended = False
+    failure: Exception | None = None
     try:
         for value in values:
+            capture.before_value()
             seq = jlog.value(index, value)
             if seq == -1:
                 # The log has ended under us (a cancel between two values): stop computing.
@@ -87,16 +91,20 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
                 chart.add(index, value)
             index += 1
     except Exception as exc:
-        reason = describe(exc)
+        failure = exc
+    finally:
+        values.close()
+        chart.save()
+        # Everything the task printed (its generator's cleanup too) before the last entry.
+        capture.seal()
+    if failure is not None:
+        reason = describe(failure)
         if job.retries_left:
             jlog.retrying(reason)
         else:
             jlog.failed(reason)
-        exc.jobcast_logged = True  # tells on_failure not to log this failure again
-        raise
-    finally:
-        values.close()
-        chart.save()
+        failure.jobcast_logged = True  # tells on_failure not to log this failure again
+        raise failure
     if not ended:
         ended = jlog.finished() == -1
     if ended and jlog.status() == "cancelled":

@@ -9,6 +9,10 @@ Output: ``plain`` writes each value's text on its own line to stdout, exactly as
 ``/jobs/<id>/stream`` does, and notes (reconnecting, Done, Failed) to stderr. ``json``
 writes every log entry as one JSON line to stdout (the SSE ``data``), for scripts.
 
+What the job prints (``log`` entries) goes to stderr with ``plain``, dimmed on a terminal and
+with the job's own escape sequences removed (output must not steer the terminal); logging
+records read ``LEVEL logger: text``. ``show_output=False`` (``--no-output``) hides them.
+
 With ``tail=N`` it begins with the job's last N values (then live). When the server's
 capped log no longer has values this follower would have printed, it says so on stderr
 ("N earlier values are no longer kept") and goes on with the first value still kept.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,10 +35,16 @@ from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 import httpx
 
 from jobcast.core.joblog import InvalidJobId, check_job_id
+from jobcast.core.output import line_text
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CANCELLED = 4
 TERMINAL_KINDS = ("finished", "failed", "cancelled")
+
+# Escape sequences (CSI, OSC, others) and control characters but tab and newline: output is
+# printed as text, never as commands to the terminal.
+CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?"
+                     r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 # Errors after which the stream is opened again from the last seq.
 RETRYABLE = (httpx.TransportError, httpx.RemoteProtocolError)
@@ -108,9 +119,13 @@ class Rate:
 class Display:
     """Where values, notes and the progress bar go."""
 
-    def __init__(self, output: str, progress: bool | None, out: IO[str], err: IO[str]):
-        """``progress`` None means: a bar when the output is plain and a terminal shows it."""
+    def __init__(self, output: str, progress: bool | None, out: IO[str], err: IO[str],
+                 show_output: bool = True):
+        """``progress`` None means: a bar when the output is plain and a terminal shows it.
+        ``show_output``: print what the job prints (on stderr)."""
         self.output = output
+        self.show_output = show_output
+        self.attempt: int | None = None   # of the last output line shown
         self.out = out
         self.err = err
         if progress is None:
@@ -182,6 +197,21 @@ class Display:
         else:
             self.out.write(text + "\n")
             self.out.flush()
+
+    def printed(self, entry: dict) -> None:
+        """A line the job printed: on stderr (dimmed on a terminal; above the bar, if any), its
+        escape sequences and control characters removed."""
+        attempt = entry.get("attempt")
+        if self.attempt is not None and attempt != self.attempt:
+            self.note(f"(attempt {attempt})")
+        self.attempt = attempt
+        text = CONTROL.sub("", line_text(entry))
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False, emoji=False, style="dim",
+                                   soft_wrap=True)
+        else:
+            self.err.write(f"\x1b[2m{text}\x1b[22m\n" if _isatty(self.err) else text + "\n")
+            self.err.flush()
 
     def entry(self, raw: str) -> None:
         """One log entry as a JSON line (``--output json``)."""
@@ -439,6 +469,9 @@ class Follower:
                 self.display.note(f"restarted on {entry.get('worker')} (attempt {entry.get('attempt')})")
             if entry.get("ts") is not None:
                 self.display.rate.add(entry["ts"], self.values)
+        elif kind == "log":
+            if self.display.output == "plain" and self.display.show_output:
+                self.display.printed(entry)
         elif kind == "retrying":
             if self.display.output == "plain":
                 self.display.note(f"retrying: {entry.get('reason')}")
@@ -455,10 +488,11 @@ def _message(r: httpx.Response) -> str | None:
 
 def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool | None = None,
            reconnect_for: float = 120.0, out: IO[str] | None = None, err: IO[str] | None = None,
-           tail: int | None = None, token: str = "") -> int:
+           tail: int | None = None, token: str = "", show_output: bool = True) -> int:
     """Follow ``job_id`` on the Jobcast server at ``base_url``; return the exit code.
 
     ``token`` (JOBCAST_TOKEN) is sent as a bearer token, for a server whose jobs are private.
+    ``show_output`` False hides what the job prints.
     """
     out = out or sys.stdout
     err = err or sys.stderr
@@ -470,7 +504,7 @@ def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool 
     if not base_url.startswith(("http://", "https://")):
         err.write(f"jobcast: --url must start with http:// or https://, got {base_url!r}\n")
         return EXIT_BAD_INPUT
-    display = Display(output, progress, out, err)
+    display = Display(output, progress, out, err, show_output)
     if tail is not None and tail < 0:
         err.write("jobcast: --tail must be 0 or more\n")
         return EXIT_BAD_INPUT

@@ -89,6 +89,8 @@ def add_follow_options(parser: argparse.ArgumentParser) -> None:
                              "http://localhost:8000)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar, even on a terminal")
+    parser.add_argument("--no-output", dest="show_output", action="store_false", default=True,
+                        help="hide the lines the job prints (shown on stderr)")
     parser.add_argument("--reconnect-for", type=float, default=120.0, metavar="SECONDS",
                         help="how long to keep reconnecting to an unreachable server (default 120)")
     parser.add_argument("--tail", type=int, default=None, metavar="N",
@@ -100,7 +102,7 @@ def run_follow(job_id: str, args: argparse.Namespace) -> int:
     settings = get_settings()
     return follow(job_id, args.url or settings.public_url, output=args.output,
                   progress=args.progress, reconnect_for=args.reconnect_for, tail=args.tail,
-                  token=settings.token)
+                  token=settings.token, show_output=args.show_output)
 
 
 def cmd_follow(args: argparse.Namespace) -> int:

@@ -22,6 +22,13 @@ Each entry is a small JSON object. ``seq`` numbers every entry of a job from 1 w
 ``cancelled`` (the last three are terminal: a job's log ends with exactly one of them).
 Value entries also carry ``i`` (the value's index, from 0), ``v`` (its text, see
 :func:`encode_value`) and ``j`` (the value as JSON).
+
+``log`` entries are what the job printed or logged, captured by its worker
+(:mod:`jobcast.worker.capture`): ``stream`` (``stdout``, ``stderr`` or ``logging``), ``text``
+(one line), ``attempt``, ``level`` and ``logger`` for logging, and ``partial``, ``cut`` or
+``dropped`` where a line was sent unfinished, cut at the length cap, or stands for lines the
+rate cap dropped. ``ts`` is when the line was captured. They are neither values nor terminal
+and leave the status alone; they count against the log's cap like any entry.
 """
 
 from __future__ import annotations
@@ -67,6 +74,17 @@ APPEND_LUA = files(__package__).joinpath("append.lua").read_text()
 
 TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""
+
+OUTPUT_PAGE = 500
+"""Entries read per step while reading a job's output."""
+
+FIRST_VALUE_LOOKAHEAD = 5000
+"""How far past the oldest kept entry :meth:`JobLog.first_kept` looks for a value: a job that
+prints may log thousands of lines before its first value."""
+
+# The script writes every entry as '{"seq":N,"kind":...', so this matches log entries only:
+# a user's text or JSON elsewhere in an entry is escaped and cannot look like it.
+_LOG_ENTRY = re.compile(rb'\{"seq":\d+,"kind":"log"')
 
 
 class InvalidJobId(ValueError):
@@ -312,11 +330,14 @@ class JobLog:
         return self._append
 
     def script_args(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
-                    value_json: str | None = None,
-                    meta: dict[str, Any] | None = None) -> tuple[list[str], list[Any]]:
-        """The KEYS and ARGV of the append script for one entry (also for a pipeline)."""
+                    value_json: str | None = None, meta: dict[str, Any] | None = None,
+                    ts: float | None = None) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of the append script for one entry (also for a pipeline).
+
+        ``ts`` is the entry's time, by default now (an output line carries when it was printed).
+        """
         now = time.time()
-        parts = [f'"kind":{json.dumps(kind)}', f'"ts":{now:.6f}']
+        parts = [f'"kind":{json.dumps(kind)}', f'"ts":{now if ts is None else ts:.6f}']
         for k, v in (body or {}).items():
             parts.append(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'))}")
         if value_json is not None:
@@ -410,6 +431,23 @@ class JobLog:
             return self._write("value", body, index=index, value_json=as_json)
         body["n"] = total
         return self._write("value", body, index=index, value_json=as_json, meta={"n": total})
+
+    def append_many(self, entries: list[tuple[str, dict[str, Any], float]]) -> list[int]:
+        """Append ``(kind, body, ts)`` entries in order, in one round trip; their seqs (or
+        negative codes, as :meth:`_write` returns).
+
+        Each entry is still its own script call, so each is checked against the job's state
+        (none lands after the terminal entry). A Redis Cluster has no pipeline of scripts
+        here: the entries go one by one (one job's keys share a slot, so order holds).
+        """
+        script = self.script()
+        calls = [self.script_args(kind, body, ts=ts) for kind, body, ts in entries]
+        if is_cluster(self.redis):
+            return [int(script(keys=keys, args=args)) for keys, args in calls]
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return [int(seq) for seq in pipe.execute()]
 
     def retrying(self, reason: str) -> int:
         """Record that the attempt failed and the job goes back on the queue."""
@@ -572,14 +610,29 @@ class JobLog:
                 i = entry.i
                 break
         if seq is not None and i is None:
-            # More than a few lifecycle entries first (retries): look further, in one call.
-            for entry in self.entries(after=seq - 1, page=256):
+            # More than a few lifecycle entries first (retries, or output lines): look further.
+            for entry in self.entries(after=seq - 1, page=1000):
                 if entry.kind == "value":
                     i = entry.i
                     break
-                if entry.seq > seq + 256:
+                if entry.seq > seq + FIRST_VALUE_LOOKAHEAD:
                     break
         return seq, i
+
+    def output(self, upto: int, page: int = OUTPUT_PAGE) -> Iterator[list[dict]]:
+        """The job's ``log`` entries with ``seq <= upto``, oldest first, one list per page read.
+
+        Only the entries the script wrote as ``log`` are decoded; values and the rest are
+        skipped by their first bytes.
+        """
+        start = "0-1"
+        while True:
+            batch = self.redis.xrange(self.keys.log, min=start, max=f"0-{upto}", count=page)
+            yield [json.loads(raw) for raw in (stream_field(fields) for _id, fields in batch)
+                   if _LOG_ENTRY.match(raw)]
+            if len(batch) < page:
+                return
+            start = "(" + stream_id_text(batch[-1][0])
 
     def chart(self) -> bytes | None:
         """The worker's chart snapshot (JSON), or None when there is none yet."""

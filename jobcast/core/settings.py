@@ -113,6 +113,19 @@ class Settings(BaseSettings):
     orphan_timeout: int = env("JOBCAST_ORPHAN_TIMEOUT", 15,
                               "seconds with no live worker after which queued and running jobs "
                               "fail", ge=1)
+    # What a job prints (worker/capture.py).
+    capture: Literal["all", "logging", "off"] = env(
+        "JOBCAST_CAPTURE", "all",
+        "what workers put in a job's log of what it prints: all (stdout, stderr and logging), "
+        "logging (logging records only), or off")
+    capture_level: str = env("JOBCAST_CAPTURE_LEVEL", "INFO",
+                             "lowest level of the logging records captured (a level name)")
+    capture_rate: int = env("JOBCAST_CAPTURE_RATE", 200,
+                            "output lines per second kept per job; the rest are counted and "
+                            "announced in one line", ge=1)
+    capture_echo: bool = env("JOBCAST_CAPTURE_ECHO", True,
+                             "workers also print a job's output on their own console, each "
+                             "line prefixed with the job id")
     # `jobcast web`
     port: int = env("PORT", 8000, "port `jobcast web` listens on", ge=1, le=65535)
     bind: str = env("JOBCAST_BIND", "0.0.0.0", "address `jobcast web` listens on", min_length=1)
@@ -133,6 +146,21 @@ class Settings(BaseSettings):
         if mode not in ("", "public", "private"):
             raise ValueError(f"JOBCAST_READ={value!r} is invalid: expected public or private")
         return mode
+
+    @field_validator("capture", mode="before")
+    @classmethod
+    def _normalize_capture(cls, value: object) -> object:
+        """Accept ``OFF`` and `` all `` as well."""
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("capture_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        """A logging level name (DEBUG, INFO, WARNING, ERROR, CRITICAL), upper-cased."""
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"JOBCAST_CAPTURE_LEVEL={value!r} is not a logging level name")
+        return level
 
     @field_validator("param_caps")
     @classmethod

@@ -239,7 +239,33 @@ def test_follow_in_a_terminal_shows_a_progress_bar_with_rate_and_eta(http, web, 
     assert all(v in text for v in sqrt_lines(30))
 
 
+def test_follow_prints_values_on_stdout_and_the_jobs_output_on_stderr_unless_told_not_to(
+        http, web, workers, redis_server):
+    job_id = create_job(http, "chatty")
+    run = Run(redis_server.url, "follow", job_id, "--url", web.url)
+    assert run.wait(60) == 0, run.err
+    assert run.lines == ["1", "2"]
+    assert run.err.splitlines() == ["out 1", "err 1", "WARNING user: warn 1", "bye", "Done"]
+    quiet = Run(redis_server.url, "follow", job_id, "--url", web.url, "--no-output")
+    assert quiet.wait(60) == 0 and quiet.lines == ["1", "2"] and quiet.err.splitlines() == ["Done"]
+
+
 # ---- pure parts -------------------------------------------------------------------------------
+
+def test_output_lines_lose_their_escape_sequences_and_are_dimmed_only_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    line = {"kind": "log", "stream": "stdout", "text": "\x1b[31mred\x1b[0m \x1b]0;pwned\x07ok\r", "attempt": 1}
+    err = io.StringIO()
+    display = Display("plain", False, io.StringIO(), err)
+    display.printed(line)
+    display.printed(dict(line, attempt=2, stream="logging", level="ERROR", logger="app", text="bad"))
+    assert err.getvalue() == "red ok\n(attempt 2)\nERROR app: bad\n"
+    tty = Tty()
+    Display("plain", False, io.StringIO(), tty).printed(line)
+    assert tty.getvalue() == "\x1b[2mred ok\x1b[22m\n"
 
 def test_sse_parser_reads_ids_events_and_data_and_skips_heartbeats():
     lines = ["retry: 2000", "", ": heartbeat", "", "id: 7", "event: value",

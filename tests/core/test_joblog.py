@@ -204,3 +204,60 @@ def test_the_start_of_a_tail_costs_the_tail_not_the_whole_log(r, monkeypatch):
     monkeypatch.setattr(r, "xrevrange", lambda *a, **kw: read.append(kw.get("count")) or real(*a, **kw))
     assert log.tail_start(99_999_999, 3001) == (0, 0) and read == []
     assert log.tail_start(10, 3001) == (2991, 2990) and sum(read) <= 50
+
+
+# -- output lines (kind "log") -------------------------------------------------------------------
+
+def line(text: str, attempt: int = 1, **extra) -> tuple[str, dict, float]:
+    return ("log", {"stream": "stdout", "text": text, **extra, "attempt": attempt}, 1234.5)
+
+
+def test_output_lines_take_their_place_by_seq_without_moving_values_or_status(jlog):
+    jlog.started("w1", 1)
+    assert jlog.append_many([line("a"), line("b")]) == [3, 4]
+    assert jlog.value(0, "v0") == 5
+    assert jlog.append_many([line("c")]) == [6]
+    info = jlog.info()
+    assert info.progress.i == 1 and info.status == "running" and info.last_seq == 6
+    logged = [e for e in jlog.entries() if e.kind == "log"]
+    assert [e.data["text"] for e in logged] == ["a", "b", "c"]
+    assert logged[0].data["ts"] == 1234.5   # the time it was printed, not appended
+
+
+def test_values_are_still_deduplicated_across_attempts_whose_output_is_kept(jlog):
+    jlog.started("w1", 1)
+    jlog.append_many([line("first try")])
+    jlog.value(0, "a")
+    jlog.retrying("boom")
+    jlog.started("w2", 2)
+    jlog.append_many([line("second try", attempt=2)])
+    assert jlog.value(0, "a") == -3 and jlog.value(1, "b") > 0
+    assert [e.data["text"] for e in jlog.entries() if e.kind == "log"] == ["first try", "second try"]
+    assert jlog.values_logged() == 2
+
+
+def test_output_after_the_terminal_entry_is_refused_and_the_log_still_ends_with_it(jlog):
+    jlog.started("w1", 1)
+    jlog.finished()
+    assert jlog.append_many([line("late")]) == [-1]
+    assert list(jlog.entries())[-1].kind == "finished"
+
+
+def test_output_reads_only_log_entries_up_to_a_seq_in_pages(jlog):
+    jlog.started("w1", 1)
+    for k in range(12):
+        jlog.append_many([line(f"line {k}")])
+        jlog.value(k, '{"seq":1,"kind":"log"}')   # a value can't pass for an output line
+    upto = jlog.position()[1] - 2
+    pages = list(jlog.output(upto, page=5))
+    assert len(pages) > 2
+    assert [e["text"] for page in pages for e in page] == [f"line {k}" for k in range(11)]
+
+
+def test_first_kept_finds_the_first_value_behind_thousands_of_output_lines(r):
+    jlog = JobLog(r, uuid.uuid4().hex, maxlen=10)
+    jlog.create("t", {}, None)
+    jlog.started("w1", 1)
+    jlog.append_many([line(str(k)) for k in range(3000)])
+    jlog.value(0, "first")
+    assert jlog.first_kept()[1] == 0

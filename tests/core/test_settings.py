@@ -50,7 +50,8 @@ def test_every_setting_is_read_from_its_documented_environment_variable(monkeypa
     samples = {"redis_url": "redis://elsewhere:6380/2", "stream_url": "redis://streams:7000/0",
                "public_url": "https://jobs.example",
                "queue_name": "q", "tasks": "a,b", "token": "t", "read": "public", "secret": "s",
-               "param_caps": "n=5", "bind": "127.0.0.1", "prometheus_multiproc_dir": "/tmp/m"}
+               "param_caps": "n=5", "bind": "127.0.0.1", "prometheus_multiproc_dir": "/tmp/m",
+               "capture": "logging", "capture_level": "DEBUG"}
     for name, var in env_names().items():
         value = samples.get(name, "1" if Settings.model_fields[name].annotation is bool else "7")
         monkeypatch.setenv(var, value)
@@ -83,6 +84,9 @@ def test_values_get_their_declared_types(monkeypatch):
     ("JOBCAST_TRUST_PROXY", "maybe"),
     ("JOBCAST_PARAM_CAPS", "n"),
     ("JOBCAST_READ", "open"),
+    ("JOBCAST_CAPTURE", "stdout"),
+    ("JOBCAST_CAPTURE_LEVEL", "LOUD"),
+    ("JOBCAST_CAPTURE_RATE", "0"),
 ])
 def test_a_bad_value_is_refused_naming_its_variable(monkeypatch, var, value):
     monkeypatch.setenv(var, value)

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from rq import Queue, Retry
 
-from tests.conftest import start_rq_worker, stop_process, wait_for
-from tests.rq_jobs import ask_retry_once, crash_once, emit_lines
+from tests.conftest import sse_events, start_rq_worker, stop_process, stream_lines, wait_for
 from tests.support.sse import parse_events
+from tests.rq_jobs import ask_retry_once, crash_once, emit_lines
 from jobcast.worker.emit import NotInJob, emit
 
 QUEUE = "plain-rq"
@@ -28,23 +28,6 @@ def rq_worker(redis_server, logs_dir):
 @pytest.fixture
 def queue(redis):
     return Queue(QUEUE, connection=redis)
-
-
-# Each stream is read on a connection of its own, as curl or a browser tab would: a stream
-# that the relay held ends by closing its connection, which a pooled client may reuse.
-
-def stream_lines(http: httpx.Client, job_id: str) -> list[str]:
-    """The text stream of a job, read until it ends."""
-    with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/stream"), timeout=30) as r:
-        assert r.status_code == 200
-        return list(r.iter_lines())  # returns only when the stream ends, with the job
-
-
-def sse_events(http: httpx.Client, job_id: str) -> list[dict]:
-    """Every SSE event of a job, read until the stream ends."""
-    with httpx.stream("GET", http.base_url.join(f"/jobs/{job_id}/events"), timeout=30) as r:
-        assert r.status_code == 200
-        return [dict(e._asdict(), data=e.json()) for e in parse_events(r)]
 
 
 def test_emit_outside_a_job_says_so():

@@ -13,6 +13,9 @@
 // Long jobs open at the tail: the first connection asks for the last WINDOW values only
 // (?tail=), the chart loads the worker's downsampled history in one request, and the log
 // offers "Load earlier values". A log the server has trimmed is said so, never hidden.
+//
+// The Output panel shows what the job printed (`log` entries), virtualised like the log:
+// stderr and warnings marked, ANSI colours as classes, every other control sequence dropped.
 (function () {
   "use strict";
   var root = document.getElementById("job");
@@ -22,7 +25,9 @@
     worker: $("worker"), elapsed: $("elapsed"), viewers: $("viewers"), progress: $("progress"),
     progressText: $("progress-text"), chart: $("chart"), logView: $("log-view"),
     logSpacer: $("log-spacer"), log: $("log"), logCount: $("log-count"), logJump: $("log-jump"),
-    events: $("events"), stop: $("stop"), notice: $("notice"), logEarlier: $("log-earlier")
+    events: $("events"), stop: $("stop"), notice: $("notice"), logEarlier: $("log-earlier"),
+    outputView: $("output-view"), outputSpacer: $("output-spacer"), output: $("output-lines"),
+    outputJump: $("output-jump"), outputCount: $("output-count"), outputNote: $("output-note")
   };
   var TERMINAL = { finished: true, failed: true, cancelled: true };
   var FULL = 10000;                 // a job with more values than this opens at its tail,
@@ -91,7 +96,7 @@
       backoff = 1000;
       setConnection("live", "live");
     });
-    ["queued", "started", "value", "retrying", "finished", "failed", "cancelled"].forEach(function (kind) {
+    ["queued", "started", "value", "log", "retrying", "finished", "failed", "cancelled"].forEach(function (kind) {
       es.addEventListener(kind, function (ev) { if (source === es) { receive(ev); } });
     });
     es.addEventListener("tail", function (ev) { if (source === es) { tailStart(JSON.parse(ev.data)); } });
@@ -121,6 +126,8 @@
     }
     if (state.lastSeq === 0 && t.after > 0) { state.lastSeq = t.after; }
     if (t.skipped > 0) {
+      // The stream starts at the tail: the output printed before it is in the download.
+      outputNote("Output before the last " + numberFormat.format(t.tail) + " values is not shown here");
       state.skipped = t.skipped;
       el.logEarlier.hidden = false;
       if (chartPending === null) { loadChart(); }
@@ -208,6 +215,9 @@
         }
         if (chartPending) { chartPending.push([e.i, e.j]); } else if (e.i > chartUpto) { chart.add(e.i, e.j); }
         break;
+      case "log":
+        addOutput(e);
+        break;
       case "retrying":
         state.status = "retrying";
         state.reason = e.reason;
@@ -221,7 +231,7 @@
         finish();
         break;
     }
-    if (e.kind !== "value") { addEvent(e); }
+    if (e.kind !== "value" && e.kind !== "log") { addEvent(e); }
     schedule();
   }
 
@@ -270,85 +280,126 @@
 
   // ---- the virtualised log ---------------------------------------------------------------
 
-  var log = (function () {
-    var rowHeight = 0;
-    var stick = true;               // follow the newest value while scrolled to the bottom
-    var shown = { first: -1, last: -1, total: -1 };
-    var programmatic = false;
+  function cells(li) {            // a row of the log: the value's index, then its text
+    li.appendChild(document.createElement("span")).className = "i";
+    li.appendChild(document.createElement("span")).className = "v";
+    return li;
+  }
 
-    function measure() {
-      if (!rowHeight) {
-        var probe = document.createElement("li");
-        probe.innerHTML = "<span class='i'>0</span><span class='v'>0</span>";
-        el.log.appendChild(probe);
-        rowHeight = probe.getBoundingClientRect().height || 24;
-        el.log.removeChild(probe);
+  var log = new window.JobcastVirtualList({
+    view: el.logView, spacer: el.logSpacer, list: el.log, jump: el.logJump,
+    count: function () { return state.texts.length; },
+    make: function () { return cells(document.createElement("li")); },
+    fill: function (row, k, total) {
+      var i = state.indices[k];
+      if (row.dataset.i !== String(i)) {
+        row.dataset.i = String(i);
+        row.firstChild.textContent = String(i);
+        row.lastChild.textContent = state.texts[k];   // textContent: values are data, never markup
+        row.title = state.texts[k].length > 40 ? state.texts[k].slice(0, 2000) : "";
       }
-      return rowHeight;
+      row.setAttribute("aria-posinset", String(k + 1 + state.dropped));
+      row.setAttribute("aria-setsize", String(total + state.dropped));
     }
+  });
 
-    el.logView.addEventListener("scroll", function () {
-      if (!programmatic) {
-        var v = el.logView;
-        stick = v.scrollTop + v.clientHeight >= v.scrollHeight - measure() * 1.5;
-      }
-      programmatic = false;
-      render();
-    }, { passive: true });
-    el.logJump.addEventListener("click", function () { stick = true; render(); el.logView.focus(); });
+  // ---- the output panel: what the job printed ----------------------------------------------
 
-    function render() {
-      var total = state.texts.length, rh = measure(), view = el.logView;
-      el.logSpacer.style.height = (total * rh) + "px";
-      if (stick && view.scrollTop + view.clientHeight < total * rh - 1) {
-        programmatic = true;
-        view.scrollTop = total * rh;
-      }
-      el.logJump.hidden = stick || total === 0;
-      var first = Math.max(0, Math.floor(view.scrollTop / rh) - 8);
-      var last = Math.min(total, Math.ceil((view.scrollTop + view.clientHeight) / rh) + 8);
-      if (first === shown.first && last === shown.last && total === shown.total) { return; }
-      // Rows already showing the right value stay; the rest are rewritten in place.
-      var rows = el.log.children;
-      while (rows.length < last - first) {
-        var li = document.createElement("li");
-        li.appendChild(document.createElement("span")).className = "i";
-        li.appendChild(document.createElement("span")).className = "v";
-        el.log.appendChild(li);
-      }
-      while (rows.length > last - first) { el.log.removeChild(el.log.lastChild); }
-      for (var k = first; k < last; k++) {
-        var row = rows[k - first];
-        var i = state.indices[k];
-        if (row.dataset.i !== String(i)) {
-          row.dataset.i = String(i);
-          row.firstChild.textContent = String(i);
-          row.lastChild.textContent = state.texts[k];   // textContent: values are data, never markup
-          row.title = state.texts[k].length > 40 ? state.texts[k].slice(0, 2000) : "";
-        }
-        row.setAttribute("aria-posinset", String(k + 1 + state.dropped));
-        row.setAttribute("aria-setsize", String(total + state.dropped));
-      }
-      el.log.style.transform = "translateY(" + (first * rh) + "px)";
-      shown = { first: first, last: last, total: total };
+  var OUTPUT_CAP = 10000;           // lines kept; older ones are left to the download
+  var output = { lines: [], dropped: 0, attempt: null, count: 0 };
+
+  function addOutput(e) {
+    output.count += 1;
+    if (output.attempt !== null && e.attempt !== output.attempt) {
+      output.lines.push({ sep: true, text: "attempt " + e.attempt });
     }
+    output.attempt = e.attempt;
+    output.lines.push(e);
+    if (output.lines.length > OUTPUT_CAP + OUTPUT_CAP / 10) {
+      var drop = output.lines.length - OUTPUT_CAP;
+      output.lines.splice(0, drop);
+      output.dropped += drop;
+      outputNote(numberFormat.format(output.dropped) + " earlier lines are only in the download");
+      outputList.shifted(drop);
+    }
+  }
 
-    return {
-      render: render,
-      shifted: function (drop) {
-        if (!stick) { programmatic = true; el.logView.scrollTop = Math.max(0, el.logView.scrollTop - drop * measure()); }
-        shown.total = -1;
-      },
-      prepended: function (added) {
-        // Rows came in above: keep the rows in view where they are, and read from the top.
-        stick = false;
-        el.logSpacer.style.height = (state.texts.length * measure()) + "px";
-        programmatic = true;
-        el.logView.scrollTop = el.logView.scrollTop + added * measure();
-        shown = { first: -1, last: -1, total: -1 };
-      }
-    };
-  })();
+  function outputNote(text) {
+    el.outputNote.hidden = false;
+    el.outputNote.firstChild.textContent = text + " ";
+  }
+
+  // ANSI colour codes (SGR) become classes; every other escape sequence or control character
+  // is dropped. Text only ever goes in through textContent: output is data, never markup.
+  var ESCAPES = /\x1b\[([0-9;]*)m|\x1b\[[0-9;?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f]/g;
+
+  function sgr(style, codes) {
+    (codes === "" ? ["0"] : codes.split(";")).forEach(function (c) {
+      var n = parseInt(c || "0", 10);
+      if (n === 0) { style.fg = style.bg = null; style.bold = false; }
+      else if (n === 1) { style.bold = true; }
+      else if (n === 22) { style.bold = false; }
+      else if (n >= 30 && n <= 37) { style.fg = n - 30; }
+      else if (n >= 90 && n <= 97) { style.fg = n - 90 + 8; }
+      else if (n === 39) { style.fg = null; }
+      else if (n >= 40 && n <= 47) { style.bg = n - 40; }
+      else if (n === 49) { style.bg = null; }
+    });
+  }
+
+  function styled(parent, text) {
+    var style = { fg: null, bg: null, bold: false }, at = 0, m;
+    function piece(s) {
+      if (!s) { return; }
+      var span = parent.appendChild(document.createElement("span"));
+      var names = [];
+      if (style.fg !== null) { names.push("ansi-fg-" + style.fg); }
+      if (style.bg !== null) { names.push("ansi-bg-" + style.bg); }
+      if (style.bold) { names.push("ansi-bold"); }
+      span.className = names.join(" ");
+      span.textContent = s;
+    }
+    ESCAPES.lastIndex = 0;
+    while ((m = ESCAPES.exec(text)) !== null) {
+      piece(text.slice(at, m.index));
+      if (m[1] !== undefined) { sgr(style, m[1]); }
+      at = ESCAPES.lastIndex;
+    }
+    piece(text.slice(at));
+  }
+
+  function fillOutput(row, k) {
+    var e = output.lines[k], key = String(k + output.dropped);
+    if (row.dataset.k === key) { return; }
+    row.dataset.k = key;
+    row.textContent = "";
+    row.className = e.sep ? "sep" : "";
+    row.dataset.stream = e.sep ? "" : e.stream;
+    row.toggleAttribute("data-warn", !e.sep && e.stream === "logging" && ["WARNING", "ERROR", "CRITICAL"].indexOf(e.level) >= 0);
+    if (e.sep) { row.textContent = "── " + e.text + " ──"; return; }
+    if (e.stream === "logging") {
+      row.appendChild(document.createElement("span")).className = "level";
+      row.lastChild.textContent = e.level + " " + e.logger;
+    }
+    var text = row.appendChild(document.createElement("span"));
+    text.className = "t";
+    styled(text, e.text);
+    var notes = [];
+    if (e.cut) { notes.push("cut: " + numberFormat.format(e.cut) + " bytes"); }
+    if (e.partial) { notes.push("continues"); }
+    if (notes.length) {
+      row.appendChild(document.createElement("span")).className = "note";
+      row.lastChild.textContent = "[" + notes.join(", ") + "]";
+    }
+    row.title = e.text.length > 60 ? e.text.slice(0, 2000) : "";
+  }
+
+  var outputList = new window.JobcastVirtualList({
+    view: el.outputView, spacer: el.outputSpacer, list: el.output, jump: el.outputJump,
+    count: function () { return output.lines.length; },
+    make: function () { return document.createElement("li"); },
+    fill: fillOutput
+  });
 
   // ---- lifecycle history -----------------------------------------------------------------
 
@@ -430,6 +481,8 @@
       el.chart.setAttribute("aria-label", chart.describe());
     }
     log.render();
+    el.outputCount.textContent = output.count ? "(" + numberFormat.format(output.count) + " lines)" : "";
+    outputList.render();
   }
 
   function duration(seconds) {
@@ -455,7 +508,9 @@
       values: state.texts.slice(), indices: state.indices.slice(), dropped: state.dropped,
       opens: state.opens, reconnects: state.reconnects, duplicates: state.duplicates,
       gaps: state.gaps, trimmed: state.trimmed, n: state.n, skipped: state.skipped || 0,
-      notice: state.notice, chartPoints: chart.series.points
+      notice: state.notice, chartPoints: chart.series.points,
+      output: output.lines.map(function (e) { return e.sep ? "── " + e.text + " ──" : e.text; }),
+      outputDropped: output.dropped, outputFollowing: outputList.following()
     };
   };
 

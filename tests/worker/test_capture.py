@@ -1,0 +1,252 @@
+"""What a job prints reaches its viewers: real `rq worker -w jobcast.Worker` and `jobcast worker`
+processes capture stdout, stderr (C and subprocesses too) and logging into the job's log, in
+order with the values, bounded, and per attempt; watched through the real gunicorn."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from rq import Queue, Retry
+
+from jobcast.cli.client import parse_sse
+from jobcast.core.joblog import Entry, JobLog
+from jobcast.core.settings import get_settings
+from jobcast.worker import capture
+from jobcast.worker.hook import SimpleWorker
+from tests.conftest import create_job, sse_events, start_rq_worker, stop_process, stream_lines, wait_for
+from tests.rq_jobs import chatty, flood, long_line, print_then_hang_once, tick_then_wait
+from tests.test_cancel import horse_of
+
+
+@pytest.fixture(scope="module")
+def rq_workers(redis_server, logs_dir):
+    """`rq worker -w jobcast.Worker` processes, one per JOBCAST_CAPTURE mode, started on first
+    use: ``get(mode)`` -> (queue name, process, log path)."""
+    started: dict[str, tuple] = {}
+
+    def get(mode: str = "all"):
+        if mode not in started:
+            name = f"capture-{mode}"
+            path = logs_dir / f"rq-{name}.log"
+            proc = start_rq_worker(redis_server.url, name, log_path=path, JOBCAST_CAPTURE=mode)
+            started[mode] = (name, proc, path)
+        return started[mode]
+
+    yield get
+    for _name, proc, _path in started.values():
+        stop_process(proc)
+
+
+def enqueue(redis, rq_workers, func, *args, mode: str = "all", **kwargs):
+    """Put ``func`` on the queue of the worker capturing in ``mode``."""
+    name, _proc, _path = rq_workers(mode)
+    return Queue(name, connection=redis).enqueue(func, *args, **kwargs)
+
+
+def summary(events: list[dict]) -> list[tuple]:
+    """Each event as (kind, what it says): a value's text, a line's stream, level and text."""
+    out = []
+    for e in events:
+        d = e["data"]
+        if e["event"] == "log":
+            out.append(("log", d["stream"], d.get("level"), d["text"]))
+        elif e["event"] == "value":
+            out.append(("value", d["v"]))
+        else:
+            out.append((e["event"],))
+    return out
+
+
+def entries(redis, job_id: str) -> list[Entry]:
+    return list(JobLog(redis, job_id).entries())
+
+
+CHATTY = {
+    "all": [("queued",), ("started",), ("log", "stdout", None, "out 1"), ("value", "1"),
+            ("log", "stderr", None, "err 1"), ("log", "logging", "WARNING", "warn 1"),
+            ("log", "stdout", None, "sub"), ("value", "2"), ("log", "stdout", None, "from C"),
+            ("value", "3"), ("finished",)],
+    "logging": [("queued",), ("started",), ("value", "1"), ("log", "logging", "WARNING", "warn 1"),
+                ("value", "2"), ("value", "3"), ("finished",)],
+    "off": [("queued",), ("started",), ("value", "1"), ("value", "2"), ("value", "3"), ("finished",)],
+}
+
+
+@pytest.mark.parametrize("mode", ["all", "logging", "off"])
+def test_plain_rq_job_output_is_sse_log_events_in_order_with_its_values_and_the_text_stream_is_values_only(
+        http, redis, rq_workers, mode):
+    job = enqueue(redis, rq_workers, chatty, mode=mode)
+    assert stream_lines(http, job.id) == ["1", "2", "3"]
+    events = sse_events(http, job.id)
+    assert summary(events) == CHATTY[mode]   # no DEBUG "hidden", no RQ-internal "internal"
+    assert all(e["data"]["attempt"] == 1 for e in events if e["event"] == "log")
+    assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
+    html = httpx.get(http.base_url.join(f"/jobs/{job.id}/frame"), timeout=30).text
+    assert re.findall(r"<p>(\d+): (\d+)</p>", html) == [("0", "1"), ("1", "2"), ("2", "3")]
+    console = rq_workers(mode)[2].read_text()
+    if mode == "all":
+        assert f"[{job.id}] out 1" in console and f"[{job.id}] from C" in console
+        assert console.count("warn 1") == 1   # echoed once, not also by the console handler
+    if mode == "off":
+        assert f"[{job.id}]" not in console
+
+
+def test_jobcast_task_output_comes_after_started_and_before_finished_with_its_last_partial_line(
+        http, workers, logs_dir):
+    job_id = create_job(http, "chatty")
+    assert stream_lines(http, job_id) == ["1", "2"]
+    events = sse_events(http, job_id)
+    assert summary(events) == [("queued",), ("started",), ("log", "stdout", None, "out 1"),
+                               ("value", "1"), ("log", "stderr", None, "err 1"),
+                               ("log", "logging", "WARNING", "warn 1"), ("value", "2"),
+                               ("log", "stdout", None, "bye"), ("finished",)]
+    assert events[-2]["data"]["partial"] is True
+    assert {e["data"]["attempt"] for e in events if e["event"] == "log"} == {1}
+    consoles = "".join(p.read_text() for p in logs_dir.glob("worker-*.log"))
+    assert f"[{job_id}] out 1" in consoles and consoles.count(f"[{job_id}] WARNING user: warn 1") == 1
+
+
+def test_a_million_lines_in_a_tight_loop_keep_redis_bounded_announce_the_drops_and_keep_every_value(
+        http, redis, rq_workers):
+    used_before = redis.info("memory")["used_memory"]
+    job = enqueue(redis, rq_workers, flood, 1_000_000, 100_000, job_timeout=120)
+    assert stream_lines(http, job.id) == [str(k) for k in range(10)]
+    log = entries(redis, job.id)
+    lines = [e for e in log if e.kind == "log"]
+    dropped = sum(e.data.get("dropped", 0) for e in lines)
+    printed = [e for e in lines if not e.data.get("dropped")]
+    assert dropped > 0 and len(printed) + dropped == 1_000_000
+    assert [e.data["text"] for e in printed] == [str(k) for k in range(len(printed))]
+    started = next(e for e in log if e.kind == "started").data["ts"]
+    seconds = log[-1].data["ts"] - started
+    assert len(log) <= 201 * (math.ceil(seconds) + 1) + 12
+    assert redis.memory_usage(JobLog(redis, job.id).keys.log) < 2 << 20
+    assert redis.info("memory")["used_memory"] - used_before < 20 << 20
+    console = rq_workers("all")[2].read_text()
+    assert console.count(f"[{job.id}]") <= len(lines)
+
+
+def test_a_megabyte_line_is_cut_and_marked_and_a_last_line_without_newline_still_arrives(
+        http, redis, rq_workers):
+    job = enqueue(redis, rq_workers, long_line, 1_000_000)
+    events = sse_events(http, job.id)
+    assert [e["event"] for e in events] == ["queued", "started", "log", "value", "log", "finished"]
+    cut, end = events[2]["data"], events[4]["data"]
+    assert len(cut["text"].encode()) <= 8192 and cut["text"] == "x" * len(cut["text"])
+    assert cut["cut"] == 1_000_000
+    assert (end["text"], end["partial"]) == ("end", True)
+
+
+def test_an_unfinished_line_is_sent_while_the_job_still_runs(http, redis, rq_workers):
+    job = enqueue(redis, rq_workers, tick_then_wait)
+    with httpx.stream("GET", http.base_url.join(f"/jobs/{job.id}/events"), timeout=30) as r:
+        events = parse_sse(r.iter_lines())
+        tick = next(e for e in events if e.event == "log")
+        assert tick.json()["text"] == "tick" and tick.json()["partial"] is True
+        assert JobLog(redis, job.id).status() == "running"   # the job is waiting for us
+        redis.rpush(f"test:go:{job.id}", 1)
+        rest = [e.event for e in events]
+    assert rest == ["value", "finished"]
+
+
+def test_a_retry_after_the_horse_was_sigkilled_keeps_both_attempts_output_and_each_value_once(
+        http, redis, rq_workers):
+    job = enqueue(redis, rq_workers, print_then_hang_once, retry=Retry(max=1))
+    _name, proc, _path = rq_workers("all")
+
+    def ready() -> Entry | None:
+        return next((e for e in entries(redis, job.id) if e.data.get("text") == "ready"), None)
+
+    wait_for(ready, 30, what="the first attempt to say ready")
+    started = next(e for e in entries(redis, job.id) if e.kind == "started")
+    horse_of(proc.pid, started).send_signal(signal.SIGKILL)
+    assert stream_lines(http, job.id) == ["0", "1", "2"]
+    log = entries(redis, job.id)
+    seq = {(e.kind, e.data.get("text"), e.data.get("attempt")): e.seq for e in log}
+    assert seq[("log", "a1", 1)] < seq[("log", "ready", 1)] < seq[("retrying", None, None)]
+    assert seq[("retrying", None, None)] < seq[("started", None, 2)] < seq[("log", "a2", 2)]
+    assert [e.i for e in log if e.kind == "value"] == [0, 1, 2]
+    assert log[-1].kind == "finished"
+    assert http.get(f"/api/jobs/{job.id}/output").text == "a1\nready\n── attempt 2 ──\na2\n"
+    assert http.get(f"/api/jobs/{job.id}/output?attempt=1").text == "a1\nready\n"
+
+
+# -- the non-forking worker: Python's streams only, put back after every job -----------------------
+
+def raise_after_print() -> None:
+    """Print, then fail."""
+    print("about to fail")
+    raise ValueError("on purpose")
+
+
+def print_and_emit() -> int:
+    """Print a line and emit a value."""
+    from jobcast import emit
+
+    print("in process")
+    emit(1)
+    return 1
+
+
+@pytest.fixture
+def in_process(redis_server, monkeypatch):
+    """Settings read from the environment in this process, as a worker reads them (and not
+    kept for the next test)."""
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_the_simple_worker_captures_prints_only_and_puts_its_streams_back(redis, in_process):
+    queue = Queue(f"capture-simple-{os.getpid()}", connection=redis)
+    ok = queue.enqueue(print_and_emit)
+    failing = queue.enqueue(raise_after_print)
+    fds = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+    streams = (sys.stdout, sys.stderr)
+    worker = SimpleWorker([queue], connection=redis)
+    worker.work(burst=True)
+    assert [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)] == fds and (sys.stdout, sys.stderr) == streams
+    assert capture.current() is None
+    assert [(e.kind, e.data.get("text")) for e in entries(redis, ok.id)][1:] == [
+        ("started", None), ("log", "in process"), ("value", None), ("finished", None)]
+    failed = [(e.kind, e.data.get("text")) for e in entries(redis, failing.id)]
+    assert failed[-2:] == [("log", "about to fail"), ("failed", None)]
+    # The worker's own logging (RQ's "Job OK", redis') is never taken for the job's.
+    assert all(e.data.get("stream") != "logging" for e in entries(redis, ok.id))
+
+
+def test_printing_never_waits_for_a_slow_redis_and_the_lines_arrive_in_order_once_it_answers():
+    answer = threading.Event()
+    sent: list[str] = []
+
+    def slow_sink(entries):
+        """Redis that takes its time (until the test lets it answer)."""
+        answer.wait(10)
+        sent.extend(body["text"] for _kind, body, _ts in entries)
+        return list(range(len(entries)))
+
+    cap = capture.Capture("j", slow_sink, rate=1000, level=logging.INFO, echo=False, attempt=1,
+                          mode="sys")
+    cap.start()
+    try:
+        print("first")
+        wait_for(lambda: not cap.pending, 5, what="the flush thread to take the first line")
+        started = time.monotonic()
+        for k in range(50):      # while the flush thread is stuck in the sink
+            print(f"line {k}")
+        assert time.monotonic() - started < 1.0 and len(cap.pending) == 50
+    finally:
+        answer.set()
+        cap.close()
+    assert sent == ["first"] + [f"line {k}" for k in range(50)]
+    assert sys.stdout is not None and not isinstance(sys.stdout, capture.StreamProxy)

@@ -1,0 +1,80 @@
+"""The pure parts of output capture: lines from bytes, cut and partial lines, the rate cap."""
+
+from __future__ import annotations
+
+from jobcast.worker.lines import LINE_MAX, LineSplitter, RateWindow, clip, utf8_prefix
+
+
+def texts(lines) -> list[str]:
+    return [line.text for line in lines]
+
+
+def test_bytes_become_lines_split_on_newline_with_crlf_and_progress_redraws_resolved():
+    s = LineSplitter("stdout")
+    assert texts(s.feed(b"one\ntwo\r\nthr", 0.0)) == ["one", "two"]
+    assert texts(s.feed(b"ee\n 10%\r 50%\r100%\n", 0.1)) == ["three", "100%"]
+    assert s.deadline() is None
+
+
+def test_a_line_without_its_newline_is_sent_partial_after_its_wait_and_what_follows_is_new():
+    s = LineSplitter("stdout", partial_after=0.2)
+    assert s.feed(b"tick", 10.0) == []
+    assert s.deadline() == 10.2
+    assert s.expire(10.1) is None
+    line = s.expire(10.2)
+    assert (line.text, line.partial) == ("tick", True)
+    assert texts(s.feed(b" tock\n", 10.3)) == [" tock"] and s.flush(10.4) is None
+
+
+def test_what_is_pending_at_the_end_is_flushed_as_partial():
+    s = LineSplitter("stderr")
+    s.feed(b"last words", 1.0)
+    line = s.flush(1.05)
+    assert (line.stream, line.text, line.partial) == ("stderr", "last words", True)
+
+
+def test_a_long_line_keeps_its_first_bytes_and_says_how_long_it_was():
+    s = LineSplitter("stdout")
+    for _ in range(100):
+        assert s.feed(b"x" * 10_000, 0.0) == []
+    assert len(s.head) <= LINE_MAX + 1   # memory stays bounded however long the line
+    (line,) = s.feed(b"\n", 0.0)
+    assert len(line.text.encode()) == LINE_MAX and line.cut == 1_000_000
+
+
+def test_a_cut_never_splits_a_utf8_character():
+    text, cut = clip("é".encode() * 5000)          # 2 bytes each: the cut falls between two
+    assert cut == 10_000 and text == "é" * (LINE_MAX // 2)
+    data = b"a" + "€".encode() * 3000               # 3 bytes each: the cut falls inside one
+    kept = utf8_prefix(data, LINE_MAX)
+    assert len(kept) <= LINE_MAX and kept.decode() == "a" + "€" * ((len(kept) - 1) // 3)
+
+
+def test_skipping_counts_lines_without_keeping_them_and_keeps_the_unfinished_end():
+    s = LineSplitter("stdout")
+    s.feed(b"par", 0.0)
+    assert s.skip(b"tial\n1\n2\n3", 0.1) == 3
+    assert texts(s.feed(b"4\n", 0.2)) == ["34"]
+
+
+def test_body_has_the_entry_fields_only_when_they_apply():
+    s = LineSplitter("stdout")
+    (line,) = s.feed(b"hello\n", 5.0)
+    assert line.body(2) == {"stream": "stdout", "text": "hello", "attempt": 2}
+
+
+def test_the_rate_window_admits_its_lines_then_counts_the_rest_and_announces_them_once(clock):
+    window = RateWindow(lines=3, max_bytes=1000)
+    admitted = [window.admit(1, clock()) for _ in range(5)]
+    assert admitted == [True, True, True, False, False] and window.full(clock())
+    window.drop(10)
+    assert window.notice(clock()) == 0          # not before the window has passed
+    clock.advance(1.0)
+    assert not window.full(clock())
+    assert window.notice(clock()) == 12 and window.notice(clock()) == 0
+
+
+def test_the_rate_window_also_caps_bytes_and_gives_every_count_at_the_end(clock):
+    window = RateWindow(lines=100, max_bytes=10)
+    assert window.admit(6, clock()) and not window.admit(6, clock()) and window.admit(4, clock())
+    assert window.notice(clock(), final=True) == 1

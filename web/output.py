@@ -1,0 +1,63 @@
+"""``GET /api/jobs/<id>/output``: everything a job printed, as one plain-text download.
+
+The body is streamed page by page from the job's log (never built in memory), up to the entry
+that was last when the request came, so the download of a running job ends. ``?attempt=K``
+keeps one attempt's lines; without it a marker line says where each retry's output begins.
+A log that may have been trimmed says first where the output it still holds begins.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+from flask import Blueprint, Response, request, stream_with_context
+
+from jobcast.core.output import OutputText
+from jobcast.web.admission import load_job, may_be_trimmed
+from jobcast.web.limits import TooManyStreams
+from jobcast.web.services import state
+from jobcast.web.surface import IntArg, job_scoped, returns
+
+bp = Blueprint("output", __name__)
+
+DOWNLOADS = 8
+"""Downloads one process serves at a time: a job's whole output can be large."""
+_downloads = threading.BoundedSemaphore(DOWNLOADS)
+
+
+ATTEMPT = IntArg("attempt", "only this attempt's output (1 is the first)", low=1)
+
+
+@bp.get("/api/jobs/<job_id>/output")
+@job_scoped
+@returns(media="text/plain", args=(ATTEMPT,), errors=(503,),
+         description="The job's output as text (an attachment), streamed",
+         headers={"Content-Disposition": "attachment; filename=<id>-output.txt"})
+def job_output(job_id: str):
+    """The job's output as text (``?attempt=K``: that attempt's only)."""
+    info = load_job(job_id)
+    attempt = ATTEMPT.read() if request.args.get("attempt") is not None else None
+    if not _downloads.acquire(blocking=False):
+        raise TooManyStreams(503, f"this server serves at most {DOWNLOADS} output downloads at once")
+    jlog = state().logs.log(job_id)
+    upto = info.last_seq
+    trimmed = may_be_trimmed(upto, state().config.log_maxlen)
+
+    def body() -> Iterator[str]:
+        """The text, one chunk per page of the log."""
+        if trimmed:
+            first_seq, _ = jlog.first_kept()
+            if first_seq and first_seq > 1:
+                yield f"[jobcast] the log was trimmed: output before entry {first_seq} is no longer kept\n"
+        text = OutputText(attempt)
+        for page in jlog.output(upto):
+            chunk = text.text(page)
+            if chunk:
+                yield chunk
+
+    response = Response(stream_with_context(body()), mimetype="text/plain",
+                        headers={"Cache-Control": "no-cache",
+                                 "Content-Disposition": f'attachment; filename="{job_id}-output.txt"'})
+    response.call_on_close(_downloads.release)
+    return response

@@ -1,0 +1,211 @@
+"""The pure parts of output capture: bytes into lines, and the bounds on them.
+
+:class:`LineSplitter` turns one stream's bytes into lines: split on ``\\n``, a trailing ``\\r``
+stripped, a line with other ``\\r`` keeping what follows the last one (what a terminal shows of
+a progress bar), decoded as UTF-8. A line is kept up to :data:`LINE_MAX` bytes and the rest only
+counted, so a stream costs that much memory whatever its lines' length. A line without its
+newline :data:`PARTIAL_AFTER` seconds after its first byte is sent as ``partial``, and what
+follows starts a new one.
+
+:class:`RateWindow` caps the lines (and bytes) a job may log per second, and counts the rest.
+
+Nothing here does I/O or reads a clock: times are passed in, so the tests need no process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LINE_MAX = 8192
+"""Bytes of a line kept; a longer line is cut there and marked with its whole length."""
+PARTIAL_AFTER = 0.2
+"""Seconds an unfinished line waits for its newline before it is sent as it is."""
+WINDOW_BYTES = 256 * 1024
+"""Bytes of output a job may log per second (with the lines per second of its setting)."""
+
+
+@dataclass(slots=True)
+class OutputLine:
+    """One captured line, as it will be logged."""
+
+    stream: str                 # "stdout", "stderr" or "logging"
+    text: str
+    ts: float                   # when it was captured
+    partial: bool = False       # sent without its newline (the line goes on in the next one)
+    cut: int = 0                # the line's whole length in bytes, when cut at LINE_MAX
+    level: str | None = None    # logging records: level name and logger
+    logger: str | None = None
+    dropped: int = 0            # a notice: how many lines the rate cap dropped
+
+    @property
+    def size(self) -> int:
+        """About how many bytes the line costs (its text's length)."""
+        return len(self.text)
+
+    def body(self, attempt: int | None) -> dict[str, Any]:
+        """The ``log`` entry's fields (the append script adds ``seq``, ``kind`` and ``ts``)."""
+        body: dict[str, Any] = {"stream": self.stream, "text": self.text}
+        if self.level is not None:
+            body["level"] = self.level
+            body["logger"] = self.logger
+        if self.partial:
+            body["partial"] = True
+        if self.cut:
+            body["cut"] = self.cut
+        if self.dropped:
+            body["dropped"] = self.dropped
+        body["attempt"] = attempt
+        return body
+
+
+def utf8_prefix(data: bytes, limit: int) -> bytes:
+    """The first ``limit`` bytes of ``data`` or fewer, never ending inside a UTF-8 character."""
+    if len(data) <= limit:
+        return data
+    end = limit
+    # Step back over continuation bytes (0b10xxxxxx) to the character's first byte.
+    start = end - 1
+    while start > end - 4 and start > 0 and data[start] & 0xC0 == 0x80:
+        start -= 1
+    lead = data[start]
+    need = 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    return data[:start] if end - start < need else data[:end]
+
+
+def clip(data: bytes, limit: int = LINE_MAX) -> tuple[str, int]:
+    """``(text, cut)`` of one line's bytes: decoded, cut to ``limit`` bytes (``cut`` is then the
+    line's whole length, else 0)."""
+    if len(data) <= limit:
+        return data.decode("utf-8", "replace"), 0
+    return utf8_prefix(data, limit).decode("utf-8", "replace"), len(data)
+
+
+class LineSplitter:
+    """One stream's bytes in, its lines out (see the module's docstring)."""
+
+    def __init__(self, stream: str, limit: int = LINE_MAX, partial_after: float = PARTIAL_AFTER):
+        """Split the stream named ``stream`` (``stdout`` or ``stderr``)."""
+        self.stream = stream
+        self.limit = limit
+        self.partial_after = partial_after
+        self.head = bytearray()         # the pending line's first `limit` bytes
+        self.size = 0                   # the pending line's length so far
+        self.since: float | None = None  # when its first byte came
+
+    def feed(self, data: bytes, now: float) -> list[OutputLine]:
+        """The lines that ``data`` completes; its unfinished end stays pending."""
+        pieces = data.split(b"\n")
+        lines = []
+        for piece in pieces[:-1]:
+            self._add(piece, now)
+            lines.append(self._take(now, partial=False))
+        self._add(pieces[-1], now)
+        return lines
+
+    def skip(self, data: bytes, now: float) -> int:
+        """Count the lines that ``data`` completes without keeping them (the rate cap is
+        reached: counting newlines is one C call, however many there are)."""
+        ended = data.count(b"\n")
+        if ended:
+            self.head.clear()
+            self.size = 0
+            self.since = None
+            data = data[data.rindex(b"\n") + 1:]
+        self._add(data, now)
+        return ended
+
+    def expire(self, now: float) -> OutputLine | None:
+        """The pending line as a partial one, once it has waited long enough for its newline."""
+        if self.since is not None and now >= self.since + self.partial_after:
+            return self._take(now, partial=True)
+        return None
+
+    def deadline(self) -> float | None:
+        """When the pending line will be sent unfinished, or None when nothing is pending."""
+        return None if self.since is None else self.since + self.partial_after
+
+    def flush(self, now: float) -> OutputLine | None:
+        """The pending line as a partial one (the job has ended), or None."""
+        return self._take(now, partial=True) if self.since is not None else None
+
+    def _add(self, piece: bytes, now: float) -> None:
+        """Append a piece of the pending line, keeping only its first ``limit`` bytes."""
+        if not piece:
+            return
+        if self.since is None:
+            self.since = now
+        room = self.limit + 1 - len(self.head)  # one byte more than kept: tells a cut line
+        if room > 0:
+            self.head += piece[:room]
+        self.size += len(piece)
+
+    def _take(self, now: float, partial: bool) -> OutputLine:
+        """The pending line as an OutputLine; nothing is pending afterwards."""
+        data = bytes(self.head)
+        size = self.size
+        self.head.clear()
+        self.size = 0
+        self.since = None
+        if data.endswith(b"\r") and size <= self.limit:
+            data, size = data[:-1], size - 1
+        if b"\r" in data:
+            # What a terminal shows: a progress bar redraws the line after each "\r".
+            data = data[data.rindex(b"\r") + 1:]
+            size = len(data) if size <= self.limit else size
+        text, _ = clip(data, self.limit)
+        return OutputLine(self.stream, text, now, partial=partial,
+                          cut=size if size > self.limit else 0)
+
+
+class RateWindow:
+    """At most ``lines`` lines and ``max_bytes`` bytes per one-second window; the lines refused
+    are counted, and announced once their window has passed."""
+
+    def __init__(self, lines: int, max_bytes: int = WINDOW_BYTES, span: float = 1.0):
+        """A window of ``span`` seconds."""
+        self.lines = lines
+        self.max_bytes = max_bytes
+        self.span = span
+        self.start: float | None = None
+        self.used = 0
+        self.used_bytes = 0
+        self.dropped = 0            # refused in the current window
+        self.unannounced = 0        # refused in windows that have passed
+
+    def _roll(self, now: float) -> None:
+        """Begin a new window when the current one has passed."""
+        if self.start is None or now >= self.start + self.span:
+            self.start = now
+            self.used = self.used_bytes = 0
+            self.unannounced += self.dropped
+            self.dropped = 0
+
+    def full(self, now: float) -> bool:
+        """True when no line fits in the current window."""
+        self._roll(now)
+        return self.used >= self.lines or self.used_bytes >= self.max_bytes
+
+    def admit(self, size: int, now: float) -> bool:
+        """Take a line of ``size`` bytes if it fits; else count it as dropped."""
+        self._roll(now)
+        if self.used < self.lines and self.used_bytes + size <= self.max_bytes:
+            self.used += 1
+            self.used_bytes += size
+            return True
+        self.dropped += 1
+        return False
+
+    def drop(self, count: int) -> None:
+        """Count ``count`` lines dropped in the current window."""
+        self.dropped += count
+
+    def notice(self, now: float, final: bool = False) -> int:
+        """How many dropped lines are to be announced now (and forget them): those of the
+        windows that have passed, or, when ``final``, all of them."""
+        self._roll(now)
+        count = self.unannounced + (self.dropped if final else 0)
+        self.unannounced = 0
+        if final:
+            self.dropped = 0
+        return count
