@@ -53,7 +53,7 @@ from jobcast.web.limits import open_slot
 from jobcast.web.relay import NotSubscribed
 from jobcast.web.security import Forbidden, Unauthorized
 from jobcast.web.services import state
-from jobcast.web.surface import jobs_scoped, long_query, stream
+from jobcast.web.surface import Answer, jobs_scoped, long_query, stream
 from jobcast.web.viewer import Connection, QueueSink, Viewer, ViewerState
 
 bp = Blueprint("events", __name__)
@@ -189,10 +189,25 @@ def _event(name: str, data: dict) -> bytes:
         data, separators=(",", ":")).encode())
 
 
+JOB_ARG = {"name": "job", "in": "query", "required": False, "explode": True, "style": "form",
+           "description": f"a job, repeated (1 to {MAX_JOBS}, in order): <id>, <id>:<seq> "
+                          "(resume after seq) or <id>~<n> (its last n values)",
+           "schema": {"type": "array", "maxItems": MAX_JOBS,
+                      "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}([:~][0-9]{1,16})?$"}}}
+LIST_ARG = {"name": "list", "in": "query", "required": False,
+            "description": f"also the job list: <n> (a snapshot of the newest n, 1 to {LIST_MAX}, "
+                           "then every change), or <n>:<seq> to resume it",
+            "schema": {"type": "string", "pattern": "^[0-9]{1,4}(:[0-9]{1,16})?$"}}
+CURSOR_ARG = {"name": "Last-Event-ID", "in": "header", "required": False,
+              "description": "the last id received (<digest>:<seq>.<seq>…): resumes every job",
+              "schema": {"type": "string"}}
+
+
 @bp.route("/events", methods=["GET", "HEAD"])
 @jobs_scoped
 @long_query(MAX_QUERY)
-@stream(SSE)
+@stream(SSE, JOB_ARG, LIST_ARG, CURSOR_ARG, more={
+    204: Answer("Every job has ended where the Last-Event-ID resumes it", media=None)})
 def multi_stream():
     """Server-sent events of several jobs over one connection (``?job=`` repeated).
 

@@ -209,7 +209,7 @@ def operation(app: Flask, rule: Rule, spec: Declaration, cfg: Settings,
     # The errors the route implies: a malformed id, argument or body (400), an unknown job
     # (404), a body over the limit (413), a client over its streams (429); then the access's.
     codes = set(spec.errors) | refusals(access, cfg)
-    if variables or spec.body or any(isinstance(arg, IntArg) for arg in spec.args):
+    if variables or spec.body or spec.args:
         codes.add(400)
     if "job_id" in variables:
         codes.add(404)
