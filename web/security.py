@@ -44,6 +44,8 @@ SESSION_SALT = "jobcast.session"
 SESSION_DAYS = 30
 # Longest query string the app reads; gunicorn refuses request lines over 4094 bytes itself.
 MAX_QUERY = 2048
+# Shorter tokens and secrets are warned about at start: a guess per request is cheap.
+MIN_KEY_LENGTH = 16
 
 # No inline script or style anywhere: every script is a file under /static.
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -245,7 +247,8 @@ def login():
     """Check the token typed in; on success set the session cookie and go on (303)."""
     cfg = config()
     form = LoginForm.model_validate(request.form.to_dict())
-    if not cfg.token or not hmac.compare_digest(form.token.encode(), cfg.token.encode()):
+    # Stripped as the bearer header and the settings are: a pasted token often ends in a space.
+    if not cfg.token or not hmac.compare_digest(form.token.strip().encode(), cfg.token.encode()):
         return login_page(form.next, status=401, error="That token is not right.")
     response = redirect(safe_next(form.next), code=303)
     response.set_cookie(SESSION_COOKIE, _sessions(cfg).dumps(_token_hash(cfg)),
@@ -259,6 +262,11 @@ def install(app: Flask) -> None:
     cfg: Settings = app.extensions["jobcast"].config
     if cfg.read_mode == "private" and not cfg.signing_key:
         raise ValueError("JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)")
+    for name, value in (("JOBCAST_TOKEN", cfg.token), ("JOBCAST_SECRET", cfg.secret)):
+        if value and len(value) < MIN_KEY_LENGTH:
+            log.warning("%s is %d characters long: use at least %d random ones "
+                        "(python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+                        name, len(value), MIN_KEY_LENGTH)
     # Flask's own view of the static files: anyone may read them; they are no API operation.
     public(undocumented(app.view_functions["static"]))
     app.before_request(guard)

@@ -134,6 +134,13 @@ class Settings(BaseSettings):
             raise ValueError(f"JOBCAST_READ={value!r} is invalid: expected public or private")
         return mode
 
+    @field_validator("token", "secret", mode="before")
+    @classmethod
+    def _strip_credential(cls, value: object) -> object:
+        """Strip a token or secret once, here: a ``.env`` line often ends in a space or a CR,
+        and the bearer header (stripped by HTTP) and the token form must compare the same text."""
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("param_caps")
     @classmethod
     def _check_caps(cls, value: str) -> str:

@@ -1,0 +1,53 @@
+"""Authentication hardening (issue 23): the token as settings read it, the key that signs links
+and sessions, throttled failures, the token form's `next`, logging out. Flask's test client
+on the session's Redis: no server process."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from jobcast.core.settings import Settings
+
+TOKEN = "a-token-long-enough-to-pass"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def settings(redis_server):
+    """Settings of a private server (a token) on the session's Redis; ``**changes`` win."""
+
+    def make(**changes) -> Settings:
+        return Settings(**{"redis_url": redis_server.url, "token": TOKEN, **changes})
+
+    return make
+
+
+@pytest.fixture
+def client(settings, make_app):
+    """A test client of a private server."""
+    return make_app({"JOBCAST": settings(), "TESTING": True}).test_client()
+
+
+def test_a_token_with_a_trailing_space_in_the_environment_still_works_as_a_bearer(
+        monkeypatch, redis_server, make_app):
+    """Finding 15: a .env line `JOBCAST_TOKEN=tok ` made every bearer request 401."""
+    monkeypatch.setenv("JOBCAST_TOKEN", f"{TOKEN} \r")
+    cfg = Settings(redis_url=redis_server.url)
+    assert cfg.token == TOKEN
+    client = make_app({"JOBCAST": cfg, "TESTING": True}).test_client()
+    assert client.get("/api/jobs", headers=AUTH).status_code == 200
+    # The token form compares the same stripped text.
+    assert client.post("/login", data={"token": f" {TOKEN} ", "next": "/"}).status_code == 303
+
+
+def test_a_short_token_is_warned_about_at_start(settings, make_app, caplog):
+    """Finding 5: a short token is guessed sooner; the server says so when it starts."""
+    with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
+        make_app({"JOBCAST": settings(token="short"), "TESTING": True})
+    assert "JOBCAST_TOKEN is 5 characters long" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
+        make_app({"JOBCAST": settings(), "TESTING": True})
+    assert "JOBCAST_TOKEN" not in caplog.text
