@@ -1,7 +1,8 @@
 """Signed view links: a URL that lets its holder read one job, optionally until a time.
 
-A link carries ``?sig=<token>``, where the token is an itsdangerous signature (keyed by
-``JOBCAST_SECRET``, or the API token when no secret is set) over the job id and the expiry.
+A link carries ``?sig=<token>``, where the token is an itsdangerous signature over the job id
+and the expiry, keyed by ``JOBCAST_SECRET`` or else the deployment's generated key
+(:mod:`jobcast.core.secret`), never by the API token.
 EventSource cannot send headers, so the signature has to travel in the URL; the pages send
 ``Referrer-Policy: no-referrer`` so it does not leak to other sites.
 
@@ -14,6 +15,7 @@ import time
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from jobcast.core.secret import signing_key
 from jobcast.core.settings import Settings
 from jobcast.core.urls import PARAM
 
@@ -36,10 +38,8 @@ class LinkError(Exception):
 
 
 def _serializer(config: Settings) -> URLSafeSerializer:
-    """The serializer for view links; a ValueError if no key is configured."""
-    if not config.signing_key:
-        raise ValueError("view links need JOBCAST_SECRET or JOBCAST_TOKEN")
-    return URLSafeSerializer(config.signing_key, salt=SALT)
+    """The serializer for view links (a RedisError when the generated key cannot be read)."""
+    return URLSafeSerializer(signing_key(config), salt=SALT)
 
 
 def sign(config: Settings, job_id: str, ttl: int | None = None, *, now: float | None = None) -> str:

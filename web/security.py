@@ -28,6 +28,7 @@ from flask import Blueprint, Flask, Response, current_app, g, redirect, render_t
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
+from jobcast.core.secret import signing_key
 from jobcast.core.settings import Settings
 from jobcast.web import metrics
 from jobcast.web.links import PARAM, LinkError, verify, view_sig
@@ -87,8 +88,8 @@ def _token_hash(cfg: Settings) -> str:
 
 
 def _sessions(cfg: Settings) -> URLSafeTimedSerializer:
-    """Signs and checks the browser session cookie."""
-    return URLSafeTimedSerializer(cfg.signing_key, salt=SESSION_SALT)
+    """Signs and checks the browser session cookie (with the links' key, never the token)."""
+    return URLSafeTimedSerializer(signing_key(cfg), salt=SESSION_SALT)
 
 
 def has_bearer(cfg: Settings) -> bool:
@@ -260,7 +261,7 @@ def login():
 def install(app: Flask) -> None:
     """Check the read mode's settings, and install the guard, headers and login pages."""
     cfg: Settings = app.extensions["jobcast"].config
-    if cfg.read_mode == "private" and not cfg.signing_key:
+    if cfg.read_mode == "private" and not (cfg.token or cfg.secret):
         raise ValueError("JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)")
     for name, value in (("JOBCAST_TOKEN", cfg.token), ("JOBCAST_SECRET", cfg.secret)):
         if value and len(value) < MIN_KEY_LENGTH:

@@ -89,7 +89,8 @@ class Settings(BaseSettings):
         "who may read jobs: public, or private (the token, or a signed view link for one job); "
         "empty: private when a token is set, else public")
     secret: str = env("JOBCAST_SECRET", "",
-                      "key that signs view links and browser sessions; empty: the token")
+                      "key that signs view links and browser sessions; empty: a random key "
+                      "generated once and kept in Redis (`jobcast:secret`), never the token")
     link_ttl: int = env("JOBCAST_LINK_TTL", 0,
                         "seconds a view link made for a new job stays valid (0: until the "
                         "job's log expires)", ge=0)
@@ -160,11 +161,6 @@ class Settings(BaseSettings):
     def read_mode(self) -> str:
         """"public" or "private" (JOBCAST_READ, defaulting on whether a token is set)."""
         return self.read or ("private" if self.token else "public")
-
-    @property
-    def signing_key(self) -> str:
-        """The key for view links and sessions: JOBCAST_SECRET, else the token, else none."""
-        return self.secret or self.token
 
 
 @lru_cache(maxsize=1)

@@ -51,3 +51,18 @@ def test_a_short_token_is_warned_about_at_start(settings, make_app, caplog):
     with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
         make_app({"JOBCAST": settings(), "TESTING": True})
     assert "JOBCAST_TOKEN" not in caplog.text
+
+
+def test_the_session_cookie_is_signed_with_the_generated_key_not_the_token(client, settings):
+    """Finding 5: the session cookie was signed with the token itself."""
+    from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+    from jobcast.core.secret import signing_key
+    from jobcast.web.security import SESSION_COOKIE, SESSION_SALT
+
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    cookie = client.get_cookie(SESSION_COOKIE).value
+    with pytest.raises(BadSignature):
+        URLSafeTimedSerializer(TOKEN, salt=SESSION_SALT).loads(cookie)
+    URLSafeTimedSerializer(signing_key(settings()), salt=SESSION_SALT).loads(cookie)
+    assert client.get("/api/jobs").status_code == 200, "the cookie reads"

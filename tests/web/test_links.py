@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from itsdangerous import URLSafeSerializer
 
+from jobcast.core import secret
+from jobcast.core.secret import SECRET_KEY, signing_key
 from jobcast.core.settings import Settings
 from jobcast.core.urls import with_sig
-from jobcast.web.links import LinkError, sign, verify, view_sig
+from jobcast.web.links import SALT, LinkError, sign, verify, view_sig
 
 JOB = "a" * 32
-CFG = Settings(token="t0ken")
+SECRET = "s" * 32
+CFG = Settings(token="t0ken", secret=SECRET)
 
 
 def tampered(token: str) -> str:
@@ -29,8 +33,9 @@ def test_a_link_verifies_for_its_job_until_it_expires():
 
 @pytest.mark.parametrize("token, reason", [
     (sign(CFG, "b" * 32), "other_job"),
-    (sign(Settings(token="another"), JOB), "invalid"),
-    (sign(Settings(token="t0ken", secret="s"), JOB), "invalid"),
+    (sign(Settings(secret="another"), JOB), "invalid"),
+    # Signed with the token: never the key (finding 5 of issue 23).
+    (URLSafeSerializer("t0ken", salt=SALT).dumps({"j": JOB}), "invalid"),
     (tampered(sign(CFG, JOB)), "invalid"),
     ("", "invalid"),
     ("not.a.link", "invalid"),
@@ -58,7 +63,25 @@ def test_read_mode_defaults_on_the_token_and_rejects_other_values():
 
 def test_urls_are_signed_only_in_private_mode():
     assert view_sig(Settings(), JOB) is None
-    sig = view_sig(Settings(token="t"), JOB)
+    sig = view_sig(Settings(token="t", secret=SECRET), JOB)
     assert with_sig("/jobs/x", sig) == f"/jobs/x?sig={sig}"
     assert with_sig("/jobs/x?start=2", sig).startswith("/jobs/x?start=2&sig=")
     assert with_sig("/jobs/x", None) == "/jobs/x"
+
+
+def test_without_a_secret_links_are_signed_with_a_key_generated_once_in_redis_never_the_token(
+        redis_server, redis, monkeypatch):
+    """Finding 5 of issue 23: links were signed with the token, so one link allowed guessing
+    it offline. The generated key is 32 random bytes, shared by every process through Redis."""
+    cfg = Settings(redis_url=redis_server.url, token="t0ken")
+    monkeypatch.setattr(secret, "_keys", {})
+    link = sign(cfg, JOB)
+    key = redis.get(SECRET_KEY).decode()
+    assert len(key) == 64 and key != cfg.token and signing_key(cfg) == key
+    # Another process (nothing cached) reads the same key, and accepts the link.
+    monkeypatch.setattr(secret, "_keys", {})
+    assert verify(cfg, JOB, link) == {"j": JOB}
+    forged = URLSafeSerializer(cfg.token, salt=SALT).dumps({"j": JOB})
+    with pytest.raises(LinkError) as exc:
+        verify(cfg, JOB, forged)
+    assert exc.value.reason == "invalid"

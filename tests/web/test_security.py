@@ -106,9 +106,9 @@ def test_creating_answers_signed_urls_that_read_exactly_that_job(private, finish
     assert f'src="/jobs/{job_id}/frame?sig={sig}"' in framed.text
 
 
-def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, finished_job, redis):
+def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, finished_job, redis_server):
     job_id, urls = finished_job
-    cfg = Settings(token=TOKEN)
+    cfg = Settings(token=TOKEN, redis_url=redis_server.url)
     other = sign(cfg, "f" * 32)
     expired = sign(cfg, job_id, ttl=5, now=time.time() - 60)
     tampered = urls["stream"].split("?sig=")[1][:-2] + "xy"
