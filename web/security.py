@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request
@@ -31,6 +32,7 @@ from werkzeug.exceptions import HTTPException, RequestURITooLarge
 from jobcast.core.secret import signing_key
 from jobcast.core.settings import Settings
 from jobcast.web import metrics
+from jobcast.web.limits import ClientRate, TooManyRequests, client_address
 from jobcast.web.links import PARAM, LinkError, verify, view_sig
 from jobcast.web.models import LoginForm
 from jobcast.web.surface import (FORM, HTML, Access, Answer, Declaration, declared, page, public,
@@ -92,12 +94,36 @@ def _sessions(cfg: Settings) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(signing_key(cfg), salt=SESSION_SALT)
 
 
+def failures() -> ClientRate:
+    """This app's rate of failed authentications per client (JOBCAST_AUTH_FAILURES)."""
+    return current_app.extensions["jobcast"].auth_failures
+
+
+def refuse_if_throttled(cfg: Settings, what: str) -> None:
+    """429 for a client that has used up its failed authentications: while it waits, no
+    credential it sends is even checked, so guessing goes no faster than the setting."""
+    wait = failures().wait(client_address(cfg))
+    if wait:
+        raise TooManyRequests(f"too many failed {what} from this address; retry after "
+                              f"{math.ceil(wait)} s", wait)
+
+
 def has_bearer(cfg: Settings) -> bool:
-    """The request carries ``Authorization: Bearer <JOBCAST_TOKEN>``."""
-    if not cfg.token:
+    """The request carries ``Authorization: Bearer <JOBCAST_TOKEN>``.
+
+    Any other Authorization header counts as a failed authentication of the client (once per
+    request), and a client over JOBCAST_AUTH_FAILURES gets 429 whatever it sends.
+    """
+    if not cfg.token or "Authorization" not in request.headers:
         return False
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), cfg.token.encode())
+    if "jobcast_bearer" not in g:
+        refuse_if_throttled(cfg, "authentications")
+        scheme, _, given = request.headers["Authorization"].partition(" ")
+        g.jobcast_bearer = (scheme.lower() == "bearer"
+                            and hmac.compare_digest(given.strip().encode(), cfg.token.encode()))
+        if not g.jobcast_bearer:
+            failures().take(client_address(cfg))
+    return g.jobcast_bearer
 
 
 def has_session(cfg: Settings) -> bool:
@@ -243,13 +269,24 @@ def login_form():
 @public
 @returns(None, 303, media=None, body=LoginForm, body_media=FORM,
          description=f"The token is right: on to `next`, with the `{SESSION_COOKIE}` cookie",
-         more={401: Answer("The form again: the token is not right", HTML)})
+         more={401: Answer("The form again: the token is not right", HTML),
+               429: Answer("The form again: too many wrong tokens from this address "
+                           "(JOBCAST_AUTH_FAILURES); `Retry-After` says when to try again",
+                           HTML, headers={"Retry-After": "seconds to wait"})})
 def login():
     """Check the token typed in; on success set the session cookie and go on (303)."""
     cfg = config()
     form = LoginForm.model_validate(request.form.to_dict())
+    client = client_address(cfg)
+    wait = failures().wait(client)
+    if wait:
+        response = login_page(form.next, status=429, error="Too many wrong tokens from this "
+                              f"address: try again in {math.ceil(wait)} s.")
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
     # Stripped as the bearer header and the settings are: a pasted token often ends in a space.
     if not cfg.token or not hmac.compare_digest(form.token.strip().encode(), cfg.token.encode()):
+        failures().take(client)
         return login_page(form.next, status=401, error="That token is not right.")
     response = redirect(safe_next(form.next), code=303)
     response.set_cookie(SESSION_COOKIE, _sessions(cfg).dumps(_token_hash(cfg)),

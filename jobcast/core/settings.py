@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     secret: str = env("JOBCAST_SECRET", "",
                       "key that signs view links and browser sessions; empty: a random key "
                       "generated once and kept in Redis (`jobcast:secret`), never the token")
+    auth_failures: int = env("JOBCAST_AUTH_FAILURES", 10,
+                             "failed authentications (a wrong bearer token, or a wrong token "
+                             "in the form) one client address may make per minute, per web "
+                             "process; then 429 with Retry-After (0: no limit)", ge=0)
     link_ttl: int = env("JOBCAST_LINK_TTL", 0,
                         "seconds a view link made for a new job stays valid (0: until the "
                         "job's log expires)", ge=0)

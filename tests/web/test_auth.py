@@ -66,3 +66,39 @@ def test_the_session_cookie_is_signed_with_the_generated_key_not_the_token(clien
         URLSafeTimedSerializer(TOKEN, salt=SESSION_SALT).loads(cookie)
     URLSafeTimedSerializer(signing_key(settings()), salt=SESSION_SALT).loads(cookie)
     assert client.get("/api/jobs").status_code == 200, "the cookie reads"
+
+
+WRONG = {"Authorization": "Bearer not-the-token"}
+
+
+def test_failed_bearer_tokens_are_throttled_per_client_with_retry_after(settings, make_app, clock):
+    """Finding 5: 200 wrong tokens as bearer took 0.27 s, with no throttling."""
+    app = make_app({"JOBCAST": settings(auth_failures=3), "TESTING": True})
+    app.extensions["jobcast"].auth_failures.clock = clock
+    c = app.test_client()
+    assert [c.get("/api/jobs", headers=WRONG).status_code for _ in range(3)] == [401] * 3
+    r = c.get("/api/jobs", headers=WRONG)
+    assert r.status_code == 429 and r.json["error"] == "too_many_requests"
+    assert r.headers["Retry-After"] == "20", "3 a minute: the next one is due in 20 s"
+    # While the client waits, no credential it sends is checked, the right one included.
+    assert c.get("/api/jobs", headers=AUTH).status_code == 429
+    assert c.post("/api/jobs", headers=AUTH, json={"task": "sqrt"}).status_code == 429
+    # Another address is not held back, and requests without credentials are not counted.
+    other = {"REMOTE_ADDR": "10.9.9.9"}
+    assert c.get("/api/jobs", headers=AUTH, environ_base=other).status_code == 200
+    assert c.get("/api/jobs").status_code == 401
+    clock.advance(20)
+    assert c.get("/api/jobs", headers=AUTH).status_code == 200
+    assert c.get("/api/jobs", headers=WRONG).status_code == 401
+    assert c.get("/api/jobs", headers=WRONG).status_code == 429
+
+
+def test_wrong_tokens_in_the_form_are_throttled_too(settings, make_app):
+    """Finding 5: 200 wrong tokens at /login took 0.27 s, with no throttling."""
+    c = make_app({"JOBCAST": settings(auth_failures=2), "TESTING": True}).test_client()
+    for _ in range(2):
+        assert c.post("/login", data={"token": "guess", "next": "/"}).status_code == 401
+    r = c.post("/login", data={"token": TOKEN, "next": "/"})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) == 30
+    assert "text/html" in r.content_type and "Too many wrong tokens" in r.text
+    assert c.get("/api/jobs", headers=WRONG).status_code == 429, "one count per client"
