@@ -36,7 +36,10 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
 
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     """Environment for a Jobcast child process: test tasks loaded, repo importable."""
-    env = dict(os.environ, REDIS_URL=redis_url, JOBCAST_TASKS="tests.tasks", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, REDIS_URL=redis_url, JOBCAST_TASKS="tests.tasks", PYTHONUNBUFFERED="1",
+               # The suite creates jobs from one address far faster than a person: no rate
+               # limit unless a test sets one (tests/web/test_api.py tests the limit).
+               JOBCAST_CREATE_RATE="0")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env

@@ -15,7 +15,7 @@ from jobcast.producer.enqueue import enqueue
 from jobcast.web import metrics
 from jobcast.web.admission import load_job, may_be_trimmed
 from jobcast.web.errors import BadParam
-from jobcast.web.limits import client_address
+from jobcast.web.limits import TooManyRequests, client_address
 from jobcast.web.links import MAX_TTL, sign
 from jobcast.web.models import (Cancelled, Chart, Created, EarlierValues, Error, JobList,
                                 JobRequest, JobStatus, Link, Task, TaskList, reply)
@@ -61,10 +61,18 @@ def job_request() -> JobRequest:
 @bp.post("/api/jobs")
 @token_required
 @returns(Created, 201, body=job_requests, headers={"Location": "the job's status URL"},
-         links=("api.get_job", "api.job_link", "pages.job_page"))
+         links=("api.get_job", "api.job_link", "pages.job_page"), errors=[429])
 def create_job():
     """Create a job: validate ``{"task": ..., "params": {...}}``, enqueue it, answer 201 with
-    its URLs."""
+    its URLs.
+
+    A client gets JOBCAST_CREATE_RATE jobs a minute (429 with Retry-After past that).
+    """
+    cfg = state().config
+    wait = state().creations.take(client_address(cfg))
+    if wait:
+        raise TooManyRequests(f"at most {cfg.create_rate} jobs a minute per client "
+                              "(JOBCAST_CREATE_RATE)", wait)
     job = job_request()
     try:
         job_id = enqueue(job.task, job.params, redis=state().redis, config=state().config,

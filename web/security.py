@@ -300,6 +300,9 @@ def install(app: Flask) -> None:
     cfg: Settings = app.extensions["jobcast"].config
     if cfg.read_mode == "private" and not (cfg.token or cfg.secret):
         raise ValueError("JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)")
+    if not cfg.token:
+        log.warning("JOBCAST_TOKEN is not set: anyone who can reach this server can create, "
+                    "cancel and read every job")
     for name, value in (("JOBCAST_TOKEN", cfg.token), ("JOBCAST_SECRET", cfg.secret)):
         if value and len(value) < MIN_KEY_LENGTH:
             log.warning("%s is %d characters long: use at least %d random ones "

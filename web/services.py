@@ -56,6 +56,7 @@ class State:
         self.logs = LogStore(self.streams, config, self.redis)
         self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)
         self.auth_failures = ClientRate(config.auth_failures)
+        self.creations = ClientRate(config.create_rate)
         self.relay: Relay | None = None
         self.watchdog: Watchdog | None = None
         self.presence: Presence | None = None

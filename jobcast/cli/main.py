@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     web = sub.add_parser("web", help="serve the web app under gunicorn (gevent)")
     web.add_argument("--port", type=int, default=None, help="port to listen on (default: $PORT or 8000)")
-    web.add_argument("--bind", default=None, help="address to listen on (default: $JOBCAST_BIND or 0.0.0.0)")
+    web.add_argument("--bind", default=None, help="address to listen on (default: $JOBCAST_BIND or 127.0.0.1; "
+                          "0.0.0.0 for every interface)")
     web.add_argument("--workers", type=count(1), default=None,
                      help="gunicorn worker processes (default: $WEB_CONCURRENCY or 2)")
 

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
                              "failed authentications (a wrong bearer token, or a wrong token "
                              "in the form) one client address may make per minute, per web "
                              "process; then 429 with Retry-After (0: no limit)", ge=0)
+    create_rate: int = env("JOBCAST_CREATE_RATE", 60,
+                           "jobs one client address may create per minute over HTTP, per web "
+                           "process (a burst of that many, then evenly); then 429 with "
+                           "Retry-After (0: no limit)", ge=0)
     link_ttl: int = env("JOBCAST_LINK_TTL", 0,
                         "seconds a view link made for a new job stays valid (0: until the "
                         "job's log expires)", ge=0)
@@ -120,7 +124,9 @@ class Settings(BaseSettings):
                               "fail", ge=1)
     # `jobcast web`
     port: int = env("PORT", 8000, "port `jobcast web` listens on", ge=1, le=65535)
-    bind: str = env("JOBCAST_BIND", "0.0.0.0", "address `jobcast web` listens on", min_length=1)
+    # Loopback by default: an open server (no token) runs jobs for anyone who reaches it.
+    bind: str = env("JOBCAST_BIND", "127.0.0.1", "address `jobcast web` listens on (0.0.0.0: "
+                    "every interface)", min_length=1)
     web_concurrency: int = env("WEB_CONCURRENCY", 2, "gunicorn worker processes of `jobcast web`",
                                ge=1)
     # Read by prometheus_client itself too; `jobcast web` sets it before gunicorn starts.

@@ -102,3 +102,14 @@ def test_wrong_tokens_in_the_form_are_throttled_too(settings, make_app):
     assert r.status_code == 429 and int(r.headers["Retry-After"]) == 30
     assert "text/html" in r.content_type and "Too many wrong tokens" in r.text
     assert c.get("/api/jobs", headers=WRONG).status_code == 429, "one count per client"
+
+
+def test_an_open_server_says_at_start_that_anyone_can_run_jobs(settings, make_app, caplog):
+    """Finding 6: with no token anyone who reaches the port creates, cancels and reads jobs."""
+    with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
+        make_app({"JOBCAST": settings(token=""), "TESTING": True})
+    assert "anyone who can reach this server can create, cancel and read every job" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
+        make_app({"JOBCAST": settings(), "TESTING": True})
+    assert "anyone" not in caplog.text
