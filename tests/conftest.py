@@ -264,9 +264,12 @@ def logs_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def web(redis_server, logs_dir) -> Iterator[WebServer]:
-    """A real gunicorn with two gevent workers and quick heartbeats, for the session."""
+    """A real gunicorn with two gevent workers and quick heartbeats, for the session; it adopts
+    and cancels the jobs of every queue."""
+    # Every queue is Jobcast's here (JOBCAST_QUEUES): tests watch and cancel the jobs of queues
+    # of their own (tests/test_cancel.py's lane, tests/worker/test_emit.py's plain RQ jobs).
     server = WebServer(redis_server.url, workers=2, log_path=logs_dir / "web.log",
-                       JOBCAST_HEARTBEAT="1").start()
+                       JOBCAST_HEARTBEAT="1", JOBCAST_QUEUES="*").start()
     yield server
     server.stop()
 

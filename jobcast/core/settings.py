@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     public_url: str = env("JOBCAST_URL", "http://localhost:8000",
                           "public base URL printed by the CLI next to a job id", min_length=1)
     queue_name: str = env("JOBCAST_QUEUE", "jobcast", "RQ queue name", min_length=1)
+    queues: str = env("JOBCAST_QUEUES", "",
+                      "RQ queues whose jobs Jobcast may adopt (open the log of a pending job it "
+                      "did not enqueue) and cancel, comma-separated, `*` for every queue; "
+                      "others answer 404; empty: `JOBCAST_QUEUE` only")
     tasks: str = env("JOBCAST_TASKS", "",
                      "extra task modules to import in every service (comma-separated)")
     log_maxlen: int = env("JOBCAST_LOG_MAXLEN", 100_000,
@@ -162,6 +166,12 @@ class Settings(BaseSettings):
     def caps(self) -> dict[str, float]:
         """The parameter caps as {"name" or "task.name": limit}."""
         return parse_caps(self.param_caps)
+
+    def is_jobcast_queue(self, name: str) -> bool:
+        """True for a queue whose jobs Jobcast adopts and cancels (JOBCAST_QUEUES, else
+        JOBCAST_QUEUE; ``*``: every queue)."""
+        names = {q.strip() for q in self.queues.split(",") if q.strip()} or {self.queue_name}
+        return "*" in names or name in names
 
     def task_modules(self) -> list[str]:
         """The modules named in JOBCAST_TASKS."""
