@@ -84,7 +84,14 @@ class Settings(BaseSettings):
     max_body: int = env("JOBCAST_MAX_BODY", 16 * 1024,
                         "largest request body the API accepts, bytes", ge=1)
     job_timeout: int = env("JOBCAST_JOB_TIMEOUT", 3600,
-                           "RQ job timeout, seconds (tasks with a known duration get more)", ge=1)
+                           "RQ job timeout, seconds (tasks with a known duration get more, up "
+                           "to `JOBCAST_JOB_MAX_DURATION`)", ge=1)
+    job_max_values: int = env("JOBCAST_JOB_MAX_VALUES", 1_000_000,
+                              "most values one job may yield, where its task knows its total; "
+                              "over it, creating the job answers 400", ge=1)
+    job_max_duration: int = env("JOBCAST_JOB_MAX_DURATION", 86400,
+                                "longest a job may run, seconds: a task of known duration over "
+                                "it answers 400, and no job's RQ timeout is longer", ge=1)
     job_retries: int = env("JOBCAST_JOB_RETRIES", 2, "RQ retries of a failed job", ge=0)
     token: str = env("JOBCAST_TOKEN", "",
                      "bearer token required to create and cancel jobs over HTTP; empty: none")

@@ -51,6 +51,8 @@ def test_post_job_answers_201_with_id_and_urls(client, redis):
     ({"task": "sqrt", "params": {"interval": -1}}, "params.interval"),
     ({"task": "sqrt", "params": {"zzz": 1}}, "params.zzz"),
     ({"task": "sqrt", "extra": 1}, "extra"),
+    # Each within its cap, together over JOBCAST_JOB_MAX_DURATION (finding 8 of issue 23).
+    ({"task": "sqrt", "params": {"n": 100000, "interval": 3600}}, "params"),
 ])
 def test_bad_job_requests_get_400_naming_the_field(client, body, field):
     r = post_job(client, body)
