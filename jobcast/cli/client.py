@@ -5,9 +5,11 @@ shows i of n, the rate and the time left, computed from the job's own timestamps
 follower that joins late or reconnects still gets a true rate. A dropped connection is
 resumed after the last seq printed (``Last-Event-ID``), so no value is lost or repeated.
 
-Output: ``plain`` writes each value's text on its own line to stdout, exactly as
-``/jobs/<id>/stream`` does, and notes (reconnecting, Done, Failed) to stderr. ``json``
-writes every log entry as one JSON line to stdout (the SSE ``data``), for scripts.
+Output: ``plain`` writes each value's text on its own line to stdout, as
+``/jobs/<id>/stream`` does, and notes (reconnecting, Done, Failed) to stderr; for a terminal,
+control characters in what the job or the server wrote become U+FFFD (:func:`printable`).
+``json`` writes every log entry as one JSON line to stdout (the SSE ``data``), exact, for
+scripts.
 
 With ``tail=N`` it begins with the job's last N values (then live). When the server's
 capped log no longer has values this follower would have printed, it says so on stderr
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +40,17 @@ TERMINAL_KINDS = ("finished", "failed", "cancelled")
 
 # Errors after which the stream is opened again from the last seq.
 RETRYABLE = (httpx.TransportError, httpx.RemoteProtocolError)
+
+
+# C0 and C1 control characters and DEL (ESC opens a terminal's escape sequences: move the
+# cursor, rewrite earlier lines, set the window title...), line and paragraph separators, and
+# the bidirectional overrides that reorder what a terminal shows. A tab is harmless.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` as a terminal may show it: each control character replaced by U+FFFD."""
+    return CONTROL.sub("\ufffd", text)
 
 
 class BadInput(Exception):
@@ -128,7 +142,7 @@ class Display:
     def start(self, task: str, total: int | None, done: int) -> None:
         """Open the bar (when wanted) for a job of ``total`` values, ``done`` logged already."""
         self.total = total
-        self.task_name = task
+        self.task_name = printable(task)
         if not self.want_bar or self.bar is not None:
             return
         from rich.console import Console
@@ -150,7 +164,8 @@ class Display:
         self.bar = Progress(*columns, console=console, redirect_stdout=False, redirect_stderr=False,
                             refresh_per_second=8)
         self.bar.start()
-        self.bar_task = self.bar.add_task(task, total=total, completed=done, rate="", eta="")
+        self.bar_task = self.bar.add_task(self.task_name, total=total, completed=done, rate="",
+                                          eta="")
 
     def progress(self, done: int, ts: float | None) -> None:
         """Move the bar to ``done`` values; ``ts`` is the server time of the latest value."""
@@ -176,7 +191,8 @@ class Display:
     # -- lines -------------------------------------------------------------------------------
 
     def value(self, text: str) -> None:
-        """One value: its text on its own line."""
+        """One value: its text on its own line (control characters shown as U+FFFD)."""
+        text = printable(text)
         if self.bar is not None and self.values_to_console:
             self.bar.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
         else:
@@ -189,7 +205,9 @@ class Display:
         self.out.flush()
 
     def note(self, text: str) -> None:
-        """A message for the person watching, on stderr (above the bar, if there is one)."""
+        """A message for the person watching, on stderr (above the bar, if there is one); it
+        may quote the server (a failure's reason), so control characters are shown as U+FFFD."""
+        text = printable(text)
         if self.bar is not None and not self.values_to_console:
             self.bar.console.print(text, markup=False, highlight=False, emoji=False)
         elif self.bar is not None:
