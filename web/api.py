@@ -39,9 +39,14 @@ def job_request() -> JobRequest:
     """The request's body as a JobRequest, or a 400 naming the wrong field.
 
     An unknown field is named first, then ``task``, then ``params``; ``body`` when the body
-    is no JSON object. The message says what the field must be (its description).
+    is no JSON object, or is nested too deeply for the JSON parser. The message says what the
+    field must be (its description).
     """
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        # "[[[[…" a thousand deep: the parser gives up before it finds the body malformed.
+        raise BadParam("body", "body is nested too deeply") from None
     if body is None:
         raise BadParam("body", "body must be a JSON object (Content-Type: application/json)")
     try:

@@ -240,8 +240,10 @@ def security_headers(response: Response) -> Response:
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after logging in: a path on this site only (never //host or a scheme)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after logging in: a path on this site only (never //host or a scheme, nor
+    a control character, which could split the Location header)."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(c) < 0x20 or ord(c) == 0x7f for c in target)):
         return "/"
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:

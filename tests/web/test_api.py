@@ -153,3 +153,12 @@ def test_job_creation_is_rate_limited_per_client_with_retry_after(config, make_a
     assert post_job(client, body, environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 201
     clock.advance(12)
     assert post_job(client, body).status_code == 201
+
+
+def test_a_body_nested_a_thousand_deep_is_a_400_not_a_500(client):
+    """Finding 13 of issue 23: 1,000 nested `[` gave a 500 (RecursionError)."""
+    r = post_job(client, "[" * 1000)
+    assert r.status_code == 400 and r.json["field"] == "body"
+    deep = '{"task": "sqrt", "params": {"n": ' + "[" * 500 + "]" * 500 + "}}"
+    r = post_job(client, deep)
+    assert r.status_code == 400 and r.json["field"] == "params.n"

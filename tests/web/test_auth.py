@@ -113,3 +113,12 @@ def test_an_open_server_says_at_start_that_anyone_can_run_jobs(settings, make_ap
     with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
         make_app({"JOBCAST": settings(), "TESTING": True})
     assert "anyone" not in caplog.text
+
+
+@pytest.mark.parametrize("target", ["/jobs\r\nSet-Cookie: x=1", "/a\nb", "/\x00", "/\x7f"])
+def test_a_next_with_control_characters_is_ignored(client, target):
+    """Finding 14: /login's `next` with CR/LF gave a 500 (it went into the Location header)."""
+    r = client.post("/login", data={"token": TOKEN, "next": target})
+    assert r.status_code == 303 and r.headers["Location"] == "/"
+    form = client.get("/login", query_string={"next": target})
+    assert form.status_code == 200 and 'name="next" value="/"' in form.text
