@@ -19,6 +19,7 @@ from jobcast.core.joblog import InvalidJobId, UnknownJob, check_job_id
 from jobcast.core.registry import ParamError, UnknownTask, all_tasks
 from jobcast.core.settings import get_settings
 from jobcast.core.logstore import LogStore
+from jobcast.core.store import masked_url
 from jobcast.core.urls import job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
@@ -60,7 +61,7 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"jobcast: {exc}", file=sys.stderr)
         return 2
     except RedisError as exc:
-        print(f"jobcast: cannot reach Redis at {cfg.redis_url}: {exc}", file=sys.stderr)
+        print(f"jobcast: cannot reach Redis at {masked_url(cfg.redis_url)}: {exc}", file=sys.stderr)
         return 3
     # In private mode the printed URLs carry a view link's signature (JOBCAST_LINK_TTL).
     urls = job_urls(job_id, args.url or cfg.public_url, sig=view_sig(cfg, job_id))
@@ -124,7 +125,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         print(f"jobcast: {exc}", file=sys.stderr)
         return 1
     except RedisError as exc:
-        print(f"jobcast: cannot reach Redis at {cfg.redis_url}: {exc}", file=sys.stderr)
+        print(f"jobcast: cannot reach Redis at {masked_url(cfg.redis_url)}: {exc}", file=sys.stderr)
         return 3
     print(f"cancelled {args.job_id}")
     return 0
