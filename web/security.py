@@ -25,7 +25,8 @@ import logging
 import math
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request
+from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template, request,
+                   url_for)
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
@@ -297,6 +298,23 @@ def login():
     return response
 
 
+@bp.post("/logout")
+@public
+@returns(None, 303, media=None,
+         description="The session cookie is cleared: on to the token form")
+def logout():
+    """End this browser's session: clear its session cookie (the pages forget the token too)."""
+    response = redirect(url_for("security.login_form"), code=303)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="Strict",
+                           secure=request.is_secure)
+    return response
+
+
+def template_context() -> dict[str, bool]:
+    """What every page needs to know: whether the server has a token (a "Log out" button)."""
+    return {"jobcast_has_token": bool(config().token)}
+
+
 def install(app: Flask) -> None:
     """Check the read mode's settings, and install the guard, headers and login pages."""
     cfg: Settings = app.extensions["jobcast"].config
@@ -315,4 +333,5 @@ def install(app: Flask) -> None:
     app.before_request(guard)
     app.url_defaults(carry_sig)
     app.after_request(security_headers)
+    app.context_processor(template_context)
     app.register_blueprint(bp)

@@ -122,3 +122,31 @@ def test_a_next_with_control_characters_is_ignored(client, target):
     assert r.status_code == 303 and r.headers["Location"] == "/"
     form = client.get("/login", query_string={"next": target})
     assert form.status_code == 200 and 'name="next" value="/"' in form.text
+
+
+def test_logging_out_clears_the_session_cookie_and_every_page_offers_it(client):
+    """Finding 18: the browser kept the token for ever, and there was no way to log out."""
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    home = client.get("/")
+    assert home.status_code == 200
+    assert '<form id="logout" method="post" action="/logout">' in home.text
+    r = client.post("/logout")
+    assert r.status_code == 303 and r.headers["Location"] == "/login"
+    cleared = r.headers["Set-Cookie"]
+    assert cleared.startswith("jobcast_session=;") and "Expires=Thu, 01 Jan 1970" in cleared
+    assert client.get("/api/jobs").status_code == 401 and client.get("/").status_code == 401
+    assert 'id="logout"' not in client.get("/login").text, "no button on the token form"
+
+
+def test_a_server_without_a_token_offers_no_log_out(settings, make_app):
+    client = make_app({"JOBCAST": settings(token=""), "TESTING": True}).test_client()
+    assert 'id="logout"' not in client.get("/").text
+
+
+def test_the_pages_keep_the_token_for_the_tab_only_and_forget_it_on_log_out(client):
+    """Finding 18: the admin token was kept in localStorage, for ever."""
+    token_js = client.get("/static/token.js").text
+    login_js = client.get("/static/login.js").text
+    assert "localStorage.setItem" not in token_js + login_js
+    assert "sessionStorage.setItem" in token_js and 'localStorage.removeItem(KEY)' in token_js
+    assert 'event.target.id === "logout"' in token_js
