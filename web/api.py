@@ -203,5 +203,6 @@ def job_link(job_id: str):
     cfg = state().config
     now = time.time()
     sig = sign(cfg, job_id, ttl, now=now) if cfg.read_mode == "private" else None
-    return reply(Link(id=job_id, urls=job_urls(job_id, sig=sig),
+    # base: under init_app's prefix, if any
+    return reply(Link(id=job_id, urls=job_urls(job_id, base=request.script_root, sig=sig),
                       expires=int(now + ttl) if sig and ttl else None))

@@ -260,6 +260,12 @@ def login_page(target: str, status: int = 200, error: str = "") -> Response:
     return response
 
 
+def cookie_path() -> str:
+    """The session cookie's path: where Jobcast is mounted (init_app's prefix), else the root,
+    so the host app's other pages never receive it."""
+    return request.script_root or "/"
+
+
 @bp.get("/login")
 @public
 @page({"name": "next", "in": "query", "required": False, "schema": {"type": "string"}})
@@ -293,8 +299,8 @@ def login():
         return login_page(form.next, status=401, error="That token is not right.")
     response = redirect(safe_next(form.next), code=303)
     response.set_cookie(SESSION_COOKIE, _sessions(cfg).dumps(_token_hash(cfg)),
-                        max_age=SESSION_DAYS * 86400, httponly=True, samesite="Strict",
-                        secure=request.is_secure)
+                        max_age=SESSION_DAYS * 86400, path=cookie_path(), httponly=True,
+                        samesite="Strict", secure=request.is_secure)
     return response
 
 
@@ -305,7 +311,7 @@ def login():
 def logout():
     """End this browser's session: clear its session cookie (the pages forget the token too)."""
     response = redirect(url_for("security.login_form"), code=303)
-    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="Strict",
+    response.delete_cookie(SESSION_COOKIE, path=cookie_path(), httponly=True, samesite="Strict",
                            secure=request.is_secure)
     return response
 
