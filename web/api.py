@@ -88,7 +88,8 @@ def create_job():
         first = exc.errors[0]
         raise BadParam(first["field"], str(exc), exc.errors) from None
     # base: under init_app's prefix, if any
-    urls = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id))
+    created = state().logs.log(job_id).info().created_at
+    urls = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id, created))
     response = reply(Created(id=job_id, urls=urls), 201)
     response.headers["Location"] = url_for("api.get_job", job_id=job_id)
     return response
@@ -119,7 +120,8 @@ def get_job(job_id: str):
         first_seq = 1 if info.last_seq else None
         first_value = 0 if info.progress.i else None
     return reply(JobStatus(
-        **info.model_dump(), urls=job_urls(job_id, base=request.script_root, sig=urls_sig(job_id)),
+        **info.model_dump(),
+        urls=job_urls(job_id, base=request.script_root, sig=urls_sig(job_id, info.created_at)),
         viewers=max(here, total_viewers(jlog)), viewers_here=here,
         first_seq=first_seq, first_value=first_value))
 
@@ -199,10 +201,10 @@ def job_link(job_id: str):
     In public mode, where no link is needed, the URLs come back unsigned.
     """
     ttl = TTL.read()
-    load_job(job_id)
+    info = load_job(job_id)
     cfg = state().config
     now = time.time()
-    sig = sign(cfg, job_id, ttl, now=now) if cfg.read_mode == "private" else None
+    sig = sign(cfg, job_id, info.created_at, ttl, now=now) if cfg.read_mode == "private" else None
     # base: under init_app's prefix, if any
     return reply(Link(id=job_id, urls=job_urls(job_id, base=request.script_root, sig=sig),
                       expires=int(now + ttl) if sig and ttl else None))

@@ -183,7 +183,7 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
     if access is Access.JOB and sig:
         job_id = (request.view_args or {}).get("job_id")
         try:
-            verify(cfg, job_id, sig)
+            verify(cfg, job_id, sig, lambda: created_at(job_id))
         except LinkError as exc:
             if declaration.stream:
                 metrics.stream_refused("forbidden")
@@ -213,15 +213,21 @@ def carry_sig(endpoint: str, values: dict) -> None:
         values.setdefault(PARAM, sig)
 
 
-def urls_sig(job_id: str) -> str | None:
-    """The signature a response's URLs of ``job_id`` carry.
+def created_at(job_id: str) -> float | None:
+    """When the job ``job_id`` now in Redis was created (a link names the job it was made for
+    by its id and this time); UnknownJob when it has no log."""
+    return current_app.extensions["jobcast"].logs.log(job_id).info().created_at
+
+
+def urls_sig(job_id: str, created: float | None) -> str | None:
+    """The signature a response's URLs of the job ``job_id`` created at ``created`` carry.
 
     The request's own link when it came with one (never a longer-lived one), else a new link
     in private mode, else none.
     """
     if g.get("view_sig") and g.get("view_job") == job_id:
         return g.view_sig
-    return view_sig(config(), job_id)
+    return view_sig(config(), job_id, created)
 
 
 def security_headers(response: Response) -> Response:

@@ -60,8 +60,10 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     except (ParamError, ValueError) as exc:
         print(f"jobcast: {exc}", file=sys.stderr)
         return 2
-    # In private mode the printed URLs carry a view link's signature (JOBCAST_LINK_TTL).
-    urls = job_urls(job_id, args.url or cfg.public_url, sig=view_sig(cfg, job_id))
+    # In private mode the printed URLs carry a view link's signature (JOBCAST_LINK_TTL), for
+    # this job: its id and creation time.
+    created = LogStore.connect(cfg).log(job_id).info().created_at
+    urls = job_urls(job_id, args.url or cfg.public_url, sig=view_sig(cfg, job_id, created))
     if args.follow:
         # --follow: stdout carries the values (plain) or entries (json) that follow.
         if args.output == "json":

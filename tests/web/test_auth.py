@@ -150,3 +150,21 @@ def test_the_pages_keep_the_token_for_the_tab_only_and_forget_it_on_log_out(clie
     assert "localStorage.setItem" not in token_js + login_js
     assert "sessionStorage.setItem" in token_js and 'localStorage.removeItem(KEY)' in token_js
     assert 'event.target.id === "logout"' in token_js
+
+
+def test_a_view_link_does_not_open_a_later_job_given_the_same_id(client, redis):
+    """Finding 20: a link bound only the job id, so a link for an RQ job with a chosen id also
+    opened any later job given that id."""
+    import uuid
+
+    from jobcast.core.joblog import JobLog
+
+    job_id = f"report-{uuid.uuid4().hex[:8]}"  # an id RQ lets anyone choose
+    first = JobLog(redis, job_id)
+    first.create("sqrt", {"n": 1}, 1)
+    status = client.get(f"/api/jobs/{job_id}/link", headers=AUTH).json["urls"]["status"]
+    assert client.get(status).status_code == 200
+    redis.delete(first.keys.meta, first.keys.log)
+    JobLog(redis, job_id).create("sqrt", {"n": 2}, 2)
+    r = client.get(status)
+    assert r.status_code == 403 and r.json["reason"] == "other_job"

@@ -11,6 +11,9 @@ import time
 import httpx
 import pytest
 
+from redis import Redis
+
+from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
 from jobcast.cli.client import parse_sse
 from tests.conftest import JOBCAST, ROOT, WebServer, service_env, wait_for
@@ -109,8 +112,9 @@ def test_creating_answers_signed_urls_that_read_exactly_that_job(private, finish
 def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, finished_job, redis_server):
     job_id, urls = finished_job
     cfg = Settings(token=TOKEN, redis_url=redis_server.url)
-    other = sign(cfg, "f" * 32)
-    expired = sign(cfg, job_id, ttl=5, now=time.time() - 60)
+    created = JobLog(Redis.from_url(redis_server.url), job_id).info().created_at
+    other = sign(cfg, "f" * 32, created)
+    expired = sign(cfg, job_id, created, ttl=5, now=time.time() - 60)
     tampered = urls["stream"].split("?sig=")[1][:-2] + "xy"
     for sig, reason in ((other, "other_job"), (expired, "expired"), (tampered, "invalid"),
                         ("nonsense", "invalid")):
@@ -122,7 +126,7 @@ def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, 
     assert refusals(private, "forbidden") >= 4 * 3
     # A link still within its time works.
     assert httpx.get(f"{private.url}/jobs/{job_id}/stream",
-                     params={"sig": sign(cfg, job_id, ttl=60)}).status_code == 200
+                     params={"sig": sign(cfg, job_id, created, ttl=60)}).status_code == 200
 
 
 def test_the_link_endpoint_needs_the_token_and_mints_links_that_expire(private, finished_job):
