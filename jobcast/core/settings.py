@@ -93,6 +93,11 @@ class Settings(BaseSettings):
                                 "longest a job may run, seconds: a task of known duration over "
                                 "it answers 400, and no job's RQ timeout is longer", ge=1)
     job_retries: int = env("JOBCAST_JOB_RETRIES", 2, "RQ retries of a failed job", ge=0)
+    failure_reason: Literal["message", "type", "none"] = env(
+        "JOBCAST_FAILURE_REASON", "message",
+        "what a failed job's viewers are told of the exception: message (its type and the "
+        "first line of its message), type (its type alone) or none (only that it failed); "
+        "RQ keeps the whole traceback for operators either way")
     token: str = env("JOBCAST_TOKEN", "",
                      "bearer token required to create and cancel jobs over HTTP; empty: none")
     read: Literal["", "public", "private"] = env(

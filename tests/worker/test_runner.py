@@ -144,3 +144,44 @@ def test_on_failure_writes_nothing_when_run_task_already_logged_the_failure(redi
 ])
 def test_describe_gives_the_exception_type_and_the_first_line_of_its_message(exc, reason):
     assert describe(exc) == reason
+
+
+BILLING = "ConnectionError: postgres://billing:hunter2@db/prod refused\nsecond line"
+
+
+@pytest.mark.parametrize("shown, reason", [
+    ("message", "ConnectionError: postgres://billing:hunter2@db/prod refused"),
+    ("type", "ConnectionError"),
+    ("none", "job failed"),
+])
+def test_what_viewers_are_told_of_a_failure_is_the_setting_s_to_choose(shown, reason, monkeypatch):
+    """Finding 20 of issue 23: viewers saw the first line of any exception; how much of it
+    they see is now JOBCAST_FAILURE_REASON's, for task jobs and plain RQ jobs alike."""
+    from jobcast.core.settings import get_settings
+    from jobcast.worker.hook import reason_from
+
+    exc = ConnectionError(BILLING.partition(": ")[2])
+    traceback = ("Traceback (most recent call last):\n  File \"jobs.py\", line 3, in pay\n"
+                 "    connect()\n" + BILLING + "\n")
+    assert describe(exc, shown) == reason and reason_from(traceback, shown) == reason
+    monkeypatch.setenv("JOBCAST_FAILURE_REASON", shown)
+    get_settings.cache_clear()
+    try:
+        assert describe(exc) == reason and reason_from(traceback) == reason
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_plain_rq_jobs_reason_is_its_last_exception_type_and_message():
+    """A multi-line message used to give its last line, without the type."""
+    from jobcast.worker.hook import reason_from
+
+    chained = ("Traceback (most recent call last):\n  File \"a.py\", line 1, in f\n"
+               "KeyError: 'n'\n\nDuring handling of the above exception, another exception "
+               "occurred:\n\nTraceback (most recent call last):\n  File \"a.py\", line 3, in f\n"
+               "    raise tests.rq_jobs.Refused(msg)\ntests.rq_jobs.Refused: card refused\n"
+               "  for customer 42\n")
+    assert reason_from(chained, "message") == "Refused: card refused"
+    assert reason_from("Work-horse terminated unexpectedly; waitpid returned 9", "message") == \
+        "Work-horse terminated unexpectedly; waitpid returned 9"
+    assert reason_from("", "message") == "job failed"
