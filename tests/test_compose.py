@@ -225,6 +225,8 @@ def test_load_balancer_finds_replicas_by_dns_and_is_set_up_for_streams():
     for name in ("client", "server", "tunnel"):
         assert timeouts[name] == "1h", name
     assert "option http-no-delay" in defaults
+    # Requests, bodies included, are buffered and must arrive in 10 s (finding 3 of issue 23).
+    assert "option http-buffer-request" in defaults and timeouts["http-request"] == "10s"
     assert not [line for line in cfg["defaults"] + frontend + backend if line.startswith("compression")]
     # A client cannot choose its own address: the header it sent is dropped, the lb sets it.
     assert frontend.index("http-request del-header X-Forwarded-For") < frontend.index("option forwardfor")

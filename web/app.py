@@ -8,7 +8,8 @@ from flask import Flask
 
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import get_settings
-from jobcast.web import api, errors, health, openapi, pages, security, services, shutdown, stream
+from jobcast.web import (api, bodies, errors, health, openapi, pages, security, services,
+                         shutdown, stream)
 from jobcast.web.workerclass import check_worker_class
 
 
@@ -39,4 +40,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(pages.bp)
+    # Last, so its refusals (408, 413) come before any other check.
+    bodies.install(app, config.body_timeout, config.max_body)
     return app

@@ -82,7 +82,10 @@ class Settings(BaseSettings):
                                "largest value a job may log, bytes; a larger one is logged as "
                                "refused, with its size", ge=1)
     max_body: int = env("JOBCAST_MAX_BODY", 16 * 1024,
-                        "largest request body the API accepts, bytes", ge=1)
+                        "largest request body the API accepts, bytes (chunked ones too)", ge=1)
+    body_timeout: float = env("JOBCAST_BODY_TIMEOUT", 10.0,
+                              "seconds a request's body may take to arrive; then 408 and the "
+                              "connection is closed (a client that sends it byte by byte)", gt=0)
     job_timeout: int = env("JOBCAST_JOB_TIMEOUT", 3600,
                            "RQ job timeout, seconds (tasks with a known duration get more, up "
                            "to `JOBCAST_JOB_MAX_DURATION`)", ge=1)

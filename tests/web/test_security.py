@@ -25,9 +25,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def private(redis_server, logs_dir):
-    """A gunicorn with a token, hence in private read mode (the default with a token)."""
+    """A gunicorn with a token, hence in private read mode (the default with a token); request
+    bodies must arrive within a second."""
     s = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-private.log",
-                  JOBCAST_TOKEN=TOKEN, JOBCAST_HEARTBEAT="1").start()
+                  JOBCAST_TOKEN=TOKEN, JOBCAST_HEARTBEAT="1", JOBCAST_BODY_TIMEOUT="1").start()
     yield s
     s.stop()
 
@@ -249,6 +250,11 @@ def test_oversized_bodies_query_strings_and_headers_get_a_clear_4xx(http, web):
     big = http.post("/api/jobs", content=b"{" + b" " * 20000 + b"}",
                     headers={"Content-Type": "application/json"})
     assert big.status_code == 413 and big.json()["error"] == "request_entity_too_large"
+    # A chunked body (no Content-Length) too, not cut at the limit and taken (finding 21 of
+    # issue 23: a 2 MB one was cut at 16 KiB and answered 201).
+    chunked = http.post("/api/jobs", content=iter([b'{"task": "sqrt"}', b" " * 2_000_000]),
+                        headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"] == "request_entity_too_large"
     # Over the app's limit: 414 in the JSON error shape.
     r = http.get("/api/jobs", params={"x": "a" * 3000})
     assert r.status_code == 414 and r.json()["error"] == "request_uri_too_long"
@@ -262,3 +268,17 @@ def test_oversized_bodies_query_strings_and_headers_get_a_clear_4xx(http, web):
     assert many.startswith(b"HTTP/1.1 431 "), many[:80]
     assert http.get("/healthz").status_code == 200, "the server is unharmed"
 
+
+
+def test_a_body_that_never_arrives_is_cut_at_the_deadline_and_its_connection_closed(private):
+    """Finding 3 of issue 23: POST /login (open in private mode too) declaring 10,000 bytes and
+    sending them one by one stayed open as long as the client liked."""
+    head = (b"POST /login HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded"
+            b"\r\nContent-Length: 10000\r\n\r\ntoken=")
+    started = time.monotonic()
+    answer = raw_request(private, head)  # and nothing more: the server must end it
+    took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert b'"error":"request_timeout"' in answer.replace(b" ", b"")
+    assert 1 <= took < 5, f"cut after {took:.1f} s (JOBCAST_BODY_TIMEOUT=1)"
+    assert httpx.get(f"{private.url}/healthz").status_code == 200
