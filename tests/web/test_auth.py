@@ -42,15 +42,19 @@ def test_a_token_with_a_trailing_space_in_the_environment_still_works_as_a_beare
     assert client.post("/login", data={"token": f" {TOKEN} ", "next": "/"}).status_code == 303
 
 
-def test_a_short_token_is_warned_about_at_start(settings, make_app, caplog):
-    """Finding 5: a short token is guessed sooner; the server says so when it starts."""
-    with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
-        make_app({"JOBCAST": settings(token="short"), "TESTING": True})
-    assert "JOBCAST_TOKEN is 5 characters long" in caplog.text
+def start_warnings(make_app, caplog, cfg: Settings) -> str:
+    """The warnings an app of ``cfg`` logs about its security when it starts."""
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
-        make_app({"JOBCAST": settings(), "TESTING": True})
-    assert "JOBCAST_TOKEN" not in caplog.text
+        make_app({"JOBCAST": cfg, "TESTING": True})
+    return caplog.text
+
+
+def test_a_short_token_is_warned_about_at_start(settings, make_app, caplog):
+    """Finding 5: a short token is guessed sooner; the server says so when it starts."""
+    assert "JOBCAST_TOKEN is 5 characters long" in start_warnings(make_app, caplog,
+                                                                  settings(token="short"))
+    assert "JOBCAST_TOKEN" not in start_warnings(make_app, caplog, settings())
 
 
 def test_the_session_cookie_is_signed_with_the_generated_key_not_the_token(client, settings):
@@ -106,13 +110,9 @@ def test_wrong_tokens_in_the_form_are_throttled_too(settings, make_app):
 
 def test_an_open_server_says_at_start_that_anyone_can_run_jobs(settings, make_app, caplog):
     """Finding 6: with no token anyone who reaches the port creates, cancels and reads jobs."""
-    with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
-        make_app({"JOBCAST": settings(token=""), "TESTING": True})
-    assert "anyone who can reach this server can create, cancel and read every job" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
-        make_app({"JOBCAST": settings(), "TESTING": True})
-    assert "anyone" not in caplog.text
+    said = start_warnings(make_app, caplog, settings(token=""))
+    assert "anyone who can reach this server can create, cancel and read every job" in said
+    assert "anyone" not in start_warnings(make_app, caplog, settings())
 
 
 @pytest.mark.parametrize("target", ["/jobs\r\nSet-Cookie: x=1", "/a\nb", "/\x00", "/\x7f"])
