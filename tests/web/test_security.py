@@ -10,14 +10,13 @@ import time
 
 import httpx
 import pytest
-
 from redis import Redis
 
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
-from jobcast.cli.client import parse_sse
-from tests.conftest import JOBCAST, ROOT, WebServer, service_env, wait_for
 from jobcast.web.links import sign
+from tests.conftest import JOBCAST, ROOT, WebServer, service_env, wait_for
+from tests.support.sse import parse_events
 
 TOKEN = "read-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -91,7 +90,7 @@ def test_creating_answers_signed_urls_that_read_exactly_that_job(private, finish
     assert all("?sig=" in u for u in urls.values())
     assert httpx.get(absolute(private, urls["stream"])).text == "0.0\n1.0\n1.4142135623730951\n1.7320508075688772\n"
     with httpx.stream("GET", absolute(private, urls["events"]), timeout=10) as r:
-        events = list(parse_sse(r.iter_lines()))
+        events = list(parse_events(r))
     assert [e.event for e in events] == ["queued", "started", "value", "value", "value", "value", "finished"]
     frame = httpx.get(absolute(private, urls["frame"]))
     assert frame.status_code == 200 and "<p>3: 1.7320508075688772</p>" in frame.text
