@@ -334,8 +334,11 @@ def test_a_service_that_fails_at_once_every_time_stops_jobcast_up_naming_it(tmp_
     took = time.monotonic() - started
     assert code == 1
     err = stack.err_path.read_text()
-    assert re.search(r"worker\.1 exited 6 times within 60s \(last: exit status 1\); giving up", err), err
+    # A worker without Redis exits 3 with one line, not a traceback (finding 17 of issue 23).
+    assert re.search(r"worker\.1 exited 6 times within 60s \(last: exit status 3\); giving up", err), err
     out = stack.output()
+    assert re.search(r"worker\.1 +\| jobcast: cannot reach Redis at redis://127\.0\.0\.1:1/0", out)
+    assert "Traceback" not in out
     assert len(re.findall(r"jobcast +\| worker\.1 restarted", out)) == 5
     assert "web.1 exited" not in out and "redis.1 exited" not in out
     assert took < 60
