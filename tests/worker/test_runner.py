@@ -8,6 +8,7 @@ RQ's ``Job.perform``, which is what a work-horse calls.
 from __future__ import annotations
 
 import uuid
+from typing import Iterator
 
 import pytest
 from redis import Redis
@@ -15,17 +16,20 @@ from rq.job import Job
 
 import tests.tasks  # noqa: F401  (registers boom, flaky and flaky_resumable in this process)
 from jobcast.core.joblog import JobLog
-from jobcast.core.settings import Settings
+from jobcast.core.settings import Settings, get_settings
 from jobcast.producer.enqueue import enqueue
 from jobcast.worker.runner import JobCancelled, describe, on_failure, run_task
 
 
 @pytest.fixture
-def settings(redis_server, monkeypatch) -> Settings:
+def settings(redis_server, monkeypatch) -> Iterator[Settings]:
     """Settings of a private queue on the session's Redis; the runner reads them from the
-    environment, as in a worker."""
+    environment, as in a worker (read afresh: an app created by an earlier test may have
+    cached this process's settings from another environment)."""
     monkeypatch.setenv("REDIS_URL", redis_server.url)
-    return Settings(redis_url=redis_server.url, queue_name=f"unit-{uuid.uuid4().hex}")
+    get_settings.cache_clear()
+    yield Settings(redis_url=redis_server.url, queue_name=f"unit-{uuid.uuid4().hex}")
+    get_settings.cache_clear()
 
 
 def queued(redis: Redis, settings: Settings, task: str, **params) -> tuple[Job, JobLog]:
