@@ -5,10 +5,15 @@ on the session's Redis: no server process."""
 from __future__ import annotations
 
 import logging
+import uuid
 
 import pytest
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from jobcast.core.joblog import JobLog
+from jobcast.core.secret import signing_key
 from jobcast.core.settings import Settings
+from jobcast.web.security import SESSION_COOKIE, SESSION_SALT
 
 TOKEN = "a-token-long-enough-to-pass"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -19,6 +24,7 @@ def settings(redis_server):
     """Settings of a private server (a token) on the session's Redis; ``**changes`` win."""
 
     def make(**changes) -> Settings:
+        """The settings, with ``changes``."""
         return Settings(**{"redis_url": redis_server.url, "token": TOKEN, **changes})
 
     return make
@@ -59,11 +65,6 @@ def test_a_short_token_is_warned_about_at_start(settings, make_app, caplog):
 
 def test_the_session_cookie_is_signed_with_the_generated_key_not_the_token(client, settings):
     """Finding 5: the session cookie was signed with the token itself."""
-    from itsdangerous import BadSignature, URLSafeTimedSerializer
-
-    from jobcast.core.secret import signing_key
-    from jobcast.web.security import SESSION_COOKIE, SESSION_SALT
-
     assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
     cookie = client.get_cookie(SESSION_COOKIE).value
     with pytest.raises(BadSignature):
@@ -155,10 +156,6 @@ def test_the_pages_keep_the_token_for_the_tab_only_and_forget_it_on_log_out(clie
 def test_a_view_link_does_not_open_a_later_job_given_the_same_id(client, redis):
     """Finding 20: a link bound only the job id, so a link for an RQ job with a chosen id also
     opened any later job given that id."""
-    import uuid
-
-    from jobcast.core.joblog import JobLog
-
     job_id = f"report-{uuid.uuid4().hex[:8]}"  # an id RQ lets anyone choose
     first = JobLog(redis, job_id)
     first.create("sqrt", {"n": 1}, 1)

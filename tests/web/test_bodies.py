@@ -21,6 +21,7 @@ BODY = json.dumps({"task": "sqrt", "params": {"n": 3, "interval": 0}}).encode()
 
 @pytest.fixture
 def client(config, make_app):
+    """A test client of a public server."""
     return make_app({"JOBCAST": config, "TESTING": True}).test_client()
 
 
@@ -48,10 +49,12 @@ class Trickle(io.BytesIO):
     """A request body that arrives one byte every ``pause`` seconds (gevent's sleep)."""
 
     def __init__(self, data: bytes, pause: float):
+        """``data``, to come one byte at a time."""
         super().__init__(data)
         self.pause = pause
 
     def read(self, size: int | None = -1) -> bytes:
+        """The next byte, after a pause (however many were asked for)."""
         gevent.sleep(self.pause)
         return super().read(1)
 
@@ -60,9 +63,11 @@ class Conn:
     """The connection's socket as gunicorn hands it to the app: records a shutdown."""
 
     def __init__(self):
+        """Not shut yet."""
         self.shut = []
 
     def shutdown(self, how: int) -> None:
+        """Record which side was shut."""
         self.shut.append(how)
 
 
@@ -73,6 +78,7 @@ def test_a_body_that_trickles_in_is_cut_at_the_deadline_and_its_connection_close
     seen = {}
 
     def app(environ, start_response):
+        """Keep what the middleware passed on."""
         seen.update(environ)
         return []
 
@@ -91,6 +97,7 @@ def test_a_body_that_arrives_in_time_is_passed_on_whole():
     seen = {}
 
     def app(environ, start_response):
+        """Read the body as an app does."""
         seen["body"] = environ["wsgi.input"].read()
         return []
 
