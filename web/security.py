@@ -11,6 +11,11 @@ Read access (``JOBCAST_READ``):
 Creating and cancelling a job, and minting a view link, need the bearer token whenever
 ``JOBCAST_TOKEN`` is set, in either mode.
 
+Links and session cookies are signed with ``JOBCAST_SECRET`` or a generated key
+(:mod:`jobcast.core.secret`), never the token. A client address that fails to authenticate
+(a wrong bearer token, a wrong token in the form) more than ``JOBCAST_AUTH_FAILURES`` times a
+minute gets 429 until its next attempt is due, whatever it sends.
+
 Each view declares who may call it (:mod:`jobcast.web.surface`: ``@public``, ``@private``,
 ``@job_scoped``, ``@token_required``), and the check runs before every request (:func:`guard`),
 reading the declaration of the view the request is routed to: a view that declares nothing
