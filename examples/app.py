@@ -10,11 +10,14 @@ from redis import Redis
 from rq import Queue
 
 import jobcast
+from jobcast.core.settings import Settings
 from jobs import squares
 
 app = Flask(__name__)
-jobcast.init_app(app, url_prefix="/jobcast")  # job pages, streams and JSON API under /jobcast
 queue = Queue(connection=Redis.from_url(os.environ.get("REDIS_URL", "redis://localhost:6379/0")))
+# Job pages, streams and JSON API under /jobcast, for the jobs of this queue (RQ's "default"):
+# Jobcast opens and cancels only the jobs of the queues it is given (JOBCAST_QUEUES).
+jobcast.init_app(app, url_prefix="/jobcast", config=Settings(queues=queue.name))
 
 
 @app.get("/")
@@ -24,5 +27,5 @@ def home():
 
 @app.post("/squares")
 def start():
-    job = queue.enqueue(squares, 20)  # plain RQ: any function, any queue
+    job = queue.enqueue(squares, 20)  # plain RQ: any function
     return redirect(url_for("jobcast.job_page", job_id=job.id))

@@ -41,12 +41,16 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
 
     ``redis`` holds RQ's queue, ``streams`` the job's log (by default the same Redis).
 
-    Returns the seq of the ``cancelled`` entry. Raises UnknownJob, or AlreadyEnded when the
-    job had finished, failed or been cancelled before.
+    Returns the seq of the ``cancelled`` entry. Raises UnknownJob (also for a job of a queue
+    other than Jobcast's, JOBCAST_QUEUES: another application's jobs are not Jobcast's to
+    stop), or AlreadyEnded when the job had finished, failed or been cancelled before.
     """
     cfg = config or get_settings()
     redis = redis or Redis.from_url(cfg.redis_url)
-    jlog = LogStore.connect(cfg, redis, streams).log(job_id)
+    store = LogStore.connect(cfg, redis, streams)
+    jlog = store.log(job_id)
+    if not store.on_our_queues(job_id):
+        raise UnknownJob(job_id)
     seq = jlog.cancelled(by)
     if seq == -2:
         raise UnknownJob(job_id)

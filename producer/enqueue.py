@@ -9,7 +9,7 @@ from redis import Redis
 from rq import Callback, Queue, Retry
 
 from jobcast.core.logstore import LogStore
-from jobcast.core.registry import ON_FAILURE, RUNNER, ParamError, get_task
+from jobcast.core.registry import ON_FAILURE, RUNNER, ParamError, Task, get_task
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis
 
@@ -28,16 +28,15 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     spec = get_task(task)
     checked = spec.validate(params, strict=strict)
     check_caps(task, checked, cfg)
+    check_bounds(spec, checked, cfg)
     redis = redis or Redis.from_url(cfg.redis_url)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
     LogStore.connect(cfg, redis, streams).log(job_id).create(task, checked, spec.total_for(checked))
-    duration = spec.duration_for(checked)
-    timeout = cfg.job_timeout if duration is None else max(cfg.job_timeout, int(duration * 2) + 60)
     Queue(cfg.queue_name, connection=redis).enqueue(
         RUNNER, task, checked,
         job_id=job_id,
-        job_timeout=timeout,
+        job_timeout=rq_timeout(spec.duration_for(checked), cfg),
         result_ttl=cfg.log_ttl,
         failure_ttl=cfg.log_ttl,
         retry=Retry(max=cfg.job_retries) if cfg.job_retries > 0 else None,
@@ -45,6 +44,40 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
         description=f"jobcast {task}",
     )
     return job_id
+
+
+def rq_timeout(duration: float | None, config: Settings) -> int:
+    """RQ's timeout for a job expected to run ``duration`` seconds (None: unknown).
+
+    Twice the expected time and a minute, at least JOBCAST_JOB_TIMEOUT, and never over
+    JOBCAST_JOB_MAX_DURATION: the bound holds for tasks that declare no duration too.
+    """
+    timeout = config.job_timeout if duration is None else max(config.job_timeout,
+                                                               int(duration * 2) + 60)
+    return min(timeout, config.job_max_duration)
+
+
+def check_bounds(spec: Task, params: dict[str, Any], config: Settings) -> None:
+    """Raise ParamError when the job would yield more values (JOBCAST_JOB_MAX_VALUES) or run
+    longer (JOBCAST_JOB_MAX_DURATION) than this server allows, as its task declares.
+
+    Each parameter may be within its cap while their product is not (``n`` × ``interval``,
+    ``samples`` ÷ ``batch``): the bounds are on the job as a whole, so both are checked
+    together and both are reported, under ``params``.
+    """
+    errors = []
+    total = spec.total_for(params)
+    if total is not None and total > config.job_max_values:
+        errors.append({"field": "params", "message": f"this job would yield {total:,} values, "
+                       f"over this server's bound of {config.job_max_values:,} per job "
+                       "(JOBCAST_JOB_MAX_VALUES)"})
+    duration = spec.duration_for(params)
+    if duration is not None and duration > config.job_max_duration:
+        errors.append({"field": "params", "message": f"this job would run for {duration:,.0f} s, "
+                       f"over this server's bound of {config.job_max_duration:,} s per job "
+                       "(JOBCAST_JOB_MAX_DURATION)"})
+    if errors:
+        raise ParamError(errors)
 
 
 def check_caps(task: str, params: dict[str, Any], config: Settings) -> None:

@@ -36,7 +36,10 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
 
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     """Environment for a Jobcast child process: test tasks loaded, repo importable."""
-    env = dict(os.environ, REDIS_URL=redis_url, JOBCAST_TASKS="tests.tasks", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, REDIS_URL=redis_url, JOBCAST_TASKS="tests.tasks", PYTHONUNBUFFERED="1",
+               # The suite creates jobs from one address far faster than a person: no rate
+               # limit unless a test sets one (tests/web/test_api.py tests the limit).
+               JOBCAST_CREATE_RATE="0")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
@@ -263,9 +266,12 @@ def logs_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def web(redis_server, logs_dir) -> Iterator[WebServer]:
-    """A real gunicorn with two gevent workers and quick heartbeats, for the session."""
+    """A real gunicorn with two gevent workers and quick heartbeats, for the session; it adopts
+    and cancels the jobs of every queue."""
+    # Every queue is Jobcast's here (JOBCAST_QUEUES): tests watch and cancel the jobs of queues
+    # of their own (tests/test_cancel.py's lane, tests/worker/test_emit.py's plain RQ jobs).
     server = WebServer(redis_server.url, workers=2, log_path=logs_dir / "web.log",
-                       JOBCAST_HEARTBEAT="1").start()
+                       JOBCAST_HEARTBEAT="1", JOBCAST_QUEUES="*").start()
     yield server
     server.stop()
 

@@ -38,6 +38,12 @@ def lane(redis_server, logs_dir):
     pool.stop_all()
 
 
+def lane_env(redis_server, cfg: Settings) -> dict[str, str]:
+    """The environment of a `jobcast cancel` of the lane's jobs: Jobcast cancels only the jobs
+    of its own queues (JOBCAST_QUEUES)."""
+    return service_env(redis_server.url, JOBCAST_QUEUES=cfg.queue_name)
+
+
 def entries(redis, job_id: str) -> list[Entry]:
     return list(JobLog(redis, job_id).entries())
 
@@ -153,7 +159,7 @@ def test_cancel_a_job_burning_cpu_inside_one_value_through_the_cli_stops_it_with
     started = wait_started(redis, job_id)
     horse = horse_of(proc.pid, started)
     viewers = Viewers(web.url, job_id)
-    out = subprocess.run([*JOBCAST, "cancel", job_id], cwd=ROOT, env=service_env(redis_server.url),
+    out = subprocess.run([*JOBCAST, "cancel", job_id], cwd=ROOT, env=lane_env(redis_server, cfg),
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     delay = stop_delay(redis, job_id, horse)
@@ -162,7 +168,7 @@ def test_cancel_a_job_burning_cpu_inside_one_value_through_the_cli_stops_it_with
     assert_cancelled_everywhere(http, redis, job_id, viewers, by="cli")
     assert_next_job_starts_on(redis, cfg, started.data["worker"])
     # The CLI's own answers for an ended job and an unknown one.
-    again = subprocess.run([*JOBCAST, "cancel", job_id], cwd=ROOT, env=service_env(redis_server.url),
+    again = subprocess.run([*JOBCAST, "cancel", job_id], cwd=ROOT, env=lane_env(redis_server, cfg),
                            capture_output=True, text=True, timeout=30)
     assert again.returncode == 1 and "already ended (cancelled)" in again.stderr
     # `jobcast follow` of a cancelled job exits with its own code, 4.
@@ -183,7 +189,7 @@ def test_cancel_a_queued_job_takes_it_off_the_queue_and_it_never_runs(http, web,
     if how == "api":
         assert http.post(f"/api/jobs/{queued}/cancel").status_code == 200
     else:
-        out = subprocess.run([*JOBCAST, "cancel", queued], cwd=ROOT, env=service_env(redis_server.url),
+        out = subprocess.run([*JOBCAST, "cancel", queued], cwd=ROOT, env=lane_env(redis_server, cfg),
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
     assert queued not in Queue(cfg.queue_name, connection=redis).job_ids

@@ -140,6 +140,8 @@ def test_compose_file_is_valid_and_complete():
     # healthy itself once it has found a replica.
     [port] = lb["ports"]
     assert (port["published"], port["target"]) == ("8000", 8000)
+    # On the host's loopback unless JOBCAST_PUBLISH_ADDR opens it (finding 6 of issue 23).
+    assert port["host_ip"] == "127.0.0.1"
     assert lb["build"]["context"] == str(ROOT / "lb")
     assert lb["build"]["args"] == {"BASE_IMAGE": "debian:bookworm-slim"}
     assert lb["build"]["network"] == "default"
@@ -160,13 +162,15 @@ def test_compose_file_is_valid_and_complete():
 
 
 def test_compose_file_takes_settings_from_the_environment():
-    cfg = compose_config(JOBCAST_PORT="18123", PYTHON_IMAGE="local/python:3.11", REDIS_IMAGE="local/redis:7",
+    cfg = compose_config(JOBCAST_PORT="18123", JOBCAST_PUBLISH_ADDR="0.0.0.0",
+                         PYTHON_IMAGE="local/python:3.11", REDIS_IMAGE="local/redis:7",
                          DEBIAN_IMAGE="local/debian:bookworm", BUILD_NETWORK="host", JOBCAST_TOKEN="s3cret",
                          JOBCAST_DEMO_JOBS="3", JOBCAST_WORKER_STOP_GRACE="2m",
                          JOBCAST_STREAM_URL="redis://redis-node-1:6379/0", WEB_CONCURRENCY="4")
     services = cfg["services"]
     assert services["web"]["environment"]["WEB_CONCURRENCY"] == "4"
     assert services["lb"]["ports"][0]["published"] == "18123"
+    assert services["lb"]["ports"][0]["host_ip"] == "0.0.0.0"
     assert services["lb"]["build"]["args"]["BASE_IMAGE"] == "local/debian:bookworm"
     assert services["lb"]["build"]["network"] == "host"
     assert services["web"]["build"]["args"]["PYTHON_IMAGE"] == "local/python:3.11"
@@ -221,6 +225,8 @@ def test_load_balancer_finds_replicas_by_dns_and_is_set_up_for_streams():
     for name in ("client", "server", "tunnel"):
         assert timeouts[name] == "1h", name
     assert "option http-no-delay" in defaults
+    # Requests, bodies included, are buffered and must arrive in 10 s (finding 3 of issue 23).
+    assert "option http-buffer-request" in defaults and timeouts["http-request"] == "10s"
     assert not [line for line in cfg["defaults"] + frontend + backend if line.startswith("compression")]
     # A client cannot choose its own address: the header it sent is dropped, the lb sets it.
     assert frontend.index("http-request del-header X-Forwarded-For") < frontend.index("option forwardfor")

@@ -15,7 +15,7 @@ from jobcast.producer.enqueue import enqueue
 from jobcast.web import metrics
 from jobcast.web.admission import load_job, may_be_trimmed
 from jobcast.web.errors import BadParam
-from jobcast.web.limits import client_address
+from jobcast.web.limits import TooManyRequests, client_address
 from jobcast.web.links import MAX_TTL, sign
 from jobcast.web.models import (Cancelled, Chart, Created, EarlierValues, Error, JobList,
                                 JobRequest, JobStatus, Link, Task, TaskList, reply)
@@ -39,9 +39,14 @@ def job_request() -> JobRequest:
     """The request's body as a JobRequest, or a 400 naming the wrong field.
 
     An unknown field is named first, then ``task``, then ``params``; ``body`` when the body
-    is no JSON object. The message says what the field must be (its description).
+    is no JSON object, or is nested too deeply for the JSON parser. The message says what the
+    field must be (its description).
     """
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        # "[[[[…" a thousand deep: the parser gives up before it finds the body malformed.
+        raise BadParam("body", "body is nested too deeply") from None
     if body is None:
         raise BadParam("body", "body must be a JSON object (Content-Type: application/json)")
     try:
@@ -61,10 +66,18 @@ def job_request() -> JobRequest:
 @bp.post("/api/jobs")
 @token_required
 @returns(Created, 201, body=job_requests, headers={"Location": "the job's status URL"},
-         links=("api.get_job", "api.job_link", "pages.job_page"))
+         links=("api.get_job", "api.job_link", "pages.job_page"), errors=[429])
 def create_job():
     """Create a job: validate ``{"task": ..., "params": {...}}``, enqueue it, answer 201 with
-    its URLs."""
+    its URLs.
+
+    A client gets JOBCAST_CREATE_RATE jobs a minute (429 with Retry-After past that).
+    """
+    cfg = state().config
+    wait = state().creations.take(client_address(cfg))
+    if wait:
+        raise TooManyRequests(f"at most {cfg.create_rate} jobs a minute per client "
+                              "(JOBCAST_CREATE_RATE)", wait)
     job = job_request()
     try:
         job_id = enqueue(job.task, job.params, redis=state().redis, config=state().config,
@@ -75,7 +88,8 @@ def create_job():
         first = exc.errors[0]
         raise BadParam(first["field"], str(exc), exc.errors) from None
     # base: under init_app's prefix, if any
-    urls = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id))
+    created = state().logs.log(job_id).info().created_at
+    urls = job_urls(job_id, base=request.script_root, sig=urls_sig(job_id, created))
     response = reply(Created(id=job_id, urls=urls), 201)
     response.headers["Location"] = url_for("api.get_job", job_id=job_id)
     return response
@@ -106,7 +120,8 @@ def get_job(job_id: str):
         first_seq = 1 if info.last_seq else None
         first_value = 0 if info.progress.i else None
     return reply(JobStatus(
-        **info.model_dump(), urls=job_urls(job_id, base=request.script_root, sig=urls_sig(job_id)),
+        **info.model_dump(),
+        urls=job_urls(job_id, base=request.script_root, sig=urls_sig(job_id, info.created_at)),
         viewers=max(here, total_viewers(jlog)), viewers_here=here,
         first_seq=first_seq, first_value=first_value))
 
@@ -186,9 +201,10 @@ def job_link(job_id: str):
     In public mode, where no link is needed, the URLs come back unsigned.
     """
     ttl = TTL.read()
-    load_job(job_id)
+    info = load_job(job_id)
     cfg = state().config
     now = time.time()
-    sig = sign(cfg, job_id, ttl, now=now) if cfg.read_mode == "private" else None
-    return reply(Link(id=job_id, urls=job_urls(job_id, sig=sig),
+    sig = sign(cfg, job_id, info.created_at, ttl, now=now) if cfg.read_mode == "private" else None
+    # base: under init_app's prefix, if any
+    return reply(Link(id=job_id, urls=job_urls(job_id, base=request.script_root, sig=sig),
                       expires=int(now + ttl) if sig and ttl else None))

@@ -8,8 +8,8 @@ from flask import Flask
 
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import get_settings
-from jobcast.web import (api, errors, events, health, openapi, output, pages, security, services,
-                         shutdown, stream)
+from jobcast.web import (api, bodies, errors, events, health, openapi, output, pages, security,
+                         services, shutdown, stream)
 from jobcast.web.gunicorn_check import check_worker_class
 
 
@@ -42,4 +42,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(stream.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(pages.bp)
+    # Last, so its refusals (408, 413) come before any other check.
+    bodies.install(app, config.body_timeout, config.max_body)
     return app

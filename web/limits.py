@@ -1,8 +1,12 @@
-"""Abuse limits at the edge: caps on concurrent streams (the token is web/security.py's)."""
+"""Abuse limits at the edge: caps on concurrent streams, and per-client rates (of failed
+authentications, of job creations); the token itself is web/security.py's."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter
+from typing import Callable
 
 from flask import request
 from werkzeug.exceptions import HTTPException
@@ -24,6 +28,73 @@ class TooManyStreams(HTTPException):
     def get_headers(self, environ=None, scope=None):
         """Add Retry-After so well-behaved clients back off."""
         return [*super().get_headers(environ, scope), ("Retry-After", RETRY_AFTER)]
+
+
+class TooManyRequests(HTTPException):
+    """429 with the seconds to wait in Retry-After."""
+
+    code = 429
+
+    def __init__(self, description: str, retry_after: float):
+        """Build the error; ``retry_after`` is rounded up to whole seconds (at least 1)."""
+        super().__init__(description)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+    def get_headers(self, environ=None, scope=None):
+        """Say when to come back."""
+        return [*super().get_headers(environ, scope), ("Retry-After", str(self.retry_after))]
+
+
+class ClientRate:
+    """A per-client rate: a token bucket of ``per_minute`` tokens per client address, refilled
+    evenly over a minute (so a burst of ``per_minute``, then one every 60/per_minute s).
+
+    Per web process, in memory: nothing costs a Redis round trip. At most ``max_clients``
+    buckets are kept (an attacker with many addresses cannot grow it without bound): past
+    that, buckets that have refilled are dropped, then the oldest. ``per_minute`` 0: no limit.
+    """
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic,
+                 max_clients: int = 10_000):
+        """No client has spent anything yet."""
+        self.per_minute = per_minute
+        self.clock = clock
+        self.max_clients = max_clients
+        self.buckets: dict[str, tuple[float, float]] = {}  # client: (tokens, when)
+
+    def _tokens(self, client: str, now: float) -> float:
+        """The client's tokens now."""
+        tokens, when = self.buckets.get(client, (self.per_minute, now))
+        return min(self.per_minute, tokens + (now - when) * self.per_minute / 60)
+
+    def wait(self, client: str) -> float:
+        """Seconds until ``client`` may go on (0: now)."""
+        if not self.per_minute:
+            return 0.0
+        missing = 1 - self._tokens(client, self.clock())
+        return max(0.0, missing * 60 / self.per_minute)
+
+    def take(self, client: str) -> float:
+        """Spend one of ``client``'s tokens if it has one and return 0; else the seconds to
+        wait (nothing spent)."""
+        if not self.per_minute:
+            return 0.0
+        now = self.clock()
+        tokens = self._tokens(client, now)
+        if tokens < 1:
+            return (1 - tokens) * 60 / self.per_minute
+        self.buckets.pop(client, None)  # re-inserted last: the dict stays oldest first
+        self.buckets[client] = (tokens - 1, now)
+        if len(self.buckets) > self.max_clients:
+            self._prune(now)
+        return 0.0
+
+    def _prune(self, now: float) -> None:
+        """Drop the buckets that have refilled (as good as absent), then the oldest ones."""
+        for client in [c for c in self.buckets if self._tokens(c, now) >= self.per_minute]:
+            del self.buckets[client]
+        while len(self.buckets) > self.max_clients:
+            del self.buckets[next(iter(self.buckets))]
 
 
 class StreamLimiter:

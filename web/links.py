@@ -1,7 +1,9 @@
 """Signed view links: a URL that lets its holder read one job, optionally until a time.
 
-A link carries ``?sig=<token>``, where the token is an itsdangerous signature (keyed by
-``JOBCAST_SECRET``, or the API token when no secret is set) over the job id and the expiry.
+A link carries ``?sig=<token>``, where the token is an itsdangerous signature over the job's
+identity (its id and creation time: an RQ job id can be chosen, and a later job given the same
+id is another job, which the link does not open) and the expiry, keyed by ``JOBCAST_SECRET`` or else the deployment's generated key
+(:mod:`jobcast.core.secret`), never by the API token.
 EventSource cannot send headers, so the signature has to travel in the URL; the pages send
 ``Referrer-Policy: no-referrer`` so it does not leak to other sites.
 
@@ -11,9 +13,12 @@ This module needs no Flask request: the CLI signs the page URL it prints with it
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from jobcast.core.joblog import UnknownJob
+from jobcast.core.secret import signing_key
 from jobcast.core.settings import Settings
 from jobcast.core.urls import PARAM
 
@@ -36,22 +41,27 @@ class LinkError(Exception):
 
 
 def _serializer(config: Settings) -> URLSafeSerializer:
-    """The serializer for view links; a ValueError if no key is configured."""
-    if not config.signing_key:
-        raise ValueError("view links need JOBCAST_SECRET or JOBCAST_TOKEN")
-    return URLSafeSerializer(config.signing_key, salt=SALT)
+    """The serializer for view links (a RedisError when the generated key cannot be read)."""
+    return URLSafeSerializer(signing_key(config), salt=SALT)
 
 
-def sign(config: Settings, job_id: str, ttl: int | None = None, *, now: float | None = None) -> str:
-    """A signature that lets its holder read ``job_id`` (for ``ttl`` seconds, if given)."""
-    payload: dict[str, object] = {"j": job_id}
+def sign(config: Settings, job_id: str, created: float | None, ttl: int | None = None, *,
+         now: float | None = None) -> str:
+    """A signature that lets its holder read the job ``job_id`` created at ``created`` (its
+    log's ``created_at``), for ``ttl`` seconds if given."""
+    payload: dict[str, object] = {"j": job_id, "c": created}
     if ttl:
         payload["e"] = int((time.time() if now is None else now) + ttl)
     return _serializer(config).dumps(payload)
 
 
-def verify(config: Settings, job_id: str, token: str, *, now: float | None = None) -> dict:
-    """The link's payload if it grants ``job_id`` now; else LinkError with the reason."""
+def verify(config: Settings, job_id: str, token: str, created: Callable[[], float | None], *,
+           now: float | None = None) -> dict:
+    """The link's payload if it grants ``job_id`` now; else LinkError with the reason.
+
+    ``created`` reads the job's creation time (UnknownJob when it has no log); it is called
+    only once the signature holds, so a forged link costs no Redis read.
+    """
     try:
         payload = _serializer(config).loads(token)
     except (BadSignature, ValueError):
@@ -61,14 +71,22 @@ def verify(config: Settings, job_id: str, token: str, *, now: float | None = Non
     expires = payload.get("e")
     if expires is not None and (time.time() if now is None else now) >= expires:
         raise LinkError("expired", "the view link has expired")
+    try:
+        same = payload.get("c") == created()
+    except UnknownJob:
+        same = False
+    if not same:
+        raise LinkError("other_job", "the view link is for an earlier job of that id")
     return payload
 
 
-def view_sig(config: Settings, job_id: str, ttl: int | None = None) -> str | None:
-    """The signature new URLs of ``job_id`` carry: one in private mode, none in public mode.
+def view_sig(config: Settings, job_id: str, created: float | None,
+             ttl: int | None = None) -> str | None:
+    """The signature new URLs of the job ``job_id`` created at ``created`` carry: one in
+    private mode, none in public mode.
 
     ``ttl`` defaults to JOBCAST_LINK_TTL (0: no expiry of its own; the job's log expires).
     """
     if config.read_mode != "private":
         return None
-    return sign(config, job_id, config.link_ttl if ttl is None else ttl)
+    return sign(config, job_id, created, config.link_ttl if ttl is None else ttl)

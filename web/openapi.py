@@ -69,13 +69,16 @@ ERRORS = {
     403: error("A view link that does not grant this job; `reason` says why "
                "(invalid, other_job, expired)"),
     404: error("No such job"),
+    408: error("The body did not arrive within JOBCAST_BODY_TIMEOUT seconds"),
     409: error("The job has already ended (a second cancel included); `status` says how"),
-    413: error("The body is over JOBCAST_MAX_BODY bytes"),
+    413: error("The body is over JOBCAST_MAX_BODY bytes (a chunked one too)"),
     414: {"description": f"The query string is over {MAX_QUERY} bytes (JSON), or the request "
                          "line over gunicorn's limit_request_line, 4094 bytes (gunicorn's own "
                          "HTML answer)",
           "content": {**error("")["content"], HTML: {"schema": {"type": "string"}}}},
-    429: error("This client holds its maximum of concurrent streams (`Retry-After`)"),
+    429: error("This client is over one of its limits: concurrent streams, failed "
+               "authentications (JOBCAST_AUTH_FAILURES) or jobs created; `Retry-After` says "
+               "when to try again"),
     431: html("A header over gunicorn's limit_request_field_size (8190 bytes), or over "
               "limit_request_fields (100) headers: gunicorn's own answer"),
     503: error("Redis is unreachable, or this process holds its maximum of streams "
@@ -207,16 +210,19 @@ def operation(app: Flask, rule: Rule, spec: Declaration, cfg: Settings,
                    "schema": PATH_PARAMS.get(name, {"type": "string"})} for name in variables]
     parameters += [parameter(arg) for arg in spec.args]
     # The errors the route implies: a malformed id, argument or body (400), an unknown job
-    # (404), a body over the limit (413), a client over its streams (429); then the access's.
+    # (404), a body late (408) or over the limit (413), a client over its streams (429); then the access's
+    # (a client over its failed authentications gets 429 too).
     codes = set(spec.errors) | refusals(access, cfg)
     if variables or spec.body or spec.args:
         codes.add(400)
     if "job_id" in variables:
         codes.add(404)
     if spec.body:
-        codes.add(413)
+        codes.update((408, 413))
     if spec.stream:
         codes.add(429)
+    if cfg.token and 401 in codes:
+        codes.add(429)  # a client over its failed authentications
     responses = {str(code): ERRORS[code] for code in sorted(codes.union(ALWAYS))}
     if spec.page and 401 in codes:
         responses["401"] = html("The token form (no token, session or view link)")

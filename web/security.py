@@ -11,6 +11,11 @@ Read access (``JOBCAST_READ``):
 Creating and cancelling a job, and minting a view link, need the bearer token whenever
 ``JOBCAST_TOKEN`` is set, in either mode.
 
+Links and session cookies are signed with ``JOBCAST_SECRET`` or a generated key
+(:mod:`jobcast.core.secret`), never the token. A client address that fails to authenticate
+(a wrong bearer token, a wrong token in the form) more than ``JOBCAST_AUTH_FAILURES`` times a
+minute gets 429 until its next attempt is due, whatever it sends.
+
 Each view declares who may call it (:mod:`jobcast.web.surface`: ``@public``, ``@private``,
 ``@job_scoped``, ``@token_required``), and the check runs before every request (:func:`guard`),
 reading the declaration of the view the request is routed to: a view that declares nothing
@@ -22,14 +27,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request
+from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template, request,
+                   url_for)
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
+from jobcast.core.secret import signing_key
 from jobcast.core.settings import Settings
 from jobcast.web import metrics
+from jobcast.web.limits import ClientRate, TooManyRequests, client_address
 from jobcast.web.links import PARAM, LinkError, verify, view_sig
 from jobcast.web.models import LoginForm
 from jobcast.web.surface import (FORM, HTML, Access, Answer, Declaration, declared, page, public,
@@ -44,6 +53,8 @@ SESSION_SALT = "jobcast.session"
 SESSION_DAYS = 30
 # Longest query string the app reads; gunicorn refuses request lines over 4094 bytes itself.
 MAX_QUERY = 2048
+# Shorter tokens and secrets are warned about at start: a guess per request is cheap.
+MIN_KEY_LENGTH = 16
 
 # No inline script or style anywhere: every script is a file under /static.
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -85,16 +96,40 @@ def _token_hash(cfg: Settings) -> str:
 
 
 def _sessions(cfg: Settings) -> URLSafeTimedSerializer:
-    """Signs and checks the browser session cookie."""
-    return URLSafeTimedSerializer(cfg.signing_key, salt=SESSION_SALT)
+    """Signs and checks the browser session cookie (with the links' key, never the token)."""
+    return URLSafeTimedSerializer(signing_key(cfg), salt=SESSION_SALT)
+
+
+def failures() -> ClientRate:
+    """This app's rate of failed authentications per client (JOBCAST_AUTH_FAILURES)."""
+    return current_app.extensions["jobcast"].auth_failures
+
+
+def refuse_if_throttled(cfg: Settings, what: str) -> None:
+    """429 for a client that has used up its failed authentications: while it waits, no
+    credential it sends is even checked, so guessing goes no faster than the setting."""
+    wait = failures().wait(client_address(cfg))
+    if wait:
+        raise TooManyRequests(f"too many failed {what} from this address; retry after "
+                              f"{math.ceil(wait)} s", wait)
 
 
 def has_bearer(cfg: Settings) -> bool:
-    """The request carries ``Authorization: Bearer <JOBCAST_TOKEN>``."""
-    if not cfg.token:
+    """The request carries ``Authorization: Bearer <JOBCAST_TOKEN>``.
+
+    Any other Authorization header counts as a failed authentication of the client (once per
+    request), and a client over JOBCAST_AUTH_FAILURES gets 429 whatever it sends.
+    """
+    if not cfg.token or "Authorization" not in request.headers:
         return False
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), cfg.token.encode())
+    if "jobcast_bearer" not in g:
+        refuse_if_throttled(cfg, "authentications")
+        scheme, _, given = request.headers["Authorization"].partition(" ")
+        g.jobcast_bearer = (scheme.lower() == "bearer"
+                            and hmac.compare_digest(given.strip().encode(), cfg.token.encode()))
+        if not g.jobcast_bearer:
+            failures().take(client_address(cfg))
+    return g.jobcast_bearer
 
 
 def has_session(cfg: Settings) -> bool:
@@ -161,7 +196,7 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
     if access is Access.JOB and sig:
         job_id = (request.view_args or {}).get("job_id")
         try:
-            verify(cfg, job_id, sig)
+            verify(cfg, job_id, sig, lambda: created_at(job_id))
         except LinkError as exc:
             if declaration.stream:
                 metrics.stream_refused("forbidden")
@@ -212,15 +247,21 @@ def carry_sig(endpoint: str, values: dict) -> None:
         values.setdefault(PARAM, sig)
 
 
-def urls_sig(job_id: str) -> str | None:
-    """The signature a response's URLs of ``job_id`` carry.
+def created_at(job_id: str) -> float | None:
+    """When the job ``job_id`` now in Redis was created (a link names the job it was made for
+    by its id and this time); UnknownJob when it has no log."""
+    return current_app.extensions["jobcast"].logs.log(job_id).info().created_at
+
+
+def urls_sig(job_id: str, created: float | None) -> str | None:
+    """The signature a response's URLs of the job ``job_id`` created at ``created`` carry.
 
     The request's own link when it came with one (never a longer-lived one), else a new link
     in private mode, else none.
     """
     if g.get("view_sig") and g.get("view_job") == job_id:
         return g.view_sig
-    return view_sig(config(), job_id)
+    return view_sig(config(), job_id, created)
 
 
 def security_headers(response: Response) -> Response:
@@ -240,8 +281,10 @@ def security_headers(response: Response) -> Response:
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after logging in: a path on this site only (never //host or a scheme)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after logging in: a path on this site only (never //host or a scheme, nor
+    a control character, which could split the Location header)."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(c) < 0x20 or ord(c) == 0x7f for c in target)):
         return "/"
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
@@ -257,6 +300,12 @@ def login_page(target: str, status: int = 200, error: str = "") -> Response:
     return response
 
 
+def cookie_path() -> str:
+    """The session cookie's path: where Jobcast is mounted (init_app's prefix), else the root,
+    so the host app's other pages never receive it."""
+    return request.script_root or "/"
+
+
 @bp.get("/login")
 @public
 @page({"name": "next", "in": "query", "required": False, "schema": {"type": "string"}})
@@ -269,28 +318,66 @@ def login_form():
 @public
 @returns(None, 303, media=None, body=LoginForm, body_media=FORM,
          description=f"The token is right: on to `next`, with the `{SESSION_COOKIE}` cookie",
-         more={401: Answer("The form again: the token is not right", HTML)})
+         more={401: Answer("The form again: the token is not right", HTML),
+               429: Answer("The form again: too many wrong tokens from this address "
+                           "(JOBCAST_AUTH_FAILURES); `Retry-After` says when to try again",
+                           HTML, headers={"Retry-After": "seconds to wait"})})
 def login():
     """Check the token typed in; on success set the session cookie and go on (303)."""
     cfg = config()
     form = LoginForm.model_validate(request.form.to_dict())
-    if not cfg.token or not hmac.compare_digest(form.token.encode(), cfg.token.encode()):
+    client = client_address(cfg)
+    wait = failures().wait(client)
+    if wait:
+        response = login_page(form.next, status=429, error="Too many wrong tokens from this "
+                              f"address: try again in {math.ceil(wait)} s.")
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
+    # Stripped as the bearer header and the settings are: a pasted token often ends in a space.
+    if not cfg.token or not hmac.compare_digest(form.token.strip().encode(), cfg.token.encode()):
+        failures().take(client)
         return login_page(form.next, status=401, error="That token is not right.")
     response = redirect(safe_next(form.next), code=303)
     response.set_cookie(SESSION_COOKIE, _sessions(cfg).dumps(_token_hash(cfg)),
-                        max_age=SESSION_DAYS * 86400, httponly=True, samesite="Strict",
-                        secure=request.is_secure)
+                        max_age=SESSION_DAYS * 86400, path=cookie_path(), httponly=True,
+                        samesite="Strict", secure=request.is_secure)
     return response
+
+
+@bp.post("/logout")
+@public
+@returns(None, 303, media=None,
+         description="The session cookie is cleared: on to the token form")
+def logout():
+    """End this browser's session: clear its session cookie (the pages forget the token too)."""
+    response = redirect(url_for("security.login_form"), code=303)
+    response.delete_cookie(SESSION_COOKIE, path=cookie_path(), httponly=True, samesite="Strict",
+                           secure=request.is_secure)
+    return response
+
+
+def template_context() -> dict[str, bool]:
+    """What every page needs to know: whether the server has a token (a "Log out" button)."""
+    return {"jobcast_has_token": bool(config().token)}
 
 
 def install(app: Flask) -> None:
     """Check the read mode's settings, and install the guard, headers and login pages."""
     cfg: Settings = app.extensions["jobcast"].config
-    if cfg.read_mode == "private" and not cfg.signing_key:
+    if cfg.read_mode == "private" and not (cfg.token or cfg.secret):
         raise ValueError("JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)")
+    if not cfg.token:
+        log.warning("JOBCAST_TOKEN is not set: anyone who can reach this server can create, "
+                    "cancel and read every job")
+    for name, value in (("JOBCAST_TOKEN", cfg.token), ("JOBCAST_SECRET", cfg.secret)):
+        if value and len(value) < MIN_KEY_LENGTH:
+            log.warning("%s is %d characters long: use at least %d random ones "
+                        "(python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+                        name, len(value), MIN_KEY_LENGTH)
     # Flask's own view of the static files: anyone may read them; they are no API operation.
     public(undocumented(app.view_functions["static"]))
     app.before_request(guard)
     app.url_defaults(carry_sig)
     app.after_request(security_headers)
+    app.context_processor(template_context)
     app.register_blueprint(bp)

@@ -1,11 +1,11 @@
 """The web process's resources and background services, in the style of flaskr's ``db.py``.
 
 :func:`init_app` puts a :class:`State` on the app: the settings, a bounded Redis pool, the
-log store and the stream limiter. The background services (the relay with its broker, the
-watchdog and presence) belong to a process, not to an app: they start in one place, :func:`start`, once
-per worker process (after any fork, so each gunicorn worker has its own), at the app's
-first request; and they stop in one place, :func:`stop`, when the worker stops serving
-(gunicorn's SIGTERM, or the end of :meth:`jobcast.web.handover.StreamWorker.run`).
+log store, the stream limiter and the per-client rates. The background services (the relay
+with its broker, the watchdog and presence) belong to a process, not to an app: they start
+in one place, :func:`start`, once per worker process (after any fork, so each gunicorn
+worker has its own), at the app's first request; and they stop in one place, :func:`stop`,
+when the worker stops serving (gunicorn's SIGTERM, or the end of :meth:`jobcast.web.handover.StreamWorker.run`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from jobcast.core.settings import Settings
 from jobcast.core.store import StreamRedis, cluster_enabled, connect, separate, stream_url
 from jobcast.web.broker import Broker
 from jobcast.web.handover import on_worker_exit
-from jobcast.web.limits import StreamLimiter
+from jobcast.web.limits import ClientRate, StreamLimiter
 from jobcast.web.presence import Presence
 from jobcast.web.relay import Relay
 from jobcast.web.watchdog import Watchdog
@@ -55,6 +55,8 @@ class State:
         self.streams = streams if streams is not None else self.redis
         self.logs = LogStore(self.streams, config, self.redis)
         self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)
+        self.auth_failures = ClientRate(config.auth_failures)
+        self.creations = ClientRate(config.create_rate)
         self.relay: Relay | None = None
         self.watchdog: Watchdog | None = None
         self.presence: Presence | None = None

@@ -24,6 +24,7 @@ from rq import Worker as RQWorker
 from rq.job import Job
 from rq.utils import import_attribute
 
+from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.worker import capture
@@ -32,10 +33,10 @@ from jobcast.worker.emit import HOOKED_ATTR, is_runner, rq_log
 log = logging.getLogger(__name__)
 
 
-def reason_from(exc_string: str) -> str:
-    """The last line of RQ's traceback text: ``ValueError: boom``."""
-    lines = [line.strip() for line in (exc_string or "").strip().splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "job failed"
+def reason_from(exc_string: str, shown: str | None = None) -> str:
+    """The reason viewers see, from RQ's traceback text: ``ValueError: boom``, or as much of
+    it as ``shown`` (JOBCAST_FAILURE_REASON) allows."""
+    return reason_from_traceback(exc_string, shown or get_settings().failure_reason)
 
 
 class JobcastJob(Job):

@@ -10,6 +10,7 @@ from rq.job import Job
 
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
+from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import get_task
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis, connect, separate, stream_url
@@ -46,10 +47,10 @@ def job_log(job: Job, config: Settings | None = None, redis: StreamRedis | None 
     return LogStore.connect(config, job.connection, redis).log(job.id)
 
 
-def describe(exc: BaseException) -> str:
-    """A one-line reason for a failure, as shown to viewers."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def describe(exc: BaseException, shown: str | None = None) -> str:
+    """A one-line reason for a failure, as shown to viewers: as much of the exception as
+    ``shown`` (JOBCAST_FAILURE_REASON) allows."""
+    return failure_reason(type(exc).__name__, str(exc), shown or get_settings().failure_reason)
 
 
 def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:

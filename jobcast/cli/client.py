@@ -5,9 +5,11 @@ shows i of n, the rate and the time left, computed from the job's own timestamps
 follower that joins late or reconnects still gets a true rate. A dropped connection is
 resumed after the last seq printed (``Last-Event-ID``), so no value is lost or repeated.
 
-Output: ``plain`` writes each value's text on its own line to stdout, exactly as
-``/jobs/<id>/stream`` does, and notes (reconnecting, Done, Failed) to stderr. ``json``
-writes every log entry as one JSON line to stdout (the SSE ``data``), for scripts.
+Output: ``plain`` writes each value's text on its own line to stdout, as
+``/jobs/<id>/stream`` does, and notes (reconnecting, Done, Failed) to stderr; for a terminal,
+control characters in what the job or the server wrote become U+FFFD (:func:`printable`).
+``json`` writes every log entry as one JSON line to stdout (the SSE ``data``), exact, for
+scripts.
 
 What the job prints (``log`` entries) goes to stderr with ``plain``, dimmed on a terminal and
 with the job's own escape sequences removed (output must not steer the terminal); logging
@@ -43,11 +45,22 @@ TERMINAL_KINDS = ("finished", "failed", "cancelled")
 
 # Escape sequences (CSI, OSC, others) and control characters but tab and newline: output is
 # printed as text, never as commands to the terminal.
-CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?"
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?"
                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 # Errors after which the stream is opened again from the last seq.
 RETRYABLE = (httpx.TransportError, httpx.RemoteProtocolError)
+
+
+# C0 and C1 control characters and DEL (ESC opens a terminal's escape sequences: move the
+# cursor, rewrite earlier lines, set the window title...), line and paragraph separators, and
+# the bidirectional overrides that reorder what a terminal shows. A tab is harmless.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` as a terminal may show it: each control character replaced by U+FFFD."""
+    return CONTROL.sub("\ufffd", text)
 
 
 class BadInput(Exception):
@@ -143,7 +156,7 @@ class Display:
     def start(self, task: str, total: int | None, done: int) -> None:
         """Open the bar (when wanted) for a job of ``total`` values, ``done`` logged already."""
         self.total = total
-        self.task_name = task
+        self.task_name = printable(task)
         if not self.want_bar or self.bar is not None:
             return
         from rich.console import Console
@@ -165,7 +178,8 @@ class Display:
         self.bar = Progress(*columns, console=console, redirect_stdout=False, redirect_stderr=False,
                             refresh_per_second=8)
         self.bar.start()
-        self.bar_task = self.bar.add_task(task, total=total, completed=done, rate="", eta="")
+        self.bar_task = self.bar.add_task(self.task_name, total=total, completed=done, rate="",
+                                          eta="")
 
     def progress(self, done: int, ts: float | None) -> None:
         """Move the bar to ``done`` values; ``ts`` is the server time of the latest value."""
@@ -191,7 +205,8 @@ class Display:
     # -- lines -------------------------------------------------------------------------------
 
     def value(self, text: str) -> None:
-        """One value: its text on its own line."""
+        """One value: its text on its own line (control characters shown as U+FFFD)."""
+        text = printable(text)
         if self.bar is not None and self.values_to_console:
             self.bar.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
         else:
@@ -205,7 +220,7 @@ class Display:
         if self.attempt is not None and attempt != self.attempt:
             self.note(f"(attempt {attempt})")
         self.attempt = attempt
-        text = CONTROL.sub("", line_text(entry))
+        text = ESCAPES.sub("", line_text(entry))
         if self.bar is not None:
             self.bar.console.print(text, markup=False, highlight=False, emoji=False, style="dim",
                                    soft_wrap=True)
@@ -219,7 +234,9 @@ class Display:
         self.out.flush()
 
     def note(self, text: str) -> None:
-        """A message for the person watching, on stderr (above the bar, if there is one)."""
+        """A message for the person watching, on stderr (above the bar, if there is one); it
+        may quote the server (a failure's reason), so control characters are shown as U+FFFD."""
+        text = printable(text)
         if self.bar is not None and not self.values_to_console:
             self.bar.console.print(text, markup=False, highlight=False, emoji=False)
         elif self.bar is not None:

@@ -12,13 +12,14 @@ import json
 import sys
 from typing import Sequence
 
-from redis import Redis
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from jobcast.core.joblog import InvalidJobId, UnknownJob, check_job_id
-from jobcast.core.registry import ParamError, UnknownTask, all_tasks
+from jobcast.core.registry import ParamError, UnknownTask, all_tasks, load_user_tasks
 from jobcast.core.settings import get_settings
 from jobcast.core.logstore import LogStore
+from jobcast.core.store import masked_url
 from jobcast.core.urls import job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
@@ -59,11 +60,10 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     except (ParamError, ValueError) as exc:
         print(f"jobcast: {exc}", file=sys.stderr)
         return 2
-    except RedisError as exc:
-        print(f"jobcast: cannot reach Redis at {cfg.redis_url}: {exc}", file=sys.stderr)
-        return 3
-    # In private mode the printed URLs carry a view link's signature (JOBCAST_LINK_TTL).
-    urls = job_urls(job_id, args.url or cfg.public_url, sig=view_sig(cfg, job_id))
+    # In private mode the printed URLs carry a view link's signature (JOBCAST_LINK_TTL), for
+    # this job: its id and creation time.
+    created = LogStore.connect(cfg).log(job_id).info().created_at
+    urls = job_urls(job_id, args.url or cfg.public_url, sig=view_sig(cfg, job_id, created))
     if args.follow:
         # --follow: stdout carries the values (plain) or entries (json) that follow.
         if args.output == "json":
@@ -125,9 +125,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     except AlreadyEnded as exc:
         print(f"jobcast: {exc}", file=sys.stderr)
         return 1
-    except RedisError as exc:
-        print(f"jobcast: cannot reach Redis at {cfg.redis_url}: {exc}", file=sys.stderr)
-        return 3
     print(f"cancelled {args.job_id}")
     return 0
 
@@ -155,8 +152,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def count(minimum: int):
-    """An argparse type: an integer of at least ``minimum``."""
+def count(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer of at least ``minimum`` (and at most ``maximum``)."""
 
     def parse(text: str) -> int:
         """The integer in ``text``, checked."""
@@ -164,11 +161,36 @@ def count(minimum: int):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between {minimum} and {maximum}, got {value}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
 
     return parse
+
+
+PORT = count(1, 65535)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line: what is wrong, and where help is."""
+
+    def error(self, message: str):
+        """Print ``message`` on one line (no usage block) and exit 2."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def setting_errors(exc: ValidationError) -> list[str]:
+    """One line per bad setting: its variable, the value given, and what it accepts."""
+    lines = []
+    for error in exc.errors():
+        name = ".".join(map(str, error["loc"])) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        if not message.startswith(name):
+            message = f"{name}={error.get('input')!r} is invalid: {message}"
+        lines.append(message)
+    return lines
 
 
 def service_env_item(text: str) -> tuple[str, str, str]:
@@ -183,11 +205,11 @@ def service_env_item(text: str) -> tuple[str, str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="jobcast", description=__doc__)
+    parser = Parser(prog="jobcast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run Redis, the web server, workers and a demo job")
-    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--port", type=PORT, default=8000)
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--workers", type=count(0), default=2, help="RQ worker processes")
     up.add_argument("--web-workers", type=count(1), default=1, help="gunicorn worker processes")
@@ -204,8 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--output", choices=["plain", "json"], default="plain")
 
     web = sub.add_parser("web", help="serve the web app under gunicorn (gevent)")
-    web.add_argument("--port", type=int, default=None, help="port to listen on (default: $PORT or 8000)")
-    web.add_argument("--bind", default=None, help="address to listen on (default: $JOBCAST_BIND or 0.0.0.0)")
+    web.add_argument("--port", type=PORT, default=None,
+                     help="port to listen on (default: $PORT or 8000)")
+    web.add_argument("--bind", default=None, help="address to listen on (default: $JOBCAST_BIND or 127.0.0.1; "
+                          "0.0.0.0 for every interface)")
     web.add_argument("--workers", type=count(1), default=None,
                      help="gunicorn worker processes (default: $WEB_CONCURRENCY or 2)")
 
@@ -240,17 +264,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", help="list the registered tasks")
 
     jobs = sub.add_parser("jobs", help="list recent jobs")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--limit", type=count(1, 500), default=20, help="how many (1 to 500)")
     jobs.add_argument("--output", choices=["plain", "json"], default="plain")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `jobcast` console script."""
+    """Entry point of the `jobcast` console script.
+
+    A bad argument or setting is one line naming it and what it accepts, exit 2; Redis out of
+    reach is one line, exit 3: never a traceback.
+    """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "enqueue":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        cfg = get_settings()
+    except ValidationError as exc:
+        for line in setting_errors(exc):
+            print(f"jobcast: {line}", file=sys.stderr)
+        return 2
+    try:
+        load_user_tasks()
+    except ImportError as exc:
+        print(f"jobcast: JOBCAST_TASKS={cfg.tasks!r} is invalid: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(parser, args, extra)
+    except RedisError as exc:
+        print(f"jobcast: cannot reach Redis at {masked_url(cfg.redis_url)}: {exc}", file=sys.stderr)
+        return 3
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
+    """Run the command ``args`` names; its exit status."""
     if args.command == "enqueue":
         return cmd_enqueue(args, extra)
     if args.command == "follow":

@@ -46,19 +46,33 @@ class LogStore:
 
     def adopt(self, job_id: str) -> bool:
         """Open the log of an RQ job that Jobcast did not enqueue, if RQ has it pending or
-        running; True when the job has a log now.
+        running on one of Jobcast's queues (JOBCAST_QUEUES); True when the job has a log now.
 
         A page opened right after ``Queue.enqueue`` then follows the job from its ``queued``
         entry, before a worker takes it. Only RQ's status, description and queue are read (no
-        unpickling); a job that has already ended without a log has nothing to show.
+        unpickling); a job that has already ended without a log has nothing to show, and a
+        job of any other queue (another application's) is none of Jobcast's business.
         """
         status, description, origin = self.queue.hmget(Job.key_for(job_id), "status",
                                                         "description", "origin")
-        if status not in ADOPTABLE:
+        if status not in ADOPTABLE or not self.settings.is_jobcast_queue((origin or b"").decode()):
             return False
         self.log(job_id).ensure((description or b"").decode(errors="replace"),
                                 (origin or b"").decode(errors="replace"))
         return True
+
+    def on_our_queues(self, job_id: str) -> bool:
+        """True unless ``job_id`` is a job of a queue other than Jobcast's (JOBCAST_QUEUES).
+
+        RQ's own record says which queue the job is on; once RQ has forgotten it, the queue its
+        log recorded (none for the jobs Jobcast enqueued itself, which are Jobcast's).
+        """
+        origin = self.queue.hget(Job.key_for(job_id), "origin")
+        if origin is None:
+            origin = self.redis.hget(job_keys(self.redis, job_id).meta, "origin")
+            if not origin:
+                return True
+        return self.settings.is_jobcast_queue(origin.decode())
 
     def recent(self, limit: int = 50) -> list[JobInfo]:
         """The most recent jobs, newest first; expired ones are dropped from the index."""

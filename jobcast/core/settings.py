@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     public_url: str = env("JOBCAST_URL", "http://localhost:8000",
                           "public base URL printed by the CLI next to a job id", min_length=1)
     queue_name: str = env("JOBCAST_QUEUE", "jobcast", "RQ queue name", min_length=1)
+    queues: str = env("JOBCAST_QUEUES", "",
+                      "RQ queues whose jobs Jobcast may adopt (open the log of a pending job it "
+                      "did not enqueue) and cancel, comma-separated, `*` for every queue; "
+                      "others answer 404; empty: `JOBCAST_QUEUE` only")
     tasks: str = env("JOBCAST_TASKS", "",
                      "extra task modules to import in every service (comma-separated)")
     log_maxlen: int = env("JOBCAST_LOG_MAXLEN", 100_000,
@@ -78,10 +82,25 @@ class Settings(BaseSettings):
                                "largest value a job may log, bytes; a larger one is logged as "
                                "refused, with its size", ge=1)
     max_body: int = env("JOBCAST_MAX_BODY", 16 * 1024,
-                        "largest request body the API accepts, bytes", ge=1)
+                        "largest request body the API accepts, bytes (chunked ones too)", ge=1)
+    body_timeout: float = env("JOBCAST_BODY_TIMEOUT", 10.0,
+                              "seconds a request's body may take to arrive; then 408 and the "
+                              "connection is closed (a client that sends it byte by byte)", gt=0)
     job_timeout: int = env("JOBCAST_JOB_TIMEOUT", 3600,
-                           "RQ job timeout, seconds (tasks with a known duration get more)", ge=1)
+                           "RQ job timeout, seconds (tasks with a known duration get more, up "
+                           "to `JOBCAST_JOB_MAX_DURATION`)", ge=1)
+    job_max_values: int = env("JOBCAST_JOB_MAX_VALUES", 1_000_000,
+                              "most values one job may yield, where its task knows its total; "
+                              "over it, creating the job answers 400", ge=1)
+    job_max_duration: int = env("JOBCAST_JOB_MAX_DURATION", 86400,
+                                "longest a job may run, seconds: a task of known duration over "
+                                "it answers 400, and no job's RQ timeout is longer", ge=1)
     job_retries: int = env("JOBCAST_JOB_RETRIES", 2, "RQ retries of a failed job", ge=0)
+    failure_reason: Literal["message", "type", "none"] = env(
+        "JOBCAST_FAILURE_REASON", "message",
+        "what a failed job's viewers are told of the exception: message (its type and the "
+        "first line of its message), type (its type alone) or none (only that it failed); "
+        "RQ keeps the whole traceback for operators either way")
     token: str = env("JOBCAST_TOKEN", "",
                      "bearer token required to create and cancel jobs over HTTP; empty: none")
     read: Literal["", "public", "private"] = env(
@@ -89,7 +108,16 @@ class Settings(BaseSettings):
         "who may read jobs: public, or private (the token, or a signed view link for one job); "
         "empty: private when a token is set, else public")
     secret: str = env("JOBCAST_SECRET", "",
-                      "key that signs view links and browser sessions; empty: the token")
+                      "key that signs view links and browser sessions; empty: a random key "
+                      "generated once and kept in Redis (`jobcast:secret`), never the token")
+    auth_failures: int = env("JOBCAST_AUTH_FAILURES", 10,
+                             "failed authentications (a wrong bearer token, or a wrong token "
+                             "in the form) one client address may make per minute, per web "
+                             "process; then 429 with Retry-After (0: no limit)", ge=0)
+    create_rate: int = env("JOBCAST_CREATE_RATE", 60,
+                           "jobs one client address may create per minute over HTTP, per web "
+                           "process (a burst of that many, then evenly); then 429 with "
+                           "Retry-After (0: no limit)", ge=0)
     link_ttl: int = env("JOBCAST_LINK_TTL", 0,
                         "seconds a view link made for a new job stays valid (0: until the "
                         "job's log expires)", ge=0)
@@ -128,7 +156,9 @@ class Settings(BaseSettings):
                              "line prefixed with the job id")
     # `jobcast web`
     port: int = env("PORT", 8000, "port `jobcast web` listens on", ge=1, le=65535)
-    bind: str = env("JOBCAST_BIND", "0.0.0.0", "address `jobcast web` listens on", min_length=1)
+    # Loopback by default: an open server (no token) runs jobs for anyone who reaches it.
+    bind: str = env("JOBCAST_BIND", "127.0.0.1", "address `jobcast web` listens on (0.0.0.0: "
+                    "every interface)", min_length=1)
     web_concurrency: int = env("WEB_CONCURRENCY", 2, "gunicorn worker processes of `jobcast web`",
                                ge=1)
     # Read by prometheus_client itself too; `jobcast web` sets it before gunicorn starts.
@@ -162,6 +192,13 @@ class Settings(BaseSettings):
             raise ValueError(f"JOBCAST_CAPTURE_LEVEL={value!r} is not a logging level name")
         return level
 
+    @field_validator("token", "secret", mode="before")
+    @classmethod
+    def _strip_credential(cls, value: object) -> object:
+        """Strip a token or secret once, here: a ``.env`` line often ends in a space or a CR,
+        and the bearer header (stripped by HTTP) and the token form must compare the same text."""
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("param_caps")
     @classmethod
     def _check_caps(cls, value: str) -> str:
@@ -173,6 +210,12 @@ class Settings(BaseSettings):
         """The parameter caps as {"name" or "task.name": limit}."""
         return parse_caps(self.param_caps)
 
+    def is_jobcast_queue(self, name: str) -> bool:
+        """True for a queue whose jobs Jobcast adopts and cancels (JOBCAST_QUEUES, else
+        JOBCAST_QUEUE; ``*``: every queue)."""
+        names = {q.strip() for q in self.queues.split(",") if q.strip()} or {self.queue_name}
+        return "*" in names or name in names
+
     def task_modules(self) -> list[str]:
         """The modules named in JOBCAST_TASKS."""
         return [m.strip() for m in self.tasks.split(",") if m.strip()]
@@ -181,11 +224,6 @@ class Settings(BaseSettings):
     def read_mode(self) -> str:
         """"public" or "private" (JOBCAST_READ, defaulting on whether a token is set)."""
         return self.read or ("private" if self.token else "public")
-
-    @property
-    def signing_key(self) -> str:
-        """The key for view links and sessions: JOBCAST_SECRET, else the token, else none."""
-        return self.secret or self.token
 
 
 @lru_cache(maxsize=1)

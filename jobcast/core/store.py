@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -33,6 +35,18 @@ StreamRedis = Redis | RedisCluster
 
 _clients: dict[tuple[str, int], StreamRedis] = {}
 _lock = threading.Lock()
+
+
+def masked_url(url: str) -> str:
+    """``url`` as it may be printed or written down: its password (in the authority, or a
+    ``password=`` query parameter) shown as ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def stream_url(config: Settings) -> str:

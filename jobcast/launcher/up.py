@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -21,6 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -28,9 +30,9 @@ from rq import Queue, Worker
 
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import connect, separate, stream_url
+from jobcast.core.store import connect, masked_url, separate, stream_url
 from jobcast.producer.enqueue import enqueue
-from jobcast.launcher.redisserver import RedisServer, free_port
+from jobcast.launcher.redisserver import RedisServer, free_port, write_private
 from jobcast.launcher.supervisor import Printer, RestartPolicy, Service, ServiceFailed, Supervisor
 from jobcast.core.wait import wait_until
 
@@ -52,6 +54,23 @@ def data_dir() -> Path:
 def state_path() -> Path:
     """Where a running `jobcast up` describes its services, for `jobcast status`."""
     return data_dir().parent / "up.json"
+
+
+def password_path() -> Path:
+    """Where the embedded Redis's password is kept (mode 0600), for `jobcast status`."""
+    return data_dir() / "password"
+
+
+def embedded_password() -> str:
+    """The embedded Redis's password: generated on the first `jobcast up`, then kept with its
+    data, so the data's Redis keeps its password from one run to the next."""
+    path = password_path()
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, secrets.token_urlsafe(32) + "\n")
+        return path.read_text().strip()
 
 
 def web_ready(base_url: str) -> Callable[[Service], bool]:
@@ -81,9 +100,10 @@ def worker_ready(redis_url: str) -> Callable[[Service], bool]:
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Replace ``path`` with ``state`` as JSON, atomically (status may read it any time)."""
+    """Replace ``path`` with ``state`` as JSON, atomically (status may read it any time), for
+    its owner's eyes only (mode 0600)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(state, indent=1))
+    write_private(tmp, json.dumps(state, indent=1))
     os.replace(tmp, path)
 
 
@@ -145,14 +165,16 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         redis_url = cfg.redis_url if "redis_url" in cfg.model_fields_set else None
         server = None
         if not redis_url:
+            # Its own password: any local process could otherwise read and write every job.
             server = RedisServer(port=free_port(6379), data_dir=data_dir(), appendonly=True,
-                                 loglevel="notice" if verbose else "warning")
+                                 loglevel="notice" if verbose else "warning",
+                                 password=embedded_password())
             redis_url = server.url
             redis_services.append(sup.add(Service("redis.1", server.argv(),
                                                   env=service_env("redis", dict(os.environ)),
                                                   ready=lambda s: server.ping())))
         public = f"http://{host}:{port}"
-        state.update(url=public, redis_url=redis_url, redis_embedded=server is not None)
+        state.update(url=public, redis_url=masked_url(redis_url), redis_embedded=server is not None)
         base = dict(os.environ, REDIS_URL=redis_url, JOBCAST_URL=public)
         ready = worker_ready(redis_url)
         for i in range(1, workers + 1):
@@ -163,11 +185,11 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
                                    "--workers", str(web_workers)],
                         env=service_env("web", base), ready=web_ready(public)))
         if server:
-            printer.system(f"redis:   {server.binary} on {redis_url}")
+            printer.system(f"redis:   {server.binary} on {masked_url(redis_url)}")
             sup.start(redis_services)
             sup.wait_ready(redis_services, 30)
         else:
-            printer.system(f"redis:   {redis_url} (REDIS_URL)")
+            printer.system(f"redis:   {masked_url(redis_url)} (REDIS_URL)")
         sup.start(s for s in sup.services if s.proc is None)
         sup.wait_ready(sup.services, 60)
         demo_line = None
@@ -285,23 +307,41 @@ def rq_info(redis_url: str, queue_name: str) -> dict[str, Any]:
         conn.close()
 
 
+def running_redis_url(state: dict[str, Any]) -> str:
+    """The Redis URL of the `jobcast up` described by ``state``, password included.
+
+    up.json holds it masked: the embedded Redis's password is read from its own file, and a
+    REDIS_URL of the environment is used when it is the one up.json names.
+    """
+    shown = state["redis_url"]
+    if state.get("redis_embedded"):
+        try:
+            password = password_path().read_text().strip()
+        except OSError:
+            return shown
+        return shown.replace(":***@", f":{quote(password, safe='')}@", 1)
+    own = get_settings().redis_url
+    return own if masked_url(own) == shown else shown
+
+
 def status(output: str = "plain") -> int:
     """Print the services of the `jobcast up` running here, RQ's workers and the queue
-    depth. Exit 0, or 3 when Redis cannot be reached."""
+    depth. Exit 0, or 3 when Redis cannot be reached. A Redis password is never printed."""
     state = read_state()
-    cfg = Settings(redis_url=state["redis_url"]) if state else get_settings()
+    cfg = Settings(redis_url=running_redis_url(state)) if state else get_settings()
+    shown = masked_url(cfg.redis_url)
     try:
         info = rq_info(cfg.redis_url, cfg.queue_name)
     except RedisError as exc:
         info = None
-        error = f"cannot reach Redis at {cfg.redis_url}: {exc}"
+        error = f"cannot reach Redis at {shown}: {exc}"
     if output == "json":
-        print(json.dumps({"up": state, "redis_url": cfg.redis_url, **(info or {"error": error})}))
+        print(json.dumps({"up": state, "redis_url": shown, **(info or {"error": error})}))
         return 0 if info else 3
     now = time.time()
     if state:
         print(f"jobcast up: pid {state['pid']}, running for {duration(now - state['started'])}, "
-              f"{state.get('url', '?')}/, Redis {cfg.redis_url}")
+              f"{state.get('url', '?')}/, Redis {shown}")
         print(f"  {'SERVICE':<10} {'STATE':<9} {'PID':>7}  {'UPTIME':>7}  RESTARTS")
         for s in state.get("services", []):
             up_for = duration(now - s["since"]) if s["since"] and s["state"] == "running" else "-"
@@ -312,7 +352,7 @@ def status(output: str = "plain") -> int:
                   f"{s['restarts']:>8}{note}")
     else:
         print(f"jobcast up: not running here ({state_path()} is absent or stale); "
-              f"Redis {cfg.redis_url}")
+              f"Redis {shown}")
     if info is None:
         print(f"jobcast: {error}", file=sys.stderr)
         return 3

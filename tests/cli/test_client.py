@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from jobcast.cli.client import Display, Rate, parse_sse
+import httpx
+
+from jobcast.cli.client import Display, Follower, Rate, parse_sse
 from jobcast.launcher.redisserver import free_port
 from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
 
@@ -288,3 +290,38 @@ def test_plain_output_to_a_pipe_has_no_progress_bar():
     display.progress(1, 1.0)
     display.stop("done")
     assert display.want_bar is False and out.getvalue() == "1.0\n" and err.getvalue() == ""
+
+
+def replayed(entries: list[dict]) -> httpx.Client:
+    """A client of a fake server whose job logged ``entries`` (its status says it failed)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        """The job's events, or its status."""
+        if request.url.path.endswith("/events"):
+            body = "".join(f"id: {e['seq']}\nevent: {e['kind']}\ndata: {json.dumps(e)}\n\n"
+                           for e in entries)
+            return httpx.Response(200, text=body, headers={"Content-Type": "text/event-stream"})
+        return httpx.Response(200, json={"task": "sqrt\x1b[8m", "progress": {"i": 0, "n": 1},
+                                         "status": "failed"})
+
+    return httpx.Client(transport=httpx.MockTransport(answer))
+
+
+def test_values_and_reasons_printed_lose_their_control_characters_and_json_stays_exact():
+    """Finding 11 of issue 23: `jobcast follow` printed escape sequences from values straight
+    to the terminal (a value could retitle it, clear it, or rewrite lines already shown)."""
+    evil = "\x1b]0;owned\x07\x1b[2Jok\u202e\r\n\tend"
+    entries = [{"seq": 1, "kind": "queued", "ts": 1.0},
+               {"seq": 2, "kind": "value", "ts": 2.0, "i": 0, "v": evil, "j": evil},
+               {"seq": 3, "kind": "failed", "ts": 3.0, "reason": "Boom: \x1b[31mred"}]
+    out, err = io.StringIO(), io.StringIO()
+    follower = Follower("a" * 32, "http://jobcast.test", Display("plain", False, out, err),
+                        client=replayed(entries))
+    assert follower.run() == 1
+    assert out.getvalue() == "\ufffd]0;owned\ufffd\ufffd[2Jok\ufffd\ufffd\ufffd\tend\n"
+    assert err.getvalue() == "Failed: Boom: \ufffd[31mred\n"
+    out = io.StringIO()
+    follower = Follower("a" * 32, "http://jobcast.test", Display("json", False, out, io.StringIO()),
+                        client=replayed(entries))
+    assert follower.run() == 1
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == entries

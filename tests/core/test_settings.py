@@ -49,7 +49,8 @@ def clean_env(monkeypatch):
 def test_every_setting_is_read_from_its_documented_environment_variable(monkeypatch):
     samples = {"redis_url": "redis://elsewhere:6380/2", "stream_url": "redis://streams:7000/0",
                "public_url": "https://jobs.example",
-               "queue_name": "q", "tasks": "a,b", "token": "t", "read": "public", "secret": "s",
+               "queue_name": "q", "queues": "q,r", "tasks": "a,b", "failure_reason": "type",
+               "token": "t", "read": "public", "secret": "s",
                "param_caps": "n=5", "bind": "127.0.0.1", "prometheus_multiproc_dir": "/tmp/m",
                "capture": "logging", "capture_level": "DEBUG"}
     for name, var in env_names().items():

@@ -14,7 +14,8 @@ from redis.crc import key_slot
 from jobcast.core.joblog import (InvalidJobId, JobLog, channel, job_id_from_channel, job_keys, log_key,
                            meta_key)
 from jobcast.core.settings import Settings
-from jobcast.core.store import cluster_enabled, is_cluster, separate, stream_redis, stream_url
+from jobcast.core.store import (cluster_enabled, is_cluster, masked_url, separate, stream_redis,
+                                stream_url)
 
 
 def test_the_stream_store_defaults_to_redis_url_with_no_new_setting(monkeypatch, redis):
@@ -50,3 +51,15 @@ def test_braces_and_other_characters_never_reach_a_cluster_key(bad):
     with pytest.raises(InvalidJobId):
         meta_key(bad, tagged=True)
     assert job_id_from_channel(f"jobcast:job:{{{bad}}}:ch") is None
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+    ("rediss://user:p%40ss@host/1", "rediss://user:***@host/1"),
+    ("redis://host:6379/0?password=s3cret&db=2", "redis://host:6379/0?password=***&db=2"),
+    ("unix://:s3cret@/run/redis.sock?db=0", "unix://:***@/run/redis.sock?db=0"),
+    ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+])
+def test_a_redis_url_is_shown_without_its_password(url, shown):
+    """Finding 16 of issue 23: a password in REDIS_URL was printed."""
+    assert masked_url(url) == shown

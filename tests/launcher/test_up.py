@@ -17,8 +17,9 @@ import httpx
 import psutil
 import pytest
 from redis import Redis
+from redis.exceptions import AuthenticationError, ResponseError
 
-from jobcast.launcher.redisserver import find_redis_server, free_port
+from jobcast.launcher.redisserver import RedisServer, find_redis_server, free_port
 from tests.chaos.conftest import SSEViewer
 from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
 
@@ -107,6 +108,12 @@ class Up:
         """Run `jobcast status` against it."""
         return subprocess.run([*JOBCAST, "status", *args], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
+
+    def redis_url(self) -> str:
+        """The embedded Redis's URL with its password (`jobcast status` shows it masked)."""
+        shown = json.loads(self.status("--output", "json").stdout)["redis_url"]
+        password = (self.tmp / "jobcast" / "redis" / "password").read_text().strip()
+        return shown.replace(":***@", f":{password}@")
 
     def services(self) -> dict[str, dict]:
         """Its services by name, from the state file `jobcast status` reads."""
@@ -219,6 +226,28 @@ def test_status_without_jobcast_up_still_shows_the_queue_and_says_so(redis_serve
     assert r.returncode == 3 and "cannot reach Redis" in r.stderr
 
 
+def test_the_embedded_redis_needs_a_password_that_is_never_printed_or_written_down(up):
+    """Findings 16 and 20 of issue 23: the embedded Redis had no password and ran with
+    protected-mode no; a Redis password was printed, and written into a 0644 up.json."""
+    password = (up.tmp / "jobcast" / "redis" / "password").read_text().strip()
+    assert len(password) >= 32
+    state = up.tmp / "jobcast" / "up.json"
+    assert state.stat().st_mode & 0o777 == 0o600
+    assert (up.tmp / "jobcast" / "redis" / "password").stat().st_mode & 0o777 == 0o600
+    port = int(json.loads(state.read_text())["redis_url"].rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises((AuthenticationError, ResponseError)):
+        Redis(port=port).ping()
+    assert Redis.from_url(up.redis_url()).ping()
+    status = up.status()
+    assert status.returncode == 0 and ":***@127.0.0.1" in status.stdout
+    for text in (up.output(), up.err_path.read_text(), state.read_text(), status.stdout,
+                 up.status("--output", "json").stdout):
+        assert password not in text
+    redis_server = next(p for p in psutil.Process(up.proc.pid).children(recursive=True)
+                        if "redis-server" in p.name())
+    assert password not in " ".join(redis_server.cmdline()), "ps shows every command line"
+
+
 def test_a_killed_worker_and_its_work_horse_are_replaced_and_the_job_finishes_once(up):
     job_id, viewer = watched_job(up)
     rq_name = job_status(up, job_id)["worker"]
@@ -227,7 +256,7 @@ def test_a_killed_worker_and_its_work_horse_are_replaced_and_the_job_finishes_on
     for p in [*victim.children(recursive=True), victim]:  # the worker and its work-horse
         p.kill()
     killed_at = time.monotonic()
-    conn = Redis.from_url(json.loads(up.status("--output", "json").stdout)["redis_url"])
+    conn = Redis.from_url(up.redis_url())
 
     def two_workers_again() -> bool:
         workers = {n: s for n, s in up.services().items() if n.startswith("worker.")}
@@ -305,8 +334,11 @@ def test_a_service_that_fails_at_once_every_time_stops_jobcast_up_naming_it(tmp_
     took = time.monotonic() - started
     assert code == 1
     err = stack.err_path.read_text()
-    assert re.search(r"worker\.1 exited 6 times within 60s \(last: exit status 1\); giving up", err), err
+    # A worker without Redis exits 3 with one line, not a traceback (finding 17 of issue 23).
+    assert re.search(r"worker\.1 exited 6 times within 60s \(last: exit status 3\); giving up", err), err
     out = stack.output()
+    assert re.search(r"worker\.1 +\| jobcast: cannot reach Redis at redis://127\.0\.0\.1:1/0", out)
+    assert "Traceback" not in out
     assert len(re.findall(r"jobcast +\| worker\.1 restarted", out)) == 5
     assert "web.1 exited" not in out and "redis.1 exited" not in out
     assert took < 60
@@ -375,3 +407,40 @@ def test_env_options_are_grouped_by_kind_of_service():
     args = build_parser().parse_args(["up", "--env", "worker:REDIS_URL=redis://x:1/0",
                                       "--env", "web:JOBCAST_HEARTBEAT=1=2"])
     assert args.env == [("worker", "REDIS_URL", "redis://x:1/0"), ("web", "JOBCAST_HEARTBEAT", "1=2")]
+
+
+def test_a_password_protected_redis_server_keeps_it_off_its_command_line(tmp_path):
+    """Finding 20 of issue 23: `jobcast up`'s Redis had no password, and protected mode off."""
+    server = RedisServer(data_dir=tmp_path, password="pw-" + "x" * 30)
+    argv = server.argv()
+    assert "--protected-mode" not in argv and not any("pw-" in a for a in argv)
+    assert (tmp_path / "redis.conf").stat().st_mode & 0o777 == 0o600
+    with server.start():
+        with pytest.raises((AuthenticationError, ResponseError)):
+            Redis(port=server.port).ping()
+        assert Redis.from_url(server.url).ping() and server.ping()
+
+
+def test_status_never_prints_a_redis_password(tmp_path, monkeypatch, capsys):
+    """Finding 16 of issue 23: `jobcast status` printed the password in REDIS_URL."""
+    from jobcast.core.settings import get_settings
+    from jobcast.launcher.up import status, write_state
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.setenv("REDIS_URL", f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0")
+    get_settings.cache_clear()
+    try:
+        assert status() == 3
+        out = capsys.readouterr()
+        assert "s3cret-pass" not in out.out + out.err and "redis://:***@127.0.0.1" in out.err
+        # As `jobcast up` records a REDIS_URL it was given: masked, in a file of mode 0600.
+        path = tmp_path / "jobcast" / "up.json"
+        path.parent.mkdir(parents=True)
+        write_state(path, {"pid": os.getpid(), "started": time.time(), "services": [],
+                           "redis_url": "redis://:***@127.0.0.1:1/0", "redis_embedded": False})
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert status("json") == 3
+        out = capsys.readouterr()
+        assert "s3cret-pass" not in out.out + out.err and ":***@" in out.out
+    finally:
+        get_settings.cache_clear()

@@ -104,3 +104,35 @@ def test_a_per_task_cap_wins_over_the_cap_of_every_task():
     with pytest.raises(ParamError):
         check_caps("pi", {"n": 50}, caps)
     check_caps("sqrt", {"n": 100, "label": "x" * 1000}, caps)  # only numbers are capped
+
+
+@pytest.mark.parametrize("task, params, what", [
+    ("sqrt", {"n": 100_000, "interval": 3600}, "would run for 360,000,000 s"),
+    ("pi", {"samples": 100_000_000, "batch": 1}, "would yield 100,000,000 values"),
+    ("clock", {"rate": 1000, "duration": 3600}, "would yield 3,600,000 values"),
+])
+def test_a_job_over_the_bounds_on_values_or_duration_is_refused_naming_params(task, params, what):
+    """Finding 8 of issue 23: sqrt n=100000 interval=3600 was queued with an RQ timeout of 22.8
+    years, pi samples=1e8 batch=1 with 1e8 values: each parameter within its cap."""
+    fake = fakeredis.FakeRedis()
+    with pytest.raises(ParamError) as caught:
+        enqueue(task, params, redis=fake, config=settings())
+    assert caught.value.errors[0]["field"] == "params" and what in str(caught.value)
+    assert fake.dbsize() == 0
+
+
+def test_both_bounds_are_checked_together_and_reported_together():
+    cfg = settings(job_max_values=10, job_max_duration=60)
+    with pytest.raises(ParamError) as caught:
+        enqueue("sqrt", {"n": 11, "interval": 10}, redis=fakeredis.FakeRedis(), config=cfg)
+    messages = [e["message"] for e in caught.value.errors]
+    assert len(messages) == 2 and "JOBCAST_JOB_MAX_VALUES" in messages[0]
+    assert "JOBCAST_JOB_MAX_DURATION" in messages[1]
+
+
+def test_the_rq_timeout_never_exceeds_the_bound_on_duration(redis, redis_server):
+    cfg = settings(redis_url=redis_server.url, job_max_duration=5000, job_timeout=9000)
+    near = enqueue("sqrt", {"n": 4000, "interval": 1}, redis=redis, config=cfg)
+    unknown = enqueue("pi", {"samples": 10}, redis=redis, config=cfg)
+    assert Job.fetch(near, connection=redis).timeout == 5000
+    assert Job.fetch(unknown, connection=redis).timeout == 5000

@@ -51,6 +51,8 @@ def test_post_job_answers_201_with_id_and_urls(client, redis):
     ({"task": "sqrt", "params": {"interval": -1}}, "params.interval"),
     ({"task": "sqrt", "params": {"zzz": 1}}, "params.zzz"),
     ({"task": "sqrt", "extra": 1}, "extra"),
+    # Each within its cap, together over JOBCAST_JOB_MAX_DURATION (finding 8 of issue 23).
+    ({"task": "sqrt", "params": {"n": 100000, "interval": 3600}}, "params"),
 ])
 def test_bad_job_requests_get_400_naming_the_field(client, body, field):
     r = post_job(client, body)
@@ -135,3 +137,28 @@ def test_home_page_lists_jobs_and_offers_a_form(client, config, redis):
     job_id = enqueue("sqrt", {"n": 1}, redis=redis, config=config)
     html = client.get("/").get_data(as_text=True)
     assert job_id[:8] in html and '<form id="start"' in html and 'name="interval"' in html
+
+
+def test_job_creation_is_rate_limited_per_client_with_retry_after(config, make_app, clock):
+    """Finding 6 of issue 23: 100 POST /api/jobs in 0.3 s met no rate limit."""
+    cfg = config.model_copy(update={"create_rate": 5, "queue_name": f"rate-{uuid.uuid4().hex}"})
+    app = make_app({"JOBCAST": cfg, "TESTING": True})
+    app.extensions["jobcast"].creations.clock = clock
+    client = app.test_client()
+    body = {"task": "sqrt", "params": {"n": 1}}
+    assert [post_job(client, body).status_code for _ in range(5)] == [201] * 5
+    r = post_job(client, body)
+    assert r.status_code == 429 and r.json["error"] == "too_many_requests"
+    assert r.headers["Retry-After"] == "12", "5 a minute: the next one is due in 12 s"
+    assert post_job(client, body, environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 201
+    clock.advance(12)
+    assert post_job(client, body).status_code == 201
+
+
+def test_a_body_nested_a_thousand_deep_is_a_400_not_a_500(client):
+    """Finding 13 of issue 23: 1,000 nested `[` gave a 500 (RecursionError)."""
+    r = post_job(client, "[" * 1000)
+    assert r.status_code == 400 and r.json["field"] == "body"
+    deep = '{"task": "sqrt", "params": {"n": ' + "[" * 500 + "]" * 500 + "}}"
+    r = post_job(client, deep)
+    assert r.status_code == 400 and r.json["field"] == "params.n"

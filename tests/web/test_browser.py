@@ -385,6 +385,16 @@ def test_private_mode_asks_for_the_token_once_and_signed_links_work_in_a_fresh_b
             assert guest.errors == [] and guest.csp == []
         finally:
             other.close()
+        # The token was kept for this tab only, never in localStorage; logging out forgets it
+        # and ends the session (finding 18 of issue 23).
+        pg.goto(server.url)
+        assert pg.evaluate("sessionStorage.getItem('jobcast.token')") == "browser-private"
+        assert pg.evaluate("localStorage.getItem('jobcast.token')") is None
+        pg.click("#logout button")
+        pg.locator("#token").wait_for(timeout=10000)
+        assert pg.evaluate("sessionStorage.getItem('jobcast.token')") is None
+        assert pg.goto(server.url).status == 401
+        assert pg.errors == [] and pg.csp == []
     finally:
         ctx.close()
         server.stop()

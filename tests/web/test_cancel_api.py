@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from rq import Queue
 
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
@@ -68,3 +69,31 @@ def test_cancel_needs_the_bearer_token_when_one_is_set(redis, redis_server, make
     assert [e.kind for e in log.entries()] == ["queued"]
     ok = client.post(f"/api/jobs/{log.job_id}/cancel", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
+
+
+def test_a_plain_rq_job_of_another_queue_is_neither_opened_nor_cancelled(client, redis):
+    """Finding 7 of issue 23: a cancel of a plain RQ job queued on another application's queue
+    answered 200 and RQ marked it CANCELED; opening its id listed it with its function name."""
+    job = Queue(f"billing-{uuid.uuid4().hex[:8]}", connection=redis).enqueue(
+        "tests.rq_jobs.emit_lines", 3)
+    for path in (f"/api/jobs/{job.id}", f"/jobs/{job.id}", f"/jobs/{job.id}/stream"):
+        assert client.get(path).status_code == 404, path
+    assert client.post(f"/api/jobs/{job.id}/cancel").status_code == 404
+    assert job.id not in [j["id"] for j in client.get("/api/jobs").json["jobs"]]
+    assert job.get_status(refresh=True) == "queued"
+    # A log that a hooked worker of that queue wrote does not make it Jobcast's to cancel.
+    JobLog(redis, job.id).ensure(job.description, job.origin)
+    assert client.post(f"/api/jobs/{job.id}/cancel").status_code == 404
+    assert [e.kind for e in JobLog(redis, job.id).entries()] == ["queued"]
+    assert job.get_status(refresh=True) == "queued"
+
+
+def test_the_jobs_of_the_queues_named_in_jobcast_queues_are_opened_and_cancelled(
+        config, make_app, redis):
+    mine = f"mine-{uuid.uuid4().hex[:8]}"
+    cfg = config.model_copy(update={"queues": f"jobcast, {mine}"})
+    client = make_app({"JOBCAST": cfg, "TESTING": True}).test_client()
+    job = Queue(mine, connection=redis).enqueue("tests.rq_jobs.emit_lines", 3)
+    assert client.get(f"/api/jobs/{job.id}").json["status"] == "queued"
+    assert client.post(f"/api/jobs/{job.id}/cancel").status_code == 200
+    assert job.get_status(refresh=True) == "canceled"

@@ -116,3 +116,30 @@ def test_behind_a_trusted_proxy_the_client_is_its_last_hop_not_what_the_client_w
         close_other()
     finally:
         close()
+
+
+# ---- per-client rates (unit: no server) ------------------------------------------------------
+
+def test_a_client_rate_allows_a_burst_then_one_per_share_of_a_minute(clock):
+    from jobcast.web.limits import ClientRate
+
+    rate = ClientRate(6, clock=clock)
+    assert [rate.take("a") for _ in range(6)] == [0.0] * 6
+    assert rate.take("a") == pytest.approx(10.0) and rate.wait("a") == pytest.approx(10.0)
+    assert rate.take("b") == 0.0, "each client has its own bucket"
+    clock.advance(5)
+    assert rate.wait("a") == pytest.approx(5.0)
+    clock.advance(5)
+    assert rate.take("a") == 0.0 and rate.take("a") > 0
+    assert ClientRate(0, clock=clock).take("a") == 0.0, "0: no limit"
+
+
+def test_a_client_rate_keeps_a_bounded_number_of_buckets(clock):
+    from jobcast.web.limits import ClientRate
+
+    rate = ClientRate(2, clock=clock, max_clients=100)
+    for i in range(1000):
+        rate.take(f"10.0.{i // 256}.{i % 256}")
+        clock.advance(0.01)
+    assert len(rate.buckets) <= 100
+    assert "10.0.3.231" in rate.buckets, "the most recent clients are kept"

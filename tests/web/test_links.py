@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-import pytest
+import uuid
 
+import pytest
+from itsdangerous import URLSafeSerializer
+
+from jobcast.core import secret
+from jobcast.core.secret import SECRET_KEY, signing_key
 from jobcast.core.settings import Settings
 from jobcast.core.urls import with_sig
-from jobcast.web.links import LinkError, sign, verify, view_sig
+from jobcast.web.links import SALT, LinkError, sign, verify, view_sig
 
 JOB = "a" * 32
-CFG = Settings(token="t0ken")
+CREATED = 1764000000.123456  # the job's created_at
+SECRET = "s" * 32
+CFG = Settings(token="t0ken", secret=SECRET)
+
+
+def created() -> float:
+    """The creation time of the job named JOB now in Redis (a link names it, with the id)."""
+    return CREATED
 
 
 def tampered(token: str) -> str:
@@ -19,32 +31,36 @@ def tampered(token: str) -> str:
 
 
 def test_a_link_verifies_for_its_job_until_it_expires():
-    assert verify(CFG, JOB, sign(CFG, JOB)) == {"j": JOB}
-    timed = sign(CFG, JOB, ttl=60, now=1000.0)
-    assert verify(CFG, JOB, timed, now=1059.0)["e"] == 1060
+    assert verify(CFG, JOB, sign(CFG, JOB, CREATED), created) == {"j": JOB, "c": CREATED}
+    timed = sign(CFG, JOB, CREATED, ttl=60, now=1000.0)
+    assert verify(CFG, JOB, timed, created, now=1059.0)["e"] == 1060
     with pytest.raises(LinkError) as exc:
-        verify(CFG, JOB, timed, now=1060.0)
+        verify(CFG, JOB, timed, created, now=1060.0)
     assert exc.value.reason == "expired"
 
 
 @pytest.mark.parametrize("token, reason", [
-    (sign(CFG, "b" * 32), "other_job"),
-    (sign(Settings(token="another"), JOB), "invalid"),
-    (sign(Settings(token="t0ken", secret="s"), JOB), "invalid"),
-    (tampered(sign(CFG, JOB)), "invalid"),
+    (sign(CFG, "b" * 32, CREATED), "other_job"),
+    # An earlier job given the same id (finding 20 of issue 23).
+    (sign(CFG, JOB, CREATED - 60), "other_job"),
+    (URLSafeSerializer(SECRET, salt=SALT).dumps({"j": JOB}), "other_job"),
+    (sign(Settings(secret="another"), JOB, CREATED), "invalid"),
+    # Signed with the token: never the key (finding 5 of issue 23).
+    (URLSafeSerializer("t0ken", salt=SALT).dumps({"j": JOB, "c": CREATED}), "invalid"),
+    (tampered(sign(CFG, JOB, CREATED)), "invalid"),
     ("", "invalid"),
     ("not.a.link", "invalid"),
 ])
 def test_other_job_other_key_and_tampered_links_are_refused_with_a_reason(token, reason):
     with pytest.raises(LinkError) as exc:
-        verify(CFG, JOB, token)
+        verify(CFG, JOB, token, created)
     assert exc.value.reason == reason
 
 
 def test_the_secret_signs_links_when_set_so_the_token_can_rotate():
     with_secret = Settings(token="old", secret="s3")
-    link = sign(with_secret, JOB)
-    assert verify(Settings(token="new", secret="s3"), JOB, link)["j"] == JOB
+    link = sign(with_secret, JOB, CREATED)
+    assert verify(Settings(token="new", secret="s3"), JOB, link, created)["j"] == JOB
 
 
 def test_read_mode_defaults_on_the_token_and_rejects_other_values():
@@ -57,8 +73,48 @@ def test_read_mode_defaults_on_the_token_and_rejects_other_values():
 
 
 def test_urls_are_signed_only_in_private_mode():
-    assert view_sig(Settings(), JOB) is None
-    sig = view_sig(Settings(token="t"), JOB)
+    assert view_sig(Settings(), JOB, CREATED) is None
+    sig = view_sig(Settings(token="t", secret=SECRET), JOB, CREATED)
     assert with_sig("/jobs/x", sig) == f"/jobs/x?sig={sig}"
     assert with_sig("/jobs/x?start=2", sig).startswith("/jobs/x?start=2&sig=")
     assert with_sig("/jobs/x", None) == "/jobs/x"
+
+
+def test_without_a_secret_links_are_signed_with_a_key_generated_once_in_redis_never_the_token(
+        redis_server, redis, monkeypatch):
+    """Finding 5 of issue 23: links were signed with the token, so one link allowed guessing
+    it offline. The generated key is 32 random bytes, shared by every process through Redis."""
+    cfg = Settings(redis_url=redis_server.url, token="t0ken")
+    monkeypatch.setattr(secret, "_keys", {})
+    link = sign(cfg, JOB, CREATED)
+    key = redis.get(SECRET_KEY).decode()
+    assert len(key) == 64 and key != cfg.token and signing_key(cfg) == key
+    # Another process (nothing cached) reads the same key, and accepts the link.
+    monkeypatch.setattr(secret, "_keys", {})
+    assert verify(cfg, JOB, link, created)["j"] == JOB
+    forged = URLSafeSerializer(cfg.token, salt=SALT).dumps({"j": JOB, "c": CREATED})
+    with pytest.raises(LinkError) as exc:
+        verify(cfg, JOB, forged, created)
+    assert exc.value.reason == "invalid"
+
+
+def test_a_link_opens_its_own_job_and_not_a_later_one_given_the_same_id(redis_server, redis):
+    """Finding 20 of issue 23: a link bound only the job id, so a link for an RQ job with a
+    chosen id also opened any later job given that id."""
+    from jobcast.core.joblog import JobLog
+
+    cfg = Settings(redis_url=redis_server.url, token="t0ken", secret=SECRET)
+    job_id = f"chosen-{uuid.uuid4().hex[:8]}"
+    first = JobLog(redis, job_id)
+    first.create("sqrt", {}, 1)
+    link = sign(cfg, job_id, first.info().created_at)
+    assert verify(cfg, job_id, link, lambda: first.info().created_at)["j"] == job_id
+    redis.delete(first.keys.meta, first.keys.log)  # it expired ...
+    with pytest.raises(LinkError) as exc:
+        verify(cfg, job_id, link, lambda: first.info().created_at)
+    assert exc.value.reason == "other_job"
+    later = JobLog(redis, job_id)  # ... and someone gave a new job the same id
+    later.create("sqrt", {}, 1)
+    with pytest.raises(LinkError) as exc:
+        verify(cfg, job_id, link, lambda: later.info().created_at)
+    assert exc.value.reason == "other_job"

@@ -112,3 +112,22 @@ def test_private_mode_under_a_prefix_logs_in_and_returns_under_the_prefix(config
     r = client.post("/tools/jobcast/login", data={"token": "s3cret", "next": f"/tools/jobcast/jobs/{job_id}"})
     assert r.status_code == 303 and r.headers["Location"] == f"/tools/jobcast/jobs/{job_id}"
     assert client.get(f"/tools/jobcast/jobs/{job_id}").status_code == 200
+    # The cookie belongs to the prefix: the host app's own pages never receive it (finding 19
+    # of issue 23), and logging out clears that same cookie.
+    assert "Path=/tools/jobcast;" in r.headers["Set-Cookie"]
+    out = client.post("/tools/jobcast/logout")
+    assert out.headers["Location"] == "/tools/jobcast/login"
+    assert "Path=/tools/jobcast;" in out.headers["Set-Cookie"]
+    assert client.get(f"/tools/jobcast/jobs/{job_id}").status_code == 401
+
+
+def test_a_new_view_link_under_a_prefix_carries_the_prefix(config, job_id):
+    """Finding 19 of issue 23: /api/jobs/<id>/link answered URLs without the prefix (404s)."""
+    app = Flask("host")
+    jobcast.init_app(app, url_prefix="/tools/jobcast",
+                     config=Settings(redis_url=config.redis_url, token="s3cret"))
+    client = app.test_client()
+    r = client.get(f"/tools/jobcast/api/jobs/{job_id}/link", headers={"Authorization": "Bearer s3cret"})
+    urls = r.json["urls"]
+    assert all(u.startswith("/tools/jobcast/") for u in urls.values()), urls
+    assert client.get(urls["status"]).status_code == 200, "the link opens the job under the prefix"

@@ -10,11 +10,13 @@ import time
 
 import httpx
 import pytest
+from redis import Redis
 
+from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
-from jobcast.cli.client import parse_sse
-from tests.conftest import JOBCAST, ROOT, WebServer, service_env, wait_for
 from jobcast.web.links import sign
+from tests.conftest import JOBCAST, ROOT, WebServer, service_env, wait_for
+from tests.support.sse import parse_events
 
 TOKEN = "read-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -22,9 +24,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def private(redis_server, logs_dir):
-    """A gunicorn with a token, hence in private read mode (the default with a token)."""
+    """A gunicorn with a token, hence in private read mode (the default with a token); request
+    bodies must arrive within a second."""
     s = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-private.log",
-                  JOBCAST_TOKEN=TOKEN, JOBCAST_HEARTBEAT="1").start()
+                  JOBCAST_TOKEN=TOKEN, JOBCAST_HEARTBEAT="1", JOBCAST_BODY_TIMEOUT="1").start()
     yield s
     s.stop()
 
@@ -87,7 +90,7 @@ def test_creating_answers_signed_urls_that_read_exactly_that_job(private, finish
     assert all("?sig=" in u for u in urls.values())
     assert httpx.get(absolute(private, urls["stream"])).text == "0.0\n1.0\n1.4142135623730951\n1.7320508075688772\n"
     with httpx.stream("GET", absolute(private, urls["events"]), timeout=10) as r:
-        events = list(parse_sse(r.iter_lines()))
+        events = list(parse_events(r))
     assert [e.event for e in events] == ["queued", "started", "value", "value", "value", "value", "finished"]
     frame = httpx.get(absolute(private, urls["frame"]))
     assert frame.status_code == 200 and "<p>3: 1.7320508075688772</p>" in frame.text
@@ -106,11 +109,12 @@ def test_creating_answers_signed_urls_that_read_exactly_that_job(private, finish
     assert f'src="/jobs/{job_id}/frame?sig={sig}"' in framed.text
 
 
-def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, finished_job, redis):
+def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, finished_job, redis_server):
     job_id, urls = finished_job
-    cfg = Settings(token=TOKEN)
-    other = sign(cfg, "f" * 32)
-    expired = sign(cfg, job_id, ttl=5, now=time.time() - 60)
+    cfg = Settings(token=TOKEN, redis_url=redis_server.url)
+    created = JobLog(Redis.from_url(redis_server.url), job_id).info().created_at
+    other = sign(cfg, "f" * 32, created)
+    expired = sign(cfg, job_id, created, ttl=5, now=time.time() - 60)
     tampered = urls["stream"].split("?sig=")[1][:-2] + "xy"
     for sig, reason in ((other, "other_job"), (expired, "expired"), (tampered, "invalid"),
                         ("nonsense", "invalid")):
@@ -122,7 +126,7 @@ def test_expired_tampered_and_other_job_links_answer_403_with_a_reason(private, 
     assert refusals(private, "forbidden") >= 4 * 3
     # A link still within its time works.
     assert httpx.get(f"{private.url}/jobs/{job_id}/stream",
-                     params={"sig": sign(cfg, job_id, ttl=60)}).status_code == 200
+                     params={"sig": sign(cfg, job_id, created, ttl=60)}).status_code == 200
 
 
 def test_the_link_endpoint_needs_the_token_and_mints_links_that_expire(private, finished_job):
@@ -245,6 +249,11 @@ def test_oversized_bodies_query_strings_and_headers_get_a_clear_4xx(http, web):
     big = http.post("/api/jobs", content=b"{" + b" " * 20000 + b"}",
                     headers={"Content-Type": "application/json"})
     assert big.status_code == 413 and big.json()["error"] == "request_entity_too_large"
+    # A chunked body (no Content-Length) too, not cut at the limit and taken (finding 21 of
+    # issue 23: a 2 MB one was cut at 16 KiB and answered 201).
+    chunked = http.post("/api/jobs", content=iter([b'{"task": "sqrt"}', b" " * 2_000_000]),
+                        headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"] == "request_entity_too_large"
     # Over the app's limit: 414 in the JSON error shape.
     r = http.get("/api/jobs", params={"x": "a" * 3000})
     assert r.status_code == 414 and r.json()["error"] == "request_uri_too_long"
@@ -258,3 +267,17 @@ def test_oversized_bodies_query_strings_and_headers_get_a_clear_4xx(http, web):
     assert many.startswith(b"HTTP/1.1 431 "), many[:80]
     assert http.get("/healthz").status_code == 200, "the server is unharmed"
 
+
+
+def test_a_body_that_never_arrives_is_cut_at_the_deadline_and_its_connection_closed(private):
+    """Finding 3 of issue 23: POST /login (open in private mode too) declaring 10,000 bytes and
+    sending them one by one stayed open as long as the client liked."""
+    head = (b"POST /login HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded"
+            b"\r\nContent-Length: 10000\r\n\r\ntoken=")
+    started = time.monotonic()
+    answer = raw_request(private, head)  # and nothing more: the server must end it
+    took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert b'"error":"request_timeout"' in answer.replace(b" ", b"")
+    assert 1 <= took < 5, f"cut after {took:.1f} s (JOBCAST_BODY_TIMEOUT=1)"
+    assert httpx.get(f"{private.url}/healthz").status_code == 200

@@ -8,6 +8,7 @@ RQ's ``Job.perform``, which is what a work-horse calls.
 from __future__ import annotations
 
 import uuid
+from typing import Iterator
 
 import pytest
 from redis import Redis
@@ -15,17 +16,20 @@ from rq.job import Job
 
 import tests.tasks  # noqa: F401  (registers boom, flaky and flaky_resumable in this process)
 from jobcast.core.joblog import JobLog
-from jobcast.core.settings import Settings
+from jobcast.core.settings import Settings, get_settings
 from jobcast.producer.enqueue import enqueue
 from jobcast.worker.runner import JobCancelled, describe, on_failure, run_task
 
 
 @pytest.fixture
-def settings(redis_server, monkeypatch) -> Settings:
+def settings(redis_server, monkeypatch) -> Iterator[Settings]:
     """Settings of a private queue on the session's Redis; the runner reads them from the
-    environment, as in a worker."""
+    environment, as in a worker (read afresh: an app created by an earlier test may have
+    cached this process's settings from another environment)."""
     monkeypatch.setenv("REDIS_URL", redis_server.url)
-    return Settings(redis_url=redis_server.url, queue_name=f"unit-{uuid.uuid4().hex}")
+    get_settings.cache_clear()
+    yield Settings(redis_url=redis_server.url, queue_name=f"unit-{uuid.uuid4().hex}")
+    get_settings.cache_clear()
 
 
 def queued(redis: Redis, settings: Settings, task: str, **params) -> tuple[Job, JobLog]:
@@ -144,3 +148,44 @@ def test_on_failure_writes_nothing_when_run_task_already_logged_the_failure(redi
 ])
 def test_describe_gives_the_exception_type_and_the_first_line_of_its_message(exc, reason):
     assert describe(exc) == reason
+
+
+BILLING = "ConnectionError: postgres://billing:hunter2@db/prod refused\nsecond line"
+
+
+@pytest.mark.parametrize("shown, reason", [
+    ("message", "ConnectionError: postgres://billing:hunter2@db/prod refused"),
+    ("type", "ConnectionError"),
+    ("none", "job failed"),
+])
+def test_what_viewers_are_told_of_a_failure_is_the_setting_s_to_choose(shown, reason, monkeypatch):
+    """Finding 20 of issue 23: viewers saw the first line of any exception; how much of it
+    they see is now JOBCAST_FAILURE_REASON's, for task jobs and plain RQ jobs alike."""
+    from jobcast.core.settings import get_settings
+    from jobcast.worker.hook import reason_from
+
+    exc = ConnectionError(BILLING.partition(": ")[2])
+    traceback = ("Traceback (most recent call last):\n  File \"jobs.py\", line 3, in pay\n"
+                 "    connect()\n" + BILLING + "\n")
+    assert describe(exc, shown) == reason and reason_from(traceback, shown) == reason
+    monkeypatch.setenv("JOBCAST_FAILURE_REASON", shown)
+    get_settings.cache_clear()
+    try:
+        assert describe(exc) == reason and reason_from(traceback) == reason
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_plain_rq_jobs_reason_is_its_last_exception_type_and_message():
+    """A multi-line message used to give its last line, without the type."""
+    from jobcast.worker.hook import reason_from
+
+    chained = ("Traceback (most recent call last):\n  File \"a.py\", line 1, in f\n"
+               "KeyError: 'n'\n\nDuring handling of the above exception, another exception "
+               "occurred:\n\nTraceback (most recent call last):\n  File \"a.py\", line 3, in f\n"
+               "    raise tests.rq_jobs.Refused(msg)\ntests.rq_jobs.Refused: card refused\n"
+               "  for customer 42\n")
+    assert reason_from(chained, "message") == "Refused: card refused"
+    assert reason_from("Work-horse terminated unexpectedly; waitpid returned 9", "message") == \
+        "Work-horse terminated unexpectedly; waitpid returned 9"
+    assert reason_from("", "message") == "job failed"

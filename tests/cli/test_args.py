@@ -1,0 +1,89 @@
+"""The `jobcast` command's arguments and settings, in-process (no service is started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobcast.cli import main as cli
+from jobcast.core.settings import Settings, get_settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch):
+    """Settings read from this test's environment (no JOBCAST_* from the shell running it)."""
+    for field in Settings.model_fields.values():
+        monkeypatch.delenv(field.validation_alias, raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def served(monkeypatch) -> list:
+    """The (bind, workers) `jobcast web` would serve with, instead of starting gunicorn."""
+    calls = []
+    monkeypatch.setattr(cli, "serve", lambda bind, workers: calls.append((bind, workers)))
+    return calls
+
+
+def test_jobcast_web_listens_on_loopback_unless_told_otherwise(served, monkeypatch):
+    """Finding 6 of issue 23: `jobcast web` bound 0.0.0.0 by default."""
+    assert cli.main(["web"]) == 0
+    assert served[-1][0] == "127.0.0.1:8000"
+    assert cli.main(["web", "--bind", "0.0.0.0"]) == 0 and served[-1][0] == "0.0.0.0:8000"
+    monkeypatch.setenv("JOBCAST_BIND", "192.0.2.1")
+    get_settings.cache_clear()
+    assert cli.main(["web"]) == 0 and served[-1][0] == "192.0.2.1:8000"
+
+
+def one_line(text: str) -> str:
+    """``text``, which must be exactly one line."""
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+@pytest.mark.parametrize("var, value, says", [
+    ("JOBCAST_LOG_MAXLEN", "0", "JOBCAST_LOG_MAXLEN='0' is invalid: Input should be greater than"),
+    ("PORT", "70000", "PORT='70000' is invalid: Input should be less than or equal to 65535"),
+    ("JOBCAST_READ", "open", "JOBCAST_READ='open' is invalid: expected public or private"),
+    ("JOBCAST_PARAM_CAPS", "n", "JOBCAST_PARAM_CAPS='n' is invalid: item 'n' is not name=limit"),
+    ("JOBCAST_TASKS", "no_such_module", "JOBCAST_TASKS='no_such_module' is invalid: No module"),
+])
+def test_a_bad_setting_is_one_line_naming_it_and_exit_2(monkeypatch, capsys, var, value, says):
+    """Finding 17 of issue 23: a bad JOBCAST_* value was a traceback."""
+    from jobcast.core import registry
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setenv(var, value)
+    assert cli.main(["jobs"]) == 2
+    assert one_line(capsys.readouterr().err).startswith(f"jobcast: {says}")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["up", "--port", "70000"], "jobcast up: argument --port: must be between 1 and 65535"),
+    (["web", "--port", "70000"], "jobcast web: argument --port: must be between 1 and 65535"),
+    (["web", "--port", "0"], "jobcast web: argument --port: must be between 1 and 65535"),
+    (["jobs", "--limit", "0"], "jobcast jobs: argument --limit: must be between 1 and 500"),
+    (["jobs", "--limit", "-1"], "jobcast jobs: argument --limit: must be between 1 and 500"),
+])
+def test_a_bad_argument_is_one_line_naming_it_and_exit_2(capsys, served, argv, says):
+    """Finding 17 of issue 23: `jobcast up --port 70000` and `jobcast web --port 70000` were
+    tracebacks, and `jobcast jobs --limit 0` listed the whole job index."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and served == []
+    assert one_line(capsys.readouterr().err).startswith(says)
+
+
+@pytest.mark.parametrize("argv", [["jobs"], ["enqueue", "sqrt", "--n", "3"], ["cancel", "a" * 32]])
+def test_redis_out_of_reach_is_one_line_without_its_password_and_exit_3(monkeypatch, capsys, argv):
+    """Finding 17 of issue 23: `jobcast jobs` with Redis down printed a 52-line traceback;
+    finding 16: `jobcast enqueue` printed the password in REDIS_URL."""
+    from jobcast.launcher.redisserver import free_port
+
+    monkeypatch.setenv("REDIS_URL", f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0")
+    assert cli.main(argv) == 3
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("jobcast: cannot reach Redis at redis://:***@127.0.0.1:")
+    assert "s3cret-pass" not in line

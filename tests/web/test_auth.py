@@ -1,0 +1,167 @@
+"""Authentication hardening (issue 23): the token as settings read it, the key that signs links
+and sessions, throttled failures, the token form's `next`, logging out. Flask's test client
+on the session's Redis: no server process."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from jobcast.core.joblog import JobLog
+from jobcast.core.secret import signing_key
+from jobcast.core.settings import Settings
+from jobcast.web.security import SESSION_COOKIE, SESSION_SALT
+
+TOKEN = "a-token-long-enough-to-pass"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def settings(redis_server):
+    """Settings of a private server (a token) on the session's Redis; ``**changes`` win."""
+
+    def make(**changes) -> Settings:
+        """The settings, with ``changes``."""
+        return Settings(**{"redis_url": redis_server.url, "token": TOKEN, **changes})
+
+    return make
+
+
+@pytest.fixture
+def client(settings, make_app):
+    """A test client of a private server."""
+    return make_app({"JOBCAST": settings(), "TESTING": True}).test_client()
+
+
+def test_a_token_with_a_trailing_space_in_the_environment_still_works_as_a_bearer(
+        monkeypatch, redis_server, make_app):
+    """Finding 15: a .env line `JOBCAST_TOKEN=tok ` made every bearer request 401."""
+    monkeypatch.setenv("JOBCAST_TOKEN", f"{TOKEN} \r")
+    cfg = Settings(redis_url=redis_server.url)
+    assert cfg.token == TOKEN
+    client = make_app({"JOBCAST": cfg, "TESTING": True}).test_client()
+    assert client.get("/api/jobs", headers=AUTH).status_code == 200
+    # The token form compares the same stripped text.
+    assert client.post("/login", data={"token": f" {TOKEN} ", "next": "/"}).status_code == 303
+
+
+def start_warnings(make_app, caplog, cfg: Settings) -> str:
+    """The warnings an app of ``cfg`` logs about its security when it starts."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
+        make_app({"JOBCAST": cfg, "TESTING": True})
+    return caplog.text
+
+
+def test_a_short_token_is_warned_about_at_start(settings, make_app, caplog):
+    """Finding 5: a short token is guessed sooner; the server says so when it starts."""
+    assert "JOBCAST_TOKEN is 5 characters long" in start_warnings(make_app, caplog,
+                                                                  settings(token="short"))
+    assert "JOBCAST_TOKEN" not in start_warnings(make_app, caplog, settings())
+
+
+def test_the_session_cookie_is_signed_with_the_generated_key_not_the_token(client, settings):
+    """Finding 5: the session cookie was signed with the token itself."""
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    cookie = client.get_cookie(SESSION_COOKIE).value
+    with pytest.raises(BadSignature):
+        URLSafeTimedSerializer(TOKEN, salt=SESSION_SALT).loads(cookie)
+    URLSafeTimedSerializer(signing_key(settings()), salt=SESSION_SALT).loads(cookie)
+    assert client.get("/api/jobs").status_code == 200, "the cookie reads"
+
+
+WRONG = {"Authorization": "Bearer not-the-token"}
+
+
+def test_failed_bearer_tokens_are_throttled_per_client_with_retry_after(settings, make_app, clock):
+    """Finding 5: 200 wrong tokens as bearer took 0.27 s, with no throttling."""
+    app = make_app({"JOBCAST": settings(auth_failures=3), "TESTING": True})
+    app.extensions["jobcast"].auth_failures.clock = clock
+    c = app.test_client()
+    assert [c.get("/api/jobs", headers=WRONG).status_code for _ in range(3)] == [401] * 3
+    r = c.get("/api/jobs", headers=WRONG)
+    assert r.status_code == 429 and r.json["error"] == "too_many_requests"
+    assert r.headers["Retry-After"] == "20", "3 a minute: the next one is due in 20 s"
+    # While the client waits, no credential it sends is checked, the right one included.
+    assert c.get("/api/jobs", headers=AUTH).status_code == 429
+    assert c.post("/api/jobs", headers=AUTH, json={"task": "sqrt"}).status_code == 429
+    # Another address is not held back, and requests without credentials are not counted.
+    other = {"REMOTE_ADDR": "10.9.9.9"}
+    assert c.get("/api/jobs", headers=AUTH, environ_base=other).status_code == 200
+    assert c.get("/api/jobs").status_code == 401
+    clock.advance(20)
+    assert c.get("/api/jobs", headers=AUTH).status_code == 200
+    assert c.get("/api/jobs", headers=WRONG).status_code == 401
+    assert c.get("/api/jobs", headers=WRONG).status_code == 429
+
+
+def test_wrong_tokens_in_the_form_are_throttled_too(settings, make_app):
+    """Finding 5: 200 wrong tokens at /login took 0.27 s, with no throttling."""
+    c = make_app({"JOBCAST": settings(auth_failures=2), "TESTING": True}).test_client()
+    for _ in range(2):
+        assert c.post("/login", data={"token": "guess", "next": "/"}).status_code == 401
+    r = c.post("/login", data={"token": TOKEN, "next": "/"})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) == 30
+    assert "text/html" in r.content_type and "Too many wrong tokens" in r.text
+    assert c.get("/api/jobs", headers=WRONG).status_code == 429, "one count per client"
+
+
+def test_an_open_server_says_at_start_that_anyone_can_run_jobs(settings, make_app, caplog):
+    """Finding 6: with no token anyone who reaches the port creates, cancels and reads jobs."""
+    said = start_warnings(make_app, caplog, settings(token=""))
+    assert "anyone who can reach this server can create, cancel and read every job" in said
+    assert "anyone" not in start_warnings(make_app, caplog, settings())
+
+
+@pytest.mark.parametrize("target", ["/jobs\r\nSet-Cookie: x=1", "/a\nb", "/\x00", "/\x7f"])
+def test_a_next_with_control_characters_is_ignored(client, target):
+    """Finding 14: /login's `next` with CR/LF gave a 500 (it went into the Location header)."""
+    r = client.post("/login", data={"token": TOKEN, "next": target})
+    assert r.status_code == 303 and r.headers["Location"] == "/"
+    form = client.get("/login", query_string={"next": target})
+    assert form.status_code == 200 and 'name="next" value="/"' in form.text
+
+
+def test_logging_out_clears_the_session_cookie_and_every_page_offers_it(client):
+    """Finding 18: the browser kept the token for ever, and there was no way to log out."""
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    home = client.get("/")
+    assert home.status_code == 200
+    assert '<form id="logout" method="post" action="/logout">' in home.text
+    r = client.post("/logout")
+    assert r.status_code == 303 and r.headers["Location"] == "/login"
+    cleared = r.headers["Set-Cookie"]
+    assert cleared.startswith("jobcast_session=;") and "Expires=Thu, 01 Jan 1970" in cleared
+    assert client.get("/api/jobs").status_code == 401 and client.get("/").status_code == 401
+    assert 'id="logout"' not in client.get("/login").text, "no button on the token form"
+
+
+def test_a_server_without_a_token_offers_no_log_out(settings, make_app):
+    client = make_app({"JOBCAST": settings(token=""), "TESTING": True}).test_client()
+    assert 'id="logout"' not in client.get("/").text
+
+
+def test_the_pages_keep_the_token_for_the_tab_only_and_forget_it_on_log_out(client):
+    """Finding 18: the admin token was kept in localStorage, for ever."""
+    token_js = client.get("/static/token.js").text
+    login_js = client.get("/static/login.js").text
+    assert "localStorage.setItem" not in token_js + login_js
+    assert "sessionStorage.setItem" in token_js and 'localStorage.removeItem(KEY)' in token_js
+    assert 'event.target.id === "logout"' in token_js
+
+
+def test_a_view_link_does_not_open_a_later_job_given_the_same_id(client, redis):
+    """Finding 20: a link bound only the job id, so a link for an RQ job with a chosen id also
+    opened any later job given that id."""
+    job_id = f"report-{uuid.uuid4().hex[:8]}"  # an id RQ lets anyone choose
+    first = JobLog(redis, job_id)
+    first.create("sqrt", {"n": 1}, 1)
+    status = client.get(f"/api/jobs/{job_id}/link", headers=AUTH).json["urls"]["status"]
+    assert client.get(status).status_code == 200
+    redis.delete(first.keys.meta, first.keys.log)
+    JobLog(redis, job_id).create("sqrt", {"n": 2}, 2)
+    r = client.get(status)
+    assert r.status_code == 403 and r.json["reason"] == "other_job"

@@ -1,0 +1,118 @@
+"""Request bodies (issue 23, findings 3 and 21): a body must arrive by a deadline, and a
+chunked one is held to the size limit. Flask's test client and the middleware on its own,
+with gevent's timers for a slow client; tests/web/test_security.py checks both through a
+real gunicorn."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+
+import gevent
+import pytest
+from werkzeug.exceptions import RequestTimeout
+
+from jobcast.web.bodies import REFUSAL, BodyLimits
+
+BODY = json.dumps({"task": "sqrt", "params": {"n": 3, "interval": 0}}).encode()
+
+
+@pytest.fixture
+def client(config, make_app):
+    """A test client of a public server."""
+    return make_app({"JOBCAST": config, "TESTING": True}).test_client()
+
+
+def post_chunked(client, body: bytes):
+    """POST ``body`` to /api/jobs as a chunked body (no Content-Length), as a server passes it."""
+    return client.post("/api/jobs", input_stream=io.BytesIO(body),
+                       headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+                       environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True})
+
+
+def test_a_chunked_body_over_the_limit_answers_413_instead_of_being_cut(client):
+    """Finding 21: a 2 MB chunked POST /api/jobs was cut at 16 KiB and answered 201."""
+    r = post_chunked(client, BODY + b" " * 2_000_000)
+    assert r.status_code == 413 and r.json["error"] == "request_entity_too_large"
+    assert "JOBCAST_MAX_BODY" in r.json["message"]
+
+
+def test_a_chunked_body_within_the_limit_is_read_whole(client):
+    r = post_chunked(client, BODY + b" " * 16_000)
+    assert r.status_code == 201, r.json
+    assert client.get(r.json["urls"]["status"]).json["params"] == {"n": 3, "interval": 0}
+
+
+class Trickle(io.BytesIO):
+    """A request body that arrives one byte every ``pause`` seconds (gevent's sleep)."""
+
+    def __init__(self, data: bytes, pause: float):
+        """``data``, to come one byte at a time."""
+        super().__init__(data)
+        self.pause = pause
+
+    def read(self, size: int | None = -1) -> bytes:
+        """The next byte, after a pause (however many were asked for)."""
+        gevent.sleep(self.pause)
+        return super().read(1)
+
+
+class Conn:
+    """The connection's socket as gunicorn hands it to the app: records a shutdown."""
+
+    def __init__(self):
+        """Not shut yet."""
+        self.shut = []
+
+    def shutdown(self, how: int) -> None:
+        """Record which side was shut."""
+        self.shut.append(how)
+
+
+def test_a_body_that_trickles_in_is_cut_at_the_deadline_and_its_connection_closed():
+    """Finding 3: POST /login declaring 10,000 bytes and sending one every 2 s stayed open.
+    The deadline is on the whole body, so a client that sends a byte now and then gains
+    nothing."""
+    seen = {}
+
+    def app(environ, start_response):
+        """Keep what the middleware passed on."""
+        seen.update(environ)
+        return []
+
+    limits = BodyLimits(app, timeout=0.3, max_body=16384, cooperative=lambda: True)
+    conn = Conn()
+    environ = {"CONTENT_LENGTH": "10000", "wsgi.input": Trickle(b"t" * 10000, 0.02),
+               "gunicorn.socket": conn}
+    started = time.monotonic()
+    limits(environ, lambda *a: None)
+    took = time.monotonic() - started
+    assert isinstance(seen[REFUSAL], RequestTimeout) and 0.3 <= took < 1.0
+    assert conn.shut == [socket.SHUT_RD], "gunicorn finds the connection's end at once"
+
+
+def test_a_body_that_arrives_in_time_is_passed_on_whole():
+    seen = {}
+
+    def app(environ, start_response):
+        """Read the body as an app does."""
+        seen["body"] = environ["wsgi.input"].read()
+        return []
+
+    limits = BodyLimits(app, timeout=5, max_body=16384, cooperative=lambda: True)
+    limits({"CONTENT_LENGTH": "5", "wsgi.input": Trickle(b"hello", 0.01)}, lambda *a: None)
+    assert seen["body"] == b"hello"
+
+
+def test_a_late_body_answers_408_through_the_app(config, make_app, monkeypatch):
+    from jobcast.web import bodies
+
+    app = make_app({"JOBCAST": config, "TESTING": True})
+    monkeypatch.setattr(app.wsgi_app, "cooperative", lambda: True)
+    monkeypatch.setattr(app.wsgi_app, "timeout", 0.2)
+    r = app.test_client().post("/login", input_stream=Trickle(b"token=x&next=/" * 50, 0.05),
+                               content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 408 and r.json["error"] == "request_timeout"
+    assert "JOBCAST_BODY_TIMEOUT" in r.json["message"] and isinstance(app.wsgi_app, bodies.BodyLimits)
