@@ -36,6 +36,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException, RequestURITooLarge
 
 from jobcast.core.secret import signing_key
+from jobcast.core.joblog import UnknownJob
 from jobcast.core.settings import Settings
 from jobcast.web import metrics
 from jobcast.web.limits import ClientRate, TooManyRequests, client_address
@@ -222,11 +223,13 @@ def granted_jobs(cfg: Settings, sigs: list[str], job_ids: list[str]) -> set[str]
         failure = LinkError("other_job", "a view link grants none of these jobs")
         for job_id in job_ids:
             try:
-                verify(cfg, job_id, sig)
+                verify(cfg, job_id, sig, lambda j=job_id: created_at(j))
             except LinkError as exc:
                 if exc.reason != "other_job":
                     failure = exc  # invalid or expired says more than "another job"
                 continue
+            except UnknownJob:
+                continue  # no such job now: the stream says it is missing
             granted.add(job_id)
             break
         else:
