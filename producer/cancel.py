@@ -21,7 +21,7 @@ from rq.job import Job, JobStatus
 from jobcast.core.joblog import UnknownJob
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import StreamRedis
+from jobcast.core.store import StreamRedis, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
     job had finished, failed or been cancelled before.
     """
     cfg = config or get_settings()
-    redis = redis or Redis.from_url(cfg.redis_url)
+    redis = redis or redis_client(cfg.redis_url)
     jlog = LogStore.connect(cfg, redis, streams).log(job_id)
     seq = jlog.cancelled(by)
     if seq == -2:

@@ -13,7 +13,7 @@ from rq.job import Job
 
 from jobcast.core.joblog import JOBS_INDEX, JobInfo, JobLog, job_keys
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import StreamRedis, stream_redis
+from jobcast.core.store import StreamRedis, redis_client, stream_redis
 
 # RQ states of a job that a Jobcast-aware worker has not finished with yet.
 ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})
@@ -35,7 +35,7 @@ class LogStore:
         given, else on this process's shared client of the stream store."""
         cfg = settings or get_settings()
         if queue is None and streams is None:
-            queue = Redis.from_url(cfg.redis_url)
+            queue = redis_client(cfg.redis_url)
         return cls(streams if streams is not None else stream_redis(cfg, queue), cfg, queue)
 
     def log(self, job_id: str) -> JobLog:

@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobcast.core.redisurl import check_redis_url
+
 
 def parse_caps(text: str) -> dict[str, float]:
     """``"n=100000,sqrt.interval=10"`` as {"name" or "task.name": limit}; ValueError if malformed."""
@@ -48,7 +50,9 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = env("REDIS_URL", "redis://localhost:6379/0",
-                         "Redis for the queue, logs and pub/sub", min_length=1)
+                         "Redis for the queue, logs and pub/sub; `redis+sentinel://host:port"
+                         "[,host:port…]/<master>[/<db>]` finds the primary through Sentinel "
+                         "and follows its failovers", min_length=1)
     stream_url: str = env("JOBCAST_STREAM_URL", "",
                           "Redis for the logs, job metadata and pub/sub, when not `REDIS_URL`; "
                           "a node of a Redis Cluster works (hash-tagged keys, "
@@ -133,6 +137,13 @@ class Settings(BaseSettings):
         if mode not in ("", "public", "private"):
             raise ValueError(f"JOBCAST_READ={value!r} is invalid: expected public or private")
         return mode
+
+    @field_validator("redis_url", "stream_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        """Refuse a malformed ``redis+sentinel://`` URL at start-up (redis-py has no such
+        scheme, so it would fail only at the first command)."""
+        return check_redis_url(value) if value else value
 
     @field_validator("param_caps")
     @classmethod
