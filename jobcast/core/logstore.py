@@ -42,7 +42,9 @@ class LogStore:
         """The log of ``job_id`` (InvalidJobId for a malformed id)."""
         cfg = self.settings
         return JobLog(self.redis, job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
-                      index_max=cfg.jobs_index_max, value_max=cfg.value_max_bytes)
+                      index_max=cfg.jobs_index_max, value_max=cfg.value_max_bytes,
+                      terminal_replicas=cfg.terminal_replicas,
+                      terminal_wait_ms=cfg.terminal_wait_ms)
 
     def adopt(self, job_id: str) -> bool:
         """Open the log of an RQ job that Jobcast did not enqueue, if RQ has it pending or

@@ -114,6 +114,13 @@ class Settings(BaseSettings):
                                 "seconds between a worker's heartbeats while it runs a job", ge=1)
     maintenance_interval: int = env("JOBCAST_MAINTENANCE_INTERVAL", 10,
                                     "seconds between a worker's cleanups after dead workers", ge=1)
+    terminal_replicas: int = env("JOBCAST_TERMINAL_REPLICAS", 0,
+                                 "replicas that must acknowledge a job's last entry (finished, "
+                                 "failed, cancelled) before its writer goes on (`WAIT`; single "
+                                 "Redis and Sentinel); 0: none", ge=0)
+    terminal_wait_ms: int = env("JOBCAST_TERMINAL_WAIT_MS", 500,
+                                "most milliseconds a last entry waits for those replicas; fewer "
+                                "in time is logged as a warning, and the job goes on", ge=1)
     orphan_timeout: int = env("JOBCAST_ORPHAN_TIMEOUT", 15,
                               "seconds with no live worker after which queued and running jobs "
                               "fail", ge=1)
