@@ -305,7 +305,7 @@ class ResumingViewer:
             if event.id is None:
                 continue
             entry = event.json()
-            assert entry["seq"] == int(event.id)
+            assert entry["seq"] == event.position()[0]
             self.entries.append(entry)
             if on_entry:
                 on_entry(self)

@@ -14,6 +14,7 @@ import pytest
 from jobcast.cli.client import Backoff, BadInput, EventStream, Unreachable
 from jobcast.launcher.redisserver import RedisServer
 from tests.conftest import WebServer, Workers, wait_for
+from tests.support.sse import id_seq
 
 
 class Stack:
@@ -125,7 +126,7 @@ class SSEViewer(threading.Thread):
 
     def seqs(self) -> list[int]:
         """The seqs received, in order."""
-        return [int(e["id"]) for e in self.events]
+        return [id_seq(e["id"]) for e in self.events]
 
     def terminal(self) -> list[dict]:
         """The terminal events received."""

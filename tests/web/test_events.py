@@ -82,7 +82,8 @@ def test_one_stream_carries_several_jobs_each_entry_once_and_ends_with_the_last(
     assert reader.seqs(a.job_id) == list(range(1, 9))
     assert reader.seqs(b.job_id) == list(range(1, 9))
     ids = [e.id for e in reader.events if e.id]
-    assert ids[-1] == f"{digest([a.job_id, b.job_id]).decode()}:8.8"
+    assert ids[-1] == (f"{digest([a.job_id, b.job_id]).decode()}:8~{a.head().epoch}"
+                       f".8~{b.head().epoch}")
 
 
 def test_last_event_id_resumes_every_job_exactly(web, redis):

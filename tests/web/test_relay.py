@@ -24,6 +24,7 @@ from jobcast.web.broker import Broker
 from jobcast.web.recent import RecentEntries
 from jobcast.web.relay import Relay
 from jobcast.web.viewer import SocketSink, Viewer
+from tests.support.sse import id_seq
 
 
 def metric_value(name: str, **labels: str) -> float:
@@ -83,7 +84,7 @@ class Client:
 
     def sse_ids(self) -> list[int]:
         """The ids of the SSE events read so far."""
-        return [int(line[4:]) for line in bytes(self.data).decode().split("\n")
+        return [id_seq(line[4:]) for line in bytes(self.data).decode().split("\n")
                 if line.startswith("id: ")]
 
 
@@ -313,7 +314,7 @@ def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, 
     relay.broker.redis = Redis(port=1)  # from here on any Redis read would fail
     second, second_client = held(relay, log)
     green_wait(lambda: not second.slow, what="second viewer from memory")
-    assert relay.position(log.job_id) == (False, 5)
+    assert relay.position(log.job_id) == (False, 5, log.head().epoch)
     green_wait(lambda: second_client.sse_ids() == first_client.sse_ids() == [1, 2, 3, 4, 5],
                what="the same entries at both")
 
@@ -428,7 +429,8 @@ def test_one_connection_carries_several_jobs_each_entry_once_with_every_cursor_a
     assert [s for j, s in got if j == a.job_id] == list(range(1, 10))
     assert [s for j, s in got if j == b.job_id] == list(range(1, 7))
     ids = [line[4:] for line in bytes(client.data).decode().split("\n") if line.startswith("id: ")]
-    assert ids[-1] == f"{conn.digest.decode()}:9.6" and client.released
+    epochs = a.head().epoch, b.head().epoch
+    assert ids[-1] == f"{conn.digest.decode()}:9~{epochs[0]}.6~{epochs[1]}" and client.released
 
 
 def test_a_multi_job_connection_frames_each_batch_once_per_job_for_every_connection(redis, relay):
