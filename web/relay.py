@@ -650,6 +650,9 @@ class Relay:
             for job, last_seq in zip(quiet, last_seqs):
                 self._last_delivery[job] = now
                 gone = 0
+                newest = self.recent.last(job)
+                if last_seq is not None and newest is not None and last_seq < newest.seq:
+                    self.recent.lost([job])  # memory has entries the log no longer has
                 for v in tuple(self._jobs.get(job, ())):
                     if v.slow:
                         continue
