@@ -32,6 +32,10 @@ def assert_exactly_once(viewer: SSEViewer, n: int, terminal: str = "finished"):
     seqs = viewer.seqs()
     assert seqs == sorted(set(seqs)), "duplicate or out-of-order seq"
     assert [e["event"] for e in viewer.terminal()] == [terminal]
+    # An ordinary fault (a worker, a web process, a Redis restart with AOF) keeps the log's
+    # incarnation: no reset, one epoch in every id.
+    assert not [e for e in viewer.events if e["event"] == "reset"]
+    assert len({e["id"].partition(":")[2] for e in viewer.events}) == 1
 
 
 def kill_tree(proc: psutil.Process):

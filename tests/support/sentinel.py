@@ -138,6 +138,16 @@ class LocalSentinelGroup:
         """Wait until :meth:`ready`."""
         wait_until(self.ready, timeout, interval=0.1, what="the sentinel group to be ready")
 
+    def in_sync(self) -> bool:
+        """True when the replica has everything the primary took (equal offsets)."""
+        try:
+            primary = self.client(self.primary_port).info("replication")
+            replica = self.client(self.replica_port).info("replication")
+        except RedisError:
+            return False
+        return (replica.get("master_link_status") == "up"
+                and replica.get("slave_repl_offset") == primary.get("master_repl_offset"))
+
     def kill_primary(self) -> int:
         """SIGKILL the primary; its port."""
         port = self.primary_port
