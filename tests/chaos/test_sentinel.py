@@ -253,3 +253,47 @@ def test_a_terminal_entry_waits_for_the_replica_or_for_the_setting(group, caplog
     assert 0.29 <= time.monotonic() - started < 2.0
     assert "reached 0 of 1 replica(s) within 300 ms" in caplog.text
     assert replica.hget(late.keys.meta, "status") is None
+
+
+class Recorder:
+    """A broker handler that keeps what it is told."""
+
+    def __init__(self):
+        """Nothing told yet."""
+        self.published: list[int] = []
+        self.resynced: list[str] = []
+
+    def on_publications(self, job_id: str, entries) -> None:
+        """Keep the seqs."""
+        self.published += [e.seq for e in entries]
+
+    def on_resync(self, job_ids: list[str]) -> None:
+        """Keep the jobs resynced."""
+        self.resynced += job_ids
+
+    def on_lost(self, job_ids: list[str]) -> None:
+        """Nothing to keep."""
+
+
+def test_the_hub_follows_a_failover_and_resyncs_its_jobs(group):
+    from jobcast.web.broker import Broker
+
+    redis = redis_client(group.url, pooled=True)
+    broker, handler = Broker(redis, poll=0.2), Recorder()
+    broker.start(handler)
+    try:
+        log = JobLog(redis, "hub-failover")
+        log.create("sqrt", {}, None)
+        broker.subscribe(log.job_id)
+        assert broker.wait_subscribed(log.job_id, 10)
+        log.started("w", 1)
+        wait_for(lambda: handler.published == [2], what="the first announcement")
+        group.kill_primary()
+        group.wait_promoted()
+        # redis-py reconnects to the promoted replica and subscribes again by itself, with no
+        # error reaching the reader: the second confirmation is how the broker learns of it.
+        wait_for(lambda: handler.resynced == [log.job_id], 20, what="the job's resync")
+        log.value(0, "after")
+        wait_for(lambda: handler.published == [2, 3], 10, what="an announcement of the new primary")
+    finally:
+        broker.stop(5)
