@@ -6,7 +6,9 @@
 -- ARGV: channel, kind, value index (-1 if none), JSON body without seq (starts after "{"),
 --       log maxlen, ttl after the end, now, jobs-index max, the writer's epoch ('' for no
 --       check), the highest seq the writer wrote (0 for no check), a new epoch (the log's
---       first, or one minted here), then field/value pairs for the hash.
+--       first, or one minted here), '1' to begin a new epoch with this entry (a new attempt's
+--       start: nothing proves the log is what the last attempt left), then field/value pairs
+--       for the hash.
 -- Returns the new entry's seq, or a negative code: -1 already ended, -2 unknown job,
 -- -3 value index not the next one (a retried job repeating a value), -4 job id exists,
 -- -5 the log is not the incarnation the writer began: another epoch, or behind what the writer
@@ -30,11 +32,11 @@ else
     mint(meta, ARGV[11], last + 1)
     return -5
   end
-  if not epoch then  -- a log written before epochs: its first append gives it one
+  if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
+  if not epoch or ARGV[12] == '1' then  -- (a log written before epochs gets one here too)
     epoch = ARGV[11]
     mint(meta, epoch, last + 1)
   end
-  if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
 end
 if kind == 'value' then
   local i = tonumber(ARGV[3])
@@ -50,8 +52,8 @@ if index then
 else
   redis.call('SPUBLISH', ARGV[1], entry)
 end
-if #ARGV > 11 then
-  redis.call('HSET', meta, unpack(ARGV, 12))
+if #ARGV > 12 then
+  redis.call('HSET', meta, unpack(ARGV, 13))
 end
 if kind == 'queued' and index then
   redis.call('ZADD', index, ARGV[7], string.match(meta, ':job:(.*)$'))

@@ -271,14 +271,17 @@ class JobLog:
     # -- writing ---------------------------------------------------------------------------
 
     def _write(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
-               value_json: str | None = None, meta: dict[str, Any] | None = None) -> int:
+               value_json: str | None = None, meta: dict[str, Any] | None = None,
+               new_era: bool = False) -> int:
         """Append one entry atomically and return its seq (or a negative code); tell the
         job feed of a change of state, and of progress (throttled).
 
         A writer that began the log raises LogReset when the log is not that incarnation any
         more (or is gone) for an entry it checks (:data:`CHECKED`).
         """
-        keys, args = self.script_args(kind, body, index=index, value_json=value_json, meta=meta)
+        epoch = new_epoch()
+        keys, args = self.script_args(kind, body, index=index, value_json=value_json, meta=meta,
+                                      new_era=new_era, epoch=epoch)
         if kind in TERMINAL and self.terminal_replicas and not is_cluster(self.redis):
             seq = self._write_durably(kind, keys, args)
         else:
@@ -287,6 +290,8 @@ class JobLog:
             raise LogReset(self.job_id)
         if seq > 0:
             self.high = max(self.high, seq)
+            if new_era and self.began:
+                self.epoch = epoch  # this writer began it
             try:
                 self._announce(kind, seq, body or {})
             except RedisError as exc:  # the feed is a view: the log, written, is the truth
@@ -355,9 +360,11 @@ class JobLog:
         return self._append
 
     def script_args(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
-                    value_json: str | None = None,
-                    meta: dict[str, Any] | None = None) -> tuple[list[str], list[Any]]:
-        """The KEYS and ARGV of the append script for one entry (also for a pipeline)."""
+                    value_json: str | None = None, meta: dict[str, Any] | None = None,
+                    new_era: bool = False,
+                    epoch: str | None = None) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of the append script for one entry (also for a pipeline):
+        ``new_era`` begins a new epoch with it (``epoch``, or a new one)."""
         now = time.time()
         parts = [f'"kind":{json.dumps(kind)}', f'"ts":{now:.6f}']
         for k, v in (body or {}).items():
@@ -377,7 +384,8 @@ class JobLog:
         return (keys,
                 [self.keys.channel, kind, index, ",".join(parts) + "}", self.maxlen,
                  self.ttl, f"{now:.6f}", self.index_max, (self.epoch or "") if checked else "",
-                 self.high if checked else 0, new_epoch(), *fields])
+                 self.high if checked else 0, epoch or new_epoch(), "1" if new_era else "",
+                 *fields])
 
     def create(self, task: str, params: dict[str, Any], total: int | None,
                extra: dict[str, str] | None = None) -> int:
@@ -442,10 +450,15 @@ class JobLog:
         return status is not None, int(values or 0), int(attempt or 0) + 1
 
     def started(self, worker: str, attempt: int) -> int:
-        """Record that ``worker`` started (or restarted) the job."""
+        """Record that ``worker`` started (or restarted) the job.
+
+        A restart (``attempt`` > 1) begins a new epoch: the attempt before it is gone, and
+        nothing proves the log is all it wrote (Redis may have lost its last entries, with
+        the worker that could tell). A viewer whose position survived just goes on.
+        """
         return self._write("started", {"worker": worker, "attempt": attempt},
                            meta={"worker": worker, "started_at": f"{time.time():.6f}",
-                                 "attempt": attempt})
+                                 "attempt": attempt}, new_era=attempt > 1)
 
     def value(self, index: int, value: Any, total: int | None = None) -> int:
         """Record value number ``index``; returns -3 if it was already logged (a retry).

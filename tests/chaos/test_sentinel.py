@@ -176,13 +176,14 @@ def test_a_failover_that_loses_entries_resets_each_viewer_once_and_reuses_no_id(
     assert_no_id_reused(sse)
     assert [e["event"] for e in sse.terminal()] == ["finished"]
     assert len(text.resets) == 1 and text.lines == sqrt_texts(60)
-    # The log: seqs 1..N without a gap, each value once, two epochs in order, one ending.
+    # The log: seqs 1..N without a gap, each value once, one ending; its epochs in order: the
+    # first, the one the loss began (its "retrying"), the retry's own from its start.
     log = JobLog(redis_client(group.url), job_id)
     entries = list(log.entries())
     assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
     assert [e.i for e in entries if e.kind == "value"] == list(range(60))
     epochs = [e.ep for e in entries]
-    assert len(set(epochs)) == 2 and epochs == sorted(epochs, key=epochs.index)
+    assert len(set(epochs)) == 3 and epochs == sorted(epochs, key=epochs.index)
     assert [e.kind for e in entries if e.terminal] == ["finished"] and entries[-1].terminal
     assert [era.epoch for era in log.head().eras] == list(dict.fromkeys(epochs))
     # A resume from before the boundary in the first epoch goes on without a reset.

@@ -70,8 +70,12 @@ def test_a_writer_that_finds_the_log_behind_what_it_wrote_begins_a_new_epoch_and
     retry.finished()
     entries = list(log.entries())
     assert [e.seq for e in entries] == list(range(1, 11))
-    assert [e.ep for e in entries] == [first] * 4 + [head.epoch] * 6
+    # The retry's start begins an epoch of its own (nothing proves the log is what the last
+    # attempt left); the reset's epoch holds just the "retrying" entry.
+    third = log.head().epoch
+    assert [e.ep for e in entries] == [first] * 4 + [head.epoch] + [third] * 5
     assert [e.i for e in entries if e.kind == "value"] == [0, 1, 2, 3, 4]
+    assert [era.first_seq for era in log.head().eras] == [1, 5, 6]
 
 
 def test_a_writer_of_another_epoch_is_refused_before_its_value_is_checked(redis):
@@ -96,6 +100,27 @@ def test_a_log_lost_with_its_store_fails_the_writer_that_began_it(redis):
     with pytest.raises(LogReset):
         writer.started("w", 1)
     assert JobLog(redis, log.job_id).failed("gone") == -2  # a one-shot writer is just told
+
+
+def test_a_restart_begins_an_epoch_in_which_a_lost_tail_is_never_reused_silently(redis):
+    # The worker died with the primary: nobody can tell the retry what was lost.
+    log = new_log(redis)
+    first = log.head().epoch
+    dead = JobLog(redis, log.job_id)
+    dead.begin()
+    dead.started("w1", 1)
+    for i in range(5):
+        dead.value(i, i)                      # seqs 3..7, seen by some viewer
+    lose(log, keep=5)
+    retry = JobLog(redis, log.job_id)
+    assert retry.begin() == (True, 3, 2)
+    retry.started("w2", 2)                    # seq 6, in a new epoch beginning there
+    head = log.head()
+    assert head.epoch != first and head.eras[-1] == Era(head.epoch, 6, 3)
+    # The viewer that had seq 7 of the first epoch is told; one that had seq 5 goes on.
+    assert resolve(head, first, seq=7).reason == LOST and resolve(head, first, seq=5) is None
+    assert retry.value(3, "again") == 7       # the retry writes on, in its own epoch
+    assert retry.epoch == head.epoch
 
 
 def test_a_log_from_before_epochs_gets_one_at_its_next_append(redis):
