@@ -483,6 +483,18 @@ def failover(log: JobLog, writer: JobLog, keep: int) -> None:
     JobLog(log.redis, log.job_id).retrying("the job's log was reset")
 
 
+def watched(redis, relay: Relay, transport=SSE, *, values: int = 5, chunked: bool = False):
+    """A job whose writer began it, a viewer holding it, and ``values`` values delivered (seqs
+    3 on): (log, its first epoch, the writer, the viewer, its client)."""
+    log = new_log(redis)
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    viewer, client = held(relay, log, transport, chunked=chunked)
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.deliver(log.job_id, write(writer, 0, values))
+    return log, log.head().epoch, writer, viewer, client
+
+
 def entry_ids(data: bytes) -> list[tuple[str, str]]:
     """(event, id) of every event of an SSE stream."""
     return [(e.event, e.id) for e in parse_events(bytes(data))]
@@ -490,13 +502,7 @@ def entry_ids(data: bytes) -> list[tuple[str, str]]:
 
 def test_a_viewer_of_a_log_that_lost_entries_is_reset_once_and_never_sees_an_id_reused(redis,
                                                                                         relay):
-    log = new_log(redis)
-    first = log.head().epoch
-    writer = JobLog(redis, log.job_id)
-    writer.begin()
-    viewer, client = held(relay, log)
-    green_wait(lambda: not viewer.slow, what="history")
-    relay.deliver(log.job_id, write(writer, 0, 5))             # seqs 3..7
+    log, first, writer, viewer, client = watched(redis, relay)  # seqs 3..7
     failover(log, writer, keep=5)                              # values 0..2 survived
     retry = JobLog(redis, log.job_id)
     assert retry.begin()[1] == 3
@@ -520,13 +526,7 @@ def test_a_viewer_of_a_log_that_lost_entries_is_reset_once_and_never_sees_an_id_
 
 
 def test_a_log_found_behind_a_quiet_viewer_begins_a_new_epoch_and_resets_it(redis, relay, clock):
-    log = new_log(redis)
-    first = log.head().epoch
-    writer = JobLog(redis, log.job_id)
-    writer.begin()
-    viewer, client = held(relay, log)
-    green_wait(lambda: not viewer.slow, what="history")
-    relay.deliver(log.job_id, write(writer, 0, 5))             # seqs 3..7
+    log, first, writer, viewer, client = watched(redis, relay)  # seqs 3..7
     lose(log, keep=5)                                          # the writer is silent (dead?)
     clock.advance(0.25)
     relay.tick()
@@ -557,12 +557,7 @@ def test_a_resume_into_a_surviving_prefix_of_an_older_epoch_just_goes_on(redis, 
 
 
 def test_a_text_stream_that_cannot_say_reset_is_cut_without_its_end(redis, relay):
-    log = new_log(redis)
-    writer = JobLog(redis, log.job_id)
-    writer.begin()
-    viewer, client = held(relay, log, TEXT, chunked=True)
-    green_wait(lambda: not viewer.slow, what="history")
-    relay.deliver(log.job_id, write(writer, 0, 3))
+    log, _, writer, viewer, client = watched(redis, relay, TEXT, values=3, chunked=True)
     failover(log, writer, keep=3)
     relay.deliver(log.job_id, log.page(3, 10)[0])
     green_wait(lambda: client.eof, what="the cut")
@@ -570,12 +565,7 @@ def test_a_text_stream_that_cannot_say_reset_is_cut_without_its_end(redis, relay
 
 
 def test_an_html_stream_says_the_reset_in_a_line_and_goes_on(redis, relay):
-    log = new_log(redis)
-    writer = JobLog(redis, log.job_id)
-    writer.begin()
-    viewer, client = held(relay, log, HTML)
-    green_wait(lambda: not viewer.slow, what="history")
-    relay.deliver(log.job_id, write(writer, 0, 3))
+    log, _, writer, viewer, client = watched(redis, relay, HTML, values=3)
     failover(log, writer, keep=3)
     relay.deliver(log.job_id, log.page(3, 10)[0])
     green_wait(lambda: b"reset" in client.data, what="the reset line")
