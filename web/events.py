@@ -222,7 +222,7 @@ def _event(name: str, data: dict) -> bytes:
 @bp.route("/events", methods=["GET", "HEAD"])
 @jobs_scoped
 @long_query(MAX_QUERY)
-@stream(SSE)
+@stream(SSE, errors=(400,))  # no job named, a bad spec or cursor: 400 naming it
 def multi_stream():
     """Server-sent events of several jobs over one connection (``?job=`` repeated).
 
