@@ -175,7 +175,7 @@ def resolve(head: Head, epoch: str | None, *, seq: int | None = None,
     if index is None or index + 1 >= len(head.eras):
         return Reset(head.epoch, 0, 0, UNKNOWN, **was)
     after = head.eras[index + 1]  # the next incarnation began here: before it, all survived
-    if (seq is not None and seq < after.first_seq) or (values is not None and values <= after.values):
+    if seq is not None and seq < after.first_seq or values is not None and values <= after.values:
         return None
     return Reset(head.epoch, after.first_seq - 1, after.values, LOST, **was)
 

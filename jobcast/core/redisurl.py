@@ -21,7 +21,8 @@ from urllib.parse import parse_qs, unquote
 SENTINEL_SCHEME = "redis+sentinel://"
 SENTINEL_PORT = 26379
 
-_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\[\]:/,@]+))(?::(?P<port>[0-9]{1,5}))?")
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\[\]:/,@]+))"
+                   r"(?::(?P<port>[0-9]{1,5}))?")
 
 
 class BadRedisUrl(ValueError):
@@ -62,7 +63,8 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     sentinels = tuple(_host(item) for item in hostlist.split(","))
     parts = path.split("/") if path else []
     if not parts or not parts[0] or len(parts) > 2:
-        raise BadRedisUrl("name the primary after the hosts: redis+sentinel://host:port/<master>[/<db>]")
+        raise BadRedisUrl("name the primary after the hosts: "
+                          "redis+sentinel://host:port/<master>[/<db>]")
     master = unquote(parts[0])
     db = 0
     if len(parts) == 2 and parts[1] != "":

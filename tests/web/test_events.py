@@ -298,6 +298,7 @@ def test_the_job_list_snapshots_again_past_its_end_or_in_another_of_its_epochs(w
     ours = first[-1].id.split(":")[1]
     assert ours == f"{seq}~{epoch}"
     for cursor, again in [(f"{seq}~{epoch}", False), (f"{seq + 10**6}~{epoch}", True),
-                          (f"{seq}~not{epoch[:5]}", True), (f"{seq + 10**6}", True), (f"{seq}", False)]:
+                          (f"{seq}~not{epoch[:5]}", True), (f"{seq + 10**6}", True),
+                          (f"{seq}", False)]:
         got = stream_until(web, f"list=3:{cursor}", {}, checkpoint)
         assert any(e.event == "snapshot" for e in got) is again, cursor
