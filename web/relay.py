@@ -641,6 +641,7 @@ class Relay:
                  if now - t >= self.heartbeat * 0.9 and job in self._jobs]
         if not quiet:
             return
+        before = {job: self._last_delivery[job] for job in quiet}
         try:
             last_seqs: list[int | None] = self.broker.last_seqs(quiet)
         except RedisError:
@@ -648,6 +649,8 @@ class Relay:
         beats = 0
         with self._lock:
             for job, last_seq in zip(quiet, last_seqs):
+                if last_seq is not None and self._last_delivery.get(job) != before[job]:
+                    last_seq = None  # entries came while it was read: it is stale already
                 self._last_delivery[job] = now
                 gone = 0
                 newest = self.recent.last(job)
