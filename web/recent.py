@@ -55,7 +55,8 @@ class RecentEntries:
         """The kept entries after ``cursor`` of incarnation ``epoch``, if they follow on from
         it, else []."""
         tail = self._tails.get(job_id)
-        if not tail or not tail[0].seq <= cursor + 1 <= tail[-1].seq or tail[-1].ep != epoch:
+        if not tail or not tail[0].seq <= cursor + 1 <= tail[-1].seq or \
+                tail[-1].ep not in (epoch, None):
             return []
         return tail[cursor + 1 - tail[0].seq:]
 
@@ -90,7 +91,7 @@ class RecentEntries:
         the broker has not yet dispatched to the fast path."""
         tail = self._tails.get(job_id)
         return (self.subscribed and bool(tail) and tail[-1].seq == cursor
-                and tail[-1].ep == epoch and cursor >= self._dispatched.get(job_id, 0))
+                and tail[-1].ep in (epoch, None) and cursor >= self._dispatched.get(job_id, 0))
 
     def add_live(self, job_id: str, entries: list[Entry]) -> None:
         """The broker delivered ``entries``."""

@@ -323,9 +323,11 @@ class Relay:
                     if last > v.missed:
                         v.missed = last
                     continue
-                if v.epoch != epoch:
+                if v.epoch != epoch and epoch is not None:
                     # Another incarnation of the log (its seqs may even be ones the viewer has
-                    # had): the log says whether the viewer just goes on or is reset.
+                    # had): the log says whether the viewer just goes on or is reset. (Entries
+                    # without an epoch come from a writer older than epochs, during an upgrade:
+                    # their seq is trusted, as a numeric id is.)
                     self._catch_up(v, b"", "epoch")
                     continue
                 cursor = v.cursor
