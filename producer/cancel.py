@@ -21,7 +21,7 @@ from rq.job import Job, JobStatus
 from jobcast.core.joblog import UnknownJob
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import StreamRedis
+from jobcast.core.store import StreamRedis, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
     stop), or AlreadyEnded when the job had finished, failed or been cancelled before.
     """
     cfg = config or get_settings()
-    redis = redis or Redis.from_url(cfg.redis_url)
+    redis = redis or redis_client(cfg.redis_url)
     store = LogStore.connect(cfg, redis, streams)
     jlog = store.log(job_id)
     if not store.on_our_queues(job_id):

@@ -11,7 +11,7 @@ from rq import Callback, Queue, Retry
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import ON_FAILURE, RUNNER, ParamError, Task, get_task
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import StreamRedis
+from jobcast.core.store import StreamRedis, redis_client
 
 
 def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis | None = None,
@@ -29,7 +29,7 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     checked = spec.validate(params, strict=strict)
     check_caps(task, checked, cfg)
     check_bounds(spec, checked, cfg)
-    redis = redis or Redis.from_url(cfg.redis_url)
+    redis = redis or redis_client(cfg.redis_url)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
     LogStore.connect(cfg, redis, streams).log(job_id).create(task, checked, spec.total_for(checked))

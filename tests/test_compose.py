@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from jobcast.cli.client import Backoff, EventStream
+from jobcast.core.settings import Settings
 from jobcast.launcher.redisserver import free_port
 from tests.conftest import wait_for
 
@@ -262,6 +263,31 @@ def test_cluster_profile_runs_three_redis_nodes_and_forms_the_cluster_once():
         assert services[name]["environment"]["JOBCAST_STREAM_URL"] == "redis://redis-node-1:6379/0"
 
 
+def test_sentinel_profile_runs_a_primary_a_replica_and_three_sentinels():
+    url = "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/jobcast/0"
+    services = compose_config("sentinel", JOBCAST_REDIS_URL=url)["services"]
+    sentinels = [f"sentinel-{i}" for i in (1, 2, 3)]
+    assert set(services) == {"redis", "lb", "web", "worker", "producer", "redis-primary",
+                             "redis-replica", *sentinels}
+    for name in ("redis-primary", "redis-replica"):
+        options = dict(zip(services[name]["command"][1::2], services[name]["command"][2::2]))
+        # Each announces its service name: the Sentinels hand out names containers resolve.
+        assert options["--replica-announce-ip"] == name and options["--appendonly"] == "yes"
+        assert services[name]["profiles"] == ["sentinel"]
+    assert services["redis-replica"]["command"][-2:] == ["redis-primary", "6379"]
+    for name in sentinels:
+        script = services[name]["command"][-1]
+        assert "sentinel monitor jobcast redis-primary 6379 2" in script
+        assert "sentinel resolve-hostnames yes" in script and "--sentinel" in script
+        assert services[name]["profiles"] == ["sentinel"]
+    # Every service finds the primary through the Sentinels; they wait for the first one.
+    for name in ("web", "worker", "producer"):
+        assert services[name]["environment"]["REDIS_URL"] == url
+        dep = services[name]["depends_on"]["sentinel-1"]
+        assert (dep["condition"], dep["required"]) == ("service_healthy", False)
+    Settings(redis_url=url)  # a URL Jobcast reads
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -311,7 +337,7 @@ class ResumingViewer:
             if event.id is None:
                 continue
             entry = event.json()
-            assert entry["seq"] == int(event.id)
+            assert entry["seq"] == event.position()[0]
             self.entries.append(entry)
             if on_entry:
                 on_entry(self)

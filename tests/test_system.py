@@ -67,7 +67,7 @@ def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None 
             assert r.headers["content-type"].startswith("text/event-stream")
             for ev in parse_events(r):
                 events.append(ev)
-                if stop_after_seq is not None and int(ev.id) >= stop_after_seq:
+                if stop_after_seq is not None and ev.seq >= stop_after_seq:
                     break  # drop the connection mid-job
     return events
 
@@ -78,7 +78,7 @@ def test_sse_resumes_from_last_event_id_with_exactly_the_rest(http, web, workers
     last_id = first[-1].id
     assert job_status(http, job_id)["status"] != "finished"
     rest = sse_events(web.url, job_id, headers={"Last-Event-ID": last_id})
-    seqs = [int(e.id) for e in first + rest]
+    seqs = [e.seq for e in first + rest]
     assert seqs == list(range(1, len(seqs) + 1))
     values = [json.loads(e.data) for e in first + rest if e.event == "value"]
     assert [v["i"] for v in values] == list(range(30))
@@ -86,7 +86,7 @@ def test_sse_resumes_from_last_event_id_with_exactly_the_rest(http, web, workers
     assert [e.event for e in first[:2]] == ["queued", "started"]
     assert rest[-1].event == "finished"
     # ?after=N is the same as Last-Event-ID; after the terminal entry there is nothing left.
-    assert [e.id for e in sse_events(web.url, job_id, query="?after=20")] == [str(s) for s in seqs[20:]]
+    assert [e.seq for e in sse_events(web.url, job_id, query="?after=20")] == seqs[20:]
     assert httpx.get(f"{web.url}/jobs/{job_id}/events?after={seqs[-1]}").status_code == 204
 
 

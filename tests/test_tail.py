@@ -74,7 +74,7 @@ def test_sse_resume_from_a_trimmed_position_starts_with_one_trimmed_event(capped
     data = json.loads(events[0].data)
     assert data["after"] == 5 and data["first_seq"] == first.seq and data["lost"] == first.seq - 6
     entries = events[1:]
-    seqs = [int(e.id) for e in entries]
+    seqs = [e.seq for e in entries]
     assert seqs == list(range(first.seq, seqs[-1] + 1)) and entries[-1].event == "finished"
     values = [json.loads(e.data) for e in entries if e.event == "value"]
     assert [v["i"] for v in values] == list(range(values[0]["i"], 300))
@@ -154,7 +154,7 @@ def test_tail_5_of_10000_values_gives_the_last_5_then_the_live_ones(web, redis, 
     assert head["tail"] == 5 and head["skipped"] == 9995
     values = [json.loads(e.data)["i"] for e in events if e.event == "value"]
     assert values == list(range(9995, 10_003))
-    seqs = [int(e.id) for e in events[1:]]
+    seqs = [e.seq for e in events[1:]]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # true seqs, no gap
     assert seqs[0] == 9995 + 3  # queued, started, then value i has seq i + 3
     assert text_lines == ["{}".format(math.sqrt(i)) for i in range(9995, 10_003)]
@@ -170,7 +170,7 @@ def test_reconnect_with_last_event_id_after_a_tailed_start_is_exact(web, redis, 
     # EventSource keeps the URL (with ?tail=5) and adds Last-Event-ID: the id wins.
     rest = sse(web.url, log.job_id, "?tail=5", headers={"Last-Event-ID": last_id})
     assert all(e.event != "tail" for e in rest)
-    seqs = [int(e.id) for e in first[1:] + rest]
+    seqs = [e.seq for e in first[1:] + rest]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert [json.loads(e.data).get("i") for e in rest] == [9997, 9998, 9999, 10_000, None]
 
@@ -232,7 +232,7 @@ def test_late_viewers_of_a_log_longer_than_a_read_page_get_all_of_it_at_once(web
                 c.stream("GET", f"/jobs/{log.job_id}/events?after={after}") as r:
             seqs = []
             for ev in parse_events(r):
-                seqs.append(int(ev.id))
+                seqs.append(ev.seq)
                 if seqs[-1] == last:
                     break
         assert seqs == list(range(after + 1, last + 1))

@@ -3,14 +3,17 @@
 The three stream views (text, SSE, HTML) share this one prologue (:func:`admit`):
 
 1. :meth:`StreamRequest.parse` reads the request once: the job id and where to start, from
-   ``Last-Event-ID`` (or ``?after=N``) to resume after an entry, ``?tail=N`` to begin with the
-   last N values, ``?start=K`` to skip the first K values (text and HTML), or nothing (the
-   whole log). A resume wins over ``?tail=``, so a reconnect stays exact. Bad values are a 400
-   naming the parameter, before any Redis key is built.
-2. The job's position (ended, last seq) comes from the relay (memory when it watches the job,
-   else one read shared by a burst of newcomers). A pending RQ job that Jobcast did not
+   ``Last-Event-ID`` (or ``?after=``: ``<seq>`` or ``<seq>:<epoch>``) to resume after an entry,
+   ``?tail=N`` to begin with the last N values, ``?start=K`` (with ``&epoch=E``) to skip the
+   first K values (text and HTML), or nothing (the whole log). A resume wins over ``?tail=``, so
+   a reconnect stays exact. Bad values are a 400 naming the parameter, before any Redis key is
+   built.
+2. The job's position (ended, last seq, epoch) comes from the relay (memory when it watches the
+   job, else one read shared by a burst of newcomers). A pending RQ job that Jobcast did not
    enqueue gets its log opened (:meth:`~jobcast.core.logstore.LogStore.adopt`); anything else
-   unknown is a 404.
+   unknown is a 404. A resume in another epoch, or past the log's end, is placed in the log as
+   it is (:func:`placed`): it continues, or gets one reset before anything else (SSE ``event:
+   reset``; ``Jobcast-Reset`` on the text and HTML streams, and a line of the HTML stream).
 3. :func:`stream_start` works out the first entry to send, and what a capped log no longer
    holds: never silent (SSE ``event: trimmed``, the ``Jobcast-First-Value`` header, a line of
    the HTML stream).
@@ -25,15 +28,16 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from flask import Response, abort, request, url_for
 from werkzeug.exceptions import ServiceUnavailable
 
+from jobcast.core.epoch import EPOCH, Position, Reset, parse_position, resolve
 from jobcast.core.joblog import InvalidJobId, JobInfo, JobLog, UnknownJob, check_job_id
 from jobcast.web.errors import BadParam
-from jobcast.web.frames import HTML, SSE, Transport, html_head, html_notice
+from jobcast.web.frames import HTML, SSE, Transport, html_head, html_notice, html_reset, sse_reset
 from jobcast.web.handover import HandoverSocket, can_take
 from jobcast.web.limits import open_slot
 from jobcast.web.relay import NotSubscribed, Relay
@@ -69,6 +73,24 @@ def int_param(name: str, raw: str | None, *, default: int = 0) -> int:
     return int(raw)
 
 
+def position_param(name: str, raw: str) -> tuple[int, str | None]:
+    """``<seq>`` or ``<seq>:<epoch>`` (an SSE id), or a 400 naming the parameter."""
+    position = parse_position(raw)
+    if position is None or position[0] > MAX_SEQ:
+        raise BadParam(name, f"{name} must be <seq> or <seq>:<epoch>, seq a non-negative "
+                             f"integer up to {MAX_SEQ}")
+    return position
+
+
+def epoch_param(raw: str | None) -> str | None:
+    """``?epoch=``: the epoch a value count was taken in, or a 400 naming it."""
+    if raw is None or raw == "":
+        return None
+    if not EPOCH.fullmatch(raw):
+        raise BadParam("epoch", "epoch must be 1 to 16 letters, digits, '-' or '_'")
+    return raw
+
+
 def checked_id(job_id: str) -> str:
     """``job_id`` if well formed, else a 400 naming the id."""
     try:
@@ -100,22 +122,27 @@ class StreamRequest:
     resume: int | None = None  # Last-Event-ID, or ?after=: an exact position to resume after
     tail: int | None = None    # ?tail=N: begin with the last N values
     start: int = 0             # ?start=K: skip values below index K (text and HTML)
+    epoch: str | None = None   # the epoch the resume (or the count of values) was taken in
 
     @classmethod
     def parse(cls, job_id: str, transport: Transport) -> "StreamRequest":
         """Read the current request; a 400 naming the parameter for a bad one."""
         job_id = checked_id(job_id)
         header = request.headers.get("Last-Event-ID")
+        epoch = None
         if header:
-            resume = int_param("Last-Event-ID", header)
+            resume, epoch = position_param("Last-Event-ID", header)
         elif request.args.get("after"):
-            resume = int_param("after", request.args.get("after"))
+            resume, epoch = position_param("after", request.args.get("after"))
         else:
             resume = None
         raw_tail = request.args.get("tail")
         tail = None if raw_tail is None or raw_tail == "" else int_param("tail", raw_tail)
-        start = int_param("start", request.args.get("start")) if transport.filters_values else 0
-        return cls(job_id, transport, resume, tail, start)
+        start = 0
+        if transport.filters_values:
+            start = int_param("start", request.args.get("start"))
+            epoch = epoch or epoch_param(request.args.get("epoch"))
+        return cls(job_id, transport, resume, tail, start, epoch)
 
 
 @dataclass(frozen=True)
@@ -213,6 +240,33 @@ def stream_start(req: StreamRequest, jlog: JobLog, last_seq: int, maxlen: int) -
                  first_value=first_value, lost=lost)
 
 
+def placed(req: StreamRequest, position: Position,
+           jlog: JobLog) -> tuple[StreamRequest, Reset | None, str | None]:
+    """Where ``req`` resumes in the log as it is now: the request as it goes on (its resume,
+    or its count of values, moved by a reset), the reset it must be told first (None), and the
+    epoch its viewer follows.
+
+    The common resume (the current epoch, not past the end) costs nothing more; any other one
+    reads the log's head and is resolved (:func:`jobcast.core.epoch.resolve`). A position past
+    the end is the client's claim only: it resets this client, and mints no epoch.
+    """
+    seq = req.resume
+    values = req.start if seq is None and req.transport.filters_values and (
+        req.start or req.epoch) else None
+    if seq is None and values is None:
+        return req, None, position.epoch
+    if values is None and req.epoch == position.epoch and seq <= position.seq:
+        return req, None, position.epoch
+    head = jlog.head()
+    if not head.exists:
+        return req, None, position.epoch
+    reset = resolve(head, req.epoch, seq=seq, values=values)
+    if reset is None:
+        return req, None, head.epoch
+    moved = replace(req, resume=reset.after) if seq is not None else replace(req, start=reset.values)
+    return moved, reset, reset.epoch
+
+
 def client_alive(environ: dict) -> Callable[[], bool]:
     """A check that the client has not closed its connection, without writing to it.
 
@@ -229,13 +283,14 @@ def client_alive(environ: dict) -> Callable[[], bool]:
     return lambda: drained_alive(sock)
 
 
-def preamble(req: StreamRequest, begin: Start, retry: int) -> bytes:
-    """The bytes a stream sends before its first entry."""
+def preamble(req: StreamRequest, begin: Start, retry: int, reset: Reset | None = None) -> bytes:
+    """The bytes a stream sends before its first entry: a reset first of all."""
     if req.transport is SSE:
-        return b"retry: %d\n\n" % retry + begin.sse_prelude()
+        return b"retry: %d\n\n" % retry + (sse_reset(reset) if reset else b"") + begin.sse_prelude()
     if req.transport is HTML:
         notice = begin.notice(req.start)
         return (html_head(url_for("static", filename="frame.css"))
+                + (html_reset(reset) if reset else b"")
                 + (html_notice(notice) if notice else b""))
     return b""
 
@@ -249,14 +304,20 @@ def admit(req: StreamRequest) -> Response:
         position = relay.position(req.job_id)  # a plain RQ job, its log just opened
     if position is None:
         abort(404, description=f"no job with id {req.job_id}")
-    ended, last_seq = position
-    begin = stream_start(req, st.logs.log(req.job_id), last_seq, st.config.log_maxlen)
-    if req.transport is SSE and ended and begin.after >= last_seq:
+    ended, last_seq, _ = position
+    jlog = st.logs.log(req.job_id)
+    req, reset, epoch = placed(req, position, jlog)
+    begin = stream_start(req, jlog, last_seq, st.config.log_maxlen)
+    if req.transport is SSE and ended and begin.after >= last_seq and reset is None:
         # Nothing more will come: 204 tells EventSource to stop reconnecting.
         return Response(status=204)
     headers = dict(STREAM_HEADERS)
     if req.transport.filters_values:
         headers.update(begin.headers(req.start))
+    if epoch:
+        headers["Jobcast-Epoch"] = epoch  # what a client resumes with (?start=K&epoch=E)
+    if reset is not None:
+        headers["Jobcast-Reset"] = reset.header()
     if request.method == "HEAD":
         return Response(b"", mimetype=req.transport.mimetype, headers=headers)
     try:
@@ -271,9 +332,9 @@ def admit(req: StreamRequest) -> Response:
         lease.release()
         raise
     viewer = Viewer(req.job_id, None, req.transport, cursor=begin.after, start=req.start,
-                    resources=(lease, slot))
+                    epoch=epoch, resources=(lease, slot))
     viewer.retry = retry_ms()
-    first = preamble(req, begin, viewer.retry)
+    first = preamble(req, begin, viewer.retry, reset)
     conn = can_take(request.environ)
     if conn is not None:
         conn.claim()  # the headers then say Connection: close, as the relay will close it

@@ -5,7 +5,8 @@ Like Centrifuge's ``Broker``, it does four things, and the relay talks to nothin
 - :meth:`Broker.subscribe` / :meth:`Broker.unsubscribe`: this process hears a job's
   announcements while it has viewers of the job, and only then;
 - :meth:`Broker.history`, :meth:`Broker.position`, :meth:`Broker.last_seqs`: what the job's log
-  holds (the log is the truth; announcements only wake readers);
+  holds, and where it stands (its seq and epoch; the log is the truth, announcements only wake
+  readers); :meth:`Broker.rebase` begins a new epoch of a log found behind what it served;
 - one handler (:class:`BrokerHandler`, the relay) receives every publication, decoded once,
   batched per job, and is told when a job's subscription may have missed some.
 
@@ -28,6 +29,12 @@ subscription is a small state machine (:class:`SubState`):
 Each connection also subscribes to an anchor channel nobody publishes on: its confirmation says
 the connection is live (the process's readiness), and it keeps the connection in subscribed
 mode, where redis-py reads it, while no job is watched.
+
+Behind Sentinel (``redis+sentinel://``) the connection is the primary's, wherever it is: after
+a failover redis-py reconnects to the promoted replica and subscribes again by itself, without
+an error reaching the reader. The second confirmation of a ``LIVE`` job is then how the broker
+learns of it, and its ``on_resync`` makes the viewers re-read the log, where a lossy failover
+shows as a log behind their cursors or in a new epoch (:mod:`jobcast.core.epoch`).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from redis import ConnectionPool, Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from jobcast.core.epoch import Head, Position, rebase
 from jobcast.core.feed import FEED, Feed
 from jobcast.core.joblog import PREFIX, Entry, JobLog, channel, job_id_from_channel
 from jobcast.core.store import is_cluster
@@ -221,16 +229,26 @@ class Broker:
         """The log a name stands for: a job's, or the job feed's (:data:`FEED`)."""
         return self.feed if job_id == FEED else JobLog(self.redis, job_id)
 
-    def history(self, job_id: str, after: int, count: int) -> tuple[list[Entry], bool]:
+    def history(self, job_id: str, after: int, count: int) -> tuple[list[Entry], Head]:
         """Up to ``count`` entries of the job's log (or the feed) with ``seq > after``, and
-        whether it has ended (one round trip)."""
-        return self.log(job_id).page(after, count)
+        where it stands: ended or not, its seq and epoch (one round trip)."""
+        return self.log(job_id).read(after, count)
 
-    def position(self, job_id: str) -> tuple[bool, int] | None:
-        """(ended, last seq) of the job, or None when it does not exist."""
+    def head(self, job_id: str) -> Head:
+        """Where the job's log (or the feed) stands."""
+        return self.log(job_id).head()
+
+    def rebase(self, job_id: str, seen: Head) -> Head:
+        """Begin a new epoch of the log (or the feed) if it still stands as ``seen`` (it was
+        found behind what was served from it); where it stands now."""
+        meta = self.feed.meta if job_id == FEED else JobLog(self.redis, job_id).keys.meta
+        return rebase(self.redis, meta, seen, always=job_id == FEED)
+
+    def position(self, job_id: str) -> Position | None:
+        """(ended, last seq, epoch) of the job, or None when it does not exist."""
         return self.log(job_id).position()
 
-    def positions(self, job_ids: list[str]) -> list[tuple[bool, int] | None]:
+    def positions(self, job_ids: list[str]) -> list[Position | None]:
         """:meth:`position` of several jobs, in one pipelined round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:

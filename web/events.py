@@ -6,26 +6,40 @@ viewer of the relay with its own cursor, lease and catch-up, exactly as on ``/jo
 they share one connection (:class:`~jobcast.web.viewer.Connection`), one stream slot and one
 heartbeat.
 
-- **Jobs.** ``job=<id>`` (repeated, in order, at most ``MAX_JOBS``): the whole log; ``job=<id>:<seq>``
-  resumes after that seq; ``job=<id>~<n>`` begins with its last n values. A job twice, a bad
-  id or spec is a 400 naming ``job``.
+- **Jobs.** ``job=<id>`` (repeated, in order, at most ``MAX_JOBS``): the whole log;
+  ``job=<id>:<seq>~<epoch>`` (or ``job=<id>:<seq>``) resumes after that seq of that epoch;
+  ``job=<id>~<n>`` begins with its last n values. A job twice, a bad id or spec is a 400
+  naming ``job``.
 - **Events.** Every entry is an event whose type is its kind and whose data is the entry with
-  its job: ``{"job": "<id>", "seq": 17, "kind": "value", ...}``. Before the first entry, per job
-  and without an id: ``tail``, ``trimmed``, ``missing`` (no such job: nothing will come) and
-  ``ended`` (it had ended at the position asked: nothing will come); then ``hello``.
-- **Ids.** Each write ends with ``id: <digest>:<seq0>.<seq1>…``: the seq of the last entry sent
-  of every job, in the order of the ``job`` parameters (``digest`` names that list). So
-  ``Last-Event-ID`` resumes every job exactly, and the set of jobs changes by reconnecting with
-  each job's cursor inline (``job=<id>:<seq>``): a change is stateless, and a connection id
-  would need the next request to reach the very process holding the stream.
+  its job: ``{"job": "<id>", "seq": 17, "ep": "<epoch>", "kind": "value", ...}``. Before the
+  first entry, per job and without an id: ``reset`` (below), ``tail``, ``trimmed``, ``missing``
+  (no such job: nothing will come) and ``ended`` (it had ended at the position asked: nothing
+  will come); then ``hello``.
+- **Ids.** Each write ends with ``id: <digest>:<c0>.<c1>…``: the cursor of every job, in the
+  order of the ``job`` parameters (``digest`` names that list, the job list's feed last when
+  asked for). A cursor is ``<seq>~<epoch>``: the seq of the last entry sent of the job, and the
+  epoch of the log's incarnation it follows (:mod:`jobcast.core.epoch`); ``<seq>`` alone for a
+  log without one, and a cursor of only seqs, from before epochs, is still accepted (trusted
+  unless past the log's end). So ``Last-Event-ID`` resumes every job exactly, and the set of
+  jobs changes by reconnecting with each job's cursor inline (``job=<id>:<seq>~<epoch>``): a
+  change is stateless, and a connection id would need the next request to reach the very
+  process holding the stream.
+- **Reset.** When a job's position is not in its log as it is (Redis lost entries in a
+  failover, or the log was re-created), that job gets one ``reset`` event before anything else
+  of it, at admission or mid-stream: ``{"job", "epoch", "after", "values", "reason", "was"}``:
+  drop what you hold of the job after seq ``after`` (values from index ``values`` on); its
+  entries go on from ``after + 1`` in ``epoch``, and the cursor that follows says so. If a
+  job's log is gone mid-stream, or the job list's feed is reset, the stream is cut (no end) and
+  the reconnect tells: ``missing``, a ``reset``, or a fresh ``snapshot``.
 - **Access.** The token (or a browser's session) reads every job; otherwise each job needs a
   signed view link of its own (``sig=`` repeated): a link grants its own job only.
 - **The job list.** ``list=<n>`` adds the job feed (:mod:`jobcast.core.feed`) as one more
   stream, after the jobs: first a ``snapshot`` event (the newest n jobs, as ``GET /api/jobs``
   lists them, and the feed's ``seq`` they are as of), then a ``job`` event for every creation,
   change of state and (throttled) progress of any job. Its cursor is the last one of the id,
-  so a reconnection resumes it too; one that fell behind what the feed keeps gets a new
-  snapshot. In private mode it needs the token (a view link grants its job only).
+  so a reconnection resumes it too (``list=<n>:<seq>~<epoch>`` inline); one that fell behind
+  what the feed keeps, is past its end or in another of its epochs gets a new snapshot. In
+  private mode it needs the token (a view link grants its job only).
 - **End.** A job's terminal entry ends that job; the stream ends when all have (the job list
   never ends). A request whose jobs have all ended at the positions asked gets 204, which
   stops EventSource.
@@ -33,7 +47,6 @@ heartbeat.
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from dataclasses import dataclass
@@ -42,12 +55,13 @@ from functools import lru_cache
 from flask import Blueprint, Response, abort, g, request
 from werkzeug.exceptions import ServiceUnavailable
 
+from jobcast.core.epoch import Position, Reset
 from jobcast.core.feed import FEED
 from jobcast.core.joblog import InvalidJobId, check_job_id
 from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, client_alive,
-                                   drain, hand_over, retry_ms, stream_start)
+                                   drain, hand_over, placed, retry_ms, stream_start)
 from jobcast.web.errors import BadParam
-from jobcast.web.frames import SSE, Transport
+from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
 from jobcast.web.limits import open_slot
 from jobcast.web.relay import NotSubscribed
@@ -65,8 +79,11 @@ MAX_QUERY = 8000
 """The longest query string of the stream: 100 jobs with their cursors (gunicorn's request
 line may be up to 8190 bytes: gunicorn.conf.py)."""
 
-_SPEC = re.compile(r"(?P<id>[^:~]+)(?::(?P<after>[0-9]{1,16})|~(?P<tail>[0-9]{1,16}))?")
-_CURSOR = re.compile(r"(?P<digest>[0-9a-f]{8}):(?P<seqs>[0-9]{1,16}(?:\.[0-9]{1,16})*)")
+_EPOCH = r"[A-Za-z0-9_-]{1,16}"
+_SPEC = re.compile(r"(?P<id>[^:~]+)(?::(?P<after>[0-9]{1,16})(?:~(?P<epoch>%s))?"
+                   r"|~(?P<tail>[0-9]{1,16}))?" % _EPOCH)
+_ELEMENT = r"[0-9]{1,16}(?:~%s)?" % _EPOCH
+_CURSOR = re.compile(r"(?P<digest>[0-9a-f]{8}):(?P<seqs>%s(?:\.%s)*)" % (_ELEMENT, _ELEMENT))
 
 
 @lru_cache(maxsize=4096)
@@ -80,7 +97,12 @@ def job_sse(job_id: str) -> Transport:
         """One entry as an event of a multi-job stream."""
         return b"event: %s\n%s%s\n\n" % (entry.kind.encode(), head, entry.raw[1:])
 
-    return Transport(f"sse:{job_id}", SSE.mimetype, encode, SSE.heartbeat, SSE.shutdown, False)
+    def reset(reset: Reset) -> bytes:
+        """The job's ``reset`` event (its new cursor follows, in the connection's id)."""
+        return _event("reset", reset.data(job=job_id))
+
+    return Transport(f"sse:{job_id}", SSE.mimetype, encode, SSE.heartbeat, SSE.shutdown, False,
+                     reset)
 
 
 def _feed_frame(entry) -> bytes:
@@ -89,7 +111,8 @@ def _feed_frame(entry) -> bytes:
 
 
 FEED_SSE = Transport("sse:feed", SSE.mimetype, _feed_frame, SSE.heartbeat, SSE.shutdown, False)
-"""The job list's events in a multi-job stream (no id: the connection's cursor follows)."""
+"""The job list's events in a multi-job stream (no id: the connection's cursor follows). No
+reset event: a feed reset cuts the stream, and the page's reconnect gets a fresh snapshot."""
 
 LIST_MAX = 500
 """The most jobs a snapshot of the job list holds."""
@@ -107,6 +130,7 @@ class JobSpec:
     job_id: str
     after: int | None = None  # resume after this seq
     tail: int | None = None   # begin with the last N values
+    epoch: str | None = None  # the epoch ``after`` was taken in
 
 
 @dataclass(frozen=True)
@@ -116,12 +140,13 @@ class MultiRequest:
     jobs: tuple[JobSpec, ...]
     list: int | None = None         # list=<n>: the job list too, its snapshot the newest n
     list_after: int | None = None   # where the job list resumes (its feed's seq)
+    list_epoch: str | None = None   # the feed's epoch list_after was taken in
 
     @classmethod
     def parse(cls) -> "MultiRequest":
         """Read the current request; a 400 naming the parameter for a bad one."""
         raw = request.args.getlist("job")
-        listing, list_after = cls._list(request.args.get("list"))
+        listing, list_after, list_epoch = cls._list(request.args.get("list"))
         if not raw and listing is None:
             raise BadParam("job", "name at least one job (/events?job=<id>&job=<id>), or ask "
                                   "for the job list (/events?list=50)")
@@ -135,42 +160,48 @@ class MultiRequest:
             except InvalidJobId:
                 job_id = None
             if job_id is None:
-                raise BadParam("job", f"{item[:140]!r} is not <id>, <id>:<seq> or <id>~<n>")
+                raise BadParam("job", f"{item[:140]!r} is not <id>, <id>:<seq>[~<epoch>] or "
+                                      "<id>~<n>")
             after, tail = m.group("after"), m.group("tail")
             specs.append(JobSpec(job_id, int(after) if after else None,
-                                 int(tail) if tail else None))
+                                 int(tail) if tail else None, m.group("epoch")))
         ids = [s.job_id for s in specs]
         if len(set(ids)) != len(ids):
             raise BadParam("job", "each job may be named once")
         header = request.headers.get("Last-Event-ID")
         if header:
-            seqs = cls._cursor(header, ids + [FEED] * (listing is not None))
-            specs = [JobSpec(s.job_id, seq) for s, seq in zip(specs, seqs)]
+            cursors = cls._cursor(header, ids + [FEED] * (listing is not None))
+            specs = [JobSpec(s.job_id, seq, epoch=epoch) for s, (seq, epoch) in zip(specs, cursors)]
             if listing is not None:
-                list_after = seqs[-1]
-        return cls(tuple(specs), listing, list_after)
+                list_after, list_epoch = cursors[-1]
+        return cls(tuple(specs), listing, list_after, list_epoch)
 
     @staticmethod
-    def _list(raw: str | None) -> tuple[int | None, int | None]:
-        """``list=<n>`` or ``list=<n>:<feed seq>``, or a 400 naming ``list``."""
+    def _list(raw: str | None) -> tuple[int | None, int | None, str | None]:
+        """``list=<n>`` or ``list=<n>:<feed seq>[~<epoch>]``, or a 400 naming ``list``."""
         if raw is None or raw == "":
-            return None, None
-        m = re.fullmatch(r"([0-9]{1,4})(?::([0-9]{1,16}))?", raw)
+            return None, None, None
+        m = re.fullmatch(r"([0-9]{1,4})(?::([0-9]{1,16})(?:~(%s))?)?" % _EPOCH, raw)
         if not m or not 1 <= int(m.group(1)) <= LIST_MAX:
-            raise BadParam("list", f"list must be <n> or <n>:<seq>, n from 1 to {LIST_MAX}")
-        return int(m.group(1)), int(m.group(2)) if m.group(2) else None
+            raise BadParam("list", f"list must be <n> or <n>:<seq>[~<epoch>], n from 1 to "
+                                   f"{LIST_MAX}")
+        return int(m.group(1)), int(m.group(2)) if m.group(2) else None, m.group(3)
 
     @staticmethod
-    def _cursor(header: str, ids: list[str]) -> list[int]:
-        """The seqs of a ``Last-Event-ID`` cursor for these jobs, or a 400 naming it."""
+    def _cursor(header: str, ids: list[str]) -> list[tuple[int, str | None]]:
+        """The (seq, epoch) of each job in a ``Last-Event-ID`` cursor for these jobs, or a 400
+        naming it."""
         m = _CURSOR.fullmatch(header.strip())
-        seqs = [int(s) for s in m.group("seqs").split(".")] if m else []
-        if not m or m.group("digest").encode() != digest(ids) or len(seqs) != len(ids):
+        cursors = []
+        for element in (m.group("seqs").split(".") if m else []):
+            seq, _, epoch = element.partition("~")
+            cursors.append((int(seq), epoch or None))
+        if not m or m.group("digest").encode() != digest(ids) or len(cursors) != len(ids):
             raise BadParam("Last-Event-ID", "not a cursor of this stream's jobs "
-                                            "(<digest>:<seq>.<seq>…, one seq per job)")
-        if any(seq > MAX_SEQ for seq in seqs):
+                                            "(<digest>:<seq>~<epoch>.<seq>~<epoch>…, one per job)")
+        if any(seq > MAX_SEQ for seq, _ in cursors):
             raise BadParam("Last-Event-ID", f"a seq is over {MAX_SEQ}")
-        return seqs
+        return cursors
 
     @property
     def ids(self) -> list[str]:
@@ -185,19 +216,22 @@ class MultiRequest:
 
 def _event(name: str, data: dict) -> bytes:
     """One SSE event with no id."""
-    return b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(
-        data, separators=(",", ":")).encode())
+    return b"event: %s\ndata: %s\n\n" % (name.encode(), event_data(data))
 
 
 JOB_ARG = {"name": "job", "in": "query", "required": False, "explode": True, "style": "form",
            "description": f"a job, repeated (1 to {MAX_JOBS}, in order): <id>, <id>:<seq> "
-                          "(resume after seq) or <id>~<n> (its last n values)",
+                          "or <id>:<seq>~<epoch> (resume after seq) or <id>~<n> (its last n "
+                          "values)",
            "schema": {"type": "array", "maxItems": MAX_JOBS,
-                      "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}([:~][0-9]{1,16})?$"}}}
+                      "items": {"type": "string",
+                                "pattern": "^[A-Za-z0-9_-]{1,128}(:[0-9]{1,16}(~[A-Za-z0-9_-]{1,16})?"
+                                           "|~[0-9]{1,16})?$"}}}
 LIST_ARG = {"name": "list", "in": "query", "required": False,
             "description": f"also the job list: <n> (a snapshot of the newest n, 1 to {LIST_MAX}, "
-                           "then every change), or <n>:<seq> to resume it",
-            "schema": {"type": "string", "pattern": "^[0-9]{1,4}(:[0-9]{1,16})?$"}}
+                           "then every change), or <n>:<seq>[~<epoch>] to resume it",
+            "schema": {"type": "string",
+                       "pattern": "^[0-9]{1,4}(:[0-9]{1,16}(~[A-Za-z0-9_-]{1,16})?)?$"}}
 CURSOR_ARG = {"name": "Last-Event-ID", "in": "header", "required": False,
               "description": "the last id received (<digest>:<seq>.<seq>…): resumes every job",
               "schema": {"type": "string"}}
@@ -226,6 +260,7 @@ def multi_stream():
     relay = st.relay
     positions = relay.positions(req.ids)
     prelude = b""
+    reset_any = False
     viewers: list[Viewer] = []
     for spec, position in zip(req.jobs, positions):
         if position is None and st.logs.adopt(spec.job_id):
@@ -236,9 +271,13 @@ def multi_stream():
             prelude += _event("missing", {"job": spec.job_id})
             viewer.state, viewer.done = ViewerState.CLOSED, True
         else:
-            ended, last_seq = position
-            begin = _start(spec, st.logs.log(spec.job_id), last_seq, st.config.log_maxlen)
+            ended, last_seq, _ = position
+            begin, reset, viewer.epoch = _start(spec, st.logs.log(spec.job_id), position,
+                                                st.config.log_maxlen)
             viewer.cursor = begin.after
+            if reset is not None:
+                prelude += _event("reset", reset.data(job=spec.job_id))
+                reset_any = True
             prelude += _with_job(begin.sse_prelude(), spec.job_id)
             if ended and begin.after >= last_seq:
                 prelude += _event("ended", {"job": spec.job_id, "after": begin.after})
@@ -249,7 +288,7 @@ def multi_stream():
         viewers.append(feed)
         prelude += snapshot
     live = [v for v in viewers if not v.closed]
-    if not live and request.headers.get("Last-Event-ID"):
+    if not live and request.headers.get("Last-Event-ID") and not reset_any:
         return Response(status=204)  # nothing more will come: EventSource stops reconnecting
     if request.method == "HEAD":
         return Response(b"", mimetype=SSE.mimetype, headers=STREAM_HEADERS)
@@ -297,19 +336,24 @@ def _feed_viewer(req: MultiRequest, st) -> tuple[Viewer, bytes]:
     feed = st.relay.broker.feed
     after = req.list_after
     snapshot = b""
-    if after is None or after + 1 < (feed.first_kept() or 0):
+    position = feed.position()
+    if (after is None or after > position.seq or after + 1 < (feed.first_kept() or 0)
+            or (req.list_epoch is not None and req.list_epoch != position.epoch)):
         # The feed's seq first, then the jobs: an item between the two is sent as well, and a
         # page applies an item only if it is newer than the job's row (its jseq).
-        _, after = feed.position()
+        after = position.seq
         jobs = [job.model_dump() for job in st.logs.recent(req.list)]
-        snapshot = _event("snapshot", {"seq": after, "jobs": jobs})
-    return Viewer(FEED, None, FEED_SSE, cursor=after), snapshot
+        snapshot = _event("snapshot", {"seq": after, "epoch": position.epoch, "jobs": jobs})
+    return Viewer(FEED, None, FEED_SSE, cursor=after, epoch=position.epoch), snapshot
 
 
-def _start(spec: JobSpec, jlog, last_seq: int, maxlen: int) -> Start:
-    """Where one job of the stream starts (as a single-job stream would)."""
-    req = StreamRequest(spec.job_id, SSE, resume=spec.after, tail=spec.tail)
-    return stream_start(req, jlog, last_seq, maxlen)
+def _start(spec: JobSpec, jlog, position: Position,
+           maxlen: int) -> tuple[Start, Reset | None, str | None]:
+    """Where one job of the stream starts (as a single-job stream would), the reset it is told
+    first (None), and the epoch it follows."""
+    req = StreamRequest(spec.job_id, SSE, resume=spec.after, tail=spec.tail, epoch=spec.epoch)
+    req, reset, epoch = placed(req, position, jlog)
+    return stream_start(req, jlog, position.seq, maxlen), reset, epoch
 
 
 def _with_job(events: bytes, job_id: str) -> bytes:

@@ -9,21 +9,43 @@ transport and writes the same bytes to every viewer, whatever its sink.
 The text a value shows is made once, where it is logged (:func:`jobcast.core.joblog.value_text`),
 so it is always valid Unicode; frames still encode with ``backslashreplace``, so an entry
 logged before that rule (or by another writer) can never stop a stream.
+
+An SSE id names an entry across the log's incarnations: ``id: <seq>:<epoch>`` (just ``<seq>``
+for an entry from before epochs). Seq first, so a page that still does
+``parseInt(lastEventId)`` reads the seq. When a viewer's position is not in the log as it is
+(entries lost in a failover, see :mod:`jobcast.core.epoch`), a transport says so in-band where
+it can (:attr:`Transport.reset`): SSE with one ``event: reset``, HTML with a line; the text
+stream cannot, so its stream is cut and the client is told when it resumes.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable
 
 from markupsafe import Markup, escape
 
+from jobcast.core.epoch import Reset, sse_id
 from jobcast.core.joblog import Entry
 
 
 def _sse(entry: Entry) -> bytes:
-    """An entry as one SSE event: ``id`` is its seq, the event type its kind."""
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (entry.seq, entry.kind.encode(), entry.raw)
+    """An entry as one SSE event: ``id`` is its seq and epoch, the event type its kind."""
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (sse_id(entry.seq, entry.ep),
+                                                  entry.kind.encode(), entry.raw)
+
+
+def event_data(data: dict) -> bytes:
+    """An event's data: compact JSON."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def sse_reset(reset: Reset) -> bytes:
+    """``event: reset``: its id is where the stream goes on (so a reconnect right after it is
+    not reset again; it names no entry, so it is never reused with another value)."""
+    return b"id: %s\nevent: reset\ndata: %s\n\n" % (sse_id(reset.after, reset.epoch),
+                                                     event_data(reset.data()))
 
 
 _LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r"})
@@ -70,9 +92,15 @@ def html_head(stylesheet: str) -> bytes:
             .format(stylesheet).encode())
 
 
-def html_notice(text: str) -> bytes:
-    """A line of the HTML stream that is not a value (e.g. a notice about trimmed history)."""
-    return Markup('<p class="note">{}</p>\n').format(text).encode()
+def html_notice(text: str, kind: str = "") -> bytes:
+    """A line of the HTML stream that is not a value (e.g. a notice about trimmed history);
+    ``kind`` is one more class (``reset``)."""
+    return Markup('<p class="{}">{}</p>\n').format(f"note {kind}".strip(), text).encode()
+
+
+def html_reset(reset: Reset) -> bytes:
+    """The HTML stream's line saying the log was reset, and from which value it goes on."""
+    return html_notice(reset.notice(), "reset")
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +116,9 @@ class Transport:
     """Sent before the server closes the stream because it is stopping (see :meth:`goodbye`)."""
     filters_values: bool
     """True when ``?start=K`` hides values with index below K."""
+    reset: Callable[[Reset], bytes] | None = None
+    """How the stream says that the log was reset under it; None: it cannot (its stream is
+    cut instead, and the client is told when it resumes)."""
 
     def goodbye(self, retry: int) -> bytes:
         """What a stream says before the server closes it because it is stopping: on SSE,
@@ -103,9 +134,10 @@ class Transport:
         return b"".join([self.encode(e) for e in entries])
 
 
-SSE = Transport("sse", "text/event-stream", _sse, b": heartbeat\n\n", b"retry: 250\n\n", False)
+SSE = Transport("sse", "text/event-stream", _sse, b": heartbeat\n\n", b"retry: 250\n\n", False,
+                sse_reset)
 TEXT = Transport("text", "text/plain", _text, b"", b"", True)
-HTML = Transport("html", "text/html", _html, b"<!-- -->\n", b"", True)
+HTML = Transport("html", "text/html", _html, b"<!-- -->\n", b"", True, html_reset)
 
 
 def chunk(data: bytes) -> bytes:

@@ -130,13 +130,28 @@ class TrimmedEvent(BaseModel):
     first_value: int | None
 
 
+class ResetEvent(BaseModel):
+    """The log is not what the viewer followed (Redis lost entries, or re-created the log):
+    drop what you hold after seq ``after`` (values from index ``values`` on); the stream goes
+    on at ``after + 1`` in ``epoch``."""
+
+    epoch: str | None
+    after: int = Field(ge=0)
+    values: int = Field(ge=0)
+    reason: Literal["lost", "past_end", "unknown_epoch"]
+    was: dict[str, Any] = Field(description="the position resumed from: seq (or values) and "
+                                            "epoch")
+
+
 class SseEvent(BaseModel):
     """One server-sent event of ``/events``, as parsed."""
 
-    id: str | None = Field(None, pattern="^[0-9]+$", description="the entry's seq")
-    event: str | None = Field(None, description="the entry's kind; or, before the first entry "
-                                                "and without an id, tail or trimmed")
-    data: Json[Entry | TailEvent | TrimmedEvent]
+    id: str | None = Field(None, pattern="^[0-9]+(:[A-Za-z0-9_-]+)?$",
+                           description="the entry's <seq>:<epoch> (a reset's: where the stream "
+                                       "goes on)")
+    event: str | None = Field(None, description="the entry's kind; or, before the first entry, "
+                                                "reset, and tail or trimmed (without an id)")
+    data: Json[Entry | TailEvent | TrimmedEvent | ResetEvent]
     retry: str | int | None = None
 
 

@@ -24,12 +24,15 @@ class RecentEntries:
 
     Filled from live batches and from the log reads of catching-up viewers, so a burst of
     newcomers to a busy job reads its recent history here rather than each from Redis. It is
-    exact by construction (every entry is a log entry, and a batch that does not follow on
-    is not appended). It is *current* for a viewer at seq ``cursor`` when it ends at that
-    cursor and the broker has delivered nothing newer: the viewer can then rejoin the fast path
-    without asking Redis. That holds only within one unbroken subscription, so a lost or
-    renewed subscription clears it, and a log read that spans a change (a new ``generation``)
-    adds nothing. Memory is capped in entries and in bytes, per job and for the frames.
+    exact by construction: every entry is a log entry, and a batch or read that does not follow
+    on, or is of another incarnation of the log (its entries' epoch differs), replaces what is
+    kept instead of joining it. It serves a viewer only in the incarnation the viewer follows
+    (the newest kept entry's epoch is the viewer's). It is *current* for a viewer at seq
+    ``cursor`` when it ends at that cursor and the broker has delivered nothing newer: the
+    viewer can then rejoin the fast path without asking Redis. That holds only within one
+    unbroken subscription, so a lost or renewed subscription clears it, and a log read that
+    spans a change (a new ``generation``) adds nothing. Memory is capped in entries and in
+    bytes, per job and for the frames.
     """
 
     def __init__(self, maxlen: int = RECENT, max_bytes: int = RECENT_BYTES,
@@ -48,17 +51,20 @@ class RecentEntries:
         self.subscribed = False
         self.generation = 0
 
-    def after(self, job_id: str, cursor: int) -> list[Entry]:
-        """The kept entries after ``cursor``, if they follow on from it, else []."""
+    def after(self, job_id: str, cursor: int, epoch: str | None = None) -> list[Entry]:
+        """The kept entries after ``cursor`` of incarnation ``epoch``, if they follow on from
+        it, else []."""
         tail = self._tails.get(job_id)
-        if not tail or not tail[0].seq <= cursor + 1 <= tail[-1].seq:
+        if not tail or not tail[0].seq <= cursor + 1 <= tail[-1].seq or \
+                tail[-1].ep not in (epoch, None):
             return []
         return tail[cursor + 1 - tail[0].seq:]
 
     def framed_after(self, job_id: str, cursor: int, transport: Transport,
-                     start: int = 0) -> tuple[bytes, Entry] | None:
-        """The frames of the kept entries after ``cursor`` and the last of them, or None."""
-        kept = self.after(job_id, cursor)
+                     start: int = 0, epoch: str | None = None) -> tuple[bytes, Entry] | None:
+        """The frames of the kept entries after ``cursor`` (of incarnation ``epoch``) and the
+        last of them, or None."""
+        kept = self.after(job_id, cursor, epoch)
         if not kept:
             return None
         last = kept[-1]
@@ -80,25 +86,25 @@ class RecentEntries:
             self._framed_size += len(data)
         return data, last
 
-    def is_current(self, job_id: str, cursor: int) -> bool:
-        """True if nothing newer than ``cursor`` has been logged that the broker has not yet
-        dispatched to the fast path."""
+    def is_current(self, job_id: str, cursor: int, epoch: str | None = None) -> bool:
+        """True if nothing newer than ``cursor`` (of incarnation ``epoch``) has been logged that
+        the broker has not yet dispatched to the fast path."""
         tail = self._tails.get(job_id)
         return (self.subscribed and bool(tail) and tail[-1].seq == cursor
-                and cursor >= self._dispatched.get(job_id, 0))
+                and tail[-1].ep in (epoch, None) and cursor >= self._dispatched.get(job_id, 0))
 
     def add_live(self, job_id: str, entries: list[Entry]) -> None:
         """The broker delivered ``entries``."""
         self._dispatched[job_id] = entries[-1].seq
         tail = self._tails.get(job_id)
-        if tail is None:
-            self._keep(job_id, list(entries))
-        elif tail[-1].seq + 1 == entries[0].seq:
+        if tail is not None and tail[-1].seq + 1 == entries[0].seq and tail[-1].ep == entries[0].ep:
             tail.extend(entries)
             self._sizes[job_id] += _size(entries)
             self._trim(job_id)
-        elif entries[-1].seq > tail[-1].seq:
-            self._keep(job_id, list(entries))  # a gap: start again from what is known
+        else:
+            # A gap, or another incarnation (its seqs may even go back): start again from
+            # what is known.
+            self._keep(job_id, list(entries))
 
     def add_read(self, job_id: str, entries: list[Entry], generation: int) -> None:
         """A viewer read ``entries`` from the log, having started the read in ``generation``."""
@@ -111,6 +117,13 @@ class RecentEntries:
         first, last = tail[0].seq, tail[-1].seq
         if entries[-1].seq + 1 < first or entries[0].seq > last + 1:
             return  # not adjacent: nothing is known between the two, keep what we have
+        shared = max(first, entries[0].seq)
+        if shared <= min(last, entries[-1].seq) and \
+                tail[shared - first].raw != entries[shared - entries[0].seq].raw:
+            # The same seq, another entry: the log was reset between the two (a failover
+            # renews the subscription too, so this is a second line of defence).
+            self._keep(job_id, list(entries))
+            return
         # Both are exact runs of the log that touch: their union is one.
         before = entries[:max(0, first - entries[0].seq)]
         after = entries[max(0, last + 1 - entries[0].seq):]

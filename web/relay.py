@@ -25,6 +25,16 @@ The log stays the truth: every entry carries its seq, a viewer is written exactl
 after its cursor, in order, once. A newcomer is admitted only once its job's subscription is
 confirmed (:meth:`Relay.lease`), so nothing falls between its history and the live entries.
 
+- **Another incarnation.** A viewer also follows one epoch of the log (:mod:`jobcast.core.epoch`).
+  A batch of another epoch sends it to the log; every catch-up read checks where the log
+  stands: in an older epoch whose entries up to its cursor survived, it just goes on; else it
+  gets one reset (``event: reset`` on SSE, a line on HTML; the text stream, which cannot say
+  it, is cut and told when it resumes) and continues where the log does. A log found *behind*
+  a viewer's cursor (a lossy failover, the writer silent) begins a new epoch first, so its seqs
+  are never reused; a log that is gone ends the stream without an end, and the client's
+  reconnect gets 404 or a reset. The relay mints only for viewers it holds: their cursors were
+  in the log when they came. A client's own claim to be past the end only resets that client.
+
 Under gevent everything here runs in one OS thread, and greenlets switch only where they block:
 the lock is then a no-op. Under a threaded server (Flask's dev server) it is a real lock.
 """
@@ -39,6 +49,7 @@ from typing import Callable
 
 from redis.exceptions import RedisError
 
+from jobcast.core.epoch import PAST_END, Head, Position, Reset, resolve
 from jobcast.core.joblog import Entry
 from jobcast.web import metrics
 from jobcast.web.broker import CONFIRM_TIMEOUT, Broker
@@ -107,7 +118,7 @@ class _Flight:
     def __init__(self):
         """Not done yet."""
         self.done = threading.Event()
-        self.result: tuple[bool, int] | None = None
+        self.result: Position | None = None
         self.error: BaseException | None = None
 
 
@@ -211,15 +222,15 @@ class Relay:
             raise NotSubscribed(job_id)
         return lease
 
-    def position(self, job_id: str) -> tuple[bool, int] | None:
-        """(ended, last seq) of ``job_id``, or None if there is no such job.
+    def position(self, job_id: str) -> Position | None:
+        """(ended, last seq, epoch) of ``job_id``, or None if there is no such job.
 
         Answered from the recent entries when this process keeps some, else read through the
         broker once for all the callers that ask at the same time (a burst of newcomers).
         """
         newest = self.recent.last(job_id)
         if newest is not None:
-            return newest.terminal, newest.seq
+            return Position(newest.terminal, newest.seq, newest.ep)
         flight = self._positions.get(job_id)
         if flight is not None:
             flight.done.wait()
@@ -237,13 +248,13 @@ class Relay:
             del self._positions[job_id]
             flight.done.set()
 
-    def positions(self, job_ids: list[str]) -> list[tuple[bool, int] | None]:
+    def positions(self, job_ids: list[str]) -> list[Position | None]:
         """:meth:`position` of several jobs: from memory where kept, the rest in one read."""
         known = {}
         for job_id in job_ids:
             newest = self.recent.last(job_id)
             if newest is not None:
-                known[job_id] = (newest.terminal, newest.seq)
+                known[job_id] = Position(newest.terminal, newest.seq, newest.ep)
         rest = [j for j in job_ids if j not in known]
         if rest:
             known.update(zip(rest, self.broker.positions(rest)))
@@ -339,6 +350,7 @@ class Relay:
         self.recent.add_live(job_id, entries)
         self._last_delivery[job_id] = self.clock()
         first, last = entries[0].seq, entries[-1].seq
+        epoch = entries[-1].ep
         end = entries[-1].terminal
         first_index = next((e.i for e in entries if e.kind == "value"), None)
         shared: dict[tuple[Transport, bool], bytes] = {}
@@ -349,6 +361,13 @@ class Relay:
             if v.slow:
                 if last > v.missed:
                     v.missed = last
+                continue
+            if v.epoch != epoch and epoch is not None:
+                # Another incarnation of the log (its seqs may even be ones the viewer has
+                # had): the log says whether the viewer just goes on or is reset. (Entries
+                # without an epoch come from a writer older than epochs, during an upgrade:
+                # their seq is trusted, as a numeric id is.)
+                self._catch_up(v, b"", "epoch")
                 continue
             cursor = v.cursor
             if last <= cursor:
@@ -502,9 +521,14 @@ class Relay:
         while True:
             if v.closed:
                 return "closed"
+            if v.epoch is None and recent.last(v.job_id) is not None:
+                # A position without an epoch is trusted by its seq (unless past the end): it
+                # follows the incarnation this process knows, as a read of the log would say.
+                v.epoch = recent.last(v.job_id).ep
             with self._lock:
-                kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start)
-                if kept is None and (v.missed <= v.cursor and recent.is_current(v.job_id, v.cursor)
+                kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start, v.epoch)
+                if kept is None and (v.missed <= v.cursor
+                                     and recent.is_current(v.job_id, v.cursor, v.epoch)
                                      and self.broker.subscribed(v.job_id)):
                     v.slow = False  # nothing newer has been announced: back to the fast path
                     return None
@@ -528,7 +552,13 @@ class Relay:
             count = self._page(v.job_id)
             reading = self._reading[v.job_id] = self._event()
             try:
-                entries, ended = self.broker.history(v.job_id, v.cursor, count)
+                entries, head = self.broker.history(v.job_id, v.cursor, count)
+                ended = head.ended
+                if not head.exists or v.epoch != head.epoch or v.cursor > head.seq:
+                    ending = self._place(v, head)
+                    if ending:
+                        return ending
+                    continue  # read again from where the viewer now stands
             except RedisError as exc:
                 # Redis is unreachable (a restart?): keep the viewer and read again soon.
                 outage_since = outage_since or self.clock()
@@ -575,6 +605,52 @@ class Relay:
                 return "job_ended"
             # The fast path skipped entries for us, or a subscription changed, during the
             # read: read again.
+
+    def _place(self, v: Viewer, head: Head) -> str | None:
+        """``v``'s position is not plainly in the log ``head`` describes: go on (an older epoch
+        whose entries up to the cursor survived), reset it, or end its stream (the log is
+        gone, or the transport cannot say a reset). Returns why the stream ended, or None."""
+        if not head.exists:
+            log.info("the log of job %s is gone under a viewer; its stream is cut", v.job_id)
+            return self._cut(v, "log_gone")
+        reset = resolve(head, v.epoch, seq=v.cursor)
+        if reset is None:
+            v.epoch = head.epoch  # an older incarnation whose entries up to the cursor survived
+            return None
+        if reset.reason == PAST_END and not head.ended:
+            # Entries this viewer was sent are gone, and nobody wrote since: begin a new epoch
+            # (once, whoever finds it first) so their seqs are never reused, then go on after
+            # the log's end as it was read. (An ended log gets no more entries: no seq to
+            # protect.)
+            now = self.broker.rebase(v.job_id, head)
+            reset = Reset(now.epoch, head.seq, head.values, PAST_END, was_seq=v.cursor,
+                          was_epoch=v.epoch)
+        log.warning("job %s: a viewer at seq %s (epoch %s) is reset to seq %s (epoch %s): %s",
+                    v.job_id, v.cursor, v.epoch, reset.after, reset.epoch, reset.reason)
+        metrics.CATCHUPS.labels("reset").inc()
+        with self._lock:
+            self.recent.lost([v.job_id])  # what is kept of the job may be the dead incarnation
+        v.cursor, v.epoch = reset.after, reset.epoch
+        if v.transport.reset is None:
+            return self._cut(v, "log_reset")
+        self._write(v, v.transport.reset(reset))
+        return None
+
+    def _cut(self, v: Viewer, reason: str) -> str:
+        """End ``v``'s stream (with a multi-job stream, the whole connection) without its end:
+        no last chunk, no terminal entry. The client resumes from its position and is told
+        then: 404, or one reset. Returns ``reason``."""
+        v.done = True
+        viewers = v.conn.viewers if v.conn is not None else [v]
+        abort = getattr(v.sink, "abort", None)
+        if abort is not None:
+            abort()  # a queue: the request's generator raises, so the server cuts the body
+        else:
+            v.sink.close()
+        for other in viewers:
+            if other is not v:
+                self.release(other, reason)
+        return reason
 
     def _page(self, job_id: str) -> int:
         """How many entries of ``job_id`` one catch-up read asks for (about PAGE_BYTES)."""
@@ -626,20 +702,28 @@ class Relay:
                  if now - t >= self.heartbeat * 0.9 and job in self._jobs]
         if not quiet:
             return
+        before = {job: self._last_delivery[job] for job in quiet}
         try:
-            last_seqs = self.broker.last_seqs(quiet)
+            last_seqs: list[int | None] = self.broker.last_seqs(quiet)
         except RedisError:
-            last_seqs = [0] * len(quiet)  # the broker's reconnect resyncs everyone anyway
+            last_seqs = [None] * len(quiet)  # the broker's reconnect resyncs everyone anyway
         beats = 0
         with self._lock:
             for job, last_seq in zip(quiet, last_seqs):
+                if last_seq is not None and self._last_delivery.get(job) != before[job]:
+                    last_seq = None  # entries came while it was read: it is stale already
                 self._last_delivery[job] = now
                 gone = 0
+                newest = self.recent.last(job)
+                if last_seq is not None and newest is not None and last_seq < newest.seq:
+                    self.recent.lost([job])  # memory has entries the log no longer has
                 for v in tuple(self._jobs.get(job, ())):
                     if v.slow:
                         continue
-                    if last_seq > v.cursor:
-                        self._catch_up(v, b"", "quiet")  # an announcement was lost
+                    if last_seq is not None and last_seq != v.cursor:
+                        # Newer: an announcement was lost. Older: the log lost entries this
+                        # viewer was sent (a failover; or it is gone), its writer silent.
+                        self._catch_up(v, b"", "quiet")
                     elif v.conn is not None:
                         continue  # a multi-job stream beats once, below, not once per job
                     elif not v.sink.alive():

@@ -15,11 +15,12 @@ import os
 import threading
 
 from flask import Flask, current_app
-from redis import BlockingConnectionPool, Redis
+from redis import Redis
 
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
-from jobcast.core.store import StreamRedis, cluster_enabled, connect, separate, stream_url
+from jobcast.core.store import (StreamRedis, cluster_enabled, connect, redis_client, separate,
+                                stream_url)
 from jobcast.web.broker import Broker
 from jobcast.web.handover import on_worker_exit
 from jobcast.web.limits import ClientRate, StreamLimiter
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def pooled(url: str) -> Redis:
-    """A client of one Redis with a bounded pool: connections must not grow with viewers."""
-    return Redis(connection_pool=BlockingConnectionPool.from_url(
-        url, max_connections=64, timeout=10, socket_keepalive=True, health_check_interval=30))
+    """A client of one Redis (or Sentinel's primary) with a bounded pool: connections must
+    not grow with viewers."""
+    return redis_client(url, pooled=True, socket_keepalive=True, health_check_interval=30)
 
 
 class State:

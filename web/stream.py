@@ -13,7 +13,8 @@ from jobcast.core.urls import JOB_PATHS
 from jobcast.web.admission import StreamRequest, admit
 from jobcast.web.frames import HTML, SSE, TEXT
 from jobcast.web.models import SseEvent
-from jobcast.web.surface import (AFTER, LAST_EVENT_ID, START, TAIL, Answer, frameable, job_scoped,
+from jobcast.web.surface import (AFTER, EPOCH, LAST_EVENT_ID, START, TAIL, Answer, frameable,
+                                 job_scoped,
                                  stream)
 
 bp = Blueprint("stream", __name__)
@@ -21,12 +22,13 @@ bp = Blueprint("stream", __name__)
 
 @bp.route(JOB_PATHS["stream"], methods=["GET", "HEAD"])
 @job_scoped
-@stream(TEXT, START, TAIL)
+@stream(TEXT, START, EPOCH, TAIL)
 def text_stream(job_id: str):
     """``text/plain``: one ``"{}\\n".format(value)`` line per value; ends with the job.
 
-    ``?start=K`` skips the first K values, so a reader that counted lines can resume;
-    ``?tail=N`` begins with the last N values.
+    ``?start=K`` skips the first K values, so a reader that counted lines can resume (with
+    ``&epoch=`` the ``Jobcast-Epoch`` it was told: a resume into another epoch, or past the
+    end, starts where ``Jobcast-Reset`` says); ``?tail=N`` begins with the last N values.
     """
     return admit(StreamRequest.parse(job_id, TEXT))
 
@@ -36,10 +38,11 @@ def text_stream(job_id: str):
 @stream(SSE, AFTER, TAIL, LAST_EVENT_ID, model=SseEvent, more={
     204: Answer("The job has ended and nothing is left after the given seq", media=None)})
 def sse_stream(job_id: str):
-    """Server-sent events: ``id:`` is the entry's seq, the event type is its kind.
+    """Server-sent events: ``id:`` is the entry's ``<seq>:<epoch>``, the event type its kind.
 
-    Resumes after ``Last-Event-ID`` (or ``?after=N``) with no gap and no duplicate;
-    ``?tail=N`` begins with the last N values. ``tail`` and ``trimmed`` events come first.
+    Resumes after ``Last-Event-ID`` (or ``?after=``) with no gap and no duplicate;
+    ``?tail=N`` begins with the last N values. ``reset`` (when the position is not in the log
+    as it is), ``tail`` and ``trimmed`` events come first.
     """
     return admit(StreamRequest.parse(job_id, SSE))
 
@@ -47,7 +50,7 @@ def sse_stream(job_id: str):
 @bp.route(JOB_PATHS["frame"], methods=["GET", "HEAD"])
 @job_scoped
 @frameable
-@stream(HTML, START, TAIL)
+@stream(HTML, START, EPOCH, TAIL)
 def html_stream(job_id: str):
     """Streamed HTML for an ``<iframe>``: a stylesheet first, then ``<p>i: value</p>`` each.
 

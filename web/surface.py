@@ -187,16 +187,27 @@ def page(*args: Arg) -> Callable[[V], V]:
 
 
 def stream(transport: Transport, *args: Arg, model: type[BaseModel] | None = None,
-           more: Mapping[int, Answer] | None = None) -> Callable[[V], V]:
-    """Declare a stream of ``transport`` (``model``: each event's schema)."""
-    documented = returns(model, media=transport.mimetype, args=args, more=more)
+           more: Mapping[int, Answer] | None = None,
+           errors: Sequence[int] = ()) -> Callable[[V], V]:
+    """Declare a stream of ``transport`` (``model``: each event's schema; ``errors``: JSON
+    errors beyond those its route and access imply)."""
+    documented = returns(model, media=transport.mimetype, args=args, more=more, errors=errors)
     return lambda view: declare(documented(view), stream=True)
 
 
 # The stream parameters, as jobcast.web.admission.StreamRequest.parse reads them.
 START = IntArg("start", "skip the first K values (to resume)")
 TAIL = IntArg("tail", "begin with the last N values (0: live only)")
-AFTER = IntArg("after", "resume after this seq")
+POSITION = "^[0-9]{1,16}(:[A-Za-z0-9_-]{1,16})?$"
+"""A position in a job's log: ``<seq>:<epoch>`` (an SSE id), or ``<seq>`` alone."""
+AFTER = {"name": "after", "in": "query", "required": False,
+         "description": "resume after this entry: <seq>:<epoch> (an SSE id), or <seq>",
+         "schema": {"type": "string", "pattern": POSITION}}
 LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False,
-                 "description": "resume after this seq (wins over ?after=)",
-                 "schema": {"type": "string", "pattern": "^[0-9]{0,16}$"}}
+                 "description": "resume after this entry, <seq>:<epoch> or <seq> (wins over "
+                                "?after=)",
+                 "schema": {"type": "string", "pattern": POSITION}}
+EPOCH = {"name": "epoch", "in": "query", "required": False,
+         "description": "the epoch ?start= was counted in (the Jobcast-Epoch header of the "
+                        "answer that had those values): a resume into another is reset",
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,16}$"}}

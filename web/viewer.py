@@ -1,7 +1,8 @@
 """A viewer: one stream the relay writes to, and the two kinds of sink its bytes go into.
 
 Every stream, whatever the server, is a :class:`Viewer` of one job: a transport (text, SSE,
-HTML), a cursor (the seq of the last entry written to it) and a sink:
+HTML), a cursor (the seq of the last entry written to it, and the epoch of the log's
+incarnation it follows) and a sink:
 
 - :class:`SocketSink`: the connection's own OS socket, taken over from gunicorn by Jobcast's
   worker class (:mod:`jobcast.web.handover`). The relay writes to it with non-blocking
@@ -23,6 +24,7 @@ resumes each job exactly; the connection's lock keeps two jobs' bytes from inter
 from __future__ import annotations
 
 import enum
+import errno
 import select
 import socket
 import threading
@@ -110,7 +112,7 @@ class SocketSink:
 class QueueSink:
     """A bounded buffer of bytes between the relay and a request's WSGI generator."""
 
-    __slots__ = ("limit", "_alive", "_chunks", "_size", "_cond", "closed")
+    __slots__ = ("limit", "_alive", "_chunks", "_size", "_cond", "closed", "aborted")
 
     def __init__(self, limit: int, alive: Callable[[], bool] | None = None):
         """Hold at most ``limit`` bytes; ``alive`` checks the client (default: assume so)."""
@@ -121,6 +123,7 @@ class QueueSink:
         # threading, which gevent's worker patches into greenlet primitives.
         self._cond = threading.Condition(threading.Lock())
         self.closed = False
+        self.aborted = False
 
     def send(self, data) -> int:
         """Buffer what fits of ``data``."""
@@ -152,9 +155,18 @@ class QueueSink:
             self.closed = True
             self._cond.notify_all()
 
+    def abort(self) -> None:
+        """End the stream without its end: once what is buffered is taken, :meth:`get` raises,
+        so the server cuts the body (no last chunk) and the client resumes."""
+        with self._cond:
+            self.aborted = True
+            self.closed = True
+            self._cond.notify_all()
+
     def get(self, timeout: float | None = None) -> bytes | None:
         """What is buffered, waiting up to ``timeout`` s for something (b"" if nothing came);
-        None once the stream has ended and everything was taken."""
+        None once the stream has ended and everything was taken; BrokenPipeError once it was
+        aborted and everything was taken (the server then closes the connection quietly)."""
         with self._cond:
             self._cond.wait_for(lambda: self._chunks or self.closed, timeout)
             if self._chunks:
@@ -163,6 +175,8 @@ class QueueSink:
                 self._size = 0
                 self._cond.notify_all()
                 return data
+            if self.aborted:
+                raise BrokenPipeError(errno.EPIPE, "the stream was cut: the client resumes")
             return None if self.closed else b""
 
 
@@ -230,9 +244,11 @@ class Connection:
             v.kind = (v.transport, chunked)
 
     def checkpoint(self) -> bytes:
-        """The cursor of every job, as the SSE id that ends each write."""
-        return b"id: %s:%s\n\n" % (self.digest,
-                                     b".".join([b"%d" % v.cursor for v in self.viewers]))
+        """The cursor of every job, as the SSE id that ends each write: ``<seq>~<epoch>`` per
+        job (``<seq>`` for a log without an epoch)."""
+        return b"id: %s:%s\n\n" % (self.digest, b".".join([
+            b"%d~%s" % (v.cursor, v.epoch.encode()) if v.epoch else b"%d" % v.cursor
+            for v in self.viewers]))
 
     def wire(self, frames: bytes, end: bool) -> bytes:
         """``frames`` and the checkpoint, framed for the connection; the end of the body too
@@ -262,14 +278,15 @@ class Connection:
 class Viewer:
     """One stream of one job, from the entry after ``cursor`` on."""
 
-    __slots__ = ("job_id", "sink", "transport", "chunked", "kind", "start", "cursor", "slow",
-                 "missed", "done", "state", "resources", "on_close", "conn", "retry")
+    __slots__ = ("job_id", "sink", "transport", "chunked", "kind", "start", "cursor", "epoch",
+                 "slow", "missed", "done", "state", "resources", "on_close", "conn", "retry")
 
     def __init__(self, job_id: str, sink: Sink | None, transport: Transport, *,
                  chunked: bool = False,
-                 cursor: int = 0, start: int = 0, resources: tuple = (),
-                 on_close: Callable[[], None] | None = None):
-        """A viewer of ``job_id`` that has been sent every entry up to seq ``cursor``.
+                 cursor: int = 0, start: int = 0, epoch: str | None = None,
+                 resources: tuple = (), on_close: Callable[[], None] | None = None):
+        """A viewer of ``job_id`` that has been sent every entry up to seq ``cursor`` of the
+        log's incarnation ``epoch`` (None: a log without one, or not known yet).
 
         ``chunked``: the relay frames the body as HTTP/1.1 chunks itself (a taken socket).
         ``start``: values with an index below it are not sent (the text and HTML streams'
@@ -285,6 +302,7 @@ class Viewer:
         self.kind = (transport, chunked)  # viewers of one kind are sent the same bytes
         self.start = start
         self.cursor = cursor
+        self.epoch = epoch
         self.slow = False   # off the fast path: a catch-up writes to it
         self.missed = 0     # the newest seq the fast path skipped while it was slow
         self.done = False   # its terminal entry was written

@@ -78,6 +78,7 @@ def _state(job: Job) -> EmitState:
             log.warning("job %s calls emit() on a worker without Jobcast's hook: its end will "
                         "not be logged until the web's watchdog sees RQ's status; run the "
                         "worker as `rq worker -w jobcast.Worker`", job.id)
+        jlog.begin()  # values go into this incarnation only (LogReset otherwise)
         state = EmitState(jlog)
         setattr(job, STATE_ATTR, state)
     return state

@@ -6,13 +6,13 @@ import logging
 import os
 import socket
 
-from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import Settings, get_settings
+from jobcast.core.store import redis_client
 from jobcast.worker.emit import rq_log
 from jobcast.worker.hook import JobcastJob, LifecycleMixin
 
@@ -68,7 +68,7 @@ def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Import tasks before forking work-horses, so each job does not import them again.
     load_user_tasks()
-    redis = Redis.from_url(cfg.redis_url)
+    redis = redis_client(cfg.redis_url)
     queue = Queue(cfg.queue_name, connection=redis, job_class=JobcastJob)
     worker = JobcastWorker([queue], connection=redis, name=worker_name(), job_class=JobcastJob,
                            job_monitoring_interval=cfg.monitor_interval,

@@ -8,7 +8,7 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from jobcast.core.joblog import JobLog
+from jobcast.core.joblog import JobExists, JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import get_task
@@ -58,6 +58,11 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
 
     A retried job continues the same log: a resumable task starts at the first value not yet
     logged, and any value logged before is dropped by the log's own sequence check.
+
+    The run writes into the log's incarnation it began (jobcast.core.epoch): when Redis loses
+    entries under it (a failover), its next entry raises LogReset and RQ retries (or fails)
+    the job as it would a killed worker's; the retry begins the log as it is then. A log lost
+    with its store is opened again, in a new epoch, from the job's task and parameters.
     """
     job = get_current_job()
     if job is None:
@@ -66,8 +71,15 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     redis = log_connection(cfg)
     jlog = job_log(job, cfg, redis)
     task = get_task(task_name)
-    start = jlog.values_logged()
-    attempt = jlog.next_attempt()
+    exists, start, attempt = jlog.begin()
+    if not exists:
+        log.warning("job %s: its log is gone (the stream store lost it); opening it again",
+                    job.id)
+        try:
+            jlog.create(task_name, params, task.total_for(params))
+        except JobExists:
+            pass  # opened meanwhile (the web, for a viewer)
+        exists, start, attempt = jlog.begin()
     if jlog.started(job.worker_name or "unknown", attempt) == -1:
         if jlog.status() == "cancelled":
             raise JobCancelled(job.id)

@@ -19,9 +19,14 @@ With ``tail=N`` it begins with the job's last N values (then live). When the ser
 capped log no longer has values this follower would have printed, it says so on stderr
 ("N earlier values are no longer kept") and goes on with the first value still kept.
 
+An entry's id is ``<seq>:<epoch>`` (``<seq>`` from an older server); a reconnect resumes with
+both. When Redis lost entries this follower had (a failover), the server sends one ``reset``
+event first: the follower says so on stderr ("the job's log was reset …: values from #20 on
+were replaced"), forgets what came after, and goes on with what the log has now.
+
 Exit codes: 0 the job finished, 1 it failed, 2 bad input (malformed or unknown job id),
 3 the server could not be reached for ``reconnect_for`` seconds, 4 the job was cancelled,
-130 interrupted.
+5 the job finished but a reset replaced values already printed, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from jobcast.core.output import line_text
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CANCELLED = 4
+EXIT_REPLACED = 5
 TERMINAL_KINDS = ("finished", "failed", "cancelled")
 
 # Escape sequences (CSI, OSC, others) and control characters but tab and newline: output is
@@ -81,6 +87,11 @@ class Event(NamedTuple):
     def json(self) -> Any:
         """The data, decoded from JSON."""
         return json.loads(self.data)
+
+    def position(self) -> tuple[int, str | None]:
+        """The (seq, epoch) the id names: ``<seq>:<epoch>``, or ``<seq>`` alone."""
+        seq, _, epoch = (self.id or "").partition(":")
+        return int(seq), epoch or None
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
@@ -305,10 +316,12 @@ class EventStream:
     """One job's server-sent events, read as EventSource reads them: a dropped connection is
     opened again after the last seq received (``Last-Event-ID``), so no entry is lost.
 
-    Iterating yields the events the server sends (an entry's id is its seq; ``tail`` and
-    ``trimmed`` have none and say where the stream starts) and stops after the terminal
-    entry, or when the server answers 204: nothing after the last seq will come. With ``skip_seen`` an entry at or before the last seq is dropped;
-    without it every event is yielded as sent, for a reader that checks the server.
+    Iterating yields the events the server sends (an entry's id is its seq and epoch;
+    ``tail`` and ``trimmed`` have none and say where the stream starts; a ``reset`` moves the
+    position back to where the log goes on) and stops after the terminal entry, or when the
+    server answers 204: nothing after the last seq will come. With ``skip_seen`` an entry at or
+    before the last seq is dropped; without it every event is yielded as sent, for a reader
+    that checks the server.
     """
 
     def __init__(self, client: httpx.Client, base_url: str, job_id: str, backoff: Backoff, *,
@@ -321,6 +334,7 @@ class EventStream:
         self.tail = tail        # asked only on the first connection; then resume by seq
         self.skip_seen = skip_seen
         self.last_seq = 0
+        self.epoch: str | None = None  # the epoch of the log's incarnation followed
         self.connections = 0    # streams opened (1 + reconnections)
         self.retries = 0        # times the stream was opened again after a drop
 
@@ -339,8 +353,9 @@ class EventStream:
             # The first connection asks for the tail; any later one resumes by seq.
             params, headers = {"tail": self.tail}, {"Accept": "text/event-stream"}
         else:
-            params = {"after": self.last_seq}
-            headers = {"Accept": "text/event-stream", "Last-Event-ID": str(self.last_seq)}
+            position = f"{self.last_seq}:{self.epoch}" if self.epoch else str(self.last_seq)
+            params = {"after": position}
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": position}
         try:
             with self.client.stream("GET", f"{self.base_url}/jobs/{self.job_id}/events",
                                     params=params, headers=headers) as r:
@@ -358,11 +373,14 @@ class EventStream:
                     if event.event == "tail":
                         # Resume from the tail's start if the connection drops before any entry.
                         self.last_seq = max(self.last_seq, int(event.json().get("after") or 0))
+                    elif event.event == "reset":
+                        # The log is not what we followed: go on from where it says.
+                        self.last_seq, self.epoch = event.position()
                     elif event.id is not None:
-                        seq = int(event.id)
-                        if self.skip_seen and seq <= self.last_seq:
+                        seq, epoch = event.position()
+                        if self.skip_seen and seq <= self.last_seq and epoch == self.epoch:
                             continue
-                        self.last_seq = max(self.last_seq, seq)
+                        self.last_seq, self.epoch = max(self.last_seq, seq), epoch or self.epoch
                     yield event
                     if event.event in TERMINAL_KINDS:
                         return "terminal"
@@ -390,6 +408,7 @@ class Follower:
         self.backoff = Backoff(reconnect_for, on_outage=self._outage)
         self.stream = EventStream(self.client, self.base_url, job_id, self.backoff, tail=tail)
         self.values = 0         # values seen (progress "i")
+        self.replaced = False   # a reset replaced values already shown
         self.terminal: dict | None = None
 
     @property
@@ -429,6 +448,8 @@ class Follower:
             for event in self.stream:
                 if event.event in ("tail", "trimmed"):
                     self._position(event.event, event.json())
+                elif event.event == "reset":
+                    self._reset(event.json())
                 else:
                     self._entry(event.data)
             if self.terminal is None:
@@ -444,7 +465,7 @@ class Follower:
         if kind == "finished":
             if self.display.output == "plain":
                 self.display.note("Done")
-            return EXIT_FINISHED
+            return EXIT_REPLACED if self.replaced else EXIT_FINISHED
         if kind == "cancelled":
             if self.display.output == "plain":
                 by = self.terminal.get("by")
@@ -469,6 +490,22 @@ class Follower:
             lost, what = int(data.get("lost") or 0), "entries"
         if lost:
             self.display.note(f"{lost:,} earlier {what} are no longer kept")
+
+    def _reset(self, data: dict) -> None:
+        """A ``reset`` event: Redis lost entries this follower had (a failover), or the log
+        was re-created. Say so, and go on from the value the log goes on with."""
+        values = int(data.get("values") or 0)
+        if values < self.values:
+            self.replaced = True
+            text = f"values from #{values:,} on were replaced"
+        else:
+            text = f"it goes on from value #{values:,}"
+        if self.display.output == "json":
+            self.display.entry(json.dumps({"kind": "reset", **data}, separators=(",", ":")))
+        self.display.note(f"the job's log was reset after a Redis failover ({data.get('reason')}):"
+                          f" {text}")
+        self.values = values
+        self.display.progress(self.values, None)
 
     def _entry(self, data: str) -> None:
         """Apply one new entry: print it, track the job's state."""

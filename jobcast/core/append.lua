@@ -4,17 +4,39 @@
 --       index key: it lives in another slot) the entry is announced with SPUBLISH on the job's
 --       shard channel, and LogStore.create adds the job to the index itself.
 -- ARGV: channel, kind, value index (-1 if none), JSON body without seq (starts after "{"),
---       log maxlen, ttl after the end, now, jobs-index max, then field/value pairs for the hash.
+--       log maxlen, ttl after the end, now, jobs-index max, the writer's epoch ('' for no
+--       check), the highest seq the writer wrote (0 for no check), a new epoch (the log's
+--       first, or one minted here), '1' to begin a new epoch with this entry (a new attempt's
+--       start: nothing proves the log is what the last attempt left), then field/value pairs
+--       for the hash.
 -- Returns the new entry's seq, or a negative code: -1 already ended, -2 unknown job,
--- -3 value index not the next one (a retried job repeating a value), -4 job id exists.
+-- -3 value index not the next one (a retried job repeating a value), -4 job id exists,
+-- -5 the log is not the incarnation the writer began: another epoch, or behind what the writer
+-- wrote (entries lost in a failover: a new epoch begins here). The epoch checks come first, so
+-- a truncated log never answers -3 and lets a value be skipped silently.
+-- Each entry carries the epoch it was written in: {"seq":N,"ep":"<epoch>",...}.
 local meta, log, index = KEYS[1], KEYS[2], KEYS[3]
 local kind = ARGV[2]
 local status = redis.call('HGET', meta, 'status')
+local epoch
 if kind == 'queued' then
   if status then return -4 end
+  epoch = ARGV[11]
+  redis.call('HSET', meta, 'epoch', epoch, 'epochs', epoch .. '@1@0')
 else
   if not status then return -2 end
+  epoch = redis.call('HGET', meta, 'epoch')
+  if ARGV[9] ~= '' and epoch ~= ARGV[9] then return -5 end
+  local last = tonumber(redis.call('HGET', meta, 'seq') or '0')
+  if last < tonumber(ARGV[10]) then
+    mint(meta, ARGV[11], last + 1)
+    return -5
+  end
   if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
+  if not epoch or ARGV[12] == '1' then  -- (a log written before epochs gets one here too)
+    epoch = ARGV[11]
+    mint(meta, epoch, last + 1)
+  end
 end
 if kind == 'value' then
   local i = tonumber(ARGV[3])
@@ -23,15 +45,15 @@ if kind == 'value' then
   redis.call('HSET', meta, 'values', nv + 1)
 end
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local entry = '{"seq":' .. seq .. ',' .. ARGV[4]
+local entry = '{"seq":' .. seq .. ',"ep":"' .. epoch .. '",' .. ARGV[4]
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'e', entry)
 if index then
   redis.call('PUBLISH', ARGV[1], entry)
 else
   redis.call('SPUBLISH', ARGV[1], entry)
 end
-if #ARGV > 8 then
-  redis.call('HSET', meta, unpack(ARGV, 9))
+if #ARGV > 12 then
+  redis.call('HSET', meta, unpack(ARGV, 13))
 end
 if kind == 'queued' and index then
   redis.call('ZADD', index, ARGV[7], string.match(meta, ':job:(.*)$'))

@@ -11,7 +11,9 @@ TERMINAL = frozenset({"finished", "failed", "cancelled"})
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One decoded log entry; ``raw`` is its JSON exactly as stored and published."""
+    """One decoded log entry; ``raw`` is its JSON exactly as stored and published. ``ep`` is
+    the epoch it was written in (None for an entry from before epochs): ``(seq, ep)`` names it
+    across the log's incarnations (jobcast.core.epoch)."""
 
     seq: int
     kind: str
@@ -19,6 +21,7 @@ class Entry:
     text: str | None
     data: dict
     raw: bytes
+    ep: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -38,6 +41,7 @@ class Entry:
             text=data.get("v"),
             data=data,
             raw=raw,
+            ep=data.get("ep"),
         )
 
 

@@ -1,11 +1,19 @@
 -- Append one item to the job feed and announce it, atomically (jobcast.core.feed).
 --
--- KEYS: the feed's hash (its seq), the feed's stream.
+-- KEYS: the feed's hash (its seq and epoch), the feed's stream.
 -- ARGV: channel, JSON body without seq (starts after "{"), maxlen, "1" on a Redis Cluster
---       (announce with SPUBLISH).
--- Returns the item's seq.
+--       (announce with SPUBLISH), the highest seq this writer got (0: none), a new epoch.
+-- Returns the item's seq. The feed is a view: an item is never refused, but a feed behind what
+-- its writer wrote (items lost in a failover) begins a new epoch, as does a feed without one;
+-- each item carries its epoch, {"seq":N,"ep":"<epoch>",...}, so pages notice and re-snapshot.
+local last = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch or last < tonumber(ARGV[5]) then
+  epoch = ARGV[6]
+  mint(KEYS[1], epoch, last + 1)
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local item = '{"seq":' .. seq .. ',' .. ARGV[2]
+local item = '{"seq":' .. seq .. ',"ep":"' .. epoch .. '",' .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '0-' .. seq, 'e', item)
 if ARGV[4] == '1' then
   redis.call('SPUBLISH', ARGV[1], item)

@@ -13,6 +13,11 @@ Progress is throttled where values are written (:class:`ProgressGate`): at most 
 is capped at ``FEED_MAXLEN`` items (a page that falls further behind reads a fresh snapshot).
 Items are appended right after the job's own entry: a writer that dies in between loses the
 item, never the job's entry (the log stays the truth; a page's next snapshot shows it).
+
+The feed has an epoch too (:mod:`jobcast.core.epoch`), carried by each item as ``ep``: a
+failover that loses items makes its seq go back, and a writer that finds the feed behind an
+item it wrote (or a web process behind one it served) begins a new epoch. A page whose cursor
+is in another epoch, or past the feed's end, gets a fresh snapshot: never a silent skip.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from importlib.resources import files
 from typing import Any, Callable
 
 from jobcast.core.entry import Entry, stream_field, stream_id_text
+from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, Position, new_epoch
 from jobcast.core.store import is_cluster
 
 FEED = "~jobs"
@@ -37,7 +43,7 @@ PROGRESS_EVERY = 0.25
 
 LIFECYCLE = frozenset({"queued", "started", "retrying", "finished", "failed", "cancelled"})
 
-FEED_LUA = files(__package__).joinpath("feed.lua").read_text()
+FEED_LUA = EPOCH_LUA + files(__package__).joinpath("feed.lua").read_text()
 
 
 class Feed:
@@ -50,6 +56,7 @@ class Feed:
         self.meta, self.log, self.channel = base, base + ":log", base + ":ch"
         self.maxlen = maxlen
         self._script = None
+        self.high = 0  # the highest seq this writer got: a feed found behind it lost items
 
     def append(self, job_id: str, change: str, jseq: int, fields: dict[str, Any]) -> int:
         """Announce that ``job_id`` changed (``change``: its entry ``jseq``'s kind, or
@@ -59,18 +66,36 @@ class Feed:
         body = {"kind": "job", "job": job_id, "change": change, "jseq": jseq,
                 "ts": round(time.time(), 6), **fields}
         encoded = json.dumps(body, separators=(",", ":"))[1:]
-        return int(self._script(keys=[self.meta, self.log],
-                                args=[self.channel, encoded, self.maxlen,
-                                      "1" if is_cluster(self.redis) else "0"]))
+        seq = int(self._script(keys=[self.meta, self.log],
+                               args=[self.channel, encoded, self.maxlen,
+                                     "1" if is_cluster(self.redis) else "0", self.high,
+                                     new_epoch()]))
+        self.high = max(self.high, seq)
+        return seq
 
     def page(self, after: int, count: int) -> tuple[list[Entry], bool]:
         """Up to ``count`` items with ``seq > after``; the feed never ends (False)."""
-        rows = self.redis.xrange(self.log, min=f"0-{after + 1}", max="+", count=count)
-        return [Entry.parse(stream_field(fields)) for _id, fields in rows], False
+        return self.read(after, count)[0], False
 
-    def position(self) -> tuple[bool, int]:
-        """(False, the last item's seq): the feed always exists and never ends."""
-        return False, int(self.redis.hget(self.meta, "seq") or 0)
+    def read(self, after: int, count: int) -> tuple[list[Entry], Head]:
+        """Up to ``count`` items with ``seq > after``, and where the feed stands (its seq and
+        epoch), in one round trip (one slot on a Cluster: the keys share a hash tag)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xrange(self.log, min=f"0-{after + 1}", max="+", count=count)
+        pipe.hmget(self.meta, *HEAD_FIELDS)
+        rows, head = pipe.execute()
+        return ([Entry.parse(stream_field(fields)) for _id, fields in rows],
+                Head.from_reply(head, always=True))
+
+    def head(self) -> Head:
+        """Where the feed stands (it always exists, and never ends)."""
+        return Head.from_reply(self.redis.hmget(self.meta, *HEAD_FIELDS), always=True)
+
+    def position(self) -> Position:
+        """(False, the last item's seq, the feed's epoch): the feed always exists and never
+        ends."""
+        seq, epoch = self.redis.hmget(self.meta, "seq", "epoch")
+        return Position(False, int(seq or 0), epoch.decode() if epoch is not None else None)
 
     def queue_last_seq(self, pipe) -> None:
         """Add the read of the last item's seq to ``pipe``."""

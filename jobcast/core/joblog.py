@@ -21,7 +21,9 @@ Each entry is a small JSON object. ``seq`` numbers every entry of a job from 1 w
 ``kind`` is one of ``queued``, ``started``, ``value``, ``retrying``, ``finished``, ``failed``,
 ``cancelled`` (the last three are terminal: a job's log ends with exactly one of them).
 Value entries also carry ``i`` (the value's index, from 0), ``v`` (its text, see
-:func:`encode_value`) and ``j`` (the value as JSON).
+:func:`encode_value`) and ``j`` (the value as JSON). Every entry also carries ``ep``, the epoch
+of the log's incarnation it was written in (:mod:`jobcast.core.epoch`): a writer that began the
+log (:meth:`JobLog.begin`) has its appends refused once the log is not that incarnation.
 
 ``log`` entries are what the job printed or logged, captured by its worker
 (:mod:`jobcast.worker.capture`): ``stream`` (``stdout``, ``stderr`` or ``logging``), ``text``
@@ -46,6 +48,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from jobcast.core.entry import TERMINAL, Entry, stream_field, stream_id_text
+from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, LogReset, Position, new_epoch
 from jobcast.core.feed import LIFECYCLE, Feed, ProgressGate
 from jobcast.core.store import is_cluster
 
@@ -69,8 +72,13 @@ STATUS_BY_KIND = {
     "cancelled": "cancelled",
 }
 
-APPEND_LUA = files(__package__).joinpath("append.lua").read_text()
-"""The append script (``append.lua``, shipped with the package)."""
+APPEND_LUA = EPOCH_LUA + files(__package__).joinpath("append.lua").read_text()
+"""The append script (``append.lua``, shipped with the package, after ``epoch.lua``)."""
+
+CHECKED = frozenset({"started", "value", "finished"})
+"""The entries a writer that began the log writes only into the incarnation it began. The
+others (``retrying``, ``failed``, ``cancelled``) are written whatever the epoch: they are how a
+reset job is retried or failed, and how a cancel or the watchdog ends a job."""
 
 TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""
@@ -84,7 +92,10 @@ prints may log thousands of lines before its first value."""
 
 # The script writes every entry as '{"seq":N,"kind":...', so this matches log entries only:
 # a user's text or JSON elsewhere in an entry is escaped and cannot look like it.
-_LOG_ENTRY = re.compile(rb'\{"seq":\d+,"kind":"log"')
+# What an entry is, read from its first bytes (the script writes seq, the epoch, then kind),
+# so no text inside it (a value, a job's params) can pass for another kind.
+_LOG_ENTRY = re.compile(rb'\{"seq":\d+(?:,"ep":"[^"]*")?,"kind":"log"')
+_VALUE_ENTRY = re.compile(rb'\{"seq":\d+(?:,"ep":"[^"]*")?,"kind":"value"')
 
 
 class InvalidJobId(ValueError):
@@ -250,11 +261,14 @@ class JobLog:
     """One job's log: its keys, and every read and write of them."""
 
     def __init__(self, redis: Redis, job_id: str, *, maxlen: int = 100_000, ttl: int = 604800,
-                 index_max: int = 1000, value_max: int = 65536):
+                 index_max: int = 1000, value_max: int = 65536, terminal_replicas: int = 0,
+                 terminal_wait_ms: int = 500):
         """Bind to the job ``job_id`` (validated) on ``redis``.
 
-        ``maxlen``, ``ttl``, ``index_max`` and ``value_max`` matter to writers only; services
-        build their logs from the settings with :meth:`jobcast.core.logstore.LogStore.log`.
+        ``maxlen``, ``ttl``, ``index_max``, ``value_max`` and the terminal entries' durability
+        (``WAIT`` for ``terminal_replicas`` replicas, up to ``terminal_wait_ms``) matter to
+        writers only; services build their logs from the settings with
+        :meth:`jobcast.core.logstore.LogStore.log`.
         """
         self.redis = redis
         self.job_id = check_job_id(job_id)
@@ -267,20 +281,57 @@ class JobLog:
         self._feed: Feed | None = None
         self._gate: ProgressGate | None = None  # throttles the job's progress in the feed
         self._total: int | None = None  # the progress total, when this writer set it
+        self.terminal_replicas = terminal_replicas
+        self.terminal_wait_ms = terminal_wait_ms
+        # The incarnation this writer began (begin()), and the highest seq it wrote: its
+        # started, value and finished entries go only into that incarnation.
+        self.began = False
+        self.epoch: str | None = None
+        self.high = 0
 
     # -- writing ---------------------------------------------------------------------------
 
     def _write(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
-               value_json: str | None = None, meta: dict[str, Any] | None = None) -> int:
+               value_json: str | None = None, meta: dict[str, Any] | None = None,
+               new_era: bool = False) -> int:
         """Append one entry atomically and return its seq (or a negative code); tell the
-        job feed of a change of state, and of progress (throttled)."""
-        keys, args = self.script_args(kind, body, index=index, value_json=value_json, meta=meta)
-        seq = int(self.script()(keys=keys, args=args))
+        job feed of a change of state, and of progress (throttled).
+
+        A writer that began the log raises LogReset when the log is not that incarnation any
+        more (or is gone) for an entry it checks (:data:`CHECKED`).
+        """
+        epoch = new_epoch()
+        keys, args = self.script_args(kind, body, index=index, value_json=value_json, meta=meta,
+                                      new_era=new_era, epoch=epoch)
+        if kind in TERMINAL and self.terminal_replicas and not is_cluster(self.redis):
+            seq = self._write_durably(kind, keys, args)
+        else:
+            seq = int(self.script()(keys=keys, args=args))
+        if seq == -5 or (seq == -2 and self.began and kind in CHECKED):
+            raise LogReset(self.job_id)
         if seq > 0:
+            self.high = max(self.high, seq)
+            if new_era and self.began:
+                self.epoch = epoch  # this writer began it
             try:
                 self._announce(kind, seq, body or {})
             except RedisError as exc:  # the feed is a view: the log, written, is the truth
                 log.warning("job %s: the feed missed its %s (%s)", self.job_id, kind, exc)
+        return seq
+
+    def _write_durably(self, kind: str, keys: list[str], args: list[Any]) -> int:
+        """Append a terminal entry, then ``WAIT`` for the replicas to have it (a separate
+        command on the same connection: inside a script or MULTI, WAIT does not block). Fewer
+        acknowledgements in time only warn: the job's end is never held up by a replica."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.script()(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.terminal_replicas, self.terminal_wait_ms)
+        seq, acked = pipe.execute()
+        seq = int(seq)
+        if seq > 0 and int(acked) < self.terminal_replicas:
+            log.warning("job %s: its %s entry reached %s of %s replica(s) within %s ms; a "
+                        "failover now could lose it", self.job_id, kind, acked,
+                        self.terminal_replicas, self.terminal_wait_ms)
         return seq
 
     def _announce(self, kind: str, seq: int, body: dict[str, Any]) -> None:
@@ -331,11 +382,11 @@ class JobLog:
 
     def script_args(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
                     value_json: str | None = None, meta: dict[str, Any] | None = None,
+                    new_era: bool = False, epoch: str | None = None,
                     ts: float | None = None) -> tuple[list[str], list[Any]]:
-        """The KEYS and ARGV of the append script for one entry (also for a pipeline).
-
-        ``ts`` is the entry's time, by default now (an output line carries when it was printed).
-        """
+        """The KEYS and ARGV of the append script for one entry (also for a pipeline):
+        ``new_era`` begins a new epoch with it (``epoch``, or a new one); ``ts`` is the entry's
+        time, by default now (an output line carries when it was printed)."""
         now = time.time()
         parts = [f'"kind":{json.dumps(kind)}', f'"ts":{now if ts is None else ts:.6f}']
         for k, v in (body or {}).items():
@@ -351,9 +402,12 @@ class JobLog:
         keys = [self.keys.meta, self.keys.log]
         if not is_cluster(self.redis):
             keys.append(JOBS_INDEX)  # on a Cluster, create() indexes the job (another slot)
+        checked = self.began and kind in CHECKED
         return (keys,
                 [self.keys.channel, kind, index, ",".join(parts) + "}", self.maxlen,
-                 self.ttl, f"{now:.6f}", self.index_max, *fields])
+                 self.ttl, f"{now:.6f}", self.index_max, (self.epoch or "") if checked else "",
+                 self.high if checked else 0, epoch or new_epoch(), "1" if new_era else "",
+                 *fields])
 
     def create(self, task: str, params: dict[str, Any], total: int | None,
                extra: dict[str, str] | None = None) -> int:
@@ -406,11 +460,27 @@ class JobLog:
         pipe.zremrangebyrank(JOBS_INDEX, 0, -self.index_max - 1)
         pipe.execute()
 
+    def begin(self) -> tuple[bool, int, int]:
+        """Begin writing the log as it is now: its incarnation (epoch) and seq become this
+        writer's expectations. Returns (it exists, values logged, the attempt starting: one
+        more than the log has seen), read at once."""
+        status, seq, values, attempt, epoch = self.redis.hmget(
+            self.keys.meta, "status", "seq", "values", "attempt", "epoch")
+        self.began = True
+        self.epoch = epoch.decode() if epoch is not None else None
+        self.high = int(seq or 0)
+        return status is not None, int(values or 0), int(attempt or 0) + 1
+
     def started(self, worker: str, attempt: int) -> int:
-        """Record that ``worker`` started (or restarted) the job."""
+        """Record that ``worker`` started (or restarted) the job.
+
+        A restart (``attempt`` > 1) begins a new epoch: the attempt before it is gone, and
+        nothing proves the log is all it wrote (Redis may have lost its last entries, with
+        the worker that could tell). A viewer whose position survived just goes on.
+        """
         return self._write("started", {"worker": worker, "attempt": attempt},
                            meta={"worker": worker, "started_at": f"{time.time():.6f}",
-                                 "attempt": attempt})
+                                 "attempt": attempt}, new_era=attempt > 1)
 
     def value(self, index: int, value: Any, total: int | None = None) -> int:
         """Record value number ``index``; returns -3 if it was already logged (a retry).
@@ -521,34 +591,44 @@ class JobLog:
             start = "(" + stream_id_text(batch[-1][0])
 
     def page(self, after: int, count: int) -> tuple[list[Entry], bool]:
-        """Up to ``count`` entries with ``seq > after``, and whether the job has ended, in one
-        round trip (a viewer catching up needs both).
+        """Up to ``count`` entries with ``seq > after``, and whether the job has ended."""
+        entries, head = self.read(after, count)
+        return entries, head.ended
+
+    def read(self, after: int, count: int) -> tuple[list[Entry], Head]:
+        """Up to ``count`` entries with ``seq > after``, and where the log stands (its status,
+        seq and epoch), in one round trip: a viewer catching up needs both.
 
         Both reads run in one MULTI/EXEC: were the job to end between them, an empty read
-        followed by "ended" would hide the terminal entry.
+        followed by "ended" would hide the terminal entry; and the entries are of the
+        incarnation the head names.
         """
         pipe = self.redis.pipeline(transaction=True)
         pipe.xrange(self.keys.log, min=f"0-{after + 1}", max="+", count=count)
-        pipe.hget(self.keys.meta, "status")
-        rows, status = pipe.execute()
-        ended = status is None or status.decode() in TERMINAL
-        return [Entry.parse(stream_field(fields)) for _id, fields in rows], ended
+        pipe.hmget(self.keys.meta, *HEAD_FIELDS)
+        rows, head = pipe.execute()
+        return [Entry.parse(stream_field(fields)) for _id, fields in rows], Head.from_reply(head)
 
-    def position(self) -> tuple[bool, int] | None:
-        """(ended, last seq) of the job, or None if it does not exist (or has expired)."""
-        return self.read_position(self.redis.hmget(self.keys.meta, "status", "seq"))
+    def head(self) -> Head:
+        """Where the log stands: status, seq, values, epoch and its recent eras."""
+        return Head.from_reply(self.redis.hmget(self.keys.meta, *HEAD_FIELDS))
+
+    def position(self) -> Position | None:
+        """(ended, last seq, epoch) of the job, or None if it does not exist (or has expired)."""
+        return self.read_position(self.redis.hmget(self.keys.meta, "status", "seq", "epoch"))
 
     def queue_position(self, pipe) -> None:
         """Add the read of :meth:`position` to ``pipe`` (its reply: see :meth:`read_position`)."""
-        pipe.hmget(self.keys.meta, "status", "seq")
+        pipe.hmget(self.keys.meta, "status", "seq", "epoch")
 
     @staticmethod
-    def read_position(reply) -> tuple[bool, int] | None:
+    def read_position(reply) -> Position | None:
         """:meth:`position` from the reply of its read."""
-        status, seq = reply
+        status, seq, epoch = reply
         if status is None:
             return None
-        return status.decode() in TERMINAL, int(seq or 0)
+        return Position(status.decode() in TERMINAL, int(seq or 0),
+                        epoch.decode() if epoch is not None else None)
 
     def queue_last_seq(self, pipe) -> None:
         """Add the read of the job's last seq to ``pipe`` (its reply: bytes or None)."""
@@ -561,7 +641,7 @@ class JobLog:
         newest = f"0-{before - 1}"
         while before > 1 and len(raws) < limit:
             batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=limit)
-            raws += [f[b"e"] for _id, f in batch if b'"kind":"value"' in f[b"e"]]
+            raws += [f[b"e"] for _id, f in batch if _VALUE_ENTRY.match(f[b"e"])]
             if len(batch) < limit:
                 break
             newest = "(" + stream_id_text(batch[-1][0])
@@ -586,7 +666,7 @@ class JobLog:
             batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=page)
             for _stream_id, fields in batch:
                 raw = fields[b"e"]
-                if b'"kind":"value"' in raw:
+                if _VALUE_ENTRY.match(raw):
                     count += 1
                     if count == n:
                         entry = Entry.parse(raw)

@@ -13,7 +13,7 @@ from rq.job import Job
 
 from jobcast.core.joblog import JOBS_INDEX, JobInfo, JobLog, job_keys
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import StreamRedis, stream_redis
+from jobcast.core.store import StreamRedis, redis_client, stream_redis
 
 # RQ states of a job that a Jobcast-aware worker has not finished with yet.
 ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})
@@ -35,14 +35,16 @@ class LogStore:
         given, else on this process's shared client of the stream store."""
         cfg = settings or get_settings()
         if queue is None and streams is None:
-            queue = Redis.from_url(cfg.redis_url)
+            queue = redis_client(cfg.redis_url)
         return cls(streams if streams is not None else stream_redis(cfg, queue), cfg, queue)
 
     def log(self, job_id: str) -> JobLog:
         """The log of ``job_id`` (InvalidJobId for a malformed id)."""
         cfg = self.settings
         return JobLog(self.redis, job_id, maxlen=cfg.log_maxlen, ttl=cfg.log_ttl,
-                      index_max=cfg.jobs_index_max, value_max=cfg.value_max_bytes)
+                      index_max=cfg.jobs_index_max, value_max=cfg.value_max_bytes,
+                      terminal_replicas=cfg.terminal_replicas,
+                      terminal_wait_ms=cfg.terminal_wait_ms)
 
     def adopt(self, job_id: str) -> bool:
         """Open the log of an RQ job that Jobcast did not enqueue, if RQ has it pending or

@@ -18,6 +18,7 @@ import threading
 from redis import Redis
 
 from jobcast.core.settings import Settings
+from jobcast.core.store import redis_client
 
 SECRET_KEY = "jobcast:secret"
 """Where the generated key lives, in the Redis of ``REDIS_URL``."""
@@ -37,8 +38,8 @@ def signing_key(settings: Settings, redis: Redis | None = None) -> str:
     url = settings.redis_url
     with _lock:
         if url not in _keys:
-            conn = redis if redis is not None else Redis.from_url(url, socket_connect_timeout=5,
-                                                                  socket_timeout=5)
+            conn = redis if redis is not None else redis_client(url, socket_connect_timeout=5,
+                                                                socket_timeout=5)
             try:
                 conn.set(SECRET_KEY, secrets.token_hex(32), nx=True)
                 _keys[url] = conn.get(SECRET_KEY).decode()

@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobcast.core.redisurl import check_redis_url
+
 
 def parse_caps(text: str) -> dict[str, float]:
     """``"n=100000,sqrt.interval=10"`` as {"name" or "task.name": limit}; ValueError if malformed."""
@@ -48,7 +50,9 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = env("REDIS_URL", "redis://localhost:6379/0",
-                         "Redis for the queue, logs and pub/sub", min_length=1)
+                         "Redis for the queue, logs and pub/sub; `redis+sentinel://host:port"
+                         "[,host:port…]/<master>[/<db>]` finds the primary through Sentinel "
+                         "and follows its failovers", min_length=1)
     stream_url: str = env("JOBCAST_STREAM_URL", "",
                           "Redis for the logs, job metadata and pub/sub, when not `REDIS_URL`; "
                           "a node of a Redis Cluster works (hash-tagged keys, "
@@ -138,6 +142,13 @@ class Settings(BaseSettings):
                                 "seconds between a worker's heartbeats while it runs a job", ge=1)
     maintenance_interval: int = env("JOBCAST_MAINTENANCE_INTERVAL", 10,
                                     "seconds between a worker's cleanups after dead workers", ge=1)
+    terminal_replicas: int = env("JOBCAST_TERMINAL_REPLICAS", 0,
+                                 "replicas that must acknowledge a job's last entry (finished, "
+                                 "failed, cancelled) before its writer goes on (`WAIT`; single "
+                                 "Redis and Sentinel); 0: none", ge=0)
+    terminal_wait_ms: int = env("JOBCAST_TERMINAL_WAIT_MS", 500,
+                                "most milliseconds a last entry waits for those replicas; fewer "
+                                "in time is logged as a warning, and the job goes on", ge=1)
     orphan_timeout: int = env("JOBCAST_ORPHAN_TIMEOUT", 15,
                               "seconds with no live worker after which queued and running jobs "
                               "fail", ge=1)
@@ -198,6 +209,13 @@ class Settings(BaseSettings):
         """Strip a token or secret once, here: a ``.env`` line often ends in a space or a CR,
         and the bearer header (stripped by HTTP) and the token form must compare the same text."""
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("redis_url", "stream_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        """Refuse a malformed ``redis+sentinel://`` URL at start-up (redis-py has no such
+        scheme, so it would fail only at the first command)."""
+        return check_redis_url(value) if value else value
 
     @field_validator("param_caps")
     @classmethod

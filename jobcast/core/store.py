@@ -10,6 +10,12 @@ When the stream URL points at a node of a Redis Cluster (``INFO cluster`` says
 so the append script, which touches several of them, runs on one slot and stays atomic;
 announcements then go out with ``SPUBLISH`` and the hub listens with ``SSUBSCRIBE``
 (sharded pub/sub, so each announcement is handled by the one shard that owns the job).
+
+Either URL may also be ``redis+sentinel://…`` (:mod:`jobcast.core.redisurl`): the client then
+asks the Sentinels for the primary before each new connection and follows a failover.
+:func:`redis_client` is the one place a client of a single Redis, or of a Sentinel-managed
+primary, is built; every service (web, workers, producer, ``jobcast status``, RQ's queue)
+gets its clients there.
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ import re
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
+from jobcast.core.redisurl import is_sentinel_url, parse_sentinel_url
 from jobcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,75 @@ StreamRedis = Redis | RedisCluster
 
 _clients: dict[tuple[str, int], StreamRedis] = {}
 _lock = threading.Lock()
+
+SENTINEL_RETRY_FOR = 15.0
+"""Seconds a client of a Sentinel-managed primary rides out by default: a failover takes the
+Sentinels' ``down-after-milliseconds`` plus about a second, and every call, RQ's included, must
+outlive it (a longer ``retry_for`` wins)."""
+
+POOL_SIZE = 64
+"""Connections of a bounded pool (the web's): they must not grow with viewers."""
+
+
+class FollowingConnection(SentinelManagedConnection):
+    """A connection to the primary that asks the Sentinels where it is on *every* connect.
+
+    redis-py's own asks only for a connection's first connect: a command's retries reconnect
+    through ``_connect`` to the address it had, so after a failover they dial the dead primary
+    until they give up (redis-py #3874; measured 37 s, then a failure). Asking again here makes
+    the retries land on the promoted replica (measured 2.5–3 s after a SIGKILL). Drop it once
+    redis-py's fix (#3875) ships.
+    """
+
+    def _connect(self):
+        """Connect to wherever the primary is now."""
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        return super()._connect()
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel pool that waits for a free connection instead of opening one more (the
+    web's bounded pool, over Sentinel)."""
+
+
+def _retry(retry_for: float, cap: float, step: float) -> Retry:
+    """Retries with backoff (up to ``cap`` s apart), ``step`` s each on average, for about
+    ``retry_for`` seconds."""
+    return Retry(ExponentialBackoff(cap=cap, base=0.05), max(3, int(retry_for / step)))
+
+
+def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
+                 **options) -> Redis:
+    """A client of the Redis at ``url``: a ``redis://`` (``rediss://``, ``unix://``) server, or
+    the primary a group of Sentinels names (``redis+sentinel://``).
+
+    ``retry_for`` > 0 makes it ride out a restart or failover of about that long (a Sentinel
+    client always rides out at least :data:`SENTINEL_RETRY_FOR`). ``pooled`` bounds its pool
+    at :data:`POOL_SIZE` connections, callers waiting up to 10 s for one. ``options`` go to
+    redis-py's connections.
+    """
+    if not is_sentinel_url(url):
+        if retry_for:
+            options.setdefault("retry", _retry(retry_for, 2.0, 1.5))
+            options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
+        if pooled:
+            return Redis(connection_pool=BlockingConnectionPool.from_url(
+                url, max_connections=POOL_SIZE, timeout=10, **options))
+        return Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    sentinels = Sentinel(list(target.sentinels), sentinel_kwargs={
+        "socket_timeout": 1, "socket_connect_timeout": 1, "password": target.sentinel_password})
+    options.setdefault("retry", _retry(max(retry_for, SENTINEL_RETRY_FOR), 1.0, 0.8))
+    options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
+    options.setdefault("socket_connect_timeout", 2)
+    options.setdefault("socket_keepalive", True)
+    if pooled:
+        options.update(connection_pool_class=BlockingSentinelPool, max_connections=POOL_SIZE,
+                       timeout=10)
+    return sentinels.master_for(target.master, connection_class=FollowingConnection,
+                                db=target.db, username=target.username,
+                                password=target.password, **options)
 
 
 def masked_url(url: str) -> str:
@@ -65,7 +142,10 @@ def is_cluster(redis) -> bool:
 
 
 def cluster_enabled(url: str) -> bool:
-    """Ask the Redis at ``url`` whether it is a Cluster node (``INFO cluster``)."""
+    """Ask the Redis at ``url`` whether it is a Cluster node (``INFO cluster``); a primary that
+    Sentinels manage never is."""
+    if is_sentinel_url(url):
+        return False
     probe = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
     try:
         return str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
@@ -75,7 +155,8 @@ def cluster_enabled(url: str) -> bool:
 
 def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
             **options) -> StreamRedis:
-    """A client of the stream store at ``url``: RedisCluster for a Cluster node, else Redis.
+    """A client of the stream store at ``url``: RedisCluster for a Cluster node, else Redis
+    (:func:`redis_client`: one server, or the primary of a Sentinel group).
 
     ``cluster`` says which, when known (None: ask the server). ``retry_for`` > 0 makes the
     client ride out a restart or failover of that long, retrying with backoff: appends are
@@ -91,11 +172,7 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
         return RedisCluster.from_url(
             url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts),
             socket_connect_timeout=2, socket_timeout=10, socket_keepalive=True)
-    if retry_for:
-        options.setdefault("retry", Retry(ExponentialBackoff(cap=2.0, base=0.05),
-                                          max(3, int(retry_for / 1.5))))
-        options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
-    return Redis.from_url(url, **options)
+    return redis_client(url, retry_for=retry_for, **options)
 
 
 def stream_redis(config: Settings, queue: Redis | None = None) -> StreamRedis:
@@ -104,7 +181,7 @@ def stream_redis(config: Settings, queue: Redis | None = None) -> StreamRedis:
     Clients are kept per URL and process: redis-py's pools reconnect after a fork.
     """
     if not separate(config):
-        return queue if queue is not None else Redis.from_url(config.redis_url)
+        return queue if queue is not None else redis_client(config.redis_url)
     url = stream_url(config)
     key = (url, os.getpid())
     with _lock:

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import connect, masked_url, separate, stream_url
+from jobcast.core.store import connect, masked_url, redis_client, separate, stream_url
 from jobcast.producer.enqueue import enqueue
 from jobcast.launcher.redisserver import RedisServer, free_port, write_private
 from jobcast.launcher.supervisor import Printer, RestartPolicy, Service, ServiceFailed, Supervisor
@@ -89,7 +88,7 @@ def web_ready(base_url: str) -> Callable[[Service], bool]:
 
 def worker_ready(redis_url: str) -> Callable[[Service], bool]:
     """A readiness check: the worker process has registered with RQ."""
-    conn = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
+    conn = redis_client(redis_url, socket_connect_timeout=1, socket_timeout=2)
     host = socket.gethostname()
 
     def check(service: Service) -> bool:
@@ -288,7 +287,7 @@ def duration(seconds: float) -> str:
 
 def rq_info(redis_url: str, queue_name: str) -> dict[str, Any]:
     """RQ's view, like `rq info`: the queue's depth by registry and the workers on it."""
-    conn = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+    conn = redis_client(redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:
         q = Queue(queue_name, connection=conn)
         queue = {"name": queue_name, "queued": q.count,

@@ -14,6 +14,7 @@ import pytest
 from jobcast.cli.client import Backoff, BadInput, EventStream, Unreachable
 from jobcast.launcher.redisserver import RedisServer
 from tests.conftest import WebServer, Workers, wait_for
+from tests.support.sse import id_seq
 
 
 class Stack:
@@ -125,7 +126,7 @@ class SSEViewer(threading.Thread):
 
     def seqs(self) -> list[int]:
         """The seqs received, in order."""
-        return [int(e["id"]) for e in self.events]
+        return [id_seq(e["id"]) for e in self.events]
 
     def terminal(self) -> list[dict]:
         """The terminal events received."""
@@ -133,7 +134,9 @@ class SSEViewer(threading.Thread):
 
 
 class TextViewer(threading.Thread):
-    """Reads /stream, resuming with ?start=<lines so far> after a drop, until the job ends."""
+    """Reads /stream, resuming with ?start=<lines so far>&epoch=<Jobcast-Epoch> after a drop,
+    until the job ends; a Jobcast-Reset answer drops the lines it says were replaced, as the
+    plain page does (the resets are kept)."""
 
     def __init__(self, base: str, job_id: str, deadline: float = 120):
         """Follow ``job_id`` in a thread; lines in .lines."""
@@ -141,15 +144,28 @@ class TextViewer(threading.Thread):
         self.base, self.job_id = base, job_id
         self.lines: list[str] = []
         self.reconnects = 0
+        self.epoch: str | None = None
+        self.resets: list[str] = []
+        self.gone = False  # the server answered 404: the job is gone
         self.deadline = time.monotonic() + deadline
 
     def run(self) -> None:
         """Read; on a drop or an early end while the job still runs, resume."""
         while time.monotonic() < self.deadline:
             try:
+                params = {"start": len(self.lines)}
+                if self.epoch:
+                    params["epoch"] = self.epoch
                 with httpx.stream("GET", f"{self.base}/jobs/{self.job_id}/stream",
-                                  params={"start": len(self.lines)},
-                                  timeout=httpx.Timeout(10, read=30)) as r:
+                                  params=params, timeout=httpx.Timeout(10, read=30)) as r:
+                    if r.status_code == 404:
+                        self.gone = True
+                        return
+                    reset = r.headers.get("Jobcast-Reset")
+                    if reset:
+                        self.resets.append(reset)
+                        del self.lines[int(reset.split("values=")[1].split(";")[0]):]
+                    self.epoch = r.headers.get("Jobcast-Epoch") or self.epoch
                     for line in r.iter_lines():
                         self.lines.append(line)
                 status = httpx.get(f"{self.base}/api/jobs/{self.job_id}", timeout=5).json()["status"]

@@ -325,3 +325,53 @@ def test_values_and_reasons_printed_lose_their_control_characters_and_json_stays
                         client=replayed(entries))
     assert follower.run() == 1
     assert [json.loads(line) for line in out.getvalue().splitlines()] == entries
+
+
+def scripted_server(connections: list[str]):
+    """An httpx transport playing a job's events: each stream request gets the next body (a
+    body that does not end with a terminal event is a cut connection); the requests are kept."""
+    import httpx
+
+    requests = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            requests.append(request)
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=connections[len(requests) - 1].encode())
+        return httpx.Response(200, json={"task": "sqrt", "status": "running",
+                                         "progress": {"i": 0, "n": None}})
+
+    return httpx.MockTransport(handle), requests
+
+
+def entry(seq: int, epoch: str, kind: str = "value", i: int | None = None) -> str:
+    """One entry event as the server sends it."""
+    body = {"seq": seq, "ep": epoch, "kind": kind, "ts": 1.0}
+    if i is not None:
+        body.update(i=i, v=f"v{i}", j=i)
+    return f"id: {seq}:{epoch}\nevent: {kind}\ndata: {json.dumps(body)}\n\n"
+
+
+def test_follow_resumes_with_the_epoch_and_says_when_a_failover_replaced_what_it_printed():
+    import httpx
+
+    from jobcast.cli.client import EXIT_REPLACED, Follower
+
+    first = entry(1, "E1", "queued") + "".join(entry(3 + i, "E1", i=i) for i in range(4))
+    reset = {"epoch": "E2", "after": 4, "values": 2, "reason": "lost",
+             "was": {"seq": 6, "epoch": "E1"}}
+    second = (f"id: 4:E2\nevent: reset\ndata: {json.dumps(reset)}\n\n"
+              + "".join(entry(5 + k, "E2", i=2 + k) for k in range(3))
+              + entry(8, "E2", "finished"))
+    transport, requests = scripted_server([first, second])
+    out, err = io.StringIO(), io.StringIO()
+    follower = Follower("a" * 32, "http://jobcast", Display("plain", False, out, err),
+                        client=httpx.Client(transport=transport))
+    follower.backoff.first = follower.backoff.most = 0.0
+    assert follower.run() == EXIT_REPLACED
+    assert requests[1].headers["Last-Event-ID"] == "6:E1"
+    assert out.getvalue().split() == ["v0", "v1", "v2", "v3", "v2", "v3", "v4"]
+    assert "log was reset after a Redis failover (lost): values from #2 on were replaced" in \
+        err.getvalue()
+    assert (follower.last_seq, follower.stream.epoch) == (8, "E2")

@@ -18,7 +18,7 @@ from redis.crc import key_slot
 from jobcast.core.joblog import JOBS_INDEX, JobExists, JobLog, channel, log_key, meta_key
 from tests.cluster.conftest import LocalCluster
 from tests.conftest import create_job, job_status, wait_for
-from tests.support.sse import parse_events
+from tests.support.sse import id_seq, parse_events
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from jobcast.web.broker import LINGER
@@ -39,7 +39,7 @@ def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None 
                 opened.set()
             for ev in parse_events(r):
                 events.append(ev)
-                if stop_after_seq is not None and int(ev.id) >= stop_after_seq:
+                if stop_after_seq is not None and ev.seq >= stop_after_seq:
                     break
     return events
 
@@ -102,7 +102,7 @@ def test_fifty_viewers_over_two_web_processes_get_the_identical_sequence(cluster
                  for events in results.values()}
     assert len(sequences) == 1
     (events,) = sequences
-    assert [int(i) for i, _, _ in events] == list(range(1, 34))
+    assert [id_seq(i) for i, _, _ in events] == list(range(1, 34))
     values = [json.loads(d) for _, kind, d in events if kind == "value"]
     assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(30)]
 
@@ -114,7 +114,7 @@ def test_a_viewer_moved_to_the_other_web_process_resumes_exactly(cluster_webs, c
         first = sse_events(first_web.url, job_id, stop_after_seq=12)
         assert job_status(http, job_id)["status"] != "finished"
     rest = sse_events(second_web.url, job_id, headers={"Last-Event-ID": first[-1].id})
-    seqs = [int(e.id) for e in first + rest]
+    seqs = [e.seq for e in first + rest]
     assert seqs == list(range(1, 34))
     assert [json.loads(e.data)["i"] for e in first + rest if e.event == "value"] == \
         list(range(30))
@@ -193,12 +193,14 @@ def test_restarting_the_primary_that_owns_a_watched_jobs_slot_loses_no_value(clu
         assert done.wait(90), "the stream did not end"
         reader.join(5)
         assert job_status(http, job_id)["status"] == "finished"
-    seqs = [int(e.id) for e in events if e.id is not None]
+    seqs = [e.seq for e in events if e.id is not None]
     assert seqs == list(range(1, len(seqs) + 1))
     values = [json.loads(e.data) for e in events if e.event == "value"]
     assert [v["i"] for v in values] == list(range(40))
     assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(40)]
     assert events[-1].event == "finished"
+    # Restarted with its AOF: the same incarnation of the log, no reset.
+    assert {e.epoch for e in events if e.id is not None} == {events[-1].epoch}
 
 
 def test_a_watched_jobs_slot_resharded_to_another_primary_loses_no_value(cluster, cluster_webs,
@@ -220,9 +222,11 @@ def test_a_watched_jobs_slot_resharded_to_another_primary_loses_no_value(cluster
                  what="the subscription on the slot's new owner")
         reader.join(60)
         assert job_status(http, job_id)["status"] == "finished"
-    assert [int(e.id) for e in events] == list(range(1, 44))
+    assert [e.seq for e in events] == list(range(1, 44))
     values = [json.loads(e.data) for e in events if e.event == "value"]
     assert [v["v"] for v in values] == ["{}".format(math.sqrt(i)) for i in range(40)]
+    # MIGRATE carried the log's hash, its epoch with it: no reset across the reshard.
+    assert len({e.epoch for e in events}) == 1 and events[-1].epoch is not None
 
 
 def test_on_the_cluster_the_append_script_logs_and_announces_with_spublish_and_indexes_once(

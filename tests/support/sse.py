@@ -45,6 +45,21 @@ class Event(NamedTuple):
         """The data, decoded from JSON."""
         return json.loads(self.data)
 
+    @property
+    def seq(self) -> int:
+        """The seq the event's id names (``<seq>:<epoch>``, or ``<seq>`` alone)."""
+        return id_seq(self.id)
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch the event's id names (None for an id of only a seq)."""
+        return self.id.partition(":")[2] or None
+
+
+def id_seq(event_id: str) -> int:
+    """The seq of an entry's SSE id: ``<seq>:<epoch>``, or ``<seq>`` alone."""
+    return int(event_id.partition(":")[0])
+
 
 _UNSET = object()
 

@@ -10,11 +10,13 @@ import fakeredis
 import pytest
 from flask import Flask
 
+from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog, log_key
-from jobcast.web.admission import (MAX_SEQ, RETRY, Start, StreamRequest, may_be_trimmed, retry_ms,
-                                   preamble, stream_start)
+from jobcast.web.admission import (MAX_SEQ, RETRY, Start, StreamRequest, may_be_trimmed, placed,
+                                   preamble, retry_ms, stream_start)
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import HTML, SSE, TEXT
+from tests.support.loss import lose
 from tests.support.sse import parse_events
 
 JOB = "a" * 32
@@ -229,3 +231,76 @@ def test_a_tail_longer_than_a_trimmed_log_begins_with_the_first_value_kept():
     begin = start_of(log, StreamRequest(log.job_id, TEXT, tail=5), 10)
     assert (begin.after, begin.tail, begin.skipped, begin.lost) == (27, 5, 25, 0)
     assert begin.headers() == {"Jobcast-First-Value": "25"}
+
+
+# -- a resume in another incarnation of the log (jobcast.core.epoch) ----------------------------
+
+def test_a_resume_names_its_epoch_and_an_old_numeric_one_is_still_read():
+    assert (parse("/", headers={"Last-Event-ID": "12:Ab3kQ9xZ"}).resume,
+            parse("/", headers={"Last-Event-ID": "12:Ab3kQ9xZ"}).epoch) == (12, "Ab3kQ9xZ")
+    assert parse("/?after=7:E-_1").epoch == "E-_1" and parse("/?after=7").epoch is None
+    text = parse("/?start=3&epoch=Ab3kQ9xZ", TEXT)
+    assert (text.start, text.epoch) == (3, "Ab3kQ9xZ")
+    assert parse("/?epoch=Ab3kQ9xZ", SSE).epoch is None  # SSE carries it in its id
+    assert bad_param("/", headers={"Last-Event-ID": "12:"}) == "Last-Event-ID"
+    assert bad_param("/?after=1:a.b") == "after"
+    assert bad_param("/?start=3&epoch=a:b", HTML) == "epoch"
+
+
+def lossy_log() -> tuple[JobLog, str, str]:
+    """A log whose first epoch lost seqs 6..7 (values 3..4) in a failover: the second began at
+    seq 6 with 3 values, and has 2 entries; (log, first epoch, second epoch)."""
+    log = job_log(5)                   # seqs 1..7
+    first = log.head().epoch
+    writer = JobLog(log.redis, log.job_id)
+    writer.begin()
+    lose(log, keep=5)
+    with pytest.raises(LogReset):
+        writer.value(5, 5)
+    log.retrying("reset")              # seq 6
+    log.started("w", 2)                # seq 7
+    return log, first, log.head().epoch
+
+
+def test_a_resume_in_the_current_epoch_costs_no_read_and_one_in_a_survived_prefix_goes_on():
+    log, first, second = lossy_log()
+    position = log.position()
+    req = StreamRequest(log.job_id, SSE, resume=7, epoch=second)
+    log.redis = None  # no Redis read may happen for the common resume
+    assert placed(req, position, log) == (req, None, second)
+    log, first, second = lossy_log()
+    req = StreamRequest(log.job_id, SSE, resume=5, epoch=first)
+    assert placed(req, log.position(), log) == (req, None, second)
+
+
+def test_a_resume_past_what_survived_is_moved_back_and_told_once():
+    log, first, second = lossy_log()
+    req, reset, epoch = placed(StreamRequest(log.job_id, SSE, resume=7, epoch=first),
+                               log.position(), log)
+    assert (req.resume, epoch, reset.after, reset.values, reset.reason) == (5, second, 5, 3, "lost")
+    text, reset, _ = placed(StreamRequest(log.job_id, TEXT, start=5, epoch=first),
+                            log.position(), log)
+    assert (text.start, text.resume, reset.values) == (3, None, 3)
+    assert reset.header() == f"epoch={second}; after=5; values=3; reason=lost"
+
+
+def test_a_claim_past_the_end_resets_that_client_only_and_mints_nothing():
+    log, first, second = lossy_log()
+    req, reset, epoch = placed(StreamRequest(log.job_id, SSE, resume=99, epoch=second),
+                               log.position(), log)
+    assert (req.resume, reset.reason, epoch) == (7, "past_end", second)
+    assert log.head().epoch == second
+    assert placed(StreamRequest(log.job_id, TEXT, start=3), log.position(), log)[1] is None
+    assert placed(StreamRequest(log.job_id, TEXT, start=9), log.position(), log)[1].values == 3
+
+
+def test_a_reset_comes_before_anything_else_of_the_stream():
+    log, first, second = lossy_log()
+    _, reset, _ = placed(StreamRequest(log.job_id, SSE, resume=7, epoch=first), log.position(),
+                         log)
+    begin = Start(after=5, tail=None)
+    events = list(parse_events(preamble(StreamRequest(JOB, SSE), begin, 1000, reset)))
+    assert [(e.event, e.id) for e in events] == [("reset", f"5:{second}")]
+    with app.test_request_context("/"):
+        html = preamble(StreamRequest(JOB, HTML), begin, 1000, reset)
+    assert html.split(b"\n")[1].startswith(b'<p class="note reset">')  # right after the head

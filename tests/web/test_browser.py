@@ -11,12 +11,16 @@ import math
 import os
 import signal
 import struct
+import uuid
 from pathlib import Path
 
 import pytest
 
+from jobcast.core.epoch import LogReset
+from jobcast.core.joblog import JobLog
 from tests.conftest import (ROOT, WebServer, assert_page_clean, create_job, job_status, wait_for,
                             watch)
+from tests.support.loss import lose
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
@@ -227,6 +231,45 @@ def test_plain_page_shows_latest_value_all_values_and_done(page, http, web, work
     page.wait_for_function("() => document.getElementById('latest').textContent === 'Done'", timeout=30000)
     items = page.locator("#output li").all_text_contents()
     assert items == ["{}".format(math.sqrt(i)) for i in range(15)]
+
+
+def test_a_failover_that_loses_values_is_said_on_the_job_and_plain_pages_which_keep_each_once(
+        context, web, redis):
+    # No worker: the job is written straight to its log, and the failover is played on it.
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {}, 6)
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    writer.started("w1", 1)
+    live, plain = watch(context.new_page()), watch(context.new_page())
+    live.goto(f"{web.url}/jobs/{log.job_id}")
+    plain.goto(f"{web.url}/jobs/{log.job_id}/plain")
+    for i in range(5):
+        writer.value(i, f"first {i}")                     # seqs 3..7
+    wait_values(live, 5)
+    plain.wait_for_function("() => document.querySelectorAll('#output li').length === 5")
+    lose(log, keep=5)                                     # values 3 and 4 are lost
+    with pytest.raises(LogReset):
+        writer.value(5, "refused")
+    retry = JobLog(redis, log.job_id)
+    retry.retrying("the job's log was reset")
+    retry.begin()
+    retry.started("w2", 2)
+    for i in range(3, 6):
+        retry.value(i, f"second {i}")
+    retry.finished()
+    live.wait_for_function(DONE, timeout=20000)
+    plain.wait_for_function("() => document.getElementById('latest').textContent === 'Done'",
+                            timeout=20000)
+    got = model(live)
+    expected = [f"first {i}" for i in range(3)] + [f"second {i}" for i in range(3, 6)]
+    assert got["values"] == expected and got["indices"] == list(range(6))
+    assert got["resets"] == 1 and got["epoch"] == log.head().epoch and got["duplicates"] == 0
+    assert "values from #3 on were replaced" in got["notice"]
+    assert plain.locator("#output li").all_text_contents() == expected
+    assert "values from #3 on were replaced" in plain.locator("p.note").inner_text()
+    for pg in (live, plain):
+        assert_page_clean(pg)
 
 
 def test_iframe_page_shows_html_payloads_as_text_and_runs_none(page, http, web, workers):

@@ -12,9 +12,11 @@ import uuid
 import httpx
 import pytest
 
+from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from jobcast.web.events import MAX_JOBS, digest
 from tests.conftest import WebServer, wait_for
+from tests.support.loss import lose
 from tests.support.sse import parse_events
 
 TOKEN = "events-test-token-0123456789"
@@ -82,7 +84,8 @@ def test_one_stream_carries_several_jobs_each_entry_once_and_ends_with_the_last(
     assert reader.seqs(a.job_id) == list(range(1, 9))
     assert reader.seqs(b.job_id) == list(range(1, 9))
     ids = [e.id for e in reader.events if e.id]
-    assert ids[-1] == f"{digest([a.job_id, b.job_id]).decode()}:8.8"
+    assert ids[-1] == (f"{digest([a.job_id, b.job_id]).decode()}:8~{a.head().epoch}"
+                       f".8~{b.head().epoch}")
 
 
 def test_last_event_id_resumes_every_job_exactly(web, redis):
@@ -235,3 +238,67 @@ def test_the_job_list_streams_a_snapshot_then_every_change_of_every_job(web, red
                 break
     assert not any(e.event == "snapshot" for e in first)
     reader.close()
+
+
+def stream_until(web, query: str, headers: dict, stop) -> list:
+    """The events (every block) of ``/events?query`` until ``stop(event)``."""
+    got = []
+    with httpx.stream("GET", f"{web.url}/events?{query}", headers=headers, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        for event in parse_events(r, all_blocks=True):
+            got.append(event)
+            if stop(event):
+                break
+    return got
+
+
+def test_a_job_whose_log_lost_entries_gets_one_reset_and_the_others_resume_exactly(web, redis):
+    a, b = running_job(redis), running_job(redis)
+    writer = JobLog(redis, a.job_id)
+    writer.begin()
+    for i in range(5):
+        writer.value(i, i)                  # a: seqs 3..7
+    b.value(0, "b0")                        # b: seq 3
+    a_first, b_epoch = a.head().epoch, b.head().epoch
+    cursor = f"{digest([a.job_id, b.job_id]).decode()}:7~{a_first}.3~{b_epoch}"
+    lose(a, keep=5)                         # a failover lost a's values 3 and 4
+    with pytest.raises(LogReset):
+        writer.value(5, 5)
+    a.retrying("the job's log was reset")   # seq 6, a's second epoch
+    a.finished()
+    b.value(1, "b1")
+    b.finished()
+    events = stream_until(web, f"job={a.job_id}&job={b.job_id}", {"Last-Event-ID": cursor},
+                          lambda e: False)
+    resets = [e.json() for e in events if e.event == "reset"]
+    a_second = a.head().epoch
+    assert resets == [{"job": a.job_id, "epoch": a_second, "after": 5, "values": 3,
+                       "reason": "lost", "was": {"seq": 7, "epoch": a_first}}]
+    assert [e for e in events if e.data][0].event == "reset"  # before anything else
+    assert reader_seqs(events, a.job_id) == [6, 7] and reader_seqs(events, b.job_id) == [4, 5]
+    ids = [e.id for e in events if e.id]
+    assert ids[-1].split(":")[1] == f"7~{a_second}.5~{b_epoch}"
+    # That last cursor resumes with nothing more: no second reset.
+    r = httpx.get(f"{web.url}/events?job={a.job_id}&job={b.job_id}",
+                  headers={"Last-Event-ID": ids[-1]}, timeout=10)
+    assert r.status_code == 204
+
+
+def reader_seqs(events, job_id: str) -> list[int]:
+    """The seqs of one job's entries among ``events``."""
+    return [e.json()["seq"] for e in events if e.data and e.event not in (
+        "hello", "tail", "trimmed", "missing", "ended", "reset") and e.json().get("job") == job_id]
+
+
+def test_the_job_list_snapshots_again_past_its_end_or_in_another_of_its_epochs(web, redis):
+    checkpoint = lambda e: e.id is not None  # noqa: E731  (the first write's end)
+    first = stream_until(web, "list=3", {}, checkpoint)
+    snapshot = next(e.json() for e in first if e.event == "snapshot")
+    seq, epoch = snapshot["seq"], snapshot["epoch"]
+    ours = first[-1].id.split(":")[1]
+    assert ours == f"{seq}~{epoch}"
+    for cursor, again in [(f"{seq}~{epoch}", False), (f"{seq + 10**6}~{epoch}", True),
+                          (f"{seq}~not{epoch[:5]}", True), (f"{seq + 10**6}", True),
+                          (f"{seq}", False)]:
+        got = stream_until(web, f"list=3:{cursor}", {}, checkpoint)
+        assert any(e.event == "snapshot" for e in got) is again, cursor

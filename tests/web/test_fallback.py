@@ -18,6 +18,7 @@ from jobcast.web.frames import SSE, TEXT
 from jobcast.web.relay import Relay
 from jobcast.web.viewer import QueueSink, Viewer
 from tests.conftest import wait_for
+from tests.support.sse import id_seq, parse_events
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def follow(relay: Relay, log: JobLog, after: int = 0, transport=SSE, *, buffer: 
 
 def ids(data: bytes) -> list[int]:
     """The SSE ids in ``data``."""
-    return [int(line[4:]) for line in data.decode().split("\n") if line.startswith("id: ")]
+    return [id_seq(line[4:]) for line in data.decode().split("\n") if line.startswith("id: ")]
 
 
 def values(data: bytes) -> list[int]:
@@ -98,8 +99,12 @@ def test_resume_after_a_seq_gives_exactly_the_entries_after_it(redis, relay):
 def test_resume_at_or_past_the_end_of_a_finished_job_ends_at_once(redis, relay):
     log = new_log(redis)
     log.finished()
+    epoch = log.head().epoch
     assert b"".join(follow(relay, log, after=3)[1]) == b""
-    assert b"".join(follow(relay, log, after=99)[1]) == b""
+    # Past the end: the log is not what the viewer was sent; it is told so, once, and ends.
+    [reset] = parse_events(b"".join(follow(relay, log, after=99)[1]))
+    assert (reset.event, reset.id, reset.json()["reason"]) == ("reset", f"3:{epoch}", "past_end")
+    assert log.head().epoch == epoch  # an ended log gets no new epoch: nothing more is written
 
 
 def test_a_viewer_whose_buffer_overflows_catches_up_from_the_log(redis, relay):
@@ -184,4 +189,5 @@ def test_several_jobs_share_one_queue_and_each_entry_comes_once(redis, relay):
     data = reader.data.decode()
     for log in (a, b):
         assert data.count(f'"job":"{log.job_id}"') == 13
-    assert data.rstrip().endswith(f"id: {conn.digest.decode()}:13.13")
+    epochs = a.head().epoch, b.head().epoch
+    assert data.rstrip().endswith(f"id: {conn.digest.decode()}:13~{epochs[0]}.13~{epochs[1]}")

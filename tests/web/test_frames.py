@@ -8,6 +8,7 @@ import json
 import h11
 import pytest
 
+from jobcast.core.epoch import Reset
 from jobcast.core.joblog import Entry
 from jobcast.web.frames import HTML, LAST_CHUNK, SSE, TEXT, chunk, html_head, html_notice
 from tests.support.sse import Event, parse_events
@@ -30,6 +31,19 @@ def test_an_sse_frame_is_one_event_whose_id_is_the_seq_and_type_the_kind():
     e = entry(7, "value", i=4, v="2.0", j=2.0)
     assert SSE.frames([e]) == b"id: 7\nevent: value\ndata: " + e.raw + b"\n\n"
     assert list(parse_events(SSE.frames([e]))) == [Event("value", e.raw.decode(), "7", None, "7")]
+
+
+def test_an_entry_of_an_epoch_is_named_by_seq_then_epoch_and_a_reset_by_where_it_goes_on():
+    e = entry(7, "value", ep="Ab3kQ9xZ", i=4, v="2.0", j=2.0)
+    (got,) = parse_events(SSE.frames([e]))
+    assert got.id == "7:Ab3kQ9xZ" and (got.seq, got.epoch) == (7, "Ab3kQ9xZ")
+    assert int(got.id.split(":")[0]) == 7  # what an old page's parseInt(lastEventId) reads
+    reset = Reset("Cd4-_0Yz", 5, 3, "lost", was_seq=7, was_epoch="Ab3kQ9xZ")
+    (told,) = parse_events(SSE.reset(reset))
+    assert (told.event, told.id) == ("reset", "5:Cd4-_0Yz") and told.json() == {
+        "epoch": "Cd4-_0Yz", "after": 5, "values": 3, "reason": "lost",
+        "was": {"seq": 7, "epoch": "Ab3kQ9xZ"}}
+    assert HTML.reset(reset).startswith(b'<p class="note reset">') and TEXT.reset is None
 
 
 def test_a_value_with_line_breaks_stays_one_sse_event_and_comes_back_whole():

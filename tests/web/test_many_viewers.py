@@ -114,4 +114,5 @@ def test_a_thousand_viewers_from_one_address_are_all_served_with_default_setting
             assert not v.chunked and bytes(v.body) == lines
         else:  # SSE over HTTP/1.1: chunked, ended by the last chunk; ids are the log's seqs
             assert v.chunked
-            assert re.findall(rb"^id: (\d+)$", bytes(v.body), re.M) == [b"%d" % s for s in range(1, 10)]
+            assert re.findall(rb"^id: (\d+):[\w-]+$", bytes(v.body), re.M) == [
+                b"%d" % s for s in range(1, 10)]

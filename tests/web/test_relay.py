@@ -17,6 +17,7 @@ import gevent
 import pytest
 from redis import Redis
 
+from jobcast.core.epoch import Era, LogReset
 from jobcast.core.joblog import Entry, JobLog
 from tests.conftest import wait_for
 from jobcast.web.frames import HTML, SSE, TEXT
@@ -24,6 +25,8 @@ from jobcast.web.broker import Broker
 from jobcast.web.recent import RecentEntries
 from jobcast.web.relay import Relay
 from jobcast.web.viewer import SocketSink, Viewer
+from tests.support.loss import lose
+from tests.support.sse import id_seq, parse_events
 
 
 def metric_value(name: str, **labels: str) -> float:
@@ -83,7 +86,7 @@ class Client:
 
     def sse_ids(self) -> list[int]:
         """The ids of the SSE events read so far."""
-        return [int(line[4:]) for line in bytes(self.data).decode().split("\n")
+        return [id_seq(line[4:]) for line in bytes(self.data).decode().split("\n")
                 if line.startswith("id: ")]
 
 
@@ -313,7 +316,7 @@ def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, 
     relay.broker.redis = Redis(port=1)  # from here on any Redis read would fail
     second, second_client = held(relay, log)
     green_wait(lambda: not second.slow, what="second viewer from memory")
-    assert relay.position(log.job_id) == (False, 5)
+    assert relay.position(log.job_id) == (False, 5, log.head().epoch)
     green_wait(lambda: second_client.sse_ids() == first_client.sse_ids() == [1, 2, 3, 4, 5],
                what="the same entries at both")
 
@@ -428,7 +431,8 @@ def test_one_connection_carries_several_jobs_each_entry_once_with_every_cursor_a
     assert [s for j, s in got if j == a.job_id] == list(range(1, 10))
     assert [s for j, s in got if j == b.job_id] == list(range(1, 7))
     ids = [line[4:] for line in bytes(client.data).decode().split("\n") if line.startswith("id: ")]
-    assert ids[-1] == f"{conn.digest.decode()}:9.6" and client.released
+    epochs = a.head().epoch, b.head().epoch
+    assert ids[-1] == f"{conn.digest.decode()}:9~{epochs[0]}.6~{epochs[1]}" and client.released
 
 
 def test_a_multi_job_connection_frames_each_batch_once_per_job_for_every_connection(redis, relay):
@@ -466,3 +470,145 @@ def test_a_slow_multi_job_connection_never_interleaves_two_jobs_in_one_event(red
     got = job_events(client.data)
     assert [s for j, s in got if j == a.job_id] == list(range(1, 104))
     assert [s for j, s in got if j == b.job_id] == list(range(1, 104))
+
+
+# -- another incarnation of the log (jobcast.core.epoch) ---------------------------------------
+
+def failover(log: JobLog, writer: JobLog, keep: int) -> None:
+    """A failover that keeps only seqs up to ``keep``; the writer notices at its next value
+    (a new epoch), and RQ's retry writes ``retrying`` into it."""
+    lose(log, keep)
+    with pytest.raises(LogReset):
+        writer.value(99, "after the failover")
+    JobLog(log.redis, log.job_id).retrying("the job's log was reset")
+
+
+def watched(redis, relay: Relay, transport=SSE, *, values: int = 5, chunked: bool = False):
+    """A job whose writer began it, a viewer holding it, and ``values`` values delivered (seqs
+    3 on): (log, its first epoch, the writer, the viewer, its client)."""
+    log = new_log(redis)
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    viewer, client = held(relay, log, transport, chunked=chunked)
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.deliver(log.job_id, write(writer, 0, values))
+    return log, log.head().epoch, writer, viewer, client
+
+
+def entry_ids(data: bytes) -> list[tuple[str, str]]:
+    """(event, id) of every event of an SSE stream."""
+    return [(e.event, e.id) for e in parse_events(bytes(data))]
+
+
+def test_a_viewer_of_a_log_that_lost_entries_is_reset_once_and_never_sees_an_id_reused(redis,
+                                                                                        relay):
+    log, first, writer, viewer, client = watched(redis, relay)  # seqs 3..7
+    failover(log, writer, keep=5)                              # values 0..2 survived
+    retry = JobLog(redis, log.job_id)
+    assert retry.begin()[1] == 3
+    retry.started("w2", 2)
+    for i in range(3, 6):
+        retry.value(i, i)
+    retry.finished()
+    relay.deliver(log.job_id, log.page(5, 100)[0])             # announced: seqs 6..11, again
+    green_wait(lambda: client.eof, what="the end of the stream")
+    # The epoch the reset began (its "retrying"), and the retry's own, from its start.
+    second, third = [era.epoch for era in log.head().eras[1:]]
+    events = list(parse_events(bytes(client.data)))
+    [reset] = [e for e in events if e.event == "reset"]
+    assert reset.json() == {"epoch": reset.json()["epoch"], "after": 5, "values": 3,
+                            "reason": "lost", "was": {"seq": 7, "epoch": first}}
+    assert reset.id == f"5:{reset.json()['epoch']}" and reset.json()["epoch"] in (second, third)
+    k = events.index(reset)
+    assert [e.id for e in events[:k]] == [f"{s}:{first}" for s in range(1, 8)]
+    assert [e.id for e in events[k + 1:]] == [f"6:{second}"] + [f"{s}:{third}" for s in range(7, 12)]
+    assert [e.json()["i"] for e in events[k + 1:] if e.event == "value"] == [3, 4, 5]
+
+
+def test_a_log_found_behind_a_quiet_viewer_begins_a_new_epoch_and_resets_it(redis, relay, clock):
+    log, first, writer, viewer, client = watched(redis, relay)  # seqs 3..7
+    lose(log, keep=5)                                          # the writer is silent (dead?)
+    clock.advance(0.25)
+    relay.tick()
+    green_wait(lambda: b"event: reset" in client.data, what="the reset")
+    head = log.head()
+    assert head.epoch != first and head.eras[-1] == Era(head.epoch, 6, 3)
+    assert entry_ids(client.data)[-1] == ("reset", f"5:{head.epoch}")
+    with pytest.raises(LogReset):                              # its writer would be retried
+        writer.value(5, 5)
+    relay.deliver(log.job_id, write(JobLog(redis, log.job_id), 3, 4))
+    green_wait(lambda: entry_ids(client.data)[-1] == ("value", f"6:{head.epoch}"),
+               what="the new incarnation's first value")
+    assert not viewer.closed
+
+
+def test_a_resume_into_a_surviving_prefix_of_an_older_epoch_just_goes_on(redis, relay):
+    log = new_log(redis)
+    first = log.head().epoch
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    write(writer, 0, 5)
+    failover(log, writer, keep=5)                              # the new epoch begins at seq 6
+    viewer, client = held(relay, log, cursor=4)
+    viewer.epoch = first
+    green_wait(lambda: not viewer.slow, what="catching up")
+    assert [i for _, i in entry_ids(client.data)] == [f"5:{first}", f"6:{log.head().epoch}"]
+    assert viewer.epoch == log.head().epoch
+
+
+def test_a_text_stream_that_cannot_say_reset_is_cut_without_its_end(redis, relay):
+    log, _, writer, viewer, client = watched(redis, relay, TEXT, values=3, chunked=True)
+    failover(log, writer, keep=3)
+    relay.deliver(log.job_id, log.page(3, 10)[0])
+    green_wait(lambda: client.eof, what="the cut")
+    assert not bytes(client.data).endswith(b"0\r\n\r\n") and viewer.closed
+
+
+def test_an_html_stream_says_the_reset_in_a_line_and_goes_on(redis, relay):
+    log, _, writer, viewer, client = watched(redis, relay, HTML, values=3)
+    failover(log, writer, keep=3)
+    relay.deliver(log.job_id, log.page(3, 10)[0])
+    green_wait(lambda: b"reset" in client.data, what="the reset line")
+    assert b'<p class="note reset">the job&#39;s log was reset (Redis lost entries): values ' \
+           b"from #1 on were replaced</p>" in bytes(client.data) and not viewer.closed
+
+
+def test_a_log_gone_with_its_store_cuts_the_stream_so_the_client_asks_again(redis, relay, clock):
+    log = new_log(redis)
+    viewer, client = held(relay, log, SSE, chunked=True)
+    green_wait(lambda: not viewer.slow, what="history")
+    redis.delete(log.keys.meta, log.keys.log)                  # restarted empty
+    clock.advance(0.25)
+    relay.tick()
+    green_wait(lambda: client.eof, what="the cut")
+    assert not bytes(client.data).endswith(b"0\r\n\r\n") and viewer.closed
+
+
+def test_a_multi_job_stream_resets_one_job_and_its_cursor_says_the_new_epoch(redis, relay):
+    a, b = new_log(redis), new_log(redis)
+    writer = JobLog(redis, a.job_id)
+    writer.begin()
+    conn, client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="both histories")
+    relay.deliver(a.job_id, write(writer, 0, 3))               # a: seqs 3..5
+    failover(a, writer, keep=3)
+    relay.deliver(a.job_id, a.page(3, 10)[0])
+    green_wait(lambda: b"event: reset" in client.data, what="a's reset")
+    events = list(parse_events(bytes(client.data), all_blocks=True))
+    [reset] = [e for e in events if e.event == "reset"]
+    assert reset.json()["job"] == a.job_id and reset.json()["after"] == 3
+    cursor = [e.id for e in events if e.id][-1].split(":")[1].split(".")
+    assert cursor == [f"4~{a.head().epoch}", f"2~{b.head().epoch}"]
+    assert not any(v.closed for v in conn.viewers)
+
+
+def test_recent_entries_never_serve_another_incarnation():
+    recent = RecentEntries()
+    recent.subscription(True)
+    old = [Entry(s, "value", s, str(s), {}, b"x%d" % s, "E1") for s in (3, 4, 5)]
+    new = [Entry(s, "value", s, str(s), {}, b"y%d" % s, "E2") for s in (4, 5)]
+    recent.add_live("j", old)
+    assert recent.after("j", 3, "E1") == old[1:] and recent.after("j", 3, "E2") == []
+    recent.add_live("j", new)                  # seqs going back: another incarnation
+    assert recent.after("j", 3, "E2") == new and recent.after("j", 3, "E1") == []
+    assert recent.is_current("j", 5, "E2") and not recent.is_current("j", 5, "E1")

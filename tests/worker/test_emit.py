@@ -10,8 +10,8 @@ import pytest
 from rq import Queue, Retry
 
 from tests.conftest import sse_events, start_rq_worker, stop_process, stream_lines, wait_for
-from tests.support.sse import parse_events
 from tests.rq_jobs import ask_retry_once, crash_once, emit_lines
+from tests.support.sse import id_seq, parse_events
 from jobcast.worker.emit import NotInJob, emit
 
 QUEUE = "plain-rq"
@@ -43,7 +43,7 @@ def test_plain_rq_job_that_emits_20_times_streams_exactly_those_lines_and_its_li
     assert stream_lines(http, job.id) == [f"line {i}" for i in range(20)]
     events = sse_events(http, job.id)
     assert [e["event"] for e in events] == ["queued", "started"] + ["value"] * 20 + ["finished"]
-    assert [int(e["id"]) for e in events] == list(range(1, 24))
+    assert [id_seq(e["id"]) for e in events] == list(range(1, 24))
     assert events[1]["data"]["worker"] == f"rq-{QUEUE}-" + events[1]["data"]["worker"].rsplit("-", 1)[1]
     assert events[2]["data"]["n"] == 20
     info = http.get(f"/api/jobs/{job.id}").json()

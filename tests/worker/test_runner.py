@@ -15,10 +15,12 @@ from redis import Redis
 from rq.job import Job
 
 import tests.tasks  # noqa: F401  (registers boom, flaky and flaky_resumable in this process)
+from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings, get_settings
 from jobcast.producer.enqueue import enqueue
 from jobcast.worker.runner import JobCancelled, describe, on_failure, run_task
+from tests.support.loss import lose
 
 
 @pytest.fixture
@@ -189,3 +191,39 @@ def test_a_plain_rq_jobs_reason_is_its_last_exception_type_and_message():
     assert reason_from("Work-horse terminated unexpectedly; waitpid returned 9", "message") == \
         "Work-horse terminated unexpectedly; waitpid returned 9"
     assert reason_from("", "message") == "job failed"
+
+
+def test_a_log_reset_under_a_running_job_retries_it_and_the_retry_adds_no_duplicate(
+        redis, settings, monkeypatch):
+    job, log = queued(redis, settings, "sqrt", n=6, interval=0)
+    first = log.head().epoch
+    logged = JobLog.value
+
+    def value_then_failover(self, index, v, total=None):
+        """Log the value; after value 3 (seq 6), fail over to a replica that has only seq 4."""
+        seq = logged(self, index, v, total)
+        if index == 3 and self.epoch == first:
+            lose(log, keep=4)
+        return seq
+
+    monkeypatch.setattr(JobLog, "value", value_then_failover)
+    with pytest.raises(LogReset):
+        job.perform()
+    assert kinds(log) == ["queued", "started", "value", "value", "retrying"]
+    assert "was reset" in list(log.entries())[-1].data["reason"]
+    assert Job.fetch(job.id, connection=redis).perform() == {"values": 6}
+    entries = list(log.entries())
+    second, third = [era.epoch for era in log.head().eras[1:]]
+    assert [e.seq for e in entries] == list(range(1, 12))
+    # The reset's epoch, with "retrying", then the retry's own, from its start.
+    assert [e.ep for e in entries] == [first] * 4 + [second] + [third] * 6
+    assert values(log) == [0, 1, 2, 3, 4, 5] and kinds(log)[-1] == "finished"
+
+
+def test_a_log_lost_with_its_store_is_opened_again_by_the_next_attempt(redis, settings):
+    job, log = queued(redis, settings, "sqrt", n=2, interval=0)
+    first = log.head().epoch
+    redis.delete(log.keys.meta, log.keys.log)
+    assert job.perform() == {"values": 2}
+    assert kinds(log) == ["queued", "started", "value", "value", "finished"]
+    assert log.head().epoch != first and log.info().task == "sqrt"

@@ -66,6 +66,24 @@
     this.lastIndex = snap.upto;
   };
 
+  // Forget the values from index `n` on (the job's log was reset: they are replaced). The
+  // bucket holding index n goes too, whole: a bucket cannot take back part of its min/max.
+  Series.prototype.truncate = function (n) {
+    if (n > this.lastIndex) { return; }
+    var from = Math.floor(n / this.span);
+    for (var b = from; b < this.len; b++) {
+      this.min[b] = NaN; this.max[b] = NaN; this.first[b] = NaN; this.last[b] = NaN;
+    }
+    this.len = Math.min(this.len, from);
+    this.lo = Infinity; this.hi = -Infinity;
+    for (var k = 0; k < this.len; k++) {
+      if (!isNaN(this.first[k])) { this.lo = Math.min(this.lo, this.min[k]); this.hi = Math.max(this.hi, this.max[k]); }
+    }
+    this.points = Math.min(this.points, from * this.span);
+    this.lastIndex = n - 1;
+    this.lastValue = this.len ? this.last[this.len - 1] : NaN;
+  };
+
   // Halve the resolution: bucket k takes buckets 2k and 2k+1 (in place, front to back).
   Series.prototype.merge = function () {
     var half = Math.ceil(this.len / 2);
@@ -130,6 +148,7 @@
 
   Chart.prototype.add = function (i, v) { this.series.add(i, v); };
   Chart.prototype.load = function (snap) { this.series.load(snap); };
+  Chart.prototype.truncate = function (n) { this.series.truncate(n); };
 
   Chart.prototype.resize = function () {
     var rect = this.canvas.getBoundingClientRect();

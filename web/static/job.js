@@ -5,10 +5,13 @@
 // frame. The log is virtualised (only the rows in view exist in the DOM) and the chart is
 // downsampled (chart.js), so a job of 100k values does not freeze the tab.
 //
-// Never a gap, never a duplicate: every entry carries its seq. Entries at or before the last
-// seq shown are dropped; a skipped seq within a connection makes the page reconnect from the
-// last seq. EventSource resumes by itself with Last-Event-ID; when it gives up (an HTTP error
-// from a proxy, say) the page opens a new one with ?after=<last seq>.
+// Never a gap, never a duplicate: every entry carries its seq, and its id says the epoch of the
+// log's incarnation too (`<seq>:<epoch>`). Entries at or before the last seq shown are dropped;
+// a skipped seq within a connection makes the page reconnect from the last seq. EventSource
+// resumes by itself with Last-Event-ID; when it gives up (an HTTP error from a proxy, say) the
+// page opens a new one with ?after=<last seq>:<epoch>. When Redis lost entries the page had
+// (a failover), the server sends one `reset` first: the page drops the values it names, says
+// so, and goes on from there.
 //
 // Long jobs open at the tail: the first connection asks for the last WINDOW values only
 // (?tail=), the chart loads the worker's downsampled history in one request, and the log
@@ -49,6 +52,8 @@
     endedAt: num(root.dataset.ended),
     worker: null, attempt: 0, reason: null,
     lastSeq: 0,                     // seq of the last entry applied
+    epoch: null,                    // the epoch of the log's incarnation it belongs to
+    resets: 0,
     lastIndex: -1,                  // i of the last value
     values: 0,                      // values received
     texts: [], indices: [],         // the log model (the last LOG_CAP values)
@@ -84,7 +89,7 @@
     if (source) { source.close(); }
     // The URL may already carry a view link's ?sig=: add to its query, keep the signature.
     var url = root.dataset.events;
-    var query = state.lastSeq ? "after=" + state.lastSeq
+    var query = state.lastSeq ? "after=" + state.lastSeq + (state.epoch ? ":" + state.epoch : "")
       : (num(root.dataset.values) > FULL ? "tail=" + WINDOW : "");
     if (query) { url = withQuery(url, query); }
     var es = new EventSource(url);
@@ -101,6 +106,7 @@
     });
     es.addEventListener("tail", function (ev) { if (source === es) { tailStart(JSON.parse(ev.data)); } });
     es.addEventListener("trimmed", function (ev) { if (source === es) { trimmed(JSON.parse(ev.data)); } });
+    es.addEventListener("reset", function (ev) { if (source === es) { reset(JSON.parse(ev.data)); } });
     es.addEventListener("error", function () {
       if (source !== es || state.ended) { return; }
       state.reconnects += 1;
@@ -158,6 +164,35 @@
     if (lost > 0) { showNotice(numberFormat.format(lost) + " earlier values are no longer kept"); }
   }
 
+  // Redis lost entries this page had (a failover), or the log was re-created: drop the values
+  // from index `values` on, say so, and go on after seq `after` in the new epoch.
+  function reset(r) {
+    state.resets += 1;
+    var keep = 0;
+    while (keep < state.indices.length && state.indices[keep] < r.values) { keep += 1; }
+    var replaced = state.lastIndex + 1 - r.values;
+    state.texts.splice(keep);
+    state.indices.splice(keep);
+    state.lastIndex = Math.min(state.lastIndex, r.values - 1);
+    state.values = Math.min(state.values, keep + state.dropped);
+    if (state.texts.length === 0) { state.oldestSeq = null; }
+    chart.truncate(r.values);
+    state.lastSeq = r.after;
+    state.epoch = r.epoch;
+    fresh = true;
+    log.shifted(0);
+    showNotice("The job's log was reset after a Redis failover: " + (replaced > 0
+      ? "values from #" + numberFormat.format(r.values) + " on were replaced"
+      : "it goes on from value #" + numberFormat.format(r.values)));
+    schedule();
+  }
+
+  function position(id) {
+    var colon = id.indexOf(":");
+    return colon < 0 ? { seq: parseInt(id, 10), epoch: null }
+      : { seq: parseInt(id.slice(0, colon), 10), epoch: id.slice(colon + 1) };
+  }
+
   function showNotice(text) {
     state.notice = text;
     el.notice.textContent = text;
@@ -165,8 +200,17 @@
   }
 
   function receive(ev) {
-    var seq = parseInt(ev.lastEventId, 10);
-    if (!(seq > state.lastSeq)) { state.duplicates += 1; return; }
+    var at = position(ev.lastEventId), seq = at.seq;
+    if (!(seq > state.lastSeq)) {
+      if (at.epoch && state.epoch && at.epoch !== state.epoch) {
+        // A seq we had, of another incarnation, and no reset said so: let the server place us.
+        state.gaps += 1;
+        connect();
+        return;
+      }
+      state.duplicates += 1;
+      return;
+    }
     if (seq !== state.lastSeq + 1) {
       if (!fresh) {
         // Within one connection seqs are consecutive: read again from the last one shown.
@@ -179,6 +223,7 @@
     }
     fresh = false;
     state.lastSeq = seq;
+    if (at.epoch) { state.epoch = at.epoch; }
     apply(JSON.parse(ev.data));
   }
 
@@ -504,7 +549,8 @@
   // For tests and the curious: a snapshot of what the page holds.
   window.jobcastPage = function () {
     return {
-      lastSeq: state.lastSeq, status: state.status, ended: state.ended, connection: state.connection,
+      lastSeq: state.lastSeq, epoch: state.epoch, resets: state.resets,
+      status: state.status, ended: state.ended, connection: state.connection,
       values: state.texts.slice(), indices: state.indices.slice(), dropped: state.dropped,
       opens: state.opens, reconnects: state.reconnects, duplicates: state.duplicates,
       gaps: state.gaps, trimmed: state.trimmed, n: state.n, skipped: state.skipped || 0,

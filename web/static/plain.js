@@ -1,5 +1,8 @@
 // The original page, fed from the queue: read the text stream incrementally, one value per
 // line; show the latest value and the list of all values, then "Done" (or the failure).
+// A reconnect resumes after the values shown (?start=<count>&epoch=<Jobcast-Epoch>); when Redis
+// lost values the page had (a failover), the answer says so in Jobcast-Reset: the page drops
+// them and says so.
 (function () {
   "use strict";
   var script = document.currentScript;
@@ -8,6 +11,7 @@
   var latest = document.getElementById("latest");
   var output = document.getElementById("output");
   var count = 0;      // values received so far: a reconnect resumes from here (?start=)
+  var epoch = null;   // the epoch of the log's incarnation they belong to (Jobcast-Epoch)
   var retries = 0;
 
   function show(value) {
@@ -28,6 +32,18 @@
     }, retry);
   }
 
+  // Jobcast-Reset: "epoch=E; after=22; values=20; reason=lost": keep the first `values` values.
+  function reset(header) {
+    var values = parseInt((/values=(\d+)/.exec(header) || [0, "0"])[1], 10);
+    while (output.children.length > values) { output.removeChild(output.lastChild); }
+    count = Math.min(count, values);
+    var note = document.createElement("p");
+    note.className = "note";
+    note.textContent = "The job's log was reset after a Redis failover: values from #" + values +
+      " on were replaced.";
+    output.parentNode.insertBefore(note, output);
+  }
+
   function retry() {
     // Resume after the values already shown.
     retries += 1;
@@ -39,8 +55,12 @@
     var buffered = "";
     var decoder = new TextDecoder();
     // streamUrl may carry a view link's ?sig=: add to its query.
-    fetch(streamUrl + (streamUrl.indexOf("?") < 0 ? "?" : "&") + "start=" + count).then(function (response) {
+    var query = "start=" + count + (epoch ? "&epoch=" + encodeURIComponent(epoch) : "");
+    fetch(streamUrl + (streamUrl.indexOf("?") < 0 ? "?" : "&") + query).then(function (response) {
+      if (response.status === 404) { latest.textContent = "This job is gone"; return; }
       if (!response.ok) { throw new Error("HTTP " + response.status); }
+      if (response.headers.get("Jobcast-Reset")) { reset(response.headers.get("Jobcast-Reset")); }
+      epoch = response.headers.get("Jobcast-Epoch") || epoch;
       var reader = response.body.getReader();
       function pump() {
         return reader.read().then(function (chunk) {

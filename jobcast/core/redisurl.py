@@ -1,0 +1,98 @@
+"""Redis URLs: the ``redis+sentinel://`` form that redis-py does not parse.
+
+``REDIS_URL`` and ``JOBCAST_STREAM_URL`` take any URL redis-py takes (``redis://``,
+``rediss://``, ``unix://``), or a group of Sentinels and the name of the primary they watch::
+
+    redis+sentinel://[[user]:password@]host:port[,host:port…]/<master name>[/<db>][?sentinel_password=…]
+
+The credentials are the Redis nodes' (a Sentinel rarely has any: ``sentinel_password`` when it
+does). A port may be left out (26379, Sentinel's own); an IPv6 address is written in brackets,
+``[::1]:26379``. redis-py has no such scheme, and :mod:`urllib.parse` cannot split a list of
+hosts, so the URL is read here, by hand, and checked as a setting is: a bad one stops a
+service at start-up, naming the variable. Nothing here talks to Redis (the settings import it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote
+
+SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_PORT = 26379
+
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\[\]:/,@]+))"
+                   r"(?::(?P<port>[0-9]{1,5}))?")
+
+
+class BadRedisUrl(ValueError):
+    """A ``redis+sentinel://`` URL that cannot be read; the message says why."""
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """A primary found through Sentinel: where the Sentinels are, and how to talk to it."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+
+
+def is_sentinel_url(url: str) -> bool:
+    """True for a ``redis+sentinel://`` URL."""
+    return url.lower().startswith(SENTINEL_SCHEME)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Read a ``redis+sentinel://`` URL (see the module's docstring); BadRedisUrl if it is not
+    one, or is malformed."""
+    if not is_sentinel_url(url):
+        raise BadRedisUrl(f"not a {SENTINEL_SCHEME} URL")
+    rest = url[len(SENTINEL_SCHEME):]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = tuple(_host(item) for item in hostlist.split(","))
+    parts = path.split("/") if path else []
+    if not parts or not parts[0] or len(parts) > 2:
+        raise BadRedisUrl("name the primary after the hosts: "
+                          "redis+sentinel://host:port/<master>[/<db>]")
+    master = unquote(parts[0])
+    db = 0
+    if len(parts) == 2 and parts[1] != "":
+        if not parts[1].isdigit():
+            raise BadRedisUrl(f"the database must be a number, not {parts[1]!r}")
+        db = int(parts[1])
+    options = parse_qs(query, keep_blank_values=True) if query else {}
+    unknown = set(options) - {"sentinel_password"}
+    if unknown:
+        raise BadRedisUrl(f"unknown option(s) {', '.join(sorted(unknown))}: only sentinel_password")
+    sentinel_password = options.get("sentinel_password", [None])[-1] or None
+    return SentinelTarget(sentinels, master, db, username, password, sentinel_password)
+
+
+def _host(item: str) -> tuple[str, int]:
+    """One ``host[:port]`` of the list."""
+    m = _HOST.fullmatch(item.strip())
+    if not m:
+        raise BadRedisUrl(f"{item!r} is not host:port (an IPv6 address goes in brackets)")
+    port = int(m.group("port")) if m.group("port") else SENTINEL_PORT
+    if not 0 < port < 65536:
+        raise BadRedisUrl(f"port {port} is out of range")
+    return m.group("v6") or m.group("name"), port
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` if redis-py, or Jobcast for ``redis+sentinel://``, can use it; BadRedisUrl
+    otherwise (redis-py itself checks its own schemes when it connects)."""
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+    return url

@@ -1,0 +1,227 @@
+"""Epochs (jobcast.core.epoch): a log's incarnation, minted when it is created and whenever a
+writer or reader proves entries were lost, so no seq is ever reused within one epoch.
+
+On the session's real Redis. A failover that loses the primary's last writes is played by
+:func:`tests.support.loss.lose`: the log as the promoted replica has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import fakeredis
+import pytest
+
+from jobcast.core.epoch import (LOST, PAST_END, UNKNOWN, Era, Head, LogReset, parse_eras,
+                                parse_position, rebase, resolve, sse_id)
+from jobcast.core.feed import Feed
+from jobcast.core.joblog import JobLog
+from tests.support.loss import lose
+
+
+def new_log(redis, **options) -> JobLog:
+    """A fresh job (queued, seq 1)."""
+    log = JobLog(redis, uuid.uuid4().hex, **options)
+    log.create("sqrt", {}, None)
+    return log
+
+
+def epochs_of(log: JobLog) -> list[str | None]:
+    """The epoch of each entry, in order."""
+    return [e.ep for e in log.entries()]
+
+
+def test_a_new_log_has_an_epoch_and_every_entry_carries_it(redis):
+    log = new_log(redis)
+    log.started("w", 1)
+    log.value(0, "a")
+    head = log.head()
+    assert head.exists and head.seq == 3 and head.values == 1 and len(head.epoch) == 8
+    assert head.eras == (Era(head.epoch, 1, 0),)
+    assert epochs_of(log) == [head.epoch] * 3
+    assert log.position() == (False, 3, head.epoch)
+
+
+def test_a_writer_that_finds_the_log_behind_what_it_wrote_begins_a_new_epoch_and_stops(redis):
+    log = new_log(redis)
+    first = log.head().epoch
+    writer = JobLog(redis, log.job_id)
+    assert writer.begin() == (True, 0, 1)
+    writer.started("w", 1)
+    for i in range(5):
+        writer.value(i, i)           # seqs 3..7
+    lose(log, keep=4)                # values 0 and 1 survived
+    with pytest.raises(LogReset):
+        writer.value(5, 5)
+    head = log.head()
+    assert head.epoch != first and head.seq == 4
+    assert head.eras == (Era(first, 1, 0), Era(head.epoch, 5, 2))
+    # RQ's failure path writes "retrying" with no expectations: into the new epoch.
+    assert JobLog(redis, log.job_id).retrying("reset") == 5
+    # The retry begins the new incarnation and resumes at the values that survived; a value
+    # it repeats is refused by its index, as always.
+    retry = JobLog(redis, log.job_id)
+    assert retry.begin() == (True, 2, 2)
+    retry.started("w2", 2)
+    assert retry.value(1, 1) == -3
+    assert [retry.value(i, i) for i in range(2, 5)] == [7, 8, 9]
+    retry.finished()
+    entries = list(log.entries())
+    assert [e.seq for e in entries] == list(range(1, 11))
+    # The retry's start begins an epoch of its own (nothing proves the log is what the last
+    # attempt left); the reset's epoch holds just the "retrying" entry.
+    third = log.head().epoch
+    assert [e.ep for e in entries] == [first] * 4 + [head.epoch] + [third] * 5
+    assert [e.i for e in entries if e.kind == "value"] == [0, 1, 2, 3, 4]
+    assert [era.first_seq for era in log.head().eras] == [1, 5, 6]
+
+
+def test_a_writer_of_another_epoch_is_refused_before_its_value_is_checked(redis):
+    log = new_log(redis)
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    writer.started("w", 1)
+    writer.value(0, "a")
+    rebase(redis, log.keys.meta, log.head())  # a reader minted a new epoch meanwhile
+    with pytest.raises(LogReset):
+        writer.value(0, "a")                  # would be -3 (a repeat), silently skipped
+    with pytest.raises(LogReset):
+        writer.finished()
+    assert JobLog(redis, log.job_id).cancelled("cli") > 0  # one-shot writers: any epoch
+
+
+def test_a_log_lost_with_its_store_fails_the_writer_that_began_it(redis):
+    log = new_log(redis)
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    redis.delete(log.keys.meta, log.keys.log)
+    with pytest.raises(LogReset):
+        writer.started("w", 1)
+    assert JobLog(redis, log.job_id).failed("gone") == -2  # a one-shot writer is just told
+
+
+def test_a_restart_begins_an_epoch_in_which_a_lost_tail_is_never_reused_silently(redis):
+    # The worker died with the primary: nobody can tell the retry what was lost.
+    log = new_log(redis)
+    first = log.head().epoch
+    dead = JobLog(redis, log.job_id)
+    dead.begin()
+    dead.started("w1", 1)
+    for i in range(5):
+        dead.value(i, i)                      # seqs 3..7, seen by some viewer
+    lose(log, keep=5)
+    retry = JobLog(redis, log.job_id)
+    assert retry.begin() == (True, 3, 2)
+    retry.started("w2", 2)                    # seq 6, in a new epoch beginning there
+    head = log.head()
+    assert head.epoch != first and head.eras[-1] == Era(head.epoch, 6, 3)
+    # The viewer that had seq 7 of the first epoch is told; one that had seq 5 goes on.
+    assert resolve(head, first, seq=7).reason == LOST and resolve(head, first, seq=5) is None
+    assert retry.value(3, "again") == 7       # the retry writes on, in its own epoch
+    assert retry.epoch == head.epoch
+
+
+def test_a_log_from_before_epochs_gets_one_at_its_next_append(redis):
+    log = new_log(redis)
+    log.started("w", 1)
+    log.value(0, "a")
+    redis.hdel(log.keys.meta, "epoch", "epochs")
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    assert writer.epoch is None
+    assert writer.value(1, "b") == 4
+    head = log.head()
+    assert head.eras == (Era(head.epoch, 4, 1),) and epochs_of(log)[-1] == head.epoch
+    assert writer.value(2, "c") == 5  # the writer began a log without one: no epoch check
+
+
+def test_readers_that_find_a_log_behind_them_at_once_mint_one_epoch(redis):
+    log = new_log(redis)
+    seen = log.head()
+    minted = rebase(redis, log.keys.meta, seen)
+    again = rebase(redis, log.keys.meta, seen)  # the compare fails: the first one's epoch
+    assert minted.epoch != seen.epoch and again.epoch == minted.epoch
+    assert [e.epoch for e in again.eras] == [seen.epoch, minted.epoch]
+    gone = JobLog(redis, uuid.uuid4().hex)
+    assert not rebase(redis, gone.keys.meta, gone.head()).exists  # never re-creates a log
+    assert not redis.exists(gone.keys.meta)
+
+
+def test_the_history_keeps_the_last_eight_eras(redis):
+    log = new_log(redis)
+    for _ in range(10):
+        rebase(redis, log.keys.meta, log.head())
+    head = log.head()
+    assert len(head.eras) == 8 and head.eras[-1].epoch == head.epoch
+
+
+def test_the_feed_begins_a_new_epoch_when_its_writer_finds_it_behind():
+    redis = fakeredis.FakeRedis()  # the session's Redis has one feed, which other tests read
+    feed = Feed(redis)
+    for n in range(3):
+        feed.append("job", "progress", n, {"values": n})
+    first = feed.head().epoch
+    kept = redis.xrange(feed.log, count=1)
+    redis.delete(feed.log)            # the items after the first were lost
+    redis.xadd(feed.log, kept[0][1], id=kept[0][0])
+    redis.hset(feed.meta, "seq", 1)
+    assert feed.append("job", "progress", 3, {"values": 3}) == 2
+    items, head = feed.read(0, 10)
+    assert head.epoch != first and [e.ep for e in items] == [first, head.epoch]
+    assert head.eras[-1] == Era(head.epoch, 2, 0) and feed.position() == (False, 2, head.epoch)
+
+
+def test_a_terminal_entry_waits_for_replicas_only_as_long_as_told(redis, caplog):
+    log = new_log(redis, terminal_replicas=1, terminal_wait_ms=50)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="jobcast.core.joblog"):
+        assert log.finished() == 2  # the session's Redis has no replica: WAIT times out
+    assert time.monotonic() - started >= 0.045
+    assert "reached 0 of 1 replica(s)" in caplog.text
+    assert log.value(0, "late") == -1
+
+
+# -- resolve: where a resuming viewer stands ----------------------------------------------------
+
+E1, E2, E3 = "AAAAAAAA", "BBBBBBBB", "CCCCCCCC"
+# E1 from seq 1; 20 entries survived a failover (16 values); E2 from 21; E3 from 31 (24 values).
+HEAD = Head(True, "running", seq=35, values=28, epoch=E3,
+            eras=(Era(E1, 1, 0), Era(E2, 21, 16), Era(E3, 31, 24)))
+
+
+@pytest.mark.parametrize("epoch, seq, values, expected", [
+    (E3, 35, None, None),                                 # current, at the end
+    (E3, 12, None, None),                                 # current, earlier
+    (None, 30, None, None),                               # no epoch: trusted ...
+    (None, 36, None, (E3, 35, 28, PAST_END)),             # ... unless past the end
+    (E3, 40, None, (E3, 35, 28, PAST_END)),
+    (E1, 20, None, None),                                 # E1's entries up to 20 survived
+    (E1, 21, None, (E3, 20, 16, LOST)),                   # its seq 21 did not
+    (E2, 30, None, None),
+    (E2, 33, None, (E3, 30, 24, LOST)),
+    ("ZZZZZZZZ", 3, None, (E3, 0, 0, UNKNOWN)),           # not in the history: re-created
+    (E1, None, 16, None),                                 # a text viewer with 16 values
+    (E1, None, 17, (E3, 20, 16, LOST)),
+    (E3, None, 29, (E3, 35, 28, PAST_END)),
+    (None, None, 28, None),
+])
+def test_a_resume_continues_when_its_position_survived_and_is_reset_otherwise(
+        epoch, seq, values, expected):
+    reset = resolve(HEAD, epoch, seq=seq, values=values)
+    if expected is None:
+        assert reset is None
+    else:
+        assert (reset.epoch, reset.after, reset.values, reset.reason) == expected
+        assert reset.data(job="j")["was"] == ({"seq": seq} if seq is not None
+                                              else {"values": values}) | {"epoch": epoch}
+
+
+def test_positions_and_histories_are_read_strictly():
+    assert parse_position("12") == (12, None)
+    assert parse_position(" 12:Ab3-_9xZ ") == (12, "Ab3-_9xZ")
+    for bad in ["", "x", "-1", "1:", "1:a.b", "1:a~b", "1:2:3", "1" * 17]:
+        assert parse_position(bad) is None, bad
+    assert parse_eras(b"A@1@0 junk B@5@3") == (Era("A", 1, 0), Era("B", 5, 3))
+    assert sse_id(7, "Ab3kQ9xZ") == b"7:Ab3kQ9xZ" and sse_id(7, None) == b"7"

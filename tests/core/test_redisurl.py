@@ -1,0 +1,77 @@
+"""``redis+sentinel://`` URLs: read by hand (redis-py has no such scheme), checked as settings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from redis.sentinel import SentinelConnectionPool
+
+from jobcast.core.redisurl import BadRedisUrl, SentinelTarget, check_redis_url, parse_sentinel_url
+from jobcast.core.settings import Settings
+from jobcast.core.store import (BlockingSentinelPool, FollowingConnection, cluster_enabled,
+                                redis_client)
+
+
+def test_a_sentinel_url_names_its_hosts_primary_and_database():
+    assert parse_sentinel_url("redis+sentinel://s1:26380,s2,10.0.0.3:5000/jobcast/2") == \
+        SentinelTarget((("s1", 26380), ("s2", 26379), ("10.0.0.3", 5000)), "jobcast", 2)
+
+
+def test_credentials_are_the_nodes_and_the_sentinels_have_their_own_option():
+    target = parse_sentinel_url(
+        "redis+sentinel://app:p%40ss@[::1]:26379,[fe80::1]/main?sentinel_password=s3")
+    assert target.sentinels == (("::1", 26379), ("fe80::1", 26379))
+    assert (target.username, target.password, target.sentinel_password) == ("app", "p@ss", "s3")
+    assert target.master == "main" and target.db == 0
+    only_password = parse_sentinel_url("redis+sentinel://:secret@h:1/m/")
+    assert (only_password.username, only_password.password, only_password.db) == (None, "secret", 0)
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://h:1",                    # no primary named
+    "redis+sentinel://h:1/",
+    "redis+sentinel://h:1/m/x",                # db not a number
+    "redis+sentinel://h:1/m/0/extra",
+    "redis+sentinel://h:99999/m",              # port out of range
+    "redis+sentinel://h:1,,h2:2/m",            # an empty host
+    "redis+sentinel://[::1/m",
+    "redis+sentinel://h:1/m?password=x",       # unknown option
+])
+def test_a_malformed_sentinel_url_is_refused_saying_why(url):
+    with pytest.raises(BadRedisUrl):
+        parse_sentinel_url(url)
+
+
+def test_a_bad_sentinel_url_stops_the_settings_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("JOBCAST_STREAM_URL", "redis+sentinel://h:1")
+    with pytest.raises(ValidationError, match="JOBCAST_STREAM_URL"):
+        Settings()
+    monkeypatch.delenv("JOBCAST_STREAM_URL")
+    assert check_redis_url("redis://x:1/0") == "redis://x:1/0"  # redis-py's own, left to it
+    assert Settings(redis_url="redis+sentinel://a:1,b:2/jc/1").redis_url.endswith("/jc/1")
+
+
+def test_a_sentinel_client_follows_the_primary_on_every_connect_and_can_be_bounded():
+    url = "redis+sentinel://127.0.0.1:1,127.0.0.1:2/jc/3"
+    client = redis_client(url)
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "jc"
+    assert pool.connection_class is FollowingConnection
+    assert pool.connection_kwargs["db"] == 3
+    bounded = redis_client(url, pooled=True).connection_pool
+    assert isinstance(bounded, BlockingSentinelPool) and bounded.max_connections == 64
+    assert not cluster_enabled(url)  # never probed: a Sentinel's primary is no Cluster node
+
+
+def test_a_following_connection_asks_the_sentinels_again_when_it_reconnects(monkeypatch):
+    client = redis_client("redis+sentinel://127.0.0.1:1/jc")
+    pool = client.connection_pool
+    addresses = iter([("127.0.0.1", 7001), ("127.0.0.1", 7002)])
+    monkeypatch.setattr(pool.proxy, "get_master_address", lambda: next(addresses))
+    dialled = []
+    monkeypatch.setattr("redis.connection.Connection._connect",
+                        lambda self: dialled.append((self.host, self.port)) or object())
+    conn = FollowingConnection(**pool.connection_kwargs)
+    conn._connect()
+    conn._connect()  # a retry within one command: redis-py's own would dial 7001 again
+    assert dialled == [("127.0.0.1", 7001), ("127.0.0.1", 7002)]
