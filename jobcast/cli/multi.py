@@ -29,15 +29,13 @@ from __future__ import annotations
 import json
 import random
 import sys
-import time
 from typing import IO, Callable, Iterator, NamedTuple
 
 import httpx
 
 from jobcast.cli.client import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
-                                EXIT_INTERRUPTED, EXIT_UNREACHABLE, RETRYABLE, TERMINAL_KINDS,
-                                BadInput, Display, Unreachable, _message)
-from jobcast.core.joblog import InvalidJobId, check_job_id
+                                RETRYABLE, TERMINAL_KINDS, Backoff, BadInput, Display,
+                                _message, bad_input, parse_blocks, run_reporting)
 from jobcast.core.output import line_text
 
 MAX_JOBS = 100
@@ -61,76 +59,34 @@ class JobEvent(NamedTuple):
     raw: str
 
 
-def parse_blocks(lines) -> Iterator[tuple[str | None, str, str | None]]:
-    """Server-sent event blocks as ``(id, event, data)``: ``data`` is None for a block with no
-    data, which EventSource does not dispatch but whose ``id`` it keeps (the cursor of a
-    multi-job stream comes in such blocks); comments (heartbeats) are skipped."""
-    event_id: str | None = None
-    event = "message"
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data or event_id is not None:
-                yield event_id, event, "\n".join(data) if data else None
-            event_id, event, data = None, "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "id":
-            event_id = value
-        elif name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-
-
-class JitterBackoff:
-    """Full jitter above the server's retry: wait ``floor + random(0, min(cap, floor·2^n))``
-    seconds (at most ``cap``) before the n-th attempt of an outage; give up after
-    ``give_up_after`` seconds of one."""
+class JitterBackoff(Backoff):
+    """Full jitter above the server's retry: before the n-th try of an outage, wait
+    ``floor + random(0, min(cap, floor·2^n))`` seconds (at most ``cap``); give up after
+    ``give_up_after`` seconds of one outage."""
 
     def __init__(self, give_up_after: float, *, floor: float = 1.0, cap: float = 30.0,
-                 on_outage: Callable[[], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 on_outage: Callable[[], None] | None = None):
         """``floor`` until the server says its own (:meth:`retry`)."""
-        self.give_up_after = give_up_after
+        super().__init__(give_up_after, on_outage=on_outage)
         self.floor = floor
         self.cap = cap
-        self.on_outage = on_outage
-        self.sleep = sleep
         self.attempt = 0
-        self._down_since: float | None = None
 
     def retry(self, ms: int) -> None:
         """The server's ``retry`` (milliseconds): the floor from now on."""
         if ms > 0:
             self.floor = ms / 1000
 
-    def delay(self) -> float:
-        """The next wait, in seconds."""
-        window = min(self.cap, self.floor * 2 ** self.attempt)
-        return min(self.cap, self.floor + random.uniform(0, window))
-
     def reset(self) -> None:
         """The server answered: the next outage starts afresh."""
-        self._down_since = None
+        super().reset()
         self.attempt = 0
 
-    def wait(self, what: str, where: str) -> None:
-        """Sleep before the next try, or raise :class:`Unreachable` when the outage is too long."""
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-            if self.on_outage is not None:
-                self.on_outage()
-        elif now - self._down_since > self.give_up_after:
-            raise Unreachable(f"{what}: no answer from {where} for {self.give_up_after:g} s")
-        delay = self.delay()
+    def next_delay(self) -> float:
+        """The wait before the next try, in seconds."""
+        window = min(self.cap, self.floor * 2 ** self.attempt)
         self.attempt += 1
-        self.sleep(delay)
+        return min(self.cap, self.floor + random.uniform(0, window))
 
 
 class MultiEventStream:
@@ -200,14 +156,11 @@ class MultiEventStream:
                     for job_id in self.job_ids:
                         self.ended.setdefault(job_id, "ended")
                     return "over"
-                if r.status_code == 400:
+                if r.status_code in (400, 401, 403):
                     r.read()
                     if self.cursor is not None and _field(r) == "Last-Event-ID":
                         self.cursor = None  # a cursor this server does not read: go inline
                         return "retry"
-                    raise BadInput(_message(r) or "bad request")
-                if r.status_code in (401, 403):
-                    r.read()
                     raise BadInput(_message(r) or f"HTTP {r.status_code}")
                 if r.status_code != 200:
                     return "dropped"
@@ -384,33 +337,15 @@ def follow_many(job_ids: list[str], base_url: str, *, output: str = "plain",
     """Follow several jobs over one connection; the exit code of the worst outcome."""
     out = out or sys.stdout
     err = err or sys.stderr
-    try:
-        for job_id in job_ids:
-            check_job_id(job_id)
-    except InvalidJobId as exc:
-        err.write(f"jobcast: {exc}\n")
-        return EXIT_BAD_INPUT
-    if not base_url.startswith(("http://", "https://")):
-        err.write(f"jobcast: --url must start with http:// or https://, got {base_url!r}\n")
-        return EXIT_BAD_INPUT
-    if tail is not None and tail < 0:
-        err.write("jobcast: --tail must be 0 or more\n")
+    problem = bad_input(job_ids, base_url, tail)
+    if problem:
+        err.write(f"jobcast: {problem}\n")
         return EXIT_BAD_INPUT
     display = Display(output, False, out, err, show_output)  # no bar: several jobs at once
-    follower: MultiFollower | None = None
+    client = _client(token, 60.0)
     try:
-        follower = MultiFollower(job_ids, base_url, display, reconnect_for=reconnect_for,
-                                 tail=tail, token=token)
-        return follower.run()
-    except BadInput as exc:
-        err.write(f"jobcast: {exc}\n")
-        return EXIT_BAD_INPUT
-    except Unreachable as exc:
-        err.write(f"jobcast: {exc}\n")
-        return EXIT_UNREACHABLE
-    except KeyboardInterrupt:
-        err.write("jobcast: interrupted\n")
-        return EXIT_INTERRUPTED
+        return run_reporting(lambda: MultiFollower(job_ids, base_url, display, client=client,
+                                                   reconnect_for=reconnect_for, tail=tail).run(),
+                             err, lambda: "interrupted")
     finally:
-        if follower is not None:
-            follower.client.close()
+        client.close()
