@@ -90,7 +90,10 @@
       onTrimmed: trimmed,
       onState: function (s) { if (!state.ended) { setConnection(s); } },
       onStatus: status,
-      onEnd: ended
+      onEnd: ended,
+      // Redis failed over and lost what came after `after`: the model holds entries the log
+      // no longer has, and the chart cannot unlearn them; start again from the server's log.
+      onReset: function (r) { if (state.lastSeq > r.after) { location.reload(); } }
     });
   }
 
