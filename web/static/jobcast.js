@@ -305,7 +305,7 @@
 
   Manager.prototype.schedule = function (delay) {
     var self = this, due = Date.now() + delay;
-    if (this.timer !== null && this.due <= due) { return; }
+    if (this.stopped || (this.timer !== null && this.due <= due)) { return; }
     clearTimeout(this.timer);
     this.due = due;
     this.timer = setTimeout(function () { self.timer = null; self.connect(); }, delay);
@@ -365,6 +365,14 @@
 
   Manager.prototype.close = function () {
     if (this.es) { this.es.close(); this.es = null; }
+  };
+
+  // For good (the page that ran it is going): no connection, no timer left behind.
+  Manager.prototype.stop = function () {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.statusTimer);
+    this.close();
   };
 
   // Read again now (a gap, or a connection that stopped bringing anything).
@@ -665,7 +673,7 @@
     this.manager = new Manager(base(), function (clients, msg) { later(function () { if (!self.closed) { hub.receive(msg); } }); });
   }
   LocalLink.prototype.send = function (m) { var self = this; later(function () { if (!self.closed) { self.manager.handle("page", m); } }); };
-  LocalLink.prototype.close = function () { this.closed = true; this.manager.drop("page"); this.manager.close(); };
+  LocalLink.prototype.close = function () { this.closed = true; this.manager.stop(); };
 
   // "worker": a SharedWorker running this file holds the connection for every tab.
   function WorkerLink(hub) {
@@ -743,7 +751,7 @@
   LocksLink.prototype.send = function (m) {
     var self = this;
     if (this.closed) { return; }
-    if (this.leader) { later(function () { self.manager.handle(self.tab, m); }); }
+    if (this.leader) { later(function () { if (!self.closed) { self.manager.handle(self.tab, m); } }); }
     else { this.channel.postMessage({ from: this.tab, m: m }); }
   };
 
@@ -787,9 +795,9 @@
 
   LocksLink.prototype.close = function () {
     if (this.closed) { return; }
-    this.send({ t: "bye" });
+    if (!this.leader) { this.send({ t: "bye" }); }
     this.closed = true;
-    if (this.manager) { this.manager.close(); }
+    if (this.manager) { this.manager.stop(); }
     if (this.release) { this.release(); }
     if (this.releaseTab) { this.releaseTab(); }
     this.channel.close();
