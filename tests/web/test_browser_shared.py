@@ -270,14 +270,18 @@ def got(pg, job_id: str) -> list[str]:
     return pg.evaluate("id => window.got[id]", job_id)
 
 
-def test_a_job_added_to_and_removed_from_a_watch_set_gets_every_value_once(browser, server, redis):
+@pytest.mark.parametrize("share", ["auto", "none"])  # the worker, and one stream per tab
+def test_a_job_added_to_and_removed_from_a_watch_set_gets_every_value_once(share, browser, server,
+                                                                             redis):
     writer = Writer(redis, 2)
     ctx = browser.new_context()
+    ctx.add_init_script(f"window.JobcastConfig = {{share: '{share}'}}")
     try:
         a, b = writer.ids
         pg = watch(ctx.new_page())
         pg.goto(server.url)                             # the home page: its job list, and jobcast.js
         pg.evaluate(WATCH, [a])
+        assert stats(pg)["mode"] == ("worker" if share == "auto" else "none")
         pg.wait_for_function("id => window.got[id].length >= 5", arg=a)
         pg.evaluate(WATCH, [b])                         # added: the stream now carries both
         pg.wait_for_function("id => window.got[id].length >= 5", arg=b)
