@@ -12,7 +12,7 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 
 from jobcast.core.settings import Settings
-from jobcast.web.metrics import stream_refused
+from jobcast.web.metrics import STREAMS, stream_refused
 
 RETRY_AFTER = "5"
 
@@ -117,10 +117,12 @@ class StreamLimiter:
             raise TooManyStreams(429, f"at most {self.per_client} concurrent streams per client")
         self.by_client[client] += 1
         self.total += 1
+        STREAMS.inc()
 
     def release(self, client: str) -> None:
         """Forget a finished stream."""
         self.total -= 1
+        STREAMS.dec()
         self.by_client[client] -= 1
         if self.by_client[client] <= 0:
             del self.by_client[client]

@@ -43,6 +43,10 @@ def multiproc_dir() -> str | None:
 # Gauges of live viewers: "livesum" adds up the processes that are alive, so the files of a
 # worker that died stop counting once it is marked dead (see cleanup_dead_processes).
 VIEWERS = Gauge("jobcast_viewers", "Viewers connected, all jobs", multiprocess_mode="livesum")
+# Open stream connections (a multi-job stream is one, whatever its jobs): what a browser costs
+# the server, counted where the limiter admits a stream (web/limits.py).
+STREAMS = Gauge("jobcast_streams", "Stream connections open (a multi-job stream counts once)",
+                multiprocess_mode="livesum")
 ANNOUNCEMENTS = Counter("jobcast_hub_announcements", "Announcements read from Redis pub/sub by the hubs")
 RELAYED = Counter("jobcast_entries_relayed",
                   "Live entries handed to viewers by the relays (one per entry per viewer)")

@@ -7,7 +7,9 @@ static files, endpoint names, JSON error handlers and request-size limit cannot 
 yours; every URL it renders comes from ``url_for``, which includes the prefix by itself.
 
 Your app can still link to a job: ``url_for("jobcast.job_page", job_id=job.id)`` (and
-``jobcast.text_stream``, ``jobcast.sse_stream``, ``jobcast.html_stream``, ``jobcast.get_job``).
+``jobcast.text_stream``, ``jobcast.sse_stream``, ``jobcast.html_stream``, ``jobcast.get_job``),
+and to Jobcast's static files, jobcast.js for your own pages:
+``url_for("jobcast.static", filename="jobcast.js")``.
 Requests under the prefix do not pass through your app's ``before_request`` hooks.
 """
 
@@ -26,7 +28,7 @@ __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
 # The views the host app's url_for() can link to, as ``jobcast.<view>``: build-only rules in
 # the host app, copied from the mounted app's own routes.
 LINKS = ("pages.index", "pages.job_page", "stream.text_stream", "stream.sse_stream",
-         "stream.html_stream", "api.get_job")
+         "stream.html_stream", "api.get_job", "static")
 
 
 def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | None = None,
@@ -47,7 +49,7 @@ def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | Non
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {prefix: jobcast_app})
     for endpoint in LINKS:
         for rule in jobcast_app.url_map.iter_rules(endpoint):
-            app.add_url_rule(prefix + rule.rule, endpoint=f"jobcast.{endpoint.partition('.')[2]}",
+            app.add_url_rule(prefix + rule.rule, endpoint=f"jobcast.{endpoint.rpartition('.')[2]}",
                              build_only=True)
     app.extensions["jobcast"] = jobcast_app.extensions["jobcast"]
     return jobcast_app

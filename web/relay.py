@@ -297,8 +297,18 @@ class Relay:
         conn.last_write = self.clock()
         with self._lock:
             self._conns[conn] = None
+        on_peer_close = getattr(conn.sink, "on_peer_close", None)
+        if on_peer_close is not None:
+            # Freed as soon as its client leaves (a page changing its jobs reconnects at once).
+            on_peer_close(lambda: self._client_left(conn))
         for n, viewer in enumerate(conn.viewers):
             self.hold(viewer, here=here and n == len(conn.viewers) - 1)
+
+    def _client_left(self, conn: Connection) -> None:
+        """The client of a multi-job stream closed it: end its viewers (and so free its slot)."""
+        for v in list(conn.viewers):
+            if not v.closed:
+                self.release(v, "client_gone")
 
     def viewers(self, job_id: str | None = None) -> int:
         """Viewers of one job, or of all jobs."""

@@ -62,6 +62,10 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'none'; "
             "form-action 'self'; frame-ancestors {ancestors}")
 OTHER_CSP = "default-src 'none'; frame-ancestors 'none'"
+# static/jobcast.js also runs as a SharedWorker, whose policy is its script's response's: its
+# EventSource and status reads need connect-src (OTHER_CSP would block them).
+WORKER_SCRIPT = "jobcast.js"
+WORKER_CSP = "default-src 'none'; connect-src 'self'; frame-ancestors 'none'"
 
 
 class Unauthorized(HTTPException):
@@ -275,6 +279,8 @@ def security_headers(response: Response) -> Response:
         headers["Content-Security-Policy"] = PAGE_CSP.format(
             ancestors="'self'" if frameable else "'none'")
         headers["X-Frame-Options"] = "SAMEORIGIN" if frameable else "DENY"
+    elif request.endpoint == "static" and (request.view_args or {}).get("filename") == WORKER_SCRIPT:
+        headers["Content-Security-Policy"] = WORKER_CSP
     else:
         headers.setdefault("Content-Security-Policy", OTHER_CSP)
     headers["X-Content-Type-Options"] = "nosniff"

@@ -71,12 +71,13 @@ def drained_alive(sock: socket.socket) -> bool:
 class SocketSink:
     """A connection's OS socket, non-blocking, owned by the relay."""
 
-    __slots__ = ("sock", "green")
+    __slots__ = ("sock", "green", "watcher")
 
     def __init__(self, sock: socket.socket, *, green: bool = True):
         """Write to ``sock`` (non-blocking); wait for it with gevent when ``green``."""
         self.sock = sock
         self.green = green
+        self.watcher = None  # the read watcher of on_peer_close
 
     def send(self, data) -> int:
         """One non-blocking ``send()``."""
@@ -101,8 +102,33 @@ class SocketSink:
         """False once the peer has closed the connection (or reset it)."""
         return drained_alive(self.sock)
 
+    def on_peer_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in a new greenlet) as soon as the peer closes or resets the
+        connection, not at the next write or heartbeat: a browser that changes its set of
+        jobs closes one stream and opens the next at once, and must not count twice
+        meanwhile. Under gevent only (a libev read watcher costs no greenlet while it waits).
+        """
+        if not self.green or self.watcher is not None:
+            return
+        import gevent
+
+        watcher = gevent.get_hub().loop.io(self.sock.fileno(), 1)  # 1: readable
+
+        def readable() -> None:
+            """In the hub: a stray byte is read and dropped (keep watching); a close ends it."""
+            if drained_alive(self.sock):
+                return
+            watcher.stop()
+            gevent.spawn(callback)
+
+        self.watcher = watcher
+        watcher.start(readable)
+
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (the read watcher first: its descriptor may be reused)."""
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         try:
             self.sock.close()
         except OSError:

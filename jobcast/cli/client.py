@@ -94,16 +94,17 @@ class Event(NamedTuple):
         return int(seq), epoch or None
 
 
-def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
-    """Parse server-sent events from text lines; comments (heartbeats) and events without
-    data (a bare ``retry:``) are skipped, as EventSource does."""
+def parse_blocks(lines: Iterable[str]) -> Iterator[tuple[str | None, str, str | None]]:
+    """Server-sent event blocks as ``(id, event, data)``, comments (heartbeats) skipped.
+    ``data`` is None for a block with no data line: EventSource does not dispatch it, but
+    keeps its ``id`` (a multi-job stream's cursor comes in such blocks)."""
     event_id: str | None = None
     event = "message"
     data: list[str] = []
     for line in lines:
         if line == "":
-            if data:
-                yield Event(event_id, event, "\n".join(data))
+            if data or event_id is not None:
+                yield event_id, event, "\n".join(data) if data else None
             event_id, event, data = None, "message", []
             continue
         if line.startswith(":"):
@@ -117,6 +118,14 @@ def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
             event = value
         elif name == "data":
             data.append(value)
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
+    """Parse server-sent events from text lines; comments (heartbeats) and events without
+    data (a bare ``retry:``) are skipped, as EventSource does."""
+    for event_id, event, data in parse_blocks(lines):
+        if data is not None:
+            yield Event(event_id, event, data)
 
 
 @dataclass
@@ -299,6 +308,12 @@ class Backoff:
         self._down_since = None
         self._delay = self.first
 
+    def next_delay(self) -> float:
+        """The wait before the next try, in seconds: doubling from ``first`` up to ``most``."""
+        delay = self._delay
+        self._delay = min(self.most, self._delay * 2)
+        return delay
+
     def wait(self, what: str, where: str) -> None:
         """Sleep before the next try, or raise :class:`Unreachable` when the outage is too long."""
         now = time.monotonic()
@@ -308,8 +323,7 @@ class Backoff:
                 self.on_outage()
         elif now - self._down_since > self.give_up_after:
             raise Unreachable(f"{what}: no answer from {where} for {self.give_up_after:g} s")
-        time.sleep(self._delay)
-        self._delay = min(self.most, self._delay * 2)
+        time.sleep(self.next_delay())
 
 
 class EventStream:
@@ -540,6 +554,38 @@ def _message(r: httpx.Response) -> str | None:
         return None
 
 
+def bad_input(job_ids: Iterable[str], base_url: str, tail: int | None) -> str | None:
+    """What is wrong with what a follow was asked (a message for stderr), or None."""
+    try:
+        for job_id in job_ids:
+            check_job_id(job_id)
+    except InvalidJobId as exc:
+        return str(exc)
+    if not base_url.startswith(("http://", "https://")):
+        return f"--url must start with http:// or https://, got {base_url!r}"
+    if tail is not None and tail < 0:
+        return "--tail must be 0 or more"
+    return None
+
+
+def run_reporting(run: Callable[[], int], err: IO[str], interrupted: Callable[[], str]) -> int:
+    """``run()``'s exit code, or the exit code of what stopped it (said on ``err``)."""
+    try:
+        return run()
+    except BadInput as exc:
+        err.write(f"jobcast: {exc}\n")
+        return EXIT_BAD_INPUT
+    except Unreachable as exc:
+        err.write(f"jobcast: {exc}\n")
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        err.write(f"jobcast: {interrupted()}\n")
+        return EXIT_INTERRUPTED
+    except httpx.HTTPStatusError as exc:
+        err.write(f"jobcast: {exc}\n")
+        return EXIT_UNREACHABLE
+
+
 def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool | None = None,
            reconnect_for: float = 120.0, out: IO[str] | None = None, err: IO[str] | None = None,
            tail: int | None = None, token: str = "", show_output: bool = True) -> int:
@@ -550,33 +596,14 @@ def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool 
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    try:
-        check_job_id(job_id)
-    except InvalidJobId as exc:
-        err.write(f"jobcast: {exc}\n")
-        return EXIT_BAD_INPUT
-    if not base_url.startswith(("http://", "https://")):
-        err.write(f"jobcast: --url must start with http:// or https://, got {base_url!r}\n")
+    problem = bad_input([job_id], base_url, tail)
+    if problem:
+        err.write(f"jobcast: {problem}\n")
         return EXIT_BAD_INPUT
     display = Display(output, progress, out, err, show_output)
-    if tail is not None and tail < 0:
-        err.write("jobcast: --tail must be 0 or more\n")
-        return EXIT_BAD_INPUT
     follower = Follower(job_id, base_url, display, reconnect_for=reconnect_for, tail=tail,
                         token=token)
     try:
-        return follower.run()
-    except BadInput as exc:
-        err.write(f"jobcast: {exc}\n")
-        return EXIT_BAD_INPUT
-    except Unreachable as exc:
-        err.write(f"jobcast: {exc}\n")
-        return EXIT_UNREACHABLE
-    except KeyboardInterrupt:
-        err.write(f"jobcast: interrupted after entry {follower.last_seq}\n")
-        return EXIT_INTERRUPTED
-    except httpx.HTTPStatusError as exc:
-        err.write(f"jobcast: {exc}\n")
-        return EXIT_UNREACHABLE
+        return run_reporting(follower.run, err, lambda: f"interrupted after entry {follower.last_seq}")
     finally:
         follower.client.close()

@@ -24,6 +24,7 @@ from jobcast.core.urls import job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
 from jobcast.cli.client import follow
+from jobcast.cli.multi import follow_many
 from jobcast.launcher.up import SERVICE_KINDS, status, up
 from jobcast.web.links import view_sig
 from jobcast.web.serve import serve
@@ -106,8 +107,14 @@ def run_follow(job_id: str, args: argparse.Namespace) -> int:
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
-    """Print a job's values as they arrive: 0 finished, 1 failed, 2 bad input, 4 cancelled."""
-    return run_follow(args.job_id, args)
+    """Print a job's values as they arrive: 0 finished, 1 failed, 2 bad input, 4 cancelled.
+    Several jobs share one connection; the exit code is then the worst job's."""
+    if len(args.job_ids) == 1:
+        return run_follow(args.job_ids[0], args)  # today's single-job stream, with its bar
+    settings = get_settings()
+    return follow_many(args.job_ids, args.url or settings.public_url, output=args.output,
+                       reconnect_for=args.reconnect_for, tail=args.tail, token=settings.token,
+                       show_output=args.show_output)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -247,10 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_follow_options(enq)
 
     fol = sub.add_parser("follow", help="print a job's values as they arrive, with a progress bar",
-                         description="Follow a job through the web server's event stream. Exit "
-                                     "0 when it finished, 1 when it failed, 2 on bad input, 3 "
-                                     "when the server stays unreachable, 4 when it was cancelled.")
-    fol.add_argument("job_id")
+                         description="Follow jobs through the web server's event stream (several "
+                                     "over one connection, each line prefixed by the job's short "
+                                     "id). Exit 0 when they finished, 1 when one failed, 2 on bad "
+                                     "input, 3 when the server stays unreachable, 4 when one was "
+                                     "cancelled (and none failed).")
+    fol.add_argument("job_ids", nargs="+", metavar="job_id")
     fol.add_argument("--output", choices=["plain", "json"], default="plain",
                      help="plain: one value per line; json: every log entry as a JSON line")
     add_follow_options(fol)

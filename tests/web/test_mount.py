@@ -55,6 +55,7 @@ def test_host_app_links_to_a_job_with_url_for(host):
     with host.test_request_context():
         assert url_for("jobcast.job_page", job_id="abc-1") == "/tools/jobcast/jobs/abc-1"
         assert url_for("jobcast.sse_stream", job_id="abc-1") == "/tools/jobcast/jobs/abc-1/events"
+        assert url_for("jobcast.static", filename="jobcast.js") == "/tools/jobcast/static/jobcast.js"
 
 
 def test_jobcast_errors_stay_json_and_do_not_change_the_host_apps_errors(host):

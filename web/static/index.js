@@ -1,6 +1,7 @@
 // Home page: show the chosen task's fields, start jobs through the JSON API, and keep the
 // job list live (status, progress, age), updating rows in place so focus and reading order
-// survive a refresh.
+// survive a refresh. The list comes from the stream (jobcast.js: a snapshot, then every
+// creation and change of state of any job); nothing is polled.
 (function () {
   "use strict";
   var form = document.getElementById("start");
@@ -124,18 +125,18 @@
     Object.keys(existing).forEach(function (id) { if (!keep[id]) { existing[id].remove(); } });
   }
 
-  var timer = null;
-  function refresh() {
-    clearTimeout(timer);
-    // The form posts to the job list's own URL (under any prefix Jobcast is mounted at).
-    fetch(form.action + "?limit=50", { cache: "no-store" }).then(function (r) { return r.json(); })
-      .then(function (body) { render(body.jobs); })
-      .catch(function () { /* the next refresh tries again */ })
-      .then(function () { timer = setTimeout(refresh, document.hidden ? 10000 : 1500); });
+  // Redraw at most once a frame (the timeout also runs in a hidden tab).
+  var list = null, pending = false;
+  function schedule() {
+    if (pending) { return; }
+    pending = true;
+    var done = false;
+    function run() { if (done) { return; } done = true; pending = false; render(list.jobs()); }
+    requestAnimationFrame(run);
+    setTimeout(run, 250);
   }
-  document.addEventListener("visibilitychange", function () { if (!document.hidden) { refresh(); } });
+  list = window.Jobcast.list({ limit: 50, onSnapshot: schedule, onChange: schedule });
   setInterval(function () {
     tbody.querySelectorAll("time[data-ts]").forEach(function (t) { setText(t, age(parseFloat(t.dataset.ts))); });
   }, 1000);
-  refresh();
 })();

@@ -1,20 +1,18 @@
-// The live job page. It reads the job's server-sent events (id = seq) and shows the latest
-// value, a chart, progress, status, elapsed time, watchers and the log.
+// The live job page. It watches the job through jobcast.js (one stream per browser, shared
+// by its tabs) and shows the latest value, a chart, progress, status, elapsed time, watchers
+// and the log.
 //
 // Keeping up: events only update a model; the DOM and the canvas are redrawn at most once a
 // frame. The log is virtualised (only the rows in view exist in the DOM) and the chart is
 // downsampled (chart.js), so a job of 100k values does not freeze the tab.
 //
-// Never a gap, never a duplicate: every entry carries its seq, and its id says the epoch of the
-// log's incarnation too (`<seq>:<epoch>`). Entries at or before the last seq shown are dropped;
-// a skipped seq within a connection makes the page reconnect from the last seq. EventSource
-// resumes by itself with Last-Event-ID; when it gives up (an HTTP error from a proxy, say) the
-// page opens a new one with ?after=<last seq>:<epoch>. When Redis lost entries the page had
-// (a failover), the server sends one `reset` first: the page drops the values it names, says
-// so, and goes on from there.
+// Never a gap, never a duplicate: jobcast.js hands each entry over once, in seq order, and
+// resumes from the last one across reconnections (with a backoff, showing "reconnecting…").
+// Nothing is polled: the status, worker and progress come from the entries; the watchers
+// count from the job's status, which jobcast.js reads every 15 s for all of a browser's tabs.
 //
 // Long jobs open at the tail: the first connection asks for the last WINDOW values only
-// (?tail=), the chart loads the worker's downsampled history in one request, and the log
+// (tail), the chart loads the worker's downsampled history in one request, and the log
 // offers "Load earlier values". A log the server has trimmed is said so, never hidden.
 //
 // The Output panel shows what the job printed (`log` entries), virtualised like the log:
@@ -52,17 +50,16 @@
     endedAt: num(root.dataset.ended),
     worker: null, attempt: 0, reason: null,
     lastSeq: 0,                     // seq of the last entry applied
-    epoch: null,                    // the epoch of the log's incarnation it belongs to
-    resets: 0,
     lastIndex: -1,                  // i of the last value
     values: 0,                      // values received
     texts: [], indices: [],         // the log model (the last LOG_CAP values)
     dropped: 0,                     // values dropped from the front of the log model
     ended: false,
     connection: "connecting",
-    opens: 0, reconnects: 0, duplicates: 0, gaps: 0, trimmed: 0,
+    trimmed: 0,                     // values the server's log no longer had for this page
     viewers: null,
     oldestSeq: null,                // seq of the first value in the log model (to load earlier)
+    resets: 0,                      // times the log was reset under the page (a failover)
     notice: ""
   };
 
@@ -71,51 +68,32 @@
 
   // ---- the stream ------------------------------------------------------------------------
 
-  var source = null;
-  var fresh = false;                // the next entry is the first of a (re)connection
-  var retryTimer = null;
-  var backoff = 1000;
+  var watch = null;
+  var CONNECTION_TEXT = { connecting: "connecting…", live: "live", reconnecting: "reconnecting…",
+                          ended: "stream ended" };
 
-  function setConnection(name, text) {
+  function setConnection(name) {
     if (state.connection === name) { return; }
     state.connection = name;
     el.connection.dataset.state = name;
-    el.connection.textContent = text;
+    el.connection.textContent = CONNECTION_TEXT[name];
   }
 
+  // Watch the job: the whole log, or the last WINDOW values of a long job. A view link's
+  // signature (private mode) rides in the page's stream URL: the watch carries it.
   function connect() {
-    if (state.ended) { return; }
-    clearTimeout(retryTimer);
-    if (source) { source.close(); }
-    // The URL may already carry a view link's ?sig=: add to its query, keep the signature.
-    var url = root.dataset.events;
-    var query = state.lastSeq ? "after=" + state.lastSeq + (state.epoch ? ":" + state.epoch : "")
-      : (num(root.dataset.values) > FULL ? "tail=" + WINDOW : "");
-    if (query) { url = withQuery(url, query); }
-    var es = new EventSource(url);
-    source = es;
-    es.addEventListener("open", function () {
-      if (source !== es) { return; }
-      state.opens += 1;
-      fresh = true;
-      backoff = 1000;
-      setConnection("live", "live");
-    });
-    ["queued", "started", "value", "log", "retrying", "finished", "failed", "cancelled"].forEach(function (kind) {
-      es.addEventListener(kind, function (ev) { if (source === es) { receive(ev); } });
-    });
-    es.addEventListener("tail", function (ev) { if (source === es) { tailStart(JSON.parse(ev.data)); } });
-    es.addEventListener("trimmed", function (ev) { if (source === es) { trimmed(JSON.parse(ev.data)); } });
-    es.addEventListener("reset", function (ev) { if (source === es) { reset(JSON.parse(ev.data)); } });
-    es.addEventListener("error", function () {
-      if (source !== es || state.ended) { return; }
-      state.reconnects += 1;
-      setConnection("reconnecting", "reconnecting…");
-      if (es.readyState === EventSource.CLOSED) {
-        // EventSource gave up (a 204, or an error status from a proxy): check and retry.
-        retryTimer = setTimeout(function () { poll().then(function () { if (!state.ended) { connect(); } }); }, backoff);
-        backoff = Math.min(10000, backoff * 2);
-      }
+    var sig = new URL(root.dataset.events, location.href).searchParams.get("sig");
+    watch = window.Jobcast.watch(state.id, {
+      sig: sig,
+      tail: num(root.dataset.values) > FULL ? WINDOW : null,
+      onEvent: receive,
+      onTail: tailStart,
+      onTrimmed: trimmed,
+      onState: function (s) { if (!state.ended) { setConnection(s); } },
+      onStatus: status,
+      onEnd: ended,
+      // Redis failed over and lost what came after `after`: drop what the log no longer has.
+      onReset: reset
     });
   }
 
@@ -124,12 +102,6 @@
   var chartPending = null;          // values received while the snapshot loads: [i, j] pairs
   var chartUpto = -1;               // the snapshot holds every value up to this index
   function tailStart(t) {
-    if (state.lastSeq > 0 && t.after > state.lastSeq) {
-      // EventSource reconnected before any entry came, so it asked for the tail again: that
-      // would skip what was logged meanwhile. Resume exactly from our position instead.
-      connect();
-      return;
-    }
     if (state.lastSeq === 0 && t.after > 0) { state.lastSeq = t.after; }
     if (t.skipped > 0) {
       // The stream starts at the tail: the output printed before it is in the download.
@@ -164,8 +136,8 @@
     if (lost > 0) { showNotice(numberFormat.format(lost) + " earlier values are no longer kept"); }
   }
 
-  // Redis lost entries this page had (a failover), or the log was re-created: drop the values
-  // from index `values` on, say so, and go on after seq `after` in the new epoch.
+  // The job's log was reset (a Redis failover lost entries it had): forget the values from
+  // `r.values` on, tell the person, and go on from there (jobcast.js resumes after `r.after`).
   function reset(r) {
     state.resets += 1;
     var keep = 0;
@@ -177,20 +149,12 @@
     state.values = Math.min(state.values, keep + state.dropped);
     if (state.texts.length === 0) { state.oldestSeq = null; }
     chart.truncate(r.values);
-    state.lastSeq = r.after;
-    state.epoch = r.epoch;
-    fresh = true;
+    state.lastSeq = Math.min(state.lastSeq, r.after);
     log.shifted(0);
     showNotice("The job's log was reset after a Redis failover: " + (replaced > 0
       ? "values from #" + numberFormat.format(r.values) + " on were replaced"
       : "it goes on from value #" + numberFormat.format(r.values)));
     schedule();
-  }
-
-  function position(id) {
-    var colon = id.indexOf(":");
-    return colon < 0 ? { seq: parseInt(id, 10), epoch: null }
-      : { seq: parseInt(id.slice(0, colon), 10), epoch: id.slice(colon + 1) };
   }
 
   function showNotice(text) {
@@ -199,32 +163,10 @@
     el.notice.hidden = false;
   }
 
-  function receive(ev) {
-    var at = position(ev.lastEventId), seq = at.seq;
-    if (!(seq > state.lastSeq)) {
-      if (at.epoch && state.epoch && at.epoch !== state.epoch) {
-        // A seq we had, of another incarnation, and no reset said so: let the server place us.
-        state.gaps += 1;
-        connect();
-        return;
-      }
-      state.duplicates += 1;
-      return;
-    }
-    if (seq !== state.lastSeq + 1) {
-      if (!fresh) {
-        // Within one connection seqs are consecutive: read again from the last one shown.
-        state.gaps += 1;
-        connect();
-        return;
-      }
-      // The server read its log from our position, and the log starts later: it was trimmed.
-      state.trimmed += seq - state.lastSeq - 1;
-    }
-    fresh = false;
-    state.lastSeq = seq;
-    if (at.epoch) { state.epoch = at.epoch; }
-    apply(JSON.parse(ev.data));
+  // An entry, once and in seq order (jobcast.js sees to both).
+  function receive(e) {
+    state.lastSeq = e.seq;
+    apply(e);
   }
 
   function apply(e) {
@@ -283,44 +225,50 @@
   function finish() {
     state.ended = true;
     el.stop.hidden = true;
-    clearTimeout(retryTimer);
-    if (source) { source.close(); source = null; }
-    setConnection("ended", "stream ended");
-    poll();
+    setConnection("ended");
   }
 
-  // ---- status poll: watchers, and a watchdog for a silently dead connection ---------------
+  // The stream ended without a terminal entry: the job is gone (expired), had ended before
+  // this page's position, or this page may not read it. The status says which.
+  function ended(e) {
+    if (TERMINAL[e.kind]) { return; }   // applied as an entry already
+    setConnection("ended");
+    if (e.kind === "refused") { showNotice("The stream was refused: " + (e.message || "HTTP " + e.status)); }
+    fetchStatus().then(function (job) {
+      if (TERMINAL[job.status]) { endAs(job); } else if (e.kind === "missing") { showNotice("This job's log is no longer kept"); }
+    }).catch(function () {
+      if (e.kind === "missing") { showNotice("This job's log is no longer kept"); }
+    });
+  }
 
-  var behind = 0, seqAtLastPoll = -1;
-  function poll() {
+  // The job's status (GET /api/jobs/<id>).
+  function fetchStatus() {
     return fetch(root.dataset.statusUrl, { cache: "no-store" }).then(function (r) {
       if (!r.ok) { throw new Error("HTTP " + r.status); }
       return r.json();
-    }).then(function (job) {
-      state.viewers = job.viewers;
-      if (!state.worker && job.worker) { state.worker = job.worker; }
-      if (state.startedAt === null && job.started_at) { state.startedAt = job.started_at; }
-      if (state.n === null && job.progress && job.progress.n !== null) { state.n = job.progress.n; chart.total = state.n; }
-      if (!state.ended && TERMINAL[job.status] && job.last_seq <= state.lastSeq) {
-        // Everything logged has been shown, yet no terminal entry came (an expired log).
-        state.status = job.status; state.reason = job.reason; state.endedAt = job.ended_at;
-        finish();
-      }
-      // The log has more than we have seen and nothing came since the last poll, twice
-      // running: the connection is silently stuck, so open a new one.
-      var stuck = !state.ended && state.connection === "live" && job.last_seq > state.lastSeq &&
-                  state.lastSeq === seqAtLastPoll;
-      behind = stuck ? behind + 1 : 0;
-      seqAtLastPoll = state.lastSeq;
-      if (behind >= 2) { behind = 0; connect(); }
-      schedule();
-    }).catch(function () { /* the next poll tries again */ });
+    }).then(function (job) { status(job); return job; });
   }
 
-  function pollLoop() {
-    poll().then(function () {
-      setTimeout(pollLoop, state.ended ? 15000 : (document.hidden ? 10000 : 2000));
-    });
+  // End as the status says (its log had no terminal entry to show).
+  function endAs(job) {
+    if (state.ended) { return; }
+    state.status = job.status; state.reason = job.reason; state.endedAt = job.ended_at;
+    finish();
+    schedule();
+  }
+
+  // ---- the job's status: watchers (read by jobcast.js every 15 s), and what the page lacks ---
+
+  function status(job) {
+    state.viewers = job.viewers;
+    if (!state.worker && job.worker) { state.worker = job.worker; }
+    if (state.startedAt === null && job.started_at) { state.startedAt = job.started_at; }
+    if (state.n === null && job.progress && job.progress.n !== null) { state.n = job.progress.n; chart.total = state.n; }
+    if (!state.ended && TERMINAL[job.status] && job.last_seq <= state.lastSeq) {
+      // Everything logged has been shown, yet no terminal entry came (an expired log).
+      endAs(job);
+    }
+    schedule();
   }
 
   // ---- the virtualised log ---------------------------------------------------------------
@@ -548,12 +496,13 @@
 
   // For tests and the curious: a snapshot of what the page holds.
   window.jobcastPage = function () {
+    var w = watch ? watch.stats() : { opens: 0, reconnects: 0, duplicates: 0, gaps: 0 };
     return {
-      lastSeq: state.lastSeq, epoch: state.epoch, resets: state.resets,
-      status: state.status, ended: state.ended, connection: state.connection,
+      lastSeq: state.lastSeq, status: state.status, ended: state.ended, connection: state.connection,
       values: state.texts.slice(), indices: state.indices.slice(), dropped: state.dropped,
-      opens: state.opens, reconnects: state.reconnects, duplicates: state.duplicates,
-      gaps: state.gaps, trimmed: state.trimmed, n: state.n, skipped: state.skipped || 0,
+      opens: w.opens, reconnects: w.reconnects, duplicates: w.duplicates,
+      gaps: w.gaps, trimmed: state.trimmed, n: state.n, skipped: state.skipped || 0,
+      resets: state.resets, epoch: w.epoch || null,
       notice: state.notice, chartPoints: chart.series.points,
       output: output.lines.map(function (e) { return e.sep ? "── " + e.text + " ──" : e.text; }),
       outputDropped: output.dropped, outputFollowing: outputList.following()
@@ -568,7 +517,7 @@
     // token.js adds the access token (asking for it once) when the server needs one.
     fetch(root.dataset.cancelUrl, { method: "POST" }).then(function (r) {
       return r.json().then(function (body) {
-        if (r.ok || r.status === 409) { poll(); return; }      // the stream brings the ending
+        if (r.ok || r.status === 409) { return; }      // the stream brings the ending
         el.stop.disabled = false;
         showNotice("Could not stop the job: " + (body.message || "HTTP " + r.status));
       });
@@ -611,6 +560,5 @@
   setInterval(function () { if (!state.ended) { tick(); } }, 1000);
   window.addEventListener("resize", schedule);
   connect();
-  pollLoop();
   draw();
 })();

@@ -1,0 +1,389 @@
+"""Several jobs over one connection: ``jobcast follow a b c``, and :func:`watch_many`.
+
+One ``GET /events?job=a&job=b&job=c`` stream carries every job (see ``web/events.py``): each
+event's data names its job and its seq, and each write ends with an id holding every job's
+cursor. The client keeps that id as it is (opaque) and sends it back as ``Last-Event-ID`` when
+it reconnects, so every job resumes exactly; an entry at or before its job's last seq is
+dropped all the same (a write cut midway may come again). Before the first id, a
+reconnection names each job's position inline (``job=<id>:<seq>~<epoch>``).
+
+A ``reset`` (a failover lost entries of a job, or its log was re-created) moves that job's
+position back to where its log goes on, in its new epoch; ``jobcast follow`` says so, and
+exits 5 if such a job finished after values it had printed were replaced.
+
+Reconnecting waits with full jitter above the server's ``retry`` (from ``hello``), as
+jobcast.js does, so a restarted server is not met by every client at once; after
+``reconnect_for`` seconds of one outage it gives up (exit 3).
+
+For a script::
+
+    from jobcast.cli.multi import watch_many
+
+    for ev in watch_many(["3fa8…", "9c2e…"], "http://localhost:8000"):
+        if ev.event == "value":
+            print(ev.job[:8], ev.data["v"])
+
+``jobcast follow a b c`` prints each value as ``<8-char id> <text>`` (``--output json``: every
+entry as a JSON line, naming its ``job``), notes on stderr, and exits with the worst outcome:
+a job that does not exist (2) > failed (1) > cancelled (4) > finished after a reset
+replaced printed values (5) > finished (0).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from typing import IO, Callable, Iterator, NamedTuple
+
+import httpx
+
+from jobcast.cli.client import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
+                                EXIT_REPLACED, RETRYABLE, TERMINAL_KINDS, Backoff, BadInput, Display,
+                                _message, bad_input, parse_blocks, run_reporting)
+from jobcast.core.output import line_text
+
+MAX_JOBS = 100
+"""The most jobs one stream carries (the server's cap)."""
+
+NOTICES = ("tail", "trimmed", "missing", "ended")
+"""Per-job events with no seq: where a job's stream starts, or that nothing will come."""
+
+# How each job's end ranks, worst last, and the exit code it gives.
+OUTCOMES = {"finished": (0, EXIT_FINISHED), "replaced": (1, EXIT_REPLACED),
+            "cancelled": (2, EXIT_CANCELLED), "failed": (3, EXIT_FAILED),
+            "missing": (4, EXIT_BAD_INPUT)}
+
+
+class JobEvent(NamedTuple):
+    """One event of a multi-job stream: its job, its type (an entry's kind, or a notice),
+    its data decoded, and the data as sent."""
+
+    job: str
+    event: str
+    data: dict
+    raw: str
+
+
+class JitterBackoff(Backoff):
+    """Full jitter above the server's retry: before the n-th try of an outage, wait
+    ``floor + random(0, min(cap, floor·2^n))`` seconds (at most ``cap``); give up after
+    ``give_up_after`` seconds of one outage."""
+
+    def __init__(self, give_up_after: float, *, floor: float = 1.0, cap: float = 30.0,
+                 on_outage: Callable[[], None] | None = None):
+        """``floor`` until the server says its own (:meth:`retry`)."""
+        super().__init__(give_up_after, on_outage=on_outage)
+        self.floor = floor
+        self.cap = cap
+        self.attempt = 0
+
+    def retry(self, ms: int) -> None:
+        """The server's ``retry`` (milliseconds): the floor from now on."""
+        if ms > 0:
+            self.floor = ms / 1000
+
+    def reset(self) -> None:
+        """The server answered: the next outage starts afresh."""
+        super().reset()
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        """The wait before the next try, in seconds."""
+        window = min(self.cap, self.floor * 2 ** self.attempt)
+        self.attempt += 1
+        return min(self.cap, self.floor + random.uniform(0, window))
+
+
+class MultiEventStream:
+    """Several jobs' events over one ``/events`` connection, read again after a dropped one
+    from the last cursor, so every job's entries come once and in order.
+
+    Iterating yields :class:`JobEvent`s: entries (with a seq), ``reset`` (the job's position
+    moved back to where its log goes on), and ``tail``, ``trimmed``, ``missing`` and ``ended`` (a job that does not exist, or had ended where the stream
+    resumed). It stops once every job has ended.
+    """
+
+    def __init__(self, client: httpx.Client, base_url: str, job_ids: list[str],
+                 backoff: JitterBackoff, *, tail: int | None = None):
+        """Configure; iterate to read."""
+        if not 1 <= len(job_ids) <= MAX_JOBS or len(set(job_ids)) != len(job_ids):
+            raise BadInput(f"name from 1 to {MAX_JOBS} different jobs")
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self.job_ids = list(job_ids)
+        self.backoff = backoff
+        self.tail = tail                # asked on the first connection only
+        self.last_seq = {job_id: 0 for job_id in job_ids}
+        self.epoch: dict[str, str | None] = {job_id: None for job_id in job_ids}
+        self.cursor: str | None = None  # the stream's last id, sent back as Last-Event-ID
+        self.ended: dict[str, str] = {}  # job → how its stream ended (a terminal kind, ...)
+        self.connections = 0
+        self.retries = 0
+        self.duplicates = 0
+
+    def __iter__(self) -> Iterator[JobEvent]:
+        """Events across connections, until every job has ended."""
+        while len(self.ended) < len(self.job_ids):
+            outcome = yield from self._connection()
+            if outcome == "over":
+                return
+            if outcome != "retry" and len(self.ended) < len(self.job_ids):
+                # Dropped, or closed by the server (a restart's goodbye): wait, then resume.
+                self.retries += 1
+                self.backoff.wait("events", self.base_url)
+
+    def _request(self) -> tuple[list[tuple[str, str]], dict[str, str]]:
+        """The query and headers of the next connection."""
+        headers = {"Accept": "text/event-stream"}
+        if self.cursor is not None:
+            # The cursor names every job in this order: it wins over inline positions.
+            headers["Last-Event-ID"] = self.cursor
+            return [("job", job_id) for job_id in self.job_ids], headers
+        params = []
+        for job_id in self.job_ids:
+            seq, epoch = self.last_seq[job_id], self.epoch[job_id]
+            if seq:
+                params.append(("job", f"{job_id}:{seq}~{epoch}" if epoch else f"{job_id}:{seq}"))
+            elif self.tail is not None and self.connections == 0:
+                params.append(("job", f"{job_id}~{self.tail}"))
+            else:
+                params.append(("job", job_id))
+        return params, headers
+
+    def _connection(self) -> Iterator[JobEvent]:
+        """Read one connection; return "over" (204: nothing more), "closed" (the server
+        ended it), "retry" (at once: a cursor it refused) or "dropped"."""
+        params, headers = self._request()
+        try:
+            with self.client.stream("GET", f"{self.base_url}/events", params=params,
+                                    headers=headers) as r:
+                if r.status_code == 204:
+                    self.backoff.reset()
+                    for job_id in self.job_ids:
+                        self.ended.setdefault(job_id, "ended")
+                    return "over"
+                if r.status_code in (400, 401, 403):
+                    r.read()
+                    if self.cursor is not None and _field(r) == "Last-Event-ID":
+                        self.cursor = None  # a cursor this server does not read: go inline
+                        return "retry"
+                    raise BadInput(_message(r) or f"HTTP {r.status_code}")
+                if r.status_code != 200:
+                    return "dropped"
+                self.backoff.reset()
+                self.connections += 1
+                for event_id, event, data in parse_blocks(r.iter_lines()):
+                    if event_id is not None:
+                        self.cursor = event_id
+                    if data is None:
+                        continue
+                    for ev in self._events(event, data):
+                        yield ev
+                return "closed"
+        except RETRYABLE:
+            pass
+        return "dropped"
+
+    def _events(self, event: str, raw: str) -> list[JobEvent]:
+        """What one event gives: nothing for a duplicate, the stream's own, or a job's."""
+        data = json.loads(raw)
+        if event in ("hello", "bye"):
+            self.backoff.retry(int(data.get("retry") or 0))
+            return []
+        job_id = data.get("job")
+        if job_id not in self.last_seq:
+            return []
+        if event in NOTICES:
+            if event == "tail" and data.get("after"):
+                self.last_seq[job_id] = max(self.last_seq[job_id], int(data["after"]))
+            elif event == "trimmed" and data.get("first_seq"):
+                self.last_seq[job_id] = max(self.last_seq[job_id], int(data["first_seq"]) - 1)
+            elif event in ("missing", "ended"):
+                self.ended.setdefault(job_id, event)
+            return [JobEvent(job_id, event, data, raw)]
+        if event == "reset":
+            # The log is not what we followed: go on after ``after``, in its new epoch.
+            self.last_seq[job_id] = int(data.get("after") or 0)
+            self.epoch[job_id] = data.get("epoch") or None
+            return [JobEvent(job_id, event, data, raw)]
+        seq = data.get("seq")
+        if not isinstance(seq, int):
+            return [JobEvent(job_id, event, data, raw)]  # a kind of event this client does not know
+        if seq <= self.last_seq[job_id]:
+            self.duplicates += 1
+            return []
+        self.last_seq[job_id] = seq
+        self.epoch[job_id] = data.get("ep") or self.epoch[job_id]
+        if event in TERMINAL_KINDS:
+            self.ended[job_id] = event
+        return [JobEvent(job_id, event, data, raw)]
+
+
+def _field(r: httpx.Response) -> str | None:
+    try:
+        return r.json().get("field")
+    except ValueError:
+        return None
+
+
+def _client(token: str, read_timeout: float) -> httpx.Client:
+    """An HTTP client for the stream (the token, for a private server)."""
+    headers = {"User-Agent": "jobcast-follow"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True,
+                        headers=headers)
+
+
+def watch_many(job_ids: list[str], base_url: str, *, token: str = "", tail: int | None = None,
+               reconnect_for: float = 120.0, read_timeout: float = 60.0,
+               client: httpx.Client | None = None) -> Iterator[JobEvent]:
+    """Every event of several jobs, over one connection to the Jobcast server at
+    ``base_url``: each job's entries once and in seq order, across reconnections, until
+    every job has ended.
+
+    ``token``: JOBCAST_TOKEN, for a private server. ``tail``: begin each job with its last N
+    values. Raises :class:`~jobcast.cli.client.BadInput` (a malformed id, a refused
+    request) or :class:`~jobcast.cli.client.Unreachable` (no answer for ``reconnect_for`` s).
+    """
+    own = client is None
+    http = client or _client(token, read_timeout)
+    try:
+        yield from MultiEventStream(http, base_url, list(job_ids),
+                                    JitterBackoff(reconnect_for), tail=tail)
+    finally:
+        if own:
+            http.close()
+
+
+class MultiFollower:
+    """``jobcast follow a b c``: print several jobs' values and notes as they come."""
+
+    def __init__(self, job_ids: list[str], base_url: str, display: Display, *,
+                 reconnect_for: float = 120.0, tail: int | None = None, token: str = "",
+                 client: httpx.Client | None = None):
+        """Configure; :meth:`run` does the work and returns the exit code."""
+        self.display = display
+        self.base_url = base_url.rstrip("/")
+        self.client = client or _client(token, 60.0)
+        self.backoff = JitterBackoff(reconnect_for, on_outage=self._outage)
+        self.stream = MultiEventStream(self.client, base_url, job_ids, self.backoff, tail=tail)
+        self.attempts: dict[str, int] = {}
+        self.values: dict[str, int] = {}   # values seen per job
+        self.replaced: set[str] = set()    # jobs a reset replaced printed values of
+        self.outcomes: dict[str, dict] = {}
+
+    def _outage(self) -> None:
+        if self.stream.connections:
+            self.display.note("reconnecting… (each job resumes after its last entry)")
+
+    def run(self) -> int:
+        """Follow until every job has ended; the worst outcome's exit code."""
+        for ev in self.stream:
+            self._show(ev)
+        for job_id in self.stream.job_ids:
+            if job_id not in self.outcomes:
+                self._ended_without_entry(job_id)
+        kinds = ["replaced" if o["kind"] == "finished" and job_id in self.replaced else o["kind"]
+                 for job_id, o in self.outcomes.items()]
+        return OUTCOMES[max(kinds, key=lambda kind: OUTCOMES[kind][0])][1]
+
+    def _show(self, ev: JobEvent) -> None:
+        """Print one event (plain: values on stdout, the rest on stderr; json: entries)."""
+        short = ev.job[:8]
+        plain = self.display.output == "plain"
+        if ev.event in NOTICES:
+            if ev.event == "missing":
+                self.outcomes[ev.job] = {"kind": "missing"}
+                self.display.note(f"{short} no job with id {ev.job}")
+            elif ev.event == "trimmed" and plain and ev.data.get("lost"):
+                self.display.note(f"{short} {ev.data['lost']:,} earlier entries are no longer kept")
+            elif ev.event == "tail" and ev.data.get("skipped"):
+                self.values[ev.job] = int(ev.data["skipped"])
+                if plain:
+                    self.display.note(f"{short} skipping {ev.data['skipped']:,} earlier values")
+            return
+        if ev.event == "reset":
+            self._reset(ev)
+            return
+        if not plain:
+            self.display.entry(ev.raw)
+        kind = ev.data.get("kind")
+        if kind in TERMINAL_KINDS:
+            self.outcomes[ev.job] = ev.data
+            if plain:
+                self.display.note(f"{short} {_ending(ev.data)}")
+        elif kind == "value":
+            self.values[ev.job] = ev.data["i"] + 1
+            if plain:
+                self.display.value(f"{short} {ev.data['v']}")
+        elif not plain:
+            return
+        elif kind == "log" and self.display.show_output:
+            attempt = ev.data.get("attempt")
+            if self.attempts.setdefault(ev.job, attempt) != attempt:
+                self.attempts[ev.job] = attempt
+                self.display.note(f"{short} (attempt {attempt})")
+            self.display.printed({"text": f"{short} {line_text(ev.data)}", "attempt": None})
+        elif kind == "retrying":
+            self.display.note(f"{short} retrying: {ev.data.get('reason')}")
+
+    def _reset(self, ev: JobEvent) -> None:
+        """A job's ``reset``: Redis lost entries of it we had (a failover), or its log was
+        re-created. Say so; the stream goes on from the value the log goes on with."""
+        values = int(ev.data.get("values") or 0)
+        if values < self.values.get(ev.job, 0):
+            self.replaced.add(ev.job)
+            text = f"values from #{values:,} on were replaced"
+        else:
+            text = f"it goes on from value #{values:,}"
+        self.values[ev.job] = values
+        if self.display.output == "json":
+            self.display.entry(json.dumps({"kind": "reset", **ev.data}, separators=(",", ":")))
+        self.display.note(f"{ev.job[:8]} the job's log was reset after a Redis failover"
+                          f" ({ev.data.get('reason')}): {text}")
+
+    def _ended_without_entry(self, job_id: str) -> None:
+        """A job whose stream ended before its terminal entry came (it had ended at the
+        position resumed, or its log expired): its status says how."""
+        try:
+            r = self.client.get(f"{self.base_url}/api/jobs/{job_id}")
+            info = r.json() if r.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            info = {}
+        kind = info.get("status") if info.get("status") in TERMINAL_KINDS else "failed"
+        self.outcomes[job_id] = {"kind": kind, "reason": info.get("reason")}
+        if self.display.output == "plain":
+            self.display.note(f"{job_id[:8]} {_ending(self.outcomes[job_id])}")
+
+
+def _ending(entry: dict) -> str:
+    """How a job ended, as the single-job follow says it."""
+    kind = entry.get("kind")
+    if kind == "finished":
+        return "Done"
+    if kind == "cancelled":
+        return "Cancelled" + (f" by {entry['by']}" if entry.get("by") else "")
+    return f"Failed: {entry.get('reason') or 'unknown reason'}"
+
+
+def follow_many(job_ids: list[str], base_url: str, *, output: str = "plain",
+                reconnect_for: float = 120.0, out: IO[str] | None = None,
+                err: IO[str] | None = None, tail: int | None = None, token: str = "",
+                show_output: bool = True) -> int:
+    """Follow several jobs over one connection; the exit code of the worst outcome."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    problem = bad_input(job_ids, base_url, tail)
+    if problem:
+        err.write(f"jobcast: {problem}\n")
+        return EXIT_BAD_INPUT
+    display = Display(output, False, out, err, show_output)  # no bar: several jobs at once
+    client = _client(token, 60.0)
+    try:
+        return run_reporting(lambda: MultiFollower(job_ids, base_url, display, client=client,
+                                                   reconnect_for=reconnect_for, tail=tail).run(),
+                             err, lambda: "interrupted")
+    finally:
+        client.close()

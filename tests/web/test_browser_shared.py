@@ -1,0 +1,338 @@
+"""One stream per browser, however many tabs (jobcast.js), in a real headless Chromium against
+a real gunicorn and Redis.
+
+Jobs are written straight to their logs by a thread of the test (a value every 0.1 s each, no
+RQ worker), so a dozen run at once on two cores. What the server holds is read from its own
+gauge of open stream connections (``jobcast_streams`` on /metrics): Playwright does not see a
+SharedWorker's requests.
+
+The LAN browser opens the server as http://jobcast.test:<port> (mapped to 127.0.0.1): plain
+HTTP to a host name is not a secure context, so it has no Web Locks; the SharedWorker is what
+shares the stream there. The locks fallback is tested on 127.0.0.1 (a secure context).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from jobcast.core.joblog import JobLog
+from tests.conftest import (CHROMIUM_FLAGS, WebServer, assert_page_clean, chromium_path,
+                            wait_for, watch)
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+
+pytestmark = pytest.mark.slow  # gunicorns and Chromiums of its own
+
+LAN_HOST = "jobcast.test"
+DONE = "() => document.getElementById('end').textContent === 'Done'"
+LIVE_VALUE = ("() => { const p = window.jobcastPage(); "
+              "return p.connection === 'live' && p.values.length > 0; }")
+
+
+@pytest.fixture(scope="module")
+def server(redis_server, logs_dir):
+    """A gunicorn of this module's own (two processes, quick heartbeats); jobs written by the
+    tests have no RQ worker, so the watchdog is told not to fail them as orphans."""
+    web = WebServer(redis_server.url, workers=2, log_path=logs_dir / "web-shared.log",
+                    JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600").start()
+    yield web
+    web.stop()
+
+
+@pytest.fixture(scope="module")
+def lan_browser(browser):
+    """Chromium resolving jobcast.test to 127.0.0.1: the server as a LAN host on plain HTTP
+    (launched by the module's Playwright: one per process)."""
+    b = browser.browser_type.launch(
+        executable_path=chromium_path(), headless=True,
+        args=[*CHROMIUM_FLAGS, f"--host-resolver-rules=MAP {LAN_HOST} 127.0.0.1"])
+    yield b
+    b.close()
+
+
+class Writer:
+    """Jobs written straight to their logs: every 0.1 s a value of each, until :meth:`finish`."""
+
+    def __init__(self, redis, count: int, interval: float = 0.1):
+        """Create ``count`` running jobs and start writing."""
+        self.logs = [JobLog(redis, uuid.uuid4().hex) for _ in range(count)]
+        for log in self.logs:
+            log.create("sqrt", {}, None)
+            log.started("test-writer", 1)
+        self.ids = [log.job_id for log in self.logs]
+        self.written = {job_id: [] for job_id in self.ids}
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            for log in self.logs:
+                text = f"{log.job_id[:6]}:{i}"
+                log.value(i, text)
+                self.written[log.job_id].append(text)
+            i += 1
+            self.stop.wait(self.interval)
+        for log in self.logs:
+            log.finished()
+
+    def finish(self) -> None:
+        """Stop writing, and end every job."""
+        self.stop.set()
+        self.thread.join(10)
+
+
+def open_streams(base: str) -> int:
+    """The server's open stream connections (all its processes)."""
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith("jobcast_streams "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+class Sampler:
+    """Samples the server's open stream connections every 100 ms, in a thread."""
+
+    def __init__(self, base: str):
+        """Start sampling ``base``."""
+        self.base = base
+        self.samples: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append((time.monotonic(), open_streams(self.base)))
+            self.stop.wait(0.1)
+
+    def most(self, since: float = 0.0) -> int:
+        """The most connections seen since ``since`` (time.monotonic())."""
+        return max([n for t, n in self.samples if t >= since] or [0])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def texts(pg) -> list[str]:
+    """The values a job page shows, in order."""
+    return pg.evaluate("window.jobcastPage().values")
+
+
+def stats(pg) -> dict:
+    return pg.evaluate("Jobcast.stats()")
+
+
+def no_polls(requests: list[str]) -> None:
+    """No page read the job list or a job's status (GET /api/jobs?…, /api/jobs/<id>)."""
+    polls = [u for u in requests if re.search(r"/api/jobs(\?|/[^/?]+(\?|$))", u)]
+    assert polls == [], f"the pages polled: {polls[:5]}"
+
+
+def test_twelve_job_tabs_and_the_home_page_on_plain_http_share_one_stream_connection(
+        lan_browser, server, redis):
+    base = f"http://{LAN_HOST}:{server.port}"
+    wait_for(lambda: open_streams(server.url) == 0, 10, what="no stream left by another test")
+    writer = Writer(redis, 12)
+    sampler = Sampler(server.url)
+    ctx = lan_browser.new_context()
+    requests: list[str] = []
+    ctx.on("request", lambda r: requests.append(r.url))
+    try:
+        home = watch(ctx.new_page())
+        home.goto(base)
+        assert home.evaluate("[window.isSecureContext, typeof navigator.locks]") == [False, "undefined"]
+        tabs, took = [], []
+        for job_id in writer.ids:
+            pg = watch(ctx.new_page())
+            t0 = time.monotonic()
+            pg.goto(f"{base}/jobs/{job_id}")
+            pg.wait_for_function(LIVE_VALUE, timeout=5000)
+            took.append(time.monotonic() - t0)
+            tabs.append(pg)
+        print(f"12 job tabs: live with a value after {min(took):.2f}-{max(took):.2f} s")
+        assert {stats(pg)["mode"] for pg in (home, *tabs)} == {"worker"}
+        # Every tab goes on showing new values, over one connection for the whole browser.
+        settled = time.monotonic() + 1.0
+        counts = [len(texts(pg)) for pg in tabs]
+        for pg, count in zip(tabs, counts):
+            pg.wait_for_function(f"() => window.jobcastPage().values.length >= {count + 10}", timeout=5000)
+        wait_for(lambda: sampler.samples[-1][0] > settled + 2, 5, what="two seconds of samples")
+        shared = stats(home)
+        assert sorted(shared["jobs"]) == sorted(writer.ids) and shared["list"], shared
+        assert sampler.most(settled) == 1, sampler.samples[-30:]
+        for job_id in writer.ids:
+            home.locator(f"#jobs tr[data-id='{job_id}']").wait_for(timeout=5000)
+
+        writer.finish()
+        for pg, job_id in zip(tabs, writer.ids):
+            pg.wait_for_function(DONE, timeout=15000)
+            page = pg.evaluate("window.jobcastPage()")
+            assert page["values"] == writer.written[job_id], "every value once, in order"
+            assert page["duplicates"] == 0 and page["gaps"] == 0
+        home.wait_for_function(
+            "ids => ids.every(id => document.querySelector(`#jobs tr[data-id='${id}']`).dataset.status === 'finished')",
+            arg=writer.ids, timeout=10000)
+        # The whole time, one connection at most: each change of the set of jobs closes the
+        # stream before opening the next, and the server frees a closed one at once.
+        print(f"open stream connections: at most {sampler.most()} while 13 tabs opened, "
+              f"{sampler.most(settled)} once open; the worker opened {stats(home)['connections']}")
+        assert sampler.most() == 1, sampler.samples
+        no_polls(requests)
+        for pg in (home, *tabs):
+            assert_page_clean(pg)
+    finally:
+        sampler.close()
+        writer.finish()
+        ctx.close()
+
+
+def open_job(ctx, base: str, job_id: str):
+    pg = watch(ctx.new_page())
+    pg.goto(f"{base}/jobs/{job_id}")
+    pg.wait_for_function(LIVE_VALUE, timeout=5000)
+    return pg
+
+
+@pytest.mark.parametrize("share", ["worker", "locks"])
+def test_closing_the_tab_that_holds_the_connection_loses_and_repeats_no_value(
+        share, browser, lan_browser, server, redis):
+    # The worker on plain HTTP to a LAN host (no Web Locks there); the locks fallback where
+    # it exists (127.0.0.1 is a secure context).
+    base = f"http://{LAN_HOST}:{server.port}" if share == "worker" else server.url
+    ctx = (lan_browser if share == "worker" else browser).new_context()
+    ctx.add_init_script(f"window.JobcastConfig = {{share: '{share}'}}")
+    wait_for(lambda: open_streams(server.url) == 0, 10, what="no stream left by another test")
+    writer = Writer(redis, 2)
+    sampler = Sampler(server.url)
+    try:
+        a, b = writer.ids
+        tabs = [open_job(ctx, base, job_id) for job_id in (a, a, b)]
+        assert [stats(pg)["mode"] for pg in tabs] == [share] * 3
+        holder = tabs[0]                                # opened the worker, or took the lock
+        if share == "locks":
+            assert [stats(pg)["leader"] for pg in tabs] == [True, False, False]
+        connections = stats(tabs[1])["connections"]
+        rest = tabs[1:]
+        counts = [len(texts(pg)) for pg in rest]
+        holder.close()
+        closed = time.monotonic()
+        wait_for(lambda: all(len(texts(pg)) > n for pg, n in zip(rest, counts)), 5, 0.02,
+                 what="new values in the other tabs")
+        handed = time.monotonic() - closed
+        print(f"{share}: the other tabs had a new value {handed:.2f} s after the holder closed")
+        if share == "locks":
+            assert [stats(pg)["leader"] for pg in rest] == [True, False]
+            assert handed < 1.5
+        else:
+            # The worker lives on with the other tabs: the same connection, no new one; and
+            # it forgot the closed tab (its goodbye: no Web Locks on plain HTTP).
+            assert stats(rest[0])["connections"] == connections
+            wait_for(lambda: stats(rest[0])["tabs"] == 2, 5, what="the worker to forget the tab")
+        after = time.monotonic() + 1.0
+        wait_for(lambda: sampler.samples[-1][0] > after + 1, 5, what="a second of samples")
+        assert sampler.most(after) == 1, sampler.samples[-20:]
+        writer.finish()
+        for pg, job_id in zip(rest, (a, b)):
+            pg.wait_for_function(DONE, timeout=15000)
+            page = pg.evaluate("window.jobcastPage()")
+            assert page["values"] == writer.written[job_id], "every value once, in order"
+            assert page["gaps"] == 0
+            assert_page_clean(pg)
+    finally:
+        sampler.close()
+        writer.finish()
+        ctx.close()
+
+
+# Collect a set of jobs' values on a page through Jobcast.watch (the page's own jobcast.js).
+WATCH = """ids => {
+    window.got = window.got || {}; window.handles = window.handles || {};
+    for (const id of ids) {
+        window.got[id] = [];
+        window.handles[id] = Jobcast.watch(id, {onValue: (v, e) => window.got[id].push(e.v),
+                                                onEnd: e => { window.got[id].end = e.kind; }});
+    }
+}"""
+
+
+def got(pg, job_id: str) -> list[str]:
+    return pg.evaluate("id => window.got[id]", job_id)
+
+
+@pytest.mark.parametrize("share", ["auto", "none"])  # the worker, and one stream per tab
+def test_a_job_added_to_and_removed_from_a_watch_set_gets_every_value_once(share, browser, server,
+                                                                             redis):
+    writer = Writer(redis, 2)
+    ctx = browser.new_context()
+    ctx.add_init_script(f"window.JobcastConfig = {{share: '{share}'}}")
+    try:
+        a, b = writer.ids
+        pg = watch(ctx.new_page())
+        pg.goto(server.url)                             # the home page: its job list, and jobcast.js
+        pg.evaluate(WATCH, [a])
+        assert stats(pg)["mode"] == ("worker" if share == "auto" else "none")
+        pg.wait_for_function("id => window.got[id].length >= 5", arg=a)
+        pg.evaluate(WATCH, [b])                         # added: the stream now carries both
+        pg.wait_for_function("id => window.got[id].length >= 5", arg=b)
+        wait_for(lambda: sorted(stats(pg)["jobs"]) == sorted([a, b]), 5, what="both jobs in the stream")
+        pg.evaluate("id => window.handles[id].close()", a)  # removed: b goes on alone
+        wait_for(lambda: stats(pg)["jobs"] == [b], 5, what="a gone from the stream")
+        kept = len(got(pg, a))
+        count = len(got(pg, b))
+        pg.wait_for_function(f"id => window.got[id].length >= {count + 10}", arg=b)
+        writer.finish()
+        pg.wait_for_function("id => window.got[id].end === 'finished'", arg=b, timeout=10000)
+        assert got(pg, b) == writer.written[b], "every value of b once, in order"
+        assert got(pg, a) == writer.written[a][:kept] and len(got(pg, a)) == kept, \
+            "a's values up to its removal, and none after"
+        assert stats(pg)["gaps"] == 0 and stats(pg)["list"], stats(pg)
+        assert_page_clean(pg)
+    finally:
+        writer.finish()
+        ctx.close()
+
+
+def test_a_multi_job_stream_resumes_exactly_for_every_job_after_a_web_restart(
+        browser, redis_server, redis, logs_dir):
+    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-shared-restart.log",
+                    JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600").start()
+    writer = Writer(redis, 3)
+    ctx = browser.new_context()
+    try:
+        pg = watch(ctx.new_page())
+        pg.goto(web.url)
+        pg.evaluate(WATCH, writer.ids)
+        for job_id in writer.ids:
+            pg.wait_for_function("id => window.got[id].length >= 5", arg=job_id)
+        web.stop(signal.SIGQUIT)                        # abrupt: writes may break off midway
+        pg.wait_for_function("() => Jobcast.stats().state === 'reconnecting'", timeout=10000)
+        restarted = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-shared-restart.log",
+                              JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600")
+        restarted.port = web.port
+        web = restarted.start()
+        pg.wait_for_function("() => Jobcast.stats().state === 'live'", timeout=40000)
+        counts = {job_id: len(got(pg, job_id)) for job_id in writer.ids}
+        for job_id in writer.ids:
+            pg.wait_for_function(f"id => window.got[id].length >= {counts[job_id] + 5}", arg=job_id)
+        writer.finish()
+        for job_id in writer.ids:
+            pg.wait_for_function("id => window.got[id].end === 'finished'", arg=job_id, timeout=10000)
+            assert got(pg, job_id) == writer.written[job_id], "every value once, in order"
+        shared = stats(pg)
+        assert shared["reconnects"] >= 1 and shared["gaps"] == 0, shared
+        assert_page_clean(pg)
+    finally:
+        writer.finish()
+        ctx.close()
+        web.stop()

@@ -1,0 +1,1082 @@
+// jobcast.js: watch Jobcast jobs from a web page, over one stream per browser.
+//
+//   <script src="/static/jobcast.js"></script>
+//   var w = Jobcast.watch(id, {onValue: function (v, e) {...}, onEnd: function (e) {...}});
+//   w.close();
+//
+// Every watch of every tab of one origin shares a single server-sent events connection
+// (GET /events?job=a&job=b…, see web/events.py): a browser allows six HTTP/1.1 connections per
+// host, so one connection per job would stall the seventh tab. How the tabs share it:
+//
+//   "worker"  a SharedWorker running this very file holds the connection while any tab is open
+//             (works on plain HTTP too; Chrome on Android has it from version 148);
+//   "locks"   else, the tab holding the Web Lock "jobcast… leader" holds it and relays entries
+//             over a BroadcastChannel; when it closes, the next tab in the lock's queue takes
+//             over, reconnecting from the lowest position any tab holds (secure contexts only);
+//   "none"    else, each tab has its own connection (still one for all of that tab's jobs).
+//
+// Exactly once, in order: each job's entries carry their seq; the connection's manager
+// forwards an entry only if it follows the last one (a skipped seq within a connection makes
+// it read again from there), and each watch drops any seq it has already seen. Changing the
+// set of jobs reconnects with every job's position inline (job=<id>:<seq>). After an error it
+// reconnects after a full-jitter backoff whose floor is the server's retry (from `hello`).
+//
+// The same file is the page API and, inside a SharedWorker, the manager: no build step.
+(function (root) {
+  "use strict";
+
+  var VERSION = "1";                // pages and workers of one version only talk to each other
+  var TERMINAL = { finished: true, failed: true, cancelled: true };
+  var ENTRY_KINDS = ["queued", "started", "value", "log", "retrying", "finished", "failed", "cancelled"];
+  var JOB_META = ["tail", "trimmed", "missing", "ended", "reset"];
+  var LIST_EVENTS = ["snapshot", "job"];
+  var MAX_JOBS = 100;               // the server's cap per stream; more jobs wait their turn
+  var RING = 2000;                  // entries kept per job, to serve a tab that joins later
+  var CAP = 30000;                  // longest wait between two connection attempts (ms)
+  var DEBOUNCE = 150;               // job-set changes within this many ms make one reconnect
+  var STATUS_EVERY = 15000;         // how often the job's status (watchers) is read again
+  var STATUS_BY_CHANGE = { queued: "queued", started: "running", retrying: "queued",
+                           finished: "finished", failed: "failed", cancelled: "cancelled" };
+
+  // Full jitter (as centrifuge-js): the server's retry as a floor, then a random share of an
+  // exponentially growing window, so a restarted server is not met by every client at once.
+  function backoff(floor, attempt) {
+    var window = Math.min(CAP, floor * Math.pow(2, attempt));
+    return Math.min(CAP, floor + Math.floor(Math.random() * window));
+  }
+
+  // Soon, in order, never within the caller (messages behave alike in every sharing mode).
+  function later(fn) { Promise.resolve().then(fn); }
+
+  // A callback of the caller's, whose exception must not break the stream for the others.
+  function call(fn, a, b) {
+    if (typeof fn !== "function") { return; }
+    try { fn(a, b); } catch (e) { setTimeout(function () { throw e; }, 0); }
+  }
+
+  function randomId() { return Math.random().toString(36).slice(2) + Date.now().toString(36); }
+
+  // ---- the job list's model: JobInfo rows kept current by the feed's items ------------------
+
+  // Apply a feed item to a JobInfo row (as GET /api/jobs lists them) when it is newer than
+  // the row (item.jseq > row.last_seq): a snapshot and items that cross are then harmless.
+  function applyChange(job, item) {
+    if (!(item.jseq > (job.last_seq || 0))) { return false; }
+    job.last_seq = item.jseq;
+    if (STATUS_BY_CHANGE[item.change]) { job.status = STATUS_BY_CHANGE[item.change]; }
+    if (item.change === "progress" && job.status === "queued") { job.status = "running"; }
+    job.progress = job.progress || { i: 0, n: null };
+    if (typeof item.values === "number") { job.progress.i = item.values; }
+    if (item.n !== undefined && item.n !== null) { job.progress.n = item.n; }
+    if (item.task) { job.task = item.task; }
+    if (item.change === "started") {
+      job.worker = item.worker || job.worker;
+      job.attempt = item.attempt || job.attempt;
+      job.started_at = job.started_at || item.ts;
+    }
+    if (item.reason !== undefined) { job.reason = item.reason; }
+    if (TERMINAL[item.change]) { job.ended_at = item.ts; }
+    if (item.change === "cancelled") { job.cancelled_by = item.by || null; }
+    return true;
+  }
+
+  // A row for a job the list has not seen: only a creation (queued) makes one.
+  function newRow(item) {
+    return { id: item.job, task: item.task || "", params: {}, status: "queued",
+             progress: { i: 0, n: null }, worker: null, attempt: 0, created_at: item.ts,
+             started_at: null, ended_at: null, reason: null, last_seq: 0, cancelled_by: null };
+  }
+
+  // Apply an item to a model (Map id → row) of at most `limit` rows, newest first; the row
+  // changed (or made), or null when the item is about a job outside the list.
+  function applyToModel(model, item, limit) {
+    var row = model.get(item.job);
+    if (!row) {
+      if (item.change !== "queued") { return null; }
+      row = newRow(item);
+      model.set(item.job, row);
+    }
+    applyChange(row, item);
+    if (model.size > limit) { sorted(model, model.size).slice(limit).forEach(function (j) { model.delete(j.id); }); }
+    return model.has(item.job) ? row : null;
+  }
+
+  // The rows of a model, newest first, at most `limit` of them.
+  function sorted(model, limit) {
+    return Array.from(model.values()).sort(function (a, b) {
+      return (b.created_at || 0) - (a.created_at || 0);
+    }).slice(0, limit);
+  }
+
+  // ---- the manager: one EventSource for every job any client watches -----------------------
+  //
+  // Clients are tabs (a MessagePort in the worker, a tab id on the BroadcastChannel, or the
+  // page itself). send(clients, message) delivers to them. Messages to the manager:
+  //   {t:"watch", job, after, tail, sig, status}   {t:"unwatch", job}
+  //   {t:"list", limit, after}   {t:"unlist"}   {t:"bye"}
+  // and from it: {t:"ev", job, ev, d} (an entry or a job's tail/trimmed/missing/ended/reset/
+  // refused), {t:"lev", ev, d} (the list's snapshot/job/refused), {t:"state", state, jobs,
+  // list}, {t:"status", job, d} (GET /api/jobs/<id>), {t:"stats", d}.
+
+  function Manager(base, send) {
+    this.base = base;               // the server's URL prefix, ending in "/"
+    this.send = send;
+    this.jobs = new Map();          // id → job record (below)
+    this.list = null;               // the job list's record, when a client asks for it
+    this.clients = new Map();       // client → {jobs: Set, list: bool}
+    this.es = null;
+    this.conn = null;               // {url, ids, list, opened}
+    this.timer = null;
+    this.due = 0;
+    this.force = false;             // reconnect even if the set of jobs is the same
+    this.notBefore = 0;             // backing off: no attempt before this time
+    this.floor = 1000;              // the server's retry (ms), from `hello`
+    this.attempt = 0;
+    this.state = "connecting";
+    this.statusTimer = null;
+    this.counts = { connections: 0, reconnects: 0, duplicates: 0, gaps: 0 };
+  }
+
+  // One message from a client.
+  Manager.prototype.handle = function (client, m) {
+    switch (m.t) {
+      case "watch": this.watch(client, m); break;
+      case "unwatch": this.unwatch(client, m.job); break;
+      case "list": this.watchList(client, m); break;
+      case "unlist": this.unwatchList(client); break;
+      case "bye": this.drop(client); break;
+      case "stats": this.send([client], { t: "stats", d: this.stats() }); break;
+    }
+  };
+
+  Manager.prototype.client = function (client) {
+    var c = this.clients.get(client);
+    if (!c) { c = { jobs: new Set(), list: false }; this.clients.set(client, c); }
+    return c;
+  };
+
+  // A client watches a job from `after` (its position), or its last `tail` values.
+  Manager.prototype.watch = function (client, m) {
+    var J = this.jobs.get(m.job), after = m.after || 0;
+    var wantsTail = m.tail !== null && m.tail !== undefined && !after;
+    this.client(client).jobs.add(m.job);
+    if (!J) {
+      J = { id: m.job, cursor: after, tail: wantsTail ? m.tail : null, sig: m.sig || null,
+            clients: new Map(), ring: [], values: 0, started: false, ended: false,
+            missing: false, refused: false, refusedEv: null, fresh: false, lowered: false, respec: false,
+            tailEv: null, trimmedEv: null, stuck: 0, seen: -1 };
+      this.jobs.set(m.job, J);
+      J.clients.set(client, { status: !!m.status });
+      this.sendState([client]);
+      this.changed();
+    } else {
+      J.clients.set(client, { status: !!m.status });
+      this.sendState([client]);
+      if (J.refused && m.sig && m.sig !== J.sig) { J.refused = false; J.respec = true; this.changed(); }
+      if (m.sig) { J.sig = m.sig; }
+      if (J.refused) {
+        this.send([client], { t: "ev", job: J.id, ev: "refused", d: J.refusedEv });
+      } else {
+        this.catchUp(J, client, after, wantsTail ? m.tail : null);
+      }
+    }
+    if (m.status) { this.status(J, [client]); this.statusLoop(); }
+  };
+
+  // A client joins a job others already follow: give it what it lacks from the ring, or read
+  // the job again from where it needs (the others drop what they already have, by seq).
+  Manager.prototype.catchUp = function (J, client, after, tail) {
+    var self = this;
+    function send(ev, d) { self.send([client], { t: "ev", job: J.id, ev: ev, d: d }); }
+    if (!J.started) {
+      // Nothing delivered yet: the next connection asks for what every client needs.
+      if (J.missing) { send("missing", { job: J.id }); return; }
+      if (tail !== null) {
+        if (J.tail !== null && tail > J.tail) { J.tail = tail; J.respec = true; this.changed(); }
+      } else if (J.tail !== null || after < J.cursor) {
+        J.tail = null;
+        J.cursor = Math.min(J.cursor, after);
+        J.respec = true;
+        this.changed();
+      }
+      return;
+    }
+    var ring = J.ring;
+    if (tail !== null) {
+      // Its last `tail` values, as the server's ?tail= would start (from the ring).
+      var k = ring.length, values = 0;
+      while (k > 0 && values < tail) { k -= 1; if (ring[k].kind === "value") { values += 1; } }
+      var before = k > 0 ? ring[k - 1].seq : (ring.length ? ring[0].seq - 1 : J.cursor);
+      var firstValue = null;
+      for (var v = k; v < ring.length; v++) { if (ring[v].kind === "value") { firstValue = ring[v].i; break; } }
+      send("tail", { job: J.id, tail: tail, after: before, skipped: firstValue === null ? J.values : firstValue });
+      for (var i = k; i < ring.length; i++) { send(ring[i].kind, ring[i]); }
+      if (J.ended && !ring.length) { send("ended", { job: J.id, after: J.cursor }); }
+      return;
+    }
+    if (after >= J.cursor) {
+      if (J.ended) { send("ended", { job: J.id, after: J.cursor }); }
+      return;
+    }
+    var first = ring.length ? ring[0].seq : J.cursor + 1;
+    var fromTrim = after === 0 && J.trimmedEv && first === J.trimmedEv.first_seq;
+    if (first <= after + 1 || fromTrim) {
+      if (fromTrim) { send("trimmed", J.trimmedEv); }
+      for (var j = 0; j < ring.length; j++) { if (ring[j].seq > after) { send(ring[j].kind, ring[j]); } }
+      return;
+    }
+    // The ring does not reach back that far: read the job again from `after`.
+    J.cursor = after;
+    J.ring = [];
+    J.ended = false;
+    J.lowered = true;
+    this.changed();
+  };
+
+  Manager.prototype.unwatch = function (client, job) {
+    var J = this.jobs.get(job), c = this.clients.get(client);
+    if (c) { c.jobs.delete(job); }
+    if (!J) { return; }
+    J.clients.delete(client);
+    if (J.clients.size === 0) { this.jobs.delete(job); this.changed(); }
+  };
+
+  // A client wants the job list (a snapshot of the newest `limit` jobs, then every change).
+  Manager.prototype.watchList = function (client, m) {
+    var L = this.list, after = m.after === undefined ? null : m.after;
+    this.client(client).list = true;
+    if (!L) {
+      this.list = { limit: m.limit, cursor: after, model: null, clients: new Set([client]),
+                    fresh: false, respec: false };
+      this.sendState([client]);
+      this.changed();
+      return;
+    }
+    L.clients.add(client);
+    this.sendState([client]);
+    if (m.limit > L.limit) {
+      L.limit = m.limit;            // a bigger list: everyone gets a new snapshot
+      L.cursor = null;
+      L.model = null;
+      L.respec = true;
+      this.changed();
+    } else if (L.model) {
+      if (after === null || after < L.cursor) {
+        this.send([client], { t: "lev", ev: "snapshot", d: { seq: L.cursor, jobs: sorted(L.model, m.limit) } });
+      }
+    } else if (L.cursor !== null && (after === null || after < L.cursor)) {
+      L.cursor = after;             // resumed without a snapshot: ask again from where it needs
+      L.respec = true;
+      this.changed();
+    }
+  };
+
+  Manager.prototype.unwatchList = function (client) {
+    var c = this.clients.get(client), L = this.list;
+    if (c) { c.list = false; }
+    if (!L) { return; }
+    L.clients.delete(client);
+    if (L.clients.size === 0) { this.list = null; this.changed(); }
+  };
+
+  // A client is gone (closed, or silent too long): forget what it watched.
+  Manager.prototype.drop = function (client) {
+    var c = this.clients.get(client), self = this;
+    if (!c) { return; }
+    c.jobs.forEach(function (job) { self.unwatch(client, job); });
+    if (c.list) { this.unwatchList(client); }
+    this.clients.delete(client);
+    this.broadcastStats();
+  };
+
+  // What the connection should carry: jobs some client watches, not ended, at most MAX_JOBS.
+  Manager.prototype.desired = function () {
+    var out = [];
+    this.jobs.forEach(function (J) {
+      if (out.length < MAX_JOBS && J.clients.size && !J.ended && !J.refused) { out.push(J); }
+    });
+    return out;
+  };
+
+  // The set of jobs changed: reconnect soon (changes within DEBOUNCE ms make one).
+  Manager.prototype.changed = function () {
+    this.schedule(Math.max(DEBOUNCE, this.notBefore - Date.now()));
+  };
+
+  Manager.prototype.schedule = function (delay) {
+    var self = this, due = Date.now() + delay;
+    if (this.stopped || (this.timer !== null && this.due <= due)) { return; }
+    clearTimeout(this.timer);
+    this.due = due;
+    this.timer = setTimeout(function () { self.timer = null; self.connect(); }, delay);
+  };
+
+  // Open the connection for the current set of jobs, unless the open one already carries it.
+  Manager.prototype.connect = function () {
+    var self = this, jobs = this.desired();
+    var L = this.list && this.list.clients.size ? this.list : null;
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (!jobs.length && !L) { this.close(); return; }
+    if (this.es && !this.force && !this.differs(jobs, L)) { return; }
+    this.force = false;
+    this.close();
+    var query = [], sigs = [];
+    jobs.forEach(function (J) {
+      var spec = J.id;
+      if (J.tail !== null && !J.started && !J.cursor) { spec += "~" + J.tail; }
+      else if (J.cursor) { spec += ":" + J.cursor + (J.epoch ? "~" + J.epoch : ""); }
+      query.push("job=" + encodeURIComponent(spec));
+      if (J.sig && sigs.indexOf(J.sig) < 0) { sigs.push(J.sig); }
+      J.fresh = true;
+      J.lowered = false;
+      J.respec = false;
+    });
+    if (L) {
+      query.push("list=" + L.limit + (L.cursor !== null
+        ? ":" + L.cursor + (L.epoch ? "~" + L.epoch : "") : ""));
+      L.fresh = true;
+      L.respec = false;
+    }
+    sigs.forEach(function (sig) { query.push("sig=" + encodeURIComponent(sig)); });
+    var url = this.base + "events?" + query.join("&");
+    var es = new EventSource(url);
+    this.es = es;
+    this.conn = { url: url, ids: jobs.map(function (J) { return J.id; }), list: !!L, opened: false,
+                  ended: {} };  // jobs whose stream the server has ended (by id)
+    this.counts.connections += 1;
+    ENTRY_KINDS.concat(JOB_META, LIST_EVENTS, ["hello", "bye"]).forEach(function (type) {
+      es.addEventListener(type, function (ev) { if (self.es === es) { self.onEvent(type, ev.data); } });
+    });
+    es.addEventListener("error", function () { if (self.es === es) { self.onError(); } });
+    this.broadcastStats();
+  };
+
+  // Does the open connection miss a job, carry one nobody wants (and still streaming), or
+  // need a new start?
+  Manager.prototype.differs = function (jobs, L) {
+    var self = this, conn = this.conn;
+    if (!!L !== conn.list || (L && L.respec)) { return true; }
+    var unwanted = conn.ids.some(function (id) {
+      var J = self.jobs.get(id);
+      return !conn.ended[id] && (!J || !J.clients.size);
+    });
+    return unwanted || jobs.some(function (J) { return J.lowered || J.respec || conn.ids.indexOf(J.id) < 0; });
+  };
+
+  Manager.prototype.close = function () {
+    if (this.es) { this.es.close(); this.es = null; }
+  };
+
+  // For good (the page that ran it is going): no connection, no timer left behind.
+  Manager.prototype.stop = function () {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.statusTimer);
+    this.close();
+  };
+
+  // Read again now (a gap, or a connection that stopped bringing anything).
+  Manager.prototype.reconnect = function () {
+    this.force = true;
+    this.schedule(0);
+  };
+
+  // One event of the stream.
+  Manager.prototype.onEvent = function (type, data) {
+    var d;
+    try { d = JSON.parse(data); } catch (e) { return; }
+    if (type === "hello") {
+      this.conn.opened = true;
+      if (d.retry > 0) { this.floor = d.retry; }
+      this.attempt = 0;
+      this.notBefore = 0;
+      this.state = "live";          // every client: which jobs are now live
+      this.sendState(Array.from(this.clients.keys()));
+      this.broadcastStats();
+      return;
+    }
+    if (type === "bye") { if (d.retry > 0) { this.floor = d.retry; } return; }
+    if (type === "snapshot" || type === "job") { this.onList(type, d); return; }
+    if (TERMINAL[type] || type === "missing" || type === "ended") { this.conn.ended[d.job] = true; }
+    var J = this.jobs.get(d.job);
+    if (!J) { return; }
+    if (JOB_META.indexOf(type) >= 0) { this.onMeta(J, type, d); } else { this.onEntry(J, type, d); }
+  };
+
+  // tail, trimmed, missing, ended, reset: where a job's stream starts, or that it will not.
+  Manager.prototype.onMeta = function (J, type, d) {
+    switch (type) {
+      case "tail":
+        J.cursor = Math.max(J.cursor, d.after || 0);
+        J.values = d.skipped || 0;
+        J.tailEv = d;
+        J.started = true;
+        J.ring = [];
+        break;
+      case "trimmed":
+        J.trimmedEv = d;
+        break;
+      case "missing":
+        J.missing = true;
+        J.ended = true;
+        break;
+      case "ended":
+        J.ended = true;
+        J.started = true;
+        this.changed();
+        break;
+      case "reset":                 // Redis failed over: what came after `after` is void
+        if (d.after < J.cursor) { J.cursor = d.after; J.ended = false; }
+        J.epoch = d.epoch;
+        J.ring = J.ring.filter(function (e) { return e.seq <= d.after; });
+        break;
+    }
+    this.send(Array.from(J.clients.keys()), { t: "ev", job: J.id, ev: type, d: d });
+  };
+
+  // An entry: forwarded once, in seq order; a skipped seq within a connection reads again.
+  Manager.prototype.onEntry = function (J, type, d) {
+    if (J.lowered) { return; }      // being read again from earlier: the next connection brings it
+    if (!(d.seq > J.cursor)) { this.counts.duplicates += 1; return; }
+    if (d.seq !== J.cursor + 1) {
+      if (!J.fresh) { this.counts.gaps += 1; this.reconnect(); return; }
+      J.ring = [];                  // the log starts later (trimmed): the ring stays contiguous
+    }
+    J.fresh = false;
+    J.started = true;
+    J.cursor = d.seq;
+    if (d.ep) { J.epoch = d.ep; }   // the log's incarnation: a resume names it
+    if (type === "value") { J.values = d.i + 1; }
+    J.ring.push(d);
+    if (J.ring.length > RING + RING / 4) { J.ring.splice(0, J.ring.length - RING); }
+    this.send(Array.from(J.clients.keys()), { t: "ev", job: J.id, ev: type, d: d });
+    if (TERMINAL[type]) { J.ended = true; this.changed(); }  // a job waiting for room may join
+  };
+
+  // The job list: a snapshot, then items (each applied to the model for later joiners).
+  Manager.prototype.onList = function (type, d) {
+    var L = this.list;
+    if (!L) { return; }
+    if (type === "snapshot") {
+      L.cursor = d.seq;
+      L.epoch = d.epoch || null;
+      L.model = new Map(d.jobs.map(function (j) { return [j.id, j]; }));
+      L.fresh = false;
+    } else {
+      if (L.cursor !== null && !(d.seq > L.cursor)) { this.counts.duplicates += 1; return; }
+      if (L.cursor !== null && d.seq !== L.cursor + 1 && !L.fresh) {
+        this.counts.gaps += 1;
+        this.reconnect();
+        return;
+      }
+      L.fresh = false;
+      L.cursor = d.seq;
+      if (d.ep) { L.epoch = d.ep; }
+      if (L.model) { applyToModel(L.model, d, L.limit); }
+    }
+    this.send(Array.from(L.clients), { t: "lev", ev: type, d: d });
+  };
+
+  // The connection failed or ended: say so, then try again after a backoff.
+  Manager.prototype.onError = function () {
+    var self = this, conn = this.conn;
+    this.close();
+    var jobs = this.desired(), L = this.list && this.list.clients.size;
+    if (!jobs.length && !L) { this.setState("idle"); return; }
+    var allEnded = conn.ids.every(function (id) { var J = self.jobs.get(id); return !J || J.ended; });
+    if (conn.opened && allEnded && !conn.list) { this.schedule(0); return; }  // new jobs joined meanwhile
+    this.counts.reconnects += 1;
+    this.setState("reconnecting");
+    var delay = backoff(this.floor, this.attempt);
+    this.attempt += 1;
+    this.notBefore = Date.now() + delay;
+    this.broadcastStats();
+    if (conn.opened) { this.schedule(delay); return; }
+    // It never opened: an HTTP error? Read it once, and stop asking for what is refused.
+    this.probe(conn.url).then(function () {
+      if (self.desired().length || (self.list && self.list.clients.size)) { self.schedule(Math.max(0, self.notBefore - Date.now())); }
+    });
+  };
+
+  // GET the failed URL once to read the server's reason (EventSource does not tell).
+  Manager.prototype.probe = function (url) {
+    var self = this, ctl = typeof AbortController === "function" ? new AbortController() : null;
+    return fetch(url, { cache: "no-store", signal: ctl ? ctl.signal : undefined }).then(function (r) {
+      if (r.ok) { if (ctl) { ctl.abort(); } return; }
+      if ([400, 401, 403, 404, 414].indexOf(r.status) < 0) { return; }
+      return r.json().catch(function () { return {}; }).then(function (body) { self.refuse(r.status, body, url); });
+    }).catch(function () { /* unreachable: the backoff goes on */ });
+  };
+
+  // The server refused the stream: end the job it names, or everything that URL asked for.
+  Manager.prototype.refuse = function (status, body, url) {
+    var self = this, message = body.message || "HTTP " + status;
+    var named = /\bjob ([A-Za-z0-9_-]{1,128})\b/.exec(message);
+    var victims = named && this.jobs.has(named[1]) ? [named[1]] : this.conn && this.conn.url === url ? this.conn.ids : [];
+    victims.forEach(function (id) {
+      var J = self.jobs.get(id);
+      if (!J) { return; }
+      J.refused = true;
+      J.refusedEv = { job: id, status: status, reason: body.reason || null, message: message };
+      self.send(Array.from(J.clients.keys()), { t: "ev", job: id, ev: "refused", d: J.refusedEv });
+    });
+    if (this.list && this.conn && this.conn.list && !named) {
+      this.send(Array.from(this.list.clients), { t: "lev", ev: "refused", d: { status: status, message: message } });
+      this.list = null;
+    }
+  };
+
+  Manager.prototype.setState = function (state) {
+    if (this.state === state) { return; }
+    this.state = state;
+    this.sendState(Array.from(this.clients.keys()));
+  };
+
+  // Tell clients whether the connection is live, and with which jobs.
+  Manager.prototype.sendState = function (clients) {
+    var conn = this.conn, live = this.state === "live" && conn && conn.opened;
+    this.send(clients, { t: "state", state: this.state, jobs: live ? conn.ids : [],
+                         list: !!(live && conn.list), stats: this.stats() });
+  };
+
+  Manager.prototype.stats = function () {
+    var c = this.counts;
+    return { connections: c.connections, reconnects: c.reconnects, duplicates: c.duplicates,
+             gaps: c.gaps, state: this.state, jobs: this.conn && this.es ? this.conn.ids.slice() : [],
+             list: !!(this.conn && this.es && this.conn.list), retry: this.floor, clients: this.clients.size };
+  };
+
+  Manager.prototype.broadcastStats = function () {
+    this.send(Array.from(this.clients.keys()), { t: "stats", d: this.stats() });
+  };
+
+  // GET /api/jobs/<id> for the clients that want it (the watchers count); also a watchdog:
+  // a log that grew while the connection brought nothing, twice running, means it is stuck.
+  Manager.prototype.status = function (J, clients) {
+    var self = this, url = this.base + "api/jobs/" + encodeURIComponent(J.id) +
+      (J.sig ? "?sig=" + encodeURIComponent(J.sig) : "");
+    fetch(url, { cache: "no-store" }).then(function (r) { return r.ok ? r.json() : null; }).then(function (d) {
+      if (!d) { return; }
+      var wanting = clients || Array.from(J.clients.keys()).filter(function (c) { return J.clients.get(c).status; });
+      self.send(wanting, { t: "status", job: J.id, d: d });
+      if (clients) { return; }
+      var live = self.state === "live" && self.conn && self.conn.ids.indexOf(J.id) >= 0;
+      J.stuck = live && !J.ended && d.last_seq > J.cursor && J.cursor === J.seen ? J.stuck + 1 : 0;
+      J.seen = J.cursor;
+      if (J.stuck >= 2) { J.stuck = 0; self.reconnect(); }
+    }).catch(function () { /* the next round tries again */ });
+  };
+
+  Manager.prototype.statusLoop = function () {
+    var self = this;
+    if (this.statusTimer !== null) { return; }
+    this.statusTimer = setInterval(function () {
+      var any = false;
+      self.jobs.forEach(function (J) {
+        var wants = Array.from(J.clients.values()).some(function (c) { return c.status; });
+        if (wants && !J.ended) { any = true; self.status(J, null); }
+      });
+      if (!any) { clearInterval(self.statusTimer); self.statusTimer = null; }
+    }, STATUS_EVERY);
+  };
+
+  // ---- inside a SharedWorker: serve the tabs that connect ------------------------------------
+
+  if (typeof SharedWorkerGlobalScope !== "undefined" && root instanceof SharedWorkerGlobalScope) {
+    var manager = null;
+    var ports = new Map();          // port → when it last spoke
+    var sendPorts = function (clients, msg) {
+      clients.forEach(function (port) { try { port.postMessage(msg); } catch (e) { /* gone */ } });
+    };
+    // A tab is gone: forget it.
+    var dropPort = function (port) {
+      if (!ports.has(port)) { return; }
+      ports.delete(port);
+      if (manager) { manager.drop(port); }
+      port.close();
+    };
+    root.addEventListener("connect", function (e) {
+      var port = e.ports[0];
+      ports.set(port, Date.now());
+      port.onmessage = function (ev) {
+        var m = ev.data;
+        ports.set(port, Date.now());
+        if (m.t === "hello") {
+          if (!manager) { manager = new Manager(m.base, sendPorts); }
+          port.postMessage({ t: "hello", version: VERSION });
+          return;
+        }
+        if (m.t === "lock") {
+          // In a secure context the tab holds a lock for its life (and says so once it does):
+          // granted here once the tab is gone.
+          if (root.navigator && root.navigator.locks) {
+            root.navigator.locks.request(m.name, function () { dropPort(port); });
+          }
+          return;
+        }
+        if (m.t === "ping" || !manager) { return; }
+        if (m.t === "bye") { dropPort(port); return; }
+        manager.handle(port, m);
+      };
+      port.start();
+    });
+    // A port's close is not reliably seen: tabs ping every 20 s (hidden ones maybe once a
+    // minute) and say bye on pagehide; one silent for 150 s is dropped.
+    setInterval(function () {
+      var now = Date.now();
+      ports.forEach(function (seen, port) { if (now - seen > 150000) { dropPort(port); } });
+    }, 30000);
+    return;
+  }
+
+  // ---- in a page ------------------------------------------------------------------------------
+
+  var doc = root.document;
+  var script = doc && (doc.currentScript || doc.querySelector("script[src*='jobcast.js']"));
+  var SCRIPT = script ? script.src : "";
+  var config = { share: "auto", base: null };
+  if (root.JobcastConfig) { configure(root.JobcastConfig); }
+  var hub = null;
+
+  // The server's prefix: where this script came from, less static/jobcast.js.
+  function defaultBase() {
+    var m = /^(.*\/)static\/jobcast\.js(?:[?#].*)?$/.exec(SCRIPT);
+    return m ? m[1] : new URL("/", root.location.href).href;
+  }
+
+  function base() {
+    var b = new URL(config.base || defaultBase(), root.location.href).href;
+    return b.charAt(b.length - 1) === "/" ? b : b + "/";
+  }
+
+  // The sharing modes this browser and page allow, best first.
+  function modes() {
+    var out = [], loc = root.location;
+    var sameOrigin = SCRIPT && new URL(SCRIPT, loc.href).origin === loc.origin &&
+      new URL(base()).origin === loc.origin;
+    if (typeof SharedWorker === "function" && sameOrigin) { out.push("worker"); }
+    if (root.navigator.locks && typeof BroadcastChannel === "function" && sameOrigin) { out.push("locks"); }
+    out.push("none");
+    return out;
+  }
+
+  // The mode to use: the one asked for if this browser has it, else the best there is.
+  function pickMode(after) {
+    var can = modes();
+    if (after) { can = can.slice(can.indexOf(after) + 1); }
+    if (config.share !== "auto" && can.indexOf(config.share) >= 0) { return config.share; }
+    return can[0] || "none";
+  }
+
+  // -- links: how this tab's hub reaches the manager ------------------------------------------
+
+  // "none": the manager lives in this page.
+  function LocalLink(hub) {
+    var self = this;
+    this.leader = true;
+    this.manager = new Manager(base(), function (clients, msg) { later(function () { if (!self.closed) { hub.receive(msg); } }); });
+  }
+  LocalLink.prototype.send = function (m) { var self = this; later(function () { if (!self.closed) { self.manager.handle("page", m); } }); };
+  LocalLink.prototype.close = function () { this.closed = true; this.manager.stop(); };
+
+  // "worker": a SharedWorker running this file holds the connection for every tab.
+  function WorkerLink(hub) {
+    var self = this, url = SCRIPT.split("#")[0];
+    url += (url.indexOf("?") < 0 ? "?" : "&") + "v=" + VERSION;
+    this.leader = false;
+    this.ready = false;
+    var worker = new SharedWorker(url, { name: "jobcast-" + VERSION + " " + base() });
+    worker.addEventListener("error", function () { self.fail(); });
+    this.port = worker.port;
+    this.port.onmessage = function (e) {
+      if (e.data.t === "hello") { self.ready = true; clearTimeout(self.timer); return; }
+      hub.receive(e.data);
+    };
+    this.port.start();
+    this.port.postMessage({ t: "hello", base: base() });
+    if (root.navigator.locks) {
+      // Held for the tab's life; the worker waits on it only once it is held (else it could
+      // take the lock first and drop this tab at once).
+      var lock = "jobcast-" + VERSION + " tab " + randomId();
+      root.navigator.locks.request(lock, function () {
+        self.send({ t: "lock", name: lock });
+        return new Promise(function (resolve) { self.releaseTab = resolve; });
+      });
+    }
+    // A worker that never answers (blocked, broken): fall back to the next mode.
+    this.timer = setTimeout(function () { if (!self.ready) { self.fail(); } }, 5000);
+    this.ping = setInterval(function () { self.port.postMessage({ t: "ping" }); }, 20000);
+    this.fail = function () {
+      if (self.closed) { return; }
+      self.close();
+      hub.relink(pickMode("worker"));
+    };
+  }
+  WorkerLink.prototype.send = function (m) { if (!this.closed) { this.port.postMessage(m); } };
+  WorkerLink.prototype.close = function () {
+    if (this.closed) { return; }
+    this.closed = true;
+    clearTimeout(this.timer);
+    clearInterval(this.ping);
+    try { this.port.postMessage({ t: "bye" }); } catch (e) { /* closing anyway */ }
+    this.port.close();
+    if (this.releaseTab) { this.releaseTab(); }
+  };
+
+  // "locks": the tab holding the leader lock runs the manager and relays over a
+  // BroadcastChannel. A new leader announces itself; every tab then sends its position per
+  // job, and the manager starts each job from the lowest of them.
+  function LocksLink(hub) {
+    var self = this, name = "jobcast-" + VERSION + " " + base();
+    this.hub = hub;
+    this.tab = randomId();
+    this.name = name;
+    this.leader = false;
+    this.manager = null;
+    this.tabs = new Set();
+    this.channel = new BroadcastChannel(name);
+    this.channel.onmessage = function (e) { if (!self.closed) { self.onChannel(e.data); } };
+    this.release = null;
+    this.locked = false;
+    // Held for the tab's life: the leader waits on it to learn that the tab is gone (once the
+    // tab says it holds it, so the leader never takes it first).
+    root.navigator.locks.request(name + " tab " + this.tab, function () {
+      self.locked = true;
+      if (!self.leader && !self.closed) { self.channel.postMessage({ from: self.tab, m: { t: "lock" } }); }
+      return new Promise(function (resolve) { self.releaseTab = resolve; });
+    });
+    root.navigator.locks.request(name + " leader", function () {
+      if (self.closed) { return; }
+      self.lead();
+      return new Promise(function (resolve) { self.release = resolve; });
+    });
+  }
+
+  LocksLink.prototype.send = function (m) {
+    var self = this;
+    if (this.closed) { return; }
+    if (this.leader) { later(function () { if (!self.closed) { self.manager.handle(self.tab, m); } }); }
+    else { this.channel.postMessage({ from: this.tab, m: m }); }
+  };
+
+  // A message on the channel: for this tab, for the leader, or a new leader's announcement.
+  LocksLink.prototype.onChannel = function (x) {
+    if (x.to) { if (x.to.indexOf(this.tab) >= 0) { this.hub.receive(x.m); } return; }
+    if (x.from) {
+      if (!this.leader) { return; }
+      if (x.m.t === "lock") { this.know(x.from); } else { this.manager.handle(x.from, x.m); }
+      return;
+    }
+    if (x.leader && x.leader !== this.tab) {
+      this.hub.resubscribe();
+      if (this.locked) { this.channel.postMessage({ from: this.tab, m: { t: "lock" } }); }
+    }
+  };
+
+  // This tab leads: run the manager, and ask every tab for what it watches.
+  LocksLink.prototype.lead = function () {
+    var self = this;
+    this.leader = true;
+    this.manager = new Manager(base(), function (clients, msg) {
+      var others = clients.filter(function (c) { return c !== self.tab; });
+      if (others.length) { self.channel.postMessage({ to: others, m: msg }); }
+      if (others.length < clients.length) { later(function () { if (!self.closed) { self.hub.receive(msg); } }); }
+    });
+    this.channel.postMessage({ leader: this.tab });
+    this.hub.resubscribe();
+  };
+
+  // A follower's lock is granted to the leader once that tab is gone: drop its watches.
+  LocksLink.prototype.know = function (tab) {
+    var self = this;
+    if (this.tabs.has(tab)) { return; }
+    this.tabs.add(tab);
+    root.navigator.locks.request(this.name + " tab " + tab, function () {
+      self.tabs.delete(tab);
+      if (self.manager) { self.manager.drop(tab); }
+    });
+  };
+
+  LocksLink.prototype.close = function () {
+    if (this.closed) { return; }
+    if (!this.leader) { this.send({ t: "bye" }); }
+    this.closed = true;
+    if (this.manager) { this.manager.stop(); }
+    if (this.release) { this.release(); }
+    if (this.releaseTab) { this.releaseTab(); }
+    this.channel.close();
+  };
+
+  // -- the hub: this tab's watches, one subscription per job to the manager -------------------
+
+  function Hub(mode) {
+    this.watches = new Map();       // job → Set of Watch
+    this.lists = new Set();
+    this.remote = {};               // the manager's last stats
+    this.counts = { duplicates: 0, gaps: 0 };
+    this.link = null;
+    this.relink(mode);
+  }
+
+  Hub.prototype.relink = function (mode) {
+    if (this.link) { this.link.close(); }
+    this.mode = mode;
+    try {
+      this.link = mode === "worker" ? new WorkerLink(this) : mode === "locks" ? new LocksLink(this) : new LocalLink(this);
+    } catch (e) {
+      if (mode === "none") { throw e; }
+      this.relink(pickMode(mode));
+      return;
+    }
+    this.resubscribe();
+  };
+
+  // What this tab needs of a job: from the lowest position of its watches.
+  Hub.prototype.request = function (job) {
+    var after = Infinity, tail = null, full = false, sig = null, status = false;
+    this.watches.get(job).forEach(function (w) {
+      after = Math.min(after, w.lastSeq);
+      if (w.lastSeq === 0) { if (w.tail === null) { full = true; } else { tail = Math.max(tail || 0, w.tail); } }
+      sig = sig || w.sig;
+      status = status || w.wantsStatus;
+    });
+    return { t: "watch", job: job, after: after, tail: full || after > 0 ? null : tail, sig: sig, status: status };
+  };
+
+  Hub.prototype.listRequest = function () {
+    var limit = 1, after = Infinity;
+    this.lists.forEach(function (l) { limit = Math.max(limit, l.limit); after = l.seq === null ? -1 : Math.min(after, l.seq); });
+    return { t: "list", limit: limit, after: after < 0 || after === Infinity ? null : after };
+  };
+
+  Hub.prototype.add = function (w) {
+    var set = this.watches.get(w.job);
+    if (!set) { set = new Set(); this.watches.set(w.job, set); }
+    set.add(w);
+    this.link.send(this.request(w.job));
+  };
+
+  Hub.prototype.remove = function (w) {
+    var set = this.watches.get(w.job);
+    if (!set || !set.delete(w)) { return; }
+    if (!set.size) { this.watches.delete(w.job); this.link.send({ t: "unwatch", job: w.job }); }
+  };
+
+  Hub.prototype.addList = function (l) { this.lists.add(l); this.link.send(this.listRequest()); };
+
+  Hub.prototype.removeList = function (l) {
+    if (this.lists.delete(l) && !this.lists.size) { this.link.send({ t: "unlist" }); }
+  };
+
+  // Tell the (new) manager everything this tab watches, from where it is.
+  Hub.prototype.resubscribe = function () {
+    var self = this;
+    this.watches.forEach(function (set, job) { self.link.send(self.request(job)); });
+    if (this.lists.size) { this.link.send(this.listRequest()); }
+  };
+
+  // A message from the manager.
+  Hub.prototype.receive = function (m) {
+    var set;
+    switch (m.t) {
+      case "ev":
+        set = this.watches.get(m.job);
+        if (set) { Array.from(set).forEach(function (w) { w.deliver(m.ev, m.d); }); }
+        break;
+      case "lev":
+        Array.from(this.lists).forEach(function (l) { l.deliver(m.ev, m.d); });
+        break;
+      case "state":
+        this.remote = m.stats;
+        this.watches.forEach(function (s) { s.forEach(function (w) { w.connection(m); }); });
+        this.lists.forEach(function (l) { l.connection(m); });
+        break;
+      case "status":
+        set = this.watches.get(m.job);
+        if (set) { set.forEach(function (w) { if (w.wantsStatus) { call(w.o.onStatus, m.d); } }); }
+        break;
+      case "stats":
+        this.remote = m.d;
+        break;
+    }
+  };
+
+  function theHub() {
+    if (!hub) { hub = new Hub(pickMode(null)); }
+    return hub;
+  }
+
+  // -- a watch of one job --------------------------------------------------------------------
+
+  function Watch(job, o) {
+    this.job = job;
+    this.o = o;
+    this.lastSeq = o.after || 0;
+    this.tail = o.tail === undefined || o.tail === null ? null : o.tail;
+    this.sig = o.sig || null;
+    this.wantsStatus = typeof o.onStatus === "function";
+    this.state = "connecting";
+    this.started = false;           // an entry, or where the tail starts, came
+    this.ended = false;
+    this.epoch = null;              // the incarnation of the job's log its entries are of
+    this.counts = { opens: 0, reconnects: 0, duplicates: 0, gaps: 0, trimmed: 0, resets: 0 };
+  }
+
+  // An event of this job from the manager: entries once and in order, then the callbacks.
+  Watch.prototype.deliver = function (ev, d) {
+    if (this.ended) { return; }
+    switch (ev) {
+      case "tail":
+        if (this.started) { return; }
+        this.started = true;
+        if (d.after > this.lastSeq) { this.lastSeq = d.after; }
+        call(this.o.onTail, d);
+        return;
+      case "trimmed":
+        if (d.first_seq - 1 > this.lastSeq) {
+          this.counts.trimmed += d.first_seq - 1 - this.lastSeq;
+          this.lastSeq = d.first_seq - 1;
+          call(this.o.onTrimmed, d);
+        }
+        return;
+      case "reset":
+        if (d.after < this.lastSeq) { this.lastSeq = d.after; }
+        this.epoch = d.epoch || null;
+        this.counts.resets += 1;
+        call(this.o.onReset, d);
+        return;
+      case "missing": case "ended": case "refused":
+        this.finish(Object.assign({ kind: ev }, d));
+        return;
+    }
+    if (!(d.seq > this.lastSeq)) { this.counts.duplicates += 1; hub.counts.duplicates += 1; return; }
+    if (this.started && d.seq !== this.lastSeq + 1) { this.counts.gaps += 1; hub.counts.gaps += 1; }
+    this.started = true;
+    this.lastSeq = d.seq;
+    if (d.ep) { this.epoch = d.ep; }
+    call(this.o.onEvent, d);
+    if (ev === "value") { call(this.o.onValue, "j" in d ? d.j : d.v, d); }
+    if (ev === "log") { call(this.o.onLog, d); }
+    if (TERMINAL[ev]) { this.finish(d); }
+  };
+
+  // The connection's state, as it concerns this job.
+  Watch.prototype.connection = function (m) {
+    var s = m.state === "live" ? (m.jobs.indexOf(this.job) >= 0 ? "live" : "connecting")
+      : m.state === "reconnecting" ? "reconnecting" : "connecting";
+    this.setState(s);
+  };
+
+  Watch.prototype.setState = function (s) {
+    if (this.ended || this.state === s) { return; }
+    if (s === "live") { this.counts.opens += 1; }
+    if (s === "reconnecting") { this.counts.reconnects += 1; }
+    this.state = s;
+    call(this.o.onState, s);
+  };
+
+  Watch.prototype.finish = function (e) {
+    this.setState("ended");
+    this.ended = true;
+    hub.remove(this);
+    call(this.o.onEnd, e);
+  };
+
+  // -- a watch of the job list ---------------------------------------------------------------
+
+  function ListWatch(o) {
+    this.o = o;
+    this.limit = Math.max(1, Math.min(500, o.limit || 50));
+    this.seq = null;                // the feed's seq this list is as of
+    this.model = new Map();
+    this.state = "connecting";
+    this.closed = false;
+  }
+
+  ListWatch.prototype.deliver = function (ev, d) {
+    if (this.closed) { return; }
+    if (ev === "snapshot") {
+      this.seq = d.seq;
+      this.model = new Map(d.jobs.slice(0, this.limit).map(function (j) { return [j.id, JSON.parse(JSON.stringify(j))]; }));
+      call(this.o.onSnapshot, this.jobs(), d.seq);
+    } else if (ev === "job") {
+      if (this.seq !== null && !(d.seq > this.seq)) { hub.counts.duplicates += 1; return; }
+      this.seq = d.seq;
+      call(this.o.onChange, d, applyToModel(this.model, d, this.limit));
+    } else if (ev === "refused") {
+      call(this.o.onEnd, Object.assign({ kind: "refused" }, d));
+    }
+  };
+
+  ListWatch.prototype.connection = function (m) {
+    var s = m.state === "live" ? (m.list ? "live" : "connecting") : m.state === "reconnecting" ? "reconnecting" : "connecting";
+    if (s !== this.state) { this.state = s; call(this.o.onState, s); }
+  };
+
+  ListWatch.prototype.jobs = function () { return sorted(this.model, this.limit); };
+
+  // -- the API ---------------------------------------------------------------------------------
+
+  // Settings, before the first watch: share ("auto" | "worker" | "locks" | "none") and base
+  // (the server's URL prefix; by default where this script was loaded from).
+  function configure(o) {
+    if (o.share) { config.share = o.share; }
+    if (o.base) { config.base = o.base; }
+    if (hub && o.share) { hub.relink(pickMode(null)); }
+  }
+
+  // Watch one job. Options: after (resume after this seq), tail (begin with its last n
+  // values), sig (a view link's signature, private mode), and callbacks onEvent(entry),
+  // onValue(value, entry), onLog(entry), onEnd(entry), onState(state), onTail(t),
+  // onTrimmed(t), onReset(r), onStatus(job). Returns {close(), stats()}.
+  function watch(id, o) {
+    o = o || {};
+    var w = new Watch(String(id), o), h = theHub();
+    h.add(w);
+    return {
+      id: w.job,
+      close: function () { if (!w.ended) { w.ended = true; h.remove(w); } },
+      stats: function () {
+        return Object.assign({ lastSeq: w.lastSeq, epoch: w.epoch, state: w.state }, w.counts);
+      }
+    };
+  }
+
+  // Watch the job list: onSnapshot(jobs, seq), onChange(item, job), onState(state).
+  function list(o) {
+    o = o || {};
+    var l = new ListWatch(o), h = theHub();
+    h.addList(l);
+    return {
+      jobs: function () { return l.jobs(); },
+      close: function () { if (!l.closed) { l.closed = true; h.removeList(l); } },
+      get seq() { return l.seq; }
+    };
+  }
+
+  // For tests and the curious: how this tab shares the stream (mode, whether it holds the
+  // connection), and the manager's counts: connections opened, reconnects, duplicates and
+  // gaps dropped, the jobs the stream carries now, the tabs it serves.
+  function stats() {
+    var h = hub, r = (h && h.remote) || {};
+    return {
+      mode: h ? h.mode : null, leader: !!(h && h.link && h.link.leader),
+      connections: r.connections || 0, reconnects: r.reconnects || 0,
+      duplicates: (h ? h.counts.duplicates : 0) + (r.duplicates || 0),
+      gaps: (h ? h.counts.gaps : 0) + (r.gaps || 0),
+      state: r.state || "connecting", jobs: r.jobs || [], list: !!r.list, retry: r.retry || null,
+      tabs: r.clients || 0
+    };
+  }
+
+  if (root.addEventListener) {
+    // Say goodbye as the page goes (a MessagePort's close is not reliably seen); a page
+    // restored from the back-forward cache joins again.
+    root.addEventListener("pagehide", function () { if (hub && hub.link) { hub.link.close(); } });
+    root.addEventListener("pageshow", function (e) { if (e.persisted && hub) { hub.relink(pickMode(null)); } });
+  }
+
+  root.Jobcast = { version: VERSION, watch: watch, list: list, configure: configure, stats: stats,
+                   applyChange: applyChange, backoff: backoff };
+})(self);
