@@ -36,18 +36,22 @@ run: $(VENV)/.installed
 # ships; Chromium is needed for the browser tests, nginx + Nchan for the benchmark's smoke test
 # (tests/bench/test_smoke.py runs Nchan, the benchmark's third column).
 NCHAN_MODULE := $(firstword $(wildcard /usr/lib/nginx/modules/ngx_nchan_module.so /usr/share/nginx/modules/ngx_nchan_module.so))
-system-deps:
-	@missing=""; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || missing="$$missing nginx"; \
-	[ -n "$(NCHAN_MODULE)" ] || missing="$$missing libnginx-mod-nchan"; \
-	if [ -n "$$missing" ]; then \
+# Installs the Debian packages the recipe collected in $$missing (as root, or through sudo;
+# otherwise it says what to install).
+INSTALL_MISSING = if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
-	  else echo "please install:$$missing"; exit 1; fi; \
+	  else echo "please install:$$missing (Debian: apt-get install$$missing)"; exit 1; fi; \
 	  echo "installing:$$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+NEED_REDIS = command -v redis-server >/dev/null || missing="$$missing redis-server"
+NEED_NCHAN = PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || missing="$$missing nginx"; \
+	[ -n "$(NCHAN_MODULE)" ] || missing="$$missing libnginx-mod-nchan"
+
+system-deps:
+	@missing=""; $(NEED_REDIS); $(NEED_NCHAN); \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	$(INSTALL_MISSING)
 
 # The layers in pyproject.toml ([tool.importlinter]) must hold. lint-imports reads the package
 # as it ships: package-dir maps the top-level folders producer/, worker/ and web/ into jobcast,
@@ -70,15 +74,7 @@ test-fast: $(VENV)/.installed-test
 # here when missing (as root, or through sudo; otherwise it says what to install).
 BENCH_ARGS ?=
 bench-deps:
-	@missing=""; \
-	PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || missing="$$missing nginx"; \
-	[ -n "$(NCHAN_MODULE)" ] || missing="$$missing libnginx-mod-nchan"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
-	  else echo "please install:$$missing (Debian: apt-get install$$missing)"; exit 1; fi; \
-	  echo "installing:$$missing"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	@missing=""; $(NEED_REDIS); $(NEED_NCHAN); $(INSTALL_MISSING)
 
 bench: bench-deps $(VENV)/.installed-test
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -39,10 +39,10 @@ from jobcast.core.joblog import InvalidJobId, JobInfo, JobLog, UnknownJob, check
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import HTML, SSE, Transport, html_head, html_notice, html_reset, sse_reset
 from jobcast.web.handover import HandoverSocket, can_take
-from jobcast.web.limits import open_slot
+from jobcast.web.limits import StreamSlot, open_slot
 from jobcast.web.relay import NotSubscribed, Relay
 from jobcast.web.services import state
-from jobcast.web.viewer import QueueSink, SocketSink, Viewer, drained_alive
+from jobcast.web.viewer import Lease, QueueSink, SocketSink, Viewer, drained_alive
 
 MAX_SEQ = 2**53  # anything larger cannot be a real position (and JS could not hold it)
 
@@ -295,6 +295,24 @@ def preamble(req: StreamRequest, begin: Start, retry: int, reset: Reset | None =
     return b""
 
 
+def reserve(job_ids: list[str]) -> tuple[list[Lease], StreamSlot]:
+    """What an open stream holds: a confirmed subscription to each of ``job_ids`` and a slot
+    among the client's streams. 503 when Redis did not confirm the subscriptions (live entries
+    could not be vouched for), 429/503 when the client or the process has too many streams."""
+    st = state()
+    try:
+        leases = st.relay.leases(job_ids)
+    except NotSubscribed:
+        raise ServiceUnavailable("Redis did not confirm the subscription to the job's "
+                                 "announcements; retry shortly", retry_after=2) from None
+    try:
+        return leases, open_slot(st.limiter, st.config)
+    except BaseException:
+        for lease in leases:
+            lease.release()
+        raise
+
+
 def admit(req: StreamRequest) -> Response:
     """The streaming response for ``req``: every stream view's one prologue."""
     st = state()
@@ -320,17 +338,7 @@ def admit(req: StreamRequest) -> Response:
         headers["Jobcast-Reset"] = reset.header()
     if request.method == "HEAD":
         return Response(b"", mimetype=req.transport.mimetype, headers=headers)
-    try:
-        lease = relay.lease(req.job_id)
-    except NotSubscribed:
-        # Without the subscription confirmed, live entries could not be vouched for.
-        raise ServiceUnavailable("Redis did not confirm the subscription to this job's "
-                                 "announcements; retry shortly", retry_after=2) from None
-    try:
-        slot = open_slot(st.limiter, st.config)
-    except BaseException:
-        lease.release()
-        raise
+    (lease,), slot = reserve([req.job_id])
     viewer = Viewer(req.job_id, None, req.transport, cursor=begin.after, start=req.start,
                     epoch=epoch, resources=(lease, slot))
     viewer.retry = retry_ms()

@@ -52,19 +52,16 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from flask import Blueprint, Response, abort, g, request
-from werkzeug.exceptions import ServiceUnavailable
+from flask import Blueprint, Response, g, request
 
 from jobcast.core.epoch import Position, Reset
 from jobcast.core.feed import FEED
 from jobcast.core.joblog import InvalidJobId, check_job_id
 from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, client_alive,
-                                   drain, hand_over, placed, retry_ms, stream_start)
+                                   drain, hand_over, placed, reserve, retry_ms, stream_start)
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
-from jobcast.web.limits import open_slot
-from jobcast.web.relay import NotSubscribed
 from jobcast.web.security import Forbidden, Unauthorized
 from jobcast.web.services import state
 from jobcast.web.surface import Answer, jobs_scoped, long_query, stream
@@ -292,17 +289,7 @@ def multi_stream():
         return Response(status=204)  # nothing more will come: EventSource stops reconnecting
     if request.method == "HEAD":
         return Response(b"", mimetype=SSE.mimetype, headers=STREAM_HEADERS)
-    try:
-        leases = relay.leases([v.job_id for v in live])
-    except NotSubscribed:
-        raise ServiceUnavailable("Redis did not confirm the subscriptions to these jobs' "
-                                 "announcements; retry shortly", retry_after=2) from None
-    try:
-        slot = open_slot(st.limiter, st.config)
-    except BaseException:
-        for lease in leases:
-            lease.release()
-        raise
+    leases, slot = reserve([v.job_id for v in live])
     retry = retry_ms()
     conn = Connection(None, digest(req.streams), retry=retry, resources=(slot,))
     for viewer in viewers:

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from jobcast.core.epoch import Reset, sse_id
 from jobcast.core.joblog import Entry

@@ -214,13 +214,7 @@ class Relay:
     def lease(self, job_id: str, timeout: float = CONFIRM_TIMEOUT) -> Lease:
         """Subscribe to ``job_id`` for one viewer, once Redis confirms it; the viewer gives it
         back when it ends. NotSubscribed when Redis did not confirm within ``timeout`` s."""
-        self.start()
-        self.broker.subscribe(job_id)
-        lease = Lease(lambda: self.broker.unsubscribe(job_id))
-        if not self.broker.wait_subscribed(job_id, timeout):
-            lease.release()
-            raise NotSubscribed(job_id)
-        return lease
+        return self.leases([job_id], timeout)[0]
 
     def position(self, job_id: str) -> Position | None:
         """(ended, last seq, epoch) of ``job_id``, or None if there is no such job.
