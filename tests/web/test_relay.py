@@ -105,15 +105,21 @@ def relay(redis, clock):
     return Relay(PlayedBroker(redis), heartbeat=0.2, clock=clock, green=True)
 
 
-def held(relay: Relay, log: JobLog, transport=SSE, *, cursor: int = 0, chunked: bool = False,
-         rcvbuf: int | None = None, read: bool = True) -> tuple[Viewer, Client]:
-    """Hold a new viewer of ``log``'s job from ``cursor``; return it and its client end."""
+def socket_ends(rcvbuf: int | None, read: bool) -> tuple[socket.socket, Client]:
+    """A connected pair: the relay's non-blocking end, and the client's (its buffers shrunk to
+    ``rcvbuf`` bytes, to make a slow reader)."""
     server, client = socket.socketpair()
     if rcvbuf:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
     server.setblocking(False)
-    far = Client(client, read)
+    return server, Client(client, read)
+
+
+def held(relay: Relay, log: JobLog, transport=SSE, *, cursor: int = 0, chunked: bool = False,
+         rcvbuf: int | None = None, read: bool = True) -> tuple[Viewer, Client]:
+    """Hold a new viewer of ``log``'s job from ``cursor``; return it and its client end."""
+    server, far = socket_ends(rcvbuf, read)
     viewer = Viewer(log.job_id, SocketSink(server), transport, chunked=chunked, cursor=cursor,
                     on_close=lambda: far.released.append(True))
     relay.hold(viewer)
@@ -390,12 +396,7 @@ def held_connection(relay: Relay, logs: list[JobLog], *, rcvbuf: int | None = No
     from jobcast.web.events import digest, job_sse
     from jobcast.web.viewer import Connection
 
-    server, client = socket.socketpair()
-    if rcvbuf:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
-    server.setblocking(False)
-    far = Client(client, read)
+    server, far = socket_ends(rcvbuf, read)
     conn = Connection(None, digest([log.job_id for log in logs]),
                       resources=(type("Slot", (), {"release": lambda s: far.released.append(1)})(),))
     for log in logs:
