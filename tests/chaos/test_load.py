@@ -56,7 +56,11 @@ def percentiles(viewer: SSEViewer) -> tuple[float, float]:
 
 
 def test_a_frozen_viewer_keeps_server_memory_bounded_and_then_catches_up(tmp_path):
-    stack = Stack(tmp_path, workers=1)
+    # The frozen viewer reads nothing until the job has ended, over a minute later. Whether the
+    # kernel's buffers fill before that depends on how the values were batched into writes,
+    # and a full one for JOBCAST_WRITE_TIMEOUT (30 s) drops the client (tests/web/test_relay.py
+    # tests that rule): here it must not, since catching up is what this test is about.
+    stack = Stack(tmp_path, workers=1, JOBCAST_WRITE_TIMEOUT="600")
     try:
         http = httpx.Client(base_url=stack.url)
         [web_proc] = stack.web_worker_processes()

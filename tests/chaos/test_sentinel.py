@@ -264,9 +264,9 @@ class Recorder:
         self.published: list[int] = []
         self.resynced: list[str] = []
 
-    def on_publications(self, job_id: str, entries) -> None:
-        """Keep the seqs."""
-        self.published += [e.seq for e in entries]
+    def on_publications(self, batches: dict) -> None:
+        """Keep the seqs (one job here)."""
+        self.published += [e.seq for entries in batches.values() for e in entries]
 
     def on_resync(self, job_ids: list[str]) -> None:
         """Keep the jobs resynced."""

@@ -24,6 +24,7 @@ from jobcast.worker import capture
 from jobcast.worker.hook import SimpleWorker
 from tests.conftest import create_job, sse_events, start_rq_worker, stop_process, stream_lines, wait_for
 from tests.rq_jobs import chatty, flood, long_line, print_then_hang_once, tick_then_wait
+from tests.support.sse import id_seq
 from tests.test_cancel import horse_of
 
 
@@ -89,7 +90,7 @@ def test_plain_rq_job_output_is_sse_log_events_in_order_with_its_values_and_the_
     events = sse_events(http, job.id)
     assert summary(events) == CHATTY[mode]   # no DEBUG "hidden", no RQ-internal "internal"
     assert all(e["data"]["attempt"] == 1 for e in events if e["event"] == "log")
-    assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
+    assert [id_seq(e["id"]) for e in events] == list(range(1, len(events) + 1))
     html = httpx.get(http.base_url.join(f"/jobs/{job.id}/frame"), timeout=30).text
     assert re.findall(r"<p>(\d+): (\d+)</p>", html) == [("0", "1"), ("1", "2"), ("2", "3")]
     console = rq_workers(mode)[2].read_text()
