@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from flask import Response, abort, request, url_for
 from werkzeug.exceptions import ServiceUnavailable
@@ -39,9 +39,10 @@ from jobcast.core.joblog import InvalidJobId, JobInfo, JobLog, UnknownJob, check
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import HTML, SSE, Transport, html_head, html_notice, html_reset, sse_reset
 from jobcast.web.handover import HandoverSocket, can_take
-from jobcast.web.limits import StreamSlot, open_slot
+from jobcast.web.limits import StreamSlot, client_address, open_slot
+from jobcast.web.metrics import FLASK_ADMISSIONS
 from jobcast.web.relay import NotSubscribed, Relay
-from jobcast.web.services import state
+from jobcast.web.services import State, state
 from jobcast.web.viewer import Lease, QueueSink, SocketSink, Viewer, drained_alive
 
 MAX_SEQ = 2**53  # anything larger cannot be a real position (and JS could not hold it)
@@ -127,21 +128,27 @@ class StreamRequest:
     @classmethod
     def parse(cls, job_id: str, transport: Transport) -> "StreamRequest":
         """Read the current request; a 400 naming the parameter for a bad one."""
+        return cls.of(job_id, transport, request.headers.get("Last-Event-ID"), request.args)
+
+    @classmethod
+    def of(cls, job_id: str, transport: Transport, last_event_id: str | None,
+           args: Mapping[str, str]) -> "StreamRequest":
+        """A stream request from its job id, ``Last-Event-ID`` header and query arguments; a
+        400 naming the parameter for a bad one."""
         job_id = checked_id(job_id)
-        header = request.headers.get("Last-Event-ID")
         epoch = None
-        if header:
-            resume, epoch = position_param("Last-Event-ID", header)
-        elif request.args.get("after"):
-            resume, epoch = position_param("after", request.args.get("after"))
+        if last_event_id:
+            resume, epoch = position_param("Last-Event-ID", last_event_id)
+        elif args.get("after"):
+            resume, epoch = position_param("after", args.get("after"))
         else:
             resume = None
-        raw_tail = request.args.get("tail")
+        raw_tail = args.get("tail")
         tail = None if raw_tail is None or raw_tail == "" else int_param("tail", raw_tail)
         start = 0
         if transport.filters_values:
-            start = int_param("start", request.args.get("start"))
-            epoch = epoch or epoch_param(request.args.get("epoch"))
+            start = int_param("start", args.get("start"))
+            epoch = epoch or epoch_param(args.get("epoch"))
         return cls(job_id, transport, resume, tail, start, epoch)
 
 
@@ -283,33 +290,91 @@ def client_alive(environ: dict) -> Callable[[], bool]:
     return lambda: drained_alive(sock)
 
 
-def preamble(req: StreamRequest, begin: Start, retry: int, reset: Reset | None = None) -> bytes:
-    """The bytes a stream sends before its first entry: a reset first of all."""
-    if req.transport is SSE:
-        return b"retry: %d\n\n" % retry + (sse_reset(reset) if reset else b"") + begin.sse_prelude()
-    if req.transport is HTML:
-        notice = begin.notice(req.start)
-        return (html_head(url_for("static", filename="frame.css"))
-                + (html_reset(reset) if reset else b"")
-                + (html_notice(notice) if notice else b""))
-    return b""
 
 
-def reserve(job_ids: list[str]) -> tuple[list[Lease], StreamSlot]:
-    """What an open stream holds: a confirmed subscription to each of ``job_ids`` and a slot
-    among the client's streams. 503 when Redis did not confirm the subscriptions (live entries
-    could not be vouched for), 429/503 when the client or the process has too many streams."""
-    st = state()
+@dataclass(frozen=True)
+class Admission:
+    """Where an admitted stream begins in the log as it is (steps 2 and 3), before anything
+    is held for it: no request context needed, so the worker's fast path shares it."""
+
+    req: StreamRequest
+    begin: Start
+    reset: Reset | None
+    epoch: str | None
+    ended: bool
+    last_seq: int
+
+    @property
+    def nothing_more(self) -> bool:
+        """An SSE stream of an ended job with nothing after its position: 204 tells
+        EventSource to stop reconnecting."""
+        return (self.req.transport is SSE and self.ended and self.begin.after >= self.last_seq
+                and self.reset is None)
+
+    def headers(self) -> dict[str, str]:
+        """The stream's own response headers (the security headers come on top)."""
+        headers = dict(STREAM_HEADERS)
+        if self.req.transport.filters_values:
+            headers.update(self.begin.headers(self.req.start))
+        if self.epoch:
+            headers["Jobcast-Epoch"] = self.epoch  # what a client resumes with (?start=K&epoch=E)
+        if self.reset is not None:
+            headers["Jobcast-Reset"] = self.reset.header()
+        return headers
+
+    def viewer(self, resources: tuple) -> Viewer:
+        """The new viewer, owning ``resources`` (its lease and slot) from now on."""
+        viewer = Viewer(self.req.job_id, None, self.req.transport, cursor=self.begin.after,
+                        start=self.req.start, epoch=self.epoch, resources=resources)
+        viewer.retry = retry_ms()
+        return viewer
+
+    def preamble(self, retry: int, css: str = "") -> bytes:
+        """The bytes the stream sends before its first entry, a reset first of all (``css``:
+        the HTML stream's stylesheet URL)."""
+        req, begin, reset = self.req, self.begin, self.reset
+        if req.transport is SSE:
+            return b"retry: %d\n\n" % retry + (sse_reset(reset) if reset else b"") + begin.sse_prelude()
+        if req.transport is HTML:
+            notice = begin.notice(req.start)
+            return (html_head(css) + (html_reset(reset) if reset else b"")
+                    + (html_notice(notice) if notice else b""))
+        return b""
+
+
+def locate(st: State, req: StreamRequest) -> Admission | None:
+    """Where ``req``'s stream begins; None when there is no such job."""
+    relay = st.relay
+    position = relay.position(req.job_id)
+    if position is None and st.logs.adopt(req.job_id):
+        position = relay.position(req.job_id)  # a plain RQ job, its log just opened
+    if position is None:
+        return None
+    ended, last_seq, _ = position
+    jlog = st.logs.log(req.job_id)
+    req, reset, epoch = placed(req, position, jlog)
+    begin = stream_start(req, jlog, last_seq, st.config.log_maxlen)
+    return Admission(req, begin, reset, epoch, ended, last_seq)
+
+
+def reserve(st: State, job_ids: list[str], client: str) -> tuple[list[Lease], StreamSlot]:
+    """What an open stream holds: a slot among ``client``'s streams and a confirmed
+    subscription to each of ``job_ids``. 429/503 when the client or the process has too many
+    streams, 503 when Redis did not confirm the subscriptions (live entries could not be
+    vouched for).
+
+    The slot comes first, with no wait before it: a caller that found room a moment ago
+    (:meth:`~jobcast.web.limits.StreamLimiter.room`) still has it.
+    """
+    slot = open_slot(st.limiter, client)
     try:
-        leases = st.relay.leases(job_ids)
+        return st.relay.leases(job_ids), slot
     except NotSubscribed:
+        slot.release()
         raise ServiceUnavailable("Redis did not confirm the subscription to the job's "
                                  "announcements; retry shortly", retry_after=2) from None
-    try:
-        return leases, open_slot(st.limiter, st.config)
     except BaseException:
-        for lease in leases:
-            lease.release()
+        slot.release()
         raise
 
 
@@ -317,32 +382,19 @@ def admit(req: StreamRequest) -> Response:
     """The streaming response for ``req``: every stream view's one prologue."""
     st = state()
     relay = st.relay
-    position = relay.position(req.job_id)
-    if position is None and st.logs.adopt(req.job_id):
-        position = relay.position(req.job_id)  # a plain RQ job, its log just opened
-    if position is None:
+    adm = locate(st, req)
+    if adm is None:
         abort(404, description=f"no job with id {req.job_id}")
-    ended, last_seq, _ = position
-    jlog = st.logs.log(req.job_id)
-    req, reset, epoch = placed(req, position, jlog)
-    begin = stream_start(req, jlog, last_seq, st.config.log_maxlen)
-    if req.transport is SSE and ended and begin.after >= last_seq and reset is None:
-        # Nothing more will come: 204 tells EventSource to stop reconnecting.
+    if adm.nothing_more:
         return Response(status=204)
-    headers = dict(STREAM_HEADERS)
-    if req.transport.filters_values:
-        headers.update(begin.headers(req.start))
-    if epoch:
-        headers["Jobcast-Epoch"] = epoch  # what a client resumes with (?start=K&epoch=E)
-    if reset is not None:
-        headers["Jobcast-Reset"] = reset.header()
+    req, headers = adm.req, adm.headers()
     if request.method == "HEAD":
         return Response(b"", mimetype=req.transport.mimetype, headers=headers)
-    (lease,), slot = reserve([req.job_id])
-    viewer = Viewer(req.job_id, None, req.transport, cursor=begin.after, start=req.start,
-                    epoch=epoch, resources=(lease, slot))
-    viewer.retry = retry_ms()
-    first = preamble(req, begin, viewer.retry, reset)
+    (lease,), slot = reserve(st, [req.job_id], client_address(st.config))
+    FLASK_ADMISSIONS.inc()
+    viewer = adm.viewer((lease, slot))
+    first = adm.preamble(viewer.retry, url_for("static", filename="frame.css")
+                         if req.transport is HTML else "")
     conn = can_take(request.environ)
     if conn is not None:
         conn.claim()  # the headers then say Connection: close, as the relay will close it

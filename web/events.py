@@ -62,6 +62,7 @@ from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
+from jobcast.web.limits import client_address
 from jobcast.web.security import Forbidden, Unauthorized
 from jobcast.web.services import state
 from jobcast.web.surface import Answer, jobs_scoped, long_query, stream
@@ -289,7 +290,7 @@ def multi_stream():
         return Response(status=204)  # nothing more will come: EventSource stops reconnecting
     if request.method == "HEAD":
         return Response(b"", mimetype=SSE.mimetype, headers=STREAM_HEADERS)
-    leases, slot = reserve([v.job_id for v in live])
+    leases, slot = reserve(st, [v.job_id for v in live], client_address(st.config))
     retry = retry_ms()
     conn = Connection(None, digest(req.streams), retry=retry, resources=(slot,))
     for viewer in viewers:

@@ -119,6 +119,11 @@ class StreamLimiter:
         self.total += 1
         STREAMS.inc()
 
+    def room(self, client: str) -> bool:
+        """Whether :meth:`acquire` would count a stream of ``client`` now, rather than refuse."""
+        return self.total < self.per_process and not (
+            self.per_client and self.by_client[client] >= self.per_client)
+
     def release(self, client: str) -> None:
         """Forget a finished stream."""
         self.total -= 1
@@ -136,12 +141,16 @@ def client_address(config: Settings) -> str:
     of it, so the first hop is the client's to choose (werkzeug's ProxyFix, x_for=1, does
     the same).
     """
+    return client_address_of(config, request.remote_addr, request.headers.get("X-Forwarded-For", ""))
+
+
+def client_address_of(config: Settings, remote: str | None, forwarded: str) -> str:
+    """:func:`client_address` from the peer's address and the X-Forwarded-For header."""
     if config.trust_proxy:
-        forwarded = request.headers.get("X-Forwarded-For", "")
         last = forwarded.rsplit(",", 1)[-1].strip()
         if last:
             return last[:64]
-    return request.remote_addr or "unknown"
+    return remote or "unknown"
 
 
 class StreamSlot:
@@ -163,7 +172,7 @@ class StreamSlot:
             self.limiter.release(self.client)
 
 
-def open_slot(limiter: StreamLimiter, config: Settings) -> StreamSlot:
-    """Count a new stream of the requesting client, or raise 429/503."""
-    return StreamSlot(limiter, client_address(config))
+def open_slot(limiter: StreamLimiter, client: str) -> StreamSlot:
+    """Count a new stream of ``client`` (:func:`client_address`), or raise 429/503."""
+    return StreamSlot(limiter, client)
 

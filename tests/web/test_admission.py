@@ -12,8 +12,8 @@ from flask import Flask
 
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog, log_key
-from jobcast.web.admission import (MAX_SEQ, RETRY, Start, StreamRequest, may_be_trimmed, placed,
-                                   preamble, retry_ms, stream_start)
+from jobcast.web.admission import (MAX_SEQ, RETRY, Admission, Start, StreamRequest, may_be_trimmed,
+                                   placed, retry_ms, stream_start)
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import HTML, SSE, TEXT
 from tests.support.loss import lose
@@ -136,15 +136,20 @@ def test_a_tail_in_a_trimmed_log_begins_at_the_first_value_still_kept():
     assert begin.notice() == "20 earlier values are no longer kept"
 
 
+def admission(transport, begin: Start) -> Admission:
+    """An admission of a running job's stream that begins at ``begin``."""
+    return Admission(StreamRequest(JOB, transport, tail=2), begin, None, None, False, 10)
+
+
 def test_the_preamble_of_each_transport():
     begin = Start(after=0, tail=2, skipped=8)
-    sse = preamble(StreamRequest(JOB, SSE, tail=2), begin, 1234)
+    sse = admission(SSE, begin).preamble(1234)
     assert sse == b"retry: 1234\n\n" + begin.sse_prelude()
     assert [e.retry for e in parse_events(sse, all_blocks=True)][0] == 1234
-    assert preamble(StreamRequest(JOB, TEXT, tail=2), begin, 1234) == b""
-    with app.test_request_context("/"):
-        html = preamble(StreamRequest(JOB, HTML, tail=2), begin, 1234)
+    assert admission(TEXT, begin).preamble(1234) == b""
+    html = admission(HTML, begin).preamble(1234, "/static/frame.css")
     assert html.startswith(b"<!doctype html>") and b"8 earlier values skipped (tail=2)" in html
+    assert b'href="/static/frame.css"' in html
 
 
 def test_each_sse_connection_is_told_its_own_retry_within_the_range():
@@ -299,8 +304,9 @@ def test_a_reset_comes_before_anything_else_of_the_stream():
     _, reset, _ = placed(StreamRequest(log.job_id, SSE, resume=7, epoch=first), log.position(),
                          log)
     begin = Start(after=5, tail=None)
-    events = list(parse_events(preamble(StreamRequest(JOB, SSE), begin, 1000, reset)))
+    sse = Admission(StreamRequest(JOB, SSE), begin, reset, second, False, 10).preamble(1000)
+    events = list(parse_events(sse))
     assert [(e.event, e.id) for e in events] == [("reset", f"5:{second}")]
-    with app.test_request_context("/"):
-        html = preamble(StreamRequest(JOB, HTML), begin, 1000, reset)
+    html = Admission(StreamRequest(JOB, HTML), begin, reset, second, False, 10).preamble(
+        1000, "/static/frame.css")
     assert html.split(b"\n")[1].startswith(b'<p class="note reset">')  # right after the head
