@@ -8,8 +8,8 @@ from flask import Flask
 
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import get_settings
-from jobcast.web import (api, bodies, errors, events, health, openapi, output, pages, security,
-                         services, shutdown, stream)
+from jobcast.web import (api, bodies, errors, events, fastpath, health, openapi, output, pages,
+                         security, services, shutdown, stream)
 from jobcast.web.gunicorn_check import check_worker_class
 
 
@@ -44,4 +44,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     # Last, so its refusals (408, 413) come before any other check.
     bodies.install(app, config.body_timeout, config.max_body)
+    # Public stream requests admitted by Jobcast's gunicorn worker without a Flask request.
+    fastpath.init_app(app)
     return app

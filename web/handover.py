@@ -23,12 +23,21 @@ import socket
 import ssl
 from typing import Callable
 
+from gevent import Timeout
 from gevent.server import StreamServer
 from gunicorn.workers.ggevent import GeventWorker
 
 log = logging.getLogger(__name__)
 
 _on_exit: list[Callable[[], None]] = []
+
+FAST_PATH = "gunicorn_fast_path"
+"""The key, in the Flask app's ``extensions``, of the fast path it offers this worker: a callable
+``(first bytes, socket, address) -> bool``, True when it took the connection (see
+:mod:`jobcast.web.fastpath`)."""
+
+FIRST_READ = 8192
+"""Bytes read for the fast path: a stream request's whole head, as gunicorn's first read."""
 
 
 def on_worker_exit(callback: Callable[[], None]) -> None:
@@ -96,22 +105,61 @@ class HandoverSocket:
             self.response.force_close()
 
     def take(self) -> _socket.socket:
-        """Detach the OS socket for the caller, who must close it; gunicorn lets it go.
-
-        The returned socket is a plain (not gevent) non-blocking socket with ``TCP_NODELAY``:
-        its owner writes with ``send`` and waits for writability itself.
-        """
+        """Detach the OS socket for the caller, who must close it; gunicorn lets it go
+        (see :func:`detach`)."""
         if not self.headers_sent:
             raise RuntimeError("take() before the response headers were sent")
         self.taken = True
-        fd = self._sock.detach()
-        raw = _socket.socket(fileno=fd)
-        raw.setblocking(False)
-        if raw.family in (socket.AF_INET, socket.AF_INET6):
-            # Each write is a whole frame meant to leave at once: no Nagle delay (and a
-            # cheaper send()).
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return raw
+        return detach(self._sock)
+
+
+def detach(sock) -> _socket.socket:
+    """``sock``'s OS socket, detached from gevent's socket object (which closes nothing now).
+
+    The returned socket is a plain (not gevent) non-blocking socket with ``TCP_NODELAY``: its
+    owner writes with ``send`` and waits for writability itself.
+    """
+    raw = _socket.socket(fileno=sock.detach())
+    raw.setblocking(False)
+    if raw.family in (socket.AF_INET, socket.AF_INET6):
+        # Each write is a whole frame meant to leave at once: no Nagle delay (and a cheaper
+        # send()).
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return raw
+
+
+class ReadSocket:
+    """A client socket whose first bytes were already read: ``recv`` returns them first.
+
+    When the app's fast path declines a request, gunicorn parses it from here as if nothing
+    had been read.
+    """
+
+    __slots__ = ("_sock", "_pending")
+
+    def __init__(self, sock: socket.socket, pending: bytes):
+        """Wrap ``sock``, with ``pending`` read from it."""
+        self._sock = sock
+        self._pending = pending
+
+    def __getattr__(self, name: str):
+        """Everything else is the real socket's."""
+        return getattr(self._sock, name)
+
+    def recv(self, size: int, *args) -> bytes:
+        """The pending bytes first (at most ``size``), then the socket's."""
+        if self._pending:
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        return self._sock.recv(size, *args)
+
+    def recv_into(self, buffer, nbytes: int = 0, *args) -> int:
+        """:meth:`recv` into ``buffer``."""
+        if self._pending:
+            data = self.recv(nbytes or len(buffer))
+            buffer[:len(data)] = data
+            return len(data)
+        return self._sock.recv_into(buffer, nbytes, *args)
 
 
 def can_take(environ: dict) -> HandoverSocket | None:
@@ -133,6 +181,7 @@ class StreamWorker(GeventWorker):
         gc.collect()
         gc.freeze()
         app = self.wsgi
+        self.fast_path = getattr(app, "extensions", {}).get(FAST_PATH)
 
         def wsgi(environ: dict, start_response):
             """The app, told which gunicorn Response a taken connection belongs to."""
@@ -152,6 +201,31 @@ class StreamWorker(GeventWorker):
         """
         StreamServer.max_accept = 1
         super().init_process()
+
+    def handle(self, listener, client, addr) -> None:
+        """Serve a new connection: its first request through the app's fast path when it
+        takes it, else through gunicorn (from the same bytes)."""
+        fast = getattr(self, "fast_path", None)
+        if (fast is None or isinstance(client, ssl.SSLSocket)
+                or getattr(self.cfg, "http_protocols", ["h1"]) != ["h1"]):
+            return super().handle(listener, client, addr)
+        data = b""
+        # A client that connects and says nothing is dropped after keepalive seconds, as
+        # gunicorn's own read of the first request would drop it.
+        with Timeout(self.cfg.keepalive or None, False):
+            try:
+                data = client.recv(FIRST_READ)
+            except OSError:
+                pass
+        if not data:
+            client.close()
+            return None
+        try:
+            if fast(data, client, addr):
+                return None  # the relay holds the connection now
+        except Exception:  # the fast path must never cost a request: Flask answers it
+            log.exception("fast path failed; serving the request through Flask")
+        return super().handle(listener, ReadSocket(client, data), addr)
 
     def handle_request(self, listener_name, req, sock, addr):
         """Serve one request; a taken connection then ends gunicorn's part in it."""

@@ -73,6 +73,13 @@ REFUSAL_REASONS = ("per_client", "per_process", "unauthorized", "forbidden")
 STREAM_REFUSALS = Counter("jobcast_stream_refusals",
                           "Streams refused, by reason (per_client: 429, per_process: 503, "
                           "unauthorized: 401, forbidden: 403)", ["reason"])
+# Single-job streams admitted, by the path that admitted them: the worker's fast path
+# (web/fastpath.py) or a Flask request (everything the fast path leaves to Flask).
+ADMISSIONS = Counter("jobcast_stream_admissions",
+                     "Single-job streams admitted, by path (fast: by the gunicorn worker without "
+                     "a Flask request; flask)", ["path"])
+FAST_ADMISSIONS = ADMISSIONS.labels("fast")
+FLASK_ADMISSIONS = ADMISSIONS.labels("flask")
 CANCELLATIONS = Counter("jobcast_cancellations", "Jobs cancelled through this web server")
 # RQ's registries, read at scrape time (see RQCollector).
 JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed", "canceled")

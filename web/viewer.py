@@ -98,6 +98,18 @@ class SocketSink:
             return True
         return bool(select.select([], [self.sock], [], timeout)[1])
 
+    def send_all(self, data: bytes, timeout: float) -> bool:
+        """Write all of ``data``, waiting for room; False once the peer accepted no byte for
+        ``timeout`` s. OSError when it is gone."""
+        view = memoryview(data)
+        while view:
+            n = self.send(view)
+            if n:
+                view = view[n:]
+            elif not self.wait_writable(timeout):
+                return False
+        return True
+
     def alive(self) -> bool:
         """False once the peer has closed the connection (or reset it)."""
         return drained_alive(self.sock)

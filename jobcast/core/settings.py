@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     streams_per_process: int = env("JOBCAST_STREAMS_PER_PROCESS", 20000,
                                    "concurrent streams one web process may hold, 503 over it",
                                    ge=1)
+    fast_admission: bool = env("JOBCAST_FAST_ADMISSION", True,
+                               "admit public text and SSE stream requests in the gunicorn "
+                               "worker, without a full Flask request (same answer, less CPU)")
     trust_proxy: bool = env("JOBCAST_TRUST_PROXY", False,
                             "take the client address from X-Forwarded-For (only behind a "
                             "trusted proxy)")

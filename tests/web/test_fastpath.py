@@ -1,0 +1,168 @@
+"""The worker's fast path (jobcast.web.fastpath): public text and SSE streams admitted without a
+Flask request answer exactly as Flask does, and everything else still goes through Flask, from
+the same bytes. Real gunicorn processes: the session's (fast path on) and one with it off."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Iterator
+
+import h11
+import httpx
+import pytest
+
+from tests.conftest import WebServer, create_job, wait_for
+from tests.support.sse import parse_events
+
+
+@pytest.fixture(scope="module")
+def flask_only(redis_server, logs_dir) -> Iterator[WebServer]:
+    """A gunicorn like the session's, with the fast path turned off."""
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-flask-only.log",
+                       JOBCAST_HEARTBEAT="1", JOBCAST_QUEUES="*",
+                       JOBCAST_FAST_ADMISSION="false").start()
+    yield server
+    server.stop()
+
+
+def admissions(url: str) -> dict[str, float]:
+    """``jobcast_stream_admissions_total`` by path, from the server's /metrics."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {m[0]: float(m[1]) for m in
+            re.findall(r'^jobcast_stream_admissions_total\{path="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def exchange(port: int, raw: bytes, pause_after: int | None = None) -> tuple[h11.Response, bytes]:
+    """Send ``raw`` on a new connection (in two writes, the first ``pause_after`` bytes long,
+    when given) and read the response to its end with an independent HTTP/1.1 parser."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        if pause_after is None:
+            sock.sendall(raw)
+        else:
+            sock.sendall(raw[:pause_after])
+            # A pause between the two writes, so the server's first read gets only the first.
+            time.sleep(0.3)
+            sock.sendall(raw[pause_after:])
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))  # client state
+        response, body = None, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(sock.recv(65536))
+                continue
+            if isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return response, body
+
+
+def headers_of(response: h11.Response) -> list[tuple[str, str]]:
+    """The response's headers in order, but Date (which moves)."""
+    return [(k.decode(), v.decode()) for k, v in response.headers if k.lower() != b"date"]
+
+
+def finished_job(http: httpx.Client, n: int = 5) -> str:
+    """A sqrt job of ``n`` values that has finished."""
+    job_id = create_job(http, "sqrt", n=n, interval=0)
+    wait_for(lambda: http.get(f"/api/jobs/{job_id}").json()["status"] == "finished", 30,
+             what="the job to finish")
+    return job_id
+
+
+def request(path: str, *headers: str) -> bytes:
+    """A GET of ``path`` over HTTP/1.1 with ``headers``."""
+    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: jobcast.test", *headers]) +
+            "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("path, extra", [
+    ("/jobs/{id}/stream", ()),
+    ("/jobs/{id}/stream?start=2", ()),
+    ("/jobs/{id}/stream?tail=2", ()),
+    ("/jobs/{id}/events", ()),
+    ("/jobs/{id}/events", ("Last-Event-ID: 3",)),
+    ("/jobs/{id}/events?tail=1", ()),
+])
+def test_a_stream_admitted_by_the_fast_path_answers_byte_for_byte_as_flask_does(
+        http, web, workers, flask_only, path, extra):
+    job_id = finished_job(http)
+    raw = request(path.format(id=job_id), *extra)
+    before = admissions(web.url).get("fast", 0)
+    fast, fast_body = exchange(web.port, raw)
+    slow, slow_body = exchange(flask_only.port, raw)
+    # Each admission counts once, and on the path that made it (the session's server has two
+    # workers, each counting its own).
+    wait_for(lambda: admissions(web.url).get("fast", 0) == before + 1, 10,
+             what="the fast path to count the stream")
+    assert admissions(flask_only.url).get("fast", 0) == 0
+    assert fast.status_code == slow.status_code == 200
+    assert headers_of(fast) == headers_of(slow)
+    # Each SSE connection draws its own retry: the rest is the same bytes.
+    retry = re.compile(rb"^retry: \d+$", re.M)
+    assert retry.sub(b"retry: N", fast_body) == retry.sub(b"retry: N", slow_body)
+    assert fast_body  # values, or the ended event
+
+
+def test_what_the_fast_path_leaves_to_flask_is_answered_as_before(http, web, workers):
+    job_id = finished_job(http)
+    last_id = [e.id for e in parse_events(
+        httpx.get(f"{web.url}/jobs/{job_id}/events", timeout=30).content) if e.id][-1]
+    before = admissions(web.url)
+    cases = {
+        # an unknown job: 404 JSON
+        request("/jobs/nosuchjob0/stream"): 404,
+        # a bad parameter: 400 naming it
+        request(f"/jobs/{job_id}/stream?start=-1"): 400,
+        # an ended SSE stream resumed at its end: 204, EventSource stops
+        request(f"/jobs/{job_id}/events", f"Last-Event-ID: {last_id}"): 204,
+        # the HTML stream, HEAD, HTTP/1.0 and unknown arguments: Flask's
+        request(f"/jobs/{job_id}/frame"): 200,
+        request(f"/jobs/{job_id}/stream?start=1&start=2"): 200,
+        request(f"/jobs/{job_id}/stream?unknown=1"): 200,
+        f"GET /jobs/{job_id}/stream HTTP/1.0\r\n\r\n".encode(): 200,
+        # another request pipelined behind the stream's
+        request(f"/jobs/{job_id}/stream") + request(f"/api/jobs/{job_id}"): 200,
+    }
+    for raw, status in cases.items():
+        response, body = exchange(web.port, raw)
+        assert response.status_code == status, (raw, response, body)
+        if status == 400:
+            assert b'"start"' in body
+    head = httpx.head(f"{web.url}/jobs/{job_id}/stream", timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    after = admissions(web.url)
+    assert after.get("fast", 0) == before.get("fast", 0)
+    # frame, duplicate and unknown arguments, HTTP/1.0, pipelined: five streams Flask admitted
+    assert after.get("flask", 0) >= before.get("flask", 0) + 5
+
+
+def test_a_request_head_split_across_reads_is_served_whole(http, web, workers):
+    job_id = finished_job(http, n=3)
+    raw = request(f"/jobs/{job_id}/stream")
+    response, body = exchange(web.port, raw, pause_after=20)
+    assert response.status_code == 200
+    assert body.decode().splitlines() == ["0.0", "1.0", "1.4142135623730951"]
+
+
+def test_a_keep_alive_connection_goes_on_after_a_first_request_flask_answered(http, web, workers):
+    job_id = finished_job(http, n=3)
+    with httpx.Client(base_url=web.url, timeout=10) as client:
+        first = client.get(f"/api/jobs/{job_id}")
+        second = client.get(f"/jobs/{job_id}/stream")
+        assert first.status_code == 200 and first.json()["id"] == job_id
+        assert second.text.splitlines() == ["0.0", "1.0", "1.4142135623730951"]
+        assert client.get(f"/api/jobs/{job_id}").status_code == 200
+
+
+def test_sse_through_the_fast_path_resumes_exactly(http, web, workers):
+    job_id = finished_job(http, n=6)
+    first = parse_events(httpx.get(f"{web.url}/jobs/{job_id}/events", timeout=30).content)
+    ids = [e.id for e in first if e.id]
+    resumed = parse_events(httpx.get(f"{web.url}/jobs/{job_id}/events", timeout=30,
+                                     headers={"Last-Event-ID": ids[3]}).content)
+    assert [e.id for e in resumed if e.id] == ids[4:]
