@@ -57,8 +57,12 @@ DOC = ROOT / "docs" / "benchmarks.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 STORM_LEAD = 1.0  # storm scenarios: seconds of production before the viewers, split around them
-TARGETS = ("jobcast", "flask-sse", "nchan")
-NAMES = {"jobcast": "Jobcast", "flask-sse": "flask-sse", "nchan": "Nchan"}
+ANCHORED = ("jobcast", "flask-sse", "nchan")
+TARGETS = ANCHORED + ("jobcast-flask",)
+NAMES = {"jobcast": "Jobcast", "flask-sse": "flask-sse", "nchan": "Nchan",
+         "jobcast-flask": "Jobcast, every stream through Flask"}
+VARIANTS = {"jobcast": {}, "jobcast-flask": {"JOBCAST_FAST_ADMISSION": "false"}}
+"""Jobcast as it ships, and with its worker's fast path off (``admit`` measures both)."""
 
 PATTERNS = {
     # Where a value starts in each server's framing (see bench.loadgen).
@@ -166,18 +170,20 @@ class Server:
     def __init__(self, target: str, redis: RedisServer, workers: int, env: dict[str, str],
                  log_path: Path):
         self.target = target
+        self.kind = "jobcast" if target in VARIANTS else target
         self.redis = redis
         self.db = Redis.from_url(redis.url)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Jobcast's viewers read the job's log from its start; flask-sse's only what is
         # published after they subscribed.
-        self.history = target == "jobcast"
+        self.history = self.kind == "jobcast"
         # flask-sse's response headers wait for its first event; the others' come at once.
-        self.headers_at_once = target == "jobcast"
-        env = dict(os.environ, REDIS_URL=redis.url, PYTHONUNBUFFERED="1", **env)
+        self.headers_at_once = self.kind == "jobcast"
+        env = dict(os.environ, REDIS_URL=redis.url, PYTHONUNBUFFERED="1", **env,
+                   **VARIANTS.get(target, {}))
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        if target == "jobcast":
+        if self.kind == "jobcast":
             self.metrics_dir = tempfile.mkdtemp(prefix="jobcast-bench-metrics-")
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
             # Every viewer comes from 127.0.0.1, and the default caps serve them all: no
@@ -232,7 +238,7 @@ class Server:
 
     def viewers(self, channels: list[str]) -> int:
         """Viewers the server holds: Jobcast's own metric, or flask-sse's Redis subscribers."""
-        if self.target == "jobcast":
+        if self.kind == "jobcast":
             text = httpx.get(self.url + "/metrics", timeout=10).text
             m = re.search(r"^jobcast_viewers ([0-9.e+]+)$", text, re.M)
             return int(float(m.group(1))) if m else 0
@@ -243,13 +249,13 @@ class Server:
 
     def path(self, job: str, endpoint: str) -> str:
         """Where a viewer of ``job`` reads, on ``endpoint`` (``sse`` or ``text``)."""
-        if self.target == "jobcast":
+        if self.kind == "jobcast":
             return f"/jobs/{job}/events" if endpoint == "sse" else f"/jobs/{job}/stream"
         return f"/stream?channel={job}"
 
     def prepare(self, jobs: list[str], sc: "Scenario") -> None:
         """Make ``jobs`` exist and run (Jobcast: a job log, as the RQ runner opens it)."""
-        if self.target == "jobcast":
+        if self.kind == "jobcast":
             from jobcast.core.joblog import JobLog
 
             for j in jobs:
@@ -260,7 +266,7 @@ class Server:
     def release(self, jobs: list[str]) -> None:
         """Let the server free the jobs' viewers: Jobcast's jobs finish; flask-sse only notices
         a gone client when it next writes to it."""
-        if self.target == "jobcast":
+        if self.kind == "jobcast":
             from jobcast.core.joblog import JobLog
 
             for j in jobs:
@@ -275,7 +281,7 @@ class Server:
 
     def producer(self) -> list[str]:
         """The producer's MODE and URL (bench.producer)."""
-        return [self.target, self.redis.url]
+        return [self.kind, self.redis.url]
 
     def redis_clients(self) -> int | None:
         return int(self.db.info("clients")["connected_clients"])
@@ -290,14 +296,14 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        if self.target == "jobcast":
+        if self.kind == "jobcast":
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 class NchanServer:
     """Nchan (bench/nchan.py) behind the same interface: no Redis, the memory store."""
 
-    target = "nchan"
+    target = kind = "nchan"
     history = True  # nchan_subscriber_first_message oldest: a newcomer reads the buffer first
     headers_at_once = True
 
@@ -393,7 +399,7 @@ class Scenario:
     ramp: float = 0.0    # connections per second (0: as fast as possible)
     storm: bool = False  # production runs while the viewers connect (else: connect, then produce)
     endpoint: str = "sse"  # "sse" (Jobcast /events) or "text" (Jobcast /stream)
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = ANCHORED
     kind: str = "flow"   # "flow" (produce to held viewers), "admit", "list", "reconnect"
     fresh: bool = False  # runs on a server process started for it alone
     rounds: int = 1      # times it runs in a row on that process
@@ -418,7 +424,9 @@ def scenarios(args) -> list[Scenario]:
     d = args.duration
     v = args.viewers
     storm = f"connect storm at {args.storm_ramp:,.0f}/s"
-    admit_n = getattr(args, "admit_viewers", None) or v
+    # Three seconds of newcomers: over one second, the per-stream figure moved by ±25% between
+    # repeats (what the first stream of a job costs, and the settle, weigh on a short window).
+    admit_n = getattr(args, "admit_viewers", None) or 3 * v
     admit_ramp = getattr(args, "admit_ramp", 1000.0)
     rc_n = getattr(args, "reconnect_viewers", 10_000)
     rc_rate = getattr(args, "reconnect_rate", 2.0)
@@ -428,7 +436,7 @@ def scenarios(args) -> list[Scenario]:
                  args.idle_viewers, 1.0, args.hold, ramp=args.ramp),
         Scenario("admit", f"admission: {admit_n:,} text streams of an idle job opened at "
                  f"{admit_ramp:,.0f}/s (flask-sse: SSE)", 1, admit_n, 0.0, 0.0,
-                 ramp=admit_ramp, endpoint="text", kind="admit"),
+                 ramp=admit_ramp, endpoint="text", kind="admit", targets=TARGETS),
         Scenario("fan10", f"{v:,} viewers x 10 values/s, SSE, {storm}", 1, v, 10.0, d,
                  ramp=args.storm_ramp, storm=True),
         Scenario("fan10text", f"{v:,} viewers x 10 values/s, text, {storm}", 1, v, 10.0, d,
@@ -539,7 +547,7 @@ def start_producer(argv: list[str]) -> subprocess.Popen:
 
 def endpoint_of(server, sc: Scenario) -> str:
     """The scenario's endpoint on ``server``: flask-sse has only SSE."""
-    return sc.endpoint if (server.target, sc.endpoint) in PATTERNS else "sse"
+    return sc.endpoint if (server.kind, sc.endpoint) in PATTERNS else "sse"
 
 
 def loadgen_specs(server, sc: Scenario, args, viewers: list[list[str]], endpoint: str,
@@ -547,7 +555,7 @@ def loadgen_specs(server, sc: Scenario, args, viewers: list[list[str]], endpoint
     """One spec per load generator: viewer i goes to load generator i % n."""
     n = args.loadgens
     return [{"host": "127.0.0.1", "port": server.port, "cpu": args.loadgen_cpus,
-             "ramp": sc.ramp / n if sc.ramp else 0, "pattern": PATTERNS[(server.target, endpoint)],
+             "ramp": sc.ramp / n if sc.ramp else 0, "pattern": PATTERNS[(server.kind, endpoint)],
              "history": server.history, "accept": ACCEPT[endpoint], "batch": args.connect_batch,
              "viewers": viewers[k::n], **extra}
             for k in range(n)]
@@ -1035,6 +1043,7 @@ class UpTarget:
 
     port: int
     target: str = "jobcast"
+    kind: str = "jobcast"
     history: bool = True
 
 
@@ -1059,7 +1068,8 @@ COLUMNS = [
     ("admission CPU µs / stream", "admission_cpu_us_per_stream", "{:.0f}"),
     ("web's Redis commands/s", "redis_cmds_per_s", "{:,.0f}"),
 ]
-RATIOS = [("flask-sse", "**Jobcast / flask-sse**"), ("nchan", "**Jobcast / Nchan**")]
+RATIOS = [("flask-sse", "**Jobcast / flask-sse**"), ("nchan", "**Jobcast / Nchan**"),
+          ("jobcast-flask", "**Jobcast / every stream through Flask**")]
 
 
 def median_of(rows: list[dict], key: str):
@@ -1192,6 +1202,22 @@ def targets_report(results: list[dict], scs: list[Scenario]) -> str:
                            f"| {fmt('{:.2f}×', p50r)} | {fmt('{:.2f}×', p99r)} | {fmt('{:,}', j['lost'])} "
                            f"| {target} | {'yes' if ok else 'no'} |")
             out.append(f"| {name} | all | | | | | | | {verdict(checks)} |")
+    fast, slow = by_repeat(results, "admit", "jobcast"), by_repeat(results, "admit", "jobcast-flask")
+    if fast and slow:
+        out += ["", "Admission (`admit`), repeat by repeat: server CPU per admitted stream with the "
+                "worker's fast path (as shipped) and with every stream through a Flask request "
+                "(`JOBCAST_FAST_ADMISSION=false`, the path every stream took before):", "",
+                "| repeat | fast path µs | through Flask µs | ratio | target | met |",
+                "|---:|---:|---:|---:|---|---|"]
+        checks = []
+        for rep in sorted(set(fast) & set(slow)):
+            a, b = fast[rep]["admission_cpu_us_per_stream"], slow[rep]["admission_cpu_us_per_stream"]
+            r = ratio(a, b)
+            ok = r is not None and r <= 0.5 and fast[rep]["bad_status"] == 0
+            checks.append(ok)
+            out.append(f"| {rep} | {fmt('{:.0f}', a)} | {fmt('{:.0f}', b)} | {fmt('{:.2f}×', r)} "
+                       f"| ≤ 0.50× | {'yes' if ok else 'no'} |")
+        out.append(f"\n`admit`: {verdict(checks)}")
     twice = [sc for sc in scs if sc.rounds > 1]
     if twice:
         out += ["", "The second connect storm of a fresh process against its first (storm p99: values "
@@ -1309,7 +1335,7 @@ def main(argv: list[str] | None = None) -> int:
                          "the other at the scenario's rate; 200: the burstier storms of tables "
                          "before 2026-11-24)")
     ap.add_argument("--admit-viewers", type=int, default=0,
-                    help="streams the admit scenario opens (default: --viewers)")
+                    help="streams the admit scenario opens (default: 3 x --viewers)")
     ap.add_argument("--admit-ramp", type=float, default=1000.0, help="admit scenario: connections/s")
     ap.add_argument("--admit-baseline", type=float, default=1.0,
                     help="admit scenario: seconds of idle server CPU measured first, and subtracted")
