@@ -139,8 +139,10 @@ class Viewer:
         found = self.pattern.findall(buf, 0, cut + 1)
         if not found:
             return
+        n = len(found)
         if len(found[0]) == 3:
-            # Several jobs on one connection (Jobcast's /events): each job's values in order.
+            # Several jobs on one connection (Jobcast's /events): each job's values in order,
+            # the jobs interleaved.
             lasts = self.lasts
             for job, i, _t in found:
                 i = int(i)
@@ -148,20 +150,20 @@ class Viewer:
                     self.errors += 1
                 lasts[job] = i
             found = [(i, t) for _job, i, t in found]
-        n = len(found)
-        first = int(found[0][0])
-        if self.last < 0 and not self.gen.history:
-            self.last = first - 1  # no history: the first value seen starts the count
-        lastv = int(found[-1][0])
-        if first != self.last + 1 or lastv != first + n - 1:
-            # A gap, a duplicate or disorder: check value by value.
-            for i, _t in found:
-                i = int(i)
-                if i != self.last + 1:
-                    self.errors += 1
-                self.last = i
         else:
-            self.last = lastv
+            first = int(found[0][0])
+            if self.last < 0 and not self.gen.history:
+                self.last = first - 1  # no history: the first value seen starts the count
+            lastv = int(found[-1][0])
+            if first != self.last + 1 or lastv != first + n - 1:
+                # A gap, a duplicate or disorder: check value by value.
+                for i, _t in found:
+                    i = int(i)
+                    if i != self.last + 1:
+                        self.errors += 1
+                    self.last = i
+            else:
+                self.last = lastv
         self.count += n
         gen = self.gen
         storm_until = gen.connected_all_at or now + 1

@@ -73,8 +73,10 @@ PATTERNS = {
     # and the separator "\n", unchunked.
     ("nchan", "sse"): r"^data: ?i=(\d+) t=([0-9.]+)",
     ("nchan", "text"): r"^i=(\d+) t=([0-9.]+)",
-    # Jobcast's /events?job=a&job=b: each value names its job (three groups: job, index, time).
-    ("jobcast", "mux"): r'"job":"([0-9a-f]+)","seq":\d+,"kind":"value"[^\n]*?"v":"i=(\d+) t=([0-9.]+)',
+    # Jobcast's /events?job=a&job=b: each value names its job (three groups: job, index, time),
+    # then its seq and epoch (none in a log written before epochs).
+    ("jobcast", "mux"): r'"job":"([0-9a-f]+)","seq":\d+,(?:"ep":"[^"]*",)?"kind":"value"[^\n]*?'
+                        r'"v":"i=(\d+) t=([0-9.]+)',
     # Jobcast's job list (/events?list=50): its events carry no value; nothing is counted.
     ("jobcast", "list"): r"^(x)(y)(z)$",
 }

@@ -69,3 +69,17 @@ def test_reconnect_storm_smoke_run_brings_every_viewer_back_exactly_once(tmp_pat
     assert r["lost"] == 0 and r["duplicates"] == 0 and r["gaps"] == 0 and r["failed"] == 0, r
     assert r["produced_per_job"] > 0 and r["delivered"] == r["expected"], r
     assert "Reconnect storm" in out.with_suffix(".md").read_text()
+
+
+def test_mux_smoke_run_counts_every_value_of_every_job(tmp_path):
+    # The load generators find each value of a multi-job stream by its framing: a change of
+    # that framing (the epoch in each entry) must fail here, not read as 100 % loss in a bench.
+    out = tmp_path / "mux"
+    rc = run.main(["--targets", "jobcast", "--repeats", "1", "--scenarios", "mux",
+                   "--viewers", "200", "--duration", "2", "--drain", "30", "--loadgens", "1",
+                   "--no-floor", "--out", str(out)])
+    assert rc == 0
+    (r,) = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert r["expected"] > 0 and r["delivered"] == r["expected"], r
+    assert r["lost"] == 0 and r["order_errors"] == 0 and r["bad_status"] == 0, r
+    assert r["lat_samples"] > 0, r
