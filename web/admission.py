@@ -39,7 +39,7 @@ from jobcast.core.joblog import InvalidJobId, JobInfo, JobLog, UnknownJob, check
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import HTML, SSE, Transport, html_head, html_notice, html_reset, sse_reset
 from jobcast.web.handover import HandoverSocket, can_take
-from jobcast.web.limits import StreamSlot, client_address, open_slot
+from jobcast.web.limits import StreamSlot, client_address
 from jobcast.web.metrics import FLASK_ADMISSIONS
 from jobcast.web.relay import NotSubscribed, Relay
 from jobcast.web.services import State, state
@@ -290,8 +290,6 @@ def client_alive(environ: dict) -> Callable[[], bool]:
     return lambda: drained_alive(sock)
 
 
-
-
 @dataclass(frozen=True)
 class Admission:
     """Where an admitted stream begins in the log as it is (steps 2 and 3), before anything
@@ -366,7 +364,7 @@ def reserve(st: State, job_ids: list[str], client: str) -> tuple[list[Lease], St
     The slot comes first, with no wait before it: a caller that found room a moment ago
     (:meth:`~jobcast.web.limits.StreamLimiter.room`) still has it.
     """
-    slot = open_slot(st.limiter, client)
+    slot = StreamSlot(st.limiter, client)
     try:
         return st.relay.leases(job_ids), slot
     except NotSubscribed:

@@ -38,7 +38,7 @@ from werkzeug.utils import get_content_type
 from jobcast.web import services
 from jobcast.web.admission import StreamRequest, locate, reserve
 from jobcast.web.errors import BadParam
-from jobcast.web.frames import SSE, TEXT, Transport
+from jobcast.web.frames import SSE, TEXT, Transport, chunk
 from jobcast.web.handover import FAST_PATH, detach
 from jobcast.web.limits import client_address_of
 from jobcast.web.metrics import FAST_ADMISSIONS
@@ -106,7 +106,6 @@ class FastPath:
 
     def __init__(self, app: Flask):
         """Serve ``app``'s streams (its routes, settings and relay)."""
-        self.app = app
         self.st = app.extensions["jobcast"]
         self.urls = app.url_map.bind("localhost")
         # Many viewers of a job ask for the same few paths: route each once.
@@ -146,9 +145,7 @@ class FastPath:
         sink = None
         try:
             first = adm.preamble(viewer.retry)
-            out = self._head(transport, adm.headers())
-            if first:
-                out += b"%X\r\n%s\r\n" % (len(first), first)
+            out = self._head(transport, adm.headers()) + chunk(first)  # none when empty
             # The OS socket, written directly: a new connection's buffer takes the head at once.
             sink = SocketSink(detach(sock), green=relay.green)
             if not sink.send_all(out, st.config.write_timeout):
@@ -168,10 +165,8 @@ class FastPath:
     def _parse(self, data: bytes) -> tuple[Transport, StreamRequest, str] | None:
         """The request's transport, stream request and X-Forwarded-For, if the fast path may
         serve it; None otherwise."""
-        if not data.startswith(b"GET /") or not self.st.config.fast_admission:
+        if not data.startswith(b"GET /"):
             return None
-        if self.st.config.read_mode != "public":
-            return None  # tokens, sessions and view links are Flask's (web/security.py)
         seen = _Request()
         parser = httptools.HttpRequestParser(seen)
         parser.feed_data(data)
@@ -228,5 +223,9 @@ class FastPath:
 
 
 def init_app(app: Flask) -> None:
-    """Offer the fast path to Jobcast's gunicorn worker (:data:`~jobcast.web.handover.FAST_PATH`)."""
-    app.extensions[FAST_PATH] = FastPath(app).admit
+    """Offer the fast path to Jobcast's gunicorn worker (:data:`~jobcast.web.handover.FAST_PATH`),
+    unless it is turned off or the server is private (tokens, sessions and view links are
+    Flask's, web/security.py)."""
+    cfg = app.extensions["jobcast"].config
+    if cfg.fast_admission and cfg.read_mode == "public":
+        app.extensions[FAST_PATH] = FastPath(app).admit

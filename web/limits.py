@@ -107,13 +107,21 @@ class StreamLimiter:
         self.by_client: Counter[str] = Counter()
         self.total = 0
 
+    def _full(self, client: str) -> str | None:
+        """Why a new stream of ``client`` would be refused (a refusal reason), or None."""
+        if self.total >= self.per_process:
+            return "per_process"
+        if self.per_client and self.by_client[client] >= self.per_client:
+            return "per_client"
+        return None
+
     def acquire(self, client: str) -> None:
         """Count a new stream, or raise 503 (process full) / 429 (client over its share)."""
-        if self.total >= self.per_process:
-            stream_refused("per_process")
-            raise TooManyStreams(503, f"this server holds its maximum of {self.per_process} streams")
-        if self.per_client and self.by_client[client] >= self.per_client:
-            stream_refused("per_client")
+        reason = self._full(client)
+        if reason is not None:
+            stream_refused(reason)
+            if reason == "per_process":
+                raise TooManyStreams(503, f"this server holds its maximum of {self.per_process} streams")
             raise TooManyStreams(429, f"at most {self.per_client} concurrent streams per client")
         self.by_client[client] += 1
         self.total += 1
@@ -121,8 +129,7 @@ class StreamLimiter:
 
     def room(self, client: str) -> bool:
         """Whether :meth:`acquire` would count a stream of ``client`` now, rather than refuse."""
-        return self.total < self.per_process and not (
-            self.per_client and self.by_client[client] >= self.per_client)
+        return self._full(client) is None
 
     def release(self, client: str) -> None:
         """Forget a finished stream."""
@@ -170,9 +177,3 @@ class StreamSlot:
         if not self.released:
             self.released = True
             self.limiter.release(self.client)
-
-
-def open_slot(limiter: StreamLimiter, client: str) -> StreamSlot:
-    """Count a new stream of ``client`` (:func:`client_address`), or raise 429/503."""
-    return StreamSlot(limiter, client)
-
