@@ -233,7 +233,12 @@ class StreamWorker(GeventWorker):
             # TLS state lives in this process's SSL object, not in the socket: no handover.
             return super().handle_request(listener_name, req, sock, addr)
         conn = HandoverSocket(sock)
-        result = super().handle_request(listener_name, req, conn, addr)
+        try:
+            result = super().handle_request(listener_name, req, conn, addr)
+        finally:
+            # gunicorn's Response holds the socket, and the socket its Response: a cycle that
+            # would keep both (and the request) for the garbage collector's full pass.
+            conn.response = None
         if conn.taken:
             # Ends the keep-alive loop; closing gunicorn's detached socket is then a no-op.
             raise StopIteration()

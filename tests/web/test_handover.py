@@ -197,3 +197,32 @@ def test_can_take_only_a_handover_socket():
     assert can_take({"gunicorn.socket": a}) is None and can_take({}) is None
     a.close()
     b.close()
+
+
+def test_a_served_request_leaves_its_response_to_reference_counting_not_to_the_collector(
+        tcp, monkeypatch):
+    # The socket names its Response (to claim the connection) and the Response its socket: left
+    # tied, every stream served through Flask would wait, with its request, for a full
+    # collection, whose pause grows with the viewers held.
+    import gc
+    import weakref
+
+    from gunicorn.workers.ggevent import GeventWorker
+
+    from jobcast.web.handover import StreamWorker
+
+    served = []
+
+    def handle_request(self, listener_name, req, sock, addr):
+        """gunicorn's part, played: a Response tied to the socket, its headers written."""
+        served.append(weakref.ref(respond(sock, Request())))
+        return True
+
+    monkeypatch.setattr(GeventWorker, "handle_request", handle_request)
+    worker = object.__new__(StreamWorker)  # its request path only: no gunicorn process
+    gc.disable()
+    try:
+        assert worker.handle_request("l", Request(), tcp[0], ("127.0.0.1", 1)) is True
+        assert served and served[0]() is None
+    finally:
+        gc.enable()
