@@ -9,6 +9,10 @@ broker's handler (:class:`~jobcast.web.broker.BrokerHandler`):
   a time. Their bytes are framed once per transport (and once more as an HTTP/1.1 chunk), and
   written with one non-blocking ``send()`` per viewer, in the order the viewers arrived: no
   wake-up, no per-viewer framing.
+- **Several jobs, one write.** A stream of several jobs (``/events``) gets its jobs' frames
+  in one write, ended by its cursor. Jobs written one after the other are announced one by
+  one: the relay gathers what comes within ``write_delay`` (a few ms) into that write, so a
+  connection costs one ``send()`` per burst, not one per job.
 - **Catch-up.** A viewer whose cursor is not right before the batch (it just arrived, an
   announcement was lost, the subscription was renewed) or whose sink would block (a full
   socket or queue, or a partial write) leaves the fast path. A short-lived greenlet (a thread
@@ -91,25 +95,6 @@ def is_green() -> bool:
     return bool(monkey.is_module_patched("threading"))
 
 
-class _Pending:
-    """What one multi-job stream gets written for one burst."""
-
-    __slots__ = ("parts", "viewers", "ended")
-
-    def __init__(self):
-        """Nothing yet."""
-        self.parts: list[bytes] = []
-        self.viewers: list[Viewer] = []
-        self.ended: list[Viewer] = []
-
-    def add(self, viewer: Viewer, frames: bytes, end: bool) -> None:
-        """``viewer``'s frames join the write (``end``: its job's terminal entry is in them)."""
-        self.parts.append(frames)
-        self.viewers.append(viewer)
-        if end:
-            self.ended.append(viewer)
-
-
 class _Flight:
     """One read that concurrent callers share."""
 
@@ -142,10 +127,13 @@ class Relay:
     """The viewers of one web process, by job, and everything written to them."""
 
     def __init__(self, broker: Broker, *, heartbeat: float = 15.0, write_timeout: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, green: bool | None = None):
+                 write_delay: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 green: bool | None = None):
         """Relay the jobs ``broker`` hears of; quiet streams get a heartbeat this often, and a
         client that accepts no byte for ``write_timeout`` seconds is dropped.
 
+        ``write_delay``: seconds a stream of several jobs gathers its jobs' new entries before
+        they are written, in one write (under gevent; 0, or a threaded server: at once).
         ``clock`` is read for every time decision (tests pass a fake one). ``green``: run
         catch-ups in greenlets, lock-free (default: when gevent has patched threading).
         """
@@ -154,6 +142,11 @@ class Relay:
         self.write_timeout = write_timeout
         self.clock = clock
         self.green = is_green() if green is None else green
+        self.write_delay = write_delay if self.green else 0.0
+        # The multi-job streams whose write is being gathered (each holds its connection's
+        # lock and its parts), and the greenlet that will write them.
+        self._gathered: list[Connection] = []
+        self._gather_flush = None
         self._stop = threading.Event()
         self._lock = contextlib.nullcontext() if self.green else threading.RLock()
         if self.green:
@@ -320,10 +313,13 @@ class Relay:
         """The broker's handler: the new entries of each watched job, from one read of Redis.
 
         A stream of several jobs gets one write for all of them (its frames, then its cursor),
-        not one per job: a burst of announcements costs a send per connection.
+        not one per job: a burst of announcements costs a send per connection. With a
+        ``write_delay``, the bursts that come within it are gathered into that one write:
+        jobs written one after the other (each its own announcement) cost one send, not one
+        per job.
         """
         with self._lock:
-            pending: dict[Connection, _Pending] = {}
+            pending = self._gathered if self.write_delay else []
             for job_id, entries in batches.items():
                 try:
                     written = self._deliver(job_id, entries, pending)
@@ -332,6 +328,20 @@ class Relay:
                     continue
                 for entry in entries:
                     metrics.dispatched(entry, written)
+            if not self.write_delay:
+                self._flush(pending)
+            elif pending and self._gather_flush is None:
+                import gevent
+
+                # The loop's clock stands where this turn of it began: the delay counts from now.
+                gevent.get_hub().loop.update_now()
+                self._gather_flush = gevent.spawn_later(self.write_delay, self.flush_gathered)
+
+    def flush_gathered(self) -> None:
+        """Write what the multi-job streams have gathered (see ``write_delay``)."""
+        with self._lock:
+            pending, self._gathered = self._gathered, []
+            self._gather_flush = None
             self._flush(pending)
 
     def deliver(self, job_id: str, entries: list[Entry]) -> int:
@@ -340,13 +350,13 @@ class Relay:
         Returns how many viewers were written on the fast path.
         """
         with self._lock:
-            pending: dict[Connection, _Pending] = {}
+            pending: list[Connection] = []
             written = self._deliver(job_id, entries, pending)
             self._flush(pending)
             return written
 
     def _deliver(self, job_id: str, entries: list[Entry],
-                 pending: dict[Connection, "_Pending"]) -> int:
+                 pending: list[Connection]) -> int:
         """:meth:`deliver`, leaving the writes to multi-job streams in ``pending``."""
         viewers = self._jobs.get(job_id)
         if not viewers or not entries:
@@ -384,18 +394,23 @@ class Relay:
                 # One job of a multi-job stream: its frames are shared too, and join the
                 # connection's one write for this burst (one writer at a time: the lock is
                 # taken here and held until that write).
-                flush = pending.get(conn)
-                if flush is None:
+                parts = conn.parts
+                if not parts:  # the first of its jobs in this write
                     if not conn.lock.acquire(blocking=False):
                         self._catch_up(v, b"", "busy")
                         continue
-                    flush = pending[conn] = _Pending()
+                    pending.append(conn)
                 frames = shared.get(v.transport)
                 if frames is None:
                     frames = shared[v.transport] = v.transport.frames(entries)
                 v.cursor = last
                 v.done = end
-                flush.add(v, frames, end)
+                parts.append(frames)
+                if end:
+                    conn.ended_now.append(v)
+                    conn.writer = v
+                elif not conn.ended_now:
+                    conn.writer = v
                 written += 1
                 continue
             if cursor + 1 == first and not (v.start and first_index is not None
@@ -418,23 +433,22 @@ class Relay:
                     self.release(v, "job_ended")
         return written
 
-    def _flush(self, pending: dict[Connection, "_Pending"]) -> None:
+    def _flush(self, pending: list[Connection]) -> None:
         """One write per multi-job stream for a burst: its jobs' frames, then its cursor. A
         partial write goes on in a catch-up that holds the connection (an ended job's, if
         any: it ends once the bytes are out; the others' ends are let go at once)."""
         if not pending:
             return
         now = self.clock()
-        for conn, flush in pending.items():
-            writer = flush.ended[-1] if flush.ended else flush.viewers[-1]
-            data = conn.wire(b"".join(flush.parts), bool(flush.ended))
+        for conn in pending:
+            data, writer, ended = conn.gathered()
             if self._send(writer, data, holding=True):
                 conn.lock.release()
                 conn.last_write = now
-                for v in flush.ended:
+                for v in ended:
                     self.release(v, "job_ended")
             else:
-                for v in flush.ended:
+                for v in ended:
                     if v is not writer:
                         self.release(v, "job_ended")
 
@@ -788,6 +802,9 @@ class Relay:
     def shutdown(self) -> None:
         """End every stream (the process is stopping); clients resume elsewhere."""
         self.closing = True
+        if self._gather_flush is not None:
+            self._gather_flush.kill(block=False)
+        self.flush_gathered()  # what was gathered goes out before the goodbyes
         catching = list(self._catching.values())
         with self._lock:
             for conn in list(self._conns):

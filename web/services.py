@@ -98,7 +98,8 @@ def start(st: State) -> Relay:
             check_worker_class()
             cfg = st.config
             st.relay = Relay(Broker(st.streams), heartbeat=cfg.heartbeat,
-                             write_timeout=cfg.write_timeout)
+                             write_timeout=cfg.write_timeout,
+                             write_delay=cfg.multi_write_delay)
             st.relay.start()
             st.watchdog = Watchdog(st.redis, st.logs)
             st.watchdog.start()

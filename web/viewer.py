@@ -247,7 +247,7 @@ class Connection:
     """One stream carrying several jobs: its sink, its resources, and its jobs in order."""
 
     __slots__ = ("sink", "chunked", "viewers", "digest", "lock", "resources", "retry",
-                 "last_write", "closed")
+                 "last_write", "closed", "parts", "writer", "ended_now")
 
     def __init__(self, sink: Sink | None, digest: bytes, *, retry: int = 2000,
                  resources: tuple = ()):
@@ -265,6 +265,25 @@ class Connection:
         self.retry = retry
         self.last_write = 0.0
         self.closed = False
+        # The write the relay gathers for it: the frames of its jobs, the viewer that writes
+        # them (an ended job's, if any: the write then ends it) and the jobs it ends. Kept from
+        # one write to the next, so that gathering allocates nothing the garbage collector
+        # would have to follow.
+        self.parts: list[bytes] = []
+        self.writer: Viewer | None = None
+        self.ended_now: list[Viewer] = []
+
+    def gathered(self) -> tuple[bytes, "Viewer", list["Viewer"]]:
+        """The gathered write, framed (see :meth:`wire`), its writer and the viewers it ends;
+        the connection then gathers anew."""
+        ended = self.ended_now
+        data = self.wire(b"".join(self.parts), bool(ended))
+        writer = self.writer
+        self.parts.clear()
+        self.writer = None
+        if ended:
+            self.ended_now = []
+        return data, writer, ended
 
     def add(self, viewer: "Viewer") -> None:
         """Carry ``viewer``'s job, next in the cursor's order."""

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     write_timeout: float = env("JOBCAST_WRITE_TIMEOUT", 30.0,
                                "seconds a stream may accept no byte before it is dropped "
                                "(a client that never reads)", gt=0)
+    multi_write_delay: float = env("JOBCAST_MULTI_WRITE_DELAY", 0.004,
+                                   "seconds a stream of several jobs (`/events`) gathers its "
+                                   "jobs' new entries into one write; 0: one write per "
+                                   "announcement", ge=0)
     value_max_bytes: int = env("JOBCAST_VALUE_MAX_BYTES", 65536,
                                "largest value a job may log, bytes; a larger one is logged as "
                                "refused, with its size", ge=1)

@@ -473,6 +473,33 @@ def test_a_slow_multi_job_connection_never_interleaves_two_jobs_in_one_event(red
     assert [s for j, s in got if j == b.job_id] == list(range(1, 104))
 
 
+
+@pytest.mark.parametrize("delay, writes", [(0.05, 1), (0.0, 2)])
+def test_jobs_announced_one_after_the_other_reach_a_multi_job_stream_in_one_write(
+        redis, clock, delay, writes):
+    # A producer writes its jobs one by one, so each is its own announcement; within the
+    # write delay they become one send per connection (one wake-up of its client, one id).
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=delay, clock=clock, green=True)
+    a, b = new_log(redis), new_log(redis)
+    conns = [held_connection(relay, [a, b]) for _ in range(3)]
+    green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
+    order: list[int] = []
+    for n, (conn, _) in enumerate(conns):
+        conn.attach(SocketSink(RecordingSocket(conn.sink.sock, n, order)))
+    relay.on_publications({a.job_id: write(a, 0, 1)})
+    relay.on_publications({b.job_id: write(b, 0, 1)})
+    green_wait(lambda: len(order) == writes * 3, what="the writes")
+    gevent.sleep(delay * 2)  # nothing more comes
+    assert sorted(order) == sorted(list(range(3)) * writes)
+    epochs = a.head().epoch, b.head().epoch
+    for conn, client in conns:
+        green_wait(lambda: job_events(client.data)[-2:] == [(a.job_id, 3), (b.job_id, 3)],
+                   what="both values")
+        ids = [line[4:] for line in bytes(client.data).decode().split("\n")
+               if line.startswith("id: ")]
+        assert ids[-1] == f"{conn.digest.decode()}:3~{epochs[0]}.3~{epochs[1]}"
+
+
 # -- another incarnation of the log (jobcast.core.epoch) ---------------------------------------
 
 def failover(log: JobLog, writer: JobLog, keep: int) -> None:
