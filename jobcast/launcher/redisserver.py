@@ -153,7 +153,10 @@ class RedisServer:
                 self.proc.wait()
 
     def __enter__(self) -> "RedisServer":
-        """Start on entering the block."""
+        """Start on entering the block (unless already running: ``with server.start():``
+        must not start a second server, whose exit would leave the first one behind)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc) -> None:

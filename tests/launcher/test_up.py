@@ -421,6 +421,16 @@ def test_a_password_protected_redis_server_keeps_it_off_its_command_line(tmp_pat
         assert Redis.from_url(server.url).ping() and server.ping()
 
 
+def test_a_redis_server_started_then_used_as_a_context_stops_when_the_block_ends(tmp_path):
+    # `with server.start():` once started a second redis-server on entering the block, and
+    # stopped only that one (which had failed to bind), leaving the first running for good.
+    server = RedisServer(data_dir=tmp_path)
+    with server.start() as same:
+        first = server.proc
+        assert same is server and server.ping()
+    assert server.proc is first and first.poll() is not None and not server.ping()
+
+
 def test_status_never_prints_a_redis_password(tmp_path, monkeypatch, capsys):
     """Finding 16 of issue 23: `jobcast status` printed the password in REDIS_URL."""
     from jobcast.core.settings import get_settings
