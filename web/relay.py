@@ -441,16 +441,21 @@ class Relay:
             return
         now = self.clock()
         for conn in pending:
-            data, writer, ended = conn.gathered()
-            if self._send(writer, data, holding=True):
-                conn.lock.release()
-                conn.last_write = now
-                for v in ended:
+            if conn.parts:  # else already written (see _catch_up)
+                self._flush_one(conn, now)
+
+    def _flush_one(self, conn: Connection, now: float) -> None:
+        """Write what ``conn`` gathered, and give its lock back once it is all out."""
+        data, writer, ended = conn.gathered()
+        if self._send(writer, data, holding=True):
+            conn.lock.release()
+            conn.last_write = now
+            for v in ended:
+                self.release(v, "job_ended")
+        else:
+            for v in ended:
+                if v is not writer:
                     self.release(v, "job_ended")
-            else:
-                for v in ended:
-                    if v is not writer:
-                        self.release(v, "job_ended")
 
     def _send(self, v: Viewer, data: bytes, holding: bool = False) -> bool:
         """Write ``data`` without blocking; a viewer that cannot take it all catches up.
@@ -483,6 +488,14 @@ class Relay:
             if holding:
                 v.conn.lock.release()
             return
+        conn = v.conn
+        if conn is not None and conn.parts and not holding:
+            # Its connection's gathered write goes out first: the catch-up then writes after
+            # it, and a gathered write never waits on a viewer that is catching up (whose
+            # catch-up could not take the rest of a partial write).
+            self._flush_one(conn, self.clock())
+            if v.closed or v in self._catching:
+                return  # the write was partial, and this viewer's catch-up now finishes it
         v.slow = True
         v.missed = 0
         metrics.CATCHUPS.labels(reason).inc()

@@ -500,6 +500,34 @@ def test_jobs_announced_one_after_the_other_reach_a_multi_job_stream_in_one_writ
         assert ids[-1] == f"{conn.digest.decode()}:3~{epochs[0]}.3~{epochs[1]}"
 
 
+
+def test_a_viewer_that_falls_behind_while_its_connection_gathers_a_write_loses_no_byte(redis,
+                                                                                        clock):
+    # A resync sends a viewer to the log while its connection holds a gathered write that
+    # this viewer was to make; the write then meets a full socket. Its rest must still go out,
+    # whole, before the catch-up.
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
+    a, b = new_log(redis), new_log(redis)
+    conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
+    relay.on_publications({a.job_id: write(a, 0, 20, size=2000)})
+    relay.on_publications({b.job_id: write(b, 0, 1)})  # b's viewer is the write's writer
+    write(b, 1, 2)  # not announced: b's viewer finds it in the log, and waits to write it
+    relay.on_resync([b.job_id])
+    green_wait(lambda: not conn.parts, what="the gathered write to go out")
+    client.start()
+    a.finished()
+    b.finished()
+    relay.deliver(a.job_id, a.page(22, 10)[0])
+    relay.deliver(b.job_id, b.page(4, 10)[0])
+    green_wait(lambda: client.eof, what="the end of the stream")
+    blocks = bytes(client.data).decode().split("\n\n")
+    assert all(b.count("data: ") <= 1 for b in blocks)
+    got = job_events(client.data)
+    assert [s for j, s in got if j == a.job_id] == list(range(1, 24))
+    assert [s for j, s in got if j == b.job_id] == list(range(1, 6))
+
+
 # -- another incarnation of the log (jobcast.core.epoch) ---------------------------------------
 
 def failover(log: JobLog, writer: JobLog, keep: int) -> None:
