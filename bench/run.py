@@ -1261,9 +1261,18 @@ def targets_report(results: list[dict], scs: list[Scenario]) -> str:
                        f"| {fmt('{:.2f}', r['ready_to_back_p50_s'])} / {fmt('{:.2f}', r['ready_to_back_p99_s'])} / "
                        f"{fmt('{:.2f}', r['ready_to_last_back_s'])} | {r['not_back']:,} | {r['lost']:,} "
                        f"| {r['duplicates']:,} | {failed} | {r['reconnect_attempts']:,} "
-                       f"| {', '.join(f'{x:g}' for x in r['retry_s'])} | {'yes' if ok else 'no'} |")
+                       f"| {retry_span(r['retry_s'])} | {'yes' if ok else 'no'} |")
         out.append(f"| all | | | | | | | | | | {verdict(checks)} |")
     return "\n".join(out)
+
+
+def retry_span(values: list[float]) -> str:
+    """The ``retry:`` values the viewers were told, in seconds: their range and how many differ."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:g}"
+    return f"{min(values):g}–{max(values):g} ({len(values):,} values)"
 
 
 def describe(r: dict) -> str:
@@ -1274,7 +1283,7 @@ def describe(r: dict) -> str:
                 f"p99 {fmt('{:.2f}', r['ready_to_back_p99_s'])} last {fmt('{:.2f}', r['ready_to_last_back_s'])} s; "
                 f"not back {r['not_back']:,}; lost {r['lost']:,}, duplicates {r['duplicates']:,}, "
                 f"failed {r['failed']:,} {r['failed_statuses'] or ''}; reconnect attempts {r['reconnect_attempts']:,}; "
-                f"retry {r['retry_s']} s; loadgen {r['loadgen_cpu_s']:.1f} s")
+                f"retry {retry_span(r['retry_s'])} s; loadgen {r['loadgen_cpu_s']:.1f} s")
     if r["scenario"].startswith("list"):
         return (f"{r['viewers']:,} pages; the web's Redis commands {r['redis_cmds_per_s']:,.0f}/s "
                 f"on its {r['web_connections']} connections; web CPU {r['web_cpu_s']:.2f} s in "

@@ -83,3 +83,9 @@ def test_mux_smoke_run_counts_every_value_of_every_job(tmp_path):
     assert r["expected"] > 0 and r["delivered"] == r["expected"], r
     assert r["lost"] == 0 and r["order_errors"] == 0 and r["bad_status"] == 0, r
     assert r["lat_samples"] > 0, r
+
+
+def test_the_retry_values_told_are_reported_as_a_range_not_one_by_one():
+    # 10,000 viewers are told up to 2,001 different retry: values; the table lists their span.
+    assert run.retry_span([0.5, 0.501, 2.5]) == "0.5–2.5 (3 values)"
+    assert run.retry_span([3.0]) == "3" and run.retry_span([]) == "–"
