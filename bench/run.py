@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.run --quick         # a short run (smaller, 1 repeat)
     .venv/bin/python -m bench.run --help          # every knob (durations, sizes, workers, ...)
 
-For each repeat, and alternating the order of the servers, it starts the server under test:
+For each repeat it runs each scenario on every server back to back (the order of the servers
+alternating between repeats), on the server under test:
 Jobcast or the flask-sse app under gunicorn (gevent, web/gunicorn.conf.py), each with a fresh
 redis-server (no persistence), or Nchan (nginx + Debian's nchan module, one worker, memory
 store: bench/nchan.py), then runs every scenario: load-generator processes (asyncio + uvloop,
@@ -1435,23 +1436,35 @@ def main(argv: list[str] | None = None) -> int:
 
     for rep in range(args.repeats):
         order = targets if rep % 2 == 0 else targets[::-1]
-        for target in order:
-            mine = [sc for sc in scs if target in sc.targets]
-            shared = [sc for sc in mine if sc.kind != "reconnect" and not sc.fresh]
-            if shared:  # one server process for these, in order
-                with serving(target, args, env, log_dir, server_cpus) as server:
-                    for sc in shared:
+        # Each scenario runs on every server back to back, so that the servers compared share
+        # the same minutes of a machine whose speed drifts (a shared VM's loopback send cost
+        # moves by half within an hour). Each server keeps one process for the scenarios
+        # that share one, idle while the others run theirs, and stopped after its last.
+        shared = [n for n, sc in enumerate(scs) if sc.kind != "reconnect" and not sc.fresh]
+        last = {t: max((n for n in shared if t in scs[n].targets), default=-1) for t in order}
+        with contextlib.ExitStack() as every:
+            servers: dict[str, tuple[contextlib.ExitStack, object]] = {}
+            for n, sc in enumerate(scs):
+                for target in [t for t in order if t in sc.targets]:
+                    if sc.kind == "reconnect":
+                        record(run_reconnect(sc, args, env, log_dir, server_cpus), rep, target,
+                               sc.name)
+                    elif sc.fresh:  # a server process of its own, the scenario run sc.rounds times
+                        with serving(target, args, env, log_dir, server_cpus) as server:
+                            for rnd in range(1, sc.rounds + 1):
+                                r = run_scenario(server, sc, args, log_dir)
+                                r["round"] = rnd
+                                record(r, rep, target, f"{sc.name}#{rnd}")
+                    else:
+                        if target not in servers:
+                            own = every.enter_context(contextlib.ExitStack())
+                            servers[target] = own, own.enter_context(
+                                serving(target, args, env, log_dir, server_cpus))
+                        own, server = servers[target]
                         run = {"admit": run_admission, "list": run_list}.get(sc.kind, run_scenario)
                         record(run(server, sc, args, log_dir), rep, target, sc.name)
-            for sc in mine:
-                if sc.fresh:  # a server process of its own, the scenario run sc.rounds times
-                    with serving(target, args, env, log_dir, server_cpus) as server:
-                        for rnd in range(1, sc.rounds + 1):
-                            r = run_scenario(server, sc, args, log_dir)
-                            r["round"] = rnd
-                            record(r, rep, target, f"{sc.name}#{rnd}")
-                elif sc.kind == "reconnect":
-                    record(run_reconnect(sc, args, env, log_dir, server_cpus), rep, target, sc.name)
+                        if n == last[target]:
+                            own.close()
     md = "\n".join(part for part in (table(results, scs, targets), targets_report(results, scs)) if part)
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"Machine: {machine()}.  \nCommand: `{command.strip()}`; "
