@@ -394,8 +394,7 @@ class Relay:
                 # One job of a multi-job stream: its frames are shared too, and join the
                 # connection's one write for this burst (one writer at a time: the lock is
                 # taken here and held until that write).
-                parts = conn.parts
-                if not parts:  # the first of its jobs in this write
+                if not conn.parts:  # the first of its jobs in this write
                     if not conn.lock.acquire(blocking=False):
                         self._catch_up(v, b"", "busy")
                         continue
@@ -405,12 +404,7 @@ class Relay:
                     frames = shared[v.transport] = v.transport.frames(entries)
                 v.cursor = last
                 v.done = end
-                parts.append(frames)
-                if end:
-                    conn.ended_now.append(v)
-                    conn.writer = v
-                elif not conn.ended_now:
-                    conn.writer = v
+                conn.gather(v, frames, end)
                 written += 1
                 continue
             if cursor + 1 == first and not (v.start and first_index is not None

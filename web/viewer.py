@@ -273,6 +273,15 @@ class Connection:
         self.writer: Viewer | None = None
         self.ended_now: list[Viewer] = []
 
+    def gather(self, viewer: "Viewer", frames: bytes, end: bool) -> None:
+        """``viewer``'s new ``frames`` join the next write (``end``: its job's terminal entry
+        is among them, and the write is then made by it, so that it ends the job)."""
+        self.parts.append(frames)
+        if end:
+            self.ended_now.append(viewer)
+        if end or not self.ended_now:
+            self.writer = viewer
+
     def gathered(self) -> tuple[bytes, "Viewer", list["Viewer"]]:
         """The gathered write, framed (see :meth:`wire`), its writer and the viewers it ends;
         the connection then gathers anew."""

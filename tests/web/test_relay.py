@@ -414,6 +414,21 @@ def job_events(data: bytes) -> list[tuple[str, int]]:
             bytes(data).decode().split("\n") if line.startswith("data: "))]
 
 
+def finish_and_read(relay: Relay, client, logs: list[JobLog]) -> dict[str, list[int]]:
+    """Finish every job and deliver its end; once the stream has ended (and no event ever
+    carried two jobs' data), the seqs of each job's events, in the order they came."""
+    lasts = [log.head().seq for log in logs]
+    for log in logs:
+        log.finished()
+    for log, last in zip(logs, lasts):
+        relay.deliver(log.job_id, log.page(last, 10)[0])
+    green_wait(lambda: client.eof, what="the end of the stream")
+    blocks = bytes(client.data).decode().split("\n\n")
+    assert all(block.count("data: ") <= 1 for block in blocks)
+    got = job_events(client.data)
+    return {log.job_id: [s for j, s in got if j == log.job_id] for log in logs}
+
+
 def test_one_connection_carries_several_jobs_each_entry_once_with_every_cursor_after_it(redis,
                                                                                       relay):
     a, b = new_log(redis), new_log(redis)
@@ -461,16 +476,8 @@ def test_a_slow_multi_job_connection_never_interleaves_two_jobs_in_one_event(red
         relay.deliver(a.job_id, write(a, i, i + 1, size=500))
         relay.deliver(b.job_id, write(b, i, i + 1, size=500))
     client.start()
-    a.finished()
-    b.finished()
-    relay.deliver(a.job_id, a.page(102, 10)[0])
-    relay.deliver(b.job_id, b.page(102, 10)[0])
-    green_wait(lambda: client.eof, what="the end of the stream")
-    blocks = bytes(client.data).decode().split("\n\n")
-    assert all(b.count("data: ") <= 1 for b in blocks)
-    got = job_events(client.data)
-    assert [s for j, s in got if j == a.job_id] == list(range(1, 104))
-    assert [s for j, s in got if j == b.job_id] == list(range(1, 104))
+    seqs = finish_and_read(relay, client, [a, b])
+    assert seqs[a.job_id] == list(range(1, 104)) and seqs[b.job_id] == list(range(1, 104))
 
 
 
@@ -516,16 +523,8 @@ def test_a_viewer_that_falls_behind_while_its_connection_gathers_a_write_loses_n
     relay.on_resync([b.job_id])
     green_wait(lambda: not conn.parts, what="the gathered write to go out")
     client.start()
-    a.finished()
-    b.finished()
-    relay.deliver(a.job_id, a.page(22, 10)[0])
-    relay.deliver(b.job_id, b.page(4, 10)[0])
-    green_wait(lambda: client.eof, what="the end of the stream")
-    blocks = bytes(client.data).decode().split("\n\n")
-    assert all(b.count("data: ") <= 1 for b in blocks)
-    got = job_events(client.data)
-    assert [s for j, s in got if j == a.job_id] == list(range(1, 24))
-    assert [s for j, s in got if j == b.job_id] == list(range(1, 6))
+    seqs = finish_and_read(relay, client, [a, b])
+    assert seqs[a.job_id] == list(range(1, 24)) and seqs[b.job_id] == list(range(1, 6))
 
 
 # -- another incarnation of the log (jobcast.core.epoch) ---------------------------------------
