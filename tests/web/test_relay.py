@@ -508,6 +508,39 @@ def test_jobs_announced_one_after_the_other_reach_a_multi_job_stream_in_one_writ
 
 
 
+def test_a_job_announced_during_a_gathered_write_joins_the_writes_not_made_yet(redis, clock,
+                                                                               monkeypatch):
+    # 1,000 sends take 10-20 ms: a job announced meanwhile must not wait for all of them and
+    # then cost every connection a second write. The write gives the loop a turn every
+    # FLUSH_SLICE connections (2 here): b's announcement, which comes after the first two
+    # connections were written, joins the writes of the other four.
+    from jobcast.web import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "FLUSH_SLICE", 2)
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
+    a, b = new_log(redis), new_log(redis)
+    conns = [held_connection(relay, [a, b]) for _ in range(6)]
+    green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
+    order: list[int] = []
+    for n, (conn, _) in enumerate(conns):
+        conn.attach(SocketSink(RecordingSocket(conn.sink.sock, n, order)))
+    b_entries = write(b, 0, 1)
+    original = conns[1][0].sink.sock.send
+
+    def second_written(data):  # b is announced while the second connection is written
+        gevent.spawn(relay.on_publications, {b.job_id: b_entries})
+        return original(data)
+
+    conns[1][0].sink.sock.send = second_written
+    relay.on_publications({a.job_id: write(a, 0, 1)})
+    green_wait(lambda: len(order) >= 8, what="the writes")
+    gevent.sleep(0.1)  # nothing more comes
+    assert order == [0, 1, 2, 3, 4, 5, 0, 1]
+    for conn, client in conns:
+        green_wait(lambda: job_events(client.data)[-2:] == [(a.job_id, 3), (b.job_id, 3)],
+                   what="both values")
+
+
 def test_a_viewer_that_falls_behind_while_its_connection_gathers_a_write_loses_no_byte(redis,
                                                                                         clock):
     # A resync sends a viewer to the log while its connection holds a gathered write that
