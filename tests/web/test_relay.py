@@ -144,7 +144,12 @@ def test_a_new_viewer_gets_history_then_live_entries_once_and_in_order(redis, re
 
 
 class RecordingSocket:
-    """A held socket that notes, in a list shared by all of them, when it is written to."""
+    """A held socket that notes, in a list shared by all of them, when it is written to.
+
+    A held connection's goes in place of its sink's socket (``sink.sock = ...``), not into a
+    new sink: the sink's read watcher must be the one stopped when it closes the socket (libev
+    aborts the process when a watcher's descriptor is closed under it).
+    """
 
     def __init__(self, sock: socket.socket, name: int, order: list[int]):
         """Wrap ``sock``; writes append ``name`` to ``order``."""
@@ -492,7 +497,7 @@ def test_jobs_announced_one_after_the_other_reach_a_multi_job_stream_in_one_writ
     green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
     order: list[int] = []
     for n, (conn, _) in enumerate(conns):
-        conn.attach(SocketSink(RecordingSocket(conn.sink.sock, n, order)))
+        conn.sink.sock = RecordingSocket(conn.sink.sock, n, order)
     relay.on_publications({a.job_id: write(a, 0, 1)})
     relay.on_publications({b.job_id: write(b, 0, 1)})
     green_wait(lambda: len(order) == writes * 3, what="the writes")
@@ -523,7 +528,7 @@ def test_a_job_announced_during_a_gathered_write_joins_the_writes_not_made_yet(r
     green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
     order: list[int] = []
     for n, (conn, _) in enumerate(conns):
-        conn.attach(SocketSink(RecordingSocket(conn.sink.sock, n, order)))
+        conn.sink.sock = RecordingSocket(conn.sink.sock, n, order)
     b_entries = write(b, 0, 1)
     original = conns[1][0].sink.sock.send
 
@@ -539,6 +544,35 @@ def test_a_job_announced_during_a_gathered_write_joins_the_writes_not_made_yet(r
     for conn, client in conns:
         green_wait(lambda: job_events(client.data)[-2:] == [(a.job_id, 3), (b.job_id, 3)],
                    what="both values")
+
+
+def test_a_shutdown_during_a_gathered_write_finishes_it_before_every_goodbye(redis, clock,
+                                                                            monkeypatch):
+    # The process stops while a gathered write waits for its next turn: the connections not
+    # written yet still get their values, then their goodbye, like the others.
+    from jobcast.web import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "FLUSH_SLICE", 2)
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
+    log = new_log(redis)
+    conns = [held_connection(relay, [log]) for _ in range(6)]
+    green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
+    order: list[int] = []
+    for n, (conn, _) in enumerate(conns):
+        conn.retry = 1000 + n
+        conn.sink.sock = RecordingSocket(conn.sink.sock, n, order)
+    original = conns[1][0].sink.sock.send
+
+    def second_written(data):  # the stop comes while the second connection is written
+        gevent.spawn(relay.shutdown)
+        return original(data)
+
+    conns[1][0].sink.sock.send = second_written
+    relay.on_publications({log.job_id: write(log, 0, 1)})
+    for n, (conn, client) in enumerate(conns):
+        green_wait(lambda: client.eof, what=f"connection {n} closed")
+        assert job_events(client.data)[-1] == (log.job_id, 3)
+        assert bytes(client.data).endswith(b"retry: %d\n\n" % (1000 + n) + conn.checkpoint())
 
 
 def test_a_viewer_that_falls_behind_while_its_connection_gathers_a_write_loses_no_byte(redis,
