@@ -465,8 +465,8 @@ class Relay:
                 if turns and not n % FLUSH_SLICE and n < len(pending):
                     self._sleep(TURN)
         finally:
-            if turns:
-                self._flushing.remove(pending)
+            if turns:  # by identity: another write's list may hold the same streams
+                self._flushing = [p for p in self._flushing if p is not pending]
 
     def _flush_one(self, conn: Connection, now: float) -> None:
         """Write what ``conn`` gathered, and give its lock back once it is all out."""
