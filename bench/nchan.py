@@ -39,6 +39,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.procs import children
 from jobcast.core.wait import wait_until
 from jobcast.launcher.redisserver import free_port
 
@@ -212,8 +213,6 @@ class Nchan:
 
     def workers(self) -> list[int]:
         """The worker process(es): the master's children."""
-        from bench.run import children
-
         return children(self.proc.pid) if self.proc else []
 
     def status(self) -> dict[str, int]:
