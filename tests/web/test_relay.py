@@ -513,30 +513,40 @@ def test_jobs_announced_one_after_the_other_reach_a_multi_job_stream_in_one_writ
 
 
 
-def test_a_job_announced_during_a_gathered_write_joins_the_writes_not_made_yet(redis, clock,
-                                                                               monkeypatch):
-    # 1,000 sends take 10-20 ms: a job announced meanwhile must not wait for all of them and
-    # then cost every connection a second write. The write gives the loop a turn every
-    # FLUSH_SLICE connections (2 here): b's announcement, which comes after the first two
-    # connections were written, joins the writes of the other four.
+def paused_write(redis, clock, monkeypatch, logs: list[JobLog], meanwhile):
+    """Six multi-job streams of ``logs``, whose gathered write gives the loop a turn every two
+    streams (FLUSH_SLICE); ``meanwhile(relay)`` is spawned as the second stream is written, and
+    so runs in the first turn. Returns the relay, the streams and the order of their writes."""
     from jobcast.web import relay as relay_module
 
     monkeypatch.setattr(relay_module, "FLUSH_SLICE", 2)
     relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
-    a, b = new_log(redis), new_log(redis)
-    conns = [held_connection(relay, [a, b]) for _ in range(6)]
+    conns = [held_connection(relay, logs) for _ in range(6)]
     green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
     order: list[int] = []
     for n, (conn, _) in enumerate(conns):
         conn.sink.sock = RecordingSocket(conn.sink.sock, n, order)
-    b_entries = write(b, 0, 1)
-    original = conns[1][0].sink.sock.send
+    second = conns[1][0].sink.sock
+    original = second.send
 
-    def second_written(data):  # b is announced while the second connection is written
-        gevent.spawn(relay.on_publications, {b.job_id: b_entries})
+    def second_written(data):
+        gevent.spawn(meanwhile, relay)
         return original(data)
 
-    conns[1][0].sink.sock.send = second_written
+    second.send = second_written
+    return relay, conns, order
+
+
+def test_a_job_announced_during_a_gathered_write_joins_the_writes_not_made_yet(redis, clock,
+                                                                               monkeypatch):
+    # 1,000 sends take 10-20 ms: a job announced meanwhile must not wait for all of them and
+    # then cost every connection a second write. b's announcement, which comes after the first
+    # two connections were written, joins the writes of the other four.
+    a, b = new_log(redis), new_log(redis)
+    relay, conns, order = paused_write(
+        redis, clock, monkeypatch, [a, b],
+        lambda relay: relay.on_publications({b.job_id: b_entries}))
+    b_entries = write(b, 0, 1)  # after the histories: only its announcement brings it
     relay.on_publications({a.job_id: write(a, 0, 1)})
     green_wait(lambda: len(order) >= 8, what="the writes")
     gevent.sleep(0.1)  # nothing more comes
@@ -550,24 +560,10 @@ def test_a_shutdown_during_a_gathered_write_finishes_it_before_every_goodbye(red
                                                                             monkeypatch):
     # The process stops while a gathered write waits for its next turn: the connections not
     # written yet still get their values, then their goodbye, like the others.
-    from jobcast.web import relay as relay_module
-
-    monkeypatch.setattr(relay_module, "FLUSH_SLICE", 2)
-    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
     log = new_log(redis)
-    conns = [held_connection(relay, [log]) for _ in range(6)]
-    green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
-    order: list[int] = []
+    relay, conns, _ = paused_write(redis, clock, monkeypatch, [log], Relay.shutdown)
     for n, (conn, _) in enumerate(conns):
         conn.retry = 1000 + n
-        conn.sink.sock = RecordingSocket(conn.sink.sock, n, order)
-    original = conns[1][0].sink.sock.send
-
-    def second_written(data):  # the stop comes while the second connection is written
-        gevent.spawn(relay.shutdown)
-        return original(data)
-
-    conns[1][0].sink.sock.send = second_written
     relay.on_publications({log.job_id: write(log, 0, 1)})
     for n, (conn, client) in enumerate(conns):
         green_wait(lambda: client.eof, what=f"connection {n} closed")
