@@ -73,7 +73,7 @@ ERRORS = {
     409: error("The job has already ended (a second cancel included); `status` says how"),
     413: error("The body is over JOBCAST_MAX_BODY bytes (a chunked one too)"),
     414: {"description": f"The query string is over {MAX_QUERY} bytes (JSON), or the request "
-                         "line over gunicorn's limit_request_line, 4094 bytes (gunicorn's own "
+                         "line over gunicorn's limit_request_line, 8190 bytes (gunicorn's own "
                          "HTML answer)",
           "content": {**error("")["content"], HTML: {"schema": {"type": "string"}}}},
     429: error("This client is over one of its limits: concurrent streams, failed "

@@ -52,7 +52,8 @@ bp = Blueprint("security", __name__)
 SESSION_COOKIE = "jobcast_session"
 SESSION_SALT = "jobcast.session"
 SESSION_DAYS = 30
-# Longest query string the app reads; gunicorn refuses request lines over 4094 bytes itself.
+# Longest query string the app reads (/events reads longer ones); gunicorn refuses request
+# lines over limit_request_line (8190 bytes) itself.
 MAX_QUERY = 2048
 # Shorter tokens and secrets are warned about at start: a guess per request is cheap.
 MIN_KEY_LENGTH = 16

@@ -1,7 +1,7 @@
 """The `jobcast` command: run the whole system, its services, and enqueue jobs.
 
 It sits on top of everything and dispatches to each service's entry point: `jobcast up` and
-`status` (producer/up.py), `web` (web/serve.py), `worker` (worker/main.py); the other
+`status` (jobcast/launcher/up.py), `web` (web/serve.py), `worker` (worker/main.py); the other
 subcommands use the producer's API and the foundation directly.
 """
 

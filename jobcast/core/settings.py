@@ -3,7 +3,7 @@
 Each variable is declared once: its type, default, bounds, environment name and what it sets.
 pydantic-settings reads and checks them, so a bad value stops a service at start-up with the
 variable's name, never halfway through a job. The README's configuration table is checked
-against this class by tests/jobcast/test_settings.py.
+against this class by tests/core/test_settings.py.
 
 A process reads its settings once, with :func:`get_settings`; tests and embedding apps pass
 ``Settings(redis_url=...)`` (keyword arguments win over the environment).
