@@ -411,15 +411,18 @@ class Relay:
             if conn is not None:
                 # One job of a multi-job stream: its frames are shared too, and join the
                 # connection's one write for this burst (one writer at a time: the lock is
-                # taken here and held until that write).
+                # taken here, once the frames are made, and held until that write).
+                if cursor + 1 == first:
+                    frames = shared.get(v.transport)
+                    if frames is None:
+                        frames = shared[v.transport] = v.transport.frames(entries)
+                else:  # rare: a catch-up that read past the batch rejoined before it came
+                    frames = v.transport.frames(entries[cursor + 1 - first:])
                 if not conn.parts:  # the first of its jobs in this write
                     if not conn.lock.acquire(blocking=False):
                         self._catch_up(v, b"", "busy")
                         continue
                     pending.append(conn)
-                frames = shared.get(v.transport)
-                if frames is None:
-                    frames = shared[v.transport] = v.transport.frames(entries)
                 v.cursor = last
                 v.done = end
                 conn.gather(v, frames, end)
@@ -557,8 +560,8 @@ class Relay:
         reason = "error"
         try:
             if pending:
-                self._write(v, pending, holding=holding, framed=True)
-                holding = False
+                held, holding = holding, False  # _write gives the lock back, whatever happens
+                self._write(v, pending, holding=held, framed=True)
             if v.done:
                 reason = "job_ended"
                 return
@@ -604,9 +607,7 @@ class Relay:
                 # Recent history from memory: one write, no Redis round trip.
                 data, newest = kept
                 end = newest.terminal
-                v.cursor = newest.seq
-                v.done = end
-                self._write(v, data, end)
+                self._write(v, data, end, cursor=newest.seq)
                 if end:
                     return "job_ended"
                 continue
@@ -659,17 +660,15 @@ class Relay:
                     return None
             if entries:
                 end = entries[-1].terminal
-                v.cursor = entries[-1].seq
-                v.done = end
-                self._write(v, v.transport.frames(entries, v.start), end)
+                self._write(v, v.transport.frames(entries, v.start), end, cursor=entries[-1].seq)
                 if end:
                     return "job_ended"
                 continue
             if ended:
                 # The terminal entry is at or before the cursor (or the log has expired).
-                v.done = True
                 if v.chunked:
                     self._write(v, b"", True)  # just the end of the body (when it is ours)
+                v.done = True
                 return "job_ended"
             # The fast path skipped entries for us, or a subscription changed, during the
             # read: read again.
@@ -698,10 +697,10 @@ class Relay:
         metrics.CATCHUPS.labels("reset").inc()
         with self._lock:
             self.recent.lost([v.job_id])  # what is kept of the job may be the dead incarnation
-        v.cursor, v.epoch = reset.after, reset.epoch
         if v.transport.reset is None:
+            v.cursor, v.epoch = reset.after, reset.epoch
             return self._cut(v, "log_reset")
-        self._write(v, v.transport.reset(reset))
+        self._write(v, v.transport.reset(reset), cursor=reset.after, epoch=reset.epoch)
         return None
 
     def _cut(self, v: Viewer, reason: str) -> str:
@@ -734,19 +733,30 @@ class Relay:
             self._entry_size[job_id] = size
 
     def _write(self, v: Viewer, frames: bytes, end: bool = False, *, holding: bool = False,
-               framed: bool = False) -> None:
+               framed: bool = False, cursor: int | None = None,
+               epoch: str | None = None) -> None:
         """Write ``frames`` (framed for ``v``'s connection, with the end of the body if ``end``;
         as they are with ``framed``), waiting for the sink as long as the client reads;
-        WriteTimeout once it has accepted no byte for ``write_timeout`` seconds.
+        WriteTimeout once it has accepted no byte for ``write_timeout`` seconds. ``cursor``
+        and ``epoch``: where ``v`` stands once they are out (``end``: done).
 
         A job of a multi-job stream writes while holding its connection's lock (``holding``:
-        the caller already does), and frames its bytes only then, so two jobs' bytes never
-        interleave and the cursor each write ends with is the connection's latest.
+        the caller already does; the lock is given back here, whatever happens), and frames
+        its bytes only then, so two jobs' bytes never interleave and the cursor each write
+        ends with is the connection's latest. Its new position is set only then too: every
+        write to the connection names every job's cursor (and ends the body once all are
+        done), and must never name entries that are not out yet.
         """
         conn = v.conn
         if conn is not None and not holding and not conn.lock.acquire(timeout=self.write_timeout):
             raise WriteTimeout(v.job_id)
         try:
+            if cursor is not None:
+                v.cursor = cursor
+            if epoch is not None:
+                v.epoch = epoch
+            if end:
+                v.done = True
             data = frames if framed else v.wire(frames, end)
             view = memoryview(data)
             while view:
@@ -826,7 +836,12 @@ class Relay:
                 for v in open_viewers:
                     self.release(v, "client_gone")
                 continue
-            beat = open_viewers[0]
+            # Through a job that is not catching up: the rest of a partial write goes to the
+            # writer's catch-up, and one already running would not take it.
+            beat = next((v for v in open_viewers if v not in self._catching), None)
+            if beat is None:  # every job is catching up: they are writing anyway
+                conn.lock.release()
+                continue
             data = conn.wire(beat.transport.heartbeat, False)
             if self._send(beat, data, holding=True):
                 conn.lock.release()
@@ -887,6 +902,11 @@ class Relay:
             gevent.killall([g for g in catching if isinstance(g, gevent.Greenlet)], block=False)
         for v in list(self._catching):
             v.sink.close()  # a thread's catch-up then fails its next write, and ends
+            if self.green:
+                # A greenlet killed before it ran never runs its cleanup; one that was running
+                # ends at its next switch, and finds this done (release is idempotent).
+                self._catching.pop(v, None)
+                self.release(v, "server_shutdown")
 
     def release(self, v: Viewer, reason: str) -> None:
         """End ``v``: forget it, close its sink, give back its lease and slot (idempotent)."""

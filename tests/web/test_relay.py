@@ -590,6 +590,138 @@ def test_a_viewer_that_falls_behind_while_its_connection_gathers_a_write_loses_n
     assert seqs[a.job_id] == list(range(1, 24)) and seqs[b.job_id] == list(range(1, 6))
 
 
+def ids_never_ahead(conn, data: bytes, logs: list[JobLog]) -> int:
+    """Check that every id of a multi-job stream names, for each job, only entries that came
+    before it (a client resuming from it would skip any other); returns how many ids."""
+    import json
+
+    seen = {log.job_id: 0 for log in logs}
+    ids = 0
+    for line in bytes(data).decode().split("\n"):
+        if line.startswith("data: "):
+            d = json.loads(line[6:])
+            if "seq" in d and "job" in d:
+                seen[d["job"]] = max(seen[d["job"]], d["seq"])
+        elif line.startswith("id: "):
+            cursors = line[4:].partition(":")[2].split(".")
+            named = {v.job_id: int(c.partition("~")[0]) for v, c in zip(conn.viewers, cursors)}
+            assert all(named[j] <= seen[j] for j in seen), (line, seen)
+            ids += 1
+    return ids
+
+
+def test_an_id_never_names_entries_a_catch_up_has_not_written_yet(redis, clock):
+    # a's viewer catches up (its entries read, its write waiting for the connection) while
+    # b's value is gathered: b's write ends with every job's cursor, and must not name a's
+    # entries before they are out (a client resuming from it would never get them).
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
+    a, b = new_log(redis), new_log(redis)
+    conn, client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
+    write(a, 0, 3)                      # not announced: a's catch-up finds them in the log
+    relay.on_resync([a.job_id])         # a's catch-up runs at the next switch
+    relay.on_publications({b.job_id: write(b, 0, 1)})  # the connection is b's for write_delay
+    green_wait(lambda: len(job_events(client.data)) >= 8, what="a's three values, b's one")
+    seqs = finish_and_read(relay, client, [a, b])
+    assert seqs[a.job_id] == list(range(1, 7)) and seqs[b.job_id] == list(range(1, 5))
+    assert ids_never_ahead(conn, client.data, [a, b]) >= 4
+
+
+def test_a_batch_a_multi_job_stream_partly_has_writes_only_the_entries_after_its_cursor(redis,
+                                                                                        relay):
+    # A catch-up can rejoin ahead of announcements still on their way (it read the log after
+    # they were written): the batch that then comes overlaps what the stream already has.
+    log = new_log(redis)
+    write(log, 0, 3)                              # seqs 3..5, read as history
+    conn, client = held_connection(relay, [log])
+    green_wait(lambda: conn.viewers[0].cursor == 5 and not conn.viewers[0].slow,
+               what="the history")
+    write(log, 3, 4)                              # seq 6
+    relay.deliver(log.job_id, log.page(3, 10)[0])  # announced late: seqs 4..6
+    assert finish_and_read(relay, client, [log])[log.job_id] == list(range(1, 8))
+
+
+def test_a_write_that_fails_to_frame_leaves_the_connection_free_for_its_other_jobs(redis, relay):
+    from jobcast.web.events import job_sse
+
+    a, b = new_log(redis), new_log(redis)
+    conn, client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
+    transport = job_sse(a.job_id)
+
+    def broken(entries, start=0):
+        raise ValueError("a framing bug")
+
+    object.__setattr__(transport, "frames", broken)
+    try:
+        relay.on_publications({a.job_id: write(a, 0, 1)})  # logged, and a's viewer goes on
+    finally:
+        object.__delattr__(transport, "frames")
+    relay.deliver(b.job_id, write(b, 0, 1))
+    green_wait(lambda: (b.job_id, 3) in job_events(client.data), what="b's value")
+
+
+def test_a_partial_gathered_write_whose_client_then_leaves_ends_every_job_of_it(redis, clock):
+    # The rest of a partial write goes to the writer's catch-up, with the connection's lock;
+    # the client then leaves. The lock is given back once (a threaded server's lock raises on
+    # a second release, which would leave the viewer held for good).
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_timeout=10, clock=clock, green=False)
+    a, b = new_log(redis), new_log(redis)
+    conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
+    wait_for(lambda: not any(v.slow for v in conn.viewers), 10, 0.01, "histories")
+    relay.deliver(a.job_id, write(a, 0, 20, size=2000))  # far more than the buffers take
+    wait_for(lambda: conn.viewers[0] in relay._catching, 10, 0.01, "the rest to a catch-up")
+    client.sock.close()
+    wait_for(lambda: relay.viewers(a.job_id) == 0, 10, 0.01, "a's viewer ended")
+    assert not conn.lock.locked()
+
+
+def test_a_shutdown_ends_the_catch_up_it_starts_itself(redis, clock):
+    # Shutdown writes what was gathered; a write that goes out partly hands its rest to a
+    # catch-up, which shutdown then stops before it ever ran: its viewer (and the
+    # connection's slot) must still be given back.
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
+    a, b = new_log(redis), new_log(redis)
+    conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
+    relay.on_publications({a.job_id: write(a, 0, 20, size=2000)})  # gathered, not written
+    relay.shutdown()
+    green_wait(lambda: relay.viewers() == 0 and client.released, what="every viewer ended")
+    assert conn.closed and not relay._catching
+
+
+class PartialHeartbeat(RecordingSocket):
+    """A held socket that takes only the first 3 bytes of the first heartbeat written to it."""
+
+    def send(self, data) -> int:
+        """Write like the socket, but only part of the first heartbeat."""
+        if bytes(data[:2]) == b": " and not self.order:
+            self.order.append(self.name)
+            return self.sock.send(data[:3])
+        return self.sock.send(data)
+
+
+def test_a_heartbeat_of_a_multi_job_stream_goes_out_whole_while_one_of_its_jobs_catches_up(
+        redis, relay, clock):
+    # A quiet connection gets one heartbeat, written through one of its jobs. If that write is
+    # partial, the rest goes to that job's catch-up: not to one already running, which would
+    # drop it and leave half a comment line to swallow the next event's first line.
+    a, b = new_log(redis), new_log(redis)
+    conn, client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
+    written: list[int] = []
+    conn.sink.sock = PartialHeartbeat(conn.sink.sock, 0, written)
+    write(a, 0, 1)                   # not announced: a's catch-up finds it in the log
+    relay.on_resync([a.job_id])      # a's catch-up is spawned: it runs at the next switch
+    clock.advance(relay.heartbeat)
+    relay.tick()                     # the connection is quiet: one heartbeat
+    assert written == [0]
+    seqs = finish_and_read(relay, client, [a, b])
+    assert seqs[a.job_id] == list(range(1, 5)) and seqs[b.job_id] == list(range(1, 4))
+    events = list(parse_events(bytes(client.data)))
+    assert len(events) == 7 and all(e.event == e.json()["kind"] for e in events)
+
+
 # -- another incarnation of the log (jobcast.core.epoch) ---------------------------------------
 
 def failover(log: JobLog, writer: JobLog, keep: int) -> None:
