@@ -6,6 +6,8 @@ and the frames of that history are built once for all of them.
 
 from __future__ import annotations
 
+import itertools
+
 from jobcast.core.joblog import Entry
 from jobcast.web.frames import Transport
 
@@ -31,7 +33,8 @@ class RecentEntries:
     ``cursor`` when it ends at that cursor and the broker has delivered nothing newer: the
     viewer can then rejoin the fast path without asking Redis. That holds only within one
     unbroken subscription, so a lost or renewed subscription clears it, and a log read that
-    spans a change (a new ``generation``) adds nothing. Memory is capped in entries and in
+    spans a change (a new ``generation``) adds nothing; nor does one that spans the job being
+    forgotten (its last viewer left: no live batch would ever follow it). Memory is capped in entries and in
     bytes, per job and for the frames.
     """
 
@@ -50,6 +53,9 @@ class RecentEntries:
         self._framed_size = 0
         self.subscribed = False
         self.generation = 0
+        # When each job was first read or kept since it was last forgotten (see reading()).
+        self._since: dict[str, int] = {}
+        self._marks = itertools.count(1)
 
     def after(self, job_id: str, cursor: int, epoch: str | None = None) -> list[Entry]:
         """The kept entries after ``cursor`` of incarnation ``epoch``, if they follow on from
@@ -106,9 +112,20 @@ class RecentEntries:
             # what is known.
             self._keep(job_id, list(entries))
 
-    def add_read(self, job_id: str, entries: list[Entry], generation: int) -> None:
-        """A viewer read ``entries`` from the log, having started the read in ``generation``."""
-        if not entries or not self.subscribed or generation != self.generation:
+    def reading(self, job_id: str) -> tuple[int, int]:
+        """The mark of a log read of ``job_id`` about to start, for :meth:`add_read`."""
+        since = self._since.get(job_id)
+        if since is None:
+            since = self._since[job_id] = next(self._marks)
+        return self.generation, since
+
+    def add_read(self, job_id: str, entries: list[Entry], mark: tuple[int, int]) -> None:
+        """A viewer read ``entries`` from the log, in a read marked ``mark`` (:meth:`reading`)
+        when it began: kept only if neither the subscriptions changed nor the job was
+        forgotten since."""
+        generation, since = mark
+        if (not entries or not self.subscribed or generation != self.generation
+                or self._since.get(job_id) != since):
             return
         tail = self._tails.get(job_id)
         if tail is None:
@@ -139,6 +156,7 @@ class RecentEntries:
 
     def forget(self, job_id: str) -> None:
         """Nobody here watches ``job_id`` any more."""
+        self._since.pop(job_id, None)
         self._tails.pop(job_id, None)
         self._sizes.pop(job_id, None)
         self._dispatched.pop(job_id, None)
@@ -149,6 +167,7 @@ class RecentEntries:
         """The broker's subscription was (re)confirmed (True) or lost (False): start afresh."""
         self.subscribed = live
         self.generation += 1
+        self._since.clear()
         self._tails.clear()
         self._sizes.clear()
         self._dispatched.clear()

@@ -618,6 +618,7 @@ class Relay:
                 reading.wait()
                 continue
             generation = recent.generation
+            mark = recent.reading(v.job_id)
             count = self._page(v.job_id)
             reading = self._reading[v.job_id] = self._event()
             try:
@@ -650,7 +651,7 @@ class Relay:
                     # Only a read that reached the log's end may become the recent entries:
                     # their newest is taken for the job's newest (position, is_current), and a
                     # full page can stop short of it (a late viewer would then wait for nothing).
-                    recent.add_read(v.job_id, entries, generation)
+                    recent.add_read(v.job_id, entries, mark)
                 entries = [e for e in entries if e.seq > v.cursor]
                 if (not entries and not ended and v.missed <= v.cursor
                         and recent.generation == generation):

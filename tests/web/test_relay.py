@@ -291,7 +291,7 @@ def test_recent_entries_join_reads_and_live_batches_into_one_exact_run():
     recent = RecentEntries(maxlen=100)
     recent.subscription(True)
     recent.add_live("j", run(6, 7))            # the hub's first batch
-    recent.add_read("j", run(1, 5), recent.generation)  # a newcomer read the log before it
+    recent.add_read("j", run(1, 5), recent.reading("j"))  # a newcomer read the log before it
     assert [e.seq for e in recent.after("j", 0)] == list(range(1, 8))
     assert [e.seq for e in recent.after("j", 4)] == [5, 6, 7]
     assert recent.is_current("j", 7) and not recent.is_current("j", 6)
@@ -302,14 +302,52 @@ def test_recent_entries_join_reads_and_live_batches_into_one_exact_run():
 def test_recent_entries_are_never_current_past_what_the_hub_dispatched_or_across_subscriptions():
     recent = RecentEntries(maxlen=100)
     recent.subscription(True)
-    generation = recent.generation
-    recent.add_read("j", run(1, 3), generation)
+    mark = recent.reading("j")
+    recent.add_read("j", run(1, 3), mark)
     assert recent.is_current("j", 3)
     recent.subscription(False)                 # the hub lost its subscription
     assert recent.after("j", 0) == [] and not recent.is_current("j", 3)
     recent.subscription(True)
-    recent.add_read("j", run(1, 3), generation)     # a read that began before: not trusted
+    recent.add_read("j", run(1, 3), mark)      # a read that began before: not trusted
     assert recent.after("j", 0) == []
+
+
+def test_recent_entries_take_no_read_that_began_before_its_job_was_forgotten():
+    # The job's last viewer left during the read: no live batch will follow what it found,
+    # so keeping it would make a stale position look current to the next newcomer.
+    recent = RecentEntries(maxlen=100)
+    recent.subscription(True)
+    mark = recent.reading("j")
+    recent.forget("j")
+    recent.add_read("j", run(1, 3), mark)
+    assert recent.last("j") is None and not recent.is_current("j", 3)
+    recent.add_read("j", run(1, 3), recent.reading("j"))  # a read begun since: kept
+    assert recent.last("j").seq == 3
+
+
+def test_a_log_read_whose_viewer_left_meanwhile_leaves_nothing_stale_for_the_next(redis, relay,
+                                                                                  monkeypatch):
+    # The job's only viewer leaves while its catch-up reads the log; the job then goes on and
+    # ends. What that read found must not become this process's idea of where the job stands.
+    log = new_log(redis)
+    write(log, 0, 3)
+    real = relay.broker.history
+
+    def slow_history(job_id, after, count):
+        result = real(job_id, after, count)
+        gevent.sleep(0.05)  # the round trip, during which the client leaves
+        return result
+
+    monkeypatch.setattr(relay.broker, "history", slow_history)
+    server, _ = socket_ends(None, True)
+    viewer = Viewer(log.job_id, SocketSink(server), SSE, epoch=log.head().epoch)
+    relay.hold(viewer)
+    green_wait(lambda: log.job_id in relay._reading, what="the history read")
+    relay.release(viewer, "client_gone")
+    write(log, 3, 5)
+    log.finished()
+    green_wait(lambda: log.job_id not in relay._reading, what="the read to land")
+    assert relay.position(log.job_id) == (True, log.head().seq, log.head().epoch)
 
 
 def test_recent_entries_keep_only_the_newest_per_job():
