@@ -389,7 +389,8 @@ class Broker:
     def _control(self) -> None:
         """Send queued subscriptions, end lingering ones, follow the Cluster's topology."""
         while not self._stop.is_set():
-            lingering = any(s.idle_since is not None for s in self._subs.values())
+            with self._lock:  # a request's subscribe() may add one meanwhile (real threads)
+                lingering = any(s.idle_since is not None for s in self._subs.values())
             self._kick.wait(min(1.0, self.linger / 2) if lingering else 1.0)
             self._kick.clear()
             if self._stop.is_set():

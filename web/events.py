@@ -161,6 +161,8 @@ class MultiRequest:
                 raise BadParam("job", f"{item[:140]!r} is not <id>, <id>:<seq>[~<epoch>] or "
                                       "<id>~<n>")
             after, tail = m.group("after"), m.group("tail")
+            if max(int(after or 0), int(tail or 0)) > MAX_SEQ:
+                raise BadParam("job", f"{item[:140]!r}: a seq or tail is over {MAX_SEQ}")
             specs.append(JobSpec(job_id, int(after) if after else None,
                                  int(tail) if tail else None, m.group("epoch")))
         ids = [s.job_id for s in specs]
@@ -183,6 +185,8 @@ class MultiRequest:
         if not m or not 1 <= int(m.group(1)) <= LIST_MAX:
             raise BadParam("list", f"list must be <n> or <n>:<seq>[~<epoch>], n from 1 to "
                                    f"{LIST_MAX}")
+        if m.group(2) and int(m.group(2)) > MAX_SEQ:
+            raise BadParam("list", f"the feed seq is over {MAX_SEQ}")
         return int(m.group(1)), int(m.group(2)) if m.group(2) else None, m.group(3)
 
     @staticmethod

@@ -64,7 +64,8 @@ SECURITY_HEADERS = (("Content-Security-Policy", OTHER_CSP), ("Referrer-Policy", 
 class _Request:
     """httptools' callbacks: the URL and the few headers the fast path reads."""
 
-    __slots__ = ("url", "last_event_id", "forwarded_for", "has_body", "complete", "messages")
+    __slots__ = ("url", "last_event_id", "forwarded_for", "has_body", "complete", "messages",
+                 "hosts", "unusual")
 
     def __init__(self):
         """Nothing read yet."""
@@ -74,6 +75,8 @@ class _Request:
         self.has_body = False
         self.complete = False
         self.messages = 0  # more than one: requests pipelined behind the first, gunicorn's
+        self.hosts = 0
+        self.unusual = False  # a header gunicorn or Flask answers itself: theirs to answer
 
     def on_message_begin(self) -> None:
         """A request begins."""
@@ -84,11 +87,19 @@ class _Request:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Keep Last-Event-ID and X-Forwarded-For; note any header that announces a body."""
+        """Keep Last-Event-ID and X-Forwarded-For; note any header that announces a body, and
+        any that gunicorn or Flask would answer (Expect, a second Host or Last-Event-ID)."""
         name = name.lower()
         if name == b"last-event-id":
-            if self.last_event_id is None:  # the first one, as Flask's headers.get reads
+            if self.last_event_id is None:
                 self.last_event_id = value.decode("latin-1")
+            else:  # gunicorn joins them with a comma: Flask's 400 names the header
+                self.unusual = True
+        elif name == b"host":
+            self.hosts += 1
+            self.unusual |= self.hosts > 1  # gunicorn's 400
+        elif name == b"expect":
+            self.unusual = True  # gunicorn's 100 Continue, or its 417
         elif name == b"x-forwarded-for":
             # Several headers are one comma-separated list, as WSGI servers join them.
             text = value.decode("latin-1")
@@ -170,7 +181,7 @@ class FastPath:
         seen = _Request()
         parser = httptools.HttpRequestParser(seen)
         parser.feed_data(data)
-        if (not seen.complete or seen.messages != 1 or seen.has_body
+        if (not seen.complete or seen.messages != 1 or seen.has_body or seen.unusual
                 or parser.get_http_version() != "1.1"):
             return None
         url = httptools.parse_url(seen.url)

@@ -159,6 +159,10 @@ def test_each_job_keeps_its_tail(web, redis):
     ("&".join(f"job={i:032x}" for i in range(MAX_JOBS + 1)), {}, "job"),
     ("job=abc&job=def", {"Last-Event-ID": "00000000:1.2"}, "Last-Event-ID"),
     ("job=abc", {"Last-Event-ID": "17"}, "Last-Event-ID"),
+    # Seqs past 2**53 are no position (and JavaScript could not hold them), as in the header.
+    ("job=abc:9999999999999999", {}, "job"),
+    ("job=abc~9999999999999999", {}, "job"),
+    ("list=5:9999999999999999", {}, "list"),
 ])
 def test_bad_requests_get_400_naming_the_field(web, query, headers, field):
     r = httpx.get(f"{web.url}/events?{query}", headers=headers, timeout=10)

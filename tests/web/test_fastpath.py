@@ -139,6 +139,21 @@ def test_what_the_fast_path_leaves_to_flask_is_answered_as_before(http, web, wor
     assert after.get("flask", 0) >= before.get("flask", 0) + 5
 
 
+@pytest.mark.parametrize("extra", [
+    ("Last-Event-ID: 1", "Last-Event-ID: 2"),  # Flask: 400 naming Last-Event-ID
+    ("Host: other.test",),                      # a second Host: gunicorn's 400
+    ("Expect: bogus",),                         # gunicorn's 417
+])
+def test_headers_gunicorn_or_flask_refuse_are_refused_with_the_fast_path_on_too(
+        http, web, workers, flask_only, extra):
+    job_id = finished_job(http)
+    raw = request(f"/jobs/{job_id}/events", *extra)
+    fast, fast_body = exchange(web.port, raw)
+    slow, slow_body = exchange(flask_only.port, raw)
+    assert fast.status_code == slow.status_code >= 400
+    assert fast_body == slow_body
+
+
 def test_gunicorn_parses_a_declined_request_from_the_bytes_read_then_the_socket():
     # The fast path read the head's first part; gunicorn's own parser gets it back, then the rest.
     raw = request("/jobs/abc123/stream?start=2", "Last-Event-ID: 7")
