@@ -8,6 +8,7 @@ stream, whose body is one line per value.
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
 
 import pytest
@@ -15,7 +16,7 @@ from redis import Redis
 
 from jobcast.launcher.redisserver import RedisServer
 from tests.conftest import WebServer, wait_for
-from jobcast.web.broker import LINGER, Broker
+from jobcast.web.broker import LINGER, Broker, JobSubscription
 from jobcast.core.joblog import JobLog, channel
 
 
@@ -183,3 +184,47 @@ def test_a_job_whose_delivery_fails_touches_neither_other_jobs_nor_the_subscript
         finally:
             relay.stop(5)
             redis.close()
+
+
+def test_a_job_subscribed_while_the_broker_looks_at_its_subscriptions_never_stops_it(redis):
+    # Under a threaded server a request subscribes from its own thread while the broker's
+    # control thread looks for lingering subscriptions: the dict must not change under that
+    # look (it would end the thread, and no subscription would ever be sent again).
+    broker = Broker(redis)
+    broker._flush = lambda: None  # nothing is sent: only the look is under test
+    looking, subscribed = threading.Event(), threading.Event()
+
+    class Looked(JobSubscription):
+        """A subscription that gives a request its chance while it is being looked at."""
+
+        @property
+        def idle_since(self):
+            looking.set()
+            subscribed.wait(0.5)
+            return None
+
+        @idle_since.setter
+        def idle_since(self, value):
+            pass
+
+    broker._subs["a"] = Looked("a", channel("a"))
+
+    def request():
+        looking.wait(10)
+        broker.subscribe("b")
+        subscribed.set()
+
+    viewer = threading.Thread(target=request)
+    viewer.start()
+    control = threading.Thread(target=broker._control, daemon=True)
+    control.start()
+    try:
+        viewer.join(10)
+        assert subscribed.is_set() and "b" in broker._subs
+        looking.clear()
+        assert looking.wait(5), "the broker never looked at its subscriptions again"
+        assert control.is_alive()
+    finally:
+        broker._stop.set()
+        broker._kick.set()
+        control.join(5)
