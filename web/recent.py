@@ -7,6 +7,7 @@ and the frames of that history are built once for all of them.
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 from jobcast.core.joblog import Entry
 from jobcast.web.frames import Transport
@@ -19,6 +20,14 @@ RECENT_BYTES = 1 << 20
 
 FRAMED_BYTES = 8 << 20
 """At most this many bytes of framed history kept for newcomers, all jobs together."""
+
+
+class ReadMark(NamedTuple):
+    """Where a log read began (:meth:`RecentEntries.reading`): the subscriptions' generation,
+    and when its job was last taken in."""
+
+    generation: int
+    since: int
 
 
 class RecentEntries:
@@ -34,8 +43,8 @@ class RecentEntries:
     viewer can then rejoin the fast path without asking Redis. That holds only within one
     unbroken subscription, so a lost or renewed subscription clears it, and a log read that
     spans a change (a new ``generation``) adds nothing; nor does one that spans the job being
-    forgotten (its last viewer left: no live batch would ever follow it). Memory is capped in entries and in
-    bytes, per job and for the frames.
+    forgotten (its last viewer left: no live batch would ever follow it). Memory is capped in
+    entries and in bytes, per job and for the frames.
     """
 
     def __init__(self, maxlen: int = RECENT, max_bytes: int = RECENT_BYTES,
@@ -112,20 +121,19 @@ class RecentEntries:
             # what is known.
             self._keep(job_id, list(entries))
 
-    def reading(self, job_id: str) -> tuple[int, int]:
+    def reading(self, job_id: str) -> ReadMark:
         """The mark of a log read of ``job_id`` about to start, for :meth:`add_read`."""
         since = self._since.get(job_id)
         if since is None:
             since = self._since[job_id] = next(self._marks)
-        return self.generation, since
+        return ReadMark(self.generation, since)
 
-    def add_read(self, job_id: str, entries: list[Entry], mark: tuple[int, int]) -> None:
+    def add_read(self, job_id: str, entries: list[Entry], mark: ReadMark) -> None:
         """A viewer read ``entries`` from the log, in a read marked ``mark`` (:meth:`reading`)
         when it began: kept only if neither the subscriptions changed nor the job was
         forgotten since."""
-        generation, since = mark
-        if (not entries or not self.subscribed or generation != self.generation
-                or self._since.get(job_id) != since):
+        if (not entries or not self.subscribed or mark.generation != self.generation
+                or self._since.get(job_id) != mark.since):
             return
         tail = self._tails.get(job_id)
         if tail is None:

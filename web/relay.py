@@ -617,7 +617,6 @@ class Relay:
                 # for that read to land in the recent entries rather than repeat it.
                 reading.wait()
                 continue
-            generation = recent.generation
             mark = recent.reading(v.job_id)
             count = self._page(v.job_id)
             reading = self._reading[v.job_id] = self._event()
@@ -654,7 +653,7 @@ class Relay:
                     recent.add_read(v.job_id, entries, mark)
                 entries = [e for e in entries if e.seq > v.cursor]
                 if (not entries and not ended and v.missed <= v.cursor
-                        and recent.generation == generation):
+                        and recent.generation == mark.generation):
                     # Back to the fast path: whatever is delivered from now on sees it, and
                     # whatever was delivered during the read set v.missed (or a new generation).
                     v.slow = False

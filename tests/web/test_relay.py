@@ -631,19 +631,16 @@ def test_a_viewer_that_falls_behind_while_its_connection_gathers_a_write_loses_n
 def ids_never_ahead(conn, data: bytes, logs: list[JobLog]) -> int:
     """Check that every id of a multi-job stream names, for each job, only entries that came
     before it (a client resuming from it would skip any other); returns how many ids."""
-    import json
-
     seen = {log.job_id: 0 for log in logs}
     ids = 0
-    for line in bytes(data).decode().split("\n"):
-        if line.startswith("data: "):
-            d = json.loads(line[6:])
-            if "seq" in d and "job" in d:
-                seen[d["job"]] = max(seen[d["job"]], d["seq"])
-        elif line.startswith("id: "):
-            cursors = line[4:].partition(":")[2].split(".")
+    for block in parse_events(bytes(data), all_blocks=True):
+        if block.data:
+            entry = block.json()
+            seen[entry["job"]] = max(seen[entry["job"]], entry["seq"])
+        if block.id:
+            cursors = block.id.partition(":")[2].split(".")
             named = {v.job_id: int(c.partition("~")[0]) for v, c in zip(conn.viewers, cursors)}
-            assert all(named[j] <= seen[j] for j in seen), (line, seen)
+            assert all(named[j] <= seen[j] for j in seen), (block.id, seen)
             ids += 1
     return ids
 
