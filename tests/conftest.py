@@ -168,6 +168,7 @@ SERVICE_FIXTURES = {
     "tests/web/test_events.py": {"private"},
     "tests/web/test_output.py": {"private"},
     "tests/web/test_fuzz.py": {"server"},
+    "tests/web/test_handover.py": {"stoppable"},
     "tests/web/test_limits.py": {"guarded"},
     "tests/web/test_openapi.py": {"fuzzed"},
     "tests/web/test_subscriptions.py": {"one_hub"},

@@ -4,8 +4,9 @@ A newcomer's stream request is the one request a busy web process serves by the 
 while it writes to those already watching (a restarted replica's viewers coming back, a
 shared link). Through gunicorn's Python parser, its WSGI environ and Flask's request
 dispatch, the request costs more than the admission itself. Jobcast's gunicorn worker
-(:class:`~jobcast.web.handover.StreamWorker`) first offers each new connection's request to
-:meth:`FastPath.admit`, which:
+(:class:`~jobcast.web.handover.StreamWorker`, through its
+:class:`~jobcast.web.handover.AdmittingServer`) first offers each new connection's request
+to :meth:`FastPath.admit`, which:
 
 - parses it with httptools (the C parser uvicorn uses);
 - routes it with the app's own URL map, so Flask still owns the routes;

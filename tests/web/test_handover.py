@@ -5,7 +5,10 @@ Real sockets and gunicorn's own Response class on a stand-in request; no gunicor
 from __future__ import annotations
 
 import _socket
+import signal
 import socket
+import time
+import uuid
 from typing import Iterator
 
 import h11
@@ -13,8 +16,12 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http.wsgi import Response
 
+from jobcast.core.joblog import JobLog
+from jobcast.launcher.redisserver import RedisServer
 from jobcast.web.frames import LAST_CHUNK, chunk
 from jobcast.web.handover import HandoverSocket, can_take
+from tests.conftest import WebServer
+from tests.web.test_fastpath import admissions, finished_job, request
 
 
 class Request:
@@ -226,3 +233,92 @@ def test_a_served_request_leaves_its_response_to_reference_counting_not_to_the_c
         assert served and served[0]() is None
     finally:
         gc.enable()
+
+
+# -- AdmittingServer: a new connection's first bytes, read before it costs a greenlet --------
+
+
+@pytest.fixture(scope="module")
+def stoppable(tmp_path_factory, logs_dir) -> Iterator[tuple[RedisServer, WebServer]]:
+    """A redis-server of its own (a test pauses it) and a one-worker gunicorn on it."""
+    redis_server = RedisServer(data_dir=tmp_path_factory.mktemp("redis-stoppable")).start()
+    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-stoppable.log").start()
+    yield redis_server, web
+    web.stop()
+    redis_server.stop()
+
+
+def running_job(redis_url: str) -> str:
+    """A job that has started and logged one value, written as a worker writes it."""
+    from redis import Redis
+
+    job_id = uuid.uuid4().hex
+    log = JobLog(Redis.from_url(redis_url), job_id)
+    log.create("clock", {"rate": 1, "duration": 60}, None)
+    log.started("test", 1)
+    log.value(0, 1.0)
+    return job_id
+
+
+def response_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and headers the server sends on ``sock``, and what came after them."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(65536)
+        if not data:
+            break
+        head += data
+    head, _, rest = head.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def test_a_client_that_says_nothing_is_dropped_after_keepalive_seconds(web):
+    # gunicorn's keepalive is 5 s: its own first read would drop the client then too.
+    with socket.create_connection(("127.0.0.1", web.port), timeout=15) as sock:
+        began = time.monotonic()
+        assert sock.recv(1) == b""  # closed, nothing written
+        assert 4 <= time.monotonic() - began < 12
+
+
+def test_a_request_that_arrives_in_two_parts_is_served_by_flask_from_both(http, web, workers):
+    job_id = finished_job(http, n=3)
+    before = admissions(web.url).get("flask", 0)
+    raw = request(f"/jobs/{job_id}/stream")
+    with socket.create_connection(("127.0.0.1", web.port), timeout=15) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(raw[:20])
+        time.sleep(0.3)  # not a wait on a condition: the two parts must arrive apart
+        sock.sendall(raw[20:])
+        head, body = response_head(sock)
+        while data := sock.recv(65536):
+            body += data
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"1.4142135623730951" in body
+    assert admissions(web.url).get("flask", 0) == before + 1  # the fast path read only a part
+
+
+def test_an_admission_waiting_on_redis_holds_up_no_other_newcomer(stoppable):
+    redis_server, web = stoppable
+    watched, new = running_job(redis_server.url), running_job(redis_server.url)
+    with socket.create_connection(("127.0.0.1", web.port), timeout=15) as first:
+        first.sendall(request(f"/jobs/{watched}/stream"))
+        head, body = response_head(first)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        while b"1.0" not in body:  # (the socket's timeout is the deadline)
+            body += first.recv(65536)
+        # The server now follows `watched` (subscribed, its recent entries kept); it has never
+        # seen `new`, whose admission must ask Redis.
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            with socket.create_connection(("127.0.0.1", web.port), timeout=15) as stuck, \
+                    socket.create_connection(("127.0.0.1", web.port), timeout=1.5) as other:
+                stuck.sendall(request(f"/jobs/{new}/stream"))
+                time.sleep(0.3)  # not a wait on a condition: `stuck` must be admitted first
+                other.sendall(request(f"/jobs/{watched}/stream"))
+                # Redis is paused: only another admitter can answer this one, at once (a
+                # socket timeout of 1.5 s is the deadline; `stuck` waits longer on Redis).
+                assert response_head(other)[0].startswith(b"HTTP/1.1 200 OK")
+                redis_server.proc.send_signal(signal.SIGCONT)
+                assert response_head(stuck)[0].startswith(b"HTTP/1.1 200 OK")
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
