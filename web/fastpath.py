@@ -171,7 +171,9 @@ class FastPath:
             return True
         FAST_ADMISSIONS.inc()
         viewer.attach(sink, chunked=True)
-        relay.hold(viewer, here=True)
+        # The catch-up from the log in a greenlet of its own: it waits as long as the client
+        # reads, and the admitter that runs this serves other newcomers meanwhile.
+        relay.hold(viewer)
         return True
 
     def _parse(self, data: bytes) -> tuple[Transport, StreamRequest, str] | None:

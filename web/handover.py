@@ -44,10 +44,9 @@ FAST_PATH = "gunicorn_fast_path"
 FIRST_READ = 8192
 """Bytes read for the fast path: a stream request's whole head, as gunicorn's first read."""
 
-MAX_ADMITTERS = 8
-"""Greenlets that run the fast path at most at once: one admits every request that has
-arrived, and more start only while the others wait (on Redis, for a job seen for the first
-time), so one slow admission never holds up the rest."""
+IDLE_ADMITTERS = 4
+"""Admitter greenlets kept waiting for requests (see :class:`AdmittingServer`); more start
+only while those wait on Redis, and end once the queue is empty."""
 
 
 def on_worker_exit(callback: Callable[[], None]) -> None:
@@ -255,8 +254,11 @@ class AdmittingServer(StreamServer):
       before the relay writes the next value to those already watching);
     - waits for the first bytes with a bare libev watcher, and drops a client that says
       nothing within gunicorn's ``keepalive`` seconds (as gunicorn's own first read would);
-    - hands what arrived to a few admitter greenlets (:data:`MAX_ADMITTERS`), which run the
-      fast path on every request that is in, one after another;
+    - hands what arrived to an admitter greenlet, which runs the fast path on every request
+      that is in, one after another. An admission that waits (on Redis, for a job this process
+      has not seen yet) lets another admitter take the rest, so no newcomer waits behind
+      another's wait; a client's own reads are never waited on here (the relay's catch-up of
+      a new viewer runs in a greenlet of its own);
     - gives anything the fast path declines to gunicorn's handler, in a greenlet of gunicorn's
       pool, with a gevent socket that returns the bytes already read first.
 
@@ -279,7 +281,10 @@ class AdmittingServer(StreamServer):
         self._arrived: deque[tuple[_socket.socket, bytes, object]] = deque()
         self._idle: list = []  # admitter greenlets waiting for requests
         self._admitters = 0
-        self._waking = False  # an idle admitter was told to run
+        # As many admissions at once as gunicorn's pool would have run (worker_connections).
+        self._max_admitters = getattr(spawn, "size", None) or 10_000
+        self._waking = False  # an admitter was told to run, and has not yet
+        self._watching = False  # a check that the running admitter did not stop to wait
         self._sweeper = None
 
     # -- gevent's seams -------------------------------------------------------------------
@@ -319,6 +324,11 @@ class AdmittingServer(StreamServer):
         """Read the new connection's first bytes: now if they are in, else once they are."""
         if not self.direct:
             return super().do_handle(sock, address)
+        if len(self._waiting) >= self._max_admitters:
+            # As many silent clients as gunicorn's pool holds: this one goes to the pool
+            # (which has room, or gevent would not have accepted it), as every one did before.
+            client = GeventSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+            return super().do_handle(client, address)
         watcher = self.loop.io(sock.fileno(), 1)
         self._waiting[sock.fileno()] = (sock, watcher, time.monotonic() + self.keepalive)
         if not self._read_first(sock.fileno(), address):
@@ -343,15 +353,7 @@ class AdmittingServer(StreamServer):
             sock.close()  # it left, or failed, before saying anything
             return True
         self._arrived.append((sock, data, address))
-        if self._waking:
-            return True
-        if self._idle:
-            self._waking = True
-            self.loop.run_callback(self._idle.pop().switch)
-        elif self._admitters < MAX_ADMITTERS:
-            self._waking = True
-            self._admitters += 1
-            gevent.spawn_raw(self._admit_arrived)
+        self._wake()
         return True
 
     def _sweep(self) -> None:
@@ -368,19 +370,50 @@ class AdmittingServer(StreamServer):
 
     # -- admitters ------------------------------------------------------------------------
 
+    def _wake(self) -> None:
+        """Have an admitter run: an idle one, else a new one (up to the pool's size)."""
+        if self._waking:
+            return
+        if self._idle:
+            self._waking = True
+            self.loop.run_callback(self._idle.pop().switch)
+        elif self._admitters < self._max_admitters:
+            self._waking = True
+            self._admitters += 1
+            gevent.spawn_raw(self._admit_arrived)
+
     def _admit_arrived(self) -> None:
-        """An admitter: serve the requests that arrived, then wait for more."""
+        """An admitter: serve the requests that arrived, then wait for more (or end, when
+        enough others wait)."""
         me = getcurrent()
         hub = gevent.get_hub()
         try:
             while True:
                 self._waking = False
                 while self._arrived:
-                    self._serve(*self._arrived.popleft())
+                    sock, data, address = self._arrived.popleft()
+                    if self._arrived and not self._watching:
+                        # Runs once the hub has the loop back: at once if this admission
+                        # waits, and then the requests behind it go to another admitter.
+                        self._watching = True
+                        self.loop.run_callback(self._blocked)
+                    try:
+                        self._serve(sock, data, address)
+                    except Exception:  # one request's failure must not stop the admitter
+                        log.exception("admission of a new connection failed")
+                        sock.close()
+                if len(self._idle) >= IDLE_ADMITTERS:
+                    return
                 self._idle.append(me)
                 hub.switch()
-        finally:  # killed at exit
+        finally:  # ended, or killed at exit
             self._admitters -= 1
+
+    def _blocked(self) -> None:
+        """The loop is back while requests still wait: their admitter is waiting."""
+        self._watching = False
+        if self._arrived:
+            self._wake()
 
     def _serve(self, sock: _socket.socket, data: bytes, address) -> None:
         """The fast path's, or else gunicorn's (in a greenlet of its pool)."""

@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Iterator
 
 import h11
@@ -19,7 +20,7 @@ from gunicorn.http.wsgi import Response
 from jobcast.core.joblog import JobLog
 from jobcast.launcher.redisserver import RedisServer
 from jobcast.web.frames import LAST_CHUNK, chunk
-from jobcast.web.handover import HandoverSocket, can_take
+from jobcast.web.handover import AdmittingServer, HandoverSocket, can_take
 from tests.conftest import WebServer
 from tests.web.test_fastpath import admissions, finished_job, request
 
@@ -322,3 +323,53 @@ def test_an_admission_waiting_on_redis_holds_up_no_other_newcomer(stoppable):
                 assert response_head(stuck)[0].startswith(b"HTTP/1.1 200 OK")
         finally:
             redis_server.proc.send_signal(signal.SIGCONT)
+
+
+def test_requests_that_arrive_together_are_not_held_up_by_one_admission_that_waits():
+    # In this process, with gevent but without its monkey-patching: a fake fast path whose
+    # first admission waits (as on Redis, for a job never seen), and the others go at once.
+    import gevent
+    from gevent import socket as gsocket
+    from gevent.event import Event
+    from gevent.pool import Pool
+
+    release, admitted, held, waited = Event(), [], [], []
+
+    def fast(data: bytes, sock, addr) -> bool:
+        if not waited:
+            waited.append(data.split()[1])
+            release.wait()
+        sock.send(b"HTTP/1.1 200 OK\r\n\r\n")
+        admitted.append(data.split()[1])
+        held.append(sock)
+        return True
+
+    def until(condition, what: str) -> None:
+        with gevent.Timeout(5, AssertionError(f"timed out waiting for {what}")):
+            while not condition():
+                gevent.sleep(0.01)
+
+    worker = SimpleNamespace(fast_path=fast, handle=lambda *args: None,
+                             cfg=SimpleNamespace(keepalive=5, http_protocols=["h1"]))
+    listener = gsocket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    server = AdmittingServer(listener, worker=worker, spawn=Pool(10))
+    server.start()
+    clients = [gsocket.create_connection(listener.getsockname()) for _ in range(3)]
+    try:
+        until(lambda: len(server._waiting) == 3, "the three connections accepted")
+        # Sent before the server's loop runs again: the three arrive in one turn, queued
+        # together for one admitter.
+        for client, path in zip(clients, [b"/a", b"/b", b"/c"]):
+            client.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
+        until(lambda: len(admitted) == 2, "the two requests behind the waiting one")
+        assert waited[0] not in admitted
+        release.set()
+        until(lambda: len(admitted) == 3, "the waiting request")
+        assert sorted(admitted) == [b"/a", b"/b", b"/c"]
+        assert all(c.recv(100).startswith(b"HTTP/1.1 200 OK") for c in clients)
+    finally:
+        server.close()
+        for sock in clients + held:
+            sock.close()
