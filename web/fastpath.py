@@ -162,6 +162,8 @@ class FastPath:
             sink = SocketSink(detach(sock), green=relay.green)
             if not sink.send_all(out, st.config.write_timeout):
                 raise TimeoutError("the client accepted none of the response headers")
+            FAST_ADMISSIONS.inc()
+            viewer.attach(sink, chunked=True)
         except Exception as exc:
             # Past this point the request is answered here or not at all: free what it holds.
             if not isinstance(exc, OSError):  # OSError (and TimeoutError): the client left
@@ -169,11 +171,13 @@ class FastPath:
             viewer.abandon()
             (sink or sock).close()
             return True
-        FAST_ADMISSIONS.inc()
-        viewer.attach(sink, chunked=True)
-        # The catch-up from the log in a greenlet of its own: it waits as long as the client
-        # reads, and the admitter that runs this serves other newcomers meanwhile.
-        relay.hold(viewer)
+        try:
+            # The catch-up from the log in a greenlet of its own: it waits as long as the
+            # client reads, and the admitter that runs this serves other newcomers meanwhile.
+            relay.hold(viewer)
+        except Exception:
+            log.exception("relay failed to take a stream of job %s", req.job_id)
+            relay.release(viewer, "error")  # frees the viewer's lease and slot, closes it
         return True
 
     def _parse(self, data: bytes) -> tuple[Transport, StreamRequest, str] | None:

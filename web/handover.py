@@ -245,8 +245,9 @@ class AdmittingServer(StreamServer):
 
     A newcomer costs a web process more in gevent's accept path (a gevent socket, a greenlet
     from the pool, a keep-alive timer, a read that waits and switches) than in Jobcast's own
-    admission: measured on this project's bench machine, 120-150 µs of CPU per connection
-    against 50-100 µs without them. So for a plain HTTP/1.1 listener, when the app offers a
+    admission: on this project's bench machine, 120-260 µs of CPU per connection in gevent's
+    path against 65-100 µs in this one's (docs/benchmarks.md, "gevent's accept path"). So
+    for a plain HTTP/1.1 listener, when the app offers a
     fast path, this server:
 
     - accepts one connection per turn of the event loop (gunicorn does so with several
@@ -271,7 +272,6 @@ class AdmittingServer(StreamServer):
                  handler_class=None, environ=None, **ssl_args):
         """Serve ``listener`` for ``worker`` (gunicorn passes a pywsgi server's arguments to
         its ``server_class``; the ones only pywsgi reads are ignored)."""
-        super().__init__(listener, handle=partial(worker.handle, listener), spawn=spawn, **ssl_args)
         self.fast_path = getattr(worker, "fast_path", None)
         # gunicorn's first read waits this long too (none with keepalive = 0).
         self.keepalive = worker.cfg.keepalive or float("inf")
@@ -281,11 +281,18 @@ class AdmittingServer(StreamServer):
         self._arrived: deque[tuple[_socket.socket, bytes, object]] = deque()
         self._idle: list = []  # admitter greenlets waiting for requests
         self._admitters = 0
-        # As many admissions at once as gunicorn's pool would have run (worker_connections).
-        self._max_admitters = getattr(spawn, "size", None) or 10_000
+        self._busy = 0  # requests an admitter is serving now
         self._waking = False  # an admitter was told to run, and has not yet
         self._watching = False  # a check that the running admitter did not stop to wait
+        self._paused = False  # accepting stopped: worker_connections reached
         self._sweeper = None
+        # gevent's close() forgets the handler: a request declined while the worker stops
+        # still goes to gunicorn's.
+        self._gunicorn = partial(worker.handle, listener)
+        super().__init__(listener, handle=self._gunicorn, spawn=spawn, **ssl_args)
+        self._size = getattr(spawn, "size", None) or 10_000  # gunicorn's worker_connections
+        if self.direct:
+            self.full = self._full
 
     # -- gevent's seams -------------------------------------------------------------------
 
@@ -297,15 +304,28 @@ class AdmittingServer(StreamServer):
             self._sweeper.start(self._sweep)
 
     def close(self) -> None:
-        """Stop accepting; drop the connections that have not sent a request yet."""
-        try:
-            super().close()
-        finally:
-            if self._sweeper is not None:
-                self._sweeper.stop()
-                self._sweeper = None
-            for fd in list(self._waiting):
-                self._drop(fd)
+        """Stop accepting. The connections accepted so far are still served: gunicorn waits
+        for its pool's greenlets (up to ``graceful_timeout``), so one of them waits for those."""
+        super().close()
+        if self.direct and (self._waiting or self._arrived or self._busy):
+            self.pool.spawn(self._drain)
+
+    def _drain(self) -> None:
+        """Wait until every accepted connection was admitted, handed over or dropped."""
+        while self._waiting or self._arrived or self._busy:
+            gevent.sleep(0.05)
+
+    def _full(self) -> bool:
+        """Whether worker_connections are taken: the pool's greenlets, and the connections
+        waiting for their first bytes, queued or being admitted."""
+        used = len(self.pool) + len(self._waiting) + len(self._arrived) + self._busy
+        self._paused = used >= self._size
+        return self._paused
+
+    def _room(self) -> None:
+        """Accept again, once below worker_connections (after :meth:`_full` stopped it)."""
+        if self._paused and not self._full():
+            self._start_accepting_if_started()
 
     def do_read(self):
         """Accept one connection: its bare OS socket (non-blocking) and address."""
@@ -324,11 +344,6 @@ class AdmittingServer(StreamServer):
         """Read the new connection's first bytes: now if they are in, else once they are."""
         if not self.direct:
             return super().do_handle(sock, address)
-        if len(self._waiting) >= self._max_admitters:
-            # As many silent clients as gunicorn's pool holds: this one goes to the pool
-            # (which has room, or gevent would not have accepted it), as every one did before.
-            client = GeventSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-            return super().do_handle(client, address)
         watcher = self.loop.io(sock.fileno(), 1)
         self._waiting[sock.fileno()] = (sock, watcher, time.monotonic() + self.keepalive)
         if not self._read_first(sock.fileno(), address):
@@ -351,6 +366,7 @@ class AdmittingServer(StreamServer):
         del self._waiting[fd]
         if not data:
             sock.close()  # it left, or failed, before saying anything
+            self._room()
             return True
         self._arrived.append((sock, data, address))
         self._wake()
@@ -361,6 +377,7 @@ class AdmittingServer(StreamServer):
         now = time.monotonic()
         for fd in [fd for fd, (_, _, deadline) in self._waiting.items() if deadline <= now]:
             self._drop(fd)
+        self._room()
 
     def _drop(self, fd: int) -> None:
         """Close a connection that has not sent a request."""
@@ -371,13 +388,14 @@ class AdmittingServer(StreamServer):
     # -- admitters ------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        """Have an admitter run: an idle one, else a new one (up to the pool's size)."""
+        """Have an admitter run: an idle one, else a new one (at most one per connection
+        gunicorn's pool could hold)."""
         if self._waking:
             return
         if self._idle:
             self._waking = True
             self.loop.run_callback(self._idle.pop().switch)
-        elif self._admitters < self._max_admitters:
+        elif self._admitters < self._size:
             self._waking = True
             self._admitters += 1
             gevent.spawn_raw(self._admit_arrived)
@@ -397,17 +415,23 @@ class AdmittingServer(StreamServer):
                         # waits, and then the requests behind it go to another admitter.
                         self._watching = True
                         self.loop.run_callback(self._blocked)
+                    self._busy += 1
                     try:
                         self._serve(sock, data, address)
                     except Exception:  # one request's failure must not stop the admitter
                         log.exception("admission of a new connection failed")
                         sock.close()
+                    finally:
+                        self._busy -= 1
+                    self._room()
                 if len(self._idle) >= IDLE_ADMITTERS:
                     return
                 self._idle.append(me)
                 hub.switch()
-        finally:  # ended, or killed at exit
+        finally:  # ended, or killed
             self._admitters -= 1
+            if self._arrived:  # (killed while requests wait)
+                self._wake()
 
     def _blocked(self) -> None:
         """The loop is back while requests still wait: their admitter is waiting."""
@@ -427,8 +451,16 @@ class AdmittingServer(StreamServer):
         except OSError:
             sock.close()
             return
+        reader = ReadSocket(client, data)
         # Waits for room in the pool (worker_connections), as gevent's accept loop would.
-        super().do_handle(ReadSocket(client, data), address)
+        self.pool.spawn(self._handle_declined, reader, address)
+
+    def _handle_declined(self, client: ReadSocket, address) -> None:
+        """gunicorn's handler for a request the fast path declined; then close it."""
+        try:
+            self._gunicorn(client, address)
+        finally:
+            client.close()
 
     def do_close(self, sock, *args) -> None:
         """Close a connection gunicorn's handler is done with."""

@@ -195,3 +195,33 @@ def test_sse_through_the_fast_path_resumes_exactly(http, web, workers):
     resumed = parse_events(httpx.get(f"{web.url}/jobs/{job_id}/events", timeout=30,
                                      headers={"Last-Event-ID": ids[3]}).content)
     assert [e.id for e in resumed if e.id] == ids[4:]
+
+
+def test_a_stream_the_relay_fails_to_take_is_freed_and_answered_once(make_app, config, redis,
+                                                                     monkeypatch):
+    # After its headers are out the stream is the fast path's: a failure then frees it, and
+    # the request is not given to Flask too (which would answer it a second time).
+    from jobcast.core.joblog import JobLog
+    from jobcast.web.relay import Relay
+
+    job_id = "f" * 32
+    log = JobLog(redis, job_id)
+    log.create("clock", {"rate": 1, "duration": 60}, None)
+    log.started("test", 1)
+    app = make_app({"JOBCAST": config})
+    st = app.extensions["jobcast"]
+
+    def fail(self, viewer, **kwargs):
+        raise RuntimeError("a bug in the relay")
+
+    monkeypatch.setattr(Relay, "hold", fail)
+    server, client = socket.socketpair()
+    with server, client:
+        assert FastPath(app).admit(request(f"/jobs/{job_id}/stream"), server,
+                                   ("127.0.0.1", 1)) is True
+        client.settimeout(10)
+        answer = b""
+        while data := client.recv(65536):  # until the fast path closes the stream
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b"HTTP/1.1") == 1
+    assert st.limiter.total == 0  # its stream slot was given back

@@ -5,6 +5,7 @@ Real sockets and gunicorn's own Response class on a stand-in request; no gunicor
 from __future__ import annotations
 
 import _socket
+import contextlib
 import signal
 import socket
 import time
@@ -325,13 +326,53 @@ def test_an_admission_waiting_on_redis_holds_up_no_other_newcomer(stoppable):
             redis_server.proc.send_signal(signal.SIGCONT)
 
 
-def test_requests_that_arrive_together_are_not_held_up_by_one_admission_that_waits():
-    # In this process, with gevent but without its monkey-patching: a fake fast path whose
-    # first admission waits (as on Redis, for a job never seen), and the others go at once.
-    import gevent
+@contextlib.contextmanager
+def admitting_server(fast, size: int = 10, handle=None) -> Iterator[tuple]:
+    """An :class:`AdmittingServer` in this process (gevent, without its monkey-patching) on a
+    loopback port, with ``fast`` as its fast path, a pool of ``size`` and ``handle`` as
+    gunicorn's handler: (the server, a function that connects a gevent client socket)."""
     from gevent import socket as gsocket
-    from gevent.event import Event
     from gevent.pool import Pool
+
+    worker = SimpleNamespace(fast_path=fast, handle=handle or (lambda *args: None),
+                             cfg=SimpleNamespace(keepalive=5, http_protocols=["h1"]))
+    listener = gsocket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    server = AdmittingServer(listener, worker=worker, spawn=Pool(size))
+    server.start()
+    clients = []
+
+    def connect():
+        clients.append(gsocket.create_connection(listener.getsockname()))
+        return clients[-1]
+
+    try:
+        yield server, connect
+    finally:
+        server.close()
+        for sock in clients:
+            sock.close()
+
+
+def until(condition, what: str) -> None:
+    """Let gevent's loop run until ``condition()``; fail after 5 s."""
+    import gevent
+
+    with gevent.Timeout(5, AssertionError(f"timed out waiting for {what}")):
+        while not condition():
+            gevent.sleep(0.01)
+
+
+def get(path: bytes) -> bytes:
+    """A GET of ``path`` over HTTP/1.1."""
+    return b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path
+
+
+def test_requests_that_arrive_together_are_not_held_up_by_one_admission_that_waits():
+    # A fake fast path whose first admission waits (as on Redis, for a job never seen), and
+    # the others go at once.
+    from gevent.event import Event
 
     release, admitted, held, waited = Event(), [], [], []
 
@@ -344,32 +385,63 @@ def test_requests_that_arrive_together_are_not_held_up_by_one_admission_that_wai
         held.append(sock)
         return True
 
-    def until(condition, what: str) -> None:
-        with gevent.Timeout(5, AssertionError(f"timed out waiting for {what}")):
-            while not condition():
-                gevent.sleep(0.01)
-
-    worker = SimpleNamespace(fast_path=fast, handle=lambda *args: None,
-                             cfg=SimpleNamespace(keepalive=5, http_protocols=["h1"]))
-    listener = gsocket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    server = AdmittingServer(listener, worker=worker, spawn=Pool(10))
-    server.start()
-    clients = [gsocket.create_connection(listener.getsockname()) for _ in range(3)]
-    try:
+    with admitting_server(fast) as (server, connect):
+        clients = [connect() for _ in range(3)]
         until(lambda: len(server._waiting) == 3, "the three connections accepted")
         # Sent before the server's loop runs again: the three arrive in one turn, queued
         # together for one admitter.
         for client, path in zip(clients, [b"/a", b"/b", b"/c"]):
-            client.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
+            client.sendall(get(path))
         until(lambda: len(admitted) == 2, "the two requests behind the waiting one")
         assert waited[0] not in admitted
         release.set()
         until(lambda: len(admitted) == 3, "the waiting request")
         assert sorted(admitted) == [b"/a", b"/b", b"/c"]
         assert all(c.recv(100).startswith(b"HTTP/1.1 200 OK") for c in clients)
-    finally:
+    for sock in held:
+        sock.close()
+
+
+def test_a_request_declined_while_the_server_closes_still_reaches_gunicorns_handler():
+    # gunicorn closes its servers on SIGTERM, then waits while its pool is busy: a request
+    # being admitted then must keep the pool busy, and reach gunicorn's handler if declined.
+    from gevent.event import Event
+
+    release, entered = Event(), Event()
+
+    def fast(data: bytes, sock, addr) -> bool:
+        entered.set()
+        release.wait()
+        return False  # declined: Flask's to answer
+
+    def handle(listener, client, addr) -> None:
+        assert client.recv(100).startswith(b"GET /x ")  # the bytes already read come first
+        client.sendall(b"HTTP/1.1 404 NOT FOUND\r\nContent-Length: 0\r\n\r\n")
+
+    with admitting_server(fast, handle=handle) as (server, connect):
+        client = connect()
+        client.sendall(get(b"/x"))
+        until(entered.is_set, "the admission to begin")
         server.close()
-        for sock in clients + held:
-            sock.close()
+        assert len(server.pool) == 1  # what gunicorn's graceful shutdown waits for
+        release.set()
+        assert client.recv(100).startswith(b"HTTP/1.1 404 NOT FOUND")
+        until(lambda: len(server.pool) == 0, "the pool to empty")
+
+
+def test_connections_waiting_for_their_first_bytes_count_against_worker_connections():
+    admitted = []
+
+    def fast(data: bytes, sock, addr) -> bool:
+        admitted.append(sock)
+        return True
+
+    with admitting_server(fast, size=2) as (server, connect):
+        clients = [connect() for _ in range(3)]  # the third waits in the kernel's backlog
+        until(lambda: server._paused, "accepting to stop at the pool's size")
+        assert len(server._waiting) == 2
+        clients[0].sendall(get(b"/a"))
+        until(lambda: len(admitted) == 1 and len(server._waiting) == 2,
+              "the third connection accepted once the first was admitted")
+    for sock in admitted:
+        sock.close()
