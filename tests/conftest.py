@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from redis import Redis
 
+from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
 from jobcast.core.wait import wait_until
 from jobcast.launcher.redisserver import RedisServer, free_port
@@ -298,6 +300,14 @@ def create_job(http: httpx.Client, task: str, **params) -> str:
     r = http.post("/api/jobs", json={"task": task, "params": params})
     assert r.status_code == 201, r.text
     return r.json()["id"]
+
+
+def running_job(redis: Redis) -> JobLog:
+    """A job with its queued and started entries, written straight to its log."""
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {}, None)
+    log.started("test", 1)
+    return log
 
 
 def job_status(http: httpx.Client, job_id: str) -> dict:

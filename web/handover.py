@@ -247,8 +247,7 @@ class AdmittingServer(StreamServer):
     from the pool, a keep-alive timer, a read that waits and switches) than in Jobcast's own
     admission: on this project's bench machine, 120-260 µs of CPU per connection in gevent's
     path against 65-100 µs in this one's (docs/benchmarks.md, "gevent's accept path"). So
-    for a plain HTTP/1.1 listener, when the app offers a
-    fast path, this server:
+    for a plain HTTP/1.1 listener, when the app offers a fast path, this server:
 
     - accepts one connection per turn of the event loop (gunicorn does so with several
       workers; with one, gevent's default of 100 at once would let a burst of newcomers run
@@ -461,7 +460,3 @@ class AdmittingServer(StreamServer):
             self._gunicorn(client, address)
         finally:
             client.close()
-
-    def do_close(self, sock, *args) -> None:
-        """Close a connection gunicorn's handler is done with."""
-        sock.close()

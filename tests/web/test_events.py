@@ -15,19 +15,11 @@ import pytest
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from jobcast.web.events import MAX_JOBS, digest
-from tests.conftest import WebServer, wait_for
+from tests.conftest import WebServer, running_job, wait_for
 from tests.support.loss import lose
 from tests.support.sse import parse_events
 
 TOKEN = "events-test-token-0123456789"
-
-
-def running_job(redis) -> JobLog:
-    """A job with its queued and started entries."""
-    log = JobLog(redis, uuid.uuid4().hex)
-    log.create("sqrt", {}, None)
-    log.started("test", 1)
-    return log
 
 
 class Reader:

@@ -9,20 +9,19 @@ import contextlib
 import signal
 import socket
 import time
-import uuid
 from types import SimpleNamespace
 from typing import Iterator
 
 import h11
 import pytest
+from redis import Redis
 from gunicorn.config import Config
 from gunicorn.http.wsgi import Response
 
-from jobcast.core.joblog import JobLog
 from jobcast.launcher.redisserver import RedisServer
 from jobcast.web.frames import LAST_CHUNK, chunk
 from jobcast.web.handover import AdmittingServer, HandoverSocket, can_take
-from tests.conftest import WebServer
+from tests.conftest import WebServer, running_job, wait_for
 from tests.web.test_fastpath import admissions, finished_job, request
 
 
@@ -250,16 +249,22 @@ def stoppable(tmp_path_factory, logs_dir) -> Iterator[tuple[RedisServer, WebServ
     redis_server.stop()
 
 
-def running_job(redis_url: str) -> str:
-    """A job that has started and logged one value, written as a worker writes it."""
-    from redis import Redis
+def read_by_server(sock: socket.socket) -> None:
+    """Wait until the server has read all that ``sock`` sent: the kernel's receive queue of
+    the server's end of the connection (``/proc/net/tcp``) is empty."""
+    ours, theirs = sock.getsockname()[1], sock.getpeername()[1]
 
-    job_id = uuid.uuid4().hex
-    log = JobLog(Redis.from_url(redis_url), job_id)
-    log.create("clock", {"rate": 1, "duration": 60}, None)
-    log.started("test", 1)
-    log.value(0, 1.0)
-    return job_id
+    def queue() -> int | None:
+        """The server end's receive queue, in bytes (None until it is listed)."""
+        with open("/proc/net/tcp") as table:
+            for row in list(table)[1:]:
+                fields = row.split()
+                if (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)) \
+                        == (theirs, ours):
+                    return int(fields[4].split(":")[1], 16)
+        return None
+
+    wait_for(lambda: queue() == 0, 10, what="the server to read what was sent")
 
 
 def response_head(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -289,7 +294,7 @@ def test_a_request_that_arrives_in_two_parts_is_served_by_flask_from_both(http, 
     with socket.create_connection(("127.0.0.1", web.port), timeout=15) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(raw[:20])
-        time.sleep(0.3)  # not a wait on a condition: the two parts must arrive apart
+        read_by_server(sock)  # the server's first read has only this part
         sock.sendall(raw[20:])
         head, body = response_head(sock)
         while data := sock.recv(65536):
@@ -301,7 +306,10 @@ def test_a_request_that_arrives_in_two_parts_is_served_by_flask_from_both(http, 
 
 def test_an_admission_waiting_on_redis_holds_up_no_other_newcomer(stoppable):
     redis_server, web = stoppable
-    watched, new = running_job(redis_server.url), running_job(redis_server.url)
+    with Redis.from_url(redis_server.url) as redis:
+        watched, new = running_job(redis), running_job(redis)
+        watched.value(0, 1.0)
+    watched, new = watched.job_id, new.job_id
     with socket.create_connection(("127.0.0.1", web.port), timeout=15) as first:
         first.sendall(request(f"/jobs/{watched}/stream"))
         head, body = response_head(first)
@@ -315,7 +323,7 @@ def test_an_admission_waiting_on_redis_holds_up_no_other_newcomer(stoppable):
             with socket.create_connection(("127.0.0.1", web.port), timeout=15) as stuck, \
                     socket.create_connection(("127.0.0.1", web.port), timeout=1.5) as other:
                 stuck.sendall(request(f"/jobs/{new}/stream"))
-                time.sleep(0.3)  # not a wait on a condition: `stuck` must be admitted first
+                read_by_server(stuck)  # its admission has begun, and waits on Redis
                 other.sendall(request(f"/jobs/{watched}/stream"))
                 # Redis is paused: only another admitter can answer this one, at once (a
                 # socket timeout of 1.5 s is the deadline; `stuck` waits longer on Redis).
@@ -364,11 +372,6 @@ def until(condition, what: str) -> None:
             gevent.sleep(0.01)
 
 
-def get(path: bytes) -> bytes:
-    """A GET of ``path`` over HTTP/1.1."""
-    return b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path
-
-
 def test_requests_that_arrive_together_are_not_held_up_by_one_admission_that_waits():
     # A fake fast path whose first admission waits (as on Redis, for a job never seen), and
     # the others go at once.
@@ -390,8 +393,8 @@ def test_requests_that_arrive_together_are_not_held_up_by_one_admission_that_wai
         until(lambda: len(server._waiting) == 3, "the three connections accepted")
         # Sent before the server's loop runs again: the three arrive in one turn, queued
         # together for one admitter.
-        for client, path in zip(clients, [b"/a", b"/b", b"/c"]):
-            client.sendall(get(path))
+        for client, path in zip(clients, ["/a", "/b", "/c"]):
+            client.sendall(request(path))
         until(lambda: len(admitted) == 2, "the two requests behind the waiting one")
         assert waited[0] not in admitted
         release.set()
@@ -420,7 +423,7 @@ def test_a_request_declined_while_the_server_closes_still_reaches_gunicorns_hand
 
     with admitting_server(fast, handle=handle) as (server, connect):
         client = connect()
-        client.sendall(get(b"/x"))
+        client.sendall(request("/x"))
         until(entered.is_set, "the admission to begin")
         server.close()
         assert len(server.pool) == 1  # what gunicorn's graceful shutdown waits for
@@ -440,7 +443,7 @@ def test_connections_waiting_for_their_first_bytes_count_against_worker_connecti
         clients = [connect() for _ in range(3)]  # the third waits in the kernel's backlog
         until(lambda: server._paused, "accepting to stop at the pool's size")
         assert len(server._waiting) == 2
-        clients[0].sendall(get(b"/a"))
+        clients[0].sendall(request("/a"))
         until(lambda: len(admitted) == 1 and len(server._waiting) == 2,
               "the third connection accepted once the first was admitted")
     for sock in admitted:

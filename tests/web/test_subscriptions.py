@@ -15,9 +15,9 @@ import pytest
 from redis import Redis
 
 from jobcast.launcher.redisserver import RedisServer
-from tests.conftest import WebServer, wait_for
+from tests.conftest import WebServer, running_job, wait_for
 from jobcast.web.broker import LINGER, Broker, JobSubscription
-from jobcast.core.joblog import JobLog, channel
+from jobcast.core.joblog import channel
 
 
 class TextViewer:
@@ -55,14 +55,6 @@ def one_hub(redis_server, logs_dir):
                        JOBCAST_HEARTBEAT="1").start()
     yield server
     server.stop()
-
-
-def running_job(redis) -> JobLog:
-    """A job with its queued and started entries, written straight to its log."""
-    log = JobLog(redis, uuid.uuid4().hex)
-    log.create("sqrt", {}, None)
-    log.started("test", 1)
-    return log
 
 
 def numsub(redis, job_id: str) -> int:
