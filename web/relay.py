@@ -459,6 +459,7 @@ class Relay:
         if not pending:
             return
         now = self.clock()
+        made: dict = {}  # the bytes of this burst's writes (see Connection.gathered)
         if turns:
             self._flushing.append(pending)
         try:
@@ -470,7 +471,7 @@ class Relay:
                 # there is then little else: a client that reads as fast as the sends come
                 # stays awake for them, rather than being woken once per send (on a VM,
                 # each wake-up costs the sender an interrupt to the other CPU).
-                writes = [(conn, conn.gathered()) for conn in pending[start:start + FLUSH_SLICE]
+                writes = [(conn, conn.gathered(made)) for conn in pending[start:start + FLUSH_SLICE]
                           if conn.parts]
                 for conn, write in writes:
                     self._write_gathered(conn, write, now)

@@ -282,11 +282,25 @@ class Connection:
         if end or not self.ended_now:
             self.writer = viewer
 
-    def gathered(self) -> tuple[bytes, "Viewer", list["Viewer"]]:
+    def gathered(self, made: dict | None = None) -> tuple[bytes, "Viewer", list["Viewer"]]:
         """The gathered write, framed (see :meth:`wire`), its writer and the viewers it ends;
-        the connection then gathers anew."""
+        the connection then gathers anew.
+
+        ``made``: the writes already made in this burst, by what they are made of. Streams of
+        the same jobs, sent the same frames and at the same cursors, get the same bytes: a
+        burst to many such streams frames and encodes their checkpoint once, not per stream.
+        """
         ended = self.ended_now
-        data = self.wire(b"".join(self.parts), bool(ended))
+        if made is None:
+            data = self.wire(b"".join(self.parts), bool(ended))
+        else:
+            last = bool(ended) and all(v.done for v in self.viewers)
+            # Everything wire() reads: the same key, the same bytes.
+            key = (self.digest, self.chunked, last, tuple(self.parts),
+                   tuple([(v.cursor, v.epoch) for v in self.viewers]))
+            data = made.get(key)
+            if data is None:
+                data = made[key] = self.wire(b"".join(self.parts), bool(ended))
         writer = self.writer
         self.parts.clear()
         self.writer = None
