@@ -15,7 +15,7 @@ broker's handler (:class:`~jobcast.web.broker.BrokerHandler`):
   connection costs one ``send()`` per burst, not one per job. A long gathered write gives
   the loop a turn every ``FLUSH_SLICE`` streams: a job announced while it is being made joins
   the writes not made yet, rather than waiting for all of it and then costing every stream a
-  second write.
+  second write. Streams of the same jobs at the same cursors share the bytes of that write.
 - **Catch-up.** A viewer whose cursor is not right before the batch (it just arrived, an
   announcement was lost, the subscription was renewed) or whose sink would block (a full
   socket or queue, or a partial write) leaves the fast path. A short-lived greenlet (a thread
