@@ -96,7 +96,8 @@ def test_the_wheel_installs_no_top_level_package_but_jobcast_and_ships_its_data(
     tops = {f.split("/", 1)[0] for f in files if ".dist-info/" not in f}
     assert tops == {"jobcast"}
     for path in ("jobcast/core/append.lua", "jobcast/web/gunicorn.conf.py",
-                 "jobcast/web/templates/job.html", "jobcast/worker/emit.py",
+                 "jobcast/web/templates/job.html", "jobcast/web/static/jobcast.js",
+                 "jobcast/worker/emit.py",
                  "jobcast/producer/enqueue.py", "jobcast/cli/client.py"):
         assert path in files, path
 
