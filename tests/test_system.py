@@ -6,14 +6,12 @@ import json
 import math
 import socket
 import threading
-import uuid
 
 import httpx
 import psutil
 import pytest
 
-from jobcast.core.joblog import JobLog
-from tests.conftest import WebServer, create_job, job_status, wait_for
+from tests.conftest import WebServer, create_job, job_status, running_job, wait_for
 from tests.support.sse import Event, parse_events
 
 
@@ -191,9 +189,7 @@ def test_a_vanished_viewer_is_freed_after_a_heartbeat(redis_server, logs_dir, wo
 
 
 def test_a_relayed_stream_says_connection_close_so_a_pooled_client_goes_on_with_a_new_one(http, redis):
-    log = JobLog(redis, uuid.uuid4().hex)
-    log.create("sqrt", {}, None)
-    log.started("test", 1)
+    log = running_job(redis)
     log.value(0, 0.0)
     log.finished()
     for path in ("stream", "events", "frame"):

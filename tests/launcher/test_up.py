@@ -18,6 +18,8 @@ import psutil
 import pytest
 from redis import Redis
 from redis.exceptions import AuthenticationError, ResponseError
+from rq import Queue, Worker
+from rq.job import Job
 
 from jobcast.launcher.redisserver import RedisServer, find_redis_server, free_port
 from tests.chaos.conftest import SSEViewer
@@ -249,19 +251,17 @@ def test_the_embedded_redis_needs_a_password_that_is_never_printed_or_written_do
 
 
 def rq_view(conn: Redis, job_id: str) -> str:
-    """RQ's record of ``job_id``: its hash and every registry of the queue that holds it."""
-    from rq.job import Job
-    from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-
+    """RQ's record of ``job_id``: its status, the registries of its queue that hold it, the
+    workers, and the lock of the registries' cleaning."""
     job = Job.fetch(job_id, connection=conn)
-    queue = job.origin
-    where = [cls.__name__ for cls in (StartedJobRegistry, FailedJobRegistry, ScheduledJobRegistry)
-             if job_id in cls(queue, connection=conn)]
-    queued = job_id.encode() in conn.lrange(f"rq:queue:{queue}", 0, -1)
+    queue = Queue(job.origin, connection=conn)
+    registries = {"started": queue.started_job_registry, "failed": queue.failed_job_registry,
+                  "scheduled": queue.scheduled_job_registry}
+    where = [name for name, registry in registries.items() if job_id in registry]
     return (f"RQ: status {job.get_status()}, retries left {job.retries_left}, worker "
-            f"{job.worker_name}, registries {where}, queued {queued}, workers "
-            f"{sorted(w.decode() for w in conn.smembers('rq:workers'))}, cleaning lock ttl "
-            f"{conn.ttl(f'rq:clean_registries:{queue}')}")
+            f"{job.worker_name}, registries {where}, queued {job_id in queue.get_job_ids()}, "
+            f"workers {sorted(w.name for w in Worker.all(connection=conn))}, cleaning lock "
+            f"ttl {conn.ttl(queue.registry_cleaning_key)}")
 
 
 def test_a_killed_worker_and_its_work_horse_are_replaced_and_the_job_finishes_once(up):

@@ -7,7 +7,6 @@ generator a WSGI server iterates.
 """
 
 import threading
-import uuid
 
 import pytest
 
@@ -17,7 +16,7 @@ from jobcast.web.broker import Broker
 from jobcast.web.frames import SSE, TEXT
 from jobcast.web.relay import Relay
 from jobcast.web.viewer import QueueSink, Viewer
-from tests.conftest import wait_for
+from tests.conftest import running_job, wait_for
 from tests.support.sse import id_seq, parse_events
 
 
@@ -27,13 +26,6 @@ def relay(redis):
     assert r.wait_ready(5)
     yield r
     r.stop(timeout=5)
-
-
-def new_log(redis) -> JobLog:
-    log = JobLog(redis, uuid.uuid4().hex)
-    log.create("sqrt", {}, None)
-    log.started("test", 1)
-    return log
 
 
 def follow(relay: Relay, log: JobLog, after: int = 0, transport=SSE, *, buffer: int = 1 << 20,
@@ -69,7 +61,7 @@ class Reader:
 
 
 def test_history_then_live_has_no_gap_and_no_duplicate(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     for i in range(5):
         log.value(i, i)
     _viewer, body = follow(relay, log)
@@ -86,7 +78,7 @@ def test_history_then_live_has_no_gap_and_no_duplicate(redis, relay):
 
 
 def test_resume_after_a_seq_gives_exactly_the_entries_after_it(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     for i in range(10):
         log.value(i, i)
     log.finished()
@@ -97,7 +89,7 @@ def test_resume_after_a_seq_gives_exactly_the_entries_after_it(redis, relay):
 
 
 def test_resume_at_or_past_the_end_of_a_finished_job_ends_at_once(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     log.finished()
     epoch = log.head().epoch
     assert b"".join(follow(relay, log, after=3)[1]) == b""
@@ -108,7 +100,7 @@ def test_resume_at_or_past_the_end_of_a_finished_job_ends_at_once(redis, relay):
 
 
 def test_a_viewer_whose_buffer_overflows_catches_up_from_the_log(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, body = follow(relay, log, buffer=256)
     first = next(body)  # history: queued, started
     # The viewer stops reading while 200 values arrive; its buffer holds only 256 bytes.
@@ -122,7 +114,7 @@ def test_a_viewer_whose_buffer_overflows_catches_up_from_the_log(redis, relay):
 
 
 def test_a_closed_viewer_is_removed_from_the_relay(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     _viewer, body = follow(relay, log)
     next(body)
     assert relay.viewers(log.job_id) == 1
@@ -131,7 +123,7 @@ def test_a_closed_viewer_is_removed_from_the_relay(redis, relay):
 
 
 def test_a_quiet_stream_sends_heartbeats_and_stops_when_the_client_is_gone(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     alive = {"yes": True}
     _viewer, body = follow(relay, log, alive=lambda: alive["yes"])
     reader = Reader(body)
@@ -144,7 +136,7 @@ def test_a_quiet_stream_sends_heartbeats_and_stops_when_the_client_is_gone(redis
 
 
 def test_the_text_stream_sends_one_line_per_value_through_the_queue(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     log.value(0, "a")
     log.value(1, "b")
     log.finished()
@@ -168,7 +160,7 @@ def test_several_jobs_share_one_queue_and_each_entry_comes_once(redis, relay):
     from jobcast.web.events import digest, job_sse
     from jobcast.web.viewer import Connection
 
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     conn = Connection(None, digest([a.job_id, b.job_id]))
     leases = [relay.lease(a.job_id), relay.lease(b.job_id)]
     for log, lease in zip((a, b), leases):

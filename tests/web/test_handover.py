@@ -14,9 +14,9 @@ from typing import Iterator
 
 import h11
 import pytest
-from redis import Redis
 from gunicorn.config import Config
 from gunicorn.http.wsgi import Response
+from redis import Redis
 
 from jobcast.launcher.redisserver import RedisServer
 from jobcast.web.frames import LAST_CHUNK, chunk
@@ -307,9 +307,9 @@ def test_a_request_that_arrives_in_two_parts_is_served_by_flask_from_both(http, 
 def test_an_admission_waiting_on_redis_holds_up_no_other_newcomer(stoppable):
     redis_server, web = stoppable
     with Redis.from_url(redis_server.url) as redis:
-        watched, new = running_job(redis), running_job(redis)
-        watched.value(0, 1.0)
-    watched, new = watched.job_id, new.job_id
+        logs = running_job(redis), running_job(redis)
+        logs[0].value(0, 1.0)
+    watched, new = (log.job_id for log in logs)
     with socket.create_connection(("127.0.0.1", web.port), timeout=15) as first:
         first.sendall(request(f"/jobs/{watched}/stream"))
         head, body = response_head(first)

@@ -12,12 +12,10 @@ import re
 import resource
 import selectors
 import socket
-import uuid
 
 import h11
 
-from jobcast.core.joblog import JobLog
-from tests.conftest import wait_for
+from tests.conftest import running_job, wait_for
 
 VIEWERS = 1000
 
@@ -67,9 +65,7 @@ class Viewer:
 
 def test_a_thousand_viewers_from_one_address_are_all_served_with_default_settings(web, redis):
     raise_fd_limit(VIEWERS)
-    log = JobLog(redis, uuid.uuid4().hex)
-    log.create("sqrt", {}, None)
-    log.started("test", 1)
+    log = running_job(redis)
     log.value(0, "history")
     viewers = []
     for k in range(VIEWERS):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import uuid
 
 import gevent
 import pytest
@@ -19,7 +18,7 @@ from redis import Redis
 
 from jobcast.core.epoch import Era, LogReset
 from jobcast.core.joblog import Entry, JobLog
-from tests.conftest import wait_for
+from tests.conftest import running_job, wait_for
 from jobcast.web.frames import HTML, SSE, TEXT
 from jobcast.web.broker import Broker
 from jobcast.web.recent import RecentEntries
@@ -39,14 +38,6 @@ def metric_value(name: str, **labels: str) -> float:
 def green_wait(condition, timeout: float = 10.0, what: str = "condition"):
     """Run gevent's loop until ``condition()`` is truthy, or fail after ``timeout`` s."""
     return wait_for(condition, timeout, 0.005, what, sleep=gevent.sleep)
-
-
-def new_log(redis) -> JobLog:
-    """A fresh job with its queued and started entries (seq 1 and 2)."""
-    log = JobLog(redis, uuid.uuid4().hex)
-    log.create("sqrt", {}, None)
-    log.started("test", 1)
-    return log
 
 
 def write(log: JobLog, start: int, stop: int, size: int = 0) -> list[Entry]:
@@ -127,7 +118,7 @@ def held(relay: Relay, log: JobLog, transport=SSE, *, cursor: int = 0, chunked: 
 
 
 def test_a_new_viewer_gets_history_then_live_entries_once_and_in_order(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     write(log, 0, 5)
     viewer, client = held(relay, log)
     assert viewer.slow  # reading its history
@@ -168,7 +159,7 @@ class RecordingSocket:
 def test_the_fast_path_writes_viewers_in_the_order_they_arrived(redis, relay):
     # First come, first served, for every value: and a benchmark's probes, spread over the
     # connect order, then sample the whole of each burst.
-    log = new_log(redis)
+    log = running_job(redis)
     order: list[int] = []
     viewers, clients = [], []
     for name in range(40):
@@ -190,7 +181,7 @@ def test_the_fast_path_writes_viewers_in_the_order_they_arrived(redis, relay):
 
 
 def test_a_viewer_whose_socket_fills_up_catches_up_from_the_log_and_rejoins(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, client = held(relay, log, cursor=2, rcvbuf=4096, read=False)
     green_wait(lambda: not viewer.slow, what="first catch-up")
     went_slow = False
@@ -208,7 +199,7 @@ def test_a_viewer_whose_socket_fills_up_catches_up_from_the_log_and_rejoins(redi
 
 
 def test_a_gap_in_live_entries_is_filled_from_the_log(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, client = held(relay, log, TEXT, cursor=2)
     green_wait(lambda: not viewer.slow, what="history")
     entries = write(log, 0, 3)
@@ -218,7 +209,7 @@ def test_a_gap_in_live_entries_is_filled_from_the_log(redis, relay):
 
 
 def test_chunked_stream_frames_each_batch_and_ends_with_the_last_chunk(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, client = held(relay, log, TEXT, cursor=2, chunked=True)
     green_wait(lambda: not viewer.slow, what="history")
     relay.deliver(log.job_id, write(log, 0, 2))
@@ -229,7 +220,7 @@ def test_chunked_stream_frames_each_batch_and_ends_with_the_last_chunk(redis, re
 
 
 def test_html_frames_are_escaped(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     log.value(0, "<script>alert(1)</script>")
     log.finished()
     _viewer, client = held(relay, log, HTML)
@@ -239,7 +230,7 @@ def test_html_frames_are_escaped(redis, relay):
 
 
 def test_a_quiet_stream_gets_heartbeats_and_a_gone_client_is_freed(redis, relay, clock):
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, client = held(relay, log, cursor=2)
     green_wait(lambda: not viewer.slow, what="history")
     clock.advance(0.25)
@@ -252,7 +243,7 @@ def test_a_quiet_stream_gets_heartbeats_and_a_gone_client_is_freed(redis, relay,
 
 
 def test_an_announcement_lost_on_a_quiet_job_is_found_by_the_heartbeat(redis, relay, clock):
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, client = held(relay, log, TEXT, cursor=2)
     green_wait(lambda: not viewer.slow, what="history")
     log.value(0, "lost")  # logged, but never delivered: its announcement was lost
@@ -264,7 +255,7 @@ def test_an_announcement_lost_on_a_quiet_job_is_found_by_the_heartbeat(redis, re
 def test_shutdown_tells_each_sse_client_its_own_time_to_come_back_and_closes(redis, relay):
     # Each connection is told its own retry: (issue 21), so a restart does not bring every
     # client back at the same instant; the goodbye repeats it.
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, client = held(relay, log, cursor=2, chunked=True)
     viewer.retry = 1234
     green_wait(lambda: not viewer.slow, what="history")
@@ -329,7 +320,7 @@ def test_a_log_read_whose_viewer_left_meanwhile_leaves_nothing_stale_for_the_nex
                                                                                   monkeypatch):
     # The job's only viewer leaves while its catch-up reads the log; the job then goes on and
     # ends. What that read found must not become this process's idea of where the job stands.
-    log = new_log(redis)
+    log = running_job(redis)
     write(log, 0, 3)
     real = relay.broker.history
 
@@ -357,7 +348,7 @@ def test_recent_entries_keep_only_the_newest_per_job():
 
 
 def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     relay.recent.subscription(True)
     first, first_client = held(relay, log)
     green_wait(lambda: not first.slow, what="first viewer's history")
@@ -371,7 +362,7 @@ def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, 
 
 
 def test_a_raw_text_stream_ends_by_closing_even_though_the_end_writes_nothing(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, client = held(relay, log, TEXT, cursor=2)
     green_wait(lambda: not viewer.slow, what="history")
     relay.deliver(log.job_id, write(log, 0, 1))
@@ -385,7 +376,7 @@ def test_a_viewer_that_never_reads_is_dropped_after_the_write_timeout(redis):
     # Finding 2: a client with a small receive buffer that never reads was held forever, its
     # first catch-up waiting in the request's greenlet; enough of them starved the process.
     relay = Relay(PlayedBroker(redis), heartbeat=5, write_timeout=0.3, green=True)
-    log = new_log(redis)
+    log = running_job(redis)
     for i in range(200):
         log.value(i, "x" * 1000)
     before = metric_value("jobcast_disconnects_total", reason="write_timeout")
@@ -397,7 +388,7 @@ def test_a_viewer_that_never_reads_is_dropped_after_the_write_timeout(redis):
 
 def test_a_text_viewer_that_sends_a_stray_byte_and_closes_is_freed(redis, relay, clock):
     # Finding 12: the liveness check peeked at the unread byte and took the client for alive.
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, client = held(relay, log, TEXT, cursor=2)
     green_wait(lambda: not viewer.slow, what="history")
     client.sock.send(b"x")
@@ -424,7 +415,7 @@ def test_the_memory_kept_for_newcomers_is_capped_in_bytes():
 
 def test_a_catch_up_of_a_job_of_large_entries_reads_fewer_entries_at_a_time(redis, relay):
     # Finding 4: 20 viewers at different ?after= of a job of large values each read 500 of them.
-    log = new_log(redis)
+    log = running_job(redis)
     write(log, 0, 40, size=60_000)
     viewer, client = held(relay, log)
     green_wait(lambda: client.sse_ids()[-1:] == [42], what="the whole history")
@@ -474,7 +465,7 @@ def finish_and_read(relay: Relay, client, logs: list[JobLog]) -> dict[str, list[
 
 def test_one_connection_carries_several_jobs_each_entry_once_with_every_cursor_after_it(redis,
                                                                                       relay):
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     write(a, 0, 3)
     conn, client = held_connection(relay, [a, b])
     green_wait(lambda: not any(v.slow for v in conn.viewers), what="both histories")
@@ -497,7 +488,7 @@ def test_one_connection_carries_several_jobs_each_entry_once_with_every_cursor_a
 def test_a_multi_job_connection_frames_each_batch_once_per_job_for_every_connection(redis, relay):
     from jobcast.web.events import job_sse
 
-    log = new_log(redis)
+    log = running_job(redis)
     conns = [held_connection(relay, [log])[0] for _ in range(20)]
     green_wait(lambda: not any(v.slow for c in conns for v in c.viewers), what="histories")
     transport = job_sse(log.job_id)
@@ -512,7 +503,7 @@ def test_a_multi_job_connection_frames_each_batch_once_per_job_for_every_connect
 
 
 def test_a_slow_multi_job_connection_never_interleaves_two_jobs_in_one_event(redis, relay):
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
     green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
     for i in range(100):
@@ -530,7 +521,7 @@ def test_jobs_announced_one_after_the_other_reach_a_multi_job_stream_in_one_writ
     # A producer writes its jobs one by one, so each is its own announcement; within the
     # write delay they become one send per connection (one wake-up of its client, one id).
     relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=delay, clock=clock, green=True)
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     conns = [held_connection(relay, [a, b]) for _ in range(3)]
     green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
     order: list[int] = []
@@ -580,7 +571,7 @@ def test_a_job_announced_during_a_gathered_write_joins_the_writes_not_made_yet(r
     # 1,000 sends take 10-20 ms: a job announced meanwhile must not wait for all of them and
     # then cost every connection a second write. b's announcement, which comes after the first
     # two connections were written, joins the writes of the other four.
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     relay, conns, order = paused_write(
         redis, clock, monkeypatch, [a, b],
         lambda relay: relay.on_publications({b.job_id: b_entries}))
@@ -598,7 +589,7 @@ def test_a_shutdown_during_a_gathered_write_finishes_it_before_every_goodbye(red
                                                                             monkeypatch):
     # The process stops while a gathered write waits for its next turn: the connections not
     # written yet still get their values, then their goodbye, like the others.
-    log = new_log(redis)
+    log = running_job(redis)
     relay, conns, _ = paused_write(redis, clock, monkeypatch, [log], Relay.shutdown)
     for n, (conn, _) in enumerate(conns):
         conn.retry = 1000 + n
@@ -615,7 +606,7 @@ def test_a_viewer_that_falls_behind_while_its_connection_gathers_a_write_loses_n
     # this viewer was to make; the write then meets a full socket. Its rest must still go out,
     # whole, before the catch-up.
     relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
     green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
     relay.on_publications({a.job_id: write(a, 0, 20, size=2000)})
@@ -650,7 +641,7 @@ def test_an_id_never_names_entries_a_catch_up_has_not_written_yet(redis, clock):
     # b's value is gathered: b's write ends with every job's cursor, and must not name a's
     # entries before they are out (a client resuming from it would never get them).
     relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     conn, client = held_connection(relay, [a, b])
     green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
     write(a, 0, 3)                      # not announced: a's catch-up finds them in the log
@@ -666,7 +657,7 @@ def test_a_batch_a_multi_job_stream_partly_has_writes_only_the_entries_after_its
                                                                                         relay):
     # A catch-up can rejoin ahead of announcements still on their way (it read the log after
     # they were written): the batch that then comes overlaps what the stream already has.
-    log = new_log(redis)
+    log = running_job(redis)
     write(log, 0, 3)                              # seqs 3..5, read as history
     conn, client = held_connection(relay, [log])
     green_wait(lambda: conn.viewers[0].cursor == 5 and not conn.viewers[0].slow,
@@ -679,7 +670,7 @@ def test_a_batch_a_multi_job_stream_partly_has_writes_only_the_entries_after_its
 def test_a_write_that_fails_to_frame_leaves_the_connection_free_for_its_other_jobs(redis, relay):
     from jobcast.web.events import job_sse
 
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     conn, client = held_connection(relay, [a, b])
     green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
     transport = job_sse(a.job_id)
@@ -701,7 +692,7 @@ def test_a_partial_gathered_write_whose_client_then_leaves_ends_every_job_of_it(
     # the client then leaves. The lock is given back once (a threaded server's lock raises on
     # a second release, which would leave the viewer held for good).
     relay = Relay(PlayedBroker(redis), heartbeat=5, write_timeout=10, clock=clock, green=False)
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
     wait_for(lambda: not any(v.slow for v in conn.viewers), 10, 0.01, "histories")
     relay.deliver(a.job_id, write(a, 0, 20, size=2000))  # far more than the buffers take
@@ -716,7 +707,7 @@ def test_a_shutdown_ends_the_catch_up_it_starts_itself(redis, clock):
     # catch-up, which shutdown then stops before it ever ran: its viewer (and the
     # connection's slot) must still be given back.
     relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
     green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
     relay.on_publications({a.job_id: write(a, 0, 20, size=2000)})  # gathered, not written
@@ -741,7 +732,7 @@ def test_a_heartbeat_of_a_multi_job_stream_goes_out_whole_while_one_of_its_jobs_
     # A quiet connection gets one heartbeat, written through one of its jobs. If that write is
     # partial, the rest goes to that job's catch-up: not to one already running, which would
     # drop it and leave half a comment line to swallow the next event's first line.
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     conn, client = held_connection(relay, [a, b])
     green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
     written: list[int] = []
@@ -771,7 +762,7 @@ def failover(log: JobLog, writer: JobLog, keep: int) -> None:
 def watched(redis, relay: Relay, transport=SSE, *, values: int = 5, chunked: bool = False):
     """A job whose writer began it, a viewer holding it, and ``values`` values delivered (seqs
     3 on): (log, its first epoch, the writer, the viewer, its client)."""
-    log = new_log(redis)
+    log = running_job(redis)
     writer = JobLog(redis, log.job_id)
     writer.begin()
     viewer, client = held(relay, log, transport, chunked=chunked)
@@ -828,7 +819,7 @@ def test_a_log_found_behind_a_quiet_viewer_begins_a_new_epoch_and_resets_it(redi
 
 
 def test_a_resume_into_a_surviving_prefix_of_an_older_epoch_just_goes_on(redis, relay):
-    log = new_log(redis)
+    log = running_job(redis)
     first = log.head().epoch
     writer = JobLog(redis, log.job_id)
     writer.begin()
@@ -859,7 +850,7 @@ def test_an_html_stream_says_the_reset_in_a_line_and_goes_on(redis, relay):
 
 
 def test_a_log_gone_with_its_store_cuts_the_stream_so_the_client_asks_again(redis, relay, clock):
-    log = new_log(redis)
+    log = running_job(redis)
     viewer, client = held(relay, log, SSE, chunked=True)
     green_wait(lambda: not viewer.slow, what="history")
     redis.delete(log.keys.meta, log.keys.log)                  # restarted empty
@@ -870,7 +861,7 @@ def test_a_log_gone_with_its_store_cuts_the_stream_so_the_client_asks_again(redi
 
 
 def test_a_multi_job_stream_resets_one_job_and_its_cursor_says_the_new_epoch(redis, relay):
-    a, b = new_log(redis), new_log(redis)
+    a, b = running_job(redis), running_job(redis)
     writer = JobLog(redis, a.job_id)
     writer.begin()
     conn, client = held_connection(relay, [a, b])
