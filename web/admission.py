@@ -40,7 +40,7 @@ from jobcast.web.errors import BadParam
 from jobcast.web.frames import HTML, SSE, Transport, html_head, html_notice, html_reset, sse_reset
 from jobcast.web.handover import HandoverSocket, can_take
 from jobcast.web.limits import StreamSlot, client_address
-from jobcast.web.metrics import FLASK_ADMISSIONS
+from jobcast.web.metrics import admitted
 from jobcast.web.relay import NotSubscribed, Relay
 from jobcast.web.services import State, state
 from jobcast.web.viewer import Lease, QueueSink, SocketSink, Viewer, drained_alive
@@ -389,7 +389,7 @@ def admit(req: StreamRequest) -> Response:
     if request.method == "HEAD":
         return Response(b"", mimetype=req.transport.mimetype, headers=headers)
     (lease,), slot = reserve(st, [req.job_id], client_address(st.config))
-    FLASK_ADMISSIONS.inc()
+    admitted("flask")
     viewer = adm.viewer((lease, slot))
     first = adm.preamble(viewer.retry, url_for("static", filename="frame.css")
                          if req.transport is HTML else "")

@@ -42,7 +42,7 @@ from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, TEXT, Transport, chunk
 from jobcast.web.handover import FAST_PATH, detach
 from jobcast.web.limits import client_address_of
-from jobcast.web.metrics import FAST_ADMISSIONS
+from jobcast.web.metrics import admitted
 from jobcast.web.security import OTHER_CSP
 from jobcast.web.viewer import SocketSink
 
@@ -162,7 +162,7 @@ class FastPath:
             sink = SocketSink(detach(sock), green=relay.green)
             if not sink.send_all(out, st.config.write_timeout):
                 raise TimeoutError("the client accepted none of the response headers")
-            FAST_ADMISSIONS.inc()
+            admitted("fast")
             viewer.attach(sink, chunked=True)
         except Exception as exc:
             # Past this point the request is answered here or not at all: free what it holds.

@@ -9,11 +9,18 @@ What is counted where, so the hot path stays cheap:
 
 - the relay counts each announcement once and the entries it hands to viewers with one
   ``inc(n)`` per announcement, never one call per viewer;
-- the relay (:mod:`jobcast.web.relay`, held connections) and :func:`jobcast.web.fallback.follow_batches` (the
-  per-greenlet path) count viewers, catch-ups from the log, heartbeats and the reason each
+- the relay (:mod:`jobcast.web.relay`: held sockets, and the queues a WSGI generator drains
+  under other servers) counts viewers, catch-ups from the log, heartbeats and the reason each
   viewer stopped: per viewer and per event, never per value;
 - queue depth, busy workers and jobs by state are read from RQ at scrape time;
-- refused streams (by reason) and cancellations are counted where they happen.
+- refused streams (by reason) and cancellations are counted where they happen;
+- the events of one stream (admitted, a viewer added or removed, a catch-up, a disconnect) go
+  through :data:`TALLY`: an append where they happen, published to Prometheus by the relay's
+  heartbeat about once a second and by a scrape for its own process. In multi-process mode
+  each ``inc()`` takes a lock and writes an mmapped file; four of them were about an eighth
+  of an admitted stream's CPU (docs/benchmarks.md). A scrape may then miss another worker
+  process's last second. Open stream connections (``jobcast_streams``) stay exact at every
+  instant: the limiter counts them as they open and close.
 
 No label takes values that grow without bound (such as job ids): a job's own viewer count is
 in the API (``GET /api/jobs/<id>``, ``viewers``), not here.
@@ -21,6 +28,7 @@ in the API (``GET /api/jobs/<id>``, ``viewers``), not here.
 
 from __future__ import annotations
 
+import collections
 import glob
 import logging
 import os
@@ -78,11 +86,64 @@ STREAM_REFUSALS = Counter("jobcast_stream_refusals",
 ADMISSIONS = Counter("jobcast_stream_admissions",
                      "Single-job streams admitted, by path (fast: by the gunicorn worker without "
                      "a Flask request; flask)", ["path"])
-FAST_ADMISSIONS = ADMISSIONS.labels("fast")
-FLASK_ADMISSIONS = ADMISSIONS.labels("flask")
 CANCELLATIONS = Counter("jobcast_cancellations", "Jobs cancelled through this web server")
 # RQ's registries, read at scrape time (see RQCollector).
 JOB_STATES = ("queued", "started", "deferred", "scheduled", "finished", "failed", "canceled")
+
+
+class Tally:
+    """Events counted by the hot paths with one ``deque.append``, put into their metrics by
+    :meth:`publish` (one ``inc()`` per metric and label for everything since the last call).
+
+    Safe under threads as well as greenlets: each event is taken off the deque once, so
+    concurrent publishers neither lose nor double any.
+    """
+
+    def __init__(self):
+        """Nothing counted yet."""
+        self._events: collections.deque = collections.deque()
+
+    def add(self, metric, label: str | None = None, amount: float = 1) -> None:
+        """Count ``amount`` on ``metric`` (a Counter or a Gauge), labelled ``label`` if given."""
+        self._events.append((metric, label, amount))
+
+    def publish(self) -> None:
+        """Put the events counted so far into their metrics."""
+        events = self._events
+        totals: dict = {}
+        for _ in range(len(events)):
+            try:
+                metric, label, amount = events.popleft()
+            except IndexError:  # another thread's publish took the rest
+                break
+            totals[metric, label] = totals.get((metric, label), 0) + amount
+        for (metric, label), amount in totals.items():
+            if amount:  # a gauge's +1 and -1 within one round cancel out
+                (metric if label is None else metric.labels(label)).inc(amount)
+
+
+TALLY = Tally()
+"""This process's tally of per-stream events (see the module's docstring)."""
+
+
+def publish() -> None:
+    """Put this process's tallied events into the metrics (the relay's heartbeat, a scrape)."""
+    TALLY.publish()
+
+
+def admitted(path: str) -> None:
+    """A single-job stream was admitted by ``path``: ``fast`` or ``flask``."""
+    TALLY.add(ADMISSIONS, path)
+
+
+def caught_up(reason: str) -> None:
+    """A viewer reads the log for ``reason`` (history, gap, slow, ...)."""
+    TALLY.add(CATCHUPS, reason)
+
+
+def disconnected(reason: str) -> None:
+    """A viewer stopped for ``reason`` (job_ended, client_gone, ...)."""
+    TALLY.add(DISCONNECTS, reason)
 
 
 def stream_refused(reason: str) -> None:
@@ -97,12 +158,12 @@ def job_cancelled() -> None:
 
 def viewer_added(job_id: str) -> None:
     """A viewer of ``job_id`` attached to this process's relay (counted in total only)."""
-    VIEWERS.inc()
+    TALLY.add(VIEWERS)
 
 
 def viewer_removed(job_id: str) -> None:
     """A viewer of ``job_id`` detached."""
-    VIEWERS.dec()
+    TALLY.add(VIEWERS, amount=-1)
 
 
 def dispatched(entry, viewers: int) -> None:
@@ -201,6 +262,7 @@ class _Forward:
 
 def render(redis=None, queue_name: str | None = None) -> bytes:
     """The exposition text of every metric (all processes in multi-process mode)."""
+    publish()  # this process's tally, at least, is current
     path = multiproc_dir()
     if path:
         from prometheus_client import multiprocess

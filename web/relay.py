@@ -128,9 +128,13 @@ class Heartbeat(Periodic):
         self.relay = relay
 
     def round(self) -> None:
-        """Look at the quiet streams, unless the process is stopping."""
-        if not self.relay.closing:
-            self.relay.tick()
+        """Look at the quiet streams, unless the process is stopping; publish the metrics
+        tallied since the last round."""
+        try:
+            if not self.relay.closing:
+                self.relay.tick()
+        finally:
+            metrics.publish()
 
 
 class Relay:
@@ -202,6 +206,7 @@ class Relay:
         self._stop.set()
         self._heartbeat.stop()
         self.broker.stop(timeout)
+        metrics.publish()  # what the last round did not
 
     @property
     def ready(self) -> bool:
@@ -539,7 +544,7 @@ class Relay:
                 return  # the write was partial, and this viewer's catch-up now finishes it
         v.slow = True
         v.missed = 0
-        metrics.CATCHUPS.labels(reason).inc()
+        metrics.caught_up(reason)
         if here:
             self._catching[v] = self._current()
             self._catch_up_run(v, pending, holding)
@@ -695,7 +700,7 @@ class Relay:
                           was_epoch=v.epoch)
         log.warning("job %s: a viewer at seq %s (epoch %s) is reset to seq %s (epoch %s): %s",
                     v.job_id, v.cursor, v.epoch, reset.after, reset.epoch, reset.reason)
-        metrics.CATCHUPS.labels("reset").inc()
+        metrics.caught_up("reset")
         with self._lock:
             self.recent.lost([v.job_id])  # what is kept of the job may be the dead incarnation
         if v.transport.reset is None:
@@ -928,4 +933,4 @@ class Relay:
                 self._conns.pop(v.conn, None)
         if held:
             metrics.viewer_removed(v.job_id)
-        metrics.DISCONNECTS.labels(reason).inc()
+        metrics.disconnected(reason)

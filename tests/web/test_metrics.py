@@ -6,9 +6,11 @@ import threading
 import uuid
 
 import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobcast.core.joblog import JobLog
+from jobcast.web.metrics import Tally
 from tests.conftest import wait_for
 
 
@@ -56,8 +58,13 @@ def test_metrics_count_viewers_values_and_disconnects_across_workers(web, redis)
         t.start()
     # Per-job counts are the API's (``viewers``, all processes), never a Prometheus label.
     wait_for(lambda: job_viewers(web, jlog.job_id) == n, 15, what="all viewers counted")
-    during = scrape(web)
-    assert value(during, "jobcast_viewers") >= n
+    # Each process publishes its per-stream counts within a heartbeat round (about a second).
+    def all_viewers():
+        """The scrape once it counts every viewer."""
+        s = scrape(web)
+        return s if value(s, "jobcast_viewers") >= n else None
+
+    during = wait_for(all_viewers, 5, what="every process's viewers on /metrics")
 
     for i in range(3):
         jlog.value(i, i * 10)
@@ -67,7 +74,13 @@ def test_metrics_count_viewers_values_and_disconnects_across_workers(web, redis)
     assert all(b == b"0\n10\n20\n" for b in bodies.values()) and len(bodies) == n
 
     def settled():
-        return scrape(web) if job_viewers(web, jlog.job_id) == 0 else None
+        """The scrape once every viewer is gone and each process has published its ends."""
+        if job_viewers(web, jlog.job_id) != 0:
+            return None
+        s = scrape(web)
+        ended = (value(s, "jobcast_disconnects_total", reason="job_ended")
+                 - value(before, "jobcast_disconnects_total", reason="job_ended"))
+        return s if ended >= n else None
 
     after = wait_for(settled, 15, what="viewers gone")
     # No series is labelled by job: label values must not grow with every job ever watched.
@@ -120,3 +133,50 @@ def test_jobs_by_state_and_stream_refusals_by_reason_are_bounded_series(web, htt
     assert http.get(f"/jobs/{'0' * 31}.x/stream").status_code == 400  # not a refusal
     assert not any(k[0] == "jobcast_stream_refusals_total" and dict(k[1]).get("reason") not in
                    ("per_client", "per_process", "unauthorized", "forbidden") for k in samples)
+
+
+def test_a_tally_publishes_each_event_once_summed_per_metric_and_label():
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", ["reason"], registry=registry)
+    gauge = Gauge("g", "g", registry=registry)
+    tally = Tally()
+    for reason in ("gap", "gap", "slow"):
+        tally.add(counter, reason)
+    tally.add(gauge)
+    tally.add(gauge)
+    tally.add(gauge, amount=-1)
+    assert registry.get_sample_value("g") == 0  # nothing before it is published
+    tally.publish()
+    assert registry.get_sample_value("c_total", {"reason": "gap"}) == 2
+    assert registry.get_sample_value("c_total", {"reason": "slow"}) == 1
+    assert registry.get_sample_value("g") == 1
+    tally.add(gauge, amount=-1)
+    tally.publish()
+    tally.publish()  # nothing new: nothing counted twice
+    assert registry.get_sample_value("g") == 0
+    assert registry.get_sample_value("c_total", {"reason": "gap"}) == 2
+
+
+def test_a_tally_published_from_several_threads_loses_and_doubles_nothing():
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", registry=registry)
+    tally = Tally()
+    adders = [threading.Thread(target=lambda: [tally.add(counter) for _ in range(20_000)])
+              for _ in range(4)]
+    stop = threading.Event()
+
+    def publisher():
+        """Publish over and over while the adders run."""
+        while not stop.is_set():
+            tally.publish()
+
+    publishers = [threading.Thread(target=publisher) for _ in range(2)]
+    for t in adders + publishers:
+        t.start()
+    for t in adders:
+        t.join()
+    stop.set()
+    for t in publishers:
+        t.join()
+    tally.publish()
+    assert registry.get_sample_value("c_total") == 80_000

@@ -29,9 +29,13 @@ from tests.support.sse import id_seq, parse_events
 
 
 def metric_value(name: str, **labels: str) -> float:
-    """A counter of this process's Prometheus registry (0 when never incremented)."""
+    """A counter of this process's Prometheus registry, as a scrape would show it (the
+    tally published first); 0 when never incremented."""
     from prometheus_client import REGISTRY
 
+    from jobcast.web import metrics
+
+    metrics.publish()
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
