@@ -22,7 +22,7 @@ from jobcast.launcher.redisserver import RedisServer
 from jobcast.web.frames import LAST_CHUNK, chunk
 from jobcast.web.handover import AdmittingServer, HandoverSocket, can_take
 from tests.conftest import WebServer, running_job, wait_for
-from tests.web.test_fastpath import admissions, finished_job, request
+from tests.web.test_fastpath import finished_job, request, settled_admissions
 
 
 class Request:
@@ -289,7 +289,7 @@ def test_a_client_that_says_nothing_is_dropped_after_keepalive_seconds(web):
 
 def test_a_request_that_arrives_in_two_parts_is_served_by_flask_from_both(http, web, workers):
     job_id = finished_job(http, n=3)
-    before = admissions(web.url).get("flask", 0)
+    before = settled_admissions(web.url).get("flask", 0)
     raw = request(f"/jobs/{job_id}/stream")
     with socket.create_connection(("127.0.0.1", web.port), timeout=15) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -301,7 +301,8 @@ def test_a_request_that_arrives_in_two_parts_is_served_by_flask_from_both(http, 
             body += data
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert b"1.4142135623730951" in body
-    assert admissions(web.url).get("flask", 0) == before + 1  # the fast path read only a part
+    # The fast path read only a part: Flask admitted it.
+    assert settled_admissions(web.url).get("flask", 0) == before + 1
 
 
 def test_an_admission_waiting_on_redis_holds_up_no_other_newcomer(stoppable):
