@@ -111,12 +111,14 @@ def socket_ends(rcvbuf: int | None, read: bool) -> tuple[socket.socket, Client]:
     return server, Client(client, read)
 
 
-def held(relay: Relay, log: JobLog, transport=SSE, *, cursor: int = 0, chunked: bool = False,
-         rcvbuf: int | None = None, read: bool = True) -> tuple[Viewer, Client]:
-    """Hold a new viewer of ``log``'s job from ``cursor``; return it and its client end."""
+def held(relay: Relay, log: JobLog, transport=SSE, *, cursor: int = 0, epoch: str | None = None,
+         chunked: bool = False, rcvbuf: int | None = None,
+         read: bool = True) -> tuple[Viewer, Client]:
+    """Hold a new viewer of ``log``'s job from ``cursor`` of ``epoch``; return it and its
+    client end."""
     server, far = socket_ends(rcvbuf, read)
     viewer = Viewer(log.job_id, SocketSink(server), transport, chunked=chunked, cursor=cursor,
-                    on_close=lambda: far.released.append(True))
+                    epoch=epoch, on_close=lambda: far.released.append(True))
     relay.hold(viewer)
     return viewer, far
 
@@ -829,8 +831,9 @@ def test_a_resume_into_a_surviving_prefix_of_an_older_epoch_just_goes_on(redis, 
     writer.begin()
     write(writer, 0, 5)
     failover(log, writer, keep=5)                              # the new epoch begins at seq 6
-    viewer, client = held(relay, log, cursor=4)
-    viewer.epoch = first
+    # The epoch is the viewer's from the start: set after hold(), its catch-up could already
+    # have read the log without it.
+    viewer, client = held(relay, log, cursor=4, epoch=first)
     green_wait(lambda: not viewer.slow, what="catching up")
     assert [i for _, i in entry_ids(client.data)] == [f"5:{first}", f"6:{log.head().epoch}"]
     assert viewer.epoch == log.head().epoch
