@@ -17,9 +17,9 @@ What is counted where, so the hot path stays cheap:
 - the events of one stream (admitted, a viewer added or removed, a catch-up, a disconnect) go
   through :data:`TALLY`: an append where they happen, published to Prometheus by the relay's
   heartbeat about once a second and by a scrape for its own process. In multi-process mode
-  each ``inc()`` takes a lock and writes an mmapped file; four of them were about an eighth
-  of an admitted stream's CPU (docs/benchmarks.md). A scrape may then miss another worker
-  process's last second. Open stream connections (``jobcast_streams``) stay exact at every
+  each ``inc()`` takes a lock and writes an mmapped file; tallying the three on an
+  admission's path took about 9 % off an admitted stream's CPU (docs/benchmarks.md). A
+  scrape may then miss another worker process's last second. Open stream connections (``jobcast_streams``) stay exact at every
   instant: the limiter counts them as they open and close.
 
 No label takes values that grow without bound (such as job ids): a job's own viewer count is
