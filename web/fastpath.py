@@ -160,10 +160,15 @@ class FastPath:
             out = self._head(transport, adm.headers()) + chunk(first)  # none when empty
             # The OS socket, written directly: a new connection's buffer takes the head at once.
             sink = SocketSink(detach(sock), green=relay.green)
+            viewer.attach(sink, chunked=True)
+            if relay.hold_now(viewer, out):
+                # Its history was in memory: written with the head, and it is on the fast
+                # path already (the common case of a burst of newcomers or a reconnect).
+                admitted("fast")
+                return True
             if not sink.send_all(out, st.config.write_timeout):
                 raise TimeoutError("the client accepted none of the response headers")
             admitted("fast")
-            viewer.attach(sink, chunked=True)
         except Exception as exc:
             # Past this point the request is answered here or not at all: free what it holds.
             if not isinstance(exc, OSError):  # OSError (and TimeoutError): the client left

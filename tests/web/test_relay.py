@@ -367,6 +367,97 @@ def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, 
                what="the same entries at both")
 
 
+def watched_in_memory(redis, relay: Relay, values: int = 3) -> tuple[JobLog, Viewer, Client]:
+    """A running job with ``values`` values, watched by one viewer, its newest entries kept in
+    memory; then any Redis read of the relay fails (so memory must serve)."""
+    log = running_job(redis)
+    relay.recent.subscription(True)
+    first, first_client = held(relay, log)
+    green_wait(lambda: not first.slow, what="first viewer's history")
+    relay.deliver(log.job_id, write(log, 0, values))
+    relay.broker.redis = Redis(port=1)
+    return log, first, first_client
+
+
+def taken_now(relay: Relay, log: JobLog, head: bytes, *, cursor: int, rcvbuf: int | None = None,
+              epoch: str | None = None) -> tuple[bool, Viewer, Client]:
+    """:meth:`Relay.hold_now` of a new SSE viewer of ``log`` from ``cursor``, with ``head``."""
+    server, far = socket_ends(rcvbuf, True)
+    viewer = Viewer(log.job_id, SocketSink(server), SSE, cursor=cursor, epoch=epoch,
+                    on_close=lambda: far.released.append(True))
+    return relay.hold_now(viewer, head), viewer, far
+
+
+def test_a_newcomer_whose_history_is_in_memory_gets_it_with_its_head_and_no_catch_up(redis,
+                                                                                      relay):
+    log, first, first_client = watched_in_memory(redis, relay)
+    taken, viewer, client = taken_now(relay, log, b"HEAD\n\n", cursor=2)
+    # On the fast path as it returns: no catch-up was started, nothing is left to write.
+    assert taken and not viewer.slow and not relay._catching and viewer.cursor == 5
+    green_wait(lambda: client.sse_ids() == [3, 4, 5], what="its history")
+    assert bytes(client.data).startswith(b"HEAD\n\nid: ")  # the head first, then the history
+    for i in range(3, 6):
+        assert relay.deliver(log.job_id, write(log, i, i + 1)) == 2  # both on the fast path
+    log.finished()
+    relay.deliver(log.job_id, log.page(8, 10)[0])
+    green_wait(lambda: client.eof and first_client.eof, what="end of both streams")
+    assert client.sse_ids() == list(range(3, 10)) and viewer.closed and client.released
+    assert first_client.sse_ids() == list(range(1, 10))
+
+
+def test_a_newcomer_memory_cannot_serve_is_declined_with_nothing_sent_or_held(redis, relay):
+    log, _, _ = watched_in_memory(redis, relay)
+    relay.recent._tails[log.job_id][:2] = []  # memory now begins after seq 3
+    for cursor in (0, 1, 9):  # before what memory keeps, or past the log's end
+        taken, viewer, client = taken_now(relay, log, b"HEAD\n\n", cursor=cursor)
+        assert not taken and viewer.state.value == "new" and not viewer.slow
+        assert relay.viewers(log.job_id) == 1  # only the first viewer
+        viewer.sink.sock.close()
+        green_wait(lambda: client.eof, what="closed")
+        assert bytes(client.data) == b""
+    other = running_job(redis)  # a job nobody here watches: nothing in memory
+    assert not taken_now(relay, other, b"HEAD\n\n", cursor=0)[0]
+
+
+def test_a_newcomer_at_the_newest_entry_gets_just_its_head_and_the_next_value_once(redis, relay):
+    log, _, _ = watched_in_memory(redis, relay)
+    taken, viewer, client = taken_now(relay, log, b"HEAD\n\n", cursor=5)
+    assert taken and not viewer.slow
+    relay.deliver(log.job_id, write(log, 3, 4))
+    green_wait(lambda: client.sse_ids() == [6], what="the next value")
+    assert bytes(client.data).startswith(b"HEAD\n\nid: ")
+
+
+def test_a_newcomer_whose_socket_takes_part_of_its_head_and_history_gets_the_rest(redis, relay):
+    log, _, _ = watched_in_memory(redis, relay)
+    head = b": " + b"x" * 300_000 + b"\n\n"  # more than the socket takes at once
+    taken, viewer, client = taken_now(relay, log, head, cursor=2, rcvbuf=4096)
+    assert taken and viewer.slow  # its catch-up writes the rest, then reads memory again
+    relay.deliver(log.job_id, write(log, 3, 5))  # skipped live, found by the catch-up
+    green_wait(lambda: not viewer.slow, what="rejoin")
+    relay.deliver(log.job_id, write(log, 5, 6))
+    green_wait(lambda: client.sse_ids() == [3, 4, 5, 6, 7, 8], what="every entry once")
+    assert bytes(client.data).startswith(head)
+
+
+def test_a_newcomer_to_a_job_that_ended_in_memory_gets_its_end_and_is_freed(redis, relay):
+    log = running_job(redis)
+    relay.recent.subscription(True)
+    # A viewer that stops reading keeps the job watched (its catch-up waits) after the end.
+    stuck, _ = held(relay, log, rcvbuf=4096, read=False)
+    green_wait(lambda: not stuck.slow, what="first viewer's history")
+    for i in range(20):
+        relay.deliver(log.job_id, write(log, i, i + 1, size=1000))
+    log.finished()
+    relay.deliver(log.job_id, log.page(22, 10)[0])
+    assert stuck.slow and not stuck.closed
+    relay.broker.redis = Redis(port=1)
+    taken, viewer, client = taken_now(relay, log, b"HEAD\n\n", cursor=20)
+    assert taken and viewer.closed and client.released
+    green_wait(lambda: client.eof, what="end of stream")
+    assert client.sse_ids() == [21, 22, 23]
+
+
 def test_a_raw_text_stream_ends_by_closing_even_though_the_end_writes_nothing(redis, relay):
     log = running_job(redis)
     viewer, client = held(relay, log, TEXT, cursor=2)
