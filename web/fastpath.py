@@ -161,9 +161,12 @@ class FastPath:
             # The OS socket, written directly: a new connection's buffer takes the head at once.
             sink = SocketSink(detach(sock), green=relay.green)
             viewer.attach(sink, chunked=True)
-            if relay.hold_now(viewer, out):
-                # Its history was in memory: written with the head, and it is on the fast
-                # path already (the common case of a burst of newcomers or a reconnect).
+            # A resume (a restarted replica's viewers coming back by the thousand) is a few
+            # entries behind: from memory, they go out with the head, and the viewer is on
+            # the fast path at once. A first visit takes the job's whole history, which its
+            # own catch-up writes: in the admitter, a storm of them held up the live writes
+            # (docs/benchmarks.md, "Returning viewers in one write").
+            if req.resume is not None and relay.hold_now(viewer, out):
                 admitted("fast")
                 return True
             if not sink.send_all(out, st.config.write_timeout):

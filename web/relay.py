@@ -16,10 +16,10 @@ broker's handler (:class:`~jobcast.web.broker.BrokerHandler`):
   the loop a turn every ``FLUSH_SLICE`` streams: a job announced while it is being made joins
   the writes not made yet, rather than waiting for all of it and then costing every stream a
   second write. Streams of the same jobs at the same cursors share the bytes of that write.
-- **Newcomers from memory.** A newcomer whose history is among the recent entries kept in
-  memory (:meth:`Relay.hold_now`) gets it in one write with its response's head, and joins the
-  fast path at once: no greenlet, no second ``send()``. A restarted replica's viewers come
-  back this way, by the thousand.
+- **Returning viewers from memory.** A viewer that resumes, whose missed entries are among
+  the recent entries kept in memory (:meth:`Relay.hold_now`), gets them in one write with its
+  response's head, and joins the fast path at once: no greenlet, no second ``send()``. A
+  restarted replica's viewers come back this way, by the thousand.
 - **Catch-up.** A viewer whose cursor is not right before the batch (it just arrived, an
   announcement was lost, the subscription was renewed) or whose sink would block (a full
   socket or queue, or a partial write) leaves the fast path. A short-lived greenlet (a thread

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 from typing import Iterator
 
 import h11
@@ -17,7 +18,7 @@ from gunicorn.http import RequestParser
 from jobcast.web.fastpath import FastPath
 from jobcast.web.frames import TEXT
 from jobcast.web.handover import FAST_PATH, ReadSocket
-from tests.conftest import WebServer, create_job, wait_for
+from tests.conftest import WebServer, create_job, running_job, wait_for
 from tests.support.sse import parse_events
 
 
@@ -241,3 +242,51 @@ def test_a_stream_the_relay_fails_to_take_is_freed_and_answered_once(make_app, c
             answer += data
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b"HTTP/1.1") == 1
     assert st.limiter.total == 0  # its stream slot was given back
+
+
+def test_a_resume_of_a_watched_job_answers_as_flask_does_and_then_goes_on_live(
+        web, flask_only, redis):
+    # A running job watched on every worker process (a connection lands on either), so its
+    # recent entries are in memory there: a resume is then answered from memory, its head
+    # and missed entries in one write (Relay.hold_now), and joins the live writes.
+    before = settled_admissions(web.url).get("fast", 0)
+    log = running_job(redis)
+    for i in range(5):
+        log.value(i, i)
+    url = f"{web.url}/jobs/{log.job_id}/events"
+    bodies: list[bytearray] = [bytearray() for _ in range(6)]
+
+    def watch(body: bytearray) -> None:
+        """Read one SSE stream to its end."""
+        with httpx.stream("GET", url, timeout=30) as response:
+            for data in response.iter_bytes():
+                body.extend(data)
+
+    readers = [threading.Thread(target=watch, args=(b,), daemon=True) for b in bodies]
+    for reader in readers:
+        reader.start()
+    wait_for(lambda: all(b.count(b"event: value") == 5 for b in bodies), 15,
+             what="every watcher to have the values so far")
+    ids = [e.id for e in parse_events(bytes(bodies[0])) if e.id]
+    raw = request(f"/jobs/{log.job_id}/events", f"Last-Event-ID: {ids[3]}")
+    resumed: list[tuple[h11.Response, bytes]] = []
+    resumer = threading.Thread(target=lambda: resumed.append(exchange(web.port, raw)), daemon=True)
+    resumer.start()
+    wait_for(lambda: settled_admissions(web.url).get("fast", 0) == before + 7, 15,
+             what="the resume to be admitted")
+    for i in range(5, 8):  # live, after the resume
+        log.value(i, i)
+    log.finished()
+    resumer.join(30)
+    for reader in readers:
+        reader.join(30)
+    (fast, fast_body), = resumed
+    slow, slow_body = exchange(flask_only.port, raw)
+    assert fast.status_code == slow.status_code == 200
+    assert headers_of(fast) == headers_of(slow)
+    # The same events (it followed the job live, so it also had heartbeat comments).
+    assert [e[:3] for e in parse_events(fast_body, all_blocks=True)] == \
+        [e[:3] for e in parse_events(slow_body, all_blocks=True)]
+    every = [e.id for e in parse_events(bytes(bodies[0])) if e.id]  # to the end, live
+    assert len(every) == 11 and every[:len(ids)] == ids  # queued, started, 8 values, finished
+    assert [e.id for e in parse_events(fast_body) if e.id] == every[4:]
