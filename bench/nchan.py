@@ -141,7 +141,7 @@ http {{
     tcp_nodelay on;
     nchan_max_reserved_memory 512M;
     server {{
-        listen 127.0.0.1:{port} backlog=2048;
+        listen 127.0.0.1:{port} backlog=4096;
         nchan_message_buffer_length {MESSAGE_BUFFER};
         nchan_message_timeout 1h;
         nchan_subscriber_first_message oldest;

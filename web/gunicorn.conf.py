@@ -16,7 +16,11 @@ graceful_timeout = 10
 keepalive = 5
 # The longest request line gunicorn reads (its maximum): /events names up to 100 jobs.
 limit_request_line = 8190
-backlog = 2048
+# Connections the kernel queues before the worker accepts them. A restarted replica's viewers
+# come back by the thousand, and each one dropped from a full queue retries its SYN a second or
+# more later: 4096 dropped 3-8x fewer than 2048 in the reconnect storm (docs/benchmarks.md).
+# Linux caps it at net.core.somaxconn (4096 by default since 5.4).
+backlog = 4096
 # No runtime control socket: it defaults to one path per user, shared by every instance.
 control_socket_disable = True
 errorlog = "-"
