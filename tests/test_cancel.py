@@ -7,6 +7,7 @@ enqueued right after a cancel must start on that very worker.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -114,13 +115,35 @@ def wait_started(redis, job_id: str, values: int = 1) -> Entry:
     return started_on(redis, job_id)
 
 
+def started_since_boot(proc: psutil.Process) -> float:
+    """When ``proc`` started, in seconds since boot, as the kernel counts it.
+
+    Not psutil's ``create_time()``: that adds the boot time in whole seconds (``btime`` of
+    /proc/stat), so it can put a process up to a second before it started, and a horse that
+    took a moment to log its start then looked older than its job.
+    """
+    with open(f"/proc/{proc.pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()  # the command may hold spaces
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
+
+
 def horse_of(worker_pid: int, started: Entry) -> psutil.Process:
     """The work-horse the worker forked for the job that logged ``started`` (the worker's
     other child, RQ's scheduler, is older)."""
+    # The job's start on the boot clock, which process start times are counted on.
+    offset = time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_BOOTTIME)
+    since = started.data["ts"] - offset - 1
+
     def find():
-        fresh = [p for p in psutil.Process(worker_pid).children()
-                 if p.create_time() >= started.data["ts"] - 1]
-        return max(fresh, key=lambda p: p.create_time(), default=None)
+        fresh = []
+        for proc in psutil.Process(worker_pid).children():
+            try:
+                at = started_since_boot(proc)
+            except OSError:  # it has just ended
+                continue
+            if at >= since:
+                fresh.append((at, proc))
+        return max(fresh, key=lambda pair: pair[0], default=(0.0, None))[1]
 
     return wait_for(find, 10, what="the work-horse")
 
