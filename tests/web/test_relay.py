@@ -968,11 +968,18 @@ def test_a_multi_job_stream_resets_one_job_and_its_cursor_says_the_new_epoch(red
     failover(a, writer, keep=3)
     relay.deliver(a.job_id, a.page(3, 10)[0])
     green_wait(lambda: b"event: reset" in client.data, what="a's reset")
+
+    def cursor() -> list[str]:
+        """Every job's position, as the stream's last id says it."""
+        ids = [e.id for e in parse_events(bytes(client.data), all_blocks=True) if e.id]
+        return ids[-1].split(":")[1].split(".")
+
+    # The reset goes out first, then a's catch-up reads on and writes the entry after it.
+    green_wait(lambda: cursor()[0].startswith("4~"), what="a's entry after the reset")
     events = list(parse_events(bytes(client.data), all_blocks=True))
     [reset] = [e for e in events if e.event == "reset"]
     assert reset.json()["job"] == a.job_id and reset.json()["after"] == 3
-    cursor = [e.id for e in events if e.id][-1].split(":")[1].split(".")
-    assert cursor == [f"4~{a.head().epoch}", f"2~{b.head().epoch}"]
+    assert cursor() == [f"4~{a.head().epoch}", f"2~{b.head().epoch}"]
     assert not any(v.closed for v in conn.viewers)
 
 
