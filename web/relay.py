@@ -288,10 +288,7 @@ class Relay:
         anyway) rather than in a new one: one greenlet and one switch less per newcomer.
         """
         with self._lock:
-            viewer.state = ViewerState.HELD
-            self._jobs.setdefault(viewer.job_id, {})[viewer] = None
-            self._last_delivery.setdefault(viewer.job_id, self.clock())
-        metrics.viewer_added(viewer.job_id)
+            self._take(viewer)
         if self.closing:
             self.release(viewer, "server_shutdown")
             return
@@ -325,10 +322,7 @@ class Relay:
                     kept is None and last.seq != viewer.cursor):
                 return False
             viewer.epoch = epoch
-            viewer.state = ViewerState.HELD
-            self._jobs.setdefault(job_id, {})[viewer] = None
-            self._last_delivery.setdefault(job_id, self.clock())
-            metrics.viewer_added(job_id)
+            self._take(viewer)
             metrics.caught_up("history")
             viewer.cursor = last.seq
             end = viewer.done = kept is not None and last.terminal
@@ -341,6 +335,14 @@ class Relay:
                 self.release(viewer, "error")
                 raise
         return True
+
+    def _take(self, viewer: Viewer) -> None:
+        """Count ``viewer`` among its job's, in the order it came (the caller holds the lock):
+        the fast path writes it from now on, unless it is catching up."""
+        viewer.state = ViewerState.HELD
+        self._jobs.setdefault(viewer.job_id, {})[viewer] = None
+        self._last_delivery.setdefault(viewer.job_id, self.clock())
+        metrics.viewer_added(viewer.job_id)
 
     def hold_connection(self, conn: Connection, *, here: bool = False) -> None:
         """Take a stream of several jobs: each job's viewer catches up from the log on its
