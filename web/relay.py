@@ -15,7 +15,12 @@ broker's handler (:class:`~jobcast.web.broker.BrokerHandler`):
   connection costs one ``send()`` per burst, not one per job. A long gathered write gives
   the loop a turn every ``FLUSH_SLICE`` streams: a job announced while it is being made joins
   the writes not made yet, rather than waiting for all of it and then costing every stream a
-  second write. Streams of the same jobs at the same cursors share the bytes of that write.
+  second write. Streams of the same jobs at the same cursors share the bytes of that write;
+  once one has been written in full on its own, it joins a cohort of the streams in step
+  with it (:class:`~jobcast.web.viewer.Cohort`), which gathers and frames a burst once for
+  all of them and then costs each member one ``send()``, with no per-stream or per-job work.
+  A member that falls out of step (a partial write, a gap, another epoch, a job's end, a
+  catch-up) leaves, and is written on its own again.
 - **Returning viewers from memory.** A viewer that resumes, whose missed entries are among
   the recent entries kept in memory (:meth:`Relay.hold_now`), gets them in one write with its
   response's head, and joins the fast path at once: no greenlet, no second ``send()``. A
@@ -67,7 +72,7 @@ from jobcast.web.broker import CONFIRM_TIMEOUT, Broker
 from jobcast.web.frames import LAST_CHUNK, Transport
 from jobcast.web.periodic import Periodic
 from jobcast.web.recent import RecentEntries
-from jobcast.web.viewer import Connection, Lease, Viewer, ViewerState
+from jobcast.web.viewer import Cohort, Connection, Lease, Viewer, ViewerState
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +193,10 @@ class Relay:
         self._positions: dict[str, _Flight] = {}
         self._entry_size: dict[str, int] = {}  # job id -> the largest entry seen, bytes
         self._conns: dict[Connection, None] = {}  # the multi-job streams held here
+        # Multi-job streams in step, written as one (see Cohort): by their jobs and framing,
+        # and by each job they carry.
+        self._cohorts: dict[tuple, Cohort] = {}
+        self._cohorts_of: dict[str, dict[Cohort, None]] = {}
         self.recent = RecentEntries()
         # Entries kept in memory are current only while the job's subscription is confirmed
         # (the catch-up asks the broker); a lost one forgets its job's entries.
@@ -443,9 +452,16 @@ class Relay:
         first_index = next((e.i for e in entries if e.kind == "value"), None)
         shared: dict[tuple[Transport, bool], bytes] = {}
         written = 0
+        cohorts = self._cohorts_of.get(job_id)
+        if cohorts:
+            for cohort in tuple(cohorts):
+                written += self._deliver_cohort(cohort, job_id, entries, pending, shared)
         # The hot loop: one iteration per viewer per batch, kept to a few attribute reads
         # and one non-blocking send().
         for v in tuple(viewers):
+            conn = v.conn
+            if conn is not None and conn.cohort is not None:
+                continue  # its cohort has it, above
             if v.slow:
                 if last > v.missed:
                     v.missed = last
@@ -463,7 +479,6 @@ class Relay:
             if cursor + 1 < first:
                 self._catch_up(v, b"", "gap")
                 continue
-            conn = v.conn
             if conn is not None:
                 # One job of a multi-job stream: its frames are shared too, and join the
                 # connection's one write for this burst (one writer at a time: the lock is
@@ -504,6 +519,115 @@ class Relay:
                     self.release(v, "job_ended")
         return written
 
+    def _deliver_cohort(self, cohort: Cohort, job_id: str, entries: list[Entry],
+                        pending: list, shared: dict) -> int:
+        """Gather ``entries`` into ``cohort``'s next write (it joins ``pending`` with its first
+        part). A batch it cannot take in step (a gap, another epoch, the job's end) sends its
+        members on alone: the caller's loop then writes each as it writes any stream. Returns
+        how many streams will be written."""
+        first, last = entries[0].seq, entries[-1].seq
+        epoch = entries[-1].ep
+        lead = cohort.lead().viewers[cohort.index[job_id]]
+        if last <= lead.cursor and (epoch is None or lead.epoch == epoch):
+            return 0
+        if (lead.cursor + 1 != first or entries[-1].terminal
+                or (epoch is not None and lead.epoch != epoch)):
+            for conn in tuple(cohort.conns):
+                self._leave(conn, pending)
+            return 0
+        frames = shared.get(lead.transport)
+        if frames is None:
+            frames = shared[lead.transport] = lead.transport.frames(entries)
+        if not cohort.parts:
+            pending.append(cohort)
+        cohort.gather(job_id, frames, last)
+        return len(cohort.conns)
+
+    def _join(self, conn: Connection) -> None:
+        """Put ``conn``, just written in full on its own, with the streams in step with it
+        (a new cohort if none): from its next burst on it costs one ``send()`` and nothing
+        else. It stays on its own while any of its jobs is catching up or ending, or while
+        its cohort has a write gathered."""
+        if conn.closed or conn.cohort is not None:
+            return
+        for v in conn.viewers:
+            if v.state is not ViewerState.HELD or v.slow or v.done or v in self._catching:
+                return
+        key = (conn.digest, conn.chunked)
+        cohort = self._cohorts.get(key)
+        if cohort is None:
+            job_ids = [v.job_id for v in conn.viewers]
+            if len(set(job_ids)) < len(job_ids):
+                return  # a job twice: a cohort sets each job's cursor once
+            cohort = self._cohorts[key] = Cohort(key, job_ids)
+            for job_id in cohort.index:
+                self._cohorts_of.setdefault(job_id, {})[cohort] = None
+        elif cohort.parts or not cohort.in_step(conn):
+            return
+        cohort.conns[conn] = None
+        conn.cohort = cohort
+
+    def _leave(self, conn: Connection, pending: list | None = None,
+               holding: bool = False) -> bytes:
+        """Take ``conn`` out of its cohort, to be written on its own. Its share of what the
+        cohort gathered and has not written is its own gathered write now (its viewers'
+        cursors already count it), which joins ``pending`` if given. With ``holding`` (the
+        caller holds the lock and is writing) those bytes are returned instead."""
+        cohort = conn.cohort
+        conn.cohort = None
+        cohort.conns.pop(conn, None)
+        parts = list(cohort.parts)
+        if not cohort.conns:
+            cohort.parts.clear()  # nobody left to write it to
+            if self._cohorts.get(cohort.key) is cohort:
+                del self._cohorts[cohort.key]
+            for job_id in cohort.index:
+                of = self._cohorts_of.get(job_id)
+                if of is not None:
+                    of.pop(cohort, None)
+                    if not of:
+                        del self._cohorts_of[job_id]
+        if not parts:
+            return b""
+        if holding:
+            return conn.wire(b"".join(parts), False)
+        if not conn.lock.acquire(blocking=False):
+            # Nothing writes to a member but its cohort, so this is a bug; the stream is cut
+            # rather than sent an id past bytes it never got: its client resumes from its id.
+            log.error("relay: a stream left its cohort while its lock was taken; cutting it")
+            v = conn.viewers[0]
+            self.release(v, self._cut(v, "error"))
+            return b""
+        for part in parts:
+            conn.gather(conn.viewers[0], part, False)
+        if pending is not None:
+            pending.append(conn)
+        return b""
+
+    def _write_cohort(self, cohort: Cohort, data: bytes, now: float) -> None:
+        """Send ``data``, ``cohort``'s gathered write, to each member in the order they
+        joined, with no turn of the loop in between (nothing can come between the cursors it
+        names and the bytes). A member that cannot take it all leaves, and its catch-up
+        writes the rest."""
+        size = len(data)
+        for conn in tuple(cohort.conns):
+            try:
+                n = conn.sink.send(data)
+            except OSError:
+                n = -1
+            if n == size:
+                conn.last_write = now
+                continue
+            self._leave(conn)
+            writer = conn.viewers[0]
+            if n < 0:
+                self.release(writer, "client_gone")
+            elif not conn.lock.acquire(blocking=False):
+                log.error("relay: a stream left its cohort while its lock was taken; cutting it")
+                self.release(writer, self._cut(writer, "error"))
+            else:
+                self._catch_up(writer, data[n:], "slow", holding=True)
+
     def _flush(self, pending: list[Connection], turns: bool = False) -> None:
         """One write per multi-job stream for a burst: its jobs' frames, then its cursor. A
         partial write goes on in a catch-up that holds the connection (an ended job's, if
@@ -527,28 +651,35 @@ class Relay:
                 # there is then little else: a client that reads as fast as the sends come
                 # stays awake for them, rather than being woken once per send (on a VM,
                 # each wake-up costs the sender an interrupt to the other CPU).
-                writes = [(conn, conn.gathered(made)) for conn in pending[start:start + FLUSH_SLICE]
-                          if conn.parts]
-                for conn, write in writes:
-                    self._write_gathered(conn, write, now)
+                writes = [(item, item.gathered() if type(item) is Cohort else item.gathered(made))
+                          for item in pending[start:start + FLUSH_SLICE] if item.parts]
+                for item, write in writes:
+                    if type(item) is Cohort:
+                        self._write_cohort(item, write, now)
+                    else:
+                        self._write_gathered(item, write, now)
         finally:
             if turns:  # by identity: another write's list may hold the same streams
                 self._flushing = [p for p in self._flushing if p is not pending]
 
     def _flush_one(self, conn: Connection, now: float) -> None:
-        """Write what ``conn`` gathered, and give its lock back once it is all out."""
-        self._write_gathered(conn, conn.gathered(), now)
+        """Write what ``conn`` gathered, and give its lock back once it is all out (its
+        caller is taking one of its jobs off the fast path, or ending it: no cohort for it)."""
+        self._write_gathered(conn, conn.gathered(), now, join=False)
 
     def _write_gathered(self, conn: Connection, write: tuple[bytes, Viewer, list[Viewer]],
-                        now: float) -> None:
+                        now: float, join: bool = True) -> None:
         """Send ``conn``'s gathered ``write`` (see :meth:`Connection.gathered`), and give its
-        lock back once it is all out."""
+        lock back once it is all out; with ``join``, it then joins the streams in step with
+        it, if any (see :meth:`_join`)."""
         data, writer, ended = write
         if self._send(writer, data, holding=True):
             conn.lock.release()
             conn.last_write = now
             for v in ended:
                 self.release(v, "job_ended")
+            if join and not ended:
+                self._join(conn)
         else:
             for v in ended:
                 if v is not writer:
@@ -586,6 +717,8 @@ class Relay:
                 v.conn.lock.release()
             return
         conn = v.conn
+        if conn is not None and conn.cohort is not None:
+            pending += self._leave(conn, holding=holding)
         if conn is not None and conn.parts and not holding:
             # Its connection's gathered write goes out first: the catch-up then writes after
             # it, and a gathered write never waits on a viewer that is catching up (whose
@@ -881,6 +1014,8 @@ class Relay:
         for conn in list(self._conns):
             if conn.closed or now - conn.last_write < self.heartbeat * 0.9:
                 continue
+            if conn.cohort is not None and conn.cohort.parts:
+                continue  # a write is gathered for it, and its cursors already count it
             if not conn.lock.acquire(blocking=False):
                 continue  # someone is writing to it: not quiet
             conn.last_write = now
@@ -970,6 +1105,13 @@ class Relay:
         with self._lock:
             if v.closed:
                 return
+            conn = v.conn
+            if conn is not None and conn.cohort is not None:
+                self._leave(conn)
+                if conn.parts:  # what its cohort gathered for it goes out first
+                    self._flush_one(conn, self.clock())
+                    if v.closed:
+                        return
             viewers = self._jobs.get(v.job_id)
             held = viewers is not None and v in viewers
             if held:

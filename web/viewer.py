@@ -247,7 +247,7 @@ class Connection:
     """One stream carrying several jobs: its sink, its resources, and its jobs in order."""
 
     __slots__ = ("sink", "chunked", "viewers", "digest", "lock", "resources", "retry",
-                 "last_write", "closed", "parts", "writer", "ended_now")
+                 "last_write", "closed", "parts", "writer", "ended_now", "cohort")
 
     def __init__(self, sink: Sink | None, digest: bytes, *, retry: int = 2000,
                  resources: tuple = ()):
@@ -272,6 +272,7 @@ class Connection:
         self.parts: list[bytes] = []
         self.writer: Viewer | None = None
         self.ended_now: list[Viewer] = []
+        self.cohort: Cohort | None = None  # the streams it is written with, when in step
 
     def gather(self, viewer: "Viewer", frames: bytes, end: bool) -> None:
         """``viewer``'s new ``frames`` join the next write (``end``: its job's terminal entry
@@ -353,6 +354,55 @@ class Connection:
             self.sink.close()
         for resource in self.resources:
             resource.release()
+
+
+class Cohort:
+    """Multi-job streams of the same jobs, in step: every job of each on the fast path, at the
+    same cursors. A burst is framed once for all of them and written to each with one
+    ``send()``, with nothing done per stream or per job in between; a stream that falls out of
+    step (a partial write, a gap, a job's end, a catch-up) leaves, and is written on its own.
+
+    Its members' viewers keep their own cursors, set as the cohort gathers: whatever reads a
+    viewer (a catch-up, a goodbye) finds it exact, in the cohort or out of it.
+    """
+
+    __slots__ = ("key", "conns", "index", "parts")
+
+    def __init__(self, key: tuple, job_ids: list[str]):
+        """An empty cohort of the streams of ``job_ids`` (in their order) named by ``key``."""
+        self.key = key
+        self.conns: dict[Connection, None] = {}  # in the order they joined: first come, first written
+        self.index = {job_id: k for k, job_id in enumerate(job_ids)}
+        self.parts: list[bytes] = []  # the frames gathered for the next write
+
+    def lead(self) -> Connection:
+        """The member that stands for all: they are in step."""
+        return next(iter(self.conns))
+
+    def in_step(self, conn: Connection) -> bool:
+        """True if ``conn`` stands where the members do: the same jobs, framed alike, at the
+        same cursors of the same epochs."""
+        lead = self.lead()
+        if conn.chunked != lead.chunked or len(conn.viewers) != len(lead.viewers):
+            return False
+        for v, w in zip(conn.viewers, lead.viewers):
+            if (v.job_id != w.job_id or v.cursor != w.cursor or v.epoch != w.epoch
+                    or v.transport is not w.transport):
+                return False
+        return True
+
+    def gather(self, job_id: str, frames: bytes, last: int) -> None:
+        """``frames`` of ``job_id``, up to seq ``last``, join the next write of every member."""
+        self.parts.append(frames)
+        k = self.index[job_id]
+        for conn in self.conns:
+            conn.viewers[k].cursor = last
+
+    def gathered(self) -> bytes:
+        """The gathered write, framed with the members' cursor; the cohort then gathers anew."""
+        data = self.lead().wire(b"".join(self.parts), False)
+        self.parts.clear()
+        return data
 
 
 class Viewer:

@@ -993,3 +993,121 @@ def test_recent_entries_never_serve_another_incarnation():
     recent.add_live("j", new)                  # seqs going back: another incarnation
     assert recent.after("j", 3, "E2") == new and recent.after("j", 3, "E1") == []
     assert recent.is_current("j", 5, "E2") and not recent.is_current("j", 5, "E1")
+
+
+# -- streams in step, written as one (Cohort) --------------------------------------------------
+
+def in_step_streams(redis, relay: Relay, n: int, **kwargs):
+    """Two running jobs, and ``n`` multi-job streams of them, caught up, then written a value
+    of the first (seq 3) on their own, after which they are in step. Returns the logs and the
+    streams with their clients."""
+    a, b = running_job(redis), running_job(redis)
+    held = [held_connection(relay, [a, b], **kwargs) for _ in range(n)]
+    green_wait(lambda: not any(v.slow for c, _ in held for v in c.viewers), what="histories")
+    relay.deliver(a.job_id, write(a, 0, 1))
+    return a, b, held
+
+
+def end_and_read_all(relay: Relay, held, logs: list[JobLog]) -> list[dict[str, list[int]]]:
+    """Finish every job and deliver its end; for each stream, once it has ended, the seqs of
+    each job's events in the order they came."""
+    lasts = [log.head().seq for log in logs]
+    for log, last in zip(logs, lasts):
+        log.finished()
+        relay.deliver(log.job_id, log.page(last, 10)[0])
+    seqs = []
+    for conn, client in held:
+        green_wait(lambda: client.eof, what="the end of the stream")
+        got = job_events(client.data)
+        seqs.append({log.job_id: [s for j, s in got if j == log.job_id] for log in logs})
+    return seqs
+
+
+def test_streams_of_the_same_jobs_in_step_are_written_as_one_with_the_same_bytes(redis, relay):
+    a, b, held = in_step_streams(redis, relay, 5)
+    cohort = held[0][0].cohort
+    assert cohort is not None and all(conn.cohort is cohort for conn, _ in held)
+    sends, real = [], [conn.sink.sock for conn, _ in held]
+
+    class Spy:
+        """A socket that notes what is sent through it."""
+
+        def __init__(self, sock):
+            self.sock = sock
+
+        def send(self, data) -> int:
+            sends.append(bytes(data))
+            return self.sock.send(data)
+
+        def __getattr__(self, attr):
+            return getattr(self.sock, attr)
+
+    for conn, _ in held:
+        conn.sink.sock = Spy(conn.sink.sock)
+    for i in range(1, 4):
+        assert relay.deliver(a.job_id, write(a, i, i + 1)) == 5
+        assert relay.deliver(b.job_id, write(b, i - 1, i)) == 5
+    assert len(sends) == 30 and all(s == sends[k - k % 5] for k, s in enumerate(sends))
+    for (conn, _), sock in zip(held, real):
+        conn.sink.sock = sock
+    for seqs in end_and_read_all(relay, held, [a, b]):
+        assert seqs == {a.job_id: list(range(1, 8)), b.job_id: list(range(1, 7))}
+    assert all(conn.cohort is None for conn, _ in held)  # the jobs' ends took them out
+
+
+def test_a_stream_that_cannot_take_its_cohorts_write_leaves_it_and_loses_nothing(redis, relay):
+    a, b, held = in_step_streams(redis, relay, 3, rcvbuf=4096, read=False)
+    slow = held[1][0]
+    held[0][1].start()
+    held[2][1].start()
+    assert slow.cohort is held[0][0].cohort is not None
+    for i in range(1, 60):
+        relay.deliver(a.job_id, write(a, i, i + 1, size=500))
+        relay.deliver(b.job_id, write(b, i - 1, i, size=500))
+    assert slow.cohort is None and held[0][0].cohort is held[2][0].cohort is not None
+    held[1][1].start()
+    for seqs in end_and_read_all(relay, held, [a, b]):
+        assert seqs == {a.job_id: list(range(1, 64)), b.job_id: list(range(1, 63))}
+
+
+def test_a_stream_that_leaves_while_its_cohort_gathers_a_write_still_gets_it(redis, clock):
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
+    a, b, held = in_step_streams(redis, relay, 3)
+    assert held[0][0].cohort is not None
+    relay.on_publications({a.job_id: write(a, 1, 2)})      # seq 4: gathered, not written yet
+    leaving, client = held[1]
+    relay._catch_up(leaving.viewers[1], b"", "quiet")      # b's viewer goes to the log
+    assert leaving.cohort is None and held[0][0].cohort is held[2][0].cohort
+    green_wait(lambda: job_events(client.data)[-1:] == [(a.job_id, 4)], what="a's value")
+    relay.flush_gathered()
+    for seqs in end_and_read_all(relay, held, [a, b]):
+        assert seqs == {a.job_id: [1, 2, 3, 4, 5], b.job_id: [1, 2, 3]}
+
+
+def test_a_heartbeat_never_names_entries_its_cohort_has_gathered_and_not_written(redis, clock):
+    relay = Relay(PlayedBroker(redis), heartbeat=0.2, write_delay=5.0, clock=clock, green=True)
+    a, b, held = in_step_streams(redis, relay, 2)
+    assert held[0][0].cohort is not None
+    relay.on_publications({a.job_id: write(a, 1, 2)})      # seq 4, gathered for 5 s
+    clock.advance(1.0)
+    relay.tick()
+    relay.flush_gathered()
+    for conn, client in held:
+        green_wait(lambda: job_events(client.data)[-1:] == [(a.job_id, 4)], what="a's value")
+        assert ids_never_ahead(conn, bytes(client.data), [a, b]) >= 2
+
+
+def test_a_lone_stream_whose_job_goes_to_the_log_is_not_in_a_cohort_while_it_catches_up(redis,
+                                                                                       clock):
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.05, clock=clock, green=True)
+    a, b, held = in_step_streams(redis, relay, 1)
+    (conn, client), = held
+    assert conn.cohort is not None
+    relay.on_publications({a.job_id: write(a, 1, 2)})      # seq 4: gathered, not written yet
+    write(b, 0, 2)                                          # not announced: only in the log
+    relay._catch_up(conn.viewers[1], b"", "quiet")
+    assert conn.cohort is None
+    relay.deliver(b.job_id, write(b, 2, 3))                 # seq 5, while b's viewer catches up
+    relay.deliver(a.job_id, write(a, 2, 3))
+    [seqs] = end_and_read_all(relay, held, [a, b])
+    assert seqs == {a.job_id: [1, 2, 3, 4, 5, 6], b.job_id: [1, 2, 3, 4, 5, 6]}
