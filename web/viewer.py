@@ -360,7 +360,8 @@ class Cohort:
     """Multi-job streams of the same jobs, in step: every job of each on the fast path, at the
     same cursors. A burst is framed once for all of them and written to each with one
     ``send()``, with nothing done per stream or per job in between; a stream that falls out of
-    step (a partial write, a gap, a job's end, a catch-up) leaves, and is written on its own.
+    step (a partial write, a gap, another epoch, a job's end, a catch-up) leaves, and is written
+    on its own.
 
     Its members' viewers keep their own cursors, set as the cohort gathers: whatever reads a
     viewer (a catch-up, a goodbye) finds it exact, in the cohort or out of it.
@@ -371,7 +372,8 @@ class Cohort:
     def __init__(self, key: tuple, job_ids: list[str]):
         """An empty cohort of the streams of ``job_ids`` (in their order) named by ``key``."""
         self.key = key
-        self.conns: dict[Connection, None] = {}  # in the order they joined: first come, first written
+        # In the order they joined: first come, first written.
+        self.conns: dict[Connection, None] = {}
         self.index = {job_id: k for k, job_id in enumerate(job_ids)}
         self.parts: list[bytes] = []  # the frames gathered for the next write
 
