@@ -170,6 +170,7 @@ class Relay:
         # lock and its parts), and the greenlet that will write them.
         self._gathered: list[Connection] = []
         self._gather_flush = None
+        self._gather_began = self._gather_last = 0.0  # when the window opened, and its latest
         self._flushing: list[list[Connection]] = []  # gathered writes being made, paused
         self._stop = threading.Event()
         self._lock = contextlib.nullcontext() if self.green else threading.RLock()
@@ -406,12 +407,32 @@ class Relay:
                     metrics.dispatched(entry, written)
             if not self.write_delay:
                 self._flush(pending)
-            elif pending and self._gather_flush is None:
-                import gevent
+            elif pending:
+                self._gather_last = time.monotonic()
+                if self._gather_flush is None:
+                    import gevent
 
-                # The loop's clock stands where this turn of it began: the delay counts from now.
-                gevent.get_hub().loop.update_now()
-                self._gather_flush = gevent.spawn_later(self.write_delay, self.flush_gathered)
+                    # The loop's clock stands where this turn of it began: the delay counts
+                    # from now.
+                    gevent.get_hub().loop.update_now()
+                    self._gather_began = self._gather_last
+                    self._gather_flush = gevent.spawn_later(self.write_delay, self._gather_due)
+
+    def _gather_due(self) -> None:
+        """The gathering window is due: write what it gathered, unless announcements are
+        still coming in. A producer's jobs are announced a millisecond or two apart, and one
+        that misses the write waits for all of it, then costs every stream a second one (a
+        cohort's write takes no turn); so the window stays open until none has come for half
+        the delay, and twice the delay at most."""
+        now = time.monotonic()
+        wait = min(self._gather_last + self.write_delay / 2,
+                   self._gather_began + 2 * self.write_delay) - now
+        if wait > 0 and not self.closing:
+            import gevent
+
+            self._gather_flush = gevent.spawn_later(wait, self._gather_due)
+            return
+        self.flush_gathered()
 
     def flush_gathered(self) -> None:
         """Write what the multi-job streams have gathered (see ``write_delay``).

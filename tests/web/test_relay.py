@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import gevent
 import pytest
@@ -636,6 +637,44 @@ def test_jobs_announced_one_after_the_other_reach_a_multi_job_stream_in_one_writ
         ids = [line[4:] for line in bytes(client.data).decode().split("\n")
                if line.startswith("id: ")]
         assert ids[-1] == f"{conn.digest.decode()}:3~{epochs[0]}.3~{epochs[1]}"
+
+
+def test_a_job_announced_past_the_delay_while_others_still_come_joins_their_write(redis, clock):
+    # A producer's jobs are announced a millisecond or two apart, and one that missed the
+    # write would cost every stream a second one: the window stays open while announcements
+    # keep coming (until none has come for half the delay). Here: 1 s of delay, b announced
+    # at 0.7 s, c at 1.1 s, all three in one write.
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=1.0, clock=clock, green=True)
+    a, b, c = running_job(redis), running_job(redis), running_job(redis)
+    conns = [held_connection(relay, [a, b, c]) for _ in range(3)]
+    green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
+    order: list[int] = []
+    for n, (conn, _) in enumerate(conns):
+        conn.sink.sock = RecordingSocket(conn.sink.sock, n, order)
+    began = time.monotonic()
+    relay.on_publications({a.job_id: write(a, 0, 1)})
+    gevent.sleep(0.7)
+    relay.on_publications({b.job_id: write(b, 0, 1)})
+    gevent.sleep(max(0.0, began + 1.1 - time.monotonic()))
+    assert order == []  # past the delay, and nothing written: b came 0.3 s before it was due
+    relay.on_publications({c.job_id: write(c, 0, 1)})
+    green_wait(lambda: len(order) == 3, what="the writes")
+    gevent.sleep(0.5)  # nothing more comes
+    assert sorted(order) == [0, 1, 2]
+    for conn, client in conns:
+        assert job_events(client.data)[-3:] == [(a.job_id, 3), (b.job_id, 3), (c.job_id, 3)]
+
+
+def test_announcements_that_never_stop_are_written_at_twice_the_delay(redis, clock):
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.2, clock=clock, green=True)
+    a, b = running_job(redis), running_job(redis)
+    conn, client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="histories")
+    for i in range(12):  # 0.6 s of announcements, 0.05 s apart: never half the delay apart
+        relay.on_publications({a.job_id: write(a, i, i + 1)})
+        gevent.sleep(0.05)
+    assert (a.job_id, 3) in job_events(client.data)  # written by 0.4 s, while they still came
+    green_wait(lambda: job_events(client.data)[-1:] == [(a.job_id, 14)], what="the last value")
 
 
 
