@@ -13,6 +13,7 @@ import socket
 import time
 from typing import Protocol
 
+from jobcast.core.feed import FEED
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.web.periodic import Periodic
@@ -62,7 +63,10 @@ class Presence(Periodic):
     def publish(self, now: float | None = None) -> None:
         """Write the current counts, and remove the jobs nobody here watches any more."""
         now = time.time() if now is None else now
-        counts = {job_id: self.watched.viewers(job_id) for job_id in self.watched.jobs()}
+        # The job list's viewers are the relay's too, under the feed's name; it is no job and
+        # has no viewers hash (its name is not even a valid job id).
+        counts = {job_id: self.watched.viewers(job_id) for job_id in self.watched.jobs()
+                  if job_id != FEED}
         pipe = self.logs.redis.pipeline(transaction=False)
         for job_id, count in counts.items():
             self.logs.log(job_id).publish_viewers(pipe, self.name, count, now,

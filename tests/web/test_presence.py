@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 
 from tests.conftest import wait_for
+from jobcast.core.feed import FEED
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
@@ -72,3 +73,11 @@ def test_stop_ends_the_publishing_thread(r):
     wait_for(lambda: r.exists(viewers_key("job1")), timeout=5, what="a first publication")
     p.stop()
     wait_for(lambda: not p._thread.is_alive(), timeout=5, what="the presence thread to end")
+
+
+def test_the_job_list_watched_beside_a_job_publishes_that_job_and_no_feed_hash(r):
+    # The relay holds the home page's job list under the feed's name, which is no job id.
+    p = Presence(LogStore(r, Settings()), FakeHub({FEED: 4, "job1": 2}))
+    p.publish(now=10.0)
+    assert total_viewers(JobLog(r, "job1"), now=11.0) == 2
+    assert p.published == {"job1"}
