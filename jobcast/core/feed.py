@@ -109,41 +109,55 @@ class Feed:
 
 class ProgressGate:
     """Lets a job's progress into the feed at most once per ``every`` seconds, and always
-    lets the last count in within that time: a value held back arms a timer that sends the
-    count then (a daemon thread in the writer's process)."""
+    lets the last count in within that time: a value held back arms a timer that sends its
+    item then (a daemon thread in the writer's process).
 
-    def __init__(self, send: Callable[[], None], every: float = PROGRESS_EVERY,
-                 clock: Callable[[], float] = time.monotonic):
-        """``send()`` writes the job's current count to the feed."""
+    A held item keeps the seq of its own value (``jseq``). Read at send time, the log's seq
+    could already be the job's end, whose item, coming next, would then look no newer to a
+    page than that progress, and be dropped: the job would stay "running" there.
+    """
+
+    def __init__(self, send: Callable[[int, dict[str, Any]], None],
+                 every: float = PROGRESS_EVERY, clock: Callable[[], float] = time.monotonic):
+        """``send(jseq, fields)`` appends a progress item to the feed."""
         self.send = send
         self.every = every
         self.clock = clock
         self.last = float("-inf")
+        self._held: tuple[int, dict[str, Any]] | None = None
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
 
-    def value(self, last: bool = False) -> bool:
-        """A value was logged: True when its item goes to the feed now (``last``: it is the
-        job's final value); else the count follows within ``every`` seconds."""
+    def value(self, jseq: int, fields: dict[str, Any], last: bool = False) -> bool:
+        """The value ``jseq`` was logged (``fields``: the count it brings): its item goes to
+        the feed now, and True is returned (always with ``last``: the job's final value);
+        else the item is held, and the latest held follows within ``every`` seconds."""
         now = self.clock()
         with self._lock:
             if last or now - self.last >= self.every:
                 self.last = now
                 self._cancel()
-                return True
-            if self._timer is None:
-                self._timer = threading.Timer(self.every - (now - self.last), self._flush)
-                self._timer.daemon = True
-                self._timer.start()
-            return False
+                go = True
+            else:
+                go = False
+                self._held = (jseq, fields)
+                if self._timer is None:
+                    self._timer = threading.Timer(self.every - (now - self.last), self._flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+        if go:
+            self.send(jseq, fields)
+        return go
 
     def _flush(self) -> None:
-        """The held-back count, now."""
+        """The held-back item, now."""
         with self._lock:
-            self._timer = None
+            held, self._held, self._timer = self._held, None, None
             self.last = self.clock()
+        if held is None:
+            return
         try:
-            self.send()
+            self.send(*held)
         except Exception:  # the feed is a view: a lost count shows again with the next one
             pass
 
@@ -154,6 +168,7 @@ class ProgressGate:
 
     def _cancel(self) -> None:
         """Forget a pending count (caller holds the lock)."""
+        self._held = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -342,11 +342,10 @@ class JobLog:
             total = self._total
             if self._gate is None:
                 self._gate = ProgressGate(self._progress)
-            if self._gate.value(last=total is not None and body["i"] + 1 >= total):
-                fields = {"values": body["i"] + 1}
-                if total is not None:
-                    fields["n"] = total
-                self.feed().append(self.job_id, "progress", seq, fields)
+            fields = {"values": body["i"] + 1}
+            if total is not None:
+                fields["n"] = total
+            self._gate.value(seq, fields, last=total is not None and body["i"] + 1 >= total)
             return
         if kind not in LIFECYCLE:
             return
@@ -360,13 +359,9 @@ class JobLog:
             self._gate.close()
         self.feed().append(self.job_id, kind, seq, fields)
 
-    def _progress(self) -> None:
-        """Tell the feed the job's current count (a count the gate held back)."""
-        values, total, seq = self.redis.hmget(self.keys.meta, "values", "n", "seq")
-        fields = {"values": int(values or 0)}
-        if total:
-            fields["n"] = int(total)
-        self.feed().append(self.job_id, "progress", int(seq or 0), fields)
+    def _progress(self, jseq: int, fields: dict[str, Any]) -> None:
+        """Tell the feed the job's count as of its entry ``jseq`` (sent by the gate)."""
+        self.feed().append(self.job_id, "progress", jseq, fields)
 
     def feed(self) -> Feed:
         """The job feed on this log's Redis."""

@@ -4,11 +4,13 @@ Pure logic on fakeredis (with Lua); the same script runs against real Redis in t
 end-to-end tests.
 """
 
+import json
 import uuid
 
 import fakeredis
 import pytest
 
+from jobcast.core.feed import Feed, ProgressGate
 from jobcast.core.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
                             job_id_from_channel, log_key, meta_key)
 from jobcast.core.logstore import LogStore
@@ -261,3 +263,49 @@ def test_first_kept_finds_the_first_value_behind_thousands_of_output_lines(r):
     jlog.append_many([line(str(k)) for k in range(3000)])
     jlog.value(0, "first")
     assert jlog.first_kept()[1] == 0
+
+
+def feed_items(r, job_id: str) -> list[dict]:
+    """The job feed's items about ``job_id``, in feed order."""
+    items = [json.loads(fields[b"e"]) for _, fields in r.xrange(Feed(r).log)]
+    return [item for item in items if item["job"] == job_id]
+
+
+def test_a_held_progress_count_sent_as_the_job_ends_names_its_own_value_not_the_end(
+        r, jlog, monkeypatch):
+    # CI: a job's row on the home page stayed "running". The held count's timer fired between
+    # the job's terminal entry and its feed item, and named the terminal entry's seq; the end,
+    # no newer than that to a page, was then dropped.
+    jlog.started("w1", 1)
+    jlog.value(0, 0)  # into the feed at once
+    second = jlog.value(1, 1)  # held back: its count follows within PROGRESS_EVERY
+    gate = jlog._gate
+    close = gate.close
+
+    def timer_fires_first() -> None:
+        gate._flush()
+        close()
+
+    monkeypatch.setattr(gate, "close", timer_fires_first)
+    jlog.finished()
+    items = feed_items(r, jlog.job_id)
+    assert [i["change"] for i in items] == ["queued", "started", "progress", "progress",
+                                            "finished"]
+    held, end = items[-2], items[-1]
+    assert held["values"] == 2 and held["jseq"] == second
+    assert held["jseq"] < end["jseq"]  # a page applies the end after it
+
+
+def test_the_progress_gate_sends_the_latest_held_count_once_and_none_after_close():
+    sent, now = [], [0.0]
+    gate = ProgressGate(lambda jseq, fields: sent.append((jseq, fields["values"])),
+                        every=60, clock=lambda: now[0])
+    assert gate.value(3, {"values": 1})
+    assert not gate.value(4, {"values": 2}) and not gate.value(5, {"values": 3})
+    gate._flush()
+    gate._flush()
+    assert sent == [(3, 1), (5, 3)]
+    assert not gate.value(6, {"values": 4})
+    gate.close()
+    gate._flush()  # a timer that fired as it closed
+    assert sent == [(3, 1), (5, 3)]
