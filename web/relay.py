@@ -12,15 +12,16 @@ broker's handler (:class:`~jobcast.web.broker.BrokerHandler`):
 - **Several jobs, one write.** A stream of several jobs (``/events``) gets its jobs' frames
   in one write, ended by its cursor. Jobs written one after the other are announced one by
   one: the relay gathers what comes within ``write_delay`` (a few ms) into that write, so a
-  connection costs one ``send()`` per burst, not one per job. A long gathered write gives
-  the loop a turn every ``FLUSH_SLICE`` streams: a job announced while it is being made joins
-  the writes not made yet, rather than waiting for all of it and then costing every stream a
-  second write. Streams of the same jobs at the same cursors share the bytes of that write;
-  once one has been written in full on its own, it joins a cohort of the streams in step
-  with it (:class:`~jobcast.web.viewer.Cohort`), which gathers and frames a burst once for
-  all of them and then costs each member one ``send()``, with no per-stream or per-job work.
-  A member that falls out of step (a partial write, a gap, another epoch, a job's end, a
-  catch-up) leaves, and is written on its own again.
+  connection costs one ``send()`` per burst, not one per job. The write goes out before the
+  window closes once every stream with a part has one from each of its jobs. A long gathered
+  write gives the loop a turn every ``FLUSH_SLICE`` streams: a job announced while it is
+  being made joins the writes not made yet, rather than waiting for all of it and then
+  costing every stream a second write. Streams of the same jobs at the same cursors share
+  the bytes of that write; once one has been written in full on its own, it joins a cohort
+  of the streams in step with it (:class:`~jobcast.web.viewer.Cohort`), which gathers and
+  frames a burst once for all of them and then costs each member one ``send()``, with no
+  per-stream or per-job work. A member that falls out of step (a partial write, a gap,
+  another epoch, a job's end, a catch-up) leaves, and is written on its own again.
 - **Returning viewers from memory.** A viewer that resumes, whose missed entries are among
   the recent entries kept in memory (:meth:`Relay.hold_now`), gets them in one write with its
   response's head, and joins the fast path at once: no greenlet, no second ``send()``. A
@@ -393,7 +394,8 @@ class Relay:
         not one per job: a burst of announcements costs a send per connection. With a
         ``write_delay``, the bursts that come within it are gathered into that one write:
         jobs written one after the other (each its own announcement) cost one send, not one
-        per job.
+        per job. Once every stream gathering has a part from each of its jobs, there is
+        nothing left to wait for, and the write is made at once (on the loop's next turn).
         """
         with self._lock:
             pending = self._gathered if self.write_delay else []
@@ -408,10 +410,15 @@ class Relay:
             if not self.write_delay:
                 self._flush(pending)
             elif pending:
-                self._gather_last = time.monotonic()
-                if self._gather_flush is None:
-                    import gevent
+                import gevent
 
+                self._gather_last = time.monotonic()
+                if all(item.complete() for item in pending):
+                    # Every stream has a part from each of its jobs: nothing more is awaited.
+                    if self._gather_flush is not None:
+                        self._gather_flush.kill(block=False)
+                    self._gather_flush = gevent.spawn(self.flush_gathered)
+                elif self._gather_flush is None:
                     # The loop's clock stands where this turn of it began: the delay counts
                     # from now.
                     gevent.get_hub().loop.update_now()
@@ -599,7 +606,7 @@ class Relay:
         cohort.conns.pop(conn, None)
         parts = list(cohort.parts)
         if not cohort.conns:
-            cohort.parts.clear()  # nobody left to write it to
+            cohort.clear()  # nobody left to write it to
             if self._cohorts.get(cohort.key) is cohort:
                 del self._cohorts[cohort.key]
             for job_id in cohort.index:

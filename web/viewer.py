@@ -247,7 +247,7 @@ class Connection:
     """One stream carrying several jobs: its sink, its resources, and its jobs in order."""
 
     __slots__ = ("sink", "chunked", "viewers", "digest", "lock", "resources", "retry",
-                 "last_write", "closed", "parts", "writer", "ended_now", "cohort")
+                 "last_write", "closed", "parts", "got", "writer", "ended_now", "cohort")
 
     def __init__(self, sink: Sink | None, digest: bytes, *, retry: int = 2000,
                  resources: tuple = ()):
@@ -270,6 +270,7 @@ class Connection:
         # one write to the next, so that gathering allocates nothing the garbage collector
         # would have to follow.
         self.parts: list[bytes] = []
+        self.got: set[Viewer] = set()  # the jobs (viewers) with a part in it
         self.writer: Viewer | None = None
         self.ended_now: list[Viewer] = []
         self.cohort: Cohort | None = None  # the streams it is written with, when in step
@@ -278,6 +279,7 @@ class Connection:
         """``viewer``'s new ``frames`` join the next write (``end``: its job's terminal entry
         is among them, and the write is then made by it, so that it ends the job)."""
         self.parts.append(frames)
+        self.got.add(viewer)
         if end:
             self.ended_now.append(viewer)
         if end or not self.ended_now:
@@ -304,10 +306,15 @@ class Connection:
                 data = made[key] = self.wire(b"".join(self.parts), bool(ended))
         writer = self.writer
         self.parts.clear()
+        self.got.clear()
         self.writer = None
         if ended:
             self.ended_now = []
         return data, writer, ended
+
+    def complete(self) -> bool:
+        """True once every job of the stream has a part in the gathered write."""
+        return len(self.got) == len(self.viewers)
 
     def add(self, viewer: "Viewer") -> None:
         """Carry ``viewer``'s job, next in the cursor's order."""
@@ -367,7 +374,7 @@ class Cohort:
     viewer (a catch-up, a goodbye) finds it exact, in the cohort or out of it.
     """
 
-    __slots__ = ("key", "conns", "index", "parts")
+    __slots__ = ("key", "conns", "index", "parts", "got")
 
     def __init__(self, key: tuple, job_ids: list[str]):
         """An empty cohort of the streams of ``job_ids`` (in their order) named by ``key``."""
@@ -376,6 +383,7 @@ class Cohort:
         self.conns: dict[Connection, None] = {}
         self.index = {job_id: k for k, job_id in enumerate(job_ids)}
         self.parts: list[bytes] = []  # the frames gathered for the next write
+        self.got: set[str] = set()  # the jobs with a part in it
 
     def lead(self) -> Connection:
         """The member that stands for all: they are in step."""
@@ -396,6 +404,7 @@ class Cohort:
     def gather(self, job_id: str, frames: bytes, last: int) -> None:
         """``frames`` of ``job_id``, up to seq ``last``, join the next write of every member."""
         self.parts.append(frames)
+        self.got.add(job_id)
         k = self.index[job_id]
         for conn in self.conns:
             conn.viewers[k].cursor = last
@@ -403,8 +412,17 @@ class Cohort:
     def gathered(self) -> bytes:
         """The gathered write, framed with the members' cursor; the cohort then gathers anew."""
         data = self.lead().wire(b"".join(self.parts), False)
-        self.parts.clear()
+        self.clear()
         return data
+
+    def clear(self) -> None:
+        """Drop what was gathered."""
+        self.parts.clear()
+        self.got.clear()
+
+    def complete(self) -> bool:
+        """True once every job of the cohort has a part in the gathered write."""
+        return len(self.got) == len(self.index)
 
 
 class Viewer:

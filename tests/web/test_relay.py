@@ -665,6 +665,36 @@ def test_a_job_announced_past_the_delay_while_others_still_come_joins_their_writ
         assert job_events(client.data)[-3:] == [(a.job_id, 3), (b.job_id, 3), (c.job_id, 3)]
 
 
+def test_a_write_goes_out_once_every_job_of_every_gathering_stream_has_come(redis, clock):
+    # Nothing more is awaited then: the window (30 s here) does not hold it back. A stream
+    # still missing one of its jobs holds it open for all: one write per window.
+    relay = Relay(PlayedBroker(redis), heartbeat=60, write_delay=30.0, clock=clock, green=True)
+    a, b, c = running_job(redis), running_job(redis), running_job(redis)
+    (ab, ab_client) = held_connection(relay, [a, b])
+    (ac, ac_client) = held_connection(relay, [a, c])
+    green_wait(lambda: not any(v.slow for v in (*ab.viewers, *ac.viewers)), what="histories")
+    order: list[int] = []
+    for n, conn in enumerate((ab, ac)):
+        conn.sink.sock = RecordingSocket(conn.sink.sock, n, order)
+    relay.on_publications({a.job_id: write(a, 0, 1)})
+    relay.on_publications({b.job_id: write(b, 0, 1)})
+    gevent.sleep(0.2)
+    assert order == []  # a and c's stream still waits for c
+    relay.on_publications({c.job_id: write(c, 0, 1)})
+    green_wait(lambda: sorted(order) == [0, 1], 5, what="both writes, long before the window")
+    assert job_events(ab_client.data)[-2:] == [(a.job_id, 3), (b.job_id, 3)]
+    assert job_events(ac_client.data)[-2:] == [(a.job_id, 3), (c.job_id, 3)]
+    # In step now, the two a-and-b streams of a cohort are written as soon as both have come.
+    other, other_client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in other.viewers), what="its history")
+    relay.on_publications({a.job_id: write(a, 1, 2)})
+    relay.on_publications({b.job_id: write(b, 1, 2)})
+    relay.on_publications({c.job_id: write(c, 1, 2)})
+    for client in (ab_client, other_client):
+        green_wait(lambda: job_events(client.data)[-2:] == [(a.job_id, 4), (b.job_id, 4)], 5,
+                   what="the second values")
+
+
 def test_announcements_that_never_stop_are_written_at_twice_the_delay(redis, clock):
     relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=0.2, clock=clock, green=True)
     a, b = running_job(redis), running_job(redis)
