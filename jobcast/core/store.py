@@ -26,7 +26,8 @@ import re
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
-from redis import BlockingConnectionPool, Redis
+from redis import BlockingConnectionPool, ConnectionPool, Redis
+from redis._parsers import _RESP2Parser
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -112,6 +113,30 @@ def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
     return sentinels.master_for(target.master, connection_class=FollowingConnection,
                                 db=target.db, username=target.username,
                                 password=target.password, **options)
+
+
+def reader_client(client: Redis) -> Redis:
+    """A client of ``client``'s server (or Sentinel-named primary), with its settings and a pool
+    of its own, whose connections parse replies with redis-py's own RESP parser, not hiredis:
+    for a pub/sub connection, which spends its life waiting for the next message.
+
+    hiredis's parser learns whether a reply has come with ``select.poll``, which gevent makes a
+    turn of the event loop: a subscriber waiting with a timeout pays three turns per message
+    (is it readable, is it closed, is another one there). redis-py's own parser just reads, a
+    non-blocking read when it only asks whether more is there: one turn per wait, none after.
+    In the web, each turn also runs whatever else is ready (newcomers being admitted) before
+    the message reaches the relay (docs/benchmarks.md, "Announcements in one turn").
+    """
+    pool = client.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
+    kwargs.update(connection_class=pool.connection_class, parser_class=_RESP2Parser)
+    if isinstance(pool, SentinelConnectionPool):
+        own = SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
+                                     is_master=pool.is_master,
+                                     check_connection=pool.check_connection, **kwargs)
+    else:
+        own = ConnectionPool(**kwargs)
+    return Redis(connection_pool=own)
 
 
 def masked_url(url: str) -> str:
