@@ -9,8 +9,8 @@ alternating between repeats), on the server under test:
 Jobcast or the flask-sse app under gunicorn (gevent, web/gunicorn.conf.py), each with a fresh
 redis-server (no persistence), or Nchan (nginx + Debian's nchan module, one worker, memory
 store: bench/nchan.py), then runs every scenario: load-generator processes (asyncio + uvloop,
-pinned with sched_setaffinity) hold the viewers, and a producer process writes values at a
-fixed rate through each server's real write path (``JobLog.value``: log + announce in one Lua
+pinned with sched_setaffinity) hold the viewers, and a producer process, pinned with them,
+writes values at a fixed rate through each server's real write path (``JobLog.value``: log + announce in one Lua
 script; for flask-sse, ``PUBLISH``; for Nchan, an HTTP POST to its publisher location).
 
 Besides the fan-out scenarios it measures the CPU one admitted stream costs (``admit``), the
@@ -459,13 +459,27 @@ def hist_percentile(hist: dict[int, int], q: float) -> float | None:
     return (max(hist) + 1) / 10
 
 
-def start_producer(argv: list[str]) -> subprocess.Popen:
-    """Start the producer and return once it writes its first value.
+def load_cpus(args) -> set[int]:
+    """The CPUs of the load side (the load generators' and the producer's) when the servers
+    are pinned away from them; empty when nothing is pinned."""
+    return {int(c) for c in args.loadgen_cpus.split(",")} if args.pin_server else set()
+
+
+def start_producer(argv: list[str], cpus: set[int]) -> subprocess.Popen:
+    """Start the producer on ``cpus`` (any, if empty) and return once it writes its first
+    value.
+
+    The producer is load, like the load generators: on the server's CPU it would take that
+    CPU from the server under test, and it would sit in the middle of Jobcast's path (Redis
+    answers the producer before it announces the value, and the producer, woken on the same
+    CPU, ran before the web process did).
 
     The production window starts then, not at the spawn: the producer's Python start-up
     (~0.25 s of imports) is no time the server could deliver anything in.
     """
     prod = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if cpus:
+        pin([prod.pid], cpus)  # before its imports are done, long before its first value
     if not prod.stdout.readline():  # its first line says production starts
         raise RuntimeError(f"the producer exited before producing ({prod.wait()})")
     return prod
@@ -535,7 +549,7 @@ def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
         cpu0, _ = usage(pids)
         split0 = cpu_split(web_pids)
         redis0 = usage(redis_pids)[0]
-        prod = start_producer(producer_argv)
+        prod = start_producer(producer_argv, load_cpus(args))
         w0 = time.monotonic()
         time.sleep(STORM_LEAD / 2)
     gens = LoadGens(specs, log_dir)
@@ -568,7 +582,7 @@ def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
             cpu0, _ = usage(pids)
             split0 = cpu_split(web_pids)
             redis0 = usage(redis_pids)[0]
-            prod = start_producer(producer_argv)
+            prod = start_producer(producer_argv, load_cpus(args))
             w0 = time.monotonic()
         stdout, _ = prod.communicate()
         if prod.returncode:
@@ -755,7 +769,7 @@ def run_list(server, sc: Scenario, args, log_dir: Path) -> dict:
         cpu0, web0 = usage(pids)[0], usage(web_pids)[0]
         window_on.set()
         prod = start_producer([sys.executable, "-m", "bench.producer", *server.producer(),
-                               str(sc.rate), str(sc.duration), *jobs])
+                               str(sc.rate), str(sc.duration), *jobs], load_cpus(args))
         w0 = time.monotonic()
         prod.communicate()
         w1 = time.monotonic()
@@ -881,7 +895,7 @@ def run_reconnect(sc: Scenario, args, env: dict[str, str], log_dir: Path, cpus: 
         lead, window = args.reconnect_lead, args.reconnect_window
         duration = 10 * (lead + window)  # more than it takes: it is stopped (SIGTERM)
         prod = start_producer([sys.executable, "-m", "bench.producer", "jobcast", redis.url,
-                               str(sc.rate), str(duration), job])
+                               str(sc.rate), str(duration), job], load_cpus(args))
         time.sleep(lead)
         before = stats()
         result["streaming_before_kill"] = before["streaming"]
@@ -1405,7 +1419,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.repeats} repeat(s), medians (lost: worst repeat); "
               f"{args.web_workers} gunicorn worker process(es)"
               f"{f'; Nchan: {nchan_versions}, one nginx worker process' if nchan_versions else ''}; "
-              f"{args.loadgens} load generators pinned to CPU {args.loadgen_cpus}"
+              f"{args.loadgens} load generators{' and the producer' if server_cpus else ''} pinned to CPU {args.loadgen_cpus}"
               f"{', servers to CPU ' + ','.join(map(str, sorted(server_cpus))) if server_cpus else ''}; "
               f"run took {time.time() - started:.0f} s.\n"
               + (f"{floor.describe(floor_found)}\n" if floor_found else "") + "\n")
