@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -233,6 +234,20 @@ def redis(redis_server) -> Iterator[Redis]:
     client = Redis.from_url(redis_server.url)
     yield client
     client.close()
+
+
+@contextlib.contextmanager
+def own_database(redis_server: RedisServer, db: int) -> Iterator[tuple[str, Redis]]:
+    """The URL of database ``db`` of the session's Redis and a client of it, emptied before
+    and after: for tests that read what is global to a database (the job index)."""
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+    client = Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url, client
+    finally:
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 -- Append one entry to a job's log and announce it, atomically (jobcast.core.joblog).
 --
--- KEYS: meta hash, log stream, and on a single Redis the jobs index. On a Redis Cluster (no
---       index key: it lives in another slot) the entry is announced with SPUBLISH on the job's
---       shard channel, and LogStore.create adds the job to the index itself.
+-- KEYS: meta hash, log stream, and on a single Redis the jobs index and the open jobs. On a
+--       Redis Cluster (no index keys: they live in other slots) the entry is announced with
+--       SPUBLISH on the job's shard channel, and JobLog.create indexes the job itself.
 -- ARGV: channel, kind, value index (-1 if none), JSON body without seq (starts after "{"),
 --       log maxlen, ttl after the end, now, jobs-index max, the writer's epoch ('' for no
 --       check), the highest seq the writer wrote (0 for no check), a new epoch (the log's
@@ -56,9 +56,12 @@ if #ARGV > 12 then
   redis.call('HSET', meta, unpack(ARGV, 13))
 end
 if kind == 'queued' and index then
-  redis.call('ZADD', index, ARGV[7], string.match(meta, ':job:(.*)$'))
-  local extra = redis.call('ZCARD', index) - tonumber(ARGV[8])
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
+  local id = string.match(meta, ':job:(.*)$')
+  for _, set in ipairs({index, KEYS[4]}) do  -- the index, then the open jobs: both capped
+    redis.call('ZADD', set, ARGV[7], id)
+    local extra = redis.call('ZCARD', set) - tonumber(ARGV[8])
+    if extra > 0 then redis.call('ZREMRANGEBYRANK', set, 0, extra - 1) end
+  end
 end
 if kind == 'finished' or kind == 'failed' or kind == 'cancelled' then
   redis.call('EXPIRE', meta, ARGV[6])

@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "jobcast"
 JOBS_INDEX = f"{PREFIX}:jobs"
+# The jobs of the index that may still be queued or running (a sorted set by creation time,
+# capped like the index): the watchdog reads these, not the whole index, and drops the ones
+# it finds ended (jobcast.core.logstore.LogStore.open_jobs).
+OPEN_JOBS = f"{PREFIX}:jobs:open"
 CHANNEL_PATTERN = f"{PREFIX}:job:*:ch"
 
 # RQ's own rule for job ids (letters, digits, "_" and "-"), bounded in length. Jobcast's ids
@@ -396,7 +400,8 @@ class JobLog:
             fields += [k, v if isinstance(v, (str, int, float)) else json.dumps(v)]
         keys = [self.keys.meta, self.keys.log]
         if not is_cluster(self.redis):
-            keys.append(JOBS_INDEX)  # on a Cluster, create() indexes the job (another slot)
+            # On a Cluster, create() indexes the job (these keys are in other slots).
+            keys += [JOBS_INDEX, OPEN_JOBS]
         checked = self.began and kind in CHECKED
         return (keys,
                 [self.keys.channel, kind, index, ",".join(parts) + "}", self.maxlen,
@@ -411,7 +416,8 @@ class JobLog:
         ``extra`` adds fields to the metadata hash in the same script (e.g. the RQ queue of a
         job that Jobcast did not enqueue).
         """
-        if is_cluster(self.redis):
+        cluster = is_cluster(self.redis)
+        if cluster:
             self._index(time.time())
         seq = self._write("queued", {"task": task, "params": params, "n": total}, meta={
             "task": task,
@@ -423,6 +429,8 @@ class JobLog:
         })
         if seq == -4:
             raise JobExists(self.job_id)
+        if cluster and seq > 0:
+            self._open(time.time())
         return seq
 
     def ensure(self, description: str | None, origin: str | None) -> bool:
@@ -453,6 +461,15 @@ class JobLog:
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(JOBS_INDEX, {self.job_id: created}, nx=True)
         pipe.zremrangebyrank(JOBS_INDEX, 0, -self.index_max - 1)
+        pipe.execute()
+
+    def _open(self, created: float) -> None:
+        """Add the job to the open jobs on a Redis Cluster (:data:`OPEN_JOBS`, another slot),
+        once it exists: a watchdog round that came before its metadata would drop it as
+        ended. On a single Redis the append script adds it with the ``queued`` entry."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(OPEN_JOBS, {self.job_id: created}, nx=True)
+        pipe.zremrangebyrank(OPEN_JOBS, 0, -self.index_max - 1)
         pipe.execute()
 
     def begin(self) -> tuple[bool, int, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from redis import Redis
 from rq.job import Job
 
-from jobcast.core.joblog import JOBS_INDEX, JobInfo, JobLog, job_keys
+from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobInfo, JobLog, job_keys
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis, redis_client, stream_redis
 
@@ -27,6 +27,7 @@ class LogStore:
         self.redis = redis
         self.settings = settings
         self.queue = queue if queue is not None else redis
+        self._open_seeded = False  # see open_jobs()
 
     @classmethod
     def connect(cls, settings: Settings | None = None, queue: Redis | None = None,
@@ -94,10 +95,42 @@ class LogStore:
 
     def open_jobs(self) -> list[tuple[str, str]]:
         """(id, RQ queue) of every queued or running job in the job index; the queue is empty
-        for the jobs Jobcast enqueued itself, and names it for plain RQ jobs."""
-        ids = [i.decode() for i in self.redis.zrange(JOBS_INDEX, 0, -1)]
+        for the jobs Jobcast enqueued itself, and names it for plain RQ jobs.
+
+        Only the open jobs (:data:`~jobcast.core.joblog.OPEN_JOBS`) are read, and those found
+        ended leave them: a round costs a command per job still open, not one per job the
+        index remembers (1,000 by default, 18 ms of the web process's loop each round). The
+        first call of a process reads the whole index once, and adds the open jobs it finds
+        (those created by a version of Jobcast without the set)."""
+        if not self._open_seeded:
+            self._seed_open()
+        ids = [i.decode() for i in self.redis.zrange(OPEN_JOBS, 0, -1)]
+        if not ids:
+            return []
+        found, ended = [], []
+        for job_id, (status, origin) in zip(ids, self._states(ids)):
+            if status in (b"queued", b"running"):
+                found.append((job_id, (origin or b"").decode()))
+            else:  # ended, or its metadata expired
+                ended.append(job_id)
+        if ended:
+            self.redis.zrem(OPEN_JOBS, *ended)
+        return found
+
+    def _seed_open(self) -> None:
+        """Add every queued or running job of the index to the open jobs."""
+        indexed = self.redis.zrange(JOBS_INDEX, 0, -1, withscores=True)
+        ids = [i.decode() for i, _ in indexed]
+        created = {job_id: score for job_id, (_, score) in zip(ids, indexed)}
+        open_now = {job_id: created[job_id] for job_id, (status, _) in zip(ids, self._states(ids))
+                    if status in (b"queued", b"running")}
+        if open_now:
+            self.redis.zadd(OPEN_JOBS, open_now, nx=True)
+        self._open_seeded = True
+
+    def _states(self, ids: list[str]) -> list[tuple[bytes | None, bytes | None]]:
+        """(status, origin) of each job of ``ids``, in one round trip."""
         pipe = self.redis.pipeline()
         for job_id in ids:
             pipe.hmget(job_keys(self.redis, job_id).meta, "status", "origin")
-        return [(job_id, (origin or b"").decode()) for job_id, (status, origin)
-                in zip(ids, pipe.execute()) if status in (b"queued", b"running")]
+        return pipe.execute()

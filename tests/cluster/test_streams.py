@@ -15,7 +15,7 @@ import httpx
 import pytest
 from redis.crc import key_slot
 
-from jobcast.core.joblog import JOBS_INDEX, JobExists, JobLog, channel, log_key, meta_key
+from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobExists, JobLog, channel, log_key, meta_key
 from tests.cluster.conftest import LocalCluster
 from tests.conftest import create_job, job_status, wait_for
 from tests.support.sse import id_seq, parse_events
@@ -253,3 +253,14 @@ def test_on_the_cluster_the_append_script_logs_and_announces_with_spublish_and_i
     finally:
         pubsub.close()
         node.close()
+
+
+def test_on_the_cluster_a_created_job_is_open_until_it_ends(streams):
+    store = LogStore(streams, Settings())
+    log = store.log(uuid.uuid4().hex)
+    log.create("sqrt", {}, 1)
+    assert streams.zscore(OPEN_JOBS, log.job_id) is not None
+    assert (log.job_id, "") in store.open_jobs()
+    log.finished()
+    assert log.job_id not in {job_id for job_id, _ in store.open_jobs()}
+    assert streams.zscore(OPEN_JOBS, log.job_id) is None  # the round dropped it

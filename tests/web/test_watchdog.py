@@ -13,7 +13,7 @@ from rq.job import JobStatus
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import own_database, wait_for
 from jobcast.web.watchdog import Watchdog
 
 DB = 7
@@ -22,14 +22,10 @@ DB = 7
 @pytest.fixture
 def wd(redis_server):
     """A watchdog on a fresh database and queue, orphan timeout 15 s."""
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
-    redis = Redis.from_url(url)
-    redis.flushdb()
-    queue = f"wd-{uuid.uuid4().hex[:8]}"
-    config = Settings(redis_url=url, queue_name=queue, orphan_timeout=15)
-    yield Watchdog(redis, LogStore(redis, config), interval=0.1)
-    redis.flushdb()
-    redis.close()
+    with own_database(redis_server, DB) as (url, redis):
+        queue = f"wd-{uuid.uuid4().hex[:8]}"
+        config = Settings(redis_url=url, queue_name=queue, orphan_timeout=15)
+        yield Watchdog(redis, LogStore(redis, config), interval=0.1)
 
 
 def new_job(redis: Redis, origin: str = "") -> JobLog:

@@ -1,0 +1,74 @@
+"""The log store's reads of the job index against a real Redis (a database of its own, so the
+index holds only this module's jobs)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from redis import Redis
+
+from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobLog
+from jobcast.core.logstore import LogStore
+from jobcast.core.settings import Settings
+from tests.conftest import own_database
+
+DB = 8
+
+
+@pytest.fixture
+def store(redis_server):
+    """A log store on a fresh database, remembering at most 50 jobs."""
+    with own_database(redis_server, DB) as (url, redis):
+        yield LogStore(redis, Settings(redis_url=url, jobs_index_max=50))
+
+
+def new_jobs(store: LogStore, n: int) -> list[JobLog]:
+    """``n`` queued jobs, created through the store's settings."""
+    logs = [store.log(uuid.uuid4().hex) for _ in range(n)]
+    for jlog in logs:
+        jlog.create("sqrt", {}, None)
+    return logs
+
+
+def hmget_calls(redis: Redis) -> int:
+    """How many HMGET commands the server has run so far."""
+    return int(redis.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+
+def test_a_round_reads_only_the_jobs_still_open_not_every_job_the_index_remembers(store):
+    logs = new_jobs(store, 40)
+    running = logs[:3]
+    running[0].started("w1", 1)
+    for jlog in logs[3:]:
+        jlog.finished()
+    expected = sorted(jlog.job_id for jlog in running)
+    assert sorted(job_id for job_id, _ in store.open_jobs()) == expected
+    # The ended jobs left the open set on that round: the next reads the three alone.
+    before = hmget_calls(store.redis)
+    assert sorted(job_id for job_id, _ in store.open_jobs()) == expected
+    assert hmget_calls(store.redis) - before == 3
+    assert store.redis.zcard(JOBS_INDEX) == 40  # the job list still remembers them all
+
+    running[1].failed("boom")
+    assert sorted(job_id for job_id, _ in store.open_jobs()) == sorted(
+        [running[0].job_id, running[2].job_id])
+    assert store.redis.zcard(OPEN_JOBS) == 2
+
+
+def test_jobs_opened_before_the_open_set_existed_are_found_by_a_process_first_round(store):
+    # Logs written by a version of Jobcast without the set: the index alone has them.
+    queued, ended = new_jobs(store, 2)
+    ended.finished()
+    store.redis.delete(OPEN_JOBS)
+    fresh = LogStore(store.redis, store.settings)  # a web process that starts now
+    assert fresh.open_jobs() == [(queued.job_id, "")]
+    assert [m.decode() for m in store.redis.zrange(OPEN_JOBS, 0, -1)] == [queued.job_id]
+
+
+def test_the_open_set_keeps_the_newest_jobs_as_the_index_does(store):
+    logs = new_jobs(store, 60)  # all queued, over the store's 50
+    newest = {jlog.job_id for jlog in logs[10:]}
+    assert {m.decode() for m in store.redis.zrange(OPEN_JOBS, 0, -1)} == newest
+    assert {m.decode() for m in store.redis.zrange(JOBS_INDEX, 0, -1)} == newest
+    assert {job_id for job_id, _ in store.open_jobs()} == newest
