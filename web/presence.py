@@ -19,6 +19,8 @@ from jobcast.core.logstore import LogStore
 from jobcast.web.periodic import Periodic
 
 STALE_AFTER = 30.0  # seconds without a refresh before a process's count is ignored
+REFRESH_AFTER = STALE_AFTER / 3  # an unchanged count is written again after this long
+PAGE = 100  # jobs per pipeline: the process's loop gets a turn between two
 
 
 class Watched(Protocol):
@@ -55,23 +57,49 @@ class Presence(Periodic):
         self.watched = watched
         self.name = f"{socket.gethostname()}:{os.getpid()}"  # its field in each job's hash
         self.published: set[str] = set()
+        self.written: dict[str, tuple[int, float]] = {}  # job id -> (count, when) written
 
     def round(self) -> None:
         """Publish the counts."""
         self.publish()
 
     def publish(self, now: float | None = None) -> None:
-        """Write the current counts, and remove the jobs nobody here watches any more."""
+        """Write the counts that changed, or that were last written ``REFRESH_AFTER`` ago,
+        and remove the jobs nobody here watches any more.
+
+        A process watching 1,000 jobs wrote 2,000 commands every round, all in one pipeline
+        built and read inside its loop (16 ms, every 3 s, for all its viewers). Now a round
+        writes what changed and a third of the rest, ``PAGE`` jobs per pipeline, with a turn
+        of the loop between two (this runs in a greenlet under gevent).
+        """
         now = time.time() if now is None else now
         # The job list's viewers are the relay's too, under the feed's name; it is no job and
         # has no viewers hash (its name is not even a valid job id).
         counts = {job_id: self.watched.viewers(job_id) for job_id in self.watched.jobs()
                   if job_id != FEED}
-        pipe = self.logs.redis.pipeline(transaction=False)
-        for job_id, count in counts.items():
-            self.logs.log(job_id).publish_viewers(pipe, self.name, count, now,
-                                                  int(STALE_AFTER * 2))
-        for job_id in self.published - set(counts):
-            self.logs.log(job_id).forget_viewers(pipe, self.name)
-        pipe.execute()
-        self.published = set(counts)
+        written = self.written
+        due = [(job_id, count) for job_id, count in counts.items()
+               if (job_id not in written or written[job_id][0] != count
+                   or now - written[job_id][1] >= REFRESH_AFTER)]
+        gone = [(job_id, None) for job_id in self.published if job_id not in counts]
+        work = due + gone
+        for start in range(0, len(work), PAGE):
+            if start:
+                time.sleep(0)  # a turn of the loop (a greenlet under gevent)
+            page = work[start:start + PAGE]
+            pipe = self.logs.redis.pipeline(transaction=False)
+            for job_id, count in page:
+                if count is None:
+                    self.logs.log(job_id).forget_viewers(pipe, self.name)
+                else:
+                    self.logs.log(job_id).publish_viewers(pipe, self.name, count, now,
+                                                          int(STALE_AFTER * 2))
+            pipe.execute()
+            # What Redis has now (a round that fails half-way leaves the rest due).
+            for job_id, count in page:
+                if count is None:
+                    self.published.discard(job_id)
+                    written.pop(job_id, None)
+                else:
+                    self.published.add(job_id)
+                    written[job_id] = (count, now)

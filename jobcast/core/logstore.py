@@ -8,12 +8,16 @@ which it adopts the jobs Jobcast did not enqueue.
 
 from __future__ import annotations
 
+import time
+
 from redis import Redis
 from rq.job import Job
 
 from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobInfo, JobLog, job_keys
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis, redis_client, stream_redis
+
+PAGE = 200  # jobs read per round trip by the watchdog's reads (see LogStore._states)
 
 # RQ states of a job that a Jobcast-aware worker has not finished with yet.
 ADOPTABLE = frozenset({b"queued", b"deferred", b"scheduled", b"started"})
@@ -129,8 +133,15 @@ class LogStore:
         self._open_seeded = True
 
     def _states(self, ids: list[str]) -> list[tuple[bytes | None, bytes | None]]:
-        """(status, origin) of each job of ``ids``, in one round trip."""
-        pipe = self.redis.pipeline()
-        for job_id in ids:
-            pipe.hmget(job_keys(self.redis, job_id).meta, "status", "origin")
-        return pipe.execute()
+        """(status, origin) of each job of ``ids``: one round trip per ``PAGE`` jobs, with a
+        pause between two, in which a caller on an event loop (the watchdog, a greenlet under
+        gevent) lets the loop's other work run."""
+        states = []
+        for start in range(0, len(ids), PAGE):
+            if start:
+                time.sleep(0)
+            pipe = self.redis.pipeline()
+            for job_id in ids[start:start + PAGE]:
+                pipe.hmget(job_keys(self.redis, job_id).meta, "status", "origin")
+            states += pipe.execute()
+        return states

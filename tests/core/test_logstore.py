@@ -72,3 +72,15 @@ def test_the_open_set_keeps_the_newest_jobs_as_the_index_does(store):
     assert {m.decode() for m in store.redis.zrange(OPEN_JOBS, 0, -1)} == newest
     assert {m.decode() for m in store.redis.zrange(JOBS_INDEX, 0, -1)} == newest
     assert {job_id for job_id, _ in store.open_jobs()} == newest
+
+
+def test_reading_many_open_jobs_pauses_between_pages(store, monkeypatch):
+    import jobcast.core.logstore as logstore
+
+    monkeypatch.setattr(logstore, "PAGE", 10)
+    pauses: list[float] = []
+    monkeypatch.setattr(logstore.time, "sleep", pauses.append)
+    new_jobs(store, 45)
+    assert len(store.open_jobs()) == 45
+    # The first round read the index (45 jobs: 5 pages), then the open set (5 more).
+    assert pauses == [0] * 8

@@ -12,7 +12,7 @@ from jobcast.core.feed import FEED
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
-from jobcast.web.presence import STALE_AFTER, Presence, total_viewers
+from jobcast.web.presence import PAGE, REFRESH_AFTER, STALE_AFTER, Presence, total_viewers
 
 
 class FakeHub:
@@ -81,3 +81,34 @@ def test_the_job_list_watched_beside_a_job_publishes_that_job_and_no_feed_hash(r
     p.publish(now=10.0)
     assert total_viewers(JobLog(r, "job1"), now=11.0) == 2
     assert p.published == {"job1"}
+
+
+def stamp_of(r, job_id: str, process: str) -> float:
+    """When ``process`` last wrote its count of ``job_id``."""
+    return float(r.hget(viewers_key(job_id), process).decode().split()[1])
+
+
+def test_a_round_writes_the_counts_that_changed_and_refreshes_the_others_before_they_go_stale(r):
+    hub = FakeHub({"job1": 1, "job2": 2})
+    p = Presence(LogStore(r, Settings()), hub)
+    p.publish(now=100.0)
+    hub.counts["job1"] = 3
+    p.publish(now=103.0)
+    assert stamp_of(r, "job1", p.name) == 103.0  # changed: written
+    assert stamp_of(r, "job2", p.name) == 100.0  # unchanged: left as it was
+    assert total_viewers(JobLog(r, "job1"), now=104.0) == 3
+    p.publish(now=100.0 + REFRESH_AFTER)
+    assert stamp_of(r, "job2", p.name) == 100.0 + REFRESH_AFTER  # refreshed, long before stale
+    assert REFRESH_AFTER * 2 < STALE_AFTER
+
+
+def test_a_round_of_many_jobs_gives_the_loop_a_turn_between_pages(r, monkeypatch):
+    import jobcast.web.presence as presence
+
+    turns: list[float] = []
+    monkeypatch.setattr(presence.time, "sleep", turns.append)
+    jobs = {f"job{k}": 1 for k in range(10 * PAGE)}
+    p = Presence(LogStore(r, Settings()), FakeHub(jobs))
+    p.publish(now=10.0)
+    assert turns == [0] * 9  # ten pipelines, a turn between two
+    assert all(total_viewers(JobLog(r, job_id), now=11.0) == 1 for job_id in jobs)
