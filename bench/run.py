@@ -10,8 +10,9 @@ Jobcast or the flask-sse app under gunicorn (gevent, web/gunicorn.conf.py), each
 redis-server (no persistence), or Nchan (nginx + Debian's nchan module, one worker, memory
 store: bench/nchan.py), then runs every scenario: load-generator processes (asyncio + uvloop,
 pinned with sched_setaffinity) hold the viewers, and a producer process, pinned with them,
-writes values at a fixed rate through each server's real write path (``JobLog.value``: log + announce in one Lua
-script; for flask-sse, ``PUBLISH``; for Nchan, an HTTP POST to its publisher location).
+writes values at a fixed rate through each server's real write path (``JobLog.value``: log +
+announce in one Lua script; for flask-sse, ``PUBLISH``; for Nchan, an HTTP POST to its
+publisher location).
 
 Besides the fan-out scenarios it measures the CPU one admitted stream costs (``admit``), the
 same connect storm twice on one fresh process (``fan10twice``, ``fan10texttwice``), and, for
@@ -1419,7 +1420,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.repeats} repeat(s), medians (lost: worst repeat); "
               f"{args.web_workers} gunicorn worker process(es)"
               f"{f'; Nchan: {nchan_versions}, one nginx worker process' if nchan_versions else ''}; "
-              f"{args.loadgens} load generators{' and the producer' if server_cpus else ''} pinned to CPU {args.loadgen_cpus}"
+              f"{args.loadgens} load generators"
+              f"{' and the producer' if server_cpus else ''} pinned to CPU {args.loadgen_cpus}"
               f"{', servers to CPU ' + ','.join(map(str, sorted(server_cpus))) if server_cpus else ''}; "
               f"run took {time.time() - started:.0f} s.\n"
               + (f"{floor.describe(floor_found)}\n" if floor_found else "") + "\n")

@@ -16,6 +16,7 @@ from typing import Protocol
 from jobcast.core.feed import FEED
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
+from jobcast.core.wait import in_pages
 from jobcast.web.periodic import Periodic
 
 STALE_AFTER = 30.0  # seconds without a refresh before a process's count is ignored
@@ -56,8 +57,12 @@ class Presence(Periodic):
         self.logs = logs
         self.watched = watched
         self.name = f"{socket.gethostname()}:{os.getpid()}"  # its field in each job's hash
-        self.published: set[str] = set()
         self.written: dict[str, tuple[int, float]] = {}  # job id -> (count, when) written
+
+    @property
+    def published(self) -> set[str]:
+        """The jobs whose count this process has in Redis."""
+        return set(self.written)
 
     def round(self) -> None:
         """Publish the counts."""
@@ -69,8 +74,9 @@ class Presence(Periodic):
 
         A process watching 1,000 jobs wrote 2,000 commands every round, all in one pipeline
         built and read inside its loop (16 ms, every 3 s, for all its viewers). Now a round
-        writes what changed and a third of the rest, ``PAGE`` jobs per pipeline, with a turn
-        of the loop between two (this runs in a greenlet under gevent).
+        writes what changed, and an unchanged count only every ``REFRESH_AFTER`` s, ``PAGE``
+        jobs per pipeline, with a turn of the loop between two (this runs in a greenlet under
+        gevent).
         """
         now = time.time() if now is None else now
         # The job list's viewers are the relay's too, under the feed's name; it is no job and
@@ -81,12 +87,8 @@ class Presence(Periodic):
         due = [(job_id, count) for job_id, count in counts.items()
                if (job_id not in written or written[job_id][0] != count
                    or now - written[job_id][1] >= REFRESH_AFTER)]
-        gone = [(job_id, None) for job_id in self.published if job_id not in counts]
-        work = due + gone
-        for start in range(0, len(work), PAGE):
-            if start:
-                time.sleep(0)  # a turn of the loop (a greenlet under gevent)
-            page = work[start:start + PAGE]
+        gone = [(job_id, None) for job_id in written if job_id not in counts]
+        for page in in_pages(due + gone, PAGE):
             pipe = self.logs.redis.pipeline(transaction=False)
             for job_id, count in page:
                 if count is None:
@@ -98,8 +100,6 @@ class Presence(Periodic):
             # What Redis has now (a round that fails half-way leaves the rest due).
             for job_id, count in page:
                 if count is None:
-                    self.published.discard(job_id)
-                    written.pop(job_id, None)
+                    del written[job_id]
                 else:
-                    self.published.add(job_id)
                     written[job_id] = (count, now)

@@ -418,7 +418,7 @@ class JobLog:
         """
         cluster = is_cluster(self.redis)
         if cluster:
-            self._index(time.time())
+            self._index(JOBS_INDEX, time.time())
         seq = self._write("queued", {"task": task, "params": params, "n": total}, meta={
             "task": task,
             "params": json.dumps(params),
@@ -430,7 +430,9 @@ class JobLog:
         if seq == -4:
             raise JobExists(self.job_id)
         if cluster and seq > 0:
-            self._open(time.time())
+            # Once it exists: a watchdog round that came before its metadata would drop it
+            # as ended. (On a single Redis the append script adds it with the queued entry.)
+            self._index(OPEN_JOBS, time.time())
         return seq
 
     def ensure(self, description: str | None, origin: str | None) -> bool:
@@ -446,8 +448,9 @@ class JobLog:
             return False
         return True
 
-    def _index(self, created: float) -> None:
-        """Add the job to the jobs index on a Redis Cluster, keeping the newest ``index_max``.
+    def _index(self, key: str, created: float) -> None:
+        """Add the job to the sorted set ``key`` on a Redis Cluster, keeping the newest
+        ``index_max``: the jobs index (:data:`JOBS_INDEX`) or the open jobs (:data:`OPEN_JOBS`).
 
         The index (``jobcast:jobs``, a sorted set by creation time) is one key, so it lives on
         one slot. Only a job's creation writes it: values, the hot path, never touch it, so it
@@ -456,20 +459,11 @@ class JobLog:
         slot than the job's keys, so it is written here just before that script (``NX``: a job
         id that exists keeps its place). Should the job then not be created (a crash in
         between, or the id exists), :meth:`LogStore.recent` drops the id once its metadata is
-        found missing.
+        found missing. The open jobs are written the same way, just after the script.
         """
         pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(JOBS_INDEX, {self.job_id: created}, nx=True)
-        pipe.zremrangebyrank(JOBS_INDEX, 0, -self.index_max - 1)
-        pipe.execute()
-
-    def _open(self, created: float) -> None:
-        """Add the job to the open jobs on a Redis Cluster (:data:`OPEN_JOBS`, another slot),
-        once it exists: a watchdog round that came before its metadata would drop it as
-        ended. On a single Redis the append script adds it with the ``queued`` entry."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(OPEN_JOBS, {self.job_id: created}, nx=True)
-        pipe.zremrangebyrank(OPEN_JOBS, 0, -self.index_max - 1)
+        pipe.zadd(key, {self.job_id: created}, nx=True)
+        pipe.zremrangebyrank(key, 0, -self.index_max - 1)
         pipe.execute()
 
     def begin(self) -> tuple[bool, int, int]:

@@ -8,14 +8,13 @@ which it adopts the jobs Jobcast did not enqueue.
 
 from __future__ import annotations
 
-import time
-
 from redis import Redis
 from rq.job import Job
 
 from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobInfo, JobLog, job_keys
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis, redis_client, stream_redis
+from jobcast.core.wait import in_pages
 
 PAGE = 200  # jobs read per round trip by the watchdog's reads (see LogStore._states)
 
@@ -123,10 +122,10 @@ class LogStore:
 
     def _seed_open(self) -> None:
         """Add every queued or running job of the index to the open jobs."""
-        indexed = self.redis.zrange(JOBS_INDEX, 0, -1, withscores=True)
-        ids = [i.decode() for i, _ in indexed]
-        created = {job_id: score for job_id, (_, score) in zip(ids, indexed)}
-        open_now = {job_id: created[job_id] for job_id, (status, _) in zip(ids, self._states(ids))
+        indexed = [(i.decode(), created) for i, created
+                   in self.redis.zrange(JOBS_INDEX, 0, -1, withscores=True)]
+        states = self._states([job_id for job_id, _ in indexed])
+        open_now = {job_id: created for (job_id, created), (status, _) in zip(indexed, states)
                     if status in (b"queued", b"running")}
         if open_now:
             self.redis.zadd(OPEN_JOBS, open_now, nx=True)
@@ -137,11 +136,9 @@ class LogStore:
         pause between two, in which a caller on an event loop (the watchdog, a greenlet under
         gevent) lets the loop's other work run."""
         states = []
-        for start in range(0, len(ids), PAGE):
-            if start:
-                time.sleep(0)
+        for page in in_pages(ids, PAGE):
             pipe = self.redis.pipeline()
-            for job_id in ids[start:start + PAGE]:
+            for job_id in page:
                 pipe.hmget(job_keys(self.redis, job_id).meta, "status", "origin")
             states += pipe.execute()
         return states

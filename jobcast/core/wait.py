@@ -1,10 +1,11 @@
 """Wait for a condition with a deadline: the one polling loop that the launchers, the
-supervisor, the benchmark and the tests share."""
+supervisor, the benchmark and the tests share; and work cut into pages with a pause between
+two, for the periodic rounds that run inside a web process's event loop."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -23,3 +24,13 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         sleep(interval)
+
+
+def in_pages(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` ``size`` at a time, with ``time.sleep(0)`` between two pages: under gevent (a
+    periodic round in a web process) that is a turn of the loop, so the round's Redis
+    pipelines never hold the viewers' writes up for longer than one page."""
+    for start in range(0, len(items), size):
+        if start:
+            time.sleep(0)
+        yield items[start:start + size]

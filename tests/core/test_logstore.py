@@ -76,10 +76,11 @@ def test_the_open_set_keeps_the_newest_jobs_as_the_index_does(store):
 
 def test_reading_many_open_jobs_pauses_between_pages(store, monkeypatch):
     import jobcast.core.logstore as logstore
+    import jobcast.core.wait as wait
 
     monkeypatch.setattr(logstore, "PAGE", 10)
     pauses: list[float] = []
-    monkeypatch.setattr(logstore.time, "sleep", pauses.append)
+    monkeypatch.setattr(wait.time, "sleep", pauses.append)  # the pause between pages
     new_jobs(store, 45)
     assert len(store.open_jobs()) == 45
     # The first round read the index (45 jobs: 5 pages), then the open set (5 more).

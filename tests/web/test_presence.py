@@ -103,10 +103,10 @@ def test_a_round_writes_the_counts_that_changed_and_refreshes_the_others_before_
 
 
 def test_a_round_of_many_jobs_gives_the_loop_a_turn_between_pages(r, monkeypatch):
-    import jobcast.web.presence as presence
+    import jobcast.core.wait as wait
 
     turns: list[float] = []
-    monkeypatch.setattr(presence.time, "sleep", turns.append)
+    monkeypatch.setattr(wait.time, "sleep", turns.append)  # the pause between pages
     jobs = {f"job{k}": 1 for k in range(10 * PAGE)}
     p = Presence(LogStore(r, Settings()), FakeHub(jobs))
     p.publish(now=10.0)
