@@ -188,6 +188,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+SECRET_SETTINGS = frozenset({"JOBCAST_TOKEN", "JOBCAST_SECRET"})
+"""Settings whose value is never printed, not even when it is invalid."""
+
+URL_SETTINGS = frozenset({"REDIS_URL", "JOBCAST_STREAM_URL"})
+"""Settings printed without the password they may hold."""
+
+
+def shown_setting(name: str, value: object) -> str:
+    """How a bad setting's value is quoted in its error: a Redis URL without its password,
+    a token or secret not at all."""
+    if name in SECRET_SETTINGS:
+        return "***"
+    if name in URL_SETTINGS and isinstance(value, str):
+        return repr(masked_url(value))
+    return repr(value)
+
+
 def setting_errors(exc: ValidationError) -> list[str]:
     """One line per bad setting: its variable, the value given, and what it accepts."""
     lines = []
@@ -195,7 +212,7 @@ def setting_errors(exc: ValidationError) -> list[str]:
         name = ".".join(map(str, error["loc"])) or "settings"
         message = error["msg"].removeprefix("Value error, ")
         if not message.startswith(name):
-            message = f"{name}={error.get('input')!r} is invalid: {message}"
+            message = f"{name}={shown_setting(name, error.get('input'))} is invalid: {message}"
         lines.append(message)
     return lines
 

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
         validate_by_name=True,
         validate_by_alias=True,
         extra="forbid",
+        # A bad REDIS_URL may hold a password: errors name the setting, not what it was set to.
+        hide_input_in_errors=True,
     )
 
     redis_url: str = env("REDIS_URL", "redis://localhost:6379/0",

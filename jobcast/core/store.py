@@ -141,13 +141,14 @@ def reader_client(client: Redis) -> Redis:
 
 def masked_url(url: str) -> str:
     """``url`` as it may be printed or written down: its password (in the authority, or a
-    ``password=`` query parameter) shown as ``***``."""
+    ``password=`` or ``sentinel_password=`` query parameter) shown as ``***``."""
     parts = urlsplit(url)
     netloc = parts.netloc
     userinfo, at, hostport = netloc.rpartition("@")
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    # Any parameter named for a password: ``password=`` and ``sentinel_password=`` alike.
+    query = re.sub(r"(?i)(^|&)([^&=]*password=)[^&]*", r"\1\2***", parts.query)
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
@@ -213,6 +214,6 @@ def stream_redis(config: Settings, queue: Redis | None = None) -> StreamRedis:
         client = _clients.get(key)
         if client is None:
             client = _clients[key] = connect(url, retry_for=60.0)
-            log.info("job streams on %s (%s)", url,
+            log.info("job streams on %s (%s)", masked_url(url),
                      "Redis Cluster" if is_cluster(client) else "single Redis")
         return client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from jobcast.cli import main as cli
 from jobcast.core.settings import Settings, get_settings
@@ -58,6 +59,23 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_2(monkeypatch, capsys, var
     monkeypatch.setenv(var, value)
     assert cli.main(["jobs"]) == 2
     assert one_line(capsys.readouterr().err).startswith(f"jobcast: {says}")
+
+
+@pytest.mark.parametrize("var, value, secret", [
+    ("REDIS_URL", "redis+sentinel://:S3CRETPW@h1:26379", "S3CRETPW"),
+    ("JOBCAST_STREAM_URL", "redis+sentinel://h1:26379?sentinel_password=SENTPW", "SENTPW"),
+])
+def test_a_bad_redis_url_is_named_without_its_passwords(monkeypatch, capsys, var, value, secret):
+    """A review's finding: a malformed URL was echoed, password and all, by the command and in
+    the settings' own error."""
+    monkeypatch.setenv(var, value)
+    assert cli.main(["jobs"]) == 2
+    said = one_line(capsys.readouterr().err)
+    assert said.startswith(f"jobcast: {var}='redis+sentinel://") and "***" in said
+    assert secret not in said
+    with pytest.raises(ValidationError) as excinfo:
+        Settings()
+    assert var in str(excinfo.value) and secret not in str(excinfo.value)
 
 
 @pytest.mark.parametrize("argv, says", [

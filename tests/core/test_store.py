@@ -7,6 +7,7 @@ its own (:func:`reader_client`).
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from redis._parsers import _RESP2Parser
 from redis.crc import key_slot
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from jobcast.core import store
 from jobcast.core.joblog import (InvalidJobId, JobLog, channel, job_id_from_channel, job_keys, log_key,
                            meta_key)
 from jobcast.core.settings import Settings
@@ -68,10 +70,23 @@ def test_braces_and_other_characters_never_reach_a_cluster_key(bad):
     ("redis://host:6379/0?password=s3cret&db=2", "redis://host:6379/0?password=***&db=2"),
     ("unix://:s3cret@/run/redis.sock?db=0", "unix://:***@/run/redis.sock?db=0"),
     ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ("redis+sentinel://:pw@h1,h2/main/0?sentinel_password=SENTPW",
+     "redis+sentinel://:***@h1,h2/main/0?sentinel_password=***"),
 ])
 def test_a_redis_url_is_shown_without_its_password(url, shown):
     """Finding 16 of issue 23: a password in REDIS_URL was printed."""
     assert masked_url(url) == shown
+
+
+def test_the_stream_stores_url_is_logged_without_its_password(monkeypatch, caplog):
+    """A review's finding: JOBCAST_STREAM_URL was logged at INFO with its password."""
+    monkeypatch.setattr(store, "connect", lambda url, retry_for: object())
+    monkeypatch.setattr(store, "_clients", {})  # this test's client, kept by no other
+    config = Settings(redis_url="redis://localhost:6379/0",
+                      stream_url="redis://:hunter2@streams.example:6379/1")
+    with caplog.at_level(logging.INFO, logger=store.__name__):
+        stream_redis(config)
+    assert "streams.example" in caplog.text and "hunter2" not in caplog.text
 
 
 def test_a_reader_client_reaches_the_same_redis_with_its_settings_and_a_pool_of_its_own(
