@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
@@ -98,7 +97,9 @@ def emit(value: Any, total: int | None = None) -> int | None:
 
     ``total`` sets the number of values expected (the progress bar's end). Returns the
     entry's seq, or None when the value was not logged: an earlier attempt of this job
-    already logged that index, or the job has already ended.
+    already logged that index, or the job has already ended. Raises
+    :class:`~jobcast.core.epoch.LogReset` when the log is not the one this run began (gone,
+    or reset by a failover): RQ then retries or fails the job.
     """
     if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
         raise ValueError(f"total must be a non-negative int, not {total!r}")
@@ -113,8 +114,6 @@ def emit(value: Any, total: int | None = None) -> int | None:
     if seq == -1 and not state.warned:
         state.warned = True
         log.warning("job %s has already ended (failed or cancelled): emit() drops its values", job.id)
-    elif seq == -2:
-        raise RedisError(f"the log of job {job.id} is gone (expired or deleted)")
     return None
 
 

@@ -94,8 +94,6 @@ FIRST_VALUE_LOOKAHEAD = 5000
 """How far past the oldest kept entry :meth:`JobLog.first_kept` looks for a value: a job that
 prints may log thousands of lines before its first value."""
 
-# The script writes every entry as '{"seq":N,"kind":...', so this matches log entries only:
-# a user's text or JSON elsewhere in an entry is escaped and cannot look like it.
 # What an entry is, read from its first bytes (the script writes seq, the epoch, then kind),
 # so no text inside it (a value, a job's params) can pass for another kind.
 _LOG_ENTRY = re.compile(rb'\{"seq":\d+(?:,"ep":"[^"]*")?,"kind":"log"')
