@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from rq import get_current_job
@@ -111,3 +112,9 @@ def print_then_hang_once() -> int:
         print("ready", flush=True)
         wait_for_go(job.id, timeout=120)
     return 3
+
+
+def fail_naming_an_undecodable_file() -> None:
+    """Fail with a message naming a file whose name is not UTF-8 (a lone surrogate, as
+    ``os.fsdecode`` leaves it)."""
+    raise ValueError("cannot parse " + os.fsdecode(b"report-\xff.csv"))

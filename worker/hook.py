@@ -24,6 +24,7 @@ from rq import Worker as RQWorker
 from rq.job import Job
 from rq.utils import import_attribute
 
+from jobcast.core.joblog import valid_text
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
@@ -134,6 +135,9 @@ class LifecycleMixin:
 
         Also runs in the worker (not the work-horse) when the work-horse died.
         """
+        # RQ saves the traceback as strict UTF-8: a lone surrogate in it (a file name that
+        # os.fsdecode could not decode) would raise there, and the worker would quit.
+        exc_string = valid_text(exc_string)
         if not is_runner(job):
             stopped = getattr(self, "_stopped_job_id", None) == job.id
             retry = bool(job.retries_left) and not stopped

@@ -192,7 +192,13 @@ def value_text(value: Any) -> str:
     lone surrogate written as an escape, so the text is always valid Unicode (a frame can
     always encode it as UTF-8). NUL and other control characters stay: JSON escapes them, the
     text stream escapes CR and LF (one line per value), and HTML escapes markup."""
-    text = "{}".format(value)
+    return valid_text("{}".format(value))
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate written as an escape (as :func:`value_text` does),
+    so that it always encodes as UTF-8: an exception's message or a worker's name may carry a
+    file name that ``os.fsdecode`` could not decode."""
     return _SURROGATE.sub(_escape_surrogate, text) if _SURROGATE.search(text) else text
 
 
@@ -387,6 +393,8 @@ class JobLog:
         now = time.time()
         parts = [f'"kind":{json.dumps(kind)}', f'"ts":{now if ts is None else ts:.6f}']
         for k, v in (body or {}).items():
+            if isinstance(v, str):
+                v = valid_text(v)
             parts.append(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'))}")
         if value_json is not None:
             parts.append(f'"j":{value_json}')
@@ -395,6 +403,8 @@ class JobLog:
         if kind in STATUS_BY_KIND:
             hash_fields["status"] = STATUS_BY_KIND[kind]
         for k, v in hash_fields.items():
+            if isinstance(v, str):
+                v = valid_text(v)  # redis-py encodes strictly: a lone surrogate would raise
             fields += [k, v if isinstance(v, (str, int, float)) else json.dumps(v)]
         keys = [self.keys.meta, self.keys.log]
         if not is_cluster(self.redis):

@@ -178,6 +178,18 @@ def test_a_value_python_cannot_encode_is_logged_as_escaped_text(jlog):
     assert all(t.encode() for t in texts)  # valid UTF-8 now
 
 
+def test_a_reason_or_a_worker_python_cannot_encode_is_logged_as_escaped_text(jlog):
+    """A review's finding: a lone surrogate in a hash field made the write raise (redis-py
+    encodes strictly), so a job failing with such a message was never logged as failed."""
+    jlog.started("horse-\udcff", 1)
+    jlog.failed("ValueError: cannot parse report-\udcff.csv")
+    info = jlog.info()
+    assert info.status == "failed" and info.reason == "ValueError: cannot parse report-\\xff.csv"
+    started, failed = [e for e in jlog.entries() if e.kind in ("started", "failed")]
+    assert started.data["worker"] == "horse-\\xff"
+    assert failed.data["reason"] == info.reason
+
+
 def test_a_value_over_the_size_cap_is_refused_with_its_size_and_keeps_its_index(r):
     # Finding 4: a value's size was unbounded (40 values of 1 MB took a web worker to 1.1 GB).
     log = JobLog(r, uuid.uuid4().hex, value_max=1000)

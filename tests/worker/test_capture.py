@@ -19,7 +19,6 @@ from rq import Queue, Retry
 
 from jobcast.cli.client import parse_sse
 from jobcast.core.joblog import Entry, JobLog
-from jobcast.core.settings import get_settings
 from jobcast.worker import capture
 from jobcast.worker.hook import SimpleWorker
 from tests.conftest import create_job, sse_events, start_rq_worker, stop_process, stream_lines, wait_for
@@ -201,16 +200,6 @@ def print_and_emit() -> int:
     print("in process")
     emit(1)
     return 1
-
-
-@pytest.fixture
-def in_process(redis_server, monkeypatch):
-    """Settings read from the environment in this process, as a worker reads them (and not
-    kept for the next test)."""
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def test_the_simple_worker_captures_prints_only_and_puts_its_streams_back(redis, in_process):
