@@ -57,11 +57,12 @@ if #ARGV > 12 then
 end
 if kind == 'queued' and index then
   local id = string.match(meta, ':job:(.*)$')
-  for _, set in ipairs({index, KEYS[4]}) do  -- the index, then the open jobs: both capped
-    redis.call('ZADD', set, ARGV[7], id)
-    local extra = redis.call('ZCARD', set) - tonumber(ARGV[8])
-    if extra > 0 then redis.call('ZREMRANGEBYRANK', set, 0, extra - 1) end
-  end
+  redis.call('ZADD', index, ARGV[7], id)  -- the index keeps the newest jobs only
+  local extra = redis.call('ZCARD', index) - tonumber(ARGV[8])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
+  -- The open jobs are not capped: a backlog longer than the index must still be watched
+  -- (the watchdog ends a job that RQ lost). Each leaves the set once it has ended.
+  redis.call('ZADD', KEYS[4], ARGV[7], id)
 end
 if kind == 'finished' or kind == 'failed' or kind == 'cancelled' then
   redis.call('EXPIRE', meta, ARGV[6])

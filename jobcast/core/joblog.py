@@ -426,7 +426,7 @@ class JobLog:
         """
         cluster = is_cluster(self.redis)
         if cluster:
-            self._index(JOBS_INDEX, time.time())
+            self._index(JOBS_INDEX, time.time(), keep=self.index_max)
         seq = self._write("queued", {"task": task, "params": params, "n": total}, meta={
             "task": task,
             "params": json.dumps(params),
@@ -456,9 +456,10 @@ class JobLog:
             return False
         return True
 
-    def _index(self, key: str, created: float) -> None:
-        """Add the job to the sorted set ``key`` on a Redis Cluster, keeping the newest
-        ``index_max``: the jobs index (:data:`JOBS_INDEX`) or the open jobs (:data:`OPEN_JOBS`).
+    def _index(self, key: str, created: float, keep: int | None = None) -> None:
+        """Add the job to the sorted set ``key`` on a Redis Cluster (keeping the newest
+        ``keep`` when given): the jobs index (:data:`JOBS_INDEX`), capped at ``index_max``, or
+        the open jobs (:data:`OPEN_JOBS`), which are not capped (each leaves it once ended).
 
         The index (``jobcast:jobs``, a sorted set by creation time) is one key, so it lives on
         one slot. Only a job's creation writes it: values, the hot path, never touch it, so it
@@ -471,7 +472,8 @@ class JobLog:
         """
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(key, {self.job_id: created}, nx=True)
-        pipe.zremrangebyrank(key, 0, -self.index_max - 1)
+        if keep is not None:
+            pipe.zremrangebyrank(key, 0, -keep - 1)
         pipe.execute()
 
     def begin(self) -> tuple[bool, int, int]:

@@ -66,12 +66,19 @@ def test_jobs_opened_before_the_open_set_existed_are_found_by_a_process_first_ro
     assert [m.decode() for m in store.redis.zrange(OPEN_JOBS, 0, -1)] == [queued.job_id]
 
 
-def test_the_open_set_keeps_the_newest_jobs_as_the_index_does(store):
+def test_the_open_set_keeps_every_open_job_when_the_index_keeps_only_the_newest(store):
+    """A review's finding: the open set was capped as the index is, so the oldest jobs of a
+    long backlog (the next to run) were hidden from the watchdog, which could never end them."""
     logs = new_jobs(store, 60)  # all queued, over the store's 50
-    newest = {jlog.job_id for jlog in logs[10:]}
-    assert {m.decode() for m in store.redis.zrange(OPEN_JOBS, 0, -1)} == newest
-    assert {m.decode() for m in store.redis.zrange(JOBS_INDEX, 0, -1)} == newest
-    assert {job_id for job_id, _ in store.open_jobs()} == newest
+    every = {jlog.job_id for jlog in logs}
+    assert {m.decode() for m in store.redis.zrange(JOBS_INDEX, 0, -1)} == {
+        jlog.job_id for jlog in logs[10:]}
+    assert {m.decode() for m in store.redis.zrange(OPEN_JOBS, 0, -1)} == every
+    assert {job_id for job_id, _ in store.open_jobs()} == every
+    for jlog in logs[:5]:
+        jlog.finished()
+    assert {job_id for job_id, _ in store.open_jobs()} == every - {j.job_id for j in logs[:5]}
+    assert store.redis.zcard(OPEN_JOBS) == 55  # the ended left it
 
 
 def test_reading_many_open_jobs_pauses_between_pages(store, monkeypatch):
