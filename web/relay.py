@@ -90,6 +90,10 @@ FIRST_PAGE = 64
 MAX_OUTAGE = 120.0
 """Seconds a viewer waits for an unreachable Redis before its stream ends."""
 
+CUT = frozenset({"write_timeout", "redis_down", "error"})
+"""Why a catch-up may give up on a stream it has not finished: the stream is then cut, not
+ended (see :meth:`Relay._cut`)."""
+
 FLUSH_SLICE = 64
 """Multi-job streams a gathered write makes between two turns of the event loop."""
 
@@ -336,11 +340,14 @@ class Relay:
             self._take(viewer)
             metrics.caught_up("history")
             viewer.cursor = last.seq
-            end = viewer.done = kept is not None and last.terminal
+            # Its job's end is what it lacks, or already its position (a text ``?tail=0`` of
+            # an ended job): either way its stream ends now, body and all.
+            end = viewer.done = last.terminal
             try:
                 # Sent under the lock, as the fast path sends: under a threaded server no
                 # delivery may reach the socket before the history it follows.
-                if self._send(viewer, head + viewer.wire(data, end) if data else head) and end:
+                data = head + viewer.wire(data, end) if data or end else head
+                if self._send(viewer, data) and end:
                     self.release(viewer, "job_ended")
             except BaseException:
                 self.release(viewer, "error")
@@ -788,7 +795,7 @@ class Relay:
             reason = "client_gone"
         except WriteTimeout:
             reason = "write_timeout"
-            log.info("dropped a viewer of %s that accepted nothing for %ss", v.job_id,
+            log.info("dropped a viewer of %s whose stream took nothing for %ss", v.job_id,
                      self.write_timeout)
         except BaseException as exc:  # GreenletExit: the process is stopping
             if type(exc).__name__ == "GreenletExit":
@@ -799,6 +806,11 @@ class Relay:
             if holding:  # it never got to write what it was handed
                 v.conn.lock.release()
             self._catching.pop(v, None)
+            if reason in CUT:
+                # Its stream is not whole any more: cut it (all of a multi-job stream, whose
+                # other jobs would otherwise go on without this one, and say nothing), so that
+                # the client sees a broken body, not an end, and resumes from its position.
+                self._cut(v, reason)
             if reason:
                 self.release(v, reason)
 
@@ -816,11 +828,21 @@ class Relay:
                 v.epoch = recent.last(v.job_id).ep
             with self._lock:
                 kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start, v.epoch)
+                at_end = False
                 if kept is None and (v.missed <= v.cursor
                                      and recent.is_current(v.job_id, v.cursor, v.epoch)
                                      and self.broker.subscribed(v.job_id)):
-                    v.slow = False  # nothing newer has been announced: back to the fast path
-                    return None
+                    # Nothing newer has been announced: back to the fast path, unless what the
+                    # viewer has ends with the job's end (no entry will ever come).
+                    at_end = recent.last(v.job_id).terminal
+                    if not at_end:
+                        v.slow = False
+                        return None
+            if at_end:
+                if v.chunked:
+                    self._write(v, b"", True)  # just the end of the body (when it is ours)
+                v.done = True
+                return "job_ended"
             if kept is not None:
                 # Recent history from memory: one write, no Redis round trip.
                 data, newest = kept
@@ -947,7 +969,8 @@ class Relay:
     def _note_size(self, job_id: str, entries: list[Entry]) -> None:
         """Remember the largest entry of ``job_id`` seen (reads are sized by it)."""
         size = max(len(e.raw) for e in entries)
-        if size > self._entry_size.get(job_id, 0):
+        if job_id in self._jobs and size > self._entry_size.get(job_id, 0):
+            # (Only while it has viewers: the last one's release forgets the job.)
             self._entry_size[job_id] = size
 
     def _write(self, v: Viewer, frames: bytes, end: bool = False, *, holding: bool = False,
@@ -1006,13 +1029,17 @@ class Relay:
         beats = 0
         with self._lock:
             for job, last_seq in zip(quiet, last_seqs):
+                if job not in self._jobs:
+                    continue  # its last viewer left while the log was read
                 if last_seq is not None and self._last_delivery.get(job) != before[job]:
                     last_seq = None  # entries came while it was read: it is stale already
                 self._last_delivery[job] = now
                 gone = 0
                 newest = self.recent.last(job)
-                if last_seq is not None and newest is not None and last_seq < newest.seq:
-                    self.recent.lost([job])  # memory has entries the log no longer has
+                if last_seq is not None and newest is not None and last_seq != newest.seq:
+                    # Memory is not the log: it has entries the log no longer has, or lacks
+                    # one whose announcement was lost. The viewers' catch-ups read the log.
+                    self.recent.lost([job])
                 for v in tuple(self._jobs.get(job, ())):
                     if v.slow:
                         continue

@@ -183,3 +183,22 @@ def test_several_jobs_share_one_queue_and_each_entry_comes_once(redis, relay):
         assert data.count(f'"job":"{log.job_id}"') == 13
     epochs = a.head().epoch, b.head().epoch
     assert data.rstrip().endswith(f"id: {conn.digest.decode()}:13~{epochs[0]}.13~{epochs[1]}")
+
+
+def test_a_stream_a_catch_up_gives_up_on_is_cut_not_ended(redis, relay, monkeypatch):
+    """A review's finding: under a server without Jobcast's worker class, a catch-up that gave
+    up (Redis down too long, or a bug) let the body end as if the job had ended, so the
+    client had no reason to resume."""
+    log = running_job(redis)
+
+    def broken(*args, **kwargs):
+        """A read that fails in a way nobody expected."""
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(relay.broker, "history", broken)
+    viewer, body = follow(relay, log)
+    with pytest.raises(BrokenPipeError):
+        for _ in body:
+            pass
+    assert viewer.closed
+

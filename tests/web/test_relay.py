@@ -259,6 +259,62 @@ def test_an_announcement_lost_on_a_quiet_job_is_found_by_the_heartbeat(redis, re
     green_wait(lambda: client.data == b"lost\n", what="the lost value")
 
 
+def test_an_announcement_lost_while_memory_holds_the_job_is_found_by_the_heartbeat(
+        redis, relay, clock):
+    """A review's finding: with the job's newest entries in memory, the heartbeat's catch-up
+    took memory for the log and went back to waiting, so a lost end hung the stream."""
+    log = running_job(redis)
+    viewer, client = held(relay, log, SSE, cursor=0)
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.deliver(log.job_id, write(log, 0, 1))  # a live entry: memory now ends at seq 3
+    green_wait(lambda: client.sse_ids() == [1, 2, 3], what="the live value")
+    log.finished()  # logged (seq 4), but its announcement was lost
+    clock.advance(0.25)
+    relay.tick()
+    green_wait(lambda: client.eof, what="the lost end, and the end of the stream")
+    assert client.sse_ids() == [1, 2, 3, 4] and viewer.closed
+
+
+def ended_in_memory(redis, relay: Relay) -> JobLog:
+    """A job that has ended (its terminal entry is seq 23), still watched (a viewer that stops
+    reading keeps it so), its newest entries in memory."""
+    log = running_job(redis)
+    stuck, _ = held(relay, log, rcvbuf=4096, read=False)
+    green_wait(lambda: not stuck.slow, what="first viewer's history")
+    for i in range(20):
+        relay.deliver(log.job_id, write(log, i, i + 1, size=1000))
+    log.finished()
+    relay.deliver(log.job_id, log.page(22, 10)[0])
+    assert stuck.slow and not stuck.closed
+    assert relay.recent.last(log.job_id).terminal and relay.recent.last(log.job_id).seq == 23
+    return log
+
+
+def test_a_text_viewer_at_the_end_of_a_job_memory_holds_gets_the_end_of_its_body(redis, relay):
+    """A review's finding: a viewer whose position is the job's end (a text ``?tail=0`` of an
+    ended job) went back to waiting for entries that never come."""
+    log = ended_in_memory(redis, relay)
+    viewer, client = held(relay, log, TEXT, cursor=23, chunked=True)
+    green_wait(lambda: client.eof, what="the end of the body")
+    assert bytes(client.data) == b"0\r\n\r\n" and viewer.closed
+
+
+@pytest.mark.parametrize("cursor, body", [
+    (23, b"HEAD"),  # it has everything: the head, and the end of the body
+    (22, b"HEAD"),  # it lacks only the end, which writes no text: still the end of the body
+])
+def test_a_text_newcomer_taken_at_once_at_a_jobs_end_gets_the_end_of_its_body(redis, relay,
+                                                                                cursor, body):
+    """A review's finding: taken at once from memory, such a text stream got its head, then
+    was closed without its last chunk (or not closed at all)."""
+    log = ended_in_memory(redis, relay)
+    server, far = socket_ends(None, True)
+    viewer = Viewer(log.job_id, SocketSink(server), TEXT, chunked=True, cursor=cursor)
+    assert relay.hold_now(viewer, b"HEAD")
+    green_wait(lambda: far.eof, what="the end of the body")
+    assert bytes(far.data) == body + b"0\r\n\r\n" and viewer.closed
+
+
 def test_shutdown_tells_each_sse_client_its_own_time_to_come_back_and_closes(redis, relay):
     # Each connection is told its own retry: (issue 21), so a restart does not bring every
     # client back at the same instant; the goodbye repeats it.
@@ -482,6 +538,44 @@ def test_a_viewer_that_never_reads_is_dropped_after_the_write_timeout(redis):
     green_wait(lambda: viewer.closed, 10, what="the frozen viewer to be dropped")
     assert client.released and relay.viewers(log.job_id) == 0
     assert metric_value("jobcast_disconnects_total", reason="write_timeout") == before + 1
+
+
+class TurningBroker(PlayedBroker):
+    """Reads that give the loop a turn, as a real (monkey-patched) Redis read does."""
+
+    def history(self, job_id, after, count):
+        """The log after ``after``, once the loop has had a turn."""
+        result = super().history(job_id, after, count)
+        gevent.sleep(0.05)
+        return result
+
+    def last_seqs(self, job_ids):
+        """The jobs' last seqs, once the loop has had a turn."""
+        result = super().last_seqs(job_ids)
+        gevent.sleep(0.05)
+        return result
+
+
+def test_a_job_whose_last_viewer_leaves_during_a_read_is_forgotten_whole(redis, clock):
+    """A review's finding: a history read or a heartbeat's read that outlived the job's last
+    viewer wrote the job back into the relay's per-job state, for the life of the process."""
+    relay = Relay(TurningBroker(redis), heartbeat=0.2, clock=clock, green=True)
+    log = running_job(redis)
+    write(log, 0, 5)
+    viewer, _ = held(relay, log, epoch=relay.broker.head(log.job_id).epoch)
+    gevent.sleep(0.01)  # its history read is under way
+    relay.release(viewer, "client_gone")
+    green_wait(lambda: viewer not in relay._catching, what="its catch-up to end")
+    assert relay.viewers(log.job_id) == 0
+    assert log.job_id not in relay._entry_size and log.job_id not in relay._last_delivery
+    other, _ = held(relay, log, cursor=7)
+    green_wait(lambda: not other.slow, what="history")
+    clock.advance(0.25)
+    ticking = gevent.spawn(relay.tick)
+    gevent.sleep(0.01)  # the heartbeat's read of the last seqs is under way
+    relay.release(other, "client_gone")
+    ticking.join()
+    assert log.job_id not in relay._last_delivery and log.job_id not in relay._entry_size
 
 
 def test_a_text_viewer_that_sends_a_stray_byte_and_closes_is_freed(redis, relay, clock):
@@ -851,6 +945,26 @@ def test_a_write_that_fails_to_frame_leaves_the_connection_free_for_its_other_jo
         object.__delattr__(transport, "frames")
     relay.deliver(b.job_id, write(b, 0, 1))
     green_wait(lambda: (b.job_id, 3) in job_events(client.data), what="b's value")
+
+
+def test_a_job_a_multi_job_stream_gives_up_on_cuts_the_whole_stream(redis, clock):
+    """A review's finding: when one job's catch-up gave up (here: it could not write for the
+    write timeout), only that job left the stream, which went on with the others and never
+    told the client it had lost one."""
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_timeout=0.3, clock=clock, green=True)
+    a, b = running_job(redis), running_job(redis)
+    conn, client = held_connection(relay, [a, b])
+    va, vb = conn.viewers
+    green_wait(lambda: not va.slow and not vb.slow, what="history")
+    b.value(0, 0)  # logged, but its announcement was lost: b's catch-up must write it
+    relay.recent.lost([b.job_id])
+    conn.lock.acquire()  # meanwhile something else writes to the connection, for too long
+    relay._catch_up(vb, b"", "quiet")
+    green_wait(lambda: vb.closed, what="b's catch-up to give up")
+    conn.lock.release()
+    green_wait(lambda: client.eof, what="the stream to be cut")
+    assert conn.closed and va.closed
+    assert not bytes(client.data).endswith(b"0\r\n\r\n")  # cut, not ended
 
 
 def test_a_partial_gathered_write_whose_client_then_leaves_ends_every_job_of_it(redis, clock):
