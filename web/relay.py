@@ -854,8 +854,11 @@ class Relay:
             reading = self._reading.get(v.job_id)
             if reading is not None:
                 # Another viewer of this job is reading its log (a burst of newcomers): wait
-                # for that read to land in the recent entries rather than repeat it.
-                reading.wait()
+                # for that read to land in the recent entries rather than repeat it. That
+                # read may be a Redis outage's retries, for minutes: this viewer's client gets
+                # its heartbeat meanwhile, as the reader's does.
+                if not reading.wait(self.heartbeat):
+                    self._write(v, v.transport.heartbeat)
                 continue
             mark = recent.reading(v.job_id)
             count = self._page(v.job_id)

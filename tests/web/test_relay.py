@@ -16,6 +16,8 @@ import time
 import gevent
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from jobcast.core.epoch import Era, LogReset
 from jobcast.core.joblog import Entry, JobLog
@@ -313,6 +315,22 @@ def test_a_text_newcomer_taken_at_once_at_a_jobs_end_gets_the_end_of_its_body(re
     assert relay.hold_now(viewer, b"HEAD")
     green_wait(lambda: far.eof, what="the end of the body")
     assert bytes(far.data) == body + b"0\r\n\r\n" and viewer.closed
+
+
+def test_every_viewer_waiting_on_redis_gets_heartbeats_not_only_the_one_reading(redis, relay,
+                                                                                 monkeypatch):
+    """A review's finding: while Redis was down, the viewer whose read was retrying held its
+    job's read, and the others of the job waited on it with no heartbeat at all."""
+    log = running_job(redis)
+    relay.broker.redis = Redis(port=1, retry=Retry(NoBackoff(), 0))  # Redis is down
+    monkeypatch.setattr(relay, "_sleep", lambda seconds: gevent.sleep(5 * seconds))
+    viewers = [held(relay, log, SSE, cursor=2) for _ in range(3)]
+    try:
+        green_wait(lambda: all(b": heartbeat" in bytes(client.data) for _, client in viewers),
+                   3, what="a heartbeat to every viewer")
+        assert not any(viewer.closed for viewer, _ in viewers)
+    finally:
+        relay.stop(timeout=5)  # their catch-ups would otherwise wait on Redis for good
 
 
 def test_shutdown_tells_each_sse_client_its_own_time_to_come_back_and_closes(redis, relay):
