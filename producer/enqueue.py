@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 from typing import Any, Mapping
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
 
+from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
+from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import ON_FAILURE, RUNNER, ParamError, Task, get_task
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis, redis_client
+
+log = logging.getLogger(__name__)
+
+# Anything written like a URL ("redis://:secret@host/0"): a connection error's message may
+# name one, and the reason goes into a log that every viewer of the job reads.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
 
 
 def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis | None = None,
@@ -22,7 +33,9 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     ``redis`` holds RQ's queue; the job's log goes to ``streams`` (the stream store,
     JOBCAST_STREAM_URL, by default the same Redis).
 
-    Raises UnknownTask or ParamError before anything reaches Redis.
+    Raises UnknownTask or ParamError before anything reaches Redis. Should RQ refuse the job
+    (its Redis down, say), the log just opened is ended as ``failed`` and RQ's exception is
+    raised again.
     """
     cfg = config or get_settings()
     spec = get_task(task)
@@ -32,18 +45,43 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     redis = redis or redis_client(cfg.redis_url)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
-    LogStore.connect(cfg, redis, streams).log(job_id).create(task, checked, spec.total_for(checked))
-    Queue(cfg.queue_name, connection=redis).enqueue(
-        RUNNER, task, checked,
-        job_id=job_id,
-        job_timeout=rq_timeout(spec.duration_for(checked), cfg),
-        result_ttl=cfg.log_ttl,
-        failure_ttl=cfg.log_ttl,
-        retry=Retry(max=cfg.job_retries) if cfg.job_retries > 0 else None,
-        on_failure=Callback(ON_FAILURE),
-        description=f"jobcast {task}",
-    )
+    jlog = LogStore.connect(cfg, redis, streams).log(job_id)
+    jlog.create(task, checked, spec.total_for(checked))
+    try:
+        Queue(cfg.queue_name, connection=redis).enqueue(
+            RUNNER, task, checked,
+            job_id=job_id,
+            job_timeout=rq_timeout(spec.duration_for(checked), cfg),
+            result_ttl=cfg.log_ttl,
+            failure_ttl=cfg.log_ttl,
+            retry=Retry(max=cfg.job_retries) if cfg.job_retries > 0 else None,
+            on_failure=Callback(ON_FAILURE),
+            description=f"jobcast {task}",
+        )
+    # Whatever went wrong, no worker will take the job (were it queued after all, a worker
+    # does not run a job whose log has ended): its log must not stay "queued" with viewers
+    # waiting on it. The exception is raised again, so callers answer as before.
+    except Exception as exc:
+        fail_unqueued(jlog, exc, cfg)
+        raise
     return job_id
+
+
+def fail_unqueued(jlog: JobLog, exc: Exception, config: Settings) -> None:
+    """End the log of a job that RQ refused with ``exc``, best effort: the stream store may be
+    down too, and then the watchdog ends it later (it fails queued jobs that RQ does not have).
+
+    The reason says why, as much of it as JOBCAST_FAILURE_REASON shows, with any URL taken out.
+    """
+    reason = "could not be queued"
+    if config.failure_reason != "none":  # else failure_reason() says only "job failed"
+        message = _URL.sub("<url>", str(exc))
+        reason += ": " + failure_reason(type(exc).__name__, message, config.failure_reason)
+    try:
+        jlog.failed(reason)
+    except RedisError as write_error:
+        log.warning("job %s could not be queued (%s), and its log could not be ended: %s",
+                    jlog.job_id, type(exc).__name__, write_error)
 
 
 def rq_timeout(duration: float | None, config: Settings) -> int:

@@ -10,7 +10,10 @@ seconds:
 - when no worker at all has been alive for ``orphan_timeout`` seconds, every queued or
   running job is failed with that reason, and its viewers get their terminal event;
 - jobs that Jobcast did not enqueue (plain RQ jobs, see :mod:`jobcast.worker.emit`) get their terminal
-  entry from RQ's own status once RQ has ended them, in case no Jobcast-aware worker did.
+  entry from RQ's own status once RQ has ended them, in case no Jobcast-aware worker did;
+- jobs that Jobcast did enqueue, whose log says ``queued`` but which RQ does not have (RQ's
+  Redis failed between the log's creation and the job's, or the producer died there), fail:
+  no worker will ever take them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from jobcast.core.logstore import LogStore
+from jobcast.core.logstore import PAGE, LogStore
+from jobcast.core.wait import in_pages
 from jobcast.web.periodic import Periodic
 from jobcast.worker.hook import JobcastJob
 
@@ -34,6 +38,7 @@ LOCK = "jobcast:watchdog"
 # RQ's states of a job that has ended other than by finishing.
 RQ_ENDED = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobcast worker`
+UNQUEUED = "RQ has no such job"  # the reason a queued job of Jobcast's that RQ lacks fails with
 
 
 class Watchdog(Periodic):
@@ -49,6 +54,7 @@ class Watchdog(Periodic):
         self.config = logs.settings
         self.no_worker_since: float | None = None
         self.missing: set[str] = set()  # plain RQ jobs found gone from RQ in the last round
+        self.unqueued: set[str] = set()  # Jobcast's queued jobs RQ lacked in the last round
 
     def round(self) -> None:
         """Check, if this process holds the lock (one web process at a time does)."""
@@ -88,13 +94,23 @@ class Watchdog(Periodic):
         return fresh
 
     def reconcile(self) -> list[str]:
-        """End the logs of plain RQ jobs that RQ has ended; returns their ids.
+        """End the logs of open jobs that RQ has ended, or does not have; returns their ids.
+
+        One read of the open jobs serves both checks: plain RQ jobs
+        (:meth:`end_as_rq_reports`) and Jobcast's own queued ones (:meth:`fail_unqueued`).
+        """
+        jobs = self.logs.open_job_states()
+        ended = self.end_as_rq_reports([job_id for job_id, origin, _ in jobs if origin])
+        return ended + self.fail_unqueued(
+            [job_id for job_id, origin, status in jobs if not origin and status == "queued"])
+
+    def end_as_rq_reports(self, pending: list[str]) -> list[str]:
+        """End the logs of the plain RQ jobs of ``pending`` that RQ has ended; their ids.
 
         A Jobcast-aware worker writes these entries itself (first, or at the same moment as
         RQ), and the log keeps only the first terminal entry, so this one is a safety net for
         workers without the hook and for jobs RQ gave up on after their worker died.
         """
-        pending = [job_id for job_id, origin in self.logs.open_jobs() if origin]
         if not pending:
             self.missing = set()
             return []
@@ -118,6 +134,34 @@ class Watchdog(Periodic):
                 ended.append(job_id)
         self.missing = missing
         return ended
+
+    def fail_unqueued(self, queued: list[str]) -> list[str]:
+        """Fail the jobs of ``queued`` (Jobcast's own, their logs ``queued``) that RQ has not
+        had for two rounds running; returns their ids.
+
+        The producer opens a job's log before it queues the job on RQ, so a round may fall
+        between the two: only a job still missing a round later is failed. Running jobs are
+        not asked about (their worker, and RQ's handling of abandoned jobs, end them), so they
+        cost no command; a queued one costs an ``EXISTS``, a page of them one round trip.
+        """
+        known: list[int] = []
+        for page in in_pages(queued, PAGE):
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in page:
+                pipe.exists(Job.key_for(job_id))
+            known += pipe.execute()
+        failed, gone = [], set()
+        for job_id, exists in zip(queued, known):
+            if exists:
+                continue
+            if job_id not in self.unqueued:
+                gone.add(job_id)
+                continue
+            if self.logs.log(job_id).failed(UNQUEUED) > 0:
+                log.warning("watchdog: job %s failed: %s", job_id, UNQUEUED)
+                failed.append(job_id)
+        self.unqueued = gone
+        return failed
 
     def fail_orphans(self, reason: str) -> list[str]:
         """Write ``failed`` for every queued or running job in the job index."""

@@ -100,11 +100,19 @@ class LogStore:
         """(id, RQ queue) of every queued or running job in the job index; the queue is empty
         for the jobs Jobcast enqueued itself, and names it for plain RQ jobs.
 
+        As :meth:`open_job_states`, without the status."""
+        return [(job_id, origin) for job_id, origin, _ in self.open_job_states()]
+
+    def open_job_states(self) -> list[tuple[str, str, str]]:
+        """(id, RQ queue, status) of every queued or running job in the job index: the queue
+        as :meth:`open_jobs` gives it, the status ``queued`` or ``running``.
+
         Only the open jobs (:data:`~jobcast.core.joblog.OPEN_JOBS`) are read, and those found
         ended leave them: a round costs a command per job still open, not one per job the
         index remembers (1,000 by default, 18 ms of the web process's loop each round). The
         first call of a process reads the whole index once, and adds the open jobs it finds
-        (those created by a version of Jobcast without the set)."""
+        (those created by a version of Jobcast without the set). The status comes with the
+        same reads (it decides whether a job is open): it costs no command."""
         if not self._open_seeded:
             self._seed_open()
         ids = [i.decode() for i in self.redis.zrange(OPEN_JOBS, 0, -1)]
@@ -113,7 +121,7 @@ class LogStore:
         found, ended = [], []
         for job_id, (status, origin) in zip(ids, self._states(ids)):
             if status in (b"queued", b"running"):
-                found.append((job_id, (origin or b"").decode()))
+                found.append((job_id, (origin or b"").decode(), status.decode()))
             else:  # ended, or its metadata expired
                 ended.append(job_id)
         if ended:

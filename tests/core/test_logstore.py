@@ -92,3 +92,14 @@ def test_reading_many_open_jobs_pauses_between_pages(store, monkeypatch):
     assert len(store.open_jobs()) == 45
     # The first round read the index (45 jobs: 5 pages), then the open set (5 more).
     assert pauses == [0] * 8
+
+
+def test_open_job_states_tell_queued_from_running_with_the_reads_open_jobs_makes(store):
+    queued, running, ended = new_jobs(store, 3)
+    running.started("w1", 1)
+    ended.finished()
+    assert sorted(store.open_jobs()) == sorted([(queued.job_id, ""), (running.job_id, "")])
+    before = hmget_calls(store.redis)
+    assert sorted(store.open_job_states()) == sorted([(queued.job_id, "", "queued"),
+                                                      (running.job_id, "", "running")])
+    assert hmget_calls(store.redis) - before == 2  # one per open job, as open_jobs() costs

@@ -2,7 +2,8 @@
 before the job is queued, and the RQ job configured from the settings.
 
 Refusals run on fakeredis (nothing may be written at all); accepted jobs on the session's
-real Redis, on a queue of their own that no worker takes.
+real Redis, on a queue of their own that no worker takes. A job that RQ refuses has its log
+ended at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import uuid
 
 import fakeredis
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 from rq.job import Job
 
@@ -136,3 +138,53 @@ def test_the_rq_timeout_never_exceeds_the_bound_on_duration(redis, redis_server)
     unknown = enqueue("pi", {"samples": 10}, redis=redis, config=cfg)
     assert Job.fetch(near, connection=redis).timeout == 5000
     assert Job.fetch(unknown, connection=redis).timeout == 5000
+
+
+def test_a_job_rq_refuses_has_its_log_failed_at_once_and_the_error_still_propagates(
+        redis, private, monkeypatch):
+    """A review's finding: the log was opened, RQ's Redis refused the job, the API answered an
+    error, and the log said "queued" forever (no worker would ever take the job)."""
+    refused = RedisConnectionError("Error 111 connecting to redis://:hunter2@10.0.0.5:6379/0. "
+                              "Connection refused.")
+    created: list[str] = []
+    create = JobLog.create
+
+    def remember(self: JobLog, *args, **kwargs) -> int:
+        """Create the log, and note the job's id (enqueue() returns none when it raises)."""
+        created.append(self.job_id)
+        return create(self, *args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        """RQ's Redis is down."""
+        raise refused
+
+    monkeypatch.setattr(JobLog, "create", remember)
+    monkeypatch.setattr(Queue, "enqueue", refuse)
+    with pytest.raises(RedisConnectionError) as caught:
+        enqueue("sqrt", {"n": 5}, redis=redis, config=private)
+    assert caught.value is refused  # the API maps it as before (503, Redis unreachable)
+    jlog = JobLog(redis, created[0])
+    assert jlog.status() == "failed"
+    reason = list(jlog.entries())[-1].data["reason"]
+    assert reason == "could not be queued: ConnectionError: Error 111 connecting to <url> " \
+                     "Connection refused."
+    assert "hunter2" not in reason and jlog.info().reason == reason
+
+
+def test_when_the_log_cannot_be_ended_either_rqs_error_propagates_and_a_warning_says_so(
+        redis, private, monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        """RQ's Redis is down."""
+        raise RedisConnectionError("RQ's Redis is down")
+
+    def unwritable(self: JobLog, reason: str) -> int:
+        """The stream store is down too."""
+        raise RedisConnectionError("the stream store is down")
+
+    monkeypatch.setattr(Queue, "enqueue", refuse)
+    monkeypatch.setattr(JobLog, "failed", unwritable)
+    with pytest.raises(RedisConnectionError, match="RQ's Redis is down"):
+        enqueue("sqrt", {"n": 5}, redis=redis, config=private)
+    warnings = [r for r in caplog.records if r.name == "jobcast.producer.enqueue"]
+    assert [r.levelname for r in warnings] == ["WARNING"]
+    assert "could not be ended: the stream store is down" in warnings[0].getMessage()

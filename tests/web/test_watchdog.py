@@ -1,9 +1,11 @@
 """The watchdog's rounds against a real Redis (a database of its own, so its job index holds only
-this module's jobs): orphans fail after the timeout, plain RQ jobs end as RQ reports them."""
+this module's jobs): orphans fail after the timeout, plain RQ jobs end as RQ reports them, and
+Jobcast's queued jobs that RQ never got fail."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -14,7 +16,7 @@ from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from tests.conftest import own_database, wait_for
-from jobcast.web.watchdog import Watchdog
+from jobcast.web.watchdog import UNQUEUED, Watchdog
 
 DB = 7
 
@@ -35,13 +37,51 @@ def new_job(redis: Redis, origin: str = "") -> JobLog:
     return jlog
 
 
+def on_rq(wd: Watchdog, jlog: JobLog) -> JobLog:
+    """Queue an RQ job with the id of ``jlog``'s job on the watchdog's queue (no worker takes
+    it), as the producer does after opening the log; returns ``jlog``."""
+    Queue(wd.config.queue_name, connection=wd.redis).enqueue("os.getpid", job_id=jlog.job_id)
+    return jlog
+
+
+@pytest.fixture
+def sent(wd, monkeypatch) -> list[str]:
+    """The names of the commands the watchdog's client sends from now on, each command of a
+    pipeline counted (MULTI and EXEC aside): what the benchmark's MONITOR counts."""
+    names: list[str] = []
+    direct, make_pipeline = wd.redis.execute_command, wd.redis.pipeline
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        """Count a command sent on its own, and send it."""
+        names.append(str(args[0]).upper())
+        return direct(*args, **options)
+
+    def pipeline(*args: Any, **kwargs: Any):
+        """A pipeline whose commands are counted when it is executed."""
+        pipe = make_pipeline(*args, **kwargs)
+        run = pipe.execute
+
+        def execute(*a: Any, **k: Any) -> Any:
+            """Count the pipeline's commands, and send them."""
+            names.extend(str(cmd_args[0]).upper() for cmd_args, _ in pipe.command_stack)
+            return run(*a, **k)
+
+        pipe.execute = execute
+        return pipe
+
+    monkeypatch.setattr(wd.redis, "execute_command", execute_command)
+    monkeypatch.setattr(wd.redis, "pipeline", pipeline)
+    return names
+
+
 def last_entry(jlog: JobLog):
     """The newest entry of the job's log."""
     return list(jlog.entries())[-1]
 
 
 def test_queued_and_running_jobs_fail_only_after_no_worker_lived_for_the_orphan_timeout(wd):
-    queued, running = new_job(wd.redis), new_job(wd.redis)
+    # The queued job is on RQ, as the producer leaves it: one RQ lacks fails sooner (below).
+    queued, running = on_rq(wd, new_job(wd.redis)), new_job(wd.redis)
     running.started("w1", 1)
     finished = new_job(wd.redis)
     finished.finished()
@@ -80,6 +120,46 @@ def test_plain_rq_jobs_end_as_rq_reports_them_and_vanished_ones_only_a_round_lat
 
     assert wd.reconcile() == [gone_id]
     assert last_entry(JobLog(wd.redis, gone_id)).data["reason"] == "RQ reports the job gone"
+
+
+def test_a_queued_jobcast_job_that_rq_lacks_fails_on_the_second_round_with_the_reason(wd):
+    """A review's finding: the producer opened the log, then RQ's Redis refused the job (or the
+    producer died): the log said "queued" forever, and its viewers waited forever."""
+    lost = new_job(wd.redis)
+    wd.check(now=0.0)
+    assert lost.status() == "queued"  # the producer may be between its two steps
+    wd.check(now=5.0)  # a live worker or none, the orphan timeout (15 s) is far off
+    entry = last_entry(lost)
+    assert entry.kind == "failed" and entry.data["reason"] == UNQUEUED == "RQ has no such job"
+    assert wd.reconcile() == []  # it left the open jobs: not failed twice
+
+
+def test_only_queued_jobs_that_rq_lacked_two_rounds_running_fail_not_known_late_or_running(wd):
+    lost = new_job(wd.redis)  # the control: proves the rounds did check
+    known = on_rq(wd, new_job(wd.redis))
+    late = new_job(wd.redis)  # the producer queues it on RQ between the two rounds
+    running = new_job(wd.redis)  # its worker and RQ end it; the watchdog does not ask RQ
+    running.started("w1", 1)
+
+    assert wd.reconcile() == []
+    on_rq(wd, late)
+    assert wd.reconcile() == [lost.job_id]
+    assert wd.reconcile() == []
+    assert [known.status(), late.status(), running.status()] == ["queued", "queued", "running"]
+
+
+def test_a_round_costs_one_exists_per_queued_jobcast_job_and_no_command_per_running_one(wd, sent):
+    """The web process's Redis commands per second are a benchmarked figure (the job list rows
+    of docs/benchmarks.md, with 50 running jobs): running jobs must add none."""
+    queued = on_rq(wd, new_job(wd.redis))
+    for _ in range(3):
+        new_job(wd.redis).started("w1", 1)  # no RQ job: were it asked about, it would fail
+    wd.reconcile()  # a process's first round also reads the whole index once
+    sent.clear()
+    assert wd.reconcile() == [] and wd.reconcile() == []
+    reads = ["ZRANGE"] + ["HMGET"] * 4  # the open jobs and their states, as before
+    assert sorted(sent) == sorted((reads + ["EXISTS"]) * 2)
+    assert queued.status() == "queued"
 
 
 def test_stop_ends_the_watchdog_thread(wd):
