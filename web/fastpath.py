@@ -13,6 +13,14 @@ to :meth:`FastPath.admit`, which:
 - takes only what it can answer exactly as Flask would: a ``GET`` over HTTP/1.1 of a text or
   SSE stream, with no body, in the public read mode, with known, single query arguments,
   that is admitted (no 400, 404, 204, 429 or 503);
+- and only a request gunicorn would give Flask as it is. httptools is laxer than gunicorn's
+  parser in places, so the head is also held to what :mod:`gunicorn.http.message` refuses or
+  reads for itself (:class:`HeadRules`, from the worker's settings): its limits on the request
+  line, the number and size of header fields; a repeated single-value field (Host,
+  Content-Type); contradictory scheme headers (``secure_scheme_headers``); a field name with
+  an underscore (dropped, refused, or a trusted proxy's SCRIPT_NAME); Expect; any body
+  framing but one ``Content-Length: 0``. A refusal of gunicorn's is a decline here, and
+  gunicorn then answers it as it does with the path off;
 - admits it with the same code as the Flask view (:func:`~jobcast.web.admission.locate`,
   :func:`~jobcast.web.admission.reserve`), writes the same status line and headers (a test
   compares them with Flask's), and hands the socket to the relay.
@@ -32,6 +40,8 @@ from urllib.parse import parse_qsl
 import httptools
 from flask import Flask
 from gunicorn import SERVER
+from gunicorn.config import Config
+from gunicorn.http import message as gunicorn_message
 from gunicorn.util import http_date
 from werkzeug.exceptions import HTTPException
 from werkzeug.utils import get_content_type
@@ -62,13 +72,80 @@ SECURITY_HEADERS = (("Content-Security-Policy", OTHER_CSP), ("Referrer-Policy", 
 ``X-Content-Type-Options`` is already among the stream's own headers)."""
 
 
+SINGLE = {name.lower().encode("latin-1"): 1 << i for i, name in enumerate(sorted(
+    {"HOST", "CONTENT-TYPE", *getattr(gunicorn_message, "RFC9110_5_3_SINGLETON_FIELDS", ())}))}
+"""The fields gunicorn refuses to see twice (RFC 9110 5.3), each with a bit of its own."""
+
+# What :meth:`_Request.on_header` does with a field, by its name (:attr:`HeadRules.kinds`);
+# a positive kind is a single-value field's SINGLE bit.
+LAST_EVENT_ID, FORWARDED_FOR, BODY, SCHEME, DECLINE = -1, -2, -3, -4, -5
+UNDERSCORE, LF = ord("_"), ord("\n")
+
+
+class HeadRules:
+    """What gunicorn's parser refuses in a request head under the worker's settings, read once:
+    the fast path declines such a request, for gunicorn to answer (400, 414, 431).
+
+    Limits as :class:`gunicorn.http.message.Request` takes them from the settings (out of range
+    or 0 there means gunicorn's own maximum, or none for the request line).
+    """
+
+    __slots__ = ("line", "fields", "field", "buffer", "schemes", "kinds")
+
+    def __init__(self, cfg: Config):
+        """Read ``cfg``'s limits and secure scheme headers."""
+        m = gunicorn_message
+        line = cfg.limit_request_line
+        self.line = m.MAX_REQUEST_LINE if line < 0 or line >= m.MAX_REQUEST_LINE else line
+        fields = cfg.limit_request_fields
+        self.fields = m.MAX_HEADERS if fields <= 0 or fields > m.MAX_HEADERS else fields
+        field = cfg.limit_request_field_size
+        self.field = field if field > 0 else m.DEFAULT_MAX_HEADERFIELD_SIZE
+        self.buffer = self.fields * (self.field + 2) + 4  # the most head gunicorn buffers
+        # Name -> the value that says https. Whether the peer is a trusted proxy does not
+        # matter: a decline is always safe, and two that disagree are rare.
+        self.schemes = {name.lower().encode("latin-1"): value.encode("latin-1")
+                        for name, value in cfg.secure_scheme_headers.items()}
+        # One lookup per field: most fields (User-Agent, Accept...) are none of these.
+        kinds: dict[bytes, int] = {}
+        for name, kind in [*SINGLE.items(), (b"last-event-id", LAST_EVENT_ID),
+                           (b"x-forwarded-for", FORWARDED_FOR), (b"content-length", BODY),
+                           (b"transfer-encoding", BODY), (b"expect", DECLINE),
+                           *((name, SCHEME) for name in self.schemes)]:
+            # A name with two parts to play (a strange setting), or with an underscore (see
+            # on_header), is declined.
+            kinds[name] = DECLINE if name in kinds or b"_" in name else kind
+        self.kinds = kinds
+
+    def refuse(self, data: bytes, target: int) -> bool:
+        """Whether gunicorn refuses the head in ``data`` (a whole GET request that httptools
+        took, its target ``target`` bytes long) for its size or its request line's form."""
+        line_end = 4 + target + 9  # "GET " target " HTTP/1.1"
+        if not data.startswith(b" HTTP/1.1\r\n", line_end - 9):
+            return True  # httptools takes "GET /x  HTTP/1.1"; gunicorn's version check does not
+        if (self.line and line_end > self.line) or not data.endswith(b"\r\n\r\n"):
+            return True  # 414; or something after the head
+        block = len(data) - line_end - 4  # the field lines' bytes, each line with its CRLF
+        # httptools took only CRLF line ends and no folded line: a field is a line, of 4
+        # bytes at least ("a:" CRLF), so only a long block needs its lines counted (by their
+        # LFs, and the blank line's).
+        if block > 4 * self.fields and data.count(LF, line_end + 2) - 1 > self.fields:
+            return True  # 431
+        if block + 2 > self.buffer:  # what gunicorn buffers after the request line
+            return True  # 431
+        if block <= self.field:
+            return False  # no field line can be longer than them all (the common case)
+        return any(len(line) + 2 > self.field  # 431, as gunicorn counts a line
+                   for line in data[line_end + 2:-4].split(b"\r\n"))
+
+
 class _Request:
     """httptools' callbacks: the URL and the few headers the fast path reads."""
 
     __slots__ = ("url", "last_event_id", "forwarded_for", "has_body", "complete", "messages",
-                 "hosts", "unusual")
+                 "singles", "secure", "unusual", "rules")
 
-    def __init__(self):
+    def __init__(self, rules: HeadRules):
         """Nothing read yet."""
         self.url = b""
         self.last_event_id: str | None = None
@@ -76,8 +153,10 @@ class _Request:
         self.has_body = False
         self.complete = False
         self.messages = 0  # more than one: requests pipelined behind the first, gunicorn's
-        self.hosts = 0
+        self.singles = 0  # the SINGLE bits of the fields seen
+        self.secure: bool | None = None  # what the first secure scheme header said
         self.unusual = False  # a header gunicorn or Flask answers itself: theirs to answer
+        self.rules = rules
 
     def on_message_begin(self) -> None:
         """A request begins."""
@@ -89,24 +168,38 @@ class _Request:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Keep Last-Event-ID and X-Forwarded-For; note any header that announces a body, and
-        any that gunicorn or Flask would answer (Expect, a second Host or Last-Event-ID)."""
+        any that gunicorn or Flask would answer (see the module's docstring)."""
         name = name.lower()
-        if name == b"last-event-id":
+        kind = self.rules.kinds.get(name)
+        if kind is None:
+            if UNDERSCORE in name:  # (an int: memchr, where b"_" costs ten times as much)
+                # gunicorn drops it, refuses it (header_map), or from a trusted proxy lets it
+                # set SCRIPT_NAME, which moves the route.
+                self.unusual = True
+        elif kind > 0:
+            self.unusual |= bool(self.singles & kind)  # a second one: gunicorn's 400
+            self.singles |= kind
+        elif kind == LAST_EVENT_ID:
             if self.last_event_id is None:
                 self.last_event_id = value.decode("latin-1")
             else:  # gunicorn joins them with a comma: Flask's 400 names the header
                 self.unusual = True
-        elif name == b"host":
-            self.hosts += 1
-            self.unusual |= self.hosts > 1  # gunicorn's 400
-        elif name == b"expect":
-            self.unusual = True  # gunicorn's 100 Continue, or its 417
-        elif name == b"x-forwarded-for":
+        elif kind == FORWARDED_FOR:
             # Several headers are one comma-separated list, as WSGI servers join them.
             text = value.decode("latin-1")
             self.forwarded_for = f"{self.forwarded_for},{text}" if self.forwarded_for else text
-        elif name in (b"content-length", b"transfer-encoding") and value.strip() not in (b"0", b""):
-            self.has_body = True
+        elif kind == BODY:
+            # A body, or a framing gunicorn refuses (501 for a coding it does not know):
+            # only one Content-Length: 0 (a second one is httptools' error) is no body.
+            self.has_body |= name == b"transfer-encoding" or value.strip(b" \t") != b"0"
+        elif kind == SCHEME:
+            secure = value.strip(b" \t") == self.rules.schemes[name]  # as gunicorn compares
+            if self.secure is None:
+                self.secure = secure
+            elif secure is not self.secure:
+                self.unusual = True  # gunicorn's 400: contradictory scheme headers
+        else:  # DECLINE: Expect (gunicorn's 100 Continue, or its 417), or a strange setting
+            self.unusual = True
 
     def on_message_complete(self) -> None:
         """The whole request was in the bytes read."""
@@ -116,9 +209,11 @@ class _Request:
 class FastPath:
     """Admits the app's public text and SSE stream requests straight from their bytes."""
 
-    def __init__(self, app: Flask):
-        """Serve ``app``'s streams (its routes, settings and relay)."""
+    def __init__(self, app: Flask, gunicorn: Config | None = None):
+        """Serve ``app``'s streams (its routes, settings and relay), for a gunicorn worker with
+        the settings ``gunicorn`` (gunicorn's defaults until :meth:`configure` says)."""
         self.st = app.extensions["jobcast"]
+        self.rules = HeadRules(gunicorn or Config())
         self.urls = app.url_map.bind("localhost")
         # Many viewers of a job ask for the same few paths: route each once.
         self._route = lru_cache(maxsize=4096)(self._match)
@@ -193,11 +288,13 @@ class FastPath:
         serve it; None otherwise."""
         if not data.startswith(b"GET /"):
             return None
-        seen = _Request()
+        rules = self.rules
+        seen = _Request(rules)
         parser = httptools.HttpRequestParser(seen)
         parser.feed_data(data)
         if (not seen.complete or seen.messages != 1 or seen.has_body or seen.unusual
-                or parser.get_http_version() != "1.1"):
+                or parser.get_http_version() != "1.1"
+                or rules.refuse(data, len(seen.url))):
             return None
         url = httptools.parse_url(seen.url)
         if url.schema or url.fragment or b"%" in url.path:
@@ -218,6 +315,14 @@ class FastPath:
         except BadParam:
             return None
         return transport, req, seen.forwarded_for
+
+    def configure(self, gunicorn: Config) -> None:
+        """Hold requests to the settings ``gunicorn`` of the worker that serves them (its
+        worker class calls this once the app is loaded: with ``--preload`` the app is made
+        before there is a worker)."""
+        self.rules = HeadRules(gunicorn)
+
+    __call__ = admit  # the worker calls the fast path itself (handover.FAST_PATH)
 
     def _match(self, path: bytes) -> tuple[Transport, str] | None:
         """The transport and job id of a stream view at ``path``, routed by the app's URL map;
@@ -254,4 +359,4 @@ def init_app(app: Flask) -> None:
     Flask's, web/security.py)."""
     cfg = app.extensions["jobcast"].config
     if cfg.fast_admission and cfg.read_mode == "public":
-        app.extensions[FAST_PATH] = FastPath(app).admit
+        app.extensions[FAST_PATH] = FastPath(app)

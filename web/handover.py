@@ -7,10 +7,14 @@ gunicorn has sent the response headers, take the connection's OS socket and hand
 process's relay. The request then ends as far as gunicorn is concerned, its greenlet is
 freed, and the relay frames each value once and writes it straight to every socket it holds.
 
-It is still gunicorn's gevent worker (same loop, same accept path, same settings): it only
-hands the app a socket it may take (``environ["gunicorn.socket"]`` becomes a
-:class:`HandoverSocket`), and after a taken response it writes nothing more to the
-connection, neither the end of the chunked body nor a keep-alive reply. Like
+It is still gunicorn's gevent worker (same loop, same settings, gunicorn's handler and
+parser for every request gunicorn serves), with two changes. Gunicorn hands the app a socket
+it may take (``environ["gunicorn.socket"]`` becomes a :class:`HandoverSocket`), and after a
+taken response writes nothing more to the connection, neither the end of the chunked body nor
+a keep-alive reply. And each listener is served by an :class:`AdmittingServer`: it accepts
+one connection per turn of the loop, and, on a plain HTTP/1.1 listener when the app offers a
+fast path (:mod:`jobcast.web.fastpath`), has its own accept path, which offers a new
+connection's first request to the fast path before gunicorn gets what it declines. Like
 gevent-websocket's worker, it is set with ``worker_class`` in gunicorn.conf.py.
 """
 
@@ -194,6 +198,9 @@ class StreamWorker(GeventWorker):
         gc.freeze()
         app = self.wsgi
         self.fast_path = getattr(app, "extensions", {}).get(FAST_PATH)
+        configure = getattr(self.fast_path, "configure", None)
+        if configure is not None:
+            configure(self.cfg)  # the fast path holds requests to this worker's limits
 
         def wsgi(environ: dict, start_response):
             """The app, told which gunicorn Response a taken connection belongs to."""
@@ -246,12 +253,13 @@ class AdmittingServer(StreamServer):
     A newcomer costs a web process more in gevent's accept path (a gevent socket, a greenlet
     from the pool, a keep-alive timer, a read that waits and switches) than in Jobcast's own
     admission: on this project's bench machine, 120-260 µs of CPU per connection in gevent's
-    path against 65-100 µs in this one's (docs/benchmarks.md, "gevent's accept path"). So
-    for a plain HTTP/1.1 listener, when the app offers a fast path, this server:
+    path against 65-100 µs in this one's (docs/benchmarks.md, "gevent's accept path").
 
-    - accepts one connection per turn of the event loop (gunicorn does so with several
-      workers; with one, gevent's default of 100 at once would let a burst of newcomers run
-      before the relay writes the next value to those already watching);
+    On every listener it accepts one connection per turn of the event loop (``max_accept``;
+    gunicorn does so with several workers; with one, gevent's default of 100 at once would
+    let a burst of newcomers run before the relay writes the next value to those already
+    watching). And for a plain HTTP/1.1 listener, when the app offers a fast path, it:
+
     - waits for the first bytes with a bare libev watcher, and drops a client that says
       nothing within gunicorn's ``keepalive`` seconds (as gunicorn's own first read would);
     - hands what arrived to an admitter greenlet, which runs the fast path on every request
@@ -262,7 +270,8 @@ class AdmittingServer(StreamServer):
     - gives anything the fast path declines to gunicorn's handler, in a greenlet of gunicorn's
       pool, with a gevent socket that returns the bytes already read first.
 
-    With TLS, HTTP/2 or no fast path it is gevent's StreamServer, unchanged.
+    With TLS, HTTP/2 or no fast path it is otherwise gevent's StreamServer: gevent's accept
+    path, gunicorn's handler.
     """
 
     max_accept = 1

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from gunicorn.config import Config
 from gunicorn.http import RequestParser
+from gunicorn.http.errors import ParseException
 
 from jobcast.web.fastpath import FastPath
 from jobcast.web.frames import TEXT
@@ -160,6 +161,12 @@ def test_what_the_fast_path_leaves_to_flask_is_answered_as_before(http, web, wor
     ("Last-Event-ID: 1", "Last-Event-ID: 2"),  # Flask: 400 naming Last-Event-ID
     ("Host: other.test",),                      # a second Host: gunicorn's 400
     ("Expect: bogus",),                         # gunicorn's 417
+    ("Content-Type: a", "Content-Type: b"),     # another single-value field: gunicorn's 400
+    tuple(f"X-A{i}: 1" for i in range(101)),    # over limit_request_fields (100): its 431
+    # From a trusted proxy (127.0.0.1, in forwarded_allow_ips), scheme headers that disagree
+    # are gunicorn's 400; its SCRIPT_NAME moves the route (Flask's 404).
+    ("X-Forwarded-Proto: https", "X-Forwarded-Ssl: off"),
+    ("SCRIPT_NAME: /jobs",),
 ])
 def test_headers_gunicorn_or_flask_refuse_are_refused_with_the_fast_path_on_too(
         http, web, workers, flask_only, extra):
@@ -169,6 +176,42 @@ def test_headers_gunicorn_or_flask_refuse_are_refused_with_the_fast_path_on_too(
     slow, slow_body = exchange(flask_only.port, raw)
     assert fast.status_code == slow.status_code >= 400
     assert fast_body == slow_body
+
+
+LOWERED = "--limit-request-line 60 --limit-request-fields 10 --limit-request-field_size 100"
+"""gunicorn limits an operator lowered (GUNICORN_CMD_ARGS): a stream request with a query is
+over the line's, and a head of a few fields is not over the others'."""
+
+
+@pytest.fixture(scope="module")
+def lowered(redis_server, logs_dir) -> Iterator[tuple[WebServer, WebServer]]:
+    """Two gunicorns with the LOWERED limits: the fast path on, and off."""
+    servers = [WebServer(redis_server.url, workers=1, log_path=logs_dir / f"web-lowered-{on}.log",
+                         JOBCAST_HEARTBEAT="1", JOBCAST_QUEUES="*", JOBCAST_FAST_ADMISSION=on,
+                         GUNICORN_CMD_ARGS=LOWERED).start() for on in ("true", "false")]
+    yield servers[0], servers[1]
+    for server in servers:
+        server.stop()
+
+
+def test_requests_over_limits_an_operator_lowered_are_refused_with_the_fast_path_on_too(
+        http, workers, lowered):
+    on, off = lowered
+    job_id = finished_job(http)
+    for raw, status in (
+            (request(f"/jobs/{job_id}/events?tail=1"), 414),  # a 65-byte request line
+            (request(f"/jobs/{job_id}/events", *[f"X-A{i}: 1" for i in range(10)]), 431),
+            (request(f"/jobs/{job_id}/events", "X-A: " + "a" * 100), 431)):
+        fast, fast_body = exchange(on.port, raw)
+        slow, slow_body = exchange(off.port, raw)
+        assert fast.status_code == slow.status_code == status, raw
+        assert fast_body == slow_body
+    # Within them, the fast path still admits the stream.
+    before = settled_admissions(on.url).get("fast", 0)
+    fast, _ = exchange(on.port, request(f"/jobs/{job_id}/events"))
+    assert fast.status_code == 200
+    wait_for(lambda: admissions(on.url).get("fast", 0) == before + 1, 10,
+             what="the fast path to count the stream")
 
 
 def test_gunicorn_parses_a_declined_request_from_the_bytes_read_then_the_socket():
@@ -181,6 +224,37 @@ def test_gunicorn_parses_a_declined_request_from_the_bytes_read_then_the_socket(
         req = next(parser)
     assert (req.method, req.path, req.query) == ("GET", "/jobs/abc123/stream", "start=2")
     assert ("LAST-EVENT-ID", "7") in req.headers
+
+
+def gunicorn_parses(cfg: Config, raw: bytes) -> bool:
+    """Whether gunicorn's own parser, under ``cfg``, takes the request ``raw``."""
+    server, client = socket.socketpair()
+    with server, client:
+        client.sendall(raw)
+        client.shutdown(socket.SHUT_WR)
+        try:
+            next(RequestParser(cfg, server, ("127.0.0.1", 1)))
+        except ParseException:
+            return False
+    return True
+
+
+LIMITED = request("/jobs/abc123/stream?start=2", "Accept: text/plain", "X-Long: " + "v" * 40)
+
+
+@pytest.mark.parametrize("setting, at", [
+    ("limit_request_line", len("GET /jobs/abc123/stream?start=2 HTTP/1.1")),
+    ("limit_request_fields", 3),
+    ("limit_request_field_size", len("X-Long: " + "v" * 40 + "\r\n")),
+])
+def test_the_fast_path_takes_a_head_at_a_gunicorn_limit_and_declines_one_over_it(
+        make_app, config, setting, at):
+    app = make_app({"JOBCAST": config})
+    for limit, taken in ((at, True), (at - 1, False)):
+        cfg = Config()
+        cfg.set(setting, limit)
+        assert gunicorn_parses(cfg, LIMITED) is taken, (setting, limit)
+        assert (FastPath(app, cfg)._parse(LIMITED) is not None) is taken, (setting, limit)
 
 
 def test_the_fast_path_declines_a_head_that_has_not_all_arrived_and_private_servers(
