@@ -17,7 +17,6 @@ from typing import Callable
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from jobcast.core.joblog import UnknownJob
 from jobcast.core.secret import signing_key
 from jobcast.core.settings import Settings
 from jobcast.core.urls import PARAM
@@ -59,8 +58,10 @@ def verify(config: Settings, job_id: str, token: str, created: Callable[[], floa
            now: float | None = None) -> dict:
     """The link's payload if it grants ``job_id`` now; else LinkError with the reason.
 
-    ``created`` reads the job's creation time (UnknownJob when it has no log); it is called
-    only once the signature holds, so a forged link costs no Redis read.
+    ``created`` reads the job's creation time; it is called only once the signature holds, so
+    a forged link costs no Redis read. When the job has no log now, its UnknownJob goes to the
+    caller: the link is good for that id, the job it names is gone, and its holder may be
+    told so as a token holder would be (404), but never be given another job of that id.
     """
     try:
         payload = _serializer(config).loads(token)
@@ -71,11 +72,7 @@ def verify(config: Settings, job_id: str, token: str, created: Callable[[], floa
     expires = payload.get("e")
     if expires is not None and (time.time() if now is None else now) >= expires:
         raise LinkError("expired", "the view link has expired")
-    try:
-        same = payload.get("c") == created()
-    except UnknownJob:
-        same = False
-    if not same:
+    if payload.get("c") != created():  # UnknownJob: no job of that id now
         raise LinkError("other_job", "the view link is for an earlier job of that id")
     return payload
 

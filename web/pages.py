@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, render_template
 
 from jobcast.core.registry import all_tasks
-from jobcast.core.urls import JOB_PATHS, job_urls
+from jobcast.core.urls import JOB_PATHS
 from jobcast.web.admission import load_job
 from jobcast.web.services import state
 from jobcast.web.surface import job_scoped, page, private, public, returns
@@ -100,7 +100,7 @@ def favicon():
 def job_page(job_id: str):
     """The live page: latest value, chart, progress, status, watchers and the log."""
     job = load_job(job_id).model_dump()
-    return render_template("job.html", job=job, urls=job_urls(job_id),
+    return render_template("job.html", job=job,
                            params=", ".join(f"{k}={v}" for k, v in job["params"].items()))
 
 

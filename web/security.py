@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template, request,
                    url_for)
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from werkzeug.exceptions import HTTPException, RequestURITooLarge
+from werkzeug.exceptions import HTTPException, NotFound, RequestURITooLarge
 
 from jobcast.core.secret import signing_key
 from jobcast.core.joblog import UnknownJob
@@ -188,8 +188,8 @@ def guard() -> Response | None:
 def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Response | None:
     """Private mode and no token: a view link for the job may still grant a job's view.
 
-    Otherwise refuse: 403 with the reason for a link that does not grant the job, the token
-    form for a browser asking for a page, else 401.
+    Otherwise refuse: 403 with the reason for a link that does not grant the job, 404 for a
+    good link whose job is gone, the token form for a browser asking for a page, else 401.
     """
     sig = request.args.get(PARAM)
     if access is Access.JOBS and sig:
@@ -207,6 +207,12 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
             if declaration.stream:
                 metrics.stream_refused("forbidden")
             raise Forbidden(exc.reason, str(exc)) from None
+        except UnknownJob:
+            # The link is good for this id but its job has no log now: the holder is told what
+            # a token holder is told of a job that is not there. Answered here, not by the
+            # view, which would open the log of a pending RQ job given the id since
+            # (LogStore.adopt): another job, which the link does not grant.
+            raise NotFound(f"no job with id {job_id}") from None
         g.view_sig, g.view_job = sig, job_id
         return None
     if declaration.stream:
@@ -222,7 +228,7 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
 
 def granted_jobs(cfg: Settings, sigs: list[str], job_ids: list[str]) -> set[str]:
     """The jobs among ``job_ids`` that one of the view links ``sigs`` grants; 403 with the
-    reason for a link that grants none of them (tampered, or expired)."""
+    reason for a link that grants none of them (tampered, expired, or for jobs that are gone)."""
     granted: set[str] = set()
     for sig in sigs:
         failure = LinkError("other_job", "a view link grants none of these jobs")
@@ -234,7 +240,9 @@ def granted_jobs(cfg: Settings, sigs: list[str], job_ids: list[str]) -> set[str]
                     failure = exc  # invalid or expired says more than "another job"
                 continue
             except UnknownJob:
-                continue  # no such job now: the stream says it is missing
+                # The link's job has no log now. Not granted: the stream would open the log
+                # of a pending RQ job given that id since (LogStore.adopt), another job.
+                continue
             granted.add(job_id)
             break
         else:

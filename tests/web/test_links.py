@@ -8,6 +8,7 @@ import pytest
 from itsdangerous import URLSafeSerializer
 
 from jobcast.core import secret
+from jobcast.core.joblog import JobLog, UnknownJob
 from jobcast.core.secret import SECRET_KEY, signing_key
 from jobcast.core.settings import Settings
 from jobcast.core.urls import with_sig
@@ -101,20 +102,42 @@ def test_without_a_secret_links_are_signed_with_a_key_generated_once_in_redis_ne
 def test_a_link_opens_its_own_job_and_not_a_later_one_given_the_same_id(redis_server, redis):
     """Finding 20 of issue 23: a link bound only the job id, so a link for an RQ job with a
     chosen id also opened any later job given that id."""
-    from jobcast.core.joblog import JobLog
-
     cfg = Settings(redis_url=redis_server.url, token="t0ken", secret=SECRET)
     job_id = f"chosen-{uuid.uuid4().hex[:8]}"
     first = JobLog(redis, job_id)
     first.create("sqrt", {}, 1)
     link = sign(cfg, job_id, first.info().created_at)
     assert verify(cfg, job_id, link, lambda: first.info().created_at)["j"] == job_id
-    redis.delete(first.keys.meta, first.keys.log)  # it expired ...
-    with pytest.raises(LinkError) as exc:
+    redis.delete(first.keys.meta, first.keys.log)  # it expired: no job of that id (the
+    with pytest.raises(UnknownJob):                 # caller answers 404) ...
         verify(cfg, job_id, link, lambda: first.info().created_at)
-    assert exc.value.reason == "other_job"
     later = JobLog(redis, job_id)  # ... and someone gave a new job the same id
     later.create("sqrt", {}, 1)
     with pytest.raises(LinkError) as exc:
         verify(cfg, job_id, link, lambda: later.info().created_at)
     assert exc.value.reason == "other_job"
+
+
+def test_a_good_link_to_a_job_that_is_gone_gets_the_token_holders_404_and_no_later_job(
+        redis_server, redis, make_app):
+    """A link whose job has no log now was answered 403 "for an earlier job of that id",
+    where the token got 404. Its holder gets the same 404; a later job of that id is still
+    refused, and the multi-job stream grants it nothing."""
+    cfg = Settings(redis_url=redis_server.url, token="t0ken-for-this-test", secret=SECRET)
+    client = make_app({"JOBCAST": cfg}).test_client()
+    job_id = f"gone-{uuid.uuid4().hex[:8]}"
+    first = JobLog(redis, job_id)
+    first.create("sqrt", {}, 1)
+    link = sign(cfg, job_id, first.info().created_at)
+    redis.delete(first.keys.meta, first.keys.log)
+    for path in (f"/jobs/{job_id}/stream", f"/jobs/{job_id}/events", f"/jobs/{job_id}",
+                 f"/api/jobs/{job_id}"):
+        by_link = client.get(path, query_string={"sig": link})
+        by_token = client.get(path, headers={"Authorization": f"Bearer {cfg.token}"})
+        assert by_link.status_code == by_token.status_code == 404, path
+        assert by_link.json == by_token.json, path
+    events = client.get("/events", query_string={"job": job_id, "sig": link})
+    assert events.status_code == 403 and events.json["reason"] == "other_job"
+    JobLog(redis, job_id).create("sqrt", {}, 1)  # a later job given the same id
+    later = client.get(f"/jobs/{job_id}/stream", query_string={"sig": link})
+    assert later.status_code == 403 and later.json["reason"] == "other_job"
