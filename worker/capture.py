@@ -29,6 +29,12 @@ the job printed and sends it first, so a line printed before a value has a lower
 always taken ``send_lock`` then ``lock``; no thread holds ``lock`` across a write that can block.
 
 One job runs in a process at a time, so the active capture is module state (:func:`current`).
+
+The capture writes through the JobLog that the attempt's value writer began (the hook's, or the
+runner's: :func:`set_attempt`), so the lines are checked against the incarnation the attempt
+began and raise the seq that its values are checked against (:mod:`jobcast.core.epoch`). Once
+the log is reset under the attempt (a failover lost entries), the capture stops logging: the
+next value raises LogReset and the attempt is retried.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from typing import IO, Callable, Iterator
 
 from redis.exceptions import RedisError
 
+from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from jobcast.core.output import line_text
 from jobcast.core.settings import Settings
@@ -87,11 +94,15 @@ def before_value() -> None:
         capture.before_value()
 
 
-def set_attempt(attempt: int) -> None:
-    """Label the job's output with ``attempt`` (the runner knows it only after ``started``)."""
+def set_attempt(attempt: int, jlog: JobLog | None = None) -> None:
+    """Label the job's output with ``attempt`` (the runner knows it only after ``started``),
+    and send it through ``jlog`` when given: the log the attempt began, shared with its values."""
     capture = _current
     if capture is not None:
-        capture.attempt = attempt
+        with capture.lock:  # the sink before the attempt: a send goes once the attempt is known
+            if jlog is not None:
+                capture.sink = jlog.append_many
+            capture.attempt = attempt
 
 
 def seal() -> None:
@@ -103,11 +114,12 @@ def seal() -> None:
 
 def start(job_id: str, jlog: JobLog, settings: Settings, *, attempt: int | None,
           fds: bool) -> Capture | None:
-    """Capture the output of the job about to run, as ``JOBCAST_CAPTURE`` says.
+    """Capture the output of the job about to run, as ``JOBCAST_CAPTURE`` says, into ``jlog``
+    (the log the attempt began, shared with its value writer).
 
     ``fds``: the job runs in a work-horse of its own (fd mode); else in the worker (sys
-    mode). ``attempt`` None holds the lines until :func:`set_attempt`. A capture that cannot
-    start only warns: the job runs uncaptured.
+    mode). ``attempt`` None holds the lines until :func:`set_attempt` (which may also give
+    the log to write them to). A capture that cannot start only warns: the job runs uncaptured.
     """
     global _current
     seal()  # a previous job's, should its worker have missed the end (never twice at once)
@@ -330,6 +342,15 @@ class Capture:
             return False
         try:
             seqs = self.sink([("log", line.body(self.attempt), line.ts) for line in lines])
+        except LogReset:
+            # The log is not the incarnation the attempt began (a new epoch was announced):
+            # this attempt's lines stop here; its next value raises LogReset and RQ retries it.
+            self.ended = True
+            self.retry = False
+            self.lost += len(lines) + len(rest)
+            log.warning("jobcast: the log of job %s was reset under its attempt (Redis lost "
+                        "entries): its output is no longer logged", self.job_id)
+            return False
         except RedisError as exc:
             if final or self.retry:
                 self.retry = False
@@ -343,7 +364,7 @@ class Capture:
                     self.pending_bytes += sum(line.size for line in lines + rest)
             return False
         self.retry = False
-        if any(seq in (-1, -2) for seq in seqs):
+        if any(seq in (-1, -2, -5) for seq in seqs):
             # The job has ended (cancelled, or failed by the watchdog) or its log is gone.
             self.ended = True
             return False

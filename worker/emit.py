@@ -64,8 +64,16 @@ class EmitState:
     warned: bool = False
 
 
+def share(job: Job, jlog: JobLog) -> None:
+    """Make ``jlog``, which the worker hook began for this run, the writer of its values: the
+    capture writes its output through the same log, so both check one incarnation and one
+    highest seq (jobcast.core.epoch)."""
+    setattr(job, STATE_ATTR, EmitState(jlog))
+
+
 def _state(job: Job) -> EmitState:
-    """This run's EmitState, created (with the log, if missing) on the first call."""
+    """This run's EmitState: the log the hook shared (:func:`share`), or one created (with the
+    log, if missing) and begun on the first call."""
     state = job.__dict__.get(STATE_ATTR)
     if state is None:
         jlog = rq_log(job)

@@ -24,12 +24,12 @@ from rq import Worker as RQWorker
 from rq.job import Job
 from rq.utils import import_attribute
 
-from jobcast.core.joblog import valid_text
+from jobcast.core.joblog import JobLog, valid_text
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.worker import capture
-from jobcast.worker.emit import HOOKED_ATTR, is_runner, rq_log
+from jobcast.worker.emit import HOOKED_ATTR, is_runner, rq_log, share
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,16 @@ class LifecycleMixin:
 
     def prepare_job_execution(self, job: Job, *args, **kwargs) -> None:
         """After RQ marks the job started: create its log if missing, log ``started``, then
-        capture what the job prints."""
+        capture what the job prints.
+
+        The attempt begins the log just after its ``started`` entry; the values emit() logs and
+        the lines captured go through that one began log, so both are checked against the
+        incarnation and the highest seq the attempt wrote (jobcast.core.epoch).
+        """
         super().prepare_job_execution(job, *args, **kwargs)
         if is_runner(job):
-            # run_task logs its own start, and then tells the capture its attempt.
-            self._capture(job, None)
+            # run_task logs its own start, then gives the capture its attempt and its log.
+            self._capture(job, None, None)
             return
         # emit() in this run knows the lifecycle is taken care of (same Job instance).
         setattr(job, HOOKED_ATTR, True)
@@ -96,16 +101,20 @@ class LifecycleMixin:
             jlog.ensure(job.description, job.origin)
             attempt = jlog.next_attempt()
             jlog.started(self.name, attempt)
+            jlog.begin()
         except RedisError as exc:
             log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
             return
-        self._capture(job, attempt)
+        share(job, jlog)
+        self._capture(job, jlog, attempt)
 
-    def _capture(self, job: Job, attempt: int | None) -> None:
-        """Start capturing the job's output: at the descriptors in a work-horse (a process of
-        its own), else at Python's streams."""
+    def _capture(self, job: Job, jlog: JobLog | None, attempt: int | None) -> None:
+        """Start capturing the job's output into ``jlog`` (None: run_task's job, which gives
+        its own log with the attempt): at the descriptors in a work-horse (a process of its
+        own), else at Python's streams."""
         try:
-            capture.start(job.id, rq_log(job), get_settings(), attempt=attempt, fds=self.is_horse)
+            capture.start(job.id, jlog if jlog is not None else rq_log(job), get_settings(),
+                          attempt=attempt, fds=self.is_horse)
         except RedisError as exc:
             log.warning("jobcast: cannot capture the output of job %s: %s", job.id, exc)
 

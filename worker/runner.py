@@ -85,7 +85,9 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
             raise JobCancelled(job.id)
         log.warning("job %s already ended (failed by the watchdog?); not running it", job.id)
         return {"values": start}
-    capture.set_attempt(attempt)  # the output is this attempt's, and comes after `started`
+    # The output is this attempt's, comes after `started`, and goes through this began log:
+    # its lines and the values share one incarnation and one highest seq.
+    capture.set_attempt(attempt, jlog)
     log.info("job %s: task %s attempt %s from value %s", job.id, task_name, attempt, start)
     index = start if task.resumable else 0
     values = task.iterate(params, start=start)

@@ -38,7 +38,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import threading
 import time
 from importlib.resources import files
 from typing import Any, Iterator, NamedTuple
@@ -79,10 +81,11 @@ STATUS_BY_KIND = {
 APPEND_LUA = EPOCH_LUA + files(__package__).joinpath("append.lua").read_text()
 """The append script (``append.lua``, shipped with the package, after ``epoch.lua``)."""
 
-CHECKED = frozenset({"started", "value", "finished"})
+CHECKED = frozenset({"started", "value", "finished", "log"})
 """The entries a writer that began the log writes only into the incarnation it began. The
 others (``retrying``, ``failed``, ``cancelled``) are written whatever the epoch: they are how a
-reset job is retried or failed, and how a cancel or the watchdog ends a job."""
+reset job is retried or failed, and how a cancel or the watchdog ends a job. Output lines
+(``log``) are checked too: a failover that lost some would otherwise have their seqs reused."""
 
 TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""
@@ -292,10 +295,17 @@ class JobLog:
         self.terminal_replicas = terminal_replicas
         self.terminal_wait_ms = terminal_wait_ms
         # The incarnation this writer began (begin()), and the highest seq it wrote: its
-        # started, value and finished entries go only into that incarnation.
+        # checked entries (CHECKED) go only into that incarnation. One began log is shared by
+        # a job attempt's writers (its values, and the output capture's thread), so high is
+        # the highest seq any of them wrote.
         self.began = False
         self.epoch: str | None = None
         self.high = 0
+        # Held from reading epoch and high to recording the seqs a write got: a write that
+        # ran on a high not yet raised by another thread's could pass the check with seqs
+        # that thread wrote lost, and reuse them in the same epoch.
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -309,23 +319,32 @@ class JobLog:
         more (or is gone) for an entry it checks (:data:`CHECKED`).
         """
         epoch = new_epoch()
-        keys, args = self.script_args(kind, body, index=index, value_json=value_json, meta=meta,
-                                      new_era=new_era, epoch=epoch)
-        if kind in TERMINAL and self.terminal_replicas and not is_cluster(self.redis):
-            seq = self._write_durably(kind, keys, args)
-        else:
-            seq = int(self.script()(keys=keys, args=args))
+        with self._locked():
+            keys, args = self.script_args(kind, body, index=index, value_json=value_json,
+                                          meta=meta, new_era=new_era, epoch=epoch)
+            if kind in TERMINAL and self.terminal_replicas and not is_cluster(self.redis):
+                seq = self._write_durably(kind, keys, args)
+            else:
+                seq = int(self.script()(keys=keys, args=args))
+            if seq > 0:
+                self.high = max(self.high, seq)
+                if new_era and self.began:
+                    self.epoch = epoch  # this writer began it
         if seq == -5 or (seq == -2 and self.began and kind in CHECKED):
             raise LogReset(self.job_id)
         if seq > 0:
-            self.high = max(self.high, seq)
-            if new_era and self.began:
-                self.epoch = epoch  # this writer began it
             try:
                 self._announce(kind, seq, body or {})
             except RedisError as exc:  # the feed is a view: the log, written, is the truth
                 log.warning("job %s: the feed missed its %s (%s)", self.job_id, kind, exc)
         return seq
+
+    def _locked(self) -> threading.Lock:
+        """The lock of this writer's incarnation (a new one in a forked child: a hold by
+        another thread of the parent would never be released there)."""
+        if self._pid != os.getpid():
+            self._lock, self._pid = threading.Lock(), os.getpid()
+        return self._lock
 
     def _write_durably(self, kind: str, keys: list[str], args: list[Any]) -> int:
         """Append a terminal entry, then ``WAIT`` for the replicas to have it (a separate
@@ -482,9 +501,10 @@ class JobLog:
         more than the log has seen), read at once."""
         status, seq, values, attempt, epoch = self.redis.hmget(
             self.keys.meta, "status", "seq", "values", "attempt", "epoch")
-        self.began = True
-        self.epoch = epoch.decode() if epoch is not None else None
-        self.high = int(seq or 0)
+        with self._locked():
+            self.began = True
+            self.epoch = epoch.decode() if epoch is not None else None
+            self.high = int(seq or 0)
         return status is not None, int(values or 0), int(attempt or 0) + 1
 
     def started(self, worker: str, attempt: int) -> int:
@@ -520,20 +540,35 @@ class JobLog:
 
     def append_many(self, entries: list[tuple[str, dict[str, Any], float]]) -> list[int]:
         """Append ``(kind, body, ts)`` entries in order, in one round trip; their seqs (or
-        negative codes, as :meth:`_write` returns).
+        negative codes, as :meth:`_write` returns; it raises LogReset alike).
 
         Each entry is still its own script call, so each is checked against the job's state
-        (none lands after the terminal entry). A Redis Cluster has no pipeline of scripts
-        here: the entries go one by one (one job's keys share a slot, so order holds).
+        (none lands after the terminal entry) and, for a writer that began the log, against
+        its incarnation (:data:`CHECKED`); the seqs raise :attr:`high`. A Redis Cluster has no
+        pipeline of scripts here: the entries go one by one (one job's keys share a slot, so
+        order holds), up to the first that finds the log ended, gone or reset (the rest would
+        be refused alike).
         """
         script = self.script()
-        calls = [self.script_args(kind, body, ts=ts) for kind, body, ts in entries]
-        if is_cluster(self.redis):
-            return [int(script(keys=keys, args=args)) for keys, args in calls]
-        pipe = self.redis.pipeline(transaction=False)
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
-        return [int(seq) for seq in pipe.execute()]
+        with self._locked():
+            calls = [self.script_args(kind, body, ts=ts) for kind, body, ts in entries]
+            if is_cluster(self.redis):
+                seqs: list[int] = []
+                for keys, args in calls:
+                    seqs.append(int(script(keys=keys, args=args)))
+                    if seqs[-1] in (-1, -2, -5):
+                        seqs += [seqs[-1]] * (len(calls) - len(seqs))
+                        break
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for keys, args in calls:
+                    script(keys=keys, args=args, client=pipe)
+                seqs = [int(seq) for seq in pipe.execute()]
+            self.high = max([self.high, *seqs])
+        if -5 in seqs or (-2 in seqs and self.began and
+                          any(kind in CHECKED for kind, _body, _ts in entries)):
+            raise LogReset(self.job_id)
+        return seqs
 
     def retrying(self, reason: str) -> int:
         """Record that the attempt failed and the job goes back on the queue."""

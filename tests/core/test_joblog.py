@@ -10,11 +10,13 @@ import uuid
 import fakeredis
 import pytest
 
+from jobcast.core.epoch import LogReset
 from jobcast.core.feed import Feed, ProgressGate
 from jobcast.core.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
                             job_id_from_channel, log_key, meta_key)
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
+from tests.support.loss import lose
 
 
 def job_info(r, job_id: str) -> dict:
@@ -255,6 +257,51 @@ def test_output_after_the_terminal_entry_is_refused_and_the_log_still_ends_with_
     jlog.finished()
     assert jlog.append_many([line("late")]) == [-1]
     assert list(jlog.entries())[-1].kind == "finished"
+
+
+def began_log(redis) -> tuple[JobLog, int]:
+    """A job on the real Redis whose attempt began its log and logged value 0: the log, shared
+    by the attempt's writers, and value 0's seq."""
+    log = JobLog(redis, uuid.uuid4().hex, ttl=60)
+    log.create("sqrt", {}, None)
+    log.started("w1", 1)
+    log.begin()
+    return log, log.value(0, 1.0)
+
+
+def test_a_began_writer_s_lines_after_a_failover_mint_a_new_epoch_instead_of_reusing_seqs(redis):
+    log, keep = began_log(redis)
+    first = log.head().epoch
+    assert log.append_many([line(f"old {k}") for k in range(5)]) == list(range(keep + 1, keep + 6))
+    assert log.high == keep + 5       # a viewer may hold these: (keep + 5, first)
+    lose(log, keep=keep)              # the promoted replica has up to value 0
+    with pytest.raises(LogReset):
+        log.append_many([line(f"new {k}") for k in range(3)])
+    head = log.head()
+    assert head.epoch != first and head.seq == keep and head.eras[-1].first_seq == keep + 1
+    with pytest.raises(LogReset):     # the value writer: another epoch now
+        log.value(1, 2.0)
+    assert [(e.seq, e.ep) for e in log.entries()] == [(seq, first) for seq in range(1, keep + 1)]
+
+
+def test_lines_a_began_log_wrote_raise_the_high_its_values_are_checked_against(redis):
+    log, keep = began_log(redis)
+    log.append_many([line(f"line {k}") for k in range(5)])
+    lose(log, keep=keep)
+    with pytest.raises(LogReset):
+        log.value(1, 2.0)             # the log is behind the lines: not value 1 at keep + 1
+    assert log.head().seq == keep and log.head().epoch != list(log.entries())[-1].ep
+
+
+def test_a_writer_that_did_not_begin_still_gets_codes_for_its_lines(redis):
+    log, _keep = began_log(redis)
+    other = JobLog(redis, log.job_id, ttl=60)
+    log.finished()
+    assert other.append_many([line("late")]) == [-1]
+    redis.delete(log.keys.meta, log.keys.log)
+    assert other.append_many([line("gone")]) == [-2]
+    with pytest.raises(LogReset):
+        log.append_many([line("gone")])
 
 
 def test_output_reads_only_log_entries_up_to_a_seq_in_pages(jlog):

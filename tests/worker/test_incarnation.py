@@ -1,0 +1,183 @@
+"""One job attempt's writers share one incarnation of its log: the value writer and the output
+capture check the epoch the attempt began and the highest seq either wrote, so a failover that
+loses output lines is a new epoch (a reset for viewers), never a seq reused in the old one.
+
+Run in this process, on the session's real redis-server: the failover is played by
+:func:`tests.support.loss.lose` from inside the job, between two of its writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Iterator
+
+import pytest
+from redis import Redis
+from rq import Queue, get_current_job
+from rq.job import Job, JobStatus
+
+import tests.tasks  # noqa: F401  (registers chatty in this process)
+from jobcast import emit
+from jobcast.core.epoch import LogReset
+from jobcast.core.joblog import Entry, JobLog
+from jobcast.core.settings import Settings, get_settings
+from jobcast.producer.enqueue import enqueue
+from jobcast.worker import capture
+from jobcast.worker.emit import rq_log
+from jobcast.worker.hook import SimpleWorker
+from tests.support.loss import lose
+
+# -- jobs, run by the non-forking worker in this process ------------------------------------------
+
+
+def lines_after_a_failover() -> None:
+    """Log value 0 and five lines; fail over to a replica that has only value 0; print three
+    other lines, then value 1 (the review's scenario)."""
+    keep = emit(0)
+    for i in range(5):
+        print(f"old {i}")
+    capture.before_value()          # seqs keep+1..keep+5: a viewer may have them
+    lose(rq_log(get_current_job()), keep=keep)
+    for i in range(3):
+        print(f"new {i}")
+    capture.before_value()          # would take keep+1..keep+3 again, in the same epoch
+    emit(1)
+
+
+def value_after_lines_and_a_failover() -> None:
+    """Log value 0 and five lines; fail over to a replica that has only value 0; log value 1."""
+    keep = emit(0)
+    for i in range(5):
+        print(f"line {i}")
+    capture.before_value()
+    lose(rq_log(get_current_job()), keep=keep)
+    emit(1)
+
+
+Run = tuple[Job, list[Entry], str]
+
+
+@pytest.fixture(scope="module")
+def ran(redis_server) -> Iterator[dict[str, Run]]:
+    """Each job above run by one non-forking hooked worker in this process (one burst: RQ's
+    worker takes its time to stop): by name, the job, its log's entries and the epoch its log
+    was created in."""
+    redis = Redis.from_url(redis_server.url)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDIS_URL", redis_server.url)   # as a worker reads its settings
+        get_settings.cache_clear()
+        try:
+            queue = Queue(f"incarnation-{os.getpid()}-{uuid.uuid4().hex[:6]}", connection=redis)
+            started = {}
+            for func in (lines_after_a_failover, value_after_lines_and_a_failover):
+                job = queue.enqueue(func)
+                jlog = JobLog(redis, job.id)
+                jlog.ensure(job.description, job.origin)
+                started[func.__name__] = (job, jlog, jlog.head().epoch)
+            SimpleWorker([queue], connection=redis).work(burst=True)
+            yield {name: (Job.fetch(job.id, connection=redis), list(jlog.entries()), first)
+                   for name, (job, jlog, first) in started.items()}
+        finally:
+            get_settings.cache_clear()
+            redis.close()
+
+
+def value_seq(entries: list[Entry], index: int) -> int:
+    """The seq of value ``index`` in ``entries``."""
+    return next(e.seq for e in entries if e.kind == "value" and e.i == index)
+
+
+def test_output_lines_after_a_failover_begin_a_new_epoch_instead_of_reusing_seqs(redis, ran):
+    job, entries, first = ran["lines_after_a_failover"]
+    keep = value_seq(entries, 0)
+    old = [e for e in entries if e.ep == first]
+    # The old epoch ends where the replica did: nothing after it reuses keep+1.. in that epoch.
+    assert [e.seq for e in old] == list(range(1, keep + 1))
+    assert [e.kind for e in old][-1] == "value"
+    assert all(e.ep != first for e in entries if e.seq > keep)
+    assert not any(e.data.get("text", "").startswith("new") for e in old)
+    # The capture stopped quietly; the value writer found the new epoch and the attempt ended
+    # through RQ's normal path.
+    assert job.get_status() == JobStatus.FAILED and "LogReset" in job.latest_result().exc_string
+    assert entries[-1].kind == "failed" and "was reset" in entries[-1].data["reason"]
+    assert JobLog(redis, job.id).head().epoch != first
+    assert capture.current() is None
+
+
+def test_a_value_after_lost_output_lines_is_refused_by_the_high_the_capture_raised(ran):
+    job, entries, first = ran["value_after_lines_and_a_failover"]
+    keep = value_seq(entries, 0)
+    assert [e.seq for e in entries if e.ep == first] == list(range(1, keep + 1))
+    assert [e.i for e in entries if e.kind == "value"] == [0]     # value 1 raised LogReset
+    assert "LogReset" in job.latest_result().exc_string
+    assert entries[-1].kind == "failed" and entries[-1].seq == keep + 1
+
+
+def test_a_capture_whose_log_was_reset_stops_sending_and_warns_once(caplog):
+    calls: list[int] = []
+
+    def reset_sink(entries):
+        """A log that was reset under the attempt."""
+        calls.append(len(entries))
+        raise LogReset("j")
+
+    cap = capture.Capture("j", reset_sink, rate=1000, level=logging.INFO, echo=False, attempt=1,
+                          mode="sys")
+    cap.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="jobcast.worker.capture"):
+            print("first")
+            cap.before_value()
+            print("second")
+            cap.before_value()
+    finally:
+        cap.close()
+    assert calls == [1] and cap.ended and not cap.retry
+    warnings = [r.getMessage() for r in caplog.records if r.name == "jobcast.worker.capture"]
+    assert len(warnings) == 1 and "was reset" in warnings[0]
+
+
+# -- Jobcast's own tasks: run_task shares its log with the capture the hook started --------------
+
+
+@pytest.fixture
+def settings(redis_server, monkeypatch):
+    """Settings of a private queue, read by the runner from the environment."""
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    get_settings.cache_clear()
+    yield Settings(redis_url=redis_server.url, queue_name=f"unit-{uuid.uuid4().hex}")
+    get_settings.cache_clear()
+
+
+def test_the_runner_s_value_after_lost_output_lines_raises_log_reset(redis, settings, monkeypatch):
+    job_id = enqueue("chatty", {}, redis=redis, config=settings)
+    job = Job.fetch(job_id, connection=redis)
+    jlog = JobLog(redis, job_id)
+    first = jlog.head().epoch
+    logged = JobLog.value
+    kept: list[int] = []
+
+    def value_then_failover(self, index, v, total=None):
+        """Before value 1 (its lines already logged), fail over to where value 0 was last."""
+        if index == 1 and self.epoch == first:
+            lose(jlog, keep=kept[0])
+        seq = logged(self, index, v, total)
+        if index == 0:
+            kept.append(seq)
+        return seq
+
+    monkeypatch.setattr(JobLog, "value", value_then_failover)
+    # As the hook does for run_task: the capture starts before the runner begins its log.
+    capture.start(job_id, JobLog(redis, job_id), get_settings(), attempt=None, fds=False)
+    try:
+        with pytest.raises(LogReset):
+            job.perform()
+    finally:
+        capture.seal()
+    entries = list(jlog.entries())
+    keep = kept[0]
+    assert [e.seq for e in entries if e.ep == first] == list(range(1, keep + 1))
+    assert [e.kind for e in entries if e.seq > keep] == ["retrying"]
+    assert jlog.head().epoch != first
