@@ -40,31 +40,6 @@ class JobcastWorker(LifecycleMixin, Worker):
             ttl = min(ttl, int(job.timeout - working_time) + self.job_monitoring_interval)
         return max(ttl, self.job_monitoring_interval + 1)
 
-    def unsubscribe(self) -> None:
-        """Stop listening for RQ's commands, the pubsub thread told to end before it is woken.
-
-        RQ sends ``UNSUBSCRIBE``, then stops the thread. Since redis-py 8.2, that stop waits
-        for the thread to end. But the reply wakes the thread, and if it comes before the
-        stop, the thread goes back to a 60-second read. The warm shutdown then hung until
-        compose's grace period killed the worker (exit 137). Here the thread is told first,
-        so the reply ends it.
-        """
-        thread = self.pubsub_thread
-        if thread is None:
-            return
-        self.log.info("Worker %s: unsubscribing from channel %s", self.name,
-                      self.pubsub_channel_name)
-        try:
-            thread.stop(timeout=0)  # only clears its flag: the reply below wakes it
-        except TypeError:  # redis-py before 8.2: stop() takes no timeout, and never waits
-            thread.stop()
-        try:
-            self.pubsub.unsubscribe()
-        except (RedisError, OSError) as exc:  # Redis is away: the thread ends after its wait
-            self.log.warning("Worker %s: could not unsubscribe (%s)", self.name, exc)
-        thread.join(timeout=2)
-        self.pubsub.close()
-
     def handle_job_failure(self, job, queue, *args, **kwargs):
         """File a job that Jobcast cancelled as canceled: never retried, never "failed".
 

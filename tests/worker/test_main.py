@@ -1,18 +1,22 @@
-"""`jobcast worker`'s RQ worker class, against a real Redis."""
+"""Jobcast's RQ worker classes (`jobcast worker`'s, and the hook's for `rq worker -w`), against a
+real Redis."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
 from redis import Redis
 
+from jobcast.worker.hook import SimpleWorker, Worker
 from jobcast.worker.main import JobcastWorker
 from tests.conftest import wait_for
 
 
+@pytest.mark.parametrize("worker_class", [JobcastWorker, Worker, SimpleWorker])
 def test_a_warm_shutdown_ends_the_pubsub_thread_even_when_the_unsubscribe_reply_wakes_it_first(
-        redis: Redis):
-    worker = JobcastWorker(["jobcast-test-unsubscribe"], connection=redis)
+        redis: Redis, worker_class):
+    worker = worker_class(["jobcast-test-unsubscribe"], connection=redis)
     worker.subscribe()
     pubsub, thread = worker.pubsub, worker.pubsub_thread
     wait_for(lambda: pubsub.subscribed and thread.is_alive(), what="the pubsub thread")
