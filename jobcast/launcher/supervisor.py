@@ -190,8 +190,10 @@ class Printer:
             prefix = f"{stamp} {name:<{self.width}} | "
             try:
                 self.console.print(Text.assemble((prefix, self.colors[name]), text))
-            except (BrokenPipeError, ValueError):
-                pass  # our stdout was closed: keep supervising regardless
+            except (OSError, ValueError):
+                # Our stdout was closed, or its terminal hung up (EIO): keep supervising, and
+                # stop everything cleanly when told to.
+                pass
 
     def child_line(self, name: str, raw: str) -> None:
         """Print a line a child wrote, minus its own timestamp; skip housekeeping noise."""

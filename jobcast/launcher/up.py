@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 
 from jobcast.core.logstore import LogStore
+from jobcast.core.process import pid_alive, process_start
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import connect, masked_url, redis_client, separate, stream_url
 from jobcast.producer.enqueue import enqueue
@@ -55,6 +56,23 @@ def state_path() -> Path:
     return data_dir().parent / "up.json"
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+"""The signals that stop `jobcast up` and everything it started."""
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if missing, and make it its owner's only (0700): the
+    embedded Redis writes every job, and the key that signs view links, into its files with
+    the default umask."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+MIN_PASSWORD = 16
+"""Fewer characters in the password file: it was not written whole, and a new one is made."""
+
+
 def password_path() -> Path:
     """Where the embedded Redis's password is kept (mode 0600), for `jobcast status`."""
     return data_dir() / "password"
@@ -65,11 +83,18 @@ def embedded_password() -> str:
     data, so the data's Redis keeps its password from one run to the next."""
     path = password_path()
     try:
-        return path.read_text().strip()
+        password = path.read_text().strip()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_private(path, secrets.token_urlsafe(32) + "\n")
-        return path.read_text().strip()
+        password = ""
+    if len(password) < MIN_PASSWORD:
+        # Missing, or left empty by a first run that died while writing it: an empty one
+        # would run Redis with no password at all. (The password lives in redis.conf, written
+        # at each start, not in the data: a new one takes effect at once.)
+        private_dir(path.parent)
+        password = secrets.token_urlsafe(32)
+        tmp = write_private(path.with_name(path.name + ".tmp"), password + "\n")
+        os.replace(tmp, path)  # whole or not at all
+    return password
 
 
 def web_ready(base_url: str) -> Callable[[Service], bool]:
@@ -116,7 +141,8 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
     printer = Printer(quiet=HOUSEKEEPING, verbose=verbose)
     jobcast = [sys.executable, "-m", "jobcast"]
     state_file = state_path()
-    state: dict[str, Any] = {"pid": os.getpid(), "started": time.time(), "workers": workers,
+    state: dict[str, Any] = {"pid": os.getpid(), "pid_start": process_start(os.getpid()),
+                             "started": time.time(), "workers": workers,
                              "web_workers": web_workers}
 
     state_written = claimed = False
@@ -138,11 +164,13 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
     sup = Supervisor(printer, policy, on_change=save)
 
     def interrupt(signum, frame):
-        """Turn SIGINT/SIGTERM into KeyboardInterrupt, even where SIGINT was ignored."""
+        """Turn a signal to stop into KeyboardInterrupt, even where SIGINT was ignored."""
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    # SIGHUP too: a closed terminal or a lost ssh session would otherwise end this process at
+    # once, and leave Redis, the web and the workers running (each in a session of its own).
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, interrupt)
 
     def service_env(kind: str, base: dict[str, str]) -> dict[str, str]:
         """``base`` plus the --env variables given for ``kind``."""
@@ -150,7 +178,7 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
 
     redis_services: list[Service] = []
     try:
-        state_file.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(state_file.parent)
         running = read_state(state_file)
         if running:
             # A second one would start a second Redis on the same data directory.
@@ -165,7 +193,8 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         server = None
         if not redis_url:
             # Its own password: any local process could otherwise read and write every job.
-            server = RedisServer(port=free_port(6379), data_dir=data_dir(), appendonly=True,
+            server = RedisServer(port=free_port(6379), data_dir=private_dir(data_dir()),
+                                 appendonly=True,
                                  loglevel="notice" if verbose else "warning",
                                  password=embedded_password())
             redis_url = server.url
@@ -252,23 +281,17 @@ def start_demo(sup: Supervisor, redis_url: str, public: str, timeout: float = 5.
 # -- jobcast status --------------------------------------------------------------------------
 
 
-def pid_alive(pid: int) -> bool:
-    """True if a process ``pid`` exists here."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_state(path: Path | None = None) -> dict[str, Any] | None:
-    """The state of the `jobcast up` running here, or None when none runs."""
+    """The state of the `jobcast up` running here, or None when none runs (its pid gone, or
+    now another process's: after a reboot, or in a container where it was pid 1)."""
     path = path or state_path()
     try:
         state = json.loads(path.read_text())
-        if not pid_alive(int(state["pid"])):
+        pid = int(state["pid"])
+        if not pid_alive(pid):
+            return None
+        started = state.get("pid_start")
+        if started is not None and process_start(pid) not in (None, started):
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -236,6 +236,10 @@ def test_the_embedded_redis_needs_a_password_that_is_never_printed_or_written_do
     state = up.tmp / "jobcast" / "up.json"
     assert state.stat().st_mode & 0o777 == 0o600
     assert (up.tmp / "jobcast" / "redis" / "password").stat().st_mode & 0o777 == 0o600
+    # Redis writes its files (every job, the key that signs view links) with the default
+    # umask: its directories keep them from other users (a review's finding).
+    for folder in (up.tmp / "jobcast", up.tmp / "jobcast" / "redis"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
     port = int(json.loads(state.read_text())["redis_url"].rsplit(":", 1)[1].split("/")[0])
     with pytest.raises((AuthenticationError, ResponseError)):
         Redis(port=port).ping()
@@ -368,6 +372,54 @@ def test_a_service_that_fails_at_once_every_time_stops_jobcast_up_naming_it(tmp_
 
 
 @pytest.mark.slow  # runs `jobcast up`
+def test_a_hangup_stops_every_process_jobcast_up_started(tmp_path):
+    """A review's finding: SIGHUP (a closed terminal, a lost ssh session) ended `jobcast up`
+    at once and left Redis, the web and the workers running, each in a session of its own."""
+    stack = Up(tmp_path, "--workers", "1", "--no-demo")
+    try:
+        stack.wait_output(r"jobcast +\| Press Ctrl-C")
+        children = psutil.Process(stack.proc.pid).children(recursive=True)
+        assert len(children) >= 3  # redis-server, gunicorn (+ its worker), an RQ worker
+        stack.proc.send_signal(signal.SIGHUP)
+        stack.proc.wait(60)
+        gone = psutil.wait_procs(children, timeout=15)[1]
+        assert gone == [], f"left running: {gone}"
+        assert not (tmp_path / "jobcast" / "up.json").exists()
+    finally:
+        stack.stop()
+
+
+def test_an_empty_password_file_is_replaced_never_taken_for_no_password(tmp_path, monkeypatch):
+    """A review's finding: a first run that died writing the password left the file empty, and
+    every later run started the embedded Redis with no password at all."""
+    from jobcast.launcher.up import embedded_password, password_path
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    password_path().parent.mkdir(parents=True)
+    password_path().write_text("\n")
+    password = embedded_password()
+    assert len(password) >= 32 and password_path().read_text() == password + "\n"
+    assert password_path().stat().st_mode & 0o777 == 0o600
+    assert password_path().parent.stat().st_mode & 0o777 == 0o700
+    assert embedded_password() == password  # kept from one run to the next
+
+
+def test_a_state_file_naming_a_pid_that_is_now_another_process_is_not_a_running_jobcast_up(
+        tmp_path):
+    """A review's finding: after a reboot (or in a container, where it was pid 1) the pid of a
+    `jobcast up` that died without cleaning up is another process's, and every later `jobcast
+    up` refused to start."""
+    from jobcast.core.process import process_start
+    from jobcast.launcher.up import read_state
+
+    state = tmp_path / "up.json"
+    mine = process_start(os.getpid())
+    state.write_text(json.dumps({"pid": os.getpid(), "pid_start": mine + 1, "started": 0}))
+    assert read_state(state) is None
+    state.write_text(json.dumps({"pid": os.getpid(), "pid_start": mine, "started": 0}))
+    assert read_state(state)["pid"] == os.getpid()
+
+
 def test_on_a_terminal_each_service_has_its_own_colour_and_ctrl_c_exits_0(tmp_path):
     import pty
     import select
