@@ -376,9 +376,10 @@ class EventStream:
                 if r.status_code == 204:
                     self.backoff.reset()
                     return "ended"
-                if r.status_code in (400, 404):
+                if r.status_code in (400, 401, 403, 404):
+                    # Not something a retry mends: a bad id, or a token needed or refused.
                     r.read()
-                    raise BadInput(_message(r) or f"no job with id {self.job_id}")
+                    raise BadInput(_message(r) or refusal(r.status_code, self.job_id))
                 if r.status_code != 200:
                     return "dropped"
                 self.backoff.reset()
@@ -443,8 +444,8 @@ class Follower:
             except RETRYABLE:
                 self.backoff.wait("status", self.base_url)
                 continue
-            if r.status_code in (400, 404):
-                raise BadInput(_message(r) or f"no job with id {self.job_id}")
+            if r.status_code in (400, 401, 403, 404):
+                raise BadInput(_message(r) or refusal(r.status_code, self.job_id))
             if r.status_code >= 500 or r.status_code in (408, 429):
                 self.backoff.wait("status", self.base_url)
                 continue
@@ -566,6 +567,15 @@ def bad_input(job_ids: Iterable[str], base_url: str, tail: int | None) -> str | 
     if tail is not None and tail < 0:
         return "--tail must be 0 or more"
     return None
+
+
+def refusal(status: int, job_id: str) -> str:
+    """What to say of a refusal whose body says nothing readable."""
+    if status == 401:
+        return "the server needs a token: set JOBCAST_TOKEN"
+    if status == 403:
+        return "the server refused the token (JOBCAST_TOKEN)"
+    return f"no job with id {job_id}"
 
 
 def run_reporting(run: Callable[[], int], err: IO[str], interrupted: Callable[[], str]) -> int:

@@ -375,3 +375,23 @@ def test_follow_resumes_with_the_epoch_and_says_when_a_failover_replaced_what_it
     assert "log was reset after a Redis failover (lost): values from #2 on were replaced" in \
         err.getvalue()
     assert (follower.last_seq, follower.stream.epoch) == (8, "E2")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_follow_told_it_needs_a_token_or_another_says_so_and_exits_2_not_3(status):
+    """A review's finding: `jobcast follow` took a 401 for an unreachable server (exit 3, which
+    a script would retry for ever), where following several jobs said so and exited 2."""
+    import httpx
+
+    from jobcast.cli.client import EXIT_BAD_INPUT, Follower, run_reporting
+
+    def answer(request):
+        """A private server, and no good token."""
+        return httpx.Response(status, json={"error": "unauthorized", "message": "a token is needed"})
+
+    out, err = io.StringIO(), io.StringIO()
+    follower = Follower("a" * 32, "http://jobcast.test", Display("plain", False, out, err),
+                        client=httpx.Client(transport=httpx.MockTransport(answer)), reconnect_for=1)
+    assert run_reporting(follower.run, err, lambda: "interrupted") == EXIT_BAD_INPUT
+    assert err.getvalue() == "jobcast: a token is needed\n"
+
