@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from jobcast.core.process import pid_alive
 from jobcast.core.settings import Settings, get_settings
 
 CONF = Path(__file__).with_name("gunicorn.conf.py")
@@ -22,15 +24,34 @@ def gunicorn_argv(bind: str, workers: int | None = None, extra: list[str] | None
 
 
 def metrics_env(settings: Settings) -> dict[str, str]:
-    """gunicorn's environment: PROMETHEUS_MULTIPROC_DIR at a fresh temporary directory unless set.
+    """gunicorn's environment: PROMETHEUS_MULTIPROC_DIR at a fresh directory unless set.
 
     Every gunicorn worker then records its metrics there and ``GET /metrics`` merges them.
     It must be set before any worker imports prometheus_client, hence here, before gunicorn.
     """
     environ = dict(os.environ)
     if not settings.prometheus_multiproc_dir:
-        environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jobcast-metrics-")
+        environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir()
     return environ
+
+
+METRICS_PREFIX = "jobcast-metrics-"
+
+
+def metrics_dir() -> str:
+    """A new directory for this server's metrics, named for this process (gunicorn's master
+    once this process becomes it). gunicorn replaces this process, so nothing removes the
+    directory when the server ends: the directories of servers that have ended are removed
+    here, at the next start."""
+    tmp = Path(tempfile.gettempdir())
+    for old in tmp.glob(f"{METRICS_PREFIX}*-*"):
+        pid = old.name[len(METRICS_PREFIX):].partition("-")[0]
+        try:
+            if pid.isdigit() and old.stat().st_uid == os.getuid() and not pid_alive(int(pid)):
+                shutil.rmtree(old)
+        except OSError:
+            pass  # another user's, or being removed by another start: not ours to mind
+    return tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
 
 
 def raise_fd_limit() -> int:
