@@ -55,9 +55,10 @@ system-deps:
 
 # The layers in pyproject.toml ([tool.importlinter]) must hold. lint-imports reads the package
 # as it ships: package-dir maps the top-level folders producer/, worker/ and web/ into jobcast,
-# so it is installed (without dependencies) into build/lint first.
+# so it is installed (without dependencies) into build/lint first, from a clean build/
+# (setuptools builds through build/lib, where a module gone from the tree would linger).
 lint: $(VENV)/.installed-test
-	rm -rf build/lint
+	rm -rf build
 	$(BIN)/pip install --quiet --no-deps --target build/lint .
 	cd build/lint && ../../$(BIN)/lint-imports ../../pyproject.toml
 
