@@ -92,7 +92,10 @@ def test_metrics_count_viewers_values_and_disconnects_across_workers(web, redis)
     assert (value(after, "jobcast_catchups_total", reason="history")
             - value(before, "jobcast_catchups_total", reason="history")) >= n
     assert value(after, "jobcast_hub_lag_seconds_count") > value(before, "jobcast_hub_lag_seconds_count")
-    assert value(after, "jobcast_hub_announcements_total") >= 0
+    # Each of the job's 4 entries was announced to every process that had a viewer (a
+    # review's finding: the counter was never incremented).
+    assert (value(after, "jobcast_hub_announcements_total")
+            - value(before, "jobcast_hub_announcements_total")) >= 4
 
 
 def test_heartbeats_and_vanished_clients_are_counted(web, redis):
