@@ -516,16 +516,7 @@ def test_a_newcomer_whose_socket_takes_part_of_its_head_and_history_gets_the_res
 
 
 def test_a_newcomer_to_a_job_that_ended_in_memory_gets_its_end_and_is_freed(redis, relay):
-    log = running_job(redis)
-    relay.recent.subscription(True)
-    # A viewer that stops reading keeps the job watched (its catch-up waits) after the end.
-    stuck, _ = held(relay, log, rcvbuf=4096, read=False)
-    green_wait(lambda: not stuck.slow, what="first viewer's history")
-    for i in range(20):
-        relay.deliver(log.job_id, write(log, i, i + 1, size=1000))
-    log.finished()
-    relay.deliver(log.job_id, log.page(22, 10)[0])
-    assert stuck.slow and not stuck.closed
+    log = ended_in_memory(redis, relay)
     relay.broker.redis = Redis(port=1)
     taken, viewer, client = taken_now(relay, log, b"HEAD\n\n", cursor=20)
     assert taken and viewer.closed and client.released
