@@ -34,8 +34,9 @@ def log_connection(cfg: Settings) -> StreamRedis:
     """A client of the stream store that rides out a Redis restart (or a Cluster failover)
     by retrying with backoff (~60 s).
 
-    Appends are safe to retry: a value the script already logged is refused by its index,
-    and a second terminal entry is ignored.
+    Appends are safe to retry: the script appends a write sent again once (its writer numbers
+    its writes), a value it already logged is refused by its index, and a second terminal
+    entry is ignored.
     """
     # REDIS_URL holds RQ's queue, so it is never a Cluster: only a separate store is asked.
     return connect(stream_url(cfg), cluster=None if separate(cfg) else False, retry_for=60.0,

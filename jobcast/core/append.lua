@@ -7,16 +7,28 @@
 --       log maxlen, ttl after the end, now, jobs-index max, the writer's epoch ('' for no
 --       check), the highest seq the writer wrote (0 for no check), a new epoch (the log's
 --       first, or one minted here), '1' to begin a new epoch with this entry (a new attempt's
---       start: nothing proves the log is what the last attempt left), then field/value pairs
---       for the hash.
+--       start: nothing proves the log is what the last attempt left), the writer's id and the
+--       number of this write among its writes (1, 2, ...), then field/value pairs for the hash.
 -- Returns the new entry's seq, or a negative code: -1 already ended, -2 unknown job,
 -- -3 value index not the next one (a retried job repeating a value), -4 job id exists,
 -- -5 the log is not the incarnation the writer began: another epoch, or behind what the writer
--- wrote (entries lost in a failover: a new epoch begins here). The epoch checks come first, so
--- a truncated log never answers -3 and lets a value be skipped silently.
+-- wrote (entries lost in a failover: a new epoch begins here), -6 a write sent again that was
+-- appended before its writer's last (see below). The epoch checks come before -3, so a
+-- truncated log never answers -3 and lets a value be skipped silently.
 -- Each entry carries the epoch it was written in: {"seq":N,"ep":"<epoch>",...}.
+-- A write is appended once however often it is sent: a client that lost the reply (a timeout,
+-- a dropped connection, a failover) sends it again. The hash keeps each writer's last write
+-- (its number and seq): the same write again returns that seq, and an earlier one of a resent
+-- pipeline returns -6 (it was appended: a writer numbers its writes in the order it sends them).
 local meta, log, index = KEYS[1], KEYS[2], KEYS[3]
 local kind = ARGV[2]
+local writer, nth = 'w:' .. ARGV[13], tonumber(ARGV[14])
+local last_write = redis.call('HGET', meta, writer)
+if last_write then
+  local done, done_seq = string.match(last_write, '^(%d+):(%d+)$')
+  if nth == tonumber(done) then return tonumber(done_seq) end
+  if nth < tonumber(done) then return -6 end
+end
 local status = redis.call('HGET', meta, 'status')
 local epoch
 if kind == 'queued' then
@@ -52,8 +64,9 @@ if index then
 else
   redis.call('SPUBLISH', ARGV[1], entry)
 end
-if #ARGV > 12 then
-  redis.call('HSET', meta, unpack(ARGV, 13))
+redis.call('HSET', meta, writer, nth .. ':' .. seq)
+if #ARGV > 14 then
+  redis.call('HSET', meta, unpack(ARGV, 15))
 end
 if kind == 'queued' and index then
   local id = string.match(meta, ':job:(.*)$')

@@ -306,6 +306,10 @@ class JobLog:
         # that thread wrote lost, and reuse them in the same epoch.
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        # Who writes, and how many writes it has sent: the script appends a write once
+        # however often a lost reply makes the client send it (append.lua).
+        self._writer = new_epoch()
+        self._writes = 0
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -344,6 +348,8 @@ class JobLog:
         another thread of the parent would never be released there)."""
         if self._pid != os.getpid():
             self._lock, self._pid = threading.Lock(), os.getpid()
+            # A writer of its own: numbers the parent goes on using must not pass for its own.
+            self._writer, self._writes = new_epoch(), 0
         return self._lock
 
     def _write_durably(self, kind: str, keys: list[str], args: list[Any]) -> int:
@@ -430,11 +436,12 @@ class JobLog:
             # On a Cluster, create() indexes the job (these keys are in other slots).
             keys += [JOBS_INDEX, OPEN_JOBS]
         checked = self.began and kind in CHECKED
+        self._writes += 1  # (under the writer's lock: numbered in the order they are sent)
         return (keys,
                 [self.keys.channel, kind, index, ",".join(parts) + "}", self.maxlen,
                  self.ttl, f"{now:.6f}", self.index_max, (self.epoch or "") if checked else "",
                  self.high if checked else 0, epoch or new_epoch(), "1" if new_era else "",
-                 *fields])
+                 self._writer, self._writes, *fields])
 
     def create(self, task: str, params: dict[str, Any], total: int | None,
                extra: dict[str, str] | None = None) -> int:

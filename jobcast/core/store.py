@@ -186,7 +186,7 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
 
     ``cluster`` says which, when known (None: ask the server). ``retry_for`` > 0 makes the
     client ride out a restart or failover of that long, retrying with backoff: appends are
-    safe to retry (the script refuses a value it already has). ``options`` go to the
+    safe to retry (the script appends a write sent again once, append.lua). ``options`` go to the
     single-Redis client (a Cluster client gets its own timeouts).
     """
     if cluster is None:

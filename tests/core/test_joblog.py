@@ -222,6 +222,57 @@ def test_the_start_of_a_tail_costs_the_tail_not_the_whole_log(r, monkeypatch):
     assert log.tail_start(10, 3001) == (2991, 2990) and sum(read) <= 50
 
 
+# -- a write sent again ---------------------------------------------------------------------------
+
+def test_a_write_sent_again_is_appended_once_and_answers_its_seq(jlog):
+    """A review's finding: a client that lost a reply sends the write again, and the append
+    script ran it twice (two ``started`` entries; a second ``queued`` said the job existed)."""
+    keys, args = jlog.script_args("started", {"worker": "w", "attempt": 1})
+    first = int(jlog.script()(keys=keys, args=args))
+    assert int(jlog.script()(keys=keys, args=args)) == first
+    assert [kind for _, kind in kinds(jlog)] == ["queued", "started"]
+
+
+def test_a_pipeline_sent_again_after_part_of_it_ran_appends_each_entry_once(jlog, r):
+    calls = [jlog.script_args(kind, body, ts=ts) for kind, body, ts in
+             (line("a"), line("b"), line("c"))]
+    for keys, args in calls[:2]:  # what ran before the connection dropped
+        jlog.script()(keys=keys, args=args)
+    pipe = r.pipeline(transaction=False)
+    for keys, args in calls:  # the whole pipeline, sent again
+        jlog.script()(keys=keys, args=args, client=pipe)
+    assert [int(seq) for seq in pipe.execute()] == [-6, 3, 4]
+    assert [e.data["text"] for e in jlog.entries() if e.kind == "log"] == ["a", "b", "c"]
+
+
+def test_a_write_whose_reply_was_lost_is_retried_and_logged_once(redis_server, monkeypatch):
+    """The same through the writers' own client (it retries on timeouts), on a real Redis:
+    the reply is read, then lost."""
+    from redis.connection import Connection
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    from jobcast.core.store import redis_client
+
+    log = JobLog(redis_client(redis_server.url, retry_for=5), uuid.uuid4().hex, ttl=60)
+    log.create("sqrt", {}, None)
+    real = Connection.read_response
+    armed: list[bool] = []
+
+    def read_response(self, *args, **kwargs):
+        """The reply, lost once when armed (as a socket timeout would lose it)."""
+        reply = real(self, *args, **kwargs)
+        if armed:
+            armed.clear()
+            raise RedisTimeout("the reply was lost")
+        return reply
+
+    monkeypatch.setattr(Connection, "read_response", read_response)
+    armed.append(True)
+    seq = log.started("w", 1)
+    assert not armed and seq == 2
+    assert [kind for _, kind in kinds(log)] == ["queued", "started"]
+
+
 # -- output lines (kind "log") -------------------------------------------------------------------
 
 def line(text: str, attempt: int = 1, **extra) -> tuple[str, dict, float]:
