@@ -136,8 +136,9 @@
     if (lost > 0) { showNotice(numberFormat.format(lost) + " earlier values are no longer kept"); }
   }
 
-  // The job's log was reset (a Redis failover lost entries it had): forget the values from
-  // `r.values` on, tell the person, and go on from there (jobcast.js resumes after `r.after`).
+  // The job's log was reset (a Redis failover lost entries it had): forget every entry after
+  // `r.after` (the values from `r.values` on, the lines printed, the history), tell the
+  // person, and go on from there (jobcast.js resumes after `r.after`).
   function reset(r) {
     state.resets += 1;
     var keep = 0;
@@ -150,7 +151,10 @@
     if (state.texts.length === 0) { state.oldestSeq = null; }
     chart.truncate(r.values);
     state.lastSeq = Math.min(state.lastSeq, r.after);
+    forgetRows(el.log, "i");        // a new value may come with an index a row still shows
     log.shifted(0);
+    truncateOutput(r.after);
+    truncateEvents(r.after);
     showNotice("The job's log was reset after a Redis failover: " + (replaced > 0
       ? "values from #" + numberFormat.format(r.values) + " on were replaced"
       : "it goes on from value #" + numberFormat.format(r.values)));
@@ -317,6 +321,27 @@
     }
   }
 
+  // Forget the output lines after seq `after` (and a separator left with no line after it).
+  function truncateOutput(after) {
+    var keep = output.lines.length, removed = 0;
+    while (keep > 0 && (output.lines[keep - 1].sep || output.lines[keep - 1].seq > after)) {
+      keep -= 1;
+      if (!output.lines[keep].sep) { removed += 1; }
+    }
+    if (keep === output.lines.length) { return; }
+    output.lines.splice(keep);
+    output.count -= removed;
+    output.attempt = keep > 0 ? output.lines[keep - 1].attempt : null;
+    forgetRows(el.output, "k");     // the lines that come next take the voided ones' places
+    outputList.shifted(0);
+  }
+
+  // The rows of a virtualised list skip a refill when their key says they show the right
+  // model row: after a reset, rows at the same keys may show voided entries.
+  function forgetRows(list, key) {
+    Array.prototype.forEach.call(list.children, function (row) { delete row.dataset[key]; });
+  }
+
   function outputNote(text) {
     el.outputNote.hidden = false;
     el.outputNote.firstChild.textContent = text + " ";
@@ -409,12 +434,20 @@
     if (!text) { return; }
     var li = document.createElement("li");
     li.dataset.kind = e.kind;
+    li.dataset.seq = String(e.seq);
     var time = li.appendChild(document.createElement("time"));
     time.dateTime = new Date(e.ts * 1000).toISOString();
     time.textContent = clock(e.ts);
     li.appendChild(document.createTextNode(" " + text));
     el.events.appendChild(li);
     if (el.events.children.length > 50) { el.events.removeChild(el.events.firstChild); }
+  }
+
+  // Forget the history after seq `after` (a reset).
+  function truncateEvents(after) {
+    while (el.events.lastChild && parseInt(el.events.lastChild.dataset.seq, 10) > after) {
+      el.events.removeChild(el.events.lastChild);
+    }
   }
 
   // ---- drawing, at most once a frame -----------------------------------------------------

@@ -31,6 +31,11 @@
   var JOB_META = ["tail", "trimmed", "missing", "ended", "reset"];
   var LIST_EVENTS = ["snapshot", "job"];
   var MAX_JOBS = 100;               // the server's cap per stream; more jobs wait their turn
+  // The server's longest /events query (MAX_QUERY, web/events.py). A view link's sig= per job
+  // makes a job cost about 170 bytes, so fewer than MAX_JOBS may fit: the rest wait their turn.
+  var MAX_QUERY = 8000;
+  var CURSOR_COST = "%3A9007199254740992~".length + 16;    // ":<seq>~<epoch>" encoded, at its longest
+  var LIST_COST = "list=500:9007199254740992~&".length + 16;
   var RING = 2000;                  // entries kept per job, to serve a tab that joins later
   var CAP = 30000;                  // longest wait between two connection attempts (ms)
   var DEBOUNCE = 150;               // job-set changes within this many ms make one reconnect
@@ -112,8 +117,10 @@
   //
   // Clients are tabs (a MessagePort in the worker, a tab id on the BroadcastChannel, or the
   // page itself). send(clients, message) delivers to them. Messages to the manager:
-  //   {t:"watch", job, after, tail, sig, status}   {t:"unwatch", job}
-  //   {t:"list", limit, after}   {t:"unlist"}   {t:"bye"}
+  //   {t:"watch", job, after, epoch, tail, sig, status}   {t:"unwatch", job}
+  //   {t:"list", limit, after, epoch}   {t:"unlist"}   {t:"bye"}
+  // (`epoch`: the incarnation of the log, or of the feed, that `after` was taken in: a resume
+  // names it, so the server can tell a position that a failover voided.)
   // and from it: {t:"ev", job, ev, d} (an entry or a job's tail/trimmed/missing/ended/reset/
   // refused), {t:"lev", ev, d} (the list's snapshot/job/refused), {t:"state", state, jobs,
   // list}, {t:"status", job, d} (GET /api/jobs/<id>), {t:"stats", d}.
@@ -155,13 +162,15 @@
     return c;
   };
 
-  // A client watches a job from `after` (its position), or its last `tail` values.
+  // A client watches a job from `after` (its position, of `epoch`), or its last `tail` values.
   Manager.prototype.watch = function (client, m) {
-    var J = this.jobs.get(m.job), after = m.after || 0;
+    var J = this.jobs.get(m.job), after = m.after || 0, epoch = after ? m.epoch || null : null;
     var wantsTail = m.tail !== null && m.tail !== undefined && !after;
     this.client(client).jobs.add(m.job);
     if (!J) {
-      J = { id: m.job, cursor: after, tail: wantsTail ? m.tail : null, sig: m.sig || null,
+      // A new manager (a relink, a new leader) resumes each job where its clients are, in the
+      // epoch they are in: without it the server would trust a position a failover voided.
+      J = { id: m.job, cursor: after, epoch: epoch, tail: wantsTail ? m.tail : null, sig: m.sig || null,
             clients: new Map(), ring: [], values: 0, started: false, ended: false,
             missing: false, refused: false, refusedEv: null, fresh: false, lowered: false, respec: false,
             tailEv: null, trimmedEv: null, stuck: 0, seen: -1 };
@@ -177,15 +186,16 @@
       if (J.refused) {
         this.send([client], { t: "ev", job: J.id, ev: "refused", d: J.refusedEv });
       } else {
-        this.catchUp(J, client, after, wantsTail ? m.tail : null);
+        this.catchUp(J, client, after, epoch, wantsTail ? m.tail : null);
       }
     }
     if (m.status) { this.status(J, [client]); this.statusLoop(); }
   };
 
   // A client joins a job others already follow: give it what it lacks from the ring, or read
-  // the job again from where it needs (the others drop what they already have, by seq).
-  Manager.prototype.catchUp = function (J, client, after, tail) {
+  // the job again from where it needs (the others drop what they already have, by seq). A
+  // position moved back to the client's takes its epoch along.
+  Manager.prototype.catchUp = function (J, client, after, epoch, tail) {
     var self = this;
     function send(ev, d) { self.send([client], { t: "ev", job: J.id, ev: ev, d: d }); }
     if (!J.started) {
@@ -195,9 +205,11 @@
         if (J.tail !== null && tail > J.tail) { J.tail = tail; J.respec = true; this.changed(); }
       } else if (J.tail !== null || after < J.cursor) {
         J.tail = null;
-        J.cursor = Math.min(J.cursor, after);
+        if (after < J.cursor) { J.cursor = after; J.epoch = epoch; }
         J.respec = true;
         this.changed();
+      } else if (after === J.cursor && !J.epoch) {
+        J.epoch = epoch;
       }
       return;
     }
@@ -220,13 +232,18 @@
     }
     var first = ring.length ? ring[0].seq : J.cursor + 1;
     var fromTrim = after === 0 && J.trimmedEv && first === J.trimmedEv.first_seq;
-    if (first <= after + 1 || fromTrim) {
+    // A position in another incarnation of the log than the ring's is the server's to judge
+    // (a reset, if what the client holds was lost): never served from the ring.
+    var sameEpoch = !epoch || !J.epoch || epoch === J.epoch;
+    if (sameEpoch && (first <= after + 1 || fromTrim)) {
       if (fromTrim) { send("trimmed", J.trimmedEv); }
       for (var j = 0; j < ring.length; j++) { if (ring[j].seq > after) { send(ring[j].kind, ring[j]); } }
       return;
     }
-    // The ring does not reach back that far: read the job again from `after`.
+    // The ring does not reach back that far (or is of another epoch): read the job again
+    // from `after`, in the client's epoch.
     J.cursor = after;
+    J.epoch = epoch;
     J.ring = [];
     J.ended = false;
     J.lowered = true;
@@ -244,9 +261,10 @@
   // A client wants the job list (a snapshot of the newest `limit` jobs, then every change).
   Manager.prototype.watchList = function (client, m) {
     var L = this.list, after = m.after === undefined ? null : m.after;
+    var epoch = after === null ? null : m.epoch || null;
     this.client(client).list = true;
     if (!L) {
-      this.list = { limit: m.limit, cursor: after, model: null, clients: new Set([client]),
+      this.list = { limit: m.limit, cursor: after, epoch: epoch, model: null, clients: new Set([client]),
                     fresh: false, respec: false };
       this.sendState([client]);
       this.changed();
@@ -262,10 +280,11 @@
       this.changed();
     } else if (L.model) {
       if (after === null || after < L.cursor) {
-        this.send([client], { t: "lev", ev: "snapshot", d: { seq: L.cursor, jobs: sorted(L.model, m.limit) } });
+        this.send([client], { t: "lev", ev: "snapshot", d: { seq: L.cursor, epoch: L.epoch || null, jobs: sorted(L.model, m.limit) } });
       }
     } else if (L.cursor !== null && (after === null || after < L.cursor)) {
       L.cursor = after;             // resumed without a snapshot: ask again from where it needs
+      L.epoch = epoch;
       L.respec = true;
       this.changed();
     }
@@ -289,11 +308,22 @@
     this.broadcastStats();
   };
 
-  // What the connection should carry: jobs some client watches, not ended, at most MAX_JOBS.
+  // What the connection should carry: jobs some client watches, not ended, at most MAX_JOBS,
+  // and only as many as the server's query allows (each at its longest cursor, so a set that
+  // fits goes on fitting as the cursors grow). The others wait for one to end.
   Manager.prototype.desired = function () {
-    var out = [];
+    var out = [], sigs = new Set();
+    var room = MAX_QUERY - (this.list && this.list.clients.size ? LIST_COST : 0);
     this.jobs.forEach(function (J) {
-      if (out.length < MAX_JOBS && J.clients.size && !J.ended && !J.refused) { out.push(J); }
+      if (out.length >= MAX_JOBS || !J.clients.size || J.ended || J.refused) { return; }
+      var cost = "job=&".length + encodeURIComponent(J.id).length + CURSOR_COST;
+      var sig = J.sig && !sigs.has(J.sig) ? J.sig : null;
+      if (sig) { cost += "sig=&".length + encodeURIComponent(sig).length; }
+      // (One that could never fit goes alone: the server's 414 then refuses it, not the rest.)
+      if (cost > room && out.length) { return; }
+      room -= cost;
+      if (sig) { sigs.add(sig); }
+      out.push(J);
     });
     return out;
   };
@@ -509,11 +539,16 @@
     }).catch(function () { /* unreachable: the backoff goes on */ });
   };
 
-  // The server refused the stream: end the job it names, or everything that URL asked for.
+  // The server refused the stream: end what it refused. Its message says what (web/events.py,
+  // web/security.py): the job list ("the job list needs the token: …", or a bad list=), one
+  // job ("no view link of this request grants job <id>"), else everything that URL asked for
+  // (no token or link at all, a link that grants none of its jobs, a bad parameter, a 414).
   Manager.prototype.refuse = function (status, body, url) {
     var self = this, message = body.message || "HTTP " + status;
-    var named = /\bjob ([A-Za-z0-9_-]{1,128})\b/.exec(message);
-    var victims = named && this.jobs.has(named[1]) ? [named[1]] : this.conn && this.conn.url === url ? this.conn.ids : [];
+    var ofList = body.field === "list" || /^the job list\b/.test(message);
+    var named = ofList ? null : /\bgrants job ([A-Za-z0-9_-]{1,128})$/.exec(message);
+    var whole = !ofList && !named && this.conn && this.conn.url === url;
+    var victims = named ? (this.jobs.has(named[1]) ? [named[1]] : []) : whole ? this.conn.ids : [];
     victims.forEach(function (id) {
       var J = self.jobs.get(id);
       if (!J) { return; }
@@ -521,7 +556,7 @@
       J.refusedEv = { job: id, status: status, reason: body.reason || null, message: message };
       self.send(Array.from(J.clients.keys()), { t: "ev", job: id, ev: "refused", d: J.refusedEv });
     });
-    if (this.list && this.conn && this.conn.list && !named) {
+    if (this.list && (ofList || (whole && this.conn.list))) {
       this.send(Array.from(this.list.clients), { t: "lev", ev: "refused", d: { status: status, message: message } });
       this.list = null;
     }
@@ -832,22 +867,29 @@
     this.resubscribe();
   };
 
-  // What this tab needs of a job: from the lowest position of its watches.
+  // What this tab needs of a job: from the lowest position of its watches, in its epoch.
   Hub.prototype.request = function (job) {
-    var after = Infinity, tail = null, full = false, sig = null, status = false;
+    var after = Infinity, epoch = null, tail = null, full = false, sig = null, status = false;
     this.watches.get(job).forEach(function (w) {
+      if (w.lastSeq < after || (w.lastSeq === after && !epoch)) { epoch = w.epoch; }
       after = Math.min(after, w.lastSeq);
       if (w.lastSeq === 0) { if (w.tail === null) { full = true; } else { tail = Math.max(tail || 0, w.tail); } }
       sig = sig || w.sig;
       status = status || w.wantsStatus;
     });
-    return { t: "watch", job: job, after: after, tail: full || after > 0 ? null : tail, sig: sig, status: status };
+    return { t: "watch", job: job, after: after, epoch: after > 0 ? epoch : null,
+             tail: full || after > 0 ? null : tail, sig: sig, status: status };
   };
 
   Hub.prototype.listRequest = function () {
-    var limit = 1, after = Infinity;
-    this.lists.forEach(function (l) { limit = Math.max(limit, l.limit); after = l.seq === null ? -1 : Math.min(after, l.seq); });
-    return { t: "list", limit: limit, after: after < 0 || after === Infinity ? null : after };
+    var limit = 1, after = Infinity, epoch = null;
+    this.lists.forEach(function (l) {
+      limit = Math.max(limit, l.limit);
+      if (after >= 0 && l.seq !== null && l.seq < after) { epoch = l.epoch; }
+      after = l.seq === null ? -1 : Math.min(after, l.seq);
+    });
+    var known = after >= 0 && after !== Infinity;
+    return { t: "list", limit: limit, after: known ? after : null, epoch: known ? epoch : null };
   };
 
   Hub.prototype.add = function (w) {
@@ -989,6 +1031,7 @@
     this.o = o;
     this.limit = Math.max(1, Math.min(500, o.limit || 50));
     this.seq = null;                // the feed's seq this list is as of
+    this.epoch = null;              // … and the feed's epoch that seq is of
     this.model = new Map();
     this.state = "connecting";
     this.closed = false;
@@ -998,11 +1041,13 @@
     if (this.closed) { return; }
     if (ev === "snapshot") {
       this.seq = d.seq;
+      this.epoch = d.epoch || null;
       this.model = new Map(d.jobs.slice(0, this.limit).map(function (j) { return [j.id, JSON.parse(JSON.stringify(j))]; }));
       call(this.o.onSnapshot, this.jobs(), d.seq);
     } else if (ev === "job") {
       if (this.seq !== null && !(d.seq > this.seq)) { hub.counts.duplicates += 1; return; }
       this.seq = d.seq;
+      if (d.ep) { this.epoch = d.ep; }
       call(this.o.onChange, d, applyToModel(this.model, d, this.limit));
     } else if (ev === "refused") {
       call(this.o.onEnd, Object.assign({ kind: "refused" }, d));

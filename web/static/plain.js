@@ -1,8 +1,12 @@
 // The original page, fed from the queue: read the text stream incrementally, one value per
 // line; show the latest value and the list of all values, then "Done" (or the failure).
-// A reconnect resumes after the values shown (?start=<count>&epoch=<Jobcast-Epoch>); when Redis
-// lost values the page had (a failover), the answer says so in Jobcast-Reset: the page drops
-// them and says so.
+// Each line is the value whose index follows the last one's: the stream says where its values
+// begin (Jobcast-First-Value, when not at the index asked for), so the page knows every
+// value's index, and a reconnect resumes after the last one shown
+// (?start=<next index>&epoch=<Jobcast-Epoch>). Values the server's log no longer keeps
+// (Jobcast-Values-Lost: a capped log) are said, never hidden. When Redis lost values the page
+// had (a failover), the answer says so in Jobcast-Reset: the page drops them, by index, and
+// says so.
 (function () {
   "use strict";
   var script = document.currentScript;
@@ -10,16 +14,28 @@
   var statusUrl = script.dataset.status;
   var latest = document.getElementById("latest");
   var output = document.getElementById("output");
-  var count = 0;      // values received so far: a reconnect resumes from here (?start=)
+  var numberFormat = new Intl.NumberFormat("en");
+  var next = 0;       // index of the next value the stream sends: a reconnect resumes there (?start=)
   var epoch = null;   // the epoch of the log's incarnation they belong to (Jobcast-Epoch)
+  var lost = 0;       // values this page asked for that the log no longer kept
+  var lostNote = null;
   var retries = 0;
 
   function show(value) {
     latest.textContent = value;
     var item = document.createElement("li");
     item.textContent = value;     // textContent, never innerHTML: values are data
+    item.dataset.i = String(next);
     output.appendChild(item);
-    count += 1;
+    next += 1;
+  }
+
+  function note(text) {
+    var p = document.createElement("p");
+    p.className = "note";
+    p.textContent = text;
+    output.parentNode.insertBefore(p, output);
+    return p;
   }
 
   // The stream ended: the job is over, or the server closed it (a restart). Ask which.
@@ -32,16 +48,30 @@
     }, retry);
   }
 
-  // Jobcast-Reset: "epoch=E; after=22; values=20; reason=lost": keep the first `values` values.
+  // Jobcast-Reset: "epoch=E; after=22; values=20; reason=lost": the values from index
+  // `values` on are void (the page may hold fewer: a capped log starts later), and the stream
+  // goes on from there.
   function reset(header) {
     var values = parseInt((/values=(\d+)/.exec(header) || [0, "0"])[1], 10);
-    while (output.children.length > values) { output.removeChild(output.lastChild); }
-    count = Math.min(count, values);
-    var note = document.createElement("p");
-    note.className = "note";
-    note.textContent = "The job's log was reset after a Redis failover: values from #" + values +
-      " on were replaced.";
-    output.parentNode.insertBefore(note, output);
+    while (output.lastChild && parseInt(output.lastChild.dataset.i, 10) >= values) {
+      output.removeChild(output.lastChild);
+    }
+    next = values;
+    note("The job's log was reset after a Redis failover: values from #" + values +
+         " on were replaced.");
+  }
+
+  // Where this answer's values begin, and how many of those asked for are gone (as the job
+  // page words it). One note, counting all of them: a later reconnect may find more gone.
+  function placed(response) {
+    var first = response.headers.get("Jobcast-First-Value");
+    if (first !== null && /^\d+$/.test(first)) { next = parseInt(first, 10); }
+    var gone = parseInt(response.headers.get("Jobcast-Values-Lost") || "0", 10);
+    if (gone > 0) {
+      lost += gone;
+      lostNote = lostNote || note("");
+      lostNote.textContent = numberFormat.format(lost) + " earlier values are no longer kept";
+    }
   }
 
   function retry() {
@@ -55,11 +85,13 @@
     var buffered = "";
     var decoder = new TextDecoder();
     // streamUrl may carry a view link's ?sig=: add to its query.
-    var query = "start=" + count + (epoch ? "&epoch=" + encodeURIComponent(epoch) : "");
+    var query = "start=" + next + (epoch ? "&epoch=" + encodeURIComponent(epoch) : "");
     fetch(streamUrl + (streamUrl.indexOf("?") < 0 ? "?" : "&") + query).then(function (response) {
       if (response.status === 404) { latest.textContent = "This job is gone"; return; }
       if (!response.ok) { throw new Error("HTTP " + response.status); }
+      // The reset first: the other headers describe the stream as it goes on after it.
       if (response.headers.get("Jobcast-Reset")) { reset(response.headers.get("Jobcast-Reset")); }
+      placed(response);
       epoch = response.headers.get("Jobcast-Epoch") || epoch;
       var reader = response.body.getReader();
       function pump() {

@@ -1,0 +1,357 @@
+"""Resuming in a real headless Chromium, against a real gunicorn and Redis: each page and
+jobcast.js goes on from exactly where it was, in the right incarnation of the log, and says
+what it cannot show.
+
+- the plain page (text stream) resumes by value index on a capped log, and says which values
+  are no longer kept;
+- a page restored from the back-forward cache resumes each job in its epoch, so a failover
+  while it was away is told, not silently mixed in;
+- a reset drops the printed lines and the history after its point, not only the values;
+- in private mode a refusal of the job list refuses the list only, and one naming a job that
+  job only;
+- fifty jobs with a view link each stay within the server's query limit.
+
+Jobs are written straight to their logs by the test (no RQ worker), so the servers are told
+not to fail them as orphans.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from jobcast.core.epoch import LogReset
+from jobcast.core.joblog import JobLog
+from tests.conftest import WebServer, assert_page_clean, watch
+from tests.support.loss import lose
+from tests.web.test_browser import DONE, model, wait_values
+from tests.web.test_browser_shared import LIVE_VALUE, Writer
+
+pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+
+pytestmark = pytest.mark.slow  # gunicorns of its own, and Chromium
+
+TOKEN = "resume-test-token-0123456789"
+PLAIN_DONE = "() => document.getElementById('latest').textContent === 'Done'"
+
+
+@pytest.fixture(scope="module")
+def server(redis_server, logs_dir):
+    """A public gunicorn of this module's own, with quick heartbeats."""
+    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-resume.log",
+                    JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600").start()
+    yield web
+    web.stop()
+
+
+@pytest.fixture(scope="module")
+def private(redis_server, logs_dir):
+    """A gunicorn with a token: reading needs the token (a session) or a view link per job."""
+    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-resume-private.log",
+                    JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600",
+                    JOBCAST_TOKEN=TOKEN).start()
+    yield web
+    web.stop()
+
+
+@pytest.fixture
+def context(browser):
+    ctx = browser.new_context()
+    yield ctx
+    ctx.close()
+
+
+def view_link(server: WebServer, job_id: str) -> str:
+    """A new signed view link to the job's page (a path with ?sig=)."""
+    r = httpx.get(f"{server.url}/api/jobs/{job_id}/link",
+                  headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["urls"]["page"]
+
+
+def sig_of(link: str) -> str:
+    return parse_qs(urlsplit(link).query)["sig"][0]
+
+
+def plain_list(pg) -> list[list]:
+    """The plain page's list: [value index, text] per item."""
+    return pg.evaluate("""() => [...document.querySelectorAll('#output li')]
+                              .map(li => [li.dataset.i === undefined ? null : +li.dataset.i, li.textContent])""")
+
+
+def plain_notes(pg) -> list[str]:
+    return pg.locator("p.note").all_text_contents()
+
+
+def trim(redis, log: JobLog, keep: int) -> int:
+    """Trim the log to its last ``keep`` entries, exactly (the writer's MAXLEN is approximate:
+    Redis trims whole nodes only); the index of the first value left."""
+    redis.xtrim(log.keys.log, maxlen=keep, approximate=False)
+    return next(e.i for e in log.entries() if e.kind == "value")
+
+
+# ---- the plain page on a capped log ------------------------------------------------------------
+
+def test_plain_page_resumes_a_capped_log_by_value_index_and_says_which_values_are_no_longer_kept(
+        context, redis_server, redis, logs_dir):
+    # The web shares the writer's cap, as every service shares JOBCAST_LOG_MAXLEN: it is what
+    # makes the server look for trimmed entries at all.
+    env = dict(JOBCAST_LOG_MAXLEN="20", JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600")
+    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-resume-capped.log",
+                    **env).start()
+    try:
+        log = JobLog(redis, uuid.uuid4().hex, maxlen=20)
+        log.create("sqrt", {}, None)
+        log.started("test-writer", 1)
+        for i in range(100):
+            log.value(i, f"v{i}")
+        first = trim(redis, log, 20)
+        assert first == 80
+        pg = watch(context.new_page())
+        pg.goto(f"{web.url}/jobs/{log.job_id}/plain")
+        pg.wait_for_function("() => document.querySelectorAll('#output li').length === 20")
+        assert [text for _, text in plain_list(pg)] == [f"v{i}" for i in range(80, 100)]
+
+        # The stream is cut mid-job (a web restart); meanwhile the job goes on and the cap
+        # trims on, but the log still holds values the page has: the reconnect must ask from
+        # the next value's index (100), not from the count of values shown (20), which on
+        # this log would filter nothing and bring values 85 to 99 a second time.
+        web.stop()
+        pg.wait_for_function("() => document.getElementById('latest').textContent === 'reconnecting…'",
+                             timeout=15000)
+        for i in range(100, 105):
+            log.value(i, f"v{i}")
+        assert trim(redis, log, 20) == 85
+        restarted = WebServer(redis_server.url, workers=1,
+                              log_path=logs_dir / "web-resume-capped.log", **env)
+        restarted.port = web.port
+        web = restarted.start()
+        pg.wait_for_function("() => document.getElementById('latest').textContent === 'v104'",
+                             timeout=30000)
+        log.finished()
+        pg.wait_for_function(PLAIN_DONE, timeout=15000)
+        shown = plain_list(pg)
+        texts = [text for _, text in shown]
+        assert len(texts) == len(set(texts)), f"a value shown twice: {texts}"
+        # Each item knows its value's index (what a reset drops by).
+        assert shown == [[i, f"v{i}"] for i in range(80, 105)]
+        # The values the page never got are said, as the job page says it.
+        assert plain_notes(pg) == ["80 earlier values are no longer kept"]
+        assert_page_clean(pg)
+    finally:
+        web.stop()
+
+
+# ---- the epoch across a relink -------------------------------------------------------------
+
+def events_jobs(url: str) -> list[str]:
+    """The job parameters of an /events URL, decoded."""
+    return parse_qs(urlsplit(url).query).get("job", [])
+
+
+def test_a_page_back_from_the_back_forward_cache_resumes_in_its_epoch_so_a_failover_meanwhile_is_told(
+        browser, server, redis):
+    # One stream per tab ("none"): Playwright sees the page's own EventSource requests.
+    ctx = browser.new_context()
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    try:
+        log = JobLog(redis, uuid.uuid4().hex)
+        log.create("sqrt", {}, 6)
+        writer = JobLog(redis, log.job_id)
+        writer.begin()
+        writer.started("w1", 1)
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/jobs/{log.job_id}")
+        for i in range(5):
+            writer.value(i, f"first {i}")                  # seqs 3..7
+        wait_values(pg, 5)
+        epoch = model(pg)["epoch"]
+        assert epoch and epoch == log.head().epoch
+        # The tab goes into the back-forward cache: its stream closes...
+        pg.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide', {persisted: true}))")
+        # ...and while it is away Redis fails over, losing values 3 and 4; the job is retried
+        # and writes past the page's position, so that position is inside the log again: only
+        # its epoch tells the server that what the page holds after seq 5 was lost.
+        lose(log, keep=5)
+        with pytest.raises(LogReset):
+            writer.value(5, "refused")
+        retry = JobLog(redis, log.job_id)
+        retry.retrying("the job's log was reset")
+        retry.begin()
+        retry.started("w2", 2)
+        for i in range(3, 6):
+            retry.value(i, f"second {i}")
+        with pg.expect_request(lambda r: "/events?" in r.url) as resumed:
+            pg.evaluate("window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))")
+        assert events_jobs(resumed.value.url) == [f"{log.job_id}:7~{epoch}"]
+        retry.finished()
+        pg.wait_for_function(DONE, timeout=20000)
+        got = model(pg)
+        assert got["values"] == [f"first {i}" for i in range(3)] + [f"second {i}" for i in range(3, 6)]
+        assert got["indices"] == list(range(6))
+        assert got["resets"] == 1 and "values from #3 on were replaced" in got["notice"]
+        assert_page_clean(pg)
+    finally:
+        ctx.close()
+
+
+# ---- a reset drops every panel's entries after its point -----------------------------------
+
+def printed(writer: JobLog, text: str, attempt: int) -> None:
+    """One line the job printed (a ``log`` entry, as the worker's capture writes it)."""
+    writer.append_many([("log", {"stream": "stdout", "text": text, "attempt": attempt}, time.time())])
+
+
+HISTORY = """() => [...document.querySelectorAll('#events li')]
+                  .map(li => li.dataset.kind + ':' + li.lastChild.textContent.trim())"""
+
+
+def test_a_failover_reset_drops_the_lines_printed_and_the_history_after_its_point(context, server,
+                                                                                 redis):
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {}, 3)
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    writer.started("w1", 1)                               # seq 2
+    pg = watch(context.new_page())
+    pg.goto(f"{server.url}/jobs/{log.job_id}")
+    plain = watch(context.new_page())                     # the text stream: by value index
+    plain.goto(f"{server.url}/jobs/{log.job_id}/plain")
+    writer.value(0, "first 0")                            # 3
+    printed(writer, "kept line", 1)                       # 4
+    writer.value(1, "first 1")                            # 5: what the failover keeps
+    printed(writer, "voided line", 1)                     # 6
+    writer.value(2, "first 2")                            # 7
+    writer.retrying("voided retry")                       # 8
+    pg.wait_for_function("() => window.jobcastPage().output.includes('voided line') && "
+                         "document.getElementById('events').textContent.includes('voided retry')")
+    plain.wait_for_function("() => document.querySelectorAll('#output li').length === 3")
+    lose(log, keep=5)
+    with pytest.raises(LogReset):
+        writer.value(3, "refused")
+    retry = JobLog(redis, log.job_id)
+    retry.retrying("the job's log was reset")
+    retry.begin()
+    retry.started("w2", 2)
+    printed(retry, "second line", 2)
+    retry.value(2, "second 2")
+    retry.finished()
+    pg.wait_for_function(DONE, timeout=20000)
+    got = model(pg)
+    assert got["resets"] == 1 and got["values"] == ["first 0", "first 1", "second 2"]
+    # The Output panel: the line printed after the reset point is gone, in the model, the
+    # count and the rows shown; the new attempt's lines follow under their separator.
+    assert got["output"] == ["kept line", "── attempt 2 ──", "second line"]
+    assert pg.locator("#output-count").text_content() == "(2 lines)"
+    rows = pg.locator("#output-lines li").all_text_contents()
+    assert rows == ["kept line", "── attempt 2 ──", "second line"]
+    # The history: the voided retry is gone; the real one and what followed are there.
+    assert pg.evaluate(HISTORY) == [
+        "queued:queued", "started:started on w1", "retrying:retrying: the job's log was reset",
+        "started:started on w2 (attempt 2)", "finished:finished"]
+    plain.wait_for_function(PLAIN_DONE, timeout=20000)
+    assert plain_list(plain) == [[0, "first 0"], [1, "first 1"], [2, "second 2"]]
+    assert plain_notes(plain) == [
+        "The job's log was reset after a Redis failover: values from #2 on were replaced."]
+    for page in (pg, plain):
+        assert_page_clean(page)
+
+
+# ---- private mode: refusals, and many view links -----------------------------------------------
+
+# Watch jobs on a page through its own jobcast.js, each with its view link's signature (none
+# for null), and remember their values and how each ended.
+WATCH = """pairs => {
+    window.got = window.got || {}; window.handles = window.handles || {};
+    for (const [id, sig] of pairs) {
+        window.got[id] = [];
+        window.handles[id] = Jobcast.watch(id, {sig: sig, onValue: (v, e) => window.got[id].push(e.v),
+                                                onEnd: e => { window.got[id].end = e.kind; }});
+    }
+}"""
+
+
+def test_a_refused_job_list_refuses_the_list_only_and_a_refused_job_that_job_only(context, private,
+                                                                                  redis):
+    writer = Writer(redis, 3)
+    try:
+        a, b, c = writer.ids
+        link_a, link_b = view_link(private, a), view_link(private, b)
+        pg = watch(context.new_page())                    # no session: the link alone
+        pg.goto(private.url + link_a)
+        pg.wait_for_function(LIVE_VALUE, timeout=10000)
+        # On the same connection: b with its link, c with none, and the job list, which a view
+        # link never grants. The server refuses the list first ("the job list needs the
+        # token: a view link grants its job only"), then c ("… grants job <c>").
+        pg.evaluate(WATCH, [[b, sig_of(link_b)], [c, None]])
+        pg.evaluate("""() => { window.listEnd = null;
+            Jobcast.list({limit: 5, onEnd: e => { window.listEnd = e; }}); }""")
+        pg.wait_for_function("() => window.listEnd !== null || window.jobcastPage().notice !== ''",
+                             timeout=20000)
+        ended = pg.evaluate("() => [window.listEnd && window.listEnd.kind, window.jobcastPage().notice]")
+        assert ended == ["refused", ""], "the list is refused, and the page's job is not"
+        pg.wait_for_function("id => window.got[id].end !== undefined", arg=c, timeout=20000)
+        assert pg.evaluate("id => window.got[id].end", c) == "refused"
+        # a (the page's job) and b stream on, on the connection the server then accepts.
+        counts = {"a": len(model(pg)["values"]), "b": len(pg.evaluate("id => window.got[id]", b))}
+        pg.wait_for_function(f"() => window.jobcastPage().values.length >= {counts['a'] + 5}",
+                             timeout=10000)
+        pg.wait_for_function(f"id => window.got[id].length >= {counts['b'] + 5}", arg=b,
+                             timeout=10000)
+        state = model(pg)
+        assert state["notice"] == "" and state["connection"] == "live"
+        assert pg.evaluate("id => window.got[id].end", b) is None
+        writer.finish()
+        pg.wait_for_function(DONE, timeout=15000)
+        pg.wait_for_function("id => window.got[id].end === 'finished'", arg=b, timeout=15000)
+        assert model(pg)["values"] == writer.written[a]
+        assert pg.evaluate("id => window.got[id]", b) == writer.written[b]
+        assert_page_clean(pg)
+    finally:
+        writer.finish()
+
+
+def test_fifty_jobs_with_a_view_link_each_on_one_page_are_never_refused(context, private, redis):
+    # Each job costs its cursor and its sig= (about 170 bytes): once they have cursors, fifty
+    # of them are over the server's 8000-byte query limit, whose 414 names no job and would
+    # refuse them all for good. The page stops watching one job once all have values: the
+    # reconnect that follows carries the cursors of the others.
+    writer = Writer(redis, 50, interval=0.5)
+    try:
+        links = {job_id: view_link(private, job_id) for job_id in writer.ids}
+        pg = watch(context.new_page())
+        pg.goto(private.url + links[writer.ids[0]])
+        pg.wait_for_function(LIVE_VALUE, timeout=10000)
+        pg.evaluate(WATCH, [[job_id, sig_of(links[job_id])] for job_id in writer.ids])
+        # As many as fit stream at once; the others wait for one to end.
+        pg.wait_for_function("() => Object.values(window.got).filter(g => g.length).length >= 30",
+                             timeout=30000)
+        dropped = writer.ids[1]
+        opened = pg.evaluate("Jobcast.stats()")["connections"]
+        pg.evaluate("id => window.handles[id].close()", dropped)
+        pg.wait_for_function(
+            """opened => {
+                const s = Jobcast.stats();
+                return Object.values(window.got).some(g => g.end !== undefined)
+                    || (s.connections > opened && s.state === 'live');
+            }""", arg=opened, timeout=30000)
+        ends = pg.evaluate("() => Object.values(window.got).map(g => g.end).filter(e => e)")
+        assert ends == [], f"jobs ended while running: {ends}"
+        print(f"50 signed jobs: {len(pg.evaluate('Jobcast.stats()')['jobs'])} carried at once")
+        writer.finish()
+        pg.wait_for_function(
+            "dropped => Object.entries(window.got).every(([id, g]) => id === dropped || g.end !== undefined)",
+            arg=dropped, timeout=60000)
+        for job_id in writer.ids:
+            got = pg.evaluate("id => [window.got[id], window.got[id].end || null]", job_id)
+            if job_id == dropped:
+                assert got[0] == writer.written[job_id][:len(got[0])] and got[1] is None
+            else:
+                assert got == [writer.written[job_id], "finished"], job_id
+        assert_page_clean(pg)
+    finally:
+        writer.finish()
