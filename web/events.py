@@ -41,8 +41,8 @@ heartbeat.
   what the feed keeps, is past its end or in another of its epochs gets a new snapshot. In
   private mode it needs the token (a view link grants its job only).
 - **End.** A job's terminal entry ends that job; the stream ends when all have (the job list
-  never ends). A request whose jobs have all ended at the positions asked gets 204, which
-  stops EventSource.
+  never ends). A reconnection (``Last-Event-ID``) whose jobs have all ended at the positions
+  it resumes gets 204, which stops EventSource.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from flask import Blueprint, Response, g, request
 from jobcast.core.epoch import Position, Reset
 from jobcast.core.feed import FEED
 from jobcast.core.joblog import InvalidJobId, check_job_id
+from jobcast.web import metrics
 from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, client_alive,
                                    drain, hand_over, placed, reserve, retry_ms, stream_start)
 from jobcast.web.errors import BadParam
@@ -237,7 +238,8 @@ LIST_ARG = {"name": "list", "in": "query", "required": False,
             "schema": {"type": "string",
                        "pattern": "^[0-9]{1,4}(:[0-9]{1,16}(~[A-Za-z0-9_-]{1,16})?)?$"}}
 CURSOR_ARG = {"name": "Last-Event-ID", "in": "header", "required": False,
-              "description": "the last id received (<digest>:<seq>.<seq>…): resumes every job",
+              "description": "the last id received (<digest>:<seq>[~<epoch>].<seq>[~<epoch>]…): "
+                             "resumes every job",
               "schema": {"type": "string"}}
 
 
@@ -256,6 +258,7 @@ def multi_stream():
     granted = g.get("view_jobs")
     if granted is not None:  # private mode without the token: a link per job
         if req.list is not None:
+            metrics.stream_refused("unauthorized")
             raise Unauthorized("the job list needs the token: a view link grants its job only")
         for job_id in req.ids:
             if job_id not in granted:
@@ -356,5 +359,6 @@ def _with_job(events: bytes, job_id: str) -> bytes:
 
 
 def _refused(job_id: str) -> Forbidden:
-    """403 for a job no link of the request grants."""
+    """403 for a job no link of the request grants (counted among the refused streams)."""
+    metrics.stream_refused("forbidden")
     return Forbidden("other_job", f"no view link of this request grants job {job_id}")

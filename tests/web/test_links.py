@@ -141,3 +141,28 @@ def test_a_good_link_to_a_job_that_is_gone_gets_the_token_holders_404_and_no_lat
     JobLog(redis, job_id).create("sqrt", {}, 1)  # a later job given the same id
     later = client.get(f"/jobs/{job_id}/stream", query_string={"sig": link})
     assert later.status_code == 403 and later.json["reason"] == "other_job"
+
+
+def test_a_multi_job_stream_refused_for_a_job_or_the_list_is_counted(redis_server, redis,
+                                                                       make_app):
+    """A review's finding: ``/events`` refusals raised in the view (a job no link grants, the
+    job list without the token) were missing from jobcast_stream_refusals_total."""
+    from jobcast.web import metrics
+
+    def refused(reason: str) -> float:
+        """The refusals counted for ``reason`` so far."""
+        return metrics.STREAM_REFUSALS.labels(reason)._value.get()
+
+    cfg = Settings(redis_url=redis_server.url, token="t0ken-for-this-test", secret=SECRET)
+    client = make_app({"JOBCAST": cfg}).test_client()
+    a, b = JobLog(redis, uuid.uuid4().hex), JobLog(redis, uuid.uuid4().hex)
+    for log in (a, b):
+        log.create("sqrt", {}, 1)
+    link = sign(cfg, a.job_id, a.info().created_at)
+    forbidden, unauthorized = refused("forbidden"), refused("unauthorized")
+    assert client.get("/events", query_string={"job": [a.job_id, b.job_id],
+                                               "sig": link}).status_code == 403
+    assert refused("forbidden") == forbidden + 1
+    assert client.get("/events", query_string={"job": a.job_id, "list": "10",
+                                               "sig": link}).status_code == 401
+    assert refused("unauthorized") == unauthorized + 1
