@@ -574,7 +574,7 @@ class Broker:
         handler in one batch. An announcement that cannot be decoded is dropped with a
         warning: the log still has the entry, and the next gap or quiet spell reads it."""
         self.messages += len(messages)
-        metrics.ANNOUNCEMENTS.inc(len(messages))  # once per burst read, not per message
+        metrics.announced(len(messages))
         by_job: dict[str, list[Entry]] = {}
         for name, data in messages:
             if isinstance(name, bytes):

@@ -131,6 +131,12 @@ def publish() -> None:
     TALLY.publish()
 
 
+def announced(count: int) -> None:
+    """The broker read ``count`` announcements in one burst (tallied: a burst comes with every
+    value, up to thousands a second)."""
+    TALLY.add(ANNOUNCEMENTS, amount=count)
+
+
 def admitted(path: str) -> None:
     """A single-job stream was admitted by ``path``: ``fast`` or ``flask``."""
     TALLY.add(ADMISSIONS, path)
