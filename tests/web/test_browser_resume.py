@@ -24,10 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from tests.conftest import WebServer, assert_page_clean, watch
-from tests.support.loss import lose
+from tests.support.loss import retried_after_loss
 from tests.web.test_browser import DONE, model, wait_values
 from tests.web.test_browser_shared import LIVE_VALUE, Writer
 
@@ -176,13 +175,7 @@ def test_a_page_back_from_the_back_forward_cache_resumes_in_its_epoch_so_a_failo
         # ...and while it is away Redis fails over, losing values 3 and 4; the job is retried
         # and writes past the page's position, so that position is inside the log again: only
         # its epoch tells the server that what the page holds after seq 5 was lost.
-        lose(log, keep=5)
-        with pytest.raises(LogReset):
-            writer.value(5, "refused")
-        retry = JobLog(redis, log.job_id)
-        retry.retrying("the job's log was reset")
-        retry.begin()
-        retry.started("w2", 2)
+        retry = retried_after_loss(log, writer, keep=5, index=5)
         for i in range(3, 6):
             retry.value(i, f"second {i}")
         with pg.expect_request(lambda r: "/events?" in r.url) as resumed:
@@ -230,13 +223,7 @@ def test_a_failover_reset_drops_the_lines_printed_and_the_history_after_its_poin
     pg.wait_for_function("() => window.jobcastPage().output.includes('voided line') && "
                          "document.getElementById('events').textContent.includes('voided retry')")
     plain.wait_for_function("() => document.querySelectorAll('#output li').length === 3")
-    lose(log, keep=5)
-    with pytest.raises(LogReset):
-        writer.value(3, "refused")
-    retry = JobLog(redis, log.job_id)
-    retry.retrying("the job's log was reset")
-    retry.begin()
-    retry.started("w2", 2)
+    retry = retried_after_loss(log, writer, keep=5, index=3)
     printed(retry, "second line", 2)
     retry.value(2, "second 2")
     retry.finished()
