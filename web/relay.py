@@ -839,10 +839,7 @@ class Relay:
                         v.slow = False
                         return None
             if at_end:
-                if v.chunked:
-                    self._write(v, b"", True)  # just the end of the body (when it is ours)
-                v.done = True
-                return "job_ended"
+                return self._end_at_cursor(v)
             if kept is not None:
                 # Recent history from memory: one write, no Redis round trip.
                 data, newest = kept
@@ -909,12 +906,17 @@ class Relay:
                 continue
             if ended:
                 # The terminal entry is at or before the cursor (or the log has expired).
-                if v.chunked:
-                    self._write(v, b"", True)  # just the end of the body (when it is ours)
-                v.done = True
-                return "job_ended"
+                return self._end_at_cursor(v)
             # The fast path skipped entries for us, or a subscription changed, during the
             # read: read again.
+
+    def _end_at_cursor(self, v: Viewer) -> str:
+        """``v`` already has its job's end: write just the end of its body (when the body is
+        ours to end), and say why its stream ends."""
+        if v.chunked:
+            self._write(v, b"", True)
+        v.done = True
+        return "job_ended"
 
     def _place(self, v: Viewer, head: Head) -> str | None:
         """``v``'s position is not plainly in the log ``head`` describes: go on (an older epoch
