@@ -862,12 +862,6 @@ class Relay:
             reading = self._reading[v.job_id] = self._event()
             try:
                 entries, head = self.broker.history(v.job_id, v.cursor, count)
-                ended = head.ended
-                if not head.exists or v.epoch != head.epoch or v.cursor > head.seq:
-                    ending = self._place(v, head)
-                    if ending:
-                        return ending
-                    continue  # read again from where the viewer now stands
             except RedisError as exc:
                 # Redis is unreachable (a restart?): keep the viewer and read again soon.
                 outage_since = outage_since or self.clock()
@@ -883,6 +877,14 @@ class Relay:
                 del self._reading[v.job_id]
                 reading.set()
             outage_since = None
+            if not head.exists or v.epoch != head.epoch or v.cursor > head.seq:
+                # Placed after the read is given back: a reset written to a slow client must
+                # not hold this job's other newcomers (they read for themselves meanwhile).
+                ending = self._place(v, head)
+                if ending:
+                    return ending
+                continue  # read again from where the viewer now stands
+            ended = head.ended
             if entries:
                 self._note_size(v.job_id, entries)
             with self._lock:

@@ -1107,6 +1107,28 @@ def test_a_log_found_behind_a_quiet_viewer_begins_a_new_epoch_and_resets_it(redi
     assert not viewer.closed
 
 
+def test_a_reset_written_to_a_stalled_client_does_not_hold_its_jobs_other_newcomers(redis,
+                                                                                    relay):
+    """A review's finding: the reset was written while its viewer still held the job's read,
+    so the job's other newcomers waited on that write, up to the write timeout (30 s)."""
+    log = running_job(redis)
+    first = log.head().epoch
+    server, stalled = socket_ends(4096, read=False)
+    try:
+        while True:
+            server.send(b"x" * 4096)  # the client reads nothing: its buffers fill
+    except BlockingIOError:
+        pass
+    # A position past the log's end (its entries were lost): it gets a reset it cannot take.
+    past_end = Viewer(log.job_id, SocketSink(server), SSE, cursor=50, epoch=first)
+    relay.hold(past_end)
+    green_wait(lambda: log.head().epoch != first, what="the new epoch of the reset")
+    newcomer, client = held(relay, log)
+    green_wait(lambda: not newcomer.slow, 5, what="the other newcomer's history")
+    assert [i for _, i in entry_ids(client.data)] == [f"1:{first}", f"2:{first}"]
+    assert not past_end.closed  # its write still waits on its client
+
+
 def test_a_resume_into_a_surviving_prefix_of_an_older_epoch_just_goes_on(redis, relay):
     log = running_job(redis)
     first = log.head().epoch
