@@ -39,6 +39,10 @@ LOCK = "jobcast:watchdog"
 RQ_ENDED = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobcast worker`
 UNQUEUED = "RQ has no such job"  # the reason a queued job of Jobcast's that RQ lacks fails with
+# Seconds a queued Jobcast job may be missing from RQ before it fails: longer than a producer's
+# enqueue can take between opening the log and RQ having the job, riding out a failover (a
+# Sentinel client retries for 15 s).
+UNQUEUED_GRACE = 30.0
 
 
 class Watchdog(Periodic):
@@ -54,7 +58,8 @@ class Watchdog(Periodic):
         self.config = logs.settings
         self.no_worker_since: float | None = None
         self.missing: set[str] = set()  # plain RQ jobs found gone from RQ in the last round
-        self.unqueued: set[str] = set()  # Jobcast's queued jobs RQ lacked in the last round
+        # Jobcast's queued jobs RQ lacked in the last round: when each was first found missing
+        self.unqueued: dict[str, float] = {}
 
     def round(self) -> None:
         """Check, if this process holds the lock (one web process at a time does)."""
@@ -67,7 +72,7 @@ class Watchdog(Periodic):
         queue = Queue(self.config.queue_name, connection=self.redis, job_class=JobcastJob)
         # RQ's own abandoned-job handling: retry if retries are left, else fail (+ callback).
         queue.started_job_registry.cleanup(exception_handlers=[])
-        self.reconcile()
+        self.reconcile(now)
         if self.live_workers(queue, now):
             self.no_worker_since = None
             return []
@@ -93,16 +98,18 @@ class Watchdog(Periodic):
                 fresh += 1
         return fresh
 
-    def reconcile(self) -> list[str]:
-        """End the logs of open jobs that RQ has ended, or does not have; returns their ids.
+    def reconcile(self, now: float | None = None) -> list[str]:
+        """End the logs of open jobs that RQ has ended, or does not have, at ``now`` (the
+        round's time, by default :func:`time.time`); returns their ids.
 
         One read of the open jobs serves both checks: plain RQ jobs
         (:meth:`end_as_rq_reports`) and Jobcast's own queued ones (:meth:`fail_unqueued`).
         """
+        now = time.time() if now is None else now
         jobs = self.logs.open_job_states()
         ended = self.end_as_rq_reports([job_id for job_id, origin, _ in jobs if origin])
         return ended + self.fail_unqueued(
-            [job_id for job_id, origin, status in jobs if not origin and status == "queued"])
+            [job_id for job_id, origin, status in jobs if not origin and status == "queued"], now)
 
     def end_as_rq_reports(self, pending: list[str]) -> list[str]:
         """End the logs of the plain RQ jobs of ``pending`` that RQ has ended; their ids.
@@ -135,12 +142,13 @@ class Watchdog(Periodic):
         self.missing = missing
         return ended
 
-    def fail_unqueued(self, queued: list[str]) -> list[str]:
+    def fail_unqueued(self, queued: list[str], now: float) -> list[str]:
         """Fail the jobs of ``queued`` (Jobcast's own, their logs ``queued``) that RQ has not
-        had for two rounds running; returns their ids.
+        had in any round of the last :data:`UNQUEUED_GRACE` seconds; returns their ids.
 
-        The producer opens a job's log before it queues the job on RQ, so a round may fall
-        between the two: only a job still missing a round later is failed. Running jobs are
+        The producer opens a job's log before it queues the job on RQ, so rounds may fall
+        between the two, for as long as its enqueue rides out a failover: only a job still
+        missing once the grace is over is failed (a round that finds it begins the grace again). Running jobs are
         not asked about (their worker, and RQ's handling of abandoned jobs, end them), so they
         cost no command; a queued one costs an ``EXISTS``, a page of them one round trip.
         """
@@ -150,12 +158,12 @@ class Watchdog(Periodic):
             for job_id in page:
                 pipe.exists(Job.key_for(job_id))
             known += pipe.execute()
-        failed, gone = [], set()
+        failed, gone = [], {}
         for job_id, exists in zip(queued, known):
             if exists:
                 continue
-            if job_id not in self.unqueued:
-                gone.add(job_id)
+            since = gone[job_id] = self.unqueued.get(job_id, now)
+            if now - since < UNQUEUED_GRACE:
                 continue
             if self.logs.log(job_id).failed(UNQUEUED) > 0:
                 log.warning("watchdog: job %s failed: %s", job_id, UNQUEUED)

@@ -16,7 +16,7 @@ from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from tests.conftest import own_database, wait_for
-from jobcast.web.watchdog import UNQUEUED, Watchdog
+from jobcast.web.watchdog import UNQUEUED, UNQUEUED_GRACE, Watchdog
 
 DB = 7
 
@@ -122,13 +122,14 @@ def test_plain_rq_jobs_end_as_rq_reports_them_and_vanished_ones_only_a_round_lat
     assert last_entry(JobLog(wd.redis, gone_id)).data["reason"] == "RQ reports the job gone"
 
 
-def test_a_queued_jobcast_job_that_rq_lacks_fails_on_the_second_round_with_the_reason(wd):
+def test_a_queued_jobcast_job_that_rq_lacks_fails_once_the_grace_is_over_with_the_reason(wd):
     """A review's finding: the producer opened the log, then RQ's Redis refused the job (or the
     producer died): the log said "queued" forever, and its viewers waited forever."""
     lost = new_job(wd.redis)
-    wd.check(now=0.0)
-    assert lost.status() == "queued"  # the producer may be between its two steps
-    wd.check(now=5.0)  # a live worker or none, the orphan timeout (15 s) is far off
+    assert wd.reconcile(now=0.0) == []  # the producer may be between its two steps
+    assert wd.reconcile(now=UNQUEUED_GRACE - 1) == []  # its enqueue may ride out a failover
+    assert lost.status() == "queued"
+    assert wd.reconcile(now=UNQUEUED_GRACE) == [lost.job_id]
     entry = last_entry(lost)
     assert entry.kind == "failed" and entry.data["reason"] == UNQUEUED == "RQ has no such job"
     assert wd.reconcile() == []  # it left the open jobs: not failed twice
@@ -141,11 +142,22 @@ def test_only_queued_jobs_that_rq_lacked_two_rounds_running_fail_not_known_late_
     running = new_job(wd.redis)  # its worker and RQ end it; the watchdog does not ask RQ
     running.started("w1", 1)
 
-    assert wd.reconcile() == []
+    assert wd.reconcile(now=0.0) == []
     on_rq(wd, late)
-    assert wd.reconcile() == [lost.job_id]
-    assert wd.reconcile() == []
+    assert wd.reconcile(now=UNQUEUED_GRACE) == [lost.job_id]
+    assert wd.reconcile(now=2 * UNQUEUED_GRACE) == []
     assert [known.status(), late.status(), running.status()] == ["queued", "queued", "running"]
+
+
+def test_a_job_whose_enqueue_outlasts_several_rounds_is_not_failed_before_the_grace(wd):
+    """A review's finding: a producer whose enqueue rode out a failover for more than two
+    rounds (10 s) found its job already failed as "RQ has no such job"."""
+    slow = new_job(wd.redis)
+    for now in range(0, int(UNQUEUED_GRACE), 5):
+        assert wd.reconcile(now=float(now)) == []
+    on_rq(wd, slow)
+    assert wd.reconcile(now=UNQUEUED_GRACE + 5) == []
+    assert slow.status() == "queued"
 
 
 def test_a_round_costs_one_exists_per_queued_jobcast_job_and_no_command_per_running_one(wd, sent):
