@@ -33,8 +33,9 @@ One job runs in a process at a time, so the active capture is module state (:fun
 The capture writes through the JobLog that the attempt's value writer began (the hook's, or the
 runner's: :func:`set_attempt`), so the lines are checked against the incarnation the attempt
 began and raise the seq that its values are checked against (:mod:`jobcast.core.epoch`). Once
-the log is reset under the attempt (a failover lost entries), the capture stops logging: the
-next value raises LogReset and the attempt is retried.
+the log is reset under the attempt (a failover lost entries), the capture stops logging, and
+:func:`seal` says so: the hook (or the runner) then fails the attempt with LogReset, as its
+next value would have, even when it emits none (RQ retries it, or fails it; never ``finished``).
 """
 
 from __future__ import annotations
@@ -105,11 +106,18 @@ def set_attempt(attempt: int, jlog: JobLog | None = None) -> None:
             capture.attempt = attempt
 
 
-def seal() -> None:
-    """Stop capturing and send every line, before the job's terminal entry; idempotent."""
+def seal() -> bool:
+    """Stop capturing and send every line, before the job's terminal entry; idempotent.
+
+    True when the log was reset under the attempt as its output was sent (the write raised
+    LogReset, at the last flush too): the attempt must end as one whose value met the reset.
+    Only the call that closes the capture says so.
+    """
     capture = _current
-    if capture is not None:
-        capture.close()
+    if capture is None:
+        return False
+    capture.close()
+    return capture.reset
 
 
 def start(job_id: str, jlog: JobLog, settings: Settings, *, attempt: int | None,
@@ -186,6 +194,7 @@ class Capture:
         self.pending_bytes = 0
         self.pid = os.getpid()
         self.ended = False                  # the log takes no more (the job ended, or expired)
+        self.reset = False                  # a write raised LogReset: the attempt must be retried
         self.retry = False                  # the last send failed; the next is its retry
         self.lost = 0                       # lines Redis never took
         self.closed = False
@@ -344,12 +353,15 @@ class Capture:
             seqs = self.sink([("log", line.body(self.attempt), line.ts) for line in lines])
         except LogReset:
             # The log is not the incarnation the attempt began (a new epoch was announced):
-            # this attempt's lines stop here; its next value raises LogReset and RQ retries it.
+            # this attempt's lines stop here. Its viewers were told of the reset, so the
+            # attempt must run again even if it emits no other value: seal() tells the hook.
             self.ended = True
+            self.reset = True
             self.retry = False
             self.lost += len(lines) + len(rest)
             log.warning("jobcast: the log of job %s was reset under its attempt (Redis lost "
-                        "entries): its output is no longer logged", self.job_id)
+                        "entries): its output is no longer logged and the attempt will not "
+                        "finish", self.job_id)
             return False
         except RedisError as exc:
             if final or self.retry:

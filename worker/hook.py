@@ -21,9 +21,10 @@ import logging
 from redis.exceptions import RedisError
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.utils import import_attribute
 
+from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog, valid_text
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
@@ -145,9 +146,21 @@ class LifecycleMixin:
             log.warning("jobcast: cannot capture the output of job %s: %s", job.id, exc)
 
     def handle_execution_ended(self, job: Job, *args, **kwargs):
-        """The job has returned or raised: send all it printed, before any terminal entry."""
-        capture.seal()
-        return super().handle_execution_ended(job, *args, **kwargs)
+        """The job has returned or raised: send all it printed, before any terminal entry.
+
+        When its output met a reset of its log (:func:`jobcast.worker.capture.seal`), a job
+        that returned fails here with LogReset, as if its next value had raised it: RQ calls
+        this inside its own ``try``, so its failure path logs ``retrying`` (or ``failed``) and
+        retries the job by its retries left, and ``finished`` is never logged. A job that
+        raised is on that path already.
+        """
+        reset = capture.seal()
+        result = super().handle_execution_ended(job, *args, **kwargs)
+        # RQ marks a job that raised FAILED before this call: raising then would escape its
+        # failure path (and end a work-horse without logging the job's end).
+        if reset and job.get_status(refresh=False) != JobStatus.FAILED:
+            raise LogReset(job.id)
+        return result
 
     def perform_job(self, job: Job, *args, **kwargs) -> bool:
         """Run the job; whatever happens, no capture outlives it (a non-forking worker would

@@ -8,6 +8,7 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
+from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobExists, JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.reasons import failure_reason
@@ -61,9 +62,10 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     logged, and any value logged before is dropped by the log's own sequence check.
 
     The run writes into the log's incarnation it began (jobcast.core.epoch): when Redis loses
-    entries under it (a failover), its next entry raises LogReset and RQ retries (or fails)
-    the job as it would a killed worker's; the retry begins the log as it is then. A log lost
-    with its store is opened again, in a new epoch, from the job's task and parameters.
+    entries under it (a failover), its next entry raises LogReset (an output line's, through
+    :func:`capture.seal`) and RQ retries (or fails) the job as it would a killed worker's; the
+    retry begins the log as it is then. A log lost with its store is opened again, in a new
+    epoch, from the job's task and parameters.
     """
     job = get_current_job()
     if job is None:
@@ -112,7 +114,11 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
         values.close()
         chart.save()
         # Everything the task printed (its generator's cleanup too) before the last entry.
-        capture.seal()
+        reset = capture.seal()
+    if failure is None and reset and not ended:
+        # Its output met a reset of the log: retried (or failed) as if a value had, never
+        # finished, even when no value came after (a log already ended keeps its end).
+        failure = LogReset(job.id)
     if failure is not None:
         reason = describe(failure)
         if job.retries_left:

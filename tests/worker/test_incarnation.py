@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 from redis import Redis
-from rq import Queue, get_current_job
+from rq import Queue, Retry, get_current_job
 from rq.job import Job, JobStatus
 
 import tests.tasks  # noqa: F401  (registers chatty in this process)
@@ -26,7 +26,8 @@ from jobcast.core.settings import Settings, get_settings
 from jobcast.producer.enqueue import enqueue
 from jobcast.worker import capture
 from jobcast.worker.emit import rq_log
-from jobcast.worker.hook import SimpleWorker
+from jobcast.worker.hook import SimpleWorker, Worker
+from tests.conftest import wait_for
 from tests.support.loss import lose
 
 # -- jobs, run by the non-forking worker in this process ------------------------------------------
@@ -134,9 +135,76 @@ def test_a_capture_whose_log_was_reset_stops_sending_and_warns_once(caplog):
             cap.before_value()
     finally:
         cap.close()
-    assert calls == [1] and cap.ended and not cap.retry
+    assert calls == [1] and cap.ended and cap.reset and not cap.retry
     warnings = [r.getMessage() for r in caplog.records if r.name == "jobcast.worker.capture"]
     assert len(warnings) == 1 and "was reset" in warnings[0]
+
+
+# -- output that meets a reset: the attempt is retried as if a value had met it -------------------
+
+
+def output_after_a_failover_then(ending: str) -> str:
+    """Attempt 1: log value 0 and five lines; fail over to a replica that has only value 0;
+    print one more line (its write meets the reset) and end with no other value, as
+    ``ending`` says: "returns" at once (the line goes with the attempt's last flush, mostly),
+    "returns later" (once the flush thread has met the reset), or "raises". Later attempts
+    print a line and return."""
+    jlog = rq_log(get_current_job())
+    if jlog.info().attempt > 1:
+        print("again")
+        return "done"
+    keep = emit(0)
+    for i in range(5):
+        print(f"old {i}")
+    capture.before_value()
+    lose(jlog, keep=keep)
+    print("lost")
+    if ending == "returns later":
+        wait_for(lambda: capture.current().ended, what="the flush thread to meet the reset")
+    elif ending == "raises":
+        raise ValueError("on purpose")
+    return "done"
+
+
+def run_hooked(redis: Redis, worker_class: type, *args, **kwargs) -> tuple[Job, list[Entry]]:
+    """Run :func:`output_after_a_failover_then` with ``args`` by a hooked ``worker_class`` in
+    this process (the forking one forks its work-horse from here), to the end of its retries:
+    the job and its log's entries."""
+    queue = Queue(f"reset-output-{os.getpid()}-{uuid.uuid4().hex[:6]}", connection=redis)
+    job = queue.enqueue(output_after_a_failover_then, *args, **kwargs)
+    worker_class([queue], connection=redis).work(burst=True)
+    return Job.fetch(job.id, connection=redis), list(JobLog(redis, job.id).entries())
+
+
+@pytest.mark.parametrize("worker_class", [SimpleWorker, Worker])
+@pytest.mark.parametrize("ending", ["returns", "returns later", "raises"])
+def test_an_attempt_whose_output_met_a_reset_is_retried_though_it_emits_no_more_values(
+        redis, in_process, worker_class, ending):
+    job, entries = run_hooked(redis, worker_class, ending, retry=Retry(max=1))
+    kinds = [(e.kind, e.data.get("attempt"), e.data.get("text")) for e in entries]
+    retrying = kinds.index(("retrying", None, None))
+    # Attempt 1 never finished: its `retrying` comes before attempt 2's start, and the only
+    # `finished` is attempt 2's, last.
+    assert kinds[retrying + 1:] == [("started", 2, None), ("log", 2, "again"), ("finished", None, None)]
+    assert [k for k, _a, _t in kinds].count("finished") == 1
+    assert ("log", 1, "lost") not in kinds
+    reason = entries[retrying].data["reason"]
+    if ending == "raises":
+        assert reason == "ValueError: on purpose"
+    else:   # as when a value meets the reset (emit() raises LogReset)
+        assert reason == f"LogReset: {LogReset(job.id)}"
+    assert job.get_status() == JobStatus.FINISHED and job.return_value() == "done"
+    assert job.retries_left == 0    # the retry was counted as RQ counts any other
+    assert capture.current() is None
+
+
+@pytest.mark.parametrize("worker_class", [SimpleWorker, Worker])
+def test_an_attempt_whose_output_met_a_reset_with_no_retry_left_fails_and_never_finishes(
+        redis, in_process, worker_class):
+    job, entries = run_hooked(redis, worker_class, "returns")
+    assert [e.kind for e in entries].count("finished") == 0
+    assert entries[-1].kind == "failed" and "was reset" in entries[-1].data["reason"]
+    assert job.get_status() == JobStatus.FAILED and "LogReset" in job.latest_result().exc_string
 
 
 # -- Jobcast's own tasks: run_task shares its log with the capture the hook started --------------
@@ -180,4 +248,35 @@ def test_the_runner_s_value_after_lost_output_lines_raises_log_reset(redis, sett
     keep = kept[0]
     assert [e.seq for e in entries if e.ep == first] == list(range(1, keep + 1))
     assert [e.kind for e in entries if e.seq > keep] == ["retrying"]
+    assert jlog.head().epoch != first
+
+
+def test_the_runner_s_output_after_its_last_value_meeting_a_reset_retries_it_instead_of_finishing(
+        redis, settings, monkeypatch):
+    job_id = enqueue("chatty", {}, redis=redis, config=settings)
+    job = Job.fetch(job_id, connection=redis)
+    jlog = JobLog(redis, job_id)
+    first = jlog.head().epoch
+    logged = JobLog.value
+    kept: list[int] = []
+
+    def value_then_failover(self, index, v, total=None):
+        """After the last value (1), fail over to where value 0 was last: the line the task
+        prints next ("bye") meets the reset."""
+        seq = logged(self, index, v, total)
+        kept.append(seq)
+        if index == 1 and self.epoch == first:
+            lose(jlog, keep=kept[0])
+        return seq
+
+    monkeypatch.setattr(JobLog, "value", value_then_failover)
+    capture.start(job_id, JobLog(redis, job_id), get_settings(), attempt=None, fds=False)
+    try:
+        with pytest.raises(LogReset):
+            job.perform()
+    finally:
+        capture.seal()
+    entries = list(jlog.entries())
+    assert [e.kind for e in entries if e.seq > kept[0]] == ["retrying"]
+    assert entries[-1].data["reason"] == f"LogReset: {LogReset(job_id)}"
     assert jlog.head().epoch != first
