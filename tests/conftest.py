@@ -391,8 +391,9 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    """A headless Chromium for the module that asks for it. Each module gets its own: a
-    long-task budget in tests/web/test_browser.py was flaky in a browser other modules had used."""
+    """A headless Chromium for the module that asks for it. Each module gets its own, so no
+    module's pages run in a browser that other modules have worn (tests/web/test_browser.py
+    prints the longest main-thread task of a long job's page)."""
     require_slow("Chromium")
     playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
     with playwright_api.sync_playwright() as p:

@@ -88,7 +88,7 @@ def test_sse_resumes_from_last_event_id_with_exactly_the_rest(http, web, workers
     assert httpx.get(f"{web.url}/jobs/{job_id}/events?after={seqs[-1]}").status_code == 204
 
 
-def test_three_workers_share_six_jobs(http, workers):
+def test_six_jobs_on_three_workers_all_finish_and_more_than_one_worker_runs_them(http, workers):
     ids = [create_job(http, "sqrt", n=8, interval=0.1) for _ in range(6)]
     wait_for(lambda: all(job_status(http, j)["status"] == "finished" for j in ids), 60,
              interval=0.2, what="all six jobs to finish")

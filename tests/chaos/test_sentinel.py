@@ -241,10 +241,14 @@ def test_a_terminal_entry_waits_for_the_replica_or_for_the_setting(group, caplog
     durable = JobLog(redis, "durable-job", terminal_replicas=1, terminal_wait_ms=2000)
     durable.create("sqrt", {}, None)
     started = time.monotonic()
-    durable.finished()
+    with caplog.at_level(logging.WARNING, logger="jobcast.core.joblog"):
+        durable.finished()
     took = time.monotonic() - started
+    print(f"finished() with a replica's acknowledgement took {took * 1000:.0f} ms")
     # Once finished() returns, the replica has the entry: a failover now keeps the ending.
-    assert replica.hget(durable.keys.meta, "status") == b"finished" and took < 1.0
+    # Its WAIT was answered by the replica, not timed out (that would warn).
+    assert replica.hget(durable.keys.meta, "status") == b"finished"
+    assert "replica(s) within" not in caplog.text, caplog.text
     group.block_replication()
     late = JobLog(redis, "late-job", terminal_replicas=1, terminal_wait_ms=300)
     late.create("sqrt", {}, None)

@@ -11,14 +11,16 @@ import logging
 import time
 import uuid
 
-import fakeredis
 import pytest
 
 from jobcast.core.epoch import (LOST, PAST_END, UNKNOWN, Era, Head, LogReset, parse_eras,
                                 parse_position, rebase, resolve, sse_id)
 from jobcast.core.feed import Feed
 from jobcast.core.joblog import JobLog
+from tests.conftest import own_database
 from tests.support.loss import lose
+
+DB = 10  # this module's own database, for the job feed (one per database)
 
 
 def new_log(redis, **options) -> JobLog:
@@ -157,20 +159,21 @@ def test_the_history_keeps_the_last_eight_eras(redis):
     assert len(head.eras) == 8 and head.eras[-1].epoch == head.epoch
 
 
-def test_the_feed_begins_a_new_epoch_when_its_writer_finds_it_behind():
-    redis = fakeredis.FakeRedis()  # the session's Redis has one feed, which other tests read
-    feed = Feed(redis)
-    for n in range(3):
-        feed.append("job", "progress", n, {"values": n})
-    first = feed.head().epoch
-    kept = redis.xrange(feed.log, count=1)
-    redis.delete(feed.log)            # the items after the first were lost
-    redis.xadd(feed.log, kept[0][1], id=kept[0][0])
-    redis.hset(feed.meta, "seq", 1)
-    assert feed.append("job", "progress", 3, {"values": 3}) == 2
-    items, head = feed.read(0, 10)
-    assert head.epoch != first and [e.ep for e in items] == [first, head.epoch]
-    assert head.eras[-1] == Era(head.epoch, 2, 0) and feed.position() == (False, 2, head.epoch)
+def test_the_feed_begins_a_new_epoch_when_its_writer_finds_it_behind(redis_server):
+    # A database of its own: the session's has one feed, which other tests read.
+    with own_database(redis_server, DB) as (_, redis):
+        feed = Feed(redis)
+        for n in range(3):
+            feed.append("job", "progress", n, {"values": n})
+        first = feed.head().epoch
+        kept = redis.xrange(feed.log, count=1)
+        redis.delete(feed.log)            # the items after the first were lost
+        redis.xadd(feed.log, kept[0][1], id=kept[0][0])
+        redis.hset(feed.meta, "seq", 1)
+        assert feed.append("job", "progress", 3, {"values": 3}) == 2
+        items, head = feed.read(0, 10)
+        assert head.epoch != first and [e.ep for e in items] == [first, head.epoch]
+        assert head.eras[-1] == Era(head.epoch, 2, 0) and feed.position() == (False, 2, head.epoch)
 
 
 def test_a_terminal_entry_waits_for_replicas_only_as_long_as_told(redis, caplog):

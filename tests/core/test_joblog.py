@@ -1,13 +1,13 @@
 """The job log: sequence numbers, dedupe of retried values, one terminal entry, expiry.
 
-Pure logic on fakeredis (with Lua); the same script runs against real Redis in the
-end-to-end tests.
+On the session's real Redis: the append script, expiry, trimming and pub/sub as a real server
+runs them. The tests that read what is global to a database (the job index, the job feed) get
+a database of their own.
 """
 
 import json
 import uuid
 
-import fakeredis
 import pytest
 
 from jobcast.core.epoch import LogReset
@@ -16,7 +16,10 @@ from jobcast.core.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, Job
                             job_id_from_channel, log_key, meta_key)
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
+from tests.conftest import own_database
 from tests.support.loss import lose
+
+DB = 9  # this module's own database (tests/core/test_logstore.py has 8, test_watchdog.py 7)
 
 
 def job_info(r, job_id: str) -> dict:
@@ -30,15 +33,29 @@ def recent_jobs(r) -> list[dict]:
 
 
 @pytest.fixture
-def r():
-    return fakeredis.FakeRedis()
+def r(redis):
+    """The session's Redis (shared: fresh job ids only)."""
+    return redis
+
+
+@pytest.fixture
+def own(redis_server):
+    """A client of this module's own database, empty: for tests that read the job index or
+    the job feed."""
+    with own_database(redis_server, DB) as (_, client):
+        yield client
+
+
+def new_jlog(r) -> JobLog:
+    """A fresh queued sqrt job of 3 values, kept 60 s once it ends."""
+    log = JobLog(r, uuid.uuid4().hex, ttl=60)
+    log.create("sqrt", {"n": 3}, 3)
+    return log
 
 
 @pytest.fixture
 def jlog(r):
-    log = JobLog(r, uuid.uuid4().hex, ttl=60)
-    log.create("sqrt", {"n": 3}, 3)
-    return log
+    return new_jlog(r)
 
 
 def kinds(log):
@@ -126,7 +143,8 @@ def test_status_follows_the_lifecycle(r, jlog):
     assert job_info(r, jlog.job_id)["status"] == "finished"
 
 
-def test_recent_jobs_lists_newest_first_and_forgets_expired(r):
+def test_recent_jobs_lists_newest_first_and_forgets_expired(own):
+    r = own
     ids = []
     for _ in range(3):
         log = JobLog(r, uuid.uuid4().hex)
@@ -150,7 +168,7 @@ def test_malformed_ids_never_become_keys(r, bad):
 
 @pytest.mark.parametrize("good", [uuid.uuid4().hex, str(uuid.uuid4()), "x" * 32, "A" * 32,
                                   "nightly_report-2026", "x" * 128])
-def test_rq_job_ids_are_accepted_and_stay_inside_the_job_namespace(r, good):
+def test_rq_job_ids_are_accepted_and_stay_inside_the_job_namespace(good):
     assert log_key(good) == f"jobcast:job:{good}:log"
     assert job_id_from_channel(channel(good)) == good
 
@@ -382,10 +400,12 @@ def feed_items(r, job_id: str) -> list[dict]:
 
 
 def test_a_held_progress_count_sent_as_the_job_ends_names_its_own_value_not_the_end(
-        r, jlog, monkeypatch):
+        own, monkeypatch):
     # CI: a job's row on the home page stayed "running". The held count's timer fired between
     # the job's terminal entry and its feed item, and named the terminal entry's seq; the end,
     # no newer than that to a page, was then dropped.
+    r = own
+    jlog = new_jlog(r)
     jlog.started("w1", 1)
     jlog.value(0, 0)  # into the feed at once
     second = jlog.value(1, 1)  # held back: its count follows within PROGRESS_EVERY

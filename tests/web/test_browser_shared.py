@@ -233,7 +233,6 @@ def test_closing_the_tab_that_holds_the_connection_loses_and_repeats_no_value(
         print(f"{share}: the other tabs had a new value {handed:.2f} s after the holder closed")
         if share == "locks":
             assert [stats(pg)["leader"] for pg in rest] == [True, False]
-            assert handed < 1.5
         else:
             # The worker lives on with the other tabs: the same connection, no new one; and
             # it forgot the closed tab (its goodbye: no Web Locks on plain HTTP).

@@ -19,31 +19,46 @@ SCRIPT = textwrap.dedent("""
     from jobcast.web.broker import Broker
     from jobcast.web.frames import TEXT
     from jobcast.web.relay import Relay
-    from jobcast.web.viewer import QueueSink, Viewer
+    from jobcast.web.viewer import QueueSink, Viewer, ViewerState
 
     class PlayedBroker(Broker):
         def subscribed(self, job_id):
             return True
+
+    class RecordingSink(QueueSink):  # each send: (bytes offered, taken, buffered after it)
+        def __init__(self, limit):
+            super().__init__(limit)
+            self.sends = []
+        def send(self, data):
+            n = super().send(data)
+            self.sends.append((len(data), n, self._size))
+            return n
+
+    def wait(condition, what):
+        deadline = time.monotonic() + 5
+        while not condition():
+            assert time.monotonic() < deadline, "timed out waiting for " + what
+            gevent.sleep(0.01)
 
     redis = Redis.from_url(sys.argv[1])
     log = JobLog(redis, uuid.uuid4().hex)
     log.create("sqrt", {}, None); log.started("test", 1)
     relay = Relay(PlayedBroker(redis), heartbeat=5)
     assert relay.green                                                  # detected from gevent
-    viewer = Viewer(log.job_id, QueueSink(8), TEXT, cursor=0)
+    sink = RecordingSink(8)
+    viewer = Viewer(log.job_id, sink, TEXT, cursor=0)
     body = drain(relay, viewer, b"")
     got = []
     reader = gevent.spawn(lambda: got.extend(body))
-    gevent.sleep(0.05)                                                  # history: nothing to show
+    wait(lambda: viewer.state is ViewerState.HELD and not viewer.slow,  # held, its history
+         "the viewer's history")                                        # (nothing) read
     for i in range(3):
         log.value(i, "v%d" % i)
-    relay.deliver(log.job_id, log.page(2, 10)[0])
-    deadline = time.monotonic() + 5
-    while b"".join(got) != b"v0\\nv1\\nv2\\n" and time.monotonic() < deadline:
-        gevent.sleep(0.01)
-    assert b"".join(got) == b"v0\\nv1\\nv2\\n", got                     # woken by the write, via
-    assert viewer.sink.limit == 8                                       # an 8-byte buffer: bounded
-    relay.shutdown(); reader.join(5)
+    relay.deliver(log.job_id, log.page(2, 10)[0])                       # 9 bytes to write
+    wait(lambda: b"".join(got) == b"v0\\nv1\\nv2\\n", "the values")      # woken by the write, via
+    assert any(n < offered for offered, n, _ in sink.sends), sink.sends # an 8-byte buffer: a
+    assert max(size for _, _, size in sink.sends) <= 8, sink.sends      # send is cut short, and
+    relay.shutdown(); reader.join(5)                                    # it never holds more
     assert reader.dead and relay.viewers() == 0                         # ended by shutdown
     print("ok")
 """)

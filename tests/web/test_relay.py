@@ -550,7 +550,10 @@ def test_a_viewer_that_never_reads_is_dropped_after_the_write_timeout(redis):
 
 
 class TurningBroker(PlayedBroker):
-    """Reads that give the loop a turn, as a real (monkey-patched) Redis read does."""
+    """Reads that give the loop a turn, as a real (monkey-patched) Redis read does;
+    ``reading_last_seqs`` is set once a read of the last seqs (a heartbeat's) is under way."""
+
+    reading_last_seqs = False
 
     def history(self, job_id, after, count):
         """The log after ``after``, once the loop has had a turn."""
@@ -560,6 +563,7 @@ class TurningBroker(PlayedBroker):
 
     def last_seqs(self, job_ids):
         """The jobs' last seqs, once the loop has had a turn."""
+        self.reading_last_seqs = True
         result = super().last_seqs(job_ids)
         gevent.sleep(0.05)
         return result
@@ -572,7 +576,7 @@ def test_a_job_whose_last_viewer_leaves_during_a_read_is_forgotten_whole(redis, 
     log = running_job(redis)
     write(log, 0, 5)
     viewer, _ = held(relay, log, epoch=relay.broker.head(log.job_id).epoch)
-    gevent.sleep(0.01)  # its history read is under way
+    green_wait(lambda: log.job_id in relay._reading, what="its history read to be under way")
     relay.release(viewer, "client_gone")
     green_wait(lambda: viewer not in relay._catching, what="its catch-up to end")
     assert relay.viewers(log.job_id) == 0
@@ -581,7 +585,8 @@ def test_a_job_whose_last_viewer_leaves_during_a_read_is_forgotten_whole(redis, 
     green_wait(lambda: not other.slow, what="history")
     clock.advance(0.25)
     ticking = gevent.spawn(relay.tick)
-    gevent.sleep(0.01)  # the heartbeat's read of the last seqs is under way
+    green_wait(lambda: relay.broker.reading_last_seqs,
+               what="the heartbeat's read of the last seqs to be under way")
     relay.release(other, "client_gone")
     ticking.join()
     assert log.job_id not in relay._last_delivery and log.job_id not in relay._entry_size
@@ -742,24 +747,36 @@ def test_jobs_announced_one_after_the_other_reach_a_multi_job_stream_in_one_writ
         assert ids[-1] == f"{conn.digest.decode()}:3~{epochs[0]}.3~{epochs[1]}"
 
 
+def green_sleep_until(when: float) -> None:
+    """Run gevent's loop until ``time.monotonic()`` reaches ``when`` (never earlier: a
+    ``gevent.sleep`` counts from the loop's clock, which may lag behind)."""
+    while (left := when - time.monotonic()) > 0:
+        gevent.sleep(left)
+
+
 def test_a_job_announced_past_the_delay_while_others_still_come_joins_their_write(redis, clock):
     # A producer's jobs are announced a millisecond or two apart, and one that missed the
     # write would cost every stream a second one: the window stays open while announcements
-    # keep coming (until none has come for half the delay). Here: 1 s of delay, b announced
-    # at 0.7 s, c at 1.1 s, all three in one write.
-    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=1.0, clock=clock, green=True)
+    # keep coming (until none has come for half the delay). Here: 2 s of delay, b announced
+    # at 1.5 s, c at 2.05 s (past the delay), all three in one write. The window then stays
+    # open until 2.5 s: each announcement has 0.45 s to spare, however late a sleep wakes.
+    delay = 2.0
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=delay, clock=clock, green=True)
     a, b, c = running_job(redis), running_job(redis), running_job(redis)
     conns = [held_connection(relay, [a, b, c]) for _ in range(3)]
     green_wait(lambda: not any(v.slow for c, _ in conns for v in c.viewers), what="histories")
     order: list[int] = []
     for n, (conn, _) in enumerate(conns):
         conn.sink.sock = RecordingSocket(conn.sink.sock, n, order)
-    began = time.monotonic()
-    relay.on_publications({a.job_id: write(a, 0, 1)})
-    gevent.sleep(0.7)
+    first = write(a, 0, 1)
+    began = time.monotonic()  # the window opens at a's announcement, just after
+    relay.on_publications({a.job_id: first})
+    green_sleep_until(began + 0.75 * delay)
     relay.on_publications({b.job_id: write(b, 0, 1)})
-    gevent.sleep(max(0.0, began + 1.1 - time.monotonic()))
-    assert order == []  # past the delay, and nothing written: b came 0.3 s before it was due
+    green_sleep_until(began + 1.025 * delay)
+    # Past the delay (its timer, due before this sleep's, has fired), and nothing written:
+    # b came less than half the delay ago.
+    assert order == []
     relay.on_publications({c.job_id: write(c, 0, 1)})
     green_wait(lambda: len(order) == 3, what="the writes")
     gevent.sleep(0.5)  # nothing more comes

@@ -43,4 +43,9 @@ def test_stop_ends_the_streams_and_the_background_threads(app):
 
 
 def test_stop_before_start_does_nothing(app):
-    services.stop(app.extensions["jobcast"])
+    st = app.extensions["jobcast"]
+    services.stop(st)  # raises nothing, starts nothing
+    assert st.relay is None and st.watchdog is None and st.presence is None
+    # Nor does it keep the services from starting at the first request.
+    assert app.test_client().get("/healthz").status_code == 200
+    assert st.relay is not None and not st.relay.closing and st.watchdog._thread.is_alive()

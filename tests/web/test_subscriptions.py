@@ -164,15 +164,24 @@ def test_a_job_whose_delivery_fails_touches_neither_other_jobs_nor_the_subscript
                 relay.hold(viewer)
             wait_for(lambda: relay.viewers() == 2 and not any(
                 v.slow for vs in relay._jobs.values() for v in vs), what="both viewers held")
+            assert all(relay.broker.wait_subscribed(log.job_id, 10) for log in (bad, good))
+            subscribes = redis.info("commandstats")["cmdstat_subscribe"]["calls"]
             for i in range(3):
                 bad.value(i, i)
                 good.value(i, i)
-            got = b""
-            while got.count(b"\n") < 3:
-                got += sinks[good.job_id].get(5) or b""
+            got = bytearray()
+
+            def good_values_came() -> bool:
+                """Take what the good job's sink has; True once its three lines came."""
+                got.extend(sinks[good.job_id].get(0.1) or b"")
+                return got.count(b"\n") >= 3
+
+            wait_for(good_values_came, 10, what="the good job's three values")
             assert got == b"0\n1\n2\n"
             assert all(sh.live.is_set() for sh in relay.broker.shards())
             assert relay.broker.state(good.job_id).name == "LIVE"
+            # Nothing was resubscribed (a lost connection's recovery would SUBSCRIBE again).
+            assert redis.info("commandstats")["cmdstat_subscribe"]["calls"] == subscribes
         finally:
             relay.stop(5)
             redis.close()
