@@ -7,6 +7,7 @@ import re
 import subprocess
 
 import pytest
+from rq import Queue
 
 from tests.conftest import JOBCAST, ROOT, service_env
 from jobcast.core.joblog import JobLog
@@ -33,10 +34,25 @@ def test_enqueue_prints_the_job_id_and_its_page_url(redis_server, redis):
     assert info["params"] == {"n": 20, "interval": 0.1} and info["status"] == "queued"
 
 
-def test_enqueue_json_output(redis_server):
+def test_enqueue_with_json_output_prints_the_queued_jobs_id_and_the_urls_of_its_views(
+        redis_server, redis):
     out = jobcast(redis_server.url, "enqueue", "pi", "--samples", "1000", "--output", "json")
-    assert out.returncode == 0
-    assert set(json.loads(out.stdout)) == {"id", "urls"}
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert set(printed) == {"id", "urls"}
+    job_id = printed["id"]
+    # The id is the job just queued: in its log, and on RQ's queue.
+    info = JobLog(redis, job_id).info().model_dump()
+    assert info["task"] == "pi" and info["params"]["samples"] == 1000
+    assert info["status"] == "queued"
+    assert job_id in Queue("cli-tests", connection=redis).job_ids
+    base = "http://jobcast.test:8000"
+    assert printed["urls"] == {"page": f"{base}/jobs/{job_id}",
+                               "stream": f"{base}/jobs/{job_id}/stream",
+                               "events": f"{base}/jobs/{job_id}/events",
+                               "frame": f"{base}/jobs/{job_id}/frame",
+                               "framed": f"{base}/jobs/{job_id}/framed",
+                               "status": f"{base}/api/jobs/{job_id}"}
 
 
 @pytest.mark.parametrize("args, message", [
