@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -107,7 +108,8 @@ def run_follow(job_id: str, args: argparse.Namespace) -> int:
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
-    """Print a job's values as they arrive: 0 finished, 1 failed, 2 bad input, 4 cancelled.
+    """Print a job's values as they arrive: 0 finished, 1 failed, 2 bad input, 3 unreachable,
+    4 cancelled, 5 finished but a reset replaced values already printed.
     Several jobs share one connection; the exit code is then the worst job's."""
     if len(args.job_ids) == 1:
         return run_follow(args.job_ids[0], args)  # today's single-job stream, with its bar
@@ -275,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "over one connection, each line prefixed by the job's short "
                                      "id). Exit 0 when they finished, 1 when one failed, 2 on bad "
                                      "input, 3 when the server stays unreachable, 4 when one was "
-                                     "cancelled (and none failed).")
+                                     "cancelled (and none failed), 5 when they finished but a "
+                                     "reset replaced values already printed.")
     fol.add_argument("job_ids", nargs="+", metavar="job_id")
     fol.add_argument("--output", choices=["plain", "json"], default="plain",
                      help="plain: one value per line; json: every log entry as a JSON line")
@@ -311,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in setting_errors(exc):
             print(f"jobcast: {line}", file=sys.stderr)
         return 2
+    # As `flask` and `rq worker` do, the user's task modules are found in the working
+    # directory: a console script's sys.path holds its own bin/ instead (`python -m` adds it).
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         load_user_tasks()
     except ImportError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from rq import Queue
@@ -66,6 +68,26 @@ def test_enqueue_with_json_output_prints_the_queued_jobs_id_and_the_urls_of_its_
 def test_bad_input_exits_2_with_a_clear_message(redis_server, args, message):
     out = jobcast(redis_server.url, *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_the_installed_command_finds_the_users_task_module_in_the_working_directory(
+        redis_server, tmp_path):
+    """A review's finding: the README says JOBCAST_TASKS names modules importable from the
+    working directory, but the `jobcast` console script (unlike `python -m jobcast`) did not
+    look there, and every command exited 2: "No module named 'mytasks'"."""
+    (tmp_path / "mytasks.py").write_text(
+        "from jobcast.core.registry import task\n\n"
+        "@task('countdown')\n"
+        "def countdown(start_at: int = 3, *, start: int = 0):\n"
+        "    \"\"\"Count down to zero.\"\"\"\n"
+        "    yield from range(start_at - start, -1, -1)\n")
+    script = Path(sys.executable).with_name("jobcast")  # the console script pip installed
+    env = service_env(redis_server.url, JOBCAST_TASKS="mytasks")
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([str(script), "tasks"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "countdown: Count down to zero." in out.stdout
 
 
 def test_tasks_lists_the_builtin_tasks(redis_server):
