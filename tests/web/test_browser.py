@@ -487,7 +487,8 @@ def test_chart_downsampling_stays_bounded_and_keeps_spikes(page, web):
     }""")
     assert result["points"] == 1_000_000 and result["len"] <= 512 and result["span"] == 2048
     assert result["spikeKept"] and result["hi"] == 1e6 and result["lo"] >= -1
-    assert result["ms"] < 2000 and result["drawMs"] < 200
+    # How long adding and drawing take is printed, never asserted (speed is the benchmark's).
+    print(f"\n1,000,000 points added in {result['ms']:.0f} ms, drawn in {result['drawMs']:.1f} ms")
 
 
 # ---- 5. screenshots for the README ----------------------------------------------------------
