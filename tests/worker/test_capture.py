@@ -11,7 +11,6 @@ import re
 import signal
 import sys
 import threading
-import time
 
 import httpx
 import pytest
@@ -236,10 +235,12 @@ def test_printing_never_waits_for_a_slow_redis_and_the_lines_arrive_in_order_onc
     try:
         print("first")
         wait_for(lambda: not cap.pending, 5, what="the flush thread to take the first line")
-        started = time.monotonic()
-        for k in range(50):      # while the flush thread is stuck in the sink
-            print(f"line {k}")
-        assert time.monotonic() - started < 1.0 and len(cap.pending) == 50
+        # Printed while the flush thread is stuck in the sink (until `answer` is set): were
+        # print() to wait for the sink, the printer would still be stuck at the deadline.
+        printer = threading.Thread(target=lambda: [print(f"line {k}") for k in range(50)])
+        printer.start()
+        wait_for(lambda: not printer.is_alive(), 5, what="50 prints, the sink stuck")
+        assert len(cap.pending) == 50
     finally:
         answer.set()
         cap.close()
