@@ -219,6 +219,17 @@ def settings(redis_server, monkeypatch):
     get_settings.cache_clear()
 
 
+def perform_meeting_a_reset(redis, job: Job) -> None:
+    """Run ``job`` here, its output captured as the hook does for run_task (the capture starts
+    before the runner begins its log), and expect it to raise LogReset."""
+    capture.start(job.id, JobLog(redis, job.id), get_settings(), attempt=None, fds=False)
+    try:
+        with pytest.raises(LogReset):
+            job.perform()
+    finally:
+        capture.seal()
+
+
 def test_the_runner_s_value_after_lost_output_lines_raises_log_reset(redis, settings, monkeypatch):
     job_id = enqueue("chatty", {}, redis=redis, config=settings)
     job = Job.fetch(job_id, connection=redis)
@@ -237,13 +248,7 @@ def test_the_runner_s_value_after_lost_output_lines_raises_log_reset(redis, sett
         return seq
 
     monkeypatch.setattr(JobLog, "value", value_then_failover)
-    # As the hook does for run_task: the capture starts before the runner begins its log.
-    capture.start(job_id, JobLog(redis, job_id), get_settings(), attempt=None, fds=False)
-    try:
-        with pytest.raises(LogReset):
-            job.perform()
-    finally:
-        capture.seal()
+    perform_meeting_a_reset(redis, job)
     entries = list(jlog.entries())
     keep = kept[0]
     assert [e.seq for e in entries if e.ep == first] == list(range(1, keep + 1))
@@ -270,12 +275,7 @@ def test_the_runner_s_output_after_its_last_value_meeting_a_reset_retries_it_ins
         return seq
 
     monkeypatch.setattr(JobLog, "value", value_then_failover)
-    capture.start(job_id, JobLog(redis, job_id), get_settings(), attempt=None, fds=False)
-    try:
-        with pytest.raises(LogReset):
-            job.perform()
-    finally:
-        capture.seal()
+    perform_meeting_a_reset(redis, job)
     entries = list(jlog.entries())
     assert [e.kind for e in entries if e.seq > kept[0]] == ["retrying"]
     assert entries[-1].data["reason"] == f"LogReset: {LogReset(job_id)}"
