@@ -5,8 +5,9 @@ a cancel races the job's own last value, a second cancel, or the watchdog, exact
 them gets the terminal entry and the others are told the job had already ended. Only then
 is RQ told: a queued job is cancelled (it leaves the queue and never runs), a running one
 gets RQ's stop-job command, which kills its work-horse at once, whether it sleeps or
-computes; the worker then files the job as canceled (worker/main.py). A work-horse that
-misses the command still stops at its next value, which the log refuses.
+computes; the worker then files the job as canceled (worker/hook.py: every Jobcast worker
+class). A work-horse that misses the command still stops at its next value, which the log
+refuses.
 """
 
 from __future__ import annotations

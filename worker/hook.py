@@ -21,6 +21,7 @@ import logging
 from redis.exceptions import RedisError
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.utils import import_attribute
 
@@ -179,20 +180,37 @@ class LifecycleMixin:
 
     def handle_job_failure(self, job: Job, queue, started_job_registry=None, exc_string: str = "",
                            execution=None):
-        """Log ``retrying`` or ``failed`` as RQ is about to decide, then let RQ handle it.
+        """Log ``retrying`` or ``failed`` as RQ is about to decide, then let RQ handle it; a
+        job that Jobcast cancelled is filed as canceled: never retried, never "failed".
 
-        Also runs in the worker (not the work-horse) when the work-horse died.
+        Also runs in the worker (not the work-horse) when the work-horse died. A cancelled job
+        ends here in two ways: its work-horse was killed by RQ's stop-job command, or it
+        noticed the ``cancelled`` entry itself (JobCancelled, or a value the log refused). RQ
+        would fail (and maybe retry) it; marking it stopped first stops the retry, and
+        ``job.cancel()`` then moves it to the CanceledJobRegistry, where rq-dashboard shows it.
         """
         # RQ saves the traceback as strict UTF-8: a lone surrogate in it (a file name that
         # os.fsdecode could not decode) would raise there, and the worker would quit.
         exc_string = valid_text(exc_string)
-        if not is_runner(job):
+        try:
+            cancelled = rq_log(job).status() == "cancelled"
+        except (RedisError, ValueError):
+            cancelled = False
+        if cancelled:
+            self._stopped_job_id = job.id  # (its log has its end: nothing more to write)
+        elif not is_runner(job):
             stopped = getattr(self, "_stopped_job_id", None) == job.id
             retry = bool(job.retries_left) and not stopped
             reason = "stopped" if stopped else reason_from(exc_string)
             self._log_end(job, "retrying" if retry else "failed", reason)
-        return super().handle_job_failure(job, queue, started_job_registry=started_job_registry,
-                                          exc_string=exc_string, execution=execution)
+        result = super().handle_job_failure(job, queue, started_job_registry=started_job_registry,
+                                            exc_string=exc_string, execution=execution)
+        if cancelled:
+            try:
+                job.cancel()
+            except InvalidJobOperation:
+                pass  # already filed as canceled (the cancel request got there first)
+        return result
 
     def handle_job_retry(self, job: Job, queue, retry, *args, **kwargs):
         """The job returned ``rq.Retry``: log ``retrying``, or ``failed`` once none is left."""

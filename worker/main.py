@@ -6,14 +6,11 @@ import logging
 import os
 import socket
 
-from redis.exceptions import RedisError
 from rq import Queue, Worker
-from rq.exceptions import InvalidJobOperation
 
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import redis_client
-from jobcast.worker.emit import rq_log
 from jobcast.worker.hook import JobcastJob, LifecycleMixin
 
 
@@ -39,27 +36,6 @@ class JobcastWorker(LifecycleMixin, Worker):
         if job.timeout and job.timeout > 0:
             ttl = min(ttl, int(job.timeout - working_time) + self.job_monitoring_interval)
         return max(ttl, self.job_monitoring_interval + 1)
-
-    def handle_job_failure(self, job, queue, *args, **kwargs):
-        """File a job that Jobcast cancelled as canceled: never retried, never "failed".
-
-        A cancelled job ends here in two ways: its work-horse was killed by RQ's stop-job
-        command, or it noticed the ``cancelled`` entry itself and raised JobCancelled. RQ
-        would fail (and maybe retry) it; marking it stopped first stops the retry, and
-        ``job.cancel()`` then moves it to the CanceledJobRegistry, where rq-dashboard shows it.
-        """
-        try:
-            cancelled = rq_log(job).status() == "cancelled"
-        except (RedisError, ValueError):
-            cancelled = False
-        if cancelled:
-            self._stopped_job_id = job.id
-        super().handle_job_failure(job, queue, *args, **kwargs)
-        if cancelled:
-            try:
-                job.cancel()
-            except InvalidJobOperation:
-                pass  # already filed as canceled (the cancel request got there first)
 
 
 def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class JobCancelled(Exception):
     """The job was cancelled: its log already ends with ``cancelled``, so it stops here.
 
-    Raised inside the work-horse; the worker (worker/main.py) then files the RQ job as
+    Raised inside the work-horse; the worker (worker/hook.py) then files the RQ job as
     canceled instead of failing or retrying it.
     """
 

@@ -8,6 +8,12 @@ import threading
 import pytest
 from redis import Redis
 
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from jobcast.core.joblog import JobLog
+from jobcast.core.settings import get_settings
+from jobcast.producer.enqueue import enqueue
 from jobcast.worker.hook import SimpleWorker, Worker
 from jobcast.worker.main import JobcastWorker
 from tests.conftest import wait_for
@@ -33,3 +39,26 @@ def test_a_warm_shutdown_ends_the_pubsub_thread_even_when_the_unsubscribe_reply_
     # RQ's own unsubscribe, with redis-py 8.2, waits here for the thread's 60 s read.
     wait_for(lambda: not stopping.is_alive(), timeout=10, what="unsubscribe to return")
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("worker_class", [JobcastWorker, Worker, SimpleWorker])
+def test_every_worker_class_files_a_job_cancelled_in_its_log_as_canceled_and_never_retries_it(
+        redis: Redis, in_process, monkeypatch, worker_class):
+    """A review's finding: only `jobcast worker` filed a job that Jobcast cancelled as
+    canceled; under `rq worker -w jobcast.Worker` RQ took the task's JobCancelled for a
+    failure and retried the job until its retries ran out, then filed it failed."""
+    queue_name = f"jobcast-test-cancelled-{worker_class.__name__}"
+    monkeypatch.setenv("JOBCAST_QUEUE", queue_name)
+    monkeypatch.setenv("JOBCAST_JOB_RETRIES", "2")
+    get_settings.cache_clear()
+    job_id = enqueue("sqrt", {"n": 3, "interval": 0}, redis=redis)
+    # Cancelled in its log as the worker takes it (the stop-job command missed it): the
+    # task sees it at its start and raises JobCancelled.
+    JobLog(redis, job_id).cancelled("test")
+    queue = Queue(queue_name, connection=redis)
+    worker_class([queue], connection=redis).work(burst=True)
+    job = Job.fetch(job_id, connection=redis)
+    assert job.get_status() == JobStatus.CANCELED
+    assert job.retries_left == 2
+    assert job_id not in queue.failed_job_registry.get_job_ids()
+    assert [e.kind for e in JobLog(redis, job_id).entries()] == ["queued", "cancelled"]
