@@ -77,8 +77,9 @@ MAX_JOBS = 100
 MAX_QUERY = 8000
 """The longest query string of the stream: 100 jobs with their cursors (gunicorn's request
 line may be up to 8190 bytes: gunicorn.conf.py, and no more). A view link's ``sig=`` per job
-makes a job cost about 170 bytes, so fewer jobs fit then: ``static/jobcast.js`` asks for as
-many as fit, and the others wait for one to end, as those over MAX_JOBS do."""
+makes a job cost about 170 bytes, so fewer jobs fit then (about 42): ``static/jobcast.js``
+puts as many as fit on one stream and the others on more streams ("lanes", each within this
+limit and MAX_JOBS), three in all at most; only jobs beyond those wait for one to end."""
 
 _EPOCH = r"[A-Za-z0-9_-]{1,16}"
 _SPEC = re.compile(r"(?P<id>[^:~]+)(?::(?P<after>[0-9]{1,16})(?:~(?P<epoch>%s))?"

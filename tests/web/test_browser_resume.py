@@ -9,7 +9,9 @@ what it cannot show.
 - a reset drops the printed lines and the history after its point, not only the values;
 - in private mode a refusal of the job list refuses the list only, and one naming a job that
   job only;
-- fifty jobs with a view link each stay within the server's query limit.
+- fifty jobs with a view link each stay within the server's query limit;
+- a hundred jobs with a view link each, more than one connection's query holds, all stream at
+  once over a few connections, and a change to one connection's jobs reconnects it alone.
 
 Jobs are written straight to their logs by the test (no RQ worker), so the servers are told
 not to fail them as orphans.
@@ -17,6 +19,7 @@ not to fail them as orphans.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
@@ -25,10 +28,10 @@ import httpx
 import pytest
 
 from jobcast.core.joblog import JobLog
-from tests.conftest import WebServer, assert_page_clean, watch
+from tests.conftest import WebServer, assert_page_clean, wait_for, watch
 from tests.support.loss import retried_after_loss
 from tests.web.test_browser import DONE, model, wait_values
-from tests.web.test_browser_shared import LIVE_VALUE, Writer
+from tests.web.test_browser_shared import LIVE_VALUE, Sampler, Writer
 
 pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
@@ -302,11 +305,73 @@ def test_a_refused_job_list_refuses_the_list_only_and_a_refused_job_that_job_onl
         writer.finish()
 
 
+class Ending(Writer):
+    """A Writer whose jobs can also be ended a few at a time while the others go on."""
+
+    def __init__(self, redis, count: int, interval: float = 0.1):
+        self.lock = threading.Lock()
+        super().__init__(redis, count, interval)
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            with self.lock:
+                for log in self.logs:
+                    text = f"{log.job_id[:6]}:{i}"
+                    log.value(i, text)
+                    self.written[log.job_id].append(text)
+            i += 1
+            self.stop.wait(self.interval)
+        with self.lock:
+            for log in self.logs:
+                log.finished()
+
+    def end(self, ids: list[str]) -> None:
+        """End these jobs now: no value of theirs after this."""
+        with self.lock:
+            for log in [log for log in self.logs if log.job_id in ids]:
+                log.finished()
+                self.logs.remove(log)
+
+
+def private_streams(server: WebServer) -> int:
+    """The server's open stream connections (its /metrics needs the token)."""
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"},
+                     timeout=5).text
+    return next((int(float(line.split()[1])) for line in text.splitlines()
+                 if line.startswith("jobcast_streams ")), 0)
+
+
+class PrivateSampler(Sampler):
+    """Sampler of a private server's open stream connections."""
+
+    def __init__(self, server: WebServer):
+        self.server = server
+        super().__init__(server.url)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append((time.monotonic(), private_streams(self.server)))
+            self.stop.wait(0.1)
+
+
+GOT_ALL = "() => Object.values(window.got).every(g => g.length > 0)"
+
+
+def more(pg, but: list[str] = ()) -> None:
+    """Wait until every job watched (but these) has got a new value."""
+    counts = pg.evaluate("""but => Object.fromEntries(Object.entries(window.got)
+        .filter(([id]) => !but.includes(id)).map(([id, g]) => [id, g.length]))""", list(but))
+    pg.wait_for_function("n => Object.entries(n).every(([id, k]) => window.got[id].length > k)",
+                         arg=counts, timeout=30000)
+
+
 def test_fifty_jobs_with_a_view_link_each_on_one_page_are_never_refused(context, private, redis):
-    # Each job costs its cursor and its sig= (about 170 bytes): once they have cursors, fifty
+    # Each job costs its cursor and its sig= (about 190 bytes): once they have cursors, fifty
     # of them are over the server's 8000-byte query limit, whose 414 names no job and would
-    # refuse them all for good. The page stops watching one job once all have values: the
-    # reconnect that follows carries the cursors of the others.
+    # refuse them all for good. So they go on two connections, each within the limit, and all
+    # stream at once. The page stops watching one job once all have values: the reconnect of
+    # its connection that follows carries the cursors of the others.
     writer = Writer(redis, 50, interval=0.5)
     try:
         links = {job_id: view_link(private, job_id) for job_id in writer.ids}
@@ -314,21 +379,26 @@ def test_fifty_jobs_with_a_view_link_each_on_one_page_are_never_refused(context,
         pg.goto(private.url + links[writer.ids[0]])
         pg.wait_for_function(LIVE_VALUE, timeout=10000)
         pg.evaluate(WATCH, [[job_id, sig_of(links[job_id])] for job_id in writer.ids])
-        # As many as fit stream at once; the others wait for one to end.
-        pg.wait_for_function("() => Object.values(window.got).filter(g => g.length).length >= 30",
-                             timeout=30000)
+        # All stream at once: none waits for another to end.
+        pg.wait_for_function(GOT_ALL, timeout=30000)
+        s = pg.evaluate("Jobcast.stats()")
+        assert 2 <= s["lanes"] <= 3 and sorted(s["jobs"]) == sorted(writer.ids), s
         dropped = writer.ids[1]
-        opened = pg.evaluate("Jobcast.stats()")["connections"]
+        assert dropped in s["laneJobs"][0]
         pg.evaluate("id => window.handles[id].close()", dropped)
         pg.wait_for_function(
-            """opened => {
+            """([opened, dropped]) => {
                 const s = Jobcast.stats();
                 return Object.values(window.got).some(g => g.end !== undefined)
-                    || (s.connections > opened && s.state === 'live');
-            }""", arg=opened, timeout=30000)
+                    || (s.connections > opened && s.state === 'live' && s.laneJobs.length
+                        && !s.laneJobs[0].includes(dropped));
+            }""", arg=[s["connections"], dropped], timeout=30000)
+        more(pg, but=[dropped])
         ends = pg.evaluate("() => Object.values(window.got).map(g => g.end).filter(e => e)")
         assert ends == [], f"jobs ended while running: {ends}"
-        print(f"50 signed jobs: {len(pg.evaluate('Jobcast.stats()')['jobs'])} carried at once")
+        after = pg.evaluate("Jobcast.stats()")
+        assert after["connections"] == s["connections"] + 1, (s, after)  # that lane alone
+        print(f"50 signed jobs: {[len(lane) for lane in after['laneJobs']]} per connection")
         writer.finish()
         pg.wait_for_function(
             "dropped => Object.entries(window.got).every(([id, g]) => id === dropped || g.end !== undefined)",
@@ -341,4 +411,71 @@ def test_fifty_jobs_with_a_view_link_each_on_one_page_are_never_refused(context,
                 assert got == [writer.written[job_id], "finished"], job_id
         assert_page_clean(pg)
     finally:
+        writer.finish()
+
+
+def test_a_hundred_jobs_with_a_view_link_each_all_stream_at_once_over_few_connections(
+        context, private, redis):
+    # Each job costs its cursor and its sig= (about 190 bytes) of the server's 8000-byte
+    # query: some 40 fit one connection. The others go on one or two more connections
+    # ("lanes", each with jobs of its own), not over three: the browser keeps its other three
+    # per-host connections for the page. None waits for another to end.
+    wait_for(lambda: private_streams(private) == 0, 15, what="no stream left by another test")
+    writer = Ending(redis, 100, interval=0.5)
+    sampler = PrivateSampler(private)
+    try:
+        links = {job_id: view_link(private, job_id) for job_id in writer.ids}
+        pg = watch(context.new_page())
+        pg.goto(private.url + links[writer.ids[0]])
+        pg.wait_for_function(LIVE_VALUE, timeout=10000)
+        pg.evaluate(WATCH, [[job_id, sig_of(links[job_id])] for job_id in writer.ids])
+        # Every job gets values, and goes on getting new ones, while all of them run.
+        pg.wait_for_function(GOT_ALL, timeout=30000)
+        more(pg)
+        s = pg.evaluate("Jobcast.stats()")
+        lanes = s["laneJobs"]
+        print(f"100 signed jobs: {[len(lane) for lane in lanes]} per connection")
+        assert s["state"] == "live" and 2 <= s["lanes"] == len(lanes) <= 3, s
+        carried = [job_id for lane in lanes for job_id in lane]
+        assert sorted(carried) == sorted(writer.ids), "every job on exactly one connection"
+        assert sampler.most() <= 3, sampler.samples
+
+        # Unwatching jobs of one lane reconnects that lane alone: the others keep theirs.
+        last = lanes[-1]
+        dropped = last[:3]
+        pg.evaluate("ids => ids.forEach(id => window.handles[id].close())", dropped)
+        kept = [job_id for job_id in last if job_id not in dropped]
+        wait_for(lambda: pg.evaluate("Jobcast.stats()")["laneJobs"][-1] == kept, 10,
+                 what="the lane reconnected without the unwatched jobs")
+        more(pg, but=dropped)
+        after = pg.evaluate("Jobcast.stats()")
+        assert after["connections"] == s["connections"] + 1, (s, after)
+        assert after["laneJobs"] == lanes[:-1] + [kept] and after["state"] == "live", after
+
+        # Jobs of one lane ending: nothing reconnects; once all have ended the lane closes.
+        writer.end(kept)
+        pg.wait_for_function("ids => ids.every(id => window.got[id].end === 'finished')", arg=kept,
+                             timeout=30000)
+        wait_for(lambda: pg.evaluate("Jobcast.stats()")["lanes"] == len(lanes) - 1, 10,
+                 what="the emptied lane closed")
+        more(pg, but=last)
+        ended = pg.evaluate("Jobcast.stats()")
+        assert ended["connections"] == after["connections"], (after, ended)
+        assert ended["laneJobs"] == lanes[:-1], ended
+
+        writer.finish()
+        pg.wait_for_function("dropped => Object.entries(window.got)"
+                             ".every(([id, g]) => dropped.includes(id) || g.end !== undefined)",
+                             arg=dropped, timeout=60000)
+        for job_id in writer.ids:
+            got = pg.evaluate("id => [window.got[id], window.got[id].end || null]", job_id)
+            if job_id in dropped:
+                assert got[0] == writer.written[job_id][:len(got[0])] and got[1] is None
+            else:
+                assert got == [writer.written[job_id], "finished"], job_id
+        assert pg.evaluate("Jobcast.stats()")["gaps"] == 0
+        assert sampler.most() <= 3, sampler.samples
+        assert_page_clean(pg)
+    finally:
+        sampler.close()
         writer.finish()

@@ -6,7 +6,10 @@
 //
 // Every watch of every tab of one origin shares a single server-sent events connection
 // (GET /events?job=a&job=b…, see web/events.py): a browser allows six HTTP/1.1 connections per
-// host, so one connection per job would stall the seventh tab. How the tabs share it:
+// host, so one connection per job would stall the seventh tab. Only when the jobs do not fit
+// one connection (over MAX_JOBS, or over the server's query limit: a view link's sig= per job
+// in private mode) do more connections ("lanes") carry the others, up to MAX_LANES in all.
+// How the tabs share them:
 //
 //   "worker"  a SharedWorker running this very file holds the connection while any tab is open
 //             (works on plain HTTP too; Chrome on Android has it from version 148);
@@ -18,8 +21,9 @@
 // Exactly once, in order: each job's entries carry their seq; the connection's manager
 // forwards an entry only if it follows the last one (a skipped seq within a connection makes
 // it read again from there), and each watch drops any seq it has already seen. Changing the
-// set of jobs reconnects with every job's position inline (job=<id>:<seq>). After an error it
-// reconnects after a full-jitter backoff whose floor is the server's retry (from `hello`).
+// set of jobs of a lane reconnects that lane with every job's position inline
+// (job=<id>:<seq>~<epoch>). After an error a lane reconnects after a full-jitter backoff whose
+// floor is the server's retry (from `hello`).
 //
 // The same file is the page API and, inside a SharedWorker, the manager: no build step.
 (function (root) {
@@ -30,10 +34,13 @@
   var ENTRY_KINDS = ["queued", "started", "value", "log", "retrying", "finished", "failed", "cancelled"];
   var JOB_META = ["tail", "trimmed", "missing", "ended", "reset"];
   var LIST_EVENTS = ["snapshot", "job"];
-  var MAX_JOBS = 100;               // the server's cap per stream; more jobs wait their turn
+  var MAX_JOBS = 100;               // the server's cap per stream; more jobs go on another lane
   // The server's longest /events query (MAX_QUERY, web/events.py). A view link's sig= per job
-  // makes a job cost about 170 bytes, so fewer than MAX_JOBS may fit: the rest wait their turn.
+  // makes a job cost about 170 bytes, so fewer than MAX_JOBS may fit: the rest go on another lane.
   var MAX_QUERY = 8000;
+  // Most connections (lanes) the jobs are spread over: half the six a browser allows per host
+  // over HTTP/1.1, the other half left for the page's own requests. Jobs beyond wait their turn.
+  var MAX_LANES = 3;
   var CURSOR_COST = "%3A9007199254740992~".length + 16;    // ":<seq>~<epoch>" encoded, at its longest
   var LIST_COST = "list=500:9007199254740992~&".length + 16;
   var RING = 2000;                  // entries kept per job, to serve a tab that joins later
@@ -115,6 +122,8 @@
 
   // ---- the manager: one EventSource for every job any client watches -----------------------
   //
+  // (Or a few, "lanes", when the jobs do not fit one: see Lane.)
+  //
   // Clients are tabs (a MessagePort in the worker, a tab id on the BroadcastChannel, or the
   // page itself). send(clients, message) delivers to them. Messages to the manager:
   //   {t:"watch", job, after, epoch, tail, sig, status}   {t:"unwatch", job}
@@ -123,7 +132,8 @@
   // names it, so the server can tell a position that a failover voided.)
   // and from it: {t:"ev", job, ev, d} (an entry or a job's tail/trimmed/missing/ended/reset/
   // refused), {t:"lev", ev, d} (the list's snapshot/job/refused), {t:"state", state, jobs,
-  // list}, {t:"status", job, d} (GET /api/jobs/<id>), {t:"stats", d}.
+  // list} (`jobs`: those of the lanes that are live), {t:"status", job, d} (GET
+  // /api/jobs/<id>), {t:"stats", d}.
 
   function Manager(base, send) {
     this.base = base;               // the server's URL prefix, ending in "/"
@@ -131,15 +141,13 @@
     this.jobs = new Map();          // id → job record (below)
     this.list = null;               // the job list's record, when a client asks for it
     this.clients = new Map();       // client → {jobs: Set, list: bool}
-    this.es = null;
-    this.conn = null;               // {url, ids, list, opened}
+    this.lanes = [];                // the connections, each with jobs of its own (Lane); the
+                                    // first carries the job list
+    this.room = MAX_QUERY;          // the query a lane may use (less once a 414 says so)
     this.timer = null;
     this.due = 0;
-    this.force = false;             // reconnect even if the set of jobs is the same
-    this.notBefore = 0;             // backing off: no attempt before this time
     this.floor = 1000;              // the server's retry (ms), from `hello`
-    this.attempt = 0;
-    this.state = "connecting";
+    this.state = "connecting";      // of the lanes together: reconnecting, else live, else as was
     this.statusTimer = null;
     this.counts = { connections: 0, reconnects: 0, duplicates: 0, gaps: 0 };
   }
@@ -171,7 +179,7 @@
       // A new manager (a relink, a new leader) resumes each job where its clients are, in the
       // epoch they are in: without it the server would trust a position a failover voided.
       J = { id: m.job, cursor: after, epoch: epoch, tail: wantsTail ? m.tail : null, sig: m.sig || null,
-            clients: new Map(), ring: [], values: 0, started: false, ended: false,
+            clients: new Map(), lane: null, ring: [], values: 0, started: false, ended: false,
             missing: false, refused: false, refusedEv: null, fresh: false, lowered: false, respec: false,
             tailEv: null, trimmedEv: null, stuck: 0, seen: -1 };
       this.jobs.set(m.job, J);
@@ -308,29 +316,122 @@
     this.broadcastStats();
   };
 
-  // What the connection should carry: jobs some client watches, not ended, at most MAX_JOBS,
-  // and only as many as the server's query allows (each at its longest cursor, so a set that
-  // fits goes on fitting as the cursors grow). The others wait for one to end.
-  Manager.prototype.desired = function () {
-    var out = [], sigs = new Set();
-    var room = MAX_QUERY - (this.list && this.list.clients.size ? LIST_COST : 0);
-    this.jobs.forEach(function (J) {
-      if (out.length >= MAX_JOBS || !J.clients.size || J.ended || J.refused) { return; }
-      var cost = "job=&".length + encodeURIComponent(J.id).length + CURSOR_COST;
-      var sig = J.sig && !sigs.has(J.sig) ? J.sig : null;
-      if (sig) { cost += "sig=&".length + encodeURIComponent(sig).length; }
-      // (One that could never fit goes alone: the server's 414 then refuses it, not the rest.)
-      if (cost > room && out.length) { return; }
-      room -= cost;
-      if (sig) { sigs.add(sig); }
-      out.push(J);
+  // ---- lanes: the connections the jobs are spread over ----------------------------------------
+  //
+  // One connection carries every job whenever they fit: at most MAX_JOBS, within the server's
+  // query (MAX_QUERY), each job counted at its longest cursor so that a set that fits goes on
+  // fitting as the cursors grow. Those that do not fit go on another lane, up to MAX_LANES;
+  // beyond, they wait for room. A job stays on its lane until it leaves it (ended, refused,
+  // unwatched): a new job goes to the first lane with room, so a change reconnects the lane it
+  // changes and no other (each reconnect is a round trip and a read of history). Each lane is
+  // its own EventSource, with its own cursor (the server's event id names its jobs), backoff
+  // and refusals; a job that changes lanes resumes from its position inline, as on any
+  // reconnect. The job list rides on the first lane.
+
+  function Lane() {
+    this.jobs = new Set();          // ids of the jobs it carries (or will, once it reconnects)
+    this.list = false;              // it carries the job list (the first lane only)
+    this.es = null;
+    this.conn = null;               // {url, ids, list, opened, ended}: what the EventSource asked for
+    this.force = false;             // reconnect even if its set of jobs is the same
+    this.notBefore = 0;             // backing off: no attempt before this time
+    this.attempt = 0;
+    this.state = "connecting";      // connecting, live, reconnecting
+    this.left = 0;                  // the query it has left, and the sigs it already sends
+    this.sigs = new Set();
+  }
+
+  Lane.prototype.close = function () {
+    if (this.es) { this.es.close(); this.es = null; }
+  };
+
+  // A job some client watches, that the server may still send and has not refused.
+  Manager.prototype.wanted = function (J) {
+    return J.clients.size > 0 && !J.ended && !J.refused;
+  };
+
+  // What a job adds to a lane's query: its job= at its longest cursor, and its sig= unless the
+  // lane sends that one already.
+  Manager.prototype.cost = function (J, sigs) {
+    var cost = "job=&".length + encodeURIComponent(J.id).length + CURSOR_COST;
+    if (J.sig && !sigs.has(J.sig)) { cost += "sig=&".length + encodeURIComponent(J.sig).length; }
+    return cost;
+  };
+
+  Manager.prototype.place = function (J, lane) {
+    lane.left -= this.cost(J, lane.sigs);
+    if (J.sig) { lane.sigs.add(J.sig); }
+    lane.jobs.add(J.id);
+    J.lane = lane;
+  };
+
+  // Which lane carries which job (see above). Sticky: a lane's set changes only when one of its
+  // jobs leaves, a new one joins it, or it no longer fits (the list joined it, a sig changed, a
+  // 414 shrank the room).
+  Manager.prototype.assign = function () {
+    var self = this, L = this.list && this.list.clients.size ? this.list : null;
+    // Jobs that ended, were refused or unwatched leave their lane; a lane left with nothing
+    // closes (the first stays for the list, if wanted).
+    this.lanes.forEach(function (lane) {
+      lane.jobs.forEach(function (id) {
+        var J = self.jobs.get(id);
+        if (J && J.lane === lane && self.wanted(J)) { return; }
+        lane.jobs.delete(id);
+        if (J && J.lane === lane) { J.lane = null; }
+      });
     });
-    return out;
+    this.lanes.slice().forEach(function (lane, k) {
+      if (!lane.jobs.size && !(L && k === 0)) { self.dropLane(lane); }
+    });
+    if (L && !this.lanes.length) { this.lanes.push(new Lane()); }
+    // What each lane's jobs use of its room, in the order they came (as its query lists them);
+    // those over it wait again. (One that could never fit goes alone on a lane without the
+    // list: the server's 414 then refuses it, not the rest.)
+    this.lanes.forEach(function (lane, k) {
+      var n = 0;
+      lane.list = !!L && k === 0;
+      lane.left = self.room - (lane.list ? LIST_COST : 0);
+      lane.sigs = new Set();
+      self.jobs.forEach(function (J) {
+        if (J.lane !== lane) { return; }
+        if (n >= MAX_JOBS || (self.cost(J, lane.sigs) > lane.left && (n || lane.list))) {
+          lane.jobs.delete(J.id);
+          J.lane = null;
+          return;
+        }
+        self.place(J, lane);
+        n += 1;
+      });
+    });
+    // Jobs without a lane, in the order they came: the first lane with room, else a new lane.
+    this.jobs.forEach(function (J) {
+      if (J.lane || !self.wanted(J)) { return; }
+      var lane = null;
+      for (var k = 0; k < self.lanes.length && !lane; k++) {
+        var l = self.lanes[k];
+        if (l.jobs.size < MAX_JOBS && self.cost(J, l.sigs) <= l.left) { lane = l; }
+      }
+      if (!lane && self.lanes.length < MAX_LANES) {
+        lane = new Lane();
+        lane.left = self.room;
+        self.lanes.push(lane);
+      }
+      if (lane) { self.place(J, lane); }
+    });
+  };
+
+  // A lane with nothing left to carry: close it.
+  Manager.prototype.dropLane = function (lane) {
+    var self = this, k = this.lanes.indexOf(lane);
+    lane.close();
+    if (k >= 0) { this.lanes.splice(k, 1); }
+    lane.jobs.forEach(function (id) { var J = self.jobs.get(id); if (J && J.lane === lane) { J.lane = null; } });
+    lane.jobs.clear();
   };
 
   // The set of jobs changed: reconnect soon (changes within DEBOUNCE ms make one).
   Manager.prototype.changed = function () {
-    this.schedule(Math.max(DEBOUNCE, this.notBefore - Date.now()));
+    this.schedule(DEBOUNCE);
   };
 
   Manager.prototype.schedule = function (delay) {
@@ -341,23 +442,39 @@
     this.timer = setTimeout(function () { self.timer = null; self.connect(); }, delay);
   };
 
-  // Open the connection for the current set of jobs, unless the open one already carries it.
+  // Spread the jobs over the lanes, and open each lane whose set changed (or that must start
+  // again), unless it is backing off: that one opens once its wait is over.
   Manager.prototype.connect = function () {
-    var self = this, jobs = this.desired();
-    var L = this.list && this.list.clients.size ? this.list : null;
+    var self = this, now = Date.now(), next = Infinity, before = this.lanes.slice(), opened = false;
     clearTimeout(this.timer);
     this.timer = null;
-    if (!jobs.length && !L) { this.close(); return; }
-    if (this.es && !this.force && !this.differs(jobs, L)) { return; }
-    this.force = false;
-    this.close();
-    var query = [], sigs = [];
-    jobs.forEach(function (J) {
+    if (this.stopped) { return; }
+    this.assign();
+    this.lanes.forEach(function (lane) {
+      if (lane.es && !lane.force && !self.differs(lane)) { return; }
+      if (lane.notBefore > now) { next = Math.min(next, lane.notBefore); return; }
+      self.open(lane);
+      opened = true;
+    });
+    if (next < Infinity) { this.schedule(next - now); }
+    var moved = before.length !== this.lanes.length || before.some(function (lane, k) { return self.lanes[k] !== lane; });
+    if (moved) { this.setState(this.aggregate()); }   // a lane closed, or a new one is connecting
+    if (opened || moved) { this.broadcastStats(); }
+  };
+
+  // Open a lane's EventSource for its jobs (and the list, on the first).
+  Manager.prototype.open = function (lane) {
+    var self = this, L = lane.list ? this.list : null, query = [], sigs = [], ids = [];
+    lane.force = false;
+    lane.close();
+    this.jobs.forEach(function (J) {
+      if (J.lane !== lane) { return; }
       var spec = J.id;
       if (J.tail !== null && !J.started && !J.cursor) { spec += "~" + J.tail; }
       else if (J.cursor) { spec += ":" + J.cursor + (J.epoch ? "~" + J.epoch : ""); }
       query.push("job=" + encodeURIComponent(spec));
       if (J.sig && sigs.indexOf(J.sig) < 0) { sigs.push(J.sig); }
+      ids.push(J.id);
       J.fresh = true;
       J.lowered = false;
       J.respec = false;
@@ -371,31 +488,30 @@
     sigs.forEach(function (sig) { query.push("sig=" + encodeURIComponent(sig)); });
     var url = this.base + "events?" + query.join("&");
     var es = new EventSource(url);
-    this.es = es;
-    this.conn = { url: url, ids: jobs.map(function (J) { return J.id; }), list: !!L, opened: false,
+    lane.es = es;
+    lane.conn = { url: url, ids: ids, list: !!L, opened: false,
                   ended: {} };  // jobs whose stream the server has ended (by id)
     this.counts.connections += 1;
     ENTRY_KINDS.concat(JOB_META, LIST_EVENTS, ["hello", "bye"]).forEach(function (type) {
-      es.addEventListener(type, function (ev) { if (self.es === es) { self.onEvent(type, ev.data); } });
+      es.addEventListener(type, function (ev) { if (lane.es === es) { self.onEvent(lane, type, ev.data); } });
     });
-    es.addEventListener("error", function () { if (self.es === es) { self.onError(); } });
-    this.broadcastStats();
+    es.addEventListener("error", function () { if (lane.es === es) { self.onError(lane); } });
   };
 
-  // Does the open connection miss a job, carry one nobody wants (and still streaming), or
-  // need a new start?
-  Manager.prototype.differs = function (jobs, L) {
-    var self = this, conn = this.conn;
-    if (!!L !== conn.list || (L && L.respec)) { return true; }
+  // Does the lane's open connection miss a job, carry one nobody wants there (and still
+  // streaming), or need a new start?
+  Manager.prototype.differs = function (lane) {
+    var self = this, conn = lane.conn, L = this.list, stale = false;
+    if (lane.list !== conn.list || (lane.list && L.respec)) { return true; }
     var unwanted = conn.ids.some(function (id) {
       var J = self.jobs.get(id);
-      return !conn.ended[id] && (!J || !J.clients.size);
+      return !conn.ended[id] && (!J || !J.clients.size || J.lane !== lane);
     });
-    return unwanted || jobs.some(function (J) { return J.lowered || J.respec || conn.ids.indexOf(J.id) < 0; });
-  };
-
-  Manager.prototype.close = function () {
-    if (this.es) { this.es.close(); this.es = null; }
+    lane.jobs.forEach(function (id) {
+      var J = self.jobs.get(id);
+      if (J.lowered || J.respec || conn.ids.indexOf(id) < 0) { stale = true; }
+    });
+    return unwanted || stale;
   };
 
   // For good (the page that ran it is going): no connection, no timer left behind.
@@ -403,35 +519,37 @@
     this.stopped = true;
     clearTimeout(this.timer);
     clearInterval(this.statusTimer);
-    this.close();
+    this.lanes.forEach(function (lane) { lane.close(); });
   };
 
-  // Read again now (a gap, or a connection that stopped bringing anything).
-  Manager.prototype.reconnect = function () {
-    this.force = true;
+  // Read a lane again now (a gap, or a connection that stopped bringing anything).
+  Manager.prototype.reconnect = function (lane) {
+    if (!lane) { return; }
+    lane.force = true;
     this.schedule(0);
   };
 
-  // One event of the stream.
-  Manager.prototype.onEvent = function (type, data) {
+  // One event of a lane's stream.
+  Manager.prototype.onEvent = function (lane, type, data) {
     var d;
     try { d = JSON.parse(data); } catch (e) { return; }
     if (type === "hello") {
-      this.conn.opened = true;
+      lane.conn.opened = true;
       if (d.retry > 0) { this.floor = d.retry; }
-      this.attempt = 0;
-      this.notBefore = 0;
-      this.state = "live";          // every client: which jobs are now live
+      lane.attempt = 0;
+      lane.notBefore = 0;
+      lane.state = "live";
+      this.state = this.aggregate();  // every client: which jobs are now live
       this.sendState(Array.from(this.clients.keys()));
       this.broadcastStats();
       return;
     }
     if (type === "bye") { if (d.retry > 0) { this.floor = d.retry; } return; }
-    if (type === "snapshot" || type === "job") { this.onList(type, d); return; }
-    if (TERMINAL[type] || type === "missing" || type === "ended") { this.conn.ended[d.job] = true; }
+    if (type === "snapshot" || type === "job") { this.onList(lane, type, d); return; }
+    if (TERMINAL[type] || type === "missing" || type === "ended") { lane.conn.ended[d.job] = true; }
     var J = this.jobs.get(d.job);
     if (!J) { return; }
-    if (JOB_META.indexOf(type) >= 0) { this.onMeta(J, type, d); } else { this.onEntry(J, type, d); }
+    if (JOB_META.indexOf(type) >= 0) { this.onMeta(J, type, d); } else { this.onEntry(lane, J, type, d); }
   };
 
   // tail, trimmed, missing, ended, reset: where a job's stream starts, or that it will not.
@@ -466,11 +584,11 @@
   };
 
   // An entry: forwarded once, in seq order; a skipped seq within a connection reads again.
-  Manager.prototype.onEntry = function (J, type, d) {
+  Manager.prototype.onEntry = function (lane, J, type, d) {
     if (J.lowered) { return; }      // being read again from earlier: the next connection brings it
     if (!(d.seq > J.cursor)) { this.counts.duplicates += 1; return; }
     if (d.seq !== J.cursor + 1) {
-      if (!J.fresh) { this.counts.gaps += 1; this.reconnect(); return; }
+      if (!J.fresh) { this.counts.gaps += 1; this.reconnect(lane); return; }
       J.ring = [];                  // the log starts later (trimmed): the ring stays contiguous
     }
     J.fresh = false;
@@ -485,7 +603,7 @@
   };
 
   // The job list: a snapshot, then items (each applied to the model for later joiners).
-  Manager.prototype.onList = function (type, d) {
+  Manager.prototype.onList = function (lane, type, d) {
     var L = this.list;
     if (!L) { return; }
     if (type === "snapshot") {
@@ -497,7 +615,7 @@
       if (L.cursor !== null && !(d.seq > L.cursor)) { this.counts.duplicates += 1; return; }
       if (L.cursor !== null && d.seq !== L.cursor + 1 && !L.fresh) {
         this.counts.gaps += 1;
-        this.reconnect();
+        this.reconnect(lane);
         return;
       }
       L.fresh = false;
@@ -508,47 +626,62 @@
     this.send(Array.from(L.clients), { t: "lev", ev: type, d: d });
   };
 
-  // The connection failed or ended: say so, then try again after a backoff.
-  Manager.prototype.onError = function () {
-    var self = this, conn = this.conn;
-    this.close();
-    var jobs = this.desired(), L = this.list && this.list.clients.size;
-    if (!jobs.length && !L) { this.setState("idle"); return; }
+  // A lane's connection failed or ended: say so, then try again after a backoff (its own: the
+  // other lanes go on).
+  Manager.prototype.onError = function (lane) {
+    var self = this, conn = lane.conn;
+    lane.close();
+    this.assign();                  // what it should carry now: its jobs may all have ended
+    if (this.lanes.indexOf(lane) < 0) {     // closed, having nothing left (a lane it freed may
+      this.setState(this.lanes.length ? this.aggregate() : "idle");   // now take waiting jobs)
+      this.broadcastStats();
+      this.changed();
+      return;
+    }
     var allEnded = conn.ids.every(function (id) { var J = self.jobs.get(id); return !J || J.ended; });
     if (conn.opened && allEnded && !conn.list) { this.schedule(0); return; }  // new jobs joined meanwhile
     this.counts.reconnects += 1;
-    this.setState("reconnecting");
-    var delay = backoff(this.floor, this.attempt);
-    this.attempt += 1;
-    this.notBefore = Date.now() + delay;
+    this.setLane(lane, "reconnecting");
+    var delay = backoff(this.floor, lane.attempt);
+    lane.attempt += 1;
+    lane.notBefore = Date.now() + delay;
     this.broadcastStats();
     if (conn.opened) { this.schedule(delay); return; }
     // It never opened: an HTTP error? Read it once, and stop asking for what is refused.
-    this.probe(conn.url).then(function () {
-      if (self.desired().length || (self.list && self.list.clients.size)) { self.schedule(Math.max(0, self.notBefore - Date.now())); }
+    this.probe(conn.url, lane).then(function () {
+      if (self.lanes.length) { self.schedule(Math.max(0, lane.notBefore - Date.now())); }
     });
   };
 
   // GET the failed URL once to read the server's reason (EventSource does not tell).
-  Manager.prototype.probe = function (url) {
+  Manager.prototype.probe = function (url, lane) {
     var self = this, ctl = typeof AbortController === "function" ? new AbortController() : null;
     return fetch(url, { cache: "no-store", signal: ctl ? ctl.signal : undefined }).then(function (r) {
       if (r.ok) { if (ctl) { ctl.abort(); } return; }
       if ([400, 401, 403, 404, 414].indexOf(r.status) < 0) { return; }
-      return r.json().catch(function () { return {}; }).then(function (body) { self.refuse(r.status, body, url); });
+      return r.json().catch(function () { return {}; }).then(function (body) { self.refuse(r.status, body, url, lane); });
     }).catch(function () { /* unreachable: the backoff goes on */ });
   };
 
-  // The server refused the stream: end what it refused. Its message says what (web/events.py,
-  // web/security.py): the job list ("the job list needs the token: …", or a bad list=), one
-  // job ("no view link of this request grants job <id>"), else everything that URL asked for
-  // (no token or link at all, a link that grants none of its jobs, a bad parameter, a 414).
-  Manager.prototype.refuse = function (status, body, url) {
-    var self = this, message = body.message || "HTTP " + status;
+  // The server refused a lane's stream: end what it refused. Its message says what
+  // (web/events.py, web/security.py): the job list ("the job list needs the token: …", or a bad
+  // list=), one job ("no view link of this request grants job <id>"), else everything that URL
+  // asked for (no token or link at all, a link that grants none of its jobs, a bad parameter),
+  // the other lanes' jobs never. A 414 for more than one thing says the server (or a proxy
+  // before it) takes a shorter query than MAX_QUERY: the lanes then get less room, and a job
+  // is refused only once it is over the limit alone.
+  Manager.prototype.refuse = function (status, body, url, lane) {
+    var self = this, message = body.message || "HTTP " + status, conn = lane.conn;
     var ofList = body.field === "list" || /^the job list\b/.test(message);
     var named = ofList ? null : /\bgrants job ([A-Za-z0-9_-]{1,128})$/.exec(message);
-    var whole = !ofList && !named && this.conn && this.conn.url === url;
-    var victims = named ? (this.jobs.has(named[1]) ? [named[1]] : []) : whole ? this.conn.ids : [];
+    var whole = !ofList && !named && conn && conn.url === url;
+    if (whole && status === 414 && (conn.ids.length > 1 || conn.list)) {
+      var used = url.length - url.indexOf("?") - 1;
+      this.room = Math.min(this.room, Math.floor(used * 3 / 4));
+      this.changed();
+      return;
+    }
+    var victims = named ? (this.jobs.has(named[1]) ? [named[1]] : []) : whole ? conn.ids : [];
     victims.forEach(function (id) {
       var J = self.jobs.get(id);
       if (!J) { return; }
@@ -556,10 +689,26 @@
       J.refusedEv = { job: id, status: status, reason: body.reason || null, message: message };
       self.send(Array.from(J.clients.keys()), { t: "ev", job: id, ev: "refused", d: J.refusedEv });
     });
-    if (this.list && (ofList || (whole && this.conn.list))) {
+    if (this.list && (ofList || (whole && conn.list))) {
       this.send(Array.from(this.list.clients), { t: "lev", ev: "refused", d: { status: status, message: message } });
       this.list = null;
     }
+  };
+
+  // The lanes' state together: reconnecting if one is, else live if one is, else as it was
+  // (connecting at first; idle once nothing is left to carry).
+  Manager.prototype.aggregate = function () {
+    var states = this.lanes.map(function (lane) { return lane.state; });
+    return states.indexOf("reconnecting") >= 0 ? "reconnecting"
+      : states.indexOf("live") >= 0 ? "live" : this.state;
+  };
+
+  // A lane's state changed: tell the clients (their jobs on it, and the state of them all).
+  Manager.prototype.setLane = function (lane, state) {
+    if (lane.state === state) { return; }
+    lane.state = state;
+    this.state = this.aggregate();
+    this.sendState(Array.from(this.clients.keys()));
   };
 
   Manager.prototype.setState = function (state) {
@@ -568,18 +717,32 @@
     this.sendState(Array.from(this.clients.keys()));
   };
 
-  // Tell clients whether the connection is live, and with which jobs.
-  Manager.prototype.sendState = function (clients) {
-    var conn = this.conn, live = this.state === "live" && conn && conn.opened;
-    this.send(clients, { t: "state", state: this.state, jobs: live ? conn.ids : [],
-                         list: !!(live && conn.list), stats: this.stats() });
+  // The lanes' connections that are open, first to last.
+  Manager.prototype.openLanes = function () {
+    return this.lanes.filter(function (lane) { return lane.es && lane.conn; });
   };
 
+  // Tell clients whether the connection is live, and with which jobs (those of the live lanes).
+  Manager.prototype.sendState = function (clients) {
+    var jobs = [], list = false;
+    this.lanes.forEach(function (lane) {
+      if (lane.state !== "live" || !lane.conn || !lane.conn.opened) { return; }
+      jobs = jobs.concat(lane.conn.ids);
+      list = list || lane.conn.list;
+    });
+    this.send(clients, { t: "state", state: this.state, jobs: jobs, list: list, stats: this.stats() });
+  };
+
+  // `jobs`: those the open connections carry; `lanes`: how many are open, and `laneJobs` the
+  // jobs of each; `connections`: how many were ever opened.
   Manager.prototype.stats = function () {
-    var c = this.counts;
+    var c = this.counts, open = this.openLanes();
     return { connections: c.connections, reconnects: c.reconnects, duplicates: c.duplicates,
-             gaps: c.gaps, state: this.state, jobs: this.conn && this.es ? this.conn.ids.slice() : [],
-             list: !!(this.conn && this.es && this.conn.list), retry: this.floor, clients: this.clients.size };
+             gaps: c.gaps, state: this.state,
+             jobs: [].concat.apply([], open.map(function (lane) { return lane.conn.ids; })),
+             list: open.some(function (lane) { return lane.conn.list; }),
+             lanes: open.length, laneJobs: open.map(function (lane) { return lane.conn.ids.slice(); }),
+             retry: this.floor, clients: this.clients.size };
   };
 
   Manager.prototype.broadcastStats = function () {
@@ -596,10 +759,10 @@
       var wanting = clients || Array.from(J.clients.keys()).filter(function (c) { return J.clients.get(c).status; });
       self.send(wanting, { t: "status", job: J.id, d: d });
       if (clients) { return; }
-      var live = self.state === "live" && self.conn && self.conn.ids.indexOf(J.id) >= 0;
+      var lane = J.lane, live = !!lane && lane.state === "live" && !!lane.es && lane.conn.ids.indexOf(J.id) >= 0;
       J.stuck = live && !J.ended && d.last_seq > J.cursor && J.cursor === J.seen ? J.stuck + 1 : 0;
       J.seen = J.cursor;
-      if (J.stuck >= 2) { J.stuck = 0; self.reconnect(); }
+      if (J.stuck >= 2) { J.stuck = 0; self.reconnect(lane); }
     }).catch(function () { /* the next round tries again */ });
   };
 
@@ -1003,10 +1166,10 @@
     if (TERMINAL[ev]) { this.finish(d); }
   };
 
-  // The connection's state, as it concerns this job.
+  // The connection's state, as it concerns this job: live if the lane carrying it is (another
+  // lane may be reconnecting meanwhile).
   Watch.prototype.connection = function (m) {
-    var s = m.state === "live" ? (m.jobs.indexOf(this.job) >= 0 ? "live" : "connecting")
-      : m.state === "reconnecting" ? "reconnecting" : "connecting";
+    var s = m.jobs.indexOf(this.job) >= 0 ? "live" : m.state === "reconnecting" ? "reconnecting" : "connecting";
     this.setState(s);
   };
 
@@ -1055,7 +1218,7 @@
   };
 
   ListWatch.prototype.connection = function (m) {
-    var s = m.state === "live" ? (m.list ? "live" : "connecting") : m.state === "reconnecting" ? "reconnecting" : "connecting";
+    var s = m.list ? "live" : m.state === "reconnecting" ? "reconnecting" : "connecting";
     if (s !== this.state) { this.state = s; call(this.o.onState, s); }
   };
 
@@ -1102,7 +1265,8 @@
 
   // For tests and the curious: how this tab shares the stream (mode, whether it holds the
   // connection), and the manager's counts: connections opened, reconnects, duplicates and
-  // gaps dropped, the jobs the stream carries now, the tabs it serves.
+  // gaps dropped, the jobs the stream carries now, the connections (lanes) open now and the
+  // jobs of each, the tabs it serves.
   function stats() {
     var h = hub, r = (h && h.remote) || {};
     return {
@@ -1111,7 +1275,7 @@
       duplicates: (h ? h.counts.duplicates : 0) + (r.duplicates || 0),
       gaps: (h ? h.counts.gaps : 0) + (r.gaps || 0),
       state: r.state || "connecting", jobs: r.jobs || [], list: !!r.list, retry: r.retry || null,
-      tabs: r.clients || 0
+      lanes: r.lanes || 0, laneJobs: r.laneJobs || [], tabs: r.clients || 0
     };
   }
 
