@@ -21,7 +21,11 @@ from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
 from jobcast.core.wait import wait_until
 from jobcast.launcher.redisserver import RedisServer, free_port
-from tests.support.clock import FakeClock
+
+# The helpers in tests/support/ assert as test modules do: show their failures in full.
+pytest.register_assert_rewrite("tests.support")
+
+from tests.support.clock import FakeClock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBCAST = [sys.executable, "-m", "jobcast"]
@@ -163,13 +167,10 @@ SLOW_PATHS = (
     "tests/web/test_security.py",  # private-mode gunicorns, one started in a test's body
 )
 SERVICE_FIXTURES = {
-    "tests/": {"web", "workers", "browser"},  # and so http, page, context, proxy...
-    "tests/test_cancel.py": {"lane"},
+    "tests/": {"web", "workers", "browser", "lane"},  # and so http, page, context, proxy...
     "tests/test_tail.py": {"capped_job", "capped_web"},
     "tests/launcher/test_up.py": {"up"},
-    "tests/web/test_browser_tail.py": {"lane"},
-    "tests/web/test_events.py": {"private"},
-    "tests/web/test_output.py": {"private"},
+    "tests/web/": {"private"},
     "tests/web/test_fuzz.py": {"server"},
     "tests/web/test_handover.py": {"stoppable"},
     "tests/web/test_limits.py": {"guarded"},
@@ -287,7 +288,7 @@ def web(redis_server, logs_dir) -> Iterator[WebServer]:
     """A real gunicorn with two gevent workers and quick heartbeats, for the session; it adopts
     and cancels the jobs of every queue."""
     # Every queue is Jobcast's here (JOBCAST_QUEUES): tests watch and cancel the jobs of queues
-    # of their own (tests/test_cancel.py's lane, tests/worker/test_emit.py's plain RQ jobs).
+    # of their own (the lane fixture's, tests/worker/test_emit.py's plain RQ jobs).
     server = WebServer(redis_server.url, workers=2, log_path=logs_dir / "web.log",
                        JOBCAST_HEARTBEAT="1", JOBCAST_QUEUES="*").start()
     yield server
@@ -300,6 +301,17 @@ def workers(redis_server, logs_dir) -> Iterator[Workers]:
     pool = Workers(redis_server.url, logs_dir)
     pool.start(3)
     yield pool
+    pool.stop_all()
+
+
+@pytest.fixture(scope="module")
+def lane(redis_server, logs_dir):
+    """One worker alone on its own queue, for the module: (config for enqueue, the worker's
+    process, its pool)."""
+    queue = "lane-" + uuid.uuid4().hex[:8]
+    pool = Workers(redis_server.url, logs_dir)
+    (proc,) = pool.start(1, JOBCAST_QUEUE=queue)
+    yield Settings(redis_url=redis_server.url, queue_name=queue), proc, pool
     pool.stop_all()
 
 

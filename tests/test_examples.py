@@ -14,9 +14,9 @@ import pytest
 from jobcast.launcher.redisserver import free_port
 from tests.conftest import (ROOT, assert_page_clean, service_env, start_rq_worker, stop_process,
                             wait_for, watch)
+from tests.support.browser import DONE
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
-from tests.web.test_browser import DONE  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 

@@ -9,9 +9,7 @@ import math
 import os
 import pty
 import select
-import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -21,110 +19,7 @@ import httpx
 from jobcast.cli.client import Display, Follower, Rate, parse_sse
 from jobcast.launcher.redisserver import free_port
 from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
-
-
-def sqrt_lines(n: int) -> list[str]:
-    return ["{}".format(math.sqrt(i)) for i in range(n)]
-
-
-class CuttableProxy:
-    """A TCP proxy in front of the web server whose connections the test can cut at will."""
-
-    def __init__(self, target_port: int):
-        self.target = ("127.0.0.1", target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.lock = threading.Lock()
-        self.pairs: list[tuple[socket.socket, socket.socket]] = []
-        self.accepted = 0
-        self.refused = 0
-        self.refusing = False
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.refusing:
-                self.refused += 1
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                self.accepted += 1
-                self.pairs.append((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while chunk := src.recv(65536):
-                dst.sendall(chunk)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> int:
-        """Reset every open connection; returns how many were cut."""
-        with self.lock:
-            pairs, self.pairs = self.pairs, []
-        for pair in pairs:
-            for s in pair:
-                try:
-                    # shutdown wakes the pump blocked in recv (close alone would not).
-                    s.shutdown(socket.SHUT_RDWR)
-                    s.close()
-                except OSError:
-                    pass
-        return len(pairs)
-
-    def close(self) -> None:
-        self.closed = True
-        self.listener.close()
-        self.cut()
-
-
-class Run:
-    """`jobcast ARGS` in the background; stdout lines are collected as they come."""
-
-    def __init__(self, redis_url: str, *args: str, **env: str):
-        self.proc = subprocess.Popen([*JOBCAST, *args], cwd=ROOT, env=service_env(redis_url, **env),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.err = ""
-        self._out = threading.Thread(target=self._read_out, daemon=True)
-        self._err = threading.Thread(target=self._read_err, daemon=True)
-        self._out.start()
-        self._err.start()
-
-    def _read_out(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def _read_err(self) -> None:
-        self.err = self.proc.stderr.read()
-
-    def wait(self, timeout: float = 60) -> int:
-        code = self.proc.wait(timeout)
-        self._out.join(5)
-        self._err.join(5)
-        return code
-
-
-@pytest.fixture
-def proxy(web):
-    p = CuttableProxy(web.port)
-    yield p
-    p.close()
+from tests.support.cli import Run, sqrt_lines
 
 
 def test_follow_resumes_after_cut_connections_and_prints_every_value_once_in_order(

@@ -12,15 +12,8 @@ import pytest
 
 from jobcast.cli.client import Unreachable, parse_blocks
 from jobcast.cli.multi import JitterBackoff, watch_many
-from tests.cli.test_client import CuttableProxy, Run, sqrt_lines
 from tests.conftest import create_job, wait_for
-
-
-@pytest.fixture
-def proxy(web):
-    p = CuttableProxy(web.port)
-    yield p
-    p.close()
+from tests.support.cli import Run, sqrt_lines
 
 
 def by_job(lines: list[str]) -> dict[str, list[str]]:

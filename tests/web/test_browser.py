@@ -19,57 +19,16 @@ import pytest
 from jobcast.core.joblog import JobLog
 from tests.conftest import (ROOT, WebServer, assert_page_clean, create_job, job_status, wait_for,
                             watch)
+from tests.support.browser import DONE, dom, model, wait_values
 from tests.support.loss import retried_after_loss
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 DOC_SCREENSHOTS = ROOT / "docs" / "screenshots"
-DONE = "() => document.getElementById('end').textContent === 'Done'"
-
-
-@pytest.fixture
-def context(browser):
-    ctx = browser.new_context()
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def page(context):
-    pg = watch(context.new_page())
-    yield pg
-    assert_page_clean(pg)
 
 
 def sqrt_texts(n: int) -> list[str]:
     return ["{}".format(math.sqrt(i)) for i in range(n)]
-
-
-def model(pg) -> dict:
-    """What the job page holds (window.jobcastPage())."""
-    return pg.evaluate("window.jobcastPage()")
-
-
-def wait_values(pg, count: int, timeout: float = 30000) -> None:
-    pg.wait_for_function(f"() => window.jobcastPage().values.length >= {count}", timeout=timeout)
-
-
-def dom(pg) -> dict:
-    """What the job page shows, read from the DOM in one go."""
-    return pg.evaluate("""() => {
-        const $ = id => document.getElementById(id);
-        return {
-          latest: $('latest').textContent, end: $('end').textContent,
-          status: $('status').textContent, worker: $('worker').textContent,
-          elapsed: $('elapsed').textContent, viewers: $('viewers').textContent,
-          progress: $('progress').value, progressMax: $('progress').max,
-          progressText: $('progress-text').textContent,
-          connection: $('connection').dataset.state,
-          chartPoints: +($('chart').dataset.points || 0), chartBuckets: +($('chart').dataset.buckets || 0),
-          chartLabel: $('chart').getAttribute('aria-label'),
-          rows: [...document.querySelectorAll('#log li')].map(li => [+li.dataset.i, li.lastChild.textContent]),
-        };
-    }""")
 
 
 def read_log_by_scrolling(pg) -> list[list]:

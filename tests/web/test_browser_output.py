@@ -6,20 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import assert_page_clean, create_job, watch
+from tests.conftest import create_job
 
 pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 ROWS = "[...document.querySelectorAll('#output-lines li')]"
-
-
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context()
-    pg = watch(ctx.new_page())
-    yield pg
-    assert_page_clean(pg)
-    ctx.close()
 
 
 def rows(pg) -> list[dict]:

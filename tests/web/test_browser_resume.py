@@ -30,14 +30,17 @@ import pytest
 from jobcast.core.joblog import JobLog
 from tests.conftest import WebServer, assert_page_clean, wait_for, watch
 from tests.support.loss import retried_after_loss
-from tests.web.test_browser import DONE, model, wait_values
-from tests.web.test_browser_shared import LIVE_VALUE, Sampler, Writer
+from tests.support.browser import DONE, LIVE_VALUE, model, wait_values
+from tests.support.streams import Sampler, Writer
 
 pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 pytestmark = pytest.mark.slow  # gunicorns of its own, and Chromium
 
 TOKEN = "resume-test-token-0123456789"
+# The private gunicorn (tests/web/conftest.py): quick heartbeats and no orphan failing, as the
+# public one.
+PRIVATE_ENV = {"JOBCAST_HEARTBEAT": "1", "JOBCAST_ORPHAN_TIMEOUT": "3600"}
 PLAIN_DONE = "() => document.getElementById('latest').textContent === 'Done'"
 
 
@@ -48,23 +51,6 @@ def server(redis_server, logs_dir):
                     JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600").start()
     yield web
     web.stop()
-
-
-@pytest.fixture(scope="module")
-def private(redis_server, logs_dir):
-    """A gunicorn with a token: reading needs the token (a session) or a view link per job."""
-    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-resume-private.log",
-                    JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600",
-                    JOBCAST_TOKEN=TOKEN).start()
-    yield web
-    web.stop()
-
-
-@pytest.fixture
-def context(browser):
-    ctx = browser.new_context()
-    yield ctx
-    ctx.close()
 
 
 def view_link(server: WebServer, job_id: str) -> str:

@@ -15,25 +15,20 @@ from __future__ import annotations
 
 import re
 import signal
-import threading
 import time
-import uuid
 
-import httpx
 import pytest
 
-from jobcast.core.joblog import JobLog
 from tests.conftest import (CHROMIUM_FLAGS, WebServer, assert_page_clean, chromium_path,
                             wait_for, watch)
+from tests.support.browser import DONE, LIVE_VALUE
+from tests.support.streams import Sampler, Writer, open_streams
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 pytestmark = pytest.mark.slow  # gunicorns and Chromiums of its own
 
 LAN_HOST = "jobcast.test"
-DONE = "() => document.getElementById('end').textContent === 'Done'"
-LIVE_VALUE = ("() => { const p = window.jobcastPage(); "
-              "return p.connection === 'live' && p.values.length > 0; }")
 
 
 @pytest.fixture(scope="module")
@@ -55,73 +50,6 @@ def lan_browser(browser):
         args=[*CHROMIUM_FLAGS, f"--host-resolver-rules=MAP {LAN_HOST} 127.0.0.1"])
     yield b
     b.close()
-
-
-class Writer:
-    """Jobs written straight to their logs: every 0.1 s a value of each, until :meth:`finish`."""
-
-    def __init__(self, redis, count: int, interval: float = 0.1):
-        """Create ``count`` running jobs and start writing."""
-        self.logs = [JobLog(redis, uuid.uuid4().hex) for _ in range(count)]
-        for log in self.logs:
-            log.create("sqrt", {}, None)
-            log.started("test-writer", 1)
-        self.ids = [log.job_id for log in self.logs]
-        self.written = {job_id: [] for job_id in self.ids}
-        self.interval = interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            for log in self.logs:
-                text = f"{log.job_id[:6]}:{i}"
-                log.value(i, text)
-                self.written[log.job_id].append(text)
-            i += 1
-            self.stop.wait(self.interval)
-        for log in self.logs:
-            log.finished()
-
-    def finish(self) -> None:
-        """Stop writing, and end every job."""
-        self.stop.set()
-        self.thread.join(10)
-
-
-def open_streams(base: str) -> int:
-    """The server's open stream connections (all its processes)."""
-    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
-        if line.startswith("jobcast_streams "):
-            return int(float(line.split()[1]))
-    return 0
-
-
-class Sampler:
-    """Samples the server's open stream connections every 100 ms, in a thread."""
-
-    def __init__(self, base: str):
-        """Start sampling ``base``."""
-        self.base = base
-        self.samples: list[tuple[float, int]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.samples.append((time.monotonic(), open_streams(self.base)))
-            self.stop.wait(0.1)
-
-    def most(self, since: float = 0.0) -> int:
-        """The most connections seen since ``since`` (time.monotonic())."""
-        return max([n for t, n in self.samples if t >= since] or [0])
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
 
 
 def texts(pg) -> list[str]:

@@ -12,33 +12,18 @@ from redis import Redis
 
 import tests.tasks  # noqa: F401  (registers the sleepy task in this process)
 from jobcast.core.joblog import JobLog, encode_value, meta_key
-from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
-from tests.conftest import WebServer, Workers, assert_page_clean, watch
-from tests.test_cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
-                               horse_of, stop_delay, wait_started)
-from tests.web.test_browser import dom, model, playwright_api
 from jobcast.worker.chart import Downsample
+from tests.conftest import WebServer
+from tests.support.browser import dom, model
+from tests.support.cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
+                                  horse_of, stop_delay, wait_started)
 
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context()
-    # The Stop button asks for confirmation: say yes, and remember what was asked.
-    pg = watch(ctx.new_page(), accept_dialogs=True)
-    yield pg
-    ctx.close()
-    assert_page_clean(pg)
-
-
-@pytest.fixture(scope="module")
-def lane(redis_server, logs_dir):
-    """One worker alone on its own queue."""
-    queue = "page-" + uuid.uuid4().hex[:8]
-    pool = Workers(redis_server.url, logs_dir)
-    (proc,) = pool.start(1, JOBCAST_QUEUE=queue)
-    yield Settings(redis_url=redis_server.url, queue_name=queue), proc
-    pool.stop_all()
+# The Stop button asks for confirmation: the page fixture (tests/web/conftest.py) says yes, and
+# remembers what was asked.
+ACCEPT_DIALOGS = True
 
 
 def stop_from_the_page(page, web, job_id: str) -> None:
@@ -54,7 +39,7 @@ def stop_from_the_page(page, web, job_id: str) -> None:
 
 
 def test_stop_button_cancels_a_queued_and_a_running_job_and_hides_itself(page, http, web, redis, lane):
-    cfg, proc = lane
+    cfg, proc, _ = lane
     job_id = enqueue("sleepy", {"n": 3, "interval": 60}, redis=redis, config=cfg)
     started = wait_started(redis, job_id)
     worker = started.data["worker"]

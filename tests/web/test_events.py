@@ -15,11 +15,11 @@ import pytest
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from jobcast.web.events import MAX_JOBS, digest
-from tests.conftest import WebServer, running_job, wait_for
+from tests.conftest import running_job, wait_for
 from tests.support.loss import lose
 from tests.support.sse import parse_events
 
-TOKEN = "events-test-token-0123456789"
+TOKEN = "events-test-token-0123456789"  # the private gunicorn's (tests/web/conftest.py)
 
 
 class Reader:
@@ -168,15 +168,6 @@ def test_a_request_whose_jobs_have_all_ended_where_it_resumes_gets_204(web, redi
     r = httpx.get(f"{web.url}/events?job={a.job_id}", headers={"Last-Event-ID": cursor},
                   timeout=10)
     assert r.status_code == 204
-
-
-@pytest.fixture(scope="module")
-def private(redis_server, logs_dir):
-    """A gunicorn with a token: reading needs the token or a signed link per job."""
-    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-events.log",
-                       JOBCAST_TOKEN=TOKEN).start()
-    yield server
-    server.stop()
 
 
 def test_a_link_for_one_job_does_not_open_another_in_a_multi_job_stream(private, redis):

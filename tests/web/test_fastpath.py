@@ -19,7 +19,8 @@ from gunicorn.http.errors import ParseException
 from jobcast.web.fastpath import FastPath
 from jobcast.web.frames import TEXT
 from jobcast.web.handover import FAST_PATH, ReadSocket
-from tests.conftest import WebServer, create_job, running_job, wait_for
+from tests.conftest import WebServer, running_job, wait_for
+from tests.support.fastpath import admissions, finished_job, request, settled_admissions
 from tests.support.sse import parse_events
 
 
@@ -31,29 +32,6 @@ def flask_only(redis_server, logs_dir) -> Iterator[WebServer]:
                        JOBCAST_FAST_ADMISSION="false").start()
     yield server
     server.stop()
-
-
-def admissions(url: str) -> dict[str, float]:
-    """``jobcast_stream_admissions_total`` by path, from the server's /metrics."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return {m[0]: float(m[1]) for m in
-            re.findall(r'^jobcast_stream_admissions_total\{path="(\w+)"\} (\S+)$', text, re.M)}
-
-
-def settled_admissions(url: str) -> dict[str, float]:
-    """:func:`admissions` once each worker process has published its own (they do every
-    heartbeat round, a third of a second on the session's server): two scrapes half a second
-    apart that agree."""
-    last: list[dict[str, float]] = []
-
-    def agreed() -> tuple[dict[str, float]] | None:
-        """The counts, when the scrape before this one saw the same."""
-        now = admissions(url)
-        same = bool(last) and last[-1] == now
-        last.append(now)
-        return (now,) if same else None
-
-    return wait_for(agreed, 10, interval=0.5, what="the admission counts to settle")[0]
 
 
 def exchange(port: int, raw: bytes) -> tuple[h11.Response, bytes]:
@@ -80,20 +58,6 @@ def exchange(port: int, raw: bytes) -> tuple[h11.Response, bytes]:
 def headers_of(response: h11.Response) -> list[tuple[str, str]]:
     """The response's headers in order, but Date (which moves)."""
     return [(k.decode(), v.decode()) for k, v in response.headers if k.lower() != b"date"]
-
-
-def finished_job(http: httpx.Client, n: int = 5) -> str:
-    """A sqrt job of ``n`` values that has finished."""
-    job_id = create_job(http, "sqrt", n=n, interval=0)
-    wait_for(lambda: http.get(f"/api/jobs/{job_id}").json()["status"] == "finished", 30,
-             what="the job to finish")
-    return job_id
-
-
-def request(path: str, *headers: str) -> bytes:
-    """A GET of ``path`` over HTTP/1.1 with ``headers``."""
-    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: jobcast.test", *headers]) +
-            "\r\n\r\n").encode()
 
 
 @pytest.mark.parametrize("path, extra", [

@@ -22,7 +22,7 @@ from jobcast.launcher.redisserver import RedisServer
 from jobcast.web.frames import LAST_CHUNK, chunk
 from jobcast.web.handover import AdmittingServer, HandoverSocket, can_take
 from tests.conftest import WebServer, running_job, wait_for
-from tests.web.test_fastpath import finished_job, request, settled_admissions
+from tests.support.fastpath import finished_job, request, settled_admissions
 
 
 class Request:

@@ -15,9 +15,8 @@ import pytest
 
 from jobcast.core.joblog import Entry, JobLog
 from jobcast.web.frames import HTML, SSE, TEXT
-from tests.conftest import WebServer
 
-TOKEN = "output-t0ken"
+TOKEN = "output-t0ken"  # the private gunicorn's (tests/web/conftest.py)
 
 
 def printed(text: str, attempt: int, stream: str = "stdout", **extra) -> tuple[str, dict, float]:
@@ -85,15 +84,6 @@ def test_a_trimmed_log_says_where_the_output_it_keeps_begins(http, redis, web):
     assert text.splitlines()[0] == (f"[jobcast] the log was trimmed: output before entry {first} "
                                     "is no longer kept")
     assert text.splitlines()[-1] == "line 19"
-
-
-@pytest.fixture(scope="module")
-def private(redis_server, logs_dir):
-    """A gunicorn with a token: reading a job needs it, or a view link for that job."""
-    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-output-private.log",
-                       JOBCAST_TOKEN=TOKEN).start()
-    yield server
-    server.stop()
 
 
 def test_a_private_servers_download_needs_the_token_or_the_jobs_view_link(private, redis):

@@ -20,16 +20,9 @@ from tests.support.sse import parse_events
 
 TOKEN = "read-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def private(redis_server, logs_dir):
-    """A gunicorn with a token, hence in private read mode (the default with a token); request
-    bodies must arrive within a second."""
-    s = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-private.log",
-                  JOBCAST_TOKEN=TOKEN, JOBCAST_HEARTBEAT="1", JOBCAST_BODY_TIMEOUT="1").start()
-    yield s
-    s.stop()
+# The private gunicorn (tests/web/conftest.py): a token, hence private read mode (the default
+# with a token); request bodies must arrive within a second.
+PRIVATE_ENV = {"JOBCAST_HEARTBEAT": "1", "JOBCAST_BODY_TIMEOUT": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from jobcast.worker import capture
 from jobcast.worker.hook import SimpleWorker
 from tests.conftest import create_job, sse_events, start_rq_worker, stop_process, stream_lines, wait_for
 from tests.rq_jobs import chatty, flood, long_line, print_then_hang_once, tick_then_wait
+from tests.support.cancel import horse_of
 from tests.support.sse import id_seq
-from tests.test_cancel import horse_of
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,80 @@
+"""Jobs written straight to their logs, and the server's open stream connections sampled:
+for the browser tests that count streams (tests/web/test_browser_shared.py,
+test_browser_resume.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import httpx
+
+from jobcast.core.joblog import JobLog
+
+
+class Writer:
+    """Jobs written straight to their logs: every 0.1 s a value of each, until :meth:`finish`."""
+
+    def __init__(self, redis, count: int, interval: float = 0.1):
+        """Create ``count`` running jobs and start writing."""
+        self.logs = [JobLog(redis, uuid.uuid4().hex) for _ in range(count)]
+        for log in self.logs:
+            log.create("sqrt", {}, None)
+            log.started("test-writer", 1)
+        self.ids = [log.job_id for log in self.logs]
+        self.written = {job_id: [] for job_id in self.ids}
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            for log in self.logs:
+                text = f"{log.job_id[:6]}:{i}"
+                log.value(i, text)
+                self.written[log.job_id].append(text)
+            i += 1
+            self.stop.wait(self.interval)
+        for log in self.logs:
+            log.finished()
+
+    def finish(self) -> None:
+        """Stop writing, and end every job."""
+        self.stop.set()
+        self.thread.join(10)
+
+
+def open_streams(base: str) -> int:
+    """The server's open stream connections (all its processes)."""
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith("jobcast_streams "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+class Sampler:
+    """Samples the server's open stream connections every 100 ms, in a thread."""
+
+    def __init__(self, base: str):
+        """Start sampling ``base``."""
+        self.base = base
+        self.samples: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append((time.monotonic(), open_streams(self.base)))
+            self.stop.wait(0.1)
+
+    def most(self, since: float = 0.0) -> int:
+        """The most connections seen since ``since`` (time.monotonic())."""
+        return max([n for t, n in self.samples if t >= since] or [0])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)

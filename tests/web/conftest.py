@@ -1,0 +1,37 @@
+"""Fixtures of the web tests: a private-mode gunicorn, and a browser context and page."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import WebServer, assert_page_clean, watch
+
+
+@pytest.fixture(scope="module")
+def private(request, redis_server, logs_dir):
+    """A gunicorn of the module's own with the module's TOKEN, hence in private read mode:
+    reading a job needs the token or a view link for that job. The module's PRIVATE_ENV, if
+    any, adds settings."""
+    module = request.module
+    name = module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / f"web-{name}-private.log",
+                       JOBCAST_TOKEN=module.TOKEN, **getattr(module, "PRIVATE_ENV", {})).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def context(browser):
+    """A fresh browser context (its own cookies and storage) in the module's Chromium."""
+    ctx = browser.new_context()
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(request, context):
+    """A watched page of ``context``: the test fails on an uncaught error or a CSP violation in
+    it. Dialogs are dismissed, or accepted if the module sets ACCEPT_DIALOGS."""
+    pg = watch(context.new_page(), accept_dialogs=getattr(request.module, "ACCEPT_DIALOGS", False))
+    yield pg
+    assert_page_clean(pg)
