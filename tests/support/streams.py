@@ -14,7 +14,8 @@ from jobcast.core.joblog import JobLog
 
 
 class Writer:
-    """Jobs written straight to their logs: every 0.1 s a value of each, until :meth:`finish`."""
+    """Jobs written straight to their logs: every 0.1 s a value of each, until :meth:`finish`
+    (or, for some of them, :meth:`end`)."""
 
     def __init__(self, redis, count: int, interval: float = 0.1):
         """Create ``count`` running jobs and start writing."""
@@ -26,20 +27,30 @@ class Writer:
         self.written = {job_id: [] for job_id in self.ids}
         self.interval = interval
         self.stop = threading.Event()
+        self.lock = threading.Lock()  # a round of values, or ending some jobs, at a time
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         i = 0
         while not self.stop.is_set():
-            for log in self.logs:
-                text = f"{log.job_id[:6]}:{i}"
-                log.value(i, text)
-                self.written[log.job_id].append(text)
+            with self.lock:
+                for log in self.logs:
+                    text = f"{log.job_id[:6]}:{i}"
+                    log.value(i, text)
+                    self.written[log.job_id].append(text)
             i += 1
             self.stop.wait(self.interval)
-        for log in self.logs:
-            log.finished()
+        with self.lock:
+            for log in self.logs:
+                log.finished()
+
+    def end(self, ids: list[str]) -> None:
+        """End these jobs now: no value of theirs after this; the others go on."""
+        with self.lock:
+            for log in [log for log in self.logs if log.job_id in ids]:
+                log.finished()
+                self.logs.remove(log)
 
     def finish(self) -> None:
         """Stop writing, and end every job."""

@@ -19,7 +19,6 @@ not to fail them as orphans.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
@@ -38,8 +37,8 @@ pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 pytestmark = pytest.mark.slow  # gunicorns of its own, and Chromium
 
 TOKEN = "resume-test-token-0123456789"
-# The private gunicorn (tests/web/conftest.py): quick heartbeats and no orphan failing, as the
-# public one.
+# Both of this module's gunicorns (the private one: tests/web/conftest.py): quick heartbeats,
+# and no orphan failing (no RQ worker runs here).
 PRIVATE_ENV = {"JOBCAST_HEARTBEAT": "1", "JOBCAST_ORPHAN_TIMEOUT": "3600"}
 PLAIN_DONE = "() => document.getElementById('latest').textContent === 'Done'"
 
@@ -48,7 +47,7 @@ PLAIN_DONE = "() => document.getElementById('latest').textContent === 'Done'"
 def server(redis_server, logs_dir):
     """A public gunicorn of this module's own, with quick heartbeats."""
     web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-resume.log",
-                    JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600").start()
+                    **PRIVATE_ENV).start()
     yield web
     web.stop()
 
@@ -291,35 +290,6 @@ def test_a_refused_job_list_refuses_the_list_only_and_a_refused_job_that_job_onl
         writer.finish()
 
 
-class Ending(Writer):
-    """A Writer whose jobs can also be ended a few at a time while the others go on."""
-
-    def __init__(self, redis, count: int, interval: float = 0.1):
-        self.lock = threading.Lock()
-        super().__init__(redis, count, interval)
-
-    def _run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            with self.lock:
-                for log in self.logs:
-                    text = f"{log.job_id[:6]}:{i}"
-                    log.value(i, text)
-                    self.written[log.job_id].append(text)
-            i += 1
-            self.stop.wait(self.interval)
-        with self.lock:
-            for log in self.logs:
-                log.finished()
-
-    def end(self, ids: list[str]) -> None:
-        """End these jobs now: no value of theirs after this."""
-        with self.lock:
-            for log in [log for log in self.logs if log.job_id in ids]:
-                log.finished()
-                self.logs.remove(log)
-
-
 def private_streams(server: WebServer) -> int:
     """The server's open stream connections (its /metrics needs the token)."""
     text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"},
@@ -352,6 +322,17 @@ def more(pg, but: list[str] = ()) -> None:
                          arg=counts, timeout=30000)
 
 
+def watch_signed(context, private: WebServer, ids: list[str]):
+    """A page opened by the view link of the first of ``ids``, then watching every one of them
+    with its own view link's sig= (and no token): the page."""
+    links = {job_id: view_link(private, job_id) for job_id in ids}
+    pg = watch(context.new_page())
+    pg.goto(private.url + links[ids[0]])
+    pg.wait_for_function(LIVE_VALUE, timeout=10000)
+    pg.evaluate(WATCH, [[job_id, sig_of(links[job_id])] for job_id in ids])
+    return pg
+
+
 def test_fifty_jobs_with_a_view_link_each_on_one_page_are_never_refused(context, private, redis):
     # Each job costs its cursor and its sig= (about 190 bytes): once they have cursors, fifty
     # of them are over the server's 8000-byte query limit, whose 414 names no job and would
@@ -360,11 +341,7 @@ def test_fifty_jobs_with_a_view_link_each_on_one_page_are_never_refused(context,
     # its connection that follows carries the cursors of the others.
     writer = Writer(redis, 50, interval=0.5)
     try:
-        links = {job_id: view_link(private, job_id) for job_id in writer.ids}
-        pg = watch(context.new_page())
-        pg.goto(private.url + links[writer.ids[0]])
-        pg.wait_for_function(LIVE_VALUE, timeout=10000)
-        pg.evaluate(WATCH, [[job_id, sig_of(links[job_id])] for job_id in writer.ids])
+        pg = watch_signed(context, private, writer.ids)
         # All stream at once: none waits for another to end.
         pg.wait_for_function(GOT_ALL, timeout=30000)
         s = pg.evaluate("Jobcast.stats()")
@@ -407,14 +384,10 @@ def test_a_hundred_jobs_with_a_view_link_each_all_stream_at_once_over_few_connec
     # ("lanes", each with jobs of its own), not over three: the browser keeps its other three
     # per-host connections for the page. None waits for another to end.
     wait_for(lambda: private_streams(private) == 0, 15, what="no stream left by another test")
-    writer = Ending(redis, 100, interval=0.5)
+    writer = Writer(redis, 100, interval=0.5)
     sampler = PrivateSampler(private)
     try:
-        links = {job_id: view_link(private, job_id) for job_id in writer.ids}
-        pg = watch(context.new_page())
-        pg.goto(private.url + links[writer.ids[0]])
-        pg.wait_for_function(LIVE_VALUE, timeout=10000)
-        pg.evaluate(WATCH, [[job_id, sig_of(links[job_id])] for job_id in writer.ids])
+        pg = watch_signed(context, private, writer.ids)
         # Every job gets values, and goes on getting new ones, while all of them run.
         pg.wait_for_function(GOT_ALL, timeout=30000)
         more(pg)

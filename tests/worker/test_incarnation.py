@@ -219,6 +219,28 @@ def settings(redis_server, monkeypatch):
     get_settings.cache_clear()
 
 
+def fail_over_to_value_0(monkeypatch, jlog: JobLog, *, before_value_1: bool) -> list[int]:
+    """Make the job's writer fail over, once, to where its value 0 was last in the log: just
+    before value 1 is written (its lines already logged), or just after. Returns the seqs the
+    writer's values got (value 0's first)."""
+    first = jlog.head().epoch
+    logged = JobLog.value
+    kept: list[int] = []
+
+    def value_then_failover(self, index, v, total=None):
+        """Write value ``index``; around value 1, lose the log's entries after value 0's."""
+        if before_value_1 and index == 1 and self.epoch == first:
+            lose(jlog, keep=kept[0])
+        seq = logged(self, index, v, total)
+        kept.append(seq)
+        if not before_value_1 and index == 1 and self.epoch == first:
+            lose(jlog, keep=kept[0])
+        return seq
+
+    monkeypatch.setattr(JobLog, "value", value_then_failover)
+    return kept
+
+
 def perform_meeting_a_reset(redis, job: Job) -> None:
     """Run ``job`` here, its output captured as the hook does for run_task (the capture starts
     before the runner begins its log), and expect it to raise LogReset."""
@@ -235,19 +257,7 @@ def test_the_runner_s_value_after_lost_output_lines_raises_log_reset(redis, sett
     job = Job.fetch(job_id, connection=redis)
     jlog = JobLog(redis, job_id)
     first = jlog.head().epoch
-    logged = JobLog.value
-    kept: list[int] = []
-
-    def value_then_failover(self, index, v, total=None):
-        """Before value 1 (its lines already logged), fail over to where value 0 was last."""
-        if index == 1 and self.epoch == first:
-            lose(jlog, keep=kept[0])
-        seq = logged(self, index, v, total)
-        if index == 0:
-            kept.append(seq)
-        return seq
-
-    monkeypatch.setattr(JobLog, "value", value_then_failover)
+    kept = fail_over_to_value_0(monkeypatch, jlog, before_value_1=True)
     perform_meeting_a_reset(redis, job)
     entries = list(jlog.entries())
     keep = kept[0]
@@ -262,19 +272,8 @@ def test_the_runner_s_output_after_its_last_value_meeting_a_reset_retries_it_ins
     job = Job.fetch(job_id, connection=redis)
     jlog = JobLog(redis, job_id)
     first = jlog.head().epoch
-    logged = JobLog.value
-    kept: list[int] = []
-
-    def value_then_failover(self, index, v, total=None):
-        """After the last value (1), fail over to where value 0 was last: the line the task
-        prints next ("bye") meets the reset."""
-        seq = logged(self, index, v, total)
-        kept.append(seq)
-        if index == 1 and self.epoch == first:
-            lose(jlog, keep=kept[0])
-        return seq
-
-    monkeypatch.setattr(JobLog, "value", value_then_failover)
+    # After the last value (1): the line the task prints next ("bye") meets the reset.
+    kept = fail_over_to_value_0(monkeypatch, jlog, before_value_1=False)
     perform_meeting_a_reset(redis, job)
     entries = list(jlog.entries())
     assert [e.kind for e in entries if e.seq > kept[0]] == ["retrying"]
