@@ -654,6 +654,12 @@ def job_events(data: bytes) -> list[tuple[str, int]]:
             bytes(data).decode().split("\n") if line.startswith("data: "))]
 
 
+def has_read(client, job_id: str, seq: int) -> bool:
+    """Whether ``client`` has read a whole multi-job stream up to ``job_id``'s entry ``seq``."""
+    data = bytes(client.data)
+    return data.endswith(b"\n\n") and job_events(data)[-1:] == [(job_id, seq)]
+
+
 def finish_and_read(relay: Relay, client, logs: list[JobLog]) -> dict[str, list[int]]:
     """Finish every job and deliver its end; once the stream has ended (and no event ever
     carried two jobs' data), the seqs of each job's events, in the order they came."""
@@ -1294,7 +1300,12 @@ def test_a_stream_that_cannot_take_its_cohorts_write_leaves_it_and_loses_nothing
     assert slow.cohort is held[0][0].cohort is not None
     for i in range(1, 60):
         relay.deliver(a.job_id, write(a, i, i + 1, size=500))
-        relay.deliver(b.job_id, write(b, i - 1, i, size=500))
+        last = write(b, i - 1, i, size=500)
+        relay.deliver(b.job_id, last)
+        # The other two read each write before the next (their reader threads could lag on a
+        # busy machine, and they are the ones that keep up here); the frozen one reads nothing.
+        for _, client in (held[0], held[2]):
+            green_wait(lambda: has_read(client, b.job_id, last[-1].seq), what="a fast read")
     assert slow.cohort is None and held[0][0].cohort is held[2][0].cohort is not None
     held[1][1].start()
     for seqs in end_and_read_all(relay, held, [a, b]):
