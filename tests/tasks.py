@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Annotated, Iterator
 
@@ -109,4 +111,14 @@ def printer(lines: Annotated[int, Field(ge=0, le=1000)] = 100) -> Iterator[int]:
     if job is not None:
         job.connection.blpop(f"test:go:{job.id}", timeout=60)
     print("after go")
+    yield 1
+
+
+@task()
+def dies() -> Iterator[int]:
+    """Yield 0; then, in its first attempt, die as the OOM killer kills (SIGKILL of its own
+    process: a forking worker's work-horse, the worker living on); a later attempt yields 1."""
+    yield 0
+    if first_attempt():
+        os.kill(os.getpid(), signal.SIGKILL)
     yield 1

@@ -74,6 +74,10 @@ class LifecycleMixin:
     A failure to reach Redis here is logged and never fails the job itself.
     """
 
+    _horse_died_job_id: str | None = None
+    """The job whose work-horse just died (:meth:`handle_work_horse_killed`), until its failure
+    is handled."""
+
     def __init__(self, *args, **kwargs) -> None:
         """Set up the RQ worker, and read Jobcast's settings before RQ forks any work-horse,
         so every job inherits them instead of reading the environment again."""
@@ -193,12 +197,17 @@ class LifecycleMixin:
         # os.fsdecode could not decode) would raise there, and the worker would quit.
         exc_string = valid_text(exc_string)
         try:
-            cancelled = rq_log(job).status() == "cancelled"
+            status = rq_log(job).status()
         except (RedisError, ValueError):
-            cancelled = False
+            status = None
+        cancelled = status == "cancelled"
+        # run_task logs its own attempt's end, but not when its work-horse died under it: its
+        # code never got there, and RQ runs no failure callback on that path.
+        died = self._horse_died_job_id == job.id and status == "running"
+        self._horse_died_job_id = None
         if cancelled:
             self._stopped_job_id = job.id  # (its log has its end: nothing more to write)
-        elif not is_runner(job):
+        elif died or not is_runner(job):
             stopped = getattr(self, "_stopped_job_id", None) == job.id
             retry = bool(job.retries_left) and not stopped
             reason = "stopped" if stopped else reason_from(exc_string)
@@ -211,6 +220,13 @@ class LifecycleMixin:
             except InvalidJobOperation:
                 pass  # already filed as canceled (the cancel request got there first)
         return result
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage) -> None:
+        """RQ's seam for a work-horse that died while the worker lives on (the OOM killer, a
+        crash in a C extension, RQ's own kill at the job's timeout + 60 s); the job's failure
+        is handled next (:meth:`handle_job_failure`), where its log gets its end."""
+        self._horse_died_job_id = job.id
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
     def handle_job_retry(self, job: Job, queue, retry, *args, **kwargs):
         """The job returned ``rq.Retry``: log ``retrying``, or ``failed`` once none is left."""

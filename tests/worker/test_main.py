@@ -11,6 +11,8 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+import tests.tasks  # noqa: F401  (registers dies in this process, and in its work-horses)
+
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import get_settings
 from jobcast.producer.enqueue import enqueue
@@ -62,3 +64,30 @@ def test_every_worker_class_files_a_job_cancelled_in_its_log_as_canceled_and_nev
     assert job.retries_left == 2
     assert job_id not in queue.failed_job_registry.get_job_ids()
     assert [e.kind for e in JobLog(redis, job_id).entries()] == ["queued", "cancelled"]
+
+
+@pytest.mark.parametrize("worker_class", [JobcastWorker, Worker])
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_task_whose_work_horse_dies_gets_its_attempt_s_end_logged_and_its_retry(
+        redis: Redis, in_process, monkeypatch, worker_class, retries):
+    """A review's finding: a Jobcast task whose work-horse was killed while its worker lived
+    on (the OOM killer) kept a log saying ``running`` forever. RQ runs no failure callback on
+    that path, and the hook left run_task's jobs to run_task."""
+    queue_name = f"jobcast-test-horse-died-{worker_class.__name__}-{retries}"
+    monkeypatch.setenv("JOBCAST_QUEUE", queue_name)
+    monkeypatch.setenv("JOBCAST_JOB_RETRIES", str(retries))
+    get_settings.cache_clear()
+    job_id = enqueue("dies", {}, redis=redis)
+    worker_class([Queue(queue_name, connection=redis)], connection=redis).work(burst=True)
+    entries = list(JobLog(redis, job_id).entries())
+    kinds = [e.kind for e in entries]
+    first = ["queued", "started", "value"]
+    if retries:
+        # Attempt 2 logs value 1 (its value 0 is the one logged already) and finishes.
+        assert kinds == first + ["retrying", "started", "value", "finished"]
+        assert [e.data["i"] for e in entries if e.kind == "value"] == [0, 1]
+        assert Job.fetch(job_id, connection=redis).get_status() == JobStatus.FINISHED
+    else:
+        assert kinds == first + ["failed"]
+        assert Job.fetch(job_id, connection=redis).get_status() == JobStatus.FAILED
+    assert "Work-horse terminated unexpectedly" in entries[3].data["reason"]
