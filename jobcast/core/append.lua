@@ -8,11 +8,16 @@
 --       check), the highest seq the writer wrote (0 for no check), a new epoch (the log's
 --       first, or one minted here), '1' to begin a new epoch with this entry (a new attempt's
 --       start: nothing proves the log is what the last attempt left), the writer's id and the
---       number of this write among its writes (1, 2, ...), then field/value pairs for the hash.
+--       number of this write among its writes (1, 2, ...), '1' when the write is refused with
+--       -5 if the log is behind the writer ('' to write it anyway, in a new epoch: a retrying or
+--       failed entry ends the attempt whatever happened to its log), then field/value pairs
+--       for the hash.
 -- Returns the new entry's seq, or a negative code: -1 already ended, -2 unknown job,
 -- -3 value index not the next one (a retried job repeating a value), -4 job id exists,
 -- -5 the log is not the incarnation the writer began: another epoch, or behind what the writer
--- wrote (entries lost in a failover: a new epoch begins here), -6 a write sent again that was
+-- wrote (entries lost in a failover: a new epoch begins here, whether the write is refused or
+-- not, so no seq of the lost entries is reused in the epoch viewers saw them in), -6 a write
+-- sent again that was
 -- appended before its writer's last (see below). The epoch checks come before -3, so a
 -- truncated log never answers -3 and lets a value be skipped silently.
 -- Each entry carries the epoch it was written in: {"seq":N,"ep":"<epoch>",...}.
@@ -40,12 +45,14 @@ else
   epoch = redis.call('HGET', meta, 'epoch')
   if ARGV[9] ~= '' and epoch ~= ARGV[9] then return -5 end
   local last = tonumber(redis.call('HGET', meta, 'seq') or '0')
-  if last < tonumber(ARGV[10]) then
+  local behind = last < tonumber(ARGV[10])
+  if behind then
     mint(meta, ARGV[11], last + 1)
-    return -5
+    if ARGV[15] == '1' then return -5 end
+    epoch = ARGV[11]
   end
   if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
-  if not epoch or ARGV[12] == '1' then  -- (a log written before epochs gets one here too)
+  if not behind and (not epoch or ARGV[12] == '1') then  -- (a log before epochs gets one too)
     epoch = ARGV[11]
     mint(meta, epoch, last + 1)
   end
@@ -65,8 +72,8 @@ else
   redis.call('SPUBLISH', ARGV[1], entry)
 end
 redis.call('HSET', meta, writer, nth .. ':' .. seq)
-if #ARGV > 14 then
-  redis.call('HSET', meta, unpack(ARGV, 15))
+if #ARGV > 15 then
+  redis.call('HSET', meta, unpack(ARGV, 16))
 end
 if kind == 'queued' and index then
   local id = string.match(meta, ':job:(.*)$')

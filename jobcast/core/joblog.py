@@ -84,7 +84,8 @@ APPEND_LUA = EPOCH_LUA + files(__package__).joinpath("append.lua").read_text()
 CHECKED = frozenset({"started", "value", "finished", "log"})
 """The entries a writer that began the log writes only into the incarnation it began. The
 others (``retrying``, ``failed``, ``cancelled``) are written whatever the epoch: they are how a
-reset job is retried or failed, and how a cancel or the watchdog ends a job. Output lines
+reset job is retried or failed, and how a cancel or the watchdog ends a job. A began writer's
+one still begins a new epoch when the log is behind what it wrote, so no seq is reused. Output lines
 (``log``) are checked too: a failover that lost some would otherwise have their seqs reused."""
 
 TAIL_PAGE = 5000
@@ -334,6 +335,11 @@ class JobLog:
                 self.high = max(self.high, seq)
                 if new_era and self.began:
                     self.epoch = epoch  # this writer began it
+            elif seq == -5:
+                # A newer epoch holds the log now (minted by this write, or before it): the
+                # seqs this writer wrote were the old one's, and its next write (the attempt's
+                # retrying or failed) must not mint yet another.
+                self.high = 0
         if seq == -5 or (seq == -2 and self.began and kind in CHECKED):
             raise LogReset(self.job_id)
         if seq > 0:
@@ -435,13 +441,15 @@ class JobLog:
         if not is_cluster(self.redis):
             # On a Cluster, create() indexes the job (these keys are in other slots).
             keys += [JOBS_INDEX, OPEN_JOBS]
+        # Every write of a began writer says the highest seq it wrote, so that a log found
+        # behind it (a failover lost entries) begins a new epoch; a checked one is refused.
         checked = self.began and kind in CHECKED
         self._writes += 1  # (under the writer's lock: numbered in the order they are sent)
         return (keys,
                 [self.keys.channel, kind, index, ",".join(parts) + "}", self.maxlen,
                  self.ttl, f"{now:.6f}", self.index_max, (self.epoch or "") if checked else "",
-                 self.high if checked else 0, epoch or new_epoch(), "1" if new_era else "",
-                 self._writer, self._writes, *fields])
+                 self.high if self.began else 0, epoch or new_epoch(), "1" if new_era else "",
+                 self._writer, self._writes, "1" if checked else "", *fields])
 
     def create(self, task: str, params: dict[str, Any], total: int | None,
                extra: dict[str, str] | None = None) -> int:
@@ -514,6 +522,14 @@ class JobLog:
             self.high = int(seq or 0)
         return status is not None, int(values or 0), int(attempt or 0) + 1
 
+    def intact(self) -> bool:
+        """Whether the log is still the incarnation this writer began, holding every entry
+        it wrote: False once a failover lost some (or a reader began a new epoch), read now."""
+        epoch, seq = self.redis.hmget(self.keys.meta, "epoch", "seq")
+        with self._locked():
+            return (self.began and (epoch.decode() if epoch is not None else None) == self.epoch
+                    and int(seq or 0) >= self.high)
+
     def started(self, worker: str, attempt: int) -> int:
         """Record that ``worker`` started (or restarted) the job.
 
@@ -571,7 +587,8 @@ class JobLog:
                 for keys, args in calls:
                     script(keys=keys, args=args, client=pipe)
                 seqs = [int(seq) for seq in pipe.execute()]
-            self.high = max([self.high, *seqs])
+            # (after a -5 a newer epoch holds the log: see _write)
+            self.high = 0 if -5 in seqs else max([self.high, *seqs])
         if -5 in seqs or (-2 in seqs and self.began and
                           any(kind in CHECKED for kind, _body, _ts in entries)):
             raise LogReset(self.job_id)

@@ -80,6 +80,35 @@ def test_a_writer_that_finds_the_log_behind_what_it_wrote_begins_a_new_epoch_and
     assert [era.first_seq for era in log.head().eras] == [1, 5, 6]
 
 
+@pytest.mark.parametrize("ending", ["retrying", "failed", "a refused value, then retrying"])
+def test_an_attempts_end_written_after_a_loss_begins_one_new_epoch_and_reuses_no_seq(
+        redis, ending):
+    """A review's finding: an attempt whose first write after a lossy failover was its end
+    (``retrying`` or ``failed``, which a writer writes whatever the epoch) wrote it at a lost
+    entry's seq in the same epoch. A viewer that had that entry was never told it was lost,
+    and never got the end."""
+    log = new_log(redis)
+    first = log.head().epoch
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    writer.started("w", 1)
+    for i in range(3):
+        writer.value(i, i)           # seqs 3..5
+    lose(log, keep=4)                # value 2, seq 5, is gone: a viewer may have had it
+    if ending.startswith("a refused value"):
+        with pytest.raises(LogReset):
+            writer.value(3, 3)       # checked: refused, and the new epoch begins
+        ending = "retrying"          # then the runner logs the attempt's end
+    assert getattr(writer, ending)("the attempt failed") == 5
+    head = log.head()
+    # One new epoch, from seq 5: the refused value's and the end's are the same one.
+    assert head.epoch != first and head.eras == (Era(first, 1, 0), Era(head.epoch, 5, 2))
+    assert epochs_of(log) == [first] * 4 + [head.epoch]
+    # The viewer that had seq 5 of the first epoch is reset to seq 4, where the loss began.
+    reset = resolve(head, first, seq=5)
+    assert reset is not None and (reset.reason, reset.after) == (LOST, 4)
+
+
 def test_a_writer_of_another_epoch_is_refused_before_its_value_is_checked(redis):
     log = new_log(redis)
     writer = JobLog(redis, log.job_id)
