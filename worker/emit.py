@@ -71,6 +71,13 @@ def share(job: Job, jlog: JobLog) -> None:
     setattr(job, STATE_ATTR, EmitState(jlog))
 
 
+def run_log(job: Job) -> JobLog:
+    """The log this run of ``job`` began (the hook's, :func:`share`, or emit()'s), or a new
+    one when none was begun (a work-horse that died: its worker writes the end)."""
+    state = job.__dict__.get(STATE_ATTR)
+    return state.log if state is not None else rq_log(job)
+
+
 def _state(job: Job) -> EmitState:
     """This run's EmitState: the log the hook shared (:func:`share`), or one created (with the
     log, if missing) and begun on the first call."""

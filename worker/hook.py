@@ -31,7 +31,7 @@ from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.worker import capture
-from jobcast.worker.emit import HOOKED_ATTR, is_runner, rq_log, share
+from jobcast.worker.emit import HOOKED_ATTR, STATE_ATTR, is_runner, rq_log, run_log, share
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,18 @@ class LifecycleMixin:
         raised is on that path already.
         """
         reset = capture.seal()
-        result = super().handle_execution_ended(job, *args, **kwargs)
         # RQ marks a job that raised FAILED before this call: raising then would escape its
         # failure path (and end a work-horse without logging the job's end).
-        if reset and job.get_status(refresh=False) != JobStatus.FAILED:
+        returned = job.get_status(refresh=False) != JobStatus.FAILED
+        if returned and not reset and not is_runner(job) and STATE_ATTR in job.__dict__:
+            # A failover may also have lost the job's last values, with nothing written since:
+            # its log is then not what it wrote, and the attempt is retried as above.
+            try:
+                reset = not run_log(job).intact()
+            except RedisError as exc:  # its end is written (or not) as Redis allows
+                log.warning("jobcast: could not check the log of job %s: %s", job.id, exc)
+        result = super().handle_execution_ended(job, *args, **kwargs)
+        if reset and returned:
             raise LogReset(job.id)
         return result
 
@@ -237,17 +245,31 @@ class LifecycleMixin:
         return super().handle_job_retry(job, queue, retry, *args, **kwargs)
 
     def _log_end(self, job: Job, kind: str, reason: str = "") -> None:
-        """Write a ``finished``, ``retrying`` or ``failed`` entry; Redis errors only warn."""
+        """Write a ``finished``, ``retrying`` or ``failed`` entry; Redis errors only warn.
+
+        It goes through the log this run began, which knows the highest seq the attempt wrote:
+        written after a failover that lost entries, it begins a new epoch instead of reusing
+        their seqs. A ``finished`` refused that way (the loss came after the check at the end
+        of the execution) is written as any writer writes it, into the new epoch."""
         try:
-            jlog = rq_log(job)
-            if kind == "finished":
-                jlog.finished()
-            elif kind == "retrying":
-                jlog.retrying(reason)
-            else:
-                jlog.failed(reason)
+            jlog = run_log(job)
+            try:
+                self._write_end(jlog, kind, reason)
+            except LogReset:
+                log.warning("jobcast: the log of job %s was reset as it ended", job.id)
+                self._write_end(rq_log(job), kind, reason)
         except RedisError as exc:
             log.warning("jobcast: could not log %s for job %s: %s", kind, job.id, exc)
+
+    @staticmethod
+    def _write_end(jlog: JobLog, kind: str, reason: str) -> None:
+        """Write ``kind`` (``finished``, ``retrying`` or ``failed``) with ``reason``."""
+        if kind == "finished":
+            jlog.finished()
+        elif kind == "retrying":
+            jlog.retrying(reason)
+        else:
+            jlog.failed(reason)
 
 
 class Worker(LifecycleMixin, RQWorker):

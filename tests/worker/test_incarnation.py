@@ -207,6 +207,46 @@ def test_an_attempt_whose_output_met_a_reset_with_no_retry_left_fails_and_never_
     assert job.get_status() == JobStatus.FAILED and "LogReset" in job.latest_result().exc_string
 
 
+# -- values lost after the last write: the attempt is retried, its end never reuses a seq ---------
+
+
+def loses_its_last_value_then_returns() -> str:
+    """Attempt 1: log values 0..2, then fail over to a replica that lacks value 2, and return
+    with nothing more written. Later attempts log the values again and return."""
+    jlog = rq_log(get_current_job())
+    seqs = [emit(i) for i in range(3)]
+    if jlog.info().attempt == 1:
+        lose(jlog, keep=seqs[1])
+    return "done"
+
+
+@pytest.mark.parametrize("worker_class", [SimpleWorker, Worker])
+@pytest.mark.parametrize("retries", [0, 1])
+def test_an_attempt_whose_last_values_a_failover_lost_is_retried_and_its_end_reuses_no_seq(
+        redis, in_process, worker_class, retries):
+    """A review's finding: the hook wrote the end of such an attempt (``finished``) with a new
+    writer, at the lost value's seq in the same epoch: a viewer that had that value was never
+    told it was lost, and RQ filed the job finished without it."""
+    queue = Queue(f"lost-last-{os.getpid()}-{uuid.uuid4().hex[:6]}", connection=redis)
+    job = queue.enqueue(loses_its_last_value_then_returns,
+                        retry=Retry(max=retries) if retries else None)
+    worker_class([queue], connection=redis).work(burst=True)
+    job = Job.fetch(job.id, connection=redis)
+    entries = list(JobLog(redis, job.id).entries())
+    first = entries[0].ep
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    # Seq 5 (value 2) was lost: what comes at seq 5 now is in a new epoch.
+    assert [e.ep == first for e in entries] == [True] * 4 + [False] * (len(entries) - 4)
+    assert entries[4].kind == ("retrying" if retries else "failed")
+    assert entries[4].data["reason"] == f"LogReset: {LogReset(job.id)}"
+    if retries:
+        assert [(e.kind, e.data.get("i")) for e in entries[5:]] == [
+            ("started", None), ("value", 2), ("finished", None)]
+        assert job.get_status() == JobStatus.FINISHED
+    else:
+        assert len(entries) == 5 and job.get_status() == JobStatus.FAILED
+
+
 # -- Jobcast's own tasks: run_task shares its log with the capture the hook started --------------
 
 
