@@ -860,22 +860,27 @@ class Relay:
             mark = recent.reading(v.job_id)
             count = self._page(v.job_id)
             reading = self._reading[v.job_id] = self._event()
+            failure: RedisError | None = None
             try:
                 entries, head = self.broker.history(v.job_id, v.cursor, count)
             except RedisError as exc:
-                # Redis is unreachable (a restart?): keep the viewer and read again soon.
+                failure = exc
+            finally:
+                del self._reading[v.job_id]
+                reading.set()
+            if failure is not None:
+                # Redis is unreachable (a restart?): keep the viewer and read again soon. The
+                # read is given back first: a stalled client's heartbeat, or this wait, must not
+                # hold the job's other viewers once Redis is back.
                 outage_since = outage_since or self.clock()
                 if self.clock() - outage_since > MAX_OUTAGE:
                     log.warning("giving up on a viewer of %s: Redis down for %ss", v.job_id,
                                 MAX_OUTAGE)
                     return "redis_down"
-                log.info("viewer of %s waits for Redis: %s", v.job_id, exc)
+                log.info("viewer of %s waits for Redis: %s", v.job_id, failure)
                 self._write(v, v.transport.heartbeat)
                 self._sleep(1.0)
                 continue
-            finally:
-                del self._reading[v.job_id]
-                reading.set()
             outage_since = None
             if not head.exists or v.epoch != head.epoch or v.cursor > head.seq:
                 # Placed after the read is given back: a reset written to a slow client must

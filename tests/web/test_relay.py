@@ -1152,6 +1152,44 @@ def test_a_reset_written_to_a_stalled_client_does_not_hold_its_jobs_other_newcom
     assert not past_end.closed  # its write still waits on its client
 
 
+def test_a_stalled_client_waiting_on_redis_does_not_hold_its_jobs_other_viewers_once_it_is_back(
+        redis, clock, monkeypatch):
+    """A review's finding: while Redis was down, the viewer whose read failed wrote its
+    heartbeat (and slept) still holding its job's read; a stalled client's heartbeat then held
+    the job's other viewers for the write timeout after Redis came back."""
+    relay = Relay(PlayedBroker(redis), heartbeat=0.2, write_timeout=20, clock=clock, green=True)
+    log = running_job(redis)
+    relay.broker.redis = Redis(port=1, retry=Retry(NoBackoff(), 0))  # Redis is down
+    failed = []
+    history = relay.broker.history
+
+    def noted(*args):
+        """The broker's read, noted when it fails."""
+        try:
+            return history(*args)
+        except Exception:
+            failed.append(1)
+            raise
+
+    monkeypatch.setattr(relay.broker, "history", noted)
+    server, _ = socket_ends(4096, read=False)
+    try:
+        while True:
+            server.send(b"x" * 4096)  # the client reads nothing: its buffers fill
+    except BlockingIOError:
+        pass
+    stalled = Viewer(log.job_id, SocketSink(server), SSE, cursor=2)
+    try:
+        relay.hold(stalled)
+        green_wait(lambda: failed, what="the stalled viewer's read to fail")
+        relay.broker.redis = redis  # Redis is back
+        newcomer, client = held(relay, log)
+        green_wait(lambda: not newcomer.slow, 5, what="the other viewer's history")
+        assert client.sse_ids() == [1, 2] and not stalled.closed
+    finally:
+        relay.stop(timeout=5)
+
+
 def test_a_resume_into_a_surviving_prefix_of_an_older_epoch_just_goes_on(redis, relay):
     log = running_job(redis)
     first = log.head().epoch
