@@ -808,6 +808,9 @@ def test_a_write_goes_out_once_every_job_of_every_gathering_stream_has_come(redi
     assert order == []  # a and c's stream still waits for c
     relay.on_publications({c.job_id: write(c, 0, 1)})
     green_wait(lambda: sorted(order) == [0, 1], 5, what="both writes, long before the window")
+    # (written: read by the clients' threads as soon as they run)
+    green_wait(lambda: has_read(ab_client, b.job_id, 3) and has_read(ac_client, c.job_id, 3),
+               what="both streams' reads")
     assert job_events(ab_client.data)[-2:] == [(a.job_id, 3), (b.job_id, 3)]
     assert job_events(ac_client.data)[-2:] == [(a.job_id, 3), (c.job_id, 3)]
     # In step now, the two a-and-b streams of a cohort are written as soon as both have come.
@@ -1147,7 +1150,8 @@ def test_a_reset_written_to_a_stalled_client_does_not_hold_its_jobs_other_newcom
     relay.hold(past_end)
     green_wait(lambda: log.head().epoch != first, what="the new epoch of the reset")
     newcomer, client = held(relay, log)
-    green_wait(lambda: not newcomer.slow, 5, what="the other newcomer's history")
+    green_wait(lambda: not newcomer.slow and len(entry_ids(client.data)) == 2, 5,
+               what="the other newcomer's history")
     assert [i for _, i in entry_ids(client.data)] == [f"1:{first}", f"2:{first}"]
     assert not past_end.closed  # its write still waits on its client
 
@@ -1184,7 +1188,8 @@ def test_a_stalled_client_waiting_on_redis_does_not_hold_its_jobs_other_viewers_
         green_wait(lambda: failed, what="the stalled viewer's read to fail")
         relay.broker.redis = redis  # Redis is back
         newcomer, client = held(relay, log)
-        green_wait(lambda: not newcomer.slow, 5, what="the other viewer's history")
+        green_wait(lambda: not newcomer.slow and len(client.sse_ids()) == 2, 5,
+                   what="the other viewer's history")
         assert client.sse_ids() == [1, 2] and not stalled.closed
     finally:
         relay.stop(timeout=5)
@@ -1200,7 +1205,7 @@ def test_a_resume_into_a_surviving_prefix_of_an_older_epoch_just_goes_on(redis, 
     # The epoch is the viewer's from the start: set after hold(), its catch-up could already
     # have read the log without it.
     viewer, client = held(relay, log, cursor=4, epoch=first)
-    green_wait(lambda: not viewer.slow, what="catching up")
+    green_wait(lambda: not viewer.slow and len(entry_ids(client.data)) == 2, what="catching up")
     assert [i for _, i in entry_ids(client.data)] == [f"5:{first}", f"6:{log.head().epoch}"]
     assert viewer.epoch == log.head().epoch
 
