@@ -32,6 +32,7 @@ from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.worker import capture
 from jobcast.worker.emit import HOOKED_ATTR, STATE_ATTR, is_runner, rq_log, run_log, share
+from jobcast.worker.runner import JobCancelled
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,11 @@ class LifecycleMixin:
             jlog = rq_log(job)
             jlog.ensure(job.description, job.origin)
             attempt = jlog.next_attempt()
-            jlog.started(self.name, attempt)
+            if jlog.started(self.name, attempt) == -1 and jlog.status() == "cancelled":
+                # Cancelled as it was taken (a retry's, say: RQ does not look at a job's
+                # cancel when it dequeues it). Raised inside RQ's ``try``, this never runs
+                # the job: the failure path files it canceled, as run_task's own check does.
+                raise JobCancelled(job.id)
             jlog.begin()
         except RedisError as exc:
             log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)

@@ -8,7 +8,7 @@ import threading
 import pytest
 from redis import Redis
 
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
 import tests.tasks  # noqa: F401  (registers dies in this process, and in its work-horses)
@@ -91,3 +91,30 @@ def test_a_task_whose_work_horse_dies_gets_its_attempt_s_end_logged_and_its_retr
         assert kinds == first + ["failed"]
         assert Job.fetch(job_id, connection=redis).get_status() == JobStatus.FAILED
     assert "Work-horse terminated unexpectedly" in entries[3].data["reason"]
+
+
+def records_that_it_ran(key: str) -> None:
+    """A plain RQ job that notes it ran."""
+    from rq import get_current_job
+
+    get_current_job().connection.set(key, 1)
+
+
+@pytest.mark.parametrize("worker_class", [JobcastWorker, Worker, SimpleWorker])
+def test_a_plain_job_cancelled_as_it_is_taken_never_runs_and_is_filed_canceled(
+        redis: Redis, worker_class):
+    """A review's finding: the hook ran a plain RQ job whose log said ``cancelled`` by the
+    time a worker took it (RQ does not look for a cancel as it dequeues a job)."""
+    queue = Queue(f"jobcast-test-taken-cancelled-{worker_class.__name__}", connection=redis)
+    ran = f"ran-{queue.name}"
+    redis.delete(ran)
+    job = queue.enqueue(records_that_it_ran, ran, retry=Retry(max=2))
+    jlog = JobLog(redis, job.id)
+    jlog.ensure(job.description, job.origin)   # opened by a viewer (the web adopts it)
+    jlog.cancelled("test")                      # the cancel lands as the worker takes it
+    worker_class([queue], connection=redis).work(burst=True)
+    job = Job.fetch(job.id, connection=redis)
+    assert redis.get(ran) is None
+    assert job.get_status() == JobStatus.CANCELED and job.retries_left == 2
+    assert job.id not in queue.failed_job_registry.get_job_ids()
+    assert [e.kind for e in jlog.entries()] == ["queued", "cancelled"]
