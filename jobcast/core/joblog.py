@@ -311,6 +311,8 @@ class JobLog:
         # however often a lost reply makes the client send it (append.lua).
         self._writer = new_epoch()
         self._writes = 0
+        # append_many's last batch, when its reply was lost: (entry, its script call) each.
+        self._unsent: list[tuple[tuple, tuple]] = []
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -325,6 +327,7 @@ class JobLog:
         """
         epoch = new_epoch()
         with self._locked():
+            self._unsent = []  # a batch sent after this write would not be in order
             keys, args = self.script_args(kind, body, index=index, value_json=value_json,
                                           meta=meta, new_era=new_era, epoch=epoch)
             if kind in TERMINAL and self.terminal_replicas and not is_cluster(self.redis):
@@ -574,25 +577,39 @@ class JobLog:
         """
         script = self.script()
         with self._locked():
-            calls = [self.script_args(kind, body, ts=ts) for kind, body, ts in entries]
-            if is_cluster(self.redis):
-                seqs: list[int] = []
-                for keys, args in calls:
-                    seqs.append(int(script(keys=keys, args=args)))
-                    if seqs[-1] in (-1, -2, -5):
-                        seqs += [seqs[-1]] * (len(calls) - len(seqs))
-                        break
-            else:
-                pipe = self.redis.pipeline(transaction=False)
-                for keys, args in calls:
-                    script(keys=keys, args=args, client=pipe)
-                seqs = [int(seq) for seq in pipe.execute()]
+            # A batch sent again after its reply was lost (the caller keeps it and tries once
+            # more) goes with the write numbers it had, so what had landed is not appended twice.
+            resent, self._unsent = self._unsent, []
+            if entries[:len(resent)] != [entry for entry, _call in resent]:
+                resent = []
+            calls = [call for _, call in resent] + [
+                self.script_args(kind, body, ts=ts) for kind, body, ts in entries[len(resent):]]
+            try:
+                seqs = self._append_calls(script, calls)
+            except RedisError:
+                self._unsent = list(zip(entries, calls))
+                raise
             # (after a -5 a newer epoch holds the log: see _write)
             self.high = 0 if -5 in seqs else max([self.high, *seqs])
         if -5 in seqs or (-2 in seqs and self.began and
                           any(kind in CHECKED for kind, _body, _ts in entries)):
             raise LogReset(self.job_id)
         return seqs
+
+    def _append_calls(self, script, calls: list[tuple[list[str], list[Any]]]) -> list[int]:
+        """Run the append script's ``calls`` in order, in one round trip (one by one on a
+        Cluster, up to the first refused as ended, gone or reset); their replies."""
+        if is_cluster(self.redis):
+            seqs: list[int] = []
+            for keys, args in calls:
+                seqs.append(int(script(keys=keys, args=args)))
+                if seqs[-1] in (-1, -2, -5):
+                    return seqs + [seqs[-1]] * (len(calls) - len(seqs))
+            return seqs
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return [int(seq) for seq in pipe.execute()]
 
     def retrying(self, reason: str) -> int:
         """Record that the attempt failed and the job goes back on the queue."""

@@ -309,6 +309,39 @@ def test_output_lines_take_their_place_by_seq_without_moving_values_or_status(jl
     assert logged[0].data["ts"] == 1234.5   # the time it was printed, not appended
 
 
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_batch_of_lines_whose_reply_was_lost_is_appended_once_when_sent_again(jlog, monkeypatch,
+                                                                                 landed):
+    """A review's finding: the capture sends a batch again at its next tick when the first
+    send failed past the client's own retries, and the resend took new write numbers: a batch
+    that had landed (only its reply was lost) was appended twice."""
+    from redis.client import Pipeline
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    jlog.begin()
+    jlog.started("w1", 1)
+    real = Pipeline.execute
+    armed = [True]
+
+    def execute(self, *args, **kwargs):
+        """The pipeline's reply lost once: after it ran (``landed``), or before."""
+        if armed:
+            armed.clear()
+            if landed:
+                real(self, *args, **kwargs)
+            raise RedisConnectionError("the reply was lost")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "execute", execute)
+    with pytest.raises(RedisConnectionError):
+        jlog.append_many([line("a"), line("b")])
+    # Sent again with what was printed since, as the capture's next tick does.
+    seqs = jlog.append_many([line("a"), line("b"), line("c")])
+    assert seqs == ([-6, 4, 5] if landed else [3, 4, 5])
+    assert [e.data["text"] for e in jlog.entries() if e.kind == "log"] == ["a", "b", "c"]
+    assert jlog.value(0, "v") == 6
+
+
 def test_values_are_still_deduplicated_across_attempts_whose_output_is_kept(jlog):
     jlog.started("w1", 1)
     jlog.append_many([line("first try")])
