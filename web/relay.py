@@ -373,8 +373,11 @@ class Relay:
         if on_peer_close is not None:
             # Freed as soon as its client leaves (a page changing its jobs reconnects at once).
             on_peer_close(lambda: self._client_left(conn))
-        for n, viewer in enumerate(conn.viewers):
-            self.hold(viewer, here=here and n == len(conn.viewers) - 1)
+        # A job missing, or ended at the stream's position, is in the connection (for its
+        # checkpoint) already closed: nothing to hold.
+        live = [viewer for viewer in conn.viewers if not viewer.closed]
+        for n, viewer in enumerate(live):
+            self.hold(viewer, here=here and n == len(live) - 1)
 
     def _client_left(self, conn: Connection) -> None:
         """The client of a multi-job stream closed it: end its viewers (and so free its slot)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 
 import gevent
 import pytest
@@ -1015,6 +1016,26 @@ def test_a_partial_gathered_write_whose_client_then_leaves_ends_every_job_of_it(
     client.sock.close()
     wait_for(lambda: relay.viewers(a.job_id) == 0, 10, 0.01, "a's viewer ended")
     assert not conn.lock.locked()
+
+
+def test_a_streams_jobs_missing_or_ended_at_its_position_are_not_held(redis, relay):
+    """A review's finding: they are in the connection (closed) for its checkpoint, and
+    hold_connection held them again, counted as viewers of a job that may not exist."""
+    from jobcast.web.events import digest, job_sse
+    from jobcast.web.viewer import Connection, ViewerState
+
+    log, gone = running_job(redis), uuid.uuid4().hex
+    server, client = socket_ends(None, True)
+    conn = Connection(None, digest([log.job_id, gone]))
+    conn.add(Viewer(log.job_id, None, job_sse(log.job_id), cursor=0))
+    missing = Viewer(gone, None, job_sse(gone), cursor=0)
+    missing.state, missing.done = ViewerState.CLOSED, True
+    conn.add(missing)
+    conn.attach(SocketSink(server))
+    relay.hold_connection(conn)
+    assert relay.viewers(gone) == 0 and missing.state is ViewerState.CLOSED
+    green_wait(lambda: not conn.viewers[0].slow, what="the other job's history")
+    assert relay.viewers(log.job_id) == 1
 
 
 def test_a_shutdown_ends_the_catch_up_it_starts_itself(redis, clock):
