@@ -253,13 +253,16 @@ class Relay:
         newest = self.recent.last(job_id)
         if newest is not None:
             return Position(newest.terminal, newest.seq, newest.ep)
-        flight = self._positions.get(job_id)
-        if flight is not None:
+        with self._lock:  # (threads: two callers must not both read, and both set it)
+            flight = self._positions.get(job_id)
+            waiting = flight is not None
+            if not waiting:
+                flight = self._positions[job_id] = _Flight()
+        if waiting:
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error
             return flight.result
-        flight = self._positions[job_id] = _Flight()
         try:
             flight.result = self.broker.position(job_id)
             return flight.result
@@ -750,28 +753,31 @@ class Relay:
         """Take ``v`` off the fast path: write ``pending``, then read the log from its cursor
         (in a new greenlet or thread, or with ``here`` in this one). ``holding``: the caller
         holds the connection lock, which passes to the catch-up with ``pending``."""
-        if v.closed or v in self._catching:
-            if holding:
-                v.conn.lock.release()
-            return
-        conn = v.conn
-        if conn is not None and conn.cohort is not None:
-            pending += self._leave(conn, holding=holding)
-        if conn is not None and conn.parts and not holding:
-            # Its connection's gathered write goes out first: the catch-up then writes after
-            # it, and a gathered write never waits on a viewer that is catching up (whose
-            # catch-up could not take the rest of a partial write).
-            self._flush_one(conn, self.clock())
+        # (threads: under the lock, as the fast path's writes are; a catch-up thread then
+        # finds itself in _catching before it can end)
+        with self._lock:
             if v.closed or v in self._catching:
-                return  # the write was partial, and this viewer's catch-up now finishes it
-        v.slow = True
-        v.missed = 0
-        metrics.caught_up(reason)
-        if here:
+                if holding:
+                    v.conn.lock.release()
+                return
+            conn = v.conn
+            if conn is not None and conn.cohort is not None:
+                pending += self._leave(conn, holding=holding)
+            if conn is not None and conn.parts and not holding:
+                # Its connection's gathered write goes out first: the catch-up then writes
+                # after it, and a gathered write never waits on a viewer that is catching up
+                # (whose catch-up could not take the rest of a partial write).
+                self._flush_one(conn, self.clock())
+                if v.closed or v in self._catching:
+                    return  # the write was partial, and this viewer's catch-up finishes it
+            v.slow = True
+            v.missed = 0
+            metrics.caught_up(reason)
+            if not here:
+                self._catching[v] = self._spawn(self._catch_up_run, v, pending, holding)
+                return
             self._catching[v] = self._current()
-            self._catch_up_run(v, pending, holding)
-        else:
-            self._catching[v] = self._spawn(self._catch_up_run, v, pending, holding)
+        self._catch_up_run(v, pending, holding)
 
     def _spawn(self, func, *args):
         """Run ``func(*args)`` in a greenlet (under gevent) or a daemon thread."""
@@ -808,7 +814,9 @@ class Relay:
         finally:
             if holding:  # it never got to write what it was handed
                 v.conn.lock.release()
-            self._catching.pop(v, None)
+            with self._lock:  # (threads: a catch-up begun since, once this one was done)
+                if self._catching.get(v) is self._current():
+                    del self._catching[v]
             if reason in CUT:
                 # Its stream is not whole any more: cut it (all of a multi-job stream, whose
                 # other jobs would otherwise go on without this one, and say nothing), so that
@@ -816,6 +824,14 @@ class Relay:
                 self._cut(v, reason)
             if reason:
                 self.release(v, reason)
+
+    def _back_on_fast_path(self, v: Viewer) -> None:
+        """``v``'s catch-up is done (the caller holds the lock): the fast path writes it from
+        now on, and a partial write there starts a new catch-up at once (threads: were it
+        still in _catching until this one ended, that write's rest would be dropped)."""
+        v.slow = False
+        if self._catching.get(v) is self._current():
+            del self._catching[v]
 
     def _read_until_current(self, v: Viewer) -> str | None:
         """Write the log after ``v.cursor`` until nothing is newer; None once back on the fast
@@ -839,7 +855,7 @@ class Relay:
                     # viewer has ends with the job's end (no entry will ever come).
                     at_end = recent.last(v.job_id).terminal
                     if not at_end:
-                        v.slow = False
+                        self._back_on_fast_path(v)
                         return None
             if at_end:
                 return self._end_at_cursor(v)
@@ -851,7 +867,12 @@ class Relay:
                 if end:
                     return "job_ended"
                 continue
-            reading = self._reading.get(v.job_id)
+            with self._lock:  # (threads: one reader of a job at a time, as under gevent)
+                reading = self._reading.get(v.job_id)
+                if reading is None:
+                    mark = recent.reading(v.job_id)
+                    count = self._page(v.job_id)
+                    mine = self._reading[v.job_id] = self._event()
             if reading is not None:
                 # Another viewer of this job is reading its log (a burst of newcomers): wait
                 # for that read to land in the recent entries rather than repeat it. That
@@ -860,16 +881,15 @@ class Relay:
                 if not reading.wait(self.heartbeat):
                     self._write(v, v.transport.heartbeat)
                 continue
-            mark = recent.reading(v.job_id)
-            count = self._page(v.job_id)
-            reading = self._reading[v.job_id] = self._event()
+            reading = mine
             failure: RedisError | None = None
             try:
                 entries, head = self.broker.history(v.job_id, v.cursor, count)
             except RedisError as exc:
                 failure = exc
             finally:
-                del self._reading[v.job_id]
+                with self._lock:
+                    del self._reading[v.job_id]
                 reading.set()
             if failure is not None:
                 # Redis is unreachable (a restart?): keep the viewer and read again soon. The
@@ -906,7 +926,7 @@ class Relay:
                         and recent.generation == mark.generation):
                     # Back to the fast path: whatever is delivered from now on sees it, and
                     # whatever was delivered during the read set v.missed (or a new generation).
-                    v.slow = False
+                    self._back_on_fast_path(v)
                     return None
             if entries:
                 end = entries[-1].terminal

@@ -9,6 +9,7 @@ loop runs in the test thread: the relay's catch-up greenlets run while the test 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -1016,6 +1017,102 @@ def test_a_partial_gathered_write_whose_client_then_leaves_ends_every_job_of_it(
     client.sock.close()
     wait_for(lambda: relay.viewers(a.job_id) == 0, 10, 0.01, "a's viewer ended")
     assert not conn.lock.locked()
+
+
+def test_threads_a_partial_write_just_as_a_catch_up_ends_loses_nothing(redis, clock, monkeypatch):
+    """A review's finding (threaded servers): a catch-up thread back on the fast path stayed
+    in _catching until its thread ended; a write that went out partly in that gap handed its
+    rest to a catch-up that was never started, and the rest was dropped."""
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_timeout=10, clock=clock, green=False)
+    log = running_job(redis)
+    back, delivered = threading.Event(), threading.Event()
+    read_until_current = relay._read_until_current
+
+    def ends_late(v):
+        """The catch-up, which ends only once the test has delivered (the gap, held open)."""
+        reason = read_until_current(v)
+        if reason is None and not back.is_set():
+            back.set()
+            delivered.wait(10)
+        return reason
+
+    monkeypatch.setattr(relay, "_read_until_current", ends_late)
+    server, client = socket_ends(4096, read=False)
+    viewer = Viewer(log.job_id, SocketSink(server, green=False), SSE, cursor=0)
+    relay.hold(viewer)
+    wait_for(back.is_set, 10, 0.01, "the catch-up back on the fast path")
+    relay.deliver(log.job_id, write(log, 0, 20, size=2000))  # far more than the buffers take
+    delivered.set()
+    client.start()
+    log.finished()
+    relay.deliver(log.job_id, log.page(22, 10)[0])
+    wait_for(lambda: client.eof, 10, 0.01, "the end of the stream")
+    assert client.sse_ids() == list(range(1, 24))
+
+
+def test_threads_two_catch_ups_of_a_job_at_once_read_it_once_and_neither_is_cut(redis, clock,
+                                                                                  monkeypatch):
+    """A review's finding (threaded servers): two catch-ups of one job could both find no read
+    under way and both start one; the first to end forgot the second's, whose own end then
+    failed, and its stream was cut."""
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_timeout=10, clock=clock, green=False)
+    log = running_job(redis)
+    both = threading.Barrier(2, timeout=1)
+    reading = relay.recent.reading
+
+    def together(job_id):
+        """Note a read of the job, once both catch-ups are here (if both can be)."""
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both.wait()
+        return reading(job_id)
+
+    monkeypatch.setattr(relay.recent, "reading", together)
+    viewers = []
+    for _ in range(2):
+        server, client = socket_ends(None, True)
+        viewers.append((Viewer(log.job_id, SocketSink(server, green=False), SSE, cursor=0),
+                        client))
+    for viewer, _ in viewers:
+        relay.hold(viewer)
+    for viewer, client in viewers:
+        wait_for(lambda: not viewer.slow and client.sse_ids() == [1, 2], 10, 0.01, "its history")
+        assert not viewer.closed
+
+
+def test_threads_two_admissions_asking_a_jobs_position_at_once_both_get_it(redis, clock,
+                                                                           monkeypatch):
+    """The same race in :meth:`Relay.position` (threaded servers): the second admission's end
+    of its read raised KeyError, and its request failed."""
+    from jobcast.web import relay as relay_module
+
+    relay = Relay(PlayedBroker(redis), heartbeat=5, clock=clock, green=False)
+    log = running_job(redis)
+    both = threading.Barrier(2, timeout=1)
+
+    class Together(relay_module._Flight):
+        """A read in flight, begun once both admissions are here (if both can be)."""
+
+        def __init__(self):
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both.wait()
+            super().__init__()
+
+    monkeypatch.setattr(relay_module, "_Flight", Together)
+    answers, errors = [], []
+
+    def admit() -> None:
+        """Ask the job's position, as an admission does."""
+        try:
+            answers.append(relay.position(log.job_id))
+        except Exception as exc:  # noqa: BLE001  (what the request would have failed with)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=admit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == [] and [a.seq for a in answers] == [2, 2]
 
 
 def test_a_streams_jobs_missing_or_ended_at_its_position_are_not_held(redis, relay):
