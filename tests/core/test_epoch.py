@@ -30,6 +30,17 @@ def new_log(redis, **options) -> JobLog:
     return log
 
 
+def attempt(log: JobLog, values: int, worker: str = "w", number: int = 1) -> JobLog:
+    """A writer that began ``log``, started attempt ``number`` and logged ``values`` values
+    (seqs 3 on, in a fresh log)."""
+    writer = JobLog(log.redis, log.job_id)
+    writer.begin()
+    writer.started(worker, number)
+    for i in range(values):
+        writer.value(i, i)
+    return writer
+
+
 def epochs_of(log: JobLog) -> list[str | None]:
     """The epoch of each entry, in order."""
     return [e.ep for e in log.entries()]
@@ -89,11 +100,7 @@ def test_an_attempts_end_written_after_a_loss_begins_one_new_epoch_and_reuses_no
     and never got the end."""
     log = new_log(redis)
     first = log.head().epoch
-    writer = JobLog(redis, log.job_id)
-    writer.begin()
-    writer.started("w", 1)
-    for i in range(3):
-        writer.value(i, i)           # seqs 3..5
+    writer = attempt(log, 3)         # seqs 3..5
     lose(log, keep=4)                # value 2, seq 5, is gone: a viewer may have had it
     if ending.startswith("a refused value"):
         with pytest.raises(LogReset):
@@ -137,11 +144,7 @@ def test_a_restart_begins_an_epoch_in_which_a_lost_tail_is_never_reused_silently
     # The worker died with the primary: nobody can tell the retry what was lost.
     log = new_log(redis)
     first = log.head().epoch
-    dead = JobLog(redis, log.job_id)
-    dead.begin()
-    dead.started("w1", 1)
-    for i in range(5):
-        dead.value(i, i)                      # seqs 3..7, seen by some viewer
+    attempt(log, 5, "w1")                     # seqs 3..7, seen by some viewer
     lose(log, keep=5)
     retry = JobLog(redis, log.job_id)
     assert retry.begin() == (True, 3, 2)

@@ -116,6 +116,17 @@ def socket_ends(rcvbuf: int | None, read: bool) -> tuple[socket.socket, Client]:
     return server, Client(client, read)
 
 
+def stalled_ends() -> tuple[socket.socket, Client]:
+    """:func:`socket_ends` whose client reads nothing and whose buffers are full already: the
+    next write to the relay's end waits (a stalled client)."""
+    server, client = socket_ends(4096, read=False)
+    try:
+        while True:
+            server.send(b"x" * 4096)
+    except BlockingIOError:
+        return server, client
+
+
 def held(relay: Relay, log: JobLog, transport=SSE, *, cursor: int = 0, epoch: str | None = None,
          chunked: bool = False, rcvbuf: int | None = None,
          read: bool = True) -> tuple[Viewer, Client]:
@@ -1257,12 +1268,7 @@ def test_a_reset_written_to_a_stalled_client_does_not_hold_its_jobs_other_newcom
     so the job's other newcomers waited on that write, up to the write timeout (30 s)."""
     log = running_job(redis)
     first = log.head().epoch
-    server, stalled = socket_ends(4096, read=False)
-    try:
-        while True:
-            server.send(b"x" * 4096)  # the client reads nothing: its buffers fill
-    except BlockingIOError:
-        pass
+    server, stalled = stalled_ends()
     # A position past the log's end (its entries were lost): it gets a reset it cannot take.
     past_end = Viewer(log.job_id, SocketSink(server), SSE, cursor=50, epoch=first)
     relay.hold(past_end)
@@ -1294,12 +1300,7 @@ def test_a_stalled_client_waiting_on_redis_does_not_hold_its_jobs_other_viewers_
             raise
 
     monkeypatch.setattr(relay.broker, "history", noted)
-    server, _ = socket_ends(4096, read=False)
-    try:
-        while True:
-            server.send(b"x" * 4096)  # the client reads nothing: its buffers fill
-    except BlockingIOError:
-        pass
+    server, _ = stalled_ends()
     stalled = Viewer(log.job_id, SocketSink(server), SSE, cursor=2)
     try:
         relay.hold(stalled)
