@@ -164,7 +164,11 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
     sup = Supervisor(printer, policy, on_change=save)
 
     def interrupt(signum, frame):
-        """Turn a signal to stop into KeyboardInterrupt, even where SIGINT was ignored."""
+        """Turn a signal to stop into KeyboardInterrupt, even where SIGINT was ignored; the
+        ones that follow (a second Ctrl-C, the second SIGHUP of a shell that closes) must not
+        cut the orderly stop short."""
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     # SIGHUP too: a closed terminal or a lost ssh session would otherwise end this process at
@@ -240,9 +244,9 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         print(f"jobcast: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        # A second Ctrl-C must not cut the orderly stop short (it is bounded anyway).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # No signal to stop may cut the orderly stop short (it is bounded anyway).
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, signal.SIG_IGN)
         # Workers and web first, Redis last, so nothing loses Redis while it stops.
         sup.stop([s for s in sup.services if s not in redis_services])
         sup.stop(redis_services)

@@ -372,16 +372,22 @@ def test_a_service_that_fails_at_once_every_time_stops_jobcast_up_naming_it(tmp_
 
 
 @pytest.mark.slow  # runs `jobcast up`
-def test_a_hangup_stops_every_process_jobcast_up_started(tmp_path):
+@pytest.mark.parametrize("hangups", [1, 2])
+def test_a_hangup_stops_every_process_jobcast_up_started(tmp_path, hangups):
     """A review's finding: SIGHUP (a closed terminal, a lost ssh session) ended `jobcast up`
-    at once and left Redis, the web and the workers running, each in a session of its own."""
+    at once and left Redis, the web and the workers running, each in a session of its own.
+    And another's: the shell that closes sends a second one, which cut the orderly stop short
+    (the same orphans, and up.json left behind)."""
     stack = Up(tmp_path, "--workers", "1", "--no-demo")
     try:
         stack.wait_output(r"jobcast +\| Press Ctrl-C")
         children = psutil.Process(stack.proc.pid).children(recursive=True)
         assert len(children) >= 3  # redis-server, gunicorn (+ its worker), an RQ worker
         stack.proc.send_signal(signal.SIGHUP)
-        stack.proc.wait(60)
+        if hangups == 2:
+            stack.wait_output(r"stopping…")
+            stack.proc.send_signal(signal.SIGHUP)
+        assert stack.proc.wait(60) == 0, stack.output() + stack.err_path.read_text()
         gone = psutil.wait_procs(children, timeout=15)[1]
         assert gone == [], f"left running: {gone}"
         assert not (tmp_path / "jobcast" / "up.json").exists()
