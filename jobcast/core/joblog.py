@@ -747,9 +747,11 @@ class JobLog:
         fewer than n are kept: the whole log, from ``queued`` on (a trimmed log then says what
         is missing).
         """
-        values = self.values_logged()
         if n == 0:
-            return last_seq, values
+            # The job's count of values may be past ``last_seq`` by now (a position read from
+            # memory, or a moment ago): the values up to it are what the stream skips.
+            return last_seq, self._values_through(last_seq)
+        values = self.values_logged()
         if n >= values:
             return 0, 0  # the tail is the whole log: no need to look for its start
         count, newest = 0, "+"
@@ -765,6 +767,22 @@ class JobLog:
                         return (0, 0) if not entry.i else (entry.seq - 1, entry.i)
             if len(batch) < page:
                 return 0, 0
+            newest = "(" + stream_id_text(batch[-1][0])
+            page = TAIL_PAGE
+
+    def _values_through(self, seq: int) -> int:
+        """How many values the log held at entry ``seq``: the newest value at or before it,
+        read backwards (the job's count when a capped log no longer holds one)."""
+        newest, page = f"0-{seq}", 16  # a job's last entries are mostly values
+        while True:
+            batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=page)
+            for _stream_id, fields in batch:
+                raw = fields[b"e"]
+                if _VALUE_ENTRY.match(raw):
+                    return Entry.parse(raw).i + 1
+            if len(batch) < page:
+                whole = not batch or stream_id_text(batch[-1][0]) == "0-1"
+                return 0 if whole else min(self.values_logged(), seq)
             newest = "(" + stream_id_text(batch[-1][0])
             page = TAIL_PAGE
 

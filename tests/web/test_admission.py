@@ -198,6 +198,21 @@ def test_a_tail_starts_just_before_the_nth_last_value():
         after=0, tail=50, skipped=0)
 
 
+def test_a_tail_of_none_skips_the_values_up_to_its_position_not_those_logged_since():
+    """A review's finding: ``?tail=0`` counted the values logged by the time it asked, which
+    could be past the position it starts from (read from memory, or a moment before): its
+    first value's index (Jobcast-First-Value) was then too high, and a resume by ``?start=``
+    from it skipped the values in between."""
+    log = job_log(20)   # value i has seq i + 3
+    assert stream_start(StreamRequest(log.job_id, TEXT, tail=0), log, 12, 100) == Start(
+        after=12, tail=0, skipped=10)   # values 0..9 are up to seq 12
+    log.append_many([("log", {"stream": "stdout", "text": "x", "attempt": 1}, 1.0)] * 20)
+    assert stream_start(StreamRequest(log.job_id, TEXT, tail=0), log, 42, 100) == Start(
+        after=42, tail=0, skipped=20)   # past 20 output lines, its newest value is 19
+    assert stream_start(StreamRequest(log.job_id, TEXT, tail=0), log, 2, 100) == Start(
+        after=2, tail=0, skipped=0)     # queued, started: no value yet
+
+
 def test_a_resume_wins_over_a_tail_so_a_reconnect_stays_exact():
     log = job_log(20)
     assert start_of(log, StreamRequest(log.job_id, SSE, resume=9, tail=5), 100) == Start(after=9)
