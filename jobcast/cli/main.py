@@ -298,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PIPE_CLOSED = 128 + 13
+"""The exit status when standard output's reader has gone: a shell's for a process SIGPIPE
+ended (Python ignores SIGPIPE, and sees a BrokenPipeError instead)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jobcast` console script.
 
@@ -328,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RedisError as exc:
         print(f"jobcast: cannot reach Redis at {masked_url(cfg.redis_url)}: {exc}", file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        # Its reader left (`jobcast follow ID | head`): stop quietly, with the status of a
+        # program SIGPIPE ended, and nothing more for Python to flush into the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return PIPE_CLOSED
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:

@@ -62,6 +62,20 @@ def test_follow_of_a_failed_job_exits_1_with_the_reason(http, web, workers, redi
     assert run.err.rstrip().endswith("Failed: RuntimeError: boom after 2 values")
 
 
+def test_follow_into_a_pipe_its_reader_closed_stops_quietly_with_sigpipes_status(
+        http, web, redis_server, workers):
+    """A review's finding: `jobcast follow ID | head` ended in a traceback and exit 1, the
+    status that says the job failed."""
+    job_id = create_job(http, "sqrt", n=100, interval=0.05)
+    proc = subprocess.Popen([*JOBCAST, "follow", job_id, "--url", web.url], cwd=ROOT,
+                            env=service_env(redis_server.url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "0.0\n"
+    proc.stdout.close()  # as `head -1` does once it has its line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141 and "Traceback" not in err, err
+
+
 def test_follow_json_output_is_every_entry_once_in_seq_order(http, web, workers, redis_server):
     job_id = create_job(http, "sqrt", n=5, interval=0.01)
     run = Run(redis_server.url, "follow", job_id, "--output", "json", JOBCAST_URL=web.url)
