@@ -94,3 +94,33 @@ def test_tasks_lists_the_builtin_tasks(redis_server):
     out = jobcast(redis_server.url, "tasks")
     assert out.returncode == 0
     assert all(name in out.stdout for name in ("sqrt:", "clock:", "pi:"))
+
+
+def test_enqueue_whose_link_cannot_be_signed_still_prints_the_queued_jobs_id(
+        redis_server, redis, monkeypatch, capsys):
+    """A review's finding: in private mode a Redis error reading the job back (to sign its
+    link) came after the job was queued, and the id was never printed: a user who tried
+    again queued it twice."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from jobcast.cli.main import main
+    from jobcast.core.settings import get_settings
+
+    for name, value in service_env(redis_server.url, JOBCAST_QUEUE="cli-tests",
+                                   JOBCAST_READ="private", JOBCAST_SECRET="s" * 32).items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+
+    def unanswered(self):
+        """Redis does not answer this read."""
+        raise RedisConnectionError("no answer")
+
+    monkeypatch.setattr(JobLog, "info", unanswered)
+    try:
+        assert main(["enqueue", "sqrt", "--n", "3"]) == 3
+    finally:
+        get_settings.cache_clear()
+    out, err = capsys.readouterr()
+    (job_id,) = out.split()
+    assert job_id in Queue("cli-tests", connection=redis).job_ids
+    assert f"job {job_id} is queued" in err and "no answer" in err
