@@ -133,7 +133,9 @@ def job_requests(components: Components, cfg: Settings) -> dict[str, Any]:
 def security(access: Access, cfg: Settings) -> list[dict[str, list]]:
     """Who may call a view of ``access`` on this server (an empty requirement: anyone)."""
     if access is Access.TOKEN:
-        return [{"bearerAuth": []}] if cfg.token else [{}]
+        # A private server with no token takes no write over HTTP: a token is still what the
+        # operation asks for (and the guard answers 401 to every call).
+        return [{"bearerAuth": []}] if cfg.token or cfg.read_mode == "private" else [{}]
     if access is Access.PUBLIC or cfg.read_mode != "private":
         return [{}]
     readers: list[dict[str, list]] = [{"bearerAuth": []}, {"session": []}]
@@ -143,7 +145,7 @@ def security(access: Access, cfg: Settings) -> list[dict[str, list]]:
 def refusals(access: Access, cfg: Settings) -> set[int]:
     """The statuses the guard may refuse a view of ``access`` with on this server."""
     if access is Access.TOKEN:
-        return {401}
+        return {401} if cfg.token or cfg.read_mode == "private" else set()
     if access is Access.PUBLIC or cfg.read_mode != "private":
         return set()
     return {401, 403} if access in (Access.JOB, Access.JOBS) else {401}

@@ -108,3 +108,22 @@ def test_schemathesis_finds_no_failure_in_the_streams_of_an_ended_job(fuzzed, wo
     config = tmp_path / "schemathesis.toml"
     config.write_text(f'[parameters]\n"path.job_id" = "{jlog.job_id}"\n')
     schemathesis(fuzzed, workdir, *args, config=config)
+
+
+@pytest.mark.parametrize(("settings", "create"), [
+    ({}, [{}]),
+    ({"token": "t" * 32}, [{"bearerAuth": []}]),
+    # A review's finding: documented as open to anyone, every call got 401.
+    ({"read": "private", "secret": "s" * 32}, [{"bearerAuth": []}]),
+])
+def test_the_document_says_who_may_create_a_job_as_the_guard_decides(make_app, config,
+                                                                     settings, create):
+    from jobcast.web.openapi import document
+
+    cfg = config.model_copy(update=settings)
+    app = make_app({"JOBCAST": cfg})
+    with app.app_context():
+        doc = document(app, app.extensions["jobcast"].config)
+    operation = doc["paths"]["/api/jobs"]["post"]
+    assert operation["security"] == create
+    assert ("401" in operation["responses"]) is (create != [{}])
