@@ -84,8 +84,8 @@ ERRORS = {
     503: error("Redis is unreachable, or this process holds its maximum of streams "
                "(`Retry-After`)"),
 }
-# Any operation may answer these.
-ALWAYS = (414, 431, 503)
+# Any operation may answer these (any request may carry a body: late, or over the limit).
+ALWAYS = (408, 413, 414, 431, 503)
 
 
 class Components:
@@ -212,15 +212,13 @@ def operation(app: Flask, rule: Rule, spec: Declaration, cfg: Settings,
                    "schema": PATH_PARAMS.get(name, {"type": "string"})} for name in variables]
     parameters += [parameter(arg) for arg in spec.args]
     # The errors the route implies: a malformed id, argument or body (400), an unknown job
-    # (404), a body late (408) or over the limit (413), a client over its streams (429); then the access's
-    # (a client over its failed authentications gets 429 too).
+    # (404), a client over its streams (429); then the access's (a client over its failed
+    # authentications gets 429 too).
     codes = set(spec.errors) | refusals(access, cfg)
     if variables or spec.body or spec.args:
         codes.add(400)
     if "job_id" in variables:
         codes.add(404)
-    if spec.body:
-        codes.update((408, 413))
     if spec.stream:
         codes.add(429)
     if cfg.token and 401 in codes:

@@ -22,13 +22,14 @@ bp = Blueprint("stream", __name__)
 
 @bp.route(JOB_PATHS["stream"], methods=["GET", "HEAD"])
 @job_scoped
-@stream(TEXT, START, EPOCH, TAIL)
+@stream(TEXT, START, EPOCH, TAIL, AFTER, LAST_EVENT_ID)
 def text_stream(job_id: str):
     """``text/plain``: one ``"{}\\n".format(value)`` line per value; ends with the job.
 
     ``?start=K`` skips the first K values, so a reader that counted lines can resume (with
     ``&epoch=`` the ``Jobcast-Epoch`` it was told: a resume into another epoch, or past the
     end, starts where ``Jobcast-Reset`` says); ``?tail=N`` begins with the last N values.
+    ``?after=`` (or ``Last-Event-ID``) resumes after an entry's ``<seq>:<epoch>``, as SSE does.
     """
     return admit(StreamRequest.parse(job_id, TEXT))
 
@@ -50,10 +51,11 @@ def sse_stream(job_id: str):
 @bp.route(JOB_PATHS["frame"], methods=["GET", "HEAD"])
 @job_scoped
 @frameable
-@stream(HTML, START, EPOCH, TAIL)
+@stream(HTML, START, EPOCH, TAIL, AFTER, LAST_EVENT_ID)
 def html_stream(job_id: str):
     """Streamed HTML for an ``<iframe>``: a stylesheet first, then ``<p>i: value</p>`` each.
 
-    Every value is escaped (:mod:`jobcast.web.frames`), so a value cannot inject markup.
+    Every value is escaped (:mod:`jobcast.web.frames`), so a value cannot inject markup. It
+    resumes as the text stream does.
     """
     return admit(StreamRequest.parse(job_id, HTML))

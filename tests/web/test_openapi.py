@@ -127,3 +127,23 @@ def test_the_document_says_who_may_create_a_job_as_the_guard_decides(make_app, c
     operation = doc["paths"]["/api/jobs"]["post"]
     assert operation["security"] == create
     assert ("401" in operation["responses"]) is (create != [{}])
+
+
+def test_each_operation_documents_every_argument_it_reads_and_every_refusal(make_app, config):
+    """A review's finding: the text and HTML streams resume by ``?after=`` and
+    ``Last-Event-ID`` (a bad one is a 400 naming it), and their operations did not say so;
+    nor did an operation without a body say that a body sent to it may be refused."""
+    from jobcast.web.openapi import document
+
+    app = make_app({"JOBCAST": config})
+    with app.app_context():
+        paths = document(app, app.extensions["jobcast"].config)["paths"]
+    read = {"stream": {"start", "epoch", "tail", "after", "Last-Event-ID"},
+            "frame": {"start", "epoch", "tail", "after", "Last-Event-ID"},
+            "events": {"tail", "after", "Last-Event-ID"}}
+    for name, args in read.items():
+        documented = {p["name"] for p in paths[f"/jobs/{{job_id}}/{name}"]["get"]["parameters"]}
+        assert args <= documented, (name, args - documented)
+    # Any request may carry a body, late or over the limit (BodyLimits refuses it on any route).
+    cancel = paths["/api/jobs/{job_id}/cancel"]["post"]["responses"]
+    assert {"408", "413"} <= set(cancel)
