@@ -263,3 +263,40 @@ def test_a_multi_job_stream_resumes_exactly_for_every_job_after_a_web_restart(
         writer.finish()
         ctx.close()
         web.stop()
+
+
+def test_tabs_whose_shared_worker_is_gone_join_a_new_one_and_lose_no_value(
+        lan_browser, server, redis):
+    """A review's finding: a tab the worker no longer served (dropped while the tab was
+    frozen, or a worker that crashed) never noticed: its pings went nowhere, and it showed
+    "live" with no values. A tab now hears a pong to each ping, and joins a worker again when
+    none comes. The worker is ended here through the DevTools protocol, as a crash would."""
+    ctx = lan_browser.new_context()
+    ctx.add_init_script("window.JobcastConfig = {share: 'worker'}")
+    writer = Writer(redis, 1)
+    try:
+        (job_id,) = writer.ids
+        base = f"http://{LAN_HOST}:{server.port}"
+        tabs = [open_job(ctx, base, job_id) for _ in range(2)]
+        assert [stats(pg)["mode"] for pg in tabs] == ["worker"] * 2
+        cdp = lan_browser.new_browser_cdp_session()
+        workers = [t for t in cdp.send("Target.getTargets")["targetInfos"]
+                   if t["type"] == "shared_worker"]
+        assert len(workers) == 1, workers
+        cdp.send("Target.closeTarget", {"targetId": workers[0]["targetId"]})
+        wait_for(lambda: not any(t["type"] == "shared_worker"
+                                 for t in cdp.send("Target.getTargets")["targetInfos"]),
+                 10, what="the worker to end")
+        counts = [len(texts(pg)) for pg in tabs]
+        # Within a ping (20 s) and its answer's wait (3 s), each tab has joined a new worker.
+        wait_for(lambda: all(len(texts(pg)) > n + 2 for pg, n in zip(tabs, counts)), 40, 0.2,
+                 what="new values in every tab")
+        writer.finish()
+        for pg in tabs:
+            pg.wait_for_function(DONE, timeout=15000)
+            page = pg.evaluate("window.jobcastPage()")
+            assert page["values"] == writer.written[job_id], "every value once, in order"
+            assert_page_clean(pg)
+    finally:
+        writer.finish()
+        ctx.close()

@@ -813,14 +813,16 @@
           }
           return;
         }
-        if (m.t === "ping" || !manager) { return; }
+        if (m.t === "ping") { port.postMessage({ t: "pong" }); return; }
+        if (!manager) { return; }
         if (m.t === "bye") { dropPort(port); return; }
         manager.handle(port, m);
       };
       port.start();
     });
     // A port's close is not reliably seen: tabs ping every 20 s (hidden ones maybe once a
-    // minute) and say bye on pagehide; one silent for 150 s is dropped.
+    // minute) and say bye on pagehide; one silent for 150 s is dropped (a tab frozen that
+    // long finds its pings unanswered when it resumes, and joins again).
     setInterval(function () {
       var now = Date.now();
       ports.forEach(function (seen, port) { if (now - seen > 150000) { dropPort(port); } });
@@ -882,12 +884,16 @@
   function WorkerLink(hub) {
     var self = this, url = SCRIPT.split("#")[0];
     url += (url.indexOf("?") < 0 ? "?" : "&") + "v=" + VERSION;
+    this.hub = hub;
     this.leader = false;
     this.ready = false;
+    this.heard = Date.now();        // when the worker last said anything
     var worker = new SharedWorker(url, { name: "jobcast-" + VERSION + " " + base() });
     worker.addEventListener("error", function () { self.fail(); });
     this.port = worker.port;
     this.port.onmessage = function (e) {
+      self.heard = Date.now();
+      if (e.data.t === "pong") { return; }
       if (e.data.t === "hello") { self.ready = true; clearTimeout(self.timer); return; }
       hub.receive(e.data);
     };
@@ -904,7 +910,7 @@
     }
     // A worker that never answers (blocked, broken): fall back to the next mode.
     this.timer = setTimeout(function () { if (!self.ready) { self.fail(); } }, 5000);
-    this.ping = setInterval(function () { self.port.postMessage({ t: "ping" }); }, 20000);
+    this.ping = setInterval(function () { self.probe(); }, 20000);
     this.fail = function () {
       if (self.closed) { return; }
       self.close();
@@ -912,6 +918,17 @@
     };
   }
   WorkerLink.prototype.send = function (m) { if (!this.closed) { this.port.postMessage(m); } };
+  // Ping the worker (which says this tab is alive); unanswered, the worker has forgotten
+  // this tab (it was frozen longer than the worker waits) or is gone (it crashed): join a
+  // worker again, and resubscribe from where this tab's watches are.
+  WorkerLink.prototype.probe = function () {
+    var self = this, sent = Date.now();
+    if (this.closed) { return; }
+    this.port.postMessage({ t: "ping" });
+    setTimeout(function () {
+      if (!self.closed && self.ready && self.heard < sent) { self.hub.relink("worker"); }
+    }, 3000);
+  };
   WorkerLink.prototype.close = function () {
     if (this.closed) { return; }
     this.closed = true;
@@ -1284,6 +1301,9 @@
     // restored from the back-forward cache joins again.
     root.addEventListener("pagehide", function () { if (hub && hub.link) { hub.link.close(); } });
     root.addEventListener("pageshow", function (e) { if (e.persisted && hub) { hub.relink(pickMode(null)); } });
+    // A page frozen a while (a background tab) asks its worker at once whether it still
+    // serves it.
+    if (doc) { doc.addEventListener("resume", function () { if (hub && hub.link && hub.link.probe) { hub.link.probe(); } }); }
   }
 
   root.Jobcast = { version: VERSION, watch: watch, list: list, configure: configure, stats: stats,
