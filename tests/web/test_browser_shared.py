@@ -300,3 +300,39 @@ def test_tabs_whose_shared_worker_is_gone_join_a_new_one_and_lose_no_value(
     finally:
         writer.finish()
         ctx.close()
+
+
+def test_a_stream_refused_as_full_comes_back_no_sooner_than_retry_after_says(browser, server,
+                                                                             redis):
+    """A review's finding: a 429 or 503 (this client's streams, or the process's, all taken)
+    says when to come back (Retry-After), and jobcast.js came back after its own backoff,
+    a second or two."""
+    ctx = browser.new_context()
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")  # the page's own requests
+    writer = Writer(redis, 1)
+    asked: list[float] = []
+
+    def full(route) -> None:
+        """The server's answer to a client over its streams."""
+        asked.append(time.monotonic())
+        if len(asked) > 3:
+            route.continue_()
+            return
+        route.fulfill(status=429, headers={"Retry-After": "4"}, content_type="application/json",
+                      body='{"error": "too_many_streams", "message": "over 3 streams"}')
+
+    try:
+        ctx.route(re.compile(r".*/events\?.*"), full)
+        (job_id,) = writer.ids
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/jobs/{job_id}")
+        pg.wait_for_function(LIVE_VALUE, timeout=30000)
+        # The stream, refused, and the request that reads why (EventSource does not say);
+        # then nothing until Retry-After has passed.
+        assert len(asked) >= 3 and asked[2] - asked[1] >= 4.0, [t - asked[0] for t in asked]
+        writer.finish()
+        pg.wait_for_function(DONE, timeout=15000)
+        assert pg.evaluate("window.jobcastPage()")["values"] == writer.written[job_id]
+    finally:
+        writer.finish()
+        ctx.close()

@@ -658,6 +658,13 @@
     var self = this, ctl = typeof AbortController === "function" ? new AbortController() : null;
     return fetch(url, { cache: "no-store", signal: ctl ? ctl.signal : undefined }).then(function (r) {
       if (r.ok) { if (ctl) { ctl.abort(); } return; }
+      var wait = parseFloat(r.headers.get("Retry-After"));
+      if ((r.status === 429 || r.status === 503) && wait > 0) {
+        // Full (this client's streams, or the process's): not before the server says, and
+        // spread over a second so that the refused do not all come back at once.
+        lane.notBefore = Math.max(lane.notBefore, Date.now() + Math.min(CAP, 1000 * wait + Math.random() * 1000));
+        return;
+      }
       if ([400, 401, 403, 404, 414].indexOf(r.status) < 0) { return; }
       return r.json().catch(function () { return {}; }).then(function (body) { self.refuse(r.status, body, url, lane); });
     }).catch(function () { /* unreachable: the backoff goes on */ });
