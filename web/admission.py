@@ -168,6 +168,12 @@ class Start:
         """True when entries the viewer asked for are no longer kept."""
         return self.lost > 0
 
+    @property
+    def cursor(self) -> int:
+        """Where the viewer's catch-up reads on: past what the stream says is lost (told
+        once, so that its first read does not find that gap and say it again)."""
+        return self.first_seq - 1 if self.trimmed and self.first_seq is not None else self.after
+
     def sse_prelude(self) -> bytes:
         """SSE events that come before the first entry: ``tail`` and ``trimmed`` (no ids,
         so they never move the client's Last-Event-ID)."""
@@ -322,7 +328,7 @@ class Admission:
 
     def viewer(self, resources: tuple) -> Viewer:
         """The new viewer, owning ``resources`` (its lease and slot) from now on."""
-        viewer = Viewer(self.req.job_id, None, self.req.transport, cursor=self.begin.after,
+        viewer = Viewer(self.req.job_id, None, self.req.transport, cursor=self.begin.cursor,
                         start=self.req.start, epoch=self.epoch, resources=resources)
         viewer.retry = retry_ms()
         return viewer

@@ -103,8 +103,12 @@ def job_sse(job_id: str) -> Transport:
         """The job's ``reset`` event (its new cursor follows, in the connection's id)."""
         return _event("reset", reset.data(job=job_id))
 
+    def trimmed(trim: dict) -> bytes:
+        """The job's ``trimmed`` event."""
+        return _event("trimmed", {"job": job_id, **trim})
+
     return Transport(f"sse:{job_id}", SSE.mimetype, encode, SSE.heartbeat, SSE.shutdown, False,
-                     reset)
+                     reset, trimmed)
 
 
 def _feed_frame(entry) -> bytes:
@@ -282,7 +286,7 @@ def multi_stream():
             ended, last_seq, _ = position
             begin, reset, viewer.epoch = _start(spec, st.logs.log(spec.job_id), position,
                                                 st.config.log_maxlen)
-            viewer.cursor = begin.after
+            viewer.cursor = begin.cursor
             if reset is not None:
                 prelude += _event("reset", reset.data(job=spec.job_id))
                 reset_any = True

@@ -103,6 +103,18 @@ def html_reset(reset: Reset) -> bytes:
     return html_notice(reset.notice(), "reset")
 
 
+def sse_trimmed(trim: dict) -> bytes:
+    """``event: trimmed``, as a stream that begins in a trimmed log has it (no id)."""
+    return b"event: trimmed\ndata: %s\n\n" % event_data(trim)
+
+
+def html_trimmed(trim: dict) -> bytes:
+    """The HTML stream's line saying values it had not shown are no longer kept."""
+    first = trim.get("first_value")
+    goes_on = f": it goes on from value {first:,}" if first is not None else ""
+    return html_notice(f"Values this page had not shown yet are no longer kept{goes_on}")
+
+
 @dataclass(frozen=True, eq=False)
 class Transport:
     """One way of streaming a job's log."""
@@ -119,6 +131,10 @@ class Transport:
     reset: Callable[[Reset], bytes] | None = None
     """How the stream says that the log was reset under it; None: it cannot (its stream is
     cut instead, and the client is told when it resumes)."""
+    trimmed: Callable[[dict], bytes] | None = None
+    """How the stream says that entries after its position were trimmed from a capped log
+    while it caught up (``after``, ``first_seq``, ``lost``, ``first_value``); None: it cannot
+    (cut, and told when it resumes)."""
 
     def goodbye(self, retry: int) -> bytes:
         """What a stream says before the server closes it because it is stopping: on SSE,
@@ -135,9 +151,9 @@ class Transport:
 
 
 SSE = Transport("sse", "text/event-stream", _sse, b": heartbeat\n\n", b"retry: 250\n\n", False,
-                sse_reset)
+                sse_reset, sse_trimmed)
 TEXT = Transport("text", "text/plain", _text, b"", b"", True)
-HTML = Transport("html", "text/html", _html, b"<!-- -->\n", b"", True, html_reset)
+HTML = Transport("html", "text/html", _html, b"<!-- -->\n", b"", True, html_reset, html_trimmed)
 
 
 def chunk(data: bytes) -> bytes:

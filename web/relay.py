@@ -912,6 +912,10 @@ class Relay:
                 if ending:
                     return ending
                 continue  # read again from where the viewer now stands
+            if entries and entries[0].seq > v.cursor + 1:
+                ending = self._trimmed(v, entries)
+                if ending:
+                    return ending
             ended = head.ended
             if entries:
                 self._note_size(v.job_id, entries)
@@ -976,6 +980,23 @@ class Relay:
             v.cursor, v.epoch = reset.after, reset.epoch
             return self._cut(v, "log_reset")
         self._write(v, v.transport.reset(reset), cursor=reset.after, epoch=reset.epoch)
+        return None
+
+    def _trimmed(self, v: Viewer, entries: list[Entry]) -> str | None:
+        """``entries``, read after ``v``'s position, begin past it: a capped log was trimmed
+        beyond it while it caught up (a slow client), and the entries between are gone. Say
+        so, as a stream that begins in a trimmed log does, and go on; or, where the transport
+        cannot say it, cut the stream (its client is told when it resumes). Returns why the
+        stream ended, or None."""
+        first = entries[0].seq
+        trim = {"after": v.cursor, "first_seq": first, "lost": first - v.cursor - 1,
+                "first_value": next((e.i for e in entries if e.kind == "value"), None)}
+        log.info("job %s: a viewer at seq %s lost %s entries trimmed from the log",
+                 v.job_id, v.cursor, trim["lost"])
+        metrics.caught_up("trimmed")
+        if v.transport.trimmed is None:
+            return self._cut(v, "log_trimmed")
+        self._write(v, v.transport.trimmed(trim))
         return None
 
     def _cut(self, v: Viewer, reason: str) -> str:

@@ -223,6 +223,7 @@ def test_a_resume_into_a_trimmed_log_says_what_was_lost():
     assert may_be_trimmed(32, 10) and not may_be_trimmed(10, 10)
     begin = start_of(log, StreamRequest(log.job_id, SSE, resume=5), 10)
     assert begin == Start(after=5, first_seq=23, first_value=20, lost=17)
+    assert begin.cursor == 22  # its catch-up reads on past what it was told is lost, once
     assert begin.lost_values() == 20
     (trimmed,) = parse_events(begin.sse_prelude())
     assert trimmed.event == "trimmed" and trimmed.id is None

@@ -13,12 +13,15 @@ shares the stream there. The locks fallback is tested on 127.0.0.1 (a secure con
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
+import uuid
 
 import pytest
 
+from jobcast.core.joblog import JobLog
 from tests.conftest import (CHROMIUM_FLAGS, WebServer, assert_page_clean, chromium_path,
                             wait_for, watch)
 from tests.support.browser import DONE, LIVE_VALUE
@@ -335,4 +338,51 @@ def test_a_stream_refused_as_full_comes_back_no_sooner_than_retry_after_says(bro
         assert pg.evaluate("window.jobcastPage()")["values"] == writer.written[job_id]
     finally:
         writer.finish()
+        ctx.close()
+
+
+def test_a_trimmed_event_mid_stream_goes_on_at_the_first_entry_kept_with_no_reconnect(browser,
+                                                                                     server, redis):
+    """The relay now says ``trimmed`` mid-stream (a capped log outran a slow connection): a
+    page's watch takes it, and the next entry, past the gap, is not taken for a lost one (a
+    gap would reconnect, and meet the same gap again). The stream is played by the test."""
+    job = uuid.uuid4().hex
+    JobLog(redis, job).create("sqrt", {}, None)      # the page's (its stream is the test's)
+
+    def event(kind: str, data: dict) -> str:
+        """One event of a multi-job stream."""
+        return f"event: {kind}\ndata: {json.dumps({'job': job, **data})}\n\n"
+
+    def entry(kind: str, seq: int, **data) -> str:
+        """One entry of the job's log (a value's text is its index)."""
+        if kind == "value":
+            data.update(i=seq - 3, v=str(seq - 3), j=seq - 3)
+        return event(kind, {"seq": seq, "ep": "E1", "kind": kind, "ts": 1.0, **data})
+
+    body = ("retry: 60000\n\n" + f'event: hello\ndata: {{"jobs":["{job}"],"list":false}}\n\n'
+            + entry("queued", 1, task="sqrt", params={}, n=None)
+            + entry("started", 2, worker="w", attempt=1)
+            + "".join(entry("value", seq) for seq in (3, 4, 5))
+            + event("trimmed", {"after": 5, "first_seq": 10, "lost": 4, "first_value": 7})
+            + "".join(entry("value", seq) for seq in (10, 11))
+            + entry("finished", 12))
+    asked: list[str] = []
+
+    def played(route) -> None:
+        """The stream, as the relay writes it."""
+        asked.append(route.request.url)
+        route.fulfill(status=200, content_type="text/event-stream", body=body)
+
+    ctx = browser.new_context()
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    try:
+        ctx.route(re.compile(r".*/events\?.*"), played)
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/jobs/{job}")
+        pg.wait_for_function(DONE, timeout=10000)
+        page = pg.evaluate("window.jobcastPage()")
+        assert page["values"] == ["0", "1", "2", "7", "8"] and page["gaps"] == 0, page
+        assert "4 earlier values are no longer kept" in pg.inner_text("body")
+        assert stats(pg)["gaps"] == 0 and len(asked) == 1, (stats(pg), asked)
+    finally:
         ctx.close()

@@ -1337,6 +1337,49 @@ def test_a_text_stream_that_cannot_say_reset_is_cut_without_its_end(redis, relay
     assert not bytes(client.data).endswith(b"0\r\n\r\n") and viewer.closed
 
 
+def trimmed_under(redis, maxlen: int = 10, values: int = 300) -> tuple[JobLog, int]:
+    """A running job of ``values`` values (seqs 3 on) whose capped log Redis has trimmed (in
+    whole nodes of entries); the log and the seq of its first entry still kept."""
+    log = JobLog(redis, uuid.uuid4().hex, maxlen=maxlen)
+    log.create("sqrt", {}, None)
+    log.started("test", 1)
+    write(log, 0, values)
+    return log, next(iter(log.entries())).seq
+
+
+def test_a_viewer_whose_position_was_trimmed_while_it_caught_up_is_told_then_goes_on(redis,
+                                                                                     relay):
+    """A review's finding: a viewer that fell behind (a slow client) past what a capped log
+    keeps went on from the first entry kept, and was never told what it had missed."""
+    log, first = trimmed_under(redis)
+    assert first > 10
+    viewer, client = held(relay, log, SSE, cursor=5)
+    green_wait(lambda: not viewer.slow and client.sse_ids()[-1:] == [302], what="catching up")
+    events = list(parse_events(bytes(client.data)))
+    assert events[0].event == "trimmed" and events[0].id is None
+    assert events[0].json() == {"after": 5, "first_seq": first, "lost": first - 6,
+                                "first_value": first - 3}
+    assert [id_seq(e.id) for e in events[1:]] == list(range(first, 303))
+
+
+def test_an_html_stream_whose_position_was_trimmed_says_so_in_a_line_and_goes_on(redis, relay):
+    log, first = trimmed_under(redis)
+    viewer, client = held(relay, log, HTML, cursor=5)
+    green_wait(lambda: not viewer.slow and b"<p>299: " in bytes(client.data), what="catching up")
+    lines = bytes(client.data).decode().splitlines()
+    assert lines[0] == ('<p class="note">Values this page had not shown yet are no longer kept: '
+                        f'it goes on from value {first - 3:,}</p>')
+    assert lines[1].startswith(f"<p>{first - 3}: ") and len(lines) == 1 + 303 - first
+
+
+def test_a_text_stream_whose_position_was_trimmed_is_cut_to_be_told_when_it_resumes(redis,
+                                                                                    relay):
+    log, _ = trimmed_under(redis)
+    viewer, client = held(relay, log, TEXT, cursor=5, chunked=True)
+    green_wait(lambda: client.eof, what="the cut")
+    assert bytes(client.data) == b"" and viewer.closed
+
+
 def test_an_html_stream_says_the_reset_in_a_line_and_goes_on(redis, relay):
     log, _, writer, viewer, client = watched(redis, relay, HTML, values=3)
     failover(log, writer, keep=3)

@@ -564,6 +564,11 @@
         break;
       case "trimmed":
         J.trimmedEv = d;
+        if (J.started && d.after === J.cursor && d.first_seq - 1 > J.cursor) {
+          // Mid-stream: a capped log outran this connection, and goes on at first_seq.
+          J.cursor = d.first_seq - 1;
+          J.ring = [];
+        }
         break;
       case "missing":
         J.missing = true;
