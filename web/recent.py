@@ -142,11 +142,12 @@ class RecentEntries:
         first, last = tail[0].seq, tail[-1].seq
         if entries[-1].seq + 1 < first or entries[0].seq > last + 1:
             return  # not adjacent: nothing is known between the two, keep what we have
-        shared = max(first, entries[0].seq)
-        if shared <= min(last, entries[-1].seq) and \
-                tail[shared - first].raw != entries[shared - entries[0].seq].raw:
+        oldest, newest = max(first, entries[0].seq), min(last, entries[-1].seq)
+        if oldest <= newest and any(tail[seq - first].raw != entries[seq - entries[0].seq].raw
+                                    for seq in (newest, oldest)):
             # The same seq, another entry: the log was reset between the two (a failover
-            # renews the subscription too, so this is a second line of defence).
+            # renews the subscription too, so this is a second line of defence). A lossy
+            # failover loses a suffix: the newest entries both hold are the ones that differ.
             self._keep(job_id, list(entries))
             return
         # Both are exact runs of the log that touch: their union is one.

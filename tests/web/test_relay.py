@@ -384,6 +384,25 @@ def test_recent_entries_join_reads_and_live_batches_into_one_exact_run():
     assert recent.after("j", 0) == [] and [e.seq for e in recent.after("j", 9)] == [10, 11]
 
 
+def test_recent_entries_take_a_read_whose_newest_entries_differ_for_the_log_as_it_is_now():
+    """A review's finding: memory compared a read with what it held at their oldest shared
+    entry only. A lossy failover loses a suffix (here seqs 9 and 10, then written again in a
+    new epoch), so the two agreed there, and memory kept the lost entries in the union, for
+    the next newcomer to be served."""
+    def of(epoch: str, seqs: range) -> list[Entry]:
+        """Entries of these seqs, in ``epoch``."""
+        return [Entry.parse('{"seq":%d,"ep":"%s","kind":"value","ts":1.0,"i":%d,"v":"x","j":0}'
+                            % (seq, epoch, seq - 3)) for seq in seqs]
+
+    recent = RecentEntries(maxlen=100)
+    recent.subscription(True)
+    mark = recent.reading("j")
+    recent.add_live("j", of("E1", range(5, 11)))                      # live: E1 5..10
+    recent.add_read("j", of("E1", range(5, 9)) + of("E2", range(9, 13)), mark)
+    assert [(e.seq, e.ep) for e in recent.after("j", 4, "E2")] == \
+        [(s, "E1") for s in range(5, 9)] + [(s, "E2") for s in range(9, 13)]
+
+
 def test_recent_entries_are_never_current_past_what_the_hub_dispatched_or_across_subscriptions():
     recent = RecentEntries(maxlen=100)
     recent.subscription(True)
