@@ -19,7 +19,7 @@ import pytest
 from jobcast.core.joblog import JobLog
 from tests.conftest import (ROOT, WebServer, assert_page_clean, create_job, job_status, wait_for,
                             watch)
-from tests.support.browser import DONE, dom, model, wait_values
+from tests.support.browser import DONE, PLAIN_DONE, dom, model, wait_values
 from tests.support.loss import retried_after_loss
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
@@ -172,7 +172,7 @@ def test_job_page_reconnects_across_a_web_restart_and_shows_every_value_once(
         assert state["gaps"] == 0
         assert read_log_by_scrolling(page) == [[i, t] for i, t in enumerate(sqrt_texts(n))]
         assert dom(page)["connection"] == "ended"
-        plain.wait_for_function("() => document.getElementById('latest').textContent === 'Done'",
+        plain.wait_for_function(PLAIN_DONE,
                                 timeout=30000)
         assert plain.locator("#output li").all_text_contents() == sqrt_texts(n)
     finally:
@@ -186,7 +186,7 @@ def test_plain_page_shows_latest_value_all_values_and_done(page, http, web, work
     page.goto(f"{web.url}/jobs/{job_id}/plain")
     # Mid-job the latest value is a number and the list is growing.
     page.wait_for_function("() => document.querySelectorAll('#output li').length >= 3")
-    page.wait_for_function("() => document.getElementById('latest').textContent === 'Done'", timeout=30000)
+    page.wait_for_function(PLAIN_DONE, timeout=30000)
     items = page.locator("#output li").all_text_contents()
     assert items == ["{}".format(math.sqrt(i)) for i in range(15)]
 
@@ -211,7 +211,7 @@ def test_a_failover_that_loses_values_is_said_on_the_job_and_plain_pages_which_k
         retry.value(i, f"second {i}")
     retry.finished()
     live.wait_for_function(DONE, timeout=20000)
-    plain.wait_for_function("() => document.getElementById('latest').textContent === 'Done'",
+    plain.wait_for_function(PLAIN_DONE,
                             timeout=20000)
     got = model(live)
     expected = [f"first {i}" for i in range(3)] + [f"second {i}" for i in range(3, 6)]
@@ -247,7 +247,7 @@ def test_job_page_links_to_the_plain_and_iframe_views(page, http, web, workers):
     page.wait_for_function(DONE, timeout=30000)
     page.click("#link-plain")
     page.wait_for_url(f"{web.url}/jobs/{job_id}/plain")
-    page.wait_for_function("() => document.getElementById('latest').textContent === 'Done'", timeout=30000)
+    page.wait_for_function(PLAIN_DONE, timeout=30000)
     assert page.locator("#output li").all_text_contents() == sqrt_texts(5)
     page.go_back()
     page.click("#link-framed")
@@ -320,7 +320,7 @@ def test_home_job_plain_and_framed_pages_run_under_the_csp_with_no_violation(pag
     page.goto(f"{web.url}/jobs/{job_id}")
     page.wait_for_function(DONE, timeout=30000)
     page.goto(f"{web.url}/jobs/{job_id}/plain")
-    page.wait_for_function("() => document.getElementById('latest').textContent === 'Done'", timeout=30000)
+    page.wait_for_function(PLAIN_DONE, timeout=30000)
     page.goto(f"{web.url}/jobs/{job_id}/framed")
     page.frame_locator("#frame").locator("p.end").wait_for(timeout=30000)
     assert page.evaluate("document.styleSheets.length") == 1, "the stylesheet is allowed"
@@ -368,7 +368,8 @@ def test_private_mode_asks_for_the_token_once_and_signed_links_work_in_a_fresh_b
             guest.wait_for_function(DONE, timeout=30000)
             assert model(guest)["values"] == sqrt_texts(3)
             guest.click("#link-plain")
-            guest.wait_for_function("() => document.getElementById('latest').textContent === 'Done'",
+            guest.wait_for_url(lambda url: "/plain?" in url, timeout=10000)
+            guest.wait_for_function(PLAIN_DONE,
                                     timeout=30000)
             assert guest.locator("#output li").all_text_contents() == sqrt_texts(3)
             guest.go_back()

@@ -29,7 +29,7 @@ import pytest
 from jobcast.core.joblog import JobLog
 from tests.conftest import WebServer, assert_page_clean, wait_for, watch
 from tests.support.loss import retried_after_loss
-from tests.support.browser import DONE, LIVE_VALUE, model, wait_values
+from tests.support.browser import DONE, LIVE_VALUE, PLAIN_DONE, model, wait_values
 from tests.support.streams import Sampler, Writer
 
 pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
@@ -40,7 +40,6 @@ TOKEN = "resume-test-token-0123456789"
 # Both of this module's gunicorns (the private one: tests/web/conftest.py): quick heartbeats,
 # and no orphan failing (no RQ worker runs here).
 PRIVATE_ENV = {"JOBCAST_HEARTBEAT": "1", "JOBCAST_ORPHAN_TIMEOUT": "3600"}
-PLAIN_DONE = "() => document.getElementById('latest').textContent === 'Done'"
 
 
 @pytest.fixture(scope="module")
