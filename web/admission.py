@@ -37,7 +37,8 @@ from werkzeug.exceptions import ServiceUnavailable
 from jobcast.core.epoch import EPOCH, Position, Reset, parse_position, resolve
 from jobcast.core.joblog import InvalidJobId, JobInfo, JobLog, UnknownJob, check_job_id
 from jobcast.web.errors import BadParam
-from jobcast.web.frames import HTML, SSE, Transport, html_head, html_notice, html_reset, sse_reset
+from jobcast.web.frames import (HTML, SSE, Transport, html_head, html_notice, html_reset,
+                                sse_reset, sse_trimmed)
 from jobcast.web.handover import HandoverSocket, can_take
 from jobcast.web.limits import StreamSlot, client_address
 from jobcast.web.metrics import admitted
@@ -182,9 +183,8 @@ class Start:
             out += b"event: tail\ndata: %s\n\n" % _json({
                 "tail": self.tail, "skipped": self.skipped, "after": self.after})
         if self.trimmed:
-            out += b"event: trimmed\ndata: %s\n\n" % _json({
-                "after": self.after, "first_seq": self.first_seq, "lost": self.lost,
-                "first_value": self.first_value})
+            out += sse_trimmed({"after": self.after, "first_seq": self.first_seq,
+                                "lost": self.lost, "first_value": self.first_value})
         return out
 
     def lost_values(self, start: int = 0) -> int:

@@ -815,8 +815,7 @@ class Relay:
             if holding:  # it never got to write what it was handed
                 v.conn.lock.release()
             with self._lock:  # (threads: a catch-up begun since, once this one was done)
-                if self._catching.get(v) is self._current():
-                    del self._catching[v]
+                self._done_catching(v)
             if reason in CUT:
                 # Its stream is not whole any more: cut it (all of a multi-job stream, whose
                 # other jobs would otherwise go on without this one, and say nothing), so that
@@ -830,6 +829,10 @@ class Relay:
         now on, and a partial write there starts a new catch-up at once (threads: were it
         still in _catching until this one ended, that write's rest would be dropped)."""
         v.slow = False
+        self._done_catching(v)
+
+    def _done_catching(self, v: Viewer) -> None:
+        """Forget ``v``'s catch-up if it is this greenlet's (or thread's), not a newer one."""
         if self._catching.get(v) is self._current():
             del self._catching[v]
 

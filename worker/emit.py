@@ -71,11 +71,17 @@ def share(job: Job, jlog: JobLog) -> None:
     setattr(job, STATE_ATTR, EmitState(jlog))
 
 
-def run_log(job: Job) -> JobLog:
-    """The log this run of ``job`` began (the hook's, :func:`share`, or emit()'s), or a new
-    one when none was begun (a work-horse that died: its worker writes the end)."""
+def began_log(job: Job) -> JobLog | None:
+    """The log this run of ``job`` began (the hook's, :func:`share`, or emit()'s), if any."""
     state = job.__dict__.get(STATE_ATTR)
-    return state.log if state is not None else rq_log(job)
+    return state.log if state is not None else None
+
+
+def run_log(job: Job) -> JobLog:
+    """:func:`began_log`, or a new log when none was begun (a work-horse that died: its
+    worker writes the end)."""
+    began = began_log(job)
+    return began if began is not None else rq_log(job)
 
 
 def _state(job: Job) -> EmitState:

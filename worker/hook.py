@@ -31,7 +31,7 @@ from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.worker import capture
-from jobcast.worker.emit import HOOKED_ATTR, STATE_ATTR, is_runner, rq_log, run_log, share
+from jobcast.worker.emit import HOOKED_ATTR, began_log, is_runner, rq_log, run_log, share
 from jobcast.worker.runner import JobCancelled
 
 log = logging.getLogger(__name__)
@@ -168,11 +168,12 @@ class LifecycleMixin:
         # RQ marks a job that raised FAILED before this call: raising then would escape its
         # failure path (and end a work-horse without logging the job's end).
         returned = job.get_status(refresh=False) != JobStatus.FAILED
-        if returned and not reset and not is_runner(job) and STATE_ATTR in job.__dict__:
+        began = began_log(job)
+        if returned and not reset and not is_runner(job) and began is not None:
             # A failover may also have lost the job's last values, with nothing written since:
             # its log is then not what it wrote, and the attempt is retried as above.
             try:
-                reset = not run_log(job).intact()
+                reset = not began.intact()
             except RedisError as exc:  # its end is written (or not) as Redis allows
                 log.warning("jobcast: could not check the log of job %s: %s", job.id, exc)
         result = super().handle_execution_ended(job, *args, **kwargs)

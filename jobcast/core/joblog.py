@@ -528,10 +528,10 @@ class JobLog:
     def intact(self) -> bool:
         """Whether the log is still the incarnation this writer began, holding every entry
         it wrote: False once a failover lost some (or a reader began a new epoch), read now."""
-        epoch, seq = self.redis.hmget(self.keys.meta, "epoch", "seq")
+        position = self.position()
         with self._locked():
-            return (self.began and (epoch.decode() if epoch is not None else None) == self.epoch
-                    and int(seq or 0) >= self.high)
+            return (self.began and position is not None and position.epoch == self.epoch
+                    and position.seq >= self.high)
 
     def started(self, worker: str, attempt: int) -> int:
         """Record that ``worker`` started (or restarted) the job.
@@ -754,35 +754,34 @@ class JobLog:
         values = self.values_logged()
         if n >= values:
             return 0, 0  # the tail is the whole log: no need to look for its start
-        count, newest = 0, "+"
-        page = min(TAIL_PAGE, n + 8)
-        while True:
-            batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=page)
-            for _stream_id, fields in batch:
-                raw = fields[b"e"]
-                if _VALUE_ENTRY.match(raw):
-                    count += 1
-                    if count == n:
-                        entry = Entry.parse(raw)
-                        return (0, 0) if not entry.i else (entry.seq - 1, entry.i)
-            if len(batch) < page:
-                return 0, 0
-            newest = "(" + stream_id_text(batch[-1][0])
-            page = TAIL_PAGE
+        count = 0
+        for _stream_id, raw in self._newest_first("+", min(TAIL_PAGE, n + 8)):
+            if _VALUE_ENTRY.match(raw):
+                count += 1
+                if count == n:
+                    entry = Entry.parse(raw)
+                    return (0, 0) if not entry.i else (entry.seq - 1, entry.i)
+        return 0, 0
 
     def _values_through(self, seq: int) -> int:
         """How many values the log held at entry ``seq``: the newest value at or before it,
         read backwards (the job's count when a capped log no longer holds one)."""
-        newest, page = f"0-{seq}", 16  # a job's last entries are mostly values
+        oldest = None
+        # A job's last entries are mostly values: a short first page.
+        for oldest, raw in self._newest_first(f"0-{seq}", 16):
+            if _VALUE_ENTRY.match(raw):
+                return Entry.parse(raw).i + 1
+        return 0 if oldest in (None, "0-1") else min(self.values_logged(), seq)
+
+    def _newest_first(self, newest: str, page: int) -> Iterator[tuple[str, bytes]]:
+        """The log's entries from stream id ``newest`` back to the oldest it keeps, each as
+        (its stream id, its raw entry): read in pages of ``page``, then of TAIL_PAGE."""
         while True:
             batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=page)
-            for _stream_id, fields in batch:
-                raw = fields[b"e"]
-                if _VALUE_ENTRY.match(raw):
-                    return Entry.parse(raw).i + 1
+            for stream_id, fields in batch:
+                yield stream_id_text(stream_id), fields[b"e"]
             if len(batch) < page:
-                whole = not batch or stream_id_text(batch[-1][0]) == "0-1"
-                return 0 if whole else min(self.values_logged(), seq)
+                return
             newest = "(" + stream_id_text(batch[-1][0])
             page = TAIL_PAGE
 

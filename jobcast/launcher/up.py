@@ -167,8 +167,7 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         """Turn a signal to stop into KeyboardInterrupt, even where SIGINT was ignored; the
         ones that follow (a second Ctrl-C, the second SIGHUP of a shell that closes) must not
         cut the orderly stop short."""
-        for stop in STOP_SIGNALS:
-            signal.signal(stop, signal.SIG_IGN)
+        ignore_stop_signals()
         raise KeyboardInterrupt
 
     # SIGHUP too: a closed terminal or a lost ssh session would otherwise end this process at
@@ -244,14 +243,18 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         print(f"jobcast: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        # No signal to stop may cut the orderly stop short (it is bounded anyway).
-        for stop in STOP_SIGNALS:
-            signal.signal(stop, signal.SIG_IGN)
+        ignore_stop_signals()  # nothing may cut the orderly stop short (it is bounded anyway)
         # Workers and web first, Redis last, so nothing loses Redis while it stops.
         sup.stop([s for s in sup.services if s not in redis_services])
         sup.stop(redis_services)
         if state_written:
             state_file.unlink(missing_ok=True)
+
+
+def ignore_stop_signals() -> None:
+    """From now on, signals to stop (:data:`STOP_SIGNALS`) do nothing: the stop is under way."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def plural(n: int, word: str) -> str:
