@@ -3,7 +3,9 @@
 Values are printed as they arrive. Where the job's total is known, a progress bar (rich)
 shows i of n, the rate and the time left, computed from the job's own timestamps so a
 follower that joins late or reconnects still gets a true rate. A dropped connection is
-resumed after the last seq printed (``Last-Event-ID``), so no value is lost or repeated.
+resumed after the last seq printed (``Last-Event-ID``), so no value is lost or repeated. It
+waits with full jitter above the server's ``retry:`` (:class:`JitterBackoff`, as jobcast.js
+and EventSource do), so a restarted server is not met by every follower at the same instant.
 
 Output: ``plain`` writes each value's text on its own line to stdout, as
 ``/jobs/<id>/stream`` does, and notes (reconnecting, Done, Failed) to stderr; for a terminal,
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import json
+import random
 import re
 import sys
 import time
@@ -94,10 +97,13 @@ class Event(NamedTuple):
         return int(seq), epoch or None
 
 
-def parse_blocks(lines: Iterable[str]) -> Iterator[tuple[str | None, str, str | None]]:
+def parse_blocks(lines: Iterable[str], on_retry: Callable[[int], None] | None = None
+                 ) -> Iterator[tuple[str | None, str, str | None]]:
     """Server-sent event blocks as ``(id, event, data)``, comments (heartbeats) skipped.
     ``data`` is None for a block with no data line: EventSource does not dispatch it, but
-    keeps its ``id`` (a multi-job stream's cursor comes in such blocks)."""
+    keeps its ``id`` (a multi-job stream's cursor comes in such blocks). A ``retry:`` field
+    (the server's reconnection delay, in ms; digits only, as EventSource requires) is passed
+    to ``on_retry`` as it is read."""
     event_id: str | None = None
     event = "message"
     data: list[str] = []
@@ -118,12 +124,16 @@ def parse_blocks(lines: Iterable[str]) -> Iterator[tuple[str | None, str, str | 
             event = value
         elif name == "data":
             data.append(value)
+        elif name == "retry" and on_retry is not None and value.isascii() and value.isdigit():
+            on_retry(int(value))
 
 
-def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
+def parse_sse(lines: Iterable[str], on_retry: Callable[[int], None] | None = None
+              ) -> Iterator[Event]:
     """Parse server-sent events from text lines; comments (heartbeats) and events without
-    data (a bare ``retry:``) are skipped, as EventSource does."""
-    for event_id, event, data in parse_blocks(lines):
+    data (a bare ``retry:``) are skipped, as EventSource does (``retry:`` goes to
+    ``on_retry``, see :func:`parse_blocks`)."""
+    for event_id, event, data in parse_blocks(lines, on_retry):
         if data is not None:
             yield Event(event_id, event, data)
 
@@ -308,6 +318,10 @@ class Backoff:
         self._down_since = None
         self._delay = self.first
 
+    def retry(self, ms: int) -> None:
+        """The server's ``retry`` (milliseconds): this fixed schedule does not follow it (see
+        :class:`JitterBackoff`, which does)."""
+
     def next_delay(self) -> float:
         """The wait before the next try, in seconds: doubling from ``first`` up to ``most``."""
         delay = self._delay
@@ -324,6 +338,36 @@ class Backoff:
         elif now - self._down_since > self.give_up_after:
             raise Unreachable(f"{what}: no answer from {where} for {self.give_up_after:g} s")
         time.sleep(self.next_delay())
+
+
+class JitterBackoff(Backoff):
+    """Full jitter above the server's retry: before the n-th try of an outage, wait
+    ``floor + random(0, min(cap, floor·2^n))`` seconds (at most ``cap``); give up after
+    ``give_up_after`` seconds of one outage."""
+
+    def __init__(self, give_up_after: float, *, floor: float = 1.0, cap: float = 30.0,
+                 on_outage: Callable[[], None] | None = None):
+        """``floor`` until the server says its own (:meth:`retry`)."""
+        super().__init__(give_up_after, on_outage=on_outage)
+        self.floor = floor
+        self.cap = cap
+        self.attempt = 0
+
+    def retry(self, ms: int) -> None:
+        """The server's ``retry`` (milliseconds): the floor from now on."""
+        if ms > 0:
+            self.floor = ms / 1000
+
+    def reset(self) -> None:
+        """The server answered: the next outage starts afresh."""
+        super().reset()
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        """The wait before the next try, in seconds."""
+        window = min(self.cap, self.floor * 2 ** self.attempt)
+        self.attempt += 1
+        return min(self.cap, self.floor + random.uniform(0, window))
 
 
 class EventStream:
@@ -384,7 +428,7 @@ class EventStream:
                     return "dropped"
                 self.backoff.reset()
                 self.connections += 1
-                for event in parse_sse(r.iter_lines()):
+                for event in parse_sse(r.iter_lines(), self.backoff.retry):
                     if event.event == "tail":
                         # Resume from the tail's start if the connection drops before any entry.
                         self.last_seq = max(self.last_seq, int(event.json().get("after") or 0))
@@ -420,7 +464,7 @@ class Follower:
             headers["Authorization"] = f"Bearer {token}"
         self.client = client or httpx.Client(
             timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True, headers=headers)
-        self.backoff = Backoff(reconnect_for, on_outage=self._outage)
+        self.backoff = JitterBackoff(reconnect_for, on_outage=self._outage)
         self.stream = EventStream(self.client, self.base_url, job_id, self.backoff, tail=tail)
         self.values = 0         # values seen (progress "i")
         self.replaced = False   # a reset replaced values already shown

@@ -32,15 +32,14 @@ replaced printed values (5) > finished (0).
 from __future__ import annotations
 
 import json
-import random
 import sys
 from typing import IO, Callable, Iterator, NamedTuple
 
 import httpx
 
 from jobcast.cli.client import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
-                                EXIT_REPLACED, RETRYABLE, TERMINAL_KINDS, Backoff, BadInput, Display,
-                                _message, bad_input, parse_blocks, run_reporting)
+                                EXIT_REPLACED, RETRYABLE, TERMINAL_KINDS, BadInput, Display,
+                                JitterBackoff, _message, bad_input, parse_blocks, run_reporting)
 from jobcast.core.output import line_text
 
 MAX_JOBS = 100
@@ -63,36 +62,6 @@ class JobEvent(NamedTuple):
     event: str
     data: dict
     raw: str
-
-
-class JitterBackoff(Backoff):
-    """Full jitter above the server's retry: before the n-th try of an outage, wait
-    ``floor + random(0, min(cap, floor·2^n))`` seconds (at most ``cap``); give up after
-    ``give_up_after`` seconds of one outage."""
-
-    def __init__(self, give_up_after: float, *, floor: float = 1.0, cap: float = 30.0,
-                 on_outage: Callable[[], None] | None = None):
-        """``floor`` until the server says its own (:meth:`retry`)."""
-        super().__init__(give_up_after, on_outage=on_outage)
-        self.floor = floor
-        self.cap = cap
-        self.attempt = 0
-
-    def retry(self, ms: int) -> None:
-        """The server's ``retry`` (milliseconds): the floor from now on."""
-        if ms > 0:
-            self.floor = ms / 1000
-
-    def reset(self) -> None:
-        """The server answered: the next outage starts afresh."""
-        super().reset()
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """The wait before the next try, in seconds."""
-        window = min(self.cap, self.floor * 2 ** self.attempt)
-        self.attempt += 1
-        return min(self.cap, self.floor + random.uniform(0, window))
 
 
 class MultiEventStream:

@@ -184,6 +184,14 @@ def test_sse_parser_reads_ids_events_and_data_and_skips_heartbeats():
     assert list(parse_sse(iter(lines))) == [("7", "value", '{"seq":7}'), ("8", "finished", "a\nb")]
 
 
+def test_sse_parser_hands_over_the_servers_retry_and_ignores_one_not_all_digits():
+    said = []
+    lines = ["retry: 2000", "", "retry: 15x", "", "retry: -1", "", "id: 7", "event: value",
+             'data: {"seq":7}', "", "retry:900", ""]
+    assert list(parse_sse(iter(lines), said.append)) == [("7", "value", '{"seq":7}')]
+    assert said == [2000, 900]
+
+
 def test_rate_uses_the_jobs_own_timestamps():
     rate = Rate(window=10)
     for k in range(21):
@@ -262,7 +270,8 @@ def entry(seq: int, epoch: str, kind: str = "value", i: int | None = None) -> st
     return f"id: {seq}:{epoch}\nevent: {kind}\ndata: {json.dumps(body)}\n\n"
 
 
-def test_follow_resumes_with_the_epoch_and_says_when_a_failover_replaced_what_it_printed():
+def test_follow_resumes_with_the_epoch_and_says_when_a_failover_replaced_what_it_printed(
+        monkeypatch):
     import httpx
 
     from jobcast.cli.client import EXIT_REPLACED, Follower
@@ -277,7 +286,7 @@ def test_follow_resumes_with_the_epoch_and_says_when_a_failover_replaced_what_it
     out, err = io.StringIO(), io.StringIO()
     follower = Follower("a" * 32, "http://jobcast", Display("plain", False, out, err),
                         client=httpx.Client(transport=transport))
-    follower.backoff.first = follower.backoff.most = 0.0
+    monkeypatch.setattr("jobcast.cli.client.time.sleep", lambda seconds: None)
     assert follower.run() == EXIT_REPLACED
     assert requests[1].headers["Last-Event-ID"] == "6:E1"
     assert out.getvalue().split() == ["v0", "v1", "v2", "v3", "v2", "v3", "v4"]
@@ -304,3 +313,29 @@ def test_follow_told_it_needs_a_token_or_another_says_so_and_exits_2_not_3(statu
     assert run_reporting(follower.run, err, lambda: "interrupted") == EXIT_BAD_INPUT
     assert err.getvalue() == "jobcast: a token is needed\n"
 
+
+
+def test_follow_waits_the_servers_retry_with_jitter_before_it_reconnects(monkeypatch):
+    """A review's finding: a single job's follower came back 0.25 s after a drop whatever the
+    server's ``retry:`` said, and every follower of a restarted server at the same instant."""
+    import httpx
+
+    from jobcast.cli.client import EXIT_FINISHED, Follower
+
+    first = "retry: 1500\n\n" + entry(1, "E1", "queued") + entry(2, "E1", i=0)
+    second = "retry: 700\n\n" + entry(3, "E1", i=1) + entry(4, "E1", "finished")
+    slept = []
+    monkeypatch.setattr("jobcast.cli.client.time.sleep", slept.append)
+    waits = []
+    for _ in range(8):
+        transport, requests = scripted_server([first, second])
+        follower = Follower("a" * 32, "http://jobcast",
+                            Display("plain", False, io.StringIO(), io.StringIO()),
+                            client=httpx.Client(transport=transport))
+        slept.clear()
+        assert follower.run() == EXIT_FINISHED
+        assert requests[-1].headers["Last-Event-ID"] == "2:E1"
+        assert len(slept) == 1, slept            # one drop, one wait
+        waits.append(slept[0])
+    assert all(1.5 <= w <= 3.0 for w in waits), waits   # the server's 1.5 s, plus up to 1.5
+    assert len(set(waits)) > 1, "the same wait for every follower: no jitter"
