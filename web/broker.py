@@ -152,6 +152,7 @@ class Shard:
         self.jobs: set[str] = set()     # job ids routed here
         self.sent: set[str] = set()     # whose SUBSCRIBE went out on the current connection
         self.leaving: set[str] = set()  # whose UNSUBSCRIBE went out, not yet confirmed
+        self.unwanted: list[str] = []   # channels confirmed here but not wanted: to unsubscribe
         self.live = threading.Event()   # the anchor is confirmed on the current connection
         self.retired = False
         self.backoff = 0.1
@@ -414,6 +415,12 @@ class Broker:
         leave: dict[Shard, list[str]] = defaultdict(list)
         join: dict[Shard, list[str]] = defaultdict(list)
         with self._lock:
+            for sh in self._shards.values():
+                # Before any SUBSCRIBE of this round: a job wanted again since its unwanted
+                # confirmation is then subscribed after, not before, that UNSUBSCRIBE.
+                if sh.unwanted:
+                    leave[sh].extend(sh.unwanted)
+                    sh.unwanted.clear()
             for sub in list(self._subs.values()):
                 if sub.refs or sub.idle_since is None or now - sub.idle_since < self.linger:
                     continue
@@ -533,6 +540,7 @@ class Broker:
                     sh.pubsub = pubsub
                     sh.sent = set(sh.jobs)
                     sh.leaving.clear()
+                    sh.unwanted.clear()
                     names = [self._subs[j].name for j in sh.sent if j in self._subs]
                 sh.subscribe([sh.anchor, *names])
                 while not self._stop.is_set() and not sh.retired:
@@ -605,37 +613,43 @@ class Broker:
                 sh.live.set()
             return
         job_id = self._job_of(name)
-        sub = self._subs.get(job_id) if job_id else None
-        if kind in SUBSCRIBED:
-            if sub is None or sub.shard is not sh:
-                # Not wanted here (any more): e.g. resubscribed by redis-py's reconnect.
-                if job_id:
-                    sh.leaving.add(job_id)
-                try:
-                    sh.unsubscribe([name])
-                except RedisError:
-                    pass
-                return
-            with self._lock:
+        # Looked up and decided under the lock: with real threads a request may subscribe the
+        # job meanwhile (see subscribe), and must then find what this decided.
+        resync = lost = False
+        with self._lock:
+            sub = self._subs.get(job_id) if job_id else None
+            if kind in SUBSCRIBED:
+                if sub is None or sub.shard is not sh:
+                    # Not wanted here (any more): e.g. resubscribed by redis-py's reconnect.
+                    # The control loop sends the UNSUBSCRIBE, as it sends every command: a
+                    # viewer arriving now is subscribed after it, never before it (which would
+                    # leave its subscription confirmed but gone).
+                    if job_id:
+                        sh.leaving.add(job_id)
+                    sh.unwanted.append(name)
+                    self._kick.set()
+                    return
                 resync = sub.move(SubState.LIVE)
-            if resync:
-                self.handler.on_resync([sub.job_id])
-        elif kind in UNSUBSCRIBED:
-            if job_id in sh.leaving:
-                sh.leaving.discard(job_id)
-                return
-            if sub is not None and sub.shard is sh:
-                # Redis dropped it (a Cluster slot moved away): subscribe on the new owner.
-                log.info("broker: Redis ended the subscription to job %s; resubscribing", job_id)
-                with self._lock:
+            elif kind in UNSUBSCRIBED:
+                if job_id in sh.leaving:
+                    sh.leaving.discard(job_id)
+                    return
+                if sub is not None and sub.shard is sh:
+                    # Redis dropped it (a Cluster slot moved away): subscribe on the new owner.
+                    log.info("broker: Redis ended the subscription to job %s; resubscribing",
+                             job_id)
                     sub.move(SubState.RECOVERING)
                     sh.jobs.discard(sub.job_id)
                     sh.sent.discard(sub.job_id)
                     sub.shard = None
                     self._to_subscribe.add(sub.job_id)
                     self._refresh_needed = self.cluster
-                self.handler.on_lost([sub.job_id])
-                self._kick.set()
+                    lost = True
+        if resync:
+            self.handler.on_resync([sub.job_id])
+        if lost:
+            self.handler.on_lost([sub.job_id])
+            self._kick.set()
 
     def _lost(self, sh: Shard, exc: BaseException) -> None:
         """The shard's connection broke: its jobs are in doubt until resubscribed."""

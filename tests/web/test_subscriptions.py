@@ -16,7 +16,7 @@ from redis import Redis
 
 from jobcast.launcher.redisserver import RedisServer
 from tests.conftest import WebServer, running_job, wait_for
-from jobcast.web.broker import LINGER, Broker, JobSubscription
+from jobcast.web.broker import LINGER, Broker, JobSubscription, Shard
 from jobcast.core.joblog import channel
 
 
@@ -229,3 +229,49 @@ def test_a_job_subscribed_while_the_broker_looks_at_its_subscriptions_never_stop
         broker._stop.set()
         broker._kick.set()
         control.join(5)
+
+
+def test_a_viewer_arriving_while_an_unwanted_confirmation_is_handled_stays_subscribed(redis):
+    # Under a threaded server: the broker's reader finds a confirmation nobody wants (redis-py
+    # resubscribed a job after its last viewer left) while a request subscribes the job again.
+    # Its UNSUBSCRIBE must reach Redis before the new SUBSCRIBE: after it, the job would be
+    # confirmed live and yet unsubscribed, and its viewers would hear nothing more.
+    broker = Broker(redis)
+    sent: list[tuple[str, str]] = []
+
+    class Recorder:
+        """The shard's pub/sub connection: the commands, in the order Redis would get them."""
+
+        def subscribe(self, *names):
+            sent.extend(("subscribe", n) for n in names)
+
+        def unsubscribe(self, *names):
+            sent.extend(("unsubscribe", n) for n in names)
+
+    sh = broker._shards["redis"] = Shard("redis", redis, False)  # no reader thread: driven here
+    sh.pubsub = Recorder()
+    name = channel("a")
+    others: list[threading.Thread] = []
+
+    def request():
+        """A viewer of job a arrives, and the control loop sends what it queued."""
+        broker.subscribe("a")
+        broker._flush()
+
+    class Meanwhile(set):
+        """The reader's mark that an UNSUBSCRIBE is on its way: the request runs just then."""
+
+        def add(self, job_id):
+            super().add(job_id)
+            other = threading.Thread(target=request)
+            others.append(other)
+            other.start()
+            other.join(0.3)  # it may have to wait for the reader's lock
+
+    sh.leaving = Meanwhile()
+    reader = threading.Thread(target=broker._on_control, args=(sh, "subscribe", name))
+    reader.start()
+    reader.join(10)
+    others[0].join(10)
+    broker._flush()  # the control loop's next round
+    assert sent == [("unsubscribe", name), ("subscribe", name)]
