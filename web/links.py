@@ -21,7 +21,7 @@ from jobcast.core.secret import signing_key
 from jobcast.core.settings import Settings
 from jobcast.core.urls import PARAM
 
-__all__ = ["PARAM", "MAX_TTL", "LinkError", "sign", "verify", "view_sig"]
+__all__ = ["PARAM", "MAX_TTL", "LinkError", "named_job", "sign", "verify", "view_sig"]
 
 SALT = "jobcast.view-link"
 # Longest accepted ?ttl=: ten years; links meant to outlive that can omit the expiry.
@@ -52,6 +52,19 @@ def sign(config: Settings, job_id: str, created: float | None, ttl: int | None =
     if ttl:
         payload["e"] = int((time.time() if now is None else now) + ttl)
     return _serializer(config).dumps(payload)
+
+
+def named_job(config: Settings, token: str) -> str:
+    """The job id a link names, once its signature holds; LinkError ("invalid") if it does
+    not. It says nothing of expiry or of which job of that id: :func:`verify` does."""
+    try:
+        payload = _serializer(config).loads(token)
+    except (BadSignature, ValueError):
+        raise LinkError("invalid", "the view link's signature is not valid") from None
+    job_id = payload.get("j") if isinstance(payload, dict) else None
+    if not isinstance(job_id, str):
+        raise LinkError("invalid", "the view link's signature is not valid")
+    return job_id
 
 
 def verify(config: Settings, job_id: str, token: str, created: Callable[[], float | None], *,

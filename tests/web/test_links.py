@@ -166,3 +166,29 @@ def test_a_multi_job_stream_refused_for_a_job_or_the_list_is_counted(redis_serve
     assert client.get("/events", query_string={"job": a.job_id, "list": "10",
                                                "sig": link}).status_code == 401
     assert refused("unauthorized") == unauthorized + 1
+
+
+def test_a_link_repeated_beside_many_jobs_is_checked_once_not_once_per_job(
+        redis_server, redis, make_app, monkeypatch):
+    """A review's finding: the multi-job stream checked every link against every job, and a
+    repeated link was checked again: one link sent 70 times beside 99 other jobs cost ~7,000
+    signature checks (~100 ms of the loop) per request."""
+    from jobcast.web import security
+
+    cfg = Settings(redis_url=redis_server.url, token="t0ken-for-this-test", secret=SECRET)
+    client = make_app({"JOBCAST": cfg}).test_client()
+    job_id = f"many-{uuid.uuid4().hex[:8]}"
+    jlog = JobLog(redis, job_id)
+    jlog.create("sqrt", {}, 1)
+    link = sign(cfg, job_id, jlog.info().created_at)
+    checks = []
+    real = security.verify
+    monkeypatch.setattr(security, "verify", lambda *a, **k: checks.append(a[1]) or real(*a, **k))
+    others = [f"j{k}" for k in range(99)]
+    r = client.get("/events", query_string={"job": [*others, job_id], "sig": [link] * 70})
+    assert r.status_code == 403 and r.json["reason"] == "other_job"  # the others: no link
+    assert checks == [job_id]
+    checks.clear()
+    r = client.get("/events", query_string={"job": others[:3], "sig": [link, tampered(link)]})
+    assert r.status_code == 403 and r.json["reason"] in ("other_job", "invalid")
+    assert len(checks) <= 1
