@@ -123,16 +123,20 @@ def refuse_if_throttled(cfg: Settings, what: str) -> None:
 def has_bearer(cfg: Settings) -> bool:
     """The request carries ``Authorization: Bearer <JOBCAST_TOKEN>``.
 
-    Any other Authorization header counts as a failed authentication of the client (once per
-    request), and a client over JOBCAST_AUTH_FAILURES gets 429 whatever it sends.
+    Another bearer token counts as a failed authentication of the client (once per request),
+    and a client over JOBCAST_AUTH_FAILURES gets 429 for any bearer token it sends. A header
+    of another scheme is not Jobcast's (a proxy's ``Basic`` credentials, passed on): it is
+    ignored, as if absent, so a browser behind such a proxy keeps reading with its session.
     """
     if not cfg.token or "Authorization" not in request.headers:
         return False
     if "jobcast_bearer" not in g:
+        scheme, _, given = request.headers["Authorization"].strip().partition(" ")
+        if scheme.lower() != "bearer":
+            g.jobcast_bearer = False
+            return False
         refuse_if_throttled(cfg, "authentications")
-        scheme, _, given = request.headers["Authorization"].partition(" ")
-        g.jobcast_bearer = (scheme.lower() == "bearer"
-                            and hmac.compare_digest(given.strip().encode(), cfg.token.encode()))
+        g.jobcast_bearer = hmac.compare_digest(given.strip().encode(), cfg.token.encode())
         if not g.jobcast_bearer:
             failures().take(client_address(cfg))
     return g.jobcast_bearer

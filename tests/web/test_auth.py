@@ -98,6 +98,20 @@ def test_failed_bearer_tokens_are_throttled_per_client_with_retry_after(settings
     assert c.get("/api/jobs", headers=WRONG).status_code == 429
 
 
+def test_a_proxys_basic_credentials_are_ignored_and_never_lock_out_a_session(settings,
+                                                                              make_app):
+    """A review's finding: any Authorization header that was not our bearer token counted as
+    a failed authentication, so a browser behind a basic-auth proxy (nginx passes the header
+    on) was refused 429 after JOBCAST_AUTH_FAILURES pages, its good session cookie unread."""
+    c = make_app({"JOBCAST": settings(auth_failures=3), "TESTING": True}).test_client()
+    assert c.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+    assert [c.get("/api/jobs", headers=basic).status_code for _ in range(12)] == [200] * 12
+    assert c.post("/api/jobs", headers=basic, json={"task": "sqrt"}).status_code == 401
+    # A wrong bearer token still counts: three, then 429.
+    assert [c.get("/api/jobs", headers=WRONG).status_code for _ in range(4)][-1] == 429
+
+
 def test_wrong_tokens_in_the_form_are_throttled_too(settings, make_app):
     """Finding 5: 200 wrong tokens at /login took 0.27 s, with no throttling."""
     c = make_app({"JOBCAST": settings(auth_failures=2), "TESTING": True}).test_client()
