@@ -187,7 +187,7 @@ class LoginForm(BaseModel):
     """The token form's fields (form-encoded)."""
 
     token: str = ""
-    next: str = "/"
+    next: str = ""
 
 
 def reply(body: BaseModel, status: int = 200) -> Response:

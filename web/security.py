@@ -305,13 +305,15 @@ def security_headers(response: Response) -> Response:
 
 def safe_next(target: str | None) -> str:
     """Where to go after logging in: a path on this site only (never //host or a scheme, nor
-    a control character, which could split the Location header)."""
+    a control character, which could split the Location header); else Jobcast's home page,
+    under the prefix it is mounted at (init_app), never the host app's root."""
+    home = url_for("pages.index")
     if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
             or any(ord(c) < 0x20 or ord(c) == 0x7f for c in target)):
-        return "/"
+        return home
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
-        return "/"
+        return home
     return target
 
 
@@ -334,7 +336,7 @@ def cookie_path() -> str:
 @page({"name": "next", "in": "query", "required": False, "schema": {"type": "string"}})
 def login_form():
     """The form that asks a browser for the token once."""
-    return login_page(request.args.get("next", "/"))
+    return login_page(request.args.get("next", ""))
 
 
 @bp.post("/login")

@@ -120,6 +120,14 @@ def test_private_mode_under_a_prefix_logs_in_and_returns_under_the_prefix(config
     assert out.headers["Location"] == "/tools/jobcast/login"
     assert "Path=/tools/jobcast;" in out.headers["Set-Cookie"]
     assert client.get(f"/tools/jobcast/jobs/{job_id}").status_code == 401
+    # Logging in from the form with no page to return to (after Log out, say) lands on
+    # Jobcast's home page under the prefix, not the host app's root (a review's finding).
+    form = client.get("/tools/jobcast/login")
+    assert 'name="next" value="/tools/jobcast/"' in form.text
+    for target in (None, "", "//evil.example/", "/a\nb"):
+        data = {"token": "s3cret"} if target is None else {"token": "s3cret", "next": target}
+        r = client.post("/tools/jobcast/login", data=data)
+        assert r.status_code == 303 and r.headers["Location"] == "/tools/jobcast/", target
 
 
 def test_a_new_view_link_under_a_prefix_carries_the_prefix(config, job_id):
