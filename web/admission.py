@@ -94,11 +94,11 @@ def epoch_param(raw: str | None) -> str | None:
 
 
 def checked_id(job_id: str) -> str:
-    """``job_id`` if well formed, else a 400 naming the id."""
+    """``job_id`` if well formed, else a 400 naming the path parameter (``job_id``)."""
     try:
         return check_job_id(job_id)
     except InvalidJobId as exc:
-        raise BadParam("id", str(exc)) from None
+        raise BadParam("job_id", str(exc)) from None
 
 
 def load_job(job_id: str) -> JobInfo:

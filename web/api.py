@@ -29,7 +29,7 @@ bp = Blueprint("api", __name__)
 
 LIMIT_JOBS = IntArg("limit", low=1, high=500, default=50)
 LIMIT_VALUES = IntArg("limit", low=1, high=5000, default=1000)
-BEFORE = IntArg("before", "entries before this seq")
+BEFORE = IntArg("before", "entries before this seq; omitted: the newest values")
 TTL = IntArg("ttl", "seconds until the link expires; omit or 0 for none", high=MAX_TTL)
 # A job with no chart yet: what the worker writes before its first value.
 EMPTY_CHART = Chart(span=1, upto=-1, points=0, min=[], max=[], first=[], last=[]).model_dump_json()
@@ -165,15 +165,20 @@ def job_chart(job_id: str):
 @job_scoped
 @returns(EarlierValues, args=[BEFORE, LIMIT_VALUES])
 def earlier_values(job_id: str):
-    """Up to ``limit`` value entries logged before entry ``before`` (a seq), oldest first.
+    """Up to ``limit`` value entries logged before entry ``before`` (a seq; omitted: the
+    newest values), oldest first.
 
     The job page's "load earlier values". ``first_seq``/``first_value`` say where the
     capped log begins, so the page can tell what is no longer kept.
     """
     load_job(job_id)
-    before = BEFORE.read()
     limit = LIMIT_VALUES.read()
     jlog = state().logs.log(job_id)
+    if BEFORE.given():
+        before = BEFORE.read()
+    else:  # the newest values (a read with nothing before seq 0 would always be empty)
+        position = jlog.position()
+        before = position.seq + 1 if position is not None else 0
     raws = jlog.values_before(before, limit)
     first_seq, first_value = jlog.first_kept()
     # The entries go out as stored (already JSON): parsed, they would be encoded again. So

@@ -37,7 +37,7 @@ ATTEMPT = IntArg("attempt", "only this attempt's output (1 is the first)", low=1
 def job_output(job_id: str):
     """The job's output as text (``?attempt=K``: that attempt's only)."""
     info = load_job(job_id)
-    attempt = ATTEMPT.read() if request.args.get("attempt") is not None else None
+    attempt = ATTEMPT.read() if ATTEMPT.given() else None
     if not _downloads.acquire(blocking=False):
         raise TooManyStreams(503, f"this server serves at most {DOWNLOADS} output downloads at once")
     jlog = state().logs.log(job_id)

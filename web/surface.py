@@ -66,13 +66,21 @@ class IntArg:
     default: int | None = None
 
     def read(self) -> int:
-        """The current request's value (or the default), or a 400 naming the parameter."""
-        value = int_param(self.name, request.args.get(self.name), default=self.default or 0)
-        if not self.low <= value <= self.high:
+        """The current request's value (or the default), or a 400 naming the parameter and
+        its own bounds (an empty value is taken as absent)."""
+        try:
+            value = int_param(self.name, request.args.get(self.name), default=self.default or 0)
+        except BadParam:  # not a number: its message would name any integer's bounds
+            value = None
+        if value is None or not self.low <= value <= self.high:
             hint = f" ({self.description})" if self.description else ""
-            raise BadParam(self.name,
-                           f"{self.name} must be between {self.low} and {self.high}{hint}")
+            raise BadParam(self.name, f"{self.name} must be an integer between {self.low} and "
+                                      f"{self.high}{hint}")
         return value
+
+    def given(self) -> bool:
+        """The current request names a value (not empty) for this parameter."""
+        return bool(request.args.get(self.name, "").strip())
 
 
 # An argument as the document lists it: an IntArg, or an OpenAPI parameter object as is.

@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
 
@@ -87,7 +88,7 @@ def test_unknown_job_is_404_and_malformed_id_is_400(client, path):
         r = client.get(path.format(bad))
         assert r.status_code in (400, 404) and r.is_json, (bad, r.status_code)
         if bad != "..":  # ".." is resolved by the URL layer, never reaching a job lookup
-            assert r.status_code == 400 and r.json["field"] == "id", bad
+            assert r.status_code == 400 and r.json["field"] == "job_id", bad
 
 
 @pytest.mark.parametrize("query, headers, field", [
@@ -106,6 +107,42 @@ def test_bad_resume_positions_get_400(client, config, redis, query, headers, fie
 def test_list_limit_is_validated(client):
     assert client.get("/api/jobs?limit=0").status_code == 400
     assert client.get("/api/jobs?limit=x").json["field"] == "limit"
+
+
+@pytest.mark.parametrize("query, field, bounds", [
+    ("/api/jobs?limit=abc", "limit", "between 1 and 500"),
+    ("/api/jobs?limit=-1", "limit", "between 1 and 500"),
+    ("/api/jobs/{job}/values?limit=x", "limit", "between 1 and 5000"),
+    ("/api/jobs/{job}/link?ttl=-1", "ttl", "between 0 and 315360000"),
+    ("/api/jobs/{job}/output?attempt=0", "attempt", "between 1 and "),
+])
+def test_a_bad_number_is_told_the_parameters_own_bounds(client, config, redis, query, field,
+                                                        bounds):
+    """A review's finding: a parameter that was not a number was told the bounds of any
+    integer ("up to 9007199254740992"), whatever its own."""
+    job_id = enqueue("sqrt", {"n": 1}, redis=redis, config=config)
+    r = client.get(query.format(job=job_id))
+    assert r.status_code == 400 and r.json["field"] == field
+    assert bounds in r.json["message"], r.json
+
+
+def test_earlier_values_without_before_are_the_newest(client, config, redis):
+    """A review's finding: ``GET /api/jobs/<id>/values`` with no ``before`` read the values
+    before seq 0, and answered none, whatever the job had logged."""
+    job_id = enqueue("sqrt", {"n": 5}, redis=redis, config=config)
+    jlog = JobLog(redis, job_id)
+    jlog.started("w1", 1)
+    for i in range(5):
+        jlog.value(i, float(i))
+    newest = client.get(f"/api/jobs/{job_id}/values?limit=2").json
+    assert [e["i"] for e in newest["values"]] == [3, 4]
+    assert [e["i"] for e in client.get(f"/api/jobs/{job_id}/values").json["values"]] == \
+        [0, 1, 2, 3, 4]
+    assert client.get(f"/api/jobs/{job_id}/values?before=&limit=2").json == newest
+    before = client.get(f"/api/jobs/{job_id}/values?before=5&limit=9").json["values"]
+    assert [e["i"] for e in before] == [0, 1]  # seq 1 queued, 2 started, 3 value 0
+    # An empty attempt is absent too, as an empty limit or before is: all attempts' output.
+    assert client.get(f"/api/jobs/{job_id}/output?attempt=").status_code == 200
 
 
 def test_health_and_readiness(client):

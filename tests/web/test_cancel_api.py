@@ -56,7 +56,7 @@ def test_a_second_cancel_answers_409(client, redis):
 def test_cancel_of_an_unknown_job_is_404_and_of_a_malformed_id_400(client):
     assert client.post(f"/api/jobs/{uuid.uuid4().hex}/cancel").status_code == 404
     r = client.post("/api/jobs/no.pe/cancel")  # "." is outside RQ's id alphabet
-    assert r.status_code == 400 and r.json["field"] == "id"
+    assert r.status_code == 400 and r.json["field"] == "job_id"
 
 
 def test_cancel_needs_the_bearer_token_when_one_is_set(redis, redis_server, make_app):

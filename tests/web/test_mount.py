@@ -61,7 +61,7 @@ def test_host_app_links_to_a_job_with_url_for(host):
 def test_jobcast_errors_stay_json_and_do_not_change_the_host_apps_errors(host):
     client = host.test_client()
     r = client.get("/tools/jobcast/jobs/no.pe")
-    assert r.status_code == 400 and r.json["field"] == "id"
+    assert r.status_code == 400 and r.json["field"] == "job_id"
     r = client.get("/nothing-here")
     assert r.status_code == 404 and not r.is_json  # the host's own (HTML) 404
 
