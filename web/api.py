@@ -71,20 +71,25 @@ def create_job():
     """Create a job: validate ``{"task": ..., "params": {...}}``, enqueue it, answer 201 with
     its URLs.
 
-    A client gets JOBCAST_CREATE_RATE jobs a minute (429 with Retry-After past that).
+    A client gets JOBCAST_CREATE_RATE jobs a minute (429 with Retry-After past that); a
+    request refused as invalid (400) costs none of them, so fixing a form's mistakes is not
+    throttled.
     """
     cfg = state().config
-    wait = state().creations.take(client_address(cfg))
+    job = job_request()
+    client = client_address(cfg)
+    wait = state().creations.take(client)
     if wait:
         raise TooManyRequests(f"at most {cfg.create_rate} jobs a minute per client "
                               "(JOBCAST_CREATE_RATE)", wait)
-    job = job_request()
     try:
         job_id = enqueue(job.task, job.params, redis=state().redis, config=state().config,
                          streams=state().streams)
     except UnknownTask:
+        state().creations.give_back(client)
         raise BadParam("task", f"unknown task; known tasks: {', '.join(sorted(all_tasks()))}") from None
     except ParamError as exc:
+        state().creations.give_back(client)
         first = exc.errors[0]
         raise BadParam(first["field"], str(exc), exc.errors) from None
     # base: under init_app's prefix, if any

@@ -89,6 +89,14 @@ class ClientRate:
             self._prune(now)
         return 0.0
 
+    def give_back(self, client: str) -> None:
+        """Return the token ``client`` just spent on something that did not happen after all
+        (a job refused as invalid: a creation, not an attempt, is what the rate counts)."""
+        if not self.per_minute or client not in self.buckets:
+            return
+        now = self.clock()
+        self.buckets[client] = (min(self.per_minute, self._tokens(client, now) + 1), now)
+
     def _prune(self, now: float) -> None:
         """Drop the buckets that have refilled (as good as absent), then the oldest ones."""
         for client in [c for c in self.buckets if self._tokens(c, now) >= self.per_minute]:

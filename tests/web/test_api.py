@@ -192,6 +192,19 @@ def test_job_creation_is_rate_limited_per_client_with_retry_after(config, make_a
     assert post_job(client, body).status_code == 201
 
 
+def test_a_refused_creation_costs_nothing_of_the_create_rate(config, make_app, clock):
+    """A review's finding: the rate's token was spent before the body was checked, so three
+    mistakes in a form of a server with JOBCAST_CREATE_RATE=3 throttled the fixed request."""
+    cfg = config.model_copy(update={"create_rate": 3, "queue_name": f"rate-{uuid.uuid4().hex}"})
+    app = make_app({"JOBCAST": cfg, "TESTING": True})
+    app.extensions["jobcast"].creations.clock = clock
+    client = app.test_client()
+    for bad in ({"task": "nope"}, {"task": "sqrt", "params": {"n": -1}}, "[1", {"tusk": 1}) * 2:
+        assert post_job(client, bad).status_code == 400, bad
+    good = {"task": "sqrt", "params": {"n": 1}}
+    assert [post_job(client, good).status_code for _ in range(4)] == [201, 201, 201, 429]
+
+
 def test_a_body_nested_a_thousand_deep_is_a_400_not_a_500(client):
     """Finding 13 of issue 23: 1,000 nested `[` gave a 500 (RecursionError)."""
     r = post_job(client, "[" * 1000)
