@@ -73,7 +73,7 @@ class Unauthorized(HTTPException):
     """401 with a Bearer challenge."""
 
     code = 401
-    description = "creating jobs needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
+    description = "this request needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
 
     def get_headers(self, environ=None, scope=None):
         """Ask for a bearer token."""
@@ -225,6 +225,8 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
         # A browser: ask for the token rather than answer JSON.
         # script_root: come back under the prefix Jobcast is mounted at (init_app), if any.
         return login_page(request.script_root + request.full_path.rstrip("?"), status=401)
+    if access is Access.TOKEN:  # a change (create, cancel, a new link): the token alone
+        raise Unauthorized()
     what = "this job needs the token or a signed view link" if access is Access.JOB else \
         "this server is private: reading needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
     raise Unauthorized(what)

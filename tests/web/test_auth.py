@@ -179,3 +179,20 @@ def test_a_view_link_does_not_open_a_later_job_given_the_same_id(client, redis):
     JobLog(redis, job_id).create("sqrt", {"n": 2}, 2)
     r = client.get(status)
     assert r.status_code == 403 and r.json["reason"] == "other_job"
+
+
+@pytest.mark.parametrize("read_mode", ["public", "private"])
+def test_a_401_says_what_the_request_needs_not_another_operations_need(settings, make_app,
+                                                                       read_mode):
+    """A review's finding: a cancel without the token was told "creating jobs needs …" in
+    public mode, and a create "reading needs …" in private mode."""
+    c = make_app({"JOBCAST": settings(read=read_mode), "TESTING": True}).test_client()
+    job = "a" * 32
+    for method, path in (("post", "/api/jobs"), ("post", f"/api/jobs/{job}/cancel"),
+                         ("get", f"/api/jobs/{job}/link")):
+        r = getattr(c, method)(path, json={"task": "sqrt"})
+        assert r.status_code == 401, path
+        assert r.json["message"] == ("this request needs Authorization: Bearer <token> "
+                                     "(JOBCAST_TOKEN)"), path
+    if read_mode == "private":
+        assert "reading needs" in c.get("/api/jobs").json["message"]
