@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
@@ -10,6 +12,8 @@ from jobcast.web.metrics import render
 from jobcast.web.models import Health, reply
 from jobcast.web.services import state
 from jobcast.web.surface import Answer, private, public, returns
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
 
@@ -37,7 +41,11 @@ def readyz():
         if st.streams is not st.redis:
             st.streams.ping()
     except RedisError as exc:
-        return reply(Health(status="unavailable", reason=f"redis: {exc}"), 503)
+        # The error names Redis's host and port: for the log, not for whoever can reach a
+        # public probe.
+        log.warning("readyz: Redis does not answer: %s", exc)
+        return reply(Health(status="unavailable",
+                            reason=f"redis: unreachable ({type(exc).__name__})"), 503)
     if not st.relay.wait_ready(2.0):
         return reply(Health(status="unavailable", reason="broker: not yet subscribed to Redis"), 503)
     return reply(Health(status="ready"))

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template, request,
                    url_for)
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from werkzeug.exceptions import Forbidden as Refused
 from werkzeug.exceptions import HTTPException, NotFound, RequestURITooLarge
 
 from jobcast.core.secret import signing_key
@@ -374,13 +375,31 @@ def login():
 @bp.post("/logout")
 @public
 @returns(None, 303, media=None,
-         description="The session cookie is cleared: on to the token form")
+         description="The session cookie is cleared: on to the token form", errors=[403])
 def logout():
-    """End this browser's session: clear its session cookie (the pages forget the token too)."""
+    """End this browser's session: clear its session cookie (the pages forget the token too).
+
+    Only from this site's own pages: a form on another site could otherwise post here, and
+    the browser would take the cleared cookie (SameSite rules what is sent, not what is set).
+    """
+    if cross_site():
+        raise Refused("logging out is only possible from this site's pages")
     response = redirect(url_for("security.login_form"), code=303)
     response.delete_cookie(SESSION_COOKIE, path=cookie_path(), httponly=True, samesite="Strict",
                            secure=request.is_secure)
     return response
+
+
+def cross_site() -> bool:
+    """The request comes from another site's page, as the browser says (``Sec-Fetch-Site``,
+    else ``Origin``); a request saying neither (a script, an old browser) is not."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    # The host alone: behind a proxy that ends TLS the page's https origin is this request's
+    # http one.
+    return origin is not None and urlsplit(origin).netloc != request.host
 
 
 def template_context() -> dict[str, bool]:

@@ -156,6 +156,8 @@ def test_readyz_is_503_when_redis_is_down(make_app):
     dead = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     r = make_app({"JOBCAST": dead}).test_client().get("/readyz")
     assert r.status_code == 503 and r.json["status"] == "unavailable"
+    # Where Redis is stays in the log (a review's finding: the public probe told anyone).
+    assert r.json["reason"] == "redis: unreachable (ConnectionError)"
 
 
 def test_unknown_route_and_method_are_json(client):

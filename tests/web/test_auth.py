@@ -196,3 +196,18 @@ def test_a_401_says_what_the_request_needs_not_another_operations_need(settings,
                                      "(JOBCAST_TOKEN)"), path
     if read_mode == "private":
         assert "reading needs" in c.get("/api/jobs").json["message"]
+
+
+def test_another_site_cannot_log_a_browser_out(client):
+    """A review's finding: a form on any site could post to /logout, and the browser took the
+    cleared cookie (SameSite=Strict keeps a cookie from being sent, not from being set)."""
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                    {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+                    {"Sec-Fetch-Site": "same-site"}):
+        r = client.post("/logout", headers=headers)
+        assert r.status_code == 403 and r.json["error"] == "forbidden", headers
+        assert "Set-Cookie" not in r.headers
+    assert client.get("/api/jobs").status_code == 200, "still logged in"
+    for headers in ({"Origin": "http://localhost"}, {"Sec-Fetch-Site": "same-origin"}, {}):
+        assert client.post("/logout", headers=headers).status_code == 303, headers
