@@ -90,6 +90,9 @@ one still begins a new epoch when the log is behind what it wrote, so no seq is 
 
 TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""
+VALUES_PAGE = 16
+"""Entries read at a time forwards from a position to its next value (see
+:meth:`JobLog._values_through`)."""
 
 OUTPUT_PAGE = 500
 """Entries read per step while reading a job's output."""
@@ -764,14 +767,27 @@ class JobLog:
         return 0, 0
 
     def _values_through(self, seq: int) -> int:
-        """How many values the log held at entry ``seq``: the newest value at or before it,
-        read backwards (the job's count when a capped log no longer holds one)."""
-        oldest = None
-        # A job's last entries are mostly values: a short first page.
-        for oldest, raw in self._newest_first(f"0-{seq}", 16):
-            if _VALUE_ENTRY.match(raw):
-                return Entry.parse(raw).i + 1
-        return 0 if oldest in (None, "0-1") else min(self.values_logged(), seq)
+        """How many values the log held at entry ``seq``: the index of the first value after
+        it, else (none has come since) the job's count, read with it in one MULTI.
+
+        Forwards from ``seq``, a position read a moment ago: few entries, however much the
+        job printed before it, and right when a capped log no longer holds the values before
+        it (backwards, to the newest value at or before ``seq``, read the whole log when
+        there was none, and miscounted a trimmed one).
+        """
+        start = f"(0-{seq}"
+        while True:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xrange(self.keys.log, min=start, max="+", count=VALUES_PAGE)
+            pipe.hget(self.keys.meta, "values")
+            rows, values = pipe.execute()
+            for _stream_id, fields in rows:
+                raw = stream_field(fields)
+                if _VALUE_ENTRY.match(raw):
+                    return Entry.parse(raw).i
+            if len(rows) < VALUES_PAGE:
+                return int(values or 0)
+            start = "(" + stream_id_text(rows[-1][0])
 
     def _newest_first(self, newest: str, page: int) -> Iterator[tuple[str, bytes]]:
         """The log's entries from stream id ``newest`` back to the oldest it keeps, each as

@@ -240,6 +240,41 @@ def test_the_start_of_a_tail_costs_the_tail_not_the_whole_log(r, monkeypatch):
     assert log.tail_start(10, 3001) == (2991, 2990) and sum(read) <= 50
 
 
+def test_the_values_up_to_a_position_read_forwards_few_entries_and_count_a_trimmed_log(
+        r, monkeypatch):
+    """A review's finding: ``?tail=0`` counted the values up to its position backwards, to the
+    newest value at or before it. A job that had printed 20,000 lines and logged no value
+    read all of them; a capped log that no longer held its values took the count of values
+    logged since (13 for 10), and ``Jobcast-First-Value`` skipped three values untold."""
+    out = ("log", {"stream": "stdout", "text": "x", "attempt": 1}, 1.0)
+    log = JobLog(r, uuid.uuid4().hex)
+    log.create("sqrt", {}, None)
+    log.started("w1", 1)
+    for k in range(20):
+        log.append_many([out] * 1000)
+    read = []
+    for name in ("xrange", "xrevrange"):
+        real = getattr(r, name)
+        monkeypatch.setattr(r, name, lambda *a, real=real, **kw: read.append(kw.get("count"))
+                            or real(*a, **kw))
+    at = log.position().seq
+    assert log.tail_start(0, at) == (at, 0)
+    assert sum(c or 10**9 for c in read) <= 16, read
+    monkeypatch.undo()
+
+    capped = JobLog(r, uuid.uuid4().hex, maxlen=50)
+    capped.create("sqrt", {}, None)
+    capped.started("w1", 1)
+    for i in range(10):
+        capped.value(i, float(i))
+    capped.append_many([out] * 200)  # the values 0..9 are trimmed away
+    at = capped.position().seq
+    for i in range(10, 13):
+        capped.value(i, float(i))
+    assert capped.tail_start(0, at) == (at, 10)
+    assert capped.tail_start(0, capped.position().seq) == (capped.position().seq, 13)
+
+
 # -- a write sent again ---------------------------------------------------------------------------
 
 def test_a_write_sent_again_is_appended_once_and_answers_its_seq(jlog):

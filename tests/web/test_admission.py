@@ -79,10 +79,10 @@ def test_bad_values_are_a_400_naming_the_parameter(url, headers, field):
     assert bad_param(url, TEXT, headers) == field
 
 
-def test_the_largest_position_is_accepted_and_a_malformed_id_is_a_400_naming_the_id():
+def test_the_largest_position_is_accepted_and_a_malformed_id_is_a_400_naming_the_job_id():
     assert parse(f"/?after={MAX_SEQ}").resume == MAX_SEQ
-    assert bad_param("/", job_id="no.pe") == "id"
-    assert bad_param("/", job_id="x" * 129) == "id"
+    assert bad_param("/", job_id="no.pe") == "job_id"
+    assert bad_param("/", job_id="x" * 129) == "job_id"
 
 
 # -- Start -------------------------------------------------------------------------------------
