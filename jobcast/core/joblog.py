@@ -338,7 +338,14 @@ class JobLog:
             else:
                 seq = int(self.script()(keys=keys, args=args))
             if seq > 0:
-                self.high = max(self.high, seq)
+                if seq <= self.high:
+                    # The log was behind what this writer wrote (a lossy failover), and this
+                    # write minted ``epoch`` there: it goes on in it, from this seq.
+                    self.high = seq
+                    if self.began:
+                        self.epoch = epoch
+                else:
+                    self.high = seq
                 if new_era and self.began:
                     self.epoch = epoch  # this writer began it
             elif seq == -5:

@@ -116,6 +116,25 @@ def test_an_attempts_end_written_after_a_loss_begins_one_new_epoch_and_reuses_no
     assert reset is not None and (reset.reason, reset.after) == (LOST, 4)
 
 
+def test_a_writer_that_minted_an_epoch_goes_on_in_it_and_mints_no_second(redis):
+    """A review's finding: a writer whose unchecked write found the log two entries behind it
+    minted a new epoch, but kept the highest seq it had written before the loss: its next
+    write found the log behind again and minted a second epoch, and a checked one was
+    refused as of another epoch."""
+    log = new_log(redis)
+    first = log.head().epoch
+    writer = attempt(log, 3)         # seqs 3..5
+    lose(log, keep=3)                # values 1 and 2, seqs 4 and 5, are gone
+    assert writer.retrying("the attempt failed") == 4
+    second = log.head().epoch
+    assert second != first and writer.epoch == second
+    assert writer.value(1, 1) == 5   # checked: in the epoch it minted
+    assert writer.failed("boom") == 6
+    head = log.head()
+    assert head.epoch == second and head.eras == (Era(first, 1, 0), Era(second, 4, 1))
+    assert epochs_of(log) == [first] * 3 + [second] * 3
+
+
 def test_a_writer_of_another_epoch_is_refused_before_its_value_is_checked(redis):
     log = new_log(redis)
     writer = JobLog(redis, log.job_id)
