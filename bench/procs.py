@@ -83,9 +83,16 @@ def usage(pids: list[int]) -> tuple[float, int]:
 
 
 def pin(pids: list[int], cpus: set[int]) -> None:
-    """Keep ``pids`` on ``cpus``, away from the load generators'."""
+    """Keep ``pids`` on ``cpus``, away from the load generators': every thread of each (an
+    affinity is a thread's: redis-server's background and I/O threads, and any thread a
+    server started before it was pinned, would keep every CPU)."""
     for pid in pids:
         try:
-            os.sched_setaffinity(pid, cpus)
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         except OSError:
-            pass
+            tids = [pid]
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass

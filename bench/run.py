@@ -50,6 +50,7 @@ import httpx
 from redis import Redis
 
 from bench import floor
+from bench.loadgen import LAT_BINS_PER_MS
 from bench.procs import children, cpu_split, pin, run_time, usage
 from jobcast.launcher.redisserver import RedisServer, free_port
 from jobcast.core.wait import wait_until
@@ -438,7 +439,7 @@ class LoadGens:
 
 
 def merge_hists(hists: list[dict]) -> dict[int, int]:
-    """Add up latency histograms (0.1 ms bins; JSON made their keys strings)."""
+    """Add up histograms of the same bins (JSON made their keys strings)."""
     out: dict[int, int] = {}
     for h in hists:
         for b, n in h.items():
@@ -446,8 +447,9 @@ def merge_hists(hists: list[dict]) -> dict[int, int]:
     return out
 
 
-def hist_percentile(hist: dict[int, int], q: float) -> float | None:
-    """The q-quantile of a 0.1 ms histogram, in ms (the upper edge of its bin)."""
+def hist_percentile(hist: dict[int, int], q: float, per_ms: int = 10) -> float | None:
+    """The q-quantile of a histogram of ``per_ms`` bins per ms (0.1 ms: first bytes; latency
+    is in :data:`~bench.loadgen.LAT_BINS_PER_MS`), in ms: the upper edge of its bin."""
     total = sum(hist.values())
     if not total:
         return None
@@ -456,8 +458,8 @@ def hist_percentile(hist: dict[int, int], q: float) -> float | None:
     for b in sorted(hist):
         seen += hist[b]
         if seen > rank:
-            return (b + 1) / 10
-    return (max(hist) + 1) / 10
+            return (b + 1) / per_ms
+    return (max(hist) + 1) / per_ms
 
 
 def load_cpus(args) -> set[int]:
@@ -502,6 +504,21 @@ def loadgen_specs(server, sc: Scenario, args, viewers: list[list[str]], endpoint
             for k in range(n)]
 
 
+def probe_places(viewers: int, probes: int, loadgens: int) -> list[int]:
+    """Which of ``viewers`` (in connect order) are probes: all of them when ``probes`` is at
+    least as many; else ``probes`` spread evenly and symmetrically (the m-th in the middle of
+    the m-th slice, so the set looks the same from either end), one after the other on each
+    of the ``loadgens`` load generators."""
+    if probes >= viewers:
+        return list(range(viewers))
+    places = []
+    for m in range(max(1, probes)):
+        k = int((m + 0.5) * viewers / max(1, probes))
+        k += (m - k) % loadgens  # on load generator m % loadgens (viewer k goes to k % n)
+        places.append(min(k, viewers - 1))
+    return places
+
+
 def wait_all_gone(server, jobs: list[str]) -> None:
     """Let the server free the scenario's viewers before the next scenario."""
     server.release(jobs)
@@ -522,19 +539,20 @@ def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
     jobs = [uuid.uuid4().hex for _ in range(sc.jobs)]
     endpoint = endpoint_of(server, sc)
     server.prepare(jobs, sc)
-    # Viewers: round-robin over jobs; every k-th one a probe, so probes are spread evenly over
-    # the connect order (which is the order the relay writes them in), over jobs, and, one
-    # after the other, over the load generators (viewer i goes to load generator i % n); the
-    # frozen one(s) last.
+    # Viewers: round-robin over jobs; probes spread evenly over the connect order, over jobs,
+    # and, one after the other, over the load generators (viewer i goes to load generator
+    # i % n); the frozen one(s) last. By default every viewer is a probe (the kernel's receive
+    # timestamps cost the measurement nothing): a subset would sit at other places in each
+    # server's write order (Jobcast writes a job's viewers oldest first, Nchan newest first),
+    # and a subset is placed symmetrically in the connect order for the same reason.
     n = args.loadgens
     if endpoint == "mux":
         viewers = [["/events?" + "&".join(f"job={j}" for j in jobs), "v"]
                    for _k in range(sc.viewers)]
     else:
         viewers = [[server.path(j, endpoint), "v"] for _k in range(sc.viewers_per_job) for j in jobs]
-    every = max(1, len(viewers) // max(1, args.probes))
-    for m, k in enumerate(range(0, len(viewers), every)):
-        viewers[min(k + m % n, len(viewers) - 1)][1] = "p"
+    for k in probe_places(len(viewers), args.probes, n):
+        viewers[k][1] = "p"
     for k in range(sc.frozen):
         viewers[-1 - k][1] = "f"
     specs = loadgen_specs(server, sc, args, viewers, endpoint)
@@ -561,7 +579,14 @@ def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
         # Wait until the server holds every viewer (its own count, or Redis subscribers).
         def all_held() -> bool:
             """True once the server holds every viewer (the count is kept either way)."""
-            result["held"] = server.viewers(jobs)
+            if sc.storm and server.headers_at_once and server.kind == "jobcast":
+                # Values are flowing: Jobcast's own count is a /metrics request, a Flask
+                # request on the loop under test, polled 4 times a second (Nchan's stub status
+                # costs nothing). Its response headers go out once a stream is admitted, so
+                # the load generators count the same streams.
+                result["held"] = sum(st["headers"] for st in gens.ask("stats"))
+            else:
+                result["held"] = server.viewers(jobs)
             return result["held"] >= sc.streams
 
         with contextlib.suppress(TimeoutError):  # the table reports how many were held
@@ -631,11 +656,11 @@ def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
         "bad_status": sum(r["bad_status"] for r in reports),
         "window_s": window,
         "deliveries_per_s": delivered / window if window else 0,
-        "lat_p50_ms": hist_percentile(all_hist, 0.50),
-        "lat_p99_ms": hist_percentile(all_hist, 0.99),
-        "lat_max_ms": hist_percentile(all_hist, 1.0),
-        "lat_storm_p99_ms": hist_percentile(storm_hist, 0.99) if sc.storm else None,
-        "lat_steady_p99_ms": hist_percentile(steady_hist, 0.99) if sc.storm else None,
+        "lat_p50_ms": hist_percentile(all_hist, 0.50, LAT_BINS_PER_MS),
+        "lat_p99_ms": hist_percentile(all_hist, 0.99, LAT_BINS_PER_MS),
+        "lat_max_ms": hist_percentile(all_hist, 1.0, LAT_BINS_PER_MS),
+        "lat_storm_p99_ms": hist_percentile(storm_hist, 0.99, LAT_BINS_PER_MS) if sc.storm else None,
+        "lat_steady_p99_ms": hist_percentile(steady_hist, 0.99, LAT_BINS_PER_MS) if sc.storm else None,
         "lat_samples": sum(all_hist.values()),
         "lat_storm_samples": sum(storm_hist.values()),
         "ttfb_p50_ms": hist_percentile(ttfb_hist, 0.50),
@@ -1135,11 +1160,15 @@ def targets_report(results: list[dict], scs: list[Scenario]) -> str:
                     target = "p99 ≤ 1.5× Nchan's, 0 lost"
                     ok = p99r is not None and p99r <= 1.5 and j["lost"] == 0
                 else:
+                    # Both held every viewer and lost nothing: a server that dropped some would
+                    # win on latency with a shorter fan-out.
                     target = "p50 and p99 ≤ Nchan's"
-                    ok = p50r is not None and p99r is not None and p50r <= 1.0 and p99r <= 1.0
+                    ok = (p50r is not None and p99r is not None and p50r <= 1.0 and p99r <= 1.0
+                          and all(x["lost"] == 0 and x.get("held", 0) >= x["viewers"]
+                                  for x in (j, n)))
                 checks.append(ok)
-                out.append(f"| {name} | {rep} | {fmt('{:.1f}', j['lat_p50_ms'])} / {fmt('{:.1f}', j['lat_p99_ms'])} "
-                           f"| {fmt('{:.1f}', n['lat_p50_ms'])} / {fmt('{:.1f}', n['lat_p99_ms'])} "
+                out.append(f"| {name} | {rep} | {fmt('{:.2f}', j['lat_p50_ms'])} / {fmt('{:.2f}', j['lat_p99_ms'])} "
+                           f"| {fmt('{:.2f}', n['lat_p50_ms'])} / {fmt('{:.2f}', n['lat_p99_ms'])} "
                            f"| {fmt('{:.2f}×', p50r)} | {fmt('{:.2f}×', p99r)} | {fmt('{:,}', j['lost'])} "
                            f"| {target} | {'yes' if ok else 'no'} |")
             out.append(f"| {name} | all | | | | | | | {verdict(checks)} |")
@@ -1306,8 +1335,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reconnect-window", type=float, default=20.0,
                     help="reconnect scenario: max seconds for the web to be ready, and then for every viewer "
                          "to be back")
-    ap.add_argument("--probes", type=int, default=50,
-                    help="viewers that time values (kernel receive timestamps), spread evenly")
+    ap.add_argument("--probes", type=int, default=1000,
+                    help="viewers that time values (kernel receive timestamps), spread evenly "
+                         "and symmetrically over the connect order; every viewer when there "
+                         "are no more viewers than this")
     ap.add_argument("--loadgens", type=int, default=2, help="load-generator processes")
     ap.add_argument("--no-pin-server", dest="pin_server", action="store_false",
                     help="let the servers' processes run on the load generators' CPU too")
