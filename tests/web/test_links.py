@@ -118,17 +118,23 @@ def test_a_link_opens_its_own_job_and_not_a_later_one_given_the_same_id(redis_se
     assert exc.value.reason == "other_job"
 
 
+def private_job_with_link(redis_server, redis, make_app, prefix: str):
+    """A private server's settings and test client, a new job (id ``<prefix>-…``) and a view
+    link for it."""
+    cfg = Settings(redis_url=redis_server.url, token="t0ken-for-this-test", secret=SECRET)
+    client = make_app({"JOBCAST": cfg}).test_client()
+    jlog = JobLog(redis, f"{prefix}-{uuid.uuid4().hex[:8]}")
+    jlog.create("sqrt", {}, 1)
+    return cfg, client, jlog, sign(cfg, jlog.job_id, jlog.info().created_at)
+
+
 def test_a_good_link_to_a_job_that_is_gone_gets_the_token_holders_404_and_no_later_job(
         redis_server, redis, make_app):
     """A link whose job has no log now was answered 403 "for an earlier job of that id",
     where the token got 404. Its holder gets the same 404; a later job of that id is still
     refused, and the multi-job stream grants it nothing."""
-    cfg = Settings(redis_url=redis_server.url, token="t0ken-for-this-test", secret=SECRET)
-    client = make_app({"JOBCAST": cfg}).test_client()
-    job_id = f"gone-{uuid.uuid4().hex[:8]}"
-    first = JobLog(redis, job_id)
-    first.create("sqrt", {}, 1)
-    link = sign(cfg, job_id, first.info().created_at)
+    cfg, client, first, link = private_job_with_link(redis_server, redis, make_app, "gone")
+    job_id = first.job_id
     redis.delete(first.keys.meta, first.keys.log)
     for path in (f"/jobs/{job_id}/stream", f"/jobs/{job_id}/events", f"/jobs/{job_id}",
                  f"/api/jobs/{job_id}"):
@@ -175,12 +181,8 @@ def test_a_link_repeated_beside_many_jobs_is_checked_once_not_once_per_job(
     signature checks (~100 ms of the loop) per request."""
     from jobcast.web import security
 
-    cfg = Settings(redis_url=redis_server.url, token="t0ken-for-this-test", secret=SECRET)
-    client = make_app({"JOBCAST": cfg}).test_client()
-    job_id = f"many-{uuid.uuid4().hex[:8]}"
-    jlog = JobLog(redis, job_id)
-    jlog.create("sqrt", {}, 1)
-    link = sign(cfg, job_id, jlog.info().created_at)
+    _cfg, client, jlog, link = private_job_with_link(redis_server, redis, make_app, "many")
+    job_id = jlog.job_id
     checks = []
     real = security.verify
     monkeypatch.setattr(security, "verify", lambda *a, **k: checks.append(a[1]) or real(*a, **k))
