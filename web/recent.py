@@ -75,6 +75,17 @@ class RecentEntries:
             return []
         return tail[cursor + 1 - tail[0].seq:]
 
+    def values_through(self, job_id: str, seq: int, epoch: str | None = None) -> int | None:
+        """How many values the job had logged at entry ``seq`` (of incarnation ``epoch``):
+        one more than the newest kept value at or before it; None when none is kept."""
+        tail = self._tails.get(job_id)
+        if not tail or tail[-1].ep not in (epoch, None) or not tail[0].seq <= seq <= tail[-1].seq:
+            return None
+        for k in range(seq - tail[0].seq, -1, -1):
+            if tail[k].kind == "value":
+                return tail[k].i + 1
+        return None
+
     def framed_after(self, job_id: str, cursor: int, transport: Transport,
                      start: int = 0, epoch: str | None = None) -> tuple[bytes, Entry] | None:
         """The frames of the kept entries after ``cursor`` (of incarnation ``epoch``) and the

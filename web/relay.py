@@ -772,6 +772,10 @@ class Relay:
                     return  # the write was partial, and this viewer's catch-up finishes it
             v.slow = True
             v.missed = 0
+            # The fast path does not count its values: memory does, while it is current.
+            values = self.recent.values_through(v.job_id, v.cursor, v.epoch)
+            if values is not None:
+                v.values = values
             metrics.caught_up(reason)
             if not here:
                 self._catching[v] = self._spawn(self._catch_up_run, v, pending, holding)
@@ -850,6 +854,8 @@ class Relay:
                 v.epoch = recent.last(v.job_id).ep
             with self._lock:
                 kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start, v.epoch)
+                if kept is not None:  # (under the lock: memory changes under threads)
+                    values = recent.values_through(v.job_id, kept[1].seq, v.epoch)
                 at_end = False
                 if kept is None and (v.missed <= v.cursor
                                      and recent.is_current(v.job_id, v.cursor, v.epoch)
@@ -867,6 +873,8 @@ class Relay:
                 data, newest = kept
                 end = newest.terminal
                 self._write(v, data, end, cursor=newest.seq)
+                if values is not None:
+                    v.values = values
                 if end:
                     return "job_ended"
                 continue
@@ -916,7 +924,7 @@ class Relay:
                     return ending
                 continue  # read again from where the viewer now stands
             if entries and entries[0].seq > v.cursor + 1:
-                ending = self._trimmed(v, entries)
+                ending = self._trimmed(v, entries, head)
                 if ending:
                     return ending
             ended = head.ended
@@ -938,6 +946,9 @@ class Relay:
             if entries:
                 end = entries[-1].terminal
                 self._write(v, v.transport.frames(entries, v.start), end, cursor=entries[-1].seq)
+                newest_value = next((e.i for e in reversed(entries) if e.kind == "value"), None)
+                if newest_value is not None:
+                    v.values = newest_value + 1
                 if end:
                     return "job_ended"
                 continue
@@ -979,21 +990,33 @@ class Relay:
         metrics.caught_up("reset")
         with self._lock:
             self.recent.lost([v.job_id])  # what is kept of the job may be the dead incarnation
+        v.values = None  # counted in an incarnation that is gone
         if v.transport.reset is None:
             v.cursor, v.epoch = reset.after, reset.epoch
             return self._cut(v, "log_reset")
         self._write(v, v.transport.reset(reset), cursor=reset.after, epoch=reset.epoch)
         return None
 
-    def _trimmed(self, v: Viewer, entries: list[Entry]) -> str | None:
+    def _trimmed(self, v: Viewer, entries: list[Entry], head: Head) -> str | None:
         """``entries``, read after ``v``'s position, begin past it: a capped log was trimmed
         beyond it while it caught up (a slow client), and the entries between are gone. Say
         so, as a stream that begins in a trimmed log does, and go on; or, where the transport
         cannot say it, cut the stream (its client is told when it resumes). Returns why the
-        stream ended, or None."""
+        stream ended, or None.
+
+        The text and HTML streams show only values (at or past ``?start=``): when the viewer's
+        count of values says none of those was among the entries lost (a job that printed a
+        lot), nothing is lost to them, and they just go on.
+        """
         first = entries[0].seq
+        first_value = next((e.i for e in entries if e.kind == "value"), None)
+        if v.transport.filters_values and v.values is not None:
+            # The values between: up to the first one read, or (none read) all logged since.
+            upto = first_value if first_value is not None else head.values
+            if upto is not None and upto <= max(v.values, v.start):
+                return None
         trim = {"after": v.cursor, "first_seq": first, "lost": first - v.cursor - 1,
-                "first_value": next((e.i for e in entries if e.kind == "value"), None)}
+                "first_value": first_value}
         log.info("job %s: a viewer at seq %s lost %s entries trimmed from the log",
                  v.job_id, v.cursor, trim["lost"])
         metrics.caught_up("trimmed")

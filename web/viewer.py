@@ -429,7 +429,8 @@ class Viewer:
     """One stream of one job, from the entry after ``cursor`` on."""
 
     __slots__ = ("job_id", "sink", "transport", "chunked", "kind", "start", "cursor", "epoch",
-                 "slow", "missed", "done", "state", "resources", "on_close", "conn", "retry")
+                 "values", "slow", "missed", "done", "state", "resources", "on_close", "conn",
+                 "retry")
 
     def __init__(self, job_id: str, sink: Sink | None, transport: Transport, *,
                  chunked: bool = False,
@@ -453,6 +454,10 @@ class Viewer:
         self.start = start
         self.cursor = cursor
         self.epoch = epoch
+        # How many values it has been sent up to its cursor, when known (never more than
+        # it has: a stale count is lower), so a text or HTML stream whose position a capped
+        # log trimmed is told only when values were lost, not lines it does not show.
+        self.values: int | None = 0 if cursor == 0 else None
         self.slow = False   # off the fast path: a catch-up writes to it
         self.missed = 0     # the newest seq the fast path skipped while it was slow
         self.done = False   # its terminal entry was written

@@ -1399,6 +1399,82 @@ def test_a_text_stream_whose_position_was_trimmed_is_cut_to_be_told_when_it_resu
     assert bytes(client.data) == b"" and viewer.closed
 
 
+def printed_then_trimmed(redis, before: int = 3, lines: int = 300, after: int = 4) -> JobLog:
+    """A running job of a capped log (MAXLEN ~ 10) that logged ``before`` values, printed
+    ``lines`` lines (Redis trims the values away), then logged ``after`` more values."""
+    log = JobLog(redis, uuid.uuid4().hex, maxlen=10)
+    log.create("sqrt", {}, None)
+    log.started("test", 1)
+    if before:
+        write(log, 0, before)
+    for k in range(0, lines, 50):
+        log.append_many([("log", {"stream": "stdout", "text": f"line {k}", "attempt": 1}, 1.0)]
+                        * 50)
+    write(log, before, before + after)
+    return log
+
+
+@pytest.mark.parametrize("transport", [TEXT, HTML])
+def test_a_text_or_html_stream_that_lost_only_lines_to_a_trim_just_goes_on(redis, relay,
+                                                                           transport):
+    """A review's finding: a slow text or HTML viewer of a job that prints a lot was told, or
+    cut, when a capped log trimmed the lines after its position, though it shows no line and
+    had every value: a plain ``curl`` of the text stream just ended, without the job's end."""
+    log = printed_then_trimmed(redis, before=0)
+    viewer, client = held(relay, log, transport, chunked=True)  # from the start: 0 values
+    green_wait(lambda: not viewer.slow and b"3" in bytes(client.data), what="catching up")
+    assert not client.eof and not viewer.closed
+    body = bytes(client.data).decode()
+    assert "no longer kept" not in body
+    for i in range(4):
+        assert (f"<p>{i}: " if transport is HTML else f"\n{i}\n") in "\n" + body, body
+    assert viewer.values == 4
+
+
+def test_a_stream_that_lost_values_to_a_trim_is_still_told_with_lines_around_them(redis,
+                                                                                  relay):
+    log = printed_then_trimmed(redis, before=3)
+    viewer, client = held(relay, log, HTML)
+    viewer_values = viewer.values
+    green_wait(lambda: not viewer.slow and b"<p>6: " in bytes(client.data), what="catching up")
+    assert viewer_values == 0
+    assert bytes(client.data).startswith(
+        b'<p class="note">Values this page had not shown yet are no longer kept: it goes on '
+        b"from value 3</p>")
+    text, text_client = held(relay, log, TEXT, chunked=True)
+    green_wait(lambda: text_client.eof, what="the cut")
+    assert bytes(text_client.data) == b"" and text.closed
+
+
+def test_a_viewer_leaving_the_fast_path_learns_its_count_of_values_from_memory(redis, relay):
+    """The fast path does not count a viewer's values (one more store per viewer and burst);
+    a viewer that leaves it is counted from the relay's memory, which holds its position."""
+    log = running_job(redis)
+    write(log, 0, 3)
+    viewer, client = held(relay, log, TEXT)
+    green_wait(lambda: not viewer.slow, what="history")
+    assert viewer.values == 3
+    relay.deliver(log.job_id, write(log, 3, 6))                # the fast path: not counted
+    assert viewer.values == 3 and viewer.cursor == log.head().seq
+    relay._catch_up(viewer, b"", "quiet")
+    assert viewer.values == 6
+    green_wait(lambda: not viewer.slow, what="back on the fast path")
+
+
+def test_the_relays_memory_counts_the_values_up_to_a_seq_it_keeps():
+    recent = RecentEntries(maxlen=100)
+    recent.subscription(True)
+    entries = [Entry.parse(b'{"seq":%d,"ep":"E","kind":"%s"%s}'
+                           % (seq, kind, b',"i":%d,"v":1' % i if kind == b"value" else b""))
+               for seq, kind, i in [(5, b"value", 2), (6, b"log", 0), (7, b"log", 0),
+                                    (8, b"value", 3), (9, b"log", 0)]]
+    recent.add_read("j", entries, recent.reading("j"))
+    assert [recent.values_through("j", seq, "E") for seq in (5, 6, 7, 8, 9)] == [3, 3, 3, 4, 4]
+    assert recent.values_through("j", 4, "E") is None      # before what it keeps
+    assert recent.values_through("j", 9, "F") is None      # another incarnation
+    assert recent.values_through("k", 9, "E") is None
+
+
 def test_an_html_stream_says_the_reset_in_a_line_and_goes_on(redis, relay):
     log, _, writer, viewer, client = watched(redis, relay, HTML, values=3)
     failover(log, writer, keep=3)
