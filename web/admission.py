@@ -330,6 +330,8 @@ class Admission:
         """The new viewer, owning ``resources`` (its lease and slot) from now on."""
         viewer = Viewer(self.req.job_id, None, self.req.transport, cursor=self.begin.cursor,
                         start=self.req.start, epoch=self.epoch, resources=resources)
+        if self.begin.tail is not None and self.reset is None and not self.begin.trimmed:
+            viewer.values = self.begin.skipped  # a tail begins after exactly these values
         viewer.retry = retry_ms()
         return viewer
 

@@ -55,6 +55,9 @@ class RecentEntries:
         self.framed_bytes = framed_bytes
         self._tails: dict[str, list[Entry]] = {}
         self._sizes: dict[str, int] = {}  # bytes kept per job
+        # Values logged before a job's oldest kept entry, when known and no value is kept to
+        # say it (values_through): what the entries trimmed from memory held.
+        self._before: dict[str, int] = {}
         self._dispatched: dict[str, int] = {}
         # The frames of "everything kept after seq c" per (job, transport, c), valid while the
         # kept entries end with the same entry: a burst of newcomers is framed once.
@@ -84,7 +87,9 @@ class RecentEntries:
         for k in range(seq - tail[0].seq, -1, -1):
             if tail[k].kind == "value":
                 return tail[k].i + 1
-        return None
+        # No value kept at or before it: as many as before the oldest kept entry (a job that
+        # printed more lines since its last value than memory keeps).
+        return 0 if tail[0].seq == 1 else self._before.get(job_id)
 
     def framed_after(self, job_id: str, cursor: int, transport: Transport,
                      start: int = 0, epoch: str | None = None) -> tuple[bytes, Entry] | None:
@@ -164,6 +169,8 @@ class RecentEntries:
         # Both are exact runs of the log that touch: their union is one.
         before = entries[:max(0, first - entries[0].seq)]
         after = entries[max(0, last + 1 - entries[0].seq):]
+        if any(e.kind == "value" for e in before):
+            self._before.pop(job_id, None)  # counted before what was the oldest: a kept value says it now
         tail[:0] = before
         tail.extend(after)
         self._sizes[job_id] += _size(before) + _size(after)
@@ -178,6 +185,7 @@ class RecentEntries:
         """Nobody here watches ``job_id`` any more."""
         self._since.pop(job_id, None)
         self._tails.pop(job_id, None)
+        self._before.pop(job_id, None)
         self._sizes.pop(job_id, None)
         self._dispatched.pop(job_id, None)
         for key in [k for k in self._framed if k[0] == job_id]:
@@ -189,6 +197,7 @@ class RecentEntries:
         self.generation += 1
         self._since.clear()
         self._tails.clear()
+        self._before.clear()
         self._sizes.clear()
         self._dispatched.clear()
         self._framed.clear()
@@ -204,6 +213,7 @@ class RecentEntries:
     def _keep(self, job_id: str, tail: list[Entry]) -> None:
         """Make ``tail`` the job's kept entries."""
         self._tails[job_id] = tail
+        self._before.pop(job_id, None)  # of what was kept before
         self._sizes[job_id] = _size(tail)
         self._trim(job_id)
 
@@ -217,6 +227,12 @@ class RecentEntries:
             size -= len(tail[drop].raw)
             drop += 1
         if drop:
+            dropped = next((e for e in reversed(tail[:drop]) if e.kind == "value"), None)
+            if dropped is not None:
+                self._before[job_id] = dropped.i + 1
+            elif tail[0].seq == 1:
+                self._before[job_id] = 0  # from the log's start, and no value yet
+            # (else the values before the new oldest entry are those before the old one)
             del tail[:drop]
             self._sizes[job_id] = size
 

@@ -343,6 +343,9 @@ class Relay:
             self._take(viewer)
             metrics.caught_up("history")
             viewer.cursor = last.seq
+            values = recent.values_through(job_id, last.seq, epoch)
+            if values is not None:
+                viewer.values = values
             # Its job's end is what it lacks, or already its position (a text ``?tail=0`` of
             # an ended job): either way its stream ends now, body and all.
             end = viewer.done = last.terminal

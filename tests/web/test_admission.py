@@ -326,3 +326,20 @@ def test_a_reset_comes_before_anything_else_of_the_stream():
     html = Admission(StreamRequest(JOB, HTML), begin, reset, second, False, 10).preamble(
         1000, "/static/frame.css")
     assert html.split(b"\n")[1].startswith(b'<p class="note reset">')  # right after the head
+
+
+def test_a_tail_begins_its_viewer_with_its_count_of_values_and_a_resume_knows_none():
+    """The count a text or HTML viewer starts from (how many values its position covers),
+    so that a trim while it catches up is said only when values were lost."""
+    tail = Admission(StreamRequest(JOB, TEXT, tail=2), Start(after=17, tail=2, skipped=15),
+                     None, None, False, 30).viewer(())
+    assert (tail.cursor, tail.values) == (17, 15)
+    resume = Admission(StreamRequest(JOB, TEXT, resume=17), Start(after=17), None, None, False,
+                       30).viewer(())
+    assert (resume.cursor, resume.values) == (17, None)    # not known: told of any trim
+    trimmed = Admission(StreamRequest(JOB, TEXT, tail=2),
+                        Start(after=17, tail=2, skipped=15, lost=4, first_seq=22), None, None,
+                        False, 30).viewer(())
+    assert trimmed.values is None
+    fresh = Admission(StreamRequest(JOB, TEXT), Start(after=0), None, None, False, 30).viewer(())
+    assert fresh.values == 0

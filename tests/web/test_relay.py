@@ -501,6 +501,7 @@ def test_a_newcomer_whose_history_is_in_memory_gets_it_with_its_head_and_no_catc
     taken, viewer, client = taken_now(relay, log, b"HEAD\n\n", cursor=2)
     # On the fast path as it returns: no catch-up was started, nothing is left to write.
     assert taken and not viewer.slow and not relay._catching and viewer.cursor == 5
+    assert viewer.values == 3  # values 0..2: counted from memory, for a trim to come
     green_wait(lambda: client.sse_ids() == [3, 4, 5], what="its history")
     assert bytes(client.data).startswith(b"HEAD\n\nid: ")  # the head first, then the history
     for i in range(3, 6):
@@ -1461,6 +1462,31 @@ def test_a_viewer_leaving_the_fast_path_learns_its_count_of_values_from_memory(r
     green_wait(lambda: not viewer.slow, what="back on the fast path")
 
 
+def test_a_text_viewer_of_a_job_printing_more_than_memory_keeps_is_not_cut_for_lines(
+        redis, relay):
+    """A review's finding: a viewer whose values came on the fast path, then more lines than
+    the relay's memory keeps, left the fast path with no count (memory kept no value), and
+    was cut when the capped log trimmed nothing but lines."""
+    log = running_job(redis)
+    write(log, 0, 3)
+    viewer, client = held(relay, log, TEXT, chunked=True)
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.deliver(log.job_id, write(log, 3, 6))                 # the fast path: not counted
+    line = ("log", {"stream": "stdout", "text": "x", "attempt": 1}, 1.0)
+    for _ in range(12):                                         # 600 lines, all delivered
+        seq = log.head().seq
+        log.append_many([line] * 50)
+        relay.deliver(log.job_id, log.page(seq, 50)[0])
+    log.append_many([line] * 50)                                # not delivered: it is slow
+    redis.xtrim(log.keys.log, maxlen=10, approximate=False)     # a cap trims all but lines
+    relay._catch_up(viewer, b"", "slow")
+    assert viewer.values == 6
+    green_wait(lambda: not viewer.slow, what="back on the fast path")
+    relay.deliver(log.job_id, write(log, 6, 7))
+    green_wait(lambda: b"\n6\n" in bytes(client.data), what="value 6")
+    assert not client.eof and not viewer.closed
+
+
 def test_the_relays_memory_counts_the_values_up_to_a_seq_it_keeps():
     recent = RecentEntries(maxlen=100)
     recent.subscription(True)
@@ -1473,6 +1499,15 @@ def test_the_relays_memory_counts_the_values_up_to_a_seq_it_keeps():
     assert recent.values_through("j", 4, "E") is None      # before what it keeps
     assert recent.values_through("j", 9, "F") is None      # another incarnation
     assert recent.values_through("k", 9, "E") is None
+    # More lines than it keeps: the values before its oldest entry are what it trimmed.
+    small = RecentEntries(maxlen=3)
+    small.subscription(True)
+    small.add_read("j", entries, small.reading("j"))       # keeps 7, 8, 9
+    small.add_live("j", [Entry.parse(b'{"seq":%d,"ep":"E","kind":"log"}' % seq)
+                         for seq in (10, 11, 12)])         # keeps 10, 11, 12
+    assert small.values_through("j", 12, "E") == 4
+    small.add_live("j", [Entry.parse(b'{"seq":14,"ep":"E","kind":"log"}')])  # a gap: anew
+    assert small.values_through("j", 14, "E") is None
 
 
 def test_an_html_stream_says_the_reset_in_a_line_and_goes_on(redis, relay):
