@@ -452,6 +452,9 @@ class Broker:
                 sh.unsubscribe(names)
             except Exception as exc:  # a broken connection: a new one will not resubscribe them
                 log.info("broker: unsubscribe on %s failed (%s)", sh.name, exc)
+                with self._lock:  # no confirmation is coming: none may be awaited
+                    for name in names:
+                        sh.leaving.discard(self._job_of(name))
         for sh, names in join.items():
             try:
                 sh.subscribe(names)
@@ -624,6 +627,8 @@ class Broker:
                     # The control loop sends the UNSUBSCRIBE, as it sends every command: a
                     # viewer arriving now is subscribed after it, never before it (which would
                     # leave its subscription confirmed but gone).
+                    if (job_id and job_id in sh.leaving) or name in sh.unwanted:
+                        return  # its UNSUBSCRIBE is on its way: a second would read as a drop
                     if job_id:
                         sh.leaving.add(job_id)
                     sh.unwanted.append(name)

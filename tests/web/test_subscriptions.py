@@ -275,3 +275,42 @@ def test_a_viewer_arriving_while_an_unwanted_confirmation_is_handled_stays_subsc
     others[0].join(10)
     broker._flush()  # the control loop's next round
     assert sent == [("unsubscribe", name), ("subscribe", name)]
+
+
+def test_an_unwanted_confirmation_of_a_job_already_leaving_sends_no_second_unsubscribe(redis):
+    """A review's finding: the late confirmation of a SUBSCRIBE whose job's UNSUBSCRIBE was
+    already out queued a second one; its confirmation then read as Redis dropping the job,
+    and every viewer of a job subscribed again since was resynced for nothing. And a failed
+    UNSUBSCRIBE left its job awaiting a confirmation that never comes, so a later real drop
+    was taken for it."""
+    broker = Broker(redis)
+    sent: list[tuple[str, str]] = []
+
+    class Recorder:
+        """The shard's pub/sub connection: the commands, in order."""
+
+        def subscribe(self, *names):
+            sent.extend(("subscribe", n) for n in names)
+
+        def unsubscribe(self, *names):
+            sent.extend(("unsubscribe", n) for n in names)
+
+    sh = broker._shards["redis"] = Shard("redis", redis, False)
+    sh.pubsub = Recorder()
+    sh.leaving.add("a")                                   # its UNSUBSCRIBE went out
+    broker._on_control(sh, "subscribe", channel("a"))     # a late confirmation
+    broker._on_control(sh, "subscribe", channel("b"))     # unwanted, twice
+    broker._on_control(sh, "subscribe", channel("b"))
+    broker._flush()
+    assert sent == [("unsubscribe", channel("b"))]
+
+    class Broken(Recorder):
+        """A connection that fails to send."""
+
+        def unsubscribe(self, *names):
+            raise ConnectionError("gone")
+
+    sh.pubsub = Broken()
+    broker._on_control(sh, "subscribe", channel("c"))
+    broker._flush()
+    assert "c" not in sh.leaving
