@@ -578,7 +578,7 @@ def run_scenario(server, sc: Scenario, args, log_dir: Path) -> dict:
         # Wait until the server holds every viewer (its own count, or Redis subscribers).
         def all_held() -> bool:
             """True once the server holds every viewer (the count is kept either way)."""
-            if sc.storm and server.headers_at_once and server.kind == "jobcast":
+            if sc.storm and server.kind == "jobcast":
                 # Values are flowing: Jobcast's own count is a /metrics request, a Flask
                 # request on the loop under test, polled 4 times a second (Nchan's stub status
                 # costs nothing). Its response headers go out once a stream is admitted, so

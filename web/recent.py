@@ -170,7 +170,8 @@ class RecentEntries:
         before = entries[:max(0, first - entries[0].seq)]
         after = entries[max(0, last + 1 - entries[0].seq):]
         if any(e.kind == "value" for e in before):
-            self._before.pop(job_id, None)  # counted before what was the oldest: a kept value says it now
+            # Counted before what was the oldest entry: a kept value says it now.
+            self._before.pop(job_id, None)
         tail[:0] = before
         tail.extend(after)
         self._sizes[job_id] += _size(before) + _size(after)

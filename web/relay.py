@@ -343,9 +343,7 @@ class Relay:
             self._take(viewer)
             metrics.caught_up("history")
             viewer.cursor = last.seq
-            values = recent.values_through(job_id, last.seq, epoch)
-            if values is not None:
-                viewer.values = values
+            self._count_values(viewer)
             # Its job's end is what it lacks, or already its position (a text ``?tail=0`` of
             # an ended job): either way its stream ends now, body and all.
             end = viewer.done = last.terminal
@@ -775,16 +773,20 @@ class Relay:
                     return  # the write was partial, and this viewer's catch-up finishes it
             v.slow = True
             v.missed = 0
-            # The fast path does not count its values: memory does, while it is current.
-            values = self.recent.values_through(v.job_id, v.cursor, v.epoch)
-            if values is not None:
-                v.values = values
+            self._count_values(v)  # the fast path does not count: memory does, while current
             metrics.caught_up(reason)
             if not here:
                 self._catching[v] = self._spawn(self._catch_up_run, v, pending, holding)
                 return
             self._catching[v] = self._current()
         self._catch_up_run(v, pending, holding)
+
+    def _count_values(self, v: Viewer) -> None:
+        """Set ``v``'s count of values up to its cursor from memory, when memory knows it
+        (the caller holds the lock)."""
+        values = self.recent.values_through(v.job_id, v.cursor, v.epoch)
+        if values is not None:
+            v.values = values
 
     def _spawn(self, func, *args):
         """Run ``func(*args)`` in a greenlet (under gevent) or a daemon thread."""

@@ -338,14 +338,11 @@ class JobLog:
             else:
                 seq = int(self.script()(keys=keys, args=args))
             if seq > 0:
-                if seq <= self.high:
+                if seq <= self.high and self.began:
                     # The log was behind what this writer wrote (a lossy failover), and this
                     # write minted ``epoch`` there: it goes on in it, from this seq.
-                    self.high = seq
-                    if self.began:
-                        self.epoch = epoch
-                else:
-                    self.high = seq
+                    self.epoch = epoch
+                self.high = seq
                 if new_era and self.began:
                     self.epoch = epoch  # this writer began it
             elif seq == -5:

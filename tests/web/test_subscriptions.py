@@ -231,25 +231,36 @@ def test_a_job_subscribed_while_the_broker_looks_at_its_subscriptions_never_stop
         control.join(5)
 
 
+class Recorder:
+    """A shard's pub/sub connection that records the commands, in the order Redis would get
+    them, in ``sent``."""
+
+    def __init__(self, sent: list[tuple[str, str]]):
+        self.sent = sent
+
+    def subscribe(self, *names):
+        self.sent.extend(("subscribe", n) for n in names)
+
+    def unsubscribe(self, *names):
+        self.sent.extend(("unsubscribe", n) for n in names)
+
+
+def recorded_broker(redis) -> tuple[Broker, Shard, list[tuple[str, str]]]:
+    """A broker with one shard and no reader thread (driven by the test), whose commands are
+    recorded in the returned list."""
+    broker = Broker(redis)
+    sent: list[tuple[str, str]] = []
+    sh = broker._shards["redis"] = Shard("redis", redis, False)
+    sh.pubsub = Recorder(sent)
+    return broker, sh, sent
+
+
 def test_a_viewer_arriving_while_an_unwanted_confirmation_is_handled_stays_subscribed(redis):
     # Under a threaded server: the broker's reader finds a confirmation nobody wants (redis-py
     # resubscribed a job after its last viewer left) while a request subscribes the job again.
     # Its UNSUBSCRIBE must reach Redis before the new SUBSCRIBE: after it, the job would be
     # confirmed live and yet unsubscribed, and its viewers would hear nothing more.
-    broker = Broker(redis)
-    sent: list[tuple[str, str]] = []
-
-    class Recorder:
-        """The shard's pub/sub connection: the commands, in the order Redis would get them."""
-
-        def subscribe(self, *names):
-            sent.extend(("subscribe", n) for n in names)
-
-        def unsubscribe(self, *names):
-            sent.extend(("unsubscribe", n) for n in names)
-
-    sh = broker._shards["redis"] = Shard("redis", redis, False)  # no reader thread: driven here
-    sh.pubsub = Recorder()
+    broker, sh, sent = recorded_broker(redis)
     name = channel("a")
     others: list[threading.Thread] = []
 
@@ -283,20 +294,7 @@ def test_an_unwanted_confirmation_of_a_job_already_leaving_sends_no_second_unsub
     and every viewer of a job subscribed again since was resynced for nothing. And a failed
     UNSUBSCRIBE left its job awaiting a confirmation that never comes, so a later real drop
     was taken for it."""
-    broker = Broker(redis)
-    sent: list[tuple[str, str]] = []
-
-    class Recorder:
-        """The shard's pub/sub connection: the commands, in order."""
-
-        def subscribe(self, *names):
-            sent.extend(("subscribe", n) for n in names)
-
-        def unsubscribe(self, *names):
-            sent.extend(("unsubscribe", n) for n in names)
-
-    sh = broker._shards["redis"] = Shard("redis", redis, False)
-    sh.pubsub = Recorder()
+    broker, sh, sent = recorded_broker(redis)
     sh.leaving.add("a")                                   # its UNSUBSCRIBE went out
     broker._on_control(sh, "subscribe", channel("a"))     # a late confirmation
     broker._on_control(sh, "subscribe", channel("b"))     # unwanted, twice
@@ -310,7 +308,7 @@ def test_an_unwanted_confirmation_of_a_job_already_leaving_sends_no_second_unsub
         def unsubscribe(self, *names):
             raise ConnectionError("gone")
 
-    sh.pubsub = Broken()
+    sh.pubsub = Broken(sent)
     broker._on_control(sh, "subscribe", channel("c"))
     broker._flush()
     assert "c" not in sh.leaving
