@@ -451,6 +451,27 @@ def test_chart_downsampling_stays_bounded_and_keeps_spikes(page, web):
     print(f"\n1,000,000 points added in {result['ms']:.0f} ms, drawn in {result['drawMs']:.1f} ms")
 
 
+def test_chart_draws_values_too_close_or_too_far_apart_for_a_sum_of_steps(page, web):
+    # 0.3 and 0.1 + 0.2 are 5.6e-17 apart: a tick step that small, added to 0.3, gives 0.3
+    # again, and the y axis's loop never ended (the tab ran out of memory). A range past the
+    # largest double has no finite step at all.
+    page.set_content(f"<canvas id=c style='width:600px;height:200px'></canvas>"
+                     f"<script src='{web.url}/static/chart.js'></script>")
+    drawn = page.evaluate("""() => [[0.3, 0.1 + 0.2], [1e17, 1e17 + 16], [-1e308, 1e308],
+                                     [1.7976931348623157e308, 1.7976931348623157e308]]
+        .map(([a, b]) => {
+            const chart = new window.JobcastChart(document.getElementById('c'));
+            chart.add(0, a); chart.add(1, b); chart.draw();
+            const axis = window.JobcastChart.yAxis(Math.min(a, b), Math.max(a, b), 4);
+            return {points: chart.canvas.dataset.points, ticks: axis.ticks.length,
+                    finite: axis.ticks.every(Number.isFinite),
+                    covers: axis.lo <= Math.min(a, b) && axis.hi >= Math.max(a, b)};
+        })""")
+    assert [d["points"] for d in drawn] == ["2"] * 4
+    assert all(2 <= d["ticks"] <= 17 and d["finite"] and d["covers"] for d in drawn), drawn
+    assert page.errors == []
+
+
 # ---- 5. screenshots for the README ----------------------------------------------------------
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -126,6 +126,29 @@
     return v.toFixed(Math.max(0, Math.min(10, -smag)));
   }
 
+  // The y axis for values from `lo` to `hi`, about `n` ticks: {lo, hi, step, ticks}, each tick
+  // computed from its index. A sum of steps can stand still: 0.3 and 0.1 + 0.2 are 5.6e-17 apart,
+  // a step that small added to 0.3 gives 0.3 again, and the loop never ended. A range too narrow
+  // to tell apart is drawn as one value; one wider than the largest double (-1e308 to 1e308) is
+  // worked out in halves.
+  function yAxis(lo, hi, n) {
+    var mag = Math.max(Math.abs(lo), Math.abs(hi));
+    if (!(hi - lo > mag * 1e-12)) {
+      var pad = mag * 0.1 || 1;
+      lo = Math.max(lo - pad, -Number.MAX_VALUE); hi = Math.min(hi + pad, Number.MAX_VALUE);
+    }
+    var step = niceStep(hi / n - lo / n);
+    var first = Math.floor(lo / step), count = Math.ceil(hi / step) - first;
+    if (!(count >= 1 && count <= 4 * n && isFinite(first * step) &&
+          isFinite((first + count) * step))) {
+      // rounding at the edges of the doubles (a tick past the largest): just the two ends
+      return {lo: lo, hi: hi, step: hi / 2 - lo / 2, ticks: [lo, hi]};
+    }
+    var ticks = [];
+    for (var k = 0; k <= count; k++) { ticks.push((first + k) * step); }
+    return {lo: ticks[0], hi: ticks[count], step: step, ticks: ticks};
+  }
+
   function formatIndex(v) {
     if (v >= 1e6) { return (v / 1e6).toFixed(v % 1e6 === 0 ? 0 : 1) + "M"; }
     if (v >= 1e4) { return (v / 1e3).toFixed(v % 1e3 === 0 ? 0 : 1) + "k"; }
@@ -187,13 +210,8 @@
       return;
     }
     // y: nice ticks around [lo, hi]
-    var lo = s.lo, hi = s.hi;
-    if (lo === hi) { var pad = Math.abs(lo) * 0.1 || 1; lo -= pad; hi += pad; }
-    var ystep = niceStep((hi - lo) / Math.max(2, Math.floor(h / 48)));
-    lo = Math.floor(lo / ystep) * ystep;
-    hi = Math.ceil(hi / ystep) * ystep;
-    var yticks = [];
-    for (var t = lo; t <= hi + ystep / 2; t += ystep) { yticks.push(t); }
+    var axis = yAxis(s.lo, s.hi, Math.max(2, Math.floor(h / 48)));
+    var lo = axis.lo, hi = axis.hi, ystep = axis.step, yticks = axis.ticks;
     var labelWidth = 0;
     yticks.forEach(function (v) { labelWidth = Math.max(labelWidth, ctx.measureText(formatTick(v, ystep)).width); });
     var left = Math.ceil(labelWidth) + 10, right = 12, top = 10, bottom = 24;
@@ -201,7 +219,7 @@
     // x: value index, over the whole job when its size is known
     var xmax = Math.max(1, s.lastIndex, this.total ? this.total - 1 : 0);
     function X(i) { return left + (i / xmax) * pw; }
-    function Y(v) { return top + (1 - (v - lo) / (hi - lo)) * ph; }
+    function Y(v) { return top + (1 - (v / 2 - lo / 2) / (hi / 2 - lo / 2)) * ph; }  // (halves: see yAxis)
 
     ctx.lineWidth = 1;
     ctx.strokeStyle = c.grid;
@@ -266,4 +284,5 @@
 
   window.JobcastChart = Chart;
   window.JobcastChart.Series = Series;
+  window.JobcastChart.yAxis = yAxis;
 })();
