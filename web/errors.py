@@ -39,6 +39,8 @@ def register(app: Flask) -> None:
                 extra["details"] = exc.details
         if getattr(exc, "reason", None):
             extra["reason"] = exc.reason  # e.g. why a view link was refused (web.security)
+        if getattr(exc, "job", None):
+            extra["job"] = exc.job  # the job refused, of a stream of several
         response = reply(Error(error=(exc.name or "error").lower().replace(" ", "_"),
                                message=exc.description or "", **extra), exc.code or 500)
         for name, value in (exc.get_headers() if exc.response is None else []):

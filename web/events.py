@@ -366,4 +366,4 @@ def _with_job(events: bytes, job_id: str) -> bytes:
 def _refused(job_id: str) -> Forbidden:
     """403 for a job no link of the request grants (counted among the refused streams)."""
     metrics.stream_refused("forbidden")
-    return Forbidden("other_job", f"no view link of this request grants job {job_id}")
+    return Forbidden("other_job", f"no view link of this request grants job {job_id}", job_id)

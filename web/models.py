@@ -172,6 +172,8 @@ class Error(BaseModel):
     reason: Literal[LinkError.REASONS] | None = Field(  # type: ignore[valid-type]
         None, description="why a view link was refused (403)")
     status: str | None = Field(None, description="how the job ended (409 of a cancel)")
+    job: str | None = Field(None, description="the job refused (403 of a stream of several "
+                            "jobs): the others may be asked for again without it")
 
 
 class JobRequest(BaseModel):

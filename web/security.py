@@ -82,14 +82,17 @@ class Unauthorized(HTTPException):
 
 
 class Forbidden(HTTPException):
-    """403 for a view link that does not grant this job, with a machine-readable reason."""
+    """403 for a view link that does not grant this job, with a machine-readable reason, and
+    the job refused when the request named several (a stream of many jobs goes on without
+    it: its client must not have to read that from the message)."""
 
     code = 403
 
-    def __init__(self, reason: str, description: str):
-        """Keep the reason for the JSON body (see web.errors)."""
+    def __init__(self, reason: str, description: str, job: str | None = None):
+        """Keep the reason and the job for the JSON body (see web.errors)."""
         super().__init__(description)
         self.reason = reason
+        self.job = job
 
 
 def config() -> Settings:
@@ -243,6 +246,7 @@ def granted_jobs(cfg: Settings, sigs: list[str], job_ids: list[str]) -> set[str]
     wanted = set(job_ids)
     granted: set[str] = set()
     for sig in dict.fromkeys(sigs):
+        job_id = None
         try:
             job_id = named_job(cfg, sig)
             if job_id not in wanted:
@@ -252,9 +256,11 @@ def granted_jobs(cfg: Settings, sigs: list[str], job_ids: list[str]) -> set[str]
             # UnknownJob: the link's job has no log now. Not granted: the stream would open
             # the log of a pending RQ job given that id since (LogStore.adopt), another job.
             metrics.stream_refused("forbidden")
+            # The refused job is named when the link names one of the request's jobs.
+            refused = job_id if job_id in wanted else None
             if isinstance(exc, LinkError) and exc.reason != "other_job":
-                raise Forbidden(exc.reason, str(exc)) from None
-            raise Forbidden("other_job", "a view link grants none of these jobs") from None
+                raise Forbidden(exc.reason, str(exc), refused) from None
+            raise Forbidden("other_job", "a view link grants none of these jobs", refused) from None
         granted.add(job_id)
     return granted
 

@@ -289,6 +289,40 @@ def test_a_refused_job_list_refuses_the_list_only_and_a_refused_job_that_job_onl
         writer.finish()
 
 
+def test_a_job_refused_for_its_expired_link_is_the_only_one_refused_on_its_connection(
+        context, private, redis, redis_server):
+    # A review's finding: a 403 for one job's expired link did not name the job, and the page
+    # refused every job of the connection it shares (its own, and other tabs').
+    from jobcast.core.settings import Settings
+    from jobcast.web.links import sign
+
+    writer = Writer(redis, 3)
+    try:
+        a, b, c = writer.ids
+        link_a, link_b = view_link(private, a), view_link(private, b)
+        created_c = JobLog(redis, c).info().created_at
+        expired = sign(Settings(redis_url=redis_server.url, token=TOKEN), c, created_c, 60,
+                       now=time.time() - 3600)
+        pg = watch(context.new_page())                    # no session: the links alone
+        pg.goto(private.url + link_a)
+        pg.wait_for_function(LIVE_VALUE, timeout=10000)
+        pg.evaluate(WATCH, [[b, sig_of(link_b)], [c, expired]])
+        pg.wait_for_function("id => window.got[id].end !== undefined", arg=c, timeout=20000)
+        assert pg.evaluate("id => window.got[id].end", c) == "refused"
+        # a (the page's job) and b stream on, on the connection the server then accepts.
+        counts = {"a": len(model(pg)["values"]), "b": len(pg.evaluate("id => window.got[id]", b))}
+        pg.wait_for_function(f"() => window.jobcastPage().values.length >= {counts['a'] + 5}",
+                             timeout=10000)
+        pg.wait_for_function(f"id => window.got[id].length >= {counts['b'] + 5}", arg=b,
+                             timeout=10000)
+        state = model(pg)
+        assert state["notice"] == "" and state["connection"] == "live"
+        assert pg.evaluate("id => window.got[id].end", b) is None
+        assert_page_clean(pg)
+    finally:
+        writer.finish()
+
+
 def private_streams(server: WebServer) -> int:
     """The server's open stream connections (its /metrics needs the token)."""
     text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"},

@@ -194,3 +194,26 @@ def test_a_link_repeated_beside_many_jobs_is_checked_once_not_once_per_job(
     r = client.get("/events", query_string={"job": others[:3], "sig": [link, tampered(link)]})
     assert r.status_code == 403 and r.json["reason"] in ("other_job", "invalid")
     assert len(checks) <= 1
+
+
+def test_a_multi_job_stream_refused_for_one_jobs_link_names_that_job_in_its_body(
+        redis_server, redis, make_app):
+    """A review's finding: a stream of several jobs refused for one job's expired link said
+    only "the view link has expired", so jobcast.js refused every job of the connection (tabs
+    share it). The 403 names the job its refusal is for, whatever the reason."""
+    cfg, client, a, link_a = private_job_with_link(redis_server, redis, make_app, "one")
+    b = JobLog(redis, f"two-{uuid.uuid4().hex[:8]}")
+    b.create("sqrt", {}, 1)
+    created_b = b.info().created_at
+    expired = sign(cfg, b.job_id, created_b, ttl=60, now=created_b - 3600)
+    jobs = {"job": [a.job_id, b.job_id]}
+    r = client.get("/events", query_string={**jobs, "sig": [link_a, expired]})
+    assert (r.status_code, r.json["reason"], r.json["job"]) == (403, "expired", b.job_id)
+    r = client.get("/events", query_string={**jobs, "sig": link_a})  # b: no link at all
+    assert (r.status_code, r.json["reason"], r.json["job"]) == (403, "other_job", b.job_id)
+    redis.delete(b.keys.meta, b.keys.log)  # b's link is good, and its job gone
+    r = client.get("/events", query_string={**jobs, "sig": [link_a, sign(cfg, b.job_id, created_b)]})
+    assert (r.status_code, r.json["reason"], r.json["job"]) == (403, "other_job", b.job_id)
+    # A link that names none of the request's jobs, or none at all, refuses the request.
+    r = client.get("/events", query_string={"job": a.job_id, "sig": [link_a, tampered(link_a)]})
+    assert r.status_code == 403 and "job" not in r.json

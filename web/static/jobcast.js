@@ -675,17 +675,18 @@
     }).catch(function () { /* unreachable: the backoff goes on */ });
   };
 
-  // The server refused a lane's stream: end what it refused. Its message says what
-  // (web/events.py, web/security.py): the job list ("the job list needs the token: …", or a bad
-  // list=), one job ("no view link of this request grants job <id>"), else everything that URL
-  // asked for (no token or link at all, a link that grants none of its jobs, a bad parameter),
-  // the other lanes' jobs never. A 414 for more than one thing says the server (or a proxy
-  // before it) takes a shorter query than MAX_QUERY: the lanes then get less room, and a job
-  // is refused only once it is over the limit alone.
+  // The server refused a lane's stream: end what it refused (web/events.py, web/security.py).
+  // The job list ("the job list needs the token: …", or a bad list=); one job, which the body
+  // names in `job` (no view link of the request grants it, or its link has expired or is for
+  // a job that is gone); else everything that URL asked for (no token or link at all, a link
+  // that grants none of its jobs, a bad parameter), the other lanes' jobs never. A 414 for
+  // more than one thing says the server (or a proxy before it) takes a shorter query than
+  // MAX_QUERY: the lanes then get less room, and a job is refused only once it is over the
+  // limit alone.
   Manager.prototype.refuse = function (status, body, url, lane) {
     var self = this, message = body.message || "HTTP " + status, conn = lane.conn;
     var ofList = body.field === "list" || /^the job list\b/.test(message);
-    var named = ofList ? null : /\bgrants job ([A-Za-z0-9_-]{1,128})$/.exec(message);
+    var named = !ofList && typeof body.job === "string" ? body.job : null;
     var whole = !ofList && !named && conn && conn.url === url;
     if (whole && status === 414 && (conn.ids.length > 1 || conn.list)) {
       var used = url.length - url.indexOf("?") - 1;
@@ -693,7 +694,7 @@
       this.changed();
       return;
     }
-    var victims = named ? (this.jobs.has(named[1]) ? [named[1]] : []) : whole ? conn.ids : [];
+    var victims = named ? (this.jobs.has(named) ? [named] : []) : whole ? conn.ids : [];
     victims.forEach(function (id) {
       var J = self.jobs.get(id);
       if (!J) { return; }
