@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from typing import NamedTuple
 
+from jobcast.core.epoch import continues
 from jobcast.core.joblog import Entry
 from jobcast.web.frames import Transport
 
@@ -36,9 +37,10 @@ class RecentEntries:
     Filled from live batches and from the log reads of catching-up viewers, so a burst of
     newcomers to a busy job reads its recent history here rather than each from Redis. It is
     exact by construction: every entry is a log entry, and a batch or read that does not follow
-    on, or is of another incarnation of the log (its entries' epoch differs), replaces what is
-    kept instead of joining it. It serves a viewer only in the incarnation the viewer follows
-    (the newest kept entry's epoch is the viewer's). It is *current* for a viewer at seq
+    on, or is of another incarnation of the log (its entries' epoch differs) that did not begin
+    right after what is kept (its first entry names the epoch before it), replaces what is kept
+    instead of joining it. It serves a viewer only in the incarnation the viewer follows (the
+    newest kept entry's, or that of the kept entry at the viewer's position). It is *current* for a viewer at seq
     ``cursor`` when it ends at that cursor and the broker has delivered nothing newer: the
     viewer can then rejoin the fast path without asking Redis. That holds only within one
     unbroken subscription, so a lost or renewed subscription clears it, and a log read that
@@ -74,7 +76,7 @@ class RecentEntries:
         it, else []."""
         tail = self._tails.get(job_id)
         if not tail or not tail[0].seq <= cursor + 1 <= tail[-1].seq or \
-                tail[-1].ep not in (epoch, None):
+                not _serves(tail, cursor, epoch):
             return []
         return tail[cursor + 1 - tail[0].seq:]
 
@@ -82,7 +84,7 @@ class RecentEntries:
         """How many values the job had logged at entry ``seq`` (of incarnation ``epoch``):
         one more than the newest kept value at or before it; None when none is kept."""
         tail = self._tails.get(job_id)
-        if not tail or tail[-1].ep not in (epoch, None) or not tail[0].seq <= seq <= tail[-1].seq:
+        if not tail or not tail[0].seq <= seq <= tail[-1].seq or not _serves(tail, seq, epoch):
             return None
         for k in range(seq - tail[0].seq, -1, -1):
             if tail[k].kind == "value":
@@ -128,7 +130,7 @@ class RecentEntries:
         """The broker delivered ``entries``."""
         self._dispatched[job_id] = entries[-1].seq
         tail = self._tails.get(job_id)
-        if tail is not None and tail[-1].seq + 1 == entries[0].seq and tail[-1].ep == entries[0].ep:
+        if tail is not None and tail[-1].seq + 1 == entries[0].seq and continues(tail[-1].ep, entries):
             tail.extend(entries)
             self._sizes[job_id] += _size(entries)
             self._trim(job_id)
@@ -236,6 +238,19 @@ class RecentEntries:
             # (else the values before the new oldest entry are those before the old one)
             del tail[:drop]
             self._sizes[job_id] = size
+
+
+def _serves(tail: list[Entry], cursor: int, epoch: str | None) -> bool:
+    """Whether the kept entries ``tail`` (one exact run of the log) may be read on from a
+    position at ``cursor`` of incarnation ``epoch``: they end in it; or the kept entry at that
+    position is of it (an incarnation that began after it names the one before, and joins what
+    is kept: :func:`continues`); or they begin just after it, in it or in one that names it."""
+    if tail[-1].ep in (epoch, None):
+        return True
+    k = cursor - tail[0].seq
+    if 0 <= k < len(tail):
+        return tail[k].ep == epoch
+    return k == -1 and continues(epoch, tail[:1])
 
 
 def _size(entries: list[Entry]) -> int:

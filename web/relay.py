@@ -66,7 +66,7 @@ from typing import Callable
 
 from redis.exceptions import RedisError
 
-from jobcast.core.epoch import PAST_END, Head, Position, Reset, resolve
+from jobcast.core.epoch import PAST_END, Head, Position, Reset, continues, resolve
 from jobcast.core.joblog import Entry
 from jobcast.web import metrics
 from jobcast.web.broker import CONFIRM_TIMEOUT, Broker
@@ -150,6 +150,17 @@ class Heartbeat(Periodic):
         finally:
             metrics.publish()
 
+
+
+def _begins_after(v: Viewer, entries: list[Entry], epoch: str) -> bool:
+    """Whether ``entries``, of incarnation ``epoch`` at the last, follow on from ``v``'s
+    position (:func:`continues`): nothing ``v`` had is lost, and it goes on in ``epoch`` with no
+    read of the log (a cancel or a retry's start begins an epoch, and a job's thousand viewers
+    would each read it). Moves ``v`` to ``epoch`` when so."""
+    if v.epoch is None or entries[0].seq != v.cursor + 1 or not continues(v.epoch, entries):
+        return False
+    v.epoch = epoch
+    return True
 
 class Relay:
     """The viewers of one web process, by job, and everything written to them."""
@@ -336,6 +347,8 @@ class Relay:
             kept = recent.framed_after(job_id, viewer.cursor, viewer.transport, viewer.start,
                                        epoch)
             data, last = kept if kept is not None else (b"", newest)
+            if kept is not None and last.ep is not None:
+                epoch = last.ep  # what memory keeps may run on into an epoch begun after it
             if not recent.is_current(job_id, last.seq, epoch) or (
                     kept is None and last.seq != viewer.cursor):
                 return False
@@ -508,7 +521,7 @@ class Relay:
                 if last > v.missed:
                     v.missed = last
                 continue
-            if v.epoch != epoch and epoch is not None:
+            if v.epoch != epoch and epoch is not None and not _begins_after(v, entries, epoch):
                 # Another incarnation of the log (its seqs may even be ones the viewer has
                 # had): the log says whether the viewer just goes on or is reset. (Entries
                 # without an epoch come from a writer older than epochs, during an upgrade:
@@ -860,7 +873,9 @@ class Relay:
             with self._lock:
                 kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start, v.epoch)
                 if kept is not None:  # (under the lock: memory changes under threads)
-                    values = recent.values_through(v.job_id, kept[1].seq, v.epoch)
+                    # What is kept may run on into an epoch begun after the viewer's position.
+                    now = kept[1].ep if kept[1].ep is not None else v.epoch
+                    values = recent.values_through(v.job_id, kept[1].seq, now)
                 at_end = False
                 if kept is None and (v.missed <= v.cursor
                                      and recent.is_current(v.job_id, v.cursor, v.epoch)
@@ -878,6 +893,7 @@ class Relay:
                 data, newest = kept
                 end = newest.terminal
                 self._write(v, data, end, cursor=newest.seq)
+                v.epoch = now
                 if values is not None:
                     v.values = values
                 if end:

@@ -20,7 +20,9 @@
 -- sent again that was
 -- appended before its writer's last (see below). The epoch checks come before -3, so a
 -- truncated log never answers -3 and lets a value be skipped silently.
--- Each entry carries the epoch it was written in: {"seq":N,"ep":"<epoch>",...}.
+-- Each entry carries the epoch it was written in: {"seq":N,"ep":"<epoch>",...}; an entry that
+-- begins an epoch (minted by its write) also names the epoch before it, "pe": a viewer whose
+-- position is the seq just before it, in that epoch, lost nothing and just goes on.
 -- A write is appended once however often it is sent: a client that lost the reply (a timeout,
 -- a dropped connection, a failover) sends it again. The hash keeps each writer's last write
 -- (its number and seq): the same write again returns that seq, and an earlier one of a resent
@@ -35,7 +37,7 @@ if last_write then
   if nth < tonumber(done) then return -6 end
 end
 local status = redis.call('HGET', meta, 'status')
-local epoch
+local epoch, previous
 if kind == 'queued' then
   if status then return -4 end
   epoch = ARGV[11]
@@ -49,11 +51,11 @@ else
   if behind then
     mint(meta, ARGV[11], last + 1)
     if ARGV[15] == '1' then return -5 end
-    epoch = ARGV[11]
+    previous, epoch = epoch, ARGV[11]
   end
   if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
   if not behind and (not epoch or ARGV[12] == '1') then  -- (a log before epochs gets one too)
-    epoch = ARGV[11]
+    previous, epoch = epoch, ARGV[11]
     mint(meta, epoch, last + 1)
   end
 end
@@ -64,7 +66,8 @@ if kind == 'value' then
   redis.call('HSET', meta, 'values', nv + 1)
 end
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local entry = '{"seq":' .. seq .. ',"ep":"' .. epoch .. '",' .. ARGV[4]
+local entry = '{"seq":' .. seq .. ',"ep":"' .. epoch .. '",' ..
+  (previous and ('"pe":"' .. previous .. '",') or '') .. ARGV[4]
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'e', entry)
 if index then
   redis.call('PUBLISH', ARGV[1], entry)

@@ -1,6 +1,6 @@
 -- Shared by every script that writes a log's hash (jobcast.core.epoch): mint a new epoch.
 --
--- The hash keeps `epoch`, the log's current incarnation, and `epochs`, its last 8 eras as
+-- The hash keeps `epoch`, the log's current incarnation, and `epochs`, its last 16 eras as
 -- "<epoch>@<first seq>@<values before>" separated by spaces: where each incarnation began, and
 -- how many values the log held then (a job's log; the feed has none). An era begins when the
 -- log is created, and whenever a writer or a reader proves entries were lost (the log's seq is
@@ -12,7 +12,7 @@ local function mint(meta, epoch, first)
     local kept = {}
     for item in string.gmatch(history, '%S+') do kept[#kept + 1] = item end
     kept[#kept + 1] = era
-    while #kept > 8 do table.remove(kept, 1) end
+    while #kept > 16 do table.remove(kept, 1) end
     era = table.concat(kept, ' ')
   end
   redis.call('HSET', meta, 'epoch', epoch, 'epochs', era)

@@ -31,11 +31,11 @@ import re
 import secrets
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from redis.exceptions import RedisError
 
-from jobcast.core.entry import TERMINAL
+from jobcast.core.entry import TERMINAL, Entry
 
 EPOCH_LUA = files(__package__).joinpath("epoch.lua").read_text()
 """The ``mint`` function that the scripts writing a log's hash share."""
@@ -178,6 +178,20 @@ def resolve(head: Head, epoch: str | None, *, seq: int | None = None,
     if seq is not None and seq < after.first_seq or values is not None and values <= after.values:
         return None
     return Reset(head.epoch, after.first_seq - 1, after.values, LOST, **was)
+
+
+def continues(epoch: str | None, entries: Iterable[Entry]) -> bool:
+    """Whether ``entries``, which follow an entry of incarnation ``epoch`` by seq, are of that
+    incarnation, or begin the ones after it: an entry whose write began an epoch names the one
+    before it (``pe``), so nothing was lost between. A position just before them then goes on
+    as it is, with no read of the log's eras (a cancel or a retry's start begins an epoch)."""
+    for entry in entries:
+        if entry.ep != epoch:
+            before = entry.data.get("pe")
+            if before is None or before != epoch:
+                return False
+            epoch = entry.ep
+    return True
 
 
 def rebase(redis, meta_key: str, seen: Head, *, always: bool = False) -> Head:

@@ -88,6 +88,13 @@ reset job is retried or failed, and how a cancel or the watchdog ends a job. A b
 one still begins a new epoch when the log is behind what it wrote, so no seq is reused. Output lines
 (``log``) are checked too: a failover that lost some would otherwise have their seqs reused."""
 
+UNPROVEN = frozenset({"retrying", "failed", "cancelled", "finished"})
+"""The entries that begin a new epoch when a writer that did not begin the log writes them (a
+cancel, the web's watchdog, RQ's failure callback for a killed work-horse). Only the writer of
+the log's last entries could tell that a failover lost them; any other would append at a seq
+viewers may have seen with another entry, in the same epoch. Its entry begins an epoch instead,
+and names the one before it (``pe``), so a viewer whose position survived just goes on."""
+
 TAIL_PAGE = 5000
 """Entries read per step while looking back for the tail's first value."""
 VALUES_PAGE = 16
@@ -101,10 +108,12 @@ FIRST_VALUE_LOOKAHEAD = 5000
 """How far past the oldest kept entry :meth:`JobLog.first_kept` looks for a value: a job that
 prints may log thousands of lines before its first value."""
 
-# What an entry is, read from its first bytes (the script writes seq, the epoch, then kind),
-# so no text inside it (a value, a job's params) can pass for another kind.
-_LOG_ENTRY = re.compile(rb'\{"seq":\d+(?:,"ep":"[^"]*")?,"kind":"log"')
-_VALUE_ENTRY = re.compile(rb'\{"seq":\d+(?:,"ep":"[^"]*")?,"kind":"value"')
+# What an entry is, read from its first bytes (the script writes seq, the epoch, the epoch
+# before it when the entry begins one, then kind), so no text inside it (a value, a job's
+# params) can pass for another kind.
+_HEAD = rb'\{"seq":\d+(?:,"ep":"[^"]*")?(?:,"pe":"[^"]*")?'
+_LOG_ENTRY = re.compile(_HEAD + rb',"kind":"log"')
+_VALUE_ENTRY = re.compile(_HEAD + rb',"kind":"value"')
 
 
 class InvalidJobId(ValueError):
@@ -330,6 +339,8 @@ class JobLog:
         """
         epoch = new_epoch()
         with self._locked():
+            if not self.began and kind in UNPROVEN:
+                new_era = True
             self._unsent = []  # a batch sent after this write would not be in order
             keys, args = self.script_args(kind, body, index=index, value_json=value_json,
                                           meta=meta, new_era=new_era, epoch=epoch)

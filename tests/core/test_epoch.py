@@ -71,8 +71,10 @@ def test_a_writer_that_finds_the_log_behind_what_it_wrote_begins_a_new_epoch_and
     head = log.head()
     assert head.epoch != first and head.seq == 4
     assert head.eras == (Era(first, 1, 0), Era(head.epoch, 5, 2))
-    # RQ's failure path writes "retrying" with no expectations: into the new epoch.
+    # RQ's failure path writes "retrying" with no expectations: its writer cannot prove the
+    # log is what the attempt left, so the entry begins an epoch of its own, after seq 4.
     assert JobLog(redis, log.job_id).retrying("reset") == 5
+    ending = log.head().epoch
     # The retry begins the new incarnation and resumes at the values that survived; a value
     # it repeats is refused by its index, as always.
     retry = JobLog(redis, log.job_id)
@@ -84,11 +86,12 @@ def test_a_writer_that_finds_the_log_behind_what_it_wrote_begins_a_new_epoch_and
     entries = list(log.entries())
     assert [e.seq for e in entries] == list(range(1, 11))
     # The retry's start begins an epoch of its own (nothing proves the log is what the last
-    # attempt left); the reset's epoch holds just the "retrying" entry.
+    # attempt left); the "retrying" entry's epoch holds just that entry, and the reset's none.
     third = log.head().epoch
-    assert [e.ep for e in entries] == [first] * 4 + [head.epoch] + [third] * 5
+    assert [e.ep for e in entries] == [first] * 4 + [ending] + [third] * 5
     assert [e.i for e in entries if e.kind == "value"] == [0, 1, 2, 3, 4]
-    assert [era.first_seq for era in log.head().eras] == [1, 5, 6]
+    assert [era.first_seq for era in log.head().eras] == [1, 5, 5, 6]
+    assert [era.epoch for era in log.head().eras] == [first, head.epoch, ending, third]
 
 
 @pytest.mark.parametrize("ending", ["retrying", "failed", "a refused value, then retrying"])
@@ -114,6 +117,41 @@ def test_an_attempts_end_written_after_a_loss_begins_one_new_epoch_and_reuses_no
     # The viewer that had seq 5 of the first epoch is reset to seq 4, where the loss began.
     reset = resolve(head, first, seq=5)
     assert reset is not None and (reset.reason, reset.after) == (LOST, 4)
+
+
+@pytest.mark.parametrize("ending", ["retrying", "failed", "cancelled", "finished"])
+def test_an_end_written_by_a_writer_that_did_not_begin_the_log_begins_an_epoch(redis, ending):
+    """A review's finding: after a failover that lost the log's last entries, an end written
+    by a writer that did not begin the log (a cancel, the watchdog, RQ's failure callback for a
+    killed work-horse) took a lost entry's seq in the same epoch. A viewer that had that entry
+    just went on: it never got the end, and, after a ``retrying``, got a value twice."""
+    log = new_log(redis)
+    first = log.head().epoch
+    attempt(log, 5)                  # seqs 3..7 = values 0..4
+    lose(log, keep=5)                # seqs 6 and 7 are gone: a viewer may have had them
+    seq = getattr(JobLog(redis, log.job_id), ending)(*(() if ending == "finished" else ("x",)))
+    assert seq == 6
+    head = log.head()
+    assert head.epoch != first and head.eras[-1] == Era(head.epoch, 6, 3)
+    end = list(log.entries())[-1]
+    assert (end.seq, end.ep, end.data["pe"]) == (6, head.epoch, first)
+    # The viewer that had seq 6 or 7 of the first epoch is reset to seq 5, where the loss
+    # began; one whose position survived just goes on.
+    for had in (6, 7):
+        reset = resolve(head, first, seq=had)
+        assert reset is not None and (reset.reason, reset.after, reset.values) == (LOST, 5, 3)
+    assert resolve(head, first, seq=5) is None
+
+
+def test_only_the_entry_that_begins_an_epoch_names_the_one_before_it(redis):
+    log = new_log(redis)
+    first = log.head().epoch
+    writer = attempt(log, 1)                       # seqs 2 and 3: started, value 0
+    writer.started("w2", 2)                        # a retry's start begins an epoch
+    writer.value(1, 1)
+    entries = list(log.entries())
+    assert [e.data.get("pe") for e in entries] == [None, None, None, first, None]
+    assert len(log.values_before(100, 10)) == 2
 
 
 def test_a_writer_that_minted_an_epoch_goes_on_in_it_and_mints_no_second(redis):
@@ -202,12 +240,14 @@ def test_readers_that_find_a_log_behind_them_at_once_mint_one_epoch(redis):
     assert not redis.exists(gone.keys.meta)
 
 
-def test_the_history_keeps_the_last_eight_eras(redis):
+def test_the_history_keeps_the_last_sixteen_eras(redis):
+    # Sixteen: a retry's start and an unproven end each begin one (a job retried five times
+    # after killed work-horses, then cancelled, has twelve).
     log = new_log(redis)
-    for _ in range(10):
+    for _ in range(20):
         rebase(redis, log.keys.meta, log.head())
     head = log.head()
-    assert len(head.eras) == 8 and head.eras[-1].epoch == head.epoch
+    assert len(head.eras) == 16 and head.eras[-1].epoch == head.epoch
 
 
 def test_the_feed_begins_a_new_epoch_when_its_writer_finds_it_behind(redis_server):

@@ -1252,8 +1252,9 @@ def test_a_viewer_of_a_log_that_lost_entries_is_reset_once_and_never_sees_an_id_
     retry.finished()
     relay.deliver(log.job_id, log.page(5, 100)[0])             # announced: seqs 6..11, again
     green_wait(lambda: client.eof, what="the end of the stream")
-    # The epoch the reset began (its "retrying"), and the retry's own, from its start.
-    second, third = [era.epoch for era in log.head().eras[1:]]
+    # The epoch the refused value began (no entry of its own), its "retrying"'s (written by
+    # RQ's failure path, which did not begin the log), and the retry's own, from its start.
+    _refused, second, third = [era.epoch for era in log.head().eras[1:]]
     events = list(parse_events(bytes(client.data)))
     [reset] = [e for e in events if e.event == "reset"]
     assert reset.json() == {"epoch": reset.json()["epoch"], "after": 5, "values": 3,
@@ -1263,6 +1264,37 @@ def test_a_viewer_of_a_log_that_lost_entries_is_reset_once_and_never_sees_an_id_
     assert [e.id for e in events[:k]] == [f"{s}:{first}" for s in range(1, 8)]
     assert [e.id for e in events[k + 1:]] == [f"6:{second}"] + [f"{s}:{third}" for s in range(7, 12)]
     assert [e.json()["i"] for e in events[k + 1:] if e.event == "value"] == [3, 4, 5]
+
+
+@pytest.mark.parametrize("writer", ["a cancel", "a retry's start"])
+def test_viewers_go_on_into_an_epoch_begun_right_after_their_position_without_a_log_read(
+        redis, relay, monkeypatch, writer):
+    """A cancel (whose writer did not begin the log) and a retry's start begin an epoch: every
+    viewer took the catch-up path and read the log, a thousand reads for a job watched by a
+    thousand. The entry that begins it names the epoch before it: a viewer whose position is
+    just before it goes on; one that missed the entry before catches up from memory, which
+    keeps both epochs' entries, again with no read."""
+    log, first, _writer, viewer, client = watched(redis, relay)     # seqs 3..7
+    behind, behind_client = held(relay, log, cursor=6, epoch=first)
+    green_wait(lambda: not behind.slow, what="the second viewer's catch-up")
+    behind.cursor = 6                    # as if seq 7 were still on its way to it
+    reads = []
+    history = relay.broker.history
+    monkeypatch.setattr(relay.broker, "history", lambda *a: reads.append(a[1]) or history(*a))
+    if writer == "a cancel":
+        JobLog(redis, log.job_id).cancelled("someone")
+    else:
+        JobLog(redis, log.job_id).started("w2", 2)
+    [entry] = log.page(7, 10)[0]
+    assert entry.ep != first and entry.data["pe"] == first
+    relay.deliver(log.job_id, [entry])
+    assert not viewer.slow and reads == [] and viewer.epoch == entry.ep  # the fast path wrote it
+    green_wait(lambda: entry_ids(client.data)[-1] == (entry.kind, f"8:{entry.ep}"),
+               what="the new epoch's entry")
+    green_wait(lambda: entry_ids(behind_client.data)[-1] == (entry.kind, f"8:{entry.ep}"),
+               what="the viewer behind, from memory")
+    assert reads == []
+    assert [i for _, i in entry_ids(behind_client.data)][-2:] == [f"7:{first}", f"8:{entry.ep}"]
 
 
 def test_a_log_found_behind_a_quiet_viewer_begins_a_new_epoch_and_resets_it(redis, relay, clock):
