@@ -20,14 +20,17 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
+from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
 from jobcast.worker import capture
+from jobcast.worker.runner import JobCancelled
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +60,13 @@ def is_runner(job: Job) -> bool:
 
 @dataclass
 class EmitState:
-    """One run's writer: the job's log and the index of the next value."""
+    """One run's writer: the job's log, the index of the next value, and a value whose write
+    failed (Redis unreachable), sent again before the next one."""
 
     log: JobLog
     next: int = 0
     warned: bool = False
+    unsent: tuple[int, Any, int | None] | None = None
 
 
 def share(job: Job, jlog: JobLog) -> None:
@@ -120,21 +125,50 @@ def emit(value: Any, total: int | None = None) -> int | None:
     entry's seq, or None when the value was not logged: an earlier attempt of this job
     already logged that index, or the job has already ended. Raises
     :class:`~jobcast.core.epoch.LogReset` when the log is not the one this run began (gone,
-    or reset by a failover): RQ then retries or fails the job.
+    or reset by a failover): RQ then retries or fails the job; ``JobCancelled`` when the job
+    was cancelled (a non-forking worker cannot kill it): RQ files it canceled. A Redis error
+    is raised too, and a job that goes on loses nothing: the next call sends the value again,
+    first. A value whose text cannot be made (its ``__str__`` raised) is not counted.
     """
     if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
         raise ValueError(f"total must be a non-negative int, not {total!r}")
     job = current_job()
     state = _state(job)
+    if state.unsent is not None:
+        # The value before failed to reach Redis and the job went on: it goes first, at its
+        # index (or it landed, its reply lost, and the log refuses it as a repeat). Without
+        # it, every later index would be one past the log's count, refused, and lost untold.
+        _write(job, state, *state.unsent)
+        state.unsent = None
     index = state.next
     state.next += 1
     capture.before_value()  # what the job printed before this value is logged before it
+    try:
+        return _write(job, state, index, value, total)
+    except LogReset:
+        raise  # the attempt is over: RQ retries or fails it
+    except RedisError:
+        state.unsent = (index, value, total)
+        raise
+    except Exception:
+        state.next = index  # nothing was written (the value could not be shown): not counted
+        raise
+
+
+def _write(job: Job, state: EmitState, index: int, value: Any, total: int | None) -> int | None:
+    """Log value ``index``: its seq, or None when the log did not take it (a repeat of an
+    earlier attempt's, or the job has ended). A job cancelled meanwhile is stopped here
+    (JobCancelled): a non-forking worker cannot kill it, and it would compute to its end."""
     seq = state.log.value(index, value, total=total)
     if seq > 0:
         return seq
-    if seq == -1 and not state.warned:
-        state.warned = True
-        log.warning("job %s has already ended (failed or cancelled): emit() drops its values", job.id)
+    if seq == -1:
+        if state.log.status() == "cancelled":
+            raise JobCancelled(job.id)
+        if not state.warned:
+            state.warned = True
+            log.warning("job %s has already ended (failed by the watchdog?): emit() drops its "
+                        "values", job.id)
     return None
 
 

@@ -44,6 +44,9 @@ if kind == 'queued' then
   redis.call('HSET', meta, 'epoch', epoch, 'epochs', epoch .. '@1@0')
 else
   if not status then return -2 end
+  -- An ended log takes nothing more, whatever the epoch: a writer told -5 rather than -1 would
+  -- take the end (a cancel, which begins an epoch of its own) for a failover.
+  if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
   epoch = redis.call('HGET', meta, 'epoch')
   if ARGV[9] ~= '' and epoch ~= ARGV[9] then return -5 end
   local last = tonumber(redis.call('HGET', meta, 'seq') or '0')
@@ -53,7 +56,6 @@ else
     if ARGV[15] == '1' then return -5 end
     previous, epoch = epoch, ARGV[11]
   end
-  if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
   if not behind and (not epoch or ARGV[12] == '1') then  -- (a log before epochs gets one too)
     previous, epoch = epoch, ARGV[11]
     mint(meta, epoch, last + 1)

@@ -143,6 +143,16 @@ def test_an_end_written_by_a_writer_that_did_not_begin_the_log_begins_an_epoch(r
     assert resolve(head, first, seq=5) is None
 
 
+def test_a_writer_that_began_the_log_finds_a_cancel_ended_it_not_a_failover(redis):
+    """A cancel begins an epoch (its writer did not begin the log): the attempt's next value
+    was refused as of another incarnation (LogReset, "Redis lost entries"), not as ended."""
+    log = new_log(redis)
+    writer = attempt(log, 2)
+    JobLog(redis, log.job_id).cancelled("someone")
+    assert writer.value(2, 2) == -1
+    assert writer.finished() == -1
+
+
 def test_only_the_entry_that_begins_an_epoch_names_the_one_before_it(redis):
     log = new_log(redis)
     first = log.head().epoch

@@ -1,0 +1,113 @@
+"""emit() when a value cannot be written, or the job is cancelled under it: run by Jobcast's
+non-forking worker in this process, on the session's real redis-server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue, get_current_job
+from rq.job import Job, JobStatus
+
+from jobcast import emit
+from jobcast.core.joblog import JobLog
+from jobcast.core.settings import get_settings
+from jobcast.producer.cancel import cancel
+from jobcast.worker.hook import SimpleWorker
+
+
+class Unprintable:
+    """A value whose text cannot be made."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def tolerant(values: list) -> list:
+    """Emit each value, going on past any emit() that raises (a job that catches it)."""
+    got = []
+    for value in values:
+        try:
+            got.append(emit(Unprintable() if value == "unprintable" else value))
+        except Exception as exc:  # noqa: BLE001 (what a tolerant job does)
+            got.append(type(exc).__name__)
+    return got
+
+
+def cancelled_at(n: int, at: int) -> list:
+    """Emit 0..n-1; the job is cancelled (as the web or the CLI would) after value ``at``. The
+    key ``computed:<job id>`` counts the values it computed."""
+    job = get_current_job()
+    got = []
+    for i in range(n):
+        job.connection.incr(f"computed:{job.id}")
+        got.append(emit(i))
+        if i == at:
+            cancel(job.id, "test", redis=job.connection)
+    return got
+
+
+def run(redis: Redis, func, *args) -> tuple[Job, list]:
+    """Run ``func(*args)`` as an RQ job by the hooked non-forking worker: the job, its log's
+    entries."""
+    queue = Queue(f"emit-faults-{os.getpid()}-{uuid.uuid4().hex[:6]}", connection=redis)
+    job = queue.enqueue(func, *args)
+    SimpleWorker([queue], connection=redis).work(burst=True)
+    return Job.fetch(job.id, connection=redis), list(JobLog(redis, job.id).entries())
+
+
+def values(entries) -> list:
+    """(index, text) of the value entries."""
+    return [(e.i, e.text) for e in entries if e.kind == "value"]
+
+
+def test_a_value_that_cannot_be_shown_is_not_counted_and_the_values_after_it_are_logged(
+        redis, in_process):
+    """A review's finding: its index was counted all the same, so every later value was one
+    past the log's count, refused, and lost untold; the job finished without them."""
+    job, entries = run(redis, tolerant, [0, "unprintable", 2, 3])
+    assert job.return_value()[1] == "RuntimeError"
+    assert values(entries) == [(0, "0"), (1, "2"), (2, "3")]
+    assert entries[-1].kind == "finished"
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["not written", "reply lost"])
+def test_a_value_redis_failed_to_take_is_sent_again_before_the_next_and_none_is_lost(
+        redis, in_process, monkeypatch, landed):
+    """A review's finding: after one write raised (Redis unreachable for a moment) and the job
+    went on, every later value was refused untold. The value goes again, first, at the next
+    emit(); one that had landed (its reply lost) is refused as a repeat, and logged once."""
+    real = JobLog.value
+    failed = []
+
+    def flaky(self, index, value, total=None):
+        """The second value's first write fails."""
+        if index == 1 and not failed:
+            failed.append(index)
+            if landed:
+                real(self, index, value, total)
+            raise RedisConnectionError("Redis went away for a moment")
+        return real(self, index, value, total)
+
+    monkeypatch.setattr(JobLog, "value", flaky)
+    job, entries = run(redis, tolerant, ["a", "b", "c", "d"])
+    assert job.return_value()[1] == "ConnectionError"
+    assert values(entries) == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+    assert entries[-1].kind == "finished"
+
+
+def test_a_job_cancelled_on_a_non_forking_worker_stops_at_its_next_value(redis, in_process,
+                                                                        monkeypatch):
+    """A review's finding: RQ's stop cannot kill a non-forking worker's job, and emit()
+    returned None for each value the log refused: the job computed to its end, and RQ filed it
+    finished under a log that said cancelled."""
+    monkeypatch.setenv("JOBCAST_QUEUES", "*")  # the test's own queue is Jobcast's to cancel
+    get_settings.cache_clear()
+    job, entries = run(redis, cancelled_at, 10, 2)
+    assert values(entries) == [(0, "0"), (1, "1"), (2, "2")]
+    assert entries[-1].kind == "cancelled"
+    assert int(redis.get(f"computed:{job.id}")) == 4  # stopped at its first value after it
+    assert job.get_status() == JobStatus.CANCELED
