@@ -139,9 +139,13 @@ def start(job_id: str, jlog: JobLog, settings: Settings, *, attempt: int | None,
                       mode="logging" if settings.capture == "logging" else "fd" if fds else "sys")
     try:
         capture.start()
-    except (OSError, ValueError, AttributeError) as exc:
+    except (OSError, ValueError, AttributeError, RuntimeError) as exc:
+        # (RuntimeError: a thread that cannot start.) What was set up is put back.
         log.warning("jobcast: cannot capture the output of job %s: %s", job_id, exc)
-        capture.close()
+        try:
+            capture.close()
+        except Exception:  # the job must run whatever its capture's cleanup meets
+            log.exception("jobcast: cleaning up the capture of job %s failed", job_id)
         return None
     _current = capture
     return capture
@@ -731,7 +735,9 @@ class FdSource:
         for fd, saved in list(self.saved.items()):
             if os.fstat(fd).st_ino != os.fstat(saved).st_ino:
                 os.dup2(saved, fd)  # a start that failed halfway
-            self.consoles.pop(fd).close()
+            console = self.consoles.pop(fd, None)  # (none yet, if it failed before)
+            if console is not None:
+                console.close()
             os.close(saved)
         self.saved.clear()
         if self.stdout is not None and sys.stdout is self.buffered:

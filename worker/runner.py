@@ -111,7 +111,9 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         failure = exc
     finally:
-        values.close()
+        close = getattr(values, "close", None)  # a generator's; a task may return a list
+        if close is not None:
+            close()
         chart.save()
         # Everything the task printed (its generator's cleanup too) before the last entry.
         reset = capture.seal()

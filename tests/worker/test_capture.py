@@ -246,3 +246,29 @@ def test_printing_never_waits_for_a_slow_redis_and_the_lines_arrive_in_order_onc
         cap.close()
     assert sent == ["first"] + [f"line {k}" for k in range(50)]
     assert sys.stdout is not None and not isinstance(sys.stdout, capture.StreamProxy)
+
+
+@pytest.mark.parametrize("failing", ["os.pipe", "threading.Thread.start"])
+def test_a_capture_that_cannot_start_leaves_the_job_uncaptured_and_puts_everything_back(
+        monkeypatch, failing):
+    """A review's finding: a pipe that could not be made (too many open files) left the saved
+    copy of descriptor 1 open, and the cleanup's KeyError failed the job; a thread that could
+    not start left sys.stdout and sys.stderr swapped for good."""
+    def refuse(*args, **kwargs):
+        """Out of descriptors, or of threads."""
+        raise OSError(24, "Too many open files") if failing == "os.pipe" else \
+            RuntimeError("can't start new thread")
+
+    streams = (sys.stdout, sys.stderr)
+    fds = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+    opened = len(os.listdir("/proc/self/fd"))
+    jlog = JobLog.__new__(JobLog)  # never written to: the capture does not start
+    jlog.append_many = lambda entries: []
+    settings = type("S", (), {"capture": "all", "capture_rate": 100, "capture_level": "INFO",
+                              "capture_echo": False})()
+    with monkeypatch.context() as patch:
+        patch.setattr(failing, refuse)
+        assert capture.start("j", jlog, settings, attempt=1, fds=True) is None
+    assert (sys.stdout, sys.stderr) == streams and capture.current() is None
+    assert [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)] == fds
+    assert len(os.listdir("/proc/self/fd")) == opened

@@ -59,6 +59,22 @@ def test_run_task_logs_started_each_value_then_finished_and_returns_the_count(re
     assert started.data["attempt"] == 1 and started.data["worker"] == "unknown"
 
 
+def test_a_task_that_returns_a_list_logs_its_values_and_finishes(redis, settings, monkeypatch):
+    """A review's finding: the runner closed what the task returned as a generator, so a task
+    returning a list failed after logging all its values."""
+    from jobcast.core.task import TASKS, task
+
+    def listed(n: int = 3) -> list[int]:
+        """Values in a list, not yielded."""
+        return [i * i for i in range(n)]
+
+    monkeypatch.setitem(TASKS, "listed", None)  # (taken out again after the test)
+    task("listed")(listed)
+    job, log = queued(redis, settings, "listed", n=3)
+    assert job.perform() == {"values": 3}
+    assert kinds(log) == ["queued", "started", "value", "value", "value", "finished"]
+
+
 def test_run_task_outside_an_rq_job_raises_runtime_error():
     with pytest.raises(RuntimeError, match="inside an RQ job"):
         run_task("sqrt", {"n": 1, "interval": 0})
