@@ -344,7 +344,10 @@ class Capture:
                     return
                 batch, self.pending, self.pending_bytes = self.pending, [], 0
             if self.echo:
-                self.echo_lines(batch)
+                # (a batch sent again after a failure was printed the first time)
+                self.echo_lines([line for line in batch if not line.echoed])
+                for line in batch:
+                    line.echoed = True
             for k in range(0, len(batch), BATCH):
                 if not self._deliver(batch[k:k + BATCH], batch[k + BATCH:], final):
                     return
@@ -370,9 +373,17 @@ class Capture:
         except RedisError as exc:
             if final or self.retry:
                 self.retry = False
-                self.lost += len(lines) + len(rest)
+                lost = len(lines) + len(rest)
+                self.lost += lost
                 log.warning("jobcast: %d output lines of job %s were lost: %s",
-                            len(lines) + len(rest), self.job_id, exc)
+                            lost, self.job_id, exc)
+                if not final:
+                    # Its viewers are told, as they are of the lines the rate cap drops.
+                    notice = OutputLine("stderr", f"[jobcast] {lost:,} lines lost: Redis did "
+                                        "not take them", self.clock(), lost=lost)
+                    with self.lock:
+                        self.pending.insert(0, notice)
+                        self.pending_bytes += notice.size
             else:
                 self.retry = True
                 with self.lock:

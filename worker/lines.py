@@ -37,6 +37,8 @@ class OutputLine:
     level: str | None = None    # logging records: level name and logger
     logger: str | None = None
     dropped: int = 0            # a notice: how many lines the rate cap dropped
+    lost: int = 0               # a notice: how many lines Redis did not take
+    echoed: bool = False        # already printed on the worker's console (sent again)
 
     @property
     def size(self) -> int:
@@ -55,6 +57,8 @@ class OutputLine:
             body["cut"] = self.cut
         if self.dropped:
             body["dropped"] = self.dropped
+        if self.lost:
+            body["lost"] = self.lost
         body["attempt"] = attempt
         return body
 

@@ -272,3 +272,33 @@ def test_a_capture_that_cannot_start_leaves_the_job_uncaptured_and_puts_everythi
     assert (sys.stdout, sys.stderr) == streams and capture.current() is None
     assert [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)] == fds
     assert len(os.listdir("/proc/self/fd")) == opened
+
+
+def test_lines_redis_did_not_take_are_announced_once_it_takes_lines_again_and_echoed_once(
+        capsys):
+    """A review's finding: lines lost to a Redis outage (a failed send, then its retry) were
+    counted and logged on the worker only: viewers were never told, as they are of the lines
+    the rate cap drops. And a batch sent again was printed on the console twice."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    failures, sent = [2], []
+
+    def sink(entries):
+        """Redis away for two sends, then back."""
+        if failures[0]:
+            failures[0] -= 1
+            raise RedisConnectionError("Redis went away")
+        sent.extend(body for _kind, body, _ts in entries)
+        return list(range(1, len(entries) + 1))
+
+    cap = capture.Capture("j", sink, rate=200, level=logging.INFO, echo=True, attempt=1,
+                          mode="logging")
+    cap.write("stdout", "line A\n")
+    cap.send()                      # fails: kept for one more try
+    cap.send()                      # fails again: lost
+    cap.write("stdout", "line B\n")
+    cap.send()
+    cap.close()
+    assert [(b["text"], b.get("lost")) for b in sent] == [
+        ("[jobcast] 1 lines lost: Redis did not take them", 1), ("line B", None)]
+    assert capsys.readouterr().err.count("line A") == 1
