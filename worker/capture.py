@@ -301,9 +301,13 @@ class Capture:
                 "lines or 256 KiB a second)", now, dropped=dropped))
 
     def write(self, stream: str, text: str) -> None:
-        """Text that Python code wrote to ``sys.stdout`` or ``sys.stderr`` (a proxy's)."""
-        if stream == "stderr":
-            self.barrier()  # what stdout printed before comes first
+        """Text that Python code wrote to ``sys.stderr`` (or, in sys mode, ``sys.stdout``).
+
+        What stdout printed before a stderr line comes first: the barrier that brings it in
+        is needed only where a stderr line ends (a line is logged when it ends), so a
+        ``print(x, file=sys.stderr)`` (its text, then its newline) pays for one, not two."""
+        if stream == "stderr" and "\n" in text:
+            self.barrier()
         with self.lock:
             self.ingest(stream, text.encode("utf-8", "replace"), self.clock())
 
@@ -322,8 +326,12 @@ class Capture:
         """Bring in everything the job has printed so far (queued, not sent)."""
         if self.source is not None:
             self.source.flush()         # no lock held: this may wait for the reader
-            with self.lock:
-                self.source.drain()
+            # (Output the reader thread has taken is taken under the lock, which the line
+            # about to be logged waits for: it comes after that output even when no pipe
+            # holds anything now.)
+            if self.source.waiting():
+                with self.lock:
+                    self.source.drain()
 
     def before_value(self) -> None:
         """Send everything printed so far, before the value about to be logged."""
@@ -593,6 +601,10 @@ class SysSource:
     def flush(self) -> None:
         """Nothing is buffered: proxies feed lines in as they are written."""
 
+    def waiting(self) -> bool:
+        """Nothing waits in a pipe."""
+        return False
+
     def drain(self) -> None:
         """Nothing waits in a pipe."""
 
@@ -623,6 +635,9 @@ class FdSource:
         self.capture = capture
         self.saved: dict[int, int] = {}         # 1 and 2 -> a copy of the console's descriptor
         self.reads: dict[int, str] = {}         # read end -> stream
+        # The reader thread waits on one (poll, not select: any descriptor number); writers
+        # ask the other (a poll object is polled by one thread at a time).
+        self.poller, self.probe = select.poll(), select.poll()
         self.consoles: dict[int, IO[str]] = {}  # text streams on the saved descriptors
         self.stdout: IO[str] | None = None      # the streams replaced
         self.stderr: IO[str] | None = None
@@ -645,6 +660,8 @@ class FdSource:
                 pass  # the default 64 KiB works, with shorter bursts
             os.set_blocking(read, False)
             self.reads[read] = stream
+            self.poller.register(read, select.POLLIN)
+            self.probe.register(read, select.POLLIN)
             os.dup2(write, fd)  # inheritable: subprocesses write into the pipe too
             os.close(write)
             self.consoles[fd] = open(self.saved[fd], "w", buffering=1, encoding="utf-8",
@@ -686,6 +703,14 @@ class FdSource:
                 pass    # closed by close()
         flush_libc()
 
+    def waiting(self) -> bool:
+        """Whether a pipe holds output (or its writers are gone): one system call, where a
+        drain would cost a read of each pipe."""
+        try:
+            return bool(self.reads) and bool(self.probe.poll(0))
+        except RuntimeError:  # another thread of the job is asking: drain, to be sure
+            return True
+
     def drain(self, limit: int = DRAIN_MAX) -> None:
         """Under the capture's lock: read what the pipes hold into lines, without waiting."""
         now = self.capture.clock()
@@ -700,6 +725,8 @@ class FdSource:
                     data = b""
                 if not data:
                     del self.reads[fd]  # every writer is gone
+                    self.poller.unregister(fd)
+                    self.probe.unregister(fd)
                     os.close(fd)
                     break
                 taken += len(data)
@@ -712,8 +739,8 @@ class FdSource:
             timeout = TICK if deadline is None else max(0.0, min(TICK, deadline - time.time()))
             stopping = self.stop_reading.is_set()
             try:
-                select.select(list(self.reads), [], [], 0 if stopping else timeout)
-            except (OSError, ValueError):
+                self.poller.poll(0 if stopping else 1000 * timeout)
+            except OSError:
                 return
             with self.capture.lock:
                 self.drain()

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 
@@ -20,7 +21,8 @@ from jobcast.cli.client import parse_sse
 from jobcast.core.joblog import Entry, JobLog
 from jobcast.worker import capture
 from jobcast.worker.hook import SimpleWorker
-from tests.conftest import create_job, sse_events, start_rq_worker, stop_process, stream_lines, wait_for
+from tests.conftest import (ROOT, create_job, sse_events, start_rq_worker, stop_process,
+                            stream_lines, wait_for)
 from tests.rq_jobs import chatty, flood, long_line, print_then_hang_once, tick_then_wait
 from tests.support.cancel import horse_of
 from tests.support.sse import id_seq
@@ -302,3 +304,48 @@ def test_lines_redis_did_not_take_are_announced_once_it_takes_lines_again_and_ec
     assert [(b["text"], b.get("lost")) for b in sent] == [
         ("[jobcast] 1 lines lost: Redis did not take them", 1), ("line B", None)]
     assert capsys.readouterr().err.count("line A") == 1
+
+
+HIGH_FDS = r"""
+import os, resource, sys, threading
+from jobcast.core.settings import Settings
+from jobcast.worker import capture
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]  # the pipes come after these
+report = os.dup(2)
+lines = []
+
+class Log:
+    def append_many(self, entries):
+        lines.extend(body for _kind, body, _ts in entries)
+        return list(range(1, len(entries) + 1))
+
+cap = capture.start("j", Log(), Settings(capture_echo=False, capture_rate=100000), attempt=1,
+                    fds=True)
+assert min(cap.source.reads) >= 1024
+done = threading.Event()
+def job():
+    for i in range(40000):          # 3 MB, past the pipe's 1 MiB: someone must read it
+                                    # (most are over the rate cap: dropped, and counted)
+        print(f"{i:08d}" + "x" * 64)
+    sys.stdout.flush()
+    done.set()
+threading.Thread(target=job, daemon=True).start()
+finished = done.wait(20)
+capture.seal()
+counted = sum(body.get("dropped", 0) or (not body["text"].startswith("[jobcast]")) for body in lines)
+os.write(report, f"{finished} {counted}\n".encode())
+"""
+
+
+def test_output_is_read_when_the_pipes_descriptors_are_past_1024(tmp_path):
+    """A review's finding: the reader thread waited with select(), which refuses descriptors
+    from 1024 on: it ended at once, and a job that printed more than a pipe holds, with no
+    value to drain it, blocked for good."""
+    script = tmp_path / "high_fds.py"
+    script.write_text(HIGH_FDS)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.stderr.strip().splitlines()[-1] == "True 40000", out.stderr[-2000:]
