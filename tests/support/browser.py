@@ -21,6 +21,17 @@ def wait_values(pg, count: int, timeout: float = 30000) -> None:
     pg.wait_for_function(f"() => window.jobcastPage().values.length >= {count}", timeout=timeout)
 
 
+def plain_list(pg) -> list[list]:
+    """The plain page's list: [value index, text] per item."""
+    return pg.evaluate("""() => [...document.querySelectorAll('#output li')]
+                              .map(li => [li.dataset.i === undefined ? null : +li.dataset.i, li.textContent])""")
+
+
+def plain_notes(pg) -> list[str]:
+    """The plain page's notes (values no longer kept, a reset)."""
+    return pg.locator("p.note").all_text_contents()
+
+
 def dom(pg) -> dict:
     """What the job page shows, read from the DOM in one go."""
     return pg.evaluate("""() => {

@@ -29,7 +29,8 @@ import pytest
 from jobcast.core.joblog import JobLog
 from tests.conftest import WebServer, assert_page_clean, wait_for, watch
 from tests.support.loss import retried_after_loss
-from tests.support.browser import DONE, LIVE_VALUE, PLAIN_DONE, model, wait_values
+from tests.support.browser import (DONE, LIVE_VALUE, PLAIN_DONE, model, plain_list, plain_notes,
+                                   wait_values)
 from tests.support.streams import Sampler, Writer
 
 pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
@@ -61,16 +62,6 @@ def view_link(server: WebServer, job_id: str) -> str:
 
 def sig_of(link: str) -> str:
     return parse_qs(urlsplit(link).query)["sig"][0]
-
-
-def plain_list(pg) -> list[list]:
-    """The plain page's list: [value index, text] per item."""
-    return pg.evaluate("""() => [...document.querySelectorAll('#output li')]
-                              .map(li => [li.dataset.i === undefined ? null : +li.dataset.i, li.textContent])""")
-
-
-def plain_notes(pg) -> list[str]:
-    return pg.locator("p.note").all_text_contents()
 
 
 def trim(redis, log: JobLog, keep: int) -> int:

@@ -6,7 +6,8 @@
 // (?start=<next index>&epoch=<Jobcast-Epoch>). Values the server's log no longer keeps
 // (Jobcast-Values-Lost: a capped log) are said, never hidden. When Redis lost values the page
 // had (a failover), the answer says so in Jobcast-Reset: the page drops them, by index, and
-// says so.
+// says so. A refusal (a bad or expired link, a session that ended) is said, and not retried;
+// anything else is retried after a full-jitter wait, or the server's Retry-After.
 (function () {
   "use strict";
   var script = document.currentScript;
@@ -20,6 +21,9 @@
   var lost = 0;       // values this page asked for that the log no longer kept
   var lostNote = null;
   var retries = 0;
+  var notBefore = 0;  // Date.now() before which no retry starts (a 429 or 503's Retry-After)
+  var ended = -1;     // `next` when the status last said the job had ended (see finish)
+  var status = document.getElementById("status");
 
   function show(value) {
     latest.textContent = value;
@@ -38,13 +42,27 @@
     return p;
   }
 
-  // The stream ended: the job is over, or the server closed it (a restart). Ask which.
+  // The end (or why the page stopped), said where it shows and to screen readers, which are
+  // not told each value.
+  function end(text) {
+    latest.textContent = text;
+    status.textContent = text;
+  }
+
+  // The stream ended: the job is over, or the server closed it (a restart). Ask which. A job
+  // that has ended with values this page has not had (its stream was closed by a restart as
+  // the last of them reached the web) is read once more from where the page stands.
   function finish() {
     fetch(statusUrl).then(function (r) { return r.json(); }).then(function (job) {
-      if (job.status === "finished") { latest.textContent = "Done"; }
-      else if (job.status === "failed") { latest.textContent = "Failed: " + (job.reason || ""); }
-      else if (job.status === "cancelled") { latest.textContent = "Cancelled"; }
-      else { retry(); }
+      var over = { finished: "Done", failed: "Failed: " + (job.reason || ""),
+                   cancelled: "Cancelled" }[job.status];
+      if (over === undefined) { retry(); return; }
+      if (job.progress && job.progress.i > next && ended !== next) {
+        ended = next;   // once per position: a log that no longer keeps them cannot loop
+        read();
+        return;
+      }
+      end(over);
     }, retry);
   }
 
@@ -74,11 +92,20 @@
     }
   }
 
+  // Resume after the values already shown: after a full-jitter wait (every page of a restarted
+  // server must not come back at the same instant), and not before the server's Retry-After.
   function retry() {
-    // Resume after the values already shown.
     retries += 1;
     latest.textContent = "reconnecting…";
-    setTimeout(read, Math.min(5000, 250 * Math.pow(2, retries)));
+    var wait = Math.random() * Math.min(10000, 500 * Math.pow(2, retries));
+    setTimeout(read, Math.max(wait, notBefore - Date.now()));
+  }
+
+  // The server refused the stream: say why (its JSON message), and stop.
+  function refused(response) {
+    return response.json().catch(function () { return {}; }).then(function (body) {
+      end("Stopped: " + (body.message || "HTTP " + response.status));
+    });
   }
 
   function read() {
@@ -87,8 +114,13 @@
     // streamUrl may carry a view link's ?sig=: add to its query.
     var query = "start=" + next + (epoch ? "&epoch=" + encodeURIComponent(epoch) : "");
     fetch(streamUrl + (streamUrl.indexOf("?") < 0 ? "?" : "&") + query).then(function (response) {
-      if (response.status === 404) { latest.textContent = "This job is gone"; return; }
-      if (!response.ok) { throw new Error("HTTP " + response.status); }
+      if (response.status === 404) { end("This job is gone"); return; }
+      if ([400, 401, 403, 414].indexOf(response.status) >= 0) { return refused(response); }
+      if (!response.ok) {
+        var after = parseFloat(response.headers.get("Retry-After"));
+        if (after > 0) { notBefore = Date.now() + 1000 * after + Math.random() * 1000; }
+        throw new Error("HTTP " + response.status);
+      }
       // The reset first: the other headers describe the stream as it goes on after it.
       if (response.headers.get("Jobcast-Reset")) { reset(response.headers.get("Jobcast-Reset")); }
       placed(response);
