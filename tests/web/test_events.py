@@ -264,7 +264,8 @@ def test_a_job_whose_log_lost_entries_gets_one_reset_and_the_others_resume_exact
     assert [e for e in events if e.data][0].event == "reset"  # before anything else
     assert reader_seqs(events, a.job_id) == [6, 7] and reader_seqs(events, b.job_id) == [4, 5]
     ids = [e.id for e in events if e.id]
-    assert ids[-1].split(":")[1] == f"7~{a_second}.5~{b_epoch}"
+    # (b's end was written by a writer that did not begin its log: it begins b's next epoch)
+    assert ids[-1].split(":")[1] == f"7~{a_second}.5~{b.head().epoch}"
     # That last cursor resumes with nothing more: no second reset.
     r = httpx.get(f"{web.url}/events?job={a.job_id}&job={b.job_id}",
                   headers={"Last-Event-ID": ids[-1]}, timeout=10)
