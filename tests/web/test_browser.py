@@ -284,6 +284,48 @@ def test_home_lists_jobs_live_and_starts_a_job_from_the_task_form(page, http, we
     assert model(page)["values"] == sqrt_texts(4)
 
 
+def test_a_double_click_on_start_creates_one_job(page, http, web, workers):
+    """A review's finding: the button stayed enabled while its request ran, and a double click
+    created two jobs."""
+    page.goto(web.url)
+    page.select_option("#task", "sqrt")
+    page.locator("fieldset[data-task='sqrt'] input[name='n']").fill("2")
+    page.locator("fieldset[data-task='sqrt'] input[name='interval']").fill("0")
+    before = {job["id"] for job in http.get("/api/jobs", params={"limit": 500}).json()["jobs"]}
+    page.dblclick("#start button[type=submit]")
+    page.wait_for_url(lambda url: "/jobs/" in url, timeout=10000)
+    page.wait_for_function(DONE, timeout=30000)
+    after = {job["id"] for job in http.get("/api/jobs", params={"limit": 500}).json()["jobs"]}
+    assert len(after - before) == 1
+
+
+def test_the_home_pages_list_says_when_it_is_not_live_and_when_it_was_refused(context, redis_server,
+                                                                               logs_dir):
+    """A review's finding: the list went on saying "Updated live." while it reconnected, and
+    after the server refused it (a session ended by a new token), frozen for good."""
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-home-note.log",
+                       JOBCAST_TOKEN="first-token").start()
+    note = "() => document.getElementById('jobs-note').textContent"
+    try:
+        pg = watch(context.new_page())
+        pg.goto(f"{server.url}/login?next=/")
+        pg.fill("#token", "first-token")
+        pg.click("button[type=submit]")
+        pg.wait_for_function(f"() => ({note})() === 'Updated live.' && Jobcast.stats().list",
+                             timeout=15000)
+        server.stop()
+        pg.wait_for_function(f"() => ({note})().startsWith('Reconnecting')", timeout=15000)
+        server.env["JOBCAST_TOKEN"] = "second-token"  # a new token ends every session
+        server.start()
+        pg.wait_for_function(f"() => ({note})().startsWith('The list is no longer updated')",
+                             timeout=45000)
+        link = pg.locator("#jobs-note a")
+        assert link.text_content() == "Log in again" and "/login?next=/" in link.get_attribute("href")
+        assert pg.errors == []
+    finally:
+        server.stop()
+
+
 def test_start_form_asks_once_for_the_token_when_the_server_requires_one(context, redis_server, workers,
                                                                          logs_dir):
     # Public reading with a token for creating (the private mode has its own test below).

@@ -31,13 +31,18 @@
     }
   }
 
+  var submit = form.querySelector("button[type=submit]");
+
   form.addEventListener("submit", function (event) {
     event.preventDefault();
+    if (submit.disabled) { return; }  // one job per click, however quick the second
+    submit.disabled = true;
     error.textContent = "";
     var params = {};
     var scope = form.querySelector("fieldset.params[data-task='" + CSS.escape(select.value) + "']");
     scope.querySelectorAll("[name]").forEach(function (input) {
       input.removeAttribute("aria-invalid");
+      input.removeAttribute("aria-describedby");
       var value = readValue(input);
       if (value !== null) { params[input.name] = value; }
     });
@@ -48,12 +53,20 @@
     }).then(function (r) {
       return r.json().then(function (body) {
         if (r.status === 201) { window.location = body.urls.page; return; }
+        submit.disabled = false;
         var field = body.field && body.field.indexOf("params.") === 0 ? body.field.slice(7) : null;
         var input = field && scope.querySelector("[name='" + CSS.escape(field) + "']");
         error.textContent = (body.field ? body.field + ": " : "") + body.message;
-        if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
+        if (input) {
+          input.setAttribute("aria-invalid", "true");
+          input.setAttribute("aria-describedby", "form-error");  // what is wrong with it
+          input.focus();
+        }
       });
-    }).catch(function (e) { error.textContent = "Could not start the job: " + e; });
+    }).catch(function (e) {
+      submit.disabled = false;
+      error.textContent = "Could not start the job: " + e;
+    });
   });
 
   // ---- the live job list -----------------------------------------------------------------
@@ -135,7 +148,26 @@
     requestAnimationFrame(run);
     setTimeout(run, 250);
   }
-  list = window.Jobcast.list({ limit: 50, onSnapshot: schedule, onChange: schedule });
+  // Say whether the list is live: a list that stopped or is reconnecting must not read
+  // "Updated live." (a session that ended, a token changed, a server away).
+  var note = document.getElementById("jobs-note");
+  var STATES = { live: "Updated live.", connecting: "Connecting…",
+                 reconnecting: "Reconnecting… the list may be out of date." };
+  var ended = false;
+  function stopped(e) {
+    ended = true;
+    note.textContent = "The list is no longer updated: " + (e.message || "refused") + ". ";
+    if (e.status === 401 || e.status === 403) {
+      var link = document.createElement("a");
+      link.href = note.dataset.login;
+      link.textContent = "Log in again";
+      note.appendChild(link);
+    }
+  }
+  list = window.Jobcast.list({
+    limit: 50, onSnapshot: schedule, onChange: schedule, onEnd: stopped,
+    onState: function (state) { if (!ended && STATES[state]) { setText(note, STATES[state]); } }
+  });
   setInterval(function () {
     tbody.querySelectorAll("time[data-ts]").forEach(function (t) { setText(t, age(parseFloat(t.dataset.ts))); });
   }, 1000);
