@@ -103,6 +103,23 @@ def html_reset(reset: Reset) -> bytes:
     return html_notice(reset.notice(), "reset")
 
 
+def sse_goodbye(retry: int) -> bytes:
+    """The SSE stream's goodbye: reconnect after ``retry`` ms (EventSource resumes with its
+    Last-Event-ID)."""
+    return b"retry: %d\n\n" % retry
+
+
+_HTML_GOODBYE = Markup('<p class="note">The server is restarting: this list comes back in a '
+                       'moment.</p>\n<meta http-equiv="refresh" content="{}">\n')
+
+
+def html_goodbye(retry: int) -> bytes:
+    """The HTML stream's goodbye: a line that says so, and a refresh of the stream after
+    ``retry`` ms (an iframe of it, anyone's, loads it again: every value, then the live ones),
+    each stream its own, so that a restart's viewers do not all come back at once."""
+    return _HTML_GOODBYE.format(f"{retry / 1000:.3f}").encode()
+
+
 def sse_trimmed(trim: dict) -> bytes:
     """``event: trimmed``, as a stream that begins in a trimmed log has it (no id)."""
     return b"event: trimmed\ndata: %s\n\n" % event_data(trim)
@@ -124,8 +141,9 @@ class Transport:
     encode: Callable[[Entry], bytes]
     heartbeat: bytes
     """Sent on a quiet stream; empty where the format has no room for one (text)."""
-    shutdown: bytes
-    """Sent before the server closes the stream because it is stopping (see :meth:`goodbye`)."""
+    shutdown: Callable[[int], bytes] | None
+    """What the stream is sent before the server closes it because it is stopping, given its
+    reconnection delay (see :meth:`goodbye`); None: nothing (text)."""
     filters_values: bool
     """True when ``?start=K`` hides values with index below K."""
     reset: Callable[[Reset], bytes] | None = None
@@ -137,10 +155,10 @@ class Transport:
     (cut, and told when it resumes)."""
 
     def goodbye(self, retry: int) -> bytes:
-        """What a stream says before the server closes it because it is stopping: on SSE,
-        reconnect after ``retry`` ms (each connection its own, so they do not all come back
-        at once); nothing on the others."""
-        return b"retry: %d\n\n" % retry if self.shutdown else b""
+        """What a stream says before the server closes it because it is stopping: come back
+        after ``retry`` ms (each connection its own, so they do not all come back at once);
+        nothing on the text stream, whose reader cannot be told."""
+        return self.shutdown(retry) if self.shutdown else b""
 
     def frames(self, entries: list[Entry], start: int = 0) -> bytes:
         """The bytes of ``entries`` in order, skipping values below index ``start``."""
@@ -150,10 +168,11 @@ class Transport:
         return b"".join([self.encode(e) for e in entries])
 
 
-SSE = Transport("sse", "text/event-stream", _sse, b": heartbeat\n\n", b"retry: 250\n\n", False,
+SSE = Transport("sse", "text/event-stream", _sse, b": heartbeat\n\n", sse_goodbye, False,
                 sse_reset, sse_trimmed)
-TEXT = Transport("text", "text/plain", _text, b"", b"", True)
-HTML = Transport("html", "text/html", _html, b"<!-- -->\n", b"", True, html_reset, html_trimmed)
+TEXT = Transport("text", "text/plain", _text, b"", None, True)
+HTML = Transport("html", "text/html", _html, b"<!-- -->\n", html_goodbye, True, html_reset,
+                 html_trimmed)
 
 
 def chunk(data: bytes) -> bytes:

@@ -226,6 +226,34 @@ def test_a_failover_reset_drops_the_lines_printed_and_the_history_after_its_poin
         assert_page_clean(page)
 
 
+def test_the_iframe_view_comes_back_after_a_web_restart_with_every_value(context, redis,
+                                                                         redis_server, logs_dir):
+    # A review's finding: the HTML stream ended with the server, and the iframe stopped for
+    # good, saying nothing. Its goodbye says so and refreshes it after a moment.
+    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-resume-framed.log",
+                    **PRIVATE_ENV).start()
+    writer = Writer(redis, 1, interval=0.2)
+    try:
+        [job] = writer.ids
+        pg = watch(context.new_page())
+        pg.goto(f"{web.url}/jobs/{job}/framed", wait_until="domcontentloaded")  # (its iframe streams on)
+        frame = pg.frame_locator("#frame")
+        frame.locator("p").nth(2).wait_for(timeout=10000)
+        web.stop()
+        web.start()
+        frame.locator("p.note").wait_for(state="detached", timeout=30000)  # the new document
+        shown = len(writer.written[job])
+        frame.locator("p").nth(shown).wait_for(timeout=15000)   # a value written after it
+        writer.finish()
+        frame.locator("p.end").wait_for(timeout=15000)
+        texts = frame.locator("p:not(.end)").all_text_contents()
+        assert texts == [f"{i}: {text}" for i, text in enumerate(writer.written[job])]
+        assert_page_clean(pg)
+    finally:
+        writer.finish()
+        web.stop()
+
+
 # ---- private mode: refusals, and many view links -----------------------------------------------
 
 # Watch jobs on a page through its own jobcast.js, each with its view link's signature (none

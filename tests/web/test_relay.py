@@ -359,6 +359,21 @@ def test_shutdown_tells_each_sse_client_its_own_time_to_come_back_and_closes(red
     assert client.released
 
 
+def test_shutdown_refreshes_each_html_stream_after_its_own_time_and_says_so(redis, relay):
+    # A review's finding: the HTML stream just ended, and an iframe of it stopped for good,
+    # saying nothing. It is refreshed (every value again, then the live ones), each stream
+    # after its own time, as each SSE client is told its own retry.
+    log = running_job(redis)
+    viewer, client = held(relay, log, HTML, cursor=2)
+    viewer.retry = 1234
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.shutdown()
+    green_wait(lambda: client.eof, what="closed")
+    assert bytes(client.data) == (b'<p class="note">The server is restarting: this list comes back '
+                                  b'in a moment.</p>\n<meta http-equiv="refresh" content="1.234">\n')
+    assert client.released
+
+
 def entry(seq: int, kind: str = "value") -> Entry:
     """A log entry with this seq (a value whose index is seq - 1)."""
     if kind == "value":
