@@ -20,6 +20,7 @@ recent exit, up to ``max_backoff``.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -48,6 +49,35 @@ LEADING_TIMESTAMP = re.compile(
 COLORS = ["cyan", "yellow", "green", "magenta", "blue", "bright_cyan", "bright_yellow",
           "bright_green", "bright_magenta", "bright_blue"]
 SYSTEM = "jobcast"
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+"""The signals that stop `jobcast up` and everything it started."""
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal a process gets when its parent dies (Linux)."""
+
+
+def _child_setup(parent: int, mask: set[int]) -> Callable[[], None]:
+    """What a service's child runs between fork and exec: the signal mask it should have, and
+    (on Linux) SIGTERM once `jobcast up` dies, even by SIGKILL, which leaves no time to stop
+    anything: its Redis, web and workers would go on, orphaned, and the next `jobcast up`
+    would start a second Redis on the same data directory. Resolved before the fork: the
+    child calls no import and takes no lock."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None  # not Linux: a killed `jobcast up` leaves its services running
+
+    def setup() -> None:
+        """In the child: unblock what the parent blocked around the fork; die with it."""
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # it died before the line above
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
 
 
 @dataclass(frozen=True)
@@ -91,6 +121,8 @@ class Service:
     ready: Callable[["Service"], bool] | None = None
     # Signals sent in turn to stop it, 1.2 s apart (RQ: two SIGTERMs are its cold shutdown).
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
+    # Descriptors it inherits (Redis: the lock on its data directory, held while it lives).
+    pass_fds: tuple[int, ...] = ()
     # Set while it runs.
     proc: subprocess.Popen | None = None
     state: str = "stopped"  # starting, running, backoff, stopped, fatal
@@ -234,9 +266,16 @@ class Supervisor:
         """
         env = dict(service.env if service.env is not None else os.environ)
         env["PYTHONUNBUFFERED"] = "1"  # each line as it is written, not in 8 KiB blocks
-        service.proc = subprocess.Popen(service.argv, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        # A signal to stop that came between the fork and ``service.proc`` would leave a child
+        # that stop() never sees: they wait until it is recorded (the child unblocks them).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            service.proc = subprocess.Popen(
+                service.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=service.pass_fds,
+                preexec_fn=_child_setup(os.getpid(), blocked))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         service.state = "starting" if service.ready else "running"
         service.started_at = time.time()
         service.restart_at = None

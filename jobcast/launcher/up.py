@@ -10,6 +10,7 @@ supervisor). Ctrl-C stops everything. While it runs, `up.json` next to the Redis
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -33,7 +34,8 @@ from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import connect, masked_url, redis_client, separate, stream_url
 from jobcast.producer.enqueue import enqueue
 from jobcast.launcher.redisserver import RedisServer, free_port, write_private
-from jobcast.launcher.supervisor import Printer, RestartPolicy, Service, ServiceFailed, Supervisor
+from jobcast.launcher.supervisor import (STOP_SIGNALS, Printer, RestartPolicy, Service,
+                                         ServiceFailed, Supervisor)
 from jobcast.core.wait import wait_until
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,6 @@ def state_path() -> Path:
     """Where a running `jobcast up` describes its services, for `jobcast status`."""
     return data_dir().parent / "up.json"
 
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-"""The signals that stop `jobcast up` and everything it started."""
 
 
 def private_dir(path: Path) -> Path:
@@ -196,14 +195,17 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         server = None
         if not redis_url:
             # Its own password: any local process could otherwise read and write every job.
-            server = RedisServer(port=free_port(6379), data_dir=private_dir(data_dir()),
+            directory = private_dir(data_dir())
+            lock = lock_data_dir(directory)
+            server = RedisServer(port=free_port(6379), data_dir=directory,
                                  appendonly=True,
                                  loglevel="notice" if verbose else "warning",
                                  password=embedded_password())
             redis_url = server.url
             redis_services.append(sup.add(Service("redis.1", server.argv(),
                                                   env=service_env("redis", dict(os.environ)),
-                                                  ready=lambda s: server.ping())))
+                                                  ready=lambda s: server.ping(),
+                                                  pass_fds=(lock,))))
         public = f"http://{host}:{port}"
         state.update(url=public, redis_url=masked_url(redis_url), redis_embedded=server is not None)
         base = dict(os.environ, REDIS_URL=redis_url, JOBCAST_URL=public)
@@ -249,6 +251,21 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         sup.stop(redis_services)
         if state_written:
             state_file.unlink(missing_ok=True)
+
+
+def lock_data_dir(path: Path) -> int:
+    """Take the lock of Redis's data directory ``path`` (``flock`` on ``path/lock``); its
+    descriptor, which the Redis it starts inherits, so the lock is held while either lives.
+    One Redis per data directory, whatever ended the `jobcast up` before: its Redis may still
+    be writing its AOF. RuntimeError when another holds it."""
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(f"another Redis still uses {path} (a `jobcast up` that was killed "
+                           "left it running?): stop it first") from None
+    return fd
 
 
 def ignore_stop_signals() -> None:

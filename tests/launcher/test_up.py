@@ -395,6 +395,32 @@ def test_a_hangup_stops_every_process_jobcast_up_started(tmp_path, hangups):
         stack.stop()
 
 
+@pytest.mark.slow  # runs `jobcast up`
+def test_a_sigkilled_jobcast_up_takes_its_services_with_it_and_no_second_redis_shares_its_data(
+        tmp_path):
+    """A review's finding: after a SIGKILL of `jobcast up` its Redis, web and workers ran on,
+    orphaned, and the next `jobcast up` started a second Redis on the same data directory."""
+    from jobcast.launcher.up import lock_data_dir
+
+    data = tmp_path / "jobcast" / "redis"
+    stack = Up(tmp_path, "--workers", "1", "--no-demo")
+    try:
+        stack.wait_output(r"jobcast +\| Press Ctrl-C")
+        children = psutil.Process(stack.proc.pid).children(recursive=True)
+        assert len(children) >= 3  # redis-server, gunicorn (+ its worker), an RQ worker
+        # The data directory's lock is held by its Redis too, for as long as that lives.
+        [redis] = [p for p in children if p.name() == "redis-server"]
+        assert str(data / "lock") in [f.path for f in redis.open_files()]
+        with pytest.raises(RuntimeError, match="another Redis still uses"):
+            lock_data_dir(data)
+        stack.proc.kill()
+        gone = psutil.wait_procs(children, timeout=30)[1]
+        assert gone == [], f"left running: {gone}"
+    finally:
+        stack.stop()
+    os.close(lock_data_dir(data))  # free again
+
+
 def test_an_empty_password_file_is_replaced_never_taken_for_no_password(tmp_path, monkeypatch):
     """A review's finding: a first run that died writing the password left the file empty, and
     every later run started the embedded Redis with no password at all."""
