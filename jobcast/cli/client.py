@@ -250,7 +250,7 @@ class Display:
         if self.attempt is not None and attempt != self.attempt:
             self.note(f"(attempt {attempt})")
         self.attempt = attempt
-        text = ESCAPES.sub("", line_text(entry))
+        text = printable(ESCAPES.sub("", line_text(entry)))  # (bidi overrides, U+2028 too)
         if self.bar is not None:
             self.bar.console.print(text, markup=False, highlight=False, emoji=False, style="dim",
                                    soft_wrap=True)
@@ -426,6 +426,9 @@ class EventStream:
                     raise BadInput(_message(r) or refusal(r.status_code, self.job_id))
                 if r.status_code != 200:
                     return "dropped"
+                wrong = not_an_event_stream(r)
+                if wrong is not None:
+                    raise wrong
                 self.backoff.reset()
                 self.connections += 1
                 for event in parse_sse(r.iter_lines(), self.backoff.retry):
@@ -476,9 +479,12 @@ class Follower:
         return self.stream.last_seq
 
     def _outage(self) -> None:
-        """An outage begins: say so, unless the first connection is still to be made."""
+        """An outage begins: say so (a server down from the start, too: a mistyped port must
+        not look like a hang for two minutes)."""
         if self.stream.connections:
             self.display.note(f"reconnecting… (resuming after entry {self.last_seq})")
+        else:
+            self.display.note(f"waiting for {self.base_url}…")
 
     def status(self) -> dict:
         """``GET /api/jobs/<id>``, retried while the server is unreachable."""
@@ -494,8 +500,14 @@ class Follower:
                 self.backoff.wait("status", self.base_url)
                 continue
             r.raise_for_status()
+            try:
+                info = r.json()
+                info["progress"]["n"]  # (what follow reads of it)
+            except (ValueError, TypeError, KeyError):
+                raise BadInput(f"{r.request.url} did not answer with a job's status: is --url "
+                               "a Jobcast server?") from None
             self.backoff.reset()
-            return r.json()
+            return info
 
     # -- the stream --------------------------------------------------------------------------
 
@@ -608,9 +620,27 @@ def bad_input(job_ids: Iterable[str], base_url: str, tail: int | None) -> str | 
         return str(exc)
     if not base_url.startswith(("http://", "https://")):
         return f"--url must start with http:// or https://, got {base_url!r}"
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL as exc:
+        return f"--url is not a URL ({exc}): {base_url!r}"
+    if not url.host:
+        return f"--url names no host: {base_url!r}"
+    if url.port is not None and not 0 < url.port < 65536:
+        return f"--url's port must be 1 to 65535, got {url.port}"
     if tail is not None and tail < 0:
         return "--tail must be 0 or more"
     return None
+
+
+def not_an_event_stream(r: httpx.Response) -> BadInput | None:
+    """A 200 that is not an event stream (a login page, a proxy's, another server): what to
+    say, as no retry mends it; None for an event stream."""
+    kind = r.headers.get("content-type", "").split(";")[0].strip()
+    if kind == "text/event-stream":
+        return None
+    return BadInput(f"{r.request.url} answered with {kind or 'no Content-Type'}, not an event "
+                    "stream: is --url a Jobcast server?")
 
 
 def refusal(status: int, job_id: str) -> str:

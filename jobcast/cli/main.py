@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Sequence
@@ -24,7 +25,7 @@ from jobcast.core.store import masked_url
 from jobcast.core.urls import job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
-from jobcast.cli.client import follow
+from jobcast.cli.client import bad_input, follow
 from jobcast.cli.multi import follow_many
 from jobcast.launcher.up import SERVICE_KINDS, status, up
 from jobcast.web.links import view_sig
@@ -52,6 +53,12 @@ def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
 def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     """Enqueue TASK with its --param values; print the job id and its page URL."""
     cfg = get_settings()
+    if args.follow:
+        # What --follow would refuse, before the job is queued: never a stray job.
+        problem = bad_input([], args.url or cfg.public_url, args.tail)
+        if problem:
+            print(f"jobcast: {problem}", file=sys.stderr)
+            return 2
     try:
         params = parse_task_params(extra)
         job_id = enqueue(args.task, params, config=cfg, strict=False)
@@ -94,6 +101,17 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
 # -- follow (the terminal client) -----------------------------------------------------------
 
 
+def seconds(text: str) -> float:
+    """A duration in seconds: a finite number, 0 or more (``nan`` would never give up)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more: {text!r}")
+    return value
+
+
 def add_follow_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `jobcast follow` and `jobcast enqueue --follow`."""
     parser.add_argument("--url", default=None,
@@ -103,7 +121,7 @@ def add_follow_options(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar, even on a terminal")
     parser.add_argument("--no-output", dest="show_output", action="store_false", default=True,
                         help="hide the lines the job prints (shown on stderr)")
-    parser.add_argument("--reconnect-for", type=float, default=120.0, metavar="SECONDS",
+    parser.add_argument("--reconnect-for", type=seconds, default=120.0, metavar="SECONDS",
                         help="how long to keep reconnecting to an unreachable server (default 120)")
     parser.add_argument("--tail", type=int, default=None, metavar="N",
                         help="begin with the last N values, then go on live (0: live only)")
@@ -112,9 +130,18 @@ def add_follow_options(parser: argparse.ArgumentParser) -> None:
 def run_follow(job_id: str, args: argparse.Namespace) -> int:
     """Follow ``job_id`` with the CLI's options; the exit code says how the job ended."""
     settings = get_settings()
+    printable_stdout()
     return follow(job_id, args.url or settings.public_url, output=args.output,
                   progress=args.progress, reconnect_for=args.reconnect_for, tail=args.tail,
                   token=settings.token, show_output=args.show_output)
+
+
+def printable_stdout() -> None:
+    """Values in any language on a stdout whose encoding cannot write them (``LANG=C``, a
+    latin-1 terminal) are escaped, not a traceback."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
@@ -124,6 +151,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
     if len(args.job_ids) == 1:
         return run_follow(args.job_ids[0], args)  # today's single-job stream, with its bar
     settings = get_settings()
+    printable_stdout()
     return follow_many(args.job_ids, args.url or settings.public_url, output=args.output,
                        reconnect_for=args.reconnect_for, tail=args.tail, token=settings.token,
                        show_output=args.show_output)

@@ -39,7 +39,8 @@ import httpx
 
 from jobcast.cli.client import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
                                 EXIT_REPLACED, RETRYABLE, TERMINAL_KINDS, BadInput, Display,
-                                JitterBackoff, _message, bad_input, parse_blocks, run_reporting)
+                                JitterBackoff, _message, bad_input, not_an_event_stream,
+                                parse_blocks, refusal, run_reporting)
 from jobcast.core.output import line_text
 
 MAX_JOBS = 100
@@ -132,14 +133,22 @@ class MultiEventStream:
                     for job_id in self.job_ids:
                         self.ended.setdefault(job_id, "ended")
                     return "over"
-                if r.status_code in (400, 401, 403):
+                if r.status_code in (400, 401, 403, 404):
+                    # Not something a retry mends: a bad id, a token needed or refused, or no
+                    # Jobcast at that URL (a job of several that is unknown is no 404: it ends).
                     r.read()
                     if self.cursor is not None and _field(r) == "Last-Event-ID":
                         self.cursor = None  # a cursor this server does not read: go inline
                         return "retry"
-                    raise BadInput(_message(r) or f"HTTP {r.status_code}")
+                    if r.status_code == 404:
+                        raise BadInput(f"{r.request.url.copy_with(query=None)} answered 404: is "
+                                       "--url a Jobcast server?")
+                    raise BadInput(_message(r) or refusal(r.status_code, ""))
                 if r.status_code != 200:
                     return "dropped"
+                wrong = not_an_event_stream(r)
+                if wrong is not None:
+                    raise wrong
                 self.backoff.reset()
                 self.connections += 1
                 for event_id, event, data in parse_blocks(r.iter_lines()):
@@ -244,8 +253,11 @@ class MultiFollower:
         self.outcomes: dict[str, dict] = {}
 
     def _outage(self) -> None:
+        """An outage begins: say so (a server down from the start too)."""
         if self.stream.connections:
             self.display.note("reconnecting… (each job resumes after its last entry)")
+        else:
+            self.display.note(f"waiting for {self.stream.base_url}…")
 
     def run(self) -> int:
         """Follow until every job has ended; the worst outcome's exit code."""

@@ -339,3 +339,90 @@ def test_follow_waits_the_servers_retry_with_jitter_before_it_reconnects(monkeyp
         waits.append(slept[0])
     assert all(1.5 <= w <= 3.0 for w in waits), waits   # the server's 1.5 s, plus up to 1.5
     assert len(set(waits)) > 1, "the same wait for every follower: no jitter"
+
+
+def html_page(request):
+    """Not Jobcast: a proxy's login page, 200 to everything."""
+    return httpx.Response(200, text="<html>log in</html>", headers={"Content-Type": "text/html"})
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_follow_of_a_url_that_answers_200_but_no_event_stream_says_so_and_exits_2(jobs):
+    """A review's finding: a 200 that was not an event stream (a login page) reset the backoff
+    on every try, so the follower retried for ever; with one job, the status's HTML was a
+    JSONDecodeError traceback (exit 1: "the job failed")."""
+    from jobcast.cli.client import EXIT_BAD_INPUT, Follower, run_reporting
+    from jobcast.cli.multi import MultiFollower
+
+    err = io.StringIO()
+    client = httpx.Client(transport=httpx.MockTransport(html_page))
+    display = Display("plain", False, io.StringIO(), err)
+    ids = [c * 32 for c in "ab"[:jobs]]
+    follower = (Follower(ids[0], "http://jobcast.test", display, client=client, reconnect_for=2)
+                if jobs == 1 else
+                MultiFollower(ids, "http://jobcast.test", display, client=client, reconnect_for=2))
+    assert run_reporting(follower.run, err, lambda: "interrupted") == EXIT_BAD_INPUT
+    assert "is --url a Jobcast server?" in err.getvalue()
+
+
+def test_following_several_jobs_at_a_url_that_answers_404_says_so_at_once_and_exits_2():
+    """A review's finding: a wrong prefix (404) was taken for an outage: `--reconnect-for`
+    seconds of retries, then exit 3, where one job exits 2 at once."""
+    from jobcast.cli.client import EXIT_BAD_INPUT, run_reporting
+    from jobcast.cli.multi import MultiFollower
+
+    err = io.StringIO()
+    client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(404)))
+    follower = MultiFollower(["a" * 32, "b" * 32], "http://jobcast.test/wrong",
+                            Display("plain", False, io.StringIO(), err), client=client,
+                            reconnect_for=60)
+    start = time.monotonic()
+    assert run_reporting(follower.run, err, lambda: "interrupted") == EXIT_BAD_INPUT
+    assert "answered 404: is --url a Jobcast server?" in err.getvalue()
+    assert time.monotonic() - start < 10  # no retries: nothing mends a 404
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://[::1", "--url is not a URL"),
+    ("http://", "--url names no host"),
+    ("http://127.0.0.1:99999", "--url's port must be 1 to 65535"),
+])
+def test_a_malformed_url_is_bad_input_not_a_traceback_or_an_outage(url, message):
+    from jobcast.cli.client import bad_input
+
+    assert message in bad_input(["a" * 32], url, None)
+
+
+@pytest.mark.slow  # runs `jobcast` in a process of its own
+@pytest.mark.parametrize("args", [["--tail", "-1"], ["--url", "ftp://x"],
+                                  ["--reconnect-for", "nan"]])
+def test_enqueue_follow_with_bad_follow_options_queues_nothing(redis_server, redis, args):
+    """A review's finding: these were checked once the job was queued: exit 2, and a stray
+    job. (`nan` would never give up.)"""
+    before = redis.zcard("jobcast:jobs")
+    run = Run(redis_server.url, "enqueue", "sqrt", "--n", "1", "--follow", *args)
+    assert run.wait(30) == 2
+    assert redis.zcard("jobcast:jobs") == before
+
+
+def test_output_lines_lose_bidi_overrides_and_line_separators():
+    """A review's finding: values were cleaned of them, the job's printed lines were not (a
+    line could reorder what the terminal shows after it)."""
+    err = io.StringIO()
+    Display("plain", False, io.StringIO(), err).printed(
+        {"kind": "log", "stream": "stdout", "text": "ok \u202egnp.exe\u2028fake", "attempt": 1})
+    assert err.getvalue() == "ok \ufffdgnp.exe\ufffdfake\n"
+
+
+def test_a_follower_waiting_for_a_server_down_from_the_start_says_so():
+    """A review's finding: a mistyped port looked like a hang for two minutes."""
+    from jobcast.cli.client import Follower, run_reporting
+
+    def down(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    err = io.StringIO()
+    follower = Follower("a" * 32, "http://127.0.0.1:9", Display("plain", False, io.StringIO(), err),
+                        client=httpx.Client(transport=httpx.MockTransport(down)), reconnect_for=0.2)
+    run_reporting(follower.run, err, lambda: "interrupted")
+    assert err.getvalue().startswith("waiting for http://127.0.0.1:9…\n")
