@@ -22,7 +22,7 @@ from jobcast.core.registry import ParamError, UnknownTask, all_tasks, load_user_
 from jobcast.core.settings import get_settings
 from jobcast.core.logstore import LogStore
 from jobcast.core.store import masked_url
-from jobcast.core.urls import job_urls
+from jobcast.core.urls import host_port, job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
 from jobcast.cli.client import bad_input, follow
@@ -395,7 +395,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[s
         return 0
     if args.command == "web":
         cfg = get_settings()
-        serve(f"{args.bind or cfg.bind}:{args.port or cfg.port}", args.workers or cfg.web_concurrency)
+        serve(host_port(args.bind or cfg.bind, args.port or cfg.port),
+              args.workers or cfg.web_concurrency)
         return 0
     if args.command == "up":
         env: dict[str, dict[str, str]] = {}

@@ -22,6 +22,12 @@ JOB_PATHS = {
 """Each view of a job, as a Flask URL rule."""
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL and gunicorn's ``--bind`` write it: an IPv6 address in brackets
+    (``[::1]:8000``)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def with_sig(url: str, token: str | None) -> str:
     """``url`` with ``?sig=token`` appended (unchanged when there is no token)."""
     if not token:

@@ -32,6 +32,7 @@ from jobcast.core.logstore import LogStore
 from jobcast.core.process import pid_alive, process_start
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import connect, masked_url, redis_client, separate, stream_url
+from jobcast.core.urls import host_port
 from jobcast.producer.enqueue import enqueue
 from jobcast.launcher.redisserver import RedisServer, free_port, write_private
 from jobcast.launcher.supervisor import (STOP_SIGNALS, Printer, RestartPolicy, Service,
@@ -206,7 +207,7 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
                                                   env=service_env("redis", dict(os.environ)),
                                                   ready=lambda s: server.ping(),
                                                   pass_fds=(lock,))))
-        public = f"http://{host}:{port}"
+        public = f"http://{host_port(host, port)}"
         state.update(url=public, redis_url=masked_url(redis_url), redis_embedded=server is not None)
         base = dict(os.environ, REDIS_URL=redis_url, JOBCAST_URL=public)
         ready = worker_ready(redis_url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import re
 import signal
 import subprocess
@@ -560,3 +561,17 @@ def test_status_never_prints_a_redis_password(tmp_path, monkeypatch, capsys):
         assert "s3cret-pass" not in out.out + out.err and ":***@" in out.out
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.slow  # runs `jobcast up`
+def test_up_serves_on_an_ipv6_loopback_host(tmp_path):
+    """A review's finding: `--host ::1` made gunicorn fail ("'' is not a valid port number")
+    five times, and `jobcast up` gave up."""
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))  # (the test needs IPv6 loopback, as the finding did)
+    stack = Up(tmp_path, "--workers", "1", "--no-demo", "--host", "::1")
+    try:
+        found = stack.wait_output(r"web: +(http://\[::1\]:\d+)/")
+        assert httpx.get(found.group(1) + "/readyz", timeout=5).status_code == 200
+    finally:
+        assert stack.stop() == 0
