@@ -47,10 +47,12 @@ def load_user_tasks() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     for module in get_settings().task_modules():
         log.info("loading tasks from %s", module)
         importlib.import_module(module)
+    # Only now: a module that failed to import is tried (and its error raised) again, not
+    # hidden behind "unknown task" for every job that follows.
+    _loaded = True
 
 
 def get_task(name: Any) -> Task:

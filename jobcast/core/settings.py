@@ -11,6 +11,7 @@ A process reads its settings once, with :func:`get_settings`; tests and embeddin
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Literal
 
@@ -27,7 +28,11 @@ def parse_caps(text: str) -> dict[str, float]:
         name, sep, limit = item.partition("=")
         if not sep or not name.strip():
             raise ValueError(f"item {item!r} is not name=limit")
-        caps[name.strip()] = float(limit)
+        value = float(limit)
+        if not math.isfinite(value) or value < 0:
+            # (nan would pass every comparison, and cap nothing)
+            raise ValueError(f"item {item!r}: the limit must be a finite number, 0 or more")
+        caps[name.strip()] = value
     return caps
 
 
@@ -49,6 +54,8 @@ class Settings(BaseSettings):
         extra="forbid",
         # A bad REDIS_URL may hold a password: errors name the setting, not what it was set to.
         hide_input_in_errors=True,
+        # No setting means infinity or NaN (JOBCAST_HEARTBEAT=inf would never beat).
+        allow_inf_nan=False,
     )
 
     redis_url: str = env("REDIS_URL", "redis://localhost:6379/0",
@@ -61,7 +68,8 @@ class Settings(BaseSettings):
                           "`SPUBLISH`/`SSUBSCRIBE`); RQ's queue stays on `REDIS_URL`")
     public_url: str = env("JOBCAST_URL", "http://localhost:8000",
                           "public base URL printed by the CLI next to a job id", min_length=1)
-    queue_name: str = env("JOBCAST_QUEUE", "jobcast", "RQ queue name", min_length=1)
+    queue_name: str = env("JOBCAST_QUEUE", "jobcast", "RQ queue name", min_length=1,
+                          pattern=r"^\S(.*\S)?$")
     queues: str = env("JOBCAST_QUEUES", "",
                       "RQ queues whose jobs Jobcast may adopt (open the log of a pending job it "
                       "did not enqueue) and cancel, comma-separated, `*` for every queue; "
@@ -71,7 +79,8 @@ class Settings(BaseSettings):
     log_maxlen: int = env("JOBCAST_LOG_MAXLEN", 100_000,
                           "entries kept per job log (older ones are trimmed)", ge=1)
     log_ttl: int = env("JOBCAST_LOG_TTL", 7 * 24 * 3600,
-                       "seconds a log lives after its job ends", ge=1)
+                       "seconds a log lives after its job ends (up to ten years)", ge=1,
+                       le=10 * 365 * 24 * 3600)
     jobs_index_max: int = env("JOBCAST_JOBS_MAX", 1000,
                               "jobs remembered by the job list (`GET /api/jobs`, the home page)",
                               ge=1)

@@ -72,3 +72,22 @@ def test_task_parameters_need_type_and_default():
         @task("broken_for_test")
         def broken(n):
             yield n
+
+
+def test_a_task_module_that_failed_to_import_raises_again_not_unknown_task(monkeypatch, tmp_path):
+    """A review's finding: the modules were marked loaded before their import, so after one
+    failed, every later job was told its task was unknown, the import's error never again."""
+    from jobcast.core import registry
+    from jobcast.core.settings import get_settings
+
+    (tmp_path / "broken_tasks_mod.py").write_text("raise RuntimeError('a bug in the module')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("JOBCAST_TASKS", "broken_tasks_mod")
+    monkeypatch.setattr(registry, "_loaded", False)
+    get_settings.cache_clear()
+    try:
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="a bug in the module"):
+                registry.get_task("sqrt")
+    finally:
+        get_settings.cache_clear()

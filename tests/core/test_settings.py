@@ -88,6 +88,14 @@ def test_values_get_their_declared_types(monkeypatch):
     ("JOBCAST_CAPTURE", "stdout"),
     ("JOBCAST_CAPTURE_LEVEL", "LOUD"),
     ("JOBCAST_CAPTURE_RATE", "0"),
+    # A review's findings: each of these was taken, and failed later or never.
+    ("JOBCAST_HEARTBEAT", "inf"),              # a heartbeat that never comes
+    ("JOBCAST_WRITE_TIMEOUT", "nan"),
+    ("JOBCAST_PARAM_CAPS", "n=nan"),           # a cap that caps nothing
+    ("JOBCAST_PARAM_CAPS", "n=-1"),
+    ("JOBCAST_LOG_TTL", str(10**16)),          # Redis refuses the EXPIRE after the entry landed
+    ("JOBCAST_QUEUE", " "),
+    ("JOBCAST_QUEUE", "jobs "),
 ])
 def test_a_bad_value_is_refused_naming_its_variable(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
