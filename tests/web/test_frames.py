@@ -59,16 +59,16 @@ def test_every_entry_of_a_job_is_an_sse_event_in_order():
     assert [e.json() for e in events] == [x.data for x in entries]
 
 
-def test_sse_heartbeat_is_a_comment_and_shutdown_asks_for_a_quick_reconnect():
+def test_sse_heartbeat_is_a_comment_and_shutdown_asks_for_a_reconnect_after_its_retry():
     assert list(parse_events(SSE.heartbeat, all_blocks=True)) == []
-    assert list(parse_events(SSE.shutdown)) == []  # no event: EventSource just reconnects
-    assert [e.retry for e in parse_events(SSE.shutdown, all_blocks=True)] == [250]
+    assert list(parse_events(SSE.goodbye(250))) == []  # no event: EventSource just reconnects
+    assert [e.retry for e in parse_events(SSE.goodbye(250), all_blocks=True)] == [250]
 
 
 def test_the_text_stream_is_one_line_per_value_and_nothing_else():
     entries = job("0.0", "<b>1.0</b>", "", end="failed", reason="x")
     assert TEXT.frames(entries) == b"0.0\n<b>1.0</b>\n\n"
-    assert TEXT.heartbeat == b"" and TEXT.shutdown == b""
+    assert TEXT.heartbeat == b"" and TEXT.goodbye(250) == b""
 
 
 def test_html_escapes_values_and_reasons_and_marks_the_end():
