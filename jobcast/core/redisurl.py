@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
+from redis.connection import parse_url
+
 SENTINEL_SCHEME = "redis+sentinel://"
 SENTINEL_PORT = 26379
 
@@ -69,12 +71,13 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     db = 0
     if len(parts) == 2 and parts[1] != "":
         if not parts[1].isdigit():
-            raise BadRedisUrl(f"the database must be a number, not {parts[1]!r}")
+            raise BadRedisUrl("the database after the primary's name must be a number (percent-"
+                          "encode / ? # @ in a password)")
         db = int(parts[1])
     options = parse_qs(query, keep_blank_values=True) if query else {}
     unknown = set(options) - {"sentinel_password"}
     if unknown:
-        raise BadRedisUrl(f"unknown option(s) {', '.join(sorted(unknown))}: only sentinel_password")
+        raise BadRedisUrl("unknown option(s) in the query: only sentinel_password")
     sentinel_password = options.get("sentinel_password", [None])[-1] or None
     return SentinelTarget(sentinels, master, db, username, password, sentinel_password)
 
@@ -83,16 +86,26 @@ def _host(item: str) -> tuple[str, int]:
     """One ``host[:port]`` of the list."""
     m = _HOST.fullmatch(item.strip())
     if not m:
-        raise BadRedisUrl(f"{item!r} is not host:port (an IPv6 address goes in brackets)")
+        # (Quoting it could print part of a password whose / or @ was not percent-encoded.)
+        raise BadRedisUrl("a Sentinel is not host:port (an IPv6 address goes in brackets; "
+                          "percent-encode / ? # @ in a password)")
     port = int(m.group("port")) if m.group("port") else SENTINEL_PORT
     if not 0 < port < 65536:
-        raise BadRedisUrl(f"port {port} is out of range")
+        raise BadRedisUrl("a Sentinel's port is out of range")
     return m.group("v6") or m.group("name"), port
 
 
 def check_redis_url(url: str) -> str:
     """``url`` if redis-py, or Jobcast for ``redis+sentinel://``, can use it; BadRedisUrl
-    otherwise (redis-py itself checks its own schemes when it connects)."""
+    otherwise, whose message quotes no part of the URL: a malformed one may have its password
+    where a host or port was looked for."""
     if is_sentinel_url(url):
         parse_sentinel_url(url)
+        return url
+    try:
+        parse_url(url)  # redis-py's own reading, as it connects (nothing is sent)
+    except (ValueError, TypeError):
+        raise BadRedisUrl("not a URL redis-py can use: redis://[[user]:password@]host[:port]"
+                          "[/db], rediss://… or unix://…/path.sock, with / ? # @ : % in a "
+                          "password percent-encoded") from None
     return url

@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import threading
-from urllib.parse import urlsplit, urlunsplit
 
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis._parsers import _RESP2Parser
@@ -142,14 +141,15 @@ def reader_client(client: Redis) -> Redis:
 def masked_url(url: str) -> str:
     """``url`` as it may be printed or written down: its password (in the authority, or a
     ``password=`` or ``sentinel_password=`` query parameter) shown as ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    # Not urlsplit: a password with a "#" or "/" that was not percent-encoded would be read as
+    # a fragment or a path, and printed. Everything up to the last "@" is the credentials
+    # (too much is masked when a query holds an "@", never too little).
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if sep and at and ":" in userinfo:
+        url = f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{after}"
     # Any parameter named for a password: ``password=`` and ``sentinel_password=`` alike.
-    query = re.sub(r"(?i)(^|&)([^&=]*password=)[^&]*", r"\1\2***", parts.query)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return re.sub(r"(?i)([?&][^&=#]*password=)[^&#]*", r"\1***", url)
 
 
 def stream_url(config: Settings) -> str:

@@ -75,3 +75,20 @@ def test_a_following_connection_asks_the_sentinels_again_when_it_reconnects(monk
     conn._connect()
     conn._connect()  # a retry within one command: redis-py's own would dial 7001 again
     assert dialled == [("127.0.0.1", 7001), ("127.0.0.1", 7002)]
+
+
+@pytest.mark.parametrize("url", [
+    "localhost:6379",                            # no scheme
+    "redis://:pa#ss@127.0.0.1:1/0",              # an unencoded "#" in the password
+    "redis://h:99999/0",
+    "redis+sentinel://:s3cr/et@h:1/m",           # an unencoded "/" in the password
+    "redis+sentinel://u:s3cr@et@h:x/m",
+])
+def test_a_malformed_redis_url_stops_the_settings_without_quoting_it(monkeypatch, url):
+    """A review's finding: a URL without a scheme passed, to die later in a traceback; one
+    whose password had a "#" or "/" was refused quoting part of it ("... as 'pa'")."""
+    monkeypatch.setenv("REDIS_URL", url)
+    with pytest.raises(ValidationError, match="REDIS_URL") as caught:
+        Settings()
+    for secret in ("pa", "ss", "s3cr", "et"):
+        assert f"'{secret}" not in str(caught.value) and f"{secret}'" not in str(caught.value)

@@ -72,6 +72,10 @@ def test_braces_and_other_characters_never_reach_a_cluster_key(bad):
     ("redis://localhost:6379/0", "redis://localhost:6379/0"),
     ("redis+sentinel://:pw@h1,h2/main/0?sentinel_password=SENTPW",
      "redis+sentinel://:***@h1,h2/main/0?sentinel_password=***"),
+    # A review's finding: urlsplit took what follows an unencoded "#" or "/" for a fragment
+    # or a path, and the password was printed whole.
+    ("redis://:pa#ss@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0"),
+    ("redis://u:a/b@host:6379/0", "redis://u:***@host:6379/0"),
 ])
 def test_a_redis_url_is_shown_without_its_password(url, shown):
     """Finding 16 of issue 23: a password in REDIS_URL was printed."""
