@@ -31,11 +31,15 @@ class JobcastWorker(LifecycleMixin, Worker):
     """
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
-        """Seconds the execution stays alive without a heartbeat from this worker."""
-        ttl = self.job_monitoring_interval * 3
+        """Seconds the execution stays alive without a heartbeat from this worker: three
+        monitoring intervals, less near the job's timeout (it is over then), but never under
+        two, so that one late heartbeat (RQ counts whole seconds) never makes a live job look
+        abandoned, to be run a second time."""
+        interval = self.job_monitoring_interval
+        ttl = interval * 3
         if job.timeout and job.timeout > 0:
-            ttl = min(ttl, int(job.timeout - working_time) + self.job_monitoring_interval)
-        return max(ttl, self.job_monitoring_interval + 1)
+            ttl = min(ttl, int(job.timeout - working_time) + interval)
+        return max(ttl, 2 * interval)
 
 
 def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:

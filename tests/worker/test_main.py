@@ -118,3 +118,18 @@ def test_a_plain_job_cancelled_as_it_is_taken_never_runs_and_is_filed_canceled(
     assert job.get_status() == JobStatus.CANCELED and job.retries_left == 2
     assert job.id not in queue.failed_job_registry.get_job_ids()
     assert [e.kind for e in jlog.entries()] == ["queued", "cancelled"]
+
+
+def test_a_jobs_heartbeat_outlives_one_late_beat_even_near_its_timeout():
+    """A review's finding: near a job's timeout the execution lived one interval and a second
+    (6 s, with a beat every 5 s): a beat a second late, and RQ's maintenance took the live job
+    for abandoned, to run it a second time."""
+    from types import SimpleNamespace
+
+    from jobcast.worker.main import JobcastWorker
+
+    worker = SimpleNamespace(job_monitoring_interval=5)
+    ttl = lambda timeout, working: JobcastWorker.get_heartbeat_ttl(  # noqa: E731
+        worker, SimpleNamespace(timeout=timeout), working)
+    assert ttl(None, 0) == 15 and ttl(3600, 0) == 15
+    assert ttl(3600, 3598) == 10 and ttl(3600, 3650) == 10
