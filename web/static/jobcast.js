@@ -336,6 +336,8 @@
     this.force = false;             // reconnect even if its set of jobs is the same
     this.notBefore = 0;             // backing off: no attempt before this time
     this.attempt = 0;
+    this.forced = 0;                // reconnects it was asked for (a gap) within a minute …
+    this.forcedAt = 0;              // … and when the last one was
     this.state = "connecting";      // connecting, live, reconnecting
     this.left = 0;                  // the query it has left, and the sigs it already sends
     this.sigs = new Set();
@@ -522,9 +524,15 @@
     this.lanes.forEach(function (lane) { lane.close(); });
   };
 
-  // Read a lane again now (a gap, or a connection that stopped bringing anything).
+  // Read a lane again (a gap, or a connection that stopped bringing anything): at once the
+  // first time; more within a minute wait as a failed connection does, so a server that keeps
+  // sending gaps is not met with a tight loop of reconnects.
   Manager.prototype.reconnect = function (lane) {
     if (!lane) { return; }
+    var now = Date.now();
+    lane.forced = now - lane.forcedAt < 60000 ? lane.forced + 1 : 0;
+    lane.forcedAt = now;
+    if (lane.forced) { lane.notBefore = Math.max(lane.notBefore, now + backoff(this.floor, lane.forced - 1)); }
     lane.force = true;
     this.schedule(0);
   };
