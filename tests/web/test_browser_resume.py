@@ -19,6 +19,7 @@ not to fail them as orphans.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
@@ -27,7 +28,7 @@ import httpx
 import pytest
 
 from jobcast.core.joblog import JobLog
-from tests.conftest import WebServer, assert_page_clean, wait_for, watch
+from tests.conftest import WebServer, assert_page_clean, running_job, wait_for, watch
 from tests.support.loss import retried_after_loss
 from tests.support.browser import (DONE, LIVE_VALUE, PLAIN_DONE, model, plain_list, plain_notes,
                                    wait_values)
@@ -226,10 +227,13 @@ def test_a_failover_reset_drops_the_lines_printed_and_the_history_after_its_poin
         assert_page_clean(page)
 
 
+@pytest.mark.parametrize("restart", ["quick", "slower than the refresh"])
 def test_the_iframe_view_comes_back_after_a_web_restart_with_every_value(context, redis,
-                                                                         redis_server, logs_dir):
+                                                                         redis_server, logs_dir,
+                                                                         restart):
     # A review's finding: the HTML stream ended with the server, and the iframe stopped for
-    # good, saying nothing. Its goodbye says so and refreshes it after a moment.
+    # good, saying nothing. Its goodbye says so and refreshes it after a moment; a refresh
+    # that meets no server shows the browser's error page, which framed.js loads again.
     web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-resume-framed.log",
                     **PRIVATE_ENV).start()
     writer = Writer(redis, 1, interval=0.2)
@@ -240,10 +244,13 @@ def test_the_iframe_view_comes_back_after_a_web_restart_with_every_value(context
         frame = pg.frame_locator("#frame")
         frame.locator("p").nth(2).wait_for(timeout=10000)
         web.stop()
+        if restart != "quick":
+            pg.wait_for_function("() => document.getElementById('frame').contentDocument === null",
+                                 timeout=15000)  # the refresh met no server: an error page
         web.start()
-        frame.locator("p.note").wait_for(state="detached", timeout=30000)  # the new document
-        shown = len(writer.written[job])
-        frame.locator("p").nth(shown).wait_for(timeout=15000)   # a value written after it
+        # A value written after the restart: only a new document of the stream has it (the
+        # refresh the goodbye asked for, or framed.js's, should the refresh meet no server).
+        frame.locator("p").nth(len(writer.written[job]) + 2).wait_for(timeout=30000)
         writer.finish()
         frame.locator("p.end").wait_for(timeout=15000)
         texts = frame.locator("p:not(.end)").all_text_contents()
@@ -252,6 +259,38 @@ def test_the_iframe_view_comes_back_after_a_web_restart_with_every_value(context
     finally:
         writer.finish()
         web.stop()
+
+
+def test_a_stream_that_keeps_skipping_entries_is_read_again_at_once_only_the_first_time(
+        browser, server, redis):
+    # A review's finding: each gap in a job's entries reconnected at once, so a server that
+    # kept sending one was met with a tight loop of reconnects, the backoff skipped.
+    ctx = browser.new_context()
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    job = running_job(redis).job_id   # (its status is the server's)
+    asked = []
+
+    def skipping(route):
+        """The k-th read: hello (retry: 200 ms), entry k, then entry k + 2 (k + 1 skipped)."""
+        asked.append(time.monotonic())
+        k = len(asked)
+        body = 'event: hello\ndata: {"retry": 200}\n\n' + "".join(
+            f"event: value\ndata: {json.dumps({'job': job, 'seq': seq, 'kind': 'value', 'i': seq - 1, 'v': f'v{seq}'})}\n\n"
+            for seq in (k, k + 2))
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    try:
+        pg = watch(ctx.new_page())
+        pg.route("**/events?*", skipping)
+        pg.goto(f"{server.url}/jobs/{job}")
+        # (waited for in the page: the route's handler runs only while Playwright waits)
+        pg.wait_for_function("() => Jobcast.stats().gaps >= 9", timeout=30000)
+        # Nine reads, each with a gap: the first read again may be at once, no other one is
+        # sooner than the server's retry (200 ms) after the read before.
+        waits = [later - before for before, later in zip(asked[:9], asked[1:9])]
+        assert sum(wait < 0.15 for wait in waits) <= 1, [round(w, 3) for w in waits]
+    finally:
+        ctx.close()
 
 
 # ---- private mode: refusals, and many view links -----------------------------------------------
