@@ -16,6 +16,7 @@ from gunicorn.config import Config
 from gunicorn.http import RequestParser
 from gunicorn.http.errors import ParseException
 
+from jobcast.core.joblog import JobLog
 from jobcast.web.fastpath import FastPath
 from jobcast.web.frames import TEXT
 from jobcast.web.handover import FAST_PATH, ReadSocket
@@ -288,7 +289,8 @@ def test_a_resume_of_a_watched_job_answers_as_flask_does_and_then_goes_on_live(
     # recent entries are in memory there: a resume is then answered from memory, its head
     # and missed entries in one write (Relay.hold_now), and joins the live writes.
     before = settled_admissions(web.url).get("fast", 0)
-    log = running_job(redis)
+    log = JobLog(redis, running_job(redis).job_id)
+    log.begin()  # the attempt's own writer: its end begins no epoch (the answers compare epochs)
     for i in range(5):
         log.value(i, i)
     url = f"{web.url}/jobs/{log.job_id}/events"
