@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 class JobCancelled(Exception):
     """The job was cancelled: its log already ends with ``cancelled``, so it stops here.
 
-    Raised inside the work-horse; the worker (worker/hook.py) then files the RQ job as
-    canceled instead of failing or retrying it.
+    Raised where the job runs (a work-horse, or a non-forking worker's own process) by the
+    runner or by ``emit()``; the worker (worker/hook.py) then files the RQ job as canceled
+    instead of failing or retrying it.
     """
 
     jobcast_logged = True  # on_failure has nothing to write: the log has its ending

@@ -18,12 +18,14 @@ is in the log if and only if it was announced. Readers treat pub/sub as a wake-u
 payload: the log stays the truth and fills any gap (late join, reconnect, slow reader, restart).
 
 Each entry is a small JSON object. ``seq`` numbers every entry of a job from 1 without gaps;
-``kind`` is one of ``queued``, ``started``, ``value``, ``retrying``, ``finished``, ``failed``,
-``cancelled`` (the last three are terminal: a job's log ends with exactly one of them).
+``kind`` is one of ``queued``, ``started``, ``value``, ``log``, ``retrying``, ``finished``,
+``failed``, ``cancelled`` (the last three are terminal: a job's log ends with exactly one of
+them).
 Value entries also carry ``i`` (the value's index, from 0), ``v`` (its text, see
 :func:`encode_value`) and ``j`` (the value as JSON). Every entry also carries ``ep``, the epoch
-of the log's incarnation it was written in (:mod:`jobcast.core.epoch`): a writer that began the
-log (:meth:`JobLog.begin`) has its appends refused once the log is not that incarnation.
+of the log's incarnation it was written in (:mod:`jobcast.core.epoch`), and the entry whose
+write began one also ``pe``, the epoch before it: a writer that began the log
+(:meth:`JobLog.begin`) has its appends refused once the log is not that incarnation.
 
 ``log`` entries are what the job printed or logged, captured by its worker
 (:mod:`jobcast.worker.capture`): ``stream`` (``stdout``, ``stderr`` or ``logging``), ``text``
@@ -59,10 +61,11 @@ log = logging.getLogger(__name__)
 PREFIX = "jobcast"
 JOBS_INDEX = f"{PREFIX}:jobs"
 # The jobs of the index that may still be queued or running (a sorted set by creation time,
-# capped like the index): the watchdog reads these, not the whole index, and drops the ones
-# it finds ended (jobcast.core.logstore.LogStore.open_jobs).
+# not capped: a backlog longer than the index must still be watched): the watchdog reads
+# these, not the whole index, and drops the ones it finds ended
+# (jobcast.core.logstore.LogStore.open_jobs).
 OPEN_JOBS = f"{PREFIX}:jobs:open"
-CHANNEL_PATTERN = f"{PREFIX}:job:*:ch"
+CHANNEL_PATTERN = f"{PREFIX}:job:*:ch"  # (one pattern for every job: bench/scaling.py compares)
 
 # RQ's own rule for job ids (letters, digits, "_" and "-"), bounded in length. Jobcast's ids
 # (32 hex characters), RQ's (a UUID with dashes) and ids users choose all fit; ":" and every

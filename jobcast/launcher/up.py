@@ -2,7 +2,7 @@
 
 A service that exits unexpectedly is restarted with backoff while the others run on; one that
 keeps crashing is given up on, and then `jobcast up` stops everything and exits 1
-(producer/supervisor.py has the policy, and why it is our own rather than honcho, circus or
+(jobcast/launcher/supervisor.py has the policy, and why it is our own rather than honcho, circus or
 supervisor). Ctrl-C stops everything. While it runs, `up.json` next to the Redis data tells
 `jobcast status` which services run.
 """
