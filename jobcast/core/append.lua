@@ -17,7 +17,8 @@
 -- -5 the log is not the incarnation the writer began: another epoch, or behind what the writer
 -- wrote (entries lost in a failover: a new epoch begins here, whether the write is refused or
 -- not, so no seq of the lost entries is reused in the epoch viewers saw them in), -6 a write
--- sent again that came before its writer's last (appended then, or refused: see below). The epoch checks come before -3, so a
+-- sent again that came before its writer's last (appended then, or refused: see below). An
+-- ended log answers -1 first, whatever the epoch; the epoch checks come before -3, so a
 -- truncated log never answers -3 and lets a value be skipped silently.
 -- Each entry carries the epoch it was written in: {"seq":N,"ep":"<epoch>",...}; an entry that
 -- begins an epoch (minted by its write) also names the epoch before it, "pe": a viewer whose
