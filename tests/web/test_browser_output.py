@@ -41,6 +41,8 @@ def test_output_panel_shows_the_jobs_lines_live_marked_escaped_and_follows_the_t
     assert page.evaluate("window.pwned === undefined")
     assert first[1]["text"] == "red plain done" and first[1]["red"] == ["red"]  # no escape code left
     assert first[2]["stream"] == "stderr" and first[2]["text"] == "to stderr"
+    # Said, not only shown in red (a screen reader reads the row's text).
+    assert page.evaluate(f"{ROWS}[2].textContent") == "stderr: to stderr"
     assert first[3]["warn"] and first[3]["level"] == "WARNING user" and first[3]["text"] == "careful"
     page.wait_for_function("() => !window.jobcastPage().outputFollowing")
     assert page.locator("#output-jump").is_visible()

@@ -34,8 +34,11 @@
   var FULL = 10000;                 // a job with more values than this opens at its tail,
   var WINDOW = 2000;                // with this many values; earlier ones on request,
   var EARLIER = 2000;               // this many at a time
-  var LOG_CAP = 200000;             // values kept for the log; older ones are dropped in blocks
+  var LOG_CAP = 200000;             // values kept for the log; older ones are dropped in blocks,
+  var LOG_CHARS = 1 << 25;          // and so are they past this many characters (a value may be 64 KiB)
   var numberFormat = new Intl.NumberFormat("en");
+
+  function countChars(texts) { return texts.reduce(function (sum, t) { return sum + t.length; }, 0); }
 
   function withQuery(url, query) { return url + (url.indexOf("?") < 0 ? "?" : "&") + query; }
 
@@ -53,6 +56,7 @@
     lastIndex: -1,                  // i of the last value
     values: 0,                      // values received
     texts: [], indices: [],         // the log model (the last LOG_CAP values)
+    chars: 0,                       // the characters of its texts
     dropped: 0,                     // values dropped from the front of the log model
     ended: false,
     connection: "connecting",
@@ -114,7 +118,11 @@
 
   function loadChart() {
     chartPending = [];
-    fetch(root.dataset.chartUrl, { cache: "no-store" }).then(function (r) {
+    // Given up on after 20 s (a server that never answers): the values waiting meanwhile are
+    // drawn, and no more are held for it.
+    var ctl = typeof AbortController === "function" ? new AbortController() : null;
+    var giveUp = ctl ? setTimeout(function () { ctl.abort(); }, 20000) : null;
+    fetch(root.dataset.chartUrl, { cache: "no-store", signal: ctl ? ctl.signal : undefined }).then(function (r) {
       if (!r.ok) { throw new Error("HTTP " + r.status); }
       return r.json();
     }).then(function (snap) {
@@ -122,7 +130,7 @@
       chartPending.forEach(function (p) { if (p[0] > chartUpto) { chart.add(p[0], p[1]); } });
     }).catch(function () {
       chartPending.forEach(function (p) { chart.add(p[0], p[1]); });
-    }).then(function () { chartPending = false; schedule(); });
+    }).then(function () { clearTimeout(giveUp); chartPending = false; schedule(); });
   }
 
   // The server's log no longer has entries this page would have shown: say how many values.
@@ -146,6 +154,7 @@
     var replaced = state.lastIndex + 1 - r.values;
     state.texts.splice(keep);
     state.indices.splice(keep);
+    state.chars = countChars(state.texts);
     state.lastIndex = Math.min(state.lastIndex, r.values - 1);
     state.values = Math.min(state.values, keep + state.dropped);
     if (state.texts.length === 0) { state.oldestSeq = null; }
@@ -195,8 +204,12 @@
         if (state.texts.length === 0) { state.oldestSeq = e.seq; }
         state.texts.push(e.v);
         state.indices.push(e.i);
-        if (state.texts.length > LOG_CAP + LOG_CAP / 10) {
-          var drop = state.texts.length - LOG_CAP;
+        state.chars += e.v.length;
+        if (state.texts.length > LOG_CAP + LOG_CAP / 10 || state.chars > LOG_CHARS + LOG_CHARS / 10) {
+          var drop = Math.max(0, state.texts.length - LOG_CAP), chars = state.chars;
+          for (var k = 0; k < drop; k++) { chars -= state.texts[k].length; }
+          while (chars > LOG_CHARS && drop < state.texts.length - 1) { chars -= state.texts[drop].length; drop += 1; }
+          state.chars = chars;
           state.texts.splice(0, drop);
           state.indices.splice(0, drop);
           state.dropped += drop;
@@ -395,6 +408,11 @@
     row.dataset.stream = e.sep ? "" : e.stream;
     row.toggleAttribute("data-warn", !e.sep && e.stream === "logging" && ["WARNING", "ERROR", "CRITICAL"].indexOf(e.level) >= 0);
     if (e.sep) { row.textContent = "── " + e.text + " ──"; return; }
+    if (e.stream === "stderr") {
+      // Said, not only shown in red: a screen reader reads it, and colour is not enough.
+      row.appendChild(document.createElement("span")).className = "visually-hidden";
+      row.lastChild.textContent = "stderr: ";
+    }
     if (e.stream === "logging") {
       row.appendChild(document.createElement("span")).className = "level";
       row.lastChild.textContent = e.level + " " + e.logger;
@@ -574,6 +592,7 @@
         if (got.length) {
           state.texts = got.map(function (e) { return e.v; }).concat(state.texts);
           state.indices = got.map(function (e) { return e.i; }).concat(state.indices);
+          state.chars = countChars(state.texts);
           state.oldestSeq = got[0].seq;
           log.prepended(got.length);
         }
