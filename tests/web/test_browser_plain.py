@@ -9,7 +9,7 @@ import time
 
 from jobcast.core.joblog import JobLog
 from tests.conftest import assert_page_clean, running_job, watch
-from tests.support.browser import PLAIN_DONE, plain_list
+from tests.support.browser import PLAIN_DONE, plain_list, plain_notes
 
 STREAM = "**/stream?start=*"
 """The plain page's reads of the text stream."""
@@ -94,3 +94,18 @@ def test_a_busy_server_is_asked_again_no_sooner_than_its_retry_after(context, we
     pg.wait_for_function(PLAIN_DONE, timeout=15000)
     assert plain_list(pg) == [[i, f"v{i}"] for i in range(3)]
     assert asked[1] - asked[0] >= 2.0
+
+
+def test_a_long_jobs_plain_page_keeps_its_newest_values_and_says_the_earlier_are_not_shown(
+        context, web, redis):
+    """A review's finding: the list held an item per value, a million for a job of a million
+    values. It keeps the newest 10,000 to 11,000, and says how many it no longer shows."""
+    log = finished_job(redis, 12000)
+    pg = watch(context.new_page())
+    pg.goto(f"{web.url}/jobs/{log.job_id}/plain")
+    pg.wait_for_function(PLAIN_DONE, timeout=60000)
+    shown = plain_list(pg)
+    assert 10000 <= len(shown) <= 11000 and shown[-1] == [11999, "v11999"]
+    assert [index for index, _ in shown] == list(range(12000 - len(shown), 12000))
+    assert plain_notes(pg) == [f"{12000 - len(shown):,} earlier values are not shown here "
+                               "(the raw text stream has every one)"]

@@ -21,6 +21,9 @@
   var lost = 0;       // values this page asked for that the log no longer kept
   var lostNote = null;
   var retries = 0;
+  var SHOWN = 10000;  // values the list keeps; earlier ones leave it in blocks (the DOM of a
+                      // job of a million values would hold a million items)
+  var hidden = 0, hiddenNote = null;
   var notBefore = 0;  // Date.now() before which no retry starts (a 429 or 503's Retry-After)
   var ended = -1;     // `next` when the status last said the job had ended (see finish)
   var status = document.getElementById("status");
@@ -32,6 +35,14 @@
     item.dataset.i = String(next);
     output.appendChild(item);
     next += 1;
+    if (output.children.length > SHOWN + SHOWN / 10) {
+      var drop = output.children.length - SHOWN;
+      for (var k = 0; k < drop; k++) { output.removeChild(output.firstChild); }
+      hidden += drop;
+      hiddenNote = hiddenNote || note("");
+      hiddenNote.textContent = numberFormat.format(hidden) +
+        " earlier values are not shown here (the raw text stream has every one)";
+    }
   }
 
   function note(text) {
