@@ -307,6 +307,19 @@ WATCH = """pairs => {
 }"""
 
 
+def streams_on(pg, other: str) -> None:
+    """The page's own job and the job ``other`` it watches get five values more each, live,
+    and neither has ended."""
+    counts = {"a": len(model(pg)["values"]), "b": len(pg.evaluate("id => window.got[id]", other))}
+    pg.wait_for_function(f"() => window.jobcastPage().values.length >= {counts['a'] + 5}",
+                         timeout=10000)
+    pg.wait_for_function(f"id => window.got[id].length >= {counts['b'] + 5}", arg=other,
+                         timeout=10000)
+    state = model(pg)
+    assert state["notice"] == "" and state["connection"] == "live"
+    assert pg.evaluate("id => window.got[id].end", other) is None
+
+
 def test_a_refused_job_list_refuses_the_list_only_and_a_refused_job_that_job_only(context, private,
                                                                                   redis):
     writer = Writer(redis, 3)
@@ -328,15 +341,7 @@ def test_a_refused_job_list_refuses_the_list_only_and_a_refused_job_that_job_onl
         assert ended == ["refused", ""], "the list is refused, and the page's job is not"
         pg.wait_for_function("id => window.got[id].end !== undefined", arg=c, timeout=20000)
         assert pg.evaluate("id => window.got[id].end", c) == "refused"
-        # a (the page's job) and b stream on, on the connection the server then accepts.
-        counts = {"a": len(model(pg)["values"]), "b": len(pg.evaluate("id => window.got[id]", b))}
-        pg.wait_for_function(f"() => window.jobcastPage().values.length >= {counts['a'] + 5}",
-                             timeout=10000)
-        pg.wait_for_function(f"id => window.got[id].length >= {counts['b'] + 5}", arg=b,
-                             timeout=10000)
-        state = model(pg)
-        assert state["notice"] == "" and state["connection"] == "live"
-        assert pg.evaluate("id => window.got[id].end", b) is None
+        streams_on(pg, b)  # a (the page's job) and b, on the connection the server then accepts
         writer.finish()
         pg.wait_for_function(DONE, timeout=15000)
         pg.wait_for_function("id => window.got[id].end === 'finished'", arg=b, timeout=15000)
@@ -367,15 +372,7 @@ def test_a_job_refused_for_its_expired_link_is_the_only_one_refused_on_its_conne
         pg.evaluate(WATCH, [[b, sig_of(link_b)], [c, expired]])
         pg.wait_for_function("id => window.got[id].end !== undefined", arg=c, timeout=20000)
         assert pg.evaluate("id => window.got[id].end", c) == "refused"
-        # a (the page's job) and b stream on, on the connection the server then accepts.
-        counts = {"a": len(model(pg)["values"]), "b": len(pg.evaluate("id => window.got[id]", b))}
-        pg.wait_for_function(f"() => window.jobcastPage().values.length >= {counts['a'] + 5}",
-                             timeout=10000)
-        pg.wait_for_function(f"id => window.got[id].length >= {counts['b'] + 5}", arg=b,
-                             timeout=10000)
-        state = model(pg)
-        assert state["notice"] == "" and state["connection"] == "live"
-        assert pg.evaluate("id => window.got[id].end", b) is None
+        streams_on(pg, b)  # a (the page's job) and b, on the connection the server then accepts
         assert_page_clean(pg)
     finally:
         writer.finish()
