@@ -9,7 +9,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobExists, JobLog
+from jobcast.core.joblog import JobExists, JobLog, UnknownJob
 from jobcast.core.logstore import LogStore
 from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import get_task
@@ -84,6 +84,14 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
         except JobExists:
             pass  # opened meanwhile (the web, for a viewer)
         exists, start, attempt = jlog.begin()
+    try:
+        described = jlog.info().task == task_name
+    except UnknownJob:
+        described = True  # gone again: `started` below says so
+    if not described:
+        # Opened by the web for a viewer while the stream store had lost it, from RQ's
+        # description of the call: say which task this is, with its parameters and total.
+        jlog.describe(task_name, params, task.total_for(params))
     if jlog.started(job.worker_name or "unknown", attempt) == -1:
         if jlog.status() == "cancelled":
             raise JobCancelled(job.id)

@@ -91,6 +91,11 @@ reset job is retried or failed, and how a cancel or the watchdog ends a job. A b
 one still begins a new epoch when the log is behind what it wrote, so no seq is reused. Output lines
 (``log``) are checked too: a failover that lost some would otherwise have their seqs reused."""
 
+DESCRIBE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+"""
+"""Set fields of a log's hash that still exists (:meth:`JobLog.describe`)."""
+
 UNPROVEN = frozenset({"retrying", "failed", "cancelled", "finished"})
 """The entries that begin a new epoch when a writer that did not begin the log writes them (a
 cancel, the web's watchdog, RQ's failure callback for a killed work-horse). Only the writer of
@@ -500,6 +505,14 @@ class JobLog:
             # as ended. (On a single Redis the append script adds it with the queued entry.)
             self._index(OPEN_JOBS, time.time())
         return seq
+
+    def describe(self, task: str, params: dict[str, Any], total: int | None) -> None:
+        """Record which task the job runs, with its parameters and total, in a log that
+        another opened for it: the web, adopting a pending job whose log the stream store had
+        lost, knows only RQ's description of the call. Nothing is written once the log is
+        gone (its end expired it)."""
+        self.redis.eval(DESCRIBE_LUA, 1, self.keys.meta, "task", task, "params",
+                        json.dumps(params), "n", "" if total is None else total)
 
     def ensure(self, description: str | None, origin: str | None) -> bool:
         """Create the log of an RQ job that Jobcast did not enqueue, unless it exists; True

@@ -236,6 +236,21 @@ def test_a_log_reset_under_a_running_job_retries_it_and_the_retry_adds_no_duplic
     assert values(log) == [0, 1, 2, 3, 4, 5] and kinds(log)[-1] == "finished"
 
 
+def test_a_lost_log_the_web_opened_for_a_viewer_says_which_task_once_the_runner_starts(
+        redis, settings):
+    """A review's finding: the web, adopting the pending job as a plain RQ job, recorded RQ's
+    description for its task, no parameters and no total, and the runner kept it so."""
+    from jobcast.core.logstore import LogStore
+
+    job, log = queued(redis, settings, "sqrt", n=2, interval=0)
+    redis.delete(log.keys.meta, log.keys.log)
+    assert LogStore(redis, settings).adopt(job.id)          # a viewer opened its page
+    assert (log.info().task, log.info().params) == ("jobcast sqrt", {})  # RQ's description
+    assert job.perform() == {"values": 2}
+    info = log.info()
+    assert (info.task, info.params, info.progress.n) == ("sqrt", {"n": 2, "interval": 0}, 2)
+
+
 def test_a_log_lost_with_its_store_is_opened_again_by_the_next_attempt(redis, settings):
     job, log = queued(redis, settings, "sqrt", n=2, interval=0)
     first = log.head().epoch
