@@ -54,6 +54,9 @@ SYSTEM = "jobcast"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 """The signals that stop `jobcast up` and everything it started."""
 
+BAD_INPUT = 2
+"""The exit status of a Jobcast command given a bad setting or argument (argparse's too)."""
+
 PR_SET_PDEATHSIG = 1
 """prctl(2): the signal a process gets when its parent dies (Linux)."""
 
@@ -331,6 +334,14 @@ class Supervisor:
         kill_session(s.proc.pid)
         s.exits = self.policy.prune(s.exits, now) + [now]
         delay = self.policy.delay(s.exits)
+        if s.proc.returncode == BAD_INPUT:
+            # Jobcast's commands exit 2 for a bad setting or argument: every restart would
+            # meet it again (five of them took ~15 s to say so).
+            s.state = "fatal"
+            self.on_change()
+            message = f"{s.name} exited with status 2 (a bad setting or argument); giving up"
+            self.printer.system(message)
+            raise ServiceFailed(s, message)
         if delay is None:
             s.state = "fatal"
             self.on_change()

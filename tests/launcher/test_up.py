@@ -575,3 +575,20 @@ def test_up_serves_on_an_ipv6_loopback_host(tmp_path):
         assert httpx.get(found.group(1) + "/readyz", timeout=5).status_code == 200
     finally:
         assert stack.stop() == 0
+
+
+@pytest.mark.slow  # runs `jobcast up`
+def test_a_service_refusing_a_bad_setting_stops_jobcast_up_at_once_not_after_five_restarts(
+        tmp_path):
+    """A review's finding: a service that exits 2 (a bad setting) was restarted five times,
+    ~15 s, each meeting the same setting, before `jobcast up` gave up."""
+    stack = Up(tmp_path, "--workers", "1", "--no-demo",
+               "--env", "web:JOBCAST_STREAMS_PER_PROCESS=abc")
+    try:
+        code = stack.proc.wait(60)
+    finally:
+        stack.stop()
+    assert code == 1
+    err = stack.err_path.read_text()
+    assert "web.1 exited with status 2 (a bad setting or argument); giving up" in err, err
+    assert "web.1 restarted" not in stack.output()
