@@ -40,9 +40,9 @@ class RecentEntries:
     on, or is of another incarnation of the log (its entries' epoch differs) that did not begin
     right after what is kept (its first entry names the epoch before it), replaces what is kept
     instead of joining it. It serves a viewer only in the incarnation the viewer follows (the
-    newest kept entry's, or that of the kept entry at the viewer's position). It is *current* for a viewer at seq
-    ``cursor`` when it ends at that cursor and the broker has delivered nothing newer: the
-    viewer can then rejoin the fast path without asking Redis. That holds only within one
+    newest kept entry's, or that of the kept entry at the viewer's position). It is *current*
+    for a viewer at seq ``cursor`` when it ends at that cursor and the broker has delivered
+    nothing newer: the viewer can then rejoin the fast path without asking Redis. That holds only within one
     unbroken subscription, so a lost or renewed subscription clears it, and a log read that
     spans a change (a new ``generation``) adds nothing; nor does one that spans the job being
     forgotten (its last viewer left: no live batch would ever follow it). Memory is capped in
@@ -130,7 +130,8 @@ class RecentEntries:
         """The broker delivered ``entries``."""
         self._dispatched[job_id] = entries[-1].seq
         tail = self._tails.get(job_id)
-        if tail is not None and tail[-1].seq + 1 == entries[0].seq and continues(tail[-1].ep, entries):
+        if (tail is not None and tail[-1].seq + 1 == entries[0].seq
+                and continues(tail[-1].ep, entries)):
             tail.extend(entries)
             self._sizes[job_id] += _size(entries)
             self._trim(job_id)

@@ -151,7 +151,6 @@ class Heartbeat(Periodic):
             metrics.publish()
 
 
-
 def _begins_after(v: Viewer, entries: list[Entry], epoch: str) -> bool:
     """Whether ``entries``, of incarnation ``epoch`` at the last, follow on from ``v``'s
     position (:func:`continues`): nothing ``v`` had is lost, and it goes on in ``epoch`` with no
@@ -161,6 +160,7 @@ def _begins_after(v: Viewer, entries: list[Entry], epoch: str) -> bool:
         return False
     v.epoch = epoch
     return True
+
 
 class Relay:
     """The viewers of one web process, by job, and everything written to them."""

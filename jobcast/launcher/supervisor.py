@@ -336,7 +336,7 @@ class Supervisor:
         delay = self.policy.delay(s.exits)
         if s.proc.returncode == BAD_INPUT:
             # Jobcast's commands exit 2 for a bad setting or argument: every restart would
-            # meet it again (five of them took ~15 s to say so).
+            # meet it again (five restarts, with their backoff, before saying so).
             s.state = "fatal"
             self.on_change()
             message = f"{s.name} exited with status 2 (a bad setting or argument); giving up"

@@ -274,9 +274,10 @@ def test_a_stream_that_keeps_skipping_entries_is_read_again_at_once_only_the_fir
         """The k-th read: hello (retry: 200 ms), entry k, then entry k + 2 (k + 1 skipped)."""
         asked.append(time.monotonic())
         k = len(asked)
+        entries = [{"job": job, "seq": seq, "kind": "value", "i": seq - 1, "v": f"v{seq}"}
+                   for seq in (k, k + 2)]
         body = 'event: hello\ndata: {"retry": 200}\n\n' + "".join(
-            f"event: value\ndata: {json.dumps({'job': job, 'seq': seq, 'kind': 'value', 'i': seq - 1, 'v': f'v{seq}'})}\n\n"
-            for seq in (k, k + 2))
+            f"event: value\ndata: {json.dumps(entry)}\n\n" for entry in entries)
         route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
 
     try:

@@ -13,9 +13,9 @@
   var timer = null;
 
   function wait() {
-    var window_ = Math.min(30000, 1000 * Math.pow(2, attempt));
+    var span = Math.min(30000, 1000 * Math.pow(2, attempt));
     attempt += 1;
-    return 500 + Math.floor(Math.random() * window_);
+    return 500 + Math.floor(Math.random() * span);
   }
 
   frame.addEventListener("load", function () {
