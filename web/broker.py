@@ -22,21 +22,23 @@ subscription is a small state machine (:class:`SubState`):
 - ``RECOVERING``: announcements may have been missed (the connection was lost, a Cluster slot
   moved, a viewer stopped waiting for a late confirmation). Once confirmed again the handler's
   ``on_resync`` makes the job's viewers re-read the log from their cursors. A second
-  confirmation of a ``LIVE`` job (redis-py resubscribed by itself) does the same.
+  confirmation of a ``LIVE`` job does the same.
 - ``LEAVING``: the last viewer left, the subscription lingered a few seconds (a reconnecting
   viewer finds it still live), and ``UNSUBSCRIBE`` went out.
 
 Each connection also subscribes to an anchor channel nobody publishes on: its confirmation says
 the connection is live (the process's readiness), and it keeps the connection in subscribed
-mode, where redis-py reads it, while no job is watched. The connections come from a client of
-their own (:func:`~jobcast.core.store.reader_client`), whose parser reads rather than polls: under
-gevent an announcement then reaches the relay in one turn of the loop, not three.
+mode while no job is watched. The connections come from a client of their own
+(:func:`~jobcast.core.store.reader_client`: they are held for good, never borrowed), and each is
+read by a :class:`~jobcast.web.subscriber.Subscriber`: redis-py dials it and sends the
+commands, hiredis parses what comes. Under gevent an announcement reaches the relay in one turn
+of the loop, and the announcements that came with it in none.
 
-Behind Sentinel (``redis+sentinel://``) the connection is the primary's, wherever it is: after
-a failover redis-py reconnects to the promoted replica and subscribes again by itself, without
-an error reaching the reader. The second confirmation of a ``LIVE`` job is then how the broker
-learns of it, and its ``on_resync`` makes the viewers re-read the log, where a lossy failover
-shows as a log behind their cursors or in a new epoch (:mod:`jobcast.core.epoch`).
+Behind Sentinel (``redis+sentinel://``) the connection is the primary's, wherever it is: when a
+failover breaks it, the reader connects again, to the primary the Sentinels name then, and
+subscribes its jobs again. They were ``RECOVERING`` meanwhile, and their confirmations'
+``on_resync`` makes the viewers re-read the log, where a lossy failover shows as a log behind
+their cursors or in a new epoch (:mod:`jobcast.core.epoch`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from jobcast.core.feed import FEED, Feed
 from jobcast.core.joblog import PREFIX, Entry, JobLog, channel, job_id_from_channel
 from jobcast.core.store import is_cluster, reader_client
 from jobcast.web import metrics
+from jobcast.web.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -536,7 +539,7 @@ class Broker:
     def _read(self, sh: Shard) -> None:
         """Subscribe the shard's jobs, read its announcements, reconnect on errors."""
         while not self._stop.is_set() and not sh.retired:
-            pubsub = sh.client.pubsub()
+            pubsub = Subscriber(sh.client)
             try:
                 sh.anchor = self._anchor(sh)
                 with self._lock:
@@ -554,16 +557,16 @@ class Broker:
                     # per viewer for all of them.
                     burst = []
                     while msg is not None:
-                        kind = msg["type"]
+                        kind, name, data = msg
                         if kind in MESSAGES:
-                            burst.append((msg["channel"], msg["data"]))
+                            burst.append((name, data))
                             if len(burst) >= self.burst:
                                 break
                         else:
                             if burst:  # in order: what came before a (re)confirmation first
                                 self._publish(burst)
                                 burst = []
-                            self._on_control(sh, kind, msg["channel"])
+                            self._on_control(sh, kind, name)
                         msg = pubsub.get_message(timeout=0)
                     if burst:
                         self._publish(burst)
@@ -623,7 +626,8 @@ class Broker:
             sub = self._subs.get(job_id) if job_id else None
             if kind in SUBSCRIBED:
                 if sub is None or sub.shard is not sh:
-                    # Not wanted here (any more): e.g. resubscribed by redis-py's reconnect.
+                    # Not wanted here (any more): e.g. a SUBSCRIBE whose job's last viewer left
+                    # before its confirmation came.
                     # The control loop sends the UNSUBSCRIBE, as it sends every command: a
                     # viewer arriving now is subscribed after it, never before it (which would
                     # leave its subscription confirmed but gone).

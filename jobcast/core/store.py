@@ -82,13 +82,16 @@ def _retry(retry_for: float, cap: float, step: float) -> Retry:
 
 
 def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
-                 **options) -> Redis:
+                 single: bool = False, **options) -> Redis:
     """A client of the Redis at ``url``: a ``redis://`` (``rediss://``, ``unix://``) server, or
     the primary a group of Sentinels names (``redis+sentinel://``).
 
     ``retry_for`` > 0 makes it ride out a restart or failover of about that long (a Sentinel
     client always rides out at least :data:`SENTINEL_RETRY_FOR`). ``pooled`` bounds its pool
-    at :data:`POOL_SIZE` connections, callers waiting up to 10 s for one. ``options`` go to
+    at :data:`POOL_SIZE` connections, callers waiting up to 10 s for one. ``single`` keeps
+    one connection for its commands (a pipeline still takes its own from the pool): a job's
+    writer sends each value without borrowing a connection from the pool, which costs a
+    ``poll()`` of the socket and redis-py's bookkeeping every time. ``options`` go to
     redis-py's connections.
     """
     if not is_sentinel_url(url):
@@ -97,8 +100,9 @@ def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
             options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
         if pooled:
             return Redis(connection_pool=BlockingConnectionPool.from_url(
-                url, max_connections=POOL_SIZE, timeout=10, **options))
-        return Redis.from_url(url, **options)
+                url, max_connections=POOL_SIZE, timeout=10, **options),
+                single_connection_client=single)
+        return Redis.from_url(url, single_connection_client=single, **options)
     target = parse_sentinel_url(url)
     sentinels = Sentinel(list(target.sentinels), sentinel_kwargs={
         "socket_timeout": 1, "socket_connect_timeout": 1, "password": target.sentinel_password})
@@ -109,26 +113,22 @@ def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
     if pooled:
         options.update(connection_pool_class=BlockingSentinelPool, max_connections=POOL_SIZE,
                        timeout=10)
-    return sentinels.master_for(target.master, connection_class=FollowingConnection,
-                                db=target.db, username=target.username,
-                                password=target.password, **options)
+    client = sentinels.master_for(target.master, connection_class=FollowingConnection,
+                                  db=target.db, username=target.username,
+                                  password=target.password, **options)
+    if single:  # (master_for passes its options to the connections: it cannot say this)
+        client = Redis(connection_pool=client.connection_pool, single_connection_client=True)
+        client.auto_close_connection_pool = True
+    return client
 
 
 def reader_client(client: Redis) -> Redis:
     """A client of ``client``'s server (or Sentinel-named primary), with its settings and a pool
-    of its own, whose connections parse replies with redis-py's own RESP parser, not hiredis:
-    for a pub/sub connection, which spends its life waiting for the next message.
-
-    hiredis's parser learns whether a reply has come with ``select.poll``, which gevent makes a
-    turn of the event loop: a subscriber waiting with a timeout pays three turns per message
-    (is it readable, is it closed, is another one there). redis-py's own parser just reads, a
-    non-blocking read when it only asks whether more is there: one turn per wait, none after.
-    In the web, each turn also runs whatever else is ready (newcomers being admitted) before
-    the message reaches the relay (docs/benchmarks.md, "Announcements in one turn").
-    """
+    of its own: for pub/sub connections, which are held for as long as the process reads
+    announcements, and must never wait for (or keep) one of a bounded pool's connections."""
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
-    kwargs.update(connection_class=pool.connection_class, parser_class=_RESP2Parser)
+    kwargs.update(connection_class=pool.connection_class)
     if isinstance(pool, SentinelConnectionPool):
         own = SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
                                      is_master=pool.is_master,

@@ -8,14 +8,9 @@ its own (:func:`reader_client`).
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
-import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
-from redis._parsers import _RESP2Parser
 from redis.crc import key_slot
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -25,8 +20,6 @@ from jobcast.core.joblog import (InvalidJobId, JobLog, channel, job_id_from_chan
 from jobcast.core.settings import Settings
 from jobcast.core.store import (cluster_enabled, is_cluster, masked_url, reader_client,
                                 redis_client, separate, stream_redis, stream_url)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_stream_store_defaults_to_redis_url_with_no_new_setting(monkeypatch, redis):
@@ -100,7 +93,6 @@ def test_a_reader_client_reaches_the_same_redis_with_its_settings_and_a_pool_of_
     reader = reader_client(web)
     pool = reader.connection_pool
     assert pool is not web.connection_pool
-    assert pool.connection_kwargs["parser_class"] is _RESP2Parser
     assert pool.connection_kwargs["health_check_interval"] == 30
     assert pool.connection_kwargs["socket_keepalive"] is True
     name = f"reader-{uuid.uuid4().hex}"
@@ -121,45 +113,3 @@ def test_a_reader_client_of_a_sentinel_primary_asks_the_same_sentinels_for_it():
     assert pool.connection_class is web.connection_pool.connection_class
     assert pool.connection_kwargs["connection_pool"] is pool.proxy  # follows its own primary
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (2, "pw")
-    assert pool.connection_kwargs["parser_class"] is _RESP2Parser
-
-
-GREEN_READER = textwrap.dedent("""
-    from gevent import monkey; monkey.patch_all()
-    import sys, greenlet
-    from jobcast.core.store import reader_client, redis_client
-
-    web = redis_client(sys.argv[1], pooled=True)
-    pubsub = reader_client(web).pubsub()
-    pubsub.subscribe(sys.argv[2])
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-
-    def turns(call):
-        switches = []
-        greenlet.settrace(lambda event, args: switches.append(event))
-        try:
-            result = call()
-        finally:
-            greenlet.settrace(None)
-        return result, len(switches)
-
-    idle, idle_turns = turns(lambda: pubsub.get_message(timeout=0))
-    web.publish(sys.argv[2], "v")
-    got, got_turns = turns(lambda: pubsub.get_message(timeout=5))
-    more, more_turns = turns(lambda: pubsub.get_message(timeout=0))
-    print(idle, idle_turns, got["data"].decode(), got_turns, more, more_turns)
-""")
-
-
-def test_under_gevent_a_reader_asks_for_more_without_a_turn_of_the_loop(redis_server):
-    # hiredis's parser would ask with select.poll: a switch to gevent's hub and back for an
-    # ask that finds nothing, two more for a message (is it closed?). The reader's own
-    # parser reads: a message costs one wait at most, an ask for more none.
-    out = subprocess.run([sys.executable, "-c", GREEN_READER, redis_server.url,
-                          f"green-{uuid.uuid4().hex}"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    idle, idle_turns, got, got_turns, more, more_turns = out.stdout.split()
-    assert (idle, idle_turns) == ("None", "0")
-    assert got == "v" and int(got_turns) <= 2  # one wait: to the hub and back
-    assert (more, more_turns) == ("None", "0")
