@@ -41,8 +41,9 @@ def log_connection(cfg: Settings) -> StreamRedis:
     entry is ignored.
     """
     # REDIS_URL holds RQ's queue, so it is never a Cluster: only a separate store is asked.
+    # One connection of its own: each value is sent as soon as the task yields it.
     return connect(stream_url(cfg), cluster=None if separate(cfg) else False, retry_for=60.0,
-                   socket_connect_timeout=2, socket_timeout=10)
+                   socket_connect_timeout=2, socket_timeout=10, single=True)
 
 
 def job_log(job: Job, config: Settings | None = None, redis: StreamRedis | None = None) -> JobLog:

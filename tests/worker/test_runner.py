@@ -11,7 +11,7 @@ import uuid
 from typing import Iterator
 
 import pytest
-from redis import Redis
+from redis import ConnectionPool, Redis
 from rq.job import Job
 
 import tests.tasks  # noqa: F401  (registers boom, flaky and flaky_resumable in this process)
@@ -19,6 +19,7 @@ from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings, get_settings
 from jobcast.producer.enqueue import enqueue
+from jobcast.worker import runner
 from jobcast.worker.runner import JobCancelled, describe, on_failure, run_task
 from tests.support.loss import lose
 
@@ -57,6 +58,24 @@ def test_run_task_logs_started_each_value_then_finished_and_returns_the_count(re
     assert values(log) == [0, 1, 2, 3]
     started = next(e for e in log.entries() if e.kind == "started")
     assert started.data["attempt"] == 1 and started.data["worker"] == "unknown"
+
+
+def test_a_run_writes_its_values_on_one_connection_of_its_own_borrowing_none_per_value(
+        redis, settings, monkeypatch):
+    # Borrowing a pooled connection costs a poll() of its socket and redis-py's bookkeeping,
+    # for every value, between the task yielding it and its viewers getting it.
+    made = []
+    log_connection = runner.log_connection
+    monkeypatch.setattr(runner, "log_connection",
+                        lambda cfg: made.append(log_connection(cfg)) or made[-1])
+    borrowed = []
+    get_connection = ConnectionPool.get_connection
+    monkeypatch.setattr(ConnectionPool, "get_connection",
+                        lambda pool, *a, **k: borrowed.append(pool) or get_connection(pool, *a, **k))
+    job, log = queued(redis, settings, "sqrt", n=20, interval=0)
+    assert job.perform() == {"values": 20}
+    assert values(log) == list(range(20))
+    assert borrowed.count(made[0].connection_pool) == 1  # its own, once
 
 
 def test_a_task_that_returns_a_list_logs_its_values_and_finishes(redis, settings, monkeypatch):
