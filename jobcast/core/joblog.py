@@ -226,6 +226,12 @@ def valid_text(text: str) -> str:
     return _SURROGATE.sub(_escape_surrogate, text) if _SURROGATE.search(text) else text
 
 
+# Made once: ``json.dumps`` with any option builds a new encoder on every call, and these run
+# for every value a job writes.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def encode_value(value: Any) -> tuple[str, str]:
     """Return (text, json) for a task value: text as :func:`value_text` makes it."""
     text = value_text(value)
@@ -233,9 +239,9 @@ def encode_value(value: Any) -> tuple[str, str]:
         as_json = "null"  # JSON has no NaN/Infinity; the text form still carries it
     else:
         try:
-            as_json = json.dumps(value, allow_nan=False, separators=(",", ":"))
+            as_json = _STRICT.encode(value)
         except (TypeError, ValueError):
-            as_json = json.dumps(text)
+            as_json = _COMPACT.encode(text)
     return text, as_json
 
 
@@ -451,11 +457,12 @@ class JobLog:
         ``new_era`` begins a new epoch with it (``epoch``, or a new one); ``ts`` is the entry's
         time, by default now (an output line carries when it was printed)."""
         now = time.time()
-        parts = [f'"kind":{json.dumps(kind)}', f'"ts":{now if ts is None else ts:.6f}']
+        encode = _COMPACT.encode
+        parts = [f'"kind":{encode(kind)}', f'"ts":{now if ts is None else ts:.6f}']
         for k, v in (body or {}).items():
             if isinstance(v, str):
                 v = valid_text(v)
-            parts.append(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'))}")
+            parts.append(f"{encode(k)}:{encode(v)}")
         if value_json is not None:
             parts.append(f'"j":{value_json}')
         fields: list[Any] = []
