@@ -49,7 +49,7 @@ from typing import Any, Iterator, NamedTuple
 
 from pydantic import BaseModel
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from jobcast.core.entry import TERMINAL, Entry, stream_field, stream_id_text
 from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, LogReset, Position, new_epoch
@@ -83,6 +83,19 @@ STATUS_BY_KIND = {
 
 APPEND_LUA = EPOCH_LUA + files(__package__).joinpath("append.lua").read_text()
 """The append script (``append.lua``, shipped with the package, after ``epoch.lua``)."""
+
+_forks = 0
+"""How many forks made this process (its writers' locks are a forked parent's until they see
+it change): counted by a hook, rather than asking ``os.getpid()`` on every write."""
+
+
+def _forked() -> None:
+    """After a fork, in the child: every writer's lock is the parent's."""
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 CHECKED = frozenset({"started", "value", "finished", "log"})
 """The entries a writer that began the log writes only into the incarnation it began. The
@@ -223,6 +236,8 @@ def valid_text(text: str) -> str:
     """``text`` with every lone surrogate written as an escape (as :func:`value_text` does),
     so that it always encodes as UTF-8: an exception's message or a worker's name may carry a
     file name that ``os.fsdecode`` could not decode."""
+    if text.isascii():  # (a flag of the string: no scan) no surrogate, the usual case
+        return text
     return _SURROGATE.sub(_escape_surrogate, text) if _SURROGATE.search(text) else text
 
 
@@ -311,6 +326,10 @@ class JobLog:
         self.redis = redis
         self.job_id = check_job_id(job_id)
         self.keys = job_keys(redis, job_id)
+        # The append script's keys. On a Cluster, create() indexes the job itself (the index
+        # keys are in other slots).
+        self._script_keys = ((self.keys.meta, self.keys.log) if is_cluster(redis) else
+                             (self.keys.meta, self.keys.log, JOBS_INDEX, OPEN_JOBS))
         self.maxlen = maxlen
         self.ttl = ttl
         self.index_max = index_max
@@ -332,11 +351,14 @@ class JobLog:
         # ran on a high not yet raised by another thread's could pass the check with seqs
         # that thread wrote lost, and reuse them in the same epoch.
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._forks = _forks
         # Who writes, and how many writes it has sent: the script appends a write once
         # however often a lost reply makes the client send it (append.lua).
         self._writer = new_epoch()
         self._writes = 0
+        # The epoch the next write offers the script to mint, drawn again once one may have
+        # been minted with it (drawing one costs a value a system call and more).
+        self._spare: str | None = None
         # append_many's last batch, when its reply was lost: (entry, its script call) each.
         self._unsent: list[tuple[tuple, tuple]] = []
 
@@ -351,17 +373,23 @@ class JobLog:
         A writer that began the log raises LogReset when the log is not that incarnation any
         more (or is gone) for an entry it checks (:data:`CHECKED`).
         """
-        epoch = new_epoch()
         with self._locked():
             if not self.began and kind in UNPROVEN:
                 new_era = True
+            # The script mints with ``epoch`` only for a new log, a new era, a log without
+            # one, or a log behind this writer (then seq <= high, or -5): otherwise it stays
+            # unused, and the next write offers it again.
+            spare = self.began and self.epoch is not None and not new_era and kind != "queued"
+            epoch = (self._spare if spare else None) or new_epoch()
+            high, self._spare = self.high, None  # (not offered again if this write fails)
             self._unsent = []  # a batch sent after this write would not be in order
             keys, args = self.script_args(kind, body, index=index, value_json=value_json,
                                           meta=meta, new_era=new_era, epoch=epoch)
             if kind in TERMINAL and self.terminal_replicas and not is_cluster(self.redis):
                 seq = self._write_durably(kind, keys, args)
             else:
-                seq = int(self.script()(keys=keys, args=args))
+                seq = self._append_one(keys, args)
+            self._spare = epoch if spare and seq > high else None
             if seq > 0:
                 if seq <= self.high and self.began:
                     # The log was behind what this writer wrote (a lossy failover), and this
@@ -387,8 +415,9 @@ class JobLog:
     def _locked(self) -> threading.Lock:
         """The lock of this writer's incarnation (a new one in a forked child: a hold by
         another thread of the parent would never be released there)."""
-        if self._pid != os.getpid():
-            self._lock, self._pid = threading.Lock(), os.getpid()
+        if self._forks != _forks:
+            self._lock, self._forks = threading.Lock(), _forks
+            self._spare = None  # the parent may offer it too
             # A writer of its own: numbers the parent goes on using must not pass for its own.
             self._writer, self._writes = new_epoch(), 0
         return self._lock
@@ -449,41 +478,54 @@ class JobLog:
             self._append = self.redis.register_script(APPEND_LUA)
         return self._append
 
+    def _append_one(self, keys: tuple[str, ...], args: list[Any]) -> int:
+        """Run the append script once: ``EVALSHA``, and on a server that lacks the script
+        (restarted, or failed over) ``SCRIPT LOAD`` and again, as redis-py's ``Script``
+        does. Called directly: the ``Script`` object's own call costs a value 30-50 µs of a
+        cold CPU before it is sent."""
+        script = self.script()
+        try:
+            return int(self.redis.evalsha(script.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            script.sha = self.redis.script_load(script.script)
+            return int(self.redis.evalsha(script.sha, len(keys), *keys, *args))
+
     def script_args(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
                     value_json: str | None = None, meta: dict[str, Any] | None = None,
                     new_era: bool = False, epoch: str | None = None,
-                    ts: float | None = None) -> tuple[list[str], list[Any]]:
+                    ts: float | None = None) -> tuple[tuple[str, ...], list[Any]]:
         """The KEYS and ARGV of the append script for one entry (also for a pipeline):
         ``new_era`` begins a new epoch with it (``epoch``, or a new one); ``ts`` is the entry's
         time, by default now (an output line carries when it was printed)."""
-        now = time.time()
+        # Every value a job yields comes through here on its way to the viewers, on a CPU
+        # that has usually gone cold since the last one: the work is kept short.
+        now = f"{time.time():.6f}"
         encode = _COMPACT.encode
-        parts = [f'"kind":{encode(kind)}', f'"ts":{now if ts is None else ts:.6f}']
-        for k, v in (body or {}).items():
-            if isinstance(v, str):
-                v = valid_text(v)
-            parts.append(f"{encode(k)}:{encode(v)}")
+        parts = [f'"kind":{encode(kind)},"ts":{now if ts is None else format(ts, ".6f")}']
+        if body:
+            for k, v in body.items():
+                if isinstance(v, str):
+                    v = valid_text(v)
+                parts.append(f"{encode(k)}:{encode(v)}")
         if value_json is not None:
             parts.append(f'"j":{value_json}')
         fields: list[Any] = []
-        hash_fields = dict(meta or {})
-        if kind in STATUS_BY_KIND:
-            hash_fields["status"] = STATUS_BY_KIND[kind]
-        for k, v in hash_fields.items():
-            if isinstance(v, str):
-                v = valid_text(v)  # redis-py encodes strictly: a lone surrogate would raise
-            fields += [k, v if isinstance(v, (str, int, float)) else json.dumps(v)]
-        keys = [self.keys.meta, self.keys.log]
-        if not is_cluster(self.redis):
-            # On a Cluster, create() indexes the job (these keys are in other slots).
-            keys += [JOBS_INDEX, OPEN_JOBS]
+        status = STATUS_BY_KIND.get(kind)
+        if meta or status:
+            hash_fields = dict(meta or {})
+            if status:
+                hash_fields["status"] = status
+            for k, v in hash_fields.items():
+                if isinstance(v, str):
+                    v = valid_text(v)  # redis-py encodes strictly: a lone surrogate would raise
+                fields += [k, v if isinstance(v, (str, int, float)) else json.dumps(v)]
         # Every write of a began writer says the highest seq it wrote, so that a log found
         # behind it (a failover lost entries) begins a new epoch; a checked one is refused.
         checked = self.began and kind in CHECKED
         self._writes += 1  # (under the writer's lock: numbered in the order they are sent)
-        return (keys,
+        return (self._script_keys,
                 [self.keys.channel, kind, index, ",".join(parts) + "}", self.maxlen,
-                 self.ttl, f"{now:.6f}", self.index_max, (self.epoch or "") if checked else "",
+                 self.ttl, now, self.index_max, (self.epoch or "") if checked else "",
                  self.high if self.began else 0, epoch or new_epoch(), "1" if new_era else "",
                  self._writer, self._writes, "1" if checked else "", *fields])
 

@@ -8,6 +8,7 @@ On the session's real Redis. A failover that loses the primary's last writes is 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 
@@ -329,3 +330,35 @@ def test_positions_and_histories_are_read_strictly():
         assert parse_position(bad) is None, bad
     assert parse_eras(b"A@1@0 junk B@5@3") == (Era("A", 1, 0), Era("B", 5, 3))
     assert sse_id(7, "Ab3kQ9xZ") == b"7:Ab3kQ9xZ" and sse_id(7, None) == b"7"
+
+
+def test_each_loss_under_a_writer_mints_an_epoch_of_its_own(redis):
+    # A writer offers the script the same spare epoch until a write may have minted it: one
+    # kept after a mint would name a second incarnation after the first.
+    log = new_log(redis)
+    writer = attempt(log, 3)                    # seqs 3..5
+    lose(log, keep=3)
+    assert writer.retrying("the attempt failed") == 4   # minted, behind: a new epoch
+    second = log.head().epoch
+    assert writer.value(1, 1) == 5 and writer.value(2, 2) == 6   # values offer a spare
+    lose(log, keep=5)
+    assert writer.failed("boom") == 6           # behind again: another
+    head = log.head()
+    assert len({era.epoch for era in head.eras}) == 3 and head.epoch != second
+
+
+def test_a_forked_child_writes_with_a_lock_of_its_own(redis):
+    # The parent's lock may be held by one of its threads at the fork, and would never be
+    # released in the child.
+    log = new_log(redis)
+    writer = attempt(log, 1)
+    with writer._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: write, and say how it went
+            try:
+                os._exit(0 if writer.value(1, "from the child") > 0 else 1)
+            except BaseException:
+                os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [e.data["v"] for e in log.entries() if e.kind == "value"][-1] == "from the child"
