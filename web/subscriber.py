@@ -4,10 +4,10 @@ redis-py's ``PubSub.get_message`` runs a dozen layers for each message (a health
 retry wrapper, a readiness check, the RESP parser, the message's dict and its telemetry). A
 process that hears one announcement every 100 ms runs them cold, and they held each value
 back from its viewers: 310 µs from the kernel's receipt of an announcement to the reader
-holding it, against 190 µs for a read of the socket parsed by hiredis, the parser redis-py
-itself uses (measured under gevent, pinned to one CPU, 10 announcements a second). This is the
-second: redis-py still does what it does once per connection (dialling, TLS, AUTH, HELLO,
-SELECT, finding a Sentinel's primary) and sends the commands; the messages are parsed here.
+holding it, against 200 µs here, where the socket is read and parsed by hiredis, the parser
+redis-py itself uses (under gevent, pinned to one CPU, 10 announcements a second; a bare read
+and parse is 190 µs). redis-py still does what it does once per connection (dialling, TLS,
+AUTH, HELLO, SELECT, finding a Sentinel's primary) and sends the commands.
 
 Used as redis-py's PubSub is: ``subscribe``/``unsubscribe`` (and the sharded ``s…`` forms),
 ``get_message(timeout=...)``, ``close()``, and as a context manager.
