@@ -29,8 +29,10 @@ READ_SIZE = 65536
 """Bytes asked of the socket per read: a burst of announcements in one read."""
 
 HEALTH_CHECK = b"jobcast-health-check"
-"""The PING's message, sent every ``health_check_interval`` s of the client's settings, as
-redis-py's PubSub sends one: a connection gone silently dead fails the write."""
+"""The PING's message, sent every ``health_check_interval`` s of the client's settings (as
+redis-py's PubSub sends one). A PING still unanswered when the next one is due means the
+connection is dead, even where writes to it still succeed (a frozen server, a cut path):
+the reader is told, and connects again."""
 
 Message = tuple[str, bytes, Any]
 """(kind, channel, data): ``message``/``smessage`` with the payload, or a confirmation
@@ -50,6 +52,8 @@ class Subscriber:
         self._buffer = bytearray(READ_SIZE)
         self._interval = 0.0
         self._next_check = 0.0
+        self._unanswered = False  # a health check's PING awaits its answer
+        self._closed = False
         # Commands go out whole, one at a time: the broker's control loop subscribes while
         # its reader sends the health check (redis-py's PubSub holds a lock alike).
         self._lock = threading.Lock()
@@ -78,39 +82,39 @@ class Subscriber:
         """Send SUNSUBSCRIBE for ``names`` (one slot)."""
         self._send("SUNSUBSCRIBE", *names)
 
-    def get_message(self, timeout: float = 0.0) -> Message | None:
-        """The next message, waiting up to ``timeout`` s for one to come; None if none did.
+    def get_message(self, timeout: float | None = 0.0) -> Message | None:
+        """The next message, waiting up to ``timeout`` s for one to come (None: for as long
+        as it takes); None if none did.
 
         ``timeout=0`` takes only what an earlier read already brought (announcements that
         came together are taken together), and never reads the socket. A lost connection
         raises redis-py's ConnectionError (or OSError).
         """
-        deadline = None
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             reply = self._reader.gets()
             if reply is False:
-                if not timeout:
+                if timeout == 0:
                     return None
-                if deadline is None:
-                    deadline = time.monotonic() + timeout
-                    left = timeout
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return None
-                if not self._read(left):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     return None
+                self._read(left)
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 raise ResponseError(str(reply))
             if isinstance(reply, list) and len(reply) == 3 and reply[0] != b"pong":
                 return reply[0].decode(), reply[1], reply[2]
-            # A pong (of the health check) or a reply to nothing asked: nothing to tell.
+            if reply == HEALTH_CHECK or (isinstance(reply, list) and reply[0] == b"pong"):
+                self._unanswered = False  # (RESP3 answers a bulk string, RESP2 a list)
+            # Otherwise a reply to nothing asked: nothing to tell.
 
     def close(self) -> None:
         """Disconnect, and give the connection back to its pool (which dials it again if it
-        is ever taken)."""
-        conn, self.connection, self._sock = self.connection, None, None
+        is ever taken). A closed subscriber sends nothing more: a command raises."""
+        with self._lock:
+            self._closed = True
+            conn, self.connection, self._sock = self.connection, None, None
         self._reader = hiredis.Reader()
         if conn is not None:
             try:
@@ -122,6 +126,9 @@ class Subscriber:
 
     def _connect(self):
         """The connection, taken from the pool and connected on first use (under the lock)."""
+        if self._closed:
+            # (a command that raced the reader's close must not dial a connection nobody reads)
+            raise RedisConnectionError("the subscriber is closed")
         if self.connection is None:
             conn = self.pool.get_connection()
             self.connection = conn
@@ -130,6 +137,7 @@ class Subscriber:
             self._timeout = None
             self._interval = float(conn.health_check_interval or 0)
             self._next_check = time.monotonic() + self._interval
+            self._unanswered = False
         return self.connection
 
     def _send(self, *args) -> None:
@@ -141,8 +149,10 @@ class Subscriber:
         with self._lock:
             self._connect().send_command(*args, check_health=False)
 
-    def _read(self, timeout: float) -> bool:
-        """Read what the socket has, waiting up to ``timeout`` s; False if nothing came."""
+    def _read(self, timeout: float | None) -> bool:
+        """Read what the socket has, waiting up to ``timeout`` s (None: no limit); False if
+        nothing came. Sends the health check when it is due, and raises when the last one
+        went unanswered."""
         with self._lock:
             conn = self._connect()
             sock = self._sock
@@ -150,9 +160,18 @@ class Subscriber:
                 # A failed send disconnected it (redis-py would dial a new socket, subscribed
                 # to nothing, on the next one): the reader must start again.
                 raise RedisConnectionError("the pub/sub connection was lost")
-            if self._interval and time.monotonic() >= self._next_check:
-                self._next_check = time.monotonic() + self._interval
-                conn.send_command("PING", HEALTH_CHECK, check_health=False)
+            if self._interval:
+                now = time.monotonic()
+                if now >= self._next_check:
+                    if self._unanswered:
+                        raise RedisConnectionError(
+                            f"no answer to the health check in {self._interval:g} s")
+                    self._next_check = now + self._interval
+                    self._unanswered = True
+                    conn.send_command("PING", HEALTH_CHECK, check_health=False)
+                # Wake for the next check, however long the caller would wait.
+                left = max(self._next_check - now, 0.001)
+                timeout = left if timeout is None else min(timeout, left)
         if timeout != self._timeout:
             sock.settimeout(timeout)  # (under real threads, a system call: made only on change)
             self._timeout = timeout

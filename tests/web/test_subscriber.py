@@ -7,6 +7,7 @@ import select
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from jobcast.core.store import reader_client, redis_client
+from jobcast.launcher.redisserver import RedisServer
 from jobcast.web.subscriber import Subscriber
 from tests.conftest import wait_for
 
@@ -28,6 +30,12 @@ def name() -> str:
 def readable(sub: Subscriber) -> bool:
     """Whether the subscriber's socket holds bytes it has not read."""
     return bool(select.select([sub._sock], [], [], 0)[0])
+
+
+def its_client(redis, sub: Subscriber) -> dict:
+    """The subscriber's connection as Redis lists it (by its address)."""
+    host, port = sub._sock.getsockname()[:2]
+    return next(c for c in redis.client_list() if c["addr"] == f"{host}:{port}")
 
 
 def test_a_subscriber_hears_its_confirmation_then_a_publication(redis_server):
@@ -71,12 +79,43 @@ def test_a_subscriber_sends_the_clients_health_check_and_swallows_its_answer(red
         def pinged() -> bool:
             """The subscriber's connection's last command was the health check's PING."""
             assert sub.get_message(timeout=0.2) is None  # the pong is no message
-            return any(c.get("cmd") == "ping" and "P" in c.get("flags", "")
-                       for c in web.client_list())
+            return its_client(web, sub)["cmd"] == "ping"
 
         wait_for(pinged, timeout=10, what="a health check")
+        for _ in range(3):  # answered every time: the connection is not taken for dead
+            assert sub.get_message(timeout=0.6) is None
         web.publish(ch, "after")
         assert sub.get_message(timeout=5) == ("message", ch.encode(), b"after")
+
+
+def test_a_health_check_left_unanswered_says_the_connection_is_dead(tmp_path):
+    # A frozen server (or a cut path) still takes the writes: only the missing answer tells.
+    server = RedisServer(data_dir=tmp_path).start()
+    try:
+        web = redis_client(server.url, health_check_interval=1)
+        with Subscriber(reader_client(web)) as sub:
+            sub.subscribe(name())
+            assert sub.get_message(timeout=5)[0] == "subscribe"
+            web.execute_command("CLIENT", "PAUSE", 10000, "ALL")  # answers nobody for 10 s
+            started = time.monotonic()
+            with pytest.raises(RedisConnectionError, match="health check"):
+                wait_for(lambda: sub.get_message(timeout=0.5), timeout=8, what="the error")
+            assert time.monotonic() - started < 3  # a PING, and one interval without its answer
+    finally:
+        server.stop()
+
+
+def test_a_closed_subscriber_dials_no_new_connection_for_a_late_command(redis_server):
+    # The broker's control loop may send a SUBSCRIBE just as the reader closes the
+    # connection: a new one, subscribed and read by nobody, would fill Redis's buffers.
+    web = redis_client(redis_server.url)
+    sub = Subscriber(reader_client(web))
+    sub.subscribe(name())
+    assert sub.get_message(timeout=5)[0] == "subscribe"
+    sub.close()
+    with pytest.raises(RedisConnectionError):
+        sub.subscribe(name())
+    assert sub.connection is None
 
 
 def test_a_connection_killed_by_redis_raises_rather_than_going_quiet(redis_server):
@@ -84,7 +123,7 @@ def test_a_connection_killed_by_redis_raises_rather_than_going_quiet(redis_serve
     with Subscriber(reader_client(web)) as sub:
         sub.subscribe(name())
         assert sub.get_message(timeout=5)[0] == "subscribe"
-        web.client_kill_filter(_type="pubsub")
+        web.client_kill_filter(_id=its_client(web, sub)["id"])
         with pytest.raises((RedisConnectionError, OSError)):
             wait_for(lambda: sub.get_message(timeout=0.5), what="the error")
 
