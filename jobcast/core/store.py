@@ -26,7 +26,6 @@ import re
 import threading
 
 from redis import BlockingConnectionPool, ConnectionPool, Redis
-from redis._parsers import _RESP2Parser
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -117,6 +116,9 @@ def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
                                   db=target.db, username=target.username,
                                   password=target.password, **options)
     if single:  # (master_for passes its options to the connections: it cannot say this)
+        # The client master_for made owns the pool: it would close it (and the connection
+        # made next) once dropped. The one returned owns it instead.
+        client.auto_close_connection_pool = False
         client = Redis(connection_pool=client.connection_pool, single_connection_client=True)
         client.auto_close_connection_pool = True
     return client

@@ -14,6 +14,7 @@ redis-server --sentinel processes), and `jobcast up` with REDIS_URL=redis+sentin
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -233,6 +234,17 @@ def test_a_stream_store_restarted_empty_tells_its_viewers(tmp_path, retries):
         stack.stop()
         streams.stop()
         queue.stop()
+
+
+def test_a_writers_own_connection_through_sentinel_is_made_once_and_kept(group):
+    # The client master_for builds owns its pool: dropped, it closed the pool, and with it the
+    # connection just made for the writer, whose first value then dialled again.
+    client = redis_client(group.url, single=True)
+    conn = client.connection
+    gc.collect()
+    assert conn._sock is not None
+    assert client.ping() and client.connection is conn
+    client.close()
 
 
 def test_a_terminal_entry_waits_for_the_replica_or_for_the_setting(group, caplog):
