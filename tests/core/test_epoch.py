@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import uuid
 
@@ -18,7 +19,7 @@ from jobcast.core.epoch import (LOST, PAST_END, UNKNOWN, Era, Head, LogReset, pa
                                 parse_position, rebase, resolve, sse_id)
 from jobcast.core.feed import Feed
 from jobcast.core.joblog import JobLog
-from tests.conftest import own_database
+from tests.conftest import own_database, wait_for
 from tests.support.loss import lose
 
 DB = 10  # this module's own database, for the job feed (one per database)
@@ -359,6 +360,20 @@ def test_a_forked_child_writes_with_a_lock_of_its_own(redis):
                 os._exit(0 if writer.value(1, "from the child") > 0 else 1)
             except BaseException:
                 os._exit(2)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    exited = []
+
+    def child_exited() -> bool:
+        """The child has exited (its status kept)."""
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            exited.append(status)
+        return bool(done)
+
+    try:
+        wait_for(child_exited, timeout=10, what="the child's write")
+    finally:
+        if not exited:  # hung on the parent's lock
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(exited[0]) == 0
     assert [e.data["v"] for e in log.entries() if e.kind == "value"][-1] == "from the child"
