@@ -162,14 +162,12 @@ class Subscriber:
                 raise RedisConnectionError("the pub/sub connection was lost")
             if self._interval:
                 now = time.monotonic()
-                if now >= self._next_check:
-                    if self._unanswered:
-                        raise RedisConnectionError(
-                            f"no answer to the health check in {self._interval:g} s")
+                if now >= self._next_check and not self._unanswered:
                     self._next_check = now + self._interval
                     self._unanswered = True
                     conn.send_command("PING", HEALTH_CHECK, check_health=False)
-                # Wake for the next check, however long the caller would wait.
+                # Wake for the next check (or the answer's deadline), however long the
+                # caller would wait.
                 left = max(self._next_check - now, 0.001)
                 timeout = left if timeout is None else min(timeout, left)
         if timeout != self._timeout:
@@ -178,6 +176,11 @@ class Subscriber:
         try:
             n = sock.recv_into(self._buffer)
         except socket.timeout:
+            # Nothing came, so no answer waits unread either (a busy reader that had not read
+            # it is not taken for a dead connection).
+            if self._unanswered and time.monotonic() >= self._next_check:
+                raise RedisConnectionError(
+                    f"no answer to the health check in {self._interval:g} s") from None
             return False
         if not n:
             raise RedisConnectionError("Redis closed the pub/sub connection")

@@ -41,7 +41,8 @@ def log_connection(cfg: Settings) -> StreamRedis:
     entry is ignored.
     """
     # REDIS_URL holds RQ's queue, so it is never a Cluster: only a separate store is asked.
-    # One connection of its own: each value is sent as soon as the task yields it.
+    # One connection of its own, so that each value is sent without borrowing one from a
+    # pool (on a single Redis or a Sentinel's primary: a Cluster client has a pool per node).
     return connect(stream_url(cfg), cluster=None if separate(cfg) else False, retry_for=60.0,
                    socket_connect_timeout=2, socket_timeout=10, single=True)
 

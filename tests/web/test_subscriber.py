@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from jobcast.core.store import reader_client, redis_client
 from jobcast.launcher.redisserver import RedisServer
-from jobcast.web.subscriber import Subscriber
+from jobcast.web.subscriber import HEALTH_CHECK, Subscriber
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +103,22 @@ def test_a_health_check_left_unanswered_says_the_connection_is_dead(tmp_path):
             assert time.monotonic() - started < 3  # a PING, and one interval without its answer
     finally:
         server.stop()
+
+
+def test_a_reader_busy_past_the_health_checks_deadline_reads_its_answer_before_judging(
+        redis_server):
+    # The answer came, but the reader was busy elsewhere (a long burst) and had not read it:
+    # the connection is alive, and must not be torn down and every job resynced for nothing.
+    web = redis_client(redis_server.url, health_check_interval=1)
+    with Subscriber(reader_client(web)) as sub:
+        sub.subscribe(name())
+        assert sub.get_message(timeout=5)[0] == "subscribe"
+        with sub._lock:  # a PING goes out as a read would send it, and nothing reads yet
+            sub._connect().send_command("PING", HEALTH_CHECK, check_health=False)
+            sub._unanswered, sub._next_check = True, time.monotonic() + 1
+        wait_for(lambda: readable(sub), what="the answer, unread")
+        wait_for(lambda: time.monotonic() >= sub._next_check, what="the answer's deadline")
+        assert sub.get_message(timeout=0.5) is None  # no error: the answer is read first
 
 
 def test_a_closed_subscriber_dials_no_new_connection_for_a_late_command(redis_server):
