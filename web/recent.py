@@ -42,11 +42,11 @@ class RecentEntries:
     instead of joining it. It serves a viewer only in the incarnation the viewer follows (the
     newest kept entry's, or that of the kept entry at the viewer's position). It is *current*
     for a viewer at seq ``cursor`` when it ends at that cursor and the broker has delivered
-    nothing newer: the viewer can then rejoin the fast path without asking Redis. That holds only within one
-    unbroken subscription, so a lost or renewed subscription clears it, and a log read that
-    spans a change (a new ``generation``) adds nothing; nor does one that spans the job being
-    forgotten (its last viewer left: no live batch would ever follow it). Memory is capped in
-    entries and in bytes, per job and for the frames.
+    nothing newer: the viewer can then rejoin the fast path without asking Redis. That holds
+    only within one unbroken subscription, so a lost or renewed subscription clears it, and a
+    log read that spans a change (a new ``generation``) adds nothing; nor does one that spans
+    the job being forgotten (its last viewer left: no live batch would ever follow it). Memory
+    is capped in entries and in bytes, per job and for the frames.
     """
 
     def __init__(self, maxlen: int = RECENT, max_bytes: int = RECENT_BYTES,

@@ -99,7 +99,7 @@ class Subscriber:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
-                self._read(left)
+                self._read(left)  # (whatever came is taken from the reader above)
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 raise ResponseError(str(reply))
@@ -149,10 +149,10 @@ class Subscriber:
         with self._lock:
             self._connect().send_command(*args, check_health=False)
 
-    def _read(self, timeout: float | None) -> bool:
-        """Read what the socket has, waiting up to ``timeout`` s (None: no limit); False if
-        nothing came. Sends the health check when it is due, and raises when the last one
-        went unanswered."""
+    def _read(self, timeout: float | None) -> None:
+        """Feed the reader what the socket has, waiting up to ``timeout`` s (None: no limit).
+        Sends the health check when it is due, and raises when the last one went
+        unanswered."""
         with self._lock:
             conn = self._connect()
             sock = self._sock
@@ -181,8 +181,7 @@ class Subscriber:
             if self._unanswered and time.monotonic() >= self._next_check:
                 raise RedisConnectionError(
                     f"no answer to the health check in {self._interval:g} s") from None
-            return False
+            return
         if not n:
             raise RedisConnectionError("Redis closed the pub/sub connection")
         self._reader.feed(self._buffer, 0, n)
-        return True

@@ -9,7 +9,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobExists, JobLog, UnknownJob
+from jobcast.core.joblog import JobExists, JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import get_task
@@ -86,11 +86,7 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
         except JobExists:
             pass  # opened meanwhile (the web, for a viewer)
         exists, start, attempt = jlog.begin()
-    try:
-        described = jlog.info().task == task_name
-    except UnknownJob:
-        described = True  # gone again: `started` below says so
-    if not described:
+    if exists and jlog.named != task_name:
         # Opened by the web for a viewer while the stream store had lost it, from RQ's
         # description of the call: say which task this is, with its parameters and total.
         jlog.describe(task_name, params, task.total_for(params))

@@ -347,6 +347,7 @@ class JobLog:
         self.began = False
         self.epoch: str | None = None
         self.high = 0
+        self.named: str | None = None  # the task the log named when begun
         # Held from reading epoch and high to recording the seqs a write got: a write that
         # ran on a high not yet raised by another thread's could pass the check with seqs
         # that thread wrote lost, and reuse them in the same epoch.
@@ -599,13 +600,14 @@ class JobLog:
     def begin(self) -> tuple[bool, int, int]:
         """Begin writing the log as it is now: its incarnation (epoch) and seq become this
         writer's expectations. Returns (it exists, values logged, the attempt starting: one
-        more than the log has seen), read at once."""
-        status, seq, values, attempt, epoch = self.redis.hmget(
-            self.keys.meta, "status", "seq", "values", "attempt", "epoch")
+        more than the log has seen), read at once, with the task it names (:attr:`named`)."""
+        status, seq, values, attempt, epoch, task = self.redis.hmget(
+            self.keys.meta, "status", "seq", "values", "attempt", "epoch", "task")
         with self._locked():
             self.began = True
             self.epoch = epoch.decode() if epoch is not None else None
             self.high = int(seq or 0)
+            self.named = task.decode() if task is not None else None
         return status is not None, int(values or 0), int(attempt or 0) + 1
 
     def intact(self) -> bool:
