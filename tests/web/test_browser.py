@@ -305,13 +305,15 @@ def test_the_home_pages_list_says_when_it_is_not_live_and_when_it_was_refused(co
     after the server refused it (a session ended by a new token), frozen for good."""
     server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-home-note.log",
                        JOBCAST_TOKEN="first-token").start()
-    note = "() => document.getElementById('jobs-note').textContent"
+    # Null-safe: the predicate may first run on the login page, before the form's navigation.
+    note = "() => document.getElementById('jobs-note')?.textContent ?? ''"
     try:
         pg = watch(context.new_page())
         pg.goto(f"{server.url}/login?next=/")
         pg.fill("#token", "first-token")
         pg.click("button[type=submit]")
-        pg.wait_for_function(f"() => ({note})() === 'Updated live.' && Jobcast.stats().list",
+        pg.wait_for_url(f"{server.url}/", timeout=10000)
+        pg.wait_for_function(f"() => ({note})() === 'Updated live.' && window.Jobcast?.stats().list",
                              timeout=15000)
         server.stop()
         pg.wait_for_function(f"() => ({note})().startsWith('Reconnecting')", timeout=15000)
