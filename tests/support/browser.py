@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-DONE = "() => document.getElementById('end').textContent === 'Done'"
+DONE = "() => document.getElementById('end')?.textContent === 'Done'"
 PLAIN_DONE = "() => document.getElementById('latest')?.textContent === 'Done'"
 """The plain page says Done (null-safe: a click's navigation may not have replaced the page
 the predicate first runs in)."""
