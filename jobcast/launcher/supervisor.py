@@ -141,8 +141,33 @@ class Service:
         return self.proc.pid if self.proc else None
 
     def alive(self) -> bool:
-        """True while the current process runs."""
-        return self.proc is not None and self.proc.poll() is None
+        """True while the current process runs (an exit is noticed, not reaped: see
+        :func:`has_exited`)."""
+        return self.proc is not None and not has_exited(self.proc)
+
+
+def has_exited(proc: subprocess.Popen) -> bool:
+    """True once ``proc`` has exited, leaving it unreaped (a zombie) if it was not already.
+
+    A service's pid is also its session's and process group's id. Reaped, that number may be
+    handed to a new process, and killing "what the service left behind" by it could then hit
+    a stranger; a zombie keeps it taken. So an exit is only noticed here
+    (``waitid(WNOWAIT)``), and the process is reaped by :func:`reap` once its session is dealt
+    with.
+    """
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped already (by Popen's own bookkeeping)
+        return proc.poll() is not None
+
+
+def reap(proc: subprocess.Popen) -> int:
+    """Kill what is left in ``proc``'s session while its exited leader still holds the id,
+    then reap the leader; returns its exit status."""
+    kill_session(proc.pid)
+    return proc.wait()
 
 
 def describe_exit(returncode: int) -> str:
@@ -308,7 +333,7 @@ class Supervisor:
             return  # exits are expected now
         now = self.clock()
         for s in self.services:
-            if s.state in ("starting", "running") and s.proc and s.proc.poll() is not None:
+            if s.state in ("starting", "running") and s.proc and has_exited(s.proc):
                 self._exited(s, now)
             elif s.state == "backoff" and s.restart_at is not None and now >= s.restart_at:
                 s.restarts += 1
@@ -328,10 +353,9 @@ class Supervisor:
 
     def _exited(self, s: Service, now: float) -> None:
         """Handle an unexpected exit: clean up after it, then schedule a restart or give up."""
-        s.last_exit = describe_exit(s.proc.returncode)
         # Whatever it left running (work-horse, gunicorn workers holding the port) goes too,
         # so the next start begins clean.
-        kill_session(s.proc.pid)
+        s.last_exit = describe_exit(reap(s.proc))
         s.exits = self.policy.prune(s.exits, now) + [now]
         delay = self.policy.delay(s.exits)
         if s.proc.returncode == BAD_INPUT:
@@ -393,10 +417,10 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         for s in services:
             try:
-                s.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+                wait_until(lambda s=s: has_exited(s.proc), max(0.1, deadline - time.monotonic()),
+                           interval=0.02, what=s.name)
+            except TimeoutError:
                 self.printer.system(f"{s.name} did not stop within {timeout:g}s; killing it")
-            kill_session(s.proc.pid)
-            s.proc.wait()
+            reap(s.proc)
             s.state = "stopped"
         self.on_change()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import sys
 
 import pytest
@@ -122,3 +123,31 @@ def test_stop_ends_every_process_in_each_services_session(supervisor):
     supervisor.stop([svc], timeout=5)
     wait_for(lambda: session_members(svc.pid) == [], 5, what="the grandchild to be killed")
     assert svc.state == "stopped"
+
+
+def test_a_dead_services_session_is_killed_while_its_exited_leader_still_holds_the_id(supervisor,
+                                                                                       monkeypatch):
+    """Reaped, a leader's pid (its session's id) may go to a new process, which killing the
+    session by that id would then hit; a zombie keeps the id taken. Both the restart after a
+    crash and the stop kill the session before reaping."""
+    import jobcast.launcher.supervisor as module
+
+    states = []
+    kill = module.kill_session
+
+    def watched(sid, *args):
+        """Note the leader's state (Z: exited, not reaped) when its session is killed."""
+        with open(f"/proc/{sid}/stat", "rb") as f:
+            stat = f.read()
+        states.append(stat[stat.rfind(b")") + 2:].split()[0])
+        kill(sid, *args)
+
+    monkeypatch.setattr(module, "kill_session", watched)
+    svc = supervisor.add(Service("crashy.1", sh("sleep 300 & exit 1")))
+    supervisor.start([svc])
+    first = svc.pid
+    wait_for(lambda: (supervisor.poll(), svc.restarts == 1)[1], 10, what="the restart")
+    assert states == [b"Z"] and svc.pid != first and session_members(first) == []
+    svc.stop_signals = (signal.SIGKILL,)
+    supervisor.stop([svc], timeout=5)
+    assert states == [b"Z", b"Z"] and svc.state == "stopped"
