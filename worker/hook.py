@@ -37,6 +37,11 @@ from jobcast.worker.runner import JobCancelled
 log = logging.getLogger(__name__)
 
 
+class JobEnded(Exception):
+    """The job's log had ended before this attempt began (the web's watchdog failed it, seeing
+    no live worker holding it): the attempt does not run it."""
+
+
 def reason_from(exc_string: str, shown: str | None = None) -> str:
     """The reason viewers see, from RQ's traceback text: ``ValueError: boom``, or as much of
     it as ``shown`` (JOBCAST_FAILURE_REASON) allows."""
@@ -78,6 +83,9 @@ class LifecycleMixin:
     _horse_died_job_id: str | None = None
     """The job whose work-horse just died (:meth:`handle_work_horse_killed`), until its failure
     is handled."""
+    _ended_job_id: str | None = None
+    """The job whose log had ended before its attempt began (:class:`JobEnded`), until its
+    failure is handled."""
 
     def __init__(self, *args, **kwargs) -> None:
         """Set up the RQ worker, and read Jobcast's settings before RQ forks any work-horse,
@@ -133,11 +141,16 @@ class LifecycleMixin:
             jlog = rq_log(job)
             jlog.ensure(job.description, job.origin)
             attempt = jlog.next_attempt()
-            if jlog.started(self.name, attempt) == -1 and jlog.status() == "cancelled":
-                # Cancelled as it was taken (a retry's, say: RQ does not look at a job's
-                # cancel when it dequeues it). Raised inside RQ's ``try``, this never runs
-                # the job: the failure path files it canceled, as run_task's own check does.
-                raise JobCancelled(job.id)
+            if jlog.started(self.name, attempt) == -1:
+                # The log has ended: cancelled as the job was taken (a retry's, say: RQ does
+                # not look at a job's cancel when it dequeues it), or failed by the web's
+                # watchdog. Raised inside RQ's ``try``, either never runs the job: the failure
+                # path files it canceled, or failed with no retry, as the log says (run_task
+                # does not run its own jobs then either).
+                if jlog.status() == "cancelled":
+                    raise JobCancelled(job.id)
+                self._ended_job_id = job.id
+                raise JobEnded(job.id)
             jlog.begin()
         except RedisError as exc:
             log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
@@ -219,8 +232,13 @@ class LifecycleMixin:
         # code never got there, and RQ runs no failure callback on that path.
         died = self._horse_died_job_id == job.id and status == "running"
         self._horse_died_job_id = None
+        ended = self._ended_job_id == job.id
+        self._ended_job_id = None
         if cancelled:
             self._stopped_job_id = job.id  # (its log has its end: nothing more to write)
+        elif ended:
+            # Its log's end stands, and a retry would meet it again: RQ files it failed.
+            job.retries_left = 0
         elif died or not is_runner(job):
             stopped = getattr(self, "_stopped_job_id", None) == job.id
             retry = bool(job.retries_left) and not stopped
