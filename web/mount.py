@@ -22,6 +22,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from jobcast.core.settings import Settings
 from jobcast.web.app import create_app
 from jobcast.web.gunicorn_check import UnsuitableWorker, check_worker_class
+from jobcast.web.pages import shared_script_version
 
 __all__ = ["init_app", "UnsuitableWorker", "check_worker_class"]
 
@@ -51,5 +52,9 @@ def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | Non
         for rule in jobcast_app.url_map.iter_rules(endpoint):
             app.add_url_rule(prefix + rule.rule, endpoint=f"jobcast.{endpoint.rpartition('.')[2]}",
                              build_only=True)
+    # Your pages' jobcast.js URL names the file's digest, as Jobcast's own pages' does (see
+    # pages.shared_script_version): a deploy that changes it starts new SharedWorkers.
+    app.url_defaults(lambda endpoint, values: endpoint == "jobcast.static"
+                     and shared_script_version("static", values))
     app.extensions["jobcast"] = jobcast_app.extensions["jobcast"]
     return jobcast_app

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, render_template
@@ -15,6 +18,26 @@ from jobcast.web.services import state
 from jobcast.web.surface import job_scoped, page, private, public, returns
 
 bp = Blueprint("pages", __name__)
+
+SHARED_SCRIPT = "jobcast.js"
+"""The static file that also runs as the pages' SharedWorker: its URL names its digest."""
+
+
+@cache
+def static_digest(filename: str) -> str:
+    """The first 12 hex digits of the SHA-256 of static file ``filename`` (read once)."""
+    data = (Path(__file__).parent / "static" / filename).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+@bp.app_url_defaults
+def shared_script_version(endpoint: str, values: dict) -> None:
+    """Pages load ``jobcast.js?v=<its digest>``. The script puts the digest in its version,
+    which names the SharedWorker that tabs share: after a deploy that changed the file, new
+    pages start a worker of the new code instead of joining the old one still running for
+    tabs opened before (whose messages the new code might not read)."""
+    if endpoint == "static" and values.get("filename") == SHARED_SCRIPT:
+        values.setdefault("v", static_digest(SHARED_SCRIPT))
 
 
 def age_text(seconds: float | None) -> str:

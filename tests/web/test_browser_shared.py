@@ -19,9 +19,11 @@ import signal
 import time
 import uuid
 
+import httpx
 import pytest
 
 from jobcast.core.joblog import JobLog
+from jobcast.web.pages import static_digest
 from tests.conftest import (CHROMIUM_FLAGS, WebServer, assert_page_clean, chromium_path,
                             wait_for, watch)
 from tests.support.browser import DONE, LIVE_VALUE
@@ -385,4 +387,35 @@ def test_a_trimmed_event_mid_stream_goes_on_at_the_first_entry_kept_with_no_reco
         assert "4 earlier values are no longer kept" in pg.inner_text("body")
         assert stats(pg)["gaps"] == 0 and len(asked) == 1, (stats(pg), asked)
     finally:
+        ctx.close()
+
+
+def test_pages_name_their_jobcast_js_by_its_digest_and_its_tabs_share_the_worker_of_that_version(
+        lan_browser, server, redis):
+    """Pages load jobcast.js?v=<its digest>, and the script's version carries the digest. The
+    version names the SharedWorker the tabs share (its URL and name), so after a deploy that
+    changed the file new tabs start a worker of the new code rather than joining the old one
+    still running for tabs opened before. The worker reads the version from its URL and says
+    it in its hello; a page refuses a worker of another version, so tabs that share one here
+    show that both ends agree."""
+    base = f"http://{LAN_HOST}:{server.port}"
+    digest = static_digest("jobcast.js")
+    assert re.fullmatch(r"[0-9a-f]{12}", digest)
+    assert f'src="/static/jobcast.js?v={digest}"' in httpx.get(f"{server.url}/").text
+    wait_for(lambda: open_streams(server.url) == 0, 10, what="no stream left by another test")
+    writer = Writer(redis, 1)
+    job_id = writer.ids[0]
+    ctx = lan_browser.new_context()
+    try:
+        tabs = [open_job(ctx, base, job_id) for _ in range(2)]
+        assert [pg.evaluate("[Jobcast.version, Jobcast.stats().mode]") for pg in tabs] == [
+            [f"1-{digest}", "worker"]] * 2
+        wait_for(lambda: open_streams(server.url) == 1, 5, what="two tabs on one worker's stream")
+        writer.finish()
+        for pg in tabs:
+            pg.wait_for_function(DONE, timeout=15000)
+            assert pg.evaluate("window.jobcastPage().values") == writer.written[job_id]
+            assert_page_clean(pg)
+    finally:
+        writer.finish()
         ctx.close()

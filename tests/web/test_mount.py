@@ -14,6 +14,7 @@ from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
 from jobcast.web import services
 from jobcast.web.gunicorn_check import UnsuitableWorker, check_worker_class
+from jobcast.web.pages import static_digest
 
 
 @pytest.fixture
@@ -55,7 +56,11 @@ def test_host_app_links_to_a_job_with_url_for(host):
     with host.test_request_context():
         assert url_for("jobcast.job_page", job_id="abc-1") == "/tools/jobcast/jobs/abc-1"
         assert url_for("jobcast.sse_stream", job_id="abc-1") == "/tools/jobcast/jobs/abc-1/events"
-        assert url_for("jobcast.static", filename="jobcast.js") == "/tools/jobcast/static/jobcast.js"
+        # jobcast.js names its digest, as on Jobcast's own pages (test_browser_shared.py)
+        assert url_for("jobcast.static", filename="jobcast.js") == (
+            f"/tools/jobcast/static/jobcast.js?v={static_digest('jobcast.js')}")
+        assert url_for("jobcast.static", filename="frame.css") == "/tools/jobcast/static/frame.css"
+        assert url_for("static", filename="jobcast.js") == "/static/jobcast.js"  # the host's own
 
 
 def test_jobcast_errors_stay_json_and_do_not_change_the_host_apps_errors(host):

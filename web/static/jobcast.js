@@ -29,7 +29,13 @@
 (function (root) {
   "use strict";
 
-  var VERSION = "1";                // pages and workers of one version only talk to each other
+  // Pages and workers of one version only talk to each other. The version is the messages'
+  // (PROTOCOL) and, when the page loaded this file as jobcast.js?v=<digest> (Jobcast's own
+  // pages do), the file's digest: a deploy that changes the file starts new workers rather
+  // than joining the old code still running for tabs opened before. A worker reads its
+  // version from its URL, where the page put it (its last v=).
+  var PROTOCOL = "1";
+  var VERSION = version();
   var TERMINAL = { finished: true, failed: true, cancelled: true };
   var ENTRY_KINDS = ["queued", "started", "value", "log", "retrying", "finished", "failed", "cancelled"];
   var JOB_META = ["tail", "trimmed", "missing", "ended", "reset"];
@@ -38,6 +44,20 @@
   // The server's longest /events query (MAX_QUERY, web/events.py). A view link's sig= per job
   // makes a job cost about 170 bytes, so fewer than MAX_JOBS may fit: the rest go on another lane.
   var MAX_QUERY = 8000;
+
+  function version() {
+    var doc = root.document, src = "", vs = [];
+    if (doc) {
+      var tag = doc.currentScript || doc.querySelector("script[src*='jobcast.js']");
+      src = tag ? tag.src : "";
+    } else if (root.location) {
+      src = root.location.href;
+    }
+    try { vs = new URL(src).searchParams.getAll("v"); } catch (e) { vs = []; }
+    var v = doc ? vs[0] : vs[vs.length - 1];
+    if (!v || !/^[A-Za-z0-9_.-]{1,64}$/.test(v)) { return PROTOCOL; }
+    return doc ? PROTOCOL + "-" + v : v;
+  }
   // Most connections (lanes) the jobs are spread over: half the six a browser allows per host
   // over HTTP/1.1, the other half left for the page's own requests. Jobs beyond wait their turn.
   var MAX_LANES = 3;
@@ -915,7 +935,13 @@
     this.port.onmessage = function (e) {
       self.heard = Date.now();
       if (e.data.t === "pong") { return; }
-      if (e.data.t === "hello") { self.ready = true; clearTimeout(self.timer); return; }
+      if (e.data.t === "hello") {
+        // A worker of another version (its URL and name carry this one's): not ours to use.
+        if (e.data.version !== VERSION) { self.fail(); return; }
+        self.ready = true;
+        clearTimeout(self.timer);
+        return;
+      }
       hub.receive(e.data);
     };
     this.port.start();
