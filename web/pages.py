@@ -14,14 +14,11 @@ from flask import Blueprint, render_template
 from jobcast.core.registry import all_tasks
 from jobcast.core.urls import JOB_PATHS
 from jobcast.web.admission import load_job
+from jobcast.web.security import WORKER_SCRIPT
 from jobcast.web.services import state
 from jobcast.web.surface import job_scoped, page, private, public, returns
 
 bp = Blueprint("pages", __name__)
-
-SHARED_SCRIPT = "jobcast.js"
-"""The static file that also runs as the pages' SharedWorker: its URL names its digest."""
-
 
 @cache
 def static_digest(filename: str) -> str:
@@ -36,8 +33,8 @@ def shared_script_version(endpoint: str, values: dict) -> None:
     which names the SharedWorker that tabs share: after a deploy that changed the file, new
     pages start a worker of the new code instead of joining the old one still running for
     tabs opened before (whose messages the new code might not read)."""
-    if endpoint == "static" and values.get("filename") == SHARED_SCRIPT:
-        values.setdefault("v", static_digest(SHARED_SCRIPT))
+    if endpoint == "static" and values.get("filename") == WORKER_SCRIPT:
+        values.setdefault("v", static_digest(WORKER_SCRIPT))
 
 
 def age_text(seconds: float | None) -> str:
