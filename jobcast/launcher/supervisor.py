@@ -157,6 +157,8 @@ def has_exited(proc: subprocess.Popen) -> bool:
     """
     if proc.returncode is not None:
         return True
+    if not hasattr(os, "waitid"):  # macOS before Python 3.13: noticed by reaping, as before
+        return proc.poll() is not None
     try:
         return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:  # reaped already (by Popen's own bookkeeping)
@@ -165,8 +167,11 @@ def has_exited(proc: subprocess.Popen) -> bool:
 
 def reap(proc: subprocess.Popen) -> int:
     """Kill what is left in ``proc``'s session while its exited leader still holds the id,
-    then reap the leader; returns its exit status."""
-    kill_session(proc.pid)
+    then reap the leader; returns its exit status. A leader reaped already (a service
+    stopped while it waits to restart, or stopped twice) no longer holds the id: nothing is
+    killed by it."""
+    if proc.returncode is None:
+        kill_session(proc.pid)
     return proc.wait()
 
 

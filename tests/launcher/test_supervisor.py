@@ -151,3 +151,22 @@ def test_a_dead_services_session_is_killed_while_its_exited_leader_still_holds_t
     svc.stop_signals = (signal.SIGKILL,)
     supervisor.stop([svc], timeout=5)
     assert states == [b"Z", b"Z"] and svc.state == "stopped"
+
+
+def test_stopping_a_service_that_waits_to_restart_kills_nothing_by_its_reaped_id(monkeypatch):
+    """A review's finding: a service stopped while it waits out its backoff (or stopped
+    twice) has a leader reaped already, whose id may belong to another process by now."""
+    import jobcast.launcher.supervisor as module
+
+    killed = []
+    kill = module.kill_session
+    monkeypatch.setattr(module, "kill_session", lambda sid, *a: (killed.append(sid), kill(sid, *a)))
+    printer, _out = printed()
+    sup = Supervisor(printer, RestartPolicy(retries=2, window=30, backoff=30, max_backoff=30))
+    svc = sup.add(Service("down.1", sh("exit 1")))
+    sup.start([svc])
+    wait_for(lambda: (sup.poll(), svc.state == "backoff")[1], 10, what="the backoff")
+    assert killed == [svc.pid]  # at its exit, while it was a zombie
+    sup.stop([svc], timeout=5)
+    sup.stop([svc], timeout=5)
+    assert killed == [svc.pid] and svc.state == "stopped"
