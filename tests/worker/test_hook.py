@@ -46,3 +46,18 @@ def test_a_plain_job_whose_log_the_watchdog_failed_is_not_run_and_filed_failed_w
     assert [e.kind for e in jlog.entries()] == ["queued", "failed"]
     assert job.id not in queue.job_ids and job.retries_left == 0
     assert JobLog(redis, after.id).status() == "finished"
+
+
+def test_a_plain_job_enqueued_again_under_an_id_whose_earlier_run_ended_still_runs(redis, in_process):
+    """A review's finding: a requeue, or a job with a fixed id, meets the log of the id's
+    earlier run, ended before this enqueue. That end is not this run's: the job runs (as it
+    always did), where one failed since its enqueue does not (above)."""
+    queue = Queue(f"hook-again-{os.getpid()}", connection=redis)
+    job_id = f"again-{os.getpid()}"
+    earlier = JobLog(redis, job_id)
+    earlier.ensure("an earlier run", queue.name)
+    earlier.failed("it failed then")
+    job = queue.enqueue(emit_lines, 3, job_id=job_id)
+    SimpleWorker([queue], connection=redis).work(burst=True)
+    job.refresh()
+    assert job.get_status() == JobStatus.FINISHED and job.return_value() == 3
