@@ -54,8 +54,9 @@
       src = root.location.href;
     }
     try { vs = new URL(src).searchParams.getAll("v"); } catch (e) { vs = []; }
-    var v = doc ? vs[0] : vs[vs.length - 1];
-    if (!v || !/^[A-Za-z0-9_.-]{1,64}$/.test(v)) { return PROTOCOL; }
+    // A page takes a digest of up to 64 characters; its worker, the version made of it.
+    var v = doc ? vs[0] : vs[vs.length - 1], most = doc ? 64 : 64 + PROTOCOL.length + 1;
+    if (!v || v.length > most || !/^[A-Za-z0-9_.-]+$/.test(v)) { return PROTOCOL; }
     return doc ? PROTOCOL + "-" + v : v;
   }
   // Most connections (lanes) the jobs are spread over: half the six a browser allows per host
