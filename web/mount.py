@@ -52,9 +52,14 @@ def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | Non
         for rule in jobcast_app.url_map.iter_rules(endpoint):
             app.add_url_rule(prefix + rule.rule, endpoint=f"jobcast.{endpoint.rpartition('.')[2]}",
                              build_only=True)
-    # Your pages' jobcast.js URL names the file's digest, as Jobcast's own pages' does (see
-    # pages.shared_script_version): a deploy that changes it starts new SharedWorkers.
-    app.url_defaults(lambda endpoint, values: endpoint == "jobcast.static"
-                     and shared_script_version("static", values))
+    app.url_defaults(_shared_script_version)
     app.extensions["jobcast"] = jobcast_app.extensions["jobcast"]
     return jobcast_app
+
+
+def _shared_script_version(endpoint: str, values: dict) -> None:
+    """Your pages' jobcast.js URL names the file's digest, as Jobcast's own pages' does
+    (:func:`jobcast.web.pages.shared_script_version`): a deploy that changes it starts new
+    SharedWorkers. Your app's own endpoints are left alone."""
+    if endpoint == "jobcast.static":
+        shared_script_version("static", values)

@@ -20,6 +20,7 @@ from jobcast.web.surface import job_scoped, page, private, public, returns
 
 bp = Blueprint("pages", __name__)
 
+
 @cache
 def static_digest(filename: str) -> str:
     """The first 12 hex digits of the SHA-256 of static file ``filename`` (read once)."""
