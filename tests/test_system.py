@@ -199,3 +199,35 @@ def test_a_relayed_stream_says_connection_close_so_a_pooled_client_goes_on_with_
         assert b"0.0" in body
         # The relay closed the connection at the end; the client knew not to reuse it.
         assert http.get("/healthz").status_code == 200
+
+
+def test_each_run_of_a_repeated_rq_job_reaches_its_viewers_and_a_resume_is_told_of_the_new_run(
+        http, web, workers, redis):
+    """RQ's ``Repeat`` runs a job again under its id. A viewer of the first run gets it whole,
+    with its end; the next run opens the job's log anew, so a viewer who resumes from the first
+    run's last id is told by one ``reset`` (the log was re-created) and gets the next run's
+    entries, and a new viewer sees the last run's values (before, they were dropped)."""
+    from rq import Queue, Repeat
+
+    from jobcast.core.joblog import JobLog
+    from tests.rq_jobs import emit_lines
+
+    job = Queue("jobcast", connection=redis).enqueue(emit_lines, 4, 0.25,
+                                                      repeat=Repeat(times=1))
+    first = sse_events(web.url, job.id)
+    assert [e.event for e in first] == ["queued", "started", "value", "value", "value", "value",
+                                        "finished"]
+
+    def second_run_ended() -> bool:
+        job.refresh()
+        return (job.get_status() == "finished" and job.repeats_left == 0
+                and JobLog(redis, job.id).status() == "finished")
+
+    wait_for(second_run_ended, 30, what="the second run's end")
+    resumed = sse_events(web.url, job.id, headers={"Last-Event-ID": first[-1].id})
+    assert [e.event for e in resumed] == ["reset", "queued", "started", "value", "value",
+                                          "value", "value", "finished"]
+    assert json.loads(resumed[0].data)["reason"] == "unknown_epoch"
+    assert [e.seq for e in resumed[1:]] == list(range(1, 8))
+    assert resumed[1].id.split(":")[1] != first[-1].id.split(":")[1]
+    assert read_stream(web.url, job.id) == "".join(f"line {i}\n" for i in range(4))

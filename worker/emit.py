@@ -25,12 +25,12 @@ from rq import get_current_job
 from rq.job import Job
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog
+from jobcast.core.joblog import JobLog, task_label
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
 from jobcast.worker import capture
-from jobcast.worker.runner import JobCancelled
+from jobcast.worker.attempt import JobCancelled, start_attempt
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def _state(job: Job) -> EmitState:
             # No worker hook: create the log and say the job started, or values would land
             # in a log that viewers cannot find; its end goes unrecorded, hence the warning.
             jlog.ensure(job.description, job.origin)
-            jlog.started(job.worker_name or "unknown", jlog.next_attempt())
+            start_attempt(jlog, job, job.worker_name or "unknown", task_label(job.description),
+                          {}, None, {"origin": job.origin or ""})
             log.warning("job %s calls emit() on a worker without Jobcast's hook: its end will "
                         "not be logged until the web's watchdog sees RQ's status; run the "
                         "worker as `rq worker -w jobcast.Worker`", job.id)

@@ -17,7 +17,6 @@ descriptors; in the non-forking worker, at ``sys.stdout`` and ``sys.stderr``.
 from __future__ import annotations
 
 import logging
-from datetime import timezone
 
 from redis.exceptions import RedisError
 from rq import SimpleWorker as RQSimpleWorker
@@ -27,31 +26,15 @@ from rq.job import Job, JobStatus
 from rq.utils import import_attribute
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog, valid_text
+from jobcast.core.joblog import JobLog, task_label, valid_text
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.worker import capture
+from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
 from jobcast.worker.emit import HOOKED_ATTR, began_log, is_runner, rq_log, run_log, share
-from jobcast.worker.runner import JobCancelled
 
 log = logging.getLogger(__name__)
-
-
-class JobEnded(Exception):
-    """The job's log had ended before this attempt began (the web's watchdog failed it, seeing
-    no live worker holding it): the attempt does not run it."""
-
-
-def ended_since_enqueued(jlog: JobLog, job: Job) -> bool:
-    """True when ``jlog`` ended after ``job`` was last enqueued (the web's watchdog failed
-    this very run), not in an earlier run of the same id."""
-    ended, enqueued = jlog.info().ended_at, job.enqueued_at
-    if ended is None or enqueued is None:
-        return False
-    if enqueued.tzinfo is None:  # RQ's times are UTC
-        enqueued = enqueued.replace(tzinfo=timezone.utc)
-    return ended >= enqueued.timestamp()
 
 
 def reason_from(exc_string: str, shown: str | None = None) -> str:
@@ -152,21 +135,17 @@ class LifecycleMixin:
         try:
             jlog = rq_log(job)
             jlog.ensure(job.description, job.origin)
-            attempt = jlog.next_attempt()
-            if jlog.started(self.name, attempt) == -1:
-                # The log has ended: cancelled as the job was taken (a retry's, say: RQ does
-                # not look at a job's cancel when it dequeues it), or failed by the web's
-                # watchdog since this enqueue. Raised inside RQ's ``try``, either never runs
-                # the job: the failure path files it canceled, or failed with no retry, as the
-                # log says (run_task does not run its own jobs then either). A log that ended
-                # before this enqueue was an earlier run's (the id enqueued again: a requeue,
-                # a fixed id): the job runs, as it always did.
-                if jlog.status() == "cancelled":
-                    raise JobCancelled(job.id)
-                if ended_since_enqueued(jlog, job):
-                    self._ended_job_id = job.id
-                    raise JobEnded(job.id)
+            # A log that has ended was cancelled, or failed by the web's watchdog since this
+            # enqueue: raised inside RQ's ``try``, JobCancelled and JobEnded never run the
+            # job, and the failure path files it canceled, or failed with no retry, as the log
+            # says. A log that finished or failed before this enqueue was an earlier run's (RQ's
+            # Repeat, a requeue, a fixed id): this run opens it anew (worker/attempt.py).
+            attempt = start_attempt(jlog, job, self.name, task_label(job.description), {},
+                                    None, {"origin": job.origin or ""}).number
             jlog.begin()
+        except JobEnded:
+            self._ended_job_id = job.id
+            raise
         except RedisError as exc:
             log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
             return

@@ -16,20 +16,10 @@ from jobcast.core.registry import get_task
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis, connect, separate, stream_url
 from jobcast.worker import capture
+from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
 from jobcast.worker.chart import ChartWriter
 
 log = logging.getLogger(__name__)
-
-
-class JobCancelled(Exception):
-    """The job was cancelled: its log already ends with ``cancelled``, so it stops here.
-
-    Raised where the job runs (a work-horse, or a non-forking worker's own process) by the
-    runner or by ``emit()``; the worker (worker/hook.py) then files the RQ job as canceled
-    instead of failing or retrying it.
-    """
-
-    jobcast_logged = True  # on_failure has nothing to write: the log has its ending
 
 
 def log_connection(cfg: Settings) -> StreamRedis:
@@ -90,11 +80,15 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
         # Opened by the web for a viewer while the stream store had lost it, from RQ's
         # description of the call: say which task this is, with its parameters and total.
         jlog.describe(task_name, params, task.total_for(params))
-    if jlog.started(job.worker_name or "unknown", attempt) == -1:
-        if jlog.status() == "cancelled":
-            raise JobCancelled(job.id)
+    try:
+        started = start_attempt(jlog, job, job.worker_name or "unknown", task_name, params,
+                                task.total_for(params))
+    except JobEnded:
         log.warning("job %s already ended (failed by the watchdog?); not running it", job.id)
         return {"values": start}
+    attempt = started.number
+    if started.new_run:
+        start = 0  # the id runs again, in a log opened anew: from its first value
     # The output is this attempt's, comes after `started`, and goes through this began log:
     # its lines and the values share one incarnation and one highest seq.
     capture.set_attempt(attempt, jlog)

@@ -10,8 +10,9 @@
 --       start: nothing proves the log is what the last attempt left), the writer's id and the
 --       number of this write among its writes (1, 2, ...), '1' when the write is refused with
 --       -5 if the log is behind the writer ('' to write it anyway, in a new epoch: a retrying or
---       failed entry ends the attempt whatever happened to its log), then field/value pairs
---       for the hash.
+--       failed entry ends the attempt whatever happened to its log), for a ``queued`` entry
+--       the ended_at of an earlier run whose finished or failed log it replaces ('' for none:
+--       the job id must be new), then field/value pairs for the hash.
 -- Returns the new entry's seq, or a negative code: -1 already ended, -2 unknown job,
 -- -3 value index not the next one (a retried job repeating a value), -4 job id exists,
 -- -5 the log is not the incarnation the writer began: another epoch, or behind what the writer
@@ -39,7 +40,13 @@ end
 local status = redis.call('HGET', meta, 'status')
 local epoch, previous
 if kind == 'queued' then
-  if status then return -4 end
+  if status then
+    -- The job id runs again (RQ's Repeat, a requeue, an id enqueued again): its earlier run's
+    -- log gives way to this run's, if it is still the one the writer found ended.
+    if ARGV[16] == '' or (status ~= 'finished' and status ~= 'failed')
+        or redis.call('HGET', meta, 'ended_at') ~= ARGV[16] then return -4 end
+    redis.call('DEL', meta, log)
+  end
   epoch = ARGV[11]
   redis.call('HSET', meta, 'epoch', epoch, 'epochs', epoch .. '@1@0')
 else
@@ -77,8 +84,8 @@ else
   redis.call('SPUBLISH', ARGV[1], entry)
 end
 redis.call('HSET', meta, writer, nth .. ':' .. seq)
-if #ARGV > 15 then
-  redis.call('HSET', meta, unpack(ARGV, 16))
+if #ARGV > 16 then
+  redis.call('HSET', meta, unpack(ARGV, 17))
 end
 if kind == 'queued' and index then
   local id = string.match(meta, ':job:(.*)$')

@@ -4,8 +4,8 @@ Shaped like a job's log (a hash holding ``seq``, a stream with ids ``0-<seq>``, 
 announcing each item), so the web's relay serves it to a page like a job, with the same
 resume, catch-up and heartbeats, under the name :data:`FEED`. An item says which job changed
 and how: ``{"seq", "kind": "job", "job", "change", "jseq" (the job entry's seq), "ts",
-"values", "n"}`` plus ``task`` (queued), ``worker`` and ``attempt`` (started), ``reason``
-(retrying, failed) or ``by`` (cancelled). ``change`` is a lifecycle kind or ``progress``; the
+"values", "n"}`` plus ``task`` and ``created_at`` (queued), ``worker`` and ``attempt``
+(started), ``reason`` (retrying, failed) or ``by`` (cancelled). ``change`` is a lifecycle kind or ``progress``; the
 item's own kind is always ``job``, so no item ever ends the feed as a terminal entry would.
 
 Progress is throttled where values are written (:class:`ProgressGate`): at most one item per

@@ -367,7 +367,7 @@ class JobLog:
 
     def _write(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
                value_json: str | None = None, meta: dict[str, Any] | None = None,
-               new_era: bool = False) -> int:
+               new_era: bool = False, replacing: str = "") -> int:
         """Append one entry atomically and return its seq (or a negative code); tell the
         job feed of a change of state, and of progress (throttled).
 
@@ -385,7 +385,8 @@ class JobLog:
             high, self._spare = self.high, None  # (not offered again if this write fails)
             self._unsent = []  # a batch sent after this write would not be in order
             keys, args = self.script_args(kind, body, index=index, value_json=value_json,
-                                          meta=meta, new_era=new_era, epoch=epoch)
+                                          meta=meta, new_era=new_era, epoch=epoch,
+                                          replacing=replacing)
             if kind in TERMINAL and self.terminal_replicas and not is_cluster(self.redis):
                 seq = self._write_durably(kind, keys, args)
             else:
@@ -408,7 +409,7 @@ class JobLog:
             raise LogReset(self.job_id)
         if seq > 0:
             try:
-                self._announce(kind, seq, body or {})
+                self._announce(kind, seq, body or {}, meta or {})
             except RedisError as exc:  # the feed is a view: the log, written, is the truth
                 log.warning("job %s: the feed missed its %s (%s)", self.job_id, kind, exc)
         return seq
@@ -438,7 +439,7 @@ class JobLog:
                         self.terminal_replicas, self.terminal_wait_ms)
         return seq
 
-    def _announce(self, kind: str, seq: int, body: dict[str, Any]) -> None:
+    def _announce(self, kind: str, seq: int, body: dict[str, Any], meta: dict[str, Any]) -> None:
         """Append the feed's item for the entry ``seq`` just written (see jobcast.core.feed)."""
         if kind == "value":
             if "n" in body:
@@ -454,7 +455,10 @@ class JobLog:
         if kind not in LIFECYCLE:
             return
         if kind == "queued":
-            fields = {"task": body.get("task"), "values": 0, "n": body.get("n")}
+            # created_at as the job's row has it: a later one is a new run of the id (reopen),
+            # whose seqs start again at 1, where a page takes the same one for a duplicate.
+            fields = {"task": body.get("task"), "values": 0, "n": body.get("n"),
+                      "created_at": float(meta["created_at"])}
         else:
             values, total = self.redis.hmget(self.keys.meta, "values", "n")
             fields = {"values": int(values or 0), "n": int(total) if total else None}
@@ -494,10 +498,11 @@ class JobLog:
     def script_args(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
                     value_json: str | None = None, meta: dict[str, Any] | None = None,
                     new_era: bool = False, epoch: str | None = None,
-                    ts: float | None = None) -> tuple[tuple[str, ...], list[Any]]:
+                    ts: float | None = None, replacing: str = "") -> tuple[tuple[str, ...], list[Any]]:
         """The KEYS and ARGV of the append script for one entry (also for a pipeline):
         ``new_era`` begins a new epoch with it (``epoch``, or a new one); ``ts`` is the entry's
-        time, by default now (an output line carries when it was printed)."""
+        time, by default now (an output line carries when it was printed); ``replacing`` (a
+        ``queued`` entry's) is the ``ended_at`` of the earlier run whose log it replaces."""
         # Every value a job yields comes through here on its way to the viewers, on a CPU
         # that has usually gone cold since the last one: the work is kept short.
         now = f"{time.time():.6f}"
@@ -528,14 +533,16 @@ class JobLog:
                 [self.keys.channel, kind, index, ",".join(parts) + "}", self.maxlen,
                  self.ttl, now, self.index_max, (self.epoch or "") if checked else "",
                  self.high if self.began else 0, epoch or new_epoch(), "1" if new_era else "",
-                 self._writer, self._writes, "1" if checked else "", *fields])
+                 self._writer, self._writes, "1" if checked else "", replacing, *fields])
 
     def create(self, task: str, params: dict[str, Any], total: int | None,
-               extra: dict[str, str] | None = None) -> int:
+               extra: dict[str, str] | None = None, *, replacing: str = "") -> int:
         """Create the job's metadata and write its ``queued`` entry.
 
         ``extra`` adds fields to the metadata hash in the same script (e.g. the RQ queue of a
-        job that Jobcast did not enqueue).
+        job that Jobcast did not enqueue). ``replacing`` is the ``ended_at`` of an earlier run
+        of the job id, whose ended log this one replaces (:meth:`reopen`); JobExists if the
+        log is not that run's.
         """
         cluster = is_cluster(self.redis)
         if cluster:
@@ -547,7 +554,7 @@ class JobLog:
             "created_at": f"{time.time():.6f}",
             "values": 0,
             **(extra or {}),
-        })
+        }, replacing=replacing)
         if seq == -4:
             raise JobExists(self.job_id)
         if cluster and seq > 0:
@@ -575,6 +582,30 @@ class JobLog:
             self.create(task_label(description), {}, None, extra={"origin": origin or ""})
         except JobExists:
             return False
+        return True
+
+    def reopen(self, task: str, params: dict[str, Any], total: int | None,
+               extra: dict[str, str] | None = None) -> bool:
+        """Open the log anew for a new run of its job id (RQ's ``Repeat``, a requeue, the id
+        enqueued again), in place of the earlier run's log, which has finished or failed: True
+        if opened here, False if the log is not such an end any more (another reopened it).
+
+        The earlier run's entries and chart give way, in one script with the new ``queued``
+        entry, so no reader finds the log missing in between. The new log has an epoch of its
+        own: a viewer who resumes from the earlier run is told by a ``reset``
+        (``unknown_epoch``) and starts over, as after a re-created log.
+        """
+        status, ended_at = self.redis.hmget(self.keys.meta, "status", "ended_at")
+        if status not in (b"finished", b"failed") or ended_at is None:
+            return False
+        try:
+            self.create(task, params, total, extra, replacing=ended_at.decode())
+        except JobExists:
+            return False
+        # (a reader between the two sees the new run with the earlier run's chart, once)
+        self.redis.delete(self.keys.chart)
+        if self.began:
+            self.begin()  # a writer of the earlier run goes on in the new one, as it is now
         return True
 
     def _index(self, key: str, created: float, keep: int | None = None) -> None:
@@ -618,8 +649,9 @@ class JobLog:
             return (self.began and position is not None and position.epoch == self.epoch
                     and position.seq >= self.high)
 
-    def started(self, worker: str, attempt: int) -> int:
-        """Record that ``worker`` started (or restarted) the job.
+    def started(self, worker: str, attempt: int, run: str = "") -> int:
+        """Record that ``worker`` started (or restarted) the job; ``run`` names the enqueue
+        this attempt is of (RQ's ``enqueued_at``), which :meth:`run_end` gives back.
 
         A restart (``attempt`` > 1) begins a new epoch: the attempt before it is gone, and
         nothing proves the log is all it wrote (Redis may have lost its last entries, with
@@ -627,7 +659,7 @@ class JobLog:
         """
         return self._write("started", {"worker": worker, "attempt": attempt},
                            meta={"worker": worker, "started_at": f"{time.time():.6f}",
-                                 "attempt": attempt}, new_era=attempt > 1)
+                                 "attempt": attempt, "run": run}, new_era=attempt > 1)
 
     def value(self, index: int, value: Any, total: int | None = None) -> int:
         """Record value number ``index``; returns -3 if it was already logged (a retry).
@@ -744,6 +776,12 @@ class JobLog:
     def next_attempt(self) -> int:
         """The number of the attempt that is starting: one more than the log has seen."""
         return int(self.redis.hget(self.keys.meta, "attempt") or 0) + 1
+
+    def run_end(self) -> tuple[float | None, str | None]:
+        """When the log ended (None: it has not), and the enqueue of the run last started in
+        it (None: none was named)."""
+        ended_at, run = self.redis.hmget(self.keys.meta, "ended_at", "run")
+        return (float(ended_at) if ended_at else None), (run.decode() if run else None)
 
     def status(self) -> str | None:
         """The job's status (``queued``, ``running``, ``cancelled``…), None once expired."""

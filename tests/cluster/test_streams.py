@@ -264,3 +264,18 @@ def test_on_the_cluster_a_created_job_is_open_until_it_ends(streams):
     log.finished()
     assert log.job_id not in {job_id for job_id, _ in store.open_jobs()}
     assert streams.zscore(OPEN_JOBS, log.job_id) is None  # the round dropped it
+
+
+def test_on_the_cluster_a_job_run_again_reopens_its_log_in_one_script_and_is_open_again(streams):
+    """The earlier run's keys give way to the new run's on the job's own slot (the index keys
+    live elsewhere, and are written around the script as at creation)."""
+    store = LogStore(streams, Settings())
+    log = store.log(uuid.uuid4().hex)
+    log.create("sqrt", {}, 1)
+    log.started("w", 1)
+    log.value(0, 1.0)
+    log.finished()
+    assert log.reopen("sqrt", {"n": 2}, 2)
+    assert [(e.seq, e.kind) for e in log.entries()] == [(1, "queued")]
+    assert log.info().params == {"n": 2} and streams.ttl(log.keys.meta) == -1
+    assert (log.job_id, "") in store.open_jobs()

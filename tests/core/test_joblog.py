@@ -143,6 +143,60 @@ def test_status_follows_the_lifecycle(r, jlog):
     assert job_info(r, jlog.job_id)["status"] == "finished"
 
 
+def test_a_finished_or_failed_log_reopens_as_a_new_run_in_an_epoch_of_its_own(r):
+    """A new run of the id (RQ's Repeat, a requeue) replaces the earlier run's ended log in one
+    script: a queued entry at seq 1, no expiry, no chart, a new epoch, the new description."""
+    for end in ("finished", "failed"):
+        log = new_jlog(r)
+        log.started("w", 1)
+        log.value(0, 1.0)
+        log.finished() if end == "finished" else log.failed("boom")
+        log.save_chart("{}")
+        epoch = log.position().epoch
+        assert log.reopen("sqrt", {"n": 5}, 5)
+        assert kinds(log) == [(1, "queued")]
+        info = job_info(r, log.job_id)
+        assert (info["status"], info["params"], info["progress"]["n"]) == ("queued", {"n": 5},
+                                                                          5)
+        assert info["ended_at"] is None and info["reason"] is None and not info["attempt"]
+        assert log.position().epoch != epoch and log.chart() is None
+        assert r.ttl(meta_key(log.job_id)) == -1 and r.ttl(log_key(log.job_id)) == -1
+        log.started("w", 1)
+        assert log.value(0, 2.0) == 3
+
+
+def test_only_an_ended_log_that_finished_or_failed_is_reopened(r, jlog):
+    """A live log, a cancelled one (a cancel is never undone) and a log already reopened by
+    another writer are left as they are."""
+    assert not jlog.reopen("sqrt", {}, None)
+    jlog.started("w", 1)
+    assert not jlog.reopen("sqrt", {}, None)
+    cancelled = new_jlog(r)
+    cancelled.cancelled("alice")
+    assert not cancelled.reopen("sqrt", {}, None)
+    assert [k for _, k in kinds(cancelled)] == ["queued", "cancelled"]
+    ended = new_jlog(r)
+    ended.failed("boom")
+    other = JobLog(r, ended.job_id)
+    assert other.reopen("sqrt", {}, None)
+    with pytest.raises(JobExists):  # the end it read is gone: the log is the other's now
+        ended.create("sqrt", {}, None, replacing=r.hget(meta_key(ended.job_id), "created_at")
+                     .decode())
+    assert kinds(ended) == [(1, "queued")]
+
+
+def test_a_writer_that_began_the_earlier_run_goes_on_in_the_log_reopened(r, jlog):
+    """The runner begins the log before it finds it ended: after the reopen, its checked
+    entries go into the new run's incarnation instead of raising LogReset."""
+    jlog.started("w", 1)
+    jlog.finished()
+    writer = JobLog(r, jlog.job_id)
+    writer.begin()
+    assert writer.started("w", 2) == -1
+    assert writer.reopen("sqrt", {"n": 3}, 3)
+    assert writer.started("w", 1) == 2 and writer.value(0, 1.0) == 3
+
+
 def test_recent_jobs_lists_newest_first_and_forgets_expired(own):
     r = own
     ids = []

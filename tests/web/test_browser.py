@@ -284,6 +284,33 @@ def test_home_lists_jobs_live_and_starts_a_job_from_the_task_form(page, http, we
     assert model(page)["values"] == sqrt_texts(4)
 
 
+def test_the_home_pages_list_follows_a_job_id_that_runs_again_from_its_new_run(page, web, redis):
+    """A new run of a job id (RQ's Repeat, a requeue) opens its log anew, with seqs from 1
+    again: the list takes the new run's row instead of keeping the finished one, whose seqs
+    were higher."""
+    page.goto(web.url)
+    page.wait_for_function("() => document.getElementById('jobs-note')?.textContent"
+                           " === 'Updated live.'", timeout=10000)
+    # Made while the page is live, the job's row is the list's own (not the page's HTML).
+    jlog = JobLog(redis, uuid.uuid4().hex)
+    jlog.create("sqrt", {}, 3)
+    jlog.started("w1", 1)
+    for i in range(3):
+        jlog.value(i, float(i))
+    jlog.finished()
+    row = f"document.querySelector(\"#jobs tr[data-id='{jlog.job_id}']\")"
+    page.wait_for_function(f"() => {row}?.dataset.status === 'finished'", timeout=10000)
+    assert jlog.reopen("sqrt", {}, 2)
+    page.wait_for_function(f"() => {row}?.dataset.status === 'queued'", timeout=10000)
+    jlog.started("w2", 1)
+    jlog.value(0, 9.0)
+    page.wait_for_function(f"() => {row}?.dataset.status === 'running'", timeout=10000)
+    page.wait_for_function(f"() => {row}?.cells[3].innerText.trim() === '1 / 2'", timeout=10000)
+    assert page.evaluate(f"() => {row}.cells[5].innerText") == "w2"
+    assert page.evaluate("() => document.querySelectorAll('#jobs tr[data-id]')[0].dataset.id") == \
+        jlog.job_id
+
+
 def test_a_double_click_on_start_creates_one_job(page, http, web, workers):
     """A review's finding: the button stayed enabled while its request ran, and a double click
     created two jobs."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from rq import Queue, Retry
+from rq import Queue, Repeat, Retry
 from rq.job import JobStatus
 
 from jobcast.core.joblog import JobLog
@@ -48,16 +48,62 @@ def test_a_plain_job_whose_log_the_watchdog_failed_is_not_run_and_filed_failed_w
     assert JobLog(redis, after.id).status() == "finished"
 
 
-def test_a_plain_job_enqueued_again_under_an_id_whose_earlier_run_ended_still_runs(redis, in_process):
-    """A review's finding: a requeue, or a job with a fixed id, meets the log of the id's
-    earlier run, ended before this enqueue. That end is not this run's: the job runs (as it
-    always did), where one failed since its enqueue does not (above)."""
+def test_a_plain_job_enqueued_again_under_an_id_whose_earlier_run_ended_runs_in_its_log_opened_anew(
+        redis, in_process):
+    """A requeue, or a job with a fixed id, meets the log of the id's earlier run, ended before
+    this enqueue. That end is not this run's: the job runs, and its values reach viewers in the
+    log opened anew (before, they were dropped while RQ filed the job finished)."""
     queue = Queue(f"hook-again-{os.getpid()}", connection=redis)
     job_id = f"again-{os.getpid()}"
     earlier = JobLog(redis, job_id)
     earlier.ensure("an earlier run", queue.name)
     earlier.failed("it failed then")
+    earlier.save_chart('{"earlier": true}')
+    old_epoch = earlier.position().epoch
     job = queue.enqueue(emit_lines, 3, job_id=job_id)
     SimpleWorker([queue], connection=redis).work(burst=True)
     job.refresh()
     assert job.get_status() == JobStatus.FINISHED and job.return_value() == 3
+    jlog = JobLog(redis, job_id)
+    entries = list(jlog.entries())
+    assert [e.kind for e in entries] == ["queued", "started", "value", "value", "value",
+                                         "finished"]
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]
+    assert [e.data["v"] for e in entries if e.kind == "value"] == ["line 0", "line 1", "line 2"]
+    info = jlog.info()
+    assert info.status == "finished" and info.attempt == 1 and info.reason is None
+    assert jlog.position().epoch != old_epoch  # a viewer of the earlier run is told (reset)
+    assert jlog.chart() is None or b"earlier" not in jlog.chart()
+
+
+def test_each_run_of_an_rq_repeat_reaches_viewers_in_the_jobs_log(redis, in_process):
+    """RQ's ``Repeat`` runs a job again under its id once it has finished. Each run's values
+    reach the log: the log is opened anew for the next run, which viewers then watch."""
+    queue = Queue(f"hook-repeat-{os.getpid()}", connection=redis)
+    job = queue.enqueue(emit_lines, 2, repeat=Repeat(times=2))
+    jlog = JobLog(redis, job.id)
+    runs = []
+    worker = SimpleWorker([queue], connection=redis)
+    for _ in range(3):
+        assert worker.work(burst=True, max_jobs=1)
+        runs.append(([e.kind for e in jlog.entries()], jlog.position().epoch,
+                     [e.data["v"] for e in jlog.entries() if e.kind == "value"]))
+    assert [kinds for kinds, _, _ in runs] == [
+        ["queued", "started", "value", "value", "finished"]] * 3
+    assert [values for _, _, values in runs] == [["line 0", "line 1"]] * 3
+    assert len({epoch for _, epoch, _ in runs}) == 3
+    assert jlog.values_logged() == 2
+
+
+def test_a_job_enqueued_again_after_a_cancel_is_still_not_run(redis, in_process):
+    """A cancel is never undone by running the id again: RQ files the attempt canceled, and
+    the log keeps its end."""
+    queue = Queue(f"hook-cancelled-{os.getpid()}", connection=redis)
+    job_id = f"cancelled-{os.getpid()}"
+    earlier = JobLog(redis, job_id)
+    earlier.ensure("an earlier run", queue.name)
+    earlier.cancelled("alice")
+    job = queue.enqueue(emit_lines, 3, job_id=job_id)
+    SimpleWorker([queue], connection=redis).work(burst=True)
+    assert job.get_status(refresh=True) == JobStatus.CANCELED
+    assert [e.kind for e in JobLog(redis, job_id).entries()] == ["queued", "cancelled"]

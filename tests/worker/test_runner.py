@@ -12,6 +12,7 @@ from typing import Iterator
 
 import pytest
 from redis import ConnectionPool, Redis
+from rq import Queue
 from rq.job import Job
 
 import tests.tasks  # noqa: F401  (registers boom, flaky and flaky_resumable in this process)
@@ -153,6 +154,25 @@ def test_a_job_already_failed_by_the_watchdog_is_not_run(redis, settings):
     log.failed("no live worker")
     assert job.perform() == {"values": 0}
     assert kinds(log) == ["queued", "failed"]
+
+
+def test_a_task_enqueued_again_after_it_ended_runs_from_its_first_value_in_its_log_opened_anew(
+        redis, settings):
+    """RQ's requeue (or a Repeat) runs a task job again under its id. Before, run_task found
+    the earlier run's end, ran nothing, and RQ filed the job finished; a resumable task would
+    also have started at the earlier run's count of values."""
+    job, log = queued(redis, settings, "flaky_resumable", n=3, fail_at=10)
+    assert job.perform() == {"values": 3}
+    earlier = [(e.kind, e.ep, e.data["ts"]) for e in log.entries()]
+    Queue(settings.queue_name, connection=redis).enqueue_job(job)  # as `rq requeue` does
+    job = Job.fetch(job.id, connection=redis)
+    assert job.perform() == {"values": 3}
+    assert kinds(log) == ["queued", "started", "value", "value", "value", "finished"]
+    assert values(log) == [0, 1, 2]
+    again = [(e.kind, e.ep, e.data["ts"]) for e in log.entries()]
+    assert {epoch for _, epoch, _ in again}.isdisjoint({epoch for _, epoch, _ in earlier})
+    assert min(ts for _, _, ts in again) > max(ts for _, _, ts in earlier)
+    assert log.info().params == {"n": 3, "fail_at": 10} and log.info().attempt == 1
 
 
 def test_on_failure_logs_failed_for_a_job_whose_worker_died_without_logging(redis, settings):

@@ -116,7 +116,8 @@
   // A row for a job the list has not seen: only a creation (queued) makes one.
   function newRow(item) {
     return { id: item.job, task: item.task || "", params: {}, status: "queued",
-             progress: { i: 0, n: null }, worker: null, attempt: 0, created_at: item.ts,
+             progress: { i: 0, n: null }, worker: null, attempt: 0,
+             created_at: item.created_at || item.ts,
              started_at: null, ended_at: null, reason: null, last_seq: 0, cancelled_by: null };
   }
 
@@ -124,6 +125,12 @@
   // changed (or made), or null when the item is about a job outside the list.
   function applyToModel(model, item, limit) {
     var row = model.get(item.job);
+    if (row && item.change === "queued" && item.created_at > (row.created_at || 0)) {
+      // The id runs again (RQ's Repeat, a requeue): its log was opened anew, and its seqs
+      // start again at 1. The row is the new run's, where a duplicate creation changes none.
+      model.delete(item.job);
+      row = null;
+    }
     if (!row) {
       if (item.change !== "queued") { return null; }
       row = newRow(item);

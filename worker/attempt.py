@@ -1,0 +1,100 @@
+"""An attempt's start: whether the job runs, and in which run of its log.
+
+RQ runs a job id more than once: a retry (the same run, its log goes on after ``retrying``),
+and a new run of the id: RQ's ``Repeat``, a requeue from the failed registry, or the id
+enqueued again. A log that has finished or failed before this enqueue is an earlier run's:
+this run opens the log anew (:meth:`jobcast.core.joblog.JobLog.reopen`), or its values would
+be dropped while RQ filed the job finished. A log that ended since this enqueue is this run's
+(the web's watchdog failed it), and a cancelled log stays cancelled: the attempt does not run.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timezone
+from typing import Any, NamedTuple
+
+from rq.job import Job
+
+from jobcast.core.joblog import JobLog
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """The job was cancelled: its log already ends with ``cancelled``, so it stops here.
+
+    Raised where the job runs (a work-horse, or a non-forking worker's own process) by the
+    runner or by ``emit()``; the worker (worker/hook.py) then files the RQ job as canceled
+    instead of failing or retrying it.
+    """
+
+    jobcast_logged = True  # on_failure has nothing to write: the log has its ending
+
+
+class JobEnded(Exception):
+    """The job's log had ended before this attempt began (the web's watchdog failed it, seeing
+    no live worker holding it): the attempt does not run it."""
+
+
+def run_of(job: Job) -> str:
+    """The enqueue ``job`` is a run of: when RQ last enqueued it (unix time), '' if unknown."""
+    enqueued = job.enqueued_at
+    if enqueued is None:
+        return ""
+    if enqueued.tzinfo is None:  # RQ's times are UTC
+        enqueued = enqueued.replace(tzinfo=timezone.utc)
+    return f"{enqueued.timestamp():.6f}"
+
+
+def ended_in_this_run(jlog: JobLog, job: Job) -> bool:
+    """True when ``jlog``'s end is this run's (the web's watchdog failed it since ``job`` was
+    last enqueued), not an earlier run's of the same id.
+
+    The end belongs to the run that last started in the log, when one is named: RQ enqueues a
+    ``Repeat``'s next run before the run that finished is logged ``finished``. Else it is this
+    run's if it came after this enqueue.
+    """
+    ended_at, run = jlog.run_end()
+    this = run_of(job)
+    if ended_at is None or not this:
+        return False
+    if run:
+        return run == this
+    return ended_at >= float(this)
+
+
+class Attempt(NamedTuple):
+    """An attempt that runs: its number, and whether it opened the log anew (a new run)."""
+
+    number: int
+    new_run: bool
+
+
+def start_attempt(jlog: JobLog, job: Job, worker: str, task: str, params: dict[str, Any],
+                  total: int | None, extra: dict[str, str] | None = None) -> Attempt:
+    """Log ``started`` for this attempt of ``job``; the attempt.
+
+    When the log has ended, the attempt runs only if that end was an earlier run's: the log is
+    opened anew, as ``task`` with ``params``, ``total`` and ``extra`` (the new run's
+    description), and the attempt is its first. Otherwise raises :class:`JobCancelled` (RQ
+    files the job canceled) or :class:`JobEnded` (failed, without a retry: a retry would meet
+    the same end).
+    """
+    attempt, run = jlog.next_attempt(), run_of(job)
+    if jlog.started(worker, attempt, run) != -1:
+        return Attempt(attempt, False)
+    # Cancelled as the job was taken (a retry's, say: RQ does not look at a job's cancel when
+    # it dequeues it), or enqueued again after a cancel: a cancel is never undone here.
+    if jlog.status() == "cancelled":
+        raise JobCancelled(job.id)
+    if ended_in_this_run(jlog, job):
+        raise JobEnded(job.id)
+    if jlog.reopen(task, params, total, extra):
+        log.info("job %s runs again: its log is opened anew for this run", job.id)
+    attempt = jlog.next_attempt()
+    if jlog.started(worker, attempt, run) == -1:  # ended again meanwhile (a cancel of the new run)
+        if jlog.status() == "cancelled":
+            raise JobCancelled(job.id)
+        raise JobEnded(job.id)
+    return Attempt(attempt, True)
