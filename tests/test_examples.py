@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
 
+from jobcast.core.joblog import JobLog
 from jobcast.launcher.redisserver import free_port
 from tests.conftest import (ROOT, assert_page_clean, service_env, start_rq_worker, stop_process,
                             wait_for, watch)
@@ -100,6 +102,24 @@ def test_example_app_under_gevent_serves_a_live_page_for_a_plain_rq_job(example,
     status = httpx.get(f"{example.url}/jobcast/api/jobs/{job_id}").json()
     assert status["urls"]["stream"] == f"/jobcast/jobs/{job_id}/stream"
     assert httpx.get(example.url + status["urls"]["stream"]).text.splitlines() == [str(i * i) for i in range(20)]
+
+
+def test_example_app_answers_a_queued_jobs_text_stream_with_its_headers_before_any_value(
+        example, redis):
+    """A review's finding: under gunicorn's own gevent worker the text stream (which has no
+    preamble) sent nothing, headers included, until the job's first value: a proxy's read
+    timeout, or a fetch() waiting on its response, could give up on a job that was queued."""
+    jlog = JobLog(redis, uuid.uuid4().hex)
+    jlog.create("waits", {}, None)
+    with httpx.stream("GET", f"{example.url}/jobcast/jobs/{jlog.job_id}/stream",
+                      timeout=httpx.Timeout(10, read=5)) as r:
+        assert r.status_code == 200 and r.headers["Jobcast-Epoch"] == jlog.position().epoch
+        lines = r.iter_lines()
+        jlog.started("w", 1)
+        jlog.value(0, "first")
+        assert next(lines) == "first"
+        jlog.finished()
+        assert list(lines) == []
 
 
 def test_example_app_under_the_sync_worker_refuses_to_start_and_names_the_fix(redis_server, logs_dir):

@@ -438,8 +438,9 @@ def drain(relay: Relay, viewer: Viewer, first: bytes, *, hold: Callable[[], None
     """
     sink = viewer.sink
     try:
-        if first:
-            yield first
+        # Even when empty (a text stream has no preamble): the server sends the headers with
+        # the first thing yielded, and a queued job's first value may be minutes away.
+        yield first
         hold() if hold is not None else relay.hold(viewer)
         while True:
             data = sink.get(timeout=relay.heartbeat)
