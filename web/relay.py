@@ -1015,6 +1015,9 @@ class Relay:
         if v.transport.reset is None:
             v.cursor, v.epoch = reset.after, reset.epoch
             return self._cut(v, "log_reset")
+        # Values from reset.values on were replaced: a stream from ?start= shows those below
+        # its start too (the reset line says they were replaced).
+        v.start = min(v.start, reset.values)
         self._write(v, v.transport.reset(reset), cursor=reset.after, epoch=reset.epoch)
         return None
 

@@ -1566,6 +1566,33 @@ def test_an_html_stream_says_the_reset_in_a_line_and_goes_on(redis, relay):
            b"from #1 on were replaced</p>" in bytes(client.data) and not viewer.closed
 
 
+def test_an_html_stream_from_a_start_shows_the_replaced_values_below_it_after_a_reset(redis,
+                                                                                       relay):
+    """A review's finding: a reset moved the viewer back to the first replaced value, but its
+    ``?start=`` stayed, so the replaced values below it were never shown."""
+    log = running_job(redis)
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    server, client = socket_ends(None, True)
+    viewer = Viewer(log.job_id, SocketSink(server), HTML, start=4)
+    relay.hold(viewer)
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.deliver(log.job_id, write(writer, 0, 6))            # values 0..5; shown: 4 and 5
+    green_wait(lambda: b"<p>5: 5</p>" in client.data, what="values 4 and 5")
+    assert bytes(client.data) == b"<p>4: 4</p>\n<p>5: 5</p>\n"
+    failover(log, writer, keep=4)                             # values 0 and 1 survived
+    retry = JobLog(redis, log.job_id)
+    retry.begin()
+    retry.started("w2", 2)
+    for i in range(2, 6):
+        retry.value(i, f"new {i}")
+    relay.deliver(log.job_id, log.page(4, 100)[0])
+    green_wait(lambda: b"new 5" in client.data, what="the replaced values")
+    after = bytes(client.data).split(b"were replaced</p>\n", 1)[1]
+    assert after == b"".join(f"<p>{i}: new {i}</p>\n".encode() for i in range(2, 6))
+    assert not viewer.closed
+
+
 def test_a_log_gone_with_its_store_cuts_the_stream_so_the_client_asks_again(redis, relay, clock):
     log = running_job(redis)
     viewer, client = held(relay, log, SSE, chunked=True)
