@@ -153,6 +153,9 @@ class Transport:
     """How the stream says that entries after its position were trimmed from a capped log
     while it caught up (``after``, ``first_seq``, ``lost``, ``first_value``); None: it cannot
     (cut, and told when it resumes)."""
+    values_only: bool = False
+    """True when the stream shows only values and the job's end: the other entries (what the
+    job printed, its start) write nothing, so a job busy with those leaves it quiet."""
 
     def goodbye(self, retry: int) -> bytes:
         """What a stream says before the server closes it because it is stopping: come back
@@ -170,9 +173,9 @@ class Transport:
 
 SSE = Transport("sse", "text/event-stream", _sse, b": heartbeat\n\n", sse_goodbye, False,
                 sse_reset, sse_trimmed)
-TEXT = Transport("text", "text/plain", _text, b"", None, True)
+TEXT = Transport("text", "text/plain", _text, b"", None, True, values_only=True)
 HTML = Transport("html", "text/html", _html, b"<!-- -->\n", html_goodbye, True, html_reset,
-                 html_trimmed)
+                 html_trimmed, values_only=True)
 
 
 def chunk(data: bytes) -> bytes:

@@ -205,6 +205,9 @@ class Relay:
         # fast path writes them first come, first served, the same order for every value.
         self._jobs: dict[str, dict[Viewer, None]] = {}
         self._last_delivery: dict[str, float] = {}
+        # When a job's batch last had a value or its end: all that the text and HTML streams
+        # show. A job that only prints leaves their viewers quiet while it delivers.
+        self._last_shown: dict[str, float] = {}
         self._catching: dict[Viewer, object] = {}
         self._reading: dict[str, object] = {}  # job id -> an Event set when its read lands
         self._positions: dict[str, _Flight] = {}
@@ -376,7 +379,9 @@ class Relay:
         the fast path writes it from now on, unless it is catching up."""
         viewer.state = ViewerState.HELD
         self._jobs.setdefault(viewer.job_id, {})[viewer] = None
-        self._last_delivery.setdefault(viewer.job_id, self.clock())
+        now = self.clock()
+        self._last_delivery.setdefault(viewer.job_id, now)
+        self._last_shown.setdefault(viewer.job_id, now)
         metrics.viewer_added(viewer.job_id)
 
     def hold_connection(self, conn: Connection, *, here: bool = False) -> None:
@@ -500,11 +505,13 @@ class Relay:
         if not viewers or not entries:
             return 0
         self.recent.add_live(job_id, entries)
-        self._last_delivery[job_id] = self.clock()
+        now = self._last_delivery[job_id] = self.clock()
         first, last = entries[0].seq, entries[-1].seq
         epoch = entries[-1].ep
         end = entries[-1].terminal
         first_index = next((e.i for e in entries if e.kind == "value"), None)
+        if first_index is not None or end:
+            self._last_shown[job_id] = now
         shared: dict[tuple[Transport, bool], bytes] = {}
         written = 0
         cohorts = self._cohorts_of.get(job_id)
@@ -1123,8 +1130,14 @@ class Relay:
         """For each job quiet for a heartbeat interval: find lost announcements, free gone
         clients, and send the heartbeat of each transport."""
         now = self.clock()
-        quiet = [job for job, t in self._last_delivery.items()
-                 if now - t >= self.heartbeat * 0.9 and job in self._jobs]
+        due = now - self.heartbeat * 0.9
+        quiet = [job for job, t in self._last_delivery.items() if t <= due and job in self._jobs]
+        # Jobs that deliver, but nothing their text and HTML streams show (what a job prints):
+        # those viewers are quiet too.
+        unseen = [job for job, t in self._last_shown.items()
+                  if t <= due and job in self._jobs and self._last_delivery.get(job, 0) > due]
+        if unseen:
+            self._beat_values_only(unseen, now)
         if not quiet:
             return
         before = {job: self._last_delivery[job] for job in quiet}
@@ -1139,7 +1152,7 @@ class Relay:
                     continue  # its last viewer left while the log was read
                 if last_seq is not None and self._last_delivery.get(job) != before[job]:
                     last_seq = None  # entries came while it was read: it is stale already
-                self._last_delivery[job] = now
+                self._last_delivery[job] = self._last_shown[job] = now
                 gone = 0
                 newest = self.recent.last(job)
                 if last_seq is not None and newest is not None and last_seq != newest.seq:
@@ -1155,11 +1168,8 @@ class Relay:
                         self._catch_up(v, b"", "quiet")
                     elif v.conn is not None:
                         continue  # a multi-job stream beats once, below, not once per job
-                    elif not v.sink.alive():
-                        self.release(v, "client_gone")
-                        gone += 1
-                    elif v.transport.heartbeat:
-                        self._send(v, v.wire(v.transport.heartbeat))
+                    else:
+                        gone += self._beat(v)
                     beats += 1
                 if gone:
                     # One line per job, not per viewer: a NAT that drops thousands of viewers
@@ -1167,6 +1177,35 @@ class Relay:
                     log.info("freed %d viewer(s) of %s that went away", gone, job)
             beats += self._beat_connections(now)
         metrics.HEARTBEATS.inc(beats)
+
+    def _beat_values_only(self, jobs: list[str], now: float) -> None:
+        """Free the gone clients of the text and HTML streams of ``jobs`` (which deliver
+        entries those streams do not show), and send the others the HTML heartbeat."""
+        beats = 0
+        with self._lock:
+            for job in jobs:
+                if job not in self._jobs:
+                    continue
+                self._last_shown[job] = now
+                gone = 0
+                for v in tuple(self._jobs[job]):
+                    if v.slow or v.conn is not None or not v.transport.values_only:
+                        continue
+                    gone += self._beat(v)
+                    beats += 1
+                if gone:
+                    log.info("freed %d viewer(s) of %s that went away", gone, job)
+        metrics.HEARTBEATS.inc(beats)
+
+    def _beat(self, v: Viewer) -> bool:
+        """Free ``v`` if its client went away (True), else send it its transport's heartbeat
+        (none on the text stream, which has no room for one)."""
+        if not v.sink.alive():
+            self.release(v, "client_gone")
+            return True
+        if v.transport.heartbeat:
+            self._send(v, v.wire(v.transport.heartbeat))
+        return False
 
     def _beat_connections(self, now: float) -> int:
         """Each multi-job stream quiet for a heartbeat interval: free it if its client went
@@ -1280,6 +1319,7 @@ class Relay:
                 if not viewers:
                     del self._jobs[v.job_id]
                     self._last_delivery.pop(v.job_id, None)
+                    self._last_shown.pop(v.job_id, None)
                     self._entry_size.pop(v.job_id, None)
                     self.recent.forget(v.job_id)
             v.release()

@@ -652,6 +652,27 @@ def test_a_text_viewer_that_sends_a_stray_byte_and_closes_is_freed(redis, relay,
     assert viewer.closed and relay.viewers(log.job_id) == 0
 
 
+def test_text_and_html_viewers_of_a_job_that_only_prints_get_heartbeats_and_are_freed_when_gone(
+        redis, relay, clock):
+    """A review's finding: every batch made the job look busy, though the lines a job prints
+    write nothing to the text and HTML streams; their clients that had left were never freed,
+    and an HTML stream behind a proxy got no heartbeat to keep it open."""
+    log = running_job(redis)
+    html, html_client = held(relay, log, HTML, cursor=2)
+    gone, gone_client = held(relay, log, TEXT, cursor=2)
+    sse, sse_client = held(relay, log, SSE, cursor=2)
+    green_wait(lambda: not (html.slow or gone.slow or sse.slow), what="history")
+    gone_client.sock.shutdown(socket.SHUT_RDWR)  # the client went away
+    for k in range(3):                      # a line a third of a heartbeat apart, no value
+        clock.advance(0.07)
+        log.append_many([("log", {"stream": "stdout", "line": f"working {k}"}, clock())])
+        relay.deliver(log.job_id, log.page(2 + k, 1)[0])
+        relay.tick()
+    assert gone.closed and relay.viewers(log.job_id) == 2
+    green_wait(lambda: b"<!-- -->" in html_client.data, what="the HTML heartbeat")
+    assert not html.closed and b"heartbeat" not in sse_client.data  # SSE showed the lines
+
+
 def test_the_memory_kept_for_newcomers_is_capped_in_bytes():
     # Finding 4: the relay's cache of framed entries was capped in count, not in bytes.
     recent = RecentEntries(maxlen=100, max_bytes=10_000, framed_bytes=30_000)
