@@ -1281,7 +1281,11 @@ class Relay:
                 for v in tuple(viewers):
                     if v.slow:
                         continue  # its catch-up, stopped below, closes it
-                    if v.conn is None:
+                    if v.conn is None and v.transport.shutdown is None:
+                        # No goodbye to say (text): cut, so that the stream does not end as
+                        # the job's end does, and its reader resumes.
+                        self._cut(v, "server_shutdown")
+                    elif v.conn is None:
                         # Best effort: a sink that cannot take these few bytes is closed anyway.
                         try:
                             v.sink.send(v.wire(v.transport.goodbye(v.retry), end=True))

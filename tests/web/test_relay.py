@@ -374,6 +374,21 @@ def test_shutdown_refreshes_each_html_stream_after_its_own_time_and_says_so(redi
     assert client.released
 
 
+def test_shutdown_cuts_a_text_stream_so_its_reader_does_not_take_it_for_the_jobs_end(redis, relay):
+    """A review's finding: the text stream, which has no goodbye, got its last chunk, the end
+    a finished job's stream gets: a reader took a restart for the end and stopped. Cut without
+    it, the stream says it broke, and its reader resumes (``?start=``)."""
+    log = running_job(redis)
+    viewer, client = held(relay, log, TEXT, cursor=2, chunked=True)
+    green_wait(lambda: not viewer.slow, what="history")
+    relay.deliver(log.job_id, write(log, 0, 2))
+    green_wait(lambda: client.data.endswith(b"1\n\r\n"), what="the values")
+    relay.shutdown()
+    green_wait(lambda: client.eof, what="closed")
+    assert bytes(client.data) == b"4\r\n0\n1\n\r\n"  # the values, and no last chunk
+    assert client.released
+
+
 def entry(seq: int, kind: str = "value") -> Entry:
     """A log entry with this seq (a value whose index is seq - 1)."""
     if kind == "value":
