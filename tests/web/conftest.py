@@ -1,10 +1,24 @@
-"""Fixtures of the web tests: a private-mode gunicorn, and a browser context and page."""
+"""Fixtures of the web tests: an app and its test client, a private-mode gunicorn, and a browser
+context and page."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import WebServer, assert_page_clean, watch
+
+
+@pytest.fixture
+def app(config, make_app):
+    """A public app on the session's Redis, in testing mode (its services start at its first
+    request, and stop with the test)."""
+    return make_app({"JOBCAST": config, "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    """A test client of :func:`app` (a module may define its own, as test_auth.py does)."""
+    return app.test_client()
 
 
 @pytest.fixture(scope="module")

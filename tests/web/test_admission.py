@@ -121,7 +121,7 @@ def test_headers_and_notice_of_a_trimmed_log():
     assert begin.headers(start=2_000) == {} and begin.notice(start=2_000) == ""
 
 
-def test_headers_and_notice_of_a_tail():
+def test_a_tail_names_its_first_value_in_a_header_and_says_how_many_it_skipped():
     begin = Start(after=1_097, tail=5, skipped=1_095)
     assert begin.headers() == {"Jobcast-First-Value": "1095"}
     assert begin.headers(start=1_200) == {"Jobcast-First-Value": "1200"}
@@ -141,7 +141,7 @@ def admission(transport, begin: Start) -> Admission:
     return Admission(StreamRequest(JOB, transport, tail=2), begin, None, None, False, 10)
 
 
-def test_the_preamble_of_each_transport():
+def test_sse_begins_with_its_retry_text_with_nothing_and_html_with_its_page_and_notice():
     begin = Start(after=0, tail=2, skipped=8)
     sse = admission(SSE, begin).preamble(1234)
     assert sse == b"retry: 1234\n\n" + begin.sse_prelude()

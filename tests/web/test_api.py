@@ -10,16 +10,6 @@ from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
 
 
-@pytest.fixture
-def app(config, make_app):
-    return make_app({"JOBCAST": config, "TESTING": True})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def post_job(client, body, **kw):
     return client.post("/api/jobs", data=body if isinstance(body, (str, bytes)) else json.dumps(body),
                        content_type=kw.pop("content_type", "application/json"), **kw)
@@ -145,7 +135,7 @@ def test_earlier_values_without_before_are_the_newest(client, config, redis):
     assert client.get(f"/api/jobs/{job_id}/output?attempt=").status_code == 200
 
 
-def test_health_and_readiness(client):
+def test_healthz_is_ok_and_readyz_is_ready_while_redis_answers(client):
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json == {"status": "ready"}
 

@@ -11,18 +11,11 @@ import socket
 import time
 
 import gevent
-import pytest
 from werkzeug.exceptions import RequestTimeout
 
 from jobcast.web.bodies import REFUSAL, BodyLimits
 
 BODY = json.dumps({"task": "sqrt", "params": {"n": 3, "interval": 0}}).encode()
-
-
-@pytest.fixture
-def client(config, make_app):
-    """A test client of a public server."""
-    return make_app({"JOBCAST": config, "TESTING": True}).test_client()
 
 
 def post_chunked(client, body: bytes):

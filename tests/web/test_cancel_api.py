@@ -11,11 +11,6 @@ from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
 
 
-@pytest.fixture
-def client(config, make_app):
-    return make_app({"JOBCAST": config, "TESTING": True}).test_client()
-
-
 def new_job(redis) -> JobLog:
     log = JobLog(redis, uuid.uuid4().hex)
     log.create("sqrt", {"n": 3}, 3)

@@ -144,7 +144,7 @@ def test_the_text_stream_sends_one_line_per_value_through_the_queue(redis, relay
     assert b"".join(follow(relay, log, transport=TEXT)[1]) == b"a\nb\n"
 
 
-def test_the_queue_is_bounded():
+def test_a_full_queue_sink_takes_what_fits_then_nothing_and_refuses_once_closed():
     sink = QueueSink(limit=10)
     assert sink.send(b"12345") == 5
     assert sink.send(b"6789abcdef") == 5  # what fits

@@ -12,11 +12,6 @@ from jobcast.web.pages import age_text, form_fields
 
 
 @pytest.fixture
-def client(config, make_app):
-    return make_app({"JOBCAST": config, "TESTING": True}).test_client()
-
-
-@pytest.fixture
 def job_id(config, redis):
     return enqueue("sqrt", {"n": 7, "interval": 0.5}, redis=redis, config=config)
 

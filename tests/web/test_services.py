@@ -3,14 +3,7 @@ one place; creating the app or reading its state starts nothing."""
 
 from __future__ import annotations
 
-import pytest
-
 from jobcast.web import services
-
-
-@pytest.fixture
-def app(config, make_app):
-    return make_app({"JOBCAST": config, "TESTING": True})
 
 
 def test_creating_the_app_starts_no_service(app):
