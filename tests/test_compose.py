@@ -186,6 +186,25 @@ def test_compose_file_takes_settings_from_the_environment():
     assert seconds(services["worker"]["stop_grace_period"]) == 120
 
 
+# Settings the compose file sets itself, or gives only to the services that need them.
+NOT_SHARED = {"REDIS_URL", "JOBCAST_STREAM_URL", "JOBCAST_URL", "JOBCAST_TOKEN", "JOBCAST_READ",
+              "JOBCAST_SECRET", "JOBCAST_TRUST_PROXY", "PORT", "JOBCAST_BIND", "WEB_CONCURRENCY",
+              "PROMETHEUS_MULTIPROC_DIR"}
+
+
+def test_every_other_setting_from_the_shell_reaches_web_worker_and_producer():
+    """A review's finding: the compose file passed on a few settings only, so a .env's
+    JOBCAST_LOG_MAXLEN (which the README asks every service to share) was silently dropped."""
+    shared = sorted({field.validation_alias for field in Settings.model_fields.values()}
+                    - NOT_SHARED)
+    cfg = compose_config(**{name: f"set-{name}" for name in shared})
+    for service in ("web", "worker", "producer"):
+        env = cfg["services"][service]["environment"]
+        assert {name: env.get(name) for name in shared} == {
+            name: f"set-{name}" for name in shared}, service
+    assert set(COMPOSE_VARS) >= set(shared)
+
+
 def test_readme_documents_every_variable_the_compose_file_reads():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Run with Docker", 1)[1].split("\n## ", 1)[0]
