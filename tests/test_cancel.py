@@ -21,7 +21,8 @@ import tests.tasks  # noqa: F401  (registers sleepy and burn in this process too
 from jobcast.core.joblog import TERMINAL, JobLog
 from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
-from tests.conftest import JOBCAST, ROOT, Workers, service_env, wait_for
+from tests.support.services import JOBCAST, ROOT, Workers, service_env
+from tests.support.wait import wait_for
 from tests.support.cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                   entries, horse_of, stop_delay, terminal_entries, wait_started)
 

@@ -32,10 +32,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jobcast.cli.client import Backoff, EventStream
 from jobcast.core.settings import Settings
 from jobcast.launcher.redisserver import free_port
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
+from tests.support.sse import Resuming
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -329,14 +329,14 @@ def sqrt_stream(n: int) -> str:
 
 
 class ResumingViewer:
-    """An SSE viewer of one job through the load balancer, on the product's reconnecting
-    client: like EventSource, it comes back with Last-Event-ID whenever its connection ends
-    before the job does. It keeps every entry as sent (``skip_seen=False``), so a value the
-    servers sent twice would show in the test's seq check."""
+    """An SSE viewer of one job through the load balancer, read with the tests' own parser (not
+    Jobcast's client): like EventSource, it comes back with Last-Event-ID whenever its
+    connection ends before the job does, and keeps every entry as sent, so a value the servers
+    sent twice would show in the test's seq check."""
 
     def __init__(self, http: httpx.Client, job_id: str):
         # The client's base_url is the lb; a replica that is gone answers 502/503 for a moment.
-        self.stream = EventStream(http, "", job_id, Backoff(60), skip_seen=False)
+        self.stream = Resuming(http, f"/jobs/{job_id}/events", deadline=60)
         self.entries: list[dict] = []  # every entry's data, in the order received
 
     @property
@@ -356,7 +356,7 @@ class ResumingViewer:
             if event.id is None:
                 continue
             entry = event.json()
-            assert entry["seq"] == event.position()[0]
+            assert entry["seq"] == event.seq
             self.entries.append(entry)
             if on_entry:
                 on_entry(self)
@@ -559,15 +559,15 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
             [(cut_replica, proc)] = stopping
             assert proc.wait(timeout=60) == 0
             timings["failover stream"] = time.monotonic() - t_failover
-            report(f"viewer: {viewer.connections} connections, {viewer.stream.retries} resumed")
+            report(f"viewer: {viewer.connections} connections, {viewer.stream.reconnects} resumed")
             # Every value once, in order, across the cut; the job ended normally.
             assert "\n".join(viewer.values()) + "\n" == sqrt_stream(long_n)
             seqs = [e["seq"] for e in viewer.entries]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
             assert viewer.entries[-1]["kind"] == "finished"
             # The stop really cut the viewer mid-stream, and another replica carried on.
-            assert viewer.connections >= 2 and viewer.stream.retries, \
-                (viewer.connections, viewer.stream.retries)
+            assert viewer.connections >= 2 and viewer.stream.reconnects, \
+                (viewer.connections, viewer.stream.reconnects)
             resumed = stack.replica_serving(f"/jobs/{ids[0]}/events")
             assert resumed and resumed["ID"] != cut_replica["ID"], (resumed, cut_replica)
             [after_stop] = [c for c in stack.containers("web") if c["ID"] == cut_replica["ID"]]

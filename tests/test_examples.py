@@ -14,9 +14,9 @@ import pytest
 
 from jobcast.core.joblog import JobLog
 from jobcast.launcher.redisserver import free_port
-from tests.conftest import (ROOT, assert_page_clean, service_env, start_rq_worker, stop_process,
-                            wait_for, watch)
-from tests.support.browser import DONE
+from tests.support.browser import DONE, assert_page_clean, watch
+from tests.support.services import ROOT, service_env, start_rq_worker, stop_process
+from tests.support.wait import wait_for
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 

@@ -11,7 +11,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import WebServer, create_job, job_status, running_job, wait_for
+from tests.support.jobs import create_job, job_status, running_job
+from tests.support.services import WebServer
+from tests.support.wait import wait_for
 from tests.support.sse import Event, parse_events
 
 

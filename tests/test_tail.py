@@ -21,7 +21,8 @@ from redis import Redis
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
-from tests.conftest import JOBCAST, ROOT, WebServer, Workers, service_env, wait_for
+from tests.support.services import JOBCAST, ROOT, WebServer, Workers, service_env
+from tests.support.wait import wait_for
 from tests.support.sse import Event, parse_events
 
 

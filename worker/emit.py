@@ -127,7 +127,9 @@ def emit(value: Any, total: int | None = None) -> int | None:
     already logged that index, or the job has already ended. Raises
     :class:`~jobcast.core.epoch.LogReset` when the log is not the one this run began (gone,
     or reset by a failover): RQ then retries or fails the job; ``JobCancelled`` when the job
-    was cancelled (a non-forking worker cannot kill it): RQ files it canceled. A Redis error
+    was cancelled (a non-forking worker cannot kill it): RQ files it canceled; on a worker
+    without Jobcast's hook, at the first call, ``JobEnded`` when the web's watchdog failed this
+    run before it began (:mod:`jobcast.worker.attempt`). A Redis error
     is raised too, and a job that goes on loses nothing: the next call sends the value again,
     first. A value whose text cannot be made (its ``__str__`` raised) is not counted.
     """

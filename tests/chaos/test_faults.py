@@ -13,8 +13,9 @@ import psutil
 import pytest
 
 from jobcast.producer.enqueue import enqueue
-from tests.chaos.conftest import SSEViewer, TextViewer
-from tests.conftest import create_job, wait_for
+from tests.support.chaos import SSEViewer, TextViewer
+from tests.support.jobs import create_job
+from tests.support.wait import wait_for
 from jobcast.core.settings import Settings
 from jobcast.web.watchdog import HEARTBEAT_GRACE, Watchdog
 

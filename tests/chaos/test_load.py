@@ -10,8 +10,9 @@ import time
 import httpx
 import pytest
 
-from tests.chaos.conftest import SSEViewer, Stack
-from tests.conftest import create_job, wait_for
+from tests.support.chaos import SSEViewer, Stack
+from tests.support.jobs import create_job
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.chaos
 

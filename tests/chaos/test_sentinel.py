@@ -32,8 +32,10 @@ from jobcast.core.settings import Settings
 from jobcast.core.store import redis_client
 from jobcast.launcher.redisserver import RedisServer, free_port
 from jobcast.producer.enqueue import enqueue
-from tests.chaos.conftest import SSEViewer, TextViewer
-from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
+from tests.support.chaos import SSEViewer, TextViewer
+from tests.support.jobs import create_job
+from tests.support.services import JOBCAST, ROOT, service_env
+from tests.support.wait import wait_for
 from tests.support.sentinel import LocalSentinelGroup
 
 pytestmark = pytest.mark.chaos

@@ -18,7 +18,9 @@ import httpx
 
 from jobcast.cli.client import Display, Follower, Rate, parse_sse
 from jobcast.launcher.redisserver import free_port
-from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
+from tests.support.jobs import create_job
+from tests.support.services import JOBCAST, ROOT, service_env
+from tests.support.wait import wait_for
 from tests.support.cli import Run, sqrt_lines
 
 

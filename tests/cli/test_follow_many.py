@@ -12,7 +12,8 @@ import pytest
 
 from jobcast.cli.client import Unreachable, parse_blocks
 from jobcast.cli.multi import JitterBackoff, watch_many
-from tests.conftest import create_job, wait_for
+from tests.support.jobs import create_job
+from tests.support.wait import wait_for
 from tests.support.cli import Run, sqrt_lines
 
 

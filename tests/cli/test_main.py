@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rq import Queue
 
-from tests.conftest import JOBCAST, ROOT, service_env
+from tests.support.services import JOBCAST, ROOT, service_env
 from jobcast.core.joblog import JobLog
 
 pytestmark = pytest.mark.slow  # each test runs `jobcast` in a process of its own

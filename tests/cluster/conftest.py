@@ -13,18 +13,10 @@ import pytest
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from tests.support.cluster import LocalRedisCluster
-from tests.conftest import WebServer, Workers
+from tests.support.cluster import LocalCluster
+from tests.support.services import WebServer, Workers
 
 QUEUE = "jobcast-cluster"
-
-
-class LocalCluster(LocalRedisCluster):
-    """The cluster as the tests use it: a plain client of one node, too."""
-
-    def node(self, port: int) -> Redis:
-        """A plain client of the node on ``port``."""
-        return Redis(port=port)
 
 
 @pytest.fixture(scope="module")

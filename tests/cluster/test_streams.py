@@ -16,8 +16,9 @@ import pytest
 from redis.crc import key_slot
 
 from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobExists, JobLog, channel, log_key, meta_key
-from tests.cluster.conftest import LocalCluster
-from tests.conftest import create_job, job_status, wait_for
+from tests.support.cluster import LocalCluster
+from tests.support.jobs import create_job, job_status
+from tests.support.wait import wait_for
 from tests.support.sse import id_seq, parse_events
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings

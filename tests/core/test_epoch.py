@@ -19,7 +19,8 @@ from jobcast.core.epoch import (LOST, PAST_END, UNKNOWN, Era, Head, LogReset, pa
                                 parse_position, rebase, resolve, sse_id)
 from jobcast.core.feed import Feed
 from jobcast.core.joblog import JobLog
-from tests.conftest import own_database, wait_for
+from tests.support.services import own_database
+from tests.support.wait import wait_for
 from tests.support.loss import lose
 
 DB = 10  # this module's own database, for the job feed (one per database)

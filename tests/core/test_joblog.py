@@ -16,7 +16,7 @@ from jobcast.core.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, Job
                             job_id_from_channel, log_key, meta_key)
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
-from tests.conftest import own_database
+from tests.support.services import own_database
 from tests.support.loss import lose
 
 DB = 9  # this module's own database (tests/core/test_logstore.py has 8, test_watchdog.py 7)

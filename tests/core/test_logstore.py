@@ -11,7 +11,7 @@ from redis import Redis
 from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
-from tests.conftest import own_database
+from tests.support.services import own_database
 
 DB = 8
 

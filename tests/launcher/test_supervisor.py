@@ -13,7 +13,7 @@ import pytest
 from jobcast.launcher.supervisor import (Printer, RestartPolicy, Service, ServiceFailed, Supervisor,
                                  describe_exit, session_members)
 from jobcast.launcher.up import HOUSEKEEPING
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 
 
 def test_restart_delays_double_up_to_a_cap_then_the_policy_gives_up():

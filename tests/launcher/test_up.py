@@ -23,8 +23,10 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from jobcast.launcher.redisserver import RedisServer, find_redis_server, free_port
-from tests.chaos.conftest import SSEViewer
-from tests.conftest import JOBCAST, ROOT, create_job, service_env, wait_for
+from tests.support.chaos import SSEViewer
+from tests.support.jobs import create_job
+from tests.support.services import JOBCAST, ROOT, service_env
+from tests.support.wait import wait_for
 
 
 @pytest.mark.slow  # runs `jobcast up`

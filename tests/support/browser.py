@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
+import pytest
+
 DONE = "() => document.getElementById('end')?.textContent === 'Done'"
 PLAIN_DONE = "() => document.getElementById('latest')?.textContent === 'Done'"
 """The plain page says Done (null-safe: a click's navigation may not have replaced the page
@@ -48,3 +53,48 @@ def dom(pg) -> dict:
           rows: [...document.querySelectorAll('#log li')].map(li => [+li.dataset.i, li.lastChild.textContent]),
         };
     }""")
+
+
+# -- headless Chromium -------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    """Debian's chromium (the README's test command installs it)."""
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("chromium is not installed: run the README's test command (make test)")
+    return path
+
+
+def is_csp_violation(text: str) -> bool:
+    """Chromium's console message for anything the Content-Security-Policy blocked."""
+    return "Content Security Policy" in text
+
+
+def watch(pg, *, accept_dialogs: bool = False):
+    """Record on ``pg`` its dialogs as (type, message), uncaught page errors and CSP violations
+    (any frame). Dialogs are dismissed, or accepted with ``accept_dialogs`` (a confirm to say
+    yes to, as the Stop button's)."""
+    pg.dialogs = []
+    pg.errors = []
+    pg.csp = []
+
+    def dialog(d) -> None:
+        """Remember the dialog, then answer it."""
+        pg.dialogs.append((d.type, d.message))
+        d.accept() if accept_dialogs else d.dismiss()
+
+    pg.on("dialog", dialog)
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("console", lambda m: pg.csp.append(m.text) if is_csp_violation(m.text) else None)
+    return pg
+
+
+def assert_page_clean(pg, csp: bool = True) -> None:
+    """No uncaught errors in a watched page, and (with ``csp``) no CSP violations."""
+    assert pg.errors == [], f"uncaught errors in the page: {pg.errors}"
+    if csp:
+        assert pg.csp == [], f"Content-Security-Policy violations: {pg.csp}"

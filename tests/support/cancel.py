@@ -17,7 +17,7 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from jobcast.core.joblog import TERMINAL, Entry, JobLog
 from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 from tests.support.sse import Event, parse_events
 
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import threading
 
-from tests.conftest import JOBCAST, ROOT, service_env
+from tests.support.services import JOBCAST, ROOT, service_env
 
 
 def sqrt_lines(n: int) -> list[str]:

@@ -159,3 +159,11 @@ class LocalRedisCluster:
     def __exit__(self, *exc) -> None:
         """Stop on leaving the block."""
         self.stop()
+
+
+class LocalCluster(LocalRedisCluster):
+    """The cluster as the tests use it: a plain client of one node, too."""
+
+    def node(self, port: int) -> Redis:
+        """A plain client of the node on ``port``."""
+        return Redis(port=port)

@@ -7,7 +7,8 @@ import re
 
 import httpx
 
-from tests.conftest import create_job, wait_for
+from tests.support.jobs import create_job
+from tests.support.wait import wait_for
 
 
 def admissions(url: str) -> dict[str, float]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import time
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import httpx
@@ -146,3 +147,56 @@ def parse_events(source: httpx.Response | bytes | str | Iterable[bytes], *,
     # is never dispatched.
     for line in lines.flush():
         decoder.block(line)
+
+
+TERMINAL = frozenset({"finished", "failed", "cancelled"})
+"""The events that end a job's stream."""
+
+
+class Refused(Exception):
+    """The server refused the stream (400, 401, 403, 404): its status and body."""
+
+
+class Resuming:
+    """An EventSource of the tests' own over one job's events, read with :func:`parse_events`:
+    it comes back with ``Last-Event-ID`` whenever a connection drops (after ``pause`` s, as
+    EventSource does), and stops after the terminal event or a 204. Every event is yielded as
+    sent, duplicates too: the tests assert the server sends none.
+
+    A refusal raises :class:`Refused`; ``deadline`` seconds without a 200 raise TimeoutError.
+    ``connections`` counts the 200s, ``reconnects`` the times it came back.
+    """
+
+    def __init__(self, client: httpx.Client, url: str, *, deadline: float = 120,
+                 pause: float = 0.25):
+        """Read ``url`` with ``client`` (its own timeouts apply to each connection)."""
+        self.client, self.url = client, url
+        self.deadline, self.pause = deadline, pause
+        self.connections = 0
+        self.reconnects = 0
+
+    def __iter__(self) -> Iterator[Event]:
+        """The events, across connections, up to the job's end."""
+        last_id = ""
+        answered = time.monotonic()
+        while time.monotonic() - answered < self.deadline:
+            try:
+                headers = {"Last-Event-ID": last_id} if last_id else {}
+                with self.client.stream("GET", self.url, headers=headers) as r:
+                    if r.status_code == 204:
+                        return
+                    if r.status_code in (400, 401, 403, 404):
+                        raise Refused(f"{r.status_code}: {r.read().decode()}")
+                    if r.status_code == 200:
+                        answered = time.monotonic()
+                        self.connections += 1
+                        for event in parse_events(r):
+                            last_id = event.last_id
+                            yield event
+                            if event.event in TERMINAL:
+                                return
+            except (httpx.HTTPError, OSError):
+                pass  # a dropped connection, or a server away for a moment
+            self.reconnects += 1
+            time.sleep(self.pause)  # EventSource's pause before it reconnects
+        raise TimeoutError(f"no answer from {self.url} for {self.deadline} s")

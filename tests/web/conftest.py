@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import WebServer, assert_page_clean, watch
+from tests.support.browser import assert_page_clean, watch
+from tests.support.services import WebServer
 
 
 @pytest.fixture

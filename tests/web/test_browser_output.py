@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import create_job
+from tests.support.jobs import create_job
 
 pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 
 from jobcast.core.joblog import JobLog
-from tests.conftest import assert_page_clean, running_job, watch
-from tests.support.browser import PLAIN_DONE, plain_list, plain_notes
+from tests.support.browser import PLAIN_DONE, assert_page_clean, plain_list, plain_notes, watch
+from tests.support.jobs import running_job
 
 STREAM = "**/stream?start=*"
 """The plain page's reads of the text stream."""

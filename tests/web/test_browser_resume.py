@@ -28,10 +28,12 @@ import httpx
 import pytest
 
 from jobcast.core.joblog import JobLog
-from tests.conftest import WebServer, assert_page_clean, running_job, wait_for, watch
+from tests.support.browser import (DONE, LIVE_VALUE, PLAIN_DONE, assert_page_clean, model,
+                                   plain_list, plain_notes, wait_values, watch)
+from tests.support.jobs import running_job
+from tests.support.services import WebServer
+from tests.support.wait import wait_for
 from tests.support.loss import retried_after_loss
-from tests.support.browser import (DONE, LIVE_VALUE, PLAIN_DONE, model, plain_list, plain_notes,
-                                   wait_values)
 from tests.support.streams import Sampler, Writer
 
 pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")

@@ -24,9 +24,10 @@ import pytest
 
 from jobcast.core.joblog import JobLog
 from jobcast.web.pages import static_digest
-from tests.conftest import (CHROMIUM_FLAGS, WebServer, assert_page_clean, chromium_path,
-                            wait_for, watch)
-from tests.support.browser import DONE, LIVE_VALUE
+from tests.support.browser import (CHROMIUM_FLAGS, DONE, LIVE_VALUE, assert_page_clean,
+                                   chromium_path, watch)
+from tests.support.services import WebServer
+from tests.support.wait import wait_for
 from tests.support.streams import Sampler, Writer, open_streams
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")

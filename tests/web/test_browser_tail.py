@@ -14,7 +14,7 @@ import tests.tasks  # noqa: F401  (registers the sleepy task in this process)
 from jobcast.core.joblog import JobLog, encode_value, meta_key
 from jobcast.producer.enqueue import enqueue
 from jobcast.worker.chart import Downsample
-from tests.conftest import WebServer
+from tests.support.services import WebServer
 from tests.support.browser import dom, model
 from tests.support.cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                   horse_of, stop_delay, wait_started)

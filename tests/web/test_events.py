@@ -15,7 +15,8 @@ import pytest
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from jobcast.web.events import MAX_JOBS, digest
-from tests.conftest import running_job, wait_for
+from tests.support.jobs import running_job
+from tests.support.wait import wait_for
 from tests.support.loss import lose
 from tests.support.sse import parse_events
 

@@ -16,7 +16,8 @@ from jobcast.web.broker import Broker
 from jobcast.web.frames import SSE, TEXT
 from jobcast.web.relay import Relay
 from jobcast.web.viewer import QueueSink, Viewer
-from tests.conftest import running_job, wait_for
+from tests.support.jobs import running_job
+from tests.support.wait import wait_for
 from tests.support.sse import id_seq, parse_events
 
 

@@ -20,7 +20,9 @@ from jobcast.core.joblog import JobLog
 from jobcast.web.fastpath import FastPath
 from jobcast.web.frames import TEXT
 from jobcast.web.handover import FAST_PATH, ReadSocket
-from tests.conftest import WebServer, running_job, wait_for
+from tests.support.jobs import running_job
+from tests.support.services import WebServer
+from tests.support.wait import wait_for
 from tests.support.fastpath import admissions, finished_job, request, settled_admissions
 from tests.support.sse import parse_events
 

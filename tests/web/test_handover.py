@@ -21,7 +21,9 @@ from redis import Redis
 from jobcast.launcher.redisserver import RedisServer
 from jobcast.web.frames import LAST_CHUNK, chunk
 from jobcast.web.handover import AdmittingServer, HandoverSocket, can_take
-from tests.conftest import WebServer, running_job, wait_for
+from tests.support.jobs import running_job
+from tests.support.services import WebServer
+from tests.support.wait import wait_for
 from tests.support.fastpath import finished_job, request, settled_admissions
 
 

@@ -8,7 +8,8 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import WebServer, wait_for
+from tests.support.services import WebServer
+from tests.support.wait import wait_for
 
 TOKEN = "s3cret-token"
 

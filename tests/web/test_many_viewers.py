@@ -15,7 +15,8 @@ import socket
 
 import h11
 
-from tests.conftest import running_job, wait_for
+from tests.support.jobs import running_job
+from tests.support.wait import wait_for
 
 VIEWERS = 1000
 

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobcast.core.joblog import JobLog
 from jobcast.web.metrics import Tally
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 
 
 def scrape(web) -> dict[tuple[str, tuple], float]:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from jobcast.core.joblog import JobLog
-from tests.conftest import WebServer
+from tests.support.services import WebServer
 
 TOKEN = "fuzz-token"
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

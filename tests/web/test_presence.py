@@ -7,7 +7,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 from jobcast.core.feed import FEED
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore

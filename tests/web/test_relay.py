@@ -23,7 +23,8 @@ from redis.retry import Retry
 
 from jobcast.core.epoch import Era, LogReset
 from jobcast.core.joblog import Entry, JobLog
-from tests.conftest import running_job, wait_for
+from tests.support.jobs import running_job
+from tests.support.wait import wait_for
 from jobcast.web.frames import HTML, SSE, TEXT
 from jobcast.web.broker import Broker
 from jobcast.web.recent import RecentEntries

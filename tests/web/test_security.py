@@ -15,7 +15,8 @@ from redis import Redis
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
 from jobcast.web.links import sign
-from tests.conftest import JOBCAST, ROOT, WebServer, service_env, wait_for
+from tests.support.services import JOBCAST, ROOT, WebServer, service_env
+from tests.support.wait import wait_for
 from tests.support.sse import parse_events
 
 TOKEN = "read-s3cret"

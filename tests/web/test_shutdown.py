@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 from jobcast.web import shutdown
 
 

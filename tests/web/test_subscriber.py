@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from jobcast.core.store import reader_client, redis_client
 from jobcast.launcher.redisserver import RedisServer
 from jobcast.web.subscriber import HEALTH_CHECK, Subscriber
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,9 @@ import pytest
 from redis import Redis
 
 from jobcast.launcher.redisserver import RedisServer
-from tests.conftest import WebServer, running_job, wait_for
+from tests.support.jobs import running_job
+from tests.support.services import WebServer
+from tests.support.wait import wait_for
 from jobcast.web.broker import LINGER, Broker, JobSubscription, Shard
 from jobcast.core.joblog import channel
 

@@ -15,7 +15,8 @@ from rq.job import JobStatus
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
-from tests.conftest import own_database, wait_for
+from tests.support.services import own_database
+from tests.support.wait import wait_for
 from jobcast.web.watchdog import UNQUEUED, UNQUEUED_GRACE, Watchdog
 
 DB = 7

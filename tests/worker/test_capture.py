@@ -17,15 +17,15 @@ import httpx
 import pytest
 from rq import Queue, Retry
 
-from jobcast.cli.client import parse_sse
 from jobcast.core.joblog import Entry, JobLog
 from jobcast.worker import capture
 from jobcast.worker.hook import SimpleWorker
-from tests.conftest import (ROOT, create_job, sse_events, start_rq_worker, stop_process,
-                            stream_lines, wait_for)
+from tests.support.jobs import create_job, sse_events, stream_lines
+from tests.support.services import ROOT, start_rq_worker, stop_process
+from tests.support.wait import wait_for
 from tests.rq_jobs import chatty, flood, long_line, print_then_hang_once, tick_then_wait
 from tests.support.cancel import horse_of
-from tests.support.sse import id_seq
+from tests.support.sse import id_seq, parse_events
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_a_megabyte_line_is_cut_and_marked_and_a_last_line_without_newline_still
 def test_an_unfinished_line_is_sent_while_the_job_still_runs(http, redis, rq_workers):
     job = enqueue(redis, rq_workers, tick_then_wait)
     with httpx.stream("GET", http.base_url.join(f"/jobs/{job.id}/events"), timeout=30) as r:
-        events = parse_sse(r.iter_lines())
+        events = parse_events(r)
         tick = next(e for e in events if e.event == "log")
         assert tick.json()["text"] == "tick" and tick.json()["partial"] is True
         assert JobLog(redis, job.id).status() == "running"   # the job is waiting for us

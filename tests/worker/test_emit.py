@@ -9,7 +9,9 @@ import httpx
 import pytest
 from rq import Queue, Retry
 
-from tests.conftest import sse_events, start_rq_worker, stop_process, stream_lines, wait_for
+from tests.support.jobs import sse_events, stream_lines
+from tests.support.services import start_rq_worker, stop_process
+from tests.support.wait import wait_for
 from tests.rq_jobs import ask_retry_once, crash_once, emit_lines
 from tests.support.sse import id_seq, parse_events
 from jobcast.worker.emit import NotInJob, emit

@@ -27,7 +27,7 @@ from jobcast.producer.enqueue import enqueue
 from jobcast.worker import capture
 from jobcast.worker.emit import rq_log
 from jobcast.worker.hook import SimpleWorker, Worker
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 from tests.support.loss import lose
 
 # -- jobs, run by the non-forking worker in this process ------------------------------------------

@@ -18,7 +18,7 @@ from jobcast.core.settings import get_settings
 from jobcast.producer.enqueue import enqueue
 from jobcast.worker.hook import SimpleWorker, Worker
 from jobcast.worker.main import JobcastWorker
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 
 
 @pytest.mark.parametrize("worker_class", [JobcastWorker, Worker, SimpleWorker])

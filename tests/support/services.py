@@ -1,0 +1,184 @@
+"""The real services tests start: gunicorn serving Jobcast, `jobcast worker` and `rq worker`
+processes, their environment, and a Redis database of a test's own.
+
+Each refuses to start for a test that is not marked slow (:func:`require_slow`): `make
+test-fast` must never start one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from redis import Redis
+
+from jobcast.launcher.redisserver import RedisServer, free_port
+from tests.support.wait import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+JOBCAST = [sys.executable, "-m", "jobcast"]
+RQ = str(Path(sys.executable).with_name("rq"))
+
+RUNNING: list = []
+"""The test being set up (tests/conftest.py's hook keeps it): what :func:`require_slow` checks."""
+
+
+def require_slow(what: str) -> None:
+    """Fail the current test if it starts ``what`` without being marked slow."""
+    item = RUNNING[0] if RUNNING else None
+    if item is not None and item.get_closest_marker("slow") is None:
+        pytest.fail(f"{item.nodeid} starts {what} but is not marked slow: add its fixture to "
+                    "SERVICE_FIXTURES in tests/conftest.py, or mark it @pytest.mark.slow",
+                    pytrace=False)
+
+
+def service_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a Jobcast child process: test tasks loaded, repo importable."""
+    env = dict(os.environ, REDIS_URL=redis_url, JOBCAST_TASKS="tests.tasks", PYTHONUNBUFFERED="1",
+               # The suite creates jobs from one address far faster than a person: no rate
+               # limit unless a test sets one (tests/web/test_api.py tests the limit).
+               JOBCAST_CREATE_RATE="0")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Signal ``proc`` and reap it, killing it if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class WebServer:
+    """A real gunicorn serving Jobcast on a free port."""
+
+    def __init__(self, redis_url: str, workers: int = 1, log_path: Path | None = None, **env: str):
+        """Configure; :meth:`start` launches it."""
+        self.port = free_port()
+        self.redis_url = redis_url
+        self.workers = workers
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "WebServer":
+        """Start gunicorn and wait for /readyz."""
+        require_slow("gunicorn")
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [*JOBCAST, "web", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--workers", str(self.workers)],
+            env=service_env(self.redis_url, **self.env), cwd=ROOT, stdout=out, stderr=out)
+
+        def ready() -> bool:
+            """True once /readyz answers 200."""
+            assert self.proc.poll() is None, "gunicorn exited early"
+            try:
+                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 30, what="gunicorn /readyz")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop gunicorn."""
+        if self.proc:
+            stop_process(self.proc, sig)
+
+
+class Workers:
+    """A set of real `jobcast worker` processes."""
+
+    def __init__(self, redis_url: str, log_dir: Path | None = None):
+        """No workers yet; :meth:`start` adds them."""
+        self.redis_url = redis_url
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, n: int = 1, **env: str) -> list[subprocess.Popen]:
+        """Start ``n`` more workers and wait until each has registered with RQ."""
+        from rq import Worker
+
+        require_slow("RQ workers")
+        started = []
+        for _ in range(n):
+            out = subprocess.DEVNULL
+            if self.log_dir:
+                out = open(self.log_dir / f"worker-{len(self.procs)}.log", "ab")
+            proc = subprocess.Popen([*JOBCAST, "worker"], env=service_env(self.redis_url, **env),
+                                    cwd=ROOT, stdout=out, stderr=out)
+            self.procs.append(proc)
+            started.append(proc)
+        conn = Redis.from_url(self.redis_url)
+        names = {f".{p.pid}" for p in started}
+        wait_for(lambda: names <= {"." + w.name.rsplit(".", 1)[-1] for w in Worker.all(connection=conn)},
+                 20, what="workers to register")
+        return started
+
+    def stop_all(self) -> None:
+        """Stop every worker with RQ's cold shutdown, which also kills a running work-horse
+        (a worker SIGKILLed mid-job would leave its horse running on)."""
+        for _ in range(2):
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            # RQ ignores a second signal that comes within a second of the first.
+            time.sleep(1.2)
+        for proc in self.procs:
+            stop_process(proc, signal.SIGTERM, 20)
+        self.procs.clear()
+
+
+def start_rq_worker(redis_url: str, queue: str, *, cwd: Path = ROOT, log_path: Path | None = None,
+                    worker_class: str = "jobcast.Worker", **env: str) -> subprocess.Popen:
+    """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue``; waits until it registers.
+    ``env`` adds environment variables (settings)."""
+    from rq import Worker
+
+    require_slow("an rq worker")
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen([RQ, "worker", "--url", redis_url, "--worker-class", worker_class,
+                             "--name", f"rq-{queue}-{os.getpid()}", queue],
+                            env=service_env(redis_url, **env), cwd=cwd, stdout=out, stderr=out)
+    conn = Redis.from_url(redis_url)
+
+    def registered() -> bool:
+        """True once RQ lists the worker."""
+        assert proc.poll() is None, f"rq worker exited early (see {log_path})"
+        return any(w.name == f"rq-{queue}-{os.getpid()}" for w in Worker.all(connection=conn))
+
+    wait_for(registered, 20, what="rq worker to register")
+    return proc
+
+
+@contextlib.contextmanager
+def own_database(redis_server: RedisServer, db: int) -> Iterator[tuple[str, Redis]]:
+    """The URL of database ``db`` of the session's Redis and a client of it, emptied before
+    and after: for tests that read what is global to a database (the job index)."""
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+    client = Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url, client
+    finally:
+        client.flushdb()
+        client.close()
