@@ -44,7 +44,8 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
 
     Returns the seq of the ``cancelled`` entry. Raises UnknownJob (also for a job of a queue
     other than Jobcast's, JOBCAST_QUEUES: another application's jobs are not Jobcast's to
-    stop), or AlreadyEnded when the job had finished, failed or been cancelled before.
+    stop), or AlreadyEnded when the job had finished, failed or been cancelled before, with no
+    next run waiting in RQ (a Repeat's, a requeue's: that run is cancelled instead).
     """
     cfg = config or get_settings()
     redis = redis or redis_client(cfg.redis_url)
@@ -55,11 +56,26 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
     seq = jlog.cancelled(by)
     if seq == -2:
         raise UnknownJob(job_id)
+    if seq == -1 and next_run_waits(redis, job_id) and jlog.reopen_as_before():
+        # The log is an earlier run's (RQ's Repeat, a requeue): the run that waits is the one
+        # cancelled, in its own log, as its worker would have opened it.
+        seq = jlog.cancelled(by)
     if seq < 0:
         raise AlreadyEnded(job_id, jlog.status())
     log.info("job %s cancelled by %s (entry %s)", job_id, by, seq)
     stop_rq_job(redis, job_id)
     return seq
+
+
+def next_run_waits(redis: Redis, job_id: str) -> bool:
+    """True when RQ holds a run of ``job_id`` that no worker has taken yet (queued, scheduled
+    or deferred), while its log has ended: the next run of a repeated or requeued job."""
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return False
+    return job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.SCHEDULED,
+                                             JobStatus.DEFERRED)
 
 
 def stop_rq_job(redis: Redis, job_id: str) -> None:

@@ -38,30 +38,52 @@ class JobEnded(Exception):
 
 
 def run_of(job: Job) -> str:
-    """The enqueue ``job`` is a run of: when RQ last enqueued it (unix time), '' if unknown."""
+    """Which run, and which retry of it, this attempt of ``job`` is: RQ's repeats left, then
+    its retries left (``<repeats>/<retries>``). A ``Repeat``'s next run has one repeat less; a
+    retry, one retry less; a requeue from the failed registry changes neither."""
+    return f"{job.repeats_left}/{job.retries_left}"
+
+
+def _enqueued(job: Job) -> float | None:
+    """When RQ last enqueued ``job`` (unix time), None if it does not say."""
     enqueued = job.enqueued_at
     if enqueued is None:
-        return ""
+        return None
     if enqueued.tzinfo is None:  # RQ's times are UTC
         enqueued = enqueued.replace(tzinfo=timezone.utc)
-    return f"{enqueued.timestamp():.6f}"
+    return enqueued.timestamp()
 
 
 def ended_in_this_run(jlog: JobLog, job: Job) -> bool:
-    """True when ``jlog``'s end is this run's (the web's watchdog failed it since ``job`` was
-    last enqueued), not an earlier run's of the same id.
+    """True when ``jlog``'s end is this run's (the web's watchdog failed it: no live worker
+    seemed to hold it), not an earlier run's of the same id.
 
-    The end belongs to the run that last started in the log, when one is named: RQ enqueues a
-    ``Repeat``'s next run before the run that finished is logged ``finished``. Else it is this
-    run's if it came after this enqueue.
+    The run that last started in the log names itself (:func:`run_of`): an end logged under
+    other repeats left was an earlier run's; under other retries left, this run's (this is its
+    retry). Otherwise (the same attempt taken again, or a requeue, or a log from before runs
+    were named) the end is this run's if it came after this enqueue.
     """
     ended_at, run = jlog.run_end()
-    this = run_of(job)
-    if ended_at is None or not this:
+    if ended_at is None:
         return False
     if run:
-        return run == this
-    return ended_at >= float(this)
+        repeats, _, retries = run.partition("/")
+        now_repeats, _, now_retries = run_of(job).partition("/")
+        if repeats != now_repeats:
+            return False
+        if retries != now_retries:
+            return True
+    enqueued = _enqueued(job)
+    return enqueued is not None and ended_at >= enqueued
+
+
+def _end_unlogged_run(jlog: JobLog, job: Job) -> None:
+    """Log ``finished`` for the earlier run of a repeated job whose end was never logged (a
+    worker without Jobcast's hook): RQ repeats a job only once it has succeeded."""
+    ended_at, run = jlog.run_end()
+    if ended_at is None and run and run.partition("/")[0] != run_of(job).partition("/")[0]:
+        if jlog.finished() > 0:
+            log.info("job %s: its earlier run's end was not logged; logged finished", job.id)
 
 
 class Attempt(NamedTuple):
@@ -81,6 +103,7 @@ def start_attempt(jlog: JobLog, job: Job, worker: str, task: str, params: dict[s
     files the job canceled) or :class:`JobEnded` (failed, without a retry: a retry would meet
     the same end).
     """
+    _end_unlogged_run(jlog, job)
     attempt, run = jlog.next_attempt(), run_of(job)
     if jlog.started(worker, attempt, run) != -1:
         return Attempt(attempt, False)

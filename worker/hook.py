@@ -197,9 +197,14 @@ class LifecycleMixin:
             capture.seal()
 
     def handle_job_success(self, job: Job, *args, **kwargs):
-        """After RQ saved the result: log ``finished``."""
+        """After RQ saved the result: log ``finished``. A job RQ repeats logs it before: RQ
+        enqueues its next run in the same step, and another worker may start that run before
+        this one would have logged the end of its own."""
+        repeats = bool(job.repeats_left) and not is_runner(job)
+        if repeats:
+            self._log_end(job, "finished")
         result = super().handle_job_success(job, *args, **kwargs)
-        if not is_runner(job):
+        if not repeats and not is_runner(job):
             self._log_end(job, "finished")
         return result
 

@@ -387,7 +387,10 @@ class JobLog:
             keys, args = self.script_args(kind, body, index=index, value_json=value_json,
                                           meta=meta, new_era=new_era, epoch=epoch,
                                           replacing=replacing)
-            if kind in TERMINAL and self.terminal_replicas and not is_cluster(self.redis):
+            # A new run's queued entry replaces an ended log: lost in a failover, the old end
+            # would come back and refuse the new run's values. It waits as an end does.
+            durable = kind in TERMINAL or bool(replacing)
+            if durable and self.terminal_replicas and not is_cluster(self.redis):
                 seq = self._write_durably(kind, keys, args)
             else:
                 seq = self._append_one(keys, args)
@@ -608,6 +611,17 @@ class JobLog:
             self.begin()  # a writer of the earlier run goes on in the new one, as it is now
         return True
 
+    def reopen_as_before(self) -> bool:
+        """:meth:`reopen` as the same task, with the same parameters, total and RQ queue as
+        the run that ended (a cancel of the next run, before any worker took it)."""
+        task, params, total, origin = self.redis.hmget(self.keys.meta, "task", "params", "n",
+                                                       "origin")
+        if task is None:
+            return False
+        return self.reopen(task.decode(), json.loads(params or b"{}"),
+                           int(total) if total else None,
+                           {"origin": origin.decode()} if origin is not None else None)
+
     def _index(self, key: str, created: float, keep: int | None = None) -> None:
         """Add the job to the sorted set ``key`` on a Redis Cluster (keeping the newest
         ``keep`` when given): the jobs index (:data:`JOBS_INDEX`), capped at ``index_max``, or
@@ -650,8 +664,9 @@ class JobLog:
                     and position.seq >= self.high)
 
     def started(self, worker: str, attempt: int, run: str = "") -> int:
-        """Record that ``worker`` started (or restarted) the job; ``run`` names the enqueue
-        this attempt is of (RQ's ``enqueued_at``), which :meth:`run_end` gives back.
+        """Record that ``worker`` started (or restarted) the job; ``run`` names which run of
+        the job id, and which retry of it, the attempt is (the worker's hook, from RQ's
+        repeats and retries left), which :meth:`run_end` gives back.
 
         A restart (``attempt`` > 1) begins a new epoch: the attempt before it is gone, and
         nothing proves the log is all it wrote (Redis may have lost its last entries, with

@@ -290,6 +290,18 @@ def test_a_terminal_entry_waits_for_replicas_only_as_long_as_told(redis, caplog)
     assert log.value(0, "late") == -1
 
 
+def test_a_new_runs_queued_entry_that_replaces_an_ended_log_waits_for_replicas_as_an_end_does(
+        redis, caplog):
+    """A review's finding: lost in a failover, the replacing entry would leave the old end to
+    refuse the new run's values; it is as durable as the end it replaces."""
+    log = new_log(redis, terminal_replicas=1, terminal_wait_ms=50)
+    log.finished()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jobcast.core.joblog"):
+        assert log.reopen("sqrt", {}, None)
+    assert "its queued entry reached 0 of 1 replica(s)" in caplog.text
+
+
 # -- resolve: where a resuming viewer stands ----------------------------------------------------
 
 E1, E2, E3 = "AAAAAAAA", "BBBBBBBB", "CCCCCCCC"

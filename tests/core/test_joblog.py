@@ -177,12 +177,14 @@ def test_only_an_ended_log_that_finished_or_failed_is_reopened(r, jlog):
     assert [k for _, k in kinds(cancelled)] == ["queued", "cancelled"]
     ended = new_jlog(r)
     ended.failed("boom")
+    seen = r.hget(meta_key(ended.job_id), "ended_at").decode()
     other = JobLog(r, ended.job_id)
-    assert other.reopen("sqrt", {}, None)
-    with pytest.raises(JobExists):  # the end it read is gone: the log is the other's now
-        ended.create("sqrt", {}, None, replacing=r.hget(meta_key(ended.job_id), "created_at")
-                     .decode())
-    assert kinds(ended) == [(1, "queued")]
+    assert other.reopen("sqrt", {}, None)     # another writer opened the new run first...
+    other.started("w", 1)
+    other.failed("boom again")                # ...and it ended too, at another time
+    with pytest.raises(JobExists):            # the end this writer read is gone
+        ended.create("sqrt", {}, None, replacing=seen)
+    assert [k for _, k in kinds(ended)] == ["queued", "started", "failed"]
 
 
 def test_a_writer_that_began_the_earlier_run_goes_on_in_the_log_reopened(r, jlog):

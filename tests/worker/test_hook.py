@@ -4,13 +4,15 @@ run in this process by RQ's non-forking worker on a real redis-server."""
 from __future__ import annotations
 
 import os
+from datetime import timezone
 
 from rq import Queue, Repeat, Retry
+from rq import SimpleWorker as RQSimpleWorker
 from rq.job import JobStatus
 
 from jobcast.core.joblog import JobLog
 from jobcast.worker.hook import SimpleWorker
-from tests.rq_jobs import emit_lines, fail_naming_an_undecodable_file
+from tests.rq_jobs import crash_once, emit_lines, fail_naming_an_undecodable_file
 
 
 def test_a_failure_naming_an_undecodable_file_is_logged_and_the_worker_goes_on(redis, in_process):
@@ -84,15 +86,55 @@ def test_each_run_of_an_rq_repeat_reaches_viewers_in_the_jobs_log(redis, in_proc
     jlog = JobLog(redis, job.id)
     runs = []
     worker = SimpleWorker([queue], connection=redis)
-    for _ in range(3):
+    for k in range(3):
         assert worker.work(burst=True, max_jobs=1)
         runs.append(([e.kind for e in jlog.entries()], jlog.position().epoch,
                      [e.data["v"] for e in jlog.entries() if e.kind == "value"]))
+        if k < 2:
+            # Its end was logged before RQ enqueued the next run, which another worker could
+            # have started at once (into a log still running, dropping its values as repeats).
+            job.refresh()
+            ended = [e.data["ts"] for e in jlog.entries() if e.kind == "finished"]
+            assert ended[0] <= job.enqueued_at.replace(tzinfo=timezone.utc).timestamp()
     assert [kinds for kinds, _, _ in runs] == [
         ["queued", "started", "value", "value", "finished"]] * 3
     assert [values for _, _, values in runs] == [["line 0", "line 1"]] * 3
     assert len({epoch for _, epoch, _ in runs}) == 3
     assert jlog.values_logged() == 2
+
+
+def test_each_run_of_an_rq_repeat_reaches_the_log_on_a_worker_without_the_hook(redis, in_process):
+    """A review's finding: with emit() on RQ's own worker, nothing logs a run's end, so the
+    next run's start went into the log still running, and its values were dropped as repeats.
+    RQ repeats a job only once it succeeded: the next run logs that end, then opens the log
+    anew."""
+    queue = Queue(f"hook-plain-repeat-{os.getpid()}", connection=redis)
+    job = queue.enqueue(emit_lines, 2, repeat=Repeat(times=1))
+    jlog = JobLog(redis, job.id)
+    worker = RQSimpleWorker([queue], connection=redis)
+    assert worker.work(burst=True, max_jobs=1)
+    first = jlog.position().epoch
+    assert [e.kind for e in jlog.entries()] == ["queued", "started", "value", "value"]
+    assert worker.work(burst=True, max_jobs=1)
+    assert [e.kind for e in jlog.entries()] == ["queued", "started", "value", "value"]
+    assert jlog.position().epoch != first and jlog.values_logged() == 2
+
+
+def test_a_retry_after_the_watchdog_failed_the_log_is_not_run(redis, in_process):
+    """A review's finding: RQ enqueues a retry anew, so its enqueue time came after the
+    watchdog's end of the log, which was then taken for an earlier run's end and reopened.
+    One retry less is the same run: its end stands."""
+    queue = Queue(f"hook-retry-ended-{os.getpid()}", connection=redis)
+    job = queue.enqueue(crash_once, 4, 1, retry=Retry(max=1))
+    worker = SimpleWorker([queue], connection=redis)
+    assert worker.work(burst=True, max_jobs=1)             # the first attempt crashes
+    jlog = JobLog(redis, job.id)
+    assert not jlog.ended() and job.id in queue.job_ids
+    jlog.failed("no live worker")                          # the watchdog, during the wait
+    assert worker.work(burst=True, max_jobs=1)
+    job.refresh()
+    assert job.get_status() == JobStatus.FAILED and "JobEnded" in job.latest_result().exc_string
+    assert [e.kind for e in jlog.entries()][-2:] == ["retrying", "failed"]
 
 
 def test_a_job_enqueued_again_after_a_cancel_is_still_not_run(redis, in_process):
