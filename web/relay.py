@@ -1297,7 +1297,10 @@ class Relay:
 
             gevent.killall([g for g in catching if isinstance(g, gevent.Greenlet)], block=False)
         for v in list(self._catching):
-            v.sink.close()  # a thread's catch-up then fails its next write, and ends
+            # A thread's catch-up then fails its next write, and ends. A text stream is cut
+            # (a queue aborted): with no goodbye to say, its end would read as the job's.
+            abort = getattr(v.sink, "abort", None) if v.transport.shutdown is None else None
+            abort() if abort is not None else v.sink.close()
             if self.green:
                 # A greenlet killed before it ran never runs its cleanup; one that was running
                 # ends at its next switch, and finds this done (release is idempotent).

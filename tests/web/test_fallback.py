@@ -53,12 +53,16 @@ class Reader:
 
     def __init__(self, body):
         self.data = b""
+        self.error: Exception | None = None  # how the body ended, if it raised (a cut)
         self.thread = threading.Thread(target=self._read, args=(body,), daemon=True)
         self.thread.start()
 
     def _read(self, body):
-        for chunk in body:
-            self.data += chunk
+        try:
+            for chunk in body:
+                self.data += chunk
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            self.error = exc
 
 
 def test_history_then_live_has_no_gap_and_no_duplicate(redis, relay):
@@ -204,3 +208,28 @@ def test_a_stream_a_catch_up_gives_up_on_is_cut_not_ended(redis, relay, monkeypa
             pass
     assert viewer.closed
 
+
+
+def test_a_text_stream_still_catching_up_when_the_server_stops_is_cut_not_ended(redis, relay,
+                                                                                monkeypatch):
+    """A review's finding: a stopping server cut the text streams it was writing, but closed
+    the queue of one still reading its history, and the body ended as the job's end does."""
+    log = running_job(redis)
+    reading, stopped = threading.Event(), threading.Event()
+    history = relay.broker.history
+
+    def slow(*args, **kwargs):
+        """A history read that lasts until the server has stopped."""
+        reading.set()
+        stopped.wait(5)
+        return history(*args, **kwargs)
+
+    monkeypatch.setattr(relay.broker, "history", slow)
+    viewer, body = follow(relay, log, transport=TEXT)
+    assert next(body) == b""
+    reader = Reader(body)
+    assert reading.wait(5) and viewer.slow
+    relay.shutdown()
+    stopped.set()
+    reader.thread.join(10)
+    assert isinstance(reader.error, BrokenPipeError) and viewer.closed
