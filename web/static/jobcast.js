@@ -208,8 +208,8 @@
       // epoch they are in: without it the server would trust a position a failover voided.
       J = { id: m.job, cursor: after, epoch: epoch, tail: wantsTail ? m.tail : null, sig: m.sig || null,
             clients: new Map(), lane: null, ring: [], values: 0, started: false, ended: false,
-            missing: false, refused: false, refusedEv: null, fresh: false, lowered: false, respec: false,
-            tailEv: null, trimmedEv: null, stuck: 0, seen: -1 };
+            missing: false, refused: false, refusedEv: null, fresh: false, startsAt: null,
+            lowered: false, respec: false, tailEv: null, trimmedEv: null, stuck: 0, seen: -1 };
       this.jobs.set(m.job, J);
       J.clients.set(client, { status: !!m.status });
       this.sendState([client]);
@@ -506,6 +506,7 @@
       if (J.sig && sigs.indexOf(J.sig) < 0) { sigs.push(J.sig); }
       ids.push(J.id);
       J.fresh = true;
+      J.startsAt = null;
       J.lowered = false;
       J.respec = false;
     });
@@ -600,6 +601,7 @@
         break;
       case "trimmed":
         J.trimmedEv = d;
+        if (J.fresh && d.after === J.cursor) { J.startsAt = d.first_seq; }  // told before the first entry
         if (J.started && d.after === J.cursor && d.first_seq - 1 > J.cursor) {
           // Mid-stream: a capped log outran this connection, and goes on at first_seq.
           J.cursor = d.first_seq - 1;
@@ -629,7 +631,11 @@
     if (J.lowered) { return; }      // being read again from earlier: the next connection brings it
     if (!(d.seq > J.cursor)) { this.counts.duplicates += 1; return; }
     if (d.seq !== J.cursor + 1) {
-      if (!J.fresh) { this.counts.gaps += 1; this.reconnect(lane); return; }
+      // Only a connection whose server said the log starts later (trimmed) may begin past the
+      // cursor; any other jump is a gap, read again rather than passed over in silence.
+      if (!(J.fresh && J.startsAt !== null && d.seq <= J.startsAt)) {
+        this.counts.gaps += 1; this.reconnect(lane); return;
+      }
       J.ring = [];                  // the log starts later (trimmed): the ring stays contiguous
     }
     J.fresh = false;
