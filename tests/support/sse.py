@@ -163,7 +163,8 @@ class Resuming:
     EventSource does), and stops after the terminal event or a 204. Every event is yielded as
     sent, duplicates too: the tests assert the server sends none.
 
-    A refusal raises :class:`Refused`; ``deadline`` seconds without a 200 raise TimeoutError.
+    A refusal raises :class:`Refused`; ``deadline`` seconds without an answer (a 200, or an
+    event) raise TimeoutError.
     ``connections`` counts the 200s, ``reconnects`` the times it came back.
     """
 
@@ -191,7 +192,11 @@ class Resuming:
                         answered = time.monotonic()
                         self.connections += 1
                         for event in parse_events(r):
-                            last_id = event.last_id
+                            answered = time.monotonic()
+                            if event.id is not None:
+                                # (each connection's parser starts without the last id, as
+                                # EventSource's does not: an event without one keeps it)
+                                last_id = event.last_id
                             yield event
                             if event.event in TERMINAL:
                                 return

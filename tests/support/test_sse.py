@@ -6,7 +6,7 @@ import httpx
 import pytest
 from httpx_sse import SSEError
 
-from tests.support.sse import Event, parse_events
+from tests.support.sse import Event, Resuming, parse_events
 
 STREAM = (b"retry: 2000\n\n"
           b"event: tail\ndata: {\"tail\":2}\n\n"
@@ -55,3 +55,24 @@ def test_a_response_must_be_an_event_stream():
     with pytest.raises(SSEError):
         list(parse_events(httpx.Response(200, headers={"content-type": "text/plain"},
                                          content=b"data: 1\n\n")))
+
+
+def test_resuming_comes_back_with_the_last_id_it_saw_even_across_a_connection_without_one():
+    """The tests' EventSource: an event without an id on a resumed connection (a ``trimmed``)
+    keeps the last id, as EventSource does, so the next reconnect does not replay the stream."""
+    bodies = [b"id: 1:E\nevent: value\ndata: a\n\n",
+              b"event: trimmed\ndata: {}\n\n",
+              b"id: 2:E\nevent: finished\ndata: b\n\n"]
+    asked: list[str | None] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        """Each connection: the next body, then the connection ends (a drop)."""
+        asked.append(request.headers.get("Last-Event-ID"))
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream"},
+                              content=bodies[len(asked) - 1])
+
+    with httpx.Client(transport=httpx.MockTransport(server), base_url="http://t") as client:
+        stream = Resuming(client, "/jobs/j/events", pause=0)
+        events = [(e.event, e.id) for e in stream]
+    assert events == [("value", "1:E"), ("trimmed", None), ("finished", "2:E")]
+    assert asked == [None, "1:E", "1:E"] and stream.connections == 3 and stream.reconnects == 2
