@@ -13,6 +13,7 @@ shares the stream there. The locks fallback is tested on 127.0.0.1 (a secure con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -344,6 +345,31 @@ def test_a_stream_refused_as_full_comes_back_no_sooner_than_retry_after_says(bro
         ctx.close()
 
 
+@contextlib.contextmanager
+def played_job_page(browser, server, job: str, answers: list[str]):
+    """A job page (its own tab, no SharedWorker) whose streams the test plays: the k-th request
+    of /events gets ``answers[k]`` (the last one again after that). Yields the page once it
+    says Done, and the URLs asked."""
+    asked: list[str] = []
+
+    def played(route) -> None:
+        """The next answer, as the relay would write it."""
+        asked.append(route.request.url)
+        body = answers[min(len(asked), len(answers)) - 1]
+        route.fulfill(status=200, content_type="text/event-stream", body=body)
+
+    ctx = browser.new_context()
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    try:
+        ctx.route(re.compile(r".*/events\?.*"), played)
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/jobs/{job}")
+        pg.wait_for_function(DONE, timeout=10000)
+        yield pg, asked
+    finally:
+        ctx.close()
+
+
 def test_a_trimmed_event_mid_stream_goes_on_at_the_first_entry_kept_with_no_reconnect(browser,
                                                                                      server, redis):
     """The relay now says ``trimmed`` mid-stream (a capped log outran a slow connection): a
@@ -369,26 +395,11 @@ def test_a_trimmed_event_mid_stream_goes_on_at_the_first_entry_kept_with_no_reco
             + event("trimmed", {"after": 5, "first_seq": 10, "lost": 4, "first_value": 7})
             + "".join(entry("value", seq) for seq in (10, 11))
             + entry("finished", 12))
-    asked: list[str] = []
-
-    def played(route) -> None:
-        """The stream, as the relay writes it."""
-        asked.append(route.request.url)
-        route.fulfill(status=200, content_type="text/event-stream", body=body)
-
-    ctx = browser.new_context()
-    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
-    try:
-        ctx.route(re.compile(r".*/events\?.*"), played)
-        pg = watch(ctx.new_page())
-        pg.goto(f"{server.url}/jobs/{job}")
-        pg.wait_for_function(DONE, timeout=10000)
+    with played_job_page(browser, server, job, [body]) as (pg, asked):
         page = pg.evaluate("window.jobcastPage()")
         assert page["values"] == ["0", "1", "2", "7", "8"] and page["gaps"] == 0, page
         assert "4 earlier values are no longer kept" in pg.inner_text("body")
         assert stats(pg)["gaps"] == 0 and len(asked) == 1, (stats(pg), asked)
-    finally:
-        ctx.close()
 
 
 def test_a_connection_that_begins_past_the_cursor_untold_is_read_again_not_passed_over(browser,
@@ -414,27 +425,12 @@ def test_a_connection_that_begins_past_the_cursor_untold_is_read_again_not_passe
                                                                         attempt=1)
     tail = "".join(entry("value", seq) for seq in (6, 7)) + entry("finished", 8)
     whole = head + "".join(entry("value", seq) for seq in (3, 4, 5)) + tail
-    asked: list[str] = []
-
-    def played(route) -> None:
-        """First a stream that begins at seq 6; then, asked again, the log as it is."""
-        asked.append(route.request.url)
-        body = hello + (tail if len(asked) == 1 else whole)
-        route.fulfill(status=200, content_type="text/event-stream", body=body)
-
-    ctx = browser.new_context()
-    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
-    try:
-        ctx.route(re.compile(r".*/events\?.*"), played)
-        pg = watch(ctx.new_page())
-        pg.goto(f"{server.url}/jobs/{job}")
-        pg.wait_for_function(DONE, timeout=10000)
+    # First a stream that begins at seq 6; then, asked again, the log as it is.
+    with played_job_page(browser, server, job, [hello + tail, hello + whole]) as (pg, asked):
         page = pg.evaluate("window.jobcastPage()")
         assert page["values"] == ["0", "1", "2", "3", "4"], page
         assert stats(pg)["gaps"] >= 1 and len(asked) == 2, (stats(pg), asked)
         assert asked[1] == asked[0]  # read again from where it was: the start
-    finally:
-        ctx.close()
 
 
 def test_pages_name_their_jobcast_js_by_its_digest_and_its_tabs_share_the_worker_of_that_version(
