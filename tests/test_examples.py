@@ -15,8 +15,8 @@ import pytest
 from jobcast.core.joblog import JobLog
 from jobcast.launcher.redisserver import free_port
 from tests.support.browser import DONE, assert_page_clean, watch
-from tests.support.services import ROOT, service_env, start_rq_worker, stop_process
-from tests.support.wait import wait_for
+from tests.support.services import (ROOT, service_env, start_rq_worker, stop_process,
+                                    wait_answers)
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
@@ -41,15 +41,7 @@ class ExampleApp:
 
     def wait_ready(self) -> "ExampleApp":
         """Wait until the app's own home page answers."""
-        def ready() -> bool:
-            """True once GET / answers 200."""
-            assert self.proc.poll() is None, self.log_path.read_text()
-            try:
-                return httpx.get(self.url + "/", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 30, what="the example app")
+        wait_answers(self.proc, self.url + "/", self.log_path.read_text)
         return self
 
 

@@ -2,10 +2,11 @@
 
 RQ runs a job id more than once: a retry (the same run, its log goes on after ``retrying``),
 and a new run of the id: RQ's ``Repeat``, a requeue from the failed registry, or the id
-enqueued again. A log that has finished or failed before this enqueue is an earlier run's:
-this run opens the log anew (:meth:`jobcast.core.joblog.JobLog.reopen`), or its values would
-be dropped while RQ filed the job finished. A log that ended since this enqueue is this run's
-(the web's watchdog failed it), and a cancelled log stays cancelled: the attempt does not run.
+enqueued again. Each start records which run and retry it is (:func:`run_of`). A log that
+finished or failed in an earlier run is opened anew for this one
+(:meth:`jobcast.core.joblog.JobLog.reopen`), or its values would be dropped while RQ filed the
+job finished. A log whose end is this run's (the web's watchdog failed it) stands, and a
+cancelled log stays cancelled: the attempt does not run (:func:`ended_in_this_run`).
 """
 
 from __future__ import annotations

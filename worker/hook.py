@@ -135,11 +135,11 @@ class LifecycleMixin:
         try:
             jlog = rq_log(job)
             jlog.ensure(job.description, job.origin)
-            # A log that has ended was cancelled, or failed by the web's watchdog since this
-            # enqueue: raised inside RQ's ``try``, JobCancelled and JobEnded never run the
-            # job, and the failure path files it canceled, or failed with no retry, as the log
-            # says. A log that finished or failed before this enqueue was an earlier run's (RQ's
-            # Repeat, a requeue, a fixed id): this run opens it anew (worker/attempt.py).
+            # A log that has ended was cancelled, or failed by the web's watchdog in this run:
+            # raised inside RQ's ``try``, JobCancelled and JobEnded never run the job, and the
+            # failure path files it canceled, or failed with no retry, as the log says. A log
+            # that finished or failed in an earlier run (RQ's Repeat, a requeue, a fixed id) is
+            # opened anew for this one (worker/attempt.py).
             attempt = start_attempt(jlog, job, self.name, task_label(job.description), {},
                                     None, {"origin": job.origin or ""}).number
             jlog.begin()

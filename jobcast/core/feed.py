@@ -5,8 +5,9 @@ announcing each item), so the web's relay serves it to a page like a job, with t
 resume, catch-up and heartbeats, under the name :data:`FEED`. An item says which job changed
 and how: ``{"seq", "kind": "job", "job", "change", "jseq" (the job entry's seq), "ts",
 "values", "n"}`` plus ``task`` and ``created_at`` (queued), ``worker`` and ``attempt``
-(started), ``reason`` (retrying, failed) or ``by`` (cancelled). ``change`` is a lifecycle kind or ``progress``; the
-item's own kind is always ``job``, so no item ever ends the feed as a terminal entry would.
+(started), ``reason`` (retrying, failed) or ``by`` (cancelled). ``change`` is a lifecycle kind
+or ``progress``; the item's own kind is always ``job``, so no item ever ends the feed as a
+terminal entry would.
 
 Progress is throttled where values are written (:class:`ProgressGate`): at most one item per
 ``PROGRESS_EVERY`` seconds per job, the last count always following within that time. The feed

@@ -501,7 +501,8 @@ class JobLog:
     def script_args(self, kind: str, body: dict[str, Any] | None = None, *, index: int = -1,
                     value_json: str | None = None, meta: dict[str, Any] | None = None,
                     new_era: bool = False, epoch: str | None = None,
-                    ts: float | None = None, replacing: str = "") -> tuple[tuple[str, ...], list[Any]]:
+                    ts: float | None = None,
+                    replacing: str = "") -> tuple[tuple[str, ...], list[Any]]:
         """The KEYS and ARGV of the append script for one entry (also for a pipeline):
         ``new_era`` begins a new epoch with it (``epoch``, or a new one); ``ts`` is the entry's
         time, by default now (an output line carries when it was printed); ``replacing`` (a
@@ -793,8 +794,8 @@ class JobLog:
         return int(self.redis.hget(self.keys.meta, "attempt") or 0) + 1
 
     def run_end(self) -> tuple[float | None, str | None]:
-        """When the log ended (None: it has not), and the enqueue of the run last started in
-        it (None: none was named)."""
+        """When the log ended (None: it has not), and which run and retry of the job id last
+        started in it, as :meth:`started` was told (None: none was named)."""
         ended_at, run = self.redis.hmget(self.keys.meta, "ended_at", "run")
         return (float(ended_at) if ended_at else None), (run.decode() if run else None)
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -62,6 +62,21 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
             proc.wait()
 
 
+def wait_answers(proc: subprocess.Popen, url: str, exited: str | Callable[[], str],
+                 timeout: float = 30) -> None:
+    """Wait until GET ``url`` answers 200; fail with ``exited`` (or what it returns, read
+    then) if ``proc`` ends first."""
+    def answers() -> bool:
+        """True once ``url`` answers 200."""
+        assert proc.poll() is None, exited() if callable(exited) else exited
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(answers, timeout, what=url)
+
+
 class WebServer:
     """A real gunicorn serving Jobcast on a free port."""
 
@@ -88,15 +103,7 @@ class WebServer:
              "--workers", str(self.workers)],
             env=service_env(self.redis_url, **self.env), cwd=ROOT, stdout=out, stderr=out)
 
-        def ready() -> bool:
-            """True once /readyz answers 200."""
-            assert self.proc.poll() is None, "gunicorn exited early"
-            try:
-                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 30, what="gunicorn /readyz")
+        wait_answers(self.proc, self.url + "/readyz", "gunicorn exited early")
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -417,8 +417,8 @@ def test_a_connection_that_begins_past_the_cursor_untold_is_read_again_not_passe
         """One entry of the job's log in a multi-job stream (a value's text is its index)."""
         if kind == "value":
             data.update(i=seq - 3, v=str(seq - 3), j=seq - 3)
-        return (f"id: x:{seq}~E1\nevent: {kind}\n"
-                f"data: {json.dumps({'job': job, 'seq': seq, 'ep': 'E1', 'kind': kind, 'ts': 1.0, **data})}\n\n")
+        body = {"job": job, "seq": seq, "ep": "E1", "kind": kind, "ts": 1.0, **data}
+        return f"id: x:{seq}~E1\nevent: {kind}\ndata: {json.dumps(body)}\n\n"
 
     hello = "retry: 100\n\n" + f'event: hello\ndata: {{"jobs":["{job}"],"list":false}}\n\n'
     head = entry("queued", 1, task="sqrt", params={}, n=None) + entry("started", 2, worker="w",
