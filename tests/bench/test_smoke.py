@@ -51,8 +51,12 @@ def test_benchmark_smoke_run_loses_nothing(tmp_path):
     assert 0 < ref["trip_p50_ms"] <= ref["trip_p90_ms"] < 1000
     assert 0 < ref["burst_p50_ms"] <= ref["burst_p90_ms"] < 1000
     assert 0 < ref["cpu_us_per_send"] < 1000
+    # ... and again to connections still in their readers' quick-ACK mode.
+    assert 0 < ref["burst_fresh_p50_ms"] <= ref["burst_fresh_p90_ms"] < 1000
+    assert 0 < ref["cpu_us_per_send_fresh"] < 1000
     assert ref["trip_p50_ms"] < ref["floor_p50_ms"] < ref["floor_last_ms"]
     assert "Reference on this machine in this run" in table
+    assert "first 16 segments" in table
 
 
 def test_reconnect_storm_smoke_run_brings_every_viewer_back_exactly_once(tmp_path):
