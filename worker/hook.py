@@ -26,7 +26,7 @@ from rq.job import Job, JobStatus
 from rq.utils import import_attribute
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog, task_label, valid_text
+from jobcast.core.joblog import InvalidJobId, JobLog, task_label, valid_text
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
@@ -134,6 +134,13 @@ class LifecycleMixin:
         setattr(job, HOOKED_ATTR, True)
         try:
             jlog = rq_log(job)
+        except InvalidJobId:
+            # RQ takes ids of any length; Jobcast's keys take 128 characters at most. The job
+            # runs as RQ would run it, unlogged: failing it here would end the worker.
+            log.warning("jobcast: job %s has an id Jobcast cannot log (over 128 characters?): "
+                        "it runs unlogged", job.id)
+            return
+        try:
             jlog.ensure(job.description, job.origin)
             # A log that has ended was cancelled, or failed by the web's watchdog in this run:
             # raised inside RQ's ``try``, JobCancelled and JobEnded never run the job, and the
@@ -227,9 +234,11 @@ class LifecycleMixin:
         except (RedisError, ValueError):
             status = None
         cancelled = status == "cancelled"
-        # run_task logs its own attempt's end, but not when its work-horse died under it: its
-        # code never got there, and RQ runs no failure callback on that path.
-        died = self._horse_died_job_id == job.id and status == "running"
+        # run_task logs its own attempt's end, but not when its work-horse died under it, or
+        # was killed by RQ's stop-job command (not Jobcast's cancel: ``rq``'s own tooling): its
+        # code never got there, and RQ runs no failure callback on those paths.
+        stopped = getattr(self, "_stopped_job_id", None) == job.id
+        died = (self._horse_died_job_id == job.id or stopped) and status == "running"
         self._horse_died_job_id = None
         ended = self._ended_job_id == job.id
         self._ended_job_id = None
@@ -239,7 +248,6 @@ class LifecycleMixin:
             # Its log's end stands, and a retry would meet it again: RQ files it failed.
             job.retries_left = 0
         elif died or not is_runner(job):
-            stopped = getattr(self, "_stopped_job_id", None) == job.id
             retry = bool(job.retries_left) and not stopped
             reason = "stopped" if stopped else reason_from(exc_string)
             self._log_end(job, "retrying" if retry else "failed", reason)
@@ -283,6 +291,8 @@ class LifecycleMixin:
                 self._write_end(rq_log(job), kind, reason)
         except RedisError as exc:
             log.warning("jobcast: could not log %s for job %s: %s", kind, job.id, exc)
+        except InvalidJobId:
+            pass  # a job Jobcast cannot log (prepare_job_execution said so)
 
     @staticmethod
     def _write_end(jlog: JobLog, kind: str, reason: str) -> None:

@@ -149,3 +149,16 @@ def test_a_job_enqueued_again_after_a_cancel_is_still_not_run(redis, in_process)
     SimpleWorker([queue], connection=redis).work(burst=True)
     assert job.get_status(refresh=True) == JobStatus.CANCELED
     assert [e.kind for e in JobLog(redis, job_id).entries()] == ["queued", "cancelled"]
+
+
+def test_a_plain_job_whose_id_jobcast_cannot_log_runs_unlogged_and_the_worker_goes_on(
+        redis, in_process):
+    """A review's finding: RQ takes ids of any length, Jobcast's keys 128 characters at most.
+    The hook raised on such a job, RQ's failure path raised again, and the worker quit, with
+    the job left started and every job behind it waiting."""
+    queue = Queue(f"hook-long-id-{os.getpid()}", connection=redis)
+    long = queue.enqueue("os.getpid", job_id="long-" + "x" * 140)
+    after = queue.enqueue(emit_lines, 2)
+    SimpleWorker([queue], connection=redis).work(burst=True)
+    assert long.get_status(refresh=True) == JobStatus.FINISHED
+    assert JobLog(redis, after.id).status() == "finished"
