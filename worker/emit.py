@@ -17,7 +17,7 @@ Jobs that Jobcast did not enqueue have no log yet; it is created here (or by the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -25,7 +25,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog, task_label
+from jobcast.core.joblog import JobLog, encode_value, task_label
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
@@ -40,8 +40,26 @@ STATE_ATTR = "_jobcast_emit"
 HOOKED_ATTR = "_jobcast_hooked"
 
 
+MAX_UNSENT = 1000
+"""Values a run may hold while Redis is away (each emit() raises meanwhile); past it, emit()
+raises :class:`ValuesUnsent` and the value is not held."""
+
+
 class NotInJob(RuntimeError):
     """emit() was called outside a job that an RQ worker runs."""
+
+
+class ValuesUnsent(RuntimeError):
+    """Values of this run could not be logged: Redis stayed away, and the job went on past
+    :data:`MAX_UNSENT` values, or ended, before they could be sent. Raised at the job's end by
+    the worker hook, the run fails (or is retried) rather than finish without them."""
+
+    def __init__(self, job_id: str, count: int):
+        """``count`` values of ``job_id`` were not logged."""
+        super().__init__(f"{count} value(s) of job {job_id} could not be logged (Redis "
+                         f"unreachable)")
+        self.job_id = job_id
+        self.count = count
 
 
 def rq_log(job: Job, config: Settings | None = None) -> JobLog:
@@ -60,13 +78,15 @@ def is_runner(job: Job) -> bool:
 
 @dataclass
 class EmitState:
-    """One run's writer: the job's log, the index of the next value, and a value whose write
-    failed (Redis unreachable), sent again before the next one."""
+    """One run's writer: the job's log, the index of the next value, and the values whose
+    write failed (Redis unreachable), sent again, in order, before the next one."""
 
     log: JobLog
     next: int = 0
     warned: bool = False
-    unsent: tuple[int, Any, int | None] | None = None
+    unsent: list[tuple[int, Any, int | None]] = field(default_factory=list)
+    dropped: int = 0
+    """Values not held because :data:`MAX_UNSENT` were (the job was told: ValuesUnsent)."""
 
 
 def share(job: Job, jlog: JobLog) -> None:
@@ -130,20 +150,26 @@ def emit(value: Any, total: int | None = None) -> int | None:
     was cancelled (a non-forking worker cannot kill it): RQ files it canceled; on a worker
     without Jobcast's hook, at the first call, ``JobEnded`` when the web's watchdog failed this
     run before it began (:mod:`jobcast.worker.attempt`). A Redis error
-    is raised too, and a job that goes on loses nothing: the next call sends the value again,
-    first. A value whose text cannot be made (its ``__str__`` raised) is not counted.
+    is raised too, and a job that goes on loses nothing: the next calls send the values again,
+    first and in order (:data:`MAX_UNSENT` at most, then ValuesUnsent), and on a worker with
+    Jobcast's hook a run does not finish with values unsent. A value whose text cannot be made
+    (its ``__str__`` raised) is not counted.
     """
     if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
         raise ValueError(f"total must be a non-negative int, not {total!r}")
     job = current_job()
     state = _state(job)
-    if state.unsent is not None:
-        # The value before failed to reach Redis and the job went on: it goes first, at its
-        # index (or it landed, its reply lost, and the log refuses it as a repeat). Without
-        # it, every later index would be one past the log's count, refused, and lost untold.
-        _write(job, state, *state.unsent)
-        state.unsent = None
     index = state.next
+    if state.unsent:
+        # Values before this one failed to reach Redis and the job went on: they go first, in
+        # order, at their indices (one that landed, its reply lost, is refused as a repeat).
+        # Without them, every later index would be past the log's count, refused, and lost
+        # untold. While Redis is still away, this value waits behind them.
+        try:
+            _send_held(job, state)
+        except RedisError:
+            _hold(job, state, index, value, total)
+            raise
     state.next += 1
     capture.before_value()  # what the job printed before this value is logged before it
     try:
@@ -151,11 +177,49 @@ def emit(value: Any, total: int | None = None) -> int | None:
     except LogReset:
         raise  # the attempt is over: RQ retries or fails it
     except RedisError:
-        state.unsent = (index, value, total)
+        state.next = index
+        _hold(job, state, index, value, total)
         raise
     except Exception:
         state.next = index  # nothing was written (the value could not be shown): not counted
         raise
+
+
+def _hold(job: Job, state: EmitState, index: int, value: Any, total: int | None) -> None:
+    """Keep value ``index``, which Redis did not take, to be sent before the next one; it is
+    counted. One whose text cannot be made is not (as when Redis takes it); past
+    :data:`MAX_UNSENT` held values, ValuesUnsent."""
+    try:
+        encode_value(value)
+    except Exception:  # not a value the log could take: not counted (see emit())
+        return
+    if len(state.unsent) >= MAX_UNSENT:
+        state.dropped += 1
+        raise ValuesUnsent(job.id, len(state.unsent) + state.dropped)
+    state.unsent.append((index, value, total))
+    state.next = index + 1
+
+
+def send_unsent(job: Job) -> None:
+    """Send, in order, the values of this run that Redis did not take; ValuesUnsent when some
+    still cannot be sent, or were not even held (:data:`MAX_UNSENT`). The worker hook calls it
+    as the job's execution ends, so that no run finishes without its values."""
+    state = job.__dict__.get(STATE_ATTR)
+    if state is None:
+        return
+    try:
+        _send_held(job, state)
+    except RedisError as exc:
+        raise ValuesUnsent(job.id, len(state.unsent) + state.dropped) from exc
+    if state.dropped:
+        raise ValuesUnsent(job.id, state.dropped)
+
+
+def _send_held(job: Job, state: EmitState) -> None:
+    """Send the held values in order; a RedisError leaves the rest held."""
+    while state.unsent:
+        _write(job, state, *state.unsent[0])
+        del state.unsent[0]
 
 
 def _write(job: Job, state: EmitState, index: int, value: Any, total: int | None) -> int | None:

@@ -32,7 +32,8 @@ from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
-from jobcast.worker.emit import HOOKED_ATTR, began_log, is_runner, rq_log, run_log, share
+from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner, rq_log, run_log,
+                                 send_unsent, share)
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,16 @@ class LifecycleMixin:
         # RQ marks a job that raised FAILED before this call: raising then would escape its
         # failure path (and end a work-horse without logging the job's end).
         returned = job.get_status(refresh=False) != JobStatus.FAILED
+        unsent: ValuesUnsent | None = None
+        if returned and not reset and not is_runner(job):
+            # Values emit() could not write while Redis was away go now; a run that cannot
+            # send them fails (and is retried, as RQ decides) rather than finish without them.
+            try:
+                send_unsent(job)
+            except ValuesUnsent as exc:
+                unsent = exc
+            except LogReset:
+                reset = True
         began = began_log(job)
         if returned and not reset and not is_runner(job) and began is not None:
             # A failover may also have lost the job's last values, with nothing written since:
@@ -193,6 +204,8 @@ class LifecycleMixin:
         result = super().handle_execution_ended(job, *args, **kwargs)
         if reset and returned:
             raise LogReset(job.id)
+        if unsent is not None:
+            raise unsent
         return result
 
     def perform_job(self, job: Job, *args, **kwargs) -> bool:

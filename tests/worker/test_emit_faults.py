@@ -111,3 +111,66 @@ def test_a_job_cancelled_on_a_non_forking_worker_stops_at_its_next_value(redis, 
     assert entries[-1].kind == "cancelled"
     assert int(redis.get(f"computed:{job.id}")) == 4  # stopped at its first value after it
     assert job.get_status() == JobStatus.CANCELED
+
+
+def test_values_redis_failed_to_take_twice_in_a_row_are_all_logged_in_order(redis, in_process,
+                                                                            monkeypatch):
+    """A review's finding: when the resend of a held value failed too, the value of that call
+    was never counted: the log read a, b, d, its indices contiguous, and no gap was told."""
+    real = JobLog.value
+    failures = {1: 2}  # value 1's first two writes fail (in emit("b") and emit("c"))
+
+    def flaky(self, index, value, total=None):
+        """Value 1's write fails as many times as ``failures`` says."""
+        if failures.get(index):
+            failures[index] -= 1
+            raise RedisConnectionError("Redis went away for a moment")
+        return real(self, index, value, total)
+
+    monkeypatch.setattr(JobLog, "value", flaky)
+    job, entries = run(redis, tolerant, ["a", "b", "c", "d"])
+    assert job.return_value()[1:3] == ["ConnectionError", "ConnectionError"]
+    assert values(entries) == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+    assert entries[-1].kind == "finished"
+
+
+def test_a_last_value_redis_failed_to_take_is_sent_as_the_job_ends(redis, in_process,
+                                                                   monkeypatch):
+    """A review's finding: the held value went out only with a next emit(); after the job's
+    last one nothing sent it, and the job finished without it."""
+    real = JobLog.value
+    failed = []
+
+    def flaky(self, index, value, total=None):
+        """The last value's first write fails."""
+        if index == 2 and not failed:
+            failed.append(index)
+            raise RedisConnectionError("Redis went away for a moment")
+        return real(self, index, value, total)
+
+    monkeypatch.setattr(JobLog, "value", flaky)
+    job, entries = run(redis, tolerant, ["a", "b", "c"])
+    assert job.return_value()[2] == "ConnectionError"
+    assert values(entries) == [(0, "a"), (1, "b"), (2, "c")]
+    assert entries[-1].kind == "finished"
+    assert job.get_status() == JobStatus.FINISHED
+
+
+def test_a_run_whose_values_redis_never_took_fails_rather_than_finish_without_them(
+        redis, in_process, monkeypatch):
+    """Redis stays away for the job's last value, as the job ends: the run fails (RQ's retry
+    would run it again), saying why, and its log never says finished."""
+    real = JobLog.value
+
+    def flaky(self, index, value, total=None):
+        """The last value never reaches Redis."""
+        if index == 2:
+            raise RedisConnectionError("Redis went away")
+        return real(self, index, value, total)
+
+    monkeypatch.setattr(JobLog, "value", flaky)
+    job, entries = run(redis, tolerant, ["a", "b", "c"])
+    assert values(entries) == [(0, "a"), (1, "b")]
+    assert entries[-1].kind == "failed"
+    assert "ValuesUnsent" in entries[-1].data["reason"]
+    assert job.get_status() == JobStatus.FAILED
