@@ -48,6 +48,7 @@ SERVICE_FIXTURES = {
     "tests/web/test_limits.py": {"guarded"},
     "tests/web/test_openapi.py": {"fuzzed"},
     "tests/web/test_subscriptions.py": {"one_hub"},
+    "tests/web/test_write_deadlines.py": {"server"},
     "tests/worker/test_emit.py": {"rq_worker"},
 }
 

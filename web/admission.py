@@ -296,6 +296,38 @@ def client_alive(environ: dict) -> Callable[[], bool]:
     return lambda: drained_alive(sock)
 
 
+PART = 64 * 1024
+"""The most the app hands the server in one piece (see :func:`bound_writes`)."""
+
+
+def bound_writes(environ: dict, timeout: float) -> None:
+    """Give the server's own writes to this client a deadline of ``timeout`` seconds.
+
+    The relay's writes have theirs (JOBCAST_WRITE_TIMEOUT). What the server writes for the
+    app (a stream's first bytes before the relay holds it, a stream under any worker but
+    Jobcast's, a download) goes through a blocking socket, which waits forever for a client
+    that stopped reading: its request, its stream slot or download, and the bytes would be held
+    for good. With a timeout on the socket the write fails instead, and the server closes the
+    connection. The deadline is per write call, so the app hands the server :data:`PART`
+    bytes at most at a time (:func:`parts`).
+    """
+    sock = environ.get("gunicorn.socket")
+    settimeout = getattr(sock, "settimeout", None)
+    if settimeout is not None and timeout > 0:
+        settimeout(timeout)
+
+
+def parts(data: bytes) -> Iterator[bytes]:
+    """``data`` in pieces of :data:`PART` bytes at most; one empty piece for no data (the
+    server sends the headers with the first piece)."""
+    if len(data) <= PART:
+        yield data
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), PART):
+        yield bytes(view[start:start + PART])
+
+
 @dataclass(frozen=True)
 class Admission:
     """Where an admitted stream begins in the log as it is (steps 2 and 3), before anything
@@ -398,6 +430,7 @@ def admit(req: StreamRequest) -> Response:
         return Response(b"", mimetype=req.transport.mimetype, headers=headers)
     (lease,), slot = reserve(st, [req.job_id], client_address(st.config))
     admitted("flask")
+    bound_writes(request.environ, st.config.write_timeout)
     viewer = adm.viewer((lease, slot))
     first = adm.preamble(viewer.retry, url_for("static", filename="frame.css")
                          if req.transport is HTML else "")
@@ -423,7 +456,7 @@ def hand_over(conn: HandoverSocket, attach: Callable[..., None], hold: Callable[
 
     Runs after the view has returned (outside the app context), so it is handed what it needs.
     """
-    yield first  # even when empty, this makes gunicorn send the headers
+    yield from parts(first)  # even when empty, this makes gunicorn send the headers
     attach(SocketSink(conn.take(), green=green), chunked=conn.chunked)
     hold()
 
@@ -440,14 +473,14 @@ def drain(relay: Relay, viewer: Viewer, first: bytes, *, hold: Callable[[], None
     try:
         # Even when empty (a text stream has no preamble): the server sends the headers with
         # the first thing yielded, and a queued job's first value may be minutes away.
-        yield first
+        yield from parts(first)
         hold() if hold is not None else relay.hold(viewer)
         while True:
             data = sink.get(timeout=relay.heartbeat)
             if data is None:
                 return
             if data:
-                yield data
+                yield from parts(data)
     finally:
         # The server stopped iterating (the client went away during a write), or it ended.
         release() if release is not None else relay.release(viewer, "closed")

@@ -58,7 +58,8 @@ from jobcast.core.epoch import Position, Reset
 from jobcast.core.feed import FEED
 from jobcast.core.joblog import InvalidJobId, check_job_id
 from jobcast.web import metrics
-from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, client_alive,
+from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, bound_writes,
+                                   client_alive,
                                    drain, hand_over, placed, reserve, retry_ms, stream_start)
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, Transport, event_data
@@ -305,6 +306,7 @@ def multi_stream():
     if request.method == "HEAD":
         return Response(b"", mimetype=SSE.mimetype, headers=STREAM_HEADERS)
     leases, slot = reserve(st, [v.job_id for v in live], client_address(st.config))
+    bound_writes(request.environ, st.config.write_timeout)
     retry = retry_ms()
     conn = Connection(None, digest(req.streams), retry=retry, resources=(slot,))
     for viewer in viewers:

@@ -225,6 +225,11 @@ class StreamWorker(GeventWorker):
         conn = HandoverSocket(sock)
         try:
             result = super().handle_request(listener_name, req, conn, addr)
+        except TimeoutError:
+            # A write to a client that stopped reading passed its deadline (bound_writes):
+            # not a server error, and the connection is done with.
+            log.info("closed a connection whose client read nothing for %s s", sock.gettimeout())
+            raise StopIteration() from None
         finally:
             # gunicorn's Response holds the socket, and the socket its Response: a cycle that
             # would keep both (and the request) for the garbage collector's full pass.

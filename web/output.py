@@ -14,7 +14,7 @@ from typing import Iterator
 from flask import Blueprint, Response, request, stream_with_context
 
 from jobcast.core.output import OutputText
-from jobcast.web.admission import load_job, may_be_trimmed
+from jobcast.web.admission import bound_writes, load_job, may_be_trimmed, parts
 from jobcast.web.limits import TooManyStreams
 from jobcast.web.services import state
 from jobcast.web.surface import IntArg, job_scoped, returns
@@ -40,21 +40,24 @@ def job_output(job_id: str):
     attempt = ATTEMPT.read() if ATTEMPT.given() else None
     if not _downloads.acquire(blocking=False):
         raise TooManyStreams(503, f"this server serves at most {DOWNLOADS} output downloads at once")
+    # A client that stops reading must not keep one of the few downloads forever.
+    bound_writes(request.environ, state().config.write_timeout)
     jlog = state().logs.log(job_id)
     upto = info.last_seq
     trimmed = may_be_trimmed(upto, state().config.log_maxlen)
 
-    def body() -> Iterator[str]:
+    def body() -> Iterator[bytes]:
         """The text, one chunk per page of the log."""
         if trimmed:
             first_seq, _ = jlog.first_kept()
             if first_seq and first_seq > 1:
-                yield f"[jobcast] the log was trimmed: output before entry {first_seq} is no longer kept\n"
+                yield (f"[jobcast] the log was trimmed: output before entry {first_seq} is no "
+                       f"longer kept\n").encode()
         text = OutputText(attempt)
         for page in jlog.output(upto):
             chunk = text.text(page)
             if chunk:
-                yield chunk
+                yield from parts(chunk.encode())
 
     response = Response(stream_with_context(body()), mimetype="text/plain",
                         headers={"Cache-Control": "no-cache",
