@@ -12,7 +12,9 @@ worker class, gunicorn's gevent worker under ``init_app``, Flask's development s
 - **A chunked body over the limit.** A chunked body has no Content-Length, and werkzeug's
   ``MAX_CONTENT_LENGTH`` then stops reading at the limit without a word: a 2 MB body was cut
   at 16 KiB and the job created from its start. Here a chunked body is read to one byte past
-  ``JOBCAST_MAX_BODY``; over it, the request answers 413.
+  ``JOBCAST_MAX_BODY``; over it, the request answers 413. A declared length over the limit
+  answers 413 too, unread, on every route (werkzeug's own check runs only when a view reads
+  the body: a cancel with a 20 kB body went through).
 
 :class:`BodyLimits` wraps the app's ``wsgi_app`` and reads a body (at most the limit, which is
 small) into memory before the app runs; the app then reads it from there, as a body of known
@@ -58,8 +60,12 @@ class BodyLimits:
         """Read the body, if any, then run the app."""
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         length = declared_length(environ)
-        # A declared length over the limit is werkzeug's to refuse (413) without reading it.
-        if chunked or (length and length <= self.max_body):
+        if length and length > self.max_body and not chunked:
+            # Refused without reading it, whether the view would read a body or not (a cancel
+            # reads none: werkzeug refuses a body only when the view reads it).
+            environ[REFUSAL] = RequestEntityTooLarge(
+                f"the body is over {self.max_body} bytes (JOBCAST_MAX_BODY)")
+        elif chunked or length:
             try:
                 body = self.read(environ, chunked, length or 0)
             except HTTPException as exc:
