@@ -31,7 +31,10 @@ def numeric(value: Any) -> float | None:
     """The value as a chart point, or None when it is not a finite number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int past a float's range: a value all the same, not a point
+        return None
     return v if math.isfinite(v) else None
 
 

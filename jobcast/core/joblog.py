@@ -37,11 +37,13 @@ and leave the status alone; they count against the log's cap like any entry.
 
 from __future__ import annotations
 
+import decimal
 import json
 import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
 from importlib.resources import files
@@ -228,8 +230,17 @@ def value_text(value: Any) -> str:
     """How any Python value becomes the text a stream shows: ``"{}".format(value)``, with every
     lone surrogate written as an escape, so the text is always valid Unicode (a frame can
     always encode it as UTF-8). NUL and other control characters stay: JSON escapes them, the
-    text stream escapes CR and LF (one line per value), and HTML escapes markup."""
-    return valid_text("{}".format(value))
+    text stream escapes CR and LF (one line per value), and HTML escapes markup.
+
+    An int longer than Python's limit on int-to-text conversion (4,300 digits, a guard against
+    untrusted input, which a job's own result is not) is written all the same; the value limit
+    (JOBCAST_VALUE_MAX) then decides whether the log takes it."""
+    try:
+        return valid_text("{}".format(value))
+    except ValueError:
+        if not isinstance(value, int) or sys.get_int_max_str_digits() == 0:
+            raise
+        return str(decimal.Decimal(value))  # exact, and not bound by that limit
 
 
 def valid_text(text: str) -> str:

@@ -7,6 +7,7 @@ RQ's ``Job.perform``, which is what a work-horse calls.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Iterator
 
@@ -93,6 +94,26 @@ def test_a_task_that_returns_a_list_logs_its_values_and_finishes(redis, settings
     job, log = queued(redis, settings, "listed", n=3)
     assert job.perform() == {"values": 3}
     assert kinds(log) == ["queued", "started", "value", "value", "value", "finished"]
+
+
+def test_a_task_yielding_ints_past_a_float_and_past_pythons_text_limit_logs_them_in_full(
+        redis, settings, monkeypatch):
+    """A review's finding: an int past a float's range failed the job at the chart's point
+    (OverflowError), retried it and failed it again; one over 4,300 digits failed at its text
+    (Python's guard on int-to-text conversion), though well within the value limit."""
+    from jobcast.core.task import TASKS, task
+
+    def big(n: int = 2) -> list[int]:
+        """Factorials, then a 5,000-digit power of ten, then a point the chart takes."""
+        return [math.factorial(200), 10 ** 5000 + 7, 3]
+
+    monkeypatch.setitem(TASKS, "big", None)  # (taken out again after the test)
+    task("big")(big)
+    job, log = queued(redis, settings, "big")
+    assert job.perform() == {"values": 3}
+    assert kinds(log) == ["queued", "started", "value", "value", "value", "finished"]
+    shown = [e.data["v"] for e in log.entries() if e.kind == "value"]
+    assert shown == [str(math.factorial(200)), "1" + "0" * 4999 + "7", "3"]
 
 
 def test_run_task_outside_an_rq_job_raises_runtime_error():
