@@ -35,6 +35,10 @@ from jobcast.worker.hook import JobcastJob
 log = logging.getLogger(__name__)
 
 LOCK = "jobcast:watchdog"
+# Since when no worker has been alive, as the rounds found it (the round that holds the lock
+# may be another process's each time: kept in Redis, so a process that has not run a round for
+# hours does not count from a gap long over).
+NO_WORKER_SINCE = "jobcast:watchdog:no-worker-since"
 # RQ's states of a job that has ended other than by finishing.
 RQ_ENDED = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobcast worker`
@@ -56,7 +60,6 @@ class Watchdog(Periodic):
         self.redis = redis
         self.logs = logs
         self.config = logs.settings
-        self.no_worker_since: float | None = None
         self.missing: set[str] = set()  # plain RQ jobs found gone from RQ in the last round
         # Jobcast's queued jobs RQ lacked in the last round: when each was first found missing
         self.unqueued: dict[str, float] = {}
@@ -74,12 +77,26 @@ class Watchdog(Periodic):
         queue.started_job_registry.cleanup(exception_handlers=[])
         self.reconcile(now)
         if self.live_workers(queue, now):
-            self.no_worker_since = None
+            self.redis.delete(NO_WORKER_SINCE)
             return []
-        self.no_worker_since = self.no_worker_since or now
-        if now - self.no_worker_since < self.config.orphan_timeout:
+        if now - self.no_worker_since(now) < self.config.orphan_timeout:
             return []
         return self.fail_orphans(f"no worker alive for {self.config.orphan_timeout} s")
+
+    def no_worker_since(self, now: float) -> float:
+        """When the rounds began to find no live worker: ``now`` for the first such round.
+
+        Shared by every web process (whichever holds the lock runs the round), and forgotten
+        when no round has run for a while (every web process was down): the grace then starts
+        again, rather than fail every job at once on a gap long over.
+        """
+        forget = int(self.config.orphan_timeout + 4 * self.interval) + 1
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(NO_WORKER_SINCE, repr(now), nx=True, ex=forget)
+        pipe.get(NO_WORKER_SINCE)
+        pipe.expire(NO_WORKER_SINCE, forget)
+        _, since, _ = pipe.execute()
+        return float(since) if since is not None else now
 
     def live_workers(self, queue: Queue, now: float) -> int:
         """Workers that sent a heartbeat recently.

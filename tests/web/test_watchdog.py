@@ -96,6 +96,27 @@ def test_queued_and_running_jobs_fail_only_after_no_worker_lived_for_the_orphan_
     assert wd.check(now=1030.0) == []  # a failed job is not failed twice
 
 
+def test_the_grace_without_workers_is_one_for_every_web_process_and_starts_again_after_workers(
+        wd, monkeypatch):
+    """A review's finding: each process kept its own "no worker since", and set it back only
+    in a round it ran itself. Whichever process holds the lock runs a round, so a process out
+    of the rounds for hours kept an old gap's time: at the next gap, its first round failed
+    every job at once (and another process counted a gap from its own first round)."""
+    other = Watchdog(wd.redis, wd.logs, interval=0.1)
+    workers = {"count": 0}
+    monkeypatch.setattr(Watchdog, "live_workers", lambda self, queue, now: workers["count"])
+    job = on_rq(wd, new_job(wd.redis))
+    assert wd.check(now=1000.0) == []  # a gap begins
+    assert other.check(now=1016.0) == [job.job_id]  # the same gap, timed from its start
+    again = on_rq(wd, new_job(wd.redis))
+    workers["count"] = 1
+    assert other.check(now=1020.0) == []  # workers are back
+    workers["count"] = 0
+    assert wd.check(now=9000.0) == []  # a new gap: its grace starts now
+    assert wd.check(now=9014.0) == []
+    assert other.check(now=9015.5) == [again.job_id]
+
+
 def test_jobs_on_another_rq_queue_are_left_to_their_own_workers(wd):
     other = new_job(wd.redis, origin="someone-elses-queue")
     wd.check(now=0.0)
