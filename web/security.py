@@ -416,8 +416,8 @@ def template_context() -> dict[str, bool]:
 def install(app: Flask) -> None:
     """Check the read mode's settings, and install the guard, headers and login pages."""
     cfg: Settings = app.extensions["jobcast"].config
-    if cfg.read_mode == "private" and not (cfg.token or cfg.secret):
-        raise ValueError("JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)")
+    for problem in cfg.web_errors():
+        raise ValueError(problem)
     if not cfg.token:
         log.warning("JOBCAST_TOKEN is not set: anyone who can reach this server can create, "
                     "cancel and read every job")

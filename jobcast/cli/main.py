@@ -395,6 +395,12 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[s
         return 0
     if args.command == "web":
         cfg = get_settings()
+        # Refused here, before gunicorn: its workers would fail one after the other, each
+        # with a traceback, and `jobcast up` or compose would start it again and again.
+        for problem in cfg.web_errors():
+            print(f"jobcast: {problem}", file=sys.stderr)
+        if cfg.web_errors():
+            return 2
         serve(host_port(args.bind or cfg.bind, args.port or cfg.port),
               args.workers or cfg.web_concurrency)
         return 0

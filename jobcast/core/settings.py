@@ -261,6 +261,13 @@ class Settings(BaseSettings):
         """"public" or "private" (JOBCAST_READ, defaulting on whether a token is set)."""
         return self.read or ("private" if self.token else "public")
 
+    def web_errors(self) -> list[str]:
+        """What the web server cannot start with, though the other services can (a worker
+        needs no token): one line each, naming the setting."""
+        if self.read_mode == "private" and not (self.token or self.secret):
+            return ["JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)"]
+        return []
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -37,6 +37,21 @@ def test_jobcast_web_listens_on_loopback_unless_told_otherwise(served, monkeypat
     assert cli.main(["web"]) == 0 and served[-1][0] == "192.0.2.1:8000"
 
 
+def test_jobcast_web_in_private_mode_without_a_token_or_secret_is_refused_in_one_line(
+        served, monkeypatch, capsys):
+    """A review's finding: the check ran in each gunicorn worker, which failed with a
+    traceback; gunicorn exited 3, `jobcast up` restarted it five times, and compose forever.
+    It is a bad setting: one line, exit 2, before gunicorn. A worker needs no token."""
+    monkeypatch.setenv("JOBCAST_READ", "private")
+    get_settings.cache_clear()
+    assert cli.main(["web"]) == 2 and served == []
+    assert one_line(capsys.readouterr().err) == (
+        "jobcast: JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)")
+    monkeypatch.setenv("JOBCAST_SECRET", "a-secret-of-at-least-32-characters-long")
+    get_settings.cache_clear()
+    assert cli.main(["web"]) == 0 and len(served) == 1
+
+
 def one_line(text: str) -> str:
     """``text``, which must be exactly one line."""
     lines = text.splitlines()
