@@ -32,6 +32,7 @@ from jobcast.core.logstore import LogStore
 from jobcast.core.process import pid_alive, process_start
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import connect, masked_url, redis_client, separate, stream_url
+from jobcast.core.task import ParamError
 from jobcast.core.urls import host_port
 from jobcast.producer.enqueue import enqueue
 from jobcast.launcher.redisserver import RedisServer, free_port, write_private
@@ -228,7 +229,12 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         sup.wait_ready(sup.services, 60)
         demo_line = None
         if demo:
-            demo_line = f"demo:    {public}/jobs/{start_demo(sup, redis_url, public)}"
+            try:
+                demo_line = f"demo:    {public}/jobs/{start_demo(sup, redis_url, public)}"
+            except ParamError as exc:
+                # The demo's defaults are over a limit these settings set (JOBCAST_PARAM_CAPS,
+                # JOBCAST_JOB_MAX_DURATION...): the services run all the same, without it.
+                demo_line = f"demo:    not started: {exc}"
         # The URLs come last, after the services' start-up lines.
         printer.system(f"web:     {public}/  ({plural(web_workers, 'gunicorn worker')}, "
                        f"{plural(workers, 'RQ worker')})")

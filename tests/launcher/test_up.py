@@ -594,3 +594,17 @@ def test_a_service_refusing_a_bad_setting_stops_jobcast_up_at_once_not_after_fiv
     err = stack.err_path.read_text()
     assert "web.1 exited with status 2 (a bad setting or argument); giving up" in err, err
     assert "web.1 restarted" not in stack.output()
+
+
+@pytest.mark.slow  # runs `jobcast up`
+def test_a_demo_over_a_bound_the_settings_set_is_not_started_and_the_rest_runs(tmp_path):
+    """A review's finding: with JOBCAST_JOB_MAX_DURATION under the demo's 500 s, `jobcast up`
+    started every service, then stopped them all with a ParamError traceback and exit 1."""
+    stack = Up(tmp_path, "--workers", "1", JOBCAST_JOB_MAX_DURATION="60")
+    try:
+        stack.wait_output(r"demo: +not started: params: .*\(JOBCAST_JOB_MAX_DURATION\)")
+        stack.wait_output(r"web: +http://")
+        assert httpx.get(stack.url + "/readyz", timeout=5).status_code == 200
+    finally:
+        assert stack.stop() == 0
+    assert "Traceback" not in stack.err_path.read_text() + stack.output()
