@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -112,6 +115,35 @@ def test_example_app_answers_a_queued_jobs_text_stream_with_its_headers_before_a
         assert next(lines) == "first"
         jlog.finished()
         assert list(lines) == []
+
+
+def test_example_app_under_gunicorns_gevent_worker_ends_its_streams_at_once_on_sigterm(
+        redis_server, redis, logs_dir):
+    """Under gunicorn's own gevent worker (an app mounted with init_app) a SIGTERM ends each
+    stream at once with its goodbye (``retry:``), rather than hold the worker until gunicorn's
+    graceful timeout (30 s) cuts it."""
+    app = ExampleApp(redis_server.url, "gevent", logs_dir / "example-gevent-sigterm.log")
+    app.wait_ready()
+    jlog = JobLog(redis, uuid.uuid4().hex)
+    jlog.create("waits", {}, None)
+    try:
+        with httpx.stream("GET", f"{app.url}/jobcast/jobs/{jlog.job_id}/events",
+                          timeout=httpx.Timeout(10, read=60)) as r:
+            assert r.status_code == 200
+            chunks = r.iter_bytes()
+            got = b""
+            while b"event: queued" not in got:  # its history: the relay holds it
+                got += next(chunks)
+            stopping = time.monotonic()
+            app.proc.send_signal(signal.SIGTERM)
+            for chunk in chunks:
+                got += chunk
+            took = time.monotonic() - stopping
+        assert took < 10, f"the stream ended {took:.1f} s after the SIGTERM"
+        assert re.search(rb"\nretry: \d+\n\n$", got), got  # its goodbye: come back soon
+        assert app.proc.wait(30) == 0
+    finally:
+        stop_process(app.proc)
 
 
 def test_example_app_under_the_sync_worker_refuses_to_start_and_names_the_fix(redis_server, logs_dir):
