@@ -14,8 +14,12 @@ PYTEST_ARGS ?=
 
 .PHONY: run test test-fast lint bench system-deps bench-deps clean
 
+# Debian and Ubuntu ship the venv module's pip apart (python3.X-venv): installed when missing.
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Jobcast needs Python >= 3.11") if sys.version_info < (3, 11) else None'
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  missing=" python$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"; \
+	  $(INSTALL_MISSING); }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
