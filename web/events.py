@@ -59,8 +59,8 @@ from jobcast.core.feed import FEED
 from jobcast.core.joblog import InvalidJobId, check_job_id
 from jobcast.web import metrics
 from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, bound_writes,
-                                   client_alive,
-                                   drain, hand_over, placed, reserve, retry_ms, stream_start)
+                                   client_alive, drain, hand_over, placed, reserve, retry_ms,
+                                   stream_start)
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take

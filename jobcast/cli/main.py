@@ -397,9 +397,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[s
         cfg = get_settings()
         # Refused here, before gunicorn: its workers would fail one after the other, each
         # with a traceback, and `jobcast up` or compose would start it again and again.
-        for problem in cfg.web_errors():
+        problems = cfg.web_errors()
+        for problem in problems:
             print(f"jobcast: {problem}", file=sys.stderr)
-        if cfg.web_errors():
+        if problems:
             return 2
         serve(host_port(args.bind or cfg.bind, args.port or cfg.port),
               args.workers or cfg.web_concurrency)
