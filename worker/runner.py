@@ -65,7 +65,15 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("run_task must run inside an RQ job")
     cfg = get_settings()
     redis = log_connection(cfg)
-    jlog = job_log(job, cfg, redis)
+    try:
+        return _run(job, job_log(job, cfg, redis), task_name, params)
+    finally:
+        # The run's own connection, whatever ends it (a non-forking worker lives on).
+        redis.close()
+
+
+def _run(job: Job, jlog: JobLog, task_name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_task` on the log ``jlog``, through the run's own connection."""
     task = get_task(task_name)
     exists, start, attempt = jlog.begin()
     if not exists:
@@ -135,7 +143,6 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     if ended and jlog.status() == "cancelled":
         # Cancelled while the last value was written: the log already has its one ending.
         raise JobCancelled(job.id)
-    redis.close()
     return {"values": index}
 
 

@@ -80,6 +80,26 @@ def test_a_run_writes_its_values_on_one_connection_of_its_own_borrowing_none_per
     assert borrowed.count(made[0].connection_pool) == 1  # its own, once
 
 
+@pytest.mark.parametrize("task, params", [("sqrt", {"n": 2, "interval": 0}),
+                                          ("boom", {"after": 1})], ids=["finished", "failed"])
+def test_a_run_closes_its_own_connection_however_it_ends(redis, settings, monkeypatch, task,
+                                                         params):
+    """A review's finding: the run's connection was closed only when the task finished; a
+    failed (or cancelled, or ended) run left it open until the garbage collector found it, on
+    a non-forking worker that runs job after job."""
+    made = []
+    log_connection = runner.log_connection
+    monkeypatch.setattr(runner, "log_connection",
+                        lambda cfg: made.append(log_connection(cfg)) or made[-1])
+    job, _ = queued(redis, settings, task, **params)
+    try:
+        job.perform()
+    except Exception:  # noqa: BLE001 (the failed run's own exception)
+        pass
+    (own,) = made
+    assert own.connection is None  # closed (a single-connection client lets go of it then)
+
+
 def test_a_task_that_returns_a_list_logs_its_values_and_finishes(redis, settings, monkeypatch):
     """A review's finding: the runner closed what the task returned as a generator, so a task
     returning a list failed after logging all its values."""
