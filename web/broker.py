@@ -75,6 +75,10 @@ ANCHOR = f"{PREFIX}:hub"
 BURST = 512
 """Most announcements read and handed over as one batch."""
 
+HEALTH_CHECK = 30.0
+"""Seconds between the PINGs of a quiet Cluster shard's reader (as web.services.pooled sets
+for a single Redis's)."""
+
 SUBSCRIBED = frozenset({"subscribe", "ssubscribe"})
 UNSUBSCRIBED = frozenset({"unsubscribe", "sunsubscribe"})
 MESSAGES = frozenset({"message", "smessage"})
@@ -479,6 +483,11 @@ class Broker:
                 self._refresh_needed = True
                 return None
             sh = self._shards.get(node.name)
+            if sh is None:
+                # A primary this broker has no shard for (slots moved to a new node, or a
+                # failed primary back as another's replica, with no watched channel among
+                # them, so no server-side unsubscribe said so): re-read the slot map.
+                self._refresh_needed = True
         else:
             sh = self._shards.get("redis")
         if sh is not None:
@@ -519,8 +528,11 @@ class Broker:
     def _node_client(self, node) -> Redis:
         """A pub/sub client of one Cluster node with a pool of its own (same settings as the
         cluster's): refreshing the slot map marks the cluster's pooled connections for
-        reconnection, which must not pull a pub/sub connection from under its reader."""
-        return reader_client(self.redis.get_redis_connection(node))
+        reconnection, which must not pull a pub/sub connection from under its reader. It
+        pings its node as a single Redis's reader does (a primary gone without a FIN, its host
+        crashed, would otherwise leave the reader waiting, its shard taken for live)."""
+        return reader_client(self.redis.get_redis_connection(node),
+                             health_check_interval=HEALTH_CHECK)
 
     def _anchor(self, sh: Shard) -> str:
         """The anchor channel for ``sh``: on a Cluster, one whose slot the shard owns."""

@@ -124,13 +124,17 @@ def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
     return client
 
 
-def reader_client(client: Redis) -> Redis:
+def reader_client(client: Redis, health_check_interval: float | None = None) -> Redis:
     """A client of ``client``'s server (or Sentinel-named primary), with its settings and a pool
     of its own: for pub/sub connections, which are held for as long as the process reads
-    announcements, and must never wait for (or keep) one of a bounded pool's connections."""
+    announcements, and must never wait for (or keep) one of a bounded pool's connections.
+    ``health_check_interval``, if given, replaces ``client``'s (a Redis Cluster's node clients
+    have none: redis-py passes no such setting to them)."""
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
     kwargs.update(connection_class=pool.connection_class)
+    if health_check_interval is not None:
+        kwargs["health_check_interval"] = health_check_interval
     if isinstance(pool, SentinelConnectionPool):
         own = SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
                                      is_master=pool.is_master,

@@ -280,3 +280,22 @@ def test_on_the_cluster_a_job_run_again_reopens_its_log_in_one_script_and_is_ope
     assert [(e.seq, e.kind) for e in log.entries()] == [(1, "queued")]
     assert log.info().params == {"n": 2} and streams.ttl(log.keys.meta) == -1
     assert (log.job_id, "") in store.open_jobs()
+
+
+def test_a_shard_reader_pings_its_node_as_a_single_redis_reader_does(cluster):
+    """A review's finding: the Cluster client had no health check, so neither had the pub/sub
+    readers made from its nodes' settings; a primary whose host vanished without a FIN left its
+    shard taken for live, its viewers fed only by the quiet check, until TCP's keepalive (about
+    two hours)."""
+    from jobcast.core.store import connect
+    from jobcast.web.broker import Broker
+    from jobcast.web.subscriber import Subscriber
+
+    streams = connect(cluster.url, cluster=True)  # as the web connects to a Cluster
+    reader = Subscriber(Broker(streams)._node_client(streams.get_primaries()[0]))
+    try:
+        reader._connect()
+        assert reader._interval > 0
+    finally:
+        reader.close()
+        streams.close()
