@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from redis.connection import parse_url
 
@@ -74,7 +74,12 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
             raise BadRedisUrl("the database after the primary's name must be a number (percent-"
                           "encode / ? # @ in a password)")
         db = int(parts[1])
-    options = parse_qs(query, keep_blank_values=True) if query else {}
+    # Decoded as the password in the authority is (unquote): parse_qs would read a "+" as a
+    # space, and a base64 secret holds "+".
+    options: dict[str, list[str]] = {}
+    for item in query.split("&") if query else []:
+        name, _, value = item.partition("=")
+        options.setdefault(unquote(name), []).append(unquote(value))
     unknown = set(options) - {"sentinel_password"}
     if unknown:
         raise BadRedisUrl("unknown option(s) in the query: only sentinel_password")

@@ -92,3 +92,10 @@ def test_a_malformed_redis_url_stops_the_settings_without_quoting_it(monkeypatch
         Settings()
     for secret in ("pa", "ss", "s3cr", "et"):
         assert f"'{secret}" not in str(caught.value) and f"{secret}'" not in str(caught.value)
+
+
+def test_a_sentinel_password_keeps_its_plus_signs_as_the_primarys_password_does():
+    """A review's finding: the query was read as a form (parse_qs), so a "+" in the Sentinel's
+    password (base64 secrets hold them) became a space, and Sentinel refused the login."""
+    target = parse_sentinel_url("redis+sentinel://:a+b@h1/main?sentinel_password=s+t%2Bu")
+    assert (target.password, target.sentinel_password) == ("a+b", "s+t+u")
