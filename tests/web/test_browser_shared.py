@@ -237,6 +237,36 @@ def test_a_job_added_to_and_removed_from_a_watch_set_gets_every_value_once(share
         ctx.close()
 
 
+@pytest.mark.parametrize("share", ["auto", "none"])  # the worker, and one stream per tab
+def test_a_job_watched_again_after_it_ended_on_a_stream_still_open_gets_its_log_again(
+        share, browser, server, redis):
+    """A review's finding: the home page's list kept the stream open after a watched job ended
+    on it. Watched again (a reload of its tab, its link followed from the list), the job was
+    put on that stream, which had already ended it and would send nothing more: the watch said
+    live and stayed empty."""
+    jlog = JobLog(redis, uuid.uuid4().hex)
+    jlog.create("done", {}, None)
+    jlog.started("w", 1)
+    for i in range(3):
+        jlog.value(i, f"v{i}")
+    jlog.finished()
+    ctx = browser.new_context()
+    ctx.add_init_script(f"window.JobcastConfig = {{share: '{share}'}}")
+    try:
+        pg = watch(ctx.new_page())
+        pg.goto(server.url)                             # the home page: the list keeps a stream
+        for _ in range(2):
+            pg.evaluate(WATCH, [jlog.job_id])
+            pg.wait_for_function("id => window.got[id].end === 'finished'", arg=jlog.job_id,
+                                 timeout=10000)
+            assert got(pg, jlog.job_id) == ["v0", "v1", "v2"]
+            pg.evaluate("id => window.handles[id].close()", jlog.job_id)
+        assert stats(pg)["list"], stats(pg)
+        assert_page_clean(pg)
+    finally:
+        ctx.close()
+
+
 def test_a_multi_job_stream_resumes_exactly_for_every_job_after_a_web_restart(
         browser, redis_server, redis, logs_dir):
     web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-shared-restart.log",

@@ -540,7 +540,8 @@
     });
     lane.jobs.forEach(function (id) {
       var J = self.jobs.get(id);
-      if (J.lowered || J.respec || conn.ids.indexOf(id) < 0) { stale = true; }
+      // (A job this connection has ended, watched again since: it will send nothing more.)
+      if (J.lowered || J.respec || conn.ids.indexOf(id) < 0 || conn.ended[id]) { stale = true; }
     });
     return unwanted || stale;
   };
