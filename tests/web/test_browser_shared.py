@@ -463,6 +463,56 @@ def test_a_connection_that_begins_past_the_cursor_untold_is_read_again_not_passe
         assert asked[1] == asked[0]  # read again from where it was: the start
 
 
+# An EventSource the test plays event by event, whose connections stay open (a played HTTP
+# answer ends, and its end reconnects the page on its own).
+FAKE_EVENT_SOURCE = """
+window.__es = [];
+window.EventSource = class extends EventTarget {
+    constructor(url) { super(); this.url = url; this.readyState = 0; window.__es.push(this); }
+    close() { this.readyState = 2; }
+    play(type, data) { this.dispatchEvent(new MessageEvent(type, {data: JSON.stringify(data)})); }
+};
+"""
+
+
+def test_a_gap_followed_by_more_entries_on_the_same_connection_reconnects_at_once(browser, server,
+                                                                                 redis):
+    """A review's finding: each entry after a gap, on the connection that had it, was a gap
+    too, and each called for a reconnect as a new failure would: the wait before it grew with
+    every entry, and a job that kept writing froze on the page (still "live") until it
+    stopped. The gap now reads the lane again once, at once."""
+    job = uuid.uuid4().hex
+    JobLog(redis, job).create("sqrt", {}, None)      # the page's (its streams are the test's)
+    ctx = browser.new_context()
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    ctx.add_init_script(FAKE_EVENT_SOURCE)
+    try:
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/jobs/{job}")
+        pg.wait_for_function("() => window.__es.length === 1", timeout=10000)
+        pg.evaluate("""job => {
+            const es = window.__es[0];
+            const entry = (kind, seq, extra) => es.play(kind, Object.assign(
+                {job: job, seq: seq, ep: "E1", kind: kind, ts: 1.0}, extra));
+            es.play("hello", {jobs: [job], list: false, retry: 1000});
+            entry("queued", 1, {task: "sqrt", params: {}, n: null});
+            entry("started", 2, {worker: "w", attempt: 1});
+            for (let seq = 3; seq < 5; seq++) { entry("value", seq, {i: seq - 3, v: String(seq - 3)}); }
+            // Seqs 5 to 7 never come on this connection; what follows does, at once and then
+            // one every 200 ms.
+            for (let seq = 8; seq < 20; seq++) { entry("value", seq, {i: seq - 3, v: String(seq - 3)}); }
+            let seq = 20;
+            window.__more = setInterval(() => { entry("value", seq, {i: seq - 3, v: String(seq - 3)}); seq++; }, 200);
+        }""", job)
+        pg.wait_for_function("() => window.__es.length >= 2", timeout=3000)
+        again = pg.evaluate("() => decodeURIComponent(window.__es[1].url)")
+        assert f"job={job}:4~E1" in again, again  # read again from its cursor: seq 4
+        assert stats(pg)["gaps"] >= 1
+        pg.evaluate("() => clearInterval(window.__more)")
+    finally:
+        ctx.close()
+
+
 def test_pages_name_their_jobcast_js_by_its_digest_and_its_tabs_share_the_worker_of_that_version(
         lan_browser, server, redis):
     """Pages load jobcast.js?v=<its digest>, and the script's version carries the digest. The

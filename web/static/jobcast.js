@@ -360,7 +360,7 @@
     this.jobs = new Set();          // ids of the jobs it carries (or will, once it reconnects)
     this.list = false;              // it carries the job list (the first lane only)
     this.es = null;
-    this.conn = null;               // {url, ids, list, opened, ended}: what the EventSource asked for
+    this.conn = null;               // {url, ids, list, opened, gap, ended}: what the EventSource asked for
     this.force = false;             // reconnect even if its set of jobs is the same
     this.notBefore = 0;             // backing off: no attempt before this time
     this.attempt = 0;
@@ -520,7 +520,7 @@
     var url = this.base + "events?" + query.join("&");
     var es = new EventSource(url);
     lane.es = es;
-    lane.conn = { url: url, ids: ids, list: !!L, opened: false,
+    lane.conn = { url: url, ids: ids, list: !!L, opened: false, gap: false,
                   ended: {} };  // jobs whose stream the server has ended (by id)
     this.counts.connections += 1;
     ENTRY_KINDS.concat(JOB_META, LIST_EVENTS, ["hello", "bye"]).forEach(function (type) {
@@ -635,7 +635,10 @@
       // Only a connection whose server said the log starts later (trimmed) may begin past the
       // cursor; any other jump is a gap, read again rather than passed over in silence.
       if (!(J.fresh && J.startsAt !== null && d.seq <= J.startsAt)) {
-        this.counts.gaps += 1; this.reconnect(lane); return;
+        // Once per connection: every entry after the gap on it is past the cursor too, and
+        // each asking again would count as one more failure, its wait growing every time.
+        if (!lane.conn.gap) { lane.conn.gap = true; this.counts.gaps += 1; this.reconnect(lane); }
+        return;
       }
       J.ring = [];                  // the log starts later (trimmed): the ring stays contiguous
     }
