@@ -76,8 +76,9 @@ BURST = 512
 """Most announcements read and handed over as one batch."""
 
 HEALTH_CHECK = 30.0
-"""Seconds between the PINGs of a quiet Cluster shard's reader (as web.services.pooled sets
-for a single Redis's)."""
+"""Seconds between the PINGs of a quiet reader: a single Redis's clients get it
+(web.services.pooled), and each Cluster shard's reader (redis-py gives a Cluster's nodes
+none)."""
 
 SUBSCRIBED = frozenset({"subscribe", "ssubscribe"})
 UNSUBSCRIBED = frozenset({"unsubscribe", "sunsubscribe"})

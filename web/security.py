@@ -416,8 +416,9 @@ def template_context() -> dict[str, bool]:
 def install(app: Flask) -> None:
     """Check the read mode's settings, and install the guard, headers and login pages."""
     cfg: Settings = app.extensions["jobcast"].config
-    for problem in cfg.web_errors():
-        raise ValueError(problem)
+    problems = cfg.web_errors()
+    if problems:
+        raise ValueError("; ".join(problems))
     if not cfg.token:
         log.warning("JOBCAST_TOKEN is not set: anyone who can reach this server can create, "
                     "cancel and read every job")
