@@ -6,11 +6,24 @@
 -- Returns the item's seq. The feed is a view: an item is never refused, but a feed behind what
 -- its writer wrote (items lost in a failover) begins a new epoch, as does a feed without one;
 -- each item carries its epoch, {"seq":N,"ep":"<epoch>",...}, so pages notice and re-snapshot.
+--
+-- A feed has many writers, and one that wrote none of the lost items cannot see the loss by
+-- its own seqs: it would number its items with seqs that pages already had. So the feed also
+-- keeps the replication id of the Redis that wrote it (`rid`, INFO's master_replid). A
+-- promoted replica, or a primary restarted without its data, has another one: the first item
+-- it takes begins a new epoch, whoever writes it. (A primary also takes a new id when its
+-- first replica attaches; that epoch is spurious, and costs pages one fresh snapshot.)
+local info = redis.pcall('INFO', 'replication')
+local rid = type(info) == 'string' and string.match(info, 'master_replid:(%w+)') or nil
+local was = redis.call('HGET', KEYS[1], 'rid')
 local last = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch or last < tonumber(ARGV[5]) then
+if not epoch or last < tonumber(ARGV[5]) or (rid and was and was ~= rid) then
   epoch = ARGV[6]
   mint(KEYS[1], epoch, last + 1)
+end
+if rid and was ~= rid then
+  redis.call('HSET', KEYS[1], 'rid', rid)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local item = '{"seq":' .. seq .. ',"ep":"' .. epoch .. '",' .. ARGV[2]

@@ -17,8 +17,11 @@ item, never the job's entry (the log stays the truth; a page's next snapshot sho
 
 The feed has an epoch too (:mod:`jobcast.core.epoch`), carried by each item as ``ep``: a
 failover that loses items makes its seq go back, and a writer that finds the feed behind an
-item it wrote (or a web process behind one it served) begins a new epoch. A page whose cursor
-is in another epoch, or past the feed's end, gets a fresh snapshot: never a silent skip.
+item it wrote (or a web process behind one it served) begins a new epoch. So does the first
+item a promoted replica takes, whoever writes it (the feed keeps the replication id of the
+Redis that wrote it, see ``feed.lua``): a writer that wrote none of the lost items could not
+tell otherwise, and would reuse their seqs. A page whose cursor is in another epoch, or past
+the feed's end, gets a fresh snapshot: never a silent skip.
 """
 
 from __future__ import annotations

@@ -14,11 +14,13 @@ import time
 import uuid
 
 import pytest
+from redis import Redis
 
 from jobcast.core.epoch import (LOST, PAST_END, UNKNOWN, Era, Head, LogReset, parse_eras,
                                 parse_position, rebase, resolve, sse_id)
 from jobcast.core.feed import Feed
 from jobcast.core.joblog import JobLog
+from jobcast.launcher.redisserver import RedisServer
 from tests.support.services import own_database
 from tests.support.wait import wait_for
 from tests.support.loss import lose
@@ -278,6 +280,39 @@ def test_the_feed_begins_a_new_epoch_when_its_writer_finds_it_behind(redis_serve
         items, head = feed.read(0, 10)
         assert head.epoch != first and [e.ep for e in items] == [first, head.epoch]
         assert head.eras[-1] == Era(head.epoch, 2, 0) and feed.position() == (False, 2, head.epoch)
+
+
+def test_a_feed_writer_that_wrote_none_of_the_lost_items_still_never_reuses_their_seqs(
+        tmp_path):
+    # A real failover: a replica in step with the primary is promoted, then the primary takes
+    # two items the replica never gets. A writer whose own items all survived writes on.
+    with RedisServer(data_dir=tmp_path / "primary") as primary, \
+            RedisServer(data_dir=tmp_path / "replica") as replica:
+        old, new = Redis.from_url(primary.url), Redis.from_url(replica.url)
+        old.config_set("repl-diskless-sync-delay", 0)  # in sync at once, not in 5 s
+        new.replicaof("127.0.0.1", primary.port)
+        wait_for(lambda: new.info("replication")["master_link_status"] == "up",
+                 what="the replica to be in sync")
+        quiet = Feed(old)
+        for n in range(3):
+            quiet.append("quiet", "progress", n, {"values": n})
+        first = quiet.head().epoch
+        wait_for(lambda: Feed(new).position().seq == 3, what="the replica to have item 3")
+        new.replicaof("NO", "ONE")
+        busy = Feed(old)
+        assert [busy.append("busy", "progress", n, {"values": n}) for n in (0, 1)] == [4, 5]
+        # The quiet writer, reconnected to the promoted replica: what it wrote all survived.
+        moved = Feed(new)
+        moved.high = quiet.high
+        assert [moved.append("quiet", "progress", n, {"values": n}) for n in (3, 4, 5)] == [4, 5, 6]
+        items, head = moved.read(0, 10)
+        assert head.epoch != first and [e.ep for e in items] == [first] * 3 + [head.epoch] * 3
+        # A page that had item 5 of the lost epoch is told, not left to skip items 4 and 5.
+        reset = resolve(head, first, seq=5)
+        assert reset is not None and reset.reason == LOST and reset.after == 3
+        assert resolve(head, first, seq=3) is None  # one that had only surviving items goes on
+        old.close()
+        new.close()
 
 
 def test_a_terminal_entry_waits_for_replicas_only_as_long_as_told(redis, caplog):
