@@ -34,7 +34,7 @@ from jobcast.core.registry import all_tasks
 from jobcast.core.settings import Settings
 from jobcast.web.links import PARAM
 from jobcast.web.models import Error, JobRequest
-from jobcast.web.security import MAX_QUERY, SESSION_COOKIE
+from jobcast.web.security import MAX_QUERY, SESSION_COOKIE, has_token
 from jobcast.web.services import state
 from jobcast.web.surface import (HTML, JSON, Access, Answer, Declaration, IntArg, declared, public,
                                  returns)
@@ -91,9 +91,10 @@ ALWAYS = (408, 413, 414, 431, 503)
 class Components:
     """The document's component schemas: each model's once, under its name."""
 
-    def __init__(self) -> None:
-        """Start with none."""
+    def __init__(self, tasks: bool = True) -> None:
+        """Start with none; ``tasks``: the registered tasks may be shown (see :func:`document`)."""
         self.schemas: dict[str, Any] = {}
+        self.tasks = tasks
 
     def ref(self, model: type[BaseModel], mode: str = "serialization") -> dict[str, str]:
         """A reference to ``model``'s schema, added (with the models it nests) on first use."""
@@ -119,7 +120,10 @@ def capped(schema: dict[str, Any], task: str, cfg: Settings) -> None:
 
 def job_requests(components: Components, cfg: Settings) -> dict[str, Any]:
     """The create body: JobRequest once per registered task, naming it, with its parameters
-    (their pydantic schema, with this server's caps as maxima)."""
+    (their pydantic schema, with this server's caps as maxima); JobRequest alone where the
+    reader may not see the tasks."""
+    if not components.tasks:
+        return components.ref(JobRequest, "validation")
     envelope = JobRequest.model_json_schema()
     requests = []
     for name, spec in sorted(all_tasks().items()):
@@ -243,9 +247,14 @@ def operation(app: Flask, rule: Rule, spec: Declaration, cfg: Settings,
     return op
 
 
-def document(app: Flask, cfg: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``app``'s routes, for a server configured by ``cfg``."""
-    components = Components()
+def document(app: Flask, cfg: Settings, tasks: bool = True) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``app``'s routes, for a server configured by ``cfg``.
+
+    ``tasks`` False leaves out the registered tasks and their parameters (the create body is
+    then the bare JobRequest): in private mode they are for those who hold the token, as
+    ``GET /api/tasks`` is, while the document itself stays open.
+    """
+    components = Components(tasks)
     components.ref(Error)
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
@@ -260,7 +269,9 @@ def document(app: Flask, cfg: Settings) -> dict[str, Any]:
         "info": {
             "title": "Jobcast", "version": "1",
             "description": ("Streams what background jobs compute to every viewer. Read mode: "
-                            f"**{cfg.read_mode}**. Errors are JSON (`Error`)."),
+                            f"**{cfg.read_mode}**. Errors are JSON (`Error`)."
+                            + ("" if tasks else " The tasks and their parameters are listed "
+                               "with the token (this document too, then).")),
         },
         "paths": paths,
         "components": {
@@ -282,4 +293,9 @@ def document(app: Flask, cfg: Settings) -> dict[str, Any]:
 @returns(description="OpenAPI 3.1")
 def openapi():
     """This document: the OpenAPI 3.1 contract of this server's HTTP API."""
-    return jsonify(document(current_app, state().config))
+    cfg = state().config
+    # Private mode lists the tasks only to those who may read GET /api/tasks.
+    tasks = cfg.read_mode != "private" or has_token(cfg)
+    answer = jsonify(document(current_app, cfg, tasks))
+    answer.vary.update(("Authorization", "Cookie"))
+    return answer

@@ -62,7 +62,9 @@ def schemathesis(server, workdir: Path, *args: str, config: Path | None = None,
 
 
 def test_the_document_is_openapi_3_1_with_every_endpoint_auth_scheme_and_task_schema(fuzzed):
-    doc = httpx.get(f"{fuzzed.url}/api/openapi.json").json()
+    # (A private server: its tasks are in the document for those who hold the token.)
+    doc = httpx.get(f"{fuzzed.url}/api/openapi.json",
+                    headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert doc["openapi"].startswith("3.1")
     paths = doc["paths"]
     for path in ("/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/link", "/api/tasks",
@@ -127,6 +129,26 @@ def test_the_document_says_who_may_create_a_job_as_the_guard_decides(make_app, c
     operation = doc["paths"]["/api/jobs"]["post"]
     assert operation["security"] == create
     assert ("401" in operation["responses"]) is (create != [{}])
+
+
+def test_a_private_server_lists_its_tasks_in_the_document_only_to_the_token(make_app, config):
+    """A review's finding: ``GET /api/tasks`` needs the token in private mode, and the open
+    document listed every task with its parameters all the same."""
+    app = make_app({"JOBCAST": config.model_copy(update={"read": "private", "token": "t" * 32})})
+    client = app.test_client()
+    anonymous = client.get("/api/openapi.json")
+    holder = client.get("/api/openapi.json", headers={"Authorization": "Bearer " + "t" * 32})
+    assert anonymous.status_code == holder.status_code == 200
+    assert {"Authorization", "Cookie"} <= set(anonymous.vary)
+    assert client.get("/api/tasks").status_code == 401
+    create = "#/components/schemas/JobRequest"
+    schema = anonymous.json["paths"]["/api/jobs"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    assert schema == {"$ref": create} and "sqrt" not in anonymous.get_data(as_text=True)
+    assert "sqrt_params" in holder.json["components"]["schemas"]
+    # A public server shows them to anyone, as GET /api/tasks does.
+    public = make_app({"JOBCAST": config}).test_client().get("/api/openapi.json")
+    assert "sqrt_params" in public.json["components"]["schemas"]
 
 
 def test_each_operation_documents_every_argument_it_reads_and_every_refusal(make_app, config):
