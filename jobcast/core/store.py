@@ -146,16 +146,24 @@ def reader_client(client: Redis, health_check_interval: float | None = None) -> 
 
 def masked_url(url: str) -> str:
     """``url`` as it may be printed or written down: its password (in the authority, or a
-    ``password=`` or ``sentinel_password=`` query parameter) shown as ``***``."""
+    ``password=`` or ``sentinel_password=`` query parameter) shown as ``***``.
+
+    Too much is masked rather than too little, however the URL is malformed.
+    """
+    # A parameter named for a password first, up to the next "&" (a "#" or "@" in it is the
+    # password's: redis-py reads it so), so that its "@" is never taken for the authority's.
+    url = re.sub(r"(?i)([?&][^&=#?]*password=)[^&]*", r"\1***", url)
     # Not urlsplit: a password with a "#" or "/" that was not percent-encoded would be read as
     # a fragment or a path, and printed. Everything up to the last "@" is the credentials
-    # (too much is masked when a query holds an "@", never too little).
+    # (too much is masked when another parameter holds an "@", never too little).
     scheme, sep, rest = url.partition("://")
+    if not sep:  # not a URL as redis-py reads one (a typo): keep only what its host may be
+        head, at, after = url.rpartition("@")
+        return f"{head.partition(':')[0]}:***@{after}" if at else url
     userinfo, at, after = rest.rpartition("@")
-    if sep and at and ":" in userinfo:
+    if at and ":" in userinfo:
         url = f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{after}"
-    # Any parameter named for a password: ``password=`` and ``sentinel_password=`` alike.
-    return re.sub(r"(?i)([?&][^&=#]*password=)[^&#]*", r"\1***", url)
+    return url
 
 
 def stream_url(config: Settings) -> str:

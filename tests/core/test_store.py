@@ -69,6 +69,14 @@ def test_braces_and_other_characters_never_reach_a_cluster_key(bad):
     # or a path, and the password was printed whole.
     ("redis://:pa#ss@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0"),
     ("redis://u:a/b@host:6379/0", "redis://u:***@host:6379/0"),
+    # A review's finding: an "@" or "#" in a password given as a parameter, or a URL without
+    # "://", showed the password or the rest of it.
+    ("redis://localhost:6379/0?password=s3cr@tpass", "redis://localhost:6379/0?password=***"),
+    ("redis+sentinel://s1:26379,s2:26379/main?sentinel_password=Xy9@Qz7Kw2",
+     "redis+sentinel://s1:26379,s2:26379/main?sentinel_password=***"),
+    ("redis://h/0?sentinel_password=Xy9#Qz7Kw2&db=1", "redis://h/0?sentinel_password=***&db=1"),
+    ("redis:/:s3cretpw@host:6379/0", "redis:***@host:6379/0"),
+    ("redis://:p@ss@h:1/0?password=a@b", "redis://:***@h:1/0?password=***"),
 ])
 def test_a_redis_url_is_shown_without_its_password(url, shown):
     """Finding 16 of issue 23: a password in REDIS_URL was printed."""
