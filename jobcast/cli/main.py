@@ -75,13 +75,13 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
         # its id and creation time, read back.
         try:
             created = LogStore.connect(cfg).log(job_id).info().created_at
+            sig = view_sig(cfg, job_id, created)  # (the signing key may be read from Redis)
         except RedisError as exc:
             # The job is queued: its id is printed all the same, so that nobody queues it again.
             print(job_id, flush=True)
             print(f"jobcast: job {job_id} is queued, but its link cannot be signed: Redis at "
                   f"{masked_url(cfg.redis_url)} did not answer: {exc}", file=sys.stderr)
             return 3
-        sig = view_sig(cfg, job_id, created)
     urls = job_urls(job_id, args.url or cfg.public_url, sig=sig)
     if args.follow:
         # --follow: stdout carries the values (plain) or entries (json) that follow.

@@ -96,26 +96,34 @@ def test_tasks_lists_the_builtin_tasks(redis_server):
     assert all(name in out.stdout for name in ("sqrt:", "clock:", "pi:"))
 
 
+@pytest.mark.parametrize("unread", ["the job", "the signing key"])
 def test_enqueue_whose_link_cannot_be_signed_still_prints_the_queued_jobs_id(
-        redis_server, redis, monkeypatch, capsys):
+        redis_server, redis, monkeypatch, capsys, unread):
     """A review's finding: in private mode a Redis error reading the job back (to sign its
     link) came after the job was queued, and the id was never printed: a user who tried
-    again queued it twice."""
+    again queued it twice. A later review: so did one reading the generated signing key
+    (no JOBCAST_SECRET)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from jobcast.cli.main import main
+    from jobcast.core import secret
     from jobcast.core.settings import get_settings
 
+    env = {"JOBCAST_SECRET": "s" * 32} if unread == "the job" else {"JOBCAST_TOKEN": "t" * 32}
     for name, value in service_env(redis_server.url, JOBCAST_QUEUE="cli-tests",
-                                   JOBCAST_READ="private", JOBCAST_SECRET="s" * 32).items():
+                                   JOBCAST_READ="private", **env).items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
 
-    def unanswered(self):
+    def unanswered(*args, **kwargs):
         """Redis does not answer this read."""
         raise RedisConnectionError("no answer")
 
-    monkeypatch.setattr(JobLog, "info", unanswered)
+    if unread == "the job":
+        monkeypatch.setattr(JobLog, "info", unanswered)
+    else:
+        monkeypatch.setattr(secret, "_keys", {})
+        monkeypatch.setattr(secret, "redis_client", unanswered)
     try:
         assert main(["enqueue", "sqrt", "--n", "3"]) == 3
     finally:
