@@ -28,6 +28,7 @@ import threading
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -209,9 +210,16 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
         # Each command retries on MOVED/ASK, connection errors and cluster-down replies,
         # re-reading the slot map: a failover or a restarted primary is waited out.
         attempts = max(3, int(retry_for / 0.5)) if retry_for else 3
-        return RedisCluster.from_url(
-            url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts),
-            socket_connect_timeout=2, socket_timeout=10, socket_keepalive=True)
+        try:
+            return RedisCluster.from_url(
+                url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts),
+                socket_connect_timeout=2, socket_timeout=10, socket_keepalive=True)
+        except RedisClusterException as exc:
+            # A cluster not formed yet ("All slots are not covered"), or no node answering:
+            # redis-py's own class is no RedisError, so callers that handle an unreachable
+            # Redis would let it through as a traceback.
+            raise ClusterError(f"the Redis Cluster at {masked_url(url)} is not usable: "
+                               f"{exc}") from exc
     return redis_client(url, retry_for=retry_for, **options)
 
 

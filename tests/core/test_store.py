@@ -121,3 +121,19 @@ def test_a_reader_client_of_a_sentinel_primary_asks_the_same_sentinels_for_it():
     assert pool.connection_class is web.connection_pool.connection_class
     assert pool.connection_kwargs["connection_pool"] is pool.proxy  # follows its own primary
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (2, "pw")
+
+
+def test_a_cluster_that_is_not_formed_is_a_redis_error_naming_it_not_a_traceback(monkeypatch):
+    """A review's finding: redis-py raises RedisClusterException (no RedisError) for a node
+    whose cluster has no slots yet, and the CLI, which answers an unreachable Redis with one
+    line and exit 3, crashed with a traceback."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    def unformed(url, **options):
+        """What redis-py raises for a node before ``redis-cli --cluster create``."""
+        raise RedisClusterException("All slots are not covered after query all startup_nodes.")
+
+    monkeypatch.setattr(store.RedisCluster, "from_url", unformed)
+    with pytest.raises(RedisError, match="not usable: All slots are not covered") as caught:
+        store.connect("redis://:s3cret@127.0.0.1:7000/0", cluster=True)
+    assert "s3cret" not in str(caught.value)
