@@ -560,8 +560,9 @@ class JobLog:
         log is not that run's.
         """
         cluster = is_cluster(self.redis)
+        created = time.time()
         if cluster:
-            self._index(JOBS_INDEX, time.time(), keep=self.index_max)
+            self._index(JOBS_INDEX, created, keep=self.index_max)
         seq = self._write("queued", {"task": task, "params": params, "n": total}, meta={
             "task": task,
             "params": json.dumps(params),
@@ -573,8 +574,12 @@ class JobLog:
         if seq == -4:
             raise JobExists(self.job_id)
         if cluster and seq > 0:
-            # Once it exists: a watchdog round that came before its metadata would drop it
-            # as ended. (On a single Redis the append script adds it with the queued entry.)
+            # Once it exists, and no longer NX: a reopened job moves to its new creation time
+            # (as the append script moves it on a single Redis), and an id that a listing
+            # dropped meanwhile, its metadata not written yet, comes back.
+            self._index(JOBS_INDEX, created, keep=self.index_max, nx=False)
+            # A watchdog round that came before its metadata would drop it as ended. (On a
+            # single Redis the append script adds it with the queued entry.)
             self._index(OPEN_JOBS, time.time())
         return seq
 
@@ -634,7 +639,7 @@ class JobLog:
                            int(total) if total else None,
                            {"origin": origin.decode()} if origin is not None else None)
 
-    def _index(self, key: str, created: float, keep: int | None = None) -> None:
+    def _index(self, key: str, created: float, keep: int | None = None, nx: bool = True) -> None:
         """Add the job to the sorted set ``key`` on a Redis Cluster (keeping the newest
         ``keep`` when given): the jobs index (:data:`JOBS_INDEX`), capped at ``index_max``, or
         the open jobs (:data:`OPEN_JOBS`), which are not capped (each leaves it once ended).
@@ -646,10 +651,11 @@ class JobLog:
         slot than the job's keys, so it is written here just before that script (``NX``: a job
         id that exists keeps its place). Should the job then not be created (a crash in
         between, or the id exists), :meth:`LogStore.recent` drops the id once its metadata is
-        found missing. The open jobs are written the same way, just after the script.
+        found missing, and the job's creation adds it again once the script is done (``nx``
+        False). The open jobs are written just after the script.
         """
         pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(key, {self.job_id: created}, nx=True)
+        pipe.zadd(key, {self.job_id: created}, nx=nx)
         if keep is not None:
             pipe.zremrangebyrank(key, 0, -keep - 1)
         pipe.execute()

@@ -256,6 +256,30 @@ def test_on_the_cluster_the_append_script_logs_and_announces_with_spublish_and_i
         node.close()
 
 
+def test_on_the_cluster_a_job_listed_before_its_metadata_exists_stays_in_the_job_list(
+        streams, monkeypatch):
+    """A review's finding: on a Cluster the index is written a round trip before the append
+    script creates the job's metadata, and a listing in between dropped the id for good."""
+    store = LogStore(streams, Settings())
+    log = JobLog(streams, uuid.uuid4().hex)
+    write = JobLog._write
+
+    def listed_first(self, *args, **kwargs):
+        """A home page lists the jobs just before the job's queued entry is written."""
+        store.recent(1000)
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobLog, "_write", listed_first)
+    assert log.create("sqrt", {}, 2) == 1
+    monkeypatch.undo()
+    assert log.job_id in [job.id for job in store.recent(1000)]
+    # A new run of the id moves it to its new creation time, as on a single Redis.
+    first = streams.zscore(JOBS_INDEX, log.job_id)
+    log.finished()
+    assert log.reopen("sqrt", {}, 2)
+    assert streams.zscore(JOBS_INDEX, log.job_id) > first
+
+
 def test_on_the_cluster_a_created_job_is_open_until_it_ends(streams):
     store = LogStore(streams, Settings())
     log = store.log(uuid.uuid4().hex)
