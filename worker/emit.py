@@ -16,6 +16,7 @@ Jobs that Jobcast did not enqueue have no log yet; it is created here (or by the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog, encode_value, task_label
+from jobcast.core.joblog import JobLog, PreparedValue, task_label
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
@@ -84,9 +85,13 @@ class EmitState:
     log: JobLog
     next: int = 0
     warned: bool = False
-    unsent: list[tuple[int, Any, int | None]] = field(default_factory=list)
+    unsent: list[tuple[int, PreparedValue, int | None]] = field(default_factory=list)
+    """The values Redis did not take, as their entries will show them (the job may change
+    the objects it emitted)."""
     dropped: int = 0
-    """Values not held because :data:`MAX_UNSENT` were (the job was told: ValuesUnsent)."""
+    """Values not logged because :data:`MAX_UNSENT` were held (the job was told:
+    ValuesUnsent); once one is, no later value of the run is logged either, so that none takes
+    its index."""
 
 
 def share(job: Job, jlog: JobLog) -> None:
@@ -160,6 +165,13 @@ def emit(value: Any, total: int | None = None) -> int | None:
     job = current_job()
     state = _state(job)
     index = state.next
+    if state.dropped:
+        # A value before this one was not even held: this one cannot take its index, and
+        # the run will not finish (the held ones before it are still sent, in order).
+        with contextlib.suppress(RedisError):
+            _send_held(job, state)
+        state.dropped += 1
+        raise ValuesUnsent(job.id, len(state.unsent) + state.dropped)
     if state.unsent:
         # Values before this one failed to reach Redis and the job went on: they go first, in
         # order, at their indices (one that landed, its reply lost, is refused as a repeat).
@@ -186,17 +198,17 @@ def emit(value: Any, total: int | None = None) -> int | None:
 
 
 def _hold(job: Job, state: EmitState, index: int, value: Any, total: int | None) -> None:
-    """Keep value ``index``, which Redis did not take, to be sent before the next one; it is
-    counted. One whose text cannot be made is not (as when Redis takes it); past
-    :data:`MAX_UNSENT` held values, ValuesUnsent."""
+    """Keep value ``index``, which Redis did not take, to be sent before the next one, as its
+    entry will show it now; it is counted. One whose text cannot be made is not (as when Redis
+    takes it); past :data:`MAX_UNSENT` held values, ValuesUnsent."""
     try:
-        encode_value(value)
+        prepared = state.log.prepare(value)
     except Exception:  # not a value the log could take: not counted (see emit())
         return
     if len(state.unsent) >= MAX_UNSENT:
         state.dropped += 1
         raise ValuesUnsent(job.id, len(state.unsent) + state.dropped)
-    state.unsent.append((index, value, total))
+    state.unsent.append((index, prepared, total))
     state.next = index + 1
 
 

@@ -271,6 +271,18 @@ def encode_value(value: Any) -> tuple[str, str]:
     return text, as_json
 
 
+class PreparedValue(NamedTuple):
+    """A value as its entry will show it, made once (:meth:`JobLog.prepare`): a writer that
+    must send it later holds this, not the object, which the job may change meanwhile."""
+
+    text: str
+    """What the entry shows: the value's text, or the notice that it was refused."""
+    json: str
+    """The value as JSON (``null`` when refused)."""
+    refused: int | None = None
+    """The value's size in bytes when it was over ``value_max``."""
+
+
 class Progress(BaseModel):
     """How far a job has come: ``i`` values logged of ``n`` (None when unknown)."""
 
@@ -702,17 +714,29 @@ class JobLog:
         index (so the job's later values keep theirs), says why in ``v``, and carries
         ``refused`` (its size in bytes) and a null ``j``.
         """
-        text, as_json = encode_value(value)
-        body: dict[str, Any] = {"i": index, "v": text}
-        size = max(len(text.encode()), len(as_json))
-        if size > self.value_max:
-            body["v"] = f"[value refused: {size:,} bytes, over the {self.value_max:,}-byte limit]"
-            body["refused"] = size
-            as_json = "null"
+        prepared = self.prepare(value)
+        body: dict[str, Any] = {"i": index, "v": prepared.text}
+        if prepared.refused is not None:
+            body["refused"] = prepared.refused
+        as_json = prepared.json
         if total is None:
             return self._write("value", body, index=index, value_json=as_json)
         body["n"] = total
         return self._write("value", body, index=index, value_json=as_json, meta={"n": total})
+
+    def prepare(self, value: Any) -> PreparedValue:
+        """``value`` as its entry will show it (:class:`PreparedValue`; one already prepared is
+        returned as it is): at most ``value_max`` bytes, however large the value. Raises what
+        the value's ``__str__`` raises."""
+        if isinstance(value, PreparedValue):
+            return value
+        text, as_json = encode_value(value)
+        size = max(len(text.encode()), len(as_json))
+        if size > self.value_max:
+            return PreparedValue(
+                f"[value refused: {size:,} bytes, over the {self.value_max:,}-byte limit]",
+                "null", size)
+        return PreparedValue(text, as_json)
 
     def append_many(self, entries: list[tuple[str, dict[str, Any], float]]) -> list[int]:
         """Append ``(kind, body, ts)`` entries in order, in one round trip; their seqs (or
