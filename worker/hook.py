@@ -141,6 +141,11 @@ class LifecycleMixin:
             log.warning("jobcast: job %s has an id Jobcast cannot log (over 128 characters?): "
                         "it runs unlogged", job.id)
             return
+        except RedisError as exc:
+            # A stream store of its own (JOBCAST_STREAM_URL) that cannot be reached: its client
+            # is made here, once per work-horse. The job runs unlogged, as below.
+            log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
+            return
         try:
             jlog.ensure(job.description, job.origin)
             # A log that has ended was cancelled, or failed by the web's watchdog in this run:

@@ -162,3 +162,21 @@ def test_a_plain_job_whose_id_jobcast_cannot_log_runs_unlogged_and_the_worker_go
     SimpleWorker([queue], connection=redis).work(burst=True)
     assert long.get_status(refresh=True) == JobStatus.FINISHED
     assert JobLog(redis, after.id).status() == "finished"
+
+
+def test_a_plain_job_runs_unlogged_when_a_separate_stream_store_cannot_be_reached(
+        redis, in_process, monkeypatch):
+    """A review's finding: with JOBCAST_STREAM_URL set, the hook makes its client as a job
+    starts; a store that could not be reached raised there, and the job failed without
+    running, where the hook promises a job runs unlogged when Redis does not take its log."""
+    from jobcast.core import store
+    from jobcast.core.settings import get_settings
+
+    monkeypatch.setenv("JOBCAST_STREAM_URL", "redis://127.0.0.1:1/0")  # nothing listens
+    monkeypatch.setattr(store, "_clients", {})
+    get_settings.cache_clear()
+    queue = Queue(f"hook-no-store-{os.getpid()}", connection=redis)
+    job = queue.enqueue("os.getpid")
+    SimpleWorker([queue], connection=redis).work(burst=True)
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert job.return_value() == os.getpid()
