@@ -53,7 +53,7 @@ from jobcast.web.frames import SSE, TEXT, Transport, chunk
 from jobcast.web.handover import FAST_PATH, detach
 from jobcast.web.limits import client_address_of
 from jobcast.web.metrics import admitted
-from jobcast.web.security import OTHER_CSP
+from jobcast.web.security import OTHER_CSP, local_host
 from jobcast.web.viewer import SocketSink
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ SECURITY_HEADERS = (("Content-Security-Policy", OTHER_CSP), ("Referrer-Policy", 
 SINGLE = {name.lower().encode("latin-1"): 1 << i for i, name in enumerate(sorted(
     {"HOST", "CONTENT-TYPE", *getattr(gunicorn_message, "RFC9110_5_3_SINGLETON_FIELDS", ())}))}
 """The fields gunicorn refuses to see twice (RFC 9110 5.3), each with a bit of its own."""
+HOST = SINGLE[b"host"]
 
 # What :meth:`_Request.on_header` does with a field, by its name (:attr:`HeadRules.kinds`);
 # a positive kind is a single-value field's SINGLE bit.
@@ -143,7 +144,7 @@ class _Request:
     """httptools' callbacks: the URL and the few headers the fast path reads."""
 
     __slots__ = ("url", "last_event_id", "forwarded_for", "has_body", "complete", "messages",
-                 "singles", "secure", "unusual", "rules")
+                 "singles", "secure", "unusual", "rules", "host")
 
     def __init__(self, rules: HeadRules):
         """Nothing read yet."""
@@ -157,6 +158,7 @@ class _Request:
         self.secure: bool | None = None  # what the first secure scheme header said
         self.unusual = False  # a header gunicorn or Flask answers itself: theirs to answer
         self.rules = rules
+        self.host = ""
 
     def on_message_begin(self) -> None:
         """A request begins."""
@@ -179,6 +181,8 @@ class _Request:
         elif kind > 0:
             self.unusual |= bool(self.singles & kind)  # a second one: gunicorn's 400
             self.singles |= kind
+            if kind == HOST:
+                self.host = value.decode("latin-1")
         elif kind == LAST_EVENT_ID:
             if self.last_event_id is None:
                 self.last_event_id = value.decode("latin-1")
@@ -305,6 +309,8 @@ class FastPath:
         route = self._route(url.path)
         if route is None:
             return None
+        if not self.st.config.token and not local_host(seen.host.strip(" \t"), self.st.config):
+            return None  # another site's name, on a server without a token: Flask's 400
         transport, job_id = route
         pairs = parse_qsl(query, keep_blank_values=True)
         args = dict(pairs)

@@ -162,6 +162,10 @@ class Health(BaseModel):
     reason: str | None = None
 
 
+CROSS_SITE = "cross_site"
+"""The 403 ``reason`` of a change from another site's page (a server without a token)."""
+
+
 class Error(BaseModel):
     """Every error's body."""
 
@@ -169,8 +173,9 @@ class Error(BaseModel):
     message: str
     field: str | None = Field(None, description="the offending field (400)")
     details: list[dict[str, Any]] | None = None
-    reason: Literal[LinkError.REASONS] | None = Field(  # type: ignore[valid-type]
-        None, description="why a view link was refused (403)")
+    reason: Literal[(*LinkError.REASONS, CROSS_SITE)] | None = Field(  # type: ignore[valid-type]
+        None, description="why a view link, or a change from another site's page, was "
+                          "refused (403)")
     status: str | None = Field(None, description="how the job ended (409 of a cancel)")
     job: str | None = Field(None, description="the job refused (403 of a stream of several "
                             "jobs): the others may be asked for again without it")

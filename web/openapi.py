@@ -64,10 +64,12 @@ def html(description: str) -> dict[str, Any]:
 
 
 ERRORS = {
-    400: error("A malformed parameter or body; `field` names it"),
+    400: error("A malformed parameter or body; `field` names it (`Host`: a server without a "
+               "token answers only its own names, see JOBCAST_ALLOWED_HOSTS)"),
     401: error("The token is needed (`WWW-Authenticate: Bearer`)"),
-    403: error("A view link that does not grant this job; `reason` says why "
-               "(invalid, other_job, expired)"),
+    403: error("A view link that does not grant this job, or a change from another site's "
+               "page on a server without a token; `reason` says why (invalid, other_job, "
+               "expired, cross_site)"),
     404: error("No such job"),
     408: error("The body did not arrive within JOBCAST_BODY_TIMEOUT seconds"),
     409: error("The job has already ended (a second cancel included); `status` says how"),
@@ -205,7 +207,7 @@ def parameter(arg: IntArg | dict[str, Any]) -> dict[str, Any]:
             **({"description": arg.description} if arg.description else {})}
 
 
-def operation(app: Flask, rule: Rule, spec: Declaration, cfg: Settings,
+def operation(app: Flask, rule: Rule, method: str, spec: Declaration, cfg: Settings,
               components: Components) -> dict[str, Any]:
     """The OpenAPI operation of one route's method, from its view's declaration."""
     view = app.view_functions[rule.endpoint]
@@ -227,6 +229,12 @@ def operation(app: Flask, rule: Rule, spec: Declaration, cfg: Settings,
         codes.add(429)
     if cfg.token and 401 in codes:
         codes.add(429)  # a client over its failed authentications
+    if not cfg.token:
+        # Open to whoever reaches it, never to another site's pages (web.security.guard): a
+        # Host it does not answer, a change from another site's page.
+        codes.add(400)
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            codes.add(403)
     responses = {str(code): ERRORS[code] for code in sorted(codes.union(ALWAYS))}
     if spec.page and 401 in codes:
         responses["401"] = html("The token form (no token, session or view link)")
@@ -263,7 +271,8 @@ def document(app: Flask, cfg: Settings, tasks: bool = True) -> dict[str, Any]:
             continue
         path = RULE_VARIABLE.sub(r"{\1}", rule.rule)
         for method in sorted(rule.methods - IMPLIED_METHODS):
-            paths.setdefault(path, {})[method.lower()] = operation(app, rule, spec, cfg, components)
+            paths.setdefault(path, {})[method.lower()] = operation(app, rule, method, spec, cfg,
+                                                                   components)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -290,7 +299,7 @@ def document(app: Flask, cfg: Settings, tasks: bool = True) -> dict[str, Any]:
 
 @bp.get("/api/openapi.json")
 @public
-@returns(description="OpenAPI 3.1")
+@returns(description="OpenAPI 3.1", errors=(429,))  # (a wrong token counts as a failure)
 def openapi():
     """This document: the OpenAPI 3.1 contract of this server's HTTP API."""
     cfg = state().config

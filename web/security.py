@@ -16,6 +16,14 @@ Links and session cookies are signed with ``JOBCAST_SECRET`` or a generated key
 (a wrong bearer token, a wrong token in the form) more than ``JOBCAST_AUTH_FAILURES`` times a
 minute gets 429 until its next attempt is due, whatever it sends.
 
+A server without a token is open to whoever reaches it, which by default is this machine
+only (``jobcast web`` listens on 127.0.0.1). Two things keep other sites' pages in a browser on
+this machine out (:func:`guard`): it answers only a ``Host`` that a local client or its own
+URL would send (:func:`local_host`), so a name an attacker points at 127.0.0.1 (DNS rebinding)
+gets 400; and it refuses a change (``POST``) that a page of another site makes (CSRF), as the
+browser tells (:func:`cross_site`). With a token, a change needs the bearer header, which no
+other site's page can send.
+
 Each view declares who may call it (:mod:`jobcast.web.surface`: ``@public``, ``@private``,
 ``@job_scoped``, ``@token_required``), and the check runs before every request (:func:`guard`),
 reading the declaration of the view the request is routed to: a view that declares nothing
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 from urllib.parse import urlsplit
@@ -40,9 +49,10 @@ from jobcast.core.secret import signing_key
 from jobcast.core.joblog import UnknownJob
 from jobcast.core.settings import Settings
 from jobcast.web import metrics
+from jobcast.web.errors import BadParam
 from jobcast.web.limits import ClientRate, TooManyRequests, client_address
 from jobcast.web.links import PARAM, LinkError, named_job, verify, view_sig
-from jobcast.web.models import LoginForm
+from jobcast.web.models import CROSS_SITE, LoginForm
 from jobcast.web.surface import (FORM, HTML, Access, Answer, Declaration, declared, page, public,
                                  returns, undocumented)
 
@@ -178,13 +188,50 @@ def declaration_of(endpoint: str | None) -> Declaration:
     return declared(current_app.view_functions.get(endpoint)) if endpoint else Declaration()
 
 
+def local_host(host: str, cfg: Settings) -> bool:
+    """Whether ``host`` (a request's Host header) is one a client of a server without a token
+    sends: an IP address, a name without a dot (``localhost``, a container's), a name under
+    ``localhost``, the host of JOBCAST_URL, or one of JOBCAST_ALLOWED_HOSTS.
+
+    Any other name may be another site's, pointed at this machine's address (DNS rebinding):
+    a browser would then let that site's pages read and write here as their own origin. (A
+    public name always has a dot.)
+    """
+    try:
+        name = urlsplit(f"//{host}").hostname if host else None
+    except ValueError:  # e.g. a bracketed name that is no IPv6 address
+        return False
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    if "." not in name or name.endswith(".localhost"):
+        return True
+    allowed = {n.strip().lower() for n in cfg.allowed_hosts.split(",") if n.strip()}
+    return ("*" in allowed or name in allowed
+            or name == (urlsplit(cfg.public_url).hostname or "").lower())
+
+
 def guard() -> Response | None:
     """Before every request: refuse what the routed view's declared access does not allow."""
+    cfg = config()
+    if not cfg.token:
+        # Open to whoever reaches it: never to another site's pages (see the module's doc).
+        if not local_host(request.host, cfg):
+            raise BadParam("Host", f"this server has no token, and answers only its own "
+                                   f"names (localhost, an IP address, a name without a dot, "
+                                   f"the host of JOBCAST_URL), not {request.host[:100]!r}: "
+                                   f"name it in JOBCAST_ALLOWED_HOSTS, or set JOBCAST_TOKEN")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and cross_site():
+            raise Forbidden(CROSS_SITE, "a change from another site's page is refused "
+                                          "(this server has no token)")
     declaration = declaration_of(request.endpoint)
     check_query_length(declaration)
     if request.endpoint is None:  # no route: routing answers 404 or 405 itself
         return None
-    cfg = config()
     access = declaration.access or Access.PRIVATE
     if cfg.read_mode == "private" and access is not Access.PUBLIC and not has_token(cfg):
         return admit_link(cfg, declaration, access)

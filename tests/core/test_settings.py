@@ -52,7 +52,7 @@ def test_every_setting_is_read_from_its_documented_environment_variable(monkeypa
                "queue_name": "q", "queues": "q,r", "tasks": "a,b", "failure_reason": "type",
                "token": "t", "read": "public", "secret": "s",
                "param_caps": "n=5", "bind": "127.0.0.1", "prometheus_multiproc_dir": "/tmp/m",
-               "capture": "logging", "capture_level": "DEBUG"}
+               "capture": "logging", "capture_level": "DEBUG", "allowed_hosts": "a.example"}
     for name, var in env_names().items():
         value = samples.get(name, "1" if Settings.model_fields[name].annotation is bool else "7")
         monkeypatch.setenv(var, value)

@@ -44,5 +44,5 @@ def finished_job(http: httpx.Client, n: int = 5) -> str:
 
 def request(path: str, *headers: str) -> bytes:
     """A GET of ``path`` over HTTP/1.1 with ``headers``."""
-    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: jobcast.test", *headers]) +
+    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: localhost", *headers]) +
             "\r\n\r\n").encode()

@@ -43,7 +43,8 @@ def server(redis_server, logs_dir):
     """A gunicorn of this module's own (two processes, quick heartbeats); jobs written by the
     tests have no RQ worker, so the watchdog is told not to fail them as orphans."""
     web = WebServer(redis_server.url, workers=2, log_path=logs_dir / "web-shared.log",
-                    JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600").start()
+                    JOBCAST_HEARTBEAT="1", JOBCAST_ORPHAN_TIMEOUT="3600",
+                    JOBCAST_ALLOWED_HOSTS=LAN_HOST).start()  # a server without a token
     yield web
     web.stop()
 

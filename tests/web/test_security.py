@@ -275,3 +275,56 @@ def test_a_body_that_never_arrives_is_cut_at_the_deadline_and_its_connection_clo
     assert b'"error":"request_timeout"' in answer.replace(b" ", b"")
     assert 1 <= took < 5, f"cut after {took:.1f} s (JOBCAST_BODY_TIMEOUT=1)"
     assert httpx.get(f"{private.url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("host, answered", [
+    ("127.0.0.1:8000", True), ("[::1]:8000", True), ("localhost:8000", True),
+    ("web:8000", True),                    # a container's name: no dot
+    ("app.localhost", True),               # under localhost (RFC 6761)
+    ("jobs.example:8000", True),           # JOBCAST_URL's host
+    ("lan.example", True),                 # named in JOBCAST_ALLOWED_HOSTS
+    ("rebind.attacker.example:8000", False),
+    ("[not-an-address]", False), ("", False),
+])
+def test_a_server_without_a_token_answers_only_its_own_host_names(make_app, config, host,
+                                                                   answered):
+    """A review's finding: a server without a token (on loopback by default) answered any
+    Host, so another site's name pointed at 127.0.0.1 (DNS rebinding) let that site's pages
+    create, cancel and read jobs as their own origin."""
+    cfg = config.model_copy(update={"public_url": "https://jobs.example:8000",
+                                    "allowed_hosts": "lan.example, other.example"})
+    client = make_app({"JOBCAST": cfg}).test_client()
+    answer = client.get("/healthz", headers={"Host": host})
+    if answered:
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+    else:
+        assert answer.status_code == 400 and answer.json["field"] == "Host"
+    # With a token, a change needs the bearer header anyway: any name is answered.
+    tokened = make_app({"JOBCAST": cfg.model_copy(update={"token": "t" * 32})}).test_client()
+    assert tokened.get("/healthz", headers={"Host": "rebind.attacker.example"}).status_code == 200
+
+
+def test_a_server_without_a_token_refuses_a_change_from_another_sites_page(make_app, config):
+    """A review's finding: a plain form on any site could POST to a server without a token
+    on this machine (cancel a job, create one), the browser sending it as a simple request."""
+    client = make_app({"JOBCAST": config}).test_client()
+    body = {"task": "sqrt", "params": {"n": 1}}
+    other = client.post("/api/jobs", json=body,
+                        headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
+    assert other.status_code == 403 and other.json["reason"] == "cross_site"
+    old_browser = client.post("/api/jobs/abc/cancel", headers={"Origin": "https://evil.example"})
+    assert old_browser.status_code == 403
+    # This site's own pages and clients that are no browser page (curl, the CLI) go on.
+    same = client.post("/api/jobs", json=body, headers={"Sec-Fetch-Site": "same-origin"})
+    assert same.status_code == 201, same.get_data(as_text=True)
+    assert client.post("/api/jobs", json=body).status_code == 201
+
+
+def test_the_fast_path_leaves_another_sites_host_to_flasks_400(http, web):
+    """The stream requests gunicorn's worker admits without Flask keep the Host rule too."""
+    created = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": 1, "interval": 0}})
+    job_id = created.json()["id"]
+    for path in (f"/jobs/{job_id}/stream", f"/jobs/{job_id}/events"):
+        with httpx.stream("GET", web.url + path, headers={"Host": "rebind.attacker.example"},
+                          timeout=10) as r:
+            assert r.status_code == 400 and b'"Host"' in r.read()
