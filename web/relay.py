@@ -666,13 +666,17 @@ class Relay:
             pending.append(conn)
         return b""
 
-    def _write_cohort(self, cohort: Cohort, data: bytes, now: float) -> None:
-        """Send ``data``, ``cohort``'s gathered write, to each member in the order they
-        joined, with no turn of the loop in between (nothing can come between the cursors it
-        names and the bytes). A member that cannot take it all leaves, and its catch-up
-        writes the rest."""
+    def _write_cohort(self, cohort: Cohort, data: bytes, now: float,
+                      members: tuple[Connection, ...]) -> None:
+        """Send ``data``, ``cohort``'s gathered write, to each of the ``members`` it was
+        gathered for, in the order they joined, with no turn of the loop in between (nothing
+        can come between the cursors it names and the bytes). A member that cannot take it
+        all leaves, and its catch-up writes the rest. A stream that joined since (written on
+        its own in the same slice, in step once that write was out) already has these bytes."""
         size = len(data)
-        for conn in tuple(cohort.conns):
+        for conn in members:
+            if conn.cohort is not cohort:
+                continue
             try:
                 n = conn.sink.send(data)
             except OSError:
@@ -713,11 +717,13 @@ class Relay:
                 # there is then little else: a client that reads as fast as the sends come
                 # stays awake for them, rather than being woken once per send (on a VM,
                 # each wake-up costs the sender an interrupt to the other CPU).
-                writes = [(item, item.gathered() if type(item) is Cohort else item.gathered(made))
+                # (A cohort's write goes to the members it was gathered for: see _write_cohort.)
+                writes = [(item, (item.gathered(), tuple(item.conns)) if type(item) is Cohort
+                           else item.gathered(made))
                           for item in pending[start:start + FLUSH_SLICE] if item.parts]
                 for item, write in writes:
                     if type(item) is Cohort:
-                        self._write_cohort(item, write, now)
+                        self._write_cohort(item, write[0], now, write[1])
                     else:
                         self._write_gathered(item, write, now)
         finally:

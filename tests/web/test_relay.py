@@ -1772,6 +1772,30 @@ def test_a_stream_that_leaves_while_its_cohort_gathers_a_write_still_gets_it(red
         assert seqs == {a.job_id: [1, 2, 3, 4, 5], b.job_id: [1, 2, 3]}
 
 
+def test_a_stream_that_joins_a_cohort_in_the_slice_of_its_write_does_not_get_that_write_twice(
+        redis, clock):
+    """A review's finding: a stream on its own and a cohort in step with it gathered the same
+    entry, the stream first in the list (it had gathered an earlier one before the cohort
+    existed). Both writes were made before any was sent; the stream, written, joined the
+    cohort, and the cohort's write then went to it as well: the entry twice."""
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_delay=30.0, clock=clock, green=True)
+    a, b, held = in_step_streams(redis, relay, 2)
+    cohort = held[0][0].cohort
+    assert cohort is not None and held[1][0].cohort is cohort
+    alone, client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in alone.viewers), what="its history")
+    relay.deliver(a.job_id, write(a, 1, 2))   # seq 4, written at once: all three at a's 4
+    relay._leave(alone)                        # on its own again, as one back from its log
+    assert alone.cohort is None and cohort.in_step(alone)
+    relay.on_publications({b.job_id: write(b, 0, 1)})     # b's seq 3: gathered
+    assert set(relay._gathered) == {cohort, alone}
+    relay._gathered.sort(key=lambda item: item is cohort)  # the stream first, as it came
+    relay.flush_gathered()
+    green_wait(lambda: job_events(client.data)[-1:] == [(b.job_id, 3)], what="b's value")
+    for seqs in end_and_read_all(relay, [*held, (alone, client)], [a, b]):
+        assert seqs == {a.job_id: [1, 2, 3, 4, 5], b.job_id: [1, 2, 3, 4]}
+
+
 def test_a_heartbeat_never_names_entries_its_cohort_has_gathered_and_not_written(redis, clock):
     relay = Relay(PlayedBroker(redis), heartbeat=0.2, write_delay=5.0, clock=clock, green=True)
     a, b, held = in_step_streams(redis, relay, 2)
