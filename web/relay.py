@@ -905,8 +905,8 @@ class Relay:
                 # Recent history from memory: one write, no Redis round trip.
                 data, newest = kept
                 end = newest.terminal
-                self._write(v, data, end, cursor=newest.seq)
-                v.epoch = now
+                # (its epoch with its cursor: a multi-job stream's id names both)
+                self._write(v, data, end, cursor=newest.seq, epoch=now)
                 if values is not None:
                     v.values = values
                 if end:

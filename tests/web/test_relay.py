@@ -1666,6 +1666,25 @@ def test_a_multi_job_stream_resets_one_job_and_its_cursor_says_the_new_epoch(red
     assert not any(v.closed for v in conn.viewers)
 
 
+def test_a_multi_job_streams_cursor_names_the_epoch_a_catch_up_from_memory_went_on_into(
+        redis, relay):
+    """A review's finding: a job of a multi-job stream catching up from memory across a
+    retry's start (a new epoch that goes on from the old one) wrote its cursor as the new
+    seq of the old epoch, which a reconnect then took for a loss, and was reset."""
+    a, b = running_job(redis), running_job(redis)
+    conn, client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="both histories")
+    first = a.head().epoch
+    relay._catch_up(conn.viewers[0], b"", "quiet")   # a's viewer goes to the log (not run yet)
+    retry = JobLog(redis, a.job_id)
+    retry.started("w2", 2)                           # seq 3, a new epoch (after seq 2 of the first)
+    relay.deliver(a.job_id, a.page(2, 10)[0])        # kept in memory; the viewer is catching up
+    green_wait(lambda: not conn.viewers[0].slow, what="a's catch-up from memory")
+    ids = [e.id for e in parse_events(bytes(client.data), all_blocks=True) if e.id]
+    second = a.head().epoch
+    assert second != first and ids[-1].split(":")[1].split(".")[0] == f"3~{second}"
+
+
 def test_recent_entries_never_serve_another_incarnation():
     recent = RecentEntries()
     recent.subscription(True)
