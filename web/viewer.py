@@ -71,13 +71,14 @@ def drained_alive(sock: socket.socket) -> bool:
 class SocketSink:
     """A connection's OS socket, non-blocking, owned by the relay."""
 
-    __slots__ = ("sock", "green", "watcher")
+    __slots__ = ("sock", "green", "watcher", "waiting")
 
     def __init__(self, sock: socket.socket, *, green: bool = True):
         """Write to ``sock`` (non-blocking); wait for it with gevent when ``green``."""
         self.sock = sock
         self.green = green
         self.watcher = None  # the read watcher of on_peer_close
+        self.waiting = None  # the write watcher of a greenlet in wait_writable
 
     def send(self, data) -> int:
         """One non-blocking ``send()``."""
@@ -89,12 +90,19 @@ class SocketSink:
     def wait_writable(self, timeout: float | None = None) -> bool:
         """Wait for room in the socket's send buffer; False after ``timeout`` s without."""
         if self.green:
-            from gevent.socket import wait_write
+            from gevent import get_hub
+            from gevent.socket import wait
 
+            # gevent's wait_write, with the watcher kept: close() must wake this greenlet
+            # before the descriptor goes (see close()).
+            io = self.waiting = get_hub().loop.io(self.sock.fileno(), 2)  # 2: writable
             try:
-                wait_write(self.sock.fileno(), timeout=timeout, timeout_exc=socket.timeout)
+                wait(io, timeout=timeout, timeout_exc=socket.timeout)
             except socket.timeout:
                 return False
+            finally:
+                self.waiting = None
+                io.close()
             return True
         return bool(select.select([], [self.sock], [], timeout)[1])
 
@@ -137,10 +145,26 @@ class SocketSink:
         watcher.start(readable)
 
     def close(self) -> None:
-        """Close the connection (the read watcher first: its descriptor may be reused)."""
+        """Close the connection (the read watcher first: its descriptor may be reused).
+
+        A greenlet waiting to write to it (another job's write to a multi-job stream that is
+        cut) is woken first, with OSError (EBADF), and the descriptor closed only then:
+        libev aborts the process at an active watcher of a closed descriptor.
+        """
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+        waiting = self.waiting
+        if waiting is not None and waiting.callback is not None:
+            from gevent import get_hub
+            from gevent.socket import cancel_wait_ex
+
+            get_hub().cancel_waits_close_and_then([waiting], cancel_wait_ex, self._close_socket)
+            return
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        """Close the OS socket (once: a second close is a no-op)."""
         try:
             self.sock.close()
         except OSError:
@@ -247,7 +271,8 @@ class Connection:
     """One stream carrying several jobs: its sink, its resources, and its jobs in order."""
 
     __slots__ = ("sink", "chunked", "viewers", "digest", "lock", "resources", "retry",
-                 "last_write", "closed", "parts", "got", "writer", "ended_now", "cohort")
+                 "last_write", "took", "closed", "parts", "got", "writer", "ended_now",
+                 "cohort")
 
     def __init__(self, sink: Sink | None, digest: bytes, *, retry: int = 2000,
                  resources: tuple = ()):
@@ -264,6 +289,7 @@ class Connection:
         self.resources = resources
         self.retry = retry
         self.last_write = 0.0
+        self.took = 0.0  # when the client last took bytes of a write that waits for it
         self.closed = False
         # The write the relay gathers for it: the frames of its jobs, the viewer that writes
         # them (an ended job's, if any: the write then ends it) and the jobs it ends. Kept from

@@ -84,3 +84,47 @@ def test_the_write_that_ends_a_streams_last_job_ends_its_body_and_no_other():
     last, not_last = finished.gathered(made), going_on.gathered(made)
     assert last[0].endswith(LAST_CHUNK) and not not_last[0].endswith(LAST_CHUNK)
     assert last[2] == [finished.viewers[0]] and not_last[2] == [going_on.viewers[0]]
+
+
+CLOSED_WHILE_WAITING = """
+import errno, socket, gevent
+from jobcast.web.viewer import SocketSink
+
+ours, theirs = socket.socketpair()
+ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+ours.setblocking(False)
+try:
+    while True:
+        ours.send(b"x" * 4096)  # the client reads nothing: the next write waits
+except BlockingIOError:
+    pass
+sink, got = SocketSink(ours), []
+
+def writer():
+    try:
+        got.append(sink.wait_writable(5))
+    except OSError as exc:
+        got.append(exc.errno)
+
+waiting = gevent.spawn(writer)
+gevent.sleep(0.05)
+sink.close()        # the stream is cut while that write waits
+waiting.join(5)
+gevent.sleep(0.05)  # the loop turns on after the close
+assert got == [errno.EBADF], got
+assert ours.fileno() == -1
+print("ok")
+"""
+
+
+def test_a_socket_closed_while_a_greenlet_waits_to_write_wakes_it_and_the_process_lives():
+    """A review's finding, met in a test: a multi-job stream cut by one job while another
+    job's write waited for room closed the descriptor under gevent's write watcher, and libev
+    aborted the web process ("I/O watcher with invalid fd"). Run in a process of its own."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CLOSED_WHILE_WAITING], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
