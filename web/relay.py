@@ -1108,8 +1108,8 @@ class Relay:
         done), and must never name entries that are not out yet.
         """
         conn = v.conn
-        if conn is not None and not holding and not conn.lock.acquire(timeout=self.write_timeout):
-            raise WriteTimeout(v.job_id)
+        if conn is not None and not holding:
+            self._take_lock(v, conn)
         try:
             if cursor is not None:
                 v.cursor = cursor
@@ -1123,12 +1123,22 @@ class Relay:
                 n = v.sink.send(view)
                 if n:
                     view = view[n:]
+                    if conn is not None:
+                        conn.took = time.monotonic()  # (real time, as the waits are)
                 elif not v.sink.wait_writable(self.write_timeout):
                     raise WriteTimeout(v.job_id)
         finally:
             if conn is not None:
                 conn.last_write = self.clock()
                 conn.lock.release()
+
+    def _take_lock(self, v: Viewer, conn: Connection) -> None:
+        """Take ``conn``'s lock for ``v``'s write; WriteTimeout once its client has taken no
+        byte for the write timeout. Another job's write may hold it for long (a page of large
+        entries to a client that reads slowly): while its client takes bytes, it is reading."""
+        while not conn.lock.acquire(timeout=self.write_timeout):
+            if conn.closed or time.monotonic() - conn.took >= self.write_timeout:
+                raise WriteTimeout(v.job_id)
 
     # -- quiet streams, reconnects, shutdown -----------------------------------------------
 

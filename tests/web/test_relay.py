@@ -1087,6 +1087,48 @@ def test_a_job_a_multi_job_stream_gives_up_on_cuts_the_whole_stream(redis, clock
     assert not bytes(client.data).endswith(b"0\r\n\r\n")  # cut, not ended
 
 
+def test_a_job_waiting_for_another_jobs_long_write_to_a_client_that_reads_is_not_cut(
+        redis, clock):
+    """A review's finding: a job of a multi-job stream that waited for the connection longer
+    than the write timeout, while another job's catch-up wrote a long page to a client that
+    reads slowly but reads, was taken for a client that reads nothing: the stream was cut,
+    and every reconnect met the same page."""
+    relay = Relay(PlayedBroker(redis), heartbeat=5, write_timeout=0.5, clock=clock, green=True)
+    a, b = running_job(redis), running_job(redis)
+    write(a, 0, 40, size=4000)                      # a's history: about 160 KB
+    conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
+    va, vb = conn.viewers
+    green_wait(lambda: relay._catching and conn.lock.locked(), what="a's catch-up writing")
+    b.value(0, 0)  # logged, its announcement lost: b's catch-up must write it, after a's page
+    relay.recent.lost([b.job_id])
+
+    def slow_reader() -> None:
+        """Reads 4 KB every 50 ms: about 2 s for a's history, four write timeouts."""
+        while True:
+            try:
+                chunk = client.sock.recv(4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                client.eof = True
+                return
+            client.data += chunk
+            time.sleep(0.05)
+
+    reader = threading.Thread(target=slow_reader, daemon=True)
+    reader.start()
+    try:
+        relay._catch_up(vb, b"", "quiet")
+        green_wait(lambda: has_read(client, b.job_id, 3) or client.eof, timeout=30,
+                   what="b's value, after a's page")
+        assert not conn.closed and not client.eof
+        got = job_events(client.data)
+        assert [s for j, s in got if j == a.job_id][-1] == 42 and (b.job_id, 3) in got
+    finally:
+        client.sock.shutdown(socket.SHUT_RDWR)  # the reader's recv returns: it ends
+        reader.join(10)
+
+
 def test_a_partial_gathered_write_whose_client_then_leaves_ends_every_job_of_it(redis, clock):
     # The rest of a partial write goes to the writer's catch-up, with the connection's lock;
     # the client then leaves. The lock is given back once (a threaded server's lock raises on
