@@ -198,7 +198,9 @@ def earlier_values(job_id: str):
 @returns(TaskList)
 def list_tasks():
     """The registered tasks with their parameters' JSON schema."""
-    return reply(TaskList(tasks=[Task(name=t.name, description=t.description, params=t.schema())
+    caps = state().config.caps()  # the maxima this server checks, not only the task's own
+    return reply(TaskList(tasks=[Task(name=t.name, description=t.description,
+                                      params=t.schema(caps))
                                  for t in all_tasks().values()]))
 
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from werkzeug.routing import Rule
 
 from jobcast.core.registry import all_tasks
+from jobcast.core.task import cap_schema
 from jobcast.core.settings import Settings
 from jobcast.web.links import PARAM
 from jobcast.web.models import Error, JobRequest
@@ -108,18 +109,6 @@ class Components:
         return {"$ref": REF.format(model=name)}
 
 
-def capped(schema: dict[str, Any], task: str, cfg: Settings) -> None:
-    """Lower the numeric maxima of a task's parameter schema to this server's caps."""
-    caps = cfg.caps()
-    for pname, prop in schema.get("properties", {}).items():
-        cap = caps.get(f"{task}.{pname}", caps.get(pname))
-        if cap is not None and prop.get("type") in ("integer", "number"):
-            high = prop.get("maximum")
-            prop["maximum"] = cap if high is None else min(high, cap)
-            if prop["type"] == "integer":
-                prop["maximum"] = int(prop["maximum"])
-
-
 def job_requests(components: Components, cfg: Settings) -> dict[str, Any]:
     """The create body: JobRequest once per registered task, naming it, with its parameters
     (their pydantic schema, with this server's caps as maxima); JobRequest alone where the
@@ -130,7 +119,7 @@ def job_requests(components: Components, cfg: Settings) -> dict[str, Any]:
     requests = []
     for name, spec in sorted(all_tasks().items()):
         params = components.ref(spec.model, "validation")
-        capped(components.schemas[spec.model.__name__], name, cfg)
+        cap_schema(components.schemas[spec.model.__name__], name, cfg.caps())
         requests.append({**envelope, "title": f"{name} job", "properties": {
             **envelope["properties"], "task": {"const": name}, "params": params}})
     return {"oneOf": requests} if requests else components.ref(JobRequest, "validation")

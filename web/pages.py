@@ -96,7 +96,8 @@ def form_fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
 def index():
     """Recent jobs with their status, progress and age, and a form to start a job."""
     tasks = all_tasks()
-    forms = {name: form_fields(t.schema()) for name, t in tasks.items()}
+    caps = state().config.caps()  # the form offers what the API accepts on this server
+    forms = {name: form_fields(t.schema(caps)) for name, t in tasks.items()}
     now = time.time()
     jobs = [job.model_dump() for job in state().logs.recent(50)]
     for job in jobs:

@@ -73,9 +73,25 @@ class Task:
             return self.func(**params, start=start)
         return self.func(**params)
 
-    def schema(self) -> dict[str, Any]:
-        """JSON schema of the parameters (drives the web form)."""
-        return self.model.model_json_schema()
+    def schema(self, caps: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """JSON schema of the parameters (drives the web form); with ``caps`` (a server's
+        JOBCAST_PARAM_CAPS, ``{"name" or "task.name": limit}``) the numeric maxima are the
+        server's, as its API checks them."""
+        schema = self.model.model_json_schema()
+        if caps:
+            cap_schema(schema, self.name, caps)
+        return schema
+
+
+def cap_schema(schema: dict[str, Any], task_name: str, caps: Mapping[str, float]) -> None:
+    """Lower the numeric maxima of ``task_name``'s parameter schema to ``caps``, in place."""
+    for pname, prop in schema.get("properties", {}).items():
+        cap = caps.get(f"{task_name}.{pname}", caps.get(pname))
+        if cap is not None and prop.get("type") in ("integer", "number"):
+            high = prop.get("maximum")
+            prop["maximum"] = cap if high is None else min(high, cap)
+            if prop["type"] == "integer":
+                prop["maximum"] = int(prop["maximum"])
 
 
 def task(name: str | None = None, *, total: Callable[[dict], int | None] | None = None,

@@ -160,6 +160,10 @@ def test_tasks_endpoint_describes_parameters_with_bounds(client):
     assert {"sqrt", "clock", "pi"} <= set(tasks)
     n = tasks["sqrt"]["params"]["properties"]["n"]
     assert (n["type"], n["default"], n["minimum"]) == ("integer", 500, 0)
+    # A review's finding: the maximum was the task's own (1,000,000), not this server's cap
+    # (JOBCAST_PARAM_CAPS, n=100000), which creating a job checks and the OpenAPI document says.
+    assert n["maximum"] == 100000
+    assert client.post("/api/jobs", json={"task": "sqrt", "params": {"n": 100001}}).status_code == 400
 
 
 def test_home_page_lists_jobs_and_offers_a_form(client, config, redis):
