@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -239,6 +240,21 @@ class Settings(BaseSettings):
         """Refuse a malformed ``redis+sentinel://`` URL at start-up (redis-py has no such
         scheme, so it would fail only at the first command)."""
         return check_redis_url(value) if value else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        """An http(s) URL with a host: the CLI prints job URLs under it, and the web answers its
+        host without a token. Refused at start-up, naming the variable, not at the first use."""
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (ValueError when out of range)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"JOBCAST_URL={value!r} is invalid: expected http://host[:port][/path] "
+                             "or https://…")
+        return value
 
     @field_validator("param_caps")
     @classmethod

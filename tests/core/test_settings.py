@@ -143,3 +143,12 @@ def test_the_readme_documents_every_setting_with_its_default():
             continue  # an empty default is described in words ("the token")
         assert quoted and quoted[0] == shown(field.default), \
             f"README gives {var} the default {default_cell!r}, Settings {shown(field.default)!r}"
+
+
+@pytest.mark.parametrize("bad", ["localhost:8000", "ftp://host", "http://", "http://h:99999"])
+def test_a_public_url_that_is_not_an_http_url_stops_start_up_naming_jobcast_url(monkeypatch, bad):
+    """A review's finding: JOBCAST_URL was never checked; `jobcast follow` then blamed a
+    --url the user never gave, and `jobcast enqueue` printed a URL no browser opens."""
+    monkeypatch.setenv("JOBCAST_URL", bad)
+    with pytest.raises(ValidationError, match="JOBCAST_URL"):
+        Settings()
