@@ -20,6 +20,7 @@ recent exit, up to ``max_backoff``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -418,7 +419,11 @@ class Supervisor:
                 time.sleep(1.2)  # RQ ignores a second signal within a second of the first
             for s in due:
                 if s.alive():
-                    s.proc.send_signal(s.stop_signals[k])
+                    # os.kill, not Popen.send_signal: that reaps a leader that has just exited
+                    # (it polls first), and reap() would then leave what is left in its session.
+                    # Unreaped, the pid is still the leader's (a zombie takes the signal).
+                    with contextlib.suppress(ProcessLookupError):  # (reaped by another)
+                        os.kill(s.proc.pid, s.stop_signals[k])
         deadline = time.monotonic() + timeout
         for s in services:
             try:

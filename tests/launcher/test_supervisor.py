@@ -4,6 +4,7 @@ real (tiny) child processes."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import signal
 import sys
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 from jobcast.launcher.supervisor import (Printer, RestartPolicy, Service, ServiceFailed, Supervisor,
-                                 describe_exit, session_members)
+                                 describe_exit, has_exited, session_members)
 from jobcast.launcher.up import HOUSEKEEPING
 from tests.support.wait import wait_for
 
@@ -151,6 +152,23 @@ def test_a_dead_services_session_is_killed_while_its_exited_leader_still_holds_t
     svc.stop_signals = (signal.SIGKILL,)
     supervisor.stop([svc], timeout=5)
     assert states == [b"Z", b"Z"] and svc.state == "stopped"
+
+
+def test_stop_kills_what_a_leader_left_when_it_exits_just_before_its_stop_signal(supervisor):
+    """A review's finding: the stop signal went through Popen.send_signal, which polls first
+    and so reaps a leader that exited since alive() said it lived; reap() then took the
+    session for dealt with, and what the leader left in it lived on."""
+    svc = supervisor.add(Service("quick.1", sh("sleep 300 & echo left $!; exec sleep 300")))
+    supervisor.start([svc])
+    left = int(wait_for(lambda: re.search(r"left (\d+)", supervisor.out.getvalue()), 10).group(1))
+    leader = svc.pid
+    os.kill(leader, signal.SIGKILL)              # the leader exits ...
+    wait_for(lambda: has_exited(svc.proc), 5, what="the leader to exit")
+    svc.alive = lambda: True                     # ... just after alive() said it lived
+    supervisor.stop([svc], timeout=5)
+    del svc.alive
+    assert svc.state == "stopped"
+    wait_for(lambda: left not in session_members(leader), 5, what="what it left to be killed")
 
 
 def test_stopping_a_service_that_waits_to_restart_kills_nothing_by_its_reaped_id(monkeypatch):
