@@ -276,6 +276,10 @@ class LifecycleMixin:
                 job.cancel()
             except InvalidJobOperation:
                 pass  # already filed as canceled (the cancel request got there first)
+            except RedisError as exc:
+                # Its log says cancelled; RQ's registry is only late. Raised here, it would end
+                # a non-forking worker ("unhandled exception, quitting") and every job behind.
+                log.warning("jobcast: could not file job %s as canceled in RQ: %s", job.id, exc)
         return result
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage) -> None:

@@ -113,6 +113,27 @@ def test_a_job_cancelled_on_a_non_forking_worker_stops_at_its_next_value(redis, 
     assert job.get_status() == JobStatus.CANCELED
 
 
+def test_a_redis_error_filing_a_cancelled_job_in_rq_does_not_stop_the_worker(redis, in_process,
+                                                                           monkeypatch):
+    """A review's finding: the hook files a job cancelled under a non-forking worker as RQ's
+    canceled (Job.cancel); a Redis error there escaped RQ's failure handling, and the worker
+    quit with every job behind it waiting."""
+    monkeypatch.setenv("JOBCAST_QUEUES", "*")
+    get_settings.cache_clear()
+
+    def unanswered(self, *args, **kwargs):
+        """Redis does not answer."""
+        raise RedisConnectionError("Redis went away for a moment")
+
+    monkeypatch.setattr(Job, "cancel", unanswered)
+    queue = Queue(f"emit-faults-{os.getpid()}-{uuid.uuid4().hex[:6]}", connection=redis)
+    cancelled = queue.enqueue(cancelled_at, 10, 2)
+    after = queue.enqueue(tolerant, ["a"])
+    SimpleWorker([queue], connection=redis).work(burst=True)
+    assert list(JobLog(redis, cancelled.id).entries())[-1].kind == "cancelled"
+    assert Job.fetch(after.id, connection=redis).get_status() == JobStatus.FINISHED
+
+
 def test_values_redis_failed_to_take_twice_in_a_row_are_all_logged_in_order(redis, in_process,
                                                                             monkeypatch):
     """A review's finding: when the resend of a held value failed too, the value of that call
