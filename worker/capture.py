@@ -25,8 +25,12 @@ after 200 ms (see :mod:`jobcast.worker.lines`). A flush thread sends the admitte
 100 ms, one pipelined round trip for many lines.
 
 Order: :func:`before_value` (called by ``emit()`` and the runner before each value) flushes what
-the job printed and sends it first, so a line printed before a value has a lower seq. Locks are
-always taken ``send_lock`` then ``lock``; no thread holds ``lock`` across a write that can block.
+the job printed and sends it first, so a line printed before a value has a lower seq; when those
+lines wait for a retry (Redis did not take them), it raises, and the value waits too. A value
+that ``emit()`` holds while Redis is away puts a mark in the queue (:func:`hold`): the lines
+printed after it wait behind the mark until the value is written (:func:`release`), so they
+never come before it. Locks are always taken ``send_lock`` then ``lock``; no thread holds
+``lock`` across a write that can block.
 
 One job runs in a process at a time, so the active capture is module state (:func:`current`).
 
@@ -51,7 +55,8 @@ import threading
 import time
 from typing import IO, Callable, Iterator
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
@@ -73,6 +78,8 @@ DRAIN_MAX = 1 << 20
 BACKLOG_BYTES = 2 << 20
 """Bytes of lines waiting to be sent before more are dropped (Redis is slow or away)."""
 JOIN_TIMEOUT = 2.0
+HOLD = OutputLine("hold", "", 0.0)
+"""The mark of a held value in the queue of lines (:meth:`Capture.hold`): never sent."""
 EXCLUDED_LOGGERS = ("rq", "redis", "jobcast")
 """Loggers whose records are the worker's own, never the job's."""
 
@@ -93,6 +100,21 @@ def before_value() -> None:
     capture = _current
     if capture is not None:
         capture.before_value()
+
+
+def hold() -> None:
+    """A value could not be logged and is held (``emit()``): what the job prints from now on
+    waits until it is written (:func:`release`); a no-op without a capture."""
+    capture = _current
+    if capture is not None:
+        capture.hold()
+
+
+def release() -> None:
+    """The oldest held value has been logged: the lines printed after it may go."""
+    capture = _current
+    if capture is not None:
+        capture.release()
 
 
 def set_attempt(attempt: int, jlog: JobLog | None = None) -> None:
@@ -334,23 +356,48 @@ class Capture:
                     self.source.drain()
 
     def before_value(self) -> None:
-        """Send everything printed so far, before the value about to be logged."""
+        """Send everything printed so far (up to a held value's mark), before the value about
+        to be logged; RedisError when those lines wait for a retry: the value must wait too."""
         if self.closed or os.getpid() != self.pid:
             return
         self.barrier()
         self.send()
+        if self.retry:
+            raise RedisConnectionError(f"the output of job {self.job_id} before this value "
+                                       "waits for Redis")
+
+    def hold(self) -> None:
+        """Mark the queue where a held value belongs: the lines after the mark wait for it."""
+        with self.lock:
+            self.pending.append(HOLD)
+
+    def release(self) -> None:
+        """The oldest held value is logged: drop its mark (the lines after it may go)."""
+        with self.lock:
+            for k, line in enumerate(self.pending):
+                if line is HOLD:
+                    del self.pending[k]
+                    return
 
     def send(self, final: bool = False) -> None:
         """Send the queued lines, in order, in pipelined batches; echo them on the console.
 
-        Lines wait while the attempt is unknown. A failed send is tried once more (at the
-        next tick), then its lines are counted as lost; ``final`` tries once.
+        Lines wait while the attempt is unknown, and behind the mark of a held value (but
+        for the ``final`` send, which drops the marks). A failed send is tried once more (at
+        the next tick), then its lines are counted as lost; ``final`` tries once.
         """
         with self.send_lock:
             with self.lock:
+                if final:
+                    self.pending = [line for line in self.pending if line is not HOLD]
                 if self.attempt is None or not self.pending:
                     return
-                batch, self.pending, self.pending_bytes = self.pending, [], 0
+                cut = next((k for k, line in enumerate(self.pending) if line is HOLD),
+                           len(self.pending))
+                if not cut:
+                    return
+                batch, self.pending = self.pending[:cut], self.pending[cut:]
+                self.pending_bytes = sum(line.size for line in self.pending)
             if self.echo:
                 # (a batch sent again after a failure was printed the first time)
                 self.echo_lines([line for line in batch if not line.echoed])
@@ -378,7 +425,8 @@ class Capture:
                         "entries): its output is no longer logged and the attempt will not "
                         "finish", self.job_id)
             return False
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
+            # (A Cluster's "slot not covered" and the like are no RedisError.)
             if final or self.retry:
                 self.retry = False
                 lost = len(lines) + len(rest)
@@ -394,16 +442,25 @@ class Capture:
                         self.pending_bytes += notice.size
             else:
                 self.retry = True
-                with self.lock:
-                    self.pending[:0] = lines + rest
-                    self.pending_bytes += sum(line.size for line in lines + rest)
+                self._put_back(lines + rest)
             return False
+        except BaseException:
+            # Anything else (the job's timeout, raised in its thread mid-send): the lines are
+            # not lost untold; they go at the next send, or the last.
+            self._put_back(lines + rest)
+            raise
         self.retry = False
         if any(seq in (-1, -2, -5) for seq in seqs):
             # The job has ended (cancelled, or failed by the watchdog) or its log is gone.
             self.ended = True
             return False
         return True
+
+    def _put_back(self, lines: list[OutputLine]) -> None:
+        """Queue ``lines`` again, first (they were taken for a send that did not go)."""
+        with self.lock:
+            self.pending[:0] = lines
+            self.pending_bytes += sum(line.size for line in lines)
 
     def echo_lines(self, lines: list[OutputLine]) -> None:
         """Print ``lines`` on the worker's console, each after the job's id: stdout's on its

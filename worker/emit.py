@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from rq import get_current_job
 from rq.job import Job
 
@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 STATE_ATTR = "_jobcast_emit"
 HOOKED_ATTR = "_jobcast_hooked"
 
+
+REDIS_ERRORS = (RedisError, RedisClusterException)
+"""What a write raises when Redis does not take it (a Cluster's "slot not covered" and the like
+are no RedisError)."""
 
 MAX_UNSENT = 1000
 """Values a run may hold while Redis is away (each emit() raises meanwhile); past it, emit()
@@ -168,7 +172,7 @@ def emit(value: Any, total: int | None = None) -> int | None:
     if state.dropped:
         # A value before this one was not even held: this one cannot take its index, and
         # the run will not finish (the held ones before it are still sent, in order).
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             _send_held(job, state)
         state.dropped += 1
         raise ValuesUnsent(job.id, len(state.unsent) + state.dropped)
@@ -179,16 +183,18 @@ def emit(value: Any, total: int | None = None) -> int | None:
         # untold. While Redis is still away, this value waits behind them.
         try:
             _send_held(job, state)
-        except RedisError:
+        except REDIS_ERRORS:
             _hold(job, state, index, value, total)
             raise
     state.next += 1
-    capture.before_value()  # what the job printed before this value is logged before it
     try:
+        # What the job printed before this value is logged before it (RedisError while those
+        # lines wait for Redis: the value then waits too, behind them).
+        capture.before_value()
         return _write(job, state, index, value, total)
     except LogReset:
         raise  # the attempt is over: RQ retries or fails it
-    except RedisError:
+    except REDIS_ERRORS:
         state.next = index
         _hold(job, state, index, value, total)
         raise
@@ -209,6 +215,7 @@ def _hold(job: Job, state: EmitState, index: int, value: Any, total: int | None)
         state.dropped += 1
         raise ValuesUnsent(job.id, len(state.unsent) + state.dropped)
     state.unsent.append((index, prepared, total))
+    capture.hold()  # what the job prints from now on waits for it
     state.next = index + 1
 
 
@@ -221,17 +228,20 @@ def send_unsent(job: Job) -> None:
         return
     try:
         _send_held(job, state)
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise ValuesUnsent(job.id, len(state.unsent) + state.dropped) from exc
     if state.dropped:
         raise ValuesUnsent(job.id, state.dropped)
 
 
 def _send_held(job: Job, state: EmitState) -> None:
-    """Send the held values in order; a RedisError leaves the rest held."""
+    """Send the held values in order, each after the lines printed before it and before those
+    printed after it (:func:`jobcast.worker.capture.hold`); a RedisError leaves the rest held."""
     while state.unsent:
+        capture.before_value()
         _write(job, state, *state.unsent[0])
         del state.unsent[0]
+        capture.release()
 
 
 def _write(job: Job, state: EmitState, index: int, value: Any, total: int | None) -> int | None:

@@ -184,13 +184,14 @@ class LifecycleMixin:
         retries the job by its retries left, and ``finished`` is never logged. A job that
         raised is on that path already.
         """
-        reset = capture.seal()
         # RQ marks a job that raised FAILED before this call: raising then would escape its
         # failure path (and end a work-horse without logging the job's end).
         returned = job.get_status(refresh=False) != JobStatus.FAILED
         unsent: ValuesUnsent | None = None
-        if returned and not reset and not is_runner(job):
-            # Values emit() could not write while Redis was away go now; a run that cannot
+        reset = False
+        if returned and not is_runner(job):
+            # Values emit() could not write while Redis was away go now, each between the
+            # lines printed before and after it (the capture is still open); a run that cannot
             # send them fails (and is retried, as RQ decides) rather than finish without them.
             try:
                 send_unsent(job)
@@ -198,6 +199,7 @@ class LifecycleMixin:
                 unsent = exc
             except LogReset:
                 reset = True
+        reset = capture.seal() or reset
         began = began_log(job)
         if returned and not reset and not is_runner(job) and began is not None:
             # A failover may also have lost the job's last values, with nothing written since:

@@ -4,11 +4,13 @@ non-forking worker in this process, on the session's real redis-server."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import SlotNotCoveredError
 from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
 
@@ -254,3 +256,72 @@ def test_no_value_takes_the_index_of_one_that_could_not_even_be_held(
     assert job.return_value() is None  # the run failed
     assert values(entries) == [(0, "a"), (1, "b")]  # held, sent, and nothing at c's index
     assert entries[-1].kind == "failed" and "ValuesUnsent" in entries[-1].data["reason"]
+
+
+def prints_around(values: list, work: float = 0.0) -> list:
+    """For each value: print ``before <v>``, emit it (going on past an emit() that raises),
+    print ``after <v>``, then work for ``work`` seconds."""
+    got = []
+    for value in values:
+        print(f"before {value}", flush=True)
+        try:
+            got.append(emit(value))
+        except Exception as exc:  # noqa: BLE001 (what a tolerant job does)
+            got.append(type(exc).__name__)
+        print(f"after {value}", flush=True)
+        time.sleep(work)  # the job's own work, meanwhile the capture's flush thread sends
+    return got
+
+
+def order(entries) -> list[str]:
+    """The job's printed lines and values, in the log's order (by seq)."""
+    return [e.data["text"] if e.kind == "log" else f"value {e.text}"
+            for e in sorted(entries, key=lambda e: e.seq) if e.kind in ("log", "value")]
+
+
+@pytest.mark.parametrize("landed, error", [
+    (False, RedisConnectionError), (True, RedisConnectionError),
+    # A Cluster's refusal is no RedisError: the batch was dropped untold, every value after
+    # it refused, and the job finished.
+    (False, SlotNotCoveredError),
+], ids=["not written", "reply lost", "slot not covered"])
+def test_lines_printed_before_a_value_stay_before_it_when_redis_fails_to_take_them(
+        redis, in_process, monkeypatch, landed, error):
+    """A review's finding: when the send of the lines printed before a value failed, they
+    were queued again and the value written at once, before them (and when that send had
+    landed, its reply lost, the value's write made the lines' resend look new: twice)."""
+    real = JobLog._append_calls
+    failed = []
+
+    def flaky(self, script, calls):
+        """The first send of the job's output fails."""
+        if not failed:
+            failed.append(1)
+            if landed:
+                real(self, script, calls)
+            raise error("Redis went away for a moment")
+        return real(self, script, calls)
+
+    monkeypatch.setattr(JobLog, "_append_calls", flaky)
+    job, entries = run(redis, prints_around, ["a", "b"])
+    assert order(entries) == ["before a", "value a", "after a", "before b", "value b", "after b"]
+    assert entries[-1].kind == "finished"
+
+
+def test_lines_printed_after_a_held_value_never_come_before_it(redis, in_process, monkeypatch):
+    """A review's finding: a value Redis did not take waits for the next emit(), but the
+    lines printed after it were sent meanwhile, and came before it in the log."""
+    real = JobLog.value
+    failed = []
+
+    def flaky(self, index, value, total=None):
+        """The first value's first write fails."""
+        if index == 0 and not failed:
+            failed.append(index)
+            raise RedisConnectionError("Redis went away for a moment")
+        return real(self, index, value, total)
+
+    monkeypatch.setattr(JobLog, "value", flaky)
+    job, entries = run(redis, prints_around, ["a", "b"], 0.3)  # three ticks of the flush thread
+    assert order(entries) == ["before a", "value a", "after a", "before b", "value b", "after b"]
+    assert entries[-1].kind == "finished"
