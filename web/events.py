@@ -67,7 +67,7 @@ from jobcast.web.handover import can_take
 from jobcast.web.limits import client_address
 from jobcast.web.security import Forbidden, Unauthorized
 from jobcast.web.services import state
-from jobcast.web.surface import Answer, jobs_scoped, long_query, stream
+from jobcast.web.surface import SEQ, Answer, jobs_scoped, long_query, stream
 from jobcast.web.viewer import Connection, QueueSink, Viewer, ViewerState
 
 bp = Blueprint("events", __name__)
@@ -230,19 +230,22 @@ def _event(name: str, data: dict) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (name.encode(), event_data(data))
 
 
+LIST_N = "(500|[1-4][0-9]{2}|[1-9][0-9]?)"
+"""``list=<n>``: 1 to LIST_MAX (500), as a pattern (the document's, checked in tests)."""
+
 JOB_ARG = {"name": "job", "in": "query", "required": False, "explode": True, "style": "form",
            "description": f"a job, repeated (1 to {MAX_JOBS}, in order): <id>, <id>:<seq> "
                           "or <id>:<seq>~<epoch> (resume after seq) or <id>~<n> (its last n "
                           "values)",
            "schema": {"type": "array", "maxItems": MAX_JOBS,
                       "items": {"type": "string",
-                                "pattern": "^[A-Za-z0-9_-]{1,128}(:[0-9]{1,16}(~[A-Za-z0-9_-]{1,16})?"
-                                           "|~[0-9]{1,16})?$"}}}
+                                "pattern": f"^[A-Za-z0-9_-]{{1,128}}(:{SEQ}(~[A-Za-z0-9_-]{{1,16}})?"
+                                           f"|~{SEQ})?$"}}}
 LIST_ARG = {"name": "list", "in": "query", "required": False,
             "description": f"also the job list: <n> (a snapshot of the newest n, 1 to {LIST_MAX}, "
                            "then every change), or <n>:<seq>[~<epoch>] to resume it",
             "schema": {"type": "string",
-                       "pattern": "^[0-9]{1,4}(:[0-9]{1,16}(~[A-Za-z0-9_-]{1,16})?)?$"}}
+                       "pattern": f"^{LIST_N}(:{SEQ}(~[A-Za-z0-9_-]{{1,16}})?)?$"}}
 CURSOR_ARG = {"name": "Last-Event-ID", "in": "header", "required": False,
               "description": "the last id received (<digest>:<seq>[~<epoch>].<seq>[~<epoch>]…): "
                              "resumes every job",

@@ -206,7 +206,9 @@ def stream(transport: Transport, *args: Arg, model: type[BaseModel] | None = Non
 # The stream parameters, as jobcast.web.admission.StreamRequest.parse reads them.
 START = IntArg("start", "skip the first K values (to resume)")
 TAIL = IntArg("tail", "begin with the last N values (0: live only)")
-POSITION = "^[0-9]{1,16}(:[A-Za-z0-9_-]{1,16})?$"
+SEQ = "[0-9]{1,15}"
+"""A seq as the document allows it: 15 digits at most, under the 2**53 the server takes."""
+POSITION = f"^{SEQ}(:[A-Za-z0-9_-]{{1,16}})?$"
 """A position in a job's log: ``<seq>:<epoch>`` (an SSE id), or ``<seq>`` alone."""
 AFTER = {"name": "after", "in": "query", "required": False,
          "description": "resume after this entry: <seq>:<epoch> (an SSE id), or <seq>",

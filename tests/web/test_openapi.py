@@ -169,3 +169,26 @@ def test_each_operation_documents_every_argument_it_reads_and_every_refusal(make
     # Any request may carry a body, late or over the limit (BodyLimits refuses it on any route).
     cancel = paths["/api/jobs/{job_id}/cancel"]["post"]["responses"]
     assert {"408", "413"} <= set(cancel)
+
+
+def test_the_documents_patterns_take_only_what_the_server_takes(make_app, config):
+    """A review's finding: the patterns allowed list=0 and list=501..9999, and seqs over
+    2**53, which the server answers with 400: a client true to the document was refused."""
+    import re
+
+    from jobcast.web.admission import MAX_SEQ
+    from jobcast.web.events import LIST_MAX
+    from jobcast.web.openapi import document
+
+    app = make_app({"JOBCAST": config})
+    with app.app_context():
+        paths = document(app, app.extensions["jobcast"].config)["paths"]
+    params = {p["name"]: p["schema"] for p in paths["/events"]["get"]["parameters"]}
+    listed = re.compile(params["list"]["pattern"])
+    assert [n for n in range(0, 10_000) if listed.match(str(n))] == list(range(1, LIST_MAX + 1))
+    after = re.compile({p["name"]: p["schema"] for p in
+                        paths["/jobs/{job_id}/events"]["get"]["parameters"]}["after"]["pattern"])
+    job = re.compile(params["job"]["items"]["pattern"])
+    for seq in (MAX_SEQ + 1, 10 ** 16 - 1):
+        assert not after.match(str(seq)) and not job.match(f"abc:{seq}")
+    assert after.match(str(10 ** 15 - 1)) and job.match(f"abc:{10 ** 15 - 1}~Ep0ch")
