@@ -309,8 +309,8 @@ class FastPath:
         route = self._route(url.path)
         if route is None:
             return None
-        if not self.st.config.token and not local_host(seen.host.strip(" \t"), self.st.config):
-            return None  # another site's name, on a server without a token: Flask's 400
+        if not local_host(seen.host.strip(" \t"), self.st.config):
+            return None  # another site's name (reads are public here): Flask's 400
         transport, job_id = route
         pairs = parse_qsl(query, keep_blank_values=True)
         args = dict(pairs)

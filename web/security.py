@@ -16,13 +16,13 @@ Links and session cookies are signed with ``JOBCAST_SECRET`` or a generated key
 (a wrong bearer token, a wrong token in the form) more than ``JOBCAST_AUTH_FAILURES`` times a
 minute gets 429 until its next attempt is due, whatever it sends.
 
-A server without a token is open to whoever reaches it, which by default is this machine
-only (``jobcast web`` listens on 127.0.0.1). Two things keep other sites' pages in a browser on
-this machine out (:func:`guard`): it answers only a ``Host`` that a local client or its own
-URL would send (:func:`local_host`), so a name an attacker points at 127.0.0.1 (DNS rebinding)
-gets 400; and it refuses a change (``POST``) that a page of another site makes (CSRF), as the
-browser tells (:func:`cross_site`). With a token, a change needs the bearer header, which no
-other site's page can send.
+A server without a token (or one whose reads are public) is open to whoever reaches it,
+which by default is this machine only (``jobcast web`` listens on 127.0.0.1). Two things keep
+other sites' pages in a browser on this machine out (:func:`guard`): it answers only a ``Host``
+that a local client or its own URL would send (:func:`local_host`), so a name an attacker
+points at 127.0.0.1 (DNS rebinding) gets 400; and, without a token, it refuses a change
+(``POST``) that a page of another site makes (CSRF), as the browser tells (:func:`cross_site`).
+With a token, a change needs the bearer header, which no other site's page can send.
 
 Each view declares who may call it (:mod:`jobcast.web.surface`: ``@public``, ``@private``,
 ``@job_scoped``, ``@token_required``), and the check runs before every request (:func:`guard`),
@@ -210,22 +210,33 @@ def local_host(host: str, cfg: Settings) -> bool:
         pass
     if "." not in name or name.endswith(".localhost"):
         return True
-    allowed = {n.strip().lower() for n in cfg.allowed_hosts.split(",") if n.strip()}
-    return ("*" in allowed or name in allowed
-            or name == (urlsplit(cfg.public_url).hostname or "").lower())
+    return name in allowed_names(cfg) or "*" in {n.strip() for n in cfg.allowed_hosts.split(",")}
+
+
+def allowed_names(cfg: Settings) -> set[str]:
+    """The host names JOBCAST_ALLOWED_HOSTS and JOBCAST_URL name (a port given is dropped)."""
+    names = {urlsplit(cfg.public_url).hostname or ""}
+    for item in cfg.allowed_hosts.split(","):
+        try:
+            names.add(urlsplit(f"//{item.strip()}").hostname or "")
+        except ValueError:
+            continue
+    return names - {""}
 
 
 def guard() -> Response | None:
     """Before every request: refuse what the routed view's declared access does not allow."""
     cfg = config()
-    if not cfg.token:
-        # Open to whoever reaches it: never to another site's pages (see the module's doc).
+    if not cfg.token or cfg.read_mode == "public":
+        # Open to whoever reaches it (to read, or to change too): never to another site's
+        # pages (see the module's doc).
         if not local_host(request.host, cfg):
-            raise BadParam("Host", f"this server has no token, and answers only its own "
-                                   f"names (localhost, an IP address, a name without a dot, "
-                                   f"the host of JOBCAST_URL), not {request.host[:100]!r}: "
-                                   f"name it in JOBCAST_ALLOWED_HOSTS, or set JOBCAST_TOKEN")
-        if request.method not in ("GET", "HEAD", "OPTIONS") and cross_site():
+            raise BadParam("Host", f"this server is open to whoever reaches it, and answers "
+                                   f"only its own names (localhost, an IP address, a name "
+                                   f"without a dot, the host of JOBCAST_URL), not "
+                                   f"{request.host[:100]!r}: name it in JOBCAST_URL or "
+                                   f"JOBCAST_ALLOWED_HOSTS")
+        if not cfg.token and request.method not in ("GET", "HEAD", "OPTIONS") and cross_site():
             raise Forbidden(CROSS_SITE, "a change from another site's page is refused "
                                           "(this server has no token)")
     declaration = declaration_of(request.endpoint)

@@ -10,9 +10,10 @@
 -- A feed has many writers, and one that wrote none of the lost items cannot see the loss by
 -- its own seqs: it would number its items with seqs that pages already had. So the feed also
 -- keeps the replication id of the Redis that wrote it (`rid`, INFO's master_replid). A
--- promoted replica, or a primary restarted without its data, has another one: the first item
--- it takes begins a new epoch, whoever writes it. (A primary also takes a new id when its
--- first replica attaches; that epoch is spurious, and costs pages one fresh snapshot.)
+-- promoted replica has another one: the first item it takes begins a new epoch, whoever
+-- writes it. So does a restarted primary (a new id, whether its data survived or not), and a
+-- primary whose first replica attaches, or reattaches after repl-backlog-ttl: those epochs
+-- are spurious, and each costs pages one fresh snapshot.
 local info = redis.pcall('INFO', 'replication')
 local rid = type(info) == 'string' and string.match(info, 'master_replid:(%w+)') or nil
 local was = redis.call('HGET', KEYS[1], 'rid')

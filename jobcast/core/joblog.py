@@ -760,7 +760,10 @@ class JobLog:
                 self.script_args(kind, body, ts=ts) for kind, body, ts in entries[len(resent):]]
             try:
                 seqs = self._append_calls(script, calls)
-            except RedisError:
+            except BaseException:
+                # Whatever cut the round trip (a Redis error, a Cluster's refusal, which is no
+                # RedisError, the job's timeout while the reply was on its way), what had
+                # landed must not be appended twice when the batch is sent again.
                 self._unsent = list(zip(entries, calls))
                 raise
             # (after a -5 a newer epoch holds the log: see _write)

@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     public_url: str = env("JOBCAST_URL", "http://localhost:8000",
                           "public base URL printed by the CLI next to a job id", min_length=1)
     allowed_hosts: str = env("JOBCAST_ALLOWED_HOSTS", "",
-                             "without a token, the host names the web answers besides "
+                             "without a token (or with public reads), the host names the "
+                             "web answers besides "
                              "localhost, IP addresses, names without a dot and `JOBCAST_URL`'s "
                              "host (comma-separated; `*`: any): other names get 400, so another "
                              "site's name pointed at this machine (DNS rebinding) cannot reach it")

@@ -283,6 +283,7 @@ def test_a_body_that_never_arrives_is_cut_at_the_deadline_and_its_connection_clo
     ("app.localhost", True),               # under localhost (RFC 6761)
     ("jobs.example:8000", True),           # JOBCAST_URL's host
     ("lan.example", True),                 # named in JOBCAST_ALLOWED_HOSTS
+    ("other.example:8080", True),          # named there with a port
     ("rebind.attacker.example:8000", False),
     ("[not-an-address]", False), ("", False),
 ])
@@ -292,16 +293,20 @@ def test_a_server_without_a_token_answers_only_its_own_host_names(make_app, conf
     Host, so another site's name pointed at 127.0.0.1 (DNS rebinding) let that site's pages
     create, cancel and read jobs as their own origin."""
     cfg = config.model_copy(update={"public_url": "https://jobs.example:8000",
-                                    "allowed_hosts": "lan.example, other.example"})
+                                    "allowed_hosts": "lan.example, other.example:8080"})
     client = make_app({"JOBCAST": cfg}).test_client()
     answer = client.get("/healthz", headers={"Host": host})
     if answered:
         assert answer.status_code == 200, answer.get_data(as_text=True)
     else:
         assert answer.status_code == 400 and answer.json["field"] == "Host"
-    # With a token, a change needs the bearer header anyway: any name is answered.
+    # With a token, a change needs the bearer header, and reads (private, its default) the
+    # token or a link: any name is answered. Reads made public are guarded as without one.
     tokened = make_app({"JOBCAST": cfg.model_copy(update={"token": "t" * 32})}).test_client()
     assert tokened.get("/healthz", headers={"Host": "rebind.attacker.example"}).status_code == 200
+    public = make_app({"JOBCAST": cfg.model_copy(update={"token": "t" * 32, "read": "public"})})
+    refused = public.test_client().get("/healthz", headers={"Host": "rebind.attacker.example"})
+    assert refused.status_code == 400 and refused.json["field"] == "Host"
 
 
 def test_a_server_without_a_token_refuses_a_change_from_another_sites_page(make_app, config):

@@ -283,8 +283,8 @@ def order(entries) -> list[str]:
     (False, RedisConnectionError), (True, RedisConnectionError),
     # A Cluster's refusal is no RedisError: the batch was dropped untold, every value after
     # it refused, and the job finished.
-    (False, SlotNotCoveredError),
-], ids=["not written", "reply lost", "slot not covered"])
+    (False, SlotNotCoveredError), (True, SlotNotCoveredError),
+], ids=["not written", "reply lost", "slot not covered", "slot not covered after some landed"])
 def test_lines_printed_before_a_value_stay_before_it_when_redis_fails_to_take_them(
         redis, in_process, monkeypatch, landed, error):
     """A review's finding: when the send of the lines printed before a value failed, they
