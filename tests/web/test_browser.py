@@ -270,10 +270,11 @@ def test_home_lists_jobs_live_and_starts_a_job_from_the_task_form(page, http, we
                            timeout=30000)
     assert row.locator("td.progress").inner_text().strip() == "10 / 10"
     assert row.locator("td.age time").inner_text().endswith((" s", " min"))
-    # The form offers the task's parameters with their bounds; the server's verdict is shown.
+    # The form offers the task's parameters with the server's bounds (JOBCAST_PARAM_CAPS caps
+    # n at 100000, under the task's own 1000000); the server's verdict is shown.
     page.select_option("#task", "sqrt")
     n_input = page.locator("fieldset[data-task='sqrt'] input[name='n']")
-    assert (n_input.get_attribute("min"), n_input.get_attribute("max")) == ("0", "1000000")
+    assert (n_input.get_attribute("min"), n_input.get_attribute("max")) == ("0", "100000")
     n_input.fill("-5")
     page.click("#start button[type=submit]")
     page.wait_for_function("() => document.getElementById('form-error').textContent.includes('params.n')")
