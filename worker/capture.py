@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 
 TICK = 0.1
 """Seconds between two sends of the flush thread."""
+FINAL_RETRY = 0.5
+"""Seconds before the last send is tried once more, when Redis did not take it."""
 BATCH = 500
 """Entries per pipelined send."""
 PIPE_SIZE = 1 << 20
@@ -274,6 +276,11 @@ class Capture:
                     self._admit(splitter.flush(now))
                 self._notice(now, final=True)
             self.send(final=True)
+            if self.retry:
+                # The last send failed: nothing after it would tell of its lines. Redis may be
+                # back in a moment (a failover); one more try, then they are counted as lost.
+                time.sleep(FINAL_RETRY)
+                self.send(final=True)
         finally:
             if self.source is not None:
                 self.source.close()
@@ -384,7 +391,8 @@ class Capture:
 
         Lines wait while the attempt is unknown, and behind the mark of a held value (but
         for the ``final`` send, which drops the marks). A failed send is tried once more (at
-        the next tick), then its lines are counted as lost; ``final`` tries once.
+        the next tick, or by :meth:`close` after FINAL_RETRY), then its lines are counted as
+        lost.
         """
         with self.send_lock:
             with self.lock:
@@ -426,8 +434,9 @@ class Capture:
                         "finish", self.job_id)
             return False
         except (RedisError, RedisClusterException) as exc:
-            # (A Cluster's "slot not covered" and the like are no RedisError.)
-            if final or self.retry:
+            # (A Cluster's "slot not covered" and the like are no RedisError.) A first failure
+            # is tried again: at the next tick, or by close() for the last send.
+            if self.retry:
                 self.retry = False
                 lost = len(lines) + len(rest)
                 self.lost += lost

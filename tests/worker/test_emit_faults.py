@@ -325,3 +325,31 @@ def test_lines_printed_after_a_held_value_never_come_before_it(redis, in_process
     job, entries = run(redis, prints_around, ["a", "b"], 0.3)  # three ticks of the flush thread
     assert order(entries) == ["before a", "value a", "after a", "before b", "value b", "after b"]
     assert entries[-1].kind == "finished"
+
+
+def last_words() -> str:
+    """Emit one value, then print a line and return at once (the capture's last send has it)."""
+    emit("v")
+    print("last words", flush=True)
+    return "done"
+
+
+def test_lines_of_the_last_send_are_tried_again_when_redis_did_not_take_them(
+        redis, in_process, monkeypatch):
+    """A review's finding: the capture's last send, as the job ends, was tried once; lines it
+    failed to send were only counted in the worker's own log, and the job's log showed its
+    end with nothing to say that they were missing."""
+    real = JobLog._append_calls
+    failed = []
+
+    def flaky(self, script, calls):
+        """The first send carrying the last line fails."""
+        if not failed and any("last words" in str(args) for _keys, args in calls):
+            failed.append(1)
+            raise RedisConnectionError("Redis went away for a moment")
+        return real(self, script, calls)
+
+    monkeypatch.setattr(JobLog, "_append_calls", flaky)
+    job, entries = run(redis, last_words)
+    assert failed and order(entries) == ["value v", "last words"]
+    assert entries[-1].kind == "finished"
