@@ -20,7 +20,7 @@ from jobcast.core.joblog import JobLog
 from tests.support.browser import (DONE, PLAIN_DONE, assert_page_clean, dom, model, wait_values,
                                    watch)
 from tests.support.jobs import create_job, job_status
-from tests.support.services import ROOT, WebServer
+from tests.support.services import ROOT, WebServer, own_database
 from tests.support.wait import wait_for
 from tests.support.loss import retried_after_loss
 
@@ -356,6 +356,27 @@ def test_the_home_pages_list_says_when_it_is_not_live_and_when_it_was_refused(co
         assert pg.errors == []
     finally:
         server.stop()
+
+
+def test_the_home_pages_list_empties_when_the_job_list_does(context, redis_server, logs_dir):
+    """A review's finding: a snapshot with no job (a Redis that came back empty) left the
+    rows the page had, for jobs that no longer exist."""
+    with own_database(redis_server, 12) as (url, redis):
+        server = WebServer(url, workers=1, log_path=logs_dir / "web-home-empty.log",
+                           JOBCAST_HEARTBEAT="1").start()
+        try:
+            job_id = uuid.uuid4().hex
+            JobLog(redis, job_id).create("sqrt", {"n": 1}, 1)
+            pg = watch(context.new_page())
+            pg.goto(server.url)
+            pg.wait_for_function(f"() => document.querySelector(\"#jobs tr[data-id='{job_id}']\") "
+                                 "&& window.Jobcast?.stats().list", timeout=15000)
+            redis.flushdb()  # Redis came back empty: no job, no job list
+            pg.wait_for_function("() => !document.querySelector('#jobs tr[data-id]') && "
+                                 "document.querySelector('#jobs tr.empty')", timeout=30000)
+            assert pg.errors == []
+        finally:
+            server.stop()
 
 
 def test_start_form_asks_once_for_the_token_when_the_server_requires_one(context, redis_server, workers,

@@ -122,11 +122,26 @@
     setText(tr.cells[5], job.worker || "");
   }
 
+  // The list is the server's once its first snapshot came; before it, the rows rendered
+  // with the page stay.
+  var snapshotted = false;
   function render(jobs) {
-    if (!jobs.length) { return; }
+    if (!jobs.length && !snapshotted) { return; }
     var existing = {};
     Array.prototype.forEach.call(tbody.rows, function (tr) { if (tr.dataset.id) { existing[tr.dataset.id] = tr; } });
     var empty = tbody.querySelector("tr.empty");
+    if (!jobs.length) {
+      // No job any more (a Redis that came back empty): no stale rows either.
+      Object.keys(existing).forEach(function (id) { existing[id].remove(); });
+      if (!empty) {
+        empty = tbody.appendChild(document.createElement("tr"));
+        empty.className = "empty";
+        var cell = empty.appendChild(document.createElement("td"));
+        cell.colSpan = 6;
+        cell.textContent = "No jobs yet. Start one with the form.";
+      }
+      return;
+    }
     if (empty) { empty.remove(); }
     var keep = {};
     jobs.forEach(function (job, k) {
@@ -165,7 +180,8 @@
     }
   }
   list = window.Jobcast.list({
-    limit: 50, onSnapshot: schedule, onChange: schedule, onEnd: stopped,
+    limit: 50, onSnapshot: function () { snapshotted = true; schedule(); }, onChange: schedule,
+    onEnd: stopped,
     onState: function (state) { if (!ended && STATES[state]) { setText(note, STATES[state]); } }
   });
   setInterval(function () {
