@@ -16,6 +16,7 @@ from jobcast.producer.enqueue import enqueue
 from jobcast.worker.chart import Downsample
 from tests.support.services import WebServer
 from tests.support.browser import dom, model
+from tests.support.loss import retried_after_loss
 from tests.support.cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                   horse_of, stop_delay, wait_started)
 
@@ -156,3 +157,27 @@ def test_page_of_a_trimmed_log_says_how_many_values_are_no_longer_kept(page, red
         assert model(page)["indices"] == list(range(first, 300))
     finally:
         web.stop()
+
+
+def test_after_a_reset_the_chart_draws_the_new_values_below_its_loaded_snapshots_end(
+        page, web, redis, workers):
+    """A review's finding: a page opened at its tail loads the worker's chart snapshot, and
+    draws live values only past the snapshot's end; a reset truncated the chart but kept that
+    end, so the values that replaced the lost ones were never drawn."""
+    # Over 10,000 values: the page opens at its tail (the last 2,000) and loads the chart.
+    log = write_million_value_job(redis, total=10_050, kept=10_050)
+    writer = JobLog(redis, log.job_id)
+    writer.begin()
+    page.goto(f"{web.url}/jobs/{log.job_id}")
+    page.wait_for_function("() => window.jobcastPage().connection === 'live' && "
+                           "window.jobcastPage().chartPoints === 10050", timeout=15000)
+    # A failover loses values 10040..10049 (seqs 10043..10052); the retry writes three again.
+    retry = retried_after_loss(log, writer, keep=2 + 10_040, index=10_050)
+    for i in range(10_040, 10_043):
+        retry.value(i, 1e9)
+    retry.finished()
+    page.wait_for_function("() => document.getElementById('end').textContent === 'Done'",
+                           timeout=15000)
+    state = page.evaluate("() => ({resets: window.jobcastPage().resets, "
+                          "points: window.jobcastPage().chartPoints})")
+    assert state == {"resets": 1, "points": 10_043}

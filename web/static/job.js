@@ -159,6 +159,10 @@
     state.values = Math.min(state.values, keep + state.dropped);
     if (state.texts.length === 0) { state.oldestSeq = null; }
     chart.truncate(r.values);
+    // The snapshot's values from r.values on are void too: the new ones are drawn as they
+    // come, and none held for the snapshot is.
+    chartUpto = Math.min(chartUpto, r.values - 1);
+    if (chartPending) { chartPending = chartPending.filter(function (p) { return p[0] < r.values; }); }
     state.lastSeq = Math.min(state.lastSeq, r.after);
     forgetRows(el.log, "i");        // a new value may come with an index a row still shows
     log.shifted(0);
