@@ -65,6 +65,7 @@ class Client:
         self.sock = sock
         self.data = bytearray()
         self.eof = False
+        self.size, self.pause = 65536, 0.0  # a slow reader takes size bytes, then pauses
         self.released: list[bool] = []  # the relay released the stream's slot
         self._thread = threading.Thread(target=self._read, daemon=True)
         if read:
@@ -77,13 +78,15 @@ class Client:
     def _read(self) -> None:
         while True:
             try:
-                chunk = self.sock.recv(65536)
+                chunk = self.sock.recv(self.size)
             except OSError:
                 chunk = b""
             if not chunk:
                 self.eof = True
                 return
             self.data += chunk
+            if self.pause:
+                time.sleep(self.pause)
 
     def sse_ids(self) -> list[int]:
         """The ids of the SSE events read so far."""
@@ -1102,21 +1105,9 @@ def test_a_job_waiting_for_another_jobs_long_write_to_a_client_that_reads_is_not
     b.value(0, 0)  # logged, its announcement lost: b's catch-up must write it, after a's page
     relay.recent.lost([b.job_id])
 
-    def slow_reader() -> None:
-        """Reads 4 KB every 50 ms: about 1 s for a's history, three write timeouts."""
-        while True:
-            try:
-                chunk = client.sock.recv(4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                client.eof = True
-                return
-            client.data += chunk
-            time.sleep(0.05)
-
-    reader = threading.Thread(target=slow_reader, daemon=True)
-    reader.start()
+    # It reads 4 KB every 50 ms: about 1 s for a's history, three write timeouts.
+    client.size, client.pause = 4096, 0.05
+    client.start()
     try:
         relay._catch_up(vb, b"", "quiet")
         green_wait(lambda: has_read(client, b.job_id, 3) or client.eof, timeout=30,
@@ -1126,7 +1117,7 @@ def test_a_job_waiting_for_another_jobs_long_write_to_a_client_that_reads_is_not
         assert [s for j, s in got if j == a.job_id][-1] == 22 and (b.job_id, 3) in got
     finally:
         client.sock.shutdown(socket.SHUT_RDWR)  # the reader's recv returns: it ends
-        reader.join(10)
+        client._thread.join(10)
 
 
 def test_a_partial_gathered_write_whose_client_then_leaves_ends_every_job_of_it(redis, clock):

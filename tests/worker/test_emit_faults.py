@@ -61,6 +61,21 @@ def run(redis: Redis, func, *args) -> tuple[Job, list]:
     return Job.fetch(job.id, connection=redis), list(JobLog(redis, job.id).entries())
 
 
+def value_write_fails_once(monkeypatch, index: int) -> None:
+    """The first write of value ``index`` fails (Redis away for a moment); every other goes."""
+    real = JobLog.value
+    failed = []
+
+    def flaky(self, i, value, total=None):
+        """Value ``index``'s first write raises."""
+        if i == index and not failed:
+            failed.append(i)
+            raise RedisConnectionError("Redis went away for a moment")
+        return real(self, i, value, total)
+
+    monkeypatch.setattr(JobLog, "value", flaky)
+
+
 def values(entries) -> list:
     """(index, text) of the value entries."""
     return [(e.i, e.text) for e in entries if e.kind == "value"]
@@ -161,17 +176,7 @@ def test_a_last_value_redis_failed_to_take_is_sent_as_the_job_ends(redis, in_pro
                                                                    monkeypatch):
     """A review's finding: the held value went out only with a next emit(); after the job's
     last one nothing sent it, and the job finished without it."""
-    real = JobLog.value
-    failed = []
-
-    def flaky(self, index, value, total=None):
-        """The last value's first write fails."""
-        if index == 2 and not failed:
-            failed.append(index)
-            raise RedisConnectionError("Redis went away for a moment")
-        return real(self, index, value, total)
-
-    monkeypatch.setattr(JobLog, "value", flaky)
+    value_write_fails_once(monkeypatch, 2)  # the last value's
     job, entries = run(redis, tolerant, ["a", "b", "c"])
     assert job.return_value()[2] == "ConnectionError"
     assert values(entries) == [(0, "a"), (1, "b"), (2, "c")]
@@ -217,17 +222,7 @@ def test_a_value_held_while_redis_was_away_is_logged_as_it_was_when_emitted(
         redis, in_process, monkeypatch):
     """A review's finding: a value Redis did not take was held as the object, and sent again
     at the next emit() as the job had changed it since: the log showed value 0 as {'k': 1}."""
-    real = JobLog.value
-    failed = []
-
-    def flaky(self, index, value, total=None):
-        """The first value's first write fails."""
-        if index == 0 and not failed:
-            failed.append(index)
-            raise RedisConnectionError("Redis went away for a moment")
-        return real(self, index, value, total)
-
-    monkeypatch.setattr(JobLog, "value", flaky)
+    value_write_fails_once(monkeypatch, 0)
     job, entries = run(redis, changing_in_place, 3)
     assert values(entries) == [(0, "{'k': 0}"), (1, "{'k': 1}"), (2, "{'k': 2}")]
     assert entries[-1].kind == "finished"
@@ -311,17 +306,7 @@ def test_lines_printed_before_a_value_stay_before_it_when_redis_fails_to_take_th
 def test_lines_printed_after_a_held_value_never_come_before_it(redis, in_process, monkeypatch):
     """A review's finding: a value Redis did not take waits for the next emit(), but the
     lines printed after it were sent meanwhile, and came before it in the log."""
-    real = JobLog.value
-    failed = []
-
-    def flaky(self, index, value, total=None):
-        """The first value's first write fails."""
-        if index == 0 and not failed:
-            failed.append(index)
-            raise RedisConnectionError("Redis went away for a moment")
-        return real(self, index, value, total)
-
-    monkeypatch.setattr(JobLog, "value", flaky)
+    value_write_fails_once(monkeypatch, 0)
     job, entries = run(redis, prints_around, ["a", "b"], 0.3)  # three ticks of the flush thread
     assert order(entries) == ["before a", "value a", "after a", "before b", "value b", "after b"]
     assert entries[-1].kind == "finished"
