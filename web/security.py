@@ -37,6 +37,7 @@ import hmac
 import ipaddress
 import logging
 import math
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template, request,
@@ -195,8 +196,15 @@ def local_host(host: str, cfg: Settings) -> bool:
 
     Any other name may be another site's, pointed at this machine's address (DNS rebinding):
     a browser would then let that site's pages read and write here as their own origin. (A
-    public name always has a dot.)
+    public name always has a dot.) Answered once per Host and settings: every request and
+    every fast admission asks.
     """
+    return _local_host(host, cfg.public_url, cfg.allowed_hosts)
+
+
+@lru_cache(maxsize=1024)
+def _local_host(host: str, public_url: str, allowed_hosts: str) -> bool:
+    """:func:`local_host`, from the settings it reads."""
     try:
         name = urlsplit(f"//{host}").hostname if host else None
     except ValueError:  # e.g. a bracketed name that is no IPv6 address
@@ -210,18 +218,15 @@ def local_host(host: str, cfg: Settings) -> bool:
         pass
     if "." not in name or name.endswith(".localhost"):
         return True
-    return name in allowed_names(cfg) or "*" in {n.strip() for n in cfg.allowed_hosts.split(",")}
-
-
-def allowed_names(cfg: Settings) -> set[str]:
-    """The host names JOBCAST_ALLOWED_HOSTS and JOBCAST_URL name (a port given is dropped)."""
-    names = {urlsplit(cfg.public_url).hostname or ""}
-    for item in cfg.allowed_hosts.split(","):
+    names = {urlsplit(public_url).hostname or ""}
+    for item in allowed_hosts.split(","):
+        if item.strip() == "*":
+            return True
         try:
             names.add(urlsplit(f"//{item.strip()}").hostname or "")
         except ValueError:
             continue
-    return names - {""}
+    return name in names - {""}
 
 
 def guard() -> Response | None:

@@ -4,7 +4,6 @@ non-forking worker in this process, on the session's real redis-server."""
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import pytest
@@ -18,6 +17,7 @@ from jobcast import emit
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import get_settings
 from jobcast.producer.cancel import cancel
+from jobcast.worker import capture
 from jobcast.worker.hook import SimpleWorker
 
 
@@ -253,9 +253,10 @@ def test_no_value_takes_the_index_of_one_that_could_not_even_be_held(
     assert entries[-1].kind == "failed" and "ValuesUnsent" in entries[-1].data["reason"]
 
 
-def prints_around(values: list, work: float = 0.0) -> list:
+def prints_around(values: list, tick: bool = False) -> list:
     """For each value: print ``before <v>``, emit it (going on past an emit() that raises),
-    print ``after <v>``, then work for ``work`` seconds."""
+    print ``after <v>``; with ``tick``, the capture then sends what is queued, as its flush
+    thread does every 100 ms while a job works."""
     got = []
     for value in values:
         print(f"before {value}", flush=True)
@@ -264,7 +265,9 @@ def prints_around(values: list, work: float = 0.0) -> list:
         except Exception as exc:  # noqa: BLE001 (what a tolerant job does)
             got.append(type(exc).__name__)
         print(f"after {value}", flush=True)
-        time.sleep(work)  # the job's own work, meanwhile the capture's flush thread sends
+        if tick:
+            capture.current().barrier()
+            capture.current().send()
     return got
 
 
@@ -307,7 +310,7 @@ def test_lines_printed_after_a_held_value_never_come_before_it(redis, in_process
     """A review's finding: a value Redis did not take waits for the next emit(), but the
     lines printed after it were sent meanwhile, and came before it in the log."""
     value_write_fails_once(monkeypatch, 0)
-    job, entries = run(redis, prints_around, ["a", "b"], 0.3)  # three ticks of the flush thread
+    job, entries = run(redis, prints_around, ["a", "b"], True)
     assert order(entries) == ["before a", "value a", "after a", "before b", "value b", "after b"]
     assert entries[-1].kind == "finished"
 
