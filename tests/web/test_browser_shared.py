@@ -514,6 +514,66 @@ def test_a_gap_followed_by_more_entries_on_the_same_connection_reconnects_at_onc
         ctx.close()
 
 
+def test_a_watch_back_in_an_older_epoch_than_the_stream_is_reset_there_and_the_others_are_not(
+        browser, server, redis):
+    """A review's finding: a client joining the manager with a position in an older incarnation
+    of the log (a tab frozen while a failover reset the others; a page resuming a saved
+    position) was taken as having everything when its seq was no lower than the manager's, and
+    the new incarnation's entries at those seqs were dropped as ones it had, in silence. The
+    manager now resets it to the point where both incarnations agree, which it saw: the reset
+    that moved the stream. The watch already in the new incarnation is not reset again. The
+    stream is played by the test: E1 to seq 7, a reset to E2 after seq 5, E2 to seq 9."""
+    job = uuid.uuid4().hex
+    ctx = browser.new_context(bypass_csp=True)     # a bare page of the server's, and the script
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    ctx.add_init_script(FAKE_EVENT_SOURCE)
+    try:
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/healthz")
+        pg.add_script_tag(url=f"{server.url}/static/jobcast.js")
+        pg.evaluate("""job => {
+            const seen = (name) => {
+                const got = window[name] = {values: [], resets: []};
+                return {onValue: (v, e) => got.values.push([e.seq, e.ep, v]),
+                        onReset: (r) => got.resets.push(r.after)};
+            };
+            window.__first = Jobcast.watch(job, seen("first"));
+        }""", job)
+        pg.wait_for_function("() => window.__es.length === 1", timeout=10000)
+        pg.evaluate("""job => {
+            const es = window.__es[0];
+            const entry = (seq, ep, extra) => es.play(extra ? extra.kind : "value", Object.assign(
+                {job: job, seq: seq, ep: ep, kind: "value", ts: 1.0, i: seq - 3,
+                 v: ep + "-" + (seq - 3)}, extra || {}));
+            es.play("hello", {jobs: [job], list: false, retry: 1000});
+            entry(1, "E1", {kind: "queued", task: "sqrt", params: {}, n: null});
+            entry(2, "E1", {kind: "started", worker: "w", attempt: 1});
+            for (let seq = 3; seq <= 7; seq++) { entry(seq, "E1"); }
+            es.play("reset", {job: job, epoch: "E2", after: 5, values: 3, reason: "lost",
+                              was: {seq: 7, epoch: "E1"}});
+            for (let seq = 6; seq <= 9; seq++) { entry(seq, "E2"); }
+        }""", job)
+        pg.wait_for_function("() => window.first.values.length === 9", timeout=5000)
+        # Back at seq 9 of E1 (no lower than the stream's 9 of E2), as a tab that slept
+        # through the failover would be.
+        pg.evaluate("""job => {
+            const got = window.second = {values: [], resets: []};
+            window.__second = Jobcast.watch(job, {after: 9, epoch: "E1",
+                onValue: (v, e) => got.values.push([e.seq, e.ep, v]),
+                onReset: (r) => got.resets.push(r.after)});
+        }""", job)
+        pg.wait_for_function("() => window.second.values.length === 4", timeout=5000)
+        first, second = pg.evaluate("[window.first, window.second]")
+        assert second["resets"] == [5], second
+        assert second["values"] == [[seq, "E2", f"E2-{seq - 3}"] for seq in (6, 7, 8, 9)], second
+        assert first["resets"] == [5], first      # its own, once: not the second's again
+        assert [v[2] for v in first["values"]] == ["E1-0", "E1-1", "E1-2", "E1-3", "E1-4",
+                                                   "E2-3", "E2-4", "E2-5", "E2-6"], first
+        assert pg.evaluate("window.__es.length") == 1  # served by the manager, not read again
+    finally:
+        ctx.close()
+
+
 def test_pages_name_their_jobcast_js_by_its_digest_and_its_tabs_share_the_worker_of_that_version(
         lan_browser, server, redis):
     """Pages load jobcast.js?v=<its digest>, and the script's version carries the digest. The

@@ -209,7 +209,8 @@
       J = { id: m.job, cursor: after, epoch: epoch, tail: wantsTail ? m.tail : null, sig: m.sig || null,
             clients: new Map(), lane: null, ring: [], values: 0, started: false, ended: false,
             missing: false, refused: false, refusedEv: null, fresh: false, startsAt: null,
-            lowered: false, respec: false, tailEv: null, trimmedEv: null, stuck: 0, seen: -1 };
+            lowered: false, respec: false, tailEv: null, trimmedEv: null, stuck: 0, seen: -1,
+            agree: {} };
       this.jobs.set(m.job, J);
       J.clients.set(client, { status: !!m.status });
       this.sendState([client]);
@@ -234,14 +235,32 @@
   Manager.prototype.catchUp = function (J, client, after, epoch, tail) {
     var self = this;
     function send(ev, d) { self.send([client], { t: "ev", job: J.id, ev: ev, d: d }); }
+    if (tail === null && epoch && J.epoch && epoch !== J.epoch) {
+      // A client back in an older incarnation of the log (a tab frozen while a failover reset
+      // the others): what it holds past the point where that incarnation and the manager's
+      // agree is void. Where the manager saw the change, it knows that point; where it did
+      // not, a position within its own is the server's to judge (below), and one past it is
+      // reset to the start, since nothing tells which of its entries still hold.
+      var agreed = this.agreed(J, epoch) || (after > J.cursor ? { after: 0, values: 0 } : null);
+      if (agreed) {
+        if (after > agreed.after) {
+          send("reset", { job: J.id, epoch: J.epoch, after: agreed.after, values: agreed.values,
+                          reason: "lost", was: { seq: after, epoch: epoch } });
+          after = agreed.after;
+        }
+        epoch = J.epoch;
+      }
+    }
+    // (Still of another incarnation: a position within the manager's, the server judges.)
+    var other = tail === null && epoch && J.epoch && epoch !== J.epoch;
     if (!J.started) {
       // Nothing delivered yet: the next connection asks for what every client needs.
       if (J.missing) { send("missing", { job: J.id }); return; }
       if (tail !== null) {
         if (J.tail !== null && tail > J.tail) { J.tail = tail; J.respec = true; this.changed(); }
-      } else if (J.tail !== null || after < J.cursor) {
+      } else if (J.tail !== null || after < J.cursor || other) {
         J.tail = null;
-        if (after < J.cursor) { J.cursor = after; J.epoch = epoch; }
+        if (after < J.cursor || other) { J.cursor = after; J.epoch = epoch; }
         J.respec = true;
         this.changed();
       } else if (after === J.cursor && !J.epoch) {
@@ -262,7 +281,7 @@
       if (J.ended && !ring.length) { send("ended", { job: J.id, after: J.cursor }); }
       return;
     }
-    if (after >= J.cursor) {
+    if (after >= J.cursor && !other) {
       if (J.ended) { send("ended", { job: J.id, after: J.cursor }); }
       return;
     }
@@ -270,8 +289,7 @@
     var fromTrim = after === 0 && J.trimmedEv && first === J.trimmedEv.first_seq;
     // A position in another incarnation of the log than the ring's is the server's to judge
     // (a reset, if what the client holds was lost): never served from the ring.
-    var sameEpoch = !epoch || !J.epoch || epoch === J.epoch;
-    if (sameEpoch && (first <= after + 1 || fromTrim)) {
+    if (!other && (first <= after + 1 || fromTrim)) {
       if (fromTrim) { send("trimmed", J.trimmedEv); }
       for (var j = 0; j < ring.length; j++) { if (ring[j].seq > after) { send(ring[j].kind, ring[j]); } }
       return;
@@ -284,6 +302,21 @@
     J.ended = false;
     J.lowered = true;
     this.changed();
+  };
+
+  // Up to where a position of `epoch` holds in the manager's incarnation of J's log (the seq,
+  // and the values before it), from the changes it saw (J.agree: each incarnation, and the
+  // next one with the point up to which both agree); null if it saw no way from one to the other.
+  Manager.prototype.agreed = function (J, epoch) {
+    var point = null, seen = {};
+    while (epoch !== J.epoch) {
+      var a = J.agree[epoch];
+      if (!a || seen[epoch]) { return null; }
+      seen[epoch] = true;
+      if (!point || a.after < point.after) { point = { after: a.after, values: a.values }; }
+      epoch = a.to;
+    }
+    return point;
   };
 
   Manager.prototype.unwatch = function (client, job) {
@@ -619,6 +652,10 @@
         this.changed();
         break;
       case "reset":                 // Redis failed over: what came after `after` is void
+        var was = (d.was && d.was.epoch) || J.epoch;
+        if (was && d.epoch && was !== d.epoch) {
+          J.agree[was] = { to: d.epoch, after: d.after, values: d.values || 0 };
+        }
         if (d.after < J.cursor) { J.cursor = d.after; J.ended = false; }
         J.epoch = d.epoch;
         J.ring = J.ring.filter(function (e) { return e.seq <= d.after; });
@@ -644,6 +681,10 @@
     }
     J.fresh = false;
     J.started = true;
+    if (d.ep && J.epoch && d.ep !== J.epoch) {
+      // The log went on in a new incarnation with nothing lost: both agree up to here.
+      J.agree[J.epoch] = { to: d.ep, after: J.cursor, values: J.values };
+    }
     J.cursor = d.seq;
     if (d.ep) { J.epoch = d.ep; }   // the log's incarnation: a resume names it
     if (type === "value") { J.values = d.i + 1; }
@@ -1141,7 +1182,17 @@
     var set = this.watches.get(w.job);
     if (!set) { set = new Set(); this.watches.set(w.job, set); }
     set.add(w);
-    this.link.send(this.request(w.job));
+    var m = this.request(w.job);
+    // A watch resuming in another incarnation of the log than the others here asks from its
+    // own position (the lowest would name theirs): the manager tells it what of it still
+    // holds, and the others drop what they have.
+    var others = Array.from(set).filter(function (o) { return o !== w && o.epoch; });
+    if (w.epoch && others.some(function (o) { return o.epoch !== w.epoch; })) {
+      m.after = w.lastSeq;
+      m.epoch = w.epoch;
+      m.tail = null;
+    }
+    this.link.send(m);
   };
 
   Hub.prototype.remove = function (w) {
@@ -1206,7 +1257,8 @@
     this.state = "connecting";
     this.started = false;           // an entry, or where the tail starts, came
     this.ended = false;
-    this.epoch = null;              // the incarnation of the job's log its entries are of
+    // The incarnation of the job's log its entries are of (a resume names the one `after` is of).
+    this.epoch = o.after && o.epoch ? String(o.epoch) : null;
     this.counts = { opens: 0, reconnects: 0, duplicates: 0, gaps: 0, trimmed: 0, resets: 0 };
   }
 
@@ -1228,6 +1280,9 @@
         }
         return;
       case "reset":
+        // Another position's reset, to the incarnation this watch is in already: what it
+        // holds is of that incarnation, and stands.
+        if (this.epoch && d.epoch === this.epoch && d.was && d.was.epoch && d.was.epoch !== this.epoch) { return; }
         if (d.after < this.lastSeq) { this.lastSeq = d.after; }
         this.epoch = d.epoch || null;
         this.counts.resets += 1;
@@ -1316,7 +1371,9 @@
     if (hub && o.share) { hub.relink(pickMode(null)); }
   }
 
-  // Watch one job. Options: after (resume after this seq), tail (begin with its last n
+  // Watch one job. Options: after (resume after this seq) and epoch (the incarnation of the
+  // log that seq is of, as stats() gives it with lastSeq: a failover since then is told by
+  // onReset rather than passed over), tail (begin with its last n
   // values), sig (a view link's signature, private mode), and callbacks onEvent(entry),
   // onValue(value, entry), onLog(entry), onEnd(entry), onState(state), onTail(t),
   // onTrimmed(t), onReset(r), onStatus(job). Returns {close(), stats()}.
