@@ -574,6 +574,60 @@ def test_a_watch_back_in_an_older_epoch_than_the_stream_is_reset_there_and_the_o
         ctx.close()
 
 
+def test_a_whole_log_asked_for_while_a_tail_is_on_its_way_is_not_passed_over_by_that_tail(
+        browser, server):
+    """A review's finding: a watch of the whole log joining a job whose connection was opened
+    for a tail (a job page at its tail, another page from the start) reconnects for the whole
+    log; but the tail and the entries the old connection still brought meanwhile were taken,
+    and moved the manager's cursor: the new connection asked from there, and the second watch
+    never had the history. What a connection asked anew still brings is now dropped. The
+    streams are played by the test."""
+    job = uuid.uuid4().hex
+    ctx = browser.new_context(bypass_csp=True)     # a bare page of the server's, and the script
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    ctx.add_init_script(FAKE_EVENT_SOURCE)
+    try:
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/healthz")
+        pg.add_script_tag(url=f"{server.url}/static/jobcast.js")
+        pg.evaluate("""job => {
+            window.got = {tail: [], whole: []};
+            Jobcast.watch(job, {tail: 2, onValue: (v, e) => window.got.tail.push(e.seq)});
+        }""", job)
+        pg.wait_for_function("() => window.__es.length === 1", timeout=10000)
+        assert f"job={job}~2" in pg.evaluate("() => decodeURIComponent(window.__es[0].url)")
+        pg.evaluate("""async job => {
+            const entry = (es, seq, extra) => es.play(extra ? extra.kind : "value", Object.assign(
+                {job: job, seq: seq, ep: "E1", kind: "value", ts: 1.0, i: seq - 3,
+                 v: String(seq - 3)}, extra || {}));
+            window.entry = entry;
+            Jobcast.watch(job, {onValue: (v, e) => window.got.whole.push(e.seq)});
+            await new Promise(resolve => setTimeout(resolve, 0));   // the manager has it
+            // The tail the first connection was opened for comes now, before it is replaced.
+            const es = window.__es[0];
+            es.play("hello", {jobs: [job], list: false, retry: 1000});
+            es.play("tail", {job: job, tail: 2, after: 5, skipped: 3});
+            entry(es, 6);
+            entry(es, 7);
+        }""", job)
+        pg.wait_for_function("() => window.__es.length === 2", timeout=5000)
+        again = pg.evaluate("() => decodeURIComponent(window.__es[1].url)")
+        assert again.endswith(f"job={job}"), again    # the whole log: no tail, no cursor
+        pg.evaluate("""job => {
+            const es = window.__es[1];
+            es.play("hello", {jobs: [job], list: false, retry: 1000});
+            window.entry(es, 1, {kind: "queued", task: "sqrt", params: {}, n: null});
+            window.entry(es, 2, {kind: "started", worker: "w", attempt: 1});
+            for (let seq = 3; seq <= 8; seq++) { window.entry(es, seq); }
+        }""", job)
+        pg.wait_for_function("() => window.got.whole.length === 6", timeout=5000)
+        got = pg.evaluate("window.got")
+        assert got["whole"] == [3, 4, 5, 6, 7, 8], got
+        assert got["tail"] == [3, 4, 5, 6, 7, 8], got  # more than its tail: nothing is missed
+    finally:
+        ctx.close()
+
+
 def test_pages_name_their_jobcast_js_by_its_digest_and_its_tabs_share_the_worker_of_that_version(
         lan_browser, server, redis):
     """Pages load jobcast.js?v=<its digest>, and the script's version carries the digest. The

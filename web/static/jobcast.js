@@ -620,6 +620,10 @@
     if (TERMINAL[type] || type === "missing" || type === "ended") { lane.conn.ended[d.job] = true; }
     var J = this.jobs.get(d.job);
     if (!J) { return; }
+    // Asked for anew (the whole log rather than a tail, a bigger tail, an earlier position):
+    // what this connection still brings of it answers the old question (a tail would pass
+    // the history a client joining since needs), and the next connection answers the new one.
+    if (J.respec || J.lowered) { return; }
     if (JOB_META.indexOf(type) >= 0) { this.onMeta(J, type, d); } else { this.onEntry(lane, J, type, d); }
   };
 
@@ -666,7 +670,6 @@
 
   // An entry: forwarded once, in seq order; a skipped seq within a connection reads again.
   Manager.prototype.onEntry = function (lane, J, type, d) {
-    if (J.lowered) { return; }      // being read again from earlier: the next connection brings it
     if (!(d.seq > J.cursor)) { this.counts.duplicates += 1; return; }
     if (d.seq !== J.cursor + 1) {
       // Only a connection whose server said the log starts later (trimmed) may begin past the
