@@ -42,6 +42,7 @@ from jobcast.cli.client import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXI
                                 JitterBackoff, _message, bad_input, not_an_event_stream,
                                 parse_blocks, refusal, run_reporting)
 from jobcast.core.output import line_text
+from jobcast.core.store import masked_url
 
 MAX_JOBS = 100
 """The most jobs one stream carries (the server's cap)."""
@@ -87,6 +88,7 @@ class MultiEventStream:
         self.last_seq = {job_id: 0 for job_id in job_ids}
         self.epoch: dict[str, str | None] = {job_id: None for job_id in job_ids}
         self.cursor: str | None = None  # the stream's last id, sent back as Last-Event-ID
+        self.past_cursor = False        # events came after that id (a write cut short)
         self.ended: dict[str, str] = {}  # job → how its stream ended (a terminal kind, ...)
         self.connections = 0
         self.retries = 0
@@ -106,8 +108,12 @@ class MultiEventStream:
     def _request(self) -> tuple[list[tuple[str, str]], dict[str, str]]:
         """The query and headers of the next connection."""
         headers = {"Accept": "text/event-stream"}
-        if self.cursor is not None:
-            # The cursor names every job in this order: it wins over inline positions.
+        if self.cursor is not None and not self.past_cursor:
+            # The cursor names every job in this order: it wins over inline positions. Not
+            # when entries came after it (a connection cut within a write, before its id):
+            # resumed from the cursor, the server would judge a position older than ours, and
+            # entries a failover replaced since, at seqs we had, would be dropped here as ones
+            # we had, in silence. Our own positions get the reset they call for.
             headers["Last-Event-ID"] = self.cursor
             return [("job", job_id) for job_id in self.job_ids], headers
         params = []
@@ -141,8 +147,8 @@ class MultiEventStream:
                         self.cursor = None  # a cursor this server does not read: go inline
                         return "retry"
                     if r.status_code == 404:
-                        raise BadInput(f"{r.request.url.copy_with(query=None)} answered 404: is "
-                                       "--url a Jobcast server?")
+                        where = masked_url(str(r.request.url.copy_with(query=None)))
+                        raise BadInput(f"{where} answered 404: is --url a Jobcast server?")
                     raise BadInput(_message(r) or refusal(r.status_code, ""))
                 if r.status_code != 200:
                     return "dropped"
@@ -152,12 +158,13 @@ class MultiEventStream:
                 self.backoff.reset()
                 self.connections += 1
                 for event_id, event, data in parse_blocks(r.iter_lines()):
-                    if event_id is not None:
+                    if data is not None:
+                        for ev in self._events(event, data):
+                            self.past_cursor = True
+                            yield ev
+                    if event_id is not None:  # (it counts the block's own event too)
                         self.cursor = event_id
-                    if data is None:
-                        continue
-                    for ev in self._events(event, data):
-                        yield ev
+                        self.past_cursor = False
                 return "closed"
         except RETRYABLE:
             pass
@@ -257,7 +264,7 @@ class MultiFollower:
         if self.stream.connections:
             self.display.note("reconnecting… (each job resumes after its last entry)")
         else:
-            self.display.note(f"waiting for {self.stream.base_url}…")
+            self.display.note(f"waiting for {masked_url(self.stream.base_url)}…")
 
     def run(self) -> int:
         """Follow until every job has ended; the worst outcome's exit code."""
@@ -278,8 +285,8 @@ class MultiFollower:
             if ev.event == "missing":
                 self.outcomes[ev.job] = {"kind": "missing"}
                 self.display.note(f"{short} no job with id {ev.job}")
-            elif ev.event == "trimmed" and plain and ev.data.get("lost"):
-                self.display.note(f"{short} {ev.data['lost']:,} earlier entries are no longer kept")
+            elif ev.event == "trimmed":
+                self._trimmed(ev)
             elif ev.event == "tail" and ev.data.get("skipped"):
                 self.values[ev.job] = int(ev.data["skipped"])
                 if plain:
@@ -310,6 +317,19 @@ class MultiFollower:
         elif kind == "retrying":
             self.display.note(f"{short} retrying: {ev.data.get('reason')}")
 
+    def _trimmed(self, ev: JobEvent) -> None:
+        """A job's ``trimmed``: what its capped log no longer has, on stderr in either output
+        (and in JSON, as a line of its own): a gap is never passed over in silence."""
+        first = ev.data.get("first_value")
+        if first is not None:
+            lost, what = max(0, int(first) - self.values.get(ev.job, 0)), "values"
+        else:
+            lost, what = int(ev.data.get("lost") or 0), "entries"
+        if self.display.output == "json":
+            self.display.entry(json.dumps({"kind": "trimmed", **ev.data}, separators=(",", ":")))
+        if lost:
+            self.display.note(f"{ev.job[:8]} {lost:,} earlier {what} are no longer kept")
+
     def _reset(self, ev: JobEvent) -> None:
         """A job's ``reset``: Redis lost entries of it we had (a failover), or its log was
         re-created. Say so; the stream goes on from the value the log goes on with."""
@@ -328,15 +348,39 @@ class MultiFollower:
     def _ended_without_entry(self, job_id: str) -> None:
         """A job whose stream ended before its terminal entry came (it had ended at the
         position resumed, or its log expired): its status says how."""
-        try:
-            r = self.client.get(f"{self.base_url}/api/jobs/{job_id}")
-            info = r.json() if r.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError):
-            info = {}
+        info = self._status(job_id)
+        if info is None:
+            self.outcomes[job_id] = {"kind": "missing"}
+            self.display.note(f"{job_id[:8]} no job with id {job_id} (any more)")
+            return
         kind = info.get("status") if info.get("status") in TERMINAL_KINDS else "failed"
         self.outcomes[job_id] = {"kind": kind, "reason": info.get("reason")}
         if self.display.output == "plain":
             self.display.note(f"{job_id[:8]} {_ending(self.outcomes[job_id])}")
+
+    def _status(self, job_id: str) -> dict | None:
+        """``GET /api/jobs/<id>``, retried while the server is unreachable or busy (as one
+        job's follow does: a passing error is no failure of the job); None for a job the
+        server does not have (its log expired)."""
+        while True:
+            try:
+                r = self.client.get(f"{self.base_url}/api/jobs/{job_id}")
+            except RETRYABLE:
+                self.backoff.wait("status", self.base_url)
+                continue
+            if r.status_code == 404:
+                return None
+            if r.status_code in (400, 401, 403):
+                raise BadInput(_message(r) or refusal(r.status_code, job_id))
+            if r.status_code >= 500 or r.status_code in (408, 429):
+                self.backoff.wait("status", self.base_url)
+                continue
+            self.backoff.reset()
+            try:
+                info = r.json()
+            except ValueError:
+                return {}
+            return info if isinstance(info, dict) else {}
 
 
 def _ending(entry: dict) -> str:

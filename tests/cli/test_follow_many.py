@@ -150,3 +150,109 @@ def test_a_reset_moves_one_jobs_position_back_says_so_and_a_replaced_finish_exit
     assert (f"{a[:8]} the job's log was reset after a Redis failover (lost): values from #2 on"
             " were replaced") in err.getvalue()
     assert (follower.stream.last_seq[a], follower.stream.epoch[a]) == (7, "A2")
+
+
+def test_a_connection_cut_within_a_write_resumes_from_each_jobs_own_position_not_the_older_id():
+    """A review's finding: a connection cut after a write's entries but before its id resumed
+    from the id before them. A failover that lost those entries and wrote others at their
+    seqs went unjudged (the older position was in the log), and the others were dropped here
+    as ones already had, in silence. Such a resume now names each job's own position, whose
+    reset the server sends; a write ended by its id still resumes from the id."""
+    import io
+
+    import httpx
+
+    from jobcast.cli.client import Display
+    from jobcast.cli.multi import MultiFollower
+
+    a = "a" * 32
+    first = (multi_entry(a, 3, "A1", i=0) + "id: cursor-1\n\n"
+             + multi_entry(a, 4, "A1", i=1) + "id: cursor-2\n\n"
+             + multi_entry(a, 5, "A1", i=2))          # cut here: no id for seq 5
+    second = (multi_entry(a, 6, "A1", i=3) + "id: cursor-3\n\n")   # closed by the server
+    reset = {"job": a, "epoch": "A2", "after": 4, "values": 2, "reason": "lost",
+             "was": {"seq": 6, "epoch": "A1"}}
+    third = (f"event: reset\ndata: {json.dumps(reset)}\n\n" + multi_entry(a, 5, "A2", i=2)
+             + multi_entry(a, 6, "A2", "finished") + "id: cursor-4\n\n")
+    requests = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=[first, second, third][len(requests) - 1].encode())
+
+    out, err = io.StringIO(), io.StringIO()
+    follower = MultiFollower([a], "http://jobcast", Display("plain", False, out, err, True),
+                             client=httpx.Client(transport=httpx.MockTransport(handle)))
+    follower.backoff.floor, follower.backoff.cap = 0.0, 0.0
+    follower.run()
+    # Cut within a write: its own position, not cursor-2.
+    assert "last-event-id" not in requests[1].headers
+    assert requests[1].url.params.get_list("job") == [f"{a}:5~A1"]
+    # Ended by its id: the id.
+    assert requests[2].headers["last-event-id"] == "cursor-3"
+    assert by_job(out.getvalue().splitlines()) == {a[:8]: ["v0", "v1", "v2", "v3", "v2"]}
+    assert "values from #2 on were replaced" in err.getvalue()
+
+
+@pytest.mark.parametrize("output", ["plain", "json"])
+def test_a_trimmed_job_of_several_is_told_on_stderr_and_in_json_as_a_line(output):
+    """A review's finding: with several jobs and ``--output json``, a ``trimmed`` event was
+    neither printed nor noted: values jumped in silence."""
+    import io
+
+    import httpx
+
+    from jobcast.cli.client import Display
+    from jobcast.cli.multi import MultiFollower
+
+    a = "a" * 32
+    trimmed = {"job": a, "after": 0, "first_seq": 10, "lost": 9, "first_value": 7}
+    body = (f"event: trimmed\ndata: {json.dumps(trimmed)}\n\n" + multi_entry(a, 10, "A1", i=7)
+            + multi_entry(a, 11, "A1", "finished") + "id: cursor-1\n\n")
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=body.encode())
+
+    out, err = io.StringIO(), io.StringIO()
+    follower = MultiFollower([a], "http://jobcast", Display(output, False, out, err, True),
+                             client=httpx.Client(transport=httpx.MockTransport(handle)))
+    follower.backoff.floor, follower.backoff.cap = 0.0, 0.0
+    assert follower.run() == 0
+    assert f"{a[:8]} 7 earlier values are no longer kept" in err.getvalue()
+    if output == "json":
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert lines[0] == {"kind": "trimmed", **trimmed}
+        assert [line.get("seq") for line in lines[1:]] == [10, 11]
+
+
+def test_a_jobs_status_that_fails_for_a_moment_is_asked_again_not_taken_for_a_failure():
+    """A review's finding: a job whose stream ended without its terminal entry (it had ended
+    where the stream resumed) was reported "Failed: unknown reason", exit 1, when the status
+    asked then met a passing error (a 503 here); one job's follow asks again."""
+    import io
+
+    import httpx
+
+    from jobcast.cli.client import Display
+    from jobcast.cli.multi import MultiFollower
+
+    a = "a" * 32
+    body = f'event: ended\ndata: {json.dumps({"job": a, "after": 7})}\n\nid: cursor-1\n\n'
+    statuses = [503, 200]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/events":
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=body.encode())
+        code = statuses.pop(0)
+        return httpx.Response(code, json={"status": "finished", "reason": None} if code == 200
+                              else {"error": "unavailable", "message": "busy"})
+
+    out, err = io.StringIO(), io.StringIO()
+    follower = MultiFollower([a], "http://jobcast", Display("plain", False, out, err, True),
+                             client=httpx.Client(transport=httpx.MockTransport(handle)))
+    follower.backoff.floor, follower.backoff.cap = 0.0, 0.0
+    assert follower.run() == 0, err.getvalue()
+    assert statuses == [] and f"{a[:8]} Done" in err.getvalue()
