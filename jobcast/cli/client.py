@@ -46,6 +46,7 @@ import httpx
 
 from jobcast.core.joblog import InvalidJobId, check_job_id
 from jobcast.core.output import line_text
+from jobcast.core.store import masked_url
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CANCELLED = 4
@@ -198,11 +199,13 @@ class Display:
         self.values_to_console = _isatty(self.out)
         console = Console(file=self.out if self.values_to_console else self.err, highlight=False)
         if total is not None:
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[rate]}"), TextColumn("elapsed"), TimeElapsedColumn(),
-                       TextColumn("{task.fields[eta]}")]
+            # The task's name is text, not rich markup: an adopted RQ job's label ("[link=…]")
+            # must not become a link, nor a stray "[/x]" an error.
+            columns = [TextColumn("{task.description}", markup=False), BarColumn(),
+                       MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                       TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}")]
         else:
-            columns = [SpinnerColumn(), TextColumn("{task.description}"),
+            columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False),
                        TextColumn("{task.completed:,.0f} values"), TextColumn("{task.fields[rate]}"),
                        TextColumn("elapsed"), TimeElapsedColumn()]
         self.bar = Progress(*columns, console=console, redirect_stdout=False, redirect_stderr=False,
@@ -336,7 +339,8 @@ class Backoff:
             if self.on_outage is not None:
                 self.on_outage()
         elif now - self._down_since > self.give_up_after:
-            raise Unreachable(f"{what}: no answer from {where} for {self.give_up_after:g} s")
+            raise Unreachable(f"{what}: no answer from {masked_url(where)} for "
+                              f"{self.give_up_after:g} s")
         time.sleep(self.next_delay())
 
 
@@ -484,7 +488,7 @@ class Follower:
         if self.stream.connections:
             self.display.note(f"reconnecting… (resuming after entry {self.last_seq})")
         else:
-            self.display.note(f"waiting for {self.base_url}…")
+            self.display.note(f"waiting for {masked_url(self.base_url)}…")
 
     def status(self) -> dict:
         """``GET /api/jobs/<id>``, retried while the server is unreachable."""
@@ -504,7 +508,7 @@ class Follower:
                 info = r.json()
                 info["progress"]["n"]  # (what follow reads of it)
             except (ValueError, TypeError, KeyError):
-                raise BadInput(f"{r.request.url} did not answer with a job's status: is --url "
+                raise BadInput(f"{masked_url(str(r.request.url))} did not answer with a job's status: is --url "
                                "a Jobcast server?") from None
             self.backoff.reset()
             return info
@@ -559,6 +563,8 @@ class Follower:
             what = "values"
         else:
             lost, what = int(data.get("lost") or 0), "entries"
+        if self.display.output == "json":
+            self.display.entry(json.dumps({"kind": "trimmed", **data}, separators=(",", ":")))
         if lost:
             self.display.note(f"{lost:,} earlier {what} are no longer kept")
 
@@ -639,7 +645,7 @@ def not_an_event_stream(r: httpx.Response) -> BadInput | None:
     kind = r.headers.get("content-type", "").split(";")[0].strip()
     if kind == "text/event-stream":
         return None
-    return BadInput(f"{r.request.url} answered with {kind or 'no Content-Type'}, not an event "
+    return BadInput(f"{masked_url(str(r.request.url))} answered with {kind or 'no Content-Type'}, not an event "
                     "stream: is --url a Jobcast server?")
 
 
@@ -654,19 +660,20 @@ def refusal(status: int, job_id: str) -> str:
 
 def run_reporting(run: Callable[[], int], err: IO[str], interrupted: Callable[[], str]) -> int:
     """``run()``'s exit code, or the exit code of what stopped it (said on ``err``)."""
+    # (A message may carry a server's words, which reach the terminal as any note does.)
     try:
         return run()
     except BadInput as exc:
-        err.write(f"jobcast: {exc}\n")
+        err.write(f"jobcast: {printable(str(exc))}\n")
         return EXIT_BAD_INPUT
     except Unreachable as exc:
-        err.write(f"jobcast: {exc}\n")
+        err.write(f"jobcast: {printable(str(exc))}\n")
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         err.write(f"jobcast: {interrupted()}\n")
         return EXIT_INTERRUPTED
     except httpx.HTTPStatusError as exc:
-        err.write(f"jobcast: {exc}\n")
+        err.write(f"jobcast: {printable(str(exc))}\n")
         return EXIT_UNREACHABLE
 
 

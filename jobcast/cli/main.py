@@ -25,7 +25,7 @@ from jobcast.core.store import masked_url
 from jobcast.core.urls import host_port, job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
-from jobcast.cli.client import bad_input, follow
+from jobcast.cli.client import bad_input, follow, printable
 from jobcast.cli.multi import follow_many
 from jobcast.launcher.up import SERVICE_KINDS, status, up
 from jobcast.web.links import view_sig
@@ -195,7 +195,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for j in jobs:
         n = j["progress"]["n"]
         progress = f"{j['progress']['i']}/{n}" if n is not None else str(j["progress"]["i"])
-        print(f"{j['id']}  {j['task']:<8} {j['status']:<9} {progress:>12}  {j['worker'] or ''}")
+        # An adopted RQ job's label and a worker's name are anyone's text: no escape
+        # sequence of theirs reaches the terminal.
+        task, worker = printable(j["task"]), printable(j["worker"] or "")
+        print(f"{j['id']}  {task:<8} {j['status']:<9} {progress:>12}  {worker}")
     return 0
 
 

@@ -297,6 +297,55 @@ def test_follow_resumes_with_the_epoch_and_says_when_a_failover_replaced_what_it
     assert (follower.last_seq, follower.stream.epoch) == (8, "E2")
 
 
+def test_the_progress_bar_shows_a_task_name_as_text_not_as_rich_markup():
+    """A review's finding: the bar's task name went through rich's markup, so an adopted RQ
+    job's label could add a terminal hyperlink ("[link=…]"), or stop the follow with a
+    MarkupError ("[/x]") before it printed anything."""
+    out = io.StringIO()
+    out.isatty = lambda: True
+    display = Display("plain", True, out, io.StringIO())
+    display.start("[/x] [link=https://evil.test]job[/link]", 10, 0)
+    display.stop()
+    shown = out.getvalue()
+    assert "\x1b]8;" not in shown                       # no OSC 8 hyperlink
+    assert "[/x] [link=https://evil.test]job[/link]" in shown
+
+
+def test_an_error_message_from_the_server_loses_its_control_characters():
+    """A review's finding: the one message that skipped ``printable()`` was the server's own
+    (a 4xx's JSON ``message``), written to stderr as it came."""
+    from jobcast.cli.client import BadInput, run_reporting
+
+    def run():
+        raise BadInput("refused: \x1b]0;owned\x07")
+
+    err = io.StringIO()
+    assert run_reporting(run, err, lambda: "") == 2
+    assert err.getvalue() == "jobcast: refused: \ufffd]0;owned\ufffd\n"
+
+
+def test_follow_in_json_prints_a_trimmed_log_as_a_line_and_says_so_on_stderr(monkeypatch):
+    """As a reset, a trimmed log is a line of its own in ``--output json`` (a script reading
+    the lines sees the gap), and a note on stderr."""
+    import httpx
+
+    from jobcast.cli.client import Follower
+
+    trimmed = {"after": 0, "first_seq": 10, "lost": 9, "first_value": 7}
+    body = (f"event: trimmed\ndata: {json.dumps(trimmed)}\n\n" + entry(10, "E1", i=7)
+            + entry(11, "E1", "finished"))
+    transport, _ = scripted_server([body])
+    out, err = io.StringIO(), io.StringIO()
+    follower = Follower("a" * 32, "http://jobcast", Display("json", False, out, err),
+                        client=httpx.Client(transport=transport))
+    monkeypatch.setattr("jobcast.cli.client.time.sleep", lambda seconds: None)
+    assert follower.run() == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0] == {"kind": "trimmed", **trimmed}
+    assert [line.get("seq") for line in lines[1:]] == [10, 11]
+    assert "7 earlier values are no longer kept" in err.getvalue()
+
+
 @pytest.mark.parametrize("status", [401, 403])
 def test_follow_told_it_needs_a_token_or_another_says_so_and_exits_2_not_3(status):
     """A review's finding: `jobcast follow` took a 401 for an unreachable server (exit 3, which
@@ -428,3 +477,23 @@ def test_a_follower_waiting_for_a_server_down_from_the_start_says_so():
                         client=httpx.Client(transport=httpx.MockTransport(down)), reconnect_for=0.2)
     run_reporting(follower.run, err, lambda: "interrupted")
     assert err.getvalue().startswith("waiting for http://127.0.0.1:9…\n")
+
+
+def test_a_password_in_the_url_is_never_printed():
+    """A review's finding: ``--url https://user:pass@host`` (basic auth, which httpx takes
+    from the URL) was printed whole by the notes and errors of an outage."""
+    from jobcast.cli.client import Follower, run_reporting
+    from jobcast.cli.multi import MultiFollower
+
+    def down(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    url = "http://ops:s3cret@127.0.0.1:9"
+    for make in (lambda d, c: Follower("a" * 32, url, d, client=c, reconnect_for=0.2),
+                 lambda d, c: MultiFollower(["a" * 32, "b" * 32], url, d, client=c,
+                                            reconnect_for=0.2)):
+        err = io.StringIO()
+        follower = make(Display("plain", False, io.StringIO(), err),
+                        httpx.Client(transport=httpx.MockTransport(down)))
+        assert run_reporting(follower.run, err, lambda: "interrupted") == 3
+        assert "s3cret" not in err.getvalue() and "ops:***@127.0.0.1:9" in err.getvalue()

@@ -132,3 +132,16 @@ def test_enqueue_whose_link_cannot_be_signed_still_prints_the_queued_jobs_id(
     (job_id,) = out.split()
     assert job_id in Queue("cli-tests", connection=redis).job_ids
     assert f"job {job_id} is queued" in err and "no answer" in err
+
+
+def test_jobs_lists_a_label_and_a_worker_name_with_escape_sequences_harmlessly(redis_server, redis):
+    """A review's finding: ``jobcast jobs`` printed an adopted RQ job's label and its worker's
+    name as they were, so an escape sequence in them reached the terminal."""
+    log = JobLog(redis, "e" * 32)
+    log.create("sqrt\x1b]0;owned\x07", {}, None)
+    log.started("w\x1b[2J", 1)
+    out = jobcast(redis_server.url, "jobs", "--limit", "500")
+    assert out.returncode == 0, out.stderr
+    [row] = [line for line in out.stdout.splitlines() if line.startswith("e" * 32)]
+    assert "\x1b" not in row and "\x07" not in row
+    assert "sqrt\ufffd]0;owned\ufffd" in row and "w\ufffd[2J" in row
