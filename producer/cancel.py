@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -63,7 +64,14 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
     if seq < 0:
         raise AlreadyEnded(job_id, jlog.status())
     log.info("job %s cancelled by %s (entry %s)", job_id, by, seq)
-    stop_rq_job(redis, job_id)
+    try:
+        stop_rq_job(redis, job_id)
+    except RedisError as exc:
+        # The cancel stands (it is in the log, which refuses the job's values from now on):
+        # only RQ's side of it failed, with RQ's Redis. The job stops at its next value, and
+        # a caller told "unreachable" would try again and hear "already ended".
+        log.warning("job %s: cancelled, but RQ could not be told (%s); it stops at its next "
+                    "value", job_id, exc)
     return seq
 
 

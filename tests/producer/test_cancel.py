@@ -50,3 +50,28 @@ def test_cancelling_a_job_that_ended_with_no_run_waiting_still_says_it_had_ended
                                                              queues="*"))
     assert ended.value.status == "finished"
     assert [e.kind for e in JobLog(redis, job.id).entries()][-1] == "finished"
+
+
+def test_a_cancel_written_to_the_log_stands_when_rq_cannot_be_told(redis, redis_server, queue,
+                                                                   monkeypatch, caplog):
+    """A review's finding: once the ``cancelled`` entry was written, RQ's Redis failing to
+    answer (a separate instance, down for a moment) made the cancel raise, and the CLI say
+    "unreachable" (exit 3); cancelling again then said "already ended". The cancel stands:
+    the log refuses the job's values from then on."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    job = queue.enqueue(emit_lines, 2)
+    JobLog(redis, job.id).create("emit_lines", {}, None)
+
+    class Unreachable:
+        """RQ's Job, on a Redis that does not answer."""
+
+        @staticmethod
+        def fetch(job_id, connection):
+            raise RedisConnectionError("RQ's Redis is down")
+
+    monkeypatch.setattr("jobcast.producer.cancel.Job", Unreachable)
+    seq = cancel(job.id, "alice", redis=redis, config=Settings(redis_url=redis_server.url,
+                                                               queues="*"))
+    assert [e.kind for e in JobLog(redis, job.id).entries()][-1] == "cancelled"
+    assert seq > 0 and "RQ could not be told" in caplog.text
