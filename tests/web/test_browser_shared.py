@@ -628,6 +628,90 @@ def test_a_whole_log_asked_for_while_a_tail_is_on_its_way_is_not_passed_over_by_
         ctx.close()
 
 
+def test_a_bigger_job_list_asked_for_while_items_still_come_gets_its_snapshot(browser, server):
+    """A review's finding: a page asking for a bigger job list (or a new one, on a list
+    resumed without a snapshot) makes the manager ask for a new snapshot; but the items the
+    old connection still brought meanwhile set the list's cursor, the new connection asked
+    from there, and no snapshot came: the new list stayed empty. What the old connection
+    brings of a list asked for anew is now dropped. The streams are played by the test."""
+    ctx = browser.new_context(bypass_csp=True)     # a bare page of the server's, and the script
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    ctx.add_init_script(FAKE_EVENT_SOURCE)
+    try:
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/healthz")
+        pg.add_script_tag(url=f"{server.url}/static/jobcast.js")
+        pg.evaluate("""() => {
+            window.snapshots = {small: [], big: []};
+            Jobcast.list({limit: 10, onSnapshot: (jobs, seq) => window.snapshots.small.push(seq)});
+        }""")
+        pg.wait_for_function("() => window.__es.length === 1", timeout=10000)
+        row = {"id": "a" * 32, "task": "sqrt", "status": "running", "last_seq": 5}
+        pg.evaluate("""row => {
+            const es = window.__es[0];
+            es.play("hello", {jobs: [], list: true, retry: 1000});
+            es.play("snapshot", {seq: 5, epoch: "F1", jobs: [row]});
+        }""", row)
+        pg.wait_for_function("() => window.snapshots.small.length === 1", timeout=5000)
+        pg.evaluate("""async () => {
+            Jobcast.list({limit: 20, onSnapshot: (jobs, seq) => window.snapshots.big.push(seq)});
+            await new Promise(resolve => setTimeout(resolve, 0));   // the manager has it
+            window.__es[0].play("job", {seq: 6, ep: "F1", job: "a".repeat(32), jseq: 6,
+                                        change: "progress", values: 3, ts: 2.0});
+        }""")
+        pg.wait_for_function("() => window.__es.length === 2", timeout=5000)
+        again = pg.evaluate("() => decodeURIComponent(window.__es[1].url)")
+        assert again.endswith("list=20"), again      # a snapshot: no cursor
+        pg.evaluate("""row => {
+            const es = window.__es[1];
+            es.play("hello", {jobs: [], list: true, retry: 1000});
+            es.play("snapshot", {seq: 6, epoch: "F1", jobs: [row]});
+        }""", row)
+        pg.wait_for_function("() => window.snapshots.big.length === 1", timeout=5000)
+        assert pg.evaluate("window.snapshots") == {"small": [5, 6], "big": [6]}
+    finally:
+        ctx.close()
+
+
+def test_a_tail_served_after_a_mid_stream_trim_counts_the_values_the_trim_passed_over(browser,
+                                                                                    server):
+    """A review's finding: the manager's count of a job's values did not move with a
+    ``trimmed`` mid-stream, so a tail served to a watch joining right after (nothing in the
+    ring yet) said too few values came before it (job.js then numbers and notes them wrong).
+    The stream is played by the test: values 0-2, then a trim to value 7 at seq 10."""
+    job = uuid.uuid4().hex
+    ctx = browser.new_context(bypass_csp=True)     # a bare page of the server's, and the script
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    ctx.add_init_script(FAKE_EVENT_SOURCE)
+    try:
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/healthz")
+        pg.add_script_tag(url=f"{server.url}/static/jobcast.js")
+        pg.evaluate("""job => {
+            window.got = {whole: [], tails: []};
+            Jobcast.watch(job, {onValue: (v, e) => window.got.whole.push(e.i)});
+        }""", job)
+        pg.wait_for_function("() => window.__es.length === 1", timeout=10000)
+        pg.evaluate("""job => {
+            const es = window.__es[0];
+            const entry = (seq, extra) => es.play(extra ? extra.kind : "value", Object.assign(
+                {job: job, seq: seq, ep: "E1", kind: "value", ts: 1.0, i: seq - 3,
+                 v: String(seq - 3)}, extra || {}));
+            es.play("hello", {jobs: [job], list: false, retry: 1000});
+            entry(1, {kind: "queued", task: "sqrt", params: {}, n: null});
+            entry(2, {kind: "started", worker: "w", attempt: 1});
+            for (let seq = 3; seq <= 5; seq++) { entry(seq); }
+            es.play("trimmed", {job: job, after: 5, first_seq: 10, lost: 4, first_value: 7});
+        }""", job)
+        pg.wait_for_function("() => window.got.whole.length === 3", timeout=5000)
+        pg.evaluate("""job => Jobcast.watch(job, {tail: 2,
+            onTail: (t) => window.got.tails.push([t.after, t.skipped])})""", job)
+        pg.wait_for_function("() => window.got.tails.length === 1", timeout=5000)
+        assert pg.evaluate("window.got.tails") == [[9, 7]]
+    finally:
+        ctx.close()
+
+
 def test_pages_name_their_jobcast_js_by_its_digest_and_its_tabs_share_the_worker_of_that_version(
         lan_browser, server, redis):
     """Pages load jobcast.js?v=<its digest>, and the script's version carries the digest. The

@@ -341,14 +341,17 @@
     }
     L.clients.add(client);
     this.sendState([client]);
-    if (m.limit > L.limit) {
-      L.limit = m.limit;            // a bigger list: everyone gets a new snapshot
+    // A client back in another incarnation of the feed (a tab frozen through a failover):
+    // nothing says which of its items hold, so it gets a snapshot, as a new one does.
+    var other = after !== null && epoch && L.epoch && epoch !== L.epoch;
+    if (m.limit > L.limit || (other && !L.model)) {
+      L.limit = Math.max(L.limit, m.limit);   // a bigger list: everyone gets a new snapshot
       L.cursor = null;
       L.model = null;
       L.respec = true;
       this.changed();
     } else if (L.model) {
-      if (after === null || after < L.cursor) {
+      if (after === null || after < L.cursor || other) {
         this.send([client], { t: "lev", ev: "snapshot", d: { seq: L.cursor, epoch: L.epoch || null, jobs: sorted(L.model, m.limit) } });
       }
     } else if (L.cursor !== null && (after === null || after < L.cursor)) {
@@ -616,7 +619,11 @@
       return;
     }
     if (type === "bye") { if (d.retry > 0) { this.floor = d.retry; } return; }
-    if (type === "snapshot" || type === "job") { this.onList(lane, type, d); return; }
+    if (type === "snapshot" || type === "job") {
+      // (A list asked for anew, as a job is below: the next connection answers.)
+      if (this.list && !this.list.respec) { this.onList(lane, type, d); }
+      return;
+    }
     if (TERMINAL[type] || type === "missing" || type === "ended") { lane.conn.ended[d.job] = true; }
     var J = this.jobs.get(d.job);
     if (!J) { return; }
@@ -644,6 +651,7 @@
           // Mid-stream: a capped log outran this connection, and goes on at first_seq.
           J.cursor = d.first_seq - 1;
           J.ring = [];
+          if (typeof d.first_value === "number") { J.values = Math.max(J.values, d.first_value); }
         }
         break;
       case "missing":
@@ -656,6 +664,7 @@
         this.changed();
         break;
       case "reset":                 // Redis failed over: what came after `after` is void
+        if (typeof d.values === "number") { J.values = d.values; }
         var was = (d.was && d.was.epoch) || J.epoch;
         if (was && d.epoch && was !== d.epoch) {
           J.agree[was] = { to: d.epoch, after: d.after, values: d.values || 0 };
