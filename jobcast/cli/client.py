@@ -492,26 +492,17 @@ class Follower:
 
     def status(self) -> dict:
         """``GET /api/jobs/<id>``, retried while the server is unreachable."""
-        while True:
-            try:
-                r = self.client.get(f"{self.base_url}/api/jobs/{self.job_id}")
-            except RETRYABLE:
-                self.backoff.wait("status", self.base_url)
-                continue
-            if r.status_code in (400, 401, 403, 404):
-                raise BadInput(_message(r) or refusal(r.status_code, self.job_id))
-            if r.status_code >= 500 or r.status_code in (408, 429):
-                self.backoff.wait("status", self.base_url)
-                continue
-            r.raise_for_status()
-            try:
-                info = r.json()
-                info["progress"]["n"]  # (what follow reads of it)
-            except (ValueError, TypeError, KeyError):
-                raise BadInput(f"{masked_url(str(r.request.url))} did not answer with a job's status: is --url "
-                               "a Jobcast server?") from None
-            self.backoff.reset()
-            return info
+        r = get_status(self.client, self.base_url, self.job_id, self.backoff)
+        if r.status_code in (400, 401, 403, 404):
+            raise BadInput(_message(r) or refusal(r.status_code, self.job_id))
+        r.raise_for_status()
+        try:
+            info = r.json()
+            info["progress"]["n"]  # (what follow reads of it)
+        except (ValueError, TypeError, KeyError):
+            raise BadInput(f"{masked_url(str(r.request.url))} did not answer with a job's "
+                           "status: is --url a Jobcast server?") from None
+        return info
 
     # -- the stream --------------------------------------------------------------------------
 
@@ -656,6 +647,24 @@ def refusal(status: int, job_id: str) -> str:
     if status == 403:
         return "the server refused the token (JOBCAST_TOKEN)"
     return f"no job with id {job_id}"
+
+
+def get_status(client: httpx.Client, base_url: str, job_id: str,
+               backoff: Backoff) -> httpx.Response:
+    """``GET /api/jobs/<id>``'s answer, asked again (after ``backoff``) while the server is
+    unreachable or busy (5xx, 408, 429): a passing error says nothing of the job. Raises
+    :class:`Unreachable` once the outage is longer than the backoff allows."""
+    while True:
+        try:
+            r = client.get(f"{base_url}/api/jobs/{job_id}")
+        except RETRYABLE:
+            backoff.wait("status", base_url)
+            continue
+        if r.status_code >= 500 or r.status_code in (408, 429):
+            backoff.wait("status", base_url)
+            continue
+        backoff.reset()
+        return r
 
 
 def run_reporting(run: Callable[[], int], err: IO[str], interrupted: Callable[[], str]) -> int:

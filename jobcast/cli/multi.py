@@ -39,8 +39,8 @@ import httpx
 
 from jobcast.cli.client import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
                                 EXIT_REPLACED, RETRYABLE, TERMINAL_KINDS, BadInput, Display,
-                                JitterBackoff, _message, bad_input, not_an_event_stream,
-                                parse_blocks, refusal, run_reporting)
+                                JitterBackoff, _message, bad_input, get_status,
+                                not_an_event_stream, parse_blocks, refusal, run_reporting)
 from jobcast.core.output import line_text
 from jobcast.core.store import masked_url
 
@@ -362,25 +362,16 @@ class MultiFollower:
         """``GET /api/jobs/<id>``, retried while the server is unreachable or busy (as one
         job's follow does: a passing error is no failure of the job); None for a job the
         server does not have (its log expired)."""
-        while True:
-            try:
-                r = self.client.get(f"{self.base_url}/api/jobs/{job_id}")
-            except RETRYABLE:
-                self.backoff.wait("status", self.base_url)
-                continue
-            if r.status_code == 404:
-                return None
-            if r.status_code in (400, 401, 403):
-                raise BadInput(_message(r) or refusal(r.status_code, job_id))
-            if r.status_code >= 500 or r.status_code in (408, 429):
-                self.backoff.wait("status", self.base_url)
-                continue
-            self.backoff.reset()
-            try:
-                info = r.json()
-            except ValueError:
-                return {}
-            return info if isinstance(info, dict) else {}
+        r = get_status(self.client, self.base_url, job_id, self.backoff)
+        if r.status_code == 404:
+            return None
+        if r.status_code in (400, 401, 403):
+            raise BadInput(_message(r) or refusal(r.status_code, job_id))
+        try:
+            info = r.json()
+        except ValueError:
+            return {}
+        return info if isinstance(info, dict) else {}
 
 
 def _ending(entry: dict) -> str:

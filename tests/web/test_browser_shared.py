@@ -514,6 +514,22 @@ def test_a_gap_followed_by_more_entries_on_the_same_connection_reconnects_at_onc
         ctx.close()
 
 
+@contextlib.contextmanager
+def bare_page(browser, server):
+    """A bare page of the server's (CSP bypassed) with jobcast.js loaded, sharing nothing
+    (its manager in the page), its EventSource played by the test (FAKE_EVENT_SOURCE)."""
+    ctx = browser.new_context(bypass_csp=True)
+    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
+    ctx.add_init_script(FAKE_EVENT_SOURCE)
+    try:
+        pg = watch(ctx.new_page())
+        pg.goto(f"{server.url}/healthz")
+        pg.add_script_tag(url=f"{server.url}/static/jobcast.js")
+        yield pg
+    finally:
+        ctx.close()
+
+
 def test_a_watch_back_in_an_older_epoch_than_the_stream_is_reset_there_and_the_others_are_not(
         browser, server, redis):
     """A review's finding: a client joining the manager with a position in an older incarnation
@@ -524,13 +540,7 @@ def test_a_watch_back_in_an_older_epoch_than_the_stream_is_reset_there_and_the_o
     that moved the stream. The watch already in the new incarnation is not reset again. The
     stream is played by the test: E1 to seq 7, a reset to E2 after seq 5, E2 to seq 9."""
     job = uuid.uuid4().hex
-    ctx = browser.new_context(bypass_csp=True)     # a bare page of the server's, and the script
-    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
-    ctx.add_init_script(FAKE_EVENT_SOURCE)
-    try:
-        pg = watch(ctx.new_page())
-        pg.goto(f"{server.url}/healthz")
-        pg.add_script_tag(url=f"{server.url}/static/jobcast.js")
+    with bare_page(browser, server) as pg:
         pg.evaluate("""job => {
             const seen = (name) => {
                 const got = window[name] = {values: [], resets: []};
@@ -570,8 +580,6 @@ def test_a_watch_back_in_an_older_epoch_than_the_stream_is_reset_there_and_the_o
         assert [v[2] for v in first["values"]] == ["E1-0", "E1-1", "E1-2", "E1-3", "E1-4",
                                                    "E2-3", "E2-4", "E2-5", "E2-6"], first
         assert pg.evaluate("window.__es.length") == 1  # served by the manager, not read again
-    finally:
-        ctx.close()
 
 
 def test_a_whole_log_asked_for_while_a_tail_is_on_its_way_is_not_passed_over_by_that_tail(
@@ -583,13 +591,7 @@ def test_a_whole_log_asked_for_while_a_tail_is_on_its_way_is_not_passed_over_by_
     never had the history. What a connection asked anew still brings is now dropped. The
     streams are played by the test."""
     job = uuid.uuid4().hex
-    ctx = browser.new_context(bypass_csp=True)     # a bare page of the server's, and the script
-    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
-    ctx.add_init_script(FAKE_EVENT_SOURCE)
-    try:
-        pg = watch(ctx.new_page())
-        pg.goto(f"{server.url}/healthz")
-        pg.add_script_tag(url=f"{server.url}/static/jobcast.js")
+    with bare_page(browser, server) as pg:
         pg.evaluate("""job => {
             window.got = {tail: [], whole: []};
             Jobcast.watch(job, {tail: 2, onValue: (v, e) => window.got.tail.push(e.seq)});
@@ -624,8 +626,6 @@ def test_a_whole_log_asked_for_while_a_tail_is_on_its_way_is_not_passed_over_by_
         got = pg.evaluate("window.got")
         assert got["whole"] == [3, 4, 5, 6, 7, 8], got
         assert got["tail"] == [3, 4, 5, 6, 7, 8], got  # more than its tail: nothing is missed
-    finally:
-        ctx.close()
 
 
 def test_a_bigger_job_list_asked_for_while_items_still_come_gets_its_snapshot(browser, server):
@@ -634,13 +634,7 @@ def test_a_bigger_job_list_asked_for_while_items_still_come_gets_its_snapshot(br
     old connection still brought meanwhile set the list's cursor, the new connection asked
     from there, and no snapshot came: the new list stayed empty. What the old connection
     brings of a list asked for anew is now dropped. The streams are played by the test."""
-    ctx = browser.new_context(bypass_csp=True)     # a bare page of the server's, and the script
-    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
-    ctx.add_init_script(FAKE_EVENT_SOURCE)
-    try:
-        pg = watch(ctx.new_page())
-        pg.goto(f"{server.url}/healthz")
-        pg.add_script_tag(url=f"{server.url}/static/jobcast.js")
+    with bare_page(browser, server) as pg:
         pg.evaluate("""() => {
             window.snapshots = {small: [], big: []};
             Jobcast.list({limit: 10, onSnapshot: (jobs, seq) => window.snapshots.small.push(seq)});
@@ -669,8 +663,6 @@ def test_a_bigger_job_list_asked_for_while_items_still_come_gets_its_snapshot(br
         }""", row)
         pg.wait_for_function("() => window.snapshots.big.length === 1", timeout=5000)
         assert pg.evaluate("window.snapshots") == {"small": [5, 6], "big": [6]}
-    finally:
-        ctx.close()
 
 
 def test_a_tail_served_after_a_mid_stream_trim_counts_the_values_the_trim_passed_over(browser,
@@ -680,13 +672,7 @@ def test_a_tail_served_after_a_mid_stream_trim_counts_the_values_the_trim_passed
     ring yet) said too few values came before it (job.js then numbers and notes them wrong).
     The stream is played by the test: values 0-2, then a trim to value 7 at seq 10."""
     job = uuid.uuid4().hex
-    ctx = browser.new_context(bypass_csp=True)     # a bare page of the server's, and the script
-    ctx.add_init_script("window.JobcastConfig = {share: 'none'}")
-    ctx.add_init_script(FAKE_EVENT_SOURCE)
-    try:
-        pg = watch(ctx.new_page())
-        pg.goto(f"{server.url}/healthz")
-        pg.add_script_tag(url=f"{server.url}/static/jobcast.js")
+    with bare_page(browser, server) as pg:
         pg.evaluate("""job => {
             window.got = {whole: [], tails: []};
             Jobcast.watch(job, {onValue: (v, e) => window.got.whole.push(e.i)});
@@ -708,8 +694,6 @@ def test_a_tail_served_after_a_mid_stream_trim_counts_the_values_the_trim_passed
             onTail: (t) => window.got.tails.push([t.after, t.skipped])})""", job)
         pg.wait_for_function("() => window.got.tails.length === 1", timeout=5000)
         assert pg.evaluate("window.got.tails") == [[9, 7]]
-    finally:
-        ctx.close()
 
 
 def test_pages_name_their_jobcast_js_by_its_digest_and_its_tabs_share_the_worker_of_that_version(
