@@ -31,7 +31,7 @@ def progress(stack, job_id) -> int:
 
 
 def assert_exactly_once(viewer: SSEViewer, n: int, terminal: str = "finished",
-                        one_epoch: bool = True):
+                        epochs: int = 1):
     assert viewer.values() == list(range(n)), viewer.values()
     seqs = viewer.seqs()
     assert seqs == sorted(set(seqs)), "duplicate or out-of-order seq"
@@ -39,7 +39,7 @@ def assert_exactly_once(viewer: SSEViewer, n: int, terminal: str = "finished",
     # No fault here loses an entry: no reset. A web process or Redis restarted with its AOF
     # keeps the log's epoch; a retried job's restart begins one (its viewers just go on).
     assert not [e for e in viewer.events if e["event"] == "reset"]
-    assert len({e["id"].partition(":")[2] for e in viewer.events}) == 1 or not one_epoch
+    assert len({e["id"].partition(":")[2] for e in viewer.events}) == epochs
 
 
 def kill_tree(proc: psutil.Process):
@@ -76,7 +76,9 @@ def test_worker_killed_mid_job_is_retried_and_viewers_see_each_value_once(stack)
     info = status(stack, job_id)
     assert info["worker"] != first and info["attempt"] == 2
     for v in viewers:
-        assert_exactly_once(v, 80, one_epoch=False)
+        # The first attempt's epoch; the `retrying` entry's, written by another than the
+        # killed worker (nothing proves the log is all the dead one wrote); the retry's.
+        assert_exactly_once(v, 80, epochs=3)
     assert text.lines == ["{}".format(i ** 0.5) for i in range(80)]
     print(f"\nworker SIGKILL: job resumed and finished {recovered:.1f}s after the kill")
 

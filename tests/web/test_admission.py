@@ -1,14 +1,14 @@
 """A stream's start (jobcast.web.admission): the request read once, where the stream begins
 in the log (whole, resumed, at the tail, in a trimmed log), and what it says before the
-first entry. Flask request contexts and fakeredis; no server."""
+first entry. Flask request contexts and the session's redis-server; no web server."""
 
 from __future__ import annotations
 
 import uuid
 
-import fakeredis
 import pytest
 from flask import Flask
+from redis import Redis
 
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog, log_key
@@ -152,7 +152,7 @@ def test_sse_begins_with_its_retry_text_with_nothing_and_html_with_its_page_and_
     assert b'href="/static/frame.css"' in html
 
 
-def test_each_sse_connection_is_told_its_own_retry_within_the_range():
+def test_each_sse_connection_is_told_its_own_retry_within_the_range(redis):
     # Issue 21: EventSource does not jitter, so the server spreads reconnections itself.
     values = [retry_ms() for _ in range(100)]
     assert len(set(values)) > 1 and all(RETRY[0] <= v <= RETRY[1] for v in values)
@@ -160,10 +160,10 @@ def test_each_sse_connection_is_told_its_own_retry_within_the_range():
 
 # -- stream_start ------------------------------------------------------------------------------
 
-def job_log(values: int, *, finished: bool = False, keep: int | None = None) -> JobLog:
-    """A fakeredis log with ``values`` values (value i has seq i + 3), trimmed to its last
+def job_log(r: Redis, values: int, *, finished: bool = False,
+            keep: int | None = None) -> JobLog:
+    """A log on ``r`` with ``values`` values (value i has seq i + 3), trimmed to its last
     ``keep`` entries, exactly, as Redis trims a capped log."""
-    r = fakeredis.FakeRedis()
     log = JobLog(r, uuid.uuid4().hex)
     log.create("sqrt", {}, values)
     log.started("w", 1)
@@ -181,14 +181,14 @@ def start_of(log: JobLog, req: StreamRequest, maxlen: int) -> Start:
     return stream_start(req, log, log.position()[1], maxlen)
 
 
-def test_a_whole_log_starts_at_the_beginning_and_a_resume_after_the_given_seq():
-    log = job_log(20)
+def test_a_whole_log_starts_at_the_beginning_and_a_resume_after_the_given_seq(redis):
+    log = job_log(redis, 20)
     assert start_of(log, StreamRequest(log.job_id, SSE), 100) == Start(after=0)
     assert start_of(log, StreamRequest(log.job_id, SSE, resume=7), 100) == Start(after=7)
 
 
-def test_a_tail_starts_just_before_the_nth_last_value():
-    log = job_log(20)
+def test_a_tail_starts_just_before_the_nth_last_value(redis):
+    log = job_log(redis, 20)
     assert start_of(log, StreamRequest(log.job_id, SSE, tail=5), 100) == Start(
         after=17, tail=5, skipped=15)  # value 15 has seq 18
     assert start_of(log, StreamRequest(log.job_id, SSE, tail=0), 100) == Start(
@@ -198,12 +198,12 @@ def test_a_tail_starts_just_before_the_nth_last_value():
         after=0, tail=50, skipped=0)
 
 
-def test_a_tail_of_none_skips_the_values_up_to_its_position_not_those_logged_since():
+def test_a_tail_of_none_skips_the_values_up_to_its_position_not_those_logged_since(redis):
     """A review's finding: ``?tail=0`` counted the values logged by the time it asked, which
     could be past the position it starts from (read from memory, or a moment before): its
     first value's index (Jobcast-First-Value) was then too high, and a resume by ``?start=``
     from it skipped the values in between."""
-    log = job_log(20)   # value i has seq i + 3
+    log = job_log(redis, 20)   # value i has seq i + 3
     assert stream_start(StreamRequest(log.job_id, TEXT, tail=0), log, 12, 100) == Start(
         after=12, tail=0, skipped=10)   # values 0..9 are up to seq 12
     log.append_many([("log", {"stream": "stdout", "text": "x", "attempt": 1}, 1.0)] * 20)
@@ -213,13 +213,13 @@ def test_a_tail_of_none_skips_the_values_up_to_its_position_not_those_logged_sin
         after=2, tail=0, skipped=0)     # queued, started: no value yet
 
 
-def test_a_resume_wins_over_a_tail_so_a_reconnect_stays_exact():
-    log = job_log(20)
+def test_a_resume_wins_over_a_tail_so_a_reconnect_stays_exact(redis):
+    log = job_log(redis, 20)
     assert start_of(log, StreamRequest(log.job_id, SSE, resume=9, tail=5), 100) == Start(after=9)
 
 
-def test_a_resume_into_a_trimmed_log_says_what_was_lost():
-    log = job_log(30, keep=10)  # seqs 23..32 kept: values 20..29
+def test_a_resume_into_a_trimmed_log_says_what_was_lost(redis):
+    log = job_log(redis, 30, keep=10)  # seqs 23..32 kept: values 20..29
     assert may_be_trimmed(32, 10) and not may_be_trimmed(10, 10)
     begin = start_of(log, StreamRequest(log.job_id, SSE, resume=5), 10)
     assert begin == Start(after=5, first_seq=23, first_value=20, lost=17)
@@ -230,21 +230,21 @@ def test_a_resume_into_a_trimmed_log_says_what_was_lost():
     assert trimmed.json() == {"after": 5, "first_seq": 23, "lost": 17, "first_value": 20}
 
 
-def test_nothing_is_lost_from_a_position_the_trimmed_log_still_holds_or_has_passed():
-    log = job_log(30, keep=10, finished=True)  # seqs 24..33
+def test_nothing_is_lost_from_a_position_the_trimmed_log_still_holds_or_has_passed(redis):
+    log = job_log(redis, 30, keep=10, finished=True)  # seqs 24..33
     for after in (23, 25, 33):
         begin = start_of(log, StreamRequest(log.job_id, SSE, resume=after), 10)
         assert not begin.trimmed and begin.lost == 0, after
 
 
-def test_a_log_that_never_held_more_than_the_cap_is_not_checked_for_trimming():
-    log = job_log(30, keep=10)
+def test_a_log_that_never_held_more_than_the_cap_is_not_checked_for_trimming(redis):
+    log = job_log(redis, 30, keep=10)
     # With a cap above the last seq the log cannot have lost anything: not even read.
     assert start_of(log, StreamRequest(log.job_id, SSE, resume=5), 100) == Start(after=5)
 
 
-def test_a_tail_longer_than_a_trimmed_log_begins_with_the_first_value_kept():
-    log = job_log(30, keep=10)
+def test_a_tail_longer_than_a_trimmed_log_begins_with_the_first_value_kept(redis):
+    log = job_log(redis, 30, keep=10)
     begin = start_of(log, StreamRequest(log.job_id, TEXT, tail=50), 10)
     assert begin == Start(after=0, tail=50, skipped=0, first_seq=23, first_value=20, lost=22)
     assert begin.headers() == {"Jobcast-First-Value": "20", "Jobcast-Values-Lost": "20"}
@@ -256,7 +256,7 @@ def test_a_tail_longer_than_a_trimmed_log_begins_with_the_first_value_kept():
 
 # -- a resume in another incarnation of the log (jobcast.core.epoch) ----------------------------
 
-def test_a_resume_names_its_epoch_and_an_old_numeric_one_is_still_read():
+def test_a_resume_names_its_epoch_and_an_old_numeric_one_is_still_read(redis):
     assert (parse("/", headers={"Last-Event-ID": "12:Ab3kQ9xZ"}).resume,
             parse("/", headers={"Last-Event-ID": "12:Ab3kQ9xZ"}).epoch) == (12, "Ab3kQ9xZ")
     assert parse("/?after=7:E-_1").epoch == "E-_1" and parse("/?after=7").epoch is None
@@ -268,10 +268,10 @@ def test_a_resume_names_its_epoch_and_an_old_numeric_one_is_still_read():
     assert bad_param("/?start=3&epoch=a:b", HTML) == "epoch"
 
 
-def lossy_log() -> tuple[JobLog, str, str]:
+def lossy_log(r: Redis) -> tuple[JobLog, str, str]:
     """A log whose first epoch lost seqs 6..7 (values 3..4) in a failover: the second began at
     seq 6 with 3 values, and has 2 entries; (log, first epoch, second epoch)."""
-    log = job_log(5)                   # seqs 1..7
+    log = job_log(r, 5)                # seqs 1..7
     first = log.head().epoch
     writer = JobLog(log.redis, log.job_id)
     writer.begin()
@@ -283,19 +283,19 @@ def lossy_log() -> tuple[JobLog, str, str]:
     return log, first, log.head().epoch
 
 
-def test_a_resume_in_the_current_epoch_costs_no_read_and_one_in_a_survived_prefix_goes_on():
-    log, first, second = lossy_log()
+def test_a_resume_in_the_current_epoch_costs_no_read_and_one_in_a_survived_prefix_goes_on(redis):
+    log, first, second = lossy_log(redis)
     position = log.position()
     req = StreamRequest(log.job_id, SSE, resume=7, epoch=second)
     log.redis = None  # no Redis read may happen for the common resume
     assert placed(req, position, log) == (req, None, second)
-    log, first, second = lossy_log()
+    log, first, second = lossy_log(redis)
     req = StreamRequest(log.job_id, SSE, resume=5, epoch=first)
     assert placed(req, log.position(), log) == (req, None, second)
 
 
-def test_a_resume_past_what_survived_is_moved_back_and_told_once():
-    log, first, second = lossy_log()
+def test_a_resume_past_what_survived_is_moved_back_and_told_once(redis):
+    log, first, second = lossy_log(redis)
     req, reset, epoch = placed(StreamRequest(log.job_id, SSE, resume=7, epoch=first),
                                log.position(), log)
     assert (req.resume, epoch, reset.after, reset.values, reset.reason) == (5, second, 5, 3, "lost")
@@ -305,8 +305,8 @@ def test_a_resume_past_what_survived_is_moved_back_and_told_once():
     assert reset.header() == f"epoch={second}; after=5; values=3; reason=lost"
 
 
-def test_a_claim_past_the_end_resets_that_client_only_and_mints_nothing():
-    log, first, second = lossy_log()
+def test_a_claim_past_the_end_resets_that_client_only_and_mints_nothing(redis):
+    log, first, second = lossy_log(redis)
     req, reset, epoch = placed(StreamRequest(log.job_id, SSE, resume=99, epoch=second),
                                log.position(), log)
     assert (req.resume, reset.reason, epoch) == (7, "past_end", second)
@@ -315,8 +315,8 @@ def test_a_claim_past_the_end_resets_that_client_only_and_mints_nothing():
     assert placed(StreamRequest(log.job_id, TEXT, start=9), log.position(), log)[1].values == 3
 
 
-def test_a_reset_comes_before_anything_else_of_the_stream():
-    log, first, second = lossy_log()
+def test_a_reset_comes_before_anything_else_of_the_stream(redis):
+    log, first, second = lossy_log(redis)
     _, reset, _ = placed(StreamRequest(log.job_id, SSE, resume=7, epoch=first), log.position(),
                          log)
     begin = Start(after=5, tail=None)

@@ -525,6 +525,9 @@ def test_long_job_keeps_the_log_dom_and_chart_bounded_live_and_for_a_late_viewer
     late.goto(f"{web.url}/jobs/{job_id}")
     late.wait_for_function(DONE, timeout=60000)
     assert len(model(late)["values"]) == n
+    shown = dom(late)
+    assert len(shown["rows"]) < 60 and shown["rows"][-1] == [n - 1, sqrt_texts(n)[-1]]
+    assert shown["chartPoints"] == n and shown["chartBuckets"] <= 2048
     # The longest main-thread task is measured (printed), never asserted: speed is the
     # benchmark's to measure.
     for name, pg in (("live", live), ("late", late)):

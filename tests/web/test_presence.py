@@ -1,12 +1,13 @@
 """Presence: each process publishes its viewer counts; readers add up the fresh ones.
 
-Pure logic, on fakeredis."""
+On a database of the session's redis-server of its own (the hashes' TTLs and pipelines are
+Redis's), emptied before and after each test: the job names are the tests' own."""
 
 from __future__ import annotations
 
-import fakeredis
 import pytest
 
+from tests.support.services import own_database
 from tests.support.wait import wait_for
 from jobcast.core.feed import FEED
 from jobcast.core.joblog import JobLog
@@ -29,13 +30,17 @@ class FakeHub:
 
 
 @pytest.fixture
-def r():
-    return fakeredis.FakeRedis()
+def r(redis_server):
+    """Database 13 of the session's Redis, empty."""
+    with own_database(redis_server, 13) as (_url, client):
+        yield client
 
 
 def viewers_key(job_id: str) -> str:
-    """The job's hash of per-process viewer counts."""
-    return JobLog(fakeredis.FakeRedis(), job_id).keys.viewers
+    """The job's hash of per-process viewer counts (a single Redis's key)."""
+    from jobcast.core.joblog import job_keys
+
+    return job_keys(None, job_id).viewers
 
 
 def test_counts_of_every_process_are_added_up_while_fresh(r):

@@ -108,10 +108,14 @@ def writer():
         got.append(exc.errno)
 
 waiting = gevent.spawn(writer)
-gevent.sleep(0.05)
+gevent.sleep(0)     # the writer runs until it waits for room
+assert sink.waiting is not None
 sink.close()        # the stream is cut while that write waits
 waiting.join(5)
-gevent.sleep(0.05)  # the loop turns on after the close
+for _ in range(500):  # the descriptor is closed on a later turn of the loop
+    if ours.fileno() == -1:
+        break
+    gevent.sleep(0.01)
 assert got == [errno.EBADF], got
 assert ours.fileno() == -1
 print("ok")

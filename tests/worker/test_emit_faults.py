@@ -61,8 +61,9 @@ def run(redis: Redis, func, *args) -> tuple[Job, list]:
     return Job.fetch(job.id, connection=redis), list(JobLog(redis, job.id).entries())
 
 
-def value_write_fails_once(monkeypatch, index: int) -> None:
-    """The first write of value ``index`` fails (Redis away for a moment); every other goes."""
+def value_write_fails_once(monkeypatch, index: int) -> list[int]:
+    """The first write of value ``index`` fails (Redis away for a moment); every other goes.
+    Returns the list of the writes failed (``[index]`` once it has)."""
     real = JobLog.value
     failed = []
 
@@ -74,6 +75,7 @@ def value_write_fails_once(monkeypatch, index: int) -> None:
         return real(self, i, value, total)
 
     monkeypatch.setattr(JobLog, "value", flaky)
+    return failed
 
 
 def values(entries) -> list:
@@ -222,8 +224,9 @@ def test_a_value_held_while_redis_was_away_is_logged_as_it_was_when_emitted(
         redis, in_process, monkeypatch):
     """A review's finding: a value Redis did not take was held as the object, and sent again
     at the next emit() as the job had changed it since: the log showed value 0 as {'k': 1}."""
-    value_write_fails_once(monkeypatch, 0)
+    failed = value_write_fails_once(monkeypatch, 0)
     job, entries = run(redis, changing_in_place, 3)
+    assert failed == [0]
     assert values(entries) == [(0, "{'k': 0}"), (1, "{'k': 1}"), (2, "{'k': 2}")]
     assert entries[-1].kind == "finished"
 
@@ -302,6 +305,7 @@ def test_lines_printed_before_a_value_stay_before_it_when_redis_fails_to_take_th
 
     monkeypatch.setattr(JobLog, "_append_calls", flaky)
     job, entries = run(redis, prints_around, ["a", "b"])
+    assert failed
     assert order(entries) == ["before a", "value a", "after a", "before b", "value b", "after b"]
     assert entries[-1].kind == "finished"
 
@@ -309,8 +313,9 @@ def test_lines_printed_before_a_value_stay_before_it_when_redis_fails_to_take_th
 def test_lines_printed_after_a_held_value_never_come_before_it(redis, in_process, monkeypatch):
     """A review's finding: a value Redis did not take waits for the next emit(), but the
     lines printed after it were sent meanwhile, and came before it in the log."""
-    value_write_fails_once(monkeypatch, 0)
+    failed = value_write_fails_once(monkeypatch, 0)
     job, entries = run(redis, prints_around, ["a", "b"], True)
+    assert failed == [0]
     assert order(entries) == ["before a", "value a", "after a", "before b", "value b", "after b"]
     assert entries[-1].kind == "finished"
 
