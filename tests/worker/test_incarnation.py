@@ -22,7 +22,7 @@ import tests.tasks  # noqa: F401  (registers chatty in this process)
 from jobcast import emit
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import Entry, JobLog
-from jobcast.core.settings import Settings, get_settings
+from jobcast.core.settings import get_settings
 from jobcast.producer.enqueue import enqueue
 from jobcast.worker import capture
 from jobcast.worker.emit import rq_log
@@ -248,15 +248,6 @@ def test_an_attempt_whose_last_values_a_failover_lost_is_retried_and_its_end_reu
 
 
 # -- Jobcast's own tasks: run_task shares its log with the capture the hook started --------------
-
-
-@pytest.fixture
-def settings(redis_server, monkeypatch):
-    """Settings of a private queue, read by the runner from the environment."""
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    get_settings.cache_clear()
-    yield Settings(redis_url=redis_server.url, queue_name=f"unit-{uuid.uuid4().hex}")
-    get_settings.cache_clear()
 
 
 def fail_over_to_value_0(monkeypatch, jlog: JobLog, *, before_value_1: bool) -> list[int]:

@@ -8,8 +8,6 @@ RQ's ``Job.perform``, which is what a work-horse calls.
 from __future__ import annotations
 
 import math
-import uuid
-from typing import Iterator
 
 import pytest
 from redis import ConnectionPool, Redis
@@ -24,17 +22,6 @@ from jobcast.producer.enqueue import enqueue
 from jobcast.worker import runner
 from jobcast.worker.runner import JobCancelled, describe, on_failure, run_task
 from tests.support.loss import lose
-
-
-@pytest.fixture
-def settings(redis_server, monkeypatch) -> Iterator[Settings]:
-    """Settings of a private queue on the session's Redis; the runner reads them from the
-    environment, as in a worker (read afresh: an app created by an earlier test may have
-    cached this process's settings from another environment)."""
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    get_settings.cache_clear()
-    yield Settings(redis_url=redis_server.url, queue_name=f"unit-{uuid.uuid4().hex}")
-    get_settings.cache_clear()
 
 
 def queued(redis: Redis, settings: Settings, task: str, **params) -> tuple[Job, JobLog]:
