@@ -308,13 +308,16 @@ class Supervisor:
                 service.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True, pass_fds=service.pass_fds,
                 preexec_fn=_child_setup(os.getpid(), blocked))
+            # Its output's reader is started here, so that it keeps them blocked for good (a
+            # thread inherits the mask): a thread that took them would have the handler run
+            # in this one at once, even between the fork and ``service.proc``.
+            threading.Thread(target=self._pump, args=(service.name, service.proc.stdout),
+                             name=f"output-{service.name}", daemon=True).start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         service.state = "starting" if service.ready else "running"
         service.started_at = time.time()
         service.restart_at = None
-        threading.Thread(target=self._pump, args=(service.name, service.proc.stdout),
-                         name=f"output-{service.name}", daemon=True).start()
         self.on_change()
 
     def _pump(self, name: str, stream: IO[bytes]) -> None:

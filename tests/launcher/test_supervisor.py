@@ -188,3 +188,21 @@ def test_stopping_a_service_that_waits_to_restart_kills_nothing_by_its_reaped_id
     sup.stop([svc], timeout=5)
     sup.stop([svc], timeout=5)
     assert killed == [svc.pid] and svc.state == "stopped"
+
+
+def test_a_services_output_reader_never_takes_a_stop_signal(supervisor):
+    """A review's finding: the stop signals are blocked while a service is started, so that
+    one never comes between the fork and the process being recorded; but the threads reading
+    the services' output were started with them unblocked, the kernel could give them one,
+    and the handler then ran in the main thread at once, inside the start (its process never
+    recorded, never stopped in order). Those threads now keep them blocked."""
+    import signal
+    import threading
+
+    svc = supervisor.add(Service("quiet.1", sh("exec sleep 30")))
+    supervisor.start([svc])
+    [reader] = [t for t in threading.enumerate() if t.name == "output-quiet.1"]
+    with open(f"/proc/self/task/{reader.native_id}/status") as status:
+        blocked = int(next(line for line in status if line.startswith("SigBlk:")).split()[1], 16)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        assert blocked & (1 << (sig - 1)), f"{sig.name} is not blocked in the output reader"
