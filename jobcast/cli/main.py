@@ -265,8 +265,11 @@ def service_env_item(text: str) -> tuple[str, str, str]:
     kind, _, assignment = text.partition(":")
     name, sep, value = assignment.partition("=")
     if kind not in SERVICE_KINDS or not sep or not name:
+        # What was given is not echoed past its first "=": the value may be a secret.
+        shown = text.partition("=")[0] + ("=…" if "=" in text else "")
         raise argparse.ArgumentTypeError(
-            f"expected SERVICE:NAME=VALUE with SERVICE one of {', '.join(SERVICE_KINDS)}, got {text!r}")
+            f"expected SERVICE:NAME=VALUE with SERVICE one of {', '.join(SERVICE_KINDS)}, "
+            f"got {shown!r}")
     return kind, name, value
 
 

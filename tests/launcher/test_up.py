@@ -510,6 +510,18 @@ def test_up_rejects_bad_options_with_exit_2(args, message, capsys):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_malformed_env_option_is_refused_without_echoing_its_value(capsys):
+    """A review's finding: ``--env webJOBCAST_TOKEN=…`` (the colon forgotten) was refused
+    with the whole option quoted back, the token in it, on the terminal and in CI logs."""
+    from jobcast.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["up", "--env", "webJOBCAST_TOKEN=s3cret-token"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "expected SERVICE:NAME=VALUE" in err
+    assert "s3cret" not in err and "'webJOBCAST_TOKEN=…'" in err
+
+
 def test_env_options_are_grouped_by_kind_of_service():
     from jobcast.cli.main import build_parser
 
