@@ -81,8 +81,11 @@ BENCH_ARGS ?=
 bench-deps:
 	@missing=""; $(NEED_REDIS); $(NEED_NCHAN); $(INSTALL_MISSING)
 
-bench: bench-deps $(VENV)/.installed-test
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
 	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: bench-deps $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
