@@ -51,6 +51,7 @@ from typing import Any, Iterator, NamedTuple
 
 from pydantic import BaseModel
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from jobcast.core.entry import TERMINAL, Entry, stream_field, stream_id_text
@@ -149,6 +150,12 @@ class JobExists(RuntimeError):
 
 class UnknownJob(LookupError):
     """No job with this id exists (or its log has expired)."""
+
+
+class LinesUnsent(RedisConnectionError):
+    """A value is not written: a batch of lines before it awaits its resend (its reply was
+    lost, :meth:`JobLog.append_many`). A ConnectionError, so that the caller holds the value
+    (``emit()``) or retries the attempt (the runner) as for Redis away."""
 
 
 def check_job_id(job_id: str) -> str:
@@ -405,6 +412,12 @@ class JobLog:
             # unused, and the next write offers it again.
             spare = self.began and self.epoch is not None and not new_era and kind != "queued"
             epoch = (self._spare if spare else None) or new_epoch()
+            if self._unsent and kind == "value":
+                # Lines whose reply was lost (another thread's batch, sent while this value
+                # waited for the lock) go again first, with their write numbers: a value
+                # written now would come before them, and they, sent as new, land twice.
+                raise LinesUnsent(f"job {self.job_id}: lines before value {index} await "
+                                  "their resend")
             high, self._spare = self.high, None  # (not offered again if this write fails)
             self._unsent = []  # a batch sent after this write would not be in order
             keys, args = self.script_args(kind, body, index=index, value_json=value_json,

@@ -433,6 +433,42 @@ def test_a_batch_of_lines_whose_reply_was_lost_is_appended_once_when_sent_again(
     assert jlog.value(0, "v") == 6
 
 
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_value_waits_for_the_lines_before_it_whose_reply_was_lost(jlog, monkeypatch, landed):
+    """A review's finding: a value written while another thread's batch of lines awaited its
+    resend (its reply lost) threw that batch's write numbers away: the resend then came as
+    new lines, after the value, and those that had landed were in the log twice. The value
+    now waits (LinesUnsent, a ConnectionError: ``emit()`` holds it, the runner retries)."""
+    from redis.client import Pipeline
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from jobcast.core.joblog import LinesUnsent
+
+    jlog.begin()
+    jlog.started("w1", 1)
+    real = Pipeline.execute
+    armed = [True]
+
+    def execute(self, *args, **kwargs):
+        """The pipeline's reply lost once: after it ran (``landed``), or before."""
+        if armed:
+            armed.clear()
+            if landed:
+                real(self, *args, **kwargs)
+            raise RedisConnectionError("the reply was lost")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "execute", execute)
+    with pytest.raises(RedisConnectionError):
+        jlog.append_many([line("a"), line("b")])
+    with pytest.raises(LinesUnsent):
+        jlog.value(0, "v")                            # the job thread, meanwhile
+    jlog.append_many([line("a"), line("b")])          # the capture's next tick
+    assert jlog.value(0, "v") > 0
+    assert [(e.kind, e.data.get("text", e.text)) for e in jlog.entries()][2:] == [
+        ("log", "a"), ("log", "b"), ("value", "v")]
+
+
 def test_values_are_still_deduplicated_across_attempts_whose_output_is_kept(jlog):
     jlog.started("w1", 1)
     jlog.append_many([line("first try")])
