@@ -127,13 +127,16 @@ def _state(job: Job) -> EmitState:
         if not getattr(job, HOOKED_ATTR, False) and not is_runner(job):
             # No worker hook: create the log and say the job started, or values would land
             # in a log that viewers cannot find; its end goes unrecorded, hence the warning.
+            # (Begun first: `started` then raises its highest seq, as in the hook.)
             jlog.ensure(job.description, job.origin)
+            jlog.begin()
             start_attempt(jlog, job, job.worker_name or "unknown", task_label(job.description),
                           {}, None, {"origin": job.origin or ""})
             log.warning("job %s calls emit() on a worker without Jobcast's hook: its end will "
                         "not be logged until the web's watchdog sees RQ's status; run the "
                         "worker as `rq worker -w jobcast.Worker`", job.id)
-        jlog.begin()  # values go into this incarnation only (LogReset otherwise)
+        else:
+            jlog.begin()  # values go into this incarnation only (LogReset otherwise)
         state = EmitState(jlog)
         setattr(job, STATE_ATTR, state)
     return state
@@ -228,6 +231,8 @@ def send_unsent(job: Job) -> None:
         return
     try:
         _send_held(job, state)
+    except LogReset:
+        raise  # (a RedisError too, but not one of Redis away: the log is not this run's)
     except REDIS_ERRORS as exc:
         raise ValuesUnsent(job.id, len(state.unsent) + state.dropped) from exc
     if state.dropped:

@@ -153,9 +153,12 @@ class LifecycleMixin:
             # failure path files it canceled, or failed with no retry, as the log says. A log
             # that finished or failed in an earlier run (RQ's Repeat, a requeue, a fixed id) is
             # opened anew for this one (worker/attempt.py).
+            # Begun before its `started` is written, as the runner's is: that write raises
+            # the writer's highest seq, so a failover that loses it is found at the next
+            # write (a new epoch), not written over in the same one.
+            jlog.begin()
             attempt = start_attempt(jlog, job, self.name, task_label(job.description), {},
                                     None, {"origin": job.origin or ""}).number
-            jlog.begin()
         except JobEnded:
             self._ended_job_id = job.id
             raise

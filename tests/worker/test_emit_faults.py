@@ -346,3 +346,30 @@ def test_lines_of_the_last_send_are_tried_again_when_redis_did_not_take_them(
     job, entries = run(redis, last_words)
     assert failed and order(entries) == ["value v", "last words"]
     assert entries[-1].kind == "finished"
+
+
+def test_a_failover_that_loses_a_hooked_jobs_started_entry_is_not_written_over(
+        redis, in_process, monkeypatch):
+    """A review's finding: the hook wrote ``started`` and only then began the log, so a
+    failover that lost ``started`` in between went unseen: the job's first value took its
+    seq in the same epoch, and viewers that had ``started`` skipped that value. Begun first,
+    the log's next write finds it behind what this run wrote and begins a new epoch."""
+    from jobcast.worker import hook
+    from tests.support.loss import lose
+
+    real = hook.start_attempt
+
+    def then_lost(jlog, job, *args, **kwargs):
+        """``started`` lands, then the failover loses it (the log as after ``queued``)."""
+        started = real(jlog, job, *args, **kwargs)
+        lose(JobLog(redis, job.id), keep=1)
+        return started
+
+    monkeypatch.setattr(hook, "start_attempt", then_lost)
+    job, entries = run(redis, tolerant, ["a", "b"])
+    queued, *after = entries
+    assert queued.kind == "queued" and after
+    assert all(e.ep != queued.ep for e in after), [(e.seq, e.kind, e.ep) for e in entries]
+    # The values met the reset: the attempt fails (no retry here) rather than finish.
+    assert entries[-1].kind == "failed" and job.get_status() == JobStatus.FAILED
+
