@@ -1024,6 +1024,9 @@ class Relay:
         metrics.caught_up("reset")
         with self._lock:
             self.recent.lost([v.job_id])  # what is kept of the job may be the dead incarnation
+            # What was announced to it while it caught up was of the lost entries: waiting
+            # for those seqs would read the log again and again, finding nothing newer.
+            v.missed = min(v.missed, reset.after)
         v.values = None  # counted in an incarnation that is gone
         if v.transport.reset is None:
             v.cursor, v.epoch = reset.after, reset.epoch

@@ -1403,6 +1403,34 @@ def test_a_log_found_behind_a_quiet_viewer_begins_a_new_epoch_and_resets_it(redi
     assert not viewer.closed
 
 
+def test_a_viewer_reset_back_before_what_was_announced_to_it_goes_back_to_the_fast_path(
+        redis, relay, clock, monkeypatch):
+    """A review's finding: a viewer catching up notes the seqs announced meanwhile (missed);
+    reset back before them by a lossy failover, it waited for those seqs, which the log no
+    longer had: it read the log again and again, at once, until a writer passed them."""
+    log, first, writer, viewer, client = watched(redis, relay)  # seqs 3..7
+    lose(log, keep=5)                                          # the writer is silent (dead?)
+    reads = []
+    history = relay.broker.history
+
+    def read(*args):
+        """The log's read; during the first, seq 7 is announced (before the loss reached
+        this process), as the fast path notes it for a viewer catching up."""
+        if not reads:
+            viewer.missed = 7
+        reads.append(args[1])
+        return history(*args)
+
+    monkeypatch.setattr(relay.broker, "history", read)
+    clock.advance(0.25)
+    relay.tick()
+    green_wait(lambda: b"event: reset" in client.data, what="the reset")
+    green_wait(lambda: not viewer.slow, what="the fast path")
+    assert len(reads) <= 3, f"{len(reads)} reads of the log"
+    relay.deliver(log.job_id, write(JobLog(redis, log.job_id), 3, 4))
+    green_wait(lambda: entry_ids(client.data)[-1][0] == "value", what="the next value")
+
+
 def test_a_reset_written_to_a_stalled_client_does_not_hold_its_jobs_other_newcomers(redis,
                                                                                     relay):
     """A review's finding: the reset was written while its viewer still held the job's read,
