@@ -400,12 +400,9 @@ def test_output_lines_take_their_place_by_seq_without_moving_values_or_status(jl
     assert logged[0].data["ts"] == 1234.5   # the time it was printed, not appended
 
 
-@pytest.mark.parametrize("landed", [True, False])
-def test_a_batch_of_lines_whose_reply_was_lost_is_appended_once_when_sent_again(jlog, monkeypatch,
-                                                                                 landed):
-    """A review's finding: the capture sends a batch again at its next tick when the first
-    send failed past the client's own retries, and the resend took new write numbers: a batch
-    that had landed (only its reply was lost) was appended twice."""
+def lines_reply_lost(jlog: JobLog, monkeypatch, landed: bool) -> None:
+    """Begin ``jlog``'s run and send lines "a" and "b" whose reply is lost (a ConnectionError
+    past the client's retries): after the batch ran (``landed``), or before."""
     from redis.client import Pipeline
     from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -415,7 +412,7 @@ def test_a_batch_of_lines_whose_reply_was_lost_is_appended_once_when_sent_again(
     armed = [True]
 
     def execute(self, *args, **kwargs):
-        """The pipeline's reply lost once: after it ran (``landed``), or before."""
+        """The pipeline's reply lost once."""
         if armed:
             armed.clear()
             if landed:
@@ -426,6 +423,15 @@ def test_a_batch_of_lines_whose_reply_was_lost_is_appended_once_when_sent_again(
     monkeypatch.setattr(Pipeline, "execute", execute)
     with pytest.raises(RedisConnectionError):
         jlog.append_many([line("a"), line("b")])
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_batch_of_lines_whose_reply_was_lost_is_appended_once_when_sent_again(jlog, monkeypatch,
+                                                                                 landed):
+    """A review's finding: the capture sends a batch again at its next tick when the first
+    send failed past the client's own retries, and the resend took new write numbers: a batch
+    that had landed (only its reply was lost) was appended twice."""
+    lines_reply_lost(jlog, monkeypatch, landed)
     # Sent again with what was printed since, as the capture's next tick does.
     seqs = jlog.append_many([line("a"), line("b"), line("c")])
     assert seqs == ([-6, 4, 5] if landed else [3, 4, 5])
@@ -439,28 +445,9 @@ def test_a_value_waits_for_the_lines_before_it_whose_reply_was_lost(jlog, monkey
     resend (its reply lost) threw that batch's write numbers away: the resend then came as
     new lines, after the value, and those that had landed were in the log twice. The value
     now waits (LinesUnsent, a ConnectionError: ``emit()`` holds it, the runner retries)."""
-    from redis.client import Pipeline
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     from jobcast.core.joblog import LinesUnsent
 
-    jlog.begin()
-    jlog.started("w1", 1)
-    real = Pipeline.execute
-    armed = [True]
-
-    def execute(self, *args, **kwargs):
-        """The pipeline's reply lost once: after it ran (``landed``), or before."""
-        if armed:
-            armed.clear()
-            if landed:
-                real(self, *args, **kwargs)
-            raise RedisConnectionError("the reply was lost")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Pipeline, "execute", execute)
-    with pytest.raises(RedisConnectionError):
-        jlog.append_many([line("a"), line("b")])
+    lines_reply_lost(jlog, monkeypatch, landed)
     with pytest.raises(LinesUnsent):
         jlog.value(0, "v")                            # the job thread, meanwhile
     jlog.append_many([line("a"), line("b")])          # the capture's next tick
