@@ -398,6 +398,16 @@ class Capture:
             with self.lock:
                 if final:
                     self.pending = [line for line in self.pending if line is not HOLD]
+                if final and self.attempt is None and self.pending:
+                    # The run ended before its attempt was known (it failed to start): its
+                    # lines have no log to go to. They reach the worker's console, counted.
+                    unsent, self.pending, self.pending_bytes = self.pending, [], 0
+                    self.lost += len(unsent)
+                    if self.echo:
+                        self.echo_lines([line for line in unsent if not line.echoed])
+                    log.warning("jobcast: job %s ended before its attempt began: %d line(s) "
+                                "it printed are not in its log", self.job_id, len(unsent))
+                    return
                 if self.attempt is None or not self.pending:
                     return
                 cut = next((k for k, line in enumerate(self.pending) if line is HOLD),

@@ -306,6 +306,27 @@ def test_lines_redis_did_not_take_are_announced_once_it_takes_lines_again_and_ec
     assert capsys.readouterr().err.count("line A") == 1
 
 
+def test_lines_of_a_run_that_ended_before_its_attempt_was_known_reach_the_console_counted(
+        capsys, caplog):
+    """A review's finding: a runner job that failed to start (an unknown task, a reset met by
+    its ``started``) ended with its attempt unknown, and the final send dropped what it had
+    printed: not in the log, not on the worker's console, not counted."""
+    sent = []
+
+    def sink(entries):
+        """The log (never reached: no attempt)."""
+        sent.extend(entries)
+        return list(range(1, len(entries) + 1))
+
+    cap = capture.Capture("j", sink, rate=200, level=logging.INFO, echo=True, attempt=None,
+                          mode="logging")
+    cap.write("stdout", "importing the task failed\n")
+    cap.close()
+    assert sent == [] and cap.lost == 1
+    assert capsys.readouterr().err.count("importing the task failed") == 1
+    assert "ended before its attempt began: 1 line(s)" in caplog.text
+
+
 HIGH_FDS = r"""
 import os, resource, sys, threading
 from jobcast.core.settings import Settings
