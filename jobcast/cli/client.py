@@ -266,6 +266,12 @@ class Display:
         self.out.write(raw + "\n")
         self.out.flush()
 
+    def event(self, kind: str, data: dict) -> None:
+        """A stream's ``trimmed`` or ``reset`` as a JSON line of its own (``--output json``
+        only: plain output says it in a note)."""
+        if self.output == "json":
+            self.entry(json.dumps({"kind": kind, **data}, separators=(",", ":")))
+
     def note(self, text: str) -> None:
         """A message for the person watching, on stderr (above the bar, if there is one); it
         may quote the server (a failure's reason), so control characters are shown as U+FFFD."""
@@ -548,31 +554,19 @@ class Follower:
             if data.get("skipped") and self.display.output == "plain":
                 self.display.note(f"skipping {data['skipped']:,} earlier values (--tail {data['tail']})")
             return
-        first = data.get("first_value")
-        if first is not None:
-            lost = max(0, int(first) - self.values)
-            what = "values"
-        else:
-            lost, what = int(data.get("lost") or 0), "entries"
-        if self.display.output == "json":
-            self.display.entry(json.dumps({"kind": "trimmed", **data}, separators=(",", ":")))
-        if lost:
-            self.display.note(f"{lost:,} earlier {what} are no longer kept")
+        self.display.event("trimmed", data)
+        note = trimmed_note(data, self.values)
+        if note:
+            self.display.note(note)
 
     def _reset(self, data: dict) -> None:
         """A ``reset`` event: Redis lost entries this follower had (a failover), or the log
         was re-created. Say so, and go on from the value the log goes on with."""
-        values = int(data.get("values") or 0)
-        if values < self.values:
-            self.replaced = True
-            text = f"values from #{values:,} on were replaced"
-        else:
-            text = f"it goes on from value #{values:,}"
-        if self.display.output == "json":
-            self.display.entry(json.dumps({"kind": "reset", **data}, separators=(",", ":")))
-        self.display.note(f"the job's log was reset after a Redis failover ({data.get('reason')}):"
-                          f" {text}")
-        self.values = values
+        note, replaced = reset_note(data, self.values)
+        self.replaced = self.replaced or replaced
+        self.display.event("reset", data)
+        self.display.note(note)
+        self.values = int(data.get("values") or 0)
         self.display.progress(self.values, None)
 
     def _entry(self, data: str) -> None:
@@ -636,7 +630,8 @@ def not_an_event_stream(r: httpx.Response) -> BadInput | None:
     kind = r.headers.get("content-type", "").split(";")[0].strip()
     if kind == "text/event-stream":
         return None
-    return BadInput(f"{masked_url(str(r.request.url))} answered with {kind or 'no Content-Type'}, not an event "
+    return BadInput(f"{masked_url(str(r.request.url))} answered with "
+                    f"{kind or 'no Content-Type'}, not an event "
                     "stream: is --url a Jobcast server?")
 
 
@@ -647,6 +642,28 @@ def refusal(status: int, job_id: str) -> str:
     if status == 403:
         return "the server refused the token (JOBCAST_TOKEN)"
     return f"no job with id {job_id}"
+
+
+def trimmed_note(data: dict, values: int) -> str:
+    """What a ``trimmed`` event tells one who has had ``values`` values: how many values
+    (or, when the log keeps none to count from, entries) are gone; "" when none."""
+    first = data.get("first_value")
+    if first is not None:
+        lost, what = max(0, int(first) - values), "values"
+    else:
+        lost, what = int(data.get("lost") or 0), "entries"
+    return f"{lost:,} earlier {what} are no longer kept" if lost else ""
+
+
+def reset_note(data: dict, values: int) -> tuple[str, bool]:
+    """What a ``reset`` event tells one who has had ``values`` values, and whether it
+    replaced some of them (a follow then exits 5 however the job ends)."""
+    goes_on = int(data.get("values") or 0)
+    replaced = goes_on < values
+    text = (f"values from #{goes_on:,} on were replaced" if replaced
+            else f"it goes on from value #{goes_on:,}")
+    reason = data.get("reason")
+    return f"the job's log was reset after a Redis failover ({reason}): {text}", replaced
 
 
 def get_status(client: httpx.Client, base_url: str, job_id: str,

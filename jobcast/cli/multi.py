@@ -40,7 +40,8 @@ import httpx
 from jobcast.cli.client import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
                                 EXIT_REPLACED, RETRYABLE, TERMINAL_KINDS, BadInput, Display,
                                 JitterBackoff, _message, bad_input, get_status,
-                                not_an_event_stream, parse_blocks, refusal, run_reporting)
+                                not_an_event_stream, parse_blocks, refusal, reset_note,
+                                run_reporting, trimmed_note)
 from jobcast.core.output import line_text
 from jobcast.core.store import masked_url
 
@@ -320,30 +321,20 @@ class MultiFollower:
     def _trimmed(self, ev: JobEvent) -> None:
         """A job's ``trimmed``: what its capped log no longer has, on stderr in either output
         (and in JSON, as a line of its own): a gap is never passed over in silence."""
-        first = ev.data.get("first_value")
-        if first is not None:
-            lost, what = max(0, int(first) - self.values.get(ev.job, 0)), "values"
-        else:
-            lost, what = int(ev.data.get("lost") or 0), "entries"
-        if self.display.output == "json":
-            self.display.entry(json.dumps({"kind": "trimmed", **ev.data}, separators=(",", ":")))
-        if lost:
-            self.display.note(f"{ev.job[:8]} {lost:,} earlier {what} are no longer kept")
+        self.display.event("trimmed", ev.data)
+        note = trimmed_note(ev.data, self.values.get(ev.job, 0))
+        if note:
+            self.display.note(f"{ev.job[:8]} {note}")
 
     def _reset(self, ev: JobEvent) -> None:
         """A job's ``reset``: Redis lost entries of it we had (a failover), or its log was
         re-created. Say so; the stream goes on from the value the log goes on with."""
-        values = int(ev.data.get("values") or 0)
-        if values < self.values.get(ev.job, 0):
+        note, replaced = reset_note(ev.data, self.values.get(ev.job, 0))
+        if replaced:
             self.replaced.add(ev.job)
-            text = f"values from #{values:,} on were replaced"
-        else:
-            text = f"it goes on from value #{values:,}"
-        self.values[ev.job] = values
-        if self.display.output == "json":
-            self.display.entry(json.dumps({"kind": "reset", **ev.data}, separators=(",", ":")))
-        self.display.note(f"{ev.job[:8]} the job's log was reset after a Redis failover"
-                          f" ({ev.data.get('reason')}): {text}")
+        self.values[ev.job] = int(ev.data.get("values") or 0)
+        self.display.event("reset", ev.data)
+        self.display.note(f"{ev.job[:8]} {note}")
 
     def _ended_without_entry(self, job_id: str) -> None:
         """A job whose stream ended before its terminal entry came (it had ended at the

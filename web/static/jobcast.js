@@ -235,12 +235,13 @@
   Manager.prototype.catchUp = function (J, client, after, epoch, tail) {
     var self = this;
     function send(ev, d) { self.send([client], { t: "ev", job: J.id, ev: ev, d: d }); }
-    if (tail === null && epoch && J.epoch && epoch !== J.epoch) {
+    var other = tail === null && epoch && J.epoch && epoch !== J.epoch;
+    if (other) {
       // A client back in an older incarnation of the log (a tab frozen while a failover reset
       // the others): what it holds past the point where that incarnation and the manager's
       // agree is void. Where the manager saw the change, it knows that point; where it did
-      // not, a position within its own is the server's to judge (below), and one past it is
-      // reset to the start, since nothing tells which of its entries still hold.
+      // not, a position within its own is the server's to judge (still `other`, below), and
+      // one past it is reset to the start, since nothing tells which of its entries hold.
       var agreed = this.agreed(J, epoch) || (after > J.cursor ? { after: 0, values: 0 } : null);
       if (agreed) {
         if (after > agreed.after) {
@@ -249,10 +250,9 @@
           after = agreed.after;
         }
         epoch = J.epoch;
+        other = false;
       }
     }
-    // (Still of another incarnation: a position within the manager's, the server judges.)
-    var other = tail === null && epoch && J.epoch && epoch !== J.epoch;
     if (!J.started) {
       // Nothing delivered yet: the next connection asks for what every client needs.
       if (J.missing) { send("missing", { job: J.id }); return; }
