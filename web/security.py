@@ -112,8 +112,12 @@ def config() -> Settings:
 
 
 def _token_hash(cfg: Settings) -> str:
-    """A digest of the token, so sessions end when the token changes."""
-    return hashlib.sha256(cfg.token.encode()).hexdigest()[:32]
+    """A keyed digest of the token, so sessions end when the token changes.
+
+    Keyed with the links' key: a session cookie is signed, not encrypted, so a plain hash in
+    it would let whoever reads a cookie guess the token offline.
+    """
+    return hmac.new(signing_key(cfg).encode(), cfg.token.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _sessions(cfg: Settings) -> URLSafeTimedSerializer:
@@ -350,11 +354,16 @@ def urls_sig(job_id: str, created: float | None) -> str | None:
     """The signature a response's URLs of the job ``job_id`` created at ``created`` carry.
 
     The request's own link when it came with one (never a longer-lived one), else a new link
-    in private mode, else none.
+    in private mode for a holder of the token, else none. A browser's session reads with its
+    cookie and needs no link; minting one for it would hand a read-only session a link that
+    outlives it (the token's rotation, a logout), which only ``/link`` with the token may do.
     """
     if g.get("view_sig") and g.get("view_job") == job_id:
         return g.view_sig
-    return view_sig(config(), job_id, created)
+    cfg = config()
+    if not has_bearer(cfg):
+        return None
+    return view_sig(cfg, job_id, created)
 
 
 def security_headers(response: Response) -> Response:

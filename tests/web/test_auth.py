@@ -4,6 +4,7 @@ on the session's Redis: no server process."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 
@@ -71,6 +72,33 @@ def test_the_session_cookie_is_signed_with_the_generated_key_not_the_token(clien
         URLSafeTimedSerializer(TOKEN, salt=SESSION_SALT).loads(cookie)
     URLSafeTimedSerializer(signing_key(settings()), salt=SESSION_SALT).loads(cookie)
     assert client.get("/api/jobs").status_code == 200, "the cookie reads"
+
+
+def test_the_session_cookie_holds_no_plain_digest_of_the_token(client):
+    """A review's finding: the cookie (signed, not encrypted) carried sha256(token), which
+    whoever reads a cookie could test guesses of the token against offline."""
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    cookie = client.get_cookie(SESSION_COOKIE).value
+    payload = URLSafeTimedSerializer("unused", salt=SESSION_SALT).loads_unsafe(cookie)[1]
+    assert isinstance(payload, str) and payload
+    for digest in (hashlib.sha256, hashlib.sha1, hashlib.md5, hashlib.sha512):
+        assert digest(TOKEN.encode()).hexdigest()[:len(payload)] != payload
+    assert client.get("/api/jobs").status_code == 200, "the cookie still reads"
+
+
+def test_a_session_reads_a_jobs_urls_without_minting_a_link_that_outlives_it(client, settings,
+                                                                             make_app, redis):
+    """A review's finding: a read-only session got a new view link (no expiry) in every
+    job's URLs, where /link needs the token; after the token changed, that link still read."""
+    job = JobLog(redis, uuid.uuid4().hex)
+    job.create("sqrt", {"n": 1}, 1)
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    urls = client.get(f"/api/jobs/{job.job_id}").json["urls"]
+    assert not any("sig=" in url for url in urls.values()), urls
+    assert client.get(urls["status"]).status_code == 200, "the session reads them as they are"
+    # The token's holder still gets links it may hand on.
+    fresh = make_app({"JOBCAST": settings(), "TESTING": True}).test_client()
+    assert "sig=" in fresh.get(f"/api/jobs/{job.job_id}", headers=AUTH).json["urls"]["status"]
 
 
 WRONG = {"Authorization": "Bearer not-the-token"}
