@@ -39,7 +39,7 @@ class AlreadyEnded(RuntimeError):
 
 def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings | None = None,
            streams: StreamRedis | None = None) -> int:
-    """Cancel ``job_id`` on behalf of ``by`` (a client address, or "cli").
+    """Cancel ``job_id`` on behalf of ``by`` ("api" or "cli"; every viewer of the job reads it).
 
     ``redis`` holds RQ's queue, ``streams`` the job's log (by default the same Redis).
 

@@ -45,7 +45,7 @@ def test_cancel_a_running_sleeping_job_through_the_api_kills_its_horse_and_frees
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     delay = stop_delay(redis, job_id, horse)
     print(f"work-horse of {job_id[:8]} stopped {delay * 1000:.0f} ms after the cancel")
-    assert_cancelled_everywhere(http, redis, job_id, viewers, by="127.0.0.1")
+    assert_cancelled_everywhere(http, redis, job_id, viewers, by="api")
     assert_next_job_starts_on(redis, cfg, started.data["worker"])
 
 
@@ -89,7 +89,7 @@ def test_cancel_a_queued_job_takes_it_off_the_queue_and_it_never_runs(http, web,
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
     assert queued not in Queue(cfg.queue_name, connection=redis).job_ids
-    assert_cancelled_everywhere(http, redis, queued, viewers, by="127.0.0.1" if how == "api" else "cli")
+    assert_cancelled_everywhere(http, redis, queued, viewers, by=how)
     assert http.post(f"/api/jobs/{busy}/cancel").status_code == 200
     # The worker, free again, runs the next job and never the cancelled one.
     assert_next_job_starts_on(redis, cfg, worker)

@@ -573,15 +573,15 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
             [after_stop] = [c for c in stack.containers("web") if c["ID"] == cut_replica["ID"]]
             assert after_stop["State"] == "exited", after_stop
 
-            # The lb replaces X-Forwarded-For and web trusts it: "cancelled by" names this
+            # The lb replaces X-Forwarded-For and web trusts it: the cancel's reply names this
             # client, neither the lb nor the address the client claimed.
             r = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": 100, "interval": 1}})
             assert r.status_code == 201, r.text
             r = http.post(f"/api/jobs/{r.json()['id']}/cancel", headers={"X-Forwarded-For": "203.0.113.9"})
             assert r.status_code == 200, r.text
             [lb] = stack.containers("lb")
-            assert r.json()["by"] not in ("203.0.113.9", "unknown", stack.address(lb["ID"])), r.json()
-            report(f"cancelled by {r.json()['by']} (the lb is {stack.address(lb['ID'])})")
+            assert r.json()["client"] not in ("203.0.113.9", "unknown", stack.address(lb["ID"])), r.json()
+            report(f"cancelled from {r.json()['client']} (the lb is {stack.address(lb['ID'])})")
 
             # The cluster formed: 3 primaries own every slot, a client in the stack reaches all
             # three by the names they announce, and forming it again changes nothing.

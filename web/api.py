@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Blueprint, Response, abort, request, url_for
@@ -26,6 +27,7 @@ from jobcast.web.services import state
 from jobcast.web.surface import IntArg, job_scoped, private, returns, token_required
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger(__name__)
 
 LIMIT_JOBS = IntArg("limit", low=1, high=500, default=50)
 LIMIT_VALUES = IntArg("limit", low=1, high=5000, default=1000)
@@ -142,16 +144,20 @@ def cancel_job(job_id: str):
     log then stays as it was. Needs the token when JOBCAST_TOKEN is set.
     """
     load_job(job_id)
-    by = client_address(state().config)
+    # The log's entry says "api", not the client's address: every viewer of the job reads
+    # it, and the address of whoever holds the token is not theirs to know. The server's log
+    # and the reply (to that client alone) name the address.
+    client = client_address(state().config)
+    log.info("job %s: cancel asked from %s", job_id, client)
     try:
-        seq = cancel(job_id, by, redis=state().redis, config=state().config,
+        seq = cancel(job_id, "api", redis=state().redis, config=state().config,
                      streams=state().streams)
     except UnknownJob:
         abort(404, description=f"no job with id {job_id}")
     except AlreadyEnded as exc:
         return reply(Error(error="conflict", message=str(exc), status=exc.status), 409)
     metrics.job_cancelled()
-    return reply(Cancelled(id=job_id, status="cancelled", seq=seq, by=by))
+    return reply(Cancelled(id=job_id, status="cancelled", seq=seq, by="api", client=client))
 
 
 @bp.get("/api/jobs/<job_id>/chart")

@@ -55,7 +55,9 @@ class Cancelled(BaseModel):
     id: str
     status: Literal["cancelled"]
     seq: int = Field(ge=1)
-    by: str = Field(description="the client's address, or cli")
+    by: str = Field(description="who cancelled, as the log's entry says: api, or cli")
+    client: str = Field(description="the address this cancel came from, as the server sees it "
+                        "(behind JOBCAST_TRUST_PROXY, the proxy's client)")
 
 
 class Link(BaseModel):

@@ -49,7 +49,7 @@ def test_stop_button_cancels_a_queued_and_a_running_job_and_hides_itself(page, h
     queued = enqueue("sqrt", {"n": 3, "interval": 0}, redis=redis, config=cfg)
     queued_viewers = Viewers(web.url, queued)
     stop_from_the_page(page, web, queued)
-    assert_cancelled_everywhere(http, redis, queued, queued_viewers, by="127.0.0.1")
+    assert_cancelled_everywhere(http, redis, queued, queued_viewers, by="api")
     viewers = Viewers(web.url, job_id)
     stop_from_the_page(page, web, job_id)
     # stop_delay waits (with a deadline far below the job's 60 s sleep) for the horse to die.
@@ -57,7 +57,7 @@ def test_stop_button_cancels_a_queued_and_a_running_job_and_hides_itself(page, h
     print(f"work-horse of {job_id[:8]} stopped {delay * 1000:.0f} ms after the cancel")
     shown = dom(page)
     assert shown["status"] == "cancelled" and model(page)["status"] == "cancelled"
-    assert_cancelled_everywhere(http, redis, job_id, viewers, by="127.0.0.1")
+    assert_cancelled_everywhere(http, redis, job_id, viewers, by="api")
     assert_next_job_starts_on(redis, cfg, worker)
     assert [e.kind for e in JobLog(redis, queued).entries()] == ["queued", "cancelled"]
     # A page opened on an ended job has no Stop button at all.
