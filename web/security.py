@@ -381,6 +381,10 @@ def security_headers(response: Response) -> Response:
     headers["X-Content-Type-Options"] = "nosniff"
     # View links carry their signature in the URL: never send it on to another site.
     headers["Referrer-Policy"] = "no-referrer"
+    if config().read_mode == "private" and request.endpoint != "static":
+        # What a private server answers was read with a credential (a session's cookie, a
+        # link): no shared cache may keep it for the next client, nor the browser on disk.
+        headers.setdefault("Cache-Control", "private, no-store")
     return response
 
 

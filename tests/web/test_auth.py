@@ -101,6 +101,22 @@ def test_a_session_reads_a_jobs_urls_without_minting_a_link_that_outlives_it(cli
     assert "sig=" in fresh.get(f"/api/jobs/{job.job_id}", headers=AUTH).json["urls"]["status"]
 
 
+def test_a_private_servers_answers_are_kept_by_no_cache_and_its_static_files_are(
+        client, settings, make_app, redis):
+    """A review's finding: a private server's JSON and pages, read with a session or a
+    link, said nothing about caching, so a shared cache could keep them for the next client."""
+    job = JobLog(redis, uuid.uuid4().hex)
+    job.create("sqrt", {"n": 1}, 1)
+    status = client.get(f"/api/jobs/{job.job_id}/link", headers=AUTH).json["urls"]["status"]
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
+    for url in (status, f"/api/jobs/{job.job_id}", "/api/jobs", "/", f"/jobs/{job.job_id}"):
+        r = client.get(url)
+        assert r.status_code == 200 and r.headers["Cache-Control"] == "private, no-store", url
+    assert "no-store" not in client.get("/static/jobcast.js").headers.get("Cache-Control", "")
+    public = make_app({"JOBCAST": settings(read="public"), "TESTING": True}).test_client()
+    assert "Cache-Control" not in public.get(f"/api/jobs/{job.job_id}").headers
+
+
 WRONG = {"Authorization": "Bearer not-the-token"}
 
 

@@ -412,6 +412,33 @@ def test_start_form_asks_once_for_the_token_when_the_server_requires_one(context
 
 # ---- security: the policy on every page, private mode ----------------------------------------
 
+def test_the_pages_send_the_token_with_their_own_origins_creates_only(browser, web):
+    """A review's finding: token.js added the bearer token to any POST whose path looked like
+    /api/jobs, whatever its origin; a host app's page under a looser policy than Jobcast's
+    would have handed the token to another site. (CSP bypassed: that host app's page.)"""
+    ctx = browser.new_context(bypass_csp=True)
+    try:
+        sent = {}
+
+        def answer(route):
+            """Keep the Authorization header each origin was sent, and answer 201."""
+            sent[route.request.url.split("/api/")[0]] = route.request.headers.get("authorization")
+            route.fulfill(status=201, json={"id": "x", "urls": {}})
+
+        ctx.route("**/api/jobs", answer)
+        pg = watch(ctx.new_page())
+        pg.goto(web.url)
+        pg.evaluate("sessionStorage.setItem('jobcast.token', 'the-token')")
+        pg.evaluate("""async (other) => {
+            await fetch(other + "/api/jobs", {method: "POST", body: "{}"});
+            await fetch("/api/jobs", {method: "POST", body: "{}"});
+        }""", "http://other.example")
+        assert sent == {web.url: "Bearer the-token", "http://other.example": None}, sent
+        assert pg.errors == []
+    finally:
+        ctx.close()
+
+
 def test_home_job_plain_and_framed_pages_run_under_the_csp_with_no_violation(page, http, web, workers):
     job_id = create_job(http, "sqrt", n=3, interval=0.01)
     page.goto(web.url)

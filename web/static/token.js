@@ -48,10 +48,12 @@
   function isCreate(input, init) {
     var url = typeof input === "string" ? input : input.url;
     var method = (init && init.method) || (typeof input !== "string" && input.method) || "GET";
-    // Creating and cancelling jobs, under any prefix (init_app) and for any job id RQ allows.
-    var path = new URL(url, location.href).pathname;
-    return method.toUpperCase() === "POST" &&
-      /\/api\/jobs(\/[A-Za-z0-9_-]{1,128}\/cancel)?$/.test(path);
+    // Creating and cancelling jobs, under any prefix (init_app) and for any job id RQ allows,
+    // on this page's own origin only: a page of a host app that fetches another site's
+    // /api/jobs must not hand that site the token.
+    var target = new URL(url, location.href);
+    return target.origin === location.origin && method.toUpperCase() === "POST" &&
+      /\/api\/jobs(\/[A-Za-z0-9_-]{1,128}\/cancel)?$/.test(target.pathname);
   }
 
   function withToken(init, token) {
