@@ -128,6 +128,9 @@ VALUES_PAGE = 16
 OUTPUT_PAGE = 500
 """Entries read per step while reading a job's output."""
 
+VALUES_BYTES = 1 << 20
+"""The most bytes of values one answer of :meth:`JobLog.values_before` gathers."""
+
 FIRST_VALUE_LOOKAHEAD = 5000
 """How far past the oldest kept entry :meth:`JobLog.first_kept` looks for a value: a job that
 prints may log thousands of lines before its first value."""
@@ -922,18 +925,33 @@ class JobLog:
         """Add the read of the job's last seq to ``pipe`` (its reply: bytes or None)."""
         pipe.hget(self.keys.meta, "seq")
 
-    def values_before(self, before: int, limit: int) -> list[bytes]:
+    def values_before(self, before: int, limit: int, max_bytes: int = VALUES_BYTES) -> list[bytes]:
         """The stored JSON of up to ``limit`` value entries logged before entry ``before`` (a
-        seq), oldest first: the job page's "load earlier values"."""
+        seq), oldest first: the job page's "load earlier values".
+
+        Fewer when the newest of them already come to ``max_bytes`` (at least one is
+        returned): a value may be 64 KiB, and a page of 5,000 would be built in memory at
+        once. The caller asks again before the oldest one it got.
+        """
         raws: list[bytes] = []
+        size = 0
         newest = f"0-{before - 1}"
         while before > 1 and len(raws) < limit:
             batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=limit)
-            raws += [f[b"e"] for _id, f in batch if _VALUE_ENTRY.match(f[b"e"])]
+            for _id, fields in batch:
+                raw = fields[b"e"]
+                if not _VALUE_ENTRY.match(raw):
+                    continue
+                if raws and size + len(raw) > max_bytes:
+                    return raws[::-1]
+                raws.append(raw)
+                size += len(raw)
+                if len(raws) == limit:
+                    return raws[::-1]
             if len(batch) < limit:
                 break
             newest = "(" + stream_id_text(batch[-1][0])
-        return raws[:limit][::-1]
+        return raws[::-1]
 
     def tail_start(self, n: int, last_seq: int) -> tuple[int, int]:
         """``(after, skipped)`` for a stream of the last ``n`` values.

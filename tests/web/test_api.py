@@ -135,6 +135,27 @@ def test_earlier_values_without_before_are_the_newest(client, config, redis):
     assert client.get(f"/api/jobs/{job_id}/output?attempt=").status_code == 200
 
 
+def test_earlier_values_answer_at_most_a_mebibyte_and_the_rest_comes_by_paging(client, config,
+                                                                               redis):
+    """A security review's finding: ``limit`` counted values, not bytes, so one answer of
+    5,000 values of 60 KB each was built in memory at once (300 MB)."""
+    job_id = enqueue("sqrt", {"n": 40}, redis=redis, config=config)
+    jlog = JobLog(redis, job_id)
+    jlog.started("w1", 1)
+    for i in range(40):
+        jlog.value(i, f"{i:02d}" + "x" * 60_000)
+    r = client.get(f"/api/jobs/{job_id}/values?limit=5000")
+    got = [e["i"] for e in r.json["values"]]
+    assert len(r.data) <= (1 << 20) + 10_000 and 4 <= len(got) < 40, (len(r.data), got)
+    assert got == list(range(40 - len(got), 40)), "the newest ones, in order"
+    seen = got
+    while seen[0] > 0:
+        oldest = r.json["values"][0]["seq"]
+        r = client.get(f"/api/jobs/{job_id}/values?limit=5000&before={oldest}")
+        seen = [e["i"] for e in r.json["values"]] + seen
+    assert seen == list(range(40)), "paging before the oldest one gets every value once"
+
+
 def test_healthz_is_ok_and_readyz_is_ready_while_redis_answers(client):
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json == {"status": "ready"}
