@@ -9,13 +9,14 @@ A log that may have been trimmed says first where the output it still holds begi
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from typing import Iterator
 
 from flask import Blueprint, Response, request, stream_with_context
 
 from jobcast.core.output import OutputText
 from jobcast.web.admission import bound_writes, load_job, may_be_trimmed, parts
-from jobcast.web.limits import TooManyStreams
+from jobcast.web.limits import TooManyStreams, client_address
 from jobcast.web.services import state
 from jobcast.web.surface import IntArg, job_scoped, returns
 
@@ -23,7 +24,33 @@ bp = Blueprint("output", __name__)
 
 DOWNLOADS = 8
 """Downloads one process serves at a time: a job's whole output can be large."""
+DOWNLOADS_PER_CLIENT = 2
+"""Of those, one client address's at a time: a client reading each of its downloads just fast
+enough to beat the write timeout would otherwise hold every one."""
 _downloads = threading.BoundedSemaphore(DOWNLOADS)
+_by_client: Counter[str] = Counter()
+_by_client_lock = threading.Lock()
+
+
+def _take_download(client: str) -> None:
+    """Count a download for ``client``; 429 or 503 (with Retry-After) when there is no room."""
+    with _by_client_lock:
+        if _by_client[client] >= DOWNLOADS_PER_CLIENT:
+            raise TooManyStreams(429, f"at most {DOWNLOADS_PER_CLIENT} output downloads at once "
+                                      "from one address")
+        if not _downloads.acquire(blocking=False):
+            raise TooManyStreams(503, f"this server serves at most {DOWNLOADS} output downloads "
+                                      "at once")
+        _by_client[client] += 1
+
+
+def _give_back(client: str) -> None:
+    """The download of ``client`` has ended: its room is free again."""
+    with _by_client_lock:
+        _by_client[client] -= 1
+        if _by_client[client] <= 0:
+            del _by_client[client]
+        _downloads.release()
 
 
 ATTEMPT = IntArg("attempt", "only this attempt's output (1 is the first)", low=1)
@@ -31,15 +58,15 @@ ATTEMPT = IntArg("attempt", "only this attempt's output (1 is the first)", low=1
 
 @bp.get("/api/jobs/<job_id>/output")
 @job_scoped
-@returns(media="text/plain", args=(ATTEMPT,), errors=(503,),
+@returns(media="text/plain", args=(ATTEMPT,), errors=(429, 503),
          description="The job's output as text (an attachment), streamed",
          headers={"Content-Disposition": "attachment; filename=<id>-output.txt"})
 def job_output(job_id: str):
     """The job's output as text (``?attempt=K``: that attempt's only)."""
     info = load_job(job_id)
     attempt = ATTEMPT.read() if ATTEMPT.given() else None
-    if not _downloads.acquire(blocking=False):
-        raise TooManyStreams(503, f"this server serves at most {DOWNLOADS} output downloads at once")
+    client = client_address(state().config)
+    _take_download(client)
     # A client that stops reading must not keep one of the few downloads forever.
     bound_writes(request.environ, state().config.write_timeout)
     jlog = state().logs.log(job_id)
@@ -62,5 +89,5 @@ def job_output(job_id: str):
     response = Response(stream_with_context(body()), mimetype="text/plain",
                         headers={"Cache-Control": "no-cache",
                                  "Content-Disposition": f'attachment; filename="{job_id}-output.txt"'})
-    response.call_on_close(_downloads.release)
+    response.call_on_close(lambda: _give_back(client))
     return response

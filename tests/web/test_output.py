@@ -104,3 +104,27 @@ def test_an_output_line_is_an_sse_log_event_and_nothing_on_the_text_and_html_str
     entry = Entry.parse(raw)
     assert SSE.encode(entry) == b"id: 7\nevent: log\ndata: " + raw + b"\n\n"
     assert TEXT.encode(entry) == b"" and HTML.encode(entry) == b""
+
+
+def test_one_address_holds_at_most_two_downloads_and_the_others_still_get_theirs(client, redis):
+    """A security review's finding: eight downloads read just fast enough to beat the write
+    timeout held every download of the process, so every other client got 503."""
+    job_id = job_with_output(redis, [[printed(f"line {i}", 1) for i in range(10)]])
+    url = f"/api/jobs/{job_id}/output"
+
+    def download(address: str):
+        """A download begun from ``address`` and not read yet."""
+        return client.get(url, environ_base={"REMOTE_ADDR": address}, buffered=False)
+
+    held = [download("10.0.0.1"), download("10.0.0.1")]
+    assert [r.status_code for r in held] == [200, 200]
+    third = download("10.0.0.1")
+    assert third.status_code == 429 and third.headers["Retry-After"], third.json
+    other = download("10.0.0.2")
+    assert other.status_code == 200 and b"line 9" in b"".join(other.response)
+    other.close()
+    held.pop().close()
+    again = download("10.0.0.1")
+    assert again.status_code == 200, "an ended download's room is free again"
+    for r in (again, *held, third):
+        r.close()
