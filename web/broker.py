@@ -52,7 +52,7 @@ from typing import Callable, Iterable, Protocol
 
 from redis import Redis
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, SlotNotCoveredError
 
 from jobcast.core.epoch import Head, Position, rebase
 from jobcast.core.feed import FEED, Feed
@@ -75,7 +75,7 @@ ANCHOR = f"{PREFIX}:hub"
 BURST = 512
 """Most announcements read and handed over as one batch."""
 
-HEALTH_CHECK = 30.0
+HEALTH_CHECK_INTERVAL = 30.0
 """Seconds between the PINGs of a quiet reader: a single Redis's clients get it
 (web.services.pooled), and each Cluster shard's reader (redis-py gives a Cluster's nodes
 none)."""
@@ -236,18 +236,18 @@ class Broker:
 
     # -- history ----------------------------------------------------------------------------
 
-    def log(self, job_id: str) -> JobLog | Feed:
+    def _log_of(self, job_id: str) -> JobLog | Feed:
         """The log a name stands for: a job's, or the job feed's (:data:`FEED`)."""
         return self.feed if job_id == FEED else JobLog(self.redis, job_id)
 
     def history(self, job_id: str, after: int, count: int) -> tuple[list[Entry], Head]:
         """Up to ``count`` entries of the job's log (or the feed) with ``seq > after``, and
         where it stands: ended or not, its seq and epoch (one round trip)."""
-        return self.log(job_id).read(after, count)
+        return self._log_of(job_id).read(after, count)
 
     def head(self, job_id: str) -> Head:
         """Where the job's log (or the feed) stands."""
-        return self.log(job_id).head()
+        return self._log_of(job_id).head()
 
     def rebase(self, job_id: str, seen: Head) -> Head:
         """Begin a new epoch of the log (or the feed) if it still stands as ``seen`` (it was
@@ -257,7 +257,7 @@ class Broker:
 
     def position(self, job_id: str) -> Position | None:
         """(ended, last seq, epoch) of the job, or None when it does not exist."""
-        return self.log(job_id).position()
+        return self._log_of(job_id).position()
 
     def positions(self, job_ids: list[str]) -> list[Position | None]:
         """:meth:`position` of several jobs, in one pipelined round trip."""
@@ -273,7 +273,7 @@ class Broker:
         """The last seq of each job, in one pipelined round trip (0 for a job that is gone)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            self.log(job_id).queue_last_seq(pipe)
+            self._log_of(job_id).queue_last_seq(pipe)
         return [int(s or 0) for s in pipe.execute()]
 
     def _name(self, job_id: str) -> str:
@@ -480,7 +480,7 @@ class Broker:
         if self.cluster:
             try:
                 node = self.redis.nodes_manager.get_node_from_slot(key_slot(sub.name.encode()))
-            except Exception:  # slot not covered, cluster still unknown: retried later
+            except SlotNotCoveredError:  # the cluster's slot map is not known yet: later
                 self._refresh_needed = True
                 return None
             sh = self._shards.get(node.name)
@@ -533,7 +533,7 @@ class Broker:
         pings its node as a single Redis's reader does (a primary gone without a FIN, its host
         crashed, would otherwise leave the reader waiting, its shard taken for live)."""
         return reader_client(self.redis.get_redis_connection(node),
-                             health_check_interval=HEALTH_CHECK)
+                             health_check_interval=HEALTH_CHECK_INTERVAL)
 
     def _anchor(self, sh: Shard) -> str:
         """The anchor channel for ``sh``: on a Cluster, one whose slot the shard owns."""

@@ -21,7 +21,7 @@ from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from jobcast.core.store import (StreamRedis, cluster_enabled, connect, redis_client, separate,
                                 stream_url)
-from jobcast.web.broker import HEALTH_CHECK, Broker
+from jobcast.web.broker import HEALTH_CHECK_INTERVAL, Broker
 from jobcast.web.handover import on_worker_exit
 from jobcast.web.limits import ClientRate, StreamLimiter
 from jobcast.web.presence import Presence
@@ -36,7 +36,7 @@ def pooled(url: str) -> Redis:
     """A client of one Redis (or Sentinel's primary) with a bounded pool: connections must
     not grow with viewers."""
     return redis_client(url, pooled=True, socket_keepalive=True,
-                        health_check_interval=HEALTH_CHECK)
+                        health_check_interval=HEALTH_CHECK_INTERVAL)
 
 
 class State:

@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 READ_SIZE = 65536
 """Bytes asked of the socket per read: a burst of announcements in one read."""
 
-HEALTH_CHECK = b"jobcast-health-check"
+HEALTH_CHECK_MESSAGE = b"jobcast-health-check"
 """The PING's message, sent every ``health_check_interval`` s of the client's settings (as
 redis-py's PubSub sends one). A PING still unanswered when the next one is due means the
 connection is dead, even where writes to it still succeed (a frozen server, a cut path):
@@ -105,7 +105,7 @@ class Subscriber:
                 raise ResponseError(str(reply))
             if isinstance(reply, list) and len(reply) == 3 and reply[0] != b"pong":
                 return reply[0].decode(), reply[1], reply[2]
-            if reply == HEALTH_CHECK or (isinstance(reply, list) and reply[0] == b"pong"):
+            if reply == HEALTH_CHECK_MESSAGE or (isinstance(reply, list) and reply[0] == b"pong"):
                 self._unanswered = False  # (RESP3 answers a bulk string, RESP2 a list)
             # Otherwise a reply to nothing asked: nothing to tell.
 
@@ -165,7 +165,7 @@ class Subscriber:
                 if now >= self._next_check and not self._unanswered:
                     self._next_check = now + self._interval
                     self._unanswered = True
-                    conn.send_command("PING", HEALTH_CHECK, check_health=False)
+                    conn.send_command("PING", HEALTH_CHECK_MESSAGE, check_health=False)
                 # Wake for the next check (or the answer's deadline), however long the
                 # caller would wait.
                 left = max(self._next_check - now, 0.001)

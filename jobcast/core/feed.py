@@ -27,6 +27,7 @@ the feed's end, gets a fresh snapshot: never a silent skip.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from importlib.resources import files
@@ -35,6 +36,8 @@ from typing import Any, Callable
 from jobcast.core.entry import Entry, stream_field, stream_id_text
 from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, Position, new_epoch
 from jobcast.core.store import is_cluster
+
+log = logging.getLogger(__name__)
 
 FEED = "~jobs"
 """The feed's name where job ids are expected (the relay, the broker): never a job id."""
@@ -76,10 +79,6 @@ class Feed:
                                      new_epoch()]))
         self.high = max(self.high, seq)
         return seq
-
-    def page(self, after: int, count: int) -> tuple[list[Entry], bool]:
-        """Up to ``count`` items with ``seq > after``; the feed never ends (False)."""
-        return self.read(after, count)[0], False
 
     def read(self, after: int, count: int) -> tuple[list[Entry], Head]:
         """Up to ``count`` items with ``seq > after``, and where the feed stands (its seq and
@@ -162,8 +161,9 @@ class ProgressGate:
             return
         try:
             self.send(*held)
-        except Exception:  # the feed is a view: a lost count shows again with the next one
-            pass
+        except Exception as exc:  # (a Redis error, or a Cluster's refusal, which is not one)
+            # The feed is a view: a lost count shows again with the job's next one, or its end.
+            log.debug("job feed: a held progress item was not sent: %r", exc)
 
     def close(self) -> None:
         """The job ended (its terminal item carries the final count): no count to follow."""

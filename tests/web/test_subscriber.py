@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from jobcast.core.store import reader_client, redis_client
 from jobcast.launcher.redisserver import RedisServer
-from jobcast.web.subscriber import HEALTH_CHECK, Subscriber
+from jobcast.web.subscriber import HEALTH_CHECK_MESSAGE, Subscriber
 from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_a_reader_busy_past_the_health_checks_deadline_reads_its_answer_before_j
         sub.subscribe(name())
         assert sub.get_message(timeout=5)[0] == "subscribe"
         with sub._lock:  # a PING goes out as a read would send it, and nothing reads yet
-            sub._connect().send_command("PING", HEALTH_CHECK, check_health=False)
+            sub._connect().send_command("PING", HEALTH_CHECK_MESSAGE, check_health=False)
             sub._unanswered, sub._next_check = True, time.monotonic() + 1
         wait_for(lambda: readable(sub), what="the answer, unread")
         wait_for(lambda: time.monotonic() >= sub._next_check, what="the answer's deadline")
