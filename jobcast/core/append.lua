@@ -7,7 +7,8 @@
 --       log maxlen, ttl after the end, now, jobs-index max, the writer's epoch ('' for no
 --       check), the highest seq the writer wrote (0 for no check), a new epoch (the log's
 --       first, or one minted here), '1' to begin a new epoch with this entry (a new attempt's
---       start: nothing proves the log is what the last attempt left), the writer's id and the
+--       start: nothing proves the log is what the last attempt left; a start begins one too on
+--       a Redis whose replication id is not the one that wrote the log), the writer's id and the
 --       number of this write among its writes (1, 2, ...), '1' when the write is refused with
 --       -5 if the log is behind the writer ('' to write it anyway, in a new epoch: a retrying or
 --       failed entry ends the attempt whatever happened to its log), for a ``queued`` entry
@@ -39,6 +40,16 @@ if last_write then
 end
 local status = redis.call('HGET', meta, 'status')
 local epoch, previous
+local new_era = ARGV[12] == '1'
+local rid
+if kind == 'queued' or kind == 'started' then
+  -- The replication id of this Redis (INFO's master_replid, as feed.lua keeps it). A failover
+  -- that lost an attempt's start and values lost the count of attempts with them, so the job
+  -- run again starts as attempt 1 once more, which begins no epoch of its own: on a Redis
+  -- other than the one that wrote the log (a promoted replica), a start begins one.
+  local info = redis.pcall('INFO', 'replication')
+  rid = type(info) == 'string' and string.match(info, 'master_replid:(%w+)') or nil
+end
 if kind == 'queued' then
   if status then
     -- The job id runs again (RQ's Repeat, a requeue, an id enqueued again): its earlier run's
@@ -49,6 +60,7 @@ if kind == 'queued' then
   end
   epoch = ARGV[11]
   redis.call('HSET', meta, 'epoch', epoch, 'epochs', epoch .. '@1@0')
+  if rid then redis.call('HSET', meta, 'rid', rid) end
 else
   if not status then return -2 end
   -- An ended log takes nothing more, whatever the epoch: a writer told -5 rather than -1 would
@@ -56,6 +68,11 @@ else
   if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
   epoch = redis.call('HGET', meta, 'epoch')
   if ARGV[9] ~= '' and epoch ~= ARGV[9] then return -5 end
+  if rid then
+    local was = redis.call('HGET', meta, 'rid')
+    if was and was ~= rid then new_era = true end
+    if was ~= rid then redis.call('HSET', meta, 'rid', rid) end
+  end
   local last = tonumber(redis.call('HGET', meta, 'seq') or '0')
   local behind = last < tonumber(ARGV[10])
   if behind then
@@ -63,7 +80,7 @@ else
     if ARGV[15] == '1' then return -5 end
     previous, epoch = epoch, ARGV[11]
   end
-  if not behind and (not epoch or ARGV[12] == '1') then  -- (a log before epochs gets one too)
+  if not behind and (not epoch or new_era) then  -- (a log before epochs gets one too)
     previous, epoch = epoch, ARGV[11]
     mint(meta, epoch, last + 1)
   end

@@ -411,9 +411,11 @@ class JobLog:
             if not self.began and kind in UNPROVEN:
                 new_era = True
             # The script mints with ``epoch`` only for a new log, a new era, a log without
-            # one, or a log behind this writer (then seq <= high, or -5): otherwise it stays
+            # one, a log behind this writer (then seq <= high, or -5), or a start on a Redis
+            # other than the one that wrote the log (see started()): otherwise it stays
             # unused, and the next write offers it again.
-            spare = self.began and self.epoch is not None and not new_era and kind != "queued"
+            spare = (self.began and self.epoch is not None and not new_era
+                     and kind not in ("queued", "started"))
             epoch = (self._spare if spare else None) or new_epoch()
             if self._unsent and kind == "value":
                 # Lines whose reply was lost (another thread's batch, sent while this value
@@ -442,6 +444,8 @@ class JobLog:
                 self.high = seq
                 if new_era and self.began:
                     self.epoch = epoch  # this writer began it
+                elif kind == "started" and self.began and self._epoch_of(seq) == epoch:
+                    self.epoch = epoch  # the script began it: another Redis wrote the log
             elif seq == -5:
                 # A newer epoch holds the log now (minted by this write, or before it): the
                 # seqs this writer wrote were the old one's, and its next write (the attempt's
@@ -455,6 +459,11 @@ class JobLog:
             except RedisError as exc:  # the feed is a view: the log, written, is the truth
                 log.warning("job %s: the feed missed its %s (%s)", self.job_id, kind, exc)
         return seq
+
+    def _epoch_of(self, seq: int) -> str | None:
+        """The epoch entry ``seq`` was written in (None when the log no longer has it)."""
+        rows = self.redis.xrange(self.keys.log, min=f"0-{seq}", max=f"0-{seq}")
+        return Entry.parse(stream_field(rows[0][1])).ep if rows else None
 
     def _locked(self) -> threading.Lock:
         """The lock of this writer's incarnation (a new one in a forked child: a hold by
@@ -717,6 +726,14 @@ class JobLog:
         A restart (``attempt`` > 1) begins a new epoch: the attempt before it is gone, and
         nothing proves the log is all it wrote (Redis may have lost its last entries, with
         the worker that could tell). A viewer whose position survived just goes on.
+
+        So does a first attempt's start on a Redis other than the one that wrote the log (the
+        script compares replication ids): a failover that lost an attempt's ``started`` and
+        values lost the count of attempts with them, so the job run again is attempt 1 once
+        more, and its entries would take the lost ones' seqs in the epoch viewers saw those
+        in. On the same Redis a first start begins none: a text reader told the epoch while
+        the job was queued then resumes in it without a reset (its count of values cannot say
+        which epoch they came from). One more read, once per start, tells this writer which.
         """
         return self._write("started", {"worker": worker, "attempt": attempt},
                            meta={"worker": worker, "started_at": f"{time.time():.6f}",

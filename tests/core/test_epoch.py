@@ -229,6 +229,45 @@ def test_a_restart_begins_an_epoch_in_which_a_lost_tail_is_never_reused_silently
     assert retry.epoch == head.epoch
 
 
+def test_a_first_attempt_run_again_after_a_failover_lost_its_start_reuses_no_seq_silently(
+        tmp_path):
+    """A review's finding: a failover that lost an attempt's ``started`` and values (the
+    promoted replica had only ``queued``) lost the count of attempts with them, so the job run
+    again was attempt 1 once more, which began no epoch: its entries took the lost ones' seqs
+    in the epoch viewers had seen those in, and a viewer resuming from one went on in silence.
+    A real failover: the replica has ``queued`` and is promoted, then the old primary takes
+    the first attempt (its viewers see it), and the job runs again on the new primary."""
+    with RedisServer(data_dir=tmp_path / "primary") as primary, \
+            RedisServer(data_dir=tmp_path / "replica") as replica:
+        old, new = Redis.from_url(primary.url), Redis.from_url(replica.url)
+        old.config_set("repl-diskless-sync-delay", 0)  # in sync at once, not in 5 s
+        new.replicaof("127.0.0.1", primary.port)
+        wait_for(lambda: new.info("replication")["master_link_status"] == "up",
+                 what="the replica to be in sync")
+        log = new_log(old)
+        wait_for(lambda: JobLog(new, log.job_id).position() is not None,
+                 what="the replica to have the queued entry")
+        new.replicaof("NO", "ONE")
+        lost = attempt(log, 5, "w1")              # seqs 2..7, seen by some viewer
+        seen = lost.epoch
+        assert seen == log.head().epoch and [e.seq for e in log.entries()] == list(range(1, 8))
+        # The job runs again on the promoted replica: nothing there says it ever ran.
+        again = JobLog(new, log.job_id)
+        assert again.begin() == (True, 0, 1)
+        again.started("w2", 1)
+        assert [again.value(i, i * 10) for i in range(5)] == [3, 4, 5, 6, 7]
+        head = JobLog(new, log.job_id).head()
+        assert again.epoch == head.epoch != seen
+        assert [e.ep for e in JobLog(new, log.job_id).entries()] == [seen] + [head.epoch] * 6
+        # The viewer that had seq 7 (or 2) of the lost attempt is reset to where the two
+        # agree: after ``queued``.
+        for had in (2, 7):
+            reset = resolve(head, seen, seq=had)
+            assert reset is not None and (reset.reason, reset.after) == (LOST, 1), (had, reset)
+        # On a Redis that did not fail over, a first attempt's start begins no epoch (above:
+        # the first attempt on the old primary wrote in the queued entry's).
+
+
 def test_a_log_from_before_epochs_gets_one_at_its_next_append(redis):
     log = new_log(redis)
     log.started("w", 1)
