@@ -31,7 +31,7 @@ from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.worker import capture
-from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
+from jobcast.worker.attempt import JobEnded, start_attempt
 from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner, rq_log, run_log,
                                  send_unsent, share)
 
