@@ -30,6 +30,7 @@ from jobcast.core.joblog import JobLog, PreparedValue, task_label
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
+from jobcast.core.store import StreamRedis
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, start_attempt
 
@@ -67,9 +68,11 @@ class ValuesUnsent(RuntimeError):
         self.count = count
 
 
-def rq_log(job: Job, config: Settings | None = None) -> JobLog:
-    """The JobLog of an RQ job, on the job's own Redis connection (or the stream store's)."""
-    return LogStore.connect(config, job.connection).log(job.id)
+def rq_log(job: Job, config: Settings | None = None, redis: StreamRedis | None = None) -> JobLog:
+    """The JobLog of an RQ job, configured from ``config`` (default: the environment), on
+    ``redis`` when given (a client of the stream store), else on the job's own Redis
+    connection (or the stream store's)."""
+    return LogStore.connect(config, job.connection, redis).log(job.id)
 
 
 def is_runner(job: Job) -> bool:

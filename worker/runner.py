@@ -10,7 +10,6 @@ from rq.job import Job
 
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobExists, JobLog
-from jobcast.core.logstore import LogStore
 from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import get_task
 from jobcast.core.settings import Settings, get_settings
@@ -18,6 +17,7 @@ from jobcast.core.store import StreamRedis, connect, separate, stream_url
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
 from jobcast.worker.chart import ChartWriter
+from jobcast.worker.emit import rq_log
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,6 @@ def log_connection(cfg: Settings) -> StreamRedis:
     # pool (on a single Redis or a Sentinel's primary: a Cluster client has a pool per node).
     return connect(stream_url(cfg), cluster=None if separate(cfg) else False, retry_for=60.0,
                    socket_connect_timeout=2, socket_timeout=10, single=True)
-
-
-def job_log(job: Job, config: Settings | None = None, redis: StreamRedis | None = None) -> JobLog:
-    """The JobLog of an RQ job, configured from the environment."""
-    return LogStore.connect(config, job.connection, redis).log(job.id)
 
 
 def describe(exc: BaseException, shown: str | None = None) -> str:
@@ -66,7 +61,7 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     cfg = get_settings()
     redis = log_connection(cfg)
     try:
-        return _run(job, job_log(job, cfg, redis), task_name, params)
+        return _run(job, rq_log(job, cfg, redis), task_name, params)
     finally:
         # The run's own connection, whatever ends it (a non-forking worker lives on).
         redis.close()
@@ -155,7 +150,7 @@ def on_failure(job: Job, connection, exc_type, exc_value, tb) -> None:
     if getattr(exc_value, "jobcast_logged", False):
         return
     reason = describe(exc_value) if exc_value is not None else "job failed"
-    jlog = job_log(job)
+    jlog = rq_log(job)
     if job.retries_left:
         jlog.retrying(reason)
     else:
