@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 from rq import get_current_job
+from rq.exceptions import DeserializationError
 from rq.job import Job
 
 from jobcast.core.epoch import LogReset
@@ -80,7 +81,10 @@ def is_runner(job: Job) -> bool:
     try:
         name = job.func_name
         return LEGACY_PATHS.get(name, name) == RUNNER  # they log their lifecycle themselves
-    except Exception:  # a job whose data cannot be read is not ours either
+    except (DeserializationError, TypeError):
+        # A job whose data cannot be read (RQ wraps whatever its serializer raised, and a
+        # job without data) is not ours either; nor one whose stored function name is no
+        # string (TypeError: unhashable, as a key of LEGACY_PATHS).
         return False
 
 
