@@ -5,7 +5,7 @@ its ``started`` entry, and closes it before the job's terminal entry. Each line 
 entry, appended by the same script as every entry (:meth:`jobcast.core.joblog.JobLog.append_many`),
 so it takes its place among the values by seq.
 
-Two ways to capture, picked by where the job runs:
+Two ways to capture, picked by where the job runs (:mod:`jobcast.worker.sources`):
 
 - **fd** (a forked work-horse, a fresh process per job): file descriptors 1 and 2 become pipes
   that a reader thread splits into lines, so C extensions and subprocesses are captured too.
@@ -45,16 +45,12 @@ next value would have, even when it emits none (RQ retries it, or fails it; neve
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
-import io
 import logging
 import os
-import select
 import sys
 import threading
 import time
-from typing import IO, Callable
+from typing import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
@@ -64,31 +60,23 @@ from jobcast.core.joblog import JobLog
 from jobcast.core.output import line_text
 from jobcast.core.settings import Settings
 from jobcast.worker.lines import LineSplitter, OutputLine, RateWindow, clip
-from jobcast.worker.logrecords import CaptureHandler, all_handlers
+from jobcast.worker.logrecords import CaptureHandler
+from jobcast.worker.sources import JOIN_TIMEOUT, TICK, FdSource, Source, SysSource
 
 log = logging.getLogger(__name__)
 
-TICK = 0.1
-"""Seconds between two sends of the flush thread."""
 FINAL_RETRY = 0.5
 """Seconds before the last send is tried once more, when Redis did not take it."""
 BATCH = 500
 """Entries per pipelined send."""
-PIPE_SIZE = 1 << 20
-"""Capacity asked for each pipe: room for a burst while the reader waits for the GIL."""
-READ_SIZE = 65536
-DRAIN_MAX = 1 << 20
-"""Bytes one barrier drains at most (a subprocess may never stop writing)."""
 BACKLOG_BYTES = 2 << 20
 """Bytes of lines waiting to be sent before more are dropped (Redis is slow or away)."""
-JOIN_TIMEOUT = 2.0
 HOLD = OutputLine("hold", "", 0.0)
 """The mark of a held value in the queue of lines (:meth:`Capture.hold`): never sent."""
 
 Sink = Callable[[list[tuple[str, dict, float]]], list[int]]
 
 _current: Capture | None = None
-_libc: ctypes.CDLL | None | bool = None
 
 
 def current() -> Capture | None:
@@ -175,18 +163,6 @@ def start(job_id: str, jlog: JobLog, settings: Settings, *, attempt: int | None,
     return capture
 
 
-def flush_libc() -> None:
-    """Flush C's stdio buffers (a C extension's printf), where libc can be loaded."""
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(None)
-        except OSError:
-            _libc = False
-    if _libc:
-        _libc.fflush(None)
-
-
 class Capture:
     """One job's output capture: sources in, lines queued under the bounds, sent in batches."""
 
@@ -212,7 +188,7 @@ class Capture:
         self.retry = False                  # the last send failed; the next is its retry
         self.lost = 0                       # lines Redis never took
         self.closed = False
-        self.source: FdSource | SysSource | None = None
+        self.source: Source | None = None
         self.handler: CaptureHandler | None = None
         self.stopping = threading.Event()
         self.flusher: threading.Thread | None = None
@@ -497,247 +473,3 @@ class Capture:
                 self.send()
             except Exception:  # the thread must live on: a lost tick is retried at the next
                 log.exception("jobcast: output capture of job %s", self.job_id)
-
-
-class StreamProxy(io.TextIOBase):
-    """Stands in for ``sys.stdout`` or ``sys.stderr``: what Python code writes becomes lines."""
-
-    def __init__(self, capture: Capture, stream: str, original: IO[str]):
-        """Feed ``stream``'s lines to ``capture``; ``original`` is the stream replaced."""
-        super().__init__()
-        self.capture = capture
-        self.stream = stream
-        self.original = original
-
-    def write(self, text: str) -> int:
-        """Capture ``text`` (in a forked child of the job: write it where it went before)."""
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        if os.getpid() != self.capture.pid or self.capture.closed:
-            return self.original.write(text)
-        self.capture.write(self.stream, text)
-        return len(text)
-
-    def writable(self) -> bool:
-        """It is."""
-        return True
-
-    def fileno(self) -> int:
-        """The replaced stream's descriptor (for code that hands it to a subprocess)."""
-        return self.original.fileno()
-
-    @property
-    def encoding(self) -> str:
-        """What the job writes is encoded as UTF-8."""
-        return "utf-8"
-
-
-class SysSource:
-    """sys mode: ``sys.stdout`` and ``sys.stderr`` replaced by proxies; nothing else touched."""
-
-    def __init__(self, capture: Capture):
-        """For ``capture``."""
-        self.capture = capture
-        self.stdout: IO[str] | None = None
-        self.stderr: IO[str] | None = None
-
-    def start(self) -> None:
-        """Swap the proxies in."""
-        self.stdout, self.stderr = sys.stdout, sys.stderr
-        sys.stdout = StreamProxy(self.capture, "stdout", self.stdout)
-        sys.stderr = StreamProxy(self.capture, "stderr", self.stderr)
-
-    def console_streams(self) -> list[IO[str]]:
-        """Streams of the console besides the standard ones: none."""
-        return []
-
-    def flush(self) -> None:
-        """Nothing is buffered: proxies feed lines in as they are written."""
-
-    def waiting(self) -> bool:
-        """Nothing waits in a pipe."""
-        return False
-
-    def drain(self) -> None:
-        """Nothing waits in a pipe."""
-
-    def restore(self) -> None:
-        """Put the streams back (only ours: a job that replaced them again keeps its own)."""
-        if isinstance(sys.stdout, StreamProxy) and sys.stdout.capture is self.capture:
-            sys.stdout = self.stdout
-        if isinstance(sys.stderr, StreamProxy) and sys.stderr.capture is self.capture:
-            sys.stderr = self.stderr
-
-    def close(self) -> None:
-        """Make sure the streams are back, whatever happened before."""
-        self.restore()
-
-    def console(self, stream: str, text: str) -> None:
-        """Write ``text`` on the worker's own stdout or stderr."""
-        if text:
-            target = self.stdout if stream == "stdout" else self.stderr
-            target.write(text)
-            target.flush()
-
-
-class FdSource:
-    """fd mode: descriptors 1 and 2 are pipes for the job, read by a thread of their own."""
-
-    def __init__(self, capture: Capture):
-        """For ``capture``."""
-        self.capture = capture
-        self.saved: dict[int, int] = {}         # 1 and 2 -> a copy of the console's descriptor
-        self.reads: dict[int, str] = {}         # read end -> stream
-        # The reader thread waits on one (poll, not select: any descriptor number); writers
-        # ask the other (a poll object is polled by one thread at a time).
-        self.poller, self.probe = select.poll(), select.poll()
-        self.consoles: dict[int, IO[str]] = {}  # text streams on the saved descriptors
-        self.stdout: IO[str] | None = None      # the streams replaced
-        self.stderr: IO[str] | None = None
-        self.buffered: io.TextIOWrapper | None = None
-        self.moved: list[tuple[logging.StreamHandler, IO[str]]] = []
-        self.reader: threading.Thread | None = None
-        self.stop_reading = threading.Event()
-
-    def start(self) -> None:
-        """Pipes onto 1 and 2, Python's streams over them, console handlers moved aside."""
-        sys.stdout.flush()
-        sys.stderr.flush()
-        flush_libc()
-        for fd, stream in ((1, "stdout"), (2, "stderr")):
-            self.saved[fd] = os.dup(fd)
-            read, write = os.pipe()
-            try:
-                fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-            except (OSError, AttributeError):
-                pass  # the default 64 KiB works, with shorter bursts
-            os.set_blocking(read, False)
-            self.reads[read] = stream
-            self.poller.register(read, select.POLLIN)
-            self.probe.register(read, select.POLLIN)
-            os.dup2(write, fd)  # inheritable: subprocesses write into the pipe too
-            os.close(write)
-            self.consoles[fd] = open(self.saved[fd], "w", buffering=1, encoding="utf-8",
-                                     errors="backslashreplace", closefd=False)
-        self.stdout, self.stderr = sys.stdout, sys.stderr
-        # Block-buffered (a BufferedWriter, whose lock keeps chunks in order when the flush
-        # thread flushes): with PYTHONUNBUFFERED every print would cost its own system calls.
-        self.buffered = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False),
-                                                           READ_SIZE),
-                                         encoding="utf-8", errors="replace", write_through=False)
-        sys.stdout = self.buffered
-        sys.stderr = StreamProxy(self.capture, "stderr", self.stderr)
-        self._move_handlers()
-        self.reader = self.capture.spawn("jobcast-capture-read", self._read_loop)
-
-    def _move_handlers(self) -> None:
-        """Point the logging handlers that wrote to the console at the saved console, so the
-        worker's own logs are not taken for the job's stderr."""
-        targets = {}
-        for original, fd in ((self.stdout, 1), (self.stderr, 2), (sys.__stdout__, 1),
-                             (sys.__stderr__, 2)):
-            if original is not None:
-                targets[id(original)] = self.consoles[fd]
-        for handler in all_handlers():
-            if type(handler) is not logging.FileHandler and isinstance(handler, logging.StreamHandler) \
-                    and id(handler.stream) in targets:
-                self.moved.append((handler, handler.setStream(targets[id(handler.stream)])))
-
-    def console_streams(self) -> list[IO[str]]:
-        """The text streams on the saved console, where the logging handlers now write."""
-        return list(self.consoles.values())
-
-    def flush(self) -> None:
-        """Push what Python and C have buffered into the pipes (may wait for the reader)."""
-        if self.buffered is not None:
-            try:
-                self.buffered.flush()
-            except ValueError:
-                pass    # closed by close()
-        flush_libc()
-
-    def waiting(self) -> bool:
-        """Whether a pipe holds output (or its writers are gone): one system call, where a
-        drain would cost a read of each pipe."""
-        try:
-            return bool(self.reads) and bool(self.probe.poll(0))
-        except RuntimeError:  # another thread of the job is asking: drain, to be sure
-            return True
-
-    def drain(self, limit: int = DRAIN_MAX) -> None:
-        """Under the capture's lock: read what the pipes hold into lines, without waiting."""
-        now = self.capture.clock()
-        for fd, stream in list(self.reads.items()):
-            taken = 0
-            while taken < limit:
-                try:
-                    data = os.read(fd, READ_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    data = b""
-                if not data:
-                    del self.reads[fd]  # every writer is gone
-                    self.poller.unregister(fd)
-                    self.probe.unregister(fd)
-                    os.close(fd)
-                    break
-                taken += len(data)
-                self.capture.ingest(stream, data, now)
-
-    def _read_loop(self) -> None:
-        """Wait for output, read it into lines; send unfinished lines on time."""
-        while self.reads:
-            deadline = self.capture.next_deadline()
-            timeout = TICK if deadline is None else max(0.0, min(TICK, deadline - time.time()))
-            stopping = self.stop_reading.is_set()
-            try:
-                self.poller.poll(0 if stopping else 1000 * timeout)
-            except OSError:
-                return
-            with self.capture.lock:
-                self.drain()
-                self.capture.expire(self.capture.clock())
-            if stopping:
-                return  # drained to "nothing now", not to the end: a daemon may keep a pipe open
-
-    def restore(self) -> None:
-        """Flush, give 1 and 2 back to the console, read what is left, restore the streams."""
-        self.flush()
-        for fd, saved in self.saved.items():
-            os.dup2(saved, fd)
-        if self.stdout is not None:
-            sys.stdout = self.stdout
-        if isinstance(sys.stderr, StreamProxy) and sys.stderr.capture is self.capture:
-            sys.stderr = self.stderr
-        self.stop_reading.set()
-        if self.reader is not None:
-            self.reader.join(JOIN_TIMEOUT)
-        for handler, stream in self.moved:
-            handler.setStream(stream)
-        self.moved.clear()
-
-    def close(self) -> None:
-        """Close the pipes and the saved descriptors (after a failed start too)."""
-        if self.reader is None or not self.reader.is_alive():
-            for fd in list(self.reads):
-                os.close(fd)
-            self.reads.clear()
-        for fd, saved in list(self.saved.items()):
-            if os.fstat(fd).st_ino != os.fstat(saved).st_ino:
-                os.dup2(saved, fd)  # a start that failed halfway
-            console = self.consoles.pop(fd, None)  # (none yet, if it failed before)
-            if console is not None:
-                console.close()
-            os.close(saved)
-        self.saved.clear()
-        if self.stdout is not None and sys.stdout is self.buffered:
-            sys.stdout = self.stdout
-
-    def console(self, stream: str, text: str) -> None:
-        """Write ``text`` on the worker's console (the saved descriptor)."""
-        if text:
-            data = text.encode("utf-8", "backslashreplace")
-            fd = self.saved[1 if stream == "stdout" else 2]
-            while data:
-                data = data[os.write(fd, data):]

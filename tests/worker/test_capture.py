@@ -18,7 +18,7 @@ import pytest
 from rq import Queue, Retry
 
 from jobcast.core.joblog import Entry, JobLog
-from jobcast.worker import capture
+from jobcast.worker import capture, sources
 from jobcast.worker.hook import SimpleWorker
 from tests.support.jobs import create_job, sse_events, stream_lines
 from tests.support.services import ROOT, start_rq_worker, stop_process
@@ -247,7 +247,7 @@ def test_printing_never_waits_for_a_slow_redis_and_the_lines_arrive_in_order_onc
         answer.set()
         cap.close()
     assert sent == ["first"] + [f"line {k}" for k in range(50)]
-    assert sys.stdout is not None and not isinstance(sys.stdout, capture.StreamProxy)
+    assert sys.stdout is not None and not isinstance(sys.stdout, sources.StreamProxy)
 
 
 @pytest.mark.parametrize("failing", ["os.pipe", "threading.Thread.start"])
