@@ -289,7 +289,7 @@ class Capture:
         if dropped and not self.ended:
             self.pending.append(OutputLine(
                 "stderr", f"[jobcast] {dropped:,} lines dropped (over {self.window.lines:,} "
-                "lines or 256 KiB a second)", now, dropped=dropped))
+                f"lines or {self.window.max_bytes // 1024:,} KiB a second)", now, dropped=dropped))
 
     def write(self, stream: str, text: str) -> None:
         """Text that Python code wrote to ``sys.stderr`` (or, in sys mode, ``sys.stdout``).
