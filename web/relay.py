@@ -64,6 +64,7 @@ import threading
 import time
 from typing import Callable
 
+from gevent import GreenletExit
 from redis.exceptions import RedisError
 
 from jobcast.core.epoch import PAST_END, Head, Position, Reset, continues, resolve
@@ -71,6 +72,7 @@ from jobcast.core.joblog import Entry
 from jobcast.web import metrics
 from jobcast.web.broker import CONFIRM_TIMEOUT, Broker
 from jobcast.web.frames import LAST_CHUNK, Transport
+from jobcast.web.green import is_green, spawn
 from jobcast.web.periodic import Periodic
 from jobcast.web.recent import RecentEntries
 from jobcast.web.viewer import Cohort, Connection, Lease, Viewer, ViewerState
@@ -108,15 +110,6 @@ class NotSubscribed(Exception):
 
 class WriteTimeout(Exception):
     """A client accepted no byte for the relay's write timeout: it is not reading."""
-
-
-def is_green() -> bool:
-    """True under gevent's monkey-patching (gunicorn's gevent workers)."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return False
-    return bool(monkey.is_module_patched("threading"))
 
 
 class _Flight:
@@ -802,7 +795,8 @@ class Relay:
             self._count_values(v)  # the fast path does not count: memory does, while current
             metrics.caught_up(reason)
             if not here:
-                self._catching[v] = self._spawn(self._catch_up_run, v, pending, holding)
+                self._catching[v] = spawn(self._catch_up_run, v, pending, holding,
+                                           green=self.green)
                 return
             self._catching[v] = self._current()
         self._catch_up_run(v, pending, holding)
@@ -813,16 +807,6 @@ class Relay:
         values = self.recent.values_through(v.job_id, v.cursor, v.epoch)
         if values is not None:
             v.values = values
-
-    def _spawn(self, func, *args):
-        """Run ``func(*args)`` in a greenlet (under gevent) or a daemon thread."""
-        if self.green:
-            import gevent
-
-            return gevent.spawn(func, *args)
-        thread = threading.Thread(target=func, args=args, daemon=True)
-        thread.start()
-        return thread
 
     def _catch_up_run(self, v: Viewer, pending: bytes, holding: bool = False) -> None:
         """The catch-up of one viewer."""
@@ -841,11 +825,10 @@ class Relay:
             reason = "write_timeout"
             log.info("dropped a viewer of %s whose stream took nothing for %ss", v.job_id,
                      self.write_timeout)
-        except BaseException as exc:  # GreenletExit: the process is stopping
-            if type(exc).__name__ == "GreenletExit":
-                reason = "server_shutdown"
-            else:  # a bug: this viewer ends ("error"), and nobody else is touched
-                log.exception("relay: catch-up of a viewer of %s failed", v.job_id)
+        except GreenletExit:  # the process is stopping: shutdown() killed this catch-up
+            reason = "server_shutdown"
+        except BaseException:  # a bug: this viewer ends ("error"), and nobody else is touched
+            log.exception("relay: catch-up of a viewer of %s failed", v.job_id)
         finally:
             if holding:  # it never got to write what it was handed
                 v.conn.lock.release()

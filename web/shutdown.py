@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 from typing import Callable
+
+from jobcast.web import green
 
 log = logging.getLogger(__name__)
 
 
-def spawn(func) -> None:
+def spawn(func: Callable[[], None]) -> None:
     """Run ``func`` soon, outside the signal handler, which must not block.
 
     Under gevent the handler runs in an event-loop callback, where even starting a
     (monkey-patched) thread would block, so a greenlet is spawned instead.
     """
-    try:
-        from gevent import monkey
-        from gevent import spawn as gevent_spawn
-    except ImportError:
-        monkey = None
-    if monkey is not None and monkey.is_module_patched("threading"):
-        gevent_spawn(func)
-    else:
-        threading.Thread(target=func, daemon=True).start()
+    green.spawn(func)
 
 
 def install(stop: Callable[[], None]) -> bool:
