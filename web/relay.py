@@ -384,10 +384,8 @@ class Relay:
         conn.last_write = self.clock()
         with self._lock:
             self._conns[conn] = None
-        on_peer_close = getattr(conn.sink, "on_peer_close", None)
-        if on_peer_close is not None:
-            # Freed as soon as its client leaves (a page changing its jobs reconnects at once).
-            on_peer_close(lambda: self._client_left(conn))
+        # Freed as soon as its client leaves (a page changing its jobs reconnects at once).
+        conn.sink.on_peer_close(lambda: self._client_left(conn))
         # A job missing, or ended at the stream's position, is in the connection (for its
         # checkpoint) already closed: nothing to hold.
         live = [viewer for viewer in conn.viewers if not viewer.closed]
@@ -1054,11 +1052,8 @@ class Relay:
         then: 404, or one reset. Returns ``reason``."""
         v.done = True
         viewers = v.conn.viewers if v.conn is not None else [v]
-        abort = getattr(v.sink, "abort", None)
-        if abort is not None:
-            abort()  # a queue: the request's generator raises, so the server cuts the body
-        else:
-            v.sink.close()
+        # (a queue: the request's generator raises, so the server cuts the body)
+        v.sink.abort()
         for other in viewers:
             if other is not v:
                 self.release(other, reason)
@@ -1301,8 +1296,10 @@ class Relay:
         for v in list(self._catching):
             # A thread's catch-up then fails its next write, and ends. A text stream is cut
             # (a queue aborted): with no goodbye to say, its end would read as the job's.
-            abort = getattr(v.sink, "abort", None) if v.transport.shutdown is None else None
-            abort() if abort is not None else v.sink.close()
+            if v.transport.shutdown is None:
+                v.sink.abort()
+            else:
+                v.sink.close()
             if self.green:
                 # A greenlet killed before it ran never runs its cleanup; one that was running
                 # ends at its next switch, and finds this done (release is idempotent).

@@ -50,6 +50,14 @@ class Sink(Protocol):
     def close(self) -> None:
         """End the stream."""
 
+    def abort(self) -> None:
+        """End the stream without its end (no last chunk): a cut, which its client sees as a
+        broken body, not as the job's end, and resumes from its position."""
+
+    def on_peer_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` as soon as the client closes the connection, where the sink can
+        see it (else never: the next write or heartbeat finds the client gone)."""
+
 
 def drained_alive(sock: socket.socket) -> bool:
     """False once the peer of ``sock`` (non-blocking) has closed or reset the connection.
@@ -163,6 +171,11 @@ class SocketSink:
             return
         self._close_socket()
 
+    def abort(self) -> None:
+        """Close the connection: the body ends with no last chunk (the relay writes one only
+        to end a stream), so the client sees a cut."""
+        self.close()
+
     def _close_socket(self) -> None:
         """Close the OS socket (once: a second close is a no-op)."""
         try:
@@ -224,6 +237,10 @@ class QueueSink:
             self.aborted = True
             self.closed = True
             self._cond.notify_all()
+
+    def on_peer_close(self, callback: Callable[[], None]) -> None:
+        """Never calls ``callback``: the client is the server's, behind the request's generator,
+        and :meth:`alive` (the heartbeat's check) is all a queue can ask."""
 
     def get(self, timeout: float | None = None) -> bytes | None:
         """What is buffered, waiting up to ``timeout`` s for something (b"" if nothing came);
