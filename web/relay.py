@@ -166,8 +166,12 @@ class Relay:
 
         ``write_delay``: seconds a stream of several jobs gathers its jobs' new entries before
         they are written, in one write (under gevent; 0, or a threaded server: at once).
-        ``clock`` is read for every time decision (tests pass a fake one). ``green``: run
-        catch-ups in greenlets, lock-free (default: when gevent has patched threading).
+        ``clock`` is read for the relay's own schedule (tests pass a fake one): which jobs and
+        streams are quiet (heartbeats), how long Redis has been unreachable. What bounds a
+        real wait reads ``time.monotonic``, as the wait itself does: a subscription's
+        confirmation, a client that takes no byte, the gathering window (gevent's timers).
+        ``green``: run catch-ups in greenlets, lock-free (default: when gevent has patched
+        threading).
         """
         self.broker = broker
         self.heartbeat = heartbeat
