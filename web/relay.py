@@ -26,14 +26,14 @@ broker's handler (:class:`~jobcast.web.broker.BrokerHandler`):
   the recent entries kept in memory (:meth:`Relay.hold_now`), gets them in one write with its
   response's head, and joins the fast path at once: no greenlet, no second ``send()``. A
   restarted replica's viewers come back this way, by the thousand.
-- **Catch-up.** A viewer whose cursor is not right before the batch (it just arrived, an
-  announcement was lost, the subscription was renewed) or whose sink would block (a full
-  socket or queue, or a partial write) leaves the fast path. A short-lived greenlet (a thread
-  outside gevent) finishes its partial frame, reads the log from its cursor through the broker
-  and writes what it finds, and puts the viewer back on the fast path once the log has nothing
-  newer. While it catches up, the fast path only notes the highest seq it skipped for it, so
-  nothing can slip between the log read and the rejoin. Memory per slow viewer stays bounded:
-  one page of the log, however slow the client.
+- **Catch-up** (:mod:`jobcast.web.catchup`). A viewer whose cursor is not right before the
+  batch (it just arrived, an announcement was lost, the subscription was renewed) or whose
+  sink would block (a full socket or queue, or a partial write) leaves the fast path. A
+  short-lived greenlet (a thread outside gevent) finishes its partial frame, reads the log
+  from its cursor through the broker and writes what it finds, and puts the viewer back on the
+  fast path once the log has nothing newer. While it catches up, the fast path only notes the
+  highest seq it skipped for it, so nothing can slip between the log read and the rejoin.
+  Memory per slow viewer stays bounded: one page of the log, however slow the client.
 - **Quiet streams.** :meth:`Relay.tick` runs a few times per heartbeat interval: a job quiet
   for a heartbeat has its last seq read (an announcement may have been lost), its viewers get
   the transport's heartbeat, and clients that went away are freed.
@@ -64,37 +64,20 @@ import threading
 import time
 from typing import Callable
 
-from gevent import GreenletExit
 from redis.exceptions import RedisError
 
-from jobcast.core.epoch import PAST_END, Head, Position, Reset, continues, resolve
+from jobcast.core.epoch import Position, continues
 from jobcast.core.joblog import Entry
 from jobcast.web import metrics
 from jobcast.web.broker import CONFIRM_TIMEOUT, Broker
 from jobcast.web.frames import LAST_CHUNK, Transport
-from jobcast.web.green import is_green, spawn
+from jobcast.web.catchup import CatchUp
+from jobcast.web.green import is_green
 from jobcast.web.periodic import Periodic
 from jobcast.web.recent import RecentEntries
 from jobcast.web.viewer import Cohort, Connection, Lease, Viewer, ViewerState
 
 log = logging.getLogger(__name__)
-
-PAGE = 500
-"""Most log entries a catching-up viewer reads (and writes) at once."""
-
-PAGE_BYTES = 1 << 20
-"""About the most bytes of log one catch-up read brings into memory: a job of large entries is
-read in fewer entries at a time (the first read of a job not seen yet takes FIRST_PAGE)."""
-
-FIRST_PAGE = 64
-"""Entries of a catch-up read while the size of the job's entries is not known yet."""
-
-MAX_OUTAGE = 120.0
-"""Seconds a viewer waits for an unreachable Redis before its stream ends."""
-
-CUT = frozenset({"write_timeout", "redis_down", "error"})
-"""Why a catch-up may give up on a stream it has not finished: the stream is then cut, not
-ended (see :meth:`Relay._cut`)."""
 
 FLUSH_SLICE = 64
 """Multi-job streams a gathered write makes between two turns of the event loop."""
@@ -106,10 +89,6 @@ greenlets that are ready but polls no socket, so the broker would not hear a thi
 
 class NotSubscribed(Exception):
     """Redis did not confirm the job's subscription in time: a viewer could miss entries."""
-
-
-class WriteTimeout(Exception):
-    """A client accepted no byte for the relay's write timeout: it is not reading."""
 
 
 class _Flight:
@@ -186,18 +165,18 @@ class Relay:
         self._gather_began = self._gather_last = 0.0  # when the window opened, and its latest
         self._flushing: list[list[Connection]] = []  # gathered writes being made, paused
         self._stop = threading.Event()
-        self._lock = contextlib.nullcontext() if self.green else threading.RLock()
+        # The one lock of the relay's state (its viewers, their cohorts, its catch-ups), and
+        # a pause of its work (outside gevent, cut short once the relay stops).
+        self.lock = contextlib.nullcontext() if self.green else threading.RLock()
         if self.green:
             import gevent
-            from gevent.event import Event
-
             from gevent.lock import Semaphore
 
-            self._event, self._sleep, self._current = Event, gevent.sleep, gevent.getcurrent
+            self.sleep: Callable[[float], object] = gevent.sleep
             self._new_lock = Semaphore
         else:
-            self._event, self._sleep = threading.Event, self._stop.wait
-            self._current, self._new_lock = threading.current_thread, threading.Lock
+            self.sleep = self._stop.wait
+            self._new_lock = threading.Lock
         # Each job's viewers in the order they arrived (a dict used as an ordered set): the
         # fast path writes them first come, first served, the same order for every value.
         self._jobs: dict[str, dict[Viewer, None]] = {}
@@ -205,10 +184,7 @@ class Relay:
         # When a job's batch last had a value or its end: all that the text and HTML streams
         # show. A job that only prints leaves their viewers quiet while it delivers.
         self._last_shown: dict[str, float] = {}
-        self._catching: dict[Viewer, object] = {}
-        self._reading: dict[str, object] = {}  # job id -> an Event set when its read lands
         self._positions: dict[str, _Flight] = {}
-        self._entry_size: dict[str, int] = {}  # job id -> the largest entry seen, bytes
         self._conns: dict[Connection, None] = {}  # the multi-job streams held here
         # Multi-job streams in step, written as one (see Cohort): by their jobs and framing,
         # and by each job they carry.
@@ -219,6 +195,7 @@ class Relay:
         # (the catch-up asks the broker); a lost one forgets its job's entries.
         self.recent.subscription(True)
         self.closing = False
+        self.catchup = CatchUp(self)  # the viewers off the fast path, written from the log
         self._heartbeat = Heartbeat(self)
         self._started = False
 
@@ -264,7 +241,7 @@ class Relay:
         newest = self.recent.last(job_id)
         if newest is not None:
             return Position(newest.terminal, newest.seq, newest.ep)
-        with self._lock:  # (threads: two callers must not both read, and both set it)
+        with self.lock:  # (threads: two callers must not both read, and both set it)
             flight = self._positions.get(job_id)
             waiting = flight is not None
             if not waiting:
@@ -316,7 +293,7 @@ class Relay:
         With ``here``, the catch-up runs in the calling greenlet (a request's, which would end
         anyway) rather than in a new one: one greenlet and one switch less per newcomer.
         """
-        with self._lock:
+        with self.lock:
             self._take(viewer)
         if self.closing:
             self.release(viewer, "server_shutdown")
@@ -332,12 +309,12 @@ class Relay:
 
         A restarted replica's viewers come back by the thousand, each a few entries behind:
         this spares each of them a greenlet and a second ``send()``. It is the catch-up's own
-        memory step (:meth:`_read_until_current`), made with no wait between the check that
-        memory is current and the viewer's joining the fast path, so nothing delivered can
-        fall between the two.
+        memory step (:meth:`~jobcast.web.catchup.CatchUp._read_until_current`), made with no
+        wait between the check that memory is current and the viewer's joining the fast path,
+        so nothing delivered can fall between the two.
         """
         job_id, recent = viewer.job_id, self.recent
-        with self._lock:
+        with self.lock:
             if self.closing or not self.broker.subscribed(job_id):
                 return False
             newest = recent.last(job_id)
@@ -386,7 +363,7 @@ class Relay:
         own, then joins the fast path; they write through the connection one at a time."""
         conn.lock = self._new_lock()
         conn.last_write = self.clock()
-        with self._lock:
+        with self.lock:
             self._conns[conn] = None
         # Freed as soon as its client leaves (a page changing its jobs reconnects at once).
         conn.sink.on_peer_close(lambda: self._client_left(conn))
@@ -424,7 +401,7 @@ class Relay:
         per job. Once every stream gathering has a part from each of its jobs, there is
         nothing left to wait for, and the write is made at once (on the loop's next turn).
         """
-        with self._lock:
+        with self.lock:
             pending = self._gathered if self.write_delay else []
             for job_id, entries in batches.items():
                 try:
@@ -477,7 +454,7 @@ class Relay:
         joins the writes not made yet (the gathered parts of a stream are read only when it
         is written), and only the streams already written are gathered anew.
         """
-        with self._lock:
+        with self.lock:
             pending, self._gathered = self._gathered, []
             self._gather_flush = None
             self._flush(pending, turns=self.green and not self.closing)
@@ -487,7 +464,7 @@ class Relay:
 
         Returns how many viewers were written on the fast path.
         """
-        with self._lock:
+        with self.lock:
             pending: list[Connection] = []
             written = self._deliver(job_id, entries, pending)
             self._flush(pending)
@@ -608,7 +585,8 @@ class Relay:
         if conn.closed or conn.cohort is not None:
             return
         for v in conn.viewers:
-            if v.state is not ViewerState.HELD or v.slow or v.done or v in self._catching:
+            if (v.state is not ViewerState.HELD or v.slow or v.done
+                    or v in self.catchup.catching):
                 return
         key = (conn.digest, conn.chunked)
         cohort = self._cohorts.get(key)
@@ -653,7 +631,7 @@ class Relay:
             # rather than sent an id past bytes it never got: its client resumes from its id.
             log.error("relay: a stream left its cohort while its lock was taken; cutting it")
             v = conn.viewers[0]
-            self.release(v, self._cut(v, "error"))
+            self.release(v, self.cut(v, "error"))
             return b""
         for part in parts:
             conn.gather(conn.viewers[0], part, False)
@@ -685,7 +663,7 @@ class Relay:
                 self.release(writer, "client_gone")
             elif not conn.lock.acquire(blocking=False):
                 log.error("relay: a stream left its cohort while its lock was taken; cutting it")
-                self.release(writer, self._cut(writer, "error"))
+                self.release(writer, self.cut(writer, "error"))
             else:
                 self._catch_up(writer, data[n:], "slow", holding=True)
 
@@ -706,7 +684,7 @@ class Relay:
         try:
             for start in range(0, len(pending), FLUSH_SLICE):
                 if start and turns:
-                    self._sleep(TURN)
+                    self.sleep(TURN)
                 # A slice's writes are framed first, then sent back to back (the streams
                 # already written are skipped: see _catch_up, shutdown). Between two sends
                 # there is then little else: a client that reads as fast as the sends come
@@ -768,17 +746,19 @@ class Relay:
             return False
         return True
 
-    # -- catching up -----------------------------------------------------------------------
+    # -- leaving and rejoining the fast path (the catch-up itself: jobcast.web.catchup) ------
 
     def _catch_up(self, v: Viewer, pending: bytes, reason: str, here: bool = False,
                   holding: bool = False) -> None:
-        """Take ``v`` off the fast path: write ``pending``, then read the log from its cursor
-        (in a new greenlet or thread, or with ``here`` in this one). ``holding``: the caller
-        holds the connection lock, which passes to the catch-up with ``pending``."""
+        """Take ``v`` off the fast path: its catch-up writes ``pending``, then reads the log
+        from its cursor (in a new greenlet or thread, or with ``here`` in this one).
+        ``holding``: the caller holds the connection lock, which passes to the catch-up with
+        ``pending``."""
+        catchup = self.catchup
         # (threads: under the lock, as the fast path's writes are; a catch-up thread then
-        # finds itself in _catching before it can end)
-        with self._lock:
-            if v.closed or v in self._catching:
+        # finds itself in catching before it can end)
+        with self.lock:
+            if v.closed or v in catchup.catching:
                 if holding:
                     v.conn.lock.release()
                 return
@@ -790,18 +770,22 @@ class Relay:
                 # after it, and a gathered write never waits on a viewer that is catching up
                 # (whose catch-up could not take the rest of a partial write).
                 self._flush_one(conn, self.clock())
-                if v.closed or v in self._catching:
+                if v.closed or v in catchup.catching:
                     return  # the write was partial, and this viewer's catch-up finishes it
             v.slow = True
             v.missed = 0
             self._count_values(v)  # the fast path does not count: memory does, while current
             metrics.caught_up(reason)
             if not here:
-                self._catching[v] = spawn(self._catch_up_run, v, pending, holding,
-                                           green=self.green)
+                catchup.start(v, pending, holding)
                 return
-            self._catching[v] = self._current()
-        self._catch_up_run(v, pending, holding)
+            catchup.claim(v)
+        catchup.run(v, pending, holding)
+
+    def rejoin(self, v: Viewer) -> None:
+        """``v``'s catch-up is done (the caller holds the lock): the fast path writes it from
+        now on."""
+        v.slow = False
 
     def _count_values(self, v: Viewer) -> None:
         """Set ``v``'s count of values up to its cursor from memory, when memory knows it
@@ -810,247 +794,7 @@ class Relay:
         if values is not None:
             v.values = values
 
-    def _catch_up_run(self, v: Viewer, pending: bytes, holding: bool = False) -> None:
-        """The catch-up of one viewer."""
-        reason = "error"
-        try:
-            if pending:
-                held, holding = holding, False  # _write gives the lock back, whatever happens
-                self._write(v, pending, holding=held, framed=True)
-            if v.done:
-                reason = "job_ended"
-                return
-            reason = self._read_until_current(v)
-        except OSError:
-            reason = "client_gone"
-        except WriteTimeout:
-            reason = "write_timeout"
-            log.info("dropped a viewer of %s whose stream took nothing for %ss", v.job_id,
-                     self.write_timeout)
-        except GreenletExit:  # the process is stopping: shutdown() killed this catch-up
-            reason = "server_shutdown"
-        except BaseException:  # a bug: this viewer ends ("error"), and nobody else is touched
-            log.exception("relay: catch-up of a viewer of %s failed", v.job_id)
-        finally:
-            if holding:  # it never got to write what it was handed
-                v.conn.lock.release()
-            with self._lock:  # (threads: a catch-up begun since, once this one was done)
-                self._done_catching(v)
-            if reason in CUT:
-                # Its stream is not whole any more: cut it (all of a multi-job stream, whose
-                # other jobs would otherwise go on without this one, and say nothing), so that
-                # the client sees a broken body, not an end, and resumes from its position.
-                self._cut(v, reason)
-            if reason:
-                self.release(v, reason)
-
-    def _back_on_fast_path(self, v: Viewer) -> None:
-        """``v``'s catch-up is done (the caller holds the lock): the fast path writes it from
-        now on, and a partial write there starts a new catch-up at once (threads: were it
-        still in _catching until this one ended, that write's rest would be dropped)."""
-        v.slow = False
-        self._done_catching(v)
-
-    def _done_catching(self, v: Viewer) -> None:
-        """Forget ``v``'s catch-up if it is this greenlet's (or thread's), not a newer one."""
-        if self._catching.get(v) is self._current():
-            del self._catching[v]
-
-    def _read_until_current(self, v: Viewer) -> str | None:
-        """Write the log after ``v.cursor`` until nothing is newer; None once back on the fast
-        path, else why the stream ended."""
-        recent = self.recent
-        outage_since: float | None = None
-        while True:
-            if v.closed:
-                return "closed"
-            if v.epoch is None and recent.last(v.job_id) is not None:
-                # A position without an epoch is trusted by its seq (unless past the end): it
-                # follows the incarnation this process knows, as a read of the log would say.
-                v.epoch = recent.last(v.job_id).ep
-            with self._lock:
-                kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start, v.epoch)
-                if kept is not None:  # (under the lock: memory changes under threads)
-                    # What is kept may run on into an epoch begun after the viewer's position.
-                    now = kept[1].ep if kept[1].ep is not None else v.epoch
-                    values = recent.values_through(v.job_id, kept[1].seq, now)
-                at_end = False
-                if kept is None and (v.missed <= v.cursor
-                                     and recent.is_current(v.job_id, v.cursor, v.epoch)
-                                     and self.broker.subscribed(v.job_id)):
-                    # Nothing newer has been announced: back to the fast path, unless what the
-                    # viewer has ends with the job's end (no entry will ever come).
-                    at_end = recent.last(v.job_id).terminal
-                    if not at_end:
-                        self._back_on_fast_path(v)
-                        return None
-            if at_end:
-                return self._end_at_cursor(v)
-            if kept is not None:
-                # Recent history from memory: one write, no Redis round trip.
-                data, newest = kept
-                end = newest.terminal
-                # (its epoch with its cursor: a multi-job stream's id names both)
-                self._write(v, data, end, cursor=newest.seq, epoch=now)
-                if values is not None:
-                    v.values = values
-                if end:
-                    return "job_ended"
-                continue
-            with self._lock:  # (threads: one reader of a job at a time, as under gevent)
-                reading = self._reading.get(v.job_id)
-                if reading is None:
-                    mark = recent.reading(v.job_id)
-                    count = self._page(v.job_id)
-                    mine = self._reading[v.job_id] = self._event()
-            if reading is not None:
-                # Another viewer of this job is reading its log (a burst of newcomers): wait
-                # for that read to land in the recent entries rather than repeat it. That
-                # read may be a Redis outage's retries, for minutes: this viewer's client gets
-                # its heartbeat meanwhile, as the reader's does.
-                if not reading.wait(self.heartbeat):
-                    self._write(v, v.transport.heartbeat)
-                continue
-            reading = mine
-            failure: RedisError | None = None
-            try:
-                entries, head = self.broker.history(v.job_id, v.cursor, count)
-            except RedisError as exc:
-                failure = exc
-            finally:
-                with self._lock:
-                    del self._reading[v.job_id]
-                reading.set()
-            if failure is not None:
-                # Redis is unreachable (a restart?): keep the viewer and read again soon. The
-                # read is given back first: a stalled client's heartbeat, or this wait, must not
-                # hold the job's other viewers once Redis is back.
-                outage_since = outage_since or self.clock()
-                if self.clock() - outage_since > MAX_OUTAGE:
-                    log.warning("giving up on a viewer of %s: Redis down for %ss", v.job_id,
-                                MAX_OUTAGE)
-                    return "redis_down"
-                log.info("viewer of %s waits for Redis: %s", v.job_id, failure)
-                self._write(v, v.transport.heartbeat)
-                self._sleep(1.0)
-                continue
-            outage_since = None
-            if not head.exists or v.epoch != head.epoch or v.cursor > head.seq:
-                # Placed after the read is given back: a reset written to a slow client must
-                # not hold this job's other newcomers (they read for themselves meanwhile).
-                ending = self._place(v, head)
-                if ending:
-                    return ending
-                continue  # read again from where the viewer now stands
-            if entries and entries[0].seq > v.cursor + 1:
-                ending = self._trimmed(v, entries, head)
-                if ending:
-                    return ending
-            ended = head.ended
-            if entries:
-                self._note_size(v.job_id, entries)
-            with self._lock:
-                if len(entries) < count or entries[-1].terminal:
-                    # Only a read that reached the log's end may become the recent entries:
-                    # their newest is taken for the job's newest (position, is_current), and a
-                    # full page can stop short of it (a late viewer would then wait for nothing).
-                    recent.add_read(v.job_id, entries, mark)
-                entries = [e for e in entries if e.seq > v.cursor]
-                if (not entries and not ended and v.missed <= v.cursor
-                        and recent.generation == mark.generation):
-                    # Back to the fast path: whatever is delivered from now on sees it, and
-                    # whatever was delivered during the read set v.missed (or a new generation).
-                    self._back_on_fast_path(v)
-                    return None
-            if entries:
-                end = entries[-1].terminal
-                self._write(v, v.transport.frames(entries, v.start), end, cursor=entries[-1].seq)
-                newest_value = next((e.i for e in reversed(entries) if e.kind == "value"), None)
-                if newest_value is not None:
-                    v.values = newest_value + 1
-                if end:
-                    return "job_ended"
-                continue
-            if ended:
-                # The terminal entry is at or before the cursor (or the log has expired).
-                return self._end_at_cursor(v)
-            # The fast path skipped entries for us, or a subscription changed, during the
-            # read: read again.
-
-    def _end_at_cursor(self, v: Viewer) -> str:
-        """``v`` already has its job's end: write just the end of its body (when the body is
-        ours to end), and say why its stream ends."""
-        if v.chunked:
-            self._write(v, b"", True)
-        v.done = True
-        return "job_ended"
-
-    def _place(self, v: Viewer, head: Head) -> str | None:
-        """``v``'s position is not plainly in the log ``head`` describes: go on (an older epoch
-        whose entries up to the cursor survived), reset it, or end its stream (the log is
-        gone, or the transport cannot say a reset). Returns why the stream ended, or None."""
-        if not head.exists:
-            log.info("the log of job %s is gone under a viewer; its stream is cut", v.job_id)
-            return self._cut(v, "log_gone")
-        reset = resolve(head, v.epoch, seq=v.cursor)
-        if reset is None:
-            v.epoch = head.epoch  # an older incarnation whose entries up to the cursor survived
-            return None
-        if reset.reason == PAST_END and not head.ended:
-            # Entries this viewer was sent are gone, and nobody wrote since: begin a new epoch
-            # (once, whoever finds it first) so their seqs are never reused, then go on after
-            # the log's end as it was read. (An ended log gets no more entries: no seq to
-            # protect.)
-            now = self.broker.rebase(v.job_id, head)
-            reset = Reset(now.epoch, head.seq, head.values, PAST_END, was_seq=v.cursor,
-                          was_epoch=v.epoch)
-        log.warning("job %s: a viewer at seq %s (epoch %s) is reset to seq %s (epoch %s): %s",
-                    v.job_id, v.cursor, v.epoch, reset.after, reset.epoch, reset.reason)
-        metrics.caught_up("reset")
-        with self._lock:
-            self.recent.lost([v.job_id])  # what is kept of the job may be the dead incarnation
-            # What was announced to it while it caught up was of the lost entries: waiting
-            # for those seqs would read the log again and again, finding nothing newer.
-            v.missed = min(v.missed, reset.after)
-        v.values = None  # counted in an incarnation that is gone
-        if v.transport.reset is None:
-            v.cursor, v.epoch = reset.after, reset.epoch
-            return self._cut(v, "log_reset")
-        # Values from reset.values on were replaced: a stream from ?start= shows those below
-        # its start too (the reset line says they were replaced).
-        v.start = min(v.start, reset.values)
-        self._write(v, v.transport.reset(reset), cursor=reset.after, epoch=reset.epoch)
-        return None
-
-    def _trimmed(self, v: Viewer, entries: list[Entry], head: Head) -> str | None:
-        """``entries``, read after ``v``'s position, begin past it: a capped log was trimmed
-        beyond it while it caught up (a slow client), and the entries between are gone. Say
-        so, as a stream that begins in a trimmed log does, and go on; or, where the transport
-        cannot say it, cut the stream (its client is told when it resumes). Returns why the
-        stream ended, or None.
-
-        The text and HTML streams show only values (at or past ``?start=``): when the viewer's
-        count of values says none of those was among the entries lost (a job that printed a
-        lot), nothing is lost to them, and they just go on.
-        """
-        first = entries[0].seq
-        first_value = next((e.i for e in entries if e.kind == "value"), None)
-        if v.transport.filters_values and v.values is not None:
-            # The values between: up to the first one read, or (none read) all logged since.
-            upto = first_value if first_value is not None else head.values
-            if upto is not None and upto <= max(v.values, v.start):
-                return None
-        trim = {"after": v.cursor, "first_seq": first, "lost": first - v.cursor - 1,
-                "first_value": first_value}
-        log.info("job %s: a viewer at seq %s lost %s entries trimmed from the log",
-                 v.job_id, v.cursor, trim["lost"])
-        metrics.caught_up("trimmed")
-        if v.transport.trimmed is None:
-            return self._cut(v, "log_trimmed")
-        self._write(v, v.transport.trimmed(trim))
-        return None
-
-    def _cut(self, v: Viewer, reason: str) -> str:
+    def cut(self, v: Viewer, reason: str) -> str:
         """End ``v``'s stream (with a multi-job stream, the whole connection) without its end:
         no last chunk, no terminal entry. The client resumes from its position and is told
         then: 404, or one reset. Returns ``reason``."""
@@ -1062,68 +806,6 @@ class Relay:
             if other is not v:
                 self.release(other, reason)
         return reason
-
-    def _page(self, job_id: str) -> int:
-        """How many entries of ``job_id`` one catch-up read asks for (about PAGE_BYTES)."""
-        size = self._entry_size.get(job_id)
-        if size is None:
-            return FIRST_PAGE
-        return max(1, min(PAGE, PAGE_BYTES // max(size, 1)))
-
-    def _note_size(self, job_id: str, entries: list[Entry]) -> None:
-        """Remember the largest entry of ``job_id`` seen (reads are sized by it)."""
-        size = max(len(e.raw) for e in entries)
-        if job_id in self._jobs and size > self._entry_size.get(job_id, 0):
-            # (Only while it has viewers: the last one's release forgets the job.)
-            self._entry_size[job_id] = size
-
-    def _write(self, v: Viewer, frames: bytes, end: bool = False, *, holding: bool = False,
-               framed: bool = False, cursor: int | None = None,
-               epoch: str | None = None) -> None:
-        """Write ``frames`` (framed for ``v``'s connection, with the end of the body if ``end``;
-        as they are with ``framed``), waiting for the sink as long as the client reads;
-        WriteTimeout once it has accepted no byte for ``write_timeout`` seconds. ``cursor``
-        and ``epoch``: where ``v`` stands once they are out (``end``: done).
-
-        A job of a multi-job stream writes while holding its connection's lock (``holding``:
-        the caller already does; the lock is given back here, whatever happens), and frames
-        its bytes only then, so two jobs' bytes never interleave and the cursor each write
-        ends with is the connection's latest. Its new position is set only then too: every
-        write to the connection names every job's cursor (and ends the body once all are
-        done), and must never name entries that are not out yet.
-        """
-        conn = v.conn
-        if conn is not None and not holding:
-            self._take_lock(v, conn)
-        try:
-            if cursor is not None:
-                v.cursor = cursor
-            if epoch is not None:
-                v.epoch = epoch
-            if end:
-                v.done = True
-            data = frames if framed else v.wire(frames, end)
-            view = memoryview(data)
-            while view:
-                n = v.sink.send(view)
-                if n:
-                    view = view[n:]
-                    if conn is not None:
-                        conn.took = time.monotonic()  # (real time, as the waits are)
-                elif not v.sink.wait_writable(self.write_timeout):
-                    raise WriteTimeout(v.job_id)
-        finally:
-            if conn is not None:
-                conn.last_write = self.clock()
-                conn.lock.release()
-
-    def _take_lock(self, v: Viewer, conn: Connection) -> None:
-        """Take ``conn``'s lock for ``v``'s write; WriteTimeout once its client has taken no
-        byte for the write timeout. Another job's write may hold it for long (a page of large
-        entries to a client that reads slowly): while its client takes bytes, it is reading."""
-        while not conn.lock.acquire(timeout=self.write_timeout):
-            if conn.closed or time.monotonic() - conn.took >= self.write_timeout:
-                raise WriteTimeout(v.job_id)
 
     # -- quiet streams, reconnects, shutdown -----------------------------------------------
 
@@ -1147,7 +829,7 @@ class Relay:
         except RedisError:
             last_seqs = [None] * len(quiet)  # the broker's reconnect resyncs everyone anyway
         beats = 0
-        with self._lock:
+        with self.lock:
             for job, last_seq in zip(quiet, last_seqs):
                 if job not in self._jobs:
                     continue  # its last viewer left while the log was read
@@ -1183,7 +865,7 @@ class Relay:
         """Free the gone clients of the text and HTML streams of ``jobs`` (which deliver
         entries those streams do not show), and send the others the HTML heartbeat."""
         beats = 0
-        with self._lock:
+        with self.lock:
             for job in jobs:
                 if job not in self._jobs:
                     continue
@@ -1231,7 +913,8 @@ class Relay:
                 continue
             # Through a job that is not catching up: the rest of a partial write goes to the
             # writer's catch-up, and one already running would not take it.
-            beat = next((v for v in open_viewers if v not in self._catching), None)
+            catching = self.catchup.catching
+            beat = next((v for v in open_viewers if v not in catching), None)
             if beat is None:  # every job is catching up: they are writing anyway
                 conn.lock.release()
                 continue
@@ -1244,7 +927,7 @@ class Relay:
     def on_resync(self, job_ids: list[str]) -> None:
         """The broker's handler: after (re)subscribing to these jobs in doubt, anything
         announced meanwhile is only in the log."""
-        with self._lock:
+        with self.lock:
             self.recent.lost(job_ids)
             for job_id in job_ids:
                 for v in tuple(self._jobs.get(job_id, ())):
@@ -1254,7 +937,7 @@ class Relay:
     def on_lost(self, job_ids: list[str]) -> None:
         """The broker's handler: these jobs' subscriptions were lost; what is kept of them
         may be stale."""
-        with self._lock:
+        with self.lock:
             self.recent.lost(job_ids)
 
     def shutdown(self) -> None:
@@ -1265,8 +948,8 @@ class Relay:
         self.flush_gathered()  # what was gathered goes out before the goodbyes
         for pending in list(self._flushing):  # and the rest of a write paused for a turn
             self._flush(pending)
-        catching = list(self._catching.values())
-        with self._lock:
+        runners = list(self.catchup.catching.values())
+        with self.lock:
             for conn in list(self._conns):
                 # One goodbye per multi-job stream, before any of its jobs ends.
                 try:
@@ -1285,7 +968,7 @@ class Relay:
                     if v.conn is None and v.transport.shutdown is None:
                         # No goodbye to say (text): cut, so that the stream does not end as
                         # the job's end does, and its reader resumes.
-                        self._cut(v, "server_shutdown")
+                        self.cut(v, "server_shutdown")
                     elif v.conn is None:
                         # Best effort: a sink that cannot take these few bytes is closed anyway.
                         try:
@@ -1293,26 +976,11 @@ class Relay:
                         except OSError:
                             pass
                     self.release(v, "server_shutdown")
-        if self.green:
-            import gevent
-
-            gevent.killall([g for g in catching if isinstance(g, gevent.Greenlet)], block=False)
-        for v in list(self._catching):
-            # A thread's catch-up then fails its next write, and ends. A text stream is cut
-            # (a queue aborted): with no goodbye to say, its end would read as the job's.
-            if v.transport.shutdown is None:
-                v.sink.abort()
-            else:
-                v.sink.close()
-            if self.green:
-                # A greenlet killed before it ran never runs its cleanup; one that was running
-                # ends at its next switch, and finds this done (release is idempotent).
-                self._catching.pop(v, None)
-                self.release(v, "server_shutdown")
+        self.catchup.shutdown(runners)
 
     def release(self, v: Viewer, reason: str) -> None:
         """End ``v``: forget it, close its sink, give back its lease and slot (idempotent)."""
-        with self._lock:
+        with self.lock:
             if v.closed:
                 return
             conn = v.conn
@@ -1330,7 +998,7 @@ class Relay:
                     del self._jobs[v.job_id]
                     self._last_delivery.pop(v.job_id, None)
                     self._last_shown.pop(v.job_id, None)
-                    self._entry_size.pop(v.job_id, None)
+                    self.catchup.forget(v.job_id)
                     self.recent.forget(v.job_id)
             v.release()
             if v.conn is not None and v.conn.closed:

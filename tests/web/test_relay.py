@@ -340,7 +340,7 @@ def test_every_viewer_waiting_on_redis_gets_heartbeats_not_only_the_one_reading(
     job's read, and the others of the job waited on it with no heartbeat at all."""
     log = running_job(redis)
     relay.broker.redis = Redis(port=1, retry=Retry(NoBackoff(), 0))  # Redis is down
-    monkeypatch.setattr(relay, "_sleep", lambda seconds: gevent.sleep(5 * seconds))
+    monkeypatch.setattr(relay, "sleep", lambda seconds: gevent.sleep(5 * seconds))
     viewers = [held(relay, log, SSE, cursor=2) for _ in range(3)]
     try:
         green_wait(lambda: all(b": heartbeat" in bytes(client.data) for _, client in viewers),
@@ -480,11 +480,11 @@ def test_a_log_read_whose_viewer_left_meanwhile_leaves_nothing_stale_for_the_nex
     server, _ = socket_ends(None, True)
     viewer = Viewer(log.job_id, SocketSink(server), SSE, epoch=log.head().epoch)
     relay.hold(viewer)
-    green_wait(lambda: log.job_id in relay._reading, what="the history read")
+    green_wait(lambda: log.job_id in relay.catchup._reading, what="the history read")
     relay.release(viewer, "client_gone")
     write(log, 3, 5)
     log.finished()
-    green_wait(lambda: log.job_id not in relay._reading, what="the read to land")
+    green_wait(lambda: log.job_id not in relay.catchup._reading, what="the read to land")
     assert relay.position(log.job_id) == (True, log.head().seq, log.head().epoch)
 
 
@@ -534,7 +534,7 @@ def test_a_newcomer_whose_history_is_in_memory_gets_it_with_its_head_and_no_catc
     log, first, first_client = watched_in_memory(redis, relay)
     taken, viewer, client = taken_now(relay, log, b"HEAD\n\n", cursor=2)
     # On the fast path as it returns: no catch-up was started, nothing is left to write.
-    assert taken and not viewer.slow and not relay._catching and viewer.cursor == 5
+    assert taken and not viewer.slow and not relay.catchup.catching and viewer.cursor == 5
     assert viewer.values == 3  # values 0..2: counted from memory, for a trim to come
     green_wait(lambda: client.sse_ids() == [3, 4, 5], what="its history")
     assert bytes(client.data).startswith(b"HEAD\n\nid: ")  # the head first, then the history
@@ -643,11 +643,11 @@ def test_a_job_whose_last_viewer_leaves_during_a_read_is_forgotten_whole(redis, 
     log = running_job(redis)
     write(log, 0, 5)
     viewer, _ = held(relay, log, epoch=relay.broker.head(log.job_id).epoch)
-    green_wait(lambda: log.job_id in relay._reading, what="its history read to be under way")
+    green_wait(lambda: log.job_id in relay.catchup._reading, what="its history read to be under way")
     relay.release(viewer, "client_gone")
-    green_wait(lambda: viewer not in relay._catching, what="its catch-up to end")
+    green_wait(lambda: viewer not in relay.catchup.catching, what="its catch-up to end")
     assert relay.viewers(log.job_id) == 0
-    assert log.job_id not in relay._entry_size and log.job_id not in relay._last_delivery
+    assert log.job_id not in relay.catchup._entry_size and log.job_id not in relay._last_delivery
     other, _ = held(relay, log, cursor=7)
     green_wait(lambda: not other.slow, what="history")
     clock.advance(0.25)
@@ -656,7 +656,7 @@ def test_a_job_whose_last_viewer_leaves_during_a_read_is_forgotten_whole(redis, 
                what="the heartbeat's read of the last seqs to be under way")
     relay.release(other, "client_gone")
     ticking.join()
-    assert log.job_id not in relay._last_delivery and log.job_id not in relay._entry_size
+    assert log.job_id not in relay._last_delivery and log.job_id not in relay.catchup._entry_size
 
 
 def test_a_text_viewer_that_sends_a_stray_byte_and_closes_is_freed(redis, relay, clock):
@@ -713,7 +713,7 @@ def test_a_catch_up_of_a_job_of_large_entries_reads_fewer_entries_at_a_time(redi
     write(log, 0, 40, size=60_000)
     viewer, client = held(relay, log)
     green_wait(lambda: client.sse_ids()[-1:] == [42], what="the whole history")
-    assert relay._page(log.job_id) < 20  # about 1 MiB a read, not 500 entries
+    assert relay.catchup._page(log.job_id) < 20  # about 1 MiB a read, not 500 entries
 
 
 # -- several jobs over one connection ------------------------------------------------------------
@@ -1101,7 +1101,7 @@ def test_a_job_waiting_for_another_jobs_long_write_to_a_client_that_reads_is_not
     write(a, 0, 20, size=4000)                      # a's history: about 80 KB
     conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
     va, vb = conn.viewers
-    green_wait(lambda: relay._catching and conn.lock.locked(), what="a's catch-up writing")
+    green_wait(lambda: relay.catchup.catching and conn.lock.locked(), what="a's catch-up writing")
     b.value(0, 0)  # logged, its announcement lost: b's catch-up must write it, after a's page
     relay.recent.lost([b.job_id])
 
@@ -1129,7 +1129,7 @@ def test_a_partial_gathered_write_whose_client_then_leaves_ends_every_job_of_it(
     conn, client = held_connection(relay, [a, b], rcvbuf=4096, read=False)
     wait_for(lambda: not any(v.slow for v in conn.viewers), 10, 0.01, "histories")
     relay.deliver(a.job_id, write(a, 0, 20, size=2000))  # far more than the buffers take
-    wait_for(lambda: conn.viewers[0] in relay._catching, 10, 0.01, "the rest to a catch-up")
+    wait_for(lambda: conn.viewers[0] in relay.catchup.catching, 10, 0.01, "the rest to a catch-up")
     client.sock.close()
     wait_for(lambda: relay.viewers(a.job_id) == 0, 10, 0.01, "a's viewer ended")
     assert not conn.lock.locked()
@@ -1142,7 +1142,7 @@ def test_threads_a_partial_write_just_as_a_catch_up_ends_loses_nothing(redis, cl
     relay = Relay(PlayedBroker(redis), heartbeat=5, write_timeout=10, clock=clock, green=False)
     log = running_job(redis)
     back, delivered = threading.Event(), threading.Event()
-    read_until_current = relay._read_until_current
+    read_until_current = relay.catchup._read_until_current
 
     def ends_late(v):
         """The catch-up, which ends only once the test has delivered (the gap, held open)."""
@@ -1152,7 +1152,7 @@ def test_threads_a_partial_write_just_as_a_catch_up_ends_loses_nothing(redis, cl
             delivered.wait(10)
         return reason
 
-    monkeypatch.setattr(relay, "_read_until_current", ends_late)
+    monkeypatch.setattr(relay.catchup, "_read_until_current", ends_late)
     server, client = socket_ends(4096, read=False)
     viewer = Viewer(log.job_id, SocketSink(server, green=False), SSE, cursor=0)
     relay.hold(viewer)
@@ -1266,7 +1266,7 @@ def test_a_shutdown_ends_the_catch_up_it_starts_itself(redis, clock):
     relay.on_publications({a.job_id: write(a, 0, 20, size=2000)})  # gathered, not written
     relay.shutdown()
     green_wait(lambda: relay.viewers() == 0 and client.released, what="every viewer ended")
-    assert conn.closed and not relay._catching
+    assert conn.closed and not relay.catchup.catching
 
 
 class PartialHeartbeat(RecordingSocket):
