@@ -64,14 +64,16 @@ import threading
 import time
 from typing import Callable
 
+import gevent
+from gevent.lock import Semaphore
 from redis.exceptions import RedisError
 
 from jobcast.core.epoch import Position, continues
 from jobcast.core.joblog import Entry
 from jobcast.web import metrics
 from jobcast.web.broker import CONFIRM_TIMEOUT, Broker
-from jobcast.web.frames import LAST_CHUNK, Transport
 from jobcast.web.catchup import CatchUp
+from jobcast.web.frames import LAST_CHUNK, Transport
 from jobcast.web.green import is_green
 from jobcast.web.periodic import Periodic
 from jobcast.web.recent import RecentEntries
@@ -169,9 +171,6 @@ class Relay:
         # a pause of its work (outside gevent, cut short once the relay stops).
         self.lock = contextlib.nullcontext() if self.green else threading.RLock()
         if self.green:
-            import gevent
-            from gevent.lock import Semaphore
-
             self.sleep: Callable[[float], object] = gevent.sleep
             self._new_lock = Semaphore
         else:
@@ -414,8 +413,6 @@ class Relay:
             if not self.write_delay:
                 self._flush(pending)
             elif pending:
-                import gevent
-
                 self._gather_last = time.monotonic()
                 if all(item.complete() for item in pending):
                     # Every stream has a part from each of its jobs: nothing more is awaited.
@@ -439,8 +436,6 @@ class Relay:
         wait = min(self._gather_last + self.write_delay / 2,
                    self._gather_began + 2 * self.write_delay) - now
         if wait > 0 and not self.closing:
-            import gevent
-
             self._gather_flush = gevent.spawn_later(wait, self._gather_due)
             return
         self.flush_gathered()
