@@ -98,7 +98,7 @@ def test_the_wheel_installs_no_top_level_package_but_jobcast_and_ships_its_data(
     for path in ("jobcast/core/append.lua", "jobcast/web/gunicorn.conf.py",
                  "jobcast/web/templates/job.html", "jobcast/web/static/jobcast.js",
                  "jobcast/worker/emit.py",
-                 "jobcast/producer/enqueue.py", "jobcast/cli/client.py"):
+                 "jobcast/producer/enqueue.py", "jobcast/cli/follow.py"):
         assert path in files, path
 
 

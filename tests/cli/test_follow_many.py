@@ -1,6 +1,6 @@
 """`jobcast follow a b c`: several jobs over one connection, resumed exactly after cut
 connections, each line prefixed by its job; the worst outcome's exit code; and the Python API
-(``jobcast.cli.multi.watch_many``)."""
+(``jobcast.cli.follow_many.watch_many``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections import defaultdict
 
 import pytest
 
-from jobcast.cli.client import Unreachable, parse_blocks
-from jobcast.cli.multi import JitterBackoff, watch_many
+from jobcast.cli.follow import Unreachable, parse_blocks
+from jobcast.cli.follow_many import JitterBackoff, watch_many
 from tests.support.jobs import create_job
 from tests.support.wait import wait_for
 from tests.support.cli import Run, sqrt_lines
@@ -121,8 +121,8 @@ def test_a_reset_moves_one_jobs_position_back_says_so_and_a_replaced_finish_exit
 
     import httpx
 
-    from jobcast.cli.client import EXIT_REPLACED, Display
-    from jobcast.cli.multi import MultiFollower
+    from jobcast.cli.follow import EXIT_REPLACED, Display
+    from jobcast.cli.follow_many import MultiFollower
 
     a, b = "a" * 32, "b" * 32
     first = ("".join(multi_entry(a, 3 + i, "A1", i=i) for i in range(4))
@@ -162,8 +162,8 @@ def test_a_connection_cut_within_a_write_resumes_from_each_jobs_own_position_not
 
     import httpx
 
-    from jobcast.cli.client import Display
-    from jobcast.cli.multi import MultiFollower
+    from jobcast.cli.follow import Display
+    from jobcast.cli.follow_many import MultiFollower
 
     a = "a" * 32
     first = (multi_entry(a, 3, "A1", i=0) + "id: cursor-1\n\n"
@@ -203,8 +203,8 @@ def test_a_trimmed_job_of_several_is_told_on_stderr_and_in_json_as_a_line(output
 
     import httpx
 
-    from jobcast.cli.client import Display
-    from jobcast.cli.multi import MultiFollower
+    from jobcast.cli.follow import Display
+    from jobcast.cli.follow_many import MultiFollower
 
     a = "a" * 32
     trimmed = {"job": a, "after": 0, "first_seq": 10, "lost": 9, "first_value": 7}
@@ -235,8 +235,8 @@ def test_a_jobs_status_that_fails_for_a_moment_is_asked_again_not_taken_for_a_fa
 
     import httpx
 
-    from jobcast.cli.client import Display
-    from jobcast.cli.multi import MultiFollower
+    from jobcast.cli.follow import Display
+    from jobcast.cli.follow_many import MultiFollower
 
     a = "a" * 32
     body = f'event: ended\ndata: {json.dumps({"job": a, "after": 7})}\n\nid: cursor-1\n\n'

@@ -16,7 +16,7 @@ import pytest
 
 import httpx
 
-from jobcast.cli.client import Display, Follower, Rate, parse_sse
+from jobcast.cli.follow import Display, Follower, Rate, parse_sse
 from jobcast.launcher.redisserver import free_port
 from tests.support.jobs import create_job
 from tests.support.services import JOBCAST, ROOT, service_env
@@ -276,7 +276,7 @@ def test_follow_resumes_with_the_epoch_and_says_when_a_failover_replaced_what_it
         monkeypatch):
     import httpx
 
-    from jobcast.cli.client import EXIT_REPLACED, Follower
+    from jobcast.cli.follow import EXIT_REPLACED, Follower
 
     first = entry(1, "E1", "queued") + "".join(entry(3 + i, "E1", i=i) for i in range(4))
     reset = {"epoch": "E2", "after": 4, "values": 2, "reason": "lost",
@@ -288,7 +288,7 @@ def test_follow_resumes_with_the_epoch_and_says_when_a_failover_replaced_what_it
     out, err = io.StringIO(), io.StringIO()
     follower = Follower("a" * 32, "http://jobcast", Display("plain", False, out, err),
                         client=httpx.Client(transport=transport))
-    monkeypatch.setattr("jobcast.cli.client.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("jobcast.cli.follow.time.sleep", lambda seconds: None)
     assert follower.run() == EXIT_REPLACED
     assert requests[1].headers["Last-Event-ID"] == "6:E1"
     assert out.getvalue().split() == ["v0", "v1", "v2", "v3", "v2", "v3", "v4"]
@@ -314,7 +314,7 @@ def test_the_progress_bar_shows_a_task_name_as_text_not_as_rich_markup():
 def test_an_error_message_from_the_server_loses_its_control_characters():
     """A review's finding: the one message that skipped ``printable()`` was the server's own
     (a 4xx's JSON ``message``), written to stderr as it came."""
-    from jobcast.cli.client import BadInput, run_reporting
+    from jobcast.cli.follow import BadInput, run_reporting
 
     def run():
         raise BadInput("refused: \x1b]0;owned\x07")
@@ -329,7 +329,7 @@ def test_follow_in_json_prints_a_trimmed_log_as_a_line_and_says_so_on_stderr(mon
     the lines sees the gap), and a note on stderr."""
     import httpx
 
-    from jobcast.cli.client import Follower
+    from jobcast.cli.follow import Follower
 
     trimmed = {"after": 0, "first_seq": 10, "lost": 9, "first_value": 7}
     body = (f"event: trimmed\ndata: {json.dumps(trimmed)}\n\n" + entry(10, "E1", i=7)
@@ -338,7 +338,7 @@ def test_follow_in_json_prints_a_trimmed_log_as_a_line_and_says_so_on_stderr(mon
     out, err = io.StringIO(), io.StringIO()
     follower = Follower("a" * 32, "http://jobcast", Display("json", False, out, err),
                         client=httpx.Client(transport=transport))
-    monkeypatch.setattr("jobcast.cli.client.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("jobcast.cli.follow.time.sleep", lambda seconds: None)
     assert follower.run() == 0
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert lines[0] == {"kind": "trimmed", **trimmed}
@@ -352,7 +352,7 @@ def test_follow_told_it_needs_a_token_or_another_says_so_and_exits_2_not_3(statu
     a script would retry for ever), where following several jobs said so and exited 2."""
     import httpx
 
-    from jobcast.cli.client import EXIT_BAD_INPUT, Follower, run_reporting
+    from jobcast.cli.follow import EXIT_BAD_INPUT, Follower, run_reporting
 
     def answer(request):
         """A private server, and no good token."""
@@ -371,12 +371,12 @@ def test_follow_waits_the_servers_retry_with_jitter_before_it_reconnects(monkeyp
     server's ``retry:`` said, and every follower of a restarted server at the same instant."""
     import httpx
 
-    from jobcast.cli.client import EXIT_FINISHED, Follower
+    from jobcast.cli.follow import EXIT_FINISHED, Follower
 
     first = "retry: 1500\n\n" + entry(1, "E1", "queued") + entry(2, "E1", i=0)
     second = "retry: 700\n\n" + entry(3, "E1", i=1) + entry(4, "E1", "finished")
     slept = []
-    monkeypatch.setattr("jobcast.cli.client.time.sleep", slept.append)
+    monkeypatch.setattr("jobcast.cli.follow.time.sleep", slept.append)
     waits = []
     for _ in range(8):
         transport, requests = scripted_server([first, second])
@@ -402,8 +402,8 @@ def test_follow_of_a_url_that_answers_200_but_no_event_stream_says_so_and_exits_
     """A review's finding: a 200 that was not an event stream (a login page) reset the backoff
     on every try, so the follower retried for ever; with one job, the status's HTML was a
     JSONDecodeError traceback (exit 1: "the job failed")."""
-    from jobcast.cli.client import EXIT_BAD_INPUT, Follower, run_reporting
-    from jobcast.cli.multi import MultiFollower
+    from jobcast.cli.follow import EXIT_BAD_INPUT, Follower, run_reporting
+    from jobcast.cli.follow_many import MultiFollower
 
     err = io.StringIO()
     client = httpx.Client(transport=httpx.MockTransport(html_page))
@@ -419,8 +419,8 @@ def test_follow_of_a_url_that_answers_200_but_no_event_stream_says_so_and_exits_
 def test_following_several_jobs_at_a_url_that_answers_404_says_so_at_once_and_exits_2():
     """A review's finding: a wrong prefix (404) was taken for an outage: `--reconnect-for`
     seconds of retries, then exit 3, where one job exits 2 at once."""
-    from jobcast.cli.client import EXIT_BAD_INPUT, run_reporting
-    from jobcast.cli.multi import MultiFollower
+    from jobcast.cli.follow import EXIT_BAD_INPUT, run_reporting
+    from jobcast.cli.follow_many import MultiFollower
 
     err = io.StringIO()
     asked = []
@@ -445,7 +445,7 @@ def test_following_several_jobs_at_a_url_that_answers_404_says_so_at_once_and_ex
     ("http://127.0.0.1:99999", "--url's port must be 1 to 65535"),
 ])
 def test_a_malformed_url_is_bad_input_not_a_traceback_or_an_outage(url, message):
-    from jobcast.cli.client import bad_input
+    from jobcast.cli.follow import bad_input
 
     assert message in bad_input(["a" * 32], url, None)
 
@@ -473,7 +473,7 @@ def test_output_lines_lose_bidi_overrides_and_line_separators():
 
 def test_a_follower_waiting_for_a_server_down_from_the_start_says_so():
     """A review's finding: a mistyped port looked like a hang for two minutes."""
-    from jobcast.cli.client import Follower, run_reporting
+    from jobcast.cli.follow import Follower, run_reporting
 
     def down(request):
         raise httpx.ConnectError("refused", request=request)
@@ -488,8 +488,8 @@ def test_a_follower_waiting_for_a_server_down_from_the_start_says_so():
 def test_a_password_in_the_url_is_never_printed():
     """A review's finding: ``--url https://user:pass@host`` (basic auth, which httpx takes
     from the URL) was printed whole by the notes and errors of an outage."""
-    from jobcast.cli.client import Follower, run_reporting
-    from jobcast.cli.multi import MultiFollower
+    from jobcast.cli.follow import Follower, run_reporting
+    from jobcast.cli.follow_many import MultiFollower
 
     def down(request):
         raise httpx.ConnectError("refused", request=request)

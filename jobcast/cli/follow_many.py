@@ -17,7 +17,7 @@ jobcast.js does, so a restarted server is not met by every client at once; after
 
 For a script::
 
-    from jobcast.cli.multi import watch_many
+    from jobcast.cli.follow_many import watch_many
 
     for ev in watch_many(["3fa8…", "9c2e…"], "http://localhost:8000"):
         if ev.event == "value":
@@ -37,7 +37,7 @@ from typing import IO, Callable, Iterator, NamedTuple
 
 import httpx
 
-from jobcast.cli.client import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
+from jobcast.cli.follow import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
                                 EXIT_REPLACED, RETRYABLE, TERMINAL_KINDS, BadInput, Display,
                                 JitterBackoff, _message, bad_input, get_status,
                                 not_an_event_stream, parse_blocks, refusal, reset_note,
@@ -230,8 +230,8 @@ def watch_many(job_ids: list[str], base_url: str, *, token: str = "", tail: int 
     every job has ended.
 
     ``token``: JOBCAST_TOKEN, for a private server. ``tail``: begin each job with its last N
-    values. Raises :class:`~jobcast.cli.client.BadInput` (a malformed id, a refused
-    request) or :class:`~jobcast.cli.client.Unreachable` (no answer for ``reconnect_for`` s).
+    values. Raises :class:`~jobcast.cli.follow.BadInput` (a malformed id, a refused
+    request) or :class:`~jobcast.cli.follow.Unreachable` (no answer for ``reconnect_for`` s).
     """
     own = client is None
     http = client or _client(token, read_timeout)
