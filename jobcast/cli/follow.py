@@ -44,6 +44,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
 import httpx
 
+from jobcast.core.entry import TERMINAL
 from jobcast.core.joblog import InvalidJobId, check_job_id
 from jobcast.core.output import line_text
 from jobcast.core.store import masked_url
@@ -51,15 +52,18 @@ from jobcast.core.store import masked_url
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CANCELLED = 4
 EXIT_REPLACED = 5
-TERMINAL_KINDS = ("finished", "failed", "cancelled")
+# The kinds that end a job, as the log defines them. A tuple, as `in` then compares rather
+# than hashes: a malformed entry's unhashable kind (a list) is no end, not a TypeError.
+TERMINAL_KINDS = tuple(TERMINAL)
 
 # Escape sequences (CSI, OSC, others) and control characters but tab and newline: output is
 # printed as text, never as commands to the terminal.
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?"
                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
-# Errors after which the stream is opened again from the last seq.
-RETRYABLE = (httpx.TransportError, httpx.RemoteProtocolError)
+# Errors after which the stream is opened again from the last seq (RemoteProtocolError, a
+# connection cut within a response, is a TransportError too).
+RETRYABLE = (httpx.TransportError,)
 
 
 # C0 and C1 control characters and DEL (ESC opens a terminal's escape sequences: move the

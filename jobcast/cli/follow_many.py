@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import IO, Callable, Iterator, NamedTuple
+from typing import IO, Iterator, NamedTuple
 
 import httpx
 
