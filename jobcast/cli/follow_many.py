@@ -38,10 +38,10 @@ from typing import IO, Iterator, NamedTuple
 import httpx
 
 from jobcast.cli.follow import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
-                                EXIT_REPLACED, RETRYABLE, TERMINAL_KINDS, BadInput, Display,
-                                JitterBackoff, _message, bad_input, get_status,
-                                not_an_event_stream, parse_blocks, refusal, reset_note,
-                                run_reporting, trimmed_note)
+                                EXIT_REPLACED, Display, bad_input, reset_note, run_reporting,
+                                trimmed_note)
+from jobcast.cli.sse import (RETRYABLE, TERMINAL_KINDS, BadInput, JitterBackoff, _message,
+                             get_status, not_an_event_stream, parse_blocks, refusal)
 from jobcast.core.output import line_text
 from jobcast.core.store import masked_url
 
@@ -230,8 +230,8 @@ def watch_many(job_ids: list[str], base_url: str, *, token: str = "", tail: int 
     every job has ended.
 
     ``token``: JOBCAST_TOKEN, for a private server. ``tail``: begin each job with its last N
-    values. Raises :class:`~jobcast.cli.follow.BadInput` (a malformed id, a refused
-    request) or :class:`~jobcast.cli.follow.Unreachable` (no answer for ``reconnect_for`` s).
+    values. Raises :class:`~jobcast.cli.sse.BadInput` (a malformed id, a refused
+    request) or :class:`~jobcast.cli.sse.Unreachable` (no answer for ``reconnect_for`` s).
     """
     own = client is None
     http = client or _client(token, read_timeout)

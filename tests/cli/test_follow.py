@@ -16,7 +16,8 @@ import pytest
 
 import httpx
 
-from jobcast.cli.follow import Display, Follower, Rate, parse_sse
+from jobcast.cli.follow import Display, Follower, Rate
+from jobcast.cli.sse import parse_sse
 from jobcast.launcher.redisserver import free_port
 from tests.support.jobs import create_job
 from tests.support.services import JOBCAST, ROOT, service_env
@@ -288,7 +289,7 @@ def test_follow_resumes_with_the_epoch_and_says_when_a_failover_replaced_what_it
     out, err = io.StringIO(), io.StringIO()
     follower = Follower("a" * 32, "http://jobcast", Display("plain", False, out, err),
                         client=httpx.Client(transport=transport))
-    monkeypatch.setattr("jobcast.cli.follow.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("jobcast.cli.sse.time.sleep", lambda seconds: None)
     assert follower.run() == EXIT_REPLACED
     assert requests[1].headers["Last-Event-ID"] == "6:E1"
     assert out.getvalue().split() == ["v0", "v1", "v2", "v3", "v2", "v3", "v4"]
@@ -314,7 +315,8 @@ def test_the_progress_bar_shows_a_task_name_as_text_not_as_rich_markup():
 def test_an_error_message_from_the_server_loses_its_control_characters():
     """A review's finding: the one message that skipped ``printable()`` was the server's own
     (a 4xx's JSON ``message``), written to stderr as it came."""
-    from jobcast.cli.follow import BadInput, run_reporting
+    from jobcast.cli.follow import run_reporting
+    from jobcast.cli.sse import BadInput
 
     def run():
         raise BadInput("refused: \x1b]0;owned\x07")
@@ -338,7 +340,7 @@ def test_follow_in_json_prints_a_trimmed_log_as_a_line_and_says_so_on_stderr(mon
     out, err = io.StringIO(), io.StringIO()
     follower = Follower("a" * 32, "http://jobcast", Display("json", False, out, err),
                         client=httpx.Client(transport=transport))
-    monkeypatch.setattr("jobcast.cli.follow.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("jobcast.cli.sse.time.sleep", lambda seconds: None)
     assert follower.run() == 0
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert lines[0] == {"kind": "trimmed", **trimmed}
@@ -376,7 +378,7 @@ def test_follow_waits_the_servers_retry_with_jitter_before_it_reconnects(monkeyp
     first = "retry: 1500\n\n" + entry(1, "E1", "queued") + entry(2, "E1", i=0)
     second = "retry: 700\n\n" + entry(3, "E1", i=1) + entry(4, "E1", "finished")
     slept = []
-    monkeypatch.setattr("jobcast.cli.follow.time.sleep", slept.append)
+    monkeypatch.setattr("jobcast.cli.sse.time.sleep", slept.append)
     waits = []
     for _ in range(8):
         transport, requests = scripted_server([first, second])

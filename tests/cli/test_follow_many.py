@@ -10,8 +10,8 @@ from collections import defaultdict
 
 import pytest
 
-from jobcast.cli.follow import Unreachable, parse_blocks
-from jobcast.cli.follow_many import JitterBackoff, watch_many
+from jobcast.cli.follow_many import watch_many
+from jobcast.cli.sse import JitterBackoff, Unreachable, parse_blocks
 from tests.support.jobs import create_job
 from tests.support.wait import wait_for
 from tests.support.cli import Run, sqrt_lines

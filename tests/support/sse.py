@@ -1,6 +1,6 @@
 """The tests' SSE oracle: server-sent events as a browser's EventSource reads them.
 
-It is not the product's parser (``jobcast.cli.follow.parse_sse``, which ``jobcast follow``
+It is not the product's parser (``jobcast.cli.sse.parse_sse``, which ``jobcast follow``
 uses and tests/cli/test_follow.py tests): a test that checks the server's SSE with the
 client's own parser would pass with both wrong the same way. Lines and fields are read by
 httpx-sse's decoders (WHATWG rules: ``\\r\\n``, ``\\r`` or ``\\n`` end a line, one leading
