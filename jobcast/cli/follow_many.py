@@ -37,9 +37,9 @@ from typing import IO, Iterator, NamedTuple
 
 import httpx
 
+from jobcast.cli.display import Display, reset_note, trimmed_note
 from jobcast.cli.follow import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
-                                EXIT_REPLACED, Display, bad_input, reset_note, run_reporting,
-                                trimmed_note)
+                                EXIT_REPLACED, bad_input, run_reporting)
 from jobcast.cli.sse import (RETRYABLE, TERMINAL_KINDS, BadInput, JitterBackoff, _message,
                              get_status, not_an_event_stream, parse_blocks, refusal)
 from jobcast.core.output import line_text

@@ -25,7 +25,8 @@ from jobcast.core.store import masked_url
 from jobcast.core.urls import host_port, job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
-from jobcast.cli.follow import bad_input, follow, printable
+from jobcast.cli.display import printable
+from jobcast.cli.follow import bad_input, follow
 from jobcast.cli.follow_many import follow_many
 from jobcast.launcher.up import SERVICE_KINDS, status, up
 from jobcast.web.links import view_sig

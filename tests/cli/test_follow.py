@@ -16,7 +16,8 @@ import pytest
 
 import httpx
 
-from jobcast.cli.follow import Display, Follower, Rate
+from jobcast.cli.display import Display, Rate
+from jobcast.cli.follow import Follower
 from jobcast.cli.sse import parse_sse
 from jobcast.launcher.redisserver import free_port
 from tests.support.jobs import create_job

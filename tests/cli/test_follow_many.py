@@ -121,7 +121,8 @@ def test_a_reset_moves_one_jobs_position_back_says_so_and_a_replaced_finish_exit
 
     import httpx
 
-    from jobcast.cli.follow import EXIT_REPLACED, Display
+    from jobcast.cli.display import Display
+    from jobcast.cli.follow import EXIT_REPLACED
     from jobcast.cli.follow_many import MultiFollower
 
     a, b = "a" * 32, "b" * 32
@@ -162,7 +163,7 @@ def test_a_connection_cut_within_a_write_resumes_from_each_jobs_own_position_not
 
     import httpx
 
-    from jobcast.cli.follow import Display
+    from jobcast.cli.display import Display
     from jobcast.cli.follow_many import MultiFollower
 
     a = "a" * 32
@@ -203,7 +204,7 @@ def test_a_trimmed_job_of_several_is_told_on_stderr_and_in_json_as_a_line(output
 
     import httpx
 
-    from jobcast.cli.follow import Display
+    from jobcast.cli.display import Display
     from jobcast.cli.follow_many import MultiFollower
 
     a = "a" * 32
@@ -235,7 +236,7 @@ def test_a_jobs_status_that_fails_for_a_moment_is_asked_again_not_taken_for_a_fa
 
     import httpx
 
-    from jobcast.cli.follow import Display
+    from jobcast.cli.display import Display
     from jobcast.cli.follow_many import MultiFollower
 
     a = "a" * 32
