@@ -222,3 +222,14 @@ def reset_note(data: dict, values: int) -> tuple[str, bool]:
             else f"it goes on from value #{goes_on:,}")
     reason = data.get("reason")
     return f"the job's log was reset after a Redis failover ({reason}): {text}", replaced
+
+
+def end_note(entry: dict) -> str:
+    """How a job ended, from its terminal entry (or its status, as one): "Done", "Cancelled"
+    (by whom, when the entry says), or "Failed" and the reason."""
+    kind = entry.get("kind")
+    if kind == "finished":
+        return "Done"
+    if kind == "cancelled":
+        return "Cancelled" + (f" by {entry['by']}" if entry.get("by") else "")
+    return f"Failed: {entry.get('reason') or 'unknown reason'}"

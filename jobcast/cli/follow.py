@@ -44,9 +44,9 @@ from typing import IO, Callable, Iterable
 
 import httpx
 
-from jobcast.cli.display import Display, printable, reset_note, trimmed_note
+from jobcast.cli.display import Display, end_note, printable, reset_note, trimmed_note
 from jobcast.cli.sse import (TERMINAL_KINDS, BadInput, EventStream, JitterBackoff, Unreachable,
-                             _message, get_status, refusal)
+                             error_field, get_status, http_client, refusal)
 from jobcast.core.joblog import InvalidJobId, check_job_id
 from jobcast.core.store import masked_url
 
@@ -65,12 +65,7 @@ class Follower:
         self.job_id = job_id
         self.base_url = base_url.rstrip("/")
         self.display = display
-        headers = {"User-Agent": "jobcast-follow"}
-        if token:
-            # A private server (JOBCAST_READ) needs the token to read a job.
-            headers["Authorization"] = f"Bearer {token}"
-        self.client = client or httpx.Client(
-            timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True, headers=headers)
+        self.client = client or http_client(token, read_timeout)
         self.backoff = JitterBackoff(reconnect_for, on_outage=self._outage)
         self.stream = EventStream(self.client, self.base_url, job_id, self.backoff, tail=tail)
         self.values = 0         # values seen (progress "i")
@@ -94,7 +89,7 @@ class Follower:
         """``GET /api/jobs/<id>``, retried while the server is unreachable."""
         r = get_status(self.client, self.base_url, self.job_id, self.backoff)
         if r.status_code in (400, 401, 403, 404):
-            raise BadInput(_message(r) or refusal(r.status_code, self.job_id))
+            raise BadInput(error_field(r, "message") or refusal(r.status_code, self.job_id))
         r.raise_for_status()
         try:
             info = r.json()
@@ -128,17 +123,12 @@ class Follower:
         except BaseException:
             self.display.stop()
             raise
+        if self.display.output == "plain":
+            self.display.note(end_note(self.terminal))
         if kind == "finished":
-            if self.display.output == "plain":
-                self.display.note("Done")
             return EXIT_REPLACED if self.replaced else EXIT_FINISHED
         if kind == "cancelled":
-            if self.display.output == "plain":
-                by = self.terminal.get("by")
-                self.display.note("Cancelled" + (f" by {by}" if by else ""))
             return EXIT_CANCELLED
-        if self.display.output == "plain":
-            self.display.note(f"Failed: {self.terminal.get('reason') or 'unknown reason'}")
         return EXIT_FAILED
 
     def _position(self, event: str, data: dict) -> None:

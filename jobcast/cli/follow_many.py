@@ -37,11 +37,11 @@ from typing import IO, Iterator, NamedTuple
 
 import httpx
 
-from jobcast.cli.display import Display, reset_note, trimmed_note
+from jobcast.cli.display import Display, end_note, reset_note, trimmed_note
 from jobcast.cli.follow import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
                                 EXIT_REPLACED, bad_input, run_reporting)
-from jobcast.cli.sse import (RETRYABLE, TERMINAL_KINDS, BadInput, JitterBackoff, _message,
-                             get_status, not_an_event_stream, parse_blocks, refusal)
+from jobcast.cli.sse import (RETRYABLE, TERMINAL_KINDS, BadInput, JitterBackoff, error_field,
+                             get_status, http_client, not_an_event_stream, parse_blocks, refusal)
 from jobcast.core.output import line_text
 from jobcast.core.store import masked_url
 
@@ -144,13 +144,13 @@ class MultiEventStream:
                     # Not something a retry mends: a bad id, a token needed or refused, or no
                     # Jobcast at that URL (a job of several that is unknown is no 404: it ends).
                     r.read()
-                    if self.cursor is not None and _field(r) == "Last-Event-ID":
+                    if self.cursor is not None and error_field(r, "field") == "Last-Event-ID":
                         self.cursor = None  # a cursor this server does not read: go inline
                         return "retry"
                     if r.status_code == 404:
                         where = masked_url(str(r.request.url.copy_with(query=None)))
                         raise BadInput(f"{where} answered 404: is --url a Jobcast server?")
-                    raise BadInput(_message(r) or refusal(r.status_code, ""))
+                    raise BadInput(error_field(r, "message") or refusal(r.status_code, ""))
                 if r.status_code != 200:
                     return "dropped"
                 wrong = not_an_event_stream(r)
@@ -206,22 +206,6 @@ class MultiEventStream:
         return [JobEvent(job_id, event, data, raw)]
 
 
-def _field(r: httpx.Response) -> str | None:
-    try:
-        return r.json().get("field")
-    except ValueError:
-        return None
-
-
-def _client(token: str, read_timeout: float) -> httpx.Client:
-    """An HTTP client for the stream (the token, for a private server)."""
-    headers = {"User-Agent": "jobcast-follow"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True,
-                        headers=headers)
-
-
 def watch_many(job_ids: list[str], base_url: str, *, token: str = "", tail: int | None = None,
                reconnect_for: float = 120.0, read_timeout: float = 60.0,
                client: httpx.Client | None = None) -> Iterator[JobEvent]:
@@ -234,7 +218,7 @@ def watch_many(job_ids: list[str], base_url: str, *, token: str = "", tail: int 
     request) or :class:`~jobcast.cli.sse.Unreachable` (no answer for ``reconnect_for`` s).
     """
     own = client is None
-    http = client or _client(token, read_timeout)
+    http = client or http_client(token, read_timeout)
     try:
         yield from MultiEventStream(http, base_url, list(job_ids),
                                     JitterBackoff(reconnect_for), tail=tail)
@@ -252,7 +236,7 @@ class MultiFollower:
         """Configure; :meth:`run` does the work and returns the exit code."""
         self.display = display
         self.base_url = base_url.rstrip("/")
-        self.client = client or _client(token, 60.0)
+        self.client = client or http_client(token, 60.0)
         self.backoff = JitterBackoff(reconnect_for, on_outage=self._outage)
         self.stream = MultiEventStream(self.client, base_url, job_ids, self.backoff, tail=tail)
         self.attempts: dict[str, int] = {}
@@ -302,7 +286,7 @@ class MultiFollower:
         if kind in TERMINAL_KINDS:
             self.outcomes[ev.job] = ev.data
             if plain:
-                self.display.note(f"{short} {_ending(ev.data)}")
+                self.display.note(f"{short} {end_note(ev.data)}")
         elif kind == "value":
             self.values[ev.job] = ev.data["i"] + 1
             if plain:
@@ -347,7 +331,7 @@ class MultiFollower:
         kind = info.get("status") if info.get("status") in TERMINAL_KINDS else "failed"
         self.outcomes[job_id] = {"kind": kind, "reason": info.get("reason")}
         if self.display.output == "plain":
-            self.display.note(f"{job_id[:8]} {_ending(self.outcomes[job_id])}")
+            self.display.note(f"{job_id[:8]} {end_note(self.outcomes[job_id])}")
 
     def _status(self, job_id: str) -> dict | None:
         """``GET /api/jobs/<id>``, retried while the server is unreachable or busy (as one
@@ -357,22 +341,12 @@ class MultiFollower:
         if r.status_code == 404:
             return None
         if r.status_code in (400, 401, 403):
-            raise BadInput(_message(r) or refusal(r.status_code, job_id))
+            raise BadInput(error_field(r, "message") or refusal(r.status_code, job_id))
         try:
             info = r.json()
         except ValueError:
             return {}
         return info if isinstance(info, dict) else {}
-
-
-def _ending(entry: dict) -> str:
-    """How a job ended, as the single-job follow says it."""
-    kind = entry.get("kind")
-    if kind == "finished":
-        return "Done"
-    if kind == "cancelled":
-        return "Cancelled" + (f" by {entry['by']}" if entry.get("by") else "")
-    return f"Failed: {entry.get('reason') or 'unknown reason'}"
 
 
 def follow_many(job_ids: list[str], base_url: str, *, output: str = "plain",
@@ -387,7 +361,7 @@ def follow_many(job_ids: list[str], base_url: str, *, output: str = "plain",
         err.write(f"jobcast: {problem}\n")
         return EXIT_BAD_INPUT
     display = Display(output, False, out, err, show_output)  # no bar: several jobs at once
-    client = _client(token, 60.0)
+    client = http_client(token, 60.0)
     try:
         return run_reporting(lambda: MultiFollower(job_ids, base_url, display, client=client,
                                                    reconnect_for=reconnect_for, tail=tail).run(),

@@ -221,7 +221,7 @@ class EventStream:
                 if r.status_code in (400, 401, 403, 404):
                     # Not something a retry mends: a bad id, or a token needed or refused.
                     r.read()
-                    raise BadInput(_message(r) or refusal(r.status_code, self.job_id))
+                    raise BadInput(error_field(r, "message") or refusal(r.status_code, self.job_id))
                 if r.status_code != 200:
                     return "dropped"
                 wrong = not_an_event_stream(r)
@@ -287,8 +287,22 @@ def refusal(status: int, job_id: str) -> str:
     return f"no job with id {job_id}"
 
 
-def _message(r: httpx.Response) -> str | None:
+def error_field(r: httpx.Response, name: str) -> str | None:
+    """The ``name`` field of an error answer's JSON body (``{"error", "message", "field"}``:
+    what the server says, or which request field it refused); None when the body is not
+    JSON."""
     try:
-        return r.json().get("message")
+        return r.json().get(name)
     except ValueError:
         return None
+
+
+def http_client(token: str, read_timeout: float) -> httpx.Client:
+    """The HTTP client of a follow: ``read_timeout`` seconds between reads, and ``token`` sent
+    as a bearer token when there is one."""
+    headers = {"User-Agent": "jobcast-follow"}
+    if token:
+        # A private server (JOBCAST_READ) needs the token to read a job.
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True,
+                        headers=headers)
