@@ -180,6 +180,8 @@ class Display:
 
 
 def _isatty(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a terminal; False for one that cannot say (a stand-in without
+    ``isatty``, or a closed file)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -198,6 +200,7 @@ def _si(x: float) -> str:
 
 
 def _clock(seconds: float) -> str:
+    """A duration as the bar's ETA shows it: H:MM:SS, whole seconds, never negative."""
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 

@@ -72,8 +72,9 @@ class MultiEventStream:
     from the last cursor, so every job's entries come once and in order.
 
     Iterating yields :class:`JobEvent`s: entries (with a seq), ``reset`` (the job's position
-    moved back to where its log goes on), and ``tail``, ``trimmed``, ``missing`` and ``ended`` (a job that does not exist, or had ended where the stream
-    resumed). It stops once every job has ended.
+    moved back to where its log goes on), and ``tail``, ``trimmed``, ``missing`` and ``ended``
+    (a job that does not exist, or had ended where the stream resumed). It stops once every
+    job has ended.
     """
 
     def __init__(self, client: httpx.Client, base_url: str, job_ids: list[str],
