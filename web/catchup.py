@@ -346,9 +346,13 @@ class CatchUp:
         """
         relay = self.relay
         first = entries[0].seq
-        first_value = next((e.i for e in entries if e.kind == "value"), None)
+        # The first entry read says which values came before it (an entry of an older log may
+        # not: then the first value read does).
+        first_value = entries[0].values_before
+        if first_value is None:
+            first_value = next((e.i for e in entries if e.kind == "value"), None)
         if v.transport.filters_values and v.values is not None:
-            # The values between: up to the first one read, or (none read) all logged since.
+            # The values between: up to the first one read, or (none said) all logged since.
             upto = first_value if first_value is not None else head.values
             if upto is not None and upto <= max(v.values, v.start):
                 return None

@@ -33,7 +33,9 @@ class JobStatus(JobInfo):
     viewers: int = Field(ge=0, description="viewers on all web processes (a few seconds old)")
     viewers_here: int = Field(ge=0, description="viewers on the process that answered")
     first_seq: int | None = Field(description="the oldest entry the capped log still has")
-    first_value: int | None = Field(description="the index of the oldest value it still has")
+    first_value: int | None = Field(description="the index of the oldest value it still has "
+                                    "(holding none yet, of the next one): every value before "
+                                    "it is gone")
 
 
 class JobList(BaseModel):

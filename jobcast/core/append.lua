@@ -22,7 +22,8 @@
 -- sent again that came before its writer's last (appended then, or refused: see below). An
 -- ended log answers -1 first, whatever the epoch; the epoch checks come before -3, so a
 -- truncated log never answers -3 and lets a value be skipped silently.
--- Each entry carries the epoch it was written in: {"seq":N,"ep":"<epoch>",...}; an entry that
+-- Each entry carries the epoch it was written in: {"seq":N,"ep":"<epoch>",...}, and one that is
+-- not a value the count of values before it ("values"); an entry that
 -- begins an epoch (minted by its write) also names the epoch before it, "pe": a viewer whose
 -- position is the seq just before it, in that epoch, lost nothing and just goes on.
 -- A write is appended once however often it is sent: a client that lost the reply (a timeout,
@@ -85,15 +86,18 @@ else
     mint(meta, epoch, last + 1)
   end
 end
+-- The count of values logged before this entry: a value's is its index; any other entry
+-- carries it ("values"), so a log trimmed down to entries that are not values (a job that
+-- printed a lot) still says, from its first entry, which values it no longer holds.
+local nv = tonumber(redis.call('HGET', meta, 'values') or '0')
 if kind == 'value' then
-  local i = tonumber(ARGV[3])
-  local nv = tonumber(redis.call('HGET', meta, 'values') or '0')
-  if i ~= nv then return -3 end
+  if tonumber(ARGV[3]) ~= nv then return -3 end
   redis.call('HSET', meta, 'values', nv + 1)
 end
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local entry = '{"seq":' .. seq .. ',"ep":"' .. epoch .. '",' ..
-  (previous and ('"pe":"' .. previous .. '",') or '') .. ARGV[4]
+  (previous and ('"pe":"' .. previous .. '",') or '') ..
+  (kind ~= 'value' and ('"values":' .. nv .. ',') or '') .. ARGV[4]
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'e', entry)
 if index then
   redis.call('PUBLISH', ARGV[1], entry)

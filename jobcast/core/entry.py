@@ -24,6 +24,12 @@ class Entry:
     ep: str | None = None
 
     @property
+    def values_before(self) -> int | None:
+        """How many values the log had before this entry: a value's index, else the count its
+        write recorded (None for an entry written before entries carried it)."""
+        return self.i if self.kind == "value" else self.data.get("values")
+
+    @property
     def terminal(self) -> bool:
         """True for the job's last entry (finished, failed or cancelled)."""
         return self.kind in TERMINAL

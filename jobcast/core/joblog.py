@@ -136,9 +136,9 @@ FIRST_VALUE_LOOKAHEAD = 5000
 prints may log thousands of lines before its first value."""
 
 # What an entry is, read from its first bytes (the script writes seq, the epoch, the epoch
-# before it when the entry begins one, then kind), so no text inside it (a value, a job's
-# params) can pass for another kind.
-_HEAD = rb'\{"seq":\d+(?:,"ep":"[^"]*")?(?:,"pe":"[^"]*")?'
+# before it when the entry begins one, the count of values before it when it is no value,
+# then kind), so no text inside it (a value, a job's params) can pass for another kind.
+_HEAD = rb'\{"seq":\d+(?:,"ep":"[^"]*")?(?:,"pe":"[^"]*")?(?:,"values":\d+)?'
 _LOG_ENTRY = re.compile(_HEAD + rb',"kind":"log"')
 _VALUE_ENTRY = re.compile(_HEAD + rb',"kind":"value"')
 
@@ -1032,13 +1032,19 @@ class JobLog:
     def first_kept(self) -> tuple[int | None, int | None]:
         """The oldest entry still in a capped log: ``(seq, index of its first value)``.
 
-        ``(None, None)`` when the log is empty (or expired); the index is None when no value is
-        kept. The log's first entries are ``queued`` and ``started``, so a few suffice.
+        The index is that of the first value the log still holds, or, holding none yet, of the
+        next one: every value before it is gone. The oldest entry says it (a value its index,
+        any other entry the count of values before it). ``(None, None)`` when the log is empty
+        (or expired). An entry written before that count (an older log) has none: then the
+        first value is looked for, and the index is None when none is kept nearby.
         """
         seq = i = None
         for _id, fields in self.redis.xrange(self.keys.log, min="-", max="+", count=8):
             entry = Entry.parse(fields[b"e"])
-            seq = entry.seq if seq is None else seq
+            if seq is None:
+                seq, i = entry.seq, entry.values_before
+                if i is not None:
+                    break
             if entry.kind == "value":
                 i = entry.i
                 break

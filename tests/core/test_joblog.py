@@ -12,8 +12,9 @@ import pytest
 
 from jobcast.core.epoch import LogReset
 from jobcast.core.feed import Feed, ProgressGate
-from jobcast.core.joblog import (JOBS_INDEX, Entry, InvalidJobId, JobExists, JobLog, channel,
-                            job_id_from_channel, log_key, meta_key)
+from jobcast.core.joblog import (FIRST_VALUE_LOOKAHEAD, JOBS_INDEX, Entry, InvalidJobId,
+                                 JobExists, JobLog, channel, job_id_from_channel, log_key,
+                                 meta_key)
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from tests.support.services import own_database
@@ -538,6 +539,32 @@ def test_first_kept_finds_the_first_value_behind_thousands_of_output_lines(r):
     jlog.append_many([line(str(k)) for k in range(3000)])
     jlog.value(0, "first")
     assert jlog.first_kept()[1] == 0
+
+
+def test_a_log_trimmed_down_to_output_lines_says_from_its_first_entry_which_values_are_gone(r):
+    """A review's finding: a log trimmed to entries that are not values, more than the
+    lookahead of them, said no value was gone, so a text or HTML newcomer (or a resume) was not
+    told which values it missed. Every entry that is not a value now carries the count of values
+    before it, and the oldest one kept says it, in one read."""
+    jlog = JobLog(r, uuid.uuid4().hex, maxlen=10)
+    jlog.create("t", {}, None)
+    jlog.started("w1", 1)
+    for i in range(5):
+        jlog.value(i, i)
+    jlog.append_many([line(str(k)) for k in range(FIRST_VALUE_LOOKAHEAD + 1_000)])
+    kept = list(jlog.entries())
+    assert {e.kind for e in kept} == {"log"} and {e.data["values"] for e in kept} == {5}
+    reads = []
+    xrange = r.xrange
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(r, "xrange", lambda *a, **k: reads.append(a) or xrange(*a, **k))
+        assert jlog.first_kept() == (kept[0].seq, 5)
+    assert len(reads) == 1
+    # Entries read by their first bytes still tell a value from a line.
+    jlog.value(5, '{"seq":1,"values":0,"kind":"log"}')
+    assert [e["text"] for page in jlog.output(jlog.position()[1]) for e in page][-1] == \
+        str(FIRST_VALUE_LOOKAHEAD + 999)
+    assert len(jlog.values_before(jlog.position()[1] + 1, 10)) == 1
 
 
 def feed_items(r, job_id: str) -> list[dict]:

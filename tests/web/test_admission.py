@@ -237,6 +237,21 @@ def test_nothing_is_lost_from_a_position_the_trimmed_log_still_holds_or_has_pass
         assert not begin.trimmed and begin.lost == 0, after
 
 
+def test_a_text_resume_into_a_log_trimmed_down_to_output_lines_is_told_which_values_are_gone(
+        redis):
+    """A review's finding: a text or HTML reader that had 2 values, resuming into a log now
+    holding only lines (more than the lookahead of them), got no Jobcast-Values-Lost nor a
+    notice, and took value 5 for value 2."""
+    log = job_log(redis, 5)
+    log.append_many([("log", {"stream": "stdout", "text": str(k), "attempt": 1}, 1.0)
+                     for k in range(6_000)])
+    redis.xtrim(log_key(log.job_id), maxlen=100, approximate=False)
+    begin = start_of(log, StreamRequest(log.job_id, TEXT, start=2), 100)
+    assert begin.trimmed and begin.first_value == 5
+    assert begin.headers(start=2) == {"Jobcast-First-Value": "5", "Jobcast-Values-Lost": "3"}
+    assert begin.notice(start=2) == "3 earlier values are no longer kept"
+
+
 def test_a_log_that_never_held_more_than_the_cap_is_not_checked_for_trimming(redis):
     log = job_log(redis, 30, keep=10)
     # With a cap above the last seq the log cannot have lost anything: not even read.

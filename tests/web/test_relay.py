@@ -1560,7 +1560,8 @@ def printed_then_trimmed(redis, before: int = 3, lines: int = 300, after: int = 
     for k in range(0, lines, 50):
         log.append_many([("log", {"stream": "stdout", "text": f"line {k}", "attempt": 1}, 1.0)]
                         * 50)
-    write(log, before, before + after)
+    if after:
+        write(log, before, before + after)
     return log
 
 
@@ -1593,6 +1594,24 @@ def test_a_stream_that_lost_values_to_a_trim_is_still_told_with_lines_around_the
     text, text_client = held(relay, log, TEXT, chunked=True)
     green_wait(lambda: text_client.eof, what="the cut")
     assert bytes(text_client.data) == b"" and text.closed
+
+
+def test_a_trim_that_left_only_lines_still_tells_a_viewer_which_values_it_lost(redis, relay):
+    """A review's finding: a viewer caught up past a trim that left only lines (no value
+    read) was told entries were lost but not which values (``first_value`` null), and an
+    HTML page could not say where its values go on. The first entry kept now says it."""
+    log = printed_then_trimmed(redis, before=3, after=0)
+    viewer, client = held(relay, log, SSE, cursor=2)
+    green_wait(lambda: not viewer.slow and b"event: trimmed" in bytes(client.data),
+               what="catching up")
+    [trim] = [e for e in parse_events(bytes(client.data)) if e.event == "trimmed"]
+    assert trim.json()["first_value"] == 3 and trim.json()["lost"] > 3, trim.json()
+    html, html_client = held(relay, log, HTML, cursor=2)
+    green_wait(lambda: not html.slow and b"no longer kept" in bytes(html_client.data),
+               what="the HTML stream's line")
+    assert bytes(html_client.data).startswith(
+        b'<p class="note">Values this page had not shown yet are no longer kept: it goes on '
+        b"from value 3</p>")
 
 
 def test_a_viewer_leaving_the_fast_path_learns_its_count_of_values_from_memory(redis, relay):
