@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Mapping
 from flask import Response, abort, request, url_for
 from werkzeug.exceptions import ServiceUnavailable
 
-from jobcast.core.epoch import EPOCH, Position, Reset, parse_position, resolve
+from jobcast.core.epoch import EPOCH, Position, Reset, parse_position, resolve, sse_id
 from jobcast.core.joblog import InvalidJobId, JobInfo, JobLog, UnknownJob, check_job_id
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import (HTML, SSE, Transport, html_head, html_notice, html_reset,
@@ -175,12 +175,20 @@ class Start:
         once, so that its first read does not find that gap and say it again)."""
         return self.first_seq - 1 if self.trimmed and self.first_seq is not None else self.after
 
-    def sse_prelude(self) -> bytes:
-        """SSE events that come before the first entry: ``tail`` and ``trimmed`` (no ids,
-        so they never move the client's Last-Event-ID)."""
+    def sse_prelude(self, epoch: str | None = None) -> bytes:
+        """SSE events that come before the first entry: ``tail`` and ``trimmed``.
+
+        Given the stream's ``epoch`` (a single-job stream), ``tail`` has the id of the position
+        it begins after, as a reset has: a browser cut off before any entry came resumes there
+        with its Last-Event-ID, where without one it would ask for the tail anew, at the log's
+        new end, and skip the values between in silence. ``trimmed`` has none: it must not
+        move the client past what it says is lost. A stream of several jobs gives none (its
+        ids are its own cursor).
+        """
         out = b""
         if self.tail is not None:
-            out += b"event: tail\ndata: %s\n\n" % _json({
+            at = b"id: %s\n" % sse_id(self.after, epoch) if epoch else b""
+            out += at + b"event: tail\ndata: %s\n\n" % _json({
                 "tail": self.tail, "skipped": self.skipped, "after": self.after})
         if self.trimmed:
             out += sse_trimmed({"after": self.after, "first_seq": self.first_seq,
@@ -372,7 +380,8 @@ class Admission:
         the HTML stream's stylesheet URL)."""
         req, begin, reset = self.req, self.begin, self.reset
         if req.transport is SSE:
-            return b"retry: %d\n\n" % retry + (sse_reset(reset) if reset else b"") + begin.sse_prelude()
+            return (b"retry: %d\n\n" % retry + (sse_reset(reset) if reset else b"")
+                    + begin.sse_prelude(self.epoch))
         if req.transport is HTML:
             notice = begin.notice(req.start)
             return (html_head(css) + (html_reset(reset) if reset else b"")

@@ -87,6 +87,22 @@ def test_the_largest_position_is_accepted_and_a_malformed_id_is_a_400_naming_the
 
 # -- Start -------------------------------------------------------------------------------------
 
+def test_a_single_jobs_tail_event_has_the_id_of_where_it_begins_and_trimmed_none():
+    """A review's finding: ``?tail=0`` on a quiet job sent only the tail event, with no id, so
+    an EventSource cut off then reconnected with no Last-Event-ID, asked for a new tail at the
+    log's new end, and skipped the values logged meanwhile, in silence."""
+    begin = Start(after=10, tail=5, skipped=95, first_seq=8, first_value=5, lost=3)
+    events = list(parse_events(begin.sse_prelude("Ab3kQ9xZ")))
+    assert [(e.event, e.id) for e in events] == [("tail", "10:Ab3kQ9xZ"), ("trimmed", None)]
+    assert events[1].last_id == "10:Ab3kQ9xZ", "trimmed moves the id no further"
+    live = Start(after=22, tail=0, skipped=20)
+    assert [(e.event, e.id) for e in parse_events(live.sse_prelude("Ab3kQ9xZ"))] == [
+        ("tail", "22:Ab3kQ9xZ")]
+    # The single-job stream gives its epoch (a stream of several jobs calls it without one).
+    admitted = Admission(StreamRequest(JOB, SSE, tail=0), live, None, "Ab3kQ9xZ", False, 22)
+    assert b"id: 22:Ab3kQ9xZ\nevent: tail\n" in admitted.preamble(1000)
+
+
 def test_a_start_with_no_tail_and_nothing_lost_says_nothing():
     begin = Start(after=4)
     assert not begin.trimmed
@@ -94,7 +110,7 @@ def test_a_start_with_no_tail_and_nothing_lost_says_nothing():
     assert begin.headers() == {} and begin.notice() == "" and begin.lost_values() == 0
 
 
-def test_the_sse_prelude_announces_tail_then_trimmed_without_ids():
+def test_a_prelude_without_an_epoch_announces_tail_then_trimmed_without_ids():
     begin = Start(after=10, tail=5, skipped=95, first_seq=8, first_value=5, lost=3)
     events = list(parse_events(begin.sse_prelude()))
     assert [e.event for e in events] == ["tail", "trimmed"]
