@@ -3,6 +3,7 @@ authentications, of job creations); the token itself is web/security.py's."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -13,6 +14,8 @@ from werkzeug.exceptions import HTTPException
 
 from jobcast.core.settings import Settings
 from jobcast.web.metrics import STREAMS, stream_refused
+
+log = logging.getLogger(__name__)
 
 RETRY_AFTER = "5"
 
@@ -159,13 +162,31 @@ def client_address(config: Settings) -> str:
     return client_address_of(config, request.remote_addr, request.headers.get("X-Forwarded-For", ""))
 
 
+_told_of_proxy = False
+
+
 def client_address_of(config: Settings, remote: str | None, forwarded: str) -> str:
     """:func:`client_address` from the peer's address and the X-Forwarded-For header."""
     if config.trust_proxy:
         last = forwarded.rsplit(",", 1)[-1].strip()
         if last:
             return last[:64]
+    elif forwarded:
+        _tell_of_proxy(remote)
     return remote or "unknown"
+
+
+def _tell_of_proxy(remote: str | None) -> None:
+    """Warn once per process that a request came through a proxy this server does not trust:
+    every client behind it then shares the proxy's address, so one client's failed tokens,
+    creates or streams count against all of them (and may lock them all out)."""
+    global _told_of_proxy
+    if not _told_of_proxy:
+        _told_of_proxy = True
+        log.warning("requests from %s carry X-Forwarded-For, and JOBCAST_TRUST_PROXY is off: "
+                    "every client behind that proxy shares its address for the per-client "
+                    "limits and the failed-token throttle; set JOBCAST_TRUST_PROXY=1 if every "
+                    "request comes through it", remote)
 
 
 class StreamSlot:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import logging
 import re
 
 import httpx
@@ -144,3 +145,22 @@ def test_a_client_rate_keeps_a_bounded_number_of_buckets(clock):
         clock.advance(0.01)
     assert len(rate.buckets) <= 100
     assert "10.0.3.231" in rate.buckets, "the most recent clients are kept"
+
+
+def test_a_proxy_this_server_does_not_trust_is_warned_about_once(monkeypatch, caplog):
+    """A review's finding: behind a proxy without JOBCAST_TRUST_PROXY every client shares the
+    proxy's address, so ten wrong tokens from one of them lock all of them out; nothing said
+    so. The first request that carries X-Forwarded-For now warns, once per process."""
+    from jobcast.core.settings import Settings
+    from jobcast.web import limits
+
+    monkeypatch.setattr(limits, "_told_of_proxy", False)
+    with caplog.at_level(logging.WARNING, logger="jobcast.web.limits"):
+        trusted = Settings(trust_proxy=True)
+        assert limits.client_address_of(trusted, "10.0.0.9", "203.0.113.5") == "203.0.113.5"
+        assert limits.client_address_of(Settings(), "10.0.0.9", "") == "10.0.0.9"
+        assert caplog.records == []
+        for _ in range(3):
+            assert limits.client_address_of(Settings(), "10.0.0.9", "203.0.113.5") == "10.0.0.9"
+    [warning] = caplog.records
+    assert "JOBCAST_TRUST_PROXY" in warning.getMessage() and "10.0.0.9" in warning.getMessage()
