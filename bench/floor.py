@@ -46,7 +46,8 @@ import traceback
 
 from redis import Redis
 
-from jobcast.core.joblog import JobLog, channel
+from jobcast.core.joblog import JobLog
+from jobcast.core.keys import channel
 from jobcast.launcher.redisserver import RedisServer
 
 FRAME = b"C8\r\n" + b"x" * 200 + b"\r\n"  # about one value's SSE event, as an HTTP/1.1 chunk

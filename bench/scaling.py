@@ -36,7 +36,8 @@ from redis import Redis
 
 from jobcast.launcher.redisserver import RedisServer
 from tests.support.cluster import LocalRedisCluster
-from jobcast.core.joblog import CHANNEL_PATTERN, JobLog, channel
+from jobcast.core.joblog import JobLog
+from jobcast.core.keys import CHANNEL_PATTERN, channel
 from jobcast.core.store import connect
 
 VALUE = "x" * 100  # a value's text, about the size bench.run uses

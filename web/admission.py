@@ -35,7 +35,8 @@ from flask import Response, abort, request, url_for
 from werkzeug.exceptions import ServiceUnavailable
 
 from jobcast.core.epoch import EPOCH, Position, Reset, parse_position, resolve, sse_id
-from jobcast.core.joblog import InvalidJobId, JobInfo, JobLog, UnknownJob, check_job_id
+from jobcast.core.joblog import JobInfo, JobLog, UnknownJob
+from jobcast.core.keys import InvalidJobId, check_job_id
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import (HTML, SSE, Transport, html_head, html_notice, html_reset,
                                 sse_reset, sse_trimmed)

@@ -56,7 +56,8 @@ from redis.exceptions import RedisError, SlotNotCoveredError
 
 from jobcast.core.epoch import Head, Position, rebase
 from jobcast.core.feed import FEED, Feed
-from jobcast.core.joblog import PREFIX, Entry, JobLog, channel, job_id_from_channel
+from jobcast.core.joblog import Entry, JobLog
+from jobcast.core.keys import PREFIX, channel, job_id_from_channel
 from jobcast.core.store import is_cluster, reader_client
 from jobcast.web import metrics
 from jobcast.web.subscriber import Subscriber

@@ -56,7 +56,7 @@ from flask import Blueprint, Response, g, request
 
 from jobcast.core.epoch import Position, Reset
 from jobcast.core.feed import FEED
-from jobcast.core.joblog import InvalidJobId, check_job_id
+from jobcast.core.keys import InvalidJobId, check_job_id
 from jobcast.web import metrics
 from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, bound_writes,
                                    client_alive, drain, hand_over, placed, reserve, retry_ms,

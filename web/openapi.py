@@ -43,7 +43,7 @@ from jobcast.web.surface import (HTML, JSON, Access, Answer, Declaration, IntArg
 bp = Blueprint("openapi", __name__)
 
 REF = "#/components/schemas/{model}"
-# jobcast.core.joblog.JOB_ID_RE: RQ's alphabet (Jobcast's ids are 32 hex characters, RQ's UUIDs).
+# jobcast.core.keys.JOB_ID_RE: RQ's alphabet (Jobcast's ids are 32 hex characters, RQ's UUIDs).
 JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$",
           "description": "1 to 128 letters, digits, '_' or '-'"}
 PATH_PARAMS = {"job_id": JOB_ID}

@@ -26,7 +26,8 @@ from rq.job import Job, JobStatus
 from rq.utils import import_attribute
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import InvalidJobId, JobLog, task_label, valid_text
+from jobcast.core.joblog import JobLog, task_label, valid_text
+from jobcast.core.keys import InvalidJobId
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings

@@ -47,7 +47,7 @@ import httpx
 from jobcast.cli.display import Display, end_note, printable, reset_note, trimmed_note
 from jobcast.cli.sse import (TERMINAL_KINDS, BadInput, EventStream, JitterBackoff, Unreachable,
                              error_field, get_status, http_client, refusal)
-from jobcast.core.joblog import InvalidJobId, check_job_id
+from jobcast.core.keys import InvalidJobId, check_job_id
 from jobcast.core.store import masked_url
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -17,7 +17,8 @@ from typing import Sequence
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from jobcast.core.joblog import InvalidJobId, UnknownJob, check_job_id
+from jobcast.core.joblog import UnknownJob
+from jobcast.core.keys import InvalidJobId, check_job_id
 from jobcast.core.registry import ParamError, UnknownTask, all_tasks, load_user_tasks
 from jobcast.core.settings import get_settings
 from jobcast.core.logstore import LogStore

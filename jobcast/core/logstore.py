@@ -11,7 +11,8 @@ from __future__ import annotations
 from redis import Redis
 from rq.job import Job
 
-from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobInfo, JobLog, job_keys
+from jobcast.core.joblog import JobInfo, JobLog
+from jobcast.core.keys import JOBS_INDEX, OPEN_JOBS, job_keys
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis, redis_client, stream_redis
 from jobcast.core.wait import in_pages
@@ -107,7 +108,7 @@ class LogStore:
         """(id, RQ queue, status) of every queued or running job in the job index: the queue
         as :meth:`open_jobs` gives it, the status ``queued`` or ``running``.
 
-        Only the open jobs (:data:`~jobcast.core.joblog.OPEN_JOBS`) are read, and those found
+        Only the open jobs (:data:`~jobcast.core.keys.OPEN_JOBS`) are read, and those found
         ended leave them: a round costs a command per job still open, not one per job the
         index remembers (1,000 by default, 18 ms of the web process's loop each round). The
         first call of a process reads the whole index once, and adds the open jobs it finds

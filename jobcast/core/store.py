@@ -6,7 +6,7 @@ also holds RQ's queue, so a single Redis needs no new setting. RQ's queue always
 
 When the stream URL points at a node of a Redis Cluster (``INFO cluster`` says
 ``cluster_enabled:1``) the client is redis-py's :class:`~redis.cluster.RedisCluster`, and
-:mod:`jobcast.core.joblog` names a job's keys and channel with one hash tag (the job id in braces)
+:mod:`jobcast.core.keys` names a job's keys and channel with one hash tag (the job id in braces)
 so the append script, which touches several of them, runs on one slot and stays atomic;
 announcements then go out with ``SPUBLISH`` and the hub listens with ``SSUBSCRIBE``
 (sharded pub/sub, so each announcement is handled by the one shard that owns the job).

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from redis.crc import key_slot
 
-from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobExists, JobLog, channel, log_key, meta_key
+from jobcast.core.joblog import JobExists, JobLog
+from jobcast.core.keys import JOBS_INDEX, OPEN_JOBS, channel, log_key, meta_key
 from tests.support.cluster import LocalCluster
 from tests.support.jobs import create_job, job_status
 from tests.support.wait import wait_for

@@ -12,9 +12,9 @@ import pytest
 
 from jobcast.core.epoch import LogReset
 from jobcast.core.feed import Feed, ProgressGate
-from jobcast.core.joblog import (FIRST_VALUE_LOOKAHEAD, JOBS_INDEX, Entry, InvalidJobId,
-                                 JobExists, JobLog, channel, job_id_from_channel, log_key,
-                                 meta_key)
+from jobcast.core.joblog import FIRST_VALUE_LOOKAHEAD, Entry, JobExists, JobLog
+from jobcast.core.keys import (JOBS_INDEX, InvalidJobId, channel, job_id_from_channel, log_key,
+                               meta_key)
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from tests.support.services import own_database

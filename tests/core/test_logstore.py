@@ -8,7 +8,8 @@ import uuid
 import pytest
 from redis import Redis
 
-from jobcast.core.joblog import JOBS_INDEX, OPEN_JOBS, JobLog
+from jobcast.core.joblog import JobLog
+from jobcast.core.keys import JOBS_INDEX, OPEN_JOBS
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from tests.support.services import own_database

@@ -15,8 +15,9 @@ from redis.crc import key_slot
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from jobcast.core import store
-from jobcast.core.joblog import (InvalidJobId, JobLog, channel, job_id_from_channel, job_keys, log_key,
-                           meta_key)
+from jobcast.core.joblog import JobLog
+from jobcast.core.keys import (InvalidJobId, channel, job_id_from_channel, job_keys, log_key,
+                               meta_key)
 from jobcast.core.settings import Settings
 from jobcast.core.store import (cluster_enabled, is_cluster, masked_url, reader_client,
                                 redis_client, separate, stream_redis, stream_url)

@@ -11,7 +11,8 @@ from flask import Flask
 from redis import Redis
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog, log_key
+from jobcast.core.joblog import JobLog
+from jobcast.core.keys import log_key
 from jobcast.web.admission import (MAX_SEQ, RETRY, Admission, Start, StreamRequest, may_be_trimmed,
                                    placed, retry_ms, stream_start)
 from jobcast.web.errors import BadParam

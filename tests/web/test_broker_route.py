@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import fakeredis
 
-from jobcast.core.joblog import channel
+from jobcast.core.keys import channel
 from jobcast.web.broker import Broker, JobSubscription
 
 

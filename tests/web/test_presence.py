@@ -38,7 +38,7 @@ def r(redis_server):
 
 def viewers_key(job_id: str) -> str:
     """The job's hash of per-process viewer counts (a single Redis's key)."""
-    from jobcast.core.joblog import job_keys
+    from jobcast.core.keys import job_keys
 
     return job_keys(None, job_id).viewers
 

@@ -19,7 +19,7 @@ from tests.support.jobs import running_job
 from tests.support.services import WebServer
 from tests.support.wait import wait_for
 from jobcast.web.broker import LINGER, Broker, JobSubscription, Shard
-from jobcast.core.joblog import channel
+from jobcast.core.keys import channel
 
 
 class TextViewer:

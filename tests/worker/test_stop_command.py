@@ -10,7 +10,8 @@ import pytest
 from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 
-from jobcast.core.joblog import JobLog, meta_key
+from jobcast.core.joblog import JobLog
+from jobcast.core.keys import meta_key
 from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
 from tests.support.services import start_rq_worker, stop_process
