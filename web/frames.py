@@ -6,7 +6,7 @@ streamed HTML for an ``<iframe>``. Each turns an :class:`~jobcast.core.joblog.En
 send before the server closes a stream on shutdown. The relay frames a live entry once per
 transport and writes the same bytes to every viewer, whatever its sink.
 
-The text a value shows is made once, where it is logged (:func:`jobcast.core.joblog.value_text`),
+The text a value shows is made once, where it is logged (:func:`jobcast.core.values.value_text`),
 so it is always valid Unicode; frames still encode with ``backslashreplace``, so an entry
 logged before that rule (or by another writer) can never stop a stream.
 

@@ -27,11 +27,12 @@ from rq.exceptions import DeserializationError
 from rq.job import Job
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog, PreparedValue, task_label
+from jobcast.core.joblog import JobLog, task_label
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
 from jobcast.core.store import StreamRedis
+from jobcast.core.values import PreparedValue
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, start_attempt
 

@@ -26,11 +26,12 @@ from rq.job import Job, JobStatus
 from rq.utils import import_attribute
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog, task_label, valid_text
+from jobcast.core.joblog import JobLog, task_label
 from jobcast.core.keys import InvalidJobId
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
+from jobcast.core.values import valid_text
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobEnded, start_attempt
 from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner, rq_log, run_log,

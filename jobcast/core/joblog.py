@@ -12,9 +12,10 @@ Each entry is a small JSON object. ``seq`` numbers every entry of a job from 1 w
 ``failed``, ``cancelled`` (the last three are terminal: a job's log ends with exactly one of
 them).
 Value entries also carry ``i`` (the value's index, from 0), ``v`` (its text, see
-:func:`encode_value`) and ``j`` (the value as JSON). Every entry also carries ``ep``, the epoch
-of the log's incarnation it was written in (:mod:`jobcast.core.epoch`), and the entry whose
-write began one also ``pe``, the epoch before it: a writer that began the log
+:func:`jobcast.core.values.encode_value`) and ``j`` (the value as JSON). Every entry also
+carries ``ep``, the epoch of the log's incarnation it was written in
+(:mod:`jobcast.core.epoch`), and the entry whose write began one also ``pe``, the epoch before
+it: a writer that began the log
 (:meth:`JobLog.begin`) has its appends refused once the log is not that incarnation.
 
 ``log`` entries are what the job printed or logged, captured by its worker
@@ -27,17 +28,14 @@ and leave the status alone; they count against the log's cap like any entry.
 
 from __future__ import annotations
 
-import decimal
 import json
 import logging
-import math
 import os
 import re
-import sys
 import threading
 import time
 from importlib.resources import files
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 from pydantic import BaseModel
 from redis import Redis
@@ -49,6 +47,7 @@ from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, LogReset, Position,
 from jobcast.core.feed import LIFECYCLE, Feed, ProgressGate
 from jobcast.core.keys import JOBS_INDEX, OPEN_JOBS, check_job_id, job_keys
 from jobcast.core.store import is_cluster
+from jobcast.core.values import _COMPACT, PreparedValue, encode_value, valid_text
 
 log = logging.getLogger(__name__)
 
@@ -132,73 +131,6 @@ class LinesUnsent(RedisConnectionError):
     """A value is not written: a batch of lines before it awaits its resend (its reply was
     lost, :meth:`JobLog.append_many`). A ConnectionError, so that the caller holds the value
     (``emit()``) or retries the attempt (the runner) as for Redis away."""
-
-
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
-def _escape_surrogate(match: re.Match) -> str:
-    """A lone surrogate as text: ``\\xNN`` for the byte Python's ``surrogateescape`` kept in it
-    (a non-UTF-8 file name from ``os.fsdecode``), ``\\uNNNN`` for any other."""
-    code = ord(match.group())
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
-
-
-def value_text(value: Any) -> str:
-    """How any Python value becomes the text a stream shows: ``"{}".format(value)``, with every
-    lone surrogate written as an escape, so the text is always valid Unicode (a frame can
-    always encode it as UTF-8). NUL and other control characters stay: JSON escapes them, the
-    text stream escapes CR and LF (one line per value), and HTML escapes markup.
-
-    An int longer than Python's limit on int-to-text conversion (4,300 digits, a guard against
-    untrusted input, which a job's own result is not) is written all the same; the value limit
-    (JOBCAST_VALUE_MAX) then decides whether the log takes it."""
-    try:
-        return valid_text("{}".format(value))
-    except ValueError:
-        if not isinstance(value, int) or sys.get_int_max_str_digits() == 0:
-            raise
-        return str(decimal.Decimal(value))  # exact, and not bound by that limit
-
-
-def valid_text(text: str) -> str:
-    """``text`` with every lone surrogate written as an escape (as :func:`value_text` does),
-    so that it always encodes as UTF-8: an exception's message or a worker's name may carry a
-    file name that ``os.fsdecode`` could not decode."""
-    if text.isascii():  # (a flag of the string: no scan) no surrogate, the usual case
-        return text
-    return _SURROGATE.sub(_escape_surrogate, text) if _SURROGATE.search(text) else text
-
-
-# Made once: ``json.dumps`` with any option builds a new encoder on every call, and these run
-# for every value a job writes.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-_STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-
-
-def encode_value(value: Any) -> tuple[str, str]:
-    """Return (text, json) for a task value: text as :func:`value_text` makes it."""
-    text = value_text(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        as_json = "null"  # JSON has no NaN/Infinity; the text form still carries it
-    else:
-        try:
-            as_json = _STRICT.encode(value)
-        except (TypeError, ValueError):
-            as_json = _COMPACT.encode(text)
-    return text, as_json
-
-
-class PreparedValue(NamedTuple):
-    """A value as its entry will show it, made once (:meth:`JobLog.prepare`): a writer that
-    must send it later holds this, not the object, which the job may change meanwhile."""
-
-    text: str
-    """What the entry shows: the value's text, or the notice that it was refused."""
-    json: str
-    """The value as JSON (``null`` when refused)."""
-    refused: int | None = None
-    """The value's size in bytes when it was over ``value_max``."""
 
 
 class Progress(BaseModel):

@@ -11,8 +11,9 @@ import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401  (registers the sleepy task in this process)
-from jobcast.core.joblog import JobLog, encode_value
+from jobcast.core.joblog import JobLog
 from jobcast.core.keys import meta_key
+from jobcast.core.values import encode_value
 from jobcast.producer.enqueue import enqueue
 from jobcast.worker.chart import Downsample
 from tests.support.services import WebServer

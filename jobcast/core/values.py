@@ -1,0 +1,81 @@
+"""A job's value as its log entry shows it: its text (``v``) and its JSON (``j``).
+
+Made once, where the value is logged (:meth:`jobcast.core.joblog.JobLog.value`): every stream
+and page shows the text made here, and the text is always valid Unicode.
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+import math
+import re
+import sys
+from typing import Any, NamedTuple
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match) -> str:
+    """A lone surrogate as text: ``\\xNN`` for the byte Python's ``surrogateescape`` kept in it
+    (a non-UTF-8 file name from ``os.fsdecode``), ``\\uNNNN`` for any other."""
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def value_text(value: Any) -> str:
+    """How any Python value becomes the text a stream shows: ``"{}".format(value)``, with every
+    lone surrogate written as an escape, so the text is always valid Unicode (a frame can
+    always encode it as UTF-8). NUL and other control characters stay: JSON escapes them, the
+    text stream escapes CR and LF (one line per value), and HTML escapes markup.
+
+    An int longer than Python's limit on int-to-text conversion (4,300 digits, a guard against
+    untrusted input, which a job's own result is not) is written all the same; the value limit
+    (JOBCAST_VALUE_MAX) then decides whether the log takes it."""
+    try:
+        return valid_text("{}".format(value))
+    except ValueError:
+        if not isinstance(value, int) or sys.get_int_max_str_digits() == 0:
+            raise
+        return str(decimal.Decimal(value))  # exact, and not bound by that limit
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate written as an escape (as :func:`value_text` does),
+    so that it always encodes as UTF-8: an exception's message or a worker's name may carry a
+    file name that ``os.fsdecode`` could not decode."""
+    if text.isascii():  # (a flag of the string: no scan) no surrogate, the usual case
+        return text
+    return _SURROGATE.sub(_escape_surrogate, text) if _SURROGATE.search(text) else text
+
+
+# Made once: ``json.dumps`` with any option builds a new encoder on every call, and these run
+# for every value a job writes.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
+def encode_value(value: Any) -> tuple[str, str]:
+    """Return (text, json) for a task value: text as :func:`value_text` makes it."""
+    text = value_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        as_json = "null"  # JSON has no NaN/Infinity; the text form still carries it
+    else:
+        try:
+            as_json = _STRICT.encode(value)
+        except (TypeError, ValueError):
+            as_json = _COMPACT.encode(text)
+    return text, as_json
+
+
+class PreparedValue(NamedTuple):
+    """A value as its entry will show it, made once
+    (:meth:`jobcast.core.joblog.JobLog.prepare`): a writer that must send it later holds this,
+    not the object, which the job may change meanwhile."""
+
+    text: str
+    """What the entry shows: the value's text, or the notice that it was refused."""
+    json: str
+    """The value as JSON (``null`` when refused)."""
+    refused: int | None = None
+    """The value's size in bytes when it was over ``value_max``."""
