@@ -721,11 +721,6 @@ class JobLog:
         status = self.redis.hget(self.keys.meta, "status")
         return status.decode() if status is not None else None
 
-    def ended(self) -> bool:
-        """True once the job has its terminal entry, or its log has expired."""
-        status = self.redis.hget(self.keys.meta, "status")
-        return status is None or status.decode() in TERMINAL
-
     def entries(self, after: int = 0, page: int = 1000) -> Iterator[Entry]:
         """Yield the logged entries with ``seq > after``, oldest first, in pages."""
         key = self.keys.log
@@ -737,11 +732,6 @@ class JobLog:
             if len(batch) < page:
                 return
             start = "(" + stream_id_text(batch[-1][0])
-
-    def page(self, after: int, count: int) -> tuple[list[Entry], bool]:
-        """Up to ``count`` entries with ``seq > after``, and whether the job has ended."""
-        entries, head = self.read(after, count)
-        return entries, head.ended
 
     def read(self, after: int, count: int) -> tuple[list[Entry], Head]:
         """Up to ``count`` entries with ``seq > after``, and where the log stands (its status,

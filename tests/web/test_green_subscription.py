@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent("""
          "the viewer's history")                                        # (nothing) read
     for i in range(3):
         log.value(i, "v%d" % i)
-    relay.deliver(log.job_id, log.page(2, 10)[0])                       # 9 bytes to write
+    relay.deliver(log.job_id, log.read(2, 10)[0])                       # 9 bytes to write
     wait(lambda: b"".join(got) == b"v0\\nv1\\nv2\\n", "the values")      # woken by the write, via
     assert any(n < offered for offered, n, _ in sink.sends), sink.sends # an 8-byte buffer: a
     assert max(size for _, _, size in sink.sends) <= 8, sink.sends      # send is cut short, and

@@ -53,7 +53,7 @@ def green_wait(condition, timeout: float = 10.0, what: str = "condition"):
 def write(log: JobLog, start: int, stop: int, size: int = 0) -> list[Entry]:
     """Log values ``start..stop-1`` (padded to ``size`` characters); return their entries."""
     seqs = [log.value(i, str(i).ljust(size, "x") if size else i) for i in range(start, stop)]
-    entries, _ = log.page(seqs[0] - 1, len(seqs))
+    entries, _ = log.read(seqs[0] - 1, len(seqs))
     return entries
 
 
@@ -154,7 +154,7 @@ def test_a_new_viewer_gets_history_then_live_entries_once_and_in_order(redis, re
     for i in range(8, 20):
         assert relay.deliver(log.job_id, write(log, i, i + 1)) == 1  # the fast path
     log.finished()
-    relay.deliver(log.job_id, log.page(21, 10)[0])
+    relay.deliver(log.job_id, log.read(21, 10)[0])
     green_wait(lambda: client.eof, what="end of stream")
     assert client.sse_ids() == list(range(1, 24))  # queued, started, 20 values, finished
     assert viewer.closed and client.released
@@ -219,7 +219,7 @@ def test_a_viewer_whose_socket_fills_up_catches_up_from_the_log_and_rejoins(redi
     green_wait(lambda: not viewer.slow, what="rejoin")
     relay.deliver(log.job_id, write(log, 300, 301))
     log.finished()
-    relay.deliver(log.job_id, log.page(303, 10)[0])
+    relay.deliver(log.job_id, log.read(303, 10)[0])
     green_wait(lambda: client.eof, what="end of stream")
     assert client.sse_ids() == list(range(3, 305))
 
@@ -240,7 +240,7 @@ def test_chunked_stream_frames_each_batch_and_ends_with_the_last_chunk(redis, re
     green_wait(lambda: not viewer.slow, what="history")
     relay.deliver(log.job_id, write(log, 0, 2))
     log.finished()
-    relay.deliver(log.job_id, log.page(4, 10)[0])
+    relay.deliver(log.job_id, log.read(4, 10)[0])
     green_wait(lambda: client.eof, what="end of stream")
     assert bytes(client.data) == b"4\r\n0\n1\n\r\n0\r\n\r\n"
 
@@ -303,7 +303,7 @@ def ended_in_memory(redis, relay: Relay) -> JobLog:
     for i in range(20):
         relay.deliver(log.job_id, write(log, i, i + 1, size=1000))
     log.finished()
-    relay.deliver(log.job_id, log.page(22, 10)[0])
+    relay.deliver(log.job_id, log.read(22, 10)[0])
     assert stuck.slow and not stuck.closed
     assert relay.recent.last(log.job_id).terminal and relay.recent.last(log.job_id).seq == 23
     return log
@@ -541,7 +541,7 @@ def test_a_newcomer_whose_history_is_in_memory_gets_it_with_its_head_and_no_catc
     for i in range(3, 6):
         assert relay.deliver(log.job_id, write(log, i, i + 1)) == 2  # both on the fast path
     log.finished()
-    relay.deliver(log.job_id, log.page(8, 10)[0])
+    relay.deliver(log.job_id, log.read(8, 10)[0])
     green_wait(lambda: client.eof and first_client.eof, what="end of both streams")
     assert client.sse_ids() == list(range(3, 10)) and viewer.closed and client.released
     assert first_client.sse_ids() == list(range(1, 10))
@@ -597,7 +597,7 @@ def test_a_raw_text_stream_ends_by_closing_even_though_the_end_writes_nothing(re
     green_wait(lambda: not viewer.slow, what="history")
     relay.deliver(log.job_id, write(log, 0, 1))
     log.finished()
-    relay.deliver(log.job_id, log.page(3, 10)[0])  # the terminal entry alone: no text line
+    relay.deliver(log.job_id, log.read(3, 10)[0])  # the terminal entry alone: no text line
     green_wait(lambda: client.eof, what="end of stream")
     assert bytes(client.data) == b"0\n" and viewer.closed
 
@@ -685,7 +685,7 @@ def test_text_and_html_viewers_of_a_job_that_only_prints_get_heartbeats_and_are_
     for k in range(3):                      # a line a third of a heartbeat apart, no value
         clock.advance(0.07)
         log.append_many([("log", {"stream": "stdout", "line": f"working {k}"}, clock())])
-        relay.deliver(log.job_id, log.page(2 + k, 1)[0])
+        relay.deliver(log.job_id, log.read(2 + k, 1)[0])
         relay.tick()
     assert gone.closed and relay.viewers(log.job_id) == 2
     green_wait(lambda: b"<!-- -->" in html_client.data, what="the HTML heartbeat")
@@ -755,7 +755,7 @@ def finish_and_read(relay: Relay, client, logs: list[JobLog]) -> dict[str, list[
     for log in logs:
         log.finished()
     for log, last in zip(logs, lasts):
-        relay.deliver(log.job_id, log.page(last, 10)[0])
+        relay.deliver(log.job_id, log.read(last, 10)[0])
     green_wait(lambda: client.eof, what="the end of the stream")
     blocks = bytes(client.data).decode().split("\n\n")
     assert all(block.count("data: ") <= 1 for block in blocks)
@@ -773,9 +773,9 @@ def test_one_connection_carries_several_jobs_each_entry_once_with_every_cursor_a
         relay.deliver(a.job_id, write(a, i, i + 1))
         relay.deliver(b.job_id, write(b, i - 3, i - 2))
     a.finished()
-    relay.deliver(a.job_id, a.page(8, 10)[0])
+    relay.deliver(a.job_id, a.read(8, 10)[0])
     b.finished()
-    relay.deliver(b.job_id, b.page(5, 10)[0])
+    relay.deliver(b.job_id, b.read(5, 10)[0])
     green_wait(lambda: client.eof, what="the end of the stream")
     got = job_events(client.data)
     assert [s for j, s in got if j == a.job_id] == list(range(1, 10))
@@ -1046,7 +1046,7 @@ def test_a_batch_a_multi_job_stream_partly_has_writes_only_the_entries_after_its
     green_wait(lambda: conn.viewers[0].cursor == 5 and not conn.viewers[0].slow,
                what="the history")
     write(log, 3, 4)                              # seq 6
-    relay.deliver(log.job_id, log.page(3, 10)[0])  # announced late: seqs 4..6
+    relay.deliver(log.job_id, log.read(3, 10)[0])  # announced late: seqs 4..6
     assert finish_and_read(relay, client, [log])[log.job_id] == list(range(1, 8))
 
 
@@ -1161,7 +1161,7 @@ def test_threads_a_partial_write_just_as_a_catch_up_ends_loses_nothing(redis, cl
     delivered.set()
     client.start()
     log.finished()
-    relay.deliver(log.job_id, log.page(22, 10)[0])
+    relay.deliver(log.job_id, log.read(22, 10)[0])
     wait_for(lambda: client.eof, 10, 0.01, "the end of the stream")
     assert client.sse_ids() == list(range(1, 24))
 
@@ -1339,7 +1339,7 @@ def test_a_viewer_of_a_log_that_lost_entries_is_reset_once_and_never_sees_an_id_
     for i in range(3, 6):
         retry.value(i, i)
     retry.finished()
-    relay.deliver(log.job_id, log.page(5, 100)[0])             # announced: seqs 6..11, again
+    relay.deliver(log.job_id, log.read(5, 100)[0])             # announced: seqs 6..11, again
     green_wait(lambda: client.eof, what="the end of the stream")
     # The epoch the refused value began (no entry of its own), its "retrying"'s (written by
     # RQ's failure path, which did not begin the log), and the retry's own, from its start.
@@ -1374,7 +1374,7 @@ def test_viewers_go_on_into_an_epoch_begun_right_after_their_position_without_a_
         JobLog(redis, log.job_id).cancelled("someone")
     else:
         JobLog(redis, log.job_id).started("w2", 2)
-    [entry] = log.page(7, 10)[0]
+    [entry] = log.read(7, 10)[0]
     assert entry.ep != first and entry.data["pe"] == first
     relay.deliver(log.job_id, [entry])
     assert not viewer.slow and reads == [] and viewer.epoch == entry.ep  # the fast path wrote it
@@ -1501,7 +1501,7 @@ def test_a_resume_into_a_surviving_prefix_of_an_older_epoch_just_goes_on(redis, 
 def test_a_text_stream_that_cannot_say_reset_is_cut_without_its_end(redis, relay):
     log, _, writer, viewer, client = watched(redis, relay, TEXT, values=3, chunked=True)
     failover(log, writer, keep=3)
-    relay.deliver(log.job_id, log.page(3, 10)[0])
+    relay.deliver(log.job_id, log.read(3, 10)[0])
     green_wait(lambda: client.eof, what="the cut")
     assert not bytes(client.data).endswith(b"0\r\n\r\n") and viewer.closed
 
@@ -1643,7 +1643,7 @@ def test_a_text_viewer_of_a_job_printing_more_than_memory_keeps_is_not_cut_for_l
     for _ in range(12):                                         # 600 lines, all delivered
         seq = log.head().seq
         log.append_many([line] * 50)
-        relay.deliver(log.job_id, log.page(seq, 50)[0])
+        relay.deliver(log.job_id, log.read(seq, 50)[0])
     log.append_many([line] * 50)                                # not delivered: it is slow
     redis.xtrim(log.keys.log, maxlen=10, approximate=False)     # a cap trims all but lines
     relay._catch_up(viewer, b"", "slow")
@@ -1680,7 +1680,7 @@ def test_the_relays_memory_counts_the_values_up_to_a_seq_it_keeps():
 def test_an_html_stream_says_the_reset_in_a_line_and_goes_on(redis, relay):
     log, _, writer, viewer, client = watched(redis, relay, HTML, values=3)
     failover(log, writer, keep=3)
-    relay.deliver(log.job_id, log.page(3, 10)[0])
+    relay.deliver(log.job_id, log.read(3, 10)[0])
     green_wait(lambda: b"reset" in client.data, what="the reset line")
     assert b'<p class="note reset">the job&#39;s log was reset (Redis lost entries): values ' \
            b"from #1 on were replaced</p>" in bytes(client.data) and not viewer.closed
@@ -1706,7 +1706,7 @@ def test_an_html_stream_from_a_start_shows_the_replaced_values_below_it_after_a_
     retry.started("w2", 2)
     for i in range(2, 6):
         retry.value(i, f"new {i}")
-    relay.deliver(log.job_id, log.page(4, 100)[0])
+    relay.deliver(log.job_id, log.read(4, 100)[0])
     green_wait(lambda: b"new 5" in client.data, what="the replaced values")
     after = bytes(client.data).split(b"were replaced</p>\n", 1)[1]
     assert after == b"".join(f"<p>{i}: new {i}</p>\n".encode() for i in range(2, 6))
@@ -1732,7 +1732,7 @@ def test_a_multi_job_stream_resets_one_job_and_its_cursor_says_the_new_epoch(red
     green_wait(lambda: not any(v.slow for v in conn.viewers), what="both histories")
     relay.deliver(a.job_id, write(writer, 0, 3))               # a: seqs 3..5
     failover(a, writer, keep=3)
-    relay.deliver(a.job_id, a.page(3, 10)[0])
+    relay.deliver(a.job_id, a.read(3, 10)[0])
     green_wait(lambda: b"event: reset" in client.data, what="a's reset")
 
     def cursor() -> list[str]:
@@ -1761,7 +1761,7 @@ def test_a_multi_job_streams_cursor_names_the_epoch_a_catch_up_from_memory_went_
     relay._catch_up(conn.viewers[0], b"", "quiet")   # a's viewer goes to the log (not run yet)
     retry = JobLog(redis, a.job_id)
     retry.started("w2", 2)                           # seq 3, a new epoch (after seq 2 of the first)
-    relay.deliver(a.job_id, a.page(2, 10)[0])        # kept in memory; the viewer is catching up
+    relay.deliver(a.job_id, a.read(2, 10)[0])        # kept in memory; the viewer is catching up
     green_wait(lambda: not conn.viewers[0].slow, what="a's catch-up from memory")
     ids = [e.id for e in parse_events(bytes(client.data), all_blocks=True) if e.id]
     second = a.head().epoch
@@ -1799,7 +1799,7 @@ def end_and_read_all(relay: Relay, held, logs: list[JobLog]) -> list[dict[str, l
     lasts = [log.head().seq for log in logs]
     for log, last in zip(logs, lasts):
         log.finished()
-        relay.deliver(log.job_id, log.page(last, 10)[0])
+        relay.deliver(log.job_id, log.read(last, 10)[0])
     seqs = []
     for conn, client in held:
         green_wait(lambda: client.eof, what="the end of the stream")

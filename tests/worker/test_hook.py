@@ -129,7 +129,7 @@ def test_a_retry_after_the_watchdog_failed_the_log_is_not_run(redis, in_process)
     worker = SimpleWorker([queue], connection=redis)
     assert worker.work(burst=True, max_jobs=1)             # the first attempt crashes
     jlog = JobLog(redis, job.id)
-    assert not jlog.ended() and job.id in queue.job_ids
+    assert not jlog.head().ended and job.id in queue.job_ids
     jlog.failed("no live worker")                          # the watchdog, during the wait
     assert worker.work(burst=True, max_jobs=1)
     job.refresh()
