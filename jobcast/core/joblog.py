@@ -723,15 +723,31 @@ class JobLog:
 
     def entries(self, after: int = 0, page: int = 1000) -> Iterator[Entry]:
         """Yield the logged entries with ``seq > after``, oldest first, in pages."""
-        key = self.keys.log
-        start = f"0-{after + 1}"
-        while True:
-            batch = self.redis.xrange(key, min=start, max="+", count=page)
+        for batch in self._pages(f"0-{after + 1}", "+", page):
             for _id, fields in batch:
-                yield Entry.parse(fields[b"e"])
-            if len(batch) < page:
+                yield Entry.parse(stream_field(fields))
+
+    def _pages(self, start: str, end: str, count: int, *, backwards: bool = False,
+               then: int | None = None) -> Iterator[list[tuple[Any, Any]]]:
+        """The log's rows from stream id ``start`` to ``end`` (``(`` before an id leaves it
+        out), oldest first (XRANGE) or, ``backwards``, newest first (XREVRANGE): the
+        ``(stream id, fields)`` rows of each read of ``count`` (after the first, of ``then``
+        when given), up to the first read that comes back short.
+
+        Lazy, as the loops it stands for were: a caller that stops early reads no further.
+        """
+        key = self.keys.log
+        while True:
+            if backwards:
+                batch = self.redis.xrevrange(key, max=start, min=end, count=count)
+            else:
+                batch = self.redis.xrange(key, min=start, max=end, count=count)
+            yield batch
+            if len(batch) < count:
                 return
-            start = "(" + stream_id_text(batch[-1][0])
+            start = "(" + stream_id_text(batch[-1][0])  # the next read begins past this one
+            if then is not None:
+                count = then
 
     def read(self, after: int, count: int) -> tuple[list[Entry], Head]:
         """Up to ``count`` entries with ``seq > after``, and where the log stands (its status,
@@ -781,12 +797,12 @@ class JobLog:
         once. The caller asks again before the oldest one it got.
         """
         raws: list[bytes] = []
+        if before <= 1 or limit < 1:
+            return raws  # nothing before the first entry, or nothing asked: no read
         size = 0
-        newest = f"0-{before - 1}"
-        while before > 1 and len(raws) < limit:
-            batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=limit)
+        for batch in self._pages(f"0-{before - 1}", "-", limit, backwards=True):
             for _id, fields in batch:
-                raw = fields[b"e"]
+                raw = stream_field(fields)
                 if not _VALUE_ENTRY.match(raw):
                     continue
                 if raws and size + len(raw) > max_bytes:
@@ -795,9 +811,6 @@ class JobLog:
                 size += len(raw)
                 if len(raws) == limit:
                     return raws[::-1]
-            if len(batch) < limit:
-                break
-            newest = "(" + stream_id_text(batch[-1][0])
         return raws[::-1]
 
     def tail_start(self, n: int, last_seq: int) -> tuple[int, int]:
@@ -833,6 +846,8 @@ class JobLog:
         it (backwards, to the newest value at or before ``seq``, read the whole log when
         there was none, and miscounted a trimmed one).
         """
+        # Not _pages: each page is read in one MULTI with the job's count, so that the count
+        # it falls back on is the log's as of that page, not one read after it.
         start = f"(0-{seq}"
         while True:
             pipe = self.redis.pipeline(transaction=True)
@@ -850,14 +865,9 @@ class JobLog:
     def _newest_first(self, newest: str, page: int) -> Iterator[tuple[str, bytes]]:
         """The log's entries from stream id ``newest`` back to the oldest it keeps, each as
         (its stream id, its raw entry): read in pages of ``page``, then of TAIL_PAGE."""
-        while True:
-            batch = self.redis.xrevrange(self.keys.log, max=newest, min="-", count=page)
+        for batch in self._pages(newest, "-", page, backwards=True, then=TAIL_PAGE):
             for stream_id, fields in batch:
-                yield stream_id_text(stream_id), fields[b"e"]
-            if len(batch) < page:
-                return
-            newest = "(" + stream_id_text(batch[-1][0])
-            page = TAIL_PAGE
+                yield stream_id_text(stream_id), stream_field(fields)
 
     def first_kept(self) -> tuple[int | None, int | None]:
         """The oldest entry still in a capped log: ``(seq, index of its first value)``.
@@ -870,7 +880,7 @@ class JobLog:
         """
         seq = i = None
         for _id, fields in self.redis.xrange(self.keys.log, min="-", max="+", count=8):
-            entry = Entry.parse(fields[b"e"])
+            entry = Entry.parse(stream_field(fields))
             if seq is None:
                 seq, i = entry.seq, entry.values_before
                 if i is not None:
@@ -894,14 +904,9 @@ class JobLog:
         Only the entries the script wrote as ``log`` are decoded; values and the rest are
         skipped by their first bytes.
         """
-        start = "0-1"
-        while True:
-            batch = self.redis.xrange(self.keys.log, min=start, max=f"0-{upto}", count=page)
+        for batch in self._pages("0-1", f"0-{upto}", page):
             yield [json.loads(raw) for raw in (stream_field(fields) for _id, fields in batch)
                    if _LOG_ENTRY.match(raw)]
-            if len(batch) < page:
-                return
-            start = "(" + stream_id_text(batch[-1][0])
 
     def chart(self) -> bytes | None:
         """The worker's chart snapshot (JSON), or None when there is none yet."""
