@@ -41,7 +41,7 @@ from jobcast.cli.display import Display, end_note, reset_note, trimmed_note
 from jobcast.cli.follow import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
                                 EXIT_REPLACED, bad_input, run_reporting)
 from jobcast.cli.sse import (RETRYABLE, TERMINAL_KINDS, BadInput, JitterBackoff, error_field,
-                             get_status, http_client, not_an_event_stream, parse_blocks, refusal)
+                             get_status, http_client, opened, parse_blocks, refusal)
 from jobcast.core.output import line_text
 from jobcast.core.store import masked_url
 
@@ -152,12 +152,8 @@ class MultiEventStream:
                         where = masked_url(str(r.request.url.copy_with(query=None)))
                         raise BadInput(f"{where} answered 404: is --url a Jobcast server?")
                     raise BadInput(error_field(r, "message") or refusal(r.status_code, ""))
-                if r.status_code != 200:
+                if not opened(r, self.backoff):
                     return "dropped"
-                wrong = not_an_event_stream(r)
-                if wrong is not None:
-                    raise wrong
-                self.backoff.reset()
                 self.connections += 1
                 for event_id, event, data in parse_blocks(r.iter_lines()):
                     if data is not None:

@@ -222,12 +222,8 @@ class EventStream:
                     # Not something a retry mends: a bad id, or a token needed or refused.
                     r.read()
                     raise BadInput(error_field(r, "message") or refusal(r.status_code, self.job_id))
-                if r.status_code != 200:
+                if not opened(r, self.backoff):
                     return "dropped"
-                wrong = not_an_event_stream(r)
-                if wrong is not None:
-                    raise wrong
-                self.backoff.reset()
                 self.connections += 1
                 for event in parse_sse(r.iter_lines(), self.backoff.retry):
                     if event.event == "tail":
@@ -265,6 +261,19 @@ def get_status(client: httpx.Client, base_url: str, job_id: str,
             continue
         backoff.reset()
         return r
+
+
+def opened(r: httpx.Response, backoff: Backoff) -> bool:
+    """Whether ``r`` is an event stream to read (the connection's backoff starts over): False
+    for another status, which a later try may mend; raises for a 200 that is no event stream
+    (:func:`not_an_event_stream`)."""
+    if r.status_code != 200:
+        return False
+    wrong = not_an_event_stream(r)
+    if wrong is not None:
+        raise wrong
+    backoff.reset()
+    return True
 
 
 def not_an_event_stream(r: httpx.Response) -> BadInput | None:

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import uuid
+from typing import Iterator
 
 import pytest
 from redis import Redis
@@ -26,6 +27,24 @@ from tests.support.wait import wait_for
 from tests.support.loss import lose
 
 DB = 10  # this module's own database, for the job feed (one per database)
+
+
+@pytest.fixture
+def replicated(tmp_path) -> Iterator[tuple[Redis, Redis]]:
+    """Clients of a primary and of its replica, in sync: a test promotes the replica
+    (``REPLICAOF NO ONE``) when the failover it plays comes."""
+    with RedisServer(data_dir=tmp_path / "primary") as primary, \
+            RedisServer(data_dir=tmp_path / "replica") as replica:
+        old, new = Redis.from_url(primary.url), Redis.from_url(replica.url)
+        try:
+            old.config_set("repl-diskless-sync-delay", 0)  # in sync at once, not in 5 s
+            new.replicaof("127.0.0.1", primary.port)
+            wait_for(lambda: new.info("replication")["master_link_status"] == "up",
+                     what="the replica to be in sync")
+            yield old, new
+        finally:
+            old.close()
+            new.close()
 
 
 def new_log(redis, **options) -> JobLog:
@@ -230,42 +249,36 @@ def test_a_restart_begins_an_epoch_in_which_a_lost_tail_is_never_reused_silently
 
 
 def test_a_first_attempt_run_again_after_a_failover_lost_its_start_reuses_no_seq_silently(
-        tmp_path):
+        replicated):
     """A review's finding: a failover that lost an attempt's ``started`` and values (the
     promoted replica had only ``queued``) lost the count of attempts with them, so the job run
     again was attempt 1 once more, which began no epoch: its entries took the lost ones' seqs
     in the epoch viewers had seen those in, and a viewer resuming from one went on in silence.
     A real failover: the replica has ``queued`` and is promoted, then the old primary takes
     the first attempt (its viewers see it), and the job runs again on the new primary."""
-    with RedisServer(data_dir=tmp_path / "primary") as primary, \
-            RedisServer(data_dir=tmp_path / "replica") as replica:
-        old, new = Redis.from_url(primary.url), Redis.from_url(replica.url)
-        old.config_set("repl-diskless-sync-delay", 0)  # in sync at once, not in 5 s
-        new.replicaof("127.0.0.1", primary.port)
-        wait_for(lambda: new.info("replication")["master_link_status"] == "up",
-                 what="the replica to be in sync")
-        log = new_log(old)
-        wait_for(lambda: JobLog(new, log.job_id).position() is not None,
-                 what="the replica to have the queued entry")
-        new.replicaof("NO", "ONE")
-        lost = attempt(log, 5, "w1")              # seqs 2..7, seen by some viewer
-        seen = lost.epoch
-        assert seen == log.head().epoch and [e.seq for e in log.entries()] == list(range(1, 8))
-        # The job runs again on the promoted replica: nothing there says it ever ran.
-        again = JobLog(new, log.job_id)
-        assert again.begin() == (True, 0, 1)
-        again.started("w2", 1)
-        assert [again.value(i, i * 10) for i in range(5)] == [3, 4, 5, 6, 7]
-        head = JobLog(new, log.job_id).head()
-        assert again.epoch == head.epoch != seen
-        assert [e.ep for e in JobLog(new, log.job_id).entries()] == [seen] + [head.epoch] * 6
-        # The viewer that had seq 7 (or 2) of the lost attempt is reset to where the two
-        # agree: after ``queued``.
-        for had in (2, 7):
-            reset = resolve(head, seen, seq=had)
-            assert reset is not None and (reset.reason, reset.after) == (LOST, 1), (had, reset)
-        # On a Redis that did not fail over, a first attempt's start begins no epoch (above:
-        # the first attempt on the old primary wrote in the queued entry's).
+    old, new = replicated
+    log = new_log(old)
+    wait_for(lambda: JobLog(new, log.job_id).position() is not None,
+             what="the replica to have the queued entry")
+    new.replicaof("NO", "ONE")
+    lost = attempt(log, 5, "w1")              # seqs 2..7, seen by some viewer
+    seen = lost.epoch
+    assert seen == log.head().epoch and [e.seq for e in log.entries()] == list(range(1, 8))
+    # The job runs again on the promoted replica: nothing there says it ever ran.
+    again = JobLog(new, log.job_id)
+    assert again.begin() == (True, 0, 1)
+    again.started("w2", 1)
+    assert [again.value(i, i * 10) for i in range(5)] == [3, 4, 5, 6, 7]
+    head = JobLog(new, log.job_id).head()
+    assert again.epoch == head.epoch != seen
+    assert [e.ep for e in JobLog(new, log.job_id).entries()] == [seen] + [head.epoch] * 6
+    # The viewer that had seq 7 (or 2) of the lost attempt is reset to where the two
+    # agree: after ``queued``.
+    for had in (2, 7):
+        reset = resolve(head, seen, seq=had)
+        assert reset is not None and (reset.reason, reset.after) == (LOST, 1), (had, reset)
+    # On a Redis that did not fail over, a first attempt's start begins no epoch (above:
+    # the first attempt on the old primary wrote in the queued entry's).
 
 
 def test_a_log_from_before_epochs_gets_one_at_its_next_append(redis):
@@ -322,36 +335,28 @@ def test_the_feed_begins_a_new_epoch_when_its_writer_finds_it_behind(redis_serve
 
 
 def test_a_feed_writer_that_wrote_none_of_the_lost_items_still_never_reuses_their_seqs(
-        tmp_path):
+        replicated):
     # A real failover: a replica in step with the primary is promoted, then the primary takes
     # two items the replica never gets. A writer whose own items all survived writes on.
-    with RedisServer(data_dir=tmp_path / "primary") as primary, \
-            RedisServer(data_dir=tmp_path / "replica") as replica:
-        old, new = Redis.from_url(primary.url), Redis.from_url(replica.url)
-        old.config_set("repl-diskless-sync-delay", 0)  # in sync at once, not in 5 s
-        new.replicaof("127.0.0.1", primary.port)
-        wait_for(lambda: new.info("replication")["master_link_status"] == "up",
-                 what="the replica to be in sync")
-        quiet = Feed(old)
-        for n in range(3):
-            quiet.append("quiet", "progress", n, {"values": n})
-        first = quiet.head().epoch
-        wait_for(lambda: Feed(new).position().seq == 3, what="the replica to have item 3")
-        new.replicaof("NO", "ONE")
-        busy = Feed(old)
-        assert [busy.append("busy", "progress", n, {"values": n}) for n in (0, 1)] == [4, 5]
-        # The quiet writer, reconnected to the promoted replica: what it wrote all survived.
-        moved = Feed(new)
-        moved.high = quiet.high
-        assert [moved.append("quiet", "progress", n, {"values": n}) for n in (3, 4, 5)] == [4, 5, 6]
-        items, head = moved.read(0, 10)
-        assert head.epoch != first and [e.ep for e in items] == [first] * 3 + [head.epoch] * 3
-        # A page that had item 5 of the lost epoch is told, not left to skip items 4 and 5.
-        reset = resolve(head, first, seq=5)
-        assert reset is not None and reset.reason == LOST and reset.after == 3
-        assert resolve(head, first, seq=3) is None  # one that had only surviving items goes on
-        old.close()
-        new.close()
+    old, new = replicated
+    quiet = Feed(old)
+    for n in range(3):
+        quiet.append("quiet", "progress", n, {"values": n})
+    first = quiet.head().epoch
+    wait_for(lambda: Feed(new).position().seq == 3, what="the replica to have item 3")
+    new.replicaof("NO", "ONE")
+    busy = Feed(old)
+    assert [busy.append("busy", "progress", n, {"values": n}) for n in (0, 1)] == [4, 5]
+    # The quiet writer, reconnected to the promoted replica: what it wrote all survived.
+    moved = Feed(new)
+    moved.high = quiet.high
+    assert [moved.append("quiet", "progress", n, {"values": n}) for n in (3, 4, 5)] == [4, 5, 6]
+    items, head = moved.read(0, 10)
+    assert head.epoch != first and [e.ep for e in items] == [first] * 3 + [head.epoch] * 3
+    # A page that had item 5 of the lost epoch is told, not left to skip items 4 and 5.
+    reset = resolve(head, first, seq=5)
+    assert reset is not None and reset.reason == LOST and reset.after == 3
+    assert resolve(head, first, seq=3) is None  # one that had only surviving items goes on
 
 
 def test_a_terminal_entry_waits_for_replicas_only_as_long_as_told(redis, caplog):
