@@ -29,7 +29,7 @@ from jobcast.producer.enqueue import enqueue
 from jobcast.cli.display import printable
 from jobcast.cli.follow import bad_input, follow
 from jobcast.cli.follow_many import follow_many
-from jobcast.launcher.up import SERVICE_KINDS, status, up
+from jobcast.launcher.up import SERVICE_KINDS, follow_running_up, status, up
 from jobcast.web.links import view_sig
 from jobcast.web.serve import serve
 from jobcast.worker.main import run_worker
@@ -344,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLIENT_COMMANDS = frozenset({"enqueue", "follow", "jobs", "cancel"})
+"""The commands that use a Redis and a web server, not run one: by default, those of the
+`jobcast up` running here (:func:`~jobcast.launcher.up.follow_running_up`)."""
+
 PIPE_CLOSED = 128 + 13
 """The exit status when standard output's reader has gone: a shell's for a process SIGPIPE
 ended (Python ignores SIGPIPE, and sees a BrokenPipeError instead)."""
@@ -359,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "enqueue":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in CLIENT_COMMANDS:
+        follow_running_up()
     try:
         cfg = get_settings()
     except ValidationError as exc:

@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, MutableMapping
 from urllib.parse import quote
 
 from redis.exceptions import RedisError
@@ -290,7 +290,9 @@ def start_demo(sup: Supervisor, redis_url: str, public: str, timeout: float = 5.
     """Enqueue the demo sqrt job and supervise until a worker has taken it (so its start-up
     lines come before the URLs); return its id."""
     cfg = Settings(redis_url=redis_url, public_url=public)
-    job_id = enqueue("sqrt", {}, config=cfg)
+    # Half a minute of values, as compose's demo: the task's defaults (500 values, one a
+    # second) kept a worker busy for eight minutes, and a newcomer's first job waited.
+    job_id = enqueue("sqrt", {"n": 120, "interval": 0.25}, config=cfg)
     conn = connect(stream_url(cfg), cluster=None if separate(cfg) else False)
     demo = LogStore(conn, cfg).log(job_id)
 
@@ -375,6 +377,28 @@ def running_redis_url(state: dict[str, Any]) -> str:
         return shown.replace(":***@", f":{quote(password, safe='')}@", 1)
     own = get_settings().redis_url
     return own if masked_url(own) == shown else shown
+
+
+def follow_running_up(environ: MutableMapping[str, str] | None = None) -> None:
+    """Point a client command (``enqueue``, ``follow``, ``jobs``, ``cancel``) at the `jobcast
+    up` running here, as `jobcast status` is, where the environment names no Redis
+    (``REDIS_URL``) or no web server (``JOBCAST_URL``) of its own: its embedded Redis has a
+    password, and its web server the port it was given. Nothing changes without one, or when
+    its Redis URL holds a password this process cannot read.
+    """
+    environ = os.environ if environ is None else environ
+    if "REDIS_URL" in environ and "JOBCAST_URL" in environ:
+        return
+    state = read_state()
+    if state is None:
+        return
+    if "REDIS_URL" not in environ:
+        url = running_redis_url(state)
+        if ":***@" not in url:
+            environ["REDIS_URL"] = url
+    if "JOBCAST_URL" not in environ and state.get("url"):
+        environ["JOBCAST_URL"] = state["url"]
+    get_settings.cache_clear()  # (read above, before these were set)
 
 
 def status(output: str = "plain") -> int:

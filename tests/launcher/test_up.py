@@ -210,6 +210,31 @@ def test_status_lists_the_services_the_rq_workers_and_the_queue(up):
     assert set(data["queue"]) >= {"queued", "started", "finished", "failed"}
 
 
+def test_the_cli_in_another_terminal_uses_the_running_up_s_redis_and_web_server(up):
+    """A newcomer's finding: with `jobcast up` running, `jobcast enqueue`, `jobs` and `cancel`
+    could not reach its Redis (which has a password: "HELLO must be called with the client
+    already authenticated"), and `follow` looked for the web server on port 8000 whatever port
+    it was given. They now use that `jobcast up`'s, as `jobcast status` does."""
+    env = {k: v for k, v in up.env.items() if k not in ("REDIS_URL", "JOBCAST_URL")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        """Run `jobcast ARGS` as a newcomer would, in another terminal."""
+        return subprocess.run([*JOBCAST, *args], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+
+    r = cli("enqueue", "sqrt", "--n", "3", "--interval", "0", "--follow")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0.0", "1.0", "1.4142135623730951"], r.stdout
+    job_id = r.stderr.split()[0]
+    assert f"{up.url}/jobs/{job_id}" in r.stderr, r.stderr
+    listed = cli("jobs", "--output", "json")
+    assert listed.returncode == 0 and job_id in {j["id"] for j in json.loads(listed.stdout)}
+    queued = cli("enqueue", "sqrt", "--n", "100", "--interval", "1")
+    assert queued.returncode == 0, queued.stderr
+    cancelled = cli("cancel", queued.stdout.split()[0])
+    assert cancelled.returncode == 0, cancelled.stderr
+
+
 def test_a_second_jobcast_up_on_the_same_data_refuses_and_leaves_the_first_alone(up):
     r = subprocess.run([*JOBCAST, "up", "--port", str(free_port()), "--no-demo"], env=up.env,
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -577,6 +602,41 @@ def test_status_never_prints_a_redis_password(tmp_path, monkeypatch, capsys):
         get_settings.cache_clear()
 
 
+def test_client_commands_follow_the_running_up_unless_the_environment_names_its_own(
+        tmp_path, monkeypatch):
+    """A newcomer's finding: the CLI's client commands used REDIS_URL's default (no password)
+    and port 8000, not the embedded Redis and the port of the `jobcast up` running here."""
+    from jobcast.core.settings import get_settings
+    from jobcast.launcher.up import follow_running_up, write_state
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    (tmp_path / "jobcast" / "redis").mkdir(parents=True)
+    (tmp_path / "jobcast" / "redis" / "password").write_text("pa ss\n")
+    env: dict[str, str] = {}
+    follow_running_up(env)
+    assert env == {}, "no `jobcast up` runs here: nothing changes"
+    write_state(tmp_path / "jobcast" / "up.json",
+                {"pid": os.getpid(), "started": time.time(), "services": [],
+                 "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@127.0.0.1:6399/0",
+                 "redis_embedded": True})
+    follow_running_up(env)
+    assert env == {"REDIS_URL": "redis://:pa%20ss@127.0.0.1:6399/0",
+                   "JOBCAST_URL": "http://127.0.0.1:8010"}
+    own = {"REDIS_URL": "redis://elsewhere:6379/0", "JOBCAST_URL": "https://jobs.example"}
+    follow_running_up(own)
+    assert own == {"REDIS_URL": "redis://elsewhere:6379/0", "JOBCAST_URL": "https://jobs.example"}
+    # A Redis of its own whose password this process cannot read: left alone.
+    write_state(tmp_path / "jobcast" / "up.json",
+                {"pid": os.getpid(), "started": time.time(), "services": [],
+                 "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@db:6379/0",
+                 "redis_embedded": False})
+    theirs: dict[str, str] = {}
+    follow_running_up(theirs)
+    assert theirs == {"JOBCAST_URL": "http://127.0.0.1:8010"}
+    get_settings.cache_clear()
+
+
 @pytest.mark.slow  # runs `jobcast up`
 def test_up_serves_on_an_ipv6_loopback_host(tmp_path):
     """A review's finding: `--host ::1` made gunicorn fail ("'' is not a valid port number")
@@ -610,9 +670,10 @@ def test_a_service_refusing_a_bad_setting_stops_jobcast_up_at_once_not_after_fiv
 
 @pytest.mark.slow  # runs `jobcast up`
 def test_a_demo_over_a_bound_the_settings_set_is_not_started_and_the_rest_runs(tmp_path):
-    """A review's finding: with JOBCAST_JOB_MAX_DURATION under the demo's 500 s, `jobcast up`
-    started every service, then stopped them all with a ParamError traceback and exit 1."""
-    stack = Up(tmp_path, "--workers", "1", JOBCAST_JOB_MAX_DURATION="60")
+    """A review's finding: with JOBCAST_JOB_MAX_DURATION under the demo's length (30 s now),
+    `jobcast up` started every service, then stopped them all with a ParamError traceback and
+    exit 1."""
+    stack = Up(tmp_path, "--workers", "1", JOBCAST_JOB_MAX_DURATION="10")
     try:
         stack.wait_output(r"demo: +not started: params: .*\(JOBCAST_JOB_MAX_DURATION\)")
         stack.wait_output(r"web: +http://")
