@@ -247,11 +247,17 @@ def may_be_trimmed(last_seq: int, maxlen: int) -> bool:
     return last_seq > maxlen
 
 
-def stream_start(req: StreamRequest, jlog: JobLog, last_seq: int, maxlen: int) -> Start:
-    """Where ``req``'s stream starts in ``jlog``, and what the log no longer holds."""
+def stream_start(req: StreamRequest, jlog: JobLog, last_seq: int, maxlen: int,
+                 ended: bool = False) -> Start:
+    """Where ``req``'s stream starts in ``jlog``, and what the log no longer holds
+    (``ended``: the log's last entry, ``last_seq``, is the job's end)."""
     after, tail, skipped = req.resume or 0, req.tail, 0
     if tail is not None and req.resume is None:
         after, skipped = jlog.tail_start(tail, last_seq)
+        if ended and after >= last_seq:
+            # ``?tail=0`` of an ended job: of what comes live, there is only its end, which
+            # every stream ends with (SSE's terminal event, the HTML stream's "Done").
+            after = last_seq - 1
     else:
         tail = None
     if not may_be_trimmed(last_seq, maxlen) or after >= last_seq:
@@ -401,7 +407,7 @@ def locate(st: State, req: StreamRequest) -> Admission | None:
     ended, last_seq, _ = position
     jlog = st.logs.log(req.job_id)
     req, reset, epoch = placed(req, position, jlog)
-    begin = stream_start(req, jlog, last_seq, st.config.log_maxlen)
+    begin = stream_start(req, jlog, last_seq, st.config.log_maxlen, ended)
     return Admission(req, begin, reset, epoch, ended, last_seq)
 
 

@@ -360,7 +360,7 @@ def _start(spec: JobSpec, jlog, position: Position,
     first (None), and the epoch it follows."""
     req = StreamRequest(spec.job_id, SSE, resume=spec.after, tail=spec.tail, epoch=spec.epoch)
     req, reset, epoch = placed(req, position, jlog)
-    return stream_start(req, jlog, position.seq, maxlen), reset, epoch
+    return stream_start(req, jlog, position.seq, maxlen, position.ended), reset, epoch
 
 
 def _with_job(events: bytes, job_id: str) -> bytes:

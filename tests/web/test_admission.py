@@ -269,6 +269,21 @@ def test_a_text_resume_into_a_log_trimmed_down_to_output_lines_is_told_which_val
     assert begin.notice(start=2) == "3 earlier values are no longer kept"
 
 
+def test_tail_0_of_an_ended_job_still_gets_its_end(redis):
+    """A newcomer's finding: ``?tail=0`` of a job that had ended started after its last entry,
+    its end: the HTML stream said values were skipped and never "Done", and SSE answered 204.
+    Live from there is only the end, which every stream ends with."""
+    log = job_log(redis, 5, finished=True)
+    ended, last_seq, _ = log.position()
+    assert ended
+    begin = stream_start(StreamRequest(log.job_id, HTML, tail=0), log, last_seq, 100, ended)
+    assert (begin.after, begin.skipped) == (last_seq - 1, 5)
+    running = job_log(redis, 5)
+    begin = stream_start(StreamRequest(running.job_id, HTML, tail=0), running,
+                         running.position()[1], 100, False)
+    assert begin.after == running.position()[1], "a running job's live values only"
+
+
 def test_a_log_that_never_held_more_than_the_cap_is_not_checked_for_trimming(redis):
     log = job_log(redis, 30, keep=10)
     # With a cap above the last seq the log cannot have lost anything: not even read.
