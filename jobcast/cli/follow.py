@@ -105,6 +105,9 @@ class Follower:
         """Follow until the terminal entry; return the exit code."""
         info = self.status()
         self.display.start(info.get("task") or "", info["progress"]["n"], 0)
+        if info.get("status") == "queued" and self.display.output == "plain":
+            # Else nothing shows until a worker takes it, which may be minutes on a busy queue.
+            self.display.note("queued: waiting for a worker")
         try:
             for event in self.stream:
                 if event.event in ("tail", "trimmed"):

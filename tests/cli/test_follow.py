@@ -506,3 +506,25 @@ def test_a_password_in_the_url_is_never_printed():
                         httpx.Client(transport=httpx.MockTransport(down)))
         assert run_reporting(follower.run, err, lambda: "interrupted") == 3
         assert "s3cret" not in err.getvalue() and "ops:***@127.0.0.1:9" in err.getvalue()
+
+
+def test_following_a_queued_job_says_it_waits_for_a_worker():
+    """A newcomer's finding: `jobcast follow` of a queued job printed nothing until a worker
+    took it, minutes on a busy queue, with no sign of why."""
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        """A queued job's status, then its events once it has run."""
+        if request.url.path.endswith("/events"):
+            body = entry(1, "E1", "queued") + entry(2, "E1", i=0) + entry(3, "E1", "finished")
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=body.encode())
+        return httpx.Response(200, json={"task": "sqrt", "status": "queued",
+                                         "progress": {"i": 0, "n": 1}})
+
+    out, err = io.StringIO(), io.StringIO()
+    follower = Follower("a" * 32, "http://jobcast.test", Display("plain", False, out, err),
+                        client=httpx.Client(transport=httpx.MockTransport(answer)))
+    assert follower.run() == 0
+    assert err.getvalue().splitlines() == ["queued: waiting for a worker", "Done"]
+    assert out.getvalue() == "v0\n"
