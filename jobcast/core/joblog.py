@@ -104,6 +104,9 @@ VALUES_PAGE = 16
 OUTPUT_PAGE = 500
 """Entries read per step while reading a job's output."""
 
+EARLIER_PAGE = 16
+"""Entries of the first read of :meth:`JobLog.values_before`; each read after it doubles."""
+
 VALUES_BYTES = 1 << 20
 """The most bytes of values one answer of :meth:`JobLog.values_before` gathers."""
 
@@ -728,11 +731,13 @@ class JobLog:
                 yield Entry.parse(stream_field(fields))
 
     def _pages(self, start: str, end: str, count: int, *, backwards: bool = False,
-               then: int | None = None) -> Iterator[list[tuple[Any, Any]]]:
+               then: int | None = None, grow_to: int | None = None,
+               ) -> Iterator[list[tuple[Any, Any]]]:
         """The log's rows from stream id ``start`` to ``end`` (``(`` before an id leaves it
         out), oldest first (XRANGE) or, ``backwards``, newest first (XREVRANGE): the
         ``(stream id, fields)`` rows of each read of ``count`` (after the first, of ``then``
-        when given), up to the first read that comes back short.
+        when given, or twice the last, up to ``grow_to``), up to the first read that comes
+        back short.
 
         Lazy, as the loops it stands for were: a caller that stops early reads no further.
         """
@@ -748,6 +753,8 @@ class JobLog:
             start = "(" + stream_id_text(batch[-1][0])  # the next read begins past this one
             if then is not None:
                 count = then
+            elif grow_to is not None:
+                count = min(count * 2, grow_to)
 
     def read(self, after: int, count: int) -> tuple[list[Entry], Head]:
         """Up to ``count`` entries with ``seq > after``, and where the log stands (its status,
@@ -794,13 +801,16 @@ class JobLog:
 
         Fewer when the newest of them already come to ``max_bytes`` (at least one is
         returned): a value may be 64 KiB, and a page of 5,000 would be built in memory at
-        once. The caller asks again before the oldest one it got.
+        once. The caller asks again before the oldest one it got. The log is read in pages
+        that begin small and double, so a read of large values stops soon after the budget,
+        not after ``limit`` of them came from Redis.
         """
         raws: list[bytes] = []
         if before <= 1 or limit < 1:
             return raws  # nothing before the first entry, or nothing asked: no read
         size = 0
-        for batch in self._pages(f"0-{before - 1}", "-", limit, backwards=True):
+        for batch in self._pages(f"0-{before - 1}", "-", min(limit, EARLIER_PAGE),
+                                 backwards=True, grow_to=limit):
             for _id, fields in batch:
                 raw = stream_field(fields)
                 if not _VALUE_ENTRY.match(raw):

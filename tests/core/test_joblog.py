@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from jobcast.core.entry import stream_field
 from jobcast.core.epoch import LogReset
 from jobcast.core.feed import Feed, ProgressGate
 from jobcast.core.joblog import FIRST_VALUE_LOOKAHEAD, Entry, JobExists, JobLog
@@ -565,6 +566,31 @@ def test_a_log_trimmed_down_to_output_lines_says_from_its_first_entry_which_valu
     assert [e["text"] for page in jlog.output(jlog.position()[1]) for e in page][-1] == \
         str(FIRST_VALUE_LOOKAHEAD + 999)
     assert len(jlog.values_before(jlog.position()[1] + 1, 10)) == 1
+
+
+def test_earlier_values_of_large_values_read_little_more_from_redis_than_they_answer(r):
+    """A second reading's finding: the 1 MiB budget of one answer held what was answered, but
+    each read of the log still asked Redis for ``limit`` entries, so 5,000 values of 60 KB
+    came over (300 MB) to answer a few of them. Reads now begin small and double."""
+    jlog = JobLog(r, uuid.uuid4().hex)
+    jlog.create("t", {}, None)
+    jlog.started("w1", 1)
+    for i in range(120):
+        jlog.value(i, f"{i:03d}" + "x" * 60_000)
+    fetched: list[int] = []
+    xrevrange = r.xrevrange
+
+    def counted(*args, **kwargs):
+        """XREVRANGE, its reply's bytes noted."""
+        rows = xrevrange(*args, **kwargs)
+        fetched.append(sum(len(stream_field(fields)) for _id, fields in rows))
+        return rows
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(r, "xrevrange", counted)
+        got = jlog.values_before(jlog.position()[1] + 1, 5000)
+    assert 4 <= len(got) < 120 and sum(map(len, got)) <= 1 << 20
+    assert sum(fetched) <= 3 << 20, fetched  # 120 such values are 14 MB
 
 
 def feed_items(r, job_id: str) -> list[dict]:
