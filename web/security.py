@@ -381,10 +381,12 @@ def security_headers(response: Response) -> Response:
     headers["X-Content-Type-Options"] = "nosniff"
     # View links carry their signature in the URL: never send it on to another site.
     headers["Referrer-Policy"] = "no-referrer"
-    if config().read_mode == "private" and request.endpoint != "static":
+    if (config().read_mode == "private" and request.endpoint != "static"
+            and headers.get("Cache-Control", "no-cache") == "no-cache"):
         # What a private server answers was read with a credential (a session's cookie, a
-        # link): no shared cache may keep it for the next client, nor the browser on disk.
-        headers.setdefault("Cache-Control", "private, no-store")
+        # link): no shared cache may keep it for the next client, nor the browser on disk
+        # (streams, the chart and the output download say no-cache, which allows storing).
+        headers["Cache-Control"] = "private, no-store"
     return response
 
 

@@ -109,9 +109,15 @@ def test_a_private_servers_answers_are_kept_by_no_cache_and_its_static_files_are
     job.create("sqrt", {"n": 1}, 1)
     status = client.get(f"/api/jobs/{job.job_id}/link", headers=AUTH).json["urls"]["status"]
     assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
-    for url in (status, f"/api/jobs/{job.job_id}", "/api/jobs", "/", f"/jobs/{job.job_id}"):
-        r = client.get(url)
-        assert r.status_code == 200 and r.headers["Cache-Control"] == "private, no-store", url
+    for url in (status, f"/api/jobs/{job.job_id}", "/api/jobs", "/", f"/jobs/{job.job_id}",
+                f"/api/jobs/{job.job_id}/chart", f"/api/jobs/{job.job_id}/output",
+                f"/jobs/{job.job_id}/frame", f"/jobs/{job.job_id}/stream"):
+        r = client.get(url, buffered=False)
+        try:
+            assert r.status_code == 200 and r.headers["Cache-Control"] == "private, no-store", \
+                (url, r.headers.get("Cache-Control"))
+        finally:
+            r.close()
     assert "no-store" not in client.get("/static/jobcast.js").headers.get("Cache-Control", "")
     public = make_app({"JOBCAST": settings(read="public"), "TESTING": True}).test_client()
     assert "Cache-Control" not in public.get(f"/api/jobs/{job.job_id}").headers
