@@ -227,8 +227,14 @@ class EventStream:
                 self.connections += 1
                 for event in parse_sse(r.iter_lines(), self.backoff.retry):
                     if event.event == "tail":
-                        # Resume from the tail's start if the connection drops before any entry.
-                        self.last_seq = max(self.last_seq, int(event.json().get("after") or 0))
+                        # Resume from the tail's start if the connection drops before any entry:
+                        # its id names that position and its epoch (a server before ids on
+                        # tail events: its data's ``after``).
+                        if event.id is not None:
+                            seq, epoch = event.position()
+                            self.last_seq, self.epoch = max(self.last_seq, seq), epoch or self.epoch
+                        else:
+                            self.last_seq = max(self.last_seq, int(event.json().get("after") or 0))
                     elif event.event == "reset":
                         # The log is not what we followed: go on from where it says.
                         self.last_seq, self.epoch = event.position()

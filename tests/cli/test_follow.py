@@ -528,3 +528,24 @@ def test_following_a_queued_job_says_it_waits_for_a_worker():
     assert follower.run() == 0
     assert err.getvalue().splitlines() == ["queued: waiting for a worker", "Done"]
     assert out.getvalue() == "v0\n"
+
+
+def test_a_tail_cut_off_before_any_entry_resumes_at_its_position_in_its_epoch(monkeypatch):
+    """A second reading's finding: a `follow --tail` cut off right after the tail event resumed
+    with its seq only; after a failover in that window the server took it for the current
+    epoch, and the values between were skipped in silence. The tail event's id names both."""
+    import httpx
+
+    from jobcast.cli.follow import Follower
+
+    tail = {"tail": 0, "skipped": 4, "after": 6}
+    first = f"id: 6:E1\nevent: tail\ndata: {json.dumps(tail)}\n\n"
+    second = entry(7, "E1", i=4) + entry(8, "E1", "finished")
+    transport, requests = scripted_server([first, second])
+    out = io.StringIO()
+    follower = Follower("a" * 32, "http://jobcast", Display("plain", False, out, io.StringIO()),
+                        client=httpx.Client(transport=transport), tail=0)
+    monkeypatch.setattr("jobcast.cli.sse.time.sleep", lambda seconds: None)
+    assert follower.run() == 0
+    assert requests[1].headers["Last-Event-ID"] == "6:E1"
+    assert out.getvalue() == "v4\n"
