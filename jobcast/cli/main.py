@@ -363,9 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "enqueue":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in CLIENT_COMMANDS:
-        follow_running_up()
     try:
+        if args.command in CLIENT_COMMANDS:
+            follow_running_up()
         cfg = get_settings()
     except ValidationError as exc:
         for line in setting_errors(exc):

@@ -209,7 +209,9 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
                                                   ready=lambda s: server.ping(),
                                                   pass_fds=(lock,))))
         public = f"http://{host_port(host, port)}"
-        state.update(url=public, redis_url=masked_url(redis_url), redis_embedded=server is not None)
+        state.update(url=public, redis_url=masked_url(redis_url), redis_embedded=server is not None,
+                     streams=masked_url(cfg.stream_url) if cfg.stream_url else "",
+                     queue=cfg.queue_name)
         base = dict(os.environ, REDIS_URL=redis_url, JOBCAST_URL=public)
         ready = worker_ready(redis_url)
         for i in range(1, workers + 1):
@@ -383,8 +385,9 @@ def follow_running_up(environ: MutableMapping[str, str] | None = None) -> None:
     """Point a client command (``enqueue``, ``follow``, ``jobs``, ``cancel``) at the `jobcast
     up` running here, as `jobcast status` is, where the environment names no Redis
     (``REDIS_URL``) or no web server (``JOBCAST_URL``) of its own: its embedded Redis has a
-    password, and its web server the port it was given. Nothing changes without one, or when
-    its Redis URL holds a password this process cannot read.
+    password, and its web server the port it was given. Nothing changes without one, when its
+    Redis URL holds a password this process cannot read, or when its job logs
+    (``JOBCAST_STREAM_URL``) or its queue (``JOBCAST_QUEUE``) are not this process's.
     """
     environ = os.environ if environ is None else environ
     if "REDIS_URL" in environ and "JOBCAST_URL" in environ:
@@ -392,12 +395,19 @@ def follow_running_up(environ: MutableMapping[str, str] | None = None) -> None:
     state = read_state()
     if state is None:
         return
-    if "REDIS_URL" not in environ:
-        url = running_redis_url(state)
-        if ":***@" not in url:
-            environ["REDIS_URL"] = url
-    if "JOBCAST_URL" not in environ and state.get("url"):
-        environ["JOBCAST_URL"] = state["url"]
+    own = get_settings()
+    if (state.get("streams", "") != (masked_url(own.stream_url) if own.stream_url else "")
+            or state.get("queue", own.queue_name) != own.queue_name):
+        return  # its logs or its queue are not where this process would look: not its jobs
+    if "REDIS_URL" in environ:
+        if masked_url(environ["REDIS_URL"]) != state.get("redis_url"):
+            return  # another Redis: not its jobs, so not its web server either
+    elif ":***@" in (url := running_redis_url(state)):
+        return  # a password this process cannot read: neither its Redis nor its web server
+    else:
+        environ["REDIS_URL"] = url
+    if state.get("url"):
+        environ.setdefault("JOBCAST_URL", state["url"])
     get_settings.cache_clear()  # (read above, before these were set)
 
 

@@ -626,14 +626,30 @@ def test_client_commands_follow_the_running_up_unless_the_environment_names_its_
     own = {"REDIS_URL": "redis://elsewhere:6379/0", "JOBCAST_URL": "https://jobs.example"}
     follow_running_up(own)
     assert own == {"REDIS_URL": "redis://elsewhere:6379/0", "JOBCAST_URL": "https://jobs.example"}
-    # A Redis of its own whose password this process cannot read: left alone.
+    # Another Redis named here: not that `jobcast up`'s jobs, nor its web server.
+    other = {"REDIS_URL": "redis://elsewhere:6379/0"}
+    follow_running_up(other)
+    assert other == {"REDIS_URL": "redis://elsewhere:6379/0"}
+    # Its own Redis, named here, password and all: its web server too.
+    named = {"REDIS_URL": "redis://:pa%20ss@127.0.0.1:6399/0"}
+    follow_running_up(named)
+    assert named["JOBCAST_URL"] == "http://127.0.0.1:8010"
+    # Its logs elsewhere (JOBCAST_STREAM_URL) than this process would read them: left alone.
+    write_state(tmp_path / "jobcast" / "up.json",
+                {"pid": os.getpid(), "started": time.time(), "services": [],
+                 "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@127.0.0.1:6399/0",
+                 "redis_embedded": True, "streams": "redis://logs:6379/0", "queue": "jobcast"})
+    elsewhere: dict[str, str] = {}
+    follow_running_up(elsewhere)
+    assert elsewhere == {}
+    # A Redis of its own whose password this process cannot read: left alone, both of them.
     write_state(tmp_path / "jobcast" / "up.json",
                 {"pid": os.getpid(), "started": time.time(), "services": [],
                  "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@db:6379/0",
-                 "redis_embedded": False})
+                 "redis_embedded": False, "streams": "", "queue": "jobcast"})
     theirs: dict[str, str] = {}
     follow_running_up(theirs)
-    assert theirs == {"JOBCAST_URL": "http://127.0.0.1:8010"}
+    assert theirs == {}
     get_settings.cache_clear()
 
 
