@@ -613,43 +613,38 @@ def test_client_commands_follow_the_running_up_unless_the_environment_names_its_
     monkeypatch.delenv("REDIS_URL", raising=False)
     (tmp_path / "jobcast" / "redis").mkdir(parents=True)
     (tmp_path / "jobcast" / "redis" / "password").write_text("pa ss\n")
-    env: dict[str, str] = {}
-    follow_running_up(env)
-    assert env == {}, "no `jobcast up` runs here: nothing changes"
-    write_state(tmp_path / "jobcast" / "up.json",
-                {"pid": os.getpid(), "started": time.time(), "services": [],
-                 "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@127.0.0.1:6399/0",
-                 "redis_embedded": True})
-    follow_running_up(env)
-    assert env == {"REDIS_URL": "redis://:pa%20ss@127.0.0.1:6399/0",
-                   "JOBCAST_URL": "http://127.0.0.1:8010"}
+    get_settings.cache_clear()  # (another test's may be cached)
+
+    def running(**fields) -> None:
+        """A `jobcast up` running here (this process), its state as it records it."""
+        write_state(tmp_path / "jobcast" / "up.json",
+                    {"pid": os.getpid(), "started": time.time(), "services": [],
+                     "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@127.0.0.1:6399/0",
+                     "redis_embedded": True, "streams": "", "queue": "jobcast", **fields})
+
+    def followed(env: dict[str, str]) -> dict[str, str]:
+        """``env`` as follow_running_up leaves it."""
+        follow_running_up(env)
+        return env
+
+    assert followed({}) == {}, "no `jobcast up` runs here: nothing changes"
+    running()
+    assert followed({}) == {"REDIS_URL": "redis://:pa%20ss@127.0.0.1:6399/0",
+                            "JOBCAST_URL": "http://127.0.0.1:8010"}
     own = {"REDIS_URL": "redis://elsewhere:6379/0", "JOBCAST_URL": "https://jobs.example"}
-    follow_running_up(own)
-    assert own == {"REDIS_URL": "redis://elsewhere:6379/0", "JOBCAST_URL": "https://jobs.example"}
+    assert followed(dict(own)) == own
     # Another Redis named here: not that `jobcast up`'s jobs, nor its web server.
-    other = {"REDIS_URL": "redis://elsewhere:6379/0"}
-    follow_running_up(other)
-    assert other == {"REDIS_URL": "redis://elsewhere:6379/0"}
+    assert followed({"REDIS_URL": "redis://elsewhere:6379/0"}) == {
+        "REDIS_URL": "redis://elsewhere:6379/0"}
     # Its own Redis, named here, password and all: its web server too.
-    named = {"REDIS_URL": "redis://:pa%20ss@127.0.0.1:6399/0"}
-    follow_running_up(named)
+    named = followed({"REDIS_URL": "redis://:pa%20ss@127.0.0.1:6399/0"})
     assert named["JOBCAST_URL"] == "http://127.0.0.1:8010"
     # Its logs elsewhere (JOBCAST_STREAM_URL) than this process would read them: left alone.
-    write_state(tmp_path / "jobcast" / "up.json",
-                {"pid": os.getpid(), "started": time.time(), "services": [],
-                 "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@127.0.0.1:6399/0",
-                 "redis_embedded": True, "streams": "redis://logs:6379/0", "queue": "jobcast"})
-    elsewhere: dict[str, str] = {}
-    follow_running_up(elsewhere)
-    assert elsewhere == {}
+    running(streams="redis://logs:6379/0")
+    assert followed({}) == {}
     # A Redis of its own whose password this process cannot read: left alone, both of them.
-    write_state(tmp_path / "jobcast" / "up.json",
-                {"pid": os.getpid(), "started": time.time(), "services": [],
-                 "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@db:6379/0",
-                 "redis_embedded": False, "streams": "", "queue": "jobcast"})
-    theirs: dict[str, str] = {}
-    follow_running_up(theirs)
-    assert theirs == {}
+    running(redis_url="redis://:***@db:6379/0", redis_embedded=False)
+    assert followed({}) == {}
     get_settings.cache_clear()
 
 
