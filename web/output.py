@@ -27,8 +27,8 @@ DOWNLOADS = 8
 DOWNLOADS_PER_CLIENT = 2
 """Of those, one client address's at a time: a client reading each of its downloads just fast
 enough to beat the write timeout would otherwise hold every one."""
-_downloads = threading.BoundedSemaphore(DOWNLOADS)
 _by_client: Counter[str] = Counter()
+"""The downloads under way, by client address (their sum: the process's)."""
 _by_client_lock = threading.Lock()
 
 
@@ -38,7 +38,7 @@ def _take_download(client: str) -> None:
         if _by_client[client] >= DOWNLOADS_PER_CLIENT:
             raise TooManyStreams(429, f"at most {DOWNLOADS_PER_CLIENT} output downloads at once "
                                       "from one address")
-        if not _downloads.acquire(blocking=False):
+        if _by_client.total() >= DOWNLOADS:
             raise TooManyStreams(503, f"this server serves at most {DOWNLOADS} output downloads "
                                       "at once")
         _by_client[client] += 1
@@ -50,7 +50,6 @@ def _give_back(client: str) -> None:
         _by_client[client] -= 1
         if _by_client[client] <= 0:
             del _by_client[client]
-        _downloads.release()
 
 
 ATTEMPT = IntArg("attempt", "only this attempt's output (1 is the first)", low=1)

@@ -226,23 +226,20 @@ class EventStream:
                     return "dropped"
                 self.connections += 1
                 for event in parse_sse(r.iter_lines(), self.backoff.retry):
-                    if event.event == "tail":
-                        # Resume from the tail's start if the connection drops before any entry:
-                        # its id names that position and its epoch (a server before ids on
-                        # tail events: its data's ``after``).
-                        if event.id is not None:
-                            seq, epoch = event.position()
-                            self.last_seq, self.epoch = max(self.last_seq, seq), epoch or self.epoch
-                        else:
-                            self.last_seq = max(self.last_seq, int(event.json().get("after") or 0))
-                    elif event.event == "reset":
+                    if event.event == "reset":
                         # The log is not what we followed: go on from where it says.
                         self.last_seq, self.epoch = event.position()
                     elif event.id is not None:
+                        # An entry, or a tail's start (the position it begins after, so a
+                        # connection dropped before any entry resumes there): never skipped.
                         seq, epoch = event.position()
-                        if self.skip_seen and seq <= self.last_seq and epoch == self.epoch:
+                        if (event.event != "tail" and self.skip_seen and seq <= self.last_seq
+                                and epoch == self.epoch):
                             continue
                         self.last_seq, self.epoch = max(self.last_seq, seq), epoch or self.epoch
+                    elif event.event == "tail":
+                        # A server before ids on tail events: its data's ``after``.
+                        self.last_seq = max(self.last_seq, int(event.json().get("after") or 0))
                     yield event
                     if event.event in TERMINAL_KINDS:
                         return "terminal"
