@@ -74,12 +74,12 @@ def flood(lines: int = 1_000_000, every: int = 100_000) -> int:
 
 
 def long_line(size: int = 1_000_000) -> int:
-    """One line of ``size`` bytes, then an unfinished one ("end", no newline)."""
+    """One line of ``size`` bytes, a value, then an unfinished last line ("end", no newline)."""
     import sys
 
     sys.stdout.write("x" * size + "\n")
-    sys.stdout.write("end")
     emit(0)
+    sys.stdout.write("end")
     return size
 
 
@@ -98,6 +98,20 @@ def tick_then_wait() -> int:
     wait_for_go(get_current_job().id)
     emit(0)
     return 0
+
+
+def progress() -> int:
+    """Print a step's name without its newline, emit, then finish the line: what a progress
+    report does."""
+    import sys
+
+    print("step 1...", end="")
+    emit(1)
+    print(" ok")
+    sys.stderr.write("step 2...")
+    emit(2)
+    sys.stderr.write(" ok\n")
+    return 2
 
 
 def print_then_hang_once() -> int:

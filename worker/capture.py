@@ -26,7 +26,8 @@ after 200 ms (see :mod:`jobcast.worker.lines`). A flush thread sends the admitte
 100 ms, one pipelined round trip for many lines.
 
 Order: :func:`before_value` (called by ``emit()`` and the runner before each value) flushes what
-the job printed and sends it first, so a line printed before a value has a lower seq; when those
+the job printed and sends it first, an unfinished line as partial, so a line printed before a
+value has a lower seq; when those
 lines wait for a retry (Redis did not take them), it raises, and the value waits too. A value
 that ``emit()`` holds while Redis is away puts a mark in the queue (:func:`hold`): the lines
 printed after it wait behind the mark until the value is written (:func:`release`), so they
@@ -330,6 +331,13 @@ class Capture:
         if self.closed or os.getpid() != self.pid:
             return
         self.barrier()
+        with self.lock:
+            # A line printed without its newline (a progress report's "step 1...") was printed
+            # before the value: it goes now, as partial, not after the value once its 200 ms
+            # are up. The download joins a partial line to the rest of it.
+            now = self.clock()
+            for splitter in self.splitters.values():
+                self._admit(splitter.flush(now))
         self.send()
         if self.retry:
             raise RedisConnectionError(f"the output of job {self.job_id} before this value "

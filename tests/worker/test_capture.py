@@ -23,7 +23,8 @@ from jobcast.worker.hook import SimpleWorker
 from tests.support.jobs import create_job, sse_events, stream_lines
 from tests.support.services import ROOT, start_rq_worker, stop_process
 from tests.support.wait import wait_for
-from tests.rq_jobs import chatty, flood, long_line, print_then_hang_once, tick_then_wait
+from tests.rq_jobs import (chatty, flood, long_line, print_then_hang_once, progress,
+                           tick_then_wait)
 from tests.support.cancel import horse_of
 from tests.support.sse import id_seq, parse_events
 
@@ -162,6 +163,22 @@ def test_an_unfinished_line_is_sent_while_the_job_still_runs(http, redis, rq_wor
         redis.rpush(f"test:go:{job.id}", 1)
         rest = [e.event for e in events]
     assert rest == ["value", "finished"]
+
+
+def test_an_unfinished_line_printed_before_a_value_comes_before_it_and_the_download_joins_it(
+        http, redis, rq_workers):
+    """A second reading's finding: the unfinished line waited for its newline or its 200 ms,
+    and so was logged after the value that followed it."""
+    job = enqueue(redis, rq_workers, progress)
+    events = sse_events(http, job.id)
+    assert summary(events)[2:] == [
+        ("log", "stdout", None, "step 1..."), ("value", "1"), ("log", "stdout", None, " ok"),
+        ("log", "stderr", None, "step 2..."), ("value", "2"), ("log", "stderr", None, " ok"),
+        ("finished",)]
+    assert [e["data"].get("partial", False) for e in events if e["event"] == "log"] == [
+        True, False, True, False]
+    download = httpx.get(http.base_url.join(f"/api/jobs/{job.id}/output"), timeout=30)
+    assert download.text.splitlines() == ["step 1... ok", "step 2... ok"]
 
 
 def test_a_retry_after_the_horse_was_sigkilled_keeps_both_attempts_output_and_each_value_once(
