@@ -65,7 +65,7 @@ from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
 from jobcast.web.limits import client_address
-from jobcast.web.security import Forbidden, Unauthorized
+from jobcast.web.security import Forbidden, Unauthorized, granted_jobs
 from jobcast.web.services import state
 from jobcast.web.surface import SEQ, Answer, jobs_scoped, long_query, stream
 from jobcast.web.viewer import Connection, QueueSink, Viewer, ViewerState
@@ -264,11 +264,12 @@ def multi_stream():
     so ``Last-Event-ID`` resumes all of them exactly. See the module's docstring.
     """
     req = MultiRequest.parse()
-    granted = g.get("view_jobs")
-    if granted is not None:  # private mode without the token: a link per job
+    sigs = g.get("view_sigs")
+    if sigs is not None:  # private mode without the token: a link per job
         if req.list is not None:
             metrics.stream_refused("unauthorized")
             raise Unauthorized("the job list needs the token: a view link grants its job only")
+        granted = granted_jobs(state().config, sigs, req.ids)
         for job_id in req.ids:
             if job_id not in granted:
                 raise _refused(job_id)

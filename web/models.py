@@ -168,6 +168,8 @@ class Health(BaseModel):
 
 CROSS_SITE = "cross_site"
 """The 403 ``reason`` of a change from another site's page (a server without a token)."""
+BAD_TOKEN = "bad_token"
+"""The 403 ``reason`` of a bearer token that is not this server's."""
 
 
 class Error(BaseModel):
@@ -177,9 +179,9 @@ class Error(BaseModel):
     message: str
     field: str | None = Field(None, description="the offending field (400)")
     details: list[dict[str, Any]] | None = None
-    reason: Literal[(*LinkError.REASONS, CROSS_SITE)] | None = Field(  # type: ignore[valid-type]
-        None, description="why a view link, or a change from another site's page, was "
-                          "refused (403)")
+    reason: Literal[(*LinkError.REASONS, CROSS_SITE, BAD_TOKEN)] | None = Field(  # type: ignore[valid-type]
+        None, description="why a view link, a bearer token, or a change from another site's "
+                          "page was refused (403)")
     status: str | None = Field(None, description="how the job ended (409 of a cancel)")
     job: str | None = Field(None, description="the job refused (403 of a stream of several "
                             "jobs): the others may be asked for again without it")

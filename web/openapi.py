@@ -68,9 +68,9 @@ ERRORS = {
     400: error("A malformed parameter or body; `field` names it (`Host`: a server without a "
                "token answers only its own names, see JOBCAST_ALLOWED_HOSTS)"),
     401: error("The token is needed (`WWW-Authenticate: Bearer`)"),
-    403: error("A view link that does not grant this job, or a change from another site's "
-               "page on a server without a token; `reason` says why (invalid, other_job, "
-               "expired, cross_site)"),
+    403: error("A bearer token that is not this server's, a view link that does not grant "
+               "this job, or a change from another site's page on a server without a token; "
+               "`reason` says why (bad_token, invalid, other_job, expired, cross_site)"),
     404: error("No such job"),
     408: error("The body did not arrive within JOBCAST_BODY_TIMEOUT seconds"),
     409: error("The job has already ended (a second cancel included); `status` says how"),
@@ -218,6 +218,7 @@ def operation(app: Flask, rule: Rule, method: str, spec: Declaration, cfg: Setti
         codes.add(429)
     if cfg.token and 401 in codes:
         codes.add(429)  # a client over its failed authentications
+        codes.add(403)  # a bearer token that is not this server's
     if not cfg.token:
         # Open to whoever reaches it, never to another site's pages (web.security.guard): a
         # Host it does not answer, a change from another site's page.

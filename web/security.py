@@ -53,7 +53,7 @@ from jobcast.web import metrics
 from jobcast.web.errors import BadParam
 from jobcast.web.limits import ClientRate, TooManyRequests, client_address
 from jobcast.web.links import PARAM, LinkError, named_job, verify, view_sig
-from jobcast.web.models import CROSS_SITE, LoginForm
+from jobcast.web.models import BAD_TOKEN, CROSS_SITE, LoginForm
 from jobcast.web.surface import (FORM, HTML, Access, Answer, Declaration, declared, page, public,
                                  returns, undocumented)
 
@@ -157,8 +157,18 @@ def has_bearer(cfg: Settings) -> bool:
         refuse_if_throttled(cfg, "authentications")
         g.jobcast_bearer = hmac.compare_digest(given.strip().encode(), cfg.token.encode())
         if not g.jobcast_bearer:
+            g.jobcast_bad_bearer = True
             failures().take(client_address(cfg))
     return g.jobcast_bearer
+
+
+def unauthorized(what: str | None = None) -> HTTPException:
+    """What refuses a request without the credentials it needs: 401 when it sent none, 403
+    when it sent a bearer token that is not this server's (a client must tell a mistyped
+    token from a forgotten one)."""
+    if g.get("jobcast_bad_bearer"):
+        return Forbidden(BAD_TOKEN, "the bearer token is not this server's (JOBCAST_TOKEN)")
+    return Unauthorized(what)
 
 
 def has_session(cfg: Settings) -> bool:
@@ -256,7 +266,7 @@ def guard() -> Response | None:
     if cfg.read_mode == "private" and access is not Access.PUBLIC and not has_token(cfg):
         return admit_link(cfg, declaration, access)
     if access is Access.TOKEN and cfg.token and not has_bearer(cfg):
-        raise Unauthorized()
+        raise unauthorized()
     return None
 
 
@@ -268,11 +278,10 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
     """
     sig = request.args.get(PARAM)
     if access is Access.JOBS and sig:
-        # Several jobs (the multi-job stream): each link grants its own job; the view refuses
-        # any job no link grants (it alone reads the list of jobs).
-        g.view_jobs = granted_jobs(cfg, request.args.getlist(PARAM),
-                                   [spec.split(":")[0].split("~")[0]
-                                    for spec in request.args.getlist("job")])
+        # Several jobs (the multi-job stream): each link grants its own job. The view checks
+        # them (granted_jobs), once it has read the request: a request it refuses (400), or
+        # one that asks for the job list (401), is told so before any link is.
+        g.view_sigs = request.args.getlist(PARAM)
         return None
     if access is Access.JOB and sig:
         job_id = (request.view_args or {}).get("job_id")
@@ -291,21 +300,22 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
         g.view_sig, g.view_job = sig, job_id
         return None
     if declaration.stream:
-        metrics.stream_refused("unauthorized")
-    if declaration.page and request.method in ("GET", "HEAD"):
+        metrics.stream_refused("forbidden" if g.get("jobcast_bad_bearer") else "unauthorized")
+    if declaration.page and request.method in ("GET", "HEAD") and not g.get("jobcast_bad_bearer"):
         # A browser: ask for the token rather than answer JSON.
         # script_root: come back under the prefix Jobcast is mounted at (init_app), if any.
         return login_page(request.script_root + request.full_path.rstrip("?"), status=401)
     if access is Access.TOKEN:  # a change (create, cancel, a new link): the token alone
-        raise Unauthorized()
+        raise unauthorized()
     what = "this job needs the token or a signed view link" if access is Access.JOB else \
         "this server is private: reading needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
-    raise Unauthorized(what)
+    raise unauthorized(what)
 
 
 def granted_jobs(cfg: Settings, sigs: list[str], job_ids: list[str]) -> set[str]:
-    """The jobs among ``job_ids`` that the view links ``sigs`` grant; 403 with the reason for
-    a link that grants none of them (tampered, expired, or for jobs that are gone).
+    """The jobs among ``job_ids`` that the view links ``sigs`` grant; 403 with the reason and
+    the job for a link of one of them that does not grant it (tampered, expired, or its job
+    is gone). A link for a job not asked for grants nothing, and refuses nothing.
 
     Each distinct link is checked once, against the one job it names: a request repeating a
     link beside a hundred jobs costs a check per link, not one per pair (~7,000 signature
@@ -316,18 +326,18 @@ def granted_jobs(cfg: Settings, sigs: list[str], job_ids: list[str]) -> set[str]
         job_id = None
         try:
             job_id = named_job(cfg, sig)
-            if job_id not in wanted:
-                raise LinkError("other_job", "a view link grants none of these jobs")
+            if job_id not in wanted or job_id in granted:
+                continue
             verify(cfg, job_id, sig, lambda: created_at(job_id))
-        except (LinkError, UnknownJob) as exc:
-            # UnknownJob: the link's job has no log now. Not granted: the stream would open
-            # the log of a pending RQ job given that id since (LogStore.adopt), another job.
+        except LinkError as exc:  # (tampered: it names no job)
             metrics.stream_refused("forbidden")
-            # The refused job is named when the link names one of the request's jobs.
-            refused = job_id if job_id in wanted else None
-            if isinstance(exc, LinkError) and exc.reason != "other_job":
-                raise Forbidden(exc.reason, str(exc), refused) from None
-            raise Forbidden("other_job", "a view link grants none of these jobs", refused) from None
+            raise Forbidden(exc.reason, str(exc), job_id) from None
+        except UnknownJob:
+            # The link's job has no log now. Not granted: the stream would open the log of a
+            # pending RQ job given that id since (LogStore.adopt), another job.
+            metrics.stream_refused("forbidden")
+            raise Forbidden("other_job", "a view link grants none of these jobs", job_id
+                            ) from None
         granted.add(job_id)
     return granted
 
@@ -408,7 +418,8 @@ def login_page(target: str, status: int = 200, error: str = "") -> Response:
     """The token form (HTML), answering ``status``."""
     body = render_template("login.html", next=safe_next(target), error=error)
     response = Response(body, status=status, mimetype="text/html")
-    response.headers["WWW-Authenticate"] = 'Bearer realm="jobcast"'
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="jobcast"'
     return response
 
 
@@ -430,7 +441,7 @@ def login_form():
 @public
 @returns(None, 303, media=None, body=LoginForm, body_media=FORM,
          description=f"The token is right: on to `next`, with the `{SESSION_COOKIE}` cookie",
-         more={401: Answer("The form again: the token is not right", HTML),
+         more={403: Answer("The form again: the token is not right", HTML),
                429: Answer("The form again: too many wrong tokens from this address "
                            "(JOBCAST_AUTH_FAILURES); `Retry-After` says when to try again",
                            HTML, headers={"Retry-After": "seconds to wait"})})
@@ -448,7 +459,7 @@ def login():
     # Stripped as the bearer header and the settings are: a pasted token often ends in a space.
     if not cfg.token or not hmac.compare_digest(form.token.strip().encode(), cfg.token.encode()):
         failures().take(client)
-        return login_page(form.next, status=401, error="That token is not right.")
+        return login_page(form.next, status=403, error="That token is not right.")
     response = redirect(safe_next(form.next), code=303)
     response.set_cookie(SESSION_COOKIE, _sessions(cfg).dumps(_token_hash(cfg)),
                         max_age=SESSION_DAYS * 86400, path=cookie_path(), httponly=True,

@@ -131,7 +131,7 @@ def test_failed_bearer_tokens_are_throttled_per_client_with_retry_after(settings
     app = make_app({"JOBCAST": settings(auth_failures=3), "TESTING": True})
     app.extensions["jobcast"].auth_failures.clock = clock
     c = app.test_client()
-    assert [c.get("/api/jobs", headers=WRONG).status_code for _ in range(3)] == [401] * 3
+    assert [c.get("/api/jobs", headers=WRONG).status_code for _ in range(3)] == [403] * 3
     r = c.get("/api/jobs", headers=WRONG)
     assert r.status_code == 429 and r.json["error"] == "too_many_requests"
     assert r.headers["Retry-After"] == "20", "3 a minute: the next one is due in 20 s"
@@ -144,8 +144,27 @@ def test_failed_bearer_tokens_are_throttled_per_client_with_retry_after(settings
     assert c.get("/api/jobs").status_code == 401
     clock.advance(20)
     assert c.get("/api/jobs", headers=AUTH).status_code == 200
-    assert c.get("/api/jobs", headers=WRONG).status_code == 401
+    assert c.get("/api/jobs", headers=WRONG).status_code == 403
     assert c.get("/api/jobs", headers=WRONG).status_code == 429
+
+
+def test_a_wrong_bearer_token_is_a_403_that_says_so_and_a_missing_one_a_401(client, redis):
+    """A review's finding: a wrong token got the 401 of a missing one ("needs Authorization:
+    Bearer <token>"), so a client could not tell a mistyped token from a forgotten one."""
+    jlog = JobLog(redis, uuid.uuid4().hex)
+    jlog.create("sqrt", {}, 1)
+    requests = [("GET", "/api/jobs"), ("POST", "/api/jobs"), ("GET", f"/jobs/{jlog.job_id}"),
+                ("GET", f"/jobs/{jlog.job_id}/stream"), ("GET", f"/api/jobs/{jlog.job_id}"),
+                ("POST", f"/api/jobs/{jlog.job_id}/cancel"), ("GET", "/metrics")]
+    for method, path in requests:
+        wrong = client.open(path, method=method, headers=WRONG, json={"task": "sqrt"})
+        assert wrong.status_code == 403, (method, path)
+        assert (wrong.json["error"], wrong.json["reason"]) == ("forbidden", "bad_token")
+        assert "WWW-Authenticate" not in wrong.headers
+        missing = client.open(path, method=method, json={"task": "sqrt"})
+        assert missing.status_code == 401, (method, path)
+        assert missing.headers["WWW-Authenticate"] == 'Bearer realm="jobcast"'
+    assert client.get("/api/jobs", headers=AUTH).status_code == 200
 
 
 def test_a_proxys_basic_credentials_are_ignored_and_never_lock_out_a_session(settings,
@@ -166,7 +185,7 @@ def test_wrong_tokens_in_the_form_are_throttled_too(settings, make_app):
     """Finding 5: 200 wrong tokens at /login took 0.27 s, with no throttling."""
     c = make_app({"JOBCAST": settings(auth_failures=2), "TESTING": True}).test_client()
     for _ in range(2):
-        assert c.post("/login", data={"token": "guess", "next": "/"}).status_code == 401
+        assert c.post("/login", data={"token": "guess", "next": "/"}).status_code == 403
     r = c.post("/login", data={"token": TOKEN, "next": "/"})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) == 30
     assert "text/html" in r.content_type and "Too many wrong tokens" in r.text

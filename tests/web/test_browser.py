@@ -410,6 +410,37 @@ def test_start_form_asks_once_for_the_token_when_the_server_requires_one(context
         server.stop()
 
 
+def test_a_mistyped_token_in_the_dialog_is_forgotten_and_asked_for_again(context, redis_server,
+                                                                         workers, logs_dir):
+    """The server answers a wrong bearer token 403 ("bad_token"), no longer the 401 of a
+    missing one: the page must still forget the wrong token and ask again, not send it on."""
+    server = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-token-typo.log",
+                       JOBCAST_TOKEN="browser-secret", JOBCAST_READ="public").start()
+    try:
+        pg = watch(context.new_page())
+        pg.goto(server.url)
+        typed = []
+        for token in ("not-the-token", "browser-secret"):
+            pg.select_option("#task", "sqrt")
+            pg.locator("fieldset[data-task='sqrt'] input[name='n']").fill("2")
+            pg.locator("fieldset[data-task='sqrt'] input[name='interval']").fill("0.01")
+            pg.click("#start button[type=submit]")
+            dialog = pg.locator("dialog.token-dialog[open]")
+            dialog.wait_for(timeout=10000)
+            dialog.locator("input").fill(token)
+            dialog.locator("button[value=ok]").click()
+            typed.append(token)
+            if token == "not-the-token":
+                pg.wait_for_function("() => !sessionStorage.getItem('jobcast.token')",
+                                     timeout=10000)
+        pg.wait_for_url(lambda url: "/jobs/" in url, timeout=10000)
+        pg.wait_for_function(DONE, timeout=30000)
+        assert typed == ["not-the-token", "browser-secret"]
+        assert pg.errors == [] and pg.csp == []
+    finally:
+        server.stop()
+
+
 # ---- security: the policy on every page, private mode ----------------------------------------
 
 def test_the_pages_send_the_token_with_their_own_origins_creates_only(browser, web):

@@ -40,10 +40,12 @@ def auth(token=TOKEN):
 
 
 def test_creating_a_job_needs_the_bearer_token(guarded):
-    for headers in ({}, auth("wrong"), {"Authorization": TOKEN}, {"Authorization": "Basic x"}):
+    for headers in ({}, {"Authorization": TOKEN}, {"Authorization": "Basic x"}):
         r = post(guarded, headers, n=5)
         assert r.status_code == 401 and r.json()["error"] == "unauthorized"
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = post(guarded, auth("wrong"), n=5)  # a token, not this server's
+    assert r.status_code == 403 and r.json()["reason"] == "bad_token"
     assert post(guarded, auth(), n=5).status_code == 201
 
 

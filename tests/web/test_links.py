@@ -214,6 +214,29 @@ def test_a_multi_job_stream_refused_for_one_jobs_link_names_that_job_in_its_body
     redis.delete(b.keys.meta, b.keys.log)  # b's link is good, and its job gone
     r = client.get("/events", query_string={**jobs, "sig": [link_a, sign(cfg, b.job_id, created_b)]})
     assert (r.status_code, r.json["reason"], r.json["job"]) == (403, "other_job", b.job_id)
-    # A link that names none of the request's jobs, or none at all, refuses the request.
+    # A tampered link (it names no job) refuses the request.
     r = client.get("/events", query_string={"job": a.job_id, "sig": [link_a, tampered(link_a)]})
-    assert r.status_code == 403 and "job" not in r.json
+    assert r.status_code == 403 and r.json["reason"] == "invalid" and "job" not in r.json
+
+
+def test_a_multi_job_stream_reads_the_request_before_the_links_and_ignores_a_link_not_asked_for(
+        redis_server, redis, make_app):
+    """A review's finding: the links were checked before the request was read, so a request
+    with a good link answered 403 "other_job" where it asked for the job list (401) or named
+    no job or a malformed one (400); and a good link for a job the request did not ask for
+    refused the whole stream."""
+    cfg, client, a, link_a = private_job_with_link(redis_server, redis, make_app, "read")
+    b = JobLog(redis, f"other-{uuid.uuid4().hex[:8]}")
+    b.create("sqrt", {}, 1)
+    link_b = sign(cfg, b.job_id, b.info().created_at)
+    expired = sign(cfg, a.job_id, a.info().created_at, ttl=60, now=a.info().created_at - 3600)
+    r = client.get("/events", query_string={"list": "5", "sig": link_a})
+    assert r.status_code == 401, r.json
+    r = client.get("/events", query_string={"list": "5", "sig": expired})
+    assert r.status_code == 401, r.json
+    for query in ({"sig": link_a}, {"job": "a*b", "sig": link_a}):
+        r = client.get("/events", query_string=query)
+        assert (r.status_code, r.json["field"]) == (400, "job"), query
+    r = client.get("/events", query_string={"job": a.job_id, "sig": [link_a, link_b]})
+    assert r.status_code == 200 and r.mimetype == "text/event-stream"
+    r.close()

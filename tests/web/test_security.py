@@ -144,7 +144,7 @@ def test_the_link_endpoint_needs_the_token_and_mints_links_that_expire(private, 
 def test_a_browser_session_from_the_token_form_reads_but_never_creates(private):
     with httpx.Client(base_url=private.url, timeout=10) as c:
         wrong = c.post("/login", data={"token": "nope", "next": "/"})
-        assert wrong.status_code == 401 and "not right" in wrong.text
+        assert wrong.status_code == 403 and "not right" in wrong.text
         ok = c.post("/login", data={"token": TOKEN, "next": "//evil.example/"})
         assert ok.status_code == 303 and ok.headers["Location"] == "/", "next stays on this site"
         cookie = ok.headers["Set-Cookie"]

@@ -1,7 +1,7 @@
 // When the server sets JOBCAST_TOKEN, creating a job needs "Authorization: Bearer <token>".
 // This wraps fetch for POST /api/jobs (start a job) and POST /api/jobs/<id>/cancel (stop one):
-// it sends the token kept in this tab, and on a 401 asks for it once (in a dialog whose field
-// hides what is typed), keeps it, and retries. The token lives in sessionStorage: it is gone
+// it sends the token kept in this tab, and on a 401 (none) or a 403 "bad_token" (a wrong one)
+// asks for it once (in a dialog whose field hides what is typed), keeps it, and retries. The token lives in sessionStorage: it is gone
 // when the tab closes, and on "Log out". Pages need no other change.
 (function () {
   "use strict";
@@ -64,16 +64,29 @@
     return copy;
   }
 
+  // The token is missing (401) or not the server's (403 with reason "bad_token").
+  function refused(response) {
+    if (response.status === 401) { return Promise.resolve(true); }
+    if (response.status !== 403) { return Promise.resolve(false); }
+    return response.clone().json().then(function (body) {
+      return !!body && body.reason === "bad_token";
+    }, function () { return false; });
+  }
+
   window.fetch = function (input, init) {
     if (!isCreate(input, init)) { return plainFetch(input, init); }
     return plainFetch(input, withToken(init, stored())).then(function (response) {
-      if (response.status !== 401) { return response; }
-      return ask().then(function (token) {
-        if (!token) { return response; }
-        store(token);
-        return plainFetch(input, withToken(init, token)).then(function (retried) {
-          if (retried.status === 401) { store(null); }
-          return retried;
+      return refused(response).then(function (needed) {
+        if (!needed) { return response; }
+        return ask().then(function (token) {
+          if (!token) { return response; }
+          store(token);
+          return plainFetch(input, withToken(init, token)).then(function (retried) {
+            return refused(retried).then(function (wrong) {
+              if (wrong) { store(null); }
+              return retried;
+            });
+          });
         });
       });
     });
