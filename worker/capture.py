@@ -27,11 +27,11 @@ after 200 ms (see :mod:`jobcast.worker.lines`). A flush thread sends the admitte
 
 Order: :func:`before_value` (called by ``emit()`` and the runner before each value) flushes what
 the job printed and sends it first, an unfinished line as partial, so a line printed before a
-value has a lower seq; when those
-lines wait for a retry (Redis did not take them), it raises, and the value waits too. A value
-that ``emit()`` holds while Redis is away puts a mark in the queue (:func:`hold`): the lines
-printed after it wait behind the mark until the value is written (:func:`release`), so they
-never come before it. Locks are always taken ``send_lock`` then ``lock``; no thread holds
+value has a lower seq (an unfinished line goes as partial before a logging record or a line of
+the other stream, too); when those lines wait for a retry (Redis did not take them), it
+raises, and the value waits too. A value that ``emit()`` holds while Redis is away puts a
+mark in the queue (:func:`hold`): the lines printed after it wait behind the mark until the
+value is written (:func:`release`), so they never come before it. Locks are always taken ``send_lock`` then ``lock``; no thread holds
 ``lock`` across a write that can block.
 
 One job runs in a process at a time, so the active capture is module state (:func:`current`).
@@ -258,9 +258,19 @@ class Capture:
         if self.window.full(now):
             self.window.drop(splitter.skip(data, now))
         else:
-            for line in splitter.feed(data, now):
+            lines = splitter.feed(data, now)
+            if lines:
+                self._end_partials(now, but=splitter)  # printed before these lines
+            for line in lines:
                 self._admit(line)
         self._notice(now)
+
+    def _end_partials(self, now: float, but: LineSplitter | None = None) -> None:
+        """Under ``lock``: queue the unfinished lines (but ``but``'s) as partial, before a
+        line printed after them: a value, a logging record, a line of the other stream."""
+        for splitter in self.splitters.values():
+            if splitter is not but:
+                self._admit(splitter.flush(now))
 
     def expire(self, now: float) -> None:
         """Under ``lock``: send lines that waited too long for their newline as partial."""
@@ -296,10 +306,14 @@ class Capture:
         """Text that Python code wrote to ``sys.stderr`` (or, in sys mode, ``sys.stdout``).
 
         What stdout printed before a stderr line comes first: the barrier that brings it in
-        is needed only where a stderr line ends (a line is logged when it ends), so a
-        ``print(x, file=sys.stderr)`` (its text, then its newline) pays for one, not two."""
-        if stream == "stderr" and "\n" in text:
-            self.barrier()
+        is needed only where a stderr line begins (its first piece may be sent unfinished,
+        before a value or another line), so a ``print(x, file=sys.stderr)`` (its text, then
+        its newline) pays for one, not two."""
+        if stream == "stderr" and text:
+            with self.lock:
+                begins = self.splitters["stderr"].since is None
+            if begins:
+                self.barrier()
         with self.lock:
             self.ingest(stream, text.encode("utf-8", "replace"), self.clock())
 
@@ -310,6 +324,7 @@ class Capture:
         line = OutputLine("logging", body, self.clock(), cut=cut, level=record.levelname,
                           logger=record.name)
         with self.lock:
+            self._end_partials(line.ts)
             self._admit(line)
 
     # -- lines out ---------------------------------------------------------------------------
@@ -335,9 +350,7 @@ class Capture:
             # A line printed without its newline (a progress report's "step 1...") was printed
             # before the value: it goes now, as partial, not after the value once its 200 ms
             # are up. The download joins a partial line to the rest of it.
-            now = self.clock()
-            for splitter in self.splitters.values():
-                self._admit(splitter.flush(now))
+            self._end_partials(self.clock())
         self.send()
         if self.retry:
             raise RedisConnectionError(f"the output of job {self.job_id} before this value "

@@ -3,7 +3,8 @@
 Each ``log`` entry (see :mod:`jobcast.core.joblog`) becomes what the job printed:
 
 - stdout and stderr lines as they were, a ``partial`` one without its newline, so the
-  pieces of a line sent in parts join up again;
+  pieces of a line sent in parts join up again (a line of another stream, or a logging
+  record, that comes between them ends it: it is never glued onto another stream's line);
 - logging records as ``LEVEL logger: text``;
 - a line cut at the length cap ends with `` [cut: N bytes]`` (N: its whole length);
 - a rate-cap notice as its text, ``[jobcast] N lines dropped (...)``;
@@ -33,7 +34,7 @@ class OutputText:
         """Keep only ``attempt``'s lines when given; else mark where each attempt begins."""
         self.attempt = attempt
         self.shown: int | None = None   # the attempt of the last line written
-        self.open = False               # the last line written was partial (no newline yet)
+        self.open: str | None = None    # the stream of the last line written, if partial
 
     def text(self, entries: Iterable[dict]) -> str:
         """The text of ``entries``, continuing from the previous call."""
@@ -42,10 +43,13 @@ class OutputText:
             attempt = entry.get("attempt")
             if self.attempt is not None and attempt != self.attempt:
                 continue
+            stream = entry.get("stream")
             if self.attempt is None and self.shown is not None and attempt != self.shown:
                 out.append(("\n" if self.open else "") + f"── attempt {attempt} ──\n")
-                self.open = False
+                self.open = None
+            elif self.open is not None and stream != self.open:
+                out.append("\n")  # another stream's line: the partial one ends here
             self.shown = attempt
-            self.open = bool(entry.get("partial")) and entry.get("stream") != "logging"
+            self.open = stream if entry.get("partial") and stream != "logging" else None
             out.append(line_text(entry) + ("" if self.open else "\n"))
         return "".join(out)

@@ -32,3 +32,17 @@ def test_one_attempt_has_only_its_lines_and_pages_continue_each_other():
     assert out.text(ENTRIES[:4]) == "" and out.text(ENTRIES[4:]) == "again\n"
     whole = OutputText()
     assert whole.text(ENTRIES[:2]) + whole.text(ENTRIES[2:3]) == "starting\ntick tock\n"
+
+
+def test_a_partial_line_is_ended_by_another_streams_line_not_glued_onto_it():
+    """A review's finding: ``print("OUT", end=""); print("ERR", file=sys.stderr)`` downloaded
+    as ``OUTERR``, and a logging record in its place as ``OUTWARNING app: …``."""
+    out = OutputText().text([
+        entry("OUT", partial=True), entry("ERR", stream="stderr"), entry("-rest"),
+        entry("two", partial=True), entry("warned", stream="logging", level="WARNING",
+                                          logger="app"),
+        entry("same", partial=True), entry(" line"),
+        entry("err ", stream="stderr", partial=True), entry("half", partial=True),
+        entry("done", stream="stderr")])
+    assert out.splitlines() == ["OUT", "ERR", "-rest", "two", "WARNING app: warned",
+                                "same line", "err ", "half", "done"]

@@ -267,6 +267,32 @@ def test_printing_never_waits_for_a_slow_redis_and_the_lines_arrive_in_order_onc
     assert sys.stdout is not None and not isinstance(sys.stdout, sources.StreamProxy)
 
 
+def test_an_unfinished_line_goes_before_a_logging_record_or_the_other_streams_line_printed_after_it():
+    """A review's finding: ``print("A", end=""); log.warning("B")`` was logged B, then A (after
+    its 200 ms), against the order it was printed in."""
+    sent: list[tuple[str, str, bool]] = []
+
+    def sink(entries):
+        """Redis, as a list."""
+        sent.extend((body["stream"], body["text"], body.get("partial", False))
+                    for _kind, body, _ts in entries)
+        return list(range(len(entries)))
+
+    cap = capture.Capture("j", sink, rate=1000, level=logging.INFO, echo=False, attempt=1,
+                          mode="sys")
+    cap.start()
+    try:
+        print("A", end="")
+        logging.getLogger("user").warning("B")
+        print("C", end="")
+        sys.stderr.write("D\n")
+        print("E")
+    finally:
+        cap.close()
+    assert sent == [("stdout", "A", True), ("logging", "B", False), ("stdout", "C", True),
+                    ("stderr", "D", False), ("stdout", "E", False)]
+
+
 @pytest.mark.parametrize("failing", ["os.pipe", "threading.Thread.start"])
 def test_a_capture_that_cannot_start_leaves_the_job_uncaptured_and_puts_everything_back(
         monkeypatch, failing):
