@@ -233,3 +233,34 @@ def test_each_run_of_a_repeated_rq_job_reaches_its_viewers_and_a_resume_is_told_
     assert [e.seq for e in resumed[1:]] == list(range(1, 8))
     assert resumed[1].id.split(":")[1] != first[-1].id.split(":")[1]
     assert read_stream(web.url, job.id) == "".join(f"line {i}\n" for i in range(4))
+
+
+def test_redis_over_a_unix_socket_serves_the_web_and_the_workers(tmp_path, logs_dir):
+    """A review's finding: with ``REDIS_URL=unix://…`` every web request answered 500 (the
+    web's pool asked for TCP keepalive, which redis-py's Unix-socket connection refuses)."""
+    import subprocess
+
+    from jobcast.launcher.redisserver import find_redis_server
+    from tests.support.services import Workers, stop_process
+
+    sock = tmp_path / "redis.sock"
+    server = subprocess.Popen([find_redis_server(), "--port", "0", "--unixsocket", str(sock),
+                               "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    web = workers = None
+    try:
+        wait_for(sock.exists, 10, what="redis-server's socket")
+        url = f"unix://{sock}?db=0"
+        workers = Workers(url, logs_dir)
+        workers.start(1)
+        web = WebServer(url, log_path=logs_dir / "web-unix.log").start()
+        with httpx.Client(base_url=web.url, timeout=30) as c:
+            job_id = create_job(c, "sqrt", n=5, interval=0.01)
+            assert read_stream(web.url, job_id) == sqrt_lines(5)
+            assert c.get(f"/api/jobs/{job_id}").json()["status"] == "finished"
+    finally:
+        if web:
+            web.stop()
+        if workers:
+            workers.stop_all()
+        stop_process(server)
