@@ -16,7 +16,8 @@ from jobs import squares
 app = Flask(__name__)
 queue = Queue(connection=Redis.from_url(os.environ.get("REDIS_URL", "redis://localhost:6379/0")))
 # Job pages, streams and JSON API under /jobcast, for the jobs of this queue (RQ's "default"):
-# Jobcast opens and cancels only the jobs of the queues it is given (JOBCAST_QUEUES).
+# Jobcast opens and cancels only the jobs of the queues it is given (JOBCAST_QUEUES), and the
+# jobs it enqueued itself (JOBCAST_QUEUE, "jobcast").
 jobcast.init_app(app, url_prefix="/jobcast", config=Settings(queues=queue.name))
 
 

@@ -18,6 +18,7 @@ import pytest
 from jobcast.core.joblog import JobLog
 from jobcast.launcher.redisserver import free_port
 from tests.support.browser import DONE, assert_page_clean, watch
+from tests.support.wait import wait_for
 from tests.support.services import (ROOT, service_env, start_rq_worker, stop_process,
                                     wait_answers)
 
@@ -50,8 +51,9 @@ class ExampleApp:
 
 @pytest.fixture(scope="module")
 def rq_worker(redis_server, logs_dir):
-    """`rq worker -w jobcast.Worker` in examples/, on RQ's default queue."""
-    worker = start_rq_worker(redis_server.url, "default", cwd=EXAMPLES,
+    """`rq worker -w jobcast.Worker default jobcast` in examples/, as its README says: RQ's
+    default queue, and Jobcast's own (its form's jobs)."""
+    worker = start_rq_worker(redis_server.url, "default jobcast", cwd=EXAMPLES,
                              log_path=logs_dir / "example-worker.log")
     yield worker
     stop_process(worker)
@@ -97,6 +99,22 @@ def test_example_app_under_gevent_serves_a_live_page_for_a_plain_rq_job(example,
     status = httpx.get(f"{example.url}/jobcast/api/jobs/{job_id}").json()
     assert status["urls"]["stream"] == f"/jobcast/jobs/{job_id}/stream"
     assert httpx.get(example.url + status["urls"]["stream"]).text.splitlines() == [str(i * i) for i in range(20)]
+
+
+def test_example_app_runs_and_cancels_a_job_of_jobcasts_own_api(example):
+    """A review's finding: with the README's mount (``Settings(queues=queue.name)``) and its
+    worker command, a job of Jobcast's own form sat on a queue no worker read, and a cancel of
+    it answered 404."""
+    base = f"{example.url}/jobcast"
+    created = httpx.post(f"{base}/api/jobs", json={"task": "sqrt",
+                                                   "params": {"n": 400, "interval": 0.05}})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    wait_for(lambda: httpx.get(f"{base}/api/jobs/{job_id}").json()["progress"]["i"] > 0, 30,
+             what="the example's worker to run the job")
+    assert httpx.post(f"{base}/api/jobs/{job_id}/cancel").status_code == 200
+    wait_for(lambda: httpx.get(f"{base}/api/jobs/{job_id}").json()["status"] == "cancelled", 30,
+             what="the job to be cancelled")
 
 
 def test_example_app_answers_a_queued_jobs_text_stream_with_its_headers_before_any_value(

@@ -269,9 +269,10 @@ class Settings(BaseSettings):
         return parse_caps(self.param_caps)
 
     def is_jobcast_queue(self, name: str) -> bool:
-        """True for a queue whose jobs Jobcast adopts and cancels (JOBCAST_QUEUES, else
-        JOBCAST_QUEUE; ``*``: every queue)."""
-        names = {q.strip() for q in self.queues.split(",") if q.strip()} or {self.queue_name}
+        """True for a queue whose jobs Jobcast adopts and cancels: JOBCAST_QUEUE, where it
+        enqueues its own jobs (it always cancels what it started), and JOBCAST_QUEUES (``*``:
+        every queue)."""
+        names = {q.strip() for q in self.queues.split(",") if q.strip()} | {self.queue_name}
         return "*" in names or name in names
 
     def task_modules(self) -> list[str]:

@@ -157,21 +157,24 @@ class Workers:
 
 def start_rq_worker(redis_url: str, queue: str, *, cwd: Path = ROOT, log_path: Path | None = None,
                     worker_class: str = "jobcast.Worker", **env: str) -> subprocess.Popen:
-    """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue``; waits until it registers.
+    """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue`` (several: separated by
+    spaces, as on its command line; it is named after the first); waits until it registers.
     ``env`` adds environment variables (settings)."""
     from rq import Worker
 
     require_slow("an rq worker")
+    queues = queue.split()
+    name = f"rq-{queues[0]}-{os.getpid()}"
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([RQ, "worker", "--url", redis_url, "--worker-class", worker_class,
-                             "--name", f"rq-{queue}-{os.getpid()}", queue],
+                             "--name", name, *queues],
                             env=service_env(redis_url, **env), cwd=cwd, stdout=out, stderr=out)
     conn = Redis.from_url(redis_url)
 
     def registered() -> bool:
         """True once RQ lists the worker."""
         assert proc.poll() is None, f"rq worker exited early (see {log_path})"
-        return any(w.name == f"rq-{queue}-{os.getpid()}" for w in Worker.all(connection=conn))
+        return any(w.name == name for w in Worker.all(connection=conn))
 
     wait_for(registered, 20, what="rq worker to register")
     return proc

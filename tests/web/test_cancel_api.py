@@ -65,7 +65,7 @@ def test_cancel_needs_the_bearer_token_when_one_is_set(redis, redis_server, make
     log = new_job(redis)
     assert client.post(f"/api/jobs/{log.job_id}/cancel").status_code == 401
     bad = client.post(f"/api/jobs/{log.job_id}/cancel", headers={"Authorization": "Bearer nope"})
-    assert bad.status_code == 401
+    assert bad.status_code == 403 and bad.json["reason"] == "bad_token"
     assert [e.kind for e in log.entries()] == ["queued"]
     ok = client.post(f"/api/jobs/{log.job_id}/cancel", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
@@ -97,3 +97,16 @@ def test_the_jobs_of_the_queues_named_in_jobcast_queues_are_opened_and_cancelled
     assert client.get(f"/api/jobs/{job.id}").json["status"] == "queued"
     assert client.post(f"/api/jobs/{job.id}/cancel").status_code == 200
     assert job.get_status(refresh=True) == "canceled"
+
+
+def test_jobcast_cancels_the_jobs_it_started_whatever_queues_it_is_given(config, make_app, redis):
+    """A review's finding: the README's mount, ``Settings(queues="default")``, left Jobcast
+    unable to cancel the jobs its own form and ``POST /api/jobs`` put on JOBCAST_QUEUE: 404
+    "no job with id", though the job's status answered 200."""
+    cfg = config.model_copy(update={"queues": "default"})
+    client = make_app({"JOBCAST": cfg, "TESTING": True}).test_client()
+    created = client.post("/api/jobs", json={"task": "sqrt", "params": {"n": 3}})
+    assert created.status_code == 201
+    job_id = created.json["id"]
+    assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+    assert client.get(f"/api/jobs/{job_id}").json["status"] == "cancelled"
