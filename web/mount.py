@@ -37,7 +37,8 @@ def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | Non
     """Serve Jobcast's pages, its three streams and its JSON API in ``app`` under ``url_prefix``.
 
     ``config`` defaults to the environment (``REDIS_URL``, ``JOBCAST_*``); ``redis`` to a
-    bounded pool on ``config.redis_url``. Raises UnsuitableWorker when loaded by a gunicorn
+    bounded pool on ``config.redis_url`` (a client given must return bytes: ValueError for one
+    made with ``decode_responses=True``). Raises UnsuitableWorker when loaded by a gunicorn
     worker class that cannot hold streams (sync). Returns the mounted Jobcast app.
     """
     prefix = "/" + url_prefix.strip("/")
@@ -45,6 +46,11 @@ def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | Non
         raise ValueError("url_prefix must be a path below the root, such as /jobcast")
     if "jobcast" in app.extensions:
         raise RuntimeError("Jobcast is already mounted in this app")
+    if redis is not None and redis.get_connection_kwargs().get("decode_responses"):
+        # Jobcast reads bytes (values are not always text, ids are compared as bytes):
+        # refused here, not as a 500 on every request.
+        raise ValueError("init_app(redis=...) needs a client that returns bytes: create it "
+                         "without decode_responses=True")
     check_worker_class()
     jobcast_app = create_app({"JOBCAST": config, "REDIS": redis})
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {prefix: jobcast_app})

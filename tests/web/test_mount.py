@@ -78,6 +78,19 @@ def test_init_app_refuses_a_root_prefix_and_a_second_mount(config, host):
         jobcast.init_app(host, url_prefix="/again", config=config)
 
 
+def test_init_app_refuses_a_client_that_decodes_responses_by_name_not_a_500_per_request(
+        config, redis_server):
+    """A review's finding: ``init_app(app, redis=Redis(..., decode_responses=True))`` mounted,
+    then every request under the prefix answered 500 ('str' object has no attribute
+    'decode')."""
+    from redis import Redis
+
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    with pytest.raises(ValueError, match="decode_responses"):
+        jobcast.init_app(Flask("decoding"), config=config, redis=client)
+    client.close()
+
+
 def fake_worker(module: str, name: str, threads: int = 1):
     """An object whose class descends from the named gunicorn worker class (never started)."""
     import importlib
