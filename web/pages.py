@@ -139,4 +139,5 @@ def plain_page(job_id: str):
 @page()
 def framed_page(job_id: str):
     """The ``<iframe>`` variant, embedding the streamed HTML of ``/jobs/<id>/frame``."""
-    return render_template("framed.html", job=load_job(job_id).model_dump())
+    return render_template("framed.html", job=load_job(job_id).model_dump(),
+                           heartbeat=state().config.heartbeat)

@@ -25,6 +25,7 @@ import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import psutil
 import pytest
 
 from jobcast.core.joblog import JobLog
@@ -229,13 +230,16 @@ def test_a_failover_reset_drops_the_lines_printed_and_the_history_after_its_poin
         assert_page_clean(page)
 
 
-@pytest.mark.parametrize("restart", ["quick", "slower than the refresh"])
+@pytest.mark.parametrize("restart", ["quick", "slower than the refresh", "worker killed"])
 def test_the_iframe_view_comes_back_after_a_web_restart_with_every_value(context, redis,
                                                                          redis_server, logs_dir,
                                                                          restart):
     # A review's finding: the HTML stream ended with the server, and the iframe stopped for
     # good, saying nothing. Its goodbye says so and refreshes it after a moment; a refresh
     # that meets no server shows the browser's error page, which framed.js loads again.
+    # Another: a web process killed (no goodbye, no last chunk) left the iframe's document
+    # loading for ever, and no load event came; framed.js loads it again once it stops
+    # growing for two heartbeats.
     web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-resume-framed.log",
                     **PRIVATE_ENV).start()
     writer = Writer(redis, 1, interval=0.2)
@@ -245,11 +249,15 @@ def test_the_iframe_view_comes_back_after_a_web_restart_with_every_value(context
         pg.goto(f"{web.url}/jobs/{job}/framed", wait_until="domcontentloaded")  # (its iframe streams on)
         frame = pg.frame_locator("#frame")
         frame.locator("p").nth(2).wait_for(timeout=10000)
-        web.stop()
-        if restart != "quick":
-            pg.wait_for_function("() => document.getElementById('frame').contentDocument === null",
-                                 timeout=15000)  # the refresh met no server: an error page
-        web.start()
+        if restart == "worker killed":
+            [worker] = psutil.Process(web.proc.pid).children()
+            worker.kill()  # gunicorn's master starts another
+        else:
+            web.stop()
+            if restart != "quick":
+                pg.wait_for_function("() => document.getElementById('frame').contentDocument "
+                                     "=== null", timeout=15000)  # the refresh met no server
+            web.start()
         # A value written after the restart: only a new document of the stream has it (the
         # refresh the goodbye asked for, or framed.js's, should the refresh meet no server).
         frame.locator("p").nth(len(writer.written[job]) + 2).wait_for(timeout=30000)
