@@ -98,6 +98,18 @@ def test_job_page_updates_value_chart_progress_and_log_live_then_shows_done(page
     page.wait_for_function("() => document.getElementById('viewers').textContent !== '—'")
 
 
+def test_job_page_counts_its_own_watcher_soon_after_it_opens_not_at_the_next_status_round(
+        page, http, web, workers):
+    """A review's finding: the page read the job's status as it opened, before its own stream
+    was counted (each web process publishes its viewer counts every 3 s), then only every 15 s:
+    it said "Watching 0" for 15 s, and for the whole of a shorter job."""
+    job_id = create_job(http, "sqrt", n=100, interval=0.2)
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_function("() => document.getElementById('viewers').textContent === '1'",
+                           timeout=13000)  # (the 15 s round would come later)
+    http.post(f"/api/jobs/{job_id}/cancel")
+
+
 def test_job_page_shows_failed_with_its_reason(page, http, web, workers):
     job_id = create_job(http, "boom", after=3)
     page.goto(f"{web.url}/jobs/{job_id}")

@@ -68,6 +68,11 @@
   var CAP = 30000;                  // longest wait between two connection attempts (ms)
   var DEBOUNCE = 150;               // job-set changes within this many ms make one reconnect
   var STATUS_EVERY = 15000;         // how often the job's status (watchers) is read again
+  // A new watcher's status is read again this long after it joins: each web process
+  // publishes its viewer counts every 3 s (web/presence.py), so the first read, made before
+  // its own stream is open, does not count it yet ("Watching 0" for 15 s). Twice, should a
+  // busy process publish late.
+  var STATUS_AFTER_JOIN = [4000, 9000];
   var STATUS_BY_CHANGE = { queued: "queued", started: "running", retrying: "queued",
                            finished: "finished", failed: "failed", cancelled: "cancelled" };
 
@@ -226,7 +231,16 @@
         this.catchUp(J, client, after, epoch, wantsTail ? m.tail : null);
       }
     }
-    if (m.status) { this.status(J, [client]); this.statusLoop(); }
+    if (m.status) {
+      this.status(J, [client]);
+      this.statusLoop();
+      var self = this;
+      STATUS_AFTER_JOIN.forEach(function (delay) {
+        setTimeout(function () {
+          if (!J.ended && self.jobs.get(J.id) === J) { self.status(J, null); }
+        }, delay);
+      });
+    }
   };
 
   // A client joins a job others already follow: give it what it lacks from the ring, or read
