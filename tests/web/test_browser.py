@@ -291,8 +291,14 @@ def test_home_lists_jobs_live_and_starts_a_job_from_the_task_form(page, http, we
     page.click("#start button[type=submit]")
     page.wait_for_function("() => document.getElementById('form-error').textContent.includes('params.n')")
     assert n_input.get_attribute("aria-invalid") == "true"
+    # A review's finding: the message said "params.n: params.n: …", and every submit took each
+    # input's hint (its bounds) from it for good.
+    assert page.text_content("#form-error").count("params.n") == 1
+    interval = page.locator("fieldset[data-task='sqrt'] input[name='interval']")
+    assert n_input.get_attribute("aria-describedby") == "form-error p-sqrt-n-hint"
+    assert interval.get_attribute("aria-describedby") == "p-sqrt-interval-hint"
     n_input.fill("4")
-    page.locator("fieldset[data-task='sqrt'] input[name='interval']").fill("0.01")
+    interval.fill("0.01")
     page.click("#start button[type=submit]")
     page.wait_for_url(lambda url: "/jobs/" in url, timeout=10000)
     page.wait_for_function(DONE, timeout=30000)

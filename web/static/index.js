@@ -33,6 +33,12 @@
 
   var submit = form.querySelector("button[type=submit]");
 
+  // An input's own hint (its bounds), which a refusal's message joins and never replaces.
+  function hintOf(input) {
+    if (input.dataset.hint === undefined) { input.dataset.hint = input.getAttribute("aria-describedby") || ""; }
+    return input.dataset.hint;
+  }
+
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     if (submit.disabled) { return; }  // one job per click, however quick the second
@@ -42,7 +48,8 @@
     var scope = form.querySelector("fieldset.params[data-task='" + CSS.escape(select.value) + "']");
     scope.querySelectorAll("[name]").forEach(function (input) {
       input.removeAttribute("aria-invalid");
-      input.removeAttribute("aria-describedby");
+      if (hintOf(input)) { input.setAttribute("aria-describedby", hintOf(input)); }
+      else { input.removeAttribute("aria-describedby"); }
       var value = readValue(input);
       if (value !== null) { params[input.name] = value; }
     });
@@ -56,10 +63,13 @@
         submit.disabled = false;
         var field = body.field && body.field.indexOf("params.") === 0 ? body.field.slice(7) : null;
         var input = field && scope.querySelector("[name='" + CSS.escape(field) + "']");
-        error.textContent = (body.field ? body.field + ": " : "") + body.message;
+        var message = body.message || "";
+        // (The server's message may name the field already: "params.n: Input should be …".)
+        error.textContent = body.field && message.indexOf(body.field) !== 0 ? body.field + ": " + message : message;
         if (input) {
           input.setAttribute("aria-invalid", "true");
-          input.setAttribute("aria-describedby", "form-error");  // what is wrong with it
+          // What is wrong with it, then its hint.
+          input.setAttribute("aria-describedby", ("form-error " + hintOf(input)).trim());
           input.focus();
         }
       });
