@@ -429,7 +429,7 @@ def test_a_trimmed_event_mid_stream_goes_on_at_the_first_entry_kept_with_no_reco
     with played_job_page(browser, server, job, [body]) as (pg, asked):
         page = pg.evaluate("window.jobcastPage()")
         assert page["values"] == ["0", "1", "2", "7", "8"] and page["gaps"] == 0, page
-        assert "4 earlier values are no longer kept" in pg.inner_text("body")
+        assert "values #3 to #6 are no longer kept (4)" in pg.inner_text("body")
         assert stats(pg)["gaps"] == 0 and len(asked) == 1, (stats(pg), asked)
 
 

@@ -16,7 +16,9 @@ from jobcast.core.keys import meta_key
 from jobcast.core.values import encode_value
 from jobcast.producer.enqueue import enqueue
 from jobcast.worker.chart import Downsample
+from tests.support.jobs import create_job
 from tests.support.services import WebServer
+from tests.support.wait import wait_for
 from tests.support.browser import dom, model
 from tests.support.loss import retried_after_loss
 from tests.support.cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
@@ -39,6 +41,8 @@ def stop_from_the_page(page, web, job_id: str) -> None:
     page.wait_for_function("() => document.getElementById('end').textContent === 'Cancelled'", timeout=5000)
     assert page.dialogs and page.dialogs[0][0] == "confirm"
     assert not page.is_visible("#stop")
+    # A review's finding: the focus went to the page's body with the button.
+    assert page.evaluate("document.activeElement.id") == "end"
 
 
 def test_stop_button_cancels_a_queued_and_a_running_job_and_hides_itself(page, http, web, redis, lane):
@@ -159,6 +163,19 @@ def test_page_of_a_trimmed_log_says_how_many_values_are_no_longer_kept(page, red
         assert model(page)["indices"] == list(range(first, 300))
     finally:
         web.stop()
+
+
+def test_page_of_a_trimmed_log_draws_the_whole_jobs_chart_from_the_workers_snapshot(
+        page, http, web, redis, workers):
+    """A review's finding: the README says the chart covers the whole job, but a page opened
+    on a trimmed log drew only the values the log still had (300 of 1,500)."""
+    job_id = create_job(http, "sqrt", n=300, interval=0)
+    wait_for(lambda: JobLog(redis, job_id).status() == "finished", 30, what="the job to end")
+    log = JobLog(redis, job_id)
+    redis.xtrim(log.keys.log, maxlen=50, approximate=False)
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_function("() => document.getElementById('end').textContent === 'Done'")
+    page.wait_for_function("() => window.jobcastPage().chartPoints === 300", timeout=10000)
 
 
 def test_after_a_reset_the_chart_draws_the_new_values_below_its_loaded_snapshots_end(

@@ -141,7 +141,12 @@
     }
     var have = Math.max(state.lastIndex + 1, state.skipped || 0);
     var lost = t.first_value === null || t.first_value === undefined ? 0 : t.first_value - have;
-    if (lost > 0) { showNotice(numberFormat.format(lost) + " earlier values are no longer kept"); }
+    if (lost <= 0) { return; }
+    showNotice(have === 0 ? numberFormat.format(lost) + " earlier values are no longer kept" :
+               "values #" + numberFormat.format(have) + " to #" + numberFormat.format(t.first_value - 1) +
+               " are no longer kept (" + numberFormat.format(lost) + ")");
+    // The worker's chart snapshot still has them: the chart covers the whole job.
+    if (chartPending === null) { loadChart(); }
   }
 
   // The job's log was reset (a Redis failover lost entries it had): forget every entry after
@@ -243,9 +248,17 @@
     schedule();
   }
 
+  var stopPressed = false;           // the Stop button was pressed, and had the focus
   function finish() {
     state.ended = true;
+    var focused = document.activeElement;
     el.stop.hidden = true;
+    if (stopPressed && (focused === el.stop || focused === document.body || !focused)) {
+      // The focus was on the button now hidden: it goes to what says how the job ended,
+      // not to the page's body.
+      el.end.tabIndex = -1;
+      el.end.focus();
+    }
     setConnection("ended");
   }
 
@@ -568,6 +581,7 @@
 
   el.stop.addEventListener("click", function () {
     if (state.ended || !window.confirm("Stop this job? It cannot be resumed.")) { return; }
+    stopPressed = true;
     el.stop.disabled = true;
     // token.js adds the access token (asking for it once) when the server needs one.
     fetch(root.dataset.cancelUrl, { method: "POST" }).then(function (r) {
