@@ -43,6 +43,7 @@ from jobcast.web.frames import (HTML, SSE, Transport, html_head, html_notice, ht
 from jobcast.web.handover import HandoverSocket, can_take
 from jobcast.web.limits import StreamSlot, client_address
 from jobcast.web.metrics import admitted
+from jobcast.web.models import no_content
 from jobcast.web.relay import NotSubscribed, Relay
 from jobcast.web.services import State, state
 from jobcast.web.viewer import Lease, QueueSink, SocketSink, Viewer, drained_alive
@@ -440,7 +441,7 @@ def admit(req: StreamRequest) -> Response:
     if adm is None:
         abort(404, description=f"no job with id {req.job_id}")
     if adm.nothing_more:
-        return Response(status=204)
+        return no_content()
     req, headers = adm.req, adm.headers()
     if request.method == "HEAD":
         return Response(b"", mimetype=req.transport.mimetype, headers=headers)

@@ -34,6 +34,8 @@ from gevent import Timeout
 from gevent.monkey import is_module_patched
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
+from jobcast.web.handover import can_take
+
 REFUSAL = "jobcast.body_refusal"
 """The environ key of a body's refusal (an HTTPException), raised by :func:`refuse`."""
 
@@ -128,6 +130,9 @@ class BodyLimits:
                 conn.shutdown(socket.SHUT_RD)
             except OSError:
                 pass  # the client has gone already
+        taker = can_take(environ)
+        if taker is not None:
+            taker.claim()  # the 408 says Connection: close, as the connection is closed
         raise RequestTimeout(f"the request body did not arrive within {self.timeout:g} s "
                              "(JOBCAST_BODY_TIMEOUT)")
 

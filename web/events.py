@@ -65,6 +65,7 @@ from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
 from jobcast.web.limits import client_address
+from jobcast.web.models import no_content
 from jobcast.web.security import Forbidden, Unauthorized, granted_jobs
 from jobcast.web.services import state
 from jobcast.web.surface import SEQ, Answer, jobs_scoped, long_query, stream
@@ -306,7 +307,7 @@ def multi_stream():
         prelude += snapshot
     live = [v for v in viewers if not v.closed]
     if not live and request.headers.get("Last-Event-ID") and not reset_any:
-        return Response(status=204)  # nothing more will come: EventSource stops reconnecting
+        return no_content()  # nothing more will come: EventSource stops reconnecting
     if request.method == "HEAD":
         return Response(b"", mimetype=SSE.mimetype, headers=STREAM_HEADERS)
     leases, slot = reserve(st, [v.job_id for v in live], client_address(st.config))

@@ -203,6 +203,13 @@ class LoginForm(BaseModel):
     next: str = ""
 
 
+def no_content() -> Response:
+    """204, with no body and so no Content-Type (a bare Response would say text/html)."""
+    response = Response(status=204)
+    del response.headers["Content-Type"]
+    return response
+
+
 def reply(body: BaseModel, status: int = 200) -> Response:
     """``body`` as a JSON response (optional fields left unset are left out)."""
     response = jsonify(body.model_dump(exclude_unset=True))

@@ -14,6 +14,7 @@ from flask import Blueprint, render_template
 from jobcast.core.registry import all_tasks
 from jobcast.core.urls import JOB_PATHS
 from jobcast.web.admission import load_job
+from jobcast.web.models import no_content
 from jobcast.web.security import WORKER_SCRIPT
 from jobcast.web.services import state
 from jobcast.web.surface import job_scoped, page, private, public, returns
@@ -113,7 +114,7 @@ def index():
 @returns(None, 204, media=None)
 def favicon():
     """No icon: answer 204 so browsers do not log a 404 on every page."""
-    return "", 204
+    return no_content()
 
 
 @bp.get(JOB_PATHS["page"])

@@ -169,6 +169,7 @@ def test_a_request_whose_jobs_have_all_ended_where_it_resumes_gets_204(web, redi
     r = httpx.get(f"{web.url}/events?job={a.job_id}", headers={"Last-Event-ID": cursor},
                   timeout=10)
     assert r.status_code == 204
+    assert "Content-Type" not in r.headers, "no body: no media type (a review's finding)"
 
 
 def test_a_link_for_one_job_does_not_open_another_in_a_multi_job_stream(private, redis):

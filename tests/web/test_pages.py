@@ -94,4 +94,5 @@ def test_age_text_is_short_and_human():
 
 
 def test_favicon_answers_no_content(client):
-    assert client.get("/favicon.ico").status_code == 204
+    r = client.get("/favicon.ico")
+    assert r.status_code == 204 and "Content-Type" not in r.headers

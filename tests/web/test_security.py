@@ -274,6 +274,8 @@ def test_a_body_that_never_arrives_is_cut_at_the_deadline_and_its_connection_clo
     took = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
     assert b'"error":"request_timeout"' in answer.replace(b" ", b"")
+    # A review's finding: the answer said "Connection: keep-alive" over a connection closed.
+    assert b"\r\nconnection: close\r\n" in answer.lower(), answer[:300]
     assert 1 <= took < 5, f"cut after {took:.1f} s (JOBCAST_BODY_TIMEOUT=1)"
     assert httpx.get(f"{private.url}/healthz").status_code == 200
 
