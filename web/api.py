@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -37,6 +38,19 @@ TTL = IntArg("ttl", "seconds until the link expires; omit or 0 for none", high=M
 EMPTY_CHART = Chart(span=1, upto=-1, points=0, min=[], max=[], first=[], last=[]).model_dump_json()
 
 
+def _not_json() -> str:
+    """Why the request's body could not be read as JSON (asked only once it could not)."""
+    if request.is_json:
+        try:
+            json.loads(request.get_data())
+        except json.JSONDecodeError as exc:
+            return f"body is not valid JSON: {exc}"
+        except (ValueError, RecursionError) as exc:
+            if "digits" in str(exc):  # Python's limit on an integer's digits (4,300)
+                return "a number in the body has too many digits"
+    return "body must be a JSON object (Content-Type: application/json)"
+
+
 def job_request() -> JobRequest:
     """The request's body as a JobRequest, or a 400 naming the wrong field.
 
@@ -50,7 +64,7 @@ def job_request() -> JobRequest:
         # "[[[[…" a thousand deep: the parser gives up before it finds the body malformed.
         raise BadParam("body", "body is nested too deeply") from None
     if body is None:
-        raise BadParam("body", "body must be a JSON object (Content-Type: application/json)")
+        raise BadParam("body", _not_json())
     try:
         return JobRequest.model_validate(body)
     except ValidationError as exc:

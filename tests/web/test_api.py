@@ -51,6 +51,16 @@ def test_bad_job_requests_get_400_naming_the_field(client, body, field):
     assert r.is_json and r.json["field"] == field and r.json["message"]
 
 
+def test_a_body_that_is_no_valid_json_is_told_why(client):
+    """A review's finding: a JSON object holding a 5,000-digit integer was refused as "body
+    must be a JSON object", which it was."""
+    r = post_job(client, '{"task": "sqrt", "params": {"n": ' + "9" * 5000 + "}}")
+    assert r.status_code == 400 and r.json["field"] == "body"
+    assert r.json["message"] == "a number in the body has too many digits"
+    r = post_job(client, '{"task": "sqrt", "params": ')
+    assert r.status_code == 400 and r.json["message"].startswith("body is not valid JSON: ")
+
+
 def test_nan_in_json_is_rejected(client):
     r = post_job(client, '{"task": "sqrt", "params": {"interval": NaN}}')
     assert r.status_code == 400 and r.json["field"] == "params.interval"
