@@ -64,6 +64,16 @@ def html(description: str) -> dict[str, Any]:
     return {"description": description, "content": {HTML: {"schema": {"type": "string"}}}}
 
 
+def too_long(limit: int) -> dict[str, Any]:
+    """The 414 of a view that reads query strings up to ``limit`` bytes."""
+    return {"description": f"The query string is over {limit} bytes (JSON), or the request "
+                           "line over gunicorn's limit_request_line, 8190 bytes (gunicorn's "
+                           "own HTML answer)",
+            "content": {**error("")["content"], HTML: {"schema": {"type": "string"}}}}
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again",
+                               "schema": {"type": "integer"}}}
 ERRORS = {
     400: error("A malformed parameter or body; `field` names it (`Host`: a server without a "
                "token answers only its own names, see JOBCAST_ALLOWED_HOSTS)"),
@@ -75,17 +85,14 @@ ERRORS = {
     408: error("The body did not arrive within JOBCAST_BODY_TIMEOUT seconds"),
     409: error("The job has already ended (a second cancel included); `status` says how"),
     413: error("The body is over JOBCAST_MAX_BODY bytes (a chunked one too)"),
-    414: {"description": f"The query string is over {MAX_QUERY} bytes (JSON), or the request "
-                         "line over gunicorn's limit_request_line, 8190 bytes (gunicorn's own "
-                         "HTML answer)",
-          "content": {**error("")["content"], HTML: {"schema": {"type": "string"}}}},
-    429: error("This client is over one of its limits: concurrent streams, failed "
-               "authentications (JOBCAST_AUTH_FAILURES) or jobs created; `Retry-After` says "
-               "when to try again"),
+    414: too_long(MAX_QUERY),
+    429: {**error("This client is over one of its limits: concurrent streams, failed "
+                  "authentications (JOBCAST_AUTH_FAILURES) or jobs created; `Retry-After` says "
+                  "when to try again"), "headers": RETRY_AFTER},
     431: html("A header over gunicorn's limit_request_field_size (8190 bytes), or over "
               "limit_request_fields (100) headers: gunicorn's own answer"),
-    503: error("Redis is unreachable, or this process holds its maximum of streams "
-               "(`Retry-After`)"),
+    503: {**error("Redis is unreachable, or this process holds its maximum of streams "
+                  "(`Retry-After`)"), "headers": RETRY_AFTER},
 }
 # Any operation may answer these (any request may carry a body: late, or over the limit).
 ALWAYS = (408, 413, 414, 431, 503)
@@ -162,8 +169,9 @@ def operation_id(view: Callable[..., Any]) -> str:
 def response(answer: Answer, summary: str, app: Flask, components: Components) -> dict[str, Any]:
     """One declared answer as an OpenAPI response object."""
     model = answer.model
-    out: dict[str, Any] = {"description": answer.description
-                           or (model and " ".join((model.__doc__ or "").split())) or summary}
+    # (A stream's model is one of its events: the stream itself is what the view says.)
+    described = model and answer.media == JSON and " ".join((model.__doc__ or "").split())
+    out: dict[str, Any] = {"description": answer.description or described or summary}
     if answer.media:
         if model:
             # A JSON body is what the model dumps; a stream's events are text a client parses
@@ -226,6 +234,8 @@ def operation(app: Flask, rule: Rule, method: str, spec: Declaration, cfg: Setti
         if method not in ("GET", "HEAD", "OPTIONS"):
             codes.add(403)
     responses = {str(code): ERRORS[code] for code in sorted(codes.union(ALWAYS))}
+    if spec.max_query:
+        responses["414"] = too_long(spec.max_query)
     if spec.page and 401 in codes:
         responses["401"] = html("The token form (no token, session or view link)")
     for status, answer in spec.answers.items():

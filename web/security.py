@@ -423,6 +423,15 @@ def login_page(target: str, status: int = 200, error: str = "") -> Response:
     return response
 
 
+def see_other(location: str) -> Response:
+    """303 to ``location``, with no body (a redirect's HTML body is for no one: the document
+    says it has none)."""
+    response = redirect(location, code=303)
+    response.set_data(b"")
+    del response.headers["Content-Type"]
+    return response
+
+
 def cookie_path() -> str:
     """The session cookie's path: where Jobcast is mounted (init_app's prefix), else the root,
     so the host app's other pages never receive it."""
@@ -460,7 +469,7 @@ def login():
     if not cfg.token or not hmac.compare_digest(form.token.strip().encode(), cfg.token.encode()):
         failures().take(client)
         return login_page(form.next, status=403, error="That token is not right.")
-    response = redirect(safe_next(form.next), code=303)
+    response = see_other(safe_next(form.next))
     response.set_cookie(SESSION_COOKIE, _sessions(cfg).dumps(_token_hash(cfg)),
                         max_age=SESSION_DAYS * 86400, path=cookie_path(), httponly=True,
                         samesite="Strict", secure=request.is_secure)
@@ -479,7 +488,7 @@ def logout():
     """
     if cross_site():
         raise Refused("logging out is only possible from this site's pages")
-    response = redirect(url_for("security.login_form"), code=303)
+    response = see_other(url_for("security.login_form"))
     response.delete_cookie(SESSION_COOKIE, path=cookie_path(), httponly=True, samesite="Strict",
                            secure=request.is_secure)
     return response

@@ -13,16 +13,15 @@ from jobcast.core.urls import JOB_PATHS
 from jobcast.web.admission import StreamRequest, admit
 from jobcast.web.frames import HTML, SSE, TEXT
 from jobcast.web.models import SseEvent
-from jobcast.web.surface import (AFTER, EPOCH, LAST_EVENT_ID, START, TAIL, Answer, frameable,
-                                 job_scoped,
-                                 stream)
+from jobcast.web.surface import (AFTER, EPOCH, EPOCH_HEADERS, LAST_EVENT_ID, START, TAIL,
+                                 VALUE_HEADERS, Answer, frameable, job_scoped, stream)
 
 bp = Blueprint("stream", __name__)
 
 
 @bp.route(JOB_PATHS["stream"], methods=["GET", "HEAD"])
 @job_scoped
-@stream(TEXT, START, EPOCH, TAIL, AFTER, LAST_EVENT_ID)
+@stream(TEXT, START, EPOCH, TAIL, AFTER, LAST_EVENT_ID, headers=VALUE_HEADERS)
 def text_stream(job_id: str):
     """``text/plain``: one ``"{}\\n".format(value)`` line per value; ends with the job.
 
@@ -36,7 +35,7 @@ def text_stream(job_id: str):
 
 @bp.route(JOB_PATHS["events"], methods=["GET", "HEAD"])
 @job_scoped
-@stream(SSE, AFTER, TAIL, LAST_EVENT_ID, model=SseEvent, more={
+@stream(SSE, AFTER, TAIL, LAST_EVENT_ID, model=SseEvent, headers=EPOCH_HEADERS, more={
     204: Answer("The job has ended and nothing is left after the given seq", media=None)})
 def sse_stream(job_id: str):
     """Server-sent events: ``id:`` is the entry's ``<seq>:<epoch>``, the event type its kind.
@@ -51,7 +50,7 @@ def sse_stream(job_id: str):
 @bp.route(JOB_PATHS["frame"], methods=["GET", "HEAD"])
 @job_scoped
 @frameable
-@stream(HTML, START, EPOCH, TAIL, AFTER, LAST_EVENT_ID)
+@stream(HTML, START, EPOCH, TAIL, AFTER, LAST_EVENT_ID, headers=VALUE_HEADERS)
 def html_stream(job_id: str):
     """Streamed HTML for an ``<iframe>``: a stylesheet first, then ``<p>i: value</p>`` each.
 

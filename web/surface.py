@@ -195,12 +195,28 @@ def page(*args: Arg) -> Callable[[V], V]:
 
 
 def stream(transport: Transport, *args: Arg, model: type[BaseModel] | None = None,
-           more: Mapping[int, Answer] | None = None,
-           errors: Sequence[int] = ()) -> Callable[[V], V]:
+           more: Mapping[int, Answer] | None = None, errors: Sequence[int] = (),
+           headers: Mapping[str, str] | None = None) -> Callable[[V], V]:
     """Declare a stream of ``transport`` (``model``: each event's schema; ``errors``: JSON
-    errors beyond those its route and access imply)."""
-    documented = returns(model, media=transport.mimetype, args=args, more=more, errors=errors)
+    errors beyond those its route and access imply; ``headers``: what its answer may carry)."""
+    documented = returns(model, media=transport.mimetype, args=args, more=more, errors=errors,
+                         headers=headers)
     return lambda view: declare(documented(view), stream=True)
+
+
+# The headers a single job's stream may answer with (jobcast.web.admission: Admission.headers).
+EPOCH_HEADERS = {
+    "Jobcast-Epoch": "the incarnation of the job's log this stream reads: resume with "
+                     "?start=K&epoch=E (text, HTML) or an id's <seq>:<epoch>",
+    "Jobcast-Reset": "epoch=E; after=S; values=V; reason=R: the position asked for is not in "
+                     "the log as it is (a failover lost entries, or a new run), and where the "
+                     "stream goes on instead"}
+VALUE_HEADERS = {
+    **EPOCH_HEADERS,
+    "Jobcast-First-Value": "the index of the first value sent, when it is not the one asked "
+                           "for (a tail, or a trimmed log)",
+    "Jobcast-Values-Lost": "how many values between the one asked for and the first sent the "
+                           "log no longer keeps"}
 
 
 # The stream parameters, as jobcast.web.admission.StreamRequest.parse reads them.

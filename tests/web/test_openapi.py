@@ -192,3 +192,29 @@ def test_the_documents_patterns_take_only_what_the_server_takes(make_app, config
     for seq in (MAX_SEQ + 1, 10 ** 16 - 1):
         assert not after.match(str(seq)) and not job.match(f"abc:{seq}")
     assert after.match(str(10 ** 15 - 1)) and job.match(f"abc:{10 ** 15 - 1}~Ep0ch")
+
+
+def test_the_document_says_what_the_answers_carry_as_the_server_sends_it(make_app, config):
+    """A review's findings: ``/events`` documented the 2,048-byte query limit (it reads 8,000),
+    the single job's SSE stream was described as "one event of /events", the streams' own
+    headers and ``Retry-After`` were prose only, and the 303s said "no body" over werkzeug's
+    HTML one."""
+    from jobcast.web.openapi import document
+
+    app = make_app({"JOBCAST": config.model_copy(update={"token": "t" * 32})})
+    with app.app_context():
+        doc = document(app, app.extensions["jobcast"].config)
+    paths = doc["paths"]
+    assert "8000 bytes" in paths["/events"]["get"]["responses"]["414"]["description"]
+    assert "2048 bytes" in paths["/api/jobs"]["get"]["responses"]["414"]["description"]
+    single = paths["/jobs/{job_id}/events"]["get"]["responses"]["200"]
+    assert "/events" not in single["description"]
+    assert set(single["headers"]) == {"Jobcast-Epoch", "Jobcast-Reset"}
+    for path in ("/jobs/{job_id}/stream", "/jobs/{job_id}/frame"):
+        assert set(paths[path]["get"]["responses"]["200"]["headers"]) == {
+            "Jobcast-Epoch", "Jobcast-Reset", "Jobcast-First-Value", "Jobcast-Values-Lost"}
+    for status in ("429", "503"):
+        assert "Retry-After" in paths["/jobs/{job_id}/stream"]["get"]["responses"][status]["headers"]
+    client = app.test_client()
+    for r in (client.post("/logout"), client.post("/login", data={"token": "t" * 32, "next": "/"})):
+        assert r.status_code == 303 and r.get_data() == b"" and "Content-Type" not in r.headers
