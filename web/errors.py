@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, current_app, render_template, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
@@ -26,12 +26,29 @@ class BadParam(HTTPException):
         self.details = details
 
 
+def wants_page() -> bool:
+    """The request is a browser's for one of the pages (a view declared a page, asked for
+    with an Accept header that prefers HTML)."""
+    from jobcast.web.surface import declared  # (the surface's declarations import this module)
+
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    if view is None or not declared(view).page:
+        return False
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
 def register(app: Flask) -> None:
     """Install the JSON error handlers on ``app``."""
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        """Render any HTTP error as JSON, keeping its status and headers."""
+        """Render any HTTP error as JSON, keeping its status and headers (a browser asking
+        for a page gets it as a page)."""
+        if exc.code in (400, 404) and wants_page():
+            # A mistyped or expired link to a job's page: said in HTML, not as raw JSON.
+            title = "No such job" if exc.code == 404 else "Not a job's address"
+            return render_template("error.html", title=title,
+                                   message=exc.description or ""), exc.code
         extra = {}
         if isinstance(exc, BadParam):
             extra["field"] = exc.field

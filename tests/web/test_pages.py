@@ -4,6 +4,7 @@ built from the task schemas, and assets that are all local (no CDN)."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 
@@ -96,3 +97,19 @@ def test_age_text_is_short_and_human():
 def test_favicon_answers_no_content(client):
     r = client.get("/favicon.ico")
     assert r.status_code == 204 and "Content-Type" not in r.headers
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/jobs/{unknown}", 404), ("/jobs/{unknown}/plain", 404), ("/jobs/{unknown}/framed", 404),
+    ("/jobs/%3Cimg%20src=x%3E", 400)])
+def test_a_browser_asking_for_a_page_of_no_job_gets_a_page_saying_so(client, path, status):
+    """A review's finding: a mistyped or expired link to a job's page showed raw JSON."""
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    r = client.get(path.format(unknown=uuid.uuid4().hex), headers=browser)
+    assert r.status_code == status and r.mimetype == "text/html"
+    assert ("No such job" if status == 404 else "Not a job") in r.get_data(as_text=True)
+    assert "<img" not in r.get_data(as_text=True)
+    # An API client (JSON, or any type) still gets the JSON error.
+    for accept in ("application/json", "*/*"):
+        api = client.get(path.format(unknown=uuid.uuid4().hex), headers={"Accept": accept})
+        assert api.status_code == status and api.is_json and api.json["error"]
