@@ -1,6 +1,6 @@
 """An existing Flask app with Jobcast mounted: enqueue an RQ job, then watch it live.
 
-Run (from this folder):  gunicorn -k gevent app:app   and   rq worker -w jobcast.Worker
+Run (from this folder):  gunicorn -k gevent app:app   and   rq worker -w jobcast.Worker default jobcast
 """
 
 import os
