@@ -44,8 +44,8 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
     ``redis`` holds RQ's queue, ``streams`` the job's log (by default the same Redis).
 
     Returns the seq of the ``cancelled`` entry. Raises UnknownJob (also for a job of a queue
-    other than Jobcast's, JOBCAST_QUEUES: another application's jobs are not Jobcast's to
-    stop), or AlreadyEnded when the job had finished, failed or been cancelled before, with no
+    other than Jobcast's, JOBCAST_QUEUE and JOBCAST_QUEUES: another application's jobs are
+    not Jobcast's to stop), or AlreadyEnded when the job had finished, failed or been cancelled before, with no
     next run waiting in RQ (a Repeat's, a requeue's: that run is cancelled instead).
     """
     cfg = config or get_settings()

@@ -43,11 +43,12 @@ def _not_json() -> str:
     if request.is_json:
         try:
             json.loads(request.get_data())
-        except json.JSONDecodeError as exc:
+        except RecursionError:
+            return "body is nested too deeply"
+        except ValueError as exc:  # (malformed, not UTF-8, or a number too long to convert)
+            if "digits" in str(exc) and not isinstance(exc, json.JSONDecodeError):
+                return "a number in the body has too many digits"  # (Python's limit: 4,300)
             return f"body is not valid JSON: {exc}"
-        except (ValueError, RecursionError) as exc:
-            if "digits" in str(exc):  # Python's limit on an integer's digits (4,300)
-                return "a number in the body has too many digits"
     return "body must be a JSON object (Content-Type: application/json)"
 
 

@@ -44,7 +44,8 @@ def register(app: Flask) -> None:
     def http_error(exc: HTTPException):
         """Render any HTTP error as JSON, keeping its status and headers (a browser asking
         for a page gets it as a page)."""
-        if exc.code in (400, 404) and wants_page():
+        no_job = exc.code == 404 or (isinstance(exc, BadParam) and exc.field == "job_id")
+        if no_job and wants_page():
             # A mistyped or expired link to a job's page: said in HTML, not as raw JSON.
             title = "No such job" if exc.code == 404 else "Not a job's address"
             return render_template("error.html", title=title,

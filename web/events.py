@@ -66,7 +66,7 @@ from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
 from jobcast.web.limits import client_address
 from jobcast.web.models import no_content
-from jobcast.web.security import Forbidden, Unauthorized, granted_jobs
+from jobcast.web.security import Forbidden, granted_jobs, unauthorized
 from jobcast.web.services import state
 from jobcast.web.surface import SEQ, Answer, jobs_scoped, long_query, stream
 from jobcast.web.viewer import Connection, QueueSink, Viewer, ViewerState
@@ -268,8 +268,10 @@ def multi_stream():
     sigs = g.get("view_sigs")
     if sigs is not None:  # private mode without the token: a link per job
         if req.list is not None:
-            metrics.stream_refused("unauthorized")
-            raise Unauthorized("the job list needs the token: a view link grants its job only")
+            refusal = unauthorized("the job list needs the token: a view link grants its job "
+                                   "only")
+            metrics.stream_refused("forbidden" if refusal.code == 403 else "unauthorized")
+            raise refusal
         granted = granted_jobs(state().config, sigs, req.ids)
         for job_id in req.ids:
             if job_id not in granted:

@@ -109,10 +109,11 @@ class HandoverSocket:
         return b"\r\ntransfer-encoding: chunked\r\n" in self._headers.lower()
 
     def claim(self) -> None:
-        """Announce, before the headers go out, that this response will take the connection.
+        """Announce, before the headers go out, that this response ends the connection.
 
         gunicorn then sends ``Connection: close``: the relay closes the connection when the
-        stream ends, so no client may count on reusing it for another request.
+        stream ends (and a 408 closes it at once), so no client may count on reusing it for
+        another request.
         """
         if self.response is not None and not self.headers_sent:
             self.response.force_close()

@@ -179,7 +179,8 @@ class Error(BaseModel):
     message: str
     field: str | None = Field(None, description="the offending field (400)")
     details: list[dict[str, Any]] | None = None
-    reason: Literal[(*LinkError.REASONS, CROSS_SITE, BAD_TOKEN)] | None = Field(  # type: ignore[valid-type]
+    reason: Literal[  # type: ignore[valid-type]
+        (*LinkError.REASONS, CROSS_SITE, BAD_TOKEN)] | None = Field(
         None, description="why a view link, a bearer token, or a change from another site's "
                           "page was refused (403)")
     status: str | None = Field(None, description="how the job ended (409 of a cancel)")

@@ -93,9 +93,10 @@ class Unauthorized(HTTPException):
 
 
 class Forbidden(HTTPException):
-    """403 for a view link that does not grant this job, with a machine-readable reason, and
-    the job refused when the request named several (a stream of many jobs goes on without
-    it: its client must not have to read that from the message)."""
+    """403 with a machine-readable reason: a view link that does not grant this job, or a
+    bearer token that is not this server's (``bad_token``); and the job refused when the
+    request named several (a stream of many jobs goes on without it: its client must not
+    have to read that from the message)."""
 
     code = 403
 

@@ -146,7 +146,9 @@ def job_scoped(view: V) -> V:
 
 
 def jobs_scoped(view: V) -> V:
-    """A view of the jobs named by ``?job=``: the token, or a signed view link for each."""
+    """A view of the jobs named by ``?job=``: the token, or a signed view link for each. The
+    guard only keeps the links (``g.view_sigs``): the view checks them against the jobs it
+    reads (:func:`jobcast.web.security.granted_jobs`)."""
     return declare(view, access=Access.JOBS)
 
 

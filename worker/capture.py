@@ -26,13 +26,14 @@ after 200 ms (see :mod:`jobcast.worker.lines`). A flush thread sends the admitte
 100 ms, one pipelined round trip for many lines.
 
 Order: :func:`before_value` (called by ``emit()`` and the runner before each value) flushes what
-the job printed and sends it first, an unfinished line as partial, so a line printed before a
-value has a lower seq (an unfinished line goes as partial before a logging record or a line of
-the other stream, too); when those lines wait for a retry (Redis did not take them), it
-raises, and the value waits too. A value that ``emit()`` holds while Redis is away puts a
-mark in the queue (:func:`hold`): the lines printed after it wait behind the mark until the
-value is written (:func:`release`), so they never come before it. Locks are always taken ``send_lock`` then ``lock``; no thread holds
-``lock`` across a write that can block.
+the job printed and sends it first, an unfinished line as partial (at most one a stream per
+200 ms), so a line printed before a value has a lower seq; an unfinished line goes as partial
+before a logging record or a line of the other stream, too. When those lines wait for a retry
+(Redis did not take them), it raises, and the value waits too. A value that ``emit()`` holds
+while Redis is away puts a mark in the queue (:func:`hold`): the lines printed after it wait
+behind the mark until the value is written (:func:`release`), so they never come before it.
+Locks are always taken ``send_lock`` then ``lock``; no thread holds ``lock`` across a write
+that can block.
 
 One job runs in a process at a time, so the active capture is module state (:func:`current`).
 
@@ -265,12 +266,15 @@ class Capture:
                 self._admit(line)
         self._notice(now)
 
-    def _end_partials(self, now: float, but: LineSplitter | None = None) -> None:
-        """Under ``lock``: queue the unfinished lines (but ``but``'s) as partial, before a
-        line printed after them: a value, a logging record, a line of the other stream."""
+    def _end_partials(self, now: float, but: LineSplitter | None = None,
+                      value: bool = False) -> None:
+        """Under ``lock``: queue the unfinished lines (but ``but``'s) as partial, before what
+        was printed after them: a logging record, a line of the other stream, or (``value``)
+        a value. Before a value, at most one a stream per PARTIAL_AFTER
+        (:meth:`LineSplitter.cut`): values may come thousands a second, lines are capped."""
         for splitter in self.splitters.values():
             if splitter is not but:
-                self._admit(splitter.flush(now))
+                self._admit(splitter.cut(now) if value else splitter.flush(now))
 
     def expire(self, now: float) -> None:
         """Under ``lock``: send lines that waited too long for their newline as partial."""
@@ -305,10 +309,11 @@ class Capture:
     def write(self, stream: str, text: str) -> None:
         """Text that Python code wrote to ``sys.stderr`` (or, in sys mode, ``sys.stdout``).
 
-        What stdout printed before a stderr line comes first: the barrier that brings it in
-        is needed only where a stderr line begins (its first piece may be sent unfinished,
+        What stdout printed before a stderr line began comes first: the barrier that brings
+        it in is taken where a stderr line begins (its first piece may be sent unfinished,
         before a value or another line), so a ``print(x, file=sys.stderr)`` (its text, then
-        its newline) pays for one, not two."""
+        its newline) pays for one, not two. (In fd mode, stdout that Python buffered while a
+        stderr line was written in pieces comes after that line.)"""
         if stream == "stderr" and text:
             with self.lock:
                 begins = self.splitters["stderr"].since is None
@@ -350,7 +355,7 @@ class Capture:
             # A line printed without its newline (a progress report's "step 1...") was printed
             # before the value: it goes now, as partial, not after the value once its 200 ms
             # are up. The download joins a partial line to the rest of it.
-            self._end_partials(self.clock())
+            self._end_partials(self.clock(), value=True)
         self.send()
         if self.retry:
             raise RedisConnectionError(f"the output of job {self.job_id} before this value "

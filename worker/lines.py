@@ -96,6 +96,7 @@ class LineSplitter:
         self.head = bytearray()         # the pending line's first `limit` bytes
         self.size = 0                   # the pending line's length so far
         self.since: float | None = None  # when its first byte came
+        self.cut_at = float("-inf")     # when cut() last sent a pending line early
 
     def feed(self, data: bytes, now: float) -> list[OutputLine]:
         """The lines that ``data`` completes; its unfinished end stays pending."""
@@ -128,6 +129,16 @@ class LineSplitter:
     def deadline(self) -> float | None:
         """When the pending line will be sent unfinished, or None when nothing is pending."""
         return None if self.since is None else self.since + self.partial_after
+
+    def cut(self, now: float) -> OutputLine | None:
+        """The pending line as a partial one, sent early because a value printed after it is
+        about to be logged; None when nothing is pending, or when a line was cut less than
+        ``partial_after`` ago: a job printing a dot before each of a thousand values a second
+        makes a partial line every ``partial_after``, not a thousand."""
+        if self.since is None or now < self.cut_at + self.partial_after:
+            return None
+        self.cut_at = now
+        return self._take(now, partial=True)
 
     def flush(self, now: float) -> OutputLine | None:
         """The pending line as a partial one (the job has ended), or None."""

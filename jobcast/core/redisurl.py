@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from redis.connection import parse_url
+from redis.connection import parse_url, to_bool
 
 SENTINEL_SCHEME = "redis+sentinel://"
 SENTINEL_PORT = 26379
@@ -108,9 +108,13 @@ def check_redis_url(url: str) -> str:
         parse_sentinel_url(url)
         return url
     try:
-        parse_url(url)  # redis-py's own reading, as it connects (nothing is sent)
+        options = parse_url(url)  # redis-py's own reading, as it connects (nothing is sent)
     except (ValueError, TypeError):
         raise BadRedisUrl("not a URL redis-py can use: redis://[[user]:password@]host[:port]"
                           "[/db], rediss://… or unix://…/path.sock, with / ? # @ : % in a "
                           "password percent-encoded") from None
+    if to_bool(options.get("decode_responses")):
+        # Every reader of the logs and the queue takes bytes: each request would fail.
+        raise BadRedisUrl("decode_responses in a Redis URL is not supported: Jobcast reads "
+                          "bytes (remove it from the URL)")
     return url

@@ -79,8 +79,8 @@ class Settings(BaseSettings):
                           pattern=r"^\S(.*\S)?$")
     queues: str = env("JOBCAST_QUEUES", "",
                       "RQ queues whose jobs Jobcast may adopt (open the log of a pending job it "
-                      "did not enqueue) and cancel, comma-separated, `*` for every queue; "
-                      "others answer 404; empty: `JOBCAST_QUEUE` only")
+                      "did not enqueue) and cancel, comma-separated, `*` for every queue, "
+                      "besides `JOBCAST_QUEUE` (always Jobcast's); others answer 404")
     tasks: str = env("JOBCAST_TASKS", "",
                      "extra task modules to import in every service (comma-separated)")
     log_maxlen: int = env("JOBCAST_LOG_MAXLEN", 100_000,

@@ -95,7 +95,7 @@ def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
     redis-py's connections.
     """
     if not is_sentinel_url(url):
-        if url.startswith("unix://"):
+        if url.lower().startswith("unix://"):
             # TCP's keepalive has no meaning on a Unix socket, and redis-py's connection
             # class for one refuses the option (every command would raise TypeError).
             options.pop("socket_keepalive", None)

@@ -51,6 +51,17 @@ def test_a_bad_sentinel_url_stops_the_settings_naming_the_variable(monkeypatch):
     assert Settings(redis_url="redis+sentinel://a:1,b:2/jc/1").redis_url.endswith("/jc/1")
 
 
+@pytest.mark.parametrize("url", ["redis://h:1/0?decode_responses=True",
+                                 "unix:///run/redis.sock?decode_responses=yes"])
+def test_a_url_that_asks_for_decoded_responses_stops_the_settings_naming_it(monkeypatch, url):
+    """A second reading's finding: ``REDIS_URL=…?decode_responses=True`` started, then every
+    request that read Redis answered 500 (Jobcast reads bytes)."""
+    monkeypatch.setenv("REDIS_URL", url)
+    with pytest.raises(ValidationError, match="decode_responses"):
+        Settings()
+    assert check_redis_url(url.replace("True", "0").replace("yes", "no")).startswith(url[:8])
+
+
 def test_a_sentinel_client_follows_the_primary_on_every_connect_and_can_be_bounded():
     url = "redis+sentinel://127.0.0.1:1,127.0.0.1:2/jc/3"
     client = redis_client(url)

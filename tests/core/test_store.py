@@ -112,6 +112,14 @@ def test_a_reader_client_reaches_the_same_redis_with_its_settings_and_a_pool_of_
         assert pubsub.get_message(timeout=5)["data"] == b"hello"
 
 
+@pytest.mark.parametrize("url", ["unix:///run/redis.sock", "UNIX:///run/redis.sock"])
+def test_a_unix_socket_client_is_given_no_tcp_keepalive_whatever_the_schemes_case(url):
+    """redis-py's Unix-socket connection refuses TCP's keepalive option: every command raised
+    TypeError (tests/test_system.py runs a real server on a socket)."""
+    client = redis_client(url, pooled=True, socket_keepalive=True)
+    assert "socket_keepalive" not in client.connection_pool.connection_kwargs
+
+
 def test_a_reader_client_of_a_sentinel_primary_asks_the_same_sentinels_for_it():
     # No Sentinel is dialled: building the pool connects to nothing.
     sentinels = Sentinel([("127.0.0.1", 1)])

@@ -234,6 +234,9 @@ def test_a_multi_job_stream_reads_the_request_before_the_links_and_ignores_a_lin
     assert r.status_code == 401, r.json
     r = client.get("/events", query_string={"list": "5", "sig": expired})
     assert r.status_code == 401, r.json
+    r = client.get("/events", query_string={"list": "5", "sig": link_a},
+                   headers={"Authorization": "Bearer not-the-token"})
+    assert (r.status_code, r.json["reason"]) == (403, "bad_token")
     for query in ({"sig": link_a}, {"job": "a*b", "sig": link_a}):
         r = client.get("/events", query_string=query)
         assert (r.status_code, r.json["field"]) == (400, "job"), query

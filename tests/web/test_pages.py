@@ -113,3 +113,7 @@ def test_a_browser_asking_for_a_page_of_no_job_gets_a_page_saying_so(client, pat
     for accept in ("application/json", "*/*"):
         api = client.get(path.format(unknown=uuid.uuid4().hex), headers={"Accept": accept})
         assert api.status_code == status and api.is_json and api.json["error"]
+    # Another 400 of a page (a Host this server does not answer) is no "job's address".
+    foreign = client.get(path.format(unknown=uuid.uuid4().hex),
+                         headers={**browser, "Host": "evil.example.com"})
+    assert foreign.status_code == 400 and foreign.is_json and foreign.json["field"] == "Host"

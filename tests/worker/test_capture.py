@@ -293,6 +293,34 @@ def test_an_unfinished_line_goes_before_a_logging_record_or_the_other_streams_li
                     ("stderr", "D", False), ("stdout", "E", False)]
 
 
+def test_a_dot_printed_before_each_of_many_values_makes_a_partial_line_per_200_ms_not_per_value():
+    """A second reading's finding: sending an unfinished line before every value made a job
+    that prints a dot per value log one entry per value (201 entries, and 301 lines dropped
+    by the rate cap, for 500 values in 0.5 s)."""
+    sent: list[tuple[str, bool]] = []
+    now = [1000.0]
+
+    def sink(entries):
+        """Redis, as a list."""
+        sent.extend((body["text"], body.get("partial", False)) for _kind, body, _ts in entries)
+        return list(range(len(entries)))
+
+    cap = capture.Capture("j", sink, rate=200, level=logging.INFO, echo=False, attempt=1,
+                          mode="sys", clock=lambda: now[0])
+    cap.start()
+    try:
+        for _ in range(500):
+            print(".", end="")
+            cap.before_value()
+            now[0] += 0.001
+        print("!")
+    finally:
+        cap.close()
+    assert "".join(text for text, _partial in sent) == "." * 500 + "!"
+    assert len(sent) <= 6, sent   # one early cut per 200 ms, the 200 ms expiry, the end
+    assert all(partial for _text, partial in sent[:-1]) and not sent[-1][1]
+
+
 @pytest.mark.parametrize("failing", ["os.pipe", "threading.Thread.start"])
 def test_a_capture_that_cannot_start_leaves_the_job_uncaptured_and_puts_everything_back(
         monkeypatch, failing):

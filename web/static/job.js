@@ -587,10 +587,12 @@
     fetch(root.dataset.cancelUrl, { method: "POST" }).then(function (r) {
       return r.json().then(function (body) {
         if (r.ok || r.status === 409) { return; }      // the stream brings the ending
+        stopPressed = false;
         el.stop.disabled = false;
         showNotice("Could not stop the job: " + (body.message || "HTTP " + r.status));
       });
     }).catch(function () {
+      stopPressed = false;
       el.stop.disabled = false;
       showNotice("Could not stop the job: the server did not answer");
     });

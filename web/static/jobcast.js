@@ -237,7 +237,11 @@
       var self = this;
       STATUS_AFTER_JOIN.forEach(function (delay) {
         setTimeout(function () {
-          if (!J.ended && self.jobs.get(J.id) === J) { self.status(J, null); }
+          if (J.ended || self.jobs.get(J.id) !== J) { return; }
+          // To the clients that want it, named: not a round (a round with no clients named
+          // also judges whether the stream is stuck, on reads 15 s apart).
+          var wanting = Array.from(J.clients.keys()).filter(function (c) { return J.clients.get(c).status; });
+          if (wanting.length) { self.status(J, wanting); }
         }, delay);
       });
     }

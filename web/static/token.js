@@ -1,8 +1,9 @@
 // When the server sets JOBCAST_TOKEN, creating a job needs "Authorization: Bearer <token>".
 // This wraps fetch for POST /api/jobs (start a job) and POST /api/jobs/<id>/cancel (stop one):
-// it sends the token kept in this tab, and on a 401 (none) or a 403 "bad_token" (a wrong one)
-// asks for it once (in a dialog whose field hides what is typed), keeps it, and retries. The token lives in sessionStorage: it is gone
-// when the tab closes, and on "Log out". Pages need no other change.
+// it sends the token kept in this tab, and on a 401 (none) or a 403 "bad_token" (a wrong one,
+// which it forgets at once) asks for it once (in a dialog whose field hides what is typed),
+// keeps it, and retries. The token lives in sessionStorage: it is gone when the tab closes,
+// and on "Log out". Pages need no other change.
 (function () {
   "use strict";
   var KEY = "jobcast.token";
@@ -78,6 +79,7 @@
     return plainFetch(input, withToken(init, stored())).then(function (response) {
       return refused(response).then(function (needed) {
         if (!needed) { return response; }
+        store(null);  // (a wrong one, kept, would be sent again, and count towards a lockout)
         return ask().then(function (token) {
           if (!token) { return response; }
           store(token);
