@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app, render_template, request
+from flask import Flask, render_template, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
@@ -29,10 +29,9 @@ class BadParam(HTTPException):
 def wants_page() -> bool:
     """The request is a browser's for one of the pages (a view declared a page, asked for
     with an Accept header that prefers HTML)."""
-    from jobcast.web.surface import declared  # (the surface's declarations import this module)
+    from jobcast.web.surface import declaration_of  # (the surface imports this module)
 
-    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
-    if view is None or not declared(view).page:
+    if not declaration_of(request.endpoint).page:
         return False
     return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 

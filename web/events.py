@@ -268,10 +268,8 @@ def multi_stream():
     sigs = g.get("view_sigs")
     if sigs is not None:  # private mode without the token: a link per job
         if req.list is not None:
-            refusal = unauthorized("the job list needs the token: a view link grants its job "
-                                   "only")
-            metrics.stream_refused("forbidden" if refusal.code == 403 else "unauthorized")
-            raise refusal
+            raise unauthorized("the job list needs the token: a view link grants its job only",
+                               stream=True)
         granted = granted_jobs(state().config, sigs, req.ids)
         for job_id in req.ids:
             if job_id not in granted:

@@ -46,11 +46,6 @@ def init_app(app: Flask, url_prefix: str = "/jobcast", *, config: Settings | Non
         raise ValueError("url_prefix must be a path below the root, such as /jobcast")
     if "jobcast" in app.extensions:
         raise RuntimeError("Jobcast is already mounted in this app")
-    if redis is not None and redis.get_connection_kwargs().get("decode_responses"):
-        # Jobcast reads bytes (values are not always text, ids are compared as bytes):
-        # refused here, not as a 500 on every request.
-        raise ValueError("init_app(redis=...) needs a client that returns bytes: create it "
-                         "without decode_responses=True")
     check_worker_class()
     jobcast_app = create_app({"JOBCAST": config, "REDIS": redis})
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {prefix: jobcast_app})

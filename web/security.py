@@ -54,8 +54,8 @@ from jobcast.web.errors import BadParam
 from jobcast.web.limits import ClientRate, TooManyRequests, client_address
 from jobcast.web.links import PARAM, LinkError, named_job, verify, view_sig
 from jobcast.web.models import BAD_TOKEN, CROSS_SITE, LoginForm
-from jobcast.web.surface import (FORM, HTML, Access, Answer, Declaration, declared, page, public,
-                                 returns, undocumented)
+from jobcast.web.surface import (FORM, HTML, Access, Answer, Declaration, declaration_of, page,
+                                 public, returns, undocumented)
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,14 @@ def has_bearer(cfg: Settings) -> bool:
     return g.jobcast_bearer
 
 
-def unauthorized(what: str | None = None) -> HTTPException:
+def unauthorized(what: str | None = None, *, stream: bool = False) -> HTTPException:
     """What refuses a request without the credentials it needs: 401 when it sent none, 403
     when it sent a bearer token that is not this server's (a client must tell a mistyped
-    token from a forgotten one)."""
-    if g.get("jobcast_bad_bearer"):
+    token from a forgotten one). A ``stream``'s refusal is counted, under its status."""
+    bad = bool(g.get("jobcast_bad_bearer"))
+    if stream:
+        metrics.stream_refused("forbidden" if bad else "unauthorized")
+    if bad:
         return Forbidden(BAD_TOKEN, "the bearer token is not this server's (JOBCAST_TOKEN)")
     return Unauthorized(what)
 
@@ -197,11 +200,6 @@ def check_query_length(declaration: Declaration) -> None:
     limit = declaration.max_query or MAX_QUERY
     if len(request.query_string) > limit:
         raise RequestURITooLarge(f"the query string is over {limit} bytes")
-
-
-def declaration_of(endpoint: str | None) -> Declaration:
-    """The declaration of the view ``endpoint`` names (an empty one for none)."""
-    return declared(current_app.view_functions.get(endpoint)) if endpoint else Declaration()
 
 
 def local_host(host: str, cfg: Settings) -> bool:
@@ -300,17 +298,15 @@ def admit_link(cfg: Settings, declaration: Declaration, access: Access) -> Respo
             raise NotFound(f"no job with id {job_id}") from None
         g.view_sig, g.view_job = sig, job_id
         return None
-    if declaration.stream:
-        metrics.stream_refused("forbidden" if g.get("jobcast_bad_bearer") else "unauthorized")
     if declaration.page and request.method in ("GET", "HEAD") and not g.get("jobcast_bad_bearer"):
         # A browser: ask for the token rather than answer JSON.
         # script_root: come back under the prefix Jobcast is mounted at (init_app), if any.
         return login_page(request.script_root + request.full_path.rstrip("?"), status=401)
     if access is Access.TOKEN:  # a change (create, cancel, a new link): the token alone
-        raise unauthorized()
+        raise unauthorized(stream=declaration.stream)
     what = "this job needs the token or a signed view link" if access is Access.JOB else \
         "this server is private: reading needs Authorization: Bearer <token> (JOBCAST_TOKEN)"
-    raise unauthorized(what)
+    raise unauthorized(what, stream=declaration.stream)
 
 
 def granted_jobs(cfg: Settings, sigs: list[str], job_ids: list[str]) -> set[str]:

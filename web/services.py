@@ -50,6 +50,12 @@ class State:
                  streams: StreamRedis | None = None):
         """Create the Redis clients and the limiter; :func:`start` starts the services."""
         self.config = config
+        for given in (redis, streams):
+            if given is not None and given.get_connection_kwargs().get("decode_responses"):
+                # Jobcast reads bytes (values are not always text, ids are compared as
+                # bytes): refused here, with the app, not as a 500 on every request.
+                raise ValueError("Jobcast needs Redis clients that return bytes: create them "
+                                 "without decode_responses=True")
         self.redis = redis or pooled(config.redis_url)
         if streams is None and separate(config):
             url = stream_url(config)

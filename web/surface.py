@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from flask import request
+from flask import current_app, request
 from pydantic import BaseModel
 
 from jobcast.web.admission import MAX_SEQ, int_param
@@ -113,6 +113,11 @@ ATTR = "jobcast_view"
 def declared(view: Callable[..., Any] | None) -> Declaration:
     """The view's declaration (an empty one for a view that declares nothing)."""
     return getattr(view, ATTR, None) or Declaration()
+
+
+def declaration_of(endpoint: str | None) -> Declaration:
+    """The declaration of the view ``endpoint`` names (an empty one for none)."""
+    return declared(current_app.view_functions.get(endpoint)) if endpoint else Declaration()
 
 
 def declare(view: V, **changes: Any) -> V:

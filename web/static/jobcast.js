@@ -240,7 +240,7 @@
           if (J.ended || self.jobs.get(J.id) !== J) { return; }
           // To the clients that want it, named: not a round (a round with no clients named
           // also judges whether the stream is stuck, on reads 15 s apart).
-          var wanting = Array.from(J.clients.keys()).filter(function (c) { return J.clients.get(c).status; });
+          var wanting = self.wantingStatus(J);
           if (wanting.length) { self.status(J, wanting); }
         }, delay);
       });
@@ -879,6 +879,11 @@
     this.send(Array.from(this.clients.keys()), { t: "stats", d: this.stats() });
   };
 
+  // The clients of job J that want its status (the watchers count).
+  Manager.prototype.wantingStatus = function (J) {
+    return Array.from(J.clients.keys()).filter(function (c) { return J.clients.get(c).status; });
+  };
+
   // GET /api/jobs/<id> for the clients that want it (the watchers count); also a watchdog:
   // a log that grew while the connection brought nothing, twice running, means it is stuck.
   Manager.prototype.status = function (J, clients) {
@@ -886,7 +891,7 @@
       (J.sig ? "?sig=" + encodeURIComponent(J.sig) : "");
     fetch(url, { cache: "no-store" }).then(function (r) { return r.ok ? r.json() : null; }).then(function (d) {
       if (!d) { return; }
-      var wanting = clients || Array.from(J.clients.keys()).filter(function (c) { return J.clients.get(c).status; });
+      var wanting = clients || self.wantingStatus(J);
       self.send(wanting, { t: "status", job: J.id, d: d });
       if (clients) { return; }
       var lane = J.lane, live = !!lane && lane.state === "live" && !!lane.es && lane.conn.ids.indexOf(J.id) >= 0;
