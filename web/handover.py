@@ -36,6 +36,8 @@ from gevent.socket import socket as GeventSocket
 from greenlet import getcurrent
 from gunicorn.workers.ggevent import GeventWorker
 
+from jobcast.web.parse_errors import JsonErrorSocket
+
 log = logging.getLogger(__name__)
 
 _on_exit: list[Callable[[], None]] = []
@@ -239,6 +241,11 @@ class StreamWorker(GeventWorker):
             # Ends the keep-alive loop; closing gunicorn's detached socket is then a no-op.
             raise StopIteration()
         return result
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        """gunicorn's answer to a request it could not parse (or to its own failure), with a
+        JSON body like every other error's rather than its HTML page."""
+        super().handle_error(req, JsonErrorSocket(client, exc), addr, exc)
 
     def run(self) -> None:
         """Serve until told to stop, then end the streams this process holds."""

@@ -66,10 +66,9 @@ def html(description: str) -> dict[str, Any]:
 
 def too_long(limit: int) -> dict[str, Any]:
     """The 414 of a view that reads query strings up to ``limit`` bytes."""
-    return {"description": f"The query string is over {limit} bytes (JSON), or the request "
-                           "line over gunicorn's limit_request_line, 8190 bytes (gunicorn's "
-                           "own HTML answer)",
-            "content": {**error("")["content"], HTML: {"schema": {"type": "string"}}}}
+    return {"description": f"The query string is over {limit} bytes, or the request line "
+                           "over gunicorn's limit_request_line, 8190 bytes",
+            "content": error("")["content"]}
 
 
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again",
