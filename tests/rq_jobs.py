@@ -132,3 +132,16 @@ def fail_naming_an_undecodable_file() -> None:
     """Fail with a message naming a file whose name is not UTF-8 (a lone surrogate, as
     ``os.fsdecode`` leaves it)."""
     raise ValueError("cannot parse " + os.fsdecode(b"report-\xff.csv"))
+
+
+def cancelled_midway(n: int = 5, at: int = 2) -> int:
+    """Emit 0..n-1, the job's log cancelled (as ``POST .../cancel`` does) after value ``at``:
+    the next emit() stops the job."""
+    from jobcast.core.joblog import JobLog
+
+    job = get_current_job()
+    for i in range(n):
+        if i == at + 1:
+            JobLog(job.connection, job.id).cancelled("alice")
+        emit(i)
+    return n

@@ -33,7 +33,7 @@ from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.core.values import valid_text
 from jobcast.worker import capture
-from jobcast.worker.attempt import JobEnded, start_attempt
+from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
 from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner, rq_log, run_log,
                                  send_unsent, share)
 
@@ -288,6 +288,16 @@ class LifecycleMixin:
                 # a non-forking worker ("unhandled exception, quitting") and every job behind.
                 log.warning("jobcast: could not file job %s as canceled in RQ: %s", job.id, exc)
         return result
+
+    def handle_exception(self, job: Job, *exc_info) -> None:
+        """RQ logs a job's exception as an error with its traceback, then runs the worker's
+        exception handlers. A job cancelled through Jobcast raises JobCancelled (at its next
+        value, or before it runs): no error, so one line says so; and as for a forking worker's
+        work-horse killed by a cancel, no handler runs. Its failure path files it canceled."""
+        if isinstance(exc_info[1], JobCancelled):
+            log.info("jobcast: job %s was cancelled", job.id)
+            return
+        super().handle_exception(job, *exc_info)
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage) -> None:
         """RQ's seam for a work-horse that died while the worker lives on (the OOM killer, a

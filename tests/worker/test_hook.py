@@ -3,6 +3,7 @@ run in this process by RQ's non-forking worker on a real redis-server."""
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timezone
 
@@ -12,7 +13,8 @@ from rq.job import JobStatus
 
 from jobcast.core.joblog import JobLog
 from jobcast.worker.hook import SimpleWorker
-from tests.rq_jobs import crash_once, emit_lines, fail_naming_an_undecodable_file
+from tests.rq_jobs import (cancelled_midway, crash_once, emit_lines,
+                           fail_naming_an_undecodable_file)
 
 
 def test_a_failure_naming_an_undecodable_file_is_logged_and_the_worker_goes_on(redis, in_process):
@@ -180,3 +182,18 @@ def test_a_plain_job_runs_unlogged_when_a_separate_stream_store_cannot_be_reache
     SimpleWorker([queue], connection=redis).work(burst=True)
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     assert job.return_value() == os.getpid()
+
+
+def test_a_job_cancelled_while_running_is_logged_as_one_line_not_as_an_error_with_a_traceback(
+        redis, in_process, caplog):
+    """A review's finding: the non-forking worker logged RQ's "exception raised while
+    executing" with the traceback of JobCancelled, for a cancel that went as asked."""
+    queue = Queue(f"hook-cancel-running-{os.getpid()}", connection=redis)
+    job = queue.enqueue(cancelled_midway)
+    with caplog.at_level(logging.INFO):
+        SimpleWorker([queue], connection=redis).work(burst=True)
+    assert [e.kind for e in JobLog(redis, job.id).entries()][-2:] == ["value", "cancelled"]
+    assert job.get_status(refresh=True) == JobStatus.CANCELED
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not any("Traceback" in r.getMessage() for r in caplog.records)
+    assert any(f"job {job.id} was cancelled" in r.getMessage() for r in caplog.records)
