@@ -508,12 +508,10 @@ def template_context() -> dict[str, bool]:
     return {"jobcast_has_token": bool(config().token)}
 
 
-def install(app: Flask) -> None:
-    """Check the read mode's settings, and install the guard, headers and login pages."""
-    cfg: Settings = app.extensions["jobcast"].config
-    problems = cfg.web_errors()
-    if problems:
-        raise ValueError("; ".join(problems))
+def warn_if_weak(cfg: Settings) -> None:
+    """Say in the log that the server is open to anyone, or that its keys are short. Called
+    when a process begins serving, not when the app is made: a script or a job that imports
+    a host app mounting Jobcast serves nothing."""
     if not cfg.token:
         log.warning("JOBCAST_TOKEN is not set: anyone who can reach this server can create, "
                     "cancel and read every job")
@@ -522,6 +520,14 @@ def install(app: Flask) -> None:
             log.warning("%s is %d characters long: use at least %d random ones "
                         "(python -c 'import secrets; print(secrets.token_urlsafe(32))')",
                         name, len(value), MIN_KEY_LENGTH)
+
+
+def install(app: Flask) -> None:
+    """Check the read mode's settings, and install the guard, headers and login pages."""
+    cfg: Settings = app.extensions["jobcast"].config
+    problems = cfg.web_errors()
+    if problems:
+        raise ValueError("; ".join(problems))
     # Flask's own view of the static files: anyone may read them; they are no API operation.
     public(undocumented(app.view_functions["static"]))
     app.before_request(guard)

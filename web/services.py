@@ -104,6 +104,8 @@ def start(st: State) -> Relay:
             # With --preload the app was created in gunicorn's master: check the worker here.
             check_worker_class()
             cfg = st.config
+            from jobcast.web.security import warn_if_weak  # (it imports the views, which import us)
+            warn_if_weak(cfg)
             st.relay = Relay(Broker(st.streams), heartbeat=cfg.heartbeat,
                              write_timeout=cfg.write_timeout,
                              write_delay=cfg.multi_write_delay)

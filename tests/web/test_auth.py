@@ -50,10 +50,13 @@ def test_a_token_with_a_trailing_space_in_the_environment_still_works_as_a_beare
 
 
 def start_warnings(make_app, caplog, cfg: Settings) -> str:
-    """The warnings an app of ``cfg`` logs about its security when it starts."""
+    """The warnings an app of ``cfg`` logs about its security when it starts serving (its
+    first request); making the app alone logs none."""
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="jobcast.web.security"):
-        make_app({"JOBCAST": cfg, "TESTING": True})
+        app = make_app({"JOBCAST": cfg, "TESTING": True})
+        assert caplog.text == "", "a process that only imports the app is told nothing"
+        app.test_client().get("/healthz")
     return caplog.text
 
 
