@@ -646,10 +646,28 @@ def test_chart_draws_values_too_close_or_too_far_apart_for_a_sum_of_steps(page, 
             const axis = window.JobcastChart.yAxis(Math.min(a, b), Math.max(a, b), 4);
             return {points: chart.canvas.dataset.points, ticks: axis.ticks.length,
                     finite: axis.ticks.every(Number.isFinite),
-                    covers: axis.lo <= Math.min(a, b) && axis.hi >= Math.max(a, b)};
+                    covers: axis.lo <= Math.min(a, b) && axis.hi >= Math.max(a, b),
+                    said: chart.describe()};
         })""")
     assert [d["points"] for d in drawn] == ["2"] * 4
     assert all(2 <= d["ticks"] <= 17 and d["finite"] and d["covers"] for d in drawn), drawn
+    # The words for those who cannot see it tell the two apart, however close (a review's
+    # finding: timestamps were "lowest 1796540000, highest 1796540000").
+    assert [d["said"] for d in drawn] == [
+        "Line chart of 2 values, lowest 0.3, highest 0.30000000000000004",
+        "Line chart of 2 values, lowest 100000000000000000, highest 100000000000000020",
+        "Line chart of 2 values, lowest -1e+308, highest 1e+308",
+        "Line chart of 2 values, lowest 1.79769e+308, highest 1.79769e+308"]
+    timestamps = page.evaluate("""() => {
+        const chart = new window.JobcastChart(document.getElementById('c'));
+        chart.add(0, 1796540000.25); chart.add(1, 1796540099.5); chart.add(2, 12.3456789);
+        const before = chart.describe();
+        const close = new window.JobcastChart(document.getElementById('c'));
+        close.add(0, 1796540000.25); close.add(1, 1796540099.5);
+        return [before, close.describe()];
+    }""")
+    assert timestamps == ["Line chart of 3 values, lowest 12.3457, highest 1796540000",
+                          "Line chart of 2 values, lowest 1796540000, highest 1796540100"]
     assert page.errors == []
 
 

@@ -277,9 +277,16 @@
   Chart.prototype.describe = function () {
     var s = this.series;
     if (s.points === 0) { return "Chart of the job's values (no numeric values yet)"; }
-    function short(v) { return String(Number(v.toPrecision(6))); }
-    return "Line chart of " + s.points.toLocaleString("en") + " values, lowest " + short(s.lo) +
-      ", highest " + short(s.hi);
+    // Six significant digits, or as many more as it takes to tell the lowest from the
+    // highest (timestamps, or values close together, are equal to six).
+    var lo, hi;
+    for (var digits = 6; digits <= 17; digits++) {
+      lo = String(Number(s.lo.toPrecision(digits)));
+      hi = String(Number(s.hi.toPrecision(digits)));
+      if (lo !== hi || s.lo === s.hi) { break; }
+    }
+    return "Line chart of " + s.points.toLocaleString("en") + " values, lowest " + lo +
+      ", highest " + hi;
   };
 
   window.JobcastChart = Chart;
