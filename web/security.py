@@ -447,12 +447,19 @@ def login_form():
 @public
 @returns(None, 303, media=None, body=LoginForm, body_media=FORM,
          description=f"The token is right: on to `next`, with the `{SESSION_COOKIE}` cookie",
-         more={403: Answer("The form again: the token is not right", HTML),
+         more={403: Answer("The form again: the token is not right (a post from another "
+                           "site's page is refused with the JSON error instead, and not "
+                           "counted as a failed login)", HTML),
                429: Answer("The form again: too many wrong tokens from this address "
                            "(JOBCAST_AUTH_FAILURES); `Retry-After` says when to try again",
                            HTML, headers={"Retry-After": "seconds to wait"})})
 def login():
     """Check the token typed in; on success set the session cookie and go on (303)."""
+    if cross_site():
+        # Any page could post wrong tokens here, and each would count against the browser's
+        # address (JOBCAST_AUTH_FAILURES): while it stayed open, that address (its API clients
+        # too) would be refused. Refused before the count, as logout() is.
+        raise Refused("logging in is only possible from this site's own form")
     cfg = config()
     form = LoginForm.model_validate(request.form.to_dict())
     client = client_address(cfg)

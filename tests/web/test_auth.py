@@ -270,6 +270,23 @@ def test_a_401_says_what_the_request_needs_not_another_operations_need(settings,
         assert "reading needs" in c.get("/api/jobs").json["message"]
 
 
+def test_another_sites_page_cannot_spend_the_browsers_failed_logins_and_lock_out_its_address(
+        settings, make_app):
+    """A review's finding: a page on any site posted wrong tokens to /login in the background;
+    they counted against the browser's address, whose every request with the right token
+    then had 429 while the page stayed open."""
+    c = make_app({"JOBCAST": settings(auth_failures=2), "TESTING": True}).test_client()
+    for headers in ({"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+                    {"Origin": "https://evil.example"}, {"Origin": "null"}):
+        for _ in range(5):
+            r = c.post("/login", data={"token": "guess", "next": "/"}, headers=headers)
+            assert r.status_code == 403 and r.json["error"] == "forbidden", headers
+            assert "Set-Cookie" not in r.headers
+    assert c.get("/api/jobs", headers=AUTH).status_code == 200, "the address is not locked out"
+    assert c.post("/login", data={"token": TOKEN, "next": "/"},
+                  headers={"Sec-Fetch-Site": "same-origin"}).status_code == 303
+
+
 def test_another_site_cannot_log_a_browser_out(client):
     """A review's finding: a form on any site could post to /logout, and the browser took the
     cleared cookie (SameSite=Strict keeps a cookie from being sent, not from being set)."""
