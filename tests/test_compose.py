@@ -28,6 +28,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -526,6 +527,23 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
                     body += chunk
                     assert time.monotonic() < deadline, f"stream still open after 60s: {body!r}"
             assert body == sqrt_stream(n)
+            # A view link read through the lb: the lb's log keeps no signature that reads it
+            # (a security review's finding: it logged every request line whole).
+            link = urlsplit(http.get(f"/api/jobs/{ids[1]}/link").json()["urls"]["stream"])
+            signature = parse_qs(link.query)["sig"][0]
+            viewed = httpx.get(f"http://127.0.0.1:{port}{link.path}?{link.query}",
+                               trust_env=False, timeout=10)
+            assert viewed.status_code == 200 and viewed.text == sqrt_stream(n)
+
+            def lb_log_of_the_link() -> str | None:
+                """The lb's log, once it has the link's request."""
+                out = stack.run("logs", "--no-color", "lb", capture=True, timeout=60).stdout
+                return out if f"/jobs/{ids[1]}/stream?sig=" in out else None
+
+            lb_log = wait_for(lb_log_of_the_link, 10, interval=0.2,
+                              what="the lb to log the view link's request")
+            assert signature not in lb_log
+            assert f"GET /jobs/{ids[1]}/stream?sig=REDACTED HTTP/1.1" in lb_log
 
             # Meanwhile, the cluster profile's three Redis nodes start and form a cluster
             # (already done by `up` when the streams are on it).
