@@ -35,6 +35,7 @@ from gevent.server import StreamServer
 from gevent.socket import socket as GeventSocket
 from greenlet import getcurrent
 from gunicorn.workers.ggevent import GeventWorker
+from redis.exceptions import RedisError
 
 from jobcast.web.parse_errors import JsonErrorSocket
 
@@ -465,6 +466,10 @@ class AdmittingServer(StreamServer):
         try:
             if self.fast_path(data, sock, address):
                 return  # the relay holds the connection now
+        except RedisError as exc:
+            # Redis is away: Flask answers 503 and logs it, in one line. A traceback here for
+            # each of the viewers retrying would bury the log when it is read most.
+            log.debug("fast path: %s; serving the request through Flask", exc)
         except Exception:  # the fast path must never cost a request: Flask answers it
             log.exception("fast path failed; serving the request through Flask")
         try:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Iterator
 
 import h11
+import httpx
 import pytest
 from gunicorn.config import Config
 from gunicorn.http.wsgi import Response
@@ -451,3 +452,25 @@ def test_connections_waiting_for_their_first_bytes_count_against_worker_connecti
               "the third connection accepted once the first was admitted")
     for sock in admitted:
         sock.close()
+
+
+@pytest.mark.slow
+def test_stream_requests_while_redis_is_away_are_answered_503_without_a_traceback_each(
+        tmp_path, logs_dir):
+    """An operator review's finding: during a Redis outage each stream request logged the fast
+    path's failure with a 60-line traceback (678 lines for 10 requests), while Flask answered
+    it 503 anyway."""
+    redis_server = RedisServer(data_dir=tmp_path / "redis").start()
+    log_path = logs_dir / "web-redis-away.log"
+    web = WebServer(redis_server.url, workers=1, log_path=log_path).start()
+    try:
+        redis_server.stop()
+        for _ in range(10):
+            r = httpx.get(f"{web.url}/jobs/{'ab' * 16}/events", timeout=15)
+            assert r.status_code == 503 and r.json()["error"] == "unavailable"
+        text = log_path.read_text()
+        assert "Traceback" not in text and "fast path failed" not in text
+        assert text.count("redis error") == 10, "one line per request, from Flask's handler"
+    finally:
+        web.stop()
+        redis_server.stop()
