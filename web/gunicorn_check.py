@@ -24,7 +24,9 @@ class UnsuitableWorker(RuntimeError):
 def gunicorn_worker() -> object | None:
     """The gunicorn worker serving this process, found through its SIGTERM handler; else None."""
     owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
-    if owner is None or not type(owner).__module__.startswith("gunicorn.workers"):
+    # A worker class of gunicorn's own, or one made from it (jobcast.StreamWorker).
+    if owner is None or not any(cls.__module__.startswith("gunicorn.workers")
+                                for cls in type(owner).__mro__):
         return None
     return owner
 

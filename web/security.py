@@ -38,6 +38,7 @@ import ipaddress
 import logging
 import math
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template, request,
@@ -51,11 +52,15 @@ from jobcast.core.joblog import UnknownJob
 from jobcast.core.settings import Settings
 from jobcast.web import metrics
 from jobcast.web.errors import BadParam
+from jobcast.web.gunicorn_check import gunicorn_worker
 from jobcast.web.limits import ClientRate, TooManyRequests, client_address
 from jobcast.web.links import PARAM, LinkError, named_job, verify, view_sig
 from jobcast.web.models import BAD_TOKEN, CROSS_SITE, LoginForm
 from jobcast.web.surface import (FORM, HTML, Access, Answer, Declaration, declaration_of, page,
                                  public, returns, undocumented)
+
+if TYPE_CHECKING:  # (services imports the views, which import this module)
+    from jobcast.web.services import State
 
 log = logging.getLogger(__name__)
 
@@ -515,10 +520,14 @@ def template_context() -> dict[str, bool]:
     return {"jobcast_has_token": bool(config().token)}
 
 
-def warn_if_weak(cfg: Settings) -> None:
-    """Say in the log that the server is open to anyone, or that its keys are short. Called
-    when a process begins serving, not when the app is made: a script or a job that imports
-    a host app mounting Jobcast serves nothing."""
+def warn_if_weak(st: State) -> None:
+    """Say in the log that the server is open to anyone, or that its keys are short, once for
+    ``st`` (the app's :class:`~jobcast.web.services.State`). Said when a process begins
+    serving: when the app is made inside a gunicorn worker (at its boot), else at the app's
+    first request. A script or a job that imports a host app mounting Jobcast serves nothing,
+    and is told nothing."""
+    st.warned = True
+    cfg: Settings = st.config
     if not cfg.token:
         log.warning("JOBCAST_TOKEN is not set: anyone who can reach this server can create, "
                     "cancel and read every job")
@@ -535,6 +544,8 @@ def install(app: Flask) -> None:
     problems = cfg.web_errors()
     if problems:
         raise ValueError("; ".join(problems))
+    if gunicorn_worker() is not None:
+        warn_if_weak(app.extensions["jobcast"])  # a gunicorn worker's boot (not --preload's)
     # Flask's own view of the static files: anyone may read them; they are no API operation.
     public(undocumented(app.view_functions["static"]))
     app.before_request(guard)

@@ -69,6 +69,7 @@ class State:
         self.watchdog: Watchdog | None = None
         self.presence: Presence | None = None
         self.pid: int | None = None  # the process the services run in
+        self.warned = False  # the log was told if the server is open (security.warn_if_weak)
         self._lock = threading.Lock()
 
 
@@ -104,8 +105,9 @@ def start(st: State) -> Relay:
             # With --preload the app was created in gunicorn's master: check the worker here.
             check_worker_class()
             cfg = st.config
-            from jobcast.web.security import warn_if_weak  # (it imports the views, which import us)
-            warn_if_weak(cfg)
+            if not st.warned:  # (the app was not made in this serving process)
+                from jobcast.web.security import warn_if_weak  # (it imports views, which import us)
+                warn_if_weak(st)
             st.relay = Relay(Broker(st.streams), heartbeat=cfg.heartbeat,
                              write_timeout=cfg.write_timeout,
                              write_delay=cfg.multi_write_delay)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
 
+import pytest
+
 from jobcast.web.serve import METRICS_PREFIX, metrics_dir
+from tests.support.services import WebServer
+from tests.support.wait import wait_for
 
 
 def test_a_start_removes_the_metrics_directories_of_servers_that_have_ended(tmp_path,
@@ -27,3 +32,34 @@ def test_a_start_removes_the_metrics_directories_of_servers_that_have_ended(tmp_
     assert not dead.exists() and alive.exists() and other.exists()
     assert os.path.basename(made).startswith(f"{METRICS_PREFIX}{os.getpid()}-")
     assert os.listdir(made) == [] and os.stat(made).st_mode & 0o777 == 0o700
+
+
+def test_the_servers_log_has_jobcasts_info_lines_with_time_level_and_module(web, http):
+    """An operator review's finding: `jobcast web` never configured logging, so the cancel line
+    the README promises (`job … cancel asked from <address>`) never showed, and Jobcast's
+    warnings came bare, with no time or level."""
+    job_id = http.post("/api/jobs", json={"task": "sqrt", "params": {"n": 500, "interval": 1}}
+                       ).json()["id"]
+    assert http.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+    line = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] \[INFO\] "
+                      rf"jobcast\.web\.api: job {job_id}: cancel asked from 127\.0\.0\.1$", re.M)
+    wait_for(lambda: line.search(web.log_path.read_text()), 10,
+             what="the cancel's line in the server's log")
+    assert web.log_path.read_text().count(f"job {job_id}: cancel asked") == 1, "once, not twice"
+
+
+@pytest.mark.slow
+def test_an_open_server_says_so_in_its_log_when_each_worker_boots_not_at_a_first_request(
+        redis_server, tmp_path):
+    """An operator review's finding: the warning came only with a process's first request,
+    so an operator reading the log of a server just started saw nothing."""
+    log_path = tmp_path / "web.log"
+    server = WebServer(redis_server.url, workers=2, log_path=log_path, JOBCAST_TOKEN="")
+    server.start()  # (its wait for /readyz is one request, to one of the two workers)
+    try:
+        said = "JOBCAST_TOKEN is not set: anyone who can reach this server"
+        wait_for(lambda: log_path.read_text().count(said) >= 2, 10,
+                 what="each worker to say so as it boots")
+        assert log_path.read_text().count(said) == 2, "once a worker"
+    finally:
+        server.stop()
