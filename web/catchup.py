@@ -240,7 +240,8 @@ class CatchUp:
                     log.warning("giving up on a viewer of %s: Redis down for %ss", v.job_id,
                                 MAX_OUTAGE)
                     return "redis_down"
-                log.info("viewer of %s waits for Redis: %s", v.job_id, failure)
+                # Each waiting viewer, each second: the broker says once that Redis is away.
+                log.debug("viewer of %s waits for Redis: %s", v.job_id, failure)
                 self._write(v, v.transport.heartbeat)
                 relay.sleep(1.0)
                 continue
