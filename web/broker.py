@@ -165,6 +165,7 @@ class Shard:
         self.live = threading.Event()   # the anchor is confirmed on the current connection
         self.retired = False
         self.backoff = 0.1
+        self.lost_at: float | None = None  # when its live subscription was lost (until back)
         self.thread: threading.Thread | None = None
 
     def subscribe(self, names: list[str]) -> None:
@@ -631,6 +632,10 @@ class Broker:
             if kind in SUBSCRIBED:
                 sh.backoff = 0.1
                 sh.live.set()
+                if sh.lost_at is not None:
+                    log.warning("broker: Redis subscription on %s is live again, %.1f s after "
+                                "it was lost", sh.name, time.monotonic() - sh.lost_at)
+                    sh.lost_at = None
             return
         job_id = self._job_of(name)
         # Looked up and decided under the lock: with real threads a request may subscribe the
@@ -675,8 +680,12 @@ class Broker:
             self._kick.set()
 
     def _lost(self, sh: Shard, exc: BaseException) -> None:
-        """The shard's connection broke: its jobs are in doubt until resubscribed."""
-        sh.live.clear()
+        """The shard's connection broke (or a try to make it again failed): its jobs are in
+        doubt until resubscribed."""
+        if sh.live.is_set():  # a live subscription lost, not one more failed try
+            sh.live.clear()
+            sh.lost_at = time.monotonic()
+            metrics.HUB_RECONNECTS.inc()
         with self._lock:
             jobs = list(sh.jobs)
             for job_id in jobs:
@@ -685,7 +694,6 @@ class Broker:
                     sub.move(SubState.RECOVERING)
             if self.cluster:
                 self._refresh_needed = True
-        metrics.HUB_RECONNECTS.inc()
         log.warning("broker: lost Redis subscription on %s (%s); retrying in %.1fs", sh.name, exc,
                     sh.backoff, exc_info=not isinstance(exc, (RedisError, OSError)))
         if jobs:

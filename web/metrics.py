@@ -72,7 +72,8 @@ HUB_LAG = Histogram("jobcast_hub_lag_seconds",
                     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 HUB_LAST_LAG = Gauge("jobcast_hub_last_lag_seconds", "Lag of the latest entry a hub dispatched",
                      multiprocess_mode="livemax")
-HUB_RECONNECTS = Counter("jobcast_hub_reconnects", "Times a hub lost and re-made its subscription")
+HUB_RECONNECTS = Counter("jobcast_hub_reconnects", "Times a hub lost its live subscription to "
+                         "Redis (it is made again once Redis answers; failed tries not counted)")
 HUB_CHANNELS = Gauge("jobcast_hub_channels",
                      "Job channels the brokers subscribe to (jobs watched here, and lingering ones)",
                      multiprocess_mode="livesum")

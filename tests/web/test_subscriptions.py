@@ -11,6 +11,7 @@ import socket
 import threading
 import uuid
 
+import httpx
 import pytest
 from redis import Redis
 
@@ -314,3 +315,35 @@ def test_an_unwanted_confirmation_of_a_job_already_leaving_sends_no_second_unsub
     broker._on_control(sh, "subscribe", channel("c"))
     broker._flush()
     assert "c" not in sh.leaving
+
+
+@pytest.mark.slow
+def test_a_redis_outage_counts_one_reconnect_and_the_log_says_when_it_is_live_again(
+        tmp_path, logs_dir):
+    """An operator review's finding: jobcast_hub_reconnects_total counted every failed try to
+    connect again (10 for one outage of 2 s), and no line said when the subscription was back."""
+    redis_server = RedisServer(data_dir=tmp_path / "redis").start()
+    log_path = logs_dir / "web-outage.log"
+    web = WebServer(redis_server.url, workers=1, log_path=log_path).start()
+
+    def reconnects() -> float:
+        """The counter, as /metrics shows it."""
+        for line in httpx.get(web.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith("jobcast_hub_reconnects_total "):
+                return float(line.split()[1])
+        return 0.0
+
+    try:
+        before = reconnects()
+        redis_server.stop()
+        # Tries at 0.1, 0.2, 0.4, 0.8 s... fail while Redis is away.
+        wait_for(lambda: log_path.read_text().count("lost Redis subscription") >= 4, 10,
+                 what="the broker to try again a few times")
+        redis_server.start()
+        wait_for(lambda: httpx.get(web.url + "/readyz", timeout=10).status_code == 200, 20,
+                 what="the web to be ready again")
+        assert reconnects() - before == 1
+        assert log_path.read_text().count("subscription on redis is live again") == 1
+    finally:
+        web.stop()
+        redis_server.stop()
