@@ -364,6 +364,10 @@ def rq_info(redis_url: str, queue_name: str) -> dict[str, Any]:
         conn.close()
 
 
+UNKNOWN_PASSWORD = ("the `jobcast up` running here uses a Redis whose password is not stored "
+                    "(up.json keeps it masked): set REDIS_URL as it was given to `jobcast up`")
+
+
 def running_redis_url(state: dict[str, Any]) -> str:
     """The Redis URL of the `jobcast up` described by ``state``, password included.
 
@@ -403,7 +407,10 @@ def follow_running_up(environ: MutableMapping[str, str] | None = None) -> None:
         if masked_url(environ["REDIS_URL"]) != state.get("redis_url"):
             return  # another Redis: not its jobs, so not its web server either
     elif ":***@" in (url := running_redis_url(state)):
-        return  # a password this process cannot read: neither its Redis nor its web server
+        # A password this process cannot read: neither its Redis nor its web server. Said,
+        # or the command would go on to localhost:6379 and fail there, or find other jobs.
+        print(f"jobcast: {UNKNOWN_PASSWORD}", file=sys.stderr, flush=True)
+        return
     else:
         environ["REDIS_URL"] = url
     if state.get("url"):
@@ -417,11 +424,14 @@ def status(output: str = "plain") -> int:
     state = read_state()
     cfg = Settings(redis_url=running_redis_url(state)) if state else get_settings()
     shown = masked_url(cfg.redis_url)
-    try:
-        info = rq_info(cfg.redis_url, cfg.queue_name)
-    except RedisError as exc:
-        info = None
-        error = f"cannot reach Redis at {shown}: {exc}"
+    info = None
+    if ":***@" in cfg.redis_url:  # (masked in up.json; trying it would read as a wrong password)
+        error = UNKNOWN_PASSWORD
+    else:
+        try:
+            info = rq_info(cfg.redis_url, cfg.queue_name)
+        except RedisError as exc:
+            error = f"cannot reach Redis at {shown}: {exc}"
     if output == "json":
         print(json.dumps({"up": state, "redis_url": shown, **(info or {"error": error})}))
         return 0 if info else 3

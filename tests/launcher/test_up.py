@@ -602,6 +602,35 @@ def test_status_never_prints_a_redis_password(tmp_path, monkeypatch, capsys):
         get_settings.cache_clear()
 
 
+def test_status_and_client_commands_say_that_the_running_ups_redis_password_is_not_stored(
+        tmp_path, monkeypatch, capsys):
+    """An operator review's finding: with `jobcast up` on a REDIS_URL with a password, `jobcast
+    status` in another shell tried the masked password `***` and said Redis was unreachable,
+    and the client commands went to localhost:6379 without a word."""
+    from jobcast.core.settings import get_settings
+    from jobcast.launcher.up import UNKNOWN_PASSWORD, follow_running_up, status, write_state
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    (tmp_path / "jobcast").mkdir()
+    write_state(tmp_path / "jobcast" / "up.json",
+                {"pid": os.getpid(), "started": time.time(), "services": [],
+                 "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@127.0.0.1:6391/0",
+                 "redis_embedded": False, "streams": "", "queue": "jobcast"})
+    get_settings.cache_clear()
+    try:
+        assert status() == 3
+        err = capsys.readouterr().err
+        assert UNKNOWN_PASSWORD in err and "cannot reach" not in err
+        assert status("json") == 3
+        assert UNKNOWN_PASSWORD in capsys.readouterr().out
+        env: dict[str, str] = {}
+        follow_running_up(env)
+        assert env == {} and UNKNOWN_PASSWORD in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
+
+
 def test_client_commands_follow_the_running_up_unless_the_environment_names_its_own(
         tmp_path, monkeypatch):
     """A newcomer's finding: the CLI's client commands used REDIS_URL's default (no password)
