@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from jobcast.core.joblog import UnknownJob
 from jobcast.core.keys import InvalidJobId, check_job_id
 from jobcast.core.registry import ParamError, UnknownTask, all_tasks, load_user_tasks
-from jobcast.core.settings import get_settings
+from jobcast.core.settings import get_settings, unknown_variables
 from jobcast.core.logstore import LogStore
 from jobcast.core.store import masked_url
 from jobcast.core.urls import host_port, job_urls
@@ -371,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in setting_errors(exc):
             print(f"jobcast: {line}", file=sys.stderr)
         return 2
+    for line in unknown_variables():
+        print(f"jobcast: warning: {line}", file=sys.stderr)
     # As `flask` and `rq worker` do, the user's task modules are found in the working
     # directory: a console script's sys.path holds its own bin/ instead (`python -m` adds it).
     if "" not in sys.path and os.getcwd() not in sys.path:

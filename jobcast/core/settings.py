@@ -11,9 +11,11 @@ A process reads its settings once, with :func:`get_settings`; tests and embeddin
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Mapping
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -290,6 +292,31 @@ class Settings(BaseSettings):
         if self.read_mode == "private" and not (self.token or self.secret):
             return ["JOBCAST_READ=private needs JOBCAST_TOKEN (and optionally JOBCAST_SECRET)"]
         return []
+
+
+OTHER_VARIABLES = frozenset({
+    # docker-compose.yml's own (README, "Run with Docker")
+    "JOBCAST_REDIS_URL", "JOBCAST_PORT", "JOBCAST_PUBLISH_ADDR", "JOBCAST_IMAGE",
+    "JOBCAST_LB_IMAGE", "JOBCAST_DEMO_JOBS", "JOBCAST_DEMO_PARAMS", "JOBCAST_DEMO_TASK",
+    "JOBCAST_WORKER_STOP_GRACE",
+    # the test suite's (README, "Tests")
+    "JOBCAST_COMPOSE_REAL", "JOBCAST_COMPOSE_STREAMS", "JOBCAST_UPDATE_SCREENSHOTS",
+})
+"""``JOBCAST_*`` variables that something other than :class:`Settings` reads."""
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A line for each ``JOBCAST_*`` variable that nothing reads, naming the setting it
+    probably meant: a misspelt ``JOBCAST_TOKEN`` would otherwise leave a server open without
+    a word."""
+    environ = os.environ if environ is None else environ
+    known = {field.validation_alias for field in Settings.model_fields.values()} | OTHER_VARIABLES
+    lines = []
+    for name in sorted(n for n in environ if n.startswith("JOBCAST_") and n not in known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"{name} is not a Jobcast setting{hint}: it is ignored")
+    return lines
 
 
 @lru_cache(maxsize=1)

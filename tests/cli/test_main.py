@@ -145,3 +145,14 @@ def test_jobs_lists_a_label_and_a_worker_name_with_escape_sequences_harmlessly(r
     [row] = [line for line in out.stdout.splitlines() if line.startswith("e" * 32)]
     assert "\x1b" not in row and "\x07" not in row
     assert "sqrt\ufffd]0;owned\ufffd" in row and "w\ufffd[2J" in row
+
+
+def test_a_misspelt_setting_is_warned_about_on_stderr_and_the_command_still_runs(redis_server):
+    """An operator review's finding: `JOBCAST_TOKNE=… jobcast web` started an open server
+    without a word about the variable."""
+    env = service_env(redis_server.url, JOBCAST_TOKNE="abcdefghijklmnopqrstuvwxyz123456")
+    out = subprocess.run([*JOBCAST, "jobs"], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert ("jobcast: warning: JOBCAST_TOKNE is not a Jobcast setting (did you mean "
+            "JOBCAST_TOKEN?): it is ignored") in out.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from jobcast.core.settings import Settings, get_settings
+from jobcast.core.settings import Settings, get_settings, unknown_variables
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -152,3 +152,22 @@ def test_a_public_url_that_is_not_an_http_url_stops_start_up_naming_jobcast_url(
     monkeypatch.setenv("JOBCAST_URL", bad)
     with pytest.raises(ValidationError, match="JOBCAST_URL"):
         Settings()
+
+
+def test_a_misspelt_setting_is_named_with_the_one_it_probably_meant():
+    """An operator review's finding: JOBCAST_TOKNE=... was ignored without a word, and the
+    server ran open."""
+    assert unknown_variables({"JOBCAST_TOKNE": "x", "JOBCAST_READ_MODE": "private",
+                              "JOBCAST_TOKEN": "y", "JOBCAST_PORT": "8000", "HOME": "/"}) == [
+        "JOBCAST_READ_MODE is not a Jobcast setting (did you mean JOBCAST_READ?): it is ignored",
+        "JOBCAST_TOKNE is not a Jobcast setting (did you mean JOBCAST_TOKEN?): it is ignored"]
+
+
+def test_every_jobcast_variable_the_compose_file_and_the_readme_name_is_known():
+    """The list of variables read by something other than the settings stays complete: none
+    the project documents is ever called unknown."""
+    root = Path(__file__).resolve().parents[2]
+    named = set()
+    for doc in ("docker-compose.yml", "README.md", "Makefile"):
+        named |= set(re.findall(r"\bJOBCAST_[A-Z][A-Z_]*[A-Z]\b", (root / doc).read_text()))
+    assert unknown_variables({name: "1" for name in named}) == []
