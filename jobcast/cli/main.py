@@ -22,7 +22,7 @@ from jobcast.core.keys import InvalidJobId, check_job_id
 from jobcast.core.registry import ParamError, UnknownTask, all_tasks, load_user_tasks
 from jobcast.core.settings import get_settings, unknown_variables
 from jobcast.core.logstore import LogStore
-from jobcast.core.store import masked_url
+from jobcast.core.store import error_text, masked_url
 from jobcast.core.urls import host_port, job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
@@ -385,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(parser, args, extra)
     except RedisError as exc:
-        print(f"jobcast: cannot reach Redis at {masked_url(cfg.redis_url)}: {exc}", file=sys.stderr)
+        print(f"jobcast: cannot reach Redis at {masked_url(cfg.redis_url)}: {error_text(exc)}",
+              file=sys.stderr)
         return 3
     except BrokenPipeError:
         # Its reader left (`jobcast follow ID | head`): stop quietly, with the status of a

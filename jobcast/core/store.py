@@ -150,6 +150,12 @@ def reader_client(client: Redis, health_check_interval: float | None = None) -> 
     return Redis(connection_pool=own)
 
 
+def error_text(exc: BaseException) -> str:
+    """What went wrong with Redis, in one readable line: redis-py's "No master found" puts the
+    repr of its whole Sentinel client (a thousand characters or two) before the cause."""
+    return re.sub(r" : <redis\..*\)> - ", "; the last Sentinel asked: ", str(exc), flags=re.S)
+
+
 def masked_url(url: str) -> str:
     """``url`` as it may be printed or written down: its password (in the authority, or a
     ``password=`` or ``sentinel_password=`` query parameter) shown as ``***``.

@@ -31,7 +31,8 @@ from rq import Queue, Worker
 from jobcast.core.logstore import LogStore
 from jobcast.core.process import pid_alive, process_start
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import connect, masked_url, redis_client, separate, stream_url
+from jobcast.core.store import (connect, error_text, masked_url, redis_client, separate,
+                                 stream_url)
 from jobcast.core.task import ParamError
 from jobcast.core.urls import host_port
 from jobcast.producer.enqueue import enqueue
@@ -431,7 +432,7 @@ def status(output: str = "plain") -> int:
         try:
             info = rq_info(cfg.redis_url, cfg.queue_name)
         except RedisError as exc:
-            error = f"cannot reach Redis at {shown}: {exc}"
+            error = f"cannot reach Redis at {shown}: {error_text(exc)}"
     if output == "json":
         print(json.dumps({"up": state, "redis_url": shown, **(info or {"error": error})}))
         return 0 if info else 3

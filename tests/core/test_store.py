@@ -12,14 +12,16 @@ import uuid
 
 import pytest
 from redis.crc import key_slot
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from jobcast.core import store
 from jobcast.core.joblog import JobLog
 from jobcast.core.keys import (InvalidJobId, channel, job_id_from_channel, job_keys, log_key,
                                meta_key)
 from jobcast.core.settings import Settings
-from jobcast.core.store import (cluster_enabled, is_cluster, masked_url, reader_client,
+from jobcast.launcher.redisserver import free_port
+from jobcast.core.store import (cluster_enabled, error_text, is_cluster, masked_url, reader_client,
                                 redis_client, separate, stream_redis, stream_url)
 
 
@@ -146,3 +148,15 @@ def test_a_cluster_that_is_not_formed_is_a_redis_error_naming_it_not_a_traceback
     with pytest.raises(RedisError, match="not usable: All slots are not covered") as caught:
         store.connect("redis://:s3cret@127.0.0.1:7000/0", cluster=True)
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_sentinel_that_finds_no_primary_is_told_in_one_short_line_ending_with_the_cause():
+    """An operator review's finding: redis-py's message put the repr of its whole Sentinel
+    client (about 1,300 characters) before the cause, a wrong Sentinel password."""
+    sentinel = Sentinel([("127.0.0.1", free_port())], socket_timeout=0.5)
+    with pytest.raises(MasterNotFoundError) as caught:
+        sentinel.discover_master("jobcast")
+    text = error_text(caught.value)
+    assert text.startswith("No master found for 'jobcast'; the last Sentinel asked: ")
+    assert "Connection refused" in text and "<redis." not in text and len(text) < 200
+    assert error_text(RedisConnectionError("Error 111 connecting")) == "Error 111 connecting"
