@@ -170,4 +170,5 @@ def test_every_jobcast_variable_the_compose_file_and_the_readme_name_is_known():
     named = set()
     for doc in ("docker-compose.yml", "README.md", "Makefile"):
         named |= set(re.findall(r"\bJOBCAST_[A-Z][A-Z_]*[A-Z]\b", (root / doc).read_text()))
+    named.discard("JOBCAST_TOKNE")  # the README's example of a misspelt name
     assert unknown_variables({name: "1" for name in named}) == []
