@@ -6,7 +6,8 @@ outside the workers, so one web process at a time (a Redis lock elects it) check
 seconds:
 
 - RQ's cleanup of abandoned jobs runs here too, so it does not wait for a worker's next
-  maintenance round;
+  maintenance round (but not in the three monitoring intervals after Redis is back from an
+  outage, in which live workers send the heartbeats it missed);
 - when no worker at all has been alive for ``orphan_timeout`` seconds, every queued or
   running job is failed with that reason, and its viewers get their terminal event;
 - jobs that Jobcast did not enqueue (plain RQ jobs, see :mod:`jobcast.worker.emit`) get their terminal
@@ -23,6 +24,8 @@ import time
 from datetime import timezone
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -30,7 +33,7 @@ from rq.job import Job, JobStatus
 from jobcast.core.logstore import PAGE, LogStore
 from jobcast.core.wait import in_pages
 from jobcast.web.periodic import Periodic
-from jobcast.worker.hook import JobcastJob
+from jobcast.worker.hook import JobcastJob, resume_grace
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +66,31 @@ class Watchdog(Periodic):
         self.missing: set[str] = set()  # plain RQ jobs found gone from RQ in the last round
         # Jobcast's queued jobs RQ lacked in the last round: when each was first found missing
         self.unqueued: dict[str, float] = {}
+        self.lost_redis = False  # the last round could not reach Redis
+        self.back_at: float | None = None  # when a round reached it again after one could not
 
     def round(self) -> None:
         """Check, if this process holds the lock (one web process at a time does)."""
-        if self.redis.set(LOCK, "1", nx=True, ex=max(1, int(self.interval) - 1)):
-            self.check()
+        now = time.time()
+        try:
+            held = self.redis.set(LOCK, "1", nx=True, ex=max(1, int(self.interval) - 1))
+        except (RedisConnectionError, RedisTimeoutError):
+            self.lost_redis = True
+            raise
+        if self.lost_redis:
+            self.lost_redis, self.back_at = False, now
+        if held:
+            self.check(now)
 
     def check(self, now: float | None = None) -> list[str]:
         """One round; returns the ids of jobs it failed for lack of workers."""
         now = time.time() if now is None else now
         queue = Queue(self.config.queue_name, connection=self.redis, job_class=JobcastJob)
         # RQ's own abandoned-job handling: retry if retries are left, else fail (+ callback).
-        queue.started_job_registry.cleanup(exception_handlers=[])
+        # Held for three monitoring intervals after an outage: it expired the executions of the
+        # jobs that ran through it, whose workers beat again within an interval of its end.
+        if self.back_at is None or now - self.back_at >= resume_grace(self.config.monitor_interval):
+            queue.started_job_registry.cleanup(exception_handlers=[])
         self.reconcile(now)
         if self.live_workers(queue, now):
             self.redis.delete(NO_WORKER_SINCE)

@@ -17,8 +17,11 @@ descriptors; in the non-forking worker, at ``sys.stdout`` and ``sys.stderr``.
 from __future__ import annotations
 
 import logging
+import time
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.exceptions import InvalidJobOperation
@@ -38,6 +41,16 @@ from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner
                                  send_unsent, share)
 
 log = logging.getLogger(__name__)
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+"""What a call to a Redis that is down, restarting or out of reach raises."""
+
+
+def resume_grace(monitor_interval: float) -> float:
+    """Seconds after Redis answers again during which jobs are not taken for abandoned: three
+    monitoring intervals, in which a live worker's heartbeat (tried once an interval while
+    Redis is away) gets through."""
+    return 3 * monitor_interval
 
 
 def reason_from(exc_string: str, shown: str | None = None) -> str:
@@ -84,6 +97,12 @@ class LifecycleMixin:
     _ended_job_id: str | None = None
     """The job whose log had ended before its attempt began (:class:`JobEnded`), until its
     failure is handled."""
+    _redis_lost_at: float | None = None
+    """When a heartbeat first failed to reach Redis, until one reaches it again."""
+    _redis_back_at: float | None = None
+    """When a heartbeat reached Redis again after failing to."""
+    clock = staticmethod(time.monotonic)
+    """The clock of those two (a test's own, in the tests)."""
 
     def __init__(self, *args, **kwargs) -> None:
         """Set up the RQ worker, and read Jobcast's settings before RQ forks any work-horse,
@@ -119,6 +138,79 @@ class LifecycleMixin:
             self.log.warning("Worker %s: could not unsubscribe (%s)", self.name, exc)
         thread.join(timeout=2)
         self.pubsub.close()
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
+        """RQ's heartbeat; while a work-horse runs a job, a Redis out of reach is ridden out.
+
+        Between jobs, RQ's loop catches the error and tries again with backoff. While a job
+        runs, RQ's monitoring loop beats through :meth:`maintain_heartbeats`, and through this
+        one when the job is past its timeout or the wait for the work-horse was interrupted;
+        there RQ would quit on it, as below.
+        """
+        if pipeline is not None:  # sent by the caller, which sees any failure
+            super().heartbeat(timeout, pipeline)
+            return
+        try:
+            super().heartbeat(timeout)
+        except UNREACHABLE as exc:
+            monitoring = bool(self.horse_pid) and not self.is_horse
+            self._redis_unreachable(exc, warn=monitoring)
+            if monitoring:
+                return
+            raise  # between jobs: RQ's loop waits and tries again
+        self._redis_reached()
+
+    def maintain_heartbeats(self, job: Job, execution) -> None:
+        """RQ's heartbeats of the worker, the job and its execution, sent every monitoring
+        interval while a work-horse runs the job; a Redis out of reach is ridden out.
+
+        The work-horse goes on meanwhile: its writes to the job's log retry for about a minute
+        (jobcast.core.store). The worker logs one warning per outage and tries again at the
+        next interval, and a line when Redis answers again. RQ's own loop would quit on the
+        error, orphaning the work-horse, and the job would be retried or failed.
+        """
+        try:
+            super().maintain_heartbeats(job, execution)
+        except UNREACHABLE as exc:
+            self._redis_unreachable(exc, warn=True, job=job)
+            return
+        self._redis_reached()
+
+    def _redis_unreachable(self, exc: Exception, warn: bool, job: Job | None = None) -> None:
+        """Note that Redis could not be reached; the first failure of an outage is logged
+        (with ``warn``) as one line."""
+        if self._redis_lost_at is not None:
+            return
+        self._redis_lost_at = self.clock()
+        if warn:
+            running = f" while job {job.id} runs" if job is not None else ""
+            self.log.warning("Worker %s: cannot reach Redis%s (%s); its work-horse goes on, and "
+                             "the heartbeat is tried again every %s s", self.name, running,
+                             exc, self.job_monitoring_interval)
+
+    def _redis_reached(self) -> None:
+        """Note that Redis answered; after an outage, say so once."""
+        if self._redis_lost_at is None:
+            return
+        self._redis_back_at = self.clock()
+        self.log.info("Worker %s: Redis answers again (after %.0f s)", self.name,
+                      self._redis_back_at - self._redis_lost_at)
+        self._redis_lost_at = None
+
+    def clean_registries(self) -> None:
+        """RQ's maintenance of its registries, but not just after an outage.
+
+        Among them is RQ's cleanup of jobs abandoned by dead workers: a job whose execution's
+        heartbeat has expired is retried or failed. An outage longer than that heartbeat's TTL
+        (three monitoring intervals for `jobcast worker`) expires the execution of every job
+        that ran through it, while their workers live on and beat again within an interval of
+        Redis's return. So for three monitoring intervals after this worker reaches Redis again
+        the maintenance waits (RQ runs it at its next chance), as the web's watchdog does.
+        """
+        back = self._redis_back_at
+        if back is not None and self.clock() - back < resume_grace(self.job_monitoring_interval):
+            return
+        super().clean_registries()
 
     def prepare_job_execution(self, job: Job, *args, **kwargs) -> None:
         """After RQ marks the job started: create its log if missing, log ``started``, then

@@ -5,13 +5,25 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from typing import Callable
 
+from redis import Redis
+from redis.exceptions import AuthenticationError
 from rq import Queue, Worker
 
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import redis_client
-from jobcast.worker.hook import JobcastJob, LifecycleMixin
+from jobcast.core.store import masked_url, redis_client
+from jobcast.worker.hook import UNREACHABLE, JobcastJob, LifecycleMixin
+
+log = logging.getLogger(__name__)
+
+REDIS_WAIT = 60.0
+"""Seconds `jobcast worker` waits for a Redis it cannot reach as it starts, then gives up (exit
+3). A running worker rides out an outage (RQ's loop between jobs, the hook during one): one
+that starts in it waits too, so a supervisor (`jobcast up`, compose) does not count each
+start as a crash; but a wrong REDIS_URL still ends it, after about a minute."""
 
 
 def worker_name() -> str:
@@ -42,6 +54,31 @@ class JobcastWorker(LifecycleMixin, Worker):
         return max(ttl, 2 * interval)
 
 
+def wait_for_redis(redis: Redis, url: str, limit: float = REDIS_WAIT,
+                   clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], object] = time.sleep) -> None:
+    """Return once the Redis at ``url`` answers; while it cannot be reached, try again after
+    1, 2, 4... seconds (as RQ's loop does between jobs), each failure one line of the log, for
+    ``limit`` seconds at most: then raise the last error. A refused password raises at once."""
+    deadline = clock() + limit
+    pause = 1.0
+    while True:
+        try:
+            redis.ping()
+            return
+        except AuthenticationError:
+            raise
+        except UNREACHABLE as exc:
+            left = deadline - clock()
+            if left <= 0:
+                raise
+            pause = min(pause, left)
+            log.warning("jobcast: cannot reach Redis at %s (%s); trying again in %.0f s, for "
+                        "%.0f s more", masked_url(url), exc, pause, left)
+            sleep(pause)
+            pause *= 2
+
+
 def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty)."""
     cfg = config or get_settings()
@@ -49,6 +86,7 @@ def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:
     # Import tasks before forking work-horses, so each job does not import them again.
     load_user_tasks()
     redis = redis_client(cfg.redis_url)
+    wait_for_redis(redis, cfg.redis_url)
     queue = Queue(cfg.queue_name, connection=redis, job_class=JobcastJob)
     worker = JobcastWorker([queue], connection=redis, name=worker_name(), job_class=JobcastJob,
                            job_monitoring_interval=cfg.monitor_interval,

@@ -350,7 +350,8 @@ def rq_info(redis_url: str, queue_name: str) -> dict[str, Any]:
     try:
         q = Queue(queue_name, connection=conn)
         queue = {"name": queue_name, "queued": q.count,
-                 "started": q.started_job_registry.count,
+                 # (its count would run RQ's cleanup of abandoned jobs, unheld after an outage)
+                 "started": q.started_job_registry.get_job_count(cleanup=False),
                  "finished": q.finished_job_registry.count,
                  "failed": q.failed_job_registry.count,
                  "deferred": q.deferred_job_registry.count,

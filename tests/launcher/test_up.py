@@ -378,20 +378,25 @@ def test_a_killed_embedded_redis_is_restarted_on_its_port_and_jobs_run_again(up)
 
 @pytest.mark.slow  # runs `jobcast up`
 def test_a_service_that_fails_at_once_every_time_stops_jobcast_up_naming_it(tmp_path):
-    # Only the worker gets a Redis URL where nothing listens.
-    stack = Up(tmp_path, "--workers", "1", "--no-demo", "--env", "worker:REDIS_URL=redis://127.0.0.1:1/0")
+    # Only the worker gets a Redis URL that fails at once: its password is refused (a Redis
+    # that cannot be reached, it would wait for).
+    guarded = RedisServer(data_dir=tmp_path / "guarded", password="right").start()
+    wrong = guarded.url.replace(":right@", ":wrong@")
+    stack = Up(tmp_path, "--workers", "1", "--no-demo", "--env", f"worker:REDIS_URL={wrong}")
     started = time.monotonic()
     try:
         code = stack.proc.wait(90)
     finally:
         stack.stop()
+        guarded.stop()
     took = time.monotonic() - started
     assert code == 1
     err = stack.err_path.read_text()
-    # A worker without Redis exits 3 with one line, not a traceback (finding 17 of issue 23).
+    # A worker refused by Redis exits 3 with one line, not a traceback (finding 17 of issue 23).
     assert re.search(r"worker\.1 exited 6 times within 60s \(last: exit status 3\); giving up", err), err
     out = stack.output()
-    assert re.search(r"worker\.1 +\| jobcast: cannot reach Redis at redis://127\.0\.0\.1:1/0", out)
+    assert re.search(r"worker\.1 +\| jobcast: cannot reach Redis at redis://:\*\*\*@127\.0\.0\.1:"
+                     f"{guarded.port}/0", out)
     assert "Traceback" not in out
     assert len(re.findall(r"jobcast +\| worker\.1 restarted", out)) == 5
     assert "web.1 exited" not in out and "redis.1 exited" not in out

@@ -4,6 +4,7 @@ Jobcast's queued jobs that RQ never got fail."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -203,3 +204,35 @@ def test_stop_ends_the_watchdog_thread(wd):
     assert thread.is_alive()
     wd.stop()
     wait_for(lambda: not thread.is_alive(), timeout=5, what="the watchdog thread to end")
+
+
+def test_after_an_outage_the_watchdog_takes_no_job_for_abandoned_for_three_intervals(tmp_path):
+    """An outage longer than a job's execution heartbeat (three monitoring intervals) expires
+    it while its worker lives on. That worker beats again within an interval of Redis's
+    return, but the watchdog's first round after it came first: it retried (or failed) the
+    job, and the work-horse still running it wrote on."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from jobcast.launcher.redisserver import RedisServer
+
+    with RedisServer(data_dir=tmp_path / "redis") as server:
+        redis = Redis.from_url(server.url)
+        config = Settings(redis_url=server.url, queue_name="wd-outage", monitor_interval=2)
+        wd = Watchdog(redis, LogStore(redis, config), interval=0.1)
+        wd.round()
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            wd.round()
+        server.start()
+        queue = Queue(config.queue_name, connection=redis)
+        job = queue.enqueue("os.getpid")
+        job.set_status(JobStatus.STARTED)  # its execution's heartbeat expired a second ago
+        redis.zadd(queue.started_job_registry.key, {f"{job.id}:e1": time.time() - 1})
+        back = time.time()
+        wd.round()  # Redis is back
+        assert job.get_status() == JobStatus.STARTED
+        wd.check(now=back + 5.5)
+        assert job.get_status() == JobStatus.STARTED
+        wd.check(now=back + 6.5)
+        assert job.get_status() != JobStatus.STARTED  # abandoned: failed (it has no retry)
+        redis.close()

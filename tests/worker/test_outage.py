@@ -1,0 +1,189 @@
+"""Workers across a Redis outage, against a redis-server of each test's own that the test stops
+and starts: a busy worker rides it out, one that starts in it waits for Redis, and no worker
+takes the jobs that ran through it for abandoned just after it."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+import uuid
+from typing import Iterator
+
+import psutil
+import pytest
+from redis import Redis
+from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue, Worker
+from rq.job import Job, JobStatus
+
+from jobcast.core.joblog import JobLog
+from jobcast.core.settings import Settings
+from jobcast.launcher.redisserver import RedisServer
+from jobcast.producer.enqueue import enqueue
+from jobcast.worker.main import JobcastWorker
+from tests.support.clock import FakeClock
+from tests.support.services import JOBCAST, ROOT, Workers, service_env, stop_process
+from tests.support.wait import wait_for
+
+WARNED = "cannot reach Redis while job"  # the busy worker's one line per outage
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, with its AOF (a restart keeps its data)."""
+    s = RedisServer(data_dir=tmp_path / "redis", appendonly=True).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def workers(server, tmp_path) -> Iterator[Workers]:
+    """`jobcast worker` processes on that Redis, stopped at the end of the test."""
+    pool = Workers(server.url, tmp_path)
+    yield pool
+    for proc in pool.procs:
+        stop_process(proc, timeout=20)
+
+
+def abandoned_job(redis: Redis, queue: Queue) -> Job:
+    """A job RQ has as started, whose execution's heartbeat expired a second ago: what an
+    outage longer than that heartbeat leaves behind a live worker."""
+    job = queue.enqueue("os.getpid")
+    job.set_status(JobStatus.STARTED)
+    redis.zadd(queue.started_job_registry.key, {f"{job.id}:{uuid.uuid4().hex}": time.time() - 1})
+    return job
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+def test_a_busy_worker_rides_out_an_outage_longer_than_its_heartbeat_and_the_job_ends_whole(
+        server, workers, tmp_path):
+    """A review's finding: an outage covering the worker's next heartbeat while it ran a job
+    made RQ's loop quit ("found an unhandled exception, quitting"), `jobcast worker` exit 3
+    and the work-horse run on without its parent; the job was retried, then failed."""
+    [proc] = workers.start(1, JOBCAST_MONITOR_INTERVAL="1")
+    log_path = tmp_path / "worker-0.log"
+    redis = Redis.from_url(server.url)
+    job_id = enqueue("sqrt", {"n": 30, "interval": 0.1}, config=Settings(redis_url=server.url))
+    jlog = JobLog(redis, job_id)
+    wait_for(lambda: jlog.values_logged() >= 5, 20, what="the job under way")
+    # (the work-horse and RQ's scheduler: a worker that dies leaves them running)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    try:
+        [(_, expires)] = redis.zrange(Queue("jobcast", connection=redis).started_job_registry.key,
+                                      0, -1, withscores=True)
+        server.stop()
+        # Down until the worker's heartbeats (one a second here) have met the outage, and past
+        # the execution's own heartbeat (three intervals).
+        wait_for(lambda: proc.poll() is not None or (WARNED in log_path.read_text()
+                                                     and time.time() > expires + 1), 15,
+                 what="heartbeats to fail")
+        assert proc.poll() is None, log_path.read_text()
+        server.start()
+        wait_for(lambda: jlog.status() == "finished", 60, interval=0.2, what="the job to finish")
+    finally:
+        if proc.poll() is not None:
+            for p in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+    entries = list(jlog.entries())
+    assert [e.data["i"] for e in entries if e.kind == "value"] == list(range(30))
+    assert [e.kind for e in entries if e.kind != "value"] == ["queued", "started", "finished"]
+    assert Job.fetch(job_id, connection=redis).get_status() == JobStatus.FINISHED
+    text = log_path.read_text()
+    assert proc.poll() is None, text
+    assert text.count(WARNED) == 1 and "Redis answers again" in text
+    assert "unhandled exception" not in text
+    stop_process(proc)
+    assert proc.returncode == 0
+    redis.close()
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+def test_jobcast_worker_started_while_redis_is_down_waits_for_it(tmp_path):
+    """A review's finding: `jobcast worker` exited 3 at once when Redis was down, so a
+    supervisor restarting it (`jobcast up`: 6 exits in 60 s) gave up during an outage."""
+    server = RedisServer(data_dir=tmp_path / "redis")  # not started yet
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([*JOBCAST, "worker"], env=service_env(server.url), cwd=ROOT,
+                                stdout=out, stderr=out)
+    try:
+        wait_for(lambda: proc.poll() is not None or "cannot reach Redis" in log_path.read_text(),
+                 20, what="the worker to try Redis")
+        assert proc.poll() is None, log_path.read_text()
+        server.start()
+        redis = Redis.from_url(server.url)
+        # Idle: listening on its queue (and past the start, where SIGTERM is not handled yet).
+        wait_for(lambda: [(w.pid, w.get_state()) for w in Worker.all(connection=redis)]
+                 == [(proc.pid, "idle")], 20, what="the worker to register and listen")
+        redis.close()
+    finally:
+        stop_process(proc)
+        server.stop()
+    assert proc.returncode == 0, log_path.read_text()
+
+
+def test_waiting_for_redis_gives_up_after_its_limit_and_at_once_on_a_refused_password(tmp_path):
+    from jobcast.worker.main import wait_for_redis
+
+    clock = FakeClock()
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        """Let the time pass on the fake clock."""
+        pauses.append(seconds)
+        clock.advance(seconds)
+
+    nobody = RedisServer(data_dir=tmp_path / "none")  # a free port, where no Redis listens
+    with pytest.raises(RedisConnectionError):
+        wait_for_redis(Redis.from_url(nobody.url), nobody.url, limit=10, clock=clock, sleep=sleep)
+    assert pauses == [1, 2, 4, 3]
+    with RedisServer(data_dir=tmp_path / "pw", password="right") as guarded:
+        wrong = guarded.url.replace(":right@", ":wrong@")
+        pauses.clear()
+        with pytest.raises(AuthenticationError):
+            wait_for_redis(Redis.from_url(wrong), wrong, clock=clock, sleep=sleep)
+        assert pauses == []
+        wait_for_redis(Redis.from_url(guarded.url), guarded.url, clock=clock, sleep=sleep)
+
+
+def test_a_worker_back_from_an_outage_takes_no_job_for_abandoned_for_three_intervals(server):
+    """An outage longer than a job's execution heartbeat (three monitoring intervals) expires
+    it while its worker lives on; that worker beats again within an interval of Redis's
+    return, but a peer's maintenance that came first retried (or failed) the job."""
+    redis = Redis.from_url(server.url)
+    queue = Queue(f"outage-{uuid.uuid4().hex[:8]}", connection=redis)
+    worker = JobcastWorker([queue], connection=redis, job_monitoring_interval=2)
+    worker.clock = clock = FakeClock()
+    worker.register_birth()
+    server.stop()
+    with pytest.raises(RedisConnectionError):
+        worker.heartbeat()  # between jobs: RQ's loop waits and tries again
+    server.start()
+    worker.heartbeat()
+    job = abandoned_job(redis, queue)
+    worker.clean_registries()
+    assert job.get_status() == JobStatus.STARTED
+    clock.advance(5.9)
+    worker.clean_registries()
+    assert job.get_status() == JobStatus.STARTED
+    clock.advance(0.1)
+    worker.clean_registries()
+    assert job.get_status() != JobStatus.STARTED  # abandoned: failed (it has no retry)
+    redis.close()
+
+
+def test_a_redis_url_in_the_wait_s_log_line_is_masked(tmp_path, caplog):
+    from jobcast.worker.main import wait_for_redis
+
+    nobody = RedisServer(data_dir=tmp_path / "none", password="s3cret")
+    clock = FakeClock()
+    with pytest.raises(RedisConnectionError):
+        wait_for_redis(Redis.from_url(nobody.url), nobody.url, limit=1, clock=clock,
+                       sleep=clock.advance)
+    assert "s3cret" not in caplog.text and "cannot reach Redis at redis://:***@" in caplog.text
+
