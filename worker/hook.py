@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
+from rq import worker_registration
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.utils import import_attribute
@@ -140,7 +141,9 @@ class LifecycleMixin:
         self.pubsub.close()
 
     def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
-        """RQ's heartbeat; while a work-horse runs a job, a Redis out of reach is ridden out.
+        """RQ's heartbeat, in one round trip with the check of the worker's registration
+        (:meth:`_keep_registered`); while a work-horse runs a job, a Redis out of reach is
+        ridden out.
 
         Between jobs, RQ's loop catches the error and tries again with backoff. While a job
         runs, RQ's monitoring loop beats through :meth:`maintain_heartbeats`, and through this
@@ -151,7 +154,12 @@ class LifecycleMixin:
             super().heartbeat(timeout, pipeline)
             return
         try:
-            super().heartbeat(timeout)
+            with self.connection.pipeline(transaction=False) as pipe:
+                super().heartbeat(timeout, pipeline=pipe)
+                beat = len(pipe)
+                self._ask_registered(pipe)
+                replies = pipe.execute()[beat:]
+            self._keep_registered(replies, timeout or self.worker_ttl + 60)
         except UNREACHABLE as exc:
             monitoring = bool(self.horse_pid) and not self.is_horse
             self._redis_unreachable(exc, warn=monitoring)
@@ -162,7 +170,8 @@ class LifecycleMixin:
 
     def maintain_heartbeats(self, job: Job, execution) -> None:
         """RQ's heartbeats of the worker, the job and its execution, sent every monitoring
-        interval while a work-horse runs the job; a Redis out of reach is ridden out.
+        interval while a work-horse runs the job, then the check of the worker's registration
+        (:meth:`_keep_registered`); a Redis out of reach is ridden out.
 
         The work-horse goes on meanwhile: its writes to the job's log retry for about a minute
         (jobcast.core.store). The worker logs one warning per outage and tries again at the
@@ -171,10 +180,45 @@ class LifecycleMixin:
         """
         try:
             super().maintain_heartbeats(job, execution)
+            with self.connection.pipeline(transaction=False) as pipe:
+                self._ask_registered(pipe)
+                replies = pipe.execute()
+            self._keep_registered(replies, self.job_monitoring_interval + 60)
         except UNREACHABLE as exc:
             self._redis_unreachable(exc, warn=True, job=job)
             return
         self._redis_reached()
+
+    def _ask_registered(self, pipe) -> None:
+        """Queue on ``pipe`` the reads that tell whether RQ still lists this worker: its key
+        as its birth wrote it, and its place in RQ's sets of workers (all, and each queue's)."""
+        pipe.hexists(self.key, "birth")
+        pipe.sismember(self.redis_workers_keys, self.key)
+        for name in self.queue_names():
+            pipe.sismember(worker_registration.WORKERS_BY_QUEUE_KEY % name, self.key)
+
+    def _keep_registered(self, replies: list, ttl: int) -> None:
+        """Register the worker again if the replies of :meth:`_ask_registered` say RQ lost it.
+
+        RQ registers a worker once, at its birth. Its heartbeat writes the worker's key again,
+        but not its place in the sets that ``Worker.all`` reads (and, between jobs, not the
+        key's other fields): after Redis restarted empty (or the key expired in a long outage)
+        a live worker was listed nowhere, and the web's watchdog, which counts the workers of
+        the queue there, failed every job ("no worker alive") while the worker ran it. RQ's
+        ``register_birth`` refuses a key without ``death``, so the registration is written
+        here as it writes it, birth date and all, with the worker's state.
+        """
+        if all(replies) or self.birth_date is None:  # (not born yet: nothing to restore)
+            return
+        self.log.warning("Worker %s: RQ's registry of workers had lost it (Redis restarted "
+                         "empty, or its key expired); registered again", self.name)
+        fields = self.serialize()
+        fields["state"] = self.get_state()
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping=fields)
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, ttl)
+            pipe.execute()
 
     def _redis_unreachable(self, exc: Exception, warn: bool, job: Job | None = None) -> None:
         """Note that Redis could not be reached; the first failure of an outage is logged

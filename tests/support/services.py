@@ -156,10 +156,12 @@ class Workers:
 
 
 def start_rq_worker(redis_url: str, queue: str, *, cwd: Path = ROOT, log_path: Path | None = None,
-                    worker_class: str = "jobcast.Worker", **env: str) -> subprocess.Popen:
+                    worker_class: str = "jobcast.Worker", options: tuple[str, ...] = (),
+                    **env: str) -> subprocess.Popen:
     """A real `rq worker` (RQ's own CLI, not Jobcast's) on ``queue`` (several: separated by
     spaces, as on its command line; it is named after the first); waits until it registers.
-    ``env`` adds environment variables (settings)."""
+    ``options`` go on its command line (``--job-monitoring-interval 1``); ``env`` adds
+    environment variables (settings)."""
     from rq import Worker
 
     require_slow("an rq worker")
@@ -167,7 +169,7 @@ def start_rq_worker(redis_url: str, queue: str, *, cwd: Path = ROOT, log_path: P
     name = f"rq-{queues[0]}-{os.getpid()}"
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([RQ, "worker", "--url", redis_url, "--worker-class", worker_class,
-                             "--name", name, *queues],
+                             "--name", name, *options, *queues],
                             env=service_env(redis_url, **env), cwd=cwd, stdout=out, stderr=out)
     conn = Redis.from_url(redis_url)
 

@@ -1,6 +1,7 @@
 """Workers across a Redis outage, against a redis-server of each test's own that the test stops
-and starts: a busy worker rides it out, one that starts in it waits for Redis, and no worker
-takes the jobs that ran through it for abandoned just after it."""
+and starts: a busy worker rides it out, one that starts in it waits for Redis, no worker takes
+the jobs that ran through it for abandoned just after it, and a Redis that comes back empty
+lists every live worker again."""
 
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
 from jobcast.launcher.redisserver import RedisServer
 from jobcast.producer.enqueue import enqueue
+from jobcast.core.logstore import LogStore
+from jobcast.web.watchdog import Watchdog
 from jobcast.worker.main import JobcastWorker
 from tests.support.clock import FakeClock
-from tests.support.services import JOBCAST, ROOT, Workers, service_env, stop_process
+from tests.support.services import (JOBCAST, ROOT, Workers, service_env, start_rq_worker,
+                                    stop_process)
 from tests.support.wait import wait_for
 
 WARNED = "cannot reach Redis while job"  # the busy worker's one line per outage
@@ -187,3 +191,51 @@ def test_a_redis_url_in_the_wait_s_log_line_is_masked(tmp_path, caplog):
                        sleep=clock.advance)
     assert "s3cret" not in caplog.text and "cannot reach Redis at redis://:***@" in caplog.text
 
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+@pytest.mark.parametrize("command", ["jobcast worker", "rq worker -w jobcast.Worker"])
+def test_a_live_worker_is_listed_again_after_redis_restarts_empty_idle_or_busy(tmp_path, command):
+    """A review's finding: RQ registers a worker only at its birth, and its heartbeat writes
+    its key again but not its place in RQ's sets of workers. After Redis restarted without its
+    data the worker ran every job unlisted, and the web's watchdog failed each one ("no worker
+    alive for 15 s") as it ran."""
+    with RedisServer(data_dir=tmp_path / "redis") as server:  # no AOF: it restarts empty
+        log_path = tmp_path / "worker.log"
+        if command == "jobcast worker":
+            [proc] = Workers(server.url, tmp_path).start(1, JOBCAST_MONITOR_INTERVAL="1")
+        else:
+            proc = start_rq_worker(server.url, "jobcast", log_path=log_path,
+                                   options=("--job-monitoring-interval", "1"))
+        family: list[psutil.Process] = []
+        redis = Redis.from_url(server.url)
+        queue = Queue("jobcast", connection=redis)
+        watchdog = Watchdog(redis, LogStore(redis, Settings(redis_url=server.url)))
+
+        def listed(state: str) -> bool:
+            """True when RQ lists the worker on the queue, in ``state``, and the watchdog
+            counts it alive."""
+            assert proc.poll() is None, f"the worker exited (see {tmp_path})"
+            workers = Worker.all(queue=queue)
+            return ([(w.pid, w.get_state()) for w in workers] == [(proc.pid, state)]
+                    and watchdog.live_workers(queue, time.time()) == 1)
+
+        try:
+            wait_for(lambda: listed("idle"), 10, what="the worker to listen")
+            server.stop()
+            server.start()
+            wait_for(lambda: listed("idle"), 10, what="the idle worker to be listed again")
+            queue.enqueue("time.sleep", 5)
+            wait_for(lambda: listed("busy"), 10, what="the worker to take the job")
+            family = psutil.Process(proc.pid).children(recursive=True)
+            server.stop()
+            server.start()
+            wait_for(lambda: listed("busy"), 4, what="the busy worker to be listed again")
+        finally:
+            proc.kill()
+            proc.wait()
+            for p in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            redis.close()
