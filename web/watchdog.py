@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.worker import WorkerStatus
 
 from jobcast.core.logstore import PAGE, LogStore
 from jobcast.core.wait import in_pages
@@ -45,6 +46,10 @@ NO_WORKER_SINCE = "jobcast:watchdog:no-worker-since"
 # RQ's states of a job that has ended other than by finishing.
 RQ_ENDED = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobcast worker`
+# Seconds a busy worker's key must have left to count it alive when its heartbeat is older than
+# the grace: RQ gives the key, at each heartbeat of a busy worker, the monitoring interval plus
+# 60 s, so a key with more left belongs to a worker less than 30 s late, whatever its interval.
+BUSY_KEY_LEFT = 30
 UNQUEUED = "RQ has no such job"  # the reason a queued job of Jobcast's that RQ lacks fails with
 # Seconds a queued Jobcast job may be missing from RQ before it fails: longer than a producer's
 # enqueue can take between opening the log and RQ having the job, riding out a failover (a
@@ -115,13 +120,19 @@ class Watchdog(Periodic):
         return float(since) if since is not None else now
 
     def live_workers(self, queue: Queue, now: float) -> int:
-        """Workers that sent a heartbeat recently.
+        """Workers that sent a heartbeat recently, or that are busy and not late with the next.
 
         A killed worker's registration lingers until its key expires (over a minute while it
-        had a job), so liveness is judged by the heartbeat itself: busy workers send one every
-        monitoring interval, idle ones every 15 s.
+        had a job), so liveness is judged by the heartbeat itself: idle workers send one every
+        15 s (`jobcast worker`), and count for :data:`HEARTBEAT_GRACE`. Busy ones send one every
+        monitoring interval, which each worker sets (``JOBCAST_MONITOR_INTERVAL``, ``rq worker
+        --job-monitoring-interval``; a non-forking worker sends none until the job ends): one
+        whose heartbeat is older than the grace counts while its key has more than
+        :data:`BUSY_KEY_LEFT` seconds left, as RQ sets it by the worker's own interval (a fixed
+        grace failed every job over about 50 s of a worker beating every 60 s). Those keys
+        cost one round trip; there are none while every worker beats within the grace.
         """
-        fresh = 0
+        fresh, late = 0, []
         for w in Worker.all(queue=queue):
             beat = 0.0
             if w.last_heartbeat is not None:
@@ -129,6 +140,13 @@ class Watchdog(Periodic):
                 beat = (hb if hb.tzinfo else hb.replace(tzinfo=timezone.utc)).timestamp()
             if now - beat < HEARTBEAT_GRACE:
                 fresh += 1
+            elif w.get_state() == WorkerStatus.BUSY:
+                late.append(w.key)
+        if late:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in late:
+                pipe.ttl(key)
+            fresh += sum(1 for left in pipe.execute() if left > BUSY_KEY_LEFT)
         return fresh
 
     def reconcile(self, now: float | None = None) -> list[str]:

@@ -4,10 +4,12 @@ Jobcast's queued jobs that RQ never got fail."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
 
+import psutil
 import pytest
 from redis import Redis
 from rq import Queue
@@ -236,3 +238,56 @@ def test_after_an_outage_the_watchdog_takes_no_job_for_abandoned_for_three_inter
         wd.check(now=back + 6.5)
         assert job.get_status() != JobStatus.STARTED  # abandoned: failed (it has no retry)
         redis.close()
+
+
+@pytest.mark.slow  # a real worker
+@pytest.mark.parametrize("command", ["jobcast worker", "rq worker -w jobcast.Worker"])
+def test_a_busy_worker_beating_every_minute_is_alive_until_late_whatever_its_interval(
+        wd, tmp_path, command):
+    """A review's finding: `JOBCAST_MONITOR_INTERVAL=60` (or `rq worker -w jobcast.Worker
+    --job-monitoring-interval 60`) was accepted, but the watchdog took a worker silent for 35 s
+    for dead: every job over about 50 s failed ("no worker alive for 15 s") as it ran.
+
+    Its silence is played forward: the watchdog's round is told a later time, and the worker's
+    key is made that much nearer its end, as Redis would have it then."""
+    from rq import Worker
+
+    from jobcast.producer.enqueue import enqueue
+    from tests.support.services import Workers, start_rq_worker
+
+    url, queue = wd.config.redis_url, wd.config.queue_name
+    if command == "jobcast worker":
+        [proc] = Workers(url, tmp_path).start(1, JOBCAST_QUEUE=queue,
+                                              JOBCAST_MONITOR_INTERVAL="60")
+    else:
+        proc = start_rq_worker(url, queue, log_path=tmp_path / "worker.log",
+                               options=("--job-monitoring-interval", "60"))
+    try:
+        job_id = enqueue("sqrt", {"n": 300, "interval": 0.1}, config=wd.config)
+        rq_queue = Queue(queue, connection=wd.redis)
+        wait_for(lambda: [w.get_state() for w in Worker.all(queue=rq_queue)] == ["busy"], 20,
+                 what="the worker to take the job")
+        [worker] = Worker.all(queue=rq_queue)
+        beat = worker.last_heartbeat.timestamp()
+        ttl_at_beat = wd.redis.ttl(worker.key) + (time.time() - beat)
+
+        def silent_for(seconds: float) -> float:
+            """The time ``seconds`` after the worker's last heartbeat, its key's TTL as then."""
+            wd.redis.expire(worker.key, int(ttl_at_beat - seconds))
+            return beat + seconds
+
+        assert wd.check(now=silent_for(40)) == []
+        assert wd.check(now=silent_for(60)) == []  # a fixed grace failed the job here
+        assert JobLog(wd.redis, job_id).status() == "running"
+        # A worker killed then is found dead before its key expires: once over 30 s late (its
+        # key with under 30 s left).
+        assert wd.live_workers(rq_queue, silent_for(ttl_at_beat - 32)) == 1
+        assert wd.live_workers(rq_queue, silent_for(ttl_at_beat - 28)) == 0
+    finally:
+        # Its key was played with: killed, with its work-horse (and RQ's scheduler).
+        family = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait()
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
