@@ -53,7 +53,7 @@ from jobcast.web.frames import SSE, TEXT, Transport, chunk
 from jobcast.web.handover import FAST_PATH, detach
 from jobcast.web.limits import client_address_of
 from jobcast.web.metrics import admitted
-from jobcast.web.security import OTHER_CSP, local_host
+from jobcast.web.security import OTHER_CSP, REFERRER_POLICY, local_host
 from jobcast.web.viewer import SocketSink
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ ARGS = {TEXT: frozenset({"start", "epoch", "tail"}), SSE: frozenset({"after", "t
 MAX_QUERY = 256
 """The longest query string the fast path reads (a stream's arguments are short)."""
 
-SECURITY_HEADERS = (("Content-Security-Policy", OTHER_CSP), ("Referrer-Policy", "no-referrer"))
+SECURITY_HEADERS = (("Content-Security-Policy", OTHER_CSP), ("Referrer-Policy", REFERRER_POLICY))
 """What :func:`jobcast.web.security.security_headers` adds to a stream's response (its
 ``X-Content-Type-Options`` is already among the stream's own headers)."""
 

@@ -5,7 +5,7 @@ identity (its id and creation time: an RQ job id can be chosen, and a later job 
 id is another job, which the link does not open) and the expiry, keyed by ``JOBCAST_SECRET`` or else the deployment's generated key
 (:mod:`jobcast.core.secret`), never by the API token.
 EventSource cannot send headers, so the signature has to travel in the URL; the pages send
-``Referrer-Policy: no-referrer`` so it does not leak to other sites.
+``Referrer-Policy: same-origin`` so it does not leak to other sites.
 
 This module needs no Flask request: the CLI signs the page URL it prints with it.
 """

@@ -80,6 +80,8 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'none'; "
             "form-action 'self'; frame-ancestors {ancestors}")
 OTHER_CSP = "default-src 'none'; frame-ancestors 'none'"
+REFERRER_POLICY = "same-origin"
+"""Every response's: a page's URL (a view link's signature) goes to no other site."""
 # static/jobcast.js also runs as a SharedWorker, whose policy is its script's response's: its
 # EventSource and status reads need connect-src (OTHER_CSP would block them).
 WORKER_SCRIPT = "jobcast.js"
@@ -391,8 +393,11 @@ def security_headers(response: Response) -> Response:
     else:
         headers.setdefault("Content-Security-Policy", OTHER_CSP)
     headers["X-Content-Type-Options"] = "nosniff"
-    # View links carry their signature in the URL: never send it on to another site.
-    headers["Referrer-Policy"] = "no-referrer"
+    # View links carry their signature in the URL: never send it on to another site. Not
+    # no-referrer: under it a browser sends `Origin: null` with this site's own forms and
+    # posts, which then cannot be told from another site's where it sends no Sec-Fetch-Site
+    # (plain HTTP to a host that is not localhost): cross_site() would refuse them all.
+    headers["Referrer-Policy"] = REFERRER_POLICY
     if (config().read_mode == "private" and request.endpoint != "static"
             and headers.get("Cache-Control", "no-cache") == "no-cache"):
         # What a private server answers was read with a credential (a session's cookie, a

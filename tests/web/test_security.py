@@ -217,14 +217,14 @@ def test_every_html_response_has_the_csp_framing_nosniff_and_referrer_headers(ht
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
         assert "frame-ancestors 'none'" in csp and r.headers["X-Frame-Options"] == "DENY", path
         assert r.headers["X-Content-Type-Options"] == "nosniff", path
-        assert r.headers["Referrer-Policy"] == "no-referrer", path
+        assert r.headers["Referrer-Policy"] == "same-origin", path
     # Only the streamed HTML may be framed, by this site.
     with http.stream("GET", f"/jobs/{job_id}/frame") as r:
         assert "frame-ancestors 'self'" in r.headers["Content-Security-Policy"]
         assert r.headers["X-Frame-Options"] == "SAMEORIGIN"
     for path in ("/api/jobs", f"/jobs/{job_id}/stream", "/nowhere"):
         r = http.get(path)
-        assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"] == "no-referrer"
+        assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"] == "same-origin"
         assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
 
 
