@@ -25,17 +25,3 @@ backlog = 4096
 control_socket_disable = True
 errorlog = "-"
 loglevel = "info"
-# Jobcast's own log lines (a cancel and who asked, Redis lost and found again, streams freed)
-# in gunicorn's format, with the module that wrote them, on stderr beside gunicorn's. Without
-# it only warnings would show, bare (Python's last resort). Only the `jobcast` logger: gunicorn's
-# and other libraries' loggers stay as they are (this replaces gunicorn's default "loggers").
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"jobcast": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-                               "datefmt": "[%Y-%m-%d %H:%M:%S %z]"}},
-    "handlers": {"jobcast": {"class": "logging.StreamHandler", "formatter": "jobcast",
-                             "stream": "ext://sys.stderr"}},
-    "loggers": {"jobcast": {"handlers": ["jobcast"], "level": "INFO", "propagate": False}},
-    "root": {"handlers": [], "level": "WARNING"},
-}

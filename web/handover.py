@@ -218,8 +218,24 @@ class StreamWorker(GeventWorker):
     def init_process(self) -> None:
         """Serve each listener with an :class:`AdmittingServer` (gunicorn's ``server_class``
         seam), which reads a new connection's first request before it costs a greenlet."""
+        self.share_log()
         self.server_class = partial(AdmittingServer, worker=self)
         super().init_process()
+
+    def share_log(self) -> None:
+        """Jobcast's log lines (a cancel and who asked, Redis lost and found again) go where
+        gunicorn's own go, at its level: ``--log-level``, ``--error-logfile``, syslog.
+
+        Else only warnings would show, bare (Python's last resort). Not when the user's own
+        logging configuration (``--log-config`` and its kin) or code has set them already."""
+        cfg = self.cfg
+        ours = logging.getLogger("jobcast")
+        if cfg.logconfig or cfg.logconfig_dict or cfg.logconfig_json or ours.handlers:
+            return
+        for handler in self.log.error_log.handlers:
+            ours.addHandler(handler)
+        ours.setLevel(self.log.error_log.level)
+        ours.propagate = False
 
     def handle_request(self, listener_name, req, sock, addr):
         """Serve one request; a taken connection then ends gunicorn's part in it."""

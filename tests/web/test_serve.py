@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 
+import httpx
 import pytest
 
 from jobcast.web.serve import METRICS_PREFIX, metrics_dir
@@ -34,7 +35,7 @@ def test_a_start_removes_the_metrics_directories_of_servers_that_have_ended(tmp_
     assert os.listdir(made) == [] and os.stat(made).st_mode & 0o777 == 0o700
 
 
-def test_the_servers_log_has_jobcasts_info_lines_with_time_level_and_module(web, http):
+def test_the_servers_log_has_jobcasts_info_lines_as_gunicorn_writes_its_own(web, http):
     """An operator review's finding: `jobcast web` never configured logging, so the cancel line
     the README promises (`job … cancel asked from <address>`) never showed, and Jobcast's
     warnings came bare, with no time or level."""
@@ -42,7 +43,7 @@ def test_the_servers_log_has_jobcasts_info_lines_with_time_level_and_module(web,
                        ).json()["id"]
     assert http.post(f"/api/jobs/{job_id}/cancel").status_code == 200
     line = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] \[INFO\] "
-                      rf"jobcast\.web\.api: job {job_id}: cancel asked from 127\.0\.0\.1$", re.M)
+                      rf"job {job_id}: cancel asked from 127\.0\.0\.1$", re.M)
     wait_for(lambda: line.search(web.log_path.read_text()), 10,
              what="the cancel's line in the server's log")
     assert web.log_path.read_text().count(f"job {job_id}: cancel asked") == 1, "once, not twice"
@@ -63,3 +64,22 @@ def test_an_open_server_says_so_in_its_log_when_each_worker_boots_not_at_a_first
         assert log_path.read_text().count(said) == 2, "once a worker"
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_jobcasts_log_lines_follow_gunicorns_log_level(redis_server, tmp_path):
+    """A second reading's finding: Jobcast's lines had a level and handler of their own, so
+    `--log-level warning` did not quiet them (nor `--error-logfile` move them)."""
+    log_path = tmp_path / "web.log"
+    server = WebServer(redis_server.url, workers=1, log_path=log_path, JOBCAST_TOKEN="",
+                       GUNICORN_CMD_ARGS="--log-level warning")
+    server.start()
+    try:
+        job_id = httpx.post(f"{server.url}/api/jobs", timeout=10, json={
+            "task": "sqrt", "params": {"n": 500, "interval": 1}}).json()["id"]
+        assert httpx.post(f"{server.url}/api/jobs/{job_id}/cancel", timeout=10).status_code == 200
+        wait_for(lambda: "[WARNING] JOBCAST_TOKEN is not set" in log_path.read_text(), 10,
+                 what="the open server's warning")
+    finally:
+        server.stop()
+    assert "cancel asked" not in log_path.read_text()
