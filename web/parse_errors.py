@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import socket
 
-from gunicorn.http.errors import InvalidHeader, InvalidHeaderName, ParseException
+from gunicorn.http.errors import InvalidHeader, InvalidHeaderName
 from werkzeug.http import HTTP_STATUS_CODES
 
 
@@ -46,7 +46,7 @@ def body(status: int, exc: BaseException) -> dict[str, str]:
     header, when one is at fault); the server's own is not detailed."""
     name = HTTP_STATUS_CODES.get(status, "error")
     answer = {"error": name.lower().replace(" ", "_")}
-    if status >= 500 and not isinstance(exc, ParseException):
+    if status == 500:  # gunicorn's own failure, or a header the app tried to send
         answer["message"] = "internal server error"
         return answer
     answer["message"] = str(exc) or name

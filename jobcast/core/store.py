@@ -178,6 +178,12 @@ def masked_url(url: str) -> str:
     return url
 
 
+def is_masked(url: str) -> bool:
+    """``url`` holds a password :func:`masked_url` replaced (a URL read back from where it was
+    written down masked): it cannot be connected with."""
+    return ":***@" in url or re.search(r"(?i)[?&][^&=#?]*password=\*\*\*(&|$)", url) is not None
+
+
 def stream_url(config: Settings) -> str:
     """The URL of the stream store: JOBCAST_STREAM_URL, else REDIS_URL."""
     return config.stream_url or config.redis_url

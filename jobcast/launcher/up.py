@@ -31,8 +31,8 @@ from rq import Queue, Worker
 from jobcast.core.logstore import LogStore
 from jobcast.core.process import pid_alive, process_start
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import (connect, error_text, masked_url, redis_client, separate,
-                                 stream_url)
+from jobcast.core.store import (connect, error_text, is_masked, masked_url, redis_client,
+                                 separate, stream_url)
 from jobcast.core.task import ParamError
 from jobcast.core.urls import host_port
 from jobcast.producer.enqueue import enqueue
@@ -408,7 +408,7 @@ def follow_running_up(environ: MutableMapping[str, str] | None = None) -> None:
     if "REDIS_URL" in environ:
         if masked_url(environ["REDIS_URL"]) != state.get("redis_url"):
             return  # another Redis: not its jobs, so not its web server either
-    elif ":***@" in (url := running_redis_url(state)):
+    elif is_masked(url := running_redis_url(state)):
         # A password this process cannot read: neither its Redis nor its web server. Said,
         # or the command would go on to localhost:6379 and fail there, or find other jobs.
         print(f"jobcast: {UNKNOWN_PASSWORD}", file=sys.stderr, flush=True)
@@ -427,7 +427,7 @@ def status(output: str = "plain") -> int:
     cfg = Settings(redis_url=running_redis_url(state)) if state else get_settings()
     shown = masked_url(cfg.redis_url)
     info = None
-    if ":***@" in cfg.redis_url:  # (masked in up.json; trying it would read as a wrong password)
+    if is_masked(cfg.redis_url):  # (masked in up.json; trying it would read as a wrong password)
         error = UNKNOWN_PASSWORD
     else:
         try:

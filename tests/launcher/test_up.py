@@ -632,6 +632,12 @@ def test_status_and_client_commands_say_that_the_running_ups_redis_password_is_n
         env: dict[str, str] = {}
         follow_running_up(env)
         assert env == {} and UNKNOWN_PASSWORD in capsys.readouterr().err
+        # A Sentinel password in the query is masked too (a second reading's finding).
+        write_state(tmp_path / "jobcast" / "up.json",
+                    {"pid": os.getpid(), "started": time.time(), "services": [],
+                     "redis_url": "redis+sentinel://127.0.0.1:26391/m?sentinel_password=***",
+                     "redis_embedded": False, "streams": "", "queue": "jobcast"})
+        assert status() == 3 and UNKNOWN_PASSWORD in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
 

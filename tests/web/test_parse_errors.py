@@ -8,7 +8,8 @@ import socket
 
 import h11
 import pytest
-from gunicorn.http.errors import InvalidHeader, InvalidRequestLine, LimitRequestLine
+from gunicorn.http.errors import (InvalidHeader, InvalidRequestLine, InvalidResponseHeader,
+                                   LimitRequestLine)
 
 from jobcast.web.parse_errors import body
 from tests.web.test_handover import read_all
@@ -28,6 +29,10 @@ def test_an_error_of_the_request_line_names_no_field_and_keeps_gunicorns_message
 
 def test_a_server_failure_is_not_detailed():
     assert body(500, RuntimeError("secret path /etc/x")) == {
+        "error": "internal_server_error", "message": "internal server error"}
+    # A header the app tried to send is the app's fault, not a request field's (a second
+    # reading's finding: it was named as the field at fault, quotes and all).
+    assert body(500, InvalidResponseHeader("X-Foo")) == {
         "error": "internal_server_error", "message": "internal server error"}
 
 
