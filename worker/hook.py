@@ -98,6 +98,10 @@ class LifecycleMixin:
     _ended_job_id: str | None = None
     """The job whose log had ended before its attempt began (:class:`JobEnded`), until its
     failure is handled."""
+    max_connection_wait_time = 4.0
+    """Most seconds RQ's loop waits, between jobs, before trying an unreachable Redis again
+    (RQ's own is 60): a worker idle through an outage must be listed again before the web's
+    watchdog, which counts none alive meanwhile, fails the queued jobs (15 s after 35)."""
     _redis_lost_at: float | None = None
     """When a heartbeat first failed to reach Redis, until one reaches it again."""
     _redis_back_at: float | None = None
@@ -231,6 +235,11 @@ class LifecycleMixin:
             self.log.warning("Worker %s: cannot reach Redis%s (%s); its work-horse goes on, and "
                              "the heartbeat is tried again every %s s", self.name, running,
                              exc, self.job_monitoring_interval)
+
+    def redis_back(self) -> None:
+        """Redis answers again after an outage this worker did not see from its start (it
+        began in it): its maintenance waits as after one it rode out (:meth:`clean_registries`)."""
+        self._redis_back_at = self.clock()
 
     def _redis_reached(self) -> None:
         """Note that Redis answered; after an outage, say so once."""
@@ -431,7 +440,8 @@ class LifecycleMixin:
         value, or before it runs): no error, so one line says so; and as for a forking worker's
         work-horse killed by a cancel, no handler runs. Its failure path files it canceled."""
         if isinstance(exc_info[1], JobCancelled):
-            log.info("jobcast: job %s was cancelled", job.id)
+            # (RQ's own logger: `rq worker` shows its INFO lines, not those of others)
+            self.log.info("Worker %s: jobcast: job %s was cancelled", self.name, job.id)
             return
         super().handle_exception(job, *exc_info)
 

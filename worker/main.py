@@ -56,16 +56,18 @@ class JobcastWorker(LifecycleMixin, Worker):
 
 def wait_for_redis(redis: Redis, url: str, limit: float = REDIS_WAIT,
                    clock: Callable[[], float] = time.monotonic,
-                   sleep: Callable[[float], object] = time.sleep) -> None:
-    """Return once the Redis at ``url`` answers; while it cannot be reached, try again after
-    1, 2, 4... seconds (as RQ's loop does between jobs), each failure one line of the log, for
-    ``limit`` seconds at most: then raise the last error. A refused password raises at once."""
+                   sleep: Callable[[float], object] = time.sleep) -> bool:
+    """Return once the Redis at ``url`` answers (True if it did not at once); while it cannot
+    be reached, try again after 1, 2, 4... seconds (as RQ's loop does between jobs), each
+    failure one line of the log, for ``limit`` seconds at most: then raise the last error. A
+    refused password raises at once."""
     deadline = clock() + limit
     pause = 1.0
+    waited = False
     while True:
         try:
             redis.ping()
-            return
+            return waited
         except AuthenticationError:
             raise
         except UNREACHABLE as exc:
@@ -76,6 +78,7 @@ def wait_for_redis(redis: Redis, url: str, limit: float = REDIS_WAIT,
             log.warning("jobcast: cannot reach Redis at %s (%s); trying again in %.0f s, for "
                         "%.0f s more", masked_url(url), exc, pause, left)
             sleep(pause)
+            waited = True
             pause *= 2
 
 
@@ -86,11 +89,15 @@ def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:
     # Import tasks before forking work-horses, so each job does not import them again.
     load_user_tasks()
     redis = redis_client(cfg.redis_url)
-    wait_for_redis(redis, cfg.redis_url)
+    waited = wait_for_redis(redis, cfg.redis_url)
     queue = Queue(cfg.queue_name, connection=redis, job_class=JobcastJob)
     worker = JobcastWorker([queue], connection=redis, name=worker_name(), job_class=JobcastJob,
                            job_monitoring_interval=cfg.monitor_interval,
                            maintenance_interval=cfg.maintenance_interval,
                            # A killed idle worker disappears from RQ's registry this soon.
                            worker_ttl=30)
+    if waited:
+        # Started in an outage (a supervisor's restart, say): the jobs of live workers that ran
+        # through it are not abandoned, as for a worker that rode it out.
+        worker.redis_back()
     return worker.work(burst=burst, with_scheduler=True)

@@ -152,7 +152,46 @@ def test_waiting_for_redis_gives_up_after_its_limit_and_at_once_on_a_refused_pas
         with pytest.raises(AuthenticationError):
             wait_for_redis(Redis.from_url(wrong), wrong, clock=clock, sleep=sleep)
         assert pauses == []
-        wait_for_redis(Redis.from_url(guarded.url), guarded.url, clock=clock, sleep=sleep)
+        assert wait_for_redis(Redis.from_url(guarded.url), guarded.url, clock=clock,
+                              sleep=sleep) is False, "it answered at once"
+
+
+def test_a_worker_that_started_in_an_outage_holds_its_maintenance_as_one_that_rode_it_out(
+        server):
+    """A second reading's finding: a worker (re)started while Redis was down ran RQ's cleanup
+    the moment Redis answered, and took the jobs of live workers that rode the outage out for
+    abandoned."""
+    from jobcast.worker.main import wait_for_redis
+
+    clock = FakeClock()
+    server.stop()
+    # Redis comes back during the wait's first pause.
+    assert wait_for_redis(Redis.from_url(server.url), server.url, limit=10, clock=clock,
+                          sleep=lambda seconds: server.start()) is True
+    redis = Redis.from_url(server.url)
+    queue = Queue(f"outage-{uuid.uuid4().hex[:8]}", connection=redis)
+    worker = JobcastWorker([queue], connection=redis, job_monitoring_interval=2)
+    worker.clock = clock
+    worker.redis_back()  # as run_worker does after a wait
+    worker.register_birth()
+    job = abandoned_job(redis, queue)
+    worker.clean_registries()
+    assert job.get_status() == JobStatus.STARTED
+    clock.advance(6)
+    worker.clean_registries()
+    assert job.get_status() != JobStatus.STARTED
+    redis.close()
+
+
+def test_between_jobs_a_worker_tries_an_unreachable_redis_again_at_most_4_s_apart():
+    """A second reading's finding: RQ's loop waits up to 60 s between tries; a worker idle
+    through an outage of 35 s or more came back after the watchdog had failed the queued jobs
+    for want of a live worker (15 s after Redis's return)."""
+    from jobcast.worker import hook
+
+    assert Worker.max_connection_wait_time == 60  # RQ's
+    for cls in (JobcastWorker, hook.Worker, hook.SimpleWorker):
+        assert cls.max_connection_wait_time == 4
 
 
 def test_a_worker_back_from_an_outage_takes_no_job_for_abandoned_for_three_intervals(server):
@@ -225,13 +264,16 @@ def test_a_live_worker_is_listed_again_after_redis_restarts_empty_idle_or_busy(t
             wait_for(lambda: listed("idle"), 10, what="the worker to listen")
             server.stop()
             server.start()
-            wait_for(lambda: listed("idle"), 10, what="the idle worker to be listed again")
-            queue.enqueue("time.sleep", 5)
+            # (between jobs RQ's loop tries again after 1, 2, 4, 8 s...: 20 s covers a slow
+            # restart)
+            wait_for(lambda: listed("idle"), 20, what="the idle worker to be listed again")
+            # A job that outlasts the test however slow the machine (it is killed below).
+            queue.enqueue("time.sleep", 300)
             wait_for(lambda: listed("busy"), 10, what="the worker to take the job")
             family = psutil.Process(proc.pid).children(recursive=True)
             server.stop()
             server.start()
-            wait_for(lambda: listed("busy"), 4, what="the busy worker to be listed again")
+            wait_for(lambda: listed("busy"), 10, what="the busy worker to be listed again")
         finally:
             proc.kill()
             proc.wait()
