@@ -15,6 +15,8 @@ from tests.support.services import WebServer, require_slow
 HOST = "jobcast.test"
 TOKEN = "a-token-for-plain-http-pages"
 
+pytestmark = pytest.mark.slow  # Chromium and gunicorn
+
 
 @pytest.fixture(scope="module")
 def lan_browser():
@@ -43,7 +45,8 @@ def servers(redis_server, logs_dir) -> Iterator[dict[str, WebServer]]:
 
 def test_a_browser_on_plain_http_logs_in_with_the_token_form_and_out_again(lan_browser, servers):
     """A review's finding: the page's `Referrer-Policy: no-referrer` made the browser send
-    `Origin: null` with the form, which the login (and the logout) refused as another site's."""
+    `Origin: null` with the form, which the login refused as another site's (and the logout,
+    whose form posts the same way)."""
     base = f"http://{HOST}:{servers['private'].port}"
     context = lan_browser.new_context()
     try:
@@ -62,8 +65,8 @@ def test_a_browser_on_plain_http_logs_in_with_the_token_form_and_out_again(lan_b
 
 
 def test_the_start_form_of_an_open_server_on_plain_http_creates_the_job(lan_browser, servers):
-    """The same for an open server: its changes are refused from another site's page, and the
-    start form's own post was taken for one."""
+    """An open server refuses changes from another site's page: its own start form, whose
+    post the page's script makes, still creates the job on such an origin."""
     base = f"http://{HOST}:{servers['open'].port}"
     context = lan_browser.new_context()
     try:
@@ -73,8 +76,7 @@ def test_the_start_form_of_an_open_server_on_plain_http_creates_the_job(lan_brow
         page.locator("fieldset[data-task='sqrt'] input[name='n']").fill("3")
         page.locator("fieldset[data-task='sqrt'] input[name='interval']").fill("0")
         page.click("#start button[type=submit]")
-        page.wait_for_url(f"{base}/jobs/*", timeout=10000)
-        assert page.text_content("#form-error") in (None, "")
+        page.wait_for_url(f"{base}/jobs/*", timeout=10000)  # the job's page: it was created
         assert_page_clean(page)
     finally:
         context.close()
