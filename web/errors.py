@@ -8,7 +8,7 @@ from flask import Flask, render_template, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from jobcast.web.models import Error, reply
+from jobcast.web.models import Error, error_code, reply
 from jobcast.web.gunicorn_check import UnsuitableWorker
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def register(app: Flask) -> None:
             extra["reason"] = exc.reason  # e.g. why a view link was refused (web.security)
         if getattr(exc, "job", None):
             extra["job"] = exc.job  # the job refused, of a stream of several
-        response = reply(Error(error=(exc.name or "error").lower().replace(" ", "_"),
+        response = reply(Error(error=error_code(exc.name or "error"),
                                message=exc.description or "", **extra), exc.code or 500)
         for name, value in (exc.get_headers() if exc.response is None else []):
             if name.lower() != "content-type":

@@ -35,9 +35,6 @@ from gevent.server import StreamServer
 from gevent.socket import socket as GeventSocket
 from greenlet import getcurrent
 from gunicorn.workers.ggevent import GeventWorker
-from redis.exceptions import RedisError
-
-from jobcast.web.parse_errors import JsonErrorSocket
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +259,9 @@ class StreamWorker(GeventWorker):
     def handle_error(self, req, client, addr, exc) -> None:
         """gunicorn's answer to a request it could not parse (or to its own failure), with a
         JSON body like every other error's rather than its HTML page."""
+        # (imported here: the arbiter, which imports this module, loads no Flask; see web/__init__)
+        from jobcast.web.parse_errors import JsonErrorSocket
+
         super().handle_error(req, JsonErrorSocket(client, exc), addr, exc)
 
     def run(self) -> None:
@@ -482,12 +482,15 @@ class AdmittingServer(StreamServer):
         try:
             if self.fast_path(data, sock, address):
                 return  # the relay holds the connection now
-        except RedisError as exc:
-            # Redis is away: Flask answers 503 and logs it, in one line. A traceback here for
-            # each of the viewers retrying would bury the log when it is read most.
-            log.debug("fast path: %s; serving the request through Flask", exc)
-        except Exception:  # the fast path must never cost a request: Flask answers it
-            log.exception("fast path failed; serving the request through Flask")
+        except Exception as exc:  # the fast path must never cost a request: Flask answers it
+            from redis.exceptions import RedisError  # (the arbiter loads no redis-py)
+
+            if isinstance(exc, RedisError):
+                # Redis is away: Flask answers 503 and logs it, in one line. A traceback here
+                # for each of the viewers retrying would bury the log when it is read most.
+                log.debug("fast path: %s; serving the request through Flask", exc)
+            else:
+                log.exception("fast path failed; serving the request through Flask")
         try:
             client = GeventSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         except OSError:

@@ -211,6 +211,12 @@ def no_content() -> Response:
     return response
 
 
+def error_code(status_name: str) -> str:
+    """An error body's ``error``: the status's name in snake case (``Not Found``:
+    ``not_found``)."""
+    return status_name.lower().replace(" ", "_")
+
+
 def reply(body: BaseModel, status: int = 200) -> Response:
     """``body`` as a JSON response (optional fields left unset are left out)."""
     response = jsonify(body.model_dump(exclude_unset=True))

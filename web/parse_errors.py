@@ -15,6 +15,8 @@ import socket
 from gunicorn.http.errors import InvalidHeader, InvalidHeaderName
 from werkzeug.http import HTTP_STATUS_CODES
 
+from jobcast.web.models import Error, error_code
+
 
 class JsonErrorSocket:
     """A client socket for gunicorn's ``handle_error``: the error page it writes goes out as
@@ -42,17 +44,18 @@ class JsonErrorSocket:
 
 
 def body(status: int, exc: BaseException) -> dict[str, str]:
-    """The JSON body answering ``exc`` with ``status``: the request's fault is named (the
-    header, when one is at fault); the server's own is not detailed."""
+    """The JSON body answering ``exc`` with ``status``, as every error's
+    (:class:`~jobcast.web.models.Error`): the request's fault is named (the header, when one is
+    at fault); the server's own is not detailed."""
     name = HTTP_STATUS_CODES.get(status, "error")
-    answer = {"error": name.lower().replace(" ", "_")}
     if status == 500:  # gunicorn's own failure, or a header the app tried to send
-        answer["message"] = "internal server error"
-        return answer
-    answer["message"] = str(exc) or name
+        return Error(error=error_code(name), message="internal server error").model_dump(
+            exclude_unset=True)
+    fields = {}
     if isinstance(exc, (InvalidHeader, InvalidHeaderName)) and isinstance(exc.hdr, str):
-        answer["field"] = exc.hdr.title()  # gunicorn gives CONTENT-LENGTH
-    return answer
+        fields["field"] = exc.hdr.title()  # gunicorn gives CONTENT-LENGTH
+    return Error(error=error_code(name), message=str(exc) or name, **fields).model_dump(
+        exclude_unset=True)
 
 
 def response(status: int, exc: BaseException) -> bytes:

@@ -24,8 +24,6 @@ import time
 from datetime import timezone
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -34,7 +32,7 @@ from rq.worker import WorkerStatus
 from jobcast.core.logstore import PAGE, LogStore
 from jobcast.core.wait import in_pages
 from jobcast.web.periodic import Periodic
-from jobcast.worker.hook import JobcastJob, resume_grace
+from jobcast.worker.hook import UNREACHABLE, JobcastJob, resume_grace
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +77,7 @@ class Watchdog(Periodic):
         now = time.time()
         try:
             held = self.redis.set(LOCK, "1", nx=True, ex=max(1, int(self.interval) - 1))
-        except (RedisConnectionError, RedisTimeoutError):
+        except UNREACHABLE:
             self.lost_redis = True
             raise
         if self.lost_redis:

@@ -8,6 +8,8 @@ import _socket
 import contextlib
 import signal
 import socket
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 from typing import Iterator
@@ -474,3 +476,14 @@ def test_stream_requests_while_redis_is_away_are_answered_503_without_a_tracebac
     finally:
         web.stop()
         redis_server.stop()
+
+
+def test_importing_the_worker_class_loads_neither_flask_nor_redis_py():
+    """gunicorn's arbiter imports the worker class before its workers apply gevent's patches
+    (web/__init__.py): a second reading found this stop's error handling had made it load
+    redis-py and werkzeug there."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, jobcast.web.handover; print(sorted(m for m in "
+         "('flask', 'werkzeug', 'redis', 'pydantic') if m in sys.modules))"],
+        capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
