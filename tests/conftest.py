@@ -76,6 +76,17 @@ def pytest_runtest_setup(item) -> None:
     RUNNING[:] = [item]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Make a report's captured output UTF-8 whatever it caught: pytest-xdist sends reports
+    between processes as UTF-8, and a lone surrogate (a log line naming an undecodable file,
+    tests/worker/test_hook.py) would end the whole run with an internal error."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     """A clock that moves only when the test says so."""

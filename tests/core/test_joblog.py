@@ -21,6 +21,10 @@ from jobcast.core.settings import Settings
 from tests.support.services import own_database
 from tests.support.loss import lose
 
+# A job id of each form RQ makes (uuid4), fixed so that every collection names the same tests.
+FIXED_UUID = uuid.UUID("8f14e45f-ceea-467f-a1c2-9a3b5d6e7f80")
+
+
 DB = 9  # this module's own database (tests/core/test_logstore.py has 8, test_watchdog.py 7)
 
 
@@ -224,7 +228,7 @@ def test_malformed_ids_never_become_keys(r, bad):
         log_key(bad)
 
 
-@pytest.mark.parametrize("good", [uuid.uuid4().hex, str(uuid.uuid4()), "x" * 32, "A" * 32,
+@pytest.mark.parametrize("good", [FIXED_UUID.hex, str(FIXED_UUID), "x" * 32, "A" * 32,
                                   "nightly_report-2026", "x" * 128])
 def test_rq_job_ids_are_accepted_and_stay_inside_the_job_namespace(good):
     assert log_key(good) == f"jobcast:job:{good}:log"

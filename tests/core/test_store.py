@@ -25,6 +25,10 @@ from jobcast.core.store import (cluster_enabled, error_text, is_cluster, masked_
                                 redis_client, separate, stream_redis, stream_url)
 
 
+# A job id of each form RQ makes (uuid4), fixed so that every collection names the same tests.
+FIXED_UUID = uuid.UUID("8f14e45f-ceea-467f-a1c2-9a3b5d6e7f80")
+
+
 def test_the_stream_store_defaults_to_redis_url_with_no_new_setting(monkeypatch, redis):
     monkeypatch.delenv("JOBCAST_STREAM_URL", raising=False)
     cfg = Settings(redis_url="redis://127.0.0.1:1/0")
@@ -43,7 +47,7 @@ def test_a_plain_redis_is_not_taken_for_a_cluster_and_keeps_its_key_names(redis,
     assert JobLog(redis, job_id).keys.log == log_key(job_id)
 
 
-@pytest.mark.parametrize("job_id", [uuid.uuid4().hex, str(uuid.uuid4()), "nightly_report-2026"])
+@pytest.mark.parametrize("job_id", [FIXED_UUID.hex, str(FIXED_UUID), "nightly_report-2026"])
 def test_a_jobs_cluster_keys_and_channel_share_one_slot(job_id):
     names = [meta_key(job_id, tagged=True), log_key(job_id, tagged=True),
              channel(job_id, tagged=True)]

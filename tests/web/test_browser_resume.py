@@ -470,7 +470,12 @@ def test_fifty_jobs_with_a_view_link_each_on_one_page_are_never_refused(context,
             if job_id == dropped:
                 assert got[0] == writer.written[job_id][:len(got[0])] and got[1] is None
             else:
-                assert got == [writer.written[job_id], "finished"], job_id
+                # Said in full when it fails: which job (the page's own is the first), what its
+                # watch counted (gaps, duplicates), and the manager's state.
+                assert got == [writer.written[job_id], "finished"], (
+                    writer.ids.index(job_id), job_id,
+                    pg.evaluate("id => window.handles[id].stats()", job_id),
+                    pg.evaluate("Jobcast.stats()"))
         assert_page_clean(pg)
     finally:
         writer.finish()

@@ -7,12 +7,12 @@ import logging
 import os
 from datetime import timezone
 
+import rq
 from rq import Queue, Repeat, Retry
-from rq import SimpleWorker as RQSimpleWorker
 from rq.job import JobStatus
 
 from jobcast.core.joblog import JobLog
-from jobcast.worker.hook import SimpleWorker
+from jobcast.worker.hook import LifecycleMixin, SimpleWorker
 from tests.rq_jobs import (cancelled_midway, crash_once, emit_lines,
                            fail_naming_an_undecodable_file)
 
@@ -103,6 +103,13 @@ def test_each_run_of_an_rq_repeat_reaches_viewers_in_the_jobs_log(redis, in_proc
     assert [values for _, _, values in runs] == [["line 0", "line 1"]] * 3
     assert len({epoch for _, epoch, _ in runs}) == 3
     assert jlog.values_logged() == 2
+
+
+class RQSimpleWorker(rq.SimpleWorker):
+    """RQ's own worker, without Jobcast's hook, but ending its pubsub thread as Jobcast's
+    workers do: RQ's own stop of it can wait 60 s (see LifecycleMixin.unsubscribe)."""
+
+    unsubscribe = LifecycleMixin.unsubscribe
 
 
 def test_each_run_of_an_rq_repeat_reaches_the_log_on_a_worker_without_the_hook(redis, in_process):
