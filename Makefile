@@ -11,6 +11,11 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 WORKERS ?= 2
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most of the suite's time is spent waiting on servers, browsers
+# and timeouts, so two processes on two cores halve it. Each test file runs whole in one process
+# (its module fixtures, such as a chaos stack, are started once). TEST_JOBS=0 runs in this one.
+TEST_JOBS ?= 2
+XDIST = $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 
 .PHONY: run test test-fast lint bench system-deps bench-deps clean
 
@@ -67,12 +72,12 @@ lint: $(VENV)/.installed-test
 	cd build/lint && ../../$(BIN)/lint-imports ../../pyproject.toml
 
 test: system-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Unit tests: pure logic, fakeredis, a real redis-server at most; no gunicorn, no RQ worker,
 # no browser (tests marked "slow" are left out).
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # The fan-out benchmark, Jobcast side by side with flask-sse and Nchan (docs/benchmarks.md).
 # BENCH_ARGS=--quick for a short run. Nchan is nginx with Debian's nchan module, installed
