@@ -170,23 +170,35 @@ class Shard:
 
     def subscribe(self, names: list[str]) -> None:
         """Send SUBSCRIBE for ``names`` (SSUBSCRIBE, one per slot, on a Cluster)."""
-        if not names or self.pubsub is None:
+        pubsub = self.pubsub  # read once: the reading thread may drop it meanwhile
+        if not names or pubsub is None:
             return
         if self.sharded:
             for group in _by_slot(names):
-                self.pubsub.ssubscribe(*group)
+                pubsub.ssubscribe(*group)
         else:
-            self.pubsub.subscribe(*names)
+            pubsub.subscribe(*names)
 
     def unsubscribe(self, names: list[str]) -> None:
         """Send UNSUBSCRIBE for ``names`` (SUNSUBSCRIBE, one per slot, on a Cluster)."""
-        if not names or self.pubsub is None:
+        pubsub = self.pubsub  # read once: the reading thread may drop it meanwhile
+        if not names or pubsub is None:
             return
         if self.sharded:
             for group in _by_slot(names):
-                self.pubsub.sunsubscribe(*group)
+                pubsub.sunsubscribe(*group)
         else:
-            self.pubsub.unsubscribe(*names)
+            pubsub.unsubscribe(*names)
+
+
+def _failed(command: str, shard: Shard, exc: Exception) -> None:
+    """Log a failed (UN)SUBSCRIBE batch: a line for a lost connection, which is expected and
+    retried; the whole traceback for anything else, which is a bug and would otherwise show
+    only as a retry every round."""
+    if isinstance(exc, (RedisError, OSError)):
+        log.info("broker: %s on %s failed (%s)", command, shard.name, exc)
+    else:
+        log.error("broker: %s on %s failed", command, shard.name, exc_info=exc)
 
 
 def _by_slot(names: list[str]) -> list[list[str]]:
@@ -460,16 +472,17 @@ class Broker:
         for sh, names in leave.items():
             try:
                 sh.unsubscribe(names)
-            except Exception as exc:  # a broken connection: a new one will not resubscribe them
-                log.info("broker: unsubscribe on %s failed (%s)", sh.name, exc)
+            except Exception as exc:  # whatever it was, the state below must be undone
+                # (a broken connection, most likely: a new one will not resubscribe them)
+                _failed("unsubscribe", sh, exc)
                 with self._lock:  # no confirmation is coming: none may be awaited
                     for name in names:
                         sh.leaving.discard(self._job_of(name))
         for sh, names in join.items():
             try:
                 sh.subscribe(names)
-            except Exception as exc:  # a broken connection: the next round tries again
-                log.info("broker: subscribe on %s failed (%s); retrying", sh.name, exc)
+            except Exception as exc:  # as above; the next round tries again
+                _failed("subscribe", sh, exc)
                 with self._lock:
                     for name in names:
                         job_id = self._job_of(name)
