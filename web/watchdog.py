@@ -1,9 +1,9 @@
 """The watchdog: no viewer waits forever on a job whose workers are gone.
 
 Workers find jobs abandoned by a dead peer themselves (RQ's maintenance retries them or marks
-them failed, and the job's failure callback logs ``failed``). Two cases need help from
-outside the workers, so one web process at a time (a Redis lock elects it) checks every few
-seconds:
+them failed, and the job's failure callback logs ``failed``). What they cannot see needs
+help from outside them, so one web process at a time (a Redis lock elects it) checks every
+few seconds:
 
 - RQ's cleanup of abandoned jobs runs here too, so it does not wait for a worker's next
   maintenance round (but not in the three monitoring intervals after Redis is back from an
@@ -32,7 +32,7 @@ from rq.worker import WorkerStatus
 from jobcast.core.logstore import PAGE, LogStore
 from jobcast.core.wait import in_pages
 from jobcast.web.periodic import Periodic
-from jobcast.worker.hook import UNREACHABLE, JobcastJob, resume_grace
+from jobcast.core.workers import HEARTBEAT_GRACE, UNREACHABLE, JobcastJob, resume_grace
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ LOCK = "jobcast:watchdog"
 NO_WORKER_SINCE = "jobcast:watchdog:no-worker-since"
 # RQ's states of a job that has ended other than by finishing.
 RQ_ENDED = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
-HEARTBEAT_GRACE = 35.0  # seconds: over twice the idle heartbeat period of `jobcast worker`
 # Seconds a busy worker's key must have left to count it alive when its heartbeat is older than
 # the grace: RQ gives the key, at each heartbeat of a busy worker, the monitoring interval plus
 # 60 s, so a key with more left belongs to a worker less than 30 s late, whatever its interval.
@@ -122,7 +121,8 @@ class Watchdog(Periodic):
 
         A killed worker's registration lingers until its key expires (over a minute while it
         had a job), so liveness is judged by the heartbeat itself: idle workers send one every
-        15 s (`jobcast worker`), and count for :data:`HEARTBEAT_GRACE`. Busy ones send one every
+        :data:`~jobcast.core.workers.IDLE_HEARTBEAT` s (`jobcast worker`), and count for
+        :data:`~jobcast.core.workers.HEARTBEAT_GRACE`. Busy ones send one every
         monitoring interval, which each worker sets (``JOBCAST_MONITOR_INTERVAL``, ``rq worker
         --job-monitoring-interval``; a non-forking worker sends none until the job ends): one
         whose heartbeat is older than the grace counts while its key has more than

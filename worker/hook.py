@@ -19,23 +19,20 @@ from __future__ import annotations
 import logging
 import time
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq import worker_registration
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
-from rq.utils import import_attribute
 
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog, task_label
 from jobcast.core.keys import InvalidJobId
 from jobcast.core.reasons import reason_from_traceback
-from jobcast.core.registry import LEGACY_PATHS
 from jobcast.core.settings import get_settings
 from jobcast.core.values import valid_text
+from jobcast.core.workers import UNREACHABLE, JobcastJob, resume_grace
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
 from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner, rq_log, run_log,
@@ -43,47 +40,10 @@ from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner
 
 log = logging.getLogger(__name__)
 
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
-"""What a call to a Redis that is down, restarting or out of reach raises."""
-
-
-def resume_grace(monitor_interval: float) -> float:
-    """Seconds after Redis answers again during which jobs are not taken for abandoned: three
-    monitoring intervals, in which a live worker's heartbeat (tried once an interval while
-    Redis is away) gets through."""
-    return 3 * monitor_interval
-
-
 def reason_from(exc_string: str, shown: str | None = None) -> str:
     """The reason viewers see, from RQ's traceback text: ``ValueError: boom``, or as much of
     it as ``shown`` (JOBCAST_FAILURE_REASON) allows."""
     return reason_from_traceback(exc_string, shown or get_settings().failure_reason)
-
-
-class JobcastJob(Job):
-    """RQ's Job, which also runs the jobs an earlier Jobcast enqueued.
-
-    RQ stores the dotted path of the function a job runs, and of its failure callback. Before
-    Jobcast lived under one ``jobcast`` namespace those paths were ``worker.runner.…``: such jobs
-    may still wait on a queue after an upgrade, and are run by the functions' new paths
-    (:data:`jobcast.core.registry.LEGACY_PATHS`). Nothing else about the job changes.
-    """
-
-    @property
-    def func(self):
-        """The function to run, found by its current path when the job carries an old one."""
-        name = self.func_name
-        if name in LEGACY_PATHS and self.instance is None:
-            return import_attribute(LEGACY_PATHS[name])
-        return super().func
-
-    @property
-    def failure_callback(self):
-        """The failure callback, likewise found by its current path."""
-        name = self._failure_callback_name
-        if name in LEGACY_PATHS:
-            self._failure_callback_name = LEGACY_PATHS[name]
-        return super().failure_callback
 
 
 class LifecycleMixin:
@@ -101,7 +61,8 @@ class LifecycleMixin:
     max_connection_wait_time = 4.0
     """Most seconds RQ's loop waits, between jobs, before trying an unreachable Redis again
     (RQ's own is 60): a worker idle through an outage must be listed again before the web's
-    watchdog, which counts none alive meanwhile, fails the queued jobs (15 s after 35)."""
+    watchdog, which counts none alive meanwhile, fails the queued jobs (JOBCAST_ORPHAN_TIMEOUT
+    after :data:`~jobcast.core.workers.HEARTBEAT_GRACE`)."""
     _redis_lost_at: float | None = None
     """When a heartbeat first failed to reach Redis, until one reaches it again."""
     _redis_back_at: float | None = None

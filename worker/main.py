@@ -15,7 +15,8 @@ from rq import Queue, Worker
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import masked_url, redis_client
-from jobcast.worker.hook import UNREACHABLE, JobcastJob, LifecycleMixin
+from jobcast.core.workers import UNREACHABLE, WORKER_TTL, JobcastJob
+from jobcast.worker.hook import LifecycleMixin
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,7 @@ def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:
     worker = JobcastWorker([queue], connection=redis, name=worker_name(), job_class=JobcastJob,
                            job_monitoring_interval=cfg.monitor_interval,
                            maintenance_interval=cfg.maintenance_interval,
-                           # A killed idle worker disappears from RQ's registry this soon.
-                           worker_ttl=30)
+                           worker_ttl=WORKER_TTL)
     if waited:
         # Started in an outage (a supervisor's restart, say): the jobs of live workers that ran
         # through it are not abandoned, as for a worker that rode it out.

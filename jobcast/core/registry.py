@@ -32,7 +32,7 @@ LEGACY_PATHS = {
     "worker.runner.on_failure": ON_FAILURE,
 }
 """Dotted paths that jobs enqueued before Jobcast lived under one ``jobcast`` namespace carry
-in RQ, and where those functions live now (:class:`jobcast.worker.hook.JobcastJob` maps them)."""
+in RQ, and where those functions live now (:class:`jobcast.core.workers.JobcastJob` maps them)."""
 
 
 class UnknownTask(LookupError):

@@ -17,7 +17,8 @@ from tests.support.chaos import SSEViewer, TextViewer
 from tests.support.jobs import create_job
 from tests.support.wait import wait_for
 from jobcast.core.settings import Settings
-from jobcast.web.watchdog import HEARTBEAT_GRACE, Watchdog
+from jobcast.core.workers import HEARTBEAT_GRACE
+from jobcast.web.watchdog import Watchdog
 
 pytestmark = pytest.mark.chaos
 
