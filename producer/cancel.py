@@ -20,7 +20,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from jobcast.core.joblog import UnknownJob
+from jobcast.core.joblog import Refused, UnknownJob
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings, get_settings
 from jobcast.core.store import StreamRedis, redis_client
@@ -55,9 +55,9 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
     if not store.on_our_queues(job_id):
         raise UnknownJob(job_id)
     seq = jlog.cancelled(by)
-    if seq == -2:
+    if seq == Refused.UNKNOWN:
         raise UnknownJob(job_id)
-    if seq == -1 and next_run_waits(redis, job_id) and jlog.reopen_as_before():
+    if seq == Refused.ENDED and next_run_waits(redis, job_id) and jlog.reopen_as_before():
         # The log is an earlier run's (RQ's Repeat, a requeue): the run that waits is the one
         # cancelled, in its own log, as its worker would have opened it.
         seq = jlog.cancelled(by)

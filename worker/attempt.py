@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from rq.job import Job
 
-from jobcast.core.joblog import JobLog
+from jobcast.core.joblog import JobLog, Refused
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def start_attempt(jlog: JobLog, job: Job, worker: str, task: str, params: dict[s
     """
     _end_unlogged_run(jlog, job)
     attempt, run = jlog.next_attempt(), run_of(job)
-    if jlog.started(worker, attempt, run) != -1:
+    if jlog.started(worker, attempt, run) != Refused.ENDED:
         return Attempt(attempt, False)
     # Cancelled as the job was taken (a retry's, say: RQ does not look at a job's cancel when
     # it dequeues it), or enqueued again after a cancel: a cancel is never undone here.
@@ -117,7 +117,7 @@ def start_attempt(jlog: JobLog, job: Job, worker: str, task: str, params: dict[s
     if jlog.reopen(task, params, total, extra):
         log.info("job %s runs again: its log is opened anew for this run", job.id)
     attempt = jlog.next_attempt()
-    if jlog.started(worker, attempt, run) == -1:  # ended again meanwhile (a cancel of the new run)
+    if jlog.started(worker, attempt, run) == Refused.ENDED:  # ended again meanwhile (a cancel of the new run)
         if jlog.status() == "cancelled":
             raise JobCancelled(job.id)
         raise JobEnded(job.id)

@@ -58,7 +58,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog
+from jobcast.core.joblog import FINAL, JobLog
 from jobcast.core.output import line_text
 from jobcast.core.settings import Settings
 from jobcast.worker.lines import LineSplitter, OutputLine, RateWindow, clip
@@ -457,7 +457,7 @@ class Capture:
             self._put_back(lines + rest)
             raise
         self.retry = False
-        if any(seq in (-1, -2, -5) for seq in seqs):
+        if any(seq in FINAL for seq in seqs):
             # The job has ended (cancelled, or failed by the watchdog) or its log is gone.
             self.ended = True
             return False

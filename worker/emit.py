@@ -27,7 +27,7 @@ from rq.exceptions import DeserializationError
 from rq.job import Job
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobLog, task_label
+from jobcast.core.joblog import JobLog, Refused, task_label
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
@@ -264,7 +264,7 @@ def _write(job: Job, state: EmitState, index: int, value: Any, total: int | None
     seq = state.log.value(index, value, total=total)
     if seq > 0:
         return seq
-    if seq == -1:
+    if seq == Refused.ENDED:
         if state.log.status() == "cancelled":
             raise JobCancelled(job.id)
         if not state.warned:

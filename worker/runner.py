@@ -9,7 +9,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from jobcast.core.epoch import LogReset
-from jobcast.core.joblog import JobExists, JobLog
+from jobcast.core.joblog import JobExists, JobLog, Refused
 from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import get_task
 from jobcast.core.settings import Settings, get_settings
@@ -105,7 +105,7 @@ def _run(job: Job, jlog: JobLog, task_name: str, params: dict[str, Any]) -> dict
         for value in values:
             capture.before_value()
             seq = jlog.value(index, value)
-            if seq == -1:
+            if seq == Refused.ENDED:
                 # The log has ended under us (a cancel between two values): stop computing.
                 ended = True
                 break
@@ -134,7 +134,7 @@ def _run(job: Job, jlog: JobLog, task_name: str, params: dict[str, Any]) -> dict
         failure.jobcast_logged = True  # tells on_failure not to log this failure again
         raise failure
     if not ended:
-        ended = jlog.finished() == -1
+        ended = jlog.finished() == Refused.ENDED
     if ended and jlog.status() == "cancelled":
         # Cancelled while the last value was written: the log already has its one ending.
         raise JobCancelled(job.id)

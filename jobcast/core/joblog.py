@@ -35,6 +35,7 @@ import re
 import threading
 import time
 from importlib.resources import files
+from enum import IntEnum
 from typing import Any, Iterator
 
 from pydantic import BaseModel
@@ -82,6 +83,29 @@ others (``retrying``, ``failed``, ``cancelled``) are written whatever the epoch:
 reset job is retried or failed, and how a cancel or the watchdog ends a job. A began writer's
 one still begins a new epoch when the log is behind what it wrote, so no seq is reused. Output lines
 (``log``) are checked too: a failover that lost some would otherwise have their seqs reused."""
+
+
+class Refused(IntEnum):
+    """The append script's answers for an entry it did not append (append.lua says when):
+    negative, where an appended entry's answer is its seq."""
+
+    ENDED = -1
+    """The log has ended: nothing more is appended to it."""
+    UNKNOWN = -2
+    """No such job (its log is gone, or was never made)."""
+    NOT_NEXT = -3
+    """A value whose index is not the next one: a retried job repeating a value."""
+    EXISTS = -4
+    """A new job's log, under an id that has one."""
+    BEHIND = -5
+    """The log is not the incarnation its writer began: a failover lost entries."""
+    STALE = -6
+    """A write sent again that came before its writer's last."""
+
+
+FINAL = frozenset({Refused.ENDED, Refused.UNKNOWN, Refused.BEHIND})
+"""The answers after which a batch's later entries are refused too (sent one by one on a
+Cluster, the rest are not sent)."""
 
 DESCRIBE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
@@ -254,7 +278,7 @@ class JobLog:
             if not self.began and kind in UNPROVEN:
                 new_era = True
             # The script mints with ``epoch`` only for a new log, a new era, a log without
-            # one, a log behind this writer (then seq <= high, or -5), or a start on a Redis
+            # one, a log behind this writer (then seq <= high, or BEHIND), or a start on a Redis
             # other than the one that wrote the log (see started()): otherwise it stays
             # unused, and the next write offers it again.
             spare = (self.began and self.epoch is not None and not new_era
@@ -289,12 +313,12 @@ class JobLog:
                     self.epoch = epoch  # this writer began it
                 elif kind == "started" and self.began and self._epoch_of(seq) == epoch:
                     self.epoch = epoch  # the script began it: another Redis wrote the log
-            elif seq == -5:
+            elif seq == Refused.BEHIND:
                 # A newer epoch holds the log now (minted by this write, or before it): the
                 # seqs this writer wrote were the old one's, and its next write (the attempt's
                 # retrying or failed) must not mint yet another.
                 self.high = 0
-        if seq == -5 or (seq == -2 and self.began and kind in CHECKED):
+        if seq == Refused.BEHIND or (seq == Refused.UNKNOWN and self.began and kind in CHECKED):
             raise LogReset(self.job_id)
         if seq > 0:
             try:
@@ -451,7 +475,7 @@ class JobLog:
             "values": 0,
             **(extra or {}),
         }, replacing=replacing)
-        if seq == -4:
+        if seq == Refused.EXISTS:
             raise JobExists(self.job_id)
         if cluster and seq > 0:
             # Once it exists, and no longer NX: a reopened job moves to its new creation time
@@ -642,9 +666,9 @@ class JobLog:
                 # landed must not be appended twice when the batch is sent again.
                 self._unsent = list(zip(entries, calls))
                 raise
-            # (after a -5 a newer epoch holds the log: see _write)
-            self.high = 0 if -5 in seqs else max([self.high, *seqs])
-        if -5 in seqs or (-2 in seqs and self.began and
+            # (after BEHIND a newer epoch holds the log: see _write)
+            self.high = 0 if Refused.BEHIND in seqs else max([self.high, *seqs])
+        if Refused.BEHIND in seqs or (Refused.UNKNOWN in seqs and self.began and
                           any(kind in CHECKED for kind, _body, _ts in entries)):
             raise LogReset(self.job_id)
         return seqs
@@ -656,7 +680,7 @@ class JobLog:
             seqs: list[int] = []
             for keys, args in calls:
                 seqs.append(int(script(keys=keys, args=args)))
-                if seqs[-1] in (-1, -2, -5):
+                if seqs[-1] in FINAL:
                     return seqs + [seqs[-1]] * (len(calls) - len(seqs))
             return seqs
         pipe = self.redis.pipeline(transaction=False)
@@ -739,7 +763,7 @@ class JobLog:
         when given, or twice the last, up to ``grow_to``), up to the first read that comes
         back short.
 
-        Lazy, as the loops it stands for were: a caller that stops early reads no further.
+        Lazy: a caller that stops early reads no further.
         """
         key = self.keys.log
         while True:
@@ -853,8 +877,8 @@ class JobLog:
 
         Forwards from ``seq``, a position read a moment ago: few entries, however much the
         job printed before it, and right when a capped log no longer holds the values before
-        it (backwards, to the newest value at or before ``seq``, read the whole log when
-        there was none, and miscounted a trimmed one).
+        it (a read backwards, to the newest value at or before ``seq``, would read the whole
+        log when there is none, and miscount a trimmed one).
         """
         # Not _pages: each page is read in one MULTI with the job's count, so that the count
         # it falls back on is the log's as of that page, not one read after it.
