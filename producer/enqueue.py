@@ -60,7 +60,7 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
         )
     # Whatever went wrong, no worker will take the job (were it queued after all, a worker
     # does not run a job whose log has ended): its log must not stay "queued" with viewers
-    # waiting on it. The exception is raised again, so callers answer as before.
+    # waiting on it. The exception is raised again, for the caller to answer.
     except Exception as exc:
         fail_unqueued(jlog, exc, cfg)
         raise

@@ -16,7 +16,7 @@ from jobcast.web.gunicorn_check import check_worker_class
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Create the Jobcast Flask app. ``test_config`` may set JOBCAST (a Settings), REDIS and
     STREAMS (clients)."""
-    # Named for the package: templates and static files live next to it, as before.
+    # Named for the package: templates and static files live next to it.
     app = Flask(__package__)
     test_config = dict(test_config or {})
     config = test_config.pop("JOBCAST", None) or get_settings()

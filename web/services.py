@@ -43,7 +43,8 @@ class State:
     """One app's resources, and the background services of the process serving it.
 
     ``redis`` holds RQ's queue; ``streams`` the job logs and channels (the same client unless
-    JOBCAST_STREAM_URL names another Redis or a Redis Cluster, see jobcast/streams.py).
+    JOBCAST_STREAM_URL names another Redis or a Redis Cluster, see
+    :mod:`jobcast.core.store`).
     """
 
     def __init__(self, config: Settings, redis: Redis | None = None,
