@@ -34,21 +34,19 @@ from typing import Callable, Iterator, Mapping
 from flask import Response, abort, request, url_for
 from werkzeug.exceptions import ServiceUnavailable
 
-from jobcast.core.epoch import EPOCH, Position, Reset, parse_position, resolve, sse_id
+from jobcast.core.epoch import Position, Reset, resolve, sse_id
 from jobcast.core.joblog import JobInfo, JobLog, UnknownJob
-from jobcast.core.keys import InvalidJobId, check_job_id
-from jobcast.web.errors import BadParam
 from jobcast.web.frames import (HTML, SSE, Transport, html_head, html_notice, html_reset,
                                 sse_reset, sse_trimmed)
 from jobcast.web.handover import HandoverSocket, can_take
 from jobcast.web.limits import StreamSlot, client_address
 from jobcast.web.metrics import admitted
 from jobcast.web.models import no_content
+from jobcast.web.params import checked_id, epoch_param, int_param, position_param
 from jobcast.web.relay import NotSubscribed, Relay
 from jobcast.web.services import State, state
 from jobcast.web.viewer import Lease, QueueSink, SocketSink, Viewer, drained_alive
 
-MAX_SEQ = 2**53  # anything larger cannot be a real position (and JS could not hold it)
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
@@ -65,42 +63,6 @@ not bring every client back at the same instant."""
 def retry_ms() -> int:
     """A new SSE connection's reconnection delay, in milliseconds."""
     return random.randint(*RETRY)
-
-
-def int_param(name: str, raw: str | None, *, default: int = 0) -> int:
-    """A non-negative integer parameter, or a 400 naming it."""
-    if raw is None or raw == "":
-        return default
-    raw = raw.strip()
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or int(raw) > MAX_SEQ:
-        raise BadParam(name, f"{name} must be a non-negative integer up to {MAX_SEQ}")
-    return int(raw)
-
-
-def position_param(name: str, raw: str) -> tuple[int, str | None]:
-    """``<seq>`` or ``<seq>:<epoch>`` (an SSE id), or a 400 naming the parameter."""
-    position = parse_position(raw)
-    if position is None or position[0] > MAX_SEQ:
-        raise BadParam(name, f"{name} must be <seq> or <seq>:<epoch>, seq a non-negative "
-                             f"integer up to {MAX_SEQ}")
-    return position
-
-
-def epoch_param(raw: str | None) -> str | None:
-    """``?epoch=``: the epoch a value count was taken in, or a 400 naming it."""
-    if raw is None or raw == "":
-        return None
-    if not EPOCH.fullmatch(raw):
-        raise BadParam("epoch", "epoch must be 1 to 16 letters, digits, '-' or '_'")
-    return raw
-
-
-def checked_id(job_id: str) -> str:
-    """``job_id`` if well formed, else a 400 naming the path parameter (``job_id``)."""
-    try:
-        return check_job_id(job_id)
-    except InvalidJobId as exc:
-        raise BadParam("job_id", str(exc)) from None
 
 
 def load_job(job_id: str) -> JobInfo:

@@ -58,7 +58,7 @@ from jobcast.core.epoch import Position, Reset
 from jobcast.core.feed import FEED
 from jobcast.core.keys import InvalidJobId, check_job_id
 from jobcast.web import metrics
-from jobcast.web.admission import (MAX_SEQ, STREAM_HEADERS, Start, StreamRequest, bound_writes,
+from jobcast.web.admission import (STREAM_HEADERS, Start, StreamRequest, bound_writes,
                                    client_alive, drain, hand_over, placed, reserve, retry_ms,
                                    stream_start)
 from jobcast.web.errors import BadParam
@@ -66,6 +66,7 @@ from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
 from jobcast.web.limits import client_address
 from jobcast.web.models import no_content
+from jobcast.web.params import MAX_SEQ
 from jobcast.web.security import Forbidden, granted_jobs, unauthorized
 from jobcast.web.services import state
 from jobcast.web.surface import SEQ, Answer, jobs_scoped, long_query, stream

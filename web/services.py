@@ -26,6 +26,7 @@ from jobcast.web.handover import on_worker_exit
 from jobcast.web.limits import ClientRate, StreamLimiter
 from jobcast.web.presence import Presence
 from jobcast.web.relay import Relay
+from jobcast.web.security import warn_if_weak
 from jobcast.web.watchdog import Watchdog
 from jobcast.web.gunicorn_check import check_worker_class
 
@@ -107,7 +108,6 @@ def start(st: State) -> Relay:
             check_worker_class()
             cfg = st.config
             if not st.warned:  # (the app was not made in this serving process)
-                from jobcast.web.security import warn_if_weak  # (it imports views, which import us)
                 warn_if_weak(st)
             st.relay = Relay(Broker(st.streams), heartbeat=cfg.heartbeat,
                              write_timeout=cfg.write_timeout,

@@ -23,9 +23,9 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from flask import current_app, request
 from pydantic import BaseModel
 
-from jobcast.web.admission import MAX_SEQ, int_param
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import Transport
+from jobcast.web.params import MAX_SEQ, int_param
 
 V = TypeVar("V", bound=Callable[..., Any])
 

@@ -13,10 +13,11 @@ from redis import Redis
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog
 from jobcast.core.keys import log_key
-from jobcast.web.admission import (MAX_SEQ, RETRY, Admission, Start, StreamRequest, may_be_trimmed,
+from jobcast.web.admission import (RETRY, Admission, Start, StreamRequest, may_be_trimmed,
                                    placed, retry_ms, stream_start)
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import HTML, SSE, TEXT
+from jobcast.web.params import MAX_SEQ
 from tests.support.loss import lose
 from tests.support.sse import parse_events
 

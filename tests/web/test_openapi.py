@@ -176,7 +176,7 @@ def test_the_documents_patterns_take_only_what_the_server_takes(make_app, config
     2**53, which the server answers with 400: a client true to the document was refused."""
     import re
 
-    from jobcast.web.admission import MAX_SEQ
+    from jobcast.web.params import MAX_SEQ
     from jobcast.web.events import LIST_MAX
     from jobcast.web.openapi import document
 
