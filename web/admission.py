@@ -359,12 +359,12 @@ class Admission:
         return b""
 
 
-def locate(st: State, req: StreamRequest) -> Admission | None:
-    """Where ``req``'s stream begins; None when there is no such job."""
-    relay = st.relay
-    position = relay.position(req.job_id)
+def locate(st: State, req: StreamRequest, position: Position | None = None) -> Admission | None:
+    """Where ``req``'s stream begins; None when there is no such job. ``position``: the job's,
+    when read already (a multi-job stream reads all of its jobs' at once)."""
+    position = position or st.relay.position(req.job_id)
     if position is None and st.logs.adopt(req.job_id):
-        position = relay.position(req.job_id)  # a plain RQ job, its log just opened
+        position = st.relay.position(req.job_id)  # a plain RQ job, its log just opened
     if position is None:
         return None
     ended, last_seq, _ = position

@@ -54,13 +54,12 @@ from functools import lru_cache
 
 from flask import Blueprint, Response, g, request
 
-from jobcast.core.epoch import Position, Reset
+from jobcast.core.epoch import Reset
 from jobcast.core.feed import FEED
 from jobcast.core.keys import InvalidJobId, check_job_id
 from jobcast.web import metrics
-from jobcast.web.admission import (STREAM_HEADERS, Start, StreamRequest, bound_writes,
-                                   client_alive, drain, hand_over, placed, reserve, retry_ms,
-                                   stream_start)
+from jobcast.web.admission import (STREAM_HEADERS, StreamRequest, bound_writes, client_alive,
+                                   drain, hand_over, locate, reserve, retry_ms)
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
@@ -282,20 +281,18 @@ def multi_stream():
     reset_any = False
     viewers: list[Viewer] = []
     for spec, position in zip(req.jobs, positions):
-        if position is None and st.logs.adopt(spec.job_id):
-            position = relay.position(spec.job_id)  # a plain RQ job, its log just opened
-        after = spec.after or 0
-        viewer = Viewer(spec.job_id, None, job_sse(spec.job_id), cursor=after)
-        if position is None:
+        # Where each job starts, as a single-job stream of it would.
+        adm = locate(st, StreamRequest(spec.job_id, SSE, resume=spec.after, tail=spec.tail,
+                                       epoch=spec.epoch), position)
+        viewer = Viewer(spec.job_id, None, job_sse(spec.job_id), cursor=spec.after or 0)
+        if adm is None:
             prelude += _event("missing", {"job": spec.job_id})
             viewer.state, viewer.done = ViewerState.CLOSED, True
         else:
-            ended, last_seq, _ = position
-            begin, reset, viewer.epoch = _start(spec, st.logs.log(spec.job_id), position,
-                                                st.config.log_maxlen)
-            viewer.cursor = begin.cursor
-            if reset is not None:
-                prelude += _event("reset", reset.data(job=spec.job_id))
+            ended, last_seq, begin = adm.ended, adm.last_seq, adm.begin
+            viewer.epoch, viewer.cursor = adm.epoch, begin.cursor
+            if adm.reset is not None:
+                prelude += _event("reset", adm.reset.data(job=spec.job_id))
                 reset_any = True
             prelude += _with_job(begin.sse_prelude(), spec.job_id)
             if ended and begin.after >= last_seq:
@@ -355,15 +352,6 @@ def _feed_viewer(req: MultiRequest, st) -> tuple[Viewer, bytes]:
         jobs = [job.model_dump() for job in st.logs.recent(req.list)]
         snapshot = _event("snapshot", {"seq": after, "epoch": position.epoch, "jobs": jobs})
     return Viewer(FEED, None, FEED_SSE, cursor=after, epoch=position.epoch), snapshot
-
-
-def _start(spec: JobSpec, jlog, position: Position,
-           maxlen: int) -> tuple[Start, Reset | None, str | None]:
-    """Where one job of the stream starts (as a single-job stream would), the reset it is told
-    first (None), and the epoch it follows."""
-    req = StreamRequest(spec.job_id, SSE, resume=spec.after, tail=spec.tail, epoch=spec.epoch)
-    req, reset, epoch = placed(req, position, jlog)
-    return stream_start(req, jlog, position.seq, maxlen, position.ended), reset, epoch
 
 
 def _with_job(events: bytes, job_id: str) -> bytes:
