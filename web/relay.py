@@ -62,7 +62,7 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, TypeAlias
 
 import gevent
 from gevent.lock import Semaphore
@@ -80,6 +80,10 @@ from jobcast.web.recent import RecentEntries
 from jobcast.web.viewer import Cohort, Connection, Lease, Viewer, ViewerState
 
 log = logging.getLogger(__name__)
+
+Writes: TypeAlias = "list[Connection | Cohort]"
+"""The writes a burst gathered, made once it is delivered (:meth:`Relay._flush`): multi-job
+streams on their own, and cohorts of streams in step, each written as one."""
 
 FLUSH_SLICE = 64
 """Multi-job streams a gathered write makes between two turns of the event loop."""
@@ -162,10 +166,10 @@ class Relay:
         self.write_delay = write_delay if self.green else 0.0
         # The multi-job streams whose write is being gathered (each holds its connection's
         # lock and its parts), and the greenlet that will write them.
-        self._gathered: list[Connection] = []
+        self._gathered: Writes = []
         self._gather_flush = None
         self._gather_began = self._gather_last = 0.0  # when the window opened, and its latest
-        self._flushing: list[list[Connection]] = []  # gathered writes being made, paused
+        self._flushing: list[Writes] = []  # gathered writes being made, paused
         self._stop = threading.Event()
         # The one lock of the relay's state (its viewers, their cohorts, its catch-ups), and
         # a pause of its work (outside gevent, cut short once the relay stops).
@@ -460,13 +464,13 @@ class Relay:
         Returns how many viewers were written on the fast path.
         """
         with self.lock:
-            pending: list[Connection] = []
+            pending: Writes = []
             written = self._deliver(job_id, entries, pending)
             self._flush(pending)
             return written
 
     def _deliver(self, job_id: str, entries: list[Entry],
-                 pending: list[Connection]) -> int:
+                 pending: Writes) -> int:
         """:meth:`deliver`, leaving the writes to multi-job streams in ``pending``."""
         viewers = self._jobs.get(job_id)
         if not viewers or not entries:
@@ -549,7 +553,7 @@ class Relay:
         return written
 
     def _deliver_cohort(self, cohort: Cohort, job_id: str, entries: list[Entry],
-                        pending: list, shared: dict) -> int:
+                        pending: Writes, shared: dict) -> int:
         """Gather ``entries`` into ``cohort``'s next write (it joins ``pending`` with its first
         part). A batch it cannot take in step (a gap, another epoch, the job's end) sends its
         members on alone: the caller's loop then writes each as it writes any stream. Returns
@@ -597,7 +601,7 @@ class Relay:
         cohort.conns[conn] = None
         conn.cohort = cohort
 
-    def _leave(self, conn: Connection, pending: list | None = None,
+    def _leave(self, conn: Connection, pending: Writes | None = None,
                holding: bool = False) -> bytes:
         """Take ``conn`` out of its cohort, to be written on its own. Its share of what the
         cohort gathered and has not written is its own gathered write now (its viewers'
@@ -622,17 +626,21 @@ class Relay:
         if holding:
             return conn.wire(b"".join(parts), False)
         if not conn.lock.acquire(blocking=False):
-            # Nothing writes to a member but its cohort, so this is a bug; the stream is cut
-            # rather than sent an id past bytes it never got: its client resumes from its id.
-            log.error("relay: a stream left its cohort while its lock was taken; cutting it")
-            v = conn.viewers[0]
-            self.release(v, self.cut(v, "error"))
+            self._cut_taken(conn)
             return b""
         for part in parts:
             conn.gather(conn.viewers[0], part, False)
         if pending is not None:
             pending.append(conn)
         return b""
+
+    def _cut_taken(self, conn: Connection) -> None:
+        """Cut ``conn``, which left its cohort while its lock was taken. Nothing writes to a
+        member but its cohort, so this is a bug; the stream is cut rather than sent an id past
+        bytes it never got: its client resumes from its id."""
+        log.error("relay: a stream left its cohort while its lock was taken; cutting it")
+        v = conn.viewers[0]
+        self.release(v, self.cut(v, "error"))
 
     def _write_cohort(self, cohort: Cohort, data: bytes, now: float,
                       members: tuple[Connection, ...]) -> None:
@@ -657,12 +665,11 @@ class Relay:
             if n < 0:
                 self.release(writer, "client_gone")
             elif not conn.lock.acquire(blocking=False):
-                log.error("relay: a stream left its cohort while its lock was taken; cutting it")
-                self.release(writer, self.cut(writer, "error"))
+                self._cut_taken(conn)
             else:
                 self._catch_up(writer, data[n:], "slow", holding=True)
 
-    def _flush(self, pending: list[Connection], turns: bool = False) -> None:
+    def _flush(self, pending: Writes, turns: bool = False) -> None:
         """One write per multi-job stream for a burst: its jobs' frames, then its cursor. A
         partial write goes on in a catch-up that holds the connection (an ended job's, if
         any: it ends once the bytes are out; the others' ends are let go at once).
