@@ -17,12 +17,10 @@ descriptors; in the non-forking worker, at ``sys.stdout`` and ``sys.stderr``.
 from __future__ import annotations
 
 import logging
-import time
 
 from redis.exceptions import RedisError
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
-from rq import worker_registration
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 
@@ -32,11 +30,12 @@ from jobcast.core.keys import InvalidJobId
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.settings import get_settings
 from jobcast.core.values import valid_text
-from jobcast.core.workers import UNREACHABLE, JobcastJob, resume_grace
+from jobcast.core.workers import JobcastJob
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
 from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner, rq_log, run_log,
                                  send_unsent, share)
+from jobcast.worker.outage import OutageMixin
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,9 @@ def reason_from(exc_string: str, shown: str | None = None) -> str:
     return reason_from_traceback(exc_string, shown or get_settings().failure_reason)
 
 
-class LifecycleMixin:
-    """Mix into any RQ worker class (before it) to log the lifecycle of the jobs it runs.
+class LifecycleMixin(OutageMixin):
+    """Mix into any RQ worker class (before it) to log the lifecycle of the jobs it runs; it
+    rides out Redis outages too (:class:`~jobcast.worker.outage.OutageMixin`).
 
     A failure to reach Redis here is logged and never fails the job itself.
     """
@@ -58,17 +58,6 @@ class LifecycleMixin:
     _ended_job_id: str | None = None
     """The job whose log had ended before its attempt began (:class:`JobEnded`), until its
     failure is handled."""
-    max_connection_wait_time = 4.0
-    """Most seconds RQ's loop waits, between jobs, before trying an unreachable Redis again
-    (RQ's own is 60): a worker idle through an outage must be listed again before the web's
-    watchdog, which counts none alive meanwhile, fails the queued jobs (JOBCAST_ORPHAN_TIMEOUT
-    after :data:`~jobcast.core.workers.HEARTBEAT_GRACE`)."""
-    _redis_lost_at: float | None = None
-    """When a heartbeat first failed to reach Redis, until one reaches it again."""
-    _redis_back_at: float | None = None
-    """When a heartbeat reached Redis again after failing to."""
-    clock = staticmethod(time.monotonic)
-    """The clock of those two (a test's own, in the tests)."""
 
     def __init__(self, *args, **kwargs) -> None:
         """Set up the RQ worker, and read Jobcast's settings before RQ forks any work-horse,
@@ -78,153 +67,6 @@ class LifecycleMixin:
             # rq's CLI passes its default job class explicitly; ours also runs old jobs.
             self.job_class = JobcastJob
         get_settings()
-
-    def unsubscribe(self) -> None:
-        """Stop listening for RQ's commands, the pubsub thread told to end before it is woken
-        (every Jobcast worker class: ``jobcast.Worker`` as ``jobcast worker``).
-
-        RQ sends ``UNSUBSCRIBE``, then stops the thread. Since redis-py 8.2, that stop waits
-        for the thread to end. But the reply wakes the thread, and if it comes before the
-        stop, the thread goes back to a 60-second read. The warm shutdown then hung until
-        compose's grace period killed the worker (exit 137). Here the thread is told first,
-        so the reply ends it.
-        """
-        thread = self.pubsub_thread
-        if thread is None:
-            return
-        self.log.info("Worker %s: unsubscribing from channel %s", self.name,
-                      self.pubsub_channel_name)
-        try:
-            thread.stop(timeout=0)  # only clears its flag: the reply below wakes it
-        except TypeError:  # redis-py before 8.2: stop() takes no timeout, and never waits
-            thread.stop()
-        try:
-            self.pubsub.unsubscribe()
-        except (RedisError, OSError) as exc:  # Redis is away: the thread ends after its wait
-            self.log.warning("Worker %s: could not unsubscribe (%s)", self.name, exc)
-        thread.join(timeout=2)
-        self.pubsub.close()
-
-    def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
-        """RQ's heartbeat, in one round trip with the check of the worker's registration
-        (:meth:`_keep_registered`); while a work-horse runs a job, a Redis out of reach is
-        ridden out.
-
-        Between jobs, RQ's loop catches the error and tries again with backoff. While a job
-        runs, RQ's monitoring loop beats through :meth:`maintain_heartbeats`, and through this
-        one when the job is past its timeout or the wait for the work-horse was interrupted;
-        there RQ would quit on it, as below.
-        """
-        if pipeline is not None:  # sent by the caller, which sees any failure
-            super().heartbeat(timeout, pipeline)
-            return
-        try:
-            with self.connection.pipeline(transaction=False) as pipe:
-                super().heartbeat(timeout, pipeline=pipe)
-                beat = len(pipe)
-                self._ask_registered(pipe)
-                replies = pipe.execute()[beat:]
-            self._keep_registered(replies, timeout or self.worker_ttl + 60)
-        except UNREACHABLE as exc:
-            monitoring = bool(self.horse_pid) and not self.is_horse
-            self._redis_unreachable(exc, warn=monitoring)
-            if monitoring:
-                return
-            raise  # between jobs: RQ's loop waits and tries again
-        self._redis_reached()
-
-    def maintain_heartbeats(self, job: Job, execution) -> None:
-        """RQ's heartbeats of the worker, the job and its execution, sent every monitoring
-        interval while a work-horse runs the job, then the check of the worker's registration
-        (:meth:`_keep_registered`); a Redis out of reach is ridden out.
-
-        The work-horse goes on meanwhile: its writes to the job's log retry for about a minute
-        (jobcast.core.store). The worker logs one warning per outage and tries again at the
-        next interval, and a line when Redis answers again. RQ's own loop would quit on the
-        error, orphaning the work-horse, and the job would be retried or failed.
-        """
-        try:
-            super().maintain_heartbeats(job, execution)
-            with self.connection.pipeline(transaction=False) as pipe:
-                self._ask_registered(pipe)
-                replies = pipe.execute()
-            self._keep_registered(replies, self.job_monitoring_interval + 60)
-        except UNREACHABLE as exc:
-            self._redis_unreachable(exc, warn=True, job=job)
-            return
-        self._redis_reached()
-
-    def _ask_registered(self, pipe) -> None:
-        """Queue on ``pipe`` the reads that tell whether RQ still lists this worker: its key
-        as its birth wrote it, and its place in RQ's sets of workers (all, and each queue's)."""
-        pipe.hexists(self.key, "birth")
-        pipe.sismember(self.redis_workers_keys, self.key)
-        for name in self.queue_names():
-            pipe.sismember(worker_registration.WORKERS_BY_QUEUE_KEY % name, self.key)
-
-    def _keep_registered(self, replies: list, ttl: int) -> None:
-        """Register the worker again if the replies of :meth:`_ask_registered` say RQ lost it.
-
-        RQ registers a worker once, at its birth. Its heartbeat writes the worker's key again,
-        but not its place in the sets that ``Worker.all`` reads (and, between jobs, not the
-        key's other fields): after Redis restarted empty (or the key expired in a long outage)
-        a live worker was listed nowhere, and the web's watchdog, which counts the workers of
-        the queue there, failed every job ("no worker alive") while the worker ran it. RQ's
-        ``register_birth`` refuses a key without ``death``, so the registration is written
-        here as it writes it, birth date and all, with the worker's state.
-        """
-        if all(replies) or self.birth_date is None:  # (not born yet: nothing to restore)
-            return
-        self.log.warning("Worker %s: RQ's registry of workers had lost it (Redis restarted "
-                         "empty, or its key expired); registered again", self.name)
-        fields = self.serialize()
-        fields["state"] = self.get_state()
-        with self.connection.pipeline() as pipe:
-            pipe.hset(self.key, mapping=fields)
-            worker_registration.register(self, pipe)
-            pipe.expire(self.key, ttl)
-            pipe.execute()
-
-    def _redis_unreachable(self, exc: Exception, warn: bool, job: Job | None = None) -> None:
-        """Note that Redis could not be reached; the first failure of an outage is logged
-        (with ``warn``) as one line."""
-        if self._redis_lost_at is not None:
-            return
-        self._redis_lost_at = self.clock()
-        if warn:
-            running = f" while job {job.id} runs" if job is not None else ""
-            self.log.warning("Worker %s: cannot reach Redis%s (%s); its work-horse goes on, and "
-                             "the heartbeat is tried again every %s s", self.name, running,
-                             exc, self.job_monitoring_interval)
-
-    def redis_back(self) -> None:
-        """Redis answers again after an outage this worker did not see from its start (it
-        began in it): its maintenance waits as after one it rode out (:meth:`clean_registries`)."""
-        self._redis_back_at = self.clock()
-
-    def _redis_reached(self) -> None:
-        """Note that Redis answered; after an outage, say so once."""
-        if self._redis_lost_at is None:
-            return
-        self._redis_back_at = self.clock()
-        self.log.info("Worker %s: Redis answers again (after %.0f s)", self.name,
-                      self._redis_back_at - self._redis_lost_at)
-        self._redis_lost_at = None
-
-    def clean_registries(self) -> None:
-        """RQ's maintenance of its registries, but not just after an outage.
-
-        Among them is RQ's cleanup of jobs abandoned by dead workers: a job whose execution's
-        heartbeat has expired is retried or failed. An outage longer than that heartbeat's TTL
-        (three monitoring intervals for `jobcast worker`) expires the execution of every job
-        that ran through it, while their workers live on and beat again within an interval of
-        Redis's return. So for three monitoring intervals after this worker reaches Redis again
-        the maintenance waits (RQ runs it at its next chance), as the web's watchdog does.
-        """
-        back = self._redis_back_at
-        if back is not None and self.clock() - back < resume_grace(self.job_monitoring_interval):
-            return
-        super().clean_registries()
 
     def prepare_job_execution(self, job: Job, *args, **kwargs) -> None:
         """After RQ marks the job started: create its log if missing, log ``started``, then

@@ -12,7 +12,8 @@ from rq import Queue, Repeat, Retry
 from rq.job import JobStatus
 
 from jobcast.core.joblog import JobLog
-from jobcast.worker.hook import LifecycleMixin, SimpleWorker
+from jobcast.worker.hook import SimpleWorker
+from jobcast.worker.outage import OutageMixin
 from tests.rq_jobs import (cancelled_midway, crash_once, emit_lines,
                            fail_naming_an_undecodable_file)
 
@@ -107,9 +108,9 @@ def test_each_run_of_an_rq_repeat_reaches_viewers_in_the_jobs_log(redis, in_proc
 
 class RQSimpleWorker(rq.SimpleWorker):
     """RQ's own worker, without Jobcast's hook, but ending its pubsub thread as Jobcast's
-    workers do: RQ's own stop of it can wait 60 s (see LifecycleMixin.unsubscribe)."""
+    workers do: RQ's own stop of it can wait 60 s (see OutageMixin.unsubscribe)."""
 
-    unsubscribe = LifecycleMixin.unsubscribe
+    unsubscribe = OutageMixin.unsubscribe
 
 
 def test_each_run_of_an_rq_repeat_reaches_the_log_on_a_worker_without_the_hook(redis, in_process):
