@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import gevent
@@ -61,6 +63,22 @@ MAX_OUTAGE = 120.0
 CUT = frozenset({"write_timeout", "redis_down", "error"})
 """Why a catch-up may give up on a stream it has not finished: the stream is then cut, not
 ended (see :meth:`Relay.cut`)."""
+
+
+class _Step(Enum):
+    """What a turn of a catch-up leaves to the next (its other outcomes end the catch-up)."""
+
+    AGAIN = "again"
+    """Something was written, waited for or placed: take another turn."""
+    NOT_KEPT = "not kept"
+    """Memory does not reach back to the viewer's position: read the log."""
+
+
+@dataclass
+class _Outage:
+    """Since when a catch-up has found Redis out of reach (None while it answers)."""
+
+    since: float | None = None
 
 
 class WriteTimeout(Exception):
@@ -167,126 +185,138 @@ class CatchUp:
 
     def _read_until_current(self, v: Viewer) -> str | None:
         """Write the log after ``v.cursor`` until nothing is newer; None once back on the fast
-        path, else why the stream ended."""
-        relay = self.relay
-        recent = relay.recent
-        outage_since: float | None = None
+        path, else why the stream ended.
+
+        Each turn writes what the relay keeps in memory (:meth:`_from_memory`) or, when it does
+        not reach back to the viewer's position, what a read of the log brings
+        (:meth:`_from_log`); either may put the viewer back on the fast path or end its stream.
+        """
+        outage = _Outage()
         while True:
             if v.closed:
                 return "closed"
-            if v.epoch is None and recent.last(v.job_id) is not None:
-                # A position without an epoch is trusted by its seq (unless past the end): it
-                # follows the incarnation this process knows, as a read of the log would say.
-                v.epoch = recent.last(v.job_id).ep
-            with relay.lock:
-                kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start, v.epoch)
-                if kept is not None:  # (under the lock: memory changes under threads)
-                    # What is kept may run on into an epoch begun after the viewer's position.
-                    now = kept[1].ep if kept[1].ep is not None else v.epoch
-                    values = recent.values_through(v.job_id, kept[1].seq, now)
-                at_end = False
-                if kept is None and (v.missed <= v.cursor
-                                     and recent.is_current(v.job_id, v.cursor, v.epoch)
-                                     and relay.broker.subscribed(v.job_id)):
-                    # Nothing newer has been announced: back to the fast path, unless what the
-                    # viewer has ends with the job's end (no entry will ever come).
-                    at_end = recent.last(v.job_id).terminal
-                    if not at_end:
-                        self._rejoin(v)
-                        return None
-            if at_end:
-                return self._end_at_cursor(v)
-            if kept is not None:
-                # Recent history from memory: one write, no Redis round trip.
-                data, newest = kept
-                end = newest.terminal
-                # (its epoch with its cursor: a multi-job stream's id names both)
-                self._write(v, data, end, cursor=newest.seq, epoch=now)
-                if values is not None:
-                    v.values = values
-                if end:
-                    return "job_ended"
-                continue
-            with relay.lock:  # (threads: one reader of a job at a time, as under gevent)
-                reading = self._reading.get(v.job_id)
-                if reading is None:
-                    mark = recent.reading(v.job_id)
-                    count = self._page(v.job_id)
-                    mine = self._reading[v.job_id] = self._event()
-            if reading is not None:
-                # Another viewer of this job is reading its log (a burst of newcomers): wait
-                # for that read to land in the recent entries rather than repeat it. That
-                # read may be a Redis outage's retries, for minutes: this viewer's client gets
-                # its heartbeat meanwhile, as the reader's does.
-                if not reading.wait(relay.heartbeat):
-                    self._write(v, v.transport.heartbeat)
-                continue
-            reading = mine
-            failure: RedisError | None = None
-            try:
-                entries, head = relay.broker.history(v.job_id, v.cursor, count)
-            except RedisError as exc:
-                failure = exc
-            finally:
-                with relay.lock:
-                    del self._reading[v.job_id]
-                reading.set()
-            if failure is not None:
-                # Redis is unreachable (a restart?): keep the viewer and read again soon. The
-                # read is given back first: a stalled client's heartbeat, or this wait, must not
-                # hold the job's other viewers once Redis is back.
-                outage_since = outage_since or relay.clock()
-                if relay.clock() - outage_since > MAX_OUTAGE:
-                    log.warning("giving up on a viewer of %s: Redis down for %ss", v.job_id,
-                                MAX_OUTAGE)
-                    return "redis_down"
-                # Each waiting viewer, each second: the broker says once that Redis is away.
-                log.debug("viewer of %s waits for Redis: %s", v.job_id, failure)
-                self._write(v, v.transport.heartbeat)
-                relay.sleep(1.0)
-                continue
-            outage_since = None
-            if not head.exists or v.epoch != head.epoch or v.cursor > head.seq:
-                # Placed after the read is given back: a reset written to a slow client must
-                # not hold this job's other newcomers (they read for themselves meanwhile).
-                ending = self._place(v, head)
-                if ending:
-                    return ending
-                continue  # read again from where the viewer now stands
-            if entries and entries[0].seq > v.cursor + 1:
-                ending = self._trimmed(v, entries, head)
-                if ending:
-                    return ending
-            ended = head.ended
-            if entries:
-                self._note_size(v.job_id, entries)
-            with relay.lock:
-                if len(entries) < count or entries[-1].terminal:
-                    # Only a read that reached the log's end may become the recent entries:
-                    # their newest is taken for the job's newest (position, is_current), and a
-                    # full page can stop short of it (a late viewer would then wait for nothing).
-                    recent.add_read(v.job_id, entries, mark)
-                entries = [e for e in entries if e.seq > v.cursor]
-                if (not entries and not ended and v.missed <= v.cursor
-                        and recent.generation == mark.generation):
-                    # Back to the fast path: whatever is delivered from now on sees it, and
-                    # whatever was delivered during the read set v.missed (or a new generation).
+            step = self._from_memory(v)
+            if step is _Step.NOT_KEPT:
+                step = self._from_log(v, outage)
+            if step is not _Step.AGAIN:
+                return step
+
+    def _from_memory(self, v: Viewer) -> str | None | _Step:
+        """One turn from the recent entries: ``v`` rejoins the fast path (None) when nothing
+        newer was announced, its stream ends (why) at its job's end, or what memory keeps past
+        its cursor is written (AGAIN); NOT_KEPT when memory does not reach back that far."""
+        relay = self.relay
+        recent = relay.recent
+        if v.epoch is None and recent.last(v.job_id) is not None:
+            # A position without an epoch is trusted by its seq (unless past the end): it
+            # follows the incarnation this process knows, as a read of the log would say.
+            v.epoch = recent.last(v.job_id).ep
+        with relay.lock:  # (memory changes under threads)
+            kept = recent.framed_after(v.job_id, v.cursor, v.transport, v.start, v.epoch)
+            if kept is None:
+                if not (v.missed <= v.cursor and recent.is_current(v.job_id, v.cursor, v.epoch)
+                        and relay.broker.subscribed(v.job_id)):
+                    return _Step.NOT_KEPT
+                # Nothing newer has been announced: back to the fast path, unless what the
+                # viewer has ends with the job's end (no entry will ever come).
+                if not recent.last(v.job_id).terminal:
                     self._rejoin(v)
                     return None
-            if entries:
-                end = entries[-1].terminal
-                self._write(v, v.transport.frames(entries, v.start), end, cursor=entries[-1].seq)
-                newest_value = next((e.i for e in reversed(entries) if e.kind == "value"), None)
-                if newest_value is not None:
-                    v.values = newest_value + 1
-                if end:
-                    return "job_ended"
-                continue
-            if ended:
-                # The terminal entry is at or before the cursor (or the log has expired).
-                return self._end_at_cursor(v)
-            # The fast path skipped entries for us, or a subscription changed, during the
-            # read: read again.
+            else:
+                # What is kept may run on into an epoch begun after the viewer's position.
+                data, newest = kept
+                epoch = newest.ep if newest.ep is not None else v.epoch
+                values = recent.values_through(v.job_id, newest.seq, epoch)
+        if kept is None:
+            return self._end_at_cursor(v)
+        # Recent history from memory: one write, no Redis round trip (its epoch with its
+        # cursor: a multi-job stream's id names both).
+        self._write(v, data, newest.terminal, cursor=newest.seq, epoch=epoch)
+        if values is not None:
+            v.values = values
+        return "job_ended" if newest.terminal else _Step.AGAIN
+
+    def _from_log(self, v: Viewer, outage: _Outage) -> str | None | _Step:
+        """One turn from a read of the log after ``v.cursor`` (or from another viewer's read of
+        it, waited for): as :meth:`_from_memory`, and a Redis out of reach is waited out for up
+        to ``MAX_OUTAGE`` seconds (since ``outage.since``), with heartbeats meanwhile."""
+        relay = self.relay
+        recent = relay.recent
+        with relay.lock:  # (threads: one reader of a job at a time, as under gevent)
+            reading = self._reading.get(v.job_id)
+            if reading is None:
+                mark = recent.reading(v.job_id)
+                count = self._page(v.job_id)
+                mine = self._reading[v.job_id] = self._event()
+        if reading is not None:
+            # Another viewer of this job is reading its log (a burst of newcomers): wait for
+            # that read to land in the recent entries rather than repeat it. That read may be a
+            # Redis outage's retries, for minutes: this viewer's client gets its heartbeat
+            # meanwhile, as the reader's does.
+            if not reading.wait(relay.heartbeat):
+                self._write(v, v.transport.heartbeat)
+            return _Step.AGAIN
+        failure: RedisError | None = None
+        try:
+            entries, head = relay.broker.history(v.job_id, v.cursor, count)
+        except RedisError as exc:
+            failure = exc
+        finally:
+            with relay.lock:
+                del self._reading[v.job_id]
+            mine.set()
+        if failure is not None:
+            # Redis is unreachable (a restart?): keep the viewer and read again soon. The read
+            # is given back first: a stalled client's heartbeat, or this wait, must not hold
+            # the job's other viewers once Redis is back.
+            outage.since = outage.since or relay.clock()
+            if relay.clock() - outage.since > MAX_OUTAGE:
+                log.warning("giving up on a viewer of %s: Redis down for %ss", v.job_id,
+                            MAX_OUTAGE)
+                return "redis_down"
+            # Each waiting viewer, each second: the broker says once that Redis is away.
+            log.debug("viewer of %s waits for Redis: %s", v.job_id, failure)
+            self._write(v, v.transport.heartbeat)
+            relay.sleep(1.0)
+            return _Step.AGAIN
+        outage.since = None
+        if not head.exists or v.epoch != head.epoch or v.cursor > head.seq:
+            # Placed after the read is given back: a reset written to a slow client must not
+            # hold this job's other newcomers (they read for themselves meanwhile). Then read
+            # again from where the viewer now stands.
+            return self._place(v, head) or _Step.AGAIN
+        if entries and entries[0].seq > v.cursor + 1:
+            ending = self._trimmed(v, entries, head)
+            if ending:
+                return ending
+        if entries:
+            self._note_size(v.job_id, entries)
+        with relay.lock:
+            if len(entries) < count or entries[-1].terminal:
+                # Only a read that reached the log's end may become the recent entries: their
+                # newest is taken for the job's newest (position, is_current), and a full page
+                # can stop short of it (a late viewer would then wait for nothing).
+                recent.add_read(v.job_id, entries, mark)
+            entries = [e for e in entries if e.seq > v.cursor]
+            if (not entries and not head.ended and v.missed <= v.cursor
+                    and recent.generation == mark.generation):
+                # Back to the fast path: whatever is delivered from now on sees it, and
+                # whatever was delivered during the read set v.missed (or a new generation).
+                self._rejoin(v)
+                return None
+        if entries:
+            end = entries[-1].terminal
+            self._write(v, v.transport.frames(entries, v.start), end, cursor=entries[-1].seq)
+            newest_value = next((e.i for e in reversed(entries) if e.kind == "value"), None)
+            if newest_value is not None:
+                v.values = newest_value + 1
+            return "job_ended" if end else _Step.AGAIN
+        if head.ended:
+            # The terminal entry is at or before the cursor (or the log has expired).
+            return self._end_at_cursor(v)
+        # The fast path skipped entries for us, or a subscription changed, during the read:
+        # read again.
+        return _Step.AGAIN
 
     def _end_at_cursor(self, v: Viewer) -> str:
         """``v`` already has its job's end: write just the end of its body (when the body is
