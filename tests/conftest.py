@@ -78,13 +78,21 @@ def pytest_runtest_setup(item) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Make a report's captured output UTF-8 whatever it caught: pytest-xdist sends reports
-    between processes as UTF-8, and a lone surrogate (a log line naming an undecodable file,
+    """Make a report UTF-8 whatever it caught: pytest-xdist sends reports between processes
+    as UTF-8, and a lone surrogate (a log line or a failure naming an undecodable file,
     tests/worker/test_hook.py) would end the whole run with an internal error."""
     outcome = yield
     report = outcome.get_result()
-    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
-                       for title, text in report.sections]
+    report.sections = [(title, _utf8(text)) for title, text in report.sections]
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        if _utf8(text) != text:  # (else the failure keeps its own form)
+            report.longrepr = _utf8(text)
+
+
+def _utf8(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode written as a backslash escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @pytest.fixture

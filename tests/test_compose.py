@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -466,9 +467,10 @@ def test_compose_up_scales_workers_streams_and_survives_redis_restart(capsys):
     long_n, long_interval = 48, 0.25
 
     def report(text: str) -> None:
-        """Print past pytest's output capture, so that CI logs show it without -s."""
+        """Print past pytest's output capture, so that CI logs show it without -s (on stderr:
+        pytest-xdist's processes send their stdout to /dev/null)."""
         with capsys.disabled():
-            print(text, flush=True)
+            print(text, file=sys.stderr, flush=True)
 
     try:
         if not real:

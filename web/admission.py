@@ -359,10 +359,13 @@ class Admission:
         return b""
 
 
-def locate(st: State, req: StreamRequest, position: Position | None = None) -> Admission | None:
+def locate(st: State, req: StreamRequest, position: Position | None = None, *,
+           read: bool = False) -> Admission | None:
     """Where ``req``'s stream begins; None when there is no such job. ``position``: the job's,
-    when read already (a multi-job stream reads all of its jobs' at once)."""
-    position = position or st.relay.position(req.job_id)
+    when ``read`` already (a multi-job stream reads all of its jobs' at once; None there is a
+    job the relay does not know, read no further)."""
+    if not read:
+        position = st.relay.position(req.job_id)
     if position is None and st.logs.adopt(req.job_id):
         position = st.relay.position(req.job_id)  # a plain RQ job, its log just opened
     if position is None:

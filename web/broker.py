@@ -191,16 +191,6 @@ class Shard:
             pubsub.unsubscribe(*names)
 
 
-def _failed(command: str, shard: Shard, exc: Exception) -> None:
-    """Log a failed (UN)SUBSCRIBE batch: a line for a lost connection, which is expected and
-    retried; the whole traceback for anything else, which is a bug and would otherwise show
-    only as a retry every round."""
-    if isinstance(exc, (RedisError, OSError)):
-        log.info("broker: %s on %s failed (%s)", command, shard.name, exc)
-    else:
-        log.error("broker: %s on %s failed", command, shard.name, exc_info=exc)
-
-
 def _by_slot(names: list[str]) -> list[list[str]]:
     """``names`` grouped by hash slot: one shard command may not span slots."""
     groups: dict[int, list[str]] = defaultdict(list)
@@ -246,6 +236,7 @@ class Broker:
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._refresh_needed = self.cluster
+        self._bugs: set[tuple[str, type]] = set()  # (shard, error) logged in full (_failed)
         self.started = False
 
     # -- history ----------------------------------------------------------------------------
@@ -474,7 +465,7 @@ class Broker:
                 sh.unsubscribe(names)
             except Exception as exc:  # whatever it was, the state below must be undone
                 # (a broken connection, most likely: a new one will not resubscribe them)
-                _failed("unsubscribe", sh, exc)
+                self._failed("unsubscribe", sh, exc)
                 with self._lock:  # no confirmation is coming: none may be awaited
                     for name in names:
                         sh.leaving.discard(self._job_of(name))
@@ -482,13 +473,24 @@ class Broker:
             try:
                 sh.subscribe(names)
             except Exception as exc:  # as above; the next round tries again
-                _failed("subscribe", sh, exc)
+                self._failed("subscribe", sh, exc, "; retrying")
                 with self._lock:
                     for name in names:
                         job_id = self._job_of(name)
                         sh.sent.discard(job_id)
                         self._to_subscribe.add(job_id)
                 self._stop.wait(0.1)
+
+    def _failed(self, command: str, shard: Shard, exc: Exception, then: str = "") -> None:
+        """Log a failed (UN)SUBSCRIBE batch: a line for a lost connection, which is expected;
+        anything else is a bug, logged with its traceback once per shard and kind of error
+        (a round every 0.1 s would repeat it), then as a line."""
+        bug = (shard.name, type(exc))
+        if isinstance(exc, (RedisError, OSError)) or bug in self._bugs:
+            log.info("broker: %s on %s failed (%s)%s", command, shard.name, exc, then)
+        else:
+            self._bugs.add(bug)
+            log.error("broker: %s on %s failed%s", command, shard.name, then, exc_info=exc)
 
     def _route(self, sub: JobSubscription) -> Shard | None:
         """Attach the job to the shard that owns its channel (caller holds the lock)."""

@@ -283,7 +283,7 @@ def multi_stream():
     for spec, position in zip(req.jobs, positions):
         # Where each job starts, as a single-job stream of it would.
         adm = locate(st, StreamRequest(spec.job_id, SSE, resume=spec.after, tail=spec.tail,
-                                       epoch=spec.epoch), position)
+                                       epoch=spec.epoch), position, read=True)
         viewer = Viewer(spec.job_id, None, job_sse(spec.job_id), cursor=spec.after or 0)
         if adm is None:
             prelude += _event("missing", {"job": spec.job_id})

@@ -312,7 +312,7 @@ class Relay:
 
         A restarted replica's viewers come back by the thousand, each a few entries behind:
         this spares each of them a greenlet and a second ``send()``. It is the catch-up's own
-        memory step (:meth:`~jobcast.web.catchup.CatchUp._read_until_current`), made with no
+        memory step (:meth:`~jobcast.web.catchup.CatchUp._from_memory`), made with no
         wait between the check that memory is current and the viewer's joining the fast path,
         so nothing delivered can fall between the two.
         """

@@ -39,6 +39,7 @@ from jobcast.worker.outage import OutageMixin
 
 log = logging.getLogger(__name__)
 
+
 def reason_from(exc_string: str, shown: str | None = None) -> str:
     """The reason viewers see, from RQ's traceback text: ``ValueError: boom``, or as much of
     it as ``shown`` (JOBCAST_FAILURE_REASON) allows."""

@@ -34,8 +34,8 @@ import os
 import re
 import threading
 import time
-from importlib.resources import files
 from enum import IntEnum
+from importlib.resources import files
 from typing import Any, Iterator
 
 from pydantic import BaseModel
@@ -693,16 +693,19 @@ class JobLog:
         return self._write("retrying", {"reason": reason})
 
     def finished(self) -> int:
-        """Write the terminal ``finished`` entry (a no-op returning -1 if already ended)."""
+        """Write the terminal ``finished`` entry (a no-op answering ``Refused.ENDED`` if
+        already ended)."""
         return self._write("finished", meta={"ended_at": f"{time.time():.6f}"})
 
     def failed(self, reason: str) -> int:
-        """Write the terminal ``failed`` entry (a no-op returning -1 if already ended)."""
+        """Write the terminal ``failed`` entry (a no-op answering ``Refused.ENDED`` if already
+        ended)."""
         return self._write("failed", {"reason": reason},
                            meta={"ended_at": f"{time.time():.6f}", "reason": reason})
 
     def cancelled(self, by: str) -> int:
-        """Write the terminal ``cancelled`` entry, naming who asked; -1 if already ended."""
+        """Write the terminal ``cancelled`` entry, naming who asked; ``Refused.ENDED`` if
+        already ended."""
         now = f"{time.time():.6f}"
         return self._write("cancelled", {"by": by},
                            meta={"ended_at": now, "cancelled_by": by, "reason": f"cancelled by {by}"})
