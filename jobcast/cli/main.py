@@ -29,7 +29,7 @@ from jobcast.producer.enqueue import enqueue
 from jobcast.cli.display import printable
 from jobcast.cli.follow import bad_input, follow
 from jobcast.cli.follow_many import follow_many
-from jobcast.launcher.up import SERVICE_KINDS, follow_running_up, status, up
+from jobcast.launcher.up import SERVICE_KINDS, UnknownRedis, follow_running_up, status, up
 from jobcast.web.links import view_sig
 from jobcast.web.serve import serve
 from jobcast.worker.main import run_worker
@@ -371,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in setting_errors(exc):
             print(f"jobcast: {line}", file=sys.stderr)
         return 2
+    except UnknownRedis as exc:
+        print(f"jobcast: {exc}", file=sys.stderr)
+        return 3
     for line in unknown_variables():
         print(f"jobcast: warning: {line}", file=sys.stderr)
     # As `flask` and `rq worker` do, the user's task modules are found in the working

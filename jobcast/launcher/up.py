@@ -370,6 +370,16 @@ UNKNOWN_PASSWORD = ("the `jobcast up` running here uses a Redis whose password i
                     "(up.json keeps it masked): set REDIS_URL as it was given to `jobcast up`")
 
 
+class UnknownRedis(RuntimeError):
+    """The `jobcast up` running here uses a Redis this process cannot reach: its password is
+    not stored (a client command must not go on to another Redis, where it would queue or list
+    other jobs)."""
+
+    def __init__(self) -> None:
+        """Say so, and what to do."""
+        super().__init__(UNKNOWN_PASSWORD)
+
+
 def running_redis_url(state: dict[str, Any]) -> str:
     """The Redis URL of the `jobcast up` described by ``state``, password included.
 
@@ -409,10 +419,9 @@ def follow_running_up(environ: MutableMapping[str, str] | None = None) -> None:
         if masked_url(environ["REDIS_URL"]) != state.get("redis_url"):
             return  # another Redis: not its jobs, so not its web server either
     elif is_masked(url := running_redis_url(state)):
-        # A password this process cannot read: neither its Redis nor its web server. Said,
-        # or the command would go on to localhost:6379 and fail there, or find other jobs.
-        print(f"jobcast: {UNKNOWN_PASSWORD}", file=sys.stderr, flush=True)
-        return
+        # A password this process cannot read: neither its Redis nor its web server. Refused,
+        # or the command would go on to localhost:6379 and queue or list other jobs there.
+        raise UnknownRedis()
     else:
         environ["REDIS_URL"] = url
     if state.get("url"):

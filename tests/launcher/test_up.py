@@ -613,7 +613,9 @@ def test_status_and_client_commands_say_that_the_running_ups_redis_password_is_n
     status` in another shell tried the masked password `***` and said Redis was unreachable,
     and the client commands went to localhost:6379 without a word."""
     from jobcast.core.settings import get_settings
-    from jobcast.launcher.up import UNKNOWN_PASSWORD, follow_running_up, status, write_state
+    from jobcast.cli.main import main
+    from jobcast.launcher.up import (UNKNOWN_PASSWORD, UnknownRedis, follow_running_up, status,
+                                     write_state)
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     monkeypatch.delenv("REDIS_URL", raising=False)
@@ -630,8 +632,13 @@ def test_status_and_client_commands_say_that_the_running_ups_redis_password_is_n
         assert status("json") == 3
         assert UNKNOWN_PASSWORD in capsys.readouterr().out
         env: dict[str, str] = {}
-        follow_running_up(env)
-        assert env == {} and UNKNOWN_PASSWORD in capsys.readouterr().err
+        # Refused: the client command would otherwise go on to another Redis (localhost's),
+        # and queue or list other jobs there with exit 0 (a CLI user's review).
+        with pytest.raises(UnknownRedis, match="password is not stored"):
+            follow_running_up(env)
+        assert env == {}
+        assert main(["enqueue", "sqrt", "--n", "2"]) == 3
+        assert UNKNOWN_PASSWORD in capsys.readouterr().err
         # A Sentinel password in the query is masked too (a second reading's finding).
         write_state(tmp_path / "jobcast" / "up.json",
                     {"pid": os.getpid(), "started": time.time(), "services": [],
@@ -647,7 +654,7 @@ def test_client_commands_follow_the_running_up_unless_the_environment_names_its_
     """A newcomer's finding: the CLI's client commands used REDIS_URL's default (no password)
     and port 8000, not the embedded Redis and the port of the `jobcast up` running here."""
     from jobcast.core.settings import get_settings
-    from jobcast.launcher.up import follow_running_up, write_state
+    from jobcast.launcher.up import UnknownRedis, follow_running_up, write_state
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     monkeypatch.delenv("REDIS_URL", raising=False)
@@ -682,9 +689,10 @@ def test_client_commands_follow_the_running_up_unless_the_environment_names_its_
     # Its logs elsewhere (JOBCAST_STREAM_URL) than this process would read them: left alone.
     running(streams="redis://logs:6379/0")
     assert followed({}) == {}
-    # A Redis of its own whose password this process cannot read: left alone, both of them.
+    # A Redis of its own whose password this process cannot read: refused (see the test above).
     running(redis_url="redis://:***@db:6379/0", redis_embedded=False)
-    assert followed({}) == {}
+    with pytest.raises(UnknownRedis):
+        followed({})
     get_settings.cache_clear()
 
 
