@@ -237,6 +237,17 @@ class Settings(BaseSettings):
         and the bearer header (stripped by HTTP) and the token form must compare the same text."""
         return value.strip() if isinstance(value, str) else value
 
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: str) -> str:
+        """Printable ASCII: the token travels in an HTTP header (``Authorization: Bearer``),
+        which carries no other text, so any other character makes a token no client can send
+        (the server would start, and refuse everyone)."""
+        if not (value.isascii() and value.isprintable()):
+            raise ValueError("JOBCAST_TOKEN must be printable ASCII (it is sent in an HTTP "
+                             "header)")
+        return value
+
     @field_validator("redis_url", "stream_url")
     @classmethod
     def _check_url(cls, value: str) -> str:

@@ -156,3 +156,16 @@ def test_a_misspelt_setting_is_warned_about_on_stderr_and_the_command_still_runs
     assert out.returncode == 0, out.stderr
     assert ("jobcast: warning: JOBCAST_TOKNE is not a Jobcast setting (did you mean "
             "JOBCAST_TOKEN?): it is ignored") in out.stderr
+
+
+def test_a_token_that_is_not_printable_ascii_is_one_line_and_exit_2_never_shown(redis_server):
+    """A CLI user's review: `JOBCAST_TOKEN='tøken…'` started a server that refused everyone (no
+    client can send it in a header), and `jobcast follow` died with a UnicodeEncodeError
+    traceback, exit 1 (a failed job's)."""
+    token = "t\u00f8ken-abcdefghijklmnopqrstuvwxyz"
+    env = service_env(redis_server.url, JOBCAST_TOKEN=token)
+    out = subprocess.run([*JOBCAST, "follow", "a" * 32], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "JOBCAST_TOKEN must be printable ASCII" in out.stderr
+    assert "Traceback" not in out.stderr and token not in out.stderr
