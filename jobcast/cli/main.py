@@ -388,8 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(parser, args, extra)
     except RedisError as exc:
-        print(f"jobcast: cannot reach Redis at {masked_url(cfg.redis_url)}: {error_text(exc)}",
-              file=sys.stderr)
+        where = masked_url(cfg.redis_url)
+        if cfg.stream_url and cfg.stream_url != cfg.redis_url:
+            # The error does not say which client raised it: name both.
+            where = f"{where} (REDIS_URL) or {masked_url(cfg.stream_url)} (JOBCAST_STREAM_URL)"
+        print(f"jobcast: cannot reach Redis at {where}: {error_text(exc)}", file=sys.stderr)
         return 3
     except BrokenPipeError:
         # Its reader left (`jobcast follow ID | head`): stop quietly, with the status of a

@@ -169,3 +169,17 @@ def test_a_token_that_is_not_printable_ascii_is_one_line_and_exit_2_never_shown(
     assert out.returncode == 2, out.stderr
     assert "JOBCAST_TOKEN must be printable ASCII" in out.stderr
     assert "Traceback" not in out.stderr and token not in out.stderr
+
+
+def test_an_unreachable_stream_store_is_named_with_the_queues_redis(redis_server):
+    """A CLI user's review: with JOBCAST_STREAM_URL out of reach, `jobcast jobs` said it could
+    not reach REDIS_URL's Redis, which answered."""
+    from jobcast.launcher.redisserver import free_port
+
+    stream_url = f"redis://:streamPW@127.0.0.1:{free_port()}/0"
+    env = service_env(redis_server.url, JOBCAST_STREAM_URL=stream_url)
+    out = subprocess.run([*JOBCAST, "jobs"], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 3, out.stderr
+    assert "(JOBCAST_STREAM_URL)" in out.stderr and stream_url.split("@")[1] in out.stderr
+    assert "streamPW" not in out.stderr and "Traceback" not in out.stderr
