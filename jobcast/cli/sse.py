@@ -296,7 +296,9 @@ def refusal(status: int, job_id: str) -> str:
         return "the server needs a token: set JOBCAST_TOKEN"
     if status == 403:
         return "the server refused the token (JOBCAST_TOKEN)"
-    return f"no job with id {job_id}"
+    # Jobcast says which job it lacks in a JSON body: a 404 without one is another server's.
+    return f"no job with id {job_id} there (a 404 without Jobcast's error body: is --url a " \
+           "Jobcast server?)"
 
 
 def error_field(r: httpx.Response, name: str) -> str | None:

@@ -442,6 +442,20 @@ def test_following_several_jobs_at_a_url_that_answers_404_says_so_at_once_and_ex
     assert asked == ["/wrong/events"]  # no retry: nothing mends a 404
 
 
+def test_following_one_job_at_a_url_that_answers_a_bare_404_asks_whether_it_is_jobcast():
+    """A CLI user's review: `follow ID --url` at a server that is not Jobcast said there was
+    no job with that id (one job; several were told the URL was wrong)."""
+    from jobcast.cli.follow import EXIT_BAD_INPUT, Follower, run_reporting
+
+    err = io.StringIO()
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(404)))
+    follower = Follower("a" * 32, "http://jobcast.test/wrong",
+                        Display("plain", False, io.StringIO(), err), client=client,
+                        reconnect_for=60)
+    assert run_reporting(follower.run, err, lambda: "interrupted") == EXIT_BAD_INPUT
+    assert "is --url a Jobcast server?" in err.getvalue()
+
+
 @pytest.mark.parametrize("url, message", [
     ("http://[::1", "--url is not a URL"),
     ("http://", "--url names no host"),
