@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--env", action="append", default=[], type=service_env_item,
                     metavar="SERVICE:NAME=VALUE",
                     help="an environment variable for one kind of service (redis, web or "
-                         "worker) only; repeatable, e.g. --env worker:JOBCAST_MONITOR_INTERVAL=2")
+                         "worker) only; repeatable, e.g. --env worker:JOBCAST_MONITOR_INTERVAL=2 "
+                         "(arguments show in ps: pass secrets in the environment)")
 
     status = sub.add_parser("status", help="the services of `jobcast up`, RQ's workers and "
                                            "the queue depth")
