@@ -711,6 +711,21 @@ def test_up_serves_on_an_ipv6_loopback_host(tmp_path):
 
 
 @pytest.mark.slow  # runs `jobcast up`
+def test_an_unreachable_redis_url_is_one_line_and_exit_3_before_any_service_starts(tmp_path):
+    """A CLI user's review: `jobcast up` with a REDIS_URL out of reach started its services,
+    which retried for a minute (335 lines of readyz warnings), then exited 1 naming them."""
+    unreachable = f"redis://:s3cretPW@127.0.0.1:{free_port()}/0"
+    proc = subprocess.run([*JOBCAST, "up", "--port", str(free_port()), "--workers", "1",
+                           "--no-demo"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**service_env("", XDG_DATA_HOME=str(tmp_path)),
+                               "REDIS_URL": unreachable})
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "jobcast: cannot reach Redis at" in proc.stderr
+    assert "s3cretPW" not in proc.stderr + proc.stdout
+    assert "web.1" not in proc.stdout + proc.stderr  # nothing was started
+
+
+@pytest.mark.slow  # runs `jobcast up`
 def test_a_service_refusing_a_bad_setting_stops_jobcast_up_at_once_not_after_five_restarts(
         tmp_path):
     """A review's finding: a service that exits 2 (a bad setting) was restarted five times,
