@@ -188,6 +188,9 @@ def can_take(environ: dict) -> HandoverSocket | None:
 class StreamWorker(GeventWorker):
     """gunicorn's gevent worker, with connections a stream may take over."""
 
+    _quitting = False
+    """A quick stop is under way (:meth:`handle_quit`)."""
+
     def load_wsgi(self) -> None:
         """Load the app, then move what it allocated out of the garbage collector's sight.
 
@@ -218,6 +221,23 @@ class StreamWorker(GeventWorker):
         self.share_log()
         self.server_class = partial(AdmittingServer, worker=self)
         super().init_process()
+
+    def handle_quit(self, sig, frame) -> None:
+        """A quick stop (SIGINT, SIGQUIT: Ctrl-C on `jobcast web`), as gunicorn's, outside the
+        signal handler; ended in the main greenlet (:meth:`_quit`), once however many signals
+        come (the terminal's SIGINT, then the arbiter's SIGQUIT)."""
+        if not self._quitting:
+            self._quitting = True
+            gevent.spawn(self._quit)
+
+    def _quit(self) -> None:
+        """gunicorn's quick stop, but the SystemExit that ends the process is raised in the
+        main greenlet: gunicorn raises it in this one, which gevent reports as a failure, with
+        a traceback, on every Ctrl-C."""
+        self.alive = False
+        self.cfg.worker_int(self)
+        gevent.sleep(0.1)
+        gevent.get_hub().parent.throw(SystemExit(0))
 
     def share_log(self) -> None:
         """Jobcast's log lines (a cancel and who asked, Redis lost and found again) go where

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,3 +84,27 @@ def test_jobcasts_log_lines_follow_gunicorns_log_level(redis_server, tmp_path):
     finally:
         server.stop()
     assert "cancel asked" not in log_path.read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_server_without_a_traceback(redis_server, tmp_path):
+    """A CLI user's review: each Ctrl-C on `jobcast web` printed a traceback per worker
+    (gunicorn's gevent worker ends the process with sys.exit() in a greenlet of its own,
+    which gevent reports as a failure). Ctrl-C sends SIGINT to the master and its workers."""
+    import psutil
+
+    log_path = tmp_path / "web.log"
+    server = WebServer(redis_server.url, workers=2, log_path=log_path).start()
+    try:
+        processes = [psutil.Process(server.proc.pid)]
+        processes += processes[0].children()
+        wait_for(lambda: log_path.read_text().count("Booting worker") == 2, 10,
+                 what="both workers")
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        assert server.proc.wait(30) == 0
+    finally:
+        server.stop()
+    log = log_path.read_text()
+    assert log.count("Worker exiting") == 2
+    assert "Traceback" not in log and "failed with SystemExit" not in log, log
