@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import shutil
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from jobcast.core.process import pid_alive
@@ -68,6 +71,34 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+BIND_TRIES = 5
+"""Tries of a busy port, a second apart (gunicorn's own: five)."""
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why gunicorn could not listen on ``host``:``port`` (a busy port, an address that is not
+    this machine's, a name that does not resolve), or None. Asked before gunicorn starts, which
+    would retry for 5 s, print a line of its own each time, and exit 1 with no word of why.
+    Not asked when the socket is handed over (systemd's ``LISTEN_FDS``)."""
+    if os.environ.get("LISTEN_FDS"):
+        return None
+    for attempt in range(BIND_TRIES):
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port,
+                                                                 type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
+                probe.bind(address)
+            return None
+        except OSError as exc:
+            # A busy port may be a server just killed whose workers have not let go yet (a
+            # supervisor's restart): waited for as gunicorn would. Nothing else mends itself.
+            if exc.errno != errno.EADDRINUSE or attempt == BIND_TRIES - 1:
+                return exc.strerror or str(exc)
+            time.sleep(1.0)
+    return None
 
 
 def serve(bind: str, workers: int | None = None, settings: Settings | None = None) -> None:

@@ -31,7 +31,7 @@ from jobcast.cli.follow import bad_input, follow
 from jobcast.cli.follow_many import follow_many
 from jobcast.launcher.up import SERVICE_KINDS, UnknownRedis, follow_running_up, status, up
 from jobcast.web.links import view_sig
-from jobcast.web.serve import serve
+from jobcast.web.serve import cannot_listen, serve
 from jobcast.worker.main import run_worker
 
 
@@ -426,8 +426,13 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[s
             print(f"jobcast: {problem}", file=sys.stderr)
         if problems:
             return 2
-        serve(host_port(args.bind or cfg.bind, args.port or cfg.port),
-              args.workers or cfg.web_concurrency)
+        host, port = args.bind or cfg.bind, args.port or cfg.port
+        problem = cannot_listen(host, port)
+        if problem:
+            print(f"jobcast: cannot listen on {host_port(host, port)}: {problem}",
+                  file=sys.stderr)
+            return 1
+        serve(host_port(host, port), args.workers or cfg.web_concurrency)
         return 0
     if args.command == "up":
         env: dict[str, dict[str, str]] = {}

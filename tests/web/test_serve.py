@@ -108,3 +108,25 @@ def test_ctrl_c_stops_the_server_without_a_traceback(redis_server, tmp_path):
     log = log_path.read_text()
     assert log.count("Worker exiting") == 2
     assert "Traceback" not in log and "failed with SystemExit" not in log, log
+
+
+@pytest.mark.slow  # starts `jobcast web`, and gunicorn where the check lets it
+@pytest.mark.parametrize("bind, said", [("127.0.0.1", "Address already in use"),
+                                        ("nosuchhost.invalid", "")])
+def test_a_port_in_use_or_an_address_not_here_is_one_line_and_exit_1(bind, said):
+    """A CLI user's review: `jobcast web` on a busy port, or a --bind that is not this
+    machine's, printed gunicorn's retries (6 to 11 error lines over 5 s), then exit 1 with no
+    word of why."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "jobcast", "web", "--bind", bind,
+                              "--port", str(port), "--workers", "1"], capture_output=True,
+                             text=True, timeout=60,
+                             env={**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert out.returncode == 1
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"jobcast: cannot listen on {bind}:{port}: ") and said in line
