@@ -21,9 +21,11 @@ def fresh_settings(monkeypatch):
 
 @pytest.fixture
 def served(monkeypatch) -> list:
-    """The (bind, workers) `jobcast web` would serve with, instead of starting gunicorn."""
+    """The (bind, workers) `jobcast web` would serve with, instead of starting gunicorn (and
+    with any address taken for this machine's: its check is tests/web/test_serve.py's)."""
     calls = []
     monkeypatch.setattr(cli, "serve", lambda bind, workers: calls.append((bind, workers)))
+    monkeypatch.setattr(cli, "cannot_listen", lambda host, port: None)
     return calls
 
 
