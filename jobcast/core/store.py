@@ -150,10 +150,19 @@ def reader_client(client: Redis, health_check_interval: float | None = None) -> 
     return Redis(connection_pool=own)
 
 
+NO_PASSWORD = "Redis wants a password, and the URL gives none (redis://:PASSWORD@host:port/db)"
+"""What a Redis that requires a password answers a client that sent none, in words (redis-py
+passes on the server's "NOAUTH" or, with RESP3, "HELLO must be called with the client already
+authenticated")."""
+
+
 def error_text(exc: BaseException) -> str:
     """What went wrong with Redis, in one readable line: redis-py's "No master found" puts the
     repr of its whole Sentinel client (a thousand characters or two) before the cause."""
-    return re.sub(r" : <redis\..*\)> - ", "; the last Sentinel asked: ", str(exc), flags=re.S)
+    text = str(exc)
+    if text.startswith(("NOAUTH", "HELLO must be called with the client already authenticated")):
+        return NO_PASSWORD
+    return re.sub(r" : <redis\..*\)> - ", "; the last Sentinel asked: ", text, flags=re.S)
 
 
 def masked_url(url: str) -> str:

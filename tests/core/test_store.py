@@ -13,6 +13,7 @@ import uuid
 import pytest
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from jobcast.core import store
@@ -164,3 +165,18 @@ def test_a_sentinel_that_finds_no_primary_is_told_in_one_short_line_ending_with_
     assert text.startswith("No master found for 'jobcast'; the last Sentinel asked: ")
     assert "Connection refused" in text and "<redis." not in text and len(text) < 200
     assert error_text(RedisConnectionError("Error 111 connecting")) == "Error 111 connecting"
+
+
+def test_a_redis_that_wants_a_password_and_got_none_is_said_in_words(redis_server, tmp_path):
+    """A CLI user's review: a REDIS_URL without the password a Redis requires was answered
+    "HELLO must be called with the client already authenticated, otherwise the HELLO AUTH …"
+    (redis-py's RESP3 handshake), which never says "password"."""
+    from jobcast.launcher.redisserver import RedisServer
+
+    server = RedisServer(data_dir=tmp_path, password="s3cret").start()
+    try:
+        with pytest.raises(RedisError) as caught:
+            redis_client(server.url.replace(":s3cret@", ""), single=True).ping()
+        assert error_text(caught.value) == store.NO_PASSWORD
+    finally:
+        server.stop()
