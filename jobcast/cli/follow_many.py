@@ -81,7 +81,7 @@ class MultiEventStream:
                  backoff: JitterBackoff, *, tail: int | None = None):
         """Configure; iterate to read."""
         if not 1 <= len(job_ids) <= MAX_JOBS or len(set(job_ids)) != len(job_ids):
-            raise BadInput(f"name from 1 to {MAX_JOBS} different jobs")
+            raise BadInput(f"name from 1 to {MAX_JOBS} jobs, each once")
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.job_ids = list(job_ids)

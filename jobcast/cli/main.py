@@ -55,6 +55,9 @@ def parse_task_params(extra: Sequence[str]) -> dict[str, str]:
 def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     """Enqueue TASK with its --param values; print the job id and its page URL."""
     cfg = get_settings()
+    if not args.follow and args.tail is not None:
+        print("jobcast: --tail is an option of --follow (the job was not queued)", file=sys.stderr)
+        return 2
     if args.follow:
         # What --follow would refuse, before the job is queued: never a stray job.
         problem = bad_input([], args.url or cfg.public_url, args.tail)
@@ -281,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run Redis, the web server, workers and a demo job")
-    up.add_argument("--port", type=PORT, default=8000)
-    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=PORT, default=8000,
+                    help="the web server's port (default 8000)")
+    up.add_argument("--host", default="127.0.0.1",
+                    help="the web server's address (default 127.0.0.1: this machine only)")
     up.add_argument("--workers", type=count(0), default=2, help="RQ worker processes")
     up.add_argument("--web-workers", type=count(1), default=1, help="gunicorn worker processes")
     up.add_argument("--no-demo", action="store_true", help="do not enqueue the demo sqrt job")

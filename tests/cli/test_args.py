@@ -122,3 +122,27 @@ def test_redis_out_of_reach_is_one_line_without_its_password_and_exit_3(monkeypa
     line = one_line(capsys.readouterr().err)
     assert line.startswith("jobcast: cannot reach Redis at redis://:***@127.0.0.1:")
     assert "s3cret-pass" not in line
+
+
+def test_enqueue_with_tail_but_no_follow_is_refused_before_the_job_is_queued(monkeypatch,
+                                                                             capsys):
+    """A CLI user's review: `jobcast enqueue sqrt --tail 5` ignored --tail without a word.
+    Refused before anything reaches Redis (none is reachable here: it would be exit 3)."""
+    from jobcast.launcher.redisserver import free_port
+
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    assert cli.main(["enqueue", "sqrt", "--n", "3", "--tail", "5"]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        "jobcast: --tail is an option of --follow (the job was not queued)")
+
+
+def test_following_a_job_named_twice_says_each_is_named_once():
+    """A CLI user's review: `jobcast follow X X` answered "name from 1 to 100 different jobs"."""
+    import httpx
+
+    from jobcast.cli.follow_many import MultiEventStream
+    from jobcast.cli.sse import BadInput, JitterBackoff
+
+    with pytest.raises(BadInput, match="each once"):
+        MultiEventStream(httpx.Client(), "http://jobcast.test", ["a" * 32, "a" * 32],
+                         JitterBackoff(1))
