@@ -86,8 +86,9 @@ def pytest_runtest_makereport(item, call):
     report.sections = [(title, _utf8(text)) for title, text in report.sections]
     if report.longrepr is not None:
         text = str(report.longrepr)
-        if _utf8(text) != text:  # (else the failure keeps its own form)
-            report.longrepr = _utf8(text)
+        utf8 = _utf8(text)
+        if utf8 != text:  # (else the failure keeps its own form)
+            report.longrepr = utf8
 
 
 def _utf8(text: str) -> str:

@@ -14,7 +14,7 @@ from rq import Queue, Worker
 
 from jobcast.core.registry import load_user_tasks
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import masked_url, redis_client
+from jobcast.core.store import error_text, masked_url, redis_client
 from jobcast.core.workers import UNREACHABLE, WORKER_TTL, JobcastJob
 from jobcast.worker.hook import LifecycleMixin
 
@@ -77,7 +77,7 @@ def wait_for_redis(redis: Redis, url: str, limit: float = REDIS_WAIT,
                 raise
             pause = min(pause, left)
             log.warning("jobcast: cannot reach Redis at %s (%s); trying again in %.0f s, for "
-                        "%.0f s more", masked_url(url), exc, pause, left)
+                        "%.0f s more", masked_url(url), error_text(exc), pause, left)
             sleep(pause)
             waited = True
             pause *= 2

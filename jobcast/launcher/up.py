@@ -229,14 +229,11 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         else:
             printer.system(f"redis:   {masked_url(redis_url)} (REDIS_URL)")
             # Asked once before anything starts: the services would otherwise retry it for a
-            # minute (a screen of lines), and the last word would name them, not Redis.
+            # minute (a screen of lines), and the last word would name them, not Redis. Its
+            # error is the command's to say, as every command says it (exit 3).
             client = redis_client(redis_url, socket_connect_timeout=5, socket_timeout=5)
             try:
                 client.ping()
-            except RedisError as exc:
-                print(f"jobcast: cannot reach Redis at {masked_url(redis_url)}: "
-                      f"{error_text(exc)}", file=sys.stderr, flush=True)
-                return 3
             finally:
                 client.close()
         sup.start(s for s in sup.services if s.proc is None)

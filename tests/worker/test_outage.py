@@ -51,6 +51,14 @@ def workers(server, tmp_path) -> Iterator[Workers]:
         stop_process(proc, timeout=20)
 
 
+def monitoring_worker(redis: Redis, clock: FakeClock) -> tuple[Queue, JobcastWorker]:
+    """A queue of its own, and a Jobcast worker of it that monitors every 2 s by ``clock``."""
+    queue = Queue(f"outage-{uuid.uuid4().hex[:8]}", connection=redis)
+    worker = JobcastWorker([queue], connection=redis, job_monitoring_interval=2)
+    worker.clock = clock
+    return queue, worker
+
+
 def abandoned_job(redis: Redis, queue: Queue) -> Job:
     """A job RQ has as started, whose execution's heartbeat expired a second ago: what an
     outage longer than that heartbeat leaves behind a live worker."""
@@ -169,9 +177,7 @@ def test_a_worker_that_started_in_an_outage_holds_its_maintenance_as_one_that_ro
     assert wait_for_redis(Redis.from_url(server.url), server.url, limit=10, clock=clock,
                           sleep=lambda seconds: server.start()) is True
     redis = Redis.from_url(server.url)
-    queue = Queue(f"outage-{uuid.uuid4().hex[:8]}", connection=redis)
-    worker = JobcastWorker([queue], connection=redis, job_monitoring_interval=2)
-    worker.clock = clock
+    queue, worker = monitoring_worker(redis, clock)
     worker.redis_back()  # as run_worker does after a wait
     worker.register_birth()
     job = abandoned_job(redis, queue)
@@ -199,9 +205,8 @@ def test_a_worker_back_from_an_outage_takes_no_job_for_abandoned_for_three_inter
     it while its worker lives on; that worker beats again within an interval of Redis's
     return, but a peer's maintenance that came first retried (or failed) the job."""
     redis = Redis.from_url(server.url)
-    queue = Queue(f"outage-{uuid.uuid4().hex[:8]}", connection=redis)
-    worker = JobcastWorker([queue], connection=redis, job_monitoring_interval=2)
-    worker.clock = clock = FakeClock()
+    clock = FakeClock()
+    queue, worker = monitoring_worker(redis, clock)
     worker.register_birth()
     server.stop()
     with pytest.raises(RedisConnectionError):
