@@ -125,6 +125,14 @@ def config(redis_server) -> Settings:
 
 
 @pytest.fixture
+def idle_queue(redis_server) -> Settings:
+    """A Settings whose queue is the test's own and no worker takes from, for a job that must
+    stay queued: the session's :func:`workers`, once a test of the process has started them,
+    take whatever lands on the default queue."""
+    return Settings(redis_url=redis_server.url, queue_name="idle-" + uuid.uuid4().hex[:8])
+
+
+@pytest.fixture
 def make_app():
     """Create Jobcast apps (``create_app(test_config)``) whose background services, started at
     their first request, stop when the test ends."""

@@ -98,8 +98,8 @@ def test_unknown_job_is_404_and_malformed_id_is_400(client, path):
     ("?after=99999999999999999999", {}, "after"),
     ("", {"Last-Event-ID": "abc"}, "Last-Event-ID"),
 ])
-def test_bad_resume_positions_get_400(client, config, redis, query, headers, field):
-    job_id = enqueue("sqrt", {"n": 1}, redis=redis, config=config)
+def test_bad_resume_positions_get_400(client, idle_queue, redis, query, headers, field):
+    job_id = enqueue("sqrt", {"n": 1}, redis=redis, config=idle_queue)
     r = client.get(f"/jobs/{job_id}/events{query}", headers=headers)
     assert r.status_code == 400 and r.json["field"] == field
 
@@ -116,20 +116,20 @@ def test_list_limit_is_validated(client):
     ("/api/jobs/{job}/link?ttl=-1", "ttl", "between 0 and 315360000"),
     ("/api/jobs/{job}/output?attempt=0", "attempt", "between 1 and "),
 ])
-def test_a_bad_number_is_told_the_parameters_own_bounds(client, config, redis, query, field,
+def test_a_bad_number_is_told_the_parameters_own_bounds(client, idle_queue, redis, query, field,
                                                         bounds):
     """A review's finding: a parameter that was not a number was told the bounds of any
     integer ("up to 9007199254740992"), whatever its own."""
-    job_id = enqueue("sqrt", {"n": 1}, redis=redis, config=config)
+    job_id = enqueue("sqrt", {"n": 1}, redis=redis, config=idle_queue)
     r = client.get(query.format(job=job_id))
     assert r.status_code == 400 and r.json["field"] == field
     assert bounds in r.json["message"], r.json
 
 
-def test_earlier_values_without_before_are_the_newest(client, config, redis):
+def test_earlier_values_without_before_are_the_newest(client, idle_queue, redis):
     """A review's finding: ``GET /api/jobs/<id>/values`` with no ``before`` read the values
     before seq 0, and answered none, whatever the job had logged."""
-    job_id = enqueue("sqrt", {"n": 5}, redis=redis, config=config)
+    job_id = enqueue("sqrt", {"n": 5}, redis=redis, config=idle_queue)
     jlog = JobLog(redis, job_id)
     jlog.started("w1", 1)
     for i in range(5):
@@ -145,11 +145,11 @@ def test_earlier_values_without_before_are_the_newest(client, config, redis):
     assert client.get(f"/api/jobs/{job_id}/output?attempt=").status_code == 200
 
 
-def test_earlier_values_answer_at_most_a_mebibyte_and_the_rest_comes_by_paging(client, config,
+def test_earlier_values_answer_at_most_a_mebibyte_and_the_rest_comes_by_paging(client, idle_queue,
                                                                                redis):
     """A security review's finding: ``limit`` counted values, not bytes, so one answer of
     5,000 values of 60 KB each was built in memory at once (300 MB)."""
-    job_id = enqueue("sqrt", {"n": 40}, redis=redis, config=config)
+    job_id = enqueue("sqrt", {"n": 40}, redis=redis, config=idle_queue)
     jlog = JobLog(redis, job_id)
     jlog.started("w1", 1)
     for i in range(40):
@@ -197,8 +197,8 @@ def test_tasks_endpoint_describes_parameters_with_bounds(client):
     assert client.post("/api/jobs", json={"task": "sqrt", "params": {"n": 100001}}).status_code == 400
 
 
-def test_home_page_lists_jobs_and_offers_a_form(client, config, redis):
-    job_id = enqueue("sqrt", {"n": 1}, redis=redis, config=config)
+def test_home_page_lists_jobs_and_offers_a_form(client, idle_queue, redis):
+    job_id = enqueue("sqrt", {"n": 1}, redis=redis, config=idle_queue)
     html = client.get("/").get_data(as_text=True)
     assert job_id[:8] in html and '<form id="start"' in html and 'name="interval"' in html
 

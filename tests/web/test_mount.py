@@ -33,8 +33,9 @@ def host(config):
 
 
 @pytest.fixture
-def job_id(config, redis):
-    return enqueue("sqrt", {"n": 3, "interval": 0.5}, redis=redis, config=config)
+def job_id(idle_queue, redis):
+    """A job that stays queued."""
+    return enqueue("sqrt", {"n": 3, "interval": 0.5}, redis=redis, config=idle_queue)
 
 
 def test_mounted_pages_api_and_assets_all_live_under_the_prefix(host, job_id):
