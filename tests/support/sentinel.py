@@ -40,6 +40,7 @@ class LocalSentinelGroup:
         self.replica_port = free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.procs: dict[int, subprocess.Popen] = {}
+        self.waiting_for = ""  # what ready() last found missing
 
     @property
     def url(self) -> str:
@@ -117,26 +118,43 @@ class LocalSentinelGroup:
 
     def ready(self) -> bool:
         """True when the replica is in sync (link up, ``WAIT 1`` acknowledged) and every
-        Sentinel knows it as a plain replica and has the quorum."""
+        Sentinel knows it as a plain replica and has the quorum; else False, with what is
+        still missing in :attr:`waiting_for`."""
         primary, replica = self.client(self.primary_port), self.client(self.replica_port)
         try:
-            if replica.info("replication").get("master_link_status") != "up":
+            link = replica.info("replication").get("master_link_status")
+            if link != "up":
+                self.waiting_for = f"the replica's link (status {link!r})"
                 return False
             if primary.execute_command("WAIT", 1, 1000) < 1:
+                self.waiting_for = "the replica to acknowledge WAIT 1"
                 return False
             for port in self.sentinel_ports:
                 sentinel = self.client(port)
                 # Exactly "slave": not s_down, not disconnected, not promoted.
-                if [r.get("flags") for r in sentinel.sentinel_slaves(MASTER)] != ["slave"]:
+                flags = [r.get("flags") for r in sentinel.sentinel_slaves(MASTER)]
+                if flags != ["slave"]:
+                    self.waiting_for = f"Sentinel {port} to know the replica (flags {flags})"
                     return False
                 sentinel.execute_command("SENTINEL", "CKQUORUM", MASTER)
             return True
-        except RedisError:
+        except RedisError as exc:
+            self.waiting_for = f"an answer without error ({type(exc).__name__}: {exc})"
             return False
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until :meth:`ready`."""
-        wait_until(self.ready, timeout, interval=0.1, what="the sentinel group to be ready")
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until :meth:`ready` (about 2 s here); on a timeout, say what was missing and
+        show the end of each process's log. The timeout is long because a Sentinel whose timer
+        ran late by more than 2 s (a loaded machine) enters TILT mode, and for 30 s takes no
+        instance's down flag off."""
+        self.waiting_for = "the first check"
+        try:
+            wait_until(self.ready, timeout, interval=0.1, what="the sentinel group to be ready")
+        except TimeoutError as exc:
+            logs = "\n".join(f"--- {port} ---\n" + "\n".join(
+                (self.base / str(port) / "log").read_text(errors="replace").splitlines()[-15:])
+                for port in self.procs)
+            raise TimeoutError(f"{exc}: still waiting for {self.waiting_for}\n{logs}") from None
 
     def in_sync(self) -> bool:
         """True when the replica has everything the primary took (equal offsets)."""
