@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from typing import IO, Callable, Iterable
 
 import httpx
@@ -202,6 +203,19 @@ def bad_input(job_ids: Iterable[str], base_url: str, tail: int | None) -> str | 
     if tail is not None and tail < 0:
         return "--tail must be 0 or more"
     return None
+
+
+def read_refused(base_url: str, token: str) -> str | None:
+    """Why the server at ``base_url`` would refuse to show a job to ``token`` (its 401 or 403,
+    said), or None: it would not, or cannot be asked now (a follow waits for it)."""
+    # Any job id does: the server checks the credentials before it looks for the job.
+    with http_client(token, 5.0) as client:
+        try:
+            r = client.get(f"{base_url.rstrip('/')}/api/jobs/{uuid.uuid4().hex}")
+        except httpx.HTTPError:
+            return None
+    # In the CLI's words: the server's would speak of the job it was asked for.
+    return refusal(r.status_code, "") if r.status_code in (401, 403) else None
 
 
 def run_reporting(run: Callable[[], int], err: IO[str], interrupted: Callable[[], str]) -> int:

@@ -27,7 +27,7 @@ from jobcast.core.urls import host_port, job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue
 from jobcast.cli.display import printable
-from jobcast.cli.follow import bad_input, follow
+from jobcast.cli.follow import bad_input, follow, read_refused
 from jobcast.cli.follow_many import follow_many
 from jobcast.launcher.up import SERVICE_KINDS, UnknownRedis, follow_running_up, status, up
 from jobcast.web.links import view_sig
@@ -63,6 +63,11 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
         problem = bad_input([], args.url or cfg.public_url, args.tail)
         if problem:
             print(f"jobcast: {problem}", file=sys.stderr)
+            return 2
+        # A private server that would refuse this follow's token says so first.
+        problem = read_refused(args.url or cfg.public_url, cfg.token)
+        if problem:
+            print(f"jobcast: {problem} (the job was not queued)", file=sys.stderr)
             return 2
     try:
         params = parse_task_params(extra)

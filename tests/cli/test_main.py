@@ -11,17 +11,19 @@ from pathlib import Path
 import pytest
 from rq import Queue
 
-from tests.support.services import JOBCAST, ROOT, service_env
+from tests.support.services import JOBCAST, ROOT, WebServer, service_env
+from tests.support.wait import wait_for
 from jobcast.core.joblog import JobLog
 
 pytestmark = pytest.mark.slow  # each test runs `jobcast` in a process of its own
 
 
-def jobcast(redis_url: str, *args: str) -> subprocess.CompletedProcess:
+def jobcast(redis_url: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `jobcast ARGS` with the settings of these tests (and ``env``)."""
     # A queue of its own: the session's workers (if some test started them) must not take
     # the jobs these tests look at.
-    env = service_env(redis_url, JOBCAST_URL="http://jobcast.test:8000",
-                      JOBCAST_QUEUE="cli-tests")
+    env = service_env(redis_url, **{"JOBCAST_URL": "http://jobcast.test:8000",
+                                    "JOBCAST_QUEUE": "cli-tests", **env})
     return subprocess.run([*JOBCAST, *args], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
 
@@ -183,3 +185,35 @@ def test_an_unreachable_stream_store_is_named_with_the_queues_redis(redis_server
     assert out.returncode == 3, out.stderr
     assert "(JOBCAST_STREAM_URL)" in out.stderr and stream_url.split("@")[1] in out.stderr
     assert "streamPW" not in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("token, said", [("", "token"), ("not-the-token", "token")])
+def test_enqueue_follow_that_a_private_server_would_refuse_queues_nothing_and_exits_2(
+        redis_server, redis, logs_dir, token, said):
+    """A CLI user's review: `jobcast enqueue --follow` on a private server, without its token
+    (or with another), queued the job, then was refused the follow: a job nobody watches, and
+    a retry queued another."""
+    server = WebServer(redis_server.url, log_path=logs_dir / "web-cli-private.log",
+                       JOBCAST_TOKEN="the-servers-token").start()
+    try:
+        before = Queue("cli-tests", connection=redis).count
+        out = jobcast(redis_server.url, "enqueue", "sqrt", "--n", "3", "--follow",
+                      "--url", server.url, JOBCAST_TOKEN=token)
+        assert out.returncode == 2, out
+        assert out.stdout == "" and "(the job was not queued)" in out.stderr, out.stderr
+        assert said in out.stderr.lower() and len(out.stderr.splitlines()) == 1, out.stderr
+        assert Queue("cli-tests", connection=redis).count == before
+        # With the server's token, the same command queues the job and follows it.
+        follow = subprocess.Popen(
+            [*JOBCAST, "enqueue", "sqrt", "--n", "3", "--follow", "--url", server.url],
+            env=service_env(redis_server.url, JOBCAST_QUEUE="cli-tests",
+                            JOBCAST_TOKEN="the-servers-token"),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: Queue("cli-tests", connection=redis).count == before + 1, 30,
+                     what="the job queued")
+        finally:
+            follow.kill()
+            follow.communicate()
+    finally:
+        server.stop()
