@@ -167,7 +167,8 @@ def error_text(exc: BaseException) -> str:
 
 def masked_url(url: str) -> str:
     """``url`` as it may be printed or written down: its password (in the authority, or a
-    ``password=`` or ``sentinel_password=`` query parameter) shown as ``***``.
+    ``password=`` or ``sentinel_password=`` query parameter), or a user part without one,
+    shown as ``***``.
 
     Too much is masked rather than too little, however the URL is malformed.
     """
@@ -184,13 +185,17 @@ def masked_url(url: str) -> str:
     userinfo, at, after = rest.rpartition("@")
     if at and ":" in userinfo:
         url = f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{after}"
+    elif at and userinfo:
+        # A user part alone ("redis://s3cret@host") is most often a password put where
+        # redis-py reads a user name (its password follows a colon): masked whole.
+        url = f"{scheme}{sep}***@{after}"
     return url
 
 
 def is_masked(url: str) -> bool:
     """``url`` holds a password :func:`masked_url` replaced (a URL read back from where it was
     written down masked): it cannot be connected with."""
-    return ":***@" in url or re.search(r"(?i)[?&][^&=#?]*password=\*\*\*(&|$)", url) is not None
+    return ":***@" in url or "://***@" in url or re.search(r"(?i)[?&][^&=#?]*password=\*\*\*(&|$)", url) is not None
 
 
 def stream_url(config: Settings) -> str:
