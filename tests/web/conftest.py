@@ -10,10 +10,11 @@ from tests.support.services import WebServer
 
 
 @pytest.fixture
-def app(config, make_app):
+def app(idle_queue, make_app):
     """A public app on the session's Redis, in testing mode (its services start at its first
-    request, and stop with the test)."""
-    return make_app({"JOBCAST": config, "TESTING": True})
+    request, and stop with the test). Its queue is one no worker takes from: a job it queues
+    stays queued (the session's workers take the default queue's)."""
+    return make_app({"JOBCAST": idle_queue, "TESTING": True})
 
 
 @pytest.fixture
