@@ -14,17 +14,19 @@ from typing import Iterator
 
 import httpx
 import pytest
+from redis import Redis
 
 from jobcast.core.joblog import JobLog
 from jobcast.launcher.redisserver import free_port
 from tests.support.browser import DONE, assert_page_clean, watch
 from tests.support.wait import wait_for
-from tests.support.services import (ROOT, service_env, start_rq_worker, stop_process,
-                                    wait_answers)
+from tests.support.services import (ROOT, own_database, service_env, start_rq_worker,
+                                    stop_process, wait_answers)
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 EXAMPLES = ROOT / "examples"
+DB = 14  # the example's own database (see example_db)
 
 
 class ExampleApp:
@@ -50,10 +52,19 @@ class ExampleApp:
 
 
 @pytest.fixture(scope="module")
-def rq_worker(redis_server, logs_dir):
+def example_db(redis_server) -> Iterator[tuple[str, Redis]]:
+    """A database of the module's own for the example and its worker (URL, client): the
+    session's workers, which a test of this process may have started, take Jobcast's queue of
+    the session's database, and would run the example's jobs in its worker's stead."""
+    with own_database(redis_server, DB) as (url, client):
+        yield url, client
+
+
+@pytest.fixture(scope="module")
+def rq_worker(example_db, logs_dir):
     """`rq worker -w jobcast.Worker default jobcast` in examples/, as its README says: RQ's
     default queue, and Jobcast's own (its form's jobs)."""
-    worker = start_rq_worker(redis_server.url, "default jobcast", cwd=EXAMPLES,
+    worker = start_rq_worker(example_db[0], "default jobcast", cwd=EXAMPLES,
                              log_path=logs_dir / "example-worker.log")
     yield worker
     stop_process(worker)
@@ -62,9 +73,9 @@ def rq_worker(redis_server, logs_dir):
 # gunicorn's own gevent worker (streams follow in their request's greenlet), and Jobcast's
 # gevent worker whose streams hand their connection to the relay.
 @pytest.fixture(scope="module", params=["gevent", "jobcast.StreamWorker"])
-def example(request, redis_server, logs_dir, rq_worker) -> Iterator[ExampleApp]:
+def example(request, example_db, logs_dir, rq_worker) -> Iterator[ExampleApp]:
     """The example app under a gevent worker class."""
-    app = ExampleApp(redis_server.url, request.param,
+    app = ExampleApp(example_db[0], request.param,
                      logs_dir / f"example-{request.param}.log").wait_ready()
     yield app
     stop_process(app.proc)
@@ -112,17 +123,18 @@ def test_example_app_runs_and_cancels_a_job_of_jobcasts_own_api(example):
     job_id = created.json()["id"]
     wait_for(lambda: httpx.get(f"{base}/api/jobs/{job_id}").json()["progress"]["i"] > 0, 30,
              what="the example's worker to run the job")
+    assert httpx.get(f"{base}/api/jobs/{job_id}").json()["worker"].startswith("rq-default-")
     assert httpx.post(f"{base}/api/jobs/{job_id}/cancel").status_code == 200
     wait_for(lambda: httpx.get(f"{base}/api/jobs/{job_id}").json()["status"] == "cancelled", 30,
              what="the job to be cancelled")
 
 
 def test_example_app_answers_a_queued_jobs_text_stream_with_its_headers_before_any_value(
-        example, redis):
+        example, example_db):
     """A review's finding: under gunicorn's own gevent worker the text stream (which has no
     preamble) sent nothing, headers included, until the job's first value: a proxy's read
     timeout, or a fetch() waiting on its response, could give up on a job that was queued."""
-    jlog = JobLog(redis, uuid.uuid4().hex)
+    jlog = JobLog(example_db[1], uuid.uuid4().hex)
     jlog.create("waits", {}, None)
     with httpx.stream("GET", f"{example.url}/jobcast/jobs/{jlog.job_id}/stream",
                       timeout=httpx.Timeout(10, read=5)) as r:
