@@ -131,11 +131,29 @@ def test_jobs_by_state_and_stream_refusals_by_reason_are_bounded_series(web, htt
     states = {dict(k[1])["state"] for k in samples if k[0] == "jobcast_jobs"}
     assert states == {"queued", "started", "deferred", "scheduled", "finished", "failed", "canceled"}
     assert ("jobcast_cancellations_total", ()) in samples
-    # Refusals count by a fixed set of reasons (the 429/503 caps, the 401/403 of private mode).
+    # Refusals count by a fixed set of reasons (the 429/503 caps, the 401/403 of private mode;
+    # tests/web/test_security.py and test_limits.py count real ones): a bad request is none.
     # ("0" * 31 + "x" is a well-formed RQ id now, so a "." makes it malformed.)
-    assert http.get(f"/jobs/{'0' * 31}.x/stream").status_code == 400  # not a refusal
-    assert not any(k[0] == "jobcast_stream_refusals_total" and dict(k[1]).get("reason") not in
-                   ("per_client", "per_process", "unauthorized", "forbidden") for k in samples)
+    def refusals(scraped: dict) -> dict:
+        """The refusal counters of a scrape, by reason."""
+        return {dict(k[1]).get("reason"): v for k, v in scraped.items()
+                if k[0] == "jobcast_stream_refusals_total"}
+
+    assert http.get(f"/jobs/{'0' * 31}.x/stream").status_code == 400
+    after = refusals(scrape(web))
+    assert after == refusals(samples)
+    assert set(after) <= {"per_client", "per_process", "unauthorized", "forbidden"}
+
+
+def test_a_refusal_of_an_unknown_reason_is_counted_as_other_never_as_a_new_series():
+    """The reason label stays bounded whatever a caller passes."""
+    from jobcast.web import metrics
+
+    before = metrics.STREAM_REFUSALS.labels("other")._value.get()
+    metrics.stream_refused("a reason made up by a caller")
+    assert metrics.STREAM_REFUSALS.labels("other")._value.get() == before + 1
+    assert "a reason made up by a caller" not in {
+        s.labels.get("reason") for m in metrics.STREAM_REFUSALS.collect() for s in m.samples}
 
 
 def test_a_tally_publishes_each_event_once_summed_per_metric_and_label():
