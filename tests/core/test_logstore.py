@@ -6,12 +6,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from redis import Redis
 
 from jobcast.core.joblog import JobLog
 from jobcast.core.keys import JOBS_INDEX, OPEN_JOBS
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
+from tests.support.commands import count_commands
 from tests.support.services import own_database
 
 DB = 8
@@ -32,12 +32,13 @@ def new_jobs(store: LogStore, n: int) -> list[JobLog]:
     return logs
 
 
-def hmget_calls(redis: Redis) -> int:
-    """How many HMGET commands the server has run so far."""
-    return int(redis.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+@pytest.fixture
+def sent(store, monkeypatch) -> list[str]:
+    """The names of the commands the store's client sends from now on."""
+    return count_commands(store.redis, monkeypatch)
 
 
-def test_a_round_reads_only_the_jobs_still_open_not_every_job_the_index_remembers(store):
+def test_a_round_reads_only_the_jobs_still_open_not_every_job_the_index_remembers(store, sent):
     logs = new_jobs(store, 40)
     running = logs[:3]
     running[0].started("w1", 1)
@@ -46,9 +47,9 @@ def test_a_round_reads_only_the_jobs_still_open_not_every_job_the_index_remember
     expected = sorted(jlog.job_id for jlog in running)
     assert sorted(job_id for job_id, _ in store.open_jobs()) == expected
     # The ended jobs left the open set on that round: the next reads the three alone.
-    before = hmget_calls(store.redis)
+    sent.clear()
     assert sorted(job_id for job_id, _ in store.open_jobs()) == expected
-    assert hmget_calls(store.redis) - before == 3
+    assert sent.count("HMGET") == 3
     assert store.redis.zcard(JOBS_INDEX) == 40  # the job list still remembers them all
 
     running[1].failed("boom")
@@ -95,12 +96,12 @@ def test_reading_many_open_jobs_pauses_between_pages(store, monkeypatch):
     assert pauses == [0] * 8
 
 
-def test_open_job_states_tell_queued_from_running_with_the_reads_open_jobs_makes(store):
+def test_open_job_states_tell_queued_from_running_with_the_reads_open_jobs_makes(store, sent):
     queued, running, ended = new_jobs(store, 3)
     running.started("w1", 1)
     ended.finished()
     assert sorted(store.open_jobs()) == sorted([(queued.job_id, ""), (running.job_id, "")])
-    before = hmget_calls(store.redis)
+    sent.clear()
     assert sorted(store.open_job_states()) == sorted([(queued.job_id, "", "queued"),
                                                       (running.job_id, "", "running")])
-    assert hmget_calls(store.redis) - before == 2  # one per open job, as open_jobs() costs
+    assert sent.count("HMGET") == 2  # one per open job, as open_jobs() costs

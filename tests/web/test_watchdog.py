@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from typing import Any
 
 import psutil
 import pytest
@@ -18,6 +17,7 @@ from rq.job import JobStatus
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
+from tests.support.commands import count_commands
 from tests.support.services import own_database
 from tests.support.wait import wait_for
 from jobcast.web.watchdog import UNQUEUED, UNQUEUED_GRACE, Watchdog
@@ -50,32 +50,8 @@ def on_rq(wd: Watchdog, jlog: JobLog) -> JobLog:
 
 @pytest.fixture
 def sent(wd, monkeypatch) -> list[str]:
-    """The names of the commands the watchdog's client sends from now on, each command of a
-    pipeline counted (MULTI and EXEC aside): what the benchmark's MONITOR counts."""
-    names: list[str] = []
-    direct, make_pipeline = wd.redis.execute_command, wd.redis.pipeline
-
-    def execute_command(*args: Any, **options: Any) -> Any:
-        """Count a command sent on its own, and send it."""
-        names.append(str(args[0]).upper())
-        return direct(*args, **options)
-
-    def pipeline(*args: Any, **kwargs: Any):
-        """A pipeline whose commands are counted when it is executed."""
-        pipe = make_pipeline(*args, **kwargs)
-        run = pipe.execute
-
-        def execute(*a: Any, **k: Any) -> Any:
-            """Count the pipeline's commands, and send them."""
-            names.extend(str(cmd_args[0]).upper() for cmd_args, _ in pipe.command_stack)
-            return run(*a, **k)
-
-        pipe.execute = execute
-        return pipe
-
-    monkeypatch.setattr(wd.redis, "execute_command", execute_command)
-    monkeypatch.setattr(wd.redis, "pipeline", pipeline)
-    return names
+    """The names of the commands the watchdog's client sends from now on."""
+    return count_commands(wd.redis, monkeypatch)
 
 
 def last_entry(jlog: JobLog):
