@@ -61,8 +61,8 @@ RELAYED = Counter("jobcast_entries_relayed",
 VALUES_RELAYED = Counter("jobcast_values_relayed",
                          "Live value entries handed to viewers by the relays (one per value per viewer)")
 CATCHUPS = Counter("jobcast_catchups",
-                   "Reads of a job's log by a viewer, by reason "
-                   "(history, overflow, resync, gap, quiet)", ["reason"])
+                   "Reads of a job's log by a viewer, by reason (history; slow: its buffer "
+                   "was full; gap, busy, quiet, resync, epoch, reset, trimmed)", ["reason"])
 HEARTBEATS = Counter("jobcast_heartbeats", "Quiet spells: heartbeats sent or liveness checks made")
 DISCONNECTS = Counter("jobcast_disconnects",
                       "Viewers that stopped, by reason (job_ended, client_gone, closed, error)",

@@ -17,6 +17,7 @@ from jobcast.web.frames import SSE, TEXT
 from jobcast.web.relay import Relay
 from jobcast.web.viewer import QueueSink, Viewer
 from tests.support.jobs import running_job
+from tests.support.metrics import metric_value
 from tests.support.wait import wait_for
 from tests.support.sse import id_seq, parse_events
 
@@ -107,7 +108,12 @@ def test_resume_at_or_past_the_end_of_a_finished_job_ends_at_once(redis, relay):
 def test_a_viewer_whose_buffer_overflows_catches_up_from_the_log(redis, relay):
     log = running_job(redis)
     viewer, body = follow(relay, log, buffer=256)
-    first = next(body)  # history: queued, started
+    # The preamble, then the history (queued, started), once the relay holds the viewer.
+    first = next(body) + next(body)
+    # Live: its first catch-up (the history) is over, so the values below come by the relay.
+    wait_for(lambda: relay.viewers(log.job_id) == 1 and not viewer.slow,
+             what="the viewer to be live")
+    slow = metric_value("jobcast_catchups_total", reason="slow")
     # The viewer stops reading while 200 values arrive; its buffer holds only 256 bytes.
     for i in range(200):
         log.value(i, i)
@@ -116,6 +122,8 @@ def test_a_viewer_whose_buffer_overflows_catches_up_from_the_log(redis, relay):
     data = first + b"".join(body)
     assert values(data) == list(range(200))
     assert ids(data) == list(range(1, 204))
+    # The buffer did overflow, and the viewer read the log to catch up.
+    assert metric_value("jobcast_catchups_total", reason="slow") > slow
 
 
 def test_a_closed_viewer_is_removed_from_the_relay(redis, relay):

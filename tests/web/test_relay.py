@@ -24,6 +24,7 @@ from redis.retry import Retry
 from jobcast.core.epoch import Era, LogReset
 from jobcast.core.joblog import Entry, JobLog
 from tests.support.jobs import running_job
+from tests.support.metrics import metric_value
 from tests.support.wait import wait_for
 from jobcast.web.frames import HTML, SSE, TEXT
 from jobcast.web.broker import Broker
@@ -32,17 +33,6 @@ from jobcast.web.relay import Relay
 from jobcast.web.viewer import SocketSink, Viewer
 from tests.support.loss import lose
 from tests.support.sse import id_seq, parse_events
-
-
-def metric_value(name: str, **labels: str) -> float:
-    """A counter of this process's Prometheus registry, as a scrape would show it (the
-    tally published first); 0 when never incremented."""
-    from prometheus_client import REGISTRY
-
-    from jobcast.web import metrics
-
-    metrics.publish()
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def green_wait(condition, timeout: float = 10.0, what: str = "condition"):
@@ -1166,8 +1156,8 @@ def test_threads_a_partial_write_just_as_a_catch_up_ends_loses_nothing(redis, cl
     assert client.sse_ids() == list(range(1, 24))
 
 
-def test_threads_two_catch_ups_of_a_job_at_once_read_it_once_and_neither_is_cut(redis, clock,
-                                                                                  monkeypatch):
+def test_threads_two_catch_ups_of_a_job_at_once_both_get_its_history_and_neither_is_cut(
+        redis, clock, monkeypatch):
     """A review's finding (threaded servers): two catch-ups of one job could both find no read
     under way and both start one; the first to end forgot the second's, whose own end then
     failed, and its stream was cut."""
