@@ -1205,8 +1205,28 @@ def test_threads_two_admissions_asking_a_jobs_position_at_once_both_get_it(redis
             with contextlib.suppress(threading.BrokenBarrierError):
                 both.wait()
             super().__init__()
+            self.done = Waited()
+
+    class Waited(threading.Event):
+        """The flight's end, which notes that a second admission waits for it."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            """Note the waiter, then wait."""
+            waiting.set()
+            return super().wait(timeout)
+
+    waiting = threading.Event()
+    read = relay.broker.position
+
+    def position_once_the_other_waits(job_id: str):
+        """The broker's read, once the other admission waits for it (at most 2 s): on a
+        loaded machine the first read could otherwise end before the second admission
+        looked, and the second would rightly begin a read of its own."""
+        waiting.wait(2)
+        return read(job_id)
 
     monkeypatch.setattr(relay_module, "_Flight", Together)
+    monkeypatch.setattr(relay.broker, "position", position_once_the_other_waits)
     answers, errors = [], []
 
     def admit() -> None:
