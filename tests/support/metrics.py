@@ -13,3 +13,13 @@ def metric_value(name: str, **labels: str) -> float:
 
     metrics.publish()
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def served_refusals(base_url: str, reason: str, headers: dict | None = None) -> float:
+    """jobcast_stream_refusals_total{reason} as the server at ``base_url`` shows it."""
+    import httpx
+
+    for line in httpx.get(f"{base_url}/metrics", headers=headers, timeout=10).text.splitlines():
+        if line.startswith(f'jobcast_stream_refusals_total{{reason="{reason}"}}'):
+            return float(line.split()[-1])
+    return 0.0

@@ -15,6 +15,7 @@ from redis import Redis
 from jobcast.core.joblog import JobLog
 from jobcast.core.settings import Settings
 from jobcast.web.links import sign
+from tests.support.metrics import served_refusals
 from tests.support.services import JOBCAST, ROOT, WebServer, service_env
 from tests.support.wait import wait_for
 from tests.support.sse import parse_events
@@ -59,11 +60,8 @@ def test_private_mode_answers_401_without_the_token_on_the_list_tasks_metrics_an
 
 
 def refusals(server, reason: str) -> float:
-    """jobcast_stream_refusals_total{reason} on ``server``."""
-    for line in httpx.get(f"{server.url}/metrics", headers=AUTH).text.splitlines():
-        if line.startswith(f'jobcast_stream_refusals_total{{reason="{reason}"}}'):
-            return float(line.split()[-1])
-    return 0.0
+    """jobcast_stream_refusals_total{reason} on ``server`` (its /metrics needs the token)."""
+    return served_refusals(server.url, reason, AUTH)
 
 
 def test_a_job_without_a_link_or_token_is_refused_on_every_view(private, finished_job):
