@@ -27,39 +27,33 @@ def settings(**overrides) -> Settings:
     return Settings(**{"queue_name": f"unit-{uuid.uuid4().hex}", **overrides})
 
 
-@pytest.fixture
-def private_queue(redis_server) -> Settings:
-    """Settings of a private queue on the session's Redis."""
-    return settings(redis_url=redis_server.url)
-
-
-def test_enqueue_opens_the_log_with_a_queued_entry_and_queues_the_runner(redis, private_queue):
-    job_id = enqueue("sqrt", {"n": 5}, redis=redis, config=private_queue)
+def test_enqueue_opens_the_log_with_a_queued_entry_and_queues_the_runner(redis, idle_queue):
+    job_id = enqueue("sqrt", {"n": 5}, redis=redis, config=idle_queue)
     entries = list(JobLog(redis, job_id).entries())
     assert [e.kind for e in entries] == ["queued"]
     assert entries[0].data["task"] == "sqrt"
     assert entries[0].data["params"] == {"n": 5, "interval": 1.0}, "defaults are filled in"
     assert entries[0].data["n"] == 5
-    queue = Queue(private_queue.queue_name, connection=redis)
+    queue = Queue(idle_queue.queue_name, connection=redis)
     assert queue.job_ids == [job_id]
     job = Job.fetch(job_id, connection=redis)
     assert job.func_name == "jobcast.worker.runner.run_task"
     assert job.args == ("sqrt", {"n": 5, "interval": 1.0})
     assert job.description == "jobcast sqrt"
-    assert job.retries_left == private_queue.job_retries
-    assert job.result_ttl == private_queue.log_ttl and job.failure_ttl == private_queue.log_ttl
+    assert job.retries_left == idle_queue.job_retries
+    assert job.result_ttl == idle_queue.log_ttl and job.failure_ttl == idle_queue.log_ttl
 
 
-def test_each_job_gets_a_new_hex_id(redis, private_queue):
-    ids = {enqueue("sqrt", {"n": 1}, redis=redis, config=private_queue) for _ in range(3)}
+def test_each_job_gets_a_new_hex_id(redis, idle_queue):
+    ids = {enqueue("sqrt", {"n": 1}, redis=redis, config=idle_queue) for _ in range(3)}
     assert len(ids) == 3 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
 
 
-def test_a_task_of_known_duration_gets_a_timeout_of_twice_that_plus_a_minute(redis, private_queue):
-    long_job = enqueue("sqrt", {"n": 3600, "interval": 1}, redis=redis, config=private_queue)
-    short_job = enqueue("sqrt", {"n": 3, "interval": 0}, redis=redis, config=private_queue)
+def test_a_task_of_known_duration_gets_a_timeout_of_twice_that_plus_a_minute(redis, idle_queue):
+    long_job = enqueue("sqrt", {"n": 3600, "interval": 1}, redis=redis, config=idle_queue)
+    short_job = enqueue("sqrt", {"n": 3, "interval": 0}, redis=redis, config=idle_queue)
     assert Job.fetch(long_job, connection=redis).timeout == 3600 * 2 + 60
-    assert Job.fetch(short_job, connection=redis).timeout == private_queue.job_timeout
+    assert Job.fetch(short_job, connection=redis).timeout == idle_queue.job_timeout
 
 
 def test_zero_retries_queues_the_job_without_a_retry_policy(redis, redis_server):
@@ -83,12 +77,12 @@ def test_bad_params_are_refused_naming_the_field_before_anything_reaches_redis()
     assert fake.dbsize() == 0
 
 
-def test_strict_params_refuse_a_string_for_a_number_and_lax_ones_take_it(redis, private_queue):
+def test_strict_params_refuse_a_string_for_a_number_and_lax_ones_take_it(redis, idle_queue):
     fake = fakeredis.FakeRedis()
     with pytest.raises(ParamError):
         enqueue("sqrt", {"n": "3"}, redis=fake, config=settings())
     assert fake.dbsize() == 0
-    job_id = enqueue("sqrt", {"n": "3"}, redis=redis, config=private_queue, strict=False)
+    job_id = enqueue("sqrt", {"n": "3"}, redis=redis, config=idle_queue, strict=False)
     assert Job.fetch(job_id, connection=redis).args == ("sqrt", {"n": 3, "interval": 1.0})
 
 
@@ -141,7 +135,7 @@ def test_the_rq_timeout_never_exceeds_the_bound_on_duration(redis, redis_server)
 
 
 def test_a_job_rq_refuses_has_its_log_failed_at_once_and_the_error_still_propagates(
-        redis, private_queue, monkeypatch):
+        redis, idle_queue, monkeypatch):
     """A review's finding: the log was opened, RQ's Redis refused the job, the API answered an
     error, and the log said "queued" forever (no worker would ever take the job)."""
     refused = RedisConnectionError("Error 111 connecting to redis://:hunter2@10.0.0.5:6379/0. "
@@ -161,7 +155,7 @@ def test_a_job_rq_refuses_has_its_log_failed_at_once_and_the_error_still_propaga
     monkeypatch.setattr(JobLog, "create", remember)
     monkeypatch.setattr(Queue, "enqueue", refuse)
     with pytest.raises(RedisConnectionError) as caught:
-        enqueue("sqrt", {"n": 5}, redis=redis, config=private_queue)
+        enqueue("sqrt", {"n": 5}, redis=redis, config=idle_queue)
     assert caught.value is refused  # the API maps it as before (503, Redis unreachable)
     jlog = JobLog(redis, created[0])
     assert jlog.status() == "failed"
@@ -172,7 +166,7 @@ def test_a_job_rq_refuses_has_its_log_failed_at_once_and_the_error_still_propaga
 
 
 def test_when_the_log_cannot_be_ended_either_rqs_error_propagates_and_a_warning_says_so(
-        redis, private_queue, monkeypatch, caplog):
+        redis, idle_queue, monkeypatch, caplog):
     def refuse(*args, **kwargs):
         """RQ's Redis is down."""
         raise RedisConnectionError("RQ's Redis is down")
@@ -184,7 +178,7 @@ def test_when_the_log_cannot_be_ended_either_rqs_error_propagates_and_a_warning_
     monkeypatch.setattr(Queue, "enqueue", refuse)
     monkeypatch.setattr(JobLog, "failed", unwritable)
     with pytest.raises(RedisConnectionError, match="RQ's Redis is down"):
-        enqueue("sqrt", {"n": 5}, redis=redis, config=private_queue)
+        enqueue("sqrt", {"n": 5}, redis=redis, config=idle_queue)
     warnings = [r for r in caplog.records if r.name == "jobcast.producer.enqueue"]
     assert [r.levelname for r in warnings] == ["WARNING"]
     assert "could not be ended: the stream store is down" in warnings[0].getMessage()

@@ -33,6 +33,23 @@ def host(config):
 
 
 @pytest.fixture
+def make_host():
+    """Host apps with Jobcast mounted by the test: their services (started at their first
+    request) stop with the test."""
+    apps: list[Flask] = []
+
+    def make() -> Flask:
+        """A new host app, for the test to mount Jobcast in."""
+        apps.append(Flask("host"))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        if "jobcast" in app.extensions:
+            services.stop(app.extensions["jobcast"])
+
+
+@pytest.fixture
 def job_id(idle_queue, redis):
     """A job that stays queued."""
     return enqueue("sqrt", {"n": 3, "interval": 0.5}, redis=redis, config=idle_queue)
@@ -120,8 +137,9 @@ def test_outside_gunicorn_there_is_nothing_to_check():
     assert check_worker_class() is None
 
 
-def test_private_mode_under_a_prefix_logs_in_and_returns_under_the_prefix(config, job_id):
-    app = Flask("host")
+def test_private_mode_under_a_prefix_logs_in_and_returns_under_the_prefix(config, job_id,
+                                                                         make_host):
+    app = make_host()
     jobcast.init_app(app, url_prefix="/tools/jobcast",
                      config=Settings(redis_url=config.redis_url, token="s3cret"))
     client = app.test_client()
@@ -149,9 +167,9 @@ def test_private_mode_under_a_prefix_logs_in_and_returns_under_the_prefix(config
         assert r.status_code == 303 and r.headers["Location"] == "/tools/jobcast/", target
 
 
-def test_a_new_view_link_under_a_prefix_carries_the_prefix(config, job_id):
+def test_a_new_view_link_under_a_prefix_carries_the_prefix(config, job_id, make_host):
     """Finding 19 of issue 23: /api/jobs/<id>/link answered URLs without the prefix (404s)."""
-    app = Flask("host")
+    app = make_host()
     jobcast.init_app(app, url_prefix="/tools/jobcast",
                      config=Settings(redis_url=config.redis_url, token="s3cret"))
     client = app.test_client()
