@@ -39,9 +39,7 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     """
     cfg = config or get_settings()
     spec = get_task(task)
-    checked = spec.validate(params, strict=strict)
-    check_caps(task, checked, cfg)
-    check_bounds(spec, checked, cfg)
+    checked = validate(task, params, config=cfg, strict=strict)
     redis = redis or redis_client(cfg.redis_url)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
@@ -65,6 +63,19 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
         fail_unqueued(jlog, exc, cfg)
         raise
     return job_id
+
+
+def validate(task: str, params: Mapping[str, Any] | None = None, *,
+             config: Settings | None = None, strict: bool = True) -> dict[str, Any]:
+    """``params`` as :func:`enqueue` would queue them for ``task``, checked against its schema
+    and the settings' caps and bounds; nothing reaches Redis. Raises UnknownTask or
+    ParamError."""
+    cfg = config or get_settings()
+    spec = get_task(task)
+    checked = spec.validate(params, strict=strict)
+    check_caps(task, checked, cfg)
+    check_bounds(spec, checked, cfg)
+    return checked
 
 
 def fail_unqueued(jlog: JobLog, exc: Exception, config: Settings) -> None:

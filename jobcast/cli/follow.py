@@ -39,9 +39,10 @@ The HTTP side is jobcast.cli.sse, what is shown jobcast.cli.display. The exit co
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import uuid
-from typing import IO, Callable, Iterable
+from typing import IO, Callable, Iterable, Iterator
 
 import httpx
 
@@ -205,17 +206,49 @@ def bad_input(job_ids: Iterable[str], base_url: str, tail: int | None) -> str | 
     return None
 
 
-def read_refused(base_url: str, token: str) -> str | None:
-    """Why the server at ``base_url`` would refuse to show a job to ``token`` (its 401 or 403,
-    said), or None: it would not, or cannot be asked now (a follow waits for it)."""
-    # Any job id does: the server checks the credentials before it looks for the job.
-    with http_client(token, 5.0) as client:
+PROBE_TIMEOUT = 3.0
+"""Seconds :func:`read_refused` gives the server (to connect, and to answer)."""
+
+
+def read_refused(base_url: str, token: str, client: httpx.Client | None = None) -> str | None:
+    """Why a follow at ``base_url`` with ``token`` would be refused whatever the job (said),
+    or None: it would not, or the server cannot be asked now (a follow waits for it).
+
+    Asked before ``jobcast enqueue --follow`` queues its job, of a job id nobody has: a
+    Jobcast server checks the credentials first, then answers 404 with its error body.
+    """
+    url = f"{base_url.rstrip('/')}/api/jobs/{uuid.uuid4().hex}"
+    shown = masked_url(base_url)
+    with client or http_client(token, PROBE_TIMEOUT, connect=PROBE_TIMEOUT) as c:
         try:
-            r = client.get(f"{base_url.rstrip('/')}/api/jobs/{uuid.uuid4().hex}")
-        except httpx.HTTPError:
-            return None
-    # In the CLI's words: the server's would speak of the job it was asked for.
-    return refusal(r.status_code, "") if r.status_code in (401, 403) else None
+            r = c.get(url)
+        except httpx.HTTPError as exc:
+            # A certificate that cannot be verified will not mend while a follow retries.
+            bad_cert = next((e for e in causes(exc) if isinstance(e, ssl.SSLCertVerificationError)),
+                            None)
+            return f"cannot verify the certificate of {shown}: {bad_cert}" if bad_cert else None
+    status = r.status_code
+    if status == 401 and token:
+        return (f"{shown} asked for a token, though JOBCAST_TOKEN was sent (did a proxy or a "
+                "redirect drop it?)")
+    if status in (401, 403):
+        # In the CLI's words: the server's would speak of the job it was asked for.
+        return refusal(status, "")
+    if status == 400:
+        return error_field(r, "message") or f"{shown} refused the request (HTTP 400)"
+    if (status == 404 and error_field(r, "error") is None) or 200 <= status < 300:
+        return (f"{shown} did not answer as a Jobcast server (HTTP {status} for a job that "
+                "does not exist): is --url right?")
+    return None  # no such job, as expected; or a passing error (5xx, 429) a follow rides out
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, innermost last."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def run_reporting(run: Callable[[], int], err: IO[str], interrupted: Callable[[], str]) -> int:

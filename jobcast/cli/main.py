@@ -25,7 +25,7 @@ from jobcast.core.logstore import LogStore
 from jobcast.core.store import error_text, masked_url
 from jobcast.core.urls import host_port, job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
-from jobcast.producer.enqueue import enqueue
+from jobcast.producer.enqueue import enqueue, validate
 from jobcast.cli.display import printable
 from jobcast.cli.follow import bad_input, follow, read_refused
 from jobcast.cli.follow_many import follow_many
@@ -64,14 +64,9 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
         if problem:
             print(f"jobcast: {problem}", file=sys.stderr)
             return 2
-        # A private server that would refuse this follow's token says so first.
-        problem = read_refused(args.url or cfg.public_url, cfg.token)
-        if problem:
-            print(f"jobcast: {problem} (the job was not queued)", file=sys.stderr)
-            return 2
     try:
         params = parse_task_params(extra)
-        job_id = enqueue(args.task, params, config=cfg, strict=False)
+        validate(args.task, params, config=cfg, strict=False)
     except UnknownTask:
         print(f"jobcast: unknown task {args.task!r}; known: {', '.join(sorted(all_tasks()))}",
               file=sys.stderr)
@@ -79,6 +74,18 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
     except (ParamError, ValueError) as exc:
         print(f"jobcast: {exc}", file=sys.stderr)
         return 2
+    if args.follow:
+        # A server that would refuse any follow (a private one without this token, or not a
+        # Jobcast server at all) says so before the job is queued.
+        try:
+            problem = read_refused(args.url or cfg.public_url, cfg.token)
+        except KeyboardInterrupt:
+            print("jobcast: interrupted (the job was not queued)", file=sys.stderr)
+            return 130
+        if problem:
+            print(f"jobcast: {printable(problem)} (the job was not queued)", file=sys.stderr)
+            return 2
+    job_id = enqueue(args.task, params, config=cfg, strict=False)  # (validated above)
     sig = None
     if cfg.read_mode == "private":
         # The printed URLs carry a view link's signature (JOBCAST_LINK_TTL), for this job:

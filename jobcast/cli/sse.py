@@ -306,17 +306,18 @@ def error_field(r: httpx.Response, name: str) -> str | None:
     what the server says, or which request field it refused); None when the body is not
     JSON."""
     try:
-        return r.json().get(name)
+        body = r.json()
     except ValueError:
         return None
+    return body.get(name) if isinstance(body, dict) else None
 
 
-def http_client(token: str, read_timeout: float) -> httpx.Client:
-    """The HTTP client of a follow: ``read_timeout`` seconds between reads, and ``token`` sent
-    as a bearer token when there is one."""
+def http_client(token: str, read_timeout: float, connect: float = 10.0) -> httpx.Client:
+    """The HTTP client of a follow: ``connect`` seconds to connect, ``read_timeout`` between
+    reads, and ``token`` sent as a bearer token when there is one."""
     headers = {"User-Agent": "jobcast-follow"}
     if token:
         # A private server (JOBCAST_READ) needs the token to read a job.
         headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(timeout=httpx.Timeout(10.0, read=read_timeout), follow_redirects=True,
+    return httpx.Client(timeout=httpx.Timeout(connect, read=read_timeout), follow_redirects=True,
                         headers=headers)

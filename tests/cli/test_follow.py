@@ -9,6 +9,7 @@ import math
 import os
 import pty
 import select
+import ssl
 import subprocess
 import time
 import uuid
@@ -568,3 +569,55 @@ def test_a_tail_cut_off_before_any_entry_resumes_at_its_position_in_its_epoch(mo
     assert follower.run() == 0
     assert requests[1].headers["Last-Event-ID"] == "6:E1"
     assert out.getvalue() == "v4\n"
+
+
+def answering(status: int, **body) -> httpx.Client:
+    """A client whose server answers every request with ``status`` and ``body`` (JSON when
+    given as ``json=``, else text)."""
+    return httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(status, **body)))
+
+
+def failing(exc: Exception) -> httpx.Client:
+    """A client whose every request raises ``exc``."""
+    def handler(request):
+        """Fail as the network would."""
+        raise exc
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+def cert_error() -> httpx.ConnectError:
+    """What httpx raises for a certificate it cannot verify."""
+    try:
+        try:
+            raise ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed")
+        except ssl.SSLError as inner:
+            raise httpx.ConnectError(str(inner)) from inner
+    except httpx.ConnectError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("client, token, said", [
+    (lambda: answering(404, json={"error": "not_found", "message": "no such job"}), "", None),
+    (lambda: answering(503, text="busy"), "", None),
+    (lambda: answering(429, json={"error": "too_many"}), "", None),
+    (lambda: failing(httpx.ConnectError("refused")), "", None),
+    (lambda: failing(httpx.ReadTimeout("slow")), "", None),
+    (lambda: answering(401, json={"error": "unauthorized"}), "", "the server needs a token"),
+    (lambda: answering(401, text="log in"), "tok", "though JOBCAST_TOKEN was sent"),
+    (lambda: answering(403, json={"error": "forbidden"}), "tok", "refused the token"),
+    (lambda: answering(400, json={"error": "bad_request", "message": "Host 'x' is not served"}),
+     "", "Host 'x' is not served"),
+    (lambda: answering(404, text="<html>not found</html>"), "", "did not answer as a Jobcast"),
+    (lambda: answering(200, text="<html>log in</html>"), "", "did not answer as a Jobcast"),
+    (lambda: answering(200, json=[1, 2]), "", "did not answer as a Jobcast"),
+    (lambda: failing(cert_error()), "", "cannot verify the certificate"),
+])
+def test_a_follow_that_any_job_would_be_refused_is_told_before_its_job_is_queued(client, token,
+                                                                                 said):
+    """`enqueue --follow` asks first (a review's findings): a refusal that no job would
+    escape is said, and the job is not queued; a missing job (the answer expected) or a
+    server that cannot be asked now (a follow waits for it) lets it go on."""
+    from jobcast.cli.follow import read_refused
+
+    problem = read_refused("https://jobcast.test", token, client=client())
+    assert problem is None if said is None else said in problem, problem

@@ -187,33 +187,57 @@ def test_an_unreachable_stream_store_is_named_with_the_queues_redis(redis_server
     assert "streamPW" not in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("token, said", [("", "token"), ("not-the-token", "token")])
 def test_enqueue_follow_that_a_private_server_would_refuse_queues_nothing_and_exits_2(
-        redis_server, redis, logs_dir, token, said):
+        redis_server, redis, logs_dir):
     """A CLI user's review: `jobcast enqueue --follow` on a private server, without its token
     (or with another), queued the job, then was refused the follow: a job nobody watches, and
     a retry queued another."""
     server = WebServer(redis_server.url, log_path=logs_dir / "web-cli-private.log",
                        JOBCAST_TOKEN="the-servers-token").start()
+    queue = Queue("cli-tests", connection=redis)
     try:
-        before = Queue("cli-tests", connection=redis).count
-        out = jobcast(redis_server.url, "enqueue", "sqrt", "--n", "3", "--follow",
-                      "--url", server.url, JOBCAST_TOKEN=token)
-        assert out.returncode == 2, out
-        assert out.stdout == "" and "(the job was not queued)" in out.stderr, out.stderr
-        assert said in out.stderr.lower() and len(out.stderr.splitlines()) == 1, out.stderr
-        assert Queue("cli-tests", connection=redis).count == before
+        for token, said in [("", "the server needs a token: set JOBCAST_TOKEN"),
+                            ("not-the-token", "the server refused the token (JOBCAST_TOKEN)")]:
+            before = queue.count
+            out = jobcast(redis_server.url, "enqueue", "sqrt", "--n", "3", "--follow",
+                          "--url", server.url, JOBCAST_TOKEN=token)
+            assert out.returncode == 2, out
+            assert out.stdout == "", out.stdout
+            assert f"jobcast: {said} (the job was not queued)" in out.stderr.splitlines(), out.stderr
+            assert queue.count == before
         # With the server's token, the same command queues the job and follows it.
+        before = set(queue.job_ids)
         follow = subprocess.Popen(
             [*JOBCAST, "enqueue", "sqrt", "--n", "3", "--follow", "--url", server.url],
             env=service_env(redis_server.url, JOBCAST_QUEUE="cli-tests",
                             JOBCAST_TOKEN="the-servers-token"),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: Queue("cli-tests", connection=redis).count == before + 1, 30,
-                     what="the job queued")
+            queued = wait_for(lambda: set(queue.job_ids) - before, 30, what="the job queued")
         finally:
             follow.kill()
             follow.communicate()
+        for job_id in queued:  # nobody works this queue: not left for the other tests
+            queue.remove(job_id)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("args", [["nosuchtask"], ["sqrt", "--n", "-1"]])
+def test_enqueue_follow_checks_the_task_before_it_asks_the_server(redis_server, monkeypatch,
+                                                                 capsys, args):
+    """A second reading's finding: the server was asked first, so a bad task or parameter
+    waited on the network and could be told of a token instead."""
+    from jobcast.cli import main as cli_main
+    from jobcast.core.settings import get_settings
+
+    asked = []
+    monkeypatch.setattr(cli_main, "read_refused", lambda *a, **k: asked.append(a))
+    for name, value in service_env(redis_server.url, JOBCAST_QUEUE="cli-tests").items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        assert cli_main.main(["enqueue", *args, "--follow"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert asked == [] and "token" not in capsys.readouterr().err
