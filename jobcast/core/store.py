@@ -181,13 +181,16 @@ def masked_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:  # not a URL as redis-py reads one (a typo): keep only what its host may be
         head, at, after = url.rpartition("@")
-        return f"{head.partition(':')[0]}:***@{after}" if at else url
+        if not at:
+            return url
+        return f"{head.partition(':')[0]}:***@{after}" if ":" in head else f"***@{after}"
     userinfo, at, after = rest.rpartition("@")
     if at and ":" in userinfo:
         url = f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{after}"
-    elif at and userinfo:
+    elif at and userinfo and not any(c in userinfo for c in "/?#"):
         # A user part alone ("redis://s3cret@host") is most often a password put where
-        # redis-py reads a user name (its password follows a colon): masked whole.
+        # redis-py reads a user name (its password follows a colon): masked whole. (An "@"
+        # after a "/", "?" or "#" is the path's or a parameter's, not the credentials'.)
         url = f"{scheme}{sep}***@{after}"
     return url
 
@@ -195,7 +198,8 @@ def masked_url(url: str) -> str:
 def is_masked(url: str) -> bool:
     """``url`` holds a password :func:`masked_url` replaced (a URL read back from where it was
     written down masked): it cannot be connected with."""
-    return ":***@" in url or "://***@" in url or re.search(r"(?i)[?&][^&=#?]*password=\*\*\*(&|$)", url) is not None
+    return (re.match(r"\*\*\*@|[^@]*(://|:)\*\*\*@", url) is not None
+            or re.search(r"(?i)[?&][^&=#?]*password=\*\*\*(&|$)", url) is not None)
 
 
 def stream_url(config: Settings) -> str:

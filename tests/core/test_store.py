@@ -88,6 +88,9 @@ def test_braces_and_other_characters_never_reach_a_cluster_key(bad):
     # A CLI user's review: a password put where redis-py reads a user name was shown.
     ("redis://s3cret@host:6379/0", "redis://***@host:6379/0"),
     ("rediss://p%40ss@host/1", "rediss://***@host/1"),
+    ("s3cret@host:6379", "***@host:6379"),
+    # An "@" in a parameter, with no credentials: nothing to mask (a second reading's).
+    ("redis://host/0?client_name=a@b", "redis://host/0?client_name=a@b"),
 ])
 def test_a_redis_url_is_shown_without_its_password(url, shown):
     """Finding 16 of issue 23: a password in REDIS_URL was printed."""
