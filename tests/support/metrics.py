@@ -3,6 +3,8 @@ the relay in the test process itself."""
 
 from __future__ import annotations
 
+import httpx
+
 
 def metric_value(name: str, **labels: str) -> float:
     """A counter of this process's Prometheus registry, as a scrape would show it (the
@@ -17,9 +19,9 @@ def metric_value(name: str, **labels: str) -> float:
 
 def served_refusals(base_url: str, reason: str, headers: dict | None = None) -> float:
     """jobcast_stream_refusals_total{reason} as the server at ``base_url`` shows it."""
-    import httpx
-
-    for line in httpx.get(f"{base_url}/metrics", headers=headers, timeout=10).text.splitlines():
+    r = httpx.get(f"{base_url}/metrics", headers=headers, timeout=10)
+    assert r.status_code == 200, r  # (a refused scrape must not read as no refusals)
+    for line in r.text.splitlines():
         if line.startswith(f'jobcast_stream_refusals_total{{reason="{reason}"}}'):
             return float(line.split()[-1])
     return 0.0

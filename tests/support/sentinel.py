@@ -151,10 +151,16 @@ class LocalSentinelGroup:
         try:
             wait_until(self.ready, timeout, interval=0.1, what="the sentinel group to be ready")
         except TimeoutError as exc:
-            logs = "\n".join(f"--- {port} ---\n" + "\n".join(
-                (self.base / str(port) / "log").read_text(errors="replace").splitlines()[-15:])
-                for port in self.procs)
+            logs = "\n".join(f"--- {port} ---\n{self.log_tail(port)}" for port in self.procs)
             raise TimeoutError(f"{exc}: still waiting for {self.waiting_for}\n{logs}") from None
+
+    def log_tail(self, port: int, lines: int = 15) -> str:
+        """The last ``lines`` lines of the log of the process on ``port`` (or why not)."""
+        try:
+            text = (self.base / str(port) / "log").read_text(errors="replace")
+        except OSError as exc:  # the timeout's message must not be lost to this
+            return f"(its log cannot be read: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
 
     def in_sync(self) -> bool:
         """True when the replica has everything the primary took (equal offsets)."""

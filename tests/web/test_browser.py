@@ -437,8 +437,13 @@ def test_a_mistyped_token_in_the_dialog_is_forgotten_and_asked_for_again(context
     try:
         pg = watch(context.new_page())
         sent = []  # the Authorization header of each job creation the page sends
-        pg.on("request", lambda r: sent.append(r.headers.get("authorization"))
-              if r.method == "POST" and r.url.endswith("/api/jobs") else None)
+
+        def note(request) -> None:
+            """Keep a job creation's Authorization header."""
+            if request.method == "POST" and request.url.endswith("/api/jobs"):
+                sent.append(request.headers.get("authorization"))
+
+        pg.on("request", note)
         pg.goto(server.url)
         for token in ("not-the-token", "browser-secret"):
             pg.select_option("#task", "sqrt")

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobcast.core.joblog import JobLog
 from jobcast.web.metrics import Tally
+from tests.support.metrics import metric_value
 from tests.support.wait import wait_for
 
 
@@ -149,9 +150,9 @@ def test_a_refusal_of_an_unknown_reason_is_counted_as_other_never_as_a_new_serie
     """The reason label stays bounded whatever a caller passes."""
     from jobcast.web import metrics
 
-    before = metrics.STREAM_REFUSALS.labels("other")._value.get()
+    before = metric_value("jobcast_stream_refusals_total", reason="other")
     metrics.stream_refused("a reason made up by a caller")
-    assert metrics.STREAM_REFUSALS.labels("other")._value.get() == before + 1
+    assert metric_value("jobcast_stream_refusals_total", reason="other") == before + 1
     assert "a reason made up by a caller" not in {
         s.labels.get("reason") for m in metrics.STREAM_REFUSALS.collect() for s in m.samples}
 
