@@ -117,7 +117,8 @@ def start_attempt(jlog: JobLog, job: Job, worker: str, task: str, params: dict[s
     if jlog.reopen(task, params, total, extra):
         log.info("job %s runs again: its log is opened anew for this run", job.id)
     attempt = jlog.next_attempt()
-    if jlog.started(worker, attempt, run) == Refused.ENDED:  # ended again meanwhile (a cancel of the new run)
+    # Ended again meanwhile (a cancel of the new run)?
+    if jlog.started(worker, attempt, run) == Refused.ENDED:
         if jlog.status() == "cancelled":
             raise JobCancelled(job.id)
         raise JobEnded(job.id)

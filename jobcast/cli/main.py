@@ -85,7 +85,8 @@ def cmd_enqueue(args: argparse.Namespace, extra: list[str]) -> int:
         if problem:
             print(f"jobcast: {printable(problem)} (the job was not queued)", file=sys.stderr)
             return 2
-    job_id = enqueue(args.task, params, config=cfg, strict=False)  # (validated above)
+    # (It checks the parameters again, as every caller's enqueue does: they pass, no I/O.)
+    job_id = enqueue(args.task, params, config=cfg, strict=False)
     sig = None
     if cfg.read_mode == "private":
         # The printed URLs carry a view link's signature (JOBCAST_LINK_TTL), for this job:

@@ -669,7 +669,7 @@ class JobLog:
             # (after BEHIND a newer epoch holds the log: see _write)
             self.high = 0 if Refused.BEHIND in seqs else max([self.high, *seqs])
         if Refused.BEHIND in seqs or (Refused.UNKNOWN in seqs and self.began and
-                          any(kind in CHECKED for kind, _body, _ts in entries)):
+                                      any(kind in CHECKED for kind, _body, _ts in entries)):
             raise LogReset(self.job_id)
         return seqs
 

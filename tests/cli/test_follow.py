@@ -574,7 +574,10 @@ def test_a_tail_cut_off_before_any_entry_resumes_at_its_position_in_its_epoch(mo
 def answering(status: int, **body) -> httpx.Client:
     """A client whose server answers every request with ``status`` and ``body`` (JSON when
     given as ``json=``, else text)."""
-    return httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(status, **body)))
+    def handler(request):
+        """Answer as the server would, whatever was asked."""
+        return httpx.Response(status, **body)
+    return httpx.Client(transport=httpx.MockTransport(handler))
 
 
 def failing(exc: Exception) -> httpx.Client:

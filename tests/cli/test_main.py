@@ -203,7 +203,8 @@ def test_enqueue_follow_that_a_private_server_would_refuse_queues_nothing_and_ex
                           "--url", server.url, JOBCAST_TOKEN=token)
             assert out.returncode == 2, out
             assert out.stdout == "", out.stdout
-            assert f"jobcast: {said} (the job was not queued)" in out.stderr.splitlines(), out.stderr
+            said_line = f"jobcast: {said} (the job was not queued)"
+            assert said_line in out.stderr.splitlines(), out.stderr
             assert queue.count == before
         # With the server's token, the same command queues the job and follows it.
         before = set(queue.job_ids)
