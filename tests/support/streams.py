@@ -86,6 +86,17 @@ class Sampler:
         """The most connections seen since ``since`` (time.monotonic())."""
         return max([n for t, n in self.samples if t >= since] or [0])
 
+    def most_held(self, since: float = 0.0) -> int:
+        """The most connections seen in two samples in a row since ``since``.
+
+        A browser that changes its set of jobs closes one stream and then opens the next, but
+        the two reach the server in either order (the close travels on its own connection),
+        so one sample may catch the hand-over midway. A connection held for longer than a
+        sample's interval shows in two samples in a row.
+        """
+        counts = [n for t, n in self.samples if t >= since]
+        return max([min(a, b) for a, b in zip(counts, counts[1:])] or counts or [0])
+
     def close(self) -> None:
         self.stop.set()
         self.thread.join(5)

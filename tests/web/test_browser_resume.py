@@ -501,7 +501,7 @@ def test_a_hundred_jobs_with_a_view_link_each_all_stream_at_once_over_few_connec
         assert s["state"] == "live" and 2 <= s["lanes"] == len(lanes) <= 3, s
         carried = [job_id for lane in lanes for job_id in lane]
         assert sorted(carried) == sorted(writer.ids), "every job on exactly one connection"
-        assert sampler.most() <= 3, sampler.samples
+        assert sampler.most_held() <= 3 and sampler.most() <= 4, sampler.samples
 
         # Unwatching jobs of one lane reconnects that lane alone: the others keep theirs.
         last = lanes[-1]
@@ -537,7 +537,7 @@ def test_a_hundred_jobs_with_a_view_link_each_all_stream_at_once_over_few_connec
             else:
                 assert got == [writer.written[job_id], "finished"], job_id
         assert pg.evaluate("Jobcast.stats()")["gaps"] == 0
-        assert sampler.most() <= 3, sampler.samples
+        assert sampler.most_held() <= 3 and sampler.most() <= 4, sampler.samples
         assert_page_clean(pg)
     finally:
         sampler.close()

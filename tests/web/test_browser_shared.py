@@ -120,10 +120,13 @@ def test_twelve_job_tabs_and_the_home_page_on_plain_http_share_one_stream_connec
             "ids => ids.every(id => document.querySelector(`#jobs tr[data-id='${id}']`).dataset.status === 'finished')",
             arg=writer.ids, timeout=10000)
         # The whole time, one connection at most: each change of the set of jobs closes the
-        # stream before opening the next, and the server frees a closed one at once.
-        print(f"open stream connections: at most {sampler.most()} while 13 tabs opened, "
-              f"{sampler.most(settled)} once open; the worker opened {stats(home)['connections']}")
-        assert sampler.most() == 1, sampler.samples
+        # stream before opening the next, and the server frees a closed one as soon as its
+        # close arrives (not at the next heartbeat). Which of the two the server reads first
+        # is the network's choice, so a sample may catch a hand-over midway, never more.
+        print(f"open stream connections: at most {sampler.most()} while 13 tabs opened "
+              f"({sampler.most_held()} in two samples in a row), {sampler.most(settled)} once "
+              f"open; the worker opened {stats(home)['connections']}")
+        assert sampler.most_held() == 1 and sampler.most() <= 2, sampler.samples
         no_polls(requests)
         for pg in (home, *tabs):
             assert_page_clean(pg)
