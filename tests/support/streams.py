@@ -4,6 +4,7 @@ test_browser_resume.py)."""
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 import uuid
@@ -86,16 +87,23 @@ class Sampler:
         """The most connections seen since ``since`` (time.monotonic())."""
         return max([n for t, n in self.samples if t >= since] or [0])
 
-    def most_held(self, since: float = 0.0) -> int:
-        """The most connections seen in two samples in a row since ``since``.
+    def most_held(self, since: float = 0.0, hold: float = 0.5) -> int:
+        """The most connections seen in every sample over ``hold`` seconds or more, since
+        ``since``.
 
         A browser that changes its set of jobs closes one stream and then opens the next, but
         the two reach the server in either order (the close travels on its own connection),
-        so one sample may catch the hand-over midway. A connection held for longer than a
-        sample's interval shows in two samples in a row.
+        and the server's processes each count their own: a sample or two may catch a
+        hand-over midway. A connection held for longer shows in every sample of ``hold``.
         """
-        counts = [n for t, n in self.samples if t >= since]
-        return max([min(a, b) for a, b in zip(counts, counts[1:])] or counts or [0])
+        samples = [(t, n) for t, n in self.samples if t >= since]
+        times = [t for t, _ in samples]
+        most = 0
+        for i, t in enumerate(times):
+            past = bisect.bisect_right(times, t + hold)  # the first sample past the span
+            if past < len(samples):
+                most = max(most, min(n for _, n in samples[i:past + 1]))
+        return most
 
     def close(self) -> None:
         self.stop.set()

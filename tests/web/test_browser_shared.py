@@ -124,7 +124,7 @@ def test_twelve_job_tabs_and_the_home_page_on_plain_http_share_one_stream_connec
         # close arrives (not at the next heartbeat). Which of the two the server reads first
         # is the network's choice, so a sample may catch a hand-over midway, never more.
         print(f"open stream connections: at most {sampler.most()} while 13 tabs opened "
-              f"({sampler.most_held()} in two samples in a row), {sampler.most(settled)} once "
+              f"({sampler.most_held()} for half a second), {sampler.most(settled)} once "
               f"open; the worker opened {stats(home)['connections']}")
         assert sampler.most_held() == 1 and sampler.most() <= 2, sampler.samples
         no_polls(requests)

@@ -241,9 +241,12 @@ def test_a_busy_worker_beating_every_minute_is_alive_until_late_whatever_its_int
     try:
         job_id = enqueue("sqrt", {"n": 300, "interval": 0.1}, config=wd.config)
         rq_queue = Queue(queue, connection=wd.redis)
-        wait_for(lambda: [w.get_state() for w in Worker.all(queue=rq_queue)] == ["busy"], 20,
-                 what="the worker to take the job")
+        # Running, not only taken: RQ marks the worker busy before its work-horse starts and
+        # beats once (which would rewrite the heartbeat and TTL read below).
+        wait_for(lambda: JobLog(wd.redis, job_id).values_logged() >= 1, 20,
+                 what="the job's first value")
         [worker] = Worker.all(queue=rq_queue)
+        assert worker.get_state() == "busy"
         beat = worker.last_heartbeat.timestamp()
         ttl_at_beat = wd.redis.ttl(worker.key) + (time.time() - beat)
 
