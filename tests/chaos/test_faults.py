@@ -44,12 +44,18 @@ def assert_exactly_once(viewer: SSEViewer, n: int, terminal: str = "finished",
 
 
 def kill_tree(proc: psutil.Process):
-    """SIGKILL a worker and its work-horse, as a crashed container would."""
-    for p in [*proc.children(recursive=True), proc]:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    """SIGKILL a worker and its work-horse at once, as a crashed container would.
+
+    Each is stopped first, the worker before its children: killed one by one, a worker that
+    outlives its work-horse by a moment sees it die and fails the job itself ("Work-horse
+    terminated unexpectedly"), which is not the crash these tests play."""
+    family = [proc, *proc.children(recursive=True)]
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for p in family:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
 
 
 def watch_job(stack, n: int, sse: int) -> tuple[str, list[SSEViewer], TextViewer]:

@@ -31,7 +31,8 @@ from tests.support.cli import Run, sqrt_lines
 
 def test_follow_resumes_after_cut_connections_and_prints_every_value_once_in_order(
         http, web, workers, redis_server, proxy):
-    n = 60
+    # 9 s of values: each reconnection waits up to twice the server's retry (0.5-2.5 s)
+    n = 90
     job_id = create_job(http, "sqrt", n=n, interval=0.1)
     run = Run(redis_server.url, "follow", job_id, "--url", proxy.url)
     wait_for(lambda: len(run.lines) >= 5, 30, what="the first values")

@@ -28,7 +28,8 @@ def by_job(lines: list[str]) -> dict[str, list[str]]:
 
 def test_three_jobs_over_one_connection_print_every_value_once_across_cut_connections(
         http, web, workers, redis_server, proxy):
-    n = 60
+    # 9 s of values: each reconnection waits up to twice the server's retry (0.5-2.5 s)
+    n = 90
     ids = [create_job(http, "sqrt", n=n, interval=0.1) for _ in range(3)]
     run = Run(redis_server.url, "follow", *ids, "--url", proxy.url)
     wait_for(lambda: len(run.lines) >= 10, 30, what="the first values")
