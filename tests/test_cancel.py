@@ -6,7 +6,6 @@ enqueued right after a cancel must start on that very worker.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ import tests.tasks  # noqa: F401  (registers sleepy and burn in this process too
 from jobcast.core.joblog import TERMINAL, JobLog
 from jobcast.core.settings import Settings
 from jobcast.producer.enqueue import enqueue
-from tests.support.services import JOBCAST, ROOT, Workers, service_env
+from tests.support.services import JOBCAST, ROOT, Workers, kill_at_once, service_env
 from tests.support.wait import wait_for
 from tests.support.cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                   entries, horse_of, stop_delay, terminal_entries, wait_started)
@@ -138,14 +137,8 @@ def test_cancel_while_the_worker_is_killed_leaves_one_terminal_entry_and_never_r
         (proc,) = pool.start(1, JOBCAST_QUEUE=queue)
         job_id = enqueue("sleepy", {"n": 3, "interval": 60}, redis=redis, config=cfg)
         wait_started(redis, job_id)
-        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-
-        def kill_worker_and_horse():
-            for p in family:
-                p.send_signal(signal.SIGKILL)
-
         # The worker dies (its work-horse too) while the cancel request is on its way.
-        killer = threading.Thread(target=kill_worker_and_horse)
+        killer = threading.Thread(target=kill_at_once, args=(psutil.Process(proc.pid),))
         killer.start()
         r = http.post(f"/api/jobs/{job_id}/cancel")
         killer.join(5)

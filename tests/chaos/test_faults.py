@@ -14,6 +14,7 @@ import pytest
 
 from jobcast.producer.enqueue import enqueue
 from tests.support.chaos import SSEViewer, TextViewer
+from tests.support.services import kill_at_once
 from tests.support.jobs import create_job
 from tests.support.wait import wait_for
 from jobcast.core.settings import Settings
@@ -43,21 +44,6 @@ def assert_exactly_once(viewer: SSEViewer, n: int, terminal: str = "finished",
     assert len({e["id"].partition(":")[2] for e in viewer.events}) == epochs
 
 
-def kill_tree(proc: psutil.Process):
-    """SIGKILL a worker and its work-horse at once, as a crashed container would.
-
-    Each is stopped first, the worker before its children: killed one by one, a worker that
-    outlives its work-horse by a moment sees it die and fails the job itself ("Work-horse
-    terminated unexpectedly"), which is not the crash these tests play."""
-    family = [proc, *proc.children(recursive=True)]
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for p in family:
-            try:
-                p.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-
-
 def watch_job(stack, n: int, sse: int) -> tuple[str, list[SSEViewer], TextViewer]:
     """Create a sqrt job of ``n`` values, start ``sse`` SSE viewers and one text viewer, and
     wait until the job has produced a few values."""
@@ -74,7 +60,7 @@ def test_worker_killed_mid_job_is_retried_and_viewers_see_each_value_once(stack)
     job_id, viewers, text = watch_job(stack, 80, sse=3)
     first = status(stack, job_id)["worker"]
     killed_at = time.monotonic()
-    kill_tree(stack.worker_process(first))
+    kill_at_once(stack.worker_process(first))
     wait_for(lambda: status(stack, job_id)["status"] == "finished", 90, interval=0.5,
              what="the job to finish on the other worker")
     recovered = time.monotonic() - killed_at
@@ -111,7 +97,7 @@ def test_killed_job_without_retries_fails_within_the_bound(stack):
     viewer.start()
     wait_for(lambda: progress(stack, job_id) >= 5, 30, what="job under way")
     killed_at = time.monotonic()
-    kill_tree(stack.worker_process(status(stack, job_id)["worker"]))
+    kill_at_once(stack.worker_process(status(stack, job_id)["worker"]))
     viewer.join(60)
     took = time.monotonic() - killed_at
     assert not viewer.is_alive(), "the stream hung"
@@ -136,7 +122,7 @@ def test_when_no_worker_is_left_viewers_get_failed_within_the_bound(stack):
     wait_for(lambda: progress(stack, running) >= 3, 30, what="job under way")
     killed_at = time.monotonic()
     for p in stack.workers.procs:
-        kill_tree(psutil.Process(p.pid))
+        kill_at_once(psutil.Process(p.pid))
     viewer.join(150)
     took = time.monotonic() - killed_at
     assert not viewer.is_alive(), "the stream hung"

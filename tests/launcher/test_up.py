@@ -25,7 +25,7 @@ from rq.job import Job
 from jobcast.launcher.redisserver import RedisServer, find_redis_server, free_port
 from tests.support.chaos import SSEViewer
 from tests.support.jobs import create_job
-from tests.support.services import JOBCAST, ROOT, service_env
+from tests.support.services import JOBCAST, ROOT, kill_at_once, service_env
 from tests.support.wait import wait_for
 
 
@@ -301,8 +301,7 @@ def test_a_killed_worker_and_its_work_horse_are_replaced_and_the_job_finishes_on
     rq_name = job_status(up, job_id)["worker"]
     victim = psutil.Process(int(rq_name.rsplit(".", 1)[1]))
     slot = next(name for name, s in up.services().items() if s["pid"] == victim.pid)
-    for p in [*victim.children(recursive=True), victim]:  # the worker and its work-horse
-        p.kill()
+    kill_at_once(victim)  # the worker and its work-horse
     killed_at = time.monotonic()
     conn = Redis.from_url(up.redis_url())
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
+import psutil
 import pytest
 from redis import Redis
 
@@ -60,6 +61,26 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def kill_at_once(proc: psutil.Process) -> None:
+    """SIGKILL a process and everything under it at once, as a crashed container would.
+
+    Each is stopped first, the parent before its children are listed. Killed one by one, an
+    RQ worker that outlives its work-horse by a moment sees it die and fails the job itself
+    ("Work-horse terminated unexpectedly"), which is not the crash these tests play; and a
+    stopped parent cannot reap a child killed before it.
+    """
+    family = [proc]
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.send_signal(signal.SIGSTOP)
+        family += proc.children(recursive=True)
+    for p in family[1:]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGSTOP)
+    for p in reversed(family):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 def wait_answers(proc: subprocess.Popen, url: str, exited: str | Callable[[], str],

@@ -74,17 +74,27 @@ class Sampler:
         """Start sampling ``base``."""
         self.base = base
         self.samples: list[tuple[float, int]] = []
+        self.error: Exception | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop.is_set():
-            self.samples.append((time.monotonic(), open_streams(self.base)))
-            self.stop.wait(0.1)
+        try:
+            while not self.stop.is_set():
+                n = self.count()
+                self.samples.append((time.monotonic(), n))  # as answered, not as asked
+                self.stop.wait(0.1)
+        except Exception as exc:  # said by the readers below, not lost with the thread
+            self.error = exc
+
+    def count(self) -> int:
+        """One sample: the server's open stream connections."""
+        return open_streams(self.base)
 
     def most(self, since: float = 0.0) -> int:
         """The most connections seen since ``since`` (time.monotonic())."""
+        assert self.error is None, f"sampling stopped: {self.error!r}"
         return max([n for t, n in self.samples if t >= since] or [0])
 
     def most_held(self, since: float = 0.0, hold: float = 0.5) -> int:
@@ -92,10 +102,12 @@ class Sampler:
         ``since``.
 
         A browser that changes its set of jobs closes one stream and then opens the next, but
-        the two reach the server in either order (the close travels on its own connection),
-        and the server's processes each count their own: a sample or two may catch a
-        hand-over midway. A connection held for longer shows in every sample of ``hold``.
+        the server may take the new request before it sees the old one's close (the close
+        travels on its own connection, and may reach another of its processes): a sample or
+        two may catch a hand-over midway. A connection held for longer shows in every sample
+        of ``hold``.
         """
+        assert self.error is None, f"sampling stopped: {self.error!r}"
         samples = [(t, n) for t, n in self.samples if t >= since]
         times = [t for t, _ in samples]
         most = 0

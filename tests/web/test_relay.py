@@ -775,6 +775,20 @@ def test_one_connection_carries_several_jobs_each_entry_once_with_every_cursor_a
     assert ids[-1] == f"{conn.digest.decode()}:9~{epochs[0]}.6~{epochs[1]}" and client.released
 
 
+def test_a_multi_job_stream_is_freed_as_its_client_closes_it_not_at_a_later_write(redis):
+    """A page that changes its set of jobs closes its stream and opens the next at once: the
+    closed one must not count until a write finds it gone (here the next heartbeat, 30 s)."""
+    relay = Relay(PlayedBroker(redis), heartbeat=30, green=True)
+    a, b = running_job(redis), running_job(redis)
+    conn, client = held_connection(relay, [a, b])
+    green_wait(lambda: not any(v.slow for v in conn.viewers), what="both histories")
+    assert relay.viewers() == 2 and not client.released
+    client.sock.shutdown(socket.SHUT_RDWR)  # (its reader thread may hold the socket a moment)
+    client.sock.close()
+    green_wait(lambda: client.released, 2, what="the stream's slot given back")
+    assert relay.viewers() == 0 and all(v.closed for v in conn.viewers)
+
+
 def test_a_multi_job_connection_frames_each_batch_once_per_job_for_every_connection(redis, relay):
     from jobcast.web.events import job_sse
 

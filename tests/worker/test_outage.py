@@ -103,7 +103,7 @@ def test_a_busy_worker_rides_out_an_outage_longer_than_its_heartbeat_and_the_job
     entries = list(jlog.entries())
     assert [e.data["i"] for e in entries if e.kind == "value"] == list(range(30))
     assert [e.kind for e in entries if e.kind != "value"] == ["queued", "started", "finished"]
-    # (RQ files the job finished after the log's end is written)
+    # (RQ files a run_task job finished after the job itself has written its log's end)
     wait_for(lambda: Job.fetch(job_id, connection=redis).get_status() == JobStatus.FINISHED, 10,
              what="RQ to file the job finished")
     text = log_path.read_text()
