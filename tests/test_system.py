@@ -38,7 +38,8 @@ def test_sqrt_stream_is_exactly_the_original_lines_then_ends(http, web, workers)
 
 
 def test_fifty_viewers_some_joining_mid_job_see_the_identical_sequence(http, web, workers):
-    job_id = create_job(http, "sqrt", n=40, interval=0.05)
+    # 4 s of values: the second half must join while it still runs, on a loaded machine too
+    job_id = create_job(http, "sqrt", n=40, interval=0.1)
     results: dict[int, str] = {}
 
     def viewer(k: int) -> None:
@@ -73,7 +74,7 @@ def sse_events(base: str, job_id: str, headers=None, stop_after_seq: int | None 
 
 
 def test_sse_resumes_from_last_event_id_with_exactly_the_rest(http, web, workers):
-    job_id = create_job(http, "sqrt", n=30, interval=0.05)
+    job_id = create_job(http, "sqrt", n=30, interval=0.1)  # still running when resumed
     first = sse_events(web.url, job_id, stop_after_seq=12)
     last_id = first[-1].id
     assert job_status(http, job_id)["status"] != "finished"

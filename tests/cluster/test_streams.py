@@ -112,7 +112,7 @@ def test_fifty_viewers_over_two_web_processes_get_the_identical_sequence(cluster
 def test_a_viewer_moved_to_the_other_web_process_resumes_exactly(cluster_webs, cluster_workers):
     first_web, second_web = cluster_webs
     with httpx.Client(base_url=first_web.url, timeout=30) as http:
-        job_id = create_job(http, "sqrt", n=30, interval=0.05)
+        job_id = create_job(http, "sqrt", n=30, interval=0.1)  # still running when resumed
         first = sse_events(first_web.url, job_id, stop_after_seq=12)
         assert job_status(http, job_id)["status"] != "finished"
     rest = sse_events(second_web.url, job_id, headers={"Last-Event-ID": first[-1].id})
