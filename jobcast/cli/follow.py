@@ -219,14 +219,17 @@ def read_refused(base_url: str, token: str, client: httpx.Client | None = None) 
     """
     url = f"{base_url.rstrip('/')}/api/jobs/{uuid.uuid4().hex}"
     shown = masked_url(base_url)
-    with client or http_client(token, PROBE_TIMEOUT, connect=PROBE_TIMEOUT) as c:
-        try:
-            r = c.get(url)
-        except httpx.HTTPError as exc:
-            # A certificate that cannot be verified will not mend while a follow retries.
-            bad_cert = next((e for e in causes(exc) if isinstance(e, ssl.SSLCertVerificationError)),
-                            None)
-            return f"cannot verify the certificate of {shown}: {bad_cert}" if bad_cert else None
+    c = client or http_client(token, PROBE_TIMEOUT, connect=PROBE_TIMEOUT)
+    try:
+        r = c.get(url)
+    except httpx.HTTPError as exc:
+        # A certificate that cannot be verified will not mend while a follow retries.
+        bad_cert = next((e for e in causes(exc) if isinstance(e, ssl.SSLCertVerificationError)),
+                        None)
+        return f"cannot verify the certificate of {shown}: {bad_cert}" if bad_cert else None
+    finally:
+        if client is None:  # (a caller's client is the caller's to close)
+            c.close()
     status = r.status_code
     if status == 401 and token:
         return (f"{shown} asked for a token, though JOBCAST_TOKEN was sent (did a proxy or a "
