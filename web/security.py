@@ -138,10 +138,24 @@ def failures() -> ClientRate:
     return current_app.extensions["jobcast"].auth_failures
 
 
+def failure_key(cfg: Settings) -> str:
+    """Whose failed authentications a request counts against: its client's address, apart
+    for the requests that call this server by a name it does not know as its own.
+
+    Such a request may come from another site's page in a browser on this machine (DNS
+    rebinding: the page's own origin, as far as the browser knows). Its wrong tokens would
+    otherwise lock out the address it shares with the local CLI, scripts and scrapers. All
+    of an address's unknown names share one count, so changing the Host header buys no
+    more guesses.
+    """
+    client = client_address(cfg)
+    return client if local_host(request.host, cfg) else f"{client} under another name"
+
+
 def refuse_if_throttled(cfg: Settings, what: str) -> None:
     """429 for a client that has used up its failed authentications: while it waits, no
     credential it sends is even checked, so guessing goes no faster than the setting."""
-    wait = failures().wait(client_address(cfg))
+    wait = failures().wait(failure_key(cfg))
     if wait:
         raise TooManyRequests(f"too many failed {what} from this address; retry after "
                               f"{math.ceil(wait)} s", wait)
@@ -166,7 +180,7 @@ def has_bearer(cfg: Settings) -> bool:
         g.jobcast_bearer = hmac.compare_digest(given.strip().encode(), cfg.token.encode())
         if not g.jobcast_bearer:
             g.jobcast_bad_bearer = True
-            failures().take(client_address(cfg))
+            failures().take(failure_key(cfg))
     return g.jobcast_bearer
 
 
@@ -472,7 +486,7 @@ def login():
         raise Refused("logging in is only possible from this site's own form")
     cfg = config()
     form = LoginForm.model_validate(request.form.to_dict())
-    client = client_address(cfg)
+    client = failure_key(cfg)
     wait = failures().wait(client)
     if wait:
         response = login_page(form.next, status=429, error="Too many wrong tokens from this "

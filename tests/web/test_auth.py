@@ -200,6 +200,24 @@ def test_wrong_tokens_in_the_form_are_throttled_too(settings, make_app):
     assert c.get("/api/jobs", headers=WRONG).status_code == 429, "one count per client"
 
 
+def test_wrong_tokens_under_a_name_not_the_servers_never_lock_out_its_local_clients(
+        settings, make_app):
+    """A security review's finding: a page on another site, rebound by DNS to a private
+    server on this machine, posted wrong tokens as its own origin; they counted against
+    127.0.0.1, and the right token from the local CLI then got 429 for as long as it went on."""
+    c = make_app({"JOBCAST": settings(auth_failures=3), "TESTING": True}).test_client()
+    rebound = {"Host": "rebind.attacker.example:8000", "Sec-Fetch-Site": "same-origin"}
+    assert [c.post("/login", data={"token": f"guess{i}", "next": "/"}, headers=rebound).status_code
+            for i in range(4)] == [403, 403, 403, 429]
+    # The local clients, which call the server by its own names, are not held back...
+    assert c.get("/api/jobs", headers=AUTH).status_code == 200
+    assert c.get("/api/jobs", headers={**AUTH, "Host": "127.0.0.1:8000"}).status_code == 200
+    # ...and another unknown name gets no fresh guesses: the address's unknown names share one.
+    other = {**WRONG, "Host": "another.attacker.example"}
+    assert c.get("/api/jobs", headers=other).status_code == 429
+    assert c.get("/api/jobs", headers={**AUTH, "Host": "another.attacker.example"}).status_code == 429
+
+
 def test_an_open_server_says_at_start_that_anyone_can_run_jobs(settings, make_app, caplog):
     """Finding 6: with no token anyone who reaches the port creates, cancels and reads jobs."""
     said = start_warnings(make_app, caplog, settings(token=""))
