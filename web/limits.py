@@ -3,10 +3,12 @@ authentications, of job creations); the token itself is web/security.py's."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
 from collections import Counter
+from functools import lru_cache
 from typing import Callable
 
 from flask import request
@@ -54,7 +56,8 @@ class ClientRate:
 
     Per web process, in memory: nothing costs a Redis round trip. At most ``max_clients``
     buckets are kept (an attacker with many addresses cannot grow it without bound): past
-    that, buckets that have refilled are dropped, then the oldest. ``per_minute`` 0: no limit.
+    that, buckets that have refilled are dropped, then the oldest that still have a token,
+    the throttled last (:meth:`_prune`). ``per_minute`` 0: no limit.
     """
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic,
@@ -101,10 +104,19 @@ class ClientRate:
         self.buckets[client] = (min(self.per_minute, self._tokens(client, now) + 1), now)
 
     def _prune(self, now: float) -> None:
-        """Drop the buckets that have refilled (as good as absent), then the oldest ones."""
+        """Make room for a tenth of ``max_clients`` (so a scan comes once per that many new
+        clients, not with each): drop the buckets that have refilled (as good as absent), then
+        the oldest that still have a token, and only then the oldest that are held back, so
+        that many addresses spending a little each cannot free one that is throttled."""
+        room = self.max_clients - self.max_clients // 10
         for client in [c for c in self.buckets if self._tokens(c, now) >= self.per_minute]:
             del self.buckets[client]
-        while len(self.buckets) > self.max_clients:
+        if len(self.buckets) > room:
+            for client in [c for c in self.buckets if self._tokens(c, now) >= 1]:
+                del self.buckets[client]
+                if len(self.buckets) <= room:
+                    break
+        while len(self.buckets) > room:
             del self.buckets[next(iter(self.buckets))]
 
 
@@ -170,10 +182,30 @@ def client_address_of(config: Settings, remote: str | None, forwarded: str) -> s
     if config.trust_proxy:
         last = forwarded.rsplit(",", 1)[-1].strip()
         if last:
-            return last[:64]
+            return client_of(last[:64])
     elif forwarded:
         _tell_of_proxy(remote)
-    return remote or "unknown"
+    return client_of(remote) if remote else "unknown"
+
+
+@lru_cache(maxsize=4096)
+def client_of(address: str) -> str:
+    """The client an address belongs to, as every per-client limit counts it: an IPv4 address
+    itself (an IPv4-mapped IPv6 one too), but an IPv6 address's /64.
+
+    One host is commonly given a whole /64 (SLAAC, privacy addresses), so it could otherwise
+    spend a fresh address on every request, and go past every per-client limit at will.
+    Anything else (a name a proxy wrote) is taken as it is.
+    """
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def _tell_of_proxy(remote: str | None) -> None:

@@ -150,6 +150,40 @@ def test_a_client_rate_keeps_a_bounded_number_of_buckets(clock):
     assert "10.0.3.231" in rate.buckets, "the most recent clients are kept"
 
 
+def test_many_addresses_spending_a_little_each_never_free_a_throttled_client(clock):
+    """A security review's finding: the oldest buckets were dropped past ``max_clients``, so
+    after one token each from 10,001 other addresses a throttled client could guess again."""
+    from jobcast.web.limits import ClientRate
+
+    rate = ClientRate(3, clock=clock, max_clients=100)
+    while not rate.take("2001:db8::/64"):
+        pass
+    for i in range(1000):
+        assert rate.take(f"10.0.{i // 256}.{i % 256}") == 0.0
+    assert rate.wait("2001:db8::/64") > 0, "still held back"
+    assert len(rate.buckets) <= 100
+
+
+@pytest.mark.parametrize("remote, client", [
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("fe80::1%eth0", "fe80::/64"),
+    ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("203.0.113.7", "203.0.113.7"),
+    ("unix:/run/sock", "unix:/run/sock"),
+])
+def test_an_ipv6_client_is_its_slash_64_for_every_per_client_limit(remote, client):
+    """A security review's finding: each IPv6 address counted as a client of its own, so a host
+    with a /64 (as most are given) had unlimited failed tokens, creates and streams."""
+    from jobcast.core.settings import Settings
+    from jobcast.web import limits
+
+    assert limits.client_address_of(Settings(), remote, "") == client
+    trusted = Settings(trust_proxy=True)
+    assert limits.client_address_of(trusted, "10.0.0.9", f"198.51.100.1, {remote}") == client
+
+
 def test_a_proxy_this_server_does_not_trust_is_warned_about_once(monkeypatch, caplog):
     """A review's finding: behind a proxy without JOBCAST_TRUST_PROXY every client shares the
     proxy's address, so ten wrong tokens from one of them lock all of them out; nothing said
