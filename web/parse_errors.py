@@ -16,6 +16,7 @@ from gunicorn.http.errors import InvalidHeader, InvalidHeaderName
 from werkzeug.http import HTTP_STATUS_CODES
 
 from jobcast.web.models import Error, error_code
+from jobcast.web.security import OTHER_CSP, REFERRER_POLICY
 
 
 class JsonErrorSocket:
@@ -63,6 +64,8 @@ def response(status: int, exc: BaseException) -> bytes:
     malformed request, where the next one would begin is unknown)."""
     data = json.dumps(body(status, exc)).encode()
     reason = HTTP_STATUS_CODES.get(status, "Error")
+    # The headers every other response has (security_headers): no app sees this request.
     return (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-            ).encode("latin-1") + data
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"X-Content-Type-Options: nosniff\r\nContent-Security-Policy: {OTHER_CSP}\r\n"
+            f"Referrer-Policy: {REFERRER_POLICY}\r\n\r\n").encode("latin-1") + data

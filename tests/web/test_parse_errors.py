@@ -67,6 +67,10 @@ def test_a_request_gunicorn_cannot_parse_gets_a_json_error_and_a_closed_connecti
     headers = {k.decode().lower(): v.decode() for k, v in head.headers}
     assert headers["content-type"] == "application/json"
     assert headers["connection"] == "close"
+    # A security review's finding: these answers lacked the headers every response has.
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert headers["referrer-policy"] == "same-origin"
     data = client.next_event()
     error = json.loads(data.data)
     assert error["error"] == {400: "bad_request", 414: "request_uri_too_long",
