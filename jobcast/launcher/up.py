@@ -213,7 +213,11 @@ def up(port: int = 8000, host: str = "127.0.0.1", workers: int = 2, web_workers:
         state.update(url=public, redis_url=masked_url(redis_url), redis_embedded=server is not None,
                      streams=masked_url(cfg.stream_url) if cfg.stream_url else "",
                      queue=cfg.queue_name)
-        base = dict(os.environ, REDIS_URL=redis_url, JOBCAST_URL=public)
+        base = dict(os.environ, REDIS_URL=redis_url)
+        if "public_url" not in cfg.model_fields_set:
+            # Only a JOBCAST_URL that is set names the server for its links and Host rule (a
+            # proxy's name in front of it); its default does not, and this one is where it is.
+            base["JOBCAST_URL"] = public
         ready = worker_ready(redis_url)
         for i in range(1, workers + 1):
             # Two SIGTERMs: RQ's cold shutdown, which also stops a running work-horse.

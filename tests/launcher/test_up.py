@@ -710,6 +710,23 @@ def test_up_serves_on_an_ipv6_loopback_host(tmp_path):
 
 
 @pytest.mark.slow  # runs `jobcast up`
+def test_up_keeps_the_jobcast_url_it_is_given_so_its_web_answers_to_that_name(tmp_path):
+    """A newcomer's review of the README: `jobcast up` gave its services
+    JOBCAST_URL=http://127.0.0.1:PORT whatever was set, so a server named in JOBCAST_URL (a
+    proxy's name in front of it) answered requests for that name 400, naming Host."""
+    stack = Up(tmp_path, "--workers", "0", "--no-demo", JOBCAST_URL="http://jobs.example.com:8123")
+    try:
+        stack.wait_output(r"jobcast +\| Press Ctrl-C")
+        named = httpx.get(f"{stack.url}/api/jobs", headers={"Host": "jobs.example.com:8123"},
+                          timeout=5)
+        assert named.status_code == 200, named.text
+        other = httpx.get(f"{stack.url}/api/jobs", headers={"Host": "other.example.com"}, timeout=5)
+        assert other.status_code == 400 and other.json()["field"] == "Host"
+    finally:
+        assert stack.stop() == 0
+
+
+@pytest.mark.slow  # runs `jobcast up`
 def test_an_unreachable_redis_url_is_one_line_and_exit_3_before_any_service_starts(tmp_path):
     """A CLI user's review: `jobcast up` with a REDIS_URL out of reach started its services,
     which retried for a minute (335 lines of readyz warnings), then exited 1 naming them."""
