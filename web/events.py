@@ -12,9 +12,10 @@ heartbeat.
   naming ``job``.
 - **Events.** Every entry is an event whose type is its kind and whose data is the entry with
   its job: ``{"job": "<id>", "seq": 17, "ep": "<epoch>", "kind": "value", ...}``. Before the
-  first entry, per job and without an id: ``reset`` (below), ``tail``, ``trimmed``, ``missing``
-  (no such job: nothing will come) and ``ended`` (it had ended at the position asked: nothing
-  will come); then ``hello``.
+  first entry, per job and without an id: ``reset`` (below), ``tail``, ``trimmed``,
+  ``missing`` (no such job: nothing will come) and ``ended`` (it had ended at the position
+  asked: nothing will come); then ``hello``. A ``trimmed`` found only as the job's history is
+  read (its catch-up) comes after ``hello``, still before the job's first entry.
 - **Ids.** Each write ends with ``id: <digest>:<c0>.<c1>…``: the cursor of every job, in the
   order of the ``job`` parameters (``digest`` names that list, the job list's feed last when
   asked for). A cursor is ``<seq>~<epoch>``: the seq of the last entry sent of the job, and the
@@ -154,6 +155,11 @@ class MultiRequest:
     def parse(cls) -> "MultiRequest":
         """Read the current request; a 400 naming the parameter for a bad one."""
         raw = request.args.getlist("job")
+        # A single job's stream takes these; here each job's own goes in its `job=`. Refused,
+        # not ignored: a stream that quietly began at the start would look like the tail.
+        for name, form in (("tail", "<id>~<n>"), ("after", "<id>:<seq>[~<epoch>]")):
+            if name in request.args:
+                raise BadParam(name, f"on /events each job says where it begins: job={form}")
         listing, list_after, list_epoch = cls._list(request.args.get("list"))
         if not raw and listing is None:
             raise BadParam("job", "name at least one job (/events?job=<id>&job=<id>), or ask "

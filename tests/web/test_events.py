@@ -156,6 +156,9 @@ def test_each_job_keeps_its_tail(web, redis):
     ("job=abc:9999999999999999", {}, "job"),
     ("job=abc~9999999999999999", {}, "job"),
     ("list=5:9999999999999999", {}, "list"),
+    # A single job's stream's parameters: a README review found ?tail= quietly ignored here.
+    ("job=abc&tail=2", {}, "tail"),
+    ("job=abc&after=3", {}, "after"),
 ])
 def test_bad_requests_get_400_naming_the_field(web, query, headers, field):
     r = httpx.get(f"{web.url}/events?{query}", headers=headers, timeout=10)
