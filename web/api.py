@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 LIMIT_JOBS = IntArg("limit", low=1, high=500, default=50)
 LIMIT_VALUES = IntArg("limit", low=1, high=5000, default=1000)
 BEFORE = IntArg("before", "entries before this seq; omitted: the newest values")
-TTL = IntArg("ttl", "seconds until the link expires; omit or 0 for none", high=MAX_TTL)
+TTL = IntArg("ttl", "seconds until the link expires; 0 for none; omitted: JOBCAST_LINK_TTL",
+             high=MAX_TTL)
 # A job with no chart yet: what the worker writes before its first value.
 EMPTY_CHART = Chart(span=1, upto=-1, points=0, min=[], max=[], first=[], last=[]).model_dump_json()
 
@@ -229,13 +230,15 @@ def list_tasks():
 @token_required
 @returns(Link, args=[TTL])
 def job_link(job_id: str):
-    """A new signed view link for the job (token required): ``?ttl=`` seconds, or no expiry.
+    """A new signed view link for the job (token required): ``?ttl=`` seconds (0: no expiry),
+    by default JOBCAST_LINK_TTL's, as the links every other answer carries.
 
     In public mode, where no link is needed, the URLs come back unsigned.
     """
-    ttl = TTL.read()
-    info = load_job(job_id)
     cfg = state().config
+    # An operator who made links expire did not mean this endpoint's to outlive them.
+    ttl = TTL.read() if TTL.given() else cfg.link_ttl
+    info = load_job(job_id)
     now = time.time()
     sig = sign(cfg, job_id, info.created_at, ttl, now=now) if cfg.read_mode == "private" else None
     # base: under init_app's prefix, if any

@@ -147,8 +147,8 @@ class Settings(BaseSettings):
                            "process (a burst of that many, then evenly); then 429 with "
                            "Retry-After (0: no limit)", ge=0)
     link_ttl: int = env("JOBCAST_LINK_TTL", 0,
-                        "seconds a view link made for a new job stays valid (0: until the "
-                        "job's log expires)", ge=0)
+                        "seconds a view link stays valid, made for a new job or by "
+                        "/api/jobs/<id>/link without ttl (0: until the job's log expires)", ge=0)
     param_caps: str = env("JOBCAST_PARAM_CAPS", "n=100000,rate=1000,duration=3600,samples=100000000",
                           "caps on task parameters: name=limit for every task, task.name=limit "
                           "for one; over a cap the request gets a 400")

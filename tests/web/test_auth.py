@@ -109,6 +109,24 @@ def test_a_session_reads_a_jobs_urls_without_minting_a_link_that_outlives_it(cli
     assert "sig=" in fresh.get(f"/api/jobs/{job.job_id}", headers=AUTH).json["urls"]["status"]
 
 
+def test_the_link_endpoint_without_a_ttl_mints_links_of_the_servers_link_ttl(
+        settings, make_app, redis):
+    """A security review's finding: with JOBCAST_LINK_TTL set, `/api/jobs/<id>/link` without
+    `ttl` still minted a link that never expires."""
+    import time
+
+    job = JobLog(redis, uuid.uuid4().hex)
+    job.create("sqrt", {"n": 1}, 1)
+    client = make_app({"JOBCAST": settings(link_ttl=600), "TESTING": True}).test_client()
+    link = f"/api/jobs/{job.job_id}/link"
+    before = time.time()
+    expires = client.get(link, headers=AUTH).json["expires"]
+    assert before + 599 <= expires <= time.time() + 601
+    assert client.get(link, headers=AUTH, query_string={"ttl": 5}).json["expires"] <= time.time() + 6
+    assert client.get(link, headers=AUTH, query_string={"ttl": 0}).json["expires"] is None, \
+        "0 still asks for none"
+
+
 def test_a_private_servers_answers_are_kept_by_no_cache_and_its_static_files_are(
         client, settings, make_app, redis):
     """A review's finding: a private server's JSON and pages, read with a session or a
