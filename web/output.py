@@ -8,7 +8,10 @@ A log that may have been trimmed says first where the output it still holds begi
 
 from __future__ import annotations
 
+import errno
+import logging
 import threading
+import time
 from collections import Counter
 from typing import Iterator
 
@@ -20,6 +23,8 @@ from jobcast.web.limits import TooManyStreams, client_address
 from jobcast.web.services import state
 from jobcast.web.surface import IntArg, job_scoped, returns
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("output", __name__)
 
 DOWNLOADS = 8
@@ -27,6 +32,9 @@ DOWNLOADS = 8
 DOWNLOADS_PER_CLIENT = 2
 """Of those, one client address's at a time: a client reading each of its downloads just fast
 enough to beat the write timeout would otherwise hold every one."""
+DOWNLOAD_TIME = 600.0
+"""Seconds one download may last: the write timeout only asks a reader for a little progress
+every so often, so a few clients reading slowly enough could otherwise hold every download."""
 _by_client: Counter[str] = Counter()
 """The downloads under way, by client address (their sum: the process's)."""
 _by_client_lock = threading.Lock()
@@ -73,7 +81,9 @@ def job_output(job_id: str):
     trimmed = may_be_trimmed(upto, state().config.log_maxlen)
 
     def body() -> Iterator[bytes]:
-        """The text, one chunk per page of the log."""
+        """The text, one chunk per page of the log; cut (no last chunk, so the client sees an
+        incomplete download, and a line says why) once it has taken DOWNLOAD_TIME."""
+        deadline = time.monotonic() + DOWNLOAD_TIME
         if trimmed:
             first_seq, _ = jlog.first_kept()
             if first_seq and first_seq > 1:
@@ -81,6 +91,13 @@ def job_output(job_id: str):
                        f"longer kept\n").encode()
         text = OutputText(attempt)
         for page in jlog.output(upto):
+            if time.monotonic() > deadline:
+                log.info("job %s: an output download to %s took over %g s and was cut",
+                         job_id, client, DOWNLOAD_TIME)
+                yield (f"\n[jobcast] this download took over {DOWNLOAD_TIME:g} s and was cut "
+                       f"here: it is incomplete\n").encode()
+                # As a client gone: the server closes the connection quietly, with no last chunk.
+                raise BrokenPipeError(errno.EPIPE, "the download took too long")
             chunk = text.text(page)
             if chunk:
                 yield from parts(chunk.encode())

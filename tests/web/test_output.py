@@ -128,3 +128,23 @@ def test_one_address_holds_at_most_two_downloads_and_the_others_still_get_theirs
     assert again.status_code == 200, "an ended download's room is free again"
     for r in (again, *held, third):
         r.close()
+
+
+def test_a_download_that_takes_too_long_is_cut_and_says_so(client, redis, monkeypatch):
+    """A security review's finding: a few clients reading just fast enough to beat the write
+    timeout could hold every download of the process for as long as they liked."""
+    from jobcast.web import output
+
+    job_id = job_with_output(redis, [[printed(f"line {k}", 1) for k in range(1_234)]])
+    monkeypatch.setattr(output, "DOWNLOAD_TIME", 0.0)
+    r = client.get(f"/api/jobs/{job_id}/output", buffered=False)
+    assert r.status_code == 200
+    got = b""
+    # Raised to the server as a client gone: it closes the connection with no last chunk, so
+    # the client sees an incomplete download, not a whole file.
+    with pytest.raises(BrokenPipeError):
+        for data in r.response:
+            got += data
+    r.close()
+    assert got.endswith(b"was cut here: it is incomplete\n") and b"line 1233" not in got
+    assert not output._by_client, "its room is free again"
