@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis import Redis
 from redis.exceptions import RedisClusterException, RedisError
 from rq import get_current_job
 from rq.exceptions import DeserializationError
@@ -31,7 +32,7 @@ from jobcast.core.joblog import JobLog, Refused, task_label
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
-from jobcast.core.store import StreamRedis
+from jobcast.core.store import StreamRedis, connect, separate, stream_url, writer_client
 from jobcast.core.values import PreparedValue
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, start_attempt
@@ -68,6 +69,24 @@ class ValuesUnsent(RuntimeError):
                          f"unreachable)")
         self.job_id = job_id
         self.count = count
+
+
+def log_connection(cfg: Settings, queue: Redis) -> StreamRedis:
+    """A run's own client of its job's log: the stream store's (JOBCAST_STREAM_URL), else
+    that of ``queue``, the job's own Redis (RQ's connection). It rides out a Redis restart (or
+    a Cluster failover) by retrying with backoff (~60 s), where RQ's connection does not wait.
+
+    Appends are safe to retry: the script appends a write sent again once (its writer numbers
+    its writes), a value it already logged is refused by its index, and a second terminal
+    entry is ignored.
+    """
+    if not separate(cfg):
+        # One connection of its own, so that each value is sent without borrowing one from a
+        # pool (on a single Redis or a Sentinel's primary).
+        return writer_client(queue, retry_for=60.0)
+    # A Cluster client has a pool per node.
+    return connect(stream_url(cfg), retry_for=60.0, socket_connect_timeout=2, socket_timeout=10,
+                   single=True)
 
 
 def rq_log(job: Job, config: Settings | None = None, redis: StreamRedis | None = None) -> JobLog:
@@ -169,8 +188,10 @@ def emit(value: Any, total: int | None = None) -> int | None:
     or reset by a failover): RQ then retries or fails the job; ``JobCancelled`` when the job
     was cancelled (a non-forking worker cannot kill it): RQ files it canceled; on a worker
     without Jobcast's hook, at the first call, ``JobEnded`` when the web's watchdog failed this
-    run before it began (:mod:`jobcast.worker.attempt`). A Redis error
-    is raised too, and a job that goes on loses nothing: the next calls send the values again,
+    run before it began (:mod:`jobcast.worker.attempt`). On a worker with Jobcast's hook a
+    write waits for an unreachable Redis for about a minute (a restart, a failover), as a
+    Jobcast task's does; past that, or without the hook at once, a Redis error is raised,
+    and a job that goes on loses nothing: the next calls send the values again,
     first and in order (:data:`MAX_UNSENT` at most, then ValuesUnsent), and on a worker with
     Jobcast's hook a run does not finish with values unsent. A value whose text cannot be made
     (its ``__str__`` raised) is not counted.

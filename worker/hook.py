@@ -33,11 +33,14 @@ from jobcast.core.values import valid_text
 from jobcast.core.workers import JobcastJob
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
-from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner, rq_log, run_log,
-                                 send_unsent, share)
+from jobcast.worker.emit import (HOOKED_ATTR, ValuesUnsent, began_log, is_runner, log_connection,
+                                 rq_log, run_log, send_unsent, share)
 from jobcast.worker.outage import OutageMixin
 
 log = logging.getLogger(__name__)
+
+CONNECTION_ATTR = "_jobcast_connection"
+"""The run's own connection to the stream store, kept on the RQ Job instance until the run ends."""
 
 
 def reason_from(exc_string: str, shown: str | None = None) -> str:
@@ -85,7 +88,12 @@ class LifecycleMixin(OutageMixin):
         # emit() in this run knows the lifecycle is taken care of (same Job instance).
         setattr(job, HOOKED_ATTR, True)
         try:
-            jlog = rq_log(job)
+            # The run's own connection, which rides out a Redis restart as run_task's does:
+            # emit() and the output lines wait for Redis (about a minute) instead of failing
+            # the job at once. Closed when the run ends (perform_job).
+            redis = log_connection(get_settings(), job.connection)
+            setattr(job, CONNECTION_ATTR, redis)
+            jlog = rq_log(job, redis=redis)
         except InvalidJobId:
             # RQ takes ids of any length; Jobcast's keys take 128 characters at most. The job
             # runs as RQ would run it, unlogged: failing it here would end the worker.
@@ -170,12 +178,15 @@ class LifecycleMixin(OutageMixin):
         return result
 
     def perform_job(self, job: Job, *args, **kwargs) -> bool:
-        """Run the job; whatever happens, no capture outlives it (a non-forking worker would
-        keep its streams replaced)."""
+        """Run the job; whatever happens, neither its capture nor its connection outlives it (a
+        non-forking worker would keep its streams replaced, and a connection per job)."""
         try:
             return super().perform_job(job, *args, **kwargs)
         finally:
             capture.seal()
+            redis = job.__dict__.pop(CONNECTION_ATTR, None)
+            if redis is not None:
+                redis.close()
 
     def handle_job_success(self, job: Job, *args, **kwargs):
         """After RQ saved the result: log ``finished``. A job RQ repeats logs it before: RQ

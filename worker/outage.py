@@ -9,11 +9,14 @@ an outage, as the web's watchdog does.
 
 from __future__ import annotations
 
+import os
 import time
 
 from redis.exceptions import RedisError
 from rq import worker_registration
-from rq.job import Job
+from rq.exceptions import InvalidJobOperation
+from rq.job import Job, JobStatus
+from rq.utils import now
 
 from jobcast.core.workers import UNREACHABLE, resume_grace
 
@@ -31,6 +34,8 @@ class OutageMixin:
     """When a heartbeat first failed to reach Redis, until one reaches it again."""
     _redis_back_at: float | None = None
     """When a heartbeat reached Redis again after failing to."""
+    _horse_exit: tuple = (None, None, None)
+    """The last work-horse's pid, wait status and resource usage, as ``wait_for_horse`` gave them."""
     clock = staticmethod(time.monotonic)
     """The clock of those two (a test's own, in the tests)."""
 
@@ -108,6 +113,65 @@ class OutageMixin:
             self._redis_unreachable(exc, warn=True, job=job)
             return
         self._redis_reached()
+
+    def monitor_work_horse(self, job: Job, queue, execution) -> None:
+        """RQ's watch of the work-horse, and its reading of how the job ended; a Redis out of
+        reach when the work-horse has ended is waited out, then the job is handled as RQ
+        would have.
+
+        A work-horse that could not record its job's end (Redis went away as the job ended,
+        or the job failed on it) exits with an error, and RQ then reads the job's status
+        from Redis here. On the error RQ's worker would quit, leaving the job "started" (and
+        its viewers waiting) until a watchdog or RQ's cleanup found it.
+        """
+        try:
+            super().monitor_work_horse(job, queue, execution)
+            return
+        except UNREACHABLE as exc:
+            if self.horse_pid:  # (RQ clears it once the work-horse has ended)
+                raise
+            self._redis_unreachable(exc, warn=False)
+            self.log.warning("Worker %s: the work-horse of job %s ended, and Redis cannot be "
+                             "reached to learn how (%s); waiting for it", self.name, job.id, exc)
+        if not self._wait_for_redis():
+            return  # asked to stop meanwhile: RQ's cleanup of abandoned jobs will see to it
+        try:
+            status = job.get_status()
+        except InvalidJobOperation:
+            return  # it ended and its key has expired since
+        if self._stopped_job_id == job.id:
+            self._handle_stopped_job(job, queue, execution)
+        elif status not in (JobStatus.FINISHED, JobStatus.FAILED):
+            # As RQ handles a work-horse that ended without recording its job's end.
+            job.ended_at = now()
+            retpid, ret_val, rusage = self._horse_exit
+            signal_msg = f" (signal {os.WTERMSIG(ret_val)})" if ret_val and os.WIFSIGNALED(ret_val) else ""
+            reason = (f"Work-horse terminated unexpectedly; waitpid returned {ret_val}{signal_msg}; "
+                      "Redis could not be reached as it ended")
+            self.log.warning("Worker %s: job %s failed (%s)", self.name, job.id, reason)
+            self.handle_work_horse_killed(job, retpid, ret_val, rusage)
+            self.handle_job_failure(job, queue=queue, exc_string=reason, execution=execution)
+
+    def wait_for_horse(self):
+        """RQ's wait for the work-horse to end; what it returns is kept for
+        :meth:`monitor_work_horse`."""
+        self._horse_exit = super().wait_for_horse()
+        return self._horse_exit
+
+    def _wait_for_redis(self) -> bool:
+        """Wait until Redis answers, trying again at growing intervals (up to
+        :attr:`max_connection_wait_time`); False when the worker is asked to stop first."""
+        delay = 0.25
+        while not self._stop_requested:
+            try:
+                self.connection.ping()
+            except UNREACHABLE:
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_connection_wait_time)
+                continue
+            self._redis_reached()
+            return True
+        return False
 
     def _ask_registered(self, pipe) -> None:
         """Queue on ``pipe`` the reads that tell whether RQ still lists this worker: its key

@@ -12,29 +12,13 @@ from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobExists, JobLog, Refused
 from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import get_task
-from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import StreamRedis, connect, separate, stream_url
+from jobcast.core.settings import get_settings
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, JobEnded, start_attempt
 from jobcast.worker.chart import ChartWriter
-from jobcast.worker.emit import rq_log
+from jobcast.worker.emit import log_connection, rq_log
 
 log = logging.getLogger(__name__)
-
-
-def log_connection(cfg: Settings) -> StreamRedis:
-    """A client of the stream store that rides out a Redis restart (or a Cluster failover)
-    by retrying with backoff (~60 s).
-
-    Appends are safe to retry: the script appends a write sent again once (its writer numbers
-    its writes), a value it already logged is refused by its index, and a second terminal
-    entry is ignored.
-    """
-    # REDIS_URL holds RQ's queue, so it is never a Cluster: only a separate store is asked.
-    # One connection of its own, so that each value is sent without borrowing one from a
-    # pool (on a single Redis or a Sentinel's primary: a Cluster client has a pool per node).
-    return connect(stream_url(cfg), cluster=None if separate(cfg) else False, retry_for=60.0,
-                   socket_connect_timeout=2, socket_timeout=10, single=True)
 
 
 def describe(exc: BaseException, shown: str | None = None) -> str:
@@ -59,7 +43,7 @@ def run_task(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
     if job is None:
         raise RuntimeError("run_task must run inside an RQ job")
     cfg = get_settings()
-    redis = log_connection(cfg)
+    redis = log_connection(cfg, job.connection)
     try:
         return _run(job, rq_log(job, cfg, redis), task_name, params)
     finally:

@@ -136,18 +136,32 @@ def reader_client(client: Redis, health_check_interval: float | None = None) -> 
     announcements, and must never wait for (or keep) one of a bounded pool's connections.
     ``health_check_interval``, if given, replaces ``client``'s (a Redis Cluster's node clients
     have none: redis-py passes no such setting to them)."""
+    changes = {} if health_check_interval is None else {"health_check_interval": health_check_interval}
+    return Redis(connection_pool=_own_pool(client, **changes))
+
+
+def writer_client(client: Redis, retry_for: float) -> Redis:
+    """A client of ``client``'s server (or Sentinel-named primary), with its settings, that
+    rides out a restart or failover of about ``retry_for`` seconds, on one connection of its
+    own (:func:`redis_client`'s ``single``): a job's writer, where ``client`` is RQ's, which
+    does not wait. Closing it closes its pool."""
+    pool = _own_pool(client, retry=_retry(retry_for, 2.0, 1.5),
+                     retry_on_error=[RedisConnectionError, RedisTimeoutError])
+    writer = Redis(connection_pool=pool, single_connection_client=True)
+    writer.auto_close_connection_pool = True
+    return writer
+
+
+def _own_pool(client: Redis, **changes) -> ConnectionPool:
+    """A new pool of connections like ``client``'s, with ``changes`` to their settings."""
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
-    kwargs.update(connection_class=pool.connection_class)
-    if health_check_interval is not None:
-        kwargs["health_check_interval"] = health_check_interval
+    kwargs.update(connection_class=pool.connection_class, **changes)
     if isinstance(pool, SentinelConnectionPool):
-        own = SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
-                                     is_master=pool.is_master,
-                                     check_connection=pool.check_connection, **kwargs)
-    else:
-        own = ConnectionPool(**kwargs)
-    return Redis(connection_pool=own)
+        return SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
+                                      is_master=pool.is_master,
+                                      check_connection=pool.check_connection, **kwargs)
+    return ConnectionPool(**kwargs)
 
 
 NO_PASSWORD = "Redis wants a password, and the URL gives none (redis://:PASSWORD@host:port/db)"

@@ -115,6 +115,76 @@ def test_a_busy_worker_rides_out_an_outage_longer_than_its_heartbeat_and_the_job
     redis.close()
 
 
+def outage(server: RedisServer, proc: subprocess.Popen, seconds: float) -> None:
+    """Stop ``server`` for ``seconds`` (its AOF keeps what it had), failing at once if the
+    worker ``proc`` quits meanwhile."""
+    server.stop()
+    back_at = time.monotonic() + seconds
+    wait_for(lambda: proc.poll() is not None or time.monotonic() > back_at, seconds + 10,
+             what="the outage to pass")
+    assert proc.poll() is None, "the worker quit during the outage"
+    server.start()
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+def test_a_users_emit_job_rides_out_a_redis_restart_and_logs_each_value_once(server, tmp_path):
+    """A review's finding: a job of the user's own calling emit(), as in the README, failed at
+    its first value in a 1.5 s Redis restart (its log was written on RQ's connection, which
+    does not wait), and its worker quit ("found an unhandled exception, quitting")."""
+    log_path = tmp_path / "worker.log"
+    queue = Queue(f"own-{uuid.uuid4().hex[:8]}", connection=(redis := Redis.from_url(server.url)))
+    proc = start_rq_worker(server.url, queue.name, log_path=log_path)
+    try:
+        job = queue.enqueue("tests.support.user_jobs.emits", 30, 0.1)
+        jlog = JobLog(redis, job.id)
+        wait_for(lambda: jlog.values_logged() >= 5, 20, what="the job under way")
+        outage(server, proc, 2.0)
+        wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 60, interval=0.2,
+                 what="the job to finish")
+        entries = list(jlog.entries())
+        assert [e.data["i"] for e in entries if e.kind == "value"] == list(range(30))
+        assert [e.kind for e in entries if e.kind != "value"] == ["queued", "started", "finished"]
+        assert proc.poll() is None and "unhandled exception" not in log_path.read_text()
+    finally:
+        stop_process(proc)
+        redis.close()
+    assert proc.returncode == 0, log_path.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+def test_a_work_horse_that_dies_in_an_outage_has_its_job_failed_once_redis_is_back(server,
+                                                                                   tmp_path):
+    """Two reviews' finding: a work-horse that ended while Redis was down without recording its
+    job's end (it crashed, or could not reach Redis) made its worker quit as it read the job's
+    status ("found an unhandled exception, quitting"): the job stayed "started" and its viewers
+    waited until a watchdog gave up on it."""
+    log_path = tmp_path / "worker.log"
+    queue = Queue(f"plain-{uuid.uuid4().hex[:8]}", connection=(redis := Redis.from_url(server.url)))
+    proc = start_rq_worker(server.url, queue.name, log_path=log_path)
+    try:
+        job = queue.enqueue("tests.support.user_jobs.dies", 0.5)
+        jlog = JobLog(redis, job.id)
+        wait_for(lambda: jlog.status() == "running", 20, what="the job to start")
+        outage(server, proc, 3.0)  # the work-horse dies in it
+        wait_for(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 30, interval=0.2,
+                 what="the job to be filed failed")
+        assert jlog.status() == "failed"
+        [end] = [e for e in jlog.entries() if e.kind == "failed"]
+        assert "Work-horse terminated unexpectedly" in end.data["reason"], end.data
+        text = log_path.read_text()
+        assert proc.poll() is None and "unhandled exception" not in text, text
+        # The worker goes on taking jobs.
+        after = queue.enqueue("tests.support.user_jobs.sleeps", 0)
+        wait_for(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 20,
+                 what="the next job to run")
+    finally:
+        stop_process(proc)
+        redis.close()
+    assert proc.returncode == 0, log_path.read_text()
+
+
 @pytest.mark.slow
 @pytest.mark.chaos
 def test_jobcast_worker_started_while_redis_is_down_waits_for_it(tmp_path):

@@ -56,7 +56,7 @@ def test_a_run_writes_its_values_on_one_connection_of_its_own_borrowing_none_per
     made = []
     log_connection = runner.log_connection
     monkeypatch.setattr(runner, "log_connection",
-                        lambda cfg: made.append(log_connection(cfg)) or made[-1])
+                        lambda cfg, queue: made.append(log_connection(cfg, queue)) or made[-1])
     borrowed = []
     get_connection = ConnectionPool.get_connection
     monkeypatch.setattr(ConnectionPool, "get_connection",
@@ -77,7 +77,7 @@ def test_a_run_closes_its_own_connection_however_it_ends(redis, settings, monkey
     made = []
     log_connection = runner.log_connection
     monkeypatch.setattr(runner, "log_connection",
-                        lambda cfg: made.append(log_connection(cfg)) or made[-1])
+                        lambda cfg, queue: made.append(log_connection(cfg, queue)) or made[-1])
     job, _ = queued(redis, settings, task, **params)
     try:
         job.perform()
