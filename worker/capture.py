@@ -436,10 +436,14 @@ class Capture:
             # is tried again: at the next tick, or by close() for the last send.
             if self.retry:
                 self.retry = False
-                lost = len(lines) + len(rest)
-                self.lost += lost
+                dropped = lines + rest
+                # An earlier notice among them stands for the lines it counted: the new one
+                # carries them on (one line each otherwise, and they were counted then).
+                new = sum(1 for line in dropped if not line.lost)
+                lost = new + sum(line.lost for line in dropped)
+                self.lost += new
                 log.warning("jobcast: %d output lines of job %s were lost: %s",
-                            lost, self.job_id, exc)
+                            new, self.job_id, exc)
                 if not final:
                     # Its viewers are told, as they are of the lines the rate cap drops.
                     notice = OutputLine("stderr", f"[jobcast] {lost:,} lines lost: Redis did "

@@ -377,6 +377,35 @@ def test_lines_redis_did_not_take_are_announced_once_it_takes_lines_again_and_ec
     assert capsys.readouterr().err.count("line A") == 1
 
 
+def test_a_long_outage_announces_every_line_it_lost_not_only_the_last_batch(caplog):
+    """A reliability review's finding: over a 10 s outage 20 lines were lost and viewers were
+    told 2: a notice that failed to go was counted as one line lost, not as those it counted."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    down, sent = [True], []
+
+    def sink(entries):
+        """Redis away until told otherwise."""
+        if down[0]:
+            raise RedisConnectionError("Redis went away")
+        sent.extend(body for _kind, body, _ts in entries)
+        return list(range(1, len(entries) + 1))
+
+    cap = capture.Capture("j", sink, rate=200, level=logging.INFO, echo=False, attempt=1,
+                          mode="logging")
+    for tick in range(10):          # a line a tick, each batch failing twice
+        cap.write("stdout", f"line {tick}\n")
+        cap.send()
+    down[0] = False
+    cap.write("stdout", "back\n")
+    cap.send()
+    cap.close()
+    notices = [b for b in sent if b.get("lost")]
+    assert [b["text"] for b in sent if not b.get("lost")] == ["back"]
+    assert sum(b["lost"] for b in notices) == 10 == cap.lost, notices
+    assert notices[-1]["text"] == "[jobcast] 10 lines lost: Redis did not take them"
+
+
 def test_lines_of_a_run_that_ended_before_its_attempt_was_known_reach_the_console_counted(
         capsys, caplog):
     """A review's finding: a runner job that failed to start (an unknown task, a reset met by
