@@ -17,6 +17,7 @@ descriptors; in the non-forking worker, at ``sys.stdout`` and ``sys.stderr``.
 from __future__ import annotations
 
 import logging
+import os
 
 from redis.exceptions import RedisError
 from rq import SimpleWorker as RQSimpleWorker
@@ -27,6 +28,7 @@ from rq.job import Job, JobStatus
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog, task_label
 from jobcast.core.keys import InvalidJobId
+from jobcast.core.process import die_with_parent
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.settings import get_settings
 from jobcast.core.values import valid_text
@@ -62,6 +64,8 @@ class LifecycleMixin(OutageMixin):
     _ended_job_id: str | None = None
     """The job whose log had ended before its attempt began (:class:`JobEnded`), until its
     failure is handled."""
+    _forked_by: int = 0
+    """The worker's pid, as it forks a work-horse."""
 
     def __init__(self, *args, **kwargs) -> None:
         """Set up the RQ worker, and read Jobcast's settings before RQ forks any work-horse,
@@ -71,6 +75,21 @@ class LifecycleMixin(OutageMixin):
             # rq's CLI passes its default job class explicitly; ours also runs old jobs.
             self.job_class = JobcastJob
         get_settings()
+
+    def fork_work_horse(self, job: Job, queue) -> None:
+        """RQ's fork of the work-horse; the work-horse dies with this process."""
+        self._forked_by = os.getpid()
+        super().fork_work_horse(job, queue)
+
+    def main_work_horse(self, job: Job, queue) -> None:
+        """The work-horse, in a process of its own, which dies with its worker.
+
+        RQ's work-horse outlives a worker killed under it (SIGKILL, the OOM killer), in a
+        process group of its own: its job, taken for abandoned, then ran again beside it, and
+        each attempt's new epoch refused the other's writes, attempt after attempt, until the
+        retries ran out and the job failed though it was fine."""
+        die_with_parent(self._forked_by)
+        super().main_work_horse(job, queue)
 
     def prepare_job_execution(self, job: Job, *args, **kwargs) -> None:
         """After RQ marks the job started: create its log if missing, log ``started``, then

@@ -6,6 +6,7 @@ lists every live worker again."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 import uuid
@@ -183,6 +184,32 @@ def test_a_work_horse_that_dies_in_an_outage_has_its_job_failed_once_redis_is_ba
         stop_process(proc)
         redis.close()
     assert proc.returncode == 0, log_path.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+def test_a_work_horse_dies_with_its_worker_and_writes_nothing_after_it(server, workers):
+    """A reliability review's finding: a worker SIGKILLed alone left its work-horse running on,
+    orphaned; the job, taken for abandoned, ran again beside it, and each attempt's new epoch
+    refused the other's writes until the retries ran out: the job failed ("LogReset"), though
+    nothing had failed, while RQ filed it finished."""
+    [proc] = workers.start(1)
+    redis = Redis.from_url(server.url)
+    job_id = enqueue("sqrt", {"n": 300, "interval": 0.05}, config=Settings(redis_url=server.url))
+    jlog = JobLog(redis, job_id)
+    wait_for(lambda: jlog.values_logged() >= 5, 20, what="the job under way")
+    # The work-horse leads a process group of its own (RQ's scheduler, the other child, does not).
+    [horse] = [p for p in psutil.Process(proc.pid).children() if os.getpgid(p.pid) == p.pid]
+    proc.kill()
+    proc.wait(10)
+    try:
+        alive = psutil.wait_procs([horse], timeout=5)[1]
+        assert not alive, "the work-horse outlived its worker"
+        assert jlog.values_logged() < 300, "it stopped writing mid-job"
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            horse.kill()
+        redis.close()
 
 
 @pytest.mark.slow
