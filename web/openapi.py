@@ -26,7 +26,7 @@ import inspect
 import re
 from typing import Any, Callable
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify, request
 from pydantic import BaseModel
 from werkzeug.routing import Rule
 
@@ -304,6 +304,10 @@ def openapi():
     cfg = state().config
     # Private mode lists the tasks only to those who may read GET /api/tasks.
     tasks = cfg.read_mode != "private" or has_token(cfg)
-    answer = jsonify(document(current_app, cfg, tasks))
+    doc = document(current_app, cfg, tasks)
+    # The paths are the app's; where it is mounted (init_app's prefix, SCRIPT_NAME) they live
+    # under that, and a client reading the document would otherwise call them at the root.
+    doc["servers"] = [{"url": request.script_root or "/"}]
+    answer = jsonify(doc)
     answer.vary.update(("Authorization", "Cookie"))
     return answer

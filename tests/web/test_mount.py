@@ -70,6 +70,17 @@ def test_mounted_pages_api_and_assets_all_live_under_the_prefix(host, job_id):
     assert 'action="/tools/jobcast/api/jobs"' in home
 
 
+def test_the_openapi_document_under_a_prefix_names_it_as_its_server(host, job_id):
+    """An embedding review's finding: under init_app's prefix the document had no `servers`,
+    so its paths (/api/jobs...) were called at the root of the host app, and got 404."""
+    client = host.test_client()
+    doc = client.get("/tools/jobcast/api/openapi.json").json
+    [server] = doc["servers"]
+    assert server == {"url": "/tools/jobcast"}
+    assert "/api/jobs/{job_id}" in doc["paths"]
+    assert client.get(server["url"] + f"/api/jobs/{job_id}").status_code == 200
+
+
 def test_host_app_links_to_a_job_with_url_for(host):
     with host.test_request_context():
         assert url_for("jobcast.job_page", job_id="abc-1") == "/tools/jobcast/jobs/abc-1"
