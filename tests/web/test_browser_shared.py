@@ -241,6 +241,33 @@ def test_a_job_added_to_and_removed_from_a_watch_set_gets_every_value_once(share
         ctx.close()
 
 
+@pytest.mark.parametrize("bad", ["bad id!", "", "x" * 129])
+def test_a_malformed_job_id_ends_its_own_watch_and_no_other_tabs(bad, browser, server, redis):
+    """An embedding review's finding: `Jobcast.watch("bad id!")` (or "", or an RQ id over 128
+    characters) in one tab put it on the shared stream, which the server refused whole (400):
+    every job every tab of the browser watched ended "refused", for good."""
+    writer = Writer(redis, 1)
+    ctx = browser.new_context()
+    try:
+        [a] = writer.ids
+        first, second = watch(ctx.new_page()), watch(ctx.new_page())
+        for pg in (first, second):
+            pg.goto(server.url)
+        first.evaluate(WATCH, [a])
+        first.wait_for_function("id => window.got[id].length >= 3", arg=a)
+        second.evaluate(WATCH, [bad])
+        second.wait_for_function("id => window.got[id].end === 'refused'", arg=bad)
+        count = len(got(first, a))
+        first.wait_for_function(f"id => window.got[id].length >= {count + 5}", arg=a)
+        writer.finish()
+        first.wait_for_function("id => window.got[id].end === 'finished'", arg=a, timeout=10000)
+        assert got(first, a) == writer.written[a]
+        assert_page_clean(first)
+    finally:
+        writer.finish()
+        ctx.close()
+
+
 @pytest.mark.parametrize("share", ["auto", "none"])  # the worker, and one stream per tab
 def test_a_job_watched_again_after_it_ended_on_a_stream_still_open_gets_its_log_again(
         share, browser, server, redis):

@@ -1398,6 +1398,9 @@
 
   // -- the API ---------------------------------------------------------------------------------
 
+  // A job id as the server takes one (jobcast/core/keys.py, JOB_ID_RE).
+  var JOB_ID = /^[A-Za-z0-9_-]{1,128}$/;
+
   // Settings, before the first watch: share ("auto" | "worker" | "locks" | "none") and base
   // (the server's URL prefix; by default where this script was loaded from).
   function configure(o) {
@@ -1415,7 +1418,19 @@
   function watch(id, o) {
     o = o || {};
     var w = new Watch(String(id), o), h = theHub();
-    h.add(w);
+    if (JOB_ID.test(w.job)) {
+      h.add(w);
+    } else {
+      // Never sent: the server refuses a stream naming it (400) whole, and with it every
+      // other job of the lane, this tab's and the other tabs' alike. This watch ends alone.
+      w.ended = true;
+      setTimeout(function () {
+        w.state = "ended";
+        call(o.onState, "ended");
+        call(o.onEnd, { kind: "refused", job: w.job, status: 400, reason: "invalid",
+                        message: "not a job id (1 to 128 letters, digits, - or _)" });
+      }, 0);
+    }
     return {
       id: w.job,
       close: function () { if (!w.ended) { w.ended = true; h.remove(w); } },
