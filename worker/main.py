@@ -83,16 +83,19 @@ def wait_for_redis(redis: Redis, url: str, limit: float = REDIS_WAIT,
             pause *= 2
 
 
-def run_worker(config: Settings | None = None, *, burst: bool = False) -> bool:
-    """Work the queue until stopped (or, with ``burst``, until it is empty)."""
+def run_worker(config: Settings | None = None, *, burst: bool = False,
+               queues: list[str] | None = None) -> bool:
+    """Work the queues (by default JOBCAST_QUEUE's; several: in the order given, as RQ takes
+    them) until stopped (or, with ``burst``, until they are empty)."""
     cfg = config or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Import tasks before forking work-horses, so each job does not import them again.
     load_user_tasks()
     redis = redis_client(cfg.redis_url)
     waited = wait_for_redis(redis, cfg.redis_url)
-    queue = Queue(cfg.queue_name, connection=redis, job_class=JobcastJob)
-    worker = JobcastWorker([queue], connection=redis, name=worker_name(), job_class=JobcastJob,
+    worked = [Queue(name, connection=redis, job_class=JobcastJob)
+              for name in (queues or [cfg.queue_name])]
+    worker = JobcastWorker(worked, connection=redis, name=worker_name(), job_class=JobcastJob,
                            job_monitoring_interval=cfg.monitor_interval,
                            maintenance_interval=cfg.maintenance_interval,
                            worker_ttl=WORKER_TTL)

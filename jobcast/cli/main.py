@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gunicorn worker processes (default: $WEB_CONCURRENCY or 2)")
 
     worker = sub.add_parser("worker", help="run an RQ worker on the jobcast queue")
+    worker.add_argument("queues", nargs="*", metavar="QUEUE",
+                        help="the queues to work, in order (default: JOBCAST_QUEUE's); your "
+                             "own app's too, as `rq worker -w jobcast.Worker` would")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
 
     enq = sub.add_parser("enqueue", help="enqueue TASK --param value ...",
@@ -433,7 +436,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[s
     if args.command == "jobs":
         return cmd_jobs(args)
     if args.command == "worker":
-        run_worker(burst=args.burst)
+        run_worker(burst=args.burst, queues=args.queues)
         return 0
     if args.command == "web":
         cfg = get_settings()

@@ -4,6 +4,7 @@ real Redis."""
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 from redis import Redis
@@ -133,3 +134,26 @@ def test_a_jobs_heartbeat_outlives_one_late_beat_even_near_its_timeout():
         worker, SimpleNamespace(timeout=timeout), working)
     assert ttl(None, 0) == 15 and ttl(3600, 0) == 15
     assert ttl(3600, 3598) == 10 and ttl(3600, 3650) == 10
+
+
+@pytest.mark.slow  # runs `jobcast worker`
+def test_jobcast_worker_works_the_queues_it_is_given_in_order(redis: Redis, redis_server):
+    """An embedding review's finding: `jobcast worker` (which waits for Redis, and rides out its
+    outages) worked only JOBCAST_QUEUE's queue, so an app with queues of its own had to use
+    `rq worker -w jobcast.Worker`, which exits at once when Redis is not up yet."""
+    import subprocess
+
+    from tests.support.services import JOBCAST, ROOT, service_env
+
+    first, second = (Queue(f"own-{name}-{uuid.uuid4().hex[:6]}", connection=redis)
+                     for name in ("first", "second"))
+    jobs = [second.enqueue("tests.support.user_jobs.sleeps", 0),
+            first.enqueue("tests.support.user_jobs.sleeps", 0)]
+    done = subprocess.run([*JOBCAST, "worker", "--burst", first.name, second.name],
+                          env=service_env(redis_server.url), cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for job in jobs:
+        job.refresh()
+    assert [job.get_status() for job in jobs] == [JobStatus.FINISHED] * 2
+    assert jobs[1].ended_at < jobs[0].started_at, "the first queue's job first"
