@@ -2,7 +2,7 @@
 
 For Jobcast every value goes through :meth:`jobcast.core.joblog.JobLog.value`, the very call the RQ
 runner makes for each value a task yields (one Lua script: XADD to the log + PUBLISH), on the
-client the runner makes (:func:`jobcast.worker.runner.log_connection`). For
+client a job's run makes (:func:`jobcast.worker.emit.log_connection`). For
 flask-sse it is what ``sse.publish`` sends: a JSON message PUBLISHed on the channel. For Nchan
 (bench/nchan.py) it is an HTTP POST of the value to the channel's publisher location, one
 request after the other on one keep-alive connection (``http.client``), each answered before
@@ -66,9 +66,10 @@ def main(argv: list[str]) -> int:
     elif mode == "jobcast":
         from jobcast.core.joblog import JobLog
         from jobcast.core.settings import Settings
-        from jobcast.worker.runner import log_connection
+        from jobcast.worker.emit import log_connection
 
-        redis = log_connection(Settings(redis_url=url))  # the client a job's run writes with
+        # The client a job's run writes with, made from RQ's connection as a worker's is.
+        redis = log_connection(Settings(redis_url=url), Redis.from_url(url))
         logs = [JobLog(redis, j) for j in jobs]
         send = [lambda i, log=log: log.value(i, value_text(i)) for log in logs]
     else:
