@@ -37,6 +37,7 @@ from typing import IO, Callable, Iterable
 from rich.console import Console
 from rich.text import Text
 
+from jobcast.core.process import PR_SET_PDEATHSIG
 from jobcast.core.wait import wait_until
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 BAD_INPUT = 2
 """The exit status of a Jobcast command given a bad setting or argument (argparse's too)."""
-
-PR_SET_PDEATHSIG = 1
-"""prctl(2): the signal a process gets when its parent dies (Linux)."""
-
 
 def _child_setup(parent: int, mask: set[int]) -> Callable[[], None]:
     """What a service's child runs between fork and exec: the signal mask it should have, and

@@ -10,6 +10,7 @@ import os
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import psutil
@@ -50,6 +51,22 @@ def workers(server, tmp_path) -> Iterator[Workers]:
     yield pool
     for proc in pool.procs:
         stop_process(proc, timeout=20)
+
+
+@pytest.fixture
+def own_worker(server, tmp_path) -> Iterator[tuple[Queue, subprocess.Popen, Path]]:
+    """`rq worker -w jobcast.Worker` on a queue of the test's own: the queue, the worker and
+    its log. Stopped at the end of the test, when it must exit 0 (a warm shutdown)."""
+    log_path = tmp_path / "worker.log"
+    redis = Redis.from_url(server.url)
+    queue = Queue(f"own-{uuid.uuid4().hex[:8]}", connection=redis)
+    proc = start_rq_worker(server.url, queue.name, log_path=log_path)
+    try:
+        yield queue, proc, log_path
+    finally:
+        stop_process(proc)
+        redis.close()
+    assert proc.returncode == 0, log_path.read_text()
 
 
 def monitoring_worker(redis: Redis, clock: FakeClock) -> tuple[Queue, JobcastWorker]:
@@ -129,61 +146,47 @@ def outage(server: RedisServer, proc: subprocess.Popen, seconds: float) -> None:
 
 @pytest.mark.slow
 @pytest.mark.chaos
-def test_a_users_emit_job_rides_out_a_redis_restart_and_logs_each_value_once(server, tmp_path):
+def test_a_users_emit_job_rides_out_a_redis_restart_and_logs_each_value_once(server, own_worker):
     """A review's finding: a job of the user's own calling emit(), as in the README, failed at
     its first value in a 1.5 s Redis restart (its log was written on RQ's connection, which
     does not wait), and its worker quit ("found an unhandled exception, quitting")."""
-    log_path = tmp_path / "worker.log"
-    queue = Queue(f"own-{uuid.uuid4().hex[:8]}", connection=(redis := Redis.from_url(server.url)))
-    proc = start_rq_worker(server.url, queue.name, log_path=log_path)
-    try:
-        job = queue.enqueue("tests.support.user_jobs.emits", 30, 0.1)
-        jlog = JobLog(redis, job.id)
-        wait_for(lambda: jlog.values_logged() >= 5, 20, what="the job under way")
-        outage(server, proc, 2.0)
-        wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 60, interval=0.2,
-                 what="the job to finish")
-        entries = list(jlog.entries())
-        assert [e.data["i"] for e in entries if e.kind == "value"] == list(range(30))
-        assert [e.kind for e in entries if e.kind != "value"] == ["queued", "started", "finished"]
-        assert proc.poll() is None and "unhandled exception" not in log_path.read_text()
-    finally:
-        stop_process(proc)
-        redis.close()
-    assert proc.returncode == 0, log_path.read_text()
+    queue, proc, log_path = own_worker
+    job = queue.enqueue("tests.support.user_jobs.emits", 30, 0.1)
+    jlog = JobLog(queue.connection, job.id)
+    wait_for(lambda: jlog.values_logged() >= 5, 20, what="the job under way")
+    outage(server, proc, 2.0)
+    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 60, interval=0.2,
+             what="the job to finish")
+    entries = list(jlog.entries())
+    assert [e.data["i"] for e in entries if e.kind == "value"] == list(range(30))
+    assert [e.kind for e in entries if e.kind != "value"] == ["queued", "started", "finished"]
+    assert proc.poll() is None and "unhandled exception" not in log_path.read_text()
 
 
 @pytest.mark.slow
 @pytest.mark.chaos
 def test_a_work_horse_that_dies_in_an_outage_has_its_job_failed_once_redis_is_back(server,
-                                                                                   tmp_path):
+                                                                                   own_worker):
     """Two reviews' finding: a work-horse that ended while Redis was down without recording its
     job's end (it crashed, or could not reach Redis) made its worker quit as it read the job's
     status ("found an unhandled exception, quitting"): the job stayed "started" and its viewers
     waited until a watchdog gave up on it."""
-    log_path = tmp_path / "worker.log"
-    queue = Queue(f"plain-{uuid.uuid4().hex[:8]}", connection=(redis := Redis.from_url(server.url)))
-    proc = start_rq_worker(server.url, queue.name, log_path=log_path)
-    try:
-        job = queue.enqueue("tests.support.user_jobs.dies", 0.5)
-        jlog = JobLog(redis, job.id)
-        wait_for(lambda: jlog.status() == "running", 20, what="the job to start")
-        outage(server, proc, 3.0)  # the work-horse dies in it
-        wait_for(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 30, interval=0.2,
-                 what="the job to be filed failed")
-        assert jlog.status() == "failed"
-        [end] = [e for e in jlog.entries() if e.kind == "failed"]
-        assert "Work-horse terminated unexpectedly" in end.data["reason"], end.data
-        text = log_path.read_text()
-        assert proc.poll() is None and "unhandled exception" not in text, text
-        # The worker goes on taking jobs.
-        after = queue.enqueue("tests.support.user_jobs.sleeps", 0)
-        wait_for(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 20,
-                 what="the next job to run")
-    finally:
-        stop_process(proc)
-        redis.close()
-    assert proc.returncode == 0, log_path.read_text()
+    queue, proc, log_path = own_worker
+    job = queue.enqueue("tests.support.user_jobs.dies", 0.5)
+    jlog = JobLog(queue.connection, job.id)
+    wait_for(lambda: jlog.status() == "running", 20, what="the job to start")
+    outage(server, proc, 3.0)  # the work-horse dies in it
+    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 30, interval=0.2,
+             what="the job to be filed failed")
+    assert jlog.status() == "failed"
+    [end] = [e for e in jlog.entries() if e.kind == "failed"]
+    assert "Work-horse terminated unexpectedly" in end.data["reason"], end.data
+    text = log_path.read_text()
+    assert proc.poll() is None and "unhandled exception" not in text, text
+    # The worker goes on taking jobs.
+    after = queue.enqueue("tests.support.user_jobs.sleeps", 0)
+    wait_for(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 20,
+             what="the next job to run")
 
 
 @pytest.mark.slow
