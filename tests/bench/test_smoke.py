@@ -20,17 +20,18 @@ from bench import run
 
 def test_benchmark_smoke_run_loses_nothing(tmp_path):
     out = tmp_path / "smoke"
-    rc = run.main(["--targets", "jobcast,nchan,jobcast-flask", "--repeats", "1",
+    rc = run.main(["--targets", "jobcast,nchan,nchan-again,jobcast-flask", "--repeats", "1",
                    "--scenarios", "admit,fan10,fan10text,frozen",
                    "--viewers", "200", "--duration", "2", "--drain", "30", "--loadgens", "1",
                    "--admit-viewers", "200", "--admit-baseline", "0.5", "--out", str(out)])
     assert rc == 0
     saved = json.loads(out.with_suffix(".json").read_text())
     results = saved["results"]
-    # Jobcast with its fast path off runs the admission only, for the comparison.
+    # Jobcast with its fast path off runs the admission only, for the comparison; the control
+    # (a second Nchan) the two scenarios whose target is "no worse than Nchan".
     assert {(r["target"], r["scenario"]) for r in results} == {
         (t, s) for t in ("jobcast", "nchan") for s in ("admit", "fan10", "fan10text", "frozen")
-    } | {("jobcast-flask", "admit")}
+    } | {("jobcast-flask", "admit")} | {("nchan-again", s) for s in ("fan10", "fan10text")}
     for r in results:
         assert r["held"] == 200, r
         assert r["bad_status"] == 0, r
@@ -43,6 +44,8 @@ def test_benchmark_smoke_run_loses_nothing(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "| scenario |" in table and "**Jobcast / Nchan**" in table
     assert "Jobcast against Nchan, repeat by repeat" in table
+    assert "The control: a second Nchan" in table
+    assert "| Nchan again (the control) p50 / p99 ms |" in table
     assert "Admission (`admit`), repeat by repeat" in table
     assert "nchan 1." in table  # the header names Nchan's version
     # The bare-loop reference, measured in the same run, heads the table.
