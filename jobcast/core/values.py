@@ -55,17 +55,45 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 _STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
+# A lone surrogate as ``json`` escapes it (a pair, a character past U+FFFF, is two escapes in
+# order): valid JSON that is not valid Unicode, which a strict parser refuses.
+_LONE_ESCAPE = re.compile(r"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}")
+
+
 def encode_value(value: Any) -> tuple[str, str]:
-    """Return (text, json) for a task value: text as :func:`value_text` makes it."""
+    """Return (text, json) for a task value: text as :func:`value_text` makes it, JSON with
+    every non-finite float as ``null`` (JSON has none; the text still shows it) and every
+    lone surrogate escaped as the text does. A value JSON cannot hold (an object of the job's
+    own) is its text as a JSON string."""
     text = value_text(value)
     if isinstance(value, float) and not math.isfinite(value):
-        as_json = "null"  # JSON has no NaN/Infinity; the text form still carries it
-    else:
+        return text, "null"
+    try:
+        as_json = _STRICT.encode(value)
+    except TypeError:
+        return text, _COMPACT.encode(text)
+    except ValueError:  # a NaN or an infinity inside a list or a dict
+        as_json = None
+    if as_json is None or ("\\ud" in as_json and _LONE_ESCAPE.search(as_json)):
         try:
-            as_json = _STRICT.encode(value)
+            as_json = _STRICT.encode(_as_json_data(value))
         except (TypeError, ValueError):
             as_json = _COMPACT.encode(text)
     return text, as_json
+
+
+def _as_json_data(value: Any) -> Any:
+    """``value`` with each non-finite float inside it ``None`` and each string (key or item)
+    made valid Unicode: what :func:`encode_value` encodes when the plain encoding cannot."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, dict):
+        return {valid_text(k) if isinstance(k, str) else k: _as_json_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json_data(v) for v in value]
+    return value
 
 
 class PreparedValue(NamedTuple):

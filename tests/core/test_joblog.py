@@ -643,3 +643,23 @@ def test_the_progress_gate_sends_the_latest_held_count_once_and_none_after_close
     gate.close()
     gate._flush()  # a timer that fired as it closed
     assert sent == [(3, 1), (5, 3)]
+
+
+def test_a_nan_or_an_infinity_inside_a_list_or_a_dict_is_null_in_its_json_not_its_text(jlog):
+    """A review's finding: ``{"k": inf}`` had the string ``"{'k': inf}"`` for its JSON, which a
+    client could not tell from a job that yielded that string."""
+    jlog.value(0, {"k": float("inf"), "n": [1, float("nan")], "ok": 2.5})
+    jlog.value(1, (float("-inf"), "x"))
+    first, second = [e for e in jlog.entries() if e.kind == "value"]
+    assert first.text == "{'k': inf, 'n': [1, nan], 'ok': 2.5}"
+    assert first.data["j"] == {"k": None, "n": [1, None], "ok": 2.5}
+    assert second.data["j"] == [None, "x"]
+
+
+def test_a_lone_surrogate_inside_a_value_is_escaped_in_its_json_as_in_its_text(jlog):
+    """Its JSON is valid Unicode, as its text is: a strict parser would refuse ``"\\ud800"``."""
+    jlog.value(0, "a\ud800b")
+    jlog.value(1, {"name\udcff": ["\udc80", "\u00e9\udc80", "\U0001F600"]})
+    first, second = [e for e in jlog.entries() if e.kind == "value"]
+    assert first.data["j"] == "a\\ud800b" == first.text
+    assert second.data["j"] == {"name\\xff": ["\\x80", "\u00e9\\x80", "\U0001F600"]}
