@@ -64,6 +64,20 @@ def chatty() -> int:
     return 3
 
 
+def print_around_children() -> int:
+    """Print before and after subprocesses that write to descriptor 1 themselves, then emit."""
+    import os
+    import subprocess
+
+    print("1 before child")
+    subprocess.run(["echo", "2 from child"], check=True)
+    print("3 after child")
+    os.system("echo 4 from os.system")
+    print("5 last")
+    emit(1)
+    return 1
+
+
 def flood(lines: int = 1_000_000, every: int = 100_000) -> int:
     """Print ``lines`` numbered lines in a tight loop, emitting a value every ``every`` lines."""
     for i in range(lines):

@@ -23,8 +23,8 @@ from jobcast.worker.hook import SimpleWorker
 from tests.support.jobs import create_job, sse_events, stream_lines
 from tests.support.services import ROOT, start_rq_worker, stop_process
 from tests.support.wait import wait_for
-from tests.rq_jobs import (chatty, flood, long_line, print_then_hang_once, progress,
-                           tick_then_wait)
+from tests.rq_jobs import (chatty, flood, long_line, print_around_children, print_then_hang_once,
+                           progress, tick_then_wait)
 from tests.support.cancel import horse_of
 from tests.support.sse import id_seq, parse_events
 
@@ -115,6 +115,17 @@ def test_jobcast_task_output_comes_after_started_and_before_finished_with_its_la
     assert {e["data"]["attempt"] for e in events if e["event"] == "log"} == {1}
     consoles = "".join(p.read_text() for p in logs_dir.glob("worker-*.log"))
     assert f"[{job_id}] out 1" in consoles and consoles.count(f"[{job_id}] WARNING user: warn 1") == 1
+
+
+def test_lines_printed_around_a_subprocess_come_in_the_order_they_were_printed(
+        http, redis, rq_workers):
+    """A review's finding: Python's stdout was block-buffered over the pipe, so the lines a
+    child wrote to descriptor 1 overtook the ones printed before it."""
+    job = enqueue(redis, rq_workers, print_around_children)
+    assert stream_lines(http, job.id) == ["1"]
+    printed = [e.data["text"] for e in entries(redis, job.id) if e.kind == "log"]
+    assert printed == ["1 before child", "2 from child", "3 after child", "4 from os.system",
+                       "5 last"]
 
 
 def test_a_million_lines_in_a_tight_loop_keep_redis_bounded_announce_the_drops_and_keep_every_value(
