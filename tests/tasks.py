@@ -115,6 +115,21 @@ def printer(lines: Annotated[int, Field(ge=0, le=1000)] = 100) -> Iterator[int]:
 
 
 @task()
+def progress_bar(frames: Annotated[int, Field(ge=1, le=20)] = 3) -> Iterator[int]:
+    """Draw a progress bar on stderr as tqdm does (each frame after a "\\r", no newline until
+    the end), each frame waiting longer than a line waits for its newline; then print a line."""
+    import sys
+
+    for k in range(frames):
+        sys.stderr.write(f"\rprogress {100 * k // (frames - 1 or 1)}%")
+        sys.stderr.flush()
+        time.sleep(0.3)
+    sys.stderr.write("\n")
+    print("after")
+    yield 1
+
+
+@task()
 def dies() -> Iterator[int]:
     """Yield 0; then, in its first attempt, die as the OOM killer kills (SIGKILL of its own
     process: a forking worker's work-horse, the worker living on); a later attempt yields 1."""

@@ -5,7 +5,8 @@ stripped, a line with other ``\\r`` keeping what follows the last one (what a te
 a progress bar), decoded as UTF-8. A line is kept up to :data:`LINE_MAX` bytes and the rest only
 counted, so a stream costs that much memory whatever its lines' length. A line without its
 newline :data:`PARTIAL_AFTER` seconds after its first byte is sent as ``partial``, and what
-follows starts a new one.
+follows starts a new one; a piece that goes on with a partial line after a ``\\r`` (a progress
+bar's next frame) is marked ``redraw``: it takes the place of what the line showed.
 
 :class:`RateWindow` caps the lines (and bytes) a job may log per second, and counts the rest.
 
@@ -33,6 +34,7 @@ class OutputLine:
     text: str
     ts: float                   # when it was captured
     partial: bool = False       # sent without its newline (the line goes on in the next one)
+    redraw: bool = False        # goes on with a partial line after a "\r": it replaces its text
     cut: int = 0                # the line's whole length in bytes, when cut at LINE_MAX
     level: str | None = None    # logging records: level name and logger
     logger: str | None = None
@@ -53,6 +55,8 @@ class OutputLine:
             body["logger"] = self.logger
         if self.partial:
             body["partial"] = True
+        if self.redraw:
+            body["redraw"] = True
         if self.cut:
             body["cut"] = self.cut
         if self.dropped:
@@ -97,6 +101,8 @@ class LineSplitter:
         self.size = 0                   # the pending line's length so far
         self.since: float | None = None  # when its first byte came
         self.cut_at = float("-inf")     # when cut() last sent a pending line early
+        self.continues = False          # the last line was sent partial: the next piece goes on
+        self.over = False               # ... ending with "\r": the next piece starts it over
 
     def feed(self, data: bytes, now: float) -> list[OutputLine]:
         """The lines that ``data`` completes; its unfinished end stays pending."""
@@ -116,6 +122,7 @@ class LineSplitter:
             self.head.clear()
             self.size = 0
             self.since = None
+            self.continues = self.over = False
             data = data[data.rindex(b"\n") + 1:]
         self._add(data, now)
         return ended
@@ -162,14 +169,20 @@ class LineSplitter:
         self.head.clear()
         self.size = 0
         self.since = None
+        # A piece sent partial that ended with "\r" left the cursor at the line's start: what
+        # comes next draws over it, unless it is only the "\n" of a "\r\n".
+        over, self.over = self.over and bool(data), False
         if data.endswith(b"\r") and size <= self.limit:
             data, size = data[:-1], size - 1
+            self.over = partial
         if b"\r" in data:
             # What a terminal shows: a progress bar redraws the line after each "\r".
             data = data[data.rindex(b"\r") + 1:]
             size = len(data) if size <= self.limit else size
+            over = True
+        redraw, self.continues = over and self.continues, partial
         text, _ = clip(data, self.limit)
-        return OutputLine(self.stream, text, now, partial=partial,
+        return OutputLine(self.stream, text, now, partial=partial, redraw=redraw,
                           cut=size if size > self.limit else 0)
 
 

@@ -4,7 +4,9 @@ Each ``log`` entry (see :mod:`jobcast.core.joblog`) becomes what the job printed
 
 - stdout and stderr lines as they were, a ``partial`` one without its newline, so the
   pieces of a line sent in parts join up again (a line of another stream, or a logging
-  record, that comes between them ends it: it is never glued onto another stream's line);
+  record, that comes between them ends it: it is never glued onto another stream's line),
+  and a ``redraw`` piece after a ``\\r``, as the job wrote it (a progress bar's frames: a
+  terminal shows the last);
 - logging records as ``LEVEL logger: text``;
 - a line cut at the length cap ends with `` [cut: N bytes]`` (N: its whole length);
 - a rate-cap notice as its text, ``[jobcast] N lines dropped (...)``;
@@ -49,6 +51,8 @@ class OutputText:
                 self.open = None
             elif self.open is not None and stream != self.open:
                 out.append("\n")  # another stream's line: the partial one ends here
+            elif self.open is not None and entry.get("redraw"):
+                out.append("\r")  # the job drew the line over
             self.shown = attempt
             self.open = stream if entry.get("partial") and stream != "logging" else None
             out.append(line_text(entry) + ("" if self.open else "\n"))

@@ -46,3 +46,14 @@ def test_a_partial_line_is_ended_by_another_streams_line_not_glued_onto_it():
         entry("done", stream="stderr")])
     assert out.splitlines() == ["OUT", "ERR", "-rest", "two", "WARNING app: warned",
                                 "same line", "err ", "half", "done"]
+
+
+def test_a_progress_bars_frames_download_as_the_job_wrote_them_with_their_carriage_returns():
+    """A review's finding: the frames were glued, ``progress 15%progress 35%``; a terminal
+    showing the download shows the last frame, as it showed the job."""
+    out = OutputText().text([
+        entry("progress 0%", stream="stderr", partial=True),
+        entry("progress 50%", stream="stderr", partial=True, redraw=True),
+        entry("progress 100%", stream="stderr", partial=True, redraw=True),
+        entry("", stream="stderr"), entry("after")])
+    assert out == "progress 0%\rprogress 50%\rprogress 100%\nafter\n"

@@ -56,3 +56,19 @@ def test_output_panel_shows_the_jobs_lines_live_marked_escaped_and_follows_the_t
     page.locator("#output-jump").click()
     page.wait_for_function(f"() => {ROWS}.slice(-1)[0].textContent === 'after go'")
     assert page.evaluate("window.jobcastPage().outputFollowing")
+
+
+def test_a_progress_bar_drawn_over_itself_is_one_row_showing_its_last_frame_and_downloads_as_drawn(
+        page, http, web, workers):
+    """A review's finding: tqdm's frames each became a row marked "[continues]"."""
+    job_id = create_job(http, "progress_bar", frames=3)
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_function("() => window.jobcastPage().ended")
+    page.wait_for_function("() => window.jobcastPage().output.slice(-1)[0] === 'after'")
+    shown = rows(page)
+    assert [(r["stream"], r["text"]) for r in shown] == [("stderr", "progress 100%"),
+                                                        ("stdout", "after")]
+    assert page.evaluate(f"{ROWS}[0].querySelector('.note')") is None   # not "[continues]"
+    assert page.locator("#output-count").text_content() == "(2 lines)"
+    download = http.get(f"/api/jobs/{job_id}/output").text
+    assert download == "progress 0%\rprogress 50%\rprogress 100%\nafter\n"

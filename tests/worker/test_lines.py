@@ -26,6 +26,36 @@ def test_a_line_without_its_newline_is_sent_partial_after_its_wait_and_what_foll
     assert texts(s.feed(b" tock\n", 10.3)) == [" tock"] and s.flush(10.4) is None
 
 
+def test_a_progress_bars_next_frame_after_a_carriage_return_is_marked_as_redrawing_its_line():
+    """A review's finding: tqdm's frames (``"\\rprogress 35%"``, sent partial as they wait for a
+    newline) lost their ``\\r``, so viewers joined them into ``progress 15%progress 35%…``."""
+    s = LineSplitter("stderr", partial_after=0.2)
+    sent = []
+    for k, now in enumerate((0.0, 0.3, 0.6)):
+        s.feed(f"\rprogress {k * 50}%".encode(), now)
+        sent.append(s.expire(now + 0.2))
+    sent += s.feed(b"\n", 0.9)                     # tqdm's close: the last frame stays
+    assert [(x.text, x.partial, x.redraw) for x in sent] == [
+        ("progress 0%", True, False), ("progress 50%", True, True),
+        ("progress 100%", True, True), ("", False, False)]
+    assert sent[1].body(1)["redraw"] is True and "redraw" not in sent[0].body(1)
+
+
+def test_a_frame_ended_by_a_carriage_return_makes_the_next_piece_redraw_but_not_a_crlfs_newline():
+    s = LineSplitter("stdout", partial_after=0.2)
+    s.feed(b"50%\r", 0.0)
+    first = s.expire(0.2)
+    (after,) = s.feed(b"100%\n", 0.3)
+    assert (first.text, first.redraw, after.text, after.redraw) == ("50%", False, "100%", True)
+    s.feed(b"done\r", 1.0)
+    s.expire(1.2)
+    (end,) = s.feed(b"\n", 1.3)                     # "done\r\n" split by the wait: no redraw
+    assert (end.text, end.redraw) == ("", False)
+    s.feed(b"a\rb", 2.0)                            # a line's first piece redraws nothing
+    first = s.expire(2.2)
+    assert (first.text, first.redraw) == ("b", False)
+
+
 def test_what_is_pending_at_the_end_is_flushed_as_partial():
     s = LineSplitter("stderr")
     s.feed(b"last words", 1.0)

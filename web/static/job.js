@@ -336,11 +336,21 @@
   var output = { lines: [], dropped: 0, attempt: null, count: 0 };
 
   function addOutput(e) {
-    output.count += 1;
     if (output.attempt !== null && e.attempt !== output.attempt) {
       output.lines.push({ sep: true, text: "attempt " + e.attempt });
     }
     output.attempt = e.attempt;
+    var last = output.lines[output.lines.length - 1];
+    if (last && !last.sep && last.partial && last.stream === e.stream &&
+        (e.redraw || (!e.partial && e.text === "" && !e.cut))) {
+      // A progress bar's next frame (after a "\r") takes the place of the line it redraws;
+      // the bare newline that ends a partial line ends it, not a blank row of its own.
+      if (e.redraw) { output.lines[output.lines.length - 1] = e; } else { last.partial = false; }
+      forgetRows(el.output, "k");
+      outputList.shifted(0);
+      return;
+    }
+    output.count += 1;
     output.lines.push(e);
     if (output.lines.length > OUTPUT_CAP + OUTPUT_CAP / 10) {
       var drop = output.lines.length - OUTPUT_CAP;
