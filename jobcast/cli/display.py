@@ -147,7 +147,13 @@ class Display:
         if self.attempt is not None and attempt != self.attempt:
             self.note(f"(attempt {attempt})")
         self.attempt = attempt
-        text = printable(ESCAPES.sub("", line_text(entry)))  # (bidi overrides, U+2028 too)
+        text = ESCAPES.sub("", line_text(entry))
+        if entry.get("stream") == "logging":
+            # A record's own lines (a traceback) stay lines, indented: none can pass for a
+            # line of its own or a note.
+            text = "\n    ".join(printable(part) for part in text.split("\n"))
+        else:
+            text = printable(text)  # (bidi overrides, U+2028 too)
         if self.bar is not None:
             self.bar.console.print(text, markup=False, highlight=False, emoji=False, style="dim",
                                    soft_wrap=True)

@@ -186,6 +186,18 @@ def test_output_lines_lose_their_escape_sequences_and_are_dimmed_only_on_a_termi
     Display("plain", False, io.StringIO(), tty).printed(line)
     assert tty.getvalue() == "\x1b[2mred ok\x1b[22m\n"
 
+def test_a_logging_records_own_lines_print_as_indented_lines_not_as_replacement_characters():
+    """A review's finding: ``logger.exception`` printed its traceback on one line, each newline a
+    U+FFFD. Its lines stay lines, indented, so none passes for a line or a note of its own."""
+    err = io.StringIO()
+    Display("plain", False, io.StringIO(), err).printed({
+        "kind": "log", "stream": "logging", "level": "ERROR", "logger": "app", "attempt": 1,
+        "text": "failed\nTraceback (most recent call last):\n  File \"x.py\"\x07\nValueError: no"})
+    assert err.getvalue().splitlines() == [
+        "ERROR app: failed", "    Traceback (most recent call last):", "      File \"x.py\"",
+        "    ValueError: no"]
+
+
 def test_sse_parser_reads_ids_events_and_data_and_skips_heartbeats():
     lines = ["retry: 2000", "", ": heartbeat", "", "id: 7", "event: value",
              'data: {"seq":7}', "", "id: 8", "event: finished", "data: a", "data: b", ""]
