@@ -43,6 +43,7 @@ SERVICE_FIXTURES = {
     "tests/test_tail.py": {"capped_job", "capped_web"},
     "tests/launcher/test_up.py": {"up"},
     "tests/web/": {"private"},
+    "tests/web/test_frozen_redis.py": {"frozen"},
     "tests/web/test_fuzz.py": {"server"},
     "tests/web/test_handover.py": {"stoppable"},
     "tests/web/test_limits.py": {"guarded"},
