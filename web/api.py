@@ -140,8 +140,9 @@ def get_job(job_id: str):
     if may_be_trimmed(info.last_seq, state().config.log_maxlen):
         first_seq, first_value = jlog.first_kept()
     else:
-        first_seq = 1 if info.last_seq else None
-        first_value = 0 if info.progress.i else None
+        # Nothing trimmed: the log begins at entry 1 and value 0 (the next one, if none yet),
+        # as /values says.
+        first_seq, first_value = (1, 0) if info.last_seq else (None, None)
     return reply(JobStatus(
         **info.model_dump(),
         urls=job_urls(job_id, base=request.script_root, sig=urls_sig(job_id, info.created_at)),

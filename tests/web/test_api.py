@@ -145,6 +145,19 @@ def test_earlier_values_without_before_are_the_newest(client, idle_queue, redis)
     assert client.get(f"/api/jobs/{job_id}/output?attempt=").status_code == 200
 
 
+def test_a_job_with_no_value_yet_says_its_first_value_is_0_as_its_values_do(client, idle_queue,
+                                                                            redis):
+    """A review's finding: ``GET /api/jobs/<id>`` said ``first_value: null`` for a queued job, or
+    one that logged none, where its schema and ``/values`` say 0 (the next value's index)."""
+    job_id = enqueue("sqrt", {"n": 0}, redis=redis, config=idle_queue)
+    for _ in range(2):
+        status = client.get(f"/api/jobs/{job_id}").json
+        values = client.get(f"/api/jobs/{job_id}/values").json
+        assert (status["first_seq"], status["first_value"]) == (1, 0)
+        assert (values["first_seq"], values["first_value"]) == (1, 0)
+        JobLog(redis, job_id).started("w1", 1)
+
+
 def test_earlier_values_answer_at_most_a_mebibyte_and_the_rest_comes_by_paging(client, idle_queue,
                                                                                redis):
     """A security review's finding: ``limit`` counted values, not bytes, so one answer of
