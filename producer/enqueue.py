@@ -72,7 +72,10 @@ def validate(task: str, params: Mapping[str, Any] | None = None, *,
     ParamError."""
     cfg = config or get_settings()
     spec = get_task(task)
-    checked = spec.validate(params, strict=strict)
+    try:
+        checked = spec.validate(params, strict=strict)
+    except ParamError as exc:
+        raise ParamError(cap_messages(spec, params, exc.errors, cfg)) from None
     check_caps(task, checked, cfg)
     check_bounds(spec, checked, cfg)
     return checked
@@ -127,6 +130,28 @@ def check_bounds(spec: Task, params: dict[str, Any], config: Settings) -> None:
                        "(JOBCAST_JOB_MAX_DURATION)"})
     if errors:
         raise ParamError(errors)
+
+
+def cap_messages(spec: Task, params: Mapping[str, Any] | None, errors: list[dict[str, Any]],
+                 config: Settings) -> list[dict[str, Any]]:
+    """``errors`` of the task's own schema, where a number is over this server's cap as well as
+    the task's own maximum, saying the cap: the bound that holds here, which ``/api/tasks``
+    publishes, so a client that corrects itself from the message is not refused again."""
+    caps = config.caps()
+    if not caps or not isinstance(params, Mapping):
+        return errors
+    own = spec.model.model_json_schema().get("properties", {})
+    out = []
+    for error in errors:
+        name = error["field"].removeprefix("params.")
+        value = params.get(name)
+        cap = caps.get(f"{spec.name}.{name}", caps.get(name))
+        high = own.get(name, {}).get("maximum")
+        if (cap is not None and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and value > cap and (high is None or cap < high)):
+            error = {"field": error["field"], "message": f"{value} is over this server's cap of {cap:g}"}
+        out.append(error)
+    return out
 
 
 def check_caps(task: str, params: dict[str, Any], config: Settings) -> None:

@@ -94,6 +94,21 @@ def test_a_param_over_its_cap_is_refused_naming_the_field_and_the_cap():
     assert fake.dbsize() == 0
 
 
+def test_a_param_over_the_tasks_own_bound_too_is_told_this_servers_lower_cap():
+    """A review's finding: ``n`` over 1,000,000 (sqrt's own bound) was told that bound, though
+    this server's cap of 100,000 is what holds, and what ``/api/tasks`` publishes."""
+    fake = fakeredis.FakeRedis()
+    for value in (2_000_000, 10**26):
+        with pytest.raises(ParamError) as caught:
+            enqueue("sqrt", {"n": value}, redis=fake, config=settings(param_caps="n=100000"))
+        assert caught.value.errors == [
+            {"field": "params.n", "message": f"{value} is over this server's cap of 100000"}]
+    with pytest.raises(ParamError) as caught:  # a cap over the task's own bound: the bound holds
+        enqueue("sqrt", {"n": 2_000_000}, redis=fake, config=settings(param_caps="n=5000000"))
+    assert "less than or equal to 1000000" in caught.value.errors[0]["message"]
+    assert fake.dbsize() == 0
+
+
 def test_a_per_task_cap_wins_over_the_cap_of_every_task():
     caps = settings(param_caps="n=10,sqrt.n=100")
     check_caps("sqrt", {"n": 50}, caps)  # within sqrt's own cap
