@@ -41,7 +41,7 @@ from jobcast.web.frames import (HTML, SSE, Transport, html_head, html_notice, ht
 from jobcast.web.handover import HandoverSocket, can_take
 from jobcast.web.limits import StreamSlot, client_address
 from jobcast.web.metrics import admitted
-from jobcast.web.models import no_content
+from jobcast.web.models import no_content, stream_head
 from jobcast.web.params import checked_id, epoch_param, int_param, position_param
 from jobcast.web.relay import NotSubscribed, Relay
 from jobcast.web.services import State, state
@@ -409,7 +409,7 @@ def admit(req: StreamRequest) -> Response:
         return no_content()
     req, headers = adm.req, adm.headers()
     if request.method == "HEAD":
-        return Response(b"", mimetype=req.transport.mimetype, headers=headers)
+        return stream_head(req.transport.mimetype, headers)
     (lease,), slot = reserve(st, [req.job_id], client_address(st.config))
     admitted("flask")
     bound_writes(request.environ, st.config.write_timeout)

@@ -65,7 +65,7 @@ from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
 from jobcast.web.limits import client_address
-from jobcast.web.models import no_content
+from jobcast.web.models import no_content, stream_head
 from jobcast.web.params import MAX_SEQ
 from jobcast.web.security import Forbidden, granted_jobs, unauthorized
 from jobcast.web.services import state
@@ -313,7 +313,7 @@ def multi_stream():
     if not live and request.headers.get("Last-Event-ID") and not reset_any:
         return no_content()  # nothing more will come: EventSource stops reconnecting
     if request.method == "HEAD":
-        return Response(b"", mimetype=SSE.mimetype, headers=STREAM_HEADERS)
+        return stream_head(SSE.mimetype, STREAM_HEADERS)
     leases, slot = reserve(st, [v.job_id for v in live], client_address(st.config))
     bound_writes(request.environ, st.config.write_timeout)
     retry = retry_ms()

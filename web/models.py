@@ -211,6 +211,12 @@ def no_content() -> Response:
     return response
 
 
+def stream_head(mimetype: str, headers) -> Response:
+    """A stream's answer to ``HEAD``: its GET's headers, without a body. Not ``Content-Length:
+    0``, which would say the stream is empty: its length is not known until it ends."""
+    return Response(iter(()), mimetype=mimetype, headers=headers)
+
+
 def error_code(status_name: str) -> str:
     """An error body's ``error``: the status's name in snake case (``Not Found``:
     ``not_found``)."""

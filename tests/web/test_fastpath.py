@@ -124,6 +124,21 @@ def test_what_the_fast_path_leaves_to_flask_is_answered_as_before(http, web, wor
     assert after.get("flask", 0) >= before.get("flask", 0) + 5
 
 
+def test_head_of_each_stream_answers_its_gets_headers_and_never_says_it_is_empty(
+        http, web, workers):
+    """A review's finding: ``HEAD`` of a stream said ``Content-Length: 0``, where its GET has a
+    body of a length known only at its end (chunked)."""
+    job_id = finished_job(http)
+    for path in (f"/jobs/{job_id}/stream", f"/jobs/{job_id}/events", f"/jobs/{job_id}/frame",
+                 f"/events?job={job_id}"):
+        head = httpx.head(f"{web.url}{path}", timeout=10)
+        with httpx.stream("GET", f"{web.url}{path}", timeout=10) as got:
+            assert head.status_code == got.status_code == 200, path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+            assert head.headers.get("cache-control") == got.headers.get("cache-control"), path
+        assert "content-length" not in head.headers and head.content == b"", path
+
+
 @pytest.mark.parametrize("extra", [
     ("Last-Event-ID: 1", "Last-Event-ID: 2"),  # Flask: 400 naming Last-Event-ID
     ("Host: other.test",),                      # a second Host: gunicorn's 400
