@@ -27,11 +27,13 @@ class BadParam(HTTPException):
 
 
 def wants_page() -> bool:
-    """The request is a browser's for one of the pages (a view declared a page, asked for
-    with an Accept header that prefers HTML)."""
+    """The request is a browser's for one of the pages, or for the HTML stream an ``<iframe>``
+    shows (a view declared a page or frameable, asked for with an Accept header that prefers
+    HTML)."""
     from jobcast.web.surface import declaration_of  # (the surface imports this module)
 
-    if not declaration_of(request.endpoint).page:
+    declared = declaration_of(request.endpoint)
+    if not (declared.page or declared.frameable):
         return False
     return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 

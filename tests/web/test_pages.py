@@ -102,6 +102,8 @@ def test_favicon_answers_no_content(client):
 
 @pytest.mark.parametrize("path, status", [
     ("/jobs/{unknown}", 404), ("/jobs/{unknown}/plain", 404), ("/jobs/{unknown}/framed", 404),
+    # the HTML stream an <iframe> loads (a review's finding: the frame showed the JSON)
+    ("/jobs/{unknown}/frame", 404), ("/jobs/%3Cimg%20src=x%3E/frame", 400),
     ("/jobs/%3Cimg%20src=x%3E", 400)])
 def test_a_browser_asking_for_a_page_of_no_job_gets_a_page_saying_so(client, path, status):
     """A review's finding: a mistyped or expired link to a job's page showed raw JSON."""
@@ -110,6 +112,8 @@ def test_a_browser_asking_for_a_page_of_no_job_gets_a_page_saying_so(client, pat
     assert r.status_code == status and r.mimetype == "text/html"
     assert ("No such job" if status == 404 else "Not a job") in r.get_data(as_text=True)
     assert "<img" not in r.get_data(as_text=True)
+    if path.endswith("/frame"):  # shown in the <iframe> that asked for it, not refused there
+        assert r.headers["X-Frame-Options"] == "SAMEORIGIN"
     # An API client (JSON, or any type) still gets the JSON error.
     for accept in ("application/json", "*/*"):
         api = client.get(path.format(unknown=uuid.uuid4().hex), headers={"Accept": accept})
