@@ -11,7 +11,7 @@ Bodies carry every field they are given; an optional field left unset is left ou
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from flask import Response, jsonify
 from pydantic import BaseModel, ConfigDict, Field, Json, StrictStr, create_model
@@ -211,7 +211,7 @@ def no_content() -> Response:
     return response
 
 
-def stream_head(mimetype: str, headers) -> Response:
+def stream_head(mimetype: str, headers: Mapping[str, str]) -> Response:
     """A stream's answer to ``HEAD``: its GET's headers, without a body. Not ``Content-Length:
     0``, which would say the stream is empty: its length is not known until it ends."""
     return Response(iter(()), mimetype=mimetype, headers=headers)
