@@ -120,10 +120,12 @@ def progress_bar(frames: Annotated[int, Field(ge=1, le=20)] = 3) -> Iterator[int
     the end), each frame waiting longer than a line waits for its newline; then print a line."""
     import sys
 
+    from jobcast.worker.lines import PARTIAL_AFTER
+
     for k in range(frames):
         sys.stderr.write(f"\rprogress {100 * k // (frames - 1 or 1)}%")
         sys.stderr.flush()
-        time.sleep(0.3)
+        time.sleep(PARTIAL_AFTER + 0.1)  # the job's pace: each frame is sent partial
     sys.stderr.write("\n")
     print("after")
     yield 1

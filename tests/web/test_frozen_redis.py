@@ -12,6 +12,7 @@ import pytest
 from redis import Redis
 
 from jobcast.launcher.redisserver import RedisServer
+from jobcast.web.services import COMMAND_TIMEOUT
 from tests.support.jobs import running_job
 from tests.support.services import WebServer
 from tests.support.wait import wait_for
@@ -35,9 +36,8 @@ def test_readyz_and_the_json_reads_answer_503_while_redis_is_frozen_and_200_once
     redis_server, web = frozen
     with Redis.from_url(redis_server.url) as redis:
         job_id = running_job(redis).job_id
-    # The client's timeout is the deadline (three times the web's command timeout, 5 s): a
-    # request that hangs fails the test.
-    with httpx.Client(base_url=web.url, timeout=15) as http:
+    # The client's timeout is the deadline: a request that hangs fails the test.
+    with httpx.Client(base_url=web.url, timeout=3 * COMMAND_TIMEOUT) as http:
         assert http.get(f"/api/jobs/{job_id}").status_code == 200   # its connections are open
         redis_server.proc.send_signal(signal.SIGSTOP)
         try:
