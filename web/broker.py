@@ -1,6 +1,6 @@
 """The broker: the web process's one seam to the stream store (Redis, or a Redis Cluster).
 
-Like Centrifuge's ``Broker``, it does four things, and the relay talks to nothing else:
+Like Centrifuge's ``Broker``, it does three things, and the relay talks to nothing else:
 
 - :meth:`Broker.subscribe` / :meth:`Broker.unsubscribe`: this process hears a job's
   announcements while it has viewers of the job, and only then;
@@ -318,25 +318,17 @@ class Broker:
         return sub is not None and sub.state is SubState.LIVE
 
     def wait_subscribed(self, job_id: str, timeout: float = CONFIRM_TIMEOUT) -> bool:
-        """Wait until the job's subscription is confirmed; False after ``timeout`` s.
-
-        A viewer that goes on without the confirmation is resynced once it comes.
-        """
+        """Wait until the job's subscription is confirmed; False after ``timeout`` s (the
+        caller then holds no viewer: :meth:`Relay.leases` answers 503, and the subscription
+        stays asked for until its last lease is released)."""
         sub = self._subs.get(job_id)
         if sub is None or sub.live.is_set():
             return True
         if sub.live.wait(timeout):
             return True
-        with self._lock:
-            if sub.state is SubState.NEW:
-                sub.move(SubState.RECOVERING)
         log.warning("broker: Redis did not confirm the subscription to job %s within %.1fs",
                     job_id, timeout)
         return False
-
-    def jobs(self) -> list[str]:
-        """The jobs whose channel this process subscribes to (or is about to)."""
-        return [j for j, sub in self._subs.items() if sub.state is not SubState.LEAVING]
 
     def state(self, job_id: str) -> SubState | None:
         """Where the job's subscription stands, or None when there is none."""
@@ -603,8 +595,9 @@ class Broker:
             except Exception as exc:  # RedisError, OSError, or redis-py's own state torn by a
                 # reconnect: whatever broke, the reader must outlive it and resubscribe.
                 self._lost(sh, exc)
-                self._stop.wait(sh.backoff)
-                sh.backoff = min(sh.backoff * 2, self.max_backoff)
+                lost = True
+            else:
+                lost = False
             finally:
                 sh.live.clear()
                 sh.pubsub = None
@@ -612,6 +605,12 @@ class Broker:
                     pubsub.close()
                 except Exception:  # closing a dead connection may raise anything; it is gone anyway
                     log.debug("broker: error closing pubsub", exc_info=True)
+            if lost:
+                # Only once the dead connection is dropped: meanwhile a job subscribed waits
+                # for the next one (which subscribes every job of the shard), rather than
+                # going out on the dead one, which redis-py could dial again with no reader.
+                self._stop.wait(sh.backoff)
+                sh.backoff = min(sh.backoff * 2, self.max_backoff)
 
     def _publish(self, messages: list[tuple[bytes | str, bytes]]) -> None:
         """Decode a burst of announcements once, and hand each watched job's entries to the
@@ -689,10 +688,21 @@ class Broker:
                     self._refresh_needed = self.cluster
                     lost = True
         if resync:
-            self.handler.on_resync([sub.job_id])
+            self._tell(self.handler.on_resync, [sub.job_id])
         if lost:
-            self.handler.on_lost([sub.job_id])
+            self._tell(self.handler.on_lost, [sub.job_id])
             self._kick.set()
+
+    def _tell(self, callback: Callable[[list[str]], None], job_ids: list[str]) -> None:
+        """Call the handler's ``on_resync`` or ``on_lost`` for ``job_ids``. Its trouble is
+        logged, not raised: raised in the reader, it would read as a lost connection (and a
+        failing ``on_resync`` would then lose it again at each confirmation), or end the
+        reader for good from its error path."""
+        try:
+            callback(job_ids)
+        except Exception:
+            log.exception("broker: telling the relay %s of %d job(s) failed",
+                          callback.__name__, len(job_ids))
 
     def _lost(self, sh: Shard, exc: BaseException) -> None:
         """The shard's connection broke (or a try to make it again failed): its jobs are in
@@ -712,5 +722,5 @@ class Broker:
         log.warning("broker: lost Redis subscription on %s (%s); retrying in %.1fs", sh.name, exc,
                     sh.backoff, exc_info=not isinstance(exc, (RedisError, OSError)))
         if jobs:
-            self.handler.on_lost(jobs)
+            self._tell(self.handler.on_lost, jobs)
         self._kick.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
+from collections import Counter
 
 import httpx
 import pytest
@@ -347,3 +348,57 @@ def test_a_redis_outage_counts_one_reconnect_and_the_log_says_when_it_is_live_ag
     finally:
         web.stop()
         redis_server.stop()
+
+
+class FailingRelay:
+    """A broker handler whose ``on_lost`` and/or ``on_resync`` raise (``failing``), counting
+    every call, and which keeps the seqs published to it."""
+
+    def __init__(self, failing: set[str]):
+        self.failing = failing
+        self.calls: Counter[str] = Counter()
+        self.seqs: list[int] = []
+
+    def on_publications(self, batches):
+        for entries in batches.values():
+            self.seqs.extend(e.seq for e in entries)
+
+    def _told(self, what: str) -> None:
+        self.calls[what] += 1
+        if what in self.failing:
+            raise RuntimeError(f"{what} failed")
+
+    def on_resync(self, job_ids):
+        self._told("on_resync")
+
+    def on_lost(self, job_ids):
+        self._told("on_lost")
+
+
+@pytest.mark.parametrize("failing", [{"on_lost"}, {"on_resync"}, {"on_lost", "on_resync"}])
+def test_a_relay_failing_when_told_of_a_loss_leaves_the_broker_reading_after_one_reconnect(
+        tmp_path, failing):
+    """A code review's finding: the handler's on_lost ran unguarded on the reader's error path
+    (its failure ended the reader for good: never ready again), and its on_resync inside the
+    reader's loop (its failure read as one more lost connection, and so on at every
+    reconnect). Only on_publications was guarded."""
+    with RedisServer(data_dir=tmp_path) as server:
+        redis = Redis.from_url(server.url)
+        relay = FailingRelay(failing)
+        broker = Broker(redis, poll=0.1, max_backoff=0.2)
+        broker.start(relay)
+        try:
+            assert broker.wait_ready(10)
+            log = running_job(redis)
+            broker.subscribe(log.job_id)
+            assert broker.wait_subscribed(log.job_id, 10)
+            assert redis.client_kill_filter(_type="pubsub") == 1
+            wait_for(lambda: relay.calls["on_lost"], 10, what="the broker to see the loss")
+            wait_for(lambda: broker.ready and broker.subscribed(log.job_id), 10,
+                     what="the broker reading its job again")
+            log.value(0, 0)
+            wait_for(lambda: relay.seqs, 10, what="a value published after the reconnect")
+            assert relay.calls == {"on_lost": 1, "on_resync": 1}
+        finally:
+            broker.stop(5)
+            redis.close()
