@@ -411,20 +411,26 @@ def admit(req: StreamRequest) -> Response:
     if request.method == "HEAD":
         return stream_head(req.transport.mimetype, headers)
     (lease,), slot = reserve(st, [req.job_id], client_address(st.config))
-    admitted("flask")
-    bound_writes(request.environ, st.config.write_timeout)
     viewer = adm.viewer((lease, slot))
-    first = adm.preamble(viewer.retry, url_for("static", filename="frame.css")
-                         if req.transport is HTML else "")
-    conn = can_take(request.environ)
-    if conn is not None:
-        conn.claim()  # the headers then say Connection: close, as the relay will close it
-        body = hand_over(conn, viewer.attach, lambda: relay.hold(viewer, here=True),
-                         relay.green, first)
-    else:
-        viewer.sink = QueueSink(st.config.viewer_buffer, alive=client_alive(request.environ))
-        body = drain(relay, viewer, first)
-    response = Response(body, mimetype=req.transport.mimetype, headers=headers)
+    try:
+        admitted("flask")
+        bound_writes(request.environ, st.config.write_timeout)
+        first = adm.preamble(viewer.retry, url_for("static", filename="frame.css")
+                             if req.transport is HTML else "")
+        conn = can_take(request.environ)
+        if conn is not None:
+            conn.claim()  # the headers then say Connection: close, as the relay will close it
+            body = hand_over(conn, viewer.attach, lambda: relay.hold(viewer, here=True),
+                             relay.green, first)
+        else:
+            viewer.sink = QueueSink(st.config.viewer_buffer, alive=client_alive(request.environ))
+            body = drain(relay, viewer, first)
+        response = Response(body, mimetype=req.transport.mimetype, headers=headers)
+    except BaseException:
+        # No response carries the viewer, so nothing else would give back its lease and its
+        # slot among the client's streams.
+        viewer.abandon()
+        raise
     # Runs even if the body was never iterated (the client left at once); a viewer the relay
     # took is ended by the relay instead.
     response.call_on_close(viewer.abandon)

@@ -163,13 +163,14 @@ def job_cancelled() -> None:
     CANCELLATIONS.inc()
 
 
-def viewer_added(job_id: str) -> None:
-    """A viewer of ``job_id`` attached to this process's relay (counted in total only)."""
+def viewer_added() -> None:
+    """A viewer attached to this process's relay (counted in total, not per job: a label
+    per job would be a series per job)."""
     TALLY.add(VIEWERS)
 
 
-def viewer_removed(job_id: str) -> None:
-    """A viewer of ``job_id`` detached."""
+def viewer_removed() -> None:
+    """A viewer detached."""
     TALLY.add(VIEWERS, amount=-1)
 
 

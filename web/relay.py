@@ -40,7 +40,7 @@ broker's handler (:class:`~jobcast.web.broker.BrokerHandler`):
 
 The log stays the truth: every entry carries its seq, a viewer is written exactly the entries
 after its cursor, in order, once. A newcomer is admitted only once its job's subscription is
-confirmed (:meth:`Relay.lease`), so nothing falls between its history and the live entries.
+confirmed (:meth:`Relay.leases`), so nothing falls between its history and the live entries.
 
 - **Another incarnation.** A viewer also follows one epoch of the log (:mod:`jobcast.core.epoch`).
   A batch of another epoch sends it to the log; every catch-up read checks where the log
@@ -283,11 +283,16 @@ class Relay:
             self.broker.subscribe(job_id)
         leases = [Lease(lambda j=job_id: self.broker.unsubscribe(j)) for job_id in job_ids]
         deadline = time.monotonic() + timeout
-        for job_id in job_ids:
-            if not self.broker.wait_subscribed(job_id, max(0.0, deadline - time.monotonic())):
-                for lease in leases:
-                    lease.release()
-                raise NotSubscribed(job_id)
+        try:
+            for job_id in job_ids:
+                if not self.broker.wait_subscribed(job_id, max(0.0, deadline - time.monotonic())):
+                    raise NotSubscribed(job_id)
+        except BaseException:
+            # Not confirmed in time, or the wait cut short (a GreenletExit as the process
+            # stops): no viewer holds them, so nobody else would give them back.
+            for lease in leases:
+                lease.release()
+            raise
         return leases
 
     def hold(self, viewer: Viewer, *, here: bool = False) -> None:
@@ -359,7 +364,7 @@ class Relay:
         now = self.clock()
         self._last_delivery.setdefault(viewer.job_id, now)
         self._last_shown.setdefault(viewer.job_id, now)
-        metrics.viewer_added(viewer.job_id)
+        metrics.viewer_added()
 
     def hold_connection(self, conn: Connection, *, here: bool = False) -> None:
         """Take a stream of several jobs: each job's viewer catches up from the log on its
@@ -816,11 +821,13 @@ class Relay:
         clients, and send the heartbeat of each transport."""
         now = self.clock()
         due = now - self.heartbeat * 0.9
-        quiet = [job for job, t in self._last_delivery.items() if t <= due and job in self._jobs]
-        # Jobs that deliver, but nothing their text and HTML streams show (what a job prints):
-        # those viewers are quiet too.
-        unseen = [job for job, t in self._last_shown.items()
-                  if t <= due and job in self._jobs and self._last_delivery.get(job, 0) > due]
+        with self.lock:  # (under a threaded server, requests change these dicts meanwhile)
+            quiet = [job for job, t in self._last_delivery.items()
+                     if t <= due and job in self._jobs]
+            # Jobs that deliver, but nothing their text and HTML streams show (what a job
+            # prints): those viewers are quiet too.
+            unseen = [job for job, t in self._last_shown.items()
+                      if t <= due and job in self._jobs and self._last_delivery.get(job, 0) > due]
         if unseen:
             self._beat_values_only(unseen, now)
         if not quiet:
@@ -1006,5 +1013,5 @@ class Relay:
             if v.conn is not None and v.conn.closed:
                 self._conns.pop(v.conn, None)
         if held:
-            metrics.viewer_removed(v.job_id)
+            metrics.viewer_removed()
         metrics.disconnected(reason)

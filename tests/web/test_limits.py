@@ -201,3 +201,23 @@ def test_a_proxy_this_server_does_not_trust_is_warned_about_once(monkeypatch, ca
             assert limits.client_address_of(Settings(), "10.0.0.9", "203.0.113.5") == "10.0.0.9"
     [warning] = caplog.records
     assert "JOBCAST_TRUST_PROXY" in warning.getMessage() and "10.0.0.9" in warning.getMessage()
+
+
+def test_a_stream_whose_admission_fails_gives_back_its_slot_and_its_subscription(
+        app, client, redis, monkeypatch):
+    """A code review's finding: an error in the Flask path between taking a stream's slot and
+    subscription and handing the response over (building the preamble, the response) kept
+    both for good: the slot counted against the client's cap until the process restarted."""
+    from jobcast.web import admission
+    from tests.support.jobs import running_job
+
+    def broken(environ):
+        """Fail as the view reaches the connection."""
+        raise RuntimeError("broken")
+
+    job = running_job(redis)
+    monkeypatch.setattr(admission, "can_take", broken)
+    assert client.get(f"/jobs/{job.job_id}/stream").status_code == 500
+    st = app.extensions["jobcast"]
+    assert st.limiter.total == 0 and sum(st.limiter.by_client.values()) == 0
+    assert st.relay.broker._subs[job.job_id].refs == 0

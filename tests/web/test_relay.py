@@ -1951,3 +1951,23 @@ def test_a_lone_stream_whose_job_goes_to_the_log_is_not_in_a_cohort_while_it_cat
     relay.deliver(a.job_id, write(a, 2, 3))
     [seqs] = end_and_read_all(relay, held, [a, b])
     assert seqs == {a.job_id: [1, 2, 3, 4, 5, 6], b.job_id: [1, 2, 3, 4, 5, 6]}
+
+
+def test_subscriptions_whose_wait_is_cut_short_are_given_back(redis, monkeypatch):
+    """A code review's finding: leases were given back only when Redis did not confirm in
+    time; a wait cut short otherwise (a GreenletExit as the process stops) kept the jobs
+    subscribed with nobody to release them."""
+    relay = Relay(Broker(redis), heartbeat=30, green=True)
+
+    def cut_short(job_id: str, timeout: float) -> bool:
+        """The waiting greenlet is killed."""
+        raise gevent.GreenletExit
+
+    monkeypatch.setattr(relay.broker, "wait_subscribed", cut_short)
+    try:
+        with pytest.raises(gevent.GreenletExit):
+            relay.leases([uuid.uuid4().hex, uuid.uuid4().hex])
+        subs = relay.broker._subs.values()
+        assert len(subs) == 2 and all(sub.refs == 0 for sub in subs)
+    finally:
+        relay.stop(5)
