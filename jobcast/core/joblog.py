@@ -254,8 +254,9 @@ class JobLog:
         self._lock = threading.Lock()
         self._forks = _forks
         # Who writes, and how many writes it has sent: the script appends a write once
-        # however often a lost reply makes the client send it (append.lua).
-        self._writer = new_epoch()
+        # however often a lost reply makes the client send it (append.lua). Drawn at the
+        # first write: the web makes a JobLog per read, which never needs one.
+        self._writer: str | None = None
         self._writes = 0
         # The epoch the next write offers the script to mint, drawn again once one may have
         # been minted with it (drawing one costs a value a system call and more).
@@ -339,7 +340,7 @@ class JobLog:
             self._lock, self._forks = threading.Lock(), _forks
             self._spare = None  # the parent may offer it too
             # A writer of its own: numbers the parent goes on using must not pass for its own.
-            self._writer, self._writes = new_epoch(), 0
+            self._writer, self._writes = None, 0
         return self._lock
 
     def _write_durably(self, kind: str, keys: list[str], args: list[Any]) -> int:
@@ -447,6 +448,8 @@ class JobLog:
         # Every write of a began writer says the highest seq it wrote, so that a log found
         # behind it (a failover lost entries) begins a new epoch; a checked one is refused.
         checked = self.began and kind in CHECKED
+        if self._writer is None:
+            self._writer = new_epoch()
         self._writes += 1  # (under the writer's lock: numbered in the order they are sent)
         return (self._script_keys,
                 [self.keys.channel, kind, index, ",".join(parts) + "}", self.maxlen,
