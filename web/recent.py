@@ -65,7 +65,6 @@ class RecentEntries:
         # kept entries end with the same entry: a burst of newcomers is framed once.
         self._framed: dict[tuple[str, Transport, int], tuple[Entry, bytes]] = {}
         self._framed_size = 0
-        self.subscribed = False
         self.generation = 0
         # When each job was first read or kept since it was last forgotten (see reading()).
         self._since: dict[str, int] = {}
@@ -123,7 +122,7 @@ class RecentEntries:
         """True if nothing newer than ``cursor`` (of incarnation ``epoch``) has been logged that
         the broker has not yet dispatched to the fast path."""
         tail = self._tails.get(job_id)
-        return (self.subscribed and bool(tail) and tail[-1].seq == cursor
+        return (bool(tail) and tail[-1].seq == cursor
                 and tail[-1].ep in (epoch, None) and cursor >= self._dispatched.get(job_id, 0))
 
     def add_live(self, job_id: str, entries: list[Entry]) -> None:
@@ -151,7 +150,7 @@ class RecentEntries:
         """A viewer read ``entries`` from the log, in a read marked ``mark`` (:meth:`reading`)
         when it began: kept only if neither the subscriptions changed nor the job was
         forgotten since."""
-        if (not entries or not self.subscribed or mark.generation != self.generation
+        if (not entries or mark.generation != self.generation
                 or self._since.get(job_id) != mark.since):
             return
         tail = self._tails.get(job_id)
@@ -194,18 +193,6 @@ class RecentEntries:
         self._dispatched.pop(job_id, None)
         for key in [k for k in self._framed if k[0] == job_id]:
             self._framed_size -= len(self._framed.pop(key)[1])
-
-    def subscription(self, live: bool) -> None:
-        """The broker's subscription was (re)confirmed (True) or lost (False): start afresh."""
-        self.subscribed = live
-        self.generation += 1
-        self._since.clear()
-        self._tails.clear()
-        self._before.clear()
-        self._sizes.clear()
-        self._dispatched.clear()
-        self._framed.clear()
-        self._framed_size = 0
 
     def lost(self, job_ids) -> None:
         """The subscriptions of these jobs were lost or renewed: forget what is kept of them,

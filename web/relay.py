@@ -193,10 +193,9 @@ class Relay:
         # and by each job they carry.
         self._cohorts: dict[tuple, Cohort] = {}
         self._cohorts_of: dict[str, dict[Cohort, None]] = {}
-        self.recent = RecentEntries()
         # Entries kept in memory are current only while the job's subscription is confirmed
-        # (the catch-up asks the broker); a lost one forgets its job's entries.
-        self.recent.subscription(True)
+        # (the catch-up asks the broker); a lost one forgets its job's entries (on_lost).
+        self.recent = RecentEntries()
         self.closing = False
         self.catchup = CatchUp(self)  # the viewers off the fast path, written from the log
         self._heartbeat = Heartbeat(self)

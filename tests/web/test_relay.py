@@ -398,7 +398,6 @@ def run(first: int, last: int) -> list[Entry]:
 
 def test_recent_entries_join_reads_and_live_batches_into_one_exact_run():
     recent = RecentEntries(maxlen=100)
-    recent.subscription(True)
     recent.add_live("j", run(6, 7))            # the hub's first batch
     recent.add_read("j", run(1, 5), recent.reading("j"))  # a newcomer read the log before it
     assert [e.seq for e in recent.after("j", 0)] == list(range(1, 8))
@@ -419,7 +418,6 @@ def test_recent_entries_take_a_read_whose_newest_entries_differ_for_the_log_as_i
                             % (seq, epoch, seq - 3)) for seq in seqs]
 
     recent = RecentEntries(maxlen=100)
-    recent.subscription(True)
     mark = recent.reading("j")
     recent.add_live("j", of("E1", range(5, 11)))                      # live: E1 5..10
     recent.add_read("j", of("E1", range(5, 9)) + of("E2", range(9, 13)), mark)
@@ -429,13 +427,11 @@ def test_recent_entries_take_a_read_whose_newest_entries_differ_for_the_log_as_i
 
 def test_recent_entries_are_never_current_past_what_the_hub_dispatched_or_across_subscriptions():
     recent = RecentEntries(maxlen=100)
-    recent.subscription(True)
     mark = recent.reading("j")
     recent.add_read("j", run(1, 3), mark)
     assert recent.is_current("j", 3)
-    recent.subscription(False)                 # the hub lost its subscription
+    recent.lost(["j"])                         # the job's subscription was lost
     assert recent.after("j", 0) == [] and not recent.is_current("j", 3)
-    recent.subscription(True)
     recent.add_read("j", run(1, 3), mark)      # a read that began before: not trusted
     assert recent.after("j", 0) == []
 
@@ -444,7 +440,6 @@ def test_recent_entries_take_no_read_that_began_before_its_job_was_forgotten():
     # The job's last viewer left during the read: no live batch will follow what it found,
     # so keeping it would make a stale position look current to the next newcomer.
     recent = RecentEntries(maxlen=100)
-    recent.subscription(True)
     mark = recent.reading("j")
     recent.forget("j")
     recent.add_read("j", run(1, 3), mark)
@@ -486,7 +481,6 @@ def test_recent_entries_keep_only_the_newest_per_job():
 
 def test_newcomers_to_a_watched_job_are_served_from_memory_without_redis(redis, relay):
     log = running_job(redis)
-    relay.recent.subscription(True)
     first, first_client = held(relay, log)
     green_wait(lambda: not first.slow, what="first viewer's history")
     relay.deliver(log.job_id, write(log, 0, 3))
@@ -502,7 +496,6 @@ def watched_in_memory(redis, relay: Relay, values: int = 3) -> tuple[JobLog, Vie
     """A running job with ``values`` values, watched by one viewer, its newest entries kept in
     memory; then any Redis read of the relay fails (so memory must serve)."""
     log = running_job(redis)
-    relay.recent.subscription(True)
     first, first_client = held(relay, log)
     green_wait(lambda: not first.slow, what="first viewer's history")
     relay.deliver(log.job_id, write(log, 0, values))
@@ -685,7 +678,6 @@ def test_text_and_html_viewers_of_a_job_that_only_prints_get_heartbeats_and_are_
 def test_the_memory_kept_for_newcomers_is_capped_in_bytes():
     # Finding 4: the relay's cache of framed entries was capped in count, not in bytes.
     recent = RecentEntries(maxlen=100, max_bytes=10_000, framed_bytes=30_000)
-    recent.subscription(True)
     big = [Entry.parse('{"seq":%d,"kind":"value","ts":1.0,"i":%d,"v":"%s","j":null}'
                        % (s, s - 1, "x" * 3000)) for s in range(1, 21)]
     recent.add_live("j", big)
@@ -1682,7 +1674,6 @@ def test_a_text_viewer_of_a_job_printing_more_than_memory_keeps_is_not_cut_for_l
 
 def test_the_relays_memory_counts_the_values_up_to_a_seq_it_keeps():
     recent = RecentEntries(maxlen=100)
-    recent.subscription(True)
     entries = [Entry.parse(b'{"seq":%d,"ep":"E","kind":"%s"%s}'
                            % (seq, kind, b',"i":%d,"v":1' % i if kind == b"value" else b""))
                for seq, kind, i in [(5, b"value", 2), (6, b"log", 0), (7, b"log", 0),
@@ -1694,7 +1685,6 @@ def test_the_relays_memory_counts_the_values_up_to_a_seq_it_keeps():
     assert recent.values_through("k", 9, "E") is None
     # More lines than it keeps: the values before its oldest entry are what it trimmed.
     small = RecentEntries(maxlen=3)
-    small.subscription(True)
     small.add_read("j", entries, small.reading("j"))       # keeps 7, 8, 9
     small.add_live("j", [Entry.parse(b'{"seq":%d,"ep":"E","kind":"log"}' % seq)
                          for seq in (10, 11, 12)])         # keeps 10, 11, 12
@@ -1796,7 +1786,6 @@ def test_a_multi_job_streams_cursor_names_the_epoch_a_catch_up_from_memory_went_
 
 def test_recent_entries_never_serve_another_incarnation():
     recent = RecentEntries()
-    recent.subscription(True)
     old = [Entry(s, "value", s, str(s), {}, b"x%d" % s, "E1") for s in (3, 4, 5)]
     new = [Entry(s, "value", s, str(s), {}, b"y%d" % s, "E2") for s in (4, 5)]
     recent.add_live("j", old)
