@@ -77,9 +77,15 @@ BURST = 512
 """Most announcements read and handed over as one batch."""
 
 HEALTH_CHECK_INTERVAL = 30.0
-"""Seconds between the PINGs of a quiet reader: a single Redis's clients get it
-(web.services.pooled), and each Cluster shard's reader (redis-py gives a Cluster's nodes
-none)."""
+"""Seconds a pooled connection of the web's may sit idle before redis-py PINGs it on its next
+use (web.services.pooled)."""
+
+READER_CHECK_INTERVAL = 5.0
+"""Seconds between the PINGs of each pub/sub reader, which is taken for lost when one goes
+unanswered that long: a primary that froze (or whose host vanished without a FIN) is then
+left within 5–10 s, as the web's commands leave it (``COMMAND_TIMEOUT``), and the process is
+not ready meanwhile. At 30 s, a frozen Sentinel primary long replaced kept it "ready" for up
+to a minute while every newcomer was refused."""
 
 SUBSCRIBED = frozenset({"subscribe", "ssubscribe"})
 UNSUBSCRIBED = frozenset({"unsubscribe", "sunsubscribe"})
@@ -372,7 +378,8 @@ class Broker:
             return
         self.started = True
         if not self.cluster:
-            self._add_shard("redis", reader_client(self.redis))
+            self._add_shard("redis", reader_client(self.redis,
+                                                   health_check_interval=READER_CHECK_INTERVAL))
         threading.Thread(target=self._control, name="jobcast-broker", daemon=True).start()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -533,7 +540,7 @@ class Broker:
                 moved.append(sub.job_id)
         if moved:
             log.info("broker: %d job channel(s) moved to another shard", len(moved))
-            self.handler.on_lost(moved)
+            self._tell(self.handler.on_lost, moved)
 
     def _node_client(self, node) -> Redis:
         """A pub/sub client of one Cluster node with a pool of its own (same settings as the
@@ -542,7 +549,7 @@ class Broker:
         pings its node as a single Redis's reader does (a primary gone without a FIN, its host
         crashed, would otherwise leave the reader waiting, its shard taken for live)."""
         return reader_client(self.redis.get_redis_connection(node),
-                             health_check_interval=HEALTH_CHECK_INTERVAL)
+                             health_check_interval=READER_CHECK_INTERVAL)
 
     def _anchor(self, sh: Shard) -> str:
         """The anchor channel for ``sh``: on a Cluster, one whose slot the shard owns."""

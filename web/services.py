@@ -19,8 +19,8 @@ from redis import Redis
 
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
-from jobcast.core.store import (StreamRedis, cluster_enabled, connect, redis_client, separate,
-                                stream_url)
+from jobcast.core.store import (COMMAND_TIMEOUT, StreamRedis, cluster_enabled, connect,
+                                redis_client, separate, stream_url)
 from jobcast.web.broker import HEALTH_CHECK_INTERVAL, Broker
 from jobcast.web.handover import on_worker_exit
 from jobcast.web.limits import ClientRate, StreamLimiter
@@ -33,18 +33,10 @@ from jobcast.web.gunicorn_check import check_worker_class
 log = logging.getLogger(__name__)
 
 
-COMMAND_TIMEOUT = 5.0
-"""Seconds a web process waits for Redis to answer a command (or to accept a connection)
-before the request is answered 503. A Redis that is frozen, or cut off behind a live TCP
-connection, never answers: without a limit, ``/readyz`` and every read would wait until it
-did. Said here, not left to redis-py, whose default was no limit before its version 8 (the
-project allows 5.3 on). The pub/sub reader keeps its own timeouts; a Cluster client has its
-own (:func:`jobcast.core.store.connect`)."""
-
-
 def pooled(url: str) -> Redis:
     """A client of one Redis (or Sentinel's primary) with a bounded pool: connections must
-    not grow with viewers."""
+    not grow with viewers. A command Redis leaves unanswered for ``COMMAND_TIMEOUT`` s fails,
+    and the request is answered 503."""
     return redis_client(url, pooled=True, socket_keepalive=True,
                         socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT,
                         health_check_interval=HEALTH_CHECK_INTERVAL)

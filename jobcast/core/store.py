@@ -49,6 +49,15 @@ SENTINEL_RETRY_FOR = 15.0
 Sentinels' ``down-after-milliseconds`` plus about a second, and every call, RQ's included, must
 outlive it (a longer ``retry_for`` wins)."""
 
+COMMAND_TIMEOUT = 5.0
+"""Seconds a web process's command, or a job writer's, waits for Redis to answer (or to accept
+a connection). A Redis that is frozen, or cut off behind a live TCP connection, never answers:
+the web would wait until it did (its ``/readyz`` and every read), and a job's writer as long
+as RQ's connection it copies (25 s for `jobcast worker`), where a frozen Sentinel primary is
+replaced in a few. Said here, not left to redis-py, whose default was no limit before its
+version 8 (the project allows 5.3 on). The web's pub/sub reader keeps its own health check
+(:mod:`jobcast.web.subscriber`)."""
+
 POOL_SIZE = 64
 """Connections of a bounded pool (the web's): they must not grow with viewers."""
 
@@ -144,9 +153,12 @@ def writer_client(client: Redis, retry_for: float) -> Redis:
     """A client of ``client``'s server (or Sentinel-named primary), with its settings, that
     rides out a restart or failover of about ``retry_for`` seconds, on one connection of its
     own (:func:`redis_client`'s ``single``): a job's writer, where ``client`` is RQ's, which
-    does not wait. Closing it closes its pool."""
+    does not wait. A command unanswered for :data:`COMMAND_TIMEOUT` s is sent again (once
+    appended however often it is sent), to the primary the Sentinels name then. Closing it
+    closes its pool."""
     pool = _own_pool(client, retry=_retry(retry_for, 2.0, 1.5),
-                     retry_on_error=[RedisConnectionError, RedisTimeoutError])
+                     retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                     socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT)
     writer = Redis(connection_pool=pool, single_connection_client=True)
     writer.auto_close_connection_pool = True
     return writer

@@ -188,3 +188,20 @@ def test_a_redis_that_wants_a_password_and_got_none_is_said_in_words(redis_serve
         assert error_text(caught.value) == store.NO_PASSWORD
     finally:
         server.stop()
+
+
+def test_a_job_writer_gives_up_on_an_unanswered_command_after_the_command_timeout_not_rq_s(
+        redis_server):
+    """A failover review's finding: a job's writer copied RQ's connection settings, whose
+    socket timeout RQ raises to 25 s for a `jobcast worker`, so its values stalled 25–28 s on
+    a Sentinel primary that froze, where the replica was promoted in about 4."""
+    from redis import Redis
+
+    from jobcast.core.store import COMMAND_TIMEOUT, writer_client
+
+    rq_client = Redis.from_url(redis_server.url, socket_timeout=25)
+    writer = writer_client(rq_client, retry_for=15)
+    kwargs = writer.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == COMMAND_TIMEOUT
+    writer.close()
+    rq_client.close()

@@ -12,7 +12,8 @@ import pytest
 from redis import Redis
 
 from jobcast.launcher.redisserver import RedisServer
-from jobcast.web.services import COMMAND_TIMEOUT
+from jobcast.core.store import COMMAND_TIMEOUT
+from jobcast.web.broker import READER_CHECK_INTERVAL, Broker
 from tests.support.jobs import running_job
 from tests.support.services import WebServer
 from tests.support.wait import wait_for
@@ -51,3 +52,26 @@ def test_readyz_and_the_json_reads_answer_503_while_redis_is_frozen_and_200_once
             redis_server.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: http.get("/readyz").status_code == 200, 30, what="ready again")
         assert http.get(f"/api/jobs/{job_id}").json()["status"] == "running"
+
+
+def test_a_frozen_redis_leaves_the_broker_not_ready_within_two_of_its_health_checks(frozen):
+    """A failover review's finding: after a Sentinel primary froze and its replica was
+    promoted, the web's requests went to the new primary while the broker's pub/sub
+    connection waited on the frozen one for 30–60 s (a PING every 30 s, given up after 30 s
+    more unanswered): ``/readyz`` said 200 while every newcomer was refused with 503."""
+    redis_server, _ = frozen
+    redis = Redis.from_url(redis_server.url)
+    broker = Broker(redis, poll=0.1)
+    broker.start()
+    try:
+        assert broker.wait_ready(10)
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: not broker.ready, 2 * READER_CHECK_INTERVAL + 5,
+                     what="the broker to give the frozen connection up")
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert broker.wait_ready(30)
+    finally:
+        broker.stop(5)
+        redis.close()
