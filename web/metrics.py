@@ -197,12 +197,14 @@ class RQCollector:
 
     def collect(self):
         """Yield the gauges; on a Redis error yield nothing rather than fail the scrape."""
-        from rq import Queue, Worker
+        from rq import Queue
+
+        from jobcast.core.workers import WorkerRecord
 
         try:
             queue = Queue(self.queue_name, connection=self.redis)
             depth = queue.count
-            workers = Worker.all(connection=self.redis)
+            workers = WorkerRecord.all(connection=self.redis)
             busy = sum(1 for w in workers if w.get_state() == "busy")
             registries = {
                 "started": queue.started_job_registry, "deferred": queue.deferred_job_registry,

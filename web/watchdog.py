@@ -24,7 +24,7 @@ import time
 from datetime import timezone
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.worker import WorkerStatus
@@ -32,7 +32,8 @@ from rq.worker import WorkerStatus
 from jobcast.core.logstore import PAGE, LogStore
 from jobcast.core.wait import in_pages
 from jobcast.web.periodic import Periodic
-from jobcast.core.workers import HEARTBEAT_GRACE, UNREACHABLE, JobcastJob, resume_grace
+from jobcast.core.workers import (HEARTBEAT_GRACE, UNREACHABLE, JobcastJob, WorkerRecord,
+                                   resume_grace)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class Watchdog(Periodic):
         cost one round trip; there are none while every worker beats within the grace.
         """
         fresh, late = 0, []
-        for w in Worker.all(queue=queue):
+        for w in WorkerRecord.all(queue=queue):
             beat = 0.0
             if w.last_heartbeat is not None:
                 hb = w.last_heartbeat  # RQ stores UTC; older releases return naive datetimes

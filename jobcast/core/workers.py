@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis import Redis
+from rq import Worker
 from rq.job import Job
 from rq.utils import import_attribute
 
@@ -33,11 +35,32 @@ s) beats far less often when idle; it counts while its key lives (``BUSY_KEY_LEF
 busy."""
 
 
+RQ_SOCKET_TIMEOUT = IDLE_HEARTBEAT + 10
+"""Seconds a ``jobcast worker``'s RQ connection waits for an answer (RQ sets it to its dequeue
+timeout plus 10 s): how long a command of the worker, a job's heartbeat included, can hang on a
+primary that froze before the worker gives up on it and finds the one promoted meanwhile."""
+
+
 def resume_grace(monitor_interval: float) -> float:
     """Seconds after Redis answers again during which jobs are not taken for abandoned: three
     monitoring intervals, in which a live worker's heartbeat (tried once an interval while
-    Redis is away) gets through."""
-    return 3 * monitor_interval
+    Redis is away) gets through; and no less than a heartbeat held by a frozen primary takes
+    to reach the promoted one (:data:`RQ_SOCKET_TIMEOUT` and an interval), since the web may
+    read the new primary while a worker still waits on the old (a running job was otherwise
+    retried beside itself)."""
+    return max(3 * monitor_interval, RQ_SOCKET_TIMEOUT + monitor_interval)
+
+
+class WorkerRecord(Worker):
+    """RQ's Worker as read from Redis by a process that does not work (the web's watchdog and
+    metrics): RQ's constructor raises the connection pool's socket timeout to its dequeue
+    timeout plus 10 s (415 s by default) for a worker's blocking waits, which a reader never
+    makes; on a client shared with requests, every request would then wait that long on a
+    Redis that does not answer. This one leaves the connection as it was given."""
+
+    def _set_connection(self, connection: Redis) -> Redis:
+        """The connection, unchanged."""
+        return connection
 
 
 class JobcastJob(Job):

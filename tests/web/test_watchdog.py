@@ -17,6 +17,7 @@ from rq.job import JobStatus
 from jobcast.core.joblog import JobLog
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
+from jobcast.core.workers import RQ_SOCKET_TIMEOUT, resume_grace
 from tests.support.commands import count_commands
 from tests.support.services import own_database
 from tests.support.wait import wait_for
@@ -184,11 +185,16 @@ def test_stop_ends_the_watchdog_thread(wd):
     wait_for(lambda: not thread.is_alive(), timeout=5, what="the watchdog thread to end")
 
 
-def test_after_an_outage_the_watchdog_takes_no_job_for_abandoned_for_three_intervals(tmp_path):
+def test_after_an_outage_the_watchdog_takes_no_job_for_abandoned_until_held_heartbeats_came(
+        tmp_path):
     """An outage longer than a job's execution heartbeat (three monitoring intervals) expires
     it while its worker lives on. That worker beats again within an interval of Redis's
     return, but the watchdog's first round after it came first: it retried (or failed) the
-    job, and the work-horse still running it wrote on."""
+    job, and the work-horse still running it wrote on. A failover review's finding: a
+    Sentinel primary that froze holds a worker's heartbeat for RQ's socket timeout (25 s),
+    while the web already reads the promoted replica, so three intervals were not enough."""
+    grace = resume_grace(2)
+    assert grace == RQ_SOCKET_TIMEOUT + 2
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from jobcast.launcher.redisserver import RedisServer
@@ -209,9 +215,9 @@ def test_after_an_outage_the_watchdog_takes_no_job_for_abandoned_for_three_inter
         back = time.time()
         wd.round()  # Redis is back
         assert job.get_status() == JobStatus.STARTED
-        wd.check(now=back + 5.5)
+        wd.check(now=back + grace - 0.5)
         assert job.get_status() == JobStatus.STARTED
-        wd.check(now=back + 6.5)
+        wd.check(now=back + grace + 0.5)
         assert job.get_status() != JobStatus.STARTED  # abandoned: failed (it has no retry)
         redis.close()
 
@@ -270,3 +276,30 @@ def test_a_busy_worker_beating_every_minute_is_alive_until_late_whatever_its_int
         for p in family:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
+
+
+def test_reading_rq_s_workers_leaves_the_web_s_command_timeout_as_it_is(wd):
+    """A failover review's finding: RQ's Worker, made for each registered worker the watchdog
+    and the metrics read, raised the web's shared pool's socket timeout from 5 s to 415 s
+    (its dequeue timeout plus 10): with Redis frozen, /readyz and the API hung instead of
+    answering 503."""
+    from rq import Worker
+
+    from jobcast.core.store import COMMAND_TIMEOUT
+    from jobcast.web.metrics import RQCollector
+
+    redis = Redis(connection_pool=wd.redis.connection_pool.__class__(
+        **{**wd.redis.connection_pool.connection_kwargs, "socket_timeout": COMMAND_TIMEOUT}))
+    watchdog = Watchdog(redis, wd.logs, interval=0.1)
+    other = Redis(connection_pool=wd.redis.connection_pool.__class__(
+        **wd.redis.connection_pool.connection_kwargs))
+    worker = Worker([Queue(wd.config.queue_name, connection=other)], connection=other)
+    worker.register_birth()
+    try:
+        watchdog.check()
+        list(RQCollector(redis, wd.config.queue_name).collect())
+        assert redis.connection_pool.connection_kwargs["socket_timeout"] == COMMAND_TIMEOUT
+    finally:
+        worker.register_death()
+        redis.close()
+        other.close()
