@@ -345,16 +345,17 @@ class Admission:
         viewer.retry = retry_ms()
         return viewer
 
-    def preamble(self, retry: int, css: str = "") -> bytes:
-        """The bytes the stream sends before its first entry, a reset first of all (``css``:
-        the HTML stream's stylesheet URL)."""
+    def preamble(self, retry: int, css: str = "", script: str = "", heartbeat: float = 0) -> bytes:
+        """The bytes the stream sends before its first entry, a reset first of all (``css``,
+        ``script`` and ``heartbeat``: the HTML stream's stylesheet and script, and its
+        heartbeat's interval, :func:`~jobcast.web.frames.html_head`)."""
         req, begin, reset = self.req, self.begin, self.reset
         if req.transport is SSE:
             return (b"retry: %d\n\n" % retry + (sse_reset(reset) if reset else b"")
                     + begin.sse_prelude(self.epoch))
         if req.transport is HTML:
             notice = begin.notice(req.start)
-            return (html_head(css) + (html_reset(reset) if reset else b"")
+            return (html_head(css, script, heartbeat) + (html_reset(reset) if reset else b"")
                     + (html_notice(notice) if notice else b""))
         return b""
 
@@ -415,8 +416,9 @@ def admit(req: StreamRequest) -> Response:
     try:
         admitted("flask")
         bound_writes(request.environ, st.config.write_timeout)
-        first = adm.preamble(viewer.retry, url_for("static", filename="frame.css")
-                             if req.transport is HTML else "")
+        first = (adm.preamble(viewer.retry, url_for("static", filename="frame.css"),
+                              url_for("static", filename="frame.js"), st.config.heartbeat)
+                 if req.transport is HTML else adm.preamble(viewer.retry))
         conn = can_take(request.environ)
         if conn is not None:
             conn.claim()  # the headers then say Connection: close, as the relay will close it

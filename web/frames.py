@@ -86,10 +86,16 @@ def _html(entry: Entry) -> bytes:
     return b""
 
 
-def html_head(stylesheet: str) -> bytes:
-    """The first bytes of the HTML stream: doctype, charset and the stylesheet."""
-    return (Markup('<!doctype html><meta charset="utf-8"><link rel="stylesheet" href="{}">\n')
-            .format(stylesheet).encode())
+def html_head(stylesheet: str, script: str = "", heartbeat: float = 0) -> bytes:
+    """The first bytes of the HTML stream: doctype, charset, the stylesheet, and the script
+    that brings the stream back when it stops short of the job's end (``heartbeat``: the
+    seconds between its heartbeats, by which it tells a cut connection)."""
+    head = Markup('<!doctype html><meta charset="utf-8"><link rel="stylesheet" href="{}">'
+                  ).format(stylesheet)
+    if script:
+        head += Markup('<script src="{}" data-heartbeat="{:g}"></script>').format(script,
+                                                                                 heartbeat)
+    return (head + "\n").encode()
 
 
 def html_notice(text: str, kind: str = "") -> bytes:
@@ -110,13 +116,15 @@ def sse_goodbye(retry: int) -> bytes:
 
 
 _HTML_GOODBYE = Markup('<p class="note">The server is restarting: this list comes back in a '
-                       'moment.</p>\n<meta http-equiv="refresh" content="{}">\n')
+                       'moment.</p>\n<noscript><meta http-equiv="refresh" content="{}">'
+                       '</noscript>\n')
 
 
 def html_goodbye(retry: int) -> bytes:
-    """The HTML stream's goodbye: a line that says so, and a refresh of the stream after
-    ``retry`` ms (an iframe of it, anyone's, loads it again: every value, then the live ones),
-    each stream its own, so that a restart's viewers do not all come back at once."""
+    """The HTML stream's goodbye: a line that says so. The stream's script (static/frame.js)
+    loads it again once the server answers (an iframe of it, anyone's: every value, then the
+    live ones); without scripts, a refresh after ``retry`` ms, each stream its own, so that a
+    restart's viewers do not all come back at once."""
     return _HTML_GOODBYE.format(f"{retry / 1000:.3f}").encode()
 
 

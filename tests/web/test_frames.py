@@ -88,6 +88,9 @@ def test_html_head_and_notice_escape_what_they_are_given():
     assert html_head('/s.css?a=1&b="2"') == (
         b'<!doctype html><meta charset="utf-8">'
         b'<link rel="stylesheet" href="/s.css?a=1&amp;b=&#34;2&#34;">\n')
+    assert html_head("/s.css", "/f.js?a=1&b=2", 15) == (
+        b'<!doctype html><meta charset="utf-8"><link rel="stylesheet" href="/s.css">'
+        b'<script src="/f.js?a=1&amp;b=2" data-heartbeat="15"></script>\n')
     assert html_notice("3 < 4 values") == b'<p class="note">3 &lt; 4 values</p>\n'
 
 

@@ -1,16 +1,13 @@
 // The iframe page: bring the streamed HTML back when it stops short of its end.
 //
-// The stream is a document of its own, loaded once. When a server stops, it writes a line
-// saying so and a refresh (web/frames.py); a refresh that comes while no server answers yet
-// shows the browser's error page, and a cut connection shows nothing at all. So once the
-// iframe's document has loaded without the job's end line and without a refresh to come, it
-// is loaded again (every value again, then the live ones), after a full-jitter wait that
-// grows while the server stays away.
-//
-// A connection cut without its last chunk (a web process killed, a proxy's reset) never ends
-// the document: Chromium leaves it loading, and no load event comes. A stream sends a value
-// or a heartbeat at least every JOBCAST_HEARTBEAT seconds, so a document still loading that
-// has not grown for two of them is taken as cut, and loaded again the same way.
+// The stream brings itself back (its own script, static/frame.js), as it does in any page
+// that embeds it. What it cannot mend is a document that is not its own: the browser's
+// error page, should a load meet no server after all. So once the iframe holds a document
+// without the stream's script, or one that ended without the job's end line and without a
+// refresh to come (a stream of an older server, whose goodbye refreshed it), it is loaded
+// again (every value again, then the live ones), after a full-jitter wait that grows while
+// the server stays away. The same for such a document still loading that has not grown for
+// two heartbeats (a cut connection: Chromium leaves it loading, and no load event comes).
 (function () {
   "use strict";
   var frame = document.getElementById("frame");
@@ -43,6 +40,7 @@
     var doc = null;
     try { doc = frame.contentDocument; } catch (e) { doc = null; }  // an error page is not ours
     if (doc && doc.contentType !== "text/html") { return; }            // refused, or no such job
+    if (doc && doc.querySelector("script[data-heartbeat]")) { attempt = 0; return; }  // its own
     if (doc && doc.querySelector("p.end")) { attempt = 0; return; }     // the job has ended
     if (doc && doc.querySelector("meta[http-equiv=refresh]")) { return; }  // it comes back itself
     if (doc && doc.querySelector("p")) { attempt = 0; }                // it was streaming
@@ -53,6 +51,7 @@
     var doc = null;
     try { doc = frame.contentDocument; } catch (e) { doc = null; }
     if (!doc || doc.readyState === "complete" || timer !== null) { return; }
+    if (doc.querySelector("script[data-heartbeat]")) { return; }  // it brings itself back
     if (doc !== watched) {
       if (observer) { observer.disconnect(); }
       watched = doc;
