@@ -1292,6 +1292,7 @@
     this.state = "connecting";
     this.started = false;           // an entry, or where the tail starts, came
     this.ended = false;
+    this.held = null;               // a tail watch given more of the log: see holdBack
     // The incarnation of the job's log its entries are of (a resume names the one `after` is of).
     this.epoch = o.after && o.epoch ? String(o.epoch) : null;
     this.counts = { opens: 0, reconnects: 0, duplicates: 0, gaps: 0, trimmed: 0, resets: 0 };
@@ -1303,6 +1304,7 @@
     switch (ev) {
       case "tail":
         if (this.started) { return; }
+        this.held = null;           // the stream is a tail after all (asked for anew)
         this.started = true;
         if (d.after > this.lastSeq) { this.lastSeq = d.after; }
         call(this.o.onTail, d);
@@ -1315,6 +1317,12 @@
         }
         return;
       case "reset":
+        if (this.held) {            // nothing shown yet: what is held after `after` is void
+          this.held.entries = this.held.entries.filter(function (e) { return e.seq <= d.after; });
+          this.held.last = Math.min(this.held.last, d.after);
+          this.epoch = d.epoch || null;
+          return;
+        }
         // Another position's reset, to the incarnation this watch is in already: what it
         // holds is of that incarnation, and stands.
         if (this.epoch && d.epoch === this.epoch && d.was && d.was.epoch && d.was.epoch !== this.epoch) { return; }
@@ -1324,9 +1332,11 @@
         call(this.o.onReset, d);
         return;
       case "missing": case "ended": case "refused":
+        if (this.held && ev === "ended") { this.release(); }
         this.finish(Object.assign({ kind: ev }, d));
         return;
     }
+    if (this.tail !== null && !this.started && !this.lastSeq) { this.holdBack(d); return; }
     if (!(d.seq > this.lastSeq)) { this.counts.duplicates += 1; hub.counts.duplicates += 1; return; }
     if (this.started && d.seq !== this.lastSeq + 1) { this.counts.gaps += 1; hub.counts.gaps += 1; }
     this.started = true;
@@ -1336,6 +1346,64 @@
     if (ev === "value") { call(this.o.onValue, "j" in d ? d.j : d.v, d); }
     if (ev === "log") { call(this.o.onLog, d); }
     if (TERMINAL[ev]) { this.finish(d); }
+  };
+
+  // A watch that asked for the job's last `tail` values is given more of the log: another
+  // watch of the job (in this tab, or in another of the browser's, which reads each job once)
+  // asked for all of it, or from a position. It shows nothing yet, and holds what the
+  // server's ?tail= would begin with (from the first of the last `tail` values on, at most
+  // RING entries), until the stream has come to where the log stood when the job's status
+  // was read (its last seq); then it begins as a tail does, with onTail.
+  Watch.prototype.holdBack = function (d) {
+    var self = this, h = this.held;
+    if (!h) {
+      h = this.held = { entries: [], values: 0, seen: 0, last: 0, until: null };
+      var url = base() + "api/jobs/" + encodeURIComponent(this.job) +
+        (this.sig ? "?sig=" + encodeURIComponent(this.sig) : "");
+      fetch(url, { cache: "no-store" }).then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (s) { return s && typeof s.last_seq === "number" ? s.last_seq : 0; },
+              function () { return 0; })      // unknown: it begins with what it holds
+        .then(function (until) { if (self.held === h) { h.until = until; self.releaseIfDue(); } });
+    }
+    if (!(d.seq > h.last)) { return; }
+    h.last = d.seq;
+    if (this.tail === 0) { this.releaseIfDue(); return; }  // it begins after the last entry
+    h.entries.push(d);
+    if (d.kind === "value") {
+      h.values += 1;
+      h.seen = d.i + 1;
+      var drop = 0;
+      // Past `tail` values: from the (new) first of the last `tail` values on.
+      while (h.values > this.tail) {
+        if (h.entries[drop].kind === "value") { h.values -= 1; }
+        drop += 1;
+      }
+      while (drop < h.entries.length && h.entries[drop].kind !== "value") { drop += 1; }
+      if (drop) { h.entries.splice(0, drop); }
+    }
+    if (h.entries.length > RING + RING / 4) {
+      h.entries.splice(0, h.entries.length - RING);
+      h.values = h.entries.filter(function (e) { return e.kind === "value"; }).length;
+    }
+    this.releaseIfDue();
+  };
+
+  Watch.prototype.releaseIfDue = function () {
+    var h = this.held;
+    if (h && h.until !== null && h.last >= h.until) { this.release(); }
+  };
+
+  // Begin as the server's ?tail= would have: where the tail starts, then what was held.
+  Watch.prototype.release = function () {
+    var h = this.held, entries = h.entries, first = null;
+    this.held = null;
+    for (var i = 0; i < entries.length; i++) {
+      if (entries[i].kind === "value") { first = entries[i].i; break; }
+    }
+    var after = entries.length ? entries[0].seq - 1 : h.last;
+    this.deliver("tail", { job: this.job, tail: this.tail, after: after,
+                           skipped: first === null ? h.seen : first });
+    for (var j = 0; j < entries.length && !this.ended; j++) { this.deliver(entries[j].kind, entries[j]); }
   };
 
   // The connection's state, as it concerns this job: live if the lane carrying it is (another
