@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import time
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import worker_registration
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.utils import now
 
+from jobcast.core.store import answering_client
 from jobcast.core.workers import UNREACHABLE, resume_grace
 
 
@@ -38,6 +40,8 @@ class OutageMixin:
     """The last work-horse's pid, wait status and resource usage, as ``wait_for_horse`` gave them."""
     clock = staticmethod(time.monotonic)
     """The clock of those two (a test's own, in the tests)."""
+    _beats: Redis | None = None
+    """The client of the heartbeats sent while a job runs (:meth:`maintain_heartbeats`)."""
 
     def unsubscribe(self) -> None:
         """Stop listening for RQ's commands, the pubsub thread told to end before it is woken
@@ -103,6 +107,16 @@ class OutageMixin:
         next interval, and a line when Redis answers again. RQ's own loop would quit on the
         error, orphaning the work-horse, and the job would be retried or failed.
         """
+        # Sent on a client whose commands wait at most COMMAND_TIMEOUT s, not on RQ's (25 s, for
+        # its blocking dequeue): held that long by a Sentinel primary that froze, a heartbeat
+        # reached the promoted one after the job's execution had expired (three monitoring
+        # intervals), and the web's watchdog retried the job beside itself. RQ's method sends
+        # them all through self.connection, which is that client for the length of the call
+        # (only this thread uses it meanwhile: the work-horse is a process of its own).
+        rq_connection = self.connection
+        if self._beats is None:
+            self._beats = answering_client(rq_connection)
+        self.connection = self._beats
         try:
             super().maintain_heartbeats(job, execution)
             with self.connection.pipeline(transaction=False) as pipe:
@@ -112,6 +126,8 @@ class OutageMixin:
         except UNREACHABLE as exc:
             self._redis_unreachable(exc, warn=True, job=job)
             return
+        finally:
+            self.connection = rq_connection
         self._redis_reached()
 
     def monitor_work_horse(self, job: Job, queue, execution) -> None:

@@ -164,6 +164,16 @@ def writer_client(client: Redis, retry_for: float) -> Redis:
     return writer
 
 
+def answering_client(client: Redis) -> Redis:
+    """A client of ``client``'s server (or Sentinel-named primary), with its settings (its
+    retries too) and a pool of its own, whose commands wait at most :data:`COMMAND_TIMEOUT` s
+    for an answer: for the commands of a client whose own timeout is long for another of its
+    uses (RQ's, 25 s for its blocking dequeue), that must not wait that long on a Redis that
+    froze."""
+    return Redis(connection_pool=_own_pool(client, socket_timeout=COMMAND_TIMEOUT,
+                                           socket_connect_timeout=COMMAND_TIMEOUT))
+
+
 def _own_pool(client: Redis, **changes) -> ConnectionPool:
     """A new pool of connections like ``client``'s, with ``changes`` to their settings."""
     pool = client.connection_pool

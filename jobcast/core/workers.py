@@ -37,17 +37,17 @@ busy."""
 
 RQ_SOCKET_TIMEOUT = IDLE_HEARTBEAT + 10
 """Seconds a ``jobcast worker``'s RQ connection waits for an answer (RQ sets it to its dequeue
-timeout plus 10 s): how long a command of the worker, a job's heartbeat included, can hang on a
-primary that froze before the worker gives up on it and finds the one promoted meanwhile."""
+timeout plus 10 s): how long RQ's own commands (a job's end, say) can hang on a primary that
+froze before the worker gives up on it and finds the one promoted meanwhile. A running job's
+heartbeats wait less (``COMMAND_TIMEOUT``, jobcast.worker.outage)."""
 
 
 def resume_grace(monitor_interval: float) -> float:
     """Seconds after Redis answers again during which jobs are not taken for abandoned: three
     monitoring intervals, in which a live worker's heartbeat (tried once an interval while
-    Redis is away) gets through; and no less than a heartbeat held by a frozen primary takes
-    to reach the promoted one (:data:`RQ_SOCKET_TIMEOUT` and an interval), since the web may
-    read the new primary while a worker still waits on the old (a running job was otherwise
-    retried beside itself)."""
+    Redis is away) gets through; and no less than a command of RQ's held by a frozen primary
+    takes to reach the promoted one (:data:`RQ_SOCKET_TIMEOUT` and an interval), since the web
+    may read the new primary while a worker still waits on the old."""
     return max(3 * monitor_interval, RQ_SOCKET_TIMEOUT + monitor_interval)
 
 

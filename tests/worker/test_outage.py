@@ -393,3 +393,39 @@ def test_a_live_worker_is_listed_again_after_redis_restarts_empty_idle_or_busy(t
                 with contextlib.suppress(psutil.NoSuchProcess):
                     p.kill()
             redis.close()
+
+
+def test_a_running_job_s_heartbeat_gives_a_frozen_redis_up_after_the_command_timeout(server):
+    """A failover review's finding: a job's heartbeats went on RQ's connection, whose socket
+    timeout RQ raises for its blocking dequeue (25 s for `jobcast worker`, 415 s here). Held
+    that long by a Sentinel primary that froze, they reached the promoted one after the job's
+    execution had expired (three monitoring intervals), and the web's watchdog retried the job
+    beside itself, every time. They now give up after COMMAND_TIMEOUT, and a Sentinel client's
+    retry finds the new primary."""
+    import signal
+    import threading
+
+    from jobcast.core.store import COMMAND_TIMEOUT
+
+    redis = Redis.from_url(server.url)
+    queue = Queue(f"beats-{uuid.uuid4().hex[:8]}", connection=redis)
+    worker = JobcastWorker([queue], connection=redis, job_monitoring_interval=2)
+    assert redis.connection_pool.connection_kwargs["socket_timeout"] > 3 * COMMAND_TIMEOUT
+    worker.register_birth()
+    job = queue.enqueue("os.getpid")
+    execution = worker.prepare_execution(job)
+    worker.maintain_heartbeats(job, execution)
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        beat = threading.Thread(target=worker.maintain_heartbeats, args=(job, execution),
+                                daemon=True)
+        beat.start()
+        beat.join(3 * COMMAND_TIMEOUT)  # the deadline: a heartbeat still held fails the test
+        assert not beat.is_alive()
+        assert worker._redis_lost_at is not None  # ridden out: the work-horse goes on
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert worker.connection is redis  # RQ's own again
+    worker.maintain_heartbeats(job, execution)
+    assert worker._redis_lost_at is None
+    redis.close()
