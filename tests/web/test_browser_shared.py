@@ -653,6 +653,8 @@ def test_a_whole_log_asked_for_while_a_tail_is_on_its_way_is_not_passed_over_by_
             for (let seq = 3; seq <= 8; seq++) { window.entry(es, seq); }
         }""", job)
         pg.wait_for_function("() => window.got.whole.length === 6", timeout=5000)
+        # (once the job's status has said where the log stands: a read of its own)
+        pg.wait_for_function("() => window.got.tail.length >= 2", timeout=5000)
         got = pg.evaluate("window.got")
         assert got["whole"] == [3, 4, 5, 6, 7, 8], got
         # Its own tail of the whole log (it was given more, and held back what a tail would
