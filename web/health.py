@@ -37,7 +37,7 @@ def readyz():
     """
     st = state()
     try:
-        st.redis.ping()
+        st.probe.ping()
         if st.streams is not st.redis:
             st.streams.ping()
     except RedisError as exc:

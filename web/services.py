@@ -20,7 +20,7 @@ from redis import Redis
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from jobcast.core.store import (COMMAND_TIMEOUT, StreamRedis, cluster_enabled, connect,
-                                redis_client, separate, stream_url)
+                                probe_client, redis_client, separate, stream_url)
 from jobcast.web.broker import HEALTH_CHECK_INTERVAL, Broker
 from jobcast.web.handover import on_worker_exit
 from jobcast.web.limits import ClientRate, StreamLimiter
@@ -61,6 +61,7 @@ class State:
                 raise ValueError("Jobcast needs Redis clients that return bytes: create them "
                                  "without decode_responses=True")
         self.redis = redis or pooled(config.redis_url)
+        self.probe = probe_client(self.redis)  # /readyz's: one try, so it answers in time
         if streams is None and separate(config):
             url = stream_url(config)
             streams = connect(url, cluster=True) if cluster_enabled(url) else pooled(url)

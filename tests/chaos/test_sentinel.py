@@ -186,6 +186,26 @@ def test_a_primary_that_freezes_is_failed_over_and_the_running_job_goes_on_never
     assert text.lines == sqrt_texts(100)
 
 
+def test_with_no_replica_to_promote_readyz_answers_503_within_its_command_timeout(group, up):
+    """A failover review's finding: with the primary and its replica both frozen (nothing to
+    promote), /readyz took 15–30 s to answer: its PING went through the Sentinel client's
+    15 s of retries. A probe now tries once, and says 503 within the command timeout."""
+    from jobcast.core.store import COMMAND_TIMEOUT
+
+    assert up.http.get("/readyz").status_code == 200
+    nodes = [group.procs[group.primary_port], group.procs[group.replica_port]]
+    for node in nodes:
+        node.send_signal(signal.SIGSTOP)
+    try:
+        # The client's timeout is the deadline: a probe that hangs fails the test.
+        with httpx.Client(base_url=up.url, timeout=2 * COMMAND_TIMEOUT + 2) as http:
+            assert http.get("/readyz").status_code == 503
+    finally:
+        for node in nodes:
+            node.send_signal(signal.SIGCONT)
+    wait_for(lambda: up.http.get("/readyz").status_code == 200, 30, what="ready again")
+
+
 def test_a_failover_that_loses_entries_resets_each_viewer_once_and_reuses_no_id(group, up):
     job_id, sse, text = watch(up, 60, 0.2)
     wait_for(lambda: up.status(job_id)["progress"]["i"] >= 20, 30, what="value 20")
