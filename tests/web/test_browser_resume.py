@@ -230,6 +230,17 @@ def test_a_failover_reset_drops_the_lines_printed_and_the_history_after_its_poin
         assert_page_clean(page)
 
 
+def frame_back_with_every_value(pg, frame, writer: Writer, job: str) -> None:
+    """After a restart: a value written since shows (only a new document of the stream has
+    it), then the job's end, and the frame holds every value once, in order."""
+    frame.locator("p").nth(len(writer.written[job]) + 2).wait_for(timeout=40000)
+    writer.finish()
+    frame.locator("p.end").wait_for(timeout=15000)
+    texts = frame.locator("p:not(.end)").all_text_contents()
+    assert texts == [f"{i}: {text}" for i, text in enumerate(writer.written[job])]
+    assert_page_clean(pg)
+
+
 @pytest.mark.parametrize("restart", ["quick", "slower than the refresh", "worker killed"])
 def test_the_iframe_view_comes_back_after_a_web_restart_with_every_value(context, redis,
                                                                          redis_server, logs_dir,
@@ -258,13 +269,7 @@ def test_the_iframe_view_comes_back_after_a_web_restart_with_every_value(context
                 pg.wait_for_function("() => document.getElementById('frame').contentDocument"
                                      ".documentElement.dataset.away >= 1", timeout=15000)
             web.start()
-        # A value written after the restart: only a new document of the stream has it.
-        frame.locator("p").nth(len(writer.written[job]) + 2).wait_for(timeout=30000)
-        writer.finish()
-        frame.locator("p.end").wait_for(timeout=15000)
-        texts = frame.locator("p:not(.end)").all_text_contents()
-        assert texts == [f"{i}: {text}" for i, text in enumerate(writer.written[job])]
-        assert_page_clean(pg)
+        frame_back_with_every_value(pg, frame, writer, job)
     finally:
         writer.finish()
         web.stop()
@@ -302,13 +307,7 @@ def test_an_iframe_of_the_stream_in_any_page_comes_back_after_a_web_restart_with
             web.stop()
             frame.locator("p.note").wait_for(timeout=10000)  # the goodbye
             web.start()
-        # A value written after the restart: only a new document of the stream has it.
-        frame.locator("p").nth(len(writer.written[job]) + 2).wait_for(timeout=40000)
-        writer.finish()
-        frame.locator("p.end").wait_for(timeout=15000)
-        texts = frame.locator("p:not(.end)").all_text_contents()
-        assert texts == [f"{i}: {text}" for i, text in enumerate(writer.written[job])]
-        assert_page_clean(pg)
+        frame_back_with_every_value(pg, frame, writer, job)
     finally:
         writer.finish()
         web.stop()
