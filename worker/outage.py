@@ -14,6 +14,7 @@ import time
 
 from redis import Redis
 from redis.exceptions import RedisError
+from redis.sentinel import SentinelConnectionPool
 from rq import worker_registration
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
@@ -259,4 +260,12 @@ class OutageMixin:
         back = self._redis_back_at
         if back is not None and self.clock() - back < resume_grace(self.job_monitoring_interval):
             return
+        pool = self.connection.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            # On connections dialed now, to the primary the Sentinels name now. An idle one
+            # may reach a primary that froze through a failover and woke still taking itself
+            # for the primary (until the Sentinels make it a replica, ~10 s), whose registries
+            # are stale: RQ's cleanup found the running job abandoned there and queued it
+            # again, and this worker ran it beside itself. (A reconnect per maintenance.)
+            pool.disconnect(inuse_connections=False)
         super().clean_registries()

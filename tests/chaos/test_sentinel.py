@@ -159,31 +159,47 @@ def test_a_failover_to_a_complete_replica_loses_nothing_and_resets_no_one(group,
           f"{time.monotonic() - killed:.1f}s after it")
 
 
+@pytest.mark.parametrize("woken", ["after the job", "while it runs"])
 def test_a_primary_that_freezes_is_failed_over_and_the_running_job_goes_on_never_retried(
-        group, up):
-    """A failover review's finding: with the primary frozen (a hung host, `docker compose
+        tmp_path, group, woken):
+    """A failover review's findings. With the primary frozen (a hung host, `docker compose
     pause`), the worker's heartbeats waited on it for RQ's socket timeout (25 s), past the
-    job's execution TTL (15 s): the watchdog, already on the promoted replica, took the job for
-    abandoned and retried it beside itself, and it ended failed. A frozen primary's process
-    stays up, so its name and port still answer a connect, as a hung host's do."""
-    job_id, sse, text = watch(up, 100, 0.2)
-    wait_for(lambda: up.status(job_id)["progress"]["i"] >= 10, 30, what="value 10")
-    wait_for(group.in_sync, 5, interval=0.005, what="the replica to catch up")
-    frozen = group.procs[group.primary_port]
-    frozen.send_signal(signal.SIGSTOP)
+    job's execution TTL (15 s): the watchdog, already on the promoted replica, took the job
+    for abandoned and retried it beside itself, and it ended failed. Then, with the heartbeats
+    mended: an idle worker's dequeue, woken by the old primary (which takes itself for the
+    primary until the Sentinels turn it into a replica), ran RQ's cleanup of abandoned jobs on
+    its stale registries, and took the job it queued again there. A frozen primary's process
+    stays up, so its port still answers a connect, as a hung host's does."""
+    up = Up(tmp_path, group.url, workers=2)
     try:
-        group.wait_promoted()
-        wait_for(lambda: up.status(job_id)["status"] == "finished", 60, interval=0.2,
-                 what="the job to finish on the new primary")
-        for viewer in (sse, text):
-            viewer.join(20)
+        job_id, sse, text = watch(up, 120, 0.2)
+        wait_for(lambda: up.status(job_id)["progress"]["i"] >= 10, 30, what="value 10")
+        wait_for(group.in_sync, 5, interval=0.005, what="the replica to catch up")
+        port = group.primary_port
+        frozen = group.procs.pop(port)  # (not asked its role: the ask would wait on it)
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            group.wait_promoted()
+            assert up.status(job_id)["status"] == "running"
+            if woken == "while it runs":
+                shown = up.status(job_id)["progress"]["i"]
+                wait_for(lambda: up.status(job_id)["progress"]["i"] >= shown + 25, 30,
+                         interval=0.2, what="five seconds of values on the new primary")
+                frozen.send_signal(signal.SIGCONT)
+            wait_for(lambda: up.status(job_id)["status"] == "finished", 60, interval=0.2,
+                     what="the job to finish on the new primary")
+            for viewer in (sse, text):
+                viewer.join(20)
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+            group.procs[port] = frozen  # stopped with the others
+        kinds = [e["event"] for e in sse.events]
+        assert "retrying" not in kinds and kinds.count("started") == 1, kinds
+        assert values_shown(sse) == list(range(120)) and sse.values() == list(range(120))
+        assert not [e for e in sse.events if e["event"] == "reset"] and not text.resets
+        assert text.lines == sqrt_texts(120)
     finally:
-        frozen.send_signal(signal.SIGCONT)
-    kinds = [e["event"] for e in sse.events]
-    assert "retrying" not in kinds and kinds.count("started") == 1, kinds
-    assert values_shown(sse) == list(range(100)) and sse.values() == list(range(100))
-    assert not [e for e in sse.events if e["event"] == "reset"] and not text.resets
-    assert text.lines == sqrt_texts(100)
+        up.stop()
 
 
 def test_with_no_replica_to_promote_readyz_answers_503_within_its_command_timeout(group, up):
