@@ -808,3 +808,34 @@ def test_a_tail_watch_beside_a_whole_log_watch_of_the_same_job_gets_only_its_tai
             assert_page_clean(pg)
     finally:
         ctx.close()
+
+
+def test_a_tail_watch_given_a_whole_trimmed_log_still_begins_with_its_tail(browser, server):
+    """The whole log, asked for by a watch beside it, may begin with a ``trimmed`` event (a
+    capped log): the tail watch must still hold back what its tail would not show, and not
+    take the trim's position for a position of its own. The stream is played by the test:
+    a trim to seq 10 (value 7), then values 7-12."""
+    job = uuid.uuid4().hex
+    with bare_page(browser, server) as pg:
+        pg.evaluate("""job => {
+            window.got = {whole: [], tail: [], tails: []};
+            Jobcast.watch(job, {onValue: (v, e) => window.got.whole.push(e.i)});
+            Jobcast.watch(job, {tail: 2, onValue: (v, e) => window.got.tail.push(e.i),
+                                onTail: (t) => window.got.tails.push([t.after, t.skipped])});
+        }""", job)
+        pg.wait_for_function("() => window.__es.length === 1", timeout=10000)
+        assert pg.evaluate("() => decodeURIComponent(window.__es[0].url)").endswith(f"job={job}")
+        pg.evaluate("""job => {
+            const es = window.__es[0];
+            es.play("hello", {jobs: [job], list: false, retry: 1000});
+            es.play("trimmed", {job: job, after: 0, first_seq: 10, lost: 7, first_value: 7});
+            for (let seq = 10; seq <= 15; seq++) {
+                es.play("value", {job: job, seq: seq, ep: "E1", kind: "value", ts: 1.0,
+                                  i: seq - 3, v: String(seq - 3)});
+            }
+        }""", job)
+        pg.wait_for_function("() => window.got.whole.length === 6", timeout=5000)
+        # (once the job's status has said where the log stands: a read of its own)
+        pg.wait_for_function("() => window.got.tails.length === 1", timeout=5000)
+        got = pg.evaluate("window.got")
+        assert got == {"whole": [7, 8, 9, 10, 11, 12], "tail": [11, 12], "tails": [[13, 11]]}, got

@@ -1293,6 +1293,7 @@
     this.started = false;           // an entry, or where the tail starts, came
     this.ended = false;
     this.held = null;               // a tail watch given more of the log: see holdBack
+    this.fromTail = this.tail !== null && !this.lastSeq;  // it begins with the log's tail
     // The incarnation of the job's log its entries are of (a resume names the one `after` is of).
     this.epoch = o.after && o.epoch ? String(o.epoch) : null;
     this.counts = { opens: 0, reconnects: 0, duplicates: 0, gaps: 0, trimmed: 0, resets: 0 };
@@ -1336,7 +1337,7 @@
         this.finish(Object.assign({ kind: ev }, d));
         return;
     }
-    if (this.tail !== null && !this.started && !this.lastSeq) { this.holdBack(d); return; }
+    if (this.fromTail && !this.started) { this.holdBack(d); return; }
     if (!(d.seq > this.lastSeq)) { this.counts.duplicates += 1; hub.counts.duplicates += 1; return; }
     if (this.started && d.seq !== this.lastSeq + 1) { this.counts.gaps += 1; hub.counts.gaps += 1; }
     this.started = true;
