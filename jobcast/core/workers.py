@@ -8,9 +8,9 @@ heartbeats by these figures (``jobcast.web.watchdog``), the workers keep them
 
 from __future__ import annotations
 
+from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis import Redis
 from rq import Worker
 from rq.job import Job
 from rq.utils import import_attribute

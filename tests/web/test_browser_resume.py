@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -230,6 +231,18 @@ def test_a_failover_reset_drops_the_lines_printed_and_the_history_after_its_poin
         assert_page_clean(page)
 
 
+def restart_web(web: WebServer, how: str, while_down: Callable[[], object]) -> None:
+    """Restart ``web`` as ``how`` says: its worker killed (gunicorn's master starts another),
+    or the server stopped, ``while_down()`` waited for (the goodbye, say), and started again."""
+    if how == "worker killed":
+        [worker] = psutil.Process(web.proc.pid).children()
+        worker.kill()
+    else:
+        web.stop()
+        while_down()
+        web.start()
+
+
 def frame_back_with_every_value(pg, frame, writer: Writer, job: str) -> None:
     """After a restart: a value written since shows (only a new document of the stream has
     it), then the job's end, and the frame holds every value once, in order."""
@@ -259,16 +272,10 @@ def test_the_iframe_view_comes_back_after_a_web_restart_with_every_value(context
         pg.goto(f"{web.url}/jobs/{job}/framed", wait_until="domcontentloaded")  # (its iframe streams on)
         frame = pg.frame_locator("#frame")
         frame.locator("p").nth(2).wait_for(timeout=10000)
-        if restart == "worker killed":
-            [worker] = psutil.Process(web.proc.pid).children()
-            worker.kill()  # gunicorn's master starts another
-        else:
-            web.stop()
-            if restart != "quick":
-                # The stream's script asked once and met no server.
-                pg.wait_for_function("() => document.getElementById('frame').contentDocument"
-                                     ".documentElement.dataset.away >= 1", timeout=15000)
-            web.start()
+        # (When slower than the refresh: the stream's script asked once and met no server.)
+        restart_web(web, restart, lambda: restart == "quick" or pg.wait_for_function(
+            "() => document.getElementById('frame').contentDocument"
+            ".documentElement.dataset.away >= 1", timeout=15000))
         frame_back_with_every_value(pg, frame, writer, job)
     finally:
         writer.finish()
@@ -300,13 +307,7 @@ def test_an_iframe_of_the_stream_in_any_page_comes_back_after_a_web_restart_with
         }""", f"{web.url}/jobs/{job}/frame")
         frame = pg.frame_locator("#embedded")
         frame.locator("p").nth(2).wait_for(timeout=10000)
-        if restart == "worker killed":
-            [worker] = psutil.Process(web.proc.pid).children()
-            worker.kill()  # gunicorn's master starts another
-        else:
-            web.stop()
-            frame.locator("p.note").wait_for(timeout=10000)  # the goodbye
-            web.start()
+        restart_web(web, restart, lambda: frame.locator("p.note").wait_for(timeout=10000))
         frame_back_with_every_value(pg, frame, writer, job)
     finally:
         writer.finish()
