@@ -54,7 +54,7 @@ from redis import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError, SlotNotCoveredError
 
-from jobcast.core.epoch import Head, Position, rebase
+from jobcast.core.epoch import Head, Position
 from jobcast.core.feed import FEED, Feed
 from jobcast.core.joblog import Entry, JobLog
 from jobcast.core.keys import PREFIX, channel, job_id_from_channel
@@ -263,8 +263,7 @@ class Broker:
     def rebase(self, job_id: str, seen: Head) -> Head:
         """Begin a new epoch of the log (or the feed) if it still stands as ``seen`` (it was
         found behind what was served from it); where it stands now."""
-        meta = self.feed.meta if job_id == FEED else JobLog(self.redis, job_id).keys.meta
-        return rebase(self.redis, meta, seen, always=job_id == FEED)
+        return self._log_of(job_id).rebase(seen)
 
     def position(self, job_id: str) -> Position | None:
         """(ended, last seq, epoch) of the job, or None when it does not exist."""
@@ -273,12 +272,10 @@ class Broker:
     def positions(self, job_ids: list[str]) -> list[Position | None]:
         """:meth:`position` of several jobs, in one pipelined round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            if job_id != FEED:
-                JobLog(self.redis, job_id).queue_position(pipe)
-        replies = iter(pipe.execute())
-        return [self.feed.position() if job_id == FEED else JobLog.read_position(next(replies))
-                for job_id in job_ids]
+        logs = [self._log_of(job_id) for job_id in job_ids]
+        for job_log in logs:
+            job_log.queue_position(pipe)
+        return [job_log.read_position(reply) for job_log, reply in zip(logs, pipe.execute())]
 
     def last_seqs(self, job_ids: list[str]) -> list[int]:
         """The last seq of each job, in one pipelined round trip (0 for a job that is gone)."""

@@ -34,7 +34,7 @@ from importlib.resources import files
 from typing import Any, Callable
 
 from jobcast.core.entry import Entry, stream_field, stream_id_text
-from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, Position, new_epoch
+from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, Position, new_epoch, rebase
 from jobcast.core.store import is_cluster
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,24 @@ class Feed:
         """Where the feed stands (it always exists, and never ends)."""
         return Head.from_reply(self.redis.hmget(self.meta, *HEAD_FIELDS), always=True)
 
+    def rebase(self, seen: Head) -> Head:
+        """Begin a new epoch of the feed if it still stands as ``seen``; where it stands now
+        (it always exists)."""
+        return rebase(self.redis, self.meta, seen, always=True)
+
     def position(self) -> Position:
         """(False, the last item's seq, the feed's epoch): the feed always exists and never
         ends."""
-        seq, epoch = self.redis.hmget(self.meta, "seq", "epoch")
+        return self.read_position(self.redis.hmget(self.meta, "seq", "epoch"))
+
+    def queue_position(self, pipe) -> None:
+        """Add the read of :meth:`position` to ``pipe`` (its reply: see :meth:`read_position`)."""
+        pipe.hmget(self.meta, "seq", "epoch")
+
+    @staticmethod
+    def read_position(reply) -> Position:
+        """:meth:`position` from the reply of its read."""
+        seq, epoch = reply
         return Position(False, int(seq or 0), epoch.decode() if epoch is not None else None)
 
     def queue_last_seq(self, pipe) -> None:

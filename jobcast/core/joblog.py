@@ -44,7 +44,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from jobcast.core.entry import TERMINAL, Entry, stream_field, stream_id_text
-from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, LogReset, Position, new_epoch
+from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, LogReset, Position, new_epoch, rebase
 from jobcast.core.feed import LIFECYCLE, Feed, ProgressGate
 from jobcast.core.keys import JOBS_INDEX, OPEN_JOBS, check_job_id, job_keys
 from jobcast.core.store import is_cluster
@@ -803,6 +803,11 @@ class JobLog:
     def head(self) -> Head:
         """Where the log stands: status, seq, values, epoch and its recent eras."""
         return Head.from_reply(self.redis.hmget(self.keys.meta, *HEAD_FIELDS))
+
+    def rebase(self, seen: Head) -> Head:
+        """Begin a new epoch of the log if it still stands as ``seen`` (it was found behind
+        what was served from it); where it stands now (:func:`~jobcast.core.epoch.rebase`)."""
+        return rebase(self.redis, self.keys.meta, seen)
 
     def position(self) -> Position | None:
         """(ended, last seq, epoch) of the job, or None if it does not exist (or has expired)."""
