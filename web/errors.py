@@ -71,7 +71,10 @@ def register(app: Flask) -> None:
     def redis_down(exc: RedisError):
         """Redis is unreachable: 503 and a hint to retry, not a 500."""
         log.warning("redis error: %s", exc)
-        response = reply(Error(error="unavailable", message="Redis is unreachable; retry shortly"), 503)
+        # The code every 503 has (a stream refused as the process is full, a subscription
+        # Redis did not confirm): a client tells them apart by the message, not the code.
+        response = reply(Error(error=error_code("Service Unavailable"),
+                               message="Redis is unreachable; retry shortly"), 503)
         response.headers["Retry-After"] = "2"
         return response
 
@@ -85,4 +88,5 @@ def register(app: Flask) -> None:
     def unexpected(exc: Exception):
         """Log the traceback, and never leak it to the client."""
         log.exception("unhandled error")
-        return reply(Error(error="internal_error", message="internal server error"), 500)
+        return reply(Error(error=error_code("Internal Server Error"),
+                             message="internal server error"), 500)

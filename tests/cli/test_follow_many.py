@@ -250,7 +250,7 @@ def test_a_jobs_status_that_fails_for_a_moment_is_asked_again_not_taken_for_a_fa
                                   content=body.encode())
         code = statuses.pop(0)
         return httpx.Response(code, json={"status": "finished", "reason": None} if code == 200
-                              else {"error": "unavailable", "message": "busy"})
+                              else {"error": "service_unavailable", "message": "busy"})
 
     out, err = io.StringIO(), io.StringIO()
     follower = MultiFollower([a], "http://jobcast", Display("plain", False, out, err, True),

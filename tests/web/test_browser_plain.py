@@ -92,7 +92,7 @@ def test_a_busy_server_is_asked_again_no_sooner_than_its_retry_after(context, we
             route.continue_()
             return
         route.fulfill(status=503, headers={"Retry-After": "2"},
-                      json={"error": "unavailable", "message": "too many streams"})
+                      json={"error": "service_unavailable", "message": "too many streams"})
 
     pg = watch(context.new_page())
     pg.route(STREAM, busy_once)

@@ -47,7 +47,7 @@ def test_readyz_and_the_json_reads_answer_503_while_redis_is_frozen_and_200_once
             for path in (f"/api/jobs/{job_id}", "/api/jobs?limit=1"):
                 r = http.get(path)
                 assert r.status_code == 503, path
-                assert r.json()["error"] == "unavailable" and r.headers["Retry-After"]
+                assert r.json()["error"] == "service_unavailable" and r.headers["Retry-After"]
         finally:
             redis_server.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: http.get("/readyz").status_code == 200, 30, what="ready again")

@@ -469,7 +469,7 @@ def test_stream_requests_while_redis_is_away_are_answered_503_without_a_tracebac
         redis_server.stop()
         for _ in range(10):
             r = httpx.get(f"{web.url}/jobs/{'ab' * 16}/events", timeout=15)
-            assert r.status_code == 503 and r.json()["error"] == "unavailable"
+            assert r.status_code == 503 and r.json()["error"] == "service_unavailable"
         text = log_path.read_text()
         assert "Traceback" not in text and "fast path failed" not in text
         assert text.count("redis error") == 10, "one line per request, from Flask's handler"

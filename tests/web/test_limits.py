@@ -217,7 +217,28 @@ def test_a_stream_whose_admission_fails_gives_back_its_slot_and_its_subscription
 
     job = running_job(redis)
     monkeypatch.setattr(admission, "can_take", broken)
-    assert client.get(f"/jobs/{job.job_id}/stream").status_code == 500
+    r = client.get(f"/jobs/{job.job_id}/stream")
+    assert r.status_code == 500 and r.json == {"error": "internal_server_error",
+                                               "message": "internal server error"}
     st = app.extensions["jobcast"]
+    assert st.limiter.total == 0 and sum(st.limiter.by_client.values()) == 0
+    assert st.relay.broker._subs[job.job_id].refs == 0
+
+
+def test_a_stream_whose_subscription_redis_does_not_confirm_is_503_with_retry_after(
+        app, client, redis, monkeypatch):
+    """README's promise: a stream is refused 503, with Retry-After, when Redis does not
+    confirm its job's subscription in time (its live entries could not be vouched for); the
+    refusal keeps neither the client's slot nor the subscription."""
+    from tests.support.jobs import running_job
+
+    job = running_job(redis)
+    st = app.extensions["jobcast"]
+    client.get("/healthz")  # the app's services start at its first request
+    # Redis never confirms: the broker's wait for the confirmation runs out at once.
+    monkeypatch.setattr(st.relay.broker, "wait_subscribed", lambda job_id, timeout=0: False)
+    r = client.get(f"/jobs/{job.job_id}/stream")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+    assert r.json["error"] == "service_unavailable" and "subscription" in r.json["message"]
     assert st.limiter.total == 0 and sum(st.limiter.by_client.values()) == 0
     assert st.relay.broker._subs[job.job_id].refs == 0
