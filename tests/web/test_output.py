@@ -150,3 +150,27 @@ def test_a_download_that_takes_too_long_is_cut_and_says_so(client, redis, monkey
     r.close()
     assert got.endswith(b"was cut here: it is incomplete\n") and b"line 1233" not in got
     assert "10.7.7.7" not in output._by_client, "its room is free again"
+
+
+def test_a_process_serves_at_most_eight_downloads_then_503_with_retry_after(client, redis):
+    """README's promise: output downloads are capped per process (they can be large), and the
+    one over the cap is told when to come back; an ended one frees its room."""
+    from jobcast.web.output import DOWNLOADS, DOWNLOADS_PER_CLIENT
+
+    job_id = job_with_output(redis, [[printed(f"line {i}", 1) for i in range(10)]])
+    url = f"/api/jobs/{job_id}/output"
+
+    def download(n: int):
+        """A download begun from the n-th address and not read yet."""
+        return client.get(url, environ_base={"REMOTE_ADDR": f"10.0.1.{n}"}, buffered=False)
+
+    held = [download(n // DOWNLOADS_PER_CLIENT) for n in range(DOWNLOADS)]
+    assert [r.status_code for r in held] == [200] * DOWNLOADS
+    over = download(100)  # an address of its own: the process's cap, not the client's
+    assert over.status_code == 503 and over.headers["Retry-After"], over.json
+    assert over.json["error"] == "service_unavailable" and str(DOWNLOADS) in over.json["message"]
+    held.pop().close()
+    again = download(100)
+    assert again.status_code == 200 and b"line 9" in b"".join(again.response)
+    for r in (again, *reversed(held), over):  # (the test client's contexts: last in, first out)
+        r.close()
