@@ -66,6 +66,7 @@ def test_rq_housekeeping_lines_are_hidden_unless_verbose():
         printer.child_line("worker.1", "rq.worker INFO Worker vm.7686: jobcast: jobcast sqrt (abc)")
         text = out.getvalue()
         assert text.count("cleaning registries") == shown and "jobcast sqrt" in text
+        assert text.count("cleaning group registries") == shown
 
 
 def test_each_service_gets_its_own_colour_on_a_terminal():

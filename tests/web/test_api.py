@@ -196,7 +196,9 @@ def test_readyz_is_503_when_redis_is_down(make_app):
 
 def test_unknown_route_and_method_are_json(client):
     assert client.get("/nope").status_code == 404 and client.get("/nope").is_json
-    assert client.delete("/api/jobs").status_code == 405
+    r = client.delete("/api/jobs")
+    assert r.status_code == 405 and r.json["error"] == "method_not_allowed"
+    assert "POST" in r.headers["Allow"]
 
 
 def test_tasks_endpoint_describes_parameters_with_bounds(client):
