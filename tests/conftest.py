@@ -16,7 +16,7 @@ from jobcast.launcher.redisserver import RedisServer
 # The helpers in tests/support/ assert as test modules do: show their failures in full.
 pytest.register_assert_rewrite("tests.support")
 
-from tests.support.browser import CHROMIUM_FLAGS, chromium_path  # noqa: E402
+from tests.support.browser import CHROMIUM_FLAGS, chromium_path, playwright_sync_api  # noqa: E402
 from tests.support.clock import FakeClock  # noqa: E402
 from tests.support.services import (ROOT, RUNNING, WebServer, Workers,  # noqa: E402
                                     require_slow)
@@ -206,7 +206,7 @@ def browser():
     module's pages run in a browser that other modules have worn (tests/web/test_browser.py
     prints the longest main-thread task of a long job's page)."""
     require_slow("Chromium")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+    playwright_api = playwright_sync_api()
     with playwright_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
         yield b

@@ -23,7 +23,6 @@ from tests.support.wait import wait_for
 from tests.support.services import (ROOT, own_database, service_env, start_rq_worker,
                                     stop_process, wait_answers)
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 EXAMPLES = ROOT / "examples"
 DB = 14  # the example's own database (see example_db)

@@ -6,6 +6,8 @@ a database of their own.
 """
 
 import json
+import threading
+import time
 import uuid
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from jobcast.core.entry import stream_field
 from jobcast.core.epoch import LogReset
 from jobcast.core.feed import Feed, ProgressGate
-from jobcast.core.joblog import FIRST_VALUE_LOOKAHEAD, Entry, JobExists, JobLog
+from jobcast.core.joblog import FIRST_VALUE_LOOKAHEAD, TERMINAL, Entry, JobExists, JobLog
 from jobcast.core.keys import (JOBS_INDEX, InvalidJobId, channel, job_id_from_channel, log_key,
                                meta_key)
 from jobcast.core.logstore import LogStore
@@ -663,3 +665,36 @@ def test_a_lone_surrogate_inside_a_value_is_escaped_in_its_json_as_in_its_text(j
     first, second = [e for e in jlog.entries() if e.kind == "value"]
     assert first.data["j"] == "a\\ud800b" == first.text
     assert second.data["j"] == {"name\\xff": ["\\x80", "\u00e9\\x80", "\U0001F600"]}
+
+
+def test_cancel_racing_the_last_value_leaves_exactly_one_terminal_entry(redis):
+    for round_ in range(40):
+        log = JobLog(redis, uuid.uuid4().hex)
+        log.create("sqrt", {}, 1)
+        log.started("w", 1)
+        barrier = threading.Barrier(2)
+        results = {}
+
+        def writer():
+            barrier.wait()
+            results["value"] = log.value(0, 1.0)
+            results["finished"] = log.finished()
+
+        def canceller():
+            barrier.wait()
+            # Every other round the cancel starts half a millisecond late, so that both orders
+            # (the cancel before and after the last value and `finished`) are raced; which one
+            # wins a round is not fixed, and the test holds for either.
+            if round_ % 2:
+                time.sleep(0.0005)
+            results["cancelled"] = log.cancelled("race")
+
+        threads = [threading.Thread(target=writer), threading.Thread(target=canceller)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5)
+        kinds = [e.kind for e in log.entries()]
+        assert sum(k in TERMINAL for k in kinds) == 1 and kinds[-1] in TERMINAL, kinds
+        # Whoever lost was told so (-1) and wrote nothing.
+        assert (results["finished"] > 0) != (results["cancelled"] > 0), results

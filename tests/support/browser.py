@@ -61,6 +61,20 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+LAN_HOST = "jobcast.test"
+"""A host name the LAN browser (tests/web/conftest.py ``lan_browser``) finds at 127.0.0.1."""
+
+
+def playwright_sync_api():
+    """Playwright's sync API. Without it a browser test fails, never skips: browser behaviour
+    is tested in a real Chromium, and the README's test command installs both."""
+    try:
+        import playwright.sync_api as api
+    except ImportError:
+        pytest.fail("playwright is not installed: run the README's test command (make test)")
+    return api
+
+
 def chromium_path() -> str:
     """Debian's chromium (the README's test command installs it)."""
     path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

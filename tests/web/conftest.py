@@ -1,11 +1,13 @@
-"""Fixtures of the web tests: an app and its test client, a private-mode gunicorn, and a browser
+"""Fixtures of the web tests: an app and its test client, a job that stays queued, a
+private-mode gunicorn, a second Chromium that takes the server for a LAN host, and a browser
 context and page."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.support.browser import assert_page_clean, watch
+from jobcast.producer.enqueue import enqueue
+from tests.support.browser import CHROMIUM_FLAGS, LAN_HOST, assert_page_clean, chromium_path, watch
 from tests.support.services import WebServer
 
 
@@ -23,6 +25,12 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def job_id(idle_queue, redis) -> str:
+    """A job that stays queued (sqrt of 7 values, on the queue no worker takes)."""
+    return enqueue("sqrt", {"n": 7, "interval": 0.5}, redis=redis, config=idle_queue)
+
+
 @pytest.fixture(scope="module")
 def private(request, redis_server, logs_dir):
     """A gunicorn of the module's own with the module's TOKEN, hence in private read mode:
@@ -34,6 +42,18 @@ def private(request, redis_server, logs_dir):
                        JOBCAST_TOKEN=module.TOKEN, **getattr(module, "PRIVATE_ENV", {})).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def lan_browser(browser):
+    """A second Chromium of the module's Playwright that finds ``LAN_HOST`` at 127.0.0.1: the
+    server as a LAN host on plain HTTP, an origin Chromium does not take for a secure one (as
+    it takes localhost)."""
+    b = browser.browser_type.launch(
+        executable_path=chromium_path(), headless=True,
+        args=[*CHROMIUM_FLAGS, f"--host-resolver-rules=MAP {LAN_HOST} 127.0.0.1"])
+    yield b
+    b.close()
 
 
 @pytest.fixture

@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 
 from jobcast.core.joblog import JobLog
-from tests.support.browser import (DONE, PLAIN_DONE, assert_page_clean, dom, model, wait_values,
-                                   watch)
+from tests.support.browser import (DONE, PLAIN_DONE, assert_page_clean, dom, model,
+                                   wait_values, watch)
 from tests.support.jobs import create_job, job_status
 from tests.support.services import ROOT, WebServer, own_database
 from tests.support.wait import wait_for
 from tests.support.loss import retried_after_loss
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 DOC_SCREENSHOTS = ROOT / "docs" / "screenshots"
 

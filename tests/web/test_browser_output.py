@@ -4,11 +4,7 @@ shown as text (never run, no CSP violation), following the tail until the user s
 
 from __future__ import annotations
 
-import pytest
-
 from tests.support.jobs import create_job
-
-pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 ROWS = "[...document.querySelectorAll('#output-lines li')]"
 

@@ -9,35 +9,21 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.browser import CHROMIUM_FLAGS, assert_page_clean, chromium_path, watch
-from tests.support.services import WebServer, require_slow
+from tests.support.browser import LAN_HOST, assert_page_clean, watch
+from tests.support.services import WebServer
 
-HOST = "jobcast.test"
 TOKEN = "a-token-for-plain-http-pages"
 
 pytestmark = pytest.mark.slow  # Chromium and gunicorn
 
 
 @pytest.fixture(scope="module")
-def lan_browser():
-    """A headless Chromium that finds ``HOST`` at 127.0.0.1: an origin it does not take for a
-    secure one, as it takes localhost."""
-    require_slow("Chromium")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), headless=True,
-                              args=[*CHROMIUM_FLAGS, f"--host-resolver-rules=MAP {HOST} 127.0.0.1"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
 def servers(redis_server, logs_dir) -> Iterator[dict[str, WebServer]]:
-    """A private server (a token) and an open one that answers ``HOST``."""
+    """A private server (a token) and an open one that answers ``LAN_HOST``."""
     private = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-lan-private.log",
                         JOBCAST_TOKEN=TOKEN).start()
     open_ = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-lan-open.log",
-                      JOBCAST_ALLOWED_HOSTS=HOST).start()
+                      JOBCAST_ALLOWED_HOSTS=LAN_HOST).start()
     yield {"private": private, "open": open_}
     private.stop()
     open_.stop()
@@ -47,7 +33,7 @@ def test_a_browser_on_plain_http_logs_in_with_the_token_form_and_out_again(lan_b
     """A review's finding: the page's `Referrer-Policy: no-referrer` made the browser send
     `Origin: null` with the form, which the login refused as another site's (and the logout,
     whose form posts the same way)."""
-    base = f"http://{HOST}:{servers['private'].port}"
+    base = f"http://{LAN_HOST}:{servers['private'].port}"
     context = lan_browser.new_context()
     try:
         page = watch(context.new_page())
@@ -67,7 +53,7 @@ def test_a_browser_on_plain_http_logs_in_with_the_token_form_and_out_again(lan_b
 def test_the_start_form_of_an_open_server_on_plain_http_creates_the_job(lan_browser, servers):
     """An open server refuses changes from another site's page: its own start form, whose
     post the page's script makes, still creates the job on such an origin."""
-    base = f"http://{HOST}:{servers['open'].port}"
+    base = f"http://{LAN_HOST}:{servers['open'].port}"
     context = lan_browser.new_context()
     try:
         page = watch(context.new_page())

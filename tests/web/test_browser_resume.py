@@ -38,8 +38,6 @@ from tests.support.wait import wait_for
 from tests.support.loss import retried_after_loss
 from tests.support.streams import Sampler, Writer
 
-pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
-
 pytestmark = pytest.mark.slow  # gunicorns of its own, and Chromium
 
 TOKEN = "resume-test-token-0123456789"

@@ -25,17 +25,13 @@ import pytest
 
 from jobcast.core.joblog import JobLog
 from jobcast.web.pages import static_digest
-from tests.support.browser import (CHROMIUM_FLAGS, DONE, LIVE_VALUE, assert_page_clean,
-                                   chromium_path, watch)
+from tests.support.browser import DONE, LAN_HOST, LIVE_VALUE, assert_page_clean, watch
 from tests.support.services import WebServer
 from tests.support.wait import wait_for
 from tests.support.streams import Sampler, Writer, open_streams
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 pytestmark = pytest.mark.slow  # gunicorns and Chromiums of its own
-
-LAN_HOST = "jobcast.test"
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +43,6 @@ def server(redis_server, logs_dir):
                     JOBCAST_ALLOWED_HOSTS=LAN_HOST).start()  # a server without a token
     yield web
     web.stop()
-
-
-@pytest.fixture(scope="module")
-def lan_browser(browser):
-    """Chromium resolving jobcast.test to 127.0.0.1: the server as a LAN host on plain HTTP
-    (launched by the module's Playwright: one per process)."""
-    b = browser.browser_type.launch(
-        executable_path=chromium_path(), headless=True,
-        args=[*CHROMIUM_FLAGS, f"--host-resolver-rules=MAP {LAN_HOST} 127.0.0.1"])
-    yield b
-    b.close()
 
 
 def texts(pg) -> list[str]:

@@ -19,12 +19,12 @@ from jobcast.worker.chart import Downsample
 from tests.support.jobs import create_job
 from tests.support.services import WebServer
 from tests.support.wait import wait_for
-from tests.support.browser import dom, model
+from tests.support.browser import dom, model, playwright_sync_api
 from tests.support.loss import retried_after_loss
 from tests.support.cancel import (Viewers, assert_cancelled_everywhere, assert_next_job_starts_on,
                                   horse_of, stop_delay, wait_started)
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+playwright_api = playwright_sync_api()
 
 # The Stop button asks for confirmation: the page fixture (tests/web/conftest.py) says yes, and
 # remembers what was asked.

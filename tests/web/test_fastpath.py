@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import uuid
 from typing import Iterator
 
 import h11
@@ -89,6 +90,18 @@ def test_a_stream_admitted_by_the_fast_path_answers_with_flasks_status_headers_a
     retry = re.compile(rb"^retry: \d+$", re.M)
     assert retry.sub(b"retry: N", fast_body) == retry.sub(b"retry: N", slow_body)
     assert fast_body  # values, or the ended event
+
+
+@pytest.mark.parametrize("bad", ["no.pe", "a%3Ab", "x" * 129, "%0A" + "0" * 32])
+def test_the_served_app_refuses_a_malformed_job_id_400_and_an_unknown_rq_id_404(http, bad):
+    # Through gunicorn, where the worker class's fast path parses stream requests first
+    # (tests/web/test_api.py checks the same through Flask alone).
+    for path in ("/jobs/{}", "/jobs/{}/stream", "/jobs/{}/events", "/api/jobs/{}"):
+        r = http.get(path.format(bad))
+        assert r.status_code == 400 and r.json()["field"] == "job_id", path
+    for path in ("/jobs/{}/stream", "/jobs/{}/events"):
+        r = http.get(path.format(uuid.uuid4()))
+        assert r.status_code == 404 and r.json()["error"] == "not_found", path
 
 
 def test_what_the_fast_path_leaves_to_flask_is_answered_as_before(http, web, workers):

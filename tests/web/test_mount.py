@@ -11,7 +11,6 @@ from flask import Flask, url_for
 
 import jobcast
 from jobcast.core.settings import Settings
-from jobcast.producer.enqueue import enqueue
 from jobcast.web import services
 from jobcast.web.gunicorn_check import UnsuitableWorker, check_worker_class
 from jobcast.web.pages import static_digest
@@ -47,12 +46,6 @@ def make_host():
     for app in apps:
         if "jobcast" in app.extensions:
             services.stop(app.extensions["jobcast"])
-
-
-@pytest.fixture
-def job_id(idle_queue, redis):
-    """A job that stays queued."""
-    return enqueue("sqrt", {"n": 3, "interval": 0.5}, redis=redis, config=idle_queue)
 
 
 def test_mounted_pages_api_and_assets_all_live_under_the_prefix(host, job_id):

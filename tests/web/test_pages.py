@@ -8,14 +8,7 @@ import uuid
 
 import pytest
 
-from jobcast.producer.enqueue import enqueue
 from jobcast.web.pages import age_text, form_fields
-
-
-@pytest.fixture
-def job_id(idle_queue, redis):
-    """A job that stays queued."""
-    return enqueue("sqrt", {"n": 7, "interval": 0.5}, redis=redis, config=idle_queue)
 
 
 def assets(html: str) -> list[str]:
