@@ -8,7 +8,6 @@ import uuid
 from typing import Any, Mapping
 
 from redis import Redis
-from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
 
 from jobcast.core.joblog import JobLog
@@ -16,7 +15,7 @@ from jobcast.core.logstore import LogStore
 from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import ON_FAILURE, RUNNER, ParamError, Task, get_task
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import StreamRedis, redis_client
+from jobcast.core.store import REDIS_ERRORS, StreamRedis, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ def fail_unqueued(jlog: JobLog, exc: Exception, config: Settings) -> None:
         reason += ": " + failure_reason(type(exc).__name__, message, config.failure_reason)
     try:
         jlog.failed(reason)
-    except RedisError as write_error:
+    except REDIS_ERRORS as write_error:
         log.warning("job %s could not be queued (%s), and its log could not be ended: %s",
                     jlog.job_id, type(exc).__name__, write_error)
 

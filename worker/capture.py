@@ -55,12 +55,12 @@ import time
 from typing import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import FINAL, JobLog
 from jobcast.core.output import line_text
 from jobcast.core.settings import Settings
+from jobcast.core.store import REDIS_ERRORS
 from jobcast.worker.lines import LineSplitter, OutputLine, RateWindow, clip
 from jobcast.worker.logrecords import CaptureHandler
 from jobcast.worker.sources import JOIN_TIMEOUT, TICK, FdSource, Source, SysSource
@@ -431,7 +431,7 @@ class Capture:
                         "entries): its output is no longer logged and the attempt will not "
                         "finish", self.job_id)
             return False
-        except (RedisError, RedisClusterException) as exc:
+        except REDIS_ERRORS as exc:
             # (A Cluster's "slot not covered" and the like are no RedisError.) A first failure
             # is tried again: at the next tick, or by close() for the last send.
             if self.retry:

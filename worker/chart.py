@@ -16,9 +16,8 @@ import math
 import time
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from jobcast.core.joblog import JobLog
+from jobcast.core.store import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -132,5 +131,5 @@ class ChartWriter:
         try:
             self.jlog.save_chart(self.series.to_json())
             self.series.dirty = False
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("chart snapshot of job %s not saved: %s", self.jlog.job_id, exc)

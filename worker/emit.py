@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisClusterException, RedisError
 from rq import get_current_job
 from rq.exceptions import DeserializationError
 from rq.job import Job
@@ -32,7 +31,8 @@ from jobcast.core.joblog import JobLog, Refused, task_label
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
-from jobcast.core.store import StreamRedis, connect, separate, stream_url, writer_client
+from jobcast.core.store import (REDIS_ERRORS, StreamRedis, connect, separate, stream_url,
+                                 writer_client)
 from jobcast.core.values import PreparedValue
 from jobcast.worker import capture
 from jobcast.worker.attempt import JobCancelled, start_attempt
@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 STATE_ATTR = "_jobcast_emit"
 HOOKED_ATTR = "_jobcast_hooked"
 
-
-REDIS_ERRORS = (RedisError, RedisClusterException)
-"""What a write raises when Redis does not take it (a Cluster's "slot not covered" and the like
-are no RedisError)."""
 
 MAX_UNSENT = 1000
 """Values a run may hold while Redis is away (each emit() raises meanwhile); past it, emit()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 
-from redis.exceptions import RedisError
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.exceptions import InvalidJobOperation
@@ -31,6 +30,7 @@ from jobcast.core.keys import InvalidJobId
 from jobcast.core.process import die_with_parent
 from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.settings import get_settings
+from jobcast.core.store import REDIS_ERRORS
 from jobcast.core.values import valid_text
 from jobcast.core.workers import JobcastJob
 from jobcast.worker import capture
@@ -119,7 +119,7 @@ class LifecycleMixin(OutageMixin):
             log.warning("jobcast: job %s has an id Jobcast cannot log (over 128 characters?): "
                         "it runs unlogged", job.id)
             return
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             # A stream store of its own (JOBCAST_STREAM_URL) that cannot be reached: its client
             # is made here, once per work-horse. The job runs unlogged, as below.
             log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
@@ -140,7 +140,7 @@ class LifecycleMixin(OutageMixin):
         except JobEnded:
             self._ended_job_id = job.id
             raise
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("jobcast: could not log the start of job %s: %s", job.id, exc)
             return
         share(job, jlog)
@@ -153,7 +153,7 @@ class LifecycleMixin(OutageMixin):
         try:
             capture.start(job.id, jlog if jlog is not None else rq_log(job), get_settings(),
                           attempt=attempt, fds=self.is_horse)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("jobcast: cannot capture the output of job %s: %s", job.id, exc)
 
     def handle_execution_ended(self, job: Job, *args, **kwargs):
@@ -187,7 +187,7 @@ class LifecycleMixin(OutageMixin):
             # its log is then not what it wrote, and the attempt is retried as above.
             try:
                 reset = not began.intact()
-            except RedisError as exc:  # its end is written (or not) as Redis allows
+            except REDIS_ERRORS as exc:  # its end is written (or not) as Redis allows
                 log.warning("jobcast: could not check the log of job %s: %s", job.id, exc)
         result = super().handle_execution_ended(job, *args, **kwargs)
         if reset and returned:
@@ -235,7 +235,7 @@ class LifecycleMixin(OutageMixin):
         exc_string = valid_text(exc_string)
         try:
             status = rq_log(job).status()
-        except (RedisError, ValueError):
+        except (*REDIS_ERRORS, ValueError):
             status = None
         cancelled = status == "cancelled"
         # run_task logs its own attempt's end, but not when its work-horse died under it, or
@@ -262,7 +262,7 @@ class LifecycleMixin(OutageMixin):
                 job.cancel()
             except InvalidJobOperation:
                 pass  # already filed as canceled (the cancel request got there first)
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 # Its log says cancelled; RQ's registry is only late. Raised here, it would end
                 # a non-forking worker ("unhandled exception, quitting") and every job behind.
                 log.warning("jobcast: could not file job %s as canceled in RQ: %s", job.id, exc)
@@ -308,7 +308,7 @@ class LifecycleMixin(OutageMixin):
             except LogReset:
                 log.warning("jobcast: the log of job %s was reset as it ended", job.id)
                 self._write_end(rq_log(job), kind, reason)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("jobcast: could not log %s for job %s: %s", kind, job.id, exc)
         except InvalidJobId:
             pass  # a job Jobcast cannot log (prepare_job_execution said so)

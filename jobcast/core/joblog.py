@@ -41,13 +41,13 @@ from typing import Any, Iterator
 from pydantic import BaseModel
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from jobcast.core.entry import TERMINAL, Entry, stream_field, stream_id_text
 from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, LogReset, Position, new_epoch, rebase
 from jobcast.core.feed import LIFECYCLE, Feed, ProgressGate
 from jobcast.core.keys import JOBS_INDEX, OPEN_JOBS, check_job_id, job_keys
-from jobcast.core.store import is_cluster
+from jobcast.core.store import REDIS_ERRORS, is_cluster
 from jobcast.core.values import _COMPACT, PreparedValue, encode_value, valid_text
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ class JobLog:
         if seq > 0:
             try:
                 self._announce(kind, seq, body or {}, meta or {})
-            except RedisError as exc:  # the feed is a view: the log, written, is the truth
+            except REDIS_ERRORS as exc:  # the feed is a view: the log, written, is the truth
                 log.warning("job %s: the feed missed its %s (%s)", self.job_id, kind, exc)
         return seq
 

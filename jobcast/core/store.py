@@ -28,7 +28,7 @@ import threading
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import ClusterError, RedisClusterException
+from redis.exceptions import ClusterError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -40,6 +40,10 @@ from jobcast.core.settings import Settings
 log = logging.getLogger(__name__)
 
 StreamRedis = Redis | RedisCluster
+
+REDIS_ERRORS = (RedisError, RedisClusterException)
+"""What a command raises when Redis does not take it: a Cluster's "slot not covered" and the
+like are no RedisError, and a write caught as failed must catch them too."""
 
 _clients: dict[tuple[str, int], StreamRedis] = {}
 _lock = threading.Lock()

@@ -698,3 +698,22 @@ def test_cancel_racing_the_last_value_leaves_exactly_one_terminal_entry(redis):
         assert sum(k in TERMINAL for k in kinds) == 1 and kinds[-1] in TERMINAL, kinds
         # Whoever lost was told so (-1) and wrote nothing.
         assert (results["finished"] > 0) != (results["cancelled"] > 0), results
+
+
+def test_a_feed_whose_cluster_slot_is_not_covered_leaves_the_job_s_writes_done(redis, monkeypatch):
+    """A code review's finding: on a Cluster the feed lives on a slot of its own, and redis-py's
+    "slot not covered" is no RedisError: it escaped the write that had already logged the
+    value (the runner then retried the attempt, or RQ filed a finished job as failed)."""
+    from redis.exceptions import SlotNotCoveredError
+
+    def uncovered(*args, **kwargs):
+        """The feed's slot, in no primary's hands."""
+        raise SlotNotCoveredError('Slot "1234" is not covered by the cluster.')
+
+    log = JobLog(redis, uuid.uuid4().hex)
+    log.create("sqrt", {}, None)
+    log.begin()
+    log.started("w", 1)
+    monkeypatch.setattr(Feed, "append", uncovered)
+    assert log.value(0, 1.0) > 0 and log.finished() > 0
+    assert [e.kind for e in log.entries()][-2:] == ["value", "finished"]
