@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import threading
+import weakref
 
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -94,6 +95,28 @@ def _retry(retry_for: float, cap: float, step: float) -> Retry:
     return Retry(ExponentialBackoff(cap=cap, base=0.05), max(3, int(retry_for / step)))
 
 
+_one_connection_clients: weakref.WeakSet[Redis] = weakref.WeakSet()
+
+
+def _on_one_connection(client: Redis) -> Redis:
+    """``client``, which keeps one connection for its commands, noted for :func:`_forked`."""
+    _one_connection_clients.add(client)
+    return client
+
+
+def _forked() -> None:
+    """In a forked child (a job's own ``multiprocessing`` worker that logs values), a client
+    that keeps one connection must not go on using its parent's socket: the two processes'
+    replies would go to whichever reads first. It borrows from its pool instead, which
+    redis-py resets in a new process, so the child dials connections of its own."""
+    for client in list(_one_connection_clients):
+        client.single_connection_lock = threading.RLock()  # a parent's thread may have held it
+        client.connection = None
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
                  single: bool = False, **options) -> Redis:
     """A client of the Redis at ``url``: a ``redis://`` (``rediss://``, ``unix://``) server, or
@@ -117,10 +140,12 @@ def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
             options.setdefault("retry", _retry(retry_for, 2.0, 1.5))
             options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
         if pooled:
-            return Redis(connection_pool=BlockingConnectionPool.from_url(
+            client = Redis(connection_pool=BlockingConnectionPool.from_url(
                 url, max_connections=POOL_SIZE, timeout=10, **options),
                 single_connection_client=single)
-        return Redis.from_url(url, single_connection_client=single, **options)
+        else:
+            client = Redis.from_url(url, single_connection_client=single, **options)
+        return _on_one_connection(client) if single else client
     target = parse_sentinel_url(url)
     sentinels = Sentinel(list(target.sentinels), sentinel_kwargs={
         "socket_timeout": 1, "socket_connect_timeout": 1, "password": target.sentinel_password})
@@ -140,6 +165,7 @@ def redis_client(url: str, *, retry_for: float = 0.0, pooled: bool = False,
         client.auto_close_connection_pool = False
         client = Redis(connection_pool=client.connection_pool, single_connection_client=True)
         client.auto_close_connection_pool = True
+        _on_one_connection(client)
     return client
 
 
@@ -165,7 +191,7 @@ def writer_client(client: Redis, retry_for: float) -> Redis:
                      socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT)
     writer = Redis(connection_pool=pool, single_connection_client=True)
     writer.auto_close_connection_pool = True
-    return writer
+    return _on_one_connection(writer)
 
 
 def answering_client(client: Redis) -> Redis:

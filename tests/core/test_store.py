@@ -205,3 +205,33 @@ def test_a_job_writer_gives_up_on_an_unanswered_command_after_the_command_timeou
     assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == COMMAND_TIMEOUT
     writer.close()
     rq_client.close()
+
+
+def test_a_forked_child_s_writer_dials_its_own_connection_and_neither_process_gets_the_other_s_replies(
+        redis):
+    """A code review's finding: a job's writer keeps one connection, which redis-py's fork check
+    (in the pool) never saw; a child forked by the job (a ``multiprocessing`` worker logging
+    values) used its parent's socket, and the parent read the child's replies as its own."""
+    import os
+
+    key = f"test:fork:{uuid.uuid4().hex}"
+    redis.set(key, "parent's")
+    writer = store.writer_client(redis, retry_for=5)
+    assert writer.get(key) == b"parent's"
+    parent_client_id = writer.client_id()
+    pid = os.fork()
+    if pid == 0:  # the child: exits 0 only if every reply was its own
+        try:
+            ok = writer.client_id() != parent_client_id and all(
+                writer.echo(f"child {n}") == f"child {n}".encode() for n in range(300))
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    try:
+        replies = [writer.get(key) for _ in range(300)]
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert replies == [b"parent's"] * 300
+    assert os.waitstatus_to_exitcode(status) == 0, "the child got a reply of its parent's"
+    assert writer.client_id() == parent_client_id  # the parent kept its own connection
+    writer.close()
