@@ -120,5 +120,8 @@ end
 if kind == 'finished' or kind == 'failed' or kind == 'cancelled' then
   redis.call('EXPIRE', meta, ARGV[6])
   redis.call('EXPIRE', log, ARGV[6])
+  -- An ended job leaves the open jobs with its end, whether or not a web process's watchdog
+  -- runs to drop it (a worker-only deployment would grow the set for good).
+  if index then redis.call('ZREM', KEYS[4], string.match(meta, ':job:(.*)$')) end
 end
 return seq

@@ -25,8 +25,9 @@ PREFIX = "jobcast"
 JOBS_INDEX = f"{PREFIX}:jobs"
 # The jobs of the index that may still be queued or running (a sorted set by creation time,
 # not capped: a backlog longer than the index must still be watched): the watchdog reads
-# these, not the whole index, and drops the ones it finds ended
-# (jobcast.core.logstore.LogStore.open_jobs).
+# these, not the whole index. A job leaves the set with its end on a single Redis (the append
+# script); the watchdog drops those it finds ended (a Cluster's, whose set is in another slot,
+# and those whose metadata expired) (jobcast.core.logstore.LogStore.open_jobs).
 OPEN_JOBS = f"{PREFIX}:jobs:open"
 CHANNEL_PATTERN = f"{PREFIX}:job:*:ch"  # (one pattern for every job: bench/scaling.py compares)
 

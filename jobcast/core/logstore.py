@@ -8,6 +8,8 @@ which it adopts the jobs Jobcast did not enqueue.
 
 from __future__ import annotations
 
+import time
+
 from redis import Redis
 from rq.job import Job
 
@@ -127,6 +129,16 @@ class LogStore:
                 ended.append(job_id)
         if ended:
             self.redis.zrem(OPEN_JOBS, *ended)
+            # A job reopened between the read and the removal (RQ's Repeat, a requeue) was
+            # added again by its ``queued`` entry before the removal took it out: put it back.
+            # One reopened after this read adds itself after the removal.
+            back = {}
+            for job_id, (status, origin) in zip(ended, self._states(ended)):
+                if status in (b"queued", b"running"):
+                    back[job_id] = time.time()
+                    found.append((job_id, (origin or b"").decode(), status.decode()))
+            if back:
+                self.redis.zadd(OPEN_JOBS, back)
         return found
 
     def _seed_open(self) -> None:

@@ -46,7 +46,7 @@ def test_a_round_reads_only_the_jobs_still_open_not_every_job_the_index_remember
         jlog.finished()
     expected = sorted(jlog.job_id for jlog in running)
     assert sorted(job_id for job_id, _ in store.open_jobs()) == expected
-    # The ended jobs left the open set on that round: the next reads the three alone.
+    # The ended jobs left the open set (with their ends): the next round reads the three alone.
     sent.clear()
     assert sorted(job_id for job_id, _ in store.open_jobs()) == expected
     assert sent.count("HMGET") == 3
@@ -105,3 +105,40 @@ def test_open_job_states_tell_queued_from_running_with_the_reads_open_jobs_makes
     assert sorted(store.open_job_states()) == sorted([(queued.job_id, "", "queued"),
                                                       (running.job_id, "", "running")])
     assert sent.count("HMGET") == 2  # one per open job, as open_jobs() costs
+
+
+def test_an_ended_job_leaves_the_open_set_with_its_end_with_no_watchdog_round(store):
+    """A code review's finding: only the web's watchdog took ended jobs out of the open set,
+    so with workers and no web process it grew by every job for good."""
+    finished, failed, cancelled, running = new_jobs(store, 4)
+    finished.finished()
+    failed.failed("boom")
+    cancelled.cancelled("api")
+    running.started("w", 1)
+    assert [i.decode() for i in store.redis.zrange(OPEN_JOBS, 0, -1)] == [running.job_id]
+
+
+def test_a_job_reopened_while_a_round_drops_it_as_ended_stays_open(store, monkeypatch):
+    """A code review's finding: a round read a job ended, the job was reopened (RQ's Repeat, a
+    requeue), and the round's removal then took it out of the open set: no watchdog watched it
+    again."""
+    (job,) = new_jobs(store, 1)
+    store.open_jobs()  # (the process's first round seeds the set from the index)
+    job.finished()
+    store.redis.zadd(OPEN_JOBS, {job.job_id: 1})  # as a round began: still listed, ended
+    states = store._states
+
+    def reopened_meanwhile(ids):
+        """The states as read, then (the first time) the job reopened before the round
+        removes it."""
+        read = states(ids)
+        if job.position().ended:
+            assert job.reopen_as_before()
+        return read
+
+    monkeypatch.setattr(store, "_states", reopened_meanwhile)
+    first = store.open_job_states()
+    monkeypatch.undo()
+    assert first == [(job.job_id, "", "queued")]
+    assert store.redis.zscore(OPEN_JOBS, job.job_id) is not None
+    assert store.open_job_states() == [(job.job_id, "", "queued")]
