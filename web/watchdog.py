@@ -14,7 +14,9 @@ few seconds:
   entry from RQ's own status once RQ has ended them, in case no Jobcast-aware worker did;
 - jobs that Jobcast did enqueue, whose log says ``queued`` but which RQ does not have (RQ's
   Redis failed between the log's creation and the job's, or the producer died there), fail:
-  no worker will ever take them.
+  no worker will ever take them. So do those RQ has ended while their log still says
+  ``queued``: their work-horse failed before it could write to the log (the stream store out
+  of reach, a task that cannot be imported), and so did their failure callback.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from rq.job import Job, JobStatus
 from rq.worker import WorkerStatus
 
 from jobcast.core.logstore import PAGE, LogStore
+from jobcast.core.reasons import reason_from_traceback
 from jobcast.core.wait import in_pages
 from jobcast.web.periodic import Periodic
 from jobcast.core.workers import (HEARTBEAT_GRACE, UNREACHABLE, JobcastJob, WorkerRecord,
@@ -69,6 +72,8 @@ class Watchdog(Periodic):
         self.missing: set[str] = set()  # plain RQ jobs found gone from RQ in the last round
         # Jobcast's queued jobs RQ lacked in the last round: when each was first found missing
         self.unqueued: dict[str, float] = {}
+        # Jobcast's queued jobs RQ had ended in the last round (their callback may be writing)
+        self.rq_ended: set[str] = set()
         self.lost_redis = False  # the last round could not reach Redis
         self.back_at: float | None = None  # when a round reached it again after one could not
 
@@ -194,32 +199,57 @@ class Watchdog(Periodic):
 
     def fail_unqueued(self, queued: list[str], now: float) -> list[str]:
         """Fail the jobs of ``queued`` (Jobcast's own, their logs ``queued``) that RQ has not
-        had in any round of the last :data:`UNQUEUED_GRACE` seconds; returns their ids.
+        had in any round of the last :data:`UNQUEUED_GRACE` seconds, or has ended in two
+        rounds running; returns their ids.
 
         The producer opens a job's log before it queues the job on RQ, so rounds may fall
         between the two, for as long as its enqueue rides out a failover: only a job still
-        missing once the grace is over is failed (a round that finds it begins the grace again). Running jobs are
-        not asked about (their worker, and RQ's handling of abandoned jobs, end them), so they
-        cost no command; a queued one costs an ``EXISTS``, a page of them one round trip.
+        missing once the grace is over is failed (a round that finds it begins the grace
+        again). A job RQ has ended (its work-horse failed before it wrote to the log) is
+        failed a round later, with RQ's reason: its failure callback, if it can, writes the
+        end first. Running jobs are not asked about (their worker, and RQ's handling of
+        abandoned jobs, end them), so they cost no command; a queued one costs a read of RQ's
+        status, a page of them one round trip.
         """
-        known: list[int] = []
+        statuses: list[bytes | None] = []
         for page in in_pages(queued, PAGE):
             pipe = self.redis.pipeline(transaction=False)
             for job_id in page:
-                pipe.exists(Job.key_for(job_id))
-            known += pipe.execute()
-        failed, gone = [], {}
-        for job_id, exists in zip(queued, known):
-            if exists:
+                pipe.hget(Job.key_for(job_id), "status")
+            statuses += pipe.execute()
+        failed, gone, rq_ended = [], {}, set()
+        for job_id, status in zip(queued, statuses):
+            if status is None:
+                since = gone[job_id] = self.unqueued.get(job_id, now)
+                if now - since < UNQUEUED_GRACE:
+                    continue
+                reason = UNQUEUED
+            elif status.decode() in RQ_ENDED:
+                rq_ended.add(job_id)
+                if job_id not in self.rq_ended:
+                    continue
+                reason = self.rq_reason(job_id, status.decode())
+            else:
                 continue
-            since = gone[job_id] = self.unqueued.get(job_id, now)
-            if now - since < UNQUEUED_GRACE:
-                continue
-            if self.logs.log(job_id).failed(UNQUEUED) > 0:
-                log.warning("watchdog: job %s failed: %s", job_id, UNQUEUED)
+            if self.logs.log(job_id).failed(reason) > 0:
+                log.warning("watchdog: job %s failed: %s", job_id, reason)
                 failed.append(job_id)
-        self.unqueued = gone
+        self.unqueued, self.rq_ended = gone, rq_ended
         return failed
+
+    def rq_reason(self, job_id: str, status: str) -> str:
+        """Why RQ ended the job: its status, and the exception of its last run as much as
+        JOBCAST_FAILURE_REASON shows (``RQ reports the job failed: ConnectionError: ...``)."""
+        reason = f"RQ reports the job {status}"
+        if self.config.failure_reason == "none":
+            return reason
+        try:
+            result = Job.fetch(job_id, connection=self.redis).latest_result()
+        except NoSuchJobError:
+            return reason
+        if result is None or not result.exc_string:
+            return reason
+        return f"{reason}: {reason_from_traceback(result.exc_string, self.config.failure_reason)}"
 
     def fail_orphans(self, reason: str) -> list[str]:
         """Write ``failed`` for every queued or running job in the job index."""

@@ -1,6 +1,6 @@
 """The watchdog's rounds against a real Redis (a database of its own, so its job index holds only
 this module's jobs): orphans fail after the timeout, plain RQ jobs end as RQ reports them, and
-Jobcast's queued jobs that RQ never got fail."""
+Jobcast's queued jobs that RQ never got, or ended before they could log, fail."""
 
 from __future__ import annotations
 
@@ -163,7 +163,33 @@ def test_a_job_whose_enqueue_outlasts_several_rounds_is_not_failed_before_the_gr
     assert slow.status() == "queued"
 
 
-def test_a_round_costs_one_exists_per_queued_jobcast_job_and_no_command_per_running_one(wd, sent):
+def test_a_queued_jobcast_job_that_rq_ended_fails_a_round_later_with_rq_s_reason(wd):
+    """A Cluster operator's finding: with the stream store's node down, each work-horse failed
+    before it wrote to the log, and so did the failure callback. RQ filed the job failed; its
+    log said "queued" for good, and its viewers waited for good."""
+    from rq.results import Result
+
+    crashed = on_rq(wd, new_job(wd.redis))
+    stopped = on_rq(wd, new_job(wd.redis))
+    waiting = on_rq(wd, new_job(wd.redis))  # the control: RQ has it queued
+    job = Queue(wd.config.queue_name, connection=wd.redis).fetch_job(crashed.job_id)
+    job.set_status(JobStatus.FAILED)
+    Result.create_failure(job, ttl=60, exc_string=(
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+        "redis.exceptions.ConnectionError: Error 111 connecting to 127.0.0.1:7451."))
+    Queue(wd.config.queue_name, connection=wd.redis).fetch_job(stopped.job_id).set_status(
+        JobStatus.STOPPED)
+
+    assert wd.reconcile() == []  # its failure callback may be writing its end
+    assert sorted(wd.reconcile()) == sorted([crashed.job_id, stopped.job_id])
+    assert last_entry(crashed).data["reason"] == (
+        "RQ reports the job failed: ConnectionError: Error 111 connecting to 127.0.0.1:7451.")
+    assert last_entry(stopped).data["reason"] == "RQ reports the job stopped"
+    assert waiting.status() == "queued" and wd.reconcile() == []
+
+
+def test_a_round_costs_one_status_read_per_queued_jobcast_job_and_no_command_per_running_one(
+        wd, sent):
     """The web process's Redis commands per second are a benchmarked figure (the job list rows
     of docs/benchmarks.md, with 50 running jobs): running jobs must add none."""
     queued = on_rq(wd, new_job(wd.redis))
@@ -173,7 +199,7 @@ def test_a_round_costs_one_exists_per_queued_jobcast_job_and_no_command_per_runn
     sent.clear()
     assert wd.reconcile() == [] and wd.reconcile() == []
     reads = ["ZRANGE"] + ["HMGET"] * 4  # the open jobs and their states, as before
-    assert sorted(sent) == sorted((reads + ["EXISTS"]) * 2)
+    assert sorted(sent) == sorted((reads + ["HGET"]) * 2)
     assert queued.status() == "queued"
 
 
