@@ -5,6 +5,12 @@
 
     redis+sentinel://[[user]:password@]host:port[,host:port…]/<master name>[/<db>][?sentinel_password=…]
 
+``JOBCAST_STREAM_URL`` may also name several nodes of a Redis Cluster, so that a client starts
+from whichever answers (a node named alone is a single point of failure for every client made
+while it is down)::
+
+    redis://[[user]:password@]host:port,host:port…[/db][?…]
+
 The credentials are the Redis nodes' (a Sentinel rarely has any: ``sentinel_password`` when it
 does). A port may be left out (26379, Sentinel's own); an IPv6 address is written in brackets,
 ``[::1]:26379``. redis-py has no such scheme, and :mod:`urllib.parse` cannot split a list of
@@ -100,6 +106,20 @@ def _host(item: str) -> tuple[str, int]:
     return m.group("v6") or m.group("name"), port
 
 
+def node_urls(url: str) -> list[str]:
+    """One URL per host a ``redis://`` or ``rediss://`` URL names (several: a Redis Cluster's
+    nodes, each with the URL's credentials, database and options); ``[url]`` for any other."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss"):
+        return [url]
+    userinfo, at, after = rest.rpartition("@")
+    cut = min((i for i in (after.find("/"), after.find("?")) if i >= 0), default=len(after))
+    hosts, tail = after[:cut], after[cut:]
+    if "," not in hosts:
+        return [url]
+    return [f"{scheme}{sep}{userinfo}{at}{host.strip()}{tail}" for host in hosts.split(",")]
+
+
 def check_redis_url(url: str) -> str:
     """``url`` if redis-py, or Jobcast for ``redis+sentinel://``, can use it; BadRedisUrl
     otherwise, whose message quotes no part of the URL: a malformed one may have its password
@@ -108,11 +128,13 @@ def check_redis_url(url: str) -> str:
         parse_sentinel_url(url)
         return url
     try:
-        options = parse_url(url)  # redis-py's own reading, as it connects (nothing is sent)
+        # redis-py's own reading, as it connects (nothing is sent), of each node named
+        for node in node_urls(url):
+            options = parse_url(node)
     except (ValueError, TypeError):
         raise BadRedisUrl("not a URL redis-py can use: redis://[[user]:password@]host[:port]"
-                          "[/db], rediss://… or unix://…/path.sock, with / ? # @ : % in a "
-                          "password percent-encoded") from None
+                          "[,host:port…][/db], rediss://… or unix://…/path.sock, with "
+                          "/ ? # @ : % , in a password percent-encoded") from None
     if to_bool(options.get("decode_responses")):
         # Every reader of the logs and the queue takes bytes: each request would fail.
         raise BadRedisUrl("decode_responses in a Redis URL is not supported: Jobcast reads "

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from jobcast.core.redisurl import check_redis_url
+from jobcast.core.redisurl import check_redis_url, node_urls
 
 
 def parse_caps(text: str) -> dict[str, float]:
@@ -254,6 +254,16 @@ class Settings(BaseSettings):
         """Refuse a malformed ``redis+sentinel://`` URL at start-up (redis-py has no such
         scheme, so it would fail only at the first command)."""
         return check_redis_url(value) if value else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_one_redis(cls, value: str) -> str:
+        """RQ's queue is on one Redis (RQ cannot use a Cluster): several hosts, a Cluster's
+        nodes, belong in JOBCAST_STREAM_URL."""
+        if len(node_urls(value)) > 1:
+            raise ValueError("REDIS_URL names one Redis (RQ's queue cannot be on a Cluster); "
+                             "a Redis Cluster's nodes go in JOBCAST_STREAM_URL")
+        return value
 
     @field_validator("public_url")
     @classmethod

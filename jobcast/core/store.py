@@ -28,14 +28,15 @@ import weakref
 
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url
 from redis.exceptions import ClusterError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
-from jobcast.core.redisurl import is_sentinel_url, parse_sentinel_url
+from jobcast.core.redisurl import is_sentinel_url, node_urls, parse_sentinel_url
 from jobcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -293,9 +294,22 @@ def is_cluster(redis) -> bool:
 
 def cluster_enabled(url: str) -> bool:
     """Ask the Redis at ``url`` whether it is a Cluster node (``INFO cluster``); a primary that
-    Sentinels manage never is."""
+    Sentinels manage never is. A URL naming several nodes asks each in turn until one answers
+    (the last one's error when none does)."""
     if is_sentinel_url(url):
         return False
+    *first, last = node_urls(url)
+    for node in first:
+        try:
+            return _is_cluster_node(node)
+        except (RedisConnectionError, RedisTimeoutError):
+            log.warning("the stream store's node %s does not answer; asking the next one",
+                        masked_url(node))
+    return _is_cluster_node(last)
+
+
+def _is_cluster_node(url: str) -> bool:
+    """Whether the one Redis at ``url`` is a Cluster node (``INFO cluster``)."""
     probe = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
     try:
         return str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
@@ -315,13 +329,21 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
     """
     if cluster is None:
         cluster = cluster_enabled(url)
+    nodes = node_urls(url)
     if cluster:
         # Each command retries on MOVED/ASK, connection errors and cluster-down replies,
         # re-reading the slot map: a failover or a restarted primary is waited out.
         attempts = max(3, int(retry_for / 0.5)) if retry_for else 3
+        # Every node named is a place to start from: the client reads the slot map from the
+        # first that answers.
+        others = []
+        for node in nodes[1:]:
+            where = parse_url(node)
+            others.append(ClusterNode(where.get("host", "localhost"), where.get("port", 6379)))
         try:
             return RedisCluster.from_url(
-                url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts),
+                nodes[0], startup_nodes=others or None,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts),
                 socket_connect_timeout=2, socket_timeout=10, socket_keepalive=True)
         except RedisClusterException as exc:
             # A cluster not formed yet ("All slots are not covered"), or no node answering:
@@ -329,6 +351,9 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
             # Redis would let it through as a traceback.
             raise ClusterError(f"the Redis Cluster at {masked_url(url)} is not usable: "
                                f"{exc}") from exc
+    if len(nodes) > 1:
+        raise ClusterError(f"{masked_url(url)} names several hosts, which only a Redis "
+                           "Cluster's nodes may be: this Redis is not one (name its host alone)")
     return redis_client(url, retry_for=retry_for, **options)
 
 

@@ -324,3 +324,31 @@ def test_a_shard_reader_pings_its_node_as_a_single_redis_reader_does(cluster):
     finally:
         reader.close()
         streams.close()
+
+
+def test_a_stream_url_naming_several_nodes_serves_and_runs_jobs_while_the_first_is_down(
+        redis_server, cluster, logs_dir):
+    """A Cluster operator's finding: with the one node ``JOBCAST_STREAM_URL`` named down (its
+    replica promoted, the Cluster healthy), every work-horse failed to connect and a web
+    process could not start. The URL may now name several nodes: clients start from whichever
+    answers."""
+    from jobcast.launcher.redisserver import free_port
+    from tests.support.services import WebServer, Workers
+
+    url = f"redis://127.0.0.1:{free_port()},127.0.0.1:{cluster.ports[1]}/0"  # the first: down
+    env = {"JOBCAST_STREAM_URL": url, "JOBCAST_QUEUE": f"nodes-{uuid.uuid4().hex[:8]}"}
+    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-cluster-nodes.log",
+                    **env).start()
+    pool = Workers(redis_server.url, logs_dir)
+    try:
+        pool.start(1, **env)
+        with httpx.Client(base_url=web.url, timeout=30) as http:
+            job_id = create_job(http, "sqrt", n=5, interval=0.02)
+            with http.stream("GET", f"/jobs/{job_id}/stream") as r:
+                assert r.status_code == 200
+                text = "".join(r.iter_text())
+            assert job_status(http, job_id)["status"] == "finished"
+        assert text == sqrt_lines(5)
+    finally:
+        pool.stop_all()
+        web.stop()

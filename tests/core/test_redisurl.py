@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 from redis.sentinel import SentinelConnectionPool
 
-from jobcast.core.redisurl import BadRedisUrl, SentinelTarget, check_redis_url, parse_sentinel_url
+from jobcast.core.redisurl import (BadRedisUrl, SentinelTarget, check_redis_url, node_urls,
+                                   parse_sentinel_url)
 from jobcast.core.settings import Settings
 from jobcast.core.store import (BlockingSentinelPool, FollowingConnection, cluster_enabled,
                                 redis_client)
@@ -110,3 +111,31 @@ def test_a_sentinel_password_keeps_its_plus_signs_as_the_primarys_password_does(
     password (base64 secrets hold them) became a space, and Sentinel refused the login."""
     target = parse_sentinel_url("redis+sentinel://:a+b@h1/main?sentinel_password=s+t%2Bu")
     assert (target.password, target.sentinel_password) == ("a+b", "s+t+u")
+
+
+def test_a_stream_url_may_name_several_cluster_nodes_each_with_its_credentials_and_options():
+    url = "rediss://u:p%2Cw@a:7001,b:7002?ssl_cert_reqs=none"
+    assert node_urls(url) == ["rediss://u:p%2Cw@a:7001?ssl_cert_reqs=none",
+                              "rediss://u:p%2Cw@b:7002?ssl_cert_reqs=none"]
+    assert node_urls("redis://a:7001, b:7002/0") == ["redis://a:7001/0", "redis://b:7002/0"]
+    for one in ("redis://a:7001/0", "unix:///run/redis.sock", "redis+sentinel://s1,s2/main"):
+        assert node_urls(one) == [one]
+    assert Settings(stream_url="redis://a:7001,b:7002/0").stream_url == "redis://a:7001,b:7002/0"
+    with pytest.raises(BadRedisUrl):
+        check_redis_url("redis://a:7001,b:port/0")
+
+
+def test_redis_url_names_one_redis_as_rq_s_queue_cannot_be_on_a_cluster(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://a:7001,b:7002/0")
+    with pytest.raises(ValidationError, match="JOBCAST_STREAM_URL"):
+        Settings()
+
+
+def test_several_hosts_of_a_redis_that_is_no_cluster_are_refused_naming_why(redis_server):
+    from redis.exceptions import ClusterError
+
+    from jobcast.core.store import connect
+
+    port = redis_server.url.rsplit(":", 1)[1].split("/")[0]
+    with pytest.raises(ClusterError, match="not one"):
+        connect(f"redis://127.0.0.1:{port},127.0.0.1:{port}/0")
