@@ -70,9 +70,9 @@ def _run(job: Job, jlog: JobLog, task_name: str, params: dict[str, Any]) -> dict
     try:
         started = start_attempt(jlog, job, job.worker_name or "unknown", task_name, params,
                                 task.total_for(params))
-    except JobEnded:
+    except JobEnded as exc:
         log.warning("job %s already ended (failed by the watchdog?); not running it", job.id)
-        return {"values": start}
+        raise _filed_failed(job, exc) from None
     attempt = started.number
     if started.new_run:
         start = 0  # the id runs again, in a log opened anew: from its first value
@@ -122,7 +122,22 @@ def _run(job: Job, jlog: JobLog, task_name: str, params: dict[str, Any]) -> dict
     if ended and jlog.status() == "cancelled":
         # Cancelled while the last value was written: the log already has its one ending.
         raise JobCancelled(job.id)
+    if ended:
+        # Failed under it (the watchdog took its worker for dead): RQ must not file it
+        # finished while its viewers were told it failed.
+        log.warning("job %s: its log ended while it ran (failed by the watchdog?); stopped",
+                    job.id)
+        raise _filed_failed(job, JobEnded(job.id))
     return {"values": index}
+
+
+def _filed_failed(job: Job, exc: JobEnded) -> JobEnded:
+    """``exc``, raised for a job whose log has already ended (not cancelled): RQ files it failed,
+    with no retry (a retry would meet the same end), and the failure callback writes nothing
+    (the log keeps its one end)."""
+    job.retries_left = 0
+    exc.jobcast_logged = True
+    return exc
 
 
 def on_failure(job: Job, connection, exc_type, exc_value, tb) -> None:

@@ -12,7 +12,7 @@ import math
 import pytest
 from redis import ConnectionPool, Redis
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 import tests.tasks  # noqa: F401  (registers boom, flaky and flaky_resumable in this process)
 from jobcast.core.epoch import LogReset
@@ -177,11 +177,44 @@ def test_a_job_cancelled_before_it_runs_raises_job_cancelled_and_logs_nothing_mo
     assert kinds(log) == ["queued", "cancelled"]
 
 
-def test_a_job_already_failed_by_the_watchdog_is_not_run(redis, settings):
-    job, log = queued(redis, settings, "sqrt", n=3, interval=0)
+def test_a_job_already_failed_by_the_watchdog_is_not_run_and_rq_files_it_failed_with_no_retry(
+        redis, settings):
+    """A code review's finding: RQ filed it finished, while its viewers were told it failed."""
+    from rq import SimpleWorker
+
+    job_id = enqueue("sqrt", {"n": 3, "interval": 0}, redis=redis, config=settings)
+    job = Job.fetch(job_id, connection=redis)
+    job.retries_left, job.retry_intervals = 2, [0]
+    job.save()
+    log = JobLog(redis, job_id)
     log.failed("no live worker")
-    assert job.perform() == {"values": 0}
+    SimpleWorker([Queue(settings.queue_name, connection=redis)], connection=redis).work(burst=True)
+    job.refresh()
+    assert job.get_status() == JobStatus.FAILED and "JobEnded" in job.latest_result().exc_string
+    assert job.retries_left == 0 and job_id not in Queue(settings.queue_name, connection=redis).job_ids
     assert kinds(log) == ["queued", "failed"]
+
+
+def test_a_job_failed_by_the_watchdog_while_it_runs_stops_and_rq_files_it_failed(
+        redis, settings, monkeypatch):
+    """A code review's finding: the run stopped at the log's end, and returned as if it had
+    finished: RQ filed it finished, while its viewers were told it failed."""
+    from rq import SimpleWorker
+
+    job, log = queued(redis, settings, "sqrt", n=5, interval=0)
+    value = JobLog.value
+
+    def failed_at_the_third(self, index, *args, **kwargs):
+        """The watchdog fails the log as the third value is written."""
+        if index == 2:
+            JobLog(redis, self.job_id).failed("no worker alive for 15 s")
+        return value(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(JobLog, "value", failed_at_the_third)
+    SimpleWorker([Queue(settings.queue_name, connection=redis)], connection=redis).work(burst=True)
+    job.refresh()
+    assert job.get_status() == JobStatus.FAILED and "JobEnded" in job.latest_result().exc_string
+    assert kinds(log) == ["queued", "started", "value", "value", "failed"]
 
 
 def test_a_task_enqueued_again_after_it_ended_runs_from_its_first_value_in_its_log_opened_anew(
