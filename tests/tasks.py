@@ -132,6 +132,16 @@ def progress_bar(frames: Annotated[int, Field(ge=1, le=20)] = 3) -> Iterator[int
 
 
 @task()
+def untidy(n: Annotated[int, Field(ge=1, le=100)] = 3) -> Iterator[float]:
+    """Yield ``n`` values; its cleanup (a generator's ``finally``) raises, however it ends."""
+    try:
+        for i in range(n):
+            yield float(i)
+    finally:
+        raise RuntimeError("cleanup failed")
+
+
+@task()
 def dies() -> Iterator[int]:
     """Yield 0; then, in its first attempt, die as the OOM killer kills (SIGKILL of its own
     process: a forking worker's work-horse, the worker living on); a later attempt yields 1."""

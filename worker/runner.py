@@ -101,7 +101,14 @@ def _run(job: Job, jlog: JobLog, task_name: str, params: dict[str, Any]) -> dict
     finally:
         close = getattr(values, "close", None)  # a generator's; a task may return a list
         if close is not None:
-            close()
+            try:
+                close()
+            except Exception as exc:  # the task's own cleanup (its ``finally``) failed
+                if failure is None and not ended:
+                    failure = exc  # the run's failure, as if its loop had raised it
+                else:  # the run's own ending (its failure, a cancel) is what it reports
+                    log.warning("job %s: the task's cleanup failed too: %s", job.id,
+                                describe(exc))
         chart.save()
         # Everything the task printed (its generator's cleanup too) before the last entry.
         reset = capture.seal()

@@ -217,6 +217,32 @@ def test_a_job_failed_by_the_watchdog_while_it_runs_stops_and_rq_files_it_failed
     assert kinds(log) == ["queued", "started", "value", "value", "failed"]
 
 
+def test_a_task_whose_cleanup_raises_still_saves_its_chart_and_ends_as_it_ended(
+        redis, settings, monkeypatch):
+    """A code review's finding: a generator's ``finally`` that raised skipped the chart and the
+    output's seal, and hid the run's own ending (a cancel became a RuntimeError)."""
+    saved = []
+    monkeypatch.setattr(runner.ChartWriter, "save", lambda self: saved.append(self.jlog.job_id))
+    cancelled, cancelled_log = queued(redis, settings, "untidy", n=3)
+    value = JobLog.value
+
+    def cancelled_at_the_second(self, index, *args, **kwargs):
+        """A cancel as the second value is written."""
+        if index == 1 and self.job_id == cancelled.id:
+            JobLog(redis, self.job_id).cancelled("tester")
+        return value(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(JobLog, "value", cancelled_at_the_second)
+    with pytest.raises(JobCancelled):
+        cancelled.perform()
+    assert kinds(cancelled_log)[-1] == "cancelled"
+    finished, finished_log = queued(redis, settings, "untidy", n=2)
+    with pytest.raises(RuntimeError, match="cleanup failed"):  # the run's failure
+        finished.perform()
+    assert kinds(finished_log)[-2:] == ["value", "retrying"]  # (retries left: retried)
+    assert saved == [cancelled.id, finished.id]
+
+
 def test_a_task_enqueued_again_after_it_ended_runs_from_its_first_value_in_its_log_opened_anew(
         redis, settings):
     """RQ's requeue (or a Repeat) runs a task job again under its id. Before, run_task found
