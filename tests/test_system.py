@@ -198,6 +198,27 @@ def test_a_vanished_viewer_is_freed_after_a_heartbeat(redis_server, logs_dir, wo
         server.stop()
 
 
+def test_a_value_that_is_not_ascii_reaches_every_transport_whole_as_utf_8(http, redis):
+    """Values are stored as UTF-8, not escaped (jobcast.core.values): each stream carries them
+    as the job wrote them, the chunked ones framed by their bytes."""
+    log = running_job(redis)
+    texts = ["漢字 é \U0001F600", "<b>ü</b>" * 300]
+    for i, text in enumerate(texts):
+        log.value(i, text)
+    log.finished()
+    streamed = {}
+    for path in ("stream", "events", "frame"):
+        with http.stream("GET", f"/jobs/{log.job_id}/{path}") as r:
+            assert r.status_code == 200
+            streamed[path] = r.read().decode()  # a chunk's size counted wrong would not parse
+    assert streamed["stream"] == "".join(t + "\n" for t in texts)
+    events = [json.loads(e.data) for e in parse_events(streamed["events"].encode())
+              if e.event == "value"]
+    assert [(e["v"], e["j"]) for e in events] == [(t, t) for t in texts]
+    assert "漢字 é \U0001F600" in streamed["frame"] and "&lt;b&gt;ü&lt;/b&gt;" in streamed["frame"]
+    assert [v["v"] for v in http.get(f"/api/jobs/{log.job_id}/values").json()["values"]] == texts
+
+
 def test_a_relayed_stream_says_connection_close_so_a_pooled_client_goes_on_with_a_new_one(http, redis):
     log = running_job(redis)
     log.value(0, 0.0)

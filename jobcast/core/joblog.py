@@ -634,7 +634,7 @@ class JobLog:
         if isinstance(value, PreparedValue):
             return value
         text, as_json = encode_value(value)
-        size = max(len(text.encode()), len(as_json))
+        size = max(len(text.encode()), len(as_json.encode()))
         if size > self.value_max:
             return PreparedValue(
                 f"[value refused: {size:,} bytes, over the {self.value_max:,}-byte limit]",

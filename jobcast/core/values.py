@@ -50,14 +50,11 @@ def valid_text(text: str) -> str:
 
 
 # Made once: ``json.dumps`` with any option builds a new encoder on every call, and these run
-# for every value a job writes.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-_STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-
-
-# A lone surrogate as ``json`` escapes it (a pair, a character past U+FFFF, is two escapes in
-# order): valid JSON that is not valid Unicode, which a strict parser refuses.
-_LONE_ESCAPE = re.compile(r"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}")
+# for every value a job writes. Text that is not ASCII stays as it is (UTF-8 in Redis and on
+# the wire): escaped, a CJK character took 6 bytes rather than 3, and counted so against the
+# value limit.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
 def encode_value(value: Any) -> tuple[str, str]:
@@ -74,7 +71,7 @@ def encode_value(value: Any) -> tuple[str, str]:
         return text, _COMPACT.encode(text)
     except ValueError:  # a NaN or an infinity inside a list or a dict
         as_json = None
-    if as_json is None or ("\\ud" in as_json and _LONE_ESCAPE.search(as_json)):
+    if as_json is None or (not as_json.isascii() and _SURROGATE.search(as_json)):
         try:
             as_json = _STRICT.encode(_as_json_data(value))
         except (TypeError, ValueError):

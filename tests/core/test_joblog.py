@@ -667,6 +667,27 @@ def test_a_lone_surrogate_inside_a_value_is_escaped_in_its_json_as_in_its_text(j
     assert second.data["j"] == {"name\\xff": ["\\x80", "\u00e9\\x80", "\U0001F600"]}
 
 
+def test_text_that_is_not_ascii_is_stored_as_utf_8_and_counted_in_bytes_against_the_cap(r):
+    """A code review's finding: every non-ASCII character was stored escaped, ``\\uXXXX``
+    (a CJK character took 6 bytes, not 3, in the text and again in the JSON), so 33,000
+    bytes of CJK text were refused as 66,002 under a 64 KiB cap."""
+    log = JobLog(r, uuid.uuid4().hex, value_max=65536)
+    log.create("sqrt", {}, None)
+    cjk = "漢字" * 5500  # 33,000 bytes of UTF-8
+    assert log.value(0, cjk) > 0
+    assert log.value(1, {"名": ["é", "\U0001F600"]}) > 0
+    first, second = [e for e in log.entries() if e.kind == "value"]
+    assert "refused" not in first.data and first.text == cjk and first.data["j"] == cjk
+    assert cjk.encode() in first.raw and b"\\u" not in first.raw
+    assert len(first.raw) < 2 * len(cjk.encode()) + 200  # the text and the JSON, once each
+    assert second.data["j"] == {"名": ["é", "\U0001F600"]}
+    over = JobLog(r, uuid.uuid4().hex, value_max=1000)
+    over.create("sqrt", {}, None)
+    over.value(0, "é" * 500)  # 500 characters, 1,000 bytes of text, 1,002 of JSON
+    (refused,) = [e for e in over.entries() if e.kind == "value"]
+    assert refused.data["refused"] == 1002
+
+
 def test_cancel_racing_the_last_value_leaves_exactly_one_terminal_entry(redis):
     for round_ in range(40):
         log = JobLog(redis, uuid.uuid4().hex)
