@@ -10,6 +10,7 @@ Either feeds the bytes it takes to its capture, under the capture's lock.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import fcntl
 import io
@@ -19,7 +20,7 @@ import select
 import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from jobcast.worker.logrecords import all_handlers
 
@@ -91,6 +92,7 @@ class StreamProxy(io.TextIOBase):
         self.capture = capture
         self.stream = stream
         self.original = original
+        self._buffer: BytesProxy | None = None
 
     def write(self, text: str) -> int:
         """Capture ``text`` (in a forked child of the job: write it where it went before)."""
@@ -113,6 +115,44 @@ class StreamProxy(io.TextIOBase):
     def encoding(self) -> str:
         """What the job writes is encoded as UTF-8."""
         return "utf-8"
+
+    @property
+    def buffer(self) -> "BytesProxy":
+        """The binary stream under it, as a real ``sys.stdout`` has (``sys.stdout.buffer.write``
+        of UTF-8 bytes): what is written there is captured as text too."""
+        if self._buffer is None:
+            self._buffer = BytesProxy(self)
+        return self._buffer
+
+    def reconfigure(self, **options: Any) -> None:
+        """Accepted and ignored, as there is nothing to reconfigure: lines are taken as they
+        are written, and encoded as UTF-8 (code that sets ``line_buffering`` or an encoding
+        on ``sys.stdout`` must not fail inside a job)."""
+
+
+class BytesProxy(io.RawIOBase):
+    """``StreamProxy.buffer``: bytes written are decoded as UTF-8 (a character split between
+    two writes is kept until it is whole; bytes that are not UTF-8 show as U+FFFD) and
+    written to the text proxy."""
+
+    def __init__(self, text: StreamProxy):
+        """Under ``text``."""
+        super().__init__()
+        self.text = text
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Capture ``data``; all of it is taken."""
+        self.text.write(self.decoder.decode(bytes(data)))
+        return len(data)
+
+    def writable(self) -> bool:
+        """It is."""
+        return True
+
+    def fileno(self) -> int:
+        """The replaced stream's descriptor."""
+        return self.text.fileno()
 
 
 class SysSource:

@@ -278,6 +278,32 @@ def test_printing_never_waits_for_a_slow_redis_and_the_lines_arrive_in_order_onc
     assert sys.stdout is not None and not isinstance(sys.stdout, sources.StreamProxy)
 
 
+def test_bytes_written_to_the_standard_streams_buffers_are_captured_as_text():
+    """A code review's finding: a captured job's ``sys.stdout`` had no ``buffer`` (nor
+    ``reconfigure``), so code that writes bytes, or sets its stream's line buffering, failed
+    inside a job and nowhere else."""
+    sent: list[tuple[str, str]] = []
+
+    def sink(entries):
+        """Redis, taking every line."""
+        sent.extend((body["stream"], body["text"]) for _kind, body, _ts in entries)
+        return list(range(len(entries)))
+
+    cap = capture.Capture("j", sink, rate=1000, level=logging.INFO, echo=False, attempt=1,
+                          mode="sys")
+    cap.start()
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stdout.buffer.write("bytes é\n".encode())
+        snowman = "☃\n".encode()
+        sys.stderr.buffer.write(snowman[:2])  # a character split between two writes
+        sys.stderr.buffer.write(snowman[2:])
+        sys.stdout.buffer.flush()
+    finally:
+        cap.close()
+    assert sent == [("stdout", "bytes é"), ("stderr", "☃")]
+
+
 def test_an_unfinished_line_goes_before_a_logging_record_or_the_other_streams_line_printed_after_it():
     """A review's finding: ``print("A", end=""); log.warning("B")`` was logged B, then A (after
     its 200 ms), against the order it was printed in."""
