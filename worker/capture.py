@@ -9,9 +9,9 @@ Two ways to capture, picked by where the job runs (:mod:`jobcast.worker.sources`
 
 - **fd** (a forked work-horse, a fresh process per job): file descriptors 1 and 2 become pipes
   that a reader thread splits into lines, so C extensions and subprocesses are captured too.
-  Python's ``sys.stdout`` is block-buffered over the pipe for the job (a million prints take
-  under a second), ``sys.stderr`` feeds its lines in directly, after what stdout printed
-  before. Logging handlers that wrote to the console are pointed at the saved console.
+  Python's ``sys.stdout`` is line-buffered over the pipe for the job, as on a terminal (a
+  line printed before a subprocess writes comes first), ``sys.stderr`` feeds its lines in
+  directly, after what stdout printed before. Logging handlers that wrote to the console are pointed at the saved console.
 - **sys** (``SimpleWorker``, which runs jobs in its own long-lived process): only
   ``sys.stdout`` and ``sys.stderr`` are replaced, so the worker's own threads and file
   descriptors are never touched; C and subprocess output is not captured.

@@ -100,15 +100,16 @@ class LogStore:
         return jobs
 
     def open_jobs(self) -> list[tuple[str, str]]:
-        """(id, RQ queue) of every queued or running job in the job index; the queue is empty
-        for the jobs Jobcast enqueued itself, and names it for plain RQ jobs.
+        """(id, RQ queue) of every queued or running job (the open jobs,
+        :data:`~jobcast.core.keys.OPEN_JOBS`); the queue is empty for the jobs Jobcast enqueued
+        itself, and names it for plain RQ jobs.
 
         As :meth:`open_job_states`, without the status."""
         return [(job_id, origin) for job_id, origin, _ in self.open_job_states()]
 
     def open_job_states(self) -> list[tuple[str, str, str]]:
-        """(id, RQ queue, status) of every queued or running job in the job index: the queue
-        as :meth:`open_jobs` gives it, the status ``queued`` or ``running``.
+        """(id, RQ queue, status) of every queued or running job: the queue as
+        :meth:`open_jobs` gives it, the status ``queued`` or ``running``.
 
         Only the open jobs (:data:`~jobcast.core.keys.OPEN_JOBS`) are read, and those found
         ended leave them: a round costs a command per job still open, not one per job the
