@@ -23,7 +23,7 @@ from rq.job import Job, JobStatus
 from jobcast.core.joblog import Refused, UnknownJob
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import StreamRedis, redis_client
+from jobcast.core.store import StreamRedis, queue_redis
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def cancel(job_id: str, by: str, *, redis: Redis | None = None, config: Settings
     next run waiting in RQ (a Repeat's, a requeue's: that run is cancelled instead).
     """
     cfg = config or get_settings()
-    redis = redis or redis_client(cfg.redis_url)
+    redis = redis or queue_redis(cfg)
     store = LogStore.connect(cfg, redis, streams)
     jlog = store.log(job_id)
     if not store.on_our_queues(job_id):

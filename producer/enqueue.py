@@ -15,7 +15,7 @@ from jobcast.core.logstore import LogStore
 from jobcast.core.reasons import failure_reason
 from jobcast.core.registry import ON_FAILURE, RUNNER, ParamError, Task, get_task
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import REDIS_ERRORS, StreamRedis, redis_client
+from jobcast.core.store import REDIS_ERRORS, StreamRedis, queue_redis
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def enqueue(task: str, params: Mapping[str, Any] | None = None, *, redis: Redis 
     cfg = config or get_settings()
     spec = get_task(task)
     checked = validate(task, params, config=cfg, strict=strict)
-    redis = redis or redis_client(cfg.redis_url)
+    redis = redis or queue_redis(cfg)
     job_id = uuid.uuid4().hex
     # The log exists before the job is queued, so a viewer can attach at once.
     jlog = LogStore.connect(cfg, redis, streams).log(job_id)

@@ -16,7 +16,7 @@ from rq.job import Job
 from jobcast.core.joblog import JobInfo, JobLog
 from jobcast.core.keys import JOBS_INDEX, OPEN_JOBS, job_keys
 from jobcast.core.settings import Settings, get_settings
-from jobcast.core.store import StreamRedis, redis_client, stream_redis
+from jobcast.core.store import StreamRedis, queue_redis, stream_redis
 from jobcast.core.wait import in_pages
 
 PAGE = 200  # jobs read per round trip by the watchdog's reads (see LogStore._states)
@@ -42,7 +42,7 @@ class LogStore:
         given, else on this process's shared client of the stream store."""
         cfg = settings or get_settings()
         if queue is None and streams is None:
-            queue = redis_client(cfg.redis_url)
+            queue = queue_redis(cfg)
         return cls(streams if streams is not None else stream_redis(cfg, queue), cfg, queue)
 
     def log(self, job_id: str) -> JobLog:

@@ -47,7 +47,8 @@ REDIS_ERRORS = (RedisError, RedisClusterException)
 """What a command raises when Redis does not take it: a Cluster's "slot not covered" and the
 like are no RedisError, and a write caught as failed must catch them too."""
 
-_clients: dict[tuple[str, int], StreamRedis] = {}
+_clients: dict[tuple[str, int], StreamRedis] = {}  # the stream stores' (stream_redis)
+_queue_clients: dict[tuple[str, int], Redis] = {}  # RQ's Redis (queue_redis)
 _lock = threading.Lock()
 
 SENTINEL_RETRY_FOR = 15.0
@@ -357,13 +358,25 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
     return redis_client(url, retry_for=retry_for, **options)
 
 
+def queue_redis(config: Settings) -> Redis:
+    """This process's shared client of RQ's Redis (``REDIS_URL``), for the calls given none: a
+    producer's :func:`~jobcast.producer.enqueue.enqueue` called in a loop dialed Redis afresh
+    each time. Kept per URL and process, as :func:`stream_redis`'s."""
+    key = (config.redis_url, os.getpid())
+    with _lock:
+        client = _queue_clients.get(key)
+        if client is None:
+            client = _queue_clients[key] = redis_client(config.redis_url)
+        return client
+
+
 def stream_redis(config: Settings, queue: Redis | None = None) -> StreamRedis:
     """The stream store's client for this process, shared (``queue`` when it is the same Redis).
 
     Clients are kept per URL and process: redis-py's pools reconnect after a fork.
     """
     if not separate(config):
-        return queue if queue is not None else redis_client(config.redis_url)
+        return queue if queue is not None else queue_redis(config)
     url = stream_url(config)
     key = (url, os.getpid())
     with _lock:

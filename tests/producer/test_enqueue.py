@@ -197,3 +197,22 @@ def test_when_the_log_cannot_be_ended_either_rqs_error_propagates_and_a_warning_
     warnings = [r for r in caplog.records if r.name == "jobcast.producer.enqueue"]
     assert [r.levelname for r in warnings] == ["WARNING"]
     assert "could not be ended: the stream store is down" in warnings[0].getMessage()
+
+
+def test_enqueue_and_cancel_given_no_client_share_one_connection_of_the_process(tmp_path):
+    """A code review's finding: each call given no client made a client and a pool of its own,
+    and dialed Redis afresh: an app enqueueing in a loop opened a connection per job."""
+    from redis import Redis
+
+    from jobcast.launcher.redisserver import RedisServer
+    from jobcast.producer.cancel import cancel
+
+    with RedisServer(data_dir=tmp_path) as server:
+        config = Settings(redis_url=server.url, queue_name=f"idle-{uuid.uuid4().hex[:8]}")
+        watch = Redis.from_url(server.url)
+        before = watch.info("stats")["total_connections_received"]
+        ids = [enqueue("sqrt", {"n": 2}, config=config) for _ in range(5)]
+        cancel(ids[0], "cli", config=config)
+        assert watch.info("stats")["total_connections_received"] - before == 1
+        assert JobLog(watch, ids[0]).status() == "cancelled"
+        watch.close()
