@@ -13,7 +13,7 @@ import collections
 import json
 import re
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Iterable
 
 from jobcast.core.output import line_text
 
@@ -31,6 +31,49 @@ CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u20
 def printable(text: str) -> str:
     """``text`` as a terminal may show it: each control character replaced by U+FFFD."""
     return CONTROL.sub("\ufffd", text)
+
+
+class OutputFailed(Exception):
+    """Standard output could not be written (a full disk, ``> /dev/full``, an I/O error): the
+    command stops with one line and exit 1. Its reader leaving (a closed pipe) is not this,
+    but a :class:`BrokenPipeError`, which ends a command quietly."""
+
+
+class GuardedOutput:
+    """A text stream (standard output) whose failed writes raise :class:`OutputFailed`, so
+    that they are told from the other OSErrors a command may meet; all else is the stream's."""
+
+    def __init__(self, stream: IO[str]):
+        """Guard ``stream``."""
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        """Write ``text``; raise :class:`OutputFailed` when the stream cannot take it."""
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputFailed(exc.strerror or str(exc)) from exc
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        """Write each of ``lines``."""
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        """Flush; raise :class:`OutputFailed` when what was buffered cannot be written."""
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputFailed(exc.strerror or str(exc)) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else (``isatty``, ``fileno``, ``encoding``, ``reconfigure``) is the
+        stream's own."""
+        return getattr(self.stream, name)
 
 
 @dataclass
@@ -140,20 +183,23 @@ class Display:
             self.out.write(text + "\n")
             self.out.flush()
 
-    def printed(self, entry: dict) -> None:
+    def printed(self, entry: dict, prefix: str = "") -> None:
         """A line the job printed: on stderr (dimmed on a terminal; above the bar, if any), its
-        escape sequences and control characters removed."""
+        escape sequences and control characters removed. ``prefix`` (a job's short id, when
+        several are followed) begins each line shown."""
         attempt = entry.get("attempt")
         if self.attempt is not None and attempt != self.attempt:
-            self.note(f"(attempt {attempt})")
+            self.note(f"{prefix}(attempt {attempt})")
         self.attempt = attempt
         text = ESCAPES.sub("", line_text(entry))
         if entry.get("stream") == "logging":
             # A record's own lines (a traceback) stay lines, indented: none can pass for a
-            # line of its own or a note.
-            text = "\n    ".join(printable(part) for part in text.split("\n"))
+            # line of its own or a note. Each is prefixed, so that none passes for another
+            # job's either.
+            text = f"\n{prefix}    ".join(printable(part) for part in text.split("\n"))
         else:
             text = printable(text)  # (bidi overrides, U+2028 too)
+        text = prefix + text
         if self.bar is not None:
             self.bar.console.print(text, markup=False, highlight=False, emoji=False, style="dim",
                                    soft_wrap=True)

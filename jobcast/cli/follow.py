@@ -28,8 +28,10 @@ event first: the follower says so on stderr ("the job's log was reset …: value
 were replaced"), forgets what came after, and goes on with what the log has now.
 
 Exit codes: 0 the job finished, 1 it failed, 2 bad input (malformed or unknown job id),
-3 the server could not be reached for ``reconnect_for`` seconds, 4 the job was cancelled,
-5 the job finished but a reset replaced values already printed, 130 interrupted.
+3 the server could not be reached for ``reconnect_for`` seconds (or answered an error a later
+try may mend, such as a 503 while its Redis is down), 4 the job was cancelled, 5 the job
+finished but a reset replaced values already printed, 130 interrupted. The command adds 1
+(its output cannot be written) and 141 (its output's reader left).
 
 The HTTP side is jobcast.cli.sse, what is shown jobcast.cli.display. The exit codes,
 :func:`bad_input` and :func:`run_reporting` serve ``jobcast follow a b c`` too
@@ -71,6 +73,7 @@ class Follower:
         self.backoff = JitterBackoff(reconnect_for, on_outage=self._outage)
         self.stream = EventStream(self.client, self.base_url, job_id, self.backoff, tail=tail)
         self.values = 0         # values seen (progress "i")
+        self.shown = 0          # values printed (plain), or entries (json)
         self.replaced = False   # a reset replaced values already shown
         self.terminal: dict | None = None
 
@@ -81,11 +84,24 @@ class Follower:
 
     def _outage(self) -> None:
         """An outage begins: say so (a server down from the start, too: a mistyped port must
-        not look like a hang for two minutes)."""
+        not look like a hang for two minutes), and what the server answered, if anything (a
+        503 while its Redis is down is no fault of the server's)."""
+        said = f" (it answers {self.backoff.problem})" if self.backoff.problem else ""
         if self.stream.connections:
-            self.display.note(f"reconnecting… (resuming after entry {self.last_seq})")
+            self.display.note(f"reconnecting…{said} (resuming after {self.values:,} values)")
         else:
-            self.display.note(f"waiting for {masked_url(self.base_url)}…")
+            self.display.note(f"waiting for {masked_url(self.base_url)}…{said}")
+
+    def interrupted(self) -> str:
+        """What a Ctrl-C leaves: how much was printed, and where the job's event stream would
+        go on (the last entry's id, as ``Last-Event-ID`` or ``?after=`` take it)."""
+        what = "entries" if self.display.output == "json" else "values"
+        said = f"interrupted after {self.shown:,} {what} printed"
+        if not self.last_seq:
+            return said
+        epoch = self.stream.epoch
+        position = f"{self.last_seq}:{epoch}" if epoch else str(self.last_seq)
+        return f"{said} (its event stream goes on after id {position})"
 
     def status(self) -> dict:
         """``GET /api/jobs/<id>``, retried while the server is unreachable."""
@@ -164,10 +180,12 @@ class Follower:
         kind = entry.get("kind")
         if self.display.output == "json":
             self.display.entry(data)
+            self.shown += 1
         if kind == "value":
             self.values = entry["i"] + 1
             if self.display.output == "plain":
                 self.display.value(entry["v"])
+                self.shown += 1
             self.display.progress(self.values, entry.get("ts"))
         elif kind == "started":
             if self.display.output == "plain" and entry.get("attempt", 1) > 1:
@@ -291,6 +309,6 @@ def follow(job_id: str, base_url: str, *, output: str = "plain", progress: bool 
     follower = Follower(job_id, base_url, display, reconnect_for=reconnect_for, tail=tail,
                         token=token)
     try:
-        return run_reporting(follower.run, err, lambda: f"interrupted after entry {follower.last_seq}")
+        return run_reporting(follower.run, err, follower.interrupted)
     finally:
         follower.client.close()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from typing import IO, Iterator, NamedTuple
 
 import httpx
@@ -42,7 +43,6 @@ from jobcast.cli.follow import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXI
                                 EXIT_REPLACED, bad_input, run_reporting)
 from jobcast.cli.sse import (RETRYABLE, TERMINAL_KINDS, BadInput, JitterBackoff, error_field,
                              get_status, http_client, opened, parse_blocks, refusal)
-from jobcast.core.output import line_text
 from jobcast.core.store import masked_url
 
 MAX_JOBS = 100
@@ -80,8 +80,12 @@ class MultiEventStream:
     def __init__(self, client: httpx.Client, base_url: str, job_ids: list[str],
                  backoff: JitterBackoff, *, tail: int | None = None):
         """Configure; iterate to read."""
-        if not 1 <= len(job_ids) <= MAX_JOBS or len(set(job_ids)) != len(job_ids):
-            raise BadInput(f"name from 1 to {MAX_JOBS} jobs, each once")
+        if not 1 <= len(job_ids) <= MAX_JOBS:
+            raise BadInput(f"name from 1 to {MAX_JOBS} jobs, not {len(job_ids)}")
+        twice = [job_id for job_id, n in Counter(job_ids).items() if n > 1]
+        if twice:
+            named = f"job {twice[0]} is" if len(twice) == 1 else f"jobs {', '.join(twice)} are"
+            raise BadInput(f"{named} named more than once: name each job once")
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.job_ids = list(job_ids)
@@ -105,7 +109,7 @@ class MultiEventStream:
             if outcome != "retry" and len(self.ended) < len(self.job_ids):
                 # Dropped, or closed by the server (a restart's goodbye): wait, then resume.
                 self.retries += 1
-                self.backoff.wait("events", self.base_url)
+                self.backoff.wait(self.base_url)
 
     def _request(self) -> tuple[list[tuple[str, str]], dict[str, str]]:
         """The query and headers of the next connection."""
@@ -165,7 +169,7 @@ class MultiEventStream:
                         self.past_cursor = False
                 return "closed"
         except RETRYABLE:
-            pass
+            self.backoff.failed()
         return "dropped"
 
     def _events(self, event: str, raw: str) -> list[JobEvent]:
@@ -238,15 +242,23 @@ class MultiFollower:
         self.stream = MultiEventStream(self.client, base_url, job_ids, self.backoff, tail=tail)
         self.attempts: dict[str, int] = {}
         self.values: dict[str, int] = {}   # values seen per job
+        self.shown = 0                     # values printed (plain), or entries (json)
         self.replaced: set[str] = set()    # jobs a reset replaced printed values of
         self.outcomes: dict[str, dict] = {}
 
     def _outage(self) -> None:
-        """An outage begins: say so (a server down from the start too)."""
+        """An outage begins: say so (a server down from the start too), and what the server
+        answered, if anything (a 503 while its Redis is down is no fault of the server's)."""
+        said = f" (it answers {self.backoff.problem})" if self.backoff.problem else ""
         if self.stream.connections:
-            self.display.note("reconnecting… (each job resumes after its last entry)")
+            self.display.note(f"reconnecting…{said} (each job resumes after its last entry)")
         else:
-            self.display.note(f"waiting for {masked_url(self.stream.base_url)}…")
+            self.display.note(f"waiting for {masked_url(self.stream.base_url)}…{said}")
+
+    def interrupted(self) -> str:
+        """What a Ctrl-C leaves: how much was printed."""
+        what = "entries" if self.display.output == "json" else "values"
+        return f"interrupted after {self.shown:,} {what} printed"
 
     def run(self) -> int:
         """Follow until every job has ended; the worst outcome's exit code."""
@@ -279,6 +291,7 @@ class MultiFollower:
             return
         if not plain:
             self.display.entry(ev.raw)
+            self.shown += 1
         kind = ev.data.get("kind")
         if kind in TERMINAL_KINDS:
             self.outcomes[ev.job] = ev.data
@@ -288,6 +301,7 @@ class MultiFollower:
             self.values[ev.job] = ev.data["i"] + 1
             if plain:
                 self.display.value(f"{short} {ev.data['v']}")
+                self.shown += 1
         elif not plain:
             return
         elif kind == "log" and self.display.show_output:
@@ -295,7 +309,8 @@ class MultiFollower:
             if self.attempts.setdefault(ev.job, attempt) != attempt:
                 self.attempts[ev.job] = attempt
                 self.display.note(f"{short} (attempt {attempt})")
-            self.display.printed({"text": f"{short} {line_text(ev.data)}", "attempt": None})
+            # As one job's are (a record's own lines indented), each line after the job's id.
+            self.display.printed(dict(ev.data, attempt=None), prefix=f"{short} ")
         elif kind == "retrying":
             self.display.note(f"{short} retrying: {ev.data.get('reason')}")
 
@@ -359,9 +374,16 @@ def follow_many(job_ids: list[str], base_url: str, *, output: str = "plain",
         return EXIT_BAD_INPUT
     display = Display(output, False, out, err, show_output)  # no bar: several jobs at once
     client = http_client(token, 60.0)
+    started: list[MultiFollower] = []
+
+    def run() -> int:
+        """Follow (its arguments are checked here: a refusal is reported as bad input)."""
+        started.append(MultiFollower(job_ids, base_url, display, client=client,
+                                     reconnect_for=reconnect_for, tail=tail))
+        return started[0].run()
+
     try:
-        return run_reporting(lambda: MultiFollower(job_ids, base_url, display, client=client,
-                                                   reconnect_for=reconnect_for, tail=tail).run(),
-                             err, lambda: "interrupted")
+        return run_reporting(run, err,
+                             lambda: started[0].interrupted() if started else "interrupted")
     finally:
         client.close()

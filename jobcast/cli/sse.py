@@ -97,16 +97,28 @@ def parse_sse(lines: Iterable[str], on_retry: Callable[[int], None] | None = Non
 
 
 class Backoff:
-    """When to try an unreachable server again, and when to stop trying."""
+    """When to try an unreachable server again, and when to stop trying.
+
+    The deadline is kept: the last wait is cut short so that the last try comes when
+    ``give_up_after`` runs out, and a try that fails past it gives up at once. A try under way
+    then is let finish: one that gets no answer at all takes up to its client's connect
+    timeout (10 s for a follow, :func:`http_client`).
+    """
 
     def __init__(self, give_up_after: float, *, first: float = 0.25, most: float = 2.0,
-                 on_outage: Callable[[], None] | None = None):
+                 on_outage: Callable[[], None] | None = None,
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], object] | None = None):
         """Wait ``first`` seconds, doubling up to ``most``; give up after ``give_up_after``
-        seconds of one outage. ``on_outage`` is called when an outage begins."""
+        seconds of one outage. ``on_outage`` is called when an outage begins. ``clock`` and
+        ``sleep``: time.monotonic and time.sleep unless given."""
         self.give_up_after = give_up_after
         self.first = first
         self.most = most
         self.on_outage = on_outage
+        self.clock = clock
+        self.sleep = sleep
+        self.problem: str | None = None  # what the server answered to the last try; None: nothing
         self._down_since: float | None = None
         self._delay = first
 
@@ -114,10 +126,16 @@ class Backoff:
         """The server answered: the next outage starts its clock afresh."""
         self._down_since = None
         self._delay = self.first
+        self.problem = None
 
     def retry(self, ms: int) -> None:
         """The server's ``retry`` (milliseconds): this fixed schedule does not follow it (see
         :class:`JitterBackoff`, which does)."""
+
+    def failed(self, answer: httpx.Response | None = None) -> None:
+        """A try failed: the server gave ``answer`` (an error a later try may mend, such as a
+        503 while its Redis is down), or none at all."""
+        self.problem = None if answer is None else answered(answer)
 
     def next_delay(self) -> float:
         """The wait before the next try, in seconds: doubling from ``first`` up to ``most``."""
@@ -125,17 +143,32 @@ class Backoff:
         self._delay = min(self.most, self._delay * 2)
         return delay
 
-    def wait(self, what: str, where: str) -> None:
-        """Sleep before the next try, or raise :class:`Unreachable` when the outage is too long."""
-        now = time.monotonic()
+    def wait(self, where: str) -> None:
+        """Sleep before the next try, or raise :class:`Unreachable` once the outage has lasted
+        ``give_up_after`` seconds (the server at ``where`` is named)."""
+        now = (self.clock or time.monotonic)()
         if self._down_since is None:
             self._down_since = now
             if self.on_outage is not None:
                 self.on_outage()
-        elif now - self._down_since > self.give_up_after:
-            raise Unreachable(f"{what}: no answer from {masked_url(where)} for "
-                              f"{self.give_up_after:g} s")
-        time.sleep(self.next_delay())
+        elif now - self._down_since >= self.give_up_after:
+            raise Unreachable(self.gave_up(where))
+        left = self._down_since + self.give_up_after - now
+        (self.sleep or time.sleep)(max(0.0, min(self.next_delay(), left)))
+
+    def gave_up(self, where: str) -> str:
+        """Why the outage ended the follow: what the server said, or that it said nothing."""
+        if self.problem is None:
+            return f"gave up after {self.give_up_after:g} s: no answer from {masked_url(where)}"
+        return f"gave up after {self.give_up_after:g} s: {masked_url(where)} answers {self.problem}"
+
+
+def answered(r: httpx.Response) -> str:
+    """An error answer in a few words: its status, and the message of its JSON body (which a
+    Jobcast server gives: ``HTTP 503: Redis is unreachable; retry shortly``)."""
+    message = error_field(r, "message")
+    return f"HTTP {r.status_code}" + (f": {message}" if isinstance(message, str) and message
+                                      else "")
 
 
 class JitterBackoff(Backoff):
@@ -144,9 +177,12 @@ class JitterBackoff(Backoff):
     ``give_up_after`` seconds of one outage."""
 
     def __init__(self, give_up_after: float, *, floor: float = 1.0, cap: float = 30.0,
-                 on_outage: Callable[[], None] | None = None):
-        """``floor`` until the server says its own (:meth:`retry`)."""
-        super().__init__(give_up_after, on_outage=on_outage)
+                 on_outage: Callable[[], None] | None = None,
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], object] | None = None):
+        """``floor`` until the server says its own (:meth:`retry`); ``clock`` and ``sleep``
+        as :class:`Backoff`'s."""
+        super().__init__(give_up_after, on_outage=on_outage, clock=clock, sleep=sleep)
         self.floor = floor
         self.cap = cap
         self.attempt = 0
@@ -201,7 +237,7 @@ class EventStream:
             if outcome != "dropped":
                 return
             self.retries += 1
-            self.backoff.wait("events", self.base_url)
+            self.backoff.wait(self.base_url)
 
     def _connection(self) -> Iterator[Event]:
         """Read one connection's events; return "terminal", "ended" (204) or "dropped"."""
@@ -244,7 +280,7 @@ class EventStream:
                     if event.event in TERMINAL_KINDS:
                         return "terminal"
         except RETRYABLE:
-            pass
+            self.backoff.failed()
         return "dropped"
 
 
@@ -257,10 +293,12 @@ def get_status(client: httpx.Client, base_url: str, job_id: str,
         try:
             r = client.get(f"{base_url}/api/jobs/{job_id}")
         except RETRYABLE:
-            backoff.wait("status", base_url)
+            backoff.failed()
+            backoff.wait(base_url)
             continue
         if r.status_code >= 500 or r.status_code in (408, 429):
-            backoff.wait("status", base_url)
+            backoff.failed(r)  # (what it says is told: "Redis is unreachable", say)
+            backoff.wait(base_url)
             continue
         backoff.reset()
         return r
@@ -271,6 +309,8 @@ def opened(r: httpx.Response, backoff: Backoff) -> bool:
     for another status, which a later try may mend; raises for a 200 that is no event stream
     (:func:`not_an_event_stream`)."""
     if r.status_code != 200:
+        r.read()  # (its error body says why: told if the outage lasts)
+        backoff.failed(r)
         return False
     wrong = not_an_event_stream(r)
     if wrong is not None:

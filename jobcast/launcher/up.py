@@ -409,36 +409,52 @@ def running_redis_url(state: dict[str, Any]) -> str:
     return own if masked_url(own) == shown else shown
 
 
-def follow_running_up(environ: MutableMapping[str, str] | None = None) -> None:
+def follow_running_up(environ: MutableMapping[str, str] | None = None) -> str | None:
     """Point a client command (``enqueue``, ``follow``, ``jobs``, ``cancel``) at the `jobcast
     up` running here, as `jobcast status` is, where the environment names no Redis
     (``REDIS_URL``) or no web server (``JOBCAST_URL``) of its own: its embedded Redis has a
     password, and its web server the port it was given. Nothing changes without one, when its
     Redis URL holds a password this process cannot read, or when its job logs
     (``JOBCAST_STREAM_URL``) or its queue (``JOBCAST_QUEUE``) are not this process's.
+
+    Returns why the `jobcast up` running here was passed over for its queue or its logs, when
+    the command goes on to the default REDIS_URL instead of its Redis (a hint for an error
+    that follows), else None.
     """
     environ = os.environ if environ is None else environ
     if "REDIS_URL" in environ and "JOBCAST_URL" in environ:
-        return
+        return None
     state = read_state()
     if state is None:
-        return
+        return None
     own = get_settings()
-    if (state.get("streams", "") != (masked_url(own.stream_url) if own.stream_url else "")
-            or state.get("queue", own.queue_name) != own.queue_name):
-        return  # its logs or its queue are not where this process would look: not its jobs
-    if "REDIS_URL" in environ:
-        if masked_url(environ["REDIS_URL"]) != state.get("redis_url"):
-            return  # another Redis: not its jobs, so not its web server either
-    elif is_masked(url := running_redis_url(state)):
-        # A password this process cannot read: neither its Redis nor its web server. Refused,
-        # or the command would go on to localhost:6379 and queue or list other jobs there.
-        raise UnknownRedis()
-    else:
+    if "REDIS_URL" in environ and masked_url(environ["REDIS_URL"]) != state.get("redis_url"):
+        return None  # another Redis: not its jobs, so not its web server either
+    # Its logs or its queue not where this process would look: not its jobs. Said (returned)
+    # where REDIS_URL is not set: the command then goes on to its default Redis, not the
+    # one of the `jobcast up` its user may have expected.
+    passed_over = None
+    streams = masked_url(own.stream_url) if own.stream_url else ""
+    if state.get("streams", "") != streams:
+        passed_over = (f"its job logs are in {state.get('streams') or 'its Redis'}, "
+                       f"JOBCAST_STREAM_URL names {streams or 'none'}")
+    elif state.get("queue", own.queue_name) != own.queue_name:
+        passed_over = f"it works queue {state.get('queue')!r}, JOBCAST_QUEUE is {own.queue_name!r}"
+    if passed_over:
+        return None if "REDIS_URL" in environ else (
+            f"the `jobcast up` running here (pid {state.get('pid')}) was passed over: "
+            f"{passed_over}")
+    if "REDIS_URL" not in environ:
+        if is_masked(url := running_redis_url(state)):
+            # A password this process cannot read: neither its Redis nor its web server.
+            # Refused, or the command would go on to localhost:6379 and queue or list other
+            # jobs there.
+            raise UnknownRedis()
         environ["REDIS_URL"] = url
     if state.get("url"):
         environ.setdefault("JOBCAST_URL", state["url"])
     get_settings.cache_clear()  # (read above, before these were set)
+    return None
 
 
 def status(output: str = "plain") -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from jobcast.cli import main as cli
+from jobcast.cli import commands as cli
 from jobcast.core.settings import Settings, get_settings
 
 
@@ -143,6 +143,64 @@ def test_following_a_job_named_twice_says_each_is_named_once():
     from jobcast.cli.follow_many import MultiEventStream
     from jobcast.cli.sse import BadInput, JitterBackoff
 
-    with pytest.raises(BadInput, match="each once"):
-        MultiEventStream(httpx.Client(), "http://jobcast.test", ["a" * 32, "a" * 32],
+    with pytest.raises(BadInput) as excinfo:
+        MultiEventStream(httpx.Client(), "http://jobcast.test", ["a" * 32, "b" * 32, "a" * 32],
                          JitterBackoff(1))
+    assert str(excinfo.value) == f"job {'a' * 32} is named more than once: name each job once"
+
+
+def test_jobcast_web_bind_takes_gunicorns_host_colon_port_form(served):
+    """A CLI user's review: `jobcast web --bind 127.0.0.1:7425` (gunicorn's form) failed with
+    "cannot listen on [127.0.0.1:7425]:8000: Name or service not known"."""
+    assert cli.main(["web", "--bind", "127.0.0.1:7425"]) == 0
+    assert served[-1][0] == "127.0.0.1:7425"
+    assert cli.main(["web", "--bind", "[::1]:7426"]) == 0 and served[-1][0] == "[::1]:7426"
+    assert cli.main(["web", "--bind", "::1", "--port", "7427"]) == 0
+    assert served[-1][0] == "[::1]:7427"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["web", "--bind", "127.0.0.1:7425", "--port", "7426"],
+     "jobcast web: argument --bind: names port 7425, and --port 7426: give the port one way"),
+    (["web", "--bind", "127.0.0.1:99999"],
+     "jobcast web: argument --bind: expected HOST:PORT with a port of 1 to 65535, got "
+     "'127.0.0.1:99999'"),
+    (["web", "--bind", "999.1.1.1"], "jobcast web: argument --bind: cannot resolve '999.1.1.1'"),
+])
+def test_a_bind_address_that_cannot_be_is_a_bad_argument_exit_2(capsys, served, argv, says):
+    """A CLI user's review: a port given both in --bind and --port went unnoticed, and
+    `--bind 999.1.1.1` was exit 1, where the README says a bad argument is exit 2."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and served == []
+    assert one_line(capsys.readouterr().err).startswith(says)
+
+
+def test_a_port_in_jobcast_bind_is_a_bad_setting_exit_2(capsys, served, monkeypatch):
+    """PORT says the port: JOBCAST_BIND=host:port would leave it unclear which one wins."""
+    monkeypatch.setenv("JOBCAST_BIND", "0.0.0.0:7425")
+    assert cli.main(["web"]) == 2 and served == []
+    assert one_line(capsys.readouterr().err) == (
+        "jobcast: JOBCAST_BIND='0.0.0.0:7425' is invalid: the port is PORT's (or --port's) to "
+        "say, not JOBCAST_BIND's")
+
+
+def test_a_stray_argument_points_to_its_own_commands_help(capsys):
+    """A CLI user's review: `jobcast tasks extra` pointed to `jobcast --help`, which does not
+    list the arguments of `jobcast tasks`."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["tasks", "extra"])
+    assert exc.value.code == 2
+    assert one_line(capsys.readouterr().err) == (
+        "jobcast tasks: unrecognized arguments: extra (see jobcast tasks --help)")
+
+
+def test_follow_help_lists_every_exit_code_the_readme_does(capsys):
+    """A CLI user's review: `jobcast follow --help` did not list 130 (Ctrl-C) and 141 (its
+    output's reader left), which the README does."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["follow", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "130 when interrupted (Ctrl-C)" in text
+    assert "141 when its output's reader left (| head)" in text

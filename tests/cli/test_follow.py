@@ -637,3 +637,88 @@ def test_a_follow_that_any_job_would_be_refused_is_told_before_its_job_is_queued
 
     problem = read_refused("https://jobcast.test", token, client=client())
     assert problem is None if said is None else said in problem, problem
+
+
+REDIS_DOWN = {"error": "service_unavailable", "message": "Redis is unreachable; retry shortly"}
+"""What the web answers while its Redis is down (web/errors.py)."""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_server_whose_redis_is_down_is_quoted_not_blamed_and_the_deadline_is_kept(jobs):
+    """A CLI user's review: with the web up and its Redis down (503), `jobcast follow` said
+    "status: no answer from http://… for 3 s", blaming the web server; and `--reconnect-for 2`
+    gave up after 4.5 s (the last jittered wait ran past the deadline)."""
+    from jobcast.cli.follow import EXIT_UNREACHABLE, run_reporting
+    from jobcast.cli.follow_many import MultiFollower
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock()
+
+    def redis_down(request: httpx.Request) -> httpx.Response:
+        """Every request answered 503, as the web does while its Redis is down."""
+        clock.advance(0.01)  # (an answer takes a moment)
+        return httpx.Response(503, json=REDIS_DOWN, headers={"Retry-After": "2"})
+
+    for _ in range(5):  # (the waits are jittered)
+        err = io.StringIO()
+        display = Display("plain", False, io.StringIO(), err)
+        client = httpx.Client(transport=httpx.MockTransport(redis_down))
+        ids = [c * 32 for c in "ab"[:jobs]]
+        follower = (Follower(ids[0], "http://jobcast.test", display, client=client,
+                             reconnect_for=2) if jobs == 1 else
+                    MultiFollower(ids, "http://jobcast.test", display, client=client,
+                                  reconnect_for=2))
+        follower.backoff.clock, follower.backoff.sleep = clock, clock.advance
+        start = clock()
+        assert run_reporting(follower.run, err, lambda: "interrupted") == EXIT_UNREACHABLE
+        assert 2 <= clock() - start <= 2.02, "the deadline is --reconnect-for's"
+        assert err.getvalue().splitlines() == [
+            "waiting for http://jobcast.test… (it answers HTTP 503: Redis is unreachable; "
+            "retry shortly)",
+            "jobcast: gave up after 2 s: http://jobcast.test answers HTTP 503: Redis is "
+            "unreachable; retry shortly"]
+
+
+def test_ctrl_c_on_follow_says_how_many_values_it_printed_and_where_the_stream_goes_on():
+    """A CLI user's review: Ctrl-C said "interrupted after entry 11" once 9 values were
+    printed: the entry's seq, which nothing on screen counts."""
+    from jobcast.cli.follow import EXIT_INTERRUPTED, run_reporting
+
+    def events():
+        """Queued, started and 9 values (seqs 3 to 11); then the user presses Ctrl-C."""
+        yield (entry(1, "E1", "queued") + entry(2, "E1", "started")).encode()
+        for i in range(9):
+            yield entry(3 + i, "E1", i=i).encode()
+        raise KeyboardInterrupt
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        """A running job's status, and its events."""
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=events())
+        return httpx.Response(200, json={"task": "sqrt", "status": "running",
+                                         "progress": {"i": 0, "n": 100}})
+
+    out, err = io.StringIO(), io.StringIO()
+    follower = Follower("a" * 32, "http://jobcast.test", Display("plain", False, out, err),
+                        client=httpx.Client(transport=httpx.MockTransport(answer)))
+    assert run_reporting(follower.run, err, follower.interrupted) == EXIT_INTERRUPTED
+    assert len(out.getvalue().splitlines()) == 9
+    assert err.getvalue() == ("jobcast: interrupted after 9 values printed (its event stream "
+                              "goes on after id 11:E1)\n")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_follow_into_output_that_cannot_be_written_is_one_line_and_exit_1(
+        http, web, workers, redis_server, jobs):
+    """A CLI user's review: `jobcast follow ID > /dev/full` ended in a traceback, "OSError:
+    [Errno 28] No space left on device"."""
+    ids = [create_job(http, "sqrt", n=3, interval=0.01) for _ in range(jobs)]
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([*JOBCAST, "follow", *ids, "--url", web.url], cwd=ROOT,
+                             env=service_env(redis_server.url), stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        "jobcast: cannot write to standard output: No space left on device")

@@ -104,9 +104,9 @@ def test_backoff_is_full_jitter_above_the_servers_retry_capped_and_gives_up():
     backoff.reset()
     assert backoff.attempt == 0
     quick = JitterBackoff(-1.0, floor=0.001)       # any outage is too long
-    quick.wait("events", "here")                   # an outage begins: one more try
+    quick.wait("here")                             # an outage begins: one more try
     with pytest.raises(Unreachable):
-        quick.wait("events", "here")
+        quick.wait("here")
 
 
 def multi_entry(job: str, seq: int, epoch: str, kind: str = "value", i: int | None = None) -> str:
@@ -258,3 +258,43 @@ def test_a_jobs_status_that_fails_for_a_moment_is_asked_again_not_taken_for_a_fa
     follower.backoff.floor, follower.backoff.cap = 0.0, 0.0
     assert follower.run() == 0, err.getvalue()
     assert statuses == [] and f"{a[:8]} Done" in err.getvalue()
+
+
+def test_a_jobs_multi_line_log_record_prints_as_when_one_job_is_followed_each_line_prefixed():
+    """A CLI user's review: following several jobs printed a logging record of two lines as
+    "disk low\ufffdsecond line", where following one job prints the second line indented on
+    a line of its own."""
+    import io
+
+    import httpx
+
+    from jobcast.cli.display import Display
+    from jobcast.cli.follow import Follower
+    from jobcast.cli.follow_many import MultiFollower
+
+    a = "a" * 32
+    record = {"kind": "log", "stream": "logging", "level": "WARNING", "logger": "app",
+              "text": "disk low\nsecond line", "attempt": 1}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        """The job's record and end, on one job's stream or on several's."""
+        if request.url.path.endswith("/events"):
+            entries = [dict(record, seq=1), {"kind": "finished", "seq": 2, "ts": 1.0}]
+            several = request.url.path == "/events"
+            body = "".join(f"id: {e['seq']}\nevent: {e['kind']}\n"
+                           f"data: {json.dumps(dict(e, job=a) if several else e)}\n\n"
+                           for e in entries)
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=body.encode())
+        return httpx.Response(200, json={"task": "sqrt", "status": "running",
+                                         "progress": {"i": 0, "n": None}})
+
+    one, several = io.StringIO(), io.StringIO()
+    client = httpx.Client(transport=httpx.MockTransport(answer))
+    assert Follower(a, "http://jobcast", Display("plain", False, io.StringIO(), one),
+                    client=client).run() == 0
+    assert MultiFollower([a], "http://jobcast", Display("plain", False, io.StringIO(), several),
+                         client=client).run() == 0
+    assert one.getvalue().splitlines() == ["WARNING app: disk low", "    second line", "Done"]
+    assert several.getvalue().splitlines() == [f"{a[:8]} {line}" for line in
+                                               one.getvalue().splitlines()]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -229,7 +231,7 @@ def test_enqueue_follow_checks_the_task_before_it_asks_the_server(redis_server, 
                                                                  capsys, args):
     """A second reading's finding: the server was asked first, so a bad task or parameter
     waited on the network and could be told of a token instead."""
-    from jobcast.cli import main as cli_main
+    from jobcast.cli import commands as cli_main
     from jobcast.core.settings import get_settings
 
     asked = []
@@ -242,3 +244,63 @@ def test_enqueue_follow_checks_the_task_before_it_asks_the_server(redis_server, 
     finally:
         get_settings.cache_clear()
     assert asked == [] and "token" not in capsys.readouterr().err
+
+
+def test_ctrl_c_on_a_worker_waiting_for_an_unreachable_redis_is_one_line_and_exit_130():
+    """A CLI user's review: Ctrl-C on `jobcast worker` while it waited for its Redis printed a
+    60-line chained traceback ending in the wait's sleep, and the process died of the signal."""
+    import signal
+
+    from jobcast.launcher.redisserver import free_port
+    from tests.support.cli import Run
+
+    run = Run(f"redis://127.0.0.1:{free_port(7528)}/0", "worker")
+    try:
+        wait_for(lambda: "trying again in" in run.err, 30, what="the worker waiting for Redis")
+        waited = run.err
+        run.proc.send_signal(signal.SIGINT)
+        assert run.wait(30) == 130, run.err
+    finally:
+        run.proc.kill()
+        run.wait(10)
+    assert run.err.startswith(waited) and run.err.endswith("\njobcast: interrupted\n")
+    assert "Traceback" not in run.err and "during handling" not in run.err.lower()
+
+
+def test_ctrl_c_while_the_command_imports_its_modules_is_one_line_and_exit_130(redis_server,
+                                                                              tmp_path):
+    """A CLI user's review: Ctrl-C in the first half second of any command (while it imports
+    Redis, RQ, pydantic...) printed the traceback of an import."""
+    import signal
+
+    from tests.support.cli import Run
+
+    # An import that takes its time, so that the Ctrl-C surely comes during it: pydantic is
+    # the first heavy module the commands import.
+    (tmp_path / "pydantic.py").write_text(
+        "import sys, time\n"
+        "sys.stderr.write('importing pydantic\\n')\n"
+        "sys.stderr.flush()\n"
+        "time.sleep(60)  # (a slow import; the test interrupts it)\n")
+    run = Run(redis_server.url, "jobs", PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    try:
+        wait_for(lambda: "importing pydantic" in run.err, 30, what="the import under way")
+        run.proc.send_signal(signal.SIGINT)
+        assert run.wait(30) == 130, run.err
+    finally:
+        run.proc.kill()
+        run.wait(10)
+    assert run.err == "importing pydantic\njobcast: interrupted\n"
+
+
+@pytest.mark.parametrize("argv", [["jobs"], ["tasks"]])
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(redis_server, redis, argv):
+    """A CLI user's review: `jobcast jobs > /dev/full` ended in a traceback, "OSError: [Errno
+    28] No space left on device"."""
+    JobLog(redis, uuid.uuid4().hex).create("sqrt", {}, None)  # (something for `jobs` to list)
+    env = service_env(redis_server.url)
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([*JOBCAST, *argv], env=env, cwd=ROOT, stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr == "jobcast: cannot write to standard output: No space left on device\n"

@@ -552,7 +552,7 @@ def test_a_malformed_env_option_is_refused_without_echoing_its_value(capsys):
 
 
 def test_env_options_are_grouped_by_kind_of_service():
-    from jobcast.cli.main import build_parser
+    from jobcast.cli.commands import build_parser
 
     args = build_parser().parse_args(["up", "--env", "worker:REDIS_URL=redis://x:1/0",
                                       "--env", "web:JOBCAST_HEARTBEAT=1=2"])
@@ -693,6 +693,53 @@ def test_client_commands_follow_the_running_up_unless_the_environment_names_its_
     with pytest.raises(UnknownRedis):
         followed({})
     get_settings.cache_clear()
+
+
+def test_a_client_command_that_passes_over_the_running_up_for_its_queue_says_so_with_its_error(
+        tmp_path, monkeypatch, capsys):
+    """A CLI user's review: with JOBCAST_QUEUE=other while `jobcast up` ran on the default
+    queue, `jobcast jobs` said "cannot reach Redis at redis://localhost:6379/0", with no word
+    of the `jobcast up` it passed over, nor why."""
+    from jobcast.cli import commands
+    from jobcast.core.settings import get_settings
+    from jobcast.launcher.up import follow_running_up, write_state
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("JOBCAST_URL", raising=False)
+    monkeypatch.setenv("JOBCAST_QUEUE", "other")
+    (tmp_path / "jobcast" / "redis").mkdir(parents=True)
+    (tmp_path / "jobcast" / "redis" / "password").write_text("pw\n")
+    write_state(tmp_path / "jobcast" / "up.json",
+                {"pid": os.getpid(), "started": time.time(), "services": [],
+                 "url": "http://127.0.0.1:8010", "redis_url": "redis://:***@127.0.0.1:6399/0",
+                 "redis_embedded": True, "streams": "", "queue": "jobcast"})
+    get_settings.cache_clear()
+    hint = (f"the `jobcast up` running here (pid {os.getpid()}) was passed over: it works "
+            "queue 'jobcast', JOBCAST_QUEUE is 'other'")
+    try:
+        env: dict[str, str] = {}
+        assert follow_running_up(env) == hint and env == {}
+        # REDIS_URL named: the Redis asked is the one named, whatever `jobcast up` works.
+        assert follow_running_up({"REDIS_URL": "redis://127.0.0.1:6399/0"}) is None
+        # The command goes on to the default Redis, localhost:6379; something may answer
+        # there on some machine, so a port nothing answers on stands for it.
+        dead = f"redis://127.0.0.1:{free_port(7526)}/0"
+
+        def passed_over_to_the_default_redis() -> str | None:
+            """follow_running_up, then REDIS_URL's default as a Redis that does not answer."""
+            said = follow_running_up()
+            monkeypatch.setenv("REDIS_URL", dead)
+            get_settings.cache_clear()
+            return said
+
+        monkeypatch.setattr(commands, "follow_running_up", passed_over_to_the_default_redis)
+        assert commands.main(["jobs"]) == 3
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert err.startswith(f"jobcast: cannot reach Redis at {dead}: ")
+    assert err.endswith(f" ({hint})\n") and err.count("\n") == 1
 
 
 @pytest.mark.slow  # runs `jobcast up`

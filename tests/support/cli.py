@@ -83,13 +83,13 @@ class CuttableProxy:
 
 
 class Run:
-    """`jobcast ARGS` in the background; stdout lines are collected as they come."""
+    """`jobcast ARGS` in the background; stdout lines and stderr are collected as they come."""
 
     def __init__(self, redis_url: str, *args: str, **env: str):
         self.proc = subprocess.Popen([*JOBCAST, *args], cwd=ROOT, env=service_env(redis_url, **env),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
-        self.err = ""
+        self.err_lines: list[str] = []
         self._out = threading.Thread(target=self._read_out, daemon=True)
         self._err = threading.Thread(target=self._read_err, daemon=True)
         self._out.start()
@@ -100,7 +100,13 @@ class Run:
             self.lines.append(line.rstrip("\n"))
 
     def _read_err(self) -> None:
-        self.err = self.proc.stderr.read()
+        for line in self.proc.stderr:
+            self.err_lines.append(line)
+
+    @property
+    def err(self) -> str:
+        """What it wrote on stderr so far (all of it, once :meth:`wait` has returned)."""
+        return "".join(self.err_lines)
 
     def wait(self, timeout: float = 60) -> int:
         code = self.proc.wait(timeout)
