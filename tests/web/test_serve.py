@@ -111,8 +111,9 @@ def test_ctrl_c_stops_the_server_without_a_traceback(redis_server, tmp_path):
 
 
 @pytest.mark.slow  # starts `jobcast web`, and gunicorn where the check lets it
+# (An address that does not resolve is a bad argument, exit 2: tests/cli/test_args.py.)
 @pytest.mark.parametrize("bind, said", [("127.0.0.1", "Address already in use"),
-                                        ("nosuchhost.invalid", "")])
+                                        ("192.0.2.1", "")])  # TEST-NET-1: not this machine's
 def test_a_port_in_use_or_an_address_not_here_is_one_line_and_exit_1(bind, said):
     """A CLI user's review: `jobcast web` on a busy port, or a --bind that is not this
     machine's, printed gunicorn's retries (6 to 11 error lines over 5 s), then exit 1 with no
