@@ -28,6 +28,7 @@ from rq.job import Job
 
 from jobcast.core.epoch import LogReset
 from jobcast.core.joblog import JobLog, Refused, task_label
+from jobcast.core.keys import InvalidJobId
 from jobcast.core.logstore import LogStore
 from jobcast.core.registry import LEGACY_PATHS, RUNNER
 from jobcast.core.settings import Settings
@@ -179,7 +180,8 @@ def emit(value: Any, total: int | None = None) -> int | None:
 
     ``total`` sets the number of values expected (the progress bar's end). Returns the
     entry's seq, or None when the value was not logged: an earlier attempt of this job
-    already logged that index, or the job has already ended. Raises
+    already logged that index, the job has already ended, or its id is one Jobcast cannot log
+    (over 128 characters: the job runs unlogged). Raises
     :class:`~jobcast.core.epoch.LogReset` when the log is not the one this run began (gone,
     or reset by a failover): RQ then retries or fails the job; ``JobCancelled`` when the job
     was cancelled (a non-forking worker cannot kill it): RQ files it canceled; on a worker
@@ -195,7 +197,12 @@ def emit(value: Any, total: int | None = None) -> int | None:
     if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
         raise ValueError(f"total must be a non-negative int, not {total!r}")
     job = current_job()
-    state = _state(job)
+    try:
+        state = _state(job)
+    except InvalidJobId:
+        # An id Jobcast's keys cannot take (over 128 characters; RQ takes any): the job runs
+        # unlogged, as the hook said when it began, and so do its values.
+        return None
     index = state.next
     if state.dropped:
         # A value before this one was not even held: this one cannot take its index, and
@@ -300,6 +307,9 @@ def resume() -> int:
             emit(work(i))
     """
     job = current_job()
-    state = _state(job)
+    try:
+        state = _state(job)
+    except InvalidJobId:
+        return 0  # (a job that runs unlogged: see emit)
     state.next = max(state.next, state.log.values_logged())
     return state.next

@@ -58,6 +58,10 @@ if kind == 'queued' then
     if ARGV[16] == '' or (status ~= 'finished' and status ~= 'failed')
         or redis.call('HGET', meta, 'ended_at') ~= ARGV[16] then return -4 end
     redis.call('DEL', meta, log)
+  else
+    -- A log left without its hash (evicted, or deleted by hand) would refuse the new entry's
+    -- id, after the hash below was written: the job is new, and so is its log.
+    redis.call('DEL', log)
   end
   epoch = ARGV[11]
   redis.call('HSET', meta, 'epoch', epoch, 'epochs', epoch .. '@1@0')

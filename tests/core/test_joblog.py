@@ -738,3 +738,14 @@ def test_a_feed_whose_cluster_slot_is_not_covered_leaves_the_job_s_writes_done(r
     monkeypatch.setattr(Feed, "append", uncovered)
     assert log.value(0, 1.0) > 0 and log.finished() > 0
     assert [e.kind for e in log.entries()][-2:] == ["value", "finished"]
+
+
+def test_a_job_created_over_a_log_left_without_its_hash_begins_a_log_of_its_own(r):
+    """A code review's finding: a log whose hash was gone (evicted, deleted by hand) made the
+    creation's append refuse its id, after the script had written the new hash's epoch and
+    seq: a hash with no log and no expiry, and a job that could not be created."""
+    log = JobLog(r, uuid.uuid4().hex)
+    r.xadd(log.keys.log, {"e": b'{"seq":5}'}, id="0-5")
+    log.create("sqrt", {}, None)
+    assert [(e.seq, e.kind) for e in log.entries()] == [(1, "queued")]
+    assert log.status() == "queued"

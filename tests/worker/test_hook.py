@@ -168,9 +168,11 @@ def test_a_plain_job_whose_id_jobcast_cannot_log_runs_unlogged_and_the_worker_go
     the job left started and every job behind it waiting."""
     queue = Queue(f"hook-long-id-{os.getpid()}", connection=redis)
     long = queue.enqueue("os.getpid", job_id="long-" + "x" * 140)
+    emitting = queue.enqueue(emit_lines, 2, job_id="emits-" + "x" * 140)  # emit() a no-op
     after = queue.enqueue(emit_lines, 2)
     SimpleWorker([queue], connection=redis).work(burst=True)
     assert long.get_status(refresh=True) == JobStatus.FINISHED
+    assert emitting.get_status(refresh=True) == JobStatus.FINISHED
     assert JobLog(redis, after.id).status() == "finished"
 
 
