@@ -48,7 +48,7 @@ from jobcast.core.epoch import EPOCH_LUA, HEAD_FIELDS, Head, LogReset, Position,
 from jobcast.core.feed import LIFECYCLE, Feed, ProgressGate
 from jobcast.core.keys import JOBS_INDEX, OPEN_JOBS, check_job_id, job_keys
 from jobcast.core.store import REDIS_ERRORS, is_cluster
-from jobcast.core.values import _COMPACT, PreparedValue, encode_value, valid_text
+from jobcast.core.values import PreparedValue, encode_value, json_text, valid_text
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +426,7 @@ class JobLog:
         # Every value a job yields comes through here on its way to the viewers, on a CPU
         # that has usually gone cold since the last one: the work is kept short.
         now = f"{time.time():.6f}"
-        encode = _COMPACT.encode
+        encode = json_text
         parts = [f'"kind":{encode(kind)},"ts":{now if ts is None else format(ts, ".6f")}']
         if body:
             for k, v in body.items():

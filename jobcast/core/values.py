@@ -56,6 +56,39 @@ def valid_text(text: str) -> str:
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
+# All but three: what Python's ``str.splitlines`` (and so httpx's ``iter_lines``, a client's
+# SSE reader) takes for line breaks besides CR and LF. Raw in an SSE ``data:`` line, they would
+# cut it in two there, so they stay escaped.
+_BREAKS = re.compile("[\u0085\u2028\u2029]")
+
+
+def _escape_break(match: re.Match) -> str:
+    """A line break other than CR or LF, as a JSON escape."""
+    return f"\\u{ord(match.group()):04x}"
+
+
+def json_text(value: Any) -> str:
+    """``value`` as compact JSON (what :func:`_as_json_data` makes of it when it holds a lone
+    surrogate), text that is not ASCII as it is but for the line breaks :data:`_BREAKS` names:
+    what every field of a log entry is written as."""
+    return _unbroken(_json(_COMPACT, value))
+
+
+def _json(encoder: json.JSONEncoder, value: Any) -> str:
+    """``value`` encoded by ``encoder``, made valid Unicode (a lone surrogate inside it, kept
+    raw now that text is not escaped, would not encode as UTF-8)."""
+    as_json = encoder.encode(value)
+    if not as_json.isascii() and _SURROGATE.search(as_json):
+        as_json = encoder.encode(_as_json_data(value))
+    return as_json
+
+
+def _unbroken(as_json: str) -> str:
+    """``as_json`` with the line breaks :data:`_BREAKS` names escaped."""
+    if as_json.isascii() or not _BREAKS.search(as_json):
+        return as_json
+    return _BREAKS.sub(_escape_break, as_json)
+
 
 def encode_value(value: Any) -> tuple[str, str]:
     """Return (text, json) for a task value: text as :func:`value_text` makes it, JSON with
@@ -66,17 +99,15 @@ def encode_value(value: Any) -> tuple[str, str]:
     if isinstance(value, float) and not math.isfinite(value):
         return text, "null"
     try:
-        as_json = _STRICT.encode(value)
+        as_json = _json(_STRICT, value)
     except TypeError:
-        return text, _COMPACT.encode(text)
+        return text, json_text(text)
     except ValueError:  # a NaN or an infinity inside a list or a dict
-        as_json = None
-    if as_json is None or (not as_json.isascii() and _SURROGATE.search(as_json)):
         try:
             as_json = _STRICT.encode(_as_json_data(value))
         except (TypeError, ValueError):
             as_json = _COMPACT.encode(text)
-    return text, as_json
+    return text, _unbroken(as_json)
 
 
 def _as_json_data(value: Any) -> Any:

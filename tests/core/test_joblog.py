@@ -749,3 +749,21 @@ def test_a_job_created_over_a_log_left_without_its_hash_begins_a_log_of_its_own(
     log.create("sqrt", {}, None)
     assert [(e.seq, e.kind) for e in log.entries()] == [(1, "queued")]
     assert log.status() == "queued"
+
+
+def test_entries_escape_the_line_breaks_a_reader_may_split_at_and_lone_surrogates_anywhere(r):
+    """A review's finding, once text that is not ASCII was stored as UTF-8: U+2028, U+2029 and
+    U+0085 went raw into the SSE ``data:`` line, which readers splitting as ``str.splitlines``
+    cut there; a lone surrogate nested in a job's parameters made its creation fail (redis-py
+    cannot encode it)."""
+    log = JobLog(r, uuid.uuid4().hex)
+    log.create("sqrt", {"name": "x\udcff", "list": ["\ud800"]}, None)
+    log.value(0, "a\u2028b\u2029c\u0085d é")
+    log.append_many([("log", {"stream": "stdout", "text": "p\u2028q", "attempt": 1}, 1.0)])
+    queued, value, line = log.entries()
+    assert queued.data["params"] == {"name": "x\\xff", "list": ["\\ud800"]}
+    assert value.text == "a\u2028b\u2029c\u0085d é" == value.data["j"]
+    assert line.data["text"] == "p\u2028q"
+    for entry in (queued, value, line):
+        assert entry.raw.decode().splitlines() == [entry.raw.decode()]
+    assert "é".encode() in value.raw
