@@ -42,7 +42,7 @@ from jobcast.cli.display import Display, end_note, reset_note, trimmed_note
 from jobcast.cli.follow import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED,
                                 EXIT_REPLACED, bad_input, run_reporting)
 from jobcast.cli.sse import (RETRYABLE, TERMINAL_KINDS, BadInput, JitterBackoff, error_field,
-                             get_status, http_client, opened, parse_blocks, refusal)
+                             get_status, http_client, opened, parse_blocks, refusal, sse_lines)
 from jobcast.core.store import masked_url
 
 MAX_JOBS = 100
@@ -159,7 +159,7 @@ class MultiEventStream:
                 if not opened(r, self.backoff):
                     return "dropped"
                 self.connections += 1
-                for event_id, event, data in parse_blocks(r.iter_lines()):
+                for event_id, event, data in parse_blocks(sse_lines(r.iter_text())):
                     if data is not None:
                         for ev in self._events(event, data):
                             self.past_cursor = True

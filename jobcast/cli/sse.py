@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
@@ -84,6 +85,28 @@ def parse_blocks(lines: Iterable[str], on_retry: Callable[[int], None] | None = 
             data.append(value)
         elif name == "retry" and on_retry is not None and value.isascii() and value.isdigit():
             on_retry(int(value))
+
+
+_EOL = re.compile(r"\r\n|\r|\n")
+
+
+def sse_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """The lines of an event stream's text, ended as the SSE spec says: by CRLF, CR or LF, and
+    nothing else (``str.splitlines``, and so httpx's ``iter_lines``, also ends a line at
+    U+2028, U+0085 and others, which a value's text may hold: a ``data:`` line cut there is
+    no longer JSON)."""
+    pending = ""
+    for chunk in chunks:
+        pending += chunk
+        start = 0
+        for end in _EOL.finditer(pending):
+            if end.group() == "\r" and end.end() == len(pending):
+                break  # maybe the first half of a CRLF: wait for what follows
+            yield pending[start:end.start()]
+            start = end.end()
+        pending = pending[start:]
+    if pending:
+        yield pending.removesuffix("\r")
 
 
 def parse_sse(lines: Iterable[str], on_retry: Callable[[int], None] | None = None
@@ -261,7 +284,7 @@ class EventStream:
                 if not opened(r, self.backoff):
                     return "dropped"
                 self.connections += 1
-                for event in parse_sse(r.iter_lines(), self.backoff.retry):
+                for event in parse_sse(sse_lines(r.iter_text()), self.backoff.retry):
                     if event.event == "reset":
                         # The log is not what we followed: go on from where it says.
                         self.last_seq, self.epoch = event.position()

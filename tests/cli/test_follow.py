@@ -21,7 +21,7 @@ from rq import Queue
 
 from jobcast.cli.display import Display, Rate
 from jobcast.cli.follow import Follower
-from jobcast.cli.sse import parse_sse
+from jobcast.cli.sse import parse_sse, sse_lines
 from jobcast.launcher.redisserver import free_port
 from tests.support.jobs import create_job
 from tests.support.services import JOBCAST, ROOT, service_env
@@ -496,6 +496,20 @@ def test_enqueue_follow_with_bad_follow_options_queues_nothing(redis_server, red
               JOBCAST_QUEUE=queue)
     assert run.wait(30) == 2, run.err
     assert Queue(queue, connection=redis).count == 0
+
+
+def test_an_event_stream_s_lines_end_at_cr_lf_or_crlf_only_however_it_is_cut():
+    """A review's finding: httpx's ``iter_lines`` (``str.splitlines``) also ends a line at
+    U+2028, U+2029 and U+0085, which a value's text may hold: its ``data:`` line, cut there, no
+    longer parsed as JSON, and every reconnect met the same entry."""
+    text = 'id: 3\r\ndata: {"v":"a\u2028b\u0085c"}\r\n\r\nid: 4\rdata: x\r\rid: 5\ndata: y\n\n'
+    want = ["id: 3", 'data: {"v":"a\u2028b\u0085c"}', "", "id: 4", "data: x", "", "id: 5",
+            "data: y", ""]
+    for cut in range(len(text) + 1):  # (a CRLF split between two reads among them)
+        assert list(sse_lines([text[:cut], text[cut:]])) == want, cut
+    assert list(sse_lines(["data: last\r"])) == ["data: last"]
+    events = list(parse_sse(sse_lines([text])))
+    assert [e.data for e in events] == ['{"v":"a\u2028b\u0085c"}', "x", "y"]
 
 
 def test_output_lines_lose_bidi_overrides_and_line_separators():
