@@ -20,7 +20,7 @@ from redis import Redis
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from jobcast.core.store import (COMMAND_TIMEOUT, StreamRedis, cluster_enabled, connect,
-                                probe_client, redis_client, separate, stream_url)
+                                one_node, probe_client, redis_client, separate, stream_url)
 from jobcast.web.broker import HEALTH_CHECK_INTERVAL, Broker
 from jobcast.web.handover import on_worker_exit
 from jobcast.web.limits import ClientRate, StreamLimiter
@@ -64,7 +64,7 @@ class State:
         self.probe = probe_client(self.redis)  # /readyz's: one try, so it answers in time
         if streams is None and separate(config):
             url = stream_url(config)
-            streams = connect(url, cluster=True) if cluster_enabled(url) else pooled(url)
+            streams = connect(url, cluster=True) if cluster_enabled(url) else pooled(one_node(url))
         self.streams = streams if streams is not None else self.redis
         self.logs = LogStore(self.streams, config, self.redis)
         self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)

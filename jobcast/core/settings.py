@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     stream_url: str = env("JOBCAST_STREAM_URL", "",
                           "Redis for the logs, job metadata and pub/sub, when not `REDIS_URL`; "
                           "a node of a Redis Cluster works (hash-tagged keys, "
-                          "`SPUBLISH`/`SSUBSCRIBE`); RQ's queue stays on `REDIS_URL`")
+                          "`SPUBLISH`/`SSUBSCRIBE`), or several, `redis://node-1:6379,"
+                          "node-2:6379/0`: a client starts from the first that answers; "
+                          "RQ's queue stays on `REDIS_URL`")
     public_url: str = env("JOBCAST_URL", "http://localhost:8000",
                           "public base URL printed by the CLI next to a job id", min_length=1)
     allowed_hosts: str = env("JOBCAST_ALLOWED_HOSTS", "",

@@ -330,20 +330,20 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
     """
     if cluster is None:
         cluster = cluster_enabled(url)
-    nodes = node_urls(url)
     if cluster:
         # Each command retries on MOVED/ASK, connection errors and cluster-down replies,
         # re-reading the slot map: a failover or a restarted primary is waited out.
         attempts = max(3, int(retry_for / 0.5)) if retry_for else 3
         # Every node named is a place to start from: the client reads the slot map from the
-        # first that answers.
-        others = []
-        for node in nodes[1:]:
+        # first that answers, in the order they are named (the URL's own node, which redis-py
+        # adds after them, is already the first).
+        nodes, starts = node_urls(url), []
+        for node in nodes:
             where = parse_url(node)
-            others.append(ClusterNode(where.get("host", "localhost"), where.get("port", 6379)))
+            starts.append(ClusterNode(where.get("host", "localhost"), where.get("port", 6379)))
         try:
             return RedisCluster.from_url(
-                nodes[0], startup_nodes=others or None,
+                nodes[0], startup_nodes=starts,
                 retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts),
                 socket_connect_timeout=2, socket_timeout=10, socket_keepalive=True)
         except RedisClusterException as exc:
@@ -352,10 +352,16 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
             # Redis would let it through as a traceback.
             raise ClusterError(f"the Redis Cluster at {masked_url(url)} is not usable: "
                                f"{exc}") from exc
-    if len(nodes) > 1:
+    return redis_client(one_node(url), retry_for=retry_for, **options)
+
+
+def one_node(url: str) -> str:
+    """``url``, which names a Redis that is no Cluster node; ClusterError when it names
+    several hosts, as only a Cluster's nodes may."""
+    if len(node_urls(url)) > 1:
         raise ClusterError(f"{masked_url(url)} names several hosts, which only a Redis "
                            "Cluster's nodes may be: this Redis is not one (name its host alone)")
-    return redis_client(url, retry_for=retry_for, **options)
+    return url
 
 
 def queue_redis(config: Settings) -> Redis:

@@ -42,3 +42,18 @@ def test_stop_before_start_does_nothing(app):
     # Nor does it keep the services from starting at the first request.
     assert app.test_client().get("/healthz").status_code == 200
     assert st.relay is not None and not st.relay.closing and st.watchdog._thread.is_alive()
+
+
+def test_a_stream_url_naming_several_hosts_of_a_redis_that_is_no_cluster_says_so(
+        redis_server, make_app):
+    """A review's finding: such a URL reached redis-py's URL parser, which said "Port could
+    not be cast to integer value as '6379,b:6379'"."""
+    import pytest
+    from redis.exceptions import ClusterError
+
+    from jobcast.core.settings import Settings
+
+    host_port = redis_server.url.split("//")[1].split("/")[0]
+    url = f"redis://{host_port},{host_port}/0"
+    with pytest.raises(ClusterError, match="names several hosts"):
+        make_app({"JOBCAST": Settings(redis_url=redis_server.url, stream_url=url)})
