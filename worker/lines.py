@@ -8,7 +8,7 @@ newline :data:`PARTIAL_AFTER` seconds after its first byte is sent as ``partial`
 follows starts a new one; a piece that goes on with a partial line after a ``\\r`` (a progress
 bar's next frame) is marked ``redraw``: it takes the place of what the line showed.
 
-:class:`RateWindow` caps the lines (and characters) a job may log per second, and counts the rest.
+:class:`RateWindow` caps the lines (and bytes) a job may log per second, and counts the rest.
 
 Nothing here does I/O or reads a clock: times are passed in, so the tests need no process.
 """
@@ -44,10 +44,10 @@ class OutputLine:
 
     @property
     def size(self) -> int:
-        """What the line costs against the rate cap and the backlog: its text's length in
-        characters (a byte each in ASCII; counting UTF-8 bytes would cost an encode per
-        line on the printing thread)."""
-        return len(self.text)
+        """What the line costs against the rate cap and the backlog: its text's bytes in UTF-8
+        (an encode only for text that is not ASCII)."""
+        text = self.text
+        return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
     def body(self, attempt: int | None) -> dict[str, Any]:
         """The ``log`` entry's fields (the append script adds ``seq``, ``kind`` and ``ts``)."""

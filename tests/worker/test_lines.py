@@ -108,3 +108,13 @@ def test_the_rate_window_also_caps_bytes_and_gives_every_count_at_the_end(clock)
     window = RateWindow(lines=100, max_bytes=10)
     assert window.admit(6, clock()) and not window.admit(6, clock()) and window.admit(4, clock())
     assert window.notice(clock(), final=True) == 1
+
+
+def test_a_line_costs_its_utf_8_bytes_against_the_cap_whatever_it_holds():
+    """A code review's finding: the 256 KiB a second counted characters (a CJK line cost a
+    third of its bytes)."""
+    from jobcast.worker.lines import OutputLine
+
+    assert OutputLine("stdout", "abc", 0.0).size == 3
+    assert OutputLine("stdout", "漢字é", 0.0).size == 8
+    assert OutputLine("stdout", "x\udcff", 0.0).size == 4  # a lone surrogate (a file name)
