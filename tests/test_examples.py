@@ -187,6 +187,38 @@ def test_example_app_under_the_sync_worker_refuses_to_start_and_names_the_fix(re
     assert "--worker-class gevent" in out
 
 
+def test_example_app_preloaded_under_gevent_answers_many_first_requests_at_once(redis_server,
+                                                                               logs_dir):
+    """A Flask maintainer's review: with --preload, Jobcast's start lock was made in gunicorn's
+    master before gevent patched threading: a real lock. The first request's greenlet held it
+    while starting the services' threads (a switch), the next ones waited on it, and the
+    worker hung until gunicorn killed it (0 of 30 answered)."""
+    import concurrent.futures
+    import socket
+
+    app = ExampleApp(redis_server.url, "gevent", logs_dir / "example-gevent-preload.log",
+                     "--preload", "--workers", "1")
+    try:
+        def listening() -> bool:
+            """gunicorn's master listens (its worker may not be up yet)."""
+            try:
+                socket.create_connection(("127.0.0.1", app.port), 0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, 30, what="gunicorn to listen")
+
+        def get(_: int) -> int:
+            """One of the worker's first requests to Jobcast."""
+            return httpx.get(f"{app.url}/jobcast/api/jobs", timeout=20).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(30) as pool:
+            assert list(pool.map(get, range(30))) == [200] * 30
+    finally:
+        stop_process(app.proc)
+
+
 def test_example_app_preloaded_under_the_sync_worker_answers_streams_503_naming_the_fix(
         redis_server, logs_dir):
     # --preload builds the app in gunicorn's master, before any worker exists: the check

@@ -32,6 +32,10 @@ from jobcast.web.gunicorn_check import check_worker_class
 
 log = logging.getLogger(__name__)
 
+_guard = threading.Lock()
+"""Held only to make a State's start lock (:meth:`State.start_lock`), never across a switch
+of greenlets: made at import, it may be a real lock (gunicorn's master under --preload)."""
+
 
 def pooled(url: str) -> Redis:
     """A client of one Redis (or Sentinel's primary) with a bounded pool: connections must
@@ -75,7 +79,18 @@ class State:
         self.presence: Presence | None = None
         self.pid: int | None = None  # the process the services run in
         self.warned = False  # the log was told if the server is open (security.warn_if_weak)
-        self._lock = threading.Lock()
+        self._lock: threading.Lock | None = None  # this process's (start_lock)
+        self._lock_pid: int | None = None
+
+    def start_lock(self) -> threading.Lock:
+        """The lock :func:`start` holds, made in this process. One made with the app in
+        gunicorn's master (``--preload``), before gevent patched ``threading``, is a real lock:
+        the greenlet holding it switches as it starts threads, and the next request's greenlet,
+        waiting on it, blocked the whole worker for good."""
+        with _guard:
+            if self._lock_pid != os.getpid():
+                self._lock, self._lock_pid = threading.Lock(), os.getpid()
+            return self._lock
 
 
 def init_app(app: Flask, config: Settings, redis: Redis | None = None,
@@ -105,7 +120,7 @@ def start(st: State) -> Relay:
     """
     if st.pid == os.getpid():
         return st.relay
-    with st._lock:
+    with st.start_lock():
         if st.pid != os.getpid():
             # With --preload the app was created in gunicorn's master: check the worker here.
             check_worker_class()
