@@ -146,12 +146,15 @@ def test_example_app_answers_a_queued_jobs_text_stream_with_its_headers_before_a
         assert list(lines) == []
 
 
+@pytest.mark.parametrize("preload", [False, True])
 def test_example_app_under_gunicorns_gevent_worker_ends_its_streams_at_once_on_sigterm(
-        redis_server, redis, logs_dir):
+        redis_server, redis, logs_dir, preload):
     """Under gunicorn's own gevent worker (an app mounted with init_app) a SIGTERM ends each
     stream at once with its goodbye (``retry:``), rather than hold the worker until gunicorn's
-    graceful timeout (30 s) cuts it."""
-    app = ExampleApp(redis_server.url, "gevent", logs_dir / "example-gevent-sigterm.log")
+    graceful timeout (30 s) cuts it. With --preload too (a review's finding: the handler was
+    installed as the app was made, in gunicorn's master, so never in the worker)."""
+    app = ExampleApp(redis_server.url, "gevent", logs_dir / "example-gevent-sigterm.log",
+                     *(["--preload"] if preload else []))
     app.wait_ready()
     jlog = JobLog(redis, uuid.uuid4().hex)
     jlog.create("waits", {}, None)

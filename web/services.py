@@ -29,6 +29,7 @@ from jobcast.web.relay import Relay
 from jobcast.web.security import warn_if_weak
 from jobcast.web.watchdog import Watchdog
 from jobcast.web.gunicorn_check import check_worker_class
+from jobcast.web import shutdown
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,10 @@ def start(st: State) -> Relay:
             st.presence = Presence(st.logs, st.relay)
             st.presence.start()
             st.pid = os.getpid()
-            # Held streams are not requests gunicorn waits for: end them when it stops.
+            # Held streams are not requests gunicorn waits for: end them when it stops (the
+            # worker's SIGTERM too, when the app was made in gunicorn's master: --preload).
             on_worker_exit(lambda: stop(st))
+            shutdown.install(lambda: stop(st))
     return st.relay
 
 

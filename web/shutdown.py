@@ -9,12 +9,16 @@ its Last-Event-ID; text and HTML streams end and their readers resume by value c
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Callable
 
 from jobcast.web import green
 
 log = logging.getLogger(__name__)
+
+_installed_in: int | None = None
+"""The process whose SIGTERM handler :func:`install` chained onto (once per process)."""
 
 
 def spawn(func: Callable[[], None]) -> None:
@@ -27,12 +31,17 @@ def spawn(func: Callable[[], None]) -> None:
 
 
 def install(stop: Callable[[], None]) -> bool:
-    """Chain ``stop`` (:func:`jobcast.web.services.stop`) onto the gunicorn worker's SIGTERM handler;
-    False when not under gunicorn."""
+    """Chain ``stop`` (:func:`jobcast.web.services.stop`) onto the gunicorn worker's SIGTERM
+    handler, once per process; False when not in a gunicorn worker (in its master, with
+    ``--preload``, the services' start in the worker installs it)."""
+    global _installed_in
+    if _installed_in == os.getpid():
+        return True
     previous = signal.getsignal(signal.SIGTERM)
     owner = getattr(previous, "__self__", None)
     if owner is None or not type(owner).__module__.startswith("gunicorn.workers"):
         return False
+    _installed_in = os.getpid()
 
     def on_sigterm(signum, frame):
         """Let gunicorn stop accepting, and wake every stream to end (off the signal frame)."""

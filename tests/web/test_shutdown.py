@@ -27,8 +27,10 @@ FakeGunicornWorker.__module__ = "gunicorn.workers.fake"
 
 
 @pytest.fixture
-def sigterm():
-    """Restore the test process's SIGTERM handler afterwards."""
+def sigterm(monkeypatch):
+    """Restore the test process's SIGTERM handler afterwards; the process has had nothing
+    installed (install chains once per process)."""
+    monkeypatch.setattr(shutdown, "_installed_in", None)
     previous = signal.getsignal(signal.SIGTERM)
     yield
     signal.signal(signal.SIGTERM, previous)
@@ -51,6 +53,7 @@ def test_sigterm_reaches_gunicorn_first_then_stops_the_services_off_the_signal_f
         stopped.set()
 
     assert shutdown.install(stop) is True
+    assert shutdown.install(stop) is True  # once per process: the second chains nothing
     os.kill(os.getpid(), signal.SIGTERM)
     wait_for(stopped.is_set, timeout=5, what="the services to be stopped")
     assert worker.signals == [signal.SIGTERM]
