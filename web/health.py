@@ -6,8 +6,8 @@ import logging
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
 
+from jobcast.core.store import REDIS_ERRORS
 from jobcast.web.metrics import render
 from jobcast.web.models import Health, reply
 from jobcast.web.services import state
@@ -38,9 +38,9 @@ def readyz():
     st = state()
     try:
         st.probe.ping()
-        if st.streams is not st.redis:
-            st.streams.ping()
-    except RedisError as exc:
+        if st.streams_probe is not None:
+            st.streams_probe.ping()
+    except REDIS_ERRORS as exc:  # (a Cluster's "slot not covered" is no RedisError)
         # The error names Redis's host and port: for the log, not for whoever can reach a
         # public probe.
         log.warning("readyz: Redis does not answer: %s", exc)

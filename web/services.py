@@ -20,7 +20,8 @@ from redis import Redis
 from jobcast.core.logstore import LogStore
 from jobcast.core.settings import Settings
 from jobcast.core.store import (COMMAND_TIMEOUT, StreamRedis, cluster_enabled, connect,
-                                one_node, probe_client, redis_client, separate, stream_url)
+                                is_cluster, one_node, probe_client, redis_client, separate,
+                                stream_url)
 from jobcast.web.broker import HEALTH_CHECK_INTERVAL, Broker
 from jobcast.web.handover import on_worker_exit
 from jobcast.web.limits import ClientRate, StreamLimiter
@@ -71,6 +72,11 @@ class State:
             url = stream_url(config)
             streams = connect(url, cluster=True) if cluster_enabled(url) else pooled(one_node(url))
         self.streams = streams if streams is not None else self.redis
+        # /readyz's PING of a stream store of its own: one try too (a Cluster client's retries
+        # are its own, bounded, and it has no single connection to copy).
+        self.streams_probe: StreamRedis | None = (
+            None if self.streams is self.redis
+            else self.streams if is_cluster(self.streams) else probe_client(self.streams))
         self.logs = LogStore(self.streams, config, self.redis)
         self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)
         self.auth_failures = ClientRate(config.auth_failures)

@@ -222,6 +222,32 @@ def test_with_no_replica_to_promote_readyz_answers_503_within_its_command_timeou
     wait_for(lambda: up.http.get("/readyz").status_code == 200, 30, what="ready again")
 
 
+def test_with_a_stream_store_behind_sentinel_and_nothing_to_promote_readyz_answers_503_in_time(
+        group, redis_server, logs_dir):
+    """A Flask maintainer's review: /readyz pinged a stream store of its own (JOBCAST_STREAM_URL)
+    through the web's pooled client, which rides out 15 s of failover: with nothing to promote
+    it took 15-30 s to say so. It tries once now, as its PING of REDIS_URL does."""
+    from jobcast.core.store import COMMAND_TIMEOUT
+    from tests.support.services import WebServer
+
+    web = WebServer(redis_server.url, workers=1, log_path=logs_dir / "web-sentinel-streams.log",
+                    JOBCAST_STREAM_URL=group.url).start()
+    nodes = [group.procs[group.primary_port], group.procs[group.replica_port]]
+    try:
+        with httpx.Client(base_url=web.url, timeout=COMMAND_TIMEOUT + 2) as http:
+            assert http.get("/readyz").status_code == 200
+            for node in nodes:
+                node.send_signal(signal.SIGSTOP)
+            try:
+                # The client's timeout is the deadline: a probe that outlasts it fails the test.
+                assert http.get("/readyz").status_code == 503
+            finally:
+                for node in nodes:
+                    node.send_signal(signal.SIGCONT)
+    finally:
+        web.stop()
+
+
 def test_a_failover_that_loses_entries_resets_each_viewer_once_and_reuses_no_id(group, up):
     job_id, sse, text = watch(up, 60, 0.2)
     wait_for(lambda: up.status(job_id)["progress"]["i"] >= 20, 30, what="value 20")
