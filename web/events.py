@@ -315,6 +315,27 @@ def multi_stream():
     if request.method == "HEAD":
         return stream_head(SSE.mimetype, STREAM_HEADERS)
     leases, slot = reserve(st, [v.job_id for v in live], client_address(st.config))
+    try:
+        response = _respond(st, req, viewers, live, leases, slot, prelude)
+    except BaseException:
+        # No response carries the streams, so nothing else would give back their leases
+        # and their slot among the client's streams (admission.admit guards the same).
+        for lease in leases:
+            lease.release()
+        slot.release()
+        raise
+    if live:
+        # Runs even if the body was never iterated (the client left at once); viewers the
+        # relay took are ended by the relay instead.
+        response.call_on_close(lambda: [v.abandon() for v in live])
+    return response
+
+
+def _respond(st, req: MultiRequest, viewers: list[Viewer], live: list[Viewer],
+             leases: list, slot, prelude: bytes) -> Response:
+    """The stream's response, its viewers holding ``leases`` and their connection ``slot``:
+    handed over to the relay or drained through the request."""
+    relay = st.relay
     bound_writes(request.environ, st.config.write_timeout)
     retry = retry_ms()
     conn = Connection(None, digest(req.streams), retry=retry, resources=(slot,))
@@ -338,9 +359,7 @@ def multi_stream():
         conn.attach(QueueSink(st.config.viewer_buffer, alive=client_alive(request.environ)))
         body = drain(relay, live[-1], first, hold=lambda: relay.hold_connection(conn),
                      release=lambda: [relay.release(v, "closed") for v in live])
-    response = Response(body, mimetype=SSE.mimetype, headers=STREAM_HEADERS)
-    response.call_on_close(lambda: [v.abandon() for v in live])
-    return response
+    return Response(body, mimetype=SSE.mimetype, headers=STREAM_HEADERS)
 
 
 def _feed_viewer(req: MultiRequest, st) -> tuple[Viewer, bytes]:

@@ -242,3 +242,23 @@ def test_a_stream_whose_subscription_redis_does_not_confirm_is_503_with_retry_af
     assert r.json["error"] == "service_unavailable" and "subscription" in r.json["message"]
     assert st.limiter.total == 0 and sum(st.limiter.by_client.values()) == 0
     assert st.relay.broker._subs[job.job_id].refs == 0
+
+
+def test_a_multi_job_stream_whose_response_fails_gives_back_its_slot_and_subscriptions(
+        app, client, redis, monkeypatch):
+    """A Flask maintainer's review: /events took a slot and a subscription per job, and an
+    error before its response existed kept them for good (the one-job stream gave them back)."""
+    from jobcast.web import events
+    from tests.support.jobs import running_job
+
+    def broken(environ):
+        """Fail as the view reaches the connection."""
+        raise RuntimeError("broken")
+
+    jobs = [running_job(redis), running_job(redis)]
+    monkeypatch.setattr(events, "can_take", broken)
+    r = client.get("/events?" + "&".join(f"job={j.job_id}" for j in jobs))
+    assert r.status_code == 500
+    st = app.extensions["jobcast"]
+    assert st.limiter.total == 0 and sum(st.limiter.by_client.values()) == 0
+    assert [st.relay.broker._subs[j.job_id].refs for j in jobs] == [0, 0]
