@@ -44,7 +44,6 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template, request,
                    url_for)
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from werkzeug.exceptions import Forbidden as Refused
 from werkzeug.exceptions import HTTPException, NotFound, RequestURITooLarge
 
 from jobcast.core.secret import signing_key
@@ -483,7 +482,7 @@ def login():
         # Any page could post wrong tokens here, and each would count against the browser's
         # address (JOBCAST_AUTH_FAILURES): while it stayed open, that address (its API clients
         # too) would be refused. Refused before the count, as logout() is.
-        raise Refused("logging in is only possible from this site's own form")
+        raise Forbidden(CROSS_SITE, "logging in is only possible from this site's own form")
     cfg = config()
     form = LoginForm.model_validate(request.form.to_dict())
     client = failure_key(cfg)
@@ -515,7 +514,7 @@ def logout():
     the browser would take the cleared cookie (SameSite rules what is sent, not what is set).
     """
     if cross_site():
-        raise Refused("logging out is only possible from this site's pages")
+        raise Forbidden(CROSS_SITE, "logging out is only possible from this site's pages")
     response = see_other(url_for("security.login_form"))
     response.delete_cookie(SESSION_COOKIE, path=cookie_path(), httponly=True, samesite="Strict",
                            secure=request.is_secure)

@@ -322,6 +322,7 @@ def test_another_sites_page_cannot_spend_the_browsers_failed_logins_and_lock_out
         for _ in range(5):
             r = c.post("/login", data={"token": "guess", "next": "/"}, headers=headers)
             assert r.status_code == 403 and r.json["error"] == "forbidden", headers
+            assert r.json["reason"] == "cross_site", headers
             assert "Set-Cookie" not in r.headers
     assert c.get("/api/jobs", headers=AUTH).status_code == 200, "the address is not locked out"
     assert c.post("/login", data={"token": TOKEN, "next": "/"},
@@ -336,7 +337,7 @@ def test_another_site_cannot_log_a_browser_out(client):
                     {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
                     {"Sec-Fetch-Site": "same-site"}):
         r = client.post("/logout", headers=headers)
-        assert r.status_code == 403 and r.json["error"] == "forbidden", headers
+        assert r.status_code == 403 and r.json["reason"] == "cross_site", headers
         assert "Set-Cookie" not in r.headers
     assert client.get("/api/jobs").status_code == 200, "still logged in"
     for headers in ({"Origin": "http://localhost"}, {"Sec-Fetch-Site": "same-origin"}, {}):
