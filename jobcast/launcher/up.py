@@ -366,6 +366,8 @@ def rq_info(redis_url: str, queue_name: str) -> dict[str, Any]:
                  "started": q.started_job_registry.get_job_count(cleanup=False),
                  "finished": q.finished_job_registry.count,
                  "failed": q.failed_job_registry.count,
+                 # (the jobs the watchdog failed when no worker was alive: RQ's cancel)
+                 "canceled": q.canceled_job_registry.count,
                  "deferred": q.deferred_job_registry.count,
                  "scheduled": q.scheduled_job_registry.count}
         host = socket.gethostname()
@@ -494,8 +496,9 @@ def status(output: str = "plain") -> int:
         return 3
     q = info["queue"]
     print(f"queue {q['name']}: {q['queued']} queued, {q['started']} started, "
-          f"{q['finished']} finished, {q['failed']} failed, {q['deferred']} deferred, "
-          f"{q['scheduled']} scheduled")
+          f"{q['finished']} finished, {q['failed']} failed, {q['canceled']} canceled, "
+          f"{q['deferred']} deferred, {q['scheduled']} scheduled (RQ's registries; "
+          f"`jobcast jobs` lists the jobs as their viewers see them)")
     print(f"{plural(len(info['workers']), 'RQ worker')}:")
     for w in info["workers"]:
         gone = "  (process gone; RQ forgets it when its key expires)" if w["gone"] else ""

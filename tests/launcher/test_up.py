@@ -201,13 +201,14 @@ def test_status_lists_the_services_the_rq_workers_and_the_queue(up):
     for name in ("redis.1", "worker.1", "worker.2", "web.1"):
         assert re.search(rf"^  {re.escape(name)} +running +\d+ ", out, re.M), out
     assert "2 gunicorn workers" in out
-    assert re.search(r"^queue jobcast: \d+ queued, \d+ started, \d+ finished, \d+ failed", out, re.M)
+    assert re.search(r"^queue jobcast: \d+ queued, \d+ started, \d+ finished, \d+ failed, "
+                     r"\d+ canceled, .*\(RQ's registries; `jobcast jobs` lists the jobs", out, re.M)
     assert re.search(r"^\d+ RQ workers?:", out, re.M)
     data = json.loads(up.status("--output", "json").stdout)
     assert {s["name"] for s in data["up"]["services"]} == {"redis.1", "worker.1", "worker.2", "web.1"}
     pids = {s["pid"] for s in data["up"]["services"] if s["name"].startswith("worker.")}
     assert {int(w["name"].rsplit(".", 1)[1]) for w in data["workers"] if not w["gone"]} >= pids
-    assert set(data["queue"]) >= {"queued", "started", "finished", "failed"}
+    assert set(data["queue"]) >= {"queued", "started", "finished", "failed", "canceled"}
 
 
 def test_the_cli_in_another_terminal_uses_the_running_up_s_redis_and_web_server(up):
