@@ -38,11 +38,9 @@ import ipaddress
 import logging
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, Response, current_app, g, redirect, render_template, request,
-                   url_for)
+from flask import Blueprint, Flask, Response, g, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException, NotFound, RequestURITooLarge
 
@@ -55,11 +53,10 @@ from jobcast.web.gunicorn_check import gunicorn_worker
 from jobcast.web.limits import ClientRate, TooManyRequests, client_address
 from jobcast.web.links import PARAM, LinkError, named_job, verify, view_sig
 from jobcast.web.models import BAD_TOKEN, CROSS_SITE, LoginForm
+from jobcast.web.services import state, warn_if_weak
 from jobcast.web.surface import (FORM, HTML, Access, Answer, Declaration, declaration_of, page,
                                  public, returns, undocumented)
 
-if TYPE_CHECKING:  # (services imports the views, which import this module)
-    from jobcast.web.services import State
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +68,6 @@ SESSION_DAYS = 30
 # Longest query string the app reads (/events reads longer ones); gunicorn refuses request
 # lines over limit_request_line (8190 bytes) itself.
 MAX_QUERY = 2048
-# Shorter tokens and secrets are warned about at start: a guess per request is cheap.
-MIN_KEY_LENGTH = 16
 
 # No inline script or style anywhere: every script is a file under /static.
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -115,7 +110,7 @@ class Forbidden(HTTPException):
 
 def config() -> Settings:
     """The app's Settings."""
-    return current_app.extensions["jobcast"].config
+    return state().config
 
 
 def _token_hash(cfg: Settings) -> str:
@@ -134,7 +129,7 @@ def _sessions(cfg: Settings) -> URLSafeTimedSerializer:
 
 def failures() -> ClientRate:
     """This app's rate of failed authentications per client (JOBCAST_AUTH_FAILURES)."""
-    return current_app.extensions["jobcast"].auth_failures
+    return state().auth_failures
 
 
 def failure_key(cfg: Settings) -> str:
@@ -374,7 +369,7 @@ def carry_sig(endpoint: str, values: dict) -> None:
 def created_at(job_id: str) -> float | None:
     """When the job ``job_id`` now in Redis was created (a link names the job it was made for
     by its id and this time); UnknownJob when it has no log."""
-    return current_app.extensions["jobcast"].logs.log(job_id).info().created_at
+    return state().logs.log(job_id).info().created_at
 
 
 def urls_sig(job_id: str, created: float | None) -> str | None:
@@ -536,24 +531,6 @@ def cross_site() -> bool:
 def template_context() -> dict[str, bool]:
     """What every page needs to know: whether the server has a token (a "Log out" button)."""
     return {"jobcast_has_token": bool(config().token)}
-
-
-def warn_if_weak(st: State) -> None:
-    """Say in the log that the server is open to anyone, or that its keys are short, once for
-    ``st`` (the app's :class:`~jobcast.web.services.State`). Said when a process begins
-    serving: when the app is made inside a gunicorn worker (at its boot), else at the app's
-    first request. A script or a job that imports a host app mounting Jobcast serves nothing,
-    and is told nothing."""
-    st.warned = True
-    cfg: Settings = st.config
-    if not cfg.token:
-        log.warning("JOBCAST_TOKEN is not set: anyone who can reach this server can create, "
-                    "cancel and read every job")
-    for name, value in (("JOBCAST_TOKEN", cfg.token), ("JOBCAST_SECRET", cfg.secret)):
-        if value and len(value) < MIN_KEY_LENGTH:
-            log.warning("%s is %d characters long: use at least %d random ones "
-                        "(python -c 'import secrets; print(secrets.token_urlsafe(32))')",
-                        name, len(value), MIN_KEY_LENGTH)
 
 
 def install(app: Flask) -> None:

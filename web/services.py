@@ -27,7 +27,6 @@ from jobcast.web.handover import on_worker_exit
 from jobcast.web.limits import ClientRate, StreamLimiter
 from jobcast.web.presence import Presence
 from jobcast.web.relay import Relay
-from jobcast.web.security import warn_if_weak
 from jobcast.web.watchdog import Watchdog
 from jobcast.web.gunicorn_check import check_worker_class
 from jobcast.web import shutdown
@@ -85,7 +84,7 @@ class State:
         self.watchdog: Watchdog | None = None
         self.presence: Presence | None = None
         self.pid: int | None = None  # the process the services run in
-        self.warned = False  # the log was told if the server is open (security.warn_if_weak)
+        self.warned = False  # the log was told if the server is open (warn_if_weak)
         self._lock: threading.Lock | None = None  # this process's (start_lock)
         self._lock_pid: int | None = None
 
@@ -111,6 +110,28 @@ def init_app(app: Flask, config: Settings, redis: Redis | None = None,
         start(st)
 
     return st
+
+
+# Shorter tokens and secrets are warned about at start: a guess per request is cheap.
+MIN_KEY_LENGTH = 16
+
+
+def warn_if_weak(st: State) -> None:
+    """Say in the log that the server is open to anyone, or that its keys are short, once for
+    ``st`` (the app's :class:`~jobcast.web.services.State`). Said when a process begins
+    serving: when the app is made inside a gunicorn worker (at its boot), else at the app's
+    first request. A script or a job that imports a host app mounting Jobcast serves nothing,
+    and is told nothing."""
+    st.warned = True
+    cfg: Settings = st.config
+    if not cfg.token:
+        log.warning("JOBCAST_TOKEN is not set: anyone who can reach this server can create, "
+                    "cancel and read every job")
+    for name, value in (("JOBCAST_TOKEN", cfg.token), ("JOBCAST_SECRET", cfg.secret)):
+        if value and len(value) < MIN_KEY_LENGTH:
+            log.warning("%s is %d characters long: use at least %d random ones "
+                        "(python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+                        name, len(value), MIN_KEY_LENGTH)
 
 
 def state() -> State:
