@@ -210,10 +210,11 @@ def earlier_values(job_id: str):
     raws = jlog.values_before(before, limit)
     first_seq, first_value = jlog.first_kept()
     # The entries go out as stored (already JSON): parsed, they would be encoded again. So
-    # the model's own JSON, with the stored entries put into its empty list.
-    empty = EarlierValues(first_seq=first_seq, first_value=first_value, values=[])
-    head = empty.model_dump_json().encode().removesuffix(b"[]}")
-    return Response(head + b"[" + b",".join(raws) + b"]}", mimetype="application/json")
+    # the model's own JSON of its other fields, and the stored entries as its list.
+    rest = EarlierValues(first_seq=first_seq, first_value=first_value, values=[])
+    head = rest.model_dump_json(exclude={"values"}).encode().removesuffix(b"}")
+    return Response(head + b',"values":[' + b",".join(raws) + b"]}",
+                    mimetype="application/json")
 
 
 @bp.get("/api/tasks")
