@@ -83,6 +83,12 @@ def utf8_prefix(data: bytes, limit: int) -> bytes:
     return data[:start] if end - start < need else data[:end]
 
 
+def utf8_whole(data: bytes) -> int:
+    """How many of ``data``'s bytes end on a whole UTF-8 character: all of them, or all but an
+    unfinished last character (its first bytes written, the rest still to come)."""
+    return len(utf8_prefix(data + b"\x00", len(data))) if data else 0
+
+
 def clip(data: bytes, limit: int = LINE_MAX) -> tuple[str, int]:
     """``(text, cut)`` of one line's bytes: decoded, cut to ``limit`` bytes (``cut`` is then the
     line's whole length, else 0)."""
@@ -130,9 +136,10 @@ class LineSplitter:
         return ended
 
     def expire(self, now: float) -> OutputLine | None:
-        """The pending line as a partial one, once it has waited long enough for its newline."""
+        """The pending line as a partial one, once it has waited long enough for its newline
+        (None when it is only the first bytes of a character: they wait for the rest)."""
         if self.since is not None and now >= self.since + self.partial_after:
-            return self._take(now, partial=True)
+            return self._take(now, partial=True, whole=True)
         return None
 
     def deadline(self) -> float | None:
@@ -147,11 +154,13 @@ class LineSplitter:
         if self.since is None or now < self.cut_at + self.partial_after:
             return None
         self.cut_at = now
-        return self._take(now, partial=True)
+        return self._take(now, partial=True, whole=True)
 
-    def flush(self, now: float) -> OutputLine | None:
-        """The pending line as a partial one (the job has ended), or None."""
-        return self._take(now, partial=True) if self.since is not None else None
+    def flush(self, now: float, whole: bool = False) -> OutputLine | None:
+        """The pending line as a partial one (the job has ended; with ``whole``, something
+        printed after it must come after it, and an unfinished last character waits for its
+        rest), or None."""
+        return self._take(now, partial=True, whole=whole) if self.since is not None else None
 
     def _add(self, piece: bytes, now: float) -> None:
         """Append a piece of the pending line, keeping only its first ``limit`` bytes."""
@@ -164,13 +173,27 @@ class LineSplitter:
             self.head += piece[:room]
         self.size += len(piece)
 
-    def _take(self, now: float, partial: bool) -> OutputLine:
-        """The pending line as an OutputLine; nothing is pending afterwards."""
+    def _take(self, now: float, partial: bool, whole: bool = False) -> OutputLine | None:
+        """The pending line as an OutputLine; nothing is pending afterwards. With ``whole``
+        (a partial line the job goes on writing), the first bytes of a character split
+        between two writes stay pending, to go out whole with the rest (decoded apart, each
+        half would be U+FFFD for good); None when nothing else is pending."""
         data = bytes(self.head)
         size = self.size
-        self.head.clear()
-        self.size = 0
-        self.since = None
+        if whole and size <= self.limit:
+            keep = utf8_whole(data)
+            if keep == 0:
+                self.since = now  # (not due again at once: a reader would spin on it)
+                return None
+            data, size = data[:keep], keep
+            del self.head[:keep]
+            self.size -= keep
+            # What stays (a character's first bytes) waits its own while for the rest.
+            self.since = now if self.head else None
+        else:
+            self.head.clear()
+            self.size = 0
+            self.since = None
         # A piece sent partial that ended with "\r" left the cursor at the line's start: what
         # comes next draws over it, unless it is only the "\n" of a "\r\n".
         over, self.over = self.over and bool(data), False

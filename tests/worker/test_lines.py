@@ -118,3 +118,23 @@ def test_a_line_costs_its_utf_8_bytes_against_the_cap_whatever_it_holds():
     assert OutputLine("stdout", "abc", 0.0).size == 3
     assert OutputLine("stdout", "漢字é", 0.0).size == 8
     assert OutputLine("stdout", "x\udcff", 0.0).size == 4  # a lone surrogate (a file name)
+
+
+def test_a_character_split_between_two_writes_goes_out_whole_in_the_next_partial_line():
+    """A job author's finding: a partial line sent while a character's bytes were split
+    between two writes decoded each half as U+FFFD, for good (a forking worker's output)."""
+    split = LineSplitter("stdout", partial_after=0.2)
+    char = "中😀".encode()
+    split.feed(b"A" + char[:2], 0.0)
+    first = split.expire(0.3)
+    assert first.text == "A" and first.partial
+    assert split.expire(0.6) is None  # only a character's first bytes: they wait,
+    assert split.deadline() == 0.6 + 0.2  # and are not due again at once
+    split.feed(char[2:5], 0.65)
+    second = split.expire(0.85)
+    assert second.text == "中"
+    (last,) = split.feed(char[5:] + b"Z\n", 0.9)
+    assert last.text == "😀Z" and not last.partial
+    split.feed(b"B" + char[:1], 1.0)
+    assert split.flush(1.1, whole=True).text == "B"  # before a record printed after it
+    assert split.flush(1.2).text == "\ufffd"  # the job ended: what is left, as it is
