@@ -61,6 +61,7 @@ from jobcast.core.joblog import FINAL, JobLog
 from jobcast.core.output import line_text
 from jobcast.core.settings import Settings
 from jobcast.core.store import REDIS_ERRORS
+from jobcast.core.values import ESCAPE_SURROGATES
 from jobcast.worker.lines import LineSplitter, OutputLine, RateWindow, clip
 from jobcast.worker.logrecords import CaptureHandler
 from jobcast.worker.sources import JOIN_TIMEOUT, TICK, FdSource, Source, SysSource
@@ -274,7 +275,7 @@ class Capture:
         (:meth:`LineSplitter.cut`): values may come thousands a second, lines are capped."""
         for splitter in self.splitters.values():
             if splitter is not but:
-                self._admit(splitter.cut(now) if value else splitter.flush(now))
+                self._admit(splitter.cut(now) if value else splitter.flush(now, whole=True))
 
     def expire(self, now: float) -> None:
         """Under ``lock``: send lines that waited too long for their newline as partial."""
@@ -320,12 +321,12 @@ class Capture:
             if begins:
                 self.barrier()
         with self.lock:
-            self.ingest(stream, text.encode("utf-8", "replace"), self.clock())
+            self.ingest(stream, text.encode("utf-8", ESCAPE_SURROGATES), self.clock())
 
     def record(self, record: logging.LogRecord, text: str) -> None:
         """A logging record, after whatever was printed before it."""
         self.barrier()
-        body, cut = clip(text.encode("utf-8", "replace"))
+        body, cut = clip(text.encode("utf-8", ESCAPE_SURROGATES))
         line = OutputLine("logging", body, self.clock(), cut=cut, level=record.levelname,
                           logger=record.name)
         with self.lock:

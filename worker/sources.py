@@ -22,6 +22,7 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from jobcast.core.values import ESCAPE_SURROGATES
 from jobcast.worker.logrecords import all_handlers
 
 if TYPE_CHECKING:
@@ -124,6 +125,14 @@ class StreamProxy(io.TextIOBase):
             self._buffer = BytesProxy(self)
         return self._buffer
 
+    def finish(self) -> None:
+        """The job has ended: what its binary stream holds of an unfinished character goes
+        in, as U+FFFD (a byte sequence that is not UTF-8)."""
+        if self._buffer is not None:
+            rest = self._buffer.decoder.decode(b"", final=True)
+            if rest:
+                self.capture.write(self.stream, rest)  # (the capture is closing: no write() now)
+
     def reconfigure(self, **options: Any) -> None:
         """Accepted and ignored, as there is nothing to reconfigure: lines are taken as they
         are written, and encoded as UTF-8 (code that sets ``line_buffering`` or an encoding
@@ -187,8 +196,10 @@ class SysSource:
     def restore(self) -> None:
         """Put the streams back (only ours: a job that replaced them again keeps its own)."""
         if isinstance(sys.stdout, StreamProxy) and sys.stdout.capture is self.capture:
+            sys.stdout.finish()
             sys.stdout = self.stdout
         if isinstance(sys.stderr, StreamProxy) and sys.stderr.capture is self.capture:
+            sys.stderr.finish()
             sys.stderr = self.stderr
 
     def close(self) -> None:
@@ -250,7 +261,8 @@ class FdSource:
         # BufferedWriter, whose lock keeps chunks in order when the flush thread flushes.
         self.buffered = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False),
                                                            READ_SIZE),
-                                         encoding="utf-8", errors="replace", write_through=False,
+                                         encoding="utf-8", errors=ESCAPE_SURROGATES,
+                                         write_through=False,
                                          line_buffering=True)
         sys.stdout = self.buffered
         sys.stderr = StreamProxy(self.capture, "stderr", self.stderr)
@@ -330,6 +342,8 @@ class FdSource:
 
     def restore(self) -> None:
         """Flush, give 1 and 2 back to the console, read what is left, restore the streams."""
+        if isinstance(sys.stderr, StreamProxy) and sys.stderr.capture is self.capture:
+            sys.stderr.finish()
         self.flush()
         for fd, saved in self.saved.items():
             os.dup2(saved, fd)

@@ -6,6 +6,7 @@ and page shows the text made here, and the text is always valid Unicode.
 
 from __future__ import annotations
 
+import codecs
 import decimal
 import json
 import math
@@ -21,6 +22,21 @@ def _escape_surrogate(match: re.Match) -> str:
     (a non-UTF-8 file name from ``os.fsdecode``), ``\\uNNNN`` for any other."""
     code = ord(match.group())
     return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def _escape_surrogates(error: UnicodeError) -> tuple[str, int]:
+    """The error handler :data:`ESCAPE_SURROGATES` names: lone surrogates as
+    :func:`valid_text` writes them."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    bad = error.object[error.start:error.end]
+    return _SURROGATE.sub(_escape_surrogate, bad), error.end
+
+
+ESCAPE_SURROGATES = "jobcast.escape_surrogates"
+"""An ``errors=`` for ``str.encode`` and text streams: a lone surrogate (a file name
+``os.fsdecode`` could not decode) written as the values' text writes it, ``\\xNN``."""
+codecs.register_error(ESCAPE_SURROGATES, _escape_surrogates)
 
 
 def value_text(value: Any) -> str:

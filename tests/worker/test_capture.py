@@ -304,6 +304,31 @@ def test_bytes_written_to_the_standard_streams_buffers_are_captured_as_text():
     assert sent == [("stdout", "bytes é"), ("stderr", "☃")]
 
 
+def test_what_a_job_prints_keeps_lone_surrogates_as_escapes_and_an_unfinished_character_as_ufffd():
+    """A job author's findings: a file name ``os.fsdecode`` could not decode was printed as
+    ``caf?_?.txt`` (where a value shows ``caf\\xe9_\\xff.txt``), and the first bytes of a
+    character left in ``sys.stdout.buffer`` at the job's end were dropped."""
+    sent: list[tuple[str, str]] = []
+
+    def sink(entries):
+        """Redis, taking every line."""
+        sent.extend((body["stream"], body["text"]) for _kind, body, _ts in entries)
+        return list(range(len(entries)))
+
+    cap = capture.Capture("j", sink, rate=1000, level=logging.INFO, echo=False, attempt=1,
+                          mode="sys")
+    cap.start()
+    try:
+        name = os.fsdecode(b"caf\xe9_\xff.txt")
+        print(name)
+        print(name, file=sys.stderr)
+        sys.stdout.buffer.write(b"X\xe4\xb8")  # a character's first two bytes, and no more
+    finally:
+        cap.close()
+    assert sent == [("stdout", "caf\\xe9_\\xff.txt"), ("stderr", "caf\\xe9_\\xff.txt"),
+                    ("stdout", "X\ufffd")]
+
+
 def test_an_unfinished_line_goes_before_a_logging_record_or_the_other_streams_line_printed_after_it():
     """A review's finding: ``print("A", end=""); log.warning("B")`` was logged B, then A (after
     its 200 ms), against the order it was printed in."""
