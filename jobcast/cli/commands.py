@@ -24,7 +24,8 @@ from jobcast.core.keys import InvalidJobId, check_job_id
 from jobcast.core.registry import ParamError, UnknownTask, all_tasks, load_user_tasks
 from jobcast.core.settings import get_settings, unknown_variables
 from jobcast.core.logstore import LogStore
-from jobcast.core.store import error_text, masked_url
+from jobcast.core.store import (NotACluster, cluster_enabled, error_text, masked_url, one_node,
+                                separate, stream_url)
 from jobcast.core.urls import host_port, job_urls
 from jobcast.producer.cancel import AlreadyEnded, cancel
 from jobcast.producer.enqueue import enqueue, validate
@@ -489,6 +490,9 @@ def configured(parser: Parser, args: argparse.Namespace,
         code = run(parser, args, extra)
         sys.stdout.flush()  # (what is still buffered fails here, if it does: said as any write)
         return code
+    except NotACluster as exc:
+        print(f"jobcast: JOBCAST_STREAM_URL is invalid: {exc}", file=sys.stderr)
+        return 2
     except RedisError as exc:
         where = masked_url(cfg.redis_url)
         if cfg.stream_url and cfg.stream_url != cfg.redis_url:
@@ -548,6 +552,13 @@ def cmd_web(parser: Parser, args: argparse.Namespace) -> int:
             print(f"jobcast: JOBCAST_BIND={cfg.bind!r} is invalid: {problem}",
                   file=sys.stderr)
             return 2
+    if separate(cfg):
+        # Each gunicorn worker asks the stream store whether it is a Cluster as it boots: one
+        # out of reach failed every worker with a traceback, then gunicorn. Asked here once,
+        # it is one line (exit 3; a URL naming several hosts of no Cluster: exit 2).
+        url = stream_url(cfg)
+        if not cluster_enabled(url):
+            one_node(url)
     port = bind_port or args.port or cfg.port
     problem = cannot_listen(host, port)
     if problem:

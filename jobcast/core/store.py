@@ -302,16 +302,25 @@ def cluster_enabled(url: str) -> bool:
     *first, last = node_urls(url)
     for node in first:
         try:
-            return _is_cluster_node(node)
+            # A node that hangs rather than refuses costs each new client (every job's
+            # work-horse) this long: short, as the next node may answer.
+            return _is_cluster_node(node, NEXT_NODE_AFTER)
         except (RedisConnectionError, RedisTimeoutError):
-            log.warning("the stream store's node %s does not answer; asking the next one",
-                        masked_url(node))
+            if node not in _silent_nodes:  # (once a process: each job's work-horse says it)
+                _silent_nodes.add(node)
+                log.warning("the stream store's node %s does not answer; asking the next one",
+                            masked_url(node))
     return _is_cluster_node(last)
 
 
-def _is_cluster_node(url: str) -> bool:
+NEXT_NODE_AFTER = 2.0
+"""Seconds a node named in a multi-node stream URL has to answer before the next is asked."""
+_silent_nodes: set[str] = set()
+
+
+def _is_cluster_node(url: str, timeout: float = 5.0) -> bool:
     """Whether the one Redis at ``url`` is a Cluster node (``INFO cluster``)."""
-    probe = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    probe = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         return str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
     finally:
@@ -355,12 +364,17 @@ def connect(url: str, *, cluster: bool | None = None, retry_for: float = 0.0,
     return redis_client(one_node(url), retry_for=retry_for, **options)
 
 
+class NotACluster(ClusterError):
+    """A URL that names several hosts, of a Redis that is no Cluster node: a setting to fix,
+    not a Redis out of reach."""
+
+
 def one_node(url: str) -> str:
-    """``url``, which names a Redis that is no Cluster node; ClusterError when it names
+    """``url``, which names a Redis that is no Cluster node; NotACluster when it names
     several hosts, as only a Cluster's nodes may."""
     if len(node_urls(url)) > 1:
-        raise ClusterError(f"{masked_url(url)} names several hosts, which only a Redis "
-                           "Cluster's nodes may be: this Redis is not one (name its host alone)")
+        raise NotACluster(f"{masked_url(url)} names several hosts, which only a Redis "
+                          "Cluster's nodes may be: this Redis is not one (name its host alone)")
     return url
 
 

@@ -189,6 +189,30 @@ def test_an_unreachable_stream_store_is_named_with_the_queues_redis(redis_server
     assert "streamPW" not in out.stderr and "Traceback" not in out.stderr
 
 
+def test_jobcast_web_with_its_stream_store_out_of_reach_is_one_line_and_exit_3(redis_server):
+    """A Cluster operator's finding: each gunicorn worker failed to boot with a traceback, then
+    gunicorn halted (with REDIS_URL out of reach, the web starts and waits)."""
+    from jobcast.launcher.redisserver import free_port
+
+    out = jobcast(redis_server.url, "web", "--port", str(free_port()),
+                  JOBCAST_STREAM_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert out.returncode == 3, out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith("jobcast: cannot reach Redis at ") and "JOBCAST_STREAM_URL" in line
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["web", "--port", "1"]])  # (checked before the port)
+def test_a_stream_url_naming_several_hosts_of_no_cluster_is_a_bad_setting_exit_2(redis_server,
+                                                                                  command):
+    """A Cluster operator's finding: it said it could not reach Redis (exit 3), which answered."""
+    host_port = redis_server.url.split("//")[1].split("/")[0]
+    out = jobcast(redis_server.url, *command,
+                  JOBCAST_STREAM_URL=f"redis://{host_port},{host_port}/0")
+    assert out.returncode == 2, out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith("jobcast: JOBCAST_STREAM_URL is invalid: ") and "several hosts" in line
+
+
 def test_enqueue_follow_that_a_private_server_would_refuse_queues_nothing_and_exits_2(
         redis_server, redis, logs_dir):
     """A CLI user's review: `jobcast enqueue --follow` on a private server, without its token
