@@ -254,3 +254,19 @@ def test_a_body_nested_a_thousand_deep_is_a_400_not_a_500(client):
     deep = '{"task": "sqrt", "params": {"n": ' + "[" * 500 + "]" * 500 + "}}"
     r = post_job(client, deep)
     assert r.status_code == 400 and r.json["field"] == "params.n"
+
+
+@pytest.mark.parametrize("body, field", [
+    ('{"task": "\\ud800"}', "task"),
+    ('{"task": "sqrt", "params": {"n": "\\udcff"}}', "params.n"),
+    ('{"task": "sqrt", "params": {"\\ud800": 1}}', "params"),
+])
+def test_a_body_with_lone_surrogate_escapes_is_a_400_naming_the_field_in_valid_unicode(
+        client, body, field):
+    """JSON may escape a lone surrogate (``"\\ud800"``), which no UTF-8 text holds: refused as
+    any bad field, and the answer echoes none (strict parsers refuse them)."""
+    r = client.post("/api/jobs", data=body, content_type="application/json")
+    assert r.status_code == 400 and r.json["field"] == field
+    assert b"\\ud8" not in r.data and b"\\udc" not in r.data
+    r.data.decode("utf-8")  # (strict)
+

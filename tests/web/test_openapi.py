@@ -53,6 +53,11 @@ def schemathesis(server, workdir: Path, *args: str, config: Path | None = None,
     cmd = [str(SCHEMATHESIS), *(["--config-file", str(config)] if config else []), "run",
            f"{server.url}/api/openapi.json", "--checks", CHECKS, "--max-examples", "40",
            "--request-timeout", "10", "--max-redirects", "0", "--workers", "1",
+           # Strings a UTF-8 request can carry: with lone surrogates (sent as JSON escapes)
+           # schemathesis 4.32 fails in its own coverage phase, reusing what it sent
+           # (jsonschema_rs cannot encode them), in a run now and then. Jobcast's answer to
+           # them is tested in test_api.py.
+           "--generation-codec", "utf-8",
            "--no-color", *args]
     done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     out = done.stdout + done.stderr
