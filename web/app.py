@@ -31,7 +31,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     # Before shutdown.install, which replaces the SIGTERM handler the check looks at.
     check_worker_class()
-    shutdown.install(lambda: services.stop(st))
+    shutdown.install(lambda: services.stop(st), st)
     errors.register(app)
     # Read access, security headers and the login form (JOBCAST_READ; see web/security.py).
     security.install(app)

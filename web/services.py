@@ -167,7 +167,7 @@ def start(st: State) -> Relay:
             # Held streams are not requests gunicorn waits for: end them when it stops (the
             # worker's SIGTERM too, when the app was made in gunicorn's master: --preload).
             on_worker_exit(lambda: stop(st))
-            shutdown.install(lambda: stop(st))
+            shutdown.install(lambda: stop(st), st)
     return st.relay
 
 

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 _installed_in: int | None = None
 """The process whose SIGTERM handler :func:`install` chained onto (once per process)."""
+_stops: dict[int, Callable[[], None]] = {}
+"""What that handler runs, one per owner (each app's State): a process may serve two apps."""
 
 
 def spawn(func: Callable[[], None]) -> None:
@@ -30,24 +32,31 @@ def spawn(func: Callable[[], None]) -> None:
     green.spawn(func)
 
 
-def install(stop: Callable[[], None]) -> bool:
-    """Chain ``stop`` (:func:`jobcast.web.services.stop`) onto the gunicorn worker's SIGTERM
-    handler, once per process; False when not in a gunicorn worker (in its master, with
-    ``--preload``, the services' start in the worker installs it)."""
-    global _installed_in
+def install(stop: Callable[[], None], owner: object) -> bool:
+    """Have the gunicorn worker's SIGTERM handler also run ``stop``
+    (:func:`jobcast.web.services.stop`) for ``owner`` (an app's State: once each, however
+    often asked); False when not in a gunicorn worker (in its master, with ``--preload``, the
+    services' start in the worker installs it), or not in its main thread, where alone a
+    signal handler can be set."""
+    global _installed_in, _stops
     if _installed_in == os.getpid():
+        _stops[id(owner)] = stop
         return True
     previous = signal.getsignal(signal.SIGTERM)
-    owner = getattr(previous, "__self__", None)
-    if owner is None or not type(owner).__module__.startswith("gunicorn.workers"):
+    handler_owner = getattr(previous, "__self__", None)
+    if handler_owner is None or not type(handler_owner).__module__.startswith("gunicorn.workers"):
         return False
-    _installed_in = os.getpid()
 
     def on_sigterm(signum, frame):
         """Let gunicorn stop accepting, and wake every stream to end (off the signal frame)."""
         previous(signum, frame)
-        spawn(stop)
+        for each in list(_stops.values()):
+            spawn(each)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (gthread serves requests in threads of its own)
+        return False
+    _installed_in, _stops = os.getpid(), {id(owner): stop}
     log.info("streams end on SIGTERM within gunicorn's graceful timeout")
     return True
