@@ -97,9 +97,11 @@ def sse_lines(chunks: Iterable[str]) -> Iterator[str]:
     no longer JSON)."""
     pending = ""
     for chunk in chunks:
+        # What is pending holds no line end but a last CR: scanned again from there only.
+        scan = max(len(pending) - 1, 0)
         pending += chunk
         start = 0
-        for end in _EOL.finditer(pending):
+        for end in _EOL.finditer(pending, scan):
             if end.group() == "\r" and end.end() == len(pending):
                 break  # maybe the first half of a CRLF: wait for what follows
             yield pending[start:end.start()]
