@@ -278,10 +278,9 @@ def test_printing_never_waits_for_a_slow_redis_and_the_lines_arrive_in_order_onc
     assert sys.stdout is not None and not isinstance(sys.stdout, sources.StreamProxy)
 
 
-def test_bytes_written_to_the_standard_streams_buffers_are_captured_as_text():
-    """A code review's finding: a captured job's ``sys.stdout`` had no ``buffer`` (nor
-    ``reconfigure``), so code that writes bytes, or sets its stream's line buffering, failed
-    inside a job and nowhere else."""
+def sys_capture() -> tuple[capture.Capture, list[tuple[str, str]]]:
+    """A started sys-mode capture whose sink takes every line, and the (stream, text) of the
+    lines it took."""
     sent: list[tuple[str, str]] = []
 
     def sink(entries):
@@ -292,6 +291,14 @@ def test_bytes_written_to_the_standard_streams_buffers_are_captured_as_text():
     cap = capture.Capture("j", sink, rate=1000, level=logging.INFO, echo=False, attempt=1,
                           mode="sys")
     cap.start()
+    return cap, sent
+
+
+def test_bytes_written_to_the_standard_streams_buffers_are_captured_as_text():
+    """A code review's finding: a captured job's ``sys.stdout`` had no ``buffer`` (nor
+    ``reconfigure``), so code that writes bytes, or sets its stream's line buffering, failed
+    inside a job and nowhere else."""
+    cap, sent = sys_capture()
     try:
         sys.stdout.reconfigure(line_buffering=True)
         sys.stdout.buffer.write("bytes é\n".encode())
@@ -308,16 +315,7 @@ def test_what_a_job_prints_keeps_lone_surrogates_as_escapes_and_an_unfinished_ch
     """A job author's findings: a file name ``os.fsdecode`` could not decode was printed as
     ``caf?_?.txt`` (where a value shows ``caf\\xe9_\\xff.txt``), and the first bytes of a
     character left in ``sys.stdout.buffer`` at the job's end were dropped."""
-    sent: list[tuple[str, str]] = []
-
-    def sink(entries):
-        """Redis, taking every line."""
-        sent.extend((body["stream"], body["text"]) for _kind, body, _ts in entries)
-        return list(range(len(entries)))
-
-    cap = capture.Capture("j", sink, rate=1000, level=logging.INFO, echo=False, attempt=1,
-                          mode="sys")
-    cap.start()
+    cap, sent = sys_capture()
     try:
         name = os.fsdecode(b"caf\xe9_\xff.txt")
         print(name)
