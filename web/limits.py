@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from functools import lru_cache
@@ -161,6 +162,48 @@ class StreamLimiter:
         self.by_client[client] -= 1
         if self.by_client[client] <= 0:
             del self.by_client[client]
+
+
+DOWNLOADS = 8
+"""Output downloads one process serves at a time: a job's whole output can be large."""
+DOWNLOADS_PER_CLIENT = 2
+"""Of those, one client address's at a time: a client reading each of its downloads just fast
+enough to beat the write timeout would otherwise hold every one."""
+
+
+class Busy(TooManyStreams):
+    """429 or 503 with Retry-After, for what is not a stream (a download)."""
+
+
+class DownloadLimiter:
+    """Counts the output downloads under way, per client address and per process: a job's
+    whole output can be large, and a client reading just fast enough to beat the write
+    timeout would otherwise hold one for long."""
+
+    def __init__(self, per_client: int, per_process: int):
+        """Set the two caps."""
+        self.per_client = per_client
+        self.per_process = per_process
+        self.by_client: Counter[str] = Counter()
+        self._lock = threading.Lock()  # (held for no switch of greenlets)
+
+    def acquire(self, client: str) -> None:
+        """Count a download of ``client``; 429 or 503 (with Retry-After) when there is no room."""
+        with self._lock:
+            if self.by_client[client] >= self.per_client:
+                raise Busy(429, f"at most {self.per_client} output downloads at once from one "
+                                "address")
+            if self.by_client.total() >= self.per_process:
+                raise Busy(503, f"this server serves at most {self.per_process} output "
+                                "downloads at once")
+            self.by_client[client] += 1
+
+    def release(self, client: str) -> None:
+        """A download of ``client`` has ended: its room is free again."""
+        with self._lock:
+            self.by_client[client] -= 1
+            if self.by_client[client] <= 0:
+                del self.by_client[client]
 
 
 def client_address(config: Settings) -> str:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import threading
 import time
-from collections import Counter
 from typing import Iterator
 
 from flask import Blueprint, Response, request, stream_with_context
 
 from jobcast.core.output import OutputText
 from jobcast.web.admission import bound_writes, load_job, may_be_trimmed, parts
-from jobcast.web.limits import TooManyStreams, client_address
+from jobcast.web.limits import client_address
 from jobcast.web.services import state
 from jobcast.web.surface import IntArg, job_scoped, returns
 
@@ -27,38 +25,9 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("output", __name__)
 
-DOWNLOADS = 8
-"""Downloads one process serves at a time: a job's whole output can be large."""
-DOWNLOADS_PER_CLIENT = 2
-"""Of those, one client address's at a time: a client reading each of its downloads just fast
-enough to beat the write timeout would otherwise hold every one."""
 DOWNLOAD_TIME = 600.0
 """Seconds one download may last: the write timeout only asks a reader for a little progress
 every so often, so a few clients reading slowly enough could otherwise hold every download."""
-_by_client: Counter[str] = Counter()
-"""The downloads under way, by client address (their sum: the process's)."""
-_by_client_lock = threading.Lock()
-
-
-def _take_download(client: str) -> None:
-    """Count a download for ``client``; 429 or 503 (with Retry-After) when there is no room."""
-    with _by_client_lock:
-        if _by_client[client] >= DOWNLOADS_PER_CLIENT:
-            raise TooManyStreams(429, f"at most {DOWNLOADS_PER_CLIENT} output downloads at once "
-                                      "from one address")
-        if _by_client.total() >= DOWNLOADS:
-            raise TooManyStreams(503, f"this server serves at most {DOWNLOADS} output downloads "
-                                      "at once")
-        _by_client[client] += 1
-
-
-def _give_back(client: str) -> None:
-    """The download of ``client`` has ended: its room is free again."""
-    with _by_client_lock:
-        _by_client[client] -= 1
-        if _by_client[client] <= 0:
-            del _by_client[client]
-
 
 ATTEMPT = IntArg("attempt", "only this attempt's output (1 is the first)", low=1)
 
@@ -73,7 +42,8 @@ def job_output(job_id: str):
     info = load_job(job_id)
     attempt = ATTEMPT.read() if ATTEMPT.given() else None
     client = client_address(state().config)
-    _take_download(client)
+    downloads = state().downloads
+    downloads.acquire(client)
     # A client that stops reading must not keep one of the few downloads forever.
     bound_writes(request.environ, state().config.write_timeout)
     jlog = state().logs.log(job_id)
@@ -105,5 +75,5 @@ def job_output(job_id: str):
     response = Response(stream_with_context(body()), mimetype="text/plain",
                         headers={"Cache-Control": "no-cache",
                                  "Content-Disposition": f'attachment; filename="{job_id}-output.txt"'})
-    response.call_on_close(lambda: _give_back(client))
+    response.call_on_close(lambda: downloads.release(client))
     return response

@@ -24,7 +24,8 @@ from jobcast.core.store import (COMMAND_TIMEOUT, StreamRedis, cluster_enabled, c
                                 stream_url)
 from jobcast.web.broker import HEALTH_CHECK_INTERVAL, Broker
 from jobcast.web.handover import on_worker_exit
-from jobcast.web.limits import ClientRate, StreamLimiter
+from jobcast.web.limits import (DOWNLOADS, DOWNLOADS_PER_CLIENT, ClientRate, DownloadLimiter,
+                                StreamLimiter)
 from jobcast.web.presence import Presence
 from jobcast.web.relay import Relay
 from jobcast.web.watchdog import Watchdog
@@ -78,6 +79,7 @@ class State:
             else self.streams if is_cluster(self.streams) else probe_client(self.streams))
         self.logs = LogStore(self.streams, config, self.redis)
         self.limiter = StreamLimiter(config.streams_per_client, config.streams_per_process)
+        self.downloads = DownloadLimiter(DOWNLOADS_PER_CLIENT, DOWNLOADS)
         self.auth_failures = ClientRate(config.auth_failures)
         self.creations = ClientRate(config.create_rate)
         self.relay: Relay | None = None

@@ -137,7 +137,6 @@ def test_a_download_that_takes_too_long_is_cut_and_says_so(client, redis, monkey
 
     job_id = job_with_output(redis, [[printed(f"line {k}", 1) for k in range(1_234)]])
     monkeypatch.setattr(output, "DOWNLOAD_TIME", 0.0)
-    # An address of its own: other tests' downloads count in the same process.
     r = client.get(f"/api/jobs/{job_id}/output", buffered=False,
                    environ_base={"REMOTE_ADDR": "10.7.7.7"})
     assert r.status_code == 200
@@ -149,20 +148,14 @@ def test_a_download_that_takes_too_long_is_cut_and_says_so(client, redis, monkey
             got += data
     r.close()
     assert got.endswith(b"was cut here: it is incomplete\n") and b"line 1233" not in got
-    assert "10.7.7.7" not in output._by_client, "its room is free again"
+    downloads = client.application.extensions["jobcast"].downloads
+    assert "10.7.7.7" not in downloads.by_client, "its room is free again"
 
 
-def test_a_process_serves_at_most_eight_downloads_then_503_with_retry_after(client, redis,
-                                                                            monkeypatch):
+def test_a_process_serves_at_most_eight_downloads_then_503_with_retry_after(client, redis):
     """README's promise: output downloads are capped per process (they can be large), and the
     one over the cap is told when to come back; an ended one frees its room."""
-    from collections import Counter
-
-    from jobcast.web import output
-    from jobcast.web.output import DOWNLOADS, DOWNLOADS_PER_CLIENT
-
-    # The count is the process's, and this process runs other tests' downloads too.
-    monkeypatch.setattr(output, "_by_client", Counter())
+    from jobcast.web.limits import DOWNLOADS, DOWNLOADS_PER_CLIENT
 
     job_id = job_with_output(redis, [[printed(f"line {i}", 1) for i in range(10)]])
     url = f"/api/jobs/{job_id}/output"
