@@ -64,13 +64,13 @@ from jobcast.web.admission import (STREAM_HEADERS, StreamRequest, bound_writes, 
 from jobcast.web.errors import BadParam
 from jobcast.web.frames import SSE, Transport, event_data
 from jobcast.web.handover import can_take
-from jobcast.web.limits import client_address
+from jobcast.web.limits import StreamSlot, client_address
 from jobcast.web.models import no_content, stream_head
 from jobcast.web.params import MAX_SEQ
 from jobcast.web.security import Forbidden, granted_jobs, unauthorized
-from jobcast.web.services import state
+from jobcast.web.services import State, state
 from jobcast.web.surface import SEQ, Answer, jobs_scoped, long_query, stream
-from jobcast.web.viewer import Connection, QueueSink, Viewer, ViewerState
+from jobcast.web.viewer import Connection, Lease, QueueSink, Viewer, ViewerState
 
 bp = Blueprint("events", __name__)
 
@@ -331,8 +331,8 @@ def multi_stream():
     return response
 
 
-def _respond(st, req: MultiRequest, viewers: list[Viewer], live: list[Viewer],
-             leases: list, slot, prelude: bytes) -> Response:
+def _respond(st: State, req: MultiRequest, viewers: list[Viewer], live: list[Viewer],
+             leases: list[Lease], slot: StreamSlot, prelude: bytes) -> Response:
     """The stream's response, its viewers holding ``leases`` and their connection ``slot``:
     handed over to the relay or drained through the request."""
     relay = st.relay
